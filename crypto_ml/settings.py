@@ -1,0 +1,118 @@
+"""Every setting of crypto-ml, read from the environment in one place.
+
+The environment is read only by :meth:`Settings.from_env`, which the edges call
+(the CLI, the Celery app, the embedded cluster). Library code receives a
+``Settings`` or plain arguments. The table below is the single list of knobs.
+
+========================================  ==========================  =========================================
+Variable                                   Default                     Meaning
+========================================  ==========================  =========================================
+``CRYPTO_ML_DATA_DIR``                     ``data/crypto``             Folder of per-coin CSV files.
+``CRYPTO_ML_BROKER_URL``                   (unset: embedded cluster)   Redis broker, ``redis://`` or ``rediss://``.
+``CRYPTO_ML_RESULT_BACKEND``               the broker URL              Where task results are stored.
+``CRYPTO_ML_SERIALIZER``                   ``json``                    Wire format: ``json`` or ``msgpack``.
+``CRYPTO_ML_SOFT_TIME_LIMIT``              ``300``                     Seconds before a task gets SoftTimeLimitExceeded.
+``CRYPTO_ML_HARD_TIME_LIMIT``              ``360``                     Seconds before the pool kills the task's process.
+``CRYPTO_ML_VISIBILITY_TIMEOUT``           hard limit + 60             Seconds before an unacked task is redelivered.
+``CRYPTO_ML_RESULT_EXPIRES``               ``86400``                   Seconds a result stays in the backend.
+``CRYPTO_ML_MAX_HORIZON``                  ``365``                     Largest forecast horizon a task accepts.
+``CRYPTO_ML_MAX_SERIES``                   ``100000``                  Longest price series a task accepts.
+``CRYPTO_ML_WORKERS``                      number of CPU cores         Worker processes of the embedded cluster.
+========================================  ==========================  =========================================
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from crypto_ml.errors import ConfigError
+
+DEFAULT_DATA_DIR = Path("data/crypto")
+SERIALIZERS = ("json", "msgpack")
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer; set it to a whole number") from None
+    if value <= 0:
+        raise ConfigError(f"{name}={value} must be positive")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Configuration of one crypto-ml process; see the module docstring for each field."""
+
+    data_dir: Path = DEFAULT_DATA_DIR
+    broker_url: str | None = None
+    result_backend: str | None = None
+    serializer: str = "json"
+    soft_time_limit: int = 300
+    hard_time_limit: int = 360
+    visibility_timeout: int = 420
+    result_expires: int = 86400
+    max_horizon: int = 365
+    max_series: int = 100_000
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+
+    def __post_init__(self) -> None:
+        if self.serializer not in SERIALIZERS:
+            raise ConfigError(
+                f"serializer {self.serializer!r} is not allowed; use one of {', '.join(SERIALIZERS)}"
+            )
+        if self.hard_time_limit <= self.soft_time_limit:
+            raise ConfigError("the hard time limit must be above the soft time limit")
+        if self.visibility_timeout <= self.hard_time_limit:
+            raise ConfigError(
+                "the visibility timeout must be above the hard time limit, "
+                "or running tasks are delivered twice"
+            )
+
+    @property
+    def backend_url(self) -> str | None:
+        """The result backend: explicit, else the broker."""
+        return self.result_backend or self.broker_url
+
+    def with_broker(self, url: str | None) -> Settings:
+        """A copy pointing at another broker (and its default result backend)."""
+        if url is None:
+            return self
+        return replace(self, broker_url=url, result_backend=None)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read every ``CRYPTO_ML_*`` variable once."""
+        env = os.environ if env is None else env
+        hard = _int(env, "CRYPTO_ML_HARD_TIME_LIMIT", 360)
+        return cls(
+            data_dir=Path(env.get("CRYPTO_ML_DATA_DIR") or DEFAULT_DATA_DIR),
+            broker_url=env.get("CRYPTO_ML_BROKER_URL") or None,
+            result_backend=env.get("CRYPTO_ML_RESULT_BACKEND") or None,
+            serializer=env.get("CRYPTO_ML_SERIALIZER", "json").strip() or "json",
+            soft_time_limit=_int(env, "CRYPTO_ML_SOFT_TIME_LIMIT", 300),
+            hard_time_limit=hard,
+            visibility_timeout=_int(env, "CRYPTO_ML_VISIBILITY_TIMEOUT", hard + 60),
+            result_expires=_int(env, "CRYPTO_ML_RESULT_EXPIRES", 86400),
+            max_horizon=_int(env, "CRYPTO_ML_MAX_HORIZON", 365),
+            max_series=_int(env, "CRYPTO_ML_MAX_SERIES", 100_000),
+            workers=_int(env, "CRYPTO_ML_WORKERS", os.cpu_count() or 1),
+        )
+
+
+_cached: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """The process's settings, read from the environment on first use only."""
+    global _cached
+    if _cached is None:
+        _cached = Settings.from_env()
+    return _cached

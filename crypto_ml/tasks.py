@@ -1,0 +1,48 @@
+"""Celery tasks: thin wrappers that validate a request and run a model.
+
+Time limits, acknowledgement and routing come from the app's config
+(:mod:`crypto_ml.celery_app`); validation limits and the per-task log line come
+from :class:`ForecastTask`. The task body holds no policy of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task, shared_task
+
+from crypto_ml.wire import TASK_NAME, ForecastRequest, run_forecast
+
+log = logging.getLogger(__name__)
+
+
+class ForecastTask(Task):  # type: ignore[misc]
+    """Base class: request validation against the app's caps and one log line per task."""
+
+    def parse(self, **kwargs: Any) -> ForecastRequest:
+        conf = self.app.conf
+        return ForecastRequest.parse(
+            **kwargs,
+            max_horizon=conf.get("crypto_ml_max_horizon", 365),
+            max_series=conf.get("crypto_ml_max_series", 100_000),
+        )
+
+    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+        log.info("task %s done: coin=%s model=%s worker=%s device=%s fit_seconds=%.3f",
+                 task_id, retval["coin"], retval["model"], retval["worker"], retval["device"],
+                 retval["fit_seconds"])
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
+                   einfo: Any) -> None:
+        log.warning("task %s failed: coin=%s model=%s: %s: %s", task_id, kwargs.get("coin"),
+                    kwargs.get("model"), type(exc).__name__, exc)
+
+
+@shared_task(bind=True, base=ForecastTask, name=TASK_NAME)
+def forecast(self: ForecastTask, coin: str, model: str, prices: list[float], horizon: int,
+             last_date: str | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fit ``model`` on one coin's closes (oldest first) and forecast ``horizon`` days."""
+    request = self.parse(coin=coin, model=model, prices=prices, horizon=horizon,
+                         last_date=last_date, params=params)
+    return run_forecast(request, worker=self.request.hostname or "unknown")
