@@ -134,8 +134,8 @@ class CryptoLoader:
         if self._files is None:
             if not self.data_dir.is_dir():
                 raise DataNotFound(f"data directory {self.data_dir} does not exist; {HOW_TO_GET_DATA}")
-            files = sorted(p for p in self.data_dir.iterdir() if p.suffix.lower() == ".csv")
-            self._files = {coin_id(p.stem): p for p in files}
+            files = [p for p in self.data_dir.iterdir() if p.suffix.lower() == ".csv"]
+            self._files = dict(sorted((coin_id(p.stem), p) for p in files))
         return self._files
 
     def _load(self, coin: str) -> pd.DataFrame | None:

@@ -17,7 +17,7 @@ from crypto_ml.wire import TASK_NAME, ForecastRequest, run_forecast
 log = logging.getLogger(__name__)
 
 
-class ForecastTask(Task):  # type: ignore[misc]
+class ForecastTask(Task):
     """Base class: request validation against the app's caps and one log line per task."""
 
     def parse(self, **kwargs: Any) -> ForecastRequest:

@@ -22,7 +22,7 @@ BATCH_SIZE = 512
 
 
 def make_windows(series: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every run of ``window + 1`` closes, normalised by its first: inputs (N, window, 1), targets (N,)."""
+    """Every run of ``window + 1`` closes over its first close, minus 1: x (N, window, 1), y (N,)."""
     starts = np.arange(len(series) - window)[:, None]
     runs = series[starts + np.arange(window + 1)[None, :]]
     norm = runs / runs[:, :1] - 1.0
@@ -44,7 +44,7 @@ class RecurrentModel(Forecaster):
         self.epochs, self.seed, self.window = epochs, int(seed), window
         self.min_points = window + 1
 
-    def _build(self, keras):  # type: ignore[no-untyped-def]
+    def _build(self, keras):
         layer = keras.layers.LSTM if self.name == "lstm" else keras.layers.GRU
         model = keras.Sequential([
             keras.Input(shape=(self.window, 1)),
