@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
+import math
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -27,9 +29,9 @@ from kombu.utils.url import maybe_sanitize_url
 from crypto_ml.cluster import LocalCluster
 from crypto_ml.data_loader import CryptoLoader
 from crypto_ml.errors import BrokerUnavailable, CryptoMLError, UnknownModel
-from crypto_ml.models import PARAMS, model_names
+from crypto_ml.models import HEAVY, PARAMS, model_names
 from crypto_ml.settings import Settings, get_settings
-from crypto_ml.wire import TASK_NAME, ForecastRequest
+from crypto_ml.wire import BATCH_TASK_NAME, TASK_NAME, ForecastRequest
 
 DEFAULT_TIMEOUT = 3600.0
 PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2}
@@ -60,6 +62,33 @@ class RunReport:
 
     def to_json(self) -> dict[str, Any]:
         return {"results": self.results, "failed": self.failed}
+
+
+@dataclass(frozen=True)
+class Message:
+    """One task message and the (coin, model) forecasts it carries."""
+
+    task: str
+    kwargs: dict[str, Any]
+    items: list[tuple[str, str]]
+
+
+def plan_messages(requests: Sequence[ForecastRequest], batch_size: int) -> list[Message]:
+    """Deep forecasts one per message, longest series first (they bound the run's length);
+    cheap ones in batches of up to ``batch_size``, but at least 16 messages where there are
+    that many forecasts, so a cluster of many workers still shares them out."""
+    heavy = sorted((r for r in requests if r.model in HEAVY), key=lambda r: -len(r.prices))
+    messages = [Message(TASK_NAME, r.as_kwargs(), [(r.coin, r.model)]) for r in heavy]
+    cheap = [r for r in requests if r.model not in HEAVY]
+    size = max(1, min(batch_size, math.ceil(len(cheap) / 16)))
+    for i in range(0, len(cheap), size):
+        chunk = cheap[i : i + size]
+        if size == 1:
+            messages.append(Message(TASK_NAME, chunk[0].as_kwargs(), [(chunk[0].coin, chunk[0].model)]))
+        else:
+            messages.append(Message(BATCH_TASK_NAME, {"items": [r.as_kwargs() for r in chunk]},
+                                    [(r.coin, r.model) for r in chunk]))
+    return messages
 
 
 def parse_models(spec: str | Sequence[str]) -> list[str]:
@@ -180,20 +209,19 @@ class CryptoManager:
     def _dispatch_and_collect(self, app: Celery, requests: list[ForecastRequest],
                               report: RunReport, timeout: float | None,
                               on_result: Callable[[dict[str, Any]], None]) -> None:
-        pending: dict[str, tuple[str, str]] = {}
+        pending: dict[str, list[tuple[str, str]]] = {}
         sent_ids: list[str] = []
         try:
-            for req in requests:
-                sent = app.send_task(TASK_NAME, kwargs=req.as_kwargs(), retry=True,
+            for message in plan_messages(requests, self.settings.batch_size):
+                sent = app.send_task(message.task, kwargs=message.kwargs, retry=True,
                                      retry_policy=PUBLISH_RETRY)
-                pending[sent.id] = (req.coin, req.model)
+                pending[sent.id] = message.items
                 sent_ids.append(sent.id)
             for task_id, meta in app.backend.get_many(set(pending), timeout=timeout,
                                                       interval=0.05):
-                coin, model = pending.pop(task_id)
-                self._record(report, coin, model, meta, on_result)
+                self._record(report, pending.pop(task_id), meta, on_result)
         except TimeoutError:
-            for coin, model in pending.values():
+            for coin, model in itertools.chain.from_iterable(pending.values()):
                 self._fail(report, coin, model, f"no result within {timeout:g} s (--timeout)")
         finally:
             if pending:  # timed out or interrupted: do not leave work queued for nobody
@@ -201,17 +229,23 @@ class CryptoManager:
             if sent_ids:  # results were read: free the backend now instead of at expiry
                 app.backend.client.delete(*(app.backend.get_key_for_task(t) for t in sent_ids))
 
-    def _record(self, report: RunReport, coin: str, model: str, meta: dict[str, Any],
+    def _record(self, report: RunReport, items: list[tuple[str, str]], meta: dict[str, Any],
                 on_result: Callable[[dict[str, Any]], None]) -> None:
-        if meta["status"] == "SUCCESS":
-            result = meta["result"]
-            report.add_result(result)
-            on_result(result)
-        else:
+        if meta["status"] != "SUCCESS":
             exc = meta.get("result")
             reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else str(exc)
-            self._fail(report, coin, model, f"{meta['status']}: {reason}"
-                       if meta["status"] != "FAILURE" else reason)
+            if meta["status"] != "FAILURE":
+                reason = f"{meta['status']}: {reason}"
+            for coin, model in items:
+                self._fail(report, coin, model, reason)
+            return
+        results = meta["result"]
+        for result in results if isinstance(results, list) else [results]:
+            if "error" in result:
+                self._fail(report, result["coin"], result["model"], result["error"])
+            else:
+                report.add_result(result)
+                on_result(result)
 
     def _fail(self, report: RunReport, coin: str, model: str, reason: str) -> None:
         report.add_failure(coin, model, reason)
