@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-import math
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -80,7 +79,7 @@ def plan_messages(requests: Sequence[ForecastRequest], batch_size: int) -> list[
     heavy = sorted((r for r in requests if r.model in HEAVY), key=lambda r: -len(r.prices))
     messages = [Message(TASK_NAME, r.as_kwargs(), [(r.coin, r.model)]) for r in heavy]
     cheap = [r for r in requests if r.model not in HEAVY]
-    size = max(1, min(batch_size, math.ceil(len(cheap) / 16)))
+    size = max(1, min(batch_size, len(cheap) // 16))
     for i in range(0, len(cheap), size):
         chunk = cheap[i : i + size]
         if size == 1:
@@ -199,11 +198,19 @@ class CryptoManager:
             for model, reason in by_model.items():
                 self._say(f"failed: {coin} {model}: {reason}")
         printer = on_result or functools.partial(self._print_result, show_model=len(names) > 1)
-        if requests:
-            with self.connected() as app:
-                self._dispatch_and_collect(app, requests, report, timeout, printer)
+        self.dispatch(requests, timeout, printer, report)
         report.wall_seconds = time.perf_counter() - started
         self.last_report = report
+        return report
+
+    def dispatch(self, requests: list[ForecastRequest], timeout: float | None = DEFAULT_TIMEOUT,
+                 on_result: Callable[[dict[str, Any]], None] = lambda result: None,
+                 report: RunReport | None = None) -> RunReport:
+        """Send prepared requests and collect them into ``report`` (a new one by default)."""
+        report = RunReport() if report is None else report
+        if requests:
+            with self.connected() as app:
+                self._dispatch_and_collect(app, requests, report, timeout, on_result)
         return report
 
     def _dispatch_and_collect(self, app: Celery, requests: list[ForecastRequest],

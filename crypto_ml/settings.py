@@ -10,7 +10,7 @@ Variable                                   Default                     Meaning
 ``CRYPTO_ML_DATA_DIR``                     ``data/crypto``             Folder of per-coin CSV files.
 ``CRYPTO_ML_BROKER_URL``                   (unset: embedded cluster)   Redis broker, ``redis://`` or ``rediss://``.
 ``CRYPTO_ML_RESULT_BACKEND``               the broker URL              Where task results are stored.
-``CRYPTO_ML_SERIALIZER``                   ``json``                    Wire format: ``json`` or ``msgpack``.
+``CRYPTO_ML_SERIALIZER``                   ``msgpack``                 Wire format: ``msgpack`` (compact, fast) or ``json``.
 ``CRYPTO_ML_SOFT_TIME_LIMIT``              ``300``                     Seconds before a task gets SoftTimeLimitExceeded.
 ``CRYPTO_ML_HARD_TIME_LIMIT``              ``360``                     Seconds before the pool kills the task's process.
 ``CRYPTO_ML_VISIBILITY_TIMEOUT``           hard limit + 60             Seconds before an unacked task is redelivered.
@@ -59,7 +59,7 @@ class Settings:
     data_dir: Path = DEFAULT_DATA_DIR
     broker_url: str | None = None
     result_backend: str | None = None
-    serializer: str = "json"
+    serializer: str = "msgpack"
     soft_time_limit: int = 300
     hard_time_limit: int = 360
     visibility_timeout: int = 420
@@ -104,7 +104,7 @@ class Settings:
             data_dir=Path(env.get("CRYPTO_ML_DATA_DIR") or DEFAULT_DATA_DIR),
             broker_url=env.get("CRYPTO_ML_BROKER_URL") or None,
             result_backend=env.get("CRYPTO_ML_RESULT_BACKEND") or None,
-            serializer=env.get("CRYPTO_ML_SERIALIZER", "json").strip() or "json",
+            serializer=env.get("CRYPTO_ML_SERIALIZER", "msgpack").strip() or "msgpack",
             soft_time_limit=_int(env, "CRYPTO_ML_SOFT_TIME_LIMIT", 300),
             hard_time_limit=hard,
             visibility_timeout=_int(env, "CRYPTO_ML_VISIBILITY_TIMEOUT", hard + 60),
