@@ -106,7 +106,7 @@ class LocalCluster:
         self.loglevel = loglevel
         self.env = dict(os.environ if env is None else env)
         self.extra_worker_args = list(extra_worker_args)
-        self.workdir = Path(tempfile.mkdtemp(prefix="crypto-ml-cluster-"))
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"crypto-ml-{os.getpid()}-"))
         self.password = secrets.token_hex(16)
         self.port = 0
         self.redis: subprocess.Popen[bytes] | None = None

@@ -117,9 +117,10 @@ def test_unknown_model_is_a_configuration_error(shared_data: Path) -> None:
 
 
 def _cluster_processes(manager_pid: int) -> list[psutil.Process]:
-    """Worker processes (and their pool children) named after this manager's pid."""
-    return [p for p in psutil.process_iter(["cmdline"])
-            if f"-{manager_pid}-" in " ".join(p.info["cmdline"] or [])]
+    """Redis, workers and pool children of the cluster this manager started (named by its pid)."""
+    tag = f"-{manager_pid}-"  # in worker names, and in the folder redis-server runs in
+    return [p for p in psutil.process_iter(["cmdline", "cwd"])
+            if tag in " ".join(p.info["cmdline"] or []) or tag in (p.info["cwd"] or "")]
 
 
 def _embedded(args: list[str], shared_data: Path) -> subprocess.Popen[str]:
@@ -130,34 +131,28 @@ def _embedded(args: list[str], shared_data: Path) -> subprocess.Popen[str]:
                             text=True)
 
 
-def _redis_servers() -> set[int]:
-    return {p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "redis-server"}
-
-
 def test_embedded_default_runs_and_leaves_nothing_behind(shared_data: Path) -> None:
-    before = _redis_servers()
     proc = _embedded(["--coins", "bitcoin,ethereum,dash"], shared_data)
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
     assert "running embedded" in stderr and "CRYPTO_ML_BROKER_URL" in stderr
     assert set(forecasts_printed(stdout)) == {"bitcoin", "ethereum", "dash"}
-    assert not _cluster_processes(proc.pid) and _redis_servers() <= before
+    assert not _cluster_processes(proc.pid)
 
 
 def test_ctrl_c_stops_the_embedded_cluster(shared_data: Path) -> None:
-    before = _redis_servers()
     proc = _embedded(["--model", "lstm", "--epochs", "50"], shared_data)
     assert proc.stderr is not None
     lines = iter(proc.stderr.readline, "")
     assert any("running embedded" in line for line in lines)  # the cluster is starting
     deadline = time.monotonic() + 120
-    while not _cluster_processes(proc.pid) and time.monotonic() < deadline:
+    while len(_cluster_processes(proc.pid)) < 3 and time.monotonic() < deadline:
         time.sleep(0.1)  # polling for the workers to appear, bounded by the deadline
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr
-    assert not _cluster_processes(proc.pid) and _redis_servers() <= before
+    assert not _cluster_processes(proc.pid)
 
 
 def test_celery_finds_the_app_from_any_folder(tmp_path: Path) -> None:
