@@ -162,3 +162,21 @@ def test_celery_finds_the_app_from_any_folder(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
     assert "crypto_ml.forecast" in run.stdout or "broker_url" in run.stdout
     assert "topsecret" not in run.stdout
+
+
+def test_python_api_returns_arrays_and_prints_one_line_per_coin(cluster: Any,
+                                                                 shared_data: Path) -> None:
+    import io
+
+    from crypto_ml.manager import CryptoManager
+    from crypto_ml.settings import Settings
+
+    out, err = io.StringIO(), io.StringIO()
+    settings = Settings(data_dir=shared_data).with_broker(cluster.broker_url)
+    manager = CryptoManager(settings=settings, out=out, err=err)
+    forecasts = manager.send_tasks(model="naive", coins=["bitcoin", "dash"], horizon=3)
+    assert set(forecasts) == {"bitcoin", "dash"}
+    np.testing.assert_array_equal(forecasts["bitcoin"], [3630.7] * 3)
+    assert sorted(line.split()[0] for line in out.getvalue().splitlines()) == ["bitcoin", "dash"]
+    assert "bitcoin [[3630.7 3630.7 3630.7]]" in out.getvalue()
+    assert manager.last_report is not None and manager.last_report.ok
