@@ -1,5 +1,8 @@
 """Flower on a real cluster: `cluster up --flower`, a `send-tasks` run, then Flower's API,
-metrics and dashboard (in headless Chromium) must show every task of the run."""
+metrics and dashboard (in headless Chromium) must show every task of the run.
+
+The run has 9 coins x 2 cheap models = 18 forecasts, more than 16, so the manager
+batches them (2 per message, 9 messages): Flower shows batch and single tasks alike."""
 
 from __future__ import annotations
 
@@ -26,7 +29,10 @@ from crypto_ml.cluster import free_port, spawn, terminate, wait_until
 pytestmark = pytest.mark.integration
 ARTIFACTS = ROOT / "test-artifacts"
 USER, PASSWORD = "ops", secrets.token_hex(8)
-COINS, MODELS = ["bitcoin", "ethereum", "litecoin"], ["linear", "naive"]
+COINS = ["bitcoin", "ethereum", "litecoin", "ripple", "monero", "dash", "nem", "dogecoin",
+         "bitshares"]
+MODELS = ["linear", "naive"]
+N_FORECASTS = len(COINS) * len(MODELS)
 TASK_LINE = re.compile(r"task ([0-9a-f-]{36}) ok: coin=(\S+) model=(\S+) worker=(\S+) seconds=")
 
 
@@ -38,7 +44,12 @@ class Stack:
     broker_url: str
     flower_url: str
     run: subprocess.CompletedProcess[str] | None = None
-    tasks: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # id: coin, model, worker
+    tasks: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)  # id: [(coin,
+    # model, worker)], several for a batch message
+
+    @property
+    def workers(self) -> set[str]:
+        return {w for items in self.tasks.values() for _, _, w in items}
 
 
 def get(url: str, auth: tuple[str, str] | None = (USER, PASSWORD)) -> tuple[int, str]:
@@ -81,7 +92,7 @@ def stack(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                             ",".join([*COINS, "nosuchcoin"]), "--model", ",".join(MODELS),
                             data_dir=shared_data, timeout=300)
         for task_id, coin, model, worker in TASK_LINE.findall(stack.run.stderr):
-            stack.tasks[task_id] = (coin, model, worker)
+            stack.tasks.setdefault(task_id, []).append((coin, model, worker))
         yield stack
     finally:
         terminate(proc)
@@ -90,23 +101,27 @@ def stack(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 def test_run_shows_task_lines_progress_and_summary(stack: Stack) -> None:
     run = stack.run
     assert run is not None and run.returncode == 1, run and run.stderr  # nosuchcoin failed
-    assert len(run.stdout.strip().splitlines()) == len(COINS) * len(MODELS)
-    assert sorted((c, m) for c, m, _ in stack.tasks.values()) == \
+    assert len(run.stdout.strip().splitlines()) == N_FORECASTS
+    assert sorted((c, m) for items in stack.tasks.values() for c, m, _ in items) == \
         sorted((c, m) for c in COINS for m in MODELS)
+    assert len(stack.tasks) < N_FORECASTS  # batched
     err = run.stderr
-    assert "progress: 8/8 finished: 6 done, 2 failed, 0 running, 0 queued" in err
+    total = N_FORECASTS + 2
+    assert f"progress: {total}/{total} finished: {N_FORECASTS} done, 2 failed, 0 running, " \
+        "0 queued" in err
     assert "\r" not in err  # not a terminal: plain lines, no bar
-    assert "summary: 3 coin(s) ok, 1 failed" in err
+    assert f"summary: {len(COINS)} coin(s) ok, 1 failed" in err
     assert "failed nosuchcoin linear: CoinNotFound: unknown coin 'nosuchcoin'" in err
     for model in MODELS:
-        assert re.search(rf"^  {model}: 3 fit\(s\), [\d.]+ s in all, slowest \w+ [\d.]+ s$", err,
-                         re.MULTILINE)
+        assert re.search(rf"^  {model}: {len(COINS)} fit\(s\), [\d.]+ s in all, "
+                         r"slowest \w+ [\d.]+ s$", err, re.MULTILINE)
     workers = re.search(r"^  workers: (.*)$", err, re.MULTILINE)
-    assert workers and sum(int(n) for n in re.findall(r"\((\d+)\)", workers.group(1))) == 6
+    assert workers
+    assert sum(int(n) for n in re.findall(r"\((\d+)\)", workers.group(1))) == N_FORECASTS
 
 
 def test_flower_api_lists_every_task_with_success_and_its_worker(stack: Stack) -> None:
-    assert len(stack.tasks) == 6
+    assert stack.tasks
     workers = api(stack, "/api/workers?refresh=1")
     assert len(workers) == 2 and all("crypto_ml.forecast" in w["registered"]
                                      for w in workers.values())
@@ -117,13 +132,21 @@ def test_flower_api_lists_every_task_with_success_and_its_worker(stack: Stack) -
 
     wait_until(all_succeeded, 30, "Flower showing every task as SUCCESS")
     tasks = api(stack, "/api/tasks")
-    for task_id, (coin, model, worker) in stack.tasks.items():
+    names = set()
+    for task_id, items in stack.tasks.items():
         task = tasks[task_id]
-        assert task["name"] == "crypto_ml.forecast" and task["worker"] == worker
-        assert worker in workers
+        names.add(task["name"])
+        assert {task["worker"]} == {w for _, _, w in items} and task["worker"] in workers
         assert task["sent"] is not None  # the task-sent event: seen from the moment it queued
-        assert f"'coin': '{coin}'" in task["kwargs"] and f"'model': '{model}'" in task["kwargs"]
-        assert "'n_points': " in task["kwargs"] and len(task["kwargs"]) < 200  # no price list
+        assert len(task["kwargs"]) < 250  # labels, not thousands of prices
+        if task["name"] == "crypto_ml.forecast_batch":
+            assert f"'batch': {len(items)}" in task["kwargs"]
+            assert all(f"{coin}/{model}" in task["kwargs"] for coin, model, _ in items)
+        else:
+            [(coin, model, _)] = items
+            assert f"'coin': '{coin}'" in task["kwargs"] and f"'model': '{model}'" in task["kwargs"]
+            assert "'n_points': " in task["kwargs"]
+    assert "crypto_ml.forecast_batch" in names
 
 
 def test_flower_refuses_requests_without_the_password(stack: Stack) -> None:
@@ -138,18 +161,18 @@ def test_flower_metrics_count_the_run_for_prometheus(stack: Stack) -> None:
     assert status == 200
 
     def count(event: str) -> float:
-        pattern = (rf'^flower_events_total{{task="crypto_ml.forecast",type="{event}",'
+        pattern = (rf'^flower_events_total{{task="crypto_ml\.forecast(?:_batch)?",type="{event}",'
                    r'worker="[^"]+"} ([\d.]+)$')
         return sum(float(v) for v in re.findall(pattern, metrics, re.MULTILINE))
 
-    n = len(api(stack, "/api/tasks"))  # this run's 6, and any other test's, all successful
-    assert n >= 6
+    n = len(api(stack, "/api/tasks"))  # this run's, and any other test's, all successful
+    assert n >= len(stack.tasks)
     for event in ("task-sent", "task-received", "task-started", "task-succeeded"):
         assert count(event) == n, (event, metrics)
-    for worker in {w for _, _, w in stack.tasks.values()}:
+    for worker in stack.workers:
         assert f'flower_worker_online{{worker="{worker}"}} 1.0' in metrics
-        assert f'flower_task_runtime_seconds_count{{task="crypto_ml.forecast",worker="{worker}"}}' \
-            in metrics
+        assert re.search(rf'^flower_task_runtime_seconds_count{{task="[\w.]+",worker="{worker}"}}',
+                         metrics, re.MULTILINE)
 
 
 def test_running_count_reads_started_tasks_from_the_real_backend(stack: Stack) -> None:
@@ -188,7 +211,7 @@ def test_flower_launcher_watches_a_configured_broker(stack: Stack, tmp_path: Pat
                 status, body = get(url + "/api/workers?refresh=1", auth=("ops2", "pw2"))
             except OSError:
                 return False
-            return status == 200 and all(w in body for _, _, w in stack.tasks.values())
+            return status == 200 and all(w in body for w in stack.workers)
 
         wait_until(lists_workers, 60, "python -m crypto_ml.flower listing the workers",
                    lambda: (tmp_path / "flower.log").read_text() if proc.poll() else None)
@@ -205,7 +228,7 @@ def test_progress_bar_redraws_on_a_terminal(stack: Stack, shared_data: Path) -> 
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTO_ML_")}
     env["CRYPTO_ML_DATA_DIR"] = str(shared_data)
     proc = subprocess.Popen([sys.executable, "-m", "crypto_ml.manager", "send-tasks", "--broker",
-                             stack.broker_url, "--coins", ",".join(COINS), "--model", ",".join(MODELS),
+                             stack.broker_url, "--coins", ",".join(COINS[:3]), "--model", "linear",
                              "--log-level", "warning"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=follower)
     os.close(follower)
@@ -225,8 +248,7 @@ def test_progress_bar_redraws_on_a_terminal(stack: Stack, shared_data: Path) -> 
     assert bars and all("finished:" in bar and "ETA" in bar for bar in bars), screen
     assert "\r\x1b[K" in screen  # the bar is wiped before the summary
     assert screen.rstrip().splitlines()[-1].startswith("  workers: ")
-    assert proc.stdout is not None
-    assert len(proc.stdout.read().splitlines()) == len(COINS) * len(MODELS)
+    assert proc.stdout is not None and len(proc.stdout.read().splitlines()) == 3
 
 
 def test_embedded_flower_json_logs_and_plot(shared_data: Path, tmp_path: Path) -> None:
@@ -306,22 +328,24 @@ def test_dashboard_shows_workers_and_tasks_in_headless_chromium(stack: Stack,
 
     base = stack.flower_url.replace("http://", f"http://{USER}:{PASSWORD}@")
     workers_page = browse(f"{base}/workers", tmp_path / "p1", "--dump-dom").stdout
-    for worker in {w for _, _, w in stack.tasks.values()}:
+    for worker in stack.workers:
         assert worker in workers_page
     tasks_page = browse(f"{base}/tasks", tmp_path / "p2", "--dump-dom").stdout
-    n = len(api(stack, "/api/tasks"))  # this run's and any other test's, all successful
+    n = len(api(stack, "/api/tasks"))  # this run's and the terminal test's, all successful
+    assert n <= 15  # one page of the tasks table
     assert f"Showing 1 to {n} of {n} tasks" in tasks_page  # rendered by the page's JavaScript
-    for task_id, (coin, _model, worker) in stack.tasks.items():
-        assert task_id in tasks_page and coin in tasks_page and worker in tasks_page
+    for task_id, items in stack.tasks.items():
+        assert task_id in tasks_page
+        assert all(coin in tasks_page and worker in tasks_page for coin, _, worker in items)
     assert re.findall(r'<span class="badge[^"]*">([A-Z]+)</span>', tasks_page) == ["SUCCESS"] * n
 
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "flower-tasks.png"
     shot.unlink(missing_ok=True)
-    browse(f"{base}/tasks", tmp_path / "p3", "--hide-scrollbars", "--window-size=1600,700",
+    browse(f"{base}/tasks", tmp_path / "p3", "--hide-scrollbars", "--window-size=1600,1100",
            f"--screenshot={shot}")
     image = matplotlib.image.imread(shot)[..., :3]
-    assert image.shape[:2] == (700, 1600)
+    assert image.shape[:2] == (1100, 1600)
     background = image[-5, -5]
     assert (abs(image - background).max(axis=2) > 0.2).mean() > 0.02  # text and table drawn
 
