@@ -22,6 +22,10 @@ Variable                                   Default                     Meaning
 ``CRYPTO_ML_PRELOAD_KERAS``                ``0``                       1: each pool process loads Keras and builds the
                                                                        networks when it starts, not at its first deep task.
 ``CRYPTO_ML_WORKERS``                      number of CPU cores         Worker processes of the embedded cluster.
+``CRYPTO_ML_FLOWER_PORT``                  ``5555``                    Port of the Flower we start.
+``CRYPTO_ML_FLOWER_ADDRESS``               ``127.0.0.1``               Flower's address; others need auth.
+``CRYPTO_ML_FLOWER_BASIC_AUTH``            (unset: no auth)            Flower login, ``user:pw[,u2:pw2]``.
+``CRYPTO_ML_LOG_FORMAT``                   ``text``                    Log lines as ``text`` or ``json``.
 ========================================  ==========================  =========================================
 """
 
@@ -37,6 +41,7 @@ from crypto_ml.errors import ConfigError
 DEFAULT_DATA_DIR = Path("data/crypto")
 SERIALIZERS = ("json", "msgpack")
 TRUE = ("1", "true", "yes", "on")
+LOG_FORMATS = ("text", "json")
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -50,6 +55,11 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     if value <= 0:
         raise ConfigError(f"{name}={value} must be positive")
     return value
+
+
+def _valid_auth(spec: str) -> bool:
+    pairs = [pair.partition(":") for pair in spec.split(",")]
+    return all(user and sep and password for user, sep, password in pairs)
 
 
 @dataclass(frozen=True)
@@ -70,8 +80,19 @@ class Settings:
     max_batch: int = 1000
     preload_keras: bool = False
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    flower_port: int = 5555
+    flower_address: str = "127.0.0.1"
+    flower_basic_auth: str | None = field(default=None, repr=False)
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(
+                f"log format {self.log_format!r} is unknown; use one of {', '.join(LOG_FORMATS)}"
+            )
+        if self.flower_basic_auth is not None and not _valid_auth(self.flower_basic_auth):
+            raise ConfigError("CRYPTO_ML_FLOWER_BASIC_AUTH must be user:password[,user2:password2]"
+                              " with neither part empty")
         if self.serializer not in SERIALIZERS:
             raise ConfigError(
                 f"serializer {self.serializer!r} is not allowed; use one of {', '.join(SERIALIZERS)}"
@@ -115,6 +136,10 @@ class Settings:
             max_batch=_int(env, "CRYPTO_ML_MAX_BATCH", 1000),
             preload_keras=env.get("CRYPTO_ML_PRELOAD_KERAS", "0").strip().lower() in TRUE,
             workers=_int(env, "CRYPTO_ML_WORKERS", os.cpu_count() or 1),
+            flower_port=_int(env, "CRYPTO_ML_FLOWER_PORT", 5555),
+            flower_address=env.get("CRYPTO_ML_FLOWER_ADDRESS", "").strip() or "127.0.0.1",
+            flower_basic_auth=env.get("CRYPTO_ML_FLOWER_BASIC_AUTH") or None,
+            log_format=env.get("CRYPTO_ML_LOG_FORMAT", "").strip().lower() or "text",
         )
 
 
