@@ -20,6 +20,7 @@ translation is spelled out:
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import shutil
@@ -186,6 +187,15 @@ def compose_runs(compose: Mapping[str, Any]) -> Iterator[ContainerRun]:
             yield ContainerRun(f"compose:{name}:probe:healthcheck", list(test[1:]), env, mounts)
 
 
+def dockerfile_runs(dockerfile: Path) -> Iterator[ContainerRun]:
+    """The image's default ``CMD`` and its ``HEALTHCHECK`` command (exec form)."""
+    text = dockerfile.read_text().replace("\\\n", " ")
+    name = f"image:{dockerfile.relative_to(ROOT)}"
+    for match in re.finditer(r"^(HEALTHCHECK .*?)?CMD (\[.*\])\s*$", text, re.M):
+        origin = f"{name}:probe:healthcheck" if match.group(1) else name
+        yield ContainerRun(origin, json.loads(match.group(2)))
+
+
 def image_env(dockerfile: Path = ROOT / "Dockerfile") -> dict[str, str]:
     """The ``ENV`` of the Dockerfile's final stage, less PATH (the image's venv)."""
     text = dockerfile.read_text().replace("\\\n", " ")
@@ -234,7 +244,7 @@ def local_env(env: Mapping[str, str], redis_port: int, tmpdir: Path,
     """A container's environment for a local process: the test's Redis, mapped paths."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("CRYPTO_ML_", "FLOWER_"))}
     base.update({"PYTHONPATH": str(ROOT), "TMPDIR": str(tmpdir)})
-    container_paths = {"/tmp": tmpdir, **(paths or {})}  # noqa: S108 - the container's /tmp
+    container_paths = {"/tmp": tmpdir, **(paths or {})}  # the container's own /tmp
     for key, value in env.items():
         value = value.replace("@redis:6379/", f"@127.0.0.1:{redis_port}/")
         for container_path, host in container_paths.items():

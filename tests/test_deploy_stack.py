@@ -30,6 +30,7 @@ from deploy_support import (
     ROOT,
     ContainerRun,
     compose_runs,
+    dockerfile_runs,
     image_env,
     k8s_runs,
     load_compose,
@@ -335,10 +336,15 @@ def test_k8s_queue_depth_exporter_serves_what_keda_reads(
 
 def test_every_container_command_answers_help(
         manifests: dict[str, dict[str, ContainerRun]], stack: Stack) -> None:
-    """Each distinct command line, with --help appended: a misspelt script, module, subcommand
-    or option fails here even where no other test runs that exact line."""
+    """Each distinct command line of the compose file, the manifests and the images' CMD and
+    HEALTHCHECK, with --help appended: a misspelt script, module, subcommand or option fails
+    here even where no other test runs that exact line."""
     runs = list(compose_runs(stack.compose))
     runs += [run for by_origin in manifests.values() for run in by_origin.values()]
+    images = [run for path in (ROOT / "Dockerfile", ROOT / "docker" / "Dockerfile.gpu")
+              for run in dockerfile_runs(path)]
+    assert len(images) == 4  # each image's CMD and HEALTHCHECK
+    runs += images
     seen: dict[tuple[str, ...], ContainerRun] = {}
     for run in runs:
         if run.argv[0].startswith("redis-"):

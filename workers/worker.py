@@ -144,8 +144,12 @@ def node_env(node: Node, base: Mapping[str, str]) -> dict[str, str]:
 
 
 def supervise(commands: Sequence[tuple[list[str], dict[str, str]]]) -> int:
-    """Run several workers; forward SIGTERM/SIGINT; when one exits, stop the others."""
-    procs = [subprocess.Popen(cmd, env=env) for cmd, env in commands]
+    """Run several workers; forward SIGTERM/SIGINT; when one exits, stop the others.
+
+    Each worker gets its own session, so a terminal's Ctrl-C reaches them once, through
+    this process, instead of twice (a second SIGINT would make Celery stop at once).
+    """
+    procs: list[subprocess.Popen[bytes]] = []
     stopping = False
 
     def stop_all(signum: int = signal.SIGTERM, _frame: object = None) -> None:
@@ -159,6 +163,9 @@ def supervise(commands: Sequence[tuple[list[str], dict[str, str]]]) -> int:
 
     signal.signal(signal.SIGTERM, stop_all)
     signal.signal(signal.SIGINT, stop_all)
+    for cmd, env in commands:
+        if not stopping:
+            procs.append(subprocess.Popen(cmd, env=env, start_new_session=True))
     _pid, status = os.wait()
     first = os.waitstatus_to_exitcode(status)
     stop_all()
