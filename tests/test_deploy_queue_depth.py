@@ -56,7 +56,7 @@ def test_depth_counts_every_priority_list_and_reserved_tasks(broker: LocalCluste
 
     received: list[Any] = []
     with app.connection_for_read() as conn, Consumer(
-            conn, queues=[app.amqp.queues["cpu"]], accept=["json"],
+            conn, queues=[app.amqp.queues["cpu"]], accept=["json", "msgpack"],
             callbacks=[lambda body, message: received.append(message)]) as consumer:
         consumer.qos(prefetch_count=1)  # as a worker with prefetch 1 and acks_late
         conn.drain_events(timeout=10)
