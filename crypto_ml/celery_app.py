@@ -39,6 +39,11 @@ def _tls_options(url: str) -> dict[str, Any] | None:
     return None
 
 
+def restore_sweep_seconds(visibility_timeout: int) -> int:
+    """How often a worker looks for tasks of dead workers to redeliver: 1 to 10 s."""
+    return max(1, min(10, visibility_timeout // 10))
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings for crypto-ml; see the README's reliability section."""
     if not settings.broker_url:
@@ -48,6 +53,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         )
     transport = {
         "visibility_timeout": settings.visibility_timeout,
+        # Sweep for tasks of dead workers every few seconds (kombu's default
+        # scans once per 100 s), so redelivery comes within visibility_timeout + sweep.
+        "unacked_restore_interval": restore_sweep_seconds(settings.visibility_timeout),
+        "unacked_restore_throttle": 1,
         "socket_connect_timeout": 5,
         "socket_keepalive": True,
         "health_check_interval": 25,
@@ -72,6 +81,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_soft_time_limit": settings.soft_time_limit,
         "task_time_limit": settings.hard_time_limit,
         "result_expires": settings.result_expires,
+        # A worker whose Redis restarts keeps its result and stores it once Redis
+        # is back (about 2 minutes of retries), and keeps running its task.
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": 20,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "task_queues": (Queue(CPU_QUEUE), Queue(GPU_QUEUE)),
         "task_default_queue": CPU_QUEUE,
         "task_routes": (route_task,),
@@ -82,6 +96,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": True,
         "crypto_ml_max_horizon": settings.max_horizon,
         "crypto_ml_max_series": settings.max_series,
+        "crypto_ml_max_deliveries": settings.max_deliveries,
     }
 
 

@@ -22,16 +22,19 @@ from typing import Any, TextIO
 import numpy as np
 import redis
 from celery import Celery
+from celery.exceptions import TimeoutError as CeleryTimeoutError
 from kombu.utils.url import maybe_sanitize_url
 
 from crypto_ml.cluster import LocalCluster
 from crypto_ml.data_loader import CryptoLoader
+from crypto_ml.deliveries import delivery_key
 from crypto_ml.errors import BrokerUnavailable, CryptoMLError, UnknownModel
 from crypto_ml.models import PARAMS, model_names
 from crypto_ml.settings import Settings, get_settings
 from crypto_ml.wire import TASK_NAME, ForecastRequest
 
 DEFAULT_TIMEOUT = 3600.0
+RECONNECT_PAUSE = 1.0
 PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2}
 
 
@@ -185,11 +188,10 @@ class CryptoManager:
         try:
             for req in requests:
                 sent = app.send_task(TASK_NAME, kwargs=req.as_kwargs(), retry=True,
-                                     retry_policy=PUBLISH_RETRY)
+                                     retry_policy=PUBLISH_RETRY, expires=timeout)
                 pending[sent.id] = (req.coin, req.model)
                 sent_ids.append(sent.id)
-            for task_id, meta in app.backend.get_many(set(pending), timeout=timeout,
-                                                      interval=0.05):
+            for task_id, meta in self._results(app, pending, timeout):
                 coin, model = pending.pop(task_id)
                 self._record(report, coin, model, meta, on_result)
         except TimeoutError:
@@ -199,7 +201,30 @@ class CryptoManager:
             if pending:  # timed out or interrupted: do not leave work queued for nobody
                 app.control.revoke(list(pending))
             if sent_ids:  # results were read: free the backend now instead of at expiry
-                app.backend.client.delete(*(app.backend.get_key_for_task(t) for t in sent_ids))
+                app.backend.client.delete(*(app.backend.get_key_for_task(t) for t in sent_ids),
+                                          *(delivery_key(t) for t in sent_ids))
+
+    def _results(self, app: Celery, pending: dict[str, tuple[str, str]],
+                 timeout: float | None) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Finished tasks of ``pending`` as they arrive, riding out a broker restart.
+
+        While Redis is unreachable (restart, failover) polling pauses and resumes
+        once it answers again; only ``timeout`` ends the wait (TimeoutError).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while pending:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+            try:
+                yield from app.backend.get_many(set(pending), timeout=left, interval=0.05)
+                return
+            except CeleryTimeoutError as exc:  # not the builtin TimeoutError
+                raise TimeoutError(str(exc)) from None
+            except app.backend.connection_errors as exc:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError("the result backend stayed unreachable") from exc
+                self._say(f"lost the result backend ({type(exc).__name__}); "
+                          "waiting for it to come back")
+                time.sleep(RECONNECT_PAUSE)
 
     def _record(self, report: RunReport, coin: str, model: str, meta: dict[str, Any],
                 on_result: Callable[[dict[str, Any]], None]) -> None:
