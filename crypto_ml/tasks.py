@@ -15,7 +15,7 @@ from celery import Task, shared_task
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
 from crypto_ml.deliveries import count_delivery
-from crypto_ml.errors import TaskTimedOut, TooManyDeliveries
+from crypto_ml.errors import CryptoMLError, TaskTimedOut, TooManyDeliveries
 from crypto_ml.wire import TASK_NAME, ForecastRequest, run_forecast
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,9 @@ class ForecastTask(Task):  # type: ignore[misc]
     that already succeeded and fails a task delivered more than
     ``crypto_ml_max_deliveries`` times (see :mod:`crypto_ml.deliveries`).
     """
+
+    #: Failures with a clear message of their own: logged in one line, without a traceback.
+    throws = (CryptoMLError,)
 
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
         client = getattr(self.backend, "client", None)

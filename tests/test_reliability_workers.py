@@ -51,7 +51,7 @@ def test_killed_pool_process_task_is_redelivered_and_forecast_unchanged(shared_d
         victim = wait_for_running(app, training=True, cli=cli)
         os.kill(victim.pid, signal.SIGKILL)  # the pool process dies mid-training (OOM killer)
 
-        code, stdout, stderr = finish(cli, timeout=200)
+        code, _, stderr = finish(cli, timeout=200)
         assert code == 0, stderr
         report = json.loads(out.read_text())
         assert sorted(report["results"]) == ["bitcoin", "ethereum"] and report["failed"] == {}
