@@ -35,6 +35,7 @@ from crypto_ml.wire import TASK_NAME, ForecastRequest
 
 DEFAULT_TIMEOUT = 3600.0
 RECONNECT_PAUSE = 1.0
+POLL_SECONDS_PER_TASK = 5e-5
 PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2}
 
 
@@ -214,8 +215,10 @@ class CryptoManager:
         deadline = None if timeout is None else time.monotonic() + timeout
         while pending:
             left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+            # each poll reads every pending key: poll big runs less often
+            interval = min(0.5, 0.05 + len(pending) * POLL_SECONDS_PER_TASK)
             try:
-                yield from app.backend.get_many(set(pending), timeout=left, interval=0.05)
+                yield from app.backend.get_many(set(pending), timeout=left, interval=interval)
                 return
             except CeleryTimeoutError as exc:  # not the builtin TimeoutError
                 raise TimeoutError(str(exc)) from None
