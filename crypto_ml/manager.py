@@ -164,7 +164,11 @@ class CryptoManager:
             horizon: int = 10, max_points: int | None = None, epochs: int = 1,
             timeout: float | None = DEFAULT_TIMEOUT,
             on_result: Callable[[dict[str, Any]], None] | None = None) -> RunReport:
-        """Dispatch every (coin, model) at once and collect results as they finish."""
+        """Dispatch every (coin, model) at once and collect results as they finish.
+
+        Each task expires ``timeout`` seconds after it is sent, so if this manager
+        dies, workers discard its leftover tasks instead of running them for nobody.
+        """
         names = parse_models(models)
         report = RunReport()
         started = time.perf_counter()
@@ -213,6 +217,7 @@ class CryptoManager:
         once it answers again; only ``timeout`` ends the wait (TimeoutError).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        warned = False
         while pending:
             left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
             # each poll reads every pending key: poll big runs less often
@@ -225,8 +230,10 @@ class CryptoManager:
             except app.backend.connection_errors as exc:
                 if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError("the result backend stayed unreachable") from exc
-                self._say(f"lost the result backend ({type(exc).__name__}); "
-                          "waiting for it to come back")
+                if not warned:
+                    self._say(f"lost the result backend ({type(exc).__name__}); "
+                              "waiting for it to come back")
+                    warned = True
                 time.sleep(RECONNECT_PAUSE)
 
     def _record(self, report: RunReport, coin: str, model: str, meta: dict[str, Any],

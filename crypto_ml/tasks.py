@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery import Task, shared_task
+from celery import Task, shared_task, states
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
 from crypto_ml.deliveries import count_delivery
@@ -36,7 +36,7 @@ class ForecastTask(Task):  # type: ignore[misc]
         client = getattr(self.backend, "client", None)
         if client is None:  # not a Redis result backend: deliveries cannot be counted
             return
-        if self.AsyncResult(task_id).successful():
+        if self.backend.get_task_meta(task_id, cache=False)["status"] == states.SUCCESS:
             log.info("task %s: duplicate delivery of a finished task, skipped", task_id)
             raise Ignore()
         conf = self.app.conf

@@ -136,8 +136,11 @@ def test_duplicate_deliveries_give_one_result_per_coin(shared_data: Path) -> Non
             np.testing.assert_allclose(report.results[coin]["linear"]["forecast"], expected,
                                        rtol=1e-9)
         logs = worker_logs(cluster)
-        for task_id in duplicated:  # each message really was delivered twice
+        for task_id in duplicated:  # each message really was delivered twice...
             assert logs.count(f"Task crypto_ml.forecast[{task_id}] received") == 2
+            # ...and was either run twice or, once finished, skipped the second time
+            assert (logs.count(f"task {task_id} done")
+                    + logs.count(f"task {task_id}: duplicate delivery of a finished task")) == 2
 
 
 def test_killed_manager_leaves_no_work_behind_and_rerun_gives_same_results(

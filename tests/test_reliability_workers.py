@@ -122,6 +122,7 @@ def test_task_that_keeps_killing_its_worker_fails_clearly(shared_data: Path) -> 
         assert rerun.ok and "bitcoin" in rerun.results
 
 
+@pytest.mark.slow
 def test_sigterm_lets_the_running_task_finish_and_loses_nothing(shared_data: Path,
                                                                 tmp_path: Path) -> None:
     out = tmp_path / "run.json"

@@ -226,22 +226,28 @@ class TLSProxy:
         await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
 
     async def _main(self) -> None:
-        server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.context)
-        self.port = server.sockets[0].getsockname()[1]
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.context)
+        self.port = self.server.sockets[0].getsockname()[1]
         self.ready.set()
-        async with server:
+        async with self.server:
             with contextlib.suppress(asyncio.CancelledError):
-                await server.serve_forever()
+                await self.server.serve_forever()
+            connections = asyncio.all_tasks() - {asyncio.current_task()}
+            for task in connections:
+                task.cancel()
+            await asyncio.gather(*connections, return_exceptions=True)
 
     def start(self) -> TLSProxy:
-        threading.Thread(target=self.loop.run_until_complete, args=(self._main(),),
-                         daemon=True).start()
+        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self._main(),),
+                                       daemon=True)
+        self.thread.start()
         self.ready.wait(10)
         return self
 
     def stop(self) -> None:
-        for task in asyncio.all_tasks(self.loop):
-            self.loop.call_soon_threadsafe(task.cancel)
+        self.loop.call_soon_threadsafe(self.server.close)  # ends serve_forever, then the rest
+        self.thread.join(10)
+        self.loop.close()
 
 
 class TLSCluster(LocalCluster):
