@@ -24,7 +24,7 @@ from crypto_ml.settings import LOG_FORMATS, Settings
 
 if TYPE_CHECKING:
     from crypto_ml.data_loader import CryptoLoader
-    from crypto_ml.manager import RunReport
+    from crypto_ml.manager import CryptoManager, RunReport
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -96,6 +96,7 @@ def send_tasks(args: argparse.Namespace) -> int:
     progress = Progress(sys.stderr, tty=False if json_logs else None)
     manager = CryptoManager(loader=loader, settings=settings, err=err, observer=progress,
                             cluster_options=flower_option(args, settings, err))
+    stop_on_signals(manager)
     try:
         report = manager.run(args.model, coins, args.horizon, args.max_points, args.epochs,
                              args.timeout)
@@ -150,6 +151,17 @@ def draw_plot(path: Path, report: RunReport, loader: CryptoLoader, err: TextIO) 
 
 def _stop_on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def stop_on_signals(manager: CryptoManager) -> None:
+    """Ctrl-C and SIGTERM stop the run: at once, and by flag should the exception be lost."""
+
+    def handler(signum: int, frame: object) -> None:
+        manager.request_stop()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

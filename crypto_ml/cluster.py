@@ -133,7 +133,8 @@ class LocalCluster:
 
     def _redis_up(self) -> bool:
         try:
-            return bool(self.client().ping())
+            with self.client() as client:  # closed now, not whenever the collector runs
+                return bool(client.ping())
         except redis.RedisError:
             return False
 

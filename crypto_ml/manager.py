@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -165,6 +166,7 @@ class CryptoManager:
         self.app = app
         self.out = out or sys.stdout
         self.err = err or sys.stderr
+        self.stop_requested = threading.Event()
         self.last_report: RunReport | None = None
 
     def _say(self, line: str) -> None:
@@ -263,6 +265,8 @@ class CryptoManager:
                 sent_ids.append(sent.id)
                 for coin, model in message.items:
                     self.observer.on_sent(app, sent.id, coin, model)
+                if self.stop_requested.is_set():
+                    raise KeyboardInterrupt
             for task_id, meta in self._results(app, pending, timeout):
                 self._record(report, pending.pop(task_id), meta, on_result, task_id)
         except TimeoutError:
@@ -276,6 +280,19 @@ class CryptoManager:
             if sent_ids:  # results were read: free the backend now instead of at expiry
                 app.backend.client.delete(*(app.backend.get_key_for_task(t) for t in sent_ids),
                                           *(delivery_key(t) for t in sent_ids))
+
+    def request_stop(self) -> None:
+        """Ask a running dispatch to stop at its next poll (safe from a signal handler).
+
+        A KeyboardInterrupt raised by a signal can be swallowed when it lands inside an
+        object's ``__del__`` (e.g. a Redis client being collected); this flag cannot.
+        """
+        self.stop_requested.set()
+
+    def _tick(self) -> None:
+        self.observer.on_wait()
+        if self.stop_requested.is_set():
+            raise KeyboardInterrupt
 
     def _results(self, app: Celery, pending: dict[str, list[tuple[str, str]]],
                  timeout: float | None) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -292,7 +309,7 @@ class CryptoManager:
             interval = min(0.5, 0.05 + len(pending) * POLL_SECONDS_PER_TASK)
             try:
                 yield from app.backend.get_many(set(pending), timeout=left, interval=interval,
-                                                on_interval=self.observer.on_wait)
+                                                on_interval=self._tick)
                 return
             except CeleryTimeoutError as exc:  # not the builtin TimeoutError
                 raise TimeoutError(str(exc)) from None

@@ -149,7 +149,10 @@ def test_ctrl_c_stops_the_embedded_cluster(shared_data: Path) -> None:
     while len(_cluster_processes(proc.pid)) < 3 and time.monotonic() < deadline:
         time.sleep(0.1)  # polling for the workers to appear, bounded by the deadline
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
+    try:
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()  # no-op once it has exited; ends it if the assertion below will fail
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr
     assert not _cluster_processes(proc.pid)
