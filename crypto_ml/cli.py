@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from crypto_ml.backtest_cli import BEST, add_backtest_parser, backtest_command, send_best
 from crypto_ml.errors import ConfigError, CryptoMLError
 from crypto_ml.settings import Settings
 
@@ -36,11 +37,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     send = sub.add_parser("send-tasks", help="forecast every coin (or --coins) with --model")
     send.add_argument("--model", default="linear",
-                      help="naive, linear, lstm, gru, or a comma list (default: linear)")
+                      help="naive, linear, lstm, gru, a comma list, or best: each coin's lowest "
+                      "backtest MASE (default: linear)")
+    send.add_argument("--backtest", type=Path,
+                      help="with --model best: a backtest.json to choose from (else run one)")
+    send.add_argument("--candidates", help="with --model best and no --backtest: models to "
+                      "backtest and choose from (default: naive,linear)")
     send.add_argument("--coins", help="comma list of coin ids (default: every coin)")
     send.add_argument("--horizon", type=_positive, default=10, help="days to forecast (10)")
     send.add_argument("--max-points", type=_positive, help="fit on the newest N closes only")
-    send.add_argument("--epochs", type=_positive, default=1, help="training epochs, lstm/gru (1)")
+    send.add_argument("--epochs", type=_positive,
+                      help="training epochs of deep models (default: each model's own)")
     send.add_argument("--output", type=Path, help="write results and failures to this JSON file")
     send.add_argument("--broker", help="Redis URL (default: CRYPTO_ML_BROKER_URL, else embedded)")
     send.add_argument("--timeout", type=float, default=3600.0,
@@ -48,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--data-dir", type=Path, help="price CSV folder (CRYPTO_ML_DATA_DIR)")
     send.add_argument("--workers", type=_positive,
                       help="worker processes of the embedded cluster (default: one per core)")
+    add_backtest_parser(sub)
     return parser
 
 
@@ -67,14 +75,20 @@ def send_tasks(args: argparse.Namespace) -> int:
     from crypto_ml.manager import CryptoManager, parse_models
 
     settings = settings_from(args)
-    parse_models(args.model)  # unknown model: exit 2 before any work
-    loader = CryptoLoader(settings.data_dir)
+    if args.model != BEST:
+        parse_models(args.model)  # unknown model: exit 2 before any work
+    loader = CryptoLoader(settings.data_dir, to_date=getattr(args, "until", None))
     if not args.coins:
         loader.get_crypto_names()  # no data: exit 2 at once
     coins = [c.strip() for c in args.coins.split(",") if c.strip()] if args.coins else None
     manager = CryptoManager(loader=loader, settings=settings)
-    report = manager.run(args.model, coins, args.horizon, args.max_points, args.epochs,
-                         args.timeout)
+    if args.command == "backtest":
+        return backtest_command(args, manager)
+    if args.model == BEST:
+        report = send_best(args, manager)
+    else:
+        report = manager.run(args.model, coins, args.horizon, args.max_points, args.epochs,
+                             args.timeout)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(report.to_json(), indent=2) + "\n")

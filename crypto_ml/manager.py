@@ -15,9 +15,9 @@ import contextlib
 import functools
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 import numpy as np
 import redis
@@ -33,6 +33,21 @@ from crypto_ml.wire import TASK_NAME, ForecastRequest
 
 DEFAULT_TIMEOUT = 3600.0
 PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2}
+
+
+class TaskKey(NamedTuple):
+    """What the dispatcher remembers of a sent request: enough to say whose result it is."""
+
+    coin: str
+    model: str
+    last_date: str | None
+
+
+def _reason(meta: dict[str, Any]) -> str:
+    """Why a task did not succeed, from its result metadata."""
+    exc = meta.get("result")
+    reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else str(exc)
+    return reason if meta["status"] == "FAILURE" else f"{meta['status']}: {reason}"
 
 
 @dataclass
@@ -157,61 +172,83 @@ class CryptoManager:
         return requests
 
     def run(self, models: str | Sequence[str] = "linear", coins: Sequence[str] | None = None,
-            horizon: int = 10, max_points: int | None = None, epochs: int = 1,
+            horizon: int = 10, max_points: int | None = None, epochs: int | None = None,
             timeout: float | None = DEFAULT_TIMEOUT,
             on_result: Callable[[dict[str, Any]], None] | None = None) -> RunReport:
         """Dispatch every (coin, model) at once and collect results as they finish."""
         names = parse_models(models)
         report = RunReport()
         started = time.perf_counter()
-        requests = self.build_requests(names, coins, horizon, max_points, {"epochs": epochs},
-                                       report)
+        params = {} if epochs is None else {"epochs": epochs}
+        requests = self.build_requests(names, coins, horizon, max_points, params, report)
         for coin, by_model in report.failed.items():
             for model, reason in by_model.items():
                 self._say(f"failed: {coin} {model}: {reason}")
         printer = on_result or functools.partial(self._print_result, show_model=len(names) > 1)
+
+        def succeeded(key: TaskKey, result: dict[str, Any]) -> None:
+            report.add_result(result)
+            printer(result)
+
+        def failed(key: TaskKey, reason: str) -> None:
+            self._fail(report, key.coin, key.model, reason)
+
         if requests:
-            with self.connected() as app:
-                self._dispatch_and_collect(app, requests, report, timeout, printer)
+            self.run_requests(requests, timeout, succeeded, failed)
         report.wall_seconds = time.perf_counter() - started
         self.last_report = report
         return report
 
-    def _dispatch_and_collect(self, app: Celery, requests: list[ForecastRequest],
-                              report: RunReport, timeout: float | None,
-                              on_result: Callable[[dict[str, Any]], None]) -> None:
-        pending: dict[str, tuple[str, str]] = {}
+    def run_requests(self, requests: Iterable[ForecastRequest], timeout: float | None,
+                     on_success: Callable[[TaskKey, dict[str, Any]], None],
+                     on_failure: Callable[[TaskKey, str], None]) -> None:
+        """Send every request as a task and report each outcome, as it arrives, by its key.
+
+        The one dispatcher behind :meth:`run` and the backtest (:mod:`crypto_ml.backtest`).
+        """
+        with self.connected() as app:
+            self._dispatch_and_collect(app, requests, timeout, on_success, on_failure)
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[CryptoManager]:
+        """Keep one connection (or one embedded cluster) open across several runs."""
+        if self.app is not None:
+            yield self
+            return
+        with self.connected() as app:
+            self.app = app
+            try:
+                yield self
+            finally:
+                self.app = None
+
+    def _dispatch_and_collect(self, app: Celery, requests: Iterable[ForecastRequest],
+                              timeout: float | None,
+                              on_success: Callable[[TaskKey, dict[str, Any]], None],
+                              on_failure: Callable[[TaskKey, str], None]) -> None:
+        pending: dict[str, TaskKey] = {}
         sent_ids: list[str] = []
         try:
             for req in requests:
                 sent = app.send_task(TASK_NAME, kwargs=req.as_kwargs(), retry=True,
                                      retry_policy=PUBLISH_RETRY)
-                pending[sent.id] = (req.coin, req.model)
+                pending[sent.id] = TaskKey(req.coin, req.model, req.last_date)
                 sent_ids.append(sent.id)
             for task_id, meta in app.backend.get_many(set(pending), timeout=timeout,
                                                       interval=0.05):
-                coin, model = pending.pop(task_id)
-                self._record(report, coin, model, meta, on_result)
+                key = pending.pop(task_id)
+                if meta["status"] == "SUCCESS":
+                    on_success(key, meta["result"])
+                else:
+                    on_failure(key, _reason(meta))
         except TimeoutError:
-            for coin, model in pending.values():
-                self._fail(report, coin, model, f"no result within {timeout:g} s (--timeout)")
+            for key in pending.values():
+                on_failure(key, f"no result within {timeout:g} s (--timeout)")
         finally:
             if pending:  # timed out or interrupted: do not leave work queued for nobody
                 app.control.revoke(list(pending))
             if sent_ids:  # results were read: free the backend now instead of at expiry
                 app.backend.client.delete(*(app.backend.get_key_for_task(t) for t in sent_ids))
-
-    def _record(self, report: RunReport, coin: str, model: str, meta: dict[str, Any],
-                on_result: Callable[[dict[str, Any]], None]) -> None:
-        if meta["status"] == "SUCCESS":
-            result = meta["result"]
-            report.add_result(result)
-            on_result(result)
-        else:
-            exc = meta.get("result")
-            reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else str(exc)
-            self._fail(report, coin, model, f"{meta['status']}: {reason}"
-                       if meta["status"] != "FAILURE" else reason)
 
     def _fail(self, report: RunReport, coin: str, model: str, reason: str) -> None:
         report.add_failure(coin, model, reason)
@@ -224,7 +261,7 @@ class CryptoManager:
 
     def send_tasks(self, model: str | Sequence[str] = "linear",
                    coins: Sequence[str] | None = None, horizon: int = 10,
-                   max_points: int | None = None, epochs: int = 1,
+                   max_points: int | None = None, epochs: int | None = None,
                    timeout: float | None = DEFAULT_TIMEOUT) -> dict[str, Any]:
         """Forecast every coin (or ``coins``) and print one line each.
 
