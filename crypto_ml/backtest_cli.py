@@ -152,8 +152,8 @@ def forecast_best(manager: CryptoManager, coins: Sequence[str] | None, horizon: 
             part = manager.run(model, group, horizon, max_points, epochs, timeout, on_result=show)
             for coin, by_model in part.results.items():
                 report.results.setdefault(coin, {}).update(by_model)
-            for coin, by_model in part.failed.items():
-                report.failed.setdefault(coin, {}).update(by_model)
+            for coin, reasons in part.failed.items():
+                report.failed.setdefault(coin, {}).update(reasons)
             report.wall_seconds += part.wall_seconds
     manager.last_report = report
     return report

@@ -30,8 +30,9 @@ NUMERIC = ("Open", "High", "Low", "Close", "Volume", "Market Cap")
 DATE_FORMATS = ("%b %d, %Y", "%B %d, %Y", "%Y-%m-%d", "%d/%m/%Y")
 SPREADSHEET_EPOCH = pd.Timestamp("1899-12-30")
 HOW_TO_GET_DATA = (
-    "put one CSV per coin there (the public 'Top 100 Cryptocurrency Historical Data' set), "
-    "or point CRYPTO_ML_DATA_DIR / --data-dir at such a folder"
+    "download the top 100 coins' daily history there with `python -m crypto_ml.data download`, "
+    "or put one CSV per coin there (the public 'Top 100 Cryptocurrency Historical Data' set), "
+    "or point CRYPTO_ML_DATA_DIR / --data-dir at such a folder (see data/README.md)"
 )
 
 

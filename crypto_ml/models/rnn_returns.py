@@ -18,6 +18,8 @@ times ``exp(cumsum(returns))``. Keras is imported on first fit only.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from crypto_ml.device import keras_and_device
@@ -59,7 +61,7 @@ class ReturnsRecurrentModel(Forecaster):
         self.seed = int(seed)
         self.min_points = self.window + MIN_WINDOWS + 1
 
-    def _build(self, keras):  # type: ignore[no-untyped-def]
+    def _build(self, keras: Any) -> Any:
         layer = keras.layers.LSTM if self.cell == "lstm" else keras.layers.GRU
         model = keras.Sequential([keras.Input(shape=(self.window, 1)), layer(self.units),
                                   keras.layers.Dense(1)])
