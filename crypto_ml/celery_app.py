@@ -18,7 +18,7 @@ from kombu import Queue
 from crypto_ml.errors import ConfigError
 from crypto_ml.models import HEAVY
 from crypto_ml.settings import Settings
-from crypto_ml.wire import ACCEPT_CONTENT, TASK_NAME
+from crypto_ml.wire import ACCEPT_CONTENT, BATCH_TASK_NAME, TASK_NAME
 
 CPU_QUEUE, GPU_QUEUE = "cpu", "gpu"
 
@@ -26,6 +26,8 @@ CPU_QUEUE, GPU_QUEUE = "cpu", "gpu"
 def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None,
                **kw: Any) -> dict[str, str] | None:
     """Deep models go to the ``gpu`` queue, everything else to ``cpu``."""
+    if name == BATCH_TASK_NAME:
+        return {"queue": CPU_QUEUE}
     if name != TASK_NAME:
         return None
     model = (kwargs or {}).get("model")
@@ -82,6 +84,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": True,
         "crypto_ml_max_horizon": settings.max_horizon,
         "crypto_ml_max_series": settings.max_series,
+        "crypto_ml_max_batch": settings.max_batch,
+        "crypto_ml_preload_keras": settings.preload_keras,
+        # a pool process that preloads Keras needs longer than the default 4 s to report up
+        "worker_proc_alive_timeout": 120.0 if settings.preload_keras else 4.0,
     }
 
 
@@ -106,3 +112,14 @@ def _share_cores(sender: Any = None, **_: Any) -> None:
     for var in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(var, threads)
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+
+
+@signals.worker_process_init.connect
+def _preload_keras(**_: Any) -> None:
+    """In each new pool process (never the forking parent), load Keras if configured to."""
+    from celery import current_app
+
+    if current_app.conf.get("crypto_ml_preload_keras"):
+        from crypto_ml.models.rnn import warm_up
+
+        warm_up()

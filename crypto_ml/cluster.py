@@ -70,10 +70,8 @@ def terminate(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> N
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)  # stray pool children, if any
     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -198,12 +196,17 @@ class LocalCluster:
         self.startup_seconds = time.perf_counter() - started
         return self
 
-    def stop(self, keep_logs: bool = False) -> None:
-        """Stop the workers (warm shutdown), then Redis; remove the work folder."""
+    def stop(self, keep_logs: bool = False, graceful: bool = True) -> None:
+        """Stop the workers, then Redis; remove the work folder.
+
+        Graceful is Celery's warm shutdown (running tasks finish); otherwise a cold
+        shutdown (SIGQUIT) abandons them, as after Ctrl-C.
+        """
+        sig = signal.SIGTERM if graceful else signal.SIGQUIT
         for proc in self.workers:  # all at once, so they shut down in parallel
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
+                    os.killpg(proc.pid, sig)
         for proc in self.workers:
             terminate(proc)
         if self.redis is not None:
@@ -216,7 +219,7 @@ class LocalCluster:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.stop()
+        self.stop(graceful=exc_type is None or not issubclass(exc_type, KeyboardInterrupt))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

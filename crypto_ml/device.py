@@ -9,6 +9,7 @@ on and logs it once.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -28,10 +29,8 @@ def _tensorflow_device() -> str:
 
     gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:
-        try:
+        with contextlib.suppress(RuntimeError):  # already initialised: the env var did it
             tf.config.experimental.set_memory_growth(gpu, True)
-        except RuntimeError:  # already initialised: the env var above did it
-            pass
     if not gpus:
         return "CPU"
     details = tf.config.experimental.get_device_details(gpus[0])

@@ -130,4 +130,4 @@ def discover(data: Path) -> dict[str, Source]:
                             found[key].label, found[key].label)
             else:
                 found[key] = source
-    return found
+    return dict(sorted(found.items()))

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
+import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -27,9 +29,9 @@ from kombu.utils.url import maybe_sanitize_url
 from crypto_ml.cluster import LocalCluster
 from crypto_ml.data_loader import CryptoLoader
 from crypto_ml.errors import BrokerUnavailable, CryptoMLError, UnknownModel
-from crypto_ml.models import PARAMS, model_names
+from crypto_ml.models import HEAVY, PARAMS, model_names
 from crypto_ml.settings import Settings, get_settings
-from crypto_ml.wire import TASK_NAME, ForecastRequest
+from crypto_ml.wire import BATCH_TASK_NAME, TASK_NAME, ForecastRequest
 
 DEFAULT_TIMEOUT = 3600.0
 PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2}
@@ -42,12 +44,30 @@ class TaskKey(NamedTuple):
     model: str
     last_date: str | None
 
+    @classmethod
+    def of(cls, request: ForecastRequest) -> TaskKey:
+        return cls(request.coin, request.model, request.last_date)
 
-def _reason(meta: dict[str, Any]) -> str:
-    """Why a task did not succeed, from its result metadata."""
-    exc = meta.get("result")
-    reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else str(exc)
-    return reason if meta["status"] == "FAILURE" else f"{meta['status']}: {reason}"
+
+def _record(keys: list[TaskKey], meta: dict[str, Any],
+            on_success: Callable[[TaskKey, dict[str, Any]], None],
+            on_failure: Callable[[TaskKey, str], None]) -> None:
+    """Report one message's outcome per forecast it carried (a batch answers in order)."""
+    if meta["status"] != "SUCCESS":
+        exc = meta.get("result")
+        reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else str(exc)
+        if meta["status"] != "FAILURE":
+            reason = f"{meta['status']}: {reason}"
+        for key in keys:
+            on_failure(key, reason)
+        return
+    results = meta["result"]
+    for key, result in zip(keys, results if isinstance(results, list) else [results],
+                           strict=True):
+        if "error" in result:
+            on_failure(key, result["error"])
+        else:
+            on_success(key, result)
 
 
 @dataclass
@@ -75,6 +95,33 @@ class RunReport:
 
     def to_json(self) -> dict[str, Any]:
         return {"results": self.results, "failed": self.failed}
+
+
+@dataclass(frozen=True)
+class Message:
+    """One task message and the (coin, model) forecasts it carries."""
+
+    task: str
+    kwargs: dict[str, Any]
+    items: list[TaskKey]
+
+
+def plan_messages(requests: Sequence[ForecastRequest], batch_size: int) -> list[Message]:
+    """Deep forecasts one per message, longest series first (they bound the run's length);
+    cheap ones in batches of up to ``batch_size``, but at least 16 messages where there are
+    that many forecasts, so a cluster of many workers still shares them out."""
+    heavy = sorted((r for r in requests if r.model in HEAVY), key=lambda r: -len(r.prices))
+    messages = [Message(TASK_NAME, r.as_kwargs(), [TaskKey.of(r)]) for r in heavy]
+    cheap = [r for r in requests if r.model not in HEAVY]
+    size = max(1, min(batch_size, math.ceil(len(cheap) / 16)))
+    for i in range(0, len(cheap), size):
+        chunk = cheap[i : i + size]
+        if size == 1:
+            messages.append(Message(TASK_NAME, chunk[0].as_kwargs(), [TaskKey.of(chunk[0])]))
+        else:
+            messages.append(Message(BATCH_TASK_NAME, {"items": [r.as_kwargs() for r in chunk]},
+                                    [TaskKey.of(r) for r in chunk]))
+    return messages
 
 
 def parse_models(spec: str | Sequence[str]) -> list[str]:
@@ -202,12 +249,13 @@ class CryptoManager:
     def run_requests(self, requests: Iterable[ForecastRequest], timeout: float | None,
                      on_success: Callable[[TaskKey, dict[str, Any]], None],
                      on_failure: Callable[[TaskKey, str], None]) -> None:
-        """Send every request as a task and report each outcome, as it arrives, by its key.
+        """Send every request (batched as :func:`plan_messages` says) and report each
+        forecast's outcome, as it arrives, by its key.
 
         The one dispatcher behind :meth:`run` and the backtest (:mod:`crypto_ml.backtest`).
         """
         with self.connected() as app:
-            self._dispatch_and_collect(app, requests, timeout, on_success, on_failure)
+            self._dispatch_and_collect(app, list(requests), timeout, on_success, on_failure)
 
     @contextlib.contextmanager
     def session(self) -> Iterator[CryptoManager]:
@@ -222,27 +270,23 @@ class CryptoManager:
             finally:
                 self.app = None
 
-    def _dispatch_and_collect(self, app: Celery, requests: Iterable[ForecastRequest],
+    def _dispatch_and_collect(self, app: Celery, requests: list[ForecastRequest],
                               timeout: float | None,
                               on_success: Callable[[TaskKey, dict[str, Any]], None],
                               on_failure: Callable[[TaskKey, str], None]) -> None:
-        pending: dict[str, TaskKey] = {}
+        pending: dict[str, list[TaskKey]] = {}
         sent_ids: list[str] = []
         try:
-            for req in requests:
-                sent = app.send_task(TASK_NAME, kwargs=req.as_kwargs(), retry=True,
+            for message in plan_messages(requests, self.settings.batch_size):
+                sent = app.send_task(message.task, kwargs=message.kwargs, retry=True,
                                      retry_policy=PUBLISH_RETRY)
-                pending[sent.id] = TaskKey(req.coin, req.model, req.last_date)
+                pending[sent.id] = message.items
                 sent_ids.append(sent.id)
             for task_id, meta in app.backend.get_many(set(pending), timeout=timeout,
                                                       interval=0.05):
-                key = pending.pop(task_id)
-                if meta["status"] == "SUCCESS":
-                    on_success(key, meta["result"])
-                else:
-                    on_failure(key, _reason(meta))
+                _record(pending.pop(task_id), meta, on_success, on_failure)
         except TimeoutError:
-            for key in pending.values():
+            for key in itertools.chain.from_iterable(pending.values()):
                 on_failure(key, f"no result within {timeout:g} s (--timeout)")
         finally:
             if pending:  # timed out or interrupted: do not leave work queued for nobody

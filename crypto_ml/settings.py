@@ -17,6 +17,10 @@ Variable                                   Default                     Meaning
 ``CRYPTO_ML_RESULT_EXPIRES``               ``86400``                   Seconds a result stays in the backend.
 ``CRYPTO_ML_MAX_HORIZON``                  ``365``                     Largest forecast horizon a task accepts.
 ``CRYPTO_ML_MAX_SERIES``                   ``100000``                  Longest price series a task accepts.
+``CRYPTO_ML_BATCH_SIZE``                   ``64``                      Cheap forecasts per message (1: no batching).
+``CRYPTO_ML_MAX_BATCH``                    ``1000``                    Largest batch a worker accepts.
+``CRYPTO_ML_PRELOAD_KERAS``                ``0``                       1: each pool process loads Keras and builds the
+                                                                       networks when it starts, not at its first deep task.
 ``CRYPTO_ML_WORKERS``                      number of CPU cores         Worker processes of the embedded cluster.
 ========================================  ==========================  =========================================
 """
@@ -32,6 +36,7 @@ from crypto_ml.errors import ConfigError
 
 DEFAULT_DATA_DIR = Path("data/crypto")
 SERIALIZERS = ("json", "msgpack")
+TRUE = ("1", "true", "yes", "on")
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -61,6 +66,9 @@ class Settings:
     result_expires: int = 86400
     max_horizon: int = 365
     max_series: int = 100_000
+    batch_size: int = 64
+    max_batch: int = 1000
+    preload_keras: bool = False
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
 
     def __post_init__(self) -> None:
@@ -103,6 +111,9 @@ class Settings:
             result_expires=_int(env, "CRYPTO_ML_RESULT_EXPIRES", 86400),
             max_horizon=_int(env, "CRYPTO_ML_MAX_HORIZON", 365),
             max_series=_int(env, "CRYPTO_ML_MAX_SERIES", 100_000),
+            batch_size=_int(env, "CRYPTO_ML_BATCH_SIZE", 64),
+            max_batch=_int(env, "CRYPTO_ML_MAX_BATCH", 1000),
+            preload_keras=env.get("CRYPTO_ML_PRELOAD_KERAS", "0").strip().lower() in TRUE,
             workers=_int(env, "CRYPTO_ML_WORKERS", os.cpu_count() or 1),
         )
 

@@ -12,12 +12,12 @@ from typing import Any
 
 from celery import Task, shared_task
 
-from crypto_ml.wire import TASK_NAME, ForecastRequest, run_forecast
+from crypto_ml.wire import BATCH_TASK_NAME, TASK_NAME, ForecastRequest, run_batch, run_forecast
 
 log = logging.getLogger(__name__)
 
 
-class ForecastTask(Task):  # type: ignore[misc]
+class ForecastTask(Task):
     """Base class: request validation against the app's caps and one log line per task."""
 
     def parse(self, **kwargs: Any) -> ForecastRequest:
@@ -29,9 +29,14 @@ class ForecastTask(Task):  # type: ignore[misc]
         )
 
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
-        log.info("task %s done: coin=%s model=%s worker=%s device=%s fit_seconds=%.3f",
-                 task_id, retval["coin"], retval["model"], retval["worker"], retval["device"],
-                 retval["fit_seconds"])
+        for r in retval if isinstance(retval, list) else [retval]:
+            if "error" in r:
+                log.warning("task %s item failed: coin=%s model=%s: %s", task_id, r["coin"],
+                            r["model"], r["error"])
+            else:
+                log.info("task %s done: coin=%s model=%s worker=%s device=%s fit_seconds=%.3f",
+                         task_id, r["coin"], r["model"], r["worker"], r["device"],
+                         r["fit_seconds"])
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
                    einfo: Any) -> None:
@@ -46,3 +51,10 @@ def forecast(self: ForecastTask, coin: str, model: str, prices: list[float], hor
     request = self.parse(coin=coin, model=model, prices=prices, horizon=horizon,
                          last_date=last_date, params=params)
     return run_forecast(request, worker=self.request.hostname or "unknown")
+
+
+@shared_task(bind=True, base=ForecastTask, name=BATCH_TASK_NAME)
+def forecast_batch(self: ForecastTask, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Run many cheap forecasts (each as ``forecast`` takes them) in one message."""
+    return run_batch(items, self.request.hostname or "unknown",
+                     self.app.conf.get("crypto_ml_max_batch", 1000), self.parse)

@@ -7,17 +7,21 @@ a bad one fails with :class:`~crypto_ml.errors.InvalidTaskInput` naming the argu
 
 from __future__ import annotations
 
-import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from crypto_ml.errors import InvalidTaskInput
+from crypto_ml.errors import CryptoMLError, InvalidTaskInput
 from crypto_ml.models import PARAMS, get_model
 
 TASK_NAME = "crypto_ml.forecast"
+#: Many cheap forecasts in one message: the dispatch cost is paid once per batch.
+BATCH_TASK_NAME = "crypto_ml.forecast_batch"
+#: Errors that fail one forecast of a batch without failing the others.
+ITEM_ERRORS = (CryptoMLError, ValueError, ArithmeticError)
 #: Content types the app accepts; anything else (pickle above all) is refused unread.
 ACCEPT_CONTENT = ["application/json", "application/x-msgpack"]
 
@@ -39,12 +43,20 @@ def _prices(value: object, cap: int) -> list[float]:
         raise _bad("prices", f"expected a list of numbers, got {type(value).__name__}")
     if len(value) > cap:
         raise _bad("prices", f"{len(value)} points is above the cap of {cap}")
-    for i, p in enumerate(value):
-        if isinstance(p, bool) or not isinstance(p, int | float):
-            raise _bad("prices", f"item {i} is {type(p).__name__}, not a number")
-        if not math.isfinite(p):
-            raise _bad("prices", f"item {i} is {p}; send only finite closes (drop NaNs first)")
-    return [float(p) for p in value]
+    try:
+        arr = np.array(value)  # no dtype: strings, bools and nested lists keep their own kind
+    except ValueError:
+        raise _bad("prices", "expected a flat list of numbers") from None
+    if arr.size and (arr.ndim != 1 or arr.dtype.kind not in "if"):
+        odd = next((p for p in value if isinstance(p, bool) or not isinstance(p, int | float)),
+                   value[0])
+        raise _bad("prices", f"{odd!r} ({type(odd).__name__}) is not a number")
+    arr = arr.astype(np.float64, copy=False)
+    finite = np.isfinite(arr)
+    if not finite.all():
+        i = int(np.argmin(finite))
+        raise _bad("prices", f"item {i} is {arr[i]}; send only finite closes (drop NaNs first)")
+    return arr.tolist()
 
 
 @dataclass(frozen=True)
@@ -101,3 +113,27 @@ def run_forecast(request: ForecastRequest, worker: str) -> dict[str, Any]:
         "worker": worker,
         "device": model.device,
     }
+
+
+def run_batch(items: object, worker: str, max_batch: int,
+              parse: Callable[..., ForecastRequest]) -> list[dict[str, Any]]:
+    """Run each forecast of a batch; a bad item gets ``{"coin", "model", "error"}`` instead."""
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        raise _bad("items", "expected a list of forecast requests (objects)")
+    if len(items) > max_batch:
+        raise _bad("items", f"{len(items)} requests is above the batch cap of {max_batch}")
+    results = []
+    for item in items:
+        try:
+            results.append(run_forecast(parse(**item), worker))
+        except TypeError as exc:  # missing or unexpected keys
+            results.append(item_error(item, InvalidTaskInput(f"invalid request: {exc}")))
+        except ITEM_ERRORS as exc:
+            results.append(item_error(item, exc))
+    return results
+
+
+def item_error(item: dict[str, Any], exc: BaseException) -> dict[str, Any]:
+    """The entry a failed forecast of a batch leaves in the batch's result."""
+    return {"coin": str(item.get("coin")), "model": str(item.get("model")),
+            "error": f"{type(exc).__name__}: {exc}"}

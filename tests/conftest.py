@@ -41,3 +41,15 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600,
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "crypto_ml.manager", *args], cwd=ROOT,
                           env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` are skipped, with the reason, on machines without an NVIDIA GPU."""
+    import shutil
+
+    if shutil.which("nvidia-smi"):
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU (nvidia-smi not found)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

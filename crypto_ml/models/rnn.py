@@ -11,6 +11,8 @@ Keras 3; the backend is imported on first fit, never at module import.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from crypto_ml.device import keras_and_device
@@ -19,10 +21,12 @@ from crypto_ml.models.base import Forecaster
 
 WINDOW = 50
 BATCH_SIZE = 512
+#: Compiled networks of this process, by (cell, window, seed), with their initial state.
+_NETWORKS: dict[tuple[str, int, int], tuple[Any, list[np.ndarray]]] = {}
 
 
 def make_windows(series: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every run of ``window + 1`` closes, normalised by its first: inputs (N, window, 1), targets (N,)."""
+    """Every run of ``window + 1`` closes over its first close, minus 1: x (N, window, 1), y (N,)."""
     starts = np.arange(len(series) - window)[:, None]
     runs = series[starts + np.arange(window + 1)[None, :]]
     norm = runs / runs[:, :1] - 1.0
@@ -44,7 +48,7 @@ class RecurrentModel(Forecaster):
         self.epochs, self.seed, self.window = epochs, int(seed), window
         self.min_points = window + 1
 
-    def _build(self, keras):  # type: ignore[no-untyped-def]
+    def _build(self, keras: Any) -> Any:
         layer = keras.layers.LSTM if self.name == "lstm" else keras.layers.GRU
         model = keras.Sequential([
             keras.Input(shape=(self.window, 1)),
@@ -57,14 +61,34 @@ class RecurrentModel(Forecaster):
         model.compile(loss="mse", optimizer="rmsprop")
         return model
 
+    def _network(self, keras: Any) -> Any:
+        """This process's compiled network for (cell, window, seed), reset to its initial state.
+
+        Building and tracing a network costs far more than training it on one coin, so a
+        worker keeps one per configuration and, before each fit, restores the weights and
+        optimizer state it had when first built from the seed: every fit starts exactly
+        as a freshly built, seeded network would.
+        """
+        key = (self.name, self.window, self.seed)
+        if key not in _NETWORKS:
+            keras.utils.set_random_seed(self.seed)
+            model = self._build(keras)
+            model.optimizer.build(model.trainable_variables)
+            initial = [v.numpy() for v in (*model.variables, *model.optimizer.variables)]
+            _NETWORKS[key] = (model, initial)
+        model, initial = _NETWORKS[key]
+        for variable, value in zip((*model.variables, *model.optimizer.variables), initial,
+                                   strict=True):
+            variable.assign(value)
+        keras.utils.set_random_seed(self.seed)
+        return model
+
     def _fit(self, series: np.ndarray) -> None:
         if (series <= 0).any():
             raise InvalidTaskInput("prices must be positive for the p/p0 - 1 normalisation")
         keras, self.device = keras_and_device()
-        keras.backend.clear_session()
-        keras.utils.set_random_seed(self.seed)
         x, y = make_windows(series, self.window)
-        self.model_ = self._build(keras)
+        self.model_ = self._network(keras)
         self.model_.fit(x, y, batch_size=BATCH_SIZE, epochs=self.epochs, shuffle=True, verbose=0)
         self.tail_ = series[-self.window :].copy()
 
@@ -76,3 +100,11 @@ class RecurrentModel(Forecaster):
             step = float(np.asarray(self.model_.predict_on_batch(x)).reshape(-1)[0])
             history.append(window[0] * (step + 1.0))
         return np.asarray(history[self.window :], dtype=np.float64)
+
+
+def warm_up(cells: tuple[str, ...] = ("lstm", "gru")) -> None:
+    """Import the backend and build and trace the default networks, so a worker's first
+    deep task costs what every later one does."""
+    series = 100.0 + np.sin(np.arange(WINDOW * 2, dtype=np.float64)) + np.arange(WINDOW * 2)
+    for cell in cells:
+        RecurrentModel(cell).fit(series).forecast(1)

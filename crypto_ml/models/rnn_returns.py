@@ -29,6 +29,8 @@ from crypto_ml.models.base import Forecaster
 VALIDATION_SHARE = 0.2
 BATCH_SIZE = 64
 MIN_WINDOWS = 10
+#: Compiled networks of this process by (cell, window, units, seed), with their initial state.
+_NETWORKS: dict[tuple[str, int, int, int], tuple[Any, list[np.ndarray]]] = {}
 
 
 def _int_option(name: str, value: object, low: int, high: int) -> int:
@@ -68,35 +70,61 @@ class ReturnsRecurrentModel(Forecaster):
         model.compile(loss="mse", optimizer=keras.optimizers.Adam(learning_rate=1e-3))
         return model
 
+    def _network(self, keras: Any, seed: int) -> Any:
+        """This process's network for (cell, window, units, seed), reset to its seeded start.
+
+        As :meth:`RecurrentModel._network`: building and tracing cost more than a fit,
+        so each configuration is built once and its weights and optimizer state are
+        restored before every fit, which then starts as a freshly built network would.
+        """
+        key = (self.cell, self.window, self.units, seed)
+        if key not in _NETWORKS:
+            keras.utils.set_random_seed(seed)
+            net = self._build(keras)
+            net.optimizer.build(net.trainable_variables)
+            _NETWORKS[key] = (net, [v.numpy() for v in (*net.variables,
+                                                         *net.optimizer.variables)])
+        net, initial = _NETWORKS[key]
+        for variable, value in zip((*net.variables, *net.optimizer.variables), initial,
+                                   strict=True):
+            variable.assign(value)
+        keras.utils.set_random_seed(seed)
+        return net
+
     def _fit(self, series: np.ndarray) -> None:
         if (series <= 0).any():
             raise InvalidTaskInput("prices must be positive to take log returns")
         keras, self.device = keras_and_device()
-        keras.backend.clear_session()
         returns = np.diff(np.log(series))
         self.scale_ = float(np.std(returns)) or 1.0
         x, y = return_windows(returns / self.scale_, self.window)
         n_val = max(1, round(len(y) * VALIDATION_SHARE))
-        stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.patience,
-                                             restore_best_weights=True)
-        self.nets_ = []
+        self.weights_: list[list[np.ndarray]] = []
+        self.tail_ = returns[-self.window :] / self.scale_
+        self.last_ = float(series[-1])
         for member in range(self.members):
-            keras.utils.set_random_seed(self.seed + member)
-            net = self._build(keras)
+            net = self._network(keras, self.seed + member)
+            stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.patience,
+                                                 restore_best_weights=True)
             net.fit(x[:-n_val], y[:-n_val], validation_data=(x[-n_val:], y[-n_val:]),
                     batch_size=BATCH_SIZE, epochs=self.epochs, shuffle=True, verbose=0,
                     callbacks=[stop])
-            self.nets_.append(net)
-        self.tail_ = returns[-self.window :] / self.scale_
-        self.last_ = float(series[-1])
+            self.weights_.append(net.get_weights())  # the shared network is reset by the next fit
+
+    def _path(self, net: Any, h: int) -> np.ndarray:
+        """``h`` scaled returns predicted recursively from the training tail."""
+        history = list(self.tail_)
+        for _ in range(h):
+            x = np.asarray(history[-self.window :], dtype="float32").reshape(1, -1, 1)
+            history.append(float(np.asarray(net.predict_on_batch(x)).reshape(-1)[0]))
+        return np.asarray(history[self.window :])
 
     def _forecast(self, h: int) -> np.ndarray:
-        paths = np.empty((self.members, h))
-        for i, net in enumerate(self.nets_):
-            history = list(self.tail_)
-            for step in range(h):
-                x = np.asarray(history[-self.window :], dtype="float32").reshape(1, -1, 1)
-                history.append(float(np.asarray(net.predict_on_batch(x)).reshape(-1)[0]))
-                paths[i, step] = history[-1]
-        returns = paths.mean(axis=0) * self.scale_
+        keras, _ = keras_and_device()
+        paths = []
+        for member, weights in enumerate(self.weights_):
+            net = self._network(keras, self.seed + member)
+            net.set_weights(weights)
+            paths.append(self._path(net, h))
+        returns = np.mean(paths, axis=0) * self.scale_
         return self.last_ * np.exp(np.cumsum(returns))

@@ -1,0 +1,132 @@
+"""CryptoLoader on the real data set and on small files with every quirk of real exports."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from crypto_ml.data_loader import CryptoLoader, coin_id
+from crypto_ml.errors import CoinNotFound, CryptoMLError, DataNotFound
+
+HEADER = "Date,Open,High,Low,Close,Volume,Market Cap"
+
+
+def write(folder: Path, name: str, text: str | bytes) -> Path:
+    path = folder / name
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8", newline="")
+    return path
+
+
+# --- the real data set -------------------------------------------------------------------------
+
+
+def test_bitcoin_prices_match_the_published_series(shared_data: Path) -> None:
+    prices = CryptoLoader(shared_data).get_prices("bitcoin")
+    assert prices.dtype == np.float64
+    np.testing.assert_array_equal(prices[:3], [134.21, 144.54, 139.0])
+    np.testing.assert_array_equal(prices[-3:], [3905.95, 3631.04, 3630.7])
+    # one close per data row of the file (the shared README's 1,608 counts newlines: 1,609 rows)
+    rows = (shared_data / "Bitcoin.csv").read_text().strip().count("\n")
+    assert len(prices) == rows == 1609
+
+
+def test_every_coin_file_loads_and_the_ranking_file_is_skipped(shared_data: Path,
+                                                               caplog: pytest.LogCaptureFixture
+                                                               ) -> None:
+    caplog.set_level(logging.WARNING)
+    names = CryptoLoader(shared_data).get_crypto_names()
+    assert len(names) == 100 and names == sorted(names)
+    assert "bitcoin_cash" in names and "i-o_coin" in names and "100_list" not in names
+    assert any("100 List.csv" in r.getMessage() for r in caplog.records)
+
+
+def test_real_quirks_are_parsed(shared_data: Path) -> None:
+    loader = CryptoLoader(shared_data)
+    monero = loader.get_df("monero")
+    assert pd.Timestamp("2015-03-30") in set(monero["Date"])  # spreadsheet serial 42093
+    dash = loader.get_df("dash")
+    assert pd.Timestamp("2017-06-04") in set(dash["Date"])  # "June 4, 2017"
+    btc = loader.get_df("Bitcoin")
+    assert btc["Date"].is_monotonic_increasing and btc["Date"].is_unique
+    assert str(btc["Date"].dtype).startswith("datetime64")
+    assert btc["Volume"].isna().sum() > 0  # '-' for early volume
+    assert btc["Market Cap"].iloc[-1] == 60_152_300_000.0  # "60,152,300,000"
+
+
+# --- fixtures with the quirks ------------------------------------------------------------------
+
+
+def test_bom_crlf_reordered_columns_and_thousands(tmp_path: Path) -> None:
+    text = ("\ufeffClose,date,Volume\r\n"
+            '"1,200.5","Jan 02, 2017",-\r\n'
+            '1100,"January 1, 2017","2,000"\r\n')
+    write(tmp_path, "Some Coin.csv", text)
+    df = CryptoLoader(tmp_path).get_df("some_coin")
+    assert list(df["Close"]) == [1100.0, 1200.5]
+    assert list(df["Date"]) == [pd.Timestamp("2017-01-01"), pd.Timestamp("2017-01-02")]
+    assert np.isnan(df["Volume"].iloc[1]) and df["Volume"].iloc[0] == 2000.0
+
+
+def test_bad_files_are_skipped_with_one_warning_each(tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    write(tmp_path, "Good.csv", f'{HEADER}\n"Jan 02, 2017",1,1,1,2,5,6\n"Jan 01, 2017",1,1,1,1,5,6\n')
+    write(tmp_path, "Empty.csv", "")
+    write(tmp_path, "Header Only.csv", HEADER + "\n")
+    write(tmp_path, "Binary.csv", b"\x89PNG\r\n\x1a\n\x00\x00\x00")
+    write(tmp_path, "100 List.csv", "#,Name,Market Cap,Price\n1,Bitcoin,$1,$2\n")
+    caplog.set_level(logging.WARNING)
+    loader = CryptoLoader(tmp_path)
+    assert loader.get_crypto_names() == ["good"]
+    assert loader.get_crypto_names() == ["good"]  # warnings are not repeated
+    messages = [r.getMessage() for r in caplog.records]
+    for name in ("Empty.csv", "Header Only.csv", "Binary.csv", "100 List.csv"):
+        assert sum(name in m for m in messages) == 1, (name, messages)
+
+
+def test_unparseable_rows_are_dropped_with_a_count_and_duplicates_kept_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    rows = ['"Jan 03, 2017",1,1,1,3,1,1', '"not a date",1,1,1,9,1,1', '"Jan 02, 2017",1,1,1,abc,1,1',
+            '"Jan 02, 2017",1,1,1,2,1,1', '"Jan 01, 2017",1,1,1,-,1,1', '"Jan 01, 2017",1,1,1,7,1,1']
+    write(tmp_path, "Dup.csv", HEADER + "\n" + "\n".join(rows) + "\n")
+    caplog.set_level(logging.WARNING)
+    df = CryptoLoader(tmp_path).get_df("dup")
+    assert any("dropped 2 unparseable rows" in r.getMessage() for r in caplog.records)
+    assert df["Date"].is_unique and len(df) == 3
+    assert df["Close"].iloc[1:].tolist() == [2.0, 3.0]
+    assert np.isnan(df["Close"].iloc[0])  # '-' is a missing close, kept as NaN
+
+
+def test_max_points_and_date_window(tmp_path: Path) -> None:
+    days = pd.date_range("2017-01-01", periods=10)
+    rows = [f'"{d:%b %d, %Y}",1,1,1,{i},1,1' for i, d in enumerate(days)][::-1]
+    write(tmp_path, "Ten.csv", HEADER + "\n" + "\n".join(rows))
+    assert CryptoLoader(tmp_path, max_points=3).get_prices("ten").tolist() == [7, 8, 9]
+    window = CryptoLoader(tmp_path, from_date="2017-01-03", to_date="2017-01-05")
+    assert window.get_prices("ten").tolist() == [2, 3, 4]
+
+
+def test_unknown_coin_names_it_and_suggests(tmp_path: Path) -> None:
+    write(tmp_path, "Bitcoin.csv", f'{HEADER}\n"Jan 01, 2017",1,1,1,1,1,1\n')
+    with pytest.raises(CoinNotFound) as caught:
+        CryptoLoader(tmp_path).get_prices("bitcoinn")
+    assert isinstance(caught.value, CryptoMLError)
+    assert "bitcoinn" in str(caught.value) and "bitcoin" in str(caught.value).split("mean")[1]
+
+
+def test_missing_or_empty_data_dir_says_how_to_get_data(tmp_path: Path) -> None:
+    with pytest.raises(DataNotFound, match="Top 100 Cryptocurrency Historical Data"):
+        CryptoLoader(tmp_path / "nope").get_crypto_names()
+    with pytest.raises(DataNotFound, match="no price files"):
+        CryptoLoader(tmp_path).get_crypto_names()
+
+
+def test_coin_id() -> None:
+    assert coin_id("Bitcoin Cash") == "bitcoin_cash"
+    assert coin_id("I-O Coin") == "i-o_coin"

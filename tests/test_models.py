@@ -1,0 +1,105 @@
+"""The model contract every registered model passes, and each model's own definition."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from crypto_ml.data_loader import CryptoLoader
+from crypto_ml.errors import InvalidTaskInput, SeriesTooShort, UnknownModel
+from crypto_ml.models import get_model, model_names
+from crypto_ml.models.rnn import make_windows
+
+FAST = {"epochs": 1}
+
+
+def random_walk(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return 100.0 * np.exp(np.cumsum(rng.normal(0, 0.02, n)))
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_model_contract(name: str) -> None:
+    """Fit returns the model; forecast(h) gives h finite floats; too short and bad h are errors."""
+    series = random_walk(80)
+    with_gaps = series.copy()
+    with_gaps[[5, 40]] = np.nan
+    model = get_model(name, **FAST)
+    assert model.fit(with_gaps, coin="walk") is model
+    assert model.n_points_ == 78  # NaN closes dropped before fitting
+    for h in (1, 7):
+        out = model.forecast(h)
+        assert out.shape == (h,) and out.dtype == np.float64 and np.isfinite(out).all()
+    with pytest.raises(SeriesTooShort) as short:
+        get_model(name, **FAST).fit(series[: model.min_points - 1], coin="tiny")
+    message = str(short.value)
+    assert "'tiny'" in message and str(model.min_points - 1) in message
+    assert str(model.min_points) in message
+    with pytest.raises(InvalidTaskInput):
+        model.forecast(0)
+    with pytest.raises(InvalidTaskInput, match="infinite"):
+        get_model(name, **FAST).fit(np.append(series, np.inf))
+
+
+def test_registry_rejects_unknown_names() -> None:
+    with pytest.raises(UnknownModel, match="arima"):
+        get_model("arima")
+
+
+def test_naive_repeats_the_last_close() -> None:
+    assert get_model("naive").fit([3.0, 1.0, 2.5, np.nan]).forecast(3).tolist() == [2.5] * 3
+
+
+def test_linear_is_the_least_squares_trend_on_day_index(shared_data: Path) -> None:
+    prices = CryptoLoader(shared_data).get_prices("ethereum")
+    t = np.arange(len(prices))
+    slope, intercept = np.polyfit(t, prices, 1)
+    expected = intercept + slope * np.arange(len(prices), len(prices) + 10)
+    got = get_model("linear").fit(prices).forecast(10)
+    np.testing.assert_allclose(got, expected, rtol=1e-9)
+
+
+def test_windows_are_normalised_by_their_first_close() -> None:
+    series = np.array([1.0, 2.0, 4.0, 8.0, 16.0])
+    x, y = make_windows(series, window=3)
+    assert x.shape == (2, 3, 1) and y.shape == (2,)
+    np.testing.assert_allclose(x[1, :, 0], [0.0, 1.0, 3.0])  # 2,4,8 / 2 - 1
+    np.testing.assert_allclose(y, [7.0, 7.0])  # 8/1 - 1, 16/2 - 1
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_recurrent_forecast_is_seeded_and_recursive(cell: str) -> None:
+    series = random_walk(300, seed=1)
+    first = get_model(cell, epochs=1, seed=7).fit(series)
+    again = get_model(cell, epochs=1, seed=7).fit(series)
+    long, short = first.forecast(6), again.forecast(3)
+    np.testing.assert_array_equal(long[:3], short)  # same seed, same input: same forecast
+    assert len(set(np.round(long, 9))) > 1  # each step feeds the next: not one value repeated
+    assert first.device.startswith(("CPU", "GPU"))
+
+
+def test_recurrent_model_rejects_non_positive_prices() -> None:
+    with pytest.raises(InvalidTaskInput, match="positive"):
+        get_model("lstm").fit(np.r_[random_walk(60), 0.0])
+
+
+def test_worker_side_imports_do_not_load_tensorflow() -> None:
+    """The pool parent imports the tasks; TensorFlow must wait for a child's first deep fit."""
+    code = ("import sys, crypto_ml.tasks, crypto_ml.celery_app, crypto_ml.manager; "
+            "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.gpu
+def test_recurrent_model_trains_on_the_gpu() -> None:
+    from crypto_ml.device import gpu_available
+
+    if not gpu_available():
+        pytest.skip("no GPU visible to the Keras backend")
+    model = get_model("lstm").fit(random_walk(300))
+    assert model.device.startswith("GPU")

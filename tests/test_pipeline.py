@@ -1,0 +1,166 @@
+"""End to end: the CLI, a real Redis server, real celery worker processes, real training."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import pytest
+from conftest import ROOT, run_cli
+
+from crypto_ml.data_loader import CryptoLoader
+from crypto_ml.models import get_model
+
+pytestmark = pytest.mark.integration
+
+LINEAR_COINS = ["bitcoin", "ethereum", "ripple", "litecoin", "dash", "monero", "nem", "neo",
+                "iota", "zcash", "stratis", "waves"]
+
+
+def forecasts_printed(stdout: str) -> dict[str, list[float]]:
+    lines = {}
+    for line in stdout.splitlines():
+        coin, array = line.split(" ", 1)
+        lines[coin] = [float(x) for x in array.strip("[] ").split()]
+    return lines
+
+
+def test_linear_forecasts_equal_an_in_process_fit(cluster: Any, shared_data: Path,
+                                                  tmp_path: Path) -> None:
+    out = tmp_path / "linear.json"
+    run = run_cli("send-tasks", "--model", "linear", "--coins", ",".join(LINEAR_COINS),
+                  "--broker", cluster.broker_url, "--output", str(out), data_dir=shared_data)
+    assert run.returncode == 0, run.stderr
+    report = json.loads(out.read_text())
+    assert report["failed"] == {} and set(report["results"]) == set(LINEAR_COINS)
+    printed = forecasts_printed(run.stdout)
+    loader = CryptoLoader(shared_data)
+    for coin in LINEAR_COINS:
+        prices = loader.get_prices(coin)
+        prices = prices[~np.isnan(prices)]
+        t = np.arange(len(prices))
+        expected = np.polyval(np.polyfit(t, prices, 1), np.arange(len(prices), len(prices) + 10))
+        result = report["results"][coin]["linear"]
+        np.testing.assert_allclose(result["forecast"], expected, rtol=1e-9)
+        np.testing.assert_allclose(printed[coin], expected, rtol=1e-6)  # printed at 8 digits
+        assert result["n_points"] == len(prices) and result["horizon"] == 10
+        assert result["last_date"] == loader.get_df(coin)["Date"].iloc[-1].date().isoformat()
+        assert result["worker"] in cluster.worker_names
+
+
+def test_deep_models_and_bad_coins(cluster: Any, shared_data: Path, tmp_path: Path) -> None:
+    """LSTM and GRU train on both workers; a too-short and an unknown coin fail alone (exit 1)."""
+    out = tmp_path / "deep.json"
+    coins = ["bitcoin", "ethereum", "neblio", "notacoin"]
+    run = run_cli("send-tasks", "--model", "lstm,gru", "--coins", ",".join(coins), "--epochs",
+                  "1", "--horizon", "5", "--max-points", "400", "--broker", cluster.broker_url,
+                  "--output", str(out), data_dir=shared_data)
+    assert run.returncode == 1, run.stderr
+    report = json.loads(out.read_text())
+    assert set(report["results"]) == {"bitcoin", "ethereum"}
+    assert set(report["failed"]) == {"neblio", "notacoin"}
+    assert "SeriesTooShort" in report["failed"]["neblio"]["lstm"]
+    assert "11" in report["failed"]["neblio"]["gru"] and "51" in report["failed"]["neblio"]["gru"]
+    assert "unknown coin 'notacoin'" in report["failed"]["notacoin"]["lstm"]
+    assert "neblio" in run.stderr and "notacoin" in run.stderr and "Traceback" not in run.stderr
+    results = [r for by_model in report["results"].values() for r in by_model.values()]
+    assert {r["worker"] for r in results} == set(cluster.worker_names)  # both workers trained
+    loader = CryptoLoader(shared_data)
+    for r in results:
+        assert len(r["forecast"]) == 5 and r["device"].startswith(("CPU", "GPU"))
+        local = get_model(r["model"], epochs=1).fit(loader.get_prices(r["coin"])[-400:])
+        # same seed and data; the worker uses fewer math threads, so allow float-order noise
+        np.testing.assert_allclose(r["forecast"], local.forecast(5), rtol=1e-3)
+    logs = "".join(p.read_text() for p in Path(cluster.workdir).glob("worker*.log"))
+    assert "trains on CPU" in logs or "trains on GPU" in logs
+
+
+def test_tensorflow_lives_in_pool_children_only(cluster: Any) -> None:
+    """After deep training, the forking worker parents still hold no TensorFlow library."""
+    for proc in cluster.workers:
+        parent = psutil.Process(proc.pid)
+        assert "tensorflow" not in Path(f"/proc/{parent.pid}/maps").read_text()
+
+
+def test_unreachable_broker_exits_2_within_10_seconds(shared_data: Path) -> None:
+    started = time.monotonic()
+    run = run_cli("send-tasks", "--coins", "bitcoin", "--broker",
+                  "redis://:hunter2@127.0.0.1:9/0", data_dir=shared_data, timeout=30)
+    assert run.returncode == 2
+    assert time.monotonic() - started < 10
+    assert run.stderr.strip().splitlines()[-1].startswith("crypto-ml: error: cannot reach")
+    assert "hunter2" not in run.stderr and "Traceback" not in run.stderr
+
+
+def test_missing_data_stops_at_once_with_how_to_get_data(tmp_path: Path) -> None:
+    started = time.monotonic()
+    run = run_cli("send-tasks", data_dir=tmp_path / "none", timeout=30)
+    assert run.returncode == 2 and time.monotonic() - started < 5
+    assert len(run.stderr.strip().splitlines()) == 1
+    assert "Top 100 Cryptocurrency Historical Data" in run.stderr
+
+
+def test_unknown_model_is_a_configuration_error(shared_data: Path) -> None:
+    run = run_cli("send-tasks", "--model", "linear,prophet", data_dir=shared_data, timeout=30)
+    assert run.returncode == 2 and "unknown model 'prophet'" in run.stderr
+
+
+def _cluster_processes(manager_pid: int) -> list[psutil.Process]:
+    """Worker processes (and their pool children) named after this manager's pid."""
+    return [p for p in psutil.process_iter(["cmdline"])
+            if f"-{manager_pid}-" in " ".join(p.info["cmdline"] or [])]
+
+
+def _embedded(args: list[str], shared_data: Path) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTO_ML_")}
+    env.update(CRYPTO_ML_DATA_DIR=str(shared_data), CRYPTO_ML_WORKERS="2")
+    return subprocess.Popen([sys.executable, "-m", "crypto_ml.manager", "send-tasks", *args],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _redis_servers() -> set[int]:
+    return {p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "redis-server"}
+
+
+def test_embedded_default_runs_and_leaves_nothing_behind(shared_data: Path) -> None:
+    before = _redis_servers()
+    proc = _embedded(["--coins", "bitcoin,ethereum,dash"], shared_data)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    assert "running embedded" in stderr and "CRYPTO_ML_BROKER_URL" in stderr
+    assert set(forecasts_printed(stdout)) == {"bitcoin", "ethereum", "dash"}
+    assert not _cluster_processes(proc.pid) and _redis_servers() <= before
+
+
+def test_ctrl_c_stops_the_embedded_cluster(shared_data: Path) -> None:
+    before = _redis_servers()
+    proc = _embedded(["--model", "lstm", "--epochs", "50"], shared_data)
+    assert proc.stderr is not None
+    lines = iter(proc.stderr.readline, "")
+    assert any("running embedded" in line for line in lines)  # the cluster is starting
+    deadline = time.monotonic() + 120
+    while not _cluster_processes(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)  # polling for the workers to appear, bounded by the deadline
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr
+    assert not _cluster_processes(proc.pid) and _redis_servers() <= before
+
+
+def test_celery_finds_the_app_from_any_folder(tmp_path: Path) -> None:
+    env = {**os.environ, "CRYPTO_ML_BROKER_URL": "redis://:topsecret@127.0.0.1:6399/0"}
+    run = subprocess.run([sys.executable, "-m", "celery", "-A", "crypto_ml", "report"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert "crypto_ml.forecast" in run.stdout or "broker_url" in run.stdout
+    assert "topsecret" not in run.stdout

@@ -1,0 +1,123 @@
+"""Wire format: what the app sends and accepts, request validation, and refusal of pickle."""
+
+from __future__ import annotations
+
+import math
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from kombu import Connection, Producer
+from kombu.serialization import dumps, loads
+
+from crypto_ml.celery_app import celery_config, create_app
+from crypto_ml.errors import ConfigError, InvalidTaskInput
+from crypto_ml.settings import Settings
+from crypto_ml.wire import ACCEPT_CONTENT, TASK_NAME, ForecastRequest, run_forecast
+
+SETTINGS = Settings(broker_url="redis://:secret@127.0.0.1:6379/0")
+
+
+def test_config_accepts_json_and_msgpack_only() -> None:
+    conf = celery_config(SETTINGS)
+    assert conf["task_serializer"] == conf["result_serializer"] == "json"
+    for key in ("accept_content", "result_accept_content"):
+        assert sorted(conf[key]) == ["application/json", "application/x-msgpack"]
+    with pytest.raises(ConfigError, match="pickle"):
+        Settings(serializer="pickle")
+
+
+def test_reliability_baseline() -> None:
+    conf = celery_config(SETTINGS)
+    assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"]
+    assert conf["worker_prefetch_multiplier"] == 1
+    assert conf["task_soft_time_limit"] < conf["task_time_limit"]
+    assert conf["broker_transport_options"]["visibility_timeout"] > conf["task_time_limit"]
+    assert conf["result_expires"] > 0
+    with pytest.raises(ConfigError, match="visibility"):
+        Settings(hard_time_limit=600, visibility_timeout=500)
+
+
+def test_no_broker_is_an_error_not_a_default_host() -> None:
+    with pytest.raises(ConfigError, match="CRYPTO_ML_BROKER_URL"):
+        celery_config(Settings())
+
+
+def test_deep_models_route_to_the_gpu_queue() -> None:
+    app = create_app(SETTINGS)
+    route = app.amqp.router.route
+    for model, queue in [("naive", "cpu"), ("linear", "cpu"), ("lstm", "gpu"), ("gru", "gpu")]:
+        options = route({}, TASK_NAME, (), {"model": model})
+        assert options["queue"].name == queue
+
+
+@pytest.mark.parametrize("serializer", ["json", "msgpack"])
+def test_request_and_result_round_trip(serializer: str) -> None:
+    request = ForecastRequest("bitcoin", "linear", [1.0, 2.5, 3.25], 2, "2017-09-22")
+    ctype, enc, body = dumps(request.as_kwargs(), serializer=serializer)
+    again = ForecastRequest.parse(**loads(body, ctype, enc, accept=ACCEPT_CONTENT))
+    assert again == request
+    result = run_forecast(again, worker="w1@host")
+    ctype, enc, body = dumps(result, serializer=serializer)
+    decoded = loads(body, ctype, enc, accept=ACCEPT_CONTENT)
+    assert decoded == result and decoded["forecast"] == pytest.approx([4.5, 5.625])
+    assert set(decoded) == {"coin", "model", "horizon", "forecast", "last_date", "n_points",
+                            "fit_seconds", "worker", "device"}
+
+
+@pytest.mark.parametrize(("change", "argument"), [
+    ({"prices": "1,2,3"}, "prices"),
+    ({"prices": [1.0, math.nan, 2.0]}, "prices"),
+    ({"prices": [1.0, math.inf]}, "prices"),
+    ({"prices": [1.0, "2"]}, "prices"),
+    ({"horizon": -1}, "horizon"),
+    ({"horizon": 10_000}, "horizon"),
+    ({"horizon": 2.5}, "horizon"),
+    ({"model": "arima"}, "model"),
+    ({"coin": 7}, "coin"),
+    ({"params": {"epochs": 1}}, "params"),
+])
+def test_bad_arguments_are_named(change: dict[str, Any], argument: str) -> None:
+    kwargs: dict[str, Any] = {"coin": "c", "model": "linear", "prices": [1.0, 2.0], "horizon": 3}
+    kwargs.update(change)
+    with pytest.raises(InvalidTaskInput, match=f"'{argument}'"):
+        ForecastRequest.parse(**kwargs)
+
+
+def test_series_above_the_cap_is_refused() -> None:
+    with pytest.raises(InvalidTaskInput, match="cap"):
+        ForecastRequest.parse(coin="c", model="naive", prices=list(np.ones(11)), horizon=1,
+                              max_series=10)
+
+
+class _Exploit:
+    """Unpickling this would create a file: proof that a payload was executed."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.path,))
+
+
+@pytest.mark.integration
+def test_worker_refuses_a_pickle_message_and_keeps_serving(cluster: Any, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    body = pickle.dumps(((), {"coin": "x", "model": "naive", "prices": [1.0], "horizon": 1,
+                              "payload": _Exploit(marker)}, {}))
+    headers = {"lang": "py", "task": TASK_NAME, "id": "evil-1", "argsrepr": "", "kwargsrepr": ""}
+    app = create_app(Settings().with_broker(cluster.broker_url))
+    queue = app.amqp.queues["cpu"]
+    with Connection(cluster.broker_url) as conn:
+        Producer(conn).publish(body, routing_key=queue.routing_key, exchange=queue.exchange,
+                               declare=[queue], content_type="application/x-python-serialize",
+                               content_encoding="binary", headers=headers)
+    ok = app.send_task(TASK_NAME, kwargs={"coin": "y", "model": "naive", "prices": [1.0, 2.0],
+                                          "horizon": 1})
+    assert ok.get(timeout=60)["forecast"] == [2.0]  # the worker still serves
+    assert not marker.exists()
+    assert app.AsyncResult("evil-1").state == "PENDING"  # never executed
+    logs = "".join(p.read_text() for p in Path(cluster.workdir).glob("worker*.log"))
+    assert "untrusted content" in logs and "x-python-serialize" in logs
