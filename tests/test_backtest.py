@@ -124,3 +124,19 @@ def test_cli_rejects_a_bad_until_date_and_unknown_model(tmp_path: Path) -> None:
     unknown = run_cli("backtest", "--model", "naive,arima", data_dir=DATA)
     assert unknown.returncode == 2 and "arima" in unknown.stderr
     assert "Traceback" not in unknown.stderr
+
+
+@pytest.mark.integration
+def test_best_without_a_saved_backtest_runs_one_and_falls_back_to_naive(cluster: object) -> None:
+    import io
+
+    from crypto_ml.backtest_cli import forecast_best
+
+    settings = Settings(data_dir=DATA).with_broker(cluster.broker_url)  # type: ignore[attr-defined]
+    out, err = io.StringIO(), io.StringIO()
+    manager = CryptoManager(loader=CryptoLoader(DATA), app=create_app(settings), out=out, err=err)
+    report = forecast_best(manager, ["walk", "stub"], horizon=3)
+    assert "backtest: 0 coin(s) x 2 model(s)" in err.getvalue()  # 8 closes: too short for 30
+    assert "best: walk -> naive (not backtested: 8 closes" in err.getvalue()
+    assert report.forecasts("naive")["walk"].tolist() == [7.0, 7.0, 7.0]
+    assert out.getvalue().splitlines()[0].split()[:2] in (["walk", "naive"], ["stub", "naive"])
