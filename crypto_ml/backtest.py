@@ -4,8 +4,8 @@ Each coin's closes (NaNs dropped, oldest first, exactly as ``send-tasks`` sends
 them) are cut at ``origins`` points, ``stride`` days apart, the newest one
 ``horizon`` days before the end. At every origin each model is fitted on the
 closes before it and forecasts the next ``horizon`` closes; every (coin, model,
-origin) fit is one ordinary ``crypto_ml.forecast`` task, sent and collected by
-:meth:`CryptoManager.run_requests`. The forecasts are scored with
+origin) fit is one ordinary forecast task (the cheap ones batched, as in any run),
+sent and collected by :meth:`CryptoManager.dispatch`. The forecasts are scored with
 :mod:`crypto_ml.metrics` per coin and model, and aggregated over the coins that
 every model scored. Deep models get a fixed ``seed``, so a backtest is repeatable.
 
@@ -26,7 +26,7 @@ import numpy as np
 
 from crypto_ml.data_loader import CryptoLoader
 from crypto_ml.errors import CryptoMLError
-from crypto_ml.manager import DEFAULT_TIMEOUT, CryptoManager, TaskKey, parse_models
+from crypto_ml.manager import DEFAULT_TIMEOUT, CryptoManager, RunReport, parse_models
 from crypto_ml.metrics import METRICS, naive_scale, scores
 from crypto_ml.models import PARAMS, get_model, model_names
 from crypto_ml.wire import ForecastRequest
@@ -179,21 +179,15 @@ class _Collector:
 
     def __init__(self, total: int, err: TextIO) -> None:
         self.forecasts: dict[tuple[str, str, str | None], np.ndarray] = {}
-        self.failures: dict[tuple[str, str], list[str]] = {}
-        self.total, self.done, self.err = total, 0, err
+        self.failures: dict[str, dict[str, str]] = {}
+        self.total, self.err = total, err
 
-    def success(self, key: TaskKey, result: dict[str, Any]) -> None:
+    def success(self, result: dict[str, Any]) -> None:
+        key = (result["coin"], result["model"], result["last_date"])
         self.forecasts[key] = np.asarray(result["forecast"], dtype=np.float64)
-        self._tick()
-
-    def failure(self, key: TaskKey, reason: str) -> None:
-        self.failures.setdefault((key.coin, key.model), []).append(f"{key.last_date}: {reason}")
-        self._tick()
-
-    def _tick(self) -> None:
-        self.done += 1
-        if self.done == self.total or self.done % max(1, self.total // 10) == 0:
-            print(f"backtest: {self.done}/{self.total} forecasts back", file=self.err, flush=True)
+        done = len(self.forecasts)
+        if done == self.total or done % max(1, self.total // 10) == 0:
+            print(f"backtest: {done}/{self.total} forecasts back", file=self.err, flush=True)
 
 
 def score(series: Sequence[CoinSeries], config: BacktestConfig,
@@ -206,13 +200,14 @@ def score(series: Sequence[CoinSeries], config: BacktestConfig,
         actual = np.stack([s.actual(o, config.horizon) for o in s.origins])
         scale = np.array([naive_scale(s.train(o, config.max_points)) for o in s.origins])
         for model in config.models:
-            reasons = collected.failures.get((s.coin, model))
-            if reasons:
+            got = [collected.forecasts.get((s.coin, model, s.dates[o - 1])) for o in s.origins]
+            missing = sum(f is None for f in got)
+            if missing:
+                why = collected.failures.get(s.coin, {}).get(model, "no result")
                 result.failed.setdefault(s.coin, {})[model] = (
-                    f"{len(reasons)} of {len(s.origins)} origins failed, e.g. {reasons[0]}")
+                    f"{missing} of {len(s.origins)} origins failed, e.g. {why}")
                 continue
-            forecast = np.stack([collected.forecasts[(s.coin, model, s.dates[o - 1])]
-                                 for o in s.origins])
+            forecast = np.stack(got)  # type: ignore[arg-type]
             result.per_coin.setdefault(s.coin, {})[model] = scores(actual, forecast, scale)
     return result
 
@@ -229,8 +224,9 @@ def run_backtest(manager: CryptoManager, config: BacktestConfig,
           + (f"; {len(skipped)} coin(s) skipped" if skipped else ""), file=err, flush=True)
     collected = _Collector(total, err)
     if total:
-        manager.run_requests(backtest_requests(series, config), config.timeout,
-                             collected.success, collected.failure)
+        report = manager.dispatch(list(backtest_requests(series, config)), config.timeout,
+                                  collected.success, RunReport())
+        collected.failures = report.failed  # one reason per (coin, model) is enough to say why
     result = score(series, config, collected)
     result.skipped = skipped
     return result

@@ -68,6 +68,24 @@ def add_backtest_parser(sub: Any) -> None:
     bt.add_argument("--data-dir", type=Path, help="price data folder (CRYPTO_ML_DATA_DIR)")
     bt.add_argument("--workers", type=_positive,
                     help="worker processes of the embedded cluster (default: one per core)")
+    bt.add_argument("--log-format", choices=("text", "json"),
+                    help="log lines as text or json (CRYPTO_ML_LOG_FORMAT, default text)")
+    bt.add_argument("--log-level", default="warning", choices=("debug", "info", "warning"),
+                    help="warning (default) keeps the terminal to the tables")
+
+
+def backtest_main(args: argparse.Namespace) -> int:
+    """``python -m crypto_ml.manager backtest``: the settings and data as send-tasks reads them."""
+    from crypto_ml.cli import settings_from
+    from crypto_ml.data_loader import CryptoLoader
+    from crypto_ml.manager import CryptoManager, parse_models
+
+    settings = settings_from(args)
+    parse_models(args.model)  # unknown model: exit 2 before any work
+    loader = CryptoLoader(settings.data_dir, to_date=args.until)
+    if not args.coins:
+        loader.get_crypto_names()  # no data: exit 2 at once
+    return backtest_command(args, CryptoManager(loader=loader, settings=settings))
 
 
 def _coins(spec: str | None) -> list[str] | None:

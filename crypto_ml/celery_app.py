@@ -8,6 +8,7 @@ own with :func:`create_app` and an explicit :class:`~crypto_ml.settings.Settings
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import ssl
 from typing import Any
@@ -16,8 +17,9 @@ from celery import Celery, signals
 from kombu import Queue
 
 from crypto_ml.errors import ConfigError
+from crypto_ml.logging_setup import use_format
 from crypto_ml.models import HEAVY
-from crypto_ml.settings import Settings
+from crypto_ml.settings import Settings, get_settings
 from crypto_ml.wire import ACCEPT_CONTENT, BATCH_TASK_NAME, TASK_NAME
 
 CPU_QUEUE, GPU_QUEUE = "cpu", "gpu"
@@ -123,3 +125,11 @@ def _preload_keras(**_: Any) -> None:
         from crypto_ml.models.rnn import warm_up
 
         warm_up()
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _log_format(logger: logging.Logger | None = None, **_: Any) -> None:
+    """Workers write JSON log lines when CRYPTO_ML_LOG_FORMAT=json."""
+    if logger is not None:
+        use_format(logger, get_settings().log_format)

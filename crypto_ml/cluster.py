@@ -24,10 +24,15 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import redis
 
 from crypto_ml.errors import ConfigError
+
+if TYPE_CHECKING:
+    from crypto_ml.flower import FlowerProcess
+    from crypto_ml.settings import Settings
 
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
@@ -98,7 +103,7 @@ class LocalCluster:
 
     def __init__(self, workers: int = 1, queues: Sequence[str] = ("cpu", "gpu"),
                  loglevel: str = "INFO", env: dict[str, str] | None = None,
-                 extra_worker_args: Sequence[str] = ()) -> None:
+                 extra_worker_args: Sequence[str] = (), flower: Settings | None = None) -> None:
         if workers < 1:
             raise ConfigError(f"a local cluster needs at least one worker, got {workers}")
         self.n_workers = workers
@@ -106,13 +111,15 @@ class LocalCluster:
         self.loglevel = loglevel
         self.env = dict(os.environ if env is None else env)
         self.extra_worker_args = list(extra_worker_args)
-        self.workdir = Path(tempfile.mkdtemp(prefix="crypto-ml-cluster-"))
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"crypto-ml-{os.getpid()}-"))
         self.password = secrets.token_hex(16)
         self.port = 0
         self.redis: subprocess.Popen[bytes] | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
         self.worker_names: list[str] = []
         self.startup_seconds = 0.0
+        self.flower_settings = flower  # its port, address and auth; the broker is ours
+        self.flower: FlowerProcess | None = None
 
     @property
     def broker_url(self) -> str:
@@ -179,8 +186,19 @@ class LocalCluster:
         wait_until(all_answered, timeout, f"starting {self.n_workers} celery worker(s)",
                    self._workers_dead)
 
+    @property
+    def flower_url(self) -> str | None:
+        return self.flower.url if self.flower else None
+
+    def start_flower(self) -> None:
+        from crypto_ml.flower import FlowerProcess
+
+        if self.flower_settings is not None:
+            settings = self.flower_settings.with_broker(self.broker_url)
+            self.flower = FlowerProcess(settings, self.workdir / "flower.log", self.env).start()
+
     def start(self) -> LocalCluster:
-        """Start Redis and the workers and wait until all are ready; stops all on failure."""
+        """Start Redis, workers (and Flower), wait until all are ready; stops all on failure."""
         from crypto_ml.celery_app import create_app
         from crypto_ml.settings import Settings
 
@@ -188,8 +206,11 @@ class LocalCluster:
         try:
             self.start_redis()
             self.start_workers()
+            self.start_flower()
             app = create_app(Settings().with_broker(self.broker_url))
             self.wait_for_workers(app)
+            if self.flower:
+                self.flower.wait_ready(self.worker_names)
         except BaseException:
             self.stop(keep_logs=True)
             raise
@@ -197,11 +218,13 @@ class LocalCluster:
         return self
 
     def stop(self, keep_logs: bool = False, graceful: bool = True) -> None:
-        """Stop the workers, then Redis; remove the work folder.
+        """Stop Flower and the workers, then Redis; remove the work folder.
 
         Graceful is Celery's warm shutdown (running tasks finish); otherwise a cold
         shutdown (SIGQUIT) abandons them, as after Ctrl-C.
         """
+        if self.flower is not None:
+            self.flower.stop()
         sig = signal.SIGTERM if graceful else signal.SIGQUIT
         for proc in self.workers:  # all at once, so they shut down in parallel
             if proc.poll() is None:
@@ -230,13 +253,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     up = sub.add_parser("up", help="start the cluster and keep it running until Ctrl-C")
     up.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                     help="worker processes (default: one per core)")
+    up.add_argument("--flower", action="store_true",
+                    help="also start Flower (CRYPTO_ML_FLOWER_PORT, default 5555)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    from crypto_ml.settings import Settings
+
     try:
-        with LocalCluster(workers=args.workers) as cluster:
+        flower = Settings.from_env() if args.flower else None
+        with LocalCluster(workers=args.workers, flower=flower) as cluster:
             print(f"local cluster up: redis + {args.workers} worker(s) in "
                   f"{cluster.startup_seconds:.1f} s; logs in {cluster.workdir}", flush=True)
             print(f"export CRYPTO_ML_BROKER_URL='{cluster.broker_url}'", flush=True)
+            if cluster.flower_url:
+                print(f"flower: {cluster.flower_url}", flush=True)
             print("press Ctrl-C to stop", flush=True)
             while True:
                 time.sleep(3600)

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
-import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, TextIO
+from typing import Any, TextIO
 
 import numpy as np
 import redis
@@ -29,45 +27,15 @@ from kombu.utils.url import maybe_sanitize_url
 from crypto_ml.cluster import LocalCluster
 from crypto_ml.data_loader import CryptoLoader
 from crypto_ml.errors import BrokerUnavailable, CryptoMLError, UnknownModel
+from crypto_ml.flower import send_options
+from crypto_ml.logging_setup import log_task
 from crypto_ml.models import HEAVY, PARAMS, model_names
 from crypto_ml.settings import Settings, get_settings
 from crypto_ml.wire import BATCH_TASK_NAME, TASK_NAME, ForecastRequest
 
 DEFAULT_TIMEOUT = 3600.0
+MIN_MESSAGES = 8  # cheap forecasts are spread over at least this many messages
 PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2}
-
-
-class TaskKey(NamedTuple):
-    """What the dispatcher remembers of a sent request: enough to say whose result it is."""
-
-    coin: str
-    model: str
-    last_date: str | None
-
-    @classmethod
-    def of(cls, request: ForecastRequest) -> TaskKey:
-        return cls(request.coin, request.model, request.last_date)
-
-
-def _record(keys: list[TaskKey], meta: dict[str, Any],
-            on_success: Callable[[TaskKey, dict[str, Any]], None],
-            on_failure: Callable[[TaskKey, str], None]) -> None:
-    """Report one message's outcome per forecast it carried (a batch answers in order)."""
-    if meta["status"] != "SUCCESS":
-        exc = meta.get("result")
-        reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else str(exc)
-        if meta["status"] != "FAILURE":
-            reason = f"{meta['status']}: {reason}"
-        for key in keys:
-            on_failure(key, reason)
-        return
-    results = meta["result"]
-    for key, result in zip(keys, results if isinstance(results, list) else [results],
-                           strict=True):
-        if "error" in result:
-            on_failure(key, result["error"])
-        else:
-            on_success(key, result)
 
 
 @dataclass
@@ -103,25 +71,45 @@ class Message:
 
     task: str
     kwargs: dict[str, Any]
-    items: list[TaskKey]
+    items: list[tuple[str, str]]
 
 
 def plan_messages(requests: Sequence[ForecastRequest], batch_size: int) -> list[Message]:
     """Deep forecasts one per message, longest series first (they bound the run's length);
-    cheap ones in batches of up to ``batch_size``, but at least 16 messages where there are
+    cheap ones in batches of up to ``batch_size``, but at least 8 messages where there are
     that many forecasts, so a cluster of many workers still shares them out."""
     heavy = sorted((r for r in requests if r.model in HEAVY), key=lambda r: -len(r.prices))
-    messages = [Message(TASK_NAME, r.as_kwargs(), [TaskKey.of(r)]) for r in heavy]
+    messages = [Message(TASK_NAME, r.as_kwargs(), [(r.coin, r.model)]) for r in heavy]
     cheap = [r for r in requests if r.model not in HEAVY]
-    size = max(1, min(batch_size, math.ceil(len(cheap) / 16)))
+    size = max(1, min(batch_size, len(cheap) // MIN_MESSAGES))
     for i in range(0, len(cheap), size):
         chunk = cheap[i : i + size]
         if size == 1:
-            messages.append(Message(TASK_NAME, chunk[0].as_kwargs(), [TaskKey.of(chunk[0])]))
+            messages.append(Message(TASK_NAME, chunk[0].as_kwargs(), [(chunk[0].coin, chunk[0].model)]))
         else:
             messages.append(Message(BATCH_TASK_NAME, {"items": [r.as_kwargs() for r in chunk]},
-                                    [TaskKey.of(r) for r in chunk]))
+                                    [(r.coin, r.model) for r in chunk]))
     return messages
+
+
+class RunObserver:
+    """Hooks a run calls as forecasts go out and come back (see :mod:`crypto_ml.progress`).
+
+    One call per (coin, model): a batch message gives several with the same ``task_id``.
+    ``on_done`` is called before the run prints anything about that forecast, so an
+    observer drawing on the terminal can clear its line first. ``task_id`` is None
+    for a coin that failed before dispatch (unreadable data).
+    """
+
+    def on_sent(self, app: Celery, task_id: str, coin: str, model: str) -> None:
+        """A forecast was published in message ``task_id``."""
+
+    def on_done(self, task_id: str | None, coin: str, model: str,
+                result: dict[str, Any] | None, reason: str | None) -> None:
+        """A forecast finished: ``result`` on success, else ``reason``."""
+
+    def on_wait(self) -> None:
+        """Called about every 50 ms while results are awaited."""
 
 
 def parse_models(spec: str | Sequence[str]) -> list[str]:
@@ -164,7 +152,10 @@ class CryptoManager:
 
     def __init__(self, loader: CryptoLoader | None = None, app: Celery | None = None,
                  settings: Settings | None = None, out: TextIO | None = None,
-                 err: TextIO | None = None) -> None:
+                 err: TextIO | None = None, observer: RunObserver | None = None,
+                 cluster_options: Mapping[str, Any] | None = None) -> None:
+        self.observer = observer or RunObserver()
+        self.cluster_options = dict(cluster_options or {})  # e.g. flower=Settings(...)
         self.settings = settings or get_settings()
         self.loader = loader or CryptoLoader(self.settings.data_dir)
         self.app = app
@@ -189,11 +180,13 @@ class CryptoManager:
                 check_broker(self.settings.backend_url or "")
             yield create_app(self.settings)
             return
-        cluster = LocalCluster(workers=self.settings.workers)
+        cluster = LocalCluster(workers=self.settings.workers, **self.cluster_options)
         self._say(f"no broker configured: running embedded (local redis-server + "
                   f"{cluster.n_workers} celery worker(s)); set CRYPTO_ML_BROKER_URL or "
                   "--broker redis://HOST:6379/0 to use your own cluster")
         with cluster:
+            if cluster.flower_url:
+                self._say(f"flower: {cluster.flower_url} (stops when this run ends)")
             yield create_app(self.settings.with_broker(cluster.broker_url))
 
     def build_requests(self, models: list[str], coins: Sequence[str] | None, horizon: int,
@@ -226,36 +219,17 @@ class CryptoManager:
         names = parse_models(models)
         report = RunReport()
         started = time.perf_counter()
-        params = {} if epochs is None else {"epochs": epochs}
+        params = {} if epochs is None else {"epochs": epochs}  # None: each model's default
         requests = self.build_requests(names, coins, horizon, max_points, params, report)
         for coin, by_model in report.failed.items():
             for model, reason in by_model.items():
+                self.observer.on_done(None, coin, model, None, reason)
                 self._say(f"failed: {coin} {model}: {reason}")
         printer = on_result or functools.partial(self._print_result, show_model=len(names) > 1)
-
-        def succeeded(key: TaskKey, result: dict[str, Any]) -> None:
-            report.add_result(result)
-            printer(result)
-
-        def failed(key: TaskKey, reason: str) -> None:
-            self._fail(report, key.coin, key.model, reason)
-
-        if requests:
-            self.run_requests(requests, timeout, succeeded, failed)
+        self.dispatch(requests, timeout, printer, report)
         report.wall_seconds = time.perf_counter() - started
         self.last_report = report
         return report
-
-    def run_requests(self, requests: Iterable[ForecastRequest], timeout: float | None,
-                     on_success: Callable[[TaskKey, dict[str, Any]], None],
-                     on_failure: Callable[[TaskKey, str], None]) -> None:
-        """Send every request (batched as :func:`plan_messages` says) and report each
-        forecast's outcome, as it arrives, by its key.
-
-        The one dispatcher behind :meth:`run` and the backtest (:mod:`crypto_ml.backtest`).
-        """
-        with self.connected() as app:
-            self._dispatch_and_collect(app, list(requests), timeout, on_success, on_failure)
 
     @contextlib.contextmanager
     def session(self) -> Iterator[CryptoManager]:
@@ -270,32 +244,68 @@ class CryptoManager:
             finally:
                 self.app = None
 
+    def dispatch(self, requests: list[ForecastRequest], timeout: float | None = DEFAULT_TIMEOUT,
+                 on_result: Callable[[dict[str, Any]], None] = lambda result: None,
+                 report: RunReport | None = None) -> RunReport:
+        """Send prepared requests and collect them into ``report`` (a new one by default)."""
+        report = RunReport() if report is None else report
+        if requests:
+            with self.connected() as app:
+                self._dispatch_and_collect(app, requests, report, timeout, on_result)
+        return report
+
     def _dispatch_and_collect(self, app: Celery, requests: list[ForecastRequest],
-                              timeout: float | None,
-                              on_success: Callable[[TaskKey, dict[str, Any]], None],
-                              on_failure: Callable[[TaskKey, str], None]) -> None:
-        pending: dict[str, list[TaskKey]] = {}
+                              report: RunReport, timeout: float | None,
+                              on_result: Callable[[dict[str, Any]], None]) -> None:
+        pending: dict[str, list[tuple[str, str]]] = {}
         sent_ids: list[str] = []
         try:
             for message in plan_messages(requests, self.settings.batch_size):
                 sent = app.send_task(message.task, kwargs=message.kwargs, retry=True,
-                                     retry_policy=PUBLISH_RETRY)
+                                     retry_policy=PUBLISH_RETRY, **send_options(message.kwargs))
                 pending[sent.id] = message.items
                 sent_ids.append(sent.id)
+                for coin, model in message.items:
+                    self.observer.on_sent(app, sent.id, coin, model)
             for task_id, meta in app.backend.get_many(set(pending), timeout=timeout,
-                                                      interval=0.05):
-                _record(pending.pop(task_id), meta, on_success, on_failure)
+                                                      interval=0.05,
+                                                      on_interval=self.observer.on_wait):
+                self._record(report, pending.pop(task_id), meta, on_result, task_id)
         except TimeoutError:
-            for key in itertools.chain.from_iterable(pending.values()):
-                on_failure(key, f"no result within {timeout:g} s (--timeout)")
+            for task_id, items in pending.items():
+                for coin, model in items:
+                    self._fail(report, coin, model,
+                               f"no result within {timeout:g} s (--timeout)", task_id)
         finally:
             if pending:  # timed out or interrupted: do not leave work queued for nobody
                 app.control.revoke(list(pending))
             if sent_ids:  # results were read: free the backend now instead of at expiry
                 app.backend.client.delete(*(app.backend.get_key_for_task(t) for t in sent_ids))
 
-    def _fail(self, report: RunReport, coin: str, model: str, reason: str) -> None:
+    def _record(self, report: RunReport, items: list[tuple[str, str]], meta: dict[str, Any],
+                on_result: Callable[[dict[str, Any]], None], task_id: str) -> None:
+        if meta["status"] != "SUCCESS":
+            exc = meta.get("result")
+            reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else str(exc)
+            if meta["status"] != "FAILURE":
+                reason = f"{meta['status']}: {reason}"
+            for coin, model in items:
+                self._fail(report, coin, model, reason, task_id)
+            return
+        results = meta["result"]
+        for result in results if isinstance(results, list) else [results]:
+            if "error" in result:
+                self._fail(report, result["coin"], result["model"], result["error"], task_id)
+            else:
+                report.add_result(result)
+                self.observer.on_done(task_id, result["coin"], result["model"], result, None)
+                log_task(task_id, result["coin"], result["model"], result=result)
+                on_result(result)
+
+    def _fail(self, report: RunReport, coin: str, model: str, reason: str, task_id: str) -> None:
         report.add_failure(coin, model, reason)
+        self.observer.on_done(task_id, coin, model, None, reason)
+        log_task(task_id, coin, model, reason=reason)
         self._say(f"failed: {coin} {model}: {reason}")
 
     def _print_result(self, result: dict[str, Any], show_model: bool = False) -> None:

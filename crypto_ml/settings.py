@@ -10,7 +10,7 @@ Variable                                   Default                     Meaning
 ``CRYPTO_ML_DATA_DIR``                     ``data/crypto``             Folder of per-coin CSV files.
 ``CRYPTO_ML_BROKER_URL``                   (unset: embedded cluster)   Redis broker, ``redis://`` or ``rediss://``.
 ``CRYPTO_ML_RESULT_BACKEND``               the broker URL              Where task results are stored.
-``CRYPTO_ML_SERIALIZER``                   ``json``                    Wire format: ``json`` or ``msgpack``.
+``CRYPTO_ML_SERIALIZER``                   ``msgpack``                 Wire format: ``msgpack`` (compact, fast) or ``json``.
 ``CRYPTO_ML_SOFT_TIME_LIMIT``              ``300``                     Seconds before a task gets SoftTimeLimitExceeded.
 ``CRYPTO_ML_HARD_TIME_LIMIT``              ``360``                     Seconds before the pool kills the task's process.
 ``CRYPTO_ML_VISIBILITY_TIMEOUT``           hard limit + 60             Seconds before an unacked task is redelivered.
@@ -22,6 +22,10 @@ Variable                                   Default                     Meaning
 ``CRYPTO_ML_PRELOAD_KERAS``                ``0``                       1: each pool process loads Keras and builds the
                                                                        networks when it starts, not at its first deep task.
 ``CRYPTO_ML_WORKERS``                      number of CPU cores         Worker processes of the embedded cluster.
+``CRYPTO_ML_FLOWER_PORT``                  ``5555``                    Port of the Flower we start.
+``CRYPTO_ML_FLOWER_ADDRESS``               ``127.0.0.1``               Flower's address; others need auth.
+``CRYPTO_ML_FLOWER_BASIC_AUTH``            (unset: no auth)            Flower login, ``user:pw[,u2:pw2]``.
+``CRYPTO_ML_LOG_FORMAT``                   ``text``                    Log lines as ``text`` or ``json``.
 ========================================  ==========================  =========================================
 """
 
@@ -37,6 +41,7 @@ from crypto_ml.errors import ConfigError
 DEFAULT_DATA_DIR = Path("data/crypto")
 SERIALIZERS = ("json", "msgpack")
 TRUE = ("1", "true", "yes", "on")
+LOG_FORMATS = ("text", "json")
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -52,6 +57,11 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _valid_auth(spec: str) -> bool:
+    pairs = [pair.partition(":") for pair in spec.split(",")]
+    return all(user and sep and password for user, sep, password in pairs)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Configuration of one crypto-ml process; see the module docstring for each field."""
@@ -59,7 +69,7 @@ class Settings:
     data_dir: Path = DEFAULT_DATA_DIR
     broker_url: str | None = None
     result_backend: str | None = None
-    serializer: str = "json"
+    serializer: str = "msgpack"
     soft_time_limit: int = 300
     hard_time_limit: int = 360
     visibility_timeout: int = 420
@@ -70,8 +80,19 @@ class Settings:
     max_batch: int = 1000
     preload_keras: bool = False
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    flower_port: int = 5555
+    flower_address: str = "127.0.0.1"
+    flower_basic_auth: str | None = field(default=None, repr=False)
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(
+                f"log format {self.log_format!r} is unknown; use one of {', '.join(LOG_FORMATS)}"
+            )
+        if self.flower_basic_auth is not None and not _valid_auth(self.flower_basic_auth):
+            raise ConfigError("CRYPTO_ML_FLOWER_BASIC_AUTH must be user:password[,user2:password2]"
+                              " with neither part empty")
         if self.serializer not in SERIALIZERS:
             raise ConfigError(
                 f"serializer {self.serializer!r} is not allowed; use one of {', '.join(SERIALIZERS)}"
@@ -104,7 +125,7 @@ class Settings:
             data_dir=Path(env.get("CRYPTO_ML_DATA_DIR") or DEFAULT_DATA_DIR),
             broker_url=env.get("CRYPTO_ML_BROKER_URL") or None,
             result_backend=env.get("CRYPTO_ML_RESULT_BACKEND") or None,
-            serializer=env.get("CRYPTO_ML_SERIALIZER", "json").strip() or "json",
+            serializer=env.get("CRYPTO_ML_SERIALIZER", "msgpack").strip() or "msgpack",
             soft_time_limit=_int(env, "CRYPTO_ML_SOFT_TIME_LIMIT", 300),
             hard_time_limit=hard,
             visibility_timeout=_int(env, "CRYPTO_ML_VISIBILITY_TIMEOUT", hard + 60),
@@ -115,6 +136,10 @@ class Settings:
             max_batch=_int(env, "CRYPTO_ML_MAX_BATCH", 1000),
             preload_keras=env.get("CRYPTO_ML_PRELOAD_KERAS", "0").strip().lower() in TRUE,
             workers=_int(env, "CRYPTO_ML_WORKERS", os.cpu_count() or 1),
+            flower_port=_int(env, "CRYPTO_ML_FLOWER_PORT", 5555),
+            flower_address=env.get("CRYPTO_ML_FLOWER_ADDRESS", "").strip() or "127.0.0.1",
+            flower_basic_auth=env.get("CRYPTO_ML_FLOWER_BASIC_AUTH") or None,
+            log_format=env.get("CRYPTO_ML_LOG_FORMAT", "").strip().lower() or "text",
         )
 
 

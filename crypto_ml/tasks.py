@@ -30,18 +30,26 @@ class ForecastTask(Task):
 
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
         for r in retval if isinstance(retval, list) else [retval]:
+            fields = {"task_id": task_id, "coin": r["coin"], "model": r["model"],
+                      "worker": self.request.hostname}
             if "error" in r:
                 log.warning("task %s item failed: coin=%s model=%s: %s", task_id, r["coin"],
-                            r["model"], r["error"])
+                            r["model"], r["error"],
+                            extra={"fields": {**fields, "status": "failed", "reason": r["error"]}})
             else:
                 log.info("task %s done: coin=%s model=%s worker=%s device=%s fit_seconds=%.3f",
                          task_id, r["coin"], r["model"], r["worker"], r["device"],
-                         r["fit_seconds"])
+                         r["fit_seconds"], extra={"fields": {
+                             **fields, "status": "ok", "worker": r["worker"],
+                             "device": r["device"], "seconds": r["fit_seconds"]}})
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
                    einfo: Any) -> None:
+        fields = {"task_id": task_id, "status": "failed", "coin": kwargs.get("coin"),
+                  "model": kwargs.get("model"), "worker": self.request.hostname,
+                  "reason": f"{type(exc).__name__}: {exc}"}
         log.warning("task %s failed: coin=%s model=%s: %s: %s", task_id, kwargs.get("coin"),
-                    kwargs.get("model"), type(exc).__name__, exc)
+                    kwargs.get("model"), type(exc).__name__, exc, extra={"fields": fields})
 
 
 @shared_task(bind=True, base=ForecastTask, name=TASK_NAME)

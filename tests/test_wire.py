@@ -14,15 +14,23 @@ from kombu.serialization import dumps, loads
 
 from crypto_ml.celery_app import celery_config, create_app
 from crypto_ml.errors import ConfigError, InvalidTaskInput
+from crypto_ml.manager import plan_messages
 from crypto_ml.settings import Settings
-from crypto_ml.wire import ACCEPT_CONTENT, TASK_NAME, ForecastRequest, run_forecast
+from crypto_ml.wire import (
+    ACCEPT_CONTENT,
+    BATCH_TASK_NAME,
+    TASK_NAME,
+    ForecastRequest,
+    run_batch,
+    run_forecast,
+)
 
 SETTINGS = Settings(broker_url="redis://:secret@127.0.0.1:6379/0")
 
 
 def test_config_accepts_json_and_msgpack_only() -> None:
     conf = celery_config(SETTINGS)
-    assert conf["task_serializer"] == conf["result_serializer"] == "json"
+    assert conf["task_serializer"] == conf["result_serializer"] == "msgpack"
     for key in ("accept_content", "result_accept_content"):
         assert sorted(conf[key]) == ["application/json", "application/x-msgpack"]
     with pytest.raises(ConfigError, match="pickle"):
@@ -90,6 +98,32 @@ def test_series_above_the_cap_is_refused() -> None:
     with pytest.raises(InvalidTaskInput, match="cap"):
         ForecastRequest.parse(coin="c", model="naive", prices=list(np.ones(11)), horizon=1,
                               max_series=10)
+
+
+def test_a_bad_item_fails_alone_in_its_batch() -> None:
+    good = ForecastRequest("a", "linear", [1.0, 2.0, 3.0], 1).as_kwargs()
+    short = {**good, "coin": "b", "prices": [1.0]}
+    odd = {**good, "coin": "c", "horizon": "ten"}
+    results = run_batch([good, short, odd, {"coin": "d"}], "w", 10, ForecastRequest.parse)
+    assert results[0]["forecast"] == pytest.approx([4.0])
+    assert results[1]["error"].startswith("SeriesTooShort") and "'b'" in results[1]["error"]
+    assert "'horizon'" in results[2]["error"] and results[2]["coin"] == "c"
+    assert results[3]["error"].startswith("InvalidTaskInput") and results[3]["coin"] == "d"
+    with pytest.raises(InvalidTaskInput, match="batch cap"):
+        run_batch([good] * 11, "w", 10, ForecastRequest.parse)
+
+
+def test_cheap_forecasts_are_batched_and_deep_ones_sent_alone_longest_first() -> None:
+    cheap = [ForecastRequest(f"c{i}", "linear", [1.0, 2.0], 1) for i in range(100)]
+    deep = [ForecastRequest(f"d{n}", "lstm", [1.0] * n, 1) for n in (60, 90, 70)]
+    messages = plan_messages(deep + cheap, batch_size=64)
+    assert [m.task for m in messages[:3]] == [TASK_NAME] * 3
+    assert [m.items[0][0] for m in messages[:3]] == ["d90", "d70", "d60"]
+    batches = messages[3:]
+    assert {m.task for m in batches} == {BATCH_TASK_NAME} and len(batches) >= 8
+    assert sorted(i for m in batches for i in m.items) == sorted((r.coin, "linear") for r in cheap)
+    singles = plan_messages(cheap, batch_size=1)
+    assert len(singles) == 100 and {m.task for m in singles} == {TASK_NAME}
 
 
 class _Exploit:

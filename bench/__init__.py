@@ -1,0 +1,1 @@
+"""Benchmarks of crypto-ml against in-process loops and peer frameworks (see bench/run.py)."""

@@ -1,0 +1,202 @@
+"""crypto-ml benchmarks: every figure a ratio of two things measured side by side in one run.
+
+    python bench/run.py                # all benchmarks on the shared data (about 15 min, 2 cores)
+    python bench/run.py --smoke        # seconds-long check that the harness works (run by the tests)
+    python bench/run.py --only dispatch,jobs
+
+Writes bench/results/<name>.json and .md (override with --out). Start it on an otherwise idle
+machine: the in-process and cluster sides share the same cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench import peers  # noqa: E402
+from crypto_ml.celery_app import create_app  # noqa: E402
+from crypto_ml.cluster import LocalCluster  # noqa: E402
+from crypto_ml.data_loader import CryptoLoader  # noqa: E402
+from crypto_ml.manager import CryptoManager  # noqa: E402
+from crypto_ml.models import get_model  # noqa: E402
+from crypto_ml.settings import Settings  # noqa: E402
+from crypto_ml.wire import ForecastRequest  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data" / "top100-2017"
+
+
+def requests_for(loader: CryptoLoader, model: str, coins: list[str], cuts: int = 1,
+                 horizon: int = 10, min_len: int = 2) -> list[ForecastRequest]:
+    """One request per coin and cut; cut k drops the newest 5*k closes (distinct series)."""
+    out = []
+    for coin in coins:
+        prices = loader.get_df(coin)["Close"].dropna().tolist()
+        for k in range(cuts):
+            series = prices[: len(prices) - 5 * k] if k else prices
+            if len(series) >= min_len:
+                out.append(ForecastRequest(f"{coin}#{k}", model, series, horizon, None,
+                                           {"epochs": 1} if model in ("lstm", "gru") else {}))
+    return out
+
+
+def in_process(requests: list[ForecastRequest]) -> float:
+    """Seconds for the plain loop: fit and forecast each request in this process (warmed up)."""
+    first = requests[0]
+    get_model(first.model, **first.params).fit(first.prices).forecast(first.horizon)
+    started = time.perf_counter()
+    for r in requests:
+        get_model(r.model, **r.params).fit(r.prices, coin=r.coin).forecast(r.horizon)
+    return time.perf_counter() - started
+
+
+def through_cluster(cluster: LocalCluster, requests: list[ForecastRequest],
+                    batch_size: int = 64) -> float:
+    """Seconds for the same requests sent through the warm cluster and all collected."""
+    settings = Settings(batch_size=batch_size).with_broker(cluster.broker_url)
+    manager = CryptoManager(app=create_app(settings), settings=settings)
+    started = time.perf_counter()
+    report = manager.dispatch(requests, timeout=3600)
+    seconds = time.perf_counter() - started
+    got = sum(len(m) for m in report.results.values())
+    if report.failed or got != len(requests):
+        raise RuntimeError(f"cluster run lost work: {got}/{len(requests)}, {report.failed}")
+    return seconds
+
+
+def warm(cluster: LocalCluster, loader: CryptoLoader, coins: list[str], deep: bool) -> None:
+    """Run a few forecasts until every worker has done one (TF loaded in each pool process)."""
+    model = "lstm" if deep else "linear"
+    for _ in range(10):
+        settings = Settings().with_broker(cluster.broker_url)
+        manager = CryptoManager(app=create_app(settings), settings=settings)
+        report = manager.dispatch(requests_for(loader, model, coins[: 2 * cluster.n_workers]))
+        workers = {r["worker"] for m in report.results.values() for r in m.values()}
+        if workers >= set(cluster.worker_names):
+            return
+    raise RuntimeError("could not get every worker to take a warm-up task")
+
+
+def cluster_of(workers: int, deep: bool) -> LocalCluster:
+    env = {**os.environ, "CRYPTO_ML_PRELOAD_KERAS": "1" if deep else "0"}
+    return LocalCluster(workers=workers, loglevel="WARNING", env=env).start()
+
+
+def bench_startup(loader: CryptoLoader, coins: list[str], smoke: bool) -> dict[str, Any]:
+    cluster = LocalCluster(workers=2, loglevel="WARNING").start()
+    cluster.stop()
+    return {"embedded_startup_seconds": round(cluster.startup_seconds, 2), "workers": 2}
+
+
+def bench_dispatch(loader: CryptoLoader, coins: list[str], smoke: bool) -> dict[str, Any]:
+    """Cheap forecasts end to end through a warm cluster vs the same loop in one process."""
+    requests = requests_for(loader, "linear", coins, cuts=1 if smoke else 20)
+    n = len(requests)
+    local = in_process(requests)
+    out: dict[str, Any] = {"forecasts": n, "in_process_per_s": round(n / local, 1)}
+    for workers in (1,) if smoke else (1, 2):
+        cluster = cluster_of(workers, deep=False)
+        try:
+            warm(cluster, loader, coins, deep=False)
+            batched = through_cluster(cluster, requests)
+            out[f"cluster_{workers}w_per_s"] = round(n / batched, 1)
+            out[f"overhead_{workers}w"] = round(batched / local, 2)
+            if workers == 2:
+                single = through_cluster(cluster, requests, batch_size=1)
+                out["cluster_2w_unbatched_per_s"] = round(n / single, 1)
+                out["overhead_2w_unbatched"] = round(single / local, 2)
+        finally:
+            cluster.stop()
+    return out
+
+
+def bench_jobs(loader: CryptoLoader, coins: list[str], smoke: bool) -> dict[str, Any]:
+    """The 100-coin linear and LSTM jobs: cluster (1, 2 workers) vs in-process, Ray, joblib."""
+    out: dict[str, Any] = {}
+    for model in ("linear",) if smoke else ("linear", "lstm"):
+        deep = model == "lstm"
+        requests = requests_for(loader, model, coins, min_len=51 if deep else 2)
+        row: dict[str, Any] = {"coins": len(requests), "in_process_s": round(in_process(requests), 3)}
+        for workers in (1,) if smoke else (1, 2):
+            cluster = cluster_of(workers, deep)
+            try:
+                warm(cluster, loader, coins, deep)
+                row[f"cluster_{workers}w_s"] = round(through_cluster(cluster, requests), 3)
+            finally:
+                cluster.stop()
+        for name, run in (("ray", peers.ray_job), ("joblib", peers.joblib_job)):
+            seconds = None if smoke and name == "ray" else run(requests, workers=2)
+            row[f"{name}_s"] = None if seconds is None else round(seconds, 3)
+        ours = row.get("cluster_2w_s", row["cluster_1w_s"])
+        row["cluster_vs_in_process"] = round(ours / row["in_process_s"], 3)
+        if "cluster_2w_s" in row:
+            row["speedup_2w_vs_1w"] = round(row["cluster_1w_s"] / row["cluster_2w_s"], 2)
+        for peer in ("ray", "joblib"):
+            if row[f"{peer}_s"]:
+                row[f"cluster_vs_{peer}"] = round(ours / row[f"{peer}_s"], 3)
+        out[model] = row
+    return out
+
+
+BENCHES: dict[str, Callable[[CryptoLoader, list[str], bool], dict[str, Any]]] = {
+    "startup": bench_startup,
+    "dispatch": bench_dispatch,
+    "jobs": bench_jobs,
+}
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [f"# crypto-ml benchmarks ({results['machine']})", "",
+             f"Command: `{results['command']}`", "", "| benchmark | figure | value |",
+             "| --- | --- | --- |"]
+    for bench, figures in results["benchmarks"].items():
+        for key, value in figures.items():
+            if isinstance(value, dict):
+                for sub, v in value.items():
+                    lines.append(f"| {bench}/{key} | {sub} | {v} |")
+            else:
+                lines.append(f"| {bench} | {key} | {value} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the harness")
+    parser.add_argument("--only", help="comma list of: " + ", ".join(BENCHES))
+    parser.add_argument("--data-dir", type=Path, default=DATA)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--name", default=None, help="file name stem (default: full or smoke)")
+    args = parser.parse_args(argv)
+    loader = CryptoLoader(args.data_dir)
+    coins = loader.get_crypto_names()
+    if args.smoke:
+        coins = [c for c in coins if len(loader.get_df(c)) > 60][:4]
+    chosen = args.only.split(",") if args.only else list(BENCHES)
+    results: dict[str, Any] = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "command": "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "benchmarks": {},
+    }
+    for name in chosen:
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        results["benchmarks"][name] = BENCHES[name](loader, coins, args.smoke)
+        print(json.dumps(results["benchmarks"][name]), file=sys.stderr, flush=True)
+    stem = args.name or ("smoke" if args.smoke else "full")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / f"{stem}.md").write_text(markdown(results))
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""The benchmark harness works end to end (its seconds-long smoke mode; figures live in bench/)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def test_bench_smoke_writes_ratios(shared_data: Path, tmp_path: Path) -> None:
+    run = subprocess.run([sys.executable, "bench/run.py", "--smoke", "--data-dir", str(shared_data),
+                          "--out", str(tmp_path), "--only", "startup,dispatch"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    results = json.loads((tmp_path / "smoke.json").read_text())
+    dispatch = results["benchmarks"]["dispatch"]
+    assert dispatch["forecasts"] > 0 and dispatch["overhead_1w"] > 0
+    assert results["benchmarks"]["startup"]["embedded_startup_seconds"] > 0
+    assert "| dispatch | overhead_1w |" in (tmp_path / "smoke.md").read_text()

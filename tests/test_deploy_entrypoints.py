@@ -1,0 +1,137 @@
+"""The container entry points in workers/ and manager/: how they size workers for the
+hardware they find, and how the job refuses bad setups with one line and exit code 2."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from deploy_support import ROOT, local_env
+
+from crypto_ml.cluster import free_port
+
+
+def load_script(relative: str) -> ModuleType:
+    name = "deploy_script_" + Path(relative).stem
+    spec = importlib.util.spec_from_file_location(name, ROOT / relative)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+worker = load_script("workers/worker.py")
+
+
+def run(script: str, *args: str, env: dict[str, str] | None = None,
+        tmp: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env=local_env(env or {}, 0, tmp))
+
+
+@pytest.mark.parametrize(("files", "expected"), [
+    ({"cpu.max": "200000 100000\n"}, 2.0),
+    ({"cpu.max": "50000 100000\n"}, 0.5),
+    ({"cpu.max": "max 100000\n"}, None),
+    ({"cpu/cpu.cfs_quota_us": "300000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 3.0),
+    ({"cpu,cpuacct/cpu.cfs_quota_us": "-1\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"},
+     None),
+    ({}, None),
+])
+def test_cgroup_cpu_limit_reads_v2_and_v1(tmp_path: Path, files: dict[str, str],
+                                          expected: float | None) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert worker.cgroup_cpu_limit(tmp_path) == expected
+
+
+def test_usable_cores_obey_the_quota_not_the_host(tmp_path: Path) -> None:
+    (tmp_path / "cpu.max").write_text("50000 100000\n")
+    assert worker.usable_cores(tmp_path) == 1  # half a core: one process, never zero
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert worker.usable_cores(tmp_path) == len(__import__("os").sched_getaffinity(0))
+
+
+@pytest.mark.parametrize(("cuda", "gpus"), [
+    ("0", ["0"]), ("1,3", ["1", "3"]), ("", []), ("-1", []),
+    ("GPU-8f2e", ["GPU-8f2e"]),
+])
+def test_visible_gpus_honour_cuda_visible_devices(cuda: str, gpus: list[str]) -> None:
+    assert worker.visible_gpus({"CUDA_VISIBLE_DEVICES": cuda}) == gpus
+
+
+def test_plan_cpu_worker_uses_every_core_and_both_queues() -> None:
+    [node] = worker.plan("auto", [], cores=8, host="h")
+    assert (node.name, node.queues, node.concurrency) == ("cpu@h", "cpu,gpu", 8)
+    assert node.env["OMP_NUM_THREADS"] == "1" and node.env["TF_NUM_INTRAOP_THREADS"] == "1"
+    [node] = worker.plan("cpu", ["0"], cores=8, host="h", queues="cpu", concurrency=2)
+    assert (node.queues, node.concurrency, node.env["OMP_NUM_THREADS"]) == ("cpu", 2, "4")
+
+
+def test_plan_gpu_worker_one_process_per_gpu_on_the_gpu_queue() -> None:
+    nodes = worker.plan("auto", ["0", "1"], cores=8, host="h")
+    assert [(n.name, n.queues, n.concurrency, n.env["CUDA_VISIBLE_DEVICES"]) for n in nodes] == [
+        ("gpu0@h", "gpu", 1, "0"), ("gpu1@h", "gpu", 1, "1")]
+    assert nodes[0].env["TF_NUM_INTRAOP_THREADS"] == "4"
+    with pytest.raises(ValueError, match="no GPU is visible"):
+        worker.plan("gpu", [], cores=8, host="h")
+
+
+def test_explicit_thread_settings_win_over_the_plan() -> None:
+    node = worker.Node("cpu@h", "cpu", 2, {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "3"})
+    env = worker.node_env(node, {"OMP_NUM_THREADS": "4", "CUDA_VISIBLE_DEVICES": "0,1"})
+    assert env["OMP_NUM_THREADS"] == "4" and env["CUDA_VISIBLE_DEVICES"] == "3"
+
+
+def test_worker_start_dry_run_prints_the_celery_command(tmp_path: Path) -> None:
+    out = run("workers/worker.py", "start", "--role", "gpu", "--dry-run", "--",
+              "--max-memory-per-child", "4000000",
+              env={"CUDA_VISIBLE_DEVICES": "0,1"}, tmp=tmp_path)
+    assert out.returncode == 0, out.stderr
+    plan = json.loads(out.stdout)
+    assert [p["env"]["CUDA_VISIBLE_DEVICES"] for p in plan] == ["0", "1"]
+    command = plan[0]["command"]
+    assert command[1:6] == ["-m", "celery", "-A", "crypto_ml", "worker"]
+    assert command[command.index("--queues") + 1] == "gpu"
+    assert command[-2:] == ["--max-memory-per-child", "4000000"]
+
+
+def test_gpu_role_without_a_gpu_fails_in_one_line(tmp_path: Path) -> None:
+    out = run("workers/worker.py", "start", "--role", "gpu", env={"CUDA_VISIBLE_DEVICES": ""},
+              tmp=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and "no GPU is visible" in out.stderr
+
+
+def test_ping_without_a_started_worker_fails(tmp_path: Path) -> None:
+    out = run("workers/worker.py", "ping", tmp=tmp_path)
+    assert out.returncode == 1 and "no worker was started here" in out.stderr
+
+
+def test_job_refuses_to_run_without_a_broker(tmp_path: Path) -> None:
+    out = run("manager/job.py", "send-tasks", "--coins", "bitcoin", tmp=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "no broker configured" in out.stderr
+
+
+def test_job_gives_up_on_an_unreachable_broker(tmp_path: Path) -> None:
+    url = f"redis://:pw@127.0.0.1:{free_port()}/0"
+    out = run("manager/job.py", "--broker-wait", "1", "send-tasks", "--coins", "bitcoin",
+              env={"CRYPTO_ML_BROKER_URL": url}, tmp=tmp_path)
+    assert out.returncode == 2
+    assert "an answer from the broker at redis://:**@127.0.0.1" in out.stderr
+    assert "pw@" not in out.stderr  # the password is never printed
+
+
+def test_job_rejects_a_misspelt_option_even_with_help(tmp_path: Path) -> None:
+    out = run("manager/job.py", "send-tasks", "--modle", "linear", "--help", tmp=tmp_path)
+    assert out.returncode == 2 and "--modle" in out.stderr
+    out = run("manager/job.py", "--help", tmp=tmp_path)
+    assert out.returncode == 0 and "--results-dir" in out.stdout

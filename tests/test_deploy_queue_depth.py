@@ -1,0 +1,99 @@
+"""The queue depth KEDA scales on: tasks waiting (every priority list) plus tasks reserved by
+workers (kombu's ``unacked`` hash), read from a real Redis that real kombu producers and
+consumers use."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from kombu import Consumer
+
+from crypto_ml.celery_app import create_app
+from crypto_ml.cluster import LocalCluster
+from crypto_ml.queue_depth import make_server, queue_depths, queue_keys
+from crypto_ml.settings import Settings
+from crypto_ml.wire import TASK_NAME
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def broker() -> Iterator[LocalCluster]:
+    """A real redis-server (no workers: the test plays the worker with a kombu consumer)."""
+    server = LocalCluster(workers=1)
+    server.start_redis()
+    yield server
+    server.stop()
+
+
+def send(app: Any, model: str, priority: int | None = None) -> None:
+    kwargs = {"coin": "bitcoin", "model": model, "prices": [1.0, 2.0, 3.0], "horizon": 1}
+    app.send_task(TASK_NAME, kwargs=kwargs, priority=priority)
+
+
+def test_depth_counts_every_priority_list_and_reserved_tasks(broker: LocalCluster) -> None:
+    app = create_app(Settings().with_broker(broker.broker_url))
+    client = broker.client()
+    for _ in range(3):
+        send(app, "linear")
+    for _ in range(2):
+        send(app, "linear", priority=5)
+    send(app, "lstm")
+    # the keys the exporter reads are the ones kombu really wrote
+    lengths = [client.llen(key) for key in queue_keys("cpu")]
+    assert sum(lengths) == 5 and lengths[0] == 3 and max(lengths[1:]) == 2
+    assert client.llen("gpu") == 1
+    assert queue_depths(client, ["cpu", "gpu"]) == {
+        "cpu": {"ready": 5, "reserved": 0, "total": 5},
+        "gpu": {"ready": 1, "reserved": 0, "total": 1}}
+
+    received: list[Any] = []
+    with app.connection_for_read() as conn, Consumer(
+            conn, queues=[app.amqp.queues["cpu"]], accept=["json", "msgpack"],
+            callbacks=[lambda body, message: received.append(message)]) as consumer:
+        consumer.qos(prefetch_count=1)  # as a worker with prefetch 1 and acks_late
+        conn.drain_events(timeout=10)
+        assert len(received) == 1
+        assert client.hlen("unacked") == 1
+        depth = queue_depths(client, ["cpu", "gpu"])
+        assert depth["cpu"] == {"ready": 4, "reserved": 1, "total": 5}  # list length alone: 4
+        assert depth["gpu"]["reserved"] == 0
+        received[0].ack()
+    assert queue_depths(client, ["cpu"])["cpu"] == {"ready": 4, "reserved": 0, "total": 4}
+
+
+def get(url: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_http_endpoint_serves_depths_and_reports_a_lost_broker(broker: LocalCluster) -> None:
+    client = redis.Redis.from_url(broker.broker_url, socket_connect_timeout=1, socket_timeout=1)
+    server = make_server(client, ["cpu", "gpu"], port=0, host="127.0.0.1")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        send(create_app(Settings().with_broker(broker.broker_url)), "gru")
+        status, body = get(base + "/")
+        assert status == 200
+        assert body["gpu"] == {"ready": 1, "reserved": 0, "total": 1}
+        assert body["cpu"]["total"] == 0
+        assert get(base + "/healthz") == (200, {"ok": True})
+        assert get(base + "/metrics")[0] == 404
+        broker.stop()
+        status, body = get(base + "/")
+        assert status == 503 and "broker unreachable" in body["error"]
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,0 +1,363 @@
+"""Flower on a real cluster: `cluster up --flower`, a `send-tasks` run, then Flower's API,
+metrics and dashboard (in headless Chromium) must show every task of the run.
+
+The run has 9 coins x 2 cheap models = 18 forecasts, more than 16, so the manager
+batches them (2 per message, 9 messages): Flower shows batch and single tasks alike."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ROOT, run_cli
+
+from crypto_ml.cluster import free_port, spawn, terminate, wait_until
+
+pytestmark = pytest.mark.integration
+ARTIFACTS = ROOT / "test-artifacts"
+USER, PASSWORD = "ops", secrets.token_hex(8)
+COINS = ["bitcoin", "ethereum", "litecoin", "ripple", "monero", "dash", "nem", "dogecoin",
+         "bitshares"]
+MODELS = ["linear", "naive"]
+N_FORECASTS = len(COINS) * len(MODELS)
+TASK_LINE = re.compile(r"task ([0-9a-f-]{36}) ok: coin=(\S+) model=(\S+) worker=(\S+) seconds=")
+
+
+@dataclass
+class Stack:
+    """`python -m crypto_ml.cluster up --flower` and one `send-tasks` run against it."""
+
+    proc: subprocess.Popen[bytes]
+    broker_url: str
+    flower_url: str
+    run: subprocess.CompletedProcess[str] | None = None
+    tasks: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)  # id: [(coin,
+    # model, worker)], several for a batch message
+
+    @property
+    def workers(self) -> set[str]:
+        return {w for items in self.tasks.values() for _, _, w in items}
+
+
+def get(url: str, auth: tuple[str, str] | None = (USER, PASSWORD)) -> tuple[int, str]:
+    request = urllib.request.Request(url)
+    if auth:
+        token = base64.b64encode(":".join(auth).encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+def api(stack: Stack, path: str) -> Any:
+    import json
+
+    status, body = get(stack.flower_url + path)
+    assert status == 200, body
+    return json.loads(body)
+
+
+@pytest.fixture(scope="module")
+def stack(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    log = tmp_path_factory.mktemp("cluster-up") / "up.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CRYPTO_ML_", "FLOWER_"))}
+    env.update(CRYPTO_ML_FLOWER_PORT=str(free_port()),
+               CRYPTO_ML_FLOWER_BASIC_AUTH=f"{USER}:{PASSWORD}")
+    proc = spawn([sys.executable, "-m", "crypto_ml.cluster", "up", "--workers", "2", "--flower"],
+                 log, env=env, cwd=ROOT)
+    try:
+        wait_until(lambda: "press Ctrl-C" in log.read_text(), 120, "cluster up --flower",
+                   lambda: f"exited: {log.read_text()}" if proc.poll() is not None else None)
+        text = log.read_text()
+        broker = re.search(r"CRYPTO_ML_BROKER_URL='([^']+)'", text)
+        flower = re.search(r"^flower: (http://\S+)$", text, re.MULTILINE)
+        assert broker and flower, text
+        stack = Stack(proc, broker.group(1), flower.group(1))
+        stack.run = run_cli("send-tasks", "--broker", stack.broker_url, "--coins",
+                            ",".join([*COINS, "nosuchcoin"]), "--model", ",".join(MODELS),
+                            data_dir=shared_data, timeout=300)
+        for task_id, coin, model, worker in TASK_LINE.findall(stack.run.stderr):
+            stack.tasks.setdefault(task_id, []).append((coin, model, worker))
+        yield stack
+    finally:
+        terminate(proc)
+
+
+def test_run_shows_task_lines_progress_and_summary(stack: Stack) -> None:
+    run = stack.run
+    assert run is not None and run.returncode == 1, run and run.stderr  # nosuchcoin failed
+    assert len(run.stdout.strip().splitlines()) == N_FORECASTS
+    assert sorted((c, m) for items in stack.tasks.values() for c, m, _ in items) == \
+        sorted((c, m) for c in COINS for m in MODELS)
+    assert len(stack.tasks) < N_FORECASTS  # batched
+    err = run.stderr
+    total = N_FORECASTS + 2
+    assert f"progress: {total}/{total} finished: {N_FORECASTS} done, 2 failed, 0 running, " \
+        "0 queued" in err
+    assert "\r" not in err  # not a terminal: plain lines, no bar
+    assert f"summary: {len(COINS)} coin(s) ok, 1 failed" in err
+    assert "failed nosuchcoin linear: CoinNotFound: unknown coin 'nosuchcoin'" in err
+    for model in MODELS:
+        assert re.search(rf"^  {model}: {len(COINS)} fit\(s\), [\d.]+ s in all, "
+                         r"slowest \w+ [\d.]+ s$", err, re.MULTILINE)
+    workers = re.search(r"^  workers: (.*)$", err, re.MULTILINE)
+    assert workers
+    assert sum(int(n) for n in re.findall(r"\((\d+)\)", workers.group(1))) == N_FORECASTS
+
+
+def test_flower_api_lists_every_task_with_success_and_its_worker(stack: Stack) -> None:
+    assert stack.tasks
+    workers = api(stack, "/api/workers?refresh=1")
+    assert len(workers) == 2 and all("crypto_ml.forecast" in w["registered"]
+                                     for w in workers.values())
+
+    def all_succeeded() -> bool:  # events reach Flower a moment after the results
+        tasks = api(stack, "/api/tasks")
+        return all(tasks.get(t, {}).get("state") == "SUCCESS" for t in stack.tasks)
+
+    wait_until(all_succeeded, 30, "Flower showing every task as SUCCESS")
+    tasks = api(stack, "/api/tasks")
+    names = set()
+    for task_id, items in stack.tasks.items():
+        task = tasks[task_id]
+        names.add(task["name"])
+        assert {task["worker"]} == {w for _, _, w in items} and task["worker"] in workers
+        assert task["sent"] is not None  # the task-sent event: seen from the moment it queued
+        assert len(task["kwargs"]) < 250  # labels, not thousands of prices
+        if task["name"] == "crypto_ml.forecast_batch":
+            assert f"'batch': {len(items)}" in task["kwargs"]
+            assert all(f"{coin}/{model}" in task["kwargs"] for coin, model, _ in items)
+        else:
+            [(coin, model, _)] = items
+            assert f"'coin': '{coin}'" in task["kwargs"] and f"'model': '{model}'" in task["kwargs"]
+            assert "'n_points': " in task["kwargs"]
+    assert "crypto_ml.forecast_batch" in names
+
+
+def test_flower_refuses_requests_without_the_password(stack: Stack) -> None:
+    for path in ("/api/tasks", "/api/workers", "/tasks", "/"):
+        assert get(stack.flower_url + path, auth=None)[0] == 401
+        assert get(stack.flower_url + path, auth=(USER, "wrong"))[0] == 401
+    assert get(stack.flower_url + "/api/tasks")[0] == 200
+
+
+def test_flower_metrics_count_the_run_for_prometheus(stack: Stack) -> None:
+    status, metrics = get(stack.flower_url + "/metrics", auth=None)  # scrapers need no login
+    assert status == 200
+
+    def count(event: str) -> float:
+        pattern = (rf'^flower_events_total{{task="crypto_ml\.forecast(?:_batch)?",type="{event}",'
+                   r'worker="[^"]+"} ([\d.]+)$')
+        return sum(float(v) for v in re.findall(pattern, metrics, re.MULTILINE))
+
+    n = len(api(stack, "/api/tasks"))  # this run's, and any other test's, all successful
+    assert n >= len(stack.tasks)
+    for event in ("task-sent", "task-received", "task-started", "task-succeeded"):
+        assert count(event) == n, (event, metrics)
+    for worker in stack.workers:
+        assert f'flower_worker_online{{worker="{worker}"}} 1.0' in metrics
+        assert re.search(rf'^flower_task_runtime_seconds_count{{task="[\w.]+",worker="{worker}"}}',
+                         metrics, re.MULTILINE)
+
+
+def test_running_count_reads_started_tasks_from_the_real_backend(stack: Stack) -> None:
+    from crypto_ml.celery_app import create_app
+    from crypto_ml.progress import Progress
+    from crypto_ml.settings import Settings
+
+    app = create_app(Settings().with_broker(stack.broker_url))
+    started, queued = f"started-{secrets.token_hex(4)}", f"queued-{secrets.token_hex(4)}"
+    app.backend.store_result(started, {"pid": 1, "hostname": "w@h"}, "STARTED")
+    try:
+        import io
+
+        progress = Progress(io.StringIO(), tty=True)
+        progress.on_sent(app, started, "bitcoin", "lstm")
+        progress.on_sent(app, queued, "dash", "lstm")
+        progress.on_wait()
+        assert progress.running == 1 and "0 done, 0 failed, 1 running, 1 queued" in \
+            progress.status()
+    finally:
+        app.backend.forget(started)
+
+
+def test_flower_launcher_watches_a_configured_broker(stack: Stack, tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CRYPTO_ML_", "FLOWER_"))}
+    env.update(CRYPTO_ML_BROKER_URL=stack.broker_url, CRYPTO_ML_FLOWER_PORT=str(port),
+               CRYPTO_ML_FLOWER_ADDRESS="0.0.0.0", CRYPTO_ML_FLOWER_BASIC_AUTH="ops2:pw2")
+    proc = spawn([sys.executable, "-m", "crypto_ml.flower"], tmp_path / "flower.log", env=env,
+                 cwd=ROOT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def lists_workers() -> bool:
+            try:
+                status, body = get(url + "/api/workers?refresh=1", auth=("ops2", "pw2"))
+            except OSError:
+                return False
+            return status == 200 and all(w in body for w in stack.workers)
+
+        wait_until(lists_workers, 60, "python -m crypto_ml.flower listing the workers",
+                   lambda: (tmp_path / "flower.log").read_text() if proc.poll() else None)
+        assert get(url + "/api/workers", auth=None)[0] == 401
+        assert "ops2:pw2" not in " ".join(proc.args)  # the password is not visible in `ps`
+    finally:
+        terminate(proc)
+
+
+def test_progress_bar_redraws_on_a_terminal(stack: Stack, shared_data: Path) -> None:
+    import pty
+
+    leader, follower = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTO_ML_")}
+    env["CRYPTO_ML_DATA_DIR"] = str(shared_data)
+    proc = subprocess.Popen([sys.executable, "-m", "crypto_ml.manager", "send-tasks", "--broker",
+                             stack.broker_url, "--coins", ",".join(COINS[:3]), "--model", "linear",
+                             "--log-level", "warning"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=follower)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert proc.wait(timeout=60) == 0
+    screen = b"".join(chunks).decode()
+    bars = re.findall(r"\r(\[[#-]+\] [^\r\x1b]*)\x1b\[K", screen)
+    assert bars and all("finished:" in bar and "ETA" in bar for bar in bars), screen
+    assert "\r\x1b[K" in screen  # the bar is wiped before the summary
+    assert screen.rstrip().splitlines()[-1].startswith("  workers: ")
+    assert proc.stdout is not None and len(proc.stdout.read().splitlines()) == 3
+
+
+def test_embedded_flower_json_logs_and_plot(shared_data: Path, tmp_path: Path) -> None:
+    import json
+
+    port, plot = free_port(), tmp_path / "forecast.png"
+    run = run_cli("send-tasks", "--flower", "--workers", "1", "--coins", "bitcoin,dash,nosuchcoin",
+                  "--log-format", "json", "--plot", str(plot), data_dir=shared_data,
+                  env={"CRYPTO_ML_FLOWER_PORT": str(port)}, timeout=300)
+    assert run.returncode == 1, run.stderr  # nosuchcoin
+    assert sorted(line.split()[0] for line in run.stdout.splitlines()) == ["bitcoin", "dash"]
+    records = [json.loads(line) for line in run.stderr.splitlines()]  # every line is JSON
+    messages = [r["message"] for r in records]
+    assert f"flower: http://127.0.0.1:{port} (stops when this run ends)" in messages
+    tasks = [r for r in records if r.get("status") == "ok" and r["logger"] == "crypto_ml.manager"]
+    assert sorted(r["coin"] for r in tasks) == ["bitcoin", "dash"]
+    assert all(r["task_id"] and r["model"] == "linear" and "@" in r["worker"] and
+               r["seconds"] >= 0 for r in tasks)
+    summary = next(r for r in records if r["logger"] == "crypto_ml.summary")
+    assert summary["coins_ok"] == ["bitcoin", "dash"]
+    assert "CoinNotFound" in summary["coins_failed"]["nosuchcoin"]["linear"]
+    assert summary["models"]["linear"]["fits"] == 2 and len(summary["workers"]) == 1
+    assert any(m.startswith(f"plot: {plot} (2 panel(s)") for m in messages) and plot.stat().st_size
+    with pytest.raises(OSError):  # Flower went away with the run
+        get(f"http://127.0.0.1:{port}/healthcheck", auth=None)
+
+
+def test_workers_write_json_log_lines_for_collectors(shared_data: Path) -> None:
+    import json
+
+    from crypto_ml.celery_app import create_app
+    from crypto_ml.cluster import LocalCluster
+    from crypto_ml.settings import Settings
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTO_ML_")}
+    with LocalCluster(workers=1, env={**env, "CRYPTO_ML_LOG_FORMAT": "json"}) as cluster:
+        app = create_app(Settings().with_broker(cluster.broker_url))
+        sent = app.send_task("crypto_ml.forecast", kwargs={"coin": "bitcoin", "model": "naive",
+                                                           "prices": [1.0, 2.0], "horizon": 2})
+        sent.get(timeout=60)
+        log = cluster.workdir / "worker1.log"
+
+        def task_line() -> dict[str, Any] | None:
+            for line in log.read_text().splitlines():
+                if line.startswith("{") and json.loads(line).get("task_id") == sent.id:
+                    return dict(json.loads(line))
+            return None
+
+        wait_until(lambda: task_line() is not None, 10, "the worker's JSON task line")
+        entry = task_line()
+        assert entry is not None and entry["logger"] == "crypto_ml.tasks"
+        assert (entry["coin"], entry["model"], entry["status"]) == ("bitcoin", "naive", "ok")
+        assert entry["worker"] == cluster.worker_names[0] and entry["seconds"] >= 0
+
+
+# the dashboard in a real browser ---------------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def browse(url: str, profile: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    assert CHROMIUM
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+           "--no-first-run", "--disable-background-networking", "--disable-component-update",
+           "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
+           "--virtual-time-budget=10000", *extra, url]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run
+
+
+@pytest.mark.skipif(not CHROMIUM, reason="headless Chromium not installed "
+                    "(apt-get install -y chromium; .ci/run does)")
+def test_dashboard_shows_workers_and_tasks_in_headless_chromium(stack: Stack,
+                                                                tmp_path: Path) -> None:
+    import matplotlib.image
+
+    base = stack.flower_url.replace("http://", f"http://{USER}:{PASSWORD}@")
+    workers_page = browse(f"{base}/workers", tmp_path / "p1", "--dump-dom").stdout
+    for worker in stack.workers:
+        assert worker in workers_page
+    tasks_page = browse(f"{base}/tasks", tmp_path / "p2", "--dump-dom").stdout
+    n = len(api(stack, "/api/tasks"))  # this run's and the terminal test's, all successful
+    assert n <= 15  # one page of the tasks table
+    assert f"Showing 1 to {n} of {n} tasks" in tasks_page  # rendered by the page's JavaScript
+    for task_id, items in stack.tasks.items():
+        assert task_id in tasks_page
+        assert all(coin in tasks_page and worker in tasks_page for coin, _, worker in items)
+    assert re.findall(r'<span class="badge[^"]*">([A-Z]+)</span>', tasks_page) == ["SUCCESS"] * n
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "flower-tasks.png"
+    shot.unlink(missing_ok=True)
+    browse(f"{base}/tasks", tmp_path / "p3", "--hide-scrollbars", "--window-size=1600,1100",
+           f"--screenshot={shot}")
+    image = matplotlib.image.imread(shot)[..., :3]
+    assert image.shape[:2] == (1100, 1600)
+    background = image[-5, -5]
+    assert (abs(image - background).max(axis=2) > 0.2).mean() > 0.02  # text and table drawn
+
+
+# last: the stack stops as a whole ---------------------------------------------------------------
+
+def test_sigterm_stops_the_cluster_and_flower(stack: Stack) -> None:
+    import redis
+
+    stack.proc.send_signal(signal.SIGTERM)
+    assert stack.proc.wait(timeout=60) == 0
+    with pytest.raises(OSError):
+        get(stack.flower_url + "/healthcheck", auth=None)
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis.from_url(stack.broker_url, socket_connect_timeout=1).ping()
