@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import statistics
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
@@ -129,6 +130,7 @@ class BacktestResult:
     failed: dict[str, dict[str, str]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     windows: dict[str, list[str]] = field(default_factory=dict)
+    wall_seconds: float = 0.0
 
     def common_coins(self) -> list[str]:
         """Coins that every model scored: the ones the aggregate is taken over."""
@@ -164,7 +166,8 @@ class BacktestResult:
                for k, v in self.config.__dict__.items()}
         return {"config": cfg, "per_coin": self.per_coin, "aggregate": self.aggregate(),
                 "best": {c: {"model": m, "mase": v} for c, (m, v) in self.best().items()},
-                "windows": self.windows, "failed": self.failed, "skipped": self.skipped}
+                "windows": self.windows, "failed": self.failed, "skipped": self.skipped,
+                "wall_seconds": self.wall_seconds}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> BacktestResult:
@@ -217,6 +220,7 @@ def run_backtest(manager: CryptoManager, config: BacktestConfig,
     """Backtest ``config.models`` on ``coins`` (default: all) over the manager's cluster."""
     config = BacktestConfig(**{**config.__dict__, "models": tuple(parse_models(config.models))})
     err = err or sys.stderr
+    started = time.perf_counter()
     series, skipped = load_series(manager.loader, coins, config)
     total = len(series) * len(config.models) * config.origins
     print(f"backtest: {len(series)} coin(s) x {len(config.models)} model(s) x "
@@ -229,4 +233,5 @@ def run_backtest(manager: CryptoManager, config: BacktestConfig,
         collected.failures = report.failed  # one reason per (coin, model) is enough to say why
     result = score(series, config, collected)
     result.skipped = skipped
+    result.wall_seconds = time.perf_counter() - started
     return result

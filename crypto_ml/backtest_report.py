@@ -58,7 +58,8 @@ def summary(result: BacktestResult) -> str:
     parts = [per_coin_table(result), "",
              f"aggregate over {len(result.common_coins())} coin(s) that every model scored "
              f"(mean over coins; MAE/RMSE mix price scales, compare MASE): horizon {cfg.horizon}, "
-             f"{cfg.origins} origin(s) {cfg.stride} day(s) apart",
+             f"{cfg.origins} origin(s) {cfg.stride} day(s) apart; "
+             f"{len(result.per_coin)} coin(s) scored in {result.wall_seconds:.0f} s",
              aggregate_table(result)]
     for coin, by_model in sorted(result.failed.items()):
         parts += [f"failed: {coin} {m}: {why}" for m, why in by_model.items()]
