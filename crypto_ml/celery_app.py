@@ -43,6 +43,11 @@ def _tls_options(url: str) -> dict[str, Any] | None:
     return None
 
 
+def restore_sweep_seconds(visibility_timeout: int) -> int:
+    """How often a worker looks for tasks of dead workers to redeliver: 1 to 10 s."""
+    return max(1, min(10, visibility_timeout // 10))
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings for crypto-ml; see the README's reliability section."""
     if not settings.broker_url:
@@ -52,6 +57,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         )
     transport = {
         "visibility_timeout": settings.visibility_timeout,
+        # Sweep for tasks of dead workers every few seconds (kombu's default
+        # scans once per 100 s), so redelivery comes within visibility_timeout + sweep.
+        "unacked_restore_interval": restore_sweep_seconds(settings.visibility_timeout),
+        "unacked_restore_throttle": 1,
         "socket_connect_timeout": 5,
         "socket_keepalive": True,
         "health_check_interval": 25,
@@ -76,6 +85,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_soft_time_limit": settings.soft_time_limit,
         "task_time_limit": settings.hard_time_limit,
         "result_expires": settings.result_expires,
+        # A worker whose Redis restarts keeps its result and stores it once Redis
+        # is back (about 2 minutes of retries), and keeps running its task.
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": 20,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "task_queues": (Queue(CPU_QUEUE), Queue(GPU_QUEUE)),
         "task_default_queue": CPU_QUEUE,
         "task_routes": (route_task,),
@@ -90,6 +104,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "crypto_ml_preload_keras": settings.preload_keras,
         # a pool process that preloads Keras needs longer than the default 4 s to report up
         "worker_proc_alive_timeout": 120.0 if settings.preload_keras else 4.0,
+        "crypto_ml_max_deliveries": settings.max_deliveries,
     }
 
 

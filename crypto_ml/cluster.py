@@ -103,7 +103,8 @@ class LocalCluster:
 
     def __init__(self, workers: int = 1, queues: Sequence[str] = ("cpu", "gpu"),
                  loglevel: str = "INFO", env: dict[str, str] | None = None,
-                 extra_worker_args: Sequence[str] = (), flower: Settings | None = None) -> None:
+                 extra_worker_args: Sequence[str] = (), flower: Settings | None = None,
+                 appendonly: bool = False) -> None:
         if workers < 1:
             raise ConfigError(f"a local cluster needs at least one worker, got {workers}")
         self.n_workers = workers
@@ -111,6 +112,7 @@ class LocalCluster:
         self.loglevel = loglevel
         self.env = dict(os.environ if env is None else env)
         self.extra_worker_args = list(extra_worker_args)
+        self.appendonly = appendonly
         self.workdir = Path(tempfile.mkdtemp(prefix=f"crypto-ml-{os.getpid()}-"))
         self.password = secrets.token_hex(16)
         self.port = 0
@@ -136,13 +138,28 @@ class LocalCluster:
             return False
 
     def start_redis(self) -> None:
-        self.port = free_port()
+        """Start redis-server: on a free port the first time, on the same port (and files) after.
+
+        By default nothing is persisted (``--save "" --appendonly no``): a restart
+        loses queued tasks and results. ``appendonly=True`` runs it as the
+        shipped compose/Kubernetes setup does, with an append-only file fsynced
+        every second, so a restart keeps queued and unacknowledged tasks.
+        """
+        self.port = self.port or free_port()
+        persistence = (["--appendonly", "yes", "--appendfsync", "everysec"] if self.appendonly
+                       else ["--appendonly", "no"])
         cmd = [redis_server_path(), "--port", str(self.port), "--bind", "127.0.0.1",
-               "--requirepass", self.password, "--save", "", "--appendonly", "no",
+               "--requirepass", self.password, "--save", "", *persistence,
                "--dir", str(self.workdir), "--loglevel", "warning"]
         self.redis = spawn(cmd, self.workdir / "redis.log")
         wait_until(self._redis_up, 10, "starting redis-server",
                    lambda: self._exit_reason(self.redis, "redis.log"))
+
+    def restart_redis(self) -> None:
+        """Stop redis-server (SIGTERM, as an orchestrator does) and start it on the same port."""
+        if self.redis is not None:
+            terminate(self.redis)
+        self.start_redis()
 
     def _exit_reason(self, proc: subprocess.Popen[bytes] | None, log_name: str) -> str | None:
         if proc is None or proc.poll() is None:

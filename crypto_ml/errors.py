@@ -57,3 +57,27 @@ class InvalidTaskInput(CryptoMLError, ValueError):
 
 class UnknownModel(ConfigError, InvalidTaskInput):
     """A model name that the registry does not hold."""
+
+
+class TooManyDeliveries(CryptoMLError):
+    """A task delivered more often than CRYPTO_ML_MAX_DELIVERIES: its runs keep killing workers."""
+
+    @classmethod
+    def for_task(cls, task_id: str, deliveries: int, limit: int) -> TooManyDeliveries:
+        return cls(
+            f"task {task_id} was delivered {deliveries} times and each earlier run died with its "
+            f"worker (killed, out of memory or crashed); it is failed instead of run again "
+            f"(CRYPTO_ML_MAX_DELIVERIES={limit}); check the worker logs and memory, then resend it"
+        )
+
+
+class TaskTimedOut(CryptoMLError):
+    """A task that ran past its soft time limit and was stopped."""
+
+    @classmethod
+    def for_limit(cls, seconds: float) -> TaskTimedOut:
+        return cls(
+            f"the task ran past its soft time limit of {seconds:g} s and was stopped; raise "
+            "CRYPTO_ML_SOFT_TIME_LIMIT (and CRYPTO_ML_HARD_TIME_LIMIT above it) on the workers, "
+            "or send less work (--max-points, --epochs)"
+        )

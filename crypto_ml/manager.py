@@ -22,10 +22,12 @@ from typing import Any, TextIO
 import numpy as np
 import redis
 from celery import Celery
+from celery.exceptions import TimeoutError as CeleryTimeoutError
 from kombu.utils.url import maybe_sanitize_url
 
 from crypto_ml.cluster import LocalCluster
 from crypto_ml.data_loader import CryptoLoader
+from crypto_ml.deliveries import delivery_key
 from crypto_ml.errors import BrokerUnavailable, CryptoMLError, UnknownModel
 from crypto_ml.flower import send_options
 from crypto_ml.logging_setup import log_task
@@ -35,6 +37,8 @@ from crypto_ml.wire import BATCH_TASK_NAME, TASK_NAME, ForecastRequest
 
 DEFAULT_TIMEOUT = 3600.0
 MIN_MESSAGES = 8  # cheap forecasts are spread over at least this many messages
+RECONNECT_PAUSE = 1.0
+POLL_SECONDS_PER_TASK = 5e-5
 PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2}
 
 
@@ -215,7 +219,11 @@ class CryptoManager:
             horizon: int = 10, max_points: int | None = None, epochs: int | None = None,
             timeout: float | None = DEFAULT_TIMEOUT,
             on_result: Callable[[dict[str, Any]], None] | None = None) -> RunReport:
-        """Dispatch every (coin, model) at once and collect results as they finish."""
+        """Dispatch every (coin, model) at once and collect results as they finish.
+
+        Each task expires ``timeout`` seconds after it is sent, so if this manager
+        dies, workers discard its leftover tasks instead of running them for nobody.
+        """
         names = parse_models(models)
         report = RunReport()
         started = time.perf_counter()
@@ -262,14 +270,13 @@ class CryptoManager:
         try:
             for message in plan_messages(requests, self.settings.batch_size):
                 sent = app.send_task(message.task, kwargs=message.kwargs, retry=True,
-                                     retry_policy=PUBLISH_RETRY, **send_options(message.kwargs))
+                                     retry_policy=PUBLISH_RETRY, expires=timeout,
+                                     **send_options(message.kwargs))
                 pending[sent.id] = message.items
                 sent_ids.append(sent.id)
                 for coin, model in message.items:
                     self.observer.on_sent(app, sent.id, coin, model)
-            for task_id, meta in app.backend.get_many(set(pending), timeout=timeout,
-                                                      interval=0.05,
-                                                      on_interval=self.observer.on_wait):
+            for task_id, meta in self._results(app, pending, timeout):
                 self._record(report, pending.pop(task_id), meta, on_result, task_id)
         except TimeoutError:
             for task_id, items in pending.items():
@@ -280,7 +287,36 @@ class CryptoManager:
             if pending:  # timed out or interrupted: do not leave work queued for nobody
                 app.control.revoke(list(pending))
             if sent_ids:  # results were read: free the backend now instead of at expiry
-                app.backend.client.delete(*(app.backend.get_key_for_task(t) for t in sent_ids))
+                app.backend.client.delete(*(app.backend.get_key_for_task(t) for t in sent_ids),
+                                          *(delivery_key(t) for t in sent_ids))
+
+    def _results(self, app: Celery, pending: dict[str, list[tuple[str, str]]],
+                 timeout: float | None) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Finished tasks of ``pending`` as they arrive, riding out a broker restart.
+
+        While Redis is unreachable (restart, failover) polling pauses and resumes
+        once it answers again; only ``timeout`` ends the wait (TimeoutError).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        warned = False
+        while pending:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+            # each poll reads every pending key: poll big runs less often
+            interval = min(0.5, 0.05 + len(pending) * POLL_SECONDS_PER_TASK)
+            try:
+                yield from app.backend.get_many(set(pending), timeout=left, interval=interval,
+                                                on_interval=self.observer.on_wait)
+                return
+            except CeleryTimeoutError as exc:  # not the builtin TimeoutError
+                raise TimeoutError(str(exc)) from None
+            except app.backend.connection_errors as exc:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError("the result backend stayed unreachable") from exc
+                if not warned:
+                    self._say(f"lost the result backend ({type(exc).__name__}); "
+                              "waiting for it to come back")
+                    warned = True
+                time.sleep(RECONNECT_PAUSE)
 
     def _record(self, report: RunReport, items: list[tuple[str, str]], meta: dict[str, Any],
                 on_result: Callable[[dict[str, Any]], None], task_id: str) -> None:

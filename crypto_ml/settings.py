@@ -14,6 +14,7 @@ Variable                                   Default                     Meaning
 ``CRYPTO_ML_SOFT_TIME_LIMIT``              ``300``                     Seconds before a task gets SoftTimeLimitExceeded.
 ``CRYPTO_ML_HARD_TIME_LIMIT``              ``360``                     Seconds before the pool kills the task's process.
 ``CRYPTO_ML_VISIBILITY_TIMEOUT``           hard limit + 60             Seconds before an unacked task is redelivered.
+``CRYPTO_ML_MAX_DELIVERIES``               ``3``                       Runs before a redelivery fails a task.
 ``CRYPTO_ML_RESULT_EXPIRES``               ``86400``                   Seconds a result stays in the backend.
 ``CRYPTO_ML_MAX_HORIZON``                  ``365``                     Largest forecast horizon a task accepts.
 ``CRYPTO_ML_MAX_SERIES``                   ``100000``                  Longest price series a task accepts.
@@ -73,6 +74,7 @@ class Settings:
     soft_time_limit: int = 300
     hard_time_limit: int = 360
     visibility_timeout: int = 420
+    max_deliveries: int = 3
     result_expires: int = 86400
     max_horizon: int = 365
     max_series: int = 100_000
@@ -129,6 +131,7 @@ class Settings:
             soft_time_limit=_int(env, "CRYPTO_ML_SOFT_TIME_LIMIT", 300),
             hard_time_limit=hard,
             visibility_timeout=_int(env, "CRYPTO_ML_VISIBILITY_TIMEOUT", hard + 60),
+            max_deliveries=_int(env, "CRYPTO_ML_MAX_DELIVERIES", 3),
             result_expires=_int(env, "CRYPTO_ML_RESULT_EXPIRES", 86400),
             max_horizon=_int(env, "CRYPTO_ML_MAX_HORIZON", 365),
             max_series=_int(env, "CRYPTO_ML_MAX_SERIES", 100_000),

@@ -1,8 +1,9 @@
 """Celery tasks: thin wrappers that validate a request and run a model.
 
 Time limits, acknowledgement and routing come from the app's config
-(:mod:`crypto_ml.celery_app`); validation limits and the per-task log line come
-from :class:`ForecastTask`. The task body holds no policy of its own.
+(:mod:`crypto_ml.celery_app`); the delivery limit, validation caps, the
+time-limit error and the per-task log line come from :class:`ForecastTask`.
+The task body holds no policy of its own.
 """
 
 from __future__ import annotations
@@ -10,15 +11,50 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery import Task, shared_task
+from celery import Task, shared_task, states
+from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
+from crypto_ml.deliveries import count_delivery
+from crypto_ml.errors import CryptoMLError, TaskTimedOut, TooManyDeliveries
 from crypto_ml.wire import BATCH_TASK_NAME, TASK_NAME, ForecastRequest, run_batch, run_forecast
 
 log = logging.getLogger(__name__)
 
 
 class ForecastTask(Task):
-    """Base class: request validation against the app's caps and one log line per task."""
+    """Base class: delivery limit, validation caps, clear time-limit errors, one log line per task.
+
+    Before each run :meth:`before_start` skips a duplicate delivery of a task
+    that already succeeded and fails a task delivered more than
+    ``crypto_ml_max_deliveries`` times (see :mod:`crypto_ml.deliveries`).
+    """
+
+    #: Failures with a clear message of their own: logged in one line, without a traceback.
+    throws = (CryptoMLError,)
+
+    def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
+        client = getattr(self.backend, "client", None)
+        if client is None:  # not a Redis result backend: deliveries cannot be counted
+            return
+        if self.backend.get_task_meta(task_id, cache=False)["status"] == states.SUCCESS:
+            log.info("task %s: duplicate delivery of a finished task, skipped", task_id)
+            raise Ignore()
+        conf = self.app.conf
+        deliveries = count_delivery(client, task_id, ttl=int(conf.result_expires or 86400))
+        limit = int(conf.get("crypto_ml_max_deliveries", 3))
+        if deliveries > limit:
+            raise TooManyDeliveries.for_task(task_id, deliveries, limit)
+        if deliveries > 1:
+            log.warning("task %s: delivery %d of at most %d (an earlier run's worker died)",
+                        task_id, deliveries, limit)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except SoftTimeLimitExceeded:
+            limits = self.request.timelimit or (None, None)
+            soft = limits[1] or self.soft_time_limit or self.app.conf.task_soft_time_limit
+            raise TaskTimedOut.for_limit(float(soft or 0)) from None
 
     def parse(self, **kwargs: Any) -> ForecastRequest:
         conf = self.app.conf

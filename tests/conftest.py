@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data" / "top100-2017"
+# beside the clone (CI), or two levels up from a worktree in /work/wt/NAME
+SHARED_DATA = next((p / "shared" / "data" / "top100-2017" for p in (ROOT.parent, ROOT.parents[1])
+                    if (p / "shared" / "data" / "top100-2017").is_dir()),
+                   ROOT.parent / "shared" / "data" / "top100-2017")
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 

