@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
+from crypto_ml.backtest_cli import BEST, add_backtest_parser, backtest_main, send_best
 from crypto_ml.errors import ConfigError, CryptoMLError
 from crypto_ml.logging_setup import LogWriter
 from crypto_ml.logging_setup import configure as configure_logging
@@ -43,11 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     send = sub.add_parser("send-tasks", help="forecast every coin (or --coins) with --model")
     send.add_argument("--model", default="linear",
-                      help="naive, linear, lstm, gru, or a comma list (default: linear)")
+                      help="naive, linear, lstm, gru, lstm_ret, gru_ret, a comma list, or best: "
+                      "each coin's lowest backtest MASE (default: linear)")
+    send.add_argument("--backtest", type=Path,
+                      help="with --model best: a backtest.json to choose from (else run one)")
+    send.add_argument("--candidates", help="with --model best and no --backtest: models to "
+                      "backtest and choose from (default: naive,linear)")
     send.add_argument("--coins", help="comma list of coin ids (default: every coin)")
     send.add_argument("--horizon", type=_positive, default=10, help="days to forecast (10)")
     send.add_argument("--max-points", type=_positive, help="fit on the newest N closes only")
-    send.add_argument("--epochs", type=_positive, default=1, help="training epochs, lstm/gru (1)")
+    send.add_argument("--epochs", type=_positive,
+                      help="training epochs of deep models (default: each model's own)")
     send.add_argument("--output", type=Path, help="write results and failures to this JSON file")
     send.add_argument("--broker", help="Redis URL (default: CRYPTO_ML_BROKER_URL, else embedded)")
     send.add_argument("--timeout", type=float, default=3600.0,
@@ -63,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="log lines as text or json (CRYPTO_ML_LOG_FORMAT, default text)")
     send.add_argument("--log-level", default="info", choices=("debug", "info", "warning"),
                       help="info shows one line per task and progress lines (default)")
+    add_backtest_parser(sub)
     return parser
 
 
@@ -85,7 +93,8 @@ def send_tasks(args: argparse.Namespace) -> int:
     from crypto_ml.progress import Progress
 
     settings = settings_from(args)
-    parse_models(args.model)  # unknown model: exit 2 before any work
+    if args.model != BEST:
+        parse_models(args.model)  # unknown model: exit 2 before any work
     loader = CryptoLoader(settings.data_dir)
     if not args.coins:
         loader.get_crypto_names()  # no data: exit 2 at once
@@ -98,8 +107,8 @@ def send_tasks(args: argparse.Namespace) -> int:
                             cluster_options=flower_option(args, settings, err))
     stop_on_signals(manager)
     try:
-        report = manager.run(args.model, coins, args.horizon, args.max_points, args.epochs,
-                             args.timeout)
+        report = send_best(args, manager) if args.model == BEST else manager.run(
+            args.model, coins, args.horizon, args.max_points, args.epochs, args.timeout)
     finally:
         progress.close()
     if args.output:
@@ -170,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         log_format = args.log_format or Settings.from_env().log_format
         configure_logging(log_format, args.log_level.upper(), sys.stderr)
-        return send_tasks(args)
+        return backtest_main(args) if args.command == "backtest" else send_tasks(args)
     except ConfigError as exc:
         print(f"crypto-ml: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

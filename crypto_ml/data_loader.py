@@ -17,11 +17,15 @@ import io
 import logging
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from crypto_ml.errors import CoinNotFound, DataNotFound
+
+if TYPE_CHECKING:
+    from crypto_ml.layouts import Source
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +34,9 @@ NUMERIC = ("Open", "High", "Low", "Close", "Volume", "Market Cap")
 DATE_FORMATS = ("%b %d, %Y", "%B %d, %Y", "%Y-%m-%d", "%d/%m/%Y")
 SPREADSHEET_EPOCH = pd.Timestamp("1899-12-30")
 HOW_TO_GET_DATA = (
-    "put one CSV per coin there (the public 'Top 100 Cryptocurrency Historical Data' set), "
-    "or point CRYPTO_ML_DATA_DIR / --data-dir at such a folder"
+    "download the top 100 coins' daily history there with `python -m crypto_ml.data download`, "
+    "or put one CSV per coin there (the public 'Top 100 Cryptocurrency Historical Data' set), "
+    "or point CRYPTO_ML_DATA_DIR / --data-dir at such a folder (see data/README.md)"
 )
 
 
@@ -77,13 +82,23 @@ def _read_text(path: Path) -> str:
         raise BadFile("the file is not UTF-8 text") from None
 
 
-def parse_price_csv(path: Path) -> tuple[pd.DataFrame, int]:
-    """Parse one coin file into a tidy frame; returns it with the number of dropped rows."""
+def read_raw_csv(path: Path) -> pd.DataFrame:
+    """A CSV file as text cells, exactly as written; BadFile if it is not CSV text."""
     text = _read_text(path)
     try:
-        raw = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True)
+        return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False,
+                           skipinitialspace=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise BadFile(f"it is not CSV ({exc})") from None
+
+
+def parse_price_csv(path: Path) -> tuple[pd.DataFrame, int]:
+    """Parse one coin file into a tidy frame; returns it with the number of dropped rows."""
+    return tidy_prices(read_raw_csv(path))
+
+
+def tidy_prices(raw: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Text cells of one coin (columns found by name) -> tidy frame and dropped-row count."""
     by_name = {str(c).strip().lower(): c for c in raw.columns}
     missing = [c for c in REQUIRED if c.lower() not in by_name]
     if missing:
@@ -102,7 +117,11 @@ def parse_price_csv(path: Path) -> tuple[pd.DataFrame, int]:
 
 
 class CryptoLoader:
-    """Daily price history of many coins, read from a folder of per-coin CSV files.
+    """Daily price history of many coins, read from a folder of price files.
+
+    The folder may hold one CSV or Parquet file per coin, or one consolidated
+    CSV or Parquet file with a coin column (see :mod:`crypto_ml.layouts`);
+    ``data_dir`` may also name such a file.
 
     ``data_dir`` defaults to the settings' ``CRYPTO_ML_DATA_DIR`` (``data/crypto``).
     ``max_points`` keeps the newest N rows of each coin; ``from_date`` and
@@ -126,16 +145,18 @@ class CryptoLoader:
         self.max_points = max_points
         self.from_date = pd.Timestamp(from_date) if from_date is not None else None
         self.to_date = pd.Timestamp(to_date) if to_date is not None else None
-        self._files: dict[str, Path] | None = None
+        self._files: dict[str, Source] | None = None
         self._frames: dict[str, pd.DataFrame] = {}
         self._skipped: dict[str, str] = {}
 
-    def _index(self) -> dict[str, Path]:
+    def _index(self) -> dict[str, Source]:
         if self._files is None:
-            if not self.data_dir.is_dir():
-                raise DataNotFound(f"data directory {self.data_dir} does not exist; {HOW_TO_GET_DATA}")
-            files = [p for p in self.data_dir.iterdir() if p.suffix.lower() == ".csv"]
-            self._files = dict(sorted((coin_id(p.stem), p) for p in files))
+            if not self.data_dir.exists():
+                raise DataNotFound(f"data directory {self.data_dir} does not exist; "
+                                   f"{HOW_TO_GET_DATA}")
+            from crypto_ml.layouts import discover  # layouts builds on this module's parsers
+
+            self._files = discover(self.data_dir)
         return self._files
 
     def _load(self, coin: str) -> pd.DataFrame | None:
@@ -143,15 +164,15 @@ class CryptoLoader:
             return self._frames[coin]
         if coin in self._skipped:
             return None
-        path = self._index()[coin]
+        source = self._index()[coin]
         try:
-            frame, dropped = parse_price_csv(path)
+            frame, dropped = source.read()
         except (BadFile, OSError) as exc:
             self._skipped[coin] = str(exc)
-            log.warning("skipping %s: %s", path.name, exc)
+            log.warning("skipping %s: %s", source.label, exc)
             return None
         if dropped:
-            log.warning("%s: dropped %d unparseable rows", path.name, dropped)
+            log.warning("%s: dropped %d unparseable rows", source.label, dropped)
         self._frames[coin] = frame
         return frame
 

@@ -218,7 +218,7 @@ class CryptoManager:
         return requests
 
     def run(self, models: str | Sequence[str] = "linear", coins: Sequence[str] | None = None,
-            horizon: int = 10, max_points: int | None = None, epochs: int = 1,
+            horizon: int = 10, max_points: int | None = None, epochs: int | None = None,
             timeout: float | None = DEFAULT_TIMEOUT,
             on_result: Callable[[dict[str, Any]], None] | None = None) -> RunReport:
         """Dispatch every (coin, model) at once and collect results as they finish.
@@ -229,8 +229,8 @@ class CryptoManager:
         names = parse_models(models)
         report = RunReport()
         started = time.perf_counter()
-        requests = self.build_requests(names, coins, horizon, max_points, {"epochs": epochs},
-                                       report)
+        params = {} if epochs is None else {"epochs": epochs}  # None: each model's default
+        requests = self.build_requests(names, coins, horizon, max_points, params, report)
         for coin, by_model in report.failed.items():
             for model, reason in by_model.items():
                 self.observer.on_done(None, coin, model, None, reason)
@@ -240,6 +240,19 @@ class CryptoManager:
         report.wall_seconds = time.perf_counter() - started
         self.last_report = report
         return report
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[CryptoManager]:
+        """Keep one connection (or one embedded cluster) open across several runs."""
+        if self.app is not None:
+            yield self
+            return
+        with self.connected() as app:
+            self.app = app
+            try:
+                yield self
+            finally:
+                self.app = None
 
     def dispatch(self, requests: list[ForecastRequest], timeout: float | None = DEFAULT_TIMEOUT,
                  on_result: Callable[[dict[str, Any]], None] = lambda result: None,
@@ -355,7 +368,7 @@ class CryptoManager:
 
     def send_tasks(self, model: str | Sequence[str] = "linear",
                    coins: Sequence[str] | None = None, horizon: int = 10,
-                   max_points: int | None = None, epochs: int = 1,
+                   max_points: int | None = None, epochs: int | None = None,
                    timeout: float | None = DEFAULT_TIMEOUT) -> dict[str, Any]:
         """Forecast every coin (or ``coins``) and print one line each.
 

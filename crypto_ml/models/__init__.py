@@ -14,21 +14,26 @@ from crypto_ml.models.base import Forecaster, check_horizon, clean_series
 from crypto_ml.models.linear import LinearModel
 from crypto_ml.models.naive import NaiveModel
 from crypto_ml.models.rnn import RecurrentModel
+from crypto_ml.models.rnn_returns import ReturnsRecurrentModel
 
 REGISTRY: dict[str, Callable[..., Forecaster]] = {
     "naive": NaiveModel,
     "linear": LinearModel,
     "lstm": lambda **params: RecurrentModel(cell="lstm", **params),
     "gru": lambda **params: RecurrentModel(cell="gru", **params),
+    "lstm_ret": lambda **params: ReturnsRecurrentModel(cell="lstm", **params),
+    "gru_ret": lambda **params: ReturnsRecurrentModel(cell="gru", **params),
 }
 #: Models that need a deep-learning backend (routed to the ``gpu`` queue).
-HEAVY = frozenset({"lstm", "gru"})
+HEAVY = frozenset({"lstm", "gru", "lstm_ret", "gru_ret"})
 #: Options each model accepts besides the series.
 PARAMS: dict[str, frozenset[str]] = {
     "naive": frozenset(),
     "linear": frozenset(),
     "lstm": frozenset({"epochs", "seed", "window"}),
     "gru": frozenset({"epochs", "seed", "window"}),
+    "lstm_ret": frozenset({"epochs", "seed", "window", "patience", "members", "units"}),
+    "gru_ret": frozenset({"epochs", "seed", "window", "patience", "members", "units"}),
 }
 
 

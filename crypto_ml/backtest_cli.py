@@ -1,0 +1,185 @@
+"""The ``backtest`` subcommand and ``send-tasks --model best``, behind :mod:`crypto_ml.cli`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from crypto_ml.errors import ConfigError
+
+if TYPE_CHECKING:  # the heavy modules load only when a command runs
+    from crypto_ml.backtest import BacktestResult
+    from crypto_ml.manager import CryptoManager, RunReport
+
+BEST = "best"
+DEFAULT_CANDIDATES = "naive,linear"
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _iso_date(text: str) -> str:
+    try:
+        return date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date like 2017-08-13, got {text!r}") from None
+
+
+def _option(text: str) -> tuple[str, int]:
+    name, _, value = text.partition("=")
+    try:
+        return name.strip(), int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=INTEGER, got {text!r}") from None
+
+
+def add_backtest_parser(sub: Any) -> None:
+    """The ``backtest`` subcommand's options (broker, data and worker options as send-tasks)."""
+    bt = sub.add_parser("backtest", help="walk-forward backtest of models against what happened")
+    bt.add_argument("--model", default="naive,linear",
+                    help="comma list of models to compare (default: naive,linear)")
+    bt.add_argument("--coins", help="comma list of coin ids (default: every coin)")
+    bt.add_argument("--horizon", type=_positive, help="days forecast at each origin (10)")
+    bt.add_argument("--origins", type=_positive, help="forecast origins per coin (30)")
+    bt.add_argument("--stride", type=_positive, help="days between origins (1)")
+    bt.add_argument("--min-train", type=_positive,
+                    help="closes the oldest origin must have at least (60)")
+    bt.add_argument("--until", type=_iso_date, help="ignore data after this ISO date "
+                    "(a tuning window that the default evaluation window never sees)")
+    bt.add_argument("--max-points", type=_positive, help="fit on the newest N closes only")
+    bt.add_argument("--epochs", type=_positive, help="training epochs of deep models")
+    bt.add_argument("--seed", type=int, help="seed of the deep models (42)")
+    bt.add_argument("--param", action="append", type=_option, default=[], metavar="NAME=INT",
+                    help="another model option, e.g. members=1 (repeatable; models that do "
+                    "not take it ignore it)")
+    bt.add_argument("--out", type=Path,
+                    help="folder for backtest.json, backtest.csv and backtest.png")
+    bt.add_argument("--broker", help="Redis URL (default: CRYPTO_ML_BROKER_URL, else embedded)")
+    bt.add_argument("--timeout", type=float, default=3600.0,
+                    help="seconds to wait for all results (3600)")
+    bt.add_argument("--data-dir", type=Path, help="price data folder (CRYPTO_ML_DATA_DIR)")
+    bt.add_argument("--workers", type=_positive,
+                    help="worker processes of the embedded cluster (default: one per core)")
+    bt.add_argument("--log-format", choices=("text", "json"),
+                    help="log lines as text or json (CRYPTO_ML_LOG_FORMAT, default text)")
+    bt.add_argument("--log-level", default="warning", choices=("debug", "info", "warning"),
+                    help="warning (default) keeps the terminal to the tables")
+
+
+def backtest_main(args: argparse.Namespace) -> int:
+    """``python -m crypto_ml.manager backtest``: the settings and data as send-tasks reads them."""
+    from crypto_ml.cli import settings_from
+    from crypto_ml.data_loader import CryptoLoader
+    from crypto_ml.manager import CryptoManager, parse_models
+
+    settings = settings_from(args)
+    parse_models(args.model)  # unknown model: exit 2 before any work
+    loader = CryptoLoader(settings.data_dir, to_date=args.until)
+    if not args.coins:
+        loader.get_crypto_names()  # no data: exit 2 at once
+    return backtest_command(args, CryptoManager(loader=loader, settings=settings))
+
+
+def _coins(spec: str | None) -> list[str] | None:
+    return [c.strip() for c in spec.split(",") if c.strip()] if spec else None
+
+
+def backtest_command(args: argparse.Namespace, manager: CryptoManager) -> int:
+    """Run the backtest, print the tables, write the files; 1 if any (coin, model) failed."""
+    from crypto_ml.backtest import BacktestConfig, run_backtest
+    from crypto_ml.backtest_report import summary, write_all
+    from crypto_ml.manager import parse_models
+
+    given = {"horizon": args.horizon, "origins": args.origins, "stride": args.stride,
+             "min_train": args.min_train, "max_points": args.max_points, "epochs": args.epochs,
+             "seed": args.seed}
+    config = BacktestConfig(models=tuple(parse_models(args.model)), timeout=args.timeout,
+                            options=dict(args.param),
+                            **{k: v for k, v in given.items() if v is not None})
+    result = run_backtest(manager, config, _coins(args.coins), err=manager.err)
+    print(summary(result), file=manager.out, flush=True)
+    if args.out:
+        for path in write_all(result, args.out):
+            print(f"wrote {path}", file=manager.err)
+    return 1 if result.failed else 0
+
+
+def load_saved(path: Path) -> BacktestResult:
+    """A backtest written by ``backtest --out``, or a ConfigError saying what to do."""
+    from crypto_ml.backtest import BacktestResult
+
+    try:
+        return BacktestResult.from_json(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"cannot read the backtest {path} ({exc}); write one with "
+                          "`python -m crypto_ml.manager backtest --out DIR` and pass "
+                          "DIR/backtest.json") from None
+
+
+def choose(result: BacktestResult, coins: Sequence[str], err: TextIO) -> dict[str, list[str]]:
+    """``{model: coins}``: each coin's lowest-MASE model, said on ``err``; naive if unscored."""
+    best = result.best()
+    groups: dict[str, list[str]] = {}
+    for coin in coins:
+        if coin in best:
+            model, mase = best[coin]
+            why = f"lowest backtest MASE {mase:.4g} of {', '.join(result.per_coin[coin])}"
+        else:
+            model = "naive"
+            why = f"not backtested: {result.skipped.get(coin, 'absent from the backtest')}"
+        print(f"best: {coin} -> {model} ({why})", file=err, flush=True)
+        groups.setdefault(model, []).append(coin)
+    return groups
+
+
+def forecast_best(manager: CryptoManager, coins: Sequence[str] | None, horizon: int,
+                  candidates: str = DEFAULT_CANDIDATES, saved: BacktestResult | None = None,
+                  max_points: int | None = None, epochs: int | None = None,
+                  timeout: float | None = 3600.0) -> RunReport:
+    """Forecast each coin with the model its backtest (``saved``, else run now) rated best."""
+    import numpy as np
+
+    from crypto_ml.backtest import BacktestConfig, run_backtest
+    from crypto_ml.manager import RunReport, format_forecast, parse_models
+
+    report = RunReport()
+
+    def show(result: dict[str, Any]) -> None:
+        print(format_forecast(result["coin"], np.asarray(result["forecast"]), result["model"]),
+              file=manager.out, flush=True)
+
+    with manager.session():
+        if saved is None:
+            config = BacktestConfig(models=tuple(parse_models(candidates)), horizon=horizon,
+                                    epochs=epochs, timeout=timeout)
+            saved = run_backtest(manager, config, coins, err=manager.err)
+        elif saved.config.horizon != horizon:
+            print(f"note: the backtest scored horizon {saved.config.horizon}, "
+                  f"forecasting horizon {horizon}", file=manager.err)
+        epochs = epochs if epochs is not None else saved.config.epochs
+        names = list(coins) if coins else manager.loader.get_crypto_names()
+        for model, group in choose(saved, names, manager.err).items():
+            part = manager.run(model, group, horizon, max_points, epochs, timeout, on_result=show)
+            for coin, by_model in part.results.items():
+                report.results.setdefault(coin, {}).update(by_model)
+            for coin, reasons in part.failed.items():
+                report.failed.setdefault(coin, {}).update(reasons)
+            report.wall_seconds += part.wall_seconds
+    manager.last_report = report
+    return report
+
+
+def send_best(args: argparse.Namespace, manager: CryptoManager) -> RunReport:
+    """``send-tasks --model best``: the backtest given by ``--backtest``, else one run now."""
+    saved = load_saved(args.backtest) if args.backtest else None
+    return forecast_best(manager, _coins(args.coins), args.horizon,
+                         args.candidates or DEFAULT_CANDIDATES, saved, args.max_points,
+                         args.epochs, args.timeout)

@@ -1,0 +1,130 @@
+"""``lstm_ret`` and ``gru_ret``: recurrent networks that predict returns, not levels.
+
+What the backtest (:mod:`crypto_ml.backtest`) suggested trying on top of the
+original ``lstm``/``gru`` (:mod:`crypto_ml.models.rnn`):
+
+* the target is the next daily log return, from the previous ``window`` log
+  returns, both divided by the training returns' standard deviation, so the
+  network never has to extrapolate a price level it has not seen;
+* up to ``epochs`` epochs, stopped early when the loss on the chronologically
+  last 20% of the windows (a validation split the fit never trains on) has not
+  improved for ``patience`` epochs, keeping the best weights;
+* an ensemble of ``members`` small networks (recurrent(``units``) -> Dense(1))
+  seeded ``seed``, ``seed + 1``, ...; their return paths are averaged.
+
+Forecasts are recursive in return space; the price path is the last close
+times ``exp(cumsum(returns))``. Keras is imported on first fit only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from crypto_ml.device import keras_and_device
+from crypto_ml.errors import InvalidTaskInput
+from crypto_ml.models.base import Forecaster
+
+VALIDATION_SHARE = 0.2
+BATCH_SIZE = 64
+MIN_WINDOWS = 10
+#: Compiled networks of this process by (cell, window, units, seed), with their initial state.
+_NETWORKS: dict[tuple[str, int, int, int], tuple[Any, list[np.ndarray]]] = {}
+
+
+def _int_option(name: str, value: object, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidTaskInput(f"{name} must be an integer from {low} to {high}, got {value!r}")
+    return value
+
+
+def return_windows(returns: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Runs of ``window`` returns (N, window, 1) and the return after each (N,)."""
+    starts = np.arange(len(returns) - window)[:, None]
+    x = returns[starts + np.arange(window)[None, :]]
+    return x[:, :, None].astype("float32"), returns[window:].astype("float32")
+
+
+class ReturnsRecurrentModel(Forecaster):
+    """An early-stopped ensemble of LSTM or GRU networks on scaled log returns."""
+
+    def __init__(self, cell: str = "lstm", epochs: int = 30, seed: int = 42, window: int = 20,
+                 patience: int = 5, members: int = 3, units: int = 32) -> None:
+        if cell not in ("lstm", "gru"):
+            raise InvalidTaskInput(f"cell must be 'lstm' or 'gru', got {cell!r}")
+        self.name = f"{cell}_ret"  # type: ignore[misc]
+        self.cell = cell
+        self.epochs = _int_option("epochs", epochs, 1, 1000)
+        self.window = _int_option("window", window, 2, 1000)
+        self.patience = _int_option("patience", patience, 1, 1000)
+        self.members = _int_option("members", members, 1, 20)
+        self.units = _int_option("units", units, 1, 1024)
+        self.seed = int(seed)
+        self.min_points = self.window + MIN_WINDOWS + 1
+
+    def _build(self, keras: Any) -> Any:
+        layer = keras.layers.LSTM if self.cell == "lstm" else keras.layers.GRU
+        model = keras.Sequential([keras.Input(shape=(self.window, 1)), layer(self.units),
+                                  keras.layers.Dense(1)])
+        model.compile(loss="mse", optimizer=keras.optimizers.Adam(learning_rate=1e-3))
+        return model
+
+    def _network(self, keras: Any, seed: int) -> Any:
+        """This process's network for (cell, window, units, seed), reset to its seeded start.
+
+        As :meth:`RecurrentModel._network`: building and tracing cost more than a fit,
+        so each configuration is built once and its weights and optimizer state are
+        restored before every fit, which then starts as a freshly built network would.
+        """
+        key = (self.cell, self.window, self.units, seed)
+        if key not in _NETWORKS:
+            keras.utils.set_random_seed(seed)
+            net = self._build(keras)
+            net.optimizer.build(net.trainable_variables)
+            _NETWORKS[key] = (net, [v.numpy() for v in (*net.variables,
+                                                         *net.optimizer.variables)])
+        net, initial = _NETWORKS[key]
+        for variable, value in zip((*net.variables, *net.optimizer.variables), initial,
+                                   strict=True):
+            variable.assign(value)
+        keras.utils.set_random_seed(seed)
+        return net
+
+    def _fit(self, series: np.ndarray) -> None:
+        if (series <= 0).any():
+            raise InvalidTaskInput("prices must be positive to take log returns")
+        keras, self.device = keras_and_device()
+        returns = np.diff(np.log(series))
+        self.scale_ = float(np.std(returns)) or 1.0
+        x, y = return_windows(returns / self.scale_, self.window)
+        n_val = max(1, round(len(y) * VALIDATION_SHARE))
+        self.weights_: list[list[np.ndarray]] = []
+        self.tail_ = returns[-self.window :] / self.scale_
+        self.last_ = float(series[-1])
+        for member in range(self.members):
+            net = self._network(keras, self.seed + member)
+            stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.patience,
+                                                 restore_best_weights=True)
+            net.fit(x[:-n_val], y[:-n_val], validation_data=(x[-n_val:], y[-n_val:]),
+                    batch_size=BATCH_SIZE, epochs=self.epochs, shuffle=True, verbose=0,
+                    callbacks=[stop])
+            self.weights_.append(net.get_weights())  # the shared network is reset by the next fit
+
+    def _path(self, net: Any, h: int) -> np.ndarray:
+        """``h`` scaled returns predicted recursively from the training tail."""
+        history = list(self.tail_)
+        for _ in range(h):
+            x = np.asarray(history[-self.window :], dtype="float32").reshape(1, -1, 1)
+            history.append(float(np.asarray(net.predict_on_batch(x)).reshape(-1)[0]))
+        return np.asarray(history[self.window :])
+
+    def _forecast(self, h: int) -> np.ndarray:
+        keras, _ = keras_and_device()
+        paths = []
+        for member, weights in enumerate(self.weights_):
+            net = self._network(keras, self.seed + member)
+            net.set_weights(weights)
+            paths.append(self._path(net, h))
+        returns = np.mean(paths, axis=0) * self.scale_
+        return self.last_ * np.exp(np.cumsum(returns))

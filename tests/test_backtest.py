@@ -1,0 +1,142 @@
+"""Backtests: metrics and scores checked against hand computations, model choice, the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import FIXTURES, run_cli
+
+from crypto_ml.backtest import BacktestConfig, BacktestResult, origins_for, run_backtest
+from crypto_ml.celery_app import create_app
+from crypto_ml.data_loader import CryptoLoader
+from crypto_ml.manager import CryptoManager
+from crypto_ml.metrics import naive_scale, scores
+from crypto_ml.models import get_model
+from crypto_ml.settings import Settings
+
+DATA = FIXTURES / "backtest"  # Walk.csv: closes 1 2 4 3 5 6 8 7; Stub.csv: 3 closes
+SMALL = BacktestConfig(models=("naive", "linear"), horizon=2, origins=2, min_train=4)
+
+# By hand, for Walk at origins 5 and 6 (train on the first 5 / 6 closes, forecast 2):
+#   origin 5: train 1 2 4 3 5, actual 6 8, naive scale (1+2+1+2)/4 = 1.5
+#   origin 6: train 1 2 4 3 5 6, actual 8 7, naive scale (1+2+1+2+1)/5 = 1.4
+#   naive forecasts 5 5 and 6 6: errors 1 3 and 2 1
+NAIVE_MAE = (1 + 3 + 2 + 1) / 4
+NAIVE_MASE = (1 / 1.5 + 3 / 1.5 + 2 / 1.4 + 1 / 1.4) / 4
+#   linear, origin 5: slope 9/10, intercept 3 - 2 * 0.9 = 1.2 -> 5.7, 6.6: errors 0.3, 1.4
+#   linear, origin 6: slope 33/35, intercept 3.5 - 2.5 * 33/35 = 8/7 -> 238/35 = 6.8 and
+#   271/35: errors 1.2 and 26/35
+LINEAR_MAE = (0.3 + 1.4 + 1.2 + 26 / 35) / 4
+
+
+def test_metrics_by_hand() -> None:
+    actual = np.array([[10.0, 20.0]])
+    forecast = np.array([[12.0, 15.0]])
+    got = scores(actual, forecast, np.array([2.0]))
+    assert got["mae"] == pytest.approx(3.5)
+    assert got["rmse"] == pytest.approx(math.sqrt((4 + 25) / 2))
+    assert got["mape"] == pytest.approx(100 * (0.2 + 0.25) / 2)
+    assert got["mase"] == pytest.approx((2 / 2 + 5 / 2) / 2)
+    assert naive_scale([1.0, 2.0, 4.0, 3.0, 5.0]) == pytest.approx(1.5)
+    with pytest.raises(ValueError):
+        naive_scale([1.0])
+
+
+def test_origins_are_the_newest_that_have_a_full_horizon_of_actuals() -> None:
+    assert origins_for(8, SMALL) == [5, 6]
+    assert origins_for(100, BacktestConfig(horizon=10, origins=3, stride=5)) == [80, 85, 90]
+    assert SMALL.needed() == 4 + 1 + 2
+
+
+def test_best_takes_the_lowest_mase_and_ties_go_to_the_simpler_model() -> None:
+    row = {"mae": 1.0, "rmse": 1.0, "mape": 1.0, "n_forecasts": 1}
+    result = BacktestResult(BacktestConfig(models=("naive", "linear", "lstm")), per_coin={
+        "tie": {"lstm": {**row, "mase": 0.5}, "linear": {**row, "mase": 0.5},
+                "naive": {**row, "mase": 0.7}},
+        "deep": {"naive": {**row, "mase": 1.0}, "lstm": {**row, "mase": 0.9}},
+    })
+    assert result.best() == {"tie": ("linear", 0.5), "deep": ("lstm", 0.9)}
+    assert result.common_coins() == ["tie"]  # "deep" lacks linear: not in the aggregate
+    assert BacktestResult.from_json(json.loads(json.dumps(result.to_json()))).best() == \
+        result.best()
+
+
+@pytest.mark.integration
+def test_backtest_on_the_cluster_matches_the_hand_computation(cluster: object) -> None:
+    settings = Settings(data_dir=DATA).with_broker(cluster.broker_url)  # type: ignore[attr-defined]
+    manager = CryptoManager(loader=CryptoLoader(DATA), app=create_app(settings))
+    result = run_backtest(manager, SMALL)
+    assert result.skipped.keys() == {"stub"} and "3 closes" in result.skipped["stub"]
+    walk = result.per_coin["walk"]
+    assert walk["naive"]["mase"] == pytest.approx(NAIVE_MASE)
+    assert walk["naive"]["mae"] == pytest.approx(NAIVE_MAE)
+    assert walk["naive"]["rmse"] == pytest.approx(math.sqrt((1 + 9 + 4 + 1) / 4))
+    assert walk["linear"]["mae"] == pytest.approx(LINEAR_MAE)
+    assert result.best() == {"walk": ("linear", pytest.approx(walk["linear"]["mase"]))}
+    assert result.windows["walk"] == ["2021-01-06", "2021-01-08"]
+    assert result.aggregate()["naive"]["mase_mean"] == pytest.approx(NAIVE_MASE)
+
+
+def test_returns_model_is_reproducible_with_its_seed() -> None:
+    rng = np.random.default_rng(3)
+    series = 50.0 * np.exp(np.cumsum(rng.normal(0, 0.03, 60)))
+    options = {"epochs": 2, "members": 2, "window": 8}
+    first = get_model("lstm_ret", **options).fit(series).forecast(3)
+    again = get_model("lstm_ret", **options).fit(series).forecast(3)
+    other = get_model("lstm_ret", **options, seed=7).fit(series).forecast(3)
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+@pytest.mark.integration
+def test_cli_backtest_writes_files_and_best_uses_them(cluster: object, tmp_path: Path) -> None:
+    env = {"CRYPTO_ML_BROKER_URL": cluster.broker_url}  # type: ignore[attr-defined]
+    out = tmp_path / "bt"
+    done = run_cli("backtest", "--model", "naive,linear", "--horizon", "2", "--origins", "2",
+                   "--min-train", "4", "--out", str(out), env=env, data_dir=DATA)
+    assert done.returncode == 0, done.stderr
+    assert "walk" in done.stdout and "beats naive" in done.stdout
+    assert "stub (3 closes" in done.stdout
+    saved = json.loads((out / "backtest.json").read_text())
+    assert saved["best"]["walk"]["model"] == "linear"
+    assert saved["per_coin"]["walk"]["naive"]["mase"] == pytest.approx(NAIVE_MASE)
+    rows = list(csv.DictReader((out / "backtest.csv").open()))
+    assert {(r["coin"], r["model"]) for r in rows} >= {("walk", "naive"), ("*mean*", "linear")}
+    assert (out / "backtest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    best = run_cli("send-tasks", "--model", "best", "--backtest", str(out / "backtest.json"),
+                   "--horizon", "2", env=env, data_dir=DATA)
+    assert best.returncode == 0, best.stderr
+    assert "best: walk -> linear" in best.stderr
+    assert "best: stub -> naive (not backtested: 3 closes" in best.stderr
+    lines = dict(line.split(" ", 1) for line in best.stdout.splitlines())
+    assert lines["walk"].startswith("linear [[") and lines["stub"] == "naive [[3. 3.]]"
+
+
+def test_cli_rejects_a_bad_until_date_and_unknown_model(tmp_path: Path) -> None:
+    bad = run_cli("backtest", "--until", "yesterday", data_dir=DATA)
+    assert bad.returncode == 2 and "expected a date like" in bad.stderr
+    unknown = run_cli("backtest", "--model", "naive,arima", data_dir=DATA)
+    assert unknown.returncode == 2 and "arima" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
+
+
+@pytest.mark.integration
+def test_best_without_a_saved_backtest_runs_one_and_falls_back_to_naive(cluster: object) -> None:
+    import io
+
+    from crypto_ml.backtest_cli import forecast_best
+
+    settings = Settings(data_dir=DATA).with_broker(cluster.broker_url)  # type: ignore[attr-defined]
+    out, err = io.StringIO(), io.StringIO()
+    manager = CryptoManager(loader=CryptoLoader(DATA), app=create_app(settings), out=out, err=err)
+    report = forecast_best(manager, ["walk", "stub"], horizon=3)
+    assert "backtest: 0 coin(s) x 2 model(s)" in err.getvalue()  # 8 closes: too short for 30
+    assert "best: walk -> naive (not backtested: 8 closes" in err.getvalue()
+    assert report.forecasts("naive")["walk"].tolist() == [7.0, 7.0, 7.0]
+    assert out.getvalue().splitlines()[0].split()[:2] in (["walk", "naive"], ["stub", "naive"])
