@@ -48,9 +48,9 @@ def _prices(value: object, cap: int) -> list[float]:
     except ValueError:
         raise _bad("prices", "expected a flat list of numbers") from None
     if arr.size and (arr.ndim != 1 or arr.dtype.kind not in "if"):
-        odd = next((p for p in value if isinstance(p, bool) or not isinstance(p, int | float)),
-                   value[0])
-        raise _bad("prices", f"{odd!r} ({type(odd).__name__}) is not a number")
+        i, odd = next(((i, p) for i, p in enumerate(value)
+                       if isinstance(p, bool) or not isinstance(p, int | float)), (0, value[0]))
+        raise _bad("prices", f"item {i} is {type(odd).__name__} ({odd!r}), not a number")
     arr = arr.astype(np.float64, copy=False)
     finite = np.isfinite(arr)
     if not finite.all():

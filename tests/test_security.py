@@ -267,8 +267,8 @@ class TLSCluster(LocalCluster):
         super().start_redis()
         self.proxy = TLSProxy(self.port, self.context).start()
 
-    def stop(self, keep_logs: bool = False) -> None:
-        super().stop(keep_logs)
+    def stop(self, keep_logs: bool = False, graceful: bool = True) -> None:
+        super().stop(keep_logs, graceful)
         if self.proxy:
             self.proxy.stop()
 
