@@ -37,8 +37,9 @@ from crypto_ml.settings import Settings, get_settings
 from crypto_ml.wire import BATCH_TASK_NAME, TASK_NAME, ForecastRequest
 
 DEFAULT_TIMEOUT = 3600.0
-MIN_MESSAGES = 8  # cheap forecasts are spread over at least this many messages
+MIN_MESSAGES = 4  # cheap forecasts are spread over at least this many messages
 RECONNECT_PAUSE = 1.0
+FIRST_POLL_SECONDS = 0.005  # a small run's results are read within milliseconds of arriving
 POLL_SECONDS_PER_TASK = 5e-5
 PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2}
 
@@ -81,7 +82,7 @@ class Message:
 
 def plan_messages(requests: Sequence[ForecastRequest], batch_size: int) -> list[Message]:
     """Deep forecasts one per message, longest series first (they bound the run's length);
-    cheap ones in batches of up to ``batch_size``, but at least 8 messages where there are
+    cheap ones in batches of up to ``batch_size``, but at least 4 messages where there are
     that many forecasts, so a cluster of many workers still shares them out."""
     heavy = sorted((r for r in requests if r.model in HEAVY), key=lambda r: -len(r.prices))
     messages = [Message(TASK_NAME, r.as_kwargs(), [(r.coin, r.model)]) for r in heavy]
@@ -319,7 +320,7 @@ class CryptoManager:
         while pending:
             left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
             # each poll reads every pending key: poll big runs less often
-            interval = min(0.5, 0.05 + len(pending) * POLL_SECONDS_PER_TASK)
+            interval = min(0.5, FIRST_POLL_SECONDS + len(pending) * POLL_SECONDS_PER_TASK)
             try:
                 yield from app.backend.get_many(set(pending), timeout=left, interval=interval,
                                                 on_interval=self._tick)

@@ -25,7 +25,7 @@ LINEAR_COINS = ["bitcoin", "ethereum", "ripple", "litecoin", "dash", "monero", "
                 "iota", "zcash", "stratis", "waves", "neblio", "siacoin", "nexus", "dogecoin",
                 "bitcoin_cash", "i-o_coin", "ethereum_classic", "lisk", "steem", "decred",
                 "factom", "golos", "komodo", "namecoin", "peercoin", "reddcoin", "verge", "vertcoin",
-                "viacoin", "zcoin"]  # 32 coins: the manager sends them in batches of 4
+                "viacoin", "zcoin"]  # 32 coins: the manager sends them in batches of 8
 
 
 def forecasts_printed(stdout: str) -> dict[str, list[float]]:
