@@ -9,6 +9,8 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from crypto_ml.cli_args import add_cluster_options
+from crypto_ml.cli_args import positive_int as _positive
 from crypto_ml.errors import ConfigError
 
 if TYPE_CHECKING:  # the heavy modules load only when a command runs
@@ -17,13 +19,6 @@ if TYPE_CHECKING:  # the heavy modules load only when a command runs
 
 BEST = "best"
 DEFAULT_CANDIDATES = "naive,linear"
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _iso_date(text: str) -> str:
@@ -62,12 +57,7 @@ def add_backtest_parser(sub: Any) -> None:
                     "not take it ignore it)")
     bt.add_argument("--out", type=Path,
                     help="folder for backtest.json, backtest.csv and backtest.png")
-    bt.add_argument("--broker", help="Redis URL (default: CRYPTO_ML_BROKER_URL, else embedded)")
-    bt.add_argument("--timeout", type=float, default=3600.0,
-                    help="seconds to wait for all results (3600)")
-    bt.add_argument("--data-dir", type=Path, help="price data folder (CRYPTO_ML_DATA_DIR)")
-    bt.add_argument("--workers", type=_positive,
-                    help="worker processes of the embedded cluster (default: one per core)")
+    add_cluster_options(bt)
     bt.add_argument("--log-format", choices=("text", "json"),
                     help="log lines as text or json (CRYPTO_ML_LOG_FORMAT, default text)")
     bt.add_argument("--log-level", default="warning", choices=("debug", "info", "warning"),

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from crypto_ml.backtest_cli import BEST, add_backtest_parser, backtest_main, send_best
+from crypto_ml.cli_args import add_cluster_options
+from crypto_ml.cli_args import positive_int as _positive
 from crypto_ml.errors import ConfigError, CryptoMLError
 from crypto_ml.logging_setup import LogWriter
 from crypto_ml.logging_setup import configure as configure_logging
@@ -28,13 +30,6 @@ if TYPE_CHECKING:
     from crypto_ml.manager import CryptoManager, RunReport
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,12 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--epochs", type=_positive,
                       help="training epochs of deep models (default: each model's own)")
     send.add_argument("--output", type=Path, help="write results and failures to this JSON file")
-    send.add_argument("--broker", help="Redis URL (default: CRYPTO_ML_BROKER_URL, else embedded)")
-    send.add_argument("--timeout", type=float, default=3600.0,
-                      help="seconds to wait for all results (3600)")
-    send.add_argument("--data-dir", type=Path, help="price CSV folder (CRYPTO_ML_DATA_DIR)")
-    send.add_argument("--workers", type=_positive,
-                      help="worker processes of the embedded cluster (default: one per core)")
+    add_cluster_options(send)
     send.add_argument("--flower", action="store_true",
                       help="start Flower with the embedded cluster (port CRYPTO_ML_FLOWER_PORT)")
     send.add_argument("--plot", type=Path, metavar="FILE.png",

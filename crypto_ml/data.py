@@ -11,16 +11,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from crypto_ml.cli_args import positive_int as _positive
 from crypto_ml.download import API_URL, Client, download
 from crypto_ml.errors import ConfigError
 from crypto_ml.settings import Settings
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
