@@ -36,6 +36,7 @@ from crypto_ml.cluster import LocalCluster, wait_until
 from crypto_ml.data_loader import CryptoLoader
 from crypto_ml.manager import CryptoManager
 from crypto_ml.models import get_model
+from crypto_ml.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -124,7 +125,8 @@ def test_duplicate_deliveries_give_one_result_per_coin(shared_data: Path) -> Non
         app = app_for(cluster)
         seen: list[tuple[str, str]] = []
         with duplicated_publishes(cluster.broker_url) as duplicated:
-            report = CryptoManager(loader=loader, app=app).run(
+            # one message per coin (no batching), so each log line below names one forecast
+            report = CryptoManager(loader=loader, app=app, settings=Settings(batch_size=1)).run(
                 "linear", coins, horizon=7, timeout=120,
                 on_result=lambda r: seen.append((r["coin"], r["model"])))
         wait_for_drained(cluster)  # every duplicate has been consumed too
