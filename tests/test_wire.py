@@ -34,7 +34,7 @@ def test_config_accepts_json_and_msgpack_only() -> None:
     for key in ("accept_content", "result_accept_content"):
         assert sorted(conf[key]) == ["application/json", "application/x-msgpack"]
     with pytest.raises(ConfigError, match="pickle"):
-        Settings(serializer="pickle")
+        Settings.from_env({"CRYPTO_ML_SERIALIZER": "pickle"})
 
 
 def test_reliability_baseline() -> None:
