@@ -66,16 +66,13 @@ def add_backtest_parser(sub: Any) -> None:
 
 def backtest_main(args: argparse.Namespace) -> int:
     """``python -m crypto_ml.manager backtest``: the settings and data as send-tasks reads them."""
-    from crypto_ml.cli import settings_from
-    from crypto_ml.data_loader import CryptoLoader
-    from crypto_ml.manager import CryptoManager, parse_models
+    from crypto_ml.cli import checked_inputs, stop_on_signals
+    from crypto_ml.manager import CryptoManager
 
-    settings = settings_from(args)
-    parse_models(args.model)  # unknown model: exit 2 before any work
-    loader = CryptoLoader(settings.data_dir, to_date=args.until)
-    if not args.coins:
-        loader.get_crypto_names()  # no data: exit 2 at once
-    return backtest_command(args, CryptoManager(loader=loader, settings=settings))
+    settings, loader = checked_inputs(args, to_date=args.until)
+    manager = CryptoManager(loader=loader, settings=settings)
+    stop_on_signals(manager)  # Ctrl-C stops a backtest as surely as a send-tasks run
+    return backtest_command(args, manager)
 
 
 def _coins(spec: str | None) -> list[str] | None:

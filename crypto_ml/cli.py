@@ -26,6 +26,8 @@ from crypto_ml.logging_setup import configure as configure_logging
 from crypto_ml.settings import LOG_FORMATS, Settings
 
 if TYPE_CHECKING:
+    from datetime import date
+
     from crypto_ml.data_loader import CryptoLoader
     from crypto_ml.manager import CryptoManager, RunReport
 
@@ -77,17 +79,26 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return dataclasses.replace(settings, **changes)
 
 
-def send_tasks(args: argparse.Namespace) -> int:
+def checked_inputs(args: argparse.Namespace, check_models: bool = True,
+                   to_date: date | None = None) -> tuple[Settings, CryptoLoader]:
+    """Settings and loader for a run, failing (exit 2) at once on an unknown model or no data."""
     from crypto_ml.data_loader import CryptoLoader
-    from crypto_ml.manager import CryptoManager, parse_models
-    from crypto_ml.progress import Progress
+    from crypto_ml.manager import parse_models
 
     settings = settings_from(args)
-    if args.model != BEST:
-        parse_models(args.model)  # unknown model: exit 2 before any work
-    loader = CryptoLoader(settings.data_dir)
+    if check_models:
+        parse_models(args.model)
+    loader = CryptoLoader(settings.data_dir, to_date=to_date)
     if not args.coins:
-        loader.get_crypto_names()  # no data: exit 2 at once
+        loader.get_crypto_names()
+    return settings, loader
+
+
+def send_tasks(args: argparse.Namespace) -> int:
+    from crypto_ml.manager import CryptoManager
+    from crypto_ml.progress import Progress
+
+    settings, loader = checked_inputs(args, check_models=args.model != BEST)
     coins = [c.strip() for c in args.coins.split(",") if c.strip()] if args.coins else None
     json_logs = settings.log_format == "json"
     err = cast(TextIO, LogWriter(logging.getLogger("crypto_ml.manager"))) if json_logs \

@@ -85,16 +85,15 @@ def plan_messages(requests: Sequence[ForecastRequest], batch_size: int) -> list[
     cheap ones in batches of up to ``batch_size``, but at least 4 messages where there are
     that many forecasts, so a cluster of many workers still shares them out."""
     heavy = sorted((r for r in requests if r.model in HEAVY), key=lambda r: -len(r.prices))
-    messages = [Message(TASK_NAME, r.as_kwargs(), [(r.coin, r.model)]) for r in heavy]
     cheap = [r for r in requests if r.model not in HEAVY]
     size = max(1, min(batch_size, len(cheap) // MIN_MESSAGES))
+    if size == 1:
+        return [Message(TASK_NAME, r.as_kwargs(), [(r.coin, r.model)]) for r in heavy + cheap]
+    messages = [Message(TASK_NAME, r.as_kwargs(), [(r.coin, r.model)]) for r in heavy]
     for i in range(0, len(cheap), size):
         chunk = cheap[i : i + size]
-        if size == 1:
-            messages.append(Message(TASK_NAME, chunk[0].as_kwargs(), [(chunk[0].coin, chunk[0].model)]))
-        else:
-            messages.append(Message(BATCH_TASK_NAME, {"items": [r.as_kwargs() for r in chunk]},
-                                    [(r.coin, r.model) for r in chunk]))
+        messages.append(Message(BATCH_TASK_NAME, {"items": [r.as_kwargs() for r in chunk]},
+                                [(r.coin, r.model) for r in chunk]))
     return messages
 
 
@@ -115,7 +114,7 @@ class RunObserver:
         """A forecast finished: ``result`` on success, else ``reason``."""
 
     def on_wait(self) -> None:
-        """Called about every 50 ms while results are awaited."""
+        """Called at every poll while results are awaited (every 5 to 500 ms)."""
 
 
 def parse_models(spec: str | Sequence[str]) -> list[str]:
@@ -279,8 +278,7 @@ class CryptoManager:
                 sent_ids.append(sent.id)
                 for coin, model in message.items:
                     self.observer.on_sent(app, sent.id, coin, model)
-                if self.stop_requested.is_set():
-                    raise KeyboardInterrupt
+                self._check_stop()
             for task_id, meta in self._results(app, pending, timeout):
                 self._record(report, pending.pop(task_id), meta, on_result, task_id)
         except TimeoutError:
@@ -303,10 +301,13 @@ class CryptoManager:
         """
         self.stop_requested.set()
 
-    def _tick(self) -> None:
-        self.observer.on_wait()
+    def _check_stop(self) -> None:
         if self.stop_requested.is_set():
             raise KeyboardInterrupt
+
+    def _tick(self) -> None:
+        self.observer.on_wait()
+        self._check_stop()
 
     def _results(self, app: Celery, pending: dict[str, list[tuple[str, str]]],
                  timeout: float | None) -> Iterator[tuple[str, dict[str, Any]]]:
