@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--max-points", type=_positive, help="fit on the newest N closes only")
     send.add_argument("--epochs", type=_positive,
                       help="training epochs of deep models (default: each model's own)")
+    send.add_argument("--retrain", action="store_true",
+                      help="train deep models even if the model store holds a fit on this data")
     send.add_argument("--output", type=Path, help="write results and failures to this JSON file")
     add_cluster_options(send)
     send.add_argument("--flower", action="store_true",
@@ -109,7 +111,8 @@ def send_tasks(args: argparse.Namespace) -> int:
     stop_on_signals(manager)
     try:
         report = send_best(args, manager) if args.model == BEST else manager.run(
-            args.model, coins, args.horizon, args.max_points, args.epochs, args.timeout)
+            args.model, coins, args.horizon, args.max_points, args.epochs, args.timeout,
+            retrain=args.retrain)
     finally:
         progress.close()
     if args.output:

@@ -197,7 +197,7 @@ class CryptoManager:
 
     def build_requests(self, models: list[str], coins: Sequence[str] | None, horizon: int,
                        max_points: int | None, params: dict[str, Any],
-                       report: RunReport) -> list[ForecastRequest]:
+                       report: RunReport, retrain: bool = False) -> list[ForecastRequest]:
         """One request per (coin, model); coins that cannot be read are failed in ``report``."""
         names = list(coins) if coins else self.loader.get_crypto_names()
         requests = []
@@ -214,23 +214,28 @@ class CryptoManager:
             last = frame["Date"].iloc[-1].date().isoformat() if len(frame) else None
             for model in models:
                 accepted = {k: v for k, v in params.items() if k in PARAMS[model]}
-                requests.append(ForecastRequest(coin, model, prices, horizon, last, accepted))
+                requests.append(ForecastRequest(coin, model, prices, horizon, last, accepted,
+                                                retrain))
         return requests
 
     def run(self, models: str | Sequence[str] = "linear", coins: Sequence[str] | None = None,
             horizon: int = 10, max_points: int | None = None, epochs: int | None = None,
             timeout: float | None = DEFAULT_TIMEOUT,
-            on_result: Callable[[dict[str, Any]], None] | None = None) -> RunReport:
+            on_result: Callable[[dict[str, Any]], None] | None = None,
+            retrain: bool = False) -> RunReport:
         """Dispatch every (coin, model) at once and collect results as they finish.
 
         Each task expires ``timeout`` seconds after it is sent, so if this manager
         dies, workers discard its leftover tasks instead of running them for nobody.
+        Deep models already fitted on the same data come from the model store
+        (:mod:`crypto_ml.model_store`) unless ``retrain``.
         """
         names = parse_models(models)
         report = RunReport()
         started = time.perf_counter()
         params = {} if epochs is None else {"epochs": epochs}  # None: each model's default
-        requests = self.build_requests(names, coins, horizon, max_points, params, report)
+        requests = self.build_requests(names, coins, horizon, max_points, params, report,
+                                       retrain)
         for coin, by_model in report.failed.items():
             for model, reason in by_model.items():
                 self.observer.on_done(None, coin, model, None, reason)

@@ -27,6 +27,12 @@ Variable                                   Default                     Meaning
 ``CRYPTO_ML_FLOWER_ADDRESS``               ``127.0.0.1``               Flower's address; others need auth.
 ``CRYPTO_ML_FLOWER_BASIC_AUTH``            (unset: no auth)            Flower login, ``user:pw[,u2:pw2]``.
 ``CRYPTO_ML_LOG_FORMAT``                   ``text``                    Log lines as ``text`` or ``json``.
+``CRYPTO_ML_MODEL_STORE``                  (unset: result backend)     Where trained deep models are kept: ``redis``,
+                                                                       ``redis://...``, a directory, or ``off``.
+``CRYPTO_ML_MODEL_STORE_TTL``              ``604800``                  Seconds a stored model is reused (7 days).
+``CRYPTO_ML_API_KEYS``                     (unset: no auth)            HTTP API keys, comma-separated (Bearer tokens).
+``CRYPTO_ML_API_MAX_WAIT``                 ``60``                      Largest ``wait=S`` the HTTP API accepts.
+``CRYPTO_ML_API_MAX_BODY``                 ``2000000``                 Largest HTTP request body, in bytes.
 ========================================  ==========================  =========================================
 """
 
@@ -86,6 +92,11 @@ class Settings:
     flower_address: str = "127.0.0.1"
     flower_basic_auth: str | None = field(default=None, repr=False)
     log_format: str = "text"
+    model_store: str | None = None
+    model_store_ttl: int = 7 * 86400
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    api_max_wait: int = 60
+    api_max_body: int = 2_000_000
 
     def __post_init__(self) -> None:
         if self.log_format not in LOG_FORMATS:
@@ -143,6 +154,12 @@ class Settings:
             flower_address=env.get("CRYPTO_ML_FLOWER_ADDRESS", "").strip() or "127.0.0.1",
             flower_basic_auth=env.get("CRYPTO_ML_FLOWER_BASIC_AUTH") or None,
             log_format=env.get("CRYPTO_ML_LOG_FORMAT", "").strip().lower() or "text",
+            model_store=env.get("CRYPTO_ML_MODEL_STORE", "").strip() or None,
+            model_store_ttl=_int(env, "CRYPTO_ML_MODEL_STORE_TTL", 7 * 86400),
+            api_keys=tuple(k.strip() for k in env.get("CRYPTO_ML_API_KEYS", "").split(",")
+                           if k.strip()),
+            api_max_wait=_int(env, "CRYPTO_ML_API_MAX_WAIT", 60),
+            api_max_body=_int(env, "CRYPTO_ML_API_MAX_BODY", 2_000_000),
         )
 
 

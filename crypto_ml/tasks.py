@@ -16,9 +16,12 @@ from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
 from crypto_ml.deliveries import count_delivery
 from crypto_ml.errors import CryptoMLError, TaskTimedOut, TooManyDeliveries
+from crypto_ml.model_store import DEFAULT_TTL, ModelStore, open_store
 from crypto_ml.wire import BATCH_TASK_NAME, TASK_NAME, ForecastRequest, run_batch, run_forecast
 
 log = logging.getLogger(__name__)
+#: Each worker process's model store by its spec, opened at the first task that needs it.
+_STORES: dict[str | None, tuple[ModelStore | None]] = {}
 
 
 class ForecastTask(Task):
@@ -56,6 +59,18 @@ class ForecastTask(Task):
             soft = limits[1] or self.soft_time_limit or self.app.conf.task_soft_time_limit
             raise TaskTimedOut.for_limit(float(soft or 0)) from None
 
+    @property
+    def model_store(self) -> ModelStore | None:
+        """This process's model store (``crypto_ml_model_store``; default: the result backend)."""
+        conf = self.app.conf
+        spec = conf.get("crypto_ml_model_store")
+        cached = _STORES.get(spec)
+        if cached is None:
+            store = open_store(spec, getattr(self.backend, "client", None),
+                               int(conf.get("crypto_ml_model_store_ttl") or DEFAULT_TTL))
+            cached = _STORES[spec] = (store,)
+        return cached[0]
+
     def parse(self, **kwargs: Any) -> ForecastRequest:
         conf = self.app.conf
         return ForecastRequest.parse(
@@ -90,15 +105,17 @@ class ForecastTask(Task):
 
 @shared_task(bind=True, base=ForecastTask, name=TASK_NAME)
 def forecast(self: ForecastTask, coin: str, model: str, prices: list[float], horizon: int,
-             last_date: str | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Fit ``model`` on one coin's closes (oldest first) and forecast ``horizon`` days."""
+             last_date: str | None = None, params: dict[str, Any] | None = None,
+             retrain: bool = False) -> dict[str, Any]:
+    """Fit ``model`` on one coin's closes (oldest first) and forecast ``horizon`` days;
+    a deep model already fitted on these closes comes from the model store unless ``retrain``."""
     request = self.parse(coin=coin, model=model, prices=prices, horizon=horizon,
-                         last_date=last_date, params=params)
-    return run_forecast(request, worker=self.request.hostname or "unknown")
+                         last_date=last_date, params=params, retrain=retrain)
+    return run_forecast(request, self.request.hostname or "unknown", self.model_store)
 
 
 @shared_task(bind=True, base=ForecastTask, name=BATCH_TASK_NAME)
 def forecast_batch(self: ForecastTask, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Run many cheap forecasts (each as ``forecast`` takes them) in one message."""
     return run_batch(items, self.request.hostname or "unknown",
-                     self.app.conf.get("crypto_ml_max_batch", 1000), self.parse)
+                     self.app.conf.get("crypto_ml_max_batch", 1000), self.parse, self.model_store)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from crypto_ml.errors import CryptoMLError, InvalidTaskInput
+from crypto_ml.model_store import ModelStore, fit_or_restore
 from crypto_ml.models import PARAMS, get_model
 
 TASK_NAME = "crypto_ml.forecast"
@@ -69,10 +70,11 @@ class ForecastRequest:
     horizon: int
     last_date: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    retrain: bool = False  # fit even if the model store holds this model (crypto_ml.model_store)
 
     @classmethod
     def parse(cls, *, coin: object, model: object, prices: object, horizon: object,
-              last_date: object = None, params: object = None,
+              last_date: object = None, params: object = None, retrain: object = False,
               max_horizon: int = 365, max_series: int = 100_000) -> ForecastRequest:
         """Validate raw task arguments; raises InvalidTaskInput naming the first bad one."""
         if not isinstance(coin, str) or not coin:
@@ -87,22 +89,31 @@ class ForecastRequest:
         unknown = set(params) - PARAMS[model]
         if unknown:
             raise _bad("params", f"model {model!r} does not take {', '.join(sorted(unknown))}")
+        if not isinstance(retrain, bool):
+            raise _bad("retrain", f"expected true or false, got {type(retrain).__name__}")
         return cls(coin, model, _prices(prices, max_series),
-                   _positive_int("horizon", horizon, max_horizon), last_date, dict(params))
+                   _positive_int("horizon", horizon, max_horizon), last_date, dict(params),
+                   retrain)
 
     def as_kwargs(self) -> dict[str, Any]:
-        """The task's keyword arguments."""
-        return {"coin": self.coin, "model": self.model, "prices": self.prices,
-                "horizon": self.horizon, "last_date": self.last_date, "params": self.params}
+        """The task's keyword arguments (``retrain`` only when set)."""
+        kwargs = {"coin": self.coin, "model": self.model, "prices": self.prices,
+                  "horizon": self.horizon, "last_date": self.last_date, "params": self.params}
+        return {**kwargs, "retrain": True} if self.retrain else kwargs
 
 
-def run_forecast(request: ForecastRequest, worker: str) -> dict[str, Any]:
-    """Fit and forecast; the JSON-safe result a task returns."""
+def run_forecast(request: ForecastRequest, worker: str,
+                 store: ModelStore | None = None) -> dict[str, Any]:
+    """Fit (or restore from ``store``) and forecast; the JSON-safe result a task returns.
+
+    Deep models also report ``from_store``: whether the forecast came from a stored fit.
+    """
     model = get_model(request.model, **request.params)
     started = time.perf_counter()
-    model.fit(request.prices, coin=request.coin)
+    from_store = fit_or_restore(model, store, series=request.coin, prices=request.prices,
+                                params=request.params, retrain=request.retrain)
     forecast = model.forecast(request.horizon)
-    return {
+    result = {
         "coin": request.coin,
         "model": request.model,
         "horizon": request.horizon,
@@ -113,10 +124,12 @@ def run_forecast(request: ForecastRequest, worker: str) -> dict[str, Any]:
         "worker": worker,
         "device": model.device,
     }
+    return result if from_store is None else {**result, "from_store": from_store}
 
 
 def run_batch(items: object, worker: str, max_batch: int,
-              parse: Callable[..., ForecastRequest]) -> list[dict[str, Any]]:
+              parse: Callable[..., ForecastRequest],
+              store: ModelStore | None = None) -> list[dict[str, Any]]:
     """Run each forecast of a batch; a bad item gets ``{"coin", "model", "error"}`` instead."""
     if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
         raise _bad("items", "expected a list of forecast requests (objects)")
@@ -125,7 +138,7 @@ def run_batch(items: object, worker: str, max_batch: int,
     results = []
     for item in items:
         try:
-            results.append(run_forecast(parse(**item), worker))
+            results.append(run_forecast(parse(**item), worker, store))
         except TypeError as exc:  # missing or unexpected keys
             results.append(item_error(item, InvalidTaskInput(f"invalid request: {exc}")))
         except ITEM_ERRORS as exc:

@@ -1,0 +1,110 @@
+"""``python -m crypto_ml.api [--host 127.0.0.1] [--port 8000]``: serve the HTTP API.
+
+With ``CRYPTO_ML_BROKER_URL`` (or ``--broker``) it queues on that cluster; with
+none it starts the embedded local cluster (real Redis + workers, as
+``send-tasks`` does) and stops it on exit. ``--in-process`` runs the models in
+the API process instead, with no cluster (to measure what the queue costs).
+Listening anywhere but loopback needs ``CRYPTO_ML_API_KEYS``.
+Exit codes: 0 stopped (Ctrl-C, SIGTERM); 2 configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+
+from crypto_ml.cli_args import add_cluster_options, positive_int
+from crypto_ml.errors import ConfigError
+from crypto_ml.settings import Settings
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m crypto_ml.api",
+                                     description="Serve forecasts over HTTP (docs at /docs).")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (127.0.0.1; others need CRYPTO_ML_API_KEYS)")
+    parser.add_argument("--port", type=positive_int, default=8000, help="(8000)")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run the models in this process, no broker or workers (benchmarks)")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
+    add_cluster_options(parser)  # --broker, --timeout (task expiry), --data-dir, --workers
+    return parser
+
+
+def check_exposure(host: str, settings: Settings) -> None:
+    """Refuse a non-loopback address without API keys, as Flower does without its password."""
+    if host not in LOOPBACK and not settings.api_keys:
+        raise ConfigError(f"refusing to serve the API on {host} without authentication; set "
+                          "CRYPTO_ML_API_KEYS=key1[,key2] (or listen on 127.0.0.1)")
+
+
+@contextlib.contextmanager
+def runs_for(settings: Settings, in_process: bool, expires: float) -> Iterator[object]:
+    """Where the API's runs go: in-process, the configured broker, or an embedded cluster."""
+    from crypto_ml.api.service import InProcessRuns, QueueRuns
+    from crypto_ml.celery_app import create_app
+    from crypto_ml.cluster import LocalCluster
+    from crypto_ml.manager import check_broker
+    from crypto_ml.model_store import open_store
+
+    if in_process:
+        yield InProcessRuns(open_store(settings.model_store, None, settings.model_store_ttl))
+        return
+    if settings.broker_url:
+        check_broker(settings.broker_url)
+        runs = QueueRuns(create_app(settings), settings, expires)
+        try:
+            yield runs
+        finally:
+            runs.close()
+        return
+    cluster = LocalCluster(workers=settings.workers)
+    print(f"no broker configured: running embedded (local redis-server + {cluster.n_workers} "
+          "celery worker(s)); set CRYPTO_ML_BROKER_URL to use your own cluster", flush=True)
+    with cluster:
+        local = settings.with_broker(cluster.broker_url)
+        runs = QueueRuns(create_app(local), local, expires)
+        try:
+            yield runs
+        finally:
+            runs.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import uvicorn
+
+    from crypto_ml.api.app import create_app
+    from crypto_ml.cli import settings_from
+    from crypto_ml.logging_setup import configure
+
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop the embedded cluster on exit
+    try:
+        settings = settings_from(args)
+        configure(settings.log_format, args.log_level.upper(), sys.stderr)
+        check_exposure(args.host, settings)
+        with runs_for(settings, args.in_process, args.timeout) as runs:
+            app = create_app(settings, runs)  # type: ignore[arg-type]
+            server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port,
+                                                   log_level="warning", access_log=False,
+                                                   timeout_graceful_shutdown=10))
+            print(f"crypto-ml API on http://{args.host}:{args.port} (docs: /docs)", flush=True)
+            server.run()
+            if not server.started:
+                raise ConfigError(f"could not listen on {args.host}:{args.port}")
+    except ConfigError as exc:
+        print(f"crypto-ml: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    print("crypto-ml API stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""The FastAPI application: routes, API keys, body cap, error bodies and metrics.
+
+:func:`create_app` takes everything as arguments (settings, where runs go, the
+service that checks bodies), so tests and benchmarks build it around any
+:class:`~crypto_ml.api.service.Runs`; ``python -m crypto_ml.api`` builds it for
+the configured or embedded cluster.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import anyio
+import redis
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from kombu.exceptions import OperationalError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+import crypto_ml
+from crypto_ml.errors import BrokerUnavailable, DataNotFound
+from crypto_ml.settings import Settings
+
+from .metrics import ApiMetrics, Message, Scope
+from .schemas import Accepted, Coins, ForecastBody, Health, Models, RunStatus
+from .service import ForecastService, Invalid, Runs, model_infos
+
+THREADS = 200  # requests waiting for results each hold a thread of the pool
+DESCRIPTION = """Forecasts on the crypto-ml cluster (the same tasks, queues and workers as
+`send-tasks`). POST a forecast, optionally waiting up to `wait` seconds for it; otherwise read
+it at its `status_url`. Send `Authorization: Bearer <key>` when the server has
+`CRYPTO_ML_API_KEYS`."""
+
+
+def _unavailable(detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=503)
+
+
+def body_cap(app: Any, limit: int) -> Any:
+    """ASGI middleware: a request body over ``limit`` bytes gets 413 before any route runs."""
+
+    async def capped(scope: Scope, receive: Callable[[], Awaitable[Message]],
+                     send: Callable[[Message], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        too_big = declared is not None and declared.isdigit() and int(declared) > limit
+        chunks: list[bytes] = []
+        size = 0
+        while not too_big:
+            message = await receive()
+            if message["type"] != "http.request":
+                chunks = []
+                break
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            too_big = size > limit
+            if not message.get("more_body"):
+                break
+        if too_big:
+            reply = JSONResponse({"detail": f"request body above the cap of {limit} bytes "
+                                  "(CRYPTO_ML_API_MAX_BODY)"}, status_code=413)
+            await reply(scope, receive, send)
+            return
+        body = b"".join(chunks)
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await app(scope, replay, send)
+
+    return capped
+
+
+BEARER = HTTPBearer(auto_error=False, description="one of CRYPTO_ML_API_KEYS")
+
+
+class KeyCheck:
+    """Dependency: ``Authorization: Bearer <key>`` with one of ``keys`` (none: open)."""
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        self.keys = [k.encode() for k in keys]
+
+    def __call__(self, credentials: Annotated[HTTPAuthorizationCredentials | None,
+                                              Depends(BEARER)]) -> None:
+        if not self.keys:
+            return
+        given = (credentials.credentials if credentials else "").encode()
+        if not any(hmac.compare_digest(given, key) for key in self.keys):
+            raise HTTPException(401, "missing or unknown API key; send Authorization: Bearer "
+                                "<key>", headers={"WWW-Authenticate": "Bearer"})
+
+
+def create_app(settings: Settings, runs: Runs,
+               service: ForecastService | None = None) -> FastAPI:
+    """The API for ``runs`` (cluster or in-process), checking bodies with ``service``."""
+    service = service or ForecastService(settings)
+    metrics = ApiMetrics(runs.queue_depth)
+    require_key = KeyCheck(settings.api_keys)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS
+        yield
+
+    app = FastAPI(title="crypto-ml forecasts", version=crypto_ml.__version__,
+                  description=DESCRIPTION, lifespan=lifespan)
+    authorized = [Depends(require_key)]
+
+    @app.exception_handler(Invalid)
+    async def invalid(_: Request, exc: Invalid) -> JSONResponse:
+        return JSONResponse({"detail": exc.errors}, status_code=422)
+
+    @app.exception_handler(BrokerUnavailable)
+    async def no_broker(_: Request, exc: BrokerUnavailable) -> JSONResponse:
+        return _unavailable(str(exc))
+
+    @app.exception_handler(redis.RedisError)
+    @app.exception_handler(OperationalError)
+    async def redis_down(_: Request, exc: Exception) -> JSONResponse:
+        return _unavailable(f"the broker or result backend is unreachable "
+                            f"({type(exc).__name__}); try again later")
+
+    @app.exception_handler(DataNotFound)
+    async def no_data(_: Request, exc: DataNotFound) -> JSONResponse:
+        return _unavailable(str(exc))
+
+    @app.post("/v1/forecasts", dependencies=authorized, tags=["forecasts"],
+              summary="Forecast coins or your own series",
+              responses={200: {"model": RunStatus, "description": "finished within wait"},
+                         202: {"model": Accepted, "description": "queued; poll status_url"},
+                         401: {"description": "missing or unknown API key"},
+                         413: {"description": "body too large"},
+                         422: {"description": "a field is invalid; the body names it"},
+                         503: {"description": "broker down: nothing was queued"}})
+    def post_forecast(body: ForecastBody,
+                      wait: Annotated[float, Query(ge=0, description="seconds to wait for "
+                                                   "the results (at most "
+                                                   "CRYPTO_ML_API_MAX_WAIT)")] = 0) -> Response:
+        if wait > settings.api_max_wait:
+            raise Invalid([{"loc": ["query", "wait"], "type": "value_error",
+                            "msg": f"must be at most {settings.api_max_wait} "
+                                   f"(CRYPTO_ML_API_MAX_WAIT), got {wait:g}"}])
+        run = runs.submit(service.requests_for(body))
+        state = runs.wait(run, wait)
+        if state is not None:
+            metrics.count_run(state)
+            return JSONResponse(state.to_json())
+        try:
+            runs.save(run)
+        except Exception:
+            runs.discard(run)
+            raise
+        url = f"/v1/forecasts/{run.id}"
+        return JSONResponse({"id": run.id, "status_url": url}, status_code=202,
+                            headers={"Location": url})
+
+    @app.get("/v1/forecasts/{run_id}", dependencies=authorized, tags=["forecasts"],
+             summary="A forecast run's status and results", response_model=RunStatus,
+             responses={404: {"description": "no such run (or expired)"}})
+    def get_forecast(run_id: str) -> Response:
+        state = runs.state(run_id)
+        if state is None:
+            raise HTTPException(404, f"no forecast run {run_id!r} (unknown, or expired after "
+                                "CRYPTO_ML_RESULT_EXPIRES)")
+        if state.fresh:
+            metrics.count_run(state)
+        return JSONResponse(state.to_json())
+
+    @app.get("/v1/coins", dependencies=authorized, tags=["data"], response_model=Coins,
+             summary="Coin ids of the data directory")
+    def coins() -> dict[str, Any]:
+        return {"coins": service.coins.names()}
+
+    @app.get("/v1/models", dependencies=authorized, tags=["data"], response_model=Models,
+             summary="Models, their queue and options")
+    def models() -> dict[str, Any]:
+        return {"models": model_infos()}
+
+    @app.get("/healthz", tags=["operations"], response_model=Health,
+             summary="Broker reachable and workers online (503 otherwise)",
+             responses={503: {"model": Health}})
+    def healthz() -> Response:
+        state = runs.health()
+        return JSONResponse(state, status_code=200 if state["status"] == "ok" else 503)
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics",
+             response_class=Response)
+    def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.state.metrics = metrics
+    app.state.runs = runs
+    app.add_middleware(_Wrap, wrap=lambda inner: body_cap(inner, settings.api_max_body))
+    app.add_middleware(_Wrap, wrap=metrics.middleware)
+    return app
+
+
+class _Wrap:
+    """Adapter: a function ``wrap(app) -> app`` as a Starlette middleware class."""
+
+    def __init__(self, app: Any, wrap: Callable[[Any], Any]) -> None:
+        self.app = wrap(app)
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)

@@ -1,0 +1,93 @@
+"""Prometheus metrics of the API: requests, latency, queue depth, forecasts by model and status.
+
+Each app has its own registry (several apps in one process, as in tests, never
+clash). Queue depth is read from the broker when ``/metrics`` is scraped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from crypto_ml.runs import RunState
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]],
+                   Awaitable[None]]
+BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class QueueDepth(Collector):
+    """``crypto_ml_api_queue_depth{queue}``: tasks waiting or reserved, read at scrape time."""
+
+    def __init__(self, read: Callable[[], dict[str, int]]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("crypto_ml_api_queue_depth",
+                                   "Forecast tasks waiting or reserved by workers, per queue",
+                                   labels=["queue"])
+        try:
+            for queue, depth in self.read().items():
+                family.add_metric([queue], depth)
+        except Exception as exc:  # noqa: BLE001 - a scrape must not fail with the broker
+            log.warning("queue depth unavailable: %s", exc)
+        yield family
+
+
+class ApiMetrics:
+    """The registry and the metrics the API updates."""
+
+    def __init__(self, queue_depth: Callable[[], dict[str, int]]) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("crypto_ml_api_requests", "HTTP requests answered",
+                                ["method", "route", "status"], registry=self.registry)
+        self.latency = Histogram("crypto_ml_api_request_seconds", "HTTP request latency",
+                                 ["method", "route"], buckets=BUCKETS, registry=self.registry)
+        self.forecasts = Counter("crypto_ml_api_forecasts", "Forecasts finished, by model",
+                                 ["model", "status"], registry=self.registry)
+        self.registry.register(QueueDepth(queue_depth))
+
+    def count_run(self, state: RunState) -> None:
+        """Count a finished run's forecasts once (ok or failed, by model)."""
+        for by_model in state.results.values():
+            for model in by_model:
+                self.forecasts.labels(model, "ok").inc()
+        for failures in state.failed.values():
+            for model in failures:
+                self.forecasts.labels(model, "failed").inc()
+
+    def middleware(self, app: ASGIApp) -> ASGIApp:
+        """ASGI middleware counting each HTTP request by route template and status."""
+
+        async def wrapped(scope: Scope, receive: Callable[[], Awaitable[Message]],
+                          send: Callable[[Message], Awaitable[None]]) -> None:
+            if scope["type"] != "http":
+                await app(scope, receive, send)
+                return
+            started = time.perf_counter()
+            status = 500
+
+            async def send_status(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                await send(message)
+
+            try:
+                await app(scope, receive, send_status)
+            finally:
+                route = getattr(scope.get("route"), "path", None) or "unmatched"
+                self.requests.labels(scope["method"], route, str(status)).inc()
+                self.latency.labels(scope["method"], route).observe(time.perf_counter() - started)
+
+        return wrapped

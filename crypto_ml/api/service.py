@@ -1,0 +1,305 @@
+"""What the HTTP API does, without HTTP: check a forecast body into task requests, and run them.
+
+:class:`ForecastService` turns a :class:`~crypto_ml.api.schemas.ForecastBody`
+into :class:`~crypto_ml.wire.ForecastRequest` objects, or raises
+:class:`Invalid` listing every problem by field, before anything is queued.
+Runs go to one of two backends with one interface:
+
+* :class:`QueueRuns`: the cluster, through :class:`~crypto_ml.runs.RunQueue`
+  (same tasks, queues and workers as ``send-tasks``);
+* :class:`InProcessRuns`: the same model code called in the API process, for
+  measuring what the queue costs per request (``python -m crypto_ml.api --in-process``).
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import redis
+from celery import Celery
+
+from crypto_ml.data_loader import CryptoLoader
+from crypto_ml.errors import CoinNotFound, CryptoMLError, DataNotFound
+from crypto_ml.manager import RunReport
+from crypto_ml.model_store import ModelStore
+from crypto_ml.models import HEAVY, PARAMS, get_model, model_names
+from crypto_ml.runs import Run, RunQueue, RunState, final_state
+from crypto_ml.settings import Settings
+from crypto_ml.wire import ITEM_ERRORS, ForecastRequest, item_error, run_forecast
+
+from .schemas import ForecastBody
+
+REFRESH_SECONDS = 5.0  # how often the data folder is checked for new or changed files
+HEALTH_CACHE_SECONDS = 5.0
+
+
+class Invalid(CryptoMLError, ValueError):
+    """A request body with problems: ``errors`` as FastAPI reports them (loc, msg, type)."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors))
+        self.errors = errors
+
+
+def problem(loc: Sequence[str | int], msg: str) -> dict[str, Any]:
+    return {"loc": ["body", *loc], "msg": msg, "type": "value_error"}
+
+
+class CoinData:
+    """Closes of the data folder's coins, parsed once and re-read when a file changes."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self._lock = threading.Lock()
+        self._loader = CryptoLoader(data_dir)
+        self._signature: tuple[tuple[str, float, int], ...] | None = None
+        self._checked = 0.0
+        self._prices: dict[str, tuple[list[float], str | None]] = {}
+
+    def _refresh(self) -> None:
+        now = time.monotonic()
+        if now - self._checked < REFRESH_SECONDS:
+            return
+        self._checked = now
+        try:
+            paths = sorted(self.data_dir.iterdir()) if self.data_dir.is_dir() else [self.data_dir]
+            signature = tuple((p.name, p.stat().st_mtime, p.stat().st_size) for p in paths)
+        except OSError:
+            signature = ()
+        if signature != self._signature:
+            self._signature = signature
+            self._loader = CryptoLoader(self.data_dir)
+            self._prices = {}
+
+    def names(self) -> list[str]:
+        with self._lock:
+            self._refresh()
+            loader = self._loader
+        return loader.get_crypto_names()
+
+    def prices(self, coin: str) -> tuple[list[float], str | None]:
+        """The coin's closes (NaNs dropped), oldest first, and the date of the last one."""
+        with self._lock:
+            self._refresh()
+            cached = self._prices.get(coin)
+            loader = self._loader
+        if cached is None:
+            frame = loader.get_df(coin).dropna(subset=["Close"])
+            last = frame["Date"].iloc[-1].date().isoformat() if len(frame) else None
+            cached = (frame["Close"].astype(float).tolist(), last)
+            with self._lock:
+                self._prices[coin] = cached
+        return cached
+
+
+def model_list(spec: str | list[str]) -> list[str]:
+    names = spec.split(",") if isinstance(spec, str) else spec
+    return list(dict.fromkeys(n.strip() for n in names if n.strip()))
+
+
+class ForecastService:
+    """Checks forecast bodies against the data and the settings' caps."""
+
+    def __init__(self, settings: Settings, coins: CoinData | None = None) -> None:
+        self.settings = settings
+        self.coins = coins or CoinData(settings.data_dir)
+
+    def requests_for(self, body: ForecastBody) -> list[ForecastRequest]:
+        """One request per (series, model), or Invalid naming every problem found."""
+        errors: list[dict[str, Any]] = []
+        models = self._models(body, errors)
+        if body.horizon > self.settings.max_horizon:
+            errors.append(problem(["horizon"], f"must be at most {self.settings.max_horizon} "
+                                  f"(CRYPTO_ML_MAX_HORIZON), got {body.horizon}"))
+        series = self._series(body, errors)
+        if errors:
+            raise Invalid(errors)
+        requests = []
+        for (loc, name, prices, last) in series:
+            if body.max_points:
+                prices = prices[-body.max_points:]
+            for model, params, min_points in models:
+                if len(prices) < min_points:
+                    errors.append(problem(loc, f"{name!r} has {len(prices)} usable closes; "
+                                          f"model {model!r} needs at least {min_points}"))
+                    continue
+                requests.append(ForecastRequest(name, model, prices, body.horizon, last, params,
+                                                body.retrain))
+        if errors:
+            raise Invalid(errors)
+        return requests
+
+    def _models(self, body: ForecastBody,
+                errors: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any], int]]:
+        names = model_list(body.model)
+        if not names:
+            errors.append(problem(["model"], f"no model given; choose from "
+                                  f"{', '.join(model_names())}"))
+        unknown = set(body.params).difference(*(PARAMS[n] for n in names if n in PARAMS))
+        if unknown:
+            errors.append(problem(["params"], f"no model of {', '.join(names)} takes "
+                                  f"{', '.join(sorted(unknown))}"))
+        models = []
+        for name in names:
+            if name not in PARAMS:
+                errors.append(problem(["model"], f"unknown model {name!r}; choose from "
+                                      f"{', '.join(model_names())}"))
+                continue
+            params = {k: v for k, v in body.params.items() if k in PARAMS[name]}
+            try:
+                min_points = get_model(name, **params).min_points
+            except ITEM_ERRORS + (TypeError,) as exc:
+                errors.append(problem(["params"], f"{name}: {exc}"))
+                continue
+            models.append((name, params, min_points))
+        return models
+
+    def _series(self, body: ForecastBody, errors: list[dict[str, Any]]
+                ) -> list[tuple[list[str | int], str, list[float], str | None]]:
+        cap = self.settings.max_series
+        out: list[tuple[list[str | int], str, list[float], str | None]] = []
+        for name, closes in (body.series or {}).items():
+            loc: list[str | int] = ["series", name]
+            bad = next((i for i, p in enumerate(closes) if not math.isfinite(p)), None)
+            if not name.strip():
+                errors.append(problem(loc, "a series needs a non-empty name"))
+            elif bad is not None:
+                errors.append(problem([*loc, bad], f"item {bad} is {closes[bad]}; send only "
+                                      "finite closes (drop NaNs first)"))
+            elif len(closes) > cap:
+                errors.append(problem(loc, f"{len(closes)} closes is above the cap of {cap} "
+                                      "(CRYPTO_ML_MAX_SERIES)"))
+            else:
+                out.append((loc, name, closes, None))
+        for i, coin in enumerate(dict.fromkeys(body.coins or [])):
+            try:
+                prices, last = self.coins.prices(coin)
+            except (CoinNotFound, DataNotFound) as exc:
+                errors.append(problem(["coins", i], str(exc)))
+                continue
+            out.append((["coins", i], coin, prices, last))
+        return out
+
+
+class Runs(Protocol):
+    """Where runs go: :class:`QueueRuns` (the cluster) or :class:`InProcessRuns`."""
+
+    def submit(self, requests: Sequence[ForecastRequest]) -> Run: ...
+
+    def wait(self, run: Run, timeout: float) -> RunState | None: ...
+
+    def save(self, run: Run) -> None: ...
+
+    def discard(self, run: Run) -> None: ...
+
+    def state(self, run_id: str) -> RunState | None: ...
+
+    def health(self) -> dict[str, Any]: ...
+
+    def queue_depth(self) -> dict[str, int]: ...
+
+    def close(self) -> None: ...
+
+
+class QueueRuns(RunQueue):
+    """Runs on the cluster of ``app``, plus its health and queue depth."""
+
+    def __init__(self, app: Celery, settings: Settings, expires: float = 3600.0) -> None:
+        super().__init__(app, settings.batch_size, expires, settings.result_expires)
+        self.broker = redis.Redis.from_url(settings.broker_url or "", socket_connect_timeout=2,
+                                           socket_timeout=2)
+        self._health: tuple[float, dict[str, Any]] | None = None
+        self._health_lock = threading.Lock()
+
+    def health(self) -> dict[str, Any]:
+        """Broker reachable and workers answering a ping; cached for a few seconds."""
+        with self._health_lock:
+            if self._health and time.monotonic() - self._health[0] < HEALTH_CACHE_SECONDS:
+                return self._health[1]
+            try:
+                self.broker.ping()
+            except (redis.RedisError, OSError) as exc:
+                state = {"status": "unavailable", "broker": False, "workers": [],
+                         "detail": f"broker unreachable ({type(exc).__name__})"}
+            else:
+                try:
+                    replies = self.app.control.ping(timeout=0.5)
+                except Exception as exc:  # noqa: BLE001 - kombu's connection errors vary
+                    replies, detail = [], f"ping failed ({type(exc).__name__})"
+                else:
+                    detail = None if replies else "no worker answered a ping"
+                workers = sorted(name for reply in replies for name in reply)
+                state = {"status": "ok" if workers else "unavailable", "broker": True,
+                         "workers": workers, "detail": detail}
+            self._health = (time.monotonic(), state)
+            return state
+
+    def queue_depth(self) -> dict[str, int]:
+        from crypto_ml.celery_app import CPU_QUEUE, GPU_QUEUE
+        from crypto_ml.queue_depth import queue_depths
+
+        depths = queue_depths(self.broker, [CPU_QUEUE, GPU_QUEUE])
+        return {queue: d["total"] for queue, d in depths.items()}
+
+
+class InProcessRuns:
+    """Runs executed at once in the API process: no broker, no workers (benchmarks, dev)."""
+
+    def __init__(self, store: ModelStore | None = None, keep: int = 10_000) -> None:
+        import sklearn.linear_model  # noqa: F401 - as workers do: not on the first request
+
+        self.store = store
+        self._states: collections.OrderedDict[str, RunState] = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self.keep = keep
+
+    def submit(self, requests: Sequence[ForecastRequest]) -> Run:
+        run = Run(uuid.uuid4().hex, {}, math.inf)
+        report = RunReport()
+        for request in requests:
+            try:
+                report.add_result(run_forecast(request, "in-process", self.store))
+            except ITEM_ERRORS as exc:
+                failure = item_error(request.as_kwargs(), exc)
+                report.add_failure(request.coin, request.model, failure["error"])
+        with self._lock:
+            self._states[run.id] = final_state(run.id, report)
+            while len(self._states) > self.keep:
+                self._states.popitem(last=False)
+        return run
+
+    def wait(self, run: Run, timeout: float) -> RunState | None:
+        return self.state(run.id)
+
+    def save(self, run: Run) -> None:
+        pass
+
+    def discard(self, run: Run) -> None:
+        with self._lock:
+            self._states.pop(run.id, None)
+
+    def state(self, run_id: str) -> RunState | None:
+        with self._lock:
+            return self._states.get(run_id)
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok", "broker": False, "workers": ["in-process"], "detail": None}
+
+    def queue_depth(self) -> dict[str, int]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+def model_infos() -> list[dict[str, Any]]:
+    """Every model with its queue, options and whether its fits are stored."""
+    return [{"name": name, "queue": "gpu" if name in HEAVY else "cpu",
+             "params": sorted(PARAMS[name]), "stored": name in HEAVY} for name in model_names()]
