@@ -11,13 +11,16 @@ from __future__ import annotations
 import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
 import redis
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from kombu.exceptions import OperationalError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -29,6 +32,7 @@ from .metrics import ApiMetrics, Message, Scope
 from .schemas import Accepted, Coins, ForecastBody, Health, Models, RunStatus
 from .service import ForecastService, Invalid, Runs, model_infos
 
+DOCS_STATIC = "/docs-static"
 THREADS = 200  # requests waiting for results each hold a thread of the pool
 DESCRIPTION = """Forecasts on the crypto-ml cluster (the same tasks, queues and workers as
 `send-tasks`). POST a forecast, optionally waiting up to `wait` seconds for it; otherwise read
@@ -82,6 +86,31 @@ def body_cap(app: Any, limit: int) -> Any:
     return capped
 
 
+def add_docs(app: FastAPI) -> None:
+    """``/docs`` (Swagger UI) and ``/redoc`` served from the fastapi-offline wheel's files, so
+    the pages render on machines without internet access (FastAPI's default loads a CDN)."""
+    import fastapi_offline
+
+    app.mount(DOCS_STATIC, StaticFiles(directory=Path(fastapi_offline.__file__).parent / "static"),
+              name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json",
+                                   title=f"{app.title} - docs",
+                                   swagger_js_url=f"{DOCS_STATIC}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_STATIC}/swagger-ui.css",
+                                   swagger_favicon_url=f"{DOCS_STATIC}/favicon.png")
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url=app.openapi_url or "/openapi.json",
+                              title=f"{app.title} - ReDoc",
+                              redoc_js_url=f"{DOCS_STATIC}/redoc.standalone.js",
+                              redoc_favicon_url=f"{DOCS_STATIC}/favicon.png",
+                              with_google_fonts=False)
+
+
 BEARER = HTTPBearer(auto_error=False, description="one of CRYPTO_ML_API_KEYS")
 
 
@@ -114,7 +143,8 @@ def create_app(settings: Settings, runs: Runs,
         yield
 
     app = FastAPI(title="crypto-ml forecasts", version=crypto_ml.__version__,
-                  description=DESCRIPTION, lifespan=lifespan)
+                  description=DESCRIPTION, lifespan=lifespan, docs_url=None, redoc_url=None)
+    add_docs(app)
     authorized = [Depends(require_key)]
 
     @app.exception_handler(Invalid)
