@@ -1,0 +1,169 @@
+"""The HTTP API's contract, on the in-process backend (no broker): bodies, errors, auth, caps,
+metrics and the OpenAPI description. The same routes on the real cluster are in
+tests/test_api_cluster.py."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from api_support import client, closes, write_coins
+from conftest import ROOT
+
+from crypto_ml.api.__main__ import check_exposure
+from crypto_ml.api.app import create_app
+from crypto_ml.api.service import InProcessRuns
+from crypto_ml.errors import ConfigError
+from crypto_ml.models import get_model
+from crypto_ml.settings import Settings
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    return write_coins(tmp_path / "prices")
+
+
+def make(data: Path, **settings: Any) -> Any:
+    return client(create_app(Settings(data_dir=data, **settings), InProcessRuns()))
+
+
+def test_coin_forecast_is_the_models_forecast_with_send_tasks_fields(data: Path) -> None:
+    api = make(data)
+    reply = api.post("/v1/forecasts", json={"coins": ["alpha"], "model": "linear",
+                                            "horizon": 4})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["status"] == "done" and body["failed"] == {} and body["id"]
+    result = body["results"]["alpha"]["linear"]
+    expected = get_model("linear").fit(closes(data, "alpha")).forecast(4)
+    np.testing.assert_allclose(result["forecast"], expected, rtol=0, atol=0)
+    assert {"coin", "model", "horizon", "forecast", "last_date", "n_points", "fit_seconds",
+            "worker", "device"} <= set(result)
+    assert result["last_date"] == "2020-04-29" and result["n_points"] == 120
+
+
+def test_own_series_and_several_models(data: Path) -> None:
+    reply = make(data).post("/v1/forecasts", json={
+        "series": {"mine": [1.0, 2.0, 3.0, 4.0]}, "model": ["naive", "linear"], "horizon": 2})
+    assert reply.status_code == 200, reply.text
+    results = reply.json()["results"]["mine"]
+    assert results["naive"]["forecast"] == [4.0, 4.0]
+    np.testing.assert_allclose(results["linear"]["forecast"], [5.0, 6.0])
+    assert results["linear"]["last_date"] is None
+
+
+@pytest.mark.parametrize(("body", "loc", "words"), [
+    ({"coins": ["nosuch"], "model": "linear"}, ["body", "coins", 0], "unknown coin 'nosuch'"),
+    ({"coins": ["alpha"], "model": "prophet"}, ["body", "model"], "unknown model 'prophet'"),
+    ({"coins": ["alpha"], "horizon": 400}, ["body", "horizon"], "at most 365"),
+    ({"coins": ["alpha"], "horizon": 0}, ["body", "horizon"], "greater than or equal to 1"),
+    ({"series": {"s": [1.0, 2.0]}, "model": "lstm"}, ["body", "series", "s"],
+     "model 'lstm' needs at least 51"),
+    ({"coins": ["alpha"], "model": "lstm", "params": {"depth": 3}}, ["body", "params"],
+     "takes depth"),
+    ({"coins": ["alpha"], "model": "lstm", "params": {"epochs": 0}}, ["body", "params"],
+     "epochs must be an integer"),
+    ({"coins": ["alpha"], "series": {"s": [1.0]}}, ["body"], "exactly one of 'coins'"),
+    ({"model": "linear"}, ["body"], "exactly one of 'coins'"),
+    ({"series": {"s": [1.0, "x"]}}, ["body", "series", "s", 1], "valid number"),
+])
+def test_invalid_bodies_get_422_naming_field_and_problem(data: Path, body: dict[str, Any],
+                                                          loc: list[Any], words: str) -> None:
+    reply = make(data).post("/v1/forecasts", json=body)
+    assert reply.status_code == 422, reply.text
+    details = reply.json()["detail"]
+    assert any(d["loc"] == loc and words in d["msg"] for d in details), details
+
+
+def test_nan_in_a_series_is_named_by_position(data: Path) -> None:
+    reply = make(data).post("/v1/forecasts", content=b'{"series": {"s": [1, 2, NaN, 4]}}',
+                            headers={"content-type": "application/json"})
+    assert reply.status_code == 422
+    assert reply.json()["detail"] == [{"loc": ["body", "series", "s", 2], "type": "value_error",
+                                       "msg": "item 2 is nan; send only finite closes "
+                                              "(drop NaNs first)"}]
+
+
+def test_wait_above_the_cap_is_refused(data: Path) -> None:
+    reply = make(data, api_max_wait=5).post("/v1/forecasts?wait=6", json={"coins": ["alpha"]})
+    assert reply.status_code == 422
+    assert reply.json()["detail"][0]["loc"] == ["query", "wait"]
+
+
+def test_unknown_run_is_404_and_a_finished_one_can_be_read_again(data: Path) -> None:
+    api = make(data)
+    assert api.get("/v1/forecasts/nosuchid").status_code == 404
+    run = api.post("/v1/forecasts", json={"coins": ["beta"], "model": "naive"}).json()
+    again = api.get(f"/v1/forecasts/{run['id']}")
+    assert again.status_code == 200 and again.json() == run
+
+
+def test_api_keys_are_required_when_configured(data: Path) -> None:
+    api = make(data, api_keys=("k1-secret", "k2-secret"))
+    body = {"coins": ["alpha"], "model": "naive"}
+    assert api.post("/v1/forecasts", json=body).status_code == 401
+    wrong = api.post("/v1/forecasts", json=body, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+    assert api.get("/v1/coins").status_code == 401
+    for key in ("k1-secret", "k2-secret"):
+        ok = api.post("/v1/forecasts", json=body, headers={"Authorization": f"Bearer {key}"})
+        assert ok.status_code == 200, ok.text
+    assert api.get("/healthz").status_code == 200  # probes and scrapers need no key
+    assert api.get("/metrics").status_code == 200
+
+
+def test_bodies_above_the_cap_get_413(data: Path) -> None:
+    api = make(data, api_max_body=1000)
+    big = {"series": {"s": [1.0] * 500}}
+    assert api.post("/v1/forecasts", json=big).status_code == 413
+    chunked = api.post("/v1/forecasts", content=iter([b'{"series": {"s": [', b"1.0," * 400,
+                                                      b"1.0]}}"]),
+                       headers={"content-type": "application/json"})
+    assert chunked.status_code == 413  # no Content-Length: counted as it arrives
+    assert api.post("/v1/forecasts", json={"series": {"s": [1.0, 2.0]}}).status_code == 200
+
+
+def test_coins_models_health_and_metrics(data: Path) -> None:
+    api = make(data)
+    assert api.get("/v1/coins").json() == {"coins": ["alpha", "beta"]}
+    models = {m["name"]: m for m in api.get("/v1/models").json()["models"]}
+    assert models["linear"] == {"name": "linear", "queue": "cpu", "params": [], "stored": False}
+    assert models["lstm"]["queue"] == "gpu" and models["lstm"]["stored"]
+    assert "epochs" in models["lstm"]["params"]
+    assert api.get("/healthz").json()["status"] == "ok"
+    api.post("/v1/forecasts", json={"coins": ["alpha"], "model": "naive"})
+    api.post("/v1/forecasts", json={"coins": ["nosuch"], "model": "naive"})
+    text = api.get("/metrics").text
+    assert 'crypto_ml_api_requests_total{method="POST",route="/v1/forecasts",status="200"} 1.0' \
+        in text
+    assert 'crypto_ml_api_requests_total{method="POST",route="/v1/forecasts",status="422"} 1.0' \
+        in text
+    assert 'crypto_ml_api_request_seconds_count{method="POST",route="/v1/forecasts"} 2.0' in text
+    assert 'crypto_ml_api_forecasts_total{model="naive",status="ok"} 1.0' in text
+    assert "# TYPE crypto_ml_api_queue_depth gauge" in text
+
+
+def test_openapi_lists_every_endpoint_and_docs_need_no_cdn(data: Path) -> None:
+    api = make(data)
+    paths = api.get("/openapi.json").json()["paths"]
+    assert set(paths) == {"/v1/forecasts", "/v1/forecasts/{run_id}", "/v1/coins", "/v1/models",
+                          "/healthz", "/metrics"}
+    page = api.get("/docs").text
+    assert "/docs-static/swagger-ui-bundle.js" in page and "cdn" not in page.lower()
+    assert api.get("/docs-static/swagger-ui-bundle.js").status_code == 200
+
+
+def test_refuses_non_loopback_without_keys() -> None:
+    check_exposure("127.0.0.1", Settings())
+    check_exposure("0.0.0.0", Settings(api_keys=("k",)))
+    with pytest.raises(ConfigError, match="without authentication"):
+        check_exposure("0.0.0.0", Settings())
+    env = {"PATH": "/usr/bin:/bin"}
+    run = subprocess.run([sys.executable, "-m", "crypto_ml.api", "--host", "0.0.0.0"], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    assert "refusing to serve the API on 0.0.0.0 without authentication" in run.stderr

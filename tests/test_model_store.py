@@ -1,0 +1,106 @@
+"""The model store without a cluster: keys, the .npz entry format (never pickle), the
+directory store and its expiry, restore gives the same forecast, and a broken store
+only costs a fit. The Redis store with real workers is in tests/test_api_cluster.py."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from crypto_ml.errors import ConfigError
+from crypto_ml.model_store import (
+    DirectoryModelStore,
+    RedisModelStore,
+    export_state,
+    fit_or_restore,
+    open_store,
+    restore_state,
+    store_key,
+)
+from crypto_ml.models import get_model
+
+SERIES = list(100.0 + np.cumsum(np.random.default_rng(3).normal(0, 1, 40)) + np.arange(40))
+PARAMS: dict[str, Any] = {"epochs": 1, "window": 8}
+
+
+def test_key_changes_with_series_model_options_and_data_not_horizon() -> None:
+    key = store_key("a", "lstm", PARAMS, SERIES)
+    assert key == store_key("a", "lstm", dict(reversed(PARAMS.items())), list(SERIES))
+    assert len(key) == 64
+    assert key != store_key("b", "lstm", PARAMS, SERIES)
+    assert key != store_key("a", "gru", PARAMS, SERIES)
+    assert key != store_key("a", "lstm", {**PARAMS, "epochs": 2}, SERIES)
+    assert key != store_key("a", "lstm", PARAMS, [*SERIES, 150.0])  # a new day: train again
+
+
+def test_open_store_specs(tmp_path: Path) -> None:
+    assert open_store("off", None) is None
+    assert open_store(None, None) is None  # default (the backend's Redis) without a backend
+    assert isinstance(open_store(None, object()), RedisModelStore)  # type: ignore[arg-type]
+    assert isinstance(open_store("redis://127.0.0.1:1/0", None), RedisModelStore)
+    store = open_store(f"file://{tmp_path}", None)
+    assert isinstance(store, DirectoryModelStore) and store.root == tmp_path
+    assert isinstance(open_store(str(tmp_path), None), DirectoryModelStore)
+    with pytest.raises(ConfigError, match="s3"):
+        open_store("s3://bucket/models", None)
+    with pytest.raises(ConfigError, match="ftp"):
+        open_store("ftp://host/x", None)
+
+
+def test_directory_store_round_trip_and_expiry(tmp_path: Path) -> None:
+    store = DirectoryModelStore(tmp_path / "models", ttl=60)
+    assert store.get("k") is None
+    store.put("k", b"blob")
+    assert store.get("k") == b"blob"
+    assert [p.name for p in (tmp_path / "models").iterdir()] == ["k.npz"]  # no temp files left
+    old = time.time() - 120
+    os.utime(tmp_path / "models" / "k.npz", (old, old))
+    assert store.get("k") is None
+
+
+@pytest.mark.parametrize(("name", "params"), [("lstm", PARAMS),
+                                              ("gru_ret", {"epochs": 2, "window": 5,
+                                                           "members": 2, "units": 4})])
+def test_restored_model_forecasts_exactly_as_the_fitted_one(name: str,
+                                                            params: dict[str, Any]) -> None:
+    fitted = get_model(name, **params).fit(SERIES)
+    expected = fitted.forecast(5)
+    blob = export_state(fitted)
+    with np.load(io.BytesIO(blob), allow_pickle=False) as archive:  # plain arrays only
+        assert all(archive[f].dtype != object for f in archive.files)
+    get_model(name, **params).fit([x * 2 for x in SERIES])  # the shared network moves on
+    restored = get_model(name, **params)
+    restore_state(restored, blob)
+    np.testing.assert_array_equal(restored.forecast(5), expected)
+    assert restored.n_points_ == len(SERIES)
+    with pytest.raises(ValueError, match="holds a"):
+        restore_state(get_model("gru" if name == "lstm" else "lstm_ret", **params), blob)
+
+
+class Broken:
+    def get(self, key: str) -> bytes | None:
+        raise OSError("disk gone")
+
+    def put(self, key: str, blob: bytes) -> None:
+        raise OSError("disk gone")
+
+
+def test_fit_or_restore_uses_trains_and_survives_a_broken_store(tmp_path: Path) -> None:
+    store = DirectoryModelStore(tmp_path)
+    args = {"series": "a", "prices": SERIES, "params": PARAMS}
+    first = get_model("lstm", **PARAMS)
+    assert fit_or_restore(first, store, **args) is False
+    second = get_model("lstm", **PARAMS)
+    assert fit_or_restore(second, store, **args) is True
+    np.testing.assert_array_equal(second.forecast(3), first.forecast(3))
+    assert fit_or_restore(get_model("lstm", **PARAMS), store, retrain=True, **args) is False
+    (tmp_path / f"{store_key('a', 'lstm', PARAMS, SERIES)}.npz").write_bytes(b"not npz")
+    assert fit_or_restore(get_model("lstm", **PARAMS), store, **args) is False  # retrained
+    assert fit_or_restore(get_model("lstm", **PARAMS), Broken(), **args) is False
+    assert fit_or_restore(get_model("linear"), store, **args) is None  # cheap: never stored
