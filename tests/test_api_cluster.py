@@ -1,0 +1,173 @@
+"""The HTTP API on a real cluster (real Redis, two real celery workers): waiting and polling,
+failures, health, metrics, broker down, and trained models reused from the model store,
+shared with `send-tasks`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from api_support import client, closes, write_coins
+from conftest import run_cli
+
+from crypto_ml.api.app import create_app
+from crypto_ml.api.service import QueueRuns
+from crypto_ml.celery_app import create_app as celery_app
+from crypto_ml.cluster import LocalCluster, free_port, wait_until
+from crypto_ml.models import get_model
+from crypto_ml.settings import Settings
+
+pytestmark = pytest.mark.integration
+COINS = ("Alpha", "Beta", "Gamma", "Delta")
+DEEP_WAIT = 300
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_coins(tmp_path_factory.mktemp("api-cluster") / "prices", coins=COINS)
+
+
+@pytest.fixture(scope="module")
+def api(cluster: LocalCluster, data: Path) -> Iterator[Any]:
+    settings = Settings(data_dir=data, api_max_wait=DEEP_WAIT).with_broker(cluster.broker_url)
+    runs = QueueRuns(celery_app(settings), settings)
+    yield client(create_app(settings, runs))
+    runs.close()
+
+
+def task_keys(cluster: LocalCluster) -> set[bytes]:
+    with cluster.client() as redis_client:
+        return set(redis_client.keys("celery-task-meta-*"))
+
+
+def test_wait_gives_the_results_and_leaves_nothing_behind(api: Any, cluster: LocalCluster,
+                                                          data: Path) -> None:
+    before = task_keys(cluster)
+    reply = api.post("/v1/forecasts?wait=60", json={"coins": ["alpha", "beta"],
+                                                    "model": "linear,naive", "horizon": 3})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["status"] == "done" and body["failed"] == {}
+    for coin in ("alpha", "beta"):
+        expected = get_model("linear").fit(closes(data, coin)).forecast(3)
+        np.testing.assert_array_equal(body["results"][coin]["linear"]["forecast"], expected)
+        assert body["results"][coin]["naive"]["worker"] in cluster.worker_names
+    assert task_keys(cluster) <= before  # results read and deleted
+    with cluster.client() as redis_client:
+        assert not redis_client.exists(f"crypto_ml:run:{body['id']}")  # never needed saving
+
+
+def test_no_wait_gives_202_and_the_status_url_reads_the_run(api: Any,
+                                                            cluster: LocalCluster) -> None:
+    reply = api.post("/v1/forecasts", json={"coins": ["beta"], "model": "linear", "horizon": 2})
+    assert reply.status_code == 202, reply.text
+    accepted = reply.json()
+    assert accepted["status_url"] == f"/v1/forecasts/{accepted['id']}"
+    assert reply.headers["location"] == accepted["status_url"]
+    seen: list[str] = []
+
+    def finished() -> bool:
+        state = api.get(accepted["status_url"]).json()
+        seen.append(state["status"])
+        return state["status"] in ("done", "failed")
+
+    wait_until(finished, 60, "the run to finish")
+    assert set(seen) <= {"queued", "running", "done"} and seen[-1] == "done"
+    final = api.get(accepted["status_url"]).json()
+    assert final["results"]["beta"]["linear"]["horizon"] == 2
+    with cluster.client() as redis_client:
+        assert json.loads(redis_client.get(f"crypto_ml:run:{accepted['id']}"))["final"]
+        assert redis_client.ttl(f"crypto_ml:run:{accepted['id']}") > 0
+
+
+def test_failures_on_workers_are_listed_with_their_reason(api: Any) -> None:
+    bad = [100.0] * 30 + [-1.0] + [100.0] * 30  # lstm needs positive closes: the worker says so
+    short = api.post("/v1/forecasts?wait=60", json={"series": {"bad": bad, "short": [1.0, 2.0]},
+                                                    "model": "lstm"})
+    assert short.status_code == 422  # "short" is too short for lstm: nothing was queued
+    reason = "InvalidTaskInput: prices must be positive for the p/p0 - 1 normalisation"
+    alone = api.post("/v1/forecasts?wait=60", json={"series": {"bad": bad}, "model": "lstm"})
+    assert alone.status_code == 200
+    assert alone.json()["status"] == "failed" and alone.json()["results"] == {}
+    assert alone.json()["failed"] == {"bad": {"lstm": reason}}
+    mixed = api.post("/v1/forecasts?wait=60", json={"series": {"bad": bad},
+                                                    "model": "naive,lstm"}).json()
+    assert mixed["status"] == "done" and mixed["failed"] == {"bad": {"lstm": reason}}
+    assert mixed["results"]["bad"]["naive"]["forecast"] == [100.0] * 10
+
+
+def test_health_metrics_and_queue_depth(api: Any, cluster: LocalCluster) -> None:
+    health = api.get("/healthz")
+    assert health.status_code == 200
+    assert health.json()["broker"] and set(health.json()["workers"]) == set(cluster.worker_names)
+    api.post("/v1/forecasts?wait=60", json={"coins": ["alpha"], "model": "naive"})
+    text = api.get("/metrics").text
+    assert 'crypto_ml_api_queue_depth{queue="cpu"} 0.0' in text
+    assert 'crypto_ml_api_queue_depth{queue="gpu"} 0.0' in text
+    assert 'crypto_ml_api_forecasts_total{model="naive",status="ok"}' in text
+
+
+def test_broker_down_is_503_and_nothing_is_accepted(data: Path) -> None:
+    settings = Settings(data_dir=data).with_broker(f"redis://127.0.0.1:{free_port()}/0")
+    runs = QueueRuns(celery_app(settings), settings)
+    try:
+        down = client(create_app(settings, runs))
+        reply = down.post("/v1/forecasts?wait=5", json={"coins": ["alpha"]})
+        assert reply.status_code == 503, reply.text
+        assert "nothing of this request was queued" in reply.json()["detail"]
+        assert down.post("/v1/forecasts", json={"coins": ["nosuch"]}).status_code == 422
+        assert down.get("/v1/forecasts/someid").status_code == 503
+        health = down.get("/healthz")
+        assert health.status_code == 503 and health.json()["broker"] is False
+    finally:
+        runs.close()
+
+
+def deep(api: Any, body: dict[str, Any]) -> dict[str, Any]:
+    reply = api.post(f"/v1/forecasts?wait={DEEP_WAIT}", json={"horizon": 5, **body})
+    assert reply.status_code == 200, reply.text
+    (by_model,) = reply.json()["results"].values()
+    (result,) = by_model.values()
+    return dict(result)
+
+
+def test_a_stored_lstm_is_reused_without_training(api: Any, cluster: LocalCluster,
+                                                  data: Path) -> None:
+    body = {"coins": ["delta"], "model": "lstm", "params": {"epochs": 1, "window": 10}}
+    first = deep(api, body)
+    assert first["from_store"] is False
+    second = deep(api, body)
+    assert second["from_store"] is True  # forecast from the stored weights: no fit
+    assert second["forecast"] == first["forecast"]
+    with cluster.client() as redis_client:
+        keys = redis_client.keys("crypto_ml:model:*")
+        assert keys and all(0 < redis_client.ttl(k) <= 7 * 86400 for k in keys)
+    assert deep(api, {**body, "retrain": True})["from_store"] is False
+    newer = closes(data, "delta") + [closes(data, "delta")[-1] * 1.01]  # a new day's close
+    assert deep(api, {"series": {"delta": newer}, "model": "lstm",
+                      "params": body["params"]})["from_store"] is False
+    assert deep(api, {"series": {"delta": newer}, "model": "lstm",
+                      "params": body["params"]})["from_store"] is True
+
+
+def test_send_tasks_and_the_api_share_stored_models(api: Any, cluster: LocalCluster,
+                                                    data: Path, tmp_path: Path) -> None:
+    def send(*extra: str) -> dict[str, Any]:
+        out = tmp_path / "out.json"
+        run = run_cli("send-tasks", "--broker", cluster.broker_url, "--model", "lstm",
+                      "--coins", "gamma", "--epochs", "1", "--output", str(out), *extra,
+                      data_dir=data, timeout=DEEP_WAIT)
+        assert run.returncode == 0, run.stderr
+        return dict(json.loads(out.read_text())["results"]["gamma"]["lstm"])
+
+    trained = send()
+    assert trained["from_store"] is False
+    from_api = deep(api, {"coins": ["gamma"], "model": "lstm", "params": {"epochs": 1}})
+    assert from_api["from_store"] is True
+    assert from_api["forecast"] == trained["forecast"][:5]  # one fit serves any horizon
+    assert send()["from_store"] is True
+    assert send("--retrain")["from_store"] is False
