@@ -100,8 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"crypto-ml: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        pass
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C; SIGTERM (uvicorn re-raises it after
+        pass                                # its graceful shutdown; our handler exits 0)
     print("crypto-ml API stopped", flush=True)
     return 0
 

@@ -1,0 +1,134 @@
+"""`python -m crypto_ml.api` as a user runs it: no broker configured, so it starts the
+embedded cluster; it serves forecasts, its /docs page renders in headless Chromium (which
+lists every endpoint; a screenshot is saved), and SIGTERM stops it with the cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from api_support import write_coins
+from conftest import ROOT
+
+from crypto_ml.cluster import free_port, spawn, terminate, wait_until
+
+pytestmark = pytest.mark.integration
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+KEY = "test-key-0123456789"
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+
+def call(url: str, body: dict[str, Any] | None = None,
+         key: str | None = KEY) -> tuple[int, dict[str, Any]]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method="POST" if data else "GET")
+    request.add_header("Content-Type", "application/json")
+    if key:
+        request.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(request, timeout=120) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def healthy(url: str) -> bool:
+    try:
+        return call(f"{url}/healthz", key=None)[0] == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    folder = tmp_path_factory.mktemp("api-server")
+    data = write_coins(folder / "prices")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTO_ML_")}
+    env.update(CRYPTO_ML_DATA_DIR=str(data), CRYPTO_ML_API_KEYS=KEY)
+    log = folder / "api.log"
+    proc = spawn([sys.executable, "-m", "crypto_ml.api", "--port", str(port), "--workers", "1"],
+                 log, env=env, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: healthy(url), 120, "the API and its embedded cluster",
+                   lambda: f"exited: {log.read_text()}" if proc.poll() is not None else None)
+        yield Server(proc, url, log)
+    finally:
+        terminate(proc)
+
+
+def test_serves_forecasts_on_the_embedded_cluster(server: Server) -> None:
+    assert "no broker configured: running embedded" in server.log.read_text()
+    status, body = call(f"{server.url}/v1/forecasts?wait=60",
+                        {"coins": ["alpha"], "model": "linear", "horizon": 3})
+    assert status == 200, body
+    assert len(body["results"]["alpha"]["linear"]["forecast"]) == 3
+    assert body["results"]["alpha"]["linear"]["worker"].startswith("local1-")
+    assert call(f"{server.url}/v1/coins", key=None)[0] == 401
+
+
+def browse(url: str, profile: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    assert CHROMIUM
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--disable-dev-shm-usage", f"--user-data-dir={profile}",
+           "--virtual-time-budget=15000", *extra, url]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run
+
+
+@pytest.mark.skipif(not CHROMIUM, reason="headless Chromium not installed "
+                    "(apt-get install -y chromium; .ci/run does)")
+def test_docs_page_lists_every_endpoint_in_headless_chromium(server: Server,
+                                                             tmp_path: Path) -> None:
+    import matplotlib.image
+
+    page = browse(f"{server.url}/docs", tmp_path / "p1", "--dump-dom").stdout
+    for method, path in [("post", "/v1/forecasts"), ("get", "/v1/forecasts/{run_id}"),
+                         ("get", "/v1/coins"), ("get", "/v1/models"), ("get", "/healthz"),
+                         ("get", "/metrics")]:
+        assert 'id="operations-' in page
+        assert f'data-path="{path}"' in page, path  # rendered by Swagger UI's JavaScript
+        assert f"opblock-{method}" in page
+    assert "crypto-ml forecasts" in page and "Authorize" in page
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "api-docs.png"
+    shot.unlink(missing_ok=True)
+    browse(f"{server.url}/docs", tmp_path / "p2", "--hide-scrollbars",
+           "--window-size=1400,1300", f"--screenshot={shot}")
+    image = matplotlib.image.imread(shot)[..., :3]
+    assert image.shape[:2] == (1300, 1400)
+    background = image[-5, -5]
+    assert (abs(image - background).max(axis=2) > 0.2).mean() > 0.02  # text and boxes drawn
+
+
+def test_sigterm_stops_the_api_and_its_cluster(server: Server) -> None:
+    children = psutil.Process(server.proc.pid).children(recursive=True)
+    assert any("redis-server" in " ".join(c.cmdline()) for c in children)
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(timeout=60) == 0
+    _, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive
+    assert "crypto-ml API stopped" in server.log.read_text()
+    assert not healthy(server.url)
