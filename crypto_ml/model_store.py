@@ -149,7 +149,7 @@ def store_key(series: str, model: str, params: Mapping[str, Any],
 def _pack(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> bytes:
     buffer = io.BytesIO()
     raw = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
-    np.savez(buffer, __header__=raw, **arrays)
+    np.savez(buffer, __header__=raw, **arrays)  # type: ignore[arg-type]
     return buffer.getvalue()
 
 

@@ -147,7 +147,7 @@ def test_a_stored_lstm_is_reused_without_training(api: Any, cluster: LocalCluste
         keys = redis_client.keys("crypto_ml:model:*")
         assert keys and all(0 < redis_client.ttl(k) <= 7 * 86400 for k in keys)
     assert deep(api, {**body, "retrain": True})["from_store"] is False
-    newer = closes(data, "delta") + [closes(data, "delta")[-1] * 1.01]  # a new day's close
+    newer = [*closes(data, "delta"), closes(data, "delta")[-1] * 1.01]  # a new day's close
     assert deep(api, {"series": {"delta": newer}, "model": "lstm",
                       "params": body["params"]})["from_store"] is False
     assert deep(api, {"series": {"delta": newer}, "model": "lstm",

@@ -39,7 +39,7 @@ class QueueDepth(Collector):
         try:
             for queue, depth in self.read().items():
                 family.add_metric([queue], depth)
-        except Exception as exc:  # noqa: BLE001 - a scrape must not fail with the broker
+        except Exception as exc:
             log.warning("queue depth unavailable: %s", exc)
         yield family
 

@@ -155,7 +155,7 @@ class ForecastService:
             params = {k: v for k, v in body.params.items() if k in PARAMS[name]}
             try:
                 min_points = get_model(name, **params).min_points
-            except ITEM_ERRORS + (TypeError,) as exc:
+            except (*ITEM_ERRORS, TypeError) as exc:
                 errors.append(problem(["params"], f"{name}: {exc}"))
                 continue
             models.append((name, params, min_points))
@@ -229,9 +229,10 @@ class QueueRuns(RunQueue):
                 state = {"status": "unavailable", "broker": False, "workers": [],
                          "detail": f"broker unreachable ({type(exc).__name__})"}
             else:
+                detail: str | None = None
                 try:
                     replies = self.app.control.ping(timeout=0.5)
-                except Exception as exc:  # noqa: BLE001 - kombu's connection errors vary
+                except Exception as exc:
                     replies, detail = [], f"ping failed ({type(exc).__name__})"
                 else:
                     detail = None if replies else "no worker answered a ping"
