@@ -151,7 +151,7 @@ class ResultWatcher:
                 continue
             try:
                 values = self.backend.client.mget([self.backend.get_key_for_task(t) for t in ids])
-            except Exception as exc:
+            except Exception as exc:  # the backend's errors vary; waiters time out
                 log.warning("result watcher: cannot read results (%s); retrying", exc)
                 time.sleep(ERROR_PAUSE)
                 continue
@@ -213,7 +213,7 @@ class RunQueue:
                                    retry=True, retry_policy=PUBLISH_RETRY, expires=self.expires,
                                    **send_options(message.kwargs))
                 run.tasks[task_id] = message.items
-        except Exception as exc:
+        except Exception as exc:  # kombu and redis raise many connection errors
             self.discard(run)
             raise BrokerUnavailable(f"could not queue the forecasts ({type(exc).__name__}: "
                                     f"{exc}); nothing of this request was queued") from None

@@ -188,7 +188,7 @@ def create_app(settings: Settings, runs: Runs,
             return JSONResponse(state.to_json())
         try:
             runs.save(run)
-        except Exception:
+        except Exception:  # the run could not be saved: withdraw it
             runs.discard(run)
             raise
         url = f"/v1/forecasts/{run.id}"

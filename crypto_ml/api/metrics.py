@@ -39,7 +39,7 @@ class QueueDepth(Collector):
         try:
             for queue, depth in self.read().items():
                 family.add_metric([queue], depth)
-        except Exception as exc:
+        except Exception as exc:  # a scrape must not fail with the broker
             log.warning("queue depth unavailable: %s", exc)
         yield family
 

@@ -232,7 +232,7 @@ class QueueRuns(RunQueue):
                 detail: str | None = None
                 try:
                     replies = self.app.control.ping(timeout=0.5)
-                except Exception as exc:
+                except Exception as exc:  # kombu's connection errors vary
                     replies, detail = [], f"ping failed ({type(exc).__name__})"
                 else:
                     detail = None if replies else "no worker answered a ping"
