@@ -80,13 +80,14 @@ class Message:
     items: list[tuple[str, str]]
 
 
-def plan_messages(requests: Sequence[ForecastRequest], batch_size: int) -> list[Message]:
+def plan_messages(requests: Sequence[ForecastRequest], batch_size: int,
+                  min_messages: int = MIN_MESSAGES) -> list[Message]:
     """Deep forecasts one per message, longest series first (they bound the run's length);
-    cheap ones in batches of up to ``batch_size``, but at least 4 messages where there are
-    that many forecasts, so a cluster of many workers still shares them out."""
+    cheap ones in batches of up to ``batch_size``, but at least ``min_messages`` messages
+    where there are that many forecasts, so a cluster of many workers still shares them out."""
     heavy = sorted((r for r in requests if r.model in HEAVY), key=lambda r: -len(r.prices))
     cheap = [r for r in requests if r.model not in HEAVY]
-    size = max(1, min(batch_size, len(cheap) // MIN_MESSAGES))
+    size = max(1, min(batch_size, len(cheap) // min_messages))
     if size == 1:
         return [Message(TASK_NAME, r.as_kwargs(), [(r.coin, r.model)]) for r in heavy + cheap]
     messages = [Message(TASK_NAME, r.as_kwargs(), [(r.coin, r.model)]) for r in heavy]

@@ -6,6 +6,10 @@ and the state it needs to forecast, under a key that hashes exactly those four
 forecasts from the saved model without training; new data (a new last close, a
 changed history) gives a new key, so it trains again; ``retrain`` forces a fit
 and overwrites the entry. The key does not hold the horizon: one fit serves any.
+An entry also keeps the forecast path the model has computed: forecasts are
+recursive, so a shorter horizon is a prefix of it and is read without loading the
+network (any worker answers in milliseconds, even one that has never imported the
+deep-learning backend); a longer one runs the restored network and extends the path.
 
 Where entries live (``CRYPTO_ML_MODEL_STORE``):
 
@@ -170,13 +174,16 @@ def storable(model: Forecaster) -> bool:
     return isinstance(model, RecurrentModel | ReturnsRecurrentModel)
 
 
-def export_state(model: Forecaster) -> bytes:
-    """A fitted deep model's forecasting state as one ``.npz`` blob."""
+def export_state(model: Forecaster, forecast: np.ndarray | None = None) -> bytes:
+    """A fitted deep model's forecasting state as one ``.npz`` blob, with the ``forecast``
+    path it has computed, if given (any shorter horizon is a prefix of it)."""
     from crypto_ml.models.rnn import RecurrentModel
 
     header: dict[str, Any] = {"format": FORMAT, "model": model.name,
-                              "n_points": int(model.n_points_)}
+                              "n_points": int(model.n_points_), "device": model.device}
     arrays: dict[str, np.ndarray] = {"tail": np.asarray(model.tail_)}  # type: ignore[attr-defined]
+    if forecast is not None:
+        arrays["forecast"] = np.asarray(forecast, dtype=np.float64)
     if isinstance(model, RecurrentModel):
         members = [model.model_.get_weights()]
     else:
@@ -191,10 +198,13 @@ def export_state(model: Forecaster) -> bytes:
 
 def restore_state(model: Forecaster, blob: bytes) -> None:
     """Make an unfitted ``model`` (built with the entry's options) forecast as when it was saved."""
+    _restore(model, *_unpack(blob))
+
+
+def _restore(model: Forecaster, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
     from crypto_ml.device import keras_and_device
     from crypto_ml.models.rnn import RecurrentModel
 
-    header, arrays = _unpack(blob)
     if header["model"] != model.name:
         raise ValueError(f"entry holds a {header['model']} model, not {model.name}")
     members = [[arrays[f"m{m}_w{i}"] for i in range(n)] for m, n in enumerate(header["members"])]
@@ -212,33 +222,49 @@ def restore_state(model: Forecaster, blob: bytes) -> None:
     model.device = device
 
 
-def fit_or_restore(model: Forecaster, store: ModelStore | None, *, series: str,
-                   prices: Sequence[float], params: Mapping[str, Any],
-                   retrain: bool = False) -> bool | None:
-    """Fit ``model`` on ``prices``, or restore it from ``store``; True if it came from the store.
+def forecast_with_store(model: Forecaster, store: ModelStore | None, *, series: str,
+                        prices: Sequence[float], params: Mapping[str, Any], horizon: int,
+                        retrain: bool = False) -> tuple[np.ndarray, bool | None]:
+    """``model``'s forecast of ``horizon`` closes after ``prices``, and whether it came from
+    the store (None: the store played no part, for cheap models or without a store).
 
-    None when the store played no part (no store, or a model it does not keep).
-    A fit is saved whenever there is a store, ``retrain`` or not.
+    An entry answers without training: a horizon within the path it holds is read from
+    it (no deep-learning backend needed, so any worker answers at once), a longer one is
+    computed by the network restored from its weights and the longer path is saved. A
+    fit (a miss, ``retrain``, or an unusable entry) is always saved.
     """
     if store is None or not storable(model):
         model.fit(prices, coin=series)
-        return None
+        return model.forecast(horizon), None
     key = store_key(series, model.name, params, prices)
     if not retrain:
         try:
             blob = store.get(key)
             if blob is not None:
-                restore_state(model, blob)
-                return True
-        except _STORE_ERRORS + _redis_errors() as exc:
+                header, arrays = _unpack(blob)
+                path = arrays.get("forecast")
+                if path is not None and len(path) >= horizon and header["model"] == model.name:
+                    model.n_points_ = int(header["n_points"])
+                    model.device = str(header.get("device", model.device))
+                    return path[:horizon].copy(), True
+                _restore(model, header, arrays)
+                forecast = model.forecast(horizon)
+                _save(store, key, model, forecast)
+                return forecast, True
+        except (*_STORE_ERRORS, *_redis_errors()) as exc:
             log.warning("model store: entry %s unusable (%s: %s); training instead", key[:12],
                         type(exc).__name__, exc)
     model.fit(prices, coin=series)
+    forecast = model.forecast(horizon)
+    _save(store, key, model, forecast)
+    return forecast, False
+
+
+def _save(store: ModelStore, key: str, model: Forecaster, forecast: np.ndarray) -> None:
     try:
-        store.put(key, export_state(model))
-    except _STORE_ERRORS + _redis_errors() as exc:
+        store.put(key, export_state(model, forecast))
+    except (*_STORE_ERRORS, *_redis_errors()) as exc:
         log.warning("model store: could not save %s (%s: %s)", key[:12], type(exc).__name__, exc)
-    return False
 
 
 def _redis_errors() -> tuple[type[BaseException], ...]:

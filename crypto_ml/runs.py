@@ -204,7 +204,9 @@ class RunQueue:
 
     def submit(self, requests: Sequence[ForecastRequest]) -> Run:
         """Publish every forecast of ``requests``; all of them or none (BrokerUnavailable)."""
-        messages = plan_messages(list(requests), self.batch_size)
+        # one message for a small run: an API request's forecasts cost one round trip; many
+        # concurrent requests, not one request's parts, keep the workers busy
+        messages = plan_messages(list(requests), self.batch_size, min_messages=1)
         run = Run(uuid.uuid4().hex, {}, time.time() + self.expires)
         try:
             for message in messages:

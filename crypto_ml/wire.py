@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from crypto_ml.errors import CryptoMLError, InvalidTaskInput
-from crypto_ml.model_store import ModelStore, fit_or_restore
+from crypto_ml.model_store import ModelStore, forecast_with_store
 from crypto_ml.models import PARAMS, get_model
 
 TASK_NAME = "crypto_ml.forecast"
@@ -110,9 +110,9 @@ def run_forecast(request: ForecastRequest, worker: str,
     """
     model = get_model(request.model, **request.params)
     started = time.perf_counter()
-    from_store = fit_or_restore(model, store, series=request.coin, prices=request.prices,
-                                params=request.params, retrain=request.retrain)
-    forecast = model.forecast(request.horizon)
+    forecast, from_store = forecast_with_store(
+        model, store, series=request.coin, prices=request.prices, params=request.params,
+        horizon=request.horizon, retrain=request.retrain)
     result = {
         "coin": request.coin,
         "model": request.model,

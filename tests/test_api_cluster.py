@@ -143,6 +143,8 @@ def test_a_stored_lstm_is_reused_without_training(api: Any, cluster: LocalCluste
     second = deep(api, body)
     assert second["from_store"] is True  # forecast from the stored weights: no fit
     assert second["forecast"] == first["forecast"]
+    longer = deep(api, {**body, "horizon": 8})  # past the stored path: the stored network runs
+    assert longer["from_store"] is True and longer["forecast"][:5] == first["forecast"]
     with cluster.client() as redis_client:
         keys = redis_client.keys("crypto_ml:model:*")
         assert keys and all(0 < redis_client.ttl(k) <= 7 * 86400 for k in keys)

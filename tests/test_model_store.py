@@ -18,7 +18,7 @@ from crypto_ml.model_store import (
     DirectoryModelStore,
     RedisModelStore,
     export_state,
-    fit_or_restore,
+    forecast_with_store,
     open_store,
     restore_state,
     store_key,
@@ -91,16 +91,25 @@ class Broken:
         raise OSError("disk gone")
 
 
-def test_fit_or_restore_uses_trains_and_survives_a_broken_store(tmp_path: Path) -> None:
+def test_forecast_with_store_reuses_trains_and_survives_a_broken_store(tmp_path: Path) -> None:
     store = DirectoryModelStore(tmp_path)
-    args = {"series": "a", "prices": SERIES, "params": PARAMS}
-    first = get_model("lstm", **PARAMS)
-    assert fit_or_restore(first, store, **args) is False
-    second = get_model("lstm", **PARAMS)
-    assert fit_or_restore(second, store, **args) is True
-    np.testing.assert_array_equal(second.forecast(3), first.forecast(3))
-    assert fit_or_restore(get_model("lstm", **PARAMS), store, retrain=True, **args) is False
+    args: dict[str, Any] = {"series": "a", "prices": SERIES, "params": PARAMS}
+    trained, fresh = forecast_with_store(get_model("lstm", **PARAMS), store, horizon=4, **args)
+    assert fresh is False
+    model = get_model("lstm", **PARAMS)
+    stored, hit = forecast_with_store(model, store, horizon=3, **args)  # a prefix of the path
+    assert hit is True and not hasattr(model, "model_")  # read, no network loaded
+    np.testing.assert_array_equal(stored, trained[:3])
+    assert model.n_points_ == len(SERIES)
+    longer, hit = forecast_with_store(get_model("lstm", **PARAMS), store, horizon=6, **args)
+    assert hit is True  # the restored network ran two more steps
+    np.testing.assert_array_equal(longer[:4], trained)
+    again, hit = forecast_with_store(get_model("lstm", **PARAMS), store, horizon=6, **args)
+    assert hit is True and np.array_equal(again, longer)
+    assert forecast_with_store(get_model("lstm", **PARAMS), store, horizon=2, retrain=True,
+                               **args)[1] is False
     (tmp_path / f"{store_key('a', 'lstm', PARAMS, SERIES)}.npz").write_bytes(b"not npz")
-    assert fit_or_restore(get_model("lstm", **PARAMS), store, **args) is False  # retrained
-    assert fit_or_restore(get_model("lstm", **PARAMS), Broken(), **args) is False
-    assert fit_or_restore(get_model("linear"), store, **args) is None  # cheap: never stored
+    assert forecast_with_store(get_model("lstm", **PARAMS), store, horizon=2, **args)[1] is False
+    assert forecast_with_store(get_model("lstm", **PARAMS), Broken(), horizon=2,
+                               **args)[1] is False
+    assert forecast_with_store(get_model("linear"), store, horizon=2, **args)[1] is None

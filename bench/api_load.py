@@ -1,0 +1,191 @@
+"""Load on the HTTP API: many small forecast requests with ``wait``, concurrent clients.
+
+    python bench/api_load.py                    # 2,000 requests x (1 and 10 coins), 32 clients
+    python bench/api_load.py --requests 100     # a quick look
+
+Starts ``python -m crypto_ml.api`` twice, each in its own process: on the embedded
+cluster (2 workers, the queue path) and ``--in-process`` (the same model called
+in the API process, no queue), and sends both the same requests: ``linear`` on 1
+coin and on 10 coins, each with ``wait=30``. Every response must be 200 and its
+forecasts equal to the model's, computed here. Reports throughput, p50/p99 latency
+under load, p50 of one client alone, and the API process's RSS before and after
+each load. Writes bench/results/api_load.{json,md}. Not a test: run it on an
+otherwise idle machine (client, API and workers share the cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from crypto_ml.cluster import free_port, spawn, terminate, wait_until  # noqa: E402
+from crypto_ml.data_loader import CryptoLoader  # noqa: E402
+from crypto_ml.models import get_model  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data" / "top100-2017"
+HORIZON = 10
+
+
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=2) as reply:
+            return bool(reply.status == 200)
+    except OSError:
+        return False
+
+
+@contextmanager
+def api_server(data: Path, workers: int, in_process: bool, log: Path) -> Iterator[tuple[str, int]]:
+    """``python -m crypto_ml.api`` in its own process: its URL and pid."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTO_ML_")}
+    env.update(CRYPTO_ML_DATA_DIR=str(data))
+    cmd = [sys.executable, "-m", "crypto_ml.api", "--port", str(port), "--workers", str(workers),
+           "--log-level", "warning", *(["--in-process"] if in_process else [])]
+    proc = spawn(cmd, log, env=env, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: healthy(url), 180, "the API",
+                   lambda: f"exited: {log.read_text()}" if proc.poll() is not None else None)
+        yield url, proc.pid
+    finally:
+        terminate(proc)
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+async def load(url: str, bodies: list[dict[str, Any]], expected: dict[str, list[float]],
+               clients: int) -> dict[str, Any]:
+    """Send ``bodies`` from ``clients`` concurrent clients; latencies and correctness."""
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    for body in bodies:
+        queue.put_nowait(body)
+    latencies: list[float] = []
+    errors: list[str] = []
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as session:
+
+        async def client() -> None:
+            while not queue.empty():
+                body = queue.get_nowait()
+                started = time.perf_counter()
+                reply = await session.post("/v1/forecasts?wait=30", json=body)
+                latencies.append(time.perf_counter() - started)
+                if reply.status_code != 200:
+                    errors.append(f"{reply.status_code}: {reply.text[:200]}")
+                    continue
+                results = reply.json()["results"]
+                for coin in body["coins"]:
+                    got = results.get(coin, {}).get("linear", {}).get("forecast")
+                    if got is None or not np.allclose(got, expected[coin], rtol=1e-9, atol=0):
+                        errors.append(f"{coin}: wrong or missing forecast")
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        wall = time.perf_counter() - started
+    return {"requests": len(bodies), "wall_seconds": round(wall, 3),
+            "throughput_rps": round(len(bodies) / wall, 1),
+            "p50_ms": round(percentile(latencies, 50) * 1000, 2),
+            "p99_ms": round(percentile(latencies, 99) * 1000, 2),
+            "errors": len(errors), "first_errors": errors[:3]}
+
+
+def rss_mb(pid: int) -> float:
+    """The API process's resident memory (its embedded cluster's processes not included)."""
+    return round(psutil.Process(pid).memory_info().rss / 2**20, 1)
+
+
+def measure(url: str, pid: int, coins: list[str], expected: dict[str, list[float]],
+            n: int, clients: int, per_request: int) -> dict[str, Any]:
+    bodies = [{"coins": [coins[(i * per_request + j) % len(coins)] for j in range(per_request)],
+               "model": "linear", "horizon": HORIZON} for i in range(n)]
+    asyncio.run(load(url, bodies[: min(200, n)], expected, clients))  # warm-up, not counted
+    rss_before = rss_mb(pid)
+    loaded = asyncio.run(load(url, bodies, expected, clients))
+    rss_after = rss_mb(pid)
+    alone = asyncio.run(load(url, bodies[: min(200, n)], expected, 1))
+    return {**loaded, "single_client_p50_ms": alone["p50_ms"],
+            "single_client_p99_ms": alone["p99_ms"], "rss_mb_before": rss_before,
+            "rss_mb_after": rss_after}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=DATA)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args()
+    loader = CryptoLoader(args.data_dir)
+    coins = [c for c in loader.get_crypto_names() if len(loader.get_df(c)["Close"].dropna()) >= 2]
+    expected = {c: get_model("linear").fit(loader.get_df(c)["Close"].dropna().tolist())
+                .forecast(HORIZON).tolist() for c in coins}
+    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+                               "requests": args.requests, "clients": args.clients,
+                               "workers": args.workers, "coins": len(coins)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    for mode in ("queue", "in_process"):
+        log = args.out / f"api_load_{mode}.log.tmp"
+        with api_server(args.data_dir, args.workers, mode == "in_process", log) as (url, pid):
+            for per_request in (1, 10):
+                key = f"{mode}_{per_request}_coin"
+                print(f"{key}: {args.requests} requests, {args.clients} clients ...", flush=True)
+                results[key] = measure(url, pid, coins, expected, args.requests, args.clients,
+                                       per_request)
+                print(json.dumps(results[key]), flush=True)
+        log.unlink(missing_ok=True)
+    (args.out / "api_load.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "api_load.md").write_text(table(results))
+    print(table(results))
+    ok = all(results[f"{m}_{n}_coin"]["errors"] == 0 for m in ("queue", "in_process")
+             for n in (1, 10))
+    return 0 if ok else 1
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = [f"# API load: {results['requests']} requests per row, {results['clients']} "
+             f"concurrent clients, linear, horizon {HORIZON}, wait=30",
+             "", f"Embedded cluster with {results['workers']} workers vs the same model run in "
+             f"the API process; {results['machine']['cpus']} CPUs shared by client, API and "
+             "workers.", "",
+             "| path | coins/request | throughput req/s | p50 ms | p99 ms | p50 ms, 1 client "
+             "| errors | API RSS MB before -> after |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for mode in ("queue", "in_process"):
+        for n in (1, 10):
+            r = results[f"{mode}_{n}_coin"]
+            lines.append(f"| {mode.replace('_', '-')} | {n} | {r['throughput_rps']} | "
+                         f"{r['p50_ms']} | {r['p99_ms']} | {r['single_client_p50_ms']} | "
+                         f"{r['errors']} | {r['rss_mb_before']} -> {r['rss_mb_after']} |")
+    for n in (1, 10):
+        q, p = results[f"queue_{n}_coin"], results[f"in_process_{n}_coin"]
+        lines.append("")
+        lines.append(f"Queue overhead, {n} coin(s)/request: "
+                     f"{q['single_client_p50_ms'] - p['single_client_p50_ms']:.2f} ms per request "
+                     f"at p50 with one client; throughput {q['throughput_rps'] / p['throughput_rps']:.2f}x "
+                     "the in-process path under load.")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
