@@ -295,4 +295,4 @@ def test_compose_and_k8s_agree_on_images_and_commands(
         assert container["command"] == services[service]["command"]
         assert container["image"] == services[service]["image"]
     assert yaml.safe_load((ROOT / "k8s" / "kustomization.yaml").read_text())[
-        "resources"] == ["base"]
+        "resources"] == ["base", "api"]  # the HTTP API beside the base (k8s/api/)
