@@ -88,7 +88,11 @@ async def load(url: str, bodies: list[dict[str, Any]], expected: dict[str, list[
             while not queue.empty():
                 body = queue.get_nowait()
                 started = time.perf_counter()
-                reply = await session.post("/v1/forecasts?wait=30", json=body)
+                try:
+                    reply = await session.post("/v1/forecasts?wait=30", json=body)
+                except httpx.TransportError as exc:  # counted, not fatal: the run goes on
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                    continue
                 latencies.append(time.perf_counter() - started)
                 if reply.status_code != 200:
                     errors.append(f"{reply.status_code}: {reply.text[:200]}")

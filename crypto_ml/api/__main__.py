@@ -92,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             app = create_app(settings, runs)  # type: ignore[arg-type]
             server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port,
                                                    log_level="warning", access_log=False,
+                                                   timeout_keep_alive=30,
                                                    timeout_graceful_shutdown=10))
             print(f"crypto-ml API on http://{args.host}:{args.port} (docs: /docs)", flush=True)
             server.run()
