@@ -4,6 +4,7 @@ tests/test_api_cluster.py."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -167,3 +168,15 @@ def test_refuses_non_loopback_without_keys() -> None:
                          env=env, capture_output=True, text=True, timeout=60)
     assert run.returncode == 2
     assert "refusing to serve the API on 0.0.0.0 without authentication" in run.stderr
+
+
+def test_a_port_in_use_is_a_configuration_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = subprocess.run([sys.executable, "-m", "crypto_ml.api", "--in-process", "--port",
+                              str(port)], cwd=ROOT, env={"PATH": "/usr/bin:/bin"},
+                             capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert f"could not listen on 127.0.0.1:{port}" in run.stderr

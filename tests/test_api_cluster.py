@@ -61,8 +61,8 @@ def test_wait_gives_the_results_and_leaves_nothing_behind(api: Any, cluster: Loc
         assert not redis_client.exists(f"crypto_ml:run:{body['id']}")  # never needed saving
 
 
-def test_no_wait_gives_202_and_the_status_url_reads_the_run(api: Any,
-                                                            cluster: LocalCluster) -> None:
+def test_no_wait_gives_202_and_any_replica_reads_the_status_url(api: Any, cluster: LocalCluster,
+                                                                data: Path) -> None:
     reply = api.post("/v1/forecasts", json={"coins": ["beta"], "model": "linear", "horizon": 2})
     assert reply.status_code == 202, reply.text
     accepted = reply.json()
@@ -79,6 +79,12 @@ def test_no_wait_gives_202_and_the_status_url_reads_the_run(api: Any,
     assert set(seen) <= {"queued", "running", "done"} and seen[-1] == "done"
     final = api.get(accepted["status_url"]).json()
     assert final["results"]["beta"]["linear"]["horizon"] == 2
+    settings = Settings(data_dir=data).with_broker(cluster.broker_url)
+    other = QueueRuns(celery_app(settings), settings)  # another API process on the same Redis
+    try:
+        assert client(create_app(settings, other)).get(accepted["status_url"]).json() == final
+    finally:
+        other.close()
     with cluster.client() as redis_client:
         assert json.loads(redis_client.get(f"crypto_ml:run:{accepted['id']}"))["final"]
         assert redis_client.ttl(f"crypto_ml:run:{accepted['id']}") > 0

@@ -95,9 +95,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                    timeout_keep_alive=30,
                                                    timeout_graceful_shutdown=10))
             print(f"crypto-ml API on http://{args.host}:{args.port} (docs: /docs)", flush=True)
-            server.run()
+            try:
+                server.run()
+            except SystemExit:  # uvicorn exits 1 when it cannot bind; SIGTERM exits 0
+                if not server.started:
+                    raise ConfigError(f"could not listen on {args.host}:{args.port} (in use?)") from None
+                raise
             if not server.started:
-                raise ConfigError(f"could not listen on {args.host}:{args.port}")
+                raise ConfigError(f"could not listen on {args.host}:{args.port} (in use?)")
     except ConfigError as exc:
         print(f"crypto-ml: error: {exc}", file=sys.stderr)
         return 2
