@@ -118,7 +118,8 @@ def backtest_requests(series: Sequence[CoinSeries],
         for model in config.models:
             for origin in s.origins:
                 yield ForecastRequest(s.coin, model, s.train(origin, config.max_points).tolist(),
-                                      config.horizon, s.dates[origin - 1], config.params(model))
+                                      config.horizon, s.dates[origin - 1], config.params(model),
+                                      use_store=False)  # one-off fits: keep the store small
 
 
 @dataclass

@@ -71,11 +71,12 @@ class ForecastRequest:
     last_date: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
     retrain: bool = False  # fit even if the model store holds this model (crypto_ml.model_store)
+    use_store: bool = True  # False: neither read nor write the store (backtests' one-off fits)
 
     @classmethod
     def parse(cls, *, coin: object, model: object, prices: object, horizon: object,
               last_date: object = None, params: object = None, retrain: object = False,
-              max_horizon: int = 365, max_series: int = 100_000) -> ForecastRequest:
+              use_store: object = True, max_horizon: int = 365, max_series: int = 100_000) -> ForecastRequest:
         """Validate raw task arguments; raises InvalidTaskInput naming the first bad one."""
         if not isinstance(coin, str) or not coin:
             raise _bad("coin", "expected a non-empty string")
@@ -89,17 +90,22 @@ class ForecastRequest:
         unknown = set(params) - PARAMS[model]
         if unknown:
             raise _bad("params", f"model {model!r} does not take {', '.join(sorted(unknown))}")
-        if not isinstance(retrain, bool):
-            raise _bad("retrain", f"expected true or false, got {type(retrain).__name__}")
+        for name, flag in (("retrain", retrain), ("use_store", use_store)):
+            if not isinstance(flag, bool):
+                raise _bad(name, f"expected true or false, got {type(flag).__name__}")
         return cls(coin, model, _prices(prices, max_series),
                    _positive_int("horizon", horizon, max_horizon), last_date, dict(params),
-                   retrain)
+                   bool(retrain), bool(use_store))
 
     def as_kwargs(self) -> dict[str, Any]:
-        """The task's keyword arguments (``retrain`` only when set)."""
+        """The task's keyword arguments (the store flags only when not their default)."""
         kwargs = {"coin": self.coin, "model": self.model, "prices": self.prices,
                   "horizon": self.horizon, "last_date": self.last_date, "params": self.params}
-        return {**kwargs, "retrain": True} if self.retrain else kwargs
+        if self.retrain:
+            kwargs["retrain"] = True
+        if not self.use_store:
+            kwargs["use_store"] = False
+        return kwargs
 
 
 def run_forecast(request: ForecastRequest, worker: str,
@@ -111,8 +117,9 @@ def run_forecast(request: ForecastRequest, worker: str,
     model = get_model(request.model, **request.params)
     started = time.perf_counter()
     forecast, from_store = forecast_with_store(
-        model, store, series=request.coin, prices=request.prices, params=request.params,
-        horizon=request.horizon, retrain=request.retrain)
+        model, store if request.use_store else None, series=request.coin,
+        prices=request.prices, params=request.params, horizon=request.horizon,
+        retrain=request.retrain)
     result = {
         "coin": request.coin,
         "model": request.model,

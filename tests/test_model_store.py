@@ -7,13 +7,14 @@ from __future__ import annotations
 import io
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from crypto_ml.errors import ConfigError
+from crypto_ml.errors import ConfigError, InvalidTaskInput
 from crypto_ml.model_store import (
     DirectoryModelStore,
     RedisModelStore,
@@ -24,6 +25,7 @@ from crypto_ml.model_store import (
     store_key,
 )
 from crypto_ml.models import get_model
+from crypto_ml.wire import ForecastRequest, run_forecast
 
 SERIES = list(100.0 + np.cumsum(np.random.default_rng(3).normal(0, 1, 40)) + np.arange(40))
 PARAMS: dict[str, Any] = {"epochs": 1, "window": 8}
@@ -113,3 +115,20 @@ def test_forecast_with_store_reuses_trains_and_survives_a_broken_store(tmp_path:
     assert forecast_with_store(get_model("lstm", **PARAMS), Broken(), horizon=2,
                                **args)[1] is False
     assert forecast_with_store(get_model("linear"), store, horizon=2, **args)[1] is None
+
+
+def test_requests_carry_the_store_flags_and_results_say_where_they_came_from(
+        tmp_path: Path) -> None:
+    store = DirectoryModelStore(tmp_path)
+    request = ForecastRequest("a", "lstm", SERIES, 3, None, PARAMS)
+    assert "retrain" not in request.as_kwargs() and "use_store" not in request.as_kwargs()
+    assert run_forecast(request, "w", store)["from_store"] is False
+    assert run_forecast(request, "w", store)["from_store"] is True
+    assert run_forecast(replace(request, retrain=True), "w", store)["from_store"] is False
+    assert "from_store" not in run_forecast(replace(request, use_store=False), "w", store)
+    assert "from_store" not in run_forecast(replace(request, model="linear", params={}), "w",
+                                            store)
+    flagged = replace(request, retrain=True, use_store=False)
+    assert ForecastRequest.parse(**flagged.as_kwargs()) == flagged
+    with pytest.raises(InvalidTaskInput, match="'retrain': expected true or false"):
+        ForecastRequest.parse(**{**request.as_kwargs(), "retrain": "yes"})
