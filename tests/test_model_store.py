@@ -100,7 +100,7 @@ def test_forecast_with_store_reuses_trains_and_survives_a_broken_store(tmp_path:
     assert fresh is False
     model = get_model("lstm", **PARAMS)
     stored, hit = forecast_with_store(model, store, horizon=3, **args)  # a prefix of the path
-    assert hit is True and not hasattr(model, "model_")  # read, no network loaded
+    assert hit is True and not hasattr(model, "weights_")  # read, no network loaded
     np.testing.assert_array_equal(stored, trained[:3])
     assert model.n_points_ == len(SERIES)
     longer, hit = forecast_with_store(get_model("lstm", **PARAMS), store, horizon=6, **args)
