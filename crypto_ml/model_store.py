@@ -31,6 +31,7 @@ write it, so ``send-tasks``, scheduled jobs and the HTTP API share entries.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import io
 import json
 import logging
@@ -43,9 +44,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-import crypto_ml
+from crypto_ml.device import keras_and_device
 from crypto_ml.errors import ConfigError, CryptoMLError
 from crypto_ml.models.base import Forecaster
+from crypto_ml.models.rnn import RecurrentModel
+from crypto_ml.models.rnn_returns import ReturnsRecurrentModel
 
 if TYPE_CHECKING:
     import redis
@@ -53,6 +56,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FORMAT = 1
+try:  # a new release of the models never reads an older one's entries
+    _VERSION = importlib.metadata.version("crypto-ml")
+except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a source tree
+    _VERSION = "unknown"
 KEY_PREFIX = "crypto_ml:model:"
 DEFAULT_TTL = 7 * 86400
 #: Errors a store may raise that must not fail a forecast.
@@ -142,7 +149,7 @@ def store_key(series: str, model: str, params: Mapping[str, Any],
               prices: Sequence[float]) -> str:
     """The entry of a model fitted on ``prices`` of ``series`` with ``params``: a sha256 hex."""
     data = hashlib.sha256(np.asarray(prices, dtype="<f8").tobytes()).hexdigest()
-    spec = {"format": FORMAT, "version": crypto_ml.__version__, "series": series,
+    spec = {"format": FORMAT, "version": _VERSION, "series": series,
             "model": model, "params": dict(sorted(params.items())), "data": data}
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -168,17 +175,12 @@ def _unpack(blob: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
 
 def storable(model: Forecaster) -> bool:
     """Whether ``model`` is of a kind whose fitted state the store can keep (the deep ones)."""
-    from crypto_ml.models.rnn import RecurrentModel
-    from crypto_ml.models.rnn_returns import ReturnsRecurrentModel
-
     return isinstance(model, RecurrentModel | ReturnsRecurrentModel)
 
 
 def export_state(model: Forecaster, forecast: np.ndarray | None = None) -> bytes:
     """A fitted deep model's forecasting state as one ``.npz`` blob, with the ``forecast``
     path it has computed, if given (any shorter horizon is a prefix of it)."""
-    from crypto_ml.models.rnn import RecurrentModel
-
     header: dict[str, Any] = {"format": FORMAT, "model": model.name,
                               "n_points": int(model.n_points_), "device": model.device}
     arrays: dict[str, np.ndarray] = {"tail": np.asarray(model.tail_)}  # type: ignore[attr-defined]
@@ -202,9 +204,6 @@ def restore_state(model: Forecaster, blob: bytes) -> None:
 
 
 def _restore(model: Forecaster, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-    from crypto_ml.device import keras_and_device
-    from crypto_ml.models.rnn import RecurrentModel
-
     if header["model"] != model.name:
         raise ValueError(f"entry holds a {header['model']} model, not {model.name}")
     members = [[arrays[f"m{m}_w{i}"] for i in range(n)] for m, n in enumerate(header["members"])]

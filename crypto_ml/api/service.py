@@ -25,11 +25,13 @@ from typing import Any, Protocol
 import redis
 from celery import Celery
 
+from crypto_ml.celery_app import CPU_QUEUE, GPU_QUEUE
 from crypto_ml.data_loader import CryptoLoader
 from crypto_ml.errors import CoinNotFound, CryptoMLError, DataNotFound
 from crypto_ml.manager import RunReport
 from crypto_ml.model_store import ModelStore
 from crypto_ml.models import HEAVY, PARAMS, get_model, model_names
+from crypto_ml.queue_depth import queue_depths
 from crypto_ml.runs import Run, RunQueue, RunState, final_state
 from crypto_ml.settings import Settings
 from crypto_ml.wire import ITEM_ERRORS, ForecastRequest, item_error, run_forecast
@@ -243,9 +245,6 @@ class QueueRuns(RunQueue):
             return state
 
     def queue_depth(self) -> dict[str, int]:
-        from crypto_ml.celery_app import CPU_QUEUE, GPU_QUEUE
-        from crypto_ml.queue_depth import queue_depths
-
         depths = queue_depths(self.broker, [CPU_QUEUE, GPU_QUEUE])
         return {queue: d["total"] for queue, d in depths.items()}
 
