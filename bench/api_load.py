@@ -144,7 +144,8 @@ def main() -> int:
     coins = [c for c in loader.get_crypto_names() if len(loader.get_df(c)["Close"].dropna()) >= 2]
     expected = {c: get_model("linear").fit(loader.get_df(c)["Close"].dropna().tolist())
                 .forecast(HORIZON).tolist() for c in coins}
-    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                                           "load_average_at_start": os.getloadavg()[0]},
                                "requests": args.requests, "clients": args.clients,
                                "workers": args.workers, "coins": len(coins)}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -158,6 +159,7 @@ def main() -> int:
                                        per_request)
                 print(json.dumps(results[key]), flush=True)
         log.unlink(missing_ok=True)
+    results["machine"]["load_average_at_end"] = os.getloadavg()[0]
     (args.out / "api_load.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.out / "api_load.md").write_text(table(results))
     print(table(results))
@@ -171,7 +173,9 @@ def table(results: dict[str, Any]) -> str:
              f"concurrent clients, linear, horizon {HORIZON}, wait=30",
              "", f"Embedded cluster with {results['workers']} workers vs the same model run in "
              f"the API process; {results['machine']['cpus']} CPUs shared by client, API and "
-             "workers.", "",
+             "workers (and whatever else the machine runs: 1-minute load average "
+             f"{results['machine'].get('load_average_at_start', '?')} at the start, "
+             f"{results['machine'].get('load_average_at_end', '?')} at the end).", "",
              "| path | coins/request | throughput req/s | p50 ms | p99 ms | p50 ms, 1 client "
              "| errors | API RSS MB before -> after |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
