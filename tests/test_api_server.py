@@ -4,6 +4,7 @@ lists every endpoint; a screenshot is saved), and SIGTERM stops it with the clus
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -58,9 +59,9 @@ def healthy(url: str) -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    folder = tmp_path_factory.mktemp("api-server")
+@contextlib.contextmanager
+def embedded_server(folder: Path) -> Iterator[Server]:
+    """``python -m crypto_ml.api`` with no broker (so on its own embedded cluster), keys set."""
     data = write_coins(folder / "prices")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTO_ML_")}
@@ -75,6 +76,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield Server(proc, url, log)
     finally:
         terminate(proc)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with embedded_server(tmp_path_factory.mktemp("api-server")) as running:
+        yield running
 
 
 def test_serves_forecasts_on_the_embedded_cluster(server: Server) -> None:
@@ -123,7 +130,12 @@ def test_docs_page_lists_every_endpoint_in_headless_chromium(server: Server,
     assert (abs(image - background).max(axis=2) > 0.2).mean() > 0.02  # text and boxes drawn
 
 
-def test_sigterm_stops_the_api_and_its_cluster(server: Server) -> None:
+def test_sigterm_stops_the_api_and_its_cluster(tmp_path: Path) -> None:
+    with embedded_server(tmp_path) as server:
+        stop_and_check(server)
+
+
+def stop_and_check(server: Server) -> None:
     children = psutil.Process(server.proc.pid).children(recursive=True)
     assert any("redis-server" in " ".join(c.cmdline()) for c in children)
     server.proc.send_signal(signal.SIGTERM)
@@ -132,3 +144,29 @@ def test_sigterm_stops_the_api_and_its_cluster(server: Server) -> None:
     assert not alive
     assert "crypto-ml API stopped" in server.log.read_text()
     assert not healthy(server.url)
+
+
+def test_with_a_broker_it_queues_there_and_leaves_that_cluster_running(
+        cluster: Any, tmp_path: Path) -> None:
+    data = write_coins(tmp_path / "prices")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTO_ML_")}
+    env.update(CRYPTO_ML_DATA_DIR=str(data), CRYPTO_ML_BROKER_URL=cluster.broker_url)
+    log = tmp_path / "api.log"
+    proc = spawn([sys.executable, "-m", "crypto_ml.api", "--port", str(port)], log, env=env,
+                 cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: healthy(url), 60, "the API on the given broker",
+                   lambda: f"exited: {log.read_text()}" if proc.poll() is not None else None)
+        status, body = call(f"{url}/v1/forecasts?wait=60", {"coins": ["beta"], "model": "naive"},
+                            key=None)
+        assert status == 200, body
+        assert body["results"]["beta"]["naive"]["worker"] in cluster.worker_names
+        assert "embedded" not in log.read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        terminate(proc)
+    with cluster.client() as redis_client:
+        assert redis_client.ping()  # the cluster it was given keeps running
