@@ -17,7 +17,7 @@
 GPUs are those in ``CUDA_VISIBLE_DEVICES`` when it is set, else those that
 ``nvidia-smi -L`` lists (the NVIDIA container runtime provides it). Arguments
 after ``--`` go to ``celery worker`` unchanged. The broker and every other
-setting come from the ``CRYPTO_ML_*`` environment (see crypto_ml/settings.py).
+setting come from the ``CRYPTO_ML_*`` environment (see crypto_ml/core/settings.py).
 
 ``start`` writes the node names to a state file in the temporary directory;
 ``ping`` (the container's health check) sends ``celery inspect ping`` to exactly
@@ -40,10 +40,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from crypto_ml.cli.options import EXIT_CONFIG
+from crypto_ml.core.settings import THREAD_VARS, threads_env
+
 CGROUP = Path("/sys/fs/cgroup")
-THREAD_VARS = ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-               "MKL_NUM_THREADS")
-EXIT_CONFIG = 2
+__all__ = ["EXIT_CONFIG", "THREAD_VARS", "threads_env"]
 
 
 @dataclass
@@ -101,12 +102,6 @@ def visible_gpus(env: Mapping[str, str]) -> list[str]:
         return []
     lines = [line for line in out.stdout.splitlines() if line.startswith("GPU ")]
     return [str(i) for i in range(len(lines))] if out.returncode == 0 else []
-
-
-def threads_env(cores: int, processes: int) -> dict[str, str]:
-    """Math-library thread counts that share ``cores`` among ``processes`` pool processes."""
-    per_process = str(max(1, cores // max(1, processes)))
-    return {**dict.fromkeys(THREAD_VARS, per_process), "TF_NUM_INTEROP_THREADS": "1"}
 
 
 def plan(role: str, gpus: Sequence[str], cores: int, host: str, queues: str | None = None,

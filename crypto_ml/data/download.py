@@ -49,8 +49,9 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
-from crypto_ml.data_loader import BadFile, parse_price_csv
-from crypto_ml.errors import ConfigError, CryptoMLError
+from crypto_ml.core.errors import ConfigError, CryptoMLError
+from crypto_ml.core.progress import ProgressBar
+from crypto_ml.data.parsing import BadFile, parse_price_csv
 
 API_URL = "https://min-api.cryptocompare.com"
 TOP_PATH = "/data/top/mktcapfull"
@@ -225,17 +226,6 @@ def write_coin(path: Path, candles: list[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
-def progress(done: int, total: int, label: str, out: TextIO) -> None:
-    """A one-line bar on a terminal; a plain line per step otherwise (logs, CI)."""
-    width = 30
-    filled = width * done // max(total, 1)
-    text = f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label}"
-    if out.isatty():
-        print(f"\r{text:<79}", end="" if done < total else "\n", file=out, flush=True)
-    else:
-        print(text, file=out, flush=True)
-
-
 @dataclass
 class DownloadReport:
     """What a download did, per coin."""
@@ -256,7 +246,9 @@ def download(client: Client, data_dir: Path, top: int, currency: str = "USD",
     except DownloadError as exc:
         raise ConfigError(f"cannot get the top-{top} list: {exc}") from None
     report = DownloadReport()
-    for i, coin in enumerate(coins, start=1):
+    bar = ProgressBar(out, unit="coins")
+    bar.total = len(coins)
+    for coin in coins:
         path = data_dir / coin.filename
         after = last_day(path)
         if after is not None and after >= today - timedelta(days=1):
@@ -271,6 +263,8 @@ def download(client: Client, data_dir: Path, top: int, currency: str = "USD",
                 report.written[coin.name] = len(candles)
             except DownloadError as exc:
                 report.failed[coin.name] = str(exc)
+                bar.clear()
                 print(f"failed: {coin.name} ({coin.symbol}): {exc}", file=out, flush=True)
-        progress(i, len(coins), coin.name, out)
+        bar.step(ok=coin.name not in report.failed)
+    bar.close()
     return report

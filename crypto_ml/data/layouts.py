@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from crypto_ml.data_loader import BadFile, coin_id, read_raw_csv, tidy_prices
+from crypto_ml.data.parsing import BadFile, coin_id, read_raw_csv, tidy_prices
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def _columns(path: Path) -> list[str]:
         if path.suffix.lower() == ".csv":
             with path.open(encoding="utf-8-sig", errors="replace") as handle:
                 return [c.strip().strip('"') for c in handle.readline().split(",")]
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # lazy: pyarrow loads only when a Parquet file is there
 
         return list(pq.read_schema(path).names)
     except Exception:  # unreadable files are reported when read, as per-coin files

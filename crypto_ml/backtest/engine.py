@@ -6,11 +6,11 @@ them) are cut at ``origins`` points, ``stride`` days apart, the newest one
 closes before it and forecasts the next ``horizon`` closes; every (coin, model,
 origin) fit is one ordinary forecast task (the cheap ones batched, as in any run),
 sent and collected by :meth:`CryptoManager.dispatch`. The forecasts are scored with
-:mod:`crypto_ml.metrics` per coin and model, and aggregated over the coins that
+:mod:`crypto_ml.backtest.metrics` per coin and model, and aggregated over the coins that
 every model scored. Deep models get a fixed ``seed``, so a backtest is repeatable.
 
 >>> config = BacktestConfig(models=("naive", "linear"))
->>> run_backtest(CryptoManager(), config).best()["bitcoin"]   # doctest: +SKIP
+>>> run_backtest(CryptoManager(settings=Settings()), config).best()["bitcoin"]   # doctest: +SKIP
 ('naive', 3.07...)
 """
 
@@ -25,12 +25,14 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from crypto_ml.data_loader import CryptoLoader
-from crypto_ml.errors import CryptoMLError
-from crypto_ml.manager import DEFAULT_TIMEOUT, CryptoManager, RunReport, parse_models
-from crypto_ml.metrics import METRICS, naive_scale, scores
-from crypto_ml.models import PARAMS, get_model, model_names
-from crypto_ml.wire import ForecastRequest
+from crypto_ml.backtest.metrics import METRICS, naive_scale, scores
+from crypto_ml.core.errors import CryptoMLError
+from crypto_ml.core.progress import ProgressBar
+from crypto_ml.data.loader import CryptoLoader
+from crypto_ml.dispatch.manager import DEFAULT_TIMEOUT, CryptoManager
+from crypto_ml.dispatch.report import RunReport
+from crypto_ml.models import PARAMS, get_model, model_names, parse_models
+from crypto_ml.worker.requests import ForecastRequest
 
 DEFAULT_ORIGINS = 30
 DEFAULT_HORIZON = 10
@@ -178,19 +180,18 @@ class BacktestResult:
 
 
 class _Collector:
-    """Gathers forecasts by (coin, model, origin date) as tasks finish, with a progress line."""
+    """Gathers forecasts by (coin, model, origin date) as tasks finish, on the progress bar."""
 
     def __init__(self, total: int, err: TextIO) -> None:
         self.forecasts: dict[tuple[str, str, str | None], np.ndarray] = {}
         self.failures: dict[str, dict[str, str]] = {}
-        self.total, self.err = total, err
+        self.bar = ProgressBar(err, unit="forecasts back")
+        self.bar.total = total
 
     def success(self, result: dict[str, Any]) -> None:
         key = (result["coin"], result["model"], result["last_date"])
         self.forecasts[key] = np.asarray(result["forecast"], dtype=np.float64)
-        done = len(self.forecasts)
-        if done == self.total or done % max(1, self.total // 10) == 0:
-            print(f"backtest: {done}/{self.total} forecasts back", file=self.err, flush=True)
+        self.bar.step()
 
 
 def score(series: Sequence[CoinSeries], config: BacktestConfig,
@@ -231,6 +232,7 @@ def run_backtest(manager: CryptoManager, config: BacktestConfig,
         report = manager.dispatch(list(backtest_requests(series, config)), config.timeout,
                                   collected.success, RunReport())
         collected.failures = report.failed  # one reason per (coin, model) is enough to say why
+    collected.bar.close()
     result = score(series, config, collected)
     result.skipped = skipped
     result.wall_seconds = time.perf_counter() - started

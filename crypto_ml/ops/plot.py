@@ -14,13 +14,19 @@ from typing import Any
 
 import pandas as pd
 
-from crypto_ml.manager import RunReport
+from crypto_ml.models import REGISTRY
 
 HISTORY_DAYS = 90
 MAX_PANELS = 30
 COLUMNS = 3
-MODEL_COLORS = {"naive": "tab:gray", "linear": "tab:blue", "lstm": "tab:orange",
-                "gru": "tab:green"}
+#: Results by coin, then by model: what a run report holds (``RunReport.results``).
+Results = Mapping[str, Mapping[str, Mapping[str, Any]]]
+
+
+def model_color(model: str) -> str:
+    """The model's own colour (declared on its class); red for a name we do not know."""
+    cls = REGISTRY.get(model)
+    return cls.color if cls is not None else "tab:red"
 
 
 @dataclass(frozen=True)
@@ -40,7 +46,7 @@ def forecast_dates(result: Mapping[str, Any], history: pd.DataFrame) -> pd.Datet
 
 
 def _panel(ax: Any, coin: str, history: pd.DataFrame, by_model: Mapping[str, Any]) -> None:
-    import matplotlib.dates as mdates
+    import matplotlib.dates as mdates  # lazy, as in plot_forecasts
 
     recent = history.dropna(subset=["Close"]).iloc[-HISTORY_DAYS:]
     ax.plot(recent["Date"], recent["Close"], color="black", linewidth=1.2, label="close")
@@ -49,7 +55,7 @@ def _panel(ax: Any, coin: str, history: pd.DataFrame, by_model: Mapping[str, Any
     for model, result in sorted(by_model.items()):
         dates = forecast_dates(result, recent)
         values = [recent["Close"].iloc[-1], *result["forecast"]]
-        ax.plot([last, *dates], values, color=MODEL_COLORS.get(model, "tab:red"),
+        ax.plot([last, *dates], values, color=model_color(model),
                 linewidth=1.6, marker="o", markersize=2.5, label=f"{model} forecast")
     locator = mdates.AutoDateLocator(minticks=3, maxticks=6)
     ax.xaxis.set_major_locator(locator)
@@ -60,15 +66,15 @@ def _panel(ax: Any, coin: str, history: pd.DataFrame, by_model: Mapping[str, Any
     ax.legend(fontsize=8, loc="upper left")
 
 
-def plot_forecasts(report: RunReport, histories: Mapping[str, pd.DataFrame], path: Path,
+def plot_forecasts(results: Results, histories: Mapping[str, pd.DataFrame], path: Path,
                    max_panels: int = MAX_PANELS) -> PlotInfo:
     """Draw every coin with a forecast and a history (up to ``max_panels``) into ``path``."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib loads only when a plot is asked for
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    coins = [c for c in report.results if c in histories and len(histories[c])]
+    coins = [c for c in results if c in histories and len(histories[c])]
     shown, left_out = coins[:max_panels], coins[max_panels:]
     if not shown:
         raise ValueError("nothing to plot: no coin has both a forecast and a price history")
@@ -76,10 +82,10 @@ def plot_forecasts(report: RunReport, histories: Mapping[str, pd.DataFrame], pat
     nrows = math.ceil(len(shown) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.4 * nrows + 0.6),
                              squeeze=False, dpi=100, layout="constrained")
-    horizon = max(len(r["forecast"]) for c in shown for r in report.results[c].values())
+    horizon = max(len(r["forecast"]) for c in shown for r in results[c].values())
     fig.suptitle(f"crypto-ml: last {HISTORY_DAYS} days and {horizon}-day forecasts")
     for ax, coin in zip(axes.flat, shown, strict=False):
-        _panel(ax, coin, histories[coin], report.results[coin])
+        _panel(ax, coin, histories[coin], results[coin])
     for ax in list(axes.flat)[len(shown):]:
         ax.set_visible(False)
     path.parent.mkdir(parents=True, exist_ok=True)

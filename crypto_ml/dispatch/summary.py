@@ -1,6 +1,6 @@
 """The closing summary of a run: coins ok and failed (with reasons), fit times per model, workers.
 
-:func:`summarize` turns a :class:`~crypto_ml.manager.RunReport` into plain data
+:func:`summarize` turns a :class:`~crypto_ml.dispatch.report.RunReport` into plain data
 (also what ``--log-format json`` logs); :func:`summary_lines` into text lines.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from crypto_ml.manager import RunReport
+from crypto_ml.dispatch.report import RunReport
 
 
 def summarize(report: RunReport) -> dict[str, Any]:

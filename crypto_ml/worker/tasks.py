@@ -1,7 +1,7 @@
 """Celery tasks: thin wrappers that validate a request and run a model.
 
 Time limits, acknowledgement and routing come from the app's config
-(:mod:`crypto_ml.celery_app`); the delivery limit, validation caps, the
+(:mod:`crypto_ml.worker.app`); the delivery limit, validation caps, the
 time-limit error and the per-task log line come from :class:`ForecastTask`.
 The task body holds no policy of its own.
 """
@@ -14,9 +14,9 @@ from typing import Any
 from celery import Task, shared_task, states
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
-from crypto_ml.deliveries import count_delivery
-from crypto_ml.errors import CryptoMLError, TaskTimedOut, TooManyDeliveries
-from crypto_ml.wire import BATCH_TASK_NAME, TASK_NAME, ForecastRequest, run_batch, run_forecast
+from crypto_ml.core.errors import CryptoMLError, TaskTimedOut, TooManyDeliveries
+from crypto_ml.worker.deliveries import count_delivery
+from crypto_ml.worker.requests import BATCH_TASK_NAME, TASK_NAME, ForecastRequest, run_batch, run_forecast
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ class ForecastTask(Task):
 
     Before each run :meth:`before_start` skips a duplicate delivery of a task
     that already succeeded and fails a task delivered more than
-    ``crypto_ml_max_deliveries`` times (see :mod:`crypto_ml.deliveries`).
+    ``crypto_ml_max_deliveries`` times (see :mod:`crypto_ml.worker.deliveries`).
     """
 
     #: Failures with a clear message of their own: logged in one line, without a traceback.

@@ -2,7 +2,7 @@
 
 ``celery -A crypto_ml worker`` finds :data:`crypto_ml.app`, built here from the
 environment on first access. The manager and the embedded cluster build their
-own with :func:`create_app` and an explicit :class:`~crypto_ml.settings.Settings`.
+own with :func:`create_app` and an explicit :class:`~crypto_ml.core.settings.Settings`.
 """
 
 from __future__ import annotations
@@ -13,14 +13,15 @@ import os
 import ssl
 from typing import Any
 
-from celery import Celery, signals
+from celery import Celery, current_app, signals
 from kombu import Queue
 
-from crypto_ml.errors import ConfigError
-from crypto_ml.logging_setup import use_format
+from crypto_ml.core.errors import ConfigError
+from crypto_ml.core.logs import use_format
+from crypto_ml.core.settings import Settings, threads_env
 from crypto_ml.models import HEAVY
-from crypto_ml.settings import Settings, get_settings
-from crypto_ml.wire import ACCEPT_CONTENT, BATCH_TASK_NAME, TASK_NAME
+from crypto_ml.models.rnn import warm_up
+from crypto_ml.worker.requests import ACCEPT_CONTENT, BATCH_TASK_NAME, TASK_NAME
 
 CPU_QUEUE, GPU_QUEUE = "cpu", "gpu"
 
@@ -53,7 +54,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     if not settings.broker_url:
         raise ConfigError(
             "no broker configured: set CRYPTO_ML_BROKER_URL=redis://host:6379/0, "
-            "or start a local cluster with `python -m crypto_ml.cluster up` and use the URL it prints"
+            "or start a local cluster with `crypto-ml cluster up` and use the URL it prints"
         )
     transport = {
         "visibility_timeout": settings.visibility_timeout,
@@ -105,12 +106,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # a pool process that preloads Keras needs longer than the default 4 s to report up
         "worker_proc_alive_timeout": 120.0 if settings.preload_keras else 4.0,
         "crypto_ml_max_deliveries": settings.max_deliveries,
+        "crypto_ml_log_format": settings.log_format,
     }
 
 
 def create_app(settings: Settings) -> Celery:
     """A Celery app configured from ``settings``, with the forecast task registered."""
-    app = Celery("crypto_ml", include=["crypto_ml.tasks"])
+    app = Celery("crypto_ml", include=["crypto_ml.worker.tasks"])
     app.conf.update(celery_config(settings))
     return app
 
@@ -125,33 +127,28 @@ def default_app() -> Celery:
 def _import_cheap_models(**_: Any) -> None:
     """Import scikit-learn once in the worker parent, so every forked pool process has it
     (the CLI imports it lazily; the first linear task would otherwise pay ~1 s)."""
-    import sklearn.linear_model  # noqa: F401
+    import sklearn.linear_model  # noqa: F401  (lazy: only worker parents pay for it)
 
 
 @signals.worker_init.connect
 def _share_cores(sender: Any = None, **_: Any) -> None:
-    """Before the pool forks, give each child an equal share of the cores for its math threads."""
+    """Before the pool forks, give each child an equal share of the cores for its math threads
+    (variables already set, e.g. by the worker container's entry point, win)."""
     concurrency = getattr(sender, "concurrency", None) or 1
-    threads = str(max(1, (os.cpu_count() or 1) // int(concurrency)))
-    for var in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ.setdefault(var, threads)
-    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+    for var, value in threads_env(os.cpu_count() or 1, int(concurrency)).items():
+        os.environ.setdefault(var, value)
 
 
 @signals.worker_process_init.connect
 def _preload_keras(**_: Any) -> None:
     """In each new pool process (never the forking parent), load Keras if configured to."""
-    from celery import current_app
-
     if current_app.conf.get("crypto_ml_preload_keras"):
-        from crypto_ml.models.rnn import warm_up
-
         warm_up()
 
 
 @signals.after_setup_logger.connect
 @signals.after_setup_task_logger.connect
 def _log_format(logger: logging.Logger | None = None, **_: Any) -> None:
-    """Workers write JSON log lines when CRYPTO_ML_LOG_FORMAT=json."""
+    """Workers write JSON log lines when the app's settings say ``log_format=json``."""
     if logger is not None:
-        use_format(logger, get_settings().log_format)
+        use_format(logger, current_app.conf.get("crypto_ml_log_format", "text"))

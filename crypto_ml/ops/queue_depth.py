@@ -11,26 +11,20 @@ reported here is ``ready + reserved``.
 Key names come from kombu's Redis transport: a queue's priority-0 messages are
 in the list named like the queue, other priority steps in ``<queue>\\x06\\x16<step>``.
 
-``python -m crypto_ml.queue_depth --port 9808`` serves ``GET /`` as JSON
+``crypto-ml queue-depth --port 9808`` serves ``GET /`` as JSON
 (``{"cpu": {"ready": 3, "reserved": 2, "total": 5}, "gpu": {...}}``) for KEDA's
 ``metrics-api`` scaler, and ``GET /healthz``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections.abc import Iterable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import redis
 from kombu.transport.redis import PRIORITY_STEPS, Channel
-
-from crypto_ml.celery_app import CPU_QUEUE, GPU_QUEUE
-from crypto_ml.errors import ConfigError
-from crypto_ml.settings import Settings
 
 DEFAULT_PORT = 9808
 
@@ -98,44 +92,3 @@ def make_server(client: redis.Redis, queues: Sequence[str], port: int,
             pass  # one line per scrape would drown the logs
 
     return ThreadingHTTPServer((host, port), Handler)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m crypto_ml.queue_depth",
-        description="Serve per-queue depth (waiting + reserved tasks) of the broker as JSON.")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"({DEFAULT_PORT})")
-    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (0.0.0.0)")
-    parser.add_argument("--queues", default=f"{CPU_QUEUE},{GPU_QUEUE}",
-                        help="comma list of queues to report (cpu,gpu)")
-    args = parser.parse_args(argv)
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        print(f"crypto-ml: error: {exc}", file=sys.stderr)
-        return 2
-    if not settings.broker_url:
-        print("crypto-ml: error: set CRYPTO_ML_BROKER_URL to the Redis broker to watch",
-              file=sys.stderr)
-        return 2
-    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
-    client = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=5,
-                                  socket_timeout=5)
-    try:
-        server = make_server(client, queues, args.port, args.host)
-    except OSError as exc:
-        print(f"crypto-ml: error: cannot listen on {args.host}:{args.port}: {exc}",
-              file=sys.stderr)
-        return 2
-    print(f"serving queue depth of {', '.join(queues)} on {args.host}:{args.port}", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

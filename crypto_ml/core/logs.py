@@ -1,7 +1,7 @@
 """Log lines for people (``text``) or for log collectors (``json``, one object per line).
 
 The manager logs one line per task (:func:`log_task`: task id, coin, model,
-worker, seconds); workers log one per task too (:mod:`crypto_ml.tasks`).
+worker, seconds); workers log one per task too (:mod:`crypto_ml.worker.tasks`).
 Structured values travel in a record's ``fields`` attribute (``extra={"fields":
 {...}}``), which the JSON formatter merges into the object it writes.
 """

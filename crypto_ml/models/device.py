@@ -25,7 +25,7 @@ _QUIET_AND_GROWING = {
 
 
 def _tensorflow_device() -> str:
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: the backend loads on first fit only (module docstring)
 
     gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:
@@ -38,13 +38,13 @@ def _tensorflow_device() -> str:
 
 
 def _torch_device() -> str:
-    import torch
+    import torch  # lazy: an optional Keras backend
 
     return f"GPU:0 {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "CPU"
 
 
 def _jax_device() -> str:
-    import jax
+    import jax  # lazy: an optional Keras backend
 
     dev = jax.devices()[0]
     return "CPU" if dev.platform == "cpu" else f"GPU:0 {dev.device_kind}"
@@ -55,7 +55,7 @@ def keras_and_device() -> tuple[ModuleType, str]:
     """Import Keras once in this process; return it with a description of the training device."""
     for key, value in _QUIET_AND_GROWING.items():
         os.environ.setdefault(key, value)
-    import keras
+    import keras  # lazy: the backend loads on first fit only (module docstring)
 
     backend = keras.backend.backend()
     probe = {"tensorflow": _tensorflow_device, "torch": _torch_device, "jax": _jax_device}

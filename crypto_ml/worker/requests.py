@@ -2,7 +2,7 @@
 
 Both are plain JSON/msgpack-safe values (strings, numbers, lists, dicts), never
 pickled objects. A request is validated here, before any model code runs, and
-a bad one fails with :class:`~crypto_ml.errors.InvalidTaskInput` naming the argument.
+a bad one fails with :class:`~crypto_ml.core.errors.InvalidTaskInput` naming the argument.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from crypto_ml.errors import CryptoMLError, InvalidTaskInput
+from crypto_ml.core.errors import CryptoMLError, InvalidTaskInput
 from crypto_ml.models import PARAMS, get_model
 
 TASK_NAME = "crypto_ml.forecast"
