@@ -40,7 +40,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from crypto_ml.cli import guarded
 from crypto_ml.cli.options import EXIT_CONFIG
+from crypto_ml.core.errors import ConfigError
 from crypto_ml.core.settings import THREAD_VARS, threads_env
 
 CGROUP = Path("/sys/fs/cgroup")
@@ -170,13 +172,14 @@ def supervise(commands: Sequence[tuple[list[str], dict[str, str]]]) -> int:
 
 
 def start(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    if args.concurrency is not None and args.concurrency < 1:
+        raise ConfigError("--concurrency must be at least 1")
     env = dict(os.environ)
     try:
         nodes = plan(args.role, visible_gpus(env), usable_cores(), socket.gethostname(),
                      args.queues, args.concurrency)
     except ValueError as exc:
-        print(f"crypto-ml: error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        raise ConfigError(str(exc)) from None
     commands = [(celery_command(n, args.loglevel, extra), node_env(n, env)) for n in nodes]
     if args.dry_run:
         print(json.dumps([{"command": cmd, "env": {k: env[k] for k in n.env}}
@@ -240,10 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv, extra = argv[:cut], argv[cut + 1:]
     args = build_parser().parse_args(argv)
     if args.command == "start":
-        if args.concurrency is not None and args.concurrency < 1:
-            print("crypto-ml: error: --concurrency must be at least 1", file=sys.stderr)
-            return EXIT_CONFIG
-        return start(args, extra)
+        return guarded(lambda: start(args, extra), interrupted="workers stopped")
     return ping(args)
 
 

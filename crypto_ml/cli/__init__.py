@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from crypto_ml.cli import backtest, cluster, data, flower, queue_depth, send
 from crypto_ml.cli.options import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
@@ -36,7 +36,8 @@ from crypto_ml.core.errors import ConfigError, CryptoMLError
 from crypto_ml.core.logs import configure as configure_logging
 from crypto_ml.core.settings import Settings
 
-__all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "build_parser", "main"]
+__all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "build_parser", "guarded",
+           "main"]
 
 
 def build_parser(prog: str = "crypto-ml") -> argparse.ArgumentParser:
@@ -53,13 +54,15 @@ def _stop_on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run a parsed command; the one place an error becomes an exit code and a line."""
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+def guarded(command: Callable[[], int], interrupted: str | None) -> int:
+    """Run ``command``; the one place where an error becomes an exit code and one line
+    (every subcommand, and the container entry points workers/worker.py and manager/job.py).
+
+    ``interrupted`` is what a Ctrl-C or SIGTERM left behind, or None where that is the
+    normal way to stop (servers): exit 0.
+    """
     try:
-        log_format = getattr(args, "log_format", None) or Settings.from_env().log_format
-        configure_logging(log_format, args.log_level.upper(), sys.stderr)
-        return int(args.run(args))
+        return command()
     except ConfigError as exc:
         print(f"crypto-ml: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -67,10 +70,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"crypto-ml: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        if args.interrupted is None:  # the normal way to stop a server command
+        if interrupted is None:
             return EXIT_OK
-        print(f"crypto-ml: interrupted; {args.interrupted}", file=sys.stderr)
+        print(f"crypto-ml: interrupted; {interrupted}", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed command: its logging, SIGTERM as Ctrl-C, errors as exit codes."""
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+
+    def command() -> int:
+        log_format = getattr(args, "log_format", None) or Settings.from_env().log_format
+        configure_logging(log_format, args.log_level.upper(), sys.stderr)
+        return int(args.run(args))
+
+    return guarded(command, args.interrupted)
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "crypto-ml") -> int:
