@@ -35,9 +35,9 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from crypto_ml.cluster import free_port, spawn, terminate, wait_until  # noqa: E402
-from crypto_ml.data_loader import CryptoLoader  # noqa: E402
+from crypto_ml.data.loader import CryptoLoader  # noqa: E402
 from crypto_ml.models import get_model  # noqa: E402
+from crypto_ml.ops.processes import free_port, spawn, terminate, wait_until  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "top100-2017"
 HORIZON = 10

@@ -18,9 +18,9 @@ from conftest import ROOT
 from crypto_ml.api.__main__ import check_exposure
 from crypto_ml.api.app import create_app
 from crypto_ml.api.service import InProcessRuns
-from crypto_ml.errors import ConfigError
+from crypto_ml.core.errors import ConfigError
+from crypto_ml.core.settings import Settings
 from crypto_ml.models import get_model
-from crypto_ml.settings import Settings
 
 
 @pytest.fixture

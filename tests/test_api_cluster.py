@@ -16,10 +16,11 @@ from conftest import run_cli
 
 from crypto_ml.api.app import create_app
 from crypto_ml.api.service import QueueRuns
-from crypto_ml.celery_app import create_app as celery_app
-from crypto_ml.cluster import LocalCluster, free_port, wait_until
+from crypto_ml.core.settings import Settings
+from crypto_ml.dispatch.cluster import LocalCluster
 from crypto_ml.models import get_model
-from crypto_ml.settings import Settings
+from crypto_ml.ops.processes import free_port, wait_until
+from crypto_ml.worker.app import create_app as celery_app
 
 pytestmark = pytest.mark.integration
 COINS = ("Alpha", "Beta", "Gamma", "Delta")

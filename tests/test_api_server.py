@@ -23,7 +23,7 @@ import pytest
 from api_support import write_coins
 from conftest import ROOT
 
-from crypto_ml.cluster import free_port, spawn, terminate, wait_until
+from crypto_ml.ops.processes import free_port, spawn, terminate, wait_until
 
 pytestmark = pytest.mark.integration
 ARTIFACTS = ROOT / "test-artifacts"

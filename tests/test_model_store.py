@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from crypto_ml.errors import ConfigError, InvalidTaskInput
-from crypto_ml.model_store import (
+from crypto_ml.core.errors import ConfigError, InvalidTaskInput
+from crypto_ml.models import get_model
+from crypto_ml.worker.model_store import (
     DirectoryModelStore,
     RedisModelStore,
     export_state,
@@ -24,8 +25,7 @@ from crypto_ml.model_store import (
     restore_state,
     store_key,
 )
-from crypto_ml.models import get_model
-from crypto_ml.wire import ForecastRequest, run_forecast
+from crypto_ml.worker.requests import ForecastRequest, run_forecast
 
 SERIES = list(100.0 + np.cumsum(np.random.default_rng(3).normal(0, 1, 40)) + np.arange(40))
 PARAMS: dict[str, Any] = {"epochs": 1, "window": 8}

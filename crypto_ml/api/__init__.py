@@ -3,9 +3,12 @@
 * :mod:`crypto_ml.api.app`: the FastAPI app (routes, API keys, body cap, metrics);
 * :mod:`crypto_ml.api.schemas`: request and response bodies;
 * :mod:`crypto_ml.api.service`: body checks and where runs go (cluster or in-process);
-* :mod:`crypto_ml.api.metrics`: Prometheus metrics;
-* :mod:`crypto_ml.api.__main__`: the command (embedded cluster when no broker is set).
+* :mod:`crypto_ml.api.metrics`: Prometheus metrics.
 
-Dispatch goes through :mod:`crypto_ml.runs` (submit now, read later) over the same
-tasks and queues as ``send-tasks``; nothing here knows model internals.
+The command (embedded cluster when no broker is set) is :mod:`crypto_ml.api.__main__`,
+an entry point above every layer. Dispatch goes through
+:mod:`crypto_ml.dispatch.runs` (submit now, read later) over the same tasks and
+queues as ``send-tasks``. A top layer beside the CLI: may import every part of
+crypto_ml but :mod:`crypto_ml.cli` (its entry point uses the CLI's options) and reads
+no settings from the environment.
 """

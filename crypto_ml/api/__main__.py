@@ -1,11 +1,12 @@
 """``python -m crypto_ml.api [--host 127.0.0.1] [--port 8000]``: serve the HTTP API.
 
-With ``CRYPTO_ML_BROKER_URL`` (or ``--broker``) it queues on that cluster; with
-none it starts the embedded local cluster (real Redis + workers, as
-``send-tasks`` does) and stops it on exit. ``--in-process`` runs the models in
-the API process instead, with no cluster (to measure what the queue costs).
-Listening anywhere but loopback needs ``CRYPTO_ML_API_KEYS``.
-Exit codes: 0 stopped (Ctrl-C, SIGTERM); 2 configuration error.
+An entry point above every layer (like ``crypto_ml.manager``): with
+``CRYPTO_ML_BROKER_URL`` (or ``--broker``) it queues on that cluster; with none it
+starts the embedded local cluster (real Redis + workers, as ``send-tasks`` does)
+and stops it on exit. ``--in-process`` runs the models in the API process instead,
+with no cluster (to measure what the queue costs). Listening anywhere but
+loopback needs ``CRYPTO_ML_API_KEYS``. Exit codes (:func:`crypto_ml.cli.guarded`):
+0 stopped (Ctrl-C, SIGTERM); 2 configuration error (no keys off loopback, port in use).
 """
 
 from __future__ import annotations
@@ -15,10 +16,27 @@ import contextlib
 import signal
 import sys
 from collections.abc import Iterator, Sequence
+from typing import Any
 
-from crypto_ml.cli_args import add_cluster_options, positive_int
-from crypto_ml.errors import ConfigError
-from crypto_ml.settings import Settings
+import uvicorn
+
+from crypto_ml.api.app import create_app
+from crypto_ml.api.service import InProcessRuns, QueueRuns
+from crypto_ml.cli import guarded
+from crypto_ml.cli.options import (
+    EXIT_OK,
+    add_cluster_options,
+    add_log_options,
+    positive_int,
+    settings_from,
+)
+from crypto_ml.core.errors import ConfigError
+from crypto_ml.core.logs import configure
+from crypto_ml.core.settings import Settings
+from crypto_ml.dispatch.cluster import LocalCluster
+from crypto_ml.dispatch.manager import check_broker
+from crypto_ml.worker.app import create_app as celery_app
+from crypto_ml.worker.model_store import open_store
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -31,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=positive_int, default=8000, help="(8000)")
     parser.add_argument("--in-process", action="store_true",
                         help="run the models in this process, no broker or workers (benchmarks)")
-    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
     add_cluster_options(parser)  # --broker, --timeout (task expiry), --data-dir, --workers
+    add_log_options(parser, "info")
     return parser
 
 
@@ -44,20 +62,14 @@ def check_exposure(host: str, settings: Settings) -> None:
 
 
 @contextlib.contextmanager
-def runs_for(settings: Settings, in_process: bool, expires: float) -> Iterator[object]:
+def runs_for(settings: Settings, in_process: bool, expires: float) -> Iterator[Any]:
     """Where the API's runs go: in-process, the configured broker, or an embedded cluster."""
-    from crypto_ml.api.service import InProcessRuns, QueueRuns
-    from crypto_ml.celery_app import create_app
-    from crypto_ml.cluster import LocalCluster
-    from crypto_ml.manager import check_broker
-    from crypto_ml.model_store import open_store
-
     if in_process:
         yield InProcessRuns(open_store(settings.model_store, None, settings.model_store_ttl))
         return
     if settings.broker_url:
         check_broker(settings.broker_url)
-        runs = QueueRuns(create_app(settings), settings, expires)
+        runs = QueueRuns(celery_app(settings), settings, expires)
         try:
             yield runs
         finally:
@@ -68,48 +80,45 @@ def runs_for(settings: Settings, in_process: bool, expires: float) -> Iterator[o
           "celery worker(s)); set CRYPTO_ML_BROKER_URL to use your own cluster", flush=True)
     with cluster:
         local = settings.with_broker(cluster.broker_url)
-        runs = QueueRuns(create_app(local), local, expires)
+        runs = QueueRuns(celery_app(local), local, expires)
         try:
             yield runs
         finally:
             runs.close()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    import uvicorn
-
-    from crypto_ml.api.app import create_app
-    from crypto_ml.cli import settings_from
-    from crypto_ml.logging_setup import configure
-
-    args = build_parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop the embedded cluster on exit
-    try:
-        settings = settings_from(args)
-        configure(settings.log_format, args.log_level.upper(), sys.stderr)
-        check_exposure(args.host, settings)
-        with runs_for(settings, args.in_process, args.timeout) as runs:
-            app = create_app(settings, runs)  # type: ignore[arg-type]
-            server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port,
-                                                   log_level="warning", access_log=False,
-                                                   timeout_keep_alive=30,
-                                                   timeout_graceful_shutdown=10))
-            print(f"crypto-ml API on http://{args.host}:{args.port} (docs: /docs)", flush=True)
-            try:
-                server.run()
-            except SystemExit:  # uvicorn exits 1 when it cannot bind; SIGTERM exits 0
-                if not server.started:
-                    raise ConfigError(f"could not listen on {args.host}:{args.port} (in use?)") from None
-                raise
+def serve(args: argparse.Namespace) -> int:
+    """Serve until Ctrl-C or SIGTERM, then stop the embedded cluster (if any)."""
+    settings = settings_from(args)
+    configure(settings.log_format, args.log_level.upper(), sys.stderr)
+    check_exposure(args.host, settings)
+    with runs_for(settings, args.in_process, args.timeout) as runs:
+        server = uvicorn.Server(uvicorn.Config(
+            create_app(settings, runs), host=args.host, port=args.port, log_level="warning",
+            access_log=False, timeout_keep_alive=30, timeout_graceful_shutdown=10))
+        print(f"crypto-ml API on http://{args.host}:{args.port} (docs: /docs)", flush=True)
+        try:
+            server.run()  # after a graceful stop uvicorn re-raises the signal it caught
+        except SystemExit:  # uvicorn exits 1 when it cannot bind
             if not server.started:
-                raise ConfigError(f"could not listen on {args.host}:{args.port} (in use?)")
-    except ConfigError as exc:
-        print(f"crypto-ml: error: {exc}", file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, SystemExit):  # Ctrl-C; SIGTERM (uvicorn re-raises it after
-        pass                                # its graceful shutdown; our handler exits 0)
-    print("crypto-ml API stopped", flush=True)
-    return 0
+                raise ConfigError(f"could not listen on {args.host}:{args.port} (in use?)") from None
+            raise
+        finally:
+            if server.started:
+                print("crypto-ml API stopped", flush=True)
+        if not server.started:
+            raise ConfigError(f"could not listen on {args.host}:{args.port} (in use?)")
+    return EXIT_OK
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop)  # SIGTERM stops like Ctrl-C: the cluster goes too
+    return guarded(lambda: serve(args), interrupted=None)
 
 
 if __name__ == "__main__":

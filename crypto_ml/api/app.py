@@ -25,8 +25,8 @@ from kombu.exceptions import OperationalError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 import crypto_ml
-from crypto_ml.errors import BrokerUnavailable, DataNotFound
-from crypto_ml.settings import Settings
+from crypto_ml.core.errors import BrokerUnavailable, DataNotFound
+from crypto_ml.core.settings import Settings
 
 from .metrics import ApiMetrics, Message, Scope
 from .schemas import Accepted, Coins, ForecastBody, Health, Models, RunStatus

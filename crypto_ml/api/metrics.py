@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from crypto_ml.runs import RunState
+from crypto_ml.dispatch.runs import RunState
 
 log = logging.getLogger(__name__)
 

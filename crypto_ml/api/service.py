@@ -1,11 +1,11 @@
 """What the HTTP API does, without HTTP: check a forecast body into task requests, and run them.
 
 :class:`ForecastService` turns a :class:`~crypto_ml.api.schemas.ForecastBody`
-into :class:`~crypto_ml.wire.ForecastRequest` objects, or raises
+into :class:`~crypto_ml.worker.requests.ForecastRequest` objects, or raises
 :class:`Invalid` listing every problem by field, before anything is queued.
 Runs go to one of two backends with one interface:
 
-* :class:`QueueRuns`: the cluster, through :class:`~crypto_ml.runs.RunQueue`
+* :class:`QueueRuns`: the cluster, through :class:`~crypto_ml.dispatch.runs.RunQueue`
   (same tasks, queues and workers as ``send-tasks``);
 * :class:`InProcessRuns`: the same model code called in the API process, for
   measuring what the queue costs per request (``python -m crypto_ml.api --in-process``).
@@ -25,16 +25,16 @@ from typing import Any, Protocol
 import redis
 from celery import Celery
 
-from crypto_ml.celery_app import CPU_QUEUE, GPU_QUEUE
-from crypto_ml.data_loader import CryptoLoader
-from crypto_ml.errors import CoinNotFound, CryptoMLError, DataNotFound
-from crypto_ml.manager import RunReport
-from crypto_ml.model_store import ModelStore
+from crypto_ml.core.errors import CoinNotFound, CryptoMLError, DataNotFound
+from crypto_ml.core.settings import Settings
+from crypto_ml.data.loader import CryptoLoader
+from crypto_ml.dispatch.report import RunReport
+from crypto_ml.dispatch.runs import Run, RunQueue, RunState, final_state
 from crypto_ml.models import HEAVY, PARAMS, get_model, model_names
-from crypto_ml.queue_depth import queue_depths
-from crypto_ml.runs import Run, RunQueue, RunState, final_state
-from crypto_ml.settings import Settings
-from crypto_ml.wire import ITEM_ERRORS, ForecastRequest, item_error, run_forecast
+from crypto_ml.ops.queue_depth import queue_depths
+from crypto_ml.worker.app import CPU_QUEUE, GPU_QUEUE
+from crypto_ml.worker.model_store import ModelStore
+from crypto_ml.worker.requests import ITEM_ERRORS, ForecastRequest, item_error, run_forecast
 
 from .schemas import ForecastBody
 

@@ -1,0 +1,270 @@
+"""Trained deep models, saved once and reused: the model store.
+
+A deep model fitted for one (series, model, options, data) is saved, weights
+and the state it needs to forecast, under a key that hashes exactly those four
+(plus the store format and package version). A later request with the same key
+forecasts from the saved model without training; new data (a new last close, a
+changed history) gives a new key, so it trains again; ``retrain`` forces a fit
+and overwrites the entry. The key does not hold the horizon: one fit serves any.
+An entry also keeps the forecast path the model has computed: forecasts are
+recursive, so a shorter horizon is a prefix of it and is read without loading the
+network (any worker answers in milliseconds, even one that has never imported the
+deep-learning backend); a longer one runs the restored network and extends the path.
+
+Where entries live (``CRYPTO_ML_MODEL_STORE``):
+
+* unset or ``redis``: the result backend's Redis, each entry expiring after
+  ``CRYPTO_ML_MODEL_STORE_TTL`` seconds (7 days);
+* ``redis://...`` / ``rediss://...``: another Redis, same expiry;
+* a directory (``/path`` or ``file:///path``): one ``<key>.npz`` file per entry,
+  written atomically; entries older than the TTL are ignored and retrained;
+* ``off``: no store, every request trains.
+
+An entry is one ``.npz`` archive (NumPy arrays plus a JSON header stored as
+bytes), read back with ``allow_pickle=False``: nothing in the store is ever
+unpickled. A store that fails (Redis down, unreadable file, an entry of another
+format) is logged and the model is trained as if there were no entry: the store
+only ever saves time, it never fails a forecast. Only the workers read and
+write it, so ``send-tasks``, scheduled jobs and the HTTP API share entries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import io
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from crypto_ml.core.errors import ConfigError, CryptoMLError
+from crypto_ml.models.base import Forecaster
+from crypto_ml.models.device import keras_and_device
+from crypto_ml.models.rnn import RecurrentModel
+from crypto_ml.models.rnn_returns import ReturnsRecurrentModel
+
+if TYPE_CHECKING:
+    import redis
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+try:  # a new release of the models never reads an older one's entries
+    _VERSION = importlib.metadata.version("crypto-ml")
+except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a source tree
+    _VERSION = "unknown"
+KEY_PREFIX = "crypto_ml:model:"
+DEFAULT_TTL = 7 * 86400
+#: Errors a store may raise that must not fail a forecast.
+_STORE_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError, CryptoMLError)
+
+
+class StoreUnavailable(CryptoMLError):
+    """A model store could not be read or written (the forecast trains instead)."""
+
+
+class ModelStore(Protocol):
+    """Bytes by key; ``get`` returns None for a missing or expired entry."""
+
+    def get(self, key: str) -> bytes | None: ...
+
+    def put(self, key: str, blob: bytes) -> None: ...
+
+
+class RedisModelStore:
+    """Entries as Redis strings ``crypto_ml:model:<key>`` expiring after ``ttl`` seconds."""
+
+    def __init__(self, client: redis.Redis, ttl: int = DEFAULT_TTL) -> None:
+        self.client = client
+        self.ttl = ttl
+
+    def get(self, key: str) -> bytes | None:
+        value = self.client.get(KEY_PREFIX + key)
+        return bytes(value) if value is not None else None  # type: ignore[arg-type]
+
+    def put(self, key: str, blob: bytes) -> None:
+        self.client.set(KEY_PREFIX + key, blob, ex=self.ttl)
+
+
+class DirectoryModelStore:
+    """Entries as ``<dir>/<key>.npz``; an entry older than ``ttl`` seconds counts as missing."""
+
+    def __init__(self, root: Path, ttl: int = DEFAULT_TTL) -> None:
+        self.root = root
+        self.ttl = ttl
+
+    def get(self, key: str) -> bytes | None:
+        path = self.root / f"{key}.npz"
+        try:
+            if time.time() - path.stat().st_mtime > self.ttl:
+                return None
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def put(self, key: str, blob: bytes) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-", suffix=".npz")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(blob)
+            os.replace(tmp, self.root / f"{key}.npz")  # readers see the old file or the new one
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def open_store(spec: str | None, backend_client: redis.Redis | None,
+               ttl: int = DEFAULT_TTL) -> ModelStore | None:
+    """The store ``spec`` names (see the module docstring); None when it is ``off``.
+
+    ``backend_client`` is the result backend's Redis client, the default store.
+    """
+    spec = (spec or "redis").strip()
+    if spec.lower() in ("off", "none", "0", "false"):
+        return None
+    if spec.lower() == "redis":
+        return RedisModelStore(backend_client, ttl) if backend_client is not None else None
+    if spec.startswith(("redis://", "rediss://", "unix://")):
+        import redis as redis_lib
+
+        return RedisModelStore(redis_lib.Redis.from_url(spec, socket_connect_timeout=5), ttl)
+    if spec.startswith("s3://"):
+        raise ConfigError("CRYPTO_ML_MODEL_STORE=s3://... is not supported yet; use a directory "
+                          "(a mounted bucket works), a redis:// URL, or leave it unset")
+    if "://" in spec and not spec.startswith("file://"):
+        raise ConfigError(f"CRYPTO_ML_MODEL_STORE={spec!r}: use redis, redis://..., a directory "
+                          "or file:///path, or off")
+    return DirectoryModelStore(Path(spec.removeprefix("file://")), ttl)
+
+
+def store_key(series: str, model: str, params: Mapping[str, Any],
+              prices: Sequence[float]) -> str:
+    """The entry of a model fitted on ``prices`` of ``series`` with ``params``: a sha256 hex."""
+    data = hashlib.sha256(np.asarray(prices, dtype="<f8").tobytes()).hexdigest()
+    spec = {"format": FORMAT, "version": _VERSION, "series": series,
+            "model": model, "params": dict(sorted(params.items())), "data": data}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# saving and restoring a fitted model's state ----------------------------------------------------
+
+
+def _pack(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    raw = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    np.savez(buffer, __header__=raw, **arrays)  # type: ignore[arg-type]
+    return buffer.getvalue()
+
+
+def _unpack(blob: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    with np.load(io.BytesIO(blob), allow_pickle=False) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    header = json.loads(arrays.pop("__header__").tobytes().decode())
+    if header.get("format") != FORMAT:
+        raise ValueError(f"model store entry of format {header.get('format')}, not {FORMAT}")
+    return header, arrays
+
+
+def storable(model: Forecaster) -> bool:
+    """Whether ``model`` is of a kind whose fitted state the store can keep (the deep ones)."""
+    return isinstance(model, RecurrentModel | ReturnsRecurrentModel)
+
+
+def export_state(model: Forecaster, forecast: np.ndarray | None = None) -> bytes:
+    """A fitted deep model's forecasting state as one ``.npz`` blob, with the ``forecast``
+    path it has computed, if given (any shorter horizon is a prefix of it)."""
+    header: dict[str, Any] = {"format": FORMAT, "model": model.name,
+                              "n_points": int(model.n_points_), "device": model.device}
+    arrays: dict[str, np.ndarray] = {"tail": np.asarray(model.tail_)}  # type: ignore[attr-defined]
+    if forecast is not None:
+        arrays["forecast"] = np.asarray(forecast, dtype=np.float64)
+    if isinstance(model, RecurrentModel):
+        members = [model.weights_]
+    else:
+        members = model.weights_  # type: ignore[attr-defined]
+        header.update(scale=model.scale_, last=model.last_)  # type: ignore[attr-defined]
+    header["members"] = [len(weights) for weights in members]
+    for m, weights in enumerate(members):
+        for i, w in enumerate(weights):
+            arrays[f"m{m}_w{i}"] = np.asarray(w)
+    return _pack(header, arrays)
+
+
+def restore_state(model: Forecaster, blob: bytes) -> None:
+    """Make an unfitted ``model`` (built with the entry's options) forecast as when it was saved."""
+    _restore(model, *_unpack(blob))
+
+
+def _restore(model: Forecaster, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    if header["model"] != model.name:
+        raise ValueError(f"entry holds a {header['model']} model, not {model.name}")
+    members = [[arrays[f"m{m}_w{i}"] for i in range(n)] for m, n in enumerate(header["members"])]
+    _, device = keras_and_device()  # the network is loaded by forecast()
+    if isinstance(model, RecurrentModel):
+        model.weights_ = members[0]
+    else:
+        model.weights_ = members  # type: ignore[attr-defined]
+        model.scale_ = float(header["scale"])  # type: ignore[attr-defined]
+        model.last_ = float(header["last"])  # type: ignore[attr-defined]
+    model.tail_ = arrays["tail"]  # type: ignore[attr-defined]
+    model.n_points_ = int(header["n_points"])
+    model.device = device
+
+
+def forecast_with_store(model: Forecaster, store: ModelStore | None, *, series: str,
+                        prices: Sequence[float], params: Mapping[str, Any], horizon: int,
+                        retrain: bool = False) -> tuple[np.ndarray, bool | None]:
+    """``model``'s forecast of ``horizon`` closes after ``prices``, and whether it came from
+    the store (None: the store played no part, for cheap models or without a store).
+
+    An entry answers without training: a horizon within the path it holds is read from
+    it (no deep-learning backend needed, so any worker answers at once), a longer one is
+    computed by the network restored from its weights and the longer path is saved. A
+    fit (a miss, ``retrain``, or an unusable entry) is always saved.
+    """
+    if store is None or not storable(model):
+        model.fit(prices, coin=series)
+        return model.forecast(horizon), None
+    key = store_key(series, model.name, params, prices)
+    if not retrain:
+        try:
+            blob = store.get(key)
+            if blob is not None:
+                header, arrays = _unpack(blob)
+                path = arrays.get("forecast")
+                if path is not None and len(path) >= horizon and header["model"] == model.name:
+                    model.n_points_ = int(header["n_points"])
+                    model.device = str(header.get("device", model.device))
+                    return path[:horizon].copy(), True
+                _restore(model, header, arrays)
+                forecast = model.forecast(horizon)
+                _save(store, key, model, forecast)
+                return forecast, True
+        except (*_STORE_ERRORS, *_redis_errors()) as exc:
+            log.warning("model store: entry %s unusable (%s: %s); training instead", key[:12],
+                        type(exc).__name__, exc)
+    model.fit(prices, coin=series)
+    forecast = model.forecast(horizon)
+    _save(store, key, model, forecast)
+    return forecast, False
+
+
+def _save(store: ModelStore, key: str, model: Forecaster, forecast: np.ndarray) -> None:
+    try:
+        store.put(key, export_state(model, forecast))
+    except (*_STORE_ERRORS, *_redis_errors()) as exc:
+        log.warning("model store: could not save %s (%s: %s)", key[:12], type(exc).__name__, exc)
+
+
+def _redis_errors() -> tuple[type[BaseException], ...]:
+    import redis as redis_lib
+
+    return (redis_lib.RedisError,)
