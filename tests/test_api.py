@@ -158,6 +158,7 @@ def test_openapi_lists_every_endpoint_and_docs_need_no_cdn(data: Path) -> None:
     assert api.get("/docs-static/swagger-ui-bundle.js").status_code == 200
 
 
+@pytest.mark.integration  # runs the command in a subprocess
 def test_refuses_non_loopback_without_keys() -> None:
     check_exposure("127.0.0.1", Settings())
     check_exposure("0.0.0.0", Settings(api_keys=("k",)))
@@ -170,6 +171,7 @@ def test_refuses_non_loopback_without_keys() -> None:
     assert "refusing to serve the API on 0.0.0.0 without authentication" in run.stderr
 
 
+@pytest.mark.integration  # runs the command in a subprocess
 def test_a_port_in_use_is_a_configuration_error() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
