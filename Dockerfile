@@ -7,6 +7,13 @@
 # Python 3.11 slim (Debian bookworm), pinned by version and by digest.
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm@sha256:86adf8dbadc3d6e82ee5dd2c74bec2e1c2467cdad47886280501df722372d2e1
 
+# The requirement list, read from pyproject.toml: the dependency layer below is rebuilt
+# only when this list changes, not when other parts of pyproject.toml or the code do.
+FROM ${PYTHON_IMAGE} AS requirements
+WORKDIR /src
+COPY pyproject.toml ./
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print(*p['dependencies'], sep=chr(10))" > requirements.txt
+
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -14,15 +21,16 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
 WORKDIR /src
-# Dependencies first, from pyproject.toml alone (a stub package stands in for the
-# source), so editing the code does not reinstall TensorFlow.
+# Dependencies first, so editing the code does not reinstall TensorFlow. (No stub package:
+# its empty __init__.py would survive in site-packages.)
+COPY --from=requirements /src/requirements.txt ./
+RUN pip install --no-cache-dir -r requirements.txt
+# The package itself as a wheel, installed in the runtime stage after the venv is copied:
+# editing the code then rebuilds only small layers, never the venv's (TensorFlow) layer.
 COPY pyproject.toml ./
-RUN mkdir crypto_ml \
-    && touch crypto_ml/__init__.py README.md \
-    && pip install --no-cache-dir . \
-    && pip uninstall --yes crypto-ml
 COPY crypto_ml ./crypto_ml
-RUN pip install --no-cache-dir --no-deps .
+RUN touch README.md \
+    && pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM ${PYTHON_IMAGE} AS runtime
 ENV PATH=/opt/venv/bin:$PATH \
@@ -37,6 +45,9 @@ RUN groupadd --system --gid 10001 crypto \
     && mkdir -p /data /results \
     && chown crypto:crypto /results
 COPY --from=build /opt/venv /opt/venv
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir --no-deps --no-index /wheels/*.whl \
+    && rm -rf /wheels
 WORKDIR /app
 COPY workers ./workers
 COPY manager ./manager
