@@ -14,25 +14,28 @@ WORKDIR /src
 COPY pyproject.toml ./
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print(*p['dependencies'], sep=chr(10))" > requirements.txt
 
-FROM ${PYTHON_IMAGE} AS build
+# The dependencies in /opt/venv, the base of the runtime stage. Its cache key is
+# the requirement list and this command, so editing the code (or the rest of pyproject.toml)
+# never reinstalls them, and no multi-GB venv is copied between stages. (No stub package:
+# its empty __init__.py would survive the real install in site-packages.)
+FROM ${PYTHON_IMAGE} AS deps
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH
-RUN python -m venv /opt/venv
+COPY --from=requirements /src/requirements.txt /opt/requirements.txt
+RUN python -m venv /opt/venv \
+    && pip install --no-cache-dir -r /opt/requirements.txt
+
+# The package itself, as a wheel for the runtime stage: a source edit rebuilds small layers.
+FROM deps AS build
 WORKDIR /src
-# Dependencies first, so editing the code does not reinstall TensorFlow. (No stub package:
-# its empty __init__.py would survive in site-packages.)
-COPY --from=requirements /src/requirements.txt ./
-RUN pip install --no-cache-dir -r requirements.txt
-# The package itself as a wheel, installed in the runtime stage after the venv is copied:
-# editing the code then rebuilds only small layers, never the venv's (TensorFlow) layer.
 COPY pyproject.toml ./
 COPY crypto_ml ./crypto_ml
 RUN touch README.md \
     && pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
-FROM ${PYTHON_IMAGE} AS runtime
+FROM deps AS runtime
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -44,7 +47,6 @@ RUN groupadd --system --gid 10001 crypto \
        --shell /usr/sbin/nologin crypto \
     && mkdir -p /data /results \
     && chown crypto:crypto /results
-COPY --from=build /opt/venv /opt/venv
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-deps --no-index /wheels/*.whl \
     && rm -rf /wheels
