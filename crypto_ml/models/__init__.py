@@ -15,10 +15,14 @@ from crypto_ml.models.linear import LinearModel
 from crypto_ml.models.naive import NaiveModel
 from crypto_ml.models.rnn import RecurrentModel
 from crypto_ml.models.rnn_returns import ReturnsRecurrentModel
+from crypto_ml.models.statistical import ARIMAModel, ETSModel, ThetaModel
 
 REGISTRY: dict[str, Callable[..., Forecaster]] = {
     "naive": NaiveModel,
     "linear": LinearModel,
+    "ets": ETSModel,
+    "theta": ThetaModel,
+    "arima": ARIMAModel,
     "lstm": lambda **params: RecurrentModel(cell="lstm", **params),
     "gru": lambda **params: RecurrentModel(cell="gru", **params),
     "lstm_ret": lambda **params: ReturnsRecurrentModel(cell="lstm", **params),
@@ -30,6 +34,9 @@ HEAVY = frozenset({"lstm", "gru", "lstm_ret", "gru_ret"})
 PARAMS: dict[str, frozenset[str]] = {
     "naive": frozenset(),
     "linear": frozenset(),
+    "ets": frozenset(),
+    "theta": frozenset(),
+    "arima": frozenset(),
     "lstm": frozenset({"epochs", "seed", "window"}),
     "gru": frozenset({"epochs", "seed", "window"}),
     "lstm_ret": frozenset({"epochs", "seed", "window", "patience", "members", "units"}),

@@ -11,6 +11,7 @@ Keras 3; the backend is imported on first fit, never at module import.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,13 @@ import numpy as np
 from crypto_ml.device import keras_and_device
 from crypto_ml.errors import InvalidTaskInput
 from crypto_ml.models.base import Forecaster
+from crypto_ml.models.intervals import (
+    Bands,
+    calibration_origins,
+    conformal_bands,
+    relative_errors,
+    too_short,
+)
 
 WINDOW = 50
 BATCH_SIZE = 512
@@ -35,6 +43,8 @@ def make_windows(series: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarra
 
 class RecurrentModel(Forecaster):
     """A two-layer LSTM or GRU network; ``cell`` is ``"lstm"`` or ``"gru"``."""
+
+    interval_method = "conformal (in-sample origins of the fitted network)"
 
     def __init__(self, cell: str = "lstm", epochs: int = 1, seed: int = 42,
                  window: int = WINDOW) -> None:
@@ -92,14 +102,29 @@ class RecurrentModel(Forecaster):
         self.model_.fit(x, y, batch_size=BATCH_SIZE, epochs=self.epochs, shuffle=True, verbose=0)
         self.tail_ = series[-self.window :].copy()
 
-    def _forecast(self, h: int) -> np.ndarray:
-        history = list(self.tail_)
+    def _paths(self, tails: np.ndarray, h: int) -> np.ndarray:
+        """Recursive forecasts of ``h`` closes after each row of ``tails`` (B, window), at once."""
+        history = np.asarray(tails, dtype=np.float64)
         for _ in range(h):
-            window = np.asarray(history[-self.window :])
-            x = (window / window[0] - 1.0).reshape(1, self.window, 1).astype("float32")
-            step = float(np.asarray(self.model_.predict_on_batch(x)).reshape(-1)[0])
-            history.append(window[0] * (step + 1.0))
-        return np.asarray(history[self.window :], dtype=np.float64)
+            window = history[:, -self.window :]
+            x = (window / window[:, :1] - 1.0)[:, :, None].astype("float32")
+            step = np.asarray(self.model_.predict_on_batch(x), dtype=np.float64).reshape(-1)
+            history = np.column_stack([history, window[:, 0] * (step + 1.0)])
+        return history[:, -h:]
+
+    def _forecast(self, h: int) -> np.ndarray:
+        return self._paths(self.tail_[None, :], h)[0]
+
+    def _bands(self, h: int, forecast: np.ndarray, levels: Sequence[float]) -> Bands:
+        """Conformal bands from the fitted network's own forecasts at earlier origins of its
+        training series (no refit: a refit per window would cost as much as the fit again)."""
+        series = self.series_
+        origins = calibration_origins(len(series), h, self.window)
+        if not origins:
+            raise too_short(len(series), h, self.window)
+        tails = np.stack([series[o - self.window : o] for o in origins])
+        errors = relative_errors(series, origins, self._paths(tails, h))
+        return conformal_bands(forecast, float(series[-1]), errors, levels)
 
 
 def warm_up(cells: tuple[str, ...] = ("lstm", "gru")) -> None:
