@@ -123,9 +123,15 @@ def default_app() -> Celery:
 
 @signals.worker_init.connect
 def _import_cheap_models(**_: Any) -> None:
-    """Import scikit-learn once in the worker parent, so every forked pool process has it
-    (the CLI imports it lazily; the first linear task would otherwise pay ~1 s)."""
+    """Import scikit-learn and statsforecast and fit each statsforecast model once in the
+    worker parent, so every forked pool process has them ready (the CLI imports them lazily;
+    a pool process's first linear task would otherwise pay ~1 s, its first ets, theta or
+    arima task ~3 s: see bench/jit_warmup.py)."""
     import sklearn.linear_model  # noqa: F401
+
+    from crypto_ml.models.statistical import warm_up
+
+    warm_up()
 
 
 @signals.worker_init.connect

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from crypto_ml.backtest_cli import BEST, add_backtest_parser, backtest_main, send_best
-from crypto_ml.cli_args import add_cluster_options
+from crypto_ml.cli_args import add_cluster_options, levels, max_points
 from crypto_ml.cli_args import positive_int as _positive
 from crypto_ml.errors import ConfigError, CryptoMLError
 from crypto_ml.logging_setup import LogWriter
@@ -41,15 +41,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     send = sub.add_parser("send-tasks", help="forecast every coin (or --coins) with --model")
     send.add_argument("--model", default="linear",
-                      help="naive, linear, lstm, gru, lstm_ret, gru_ret, a comma list, or best: "
+                      help="naive, linear, ets, theta, arima, lstm, gru, lstm_ret, gru_ret, a comma "
+                      "list, or best: "
                       "each coin's lowest backtest MASE (default: linear)")
     send.add_argument("--backtest", type=Path,
                       help="with --model best: a backtest.json to choose from (else run one)")
     send.add_argument("--candidates", help="with --model best and no --backtest: models to "
-                      "backtest and choose from (default: naive,linear)")
+                      "backtest and choose from (default: naive,linear,ets,theta,arima)")
     send.add_argument("--coins", help="comma list of coin ids (default: every coin)")
     send.add_argument("--horizon", type=_positive, default=10, help="days to forecast (10)")
-    send.add_argument("--max-points", type=_positive, help="fit on the newest N closes only")
+    send.add_argument("--max-points", type=max_points, metavar="N|all",
+                      help="fit on the newest N closes, or all of them (default: each model's "
+                      "own: 200 closes, the whole history for the deep models)")
+    send.add_argument("--levels", type=levels, default=(80.0, 95.0), metavar="80,95",
+                      help="prediction interval levels in percent (default 80,95; none: no "
+                      "intervals); written with --output and shaded by --plot")
     send.add_argument("--epochs", type=_positive,
                       help="training epochs of deep models (default: each model's own)")
     send.add_argument("--output", type=Path, help="write results and failures to this JSON file")
@@ -109,7 +115,8 @@ def send_tasks(args: argparse.Namespace) -> int:
     stop_on_signals(manager)
     try:
         report = send_best(args, manager) if args.model == BEST else manager.run(
-            args.model, coins, args.horizon, args.max_points, args.epochs, args.timeout)
+            args.model, coins, args.horizon, args.max_points, args.epochs, args.timeout,
+            levels=args.levels)
     finally:
         progress.close()
     if args.output:

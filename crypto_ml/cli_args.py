@@ -14,6 +14,26 @@ def positive_int(text: str) -> int:
     return value
 
 
+def max_points(text: str) -> int:
+    """argparse type of ``--max-points``: a positive N, or ``all`` (or 0) for the whole history."""
+    if text.strip().lower() in ("all", "0"):
+        return 0
+    return positive_int(text)
+
+
+def levels(text: str) -> tuple[float, ...]:
+    """argparse type of ``--levels``: ``80,95`` -> (80.0, 95.0); ``none`` for no intervals."""
+    from crypto_ml.errors import InvalidTaskInput
+    from crypto_ml.models.intervals import check_levels
+
+    if text.strip().lower() in ("none", ""):
+        return ()
+    try:
+        return check_levels(text)
+    except InvalidTaskInput as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_cluster_options(parser: argparse.ArgumentParser) -> None:
     """Where the work runs: broker, wait limit, data folder, embedded worker count."""
     parser.add_argument("--broker",

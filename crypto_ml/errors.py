@@ -85,3 +85,7 @@ class TaskTimedOut(CryptoMLError):
 
 class ModelFitFailed(CryptoMLError):
     """A model library could not fit or forecast a series (e.g. a numerical failure)."""
+
+
+class CalibrationTooShort(InvalidTaskInput):
+    """A series too short to calibrate conformal intervals (the forecast falls back to others)."""

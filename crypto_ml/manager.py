@@ -32,7 +32,8 @@ from crypto_ml.deliveries import delivery_key
 from crypto_ml.errors import BrokerUnavailable, CryptoMLError, UnknownModel
 from crypto_ml.flower import send_options
 from crypto_ml.logging_setup import log_task
-from crypto_ml.models import HEAVY, PARAMS, model_names
+from crypto_ml.models import HEAVY, PARAMS, default_max_points, model_names
+from crypto_ml.models.intervals import DEFAULT_LEVELS, check_levels
 from crypto_ml.settings import Settings, get_settings
 from crypto_ml.wire import BATCH_TASK_NAME, TASK_NAME, ForecastRequest
 
@@ -197,8 +198,11 @@ class CryptoManager:
 
     def build_requests(self, models: list[str], coins: Sequence[str] | None, horizon: int,
                        max_points: int | None, params: dict[str, Any],
-                       report: RunReport) -> list[ForecastRequest]:
+                       report: RunReport,
+                       levels: Sequence[float] = DEFAULT_LEVELS) -> list[ForecastRequest]:
         """One request per (coin, model); coins that cannot be read are failed in ``report``."""
+        levels = check_levels(levels)
+        windows = {m: default_max_points(m) if max_points is None else max_points for m in models}
         names = list(coins) if coins else self.loader.get_crypto_names()
         requests = []
         for coin in names:
@@ -208,20 +212,24 @@ class CryptoManager:
                 for model in models:
                     report.add_failure(coin, model, f"{type(exc).__name__}: {exc}")
                 continue
-            if max_points:
-                frame = frame.iloc[-max_points:]
-            prices = frame["Close"].astype(float).tolist()
+            closes = frame["Close"].astype(float).tolist()
             last = frame["Date"].iloc[-1].date().isoformat() if len(frame) else None
             for model in models:
+                prices = closes[-windows[model]:] if windows[model] else closes
                 accepted = {k: v for k, v in params.items() if k in PARAMS[model]}
-                requests.append(ForecastRequest(coin, model, prices, horizon, last, accepted))
+                requests.append(ForecastRequest(coin, model, prices, horizon, last, accepted,
+                                                levels))
         return requests
 
     def run(self, models: str | Sequence[str] = "linear", coins: Sequence[str] | None = None,
             horizon: int = 10, max_points: int | None = None, epochs: int | None = None,
             timeout: float | None = DEFAULT_TIMEOUT,
-            on_result: Callable[[dict[str, Any]], None] | None = None) -> RunReport:
+            on_result: Callable[[dict[str, Any]], None] | None = None,
+            levels: Sequence[float] = DEFAULT_LEVELS) -> RunReport:
         """Dispatch every (coin, model) at once and collect results as they finish.
+
+        ``max_points``: the newest N closes; None: each model's default; 0: all of them.
+        ``levels``: the prediction intervals (percent) each result carries.
 
         Each task expires ``timeout`` seconds after it is sent, so if this manager
         dies, workers discard its leftover tasks instead of running them for nobody.
@@ -230,7 +238,7 @@ class CryptoManager:
         report = RunReport()
         started = time.perf_counter()
         params = {} if epochs is None else {"epochs": epochs}  # None: each model's default
-        requests = self.build_requests(names, coins, horizon, max_points, params, report)
+        requests = self.build_requests(names, coins, horizon, max_points, params, report, levels)
         for coin, by_model in report.failed.items():
             for model, reason in by_model.items():
                 self.observer.on_done(None, coin, model, None, reason)
@@ -371,14 +379,15 @@ class CryptoManager:
     def send_tasks(self, model: str | Sequence[str] = "linear",
                    coins: Sequence[str] | None = None, horizon: int = 10,
                    max_points: int | None = None, epochs: int | None = None,
-                   timeout: float | None = DEFAULT_TIMEOUT) -> dict[str, Any]:
+                   timeout: float | None = DEFAULT_TIMEOUT,
+                   levels: Sequence[float] = DEFAULT_LEVELS) -> dict[str, Any]:
         """Forecast every coin (or ``coins``) and print one line each.
 
         Returns ``{coin: np.ndarray}`` for one model, ``{coin: {model: np.ndarray}}``
         for several. Failures are printed and kept in :attr:`last_report`.
         """
         names = parse_models(model)
-        report = self.run(names, coins, horizon, max_points, epochs, timeout)
+        report = self.run(names, coins, horizon, max_points, epochs, timeout, levels=levels)
         if len(names) == 1:
             return report.forecasts(names[0])
         return {coin: {m: np.asarray(r["forecast"]) for m, r in by_model.items()}

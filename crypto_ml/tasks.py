@@ -90,10 +90,12 @@ class ForecastTask(Task):
 
 @shared_task(bind=True, base=ForecastTask, name=TASK_NAME)
 def forecast(self: ForecastTask, coin: str, model: str, prices: list[float], horizon: int,
-             last_date: str | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Fit ``model`` on one coin's closes (oldest first) and forecast ``horizon`` days."""
+             last_date: str | None = None, params: dict[str, Any] | None = None,
+             levels: list[float] | None = None) -> dict[str, Any]:
+    """Fit ``model`` on one coin's closes (oldest first) and forecast ``horizon`` days, with
+    prediction intervals at ``levels`` (percent; default 80 and 95; ``[]`` for none)."""
     request = self.parse(coin=coin, model=model, prices=prices, horizon=horizon,
-                         last_date=last_date, params=params)
+                         last_date=last_date, params=params, levels=levels)
     return run_forecast(request, worker=self.request.hostname or "unknown")
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from crypto_ml.errors import CryptoMLError, InvalidTaskInput
 from crypto_ml.models import PARAMS, get_model
+from crypto_ml.models.intervals import DEFAULT_LEVELS, check_levels
 
 TASK_NAME = "crypto_ml.forecast"
 #: Many cheap forecasts in one message: the dispatch cost is paid once per batch.
@@ -69,10 +70,12 @@ class ForecastRequest:
     horizon: int
     last_date: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    #: Prediction interval levels in percent; empty for none.
+    levels: tuple[float, ...] = DEFAULT_LEVELS
 
     @classmethod
     def parse(cls, *, coin: object, model: object, prices: object, horizon: object,
-              last_date: object = None, params: object = None,
+              last_date: object = None, params: object = None, levels: object = None,
               max_horizon: int = 365, max_series: int = 100_000) -> ForecastRequest:
         """Validate raw task arguments; raises InvalidTaskInput naming the first bad one."""
         if not isinstance(coin, str) or not coin:
@@ -87,13 +90,19 @@ class ForecastRequest:
         unknown = set(params) - PARAMS[model]
         if unknown:
             raise _bad("params", f"model {model!r} does not take {', '.join(sorted(unknown))}")
+        try:
+            checked = DEFAULT_LEVELS if levels is None else check_levels(levels)
+        except InvalidTaskInput as exc:
+            raise _bad("levels", str(exc)) from None
         return cls(coin, model, _prices(prices, max_series),
-                   _positive_int("horizon", horizon, max_horizon), last_date, dict(params))
+                   _positive_int("horizon", horizon, max_horizon), last_date, dict(params),
+                   checked)
 
     def as_kwargs(self) -> dict[str, Any]:
         """The task's keyword arguments."""
         return {"coin": self.coin, "model": self.model, "prices": self.prices,
-                "horizon": self.horizon, "last_date": self.last_date, "params": self.params}
+                "horizon": self.horizon, "last_date": self.last_date, "params": self.params,
+                "levels": list(self.levels)}
 
 
 def run_forecast(request: ForecastRequest, worker: str) -> dict[str, Any]:
@@ -101,12 +110,14 @@ def run_forecast(request: ForecastRequest, worker: str) -> dict[str, Any]:
     model = get_model(request.model, **request.params)
     started = time.perf_counter()
     model.fit(request.prices, coin=request.coin)
-    forecast = model.forecast(request.horizon)
+    prediction = model.predict(request.horizon, request.levels)
     return {
         "coin": request.coin,
         "model": request.model,
         "horizon": request.horizon,
-        "forecast": [float(x) for x in np.asarray(forecast, dtype=np.float64)],
+        "forecast": [float(x) for x in np.asarray(prediction.forecast, dtype=np.float64)],
+        "intervals": prediction.intervals_json(),
+        "interval_method": prediction.method,
         "last_date": request.last_date,
         "n_points": model.n_points_,
         "fit_seconds": round(time.perf_counter() - started, 6),

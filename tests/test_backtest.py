@@ -121,8 +121,8 @@ def test_cli_backtest_writes_files_and_best_uses_them(cluster: object, tmp_path:
 def test_cli_rejects_a_bad_until_date_and_unknown_model(tmp_path: Path) -> None:
     bad = run_cli("backtest", "--until", "yesterday", data_dir=DATA)
     assert bad.returncode == 2 and "expected a date like" in bad.stderr
-    unknown = run_cli("backtest", "--model", "naive,arima", data_dir=DATA)
-    assert unknown.returncode == 2 and "arima" in unknown.stderr
+    unknown = run_cli("backtest", "--model", "naive,prophet", data_dir=DATA)
+    assert unknown.returncode == 2 and "prophet" in unknown.stderr
     assert "Traceback" not in unknown.stderr
 
 
@@ -136,7 +136,10 @@ def test_best_without_a_saved_backtest_runs_one_and_falls_back_to_naive(cluster:
     out, err = io.StringIO(), io.StringIO()
     manager = CryptoManager(loader=CryptoLoader(DATA), app=create_app(settings), out=out, err=err)
     report = forecast_best(manager, ["walk", "stub"], horizon=3)
-    assert "backtest: 0 coin(s) x 2 model(s)" in err.getvalue()  # 8 closes: too short for 30
+    from crypto_ml.backtest_cli import DEFAULT_CANDIDATES
+
+    n_candidates = len(DEFAULT_CANDIDATES.split(","))
+    assert f"backtest: 0 coin(s) x {n_candidates} model(s)" in err.getvalue()  # 8 closes: < 30
     assert "best: walk -> naive (not backtested: 8 closes" in err.getvalue()
     assert report.forecasts("naive")["walk"].tolist() == [7.0, 7.0, 7.0]
     assert out.getvalue().splitlines()[0].split()[:2] in (["walk", "naive"], ["stub", "naive"])

@@ -72,7 +72,11 @@ def test_request_and_result_round_trip(serializer: str) -> None:
     decoded = loads(body, ctype, enc, accept=ACCEPT_CONTENT)
     assert decoded == result and decoded["forecast"] == pytest.approx([4.5, 5.625])
     assert set(decoded) == {"coin", "model", "horizon", "forecast", "last_date", "n_points",
-                            "fit_seconds", "worker", "device"}
+                            "fit_seconds", "worker", "device", "intervals", "interval_method"}
+    assert set(decoded["intervals"]) == {"80", "95"}  # the default levels
+    for band in decoded["intervals"].values():
+        assert all(lo <= f <= up for lo, f, up in zip(band["lower"], decoded["forecast"],
+                                                       band["upper"], strict=True))
 
 
 @pytest.mark.parametrize(("change", "argument"), [
@@ -83,9 +87,12 @@ def test_request_and_result_round_trip(serializer: str) -> None:
     ({"horizon": -1}, "horizon"),
     ({"horizon": 10_000}, "horizon"),
     ({"horizon": 2.5}, "horizon"),
-    ({"model": "arima"}, "model"),
+    ({"model": "prophet"}, "model"),
     ({"coin": 7}, "coin"),
     ({"params": {"epochs": 1}}, "params"),
+    ({"levels": [80, 100]}, "levels"),
+    ({"levels": ["wide"]}, "levels"),
+    ({"levels": 95}, "levels"),
 ])
 def test_bad_arguments_are_named(change: dict[str, Any], argument: str) -> None:
     kwargs: dict[str, Any] = {"coin": "c", "model": "linear", "prices": [1.0, 2.0], "horizon": 3}

@@ -49,6 +49,11 @@ def model_names() -> list[str]:
     return list(REGISTRY)
 
 
+def default_max_points(name: str) -> int:
+    """The history ``name`` is fitted on by default: the newest N closes, 0 for all of it."""
+    return get_model(name).default_max_points
+
+
 def get_model(name: str, **params: object) -> Forecaster:
     """A new, unfitted model; options a model does not take are ignored."""
     if name not in REGISTRY:
@@ -57,4 +62,5 @@ def get_model(name: str, **params: object) -> Forecaster:
     return REGISTRY[name](**accepted)
 
 
-__all__ = ["HEAVY", "Forecaster", "check_horizon", "clean_series", "get_model", "model_names"]
+__all__ = ["HEAVY", "Forecaster", "check_horizon", "clean_series", "default_max_points",
+           "get_model", "model_names"]

@@ -20,7 +20,7 @@ from typing import ClassVar, Self
 
 import numpy as np
 
-from crypto_ml.errors import InvalidTaskInput, SeriesTooShort
+from crypto_ml.errors import CalibrationTooShort, InvalidTaskInput, SeriesTooShort
 from crypto_ml.models.intervals import (
     DEFAULT_LEVELS,
     MIN_CALIBRATION_TRAIN,
@@ -28,6 +28,7 @@ from crypto_ml.models.intervals import (
     Prediction,
     check_levels,
     conformal_bands,
+    random_walk_bands,
     walk_forward_errors,
 )
 
@@ -60,6 +61,8 @@ class Forecaster(ABC):
     device: str = "CPU"
     #: How :meth:`predict` makes intervals (said in results and in the README).
     interval_method: ClassVar[str] = "conformal"
+    #: The history the manager fits on unless told otherwise: the newest N closes (0: all).
+    default_max_points: ClassVar[int] = 200
 
     def fit(self, prices: object, coin: str = "series") -> Self:
         """Fit on ``prices`` (NaNs dropped); ``coin`` only names the series in errors."""
@@ -83,8 +86,15 @@ class Forecaster(ABC):
         """The forecast of :meth:`forecast` and, per level, bounds with lower <= forecast <= upper."""
         levels = check_levels(levels)
         point = self.forecast(h)
-        bands = self._bands(h, point, levels) if levels else {}
-        return Prediction(point, bands, self.interval_method if levels else "").checked()
+        if not levels:
+            return Prediction(point)
+        method = self.interval_method
+        try:
+            bands = self._bands(h, point, levels)
+        except CalibrationTooShort:
+            bands = random_walk_bands(self.series_, h, levels, center=point)
+            method = f"random walk (series too short for {method})"
+        return Prediction(point, bands, method).checked()
 
     def _bands(self, h: int, forecast: np.ndarray, levels: Sequence[float]) -> Bands:
         """Conformal bands from walk-forward refits on this model's own training series."""

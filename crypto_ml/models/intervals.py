@@ -19,6 +19,9 @@ in one of three ways (the README says which model uses which):
   smallest absolute error of that step over the n windows (the finite-sample
   conformal quantile; the largest one when n is too small for L), times the last
   close. Relative errors make windows from cheaper and dearer periods comparable.
+  A series too short for even one window (fewer than ``MIN_CALIBRATION_TRAIN + h``
+  closes) gets random-walk widths around the model's forecast instead, and the
+  result's ``interval_method`` says so.
 * **the library's own** intervals (statsforecast's ETS, Theta and ARIMA; see
   :mod:`crypto_ml.models.statistical`).
 """
@@ -33,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from crypto_ml.errors import InvalidTaskInput
+from crypto_ml.errors import CalibrationTooShort, InvalidTaskInput
 
 DEFAULT_LEVELS: tuple[float, ...] = (80.0, 95.0)
 #: Calibration windows of a conformal interval (at most; fewer on a short series).
@@ -59,7 +62,7 @@ def check_levels(levels: object) -> tuple[float, ...]:
     out = []
     for level in levels:
         try:
-            value = float(level)  # type: ignore[arg-type]
+            value = float(level)
         except (TypeError, ValueError):
             raise InvalidTaskInput(f"a level must be a number like 80 or 95, got {level!r}") from None
         if isinstance(level, bool) or not 0 < value < 100:
@@ -73,8 +76,10 @@ def normal_quantile(level: float) -> float:
     return NormalDist().inv_cdf(0.5 + level / 200.0)
 
 
-def random_walk_bands(series: np.ndarray, h: int, levels: Sequence[float]) -> Bands:
-    """Driftless log random-walk bands around the last close (see the module doc)."""
+def random_walk_bands(series: np.ndarray, h: int, levels: Sequence[float],
+                      center: np.ndarray | None = None) -> Bands:
+    """Driftless log random-walk bands around the last close (see the module doc), or with
+    the same relative widths around ``center`` (a forecast) when given."""
     last = float(series[-1])
     positive = series[series > 0]
     returns = np.diff(np.log(positive)) if len(positive) > 2 else np.zeros(1)
@@ -83,7 +88,10 @@ def random_walk_bands(series: np.ndarray, h: int, levels: Sequence[float]) -> Ba
     bands = {}
     for level in levels:
         spread = np.exp(normal_quantile(level) * sigma * steps)
-        if last >= 0:
+        if center is not None:
+            bands[level_key(level)] = (center - abs(center) * (1 - 1 / spread),
+                                       center + abs(center) * (spread - 1))
+        elif last >= 0:
             bands[level_key(level)] = (last / spread, last * spread)
         else:  # not a price: keep the band symmetric in the value itself
             bands[level_key(level)] = (last - abs(last) * (spread - 1), last + abs(last) * (spread - 1))
@@ -131,8 +139,8 @@ def relative_errors(series: np.ndarray, origins: Sequence[int], predicted: np.nd
     return (actual - predicted) / np.where(last == 0, 1.0, last)[:, None]
 
 
-def too_short(n: int, h: int, min_train: int) -> InvalidTaskInput:
-    return InvalidTaskInput(
+def too_short(n: int, h: int, min_train: int) -> CalibrationTooShort:
+    return CalibrationTooShort(
         f"a {n}-close series is too short for conformal intervals at horizon {h}: "
         f"it needs at least {min_train + h} closes")
 

@@ -45,6 +45,8 @@ class RecurrentModel(Forecaster):
     """A two-layer LSTM or GRU network; ``cell`` is ``"lstm"`` or ``"gru"``."""
 
     interval_method = "conformal (in-sample origins of the fitted network)"
+    #: Deep networks keep the whole history by default (see the README's backtest of windows).
+    default_max_points = 0
 
     def __init__(self, cell: str = "lstm", epochs: int = 1, seed: int = 42,
                  window: int = WINDOW) -> None:

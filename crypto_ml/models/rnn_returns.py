@@ -58,6 +58,8 @@ class ReturnsRecurrentModel(Forecaster):
     """An early-stopped ensemble of LSTM or GRU networks on scaled log returns."""
 
     interval_method = "conformal (validation origins of the fitted ensemble)"
+    #: Deep networks keep the whole history by default (see the README's backtest of windows).
+    default_max_points = 0
 
     def __init__(self, cell: str = "lstm", epochs: int = 30, seed: int = 42, window: int = 20,
                  patience: int = 5, members: int = 3, units: int = 32) -> None:
