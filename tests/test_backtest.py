@@ -80,6 +80,12 @@ def test_backtest_on_the_cluster_matches_the_hand_computation(cluster: object) -
     assert result.best() == {"walk": ("linear", pytest.approx(walk["linear"]["mase"]))}
     assert result.windows["walk"] == ["2021-01-06", "2021-01-08"]
     assert result.aggregate()["naive"]["mase_mean"] == pytest.approx(NAIVE_MASE)
+    assert walk["linear"]["rel_mae"] == pytest.approx(LINEAR_MAE / NAIVE_MAE)
+    assert result.aggregate()["linear"]["rel_mae"] == pytest.approx(LINEAR_MAE / NAIVE_MAE)
+    for model in ("naive", "linear"):  # every forecast carried intervals, and they are scored
+        for level in ("80", "95"):
+            assert 0 <= walk[model][f"coverage_{level}"] <= 100
+            assert walk[model][f"winkler_{level}"] > 0
 
 
 def test_returns_model_is_reproducible_with_its_seed() -> None:
@@ -116,6 +122,26 @@ def test_cli_backtest_writes_files_and_best_uses_them(cluster: object, tmp_path:
     assert "best: stub -> naive (not backtested: 3 closes" in best.stderr
     lines = dict(line.split(" ", 1) for line in best.stdout.splitlines())
     assert lines["walk"].startswith("linear [[") and lines["stub"] == "naive [[3. 3.]]"
+
+
+@pytest.mark.integration
+def test_cli_backtest_compares_windows(cluster: object, tmp_path: Path) -> None:
+    env = {"CRYPTO_ML_BROKER_URL": cluster.broker_url}  # type: ignore[attr-defined]
+    done = run_cli("backtest", "--model", "naive,linear", "--horizon", "2", "--origins", "2",
+                   "--min-train", "4", "--max-points", "3,all", "--levels", "90",
+                   "--out", str(tmp_path), env=env, data_dir=DATA)
+    assert done.returncode == 0, done.stderr
+    assert "== window: 3 ==" in done.stdout and "== window: all ==" in done.stdout
+    assert "windows compared" in done.stdout and "cov 90" in done.stdout
+    table = (tmp_path / "windows.txt").read_text()
+    linear = [line.split() for line in table.splitlines() if line.startswith("linear")]
+    assert [row[1] for row in linear] == ["3", "all"]
+    assert sum(row[2] == "*" for row in linear) == 1  # the best window of the model is marked
+    short = json.loads((tmp_path / "window-3" / "backtest.json").read_text())
+    whole = json.loads((tmp_path / "window-all" / "backtest.json").read_text())
+    assert short["config"]["max_points"] == 3 and whole["config"]["max_points"] == 0
+    assert whole["per_coin"]["walk"]["linear"]["mae"] == pytest.approx(LINEAR_MAE)
+    assert short["per_coin"]["walk"]["linear"]["mae"] != pytest.approx(LINEAR_MAE)
 
 
 def test_cli_rejects_a_bad_until_date_and_unknown_model(tmp_path: Path) -> None:
