@@ -35,7 +35,8 @@ model = "%s"
 if model == "warm_up":
     from crypto_ml.models.statistical import warm_up
     t = time.perf_counter(); warm_up(); out["warm_up"] = time.perf_counter() - t
-    t = time.perf_counter(); get_model("ets").fit(series).predict(10); out["ets_after"] = time.perf_counter() - t
+    t = time.perf_counter(); get_model("ets").fit(series).predict(10)
+    out["ets_after"] = time.perf_counter() - t
 else:
     for key in ("first", "second"):
         t = time.perf_counter(); get_model(model).fit(series).predict(10)
@@ -64,7 +65,7 @@ def main() -> int:
                "repeats": args.repeats, "seconds": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "warmup.json").write_text(json.dumps(results, indent=1) + "\n")
-    lines = ["# statsforecast cold start per process (median of %d fresh interpreters)" % args.repeats,
+    lines = [f"# statsforecast cold start per process (median of {args.repeats} fresh interpreters)",
              "", "| model | first fit+forecast, import included (s) | second (s) | ratio |",
              "| --- | --- | --- | --- |"]
     for model in ("ets", "theta", "arima"):
