@@ -95,3 +95,11 @@ def test_rel_mae_and_its_geometric_mean() -> None:
     assert geometric_mean([0.5, 2.0]) == pytest.approx(1.0)
     assert geometric_mean([4.0, 1.0]) == pytest.approx(2.0)
     assert math.isnan(geometric_mean([]))
+
+
+def test_linear_calibration_shortcut_equals_a_refit() -> None:
+    rng = np.random.default_rng(2)
+    series = 20.0 * np.exp(np.cumsum(rng.normal(0.0, 0.05, 90)))
+    model = get_model("linear").fit(series)
+    np.testing.assert_allclose(model._calibration_forecast(series[:70], 6),
+                               get_model("linear").fit(series[:70]).forecast(6), rtol=1e-9)
