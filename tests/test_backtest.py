@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from conftest import FIXTURES, run_cli
 
-from crypto_ml.backtest import BacktestConfig, BacktestResult, origins_for, run_backtest
-from crypto_ml.celery_app import create_app
-from crypto_ml.data_loader import CryptoLoader
-from crypto_ml.manager import CryptoManager
-from crypto_ml.metrics import naive_scale, scores
+from crypto_ml.backtest.engine import BacktestConfig, BacktestResult, origins_for, run_backtest
+from crypto_ml.backtest.metrics import naive_scale, scores
+from crypto_ml.core.settings import Settings
+from crypto_ml.data.loader import CryptoLoader
+from crypto_ml.dispatch.manager import CryptoManager
 from crypto_ml.models import get_model
-from crypto_ml.settings import Settings
+from crypto_ml.worker.app import create_app
 
 DATA = FIXTURES / "backtest"  # Walk.csv: closes 1 2 4 3 5 6 8 7; Stub.csv: 3 closes
 SMALL = BacktestConfig(models=("naive", "linear"), horizon=2, origins=2, min_train=4)
@@ -88,6 +88,7 @@ def test_backtest_on_the_cluster_matches_the_hand_computation(cluster: object) -
             assert walk[model][f"winkler_{level}"] > 0
 
 
+@pytest.mark.integration  # trains networks
 def test_returns_model_is_reproducible_with_its_seed() -> None:
     rng = np.random.default_rng(3)
     series = 50.0 * np.exp(np.cumsum(rng.normal(0, 0.03, 60)))
@@ -124,7 +125,7 @@ def test_cli_backtest_writes_files_and_best_uses_them(cluster: object, tmp_path:
     assert lines["walk"].startswith("linear [[") and lines["stub"] == "naive [[3. 3.]]"
 
 
-@pytest.mark.integration
+@pytest.mark.integration  # runs a command in a subprocess
 def test_cli_backtest_compares_windows(cluster: object, tmp_path: Path) -> None:
     env = {"CRYPTO_ML_BROKER_URL": cluster.broker_url}  # type: ignore[attr-defined]
     done = run_cli("backtest", "--model", "naive,linear", "--horizon", "2", "--origins", "2",
@@ -144,6 +145,7 @@ def test_cli_backtest_compares_windows(cluster: object, tmp_path: Path) -> None:
     assert short["per_coin"]["walk"]["linear"]["mae"] != pytest.approx(LINEAR_MAE)
 
 
+@pytest.mark.integration  # runs a command in a subprocess
 def test_cli_rejects_a_bad_until_date_and_unknown_model(tmp_path: Path) -> None:
     bad = run_cli("backtest", "--until", "yesterday", data_dir=DATA)
     assert bad.returncode == 2 and "expected a date like" in bad.stderr
@@ -156,14 +158,12 @@ def test_cli_rejects_a_bad_until_date_and_unknown_model(tmp_path: Path) -> None:
 def test_best_without_a_saved_backtest_runs_one_and_falls_back_to_naive(cluster: object) -> None:
     import io
 
-    from crypto_ml.backtest_cli import forecast_best
+    from crypto_ml.backtest.best import DEFAULT_CANDIDATES, forecast_best
 
     settings = Settings(data_dir=DATA).with_broker(cluster.broker_url)  # type: ignore[attr-defined]
     out, err = io.StringIO(), io.StringIO()
     manager = CryptoManager(loader=CryptoLoader(DATA), app=create_app(settings), out=out, err=err)
     report = forecast_best(manager, ["walk", "stub"], horizon=3)
-    from crypto_ml.backtest_cli import DEFAULT_CANDIDATES
-
     n_candidates = len(DEFAULT_CANDIDATES.split(","))
     assert f"backtest: 0 coin(s) x {n_candidates} model(s)" in err.getvalue()  # 8 closes: < 30
     assert "best: walk -> naive (not backtested: 8 closes" in err.getvalue()

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from crypto_ml.errors import InvalidTaskInput
-from crypto_ml.metrics import geometric_mean, interval_scores, relative_mae
+from crypto_ml.backtest.metrics import geometric_mean, interval_scores, relative_mae
+from crypto_ml.core.errors import InvalidTaskInput
 from crypto_ml.models import get_model
 from crypto_ml.models.intervals import (
     calibration_origins,

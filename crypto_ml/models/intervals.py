@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from crypto_ml.errors import CalibrationTooShort, InvalidTaskInput
+from crypto_ml.core.errors import CalibrationTooShort, InvalidTaskInput
 
 DEFAULT_LEVELS: tuple[float, ...] = (80.0, 95.0)
 #: Decay of the naive model's exponentially weighted volatility (RiskMetrics' daily value).

@@ -14,6 +14,7 @@ class NaiveModel(Forecaster):
     """Repeats the last observed close ``h`` times."""
 
     name = "naive"
+    color = "tab:gray"
     min_points = 1
     interval_method = "random walk"
 

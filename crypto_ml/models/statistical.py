@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from crypto_ml.errors import InvalidTaskInput, ModelFitFailed
+from crypto_ml.core.errors import InvalidTaskInput, ModelFitFailed
 from crypto_ml.models.base import Forecaster
 from crypto_ml.models.intervals import Bands, level_key
 
@@ -80,14 +80,17 @@ class StatsForecastModel(Forecaster):
 
 class ETSModel(StatsForecastModel):
     name = "ets"
+    color = "tab:pink"
 
 
 class ThetaModel(StatsForecastModel):
     name = "theta"
+    color = "tab:olive"
 
 
 class ARIMAModel(StatsForecastModel):
     name = "arima"
+    color = "tab:cyan"
 
 
 STATISTICAL_MODELS: dict[str, type[StatsForecastModel]] = {
