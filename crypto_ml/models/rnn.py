@@ -48,7 +48,8 @@ class RecurrentModel(Forecaster):
     options = frozenset({"epochs", "seed", "window"})
     heavy = True
     interval_method = "conformal (in-sample origins of the fitted network)"
-    #: Deep networks keep the whole history by default (see the README's backtest of windows).
+    #: The whole history by default: on the README's 10-coin backtest gru did better with it
+    #: than on the newest 200 closes (MASE 30.9 against 39.5); lstm did not (see LSTMModel).
     default_max_points = 0
 
     def __init__(self, epochs: int = 1, seed: int = 42, window: int = WINDOW) -> None:
@@ -138,6 +139,9 @@ class LSTMModel(RecurrentModel):
     name = "lstm"
     cell = "lstm"
     color = "tab:orange"
+    #: The newest 200 closes, as the cheap models: the backtest found no gain in more history
+    #: (10 coins: MASE 38.1 on 200 closes, 49.2 on all of them).
+    default_max_points = 200
 
 
 class GRUModel(RecurrentModel):

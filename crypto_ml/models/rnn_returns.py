@@ -62,7 +62,8 @@ class ReturnsRecurrentModel(Forecaster):
     options = frozenset({"epochs", "seed", "window", "patience", "members", "units"})
     heavy = True
     interval_method = "conformal (validation origins of the fitted ensemble)"
-    #: Deep networks keep the whole history by default (see the README's backtest of windows).
+    #: The whole history by default: on the README's 10-coin backtest both did better with
+    #: it than on the newest 200 closes (MASE 23.1 / 22.4 against 26.6 / 24.6).
     default_max_points = 0
 
     def __init__(self, epochs: int = 30, seed: int = 42, window: int = 20,
