@@ -53,7 +53,7 @@ def add_parser(sub: Any) -> None:
     send.add_argument("--horizon", type=positive_int, default=10, help="days to forecast (10)")
     send.add_argument("--max-points", type=max_points, metavar="N|all",
                       help="fit on the newest N closes, or all of them (default: each model's "
-                      "own: 200 closes, the whole history for the deep models)")
+                      "own: 200 closes; all for gru, lstm_ret and gru_ret)")
     send.add_argument("--levels", type=levels, default=(80.0, 95.0), metavar="80,95",
                       help="prediction interval levels in percent (default 80,95; none: no "
                       "intervals); written with --output and shaded by --plot")
