@@ -162,3 +162,26 @@ def test_worker_refuses_a_pickle_message_and_keeps_serving(cluster: Any, tmp_pat
     assert app.AsyncResult("evil-1").state == "PENDING"  # never executed
     logs = "".join(p.read_text() for p in Path(cluster.workdir).glob("worker*.log"))
     assert "untrusted content" in logs and "x-python-serialize" in logs
+
+
+def test_each_model_is_sent_its_own_default_window(price_data: Path) -> None:
+    """No --max-points: 200 closes for most models, the whole history where the backtest
+    found that more history helps; 0 sends everything; levels travel with each request."""
+    from crypto_ml.data.loader import CryptoLoader
+    from crypto_ml.dispatch.manager import CryptoManager
+    from crypto_ml.dispatch.report import RunReport
+    from crypto_ml.models import default_max_points
+
+    loader = CryptoLoader(price_data)
+    manager = CryptoManager(loader=loader)
+    n = len(loader.get_prices("bitcoin"))
+    models = ["naive", "ets", "lstm", "gru", "gru_ret"]
+    sent = {r.model: r for r in manager.build_requests(models, ["bitcoin"], 10, None, {},
+                                                       RunReport(), (90,))}
+    for model in models:
+        window = default_max_points(model)
+        assert len(sent[model].prices) == (min(window, n) if window else n)
+        assert sent[model].levels == (90.0,)
+    assert {m for m in models if default_max_points(m) == 0} == {"gru", "gru_ret"}
+    whole = manager.build_requests(["naive"], ["bitcoin"], 10, 0, {}, RunReport())
+    assert len(whole[0].prices) == n > 200 and whole[0].levels == (80.0, 95.0)
