@@ -44,8 +44,10 @@ def requests_for(loader: CryptoLoader, model: str, coins: list[str], cuts: int =
         for k in range(cuts):
             series = prices[: len(prices) - 5 * k] if k else prices
             if len(series) >= min_len:
+                # levels=(): point forecasts only, the same work as the in-process side
                 out.append(ForecastRequest(f"{coin}#{k}", model, series, horizon, None,
-                                           {"epochs": 1} if model_class(model).heavy else {}))
+                                           {"epochs": 1} if model_class(model).heavy else {},
+                                           levels=()))
     return out
 
 

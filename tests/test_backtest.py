@@ -80,6 +80,12 @@ def test_backtest_on_the_cluster_matches_the_hand_computation(cluster: object) -
     assert result.best() == {"walk": ("linear", pytest.approx(walk["linear"]["mase"]))}
     assert result.windows["walk"] == ["2021-01-06", "2021-01-08"]
     assert result.aggregate()["naive"]["mase_mean"] == pytest.approx(NAIVE_MASE)
+    assert walk["linear"]["rel_mae"] == pytest.approx(LINEAR_MAE / NAIVE_MAE)
+    assert result.aggregate()["linear"]["rel_mae"] == pytest.approx(LINEAR_MAE / NAIVE_MAE)
+    for model in ("naive", "linear"):  # every forecast carried intervals, and they are scored
+        for level in ("80", "95"):
+            assert 0 <= walk[model][f"coverage_{level}"] <= 100
+            assert walk[model][f"winkler_{level}"] > 0
 
 
 @pytest.mark.integration  # trains networks
@@ -120,11 +126,31 @@ def test_cli_backtest_writes_files_and_best_uses_them(cluster: object, tmp_path:
 
 
 @pytest.mark.integration  # runs a command in a subprocess
+def test_cli_backtest_compares_windows(cluster: object, tmp_path: Path) -> None:
+    env = {"CRYPTO_ML_BROKER_URL": cluster.broker_url}  # type: ignore[attr-defined]
+    done = run_cli("backtest", "--model", "naive,linear", "--horizon", "2", "--origins", "2",
+                   "--min-train", "4", "--max-points", "3,all", "--levels", "90",
+                   "--out", str(tmp_path), env=env, data_dir=DATA)
+    assert done.returncode == 0, done.stderr
+    assert "== window: 3 ==" in done.stdout and "== window: all ==" in done.stdout
+    assert "windows compared" in done.stdout and "cov 90" in done.stdout
+    table = (tmp_path / "windows.txt").read_text()
+    linear = [line.split() for line in table.splitlines() if line.startswith("linear")]
+    assert [row[1] for row in linear] == ["3", "all"]
+    assert sum(row[2] == "*" for row in linear) == 1  # the best window of the model is marked
+    short = json.loads((tmp_path / "window-3" / "backtest.json").read_text())
+    whole = json.loads((tmp_path / "window-all" / "backtest.json").read_text())
+    assert short["config"]["max_points"] == 3 and whole["config"]["max_points"] == 0
+    assert whole["per_coin"]["walk"]["linear"]["mae"] == pytest.approx(LINEAR_MAE)
+    assert short["per_coin"]["walk"]["linear"]["mae"] != pytest.approx(LINEAR_MAE)
+
+
+@pytest.mark.integration  # runs a command in a subprocess
 def test_cli_rejects_a_bad_until_date_and_unknown_model(tmp_path: Path) -> None:
     bad = run_cli("backtest", "--until", "yesterday", data_dir=DATA)
     assert bad.returncode == 2 and "expected a date like" in bad.stderr
-    unknown = run_cli("backtest", "--model", "naive,arima", data_dir=DATA)
-    assert unknown.returncode == 2 and "arima" in unknown.stderr
+    unknown = run_cli("backtest", "--model", "naive,prophet", data_dir=DATA)
+    assert unknown.returncode == 2 and "prophet" in unknown.stderr
     assert "Traceback" not in unknown.stderr
 
 
@@ -132,13 +158,14 @@ def test_cli_rejects_a_bad_until_date_and_unknown_model(tmp_path: Path) -> None:
 def test_best_without_a_saved_backtest_runs_one_and_falls_back_to_naive(cluster: object) -> None:
     import io
 
-    from crypto_ml.backtest.best import forecast_best
+    from crypto_ml.backtest.best import DEFAULT_CANDIDATES, forecast_best
 
     settings = Settings(data_dir=DATA).with_broker(cluster.broker_url)  # type: ignore[attr-defined]
     out, err = io.StringIO(), io.StringIO()
     manager = CryptoManager(loader=CryptoLoader(DATA), app=create_app(settings), out=out, err=err)
     report = forecast_best(manager, ["walk", "stub"], horizon=3)
-    assert "backtest: 0 coin(s) x 2 model(s)" in err.getvalue()  # 8 closes: too short for 30
+    n_candidates = len(DEFAULT_CANDIDATES.split(","))
+    assert f"backtest: 0 coin(s) x {n_candidates} model(s)" in err.getvalue()  # 8 closes: < 30
     assert "best: walk -> naive (not backtested: 8 closes" in err.getvalue()
     assert report.forecasts("naive")["walk"].tolist() == [7.0, 7.0, 7.0]
     assert out.getvalue().splitlines()[0].split()[:2] in (["walk", "naive"], ["stub", "naive"])

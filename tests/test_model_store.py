@@ -78,11 +78,11 @@ def test_restored_model_forecasts_exactly_as_the_fitted_one(name: str,
         assert all(archive[f].dtype != object for f in archive.files)
     get_model(name, **params).fit([x * 2 for x in SERIES])  # the shared network moves on
     restored = get_model(name, **params)
-    restore_state(restored, blob)
+    restore_state(restored, blob, SERIES)
     np.testing.assert_array_equal(restored.forecast(5), expected)
     assert restored.n_points_ == len(SERIES)
     with pytest.raises(ValueError, match="holds a"):
-        restore_state(get_model("gru" if name == "lstm" else "lstm_ret", **params), blob)
+        restore_state(get_model("gru" if name == "lstm" else "lstm_ret", **params), blob, SERIES)
 
 
 class Broken:
@@ -97,17 +97,22 @@ def test_forecast_with_store_reuses_trains_and_survives_a_broken_store(tmp_path:
     store = DirectoryModelStore(tmp_path)
     args: dict[str, Any] = {"series": "a", "prices": SERIES, "params": PARAMS}
     trained, fresh = forecast_with_store(get_model("lstm", **PARAMS), store, horizon=4, **args)
-    assert fresh is False
+    assert fresh is False and set(trained.bands) == {"80", "95"}
     model = get_model("lstm", **PARAMS)
-    stored, hit = forecast_with_store(model, store, horizon=3, **args)  # a prefix of the path
+    stored, hit = forecast_with_store(model, store, horizon=4, **args)  # the same request
     assert hit is True and not hasattr(model, "weights_")  # read, no network loaded
-    np.testing.assert_array_equal(stored, trained[:3])
+    np.testing.assert_array_equal(stored.forecast, trained.forecast)
+    assert stored.intervals_json() == trained.intervals_json()
     assert model.n_points_ == len(SERIES)
     longer, hit = forecast_with_store(get_model("lstm", **PARAMS), store, horizon=6, **args)
-    assert hit is True  # the restored network ran two more steps
-    np.testing.assert_array_equal(longer[:4], trained)
+    assert hit is True  # the restored network ran two more steps, no training
+    np.testing.assert_array_equal(longer.forecast[:4], trained.forecast)
     again, hit = forecast_with_store(get_model("lstm", **PARAMS), store, horizon=6, **args)
-    assert hit is True and np.array_equal(again, longer)
+    assert hit is True and np.array_equal(again.forecast, longer.forecast)
+    other, hit = forecast_with_store(get_model("lstm", **PARAMS), store, horizon=6,
+                                     levels=(50.0,), **args)
+    assert hit is True and set(other.bands) == {"50"}  # other levels: intervals recomputed
+    np.testing.assert_array_equal(other.forecast, longer.forecast)
     assert forecast_with_store(get_model("lstm", **PARAMS), store, horizon=2, retrain=True,
                                **args)[1] is False
     (tmp_path / f"{store_key('a', 'lstm', PARAMS, SERIES)}.npz").write_bytes(b"not npz")

@@ -50,9 +50,35 @@ def test_model_contract(name: str) -> None:
         get_model(name, **FAST).fit(np.append(series, np.inf))
 
 
+@pytest.mark.parametrize("name", model_names())
+def test_model_intervals_contract(name: str) -> None:
+    """predict(h, levels) gives, per level, h finite bounds with lower <= forecast <= upper,
+    wider at the higher level, and the same point forecast as forecast(h)."""
+    series = random_walk(120, seed=3)
+    model = get_model(name, **FAST).fit(series)
+    for h in (1, 7):
+        prediction = model.predict(h, (95, 80))
+        np.testing.assert_allclose(prediction.forecast, model.forecast(h), rtol=1e-9)
+        assert set(prediction.bands) == {"80", "95"}
+        assert prediction.method == model.interval_method != ""
+        for lower, upper in prediction.bands.values():
+            assert lower.shape == upper.shape == (h,)
+            assert np.isfinite(lower).all() and np.isfinite(upper).all()
+            assert (lower <= prediction.forecast).all() and (prediction.forecast <= upper).all()
+        (low80, up80), (low95, up95) = prediction.bands["80"], prediction.bands["95"]
+        assert (low95 <= low80).all() and (up80 <= up95).all()
+        assert (up95 - low95 > 0).all()  # a random walk is uncertain: no zero-width band
+        as_json = prediction.intervals_json()
+        assert set(as_json["80"]) == {"lower", "upper"} and len(as_json["95"]["upper"]) == h
+        assert all(type(x) is float for x in as_json["95"]["lower"])
+    assert model.predict(3, ()).bands == {}
+    with pytest.raises(InvalidTaskInput, match="level"):
+        model.predict(3, (100,))
+
+
 def test_registry_rejects_unknown_names() -> None:
-    with pytest.raises(UnknownModel, match="arima"):
-        get_model("arima")
+    with pytest.raises(UnknownModel, match="prophet"):
+        get_model("prophet")
 
 
 def test_naive_repeats_the_last_close() -> None:

@@ -207,6 +207,8 @@ def test_plot_draws_one_readable_panel_per_coin(price_data: Path) -> None:
         tail = inner[:, int(inner.shape[1] * 0.7):]  # right of the legend: the forecast days
         blue = ((tail[..., 2] > 0.6) & (tail[..., 0] < 0.3)).sum()  # the linear forecast
         assert history > 0.6 and blue > 20, f"panel {coin} misses its history or forecast"
+        pale = ((tail[..., 2] - tail[..., 0] > 0.03) & (tail[..., 0] > 0.6)).sum()
+        assert pale > 200, f"panel {coin} does not shade the linear forecast's intervals"
     assert not np.allclose(image, image[0, 0])
 
 

@@ -41,8 +41,14 @@ def forecasts_printed(stdout: str) -> dict[str, list[float]]:
     return lines
 
 
+def _trend(prices: np.ndarray, h: int = 10) -> np.ndarray:
+    t = np.arange(len(prices))
+    return np.polyval(np.polyfit(t, prices, 1), np.arange(len(prices), len(prices) + h))
+
+
 def test_linear_forecasts_equal_an_in_process_fit(cluster: Any, price_data: Path,
                                                   tmp_path: Path) -> None:
+    """By default each coin is fitted on its newest 200 closes, with 80% and 95% intervals."""
     out = tmp_path / "linear.json"
     run = run_cli("send-tasks", "--model", "linear", "--coins", ",".join(LINEAR_COINS),
                   "--broker", cluster.broker_url, "--output", str(out), data_dir=price_data)
@@ -53,15 +59,29 @@ def test_linear_forecasts_equal_an_in_process_fit(cluster: Any, price_data: Path
     loader = CryptoLoader(price_data)
     for coin in LINEAR_COINS:
         prices = loader.get_prices(coin)
-        prices = prices[~np.isnan(prices)]
-        t = np.arange(len(prices))
-        expected = np.polyval(np.polyfit(t, prices, 1), np.arange(len(prices), len(prices) + 10))
+        prices = prices[~np.isnan(prices)][-200:]
+        expected = _trend(prices)
         result = report["results"][coin]["linear"]
         np.testing.assert_allclose(result["forecast"], expected, rtol=1e-9)
         np.testing.assert_allclose(printed[coin], expected, rtol=1e-6, atol=1e-8)  # 8 decimals
         assert result["n_points"] == len(prices) and result["horizon"] == 10
         assert result["last_date"] == loader.get_df(coin)["Date"].iloc[-1].date().isoformat()
         assert result["worker"] in cluster.worker_names
+        assert set(result["intervals"]) == {"80", "95"}
+        for band in result["intervals"].values():
+            assert (np.array(band["lower"]) <= expected + 1e-9).all()
+            assert (np.array(band["upper"]) >= expected - 1e-9).all()
+
+    whole = tmp_path / "all.json"
+    run = run_cli("send-tasks", "--model", "linear", "--coins", "bitcoin", "--max-points", "all",
+                  "--levels", "90", "--broker", cluster.broker_url, "--output", str(whole),
+                  data_dir=price_data)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(whole.read_text())["results"]["bitcoin"]["linear"]
+    prices = loader.get_prices("bitcoin")
+    prices = prices[~np.isnan(prices)]
+    assert result["n_points"] == len(prices) > 200 and set(result["intervals"]) == {"90"}
+    np.testing.assert_allclose(result["forecast"], _trend(prices), rtol=1e-9)
 
 
 def test_deep_models_and_bad_coins(cluster: Any, price_data: Path, tmp_path: Path) -> None:

@@ -148,8 +148,8 @@ def test_nan_really_crosses_the_json_wire() -> None:
 def test_manager_reports_bad_input_per_coin(strict: LocalCluster, price_data: Path) -> None:
     n_bitcoin = len(CryptoLoader(price_data).get_prices("bitcoin"))
     assert n_bitcoin > MAX_SERIES >= len(CryptoLoader(price_data).get_prices("ethereum"))
-    done = run_cli("send-tasks", "--coins", "bitcoin,ethereum", "--broker", strict.broker_url,
-                   data_dir=price_data, timeout=120)
+    done = run_cli("send-tasks", "--coins", "bitcoin,ethereum", "--max-points", "all",
+                   "--broker", strict.broker_url, data_dir=price_data, timeout=120)
     assert done.returncode == 1
     assert [line.split()[0] for line in done.stdout.splitlines()] == ["ethereum"]
     assert (f"failed: bitcoin linear: InvalidTaskInput: invalid argument 'prices': "

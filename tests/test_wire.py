@@ -72,7 +72,11 @@ def test_request_and_result_round_trip(serializer: str) -> None:
     decoded = loads(body, ctype, enc, accept=ACCEPT_CONTENT)
     assert decoded == result and decoded["forecast"] == pytest.approx([4.5, 5.625])
     assert set(decoded) == {"coin", "model", "horizon", "forecast", "last_date", "n_points",
-                            "fit_seconds", "worker", "device"}
+                            "fit_seconds", "worker", "device", "intervals", "interval_method"}
+    assert set(decoded["intervals"]) == {"80", "95"}  # the default levels
+    for band in decoded["intervals"].values():
+        assert all(lo <= f <= up for lo, f, up in zip(band["lower"], decoded["forecast"],
+                                                       band["upper"], strict=True))
 
 
 @pytest.mark.parametrize(("change", "argument"), [
@@ -83,9 +87,12 @@ def test_request_and_result_round_trip(serializer: str) -> None:
     ({"horizon": -1}, "horizon"),
     ({"horizon": 10_000}, "horizon"),
     ({"horizon": 2.5}, "horizon"),
-    ({"model": "arima"}, "model"),
+    ({"model": "prophet"}, "model"),
     ({"coin": 7}, "coin"),
     ({"params": {"epochs": 1}}, "params"),
+    ({"levels": [80, 100]}, "levels"),
+    ({"levels": ["wide"]}, "levels"),
+    ({"levels": 95}, "levels"),
 ])
 def test_bad_arguments_are_named(change: dict[str, Any], argument: str) -> None:
     kwargs: dict[str, Any] = {"coin": "c", "model": "linear", "prices": [1.0, 2.0], "horizon": 3}
@@ -155,3 +162,26 @@ def test_worker_refuses_a_pickle_message_and_keeps_serving(cluster: Any, tmp_pat
     assert app.AsyncResult("evil-1").state == "PENDING"  # never executed
     logs = "".join(p.read_text() for p in Path(cluster.workdir).glob("worker*.log"))
     assert "untrusted content" in logs and "x-python-serialize" in logs
+
+
+def test_each_model_is_sent_its_own_default_window(price_data: Path) -> None:
+    """No --max-points: 200 closes for most models, the whole history where the backtest
+    found that more history helps; 0 sends everything; levels travel with each request."""
+    from crypto_ml.data.loader import CryptoLoader
+    from crypto_ml.dispatch.manager import CryptoManager
+    from crypto_ml.dispatch.report import RunReport
+    from crypto_ml.models import default_max_points
+
+    loader = CryptoLoader(price_data)
+    manager = CryptoManager(loader=loader)
+    n = len(loader.get_prices("bitcoin"))
+    models = ["naive", "ets", "lstm", "gru", "gru_ret"]
+    sent = {r.model: r for r in manager.build_requests(models, ["bitcoin"], 10, None, {},
+                                                       RunReport(), (90,))}
+    for model in models:
+        window = default_max_points(model)
+        assert len(sent[model].prices) == (min(window, n) if window else n)
+        assert sent[model].levels == (90.0,)
+    assert {m for m in models if default_max_points(m) == 0} == {"gru", "gru_ret"}
+    whole = manager.build_requests(["naive"], ["bitcoin"], 10, 0, {}, RunReport())
+    assert len(whole[0].prices) == n > 200 and whole[0].levels == (80.0, 95.0)

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from crypto_ml.core.errors import InvalidTaskInput
+from crypto_ml.models.intervals import DEFAULT_LEVELS, check_levels
 
 
 class ForecastBody(BaseModel):
@@ -29,9 +32,20 @@ class ForecastBody(BaseModel):
     horizon: int = Field(10, ge=1, description="days to forecast (at most CRYPTO_ML_MAX_HORIZON)")
     params: dict[str, Any] = Field(default_factory=dict, description="model options, e.g. "
                                    '{"epochs": 2}; each model takes those GET /v1/models lists')
-    max_points: int | None = Field(None, ge=1, description="fit on the newest N closes only")
+    max_points: int | None = Field(None, ge=0, description="fit on the newest N closes only "
+                                   "(0: all; default: each model's own window, 200 for most)")
+    levels: list[float] = Field(list(DEFAULT_LEVELS), description="prediction interval levels "
+                                "in percent, e.g. [80, 95]; [] for none")
     retrain: bool = Field(False, description="deep models: train even if the model store "
                           "holds a fit on this data")
+
+    @field_validator("levels")
+    @classmethod
+    def valid_levels(cls, value: list[float]) -> list[float]:
+        try:
+            return list(check_levels(value))
+        except InvalidTaskInput as exc:
+            raise ValueError(str(exc)) from None
 
     @model_validator(mode="after")
     def one_source(self) -> ForecastBody:

@@ -30,7 +30,7 @@ from crypto_ml.core.settings import Settings
 from crypto_ml.data.loader import CryptoLoader
 from crypto_ml.dispatch.report import RunReport
 from crypto_ml.dispatch.runs import Run, RunQueue, RunState, final_state
-from crypto_ml.models import HEAVY, PARAMS, get_model, model_names
+from crypto_ml.models import HEAVY, PARAMS, default_max_points, get_model, model_names
 from crypto_ml.ops.queue_depth import queue_depths
 from crypto_ml.worker.app import CPU_QUEUE, GPU_QUEUE
 from crypto_ml.worker.model_store import ModelStore
@@ -124,16 +124,16 @@ class ForecastService:
         if errors:
             raise Invalid(errors)
         requests = []
-        for (loc, name, prices, last) in series:
-            if body.max_points:
-                prices = prices[-body.max_points:]
+        for (loc, name, closes, last) in series:
             for model, params, min_points in models:
+                window = default_max_points(model) if body.max_points is None else body.max_points
+                prices = closes[-window:] if window else closes
                 if len(prices) < min_points:
                     errors.append(problem(loc, f"{name!r} has {len(prices)} usable closes; "
                                           f"model {model!r} needs at least {min_points}"))
                     continue
                 requests.append(ForecastRequest(name, model, prices, body.horizon, last, params,
-                                                body.retrain))
+                                                levels=tuple(body.levels), retrain=body.retrain))
         if errors:
             raise Invalid(errors)
         return requests

@@ -21,7 +21,7 @@ from crypto_ml.dispatch.report import RunReport, format_forecast
 from crypto_ml.models import parse_models
 
 BEST = "best"
-DEFAULT_CANDIDATES = "naive,linear"
+DEFAULT_CANDIDATES = "naive,linear,ets,theta,arima"
 
 
 def load_saved(path: Path) -> BacktestResult:
@@ -53,7 +53,8 @@ def choose(result: BacktestResult, coins: Sequence[str], err: TextIO) -> dict[st
 def forecast_best(manager: CryptoManager, coins: Sequence[str] | None, horizon: int,
                   candidates: str = DEFAULT_CANDIDATES, saved: BacktestResult | None = None,
                   max_points: int | None = None, epochs: int | None = None,
-                  timeout: float | None = 3600.0) -> RunReport:
+                  timeout: float | None = 3600.0,
+                  levels: Sequence[float] = (80.0, 95.0)) -> RunReport:
     """Forecast each coin with the model its backtest (``saved``, else run now) rated best."""
     report = RunReport()
 
@@ -64,15 +65,17 @@ def forecast_best(manager: CryptoManager, coins: Sequence[str] | None, horizon: 
     with manager.session():
         if saved is None:
             config = BacktestConfig(models=tuple(parse_models(candidates)), horizon=horizon,
-                                    epochs=epochs, timeout=timeout)
+                                    epochs=epochs, timeout=timeout, max_points=max_points)
             saved = run_backtest(manager, config, coins, err=manager.err)
         elif saved.config.horizon != horizon:
             print(f"note: the backtest scored horizon {saved.config.horizon}, "
                   f"forecasting horizon {horizon}", file=manager.err)
         epochs = epochs if epochs is not None else saved.config.epochs
+        max_points = max_points if max_points is not None else saved.config.max_points
         names = list(coins) if coins else manager.loader.get_crypto_names()
         for model, group in choose(saved, names, manager.err).items():
-            part = manager.run(model, group, horizon, max_points, epochs, timeout, on_result=show)
+            part = manager.run(model, group, horizon, max_points, epochs, timeout, on_result=show,
+                               levels=levels)
             for coin, by_model in part.results.items():
                 report.results.setdefault(coin, {}).update(by_model)
             for coin, reasons in part.failed.items():

@@ -25,13 +25,22 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from crypto_ml.backtest.metrics import METRICS, naive_scale, scores
+from crypto_ml.backtest.metrics import (
+    METRICS,
+    geometric_mean,
+    interval_metric_names,
+    interval_scores,
+    naive_scale,
+    relative_mae,
+    scores,
+)
 from crypto_ml.core.errors import CryptoMLError
 from crypto_ml.core.progress import ProgressBar
 from crypto_ml.data.loader import CryptoLoader
 from crypto_ml.dispatch.manager import DEFAULT_TIMEOUT, CryptoManager
 from crypto_ml.dispatch.report import RunReport
-from crypto_ml.models import PARAMS, get_model, model_names, parse_models
+from crypto_ml.models import PARAMS, default_max_points, get_model, model_names, parse_models
+from crypto_ml.models.intervals import DEFAULT_LEVELS, level_key
 from crypto_ml.worker.requests import ForecastRequest
 
 DEFAULT_ORIGINS = 30
@@ -45,7 +54,9 @@ class BacktestConfig:
     """What to backtest: models, horizon, the origins, and the fit options.
 
     ``options`` are further model options (e.g. ``{"members": 1}``), sent to the
-    models that take them.
+    models that take them. ``max_points``: each fit sees the newest N closes before
+    its origin; None: each model's default (as ``send-tasks``); 0: all of them.
+    ``levels``: the prediction intervals scored (coverage and Winkler score).
     """
 
     models: tuple[str, ...] = ("naive", "linear")
@@ -58,6 +69,11 @@ class BacktestConfig:
     seed: int = DEFAULT_SEED
     timeout: float | None = DEFAULT_TIMEOUT
     options: dict[str, int] = field(default_factory=dict)
+    levels: tuple[float, ...] = DEFAULT_LEVELS
+
+    def window(self, model: str) -> int:
+        """The newest closes ``model`` is fitted on at each origin (0: all)."""
+        return default_max_points(model) if self.max_points is None else self.max_points
 
     def params(self, model: str) -> dict[str, Any]:
         """The options sent with ``model``'s tasks (only those it takes)."""
@@ -80,7 +96,7 @@ class CoinSeries:
     origins: list[int]
 
     def train(self, origin: int, max_points: int | None) -> np.ndarray:
-        start = 0 if max_points is None else max(0, origin - max_points)
+        start = max(0, origin - max_points) if max_points else 0
         return self.prices[start:origin]
 
     def actual(self, origin: int, horizon: int) -> np.ndarray:
@@ -119,8 +135,9 @@ def backtest_requests(series: Sequence[CoinSeries],
     for s in series:
         for model in config.models:
             for origin in s.origins:
-                yield ForecastRequest(s.coin, model, s.train(origin, config.max_points).tolist(),
+                yield ForecastRequest(s.coin, model, s.train(origin, config.window(model)).tolist(),
                                       config.horizon, s.dates[origin - 1], config.params(model),
+                                      levels=config.levels,
                                       use_store=False)  # one-off fits: keep the store small
 
 
@@ -140,16 +157,20 @@ class BacktestResult:
         return [c for c, by in self.per_coin.items() if all(m in by for m in self.config.models)]
 
     def aggregate(self) -> dict[str, dict[str, float]]:
-        """Per model: mean and median of each metric over :meth:`common_coins`, and wins."""
+        """Per model over :meth:`common_coins`: mean and median of each metric, the
+        geometric mean of ``rel_mae`` and the coins where the model beat naive."""
         coins = self.common_coins()
         out: dict[str, dict[str, float]] = {}
         for model in self.config.models:
             row: dict[str, float] = {"n_coins": len(coins)}
-            for metric in METRICS:
-                values = [self.per_coin[c][model][metric] for c in coins]
+            for metric in (*METRICS, *interval_metric_names(self.config.levels)):
+                values = [self.per_coin[c][model][metric] for c in coins
+                          if metric in self.per_coin[c][model]]
                 row[f"{metric}_mean"] = float(np.mean(values)) if values else float("nan")
                 row[f"{metric}_median"] = statistics.median(values) if values else float("nan")
             if "naive" in self.config.models:
+                row["rel_mae"] = geometric_mean([relative_mae(self.per_coin[c], model)
+                                                 for c in coins])
                 row["beats_naive"] = sum(self.per_coin[c][model]["mase"]
                                          < self.per_coin[c]["naive"]["mase"] for c in coins)
             out[model] = row
@@ -176,6 +197,7 @@ class BacktestResult:
     def from_json(cls, data: dict[str, Any]) -> BacktestResult:
         cfg = dict(data["config"])
         cfg["models"] = tuple(cfg["models"])
+        cfg["levels"] = tuple(cfg.get("levels", ()))
         return cls(BacktestConfig(**cfg), data["per_coin"], data.get("failed", {}),
                    data.get("skipped", {}), data.get("windows", {}))
 
@@ -185,6 +207,7 @@ class _Collector:
 
     def __init__(self, total: int, err: TextIO) -> None:
         self.forecasts: dict[tuple[str, str, str | None], np.ndarray] = {}
+        self.intervals: dict[tuple[str, str, str | None], dict[str, Any]] = {}
         self.failures: dict[str, dict[str, str]] = {}
         self.bar = ProgressBar(err, unit="forecasts back")
         self.bar.total = total
@@ -192,6 +215,7 @@ class _Collector:
     def success(self, result: dict[str, Any]) -> None:
         key = (result["coin"], result["model"], result["last_date"])
         self.forecasts[key] = np.asarray(result["forecast"], dtype=np.float64)
+        self.intervals[key] = result.get("intervals") or {}
         self.bar.step()
 
 
@@ -203,9 +227,12 @@ def score(series: Sequence[CoinSeries], config: BacktestConfig,
         last = s.origins[-1] + config.horizon - 1
         result.windows[s.coin] = [s.dates[s.origins[0]], s.dates[last]]
         actual = np.stack([s.actual(o, config.horizon) for o in s.origins])
-        scale = np.array([naive_scale(s.train(o, config.max_points)) for o in s.origins])
+        # one scale per origin for every model: the whole history before it, whatever window
+        # a model is fitted on, so that models and windows compare on the same footing
+        scale = np.array([naive_scale(s.prices[:o]) for o in s.origins])
         for model in config.models:
-            got = [collected.forecasts.get((s.coin, model, s.dates[o - 1])) for o in s.origins]
+            keys = [(s.coin, model, s.dates[o - 1]) for o in s.origins]
+            got = [collected.forecasts.get(key) for key in keys]
             missing = sum(f is None for f in got)
             if missing:
                 why = collected.failures.get(s.coin, {}).get(model, "no result")
@@ -213,7 +240,18 @@ def score(series: Sequence[CoinSeries], config: BacktestConfig,
                     f"{missing} of {len(s.origins)} origins failed, e.g. {why}")
                 continue
             forecast = np.stack(got)  # type: ignore[arg-type]
-            result.per_coin.setdefault(s.coin, {})[model] = scores(actual, forecast, scale)
+            row = scores(actual, forecast, scale)
+            for level in config.levels:
+                bounds = [collected.intervals[key].get(level_key(level)) or {} for key in keys]
+                if all(bounds):
+                    row.update(interval_scores(actual, np.array([b["lower"] for b in bounds]),
+                                               np.array([b["upper"] for b in bounds]), level,
+                                               scale))
+            result.per_coin.setdefault(s.coin, {})[model] = row
+        by_model = result.per_coin.get(s.coin, {})
+        if "naive" in by_model:
+            for model, row in by_model.items():
+                row["rel_mae"] = relative_mae(by_model, model)
     return result
 
 

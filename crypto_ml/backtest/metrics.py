@@ -7,11 +7,20 @@ divides each error by the in-sample one-step naive error of the series the
 forecast was fitted on, ``mean |y_t - y_{t-1}|``, and averages the absolute
 result, so a MASE below 1 beats what "tomorrow equals today" achieved in sample
 and values can be averaged across coins of any price scale.
+
+Prediction intervals at level L are scored by ``coverage_L``, the share (in
+percent) of actuals inside [lower, upper], to compare with L itself, and
+``winkler_L``, the interval (Winkler) score: the width, plus 2/(1 - L/100) times
+how far an actual fell outside; lower is better. Like MASE (and like M4's
+MSIS) it is divided by the in-sample naive error, so it averages across coins.
+``rel_mae`` is a model's MAE over naive's on the same forecasts (below 1 beats
+naive); across coins it is aggregated by the geometric mean (:func:`geometric_mean`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -48,3 +57,43 @@ def scores(actual: np.ndarray, forecast: np.ndarray, scale: np.ndarray) -> dict[
         "mase": float(np.mean(np.where(scale == 0, np.inf, scaled))),
         "n_forecasts": int(actual.shape[0]),
     }
+
+
+def interval_scores(actual: np.ndarray, lower: np.ndarray, upper: np.ndarray, level: float,
+                    scale: np.ndarray) -> dict[str, float]:
+    """``coverage_L`` (percent inside) and scaled ``winkler_L`` of bounds ``(origins, h)``."""
+    actual = np.asarray(actual, dtype=np.float64)
+    lower = np.asarray(lower, dtype=np.float64)
+    upper = np.asarray(upper, dtype=np.float64)
+    if not actual.shape == lower.shape == upper.shape:
+        raise ValueError(f"shapes differ: {actual.shape}, {lower.shape}, {upper.shape}")
+    penalty = 2.0 / (1.0 - level / 100.0)
+    score = (upper - lower) + penalty * (np.maximum(lower - actual, 0.0)
+                                         + np.maximum(actual - upper, 0.0))
+    scale = np.asarray(scale, dtype=np.float64).reshape(-1, 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scaled = np.where(scale == 0, np.inf, score / scale)
+    key = f"{float(level):g}"
+    return {f"coverage_{key}": float(100.0 * np.mean((actual >= lower) & (actual <= upper))),
+            f"winkler_{key}": float(np.mean(scaled))}
+
+
+def interval_metric_names(levels: Sequence[float]) -> list[str]:
+    """The interval metrics of ``levels``: coverage_80, winkler_80, coverage_95, ..."""
+    return [f"{kind}_{float(level):g}" for level in levels for kind in ("coverage", "winkler")]
+
+
+def geometric_mean(values: Sequence[float]) -> float:
+    """exp(mean(log v)); nan for no values, inf if one is inf, 0 if one is 0."""
+    if not values:
+        return float("nan")
+    if any(v == 0 for v in values):
+        return 0.0
+    return float(math.exp(sum(math.log(v) for v in values) / len(values)))
+
+
+def relative_mae(by_model: Mapping[str, Mapping[str, float]], model: str,
+                 benchmark: str = "naive") -> float:
+    """One coin's MAE of ``model`` over that of ``benchmark``."""
+    base = by_model[benchmark]["mae"]
+    return float(by_model[model]["mae"] / base) if base else float("inf")

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from crypto_ml.backtest.engine import BacktestResult
-from crypto_ml.backtest.metrics import METRICS
+from crypto_ml.backtest.metrics import METRICS, interval_metric_names
 
 
 def _num(value: float) -> str:
@@ -37,18 +37,41 @@ def per_coin_table(result: BacktestResult) -> str:
 
 
 def aggregate_table(result: BacktestResult) -> str:
-    """One row per model: mean (and median) of each metric over the common coins."""
+    """One row per model: mean (and median) of each metric over the common coins, rel_mae
+    (geometric mean), coverage (percent, against the nominal level) and scaled Winkler score."""
     agg = result.aggregate()
     header = ["model", "coins", "MAE", "RMSE", "MAPE %", "MASE", "MASE med."]
-    if "naive" in result.config.models:
-        header.append("beats naive")
+    naive = "naive" in result.config.models
+    if naive:
+        header += ["rel_mae", "beats naive"]
+    interval = interval_metric_names(result.config.levels)
+    header += [m.replace("coverage_", "cov ").replace("winkler_", "wink ") for m in interval]
     rows = []
     for model, row in agg.items():
         cells = [model, str(int(row["n_coins"])), *(_num(row[f"{m}_mean"]) for m in METRICS),
                  _num(row["mase_median"])]
-        if "beats_naive" in row:
-            cells.append(f"{int(row['beats_naive'])}/{int(row['n_coins'])}")
+        if naive:
+            cells += [_num(row["rel_mae"]), f"{int(row['beats_naive'])}/{int(row['n_coins'])}"]
+        cells += [_num(row[f"{m}_mean"]) for m in interval]
         rows.append(cells)
+    return _grid(header, rows)
+
+
+def window_table(results: dict[str, BacktestResult]) -> str:
+    """Per model and window: mean MASE, median MASE, rel_mae and coverage; ``*`` marks each
+    model's best window by mean MASE."""
+    first = next(iter(results.values()))
+    interval = [m for m in interval_metric_names(first.config.levels) if m.startswith("cov")]
+    header = ["model", "window", "coins", "MASE", "MASE med.", "rel_mae", *interval]
+    rows = []
+    for model in first.config.models:
+        by_window = {w: r.aggregate()[model] for w, r in results.items()}
+        best = min(by_window, key=lambda w: by_window[w]["mase_mean"])
+        for window, row in by_window.items():
+            rows.append([model, window + (" *" if window == best else ""), str(int(row["n_coins"])),
+                         _num(row["mase_mean"]), _num(row["mase_median"]),
+                         _num(row.get("rel_mae", math.nan)),
+                         *(_num(row[f"{m}_mean"]) for m in interval)])
     return _grid(header, rows)
 
 
@@ -57,7 +80,9 @@ def summary(result: BacktestResult) -> str:
     cfg = result.config
     parts = [per_coin_table(result), "",
              f"aggregate over {len(result.common_coins())} coin(s) that every model scored "
-             f"(mean over coins; MAE/RMSE mix price scales, compare MASE): horizon {cfg.horizon}, "
+             f"(mean over coins; MAE/RMSE mix price scales, compare MASE; rel_mae: geometric "
+             f"mean of MAE / naive's MAE; cov: % of actuals inside the interval, to compare "
+             f"with its level; wink: Winkler score / naive scale): horizon {cfg.horizon}, "
              f"{cfg.origins} origin(s) {cfg.stride} day(s) apart; "
              f"{len(result.per_coin)} coin(s) scored in {result.wall_seconds:.0f} s",
              aggregate_table(result)]
@@ -74,17 +99,21 @@ def write_json(result: BacktestResult, path: Path) -> None:
 
 
 def write_csv(result: BacktestResult, path: Path) -> None:
-    """Rows ``coin, model, n_forecasts, mae, rmse, mape, mase``; then ``*mean*``, ``*median*``."""
+    """Rows ``coin, model, n_forecasts, mae, rmse, mape, mase, rel_mae, coverage_80, ...``;
+    then ``*mean*`` and ``*median*`` rows (rel_mae there: the geometric mean)."""
+    metrics = [*METRICS, *interval_metric_names(result.config.levels)]
     with path.open("w", newline="") as handle:
         out = csv.writer(handle)
-        out.writerow(["coin", "model", "n_forecasts", *METRICS])
+        out.writerow(["coin", "model", "n_forecasts", *METRICS, "rel_mae", *metrics[len(METRICS):]])
         for coin, by_model in sorted(result.per_coin.items()):
             for model, s in by_model.items():
-                out.writerow([coin, model, s["n_forecasts"], *(s[m] for m in METRICS)])
+                out.writerow([coin, model, s["n_forecasts"], *(s[m] for m in METRICS),
+                              s.get("rel_mae", ""), *(s.get(m, "") for m in metrics[len(METRICS):])])
         for model, row in result.aggregate().items():
             for stat in ("mean", "median"):
                 out.writerow([f"*{stat}*", model, int(row["n_coins"]),
-                              *(row[f"{m}_{stat}"] for m in METRICS)])
+                              *(row[f"{m}_{stat}"] for m in METRICS), row.get("rel_mae", ""),
+                              *(row[f"{m}_{stat}"] for m in metrics[len(METRICS):])])
 
 
 def write_chart(result: BacktestResult, path: Path) -> None:

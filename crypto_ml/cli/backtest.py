@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from crypto_ml.backtest.engine import BacktestConfig, run_backtest
-from crypto_ml.backtest.report import summary, write_all
+from crypto_ml.backtest.report import summary, window_table, write_all
 from crypto_ml.cli.options import (
     add_cluster_options,
     add_log_options,
     checked_inputs,
     coin_list,
+    levels,
+    max_points,
     positive_int,
     stop_on_signals,
 )
@@ -39,11 +41,21 @@ def _option(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(f"expected NAME=INTEGER, got {text!r}") from None
 
 
+def _windows(text: str) -> list[int]:
+    return [max_points(part) for part in text.split(",") if part.strip()]
+
+
+def window_name(window: int | None) -> str:
+    """How a window is named in tables and folders: ``200``, ``all`` or ``default``."""
+    return "default" if window is None else ("all" if window == 0 else str(window))
+
+
 def add_parser(sub: Any) -> None:
     """The ``backtest`` subcommand's options (broker, data and worker options as send-tasks)."""
     bt = sub.add_parser("backtest", help="walk-forward backtest of models against what happened")
     bt.add_argument("--model", default="naive,linear",
-                    help="comma list of models to compare (default: naive,linear)")
+                    help="comma list of models to compare (default: naive,linear; also ets, "
+                    "theta, arima, lstm, gru, lstm_ret, gru_ret)")
     bt.add_argument("--coins", help="comma list of coin ids (default: every coin)")
     bt.add_argument("--horizon", type=positive_int, help="days forecast at each origin (10)")
     bt.add_argument("--origins", type=positive_int, help="forecast origins per coin (30)")
@@ -52,7 +64,12 @@ def add_parser(sub: Any) -> None:
                     help="closes the oldest origin must have at least (60)")
     bt.add_argument("--until", type=_iso_date, help="ignore data after this ISO date "
                     "(a tuning window that the default evaluation window never sees)")
-    bt.add_argument("--max-points", type=positive_int, help="fit on the newest N closes only")
+    bt.add_argument("--max-points", type=_windows, metavar="N|all[,...]",
+                    help="fit on the newest N closes before each origin, or all (default: each "
+                    "model's own, as send-tasks); a comma list backtests each window and "
+                    "compares them")
+    bt.add_argument("--levels", type=levels, default=(80.0, 95.0), metavar="80,95",
+                    help="prediction interval levels to score (default 80,95)")
     bt.add_argument("--epochs", type=positive_int, help="training epochs of deep models")
     bt.add_argument("--seed", type=int, help="seed of the deep models (42)")
     bt.add_argument("--param", action="append", type=_option, default=[], metavar="NAME=INT",
@@ -76,14 +93,28 @@ def backtest_main(args: argparse.Namespace) -> int:
 def backtest_command(args: argparse.Namespace, manager: CryptoManager) -> int:
     """Run the backtest, print the tables, write the files; 1 if any (coin, model) failed."""
     given = {"horizon": args.horizon, "origins": args.origins, "stride": args.stride,
-             "min_train": args.min_train, "max_points": args.max_points, "epochs": args.epochs,
-             "seed": args.seed}
-    config = BacktestConfig(models=tuple(parse_models(args.model)), timeout=args.timeout,
-                            options=dict(args.param),
-                            **{k: v for k, v in given.items() if v is not None})
-    result = run_backtest(manager, config, coin_list(args.coins), err=manager.err)
-    print(summary(result), file=manager.out, flush=True)
-    if args.out:
-        for path in write_all(result, args.out):
-            print(f"wrote {path}", file=manager.err)
-    return 1 if result.failed else 0
+             "min_train": args.min_train, "epochs": args.epochs, "seed": args.seed}
+    windows: list[int | None] = list(args.max_points or [None])
+    results = {}
+    with manager.session():
+        for window in windows:
+            config = BacktestConfig(models=tuple(parse_models(args.model)), timeout=args.timeout,
+                                    options=dict(args.param), max_points=window,
+                                    levels=tuple(args.levels),
+                                    **{k: v for k, v in given.items() if v is not None})
+            result = run_backtest(manager, config, coin_list(args.coins), err=manager.err)
+            results[window_name(window)] = result
+            if len(windows) > 1:
+                print(f"== window: {window_name(window)} ==", file=manager.out)
+            print(summary(result), file=manager.out, flush=True)
+            if args.out:
+                folder = args.out if len(windows) == 1 else args.out / f"window-{window_name(window)}"
+                for path in write_all(result, folder):
+                    print(f"wrote {path}", file=manager.err)
+    if len(windows) > 1:
+        table = window_table(results)
+        print(f"\nwindows compared (mean over coins; best window per model by MASE):\n{table}",
+              file=manager.out, flush=True)
+        if args.out:
+            (args.out / "windows.txt").write_text(table + "\n")
+    return 1 if any(r.failed for r in results.values()) else 0

@@ -13,9 +13,11 @@ from datetime import date
 from pathlib import Path
 from typing import Protocol
 
+from crypto_ml.core.errors import InvalidTaskInput
 from crypto_ml.core.settings import LOG_FORMATS, Settings
 from crypto_ml.data.loader import CryptoLoader
 from crypto_ml.models import parse_models
+from crypto_ml.models.intervals import check_levels
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -26,6 +28,23 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def max_points(text: str) -> int:
+    """argparse type of ``--max-points``: a positive N, or ``all`` (or 0) for the whole history."""
+    if text.strip().lower() in ("all", "0"):
+        return 0
+    return positive_int(text)
+
+
+def levels(text: str) -> tuple[float, ...]:
+    """argparse type of ``--levels``: ``80,95`` -> (80.0, 95.0); ``none`` for no intervals."""
+    if text.strip().lower() in ("none", ""):
+        return ()
+    try:
+        return check_levels(text)
+    except InvalidTaskInput as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_cluster_options(parser: argparse.ArgumentParser) -> None:

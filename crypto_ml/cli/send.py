@@ -22,6 +22,8 @@ from crypto_ml.cli.options import (
     add_log_options,
     checked_inputs,
     coin_list,
+    levels,
+    max_points,
     positive_int,
     stop_on_signals,
 )
@@ -40,15 +42,21 @@ def add_parser(sub: Any) -> None:
     """The ``send-tasks`` subcommand."""
     send = sub.add_parser("send-tasks", help="forecast every coin (or --coins) with --model")
     send.add_argument("--model", default="linear",
-                      help="naive, linear, lstm, gru, lstm_ret, gru_ret, a comma list, or best: "
+                      help="naive, linear, ets, theta, arima, lstm, gru, lstm_ret, gru_ret, a comma "
+                      "list, or best: "
                       "each coin's lowest backtest MASE (default: linear)")
     send.add_argument("--backtest", type=Path,
                       help="with --model best: a backtest.json to choose from (else run one)")
     send.add_argument("--candidates", help="with --model best and no --backtest: models to "
-                      "backtest and choose from (default: naive,linear)")
+                      "backtest and choose from (default: naive,linear,ets,theta,arima)")
     send.add_argument("--coins", help="comma list of coin ids (default: every coin)")
     send.add_argument("--horizon", type=positive_int, default=10, help="days to forecast (10)")
-    send.add_argument("--max-points", type=positive_int, help="fit on the newest N closes only")
+    send.add_argument("--max-points", type=max_points, metavar="N|all",
+                      help="fit on the newest N closes, or all of them (default: each model's "
+                      "own: 200 closes; all for gru, lstm_ret and gru_ret)")
+    send.add_argument("--levels", type=levels, default=(80.0, 95.0), metavar="80,95",
+                      help="prediction interval levels in percent (default 80,95; none: no "
+                      "intervals); written with --output and shaded by --plot")
     send.add_argument("--epochs", type=positive_int,
                       help="training epochs of deep models (default: each model's own)")
     send.add_argument("--retrain", action="store_true",
@@ -77,7 +85,7 @@ def send_tasks(args: argparse.Namespace) -> int:
     try:
         report = send_best(args, manager) if args.model == BEST else manager.run(
             args.model, coins, args.horizon, args.max_points, args.epochs, args.timeout,
-            retrain=args.retrain)
+            retrain=args.retrain, levels=args.levels)
     finally:
         progress.close()
     if args.output:
@@ -128,4 +136,4 @@ def send_best(args: argparse.Namespace, manager: CryptoManager) -> RunReport:
     saved = load_saved(args.backtest) if args.backtest else None
     return forecast_best(manager, coin_list(args.coins), args.horizon,
                          args.candidates or DEFAULT_CANDIDATES, saved, args.max_points,
-                         args.epochs, args.timeout)
+                         args.epochs, args.timeout, args.levels)

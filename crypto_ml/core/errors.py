@@ -81,3 +81,11 @@ class TaskTimedOut(CryptoMLError):
             "CRYPTO_ML_SOFT_TIME_LIMIT (and CRYPTO_ML_HARD_TIME_LIMIT above it) on the workers, "
             "or send less work (--max-points, --epochs)"
         )
+
+
+class ModelFitFailed(CryptoMLError):
+    """A model library could not fit or forecast a series (e.g. a numerical failure)."""
+
+
+class CalibrationTooShort(InvalidTaskInput):
+    """A series too short to calibrate conformal intervals (the forecast falls back to others)."""

@@ -33,7 +33,8 @@ from crypto_ml.data.loader import CryptoLoader
 from crypto_ml.dispatch.cluster import LocalCluster
 from crypto_ml.dispatch.planning import plan_messages
 from crypto_ml.dispatch.report import NullObserver, RunObserver, RunReport, format_forecast
-from crypto_ml.models import PARAMS, parse_models
+from crypto_ml.models import PARAMS, default_max_points, parse_models
+from crypto_ml.models.intervals import DEFAULT_LEVELS, check_levels
 from crypto_ml.ops.flower import send_options
 from crypto_ml.worker.app import create_app
 from crypto_ml.worker.deliveries import delivery_key
@@ -109,8 +110,15 @@ class CryptoManager:
 
     def build_requests(self, models: list[str], coins: Sequence[str] | None, horizon: int,
                        max_points: int | None, params: dict[str, Any],
-                       report: RunReport, retrain: bool = False) -> list[ForecastRequest]:
-        """One request per (coin, model); coins that cannot be read are failed in ``report``."""
+                       report: RunReport, retrain: bool = False,
+                       levels: Sequence[float] = DEFAULT_LEVELS) -> list[ForecastRequest]:
+        """One request per (coin, model); coins that cannot be read are failed in ``report``.
+
+        Each model is fitted on the newest ``max_points`` closes; None: the model's own
+        default (200 for most, see :func:`~crypto_ml.models.default_max_points`); 0: all.
+        """
+        levels = check_levels(levels)
+        windows = {m: default_max_points(m) if max_points is None else max_points for m in models}
         names = list(coins) if coins else self.loader.get_crypto_names()
         requests = []
         for coin in names:
@@ -120,22 +128,25 @@ class CryptoManager:
                 for model in models:
                     report.add_failure(coin, model, f"{type(exc).__name__}: {exc}")
                 continue
-            if max_points:
-                frame = frame.iloc[-max_points:]
-            prices = frame["Close"].astype(float).tolist()
+            closes = frame["Close"].astype(float).tolist()
             last = frame["Date"].iloc[-1].date().isoformat() if len(frame) else None
             for model in models:
+                prices = closes[-windows[model]:] if windows[model] else closes
                 accepted = {k: v for k, v in params.items() if k in PARAMS[model]}
                 requests.append(ForecastRequest(coin, model, prices, horizon, last, accepted,
-                                                retrain))
+                                                levels, retrain))
         return requests
 
     def run(self, models: str | Sequence[str] = "linear", coins: Sequence[str] | None = None,
             horizon: int = 10, max_points: int | None = None, epochs: int | None = None,
             timeout: float | None = DEFAULT_TIMEOUT,
             on_result: Callable[[dict[str, Any]], None] | None = None,
-            retrain: bool = False) -> RunReport:
+            retrain: bool = False, levels: Sequence[float] = DEFAULT_LEVELS) -> RunReport:
         """Dispatch every (coin, model) at once and collect results as they finish.
+
+        ``max_points``: fit on the newest N closes; None for each model's default (200
+        closes for all but the deep models), 0 for the whole history. ``levels``: the
+        prediction intervals each result carries (percent; empty for none).
 
         Each task expires ``timeout`` seconds after it is sent, so if this manager
         dies, workers discard its leftover tasks instead of running them for nobody.
@@ -147,7 +158,7 @@ class CryptoManager:
         started = time.perf_counter()
         params = {} if epochs is None else {"epochs": epochs}  # None: each model's default
         requests = self.build_requests(names, coins, horizon, max_points, params, report,
-                                       retrain)
+                                       retrain, levels)
         for coin, by_model in report.failed.items():
             for model, reason in by_model.items():
                 self.observer.on_done(None, coin, model, None, reason)
@@ -288,14 +299,16 @@ class CryptoManager:
     def send_tasks(self, model: str | Sequence[str] = "linear",
                    coins: Sequence[str] | None = None, horizon: int = 10,
                    max_points: int | None = None, epochs: int | None = None,
-                   timeout: float | None = DEFAULT_TIMEOUT) -> dict[str, Any]:
+                   timeout: float | None = DEFAULT_TIMEOUT,
+                   levels: Sequence[float] = DEFAULT_LEVELS) -> dict[str, Any]:
         """Forecast every coin (or ``coins``) and print one line each.
 
         Returns ``{coin: np.ndarray}`` for one model, ``{coin: {model: np.ndarray}}``
-        for several. Failures are printed and kept in :attr:`last_report`.
+        for several. Failures are printed and kept in :attr:`last_report`, whose
+        results also hold each forecast's ``intervals`` at ``levels``.
         """
         names = parse_models(model)
-        report = self.run(names, coins, horizon, max_points, epochs, timeout)
+        report = self.run(names, coins, horizon, max_points, epochs, timeout, levels=levels)
         if len(names) == 1:
             return report.forecasts(names[0])
         return {coin: {m: np.asarray(r["forecast"]) for m, r in by_model.items()}

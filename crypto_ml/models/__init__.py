@@ -22,11 +22,13 @@ from crypto_ml.models.linear import LinearModel
 from crypto_ml.models.naive import NaiveModel
 from crypto_ml.models.rnn import GRUModel, LSTMModel
 from crypto_ml.models.rnn_returns import GRUReturnsModel, LSTMReturnsModel
+from crypto_ml.models.statistical import ARIMAModel, ETSModel, ThetaModel
 
 #: Every model class by name, cheapest first.
 REGISTRY: dict[str, type[Forecaster]] = {
     cls.name: cls
-    for cls in (NaiveModel, LinearModel, LSTMModel, GRUModel, LSTMReturnsModel, GRUReturnsModel)
+    for cls in (NaiveModel, LinearModel, ETSModel, ThetaModel, ARIMAModel, LSTMModel, GRUModel,
+                LSTMReturnsModel, GRUReturnsModel)
 }
 #: Models that need a deep-learning backend (routed to the ``gpu`` queue), read off the classes.
 HEAVY = frozenset(name for name, cls in REGISTRY.items() if cls.heavy)
@@ -44,6 +46,11 @@ def model_class(name: str) -> type[Forecaster]:
     if name not in REGISTRY:
         raise UnknownModel(f"unknown model {name!r}; choose one of {', '.join(REGISTRY)}")
     return REGISTRY[name]
+
+
+def default_max_points(name: str) -> int:
+    """The history ``name`` is fitted on by default: the newest N closes, 0 for all of it."""
+    return model_class(name).default_max_points
 
 
 def get_model(name: str, **params: object) -> Forecaster:
@@ -65,4 +72,4 @@ def parse_models(spec: str | Sequence[str]) -> list[str]:
 
 
 __all__ = ["HEAVY", "PARAMS", "REGISTRY", "Forecaster", "check_horizon", "clean_series",
-           "get_model", "model_class", "model_names", "parse_models"]
+           "default_max_points", "get_model", "model_class", "model_names", "parse_models"]

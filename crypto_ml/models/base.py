@@ -4,16 +4,33 @@ A model is fitted on one price series (closes, oldest first) and forecasts the
 next ``h`` closes. NaN closes are dropped before fitting: the series is treated
 as the sequence of observed closes, so a gap shortens it rather than breaking it.
 Models know nothing of Celery, Redis or the data loader.
+
+:meth:`Forecaster.predict` adds prediction intervals at the levels asked for
+(see :mod:`crypto_ml.models.intervals`): by default conformal intervals from the
+model's own walk-forward errors; a model with a better method overrides
+:meth:`Forecaster._bands`.
 """
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import ClassVar, Self
 
 import numpy as np
 
-from crypto_ml.core.errors import InvalidTaskInput, SeriesTooShort
+from crypto_ml.core.errors import CalibrationTooShort, InvalidTaskInput, SeriesTooShort
+from crypto_ml.models.intervals import (
+    DEFAULT_LEVELS,
+    MIN_CALIBRATION_TRAIN,
+    Bands,
+    Prediction,
+    check_levels,
+    conformal_bands,
+    random_walk_bands,
+    walk_forward_errors,
+)
 
 
 def clean_series(prices: object) -> np.ndarray:
@@ -52,6 +69,10 @@ class Forecaster(ABC):
     color: ClassVar[str] = "tab:red"
     min_points: int = 1
     device: str = "CPU"
+    #: How :meth:`predict` makes intervals (said in results and in the README).
+    interval_method: ClassVar[str] = "conformal"
+    #: The history the manager fits on unless told otherwise: the newest N closes (0: all).
+    default_max_points: ClassVar[int] = 200
 
     def fit(self, prices: object, coin: str = "series") -> Self:
         """Fit on ``prices`` (NaNs dropped); ``coin`` only names the series in errors."""
@@ -59,6 +80,7 @@ class Forecaster(ABC):
         if len(series) < self.min_points:
             raise SeriesTooShort.for_series(coin, len(series), self.min_points, self.name)
         self._fit(series)
+        self.series_ = series
         self.n_points_ = len(series)
         return self
 
@@ -69,6 +91,33 @@ class Forecaster(ABC):
         out = np.asarray(self._forecast(check_horizon(h)), dtype=np.float64).reshape(-1)
         assert out.shape == (h,), f"{self.name} returned {out.shape} for h={h}"
         return out
+
+    def predict(self, h: int, levels: Sequence[float] = DEFAULT_LEVELS) -> Prediction:
+        """The forecast of :meth:`forecast` and, per level, bounds with lower <= forecast <= upper."""
+        levels = check_levels(levels)
+        point = self.forecast(h)
+        if not levels:
+            return Prediction(point)
+        method = self.interval_method
+        try:
+            bands = self._bands(h, point, levels)
+        except CalibrationTooShort:
+            bands = random_walk_bands(self.series_, h, levels, center=point)
+            method = f"random walk (series too short for {method})"
+        return Prediction(point, bands, method).checked()
+
+    def _bands(self, h: int, forecast: np.ndarray, levels: Sequence[float]) -> Bands:
+        """Conformal bands from walk-forward refits on this model's own training series."""
+        errors = walk_forward_errors(self.series_, h, self._calibration_min_train(),
+                                     self._calibration_forecast)
+        return conformal_bands(forecast, float(self.series_[-1]), errors, levels)
+
+    def _calibration_min_train(self) -> int:
+        return max(self.min_points, MIN_CALIBRATION_TRAIN)
+
+    def _calibration_forecast(self, train: np.ndarray, h: int) -> np.ndarray:
+        """A forecast of ``h`` closes after ``train`` by a fresh fit of a copy of this model."""
+        return copy.copy(self).fit(train)._forecast(h)
 
     @abstractmethod
     def _fit(self, series: np.ndarray) -> None: ...

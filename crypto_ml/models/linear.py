@@ -33,6 +33,14 @@ class LinearModel(Forecaster):
         with _trusted_input():
             return self.reg_.predict(t)
 
+    def _calibration_forecast(self, train: np.ndarray, h: int) -> np.ndarray:
+        """The same least-squares line, by numpy's closed form: the conformal calibration's
+        20 refits then cost about as much as one scikit-learn fit."""
+        n = len(train)
+        t = np.arange(n, dtype=np.float64)
+        slope, intercept = np.polyfit(t, train, 1)
+        return intercept + slope * np.arange(n, n + h, dtype=np.float64)
+
 
 def _trusted_input() -> contextlib.AbstractContextManager[None]:
     """Skip scikit-learn's own input checks (more than half its cost on short series):

@@ -18,6 +18,7 @@ times ``exp(cumsum(returns))``. Keras is imported on first fit only.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -25,6 +26,13 @@ import numpy as np
 from crypto_ml.core.errors import InvalidTaskInput
 from crypto_ml.models.base import Forecaster
 from crypto_ml.models.device import keras_and_device
+from crypto_ml.models.intervals import (
+    Bands,
+    calibration_origins,
+    conformal_bands,
+    relative_errors,
+    too_short,
+)
 
 VALIDATION_SHARE = 0.2
 BATCH_SIZE = 64
@@ -53,6 +61,10 @@ class ReturnsRecurrentModel(Forecaster):
     cell: ClassVar[str]
     options = frozenset({"epochs", "seed", "window", "patience", "members", "units"})
     heavy = True
+    interval_method = "conformal (validation origins of the fitted ensemble)"
+    #: The whole history by default: on the README's 10-coin backtest both did better with
+    #: it than on the newest 200 closes (MASE 23.1 / 22.4 against 26.6 / 24.6).
+    default_max_points = 0
 
     def __init__(self, epochs: int = 30, seed: int = 42, window: int = 20,
                  patience: int = 5, members: int = 3, units: int = 32) -> None:
@@ -100,6 +112,7 @@ class ReturnsRecurrentModel(Forecaster):
         self.scale_ = float(np.std(returns)) or 1.0
         x, y = return_windows(returns / self.scale_, self.window)
         n_val = max(1, round(len(y) * VALIDATION_SHARE))
+        self.n_val_ = n_val
         self.weights_: list[list[np.ndarray]] = []
         self.tail_ = returns[-self.window :] / self.scale_
         self.last_ = float(series[-1])
@@ -112,23 +125,46 @@ class ReturnsRecurrentModel(Forecaster):
                     callbacks=[stop])
             self.weights_.append(net.get_weights())  # the shared network is reset by the next fit
 
-    def _path(self, net: Any, h: int) -> np.ndarray:
-        """``h`` scaled returns predicted recursively from the training tail."""
-        history = list(self.tail_)
+    def _paths(self, net: Any, tails: np.ndarray, h: int) -> np.ndarray:
+        """``h`` scaled returns predicted recursively after each row of ``tails`` (B, window)."""
+        history = np.asarray(tails, dtype=np.float64)
         for _ in range(h):
-            x = np.asarray(history[-self.window :], dtype="float32").reshape(1, -1, 1)
-            history.append(float(np.asarray(net.predict_on_batch(x)).reshape(-1)[0]))
-        return np.asarray(history[self.window :])
+            x = history[:, -self.window :, None].astype("float32")
+            step = np.asarray(net.predict_on_batch(x), dtype=np.float64).reshape(-1)
+            history = np.column_stack([history, step])
+        return history[:, -h:]
 
-    def _forecast(self, h: int) -> np.ndarray:
+    def _price_paths(self, tails: np.ndarray, last: np.ndarray, h: int) -> np.ndarray:
+        """The ensemble's mean return paths after each tail, as closes after ``last`` (B,)."""
         keras, _ = keras_and_device()
         paths = []
         for member, weights in enumerate(self.weights_):
             net = self._network(keras, self.seed + member)
             net.set_weights(weights)
-            paths.append(self._path(net, h))
+            paths.append(self._paths(net, tails, h))
         returns = np.mean(paths, axis=0) * self.scale_
-        return self.last_ * np.exp(np.cumsum(returns))
+        return last[:, None] * np.exp(np.cumsum(returns, axis=1))
+
+    def _forecast(self, h: int) -> np.ndarray:
+        return self._price_paths(self.tail_[None, :], np.array([self.last_]), h)[0]
+
+    def _bands(self, h: int, forecast: np.ndarray, levels: Sequence[float]) -> Bands:
+        """Conformal bands from the ensemble's forecasts at origins inside its validation split
+        (the chronologically last windows, which the networks never trained on; they only
+        chose when to stop). Falls back to earlier origins when that split is shorter than h."""
+        series = self.series_
+        n = len(series)
+        min_train = max(self.window + 1, n - self.n_val_)
+        origins = calibration_origins(n, h, min_train)
+        if not origins:
+            origins = calibration_origins(n, h, self.window + 1)
+        if not origins:
+            raise too_short(n, h, self.window + 1)
+        log_returns = np.diff(np.log(series)) / self.scale_
+        tails = np.stack([log_returns[o - 1 - self.window : o - 1] for o in origins])
+        last = np.array([series[o - 1] for o in origins])
+        errors = relative_errors(series, origins, self._price_paths(tails, last, h))
+        return conformal_bands(forecast, float(series[-1]), errors, levels)
 
 
 class LSTMReturnsModel(ReturnsRecurrentModel):

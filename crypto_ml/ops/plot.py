@@ -1,7 +1,8 @@
 """``--plot FILE.png``: each coin's recent closes and its forecast(s), one panel per coin.
 
 Rendered with matplotlib's Agg backend (no display needed). Forecast day ``i``
-is ``last_date + i`` days, the way the task's horizon counts days.
+is ``last_date + i`` days, the way the task's horizon counts days. Each
+forecast's prediction intervals are shaded in its colour, the widest palest.
 """
 
 from __future__ import annotations
@@ -45,6 +46,16 @@ def forecast_dates(result: Mapping[str, Any], history: pd.DataFrame) -> pd.Datet
     return pd.date_range(last + pd.Timedelta(days=1), periods=len(result["forecast"]), freq="D")
 
 
+def _shade(ax: Any, dates: list[Any], start: float, intervals: Mapping[str, Any], color: str,
+           model: str) -> None:
+    """Shade each prediction interval from the last close out, the widest level palest."""
+    levels = sorted(intervals, key=float, reverse=True)
+    for i, level in enumerate(levels):
+        band = intervals[level]
+        ax.fill_between(dates, [start, *band["lower"]], [start, *band["upper"]], color=color,
+                        alpha=0.12 + 0.1 * i, linewidth=0, label=f"{model} {level}%")
+
+
 def _panel(ax: Any, coin: str, history: pd.DataFrame, by_model: Mapping[str, Any]) -> None:
     import matplotlib.dates as mdates  # lazy, as in plot_forecasts
 
@@ -55,8 +66,10 @@ def _panel(ax: Any, coin: str, history: pd.DataFrame, by_model: Mapping[str, Any
     for model, result in sorted(by_model.items()):
         dates = forecast_dates(result, recent)
         values = [recent["Close"].iloc[-1], *result["forecast"]]
-        ax.plot([last, *dates], values, color=model_color(model),
+        color = model_color(model)
+        ax.plot([last, *dates], values, color=color,
                 linewidth=1.6, marker="o", markersize=2.5, label=f"{model} forecast")
+        _shade(ax, [last, *dates], values[0], result.get("intervals") or {}, color, model)
     locator = mdates.AutoDateLocator(minticks=3, maxticks=6)
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))

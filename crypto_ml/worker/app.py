@@ -21,6 +21,7 @@ from crypto_ml.core.logs import use_format
 from crypto_ml.core.settings import Settings, threads_env
 from crypto_ml.models import HEAVY
 from crypto_ml.models.rnn import warm_up
+from crypto_ml.models.statistical import warm_up as warm_up_statistical
 from crypto_ml.worker.requests import ACCEPT_CONTENT, BATCH_TASK_NAME, TASK_NAME
 
 CPU_QUEUE, GPU_QUEUE = "cpu", "gpu"
@@ -127,9 +128,13 @@ def default_app() -> Celery:
 
 @signals.worker_init.connect
 def _import_cheap_models(**_: Any) -> None:
-    """Import scikit-learn once in the worker parent, so every forked pool process has it
-    (the CLI imports it lazily; the first linear task would otherwise pay ~1 s)."""
+    """Import scikit-learn and statsforecast and fit each statsforecast model once in the
+    worker parent, so every forked pool process has them ready (the CLI imports them lazily;
+    a pool process's first linear task would otherwise pay ~1 s, its first ets, theta or
+    arima task 4-9 s: see bench/warmup.py)."""
     import sklearn.linear_model  # noqa: F401  (lazy: only worker parents pay for it)
+
+    warm_up_statistical()
 
 
 @signals.worker_init.connect

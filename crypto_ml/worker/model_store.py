@@ -45,7 +45,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from crypto_ml.core.errors import ConfigError, CryptoMLError
-from crypto_ml.models.base import Forecaster
+from crypto_ml.models.base import Forecaster, clean_series
+from crypto_ml.models.intervals import DEFAULT_LEVELS, Prediction, check_levels
 from crypto_ml.models.device import keras_and_device
 from crypto_ml.models.rnn import RecurrentModel
 from crypto_ml.models.rnn_returns import ReturnsRecurrentModel
@@ -178,19 +179,25 @@ def storable(model: Forecaster) -> bool:
     return isinstance(model, RecurrentModel | ReturnsRecurrentModel)
 
 
-def export_state(model: Forecaster, forecast: np.ndarray | None = None) -> bytes:
-    """A fitted deep model's forecasting state as one ``.npz`` blob, with the ``forecast``
-    path it has computed, if given (any shorter horizon is a prefix of it)."""
+def export_state(model: Forecaster, prediction: Prediction | None = None) -> bytes:
+    """A fitted deep model's forecasting state as one ``.npz`` blob, with the ``prediction``
+    (forecast path and interval bounds) it has made, if given."""
     header: dict[str, Any] = {"format": FORMAT, "model": model.name,
                               "n_points": int(model.n_points_), "device": model.device}
     arrays: dict[str, np.ndarray] = {"tail": np.asarray(model.tail_)}  # type: ignore[attr-defined]
-    if forecast is not None:
-        arrays["forecast"] = np.asarray(forecast, dtype=np.float64)
+    if prediction is not None:
+        arrays["forecast"] = np.asarray(prediction.forecast, dtype=np.float64)
+        header["prediction"] = {"levels": [float(k) for k in prediction.bands],
+                                "bands": list(prediction.bands), "method": prediction.method}
+        for key, (lower, upper) in prediction.bands.items():
+            arrays[f"lower_{key}"] = np.asarray(lower, dtype=np.float64)
+            arrays[f"upper_{key}"] = np.asarray(upper, dtype=np.float64)
     if isinstance(model, RecurrentModel):
         members = [model.weights_]
     else:
         members = model.weights_  # type: ignore[attr-defined]
-        header.update(scale=model.scale_, last=model.last_)  # type: ignore[attr-defined]
+        header.update(scale=model.scale_, last=model.last_,  # type: ignore[attr-defined]
+                      n_val=model.n_val_)  # type: ignore[attr-defined]
     header["members"] = [len(weights) for weights in members]
     for m, weights in enumerate(members):
         for i, w in enumerate(weights):
@@ -198,12 +205,14 @@ def export_state(model: Forecaster, forecast: np.ndarray | None = None) -> bytes
     return _pack(header, arrays)
 
 
-def restore_state(model: Forecaster, blob: bytes) -> None:
-    """Make an unfitted ``model`` (built with the entry's options) forecast as when it was saved."""
-    _restore(model, *_unpack(blob))
+def restore_state(model: Forecaster, blob: bytes, prices: Sequence[float]) -> None:
+    """Make an unfitted ``model`` (built with the entry's options) forecast as when it was
+    saved, fitted on ``prices`` (the series the entry's key was made from)."""
+    _restore(model, *_unpack(blob), prices)
 
 
-def _restore(model: Forecaster, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+def _restore(model: Forecaster, header: dict[str, Any], arrays: dict[str, np.ndarray],
+             prices: Sequence[float]) -> None:
     if header["model"] != model.name:
         raise ValueError(f"entry holds a {header['model']} model, not {model.name}")
     members = [[arrays[f"m{m}_w{i}"] for i in range(n)] for m, n in enumerate(header["members"])]
@@ -214,52 +223,70 @@ def _restore(model: Forecaster, header: dict[str, Any], arrays: dict[str, np.nda
         model.weights_ = members  # type: ignore[attr-defined]
         model.scale_ = float(header["scale"])  # type: ignore[attr-defined]
         model.last_ = float(header["last"])  # type: ignore[attr-defined]
+        model.n_val_ = int(header["n_val"])  # type: ignore[attr-defined]
     model.tail_ = arrays["tail"]  # type: ignore[attr-defined]
+    model.series_ = clean_series(prices)  # the intervals are calibrated on it
     model.n_points_ = int(header["n_points"])
     model.device = device
 
 
 def forecast_with_store(model: Forecaster, store: ModelStore | None, *, series: str,
                         prices: Sequence[float], params: Mapping[str, Any], horizon: int,
-                        retrain: bool = False) -> tuple[np.ndarray, bool | None]:
-    """``model``'s forecast of ``horizon`` closes after ``prices``, and whether it came from
-    the store (None: the store played no part, for cheap models or without a store).
+                        levels: Sequence[float] = DEFAULT_LEVELS,
+                        retrain: bool = False) -> tuple[Prediction, bool | None]:
+    """``model``'s prediction (forecast and intervals at ``levels``) of ``horizon`` closes
+    after ``prices``, and whether it came from the store (None: the store played no part,
+    for cheap models or without a store).
 
-    An entry answers without training: a horizon within the path it holds is read from
-    it (no deep-learning backend needed, so any worker answers at once), a longer one is
-    computed by the network restored from its weights and the longer path is saved. A
-    fit (a miss, ``retrain``, or an unusable entry) is always saved.
+    An entry answers without training: the same horizon and levels as it holds are read
+    from it (no deep-learning backend needed, so any worker answers at once); any other
+    request is computed by the network restored from its weights, and saved. A fit (a
+    miss, ``retrain``, or an unusable entry) is always saved.
     """
     if store is None or not storable(model):
         model.fit(prices, coin=series)
-        return model.forecast(horizon), None
+        return model.predict(horizon, levels), None
     key = store_key(series, model.name, params, prices)
+    levels = check_levels(levels)
     if not retrain:
         try:
             blob = store.get(key)
             if blob is not None:
                 header, arrays = _unpack(blob)
-                path = arrays.get("forecast")
-                if path is not None and len(path) >= horizon and header["model"] == model.name:
+                stored = _stored_prediction(header, arrays, horizon, levels)
+                if stored is not None and header["model"] == model.name:
                     model.n_points_ = int(header["n_points"])
                     model.device = str(header.get("device", model.device))
-                    return path[:horizon].copy(), True
-                _restore(model, header, arrays)
-                forecast = model.forecast(horizon)
-                _save(store, key, model, forecast)
-                return forecast, True
+                    return stored, True
+                _restore(model, header, arrays, prices)
+                prediction = model.predict(horizon, levels)
+                _save(store, key, model, prediction)
+                return prediction, True
         except (*_STORE_ERRORS, *_redis_errors()) as exc:
             log.warning("model store: entry %s unusable (%s: %s); training instead", key[:12],
                         type(exc).__name__, exc)
     model.fit(prices, coin=series)
-    forecast = model.forecast(horizon)
-    _save(store, key, model, forecast)
-    return forecast, False
+    prediction = model.predict(horizon, levels)
+    _save(store, key, model, prediction)
+    return prediction, False
 
 
-def _save(store: ModelStore, key: str, model: Forecaster, forecast: np.ndarray) -> None:
+def _stored_prediction(header: dict[str, Any], arrays: dict[str, np.ndarray], horizon: int,
+                       levels: tuple[float, ...]) -> Prediction | None:
+    """The entry's saved prediction if it was made for this horizon and these levels."""
+    path = arrays.get("forecast")
+    saved = header.get("prediction")
+    if path is None or saved is None or len(path) != horizon:
+        return None
+    if tuple(saved["levels"]) != levels:
+        return None
+    bands = {key: (arrays[f"lower_{key}"], arrays[f"upper_{key}"]) for key in saved["bands"]}
+    return Prediction(path.copy(), bands, str(saved["method"]))
+
+
+def _save(store: ModelStore, key: str, model: Forecaster, prediction: Prediction) -> None:
     try:
-        store.put(key, export_state(model, forecast))
+        store.put(key, export_state(model, prediction))
     except (*_STORE_ERRORS, *_redis_errors()) as exc:
         log.warning("model store: could not save %s (%s: %s)", key[:12], type(exc).__name__, exc)
 

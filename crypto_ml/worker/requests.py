@@ -16,6 +16,8 @@ import numpy as np
 
 from crypto_ml.core.errors import CryptoMLError, InvalidTaskInput
 from crypto_ml.models import PARAMS, get_model
+from crypto_ml.models import PARAMS, get_model
+from crypto_ml.models.intervals import DEFAULT_LEVELS, check_levels
 from crypto_ml.worker.model_store import ModelStore, forecast_with_store
 
 TASK_NAME = "crypto_ml.forecast"
@@ -70,13 +72,16 @@ class ForecastRequest:
     horizon: int
     last_date: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    #: Prediction interval levels in percent; empty for none.
+    levels: tuple[float, ...] = DEFAULT_LEVELS
     retrain: bool = False  # fit even if the model store holds this model (crypto_ml.worker.model_store)
     use_store: bool = True  # False: neither read nor write the store (backtests' one-off fits)
 
     @classmethod
     def parse(cls, *, coin: object, model: object, prices: object, horizon: object,
-              last_date: object = None, params: object = None, retrain: object = False,
-              use_store: object = True, max_horizon: int = 365, max_series: int = 100_000) -> ForecastRequest:
+              last_date: object = None, params: object = None, levels: object = None,
+              retrain: object = False, use_store: object = True, max_horizon: int = 365,
+              max_series: int = 100_000) -> ForecastRequest:
         """Validate raw task arguments; raises InvalidTaskInput naming the first bad one."""
         if not isinstance(coin, str) or not coin:
             raise _bad("coin", "expected a non-empty string")
@@ -93,14 +98,19 @@ class ForecastRequest:
         for name, flag in (("retrain", retrain), ("use_store", use_store)):
             if not isinstance(flag, bool):
                 raise _bad(name, f"expected true or false, got {type(flag).__name__}")
+        try:
+            checked = DEFAULT_LEVELS if levels is None else check_levels(levels)
+        except InvalidTaskInput as exc:
+            raise _bad("levels", str(exc)) from None
         return cls(coin, model, _prices(prices, max_series),
                    _positive_int("horizon", horizon, max_horizon), last_date, dict(params),
-                   bool(retrain), bool(use_store))
+                   checked, bool(retrain), bool(use_store))
 
     def as_kwargs(self) -> dict[str, Any]:
         """The task's keyword arguments (the store flags only when not their default)."""
         kwargs = {"coin": self.coin, "model": self.model, "prices": self.prices,
-                  "horizon": self.horizon, "last_date": self.last_date, "params": self.params}
+                  "horizon": self.horizon, "last_date": self.last_date, "params": self.params,
+                  "levels": list(self.levels)}
         if self.retrain:
             kwargs["retrain"] = True
         if not self.use_store:
@@ -116,15 +126,17 @@ def run_forecast(request: ForecastRequest, worker: str,
     """
     model = get_model(request.model, **request.params)
     started = time.perf_counter()
-    forecast, from_store = forecast_with_store(
+    prediction, from_store = forecast_with_store(
         model, store if request.use_store else None, series=request.coin,
         prices=request.prices, params=request.params, horizon=request.horizon,
-        retrain=request.retrain)
+        levels=request.levels, retrain=request.retrain)
     result = {
         "coin": request.coin,
         "model": request.model,
         "horizon": request.horizon,
-        "forecast": [float(x) for x in np.asarray(forecast, dtype=np.float64)],
+        "forecast": [float(x) for x in np.asarray(prediction.forecast, dtype=np.float64)],
+        "intervals": prediction.intervals_json(),
+        "interval_method": prediction.method,
         "last_date": request.last_date,
         "n_points": model.n_points_,
         "fit_seconds": round(time.perf_counter() - started, 6),

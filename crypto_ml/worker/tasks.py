@@ -106,11 +106,13 @@ class ForecastTask(Task):
 @shared_task(bind=True, base=ForecastTask, name=TASK_NAME)
 def forecast(self: ForecastTask, coin: str, model: str, prices: list[float], horizon: int,
              last_date: str | None = None, params: dict[str, Any] | None = None,
-             retrain: bool = False, use_store: bool = True) -> dict[str, Any]:
-    """Fit ``model`` on one coin's closes (oldest first) and forecast ``horizon`` days;
-    a deep model already fitted on these closes comes from the model store unless ``retrain``."""
+             levels: list[float] | None = None, retrain: bool = False,
+             use_store: bool = True) -> dict[str, Any]:
+    """Fit ``model`` on one coin's closes (oldest first) and forecast ``horizon`` days, with
+    prediction intervals at ``levels`` (percent; default 80 and 95; ``[]`` for none); a deep
+    model already fitted on these closes comes from the model store unless ``retrain``."""
     request = self.parse(coin=coin, model=model, prices=prices, horizon=horizon,
-                         last_date=last_date, params=params, retrain=retrain,
+                         last_date=last_date, params=params, levels=levels, retrain=retrain,
                          use_store=use_store)
     return run_forecast(request, self.request.hostname or "unknown", self.model_store)
 

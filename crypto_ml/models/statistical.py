@@ -1,0 +1,110 @@
+"""``ets``, ``theta`` and ``arima``: the classical automatic baselines, from Nixtla's statsforecast.
+
+* ``ets``: ``AutoETS`` (error, trend and seasonality chosen by AICc; no season here),
+* ``theta``: ``AutoTheta`` (standard, optimised and dynamic Theta variants, chosen by MSE),
+* ``arima``: ``AutoARIMA`` (Hyndman-Khandakar stepwise search).
+
+Each is fitted on the log of the closes, so forecasts and bounds stay positive and
+a 10% move means the same at any price; the point forecast and the library's own
+prediction intervals (``predict(h, level=...)``) are mapped back with ``exp``
+(the point forecast is then the median path). statsforecast compiles its inner
+loops with numba on first use in a process; :func:`warm_up` pays that once (the
+worker calls it before forking its pool, see :mod:`crypto_ml.celery_app`).
+statsforecast is imported on first fit only.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from crypto_ml.core.errors import InvalidTaskInput, ModelFitFailed
+from crypto_ml.models.base import Forecaster
+from crypto_ml.models.intervals import Bands, level_key
+
+#: The statsforecast class behind each model name.
+LIBRARY_MODELS = {"ets": "AutoETS", "theta": "AutoTheta", "arima": "AutoARIMA"}
+MIN_POINTS = 10
+
+
+def _library_model(name: str) -> Any:
+    import statsforecast.models as sf_models
+
+    return getattr(sf_models, LIBRARY_MODELS[name])(season_length=1)
+
+
+def _plain(level: float) -> int | float:
+    """80.0 -> 80: statsforecast names its bounds ``lo-80`` after the level as given."""
+    return int(level) if float(level).is_integer() else float(level)
+
+
+class StatsForecastModel(Forecaster):
+    """One of statsforecast's automatic models, fitted on log closes."""
+
+    name = "statsforecast"
+    min_points = MIN_POINTS
+    interval_method = "statsforecast's own"
+
+    def _fit(self, series: np.ndarray) -> None:
+        if (series <= 0).any():
+            raise InvalidTaskInput("prices must be positive: the model is fitted on log closes")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # e.g. numerical warnings of a poor candidate
+                self.model_ = _library_model(self.name).fit(np.log(series))
+        except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
+            raise ModelFitFailed(f"{self.name}: statsforecast could not fit the series ({exc})") \
+                from None
+
+    def _library(self, h: int, levels: Sequence[float] = ()) -> dict[str, np.ndarray]:
+        kwargs = {"level": [_plain(x) for x in levels]} if levels else {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = self.model_.predict(h=h, **kwargs)
+        values = {k: np.exp(np.asarray(v, dtype=np.float64).reshape(-1)) for k, v in out.items()}
+        if not all(np.isfinite(v).all() for v in values.values()):
+            raise ModelFitFailed(f"{self.name}: statsforecast gave a non-finite forecast")
+        return values
+
+    def _forecast(self, h: int) -> np.ndarray:
+        return self._library(h)["mean"]
+
+    def _bands(self, h: int, forecast: np.ndarray, levels: Sequence[float]) -> Bands:
+        out = self._library(h, levels)
+        return {level_key(lv): (out[f"lo-{_plain(lv)}"], out[f"hi-{_plain(lv)}"]) for lv in levels}
+
+
+class ETSModel(StatsForecastModel):
+    name = "ets"
+    color = "tab:pink"
+
+
+class ThetaModel(StatsForecastModel):
+    name = "theta"
+    color = "tab:olive"
+
+
+class ARIMAModel(StatsForecastModel):
+    name = "arima"
+    color = "tab:cyan"
+
+
+STATISTICAL_MODELS: dict[str, type[StatsForecastModel]] = {
+    "ets": ETSModel, "theta": ThetaModel, "arima": ARIMAModel}
+
+
+def warm_up() -> dict[str, float]:
+    """Fit and forecast each model once on a small series, so numba compiles its code now;
+    ``{model: seconds}`` it took (the compile cost on a cold process)."""
+    rng = np.random.default_rng(0)
+    series = 100.0 * np.exp(np.cumsum(rng.normal(0, 0.02, 120)))
+    took = {}
+    for name, cls in STATISTICAL_MODELS.items():
+        started = time.perf_counter()
+        cls().fit(series).predict(10, (80, 95))
+        took[name] = time.perf_counter() - started
+    return took
