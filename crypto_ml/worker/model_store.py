@@ -46,8 +46,8 @@ import numpy as np
 
 from crypto_ml.core.errors import ConfigError, CryptoMLError
 from crypto_ml.models.base import Forecaster, clean_series
-from crypto_ml.models.intervals import DEFAULT_LEVELS, Prediction, check_levels
 from crypto_ml.models.device import keras_and_device
+from crypto_ml.models.intervals import DEFAULT_LEVELS, Prediction, check_levels
 from crypto_ml.models.rnn import RecurrentModel
 from crypto_ml.models.rnn_returns import ReturnsRecurrentModel
 

@@ -16,7 +16,6 @@ import numpy as np
 
 from crypto_ml.core.errors import CryptoMLError, InvalidTaskInput
 from crypto_ml.models import PARAMS, get_model
-from crypto_ml.models import PARAMS, get_model
 from crypto_ml.models.intervals import DEFAULT_LEVELS, check_levels
 from crypto_ml.worker.model_store import ModelStore, forecast_with_store
 
