@@ -177,7 +177,7 @@ def test_each_model_is_sent_its_own_default_window(price_data: Path) -> None:
     n = len(loader.get_prices("bitcoin"))
     models = ["naive", "ets", "lstm", "gru", "gru_ret"]
     sent = {r.model: r for r in manager.build_requests(models, ["bitcoin"], 10, None, {},
-                                                       RunReport(), (90,))}
+                                                       RunReport(), levels=(90,))}
     for model in models:
         window = default_max_points(model)
         assert len(sent[model].prices) == (min(window, n) if window else n)

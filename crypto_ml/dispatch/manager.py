@@ -110,7 +110,7 @@ class CryptoManager:
 
     def build_requests(self, models: list[str], coins: Sequence[str] | None, horizon: int,
                        max_points: int | None, params: dict[str, Any],
-                       report: RunReport, retrain: bool = False,
+                       report: RunReport, *, retrain: bool = False,
                        levels: Sequence[float] = DEFAULT_LEVELS) -> list[ForecastRequest]:
         """One request per (coin, model); coins that cannot be read are failed in ``report``.
 
@@ -158,7 +158,7 @@ class CryptoManager:
         started = time.perf_counter()
         params = {} if epochs is None else {"epochs": epochs}  # None: each model's default
         requests = self.build_requests(names, coins, horizon, max_points, params, report,
-                                       retrain, levels)
+                                       retrain=retrain, levels=levels)
         for coin, by_model in report.failed.items():
             for model, reason in by_model.items():
                 self.observer.on_done(None, coin, model, None, reason)
