@@ -145,7 +145,7 @@ def main() -> int:
     expected = {c: get_model("linear").fit(loader.get_df(c)["Close"].dropna().tolist())
                 .forecast(HORIZON).tolist() for c in coins}
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                           "load_average_at_start": os.getloadavg()[0]},
+                                           "load_average_at_start": round(os.getloadavg()[0], 1)},
                                "requests": args.requests, "clients": args.clients,
                                "workers": args.workers, "coins": len(coins)}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -159,7 +159,7 @@ def main() -> int:
                                        per_request)
                 print(json.dumps(results[key]), flush=True)
         log.unlink(missing_ok=True)
-    results["machine"]["load_average_at_end"] = os.getloadavg()[0]
+    results["machine"]["load_average_at_end"] = round(os.getloadavg()[0], 1)
     (args.out / "api_load.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.out / "api_load.md").write_text(table(results))
     print(table(results))
