@@ -128,7 +128,8 @@ def test_a_fitted_model_keeps_its_forecast_when_another_is_fitted(name: str) -> 
 
 def test_model_metadata_is_declared_once_on_each_class() -> None:
     """The registry's name, options and heaviness are read off the model classes."""
-    assert set(REGISTRY) == {"naive", "linear", "lstm", "gru", "lstm_ret", "gru_ret"}
+    assert set(REGISTRY) == {"naive", "linear", "ets", "theta", "arima", "lstm", "gru", "lstm_ret",
+                             "gru_ret"}
     for name, cls in REGISTRY.items():
         assert cls.name == name and PARAMS[name] == cls.options
         assert (name in HEAVY) == cls.heavy and cls.color.startswith("tab:")
