@@ -36,7 +36,7 @@ from crypto_ml.core.settings import Settings
 from crypto_ml.data.loader import CryptoLoader
 from crypto_ml.dispatch.cluster import LocalCluster
 from crypto_ml.dispatch.manager import CryptoManager
-from crypto_ml.models import get_model
+from crypto_ml.models import default_max_points, get_model
 from crypto_ml.ops.processes import wait_until
 
 pytestmark = pytest.mark.integration
@@ -119,6 +119,12 @@ def duplicated_publishes(broker_url: str) -> Iterator[list[str]]:
             signals.after_task_publish.disconnect(again)
 
 
+def _window(loader: CryptoLoader, coin: str) -> np.ndarray:
+    """What the manager sends ``linear`` by default: the newest closes of its own window."""
+    prices = loader.get_prices(coin)
+    return prices[~np.isnan(prices)][-default_max_points("linear"):]
+
+
 def test_duplicate_deliveries_give_one_result_per_coin(price_data: Path) -> None:
     loader = CryptoLoader(price_data)
     coins = loader.get_crypto_names()[:12]
@@ -135,7 +141,7 @@ def test_duplicate_deliveries_give_one_result_per_coin(price_data: Path) -> None
         assert len(duplicated) == len(coins) and report.ok
         assert Counter(seen) == Counter((c, "linear") for c in coins)  # each exactly once
         for coin in coins:  # the same forecast a single delivery gives
-            expected = get_model("linear").fit(loader.get_prices(coin)).forecast(7)
+            expected = get_model("linear").fit(_window(loader, coin)).forecast(7)
             np.testing.assert_allclose(report.results[coin]["linear"]["forecast"], expected,
                                        rtol=1e-9)
         logs = worker_logs(cluster)
@@ -178,7 +184,7 @@ def test_killed_manager_leaves_no_work_behind_and_rerun_gives_same_results(
         results = json.loads(out.read_text())["results"]
         assert sorted(results) == sorted(coins)
         for coin in coins:  # what one clean run gives
-            expected = get_model("linear").fit(loader.get_prices(coin)).forecast(10)
+            expected = get_model("linear").fit(_window(loader, coin)).forecast(10)
             np.testing.assert_allclose(results[coin]["linear"]["forecast"], expected, rtol=1e-9)
         wait_for_drained(cluster)
     finally:

@@ -59,8 +59,10 @@ class Forecaster(ABC):
     Each concrete model declares its metadata here, once: ``name`` (what the registry,
     the CLI and task messages call it), ``options`` (the keyword options it takes
     besides the series), ``heavy`` (needs a deep-learning backend: routed to the
-    ``gpu`` queue, sent one per message) and ``color`` (its line in plots). The
-    registry, routing, request validation, plots and benchmarks all read these.
+    ``gpu`` queue, sent one per message), ``color`` (its line in plots),
+    ``interval_method`` and ``default_max_points`` (the newest closes the manager sends
+    it unless told otherwise; 0 for all). The registry, routing, request validation,
+    plots and benchmarks all read these.
     """
 
     name: ClassVar[str]
