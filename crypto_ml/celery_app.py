@@ -16,6 +16,7 @@ from typing import Any
 from celery import Celery, signals
 from kombu import Queue
 
+from crypto_ml import liveness
 from crypto_ml.errors import ConfigError
 from crypto_ml.logging_setup import use_format
 from crypto_ml.models import HEAVY
@@ -82,6 +83,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
+        # take a message only when a pool process is free: no hoarding (README: reliability)
+        "worker_disable_prefetch": True,
         "task_soft_time_limit": settings.soft_time_limit,
         "task_time_limit": settings.hard_time_limit,
         "result_expires": settings.result_expires,
@@ -105,6 +108,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # a pool process that preloads Keras needs longer than the default 4 s to report up
         "worker_proc_alive_timeout": 120.0 if settings.preload_keras else 4.0,
         "crypto_ml_max_deliveries": settings.max_deliveries,
+        "crypto_ml_heartbeat_seconds": settings.heartbeat_seconds,
+        "crypto_ml_dead_after_seconds": settings.dead_after_seconds,
     }
 
 
@@ -147,6 +152,22 @@ def _preload_keras(**_: Any) -> None:
         from crypto_ml.models.rnn import warm_up
 
         warm_up()
+
+
+@signals.worker_ready.connect
+def _start_heartbeat(sender: Any = None, **_: Any) -> None:
+    """The worker beats in Redis and redelivers dead workers' tasks (crypto_ml.liveness)."""
+    liveness.start(sender.app, sender.hostname)
+
+
+@signals.task_received.connect
+def _record_delivery(**_: Any) -> None:
+    liveness.wake()
+
+
+@signals.worker_shutdown.connect
+def _stop_heartbeat(**_: Any) -> None:
+    liveness.stop()
 
 
 @signals.after_setup_logger.connect

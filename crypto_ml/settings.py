@@ -13,7 +13,11 @@ Variable                                   Default                     Meaning
 ``CRYPTO_ML_SERIALIZER``                   ``msgpack``                 Wire format: ``msgpack`` (compact, fast) or ``json``.
 ``CRYPTO_ML_SOFT_TIME_LIMIT``              ``300``                     Seconds before a task gets SoftTimeLimitExceeded.
 ``CRYPTO_ML_HARD_TIME_LIMIT``              ``360``                     Seconds before the pool kills the task's process.
-``CRYPTO_ML_VISIBILITY_TIMEOUT``           hard limit + 60             Seconds before an unacked task is redelivered.
+``CRYPTO_ML_VISIBILITY_TIMEOUT``           hard limit + 60             Last-resort net: seconds before a message held
+                                                                       by no live, beating worker is redelivered.
+``CRYPTO_ML_HEARTBEAT_SECONDS``            ``2``                       How often each worker beats (and sweeps).
+``CRYPTO_ML_DEAD_AFTER_SECONDS``           ``10``                      Silence after which a worker is dead and its
+                                                                       tasks are delivered again.
 ``CRYPTO_ML_MAX_DELIVERIES``               ``3``                       Runs before a redelivery fails a task.
 ``CRYPTO_ML_RESULT_EXPIRES``               ``86400``                   Seconds a result stays in the backend.
 ``CRYPTO_ML_MAX_HORIZON``                  ``365``                     Largest forecast horizon a task accepts.
@@ -74,6 +78,8 @@ class Settings:
     soft_time_limit: int = 300
     hard_time_limit: int = 360
     visibility_timeout: int = 420
+    heartbeat_seconds: int = 2
+    dead_after_seconds: int = 10
     max_deliveries: int = 3
     result_expires: int = 86400
     max_horizon: int = 365
@@ -101,10 +107,13 @@ class Settings:
             )
         if self.hard_time_limit <= self.soft_time_limit:
             raise ConfigError("the hard time limit must be above the soft time limit")
-        if self.visibility_timeout <= self.hard_time_limit:
+        if self.dead_after_seconds < 2 * self.heartbeat_seconds:
+            raise ConfigError("CRYPTO_ML_DEAD_AFTER_SECONDS must be at least twice "
+                              "CRYPTO_ML_HEARTBEAT_SECONDS, or a live worker looks dead")
+        if self.visibility_timeout < 2 * self.dead_after_seconds:
             raise ConfigError(
-                "the visibility timeout must be above the hard time limit, "
-                "or running tasks are delivered twice"
+                "the visibility timeout must be at least twice CRYPTO_ML_DEAD_AFTER_SECONDS, "
+                "or a live worker's tasks are delivered twice"
             )
 
     @property
@@ -131,6 +140,8 @@ class Settings:
             soft_time_limit=_int(env, "CRYPTO_ML_SOFT_TIME_LIMIT", 300),
             hard_time_limit=hard,
             visibility_timeout=_int(env, "CRYPTO_ML_VISIBILITY_TIMEOUT", hard + 60),
+            heartbeat_seconds=_int(env, "CRYPTO_ML_HEARTBEAT_SECONDS", 2),
+            dead_after_seconds=_int(env, "CRYPTO_ML_DEAD_AFTER_SECONDS", 10),
             max_deliveries=_int(env, "CRYPTO_ML_MAX_DELIVERIES", 3),
             result_expires=_int(env, "CRYPTO_ML_RESULT_EXPIRES", 86400),
             max_horizon=_int(env, "CRYPTO_ML_MAX_HORIZON", 365),
