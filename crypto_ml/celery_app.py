@@ -20,6 +20,7 @@ from crypto_ml import liveness
 from crypto_ml.errors import ConfigError
 from crypto_ml.logging_setup import use_format
 from crypto_ml.models import HEAVY
+from crypto_ml.sentinel import transport_options
 from crypto_ml.settings import Settings, get_settings
 from crypto_ml.wire import ACCEPT_CONTENT, BATCH_TASK_NAME, TASK_NAME
 
@@ -65,6 +66,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "socket_connect_timeout": 5,
         "socket_keepalive": True,
         "health_check_interval": 25,
+        **transport_options(settings.broker_url, settings.sentinel_master,
+                            settings.sentinel_password),
     }
     return {
         "broker_url": settings.broker_url,
@@ -72,7 +75,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_use_ssl": _tls_options(settings.broker_url),
         "redis_backend_use_ssl": _tls_options(settings.backend_url or ""),
         "broker_transport_options": transport,
-        "result_backend_transport_options": {"socket_connect_timeout": 5},
+        "result_backend_transport_options": {
+            "socket_connect_timeout": 5,
+            **transport_options(settings.backend_url, settings.sentinel_master,
+                                settings.sentinel_password)},
         "redis_socket_connect_timeout": 5,
         "broker_connection_retry_on_startup": True,
         "task_serializer": settings.serializer,

@@ -33,6 +33,7 @@ from crypto_ml.errors import BrokerUnavailable, CryptoMLError, UnknownModel
 from crypto_ml.flower import send_options
 from crypto_ml.logging_setup import log_task
 from crypto_ml.models import HEAVY, PARAMS, model_names
+from crypto_ml.sentinel import redis_client
 from crypto_ml.settings import Settings, get_settings
 from crypto_ml.wire import BATCH_TASK_NAME, TASK_NAME, ForecastRequest
 
@@ -135,10 +136,13 @@ def format_forecast(coin: str, forecast: np.ndarray, model: str | None = None) -
     return f"{coin} {model} {array}" if model else f"{coin} {array}"
 
 
-def check_broker(url: str) -> None:
-    """Raise BrokerUnavailable, naming the (password-free) URL, unless Redis answers a ping."""
+def check_broker(url: str, settings: Settings | None = None) -> None:
+    """Raise BrokerUnavailable, naming the (password-free) URL, unless Redis answers a ping
+    (for ``sentinel://``: the master the sentinels name)."""
+    settings = settings or Settings()
     try:
-        redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3).ping()
+        redis_client(url, settings.sentinel_master, settings.sentinel_password,
+                     socket_connect_timeout=3, socket_timeout=3).ping()
     except (redis.RedisError, OSError, ValueError) as exc:
         raise BrokerUnavailable(
             f"cannot reach the broker at {maybe_sanitize_url(url)} ({exc}); start Redis there, "
@@ -181,9 +185,9 @@ class CryptoManager:
         from crypto_ml.celery_app import create_app
 
         if self.settings.broker_url:
-            check_broker(self.settings.broker_url)
+            check_broker(self.settings.broker_url, self.settings)
             if self.settings.backend_url != self.settings.broker_url:
-                check_broker(self.settings.backend_url or "")
+                check_broker(self.settings.backend_url or "", self.settings)
             yield create_app(self.settings)
             return
         cluster = LocalCluster(workers=self.settings.workers, **self.cluster_options)

@@ -30,6 +30,7 @@ from kombu.transport.redis import PRIORITY_STEPS, Channel
 
 from crypto_ml.celery_app import CPU_QUEUE, GPU_QUEUE
 from crypto_ml.errors import ConfigError
+from crypto_ml.sentinel import redis_client
 from crypto_ml.settings import Settings
 
 DEFAULT_PORT = 9808
@@ -119,8 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
-    client = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=5,
-                                  socket_timeout=5)
+    client = redis_client(settings.broker_url, settings.sentinel_master,
+                          settings.sentinel_password, socket_connect_timeout=5, socket_timeout=5)
     try:
         server = make_server(client, queues, args.port, args.host)
     except OSError as exc:

@@ -8,8 +8,11 @@ The environment is read only by :meth:`Settings.from_env`, which the edges call
 Variable                                   Default                     Meaning
 ========================================  ==========================  =========================================
 ``CRYPTO_ML_DATA_DIR``                     ``data/crypto``             Folder of per-coin CSV files.
-``CRYPTO_ML_BROKER_URL``                   (unset: embedded cluster)   Redis broker, ``redis://`` or ``rediss://``.
+``CRYPTO_ML_BROKER_URL``                   (unset: embedded cluster)   Redis broker: ``redis://``, ``rediss://`` or
+                                                                       ``sentinel://h1:26379;sentinel://h2:26379``.
 ``CRYPTO_ML_RESULT_BACKEND``               the broker URL              Where task results are stored.
+``CRYPTO_ML_SENTINEL_MASTER``              ``mymaster``                Master name for ``sentinel://`` URLs.
+``CRYPTO_ML_SENTINEL_PASSWORD``            (unset)                     Password of the sentinels themselves.
 ``CRYPTO_ML_SERIALIZER``                   ``msgpack``                 Wire format: ``msgpack`` (compact, fast) or ``json``.
 ``CRYPTO_ML_SOFT_TIME_LIMIT``              ``300``                     Seconds before a task gets SoftTimeLimitExceeded.
 ``CRYPTO_ML_HARD_TIME_LIMIT``              ``360``                     Seconds before the pool kills the task's process.
@@ -74,6 +77,8 @@ class Settings:
     data_dir: Path = DEFAULT_DATA_DIR
     broker_url: str | None = None
     result_backend: str | None = None
+    sentinel_master: str = "mymaster"
+    sentinel_password: str | None = field(default=None, repr=False)
     serializer: str = "msgpack"
     soft_time_limit: int = 300
     hard_time_limit: int = 360
@@ -136,6 +141,8 @@ class Settings:
             data_dir=Path(env.get("CRYPTO_ML_DATA_DIR") or DEFAULT_DATA_DIR),
             broker_url=env.get("CRYPTO_ML_BROKER_URL") or None,
             result_backend=env.get("CRYPTO_ML_RESULT_BACKEND") or None,
+            sentinel_master=env.get("CRYPTO_ML_SENTINEL_MASTER", "").strip() or "mymaster",
+            sentinel_password=env.get("CRYPTO_ML_SENTINEL_PASSWORD") or None,
             serializer=env.get("CRYPTO_ML_SERIALIZER", "msgpack").strip() or "msgpack",
             soft_time_limit=_int(env, "CRYPTO_ML_SOFT_TIME_LIMIT", 300),
             hard_time_limit=hard,
