@@ -1,5 +1,5 @@
 """The prefetch-drift experiment: thousands of tasks through one worker, with failures,
-rejections, expired tasks and a killed pool process, while a sampler watches how many
+rejections, expired tasks, a killed pool process and a broker restart, while a sampler watches how many
 messages each worker holds. Used by tests/test_reliability_hoarding.py and runnable by
 hand to compare with the hoarding configuration of before:
 
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import redis
 from celery import Celery
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +42,7 @@ class Cluster(LocalCluster):
 
     def __init__(self, workers: int = 1, app_module: str = "crypto_ml") -> None:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}
-        super().__init__(workers=workers, env=env)
+        super().__init__(workers=workers, env=env, appendonly=True)
         self.app_module = app_module
 
     def worker_command(self, name: str) -> list[str]:
@@ -82,14 +83,22 @@ class Sampler(threading.Thread):
         self.limit = limit  # worker -> concurrency (set by the caller as workers join)
         self.samples = Samples()
         self.done = threading.Event()
+        self.paused = threading.Event()
 
     def run(self) -> None:
         s = self.samples
         while not self.done.is_set():
-            with self.client.pipeline(transaction=True) as pipe:
-                pipe.hlen("unacked").smembers(REGISTRY_KEY)
-                unacked, members = pipe.execute()
-            depth = queue_depths(self.client, ["cpu"])["cpu"]
+            if self.paused.is_set():
+                time.sleep(0.05)
+                continue
+            try:
+                with self.client.pipeline(transaction=True) as pipe:
+                    pipe.hlen("unacked").smembers(REGISTRY_KEY)
+                    unacked, members = pipe.execute()
+                depth = queue_depths(self.client, ["cpu"])["cpu"]
+            except redis.RedisError:  # the broker restart
+                time.sleep(0.05)
+                continue
             s.count += 1
             s.max_unacked = max(s.max_unacked, unacked)
             allowed = sum(self.limit.values())
@@ -171,6 +180,11 @@ def experiment(n: int, app_module: str = "crypto_ml", join_at: float = 0.3) -> d
         sent_seconds = time.monotonic() - started
         wait_until(lambda: len(finished(app, ids)) >= len(ids) // 10, 300, "a tenth done")
         killed = kill_a_pool_process(cluster, first)
+        # a broker restart (AOF keeps the queue): celery's reconnect path resets the window
+        sampler.paused.set()
+        cluster.restart_redis()
+        sampler.client = cluster.client()
+        sampler.paused.clear()
         wait_until(lambda: len(finished(app, ids)) >= len(ids) * join_at, 300, "backlog part")
         limit[f"extra{len(cluster.workers) + 1}"] = 1  # it may take a task before it answers
         second = start_worker(cluster)
