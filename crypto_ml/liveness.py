@@ -85,6 +85,7 @@ class Liveness(threading.Thread):
         self.interval = heartbeat_seconds
         self.dead_after = dead_after
         self.held_ttl = held_ttl
+        self.orphan_after = 3 * dead_after
         self.holdings = holdings
         self.stopping = threading.Event()
         self.woken = threading.Event()
@@ -179,14 +180,27 @@ class Liveness(threading.Thread):
         with self.channel().conn_or_acquire() as client:
             others = sorted(bytes_to_str(m) for m in client.smembers(REGISTRY_KEY))
             others = [m for m in others if m != self.worker_id]
-            if not others:
-                return 0
             with client.pipeline(transaction=False) as pipe:
                 for worker in others:
                     pipe.exists(alive_key(worker))
-                alive = pipe.execute()
-            return sum(self.reap(client, w) for w, up in zip(others, alive, strict=True)
-                       if not up)
+                alive = pipe.execute() if others else []
+            reaped = sum(self.reap(client, w) for w, up in zip(others, alive, strict=True)
+                         if not up)
+            return reaped + self.restore_orphans(client)
+
+    def restore_orphans(self, client: Any) -> int:
+        """Give back messages that no live worker has refreshed for ``orphan_after`` seconds
+        (e.g. a task whose reject was lost with the broker connection)."""
+        channel = self.channel()
+        old = client.zrange(channel.unacked_index_key, "-inf", time.time() - self.orphan_after,
+                            byscore=True, offset=0, num=100, withscores=True)
+        restored = [bytes_to_str(tag) for tag, score in old
+                    if restore_if_held(channel, client, tag, repr(score))]
+        if restored:
+            log.warning("redelivered %d task message(s) no live worker held for %g s: %s",
+                        len(restored), self.orphan_after, ", ".join(restored))
+        self.redelivered += len(restored)
+        return len(restored)
 
     def reap(self, client: Any, worker: str) -> int:
         """Give back every message the dead ``worker`` still holds; delete its keys."""

@@ -138,7 +138,15 @@ def send_workload(app: Celery, n: int, bad_every: int = 50, unknown_every: int =
 
 
 def finished(app: Celery, ids: list[str]) -> dict[str, dict[str, Any]]:
-    """Meta of every task in ``ids`` that has finished (success or failure)."""
+    """Meta of every task in ``ids`` that has finished (success or failure); {} while the
+    broker is restarting."""
+    try:
+        return _finished(app, ids)
+    except redis.ConnectionError:
+        return {}
+
+
+def _finished(app: Celery, ids: list[str]) -> dict[str, dict[str, Any]]:
     client = app.backend.client
     metas = {}
     for start in range(0, len(ids), 500):
@@ -185,11 +193,12 @@ def experiment(n: int, app_module: str = "crypto_ml", join_at: float = 0.3) -> d
         cluster.restart_redis()
         sampler.client = cluster.client()
         sampler.paused.clear()
+        app = app_for(cluster)  # fresh connections (the old pool's are closed by the restart)
         wait_until(lambda: len(finished(app, ids)) >= len(ids) * join_at, 300, "backlog part")
         limit[f"extra{len(cluster.workers) + 1}"] = 1  # it may take a task before it answers
         second = start_worker(cluster)
-        wait_until(lambda: bool(app.control.ping(destination=[second], timeout=0.5)), 60,
-                   "the second worker")
+        wait_until(lambda: any(m.decode().startswith(f"{second}/") for m in
+                               cluster.client().smembers(REGISTRY_KEY)), 60, "the second worker")
         done_at_join = finished(app, ids)
         wait_until(lambda: len(finished(app, ids)) == len(ids), 600, "every task finished")
         total_seconds = time.monotonic() - started

@@ -1,0 +1,134 @@
+"""Chaos: 20,000 forecasts while workers are killed every few seconds, new ones start and
+Redis restarts once. Every forecast arrives exactly once, no task runs more than
+CRYPTO_ML_MAX_DELIVERIES times, Redis is left as it was and the manager's memory stays
+bounded. Real Redis (AOF on, as shipped), real workers, real SIGKILLs.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import threading
+import time
+from collections import Counter
+
+import psutil
+import pytest
+from fault_helpers import app_for, wait_for_drained, worker_logs
+from hoarding import start_worker
+
+from crypto_ml.cluster import LocalCluster, wait_until
+from crypto_ml.liveness import REGISTRY_KEY
+from crypto_ml.manager import CryptoManager
+from crypto_ml.settings import Settings
+from crypto_ml.wire import ForecastRequest
+
+pytestmark = pytest.mark.integration
+
+FORECASTS = 20_000
+KILL_EVERY = 2.0
+WORKERS = 3
+
+
+def live_workers(cluster: LocalCluster) -> list[int]:
+    return [i for i, p in enumerate(cluster.workers) if p.poll() is None]
+
+
+class Chaos(threading.Thread):
+    """Kills a random worker every few seconds and starts a new one; restarts Redis once."""
+
+    def __init__(self, cluster: LocalCluster, restart_at: float) -> None:
+        super().__init__(daemon=True)
+        self.cluster = cluster
+        self.restart_at = restart_at
+        self.stop = threading.Event()
+        self.kills = 0
+        self.started = 0
+        self.redis_restarts = 0
+        self.random = random.Random(12)
+
+    def run(self) -> None:
+        began = time.monotonic()
+        while not self.stop.wait(KILL_EVERY):
+            if not self.redis_restarts and time.monotonic() - began > self.restart_at:
+                self.cluster.restart_redis()  # SIGTERM, as an orchestrator; AOF keeps the queue
+                self.redis_restarts += 1
+                continue
+            alive = live_workers(self.cluster)
+            if len(alive) > 1:
+                victim = self.cluster.workers[self.random.choice(alive)]
+                os.killpg(victim.pid, signal.SIGKILL)  # node lost: worker and pool at once
+                victim.wait(10)
+                self.kills += 1
+            if len(live_workers(self.cluster)) < WORKERS:
+                start_worker(self.cluster)
+                self.started += 1
+
+
+def redis_state(cluster: LocalCluster) -> tuple[int, Counter[str]]:
+    """used_memory and the keys by kind (their name up to the first ':' or digit run)."""
+    client = cluster.client()
+    kinds = Counter(re.sub(r"[:.].*", "", k.decode()) for k in client.scan_iter(count=1000)
+                    if b"pidbox" not in k)  # the reply queue of the start-up ping expires
+    return int(client.info("memory")["used_memory"]), kinds
+
+
+@pytest.mark.slow
+def test_chaos_every_forecast_exactly_once() -> None:
+    requests = [ForecastRequest(f"c{i:05d}", "naive", [1.0 + (i % 7), 2.0, 3.0, 4.0], 2)
+                for i in range(FORECASTS)]
+    with LocalCluster(workers=WORKERS, appendonly=True) as cluster:
+        app = app_for(cluster)
+        wait_until(lambda: cluster.client().scard(REGISTRY_KEY) == WORKERS, 30, "heartbeats")
+        memory_before, keys_before = redis_state(cluster)
+        me = psutil.Process()
+        rss_before = me.memory_info().rss
+        peak = [rss_before]
+        sampling = threading.Event()
+
+        def sample_rss() -> None:
+            while not sampling.wait(0.2):
+                peak[0] = max(peak[0], me.memory_info().rss)
+
+        threading.Thread(target=sample_rss, daemon=True).start()
+        arrived: Counter[tuple[str, str]] = Counter()
+        chaos = Chaos(cluster, restart_at=8)
+        chaos.start()
+        started = time.monotonic()
+        manager = CryptoManager(app=app, settings=Settings(batch_size=40))
+        report = manager.dispatch(requests, timeout=300,
+                                  on_result=lambda r: arrived.update([(r["coin"], r["model"])]))
+        seconds = time.monotonic() - started
+        chaos.stop.set()
+        chaos.join()
+        sampling.set()
+
+        logs = worker_logs(cluster)
+        runs = [int(n) for n in re.findall(r": delivery (\d+) of at most", logs)]
+        counts = {
+            "forecasts": len(arrived), "failed": len(report.failed), "seconds": round(seconds),
+            "kills": chaos.kills, "workers_started": chaos.started,
+            "redis_restarts": chaos.redis_restarts, "redelivered_messages": len(runs),
+            "max_delivery": max(runs, default=1),
+            "manager_rss_growth_mb": round((peak[0] - rss_before) / 2**20),
+        }
+        print(counts)
+        assert report.failed == {}, list(report.failed.items())[:3]
+        assert len(arrived) == FORECASTS and set(arrived.values()) == {1}  # each exactly once
+        assert chaos.kills >= 5 and chaos.redis_restarts == 1
+        assert max(runs, default=1) <= 3 and "TooManyDeliveries" not in logs
+        assert counts["manager_rss_growth_mb"] < 300
+
+        # Redis back to where it started: nothing queued or held, no results or counters
+        # left, and the killed workers' heartbeat keys swept away
+        wait_for_drained(cluster, timeout=60)
+        alive = len(live_workers(cluster))
+        wait_until(lambda: cluster.client().scard(REGISTRY_KEY) == alive, 60,
+                   "the dead workers swept")
+        memory_after, keys_after = redis_state(cluster)
+        print({"redis_used_memory_before": memory_before, "after": memory_after,
+               "keys_before": dict(keys_before), "keys_after": dict(keys_after)})
+        assert keys_after == keys_before
+        assert memory_after < memory_before + 512 * 1024
