@@ -162,15 +162,22 @@ def _finished(app: Celery, ids: list[str]) -> dict[str, dict[str, Any]]:
 
 def kill_a_pool_process(cluster: LocalCluster, worker: str) -> int:
     """SIGKILL the pool process of ``worker`` (it is replaced; its task is requeued)."""
-    proc = cluster.workers[cluster.worker_names.index(worker)]
-    child = psutil.Process(proc.pid).children()[0]
+    parent = psutil.Process(cluster.workers[cluster.worker_names.index(worker)].pid)
+    wait_until(lambda: bool(parent.children()), 30, "a pool process")  # (one being replaced)
+    child = parent.children()[0]
     child.send_signal(signal.SIGKILL)
     return int(child.pid)
 
 
 def prefetch_count(app: Celery, worker: str) -> Any:
-    stats = app.control.inspect(destination=[worker], timeout=5).stats() or {}
-    return stats.get(worker, {}).get("prefetch_count")
+    """The worker's prefetch window now (``celery inspect stats``)."""
+    for _ in range(3):  # a pooled connection may still be the one the restart closed
+        try:
+            stats = app.control.inspect(destination=[worker], timeout=5).stats() or {}
+            return stats.get(worker, {}).get("prefetch_count")
+        except redis.ConnectionError:
+            continue
+    return None
 
 
 def experiment(n: int, app_module: str = "crypto_ml", join_at: float = 0.3) -> dict[str, Any]:
@@ -188,6 +195,7 @@ def experiment(n: int, app_module: str = "crypto_ml", join_at: float = 0.3) -> d
         sent_seconds = time.monotonic() - started
         wait_until(lambda: len(finished(app, ids)) >= len(ids) // 10, 300, "a tenth done")
         killed = kill_a_pool_process(cluster, first)
+        wait_until(lambda: len(finished(app, ids)) >= len(ids) // 5, 300, "a fifth done")
         # a broker restart (AOF keeps the queue): celery's reconnect path resets the window
         sampler.paused.set()
         cluster.restart_redis()

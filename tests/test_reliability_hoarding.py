@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 def test_thousands_of_tasks_with_faults_never_hoarded_and_shared_with_a_new_worker() -> None:
     report = experiment(2000)
     print(report)
-    assert report["failed"] == report["forecast_tasks"] // 50  # the bad-input ones, no others
+    assert report["failed"] == report["messages"] // 50  # the bad-input ones, no others
     # at every sample (every few ms): each worker held at most its one pool process's task,
     # the unacked hash at most one per live pool process, and the queue-depth exporter's
     # reserved count never above the running capacity (what waits is in the list)
