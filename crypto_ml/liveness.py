@@ -85,7 +85,7 @@ class Liveness(threading.Thread):
         self.interval = heartbeat_seconds
         self.dead_after = dead_after
         self.held_ttl = held_ttl
-        self.orphan_after = 3 * dead_after
+        self.orphan_after = 2 * dead_after
         self.holdings = holdings
         self.stopping = threading.Event()
         self.woken = threading.Event()

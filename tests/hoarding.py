@@ -65,17 +65,19 @@ def start_worker(cluster: LocalCluster) -> str:
 
 @dataclass
 class Samples:
-    """What the sampler saw: the most messages held per worker and in all."""
+    """What the sampler saw: the most messages held per worker, in all, and by nobody."""
 
     max_unacked: int = 0
     max_held: Counter[str] = field(default_factory=Counter)
+    max_unheld_seconds: float = 0.0  # the longest a message sat in `unacked` held by nobody
     over_limit: list[str] = field(default_factory=list)
     count: int = 0
 
 
 class Sampler(threading.Thread):
-    """Reads the broker every few ms: unacked messages (all workers), each worker's held
-    deliveries, and the queue-depth exporter against waiting + held."""
+    """Reads the broker every few ms: each worker's held deliveries (at most its pool
+    size), the unacked messages, how long any of them has been held by no worker (an
+    orphan, until the sweeper gives it back), and the queue-depth exporter."""
 
     def __init__(self, cluster: LocalCluster, limit: dict[str, int]) -> None:
         super().__init__(daemon=True)
@@ -84,33 +86,45 @@ class Sampler(threading.Thread):
         self.samples = Samples()
         self.done = threading.Event()
         self.paused = threading.Event()
+        self.unheld_since: dict[bytes, float] = {}
 
     def run(self) -> None:
-        s = self.samples
         while not self.done.is_set():
             if self.paused.is_set():
                 time.sleep(0.05)
                 continue
             try:
-                with self.client.pipeline(transaction=True) as pipe:
-                    pipe.hlen("unacked").smembers(REGISTRY_KEY)
-                    unacked, members = pipe.execute()
-                depth = queue_depths(self.client, ["cpu"])["cpu"]
+                self.sample()
             except redis.RedisError:  # the broker restart
                 time.sleep(0.05)
                 continue
-            s.count += 1
-            s.max_unacked = max(s.max_unacked, unacked)
-            allowed = sum(self.limit.values())
-            if unacked > allowed:
-                s.over_limit.append(f"{unacked} unacked with {allowed} pool process(es)")
-            if depth["reserved"] > allowed or depth["total"] < depth["ready"]:
-                s.over_limit.append(f"exporter {depth} with {allowed} pool process(es)")
-            for member in members:
-                worker = member.decode().split("/")[0]
-                held = int(self.client.hlen(held_key(member.decode())))
-                s.max_held[worker] = max(s.max_held[worker], held)
             time.sleep(0.005)
+
+    def sample(self) -> None:
+        s = self.samples
+        depth = queue_depths(self.client, ["cpu"])["cpu"]
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hkeys("unacked").smembers(REGISTRY_KEY)
+            unacked, members = pipe.execute()
+        held: set[bytes] = set()
+        for member in members:
+            tags = self.client.hkeys(held_key(member.decode()))
+            worker = member.decode().split("/")[0]
+            s.max_held[worker] = max(s.max_held[worker], len(tags))
+            held.update(tags)
+        s.count += 1
+        s.max_unacked = max(s.max_unacked, len(unacked))
+        now = time.monotonic()
+        unheld = set(unacked) - held
+        self.unheld_since = {t: self.unheld_since.get(t, now) for t in unheld}
+        s.max_unheld_seconds = max([s.max_unheld_seconds,
+                                    *(now - t for t in self.unheld_since.values())])
+        allowed = sum(self.limit.values())
+        if len(held) > allowed:
+            s.over_limit.append(f"{len(held)} held with {allowed} pool process(es)")
+        # the exporter's reserved = running + orphans being recovered, never a hoard
+        if depth["reserved"] > allowed + len(unheld) or depth["total"] < depth["ready"]:
+            s.over_limit.append(f"exporter {depth}, {len(unheld)} held by nobody")
 
 
 def send_workload(app: Celery, n: int, bad_every: int = 50, unknown_every: int = 97,
@@ -225,6 +239,7 @@ def experiment(n: int, app_module: str = "crypto_ml", join_at: float = 0.3) -> d
             "done_after_join": {"first": by_worker[first], "second": by_worker[second]},
             "second_share": round(by_worker[second] / max(1, sum(by_worker.values())), 3),
             "prefetch_count_at_end": drift, "max_unacked": s.max_unacked,
+            "max_unheld_seconds": round(s.max_unheld_seconds, 1),
             "max_held": dict(s.max_held), "samples": s.count,
             "violations": s.over_limit[:5], "violation_count": len(s.over_limit),
         }
