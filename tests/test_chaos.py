@@ -28,7 +28,7 @@ from crypto_ml.wire import ForecastRequest
 pytestmark = pytest.mark.integration
 
 FORECASTS = 20_000
-KILL_EVERY = 2.0
+KILL_EVERY = 4.0
 WORKERS = 3
 
 
@@ -44,6 +44,10 @@ class Chaos(threading.Thread):
         self.cluster = cluster
         self.restart_at = restart_at
         self.stop = threading.Event()
+        # processes started by a thread are ended when it exits (PR_SET_PDEATHSIG is per
+        # thread), so this one lives until the cluster has been stopped
+        self.exit = threading.Event()
+        self.idle = threading.Event()
         self.kills = 0
         self.started = 0
         self.redis_restarts = 0
@@ -65,6 +69,8 @@ class Chaos(threading.Thread):
             if len(live_workers(self.cluster)) < WORKERS:
                 start_worker(self.cluster)
                 self.started += 1
+        self.idle.set()
+        self.exit.wait()
 
 
 def redis_state(cluster: LocalCluster) -> tuple[int, Counter[str]]:
@@ -79,56 +85,61 @@ def redis_state(cluster: LocalCluster) -> tuple[int, Counter[str]]:
 def test_chaos_every_forecast_exactly_once() -> None:
     requests = [ForecastRequest(f"c{i:05d}", "naive", [1.0 + (i % 7), 2.0, 3.0, 4.0], 2)
                 for i in range(FORECASTS)]
-    with LocalCluster(workers=WORKERS, appendonly=True) as cluster:
-        app = app_for(cluster)
-        wait_until(lambda: cluster.client().scard(REGISTRY_KEY) == WORKERS, 30, "heartbeats")
-        memory_before, keys_before = redis_state(cluster)
-        me = psutil.Process()
-        rss_before = me.memory_info().rss
-        peak = [rss_before]
-        sampling = threading.Event()
+    chaos: list[Chaos] = []
+    try:
+        with LocalCluster(workers=WORKERS, appendonly=True) as cluster:
+            app = app_for(cluster)
+            wait_until(lambda: cluster.client().scard(REGISTRY_KEY) == WORKERS, 30, "heartbeats")
+            memory_before, keys_before = redis_state(cluster)
+            me = psutil.Process()
+            rss_before = me.memory_info().rss
+            peak = [rss_before]
+            sampling = threading.Event()
 
-        def sample_rss() -> None:
-            while not sampling.wait(0.2):
-                peak[0] = max(peak[0], me.memory_info().rss)
+            def sample_rss() -> None:
+                while not sampling.wait(0.2):
+                    peak[0] = max(peak[0], me.memory_info().rss)
 
-        threading.Thread(target=sample_rss, daemon=True).start()
-        arrived: Counter[tuple[str, str]] = Counter()
-        chaos = Chaos(cluster, restart_at=8)
-        chaos.start()
-        started = time.monotonic()
-        manager = CryptoManager(app=app, settings=Settings(batch_size=40))
-        report = manager.dispatch(requests, timeout=300,
-                                  on_result=lambda r: arrived.update([(r["coin"], r["model"])]))
-        seconds = time.monotonic() - started
-        chaos.stop.set()
-        chaos.join()
-        sampling.set()
+            threading.Thread(target=sample_rss, daemon=True).start()
+            arrived: Counter[tuple[str, str]] = Counter()
+            chaos.append(Chaos(cluster, restart_at=8))
+            chaos[0].start()
+            started = time.monotonic()
+            manager = CryptoManager(app=app, settings=Settings(batch_size=40))
+            report = manager.dispatch(requests, timeout=300,
+                                      on_result=lambda r: arrived.update([(r["coin"], r["model"])]))
+            seconds = time.monotonic() - started
+            chaos[0].stop.set()
+            assert chaos[0].idle.wait(60)
+            sampling.set()
 
-        logs = worker_logs(cluster)
-        runs = [int(n) for n in re.findall(r": delivery (\d+) of at most", logs)]
-        counts = {
-            "forecasts": len(arrived), "failed": len(report.failed), "seconds": round(seconds),
-            "kills": chaos.kills, "workers_started": chaos.started,
-            "redis_restarts": chaos.redis_restarts, "redelivered_messages": len(runs),
-            "max_delivery": max(runs, default=1),
-            "manager_rss_growth_mb": round((peak[0] - rss_before) / 2**20),
-        }
-        print(counts)
-        assert report.failed == {}, list(report.failed.items())[:3]
-        assert len(arrived) == FORECASTS and set(arrived.values()) == {1}  # each exactly once
-        assert chaos.kills >= 5 and chaos.redis_restarts == 1
-        assert max(runs, default=1) <= 3 and "TooManyDeliveries" not in logs
-        assert counts["manager_rss_growth_mb"] < 300
+            logs = worker_logs(cluster)
+            runs = [int(n) for n in re.findall(r": delivery (\d+) of at most", logs)]
+            counts = {
+                "forecasts": len(arrived), "failed": len(report.failed), "seconds": round(seconds),
+                "kills": chaos[0].kills, "workers_started": chaos[0].started,
+                "redis_restarts": chaos[0].redis_restarts, "redelivered_messages": len(runs),
+                "max_delivery": max(runs, default=1),
+                "manager_rss_growth_mb": round((peak[0] - rss_before) / 2**20),
+            }
+            print(counts)
+            assert report.failed == {}, list(report.failed.items())[:3]
+            assert len(arrived) == FORECASTS and set(arrived.values()) == {1}  # each exactly once
+            assert chaos[0].kills >= 5 and chaos[0].redis_restarts == 1
+            assert max(runs, default=1) <= 3 and "TooManyDeliveries" not in logs
+            assert counts["manager_rss_growth_mb"] < 300
 
-        # Redis back to where it started: nothing queued or held, no results or counters
-        # left, and the killed workers' heartbeat keys swept away
-        wait_for_drained(cluster, timeout=60)
-        alive = len(live_workers(cluster))
-        wait_until(lambda: cluster.client().scard(REGISTRY_KEY) == alive, 60,
-                   "the dead workers swept")
-        memory_after, keys_after = redis_state(cluster)
-        print({"redis_used_memory_before": memory_before, "after": memory_after,
-               "keys_before": dict(keys_before), "keys_after": dict(keys_after)})
-        assert keys_after == keys_before
-        assert memory_after < memory_before + 512 * 1024
+            # Redis back to where it started: nothing queued or held, no results or counters
+            # left, and the killed workers' heartbeat keys swept away
+            wait_for_drained(cluster, timeout=60)
+            alive = len(live_workers(cluster))
+            wait_until(lambda: cluster.client().scard(REGISTRY_KEY) == alive, 60,
+                       "the dead workers swept")
+            memory_after, keys_after = redis_state(cluster)
+            print({"redis_used_memory_before": memory_before, "after": memory_after,
+                   "keys_before": dict(keys_before), "keys_after": dict(keys_after)})
+            assert keys_after == keys_before
+            assert memory_after < memory_before + 512 * 1024
+    finally:
+        for thread in chaos:
+            thread.exit.set()
