@@ -22,9 +22,10 @@ process (the parent, not the pool) runs one thread that, every
    keys are deleted.
 
 A sweeper trusts a missing heartbeat only after its own beats have succeeded for
-``dead_after + heartbeat_seconds`` (after start and after any broker outage), so a
-Redis restart or failover, during which nobody can beat, does not make every worker
-look dead. The README's reliability section discusses timing and trade-offs.
+``2 * heartbeat_seconds + 1`` (after start and after any broker outage): every live
+worker retries its beat each ``heartbeat_seconds``, so after a Redis restart or
+failover, during which nobody can beat and keys may expire, the live ones have beaten
+again before anyone is judged. The README's reliability section discusses timing and trade-offs.
 """
 
 from __future__ import annotations
@@ -171,7 +172,7 @@ class Liveness(threading.Thread):
     def trusts_silence(self) -> bool:
         """Whether our own beats have succeeded long enough to call a silent worker dead."""
         return (self.healthy_since is not None
-                and time.monotonic() - self.healthy_since >= self.dead_after + self.interval)
+                and time.monotonic() - self.healthy_since >= 2 * self.interval + 1)
 
     def sweep(self) -> int:
         """Redeliver the tasks of every dead worker; returns how many were redelivered."""

@@ -16,11 +16,12 @@ from collections import Counter
 
 import psutil
 import pytest
+import redis
 from fault_helpers import app_for, wait_for_drained, worker_logs
 from hoarding import start_worker
 
 from crypto_ml.cluster import LocalCluster, wait_until
-from crypto_ml.liveness import REGISTRY_KEY
+from crypto_ml.liveness import REGISTRY_KEY, held_key
 from crypto_ml.manager import CryptoManager
 from crypto_ml.settings import Settings
 from crypto_ml.wire import ForecastRequest
@@ -37,7 +38,8 @@ def live_workers(cluster: LocalCluster) -> list[int]:
 
 
 class Chaos(threading.Thread):
-    """Kills a random worker every few seconds and starts a new one; restarts Redis once."""
+    """Kills a random worker (one running a task, if any) every few seconds and starts a
+    new one; restarts Redis once."""
 
     def __init__(self, cluster: LocalCluster, restart_at: float) -> None:
         super().__init__(daemon=True)
@@ -53,6 +55,15 @@ class Chaos(threading.Thread):
         self.redis_restarts = 0
         self.random = random.Random(12)
 
+    def holds_a_task(self, name: str) -> bool:
+        """Whether worker ``name`` has recorded a delivery (running or reserved) right now."""
+        try:
+            client = self.cluster.client()
+            return any(client.hlen(held_key(m.decode())) for m in client.smembers(REGISTRY_KEY)
+                       if m.decode().startswith(f"{name}/"))
+        except redis.RedisError:
+            return False
+
     def run(self) -> None:
         began = time.monotonic()
         while not self.stop.wait(KILL_EVERY):
@@ -62,7 +73,8 @@ class Chaos(threading.Thread):
                 continue
             alive = live_workers(self.cluster)
             if len(alive) > 1:
-                victim = self.cluster.workers[self.random.choice(alive)]
+                busy = [i for i in alive if self.holds_a_task(self.cluster.worker_names[i])]
+                victim = self.cluster.workers[self.random.choice(busy or alive)]
                 os.killpg(victim.pid, signal.SIGKILL)  # node lost: worker and pool at once
                 victim.wait(10)
                 self.kills += 1
@@ -105,7 +117,7 @@ def test_chaos_every_forecast_exactly_once() -> None:
             chaos.append(Chaos(cluster, restart_at=8))
             chaos[0].start()
             started = time.monotonic()
-            manager = CryptoManager(app=app, settings=Settings(batch_size=40))
+            manager = CryptoManager(app=app, settings=Settings(batch_size=20))
             report = manager.dispatch(requests, timeout=300,
                                       on_result=lambda r: arrived.update([(r["coin"], r["model"])]))
             seconds = time.monotonic() - started
