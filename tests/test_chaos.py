@@ -30,7 +30,7 @@ pytestmark = pytest.mark.integration
 
 FORECASTS = 20_000
 KILL_EVERY = 4.0
-WORKERS = 3
+WORKERS = 4
 
 
 def live_workers(cluster: LocalCluster) -> list[int]:
