@@ -29,10 +29,11 @@ from celery import Celery
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from crypto_ml.cluster import LocalCluster, spawn, wait_until  # noqa: E402
-from crypto_ml.liveness import REGISTRY_KEY, held_key  # noqa: E402
-from crypto_ml.queue_depth import queue_depths  # noqa: E402
-from crypto_ml.wire import TASK_NAME, ForecastRequest  # noqa: E402
+from crypto_ml.dispatch.cluster import LocalCluster  # noqa: E402
+from crypto_ml.ops.processes import spawn, wait_until  # noqa: E402
+from crypto_ml.ops.queue_depth import queue_depths  # noqa: E402
+from crypto_ml.worker.liveness import REGISTRY_KEY, held_key  # noqa: E402
+from crypto_ml.worker.requests import TASK_NAME, ForecastRequest  # noqa: E402
 
 PRICES = [float(x) for x in range(1, 60)]
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import redis
 from redis.sentinel import Sentinel
 
-from crypto_ml.cluster import LocalCluster, free_port, redis_server_path, spawn, terminate, wait_until
+from crypto_ml.dispatch.cluster import LocalCluster, redis_server_path
+from crypto_ml.ops.processes import free_port, spawn, terminate, wait_until
 
 MASTER_NAME = "mymaster"
 

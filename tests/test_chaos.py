@@ -20,11 +20,12 @@ import redis
 from fault_helpers import app_for, wait_for_drained, worker_logs
 from hoarding import start_worker
 
-from crypto_ml.cluster import LocalCluster, wait_until
-from crypto_ml.liveness import REGISTRY_KEY, held_key
-from crypto_ml.manager import CryptoManager
-from crypto_ml.settings import Settings
-from crypto_ml.wire import ForecastRequest
+from crypto_ml.core.settings import Settings
+from crypto_ml.dispatch.cluster import LocalCluster
+from crypto_ml.dispatch.manager import CryptoManager
+from crypto_ml.ops.processes import wait_until
+from crypto_ml.worker.liveness import REGISTRY_KEY, held_key
+from crypto_ml.worker.requests import ForecastRequest
 
 pytestmark = pytest.mark.integration
 

@@ -1,7 +1,7 @@
 """A dead worker's tasks come back in seconds; a live worker's are never delivered twice.
 
 Real Redis, real `celery worker` processes (LocalCluster), real signals. Each worker
-beats in Redis and sweeps for dead workers (crypto_ml.liveness).
+beats in Redis and sweeps for dead workers (crypto_ml.worker.liveness).
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from fault_helpers import (
     worker_process,
 )
 
-from crypto_ml.cluster import LocalCluster, wait_until
-from crypto_ml.liveness import REGISTRY_KEY, alive_key, held_key
-from crypto_ml.wire import TASK_NAME, ForecastRequest
+from crypto_ml.dispatch.cluster import LocalCluster
+from crypto_ml.ops.processes import wait_until
+from crypto_ml.worker.liveness import REGISTRY_KEY, alive_key, held_key
+from crypto_ml.worker.requests import TASK_NAME, ForecastRequest
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +56,7 @@ def liveness_keys(cluster: LocalCluster) -> list[str]:
 
 @pytest.mark.slow
 def test_dead_worker_task_is_back_within_30_s_even_with_a_1_hour_limit(
-        shared_data: Path, tmp_path: Path) -> None:
+        price_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run.json"
     env = {**os.environ, **HOUR_LIMITS, "CRYPTO_ML_PRELOAD_KERAS": "1"}
     with LocalCluster(workers=2, env=env) as cluster:
@@ -64,7 +65,7 @@ def test_dead_worker_task_is_back_within_30_s_even_with_a_1_hour_limit(
             registered(cluster, name)
         cli = start_cli(*LSTM, "--epochs", "5", "--coins", "bitcoin", "--broker",
                         cluster.broker_url, "--output", str(out), "--timeout", "300",
-                        data_dir=shared_data, env=cli_env(shared_data, **HOUR_LIMITS))
+                        data_dir=price_data, env=cli_env(price_data, **HOUR_LIMITS))
         victim = wait_for_running(app, training=True, cli=cli)
         dead = worker_process(cluster, victim.hostname)
         os.killpg(dead.pid, signal.SIGKILL)  # the whole worker dies: node lost, pod evicted
@@ -118,7 +119,7 @@ def test_reserved_but_not_started_task_of_a_dead_worker_comes_back(tmp_path: Pat
 
 @pytest.mark.slow
 def test_task_longer_than_the_visibility_timeout_on_a_live_worker_runs_once(
-        shared_data: Path, tmp_path: Path) -> None:
+        price_data: Path, tmp_path: Path) -> None:
     # the old rule (timeout above the hard limit) scaled down: a 6 s visibility timeout,
     # an LSTM that trains for longer, a second idle worker that would take a redelivery
     limits = {**HOUR_LIMITS, "CRYPTO_ML_VISIBILITY_TIMEOUT": "6",
@@ -128,7 +129,7 @@ def test_task_longer_than_the_visibility_timeout_on_a_live_worker_runs_once(
         app = app_for(cluster)
         cli = start_cli(*LSTM, "--epochs", "80", "--coins", "bitcoin", "--broker",
                         cluster.broker_url, "--output", str(out), "--timeout", "300",
-                        data_dir=shared_data, env=cli_env(shared_data, **limits))
+                        data_dir=price_data, env=cli_env(price_data, **limits))
         victim = wait_for_running(app, cli=cli)
         code, _, stderr = finish(cli, timeout=280)
         assert code == 0, stderr

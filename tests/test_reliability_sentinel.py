@@ -14,11 +14,11 @@ import pytest
 from fault_helpers import cli_env, finish, start_cli, worker_logs
 from sentinel_support import SentinelCluster
 
-from crypto_ml.celery_app import create_app
-from crypto_ml.cluster import wait_until
-from crypto_ml.data_loader import CryptoLoader
-from crypto_ml.manager import check_broker
-from crypto_ml.settings import Settings
+from crypto_ml.core.settings import Settings
+from crypto_ml.data.loader import CryptoLoader
+from crypto_ml.dispatch.manager import check_broker
+from crypto_ml.ops.processes import wait_until
+from crypto_ml.worker.app import create_app
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +33,7 @@ def test_sentinel_urls_reach_the_master_and_set_the_master_name() -> None:
 
 
 @pytest.mark.slow
-def test_master_killed_mid_run_everything_fails_over(shared_data: Path, tmp_path: Path) -> None:
+def test_master_killed_mid_run_everything_fails_over(price_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run.json"
     with SentinelCluster(workers=2) as cluster:
         url = cluster.broker_url
@@ -41,8 +41,8 @@ def test_master_killed_mid_run_everything_fails_over(shared_data: Path, tmp_path
         before = cluster.master_port()
         meta = "celery-task-meta-*"
         cli = start_cli("send-tasks", "--model", "naive,linear", "--broker", url, "--output",
-                        str(out), "--timeout", "180", data_dir=shared_data,
-                        env=cli_env(shared_data, CRYPTO_ML_BATCH_SIZE="1"))
+                        str(out), "--timeout", "180", data_dir=price_data,
+                        env=cli_env(price_data, CRYPTO_ML_BATCH_SIZE="1"))
         # mid-run: some results stored, most still to come
         wait_until(lambda: sum(1 for _ in cluster.client().scan_iter(match=meta)) >= 20, 120,
                    "the first results")
@@ -59,6 +59,6 @@ def test_master_killed_mid_run_everything_fails_over(shared_data: Path, tmp_path
         print(f"failover in {failover:.1f} s; {forecasts} forecasts, {len(report['failed'])} "
               f"failed; {worker_logs(cluster).count('delivery 2')} delivered twice")
         assert report["failed"] == {}
-        assert forecasts == 2 * len(CryptoLoader(shared_data).get_crypto_names())
+        assert forecasts == 2 * len(CryptoLoader(price_data).get_crypto_names())
         for proc in cluster.workers:  # the workers rode it out
             assert proc.poll() is None

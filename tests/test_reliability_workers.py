@@ -25,9 +25,9 @@ from fault_helpers import (
     worker_process,
 )
 
-from crypto_ml.cluster import LocalCluster
-from crypto_ml.data_loader import CryptoLoader
-from crypto_ml.manager import CryptoManager
+from crypto_ml.data.loader import CryptoLoader
+from crypto_ml.dispatch.cluster import LocalCluster
+from crypto_ml.dispatch.manager import CryptoManager
 
 pytestmark = pytest.mark.integration
 
@@ -41,13 +41,13 @@ def cluster_env(**settings: str) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_killed_pool_process_task_is_redelivered_and_forecast_unchanged(shared_data: Path,
+def test_killed_pool_process_task_is_redelivered_and_forecast_unchanged(price_data: Path,
                                                                          tmp_path: Path) -> None:
     out = tmp_path / "run.json"
     with LocalCluster(workers=2) as cluster:
         app = app_for(cluster)
         cli = start_cli(*LSTM, "--coins", "bitcoin,ethereum", "--broker", cluster.broker_url,
-                        "--output", str(out), "--timeout", "180", data_dir=shared_data)
+                        "--output", str(out), "--timeout", "180", data_dir=price_data)
         victim = wait_for_running(app, training=True, cli=cli)
         os.kill(victim.pid, signal.SIGKILL)  # the pool process dies mid-training (OOM killer)
 
@@ -60,7 +60,7 @@ def test_killed_pool_process_task_is_redelivered_and_forecast_unchanged(shared_d
         assert f"task {victim.task_id} done" in logs
         # as if nothing happened: the redelivered run gives the forecast an undisturbed run gives
         killed_coin = coin_of(victim.task_id, logs)
-        again = CryptoManager(loader=CryptoLoader(shared_data), app=app).run(
+        again = CryptoManager(loader=CryptoLoader(price_data), app=app).run(
             "lstm", [killed_coin], horizon=5, max_points=400, epochs=20, timeout=120,
             on_result=lambda r: None)
         np.testing.assert_array_equal(report["results"][killed_coin]["lstm"]["forecast"],
@@ -68,12 +68,12 @@ def test_killed_pool_process_task_is_redelivered_and_forecast_unchanged(shared_d
         wait_for_drained(cluster)
 
 
-def test_task_that_keeps_killing_its_worker_fails_clearly(shared_data: Path) -> None:
+def test_task_that_keeps_killing_its_worker_fails_clearly(price_data: Path) -> None:
     env = cluster_env(CRYPTO_ML_MAX_DELIVERIES="2")
     with LocalCluster(workers=1, env=env) as cluster:
         app = app_for(cluster)
         cli = start_cli(*LSTM, "--coins", "bitcoin", "--broker", cluster.broker_url,
-                        "--timeout", "120", data_dir=shared_data)
+                        "--timeout", "120", data_dir=price_data)
         killed: set[int] = set()
         for delivery in (1, 2):  # every run of this task dies with its pool process
             victim = wait_for_running(app, skip_pids=frozenset(killed), delivery=delivery,
@@ -88,20 +88,20 @@ def test_task_that_keeps_killing_its_worker_fails_clearly(shared_data: Path) -> 
         assert cluster.workers[0].poll() is None  # the worker itself survived
         wait_for_drained(cluster)  # the poison message is gone, not requeued forever
 
-        rerun = CryptoManager(loader=CryptoLoader(shared_data), app=app).run(
+        rerun = CryptoManager(loader=CryptoLoader(price_data), app=app).run(
             "linear", ["bitcoin"], timeout=60, on_result=lambda r: None)
         assert rerun.ok and "bitcoin" in rerun.results
 
 
 @pytest.mark.slow
-def test_sigterm_lets_the_running_task_finish_and_loses_nothing(shared_data: Path,
+def test_sigterm_lets_the_running_task_finish_and_loses_nothing(price_data: Path,
                                                                 tmp_path: Path) -> None:
     out = tmp_path / "run.json"
     coins = ["bitcoin", "ethereum", "litecoin"]
     with LocalCluster(workers=2) as cluster:
         app = app_for(cluster)
         cli = start_cli(*LSTM, "--coins", ",".join(coins), "--broker", cluster.broker_url,
-                        "--output", str(out), "--timeout", "180", data_dir=shared_data)
+                        "--output", str(out), "--timeout", "180", data_dir=price_data)
         victim = wait_for_running(app, training=True, cli=cli)
         stopping = worker_process(cluster, victim.hostname)
         stopping.send_signal(signal.SIGTERM)  # to the main process only, as Kubernetes does
@@ -122,8 +122,8 @@ def test_redelivery_knob_is_the_documented_one() -> None:
     """The broker config a worker gets: the visibility timeout, the last-resort net for
     messages no beating worker holds (a dead worker's come back sooner: see
     test_reliability_liveness.py), is swept every 10 s at most."""
-    from crypto_ml.celery_app import celery_config
-    from crypto_ml.settings import Settings
+    from crypto_ml.core.settings import Settings
+    from crypto_ml.worker.app import celery_config
 
     env = cli_env(CRYPTO_ML_BROKER_URL="redis://localhost:6379/0",
                   CRYPTO_ML_HARD_TIME_LIMIT="600", CRYPTO_ML_SOFT_TIME_LIMIT="500")
