@@ -32,11 +32,12 @@ from crypto_ml.core.sentinel import redis_client
 from crypto_ml.core.settings import Settings
 from crypto_ml.data.loader import CryptoLoader
 from crypto_ml.dispatch.cluster import LocalCluster
-from crypto_ml.dispatch.planning import plan_messages
+from crypto_ml.dispatch.lost import LostMessages
+from crypto_ml.dispatch.planning import Message, plan_messages
 from crypto_ml.dispatch.report import NullObserver, RunObserver, RunReport, format_forecast
 from crypto_ml.models import PARAMS, parse_models
 from crypto_ml.ops.flower import send_options
-from crypto_ml.worker.app import create_app
+from crypto_ml.worker.app import CPU_QUEUE, GPU_QUEUE, create_app
 from crypto_ml.worker.deliveries import delivery_key
 from crypto_ml.worker.requests import ForecastRequest
 
@@ -85,6 +86,7 @@ class CryptoManager:
         self.out = out or sys.stdout
         self.err = err or sys.stderr
         self.stop_requested = threading.Event()
+        self._lost: LostMessages | None = None
         self.last_report: RunReport | None = None
 
     def _say(self, line: str) -> None:
@@ -185,12 +187,25 @@ class CryptoManager:
                               on_result: Callable[[dict[str, Any]], None]) -> None:
         pending: dict[str, list[tuple[str, str]]] = {}
         sent_ids: list[str] = []
+        messages: dict[str, Message] = {}
+        started = time.monotonic()
+
+        def resend(task_id: str) -> None:  # its message was lost: crypto_ml.dispatch.lost
+            message = messages[task_id]
+            left = None if timeout is None else max(1.0, timeout - time.monotonic() + started)
+            app.send_task(message.task, kwargs=message.kwargs, task_id=task_id, retry=True,
+                          retry_policy=PUBLISH_RETRY, expires=left,
+                          **send_options(message.kwargs))
+            self._say(f"resent task {task_id}: the broker lost its message")
+
+        self._lost = LostMessages(app, pending, resend, (CPU_QUEUE, GPU_QUEUE))
         try:
             for message in plan_messages(requests, self.settings.batch_size):
                 sent = app.send_task(message.task, kwargs=message.kwargs, retry=True,
                                      retry_policy=PUBLISH_RETRY, expires=timeout,
                                      **send_options(message.kwargs))
                 pending[sent.id] = message.items
+                messages[sent.id] = message
                 sent_ids.append(sent.id)
                 for coin, model in message.items:
                     self.observer.on_sent(app, sent.id, coin, model)
@@ -203,6 +218,7 @@ class CryptoManager:
                     self._fail(report, coin, model,
                                f"no result within {timeout:g} s (--timeout)", task_id)
         finally:
+            self._lost = None
             if pending:  # timed out or interrupted: do not leave work queued for nobody
                 app.control.revoke(list(pending))
             if sent_ids:  # results were read: free the backend now instead of at expiry
@@ -224,6 +240,8 @@ class CryptoManager:
     def _tick(self) -> None:
         self.observer.on_wait()
         self._check_stop()
+        if self._lost is not None:
+            self._lost.check()
 
     def _results(self, app: Celery, pending: dict[str, list[tuple[str, str]]],
                  timeout: float | None) -> Iterator[tuple[str, dict[str, Any]]]:
