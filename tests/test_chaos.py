@@ -6,6 +6,7 @@ bounded. Real Redis (AOF on, as shipped), real workers, real SIGKILLs.
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import re
@@ -118,7 +119,8 @@ def test_chaos_every_forecast_exactly_once() -> None:
             chaos.append(Chaos(cluster, restart_at=8))
             chaos[0].start()
             started = time.monotonic()
-            manager = CryptoManager(app=app, settings=Settings(batch_size=20))
+            err = io.StringIO()
+            manager = CryptoManager(app=app, settings=Settings(batch_size=20), err=err)
             report = manager.dispatch(requests, timeout=300,
                                       on_result=lambda r: arrived.update([(r["coin"], r["model"])]))
             seconds = time.monotonic() - started
@@ -133,6 +135,7 @@ def test_chaos_every_forecast_exactly_once() -> None:
                 "kills": chaos[0].kills, "workers_started": chaos[0].started,
                 "redis_restarts": chaos[0].redis_restarts, "redelivered_messages": len(runs),
                 "max_delivery": max(runs, default=1),
+                "resent_lost_messages": err.getvalue().count("resent task"),
                 "manager_rss_growth_mb": round((peak[0] - rss_before) / 2**20),
             }
             print(counts)
@@ -151,7 +154,7 @@ def test_chaos_every_forecast_exactly_once() -> None:
             memory_after, keys_after = redis_state(cluster)
             print({"redis_used_memory_before": memory_before, "after": memory_after,
                    "keys_before": dict(keys_before), "keys_after": dict(keys_after)})
-            assert keys_after == keys_before
+            assert keys_after == keys_before, (keys_before, keys_after)
             assert memory_after < memory_before + 512 * 1024
     finally:
         for thread in chaos:
