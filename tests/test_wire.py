@@ -40,12 +40,17 @@ def test_config_accepts_json_and_msgpack_only() -> None:
 def test_reliability_baseline() -> None:
     conf = celery_config(SETTINGS)
     assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"]
-    assert conf["worker_prefetch_multiplier"] == 1
+    assert conf["worker_prefetch_multiplier"] == 1 and conf["worker_disable_prefetch"]
     assert conf["task_soft_time_limit"] < conf["task_time_limit"]
+    # live workers keep their messages visible by beating; the timeout is only a last resort
     assert conf["broker_transport_options"]["visibility_timeout"] > conf["task_time_limit"]
+    assert conf["crypto_ml_dead_after_seconds"] == 10 and conf["crypto_ml_heartbeat_seconds"] == 2
     assert conf["result_expires"] > 0
+    Settings(hard_time_limit=3600, soft_time_limit=3500, visibility_timeout=60)  # allowed now
     with pytest.raises(ConfigError, match="visibility"):
-        Settings(hard_time_limit=600, visibility_timeout=500)
+        Settings(visibility_timeout=15)
+    with pytest.raises(ConfigError, match="HEARTBEAT"):
+        Settings(heartbeat_seconds=6)
 
 
 def test_no_broker_is_an_error_not_a_default_host() -> None:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import redis
-
 from crypto_ml.cli.options import EXIT_OK
 from crypto_ml.core.errors import ConfigError
+from crypto_ml.core.sentinel import redis_client
 from crypto_ml.core.settings import Settings
 from crypto_ml.ops.queue_depth import DEFAULT_PORT, make_server
 from crypto_ml.worker.app import CPU_QUEUE, GPU_QUEUE
@@ -31,8 +30,8 @@ def queue_depth_main(args: argparse.Namespace) -> int:
     if not settings.broker_url:
         raise ConfigError("set CRYPTO_ML_BROKER_URL to the Redis broker to watch")
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
-    client = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=5,
-                                  socket_timeout=5)
+    client = redis_client(settings.broker_url, settings.sentinel_master,
+                          settings.sentinel_password, socket_connect_timeout=5, socket_timeout=5)
     try:
         server = make_server(client, queues, args.port, args.host)
     except OSError as exc:

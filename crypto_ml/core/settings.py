@@ -8,12 +8,19 @@ The environment is read only by :meth:`Settings.from_env`, which the edges call
 Variable                                   Default                     Meaning
 ========================================  ==========================  =========================================
 ``CRYPTO_ML_DATA_DIR``                     ``data/crypto``             Folder of per-coin CSV files.
-``CRYPTO_ML_BROKER_URL``                   (unset: embedded cluster)   Redis broker, ``redis://`` or ``rediss://``.
+``CRYPTO_ML_BROKER_URL``                   (unset: embedded cluster)   Redis broker: ``redis://``, ``rediss://`` or
+                                                                       ``sentinel://h1:26379;sentinel://h2:26379``.
 ``CRYPTO_ML_RESULT_BACKEND``               the broker URL              Where task results are stored.
+``CRYPTO_ML_SENTINEL_MASTER``              ``mymaster``                Master name for ``sentinel://`` URLs.
+``CRYPTO_ML_SENTINEL_PASSWORD``            (unset)                     Password of the sentinels themselves.
 ``CRYPTO_ML_SERIALIZER``                   ``msgpack``                 Wire format: ``msgpack`` (compact, fast) or ``json``.
 ``CRYPTO_ML_SOFT_TIME_LIMIT``              ``300``                     Seconds before a task gets SoftTimeLimitExceeded.
 ``CRYPTO_ML_HARD_TIME_LIMIT``              ``360``                     Seconds before the pool kills the task's process.
-``CRYPTO_ML_VISIBILITY_TIMEOUT``           hard limit + 60             Seconds before an unacked task is redelivered.
+``CRYPTO_ML_VISIBILITY_TIMEOUT``           hard limit + 60             Last-resort net: seconds before a message held
+                                                                       by no live, beating worker is redelivered.
+``CRYPTO_ML_HEARTBEAT_SECONDS``            ``2``                       How often each worker beats (and sweeps).
+``CRYPTO_ML_DEAD_AFTER_SECONDS``           ``10``                      Silence after which a worker is dead and its
+                                                                       tasks are delivered again.
 ``CRYPTO_ML_MAX_DELIVERIES``               ``3``                       Runs before a redelivery fails a task.
 ``CRYPTO_ML_RESULT_EXPIRES``               ``86400``                   Seconds a result stays in the backend.
 ``CRYPTO_ML_MAX_HORIZON``                  ``365``                     Largest forecast horizon a task accepts.
@@ -76,10 +83,14 @@ class Settings:
     data_dir: Path = DEFAULT_DATA_DIR
     broker_url: str | None = None
     result_backend: str | None = None
+    sentinel_master: str = "mymaster"
+    sentinel_password: str | None = field(default=None, repr=False)
     serializer: str = "msgpack"
     soft_time_limit: int = 300
     hard_time_limit: int = 360
     visibility_timeout: int = 420
+    heartbeat_seconds: int = 2
+    dead_after_seconds: int = 10
     max_deliveries: int = 3
     result_expires: int = 86400
     max_horizon: int = 365
@@ -112,10 +123,13 @@ class Settings:
             )
         if self.hard_time_limit <= self.soft_time_limit:
             raise ConfigError("the hard time limit must be above the soft time limit")
-        if self.visibility_timeout <= self.hard_time_limit:
+        if self.dead_after_seconds < 2 * self.heartbeat_seconds:
+            raise ConfigError("CRYPTO_ML_DEAD_AFTER_SECONDS must be at least twice "
+                              "CRYPTO_ML_HEARTBEAT_SECONDS, or a live worker looks dead")
+        if self.visibility_timeout < 2 * self.dead_after_seconds:
             raise ConfigError(
-                "the visibility timeout must be above the hard time limit, "
-                "or running tasks are delivered twice"
+                "the visibility timeout must be at least twice CRYPTO_ML_DEAD_AFTER_SECONDS, "
+                "or a live worker's tasks are delivered twice"
             )
 
     @property
@@ -138,10 +152,14 @@ class Settings:
             data_dir=Path(env.get("CRYPTO_ML_DATA_DIR") or DEFAULT_DATA_DIR),
             broker_url=env.get("CRYPTO_ML_BROKER_URL") or None,
             result_backend=env.get("CRYPTO_ML_RESULT_BACKEND") or None,
+            sentinel_master=env.get("CRYPTO_ML_SENTINEL_MASTER", "").strip() or "mymaster",
+            sentinel_password=env.get("CRYPTO_ML_SENTINEL_PASSWORD") or None,
             serializer=env.get("CRYPTO_ML_SERIALIZER", "msgpack").strip() or "msgpack",
             soft_time_limit=_int(env, "CRYPTO_ML_SOFT_TIME_LIMIT", 300),
             hard_time_limit=hard,
             visibility_timeout=_int(env, "CRYPTO_ML_VISIBILITY_TIMEOUT", hard + 60),
+            heartbeat_seconds=_int(env, "CRYPTO_ML_HEARTBEAT_SECONDS", 2),
+            dead_after_seconds=_int(env, "CRYPTO_ML_DEAD_AFTER_SECONDS", 10),
             max_deliveries=_int(env, "CRYPTO_ML_MAX_DELIVERIES", 3),
             result_expires=_int(env, "CRYPTO_ML_RESULT_EXPIRES", 86400),
             max_horizon=_int(env, "CRYPTO_ML_MAX_HORIZON", 365),

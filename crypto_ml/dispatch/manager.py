@@ -28,15 +28,17 @@ from kombu.utils.url import maybe_sanitize_url
 
 from crypto_ml.core.errors import BrokerUnavailable, CryptoMLError
 from crypto_ml.core.logs import log_task
+from crypto_ml.core.sentinel import redis_client
 from crypto_ml.core.settings import Settings
 from crypto_ml.data.loader import CryptoLoader
 from crypto_ml.dispatch.cluster import LocalCluster
-from crypto_ml.dispatch.planning import plan_messages
+from crypto_ml.dispatch.lost import LostMessages
+from crypto_ml.dispatch.planning import Message, plan_messages
 from crypto_ml.dispatch.report import NullObserver, RunObserver, RunReport, format_forecast
 from crypto_ml.models import PARAMS, default_max_points, parse_models
 from crypto_ml.models.intervals import DEFAULT_LEVELS, check_levels
 from crypto_ml.ops.flower import send_options
-from crypto_ml.worker.app import create_app
+from crypto_ml.worker.app import CPU_QUEUE, GPU_QUEUE, create_app
 from crypto_ml.worker.deliveries import delivery_key
 from crypto_ml.worker.requests import ForecastRequest
 
@@ -48,10 +50,13 @@ PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, 
 
 
 
-def check_broker(url: str) -> None:
-    """Raise BrokerUnavailable, naming the (password-free) URL, unless Redis answers a ping."""
+def check_broker(url: str, settings: Settings | None = None) -> None:
+    """Raise BrokerUnavailable, naming the (password-free) URL, unless Redis answers a ping
+    (for ``sentinel://``: the master the sentinels name)."""
+    settings = settings or Settings()
     try:
-        redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3).ping()
+        redis_client(url, settings.sentinel_master, settings.sentinel_password,
+                     socket_connect_timeout=3, socket_timeout=3).ping()
     except (redis.RedisError, OSError, ValueError) as exc:
         raise BrokerUnavailable(
             f"cannot reach the broker at {maybe_sanitize_url(url)} ({exc}); start Redis there, "
@@ -82,6 +87,7 @@ class CryptoManager:
         self.out = out or sys.stdout
         self.err = err or sys.stderr
         self.stop_requested = threading.Event()
+        self._lost: LostMessages | None = None
         self.last_report: RunReport | None = None
 
     def _say(self, line: str) -> None:
@@ -94,9 +100,9 @@ class CryptoManager:
             yield self.app
             return
         if self.settings.broker_url:
-            check_broker(self.settings.broker_url)
+            check_broker(self.settings.broker_url, self.settings)
             if self.settings.backend_url != self.settings.broker_url:
-                check_broker(self.settings.backend_url or "")
+                check_broker(self.settings.backend_url or "", self.settings)
             yield create_app(self.settings)
             return
         cluster = LocalCluster(workers=self.settings.workers, **self.cluster_options)
@@ -197,12 +203,25 @@ class CryptoManager:
                               on_result: Callable[[dict[str, Any]], None]) -> None:
         pending: dict[str, list[tuple[str, str]]] = {}
         sent_ids: list[str] = []
+        messages: dict[str, Message] = {}
+        started = time.monotonic()
+
+        def resend(task_id: str) -> None:  # its message was lost: crypto_ml.dispatch.lost
+            message = messages[task_id]
+            left = None if timeout is None else max(1.0, timeout - time.monotonic() + started)
+            app.send_task(message.task, kwargs=message.kwargs, task_id=task_id, retry=True,
+                          retry_policy=PUBLISH_RETRY, expires=left,
+                          **send_options(message.kwargs))
+            self._say(f"resent task {task_id}: the broker lost its message")
+
+        self._lost = LostMessages(app, pending, resend, (CPU_QUEUE, GPU_QUEUE))
         try:
             for message in plan_messages(requests, self.settings.batch_size):
                 sent = app.send_task(message.task, kwargs=message.kwargs, retry=True,
                                      retry_policy=PUBLISH_RETRY, expires=timeout,
                                      **send_options(message.kwargs))
                 pending[sent.id] = message.items
+                messages[sent.id] = message
                 sent_ids.append(sent.id)
                 for coin, model in message.items:
                     self.observer.on_sent(app, sent.id, coin, model)
@@ -215,6 +234,7 @@ class CryptoManager:
                     self._fail(report, coin, model,
                                f"no result within {timeout:g} s (--timeout)", task_id)
         finally:
+            self._lost = None
             if pending:  # timed out or interrupted: do not leave work queued for nobody
                 app.control.revoke(list(pending))
             if sent_ids:  # results were read: free the backend now instead of at expiry
@@ -236,6 +256,8 @@ class CryptoManager:
     def _tick(self) -> None:
         self.observer.on_wait()
         self._check_stop()
+        if self._lost is not None:
+            self._lost.check()
 
     def _results(self, app: Celery, pending: dict[str, list[tuple[str, str]]],
                  timeout: float | None) -> Iterator[tuple[str, dict[str, Any]]]:

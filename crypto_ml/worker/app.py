@@ -18,10 +18,12 @@ from kombu import Queue
 
 from crypto_ml.core.errors import ConfigError
 from crypto_ml.core.logs import use_format
+from crypto_ml.core.sentinel import transport_options
 from crypto_ml.core.settings import Settings, threads_env
 from crypto_ml.models import HEAVY
 from crypto_ml.models.rnn import warm_up
 from crypto_ml.models.statistical import warm_up as warm_up_statistical
+from crypto_ml.worker import liveness
 from crypto_ml.worker.requests import ACCEPT_CONTENT, BATCH_TASK_NAME, TASK_NAME
 
 CPU_QUEUE, GPU_QUEUE = "cpu", "gpu"
@@ -66,6 +68,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "socket_connect_timeout": 5,
         "socket_keepalive": True,
         "health_check_interval": 25,
+        **transport_options(settings.broker_url, settings.sentinel_master,
+                            settings.sentinel_password),
     }
     return {
         "broker_url": settings.broker_url,
@@ -73,7 +77,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_use_ssl": _tls_options(settings.broker_url),
         "redis_backend_use_ssl": _tls_options(settings.backend_url or ""),
         "broker_transport_options": transport,
-        "result_backend_transport_options": {"socket_connect_timeout": 5},
+        "result_backend_transport_options": {
+            "socket_connect_timeout": 5,
+            **transport_options(settings.backend_url, settings.sentinel_master,
+                                settings.sentinel_password)},
         "redis_socket_connect_timeout": 5,
         "broker_connection_retry_on_startup": True,
         "task_serializer": settings.serializer,
@@ -84,6 +91,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
+        # take a message only when a pool process is free: no hoarding (README: reliability)
+        "worker_disable_prefetch": True,
         "task_soft_time_limit": settings.soft_time_limit,
         "task_time_limit": settings.hard_time_limit,
         "result_expires": settings.result_expires,
@@ -110,6 +119,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "crypto_ml_model_store": settings.model_store,
         "crypto_ml_model_store_ttl": settings.model_store_ttl,
         "crypto_ml_log_format": settings.log_format,
+        "crypto_ml_heartbeat_seconds": settings.heartbeat_seconds,
+        "crypto_ml_dead_after_seconds": settings.dead_after_seconds,
     }
 
 
@@ -151,6 +162,22 @@ def _preload_keras(**_: Any) -> None:
     """In each new pool process (never the forking parent), load Keras if configured to."""
     if current_app.conf.get("crypto_ml_preload_keras"):
         warm_up()
+
+
+@signals.worker_ready.connect
+def _start_heartbeat(sender: Any = None, **_: Any) -> None:
+    """The worker beats in Redis and redelivers dead workers' tasks (crypto_ml.worker.liveness)."""
+    liveness.start(sender.app, sender.hostname)
+
+
+@signals.task_received.connect
+def _record_delivery(**_: Any) -> None:
+    liveness.wake()
+
+
+@signals.worker_shutdown.connect
+def _stop_heartbeat(**_: Any) -> None:
+    liveness.stop()
 
 
 @signals.after_setup_logger.connect

@@ -9,6 +9,8 @@ The task body holds no policy of its own.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 from celery import Task, shared_task, states
@@ -43,13 +45,25 @@ class ForecastTask(Task):
             log.info("task %s: duplicate delivery of a finished task, skipped", task_id)
             raise Ignore()
         conf = self.app.conf
-        deliveries = count_delivery(client, task_id, ttl=int(conf.result_expires or 86400))
+        deliveries = self._riding_out_restarts(
+            lambda: count_delivery(client, task_id, ttl=int(conf.result_expires or 86400)))
         limit = int(conf.get("crypto_ml_max_deliveries", 3))
         if deliveries > limit:
             raise TooManyDeliveries.for_task(task_id, deliveries, limit)
         if deliveries > 1:
             log.warning("task %s: delivery %d of at most %d (an earlier run's worker died)",
                         task_id, deliveries, limit)
+
+    def _riding_out_restarts(self, call: Callable[[], int]) -> int:
+        """``call()``, retried while the backend is unreachable (a Redis restart or failover:
+        seconds), for as long as a result store is retried (``result_backend_max_retries``)."""
+        errors = tuple(getattr(self.backend, "connection_errors", ())) or (ConnectionError,)
+        for attempt in range(int(self.app.conf.result_backend_max_retries or 20)):
+            try:
+                return call()
+            except errors:
+                time.sleep(min(0.2 * 2 ** attempt, 5.0))
+        return call()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         try:

@@ -1,0 +1,68 @@
+"""Redis Sentinel for the broker and the result backend.
+
+A URL ``sentinel://[:PASSWORD@]HOST:PORT[/DB];sentinel://[:PASSWORD@]HOST2:PORT2;...``
+lists the sentinels (not the master); the master is found by name
+(``CRYPTO_ML_SENTINEL_MASTER``, default ``mymaster``) and found again after a
+failover. kombu and Celery read that name from the transport options built here; the
+manager's broker check and the queue-depth exporter ask the sentinels with
+:func:`redis_client`. The password in the URL is the master's; sentinels that
+require their own set ``CRYPTO_ML_SENTINEL_PASSWORD``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import redis
+from redis.sentinel import Sentinel
+
+from crypto_ml.core.errors import ConfigError
+
+SCHEME = "sentinel://"
+DEFAULT_PORT = 26379
+
+
+def is_sentinel(url: str | None) -> bool:
+    return bool(url) and str(url).startswith(SCHEME)
+
+
+def parse(url: str) -> tuple[list[tuple[str, int]], str | None, int]:
+    """``(sentinels, master password, db)`` of a ``sentinel://`` URL list."""
+    hosts: list[tuple[str, int]] = []
+    password: str | None = None
+    db = 0
+    for chunk in url.split(";"):
+        parts = urlparse(chunk.strip())
+        if parts.scheme != "sentinel" or not parts.hostname:
+            raise ConfigError(f"{chunk.split('@')[-1]!r} is not a sentinel://HOST:PORT URL")
+        hosts.append((parts.hostname, parts.port or DEFAULT_PORT))
+        if parts.password and password is None:
+            password = unquote(parts.password)
+        if parts.path.strip("/") and not hosts[1:]:
+            db = int(parts.path.strip("/"))
+    return hosts, password, db
+
+
+def transport_options(url: str | None, master: str, password: str | None) -> dict[str, Any]:
+    """Transport options kombu (broker) and Celery (backend) need for ``url``; {} unless
+    it is a sentinel URL."""
+    if not is_sentinel(url):
+        return {}
+    options: dict[str, Any] = {"master_name": master}
+    if password:
+        options["sentinel_kwargs"] = {"password": password}
+    return options
+
+
+def redis_client(url: str, master: str, sentinel_password: str | None = None,
+                 **kwargs: Any) -> redis.Redis:
+    """A client of the Redis behind ``url``: the current master for a sentinel URL."""
+    if not is_sentinel(url):
+        return redis.Redis.from_url(url, **kwargs)
+    hosts, password, db = parse(url)
+    sentinel_kwargs = {k: v for k, v in kwargs.items() if k.startswith("socket_")}
+    if sentinel_password:
+        sentinel_kwargs["password"] = sentinel_password
+    sentinels = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, **kwargs)
+    return sentinels.master_for(master, password=password, db=db)

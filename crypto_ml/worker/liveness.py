@@ -1,0 +1,286 @@
+"""Worker liveness: heartbeats in Redis and a sweeper that redelivers a dead worker's tasks.
+
+Tasks are acknowledged late, so kombu keeps every message a worker has taken in
+its ``unacked`` hash (field: delivery tag) with the delivery time in the
+``unacked_index`` sorted set. kombu alone gives such a message back only after
+the visibility timeout, which must outlast the longest task. Here every worker
+process (the parent, not the pool) runs one thread that, every
+``heartbeat_seconds``:
+
+1. **beats**, in one MULTI/EXEC: ``SET crypto_ml:worker:<id>:alive`` with a TTL of
+   ``dead_after`` seconds, ``SADD crypto_ml:workers <id>``, and rewrites
+   ``crypto_ml:worker:<id>:held`` (hash: delivery tag -> time) with the tags of the
+   tasks it holds (reserved or running), while ``ZADD XX`` moves those tags' scores
+   in ``unacked_index`` to the same time. A live worker's messages therefore never
+   look older than one beat, and the visibility timeout never redelivers them.
+2. **sweeps**: every registered worker whose ``alive`` key has expired is dead. For
+   each tag in its ``held`` hash whose ``unacked_index`` score still equals the time
+   the dead worker wrote, the message is moved back to its queue (front) in a WATCH
+   transaction, as kombu's own restore does. A tag taken since by another worker has
+   a new score and is left alone, so two sweepers, or a sweeper and a worker that
+   just received the message again, never deliver it twice. Then the dead worker's
+   keys are deleted.
+
+A sweeper trusts a missing heartbeat only after its own beats have succeeded for
+``2 * heartbeat_seconds + 1`` (after start and after any broker outage): every live
+worker retries its beat each ``heartbeat_seconds``, so after a Redis restart or
+failover, during which nobody can beat and keys may expire, the live ones have beaten
+again before anyone is judged. The README's reliability section discusses timing and trade-offs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads
+
+log = logging.getLogger(__name__)
+
+REGISTRY_KEY = "crypto_ml:workers"
+KEY_PREFIX = "crypto_ml:worker:"
+SCORE_TOLERANCE = 1e-3  # scores are times; another delivery differs by far more
+
+
+def alive_key(worker_id: str) -> str:
+    """String key with a TTL: present while the worker beats."""
+    return f"{KEY_PREFIX}{worker_id}:alive"
+
+
+def held_key(worker_id: str) -> str:
+    """Hash: delivery tag -> the ``unacked_index`` score the worker last gave it."""
+    return f"{KEY_PREFIX}{worker_id}:held"
+
+
+def reserved_tags() -> list[str]:
+    """Delivery tags of the requests this worker process holds (reserved or running)."""
+    from celery.worker import state
+
+    for _ in range(10):  # the consumer thread may add a request while we copy
+        try:
+            requests = list(state.reserved_requests)
+            break
+        except RuntimeError:
+            continue
+    else:
+        raise RuntimeError("reserved requests kept changing")
+    tags = (getattr(getattr(r, "message", None), "delivery_tag", None) for r in requests)
+    return sorted({str(t) for t in tags if t})
+
+
+class Liveness(threading.Thread):
+    """The heartbeat and sweeper thread of one worker process."""
+
+    def __init__(self, app: Any, worker_id: str, heartbeat_seconds: float, dead_after: float,
+                 held_ttl: int, holdings: Callable[[], list[str]] = reserved_tags) -> None:
+        super().__init__(name="crypto-ml-liveness", daemon=True)
+        self.app = app
+        self.worker_id = worker_id
+        self.interval = heartbeat_seconds
+        self.dead_after = dead_after
+        self.held_ttl = held_ttl
+        self.orphan_after = 2 * dead_after
+        self.holdings = holdings
+        self.stopping = threading.Event()
+        self.woken = threading.Event()
+        self.connection: Any = None
+        self.healthy_since: float | None = None
+        self.beats = 0
+        self.redelivered = 0
+
+    # -- connection -------------------------------------------------------------------------
+    def channel(self) -> Any:
+        if self.connection is None:
+            self.connection = self.app.connection_for_write()
+        return self.connection.default_channel
+
+    def _drop_connection(self) -> None:
+        conn, self.connection = self.connection, None
+        if conn is not None:
+            with contextlib.suppress(Exception):  # a broken connection may fail to close
+                conn.release()
+
+    # -- thread -----------------------------------------------------------------------------
+    def wake(self) -> None:
+        """Record holdings now (a message was just received), not at the next beat."""
+        self.woken.set()
+
+    def run(self) -> None:
+        next_sweep = 0.0
+        while not self.stopping.is_set():
+            try:
+                self.beat()
+                if time.monotonic() >= next_sweep:
+                    self.sweep()
+                    next_sweep = time.monotonic() + self.interval
+            except Exception as exc:  # broker down: keep trying, say it once
+                if self.healthy_since is not None:
+                    log.warning("worker heartbeat: broker unreachable (%s: %s); retrying",
+                                type(exc).__name__, exc)
+                self.healthy_since = None
+                self._drop_connection()
+            self.woken.wait(self.interval)
+            self.woken.clear()
+
+    def stop(self, deregister: bool = True) -> None:
+        """Stop beating; with ``deregister`` delete this worker's keys (clean shutdown)."""
+        self.stopping.set()
+        self.woken.set()
+        self.join(self.interval + 5)
+        if deregister:
+            try:
+                with self.channel().conn_or_acquire() as client, client.pipeline() as pipe:
+                    pipe.delete(held_key(self.worker_id))
+                    pipe.delete(alive_key(self.worker_id))
+                    pipe.srem(REGISTRY_KEY, self.worker_id)
+                    pipe.execute()
+            except Exception as exc:  # the keys then expire by themselves
+                log.warning("worker heartbeat: could not deregister (%s)", exc)
+        self._drop_connection()
+
+    # -- beat -------------------------------------------------------------------------------
+    def beat(self) -> None:
+        """Say we are alive and record (and refresh) the deliveries we hold, atomically."""
+        channel = self.channel()
+        tags = self.holdings()
+        now = time.time()
+        with channel.conn_or_acquire() as client, client.pipeline(transaction=True) as pipe:
+            pipe.set(alive_key(self.worker_id), repr(now), ex=max(1, round(self.dead_after)))
+            pipe.sadd(REGISTRY_KEY, self.worker_id)
+            pipe.delete(held_key(self.worker_id))
+            if tags:
+                pipe.zadd(channel.unacked_index_key, dict.fromkeys(tags, now), xx=True)
+                pipe.hset(held_key(self.worker_id), mapping=dict.fromkeys(tags, repr(now)))
+                pipe.expire(held_key(self.worker_id), self.held_ttl)
+            added = pipe.execute()[1]
+        self.beats += 1
+        if self.healthy_since is None:
+            self.healthy_since = time.monotonic()
+        if added and self.beats > 1:
+            log.warning("worker heartbeat: this worker %s was presumed dead (no heartbeat for "
+                        "%g s); its tasks may have been delivered again", self.worker_id,
+                        self.dead_after)
+
+    # -- sweep ------------------------------------------------------------------------------
+    def trusts_silence(self) -> bool:
+        """Whether our own beats have succeeded long enough to call a silent worker dead."""
+        return (self.healthy_since is not None
+                and time.monotonic() - self.healthy_since >= 2 * self.interval + 1)
+
+    def sweep(self) -> int:
+        """Redeliver the tasks of every dead worker; returns how many were redelivered."""
+        if not self.trusts_silence():
+            return 0
+        with self.channel().conn_or_acquire() as client:
+            others = sorted(bytes_to_str(m) for m in client.smembers(REGISTRY_KEY))
+            others = [m for m in others if m != self.worker_id]
+            with client.pipeline(transaction=False) as pipe:
+                for worker in others:
+                    pipe.exists(alive_key(worker))
+                alive = pipe.execute() if others else []
+            reaped = sum(self.reap(client, w) for w, up in zip(others, alive, strict=True)
+                         if not up)
+            return reaped + self.restore_orphans(client)
+
+    def restore_orphans(self, client: Any) -> int:
+        """Give back messages that no live worker has refreshed for ``orphan_after`` seconds
+        (e.g. a task whose reject was lost with the broker connection)."""
+        channel = self.channel()
+        old = client.zrange(channel.unacked_index_key, "-inf", time.time() - self.orphan_after,
+                            byscore=True, offset=0, num=100, withscores=True)
+        restored = [bytes_to_str(tag) for tag, score in old
+                    if restore_if_held(channel, client, tag, repr(score))]
+        if restored:
+            log.warning("redelivered %d task message(s) no live worker held for %g s: %s",
+                        len(restored), self.orphan_after, ", ".join(restored))
+        self.redelivered += len(restored)
+        return len(restored)
+
+    def reap(self, client: Any, worker: str) -> int:
+        """Give back every message the dead ``worker`` still holds; delete its keys."""
+        channel = self.channel()
+        held = client.hgetall(held_key(worker))
+        restored = [bytes_to_str(tag) for tag, score in held.items()
+                    if restore_if_held(channel, client, tag, score)]
+        with client.pipeline() as pipe:
+            pipe.delete(held_key(worker))
+            pipe.srem(REGISTRY_KEY, worker)
+            pipe.execute()
+        names = restored
+        if names:
+            log.warning("worker %s stopped beating (> %g s): redelivered %d task message(s) "
+                        "it held: %s", worker, self.dead_after, len(names), ", ".join(names))
+        else:
+            log.info("worker %s stopped beating (> %g s); it held nothing", worker,
+                     self.dead_after)
+        self.redelivered += len(names)
+        return len(names)
+
+
+def restore_if_held(channel: Any, client: Any, tag: bytes | str, score: bytes | str) -> bool:
+    """Move message ``tag`` from kombu's unacked hash back to the front of its queue,
+    only if its delivery score is still ``score`` (no one else has taken it since)."""
+    expected = float(score)
+    index, unacked = channel.unacked_index_key, channel.unacked_key
+    done: list[bool] = []
+
+    def transaction(pipe: Any) -> None:
+        done.clear()
+        current = pipe.zscore(index, tag)
+        raw = pipe.hget(unacked, tag)
+        pipe.multi()
+        if current is None or raw is None or abs(float(current) - expected) > SCORE_TOLERANCE:
+            return
+        pipe.zrem(index, tag)
+        pipe.hdel(unacked, tag)
+        message, exchange, routing_key = loads(bytes_to_str(raw))
+        channel._do_restore_message(message, exchange, routing_key, pipe, leftmost=False)
+        done.append(True)
+
+    client.transaction(transaction, unacked, index)
+    return bool(done)
+
+
+# -- the worker's hooks (connected by crypto_ml.celery_app) ----------------------------------
+_running: list[Liveness] = []
+
+
+def worker_id(hostname: str) -> str:
+    """Unique per process start, so a worker restarted under the same name is a new one."""
+    return f"{hostname}/{os.getpid()}/{secrets.token_hex(3)}"
+
+
+def start(app: Any, hostname: str) -> Liveness | None:
+    """Start this worker process's heartbeat thread (once), configured from ``app.conf``."""
+    if _running:
+        return _running[0]
+    conf = app.conf
+    interval = float(conf.get("crypto_ml_heartbeat_seconds") or 0)
+    if interval <= 0:
+        return None
+    thread = Liveness(app, worker_id(hostname), interval,
+                      float(conf.get("crypto_ml_dead_after_seconds") or 5 * interval),
+                      held_ttl=int(conf.get("broker_transport_options", {})
+                                   .get("visibility_timeout", 3600)) + 60)
+    _running.append(thread)
+    thread.start()
+    log.info("worker heartbeat: %s beats every %g s; declared dead after %g s of silence",
+             thread.worker_id, thread.interval, thread.dead_after)
+    return thread
+
+
+def wake() -> None:
+    for thread in _running:
+        thread.wake()
+
+
+def stop() -> None:
+    while _running:
+        _running.pop().stop()

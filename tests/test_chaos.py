@@ -1,0 +1,161 @@
+"""Chaos: 20,000 forecasts while workers are killed every few seconds, new ones start and
+Redis restarts once. Every forecast arrives exactly once, no task runs more than
+CRYPTO_ML_MAX_DELIVERIES times, Redis is left as it was and the manager's memory stays
+bounded. Real Redis (AOF on, as shipped), real workers, real SIGKILLs.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import re
+import signal
+import threading
+import time
+from collections import Counter
+
+import psutil
+import pytest
+import redis
+from fault_helpers import app_for, wait_for_drained, worker_logs
+from hoarding import start_worker
+
+from crypto_ml.core.settings import Settings
+from crypto_ml.dispatch.cluster import LocalCluster
+from crypto_ml.dispatch.manager import CryptoManager
+from crypto_ml.ops.processes import wait_until
+from crypto_ml.worker.liveness import REGISTRY_KEY, held_key
+from crypto_ml.worker.requests import ForecastRequest
+
+pytestmark = pytest.mark.integration
+
+FORECASTS = 20_000
+KILL_EVERY = 4.0
+WORKERS = 4
+
+
+def live_workers(cluster: LocalCluster) -> list[int]:
+    return [i for i, p in enumerate(cluster.workers) if p.poll() is None]
+
+
+class Chaos(threading.Thread):
+    """Kills a random worker (one running a task, if any) every few seconds and starts a
+    new one; restarts Redis once."""
+
+    def __init__(self, cluster: LocalCluster, restart_at: float) -> None:
+        super().__init__(daemon=True)
+        self.cluster = cluster
+        self.restart_at = restart_at
+        self.stop = threading.Event()
+        # processes started by a thread are ended when it exits (PR_SET_PDEATHSIG is per
+        # thread), so this one lives until the cluster has been stopped
+        self.exit = threading.Event()
+        self.idle = threading.Event()
+        self.kills = 0
+        self.started = 0
+        self.redis_restarts = 0
+        self.random = random.Random(12)
+
+    def holds_a_task(self, name: str) -> bool:
+        """Whether worker ``name`` has recorded a delivery (running or reserved) right now."""
+        try:
+            client = self.cluster.client()
+            return any(client.hlen(held_key(m.decode())) for m in client.smembers(REGISTRY_KEY)
+                       if m.decode().startswith(f"{name}/"))
+        except redis.RedisError:
+            return False
+
+    def run(self) -> None:
+        began = time.monotonic()
+        while not self.stop.wait(KILL_EVERY):
+            if not self.redis_restarts and time.monotonic() - began > self.restart_at:
+                self.cluster.restart_redis()  # SIGTERM, as an orchestrator; AOF keeps the queue
+                self.redis_restarts += 1
+                continue
+            alive = live_workers(self.cluster)
+            if len(alive) > 1:
+                busy = [i for i in alive if self.holds_a_task(self.cluster.worker_names[i])]
+                victim = self.cluster.workers[self.random.choice(busy or alive)]
+                os.killpg(victim.pid, signal.SIGKILL)  # node lost: worker and pool at once
+                victim.wait(10)
+                self.kills += 1
+            if len(live_workers(self.cluster)) < WORKERS:
+                start_worker(self.cluster)
+                self.started += 1
+        self.idle.set()
+        self.exit.wait()
+
+
+def redis_state(cluster: LocalCluster) -> tuple[int, Counter[str]]:
+    """used_memory and the keys by kind (their name up to the first ':' or digit run)."""
+    client = cluster.client()
+    kinds = Counter(re.sub(r"[:.].*", "", k.decode()) for k in client.scan_iter(count=1000)
+                    if b"pidbox" not in k)  # the reply queue of the start-up ping expires
+    return int(client.info("memory")["used_memory"]), kinds
+
+
+@pytest.mark.slow
+def test_chaos_every_forecast_exactly_once() -> None:
+    requests = [ForecastRequest(f"c{i:05d}", "naive", [1.0 + (i % 7), 2.0, 3.0, 4.0], 2)
+                for i in range(FORECASTS)]
+    chaos: list[Chaos] = []
+    try:
+        with LocalCluster(workers=WORKERS, appendonly=True) as cluster:
+            app = app_for(cluster)
+            wait_until(lambda: cluster.client().scard(REGISTRY_KEY) == WORKERS, 30, "heartbeats")
+            memory_before, keys_before = redis_state(cluster)
+            me = psutil.Process()
+            rss_before = me.memory_info().rss
+            peak = [rss_before]
+            sampling = threading.Event()
+
+            def sample_rss() -> None:
+                while not sampling.wait(0.2):
+                    peak[0] = max(peak[0], me.memory_info().rss)
+
+            threading.Thread(target=sample_rss, daemon=True).start()
+            arrived: Counter[tuple[str, str]] = Counter()
+            chaos.append(Chaos(cluster, restart_at=8))
+            chaos[0].start()
+            started = time.monotonic()
+            err = io.StringIO()
+            manager = CryptoManager(app=app, settings=Settings(batch_size=20), err=err)
+            report = manager.dispatch(requests, timeout=300,
+                                      on_result=lambda r: arrived.update([(r["coin"], r["model"])]))
+            seconds = time.monotonic() - started
+            chaos[0].stop.set()
+            assert chaos[0].idle.wait(60)
+            sampling.set()
+
+            logs = worker_logs(cluster)
+            runs = [int(n) for n in re.findall(r": delivery (\d+) of at most", logs)]
+            counts = {
+                "forecasts": len(arrived), "failed": len(report.failed), "seconds": round(seconds),
+                "kills": chaos[0].kills, "workers_started": chaos[0].started,
+                "redis_restarts": chaos[0].redis_restarts, "redelivered_messages": len(runs),
+                "max_delivery": max(runs, default=1),
+                "resent_lost_messages": err.getvalue().count("resent task"),
+                "manager_rss_growth_mb": round((peak[0] - rss_before) / 2**20),
+            }
+            print(counts)
+            assert report.failed == {}, list(report.failed.items())[:3]
+            assert len(arrived) == FORECASTS and set(arrived.values()) == {1}  # each exactly once
+            assert chaos[0].kills >= 5 and chaos[0].redis_restarts == 1
+            assert max(runs, default=1) <= 3 and "TooManyDeliveries" not in logs
+            assert counts["manager_rss_growth_mb"] < 300
+
+            # Redis back to where it started: nothing queued or held, no results or counters
+            # left, and the killed workers' heartbeat keys swept away
+            wait_for_drained(cluster, timeout=60)
+            alive = len(live_workers(cluster))
+            wait_until(lambda: cluster.client().scard(REGISTRY_KEY) == alive, 60,
+                       "the dead workers swept")
+            memory_after, keys_after = redis_state(cluster)
+            print({"redis_used_memory_before": memory_before, "after": memory_after,
+                   "keys_before": dict(keys_before), "keys_after": dict(keys_after)})
+            assert keys_after == keys_before, (keys_before, keys_after)
+            assert memory_after < memory_before + 512 * 1024
+    finally:
+        for thread in chaos:
+            thread.exit.set()

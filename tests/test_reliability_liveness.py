@@ -1,0 +1,142 @@
+"""A dead worker's tasks come back in seconds; a live worker's are never delivered twice.
+
+Real Redis, real `celery worker` processes (LocalCluster), real signals. Each worker
+beats in Redis and sweeps for dead workers (crypto_ml.worker.liveness).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from fault_helpers import (
+    app_for,
+    cli_env,
+    deliveries,
+    finish,
+    start_cli,
+    wait_for_drained,
+    wait_for_running,
+    worker_logs,
+    worker_process,
+)
+
+from crypto_ml.dispatch.cluster import LocalCluster
+from crypto_ml.ops.processes import wait_until
+from crypto_ml.worker.liveness import REGISTRY_KEY, alive_key, held_key
+from crypto_ml.worker.requests import TASK_NAME, ForecastRequest
+
+pytestmark = pytest.mark.integration
+
+LSTM = ("send-tasks", "--model", "lstm", "--max-points", "400", "--horizon", "5")
+HOUR_LIMITS = {"CRYPTO_ML_SOFT_TIME_LIMIT": "3500", "CRYPTO_ML_HARD_TIME_LIMIT": "3600"}
+
+
+def registered(cluster: LocalCluster, hostname: str) -> str:
+    """The liveness id of the running worker named ``hostname`` (waits until it beats)."""
+    found: list[str] = []
+
+    def beating() -> bool:
+        members = [m.decode() for m in cluster.client().smembers(REGISTRY_KEY)]
+        found[:] = [m for m in members if m.startswith(f"{hostname}/")]
+        return bool(found)
+
+    wait_until(beating, 30, f"{hostname} beating")
+    return found[0]
+
+
+def liveness_keys(cluster: LocalCluster) -> list[str]:
+    return sorted(k.decode() for k in cluster.client().scan_iter(match="crypto_ml:worker*"))
+
+
+@pytest.mark.slow
+def test_dead_worker_task_is_back_within_30_s_even_with_a_1_hour_limit(
+        price_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run.json"
+    env = {**os.environ, **HOUR_LIMITS, "CRYPTO_ML_PRELOAD_KERAS": "1"}
+    with LocalCluster(workers=2, env=env) as cluster:
+        app = app_for(cluster)
+        for name in cluster.worker_names:
+            registered(cluster, name)
+        cli = start_cli(*LSTM, "--epochs", "5", "--coins", "bitcoin", "--broker",
+                        cluster.broker_url, "--output", str(out), "--timeout", "300",
+                        data_dir=price_data, env=cli_env(price_data, **HOUR_LIMITS))
+        victim = wait_for_running(app, training=True, cli=cli)
+        dead = worker_process(cluster, victim.hostname)
+        os.killpg(dead.pid, signal.SIGKILL)  # the whole worker dies: node lost, pod evicted
+        killed = time.monotonic()
+
+        code, _, stderr = finish(cli, timeout=120)
+        recovered = time.monotonic() - killed
+        assert code == 0, stderr
+        result = json.loads(out.read_text())["results"]["bitcoin"]["lstm"]
+        assert result["worker"] != victim.hostname
+        logs = worker_logs(cluster)
+        assert f"task {victim.task_id}: delivery 2 of at most 3" in logs
+        assert "stopped beating" in logs and victim.task_id not in liveness_keys(cluster)
+        print(f"kill -> result: {recovered:.1f} s (fit {result['fit_seconds']:.1f} s)")
+        assert recovered < 30, f"took {recovered:.1f} s from the kill to the result"
+        wait_for_drained(cluster)
+        # the dead worker's keys are gone; only the survivor's remain
+        survivor = next(n for n in cluster.worker_names if n != victim.hostname)
+        members = [m.decode() for m in cluster.client().smembers(REGISTRY_KEY)]
+        assert [m.split("/")[0] for m in members] == [survivor]
+
+
+def test_reserved_but_not_started_task_of_a_dead_worker_comes_back(tmp_path: Path) -> None:
+    with LocalCluster(workers=2, env={**os.environ, **HOUR_LIMITS}) as cluster:
+        app = app_for(cluster)
+        holder, other = cluster.worker_names
+        app.control.cancel_consumer("cpu", destination=[other], reply=True)
+        holder_id = registered(cluster, holder)
+        registered(cluster, other)
+        proc = worker_process(cluster, holder)
+        pool = psutil.Process(proc.pid).children()
+        for child in pool:  # the pool process cannot start anything: the task stays reserved
+            child.send_signal(signal.SIGSTOP)
+
+        request = ForecastRequest("bitcoin", "linear", [float(x) for x in range(1, 200)], 3)
+        sent = app.send_task(TASK_NAME, kwargs=request.as_kwargs())
+        wait_until(lambda: cluster.client().hlen(held_key(holder_id)) == 1, 20,
+                   "the holder recording the delivery")
+        assert sent.state == "PENDING" and deliveries(app, sent.id) == 0  # never started
+        os.killpg(proc.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        app.control.add_consumer("cpu", destination=[other], reply=True)
+
+        result = sent.get(timeout=30)
+        assert result["worker"] == other and result["coin"] == "bitcoin"
+        assert time.monotonic() - killed < 30
+        assert deliveries(app, sent.id) == 1  # its first run
+        wait_for_drained(cluster)
+        assert not cluster.client().exists(alive_key(holder_id), held_key(holder_id))
+
+
+@pytest.mark.slow
+def test_task_longer_than_the_visibility_timeout_on_a_live_worker_runs_once(
+        price_data: Path, tmp_path: Path) -> None:
+    # the old rule (timeout above the hard limit) scaled down: a 6 s visibility timeout,
+    # an LSTM that trains for longer, a second idle worker that would take a redelivery
+    limits = {**HOUR_LIMITS, "CRYPTO_ML_VISIBILITY_TIMEOUT": "6",
+              "CRYPTO_ML_HEARTBEAT_SECONDS": "1", "CRYPTO_ML_DEAD_AFTER_SECONDS": "3"}
+    out = tmp_path / "run.json"
+    with LocalCluster(workers=2, env={**os.environ, **limits}) as cluster:
+        app = app_for(cluster)
+        cli = start_cli(*LSTM, "--epochs", "80", "--coins", "bitcoin", "--broker",
+                        cluster.broker_url, "--output", str(out), "--timeout", "300",
+                        data_dir=price_data, env=cli_env(price_data, **limits))
+        victim = wait_for_running(app, cli=cli)
+        code, _, stderr = finish(cli, timeout=280)
+        assert code == 0, stderr
+        fit = json.loads(out.read_text())["results"]["bitcoin"]["lstm"]["fit_seconds"]
+        assert fit > 2 * 6, f"the task ({fit:.1f} s) was not longer than twice the timeout"
+        logs = worker_logs(cluster)
+        assert logs.count(f"task {victim.task_id} done") == 1
+        assert "delivery 2" not in logs and "stopped beating" not in logs
+        assert logs.count(f"[{victim.task_id}] received") == 1  # delivered once, run once
+        wait_for_drained(cluster)

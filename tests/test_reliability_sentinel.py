@@ -1,0 +1,64 @@
+"""Redis Sentinel: the master dies mid-run; workers and the manager fail over by themselves.
+
+One master, one replica, three sentinels (real redis-server processes), two real workers and
+the real CLI, all reaching Redis through ``sentinel://`` URLs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from fault_helpers import cli_env, finish, start_cli, worker_logs
+from sentinel_support import SentinelCluster
+
+from crypto_ml.core.settings import Settings
+from crypto_ml.data.loader import CryptoLoader
+from crypto_ml.dispatch.manager import check_broker
+from crypto_ml.ops.processes import wait_until
+from crypto_ml.worker.app import create_app
+
+pytestmark = pytest.mark.integration
+
+
+def test_sentinel_urls_reach_the_master_and_set_the_master_name() -> None:
+    settings = Settings.from_env({"CRYPTO_ML_BROKER_URL": "sentinel://:pw@h1:26379/0;"
+                                  "sentinel://:pw@h2:26379/0", "CRYPTO_ML_SENTINEL_MASTER": "m"})
+    conf = create_app(settings).conf
+    assert conf.broker_transport_options["master_name"] == "m"
+    assert conf.result_backend_transport_options["master_name"] == "m"
+    assert conf.result_backend.startswith("sentinel://")
+
+
+@pytest.mark.slow
+def test_master_killed_mid_run_everything_fails_over(price_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run.json"
+    with SentinelCluster(workers=2) as cluster:
+        url = cluster.broker_url
+        check_broker(url)  # the manager's check finds the master through the sentinels
+        before = cluster.master_port()
+        meta = "celery-task-meta-*"
+        cli = start_cli("send-tasks", "--model", "naive,linear", "--broker", url, "--output",
+                        str(out), "--timeout", "180", data_dir=price_data,
+                        env=cli_env(price_data, CRYPTO_ML_BATCH_SIZE="1"))
+        # mid-run: some results stored, most still to come
+        wait_until(lambda: sum(1 for _ in cluster.client().scan_iter(match=meta)) >= 20, 120,
+                   "the first results")
+        assert cli.poll() is None
+        cluster.kill_master()
+        killed = time.monotonic()
+        wait_until(lambda: cluster.master_port() not in (0, before), 30, "a sentinel failover")
+        failover = time.monotonic() - killed
+
+        code, _, stderr = finish(cli, timeout=200)
+        assert code == 0, f"{stderr}\n{cluster.logs()}"
+        report = json.loads(out.read_text())
+        forecasts = sum(len(by_model) for by_model in report["results"].values())
+        print(f"failover in {failover:.1f} s; {forecasts} forecasts, {len(report['failed'])} "
+              f"failed; {worker_logs(cluster).count('delivery 2')} delivered twice")
+        assert report["failed"] == {}
+        assert forecasts == 2 * len(CryptoLoader(price_data).get_crypto_names())
+        for proc in cluster.workers:  # the workers rode it out
+            assert proc.poll() is None
