@@ -193,7 +193,7 @@ class CryptoManager:
         with cluster:
             if cluster.flower_url:
                 self._say(f"flower: {cluster.flower_url} (stops when this run ends)")
-            yield create_app(self.settings.with_broker(cluster.broker_url))
+            yield create_app(self.settings.with_broker(cluster.url_for("manager")))
 
     def build_requests(self, models: list[str], coins: Sequence[str] | None, horizon: int,
                        max_points: int | None, params: dict[str, Any],
