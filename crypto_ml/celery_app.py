@@ -122,6 +122,21 @@ def default_app() -> Celery:
 
 
 @signals.worker_init.connect
+def _refuse_wrong_credentials(sender: Any = None, **_: Any) -> None:
+    """Stop a worker at once when Redis refuses its user or password (Celery would retry
+    forever); the message names the user, never the password."""
+    from crypto_ml.acl import check_credentials
+    from crypto_ml.errors import BrokerAuthFailed
+
+    url = getattr(getattr(sender, "app", None), "conf", {}).get("broker_url")
+    try:
+        check_credentials(url) if url else None
+    except BrokerAuthFailed as exc:
+        logging.getLogger("crypto_ml.worker").critical("crypto-ml: error: %s", exc)
+        raise SystemExit(2) from None
+
+
+@signals.worker_init.connect
 def _import_cheap_models(**_: Any) -> None:
     """Import scikit-learn once in the worker parent, so every forked pool process has it
     (the CLI imports it lazily; the first linear task would otherwise pay ~1 s)."""

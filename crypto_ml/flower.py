@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from crypto_ml.acl import check_credentials
 from crypto_ml.errors import ConfigError
 from crypto_ml.settings import Settings
 
@@ -137,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not settings.broker_url:
             raise ConfigError("set CRYPTO_ML_BROKER_URL to the broker Flower should watch")
         env = flower_env(settings, os.environ)
+        check_credentials(settings.broker_url)  # wrong user or password: say so and stop
     except ConfigError as exc:
         print(f"crypto-ml: error: {exc}", file=sys.stderr)
         return 2

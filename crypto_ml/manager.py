@@ -26,6 +26,7 @@ from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from kombu.utils.url import maybe_sanitize_url
 
+from crypto_ml.acl import auth_failure
 from crypto_ml.cluster import LocalCluster
 from crypto_ml.data_loader import CryptoLoader
 from crypto_ml.deliveries import delivery_key
@@ -139,6 +140,8 @@ def check_broker(url: str) -> None:
     """Raise BrokerUnavailable, naming the (password-free) URL, unless Redis answers a ping."""
     try:
         redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3).ping()
+    except redis.AuthenticationError as exc:  # wrong user or password: no point waiting
+        raise auth_failure(url, exc) from None
     except (redis.RedisError, OSError, ValueError) as exc:
         raise BrokerUnavailable(
             f"cannot reach the broker at {maybe_sanitize_url(url)} ({exc}); start Redis there, "

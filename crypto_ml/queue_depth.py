@@ -28,6 +28,7 @@ from typing import Any
 import redis
 from kombu.transport.redis import PRIORITY_STEPS, Channel
 
+from crypto_ml.acl import check_credentials
 from crypto_ml.celery_app import CPU_QUEUE, GPU_QUEUE
 from crypto_ml.errors import ConfigError
 from crypto_ml.settings import Settings
@@ -117,6 +118,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not settings.broker_url:
         print("crypto-ml: error: set CRYPTO_ML_BROKER_URL to the Redis broker to watch",
               file=sys.stderr)
+        return 2
+    try:
+        check_credentials(settings.broker_url)  # wrong user or password: say so and stop
+    except ConfigError as exc:
+        print(f"crypto-ml: error: {exc}", file=sys.stderr)
         return 2
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
     client = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=5,
