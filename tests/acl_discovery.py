@@ -251,7 +251,7 @@ def full_run(cluster: LocalCluster, data_dir: Path, work: Path) -> dict[str, obj
                             env={**manager, "CRYPTO_ML_DATA_DIR": str(BACKTEST_DATA)})
     assert cluster.flower_url
     done["flower"] = [_get(cluster.flower_url + path) for path in (
-        "/api/workers?refresh=1", "/api/tasks", "/dashboard", "/metrics",
+        "/api/workers?refresh=1", "/api/tasks", "/api/queues/length", "/", "/metrics",
         "/workers", "/tasks", "/broker")]
     port = free_port()
     exporter_env = {**os.environ, "CRYPTO_ML_BROKER_URL": cluster.url_for("exporter")}

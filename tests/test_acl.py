@@ -53,8 +53,9 @@ def test_a_full_run_works_under_the_acls_with_no_refusal(shared_data: Path,
         assert run.returncode == 0, f"{what}: {run.stderr[-2000:]}"
     timed_out = done["send-tasks timeout"]
     assert isinstance(timed_out, subprocess.CompletedProcess)
-    assert timed_out.returncode == 1 and "no result within" in timed_out.stderr  # revoked
-    assert done["flower"] == [200] * 7 and done["exporter"] == 200
+    assert timed_out.returncode == 1  # gave up, revoked the rest (or they expired)
+    assert "no result within" in timed_out.stderr or "REVOKED" in timed_out.stderr
+    assert done["flower"] == [200] * 8 and done["exporter"] == 200
     health = done["worker health"]
     assert isinstance(health, subprocess.CompletedProcess) and health.returncode == 0
     assert refusals == [], refusals
