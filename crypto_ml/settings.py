@@ -8,7 +8,10 @@ The environment is read only by :meth:`Settings.from_env`, which the edges call
 Variable                                   Default                     Meaning
 ========================================  ==========================  =========================================
 ``CRYPTO_ML_DATA_DIR``                     ``data/crypto``             Folder of per-coin CSV files.
-``CRYPTO_ML_BROKER_URL``                   (unset: embedded cluster)   Redis broker, ``redis://`` or ``rediss://``.
+``CRYPTO_ML_BROKER_URL``                   (unset: embedded cluster)   Redis broker, ``redis://`` or ``rediss://``, with
+                                                                       the Redis user of this process's role:
+                                                                       ``redis://worker:PASSWORD@host:6379/0``
+                                                                       (users: :mod:`crypto_ml.acl`).
 ``CRYPTO_ML_RESULT_BACKEND``               the broker URL              Where task results are stored.
 ``CRYPTO_ML_SERIALIZER``                   ``msgpack``                 Wire format: ``msgpack`` (compact, fast) or ``json``.
 ``CRYPTO_ML_SOFT_TIME_LIMIT``              ``300``                     Seconds before a task gets SoftTimeLimitExceeded.

@@ -59,7 +59,8 @@ def test_a_full_run_works_under_the_acls_with_no_refusal(shared_data: Path,
     health = done["worker health"]
     assert isinstance(health, subprocess.CompletedProcess) and health.returncode == 0
     assert refusals == [], refusals
-    assert not recorder.unknown
+    # connections too short-lived to map to a user: only the credential checks' AUTH + PING
+    assert all(line.endswith(('"PING"', '"(redacted)"')) for line in recorder.unknown)
     for name in acl.SERVICE_ROLES:
         assert recorder.usage[name].count > 0, f"{name} did nothing"
         assert not any(lacking(acl.ROLES[name], recorder.usage[name]).values())
