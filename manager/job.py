@@ -31,7 +31,7 @@ from kombu.utils.url import maybe_sanitize_url
 from crypto_ml.cli import EXIT_CONFIG, build_parser, settings_from
 from crypto_ml.cli import main as cli_main
 from crypto_ml.cluster import wait_until
-from crypto_ml.errors import ConfigError, CryptoMLError
+from crypto_ml.errors import BrokerAuthFailed, ConfigError, CryptoMLError
 from crypto_ml.manager import check_broker
 
 
@@ -51,6 +51,8 @@ def job_parser() -> argparse.ArgumentParser:
 def broker_answers(url: str) -> bool:
     try:
         check_broker(url)
+    except BrokerAuthFailed:
+        raise  # Redis answered and refused the credentials: waiting will not help
     except CryptoMLError:
         return False
     return True

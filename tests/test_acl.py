@@ -146,25 +146,29 @@ def test_a_wrong_password_stops_each_process_at_once_without_printing_it(
     cli = run_cli("send-tasks", "--coins", "bitcoin", "--broker", manager_url,
                   data_dir=shared_data, timeout=60)
     runs["manager"] = (time.monotonic() - started, cli)
-    commands = {
-        "worker": [sys.executable, "-m", "celery", "-A", "crypto_ml", "worker",
-                   "--concurrency", "1", "--without-mingle", "--without-gossip"],
-        "exporter": [sys.executable, "-m", "crypto_ml.queue_depth", "--port", "0"],
-        "flower": [sys.executable, "-m", "crypto_ml.flower", "--port=0"],
+    commands = {  # name: (role, command)
+        "worker": ("worker", [sys.executable, "-m", "celery", "-A", "crypto_ml", "worker",
+                              "--concurrency", "1", "--without-mingle", "--without-gossip"]),
+        "exporter": ("exporter", [sys.executable, "-m", "crypto_ml.queue_depth", "--port", "0"]),
+        "flower": ("flower", [sys.executable, "-m", "crypto_ml.flower", "--port=0"]),
+        "manager job": ("manager", [sys.executable, "manager/job.py", "--broker-wait", "300",
+                                    "send-tasks", "--coins", "bitcoin"]),  # no 300 s wait
     }
-    for role, argv in commands.items():
+    for name, (role, argv) in commands.items():
         url = _wrong(server.url_for(role), server.passwords[role])
         started = time.monotonic()
         out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=90,
-                             env={**env, "CRYPTO_ML_BROKER_URL": url, "TMPDIR": str(tmp_path)})
-        runs[role] = (time.monotonic() - started, out)
-    for role, (seconds, out) in runs.items():
+                             env={**env, "CRYPTO_ML_BROKER_URL": url, "TMPDIR": str(tmp_path),
+                                  "CRYPTO_ML_DATA_DIR": str(shared_data)})
+        runs[name] = (time.monotonic() - started, out)
+    for name, (seconds, out) in runs.items():
+        role = name.split()[0]
         text = out.stdout + out.stderr
-        assert out.returncode == 2, f"{role}: {text[-1500:]}"
-        assert f"refused user '{role}'" in text, f"{role}: {text[-1500:]}"
+        assert out.returncode == 2, f"{name}: {text[-1500:]}"
+        assert f"refused user '{role}'" in text, f"{name}: {text[-1500:]}"
         assert ROLES_VARIABLE[role] in text
         assert WRONG not in text and server.passwords[role] not in text
-        assert seconds < 30, f"{role} took {seconds:.0f} s to give up"
+        assert seconds < 30, f"{name} took {seconds:.0f} s to give up"
         assert "Traceback" not in out.stderr
 
 

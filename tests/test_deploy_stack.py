@@ -78,7 +78,7 @@ class Stack:
     def command(self, run: ContainerRun) -> tuple[list[str], dict[str, str]]:
         paths = self.paths(run)
         tmp = self.work / "tmp" / run.container.replace(":", "-").replace("/", "-")
-        argv = local_argv(map_paths(run.argv, {**paths, "/tmp": tmp}))
+        argv = local_argv(map_paths(map_paths(run.argv, {"/tmp": tmp}), paths))
         if run.argv[0] == "redis-server" or starts_redis(run):
             argv += ["--port", str(self.redis_port), "--bind", "127.0.0.1"]
         elif run.argv[0] == "redis-cli":

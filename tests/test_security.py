@@ -291,7 +291,7 @@ def test_rediss_broker_works_and_verifies_the_certificate(
         assert done.returncode == 0, done.stderr
         assert sorted(json.loads(out.read_text())["results"]) == ["bitcoin", "ethereum"]
         assert tls.proxy is not None and tls.proxy.handshakes >= 2  # worker and manager via TLS
-        assert re.search(r"Connected to rediss://:\*\*@127\.0\.0\.1", worker_logs(tls))
+        assert re.search(r"Connected to rediss://worker:\*\*@127\.0\.0\.1", worker_logs(tls))
         assert tls.password not in done.stdout + done.stderr + worker_logs(tls)
 
         monkeypatch.delenv("SSL_CERT_FILE")
