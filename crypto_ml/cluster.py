@@ -294,8 +294,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"local cluster up: redis + {args.workers} worker(s) in "
                   f"{cluster.startup_seconds:.1f} s; logs in {cluster.workdir}", flush=True)
             print(f"export CRYPTO_ML_BROKER_URL='{cluster.url_for('manager')}'", flush=True)
-            print(f"(that is Redis user manager; the others: "
-                  f"{', '.join(r for r in cluster.roles if r != 'manager')})", flush=True)
+            print("that is Redis user manager; the others (crypto_ml/acl.py):", flush=True)
+            for role in cluster.roles:
+                if role != "manager":
+                    url = cluster.broker_url if role == acl.ADMIN else cluster.url_for(role)
+                    print(f"  {role}: {url}", flush=True)
             if cluster.flower_url:
                 print(f"flower: {cluster.flower_url}", flush=True)
             print("press Ctrl-C to stop", flush=True)

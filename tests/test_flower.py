@@ -43,6 +43,7 @@ class Stack:
     proc: subprocess.Popen[bytes]
     broker_url: str
     flower_url: str
+    worker_url: str = ""
     run: subprocess.CompletedProcess[str] | None = None
     tasks: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)  # id: [(coin,
     # model, worker)], several for a batch message
@@ -88,6 +89,8 @@ def stack(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         flower = re.search(r"^flower: (http://\S+)$", text, re.MULTILINE)
         assert broker and flower, text
         stack = Stack(proc, broker.group(1), flower.group(1))
+        worker = re.search(r"^  worker: (redis://\S+)$", text, re.MULTILINE)  # Redis user worker
+        stack.worker_url = worker.group(1) if worker else stack.broker_url
         stack.run = run_cli("send-tasks", "--broker", stack.broker_url, "--coins",
                             ",".join([*COINS, "nosuchcoin"]), "--model", ",".join(MODELS),
                             data_dir=shared_data, timeout=300)
@@ -180,7 +183,7 @@ def test_running_count_reads_started_tasks_from_the_real_backend(stack: Stack) -
     from crypto_ml.progress import Progress
     from crypto_ml.settings import Settings
 
-    app = create_app(Settings().with_broker(stack.broker_url))
+    app = create_app(Settings().with_broker(stack.worker_url))  # it stores a result: a worker
     started, queued = f"started-{secrets.token_hex(4)}", f"queued-{secrets.token_hex(4)}"
     app.backend.store_result(started, {"pid": 1, "hostname": "w@h"}, "STARTED")
     try:
