@@ -11,15 +11,14 @@ import os
 import time
 from typing import Any
 
-from crypto_ml.wire import ForecastRequest
+from crypto_ml.core.settings import threads_env
+from crypto_ml.models import get_model
+from crypto_ml.worker.requests import ForecastRequest
 
-ONE_THREAD = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
-              "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+ONE_THREAD = threads_env(cores=1, processes=1)
 
 
 def fit_forecast(model: str, params: dict[str, Any], prices: list[float], horizon: int) -> list[float]:
-    from crypto_ml.models import get_model
-
     return get_model(model, **params).fit(prices).forecast(horizon).tolist()
 
 

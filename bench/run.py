@@ -24,13 +24,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import peers  # noqa: E402
-from crypto_ml.celery_app import create_app  # noqa: E402
-from crypto_ml.cluster import LocalCluster  # noqa: E402
-from crypto_ml.data_loader import CryptoLoader  # noqa: E402
-from crypto_ml.manager import CryptoManager  # noqa: E402
-from crypto_ml.models import get_model  # noqa: E402
-from crypto_ml.settings import Settings  # noqa: E402
-from crypto_ml.wire import ForecastRequest  # noqa: E402
+from crypto_ml.core.settings import Settings  # noqa: E402
+from crypto_ml.data.loader import CryptoLoader  # noqa: E402
+from crypto_ml.dispatch.cluster import LocalCluster  # noqa: E402
+from crypto_ml.dispatch.manager import CryptoManager  # noqa: E402
+from crypto_ml.models import get_model, model_class  # noqa: E402
+from crypto_ml.worker.app import create_app  # noqa: E402
+from crypto_ml.worker.requests import ForecastRequest  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "top100-2017"
 
@@ -45,7 +45,7 @@ def requests_for(loader: CryptoLoader, model: str, coins: list[str], cuts: int =
             series = prices[: len(prices) - 5 * k] if k else prices
             if len(series) >= min_len:
                 out.append(ForecastRequest(f"{coin}#{k}", model, series, horizon, None,
-                                           {"epochs": 1} if model in ("lstm", "gru") else {}))
+                                           {"epochs": 1} if model_class(model).heavy else {}))
     return out
 
 

@@ -3,6 +3,12 @@
 ``crypto_ml.app`` (also ``crypto_ml.celery``) is the Celery application that
 ``celery -A crypto_ml worker`` runs, configured from the environment when first
 accessed, so importing the package reads no settings and starts nothing.
+
+The package is laid out by role, each folder's ``__init__`` saying what it owns
+and what it may import (lower layers never import higher ones):
+``core`` (errors, settings, logs, progress bar) < ``models`` and ``data`` <
+``worker`` and ``ops`` < ``dispatch`` < ``backtest`` < ``cli``. ``crypto_ml.manager``
+and ``crypto_ml.data_loader`` are thin aliases for the historical imports.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str) -> Any:
     if name in ("app", "celery"):
-        from crypto_ml.celery_app import default_app
+        from crypto_ml.worker.app import default_app  # lazy: importing crypto_ml starts nothing
 
         return default_app()
     raise AttributeError(f"module 'crypto_ml' has no attribute {name!r}")

@@ -1,394 +1,45 @@
-"""The manager: one forecast task per (coin, model), dispatched at once, collected as they finish.
+"""Historical entry point, kept as the product was first shown: ``python -m crypto_ml.manager
+send-tasks`` and ``from crypto_ml.manager import CryptoManager``. A thin alias: the command is
+:mod:`crypto_ml.cli` (``crypto-ml``), the manager :mod:`crypto_ml.dispatch.manager`.
+
+Here ``CryptoManager()`` with no settings reads the environment (this module is an entry
+point); :class:`crypto_ml.dispatch.manager.CryptoManager` takes its settings as an argument.
 
 >>> CryptoManager().send_tasks(model="linear", coins=["bitcoin"])   # doctest: +SKIP
 bitcoin [[1524.89418917 1525.92441381 ...]]
-
-With no broker configured (no ``broker_url`` in the settings, no ``app``) the
-manager starts a :class:`~crypto_ml.cluster.LocalCluster` (real Redis, real
-workers) for the run and stops it afterwards. ``python -m crypto_ml.manager``
-is the command line (see :mod:`crypto_ml.cli`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import sys
-import threading
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any, TextIO
 
-import numpy as np
-import redis
 from celery import Celery
-from celery.exceptions import TimeoutError as CeleryTimeoutError
-from kombu.utils.url import maybe_sanitize_url
 
-from crypto_ml.acl import auth_failure
-from crypto_ml.cluster import LocalCluster
-from crypto_ml.data_loader import CryptoLoader
-from crypto_ml.deliveries import delivery_key
-from crypto_ml.errors import BrokerUnavailable, CryptoMLError, UnknownModel
-from crypto_ml.flower import send_options
-from crypto_ml.logging_setup import log_task
-from crypto_ml.models import HEAVY, PARAMS, model_names
-from crypto_ml.settings import Settings, get_settings
-from crypto_ml.wire import BATCH_TASK_NAME, TASK_NAME, ForecastRequest
-
-DEFAULT_TIMEOUT = 3600.0
-MIN_MESSAGES = 4  # cheap forecasts are spread over at least this many messages
-RECONNECT_PAUSE = 1.0
-FIRST_POLL_SECONDS = 0.005  # a small run's results are read within milliseconds of arriving
-POLL_SECONDS_PER_TASK = 5e-5
-PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2}
+from crypto_ml.cli import main
+from crypto_ml.core.settings import Settings, get_settings
+from crypto_ml.data.loader import CryptoLoader
+from crypto_ml.dispatch import manager
+from crypto_ml.dispatch.manager import check_broker
+from crypto_ml.dispatch.report import RunObserver, RunReport, format_forecast
+from crypto_ml.models import parse_models
 
 
-@dataclass
-class RunReport:
-    """Everything one run produced: results and failures by coin and model."""
-
-    results: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
-    failed: dict[str, dict[str, str]] = field(default_factory=dict)
-    wall_seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
-
-    def add_result(self, result: dict[str, Any]) -> None:
-        self.results.setdefault(result["coin"], {})[result["model"]] = result
-
-    def add_failure(self, coin: str, model: str, reason: str) -> None:
-        self.failed.setdefault(coin, {})[model] = reason
-
-    def forecasts(self, model: str) -> dict[str, np.ndarray]:
-        """``{coin: forecast}`` of one model."""
-        return {coin: np.asarray(by_model[model]["forecast"], dtype=np.float64)
-                for coin, by_model in self.results.items() if model in by_model}
-
-    def to_json(self) -> dict[str, Any]:
-        return {"results": self.results, "failed": self.failed}
-
-
-@dataclass(frozen=True)
-class Message:
-    """One task message and the (coin, model) forecasts it carries."""
-
-    task: str
-    kwargs: dict[str, Any]
-    items: list[tuple[str, str]]
-
-
-def plan_messages(requests: Sequence[ForecastRequest], batch_size: int) -> list[Message]:
-    """Deep forecasts one per message, longest series first (they bound the run's length);
-    cheap ones in batches of up to ``batch_size``, but at least 4 messages where there are
-    that many forecasts, so a cluster of many workers still shares them out."""
-    heavy = sorted((r for r in requests if r.model in HEAVY), key=lambda r: -len(r.prices))
-    cheap = [r for r in requests if r.model not in HEAVY]
-    size = max(1, min(batch_size, len(cheap) // MIN_MESSAGES))
-    if size == 1:
-        return [Message(TASK_NAME, r.as_kwargs(), [(r.coin, r.model)]) for r in heavy + cheap]
-    messages = [Message(TASK_NAME, r.as_kwargs(), [(r.coin, r.model)]) for r in heavy]
-    for i in range(0, len(cheap), size):
-        chunk = cheap[i : i + size]
-        messages.append(Message(BATCH_TASK_NAME, {"items": [r.as_kwargs() for r in chunk]},
-                                [(r.coin, r.model) for r in chunk]))
-    return messages
-
-
-class RunObserver:
-    """Hooks a run calls as forecasts go out and come back (see :mod:`crypto_ml.progress`).
-
-    One call per (coin, model): a batch message gives several with the same ``task_id``.
-    ``on_done`` is called before the run prints anything about that forecast, so an
-    observer drawing on the terminal can clear its line first. ``task_id`` is None
-    for a coin that failed before dispatch (unreadable data).
-    """
-
-    def on_sent(self, app: Celery, task_id: str, coin: str, model: str) -> None:
-        """A forecast was published in message ``task_id``."""
-
-    def on_done(self, task_id: str | None, coin: str, model: str,
-                result: dict[str, Any] | None, reason: str | None) -> None:
-        """A forecast finished: ``result`` on success, else ``reason``."""
-
-    def on_wait(self) -> None:
-        """Called at every poll while results are awaited (every 5 to 500 ms)."""
-
-
-def parse_models(spec: str | Sequence[str]) -> list[str]:
-    """``"lstm,gru"`` or ``["lstm"]`` -> validated model names."""
-    names = [m.strip() for m in (spec.split(",") if isinstance(spec, str) else spec) if m.strip()]
-    known = model_names()
-    for name in names:
-        if name not in known:
-            raise UnknownModel(f"unknown model {name!r}; choose from {', '.join(known)}")
-    if not names:
-        raise UnknownModel(f"no model given; choose from {', '.join(known)}")
-    return list(dict.fromkeys(names))
-
-
-def format_forecast(coin: str, forecast: np.ndarray, model: str | None = None) -> str:
-    """One output line, as the product was first shown: ``bitcoin [[4952.28 ...]]``."""
-    array = np.array2string(np.asarray(forecast).reshape(1, -1), max_line_width=sys.maxsize)
-    return f"{coin} {model} {array}" if model else f"{coin} {array}"
-
-
-def check_broker(url: str) -> None:
-    """Raise BrokerUnavailable, naming the (password-free) URL, unless Redis answers a ping."""
-    try:
-        redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3).ping()
-    except redis.AuthenticationError as exc:  # wrong user or password: no point waiting
-        raise auth_failure(url, exc) from None
-    except (redis.RedisError, OSError, ValueError) as exc:
-        raise BrokerUnavailable(
-            f"cannot reach the broker at {maybe_sanitize_url(url)} ({exc}); start Redis there, "
-            "fix --broker / CRYPTO_ML_BROKER_URL, or unset it to run on the embedded local cluster"
-        ) from None
-
-
-class CryptoManager:
-    """Dispatches forecasts over the broker and collects them.
-
-    ``loader`` defaults to a :class:`CryptoLoader` of the settings' data directory;
-    ``app`` to a Celery app for the settings' broker, or to an embedded local
-    cluster when none is configured. ``out`` receives one line per forecast and
-    ``err`` one line per failure and the notices.
-    """
+class CryptoManager(manager.CryptoManager):
+    """:class:`crypto_ml.dispatch.manager.CryptoManager`, its settings defaulting to the
+    environment's (``CRYPTO_ML_*``)."""
 
     def __init__(self, loader: CryptoLoader | None = None, app: Celery | None = None,
                  settings: Settings | None = None, out: TextIO | None = None,
                  err: TextIO | None = None, observer: RunObserver | None = None,
                  cluster_options: Mapping[str, Any] | None = None) -> None:
-        self.observer = observer or RunObserver()
-        self.cluster_options = dict(cluster_options or {})  # e.g. flower=Settings(...)
-        self.settings = settings or get_settings()
-        self.loader = loader or CryptoLoader(self.settings.data_dir)
-        self.app = app
-        self.out = out or sys.stdout
-        self.err = err or sys.stderr
-        self.stop_requested = threading.Event()
-        self.last_report: RunReport | None = None
+        super().__init__(loader, app, settings or get_settings(), out, err, observer,
+                         cluster_options)
 
-    def _say(self, line: str) -> None:
-        print(line, file=self.err, flush=True)
 
-    @contextlib.contextmanager
-    def connected(self) -> Iterator[Celery]:
-        """The app to run on: given, configured, or an embedded cluster started for the run."""
-        if self.app is not None:
-            yield self.app
-            return
-        from crypto_ml.celery_app import create_app
-
-        if self.settings.broker_url:
-            check_broker(self.settings.broker_url)
-            if self.settings.backend_url != self.settings.broker_url:
-                check_broker(self.settings.backend_url or "")
-            yield create_app(self.settings)
-            return
-        cluster = LocalCluster(workers=self.settings.workers, **self.cluster_options)
-        self._say(f"no broker configured: running embedded (local redis-server + "
-                  f"{cluster.n_workers} celery worker(s)); set CRYPTO_ML_BROKER_URL or "
-                  "--broker redis://HOST:6379/0 to use your own cluster")
-        with cluster:
-            if cluster.flower_url:
-                self._say(f"flower: {cluster.flower_url} (stops when this run ends)")
-            yield create_app(self.settings.with_broker(cluster.url_for("manager")))
-
-    def build_requests(self, models: list[str], coins: Sequence[str] | None, horizon: int,
-                       max_points: int | None, params: dict[str, Any],
-                       report: RunReport) -> list[ForecastRequest]:
-        """One request per (coin, model); coins that cannot be read are failed in ``report``."""
-        names = list(coins) if coins else self.loader.get_crypto_names()
-        requests = []
-        for coin in names:
-            try:
-                frame = self.loader.get_df(coin).dropna(subset=["Close"])
-            except CryptoMLError as exc:
-                for model in models:
-                    report.add_failure(coin, model, f"{type(exc).__name__}: {exc}")
-                continue
-            if max_points:
-                frame = frame.iloc[-max_points:]
-            prices = frame["Close"].astype(float).tolist()
-            last = frame["Date"].iloc[-1].date().isoformat() if len(frame) else None
-            for model in models:
-                accepted = {k: v for k, v in params.items() if k in PARAMS[model]}
-                requests.append(ForecastRequest(coin, model, prices, horizon, last, accepted))
-        return requests
-
-    def run(self, models: str | Sequence[str] = "linear", coins: Sequence[str] | None = None,
-            horizon: int = 10, max_points: int | None = None, epochs: int | None = None,
-            timeout: float | None = DEFAULT_TIMEOUT,
-            on_result: Callable[[dict[str, Any]], None] | None = None) -> RunReport:
-        """Dispatch every (coin, model) at once and collect results as they finish.
-
-        Each task expires ``timeout`` seconds after it is sent, so if this manager
-        dies, workers discard its leftover tasks instead of running them for nobody.
-        """
-        names = parse_models(models)
-        report = RunReport()
-        started = time.perf_counter()
-        params = {} if epochs is None else {"epochs": epochs}  # None: each model's default
-        requests = self.build_requests(names, coins, horizon, max_points, params, report)
-        for coin, by_model in report.failed.items():
-            for model, reason in by_model.items():
-                self.observer.on_done(None, coin, model, None, reason)
-                self._say(f"failed: {coin} {model}: {reason}")
-        printer = on_result or functools.partial(self._print_result, show_model=len(names) > 1)
-        self.dispatch(requests, timeout, printer, report)
-        report.wall_seconds = time.perf_counter() - started
-        self.last_report = report
-        return report
-
-    @contextlib.contextmanager
-    def session(self) -> Iterator[CryptoManager]:
-        """Keep one connection (or one embedded cluster) open across several runs."""
-        if self.app is not None:
-            yield self
-            return
-        with self.connected() as app:
-            self.app = app
-            try:
-                yield self
-            finally:
-                self.app = None
-
-    def dispatch(self, requests: list[ForecastRequest], timeout: float | None = DEFAULT_TIMEOUT,
-                 on_result: Callable[[dict[str, Any]], None] = lambda result: None,
-                 report: RunReport | None = None) -> RunReport:
-        """Send prepared requests and collect them into ``report`` (a new one by default)."""
-        report = RunReport() if report is None else report
-        if requests:
-            with self.connected() as app:
-                self._dispatch_and_collect(app, requests, report, timeout, on_result)
-        return report
-
-    def _dispatch_and_collect(self, app: Celery, requests: list[ForecastRequest],
-                              report: RunReport, timeout: float | None,
-                              on_result: Callable[[dict[str, Any]], None]) -> None:
-        pending: dict[str, list[tuple[str, str]]] = {}
-        sent_ids: list[str] = []
-        try:
-            for message in plan_messages(requests, self.settings.batch_size):
-                sent = app.send_task(message.task, kwargs=message.kwargs, retry=True,
-                                     retry_policy=PUBLISH_RETRY, expires=timeout,
-                                     **send_options(message.kwargs))
-                pending[sent.id] = message.items
-                sent_ids.append(sent.id)
-                for coin, model in message.items:
-                    self.observer.on_sent(app, sent.id, coin, model)
-                self._check_stop()
-            for task_id, meta in self._results(app, pending, timeout):
-                self._record(report, pending.pop(task_id), meta, on_result, task_id)
-        except TimeoutError:
-            for task_id, items in pending.items():
-                for coin, model in items:
-                    self._fail(report, coin, model,
-                               f"no result within {timeout:g} s (--timeout)", task_id)
-        finally:
-            if pending:  # timed out or interrupted: do not leave work queued for nobody
-                app.control.revoke(list(pending))
-            if sent_ids:  # results were read: free the backend now instead of at expiry
-                app.backend.client.delete(*(app.backend.get_key_for_task(t) for t in sent_ids),
-                                          *(delivery_key(t) for t in sent_ids))
-
-    def request_stop(self) -> None:
-        """Ask a running dispatch to stop at its next poll (safe from a signal handler).
-
-        A KeyboardInterrupt raised by a signal can be swallowed when it lands inside an
-        object's ``__del__`` (e.g. a Redis client being collected); this flag cannot.
-        """
-        self.stop_requested.set()
-
-    def _check_stop(self) -> None:
-        if self.stop_requested.is_set():
-            raise KeyboardInterrupt
-
-    def _tick(self) -> None:
-        self.observer.on_wait()
-        self._check_stop()
-
-    def _results(self, app: Celery, pending: dict[str, list[tuple[str, str]]],
-                 timeout: float | None) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Finished tasks of ``pending`` as they arrive, riding out a broker restart.
-
-        While Redis is unreachable (restart, failover) polling pauses and resumes
-        once it answers again; only ``timeout`` ends the wait (TimeoutError).
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        warned = False
-        while pending:
-            left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
-            # each poll reads every pending key: poll big runs less often
-            interval = min(0.5, FIRST_POLL_SECONDS + len(pending) * POLL_SECONDS_PER_TASK)
-            try:
-                yield from app.backend.get_many(set(pending), timeout=left, interval=interval,
-                                                on_interval=self._tick)
-                return
-            except CeleryTimeoutError as exc:  # not the builtin TimeoutError
-                raise TimeoutError(str(exc)) from None
-            except app.backend.connection_errors as exc:
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError("the result backend stayed unreachable") from exc
-                if not warned:
-                    self._say(f"lost the result backend ({type(exc).__name__}); "
-                              "waiting for it to come back")
-                    warned = True
-                time.sleep(RECONNECT_PAUSE)
-
-    def _record(self, report: RunReport, items: list[tuple[str, str]], meta: dict[str, Any],
-                on_result: Callable[[dict[str, Any]], None], task_id: str) -> None:
-        if meta["status"] != "SUCCESS":
-            exc = meta.get("result")
-            reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else str(exc)
-            if meta["status"] != "FAILURE":
-                reason = f"{meta['status']}: {reason}"
-            for coin, model in items:
-                self._fail(report, coin, model, reason, task_id)
-            return
-        results = meta["result"]
-        for result in results if isinstance(results, list) else [results]:
-            if "error" in result:
-                self._fail(report, result["coin"], result["model"], result["error"], task_id)
-            else:
-                report.add_result(result)
-                self.observer.on_done(task_id, result["coin"], result["model"], result, None)
-                log_task(task_id, result["coin"], result["model"], result=result)
-                on_result(result)
-
-    def _fail(self, report: RunReport, coin: str, model: str, reason: str, task_id: str) -> None:
-        report.add_failure(coin, model, reason)
-        self.observer.on_done(task_id, coin, model, None, reason)
-        log_task(task_id, coin, model, reason=reason)
-        self._say(f"failed: {coin} {model}: {reason}")
-
-    def _print_result(self, result: dict[str, Any], show_model: bool = False) -> None:
-        model = result["model"] if show_model else None
-        print(format_forecast(result["coin"], np.asarray(result["forecast"]), model),
-              file=self.out, flush=True)
-
-    def send_tasks(self, model: str | Sequence[str] = "linear",
-                   coins: Sequence[str] | None = None, horizon: int = 10,
-                   max_points: int | None = None, epochs: int | None = None,
-                   timeout: float | None = DEFAULT_TIMEOUT) -> dict[str, Any]:
-        """Forecast every coin (or ``coins``) and print one line each.
-
-        Returns ``{coin: np.ndarray}`` for one model, ``{coin: {model: np.ndarray}}``
-        for several. Failures are printed and kept in :attr:`last_report`.
-        """
-        names = parse_models(model)
-        report = self.run(names, coins, horizon, max_points, epochs, timeout)
-        if len(names) == 1:
-            return report.forecasts(names[0])
-        return {coin: {m: np.asarray(r["forecast"]) for m, r in by_model.items()}
-                for coin, by_model in report.results.items()}
-
+__all__ = ["CryptoManager", "RunObserver", "RunReport", "check_broker", "format_forecast",
+           "parse_models"]
 
 if __name__ == "__main__":
-    from crypto_ml.cli import main
-
-    sys.exit(main())
+    sys.exit(main(prog="python -m crypto_ml.manager"))

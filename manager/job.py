@@ -28,11 +28,14 @@ from pathlib import Path
 
 from kombu.utils.url import maybe_sanitize_url
 
-from crypto_ml.cli import EXIT_CONFIG, build_parser, settings_from
+from crypto_ml.cli import build_parser, guarded
 from crypto_ml.cli import main as cli_main
-from crypto_ml.cluster import wait_until
-from crypto_ml.errors import BrokerAuthFailed, ConfigError, CryptoMLError
-from crypto_ml.manager import check_broker
+from crypto_ml.cli.options import EXIT_CONFIG, EXIT_OK, settings_from
+from crypto_ml.core.errors import BrokerAuthFailed, ConfigError, CryptoMLError
+from crypto_ml.dispatch.manager import check_broker
+from crypto_ml.ops.processes import wait_until
+
+PROG = "python -m crypto_ml.manager"
 
 
 def job_parser() -> argparse.ArgumentParser:
@@ -58,29 +61,33 @@ def broker_answers(url: str) -> bool:
     return True
 
 
+def wait_for_broker(cli_args: argparse.Namespace, seconds: float) -> int:
+    """ConfigError unless a broker is configured and answers within ``seconds``."""
+    settings = settings_from(cli_args)
+    if not settings.broker_url:
+        raise ConfigError("no broker configured: set CRYPTO_ML_BROKER_URL (or --broker) "
+                          "to the cluster's Redis; a job container never runs an "
+                          "embedded local cluster")
+    url = settings.broker_url
+    wait_until(lambda: broker_answers(url), seconds,
+               f"an answer from the broker at {maybe_sanitize_url(url)} (--broker-wait)")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = job_parser()
     args, rest = parser.parse_known_args(argv)
-    cli_args = build_parser().parse_args(rest) if rest else None  # a typo exits 2 here
+    cli_args = build_parser(PROG).parse_args(rest) if rest else None  # a typo exits 2 here
     if args.help or cli_args is None:
         parser.print_help()
         return 0 if args.help else EXIT_CONFIG
-    try:
-        settings = settings_from(cli_args)
-        if not settings.broker_url:
-            raise ConfigError("no broker configured: set CRYPTO_ML_BROKER_URL (or --broker) "
-                                "to the cluster's Redis; a job container never runs an "
-                                "embedded local cluster")
-        url = settings.broker_url
-        wait_until(lambda: broker_answers(url), args.broker_wait,
-                   f"an answer from the broker at {maybe_sanitize_url(url)} (--broker-wait)")
-    except CryptoMLError as exc:
-        print(f"crypto-ml: error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+    code = guarded(lambda: wait_for_broker(cli_args, args.broker_wait), "nothing was sent")
+    if code != EXIT_OK:
+        return code
     if args.results_dir is not None:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         rest = [*rest, "--output", str(args.results_dir / f"forecasts-{stamp}.json")]
-    return cli_main(rest)
+    return cli_main(rest, prog=PROG)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     .venv/bin/python tests/acl_discovery.py [--strict]
 
-starts a local cluster whose users (crypto_ml/acl.py) have every right (``--strict``:
+starts a local cluster whose users (crypto_ml/core/acl.py) have every right (``--strict``:
 the shipped rules), watches Redis with ``MONITOR`` while a full run happens --
 ``send-tasks`` (batched and single messages, one that times out and revokes),
 ``backtest``, Flower's pages and API, the queue-depth exporter, KEDA's list-length
@@ -41,9 +41,10 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from crypto_ml import acl  # noqa: E402
-from crypto_ml.cluster import LocalCluster, free_port, spawn, terminate, wait_until  # noqa: E402
-from crypto_ml.settings import Settings  # noqa: E402
+from crypto_ml.core import acl  # noqa: E402
+from crypto_ml.core.settings import Settings  # noqa: E402
+from crypto_ml.dispatch.cluster import LocalCluster  # noqa: E402
+from crypto_ml.ops.processes import free_port, spawn, terminate, wait_until  # noqa: E402
 
 BACKTEST_DATA = ROOT / "tests" / "fixtures" / "backtest"
 _ARG = re.compile(r'"((?:[^"\\]|\\.)*)"')
@@ -255,7 +256,7 @@ def full_run(cluster: LocalCluster, data_dir: Path, work: Path) -> dict[str, obj
         "/workers", "/tasks", "/broker")]
     port = free_port()
     exporter_env = {**os.environ, "CRYPTO_ML_BROKER_URL": cluster.url_for("exporter")}
-    exporter = spawn([sys.executable, "-m", "crypto_ml.queue_depth", "--port", str(port),
+    exporter = spawn([sys.executable, "-m", "crypto_ml", "queue-depth", "--port", str(port),
                       "--host", "127.0.0.1"], work / "exporter.log", env=exporter_env, cwd=ROOT)
     try:
         def answers() -> bool:
@@ -291,7 +292,7 @@ def watched_cluster(roles: Mapping[str, acl.Role], work: Path,
             admin.execute_command("ACL", "LOG", "RESET")
             cluster.start_workers()
             cluster.start_flower()
-            from crypto_ml.celery_app import create_app
+            from crypto_ml.worker.app import create_app
 
             cluster.wait_for_workers(create_app(Settings().with_broker(cluster.url_for("manager"))))
             if cluster.flower:
@@ -330,7 +331,7 @@ def report(usage: Mapping[str, Usage], roles: Mapping[str, acl.Role]) -> str:
         role = acl.ROLES.get(user)
         if role is not None and user != acl.ADMIN:
             missing = {k: v for k, v in lacking(role, use).items() if v}
-            lines.append(f"  not in crypto_ml/acl.py: {missing or 'nothing'}")
+            lines.append(f"  not in crypto_ml/core/acl.py: {missing or 'nothing'}")
     return "\n".join(lines)
 
 
@@ -339,7 +340,8 @@ def main() -> int:
     parser.add_argument("--strict", action="store_true",
                         help="run under the shipped rules instead of permissive users")
     parser.add_argument("--data-dir", type=Path,
-                        default=ROOT.parent / "shared" / "data" / "top100-2017")
+                        default=ROOT.parent / "shared" / "data" / "top100-2017",
+                        help="price CSVs (default: the real set beside the clone)")
     args = parser.parse_args()
     roles = acl.ROLES if args.strict else acl.permissive()
     with tempfile.TemporaryDirectory() as tmp:

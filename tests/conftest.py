@@ -1,35 +1,49 @@
-"""Shared test fixtures: the real data set, a real local cluster, the CLI as a user runs it."""
+"""Shared test fixtures: the price data, a real local cluster, the CLI as a user runs it.
+
+``price_data`` is a small set the tests write (tests/sample_data.py), so every
+integration test runs in a fresh clone. ``real_data`` is the real top-100 set, for the
+few tests of its own quirks: ``CRYPTO_ML_DATA_DIR``, else ``../shared/data/top100-2017``
+beside the clone; without it those tests are skipped and the run's last lines say so.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sample_data import make_price_data
 
 ROOT = Path(__file__).resolve().parents[1]
-# beside the clone (CI), or two levels up from a worktree in /work/wt/NAME
-SHARED_DATA = next((p / "shared" / "data" / "top100-2017" for p in (ROOT.parent, ROOT.parents[1])
-                    if (p / "shared" / "data" / "top100-2017").is_dir()),
-                   ROOT.parent / "shared" / "data" / "top100-2017")
+REAL_DATA = Path(os.environ.get("CRYPTO_ML_DATA_DIR")
+                 or ROOT.parent / "shared" / "data" / "top100-2017")
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+NO_REAL_DATA = (f"the real data set is not at {REAL_DATA} (set CRYPTO_ML_DATA_DIR to the "
+                "top100-2017 folder)")
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """The real top-100 data set beside the repository, or a skip saying where it should be."""
-    if not (SHARED_DATA / "Bitcoin.csv").is_file():
-        pytest.skip(f"shared data set not found at {SHARED_DATA}")
-    return SHARED_DATA
+def price_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small price data set in the real set's layout and format, made for this run."""
+    return make_price_data(tmp_path_factory.mktemp("price-data"))
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """The real top-100 data set, or a skip saying where it was looked for."""
+    if not (REAL_DATA / "Bitcoin.csv").is_file():
+        pytest.skip(NO_REAL_DATA)
+    return REAL_DATA
 
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[object]:
     """A real Redis server and two real `celery -A crypto_ml worker` processes."""
-    from crypto_ml.cluster import LocalCluster
+    from crypto_ml.dispatch.cluster import LocalCluster
 
     with LocalCluster(workers=2) as running:
         yield running
@@ -48,11 +62,22 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600,
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked ``gpu`` are skipped, with the reason, on machines without an NVIDIA GPU."""
-    import shutil
-
     if shutil.which("nvidia-smi"):
         return
     skip = pytest.mark.skip(reason="needs an NVIDIA GPU (nvidia-smi not found)")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The run's last lines: how many tests were skipped, and why, so a green run hides none."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    reasons: dict[str, int] = {}
+    for report in skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    terminalreporter.write_sep("-", f"{len(skipped)} skipped")
+    for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1]):
+        terminalreporter.write_line(f"{count} skipped: {reason}")

@@ -14,10 +14,11 @@ from typing import Any
 
 from celery import Celery
 
-from crypto_ml.celery_app import create_app
-from crypto_ml.cluster import LocalCluster, wait_until
-from crypto_ml.deliveries import delivery_key
-from crypto_ml.settings import Settings
+from crypto_ml.core.settings import Settings
+from crypto_ml.dispatch.cluster import LocalCluster
+from crypto_ml.ops.processes import wait_until
+from crypto_ml.worker.app import create_app
+from crypto_ml.worker.deliveries import delivery_key
 
 ROOT = Path(__file__).resolve().parents[1]
 META_PREFIX = "celery-task-meta-"

@@ -1,4 +1,4 @@
-"""Redis ACL users per role (crypto_ml/acl.py) on a real Redis with real processes: a full run
+"""Redis ACL users per role (crypto_ml/core/acl.py) on a real Redis with real processes: a full run
 works under them with no refusal, each role is refused what it does not need, and a wrong
 password stops a process at once with a message that names the user, not the password."""
 
@@ -17,11 +17,11 @@ from acl_discovery import acl_log, full_run, lacking, watched_cluster
 from conftest import ROOT, run_cli
 from kombu.exceptions import OperationalError
 
-from crypto_ml import acl
-from crypto_ml.celery_app import create_app
-from crypto_ml.cluster import LocalCluster
-from crypto_ml.settings import Settings
-from crypto_ml.wire import TASK_NAME
+from crypto_ml.core import acl
+from crypto_ml.core.settings import Settings
+from crypto_ml.dispatch.cluster import LocalCluster
+from crypto_ml.worker.app import create_app
+from crypto_ml.worker.requests import TASK_NAME
 
 pytestmark = pytest.mark.integration
 WRONG = "not-the-password-0123"
@@ -41,10 +41,10 @@ def as_role(server: LocalCluster, role: str) -> redis.Redis:
 
 
 @pytest.mark.slow
-def test_a_full_run_works_under_the_acls_with_no_refusal(shared_data: Path,
+def test_a_full_run_works_under_the_acls_with_no_refusal(price_data: Path,
                                                          tmp_path: Path) -> None:
     with watched_cluster(acl.ROLES, tmp_path) as (cluster, recorder):
-        done = full_run(cluster, shared_data, tmp_path)
+        done = full_run(cluster, price_data, tmp_path)
         with cluster.client() as admin:
             refusals = acl_log(admin)
     for what in ("send-tasks batched", "send-tasks single", "backtest"):
@@ -138,19 +138,19 @@ def _wrong(url: str, password: str) -> str:
 
 
 def test_a_wrong_password_stops_each_process_at_once_without_printing_it(
-        server: LocalCluster, shared_data: Path, tmp_path: Path) -> None:
+        server: LocalCluster, price_data: Path, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTO_ML_")}
     runs: dict[str, tuple[float, subprocess.CompletedProcess[str]]] = {}
     started = time.monotonic()
     manager_url = _wrong(server.url_for("manager"), server.passwords["manager"])
     cli = run_cli("send-tasks", "--coins", "bitcoin", "--broker", manager_url,
-                  data_dir=shared_data, timeout=60)
+                  data_dir=price_data, timeout=60)
     runs["manager"] = (time.monotonic() - started, cli)
     commands = {  # name: (role, command)
         "worker": ("worker", [sys.executable, "-m", "celery", "-A", "crypto_ml", "worker",
                               "--concurrency", "1", "--without-mingle", "--without-gossip"]),
-        "exporter": ("exporter", [sys.executable, "-m", "crypto_ml.queue_depth", "--port", "0"]),
-        "flower": ("flower", [sys.executable, "-m", "crypto_ml.flower", "--port=0"]),
+        "exporter": ("exporter", [sys.executable, "-m", "crypto_ml", "queue-depth", "--port", "0"]),
+        "flower": ("flower", [sys.executable, "-m", "crypto_ml", "flower", "--port=0"]),
         "manager job": ("manager", [sys.executable, "manager/job.py", "--broker-wait", "300",
                                     "send-tasks", "--coins", "bitcoin"]),  # no 300 s wait
     }
@@ -159,7 +159,7 @@ def test_a_wrong_password_stops_each_process_at_once_without_printing_it(
         started = time.monotonic()
         out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=90,
                              env={**env, "CRYPTO_ML_BROKER_URL": url, "TMPDIR": str(tmp_path),
-                                  "CRYPTO_ML_DATA_DIR": str(shared_data)})
+                                  "CRYPTO_ML_DATA_DIR": str(price_data)})
         runs[name] = (time.monotonic() - started, out)
     for name, (seconds, out) in runs.items():
         role = name.split()[0]

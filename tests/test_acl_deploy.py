@@ -1,4 +1,4 @@
-"""Least privilege in the deployment files: the shipped Redis ACL templates are crypto_ml/acl.py's,
+"""Least privilege in the deployment files: the shipped Redis ACL templates are crypto_ml/core/acl.py's,
 every compose service and Kubernetes workload connects as its own Redis user, Redis sits on an
 internal compose network, and the rendered NetworkPolicies allow exactly the documented traffic
 (checked by evaluating them as the NetworkPolicy API defines, for each pair of workloads)."""
@@ -26,8 +26,8 @@ from deploy_support import (
     render_kustomize,
 )
 
-from crypto_ml import acl
-from crypto_ml.cluster import free_port, terminate, wait_until
+from crypto_ml.core import acl
+from crypto_ml.ops.processes import free_port, terminate, wait_until
 
 NAMESPACE = "crypto-ml"
 REDIS_ARGS = ("--appendonly", "yes", "--appendfsync", "everysec", "--dir", "/data")
@@ -55,7 +55,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[st
 def test_shipped_templates_are_generated_from_crypto_ml_acl() -> None:
     for path in acl.SHIPPED_TEMPLATES:
         assert path.read_text() == acl.template(), \
-            f"{path.relative_to(ROOT)} is stale: run `python -m crypto_ml.acl write`"
+            f"{path.relative_to(ROOT)} is stale: run `python -m crypto_ml acl write`"
 
 
 def test_no_role_gets_an_administrative_command_or_every_key() -> None:

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from conftest import FIXTURES, run_cli
 
-from crypto_ml.backtest import BacktestConfig, BacktestResult, origins_for, run_backtest
-from crypto_ml.celery_app import create_app
-from crypto_ml.data_loader import CryptoLoader
-from crypto_ml.manager import CryptoManager
-from crypto_ml.metrics import naive_scale, scores
+from crypto_ml.backtest.engine import BacktestConfig, BacktestResult, origins_for, run_backtest
+from crypto_ml.backtest.metrics import naive_scale, scores
+from crypto_ml.core.settings import Settings
+from crypto_ml.data.loader import CryptoLoader
+from crypto_ml.dispatch.manager import CryptoManager
 from crypto_ml.models import get_model
-from crypto_ml.settings import Settings
+from crypto_ml.worker.app import create_app
 
 DATA = FIXTURES / "backtest"  # Walk.csv: closes 1 2 4 3 5 6 8 7; Stub.csv: 3 closes
 SMALL = BacktestConfig(models=("naive", "linear"), horizon=2, origins=2, min_train=4)
@@ -82,6 +82,7 @@ def test_backtest_on_the_cluster_matches_the_hand_computation(cluster: object) -
     assert result.aggregate()["naive"]["mase_mean"] == pytest.approx(NAIVE_MASE)
 
 
+@pytest.mark.integration  # trains networks
 def test_returns_model_is_reproducible_with_its_seed() -> None:
     rng = np.random.default_rng(3)
     series = 50.0 * np.exp(np.cumsum(rng.normal(0, 0.03, 60)))
@@ -118,6 +119,7 @@ def test_cli_backtest_writes_files_and_best_uses_them(cluster: object, tmp_path:
     assert lines["walk"].startswith("linear [[") and lines["stub"] == "naive [[3. 3.]]"
 
 
+@pytest.mark.integration  # runs a command in a subprocess
 def test_cli_rejects_a_bad_until_date_and_unknown_model(tmp_path: Path) -> None:
     bad = run_cli("backtest", "--until", "yesterday", data_dir=DATA)
     assert bad.returncode == 2 and "expected a date like" in bad.stderr
@@ -130,7 +132,7 @@ def test_cli_rejects_a_bad_until_date_and_unknown_model(tmp_path: Path) -> None:
 def test_best_without_a_saved_backtest_runs_one_and_falls_back_to_naive(cluster: object) -> None:
     import io
 
-    from crypto_ml.backtest_cli import forecast_best
+    from crypto_ml.backtest.best import forecast_best
 
     settings = Settings(data_dir=DATA).with_broker(cluster.broker_url)  # type: ignore[attr-defined]
     out, err = io.StringIO(), io.StringIO()

@@ -13,8 +13,8 @@ from conftest import ROOT
 pytestmark = pytest.mark.integration
 
 
-def test_bench_smoke_writes_ratios(shared_data: Path, tmp_path: Path) -> None:
-    run = subprocess.run([sys.executable, "bench/run.py", "--smoke", "--data-dir", str(shared_data),
+def test_bench_smoke_writes_ratios(price_data: Path, tmp_path: Path) -> None:
+    run = subprocess.run([sys.executable, "bench/run.py", "--smoke", "--data-dir", str(price_data),
                           "--out", str(tmp_path), "--only", "startup,dispatch"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]

@@ -13,7 +13,7 @@ from types import ModuleType
 import pytest
 from deploy_support import ROOT, local_env
 
-from crypto_ml.cluster import free_port
+from crypto_ml.ops.processes import free_port
 
 
 def load_script(relative: str) -> ModuleType:
@@ -90,6 +90,7 @@ def test_explicit_thread_settings_win_over_the_plan() -> None:
     assert env["OMP_NUM_THREADS"] == "4" and env["CUDA_VISIBLE_DEVICES"] == "3"
 
 
+@pytest.mark.integration  # runs a command in a subprocess
 def test_worker_start_dry_run_prints_the_celery_command(tmp_path: Path) -> None:
     out = run("workers/worker.py", "start", "--role", "gpu", "--dry-run", "--",
               "--max-memory-per-child", "4000000",
@@ -103,6 +104,7 @@ def test_worker_start_dry_run_prints_the_celery_command(tmp_path: Path) -> None:
     assert command[-2:] == ["--max-memory-per-child", "4000000"]
 
 
+@pytest.mark.integration  # runs a command in a subprocess
 def test_gpu_role_without_a_gpu_fails_in_one_line(tmp_path: Path) -> None:
     out = run("workers/worker.py", "start", "--role", "gpu", env={"CUDA_VISIBLE_DEVICES": ""},
               tmp=tmp_path)
@@ -110,17 +112,20 @@ def test_gpu_role_without_a_gpu_fails_in_one_line(tmp_path: Path) -> None:
     assert out.stderr.count("\n") == 1 and "no GPU is visible" in out.stderr
 
 
+@pytest.mark.integration  # runs a command in a subprocess
 def test_ping_without_a_started_worker_fails(tmp_path: Path) -> None:
     out = run("workers/worker.py", "ping", tmp=tmp_path)
     assert out.returncode == 1 and "no worker was started here" in out.stderr
 
 
+@pytest.mark.integration  # runs a command in a subprocess
 def test_job_refuses_to_run_without_a_broker(tmp_path: Path) -> None:
     out = run("manager/job.py", "send-tasks", "--coins", "bitcoin", tmp=tmp_path)
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "no broker configured" in out.stderr
 
 
+@pytest.mark.integration  # runs a command in a subprocess
 def test_job_gives_up_on_an_unreachable_broker(tmp_path: Path) -> None:
     url = f"redis://:pw@127.0.0.1:{free_port()}/0"
     out = run("manager/job.py", "--broker-wait", "1", "send-tasks", "--coins", "bitcoin",
@@ -130,6 +135,7 @@ def test_job_gives_up_on_an_unreachable_broker(tmp_path: Path) -> None:
     assert "pw@" not in out.stderr  # the password is never printed
 
 
+@pytest.mark.integration  # runs a command in a subprocess
 def test_job_rejects_a_misspelt_option_even_with_help(tmp_path: Path) -> None:
     out = run("manager/job.py", "send-tasks", "--modle", "linear", "--help", tmp=tmp_path)
     assert out.returncode == 2 and "--modle" in out.stderr

@@ -15,11 +15,11 @@ import pytest
 import redis
 from kombu import Consumer
 
-from crypto_ml.celery_app import create_app
-from crypto_ml.cluster import LocalCluster
-from crypto_ml.queue_depth import make_server, queue_depths, queue_keys
-from crypto_ml.settings import Settings
-from crypto_ml.wire import TASK_NAME
+from crypto_ml.core.settings import Settings
+from crypto_ml.dispatch.cluster import LocalCluster
+from crypto_ml.ops.queue_depth import make_server, queue_depths, queue_keys
+from crypto_ml.worker.app import create_app
+from crypto_ml.worker.requests import TASK_NAME
 
 pytestmark = pytest.mark.integration
 

@@ -40,10 +40,10 @@ from deploy_support import (
     render_kustomize,
 )
 
-from crypto_ml import acl
-from crypto_ml.celery_app import create_app
-from crypto_ml.cluster import free_port, spawn, terminate, wait_until
-from crypto_ml.settings import Settings
+from crypto_ml.core import acl
+from crypto_ml.core.settings import Settings
+from crypto_ml.ops.processes import free_port, spawn, terminate, wait_until
+from crypto_ml.worker.app import create_app
 
 pytestmark = pytest.mark.integration
 START_TIMEOUT = 120.0
@@ -144,7 +144,7 @@ class Stack:
 
 
 def starts_redis(run: ContainerRun) -> bool:
-    """The Redis containers' ``sh -c`` start script (crypto_ml.acl.REDIS_START)."""
+    """The Redis containers' ``sh -c`` start script (crypto_ml.core.acl.REDIS_START)."""
     return run.argv[:2] == ["sh", "-c"] and "exec redis-server" in run.argv[2]
 
 
@@ -236,8 +236,8 @@ def test_compose_worker_consumes_cpu_and_gpu_with_one_process_per_core(stack: St
     assert pool == len(os.sched_getaffinity(0))
 
 
-def test_compose_manager_runs_end_to_end(stack: Stack, shared_data: Path) -> None:
-    compose = load_compose({**stack.env, "CRYPTO_ML_DATA_HOST_DIR": str(shared_data)})
+def test_compose_manager_runs_end_to_end(stack: Stack, price_data: Path) -> None:
+    compose = load_compose({**stack.env, "CRYPTO_ML_DATA_HOST_DIR": str(price_data)})
     manager = runs_by_origin(compose_runs(compose))["compose:manager"]
     coins = ["bitcoin", "ethereum", "litecoin"]
     out = stack.call(manager, ("--coins", ",".join(coins)), timeout=300)
@@ -283,11 +283,11 @@ def test_k8s_redis_runs_the_compose_command(manifests: dict[str, dict[str, Conta
 
 
 def test_k8s_manager_job_and_cronjob_run_for_real(
-        manifests: dict[str, dict[str, ContainerRun]], stack: Stack, shared_data: Path) -> None:
+        manifests: dict[str, dict[str, ContainerRun]], stack: Stack, price_data: Path) -> None:
     k8s = manifests["base"]
     for origin in ("Job/forecast/manager", "CronJob/forecast-daily/manager"):
         run = k8s[origin]
-        run.volumes = {"/data": str(shared_data)}  # the crypto-data volume's content
+        run.volumes = {"/data": str(price_data)}  # the crypto-data volume's content
         out = stack.call(run, ("--coins", "bitcoin", "--max-points", "120"), timeout=300)
         assert out.returncode == 0, f"{origin}: {out.stderr}"
         assert out.stdout.startswith("bitcoin ")

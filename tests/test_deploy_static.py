@@ -34,9 +34,9 @@ from deploy_support import (
 )
 from kombu.transport.redis import Channel
 
-from crypto_ml.celery_app import CPU_QUEUE, GPU_QUEUE
-from crypto_ml.queue_depth import queue_keys
-from crypto_ml.settings import Settings
+from crypto_ml.core.settings import Settings
+from crypto_ml.ops.queue_depth import queue_keys
+from crypto_ml.worker.app import CPU_QUEUE, GPU_QUEUE
 
 DOCKERFILES = [ROOT / "Dockerfile", ROOT / "docker" / "Dockerfile.gpu"]
 K8S_VERSIONS = ["1.29.0", kubernetes_validate.utils.latest_version()]

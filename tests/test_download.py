@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from conftest import FIXTURES, ROOT
 
-from crypto_ml.data_loader import CryptoLoader
-from crypto_ml.download import Client, download, fetch_days
-from crypto_ml.errors import ConfigError, DataNotFound
+from crypto_ml.core.errors import ConfigError, DataNotFound
+from crypto_ml.data.download import Client, download, fetch_days
+from crypto_ml.data.loader import CryptoLoader
 
 API = FIXTURES / "cryptocompare"
 DAY = 86400
@@ -205,6 +205,7 @@ def run_data_cli(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]
                           text=True, timeout=120)
 
 
+@pytest.mark.integration  # runs a command in a subprocess
 def test_cli_downloads_and_exits_1_when_a_coin_fails(api: tuple[FakeApi, str],
                                                      tmp_path: Path) -> None:
     fake, url = api
@@ -217,6 +218,7 @@ def test_cli_downloads_and_exits_1_when_a_coin_fails(api: tuple[FakeApi, str],
     assert (tmp_path / "Bitcoin.csv").is_file()
 
 
+@pytest.mark.integration  # runs a command in a subprocess
 def test_cli_says_when_the_api_cannot_be_reached(tmp_path: Path) -> None:
     done = run_data_cli("--api-url", "http://127.0.0.1:9", "--retries", "0", data_dir=tmp_path)
     assert done.returncode == 2

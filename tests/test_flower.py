@@ -7,6 +7,7 @@ batches them (2 per message, 9 messages): Flower shows batch and single tasks al
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
 import secrets
@@ -24,7 +25,7 @@ from typing import Any
 import pytest
 from conftest import ROOT, run_cli
 
-from crypto_ml.cluster import free_port, spawn, terminate, wait_until
+from crypto_ml.ops.processes import free_port, spawn, terminate, wait_until
 
 pytestmark = pytest.mark.integration
 ARTIFACTS = ROOT / "test-artifacts"
@@ -38,7 +39,7 @@ TASK_LINE = re.compile(r"task ([0-9a-f-]{36}) ok: coin=(\S+) model=(\S+) worker=
 
 @dataclass
 class Stack:
-    """`python -m crypto_ml.cluster up --flower` and one `send-tasks` run against it."""
+    """`python -m crypto_ml cluster up --flower` and one `send-tasks` run against it."""
 
     proc: subprocess.Popen[bytes]
     broker_url: str
@@ -73,14 +74,15 @@ def api(stack: Stack, path: str) -> Any:
     return json.loads(body)
 
 
-@pytest.fixture(scope="module")
-def stack(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    log = tmp_path_factory.mktemp("cluster-up") / "up.log"
+@contextlib.contextmanager
+def cluster_up(folder: Path, workers: int = 2) -> Iterator[Stack]:
+    """``python -m crypto_ml cluster up --flower``, stopped (if still running) on the way out."""
+    log = folder / "up.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CRYPTO_ML_", "FLOWER_"))}
     env.update(CRYPTO_ML_FLOWER_PORT=str(free_port()),
                CRYPTO_ML_FLOWER_BASIC_AUTH=f"{USER}:{PASSWORD}")
-    proc = spawn([sys.executable, "-m", "crypto_ml.cluster", "up", "--workers", "2", "--flower"],
-                 log, env=env, cwd=ROOT)
+    proc = spawn([sys.executable, "-m", "crypto_ml", "cluster", "up", "--workers", str(workers),
+                  "--flower"], log, env=env, cwd=ROOT)
     try:
         wait_until(lambda: "press Ctrl-C" in log.read_text(), 120, "cluster up --flower",
                    lambda: f"exited: {log.read_text()}" if proc.poll() is not None else None)
@@ -88,17 +90,23 @@ def stack(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         broker = re.search(r"CRYPTO_ML_BROKER_URL='([^']+)'", text)
         flower = re.search(r"^flower: (http://\S+)$", text, re.MULTILINE)
         assert broker and flower, text
-        stack = Stack(proc, broker.group(1), flower.group(1))
         worker = re.search(r"^  worker: (redis://\S+)$", text, re.MULTILINE)  # Redis user worker
-        stack.worker_url = worker.group(1) if worker else stack.broker_url
+        yield Stack(proc, broker.group(1), flower.group(1),
+                    worker_url=worker.group(1) if worker else broker.group(1))
+    finally:
+        terminate(proc)
+
+
+@pytest.fixture(scope="module")
+def stack(price_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One cluster and one send-tasks run against it, shared by the tests that only look."""
+    with cluster_up(tmp_path_factory.mktemp("cluster-up")) as stack:
         stack.run = run_cli("send-tasks", "--broker", stack.broker_url, "--coins",
                             ",".join([*COINS, "nosuchcoin"]), "--model", ",".join(MODELS),
-                            data_dir=shared_data, timeout=300)
+                            data_dir=price_data, timeout=300)
         for task_id, coin, model, worker in TASK_LINE.findall(stack.run.stderr):
             stack.tasks.setdefault(task_id, []).append((coin, model, worker))
         yield stack
-    finally:
-        terminate(proc)
 
 
 def test_run_shows_task_lines_progress_and_summary(stack: Stack) -> None:
@@ -179,9 +187,9 @@ def test_flower_metrics_count_the_run_for_prometheus(stack: Stack) -> None:
 
 
 def test_running_count_reads_started_tasks_from_the_real_backend(stack: Stack) -> None:
-    from crypto_ml.celery_app import create_app
-    from crypto_ml.progress import Progress
-    from crypto_ml.settings import Settings
+    from crypto_ml.core.settings import Settings
+    from crypto_ml.ops.progress import Progress
+    from crypto_ml.worker.app import create_app
 
     app = create_app(Settings().with_broker(stack.worker_url))  # it stores a result: a worker
     started, queued = f"started-{secrets.token_hex(4)}", f"queued-{secrets.token_hex(4)}"
@@ -204,7 +212,7 @@ def test_flower_launcher_watches_a_configured_broker(stack: Stack, tmp_path: Pat
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CRYPTO_ML_", "FLOWER_"))}
     env.update(CRYPTO_ML_BROKER_URL=stack.broker_url, CRYPTO_ML_FLOWER_PORT=str(port),
                CRYPTO_ML_FLOWER_ADDRESS="0.0.0.0", CRYPTO_ML_FLOWER_BASIC_AUTH="ops2:pw2")
-    proc = spawn([sys.executable, "-m", "crypto_ml.flower"], tmp_path / "flower.log", env=env,
+    proc = spawn([sys.executable, "-m", "crypto_ml", "flower"], tmp_path / "flower.log", env=env,
                  cwd=ROOT)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -216,7 +224,7 @@ def test_flower_launcher_watches_a_configured_broker(stack: Stack, tmp_path: Pat
                 return False
             return status == 200 and all(w in body for w in stack.workers)
 
-        wait_until(lists_workers, 60, "python -m crypto_ml.flower listing the workers",
+        wait_until(lists_workers, 60, "python -m crypto_ml flower listing the workers",
                    lambda: (tmp_path / "flower.log").read_text() if proc.poll() else None)
         assert get(url + "/api/workers", auth=None)[0] == 401
         assert "ops2:pw2" not in " ".join(proc.args)  # the password is not visible in `ps`
@@ -224,12 +232,12 @@ def test_flower_launcher_watches_a_configured_broker(stack: Stack, tmp_path: Pat
         terminate(proc)
 
 
-def test_progress_bar_redraws_on_a_terminal(stack: Stack, shared_data: Path) -> None:
+def test_progress_bar_redraws_on_a_terminal(stack: Stack, price_data: Path) -> None:
     import pty
 
     leader, follower = pty.openpty()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTO_ML_")}
-    env["CRYPTO_ML_DATA_DIR"] = str(shared_data)
+    env["CRYPTO_ML_DATA_DIR"] = str(price_data)
     proc = subprocess.Popen([sys.executable, "-m", "crypto_ml.manager", "send-tasks", "--broker",
                              stack.broker_url, "--coins", ",".join(COINS[:3]), "--model", "linear",
                              "--log-level", "warning"],
@@ -254,12 +262,12 @@ def test_progress_bar_redraws_on_a_terminal(stack: Stack, shared_data: Path) -> 
     assert proc.stdout is not None and len(proc.stdout.read().splitlines()) == 3
 
 
-def test_embedded_flower_json_logs_and_plot(shared_data: Path, tmp_path: Path) -> None:
+def test_embedded_flower_json_logs_and_plot(price_data: Path, tmp_path: Path) -> None:
     import json
 
     port, plot = free_port(), tmp_path / "forecast.png"
     run = run_cli("send-tasks", "--flower", "--workers", "1", "--coins", "bitcoin,dash,nosuchcoin",
-                  "--log-format", "json", "--plot", str(plot), data_dir=shared_data,
+                  "--log-format", "json", "--plot", str(plot), data_dir=price_data,
                   env={"CRYPTO_ML_FLOWER_PORT": str(port)}, timeout=300)
     assert run.returncode == 1, run.stderr  # nosuchcoin
     assert sorted(line.split()[0] for line in run.stdout.splitlines()) == ["bitcoin", "dash"]
@@ -279,12 +287,12 @@ def test_embedded_flower_json_logs_and_plot(shared_data: Path, tmp_path: Path) -
         get(f"http://127.0.0.1:{port}/healthcheck", auth=None)
 
 
-def test_workers_write_json_log_lines_for_collectors(shared_data: Path) -> None:
+def test_workers_write_json_log_lines_for_collectors(price_data: Path) -> None:
     import json
 
-    from crypto_ml.celery_app import create_app
-    from crypto_ml.cluster import LocalCluster
-    from crypto_ml.settings import Settings
+    from crypto_ml.core.settings import Settings
+    from crypto_ml.dispatch.cluster import LocalCluster
+    from crypto_ml.worker.app import create_app
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTO_ML_")}
     with LocalCluster(workers=1, env={**env, "CRYPTO_ML_LOG_FORMAT": "json"}) as cluster:
@@ -302,7 +310,7 @@ def test_workers_write_json_log_lines_for_collectors(shared_data: Path) -> None:
 
         wait_until(lambda: task_line() is not None, 10, "the worker's JSON task line")
         entry = task_line()
-        assert entry is not None and entry["logger"] == "crypto_ml.tasks"
+        assert entry is not None and entry["logger"] == "crypto_ml.worker.tasks"
         assert (entry["coin"], entry["model"], entry["status"]) == ("bitcoin", "naive", "ok")
         assert entry["worker"] == cluster.worker_names[0] and entry["seconds"] >= 0
 
@@ -353,13 +361,14 @@ def test_dashboard_shows_workers_and_tasks_in_headless_chromium(stack: Stack,
     assert (abs(image - background).max(axis=2) > 0.2).mean() > 0.02  # text and table drawn
 
 
-# last: the stack stops as a whole ---------------------------------------------------------------
+# the stack stops as a whole (its own, so the shared one serves the other tests in any order) ---
 
-def test_sigterm_stops_the_cluster_and_flower(stack: Stack) -> None:
+def test_sigterm_stops_the_cluster_and_flower(tmp_path: Path) -> None:
     import redis
 
-    stack.proc.send_signal(signal.SIGTERM)
-    assert stack.proc.wait(timeout=60) == 0
+    with cluster_up(tmp_path, workers=1) as stack:
+        stack.proc.send_signal(signal.SIGTERM)
+        assert stack.proc.wait(timeout=60) == 0
     with pytest.raises(OSError):
         get(stack.flower_url + "/healthcheck", auth=None)
     with pytest.raises(redis.ConnectionError):

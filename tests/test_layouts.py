@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from crypto_ml.data_loader import CryptoLoader
-from crypto_ml.errors import CoinNotFound
+from crypto_ml.core.errors import CoinNotFound
+from crypto_ml.data.loader import CryptoLoader
 
 KAGGLE_STYLE = """slug,symbol,name,date,ranknow,open,high,low,close,volume,market
 bitcoin,BTC,Bitcoin,2017-09-22,1,3628.02,3758.27,3553.53,3630.7,1194830000,60152300000

@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from crypto_ml.data_loader import CryptoLoader, coin_id
-from crypto_ml.errors import CoinNotFound, CryptoMLError, DataNotFound
+from crypto_ml.core.errors import CoinNotFound, CryptoMLError, DataNotFound
+from crypto_ml.data.loader import CryptoLoader
+from crypto_ml.data.parsing import coin_id
 
 HEADER = "Date,Open,High,Low,Close,Volume,Market Cap"
 
@@ -27,28 +28,34 @@ def write(folder: Path, name: str, text: str | bytes) -> Path:
 # --- the real data set -------------------------------------------------------------------------
 
 
-def test_bitcoin_prices_match_the_published_series(shared_data: Path) -> None:
-    prices = CryptoLoader(shared_data).get_prices("bitcoin")
+pytest_real = pytest.mark.integration  # reads the real set (skipped, and said so, without it)
+
+
+@pytest_real
+def test_bitcoin_prices_match_the_published_series(real_data: Path) -> None:
+    prices = CryptoLoader(real_data).get_prices("bitcoin")
     assert prices.dtype == np.float64
     np.testing.assert_array_equal(prices[:3], [134.21, 144.54, 139.0])
     np.testing.assert_array_equal(prices[-3:], [3905.95, 3631.04, 3630.7])
     # one close per data row of the file (the shared README's 1,608 counts newlines: 1,609 rows)
-    rows = (shared_data / "Bitcoin.csv").read_text().strip().count("\n")
+    rows = (real_data / "Bitcoin.csv").read_text().strip().count("\n")
     assert len(prices) == rows == 1609
 
 
-def test_every_coin_file_loads_and_the_ranking_file_is_skipped(shared_data: Path,
+@pytest_real
+def test_every_coin_file_loads_and_the_ranking_file_is_skipped(real_data: Path,
                                                                caplog: pytest.LogCaptureFixture
                                                                ) -> None:
     caplog.set_level(logging.WARNING)
-    names = CryptoLoader(shared_data).get_crypto_names()
+    names = CryptoLoader(real_data).get_crypto_names()
     assert len(names) == 100 and names == sorted(names)
     assert "bitcoin_cash" in names and "i-o_coin" in names and "100_list" not in names
     assert any("100 List.csv" in r.getMessage() for r in caplog.records)
 
 
-def test_real_quirks_are_parsed(shared_data: Path) -> None:
-    loader = CryptoLoader(shared_data)
+@pytest_real
+def test_real_quirks_are_parsed(real_data: Path) -> None:
+    loader = CryptoLoader(real_data)
     monero = loader.get_df("monero")
     assert pd.Timestamp("2015-03-30") in set(monero["Date"])  # spreadsheet serial 42093
     dash = loader.get_df("dash")

@@ -9,12 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from crypto_ml.data_loader import CryptoLoader
-from crypto_ml.errors import InvalidTaskInput, SeriesTooShort, UnknownModel
-from crypto_ml.models import get_model, model_names
+from crypto_ml.core.errors import InvalidTaskInput, SeriesTooShort, UnknownModel
+from crypto_ml.data.loader import CryptoLoader
+from crypto_ml.models import HEAVY, PARAMS, REGISTRY, get_model, model_class, model_names
 from crypto_ml.models.rnn import make_windows
 
-FAST = {"epochs": 1}
+FAST = {"epochs": 1, "members": 1}
+#: Deep models train a network (TensorFlow): the integration tier, not the fast one.
+deep = pytest.mark.integration
+ALL_MODELS = [pytest.param(name, marks=deep) if model_class(name).heavy else name
+              for name in model_names()]
+DEEP_MODELS = [name for name in model_names() if model_class(name).heavy]
 
 
 def random_walk(n: int, seed: int = 0) -> np.ndarray:
@@ -22,7 +27,7 @@ def random_walk(n: int, seed: int = 0) -> np.ndarray:
     return 100.0 * np.exp(np.cumsum(rng.normal(0, 0.02, n)))
 
 
-@pytest.mark.parametrize("name", model_names())
+@pytest.mark.parametrize("name", ALL_MODELS)
 def test_model_contract(name: str) -> None:
     """Fit returns the model; forecast(h) gives h finite floats; too short and bad h are errors."""
     series = random_walk(80)
@@ -54,8 +59,8 @@ def test_naive_repeats_the_last_close() -> None:
     assert get_model("naive").fit([3.0, 1.0, 2.5, np.nan]).forecast(3).tolist() == [2.5] * 3
 
 
-def test_linear_is_the_least_squares_trend_on_day_index(shared_data: Path) -> None:
-    prices = CryptoLoader(shared_data).get_prices("ethereum")
+def test_linear_is_the_least_squares_trend_on_day_index(price_data: Path) -> None:
+    prices = CryptoLoader(price_data).get_prices("ethereum")
     t = np.arange(len(prices))
     slope, intercept = np.polyfit(t, prices, 1)
     expected = intercept + slope * np.arange(len(prices), len(prices) + 10)
@@ -71,25 +76,50 @@ def test_windows_are_normalised_by_their_first_close() -> None:
     np.testing.assert_allclose(y, [7.0, 7.0])  # 8/1 - 1, 16/2 - 1
 
 
+@deep
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_recurrent_forecast_is_seeded_and_recursive(cell: str) -> None:
     series = random_walk(300, seed=1)
-    first = get_model(cell, epochs=1, seed=7).fit(series)
-    again = get_model(cell, epochs=1, seed=7).fit(series)
-    long, short = first.forecast(6), again.forecast(3)
+    long = get_model(cell, epochs=1, seed=7).fit(series).forecast(6)
+    get_model(cell, epochs=1, seed=7).fit(random_walk(300, seed=2))  # trains the cached network
+    short = get_model(cell, epochs=1, seed=7).fit(series).forecast(3)
     np.testing.assert_array_equal(long[:3], short)  # same seed, same input: same forecast
+    other = get_model(cell, epochs=1, seed=8).fit(series).forecast(3)
+    assert not np.array_equal(other, short)  # and the seed matters, so the check above can fail
     assert len(set(np.round(long, 9))) > 1  # each step feeds the next: not one value repeated
+
+
+@deep
+@pytest.mark.parametrize("name", DEEP_MODELS)
+def test_a_fitted_model_keeps_its_forecast_when_another_is_fitted(name: str) -> None:
+    """Fits share one cached network per configuration; each fitted model keeps its own weights."""
+    first = get_model(name, **FAST, seed=3).fit(random_walk(300, seed=4))
+    before = first.forecast(5)
+    get_model(name, **FAST, seed=3).fit(random_walk(300, seed=5) * 3.0)  # same configuration
+    np.testing.assert_array_equal(first.forecast(5), before)
     assert first.device.startswith(("CPU", "GPU"))
 
 
+def test_model_metadata_is_declared_once_on_each_class() -> None:
+    """The registry's name, options and heaviness are read off the model classes."""
+    assert set(REGISTRY) == {"naive", "linear", "lstm", "gru", "lstm_ret", "gru_ret"}
+    for name, cls in REGISTRY.items():
+        assert cls.name == name and PARAMS[name] == cls.options
+        assert (name in HEAVY) == cls.heavy and cls.color.startswith("tab:")
+    assert {"lstm", "gru", "lstm_ret", "gru_ret"} == HEAVY
+    assert len({cls.color for cls in REGISTRY.values()}) == len(REGISTRY)  # plots tell them apart
+
+
+@deep
 def test_recurrent_model_rejects_non_positive_prices() -> None:
     with pytest.raises(InvalidTaskInput, match="positive"):
         get_model("lstm").fit(np.r_[random_walk(60), 0.0])
 
 
+@pytest.mark.integration  # runs a command in a subprocess
 def test_worker_side_imports_do_not_load_tensorflow() -> None:
     """The pool parent imports the tasks; TensorFlow must wait for a child's first deep fit."""
-    code = ("import sys, crypto_ml.tasks, crypto_ml.celery_app, crypto_ml.manager; "
+    code = ("import sys, crypto_ml.worker.tasks, crypto_ml.worker.app, crypto_ml.manager; "
             "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -97,7 +127,7 @@ def test_worker_side_imports_do_not_load_tensorflow() -> None:
 
 @pytest.mark.gpu
 def test_recurrent_model_trains_on_the_gpu() -> None:
-    from crypto_ml.device import gpu_available
+    from crypto_ml.models.device import gpu_available
 
     if not gpu_available():
         pytest.skip("no GPU visible to the Keras backend")

@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from crypto_ml.data_loader import CryptoLoader
-from crypto_ml.errors import ConfigError
-from crypto_ml.flower import flower_env, send_options
-from crypto_ml.logging_setup import JsonFormatter, LogWriter
-from crypto_ml.manager import RunReport
-from crypto_ml.progress import Progress
-from crypto_ml.settings import Settings
-from crypto_ml.summary import summarize, summary_lines
-from crypto_ml.wire import ForecastRequest, run_forecast
+from crypto_ml.core.errors import ConfigError
+from crypto_ml.core.logs import JsonFormatter, LogWriter
+from crypto_ml.core.settings import Settings
+from crypto_ml.data.loader import CryptoLoader
+from crypto_ml.dispatch.report import RunReport
+from crypto_ml.dispatch.summary import summarize, summary_lines
+from crypto_ml.ops.flower import flower_env, send_options
+from crypto_ml.ops.progress import Progress
+from crypto_ml.worker.requests import ForecastRequest, run_forecast
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
@@ -178,13 +178,14 @@ def test_plain_notices_become_log_records_in_json_mode(caplog: pytest.LogCapture
 
 # plot ----------------------------------------------------------------------------------------
 
-def test_plot_draws_one_readable_panel_per_coin(shared_data: Path) -> None:
+@pytest.mark.integration  # runs a command in a subprocess
+def test_plot_draws_one_readable_panel_per_coin(price_data: Path) -> None:
     pytest.importorskip("matplotlib")
     import matplotlib.image
 
-    from crypto_ml.plot import plot_forecasts
+    from crypto_ml.ops.plot import plot_forecasts
 
-    loader = CryptoLoader(shared_data)
+    loader = CryptoLoader(price_data)
     coins = ["bitcoin", "ethereum", "litecoin", "dash"]
     report = RunReport()
     histories = {}
@@ -196,7 +197,7 @@ def test_plot_draws_one_readable_panel_per_coin(shared_data: Path) -> None:
             request = ForecastRequest(coin, model, frame["Close"].dropna().tolist(), 14, last)
             report.add_result(run_forecast(request, worker="in-process"))
     path = ARTIFACTS / "forecast-plot.png"
-    info = plot_forecasts(report, histories, path)
+    info = plot_forecasts(report.results, histories, path)
     image = matplotlib.image.imread(path)[..., :3]
     assert image.shape[:2] == (info.size[1], info.size[0]) and info.size[0] >= 800
     assert list(info.panels) == coins and not info.left_out
@@ -214,6 +215,7 @@ def test_plot_draws_one_readable_panel_per_coin(shared_data: Path) -> None:
      "refusing to expose Flower on 0.0.0.0 without authentication"),
     ({}, "set CRYPTO_ML_BROKER_URL"),
 ])
+@pytest.mark.integration  # runs a command in a subprocess
 def test_flower_launcher_stops_with_one_line_when_unsafe_or_unconfigured(
         env: dict[str, str], says: str) -> None:
     import os
@@ -221,7 +223,7 @@ def test_flower_launcher_stops_with_one_line_when_unsafe_or_unconfigured(
     import sys
 
     clean = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTO_ML_")}
-    run = subprocess.run([sys.executable, "-m", "crypto_ml.flower"], env={**clean, **env},
+    run = subprocess.run([sys.executable, "-m", "crypto_ml", "flower"], env={**clean, **env},
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and says in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1

@@ -16,8 +16,13 @@ import psutil
 import pytest
 from conftest import ROOT, run_cli
 
-from crypto_ml.data_loader import CryptoLoader
+from crypto_ml.core.settings import Settings
+from crypto_ml.data.loader import CryptoLoader
+from crypto_ml.dispatch.manager import CryptoManager
 from crypto_ml.models import get_model
+from crypto_ml.ops.processes import wait_until
+from crypto_ml.worker.app import create_app
+from crypto_ml.worker.requests import ForecastRequest
 
 pytestmark = pytest.mark.integration
 
@@ -36,16 +41,16 @@ def forecasts_printed(stdout: str) -> dict[str, list[float]]:
     return lines
 
 
-def test_linear_forecasts_equal_an_in_process_fit(cluster: Any, shared_data: Path,
+def test_linear_forecasts_equal_an_in_process_fit(cluster: Any, price_data: Path,
                                                   tmp_path: Path) -> None:
     out = tmp_path / "linear.json"
     run = run_cli("send-tasks", "--model", "linear", "--coins", ",".join(LINEAR_COINS),
-                  "--broker", cluster.broker_url, "--output", str(out), data_dir=shared_data)
+                  "--broker", cluster.broker_url, "--output", str(out), data_dir=price_data)
     assert run.returncode == 0, run.stderr
     report = json.loads(out.read_text())
     assert report["failed"] == {} and set(report["results"]) == set(LINEAR_COINS)
     printed = forecasts_printed(run.stdout)
-    loader = CryptoLoader(shared_data)
+    loader = CryptoLoader(price_data)
     for coin in LINEAR_COINS:
         prices = loader.get_prices(coin)
         prices = prices[~np.isnan(prices)]
@@ -59,13 +64,13 @@ def test_linear_forecasts_equal_an_in_process_fit(cluster: Any, shared_data: Pat
         assert result["worker"] in cluster.worker_names
 
 
-def test_deep_models_and_bad_coins(cluster: Any, shared_data: Path, tmp_path: Path) -> None:
+def test_deep_models_and_bad_coins(cluster: Any, price_data: Path, tmp_path: Path) -> None:
     """LSTM and GRU train on both workers; a too-short and an unknown coin fail alone (exit 1)."""
     out = tmp_path / "deep.json"
     coins = ["bitcoin", "ethereum", "neblio", "notacoin"]
     run = run_cli("send-tasks", "--model", "lstm,gru", "--coins", ",".join(coins), "--epochs",
                   "1", "--horizon", "5", "--max-points", "400", "--broker", cluster.broker_url,
-                  "--output", str(out), data_dir=shared_data)
+                  "--output", str(out), data_dir=price_data)
     assert run.returncode == 1, run.stderr
     report = json.loads(out.read_text())
     assert set(report["results"]) == {"bitcoin", "ethereum"}
@@ -76,7 +81,7 @@ def test_deep_models_and_bad_coins(cluster: Any, shared_data: Path, tmp_path: Pa
     assert "neblio" in run.stderr and "notacoin" in run.stderr and "Traceback" not in run.stderr
     results = [r for by_model in report["results"].values() for r in by_model.values()]
     assert {r["worker"] for r in results} == set(cluster.worker_names)  # both workers trained
-    loader = CryptoLoader(shared_data)
+    loader = CryptoLoader(price_data)
     for r in results:
         assert len(r["forecast"]) == 5 and r["device"].startswith(("CPU", "GPU"))
         local = get_model(r["model"], epochs=1).fit(loader.get_prices(r["coin"])[-400:])
@@ -87,16 +92,29 @@ def test_deep_models_and_bad_coins(cluster: Any, shared_data: Path, tmp_path: Pa
 
 
 def test_tensorflow_lives_in_pool_children_only(cluster: Any) -> None:
-    """After deep training, the forking worker parents still hold no TensorFlow library."""
+    """After deep training, the forking worker parents still hold no TensorFlow library.
+
+    The test trains on every worker itself, so it checks something when run alone too."""
+    settings = Settings(batch_size=1).with_broker(cluster.broker_url)
+    manager = CryptoManager(app=create_app(settings), settings=settings)
+    prices = [100.0 + i + (i % 7) for i in range(120)]
+    requests = [ForecastRequest(f"walk{i}", "lstm", prices, 2, None, {"epochs": 1})
+                for i in range(4 * len(cluster.workers))]
+    report = manager.dispatch(requests, timeout=300)
+    assert not report.failed
+    trained = {r["worker"] for by_model in report.results.values() for r in by_model.values()}
+    assert trained == set(cluster.worker_names)  # every worker trained a network
     for proc in cluster.workers:
         parent = psutil.Process(proc.pid)
         assert "tensorflow" not in Path(f"/proc/{parent.pid}/maps").read_text()
+        children = parent.children(recursive=True)
+        assert any("tensorflow" in Path(f"/proc/{c.pid}/maps").read_text() for c in children)
 
 
-def test_unreachable_broker_exits_2_within_10_seconds(shared_data: Path) -> None:
+def test_unreachable_broker_exits_2_within_10_seconds(price_data: Path) -> None:
     started = time.monotonic()
     run = run_cli("send-tasks", "--coins", "bitcoin", "--broker",
-                  "redis://:hunter2@127.0.0.1:9/0", data_dir=shared_data, timeout=30)
+                  "redis://:hunter2@127.0.0.1:9/0", data_dir=price_data, timeout=30)
     assert run.returncode == 2
     assert time.monotonic() - started < 10
     assert run.stderr.strip().splitlines()[-1].startswith("crypto-ml: error: cannot reach")
@@ -111,8 +129,8 @@ def test_missing_data_stops_at_once_with_how_to_get_data(tmp_path: Path) -> None
     assert "Top 100 Cryptocurrency Historical Data" in run.stderr
 
 
-def test_unknown_model_is_a_configuration_error(shared_data: Path) -> None:
-    run = run_cli("send-tasks", "--model", "linear,prophet", data_dir=shared_data, timeout=30)
+def test_unknown_model_is_a_configuration_error(price_data: Path) -> None:
+    run = run_cli("send-tasks", "--model", "linear,prophet", data_dir=price_data, timeout=30)
     assert run.returncode == 2 and "unknown model 'prophet'" in run.stderr
 
 
@@ -123,16 +141,16 @@ def _cluster_processes(manager_pid: int) -> list[psutil.Process]:
             if tag in " ".join(p.info["cmdline"] or []) or tag in (p.info["cwd"] or "")]
 
 
-def _embedded(args: list[str], shared_data: Path) -> subprocess.Popen[str]:
+def _embedded(args: list[str], price_data: Path) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTO_ML_")}
-    env.update(CRYPTO_ML_DATA_DIR=str(shared_data), CRYPTO_ML_WORKERS="2")
+    env.update(CRYPTO_ML_DATA_DIR=str(price_data), CRYPTO_ML_WORKERS="2")
     return subprocess.Popen([sys.executable, "-m", "crypto_ml.manager", "send-tasks", *args],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 
 
-def test_embedded_default_runs_and_leaves_nothing_behind(shared_data: Path) -> None:
-    proc = _embedded(["--coins", "bitcoin,ethereum,dash"], shared_data)
+def test_embedded_default_runs_and_leaves_nothing_behind(price_data: Path) -> None:
+    proc = _embedded(["--coins", "bitcoin,ethereum,dash"], price_data)
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
     assert "running embedded" in stderr and "CRYPTO_ML_BROKER_URL" in stderr
@@ -140,14 +158,17 @@ def test_embedded_default_runs_and_leaves_nothing_behind(shared_data: Path) -> N
     assert not _cluster_processes(proc.pid)
 
 
-def test_ctrl_c_stops_the_embedded_cluster(shared_data: Path) -> None:
-    proc = _embedded(["--model", "lstm", "--epochs", "50"], shared_data)
+def test_ctrl_c_stops_the_embedded_cluster(price_data: Path) -> None:
+    proc = _embedded(["--model", "lstm", "--epochs", "50"], price_data)
     assert proc.stderr is not None
     lines = iter(proc.stderr.readline, "")
     assert any("running embedded" in line for line in lines)  # the cluster is starting
-    deadline = time.monotonic() + 120
-    while len(_cluster_processes(proc.pid)) < 3 and time.monotonic() < deadline:
-        time.sleep(0.1)  # polling for the workers to appear, bounded by the deadline
+    try:  # redis-server and both workers are up (wait_until fails the test at its deadline)
+        wait_until(lambda: len(_cluster_processes(proc.pid)) >= 3, 120,
+                   "the embedded cluster's processes appearing")
+    except BaseException:
+        proc.kill()
+        raise
     proc.send_signal(signal.SIGINT)
     try:
         _, stderr = proc.communicate(timeout=120)
@@ -168,14 +189,11 @@ def test_celery_finds_the_app_from_any_folder(tmp_path: Path) -> None:
 
 
 def test_python_api_returns_arrays_and_prints_one_line_per_coin(cluster: Any,
-                                                                 shared_data: Path) -> None:
+                                                                 price_data: Path) -> None:
     import io
 
-    from crypto_ml.manager import CryptoManager
-    from crypto_ml.settings import Settings
-
     out, err = io.StringIO(), io.StringIO()
-    settings = Settings(data_dir=shared_data).with_broker(cluster.broker_url)
+    settings = Settings(data_dir=price_data).with_broker(cluster.broker_url)
     manager = CryptoManager(settings=settings, out=out, err=err)
     forecasts = manager.send_tasks(model="naive", coins=["bitcoin", "dash"], horizon=3)
     assert set(forecasts) == {"bitcoin", "dash"}

@@ -32,11 +32,12 @@ from fault_helpers import (
 )
 from kombu import Connection, Producer
 
-from crypto_ml.cluster import LocalCluster, wait_until
-from crypto_ml.data_loader import CryptoLoader
-from crypto_ml.manager import CryptoManager
+from crypto_ml.core.settings import Settings
+from crypto_ml.data.loader import CryptoLoader
+from crypto_ml.dispatch.cluster import LocalCluster
+from crypto_ml.dispatch.manager import CryptoManager
 from crypto_ml.models import get_model
-from crypto_ml.settings import Settings
+from crypto_ml.ops.processes import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -53,13 +54,13 @@ def no_secret(cluster: LocalCluster, *texts: str) -> None:
 
 
 @pytest.mark.slow
-def test_redis_restart_with_append_only_file_loses_nothing(shared_data: Path,
+def test_redis_restart_with_append_only_file_loses_nothing(price_data: Path,
                                                             tmp_path: Path) -> None:
     out = tmp_path / "run.json"
     with LocalCluster(workers=1, appendonly=True) as cluster:
         app = app_for(cluster)
         cli = start_cli(*LSTM, "--broker", cluster.broker_url, "--output", str(out),
-                        "--timeout", "180", data_dir=shared_data)
+                        "--timeout", "180", data_dir=price_data)
         wait_for_running(app, cli=cli)
         wait_until(lambda: queue_length(cluster, "gpu") == 2, 30, "two tasks queued")
 
@@ -76,13 +77,13 @@ def test_redis_restart_with_append_only_file_loses_nothing(shared_data: Path,
 
 
 @pytest.mark.slow
-def test_redis_restart_without_persistence_reports_what_was_lost(shared_data: Path) -> None:
+def test_redis_restart_without_persistence_reports_what_was_lost(price_data: Path) -> None:
     """The embedded default keeps nothing across a restart: queued tasks are gone, and the
     manager names each one that never came back instead of hanging or dropping it."""
     with LocalCluster(workers=1) as cluster:
         app = app_for(cluster)
         cli = start_cli(*LSTM, "--broker", cluster.broker_url, "--timeout", "25",
-                        data_dir=shared_data)
+                        data_dir=price_data)
         running = wait_for_running(app, cli=cli)
         wait_until(lambda: queue_length(cluster, "gpu") == 2, 30, "two tasks queued")
 
@@ -118,8 +119,8 @@ def duplicated_publishes(broker_url: str) -> Iterator[list[str]]:
             signals.after_task_publish.disconnect(again)
 
 
-def test_duplicate_deliveries_give_one_result_per_coin(shared_data: Path) -> None:
-    loader = CryptoLoader(shared_data)
+def test_duplicate_deliveries_give_one_result_per_coin(price_data: Path) -> None:
+    loader = CryptoLoader(price_data)
     coins = loader.get_crypto_names()[:12]
     with LocalCluster(workers=2) as cluster:
         app = app_for(cluster)
@@ -146,7 +147,7 @@ def test_duplicate_deliveries_give_one_result_per_coin(shared_data: Path) -> Non
 
 
 def test_killed_manager_leaves_no_work_behind_and_rerun_gives_same_results(
-        shared_data: Path, tmp_path: Path) -> None:
+        price_data: Path, tmp_path: Path) -> None:
     coins = ["bitcoin", "ethereum", "litecoin", "monero", "dash"]
     out = tmp_path / "run.json"
     cluster = LocalCluster(workers=1)
@@ -154,7 +155,7 @@ def test_killed_manager_leaves_no_work_behind_and_rerun_gives_same_results(
         cluster.start_redis()  # workers come later: the manager's tasks wait in the queue
         command = ("send-tasks", "--model", "linear", "--coins", ",".join(coins),
                    "--broker", cluster.broker_url, "--timeout", "8", "--output", str(out))
-        cli = start_cli(*command, data_dir=shared_data)
+        cli = start_cli(*command, data_dir=price_data)
         wait_until(lambda: queue_length(cluster, "cpu") == len(coins), 60, "publishing")
         os.kill(cli.pid, signal.SIGKILL)  # the manager dies without revoking anything
         cli.wait(10)
@@ -171,9 +172,9 @@ def test_killed_manager_leaves_no_work_behind_and_rerun_gives_same_results(
         assert logs.count("Discarding revoked task") == len(coins)
         assert " done: coin=" not in logs
 
-        rerun = run_cli(*command, data_dir=shared_data)
+        rerun = run_cli(*command, data_dir=price_data)
         assert rerun.returncode == 0, rerun.stderr
-        loader = CryptoLoader(shared_data)
+        loader = CryptoLoader(price_data)
         results = json.loads(out.read_text())["results"]
         assert sorted(results) == sorted(coins)
         for coin in coins:  # what one clean run gives

@@ -26,9 +26,9 @@ from fault_helpers import (
     worker_process,
 )
 
-from crypto_ml.cluster import LocalCluster
-from crypto_ml.data_loader import CryptoLoader
-from crypto_ml.manager import CryptoManager
+from crypto_ml.data.loader import CryptoLoader
+from crypto_ml.dispatch.cluster import LocalCluster
+from crypto_ml.dispatch.manager import CryptoManager
 
 pytestmark = pytest.mark.integration
 
@@ -42,13 +42,13 @@ def cluster_env(**settings: str) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_killed_pool_process_task_is_redelivered_and_forecast_unchanged(shared_data: Path,
+def test_killed_pool_process_task_is_redelivered_and_forecast_unchanged(price_data: Path,
                                                                          tmp_path: Path) -> None:
     out = tmp_path / "run.json"
     with LocalCluster(workers=2) as cluster:
         app = app_for(cluster)
         cli = start_cli(*LSTM, "--coins", "bitcoin,ethereum", "--broker", cluster.broker_url,
-                        "--output", str(out), "--timeout", "180", data_dir=shared_data)
+                        "--output", str(out), "--timeout", "180", data_dir=price_data)
         victim = wait_for_running(app, training=True, cli=cli)
         os.kill(victim.pid, signal.SIGKILL)  # the pool process dies mid-training (OOM killer)
 
@@ -61,7 +61,7 @@ def test_killed_pool_process_task_is_redelivered_and_forecast_unchanged(shared_d
         assert f"task {victim.task_id} done" in logs
         # as if nothing happened: the redelivered run gives the forecast an undisturbed run gives
         killed_coin = coin_of(victim.task_id, logs)
-        again = CryptoManager(loader=CryptoLoader(shared_data), app=app).run(
+        again = CryptoManager(loader=CryptoLoader(price_data), app=app).run(
             "lstm", [killed_coin], horizon=5, max_points=400, epochs=20, timeout=120,
             on_result=lambda r: None)
         np.testing.assert_array_equal(report["results"][killed_coin]["lstm"]["forecast"],
@@ -71,7 +71,7 @@ def test_killed_pool_process_task_is_redelivered_and_forecast_unchanged(shared_d
 
 @pytest.mark.slow
 def test_killed_worker_task_is_redelivered_to_another_after_visibility_timeout(
-        shared_data: Path, tmp_path: Path) -> None:
+        price_data: Path, tmp_path: Path) -> None:
     # Short limits so the test need not wait out the default visibility timeout (hard + 60 s).
     # The redelivered run (TensorFlow import + training) must fit the soft limit even on a
     # busy machine, and the visibility timeout must exceed the hard limit.
@@ -81,7 +81,7 @@ def test_killed_worker_task_is_redelivered_to_another_after_visibility_timeout(
     with LocalCluster(workers=2, env=cluster_env(**limits)) as cluster:
         app = app_for(cluster)
         cli = start_cli(*LSTM, "--coins", "bitcoin", "--broker", cluster.broker_url,
-                        "--output", str(out), "--timeout", "170", data_dir=shared_data)
+                        "--output", str(out), "--timeout", "170", data_dir=price_data)
         victim = wait_for_running(app, training=True, cli=cli)
         dead = worker_process(cluster, victim.hostname)
         os.killpg(dead.pid, signal.SIGKILL)  # the whole worker dies: node lost, pod evicted
@@ -97,12 +97,12 @@ def test_killed_worker_task_is_redelivered_to_another_after_visibility_timeout(
         wait_for_drained(cluster)
 
 
-def test_task_that_keeps_killing_its_worker_fails_clearly(shared_data: Path) -> None:
+def test_task_that_keeps_killing_its_worker_fails_clearly(price_data: Path) -> None:
     env = cluster_env(CRYPTO_ML_MAX_DELIVERIES="2")
     with LocalCluster(workers=1, env=env) as cluster:
         app = app_for(cluster)
         cli = start_cli(*LSTM, "--coins", "bitcoin", "--broker", cluster.broker_url,
-                        "--timeout", "120", data_dir=shared_data)
+                        "--timeout", "120", data_dir=price_data)
         killed: set[int] = set()
         for delivery in (1, 2):  # every run of this task dies with its pool process
             victim = wait_for_running(app, skip_pids=frozenset(killed), delivery=delivery,
@@ -117,20 +117,20 @@ def test_task_that_keeps_killing_its_worker_fails_clearly(shared_data: Path) -> 
         assert cluster.workers[0].poll() is None  # the worker itself survived
         wait_for_drained(cluster)  # the poison message is gone, not requeued forever
 
-        rerun = CryptoManager(loader=CryptoLoader(shared_data), app=app).run(
+        rerun = CryptoManager(loader=CryptoLoader(price_data), app=app).run(
             "linear", ["bitcoin"], timeout=60, on_result=lambda r: None)
         assert rerun.ok and "bitcoin" in rerun.results
 
 
 @pytest.mark.slow
-def test_sigterm_lets_the_running_task_finish_and_loses_nothing(shared_data: Path,
+def test_sigterm_lets_the_running_task_finish_and_loses_nothing(price_data: Path,
                                                                 tmp_path: Path) -> None:
     out = tmp_path / "run.json"
     coins = ["bitcoin", "ethereum", "litecoin"]
     with LocalCluster(workers=2) as cluster:
         app = app_for(cluster)
         cli = start_cli(*LSTM, "--coins", ",".join(coins), "--broker", cluster.broker_url,
-                        "--output", str(out), "--timeout", "180", data_dir=shared_data)
+                        "--output", str(out), "--timeout", "180", data_dir=price_data)
         victim = wait_for_running(app, training=True, cli=cli)
         stopping = worker_process(cluster, victim.hostname)
         stopping.send_signal(signal.SIGTERM)  # to the main process only, as Kubernetes does
@@ -150,8 +150,8 @@ def test_sigterm_lets_the_running_task_finish_and_loses_nothing(shared_data: Pat
 def test_redelivery_knob_is_the_documented_one() -> None:
     """The broker config a worker gets: dead workers' tasks come back within the
     visibility timeout plus a sweep of at most 10 s, and never before a task's hard limit."""
-    from crypto_ml.celery_app import celery_config
-    from crypto_ml.settings import Settings
+    from crypto_ml.core.settings import Settings
+    from crypto_ml.worker.app import celery_config
 
     env = cli_env(CRYPTO_ML_BROKER_URL="redis://localhost:6379/0",
                   CRYPTO_ML_HARD_TIME_LIMIT="600", CRYPTO_ML_SOFT_TIME_LIMIT="500")

@@ -22,12 +22,13 @@ from conftest import run_cli
 from fault_helpers import app_for, wait_for_drained, worker_logs
 from kombu import Connection, Producer
 
-from crypto_ml.celery_app import celery_config, create_app
-from crypto_ml.cluster import LocalCluster, free_port, wait_until
-from crypto_ml.data_loader import CryptoLoader
-from crypto_ml.errors import InvalidTaskInput, TaskTimedOut
-from crypto_ml.settings import Settings
-from crypto_ml.wire import TASK_NAME
+from crypto_ml.core.errors import InvalidTaskInput, TaskTimedOut
+from crypto_ml.core.settings import Settings
+from crypto_ml.data.loader import CryptoLoader
+from crypto_ml.dispatch.cluster import LocalCluster
+from crypto_ml.ops.processes import free_port, wait_until
+from crypto_ml.worker.app import celery_config, create_app
+from crypto_ml.worker.requests import TASK_NAME
 
 pytestmark = pytest.mark.integration
 
@@ -144,18 +145,18 @@ def test_nan_really_crosses_the_json_wire() -> None:
     assert dumps([1.0, math.nan, math.inf], "json")[2] == "[1.0, NaN, Infinity]"
 
 
-def test_manager_reports_bad_input_per_coin(strict: LocalCluster, shared_data: Path) -> None:
-    n_bitcoin = len(CryptoLoader(shared_data).get_prices("bitcoin"))
-    assert n_bitcoin > MAX_SERIES >= len(CryptoLoader(shared_data).get_prices("ethereum"))
+def test_manager_reports_bad_input_per_coin(strict: LocalCluster, price_data: Path) -> None:
+    n_bitcoin = len(CryptoLoader(price_data).get_prices("bitcoin"))
+    assert n_bitcoin > MAX_SERIES >= len(CryptoLoader(price_data).get_prices("ethereum"))
     done = run_cli("send-tasks", "--coins", "bitcoin,ethereum", "--broker", strict.broker_url,
-                   data_dir=shared_data, timeout=120)
+                   data_dir=price_data, timeout=120)
     assert done.returncode == 1
     assert [line.split()[0] for line in done.stdout.splitlines()] == ["ethereum"]
     assert (f"failed: bitcoin linear: InvalidTaskInput: invalid argument 'prices': "
             f"{n_bitcoin} points is above the cap of {MAX_SERIES}") in done.stderr
 
     too_far = run_cli("send-tasks", "--coins", "ethereum", "--horizon", str(MAX_HORIZON + 5),
-                      "--broker", strict.broker_url, data_dir=shared_data, timeout=120)
+                      "--broker", strict.broker_url, data_dir=price_data, timeout=120)
     assert too_far.returncode == 1 and too_far.stdout == ""
     assert "failed: ethereum linear: InvalidTaskInput: invalid argument 'horizon'" in too_far.stderr
     assert_still_serving(strict)
@@ -165,17 +166,17 @@ def test_manager_reports_bad_input_per_coin(strict: LocalCluster, shared_data: P
 
 @pytest.mark.slow
 def test_soft_time_limit_fails_clearly_and_the_worker_recovers(strict: LocalCluster,
-                                                               shared_data: Path) -> None:
+                                                               price_data: Path) -> None:
     runaway = run_cli("send-tasks", "--model", "lstm", "--coins", "bitcoin", "--epochs", "1000",
                       "--max-points", str(MAX_SERIES), "--broker", strict.broker_url,
-                      data_dir=shared_data, timeout=120)
+                      data_dir=price_data, timeout=120)
     assert runaway.returncode == 1
     assert (f"failed: bitcoin lstm: {TaskTimedOut.__name__}: the task ran past its soft time "
             f"limit of {SOFT_LIMIT} s") in runaway.stderr
     assert "Hard time limit" not in worker_logs(strict)  # stopped by the soft limit, not killed
     # the worker goes on serving, deep models included
     after = run_cli("send-tasks", "--model", "linear,lstm", "--coins", "ethereum",
-                    "--max-points", "120", "--broker", strict.broker_url, data_dir=shared_data,
+                    "--max-points", "120", "--broker", strict.broker_url, data_dir=price_data,
                     timeout=120)
     assert after.returncode == 0, after.stderr
     assert len(after.stdout.splitlines()) == 2
@@ -183,13 +184,13 @@ def test_soft_time_limit_fails_clearly_and_the_worker_recovers(strict: LocalClus
 
 # --- secrets in broker URLs -------------------------------------------------------------
 
-def test_broker_password_is_never_printed(strict: LocalCluster, shared_data: Path) -> None:
+def test_broker_password_is_never_printed(strict: LocalCluster, price_data: Path) -> None:
     secret = "s3cret-Pa55word"
     wrong = f"redis://:{secret}@127.0.0.1:{strict.port}/0"  # live server, wrong password
     closed = f"redis://:{secret}@127.0.0.1:{free_port()}/0"  # nothing listening
     for url in (wrong, closed):
         done = run_cli("send-tasks", "--coins", "bitcoin", "--broker", url,
-                       data_dir=shared_data, timeout=60)
+                       data_dir=price_data, timeout=60)
         assert done.returncode == 2
         assert done.stderr.startswith("crypto-ml: error: cannot reach the broker at redis://:**@"
                                       if url == closed else
@@ -276,7 +277,7 @@ class TLSCluster(LocalCluster):
 
 
 def test_rediss_broker_works_and_verifies_the_certificate(
-        shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        price_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     trustme = pytest.importorskip("trustme")
     ca = trustme.CA()
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -288,7 +289,7 @@ def test_rediss_broker_works_and_verifies_the_certificate(
     with TLSCluster(context, workers=1, env={**os.environ, "SSL_CERT_FILE": str(ca_file)}) as tls:
         out = tmp_path / "run.json"
         done = run_cli("send-tasks", "--coins", "bitcoin,ethereum", "--broker", tls.broker_url,
-                       "--output", str(out), data_dir=shared_data, timeout=120,
+                       "--output", str(out), data_dir=price_data, timeout=120,
                        env={"SSL_CERT_FILE": str(ca_file)})
         assert done.returncode == 0, done.stderr
         assert sorted(json.loads(out.read_text())["results"]) == ["bitcoin", "ethereum"]
@@ -298,7 +299,7 @@ def test_rediss_broker_works_and_verifies_the_certificate(
 
         monkeypatch.delenv("SSL_CERT_FILE")
         untrusted = run_cli("send-tasks", "--coins", "bitcoin", "--broker", tls.broker_url,
-                            data_dir=shared_data, timeout=60)  # our CA is not trusted here
+                            data_dir=price_data, timeout=60)  # our CA is not trusted here
         assert untrusted.returncode == 2
         assert "certificate verify failed" in untrusted.stderr
         assert tls.password not in untrusted.stdout + untrusted.stderr

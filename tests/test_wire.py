@@ -12,11 +12,11 @@ import pytest
 from kombu import Connection, Producer
 from kombu.serialization import dumps, loads
 
-from crypto_ml.celery_app import celery_config, create_app
-from crypto_ml.errors import ConfigError, InvalidTaskInput
-from crypto_ml.manager import plan_messages
-from crypto_ml.settings import Settings
-from crypto_ml.wire import (
+from crypto_ml.core.errors import ConfigError, InvalidTaskInput
+from crypto_ml.core.settings import Settings
+from crypto_ml.dispatch.planning import plan_messages
+from crypto_ml.worker.app import celery_config, create_app
+from crypto_ml.worker.requests import (
     ACCEPT_CONTENT,
     BATCH_TASK_NAME,
     TASK_NAME,

@@ -17,7 +17,7 @@
 GPUs are those in ``CUDA_VISIBLE_DEVICES`` when it is set, else those that
 ``nvidia-smi -L`` lists (the NVIDIA container runtime provides it). Arguments
 after ``--`` go to ``celery worker`` unchanged. The broker and every other
-setting come from the ``CRYPTO_ML_*`` environment (see crypto_ml/settings.py).
+setting come from the ``CRYPTO_ML_*`` environment (see crypto_ml/core/settings.py).
 
 ``start`` writes the node names to a state file in the temporary directory;
 ``ping`` (the container's health check) sends ``celery inspect ping`` to exactly
@@ -40,10 +40,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from crypto_ml.cli import guarded
+from crypto_ml.cli.options import EXIT_CONFIG
+from crypto_ml.core.errors import ConfigError
+from crypto_ml.core.settings import THREAD_VARS, threads_env
+
 CGROUP = Path("/sys/fs/cgroup")
-THREAD_VARS = ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-               "MKL_NUM_THREADS")
-EXIT_CONFIG = 2
+__all__ = ["EXIT_CONFIG", "THREAD_VARS", "threads_env"]
 
 
 @dataclass
@@ -101,12 +104,6 @@ def visible_gpus(env: Mapping[str, str]) -> list[str]:
         return []
     lines = [line for line in out.stdout.splitlines() if line.startswith("GPU ")]
     return [str(i) for i in range(len(lines))] if out.returncode == 0 else []
-
-
-def threads_env(cores: int, processes: int) -> dict[str, str]:
-    """Math-library thread counts that share ``cores`` among ``processes`` pool processes."""
-    per_process = str(max(1, cores // max(1, processes)))
-    return {**dict.fromkeys(THREAD_VARS, per_process), "TF_NUM_INTEROP_THREADS": "1"}
 
 
 def plan(role: str, gpus: Sequence[str], cores: int, host: str, queues: str | None = None,
@@ -175,13 +172,14 @@ def supervise(commands: Sequence[tuple[list[str], dict[str, str]]]) -> int:
 
 
 def start(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    if args.concurrency is not None and args.concurrency < 1:
+        raise ConfigError("--concurrency must be at least 1")
     env = dict(os.environ)
     try:
         nodes = plan(args.role, visible_gpus(env), usable_cores(), socket.gethostname(),
                      args.queues, args.concurrency)
     except ValueError as exc:
-        print(f"crypto-ml: error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        raise ConfigError(str(exc)) from None
     commands = [(celery_command(n, args.loglevel, extra), node_env(n, env)) for n in nodes]
     if args.dry_run:
         print(json.dumps([{"command": cmd, "env": {k: env[k] for k in n.env}}
@@ -245,10 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv, extra = argv[:cut], argv[cut + 1:]
     args = build_parser().parse_args(argv)
     if args.command == "start":
-        if args.concurrency is not None and args.concurrency < 1:
-            print("crypto-ml: error: --concurrency must be at least 1", file=sys.stderr)
-            return EXIT_CONFIG
-        return start(args, extra)
+        return guarded(lambda: start(args, extra), interrupted="workers stopped")
     return ping(args)
 
 

@@ -1,4 +1,11 @@
-"""Forecasting models, one interface, looked up by name.
+"""Forecasting models: one interface, looked up by name.
+
+Owns every model and its metadata (name, options, heavy or not, plot colour),
+declared once on the model class (:class:`~crypto_ml.models.base.Forecaster`);
+the registry below, request validation, task routing, plots and benchmarks all
+read it from here. Also owns the deep-learning backend start-up
+(:mod:`crypto_ml.models.device`). May import only :mod:`crypto_ml.core`; models
+know nothing of Celery, Redis, the data folder or the command line.
 
 >>> from crypto_ml.models import get_model
 >>> get_model("linear").fit([1.0, 2.0, 3.0]).forecast(2)
@@ -7,34 +14,24 @@ array([4., 5.])
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
 
-from crypto_ml.errors import UnknownModel
+from crypto_ml.core.errors import UnknownModel
 from crypto_ml.models.base import Forecaster, check_horizon, clean_series
 from crypto_ml.models.linear import LinearModel
 from crypto_ml.models.naive import NaiveModel
-from crypto_ml.models.rnn import RecurrentModel
-from crypto_ml.models.rnn_returns import ReturnsRecurrentModel
+from crypto_ml.models.rnn import GRUModel, LSTMModel
+from crypto_ml.models.rnn_returns import GRUReturnsModel, LSTMReturnsModel
 
-REGISTRY: dict[str, Callable[..., Forecaster]] = {
-    "naive": NaiveModel,
-    "linear": LinearModel,
-    "lstm": lambda **params: RecurrentModel(cell="lstm", **params),
-    "gru": lambda **params: RecurrentModel(cell="gru", **params),
-    "lstm_ret": lambda **params: ReturnsRecurrentModel(cell="lstm", **params),
-    "gru_ret": lambda **params: ReturnsRecurrentModel(cell="gru", **params),
+#: Every model class by name, cheapest first.
+REGISTRY: dict[str, type[Forecaster]] = {
+    cls.name: cls
+    for cls in (NaiveModel, LinearModel, LSTMModel, GRUModel, LSTMReturnsModel, GRUReturnsModel)
 }
-#: Models that need a deep-learning backend (routed to the ``gpu`` queue).
-HEAVY = frozenset({"lstm", "gru", "lstm_ret", "gru_ret"})
-#: Options each model accepts besides the series.
-PARAMS: dict[str, frozenset[str]] = {
-    "naive": frozenset(),
-    "linear": frozenset(),
-    "lstm": frozenset({"epochs", "seed", "window"}),
-    "gru": frozenset({"epochs", "seed", "window"}),
-    "lstm_ret": frozenset({"epochs", "seed", "window", "patience", "members", "units"}),
-    "gru_ret": frozenset({"epochs", "seed", "window", "patience", "members", "units"}),
-}
+#: Models that need a deep-learning backend (routed to the ``gpu`` queue), read off the classes.
+HEAVY = frozenset(name for name, cls in REGISTRY.items() if cls.heavy)
+#: Options each model accepts besides the series, read off the classes.
+PARAMS: dict[str, frozenset[str]] = {name: cls.options for name, cls in REGISTRY.items()}
 
 
 def model_names() -> list[str]:
@@ -42,12 +39,30 @@ def model_names() -> list[str]:
     return list(REGISTRY)
 
 
-def get_model(name: str, **params: object) -> Forecaster:
-    """A new, unfitted model; options a model does not take are ignored."""
+def model_class(name: str) -> type[Forecaster]:
+    """The class registered as ``name``, or UnknownModel naming the choices."""
     if name not in REGISTRY:
         raise UnknownModel(f"unknown model {name!r}; choose one of {', '.join(REGISTRY)}")
-    accepted = {k: v for k, v in params.items() if k in PARAMS[name]}
-    return REGISTRY[name](**accepted)
+    return REGISTRY[name]
 
 
-__all__ = ["HEAVY", "Forecaster", "check_horizon", "clean_series", "get_model", "model_names"]
+def get_model(name: str, **params: object) -> Forecaster:
+    """A new, unfitted model; options a model does not take are ignored."""
+    cls = model_class(name)
+    return cls(**{k: v for k, v in params.items() if k in cls.options})
+
+
+def parse_models(spec: str | Sequence[str]) -> list[str]:
+    """``"lstm,gru"`` or ``["lstm"]`` -> validated model names, duplicates dropped."""
+    names = [m.strip() for m in (spec.split(",") if isinstance(spec, str) else spec) if m.strip()]
+    known = model_names()
+    for name in names:
+        if name not in known:
+            raise UnknownModel(f"unknown model {name!r}; choose from {', '.join(known)}")
+    if not names:
+        raise UnknownModel(f"no model given; choose from {', '.join(known)}")
+    return list(dict.fromkeys(names))
+
+
+__all__ = ["HEAVY", "PARAMS", "REGISTRY", "Forecaster", "check_horizon", "clean_series",
+           "get_model", "model_class", "model_names", "parse_models"]

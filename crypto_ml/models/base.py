@@ -13,7 +13,7 @@ from typing import ClassVar, Self
 
 import numpy as np
 
-from crypto_ml.errors import InvalidTaskInput, SeriesTooShort
+from crypto_ml.core.errors import InvalidTaskInput, SeriesTooShort
 
 
 def clean_series(prices: object) -> np.ndarray:
@@ -37,9 +37,19 @@ def check_horizon(h: object) -> int:
 
 
 class Forecaster(ABC):
-    """Fit on a series, forecast ``h`` steps. Subclasses set ``name`` and ``min_points``."""
+    """Fit on a series, forecast ``h`` steps.
+
+    Each concrete model declares its metadata here, once: ``name`` (what the registry,
+    the CLI and task messages call it), ``options`` (the keyword options it takes
+    besides the series), ``heavy`` (needs a deep-learning backend: routed to the
+    ``gpu`` queue, sent one per message) and ``color`` (its line in plots). The
+    registry, routing, request validation, plots and benchmarks all read these.
+    """
 
     name: ClassVar[str]
+    options: ClassVar[frozenset[str]] = frozenset()
+    heavy: ClassVar[bool] = False
+    color: ClassVar[str] = "tab:red"
     min_points: int = 1
     device: str = "CPU"
 

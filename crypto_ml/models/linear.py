@@ -17,6 +17,7 @@ class LinearModel(Forecaster):
     """Least-squares straight line through the whole series, extended ``h`` days."""
 
     name = "linear"
+    color = "tab:blue"
     min_points = 2
 
     def _fit(self, series: np.ndarray) -> None:
@@ -36,6 +37,6 @@ class LinearModel(Forecaster):
 def _trusted_input() -> contextlib.AbstractContextManager[None]:
     """Skip scikit-learn's own input checks (more than half its cost on short series):
     ``Forecaster.fit`` has already made the series finite float64."""
-    import sklearn
+    import sklearn  # lazy, as in _fit
 
     return sklearn.config_context(assume_finite=True, skip_parameter_validation=True)

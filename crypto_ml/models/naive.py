@@ -11,6 +11,7 @@ class NaiveModel(Forecaster):
     """Repeats the last observed close ``h`` times."""
 
     name = "naive"
+    color = "tab:gray"
     min_points = 1
 
     def _fit(self, series: np.ndarray) -> None:

@@ -11,13 +11,13 @@ Keras 3; the backend is imported on first fit, never at module import.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from crypto_ml.device import keras_and_device
-from crypto_ml.errors import InvalidTaskInput
+from crypto_ml.core.errors import InvalidTaskInput
 from crypto_ml.models.base import Forecaster
+from crypto_ml.models.device import keras_and_device
 
 WINDOW = 50
 BATCH_SIZE = 512
@@ -34,22 +34,22 @@ def make_windows(series: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarra
 
 
 class RecurrentModel(Forecaster):
-    """A two-layer LSTM or GRU network; ``cell`` is ``"lstm"`` or ``"gru"``."""
+    """A two-layer recurrent network; :class:`LSTMModel` and :class:`GRUModel` pick the cell."""
 
-    def __init__(self, cell: str = "lstm", epochs: int = 1, seed: int = 42,
-                 window: int = WINDOW) -> None:
-        if cell not in ("lstm", "gru"):
-            raise InvalidTaskInput(f"cell must be 'lstm' or 'gru', got {cell!r}")
+    cell: ClassVar[str]
+    options = frozenset({"epochs", "seed", "window"})
+    heavy = True
+
+    def __init__(self, epochs: int = 1, seed: int = 42, window: int = WINDOW) -> None:
         if isinstance(epochs, bool) or not isinstance(epochs, int) or not 1 <= epochs <= 1000:
             raise InvalidTaskInput(f"epochs must be an integer from 1 to 1000, got {epochs!r}")
         if isinstance(window, bool) or not isinstance(window, int) or window < 2:
             raise InvalidTaskInput(f"window must be an integer of at least 2, got {window!r}")
-        self.name = cell  # type: ignore[misc]
         self.epochs, self.seed, self.window = epochs, int(seed), window
         self.min_points = window + 1
 
     def _build(self, keras: Any) -> Any:
-        layer = keras.layers.LSTM if self.name == "lstm" else keras.layers.GRU
+        layer = keras.layers.LSTM if self.cell == "lstm" else keras.layers.GRU
         model = keras.Sequential([
             keras.Input(shape=(self.window, 1)),
             layer(50, return_sequences=True),
@@ -69,7 +69,7 @@ class RecurrentModel(Forecaster):
         optimizer state it had when first built from the seed: every fit starts exactly
         as a freshly built, seeded network would.
         """
-        key = (self.name, self.window, self.seed)
+        key = (self.cell, self.window, self.seed)
         if key not in _NETWORKS:
             keras.utils.set_random_seed(self.seed)
             model = self._build(keras)
@@ -88,23 +88,43 @@ class RecurrentModel(Forecaster):
             raise InvalidTaskInput("prices must be positive for the p/p0 - 1 normalisation")
         keras, self.device = keras_and_device()
         x, y = make_windows(series, self.window)
-        self.model_ = self._network(keras)
-        self.model_.fit(x, y, batch_size=BATCH_SIZE, epochs=self.epochs, shuffle=True, verbose=0)
+        net = self._network(keras)
+        net.fit(x, y, batch_size=BATCH_SIZE, epochs=self.epochs, shuffle=True, verbose=0)
+        self.weights_ = net.get_weights()  # the shared network is reset by the next fit
         self.tail_ = series[-self.window :].copy()
 
     def _forecast(self, h: int) -> np.ndarray:
+        keras, _ = keras_and_device()
+        net = self._network(keras)
+        net.set_weights(self.weights_)
         history = list(self.tail_)
         for _ in range(h):
             window = np.asarray(history[-self.window :])
             x = (window / window[0] - 1.0).reshape(1, self.window, 1).astype("float32")
-            step = float(np.asarray(self.model_.predict_on_batch(x)).reshape(-1)[0])
+            step = float(np.asarray(net.predict_on_batch(x)).reshape(-1)[0])
             history.append(window[0] * (step + 1.0))
         return np.asarray(history[self.window :], dtype=np.float64)
 
 
-def warm_up(cells: tuple[str, ...] = ("lstm", "gru")) -> None:
+class LSTMModel(RecurrentModel):
+    """The LSTM network the product was demonstrated with."""
+
+    name = "lstm"
+    cell = "lstm"
+    color = "tab:orange"
+
+
+class GRUModel(RecurrentModel):
+    """The same network with GRU cells."""
+
+    name = "gru"
+    cell = "gru"
+    color = "tab:green"
+
+
+def warm_up() -> None:
     """Import the backend and build and trace the default networks, so a worker's first
     deep task costs what every later one does."""
     series = 100.0 + np.sin(np.arange(WINDOW * 2, dtype=np.float64)) + np.arange(WINDOW * 2)
-    for cell in cells:
-        RecurrentModel(cell).fit(series).forecast(1)
+    for model in (LSTMModel, GRUModel):
+        model().fit(series).forecast(1)

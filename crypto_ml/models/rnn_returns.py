@@ -18,13 +18,13 @@ times ``exp(cumsum(returns))``. Keras is imported on first fit only.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from crypto_ml.device import keras_and_device
-from crypto_ml.errors import InvalidTaskInput
+from crypto_ml.core.errors import InvalidTaskInput
 from crypto_ml.models.base import Forecaster
+from crypto_ml.models.device import keras_and_device
 
 VALIDATION_SHARE = 0.2
 BATCH_SIZE = 64
@@ -47,14 +47,15 @@ def return_windows(returns: np.ndarray, window: int) -> tuple[np.ndarray, np.nda
 
 
 class ReturnsRecurrentModel(Forecaster):
-    """An early-stopped ensemble of LSTM or GRU networks on scaled log returns."""
+    """An early-stopped ensemble of recurrent networks on scaled log returns; the subclasses
+    :class:`LSTMReturnsModel` and :class:`GRUReturnsModel` pick the cell."""
 
-    def __init__(self, cell: str = "lstm", epochs: int = 30, seed: int = 42, window: int = 20,
+    cell: ClassVar[str]
+    options = frozenset({"epochs", "seed", "window", "patience", "members", "units"})
+    heavy = True
+
+    def __init__(self, epochs: int = 30, seed: int = 42, window: int = 20,
                  patience: int = 5, members: int = 3, units: int = 32) -> None:
-        if cell not in ("lstm", "gru"):
-            raise InvalidTaskInput(f"cell must be 'lstm' or 'gru', got {cell!r}")
-        self.name = f"{cell}_ret"  # type: ignore[misc]
-        self.cell = cell
         self.epochs = _int_option("epochs", epochs, 1, 1000)
         self.window = _int_option("window", window, 2, 1000)
         self.patience = _int_option("patience", patience, 1, 1000)
@@ -128,3 +129,19 @@ class ReturnsRecurrentModel(Forecaster):
             paths.append(self._path(net, h))
         returns = np.mean(paths, axis=0) * self.scale_
         return self.last_ * np.exp(np.cumsum(returns))
+
+
+class LSTMReturnsModel(ReturnsRecurrentModel):
+    """``lstm_ret``: LSTM cells."""
+
+    name = "lstm_ret"
+    cell = "lstm"
+    color = "tab:purple"
+
+
+class GRUReturnsModel(ReturnsRecurrentModel):
+    """``gru_ret``: GRU cells."""
+
+    name = "gru_ret"
+    cell = "gru"
+    color = "tab:brown"

@@ -1,0 +1,239 @@
+"""Walk-forward backtests: how good each model's forecast was, per coin, against what happened.
+
+Each coin's closes (NaNs dropped, oldest first, exactly as ``send-tasks`` sends
+them) are cut at ``origins`` points, ``stride`` days apart, the newest one
+``horizon`` days before the end. At every origin each model is fitted on the
+closes before it and forecasts the next ``horizon`` closes; every (coin, model,
+origin) fit is one ordinary forecast task (the cheap ones batched, as in any run),
+sent and collected by :meth:`CryptoManager.dispatch`. The forecasts are scored with
+:mod:`crypto_ml.backtest.metrics` per coin and model, and aggregated over the coins that
+every model scored. Deep models get a fixed ``seed``, so a backtest is repeatable.
+
+>>> config = BacktestConfig(models=("naive", "linear"))
+>>> run_backtest(CryptoManager(settings=Settings()), config).best()["bitcoin"]   # doctest: +SKIP
+('naive', 3.07...)
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import numpy as np
+
+from crypto_ml.backtest.metrics import METRICS, naive_scale, scores
+from crypto_ml.core.errors import CryptoMLError
+from crypto_ml.core.progress import ProgressBar
+from crypto_ml.data.loader import CryptoLoader
+from crypto_ml.dispatch.manager import DEFAULT_TIMEOUT, CryptoManager
+from crypto_ml.dispatch.report import RunReport
+from crypto_ml.models import PARAMS, get_model, model_names, parse_models
+from crypto_ml.worker.requests import ForecastRequest
+
+DEFAULT_ORIGINS = 30
+DEFAULT_HORIZON = 10
+DEFAULT_MIN_TRAIN = 60
+DEFAULT_SEED = 42
+
+
+@dataclass(frozen=True)
+class BacktestConfig:
+    """What to backtest: models, horizon, the origins, and the fit options.
+
+    ``options`` are further model options (e.g. ``{"members": 1}``), sent to the
+    models that take them.
+    """
+
+    models: tuple[str, ...] = ("naive", "linear")
+    horizon: int = DEFAULT_HORIZON
+    origins: int = DEFAULT_ORIGINS
+    stride: int = 1
+    min_train: int = DEFAULT_MIN_TRAIN
+    max_points: int | None = None
+    epochs: int | None = None
+    seed: int = DEFAULT_SEED
+    timeout: float | None = DEFAULT_TIMEOUT
+    options: dict[str, int] = field(default_factory=dict)
+
+    def params(self, model: str) -> dict[str, Any]:
+        """The options sent with ``model``'s tasks (only those it takes)."""
+        given = {**self.options, "epochs": self.epochs, "seed": self.seed}
+        return {k: v for k, v in given.items() if v is not None and k in PARAMS[model]}
+
+    def needed(self) -> int:
+        """Closes a coin needs: the shortest origin has ``min_train`` (or a model's minimum)."""
+        minimum = max(get_model(m, **self.params(m)).min_points for m in self.models)
+        return max(self.min_train, minimum, 2) + self.stride * (self.origins - 1) + self.horizon
+
+
+@dataclass
+class CoinSeries:
+    """One coin's closes and their ISO dates, and its origins (training lengths)."""
+
+    coin: str
+    prices: np.ndarray
+    dates: list[str]
+    origins: list[int]
+
+    def train(self, origin: int, max_points: int | None) -> np.ndarray:
+        start = 0 if max_points is None else max(0, origin - max_points)
+        return self.prices[start:origin]
+
+    def actual(self, origin: int, horizon: int) -> np.ndarray:
+        return self.prices[origin : origin + horizon]
+
+
+def origins_for(n: int, config: BacktestConfig) -> list[int]:
+    """Training lengths of the ``config.origins`` origins of an ``n``-close series, oldest first."""
+    newest = n - config.horizon
+    return [newest - config.stride * j for j in range(config.origins)][::-1]
+
+
+def load_series(loader: CryptoLoader, coins: Sequence[str] | None,
+                config: BacktestConfig) -> tuple[list[CoinSeries], dict[str, str]]:
+    """Every coin long enough to backtest, and ``{coin: why skipped}`` for the rest."""
+    needed = config.needed()
+    series, skipped = [], {}
+    for coin in coins or loader.get_crypto_names():
+        try:
+            frame = loader.get_df(coin).dropna(subset=["Close"])
+        except CryptoMLError as exc:
+            skipped[coin] = f"{type(exc).__name__}: {exc}"
+            continue
+        if len(frame) < needed:
+            skipped[coin] = f"{len(frame)} closes, fewer than the {needed} this backtest needs"
+            continue
+        dates = [d.date().isoformat() for d in frame["Date"]]
+        prices = frame["Close"].to_numpy(dtype=np.float64)
+        series.append(CoinSeries(coin, prices, dates, origins_for(len(prices), config)))
+    return series, skipped
+
+
+def backtest_requests(series: Sequence[CoinSeries],
+                      config: BacktestConfig) -> Iterator[ForecastRequest]:
+    """One forecast request per (coin, model, origin), made as they are sent."""
+    for s in series:
+        for model in config.models:
+            for origin in s.origins:
+                yield ForecastRequest(s.coin, model, s.train(origin, config.max_points).tolist(),
+                                      config.horizon, s.dates[origin - 1], config.params(model))
+
+
+@dataclass
+class BacktestResult:
+    """Scores per coin and model, their aggregate, and what could not be scored."""
+
+    config: BacktestConfig
+    per_coin: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    failed: dict[str, dict[str, str]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    windows: dict[str, list[str]] = field(default_factory=dict)
+    wall_seconds: float = 0.0
+
+    def common_coins(self) -> list[str]:
+        """Coins that every model scored: the ones the aggregate is taken over."""
+        return [c for c, by in self.per_coin.items() if all(m in by for m in self.config.models)]
+
+    def aggregate(self) -> dict[str, dict[str, float]]:
+        """Per model: mean and median of each metric over :meth:`common_coins`, and wins."""
+        coins = self.common_coins()
+        out: dict[str, dict[str, float]] = {}
+        for model in self.config.models:
+            row: dict[str, float] = {"n_coins": len(coins)}
+            for metric in METRICS:
+                values = [self.per_coin[c][model][metric] for c in coins]
+                row[f"{metric}_mean"] = float(np.mean(values)) if values else float("nan")
+                row[f"{metric}_median"] = statistics.median(values) if values else float("nan")
+            if "naive" in self.config.models:
+                row["beats_naive"] = sum(self.per_coin[c][model]["mase"]
+                                         < self.per_coin[c]["naive"]["mase"] for c in coins)
+            out[model] = row
+        return out
+
+    def best(self) -> dict[str, tuple[str, float]]:
+        """Per coin, the model with the lowest MASE and that MASE; ties go to the simpler model."""
+        rank = {name: i for i, name in enumerate(model_names())}
+        chosen = {}
+        for coin, by_model in self.per_coin.items():
+            model = min(by_model, key=lambda m: (round(by_model[m]["mase"], 12), rank.get(m, 99)))
+            chosen[coin] = (model, by_model[model]["mase"])
+        return chosen
+
+    def to_json(self) -> dict[str, Any]:
+        cfg = {k: (list(v) if isinstance(v, tuple) else v)
+               for k, v in self.config.__dict__.items()}
+        return {"config": cfg, "per_coin": self.per_coin, "aggregate": self.aggregate(),
+                "best": {c: {"model": m, "mase": v} for c, (m, v) in self.best().items()},
+                "windows": self.windows, "failed": self.failed, "skipped": self.skipped,
+                "wall_seconds": self.wall_seconds}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BacktestResult:
+        cfg = dict(data["config"])
+        cfg["models"] = tuple(cfg["models"])
+        return cls(BacktestConfig(**cfg), data["per_coin"], data.get("failed", {}),
+                   data.get("skipped", {}), data.get("windows", {}))
+
+
+class _Collector:
+    """Gathers forecasts by (coin, model, origin date) as tasks finish, on the progress bar."""
+
+    def __init__(self, total: int, err: TextIO) -> None:
+        self.forecasts: dict[tuple[str, str, str | None], np.ndarray] = {}
+        self.failures: dict[str, dict[str, str]] = {}
+        self.bar = ProgressBar(err, unit="forecasts back")
+        self.bar.total = total
+
+    def success(self, result: dict[str, Any]) -> None:
+        key = (result["coin"], result["model"], result["last_date"])
+        self.forecasts[key] = np.asarray(result["forecast"], dtype=np.float64)
+        self.bar.step()
+
+
+def score(series: Sequence[CoinSeries], config: BacktestConfig,
+          collected: _Collector) -> BacktestResult:
+    """Metrics of every (coin, model) whose every origin came back."""
+    result = BacktestResult(config)
+    for s in series:
+        last = s.origins[-1] + config.horizon - 1
+        result.windows[s.coin] = [s.dates[s.origins[0]], s.dates[last]]
+        actual = np.stack([s.actual(o, config.horizon) for o in s.origins])
+        scale = np.array([naive_scale(s.train(o, config.max_points)) for o in s.origins])
+        for model in config.models:
+            got = [collected.forecasts.get((s.coin, model, s.dates[o - 1])) for o in s.origins]
+            missing = sum(f is None for f in got)
+            if missing:
+                why = collected.failures.get(s.coin, {}).get(model, "no result")
+                result.failed.setdefault(s.coin, {})[model] = (
+                    f"{missing} of {len(s.origins)} origins failed, e.g. {why}")
+                continue
+            forecast = np.stack(got)  # type: ignore[arg-type]
+            result.per_coin.setdefault(s.coin, {})[model] = scores(actual, forecast, scale)
+    return result
+
+
+def run_backtest(manager: CryptoManager, config: BacktestConfig,
+                 coins: Sequence[str] | None = None, err: TextIO | None = None) -> BacktestResult:
+    """Backtest ``config.models`` on ``coins`` (default: all) over the manager's cluster."""
+    config = BacktestConfig(**{**config.__dict__, "models": tuple(parse_models(config.models))})
+    err = err or sys.stderr
+    started = time.perf_counter()
+    series, skipped = load_series(manager.loader, coins, config)
+    total = len(series) * len(config.models) * config.origins
+    print(f"backtest: {len(series)} coin(s) x {len(config.models)} model(s) x "
+          f"{config.origins} origin(s), horizon {config.horizon}: {total} forecast tasks"
+          + (f"; {len(skipped)} coin(s) skipped" if skipped else ""), file=err, flush=True)
+    collected = _Collector(total, err)
+    if total:
+        report = manager.dispatch(list(backtest_requests(series, config)), config.timeout,
+                                  collected.success, RunReport())
+        collected.failures = report.failed  # one reason per (coin, model) is enough to say why
+    collected.bar.close()
+    result = score(series, config, collected)
+    result.skipped = skipped
+    result.wall_seconds = time.perf_counter() - started
+    return result

@@ -1,0 +1,123 @@
+"""A backtest's results for people and programs: terminal table, JSON, CSV and a PNG chart."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+from crypto_ml.backtest.engine import BacktestResult
+from crypto_ml.backtest.metrics import METRICS
+
+
+def _num(value: float) -> str:
+    if not math.isfinite(value):
+        return str(value)
+    return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.3e}"
+
+
+def _grid(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = "  ".join
+    out = [line(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths,
+                                                                                  strict=True)))]
+    out += [line(c.ljust(w) if i == 0 else c.rjust(w)
+                 for i, (c, w) in enumerate(zip(r, widths, strict=True))) for r in rows]
+    return "\n".join(out)
+
+
+def per_coin_table(result: BacktestResult) -> str:
+    """One row per coin: each model's MASE and the best model."""
+    models = list(result.config.models)
+    best = result.best()
+    rows = [[coin, *(_num(by[m]["mase"]) if m in by else "failed" for m in models),
+             best[coin][0]] for coin, by in sorted(result.per_coin.items())]
+    return _grid(["coin (MASE)", *models, "best"], rows)
+
+
+def aggregate_table(result: BacktestResult) -> str:
+    """One row per model: mean (and median) of each metric over the common coins."""
+    agg = result.aggregate()
+    header = ["model", "coins", "MAE", "RMSE", "MAPE %", "MASE", "MASE med."]
+    if "naive" in result.config.models:
+        header.append("beats naive")
+    rows = []
+    for model, row in agg.items():
+        cells = [model, str(int(row["n_coins"])), *(_num(row[f"{m}_mean"]) for m in METRICS),
+                 _num(row["mase_median"])]
+        if "beats_naive" in row:
+            cells.append(f"{int(row['beats_naive'])}/{int(row['n_coins'])}")
+        rows.append(cells)
+    return _grid(header, rows)
+
+
+def summary(result: BacktestResult) -> str:
+    """What a terminal shows: the per-coin table, the aggregate, and what is missing."""
+    cfg = result.config
+    parts = [per_coin_table(result), "",
+             f"aggregate over {len(result.common_coins())} coin(s) that every model scored "
+             f"(mean over coins; MAE/RMSE mix price scales, compare MASE): horizon {cfg.horizon}, "
+             f"{cfg.origins} origin(s) {cfg.stride} day(s) apart; "
+             f"{len(result.per_coin)} coin(s) scored in {result.wall_seconds:.0f} s",
+             aggregate_table(result)]
+    for coin, by_model in sorted(result.failed.items()):
+        parts += [f"failed: {coin} {m}: {why}" for m, why in by_model.items()]
+    if result.skipped:
+        parts.append(f"skipped {len(result.skipped)} coin(s): " + ", ".join(
+            f"{c} ({why})" for c, why in sorted(result.skipped.items())))
+    return "\n".join(parts)
+
+
+def write_json(result: BacktestResult, path: Path) -> None:
+    path.write_text(json.dumps(result.to_json(), indent=1, allow_nan=True) + "\n")
+
+
+def write_csv(result: BacktestResult, path: Path) -> None:
+    """Rows ``coin, model, n_forecasts, mae, rmse, mape, mase``; then ``*mean*``, ``*median*``."""
+    with path.open("w", newline="") as handle:
+        out = csv.writer(handle)
+        out.writerow(["coin", "model", "n_forecasts", *METRICS])
+        for coin, by_model in sorted(result.per_coin.items()):
+            for model, s in by_model.items():
+                out.writerow([coin, model, s["n_forecasts"], *(s[m] for m in METRICS)])
+        for model, row in result.aggregate().items():
+            for stat in ("mean", "median"):
+                out.writerow([f"*{stat}*", model, int(row["n_coins"]),
+                              *(row[f"{m}_{stat}"] for m in METRICS)])
+
+
+def write_chart(result: BacktestResult, path: Path) -> None:
+    """Box plot of per-coin MASE by model (mean marked, log scale), with the MASE = 1 line."""
+    import matplotlib  # lazy: matplotlib loads only when a chart is written
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    coins = result.common_coins()
+    models = list(result.config.models)
+    data = [[min(result.per_coin[c][m]["mase"], 1e6) for c in coins] for m in models]
+    fig, ax = plt.subplots(figsize=(1.6 * len(models) + 3, 4.5))
+    if coins:
+        ax.boxplot(data, showmeans=True, showfliers=True)
+        ax.set_xticks(range(1, len(models) + 1), models)
+    ax.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="MASE = 1 (in-sample naive)")
+    if coins and min(min(d) for d in data) > 0:
+        ax.set_yscale("log")
+    ax.set_ylabel("MASE per coin (lower is better)")
+    cfg = result.config
+    ax.set_title(f"Backtest: {len(coins)} coins, horizon {cfg.horizon}, {cfg.origins} origins")
+    ax.legend(loc="upper right", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_all(result: BacktestResult, folder: Path) -> list[Path]:
+    """``backtest.json``, ``backtest.csv`` and ``backtest.png`` in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / "backtest.json", folder / "backtest.csv", folder / "backtest.png"]
+    write_json(result, paths[0])
+    write_csv(result, paths[1])
+    write_chart(result, paths[2])
+    return paths

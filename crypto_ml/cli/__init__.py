@@ -1,0 +1,98 @@
+"""The command line: one ``crypto-ml`` script with a subcommand per job, and its exit codes.
+
+Owns every entry point's argument parsing and the one path from an error to an
+exit code (:func:`main`): 0 success; 1 some work failed (each failure listed) or
+another crypto-ml error; 2 a configuration error (unknown model, missing data,
+unreachable broker, a port in use), said in one line; 130 interrupted (Ctrl-C,
+SIGTERM). Only this package (and the historical aliases ``crypto_ml.manager`` and
+``crypto_ml.data_loader``) reads the environment's settings. May import every
+other part of crypto_ml; nothing but the ``__main__`` aliases imports it.
+
+=================  ========================================  ============================
+Subcommand         What it does                              Module
+=================  ========================================  ============================
+``send-tasks``     forecast every coin (or ``--coins``)      :mod:`crypto_ml.cli.send`
+``backtest``       walk-forward backtest of models           :mod:`crypto_ml.cli.backtest`
+``data download``  fetch the top coins' daily history        :mod:`crypto_ml.cli.data`
+``cluster up``     run a local Redis + workers until Ctrl-C  :mod:`crypto_ml.cli.cluster`
+``flower``         Flower for the configured broker          :mod:`crypto_ml.cli.flower`
+``queue-depth``    serve queue depth for autoscalers         :mod:`crypto_ml.cli.queue_depth`
+``acl``            Redis users: template, passwords, rules   :mod:`crypto_ml.cli.acl`
+=================  ========================================  ============================
+
+``python -m crypto_ml`` is the same command; ``python -m crypto_ml.manager`` and
+``python -m crypto_ml.data`` are aliases kept for the commands first shown with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Callable, Sequence
+
+from crypto_ml.cli import acl, backtest, cluster, data, flower, queue_depth, send
+from crypto_ml.cli.options import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from crypto_ml.core.errors import ConfigError, CryptoMLError
+from crypto_ml.core.logs import configure as configure_logging
+from crypto_ml.core.settings import Settings
+
+__all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "build_parser", "guarded",
+           "main"]
+
+
+def build_parser(prog: str = "crypto-ml") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Distributed price forecasts: dispatch them to Celery workers "
+        "and collect them, backtest models, get data, run a local cluster and its tools.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command in (send, backtest, data, cluster, flower, queue_depth, acl):
+        command.add_parser(sub)
+    return parser
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def guarded(command: Callable[[], int], interrupted: str | None) -> int:
+    """Run ``command``; the one place where an error becomes an exit code and one line
+    (every subcommand, and the container entry points workers/worker.py and manager/job.py).
+
+    ``interrupted`` is what a Ctrl-C or SIGTERM left behind, or None where that is the
+    normal way to stop (servers): exit 0.
+    """
+    try:
+        return command()
+    except ConfigError as exc:
+        print(f"crypto-ml: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except CryptoMLError as exc:
+        print(f"crypto-ml: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        if interrupted is None:
+            return EXIT_OK
+        print(f"crypto-ml: interrupted; {interrupted}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed command: its logging, SIGTERM as Ctrl-C, errors as exit codes."""
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+
+    def command() -> int:
+        log_format = getattr(args, "log_format", None) or Settings.from_env().log_format
+        configure_logging(log_format, args.log_level.upper(), sys.stderr)
+        return int(args.run(args))
+
+    return guarded(command, args.interrupted)
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "crypto-ml") -> int:
+    parser = build_parser(prog)
+    args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else list(argv))
+    if extra and not getattr(args, "pass_through", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
+    return run(args)

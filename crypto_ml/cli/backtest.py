@@ -1,0 +1,89 @@
+"""``crypto-ml backtest``: compare models walk-forward on the data; tables, JSON, CSV and PNG.
+
+Exit codes as every subcommand (:mod:`crypto_ml.cli`); 1 if any (coin, model) failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from crypto_ml.backtest.engine import BacktestConfig, run_backtest
+from crypto_ml.backtest.report import summary, write_all
+from crypto_ml.cli.options import (
+    add_cluster_options,
+    add_log_options,
+    checked_inputs,
+    coin_list,
+    positive_int,
+    stop_on_signals,
+)
+from crypto_ml.dispatch.manager import CryptoManager
+from crypto_ml.models import parse_models
+
+
+def _iso_date(text: str) -> str:
+    try:
+        return date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date like 2017-08-13, got {text!r}") from None
+
+
+def _option(text: str) -> tuple[str, int]:
+    name, _, value = text.partition("=")
+    try:
+        return name.strip(), int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=INTEGER, got {text!r}") from None
+
+
+def add_parser(sub: Any) -> None:
+    """The ``backtest`` subcommand's options (broker, data and worker options as send-tasks)."""
+    bt = sub.add_parser("backtest", help="walk-forward backtest of models against what happened")
+    bt.add_argument("--model", default="naive,linear",
+                    help="comma list of models to compare (default: naive,linear)")
+    bt.add_argument("--coins", help="comma list of coin ids (default: every coin)")
+    bt.add_argument("--horizon", type=positive_int, help="days forecast at each origin (10)")
+    bt.add_argument("--origins", type=positive_int, help="forecast origins per coin (30)")
+    bt.add_argument("--stride", type=positive_int, help="days between origins (1)")
+    bt.add_argument("--min-train", type=positive_int,
+                    help="closes the oldest origin must have at least (60)")
+    bt.add_argument("--until", type=_iso_date, help="ignore data after this ISO date "
+                    "(a tuning window that the default evaluation window never sees)")
+    bt.add_argument("--max-points", type=positive_int, help="fit on the newest N closes only")
+    bt.add_argument("--epochs", type=positive_int, help="training epochs of deep models")
+    bt.add_argument("--seed", type=int, help="seed of the deep models (42)")
+    bt.add_argument("--param", action="append", type=_option, default=[], metavar="NAME=INT",
+                    help="another model option, e.g. members=1 (repeatable; models that do "
+                    "not take it ignore it)")
+    bt.add_argument("--out", type=Path,
+                    help="folder for backtest.json, backtest.csv and backtest.png")
+    add_cluster_options(bt)
+    add_log_options(bt, "warning")
+    bt.set_defaults(run=backtest_main, interrupted="queued tasks revoked, local cluster stopped")
+
+
+def backtest_main(args: argparse.Namespace) -> int:
+    """``crypto-ml backtest``: the settings and data as send-tasks reads them."""
+    settings, loader = checked_inputs(args, to_date=args.until)
+    manager = CryptoManager(loader=loader, settings=settings)
+    stop_on_signals(manager)  # Ctrl-C stops a backtest as surely as a send-tasks run
+    return backtest_command(args, manager)
+
+
+def backtest_command(args: argparse.Namespace, manager: CryptoManager) -> int:
+    """Run the backtest, print the tables, write the files; 1 if any (coin, model) failed."""
+    given = {"horizon": args.horizon, "origins": args.origins, "stride": args.stride,
+             "min_train": args.min_train, "max_points": args.max_points, "epochs": args.epochs,
+             "seed": args.seed}
+    config = BacktestConfig(models=tuple(parse_models(args.model)), timeout=args.timeout,
+                            options=dict(args.param),
+                            **{k: v for k, v in given.items() if v is not None})
+    result = run_backtest(manager, config, coin_list(args.coins), err=manager.err)
+    print(summary(result), file=manager.out, flush=True)
+    if args.out:
+        for path in write_all(result, args.out):
+            print(f"wrote {path}", file=manager.err)
+    return 1 if result.failed else 0

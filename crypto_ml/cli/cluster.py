@@ -1,0 +1,45 @@
+"""``crypto-ml cluster up``: a local Redis + Celery worker cluster, until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from typing import Any
+
+from crypto_ml.cli.options import EXIT_OK, positive_int
+from crypto_ml.core import acl
+from crypto_ml.core.settings import Settings
+from crypto_ml.dispatch.cluster import LocalCluster
+
+
+def add_parser(sub: Any) -> None:
+    """``cluster up`` and its options."""
+    cluster = sub.add_parser("cluster", help="run a local Redis + Celery worker cluster")
+    cluster_sub = cluster.add_subparsers(dest="cluster_command", required=True)
+    up = cluster_sub.add_parser("up", help="start the cluster and keep it running until Ctrl-C")
+    up.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1,
+                    help="worker processes (default: one per core)")
+    up.add_argument("--flower", action="store_true",
+                    help="also start Flower (CRYPTO_ML_FLOWER_PORT, default 5555)")
+    up.set_defaults(run=up_main, log_level="warning", log_format=None, interrupted=None)
+
+
+def up_main(args: argparse.Namespace) -> int:
+    """Start the cluster, print the broker URL to export, wait until stopped."""
+    flower = Settings.from_env() if args.flower else None
+    with LocalCluster(workers=args.workers, flower=flower) as cluster:
+        print(f"local cluster up: redis + {args.workers} worker(s) in "
+              f"{cluster.startup_seconds:.1f} s; logs in {cluster.workdir}", flush=True)
+        print(f"export CRYPTO_ML_BROKER_URL='{cluster.url_for('manager')}'", flush=True)
+        print("that is Redis user manager; the others (crypto_ml/core/acl.py):", flush=True)
+        for role in cluster.roles:
+            if role != "manager":
+                url = cluster.broker_url if role == acl.ADMIN else cluster.url_for(role)
+                print(f"  {role}: {url}", flush=True)
+        if cluster.flower_url:
+            print(f"flower: {cluster.flower_url}", flush=True)
+        print("press Ctrl-C to stop", flush=True)
+        while True:
+            time.sleep(3600)
+    return EXIT_OK  # pragma: no cover - only Ctrl-C or SIGTERM end the loop

@@ -1,0 +1,56 @@
+"""``crypto-ml data download`` (also ``python -m crypto_ml.data download``): get price history.
+
+Exit codes: 0 every coin is up to date; 1 some coins failed (the others are
+written, each failure listed); 2 the API or the data folder cannot be used;
+130 interrupted (run the same command again to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from crypto_ml.cli.options import EXIT_FAILED, EXIT_OK, positive_int
+from crypto_ml.core.errors import ConfigError
+from crypto_ml.core.settings import Settings
+from crypto_ml.data.download import API_URL, Client, download
+
+
+def add_parser(sub: Any) -> None:
+    """``data download`` and its options."""
+    data = sub.add_parser("data", help="get daily price history (download)")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    get = data_sub.add_parser("download", help="fetch the top N coins' daily OHLCV from CryptoCompare "
+                         "into the data folder (resumable: run again to bring it up to date)")
+    get.add_argument("--top", type=positive_int, default=100, help="how many coins by market cap "
+                     "(100)")
+    get.add_argument("--data-dir", type=Path,
+                     help="folder to write <Coin>.csv files to (default: CRYPTO_ML_DATA_DIR)")
+    get.add_argument("--currency", default="USD", help="quote currency (USD)")
+    get.add_argument("--api-url", default=API_URL, help=f"API base URL ({API_URL})")
+    get.add_argument("--interval", type=float, default=0.6,
+                     help="seconds between requests, to stay under the public rate limit (0.6)")
+    get.add_argument("--retries", type=int, default=4,
+                     help="retries of a rate-limited or failed request (4)")
+    get.set_defaults(run=download_main, log_level="info", log_format=None,
+                     interrupted="run the same command again to resume")
+
+
+def download_main(args: argparse.Namespace) -> int:
+    """Bring the data folder's coins up to date; list the failures."""
+    data_dir = args.data_dir or Settings.from_env().data_dir
+    client = Client(base_url=args.api_url, interval=max(0.0, args.interval),
+                    retries=max(0, args.retries))
+    try:
+        report = download(client, data_dir, args.top, args.currency.upper())
+    except OSError as exc:
+        raise ConfigError(f"cannot write to {data_dir} ({exc})") from None
+    days = sum(report.written.values())
+    print(f"{len(report.written)} coin(s) updated with {days} day(s), "
+          f"{len(report.up_to_date)} already up to date, {len(report.failed)} failed; "
+          f"files in {data_dir}", file=sys.stderr)
+    for name, reason in report.failed.items():
+        print(f"failed: {name}: {reason}", file=sys.stderr)
+    return EXIT_FAILED if report.failed else EXIT_OK

@@ -1,0 +1,47 @@
+"""``crypto-ml queue-depth --port 9808``: serve each queue's depth as JSON for KEDA."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import redis
+
+from crypto_ml.cli.options import EXIT_OK
+from crypto_ml.core.acl import check_credentials
+from crypto_ml.core.errors import ConfigError
+from crypto_ml.core.settings import Settings
+from crypto_ml.ops.queue_depth import DEFAULT_PORT, make_server
+from crypto_ml.worker.app import CPU_QUEUE, GPU_QUEUE
+
+
+def add_parser(sub: Any) -> None:
+    """``queue-depth`` and its options."""
+    qd = sub.add_parser("queue-depth", help="serve per-queue depth (waiting + reserved tasks) "
+                        "of the broker as JSON, for autoscalers")
+    qd.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"({DEFAULT_PORT})")
+    qd.add_argument("--host", default="0.0.0.0", help="address to listen on (0.0.0.0)")
+    qd.add_argument("--queues", default=f"{CPU_QUEUE},{GPU_QUEUE}",
+                    help="comma list of queues to report (cpu,gpu)")
+    qd.set_defaults(run=queue_depth_main, log_level="warning", log_format=None, interrupted=None)
+
+
+def queue_depth_main(args: argparse.Namespace) -> int:
+    """Serve until Ctrl-C or SIGTERM."""
+    settings = Settings.from_env()
+    if not settings.broker_url:
+        raise ConfigError("set CRYPTO_ML_BROKER_URL to the Redis broker to watch")
+    check_credentials(settings.broker_url)  # wrong user or password: say so and stop
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    client = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=5,
+                                  socket_timeout=5)
+    try:
+        server = make_server(client, queues, args.port, args.host)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {args.host}:{args.port}: {exc}") from None
+    print(f"serving queue depth of {', '.join(queues)} on {args.host}:{args.port}", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return EXIT_OK  # pragma: no cover - only Ctrl-C or SIGTERM end serve_forever

@@ -1,0 +1,89 @@
+"""Log lines for people (``text``) or for log collectors (``json``, one object per line).
+
+The manager logs one line per task (:func:`log_task`: task id, coin, model,
+worker, seconds); workers log one per task too (:mod:`crypto_ml.worker.tasks`).
+Structured values travel in a record's ``fields`` attribute (``extra={"fields":
+{...}}``), which the JSON formatter merges into the object it writes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+log = logging.getLogger("crypto_ml.manager")
+
+
+class JsonFormatter(logging.Formatter):
+    """``{"time", "level", "logger", "message", **fields}`` on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update(getattr(record, "fields", None) or {})
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def formatter(log_format: str) -> logging.Formatter:
+    return JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+
+
+def configure(log_format: str, level: int | str, stream: TextIO) -> None:
+    """The CLI's logging: WARNING and up from everything, ``level`` from crypto_ml."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter(log_format))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("crypto_ml").setLevel(level)
+    logging.captureWarnings(True)  # library warnings in the same format, not raw on stderr
+
+
+def use_format(logger: logging.Logger, log_format: str) -> None:
+    """Switch every handler of ``logger`` to ``log_format`` (workers, after Celery set them up)."""
+    if log_format == "json":
+        for handler in logger.handlers:
+            handler.setFormatter(JsonFormatter())
+
+
+def log_task(task_id: str, coin: str, model: str, result: dict[str, Any] | None = None,
+             reason: str | None = None) -> None:
+    """The manager's line for one finished task."""
+    fields: dict[str, Any] = {"task_id": task_id, "coin": coin, "model": model}
+    if result is not None:
+        fields.update(status="ok", worker=result["worker"], seconds=result["fit_seconds"])
+        log.info("task %s ok: coin=%s model=%s worker=%s seconds=%.3f", task_id, coin, model,
+                 result["worker"], result["fit_seconds"], extra={"fields": fields})
+    else:
+        fields.update(status="failed", reason=reason)
+        log.info("task %s failed: coin=%s model=%s: %s", task_id, coin, model, reason,
+                 extra={"fields": fields})
+
+
+class LogWriter(io.TextIOBase):
+    """A text stream that logs each whole line written to it (plain notices, in JSON mode)."""
+
+    def __init__(self, logger: logging.Logger, level: int = logging.INFO) -> None:
+        super().__init__()
+        self.logger, self.level, self.pending = logger, level, ""
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            if line.strip():
+                self.logger.log(self.level, line.strip())
+        return len(text)
+
+    def isatty(self) -> bool:
+        return False

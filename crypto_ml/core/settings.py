@@ -1,0 +1,176 @@
+"""Every setting of crypto-ml, read from the environment in one place.
+
+The environment is read only by :meth:`Settings.from_env`, which the edges call
+(the CLI, the Celery app, the embedded cluster). Library code receives a
+``Settings`` or plain arguments. The table below is the single list of knobs.
+
+========================================  ==========================  =========================================
+Variable                                   Default                     Meaning
+========================================  ==========================  =========================================
+``CRYPTO_ML_DATA_DIR``                     ``data/crypto``             Folder of per-coin CSV files.
+``CRYPTO_ML_BROKER_URL``                   (unset: embedded cluster)   Redis broker, ``redis://`` or ``rediss://``, with
+                                                                       the Redis user of this process's role:
+                                                                       ``redis://worker:PASSWORD@host:6379/0``
+                                                                       (users: :mod:`crypto_ml.core.acl`).
+``CRYPTO_ML_RESULT_BACKEND``               the broker URL              Where task results are stored.
+``CRYPTO_ML_SERIALIZER``                   ``msgpack``                 Wire format: ``msgpack`` (compact, fast) or ``json``.
+``CRYPTO_ML_SOFT_TIME_LIMIT``              ``300``                     Seconds before a task gets SoftTimeLimitExceeded.
+``CRYPTO_ML_HARD_TIME_LIMIT``              ``360``                     Seconds before the pool kills the task's process.
+``CRYPTO_ML_VISIBILITY_TIMEOUT``           hard limit + 60             Seconds before an unacked task is redelivered.
+``CRYPTO_ML_MAX_DELIVERIES``               ``3``                       Runs before a redelivery fails a task.
+``CRYPTO_ML_RESULT_EXPIRES``               ``86400``                   Seconds a result stays in the backend.
+``CRYPTO_ML_MAX_HORIZON``                  ``365``                     Largest forecast horizon a task accepts.
+``CRYPTO_ML_MAX_SERIES``                   ``100000``                  Longest price series a task accepts.
+``CRYPTO_ML_BATCH_SIZE``                   ``64``                      Cheap forecasts per message (1: no batching).
+``CRYPTO_ML_MAX_BATCH``                    ``1000``                    Largest batch a worker accepts.
+``CRYPTO_ML_PRELOAD_KERAS``                ``0``                       1: each pool process loads Keras and builds the
+                                                                       networks when it starts, not at its first deep task.
+``CRYPTO_ML_WORKERS``                      number of CPU cores         Worker processes of the embedded cluster.
+``CRYPTO_ML_FLOWER_PORT``                  ``5555``                    Port of the Flower we start.
+``CRYPTO_ML_FLOWER_ADDRESS``               ``127.0.0.1``               Flower's address; others need auth.
+``CRYPTO_ML_FLOWER_BASIC_AUTH``            (unset: no auth)            Flower login, ``user:pw[,u2:pw2]``.
+``CRYPTO_ML_LOG_FORMAT``                   ``text``                    Log lines as ``text`` or ``json``.
+========================================  ==========================  =========================================
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from crypto_ml.core.errors import ConfigError
+
+DEFAULT_DATA_DIR = Path("data/crypto")
+SERIALIZERS = ("json", "msgpack")
+TRUE = ("1", "true", "yes", "on")
+LOG_FORMATS = ("text", "json")
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer; set it to a whole number") from None
+    if value <= 0:
+        raise ConfigError(f"{name}={value} must be positive")
+    return value
+
+
+def _valid_auth(spec: str) -> bool:
+    pairs = [pair.partition(":") for pair in spec.split(",")]
+    return all(user and sep and password for user, sep, password in pairs)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Configuration of one crypto-ml process; see the module docstring for each field."""
+
+    data_dir: Path = DEFAULT_DATA_DIR
+    broker_url: str | None = None
+    result_backend: str | None = None
+    serializer: str = "msgpack"
+    soft_time_limit: int = 300
+    hard_time_limit: int = 360
+    visibility_timeout: int = 420
+    max_deliveries: int = 3
+    result_expires: int = 86400
+    max_horizon: int = 365
+    max_series: int = 100_000
+    batch_size: int = 64
+    max_batch: int = 1000
+    preload_keras: bool = False
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    flower_port: int = 5555
+    flower_address: str = "127.0.0.1"
+    flower_basic_auth: str | None = field(default=None, repr=False)
+    log_format: str = "text"
+
+    def __post_init__(self) -> None:
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(
+                f"log format {self.log_format!r} is unknown; use one of {', '.join(LOG_FORMATS)}"
+            )
+        if self.flower_basic_auth is not None and not _valid_auth(self.flower_basic_auth):
+            raise ConfigError("CRYPTO_ML_FLOWER_BASIC_AUTH must be user:password[,user2:password2]"
+                              " with neither part empty")
+        if self.serializer not in SERIALIZERS:
+            raise ConfigError(
+                f"serializer {self.serializer!r} is not allowed; use one of {', '.join(SERIALIZERS)}"
+            )
+        if self.hard_time_limit <= self.soft_time_limit:
+            raise ConfigError("the hard time limit must be above the soft time limit")
+        if self.visibility_timeout <= self.hard_time_limit:
+            raise ConfigError(
+                "the visibility timeout must be above the hard time limit, "
+                "or running tasks are delivered twice"
+            )
+
+    @property
+    def backend_url(self) -> str | None:
+        """The result backend: explicit, else the broker."""
+        return self.result_backend or self.broker_url
+
+    def with_broker(self, url: str | None) -> Settings:
+        """A copy pointing at another broker (and its default result backend)."""
+        if url is None:
+            return self
+        return replace(self, broker_url=url, result_backend=None)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read every ``CRYPTO_ML_*`` variable once."""
+        env = os.environ if env is None else env
+        hard = _int(env, "CRYPTO_ML_HARD_TIME_LIMIT", 360)
+        return cls(
+            data_dir=Path(env.get("CRYPTO_ML_DATA_DIR") or DEFAULT_DATA_DIR),
+            broker_url=env.get("CRYPTO_ML_BROKER_URL") or None,
+            result_backend=env.get("CRYPTO_ML_RESULT_BACKEND") or None,
+            serializer=env.get("CRYPTO_ML_SERIALIZER", "msgpack").strip() or "msgpack",
+            soft_time_limit=_int(env, "CRYPTO_ML_SOFT_TIME_LIMIT", 300),
+            hard_time_limit=hard,
+            visibility_timeout=_int(env, "CRYPTO_ML_VISIBILITY_TIMEOUT", hard + 60),
+            max_deliveries=_int(env, "CRYPTO_ML_MAX_DELIVERIES", 3),
+            result_expires=_int(env, "CRYPTO_ML_RESULT_EXPIRES", 86400),
+            max_horizon=_int(env, "CRYPTO_ML_MAX_HORIZON", 365),
+            max_series=_int(env, "CRYPTO_ML_MAX_SERIES", 100_000),
+            batch_size=_int(env, "CRYPTO_ML_BATCH_SIZE", 64),
+            max_batch=_int(env, "CRYPTO_ML_MAX_BATCH", 1000),
+            preload_keras=env.get("CRYPTO_ML_PRELOAD_KERAS", "0").strip().lower() in TRUE,
+            workers=_int(env, "CRYPTO_ML_WORKERS", os.cpu_count() or 1),
+            flower_port=_int(env, "CRYPTO_ML_FLOWER_PORT", 5555),
+            flower_address=env.get("CRYPTO_ML_FLOWER_ADDRESS", "").strip() or "127.0.0.1",
+            flower_basic_auth=env.get("CRYPTO_ML_FLOWER_BASIC_AUTH") or None,
+            log_format=env.get("CRYPTO_ML_LOG_FORMAT", "").strip().lower() or "text",
+        )
+
+
+#: Math libraries' thread-pool sizes, set per worker process so that processes share the cores.
+THREAD_VARS = ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+               "MKL_NUM_THREADS")
+
+
+def threads_env(cores: int, processes: int) -> dict[str, str]:
+    """Math-library thread counts that share ``cores`` among ``processes`` pool processes
+    (the one place these counts are set: worker containers, embedded workers, benchmarks)."""
+    per_process = str(max(1, cores // max(1, processes)))
+    return {**dict.fromkeys(THREAD_VARS, per_process), "TF_NUM_INTEROP_THREADS": "1"}
+
+
+_cached: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """The process's settings, read from the environment on first use only.
+
+    Only entry points (the command line, the Celery app of ``celery -A crypto_ml``,
+    the historical ``crypto_ml.manager`` / ``crypto_ml.data_loader`` classes) call
+    this; library classes take a ``Settings`` argument."""
+    global _cached
+    if _cached is None:
+        _cached = Settings.from_env()
+    return _cached

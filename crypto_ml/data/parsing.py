@@ -1,0 +1,101 @@
+"""Read daily price history, one CSV file per coin, as published in the
+"Top 100 Cryptocurrency Historical Data" set (CoinMarketCap export).
+
+Real files are untidy, so the loader finds columns by name (any case, any
+order), accepts a BOM and CRLF line ends, parses quoted thousands
+(``"1,194,830,000"``), ``-`` as missing, abbreviated and full month names and
+spreadsheet serial dates, sorts rows oldest first and keeps one row per date.
+A file that cannot be a price series (the ``100 List.csv`` ranking, an empty or
+header-only file, something that is not CSV) is skipped with one warning that
+names it; rows whose date or close cannot be parsed are dropped with a count.
+This module turns one file's text cells into a tidy frame; :mod:`~crypto_ml.data.layouts`
+finds the files and :mod:`~crypto_ml.data.loader` serves them by coin.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pandas as pd
+
+REQUIRED = ("Date", "Close")
+NUMERIC = ("Open", "High", "Low", "Close", "Volume", "Market Cap")
+DATE_FORMATS = ("%b %d, %Y", "%B %d, %Y", "%Y-%m-%d", "%d/%m/%Y")
+SPREADSHEET_EPOCH = pd.Timestamp("1899-12-30")
+
+
+class BadFile(Exception):
+    """Internal: a file that is not a price series; carries the reason."""
+
+
+def coin_id(stem: str) -> str:
+    """``Bitcoin Cash`` -> ``bitcoin_cash``: the id a coin's file name gives it."""
+    return "_".join(stem.strip().lower().split())
+
+
+def _parse_dates(raw: pd.Series) -> pd.Series:
+    text = raw.str.strip()
+    parsed = pd.Series(pd.NaT, index=raw.index, dtype="datetime64[ns]")
+    for fmt in DATE_FORMATS:
+        todo = parsed.isna()
+        if not todo.any():
+            break
+        parsed[todo] = pd.to_datetime(text[todo], format=fmt, errors="coerce")
+    serial = parsed.isna() & text.str.fullmatch(r"\d{5}(\.0+)?", na=False)
+    if serial.any():
+        days = pd.to_numeric(text[serial]).astype("int64")
+        parsed[serial] = SPREADSHEET_EPOCH + pd.to_timedelta(days, unit="D")
+    return parsed
+
+
+def _parse_numbers(raw: pd.Series) -> pd.Series:
+    text = raw.str.strip().str.replace(r"[,$\s]", "", regex=True)
+    text = text.mask(text.isin(["-", "", "null", "NaN", "nan"]))
+    return pd.to_numeric(text, errors="coerce").astype("float64")
+
+
+def _read_text(path: Path) -> str:
+    data = path.read_bytes()
+    if not data.strip():
+        raise BadFile("the file is empty")
+    if b"\x00" in data[:4096]:
+        raise BadFile("the file is binary, not CSV")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise BadFile("the file is not UTF-8 text") from None
+
+
+def read_raw_csv(path: Path) -> pd.DataFrame:
+    """A CSV file as text cells, exactly as written; BadFile if it is not CSV text."""
+    text = _read_text(path)
+    try:
+        return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False,
+                           skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise BadFile(f"it is not CSV ({exc})") from None
+
+
+def parse_price_csv(path: Path) -> tuple[pd.DataFrame, int]:
+    """Parse one coin file into a tidy frame; returns it with the number of dropped rows."""
+    return tidy_prices(read_raw_csv(path))
+
+
+def tidy_prices(raw: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Text cells of one coin (columns found by name) -> tidy frame and dropped-row count."""
+    by_name = {str(c).strip().lower(): c for c in raw.columns}
+    missing = [c for c in REQUIRED if c.lower() not in by_name]
+    if missing:
+        raise BadFile(f"no {' or '.join(missing)} column, so it is not a price series")
+    if raw.empty:
+        raise BadFile("it has a header but no rows")
+    frame = pd.DataFrame({"Date": _parse_dates(raw[by_name["date"]].astype(str))})
+    for col in NUMERIC:
+        if col.lower() in by_name:
+            frame[col] = _parse_numbers(raw[by_name[col.lower()]].astype(str))
+    close_text = raw[by_name["close"]].astype(str).str.strip()
+    bad = frame["Date"].isna() | (frame["Close"].isna() & ~close_text.isin(["-", ""]))
+    frame = frame[~bad]
+    frame = frame.drop_duplicates(subset="Date", keep="first").sort_values("Date", kind="stable")
+    return frame.reset_index(drop=True), int(bad.sum())

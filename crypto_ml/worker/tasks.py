@@ -1,0 +1,104 @@
+"""Celery tasks: thin wrappers that validate a request and run a model.
+
+Time limits, acknowledgement and routing come from the app's config
+(:mod:`crypto_ml.worker.app`); the delivery limit, validation caps, the
+time-limit error and the per-task log line come from :class:`ForecastTask`.
+The task body holds no policy of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task, shared_task, states
+from celery.exceptions import Ignore, SoftTimeLimitExceeded
+
+from crypto_ml.core.errors import CryptoMLError, TaskTimedOut, TooManyDeliveries
+from crypto_ml.worker.deliveries import count_delivery
+from crypto_ml.worker.requests import BATCH_TASK_NAME, TASK_NAME, ForecastRequest, run_batch, run_forecast
+
+log = logging.getLogger(__name__)
+
+
+class ForecastTask(Task):
+    """Base class: delivery limit, validation caps, clear time-limit errors, one log line per task.
+
+    Before each run :meth:`before_start` skips a duplicate delivery of a task
+    that already succeeded and fails a task delivered more than
+    ``crypto_ml_max_deliveries`` times (see :mod:`crypto_ml.worker.deliveries`).
+    """
+
+    #: Failures with a clear message of their own: logged in one line, without a traceback.
+    throws = (CryptoMLError,)
+
+    def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
+        client = getattr(self.backend, "client", None)
+        if client is None:  # not a Redis result backend: deliveries cannot be counted
+            return
+        if self.backend.get_task_meta(task_id, cache=False)["status"] == states.SUCCESS:
+            log.info("task %s: duplicate delivery of a finished task, skipped", task_id)
+            raise Ignore()
+        conf = self.app.conf
+        deliveries = count_delivery(client, task_id, ttl=int(conf.result_expires or 86400))
+        limit = int(conf.get("crypto_ml_max_deliveries", 3))
+        if deliveries > limit:
+            raise TooManyDeliveries.for_task(task_id, deliveries, limit)
+        if deliveries > 1:
+            log.warning("task %s: delivery %d of at most %d (an earlier run's worker died)",
+                        task_id, deliveries, limit)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except SoftTimeLimitExceeded:
+            limits = self.request.timelimit or (None, None)
+            soft = limits[1] or self.soft_time_limit or self.app.conf.task_soft_time_limit
+            raise TaskTimedOut.for_limit(float(soft or 0)) from None
+
+    def parse(self, **kwargs: Any) -> ForecastRequest:
+        conf = self.app.conf
+        return ForecastRequest.parse(
+            **kwargs,
+            max_horizon=conf.get("crypto_ml_max_horizon", 365),
+            max_series=conf.get("crypto_ml_max_series", 100_000),
+        )
+
+    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+        for r in retval if isinstance(retval, list) else [retval]:
+            fields = {"task_id": task_id, "coin": r["coin"], "model": r["model"],
+                      "worker": self.request.hostname}
+            if "error" in r:
+                log.warning("task %s item failed: coin=%s model=%s: %s", task_id, r["coin"],
+                            r["model"], r["error"],
+                            extra={"fields": {**fields, "status": "failed", "reason": r["error"]}})
+            else:
+                log.info("task %s done: coin=%s model=%s worker=%s device=%s fit_seconds=%.3f",
+                         task_id, r["coin"], r["model"], r["worker"], r["device"],
+                         r["fit_seconds"], extra={"fields": {
+                             **fields, "status": "ok", "worker": r["worker"],
+                             "device": r["device"], "seconds": r["fit_seconds"]}})
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
+                   einfo: Any) -> None:
+        fields = {"task_id": task_id, "status": "failed", "coin": kwargs.get("coin"),
+                  "model": kwargs.get("model"), "worker": self.request.hostname,
+                  "reason": f"{type(exc).__name__}: {exc}"}
+        log.warning("task %s failed: coin=%s model=%s: %s: %s", task_id, kwargs.get("coin"),
+                    kwargs.get("model"), type(exc).__name__, exc, extra={"fields": fields})
+
+
+@shared_task(bind=True, base=ForecastTask, name=TASK_NAME)
+def forecast(self: ForecastTask, coin: str, model: str, prices: list[float], horizon: int,
+             last_date: str | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fit ``model`` on one coin's closes (oldest first) and forecast ``horizon`` days."""
+    request = self.parse(coin=coin, model=model, prices=prices, horizon=horizon,
+                         last_date=last_date, params=params)
+    return run_forecast(request, worker=self.request.hostname or "unknown")
+
+
+@shared_task(bind=True, base=ForecastTask, name=BATCH_TASK_NAME)
+def forecast_batch(self: ForecastTask, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Run many cheap forecasts (each as ``forecast`` takes them) in one message."""
+    return run_batch(items, self.request.hostname or "unknown",
+                     self.app.conf.get("crypto_ml_max_batch", 1000), self.parse)
