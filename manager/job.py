@@ -31,7 +31,7 @@ from kombu.utils.url import maybe_sanitize_url
 from crypto_ml.cli import build_parser, guarded
 from crypto_ml.cli import main as cli_main
 from crypto_ml.cli.options import EXIT_CONFIG, EXIT_OK, settings_from
-from crypto_ml.core.errors import ConfigError, CryptoMLError
+from crypto_ml.core.errors import BrokerAuthFailed, ConfigError, CryptoMLError
 from crypto_ml.dispatch.manager import check_broker
 from crypto_ml.ops.processes import wait_until
 
@@ -54,6 +54,8 @@ def job_parser() -> argparse.ArgumentParser:
 def broker_answers(url: str) -> bool:
     try:
         check_broker(url)
+    except BrokerAuthFailed:
+        raise  # Redis answered and refused the credentials: waiting will not help
     except CryptoMLError:
         return False
     return True

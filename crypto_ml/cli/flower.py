@@ -9,6 +9,7 @@ import argparse
 import os
 from typing import Any
 
+from crypto_ml.core.acl import check_credentials
 from crypto_ml.core.errors import ConfigError
 from crypto_ml.core.settings import Settings
 from crypto_ml.ops.flower import flower_command, flower_env
@@ -28,6 +29,7 @@ def flower_main(args: argparse.Namespace) -> int:
     if not settings.broker_url:
         raise ConfigError("set CRYPTO_ML_BROKER_URL to the broker Flower should watch")
     env = flower_env(settings, os.environ)
+    check_credentials(settings.broker_url)  # wrong user or password: say so and stop
     cmd = [*flower_command(settings), *args.extra]
     os.execve(cmd[0], cmd, env)
     return 0  # pragma: no cover - execve does not return

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from crypto_ml.cli.options import EXIT_OK
+from crypto_ml.core.acl import check_credentials
 from crypto_ml.core.errors import ConfigError
 from crypto_ml.core.sentinel import redis_client
 from crypto_ml.core.settings import Settings
@@ -29,6 +30,7 @@ def queue_depth_main(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     if not settings.broker_url:
         raise ConfigError("set CRYPTO_ML_BROKER_URL to the Redis broker to watch")
+    check_credentials(settings.broker_url)  # wrong user or password: say so and stop
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
     client = redis_client(settings.broker_url, settings.sentinel_master,
                           settings.sentinel_password, socket_connect_timeout=5, socket_timeout=5)

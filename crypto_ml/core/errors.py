@@ -24,6 +24,10 @@ class BrokerUnavailable(ConfigError):
     """The Redis broker cannot be reached."""
 
 
+class BrokerAuthFailed(BrokerUnavailable):
+    """Redis refused the user name or password of the broker URL (or the user is disabled)."""
+
+
 class CoinNotFound(CryptoMLError, KeyError):
     """A coin id that the data directory does not hold."""
 

@@ -9,7 +9,10 @@ Variable                                   Default                     Meaning
 ========================================  ==========================  =========================================
 ``CRYPTO_ML_DATA_DIR``                     ``data/crypto``             Folder of per-coin CSV files.
 ``CRYPTO_ML_BROKER_URL``                   (unset: embedded cluster)   Redis broker: ``redis://``, ``rediss://`` or
-                                                                       ``sentinel://h1:26379;sentinel://h2:26379``.
+                                                                       ``sentinel://h1:26379;sentinel://h2:26379``, with
+                                                                       the Redis user of this process's role:
+                                                                       ``redis://worker:PASSWORD@host:6379/0``
+                                                                       (users: :mod:`crypto_ml.core.acl`).
 ``CRYPTO_ML_RESULT_BACKEND``               the broker URL              Where task results are stored.
 ``CRYPTO_ML_SENTINEL_MASTER``              ``mymaster``                Master name for ``sentinel://`` URLs.
 ``CRYPTO_ML_SENTINEL_PASSWORD``            (unset)                     Password of the sentinels themselves.

@@ -19,13 +19,14 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from subprocess import Popen
 from types import TracebackType
 
 import redis
 
+from crypto_ml.core import acl
 from crypto_ml.core.errors import ConfigError
 from crypto_ml.core.settings import Settings
 from crypto_ml.ops.flower import FlowerProcess
@@ -51,7 +52,7 @@ class LocalCluster:
     def __init__(self, workers: int = 1, queues: Sequence[str] = ("cpu", "gpu"),
                  loglevel: str = "INFO", env: dict[str, str] | None = None,
                  extra_worker_args: Sequence[str] = (), flower: Settings | None = None,
-                 appendonly: bool = False) -> None:
+                 appendonly: bool = False, roles: Mapping[str, acl.Role] = acl.ROLES) -> None:
         if workers < 1:
             raise ConfigError(f"a local cluster needs at least one worker, got {workers}")
         self.n_workers = workers
@@ -61,7 +62,9 @@ class LocalCluster:
         self.extra_worker_args = list(extra_worker_args)
         self.appendonly = appendonly
         self.workdir = Path(tempfile.mkdtemp(prefix=f"crypto-ml-{os.getpid()}-"))
-        self.password = secrets.token_hex(16)
+        self.roles = dict(roles)  # Redis users: each process connects as its role's
+        self.passwords = acl.generate_passwords(list(self.roles))
+        self.password = self.passwords[acl.ADMIN]  # the operator's (``default``) password
         self.port = 0
         self.redis: Popen[bytes] | None = None
         self.workers: list[Popen[bytes]] = []
@@ -72,7 +75,12 @@ class LocalCluster:
 
     @property
     def broker_url(self) -> str:
+        """The operator's URL (Redis user ``default``); each process uses :meth:`url_for`."""
         return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    def url_for(self, role: str) -> str:
+        """The broker URL with the credentials of ``role`` (see :mod:`crypto_ml.core.acl`)."""
+        return acl.role_url(self.broker_url, role, self.passwords[role])
 
     def client(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, password=self.password,
@@ -96,8 +104,11 @@ class LocalCluster:
         self.port = self.port or free_port()
         persistence = (["--appendonly", "yes", "--appendfsync", "everysec"] if self.appendonly
                        else ["--appendonly", "no"])
+        users = self.workdir / "users.acl"  # passwords only as SHA-256 hashes
+        users.write_text(acl.acl_file(self.passwords, self.roles))
+        users.chmod(0o600)
         cmd = [redis_server_path(), "--port", str(self.port), "--bind", "127.0.0.1",
-               "--requirepass", self.password, "--save", "", *persistence,
+               "--aclfile", str(users), "--save", "", *persistence,
                "--dir", str(self.workdir), "--loglevel", "warning"]
         self.redis = spawn(cmd, self.workdir / "redis.log")
         wait_until(self._redis_up, 10, "starting redis-server",
@@ -122,7 +133,7 @@ class LocalCluster:
                 *self.extra_worker_args]
 
     def start_workers(self) -> None:
-        env = {**self.env, "CRYPTO_ML_BROKER_URL": self.broker_url}
+        env = {**self.env, "CRYPTO_ML_BROKER_URL": self.url_for("worker")}
         env.pop("CRYPTO_ML_RESULT_BACKEND", None)
         tag = f"{os.getpid()}-{secrets.token_hex(2)}"
         for i in range(self.n_workers):
@@ -157,7 +168,7 @@ class LocalCluster:
 
     def start_flower(self) -> None:
         if self.flower_settings is not None:
-            settings = self.flower_settings.with_broker(self.broker_url)
+            settings = self.flower_settings.with_broker(self.url_for("flower"))
             self.flower = FlowerProcess(settings, self.workdir / "flower.log", self.env).start()
 
     def start(self) -> LocalCluster:
@@ -167,7 +178,7 @@ class LocalCluster:
             self.start_redis()
             self.start_workers()
             self.start_flower()
-            app = create_app(Settings().with_broker(self.broker_url))
+            app = create_app(Settings().with_broker(self.url_for("manager")))
             self.wait_for_workers(app)
             if self.flower:
                 self.flower.wait_ready(self.worker_names)

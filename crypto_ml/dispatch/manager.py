@@ -26,6 +26,7 @@ from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from kombu.utils.url import maybe_sanitize_url
 
+from crypto_ml.core.acl import auth_failure
 from crypto_ml.core.errors import BrokerUnavailable, CryptoMLError
 from crypto_ml.core.logs import log_task
 from crypto_ml.core.sentinel import redis_client
@@ -57,6 +58,8 @@ def check_broker(url: str, settings: Settings | None = None) -> None:
     try:
         redis_client(url, settings.sentinel_master, settings.sentinel_password,
                      socket_connect_timeout=3, socket_timeout=3).ping()
+    except redis.AuthenticationError as exc:  # wrong user or password: no point waiting
+        raise auth_failure(url, exc) from None
     except (redis.RedisError, OSError, ValueError) as exc:
         raise BrokerUnavailable(
             f"cannot reach the broker at {maybe_sanitize_url(url)} ({exc}); start Redis there, "
@@ -112,7 +115,7 @@ class CryptoManager:
         with cluster:
             if cluster.flower_url:
                 self._say(f"flower: {cluster.flower_url} (stops when this run ends)")
-            yield create_app(self.settings.with_broker(cluster.broker_url))
+            yield create_app(self.settings.with_broker(cluster.url_for("manager")))
 
     def build_requests(self, models: list[str], coins: Sequence[str] | None, horizon: int,
                        max_points: int | None, params: dict[str, Any],

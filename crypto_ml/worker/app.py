@@ -16,7 +16,8 @@ from typing import Any
 from celery import Celery, current_app, signals
 from kombu import Queue
 
-from crypto_ml.core.errors import ConfigError
+from crypto_ml.core.acl import check_credentials
+from crypto_ml.core.errors import BrokerAuthFailed, ConfigError
 from crypto_ml.core.logs import use_format
 from crypto_ml.core.sentinel import transport_options
 from crypto_ml.core.settings import Settings, threads_env
@@ -135,6 +136,18 @@ def create_app(settings: Settings) -> Celery:
 def default_app() -> Celery:
     """The app of ``celery -A crypto_ml``, configured from the environment once."""
     return create_app(Settings.from_env())
+
+
+@signals.worker_init.connect
+def _refuse_wrong_credentials(sender: Any = None, **_: Any) -> None:
+    """Stop a worker at once when Redis refuses its user or password (Celery would retry
+    forever); the message names the user, never the password."""
+    url = getattr(getattr(sender, "app", None), "conf", {}).get("broker_url")
+    try:
+        check_credentials(url) if url else None
+    except BrokerAuthFailed as exc:
+        logging.getLogger("crypto_ml.worker").critical("crypto-ml: error: %s", exc)
+        raise SystemExit(2) from None
 
 
 @signals.worker_init.connect

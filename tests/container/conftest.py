@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from deploy_support import ROOT
 
+from crypto_ml.core import acl
+
 from . import docker_support as ds
 
 # Beside the clone (CI) or two levels up from a worktree: the same place tests/conftest.py uses.
@@ -83,7 +85,7 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def compose_env() -> dict[str, str]:
     data = SHARED_DATA.resolve() if SHARED_DATA.is_dir() else ROOT / "data" / "crypto"
-    return {"REDIS_PASSWORD": secrets.token_hex(16),
+    return {**{role.password_variable: secrets.token_hex(16) for role in acl.ROLES.values()},
             "FLOWER_BASIC_AUTH": f"admin:{secrets.token_hex(8)}",
             "CRYPTO_ML_DATA_HOST_DIR": str(data),
             "CRYPTO_ML_SOFT_TIME_LIMIT": str(SOFT_LIMIT),

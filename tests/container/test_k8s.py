@@ -17,6 +17,7 @@ import base64
 import json
 import re
 import secrets
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from typing import Any
 import pytest
 from deploy_support import OVERLAYS, ContainerRun, k8s_runs, pod_spec, render_kustomize
 
+from crypto_ml.core import acl
 from crypto_ml.data_loader import CryptoLoader
 
 from . import docker_support as ds
@@ -42,7 +44,7 @@ def container_spec(docs: list[dict[str, Any]], kind: str, name: str
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
-    secrets_env = {"REDIS_PASSWORD": secrets.token_hex(16),
+    secrets_env = {**{r.password_variable: secrets.token_hex(16) for r in acl.ROLES.values()},
                    "FLOWER_BASIC_AUTH": f"admin:{secrets.token_hex(8)}"}
     work = tmp_path_factory.mktemp("kustomize")
     return {name: render_kustomize(path, work, secrets_env) for name, path in OVERLAYS.items()}
@@ -92,6 +94,9 @@ class Pods:
             volume = pod_volumes.get(mount["name"], {})
             if "emptyDir" in volume:
                 args += ["--tmpfs", f"{mount['mountPath']}:uid={user or 0},gid={group or 0}"]
+            elif "configMap" in volume:  # its files, read-only, as the kubelet mounts them
+                args += ["-v", f"{self.config_map(volume['configMap']['name'])}:"
+                         f"{mount['mountPath']}:ro"]
             elif volumes and mount["name"] in volumes:
                 mode = ":ro" if mount.get("readOnly") else ""
                 args += ["-v", f"{volumes[mount['name']]}:{mount['mountPath']}{mode}"]
@@ -100,6 +105,16 @@ class Pods:
         command = run.argv
         args += ["--entrypoint", command[0], image, *command[1:]]
         return args, run, container
+
+    def config_map(self, name: str) -> str:
+        """A host folder holding the ConfigMap's keys as files (world-readable, as mounted)."""
+        [doc] = [d for d in self.docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == name]
+        folder = Path(tempfile.mkdtemp(prefix=f"{self.network}-{name}-"))
+        folder.chmod(0o755)
+        for key, value in doc["data"].items():
+            (folder / key).write_text(value)
+            (folder / key).chmod(0o644)
+        return str(folder)
 
     def start(self, kind: str, name: str, volumes: dict[str, str] | None = None
               ) -> tuple[str, ContainerRun, dict[str, Any]]:

@@ -1,0 +1,175 @@
+"""Redis ACL users per role (crypto_ml/core/acl.py) on a real Redis with real processes: a full run
+works under them with no refusal, each role is refused what it does not need, and a wrong
+password stops a process at once with a message that names the user, not the password."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from acl_discovery import acl_log, full_run, lacking, watched_cluster
+from conftest import ROOT, run_cli
+from kombu.exceptions import OperationalError
+
+from crypto_ml.core import acl
+from crypto_ml.core.settings import Settings
+from crypto_ml.dispatch.cluster import LocalCluster
+from crypto_ml.worker.app import create_app
+from crypto_ml.worker.requests import TASK_NAME
+
+pytestmark = pytest.mark.integration
+WRONG = "not-the-password-0123"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LocalCluster]:
+    """A real redis-server with the shipped users (no workers: the tests play each role)."""
+    cluster = LocalCluster(workers=1)
+    cluster.start_redis()
+    yield cluster
+    cluster.stop()
+
+
+def as_role(server: LocalCluster, role: str) -> redis.Redis:
+    return redis.Redis.from_url(server.url_for(role), socket_connect_timeout=2)
+
+
+@pytest.mark.slow
+def test_a_full_run_works_under_the_acls_with_no_refusal(price_data: Path,
+                                                         tmp_path: Path) -> None:
+    with watched_cluster(acl.ROLES, tmp_path) as (cluster, recorder):
+        done = full_run(cluster, price_data, tmp_path)
+        with cluster.client() as admin:
+            refusals = acl_log(admin)
+    for what in ("send-tasks batched", "send-tasks single", "backtest"):
+        run = done[what]
+        assert isinstance(run, subprocess.CompletedProcess)
+        assert run.returncode == 0, f"{what}: {run.stderr[-2000:]}"
+    timed_out = done["send-tasks timeout"]
+    assert isinstance(timed_out, subprocess.CompletedProcess)
+    assert timed_out.returncode == 1  # gave up, revoked the rest (or they expired)
+    assert "no result within" in timed_out.stderr or "REVOKED" in timed_out.stderr
+    assert done["flower"] == [200] * 8 and done["exporter"] == 200
+    health = done["worker health"]
+    assert isinstance(health, subprocess.CompletedProcess) and health.returncode == 0
+    assert refusals == [], refusals
+    # connections too short-lived to map to a user: only the credential checks' AUTH + PING
+    assert all(line.endswith(('"PING"', '"(redacted)"')) for line in recorder.unknown)
+    for name in acl.SERVICE_ROLES:
+        assert recorder.usage[name].count > 0, f"{name} did nothing"
+        assert not any(lacking(acl.ROLES[name], recorder.usage[name]).values())
+
+
+@pytest.mark.parametrize("user", list(acl.ROLES))
+def test_no_user_may_flush_reconfigure_or_shut_down(server: LocalCluster, user: str) -> None:
+    client = server.client() if user == acl.ADMIN else as_role(server, user)
+    with client:
+        for command in (("FLUSHALL",), ("FLUSHDB",), ("CONFIG", "GET", "maxmemory"),
+                        ("CONFIG", "SET", "appendonly", "no"), ("DEBUG", "SLEEP", "0"),
+                        ("SHUTDOWN", "NOSAVE"), ("MODULE", "LIST"), ("REPLICAOF", "NO", "ONE")):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                client.execute_command(*command)
+        if user != acl.ADMIN:  # the operator keeps KEYS, ACL and MONITOR
+            for command in (("KEYS", "*"), ("ACL", "LIST"), ("ACL", "SETUSER", user, "+@all"),
+                            ("SCAN", "0"), ("EVAL", "return 1", "0")):
+                with pytest.raises(redis.exceptions.NoPermissionError):
+                    client.execute_command(*command)
+        assert client.ping()
+    assert server.redis is not None and server.redis.poll() is None
+
+
+def test_the_exporter_reads_queue_lengths_and_cannot_publish_a_task(server: LocalCluster) -> None:
+    with as_role(server, "exporter") as exporter:
+        assert exporter.llen("cpu") >= 0 and exporter.llen("gpu\x06\x163") >= 0
+        list(exporter.hscan_iter("unacked"))
+        for command in (("LPUSH", "cpu", "{}"), ("RPUSH", "gpu", "{}"), ("DEL", "cpu"),
+                        ("GET", "celery-task-meta-x"), ("PUBLISH", "/0.celery.pidbox", "x"),
+                        ("HSET", "unacked", "t", "x"), ("SET", "crypto_ml:x", "1")):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                exporter.execute_command(*command)
+    app = create_app(Settings().with_broker(server.url_for("exporter")))
+    kwargs = {"coin": "x", "model": "linear", "prices": [1.0, 2.0, 3.0], "horizon": 1}
+    with pytest.raises(OperationalError, match="no permissions"):
+        app.send_task(TASK_NAME, kwargs=kwargs, retry=False)
+    with server.client() as admin:
+        assert admin.llen("cpu") == 0  # nothing was queued
+
+
+def test_flower_cannot_read_or_delete_results_nor_touch_our_keys(server: LocalCluster) -> None:
+    with server.client() as admin:
+        admin.set("celery-task-meta-abc", "result")
+        admin.set("crypto_ml:deliveries:abc", "1")
+    with as_role(server, "flower") as flower:
+        assert flower.llen("cpu") >= 0  # queue lengths on its broker page
+        for command in (("DEL", "celery-task-meta-abc"), ("GET", "celery-task-meta-abc"),
+                        ("MGET", "celery-task-meta-abc"), ("DEL", "crypto_ml:deliveries:abc"),
+                        ("SET", "crypto_ml:x", "1"), ("HSET", "unacked", "t", "x"),
+                        ("SUBSCRIBE", "celery-task-meta-abc"), ("PUBLISH", "other", "x")):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                flower.execute_command(*command)
+    with server.client() as admin:
+        assert admin.get("celery-task-meta-abc") == b"result"
+
+
+def test_the_manager_cannot_write_results_or_act_as_a_worker(server: LocalCluster) -> None:
+    with server.client() as admin:
+        admin.set("celery-task-meta-abc", "result")
+    with as_role(server, "manager") as manager:
+        assert manager.get("celery-task-meta-abc") == b"result"  # reads results
+        for command in (("SETEX", "celery-task-meta-abc", "10", "forged"),
+                        ("HSET", "unacked", "t", "x"), ("INCRBY", "crypto_ml:deliveries:a", "1"),
+                        ("LLEN", "w1@host.celery.pidbox"), ("SET", "other", "x")):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                manager.execute_command(*command)
+    # and a worker cannot read keys outside its patterns
+    with as_role(server, "worker") as worker, pytest.raises(redis.exceptions.NoPermissionError):
+        worker.execute_command("GET", "other")
+
+
+def _wrong(url: str, password: str) -> str:
+    assert password in url
+    return url.replace(password, WRONG)
+
+
+def test_a_wrong_password_stops_each_process_at_once_without_printing_it(
+        server: LocalCluster, price_data: Path, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTO_ML_")}
+    runs: dict[str, tuple[float, subprocess.CompletedProcess[str]]] = {}
+    started = time.monotonic()
+    manager_url = _wrong(server.url_for("manager"), server.passwords["manager"])
+    cli = run_cli("send-tasks", "--coins", "bitcoin", "--broker", manager_url,
+                  data_dir=price_data, timeout=60)
+    runs["manager"] = (time.monotonic() - started, cli)
+    commands = {  # name: (role, command)
+        "worker": ("worker", [sys.executable, "-m", "celery", "-A", "crypto_ml", "worker",
+                              "--concurrency", "1", "--without-mingle", "--without-gossip"]),
+        "exporter": ("exporter", [sys.executable, "-m", "crypto_ml", "queue-depth", "--port", "0"]),
+        "flower": ("flower", [sys.executable, "-m", "crypto_ml", "flower", "--port=0"]),
+        "manager job": ("manager", [sys.executable, "manager/job.py", "--broker-wait", "300",
+                                    "send-tasks", "--coins", "bitcoin"]),  # no 300 s wait
+    }
+    for name, (role, argv) in commands.items():
+        url = _wrong(server.url_for(role), server.passwords[role])
+        started = time.monotonic()
+        out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=90,
+                             env={**env, "CRYPTO_ML_BROKER_URL": url, "TMPDIR": str(tmp_path),
+                                  "CRYPTO_ML_DATA_DIR": str(price_data)})
+        runs[name] = (time.monotonic() - started, out)
+    for name, (seconds, out) in runs.items():
+        role = name.split()[0]
+        text = out.stdout + out.stderr
+        assert out.returncode == 2, f"{name}: {text[-1500:]}"
+        assert f"refused user '{role}'" in text, f"{name}: {text[-1500:]}"
+        assert ROLES_VARIABLE[role] in text
+        assert WRONG not in text and server.passwords[role] not in text
+        assert seconds < 30, f"{name} took {seconds:.0f} s to give up"
+        assert "Traceback" not in out.stderr
+
+
+ROLES_VARIABLE = {name: role.password_variable for name, role in acl.ROLES.items()}
