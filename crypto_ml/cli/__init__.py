@@ -3,8 +3,11 @@
 Owns every entry point's argument parsing and the one path from an error to an
 exit code (:func:`main`): 0 success; 1 some work failed (each failure listed) or
 another crypto-ml error; 2 a configuration error (unknown model, missing data,
-unreachable broker, a port in use), said in one line; 130 interrupted (Ctrl-C,
-SIGTERM). Only this package (and the historical aliases ``crypto_ml.manager`` and
+unreachable broker, a port in use, an unknown coin, an unreadable file), said in one
+line before any work starts; 130 interrupted (Ctrl-C, SIGTERM). What every subcommand
+shows is the same: its output on stdout; on stderr notices, progress and a summary
+(``-v``: a line per task too; ``-q``: errors and failures only), see
+:mod:`crypto_ml.cli.terminal`. Only this package (and the historical aliases ``crypto_ml.manager`` and
 ``crypto_ml.data_loader``) reads the environment's settings. May import every
 other part of crypto_ml; nothing but the ``__main__`` aliases imports it.
 
@@ -82,7 +85,9 @@ def run(args: argparse.Namespace) -> int:
 
     def command() -> int:
         log_format = getattr(args, "log_format", None) or Settings.from_env().log_format
-        configure_logging(log_format, args.log_level.upper(), sys.stderr)
+        quiet = bool(getattr(args, "quiet", False))
+        level = (None if quiet else getattr(args, "log_level", None)) or "warning"
+        configure_logging(log_format, level.upper(), sys.stderr, quiet=quiet)
         return int(args.run(args))
 
     return guarded(command, args.interrupted)

@@ -1,6 +1,8 @@
 """``crypto-ml backtest``: compare models walk-forward on the data; tables, JSON, CSV and PNG.
 
-Exit codes as every subcommand (:mod:`crypto_ml.cli`); 1 if any (coin, model) failed.
+stdout: the tables; stderr as every subcommand (progress and notices, ``-v``/``-q``,
+:mod:`crypto_ml.cli.terminal`). Exit codes as every subcommand (:mod:`crypto_ml.cli`);
+1 if any (coin, model) failed, 2 (before any work) for an unknown model or coin.
 """
 
 from __future__ import annotations
@@ -15,13 +17,16 @@ from crypto_ml.backtest.report import summary, write_all
 from crypto_ml.cli.options import (
     add_cluster_options,
     add_log_options,
+    check_writable,
     checked_inputs,
-    coin_list,
     positive_int,
     stop_on_signals,
 )
+from crypto_ml.cli.terminal import console, console_writer, make_progress
+from crypto_ml.core.errors import ConfigError
 from crypto_ml.dispatch.manager import CryptoManager
 from crypto_ml.models import parse_models
+from crypto_ml.ops.progress import Progress
 
 
 def _iso_date(text: str) -> str:
@@ -61,16 +66,24 @@ def add_parser(sub: Any) -> None:
     bt.add_argument("--out", type=Path,
                     help="folder for backtest.json, backtest.csv and backtest.png")
     add_cluster_options(bt)
-    add_log_options(bt, "warning")
+    add_log_options(bt)
     bt.set_defaults(run=backtest_main, interrupted="queued tasks revoked, local cluster stopped")
 
 
 def backtest_main(args: argparse.Namespace) -> int:
     """``crypto-ml backtest``: the settings and data as send-tasks reads them."""
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise ConfigError(f"--out {args.out} is a file; give a folder")
+    check_writable(args.out and args.out / "backtest.json", "--out")
     settings, loader = checked_inputs(args, to_date=args.until)
-    manager = CryptoManager(loader=loader, settings=settings)
+    progress = make_progress(args, settings)
+    manager = CryptoManager(loader=loader, settings=settings, err=console_writer(),
+                            observer=progress)
     stop_on_signals(manager)  # Ctrl-C stops a backtest as surely as a send-tasks run
-    return backtest_command(args, manager)
+    try:
+        return backtest_command(args, manager)
+    finally:
+        progress.close()
 
 
 def backtest_command(args: argparse.Namespace, manager: CryptoManager) -> int:
@@ -81,9 +94,11 @@ def backtest_command(args: argparse.Namespace, manager: CryptoManager) -> int:
     config = BacktestConfig(models=tuple(parse_models(args.model)), timeout=args.timeout,
                             options=dict(args.param),
                             **{k: v for k, v in given.items() if v is not None})
-    result = run_backtest(manager, config, coin_list(args.coins), err=manager.err)
+    result = run_backtest(manager, config, args.coins, err=manager.err)
+    if isinstance(manager.observer, Progress):
+        manager.observer.close()  # the bar goes before the tables
     print(summary(result), file=manager.out, flush=True)
     if args.out:
         for path in write_all(result, args.out):
-            print(f"wrote {path}", file=manager.err)
+            console.info(f"wrote {path}")
     return 1 if result.failed else 0
