@@ -105,8 +105,8 @@ def send_tasks(args: argparse.Namespace) -> int:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(report.to_json(), indent=2) + "\n")
     show_summary(report, seconds_since_start(), settings.log_format == "json")
-    order = args.coins or loader.get_crypto_names()
-    plotted = draw_plot(args.plot, report, loader, order) if args.plot else True
+    plotted = (draw_plot(args.plot, report, loader, args.coins or loader.get_crypto_names())
+               if args.plot else True)
     return EXIT_OK if report.ok and plotted else EXIT_FAILED
 
 

@@ -48,7 +48,7 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
              f"in {summary['wall_seconds']:.1f} s ({n_ok} forecast(s) arrived, {n_failed} failed)"]
     for coin, reasons in failed.items():
         for model, reason in reasons.items():
-            lines.append(f"  failed {coin} {model}: {reason}")
+            lines.append(f"  failed: {coin} {model}: {reason}")
     for model, entry in summary["models"].items():
         devices = entry.get("devices") or {}
         on = ", ".join(name if n == entry["fits"] else f"{name} ({n})"

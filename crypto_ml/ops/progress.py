@@ -9,9 +9,8 @@ twice a second; ``queued`` is the rest. On a terminal the bar redraws in place o
 stream (stderr); anywhere else it logs one line per quarter of the forecasts.
 
 A run of several dispatches on one observer (``--model best``: a backtest, then the
-forecasts) counts each as a phase of its own: a forecast sent after every earlier
-one finished starts the counts (and the ETA) afresh, labelled by :attr:`Progress.phase`
-when the caller sets it.
+forecasts) counts each as a phase of its own: :meth:`Progress.new_phase` starts the
+counts (and the ETA) afresh under a label shown before them.
 """
 
 from __future__ import annotations
@@ -51,8 +50,6 @@ class Progress(ProgressBar):
 
     # RunObserver hooks
     def on_sent(self, app: Celery, task_id: str, coin: str, model: str) -> None:
-        if self.total and self.finished >= self.total:  # a later dispatch of the same run
-            self.new_phase(self.phase)
         if self.app is None:  # the ETA counts from the first dispatch, not cluster start-up
             self.started_at = self.clock()
         self.app = app
