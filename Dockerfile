@@ -7,24 +7,35 @@
 # Python 3.11 slim (Debian bookworm), pinned by version and by digest.
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm@sha256:86adf8dbadc3d6e82ee5dd2c74bec2e1c2467cdad47886280501df722372d2e1
 
-FROM ${PYTHON_IMAGE} AS build
+# The requirement list, read from pyproject.toml: the dependency layer below is rebuilt
+# only when this list changes, not when other parts of pyproject.toml or the code do.
+FROM ${PYTHON_IMAGE} AS requirements
+WORKDIR /src
+COPY pyproject.toml ./
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print(*p['dependencies'], sep=chr(10))" > requirements.txt
+
+# The dependencies in /opt/venv, the base of the runtime stage. Its cache key is
+# the requirement list and this command, so editing the code (or the rest of pyproject.toml)
+# never reinstalls them, and no multi-GB venv is copied between stages. (No stub package:
+# its empty __init__.py would survive the real install in site-packages.)
+FROM ${PYTHON_IMAGE} AS deps
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH
-RUN python -m venv /opt/venv
-WORKDIR /src
-# Dependencies first, from pyproject.toml alone (a stub package stands in for the
-# source), so editing the code does not reinstall TensorFlow.
-COPY pyproject.toml ./
-RUN mkdir crypto_ml \
-    && touch crypto_ml/__init__.py README.md \
-    && pip install --no-cache-dir . \
-    && pip uninstall --yes crypto-ml
-COPY crypto_ml ./crypto_ml
-RUN pip install --no-cache-dir --no-deps .
+COPY --from=requirements /src/requirements.txt /opt/requirements.txt
+RUN python -m venv /opt/venv \
+    && pip install --no-cache-dir -r /opt/requirements.txt
 
-FROM ${PYTHON_IMAGE} AS runtime
+# The package itself, as a wheel for the runtime stage: a source edit rebuilds small layers.
+FROM deps AS build
+WORKDIR /src
+COPY pyproject.toml ./
+COPY crypto_ml ./crypto_ml
+RUN touch README.md \
+    && pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+
+FROM deps AS runtime
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -36,7 +47,9 @@ RUN groupadd --system --gid 10001 crypto \
        --shell /usr/sbin/nologin crypto \
     && mkdir -p /data /results \
     && chown crypto:crypto /results
-COPY --from=build /opt/venv /opt/venv
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir --no-deps --no-index /wheels/*.whl \
+    && rm -rf /wheels
 WORKDIR /app
 COPY workers ./workers
 COPY manager ./manager

@@ -1,0 +1,144 @@
+"""docker-compose.yml run for real: ``up -d --scale worker=3``, then ``run --rm manager``
+over the real data set, Flower's auth and API, and the per-worker CPU limit."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crypto_ml.data_loader import CryptoLoader
+
+from . import docker_support as ds
+from .conftest import WORKERS
+
+TASK_LINE = re.compile(r"task (\S+) ok: coin=(\S+) model=(\S+) worker=(\S+)")
+
+
+def printed_forecasts(stdout: str) -> dict[str, list[float]]:
+    lines = {}
+    for line in stdout.splitlines():
+        coin, array = line.split(" ", 1)
+        lines[coin] = [float(x) for x in array.strip("[] ").split()]
+    return lines
+
+
+def finished_tasks(stderr: str) -> list[tuple[str, str, str, str]]:
+    """(task id, coin, model, worker) of each forecast the manager logged as arrived."""
+    return [m.groups() for m in TASK_LINE.finditer(stderr)]  # type: ignore[misc]
+
+
+def http_get(url: str, auth: str | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url)
+    if auth:
+        request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, b""
+
+
+def test_every_service_is_healthy_redis_appends_and_wants_its_password(
+        stack: ds.Compose) -> None:
+    [redis] = stack.containers("redis")
+    workers = stack.containers("worker")
+    assert len(workers) == WORKERS
+    for container in [redis, *workers, *stack.containers("flower")]:
+        assert ds.health(container).startswith("healthy"), container
+    cli = ("exec", redis, "redis-cli", "-e")
+    assert ds.docker(*cli, "config", "get", "appendonly").stdout.split() == ["appendonly", "yes"]
+    refused = ds.docker("exec", "-e", "REDISCLI_AUTH=", redis, "redis-cli", "-e", "ping",
+                        check=False)
+    assert refused.returncode != 0 and "NOAUTH" in refused.stdout + refused.stderr
+    assert ds.inspect(redis)["Config"]["User"] == "999:1000"
+
+
+def test_each_worker_gets_its_cpu_limit_and_sizes_its_pool_to_it(stack: ds.Compose) -> None:
+    """cpus: ${CRYPTO_ML_WORKER_CPUS:-2} per worker; the worker's pool follows that quota."""
+    cpus = int(stack.env["CRYPTO_ML_WORKER_CPUS"])  # 1 in this stack: 3 workers, 2 cores
+    for container in stack.containers("worker"):
+        info = ds.inspect(container)
+        assert info["HostConfig"]["NanoCpus"] == cpus * 10**9
+        assert f"cpu@{info['Config']['Hostname']} (cpu,gpu x{cpus})" in ds.logs(container)
+    # the default, as a user without the variable gets it: 2 cores, so 2 pool processes
+    # where the host has 2 or more
+    saved = stack.env.pop("CRYPTO_ML_WORKER_CPUS")
+    try:
+        out = stack("run", "--rm", "--no-deps", "-T", "worker", "python", "workers/worker.py",
+                    "start", "--role", "cpu", "--dry-run", timeout=300)
+    finally:
+        stack.env["CRYPTO_ML_WORKER_CPUS"] = saved
+    [node] = json.loads(out.stdout)
+    concurrency = int(node["command"][node["command"].index("--concurrency") + 1])
+    assert concurrency == min(2, len(os.sched_getaffinity(0)))
+
+
+def latest_results(stack: ds.Compose) -> dict[str, Any]:
+    out = ds.docker("run", "--rm", "-v", f"{stack.volume('results')}:/results:ro",
+                    "--entrypoint", "sh", ds.CPU_IMAGE, "-c",
+                    "cat \"$(ls -t /results/forecasts-*.json | head -n 1)\"")
+    return json.loads(out.stdout)
+
+
+def test_manager_forecasts_every_coin_as_an_in_process_fit(stack: ds.Compose,
+                                                           data_dir: Path) -> None:
+    loader = CryptoLoader(data_dir)
+    coins = loader.get_crypto_names()
+    start = time.monotonic()
+    run = stack.run_manager()  # the service's own command: send-tasks --model linear
+    wall = time.monotonic() - start
+    assert run.returncode == 0, run.stderr[-3000:]
+    printed = printed_forecasts(run.stdout)
+    assert sorted(printed) == coins
+    report = latest_results(stack)
+    assert report["failed"] == {} and sorted(report["results"]) == coins
+    for coin in coins:
+        prices = loader.get_prices(coin)
+        prices = prices[~np.isnan(prices)]
+        t = np.arange(len(prices))
+        expected = np.polyval(np.polyfit(t, prices, 1), np.arange(len(prices), len(prices) + 10))
+        np.testing.assert_allclose(report["results"][coin]["linear"]["forecast"], expected,
+                                   rtol=1e-9, err_msg=coin)
+        np.testing.assert_allclose(printed[coin], expected, rtol=1e-6, atol=1e-8, err_msg=coin)
+    workers = {r["linear"]["worker"] for r in report["results"].values()}
+    hostnames = {ds.inspect(c)["Config"]["Hostname"] for c in stack.containers("worker")}
+    assert workers <= {f"cpu@{h}" for h in hostnames} and len(workers) >= 2
+    ds.record("compose", {"manager_run_wall_seconds": round(wall, 1),
+                          "manager_forecasts": len(printed), "coins_in_data_set": len(coins),
+                          "workers_that_forecast": len(workers)})
+
+
+def test_flower_wants_its_password_and_lists_the_runs_tasks(stack: ds.Compose,
+                                                            data_dir: Path) -> None:
+    base, auth = "http://127.0.0.1:5555", stack.env["FLOWER_BASIC_AUTH"]
+    assert http_get(base + "/")[0] == 401
+    assert http_get(base + "/", auth="admin:wrong")[0] == 401
+    assert http_get(base + "/", auth=auth)[0] == 200
+    assert http_get(base + "/api/tasks")[0] == 401
+    coins = ["bitcoin", "ethereum", "litecoin", "dogecoin"]
+    # one message per coin: batching off (the manager batches cheap linear fits)
+    run = stack.run_manager("send-tasks", "--model", "linear", "--coins", ",".join(coins),
+                            env={"CRYPTO_ML_BATCH_SIZE": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    task_ids = {task_id for task_id, *_ in finished_tasks(run.stderr)}
+    assert len(task_ids) == len(coins)
+
+    def listed() -> dict[str, Any] | None:
+        status, body = http_get(base + "/api/tasks", auth=auth)
+        assert status == 200
+        tasks = json.loads(body)
+        done = {t: tasks[t] for t in task_ids if tasks.get(t, {}).get("state") == "SUCCESS"}
+        return done if len(done) == len(task_ids) else None
+
+    tasks = ds.wait_for(listed, 60, "Flower listing the run's tasks as SUCCESS", interval=2)
+    hostnames = {ds.inspect(c)["Config"]["Hostname"] for c in stack.containers("worker")}
+    assert {t["worker"] for t in tasks.values()} <= {f"cpu@{h}" for h in hostnames}
