@@ -73,10 +73,30 @@ def guarded(command: Callable[[], int], interrupted: str | None) -> int:
         print(f"crypto-ml: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        if interrupted is None:
-            return EXIT_OK
-        print(f"crypto-ml: interrupted; {interrupted}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _stopped(interrupted)
+    except Exception as exc:
+        if not _interrupt_in(exc):
+            raise
+        return _stopped(interrupted)  # a Ctrl-C that landed inside an import (a RuntimeError)
+
+
+def _stopped(interrupted: str | None) -> int:
+    if interrupted is None:
+        return EXIT_OK
+    print(f"crypto-ml: interrupted; {interrupted}", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
+def _interrupt_in(exc: BaseException | None) -> bool:
+    """Whether a KeyboardInterrupt caused ``exc``: a signal raised inside a class body's
+    ``__set_name__`` (e.g. while a module imports) surfaces as a RuntimeError caused by it."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def run(args: argparse.Namespace) -> int:

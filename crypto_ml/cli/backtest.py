@@ -22,7 +22,7 @@ from crypto_ml.cli.options import (
     positive_int,
     stop_on_signals,
 )
-from crypto_ml.cli.terminal import console, console_writer, make_progress
+from crypto_ml.cli.terminal import console, console_writer, make_progress, seconds_since_start
 from crypto_ml.core.errors import ConfigError
 from crypto_ml.dispatch.manager import CryptoManager
 from crypto_ml.models import parse_models
@@ -97,6 +97,7 @@ def backtest_command(args: argparse.Namespace, manager: CryptoManager) -> int:
     result = run_backtest(manager, config, args.coins, err=manager.err)
     if isinstance(manager.observer, Progress):
         manager.observer.close()  # the bar goes before the tables
+    result.wall_seconds = seconds_since_start()  # the whole run's, as send-tasks' summary
     print(summary(result), file=manager.out, flush=True)
     if args.out:
         for path in write_all(result, args.out):

@@ -84,7 +84,7 @@ def checked_inputs(args: argparse.Namespace, check_models: bool = True,
     if check_models:
         parse_models(args.model)
     loader = CryptoLoader(settings.data_dir, to_date=to_date)
-    args.coins = resolve_coins(args.coins, known_coins(loader))
+    args.coins = resolve_coins(args.coins, known_coins(loader), loader.data_dir)
     return settings, loader
 
 
@@ -96,7 +96,8 @@ def known_coins(loader: CryptoLoader) -> list[str]:
     return ids
 
 
-def resolve_coins(spec: str | Sequence[str] | None, known: Sequence[str]) -> list[str] | None:
+def resolve_coins(spec: str | Sequence[str] | None, known: Sequence[str],
+                  folder: Path | str = "the data folder") -> list[str] | None:
     """``--coins`` as coin ids, in the order given, duplicates dropped; None for every coin.
 
     Names match in any case and spacing (``Bitcoin Cash`` is ``bitcoin_cash``); a name
@@ -108,11 +109,10 @@ def resolve_coins(spec: str | Sequence[str] | None, known: Sequence[str]) -> lis
     ids = list(dict.fromkeys(coin_id(name) for name in names))
     unknown = [c for c in ids if c not in known]
     if unknown:
-        near = sorted({m for c in unknown for m in difflib.get_close_matches(c, known, 3, 0.6)})
+        near = dict.fromkeys(m for c in unknown for m in difflib.get_close_matches(c, known, 3))
         hint = f"; did you mean {', '.join(near)}?" if near else ""
         raise ConfigError(f"unknown coin(s) {', '.join(repr(c) for c in unknown)}{hint} "
-                          f"(--coins takes the ids of the {len(known)} coins in the data "
-                          f"folder, e.g. {', '.join(known[:3])})")
+                          f"(--coins takes the file names in {folder}, in any case)")
     return ids
 
 
