@@ -117,7 +117,7 @@ def test_cli_backtest_writes_files_and_best_uses_them(cluster: object, tmp_path:
     assert (out / "backtest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     best = run_cli("send-tasks", "--model", "best", "--backtest", str(out / "backtest.json"),
-                   "--horizon", "2", env=env, data_dir=DATA)
+                   "--horizon", "2", "-v", env=env, data_dir=DATA)
     assert best.returncode == 0, best.stderr
     assert "best: walk -> linear" in best.stderr
     assert "best: stub -> naive (not backtested: 3 closes" in best.stderr
@@ -155,17 +155,20 @@ def test_cli_rejects_a_bad_until_date_and_unknown_model(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_best_without_a_saved_backtest_runs_one_and_falls_back_to_naive(cluster: object) -> None:
+def test_best_without_a_saved_backtest_runs_one_and_falls_back_to_naive(
+        cluster: object, caplog: pytest.LogCaptureFixture) -> None:
     import io
+    import logging
 
     from crypto_ml.backtest.best import DEFAULT_CANDIDATES, forecast_best
 
     settings = Settings(data_dir=DATA).with_broker(cluster.broker_url)  # type: ignore[attr-defined]
     out, err = io.StringIO(), io.StringIO()
     manager = CryptoManager(loader=CryptoLoader(DATA), app=create_app(settings), out=out, err=err)
+    caplog.set_level(logging.INFO, logger="crypto_ml.backtest.best")
     report = forecast_best(manager, ["walk", "stub"], horizon=3)
     n_candidates = len(DEFAULT_CANDIDATES.split(","))
     assert f"backtest: 0 coin(s) x {n_candidates} model(s)" in err.getvalue()  # 8 closes: < 30
-    assert "best: walk -> naive (not backtested: 8 closes" in err.getvalue()
+    assert "best: walk -> naive (not backtested: 8 closes" in caplog.text  # shown with -v
     assert report.forecasts("naive")["walk"].tolist() == [7.0, 7.0, 7.0]
     assert out.getvalue().splitlines()[0].split()[:2] in (["walk", "naive"], ["stub", "naive"])

@@ -102,8 +102,8 @@ def stack(price_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     """One cluster and one send-tasks run against it, shared by the tests that only look."""
     with cluster_up(tmp_path_factory.mktemp("cluster-up")) as stack:
         stack.run = run_cli("send-tasks", "--broker", stack.broker_url, "--coins",
-                            ",".join([*COINS, "nosuchcoin"]), "--model", ",".join(MODELS),
-                            data_dir=price_data, timeout=300)
+                            ",".join([*COINS, "100_list"]), "--model", ",".join(MODELS),
+                            "-v", data_dir=price_data, timeout=300)
         for task_id, coin, model, worker in TASK_LINE.findall(stack.run.stderr):
             stack.tasks.setdefault(task_id, []).append((coin, model, worker))
         yield stack
@@ -111,7 +111,7 @@ def stack(price_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 def test_run_shows_task_lines_progress_and_summary(stack: Stack) -> None:
     run = stack.run
-    assert run is not None and run.returncode == 1, run and run.stderr  # nosuchcoin failed
+    assert run is not None and run.returncode == 1, run and run.stderr  # 100_list failed
     assert len(run.stdout.strip().splitlines()) == N_FORECASTS
     assert sorted((c, m) for items in stack.tasks.values() for c, m, _ in items) == \
         sorted((c, m) for c in COINS for m in MODELS)
@@ -122,10 +122,10 @@ def test_run_shows_task_lines_progress_and_summary(stack: Stack) -> None:
         "0 queued" in err
     assert "\r" not in err  # not a terminal: plain lines, no bar
     assert f"summary: {len(COINS)} coin(s) ok, 1 failed" in err
-    assert "failed nosuchcoin linear: CoinNotFound: unknown coin 'nosuchcoin'" in err
+    assert "failed: 100_list linear: CoinNotFound: unknown coin '100_list'" in err
     for model in MODELS:
         assert re.search(rf"^  {model}: {len(COINS)} fit\(s\), [\d.]+ s in all, "
-                         r"slowest \w+ [\d.]+ s$", err, re.MULTILINE)
+                         r"slowest \w+ [\d.]+ s, on CPU$", err, re.MULTILINE)
     workers = re.search(r"^  workers: (.*)$", err, re.MULTILINE)
     assert workers
     assert sum(int(n) for n in re.findall(r"\((\d+)\)", workers.group(1))) == N_FORECASTS
@@ -239,8 +239,7 @@ def test_progress_bar_redraws_on_a_terminal(stack: Stack, price_data: Path) -> N
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTO_ML_")}
     env["CRYPTO_ML_DATA_DIR"] = str(price_data)
     proc = subprocess.Popen([sys.executable, "-m", "crypto_ml.manager", "send-tasks", "--broker",
-                             stack.broker_url, "--coins", ",".join(COINS[:3]), "--model", "linear",
-                             "--log-level", "warning"],
+                             stack.broker_url, "--coins", ",".join(COINS[:3]), "--model", "linear"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=follower)
     os.close(follower)
     chunks = []
@@ -266,10 +265,10 @@ def test_embedded_flower_json_logs_and_plot(price_data: Path, tmp_path: Path) ->
     import json
 
     port, plot = free_port(), tmp_path / "forecast.png"
-    run = run_cli("send-tasks", "--flower", "--workers", "1", "--coins", "bitcoin,dash,nosuchcoin",
-                  "--log-format", "json", "--plot", str(plot), data_dir=price_data,
+    run = run_cli("send-tasks", "--flower", "--workers", "1", "--coins", "bitcoin,dash,100_list",
+                  "--log-format", "json", "-v", "--plot", str(plot), data_dir=price_data,
                   env={"CRYPTO_ML_FLOWER_PORT": str(port)}, timeout=300)
-    assert run.returncode == 1, run.stderr  # nosuchcoin
+    assert run.returncode == 1, run.stderr  # 100_list: a ranking, not a price file
     assert sorted(line.split()[0] for line in run.stdout.splitlines()) == ["bitcoin", "dash"]
     records = [json.loads(line) for line in run.stderr.splitlines()]  # every line is JSON
     messages = [r["message"] for r in records]
@@ -280,7 +279,7 @@ def test_embedded_flower_json_logs_and_plot(price_data: Path, tmp_path: Path) ->
                r["seconds"] >= 0 for r in tasks)
     summary = next(r for r in records if r["logger"] == "crypto_ml.summary")
     assert summary["coins_ok"] == ["bitcoin", "dash"]
-    assert "CoinNotFound" in summary["coins_failed"]["nosuchcoin"]["linear"]
+    assert "CoinNotFound" in summary["coins_failed"]["100_list"]["linear"]
     assert summary["models"]["linear"]["fits"] == 2 and len(summary["workers"]) == 1
     assert any(m.startswith(f"plot: {plot} (2 panel(s)") for m in messages) and plot.stat().st_size
     with pytest.raises(OSError):  # Flower went away with the run

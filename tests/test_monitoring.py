@@ -130,8 +130,28 @@ def test_progress_off_a_terminal_logs_a_few_plain_lines(caplog: pytest.LogCaptur
         progress.on_done(f"t{i}", "c", "linear", _result("c", "linear", 0.1, "w"), None)
         progress.on_wait()
     lines = [r.getMessage() for r in caplog.records if r.name == "crypto_ml.progress"]
-    assert len(lines) == 10 and lines[-1].startswith("progress: 40/40 finished: 40 done")
+    assert len(lines) == 4 and lines[-1].startswith("progress: 40/40 finished: 40 done")
     assert "\r" not in "".join(lines) and "[" not in "".join(lines)
+
+
+def test_progress_counts_a_later_dispatch_as_a_phase_of_its_own(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """--model best: the backtest's tasks, then the forecasts, on one observer."""
+    progress = Progress(io.StringIO(), tty=False, clock=Clock())
+    caplog.set_level(logging.INFO, logger="crypto_ml.progress")
+    progress.new_phase("backtest")
+    for i in range(8):
+        progress.on_sent(None, f"b{i}", "c", "naive")  # type: ignore[arg-type]
+    for i in range(8):
+        progress.on_done(f"b{i}", "c", "naive", _result("c", "naive", 0.1, "w"), None)
+    progress.new_phase("forecast")
+    for i in range(2):
+        progress.on_sent(None, f"f{i}", "c", "naive")  # type: ignore[arg-type]
+    for i in range(2):
+        progress.on_done(f"f{i}", "c", "naive", _result("c", "naive", 0.1, "w"), None)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[3].startswith("progress: backtest: 8/8 finished: 8 done")
+    assert lines[-1].startswith("progress: forecast: 2/2 finished: 2 done") and len(lines) <= 8
 
 
 # summary and logs ----------------------------------------------------------------------------
@@ -146,12 +166,13 @@ def test_summary_names_failures_fit_times_and_workers() -> None:
     data = summarize(report)
     assert data["coins_ok"] == ["bitcoin", "dash"] and list(data["coins_failed"]) == ["neblio"]
     assert data["models"]["lstm"] == {"fits": 2, "total_seconds": 5.0, "slowest_coin": "bitcoin",
-                                      "slowest_seconds": 3.5}
+                                      "slowest_seconds": 3.5, "devices": {"CPU": 2}}
     assert data["workers"] == {"w1@h": 3, "w2@h": 1}
     text = "\n".join(summary_lines(data))
-    assert text.startswith("summary: 2 coin(s) ok, 1 failed, in 4.2 s")
-    assert "failed neblio lstm: SeriesTooShort: 20 points" in text
-    assert "lstm: 2 fit(s), 5.000 s in all, slowest bitcoin 3.500 s" in text
+    assert text.startswith("summary: 2 coin(s) ok, 1 failed, in 4.2 s (4 forecast(s) arrived, "
+                           "1 failed)")
+    assert "failed: neblio lstm: SeriesTooShort: 20 points" in text
+    assert "lstm: 2 fit(s), 5.000 s in all, slowest bitcoin 3.500 s, on CPU" in text
     assert "workers: w1@h (3), w2@h (1)" in text
 
 

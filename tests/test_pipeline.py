@@ -36,7 +36,7 @@ LINEAR_COINS = ["bitcoin", "ethereum", "ripple", "litecoin", "dash", "monero", "
 def forecasts_printed(stdout: str) -> dict[str, list[float]]:
     lines = {}
     for line in stdout.splitlines():
-        coin, array = line.split(" ", 1)
+        coin, _model, array = line.split(" ", 2)  # coin model [[f1 f2 ...]]
         lines[coin] = [float(x) for x in array.strip("[] ").split()]
     return lines
 
@@ -85,20 +85,20 @@ def test_linear_forecasts_equal_an_in_process_fit(cluster: Any, price_data: Path
 
 
 def test_deep_models_and_bad_coins(cluster: Any, price_data: Path, tmp_path: Path) -> None:
-    """LSTM and GRU train on both workers; a too-short and an unknown coin fail alone (exit 1)."""
+    """LSTM and GRU train on both workers; a too-short and an unreadable coin fail alone (exit 1)."""
     out = tmp_path / "deep.json"
-    coins = ["bitcoin", "ethereum", "neblio", "notacoin"]
+    coins = ["bitcoin", "ethereum", "neblio", "100_list"]  # 100 List.csv: a ranking, no prices
     run = run_cli("send-tasks", "--model", "lstm,gru", "--coins", ",".join(coins), "--epochs",
                   "1", "--horizon", "5", "--max-points", "400", "--broker", cluster.broker_url,
                   "--output", str(out), data_dir=price_data)
     assert run.returncode == 1, run.stderr
     report = json.loads(out.read_text())
     assert set(report["results"]) == {"bitcoin", "ethereum"}
-    assert set(report["failed"]) == {"neblio", "notacoin"}
+    assert set(report["failed"]) == {"neblio", "100_list"}
     assert "SeriesTooShort" in report["failed"]["neblio"]["lstm"]
     assert "11" in report["failed"]["neblio"]["gru"] and "51" in report["failed"]["neblio"]["gru"]
-    assert "unknown coin 'notacoin'" in report["failed"]["notacoin"]["lstm"]
-    assert "neblio" in run.stderr and "notacoin" in run.stderr and "Traceback" not in run.stderr
+    assert "unknown coin '100_list'" in report["failed"]["100_list"]["lstm"]
+    assert "neblio" in run.stderr and "100_list" in run.stderr and "Traceback" not in run.stderr
     results = [r for by_model in report["results"].values() for r in by_model.values()]
     assert {r["worker"] for r in results} == set(cluster.worker_names)  # both workers trained
     loader = CryptoLoader(price_data)

@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--in-process", action="store_true",
                         help="run the models in this process, no broker or workers (benchmarks)")
     add_cluster_options(parser)  # --broker, --timeout (task expiry), --data-dir, --workers
-    add_log_options(parser, "info")
+    add_log_options(parser)  # the API logs at info unless told otherwise
     return parser
 
 
@@ -90,7 +90,8 @@ def runs_for(settings: Settings, in_process: bool, expires: float) -> Iterator[A
 def serve(args: argparse.Namespace) -> int:
     """Serve until Ctrl-C or SIGTERM, then stop the embedded cluster (if any)."""
     settings = settings_from(args)
-    configure(settings.log_format, args.log_level.upper(), sys.stderr)
+    level = "error" if args.quiet else (args.log_level or "info")
+    configure(settings.log_format, level.upper(), sys.stderr)
     check_exposure(args.host, settings)
     with runs_for(settings, args.in_process, args.timeout) as runs:
         server = uvicorn.Server(uvicorn.Config(

@@ -2,13 +2,17 @@
 
 The choice (:func:`choose`) reads a backtest written by ``backtest --out``
 (:func:`load_saved`) or one run now (:func:`forecast_best`), over the manager's
-cluster; ties and coins without a score go to the simpler model.
+cluster; ties and coins without a score go to the simpler model. Each coin's choice
+is logged (``crypto_ml.backtest.best``, INFO: the command line shows it with ``-v``);
+the forecasts are then sent at once, whatever model each coin got.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import logging
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -22,6 +26,7 @@ from crypto_ml.models import parse_models
 
 BEST = "best"
 DEFAULT_CANDIDATES = "naive,linear,ets,theta,arima"
+log = logging.getLogger(__name__)
 
 
 def load_saved(path: Path) -> BacktestResult:
@@ -34,8 +39,10 @@ def load_saved(path: Path) -> BacktestResult:
                           "DIR/backtest.json") from None
 
 
-def choose(result: BacktestResult, coins: Sequence[str], err: TextIO) -> dict[str, list[str]]:
-    """``{model: coins}``: each coin's lowest-MASE model, said on ``err``; naive if unscored."""
+def choose(result: BacktestResult, coins: Sequence[str],
+           err: TextIO | None = None) -> dict[str, list[str]]:
+    """``{model: coins}``: each coin's lowest-MASE model, logged (and said on ``err`` if
+    given); naive if unscored."""
     best = result.best()
     groups: dict[str, list[str]] = {}
     for coin in coins:
@@ -45,7 +52,10 @@ def choose(result: BacktestResult, coins: Sequence[str], err: TextIO) -> dict[st
         else:
             model = "naive"
             why = f"not backtested: {result.skipped.get(coin, 'absent from the backtest')}"
-        print(f"best: {coin} -> {model} ({why})", file=err, flush=True)
+        log.info("best: %s -> %s (%s)", coin, model, why,
+                 extra={"fields": {"coin": coin, "model": model}})
+        if err is not None:
+            print(f"best: {coin} -> {model} ({why})", file=err, flush=True)
         groups.setdefault(model, []).append(coin)
     return groups
 
@@ -54,9 +64,16 @@ def forecast_best(manager: CryptoManager, coins: Sequence[str] | None, horizon: 
                   candidates: str = DEFAULT_CANDIDATES, saved: BacktestResult | None = None,
                   max_points: int | None = None, epochs: int | None = None,
                   timeout: float | None = 3600.0,
-                  levels: Sequence[float] = (80.0, 95.0)) -> RunReport:
-    """Forecast each coin with the model its backtest (``saved``, else run now) rated best."""
+                  levels: Sequence[float] = (80.0, 95.0),
+                  on_result: Callable[[dict[str, Any]], None] | None = None,
+                  on_phase: Callable[[str], None] = lambda phase: None) -> RunReport:
+    """Forecast each coin with the model its backtest (``saved``, else run now) rated best.
+
+    ``on_result`` gets each forecast as it arrives (default: a ``coin model [[...]]``
+    line on the manager's ``out``); ``on_phase`` hears ``"backtest"`` and ``"forecast"``.
+    """
     report = RunReport()
+    started = time.perf_counter()
 
     def show(result: dict[str, Any]) -> None:
         print(format_forecast(result["coin"], np.asarray(result["forecast"]), result["model"]),
@@ -64,6 +81,7 @@ def forecast_best(manager: CryptoManager, coins: Sequence[str] | None, horizon: 
 
     with manager.session():
         if saved is None:
+            on_phase("backtest")
             config = BacktestConfig(models=tuple(parse_models(candidates)), horizon=horizon,
                                     epochs=epochs, timeout=timeout, max_points=max_points)
             saved = run_backtest(manager, config, coins, err=manager.err)
@@ -72,14 +90,14 @@ def forecast_best(manager: CryptoManager, coins: Sequence[str] | None, horizon: 
                   f"forecasting horizon {horizon}", file=manager.err)
         epochs = epochs if epochs is not None else saved.config.epochs
         max_points = max_points if max_points is not None else saved.config.max_points
+        params = {} if epochs is None else {"epochs": epochs}
         names = list(coins) if coins else manager.loader.get_crypto_names()
-        for model, group in choose(saved, names, manager.err).items():
-            part = manager.run(model, group, horizon, max_points, epochs, timeout, on_result=show,
-                               levels=levels)
-            for coin, by_model in part.results.items():
-                report.results.setdefault(coin, {}).update(by_model)
-            for coin, reasons in part.failed.items():
-                report.failed.setdefault(coin, {}).update(reasons)
-            report.wall_seconds += part.wall_seconds
+        requests = []
+        for model, group in choose(saved, names).items():
+            requests += manager.build_requests([model], group, horizon, max_points, params, report,
+                                               levels=levels)
+        on_phase("forecast")
+        manager.dispatch(requests, timeout, on_result or show, report)
+    report.wall_seconds = time.perf_counter() - started
     manager.last_report = report
     return report

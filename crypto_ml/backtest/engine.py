@@ -38,7 +38,7 @@ from crypto_ml.core.errors import CryptoMLError
 from crypto_ml.core.progress import ProgressBar
 from crypto_ml.data.loader import CryptoLoader
 from crypto_ml.dispatch.manager import DEFAULT_TIMEOUT, CryptoManager
-from crypto_ml.dispatch.report import RunReport
+from crypto_ml.dispatch.report import NullObserver, RunReport
 from crypto_ml.models import PARAMS, default_max_points, get_model, model_names, parse_models
 from crypto_ml.models.intervals import DEFAULT_LEVELS, level_key
 from crypto_ml.worker.requests import ForecastRequest
@@ -205,18 +205,20 @@ class BacktestResult:
 class _Collector:
     """Gathers forecasts by (coin, model, origin date) as tasks finish, on the progress bar."""
 
-    def __init__(self, total: int, err: TextIO) -> None:
+    def __init__(self, total: int, err: TextIO, show: bool = True) -> None:
         self.forecasts: dict[tuple[str, str, str | None], np.ndarray] = {}
         self.intervals: dict[tuple[str, str, str | None], dict[str, Any]] = {}
         self.failures: dict[str, dict[str, str]] = {}
-        self.bar = ProgressBar(err, unit="forecasts back")
-        self.bar.total = total
+        self.bar = ProgressBar(err, unit="forecasts back") if show else None
+        if self.bar is not None:
+            self.bar.total = total
 
     def success(self, result: dict[str, Any]) -> None:
         key = (result["coin"], result["model"], result["last_date"])
         self.forecasts[key] = np.asarray(result["forecast"], dtype=np.float64)
         self.intervals[key] = result.get("intervals") or {}
-        self.bar.step()
+        if self.bar is not None:
+            self.bar.step()
 
 
 def score(series: Sequence[CoinSeries], config: BacktestConfig,
@@ -266,12 +268,14 @@ def run_backtest(manager: CryptoManager, config: BacktestConfig,
     print(f"backtest: {len(series)} coin(s) x {len(config.models)} model(s) x "
           f"{config.origins} origin(s), horizon {config.horizon}: {total} forecast tasks"
           + (f"; {len(skipped)} coin(s) skipped" if skipped else ""), file=err, flush=True)
-    collected = _Collector(total, err)
+    # one progress display: the manager's observer where it has one, else a bar of our own
+    collected = _Collector(total, err, show=isinstance(manager.observer, NullObserver))
     if total:
         report = manager.dispatch(list(backtest_requests(series, config)), config.timeout,
                                   collected.success, RunReport())
         collected.failures = report.failed  # one reason per (coin, model) is enough to say why
-    collected.bar.close()
+    if collected.bar is not None:
+        collected.bar.close()
     result = score(series, config, collected)
     result.skipped = skipped
     result.wall_seconds = time.perf_counter() - started

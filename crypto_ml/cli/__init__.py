@@ -3,8 +3,11 @@
 Owns every entry point's argument parsing and the one path from an error to an
 exit code (:func:`main`): 0 success; 1 some work failed (each failure listed) or
 another crypto-ml error; 2 a configuration error (unknown model, missing data,
-unreachable broker, a port in use), said in one line; 130 interrupted (Ctrl-C,
-SIGTERM). Only this package (and the historical aliases ``crypto_ml.manager`` and
+unreachable broker, a port in use, an unknown coin, an unreadable file), said in one
+line before any work starts; 130 interrupted (Ctrl-C, SIGTERM). What every subcommand
+shows is the same: its output on stdout; on stderr notices, progress and a summary
+(``-v``: a line per task too; ``-q``: errors and failures only), see
+:mod:`crypto_ml.cli.terminal`. Only this package (and the historical aliases ``crypto_ml.manager`` and
 ``crypto_ml.data_loader``) reads the environment's settings. May import every
 other part of crypto_ml; nothing but the ``__main__`` aliases imports it.
 
@@ -71,10 +74,30 @@ def guarded(command: Callable[[], int], interrupted: str | None) -> int:
         print(f"crypto-ml: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        if interrupted is None:
-            return EXIT_OK
-        print(f"crypto-ml: interrupted; {interrupted}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _stopped(interrupted)
+    except Exception as exc:
+        if not _interrupt_in(exc):
+            raise
+        return _stopped(interrupted)  # a Ctrl-C that landed inside an import (a RuntimeError)
+
+
+def _stopped(interrupted: str | None) -> int:
+    if interrupted is None:
+        return EXIT_OK
+    print(f"crypto-ml: interrupted; {interrupted}", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
+def _interrupt_in(exc: BaseException | None) -> bool:
+    """Whether a KeyboardInterrupt caused ``exc``: a signal raised inside a class body's
+    ``__set_name__`` (e.g. while a module imports) surfaces as a RuntimeError caused by it."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,7 +106,9 @@ def run(args: argparse.Namespace) -> int:
 
     def command() -> int:
         log_format = getattr(args, "log_format", None) or Settings.from_env().log_format
-        configure_logging(log_format, args.log_level.upper(), sys.stderr)
+        quiet = bool(getattr(args, "quiet", False))
+        level = (None if quiet else getattr(args, "log_level", None)) or "warning"
+        configure_logging(log_format, level.upper(), sys.stderr, quiet=quiet)
         return int(args.run(args))
 
     return guarded(command, args.interrupted)

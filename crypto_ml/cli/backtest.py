@@ -1,6 +1,8 @@
 """``crypto-ml backtest``: compare models walk-forward on the data; tables, JSON, CSV and PNG.
 
-Exit codes as every subcommand (:mod:`crypto_ml.cli`); 1 if any (coin, model) failed.
+stdout: the tables; stderr as every subcommand (progress and notices, ``-v``/``-q``,
+:mod:`crypto_ml.cli.terminal`). Exit codes as every subcommand (:mod:`crypto_ml.cli`);
+1 if any (coin, model) failed, 2 (before any work) for an unknown model or coin.
 """
 
 from __future__ import annotations
@@ -15,15 +17,18 @@ from crypto_ml.backtest.report import summary, window_table, write_all
 from crypto_ml.cli.options import (
     add_cluster_options,
     add_log_options,
+    check_writable,
     checked_inputs,
-    coin_list,
     levels,
     max_points,
     positive_int,
     stop_on_signals,
 )
+from crypto_ml.cli.terminal import console, console_writer, make_progress, seconds_since_start
+from crypto_ml.core.errors import ConfigError
 from crypto_ml.dispatch.manager import CryptoManager
 from crypto_ml.models import parse_models
+from crypto_ml.ops.progress import Progress
 
 
 def _iso_date(text: str) -> str:
@@ -78,16 +83,24 @@ def add_parser(sub: Any) -> None:
     bt.add_argument("--out", type=Path,
                     help="folder for backtest.json, backtest.csv and backtest.png")
     add_cluster_options(bt)
-    add_log_options(bt, "warning")
+    add_log_options(bt)
     bt.set_defaults(run=backtest_main, interrupted="queued tasks revoked, local cluster stopped")
 
 
 def backtest_main(args: argparse.Namespace) -> int:
     """``crypto-ml backtest``: the settings and data as send-tasks reads them."""
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise ConfigError(f"--out {args.out} is a file; give a folder")
+    check_writable(args.out and args.out / "backtest.json", "--out")
     settings, loader = checked_inputs(args, to_date=args.until)
-    manager = CryptoManager(loader=loader, settings=settings)
+    progress = make_progress(args, settings)
+    manager = CryptoManager(loader=loader, settings=settings, err=console_writer(),
+                            observer=progress)
     stop_on_signals(manager)  # Ctrl-C stops a backtest as surely as a send-tasks run
-    return backtest_command(args, manager)
+    try:
+        return backtest_command(args, manager)
+    finally:
+        progress.close()
 
 
 def backtest_command(args: argparse.Namespace, manager: CryptoManager) -> int:
@@ -102,15 +115,19 @@ def backtest_command(args: argparse.Namespace, manager: CryptoManager) -> int:
                                     options=dict(args.param), max_points=window,
                                     levels=tuple(args.levels),
                                     **{k: v for k, v in given.items() if v is not None})
-            result = run_backtest(manager, config, coin_list(args.coins), err=manager.err)
+            result = run_backtest(manager, config, args.coins, err=manager.err)
             results[window_name(window)] = result
-            if len(windows) > 1:
-                print(f"== window: {window_name(window)} ==", file=manager.out)
-            print(summary(result), file=manager.out, flush=True)
-            if args.out:
-                folder = args.out if len(windows) == 1 else args.out / f"window-{window_name(window)}"
-                for path in write_all(result, folder):
-                    print(f"wrote {path}", file=manager.err)
+    if isinstance(manager.observer, Progress):
+        manager.observer.close()  # the bar goes before the tables
+    for name, result in results.items():
+        result.wall_seconds = seconds_since_start()  # the whole run's, as send-tasks' summary
+        if len(windows) > 1:
+            print(f"== window: {name} ==", file=manager.out)
+        print(summary(result), file=manager.out, flush=True)
+        if args.out:
+            folder = args.out if len(windows) == 1 else args.out / f"window-{name}"
+            for path in write_all(result, folder):
+                console.info(f"wrote {path}")
     if len(windows) > 1:
         table = window_table(results)
         print(f"\nwindows compared (mean over coins; best window per model by MASE):\n{table}",

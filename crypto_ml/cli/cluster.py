@@ -7,7 +7,7 @@ import os
 import time
 from typing import Any
 
-from crypto_ml.cli.options import EXIT_OK, positive_int
+from crypto_ml.cli.options import EXIT_OK, add_log_options, positive_int
 from crypto_ml.core import acl
 from crypto_ml.core.settings import Settings
 from crypto_ml.dispatch.cluster import LocalCluster
@@ -22,7 +22,8 @@ def add_parser(sub: Any) -> None:
                     help="worker processes (default: one per core)")
     up.add_argument("--flower", action="store_true",
                     help="also start Flower (CRYPTO_ML_FLOWER_PORT, default 5555)")
-    up.set_defaults(run=up_main, log_level="warning", log_format=None, interrupted=None)
+    add_log_options(up)
+    up.set_defaults(run=up_main, interrupted=None)
 
 
 def up_main(args: argparse.Namespace) -> int:

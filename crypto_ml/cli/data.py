@@ -8,11 +8,11 @@ written, each failure listed); 2 the API or the data folder cannot be used;
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
-from crypto_ml.cli.options import EXIT_FAILED, EXIT_OK, positive_int
+from crypto_ml.cli.options import EXIT_FAILED, EXIT_OK, add_log_options, positive_int
+from crypto_ml.cli.terminal import console, progress_stream
 from crypto_ml.core.errors import ConfigError
 from crypto_ml.core.settings import Settings
 from crypto_ml.data.download import API_URL, Client, download
@@ -34,23 +34,25 @@ def add_parser(sub: Any) -> None:
                      help="seconds between requests, to stay under the public rate limit (0.6)")
     get.add_argument("--retries", type=int, default=4,
                      help="retries of a rate-limited or failed request (4)")
-    get.set_defaults(run=download_main, log_level="info", log_format=None,
-                     interrupted="run the same command again to resume")
+    add_log_options(get)
+    get.set_defaults(run=download_main, interrupted="run the same command again to resume")
 
 
 def download_main(args: argparse.Namespace) -> int:
     """Bring the data folder's coins up to date; list the failures."""
-    data_dir = args.data_dir or Settings.from_env().data_dir
+    settings = Settings.from_env()
+    data_dir = args.data_dir or settings.data_dir
     client = Client(base_url=args.api_url, interval=max(0.0, args.interval),
                     retries=max(0, args.retries))
     try:
-        report = download(client, data_dir, args.top, args.currency.upper())
+        report = download(client, data_dir, args.top, args.currency.upper(),
+                          out=progress_stream(args, settings.log_format))
     except OSError as exc:
         raise ConfigError(f"cannot write to {data_dir} ({exc})") from None
     days = sum(report.written.values())
-    print(f"{len(report.written)} coin(s) updated with {days} day(s), "
-          f"{len(report.up_to_date)} already up to date, {len(report.failed)} failed; "
-          f"files in {data_dir}", file=sys.stderr)
+    console.info(f"{len(report.written)} coin(s) updated with {days} day(s), "
+                 f"{len(report.up_to_date)} already up to date, {len(report.failed)} failed; "
+                 f"files in {data_dir}")
     for name, reason in report.failed.items():
-        print(f"failed: {name}: {reason}", file=sys.stderr)
+        console.warning(f"failed: {name}: {reason}")
     return EXIT_FAILED if report.failed else EXIT_OK

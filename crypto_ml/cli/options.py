@@ -1,21 +1,28 @@
-"""What the subcommands share: exit codes, option types, the cluster options, the settings.
+"""What the subcommands share: exit codes, option types, the cluster and output options, the
+settings, and the checks of arguments made before any work starts.
 
 The settings of a command are the environment's (:meth:`Settings.from_env`) with
 the command line's overrides; this is where the command line reads them.
+Every argument that can be checked without a cluster (models, coins, files) is
+checked by :func:`checked_inputs` first: a ConfigError, exit 2 in one line.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import os
 import signal
+from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 from typing import Protocol
 
-from crypto_ml.core.errors import InvalidTaskInput
+from crypto_ml.core.errors import ConfigError, DataNotFound, InvalidTaskInput
 from crypto_ml.core.settings import LOG_FORMATS, Settings
-from crypto_ml.data.loader import CryptoLoader
+from crypto_ml.data.loader import HOW_TO_GET_DATA, CryptoLoader
+from crypto_ml.data.parsing import coin_id
 from crypto_ml.models import parse_models
 from crypto_ml.models.intervals import check_levels
 
@@ -58,12 +65,20 @@ def add_cluster_options(parser: argparse.ArgumentParser) -> None:
                         help="worker processes of the embedded cluster (default: one per core)")
 
 
-def add_log_options(parser: argparse.ArgumentParser, level: str) -> None:
-    """``--log-format`` and ``--log-level`` (default ``level``)."""
+def add_log_options(parser: argparse.ArgumentParser) -> None:
+    """What stderr shows, the same for every subcommand: ``-v``, ``-q``, ``--log-level``,
+    ``--log-format``. By default: notices, progress (a bar on a terminal, a few plain
+    lines elsewhere) and the summary; ``-v`` adds a line per task, ``-q`` leaves errors only."""
     parser.add_argument("--log-format", choices=LOG_FORMATS,
-                        help="log lines as text or json (CRYPTO_ML_LOG_FORMAT, default text)")
-    parser.add_argument("--log-level", default=level, choices=("debug", "info", "warning"),
-                        help=f"how much to log ({level})")
+                        help="stderr lines as text or json (CRYPTO_ML_LOG_FORMAT, default text)")
+    loud = parser.add_mutually_exclusive_group()
+    loud.add_argument("-v", "--verbose", dest="log_level", action="store_const", const="info",
+                      help="also a line per task (same as --log-level info)")
+    loud.add_argument("-q", "--quiet", action="store_true",
+                      help="stdout only: no progress, notices or summary on stderr, "
+                      "only errors and failures")
+    loud.add_argument("--log-level", choices=("debug", "info", "warning"),
+                      help="how much crypto_ml logs besides progress and summary (warning)")
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -81,19 +96,60 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 def checked_inputs(args: argparse.Namespace, check_models: bool = True,
                    to_date: date | None = None) -> tuple[Settings, CryptoLoader]:
-    """Settings and loader for a run, failing (exit 2) at once on an unknown model or no data."""
+    """Settings and loader for a run, failing (exit 2) at once on an unknown model, no data,
+    or an unknown coin. ``args.coins`` becomes the list of coin ids (None: every coin)."""
     settings = settings_from(args)
     if check_models:
         parse_models(args.model)
     loader = CryptoLoader(settings.data_dir, to_date=to_date)
-    if not args.coins:
-        loader.get_crypto_names()
+    args.coins = resolve_coins(args.coins, known_coins(loader), loader.data_dir)
     return settings, loader
+
+
+def known_coins(loader: CryptoLoader) -> list[str]:
+    """Coin ids the data folder's files name, read from the listing (headers, not rows)."""
+    ids = loader.coin_ids()
+    if not ids:
+        raise DataNotFound(f"no price files in {loader.data_dir}; {HOW_TO_GET_DATA}")
+    return ids
+
+
+def resolve_coins(spec: str | Sequence[str] | None, known: Sequence[str],
+                  folder: Path | str = "the data folder") -> list[str] | None:
+    """``--coins`` as coin ids, in the order given, duplicates dropped; None for every coin.
+
+    Names match in any case and spacing (``Bitcoin Cash`` is ``bitcoin_cash``); a name
+    the data folder does not hold is a ConfigError naming it and the nearest ids.
+    """
+    names = coin_list(spec) if isinstance(spec, str) or spec is None else list(spec)
+    if not names:
+        return None
+    ids = list(dict.fromkeys(coin_id(name) for name in names))
+    unknown = [c for c in ids if c not in known]
+    if unknown:
+        near = dict.fromkeys(m for c in unknown for m in difflib.get_close_matches(c, known, 3))
+        hint = f"; did you mean {', '.join(near)}?" if near else ""
+        raise ConfigError(f"unknown coin(s) {', '.join(repr(c) for c in unknown)}{hint} "
+                          f"(--coins takes the file names in {folder}, in any case)")
+    return ids
 
 
 def coin_list(spec: str | None) -> list[str] | None:
     """``--coins a,b`` as a list; None for every coin."""
     return [c.strip() for c in spec.split(",") if c.strip()] if spec else None
+
+
+def check_writable(path: Path | None, option: str) -> None:
+    """A ConfigError unless ``path`` can be written: not a folder, its folder creatable."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise ConfigError(f"{option} {path} is a folder; give a file name")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {path}: cannot write in {parent}")
 
 
 class Stoppable(Protocol):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from crypto_ml.cli.options import EXIT_OK
+from crypto_ml.cli.options import EXIT_OK, add_log_options
 from crypto_ml.core.acl import check_credentials
 from crypto_ml.core.errors import ConfigError
 from crypto_ml.core.sentinel import redis_client
@@ -22,7 +22,8 @@ def add_parser(sub: Any) -> None:
     qd.add_argument("--host", default="0.0.0.0", help="address to listen on (0.0.0.0)")
     qd.add_argument("--queues", default=f"{CPU_QUEUE},{GPU_QUEUE}",
                     help="comma list of queues to report (cpu,gpu)")
-    qd.set_defaults(run=queue_depth_main, log_level="warning", log_format=None, interrupted=None)
+    add_log_options(qd)
+    qd.set_defaults(run=queue_depth_main, interrupted=None)
 
 
 def queue_depth_main(args: argparse.Namespace) -> int:

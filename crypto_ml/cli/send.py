@@ -1,8 +1,11 @@
 """``crypto-ml send-tasks`` (also ``python -m crypto_ml.manager send-tasks``): forecast and collect.
 
-Exit codes: 0 every forecast arrived; 1 some failed (the rest are still printed
-and written, each failure listed with its reason); 2 configuration error (unknown
-model, missing data, unreachable broker), reported in one line; 130 interrupted.
+stdout: one line per forecast, ``coin model [[f1 f2 ...]]`` (or ``--format json-lines``);
+stderr: progress and the summary (``-v`` a line per task, ``-q`` errors only), see
+:mod:`crypto_ml.cli.terminal`. Exit codes: 0 every forecast arrived; 1 some failed (the
+rest are still printed and written, each failure listed with its reason); 2 an argument
+or setting is wrong (unknown model or coin, missing data or file, unreachable broker),
+said in one line before any cluster starts; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -12,30 +15,38 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, TextIO, cast
+from typing import Any
 
 from crypto_ml.backtest.best import BEST, DEFAULT_CANDIDATES, forecast_best, load_saved
+from crypto_ml.backtest.engine import BacktestResult
 from crypto_ml.cli.options import (
     EXIT_FAILED,
     EXIT_OK,
     add_cluster_options,
     add_log_options,
+    check_writable,
     checked_inputs,
-    coin_list,
     levels,
     max_points,
     positive_int,
     stop_on_signals,
 )
+from crypto_ml.cli.terminal import (
+    FORMATS,
+    ForecastWriter,
+    console,
+    console_writer,
+    make_progress,
+    seconds_since_start,
+)
 from crypto_ml.core.errors import CryptoMLError
-from crypto_ml.core.logs import LogWriter
 from crypto_ml.core.settings import Settings
 from crypto_ml.data.loader import CryptoLoader
 from crypto_ml.dispatch.manager import CryptoManager
 from crypto_ml.dispatch.report import RunReport
 from crypto_ml.dispatch.summary import summarize, summary_lines
+from crypto_ml.models import parse_models
 from crypto_ml.ops.plot import plot_forecasts
-from crypto_ml.ops.progress import Progress
 
 
 def add_parser(sub: Any) -> None:
@@ -49,7 +60,7 @@ def add_parser(sub: Any) -> None:
                       help="with --model best: a backtest.json to choose from (else run one)")
     send.add_argument("--candidates", help="with --model best and no --backtest: models to "
                       "backtest and choose from (default: naive,linear,ets,theta,arima)")
-    send.add_argument("--coins", help="comma list of coin ids (default: every coin)")
+    send.add_argument("--coins", help="comma list of coin ids, any case (default: every coin)")
     send.add_argument("--horizon", type=positive_int, default=10, help="days to forecast (10)")
     send.add_argument("--max-points", type=max_points, metavar="N|all",
                       help="fit on the newest N closes, or all of them (default: each model's "
@@ -61,79 +72,98 @@ def add_parser(sub: Any) -> None:
                       help="training epochs of deep models (default: each model's own)")
     send.add_argument("--retrain", action="store_true",
                       help="train deep models even if the model store holds a fit on this data")
+    send.add_argument("--format", choices=FORMATS, default="text",
+                      help="stdout: `coin model [[f1 f2 ...]]` lines (text, the default) or one "
+                      "JSON object per forecast (json-lines)")
     send.add_argument("--output", type=Path, help="write results and failures to this JSON file")
     add_cluster_options(send)
     send.add_argument("--flower", action="store_true",
                       help="start Flower with the embedded cluster (port CRYPTO_ML_FLOWER_PORT)")
     send.add_argument("--plot", type=Path, metavar="FILE.png",
-                      help="draw each coin's recent closes and forecast(s) into this PNG")
-    add_log_options(send, "info")
+                      help="draw each coin's recent closes and forecast(s) into this PNG, "
+                      "in the order of --coins")
+    add_log_options(send)
     send.set_defaults(run=send_tasks, interrupted="queued tasks revoked, local cluster stopped")
 
 
 def send_tasks(args: argparse.Namespace) -> int:
-    """Forecast, print one line per forecast, then the summary (and --output, --plot)."""
+    """Check the arguments, forecast, print one line per forecast, then the summary (and
+    --output, --plot)."""
+    saved = checked_best(args) if args.model == BEST else None
+    check_writable(args.output, "--output")
+    check_writable(args.plot, "--plot")
     settings, loader = checked_inputs(args, check_models=args.model != BEST)
-    coins = coin_list(args.coins)
-    json_logs = settings.log_format == "json"
-    err = cast(TextIO, LogWriter(logging.getLogger("crypto_ml.manager"))) if json_logs \
-        else sys.stderr
-    progress = Progress(sys.stderr, tty=False if json_logs else None)
+    progress = make_progress(args, settings)
+    err = console_writer()
     manager = CryptoManager(loader=loader, settings=settings, err=err, observer=progress,
-                            cluster_options=flower_option(args, settings, err))
+                            cluster_options=flower_option(args, settings))
+    manager.say_failures = False  # the summary lists them
     stop_on_signals(manager)
+    show = ForecastWriter(sys.stdout, args.format)
     try:
-        report = send_best(args, manager) if args.model == BEST else manager.run(
-            args.model, coins, args.horizon, args.max_points, args.epochs, args.timeout,
-            retrain=args.retrain, levels=args.levels)
+        if args.model == BEST:
+            report = forecast_best(manager, args.coins, args.horizon,
+                                   args.candidates or DEFAULT_CANDIDATES, saved, args.max_points,
+                                   args.epochs, args.timeout, args.levels, on_result=show,
+                                   on_phase=progress.new_phase)
+        else:
+            report = manager.run(args.model, args.coins, args.horizon, args.max_points,
+                                 args.epochs, args.timeout, on_result=show,
+                                 retrain=args.retrain, levels=args.levels)
     finally:
         progress.close()
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(report.to_json(), indent=2) + "\n")
-    n_failed = sum(len(m) for m in report.failed.values())
-    n_ok = sum(len(m) for m in report.results.values())
-    print(f"{n_ok} forecast(s) arrived, {n_failed} failed, in {report.wall_seconds:.1f} s",
-          file=err)
-    show_summary(report, json_logs, err)
-    plotted = draw_plot(args.plot, report, loader, err) if args.plot else True
+    show_summary(report, seconds_since_start(), settings.log_format == "json")
+    plotted = (draw_plot(args.plot, report, loader, args.coins or loader.get_crypto_names())
+               if args.plot else True)
     return EXIT_OK if report.ok and plotted else EXIT_FAILED
 
 
-def flower_option(args: argparse.Namespace, settings: Settings, err: TextIO) -> dict[str, Any]:
+def checked_best(args: argparse.Namespace) -> BacktestResult | None:
+    """``--model best``: the saved backtest read, or the candidates checked, before any work."""
+    if args.backtest:
+        return load_saved(args.backtest)
+    parse_models(args.candidates or DEFAULT_CANDIDATES)
+    return None
+
+
+def flower_option(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """``--flower``: the embedded cluster starts Flower; with a broker, say how to run it."""
     if not args.flower:
         return {}
     if settings.broker_url:
-        print("--flower starts Flower for the embedded cluster only; for your broker run "
-              "`crypto-ml flower` (see the README's monitoring section)", file=err)
+        console.info("--flower starts Flower for the embedded cluster only; for your broker run "
+                     "`crypto-ml flower` (see the README's monitoring section)")
         return {}
     return {"flower": settings}
 
 
-def show_summary(report: RunReport, json_logs: bool, err: TextIO) -> None:
-    data = summarize(report)
+def show_summary(report: RunReport, wall_seconds: float, json_logs: bool) -> None:
+    """The summary on the console (JSON fields with --log-format json); with -q, the
+    failures alone, as warnings."""
+    data = summarize(report, wall_seconds)
     if json_logs:
         logging.getLogger("crypto_ml.summary").info("summary", extra={"fields": data})
     else:
-        print("\n".join(summary_lines(data)), file=err, flush=True)
+        for line in summary_lines(data):
+            logging.getLogger("crypto_ml.summary").info(line)
+    if not logging.getLogger("crypto_ml.summary").isEnabledFor(logging.INFO):
+        for coin, reasons in data["coins_failed"].items():
+            for model, reason in reasons.items():
+                console.warning(f"failed: {coin} {model}: {reason}")
 
 
-def draw_plot(path: Path, report: RunReport, loader: CryptoLoader, err: TextIO) -> bool:
+def draw_plot(path: Path, report: RunReport, loader: CryptoLoader, order: list[str]) -> bool:
+    """The ``--plot`` PNG, one panel per coin in ``order`` (the order of ``--coins``)."""
+    results = {c: report.results[c] for c in order if c in report.results}
     try:
-        info = plot_forecasts(report.results, {c: loader.get_df(c) for c in report.results}, path)
+        info = plot_forecasts(results, {c: loader.get_df(c) for c in results}, path)
     except (OSError, ValueError, CryptoMLError) as exc:
-        print(f"crypto-ml: plot not written: {exc}", file=err)
+        console.warning(f"crypto-ml: plot not written: {exc}")
         return False
     more = f"; left out {len(info.left_out)} coin(s): pick with --coins" if info.left_out else ""
-    print(f"plot: {path} ({len(info.panels)} panel(s), {info.size[0]}x{info.size[1]} px){more}",
-          file=err)
+    console.info(f"plot: {path} ({len(info.panels)} panel(s): {', '.join(info.panels)}; "
+                 f"{info.size[0]}x{info.size[1]} px){more}")
     return True
-
-
-def send_best(args: argparse.Namespace, manager: CryptoManager) -> RunReport:
-    """``send-tasks --model best``: the backtest given by ``--backtest``, else one run now."""
-    saved = load_saved(args.backtest) if args.backtest else None
-    return forecast_best(manager, coin_list(args.coins), args.horizon,
-                         args.candidates or DEFAULT_CANDIDATES, saved, args.max_points,
-                         args.epochs, args.timeout, args.levels)

@@ -4,6 +4,12 @@ The manager logs one line per task (:func:`log_task`: task id, coin, model,
 worker, seconds); workers log one per task too (:mod:`crypto_ml.worker.tasks`).
 Structured values travel in a record's ``fields`` attribute (``extra={"fields":
 {...}}``), which the JSON formatter merges into the object it writes.
+
+What a command says to the person running it (notices, plain progress lines, the
+summary) goes through the *console* loggers (:data:`CONSOLE_LOGGERS`): shown at
+INFO unless ``--quiet``, while the rest of crypto_ml logs at ``--log-level``
+(WARNING unless ``-v``). In ``text`` format console lines are written bare, without
+time and level; in ``json`` format they are JSON objects like every other line.
 """
 
 from __future__ import annotations
@@ -16,6 +22,9 @@ from typing import Any, TextIO
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 log = logging.getLogger("crypto_ml.manager")
+#: Loggers of what a command says to its user: shown unless --quiet, bare in text format.
+CONSOLE_LOGGERS = ("crypto_ml.console", "crypto_ml.progress", "crypto_ml.summary")
+console = logging.getLogger("crypto_ml.console")
 
 
 class JsonFormatter(logging.Formatter):
@@ -34,18 +43,33 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """:data:`TEXT_FORMAT`, except console lines, which are their message alone."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name.startswith(CONSOLE_LOGGERS) and not record.exc_info:
+            return record.getMessage()
+        return super().format(record)
+
+
 def formatter(log_format: str) -> logging.Formatter:
-    return JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+    return JsonFormatter() if log_format == "json" else TextFormatter()
 
 
-def configure(log_format: str, level: int | str, stream: TextIO) -> None:
-    """The CLI's logging: WARNING and up from everything, ``level`` from crypto_ml."""
+def configure(log_format: str, level: int | str, stream: TextIO, quiet: bool = False) -> None:
+    """The CLI's logging: WARNING and up from everything, ``level`` from crypto_ml, and the
+    console loggers at INFO (WARNING if ``quiet``: errors and failures only)."""
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter(log_format))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
     logging.getLogger("crypto_ml").setLevel(level)
+    for name in CONSOLE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.INFO)
     logging.captureWarnings(True)  # library warnings in the same format, not raw on stderr
 
 

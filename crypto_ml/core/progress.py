@@ -2,10 +2,11 @@
 
 :class:`ProgressBar` counts ``done`` and ``failed`` items of a known ``total`` and
 estimates the time left from the average rate so far. On a terminal it redraws
-one line on its stream; anywhere else it logs one line per tenth of the items
-through the ``crypto_ml.progress`` logger (so ``--log-format json`` sees them as
-JSON). The download counts coins with it; a run's forecasts are counted by its
-subclass :class:`crypto_ml.ops.progress.Progress`, which adds running and queued.
+one line on its stream; anywhere else it logs one line per quarter of the items
+(:data:`PLAIN_LINES`) through the ``crypto_ml.progress`` console logger (so
+``--log-format json`` sees them as JSON, and ``--quiet`` hides them). The download
+counts coins with it; a run's forecasts are counted by its subclass
+:class:`crypto_ml.ops.progress.Progress`, which adds running and queued.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TextIO
 
 log = logging.getLogger("crypto_ml.progress")
 DRAW_SECONDS = 0.2
+PLAIN_LINES = 4  # off a terminal: one line per quarter of the items
 
 
 def format_eta(seconds: float | None) -> str:
@@ -40,7 +42,7 @@ class ProgressBar:
         self.total = self.done = self.failed = 0
         self.drawn_at = float("-inf")
         self.shown = False
-        self.next_line = 1  # the tenth at which the next plain line is due
+        self.next_line = 1  # the quarter at which the next plain line is due
 
     @property
     def finished(self) -> int:
@@ -57,7 +59,7 @@ class ProgressBar:
                 f"{self.failed} failed, {format_eta(self.eta())}")
 
     def step(self, ok: bool = True) -> None:
-        """One more item finished (``ok`` or failed): redraw, or log at each tenth."""
+        """One more item finished (``ok`` or failed): redraw, or log at each quarter."""
         if ok:
             self.done += 1
         else:
@@ -89,9 +91,9 @@ class ProgressBar:
     def maybe_log(self) -> None:
         if not self.total:
             return
-        tenth = self.finished * 10 // self.total
-        if tenth >= self.next_line or self.finished == self.total:
-            self.next_line = tenth + 1
+        part = self.finished * PLAIN_LINES // self.total
+        if part >= self.next_line or self.finished == self.total:
+            self.next_line = part + 1
             log.info("progress: %s", self.status(),
                      extra={"fields": {"finished": self.finished, "total": self.total,
                                        "done": self.done, "failed": self.failed}})

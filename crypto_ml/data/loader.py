@@ -90,6 +90,11 @@ class CryptoLoader:
             raise DataNotFound(f"no price files in {self.data_dir}; {HOW_TO_GET_DATA}")
         return names
 
+    def coin_ids(self) -> list[str]:
+        """Sorted ids of every coin the folder's files name, from the listing and the files'
+        headers, without reading their rows (a file may still prove unreadable later)."""
+        return list(self._index())
+
     def get_df(self, name: str) -> pd.DataFrame:
         """The coin's history oldest first: ``Date`` (datetime64) and float columns."""
         key = coin_id(name)

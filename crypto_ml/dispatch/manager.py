@@ -92,6 +92,8 @@ class CryptoManager:
         self.stop_requested = threading.Event()
         self._lost: LostMessages | None = None
         self.last_report: RunReport | None = None
+        #: one ``failed:`` line on ``err`` per failure; the command line lists them in its summary
+        self.say_failures = True
 
     def _say(self, line: str) -> None:
         print(line, file=self.err, flush=True)
@@ -171,7 +173,8 @@ class CryptoManager:
         for coin, by_model in report.failed.items():
             for model, reason in by_model.items():
                 self.observer.on_done(None, coin, model, None, reason)
-                self._say(f"failed: {coin} {model}: {reason}")
+                if self.say_failures:
+                    self._say(f"failed: {coin} {model}: {reason}")
         printer = on_result or functools.partial(self._print_result, show_model=len(names) > 1)
         self.dispatch(requests, timeout, printer, report)
         report.wall_seconds = time.perf_counter() - started
@@ -314,7 +317,8 @@ class CryptoManager:
         report.add_failure(coin, model, reason)
         self.observer.on_done(task_id, coin, model, None, reason)
         log_task(task_id, coin, model, reason=reason)
-        self._say(f"failed: {coin} {model}: {reason}")
+        if self.say_failures:
+            self._say(f"failed: {coin} {model}: {reason}")
 
     def _print_result(self, result: dict[str, Any], show_model: bool = False) -> None:
         model = result["model"] if show_model else None

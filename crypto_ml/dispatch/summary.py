@@ -1,4 +1,5 @@
-"""The closing summary of a run: coins ok and failed (with reasons), fit times per model, workers.
+"""The closing summary of a run: coins ok and failed (with reasons), per model its fit times and
+the device(s) it trained on, the workers, and the run's time.
 
 :func:`summarize` turns a :class:`~crypto_ml.dispatch.report.RunReport` into plain data
 (also what ``--log-format json`` logs); :func:`summary_lines` into text lines.
@@ -12,8 +13,10 @@ from typing import Any
 from crypto_ml.dispatch.report import RunReport
 
 
-def summarize(report: RunReport) -> dict[str, Any]:
-    """``coins_ok``, ``coins_failed`` {coin: {model: reason}}, ``models``, ``workers``."""
+def summarize(report: RunReport, wall_seconds: float | None = None) -> dict[str, Any]:
+    """``coins_ok``, ``coins_failed`` {coin: {model: reason}}, ``models`` (fits, seconds,
+    ``devices`` {device: fits}), ``workers`` and ``wall_seconds`` (the report's, unless given:
+    the command line gives the whole run's)."""
     failed = {coin: dict(reasons) for coin, reasons in sorted(report.failed.items())}
     ok = sorted(set(report.results) - set(failed))
     models: dict[str, dict[str, Any]] = {}
@@ -22,27 +25,37 @@ def summarize(report: RunReport) -> dict[str, Any]:
         for model, result in by_model.items():
             seconds = float(result["fit_seconds"])
             entry = models.setdefault(model, {"fits": 0, "total_seconds": 0.0,
-                                              "slowest_coin": coin, "slowest_seconds": seconds})
+                                              "slowest_coin": coin, "slowest_seconds": seconds,
+                                              "devices": {}})
             entry["fits"] += 1
+            device = str(result.get("device") or "unknown")
+            entry["devices"][device] = entry["devices"].get(device, 0) + 1
             entry["total_seconds"] += seconds
             if seconds > entry["slowest_seconds"]:
                 entry.update(slowest_coin=coin, slowest_seconds=seconds)
             workers[result["worker"]] += 1
     return {"coins_ok": ok, "coins_failed": failed, "models": models,
-            "workers": dict(workers.most_common()), "wall_seconds": report.wall_seconds}
+            "workers": dict(workers.most_common()),
+            "wall_seconds": report.wall_seconds if wall_seconds is None else wall_seconds}
 
 
 def summary_lines(summary: dict[str, Any]) -> list[str]:
     """Human-readable lines of :func:`summarize`'s data."""
     ok, failed = summary["coins_ok"], summary["coins_failed"]
+    n_ok = sum(entry["fits"] for entry in summary["models"].values())
+    n_failed = sum(len(reasons) for reasons in failed.values())
     lines = [f"summary: {len(ok)} coin(s) ok, {len(failed)} failed, "
-             f"in {summary['wall_seconds']:.1f} s"]
+             f"in {summary['wall_seconds']:.1f} s ({n_ok} forecast(s) arrived, {n_failed} failed)"]
     for coin, reasons in failed.items():
         for model, reason in reasons.items():
-            lines.append(f"  failed {coin} {model}: {reason}")
+            lines.append(f"  failed: {coin} {model}: {reason}")
     for model, entry in summary["models"].items():
+        devices = entry.get("devices") or {}
+        on = ", ".join(name if n == entry["fits"] else f"{name} ({n})"
+                       for name, n in devices.items())
         lines.append(f"  {model}: {entry['fits']} fit(s), {entry['total_seconds']:.3f} s in all, "
-                     f"slowest {entry['slowest_coin']} {entry['slowest_seconds']:.3f} s")
+                     f"slowest {entry['slowest_coin']} {entry['slowest_seconds']:.3f} s"
+                     + (f", on {on}" if on else ""))
     if summary["workers"]:
         done_by = ", ".join(f"{name} ({n})" for name, n in summary["workers"].items())
         lines.append(f"  workers: {done_by}")

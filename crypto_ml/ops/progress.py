@@ -6,7 +6,11 @@
 forecasts; ``running`` counts the forecasts of messages whose result backend state is
 STARTED (the app tracks started tasks; a batch message carries several), read at most
 twice a second; ``queued`` is the rest. On a terminal the bar redraws in place on its
-stream (stderr); anywhere else it logs one line per tenth of the forecasts.
+stream (stderr); anywhere else it logs one line per quarter of the forecasts.
+
+A run of several dispatches on one observer (``--model best``: a backtest, then the
+forecasts) counts each as a phase of its own: :meth:`Progress.new_phase` starts the
+counts (and the ETA) afresh under a label shown before them.
 """
 
 from __future__ import annotations
@@ -33,6 +37,16 @@ class Progress(ProgressBar):
         self.app: Celery | None = None
         self.unfinished: dict[str, int] = {}  # message id: forecasts not back yet
         self.polled_at = float("-inf")
+        self.phase = ""  # e.g. "backtest": shown before the counts
+
+    def new_phase(self, label: str = "") -> None:
+        """Count from zero again (the next dispatch of a run), under ``label``."""
+        self.clear()
+        self.total = self.done = self.failed = self.running = 0
+        self.unfinished.clear()
+        self.next_line = 1
+        self.app = None
+        self.phase = label
 
     # RunObserver hooks
     def on_sent(self, app: Celery, task_id: str, coin: str, model: str) -> None:
@@ -71,7 +85,8 @@ class Progress(ProgressBar):
 
     def status(self) -> str:
         queued = max(self.total - self.finished - self.running, 0)
-        return (f"{self.finished}/{self.total} finished: {self.done} done, {self.failed} failed, "
+        label = f"{self.phase}: " if self.phase else ""
+        return (f"{label}{self.finished}/{self.total} finished: {self.done} done, {self.failed} failed, "
                 f"{self.running} running, {queued} queued, {format_eta(self.eta())}")
 
     def _count_started(self) -> int:

@@ -26,13 +26,13 @@ TASK_LINE = re.compile(r"task (\S+) ok: coin=(\S+) model=(\S+) worker=(\S+)")
 def printed_forecasts(stdout: str) -> dict[str, list[float]]:
     lines = {}
     for line in stdout.splitlines():
-        coin, array = line.split(" ", 1)
+        coin, _model, array = line.split(" ", 2)  # coin model [[f1 f2 ...]]
         lines[coin] = [float(x) for x in array.strip("[] ").split()]
     return lines
 
 
 def finished_tasks(stderr: str) -> list[tuple[str, str, str, str]]:
-    """(task id, coin, model, worker) of each forecast the manager logged as arrived."""
+    """(task id, coin, model, worker) of each forecast the manager logged as arrived (-v)."""
     return [m.groups() for m in TASK_LINE.finditer(stderr)]  # type: ignore[misc]
 
 
@@ -128,7 +128,7 @@ def test_flower_wants_its_password_and_lists_the_runs_tasks(stack: ds.Compose,
     coins = ["bitcoin", "ethereum", "litecoin", "dogecoin"]
     # one message per coin: batching off (the manager batches cheap linear fits)
     run = stack.run_manager("send-tasks", "--model", "linear", "--coins", ",".join(coins),
-                            env={"CRYPTO_ML_BATCH_SIZE": "1"})
+                            "-v", env={"CRYPTO_ML_BATCH_SIZE": "1"})  # -v: a line per task
     assert run.returncode == 0, run.stderr[-3000:]
     task_ids = {task_id for task_id, *_ in finished_tasks(run.stderr)}
     assert len(task_ids) == len(coins)

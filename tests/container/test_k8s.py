@@ -196,7 +196,7 @@ def test_worker_probes_pass_and_manager_job_completes(pods: Pods, data_dir: Path
         assert pods.exec_probe(worker, origin, probe) == 0, probe
     code, log = pods.run_to_completion("Job", "forecast", {"data": str(data_dir)}, timeout=900)
     assert code == 0, log[-3000:]
-    forecasts = [line for line in log.splitlines() if re.fullmatch(r"\S+ \[\[.*\]\]", line)]
+    forecasts = [line for line in log.splitlines() if re.fullmatch(r"\S+ \S+ \[\[.*\]\]", line)]
     coins = CryptoLoader(data_dir).get_crypto_names()
     ds.record("k8s", {"job_forecast_exit_code": code, "job_forecasts": len(forecasts)})
     assert sorted(line.split()[0] for line in forecasts) == coins

@@ -1,0 +1,86 @@
+"""What a command shows in the terminal: forecast lines on stdout, its progress, notices and
+summary on stderr, and how long the whole run took.
+
+stdout carries the forecasts only, in one format for every run (``--format``):
+
+* ``text`` (default): ``coin model [[f1 f2 ...]]``, one line per forecast, the coin's id,
+  the model that made it and the forecast as numpy prints a 1 x horizon array;
+* ``json-lines``: one JSON object per forecast, the result ``--output`` holds
+  (``coin, model, horizon, forecast, last_date, n_points, fit_seconds, worker, device``).
+
+stderr follows the rule of :func:`crypto_ml.cli.options.add_log_options`: notices,
+progress and the summary by default (the console loggers of :mod:`crypto_ml.core.logs`),
+a line per task with ``-v``, only errors and failures with ``-q``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO, cast
+
+import numpy as np
+
+from crypto_ml.core.logs import LogWriter
+from crypto_ml.core.settings import Settings
+from crypto_ml.dispatch.report import format_forecast
+from crypto_ml.ops.progress import Progress
+
+FORMATS = ("text", "json-lines")
+console = logging.getLogger("crypto_ml.console")
+_IMPORTED = time.monotonic()
+
+
+def seconds_since_start() -> float:
+    """Seconds since this process started (Linux: from /proc), else since this module loaded."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = int(fields[19])  # field 22, starttime: clock ticks after boot
+        seconds = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        seconds = -1.0
+    fallback = time.monotonic() - _IMPORTED
+    return seconds if fallback <= seconds < fallback + 3600 else fallback
+
+
+def console_writer() -> TextIO:
+    """A stream for notices that writes each line to the console logger (hidden by ``-q``)."""
+    return cast(TextIO, LogWriter(console))
+
+
+def draws_bar(args: argparse.Namespace, log_format: str | None = None) -> bool:
+    """Whether progress is a bar redrawn on stderr: a terminal, text logs, not ``-q``."""
+    log_format = log_format or getattr(args, "log_format", None) or "text"
+    return sys.stderr.isatty() and log_format != "json" and not getattr(args, "quiet", False)
+
+
+def progress_stream(args: argparse.Namespace, log_format: str | None = None) -> TextIO:
+    """Where a progress bar draws: stderr if it :func:`draws_bar`, else the console logger
+    (which a bar writes plain lines to, hidden by ``-q``)."""
+    return sys.stderr if draws_bar(args, log_format) else console_writer()
+
+
+def make_progress(args: argparse.Namespace, settings: Settings) -> Progress:
+    """The run's progress: a bar on a terminal's stderr (text logs, not ``-q``), else a few
+    plain lines through the console logger."""
+    return Progress(sys.stderr, tty=draws_bar(args, settings.log_format))
+
+
+class ForecastWriter:
+    """Writes each forecast to ``out`` as it arrives, in one of :data:`FORMATS`."""
+
+    def __init__(self, out: TextIO, fmt: str = "text") -> None:
+        self.out, self.format = out, fmt
+
+    def __call__(self, result: dict[str, Any]) -> None:
+        if self.format == "json-lines":
+            line = json.dumps(result, separators=(",", ":"), allow_nan=True)
+        else:
+            line = format_forecast(result["coin"], np.asarray(result["forecast"]),
+                                   result["model"])
+        print(line, file=self.out, flush=True)
