@@ -66,7 +66,7 @@ def checked_inputs(args: argparse.Namespace, check_models: bool = True,
     settings = settings_from(args)
     if check_models:
         parse_models(args.model)
-    loader = CryptoLoader(settings.data_dir, to_date=to_date)
+    loader = CryptoLoader(settings.data_dir, to_date=to_date, cache_dir=settings.cache_dir)
     if not args.coins:
         loader.get_crypto_names()
     return settings, loader

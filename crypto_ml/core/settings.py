@@ -8,6 +8,8 @@ The environment is read only by :meth:`Settings.from_env`, which the edges call
 Variable                                   Default                     Meaning
 ========================================  ==========================  =========================================
 ``CRYPTO_ML_DATA_DIR``                     ``data/crypto``             Folder of per-coin CSV files.
+``CRYPTO_ML_CACHE_DIR``                    ``~/.cache/crypto-ml``      Parsed price files, reused while the files are
+                                                                       unchanged (size, mtime); ``off``: no cache.
 ``CRYPTO_ML_BROKER_URL``                   (unset: embedded cluster)   Redis broker, ``redis://`` or ``rediss://``.
 ``CRYPTO_ML_RESULT_BACKEND``               the broker URL              Where task results are stored.
 ``CRYPTO_ML_SERIALIZER``                   ``msgpack``                 Wire format: ``msgpack`` (compact, fast) or ``json``.
@@ -58,6 +60,16 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _cache_dir(env: Mapping[str, str]) -> Path | None:
+    raw = env.get("CRYPTO_ML_CACHE_DIR", "").strip()
+    if raw.lower() in ("off", "none", "0", "false", "no"):
+        return None
+    if raw:
+        return Path(raw)
+    base = env.get("XDG_CACHE_HOME", "").strip() or str(Path(env.get("HOME", "~")) / ".cache")
+    return Path(base).expanduser() / "crypto-ml"
+
+
 def _valid_auth(spec: str) -> bool:
     pairs = [pair.partition(":") for pair in spec.split(",")]
     return all(user and sep and password for user, sep, password in pairs)
@@ -68,6 +80,7 @@ class Settings:
     """Configuration of one crypto-ml process; see the module docstring for each field."""
 
     data_dir: Path = DEFAULT_DATA_DIR
+    cache_dir: Path | None = None  # None: no cache (from_env defaults it to ~/.cache/crypto-ml)
     broker_url: str | None = None
     result_backend: str | None = None
     serializer: str = "msgpack"
@@ -125,6 +138,7 @@ class Settings:
         hard = _int(env, "CRYPTO_ML_HARD_TIME_LIMIT", 360)
         return cls(
             data_dir=Path(env.get("CRYPTO_ML_DATA_DIR") or DEFAULT_DATA_DIR),
+            cache_dir=_cache_dir(env),
             broker_url=env.get("CRYPTO_ML_BROKER_URL") or None,
             result_backend=env.get("CRYPTO_ML_RESULT_BACKEND") or None,
             serializer=env.get("CRYPTO_ML_SERIALIZER", "msgpack").strip() or "msgpack",

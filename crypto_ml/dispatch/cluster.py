@@ -29,7 +29,7 @@ import redis
 from crypto_ml.core.errors import ConfigError
 from crypto_ml.core.settings import Settings
 from crypto_ml.ops.flower import FlowerProcess
-from crypto_ml.ops.processes import free_port, spawn, terminate, wait_until
+from crypto_ml.ops.processes import free_port, kill_all, spawn, terminate, wait_until
 from crypto_ml.worker.app import create_app
 
 READY_TIMEOUT = 60.0
@@ -67,6 +67,7 @@ class LocalCluster:
         self.workers: list[Popen[bytes]] = []
         self.worker_names: list[str] = []
         self.startup_seconds = 0.0
+        self._started_at = 0.0
         self.flower_settings = flower  # its port, address and auth; the broker is ours
         self.flower: FlowerProcess | None = None
 
@@ -143,7 +144,9 @@ class LocalCluster:
         waiting = set(self.worker_names)
 
         def all_answered() -> bool:
-            replies = app.control.ping(destination=sorted(waiting), timeout=0.3)  # type: ignore[attr-defined]
+            # limit: return as soon as every awaited worker answered, not after the full timeout
+            replies = app.control.ping(destination=sorted(waiting), timeout=0.3,  # type: ignore[attr-defined]
+                                       limit=len(waiting))
             for reply in replies:
                 waiting.difference_update(reply)
             return not waiting
@@ -160,13 +163,24 @@ class LocalCluster:
             settings = self.flower_settings.with_broker(self.broker_url)
             self.flower = FlowerProcess(settings, self.workdir / "flower.log", self.env).start()
 
+    def launch(self) -> LocalCluster:
+        """Start Redis (ready) and spawn the workers (and Flower) without waiting for them,
+        so the caller can load data meanwhile; :meth:`start` then waits. Stops all on failure."""
+        if self.redis is None:
+            self._started_at = time.perf_counter()
+            try:
+                self.start_redis()
+                self.start_workers()
+                self.start_flower()
+            except BaseException:
+                self.stop(keep_logs=True)
+                raise
+        return self
+
     def start(self) -> LocalCluster:
         """Start Redis, workers (and Flower), wait until all are ready; stops all on failure."""
-        started = time.perf_counter()
+        self.launch()
         try:
-            self.start_redis()
-            self.start_workers()
-            self.start_flower()
             app = create_app(Settings().with_broker(self.broker_url))
             self.wait_for_workers(app)
             if self.flower:
@@ -174,17 +188,25 @@ class LocalCluster:
         except BaseException:
             self.stop(keep_logs=True)
             raise
-        self.startup_seconds = time.perf_counter() - started
+        self.startup_seconds = time.perf_counter() - self._started_at
         return self
 
-    def stop(self, keep_logs: bool = False, graceful: bool = True) -> None:
+    def stop(self, keep_logs: bool = False, graceful: bool = True, idle: bool = False) -> None:
         """Stop Flower and the workers, then Redis; remove the work folder.
 
         Graceful is Celery's warm shutdown (running tasks finish); otherwise a cold
-        shutdown (SIGQUIT) abandons them, as after Ctrl-C.
+        shutdown (SIGQUIT) abandons them, as after Ctrl-C. ``idle`` says nothing is
+        running or queued (every result is in): then every process group is killed at
+        once, as there is nothing to finish or keep (a warm shutdown takes seconds).
         """
         if self.flower is not None:
             self.flower.stop()
+        if idle:
+            procs = [*self.workers, *([self.redis] if self.redis is not None else [])]
+            kill_all(procs)
+            if not keep_logs:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+            return
         sig = signal.SIGTERM if graceful else signal.SIGQUIT
         for proc in self.workers:  # all at once, so they shut down in parallel
             if proc.poll() is None:
