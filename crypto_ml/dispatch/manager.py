@@ -119,18 +119,17 @@ class CryptoManager:
                   "--broker redis://HOST:6379/0 to use your own cluster")
         return cluster.launch()
 
-    @contextlib.contextmanager
-    def _starting_early(self) -> Iterator[None]:
-        """With no app and no broker: start the embedded cluster now, so that Redis and the
+    def _launch_early(self) -> None:
+        """With no app and no broker: spawn the embedded cluster now, so that Redis and the
         workers start while the data loads (:meth:`connected` then waits for them)."""
-        if self.app is None and not self.settings.broker_url:
+        if self.app is None and not self.settings.broker_url and self._launched is None:
             self._launched = self._launch()
-        try:
-            yield
-        finally:
-            if self._launched is not None:  # never used (nothing to send, or an error)
-                self._launched.stop(idle=True)
-                self._launched = None
+
+    def _drop_launched(self) -> None:
+        """Stop an early-launched cluster that no dispatch used (nothing to send, an error)."""
+        if self._launched is not None:
+            self._launched.stop(idle=True)
+            self._launched = None
 
     def build_requests(self, models: list[str], coins: Sequence[str] | None, horizon: int,
                        max_points: int | None, params: dict[str, Any],
@@ -167,15 +166,18 @@ class CryptoManager:
         report = RunReport()
         started = time.perf_counter()
         params = {} if epochs is None else {"epochs": epochs}  # None: each model's default
-        with self._starting_early():
+        self._launch_early()  # Redis and the workers start while the data loads
+        try:
             requests = self.build_requests(names, coins, horizon, max_points, params, report)
-            for coin, by_model in report.failed.items():
-                for model, reason in by_model.items():
-                    self.observer.on_done(None, coin, model, None, reason)
-                    self._say(f"failed: {coin} {model}: {reason}")
-            printer = on_result or functools.partial(self._print_result,
-                                                     show_model=len(names) > 1)
-            self.dispatch(requests, timeout, printer, report)
+        except BaseException:
+            self._drop_launched()
+            raise
+        for coin, by_model in report.failed.items():
+            for model, reason in by_model.items():
+                self.observer.on_done(None, coin, model, None, reason)
+                self._say(f"failed: {coin} {model}: {reason}")
+        printer = on_result or functools.partial(self._print_result, show_model=len(names) > 1)
+        self.dispatch(requests, timeout, printer, report)
         report.wall_seconds = time.perf_counter() - started
         self.last_report = report
         return report
@@ -198,9 +200,12 @@ class CryptoManager:
                  report: RunReport | None = None) -> RunReport:
         """Send prepared requests and collect them into ``report`` (a new one by default)."""
         report = RunReport() if report is None else report
-        if requests:
-            with self.connected() as app:
-                self._dispatch_and_collect(app, requests, report, timeout, on_result)
+        try:
+            if requests:
+                with self.connected() as app:
+                    self._dispatch_and_collect(app, requests, report, timeout, on_result)
+        finally:
+            self._drop_launched()
         return report
 
     def _dispatch_and_collect(self, app: Celery, requests: list[ForecastRequest],

@@ -124,13 +124,6 @@ def default_app() -> Celery:
 
 
 @signals.worker_init.connect
-def _import_cheap_models(**_: Any) -> None:
-    """Import scikit-learn once in the worker parent, so every forked pool process has it
-    (the CLI imports it lazily; the first linear task would otherwise pay ~1 s)."""
-    import sklearn.linear_model  # noqa: F401  (lazy: only worker parents pay for it)
-
-
-@signals.worker_init.connect
 def _share_cores(sender: Any = None, **_: Any) -> None:
     """Before the pool forks, give each child an equal share of the cores for its math threads
     (variables already set, e.g. by the worker container's entry point, win)."""
