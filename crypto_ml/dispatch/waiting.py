@@ -15,6 +15,7 @@ cores the workers train on (issue 13).
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -23,6 +24,17 @@ from celery import Celery, states
 SWEEP_SECONDS = 2.0
 WAKE_SECONDS = 0.1  # on_interval runs at least this often while nothing arrives
 CHUNK = 1000  # keys per SUBSCRIBE / MGET command
+
+# One subscriber connection per result backend, kept between waits: a new one per wait
+# costs a connect and an AUTH (about half of a one-coin round trip when it was done so).
+_SUBSCRIBERS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def _subscriber(backend: Any) -> Any:
+    pubsub = _SUBSCRIBERS.get(backend)
+    if pubsub is None:
+        pubsub = _SUBSCRIBERS[backend] = backend.client.pubsub(ignore_subscribe_messages=True)
+    return pubsub
 
 
 def _chunks(items: list[bytes], size: int = CHUNK) -> Iterator[list[bytes]]:
@@ -61,9 +73,11 @@ class ResultWaiter:
         """Every pending task's result; TimeoutError when ``timeout`` s pass first.
         Redis connection errors propagate (the caller waits for the backend and calls again)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        pubsub = self.backend.client.pubsub(ignore_subscribe_messages=True)
+        pubsub = _subscriber(self.backend)
+        subscribed = list(self.keys)
+        clean = False
         try:
-            for chunk in _chunks(list(self.keys)):
+            for chunk in _chunks(subscribed):
                 pubsub.subscribe(*chunk)
             yield from self._sweep()
             next_sweep = time.monotonic() + SWEEP_SECONDS
@@ -86,5 +100,11 @@ class ResultWaiter:
                     next_sweep = time.monotonic() + SWEEP_SECONDS
                 if on_interval is not None:
                     on_interval()
+            clean = True
         finally:
-            pubsub.close()
+            if clean:  # leave the connection subscribed to nothing, for the next wait
+                for chunk in _chunks(subscribed):
+                    pubsub.unsubscribe(*chunk)
+            else:  # an error or an interrupted wait: start afresh next time
+                _SUBSCRIBERS.pop(self.backend, None)
+                pubsub.close()

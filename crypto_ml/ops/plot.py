@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-
 from crypto_ml.models import REGISTRY
 
 if TYPE_CHECKING:
