@@ -4,6 +4,7 @@
     python bench/run.py --smoke        # seconds-long check that the harness works (run by the tests)
     python bench/run.py --only dispatch,jobs
     python bench/run.py --only command,small   # issue 13's whole-command and small-run ratios
+    python bench/run.py --only curve           # 100 / 1,000 / 10,000 series, 1 and 2 workers + PNG
 
 Writes bench/results/<name>.json and .md (override with --out) and appends one line per run
 (time, commit, load average, every figure) to history.tsv there. Start it on an otherwise idle
@@ -26,7 +27,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import peers, whole  # noqa: E402
+from bench import curve, peers, whole  # noqa: E402
 from crypto_ml.core.settings import Settings  # noqa: E402
 from crypto_ml.data.loader import CryptoLoader  # noqa: E402
 from crypto_ml.dispatch.cluster import LocalCluster  # noqa: E402
@@ -160,6 +161,7 @@ BENCHES: dict[str, Callable[[CryptoLoader, list[str], bool], dict[str, Any]]] = 
     "small": whole.bench_small,
     "dispatch": bench_dispatch,
     "jobs": bench_jobs,
+    "curve": curve.bench_curve,
 }
 
 
@@ -224,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.out / f"{stem}.md").write_text(markdown(results))
+    if "curve" in results["benchmarks"]:
+        curve.plot(results["benchmarks"]["curve"], args.out / f"{stem}_curve.png")
     with (args.out / "history.tsv").open("a") as history:  # a regression shows as a line
         history.write(history_line(results, stem))
     print(markdown(results))
