@@ -7,7 +7,8 @@ file of the folder has the size and modification time (ns) it had when the cache
 written, and no file was added or removed; anything else means a full re-parse, after
 which the cache is rewritten (atomically: written aside, then renamed). Files that
 were skipped (not a price series) are remembered with their reason, so the loader
-warns about them as it would have. Only folders of per-coin files are cached.
+warns about them as it would have. Only folders of per-coin files are cached, and only the
+``KEEP`` most recently written folders' caches are kept.
 
 The format is plain ``np.savez``: ``dates`` (int64 ns), ``values`` (rows x 6 float64,
 NaN where missing) and ``meta`` (UTF-8 JSON as uint8); it is loaded with
@@ -30,6 +31,7 @@ VERSION = 1
 SUFFIXES = (".csv", ".parquet", ".pq")
 COLUMNS = ("Open", "High", "Low", "Close", "Volume", "Market Cap")
 Listing = dict[str, tuple[int, int]]  # file name -> (size, mtime_ns)
+KEEP = 16  # caches of this many folders are kept; older ones are removed when one is written
 
 
 @dataclass(frozen=True)
@@ -111,3 +113,6 @@ def write(path: Path, files: Listing, folder: Folder) -> None:
                      values=np.concatenate(values) if values else np.zeros((0, len(COLUMNS))),
                      meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
         os.replace(tmp, path)
+        caches = sorted(path.parent.glob("prices-*.npz"), key=lambda p: p.stat().st_mtime)
+        for old in caches[:-KEEP]:
+            old.unlink(missing_ok=True)
