@@ -122,7 +122,8 @@ class LocalCluster:
         return f"exited with code {proc.returncode}: " + " | ".join(tail)
 
     def worker_command(self, name: str) -> list[str]:
-        return [sys.executable, "-m", "celery", "-A", "crypto_ml", "worker",
+        # celery -A crypto_ml worker, without the celery command's plugins (see the module)
+        return [sys.executable, "-m", "crypto_ml.worker.launch",
                 "--hostname", name, "--concurrency", "1", "--queues", ",".join(self.queues),
                 "--loglevel", self.loglevel, "--without-mingle", "--without-gossip",
                 *self.extra_worker_args]
