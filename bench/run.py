@@ -3,8 +3,11 @@
     python bench/run.py                # all benchmarks on the shared data (about 15 min, 2 cores)
     python bench/run.py --smoke        # seconds-long check that the harness works (run by the tests)
     python bench/run.py --only dispatch,jobs
+    python bench/run.py --only command,small   # issue 13's whole-command and small-run ratios
+    python bench/run.py --only curve           # 100 / 1,000 / 10,000 series, 1 and 2 workers + PNG
 
-Writes bench/results/<name>.json and .md (override with --out). Start it on an otherwise idle
+Writes bench/results/<name>.json and .md (override with --out) and appends one line per run
+(time, commit, load average, every figure) to history.tsv there. Start it on an otherwise idle
 machine: the in-process and cluster sides share the same cores.
 """
 
@@ -14,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -23,7 +27,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import peers  # noqa: E402
+from bench import curve, peers, whole  # noqa: E402
 from crypto_ml.core.settings import Settings  # noqa: E402
 from crypto_ml.data.loader import CryptoLoader  # noqa: E402
 from crypto_ml.dispatch.cluster import LocalCluster  # noqa: E402
@@ -149,11 +153,39 @@ def bench_jobs(loader: CryptoLoader, coins: list[str], smoke: bool) -> dict[str,
     return out
 
 
+def bench_command(loader: CryptoLoader, coins: list[str], smoke: bool) -> dict[str, Any]:
+    return whole.bench_command(loader.data_dir, runs=1 if smoke else 3)
+
+
 BENCHES: dict[str, Callable[[CryptoLoader, list[str], bool], dict[str, Any]]] = {
     "startup": bench_startup,
+    "command": bench_command,
+    "small": whole.bench_small,
     "dispatch": bench_dispatch,
     "jobs": bench_jobs,
+    "curve": curve.bench_curve,
 }
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                              capture_output=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def history_line(results: dict[str, Any], stem: str) -> str:
+    """One line per run: when, which commit, the load, and every figure (key=value)."""
+    figures = []
+    for bench, values in results["benchmarks"].items():
+        for key, value in values.items():
+            if isinstance(value, dict):
+                figures += [f"{bench}.{key}.{k}={v}" for k, v in value.items()]
+            else:
+                figures.append(f"{bench}.{key}={value}")
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return f"{stamp}\t{commit()}\t{stem}\tload={os.getloadavg()[0]:.1f}\t{' '.join(figures)}\n"
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -178,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--name", default=None, help="file name stem (default: full or smoke)")
     args = parser.parse_args(argv)
-    loader = CryptoLoader(args.data_dir)
+    loader = CryptoLoader(args.data_dir, cache_dir=Settings.from_env().cache_dir)
     coins = loader.get_crypto_names()
     if args.smoke:
         coins = [c for c in coins if len(loader.get_df(c)) > 60][:4]
@@ -196,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.out / f"{stem}.md").write_text(markdown(results))
+    if "curve" in results["benchmarks"]:
+        curve.plot(results["benchmarks"]["curve"], args.out / f"{stem}_curve.png")
+    with (args.out / "history.tsv").open("a") as history:  # a regression shows as a line
+        history.write(history_line(results, stem))
     print(markdown(results))
     return 0
 

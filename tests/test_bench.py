@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 
 def test_bench_smoke_writes_ratios(price_data: Path, tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, "bench/run.py", "--smoke", "--data-dir", str(price_data),
-                          "--out", str(tmp_path), "--only", "startup,dispatch"],
+                          "--out", str(tmp_path), "--only", "startup,dispatch,small"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     results = json.loads((tmp_path / "smoke.json").read_text())
@@ -23,3 +23,7 @@ def test_bench_smoke_writes_ratios(price_data: Path, tmp_path: Path) -> None:
     assert dispatch["forecasts"] > 0 and dispatch["overhead_1w"] > 0
     assert results["benchmarks"]["startup"]["embedded_startup_seconds"] > 0
     assert "| dispatch | overhead_1w |" in (tmp_path / "smoke.md").read_text()
+    small = results["benchmarks"]["small"]
+    assert small["overhead"] > 0 and small["one_coin_p50_ms"] > 0
+    history = (tmp_path / "history.tsv").read_text().splitlines()
+    assert len(history) == 1 and "small.one_coin_p50_ms=" in history[0]

@@ -137,3 +137,51 @@ def test_missing_or_empty_data_dir_says_how_to_get_data(tmp_path: Path) -> None:
 def test_coin_id() -> None:
     assert coin_id("Bitcoin Cash") == "bitcoin_cash"
     assert coin_id("I-O Coin") == "i-o_coin"
+
+
+# --- the cache of parsed files -----------------------------------------------------------------
+
+
+def quirky_folder(folder: Path) -> Path:
+    folder.mkdir()
+    write(folder, "Dup.csv", HEADER + "\n" + "\n".join([
+        '"Jan 03, 2017",1,1,1,3,1,1', '"not a date",1,1,1,9,1,1', '"June 2, 2017",1,1,1,"1,002",-,1',
+        '"Jan 01, 2017",1,1,1,-,1,1', "42093,1,1,1,4,1,1"]) + "\n")
+    write(folder, "Some Coin.csv", "\ufeffClose,date\r\n\"1,200.5\",\"Jan 02, 2017\"\r\n")
+    write(folder, "100 List.csv", "#,Name,Market Cap,Price\n1,Bitcoin,$1,$2\n")
+    return folder
+
+
+def test_the_cache_serves_what_parsing_gives_and_warns_the_same(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    data, cache = quirky_folder(tmp_path / "data"), tmp_path / "cache"
+    plain = CryptoLoader(data)
+    first = CryptoLoader(data, cache_dir=cache)
+    assert first.get_crypto_names() == plain.get_crypto_names() == ["dup", "some_coin"]
+    assert list(cache.iterdir())  # written
+    caplog.set_level(logging.WARNING)
+    caplog.clear()
+    again = CryptoLoader(data, cache_dir=cache, max_points=3)
+    assert again.get_crypto_names() == ["dup", "some_coin"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("100 List.csv" in m for m in messages) == 1
+    for coin in ("dup", "some_coin"):
+        pd.testing.assert_frame_equal(again.get_df(coin), CryptoLoader(data, max_points=3)
+                                      .get_df(coin))
+        dates, closes = again.get_closes(coin)
+        frame = CryptoLoader(data, max_points=3).get_df(coin).dropna(subset=["Close"])
+        assert closes.tolist() == frame["Close"].tolist()
+        assert list(dates) == list(frame["Date"].to_numpy())
+    assert any("Dup.csv: dropped 1 unparseable rows" in r.getMessage() for r in caplog.records)
+    with pytest.raises(CoinNotFound):
+        again.get_df("dupp")
+
+
+def test_a_changed_or_added_file_is_parsed_again(tmp_path: Path) -> None:
+    data, cache = quirky_folder(tmp_path / "data"), tmp_path / "cache"
+    assert CryptoLoader(data, cache_dir=cache).get_prices("some_coin").tolist() == [1200.5]
+    write(data, "Some Coin.csv", "Close,date\n7,\"Jan 02, 2017\"\n8,\"Jan 03, 2017\"\n")
+    write(data, "New.csv", f'{HEADER}\n"Jan 01, 2017",1,1,1,5,1,1\n')
+    fresh = CryptoLoader(data, cache_dir=cache)
+    assert fresh.get_prices("some_coin").tolist() == [7.0, 8.0]
+    assert fresh.get_crypto_names() == ["dup", "new", "some_coin"]

@@ -30,11 +30,11 @@ Subcommand         What it does                              Module
 from __future__ import annotations
 
 import argparse
+import importlib
 import signal
 import sys
 from collections.abc import Callable, Sequence
 
-from crypto_ml.cli import acl, backtest, cluster, data, flower, queue_depth, send
 from crypto_ml.cli.options import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from crypto_ml.core.errors import ConfigError, CryptoMLError
 from crypto_ml.core.logs import configure as configure_logging
@@ -44,13 +44,22 @@ __all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "build_p
            "main"]
 
 
-def build_parser(prog: str = "crypto-ml") -> argparse.ArgumentParser:
+#: Subcommand -> the module that defines it (``add_parser``); imported only when needed.
+COMMANDS = {"send-tasks": "send", "backtest": "backtest", "data": "data", "cluster": "cluster",
+            "flower": "flower", "queue-depth": "queue_depth", "acl": "acl"}
+
+
+def build_parser(prog: str = "crypto-ml", only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every subcommand, or of ``only`` (a start-up of one command imports one
+    subcommand's module, not the whole package: ``send-tasks`` starts without pandas)."""
     parser = argparse.ArgumentParser(
         prog=prog, description="Distributed price forecasts: dispatch them to Celery workers "
         "and collect them, backtest models, get data, run a local cluster and its tools.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for command in (send, backtest, data, cluster, flower, queue_depth, acl):
-        command.add_parser(sub)
+    for command, module in COMMANDS.items():
+        if only in (None, command):
+            # lazy by design (CLI start-up speed): import only the subcommand being run
+            importlib.import_module(f"crypto_ml.cli.{module}").add_parser(sub)
     return parser
 
 
@@ -115,8 +124,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "crypto-ml") -> int:
-    parser = build_parser(prog)
-    args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else list(argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    first = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(prog, first if first in COMMANDS else None)
+    args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "pass_through", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra

@@ -101,7 +101,7 @@ def checked_inputs(args: argparse.Namespace, check_models: bool = True,
     settings = settings_from(args)
     if check_models:
         parse_models(args.model)
-    loader = CryptoLoader(settings.data_dir, to_date=to_date)
+    loader = CryptoLoader(settings.data_dir, to_date=to_date, cache_dir=settings.cache_dir)
     args.coins = resolve_coins(args.coins, known_coins(loader), loader.data_dir)
     return settings, loader
 

@@ -8,6 +8,8 @@ The environment is read only by :meth:`Settings.from_env`, which the edges call
 Variable                                   Default                     Meaning
 ========================================  ==========================  =========================================
 ``CRYPTO_ML_DATA_DIR``                     ``data/crypto``             Folder of per-coin CSV files.
+``CRYPTO_ML_CACHE_DIR``                    ``~/.cache/crypto-ml``      Parsed price files, reused while the files are
+                                                                       unchanged (size, mtime); ``off``: no cache.
 ``CRYPTO_ML_BROKER_URL``                   (unset: embedded cluster)   Redis broker: ``redis://``, ``rediss://`` or
                                                                        ``sentinel://h1:26379;sentinel://h2:26379``, with
                                                                        the Redis user of this process's role:
@@ -32,6 +34,8 @@ Variable                                   Default                     Meaning
 ``CRYPTO_ML_MAX_BATCH``                    ``1000``                    Largest batch a worker accepts.
 ``CRYPTO_ML_PRELOAD_KERAS``                ``0``                       1: each pool process loads Keras and builds the
                                                                        networks when it starts, not at its first deep task.
+``CRYPTO_ML_PRELOAD_STATISTICAL``          ``0``                       1: each worker compiles ets/theta/arima (numba) at
+                                                                       start, not at its first such task (4-9 s).
 ``CRYPTO_ML_WORKERS``                      number of CPU cores         Worker processes of the embedded cluster.
 ``CRYPTO_ML_FLOWER_PORT``                  ``5555``                    Port of the Flower we start.
 ``CRYPTO_ML_FLOWER_ADDRESS``               ``127.0.0.1``               Flower's address; others need auth.
@@ -74,6 +78,16 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _cache_dir(env: Mapping[str, str]) -> Path | None:
+    raw = env.get("CRYPTO_ML_CACHE_DIR", "").strip()
+    if raw.lower() in ("off", "none", "0", "false", "no"):
+        return None
+    if raw:
+        return Path(raw)
+    base = env.get("XDG_CACHE_HOME", "").strip() or str(Path(env.get("HOME", "~")) / ".cache")
+    return Path(base).expanduser() / "crypto-ml"
+
+
 def _valid_auth(spec: str) -> bool:
     pairs = [pair.partition(":") for pair in spec.split(",")]
     return all(user and sep and password for user, sep, password in pairs)
@@ -84,6 +98,7 @@ class Settings:
     """Configuration of one crypto-ml process; see the module docstring for each field."""
 
     data_dir: Path = DEFAULT_DATA_DIR
+    cache_dir: Path | None = None  # None: no cache (from_env defaults it to ~/.cache/crypto-ml)
     broker_url: str | None = None
     result_backend: str | None = None
     sentinel_master: str = "mymaster"
@@ -101,6 +116,7 @@ class Settings:
     batch_size: int = 64
     max_batch: int = 1000
     preload_keras: bool = False
+    preload_statistical: bool = False
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     flower_port: int = 5555
     flower_address: str = "127.0.0.1"
@@ -153,6 +169,7 @@ class Settings:
         hard = _int(env, "CRYPTO_ML_HARD_TIME_LIMIT", 360)
         return cls(
             data_dir=Path(env.get("CRYPTO_ML_DATA_DIR") or DEFAULT_DATA_DIR),
+            cache_dir=_cache_dir(env),
             broker_url=env.get("CRYPTO_ML_BROKER_URL") or None,
             result_backend=env.get("CRYPTO_ML_RESULT_BACKEND") or None,
             sentinel_master=env.get("CRYPTO_ML_SENTINEL_MASTER", "").strip() or "mymaster",
@@ -170,6 +187,8 @@ class Settings:
             batch_size=_int(env, "CRYPTO_ML_BATCH_SIZE", 64),
             max_batch=_int(env, "CRYPTO_ML_MAX_BATCH", 1000),
             preload_keras=env.get("CRYPTO_ML_PRELOAD_KERAS", "0").strip().lower() in TRUE,
+            preload_statistical=env.get("CRYPTO_ML_PRELOAD_STATISTICAL", "0").strip().lower()
+            in TRUE,
             workers=_int(env, "CRYPTO_ML_WORKERS", os.cpu_count() or 1),
             flower_port=_int(env, "CRYPTO_ML_FLOWER_PORT", 5555),
             flower_address=env.get("CRYPTO_ML_FLOWER_ADDRESS", "").strip() or "127.0.0.1",

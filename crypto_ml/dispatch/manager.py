@@ -23,7 +23,6 @@ from typing import Any, TextIO
 import numpy as np
 import redis
 from celery import Celery
-from celery.exceptions import TimeoutError as CeleryTimeoutError
 from kombu.utils.url import maybe_sanitize_url
 
 from crypto_ml.core.acl import auth_failure
@@ -36,6 +35,7 @@ from crypto_ml.dispatch.cluster import LocalCluster
 from crypto_ml.dispatch.lost import LostMessages
 from crypto_ml.dispatch.planning import Message, plan_messages
 from crypto_ml.dispatch.report import NullObserver, RunObserver, RunReport, format_forecast
+from crypto_ml.dispatch.waiting import ResultWaiter
 from crypto_ml.models import PARAMS, default_max_points, parse_models
 from crypto_ml.models.intervals import DEFAULT_LEVELS, check_levels
 from crypto_ml.ops.flower import send_options
@@ -45,8 +45,6 @@ from crypto_ml.worker.requests import ForecastRequest
 
 DEFAULT_TIMEOUT = 3600.0
 RECONNECT_PAUSE = 1.0
-FIRST_POLL_SECONDS = 0.005  # a small run's results are read within milliseconds of arriving
-POLL_SECONDS_PER_TASK = 5e-5
 PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2}
 
 
@@ -85,7 +83,8 @@ class CryptoManager:
         self.observer: RunObserver = observer or NullObserver()
         self.cluster_options = dict(cluster_options or {})  # e.g. flower=Settings(...)
         self.settings = settings or Settings()  # defaults only: the edges read the environment
-        self.loader = loader or CryptoLoader(self.settings.data_dir)
+        self.loader = loader or CryptoLoader(self.settings.data_dir,
+                                                cache_dir=self.settings.cache_dir)
         self.app = app
         self.out = out or sys.stdout
         self.err = err or sys.stderr
@@ -94,6 +93,8 @@ class CryptoManager:
         self.last_report: RunReport | None = None
         #: one ``failed:`` line on ``err`` per failure; the command line lists them in its summary
         self.say_failures = True
+        self._launched: LocalCluster | None = None  # embedded cluster starting while data loads
+        self._idle = False  # the last dispatch left nothing running or queued
 
     def _say(self, line: str) -> None:
         print(line, file=self.err, flush=True)
@@ -110,14 +111,37 @@ class CryptoManager:
                 check_broker(self.settings.backend_url or "", self.settings)
             yield create_app(self.settings)
             return
+        cluster, self._launched = self._launched or self._launch(), None
+        self._idle = False
+        try:
+            cluster.start()
+            if cluster.flower_url:
+                self._say(f"flower: {cluster.flower_url} (stops when this run ends)")
+            yield create_app(self.settings.with_broker(cluster.broker_url))
+        except BaseException as exc:
+            cluster.stop(graceful=not isinstance(exc, KeyboardInterrupt))
+            raise
+        cluster.stop(idle=self._idle)  # every result in: no warm shutdown to wait out
+
+    def _launch(self) -> LocalCluster:
+        """Spawn the embedded cluster's processes (not waiting for them to be ready)."""
         cluster = LocalCluster(workers=self.settings.workers, **self.cluster_options)
         self._say(f"no broker configured: running embedded (local redis-server + "
                   f"{cluster.n_workers} celery worker(s)); set CRYPTO_ML_BROKER_URL or "
                   "--broker redis://HOST:6379/0 to use your own cluster")
-        with cluster:
-            if cluster.flower_url:
-                self._say(f"flower: {cluster.flower_url} (stops when this run ends)")
-            yield create_app(self.settings.with_broker(cluster.url_for("manager")))
+        return cluster.launch()
+
+    def _launch_early(self) -> None:
+        """With no app and no broker: spawn the embedded cluster now, so that Redis and the
+        workers start while the data loads (:meth:`connected` then waits for them)."""
+        if self.app is None and not self.settings.broker_url and self._launched is None:
+            self._launched = self._launch()
+
+    def _drop_launched(self) -> None:
+        """Stop an early-launched cluster that no dispatch used (nothing to send, an error)."""
+        if self._launched is not None:
+            self._launched.stop(idle=True)
+            self._launched = None
 
     def build_requests(self, models: list[str], coins: Sequence[str] | None, horizon: int,
                        max_points: int | None, params: dict[str, Any],
@@ -134,15 +158,14 @@ class CryptoManager:
         requests = []
         for coin in names:
             try:
-                frame = self.loader.get_df(coin).dropna(subset=["Close"])
+                dates, closes = self.loader.get_closes(coin)
             except CryptoMLError as exc:
                 for model in models:
                     report.add_failure(coin, model, f"{type(exc).__name__}: {exc}")
                 continue
-            closes = frame["Close"].astype(float).tolist()
-            last = frame["Date"].iloc[-1].date().isoformat() if len(frame) else None
+            last = str(dates[-1].astype("datetime64[D]")) if len(dates) else None
             for model in models:
-                prices = closes[-windows[model]:] if windows[model] else closes
+                prices = (closes[-windows[model]:] if windows[model] else closes).tolist()
                 accepted = {k: v for k, v in params.items() if k in PARAMS[model]}
                 requests.append(ForecastRequest(coin, model, prices, horizon, last, accepted,
                                                 levels, retrain))
@@ -168,8 +191,13 @@ class CryptoManager:
         report = RunReport()
         started = time.perf_counter()
         params = {} if epochs is None else {"epochs": epochs}  # None: each model's default
-        requests = self.build_requests(names, coins, horizon, max_points, params, report,
-                                       retrain=retrain, levels=levels)
+        self._launch_early()  # Redis and the workers start while the data loads
+        try:
+            requests = self.build_requests(names, coins, horizon, max_points, params, report,
+                                           retrain=retrain, levels=levels)
+        except BaseException:
+            self._drop_launched()
+            raise
         for coin, by_model in report.failed.items():
             for model, reason in by_model.items():
                 self.observer.on_done(None, coin, model, None, reason)
@@ -199,9 +227,12 @@ class CryptoManager:
                  report: RunReport | None = None) -> RunReport:
         """Send prepared requests and collect them into ``report`` (a new one by default)."""
         report = RunReport() if report is None else report
-        if requests:
-            with self.connected() as app:
-                self._dispatch_and_collect(app, requests, report, timeout, on_result)
+        try:
+            if requests:
+                with self.connected() as app:
+                    self._dispatch_and_collect(app, requests, report, timeout, on_result)
+        finally:
+            self._drop_launched()
         return report
 
     def _dispatch_and_collect(self, app: Celery, requests: list[ForecastRequest],
@@ -241,6 +272,7 @@ class CryptoManager:
                                f"no result within {timeout:g} s (--timeout)", task_id)
         finally:
             self._lost = None
+            self._idle = not pending
             if pending:  # timed out or interrupted: do not leave work queued for nobody
                 app.control.revoke(list(pending))
             if sent_ids:  # results were read: free the backend now instead of at expiry
@@ -276,14 +308,9 @@ class CryptoManager:
         warned = False
         while pending:
             left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
-            # each poll reads every pending key: poll big runs less often
-            interval = min(0.5, FIRST_POLL_SECONDS + len(pending) * POLL_SECONDS_PER_TASK)
-            try:
-                yield from app.backend.get_many(set(pending), timeout=left, interval=interval,
-                                                on_interval=self._tick)
+            try:  # blocks on pub/sub: waiting costs the workers' cores nothing
+                yield from ResultWaiter(app, list(pending)).wait(left, on_interval=self._tick)
                 return
-            except CeleryTimeoutError as exc:  # not the builtin TimeoutError
-                raise TimeoutError(str(exc)) from None
             except app.backend.connection_errors as exc:
                 if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError("the result backend stayed unreachable") from exc

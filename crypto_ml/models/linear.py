@@ -1,12 +1,11 @@
 """The trend line the product was first demonstrated with.
 
-scikit-learn ``LinearRegression`` of the close on the day index t = 0..n-1 of
-the (NaN-free) series, evaluated at t = n..n+h-1.
+The least-squares line (scikit-learn ``LinearRegression``'s, computed in closed form
+with NumPy) of the close on the day index t = 0..n-1 of the (NaN-free) series,
+evaluated at t = n..n+h-1.
 """
 
 from __future__ import annotations
-
-import contextlib
 
 import numpy as np
 
@@ -21,30 +20,17 @@ class LinearModel(Forecaster):
     min_points = 2
 
     def _fit(self, series: np.ndarray) -> None:
-        from sklearn.linear_model import LinearRegression  # lazy: keeps the CLI's start fast
-
+        # Ordinary least squares in closed form on centred data, as scikit-learn's
+        # LinearRegression computes it (same line to ~1e-12): no scikit-learn/SciPy import,
+        # which was most of a worker's start-up (about 1 s of CPU per worker).
         self.n_ = len(series)
-        t = np.arange(self.n_, dtype=np.float64).reshape(-1, 1)
-        with _trusted_input():
-            self.reg_ = LinearRegression().fit(t, series)
+        t = np.arange(self.n_, dtype=np.float64)
+        t_mean, y_mean = t.mean(), series.mean()
+        dt = t - t_mean
+        denom = float(dt @ dt)
+        self.slope_ = float(dt @ (series - y_mean)) / denom if denom else 0.0
+        self.intercept_ = float(y_mean - self.slope_ * t_mean)
 
     def _forecast(self, h: int) -> np.ndarray:
-        t = np.arange(self.n_, self.n_ + h, dtype=np.float64).reshape(-1, 1)
-        with _trusted_input():
-            return self.reg_.predict(t)
-
-    def _calibration_forecast(self, train: np.ndarray, h: int) -> np.ndarray:
-        """The same least-squares line, by numpy's closed form: the conformal calibration's
-        20 refits then cost about as much as one scikit-learn fit."""
-        n = len(train)
-        t = np.arange(n, dtype=np.float64)
-        slope, intercept = np.polyfit(t, train, 1)
-        return intercept + slope * np.arange(n, n + h, dtype=np.float64)
-
-
-def _trusted_input() -> contextlib.AbstractContextManager[None]:
-    """Skip scikit-learn's own input checks (more than half its cost on short series):
-    ``Forecaster.fit`` has already made the series finite float64."""
-    import sklearn  # lazy, as in _fit
-
-    return sklearn.config_context(assume_finite=True, skip_parameter_validation=True)
+        t = np.arange(self.n_, self.n_ + h, dtype=np.float64)
+        return self.intercept_ + self.slope_ * t

@@ -11,11 +11,12 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from crypto_ml.models import REGISTRY
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 HISTORY_DAYS = 90
 MAX_PANELS = 30
@@ -42,6 +43,8 @@ class PlotInfo:
 
 
 def forecast_dates(result: Mapping[str, Any], history: pd.DataFrame) -> pd.DatetimeIndex:
+    import pandas as pd  # lazy: a plot is drawn at the end of a run, not at every CLI start
+
     last = pd.Timestamp(result.get("last_date") or history["Date"].iloc[-1])
     return pd.date_range(last + pd.Timedelta(days=1), periods=len(result["forecast"]), freq="D")
 

@@ -57,6 +57,16 @@ def terminate(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> N
         proc.wait(5)
 
 
+def kill_all(procs: Sequence[subprocess.Popen[bytes]]) -> None:
+    """SIGKILL every process group at once, then reap them (no grace period to wait out)."""
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
+
+
 def wait_until(condition: Callable[[], bool], timeout: float, what: str,
                alive: Callable[[], str | None] = lambda: None) -> None:
     """Poll ``condition`` until true; ConfigError naming ``what`` on timeout or death."""

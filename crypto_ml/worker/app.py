@@ -114,6 +114,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "crypto_ml_max_series": settings.max_series,
         "crypto_ml_max_batch": settings.max_batch,
         "crypto_ml_preload_keras": settings.preload_keras,
+        "crypto_ml_preload_statistical": settings.preload_statistical,
         # a pool process that preloads Keras needs longer than the default 4 s to report up
         "worker_proc_alive_timeout": 120.0 if settings.preload_keras else 4.0,
         "crypto_ml_max_deliveries": settings.max_deliveries,
@@ -151,14 +152,14 @@ def _refuse_wrong_credentials(sender: Any = None, **_: Any) -> None:
 
 
 @signals.worker_init.connect
-def _import_cheap_models(**_: Any) -> None:
-    """Import scikit-learn and statsforecast and fit each statsforecast model once in the
-    worker parent, so every forked pool process has them ready (the CLI imports them lazily;
-    a pool process's first linear task would otherwise pay ~1 s, its first ets, theta or
-    arima task 4-9 s: see bench/warmup.py)."""
-    import sklearn.linear_model  # noqa: F401  (lazy: only worker parents pay for it)
-
-    warm_up_statistical()
+def _warm_up_statistical(sender: Any = None, **_: Any) -> None:
+    """With CRYPTO_ML_PRELOAD_STATISTICAL=1, fit each statsforecast model once in the worker
+    parent, so every forked pool process has numba's code compiled (a pool process's first ets,
+    theta or arima task would otherwise pay 4-9 s: see bench/warmup.py). Off by default: the
+    embedded cluster of a linear run should not pay it."""
+    conf = getattr(getattr(sender, "app", None), "conf", None)
+    if conf is not None and conf.get("crypto_ml_preload_statistical"):
+        warm_up_statistical()
 
 
 @signals.worker_init.connect

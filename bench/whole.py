@@ -1,0 +1,118 @@
+"""Whole-command and small-run benchmarks (issue 13, targets 1 and 2).
+
+* ``command``: ``python -m crypto_ml.manager send-tasks --model linear`` on the embedded
+  default against ``bench/plain_sklearn.py`` (one process, pandas + scikit-learn, same CSV
+  files, same trend lines), whole processes, run in turn A B A B ..., best of N and the
+  median of the pairwise ratios. Target: ``ratio_best`` <= 0.6.
+* ``small``: through a warm 2-worker cluster, one ``dispatch`` of the 100 coins against
+  the same fits in-process (target <= 1.5x, medians), and a single coin's round trip
+  (target p50 <= 5 ms).
+
+Every figure comes with the load average, as the machine may be shared.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from crypto_ml.core.settings import Settings
+from crypto_ml.data.loader import CryptoLoader
+from crypto_ml.dispatch.cluster import LocalCluster
+from crypto_ml.dispatch.manager import CryptoManager
+from crypto_ml.models import get_model
+from crypto_ml.worker.app import create_app
+from crypto_ml.worker.requests import ForecastRequest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_average() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def _timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall and CPU seconds (user + sys of it and its children) of one whole process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr[-1000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
+
+
+def bench_command(data_dir: Path, runs: int = 3) -> dict[str, Any]:
+    """send-tasks (embedded, 100 coins, linear) vs the plain pandas + scikit-learn script."""
+    env = {**os.environ, "CRYPTO_ML_DATA_DIR": str(data_dir)}
+    env.pop("CRYPTO_ML_BROKER_URL", None)
+    ours = [sys.executable, "-m", "crypto_ml.manager", "send-tasks", "--model", "linear",
+            "--log-level", "warning"]
+    plain = [sys.executable, str(ROOT / "bench" / "plain_sklearn.py"), str(data_dir)]
+    _timed(ours, env)  # warm-up: fills the price cache, as any earlier run would have
+    _timed(plain, env)
+    a, b, ratios, load = [], [], [], []
+    for _ in range(runs):
+        load.append(load_average())
+        a.append(_timed(ours, env))
+        b.append(_timed(plain, env))
+        ratios.append(a[-1][0] / b[-1][0])
+    best_a, best_b = min(w for w, _ in a), min(w for w, _ in b)
+    return {"send_tasks_best_s": round(best_a, 2), "plain_script_best_s": round(best_b, 2),
+            "ratio_best": round(best_a / best_b, 3),
+            "ratio_median_pairwise": round(statistics.median(ratios), 3),
+            "send_tasks_cpu_median_s": round(statistics.median(c for _, c in a), 2),
+            "plain_script_cpu_median_s": round(statistics.median(c for _, c in b), 2),
+            "runs": runs, "load_avg": load}
+
+
+def bench_small(loader: CryptoLoader, coins: list[str], smoke: bool) -> dict[str, Any]:
+    """Warm 2-worker cluster: the 100-coin cheap run vs in-process; one coin's round trip."""
+    requests = []
+    for coin in coins:
+        _, closes = loader.get_closes(coin)
+        if len(closes) >= 2:
+            requests.append(ForecastRequest(coin, "linear", closes.tolist(), 10, None, {}))
+    reps, trips = (3, 20) if smoke else (15, 200)
+    out: dict[str, Any] = {"coins": len(requests), "load_avg_start": load_average()}
+    with LocalCluster(workers=1 if smoke else 2, loglevel="WARNING") as cluster:
+        settings = Settings().with_broker(cluster.broker_url)
+        manager = CryptoManager(app=create_app(settings), settings=settings)
+        for _ in range(3):  # warm: every worker has imported and run the model
+            manager.dispatch(requests)
+        local, remote = [], []
+        for _ in range(reps):  # in turn, so that both sides see the same load
+            started = time.perf_counter()
+            for r in requests:
+                get_model(r.model).fit(r.prices, coin=r.coin).forecast(r.horizon)
+            local.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            report = manager.dispatch(requests)
+            remote.append(time.perf_counter() - started)
+            if report.failed:
+                raise RuntimeError(f"small run failed: {report.failed}")
+        one = [requests[0]]
+        trip = []
+        for _ in range(trips):
+            started = time.perf_counter()
+            manager.dispatch(one)
+            trip.append(time.perf_counter() - started)
+    trip.sort()
+    out.update({
+        "in_process_median_ms": round(statistics.median(local) * 1000, 1),
+        "cluster_median_ms": round(statistics.median(remote) * 1000, 1),
+        "overhead": round(statistics.median(remote) / statistics.median(local), 2),
+        "one_coin_p50_ms": round(trip[len(trip) // 2] * 1000, 2),
+        "one_coin_p90_ms": round(trip[int(len(trip) * 0.9)] * 1000, 2),
+        "load_avg_end": load_average(),
+    })
+    return out
