@@ -152,6 +152,8 @@ def _k8s_env(container: Mapping[str, Any], docs: list[dict[str, Any]]) -> dict[s
             env[var["name"]] = _expand_k8s(var["value"], env)
         else:
             key_ref = var["valueFrom"].get("secretKeyRef") or var["valueFrom"]["configMapKeyRef"]
+            if key_ref.get("optional") and key_ref["key"] not in data[key_ref["name"]]:
+                continue  # an optional key the secret does not hold: the variable is unset
             env[var["name"]] = data[key_ref["name"]][key_ref["key"]]
     return env
 

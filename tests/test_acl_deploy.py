@@ -33,7 +33,8 @@ NAMESPACE = "crypto-ml"
 REDIS_ARGS = ("--appendonly", "yes", "--appendfsync", "everysec", "--dir", "/data")
 #: workload (compose service or Deployment/Job name) -> the Redis user it must connect as
 USER_OF = {"worker": "worker", "gpu-worker": "worker", "flower": "flower", "forecast": "manager",
-           "forecast-daily": "manager", "manager": "manager", "queue-depth": "exporter"}
+           "forecast-daily": "manager", "manager": "manager", "queue-depth": "exporter",
+           "api": "manager"}
 Pod = tuple[str, Mapping[str, str]]  # (namespace, labels)
 API: Pod = (NAMESPACE, {"app.kubernetes.io/name": "api", "app.kubernetes.io/component": "api"})
 INGRESS: Pod = ("ingress-nginx", {"app.kubernetes.io/name": "ingress-nginx"})

@@ -15,7 +15,7 @@ def test_compose_runs_the_api_on_port_8000_with_keys_from_the_env() -> None:
                               "--port", "8000"]
     assert api["ports"] == ["8000:8000"]
     assert api["environment"]["CRYPTO_ML_API_KEYS"] == "k1,k2"
-    assert api["environment"]["CRYPTO_ML_BROKER_URL"].startswith("redis://:")
+    assert api["environment"]["CRYPTO_ML_BROKER_URL"].startswith("redis://manager:")
     assert api["healthcheck"]["test"][-1] == "http://127.0.0.1:8000/healthz"
     assert api["depends_on"]["redis"]["condition"] == "service_healthy"
 
@@ -23,7 +23,7 @@ def test_compose_runs_the_api_on_port_8000_with_keys_from_the_env() -> None:
 def test_k8s_api_deployment_service_and_autoscaler(tmp_path: Path) -> None:
     docs = render_kustomize(K8S, tmp_path)
     api = {d["kind"]: d for d in docs if d["metadata"]["name"] == "api"}
-    assert set(api) == {"Deployment", "Service", "HorizontalPodAutoscaler"}
+    assert set(api) == {"Deployment", "Service", "HorizontalPodAutoscaler", "NetworkPolicy"}
     pod = api["Deployment"]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["image"] == "crypto-ml:0.1.0"
@@ -35,3 +35,4 @@ def test_k8s_api_deployment_service_and_autoscaler(tmp_path: Path) -> None:
     target = api["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]
     assert (target["kind"], target["name"]) == ("Deployment", "api")
     assert all(d["metadata"]["namespace"] == "crypto-ml" for d in api.values())
+    assert api["Deployment"]["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == "api"
