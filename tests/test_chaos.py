@@ -151,6 +151,8 @@ def test_chaos_every_forecast_exactly_once() -> None:
             alive = len(live_workers(cluster))
             wait_until(lambda: cluster.client().scard(REGISTRY_KEY) == alive, 60,
                        "the dead workers swept")
+            # a worker's held hash is rewritten at its next beat (2 s) after its last ack
+            wait_until(lambda: redis_state(cluster)[1] == keys_before, 15, "keys as before")
             memory_after, keys_after = redis_state(cluster)
             print({"redis_used_memory_before": memory_before, "after": memory_after,
                    "keys_before": dict(keys_before), "keys_after": dict(keys_after)})
