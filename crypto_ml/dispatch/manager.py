@@ -36,7 +36,7 @@ from crypto_ml.dispatch.lost import LostMessages
 from crypto_ml.dispatch.planning import Message, plan_messages
 from crypto_ml.dispatch.report import NullObserver, RunObserver, RunReport, format_forecast
 from crypto_ml.dispatch.waiting import ResultWaiter
-from crypto_ml.models import PARAMS, default_max_points, parse_models
+from crypto_ml.models import HEAVY, PARAMS, default_max_points, parse_models
 from crypto_ml.models.intervals import DEFAULT_LEVELS, check_levels
 from crypto_ml.ops.flower import send_options
 from crypto_ml.worker.app import CPU_QUEUE, GPU_QUEUE, create_app
@@ -123,19 +123,23 @@ class CryptoManager:
             raise
         cluster.stop(idle=self._idle)  # every result in: no warm shutdown to wait out
 
-    def _launch(self) -> LocalCluster:
-        """Spawn the embedded cluster's processes (not waiting for them to be ready)."""
-        cluster = LocalCluster(workers=self.settings.workers, **self.cluster_options)
+    def _launch(self, models: Sequence[str] | None = None) -> LocalCluster:
+        """Spawn the embedded cluster's processes (not waiting for them to be ready); for
+        ``models`` that are all cheap, workers of the cpu queue only (they start faster)."""
+        options = dict(self.cluster_options)
+        if models is not None and not set(models) & HEAVY:
+            options.setdefault("queues", (CPU_QUEUE,))
+        cluster = LocalCluster(workers=self.settings.workers, **options)
         self._say(f"no broker configured: running embedded (local redis-server + "
                   f"{cluster.n_workers} celery worker(s)); set CRYPTO_ML_BROKER_URL or "
                   "--broker redis://HOST:6379/0 to use your own cluster")
         return cluster.launch()
 
-    def _launch_early(self) -> None:
+    def _launch_early(self, models: Sequence[str]) -> None:
         """With no app and no broker: spawn the embedded cluster now, so that Redis and the
         workers start while the data loads (:meth:`connected` then waits for them)."""
         if self.app is None and not self.settings.broker_url and self._launched is None:
-            self._launched = self._launch()
+            self._launched = self._launch(models)
 
     def _drop_launched(self) -> None:
         """Stop an early-launched cluster that no dispatch used (nothing to send, an error)."""
@@ -191,7 +195,7 @@ class CryptoManager:
         report = RunReport()
         started = time.perf_counter()
         params = {} if epochs is None else {"epochs": epochs}  # None: each model's default
-        self._launch_early()  # Redis and the workers start while the data loads
+        self._launch_early(names)  # Redis and the workers start while the data loads
         try:
             requests = self.build_requests(names, coins, horizon, max_points, params, report,
                                            retrain=retrain, levels=levels)

@@ -163,6 +163,19 @@ def _warm_up_statistical(sender: Any = None, **_: Any) -> None:
 
 
 @signals.worker_init.connect
+def _import_deep_dependencies(sender: Any = None, **_: Any) -> None:
+    """In the parent of a worker that serves the gpu queue, import scikit-learn (with SciPy and
+    pandas), which Keras loads too, so that every forked pool process has them and a deep
+    task's first run does not pay for them. A cpu-only worker (the embedded cluster of a cheap
+    run) skips this: about 1 s of CPU per worker, and the cheap models need none of it."""
+    queues = getattr(getattr(getattr(sender, "app", None), "amqp", None), "queues", None)
+    consuming = set(getattr(queues, "consume_from", None) or ())
+    if consuming and GPU_QUEUE not in consuming:
+        return
+    import sklearn.linear_model  # noqa: F401  (lazy: only worker parents pay for it)
+
+
+@signals.worker_init.connect
 def _share_cores(sender: Any = None, **_: Any) -> None:
     """Before the pool forks, give each child an equal share of the cores for its math threads
     (variables already set, e.g. by the worker container's entry point, win)."""
