@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 from conftest import ROOT, run_cli
 
+from crypto_ml.backtest.best import DEFAULT_CANDIDATES
+
 pytestmark = pytest.mark.integration
 
 COINS = ["bitcoin", "ethereum", "ripple", "litecoin", "dash", "monero", "nem", "dogecoin",
@@ -69,7 +71,8 @@ def test_model_best_is_as_quiet_and_names_the_model_on_each_line(cluster: Any,
     run = run_cli(*args, data_dir=price_data)
     assert run.returncode == 0, run.stderr
     chosen = dict(parsed(run.stdout))
-    assert set(chosen) == set(COINS) and set(chosen.values()) <= {"naive", "linear"}
+    candidates = set(DEFAULT_CANDIDATES.split(","))
+    assert set(chosen) == set(COINS) and set(chosen.values()) <= candidates
     err = run.stderr.splitlines()
     assert "best: " not in run.stderr and not TASK_LINE.search(run.stderr)
     assert sum(line.startswith("progress: backtest: ") for line in err) <= 4

@@ -118,7 +118,9 @@ _KOMBU_KEYS = (_KOMBU, *_QUEUES, *_UNACKED, _REPLIES)
 
 WORKER = Role(
     "worker", "celery workers: consume the queues, store results, answer control commands",
-    commands=(*KOMBU_COMMANDS, "hset", "setex", "expire", "incrby", "mget"),
+    # + liveness (crypto_ml/worker/liveness.py): heartbeats, held messages, the dead-worker sweep
+    commands=(*KOMBU_COMMANDS, "hset", "setex", "expire", "incr", "incrby", "mget", "hgetall",
+              "zscore"),
     keys=(*_KOMBU_KEYS, "*.celery.pidbox*", _RESULTS, _OURS),  # + each worker's own mailbox
     channels=(_CONTROL, _EVENTS, _RESULTS),
 )
@@ -126,7 +128,8 @@ WORKER = Role(
 MANAGER = Role(
     "manager", "the manager CLI (send-tasks, backtest) and the API: publish tasks, read and "
     "delete their results, revoke",
-    commands=(*KOMBU_COMMANDS, "mget"),
+    # + the lost-message check (crypto_ml/dispatch/lost.py): queued and unacknowledged messages
+    commands=(*KOMBU_COMMANDS, "mget", "lrange", "hvals"),
     keys=(*_KOMBU_KEYS, _RESULTS, _OURS),
     channels=(_CONTROL, _EVENTS, _RESULTS),
 )
