@@ -1,20 +1,18 @@
 #!/usr/bin/env bash
 # The backtests behind the README's results section (issue 15). From the repository root:
-#   CRYPTO_ML_DATA_DIR=../shared/data/top100-2017 bash bench/quality_backtests.sh [cheap|naive|windows|deep]...
+#   CRYPTO_ML_DATA_DIR=../shared/data/top100-2017 bash bench/quality_backtests.sh [cheap|windows|deep]...
 # Each writes its tables (stdout) and files (--out) under bench/results/quality/.
 set -euo pipefail
 OUT=bench/results/quality
 PY=${PYTHON:-.venv/bin/python}
 TOP10=bitcoin,ethereum,ripple,dash,litecoin,nem,iota,monero,ethereum_classic,neo
 mkdir -p "$OUT"
-for what in "${@:-cheap naive windows deep}"; do
+for what in "${@:-cheap windows deep}"; do
   for step in $what; do
     case $step in
       cheap)    # all coins with enough history, 30 origins, horizon 10, each model's default window
         "$PY" -m crypto_ml.manager backtest --model naive,linear,ets,theta,arima \
           --out "$OUT/cheap" > "$OUT/cheap.txt" ;;
-      naive)    # the naive row again after its intervals moved to EWMA volatility (points unchanged)
-        "$PY" -m crypto_ml.manager backtest --model naive --out "$OUT/naive" > "$OUT/naive.txt" ;;
       windows)  # which history window serves each cheap model best (5 origins 6 days apart)
         "$PY" -m crypto_ml.manager backtest --model naive,linear,ets,theta,arima \
           --max-points 100,200,all --origins 5 --stride 6 --out "$OUT/windows" > "$OUT/windows.txt" ;;
