@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from crypto_ml.data_loader import CryptoLoader
-from crypto_ml.models import default_max_points
 
 from . import docker_support as ds
 from .conftest import WORKERS
