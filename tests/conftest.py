@@ -9,6 +9,7 @@ beside the clone; without it those tests are skipped and the run's last lines sa
 from __future__ import annotations
 
 import os
+import pty
 import shutil
 import subprocess
 import sys
@@ -81,3 +82,42 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.write_sep("-", f"{len(skipped)} skipped")
     for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1]):
         terminalreporter.write_line(f"{count} skipped: {reason}")
+
+
+def on_a_terminal(args: list[str], data_dir: Path) -> tuple[str, str, int]:
+    """Run ``python -m crypto_ml.manager ARGS`` with stderr on a pseudo-terminal, as a user at a
+    terminal would: (stdout, what the terminal got, exit code)."""
+    leader, follower = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTO_ML_")}
+    env["CRYPTO_ML_DATA_DIR"] = str(data_dir)
+    proc = subprocess.Popen([sys.executable, "-m", "crypto_ml.manager", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=follower, text=True)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    stdout = proc.stdout.read() if proc.stdout else ""
+    return stdout, b"".join(chunks).decode(), proc.wait(timeout=60)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def browse(url: str, profile: Path, *extra: str, budget_ms: int = 15000
+           ) -> subprocess.CompletedProcess[str]:
+    """Open ``url`` in headless Chromium (a fresh profile, no background traffic)."""
+    assert CHROMIUM
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+           "--no-first-run", "--disable-background-networking", "--disable-component-update",
+           "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
+           f"--virtual-time-budget={budget_ms}", *extra, url]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,13 +20,12 @@ from typing import Any
 import psutil
 import pytest
 from api_support import write_coins
-from conftest import ROOT
+from conftest import CHROMIUM, ROOT, browse
 
 from crypto_ml.ops.processes import free_port, spawn, terminate, wait_until
 
 pytestmark = pytest.mark.integration
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 KEY = "test-key-0123456789"
 
 
@@ -93,16 +91,6 @@ def test_serves_forecasts_on_the_embedded_cluster(server: Server) -> None:
     assert body["results"]["alpha"]["linear"]["worker"].startswith("local1-")
     assert call(f"{server.url}/v1/coins", key=None)[0] == 401
 
-
-def browse(url: str, profile: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    assert CHROMIUM
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--disable-dev-shm-usage", f"--user-data-dir={profile}",
-           "--virtual-time-budget=15000", *extra, url]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr[-2000:]
-    return run
 
 
 @pytest.mark.skipif(not CHROMIUM, reason="headless Chromium not installed "

@@ -11,7 +11,6 @@ import contextlib
 import os
 import re
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, run_cli
+from conftest import CHROMIUM, ROOT, browse, on_a_terminal, run_cli
 
 from crypto_ml.ops.processes import free_port, spawn, terminate, wait_until
 
@@ -233,32 +232,14 @@ def test_flower_launcher_watches_a_configured_broker(stack: Stack, tmp_path: Pat
 
 
 def test_progress_bar_redraws_on_a_terminal(stack: Stack, price_data: Path) -> None:
-    import pty
-
-    leader, follower = pty.openpty()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTO_ML_")}
-    env["CRYPTO_ML_DATA_DIR"] = str(price_data)
-    proc = subprocess.Popen([sys.executable, "-m", "crypto_ml.manager", "send-tasks", "--broker",
-                             stack.broker_url, "--coins", ",".join(COINS[:3]), "--model", "linear"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=follower)
-    os.close(follower)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(leader, 4096)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(leader)
-    assert proc.wait(timeout=60) == 0
-    screen = b"".join(chunks).decode()
+    stdout, screen, rc = on_a_terminal(["send-tasks", "--broker", stack.broker_url, "--coins",
+                                        ",".join(COINS[:3]), "--model", "linear"], price_data)
+    assert rc == 0
     bars = re.findall(r"\r(\[[#-]+\] [^\r\x1b]*)\x1b\[K", screen)
     assert bars and all("finished:" in bar and "ETA" in bar for bar in bars), screen
     assert "\r\x1b[K" in screen  # the bar is wiped before the summary
     assert screen.rstrip().splitlines()[-1].startswith("  workers: ")
-    assert proc.stdout is not None and len(proc.stdout.read().splitlines()) == 3
+    assert len(stdout.splitlines()) == 3
 
 
 def test_embedded_flower_json_logs_and_plot(price_data: Path, tmp_path: Path) -> None:
@@ -315,19 +296,6 @@ def test_workers_write_json_log_lines_for_collectors(price_data: Path) -> None:
 
 
 # the dashboard in a real browser ---------------------------------------------------------------
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def browse(url: str, profile: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    assert CHROMIUM
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-           "--no-first-run", "--disable-background-networking", "--disable-component-update",
-           "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
-           "--virtual-time-budget=10000", *extra, url]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr[-2000:]
-    return run
 
 
 @pytest.mark.skipif(not CHROMIUM, reason="headless Chromium not installed "

@@ -9,17 +9,13 @@ device in the summary, and --plot panels in the order of --coins.
 from __future__ import annotations
 
 import json
-import os
-import pty
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, run_cli
+from conftest import on_a_terminal, run_cli
 
 from crypto_ml.backtest.best import DEFAULT_CANDIDATES
 
@@ -162,31 +158,9 @@ def test_plot_panels_follow_the_order_of_coins(cluster: Any, price_data: Path,
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def _on_a_terminal(args: list[str], price_data: Path) -> tuple[str, str, int]:
-    """Run the command with stderr on a pseudo-terminal: (stdout, what the terminal got, rc)."""
-    leader, follower = pty.openpty()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTO_ML_")}
-    env["CRYPTO_ML_DATA_DIR"] = str(price_data)
-    proc = subprocess.Popen([sys.executable, "-m", "crypto_ml.manager", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=follower, text=True)
-    os.close(follower)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(leader, 4096)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(leader)
-    stdout = proc.stdout.read() if proc.stdout else ""
-    return stdout, b"".join(chunks).decode(), proc.wait(timeout=60)
-
-
 def test_progress_bar_on_a_terminal_and_none_with_quiet(cluster: Any, price_data: Path) -> None:
     args = ["send-tasks", "--model", "best", "--coins", ",".join(COINS[:4]), *broker(cluster)]
-    stdout, screen, rc = _on_a_terminal(args, price_data)
+    stdout, screen, rc = on_a_terminal(args, price_data)
     assert rc == 0, screen
     bars = re.findall(r"\r(\[[#-]+\] [^\r\x1b]*)\x1b\[K", screen)
     assert any("backtest: " in bar for bar in bars), screen  # one bar, phase by phase
@@ -194,7 +168,7 @@ def test_progress_bar_on_a_terminal_and_none_with_quiet(cluster: Any, price_data
     assert "progress: " not in screen and not TASK_LINE.search(screen)
     assert screen.rstrip().splitlines()[-1].startswith("  workers: ")
     assert len(parsed(stdout)) == 4
-    stdout, screen, rc = _on_a_terminal([*args, "-q"], price_data)
+    stdout, screen, rc = on_a_terminal([*args, "-q"], price_data)
     assert rc == 0 and screen == "" and len(parsed(stdout)) == 4
 
 
