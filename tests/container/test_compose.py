@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from crypto_ml.data_loader import CryptoLoader
+from crypto_ml.models import default_max_points
 
 from . import docker_support as ds
 from .conftest import WORKERS
@@ -105,6 +106,8 @@ def test_manager_forecasts_every_coin_as_an_in_process_fit(stack: ds.Compose,
     for coin in coins:
         prices = loader.get_prices(coin)
         prices = prices[~np.isnan(prices)]
+        window = default_max_points("linear")  # the manager's default: the newest 200 closes
+        prices = prices[-window:] if window else prices
         t = np.arange(len(prices))
         expected = np.polyval(np.polyfit(t, prices, 1), np.arange(len(prices), len(prices) + 10))
         np.testing.assert_allclose(report["results"][coin]["linear"]["forecast"], expected,

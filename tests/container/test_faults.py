@@ -81,7 +81,8 @@ def test_lstm_run_survives(stack: ds.Compose, data_dir: object, fault: str) -> N
     before = {c: len(ds.logs(c)) for c in stack.containers("worker")}
     start = time.monotonic()
     manager = stack.manager("send-tasks", "--model", "lstm", "--epochs", "1", "--max-points",
-                            "300", "--horizon", "5", "--coins", ",".join(COINS), "-v")
+                            "300", "--horizon", "5", "--coins", ",".join(COINS), "-v",
+                            "--retrain")  # train: an earlier fault's run stored these models
     try:
         busy = busy_worker(stack, before)
         assert manager.poll() is None, "the run ended before the fault"
