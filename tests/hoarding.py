@@ -47,9 +47,9 @@ class Cluster(LocalCluster):
         self.app_module = app_module
 
     def worker_command(self, name: str) -> list[str]:
-        cmd = super().worker_command(name)
-        cmd[cmd.index("-A") + 1] = self.app_module
-        return cmd
+        # the embedded launcher runs crypto_ml.app; another app goes through `celery -A`
+        options = super().worker_command(name)[3:]  # after: python -m crypto_ml.worker.launch
+        return [sys.executable, "-m", "celery", "-A", self.app_module, "worker", *options]
 
 
 def start_worker(cluster: LocalCluster) -> str:

@@ -31,7 +31,7 @@ from crypto_ml.worker.requests import ForecastRequest
 pytestmark = pytest.mark.integration
 
 FORECASTS = 20_000
-KILL_EVERY = 4.0
+KILL_EVERY = 1.5  # the 20,000 forecasts take 10-15 s now: several kills within them
 WORKERS = 4
 
 
@@ -116,7 +116,7 @@ def test_chaos_every_forecast_exactly_once() -> None:
 
             threading.Thread(target=sample_rss, daemon=True).start()
             arrived: Counter[tuple[str, str]] = Counter()
-            chaos.append(Chaos(cluster, restart_at=8))
+            chaos.append(Chaos(cluster, restart_at=5))
             chaos[0].start()
             started = time.monotonic()
             err = io.StringIO()
@@ -141,7 +141,7 @@ def test_chaos_every_forecast_exactly_once() -> None:
             print(counts)
             assert report.failed == {}, list(report.failed.items())[:3]
             assert len(arrived) == FORECASTS and set(arrived.values()) == {1}  # each exactly once
-            assert chaos[0].kills >= 5 and chaos[0].redis_restarts == 1
+            assert chaos[0].kills >= 3 and chaos[0].redis_restarts == 1
             assert max(runs, default=1) <= 3 and "TooManyDeliveries" not in logs
             assert counts["manager_rss_growth_mb"] < 300
 
