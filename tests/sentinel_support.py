@@ -30,6 +30,11 @@ class SentinelCluster(LocalCluster):
         return ";".join(f"sentinel://:{self.password}@127.0.0.1:{self.ports[f's{i}']}/0"
                         for i in range(3))
 
+    def url_for(self, role: str) -> str:
+        """Every role logs in as the default user: these data nodes use ``requirepass``, not
+        the embedded cluster's ACL users (those are tested in tests/test_acl.py)."""
+        return self.broker_url
+
     def sentinels(self) -> Sentinel:
         return Sentinel([("127.0.0.1", self.ports[f"s{i}"]) for i in range(3)],
                         socket_timeout=1, socket_connect_timeout=1)
