@@ -128,8 +128,9 @@ WORKER = Role(
 MANAGER = Role(
     "manager", "the manager CLI (send-tasks, backtest) and the API: publish tasks, read and "
     "delete their results, revoke",
-    # + the lost-message check (crypto_ml/dispatch/lost.py): queued and unacknowledged messages
-    commands=(*KOMBU_COMMANDS, "mget", "lrange", "hvals"),
+    # + the lost-message check (crypto_ml/dispatch/lost.py): queued and unacknowledged messages;
+    # the API's queue-depth gauge (HSCAN of ``unacked``, as the exporter)
+    commands=(*KOMBU_COMMANDS, "mget", "lrange", "hvals", "hscan"),
     keys=(*_KOMBU_KEYS, _RESULTS, _OURS),
     channels=(_CONTROL, _EVENTS, _RESULTS),
 )

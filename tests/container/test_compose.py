@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import re
+import secrets
 import time
 import urllib.error
 import urllib.request
@@ -146,3 +147,43 @@ def test_flower_wants_its_password_and_lists_the_runs_tasks(stack: ds.Compose,
     tasks = ds.wait_for(listed, 60, "Flower listing the run's tasks as SUCCESS", interval=2)
     hostnames = {ds.inspect(c)["Config"]["Hostname"] for c in stack.containers("worker")}
     assert {t["worker"] for t in tasks.values()} <= {f"cpu@{h}" for h in hostnames}
+
+
+def api_call(path: str, key: str | None, body: dict[str, Any] | None = None
+             ) -> tuple[int, dict[str, Any] | str]:
+    """``GET`` (or ``POST`` of ``body``) on the compose API's published port."""
+    request = urllib.request.Request(f"http://127.0.0.1:8000{path}",
+                                     data=None if body is None else json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    if key:
+        request.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            text = response.read().decode()
+            is_json = response.headers.get_content_type() == "application/json"
+            return response.status, json.loads(text) if is_json else text
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_api_service_serves_forecasts_with_its_keys(stack: ds.Compose, data_dir: Path) -> None:
+    """``docker compose --profile api up -d api``: healthy, 401 without a key, forecasts of the
+    mounted data with one, and Prometheus metrics, all as the manager's Redis user."""
+    key = secrets.token_hex(12)
+    stack.env["CRYPTO_ML_API_KEYS"] = key
+    stack("--profile", "api", "up", "-d", "--no-build", "api", timeout=300)
+    try:
+        [api] = stack.containers("api")
+        ds.wait_healthy([api], timeout=240)  # its HEALTHCHECK: /healthz, broker and workers
+        body = {"coins": ["bitcoin", "ethereum"], "model": "linear", "horizon": 5}
+        assert api_call("/v1/forecasts?wait=30", None, body)[0] == 401
+        status, answer = api_call("/v1/forecasts?wait=30", key, body)
+        assert status == 200, answer
+        assert isinstance(answer, dict) and answer["status"] == "done" and not answer["failed"]
+        for coin in body["coins"]:
+            result = answer["results"][coin]["linear"]
+            assert len(result["forecast"]) == 5 and set(result["intervals"]) == {"80", "95"}
+        status, metrics = api_call("/metrics", None)
+        assert status == 200 and 'crypto_ml_api_queue_depth{queue="cpu"}' in str(metrics)
+    finally:
+        stack("--profile", "api", "rm", "-s", "-f", "api", check=False)
