@@ -26,7 +26,9 @@ def test_gpu_image_builds_and_imports_the_app(bases: ds.BaseImages) -> None:
     start = time.monotonic()
     build = ds.build_image(ds.GPU_IMAGE, bases.python, dockerfile="docker/Dockerfile.gpu",
                            timeout=3600)
-    out = ds.docker("run", "--rm", ds.GPU_IMAGE, "python", "-c",
+    # the app is configured from the environment on first access: it needs a broker URL
+    out = ds.docker("run", "--rm", "-e", "CRYPTO_ML_BROKER_URL=redis://redis:6379/0",
+                    ds.GPU_IMAGE, "python", "-c",
                     "import os, crypto_ml, tensorflow as tf; crypto_ml.app; "
                     "print(os.getuid(), tf.__version__, len(tf.config.list_physical_devices('GPU')))",
                     timeout=600).stdout.split()
