@@ -187,8 +187,7 @@ def export_state(model: Forecaster, prediction: Prediction | None = None) -> byt
     arrays: dict[str, np.ndarray] = {"tail": np.asarray(model.tail_)}  # type: ignore[attr-defined]
     if prediction is not None:
         arrays["forecast"] = np.asarray(prediction.forecast, dtype=np.float64)
-        header["prediction"] = {"levels": [float(k) for k in prediction.bands],
-                                "bands": list(prediction.bands), "method": prediction.method}
+        header["prediction"] = {"bands": list(prediction.bands), "method": prediction.method}
         for key, (lower, upper) in prediction.bands.items():
             arrays[f"lower_{key}"] = np.asarray(lower, dtype=np.float64)
             arrays[f"upper_{key}"] = np.asarray(upper, dtype=np.float64)
@@ -278,7 +277,7 @@ def _stored_prediction(header: dict[str, Any], arrays: dict[str, np.ndarray], ho
     saved = header.get("prediction")
     if path is None or saved is None or len(path) != horizon:
         return None
-    if tuple(saved["levels"]) != levels:
+    if tuple(float(key) for key in saved["bands"]) != levels:  # keys are the levels, sorted
         return None
     bands = {key: (arrays[f"lower_{key}"], arrays[f"upper_{key}"]) for key in saved["bands"]}
     return Prediction(path.copy(), bands, str(saved["method"]))
