@@ -48,6 +48,9 @@ def _tls_options(url: str) -> dict[str, Any] | None:
     return None
 
 
+UNACKED_MUTEX_SECONDS = 30
+
+
 def restore_sweep_seconds(visibility_timeout: int) -> int:
     """How often a worker looks for tasks of dead workers to redeliver: 1 to 10 s."""
     return max(1, min(10, visibility_timeout // 10))
@@ -66,6 +69,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # scans once per 100 s), so redelivery comes within visibility_timeout + sweep.
         "unacked_restore_interval": restore_sweep_seconds(settings.visibility_timeout),
         "unacked_restore_throttle": 1,
+        # the lock each restore sweep takes: one left by a worker killed mid-sweep stops
+        # every sweep until it expires (kombu's default: 300 s); a sweep takes milliseconds
+        "unacked_mutex_expire": UNACKED_MUTEX_SECONDS,
         "socket_connect_timeout": 5,
         "socket_keepalive": True,
         "health_check_interval": 25,
