@@ -37,21 +37,27 @@ from crypto_ml.worker.app import create_app  # noqa: E402
 from crypto_ml.worker.requests import ForecastRequest  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "top100-2017"
+JOB_MODELS = ["linear", "lstm", "gru"]  # the jobs benchmark's models (--models)
 
 
 def requests_for(loader: CryptoLoader, model: str, coins: list[str], cuts: int = 1,
-                 horizon: int = 10, min_len: int = 2) -> list[ForecastRequest]:
-    """One request per coin and cut; cut k drops the newest 5*k closes (distinct series)."""
+                 horizon: int = 10) -> list[ForecastRequest]:
+    """One request per coin and cut; cut k drops the newest 5*k closes (distinct series).
+
+    Coins whose cleaned closes are too short for the model are left out. Point forecasts
+    only (the in-process side and the peers compute no intervals) and no model store:
+    every system trains every network, so none answers from a cache.
+    """
+    params = {"epochs": 1} if model_class(model).heavy else {}
+    min_len = get_model(model, **params).min_points
     out = []
     for coin in coins:
-        prices = loader.get_df(coin)["Close"].dropna().tolist()
+        prices = loader.get_closes(coin)[1].tolist()
         for k in range(cuts):
             series = prices[: len(prices) - 5 * k] if k else prices
             if len(series) >= min_len:
-                # levels=(): point forecasts only, the same work as the in-process side
-                out.append(ForecastRequest(f"{coin}#{k}", model, series, horizon, None,
-                                           {"epochs": 1} if model_class(model).heavy else {},
-                                           levels=()))
+                out.append(ForecastRequest(f"{coin}#{k}", model, series, horizon, None, params,
+                                           levels=(), use_store=False))
     return out
 
 
@@ -79,9 +85,9 @@ def through_cluster(cluster: LocalCluster, requests: list[ForecastRequest],
     return seconds
 
 
-def warm(cluster: LocalCluster, loader: CryptoLoader, coins: list[str], deep: bool) -> None:
-    """Run a few forecasts until every worker has done one (TF loaded in each pool process)."""
-    model = "lstm" if deep else "linear"
+def warm(cluster: LocalCluster, loader: CryptoLoader, coins: list[str], model: str) -> None:
+    """Run a few forecasts of ``model`` until every worker has done one (TF loaded and the
+    model's graph built in each pool process, as the peers' warm-up rounds do)."""
     for _ in range(10):
         settings = Settings().with_broker(cluster.broker_url)
         manager = CryptoManager(app=create_app(settings), settings=settings)
@@ -112,7 +118,7 @@ def bench_dispatch(loader: CryptoLoader, coins: list[str], smoke: bool) -> dict[
     for workers in (1,) if smoke else (1, 2):
         cluster = cluster_of(workers, deep=False)
         try:
-            warm(cluster, loader, coins, deep=False)
+            warm(cluster, loader, coins, "linear")
             batched = through_cluster(cluster, requests)
             out[f"cluster_{workers}w_per_s"] = round(n / batched, 1)
             out[f"overhead_{workers}w"] = round(batched / local, 2)
@@ -126,29 +132,30 @@ def bench_dispatch(loader: CryptoLoader, coins: list[str], smoke: bool) -> dict[
 
 
 def bench_jobs(loader: CryptoLoader, coins: list[str], smoke: bool) -> dict[str, Any]:
-    """The 100-coin linear and LSTM jobs: cluster (1, 2 workers) vs in-process, Ray, joblib."""
+    """The 100-coin linear, LSTM and GRU jobs: cluster (1, 2 workers) vs in-process, Ray,
+    joblib (the peers on 2 worker processes)."""
     out: dict[str, Any] = {}
-    for model in ("linear",) if smoke else ("linear", "lstm"):
-        deep = model == "lstm"
-        requests = requests_for(loader, model, coins, min_len=51 if deep else 2)
-        row: dict[str, Any] = {"coins": len(requests), "in_process_s": round(in_process(requests), 3)}
+    for model in ("linear",) if smoke else JOB_MODELS:
+        deep = model_class(model).heavy
+        requests = requests_for(loader, model, coins)
+        seconds: dict[str, float | None] = {"in_process": in_process(requests)}
         for workers in (1,) if smoke else (1, 2):
             cluster = cluster_of(workers, deep)
             try:
-                warm(cluster, loader, coins, deep)
-                row[f"cluster_{workers}w_s"] = round(through_cluster(cluster, requests), 3)
+                warm(cluster, loader, coins, model)
+                seconds[f"cluster_{workers}w"] = through_cluster(cluster, requests)
             finally:
                 cluster.stop()
         for name, run in (("ray", peers.ray_job), ("joblib", peers.joblib_job)):
-            seconds = None if smoke and name == "ray" else run(requests, workers=2)
-            row[f"{name}_s"] = None if seconds is None else round(seconds, 3)
-        ours = row.get("cluster_2w_s", row["cluster_1w_s"])
-        row["cluster_vs_in_process"] = round(ours / row["in_process_s"], 3)
-        if "cluster_2w_s" in row:
-            row["speedup_2w_vs_1w"] = round(row["cluster_1w_s"] / row["cluster_2w_s"], 2)
-        for peer in ("ray", "joblib"):
-            if row[f"{peer}_s"]:
-                row[f"cluster_vs_{peer}"] = round(ours / row[f"{peer}_s"], 3)
+            seconds[name] = None if smoke and name == "ray" else run(requests, workers=2)
+        row: dict[str, Any] = {"coins": len(requests)}
+        row.update({f"{k}_s": None if v is None else round(v, 3) for k, v in seconds.items()})
+        ours = seconds.get("cluster_2w") or seconds["cluster_1w"]
+        for other in ("in_process", "ray", "joblib"):
+            if seconds[other]:
+                row[f"cluster_vs_{other}"] = round(ours / seconds[other], 3)  # type: ignore[operator]
+        if seconds.get("cluster_2w"):
+            row["speedup_2w_vs_1w"] = round(seconds["cluster_1w"] / ours, 2)  # type: ignore[operator]
         out[model] = row
     return out
 
@@ -209,7 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=DATA)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--name", default=None, help="file name stem (default: full or smoke)")
+    parser.add_argument("--models", help="the jobs benchmark's models (default: linear,lstm,gru)")
     args = parser.parse_args(argv)
+    if args.models:
+        JOB_MODELS[:] = args.models.split(",")
     loader = CryptoLoader(args.data_dir, cache_dir=Settings.from_env().cache_dir)
     coins = loader.get_crypto_names()
     if args.smoke:

@@ -31,7 +31,7 @@ import redis
 
 from crypto_ml.core import acl
 from crypto_ml.core.errors import ConfigError
-from crypto_ml.core.settings import Settings
+from crypto_ml.core.settings import Settings, threads_env
 from crypto_ml.ops.flower import FlowerProcess
 from crypto_ml.ops.processes import free_port, kill_all, spawn, terminate, wait_until
 from crypto_ml.worker.app import create_app
@@ -142,7 +142,9 @@ class LocalCluster:
                 *self.extra_worker_args]
 
     def start_workers(self) -> None:
-        env = {**self.env, "CRYPTO_ML_BROKER_URL": self.url_for("worker")}
+        # the workers share this machine's cores: math threads per worker, unless set already
+        env = {**threads_env(os.cpu_count() or 1, self.n_workers), **self.env,
+               "CRYPTO_ML_BROKER_URL": self.url_for("worker")}
         env.pop("CRYPTO_ML_RESULT_BACKEND", None)
         tag = f"{os.getpid()}-{secrets.token_hex(2)}"
         for i in range(self.n_workers):

@@ -20,8 +20,11 @@ def delivery_key(task_id: str) -> str:
     return f"{KEY_PREFIX}{task_id}"
 
 
-def count_delivery(client: Any, task_id: str, ttl: int) -> int:
-    """Count one more start of ``task_id``; returns how many there have been, this one included.
+def count_delivery(client: Any, task_id: str, ttl: int,
+                   result_key: str | bytes | None = None) -> tuple[int, bytes | None]:
+    """Count one more start of ``task_id``; returns how many there have been, this one
+    included, and the task's stored result (``result_key``'s value, read in the same round
+    trip; None when not asked for or absent).
 
     The counter expires ``ttl`` seconds after the last start, so it never
     outlives the task's result.
@@ -29,5 +32,7 @@ def count_delivery(client: Any, task_id: str, ttl: int) -> int:
     pipe = client.pipeline()
     pipe.incr(delivery_key(task_id))
     pipe.expire(delivery_key(task_id), ttl)
-    count, _ = pipe.execute()
-    return int(count)
+    if result_key is not None:
+        pipe.get(result_key)
+    count, _, *stored = pipe.execute()
+    return int(count), (stored[0] if stored else None)

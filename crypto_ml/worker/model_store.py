@@ -18,6 +18,10 @@ Where entries live (``CRYPTO_ML_MODEL_STORE``):
 * ``redis://...`` / ``rediss://...``: another Redis, same expiry;
 * a directory (``/path`` or ``file:///path``): one ``<key>.npz`` file per entry,
   written atomically; entries older than the TTL are ignored and retrained;
+* ``s3://bucket/prefix``: one object per entry in an S3-compatible bucket (AWS, MinIO,
+  Ceph...), reached through boto3 with its usual configuration (``AWS_ACCESS_KEY_ID``,
+  ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL_S3``); entries
+  older than the TTL are ignored, as in a directory;
 * ``off``: no store, every request trains.
 
 An entry is one ``.npz`` archive (NumPy arrays plus a JSON header stored as
@@ -38,7 +42,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -122,6 +126,60 @@ class DirectoryModelStore:
             raise
 
 
+class S3ModelStore:
+    """Entries as objects ``s3://<bucket>/<prefix>/<key>.npz`` of any S3-compatible store;
+    an object older than ``ttl`` seconds counts as missing (a bucket lifecycle rule can
+    delete them). S3 errors (no such bucket, refused credentials, endpoint down) raise
+    :class:`StoreUnavailable` naming the bucket, so the forecast trains instead."""
+
+    def __init__(self, client: Any, bucket: str, prefix: str = "", ttl: int = DEFAULT_TTL,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.ttl = ttl
+        self.clock = clock
+
+    def _name(self, key: str) -> str:
+        return f"{self.prefix}/{key}.npz" if self.prefix else f"{key}.npz"
+
+    def _unavailable(self, exc: Exception) -> StoreUnavailable:
+        return StoreUnavailable(f"model store s3://{self.bucket}/{self.prefix}: {exc}; check the "
+                                "bucket, the AWS_* credentials and AWS_ENDPOINT_URL_S3")
+
+    def get(self, key: str) -> bytes | None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            reply = self.client.get_object(Bucket=self.bucket, Key=self._name(key))
+            if self.clock() - reply["LastModified"].timestamp() > self.ttl:
+                return None
+            return bytes(reply["Body"].read())
+        except self.client.exceptions.NoSuchKey:
+            return None
+        except (BotoCoreError, ClientError) as exc:
+            raise self._unavailable(exc) from None
+
+    def put(self, key: str, blob: bytes) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:  # one PUT: readers see the old object or the new one, never a part
+            self.client.put_object(Bucket=self.bucket, Key=self._name(key), Body=blob)
+        except (BotoCoreError, ClientError) as exc:
+            raise self._unavailable(exc) from None
+
+
+def s3_client() -> Any:
+    """A boto3 S3 client configured the AWS way: credentials, region and endpoint from boto3's
+    own chain (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL_S3`` for MinIO and the like, ...),
+    with short timeouts so that a store that is down costs seconds, not minutes."""
+    import boto3  # lazy: only workers configured with an s3:// store pay for its import
+    from botocore.config import Config
+
+    return boto3.client("s3", config=Config(connect_timeout=5, read_timeout=30,
+                                            retries={"max_attempts": 2}))
+
+
 def open_store(spec: str | None, backend_client: redis.Redis | None,
                ttl: int = DEFAULT_TTL) -> ModelStore | None:
     """The store ``spec`` names (see the module docstring); None when it is ``off``.
@@ -138,8 +196,10 @@ def open_store(spec: str | None, backend_client: redis.Redis | None,
 
         return RedisModelStore(redis_lib.Redis.from_url(spec, socket_connect_timeout=5), ttl)
     if spec.startswith("s3://"):
-        raise ConfigError("CRYPTO_ML_MODEL_STORE=s3://... is not supported yet; use a directory "
-                          "(a mounted bucket works), a redis:// URL, or leave it unset")
+        bucket, _, prefix = spec.removeprefix("s3://").partition("/")
+        if not bucket:
+            raise ConfigError(f"CRYPTO_ML_MODEL_STORE={spec!r}: name a bucket, s3://BUCKET/prefix")
+        return S3ModelStore(s3_client(), bucket, prefix, ttl)
     if "://" in spec and not spec.startswith("file://"):
         raise ConfigError(f"CRYPTO_ML_MODEL_STORE={spec!r}: use redis, redis://..., a directory "
                           "or file:///path, or off")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from celery import Task, shared_task, states
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
@@ -22,6 +22,7 @@ from crypto_ml.worker.model_store import DEFAULT_TTL, ModelStore, open_store
 from crypto_ml.worker.requests import BATCH_TASK_NAME, TASK_NAME, ForecastRequest, run_batch, run_forecast
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 #: Each worker process's model store by its spec, opened at the first task that needs it.
 _STORES: dict[str | None, tuple[ModelStore | None]] = {}
 
@@ -41,12 +42,13 @@ class ForecastTask(Task):
         client = getattr(self.backend, "client", None)
         if client is None:  # not a Redis result backend: deliveries cannot be counted
             return
-        if self.backend.get_task_meta(task_id, cache=False)["status"] == states.SUCCESS:
+        conf = self.app.conf
+        deliveries, stored = self._riding_out_restarts(lambda: count_delivery(
+            client, task_id, int(conf.result_expires or 86400),
+            self.backend.get_key_for_task(task_id)))
+        if stored is not None and self.backend.decode_result(stored)["status"] == states.SUCCESS:
             log.info("task %s: duplicate delivery of a finished task, skipped", task_id)
             raise Ignore()
-        conf = self.app.conf
-        deliveries = self._riding_out_restarts(
-            lambda: count_delivery(client, task_id, ttl=int(conf.result_expires or 86400)))
         limit = int(conf.get("crypto_ml_max_deliveries", 3))
         if deliveries > limit:
             raise TooManyDeliveries.for_task(task_id, deliveries, limit)
@@ -54,7 +56,7 @@ class ForecastTask(Task):
             log.warning("task %s: delivery %d of at most %d (an earlier run's worker died)",
                         task_id, deliveries, limit)
 
-    def _riding_out_restarts(self, call: Callable[[], int]) -> int:
+    def _riding_out_restarts(self, call: Callable[[], T]) -> T:
         """``call()``, retried while the backend is unreachable (a Redis restart or failover:
         seconds), for as long as a result store is retried (``result_backend_max_retries``)."""
         errors = tuple(getattr(self.backend, "connection_errors", ())) or (ConnectionError,)
