@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from crypto_ml.data.loader import CryptoLoader  # noqa: E402
-from crypto_ml.models import get_model  # noqa: E402
+from crypto_ml.models import default_max_points, get_model  # noqa: E402
 from crypto_ml.ops.processes import free_port, spawn, terminate, wait_until  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "top100-2017"
@@ -141,9 +141,11 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
     loader = CryptoLoader(args.data_dir)
-    coins = [c for c in loader.get_crypto_names() if len(loader.get_df(c)["Close"].dropna()) >= 2]
-    expected = {c: get_model("linear").fit(loader.get_df(c)["Close"].dropna().tolist())
-                .forecast(HORIZON).tolist() for c in coins}
+    closes = {c: loader.get_closes(c)[1] for c in loader.get_crypto_names()}
+    window = default_max_points("linear")  # the API fits each model on its default window
+    coins = [c for c, v in closes.items() if len(v) >= 2]
+    expected = {c: get_model("linear").fit(closes[c][-window:].tolist()).forecast(HORIZON)
+                .tolist() for c in coins}
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                            "load_average_at_start": round(os.getloadavg()[0], 1)},
                                "requests": args.requests, "clients": args.clients,

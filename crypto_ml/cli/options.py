@@ -22,7 +22,7 @@ from typing import Protocol
 from crypto_ml.core.errors import ConfigError, DataNotFound, InvalidTaskInput
 from crypto_ml.core.settings import LOG_FORMATS, Settings
 from crypto_ml.data.loader import HOW_TO_GET_DATA, CryptoLoader
-from crypto_ml.data.parsing import coin_id
+from crypto_ml.data.names import coin_id
 from crypto_ml.models import parse_models
 from crypto_ml.models.intervals import check_levels
 

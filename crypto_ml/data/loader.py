@@ -131,14 +131,15 @@ class CryptoLoader:
         self._dropped[coin] = dropped
         return frame
 
-    def _folder(self) -> cache.Folder | None:
-        """The folder through the cache (parsed and cached on a miss); None without a cache."""
+    def _folder(self, parse: bool = True) -> cache.Folder | None:
+        """The folder through the cache (on a miss: parsed and cached, or with ``parse=False``
+        None); None without a cache."""
         if self._cached is not None or self.cache_dir is None or not self.data_dir.is_dir():
             return self._cached
         files = cache.listing(self.data_dir)
         path = cache.cache_file(self.cache_dir, self.data_dir)
         self._cached = cache.read(path, files)
-        if self._cached is None:
+        if self._cached is None and parse:
             self._cached = self._parse_all(files)
             if self._cached is not None:
                 cache.write(path, files, self._cached)
@@ -210,8 +211,15 @@ class CryptoLoader:
         return names
 
     def coin_ids(self) -> list[str]:
-        """Sorted ids of every coin the folder's files name, from the listing and the files'
+        """Sorted ids of every coin the folder's files name, readable or not: from a valid
+        cache (one per-coin file each, no pandas), else from the listing and the files'
         headers, without reading their rows (a file may still prove unreadable later)."""
+        if not self.data_dir.exists():
+            raise self._missing()
+        folder = self._folder(parse=False)
+        if folder is not None:
+            labels = [*(s.label for s in folder.series.values()), *folder.skipped]
+            return sorted({coin_id(Path(label).stem) for label in labels})
         return list(self._index())
 
     def get_df(self, name: str) -> pd.DataFrame:

@@ -68,10 +68,11 @@ def kill_all(procs: Sequence[subprocess.Popen[bytes]]) -> None:
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str,
-               alive: Callable[[], str | None] = lambda: None) -> None:
-    """Poll ``condition`` until true; ConfigError naming ``what`` on timeout or death."""
+               alive: Callable[[], str | None] = lambda: None, most: float = 0.25) -> None:
+    """Poll ``condition`` until true, every 20 ms at first, backing off to every ``most``
+    seconds; ConfigError naming ``what`` on timeout or death."""
     deadline = time.monotonic() + timeout
-    delay = 0.02
+    delay = min(0.02, most)
     while not condition():
         died = alive()
         if died:
@@ -79,4 +80,4 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str,
         if time.monotonic() > deadline:
             raise ConfigError(f"{what} did not happen within {timeout:.0f} s")
         time.sleep(delay)
-        delay = min(delay * 1.5, 0.25)
+        delay = min(delay * 1.5, most)
