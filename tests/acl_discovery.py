@@ -292,9 +292,8 @@ def watched_cluster(roles: Mapping[str, acl.Role], work: Path,
             admin.execute_command("ACL", "LOG", "RESET")
             cluster.start_workers()
             cluster.start_flower()
-            from crypto_ml.worker.app import create_app
 
-            cluster.wait_for_workers(create_app(Settings().with_broker(cluster.url_for("manager"))))
+            cluster.wait_for_workers()
             if cluster.flower:
                 cluster.flower.wait_ready(cluster.worker_names)
             yield cluster, recorder

@@ -172,7 +172,7 @@ def test_killed_manager_leaves_no_work_behind_and_rerun_gives_same_results(
         wait_until(lambda: time.time() > max(e.timestamp() for e in expiries), 30, "expiry")
 
         cluster.start_workers()
-        cluster.wait_for_workers(app_for(cluster))
+        cluster.wait_for_workers()
         wait_for_drained(cluster)  # the orphans were discarded, not run for nobody
         logs = worker_logs(cluster)
         assert logs.count("Discarding revoked task") == len(coins)

@@ -34,7 +34,6 @@ from crypto_ml.core.errors import ConfigError
 from crypto_ml.core.settings import Settings, threads_env
 from crypto_ml.ops.flower import FlowerProcess
 from crypto_ml.ops.processes import free_port, kill_all, spawn, terminate, wait_until
-from crypto_ml.worker.app import create_app
 from crypto_ml.worker.liveness import REGISTRY_KEY
 
 READY_TIMEOUT = 60.0
@@ -161,29 +160,19 @@ class LocalCluster:
                 return f"worker {self.worker_names[i]} {reason}"
         return None
 
-    def wait_for_workers(self, app: object, timeout: float = READY_TIMEOUT) -> None:
+    def wait_for_workers(self, timeout: float = READY_TIMEOUT) -> None:
         """Block until every worker consumes: its heartbeat registration, written at Celery's
-        ``worker_ready`` (one Redis read every 20 ms), or with heartbeats off its answer to a
-        ping (each unanswered ping costs its 0.3 s window: about 0.5 s later on average)."""
+        ``worker_ready`` (one Redis read every 20 ms). A ping through the broker, as before,
+        found a worker about 0.5 s after it was ready: each unanswered ping costs its window."""
         waiting = set(self.worker_names)
-        if Settings.from_env(self.env).heartbeat_seconds <= 0:
-            def all_answered() -> bool:
-                # limit: return once every awaited worker answered, not after the whole window
-                replies = app.control.ping(  # type: ignore[attr-defined]
-                    destination=sorted(waiting), timeout=0.3, limit=len(waiting))
-                for reply in replies:
-                    waiting.difference_update(reply)
-                return not waiting
-        else:
-            client = self.client()
 
-            def all_answered() -> bool:
-                registered = {m.decode().split("/", 1)[0]
-                              for m in client.smembers(REGISTRY_KEY)}  # type: ignore[union-attr]
-                waiting.difference_update(registered)
-                return not waiting
+        def all_registered() -> bool:
+            with self.client() as client:
+                waiting.difference_update(m.decode().split("/", 1)[0]
+                                          for m in client.smembers(REGISTRY_KEY))  # type: ignore[union-attr]
+            return not waiting
 
-        wait_until(all_answered, timeout, f"starting {self.n_workers} celery worker(s)",
+        wait_until(all_registered, timeout, f"starting {self.n_workers} celery worker(s)",
                    self._workers_dead, most=0.02)
 
     @property
@@ -213,8 +202,7 @@ class LocalCluster:
         """Start Redis, workers (and Flower), wait until all are ready; stops all on failure."""
         self.launch()
         try:
-            app = create_app(Settings().with_broker(self.url_for("manager")))
-            self.wait_for_workers(app)
+            self.wait_for_workers()
             if self.flower:
                 self.flower.wait_ready(self.worker_names)
         except BaseException:
