@@ -14,13 +14,14 @@ machine: the in-process and cluster sides share the same cores.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,6 @@ from crypto_ml.worker.app import create_app  # noqa: E402
 from crypto_ml.worker.requests import ForecastRequest  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "top100-2017"
-JOB_MODELS = ["linear", "lstm", "gru"]  # the jobs benchmark's models (--models)
 
 
 def requests_for(loader: CryptoLoader, model: str, coins: list[str], cuts: int = 1,
@@ -131,11 +131,12 @@ def bench_dispatch(loader: CryptoLoader, coins: list[str], smoke: bool) -> dict[
     return out
 
 
-def bench_jobs(loader: CryptoLoader, coins: list[str], smoke: bool) -> dict[str, Any]:
+def bench_jobs(loader: CryptoLoader, coins: list[str], smoke: bool,
+               models: Sequence[str] = ("linear", "lstm", "gru")) -> dict[str, Any]:
     """The 100-coin linear, LSTM and GRU jobs: cluster (1, 2 workers) vs in-process, Ray,
     joblib (the peers on 2 worker processes)."""
     out: dict[str, Any] = {}
-    for model in ("linear",) if smoke else JOB_MODELS:
+    for model in ("linear",) if smoke else models:
         deep = model_class(model).heavy
         requests = requests_for(loader, model, coins)
         seconds: dict[str, float | None] = {"in_process": in_process(requests)}
@@ -218,8 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default=None, help="file name stem (default: full or smoke)")
     parser.add_argument("--models", help="the jobs benchmark's models (default: linear,lstm,gru)")
     args = parser.parse_args(argv)
+    benches = dict(BENCHES)
     if args.models:
-        JOB_MODELS[:] = args.models.split(",")
+        benches["jobs"] = functools.partial(bench_jobs, models=args.models.split(","))
     loader = CryptoLoader(args.data_dir, cache_dir=Settings.from_env().cache_dir)
     coins = loader.get_crypto_names()
     if args.smoke:
@@ -232,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     for name in chosen:
         print(f"running {name} ...", file=sys.stderr, flush=True)
-        results["benchmarks"][name] = BENCHES[name](loader, coins, args.smoke)
+        results["benchmarks"][name] = benches[name](loader, coins, args.smoke)
         print(json.dumps(results["benchmarks"][name]), file=sys.stderr, flush=True)
     stem = args.name or ("smoke" if args.smoke else "full")
     args.out.mkdir(parents=True, exist_ok=True)

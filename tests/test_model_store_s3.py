@@ -38,18 +38,17 @@ def endpoint() -> Iterator[dict[str, str]]:
                               stderr=subprocess.DEVNULL)
     env = {"AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
            "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     try:
-        client = boto3.client("s3")
-        wait_until(lambda: _answers(client), 30, "starting the S3 server",
-                   lambda: None if server.poll() is None else f"exit {server.returncode}")
-        yield env
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in env.items():
+                patch.setenv(name, value)
+            client = boto3.client("s3")
+            wait_until(lambda: _answers(client), 30, "starting the S3 server",
+                       lambda: None if server.poll() is None else f"exit {server.returncode}")
+            yield env
     finally:
         server.terminate()
         server.wait(10)
-        for k, v in saved.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
 
 def _answers(client: Any) -> bool:

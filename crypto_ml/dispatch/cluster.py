@@ -167,13 +167,13 @@ class LocalCluster:
         waiting = set(self.worker_names)
 
         def all_registered() -> bool:
-            with self.client() as client:
-                waiting.difference_update(m.decode().split("/", 1)[0]
-                                          for m in client.smembers(REGISTRY_KEY))  # type: ignore[union-attr]
+            waiting.difference_update(m.decode().split("/", 1)[0]
+                                      for m in client.smembers(REGISTRY_KEY))
             return not waiting
 
-        wait_until(all_registered, timeout, f"starting {self.n_workers} celery worker(s)",
-                   self._workers_dead, most=0.02)
+        with self.client() as client:  # one connection for the whole wait, not one per poll
+            wait_until(all_registered, timeout, f"starting {self.n_workers} celery worker(s)",
+                       self._workers_dead, most=0.02)
 
     @property
     def flower_url(self) -> str | None:

@@ -21,10 +21,10 @@ def delivery_key(task_id: str) -> str:
 
 
 def count_delivery(client: Any, task_id: str, ttl: int,
-                   result_key: str | bytes | None = None) -> tuple[int, bytes | None]:
+                   result_key: str | bytes) -> tuple[int, bytes | None]:
     """Count one more start of ``task_id``; returns how many there have been, this one
-    included, and the task's stored result (``result_key``'s value, read in the same round
-    trip; None when not asked for or absent).
+    included, and the task's stored result (``result_key``'s value, None when absent), read
+    in the same round trip.
 
     The counter expires ``ttl`` seconds after the last start, so it never
     outlives the task's result.
@@ -32,7 +32,6 @@ def count_delivery(client: Any, task_id: str, ttl: int,
     pipe = client.pipeline()
     pipe.incr(delivery_key(task_id))
     pipe.expire(delivery_key(task_id), ttl)
-    if result_key is not None:
-        pipe.get(result_key)
-    count, _, *stored = pipe.execute()
-    return int(count), (stored[0] if stored else None)
+    pipe.get(result_key)
+    count, _, stored = pipe.execute()
+    return int(count), stored

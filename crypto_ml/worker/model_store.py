@@ -152,9 +152,10 @@ class S3ModelStore:
 
         try:
             reply = self.client.get_object(Bucket=self.bucket, Key=self._name(key))
-            if self.clock() - reply["LastModified"].timestamp() > self.ttl:
-                return None
-            return bytes(reply["Body"].read())
+            with reply["Body"] as body:  # closed unread when expired: the connection is freed
+                if self.clock() - reply["LastModified"].timestamp() > self.ttl:
+                    return None
+                return bytes(body.read())
         except self.client.exceptions.NoSuchKey:
             return None
         except (BotoCoreError, ClientError) as exc:
