@@ -7,10 +7,12 @@ the real CLI, all reaching Redis through ``sentinel://`` URLs.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from celery import Celery
 from fault_helpers import cli_env, finish, start_cli, worker_logs
 from sentinel_support import SentinelCluster
 
@@ -19,6 +21,7 @@ from crypto_ml.data.loader import CryptoLoader
 from crypto_ml.dispatch.manager import check_broker
 from crypto_ml.ops.processes import wait_until
 from crypto_ml.worker.app import create_app
+from crypto_ml.worker.requests import BATCH_TASK_NAME, TASK_NAME
 
 pytestmark = pytest.mark.integration
 
@@ -40,12 +43,13 @@ def test_master_killed_mid_run_everything_fails_over(price_data: Path, tmp_path:
         check_broker(url)  # the manager's check finds the master through the sentinels
         before = cluster.master_port()
         meta = "celery-task-meta-*"
+        throttle(create_app(Settings().with_broker(url)), workers=2)
         cli = start_cli("send-tasks", "--model", "naive,linear", "--broker", url, "--output",
                         str(out), "--timeout", "180", data_dir=price_data,
                         env=cli_env(price_data, CRYPTO_ML_BATCH_SIZE="1"))
         # mid-run: some results stored, most still to come
         wait_until(lambda: sum(1 for _ in cluster.client().scan_iter(match=meta)) >= 20, 120,
-                   "the first results")
+                   "the first results", lambda: cli_exited(cli))
         assert cli.poll() is None
         cluster.kill_master()
         killed = time.monotonic()
@@ -62,3 +66,19 @@ def test_master_killed_mid_run_everything_fails_over(price_data: Path, tmp_path:
         assert forecasts == 2 * len(CryptoLoader(price_data).get_crypto_names())
         for proc in cluster.workers:  # the workers rode it out
             assert proc.poll() is None
+
+
+def throttle(app: Celery, workers: int, per_second: int = 4) -> None:
+    """Slow every worker to ``per_second`` forecasts with Celery's own rate limit, so that the
+    run (66 one-forecast tasks) lasts about 8 s and the master dies while most are to come,
+    however fast the machine is (unthrottled, the run can end before the test looks)."""
+    for name in (TASK_NAME, BATCH_TASK_NAME):
+        replies = app.control.rate_limit(name, f"{per_second}/s", reply=True, timeout=5,
+                                         limit=workers)
+        assert len(replies) == workers, f"rate limit {name}: {replies}"
+
+
+def cli_exited(cli: subprocess.Popen[str]) -> str | None:
+    if cli.poll() is None:
+        return None
+    return f"the CLI exited early with {cli.returncode}: {cli.communicate()}"
