@@ -2,15 +2,20 @@
 
 Series are windows of the real coins (series ``k`` is ``WINDOW`` closes of coin ``k mod n``
 starting ``k div n`` days in, wrapping), so every series is distinct and real. For each size
-and worker count: wall seconds, forecasts per second, the manager's peak RSS (this process,
-high-water mark so far: sizes run smallest first), each worker's peak RSS (VmHWM of its
-processes) and Redis' peak memory. ``plot`` draws seconds and forecasts per second against
-the series count (PNG).
+and worker count: wall seconds, forecasts per second, the manager's memory, each worker's
+peak RSS (VmHWM of its processes) and Redis' peak memory.
+
+The manager's memory is measured per run in this process (Linux): its resident size with
+the run's requests built (``manager_rss_mib``), the peak above that during the dispatch
+(``manager_dispatch_peak_mib``: the peak is reset first through ``/proc/self/clear_refs``)
+and what is still held above it once the report is back (``manager_results_mib``: the
+results). The dispatch must not need much more than the results it returns. ``plot``
+draws seconds and forecasts per second against the series count (PNG).
 """
 
 from __future__ import annotations
 
-import resource
+import gc
 import time
 from pathlib import Path
 from typing import Any
@@ -51,6 +56,34 @@ def _hwm_mib(pid: int) -> float:
     return round(total, 1)
 
 
+def _proc_mib(field: str) -> float:
+    """``VmRSS`` or ``VmHWM`` of this process, MiB (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _manager_run(manager: CryptoManager, requests: list[ForecastRequest]) -> dict[str, Any]:
+    """Dispatch ``requests``; wall time and the manager's memory for this run alone."""
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    before = _proc_mib("VmRSS")
+    started = time.perf_counter()
+    report = manager.dispatch(requests)
+    wall = time.perf_counter() - started
+    peak = _proc_mib("VmHWM")
+    gc.collect()
+    held = _proc_mib("VmRSS")
+    got = sum(len(m) for m in report.results.values())
+    if got != len(requests):
+        raise RuntimeError(f"curve lost work: {got}/{len(requests)}")
+    return {"wall_s": round(wall, 3), "per_s": round(len(requests) / wall, 1),
+            "manager_rss_mib": round(before, 1),
+            "manager_dispatch_peak_mib": round(peak - before, 1),
+            "manager_results_mib": round(held - before, 1)}
+
+
 def bench_curve(loader: CryptoLoader, coins: list[str], smoke: bool) -> dict[str, Any]:
     sizes = (20, 100) if smoke else (100, 1_000, 10_000)
     out: dict[str, Any] = {}
@@ -61,21 +94,11 @@ def bench_curve(loader: CryptoLoader, coins: list[str], smoke: bool) -> dict[str
             manager.dispatch(windows(loader, coins, 2 * workers, "linear"))  # warm
             for model in ("naive", "linear"):
                 for n in sizes:
-                    requests = windows(loader, coins, n, model)
-                    started = time.perf_counter()
-                    report = manager.dispatch(requests)
-                    wall = time.perf_counter() - started
-                    got = sum(len(m) for m in report.results.values())
-                    if got != n:
-                        raise RuntimeError(f"curve lost work: {got}/{n}")
-                    del report, requests
+                    run = _manager_run(manager, windows(loader, coins, n, model))
                     with cluster.client() as client:
                         redis_peak = int(client.info("memory")["used_memory_peak"])
                     out[f"{model}_{n}_{workers}w"] = {
-                        "wall_s": round(wall, 3), "per_s": round(n / wall, 1),
-                        "manager_peak_mib": round(
-                            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                        "worker_peak_mib": [_hwm_mib(p.pid) for p in cluster.workers],
+                        **run, "worker_peak_mib": [_hwm_mib(p.pid) for p in cluster.workers],
                         "redis_peak_mib": round(redis_peak / 2**20, 1)}
     return out
 

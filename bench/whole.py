@@ -5,8 +5,10 @@
   files, same trend lines), whole processes, run in turn A B A B ..., best of N and the
   median of the pairwise ratios. Target: ``ratio_best`` <= 0.6.
 * ``small``: through a warm 2-worker cluster, one ``dispatch`` of the 100 coins against
-  the same fits in-process (target <= 1.5x, medians), and a single coin's round trip
-  (target p50 <= 5 ms).
+  the same forecasts in-process (target <= 1.5x, medians), in two forms: point forecasts
+  over each whole history (``overhead``: tiny fits, so the queue's own cost shows) and the
+  run ``send-tasks --model linear`` makes (``default_overhead``: the 200-close window, 80
+  and 95% intervals); and a single coin's round trip (target p50 <= 5 ms).
 
 Every figure comes with the load average, as the machine may be shared.
 """
@@ -26,9 +28,9 @@ from crypto_ml.core.settings import Settings
 from crypto_ml.data.loader import CryptoLoader
 from crypto_ml.dispatch.cluster import LocalCluster
 from crypto_ml.dispatch.manager import CryptoManager
-from crypto_ml.models import get_model
+from crypto_ml.models import default_max_points
 from crypto_ml.worker.app import create_app
-from crypto_ml.worker.requests import ForecastRequest
+from crypto_ml.worker.requests import ForecastRequest, run_forecast
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,34 +77,57 @@ def bench_command(data_dir: Path, runs: int = 3) -> dict[str, Any]:
             "runs": runs, "load_avg": load}
 
 
-def bench_small(loader: CryptoLoader, coins: list[str], smoke: bool) -> dict[str, Any]:
-    """Warm 2-worker cluster: the 100-coin cheap run vs in-process; one coin's round trip."""
-    requests = []
+def _small_requests(loader: CryptoLoader, coins: list[str]) -> dict[str, list[ForecastRequest]]:
+    """Two forms of the 100-coin linear run: ``points`` (whole history, point forecasts only:
+    the fits are tiny, so the queue's overhead shows) and ``default`` (what ``send-tasks
+    --model linear`` sends: the model's default window, intervals at 80 and 95%)."""
+    window = default_max_points("linear")
+    out: dict[str, list[ForecastRequest]] = {"points": [], "default": []}
     for coin in coins:
         _, closes = loader.get_closes(coin)
-        if len(closes) >= 2:
-            # point forecasts only: the in-process loop below computes no intervals either
-            requests.append(ForecastRequest(coin, "linear", closes.tolist(), 10, None, {},
-                                            levels=()))
+        if len(closes) >= 30:  # conformal intervals need a few dozen closes
+            out["points"].append(ForecastRequest(coin, "linear", closes.tolist(), 10, levels=()))
+            out["default"].append(ForecastRequest(coin, "linear", closes[-window:].tolist(), 10,
+                                                  use_store=False))
+    return out
+
+
+def _in_turn(manager: CryptoManager, requests: list[ForecastRequest], reps: int
+             ) -> tuple[float, float]:
+    """Median seconds of the same run in-process and through the cluster, taken in turn so
+    that both sides see the same load."""
+    local, remote = [], []
+    for _ in range(reps):
+        started = time.perf_counter()
+        for r in requests:
+            run_forecast(r, "in-process")
+        local.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        report = manager.dispatch(requests)
+        remote.append(time.perf_counter() - started)
+        if report.failed:
+            raise RuntimeError(f"small run failed: {report.failed}")
+    return statistics.median(local), statistics.median(remote)
+
+
+def bench_small(loader: CryptoLoader, coins: list[str], smoke: bool) -> dict[str, Any]:
+    """Warm 2-worker cluster: the 100-coin cheap run vs in-process (point forecasts over the
+    whole history, and the default run with intervals); one coin's round trip."""
+    forms = _small_requests(loader, coins)
     reps, trips = (3, 20) if smoke else (15, 200)
-    out: dict[str, Any] = {"coins": len(requests), "load_avg_start": load_average()}
+    out: dict[str, Any] = {"coins": len(forms["points"]), "load_avg_start": load_average()}
     with LocalCluster(workers=1 if smoke else 2, loglevel="WARNING") as cluster:
         settings = Settings().with_broker(cluster.broker_url)
         manager = CryptoManager(app=create_app(settings), settings=settings)
-        for _ in range(3):  # warm: every worker has imported and run the model
-            manager.dispatch(requests)
-        local, remote = [], []
-        for _ in range(reps):  # in turn, so that both sides see the same load
-            started = time.perf_counter()
-            for r in requests:
-                get_model(r.model).fit(r.prices, coin=r.coin).forecast(r.horizon)
-            local.append(time.perf_counter() - started)
-            started = time.perf_counter()
-            report = manager.dispatch(requests)
-            remote.append(time.perf_counter() - started)
-            if report.failed:
-                raise RuntimeError(f"small run failed: {report.failed}")
-        one = [requests[0]]
+        for form, requests in forms.items():
+            for _ in range(3):  # warm: every worker has imported and run the model
+                manager.dispatch(requests)
+            local, remote = _in_turn(manager, requests, reps)
+            prefix = "" if form == "points" else "default_"
+            out.update({f"{prefix}in_process_median_ms": round(local * 1000, 1),
+                        f"{prefix}cluster_median_ms": round(remote * 1000, 1),
+                        f"{prefix}overhead": round(remote / local, 2)})
+        one = [forms["points"][0]]
         trip = []
         for _ in range(trips):
             started = time.perf_counter()
@@ -110,9 +135,6 @@ def bench_small(loader: CryptoLoader, coins: list[str], smoke: bool) -> dict[str
             trip.append(time.perf_counter() - started)
     trip.sort()
     out.update({
-        "in_process_median_ms": round(statistics.median(local) * 1000, 1),
-        "cluster_median_ms": round(statistics.median(remote) * 1000, 1),
-        "overhead": round(statistics.median(remote) / statistics.median(local), 2),
         "one_coin_p50_ms": round(trip[len(trip) // 2] * 1000, 2),
         "one_coin_p90_ms": round(trip[int(len(trip) * 0.9)] * 1000, 2),
         "load_avg_end": load_average(),

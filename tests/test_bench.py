@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 
 def test_bench_smoke_writes_ratios(price_data: Path, tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, "bench/run.py", "--smoke", "--data-dir", str(price_data),
-                          "--out", str(tmp_path), "--only", "startup,dispatch,small"],
+                          "--out", str(tmp_path), "--only", "startup,dispatch,small,curve"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     results = json.loads((tmp_path / "smoke.json").read_text())
@@ -25,5 +25,8 @@ def test_bench_smoke_writes_ratios(price_data: Path, tmp_path: Path) -> None:
     assert "| dispatch | overhead_1w |" in (tmp_path / "smoke.md").read_text()
     small = results["benchmarks"]["small"]
     assert small["overhead"] > 0 and small["one_coin_p50_ms"] > 0
+    assert small["default_overhead"] > 0  # the run send-tasks makes: window, intervals
+    for run in results["benchmarks"]["curve"].values():  # the manager's memory, per run
+        assert run["manager_dispatch_peak_mib"] >= 0 and run["per_s"] > 0
     history = (tmp_path / "history.tsv").read_text().splitlines()
     assert len(history) == 1 and "small.one_coin_p50_ms=" in history[0]
