@@ -85,9 +85,11 @@ class Stack:
             argv[1:1] = ["-p", str(self.redis_port)]  # options go before the command
         argv = [a.replace("--port=5555", f"--port={self.flower_port}")
                  .replace("127.0.0.1:5555", f"127.0.0.1:{self.flower_port}") for a in argv]
-        if run.argv[:4] == ["celery", "-A", "crypto_ml", "flower"]:
-            argv.append("--address=127.0.0.1")
-        return argv, local_env({**image_env(), **run.env}, self.redis_port, tmp, paths)
+        env = local_env({**image_env(), **run.env}, self.redis_port, tmp, paths)
+        if run.argv[:4] == ["python", "-m", "crypto_ml", "flower"]:  # here: loopback, free port
+            env.update(CRYPTO_ML_FLOWER_ADDRESS="127.0.0.1",
+                       CRYPTO_ML_FLOWER_PORT=str(self.flower_port))
+        return argv, env
 
     def call(self, run: ContainerRun, extra: tuple[str, ...] = (), timeout: float = 120,
              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -227,6 +229,17 @@ def test_flower_service_requires_basic_auth(stack: Stack) -> None:
     assert http_get(base + "/", auth="admin:wrong") == 401
     assert http_get(base + "/", auth=stack.env["FLOWER_BASIC_AUTH"]) == 200
     assert http_get(base + "/healthcheck") == 200  # what the probes use, without credentials
+
+
+def test_flower_service_stops_at_once_on_a_wrong_redis_password(stack: Stack) -> None:
+    run = runs_by_origin(compose_runs(stack.compose))["compose:flower"]
+    password = stack.env["REDIS_FLOWER_PASSWORD"]
+    url = run.env["CRYPTO_ML_BROKER_URL"].replace(password, "not-the-password")
+    out = stack.call(run, env={"CRYPTO_ML_BROKER_URL": url.replace(
+        "@redis:6379/", f"@127.0.0.1:{stack.redis_port}/")}, timeout=60)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "refused user 'flower'" in out.stderr and "REDIS_FLOWER_PASSWORD" in out.stderr
+    assert "not-the-password" not in out.stdout + out.stderr
 
 
 def test_compose_worker_consumes_cpu_and_gpu_with_one_process_per_core(stack: Stack) -> None:

@@ -124,8 +124,8 @@ def test_compose_requires_secrets_and_scales_workers() -> None:
     assert any(v.endswith(":/data") for v in redis["volumes"])
     flower = services["flower"]
     assert flower["ports"] == ["5555:5555"]
-    assert flower["environment"]["FLOWER_BASIC_AUTH"] == TEST_SECRETS["FLOWER_BASIC_AUTH"]
-    assert flower["command"][:4] == ["celery", "-A", "crypto_ml", "flower"]
+    assert flower["environment"]["CRYPTO_ML_FLOWER_BASIC_AUTH"] == TEST_SECRETS["FLOWER_BASIC_AUTH"]
+    assert flower["command"] == ["python", "-m", "crypto_ml", "flower"]  # checks its login first
     manager = services["manager"]
     assert "send-tasks" in manager["command"] and any(":/data:ro" in v for v in manager["volumes"])
 

@@ -222,7 +222,7 @@ def test_flower_probes_pass(pods: Pods) -> None:
                     f"Flower's {probe}",
                     died=lambda: None if ds.health(flower).endswith("running")
                     else ds.logs(flower)[-1500:])
-    auth = run.env["FLOWER_BASIC_AUTH"]
+    auth = run.env["CRYPTO_ML_FLOWER_BASIC_AUTH"]
     request = urllib.request.Request(pods.url(flower, 5555, "/"))
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=10)
