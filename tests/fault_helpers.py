@@ -110,13 +110,15 @@ def wait_for_running(app: Celery, timeout: float = 120, *, training: bool = Fals
             return True
         return False
 
-    def cli_died() -> str | None:
-        if cli is not None and cli.poll() is not None:
-            return f"the CLI exited early with {cli.returncode}: {cli.communicate()}"
-        return None
-
-    wait_until(ready, timeout, "a running task", cli_died)
+    wait_until(ready, timeout, "a running task", lambda: cli_exited(cli))
     return found[0]
+
+
+def cli_exited(cli: subprocess.Popen[str] | None) -> str | None:
+    """Why a background CLI is no longer running (its exit code and output), or None."""
+    if cli is None or cli.poll() is None:
+        return None
+    return f"the CLI exited early with {cli.returncode}: {cli.communicate()}"
 
 
 def worker_logs(cluster: LocalCluster) -> str:

@@ -83,8 +83,7 @@ class Stack:
             argv += ["--port", str(self.redis_port), "--bind", "127.0.0.1"]
         elif run.argv[0] == "redis-cli":
             argv[1:1] = ["-p", str(self.redis_port)]  # options go before the command
-        argv = [a.replace("--port=5555", f"--port={self.flower_port}")
-                 .replace("127.0.0.1:5555", f"127.0.0.1:{self.flower_port}") for a in argv]
+        argv = [a.replace("127.0.0.1:5555", f"127.0.0.1:{self.flower_port}") for a in argv]
         env = local_env({**image_env(), **run.env}, self.redis_port, tmp, paths)
         if run.argv[:4] == ["python", "-m", "crypto_ml", "flower"]:  # here: loopback, free port
             env.update(CRYPTO_ML_FLOWER_ADDRESS="127.0.0.1",

@@ -7,13 +7,12 @@ the real CLI, all reaching Redis through ``sentinel://`` URLs.
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 from celery import Celery
-from fault_helpers import cli_env, finish, start_cli, worker_logs
+from fault_helpers import cli_env, cli_exited, finish, start_cli, worker_logs
 from sentinel_support import SentinelCluster
 
 from crypto_ml.core.settings import Settings
@@ -76,9 +75,3 @@ def throttle(app: Celery, workers: int, per_second: int = 4) -> None:
         replies = app.control.rate_limit(name, f"{per_second}/s", reply=True, timeout=5,
                                          limit=workers)
         assert len(replies) == workers, f"rate limit {name}: {replies}"
-
-
-def cli_exited(cli: subprocess.Popen[str]) -> str | None:
-    if cli.poll() is None:
-        return None
-    return f"the CLI exited early with {cli.returncode}: {cli.communicate()}"

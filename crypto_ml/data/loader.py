@@ -218,8 +218,7 @@ class CryptoLoader:
             raise self._missing()
         folder = self._folder(parse=False)
         if folder is not None:
-            labels = [*(s.label for s in folder.series.values()), *folder.skipped]
-            return sorted({coin_id(Path(label).stem) for label in labels})
+            return sorted({*folder.series, *(coin_id(Path(label).stem) for label in folder.skipped)})
         return list(self._index())
 
     def get_df(self, name: str) -> pd.DataFrame:

@@ -34,7 +34,7 @@ from crypto_ml.core.errors import ConfigError
 from crypto_ml.core.settings import Settings, threads_env
 from crypto_ml.ops.flower import FlowerProcess
 from crypto_ml.ops.processes import free_port, kill_all, spawn, terminate, wait_until
-from crypto_ml.worker.liveness import REGISTRY_KEY
+from crypto_ml.worker.liveness import REGISTRY_KEY, hostname_of
 
 READY_TIMEOUT = 60.0
 
@@ -167,8 +167,7 @@ class LocalCluster:
         waiting = set(self.worker_names)
 
         def all_registered() -> bool:
-            waiting.difference_update(m.decode().split("/", 1)[0]
-                                      for m in client.smembers(REGISTRY_KEY))
+            waiting.difference_update(map(hostname_of, client.smembers(REGISTRY_KEY)))
             return not waiting
 
         with self.client() as client:  # one connection for the whole wait, not one per poll

@@ -257,6 +257,11 @@ def worker_id(hostname: str) -> str:
     return f"{hostname}/{os.getpid()}/{secrets.token_hex(3)}"
 
 
+def hostname_of(worker: str | bytes) -> str:
+    """The Celery hostname in a :func:`worker_id` (as the registry holds it)."""
+    return bytes_to_str(worker).split("/", 1)[0]
+
+
 def start(app: Any, hostname: str) -> Liveness | None:
     """Start this worker process's heartbeat thread (once), configured from ``app.conf``."""
     if _running:
