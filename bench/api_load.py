@@ -9,8 +9,11 @@ in the API process, no queue), and sends both the same requests: ``linear`` on 1
 coin and on 10 coins, each with ``wait=30``. Every response must be 200 and its
 forecasts equal to the model's, computed here. Reports throughput, p50/p99 latency
 under load, p50 of one client alone, and the API process's RSS before and after
-each load. Writes bench/results/api_load.{json,md}. Not a test: run it on an
-otherwise idle machine (client, API and workers share the cores).
+each load; and the floor: ``GET /v1/models`` (a request with no forecast and no
+Redis) from the same clients, the most any forecast request could get. The clients
+are aiohttp's (see :func:`client_session`). Writes bench/results/api_load.{json,md}.
+Not a test: run it on an otherwise idle machine (client, API and workers share the
+cores).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 import numpy as np
 import psutil
 
@@ -73,31 +76,36 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
+def client_session(url: str, clients: int) -> aiohttp.ClientSession:
+    """The load generator: aiohttp keeps up with the server here; httpx's AsyncClient did not
+    (about 210 req/s against a bare Starlette route on this 2-core machine, aiohttp 12,600),
+    so it measured itself, not the API."""
+    return aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(limit=clients),
+                                 timeout=aiohttp.ClientTimeout(total=60))
+
+
 async def load(url: str, bodies: list[dict[str, Any]], expected: dict[str, list[float]],
                clients: int) -> dict[str, Any]:
     """Send ``bodies`` from ``clients`` concurrent clients; latencies and correctness."""
-    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    for body in bodies:
-        queue.put_nowait(body)
+    left = iter(bodies)
     latencies: list[float] = []
     errors: list[str] = []
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as session:
+    async with client_session(url, clients) as session:
 
         async def client() -> None:
-            while not queue.empty():
-                body = queue.get_nowait()
+            for body in left:
                 started = time.perf_counter()
                 try:
-                    reply = await session.post("/v1/forecasts?wait=30", json=body)
-                except httpx.TransportError as exc:  # counted, not fatal: the run goes on
+                    async with session.post("/v1/forecasts?wait=30", json=body) as reply:
+                        status, payload = reply.status, await reply.read()
+                except aiohttp.ClientError as exc:  # counted, not fatal: the run goes on
                     errors.append(f"{type(exc).__name__}: {exc}")
                     continue
                 latencies.append(time.perf_counter() - started)
-                if reply.status_code != 200:
-                    errors.append(f"{reply.status_code}: {reply.text[:200]}")
+                if status != 200:
+                    errors.append(f"{status}: {payload[:200]!r}")
                     continue
-                results = reply.json()["results"]
+                results = json.loads(payload)["results"]
                 for coin in body["coins"]:
                     got = results.get(coin, {}).get("linear", {}).get("forecast")
                     if got is None or not np.allclose(got, expected[coin], rtol=1e-9, atol=0):
@@ -111,6 +119,29 @@ async def load(url: str, bodies: list[dict[str, Any]], expected: dict[str, list[
             "p50_ms": round(percentile(latencies, 50) * 1000, 2),
             "p99_ms": round(percentile(latencies, 99) * 1000, 2),
             "errors": len(errors), "first_errors": errors[:3]}
+
+
+async def floor(url: str, n: int, clients: int) -> dict[str, Any]:
+    """The HTTP stack's own ceiling: ``GET /v1/models`` (no forecast, no Redis) from the same
+    clients. No forecast request can be served faster than this on the same machine."""
+    latencies: list[float] = []
+    left = iter(range(n))
+    async with client_session(url, clients) as session:
+
+        async def client() -> None:
+            for _ in left:
+                started = time.perf_counter()
+                async with session.get("/v1/models") as reply:
+                    await reply.read()
+                    reply.raise_for_status()
+                latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        wall = time.perf_counter() - started
+    return {"requests": n, "throughput_rps": round(n / wall, 1),
+            "p50_ms": round(percentile(latencies, 50) * 1000, 2),
+            "p99_ms": round(percentile(latencies, 99) * 1000, 2)}
 
 
 def rss_mb(pid: int) -> float:
@@ -154,6 +185,10 @@ def main() -> int:
     for mode in ("queue", "in_process"):
         log = args.out / f"api_load_{mode}.log.tmp"
         with api_server(args.data_dir, args.workers, mode == "in_process", log) as (url, pid):
+            if mode == "queue":  # the same server, a request with no forecast in it
+                asyncio.run(floor(url, min(200, args.requests), args.clients))  # warm-up
+                results["floor"] = asyncio.run(floor(url, args.requests, args.clients))
+                print(f"floor: {json.dumps(results['floor'])}", flush=True)
             for per_request in (1, 10):
                 key = f"{mode}_{per_request}_coin"
                 print(f"{key}: {args.requests} requests, {args.clients} clients ...", flush=True)
@@ -187,6 +222,13 @@ def table(results: dict[str, Any]) -> str:
             lines.append(f"| {mode.replace('_', '-')} | {n} | {r['throughput_rps']} | "
                          f"{r['p50_ms']} | {r['p99_ms']} | {r['single_client_p50_ms']} | "
                          f"{r['errors']} | {r['rss_mb_before']} -> {r['rss_mb_after']} |")
+    if "floor" in results:
+        f = results["floor"]
+        lines += ["", f"Floor: `GET /v1/models` (no forecast, no Redis) from the same "
+                  f"{results['clients']} clients: {f['throughput_rps']} req/s, p50 {f['p50_ms']} "
+                  f"ms, p99 {f['p99_ms']} ms. With {results['clients']} requests always in "
+                  f"flight, p50 under 20 ms needs {results['clients'] / 0.020:.0f} req/s "
+                  "(Little's law)."]
     for n in (1, 10):
         q, p = results[f"queue_{n}_coin"], results[f"in_process_{n}_coin"]
         lines.append("")

@@ -8,7 +8,9 @@
   the same forecasts in-process (target <= 1.5x, medians), in two forms: point forecasts
   over each whole history (``overhead``: tiny fits, so the queue's own cost shows) and the
   run ``send-tasks --model linear`` makes (``default_overhead``: the 200-close window, 80
-  and 95% intervals); and a single coin's round trip (target p50 <= 5 ms).
+  and 95% intervals); and a single coin's round trip (target p50 <= 5 ms). The ``transport``
+  form sends the point form's closes to ``naive`` (a fit that costs nothing): the cost of
+  moving the data alone, the floor of the point form.
 
 Every figure comes with the load average, as the machine may be shared.
 """
@@ -82,11 +84,13 @@ def _small_requests(loader: CryptoLoader, coins: list[str]) -> dict[str, list[Fo
     the fits are tiny, so the queue's overhead shows) and ``default`` (what ``send-tasks
     --model linear`` sends: the model's default window, intervals at 80 and 95%)."""
     window = default_max_points("linear")
-    out: dict[str, list[ForecastRequest]] = {"points": [], "default": []}
+    out: dict[str, list[ForecastRequest]] = {"points": [], "default": [], "transport": []}
     for coin in coins:
         _, closes = loader.get_closes(coin)
         if len(closes) >= 30:  # conformal intervals need a few dozen closes
             out["points"].append(ForecastRequest(coin, "linear", closes.tolist(), 10, levels=()))
+            out["transport"].append(ForecastRequest(coin, "naive", closes.tolist(), 10,
+                                                    levels=()))
             out["default"].append(ForecastRequest(coin, "linear", closes[-window:].tolist(), 10,
                                                   use_store=False))
     return out
@@ -123,7 +127,7 @@ def bench_small(loader: CryptoLoader, coins: list[str], smoke: bool) -> dict[str
             for _ in range(3):  # warm: every worker has imported and run the model
                 manager.dispatch(requests)
             local, remote = _in_turn(manager, requests, reps)
-            prefix = "" if form == "points" else "default_"
+            prefix = {"points": "", "default": "default_", "transport": "transport_"}[form]
             out.update({f"{prefix}in_process_median_ms": round(local * 1000, 1),
                         f"{prefix}cluster_median_ms": round(remote * 1000, 1),
                         f"{prefix}overhead": round(remote / local, 2)})
@@ -134,6 +138,10 @@ def bench_small(loader: CryptoLoader, coins: list[str], smoke: bool) -> dict[str
             manager.dispatch(one)
             trip.append(time.perf_counter() - started)
     trip.sort()
+    # the floor of the point-only form: the same closes shipped through the cluster to a
+    # model that does nothing with them (naive), against the linear fits in-process
+    out["transport_floor_vs_points_in_process"] = round(
+        out["transport_cluster_median_ms"] / out["in_process_median_ms"], 2)
     out.update({
         "one_coin_p50_ms": round(trip[len(trip) // 2] * 1000, 2),
         "one_coin_p90_ms": round(trip[int(len(trip) * 0.9)] * 1000, 2),

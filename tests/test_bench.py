@@ -26,6 +26,7 @@ def test_bench_smoke_writes_ratios(price_data: Path, tmp_path: Path) -> None:
     small = results["benchmarks"]["small"]
     assert small["overhead"] > 0 and small["one_coin_p50_ms"] > 0
     assert small["default_overhead"] > 0  # the run send-tasks makes: window, intervals
+    assert small["transport_floor_vs_points_in_process"] > 0  # the closes shipped, no fit
     for run in results["benchmarks"]["curve"].values():  # the manager's memory, per run
         assert run["manager_dispatch_peak_mib"] >= 0 and run["per_s"] > 0
     history = (tmp_path / "history.tsv").read_text().splitlines()

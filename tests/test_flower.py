@@ -102,7 +102,8 @@ def stack(price_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     with cluster_up(tmp_path_factory.mktemp("cluster-up")) as stack:
         stack.run = run_cli("send-tasks", "--broker", stack.broker_url, "--coins",
                             ",".join([*COINS, "100_list"]), "--model", ",".join(MODELS),
-                            "-v", data_dir=price_data, timeout=300)
+                            "-v", data_dir=price_data, timeout=300,
+                            env={"CRYPTO_ML_TASK_EVENTS": "1"})  # task-sent events: opt-in
         for task_id, coin, model, worker in TASK_LINE.findall(stack.run.stderr):
             stack.tasks.setdefault(task_id, []).append((coin, model, worker))
         yield stack

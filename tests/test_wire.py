@@ -53,6 +53,17 @@ def test_reliability_baseline() -> None:
         Settings(heartbeat_seconds=6)
 
 
+def test_task_events_are_off_unless_flower_is_there() -> None:
+    """Events cost a PUBLISH each per task; Celery's STARTED store costs two round trips, so the
+    app leaves it to ForecastTask (deep tasks only)."""
+    quiet = celery_config(SETTINGS)
+    assert not quiet["worker_send_task_events"] and not quiet["task_send_sent_event"]
+    assert not quiet["task_track_started"]
+    watched = celery_config(Settings.from_env({"CRYPTO_ML_BROKER_URL": SETTINGS.broker_url or "",
+                                               "CRYPTO_ML_TASK_EVENTS": "1"}))
+    assert watched["worker_send_task_events"] and watched["task_send_sent_event"]
+
+
 def test_no_broker_is_an_error_not_a_default_host() -> None:
     with pytest.raises(ConfigError, match="CRYPTO_ML_BROKER_URL"):
         celery_config(Settings())

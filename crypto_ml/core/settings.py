@@ -41,6 +41,9 @@ Variable                                   Default                     Meaning
 ``CRYPTO_ML_FLOWER_ADDRESS``               ``127.0.0.1``               Flower's address; others need auth.
 ``CRYPTO_ML_FLOWER_BASIC_AUTH``            (unset: no auth)            Flower login, ``user:pw[,u2:pw2]``.
 ``CRYPTO_ML_LOG_FORMAT``                   ``text``                    Log lines as ``text`` or ``json``.
+``CRYPTO_ML_TASK_EVENTS``                  ``0``                       1: workers send task events and the manager
+                                                                       task-sent events (for Flower; a running Flower
+                                                                       also turns workers' events on, within 5 s).
 ``CRYPTO_ML_MODEL_STORE``                  (unset: result backend)     Where trained deep models are kept: ``redis``,
                                                                        ``redis://...``, a directory, or ``off``.
 ``CRYPTO_ML_MODEL_STORE_TTL``              ``604800``                  Seconds a stored model is reused (7 days).
@@ -122,6 +125,7 @@ class Settings:
     flower_address: str = "127.0.0.1"
     flower_basic_auth: str | None = field(default=None, repr=False)
     log_format: str = "text"
+    task_events: bool = False
     model_store: str | None = None
     model_store_ttl: int = 7 * 86400
     api_keys: tuple[str, ...] = field(default=(), repr=False)
@@ -194,6 +198,7 @@ class Settings:
             flower_address=env.get("CRYPTO_ML_FLOWER_ADDRESS", "").strip() or "127.0.0.1",
             flower_basic_auth=env.get("CRYPTO_ML_FLOWER_BASIC_AUTH") or None,
             log_format=env.get("CRYPTO_ML_LOG_FORMAT", "").strip().lower() or "text",
+            task_events=env.get("CRYPTO_ML_TASK_EVENTS", "0").strip().lower() in TRUE,
             model_store=env.get("CRYPTO_ML_MODEL_STORE", "").strip() or None,
             model_store_ttl=_int(env, "CRYPTO_ML_MODEL_STORE_TTL", 7 * 86400),
             api_keys=tuple(k.strip() for k in env.get("CRYPTO_ML_API_KEYS", "").split(",")

@@ -146,6 +146,8 @@ class LocalCluster:
         env = {**threads_env(os.cpu_count() or 1, self.n_workers), **self.env,
                "CRYPTO_ML_BROKER_URL": self.url_for("worker")}
         env.pop("CRYPTO_ML_RESULT_BACKEND", None)
+        if self.flower_settings is not None:  # Flower shows tasks from their first moment
+            env["CRYPTO_ML_TASK_EVENTS"] = "1"
         tag = f"{os.getpid()}-{secrets.token_hex(2)}"
         for i in range(self.n_workers):
             name = f"local{i + 1}-{tag}@{socket.gethostname()}"

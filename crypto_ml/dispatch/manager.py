@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, TextIO
 
 import numpy as np
@@ -117,7 +118,9 @@ class CryptoManager:
             cluster.start()
             if cluster.flower_url:
                 self._say(f"flower: {cluster.flower_url} (stops when this run ends)")
-            yield create_app(self.settings.with_broker(cluster.broker_url))
+            settings = self.settings.with_broker(cluster.broker_url)
+            yield create_app(replace(settings, task_events=True) if cluster.flower_url
+                             else settings)
         except BaseException as exc:
             cluster.stop(graceful=not isinstance(exc, KeyboardInterrupt))
             raise

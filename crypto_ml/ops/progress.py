@@ -4,8 +4,8 @@
 (a protocol, so this module need not import the dispatcher) on
 :class:`~crypto_ml.core.progress.ProgressBar`. ``done`` and ``failed`` count finished
 forecasts; ``running`` counts the forecasts of messages whose result backend state is
-STARTED (the app tracks started tasks; a batch message carries several), read at most
-twice a second; ``queued`` is the rest. On a terminal the bar redraws in place on its
+STARTED (deep tasks are stored so when they start; a cheap batch, milliseconds long, is
+not), read at most twice a second; ``queued`` is the rest. On a terminal the bar redraws in place on its
 stream (stderr); anywhere else it logs one line per quarter of the forecasts.
 
 A run of several dispatches on one observer (``--model best``: a backtest, then the

@@ -111,9 +111,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_queues": (Queue(CPU_QUEUE), Queue(GPU_QUEUE)),
         "task_default_queue": CPU_QUEUE,
         "task_routes": (route_task,),
-        "task_track_started": True,
-        "task_send_sent_event": True,
-        "worker_send_task_events": True,
+        # STARTED is stored by ForecastTask.before_start, for deep tasks only: Celery's own
+        # costs two Redis round trips per task, a third of a cheap task's (issue 13)
+        "task_track_started": False,
+        # events cost a PUBLISH each (about 1 ms a cheap task); deployments with Flower turn
+        # them on, and a running Flower turns workers' on itself (control: enable_events)
+        "task_send_sent_event": settings.task_events,
+        "worker_send_task_events": settings.task_events,
         "worker_max_tasks_per_child": 500,
         "worker_hijack_root_logger": True,
         "crypto_ml_max_horizon": settings.max_horizon,

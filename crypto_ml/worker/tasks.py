@@ -9,6 +9,7 @@ The task body holds no policy of its own.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -17,6 +18,7 @@ from celery import Task, shared_task, states
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
 from crypto_ml.core.errors import CryptoMLError, TaskTimedOut, TooManyDeliveries
+from crypto_ml.models import HEAVY
 from crypto_ml.worker.deliveries import count_delivery
 from crypto_ml.worker.model_store import DEFAULT_TTL, ModelStore, open_store
 from crypto_ml.worker.requests import BATCH_TASK_NAME, TASK_NAME, ForecastRequest, run_batch, run_forecast
@@ -32,13 +34,23 @@ class ForecastTask(Task):
 
     Before each run :meth:`before_start` skips a duplicate delivery of a task
     that already succeeded and fails a task delivered more than
-    ``crypto_ml_max_deliveries`` times (see :mod:`crypto_ml.worker.deliveries`).
+    ``crypto_ml_max_deliveries`` times (see :mod:`crypto_ml.worker.deliveries`); a deep
+    task is then stored as STARTED with its pool process and worker (Celery's
+    ``task_track_started`` is off: cheap tasks last milliseconds, and it cost them two
+    Redis round trips each).
     """
 
     #: Failures with a clear message of their own: logged in one line, without a traceback.
     throws = (CryptoMLError,)
 
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
+        self._count_delivery(task_id)
+        if (kwargs or {}).get("model") in HEAVY:  # minutes of work: say it runs, and where
+            self.backend.store_result(task_id, {"pid": os.getpid(),
+                                                "hostname": self.request.hostname},
+                                      states.STARTED, request=self.request)
+
+    def _count_delivery(self, task_id: str) -> None:
         client = getattr(self.backend, "client", None)
         if client is None:  # not a Redis result backend: deliveries cannot be counted
             return
