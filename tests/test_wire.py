@@ -46,6 +46,10 @@ def test_reliability_baseline() -> None:
     assert conf["broker_transport_options"]["visibility_timeout"] > conf["task_time_limit"]
     assert conf["crypto_ml_dead_after_seconds"] == 10 and conf["crypto_ml_heartbeat_seconds"] == 2
     assert conf["result_expires"] > 0
+    # pool processes are replaced for their memory, not every N tasks (a 1-2.5 s stall each)
+    assert conf["worker_max_tasks_per_child"] is None
+    assert conf["worker_max_memory_per_child"] == 3072 * 1024
+    assert Settings.from_env({"CRYPTO_ML_MAX_CHILD_MEMORY_MB": "1536"}).max_child_memory_mb == 1536
     Settings(hard_time_limit=3600, soft_time_limit=3500, visibility_timeout=60)  # allowed now
     with pytest.raises(ConfigError, match="visibility"):
         Settings(visibility_timeout=15)

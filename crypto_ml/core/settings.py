@@ -37,6 +37,8 @@ Variable                                   Default                     Meaning
 ``CRYPTO_ML_PRELOAD_STATISTICAL``          ``0``                       1: each worker compiles ets/theta/arima (numba) at
                                                                        start, not at its first such task (4-9 s).
 ``CRYPTO_ML_WORKERS``                      number of CPU cores         Worker processes of the embedded cluster.
+``CRYPTO_ML_MAX_CHILD_MEMORY_MB``          ``3072``                    A pool process whose resident memory is above
+                                                                       this after a task is replaced by a fresh one.
 ``CRYPTO_ML_FLOWER_PORT``                  ``5555``                    Port of the Flower we start.
 ``CRYPTO_ML_FLOWER_ADDRESS``               ``127.0.0.1``               Flower's address; others need auth.
 ``CRYPTO_ML_FLOWER_BASIC_AUTH``            (unset: no auth)            Flower login, ``user:pw[,u2:pw2]``.
@@ -121,6 +123,7 @@ class Settings:
     preload_keras: bool = False
     preload_statistical: bool = False
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    max_child_memory_mb: int = 3072
     flower_port: int = 5555
     flower_address: str = "127.0.0.1"
     flower_basic_auth: str | None = field(default=None, repr=False)
@@ -194,6 +197,7 @@ class Settings:
             preload_statistical=env.get("CRYPTO_ML_PRELOAD_STATISTICAL", "0").strip().lower()
             in TRUE,
             workers=_int(env, "CRYPTO_ML_WORKERS", os.cpu_count() or 1),
+            max_child_memory_mb=_int(env, "CRYPTO_ML_MAX_CHILD_MEMORY_MB", 3072),
             flower_port=_int(env, "CRYPTO_ML_FLOWER_PORT", 5555),
             flower_address=env.get("CRYPTO_ML_FLOWER_ADDRESS", "").strip() or "127.0.0.1",
             flower_basic_auth=env.get("CRYPTO_ML_FLOWER_BASIC_AUTH") or None,

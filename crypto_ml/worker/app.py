@@ -118,7 +118,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # them on, and a running Flower turns workers' on itself (control: enable_events)
         "task_send_sent_event": settings.task_events,
         "worker_send_task_events": settings.task_events,
-        "worker_max_tasks_per_child": 500,
+        # a pool process is replaced when its memory has grown (a leak in a deep model's
+        # backend), not every N tasks: replacing one stalled its worker 1-2.5 s, every 500
+        # cheap tasks (a few seconds apart under API load: the p99; README: Performance)
+        "worker_max_tasks_per_child": None,
+        "worker_max_memory_per_child": settings.max_child_memory_mb * 1024,  # KiB
         "worker_hijack_root_logger": True,
         "crypto_ml_max_horizon": settings.max_horizon,
         "crypto_ml_max_series": settings.max_series,
