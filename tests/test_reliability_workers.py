@@ -28,6 +28,7 @@ from fault_helpers import (
 from crypto_ml.data.loader import CryptoLoader
 from crypto_ml.dispatch.cluster import LocalCluster
 from crypto_ml.dispatch.manager import CryptoManager
+from crypto_ml.ops.processes import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -130,3 +131,29 @@ def test_redelivery_knob_is_the_documented_one() -> None:
     transport = celery_config(Settings.from_env(env))["broker_transport_options"]
     assert transport["visibility_timeout"] == 660
     assert transport["unacked_restore_interval"] * transport["unacked_restore_throttle"] == 10
+
+
+def test_pool_process_over_its_memory_cap_is_replaced_and_forecasts_go_on() -> None:
+    """Pool processes are replaced for their memory (CRYPTO_ML_MAX_CHILD_MEMORY_MB), not after
+    a count of tasks: with a 1 MB cap every task is followed by a fresh process, and every
+    forecast still arrives."""
+    from crypto_ml.worker.requests import ForecastRequest
+
+    closes = list(np.linspace(100.0, 120.0, 60))
+    with LocalCluster(workers=1, env=cluster_env(CRYPTO_ML_MAX_CHILD_MEMORY_MB="1")) as cluster:
+        app = app_for(cluster)
+        manager = CryptoManager(app=app)
+
+        def pool_pids() -> set[int]:
+            stats = app.control.inspect(timeout=5, limit=1).stats() or {}
+            return {pid for s in stats.values() for pid in s["pool"]["processes"]}
+
+        seen = pool_pids()
+        for i in range(3):
+            report = manager.dispatch([ForecastRequest(f"c{i}", "linear", closes, 5)])
+            assert list(report.results) == [f"c{i}"] and not report.failed
+            before = frozenset(seen)
+            wait_until(lambda before=before: bool(pool_pids() - before), 30,  # type: ignore[misc]
+                       "a fresh pool process")
+            seen |= pool_pids()
+        assert len(seen) >= 4  # the first process and one new one after each task
