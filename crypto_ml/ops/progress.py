@@ -5,8 +5,8 @@
 :class:`~crypto_ml.core.progress.ProgressBar`. ``done`` and ``failed`` count finished
 forecasts; ``running`` counts the forecasts of messages whose result backend state is
 STARTED (deep tasks are stored so when they start; a cheap batch, milliseconds long, is
-not), read at most twice a second; ``queued`` is the rest. On a terminal the bar redraws in place on its
-stream (stderr); anywhere else it logs one line per quarter of the forecasts.
+not), read at most twice a second; ``queued`` is the rest. On a terminal the bar redraws
+in place on its stream (stderr); anywhere else it logs one line per quarter of the forecasts.
 
 A run of several dispatches on one observer (``--model best``: a backtest, then the
 forecasts) counts each as a phase of its own: :meth:`Progress.new_phase` starts the
