@@ -84,12 +84,13 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(f"{count} skipped: {reason}")
 
 
-def on_a_terminal(args: list[str], data_dir: Path) -> tuple[str, str, int]:
+def on_a_terminal(args: list[str], data_dir: Path,
+                  extra_env: dict[str, str] | None = None) -> tuple[str, str, int]:
     """Run ``python -m crypto_ml.manager ARGS`` with stderr on a pseudo-terminal, as a user at a
     terminal would: (stdout, what the terminal got, exit code)."""
     leader, follower = pty.openpty()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTO_ML_")}
-    env["CRYPTO_ML_DATA_DIR"] = str(data_dir)
+    env.update(extra_env or {}, CRYPTO_ML_DATA_DIR=str(data_dir))
     proc = subprocess.Popen([sys.executable, "-m", "crypto_ml.manager", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=follower, text=True)
     os.close(follower)

@@ -44,6 +44,8 @@ class Stack:
     broker_url: str
     flower_url: str
     worker_url: str = ""
+    exports: dict[str, str] = field(default_factory=dict)  # what `cluster up` says to export,
+    # the broker URL aside (CRYPTO_ML_TASK_EVENTS=1 with Flower)
     run: subprocess.CompletedProcess[str] | None = None
     tasks: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)  # id: [(coin,
     # model, worker)], several for a batch message
@@ -90,8 +92,9 @@ def cluster_up(folder: Path, workers: int = 2) -> Iterator[Stack]:
         flower = re.search(r"^flower: (http://\S+)$", text, re.MULTILINE)
         assert broker and flower, text
         worker = re.search(r"^  worker: (redis://\S+)$", text, re.MULTILINE)  # Redis user worker
+        exports = dict(re.findall(r"^export (\w+)=(\w+)$", text, re.MULTILINE))
         yield Stack(proc, broker.group(1), flower.group(1),
-                    worker_url=worker.group(1) if worker else broker.group(1))
+                    worker_url=worker.group(1) if worker else broker.group(1), exports=exports)
     finally:
         terminate(proc)
 
@@ -102,8 +105,7 @@ def stack(price_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     with cluster_up(tmp_path_factory.mktemp("cluster-up")) as stack:
         stack.run = run_cli("send-tasks", "--broker", stack.broker_url, "--coins",
                             ",".join([*COINS, "100_list"]), "--model", ",".join(MODELS),
-                            "-v", data_dir=price_data, timeout=300,
-                            env={"CRYPTO_ML_TASK_EVENTS": "1"})  # task-sent events: opt-in
+                            "-v", data_dir=price_data, timeout=300, env=stack.exports)
         for task_id, coin, model, worker in TASK_LINE.findall(stack.run.stderr):
             stack.tasks.setdefault(task_id, []).append((coin, model, worker))
         yield stack
@@ -142,6 +144,7 @@ def test_flower_api_lists_every_task_with_success_and_its_worker(stack: Stack) -
         return all(tasks.get(t, {}).get("state") == "SUCCESS" for t in stack.tasks)
 
     wait_until(all_succeeded, 30, "Flower showing every task as SUCCESS")
+    assert stack.exports == {"CRYPTO_ML_TASK_EVENTS": "1"}  # what cluster up --flower says
     tasks = api(stack, "/api/tasks")
     names = set()
     for task_id, items in stack.tasks.items():
@@ -234,7 +237,8 @@ def test_flower_launcher_watches_a_configured_broker(stack: Stack, tmp_path: Pat
 
 def test_progress_bar_redraws_on_a_terminal(stack: Stack, price_data: Path) -> None:
     stdout, screen, rc = on_a_terminal(["send-tasks", "--broker", stack.broker_url, "--coins",
-                                        ",".join(COINS[:3]), "--model", "linear"], price_data)
+                                        ",".join(COINS[:3]), "--model", "linear"], price_data,
+                                       stack.exports)
     assert rc == 0
     bars = re.findall(r"\r(\[[#-]+\] [^\r\x1b]*)\x1b\[K", screen)
     assert bars and all("finished:" in bar and "ETA" in bar for bar in bars), screen

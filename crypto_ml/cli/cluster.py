@@ -33,6 +33,8 @@ def up_main(args: argparse.Namespace) -> int:
         print(f"local cluster up: redis + {args.workers} worker(s) in "
               f"{cluster.startup_seconds:.1f} s; logs in {cluster.workdir}", flush=True)
         print(f"export CRYPTO_ML_BROKER_URL='{cluster.url_for('manager')}'", flush=True)
+        if cluster.flower_url:  # managers sending here emit task-sent events for Flower too
+            print("export CRYPTO_ML_TASK_EVENTS=1", flush=True)
         print("that is Redis user manager; the others (crypto_ml/core/acl.py):", flush=True)
         for role in cluster.roles:
             if role != "manager":
