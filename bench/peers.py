@@ -2,7 +2,10 @@
 
 Each peer gets the same work as the cluster: one fit-and-forecast per request, the
 same worker count, one math thread per worker process, and a warm-up round first
-(so TensorFlow's import is not timed, as it is not for the warm cluster).
+(so TensorFlow's import is not timed, as it is not for the warm cluster). Each job
+returns its wall seconds and the seconds its processes spent inside the fits, timed
+as the workers time theirs (``fit_seconds``), so a run can tell a faster system from
+faster fits.
 """
 
 from __future__ import annotations
@@ -18,16 +21,22 @@ from crypto_ml.worker.requests import ForecastRequest
 ONE_THREAD = threads_env(cores=1, processes=1)
 
 
-def fit_forecast(model: str, params: dict[str, Any], prices: list[float], horizon: int) -> list[float]:
-    return get_model(model, **params).fit(prices).forecast(horizon).tolist()
+def fit_forecast(model: str, params: dict[str, Any], prices: list[float], horizon: int) -> float:
+    """Fit and forecast once; the seconds it took in this (peer worker) process."""
+    started = time.perf_counter()
+    get_model(model, **params).fit(prices).forecast(horizon)
+    return time.perf_counter() - started
 
 
 def _args(r: ForecastRequest) -> tuple[Any, ...]:
     return (r.model, r.params, r.prices, r.horizon)
 
 
-def ray_job(requests: list[ForecastRequest], workers: int) -> float | None:
-    """Seconds for Ray to run every request on ``workers`` local worker processes."""
+Job = tuple[float, float]  # (wall seconds, seconds spent inside the fits, summed)
+
+
+def ray_job(requests: list[ForecastRequest], workers: int) -> Job | None:
+    """Ray running every request on ``workers`` local worker processes (None: no Ray)."""
     try:
         import ray
     except ImportError:
@@ -43,11 +52,11 @@ def ray_job(requests: list[ForecastRequest], workers: int) -> float | None:
     finally:
         ray.shutdown()
     assert len(results) == len(requests)
-    return seconds
+    return seconds, sum(results)
 
 
-def joblib_job(requests: list[ForecastRequest], workers: int) -> float:
-    """Seconds for joblib's loky pool (reused after a warm-up) to run every request."""
+def joblib_job(requests: list[ForecastRequest], workers: int) -> Job:
+    """joblib's loky pool (reused after a warm-up) running every request."""
     from joblib import Parallel, delayed
 
     saved = {k: os.environ.get(k) for k in ONE_THREAD}
@@ -65,4 +74,4 @@ def joblib_job(requests: list[ForecastRequest], workers: int) -> float:
             else:
                 os.environ[k] = v
     assert len(results) == len(requests)
-    return seconds
+    return seconds, sum(results)

@@ -154,8 +154,12 @@ def bench_jobs(loader: CryptoLoader, coins: list[str], smoke: bool,
                 seconds[f"cluster_{workers}w"] = through_cluster(cluster, requests)
             finally:
                 cluster.stop()
+        fits: dict[str, float] = {}
         for name, run in (("ray", peers.ray_job), ("joblib", peers.joblib_job)):
-            seconds[name] = None if smoke and name == "ray" else run(requests, workers=2)
+            job = None if smoke and name == "ray" else run(requests, workers=2)
+            seconds[name] = None if job is None else job[0]
+            if job is not None:
+                fits[name] = job[1]
         row: dict[str, Any] = {"coins": len(requests)}
         row.update({f"{k}_s": None if v is None else round(v, 3) for k, v in seconds.items()})
         ours = seconds.get("cluster_2w") or seconds["cluster_1w"]
@@ -164,16 +168,27 @@ def bench_jobs(loader: CryptoLoader, coins: list[str], smoke: bool,
                 row[f"cluster_vs_{other}"] = round(ours / seconds[other], 3)  # type: ignore[operator]
         if seconds.get("cluster_2w"):
             row["speedup_2w_vs_1w"] = round(seconds["cluster_1w"] / ours, 2)  # type: ignore[operator]
-            # the floor of any 2-process run of this work: the fit seconds the 2 workers spent
-            # (same code, same cores as the peers), split evenly; a peer near it cannot be
-            # beaten by 5 % without fitting faster than the workers did
-            bound = FIT_SECONDS[2] / 2
-            row["fit_seconds_over_2_s"] = round(bound, 3)
-            for name in ("cluster_2w", "ray", "joblib"):
-                if seconds.get(name):
-                    row[f"{name}_vs_fit_bound"] = round(seconds[name] / bound, 3)  # type: ignore[operator]
+            row.update(fit_bounds(seconds, {"cluster_2w": FIT_SECONDS[2], **fits}))
         out[model] = row
     return out
+
+
+def fit_bounds(seconds: dict[str, float | None], fits: dict[str, float]) -> dict[str, Any]:
+    """What bounds a 2-process run: its own fit seconds split evenly over the 2 processes (no
+    overhead, perfect packing). ``fit_ratio_cluster_vs_P``: the workers' fit seconds over peer
+    P's for the same fits (1: the same code ran as fast); ``cluster_vs_P_floor``: the lowest
+    cluster/P ratio any scheduler could reach with the workers' fits, the cluster's bound over
+    P's measured wall time. A floor above a target ratio means only faster fits can reach it."""
+    row: dict[str, Any] = {}
+    for name, fit in fits.items():
+        row[f"{name}_fit_bound_s"] = round(fit / 2, 3)
+        if seconds.get(name):
+            row[f"{name}_vs_own_fit_bound"] = round(seconds[name] / (fit / 2), 3)  # type: ignore[operator]
+    for peer in ("ray", "joblib"):
+        if peer in fits and seconds.get(peer):
+            row[f"fit_ratio_cluster_vs_{peer}"] = round(fits["cluster_2w"] / fits[peer], 3)
+            row[f"cluster_vs_{peer}_floor"] = round(fits["cluster_2w"] / 2 / seconds[peer], 3)  # type: ignore[operator]
+    return row
 
 
 def bench_command(loader: CryptoLoader, coins: list[str], smoke: bool) -> dict[str, Any]:
