@@ -214,7 +214,8 @@ class QueueRuns(RunQueue):
     """Runs on the cluster of ``app``, plus its health and queue depth."""
 
     def __init__(self, app: Celery, settings: Settings, expires: float = 3600.0) -> None:
-        super().__init__(app, settings.batch_size, expires, settings.result_expires)
+        super().__init__(app, settings.batch_size, expires, settings.result_expires,
+                         coalesce=settings.api_coalesce)
         self.broker = redis.Redis.from_url(settings.broker_url or "", socket_connect_timeout=2,
                                            socket_timeout=2)
         self._health: tuple[float, dict[str, Any]] | None = None

@@ -52,6 +52,10 @@ Variable                                   Default                     Meaning
 ``CRYPTO_ML_API_KEYS``                     (unset: no auth)            HTTP API keys, comma-separated (Bearer tokens).
 ``CRYPTO_ML_API_MAX_WAIT``                 ``60``                      Largest ``wait=S`` the HTTP API accepts.
 ``CRYPTO_ML_API_MAX_BODY``                 ``2000000``                 Largest HTTP request body, in bytes.
+``CRYPTO_ML_API_COALESCE``                 ``4``                       Messages of an API process in flight before
+                                                                       concurrent requests' cheap forecasts share
+                                                                       one (about 2x the cpu worker processes it
+                                                                       feeds); 0: one message per request.
 ========================================  ==========================  =========================================
 """
 
@@ -70,7 +74,7 @@ TRUE = ("1", "true", "yes", "on")
 LOG_FORMATS = ("text", "json")
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -78,8 +82,8 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not an integer; set it to a whole number") from None
-    if value <= 0:
-        raise ConfigError(f"{name}={value} must be positive")
+    if value < minimum:
+        raise ConfigError(f"{name}={value} must be {'positive' if minimum == 1 else f'at least {minimum}'}")
     return value
 
 
@@ -134,6 +138,7 @@ class Settings:
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     api_max_wait: int = 60
     api_max_body: int = 2_000_000
+    api_coalesce: int = 4
 
     def __post_init__(self) -> None:
         if self.log_format not in LOG_FORMATS:
@@ -209,6 +214,7 @@ class Settings:
                            if k.strip()),
             api_max_wait=_int(env, "CRYPTO_ML_API_MAX_WAIT", 60),
             api_max_body=_int(env, "CRYPTO_ML_API_MAX_BODY", 2_000_000),
+            api_coalesce=_int(env, "CRYPTO_ML_API_COALESCE", 4, minimum=0),
         )
 
 

@@ -3,14 +3,21 @@
 :class:`RunQueue` publishes a run's forecasts exactly as the manager does (same
 tasks, same queues, :func:`~crypto_ml.manager.plan_messages` batching) and
 returns at once with a run id. The caller then either waits a bounded time for
-it (:meth:`RunQueue.wait`, served by one :class:`ResultWatcher` thread that reads
-every pending result of the process in one ``MGET`` per tick), or saves it
+it (:meth:`RunQueue.wait`, served by one
+:class:`~crypto_ml.dispatch.waiting.ResultWatcher` thread that reads every pending
+result of the process in one ``MGET`` per tick), or saves it
 (:meth:`RunQueue.save`) and reads its state later, from any process that shares
 the result backend (:meth:`RunQueue.state`), which is how several API replicas
 answer for each other's runs.
 
+With a :class:`~crypto_ml.dispatch.coalesce.Coalescer` (the API's), a run's cheap
+forecasts are one *part* of a message that concurrent runs share: the part has its
+own result id, a task id of the run like any other, and ``Run.carriers`` names the
+message that carries it, whose failure as a whole ends the part.
+
 Redis layout (the result backend): ``crypto_ml:run:<id>`` holds a saved run as
-JSON, ``{"tasks": {task_id: [[coin, model], ...]}, "deadline": unix time}`` while
+JSON, ``{"tasks": {task_id: [[coin, model], ...]}, "carriers": {part id: message id},
+"deadline": unix time}`` while
 it is pending and ``{"final": {"status", "results", "failed"}}`` once every
 forecast has finished; then the task results it was built from are deleted.
 Both expire with the results (``CRYPTO_ML_RESULT_EXPIRES``).
@@ -35,18 +42,19 @@ from typing import Any
 from celery import Celery, states
 
 from crypto_ml.core.errors import BrokerUnavailable
+from crypto_ml.dispatch.coalesce import Coalescer
 from crypto_ml.dispatch.manager import PUBLISH_RETRY
 from crypto_ml.dispatch.planning import plan_messages
 from crypto_ml.dispatch.report import RunReport
+from crypto_ml.dispatch.waiting import ResultWatcher
+from crypto_ml.models import HEAVY
 from crypto_ml.ops.flower import send_options
 from crypto_ml.worker.deliveries import delivery_key
-from crypto_ml.worker.requests import ForecastRequest
+from crypto_ml.worker.requests import PARTS_TASK_NAME, ForecastRequest
 
 log = logging.getLogger(__name__)
 
 RUN_PREFIX = "crypto_ml:run:"
-WATCH_INTERVAL = 0.002  # a ready result is seen within ~2 ms
-ERROR_PAUSE = 0.1
 Items = list[tuple[str, str]]
 
 
@@ -57,6 +65,7 @@ class Run:
     id: str
     tasks: dict[str, Items]
     deadline: float  # unix time after which unfinished forecasts count as lost
+    carriers: dict[str, str] = field(default_factory=dict)  # part id: id of its shared message
 
 
 @dataclass
@@ -105,120 +114,61 @@ def final_state(run_id: str, report: RunReport) -> RunState:
     return RunState(run_id, status, report.results, report.failed)
 
 
-class ResultWatcher:
-    """One thread that reads every awaited task result of this process, one MGET per tick."""
-
-    def __init__(self, app: Celery, interval: float = WATCH_INTERVAL) -> None:
-        self.backend = app.backend
-        self.interval = interval
-        self._lock = threading.Lock()
-        self._waiters: dict[str, list[_Waiter]] = {}
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="crypto-ml-results", daemon=True)
-        self._thread.start()
-
-    def wait(self, task_ids: Sequence[str], timeout: float) -> dict[str, dict[str, Any]]:
-        """Metas of the tasks of ``task_ids`` that finished within ``timeout`` seconds."""
-        waiter = _Waiter(set(task_ids))
-        with self._lock:
-            for task_id in task_ids:
-                self._waiters.setdefault(task_id, []).append(waiter)
-        self._wake.set()
-        try:
-            waiter.done.wait(timeout)
-        finally:
-            with self._lock:
-                for task_id in task_ids:
-                    waiting = self._waiters.get(task_id, [])
-                    if waiter in waiting:
-                        waiting.remove(waiter)
-                    if not waiting:
-                        self._waiters.pop(task_id, None)
-        with waiter.lock:
-            return dict(waiter.metas)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        self._thread.join(5)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            with self._lock:
-                ids = list(self._waiters)
-            if not ids:
-                self._wake.wait(1.0)
-                self._wake.clear()
-                continue
-            try:
-                values = self.backend.client.mget([self.backend.get_key_for_task(t) for t in ids])
-            except Exception as exc:  # the backend's errors vary; waiters time out
-                log.warning("result watcher: cannot read results (%s); retrying", exc)
-                time.sleep(ERROR_PAUSE)
-                continue
-            for task_id, raw in zip(ids, values, strict=True):
-                if raw is None:
-                    continue
-                meta = self.backend.decode_result(raw)
-                if meta["status"] in states.READY_STATES:
-                    with self._lock:
-                        waiters = self._waiters.pop(task_id, [])
-                    for waiter in waiters:
-                        waiter.deliver(task_id, meta)
-            time.sleep(self.interval)
-
-
-class _Waiter:
-    def __init__(self, task_ids: set[str]) -> None:
-        self.missing = task_ids
-        self.metas: dict[str, dict[str, Any]] = {}
-        self.lock = threading.Lock()
-        self.done = threading.Event()
-
-    def deliver(self, task_id: str, meta: dict[str, Any]) -> None:
-        with self.lock:
-            self.metas[task_id] = meta
-            self.missing.discard(task_id)
-            if not self.missing:
-                self.done.set()
-
-
 class RunQueue:
     """Submit runs to ``app``'s workers; wait for them, or save them and read their state later.
 
     ``expires``: seconds a queued task stays valid (a dead submitter's work is then
-    discarded by the workers); ``record_ttl``: seconds a saved run is kept.
+    discarded by the workers); ``record_ttl``: seconds a saved run is kept; ``coalesce``:
+    messages of shared parts in flight before parts wait to share one (0: a run's cheap
+    forecasts go in messages of their own, as the manager sends them).
     """
 
     def __init__(self, app: Celery, batch_size: int = 64, expires: float = 3600.0,
-                 record_ttl: int = 86400) -> None:
+                 record_ttl: int = 86400, coalesce: int = 0) -> None:
         self.app = app
         self.batch_size = batch_size
         self.expires = expires
         self.record_ttl = record_ttl
         self._watcher: ResultWatcher | None = None
         self._watcher_lock = threading.Lock()
+        self.coalescer = Coalescer(self._publish_parts, self.watcher().watch, self._forget_one,
+                                   window=coalesce, max_items=batch_size) if coalesce else None
 
     @property
     def client(self) -> Any:
         return self.app.backend.client
 
+    def _send(self, task: str, kwargs: dict[str, Any], task_id: str) -> None:
+        self.app.send_task(task, kwargs=kwargs, task_id=task_id, retry=True,
+                           retry_policy=PUBLISH_RETRY, expires=self.expires,
+                           **send_options(kwargs))
+
+    def _publish_parts(self, message_id: str, kwargs: dict[str, Any]) -> None:
+        self._send(PARTS_TASK_NAME, kwargs, message_id)
+
     def submit(self, requests: Sequence[ForecastRequest]) -> Run:
         """Publish every forecast of ``requests``; all of them or none (BrokerUnavailable)."""
+        shared = [r for r in requests if r.model not in HEAVY] if self.coalescer else []
+        if len(shared) > self.batch_size:  # a large run fills messages of its own
+            shared = []
+        own = [r for r in requests if r not in shared] if shared else list(requests)
         # one message for a small run: an API request's forecasts cost one round trip; many
         # concurrent requests, not one request's parts, keep the workers busy
-        messages = plan_messages(list(requests), self.batch_size, min_messages=1)
+        messages = plan_messages(own, self.batch_size, min_messages=1)
         run = Run(uuid.uuid4().hex, {}, time.time() + self.expires)
         try:
             for message in messages:
                 task_id = str(uuid.uuid4())
-                self.app.send_task(message.task, kwargs=message.kwargs, task_id=task_id,
-                                   retry=True, retry_policy=PUBLISH_RETRY, expires=self.expires,
-                                   **send_options(message.kwargs))
+                self._send(message.task, message.kwargs, task_id)
                 run.tasks[task_id] = message.items
+            if shared and self.coalescer is not None:
+                part_id = str(uuid.uuid4())
+                run.carriers[part_id] = self.coalescer.submit(part_id, [r.as_kwargs() for r in shared])
+                run.tasks[part_id] = [(r.coin, r.model) for r in shared]
         except Exception as exc:  # kombu and redis raise many connection errors
             self.discard(run)
+            if isinstance(exc, BrokerUnavailable):
+                raise
             raise BrokerUnavailable(f"could not queue the forecasts ({type(exc).__name__}: "
                                     f"{exc}); nothing of this request was queued") from None
         return run
@@ -231,6 +181,9 @@ class RunQueue:
             self.app.control.revoke(list(run.tasks))
         with contextlib.suppress(Exception):
             self._forget(list(run.tasks))
+
+    def _forget_one(self, task_id: str) -> None:
+        self._forget([task_id])
 
     def _forget(self, task_ids: list[str]) -> None:
         backend = self.app.backend
@@ -246,7 +199,7 @@ class RunQueue:
     def wait(self, run: Run, timeout: float) -> RunState | None:
         """The run's final state if it finishes within ``timeout`` s (its results are then
         deleted from the backend), else None."""
-        metas = self.watcher().wait(list(run.tasks), timeout) if timeout > 0 else {}
+        metas = self.watcher().wait(list(run.tasks), timeout, run.carriers) if timeout > 0 else {}
         if len(metas) < len(run.tasks):
             return None
         report = RunReport()
@@ -258,7 +211,7 @@ class RunQueue:
     def save(self, run: Run) -> None:
         """Keep the run in the backend so that :meth:`state` can answer for it from anywhere."""
         record = {"tasks": {t: [list(i) for i in items] for t, items in run.tasks.items()},
-                  "deadline": run.deadline}
+                  "carriers": run.carriers, "deadline": run.deadline}
         self.client.set(RUN_PREFIX + run.id, json.dumps(record), ex=self.record_ttl)
 
     def state(self, run_id: str) -> RunState | None:
@@ -270,11 +223,18 @@ class RunQueue:
         if "final" in record:
             return RunState(run_id, **record["final"])
         tasks = {t: [(c, m) for c, m in items] for t, items in record["tasks"].items()}
+        carriers: dict[str, str] = record.get("carriers", {})
         backend = self.app.backend
         ids = list(tasks)
-        raws = self.client.mget([backend.get_key_for_task(t) for t in ids])
-        metas = {t: backend.decode_result(r) for t, r in zip(ids, raws, strict=True) if r}
+        watched = ids + sorted(set(carriers.values()))
+        raws = self.client.mget([backend.get_key_for_task(t) for t in watched])
+        metas = {t: backend.decode_result(r) for t, r in zip(watched, raws, strict=True) if r}
         ready = {t: m for t, m in metas.items() if m["status"] in states.READY_STATES}
+        for part, carrier in carriers.items():  # a message that failed as a whole ends its parts
+            if part not in ready and ready.get(carrier, {}).get("status", states.SUCCESS) \
+                    != states.SUCCESS:
+                ready[part] = ready[carrier]
+        ready = {t: m for t, m in ready.items() if t in tasks}
         lost = time.time() > record["deadline"]
         report = RunReport()
         for task_id, items in tasks.items():
@@ -296,5 +256,7 @@ class RunQueue:
         return state
 
     def close(self) -> None:
+        if self.coalescer is not None:
+            self.coalescer.close()
         if self._watcher is not None:
             self._watcher.close()

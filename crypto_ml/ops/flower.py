@@ -47,6 +47,9 @@ def send_options(kwargs: Mapping[str, Any], most: int = 8) -> dict[str, str]:
     number of points instead (a batch: its size and first ``most`` coin/model pairs).
     """
     items = kwargs.get("items")
+    parts = kwargs.get("parts")
+    if isinstance(parts, list):  # several callers' batches: shown as one
+        items = [i for p in parts if isinstance(p, Mapping) for i in p.get("items") or []]
     if not isinstance(items, list):
         return {"argsrepr": "()", "kwargsrepr": repr(_label(kwargs))}
     pairs = [f"{i.get('coin')}/{i.get('model')}" for i in items if isinstance(i, Mapping)]

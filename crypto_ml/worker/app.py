@@ -25,7 +25,7 @@ from crypto_ml.models import HEAVY
 from crypto_ml.models.rnn import warm_up
 from crypto_ml.models.statistical import warm_up as warm_up_statistical
 from crypto_ml.worker import liveness
-from crypto_ml.worker.requests import ACCEPT_CONTENT, BATCH_TASK_NAME, TASK_NAME
+from crypto_ml.worker.requests import ACCEPT_CONTENT, BATCH_TASK_NAME, PARTS_TASK_NAME, TASK_NAME
 
 CPU_QUEUE, GPU_QUEUE = "cpu", "gpu"
 
@@ -33,7 +33,7 @@ CPU_QUEUE, GPU_QUEUE = "cpu", "gpu"
 def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None,
                **kw: Any) -> dict[str, str] | None:
     """Deep models go to the ``gpu`` queue, everything else to ``cpu``."""
-    if name == BATCH_TASK_NAME:
+    if name in (BATCH_TASK_NAME, PARTS_TASK_NAME):
         return {"queue": CPU_QUEUE}
     if name != TASK_NAME:
         return None

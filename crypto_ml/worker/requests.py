@@ -7,6 +7,7 @@ a bad one fails with :class:`~crypto_ml.core.errors.InvalidTaskInput` naming the
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from crypto_ml.worker.model_store import ModelStore, forecast_with_store
 TASK_NAME = "crypto_ml.forecast"
 #: Many cheap forecasts in one message: the dispatch cost is paid once per batch.
 BATCH_TASK_NAME = "crypto_ml.forecast_batch"
+#: Several callers' batches in one message, each stored under its caller's own result id.
+PARTS_TASK_NAME = "crypto_ml.forecast_parts"
 #: Errors that fail one forecast of a batch without failing the others.
 ITEM_ERRORS = (CryptoMLError, ValueError, ArithmeticError)
 #: Content types the app accepts; anything else (pickle above all) is refused unread.
@@ -162,6 +165,30 @@ def run_batch(items: object, worker: str, max_batch: int,
         except ITEM_ERRORS as exc:
             results.append(item_error(item, exc))
     return results
+
+
+PART_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def check_parts(parts: object, max_batch: int) -> list[tuple[str, list[Any]]]:
+    """The ``(part id, items)`` of a parts message, or InvalidTaskInput: each part a
+    ``{"id": uuid, "items": [request, ...]}``, at most ``max_batch`` items in all. A part id
+    names the result key the part's results are stored under, so it must be a task id
+    (a UUID) and nothing else, never another key."""
+    if not isinstance(parts, list) or not all(isinstance(p, dict) for p in parts):
+        raise _bad("parts", "expected a list of {id, items} objects")
+    out = []
+    for part in parts:
+        part_id, items = part.get("id"), part.get("items")
+        if not isinstance(part_id, str) or not PART_ID.fullmatch(part_id):
+            raise _bad("parts", f"a part id must be a task id (a UUID), got {part_id!r}")
+        if not isinstance(items, list):
+            raise _bad("parts", f"part {part_id}: expected a list of forecast requests")
+        out.append((part_id, items))
+    total = sum(len(items) for _, items in out)
+    if total > max_batch:
+        raise _bad("parts", f"{total} requests is above the batch cap of {max_batch}")
+    return out
 
 
 def item_error(item: dict[str, Any], exc: BaseException) -> dict[str, Any]:

@@ -21,7 +21,15 @@ from crypto_ml.core.errors import CryptoMLError, TaskTimedOut, TooManyDeliveries
 from crypto_ml.models import HEAVY
 from crypto_ml.worker.deliveries import count_delivery
 from crypto_ml.worker.model_store import DEFAULT_TTL, ModelStore, open_store
-from crypto_ml.worker.requests import BATCH_TASK_NAME, TASK_NAME, ForecastRequest, run_batch, run_forecast
+from crypto_ml.worker.requests import (
+    BATCH_TASK_NAME,
+    PARTS_TASK_NAME,
+    TASK_NAME,
+    ForecastRequest,
+    check_parts,
+    run_batch,
+    run_forecast,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -108,7 +116,12 @@ class ForecastTask(Task):
         )
 
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
-        for r in retval if isinstance(retval, list) else [retval]:
+        if not (isinstance(retval, dict) and "parts" in retval):  # parts log as they store
+            self.log_results(task_id, retval if isinstance(retval, list) else [retval])
+
+    def log_results(self, task_id: str, results: list[dict[str, Any]]) -> None:
+        """One line per forecast of a task: done (info) or failed (warning)."""
+        for r in results:
             fields = {"task_id": task_id, "coin": r["coin"], "model": r["model"],
                       "worker": self.request.hostname}
             if "error" in r:
@@ -150,3 +163,17 @@ def forecast_batch(self: ForecastTask, items: list[dict[str, Any]]) -> list[dict
     """Run many cheap forecasts (each as ``forecast`` takes them) in one message."""
     return run_batch(items, self.request.hostname or "unknown",
                      self.app.conf.get("crypto_ml_max_batch", 1000), self.parse, self.model_store)
+
+
+@shared_task(bind=True, base=ForecastTask, name=PARTS_TASK_NAME)
+def forecast_parts(self: ForecastTask, parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several callers' cheap batches in one message (the API coalesces concurrent requests):
+    each part's results are stored under the part's own id, the result its caller waits on,
+    so callers share a message, never a result. Returns the count per part."""
+    checked = check_parts(parts, self.app.conf.get("crypto_ml_max_batch", 1000))
+    worker = self.request.hostname or "unknown"
+    for part_id, items in checked:
+        results = run_batch(items, worker, len(items), self.parse, self.model_store)
+        self.backend.store_result(part_id, results, states.SUCCESS)
+        self.log_results(self.request.id, results)
+    return {"parts": {part_id: len(items) for part_id, items in checked}}
