@@ -196,3 +196,17 @@ def test_a_message_that_fails_as_a_whole_ends_each_part_with_its_reason(
     with cluster.client() as redis_client:
         assert not redis_client.exists("celery-task-meta-crypto_ml:run:hijack")
         assert not redis_client.exists(f"celery-task-meta-{part}")  # nothing ran
+
+
+def test_parts_waiting_when_the_api_stops_are_refused_not_lost(broker: FakeBroker) -> None:
+    coalescer = Coalescer(broker.publish, broker.watch, broker.forgotten.append, window=1)
+    coalescer.submit("part-a", [item(0)])
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(coalescer.submit, "part-b", [item(1)])
+        wait_until(lambda: coalescer.waiting == 1, 10, "a part waiting for the window")
+        coalescer.close()
+        with pytest.raises(BrokerUnavailable, match="stopped before this request was queued"):
+            waiting.result(timeout=10)
+    with pytest.raises(BrokerUnavailable, match="stopping"):
+        coalescer.submit("part-c", [item(2)])
+    assert [parts for _, parts in broker.sent] == [["part-a"]]

@@ -78,6 +78,8 @@ class Coalescer:
             self._pending.append(part)
             self._cond.notify_all()
         part.sent.wait()
+        if isinstance(part.error, BrokerUnavailable):
+            raise part.error
         if part.error is not None or part.envelope is None:
             raise BrokerUnavailable(f"could not queue the forecasts ({type(part.error).__name__}: "
                                     f"{part.error}); nothing of this request was queued")
@@ -133,6 +135,8 @@ class Coalescer:
                     self._cond.wait(1.0 if self._pending else None)
                 if self._closed:
                     for part in self._pending:
+                        part.error = BrokerUnavailable("the API stopped before this request "
+                                                       "was queued")
                         part.sent.set()
                     self._pending.clear()
                     return

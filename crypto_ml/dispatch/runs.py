@@ -151,7 +151,7 @@ class RunQueue:
         shared = [r for r in requests if r.model not in HEAVY] if self.coalescer else []
         if len(shared) > self.batch_size:  # a large run fills messages of its own
             shared = []
-        own = [r for r in requests if r not in shared] if shared else list(requests)
+        own = [r for r in requests if r.model in HEAVY] if shared else list(requests)
         # one message for a small run: an API request's forecasts cost one round trip; many
         # concurrent requests, not one request's parts, keep the workers busy
         messages = plan_messages(own, self.batch_size, min_messages=1)
