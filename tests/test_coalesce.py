@@ -210,3 +210,12 @@ def test_parts_waiting_when_the_api_stops_are_refused_not_lost(broker: FakeBroke
     with pytest.raises(BrokerUnavailable, match="stopping"):
         coalescer.submit("part-c", [item(2)])
     assert [parts for _, parts in broker.sent] == [["part-a"]]
+
+
+@pytest.mark.integration
+def test_a_watched_message_that_never_finishes_is_called_back_after_its_timeout(
+        queue: RunQueue) -> None:
+    called: list[tuple[str, Any]] = []
+    queue.watcher().watch("never-sent", lambda task_id, meta: called.append((task_id, meta)), 0.2)
+    wait_until(lambda: bool(called), 10, "the watch's timeout")
+    assert called == [("never-sent", None)]

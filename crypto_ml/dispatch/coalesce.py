@@ -64,7 +64,7 @@ class Coalescer:
         self._pending: deque[_Part] = deque()
         self._in_flight: dict[str, float] = {}  # message id: when it was sent (monotonic)
         self._closed = False
-        self.messages = self.parts = 0  # sent so far (the API's metrics read them)
+        self.messages = self.parts = 0  # sent so far (tests and benchmarks read them)
         self._thread = threading.Thread(target=self._loop, name="crypto-ml-coalesce", daemon=True)
         self._thread.start()
 

@@ -137,6 +137,7 @@ class ResultWatcher:
         self.interval = interval
         self._lock = threading.Lock()
         self._listeners: dict[str, list[_Listener]] = {}
+        self._watches: set[_Watch] = set()  # the callbacks, each with a deadline
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="crypto-ml-results", daemon=True)
@@ -160,7 +161,10 @@ class ResultWatcher:
 
     def watch(self, task_id: str, callback: Callback, timeout: float) -> None:
         """``callback(task_id, meta)`` once the task finishes; ``meta`` None after ``timeout`` s."""
-        self._add(_Watch(task_id, callback, time.monotonic() + timeout))
+        watch = _Watch(task_id, callback, time.monotonic() + timeout)
+        with self._lock:
+            self._watches.add(watch)
+        self._add(watch)
 
     def close(self) -> None:
         self._stop.set()
@@ -183,11 +187,13 @@ class ResultWatcher:
                     self._listeners.pop(task_id, None)
 
     def _expire(self) -> None:
+        """Call back, with None, each watch whose deadline has passed (a few at most: the
+        coalescer's messages in flight; waiters end by their own timeout)."""
         now = time.monotonic()
         with self._lock:
-            expired = {id(w): w for ws in self._listeners.values() for w in ws
-                       if isinstance(w, _Watch) and w.deadline < now}
-        for watch in expired.values():
+            expired = [w for w in self._watches if w.deadline < now]
+            self._watches.difference_update(expired)
+        for watch in expired:
             self._remove(watch)
             watch.callback(watch.task_id, None)
 
@@ -212,6 +218,7 @@ class ResultWatcher:
                 if meta["status"] in states.READY_STATES:
                     with self._lock:
                         listeners = self._listeners.pop(task_id, [])
+                        self._watches.difference_update(listeners)
                     for listener in listeners:
                         listener.deliver(task_id, meta)
             self._expire()
