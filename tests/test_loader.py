@@ -177,6 +177,20 @@ def test_the_cache_serves_what_parsing_gives_and_warns_the_same(
         again.get_df("dupp")
 
 
+def test_reading_named_coins_warns_only_of_those_cold_or_cached(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    data, cache = quirky_folder(tmp_path / "data"), tmp_path / "cache"
+    caplog.set_level(logging.WARNING)
+    for _ in ("cold cache", "warm cache"):
+        caplog.clear()
+        loader = CryptoLoader(data, cache_dir=cache)
+        assert loader.get_prices("some_coin").tolist() == [1200.5]
+        assert caplog.records == []  # neither the ranking file nor Dup.csv was asked for
+        loader.get_closes("dup")
+        loader.get_prices("dup")
+        assert [r.getMessage() for r in caplog.records] == ["Dup.csv: dropped 1 unparseable rows"]
+
+
 def test_a_changed_or_added_file_is_parsed_again(tmp_path: Path) -> None:
     data, cache = quirky_folder(tmp_path / "data"), tmp_path / "cache"
     assert CryptoLoader(data, cache_dir=cache).get_prices("some_coin").tolist() == [1200.5]

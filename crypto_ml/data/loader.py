@@ -114,22 +114,24 @@ class CryptoLoader:
             self._files = _discover(self.data_dir)
         return self._files
 
-    def _load(self, coin: str) -> pd.DataFrame | None:
-        if coin in self._frames:
-            return self._frames[coin]
-        if coin in self._skipped:
-            return None
-        source = self._index()[coin]
-        frame, dropped, reason = _read(source)
-        if frame is None:
-            self._skipped[coin] = str(reason)
-            log.warning("skipping %s: %s", source.label, reason)
-            return None
-        if dropped:
-            log.warning("%s: dropped %d unparseable rows", source.label, dropped)
-        self._frames[coin] = frame
-        self._dropped[coin] = dropped
-        return frame
+    def _load(self, coin: str, warn: bool = True) -> pd.DataFrame | None:
+        """The coin's frame, parsed once; None for a file that is not a price series. The
+        first read that asks for the coin (``warn``) logs why it was skipped or its dropped
+        rows; filling the cache does not, so a run hears only of the coins it reads."""
+        if coin not in self._frames and coin not in self._skipped:
+            frame, dropped, reason = _read(self._index()[coin])
+            if frame is None:
+                self._skipped[coin] = str(reason)
+            else:
+                self._frames[coin], self._dropped[coin] = frame, dropped
+        if warn and coin not in self._warned:
+            self._warned.add(coin)
+            label = self._index()[coin].label
+            if coin in self._skipped:
+                log.warning("skipping %s: %s", label, self._skipped[coin])
+            elif self._dropped[coin]:
+                log.warning("%s: dropped %d unparseable rows", label, self._dropped[coin])
+        return self._frames.get(coin)
 
     def _folder(self, parse: bool = True) -> cache.Folder | None:
         """The folder through the cache (on a miss: parsed and cached, or with ``parse=False``
@@ -146,12 +148,11 @@ class CryptoLoader:
         return self._cached
 
     def _parse_all(self, files: cache.Listing) -> cache.Folder | None:
-        """Parse every file (warning as usual); a Folder if they are all per-coin files."""
+        """Parse every file (quietly: reads warn); a Folder if they are all per-coin files."""
         index = self._index()
         series, skipped = {}, {}
         for coin, source in index.items():
-            frame = self._load(coin)
-            self._warned.add(coin)
+            frame = self._load(coin, warn=False)
             if frame is None:
                 skipped[source.label] = self._skipped[coin]
                 continue
