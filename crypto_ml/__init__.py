@@ -13,9 +13,15 @@ and ``crypto_ml.data_loader`` are thin aliases for the historical imports.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 __version__ = "0.1.0"
+#: ``time.monotonic()`` when this process first imported the package: for a command, its
+#: start (tens of milliseconds after the interpreter's). Not the process's start in /proc,
+#: which is its fork: a shell that runs ``pip install ... && python -m ...`` as one
+#: command may exec Python in the process that ran the install before it.
+IMPORTED_AT = time.monotonic()
 
 
 def __getattr__(name: str) -> Any:

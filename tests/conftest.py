@@ -50,13 +50,18 @@ def cluster() -> Iterator[object]:
         yield running
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600,
-            data_dir: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m crypto_ml.manager ARGS`` in a subprocess, as a user would."""
+def cli_env(data_dir: Path | None = None, env: dict[str, str] | None = None) -> dict[str, str]:
+    """This environment without its CRYPTO_ML_ settings, plus ``data_dir`` and ``env``."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTO_ML_")}
     if data_dir is not None:
         full_env["CRYPTO_ML_DATA_DIR"] = str(data_dir)
-    full_env.update(env or {})
+    return {**full_env, **(env or {})}
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600,
+            data_dir: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m crypto_ml.manager ARGS`` in a subprocess, as a user would."""
+    full_env = cli_env(data_dir, env)
     return subprocess.run([sys.executable, "-m", "crypto_ml.manager", *args], cwd=ROOT,
                           env=full_env, capture_output=True, text=True, timeout=timeout)
 
@@ -89,8 +94,7 @@ def on_a_terminal(args: list[str], data_dir: Path,
     """Run ``python -m crypto_ml.manager ARGS`` with stderr on a pseudo-terminal, as a user at a
     terminal would: (stdout, what the terminal got, exit code)."""
     leader, follower = pty.openpty()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTO_ML_")}
-    env.update(extra_env or {}, CRYPTO_ML_DATA_DIR=str(data_dir))
+    env = cli_env(data_dir, extra_env)
     proc = subprocess.Popen([sys.executable, "-m", "crypto_ml.manager", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=follower, text=True)
     os.close(follower)

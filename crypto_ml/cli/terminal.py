@@ -18,14 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
-from pathlib import Path
 from typing import Any, TextIO, cast
 
 import numpy as np
 
+from crypto_ml import IMPORTED_AT
 from crypto_ml.core.logs import LogWriter
 from crypto_ml.core.settings import Settings
 from crypto_ml.dispatch.report import format_forecast
@@ -33,19 +32,12 @@ from crypto_ml.ops.progress import Progress
 
 FORMATS = ("text", "json-lines")
 console = logging.getLogger("crypto_ml.console")
-_IMPORTED = time.monotonic()
 
 
 def seconds_since_start() -> float:
-    """Seconds since this process started (Linux: from /proc), else since this module loaded."""
-    try:
-        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = int(fields[19])  # field 22, starttime: clock ticks after boot
-        seconds = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, AttributeError):
-        seconds = -1.0
-    fallback = time.monotonic() - _IMPORTED
-    return seconds if fallback <= seconds < fallback + 3600 else fallback
+    """Seconds since this command started: since the process imported ``crypto_ml``
+    (:data:`crypto_ml.IMPORTED_AT`), which is before any of its own work."""
+    return time.monotonic() - IMPORTED_AT
 
 
 def console_writer() -> TextIO:
