@@ -28,7 +28,7 @@ MAY_IMPORT = {
 ALIASES = {"crypto_ml", "crypto_ml.__main__", "crypto_ml.data.__main__", "crypto_ml.manager",
            "crypto_ml.data_loader", "crypto_ml.api.__main__"}
 #: The only modules that read the environment's settings (entry points).
-READS_ENVIRONMENT = {"crypto_ml.core.settings", "crypto_ml.worker.app", "crypto_ml.manager",
+READS_ENVIRONMENT = {"crypto_ml", "crypto_ml.core.settings", "crypto_ml.worker.app", "crypto_ml.manager",
                      "crypto_ml.data_loader"}
 
 

@@ -31,6 +31,7 @@ from crypto_ml.cli.options import (
     positive_int,
     stop_on_signals,
 )
+from crypto_ml.cli.table import add_table_options, send_table
 from crypto_ml.cli.terminal import (
     FORMATS,
     ForecastWriter,
@@ -83,12 +84,15 @@ def add_parser(sub: Any) -> None:
                       help="draw each coin's recent closes and forecast(s) into this PNG, "
                       "in the order of --coins")
     add_log_options(send)
+    add_table_options(send)
     send.set_defaults(run=send_tasks, interrupted="queued tasks revoked, local cluster stopped")
 
 
 def send_tasks(args: argparse.Namespace) -> int:
     """Check the arguments, forecast, print one line per forecast, then the summary (and
-    --output, --plot)."""
+    --output, --plot); with --input, a table run (:mod:`crypto_ml.cli.table`)."""
+    if args.input is not None:
+        return send_table(args)
     saved = checked_best(args) if args.model == BEST else None
     check_writable(args.output, "--output")
     check_writable(args.plot, "--plot")

@@ -93,3 +93,11 @@ class ModelFitFailed(CryptoMLError):
 
 class CalibrationTooShort(InvalidTaskInput):
     """A series too short to calibrate conformal intervals (the forecast falls back to others)."""
+
+
+class InvalidTable(ConfigError):
+    """A long-format input table (``--input``) cannot be used as it is (exit code 2)."""
+
+
+class OutputMismatch(ConfigError):
+    """An ``--output`` table already holds (part of) a run of other inputs or settings."""

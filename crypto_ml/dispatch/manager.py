@@ -32,21 +32,19 @@ from crypto_ml.core.logs import log_task
 from crypto_ml.core.sentinel import redis_client
 from crypto_ml.core.settings import Settings
 from crypto_ml.data.loader import CryptoLoader
+from crypto_ml.data.table import TableSource
 from crypto_ml.dispatch.cluster import LocalCluster
-from crypto_ml.dispatch.lost import LostMessages
+from crypto_ml.dispatch.engine import Dispatcher
 from crypto_ml.dispatch.planning import Message, plan_messages
 from crypto_ml.dispatch.report import NullObserver, RunObserver, RunReport, format_forecast
-from crypto_ml.dispatch.waiting import ResultWaiter
+from crypto_ml.dispatch.table_output import TableOutput
+from crypto_ml.dispatch.table_run import TablePlan, TableSummary, run_table
 from crypto_ml.models import HEAVY, PARAMS, default_max_points, parse_models
 from crypto_ml.models.intervals import DEFAULT_LEVELS, check_levels
-from crypto_ml.ops.flower import send_options
-from crypto_ml.worker.app import CPU_QUEUE, GPU_QUEUE, create_app
-from crypto_ml.worker.deliveries import delivery_key
+from crypto_ml.worker.app import CPU_QUEUE, create_app
 from crypto_ml.worker.requests import ForecastRequest
 
 DEFAULT_TIMEOUT = 3600.0
-RECONNECT_PAUSE = 1.0
-PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2}
 
 
 
@@ -90,7 +88,6 @@ class CryptoManager:
         self.out = out or sys.stdout
         self.err = err or sys.stderr
         self.stop_requested = threading.Event()
-        self._lost: LostMessages | None = None
         self.last_report: RunReport | None = None
         #: one ``failed:`` line on ``err`` per failure; the command line lists them in its summary
         self.say_failures = True
@@ -216,6 +213,23 @@ class CryptoManager:
         self.last_report = report
         return report
 
+    def run_table(self, source: TableSource, output: TableOutput, plan: TablePlan,
+                  on_progress: Callable[[int, int], None] = lambda done, failed: None,
+                  timeout: float | None = DEFAULT_TIMEOUT,
+                  in_flight: int | None = None) -> TableSummary:
+        """Forecast a checked long table into ``output`` (:mod:`crypto_ml.dispatch.table_run`):
+        at most ``in_flight`` messages at a time (default: twice the embedded workers)."""
+        self._launch_early([m.model for m in plan.models])
+        try:
+            with self.connected() as app:
+                summary = run_table(app, source, output, plan, on_progress, self._say,
+                                    self._tick, timeout,
+                                    in_flight or max(4, 2 * self.settings.workers))
+                self._idle = True
+        finally:
+            self._drop_launched()
+        return summary
+
     @contextlib.contextmanager
     def session(self) -> Iterator[CryptoManager]:
         """Keep one connection (or one embedded cluster) open across several runs."""
@@ -245,46 +259,23 @@ class CryptoManager:
     def _dispatch_and_collect(self, app: Celery, requests: list[ForecastRequest],
                               report: RunReport, timeout: float | None,
                               on_result: Callable[[dict[str, Any]], None]) -> None:
-        pending: dict[str, list[tuple[str, str]]] = {}
-        sent_ids: list[str] = []
-        messages: dict[str, Message] = {}
-        started = time.monotonic()
+        def on_sent(task_id: str, message: Message) -> None:
+            for coin, model in message.items:
+                self.observer.on_sent(app, task_id, coin, model)
+            self._check_stop()
 
-        def resend(task_id: str) -> None:  # its message was lost: crypto_ml.dispatch.lost
-            message = messages[task_id]
-            left = None if timeout is None else max(1.0, timeout - time.monotonic() + started)
-            app.send_task(message.task, kwargs=message.kwargs, task_id=task_id, retry=True,
-                          retry_policy=PUBLISH_RETRY, expires=left,
-                          **send_options(message.kwargs))
-            self._say(f"resent task {task_id}: the broker lost its message")
-
-        self._lost = LostMessages(app, pending, resend, (CPU_QUEUE, GPU_QUEUE))
+        engine = Dispatcher(app, self._say, self._tick)
         try:
-            for message in plan_messages(requests, self.settings.batch_size):
-                sent = app.send_task(message.task, kwargs=message.kwargs, retry=True,
-                                     retry_policy=PUBLISH_RETRY, expires=timeout,
-                                     **send_options(message.kwargs))
-                pending[sent.id] = message.items
-                messages[sent.id] = message
-                sent_ids.append(sent.id)
-                for coin, model in message.items:
-                    self.observer.on_sent(app, sent.id, coin, model)
-                self._check_stop()
-            for task_id, meta in self._results(app, pending, timeout):
-                self._record(report, pending.pop(task_id), meta, on_result, task_id)
-        except TimeoutError:
-            for task_id, items in pending.items():
-                for coin, model in items:
-                    self._fail(report, coin, model,
-                               f"no result within {timeout:g} s (--timeout)", task_id)
+            for done in engine.run(plan_messages(requests, self.settings.batch_size), timeout,
+                                   on_sent=on_sent):
+                if done.meta is None:
+                    for coin, model in done.message.items:
+                        self._fail(report, coin, model,
+                                   f"no result within {timeout:g} s (--timeout)", done.task_id)
+                else:
+                    self._record(report, done.message.items, done.meta, on_result, done.task_id)
         finally:
-            self._lost = None
-            self._idle = not pending
-            if pending:  # timed out or interrupted: do not leave work queued for nobody
-                app.control.revoke(list(pending))
-            if sent_ids:  # results were read: free the backend now instead of at expiry
-                app.backend.client.delete(*(app.backend.get_key_for_task(t) for t in sent_ids),
-                                          *(delivery_key(t) for t in sent_ids))
+            self._idle = not engine.pending
 
     def request_stop(self) -> None:
         """Ask a running dispatch to stop at its next poll (safe from a signal handler).
@@ -301,31 +292,6 @@ class CryptoManager:
     def _tick(self) -> None:
         self.observer.on_wait()
         self._check_stop()
-        if self._lost is not None:
-            self._lost.check()
-
-    def _results(self, app: Celery, pending: dict[str, list[tuple[str, str]]],
-                 timeout: float | None) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Finished tasks of ``pending`` as they arrive, riding out a broker restart.
-
-        While Redis is unreachable (restart, failover) polling pauses and resumes
-        once it answers again; only ``timeout`` ends the wait (TimeoutError).
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        warned = False
-        while pending:
-            left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
-            try:  # blocks on pub/sub: waiting costs the workers' cores nothing
-                yield from ResultWaiter(app, list(pending)).wait(left, on_interval=self._tick)
-                return
-            except app.backend.connection_errors as exc:
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError("the result backend stayed unreachable") from exc
-                if not warned:
-                    self._say(f"lost the result backend ({type(exc).__name__}); "
-                              "waiting for it to come back")
-                    warned = True
-                time.sleep(RECONNECT_PAUSE)
 
     def _record(self, report: RunReport, items: list[tuple[str, str]], meta: dict[str, Any],
                 on_result: Callable[[dict[str, Any]], None], task_id: str) -> None:

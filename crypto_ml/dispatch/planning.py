@@ -19,6 +19,10 @@ class Message:
     task: str
     kwargs: dict[str, Any]
     items: list[tuple[str, str]]
+    #: The wire format when the message needs one (a table chunk's bytes: msgpack).
+    serializer: str | None = None
+    #: What the sender knows the message by (a table run's chunk number).
+    key: int | None = None
 
 
 def plan_messages(requests: Sequence[ForecastRequest], batch_size: int,

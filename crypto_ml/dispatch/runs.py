@@ -43,7 +43,7 @@ from celery import Celery, states
 
 from crypto_ml.core.errors import BrokerUnavailable
 from crypto_ml.dispatch.coalesce import Coalescer
-from crypto_ml.dispatch.manager import PUBLISH_RETRY
+from crypto_ml.dispatch.engine import PUBLISH_RETRY
 from crypto_ml.dispatch.planning import plan_messages
 from crypto_ml.dispatch.report import RunReport
 from crypto_ml.dispatch.waiting import ResultWatcher

@@ -60,9 +60,9 @@ class Forecaster(ABC):
     the CLI and task messages call it), ``options`` (the keyword options it takes
     besides the series), ``heavy`` (needs a deep-learning backend: routed to the
     ``gpu`` queue, sent one per message), ``color`` (its line in plots),
-    ``interval_method`` and ``default_max_points`` (the newest closes the manager sends
-    it unless told otherwise; 0 for all). The registry, routing, request validation,
-    plots and benchmarks all read these.
+    ``interval_method``, ``default_max_points`` (the newest closes the manager sends
+    it unless told otherwise; 0 for all) and ``series_per_message`` (a table run's chunk).
+    The registry, routing, request validation, plots and benchmarks all read these.
     """
 
     name: ClassVar[str]
@@ -75,6 +75,8 @@ class Forecaster(ABC):
     interval_method: ClassVar[str] = "conformal"
     #: The history the manager fits on unless told otherwise: the newest N closes (0: all).
     default_max_points: ClassVar[int] = 200
+    #: Series a table run packs into one message: about half a second of this model's work.
+    series_per_message: ClassVar[int] = 50
 
     def fit(self, prices: object, coin: str = "series") -> Self:
         """Fit on ``prices`` (NaNs dropped); ``coin`` only names the series in errors."""
@@ -95,18 +97,20 @@ class Forecaster(ABC):
         return out
 
     def predict(self, h: int, levels: Sequence[float] = DEFAULT_LEVELS) -> Prediction:
-        """The forecast of :meth:`forecast` and, per level, bounds with lower <= forecast <= upper."""
+        """The forecast of :meth:`forecast` and, per level, bounds with lower <= forecast <= upper;
+        for a series that never goes below zero (a price), neither do forecast and bounds."""
         levels = check_levels(levels)
         point = self.forecast(h)
+        prices = bool((self.series_ >= 0).all())  # never below zero: neither is the forecast
         if not levels:
-            return Prediction(point)
+            return Prediction(point).checked(prices)
         method = self.interval_method
         try:
             bands = self._bands(h, point, levels)
         except CalibrationTooShort:
             bands = random_walk_bands(self.series_, h, levels, center=point)
             method = f"random walk (series too short for {method})"
-        return Prediction(point, bands, method).checked()
+        return Prediction(point, bands, method).checked(prices)
 
     def _bands(self, h: int, forecast: np.ndarray, levels: Sequence[float]) -> Bands:
         """Conformal bands from walk-forward refits on this model's own training series."""
@@ -120,6 +124,17 @@ class Forecaster(ABC):
     def _calibration_forecast(self, train: np.ndarray, h: int) -> np.ndarray:
         """A forecast of ``h`` closes after ``train`` by a fresh fit of a copy of this model."""
         return copy.copy(self).fit(train)._forecast(h)
+
+    @classmethod
+    def predict_rows(cls, matrix: np.ndarray, h: int, levels: Sequence[float]
+                     ) -> tuple[np.ndarray, np.ndarray, Bands]:
+        """:meth:`predict` over the rows of ``matrix`` (equal-length, NaN-free series, each
+        at least ``min_points`` long) at once: ``(taken, forecast, bands)``, ``taken`` the
+        rows it could do (bool, ``(rows,)``; the others are fitted one by one), forecast and
+        bounds ``(rows, h)``. Raises CalibrationTooShort to leave the whole group to the
+        one-series path. Only models that override it are vectorised
+        (:mod:`crypto_ml.models.batch`); the numbers must be :meth:`predict`'s."""
+        raise NotImplementedError
 
     @abstractmethod
     def _fit(self, series: np.ndarray) -> None: ...

@@ -128,11 +128,12 @@ def calibration_origins(n: int, h: int, min_train: int, windows: int = N_WINDOWS
 
 
 def conformal_quantile(errors: np.ndarray, level: float) -> np.ndarray:
-    """Per column, the ceil((n + 1) level/100)-th smallest of n absolute errors (or the largest)."""
-    abs_errors = np.sort(np.abs(errors), axis=0)
-    n = abs_errors.shape[0]
+    """Per column, the ceil((n + 1) level/100)-th smallest of n absolute errors (or the largest);
+    ``errors`` is ``(n, h)``, or ``(rows, n, h)`` for many series at once."""
+    abs_errors = np.sort(np.abs(errors), axis=-2)
+    n = abs_errors.shape[-2]
     rank = min(n, math.ceil((n + 1) * level / 100.0))
-    return abs_errors[rank - 1]
+    return abs_errors[..., rank - 1, :]
 
 
 def conformal_bands(forecast: np.ndarray, last: float, errors: np.ndarray,
@@ -185,12 +186,17 @@ class Prediction:
     bands: Bands = field(default_factory=dict)
     method: str = ""
 
-    def checked(self) -> Prediction:
-        """Bands made finite-safe and ordered lower <= forecast <= upper at every step."""
+    def checked(self, prices: bool = False) -> Prediction:
+        """Bands made finite-safe and ordered lower <= forecast <= upper at every step; for
+        ``prices`` (a series never below zero) forecast and bands floored at zero too."""
+        if prices:
+            self.forecast = np.maximum(self.forecast, 0.0)
         fixed: Bands = {}
         for key, (lower, upper) in self.bands.items():
             lower = np.minimum(np.asarray(lower, dtype=np.float64).reshape(-1), self.forecast)
             upper = np.maximum(np.asarray(upper, dtype=np.float64).reshape(-1), self.forecast)
+            if prices:
+                lower = np.maximum(lower, 0.0)
             if lower.shape != self.forecast.shape or upper.shape != self.forecast.shape:
                 raise ValueError(f"level {key}: bounds of shape {lower.shape}, {upper.shape} for a "
                                  f"forecast of {self.forecast.shape}")

@@ -7,9 +7,38 @@ evaluated at t = n..n+h-1.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from crypto_ml.models.base import Forecaster
+from crypto_ml.models.intervals import (
+    MIN_CALIBRATION_TRAIN,
+    Bands,
+    calibration_origins,
+    conformal_quantile,
+    level_key,
+    too_short,
+)
+
+
+def fit_rows(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Slope and intercept of the least-squares line of each row on its index."""
+    n = matrix.shape[1]
+    t = np.arange(n, dtype=np.float64)
+    t_mean = t.mean()
+    dt = t - t_mean
+    denom = float(dt @ dt)
+    y_mean = matrix.mean(axis=1)
+    slope = ((matrix - y_mean[:, None]) @ dt) / denom if denom else np.zeros(len(matrix))
+    return slope, y_mean - slope * t_mean
+
+
+def line_rows(matrix: np.ndarray, h: int) -> np.ndarray:
+    """The next ``h`` points of each row's line, ``(rows, h)``."""
+    slope, intercept = fit_rows(matrix)
+    t = np.arange(matrix.shape[1], matrix.shape[1] + h, dtype=np.float64)
+    return intercept[:, None] + slope[:, None] * t[None, :]
 
 
 class LinearModel(Forecaster):
@@ -18,6 +47,7 @@ class LinearModel(Forecaster):
     name = "linear"
     color = "tab:blue"
     min_points = 2
+    series_per_message = 5_000
 
     def _fit(self, series: np.ndarray) -> None:
         # Ordinary least squares in closed form on centred data, as scikit-learn's
@@ -34,3 +64,25 @@ class LinearModel(Forecaster):
     def _forecast(self, h: int) -> np.ndarray:
         t = np.arange(self.n_, self.n_ + h, dtype=np.float64)
         return self.intercept_ + self.slope_ * t
+
+    @classmethod
+    def predict_rows(cls, matrix: np.ndarray, h: int, levels: Sequence[float]
+                     ) -> tuple[np.ndarray, np.ndarray, Bands]:
+        """The line and its conformal bands over rows (the walk-forward refits as matrices)."""
+        n = matrix.shape[1]
+        origins = calibration_origins(n, h, max(cls.min_points, MIN_CALIBRATION_TRAIN))
+        if not origins:
+            raise too_short(n, h, max(cls.min_points, MIN_CALIBRATION_TRAIN))
+        forecast = line_rows(matrix, h)
+        errors = np.empty((len(matrix), len(origins), h))
+        for j, origin in enumerate(origins):
+            last = np.abs(matrix[:, origin - 1])
+            actual = matrix[:, origin : origin + h]
+            errors[:, j] = (actual - line_rows(matrix[:, :origin], h)) / np.where(
+                last == 0, 1.0, last)[:, None]
+        scale = np.abs(matrix[:, -1])[:, None]
+        bands = {}
+        for level in levels:
+            half = conformal_quantile(errors, level) * scale
+            bands[level_key(level)] = (forecast - half, forecast + half)
+        return np.ones(len(matrix), dtype=bool), forecast, bands

@@ -7,7 +7,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from crypto_ml.models.base import Forecaster
-from crypto_ml.models.intervals import Bands, random_walk_bands
+from crypto_ml.models.intervals import (
+    EWMA_DECAY,
+    Bands,
+    level_key,
+    normal_quantile,
+    random_walk_bands,
+)
 
 
 class NaiveModel(Forecaster):
@@ -17,6 +23,7 @@ class NaiveModel(Forecaster):
     color = "tab:gray"
     min_points = 1
     interval_method = "random walk"
+    series_per_message = 5_000
 
     def _fit(self, series: np.ndarray) -> None:
         self.last_ = float(series[-1])
@@ -27,3 +34,25 @@ class NaiveModel(Forecaster):
     def _bands(self, h: int, forecast: np.ndarray, levels: Sequence[float]) -> Bands:
         """Random-walk bands from the volatility of the series' own daily log returns."""
         return random_walk_bands(self.series_, h, levels)
+
+    @classmethod
+    def predict_rows(cls, matrix: np.ndarray, h: int, levels: Sequence[float]
+                     ) -> tuple[np.ndarray, np.ndarray, Bands]:
+        """The random walk over rows; rows with a close <= 0 go the one-series way."""
+        taken = np.asarray((matrix > 0).all(axis=1))
+        last = matrix[:, -1]
+        forecast = np.repeat(last[:, None], h, axis=1)
+        n = matrix.shape[1]
+        if n > 1:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                returns = np.diff(np.log(np.where(taken[:, None], matrix, 1.0)), axis=1)
+            weights = EWMA_DECAY ** np.arange(n - 1, dtype=np.float64)[::-1]
+            sigma = np.sqrt((returns**2 @ weights) / weights.sum())
+        else:
+            sigma = np.zeros(len(matrix))
+        steps = np.sqrt(np.arange(1, h + 1, dtype=np.float64))
+        bands = {}
+        for level in levels:
+            spread = np.exp(normal_quantile(level) * sigma[:, None] * steps[None, :])
+            bands[level_key(level)] = (last[:, None] / spread, last[:, None] * spread)
+        return taken, forecast, bands

@@ -25,6 +25,7 @@ from crypto_ml.models import HEAVY
 from crypto_ml.models.rnn import warm_up
 from crypto_ml.models.statistical import warm_up as warm_up_statistical
 from crypto_ml.worker import liveness
+from crypto_ml.worker.chunks import TABLE_TASK_NAME
 from crypto_ml.worker.requests import ACCEPT_CONTENT, BATCH_TASK_NAME, PARTS_TASK_NAME, TASK_NAME
 
 CPU_QUEUE, GPU_QUEUE = "cpu", "gpu"
@@ -35,6 +36,9 @@ def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None
     """Deep models go to the ``gpu`` queue, everything else to ``cpu``."""
     if name in (BATCH_TASK_NAME, PARTS_TASK_NAME):
         return {"queue": CPU_QUEUE}
+    if name == TABLE_TASK_NAME:
+        models = {m.get("model") for m in (kwargs or {}).get("models") or [] if isinstance(m, dict)}
+        return {"queue": GPU_QUEUE if models & HEAVY else CPU_QUEUE}
     if name != TASK_NAME:
         return None
     model = (kwargs or {}).get("model")

@@ -19,6 +19,7 @@ from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
 from crypto_ml.core.errors import CryptoMLError, TaskTimedOut, TooManyDeliveries
 from crypto_ml.models import HEAVY
+from crypto_ml.worker.chunks import TABLE_TASK_NAME, parse_chunk, run_chunk
 from crypto_ml.worker.deliveries import count_delivery
 from crypto_ml.worker.model_store import DEFAULT_TTL, ModelStore, open_store
 from crypto_ml.worker.requests import (
@@ -116,7 +117,10 @@ class ForecastTask(Task):
         )
 
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
-        if not (isinstance(retval, dict) and "parts" in retval):  # parts log as they store
+        if isinstance(retval, dict) and "rows" in retval:  # a table chunk: one line
+            log.info("task %s done: table chunk of %d series, %d failed, %.3f s", task_id,
+                     retval["rows"], len(retval["errors"]), retval["fit_seconds"])
+        elif not (isinstance(retval, dict) and "parts" in retval):  # parts log as they store
             self.log_results(task_id, retval if isinstance(retval, list) else [retval])
 
     def log_results(self, task_id: str, results: list[dict[str, Any]]) -> None:
@@ -177,3 +181,12 @@ def forecast_parts(self: ForecastTask, parts: list[dict[str, Any]]) -> dict[str,
         self.backend.store_result(part_id, results, states.SUCCESS)
         self.log_results(self.request.id, results)
     return {"parts": {part_id: len(items) for part_id, items in checked}}
+
+
+@shared_task(bind=True, base=ForecastTask, name=TABLE_TASK_NAME)
+def forecast_table(self: ForecastTask, **chunk: Any) -> dict[str, Any]:
+    """Every model of a table run's chunk over its series (:mod:`crypto_ml.worker.chunks`)."""
+    conf = self.app.conf
+    checked = parse_chunk(chunk, conf.get("crypto_ml_max_horizon", 365),
+                          conf.get("crypto_ml_max_series", 100_000))
+    return run_chunk(checked, self.request.hostname or "unknown")

@@ -1,0 +1,132 @@
+"""``send-tasks --input TABLE --output OUT.parquet``: a table run from the command line.
+
+The table is checked first (exit 2 with one line on a bad table or output, before
+any cluster starts), then its series are forecast into OUT in chunks
+(:mod:`crypto_ml.dispatch.table_run`). stdout stays empty: a table run can hold a
+million series. stderr has the progress bar (series/s and ETA; a few plain lines
+when it is not a terminal, none with ``-q``) and the summary. Exit codes: 0 every
+series written; 1 some forecasts failed (listed in ``OUT.failures.parquet``) or some
+chunks did not come back (run the same command again: it resumes); 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import sys
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from tqdm import tqdm
+
+from crypto_ml.cli.options import EXIT_FAILED, EXIT_OK, settings_from, stop_on_signals
+from crypto_ml.cli.terminal import console, console_writer
+from crypto_ml.core.errors import ConfigError
+from crypto_ml.data.table import Columns, TableSource
+from crypto_ml.dispatch.manager import CryptoManager
+from crypto_ml.dispatch.table_output import TableOutput, check_output, failures_path
+from crypto_ml.dispatch.table_run import TablePlan, TableSummary
+from crypto_ml.models import parse_models
+
+
+def add_table_options(parser: Any) -> None:
+    """The options of a table run (``send-tasks --input``)."""
+    group = parser.add_argument_group("table runs (a long table of many series in, Parquet out)")
+    group.add_argument("--input", type=Path, metavar="TABLE",
+                       help="a long-format table: a .parquet file, a folder of them (hive "
+                       "partitions allowed) or a .csv file, with columns unique_id, ds, y; "
+                       "--output must then be OUT.parquet")
+    group.add_argument("--id-col", default="unique_id", help="the series id column (unique_id)")
+    group.add_argument("--time-col", default="ds", help="the time column: dates or integers (ds)")
+    group.add_argument("--value-col", default="y", help="the value column (y)")
+    group.add_argument("--overwrite", action="store_true",
+                       help="start afresh even if --output holds a finished or interrupted run")
+    group.add_argument("--in-flight", type=int, metavar="K",
+                       help="at most K messages queued or running (default: 2 per worker)")
+    group.add_argument("--chunk-series", type=int, metavar="N",
+                       help="series per message (default: each model's own, ~0.1-1 s of work)")
+
+
+class TableProgress:
+    """Series done of the total: a bar on a terminal, a line per quarter elsewhere."""
+
+    def __init__(self, total: int, quiet: bool) -> None:
+        tty = sys.stderr.isatty()
+        self.bar = tqdm(total=total, unit="series", file=sys.stderr, disable=quiet or not tty,
+                        dynamic_ncols=True, smoothing=0.1)
+        self.plain = not quiet and not tty
+        self.total, self.done, self.failed, self.next_line = total, 0, 0, total / 4
+
+    def __call__(self, done: int, failed: int) -> None:
+        self.done += done + failed
+        self.failed += failed
+        self.bar.update(done + failed)
+        if self.plain and self.done >= self.next_line and self.done < self.total:
+            rate = self.bar.format_dict["rate"] or 0
+            eta = (self.total - self.done) / rate if rate else 0
+            console.info(f"progress: {self.done}/{self.total} series, {rate:.0f} series/s, "
+                         f"ETA {eta:.0f} s")
+            self.next_line += self.total / 4
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def table_source(args: argparse.Namespace) -> TableSource:
+    """The checked ``--input`` table; InvalidTable (exit 2) names what is wrong."""
+    coins = [c.strip() for c in args.coins.split(",") if c.strip()] if args.coins else None
+    source = TableSource(args.input, Columns(args.id_col, args.time_col, args.value_col), coins)
+    source.check()
+    return source
+
+
+def return_freed_memory() -> None:
+    """Let freed buffers go back to the system: Arrow allocates with malloc (its own pool
+    keeps what it freed), and glibc maps every block over 1 MiB on its own (by default it
+    raises that bar after a large free, and a chunk's buffers then stay in the heap)."""
+    pa.set_memory_pool(pa.system_memory_pool())
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: its own rules
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+
+
+def send_table(args: argparse.Namespace) -> int:
+    """Check, forecast into --output, summarize."""
+    return_freed_memory()
+    if args.output is None:
+        raise ConfigError("--input needs --output OUT.parquet: a table run writes Parquet")
+    check_output(args.output)
+    models = parse_models(args.model)
+    settings = settings_from(args)
+    source = table_source(args)
+    plan = TablePlan.of(models, args.horizon, args.levels, args.max_points,
+                        {} if args.epochs is None else {"epochs": args.epochs}, args.chunk_series)
+    output = TableOutput(args.output, plan.describe(source), args.overwrite)
+    assert source.info is not None
+    progress = TableProgress(source.info.series, quiet=getattr(args, "quiet", False))
+    manager = CryptoManager(settings=settings, err=console_writer())
+    stop_on_signals(manager)
+    try:
+        summary = manager.run_table(source, output, plan, progress, args.timeout, args.in_flight)
+    finally:
+        progress.close()
+    say_summary(summary, args.output)
+    return EXIT_OK if not summary.failures and not summary.chunks_failed else EXIT_FAILED
+
+
+def say_summary(summary: TableSummary, out: Path) -> None:
+    if summary.already_complete:
+        console.info(f"summary: {out} already holds this run ({summary.series} series); "
+                     "nothing to do (--overwrite to compute it again)")
+        return
+    rate = summary.done / summary.seconds if summary.seconds else 0.0
+    resumed = f", {summary.skipped} written by an earlier run" if summary.skipped else ""
+    console.info(f"summary: {summary.series} series, {summary.done} forecast now{resumed}, "
+                 f"in {summary.seconds:.1f} s ({rate:.0f} series/s)")
+    if summary.chunks_failed:
+        first = next(iter(summary.chunks_failed.values()))
+        console.warning(f"failed: {len(summary.chunks_failed)} chunk(s) did not come back "
+                        f"({first}); run the same command again to retry them")
+        return
+    console.info(f"wrote {out} and {failures_path(out)} ({summary.failures} failed forecast(s))")

@@ -1,0 +1,316 @@
+"""Long-format tables (``unique_id, ds, y``), read in batches: the input of table runs.
+
+A table is a Parquet file, a folder of Parquet files (a dataset, hive partitions
+allowed) or a CSV file, read with pyarrow's dataset scanner, batch by batch; it is
+never loaded into pandas. :meth:`TableSource.check` reads it once, before any work
+is sent, and fails with :class:`~crypto_ml.core.errors.InvalidTable` naming the
+file, column or first offending series (a missing column, a ``y`` that is not a
+number, a ``ds`` that is neither a date nor an integer, duplicate ``(unique_id,
+ds)`` rows, an empty table, an unreadable file). :meth:`TableSource.chunks` then
+yields the series in chunks of a fixed number of series, in ``unique_id`` order,
+so the same table always gives the same chunks (what resuming relies on).
+
+Memory: a table sorted by ``unique_id`` then ``ds`` (the usual layout of such
+tables) streams in memory bounded by a batch and a chunk. An unsorted table is
+sorted first in Arrow memory: about 16 bytes per row plus the ids (1.6 GB for
+100 million rows); sort it once yourself to avoid that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from crypto_ml.core.errors import InvalidTable
+
+BATCH_ROWS = 1 << 18
+#: How a time column is kept: days since 1970 (dates), nanoseconds (timestamps), integers.
+TIME_KINDS = {"date": pa.date32(), "timestamp": pa.timestamp("ns"), "int": pa.int64()}
+
+
+def time_array(values: np.ndarray, kind: str) -> pa.Array:
+    """int64 times (as :class:`TableSource` keeps them) as an Arrow array of ``kind``."""
+    raw = pa.array(values.astype(np.int32) if kind == "date" else values)
+    return raw.cast(TIME_KINDS[kind])
+
+
+@dataclass(frozen=True)
+class Columns:
+    """The names of the id, time and value columns (``--id-col``, ``--time-col``, ``--value-col``)."""
+
+    id: str = "unique_id"
+    time: str = "ds"
+    value: str = "y"
+
+
+@dataclass
+class SeriesChunk:
+    """``ids[i]``'s values are ``values[offsets[i]:offsets[i+1]]``, oldest first."""
+
+    index: int
+    ids: list[str]
+    lengths: np.ndarray
+    values: np.ndarray
+    last_time: np.ndarray  # int64, in the table's time kind
+    step: np.ndarray  # int64: each series' last time step (0 when it has one row)
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    rows: int
+    series: int
+    time_kind: str
+    presorted: bool
+
+
+def _files(path: Path) -> tuple[list[Path], str]:
+    if not path.exists():
+        raise InvalidTable(f"--input {path}: no such file or folder")
+    if path.is_file():
+        kind = "csv" if path.name.lower().endswith((".csv", ".csv.gz")) else "parquet"
+        return [path], kind
+    parquet = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".parquet", ".pq"))
+    if parquet:
+        return parquet, "parquet"
+    csv = sorted(p for p in path.rglob("*.csv") if p.is_file())
+    if csv:
+        return csv, "csv"
+    raise InvalidTable(f"--input {path}: the folder holds no .parquet or .csv file")
+
+
+def _dataset(path: Path, columns: Columns) -> ds.Dataset:
+    files, kind = _files(path)
+    if kind == "csv":
+        convert = pacsv.ConvertOptions(column_types={columns.id: pa.string()})
+        fmt = ds.CsvFileFormat(convert_options=convert)
+        return ds.dataset([str(f) for f in files], format=fmt)
+    for file in files:  # the footer only: names the unreadable file before any work
+        try:
+            pq.read_metadata(file)
+        except (pa.ArrowException, OSError) as exc:
+            raise InvalidTable(f"--input: cannot read {file} as Parquet ({exc})") from None
+    # no pre-buffering: a whole row group's columns read ahead cost hundreds of MB
+    fmt = ds.ParquetFileFormat(default_fragment_scan_options=ds.ParquetFragmentScanOptions(
+        pre_buffer=False))
+    if path.is_file():
+        return ds.dataset(str(path), format=fmt)
+    return ds.dataset(str(path), format=fmt, partitioning="hive")
+
+
+def _first_bad(ids: pa.Array, values: pa.Array, ok: pa.Array) -> tuple[str, object]:
+    i = int(np.flatnonzero(~np.asarray(ok.to_numpy(zero_copy_only=False), dtype=bool))[0])
+    return str(ids[i].as_py()), values[i].as_py()
+
+
+def _time(column: pa.Array, ids: pa.Array, name: str) -> tuple[np.ndarray, str]:
+    """The time column as int64 in its kind; InvalidTable naming the first bad value."""
+    kind = ("int" if pa.types.is_integer(column.type) else "date"
+            if pa.types.is_date(column.type) else "timestamp")
+    if not (pa.types.is_integer(column.type) or pa.types.is_temporal(column.type)):
+        try:
+            column = pc.cast(column, pa.timestamp("ns"))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            parsed = pc.strptime(pc.cast(column, pa.string()), "%Y-%m-%d", "s", error_is_null=True)
+            series, value = _first_bad(ids, column, pc.is_valid(parsed))
+            raise InvalidTable(f"--input: column {name!r} holds {value!r} (series {series!r}), "
+                               "neither a date nor an integer") from None
+    if column.null_count:
+        series, _ = _first_bad(ids, column, pc.is_valid(column))
+        raise InvalidTable(f"--input: column {name!r} is empty in a row of series {series!r}")
+    if kind == "date":
+        column = pc.cast(column, pa.date32())
+        return np.asarray(column.cast(pa.int32()).to_numpy(), dtype=np.int64), kind
+    if kind == "timestamp":
+        return np.asarray(pc.cast(column, pa.timestamp("ns")).cast(pa.int64()).to_numpy(),
+                          dtype=np.int64), kind
+    return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.int64), kind
+
+
+def _values(column: pa.Array, ids: pa.Array, name: str) -> np.ndarray:
+    """The value column as float64 (nulls: NaN, a missing close); InvalidTable otherwise."""
+    if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
+            or pa.types.is_decimal(column.type) or pa.types.is_null(column.type)):
+        try:
+            column = pc.cast(column, pa.float64())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            numeric = pc.match_substring_regex(
+                pc.utf8_trim_whitespace(pc.cast(column, pa.string())),
+                r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^(?i:nan)$")
+            series, value = _first_bad(ids, column, pc.or_kleene(numeric, pc.is_null(column)))
+            raise InvalidTable(f"--input: column {name!r} holds {value!r} (series {series!r}), "
+                               "not a number") from None
+    return np.asarray(pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False),
+                      dtype=np.float64)
+
+
+class TableSource:
+    """One long-format table: checked once (:meth:`check`), then read in chunks."""
+
+    def __init__(self, path: Path | str | pa.Table, columns: Columns = Columns(),
+                 only: Sequence[str] | None = None) -> None:
+        self.columns = columns
+        self.path = path if isinstance(path, pa.Table) else Path(path)
+        self.only = list(only) if only else None
+        self.dataset = (ds.dataset(path) if isinstance(path, pa.Table)
+                        else _dataset(Path(path), columns))
+        self._sorted: pa.Table | None = None
+        self.info: TableInfo | None = None
+
+    def _batches(self) -> Iterator[pa.RecordBatch]:
+        if self._sorted is not None:
+            yield from self._sorted.to_batches(BATCH_ROWS)
+            return
+        c = self.columns
+        missing = [n for n in (c.id, c.time, c.value) if n not in self.dataset.schema.names]
+        if missing:
+            raise InvalidTable(
+                f"--input {self.path}: no column {', '.join(map(repr, missing))} (it has "
+                f"{', '.join(self.dataset.schema.names)}); name yours with --id-col, "
+                "--time-col and --value-col")
+        where = pc.field(c.id).isin(self.only) if self.only else None
+        try:
+            yield from self.dataset.to_batches(columns=[c.id, c.time, c.value], filter=where,
+                                               batch_size=BATCH_ROWS, batch_readahead=1,
+                                               fragment_readahead=1)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
+            raise InvalidTable(f"--input {self.path}: cannot read the table ({exc})") from None
+
+    def _arrays(self, batch: pa.RecordBatch) -> tuple[pa.Array, np.ndarray, str, np.ndarray]:
+        c = self.columns
+        ids = pc.cast(batch.column(c.id), pa.string())
+        if ids.null_count:
+            raise InvalidTable(f"--input: column {c.id!r} is empty in some row")
+        times, kind = _time(batch.column(c.time), ids, c.time)
+        return ids, times, kind, _values(batch.column(c.value), ids, c.value)
+
+    def check(self) -> TableInfo:
+        """Read the whole table once; its size, or InvalidTable (see the module doc)."""
+        rows = series = 0
+        kind = ""
+        presorted = True
+        prev: tuple[str, int] | None = None
+        for batch in self._batches():
+            if not batch.num_rows:
+                continue
+            ids, times, kind, _ = self._arrays(batch)
+            new, order_ok, dup = _order(ids, times, prev)
+            if dup is not None:
+                raise InvalidTable(f"--input: series {dup!r} has two rows at the same "
+                                   f"{self.columns.time!r}; keep one")
+            presorted &= order_ok
+            rows += batch.num_rows
+            series += new
+            prev = (str(ids[-1].as_py()), int(times[-1]))
+        if not rows:
+            raise InvalidTable(f"--input {self.path}: the table is empty"
+                               + (" for --coins" if self.only else ""))
+        if not presorted:
+            series = self._sort()
+        self.info = TableInfo(rows, series, kind, presorted)
+        return self.info
+
+    def _sort(self) -> int:
+        """Sort an unsorted table in memory (see the module doc); its number of series."""
+        c = self.columns
+        table = pa.Table.from_batches(list(self._batches()))
+        table = table.set_column(0, c.id, pc.cast(table.column(0), pa.string()))
+        self._sorted = table.sort_by([(c.id, "ascending"), (c.time, "ascending")])
+        series = 0
+        prev = None
+        for batch in self._sorted.to_batches(BATCH_ROWS):
+            ids, times, _, _ = self._arrays(batch)
+            new, _, dup = _order(ids, times, prev)
+            if dup is not None:
+                raise InvalidTable(f"--input: series {dup!r} has two rows at the same "
+                                   f"{c.time!r}; keep one")
+            series += new
+            prev = (str(ids[-1].as_py()), int(times[-1]))
+        return series
+
+    def chunks(self, size: int) -> Iterator[SeriesChunk]:
+        """The series, ``size`` to a chunk, in order (call :meth:`check` first)."""
+        buffer = _Buffer(size)
+        carry: tuple[pa.Array, np.ndarray, np.ndarray] | None = None
+        for batch in self._batches():
+            if not batch.num_rows:
+                continue
+            ids, times, _, values = self._arrays(batch)
+            if carry is not None:
+                ids = pa.concat_arrays([carry[0], ids])
+                times, values = np.concatenate([carry[1], times]), np.concatenate([carry[2], values])
+            starts = _starts(ids)
+            tail = int(starts[-1])
+            buffer.add(ids, times, values, starts[:-1], tail)
+            carry = (ids.slice(tail), times[tail:], values[tail:])
+            yield from buffer.full()
+        if carry is not None:
+            buffer.add(*carry, np.zeros(1, dtype=np.int64), len(carry[1]))
+        yield from buffer.full(final=True)
+
+
+def _starts(ids: pa.Array) -> np.ndarray:
+    changed = pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1))
+    return np.concatenate([[0], np.flatnonzero(changed.to_numpy(zero_copy_only=False)) + 1])
+
+
+def _order(ids: pa.Array, times: np.ndarray, prev: tuple[str, int] | None
+           ) -> tuple[int, bool, str | None]:
+    """(new series in the batch, rows ordered by id then time, first duplicated series)."""
+    if prev is not None:
+        ids = pa.concat_arrays([pa.array([prev[0]], pa.string()), ids])
+        times = np.concatenate([[prev[1]], times])
+    a, b = ids.slice(0, len(ids) - 1), ids.slice(1)
+    same = np.asarray(pc.equal(a, b).to_numpy(zero_copy_only=False), dtype=bool)
+    dup = np.flatnonzero(same & (times[1:] == times[:-1]))
+    first_dup = str(ids[int(dup[0])].as_py()) if len(dup) else None
+    ordered = bool(np.all(np.asarray(pc.less(a, b).to_numpy(zero_copy_only=False), dtype=bool)
+                          | (same & (times[1:] > times[:-1]))))
+    new = int((~same).sum()) + (1 if prev is None else 0)
+    return new, ordered, first_dup
+
+
+class _Buffer:
+    """Complete series waiting to fill a chunk of ``size``."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.index = 0
+        self.ids: list[str] = []
+        self.lengths: list[np.ndarray] = []
+        self.values: list[np.ndarray] = []
+        self.times: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def add(self, ids: pa.Array, times: np.ndarray, values: np.ndarray, starts: np.ndarray,
+            end: int) -> None:
+        if not len(starts):
+            return
+        ends = np.append(starts[1:], end)
+        self.ids += ids.take(pa.array(starts)).to_pylist()
+        self.lengths.append(ends - starts)
+        self.values.append(values[: end])
+        last = times[ends - 1]
+        before = np.where(ends - starts > 1, times[np.maximum(ends - 2, 0)], last)
+        self.times.append((last, last - before))
+
+    def full(self, final: bool = False) -> Iterator[SeriesChunk]:
+        while len(self.ids) >= self.size or (final and self.ids):
+            lengths = np.concatenate(self.lengths)
+            values = np.concatenate(self.values)
+            last = np.concatenate([t[0] for t in self.times])
+            step = np.concatenate([t[1] for t in self.times])
+            n = min(self.size, len(self.ids))
+            cut = int(lengths[:n].sum())
+            yield SeriesChunk(self.index, self.ids[:n], lengths[:n], values[:cut], last[:n],
+                              step[:n])
+            self.index += 1
+            self.ids = self.ids[n:]
+            self.lengths, self.values = [lengths[n:]], [values[cut:]]
+            self.times = [(last[n:], step[n:])]

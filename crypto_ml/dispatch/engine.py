@@ -1,0 +1,240 @@
+"""The dispatch engine: publish task messages, track them, collect each outcome once.
+
+:class:`Dispatcher` is what the command line's runs (:class:`~crypto_ml.dispatch.manager.
+CryptoManager`) and the table runs (:mod:`~crypto_ml.dispatch.table_run`) send through:
+
+* **publish** each :class:`~crypto_ml.dispatch.planning.Message` under an id of its own,
+  subscribed to its result channel first (no result can slip past), riding out a
+  broker that is briefly away (restart, failover);
+* **backpressure**: with ``max_in_flight`` set, at most that many messages are
+  queued or running at once; the next is published when an outcome comes back, so
+  Redis holds a bounded amount whatever the number of series;
+* **wait** on Redis pub/sub (the result backend publishes every stored state), with a
+  slow ``MGET`` sweep for anything a reconnect lost: waiting costs no core;
+* **resend** messages the broker lost (:mod:`~crypto_ml.dispatch.lost`);
+* **free** each result's keys once it is read, and revoke what is left when the run
+  stops early.
+
+A run gives up when no outcome arrives for ``timeout`` seconds: every message still
+pending comes back as an :class:`Outcome` with ``meta`` None.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery, states
+from kombu.exceptions import OperationalError
+
+from crypto_ml.dispatch.lost import LostMessages
+from crypto_ml.dispatch.planning import Message
+from crypto_ml.ops.flower import send_options
+from crypto_ml.worker.app import CPU_QUEUE, GPU_QUEUE
+from crypto_ml.worker.deliveries import delivery_key
+
+log = logging.getLogger(__name__)
+
+PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2}
+RECONNECT_PAUSE = 1.0
+SWEEP_SECONDS = 2.0
+WAKE_SECONDS = 0.1  # the run's hooks (progress, stop, lost messages) run at least this often
+CHUNK = 1000  # keys per MGET
+#: What publishing raises while the broker is away (after kombu's own retries).
+PUBLISH_ERRORS = (OperationalError, ConnectionError, OSError)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What came back for one message: its result meta, or None when the run timed out."""
+
+    message: Message
+    task_id: str
+    meta: dict[str, Any] | None
+
+
+def _key(app: Celery, task_id: str) -> bytes:
+    key = app.backend.get_key_for_task(task_id)
+    return key if isinstance(key, bytes) else key.encode()
+
+
+class Dispatcher:
+    """Sends messages over ``app`` and yields their outcomes (see the module doc).
+
+    ``say`` gets the notices a user should see (a lost broker, a resent message);
+    ``on_wait`` runs between outcomes (progress bars, stop requests: it may raise).
+    """
+
+    def __init__(self, app: Celery, say: Callable[[str], None] = log.warning,
+                 on_wait: Callable[[], None] = lambda: None,
+                 check_lost_every: float | None = None) -> None:
+        self.app = app
+        self.say = say
+        self.on_wait = on_wait
+        self.check_lost_every = check_lost_every
+        self.pending: dict[str, Message] = {}
+        self._keys: dict[bytes, str] = {}
+        self._pubsub: Any = None
+        self._expires: float | None = None
+        self._next_sweep = 0.0
+
+    def run(self, messages: Iterable[Message], timeout: float | None = None,
+            max_in_flight: int | None = None,
+            on_sent: Callable[[str, Message], None] = lambda task_id, message: None,
+            ) -> Iterator[Outcome]:
+        """Publish ``messages`` (at most ``max_in_flight`` pending) and yield each outcome."""
+        self._expires = timeout
+        source = iter(messages)
+        exhausted = False
+        lost = LostMessages(self.app, self.pending, self._resend, (CPU_QUEUE, GPU_QUEUE),
+                            self.check_lost_every)
+        last_progress = time.monotonic()
+        try:
+            while True:
+                while not exhausted and (max_in_flight is None
+                                         or len(self.pending) < max_in_flight):
+                    message = next(source, None)
+                    if message is None:
+                        exhausted = True
+                    else:
+                        on_sent(self._publish(message), message)
+                if not self.pending:
+                    return
+                for outcome in self._arrived():
+                    last_progress = time.monotonic()
+                    yield outcome
+                if timeout is not None and time.monotonic() - last_progress > timeout:
+                    yield from self._give_up()
+                    return
+                self.on_wait()
+                lost.check()
+        finally:
+            self._close()
+
+    # -- publishing ------------------------------------------------------------------------
+
+    def _publish(self, message: Message, task_id: str | None = None) -> str:
+        task_id = task_id or str(uuid.uuid4())
+        key = _key(self.app, task_id)
+        self._keys[key] = task_id
+        self.pending[task_id] = message
+        self._subscribe(key)
+        options = {"serializer": message.serializer} if message.serializer else {}
+        while True:
+            try:
+                self.app.send_task(message.task, kwargs=message.kwargs, task_id=task_id,
+                                   retry=True, retry_policy=PUBLISH_RETRY,
+                                   expires=self._expires, **options,
+                                   **send_options(message.kwargs))
+                return task_id
+            except PUBLISH_ERRORS as exc:
+                self._broker_away(exc)
+
+    def _resend(self, task_id: str) -> None:
+        """Send a lost message again under its own id (:mod:`crypto_ml.dispatch.lost`)."""
+        self._publish(self.pending[task_id], task_id)
+        self.say(f"resent task {task_id}: the broker lost its message")
+
+    def _broker_away(self, exc: BaseException) -> None:
+        self.say(f"lost the broker ({type(exc).__name__}); waiting for it to come back")
+        time.sleep(RECONNECT_PAUSE)
+        self.on_wait()
+
+    # -- waiting -----------------------------------------------------------------------------
+
+    def _subscribe(self, key: bytes) -> None:
+        try:
+            if self._pubsub is None:
+                self._pubsub = self.app.backend.client.pubsub(ignore_subscribe_messages=True)
+            self._pubsub.subscribe(key)
+        except self.app.backend.connection_errors:
+            self._pubsub = None  # subscribed again, with a sweep, once the backend is back
+
+    def _arrived(self) -> Iterator[Outcome]:
+        """The outcomes that arrive within about WAKE_SECONDS."""
+        try:
+            if self._pubsub is None:  # new, or lost with the backend: subscribe and sweep
+                self._pubsub = self.app.backend.client.pubsub(ignore_subscribe_messages=True)
+                for i in range(0, len(self._keys), CHUNK):
+                    self._pubsub.subscribe(*list(self._keys)[i : i + CHUNK])
+                self._next_sweep = 0.0
+            ready = self._listen()
+            if time.monotonic() >= self._next_sweep:
+                ready += self._sweep()
+                self._next_sweep = time.monotonic() + SWEEP_SECONDS
+        except self.app.backend.connection_errors as exc:
+            self._pubsub = None
+            self.say(f"lost the result backend ({type(exc).__name__}); waiting for it to come back")
+            time.sleep(RECONNECT_PAUSE)
+            return
+        yield from self._collect(ready)
+
+    def _listen(self) -> list[tuple[bytes, bytes]]:
+        ready = []
+        message = self._pubsub.get_message(timeout=WAKE_SECONDS)
+        while message is not None:
+            if message.get("type") == "message":
+                channel = message["channel"]
+                ready.append((channel if isinstance(channel, bytes) else channel.encode(),
+                              message["data"]))
+            message = self._pubsub.get_message(timeout=0.0)
+        return ready
+
+    def _sweep(self) -> list[tuple[bytes, bytes]]:
+        keys = list(self._keys)
+        found = []
+        for i in range(0, len(keys), CHUNK):
+            chunk = keys[i : i + CHUNK]
+            found += [(k, v) for k, v in zip(chunk, self.app.backend.client.mget(chunk),
+                                             strict=True) if v is not None]
+        return found
+
+    def _collect(self, ready: list[tuple[bytes, bytes]]) -> Iterator[Outcome]:
+        done = []
+        for key, payload in ready:
+            task_id = self._keys.get(key)
+            if task_id is None:
+                continue
+            meta = self.app.backend.decode_result(payload)
+            if meta.get("status") not in states.READY_STATES:
+                continue  # STARTED and the like
+            del self._keys[key]
+            done.append((key, task_id, self.pending.pop(task_id), meta))
+        if not done:
+            return
+        self._forget([key for key, *_ in done], [task_id for _, task_id, *_ in done])
+        for _, task_id, message, meta in done:
+            yield Outcome(message, task_id, meta)
+
+    def _forget(self, keys: list[bytes], task_ids: list[str]) -> None:
+        """Free the results read (and their delivery counters) now, not at their expiry."""
+        try:
+            if self._pubsub is not None:
+                self._pubsub.unsubscribe(*keys)
+            self.app.backend.client.delete(*keys, *(delivery_key(t) for t in task_ids))
+        except self.app.backend.connection_errors as exc:
+            log.debug("could not free %d result(s) now (%s); they expire", len(keys), exc)
+
+    def _give_up(self) -> Iterator[Outcome]:
+        pending, self.pending = self.pending, {}
+        self._keys.clear()
+        for task_id, message in pending.items():
+            yield Outcome(message, task_id, None)
+        self.pending = pending  # revoked on close
+
+    def _close(self) -> None:
+        if self.pending:  # timed out or interrupted: leave no work queued for nobody
+            try:
+                self.app.control.revoke(list(self.pending))
+            except Exception as exc:  # the broker is gone too: the tasks expire
+                log.debug("could not revoke %d task(s): %s", len(self.pending), exc)
+        if self._pubsub is not None:
+            try:
+                self._pubsub.close()
+            except Exception as exc:  # closing a broken connection
+                log.debug("pubsub close: %s", exc)
+            self._pubsub = None

@@ -1,0 +1,61 @@
+"""``crypto_ml.forecast(df)``: a long-format DataFrame (or a table's path) in, forecasts out.
+
+The Python face of table runs, shaped like statsforecast's ``forecast()``: a
+statsforecast user switches with one line. The frame goes through the same path as
+``send-tasks --input`` (:mod:`~crypto_ml.dispatch.table_run`), on the cluster the
+settings name or on the embedded default, into a temporary Parquet file read back
+as the result. Failed forecasts are listed in ``result.attrs["failures"]``
+(``{"unique_id", "model", "error"}`` records).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import pandas as pd
+import pyarrow as pa
+
+from crypto_ml.core.errors import CryptoMLError
+from crypto_ml.core.settings import Settings
+from crypto_ml.data.table import Columns, TableSource
+from crypto_ml.dispatch.manager import CryptoManager
+from crypto_ml.dispatch.table_output import TableOutput, failures_path
+from crypto_ml.dispatch.table_run import TablePlan
+from crypto_ml.models import parse_models
+from crypto_ml.models.intervals import DEFAULT_LEVELS, check_levels
+
+
+def forecast_frame(df: pd.DataFrame | str | Path, settings: Settings,
+                   model: str | Sequence[str] = "linear", horizon: int = 10,
+                   levels: Sequence[float] = DEFAULT_LEVELS, id_col: str = "unique_id",
+                   time_col: str = "ds", target_col: str = "y", max_points: int | None = None,
+                   err: TextIO | None = None, **options: Any) -> pd.DataFrame:
+    """Forecast every series of ``df``: ``unique_id, ds, <model>, <model>-lo-<level>, ...``."""
+    columns = Columns(id_col, time_col, target_col)
+    if isinstance(df, pd.DataFrame):
+        missing = [c for c in (id_col, time_col, target_col) if c not in df.columns]
+        if missing:
+            raise CryptoMLError(f"the frame has no column {', '.join(map(repr, missing))} "
+                                f"(it has {', '.join(map(str, df.columns))}); name yours "
+                                "with id_col, time_col and target_col")
+        table = pa.Table.from_pandas(df[[id_col, time_col, target_col]], preserve_index=False)
+        source = TableSource(table, columns)
+    else:
+        source = TableSource(Path(df), columns)
+    source.check()
+    plan = TablePlan.of(parse_models(model), horizon, check_levels(levels), max_points,
+                        options or None)
+    manager = CryptoManager(settings=settings, err=err)
+    with tempfile.TemporaryDirectory(prefix="crypto-ml-") as folder:
+        out = Path(folder) / "forecast.parquet"
+        summary = manager.run_table(source, TableOutput(out, plan.describe(source)), plan)
+        if summary.chunks_failed:
+            first = next(iter(summary.chunks_failed.values()))
+            raise CryptoMLError(f"{len(summary.chunks_failed)} chunk(s) of series did not come "
+                                f"back ({first}); call again")
+        result = pd.read_parquet(out)
+        result.attrs["failures"] = pd.read_parquet(failures_path(out)).to_dict("records")
+    return result

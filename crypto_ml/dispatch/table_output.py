@@ -1,0 +1,138 @@
+"""A table run's output: Parquet in statsforecast's ``forecast()`` layout, resumable.
+
+While a run goes on, each finished chunk is one Parquet file in a parts folder
+beside the output (``.OUT.parquet.parts/``), written to a temporary name and
+renamed, so a chunk is either wholly there or not at all; its failures go to a
+file of their own, renamed first. ``manifest.json`` there records what the run
+is (input, models, horizon, levels, chunking). A run that finds the parts folder
+of the same run takes the chunks it holds as done and sends only the others;
+one of a different run is an :class:`~crypto_ml.core.errors.OutputMismatch`
+naming the difference (``--overwrite`` starts afresh). When every chunk is in,
+:meth:`TableOutput.finish` copies the parts, in chunk order, into ``OUT`` and
+``OUT.failures.parquet`` (each written aside and renamed: atomic) and removes the
+folder, so an interrupted and an uninterrupted run give the same files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from crypto_ml.core.errors import ConfigError, OutputMismatch
+
+FAILURES_SCHEMA = pa.schema([("unique_id", pa.string()), ("model", pa.string()),
+                             ("error", pa.string())])
+MANIFEST = "manifest.json"
+META_KEY = b"crypto_ml.run"
+
+
+def failures_path(out: Path) -> Path:
+    """``OUT.failures.parquet`` beside ``OUT.parquet``."""
+    return out.with_name(out.name.removesuffix(".parquet") + ".failures.parquet")
+
+
+def check_output(out: Path) -> None:
+    """A ConfigError unless ``out`` is a ``.parquet`` path in an existing, writable folder."""
+    if out.suffix != ".parquet":
+        raise ConfigError(f"--output {out}: a table run writes Parquet; name it *.parquet")
+    if out.is_dir():
+        raise ConfigError(f"--output {out} is a folder; give a file name")
+    if not out.parent.is_dir():
+        raise ConfigError(f"--output {out}: no folder {out.parent}; create it first")
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--output {out}: cannot write in {out.parent}")
+
+
+def _differences(had: Mapping[str, Any], want: Mapping[str, Any]) -> str:
+    keys = [k for k in want if had.get(k) != want[k]]
+    return "; ".join(f"{k} was {had.get(k)!r}, now {want[k]!r}" for k in keys)
+
+
+def _write_atomic(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class TableOutput:
+    """The output of one table run (see the module doc); ``run`` describes the run."""
+
+    def __init__(self, out: Path, run: Mapping[str, Any], overwrite: bool = False) -> None:
+        self.out = out
+        self.failures = failures_path(out)
+        self.parts = out.with_name(f".{out.name}.parts")
+        self.run = dict(run)
+        if overwrite:
+            shutil.rmtree(self.parts, ignore_errors=True)
+            for path in (out, self.failures):
+                path.unlink(missing_ok=True)
+
+    def finished(self) -> bool:
+        """True when OUT already holds this very run; OutputMismatch when another."""
+        if not self.out.exists():
+            return False
+        try:
+            meta = pq.read_schema(self.out).metadata or {}
+            had = json.loads(meta.get(META_KEY, b"{}"))
+        except (pa.ArrowException, OSError, ValueError):
+            had = {}
+        if had != self.run:
+            diff = _differences(had, self.run) or "it was not written by crypto-ml"
+            raise OutputMismatch(f"--output {self.out} holds another run ({diff}); "
+                                 "pass --overwrite to replace it, or choose another file")
+        return True
+
+    def done_chunks(self) -> set[int]:
+        """Chunks already written by an earlier, interrupted run of the same command."""
+        manifest = self.parts / MANIFEST
+        if not manifest.exists():
+            self.parts.mkdir(exist_ok=True)
+            _write_text_atomic(manifest, json.dumps(self.run, indent=1))
+            return set()
+        had = json.loads(manifest.read_text())
+        if had != self.run:
+            raise OutputMismatch(f"--output {self.out}: an interrupted run of other settings is "
+                                 f"in {self.parts} ({_differences(had, self.run)}); pass "
+                                 "--overwrite to start afresh, or rerun it as it was")
+        return {int(p.stem.split("-")[1]) for p in self.parts.glob("chunk-*.parquet")}
+
+    def write_chunk(self, index: int, table: pa.Table, failures: pa.Table) -> None:
+        """Chunk ``index``'s rows and failures, each file wholly or not at all."""
+        if failures.num_rows:
+            _write_atomic(failures, self.parts / f"failed-{index:08d}.parquet")
+        _write_atomic(table, self.parts / f"chunk-{index:08d}.parquet")
+
+    def finish(self, schema: pa.Schema, chunks: Iterable[int]) -> int:
+        """Join the parts into OUT and OUT.failures.parquet; the number of failures."""
+        meta = {META_KEY: json.dumps(self.run).encode()}
+        _concat(self.out, schema.with_metadata(meta),
+                (self.parts / f"chunk-{i:08d}.parquet" for i in chunks))
+        failed = sorted(self.parts.glob("failed-*.parquet"))
+        _concat(self.failures, FAILURES_SCHEMA, failed)
+        count = sum(pq.read_metadata(p).num_rows for p in failed)
+        shutil.rmtree(self.parts)
+        return count
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _concat(path: Path, schema: pa.Schema, parts: Iterable[Path]) -> None:
+    """Copy ``parts`` (in order, a row group each) into ``path``, written aside and renamed."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for part in parts:
+            writer.write_table(pq.read_table(part, schema=schema.remove_metadata()))
+    os.replace(tmp, path)

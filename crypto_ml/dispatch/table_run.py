@@ -1,0 +1,202 @@
+"""Table runs: a long table of series in, a Parquet table of forecasts out, in bounded memory.
+
+The series of a :class:`~crypto_ml.data.table.TableSource` go out in chunks (one
+message per chunk, :mod:`crypto_ml.worker.chunks`) through the
+:class:`~crypto_ml.dispatch.engine.Dispatcher`, at most ``in_flight`` at a time;
+each chunk's forecasts are written the moment they arrive
+(:class:`~crypto_ml.dispatch.table_output.TableOutput`) and then forgotten, so the
+manager's memory and Redis's do not grow with the number of series. A rerun of the
+same command skips the chunks already written. A chunk that fails as a whole (no
+result in time, its worker died too often) is not written: the run ends with exit
+code 1 and the same command retries just those chunks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from celery import Celery, states
+
+from crypto_ml.data.table import TIME_KINDS, SeriesChunk, TableSource, time_array
+from crypto_ml.dispatch.engine import Dispatcher, Outcome
+from crypto_ml.dispatch.planning import Message
+from crypto_ml.dispatch.table_output import FAILURES_SCHEMA, TableOutput
+from crypto_ml.models import model_class
+from crypto_ml.models.intervals import level_key
+from crypto_ml.worker.chunks import TABLE_TASK_NAME, ModelSpec, chunk_kwargs
+
+DAY_NS = 86_400 * 10**9
+#: Time steps (in days) read as calendar months: monthly, quarterly, yearly data.
+CALENDAR_MONTHS = {**dict.fromkeys(range(28, 32), 1), **dict.fromkeys(range(89, 93), 3),
+                   365: 12, 366: 12}
+
+
+@dataclass(frozen=True)
+class TablePlan:
+    """What a table run computes, and how it is cut into messages."""
+
+    models: tuple[ModelSpec, ...]
+    horizon: int
+    levels: tuple[float, ...]
+    chunk_series: int
+
+    @classmethod
+    def of(cls, models: Sequence[str], horizon: int, levels: Sequence[float],
+           max_points: int | None = None, params: dict[str, Any] | None = None,
+           chunk_series: int | None = None) -> TablePlan:
+        specs = tuple(ModelSpec(m, {k: v for k, v in (params or {}).items()
+                                    if k in model_class(m).options},
+                                model_class(m).default_max_points if max_points is None
+                                else max_points) for m in models)
+        size = chunk_series or min(model_class(m).series_per_message for m in models)
+        return cls(specs, horizon, tuple(levels), size)
+
+    def describe(self, source: TableSource) -> dict[str, Any]:
+        """What the output's manifest records (a rerun must match it)."""
+        path = source.path
+        stat = path.stat() if hasattr(path, "stat") else None
+        return {"input": str(getattr(path, "resolve", lambda: "a DataFrame")()),
+                "input_size": None if stat is None or path.is_dir() else stat.st_size,
+                "input_mtime": None if stat is None or path.is_dir() else stat.st_mtime_ns,
+                "columns": [source.columns.id, source.columns.time, source.columns.value],
+                "only": source.only,
+                "models": [[m.model, m.params, m.max_points] for m in self.models],
+                "horizon": self.horizon, "levels": list(self.levels),
+                "chunk_series": self.chunk_series}
+
+    def schema(self, time_kind: str) -> pa.Schema:
+        fields = [("unique_id", pa.string()), ("ds", TIME_KINDS[time_kind])]
+        for m in self.models:
+            fields.append((m.model, pa.float64()))
+            for level in self.levels:
+                key = level_key(level)
+                fields += [(f"{m.model}-lo-{key}", pa.float64()), (f"{m.model}-hi-{key}", pa.float64())]
+        return pa.schema(fields)
+
+
+@dataclass
+class TableSummary:
+    series: int
+    skipped: int = 0  # written by an earlier run of the same command
+    done: int = 0
+    failures: int = 0  # (series, model) pairs in the failures table
+    chunks_failed: dict[int, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    already_complete: bool = False
+
+
+def future_times(kind: str, last: np.ndarray, step: np.ndarray, h: int) -> np.ndarray:
+    """The next ``h`` times after each series' ``last`` at its own step, ``(series, h)``."""
+    k = np.arange(1, h + 1, dtype=np.int64)
+    if kind == "int":
+        return last[:, None] + k[None, :]
+    if kind == "timestamp":
+        return last[:, None] + np.where(step > 0, step, DAY_NS)[:, None] * k[None, :]
+    out = last[:, None] + np.where(step > 0, step, 1)[:, None] * k[None, :]
+    for months in set(CALENDAR_MONTHS.get(int(s), 0) for s in np.unique(step)) - {0}:
+        rows = np.flatnonzero([CALENDAR_MONTHS.get(int(s), 0) == months for s in step])
+        for day in np.unique(last[rows]):
+            start = pd.Timestamp(int(day), unit="D")
+            offset = (pd.offsets.MonthEnd(months) if start.is_month_end
+                      else pd.DateOffset(months=months))
+            dates = pd.date_range(start, periods=h + 1, freq=offset)[1:]
+            out[rows[last[rows] == day]] = (dates.values.astype("datetime64[D]")
+                                            .astype(np.int64))
+    return out
+
+
+def chunk_table(plan: TablePlan, schema: pa.Schema, kind: str, chunk: SeriesChunk,
+                result: dict[str, Any]) -> tuple[pa.Table, pa.Table]:
+    """A chunk's result as output rows (series that no model could forecast left out)
+    and failure rows."""
+    h, n = plan.horizon, len(chunk.ids)
+    failed_all = np.zeros(n, dtype=int)
+    for row, _, _ in result["errors"]:
+        failed_all[row] += 1
+    keep = np.flatnonzero(failed_all < len(plan.models))
+    rows = np.repeat(keep, h)
+    columns: list[Any] = [pa.array(chunk.ids, pa.string()).take(pa.array(rows)),
+                          time_array(future_times(kind, chunk.last_time[keep], chunk.step[keep],
+                                                  h).reshape(-1), kind)]
+    for m in plan.models:
+        got = result["forecasts"][m.model]
+        names = ["mean"] + [f"{side}-{level_key(lv)}" for lv in plan.levels for side in ("lo", "hi")]
+        for name in names:
+            columns.append(np.asarray(got[name], dtype=np.float64).reshape(n, h)[keep].reshape(-1))
+    failures = pa.table({"unique_id": [chunk.ids[row] for row, _, _ in result["errors"]],
+                         "model": [model for _, model, _ in result["errors"]],
+                         "error": [reason for _, _, reason in result["errors"]]},
+                        schema=FAILURES_SCHEMA)
+    return pa.Table.from_arrays(columns, schema=schema), failures
+
+
+def chunk_failures(plan: TablePlan, chunk: SeriesChunk, reason: str) -> pa.Table:
+    """Every (series, model) of a chunk that failed as a whole."""
+    return pa.table({"unique_id": [i for i in chunk.ids for _ in plan.models],
+                     "model": [m.model for _ in chunk.ids for m in plan.models],
+                     "error": [reason] * (len(chunk.ids) * len(plan.models))},
+                    schema=FAILURES_SCHEMA)
+
+
+def _reason(outcome: Outcome, timeout: float | None) -> str | None:
+    meta = outcome.meta
+    if meta is None:
+        return f"no result within {timeout:g} s (--timeout)"
+    if meta["status"] == states.SUCCESS:
+        return None
+    exc = meta.get("result")
+    text = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else str(exc)
+    return text if meta["status"] == states.FAILURE else f"{meta['status']}: {text}"
+
+
+def run_table(app: Celery, source: TableSource, output: TableOutput, plan: TablePlan,
+              on_progress: Callable[[int, int], None] = lambda done, failed: None,
+              say: Callable[[str], None] = print, on_wait: Callable[[], None] = lambda: None,
+              timeout: float | None = 3600.0, in_flight: int = 8) -> TableSummary:
+    """Forecast every series of ``source`` (checked) into ``output`` (see the module doc)."""
+    info = source.info or source.check()
+    started = time.monotonic()
+    summary = TableSummary(info.series)
+    if output.finished():
+        summary.already_complete = True
+        return summary
+    done = output.done_chunks()
+    schema = plan.schema(info.time_kind)
+    chunks: dict[int, SeriesChunk] = {}
+    total = 0
+
+    def messages() -> Iterator[Message]:
+        nonlocal total
+        for chunk in source.chunks(plan.chunk_series):
+            total = chunk.index + 1
+            if chunk.index in done:
+                summary.skipped += len(chunk.ids)
+                on_progress(len(chunk.ids), 0)
+                continue
+            chunks[chunk.index] = chunk
+            yield Message(TABLE_TASK_NAME, chunk_kwargs(plan.models, plan.horizon, plan.levels,
+                                                         chunk.lengths, chunk.values),
+                          [], serializer="msgpack", key=chunk.index)
+
+    engine = Dispatcher(app, say, on_wait)
+    for outcome in engine.run(messages(), timeout, max_in_flight=in_flight):
+        chunk = chunks.pop(int(outcome.message.key or 0))
+        reason = _reason(outcome, timeout)
+        if reason is not None:
+            summary.chunks_failed[chunk.index] = reason
+            on_progress(0, len(chunk.ids))
+            continue
+        table, failures = chunk_table(plan, schema, info.time_kind, chunk, outcome.meta["result"])  # type: ignore[index]
+        output.write_chunk(chunk.index, table, failures)
+        summary.done += len(chunk.ids)
+        on_progress(len(chunk.ids), len({row for row, _, _ in outcome.meta["result"]["errors"]}))  # type: ignore[index]
+    if not summary.chunks_failed:
+        summary.failures = output.finish(schema, range(total))
+    summary.seconds = time.monotonic() - started
+    return summary

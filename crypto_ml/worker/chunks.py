@@ -1,0 +1,127 @@
+"""What crosses the wire for a table run: a chunk of many series, and its forecasts.
+
+A chunk message (task ``crypto_ml.forecast_table``, always msgpack) carries the
+series of one chunk of a long table as one float64 buffer and their lengths,
+not as a list per series: a million series pack and unpack at memory speed.
+The worker checks it here (:func:`parse_chunk`) before any model runs; the
+buffer is read with ``numpy.frombuffer`` as float64, nothing else. The result
+holds, per model, ``mean`` and ``lo-<level>`` / ``hi-<level>`` as flat lists of
+``rows * horizon`` floats (NaN where a series failed) and the failures by row.
+The manager knows which series each row is (:mod:`crypto_ml.dispatch.table_run`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from crypto_ml.core.errors import InvalidTaskInput
+from crypto_ml.models import PARAMS, model_class
+from crypto_ml.models.batch import predict_batch
+from crypto_ml.models.intervals import check_levels, level_key
+
+TABLE_TASK_NAME = "crypto_ml.forecast_table"
+#: The largest chunk a worker accepts: 64 MiB of closes.
+MAX_CHUNK_VALUES = 8 * 1024 * 1024
+
+
+def _bad(problem: str) -> InvalidTaskInput:
+    return InvalidTaskInput(f"invalid table chunk: {problem}")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of a chunk: its name, options and history window (0: all)."""
+
+    model: str
+    params: dict[str, Any]
+    max_points: int
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A checked chunk message."""
+
+    models: tuple[ModelSpec, ...]
+    horizon: int
+    levels: tuple[float, ...]
+    series: list[np.ndarray]
+
+
+def chunk_kwargs(models: Sequence[ModelSpec], horizon: int, levels: Sequence[float],
+                 lengths: np.ndarray, values: np.ndarray) -> dict[str, Any]:
+    """The task's keyword arguments for the series ``values`` cut at ``lengths``."""
+    return {"models": [{"model": m.model, "params": m.params, "max_points": m.max_points}
+                       for m in models],
+            "horizon": horizon, "levels": list(levels),
+            "lengths": np.asarray(lengths, dtype=np.int64).tolist(),
+            "values": np.ascontiguousarray(values, dtype="<f8").tobytes()}
+
+
+def _models(raw: object) -> tuple[ModelSpec, ...]:
+    if not isinstance(raw, list) or not raw or not all(isinstance(m, dict) for m in raw):
+        raise _bad("'models' must be a non-empty list of {model, params, max_points}")
+    specs = []
+    for item in raw:
+        name, params, window = item.get("model"), item.get("params") or {}, item.get("max_points")
+        if not isinstance(name, str) or name not in PARAMS:
+            raise _bad(f"unknown model {name!r}; choose one of {', '.join(PARAMS)}")
+        if not isinstance(params, dict) or set(params) - PARAMS[name]:
+            raise _bad(f"model {name!r} does not take {sorted(set(params) - PARAMS[name])}")
+        if isinstance(window, bool) or not isinstance(window, int) or window < 0:
+            raise _bad(f"'max_points' of {name!r} must be an integer >= 0, got {window!r}")
+        specs.append(ModelSpec(name, dict(params), window))
+    return tuple(specs)
+
+
+def _series(lengths: object, values: object, max_series: int) -> list[np.ndarray]:
+    if not isinstance(values, bytes | bytearray) or len(values) % 8:
+        raise _bad("'values' must be float64 bytes (send the chunk with msgpack)")
+    if len(values) > 8 * MAX_CHUNK_VALUES:
+        raise _bad(f"{len(values) // 8} values is above the cap of {MAX_CHUNK_VALUES}")
+    if not isinstance(lengths, list) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= max_series
+            for n in lengths):
+        raise _bad(f"'lengths' must be a list of integers between 0 and {max_series}")
+    flat = np.frombuffer(values, dtype="<f8")
+    if sum(lengths) != len(flat):
+        raise _bad(f"'lengths' add up to {sum(lengths)}, but 'values' holds {len(flat)}")
+    ends = np.cumsum(lengths)
+    return [flat[end - n : end] for n, end in zip(lengths, ends.tolist(), strict=True)]
+
+
+def parse_chunk(kwargs: dict[str, Any], max_horizon: int, max_series: int) -> Chunk:
+    """Check a chunk message; InvalidTaskInput naming the first bad argument."""
+    horizon = kwargs.get("horizon")
+    if isinstance(horizon, bool) or not isinstance(horizon, int) or not 1 <= horizon <= max_horizon:
+        raise _bad(f"'horizon' must be an integer between 1 and {max_horizon}, got {horizon!r}")
+    return Chunk(_models(kwargs.get("models")), horizon, check_levels(kwargs.get("levels") or []),
+                 _series(kwargs.get("lengths"), kwargs.get("values"), max_series))
+
+
+def _floats(matrix: np.ndarray) -> list[float]:
+    return matrix.reshape(-1).tolist()
+
+
+def run_chunk(chunk: Chunk, worker: str) -> dict[str, Any]:
+    """Every model of ``chunk`` over its series: the JSON/msgpack-safe result."""
+    started = time.perf_counter()
+    forecasts: dict[str, dict[str, list[float]]] = {}
+    errors: list[list[Any]] = []
+    for spec in chunk.models:
+        series = chunk.series if not spec.max_points else [s[-spec.max_points:] for s in chunk.series]
+        out = predict_batch(model_class(spec.model), series, chunk.horizon, chunk.levels,
+                            spec.params)
+        columns = {"mean": _floats(out.forecast)}
+        for level in chunk.levels:
+            lower, upper = out.bands[level_key(level)]
+            columns[f"lo-{level_key(level)}"] = _floats(lower)
+            columns[f"hi-{level_key(level)}"] = _floats(upper)
+        forecasts[spec.model] = columns
+        errors += [[row, spec.model, reason] for row, reason in sorted(out.errors.items())]
+    return {"rows": len(chunk.series), "forecasts": forecasts, "errors": errors,
+            "fit_seconds": round(time.perf_counter() - started, 6), "worker": worker}

@@ -1,0 +1,240 @@
+"""Table runs' pure parts, in-process: the vectorised models, the table reader, the wire
+format of a chunk, future dates and the resumable output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from table_support import random_walks, write_parquet
+
+import crypto_ml.data.table as table_module
+from crypto_ml.core.errors import InvalidTable, InvalidTaskInput, OutputMismatch
+from crypto_ml.data.table import Columns, TableSource
+from crypto_ml.dispatch.table_output import TableOutput, check_output
+from crypto_ml.dispatch.table_run import TablePlan, chunk_table, future_times
+from crypto_ml.models import REGISTRY, get_model
+from crypto_ml.models.batch import predict_batch, vectorised
+from crypto_ml.worker.chunks import chunk_kwargs, parse_chunk, run_chunk
+
+LEVELS = (80.0, 95.0)
+
+
+def _series(seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = [100 * np.exp(np.cumsum(rng.normal(0, 0.03, n))) for n in [120] * 40 + [60] * 10]
+    out += [np.array([5.0]), np.array([3.0, 4.0]), 50 + np.arange(25.0)]  # short ones
+    with_gap = out[3].copy()
+    with_gap[7] = np.nan
+    non_positive = out[4].copy()
+    non_positive[0] = -1.0
+    return [*out, with_gap, non_positive, np.array([np.nan, np.nan])]
+
+
+@pytest.mark.parametrize("name", ["naive", "linear", "ets", "theta"])
+def test_a_batch_gives_each_series_what_the_model_alone_gives(name: str) -> None:
+    """The contract of table runs: the numbers of ``get_model(name).fit(s).predict(h)``,
+    vectorised or not, with each failure where the one-series path fails."""
+    series = _series() if name in ("naive", "linear") else _series()[:6] + _series()[-4:]
+    batch = predict_batch(REGISTRY[name], series, 10, LEVELS)
+    for row, values in enumerate(series):
+        try:
+            alone = get_model(name).fit(values).predict(10, LEVELS)
+        except (ValueError, ArithmeticError) as exc:
+            assert row in batch.errors and type(exc).__name__ in batch.errors[row]
+            assert np.isnan(batch.forecast[row]).all()
+            continue
+        assert row not in batch.errors
+        np.testing.assert_allclose(batch.forecast[row], alone.forecast, rtol=1e-9)
+        for key, (lower, upper) in alone.bands.items():
+            np.testing.assert_allclose(batch.bands[key][0][row], lower, rtol=1e-9, atol=1e-9)
+            np.testing.assert_allclose(batch.bands[key][1][row], upper, rtol=1e-9, atol=1e-9)
+
+
+def test_the_cheap_models_are_vectorised_and_the_rest_are_not() -> None:
+    assert {name for name, cls in REGISTRY.items() if vectorised(cls)} == {"naive", "linear"}
+
+
+def test_no_band_of_a_positive_series_goes_below_zero() -> None:
+    crash = np.concatenate([np.full(60, 100.0), 100 * 0.5 ** np.arange(1, 30)])
+    for name in ("naive", "linear"):
+        alone = get_model(name).fit(crash).predict(30, LEVELS)
+        batch = predict_batch(REGISTRY[name], [crash], 30, LEVELS)
+        for lower, _ in [*alone.bands.values(), *batch.bands.values()]:
+            assert (np.asarray(lower) >= 0).all(), name
+
+
+def test_a_chunk_crosses_the_wire_as_bytes_and_comes_back_per_model() -> None:
+    series = _series()[:5]
+    lengths = np.array([len(s) for s in series])
+    kwargs = chunk_kwargs(TablePlan.of(["naive", "linear"], 7, LEVELS).models, 7, LEVELS,
+                          lengths, np.concatenate(series))
+    assert isinstance(kwargs["values"], bytes)
+    result = run_chunk(parse_chunk(kwargs, 365, 100_000), "w1")
+    assert result["rows"] == 5 and result["errors"] == []
+    assert set(result["forecasts"]["linear"]) == {"mean", "lo-80", "hi-80", "lo-95", "hi-95"}
+    assert len(result["forecasts"]["naive"]["mean"]) == 5 * 7
+    alone = get_model("linear").fit(series[2]).forecast(7)
+    np.testing.assert_allclose(result["forecasts"]["linear"]["mean"][14:21], alone, rtol=1e-9)
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    ({"values": [1.0, 2.0]}, "float64 bytes"),
+    ({"values": b"\x00" * 12}, "float64 bytes"),
+    ({"lengths": [3, 4]}, "add up to"),
+    ({"lengths": [True]}, "lengths"),
+    ({"models": [{"model": "os.system", "params": {}, "max_points": 0}]}, "unknown model"),
+    ({"models": [{"model": "naive", "params": {"epochs": 3}, "max_points": 0}]}, "does not take"),
+    ({"horizon": 10**9}, "horizon"),
+])
+def test_a_bad_chunk_is_refused_naming_the_argument(change: dict, problem: str) -> None:
+    kwargs = chunk_kwargs(TablePlan.of(["naive"], 3, LEVELS).models, 3, LEVELS, np.array([2]),
+                          np.array([1.0, 2.0]))
+    with pytest.raises(InvalidTaskInput, match=problem):
+        parse_chunk({**kwargs, **change}, 365, 100_000)
+
+
+def _chunks(source: TableSource, size: int) -> list[tuple[list[str], list[int], str]]:
+    """Each chunk's ids, lengths and values (as text: NaN equals NaN)."""
+    source.check()
+    return [(c.ids, c.lengths.tolist(), repr(c.values.tolist())) for c in source.chunks(size)]
+
+
+def test_chunks_are_the_same_whatever_the_batches_and_the_row_order(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    frame = random_walks(37, 12)
+    frame.loc[frame.index[5], "y"] = np.nan  # a missing close travels as NaN
+    expected = _chunks(TableSource(write_parquet(frame, tmp_path / "a.parquet")), 5)
+    assert [len(ids) for ids, _, _ in expected] == [5] * 7 + [2]
+    assert expected[0][0][0] == "s000000" and expected[0][1] == [12] * 5
+    monkeypatch.setattr(table_module, "BATCH_ROWS", 7)  # series cut across batches
+    assert _chunks(TableSource(tmp_path / "a.parquet"), 5) == expected
+    shuffled = frame.sample(frac=1.0, random_state=1)
+    source = TableSource(write_parquet(shuffled, tmp_path / "b.parquet"))
+    assert _chunks(source, 5) == expected
+    assert source.info is not None and not source.info.presorted
+
+
+def test_a_hive_folder_a_csv_and_integer_times_are_tables_too(tmp_path: Path) -> None:
+    frame = random_walks(6, 10)
+    frame["exchange"] = np.where(frame["unique_id"] < "s000003", "a", "b")
+    for exchange, part in frame.groupby("exchange"):
+        folder = tmp_path / "hive" / f"exchange={exchange}"
+        folder.mkdir(parents=True)
+        write_parquet(part.drop(columns="exchange"), folder / "part-0.parquet")
+    hive = TableSource(tmp_path / "hive")
+    assert hive.check().series == 6
+    csv = tmp_path / "t.csv"
+    frame.assign(ds=np.tile(np.arange(10), 6)).rename(columns={"y": "close"}).to_csv(csv, index=False)
+    source = TableSource(csv, Columns(value="close"))
+    info = source.check()
+    assert (info.series, info.rows, info.time_kind) == (6, 60, "int")
+    chunk = next(source.chunks(10))
+    assert future_times("int", chunk.last_time, chunk.step, 3)[0].tolist() == [10, 11, 12]
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda f: f.drop(columns="y"), "no column 'y'"),
+    (lambda f: f.assign(y=f["y"].astype(str).where(f.index != 13, "12,5O")), "'12,5O' (series 's000001')"),
+    (lambda f: f.assign(ds=f["ds"].astype(str).where(f.index != 21, "yesterday")), "'yesterday'"),
+    (lambda f: pd.concat([f, f.iloc[[15]]]), "series 's000001' has two rows"),
+    (lambda f: f.iloc[:0], "empty"),
+])
+def test_a_bad_table_is_named_before_any_work(tmp_path: Path, edit, message: str) -> None:
+    path = tmp_path / "bad.csv"
+    edit(random_walks(3, 10)).to_csv(path, index=False)
+    with pytest.raises(InvalidTable, match=message.replace("(", r"\(").replace(")", r"\)")):
+        TableSource(path).check()
+
+
+def test_an_unreadable_file_in_a_dataset_is_named(tmp_path: Path) -> None:
+    write_parquet(random_walks(2, 5), tmp_path / "a.parquet")
+    (tmp_path / "b.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(InvalidTable, match=r"b\.parquet"):
+        TableSource(tmp_path)
+
+
+def test_future_dates_follow_each_series_own_step() -> None:
+    day = lambda s: (pd.Timestamp(s) - pd.Timestamp("1970-01-01")).days  # noqa: E731
+    last = np.array([day("2017-09-01"), day("2017-08-31"), day("2017-07-03")])
+    step = np.array([1, 31, 7])
+    got = future_times("date", last, step, 3)
+    as_dates = [[str(pd.Timestamp(int(d), unit="D").date()) for d in row] for row in got]
+    assert as_dates == [["2017-09-02", "2017-09-03", "2017-09-04"],
+                        ["2017-09-30", "2017-10-31", "2017-11-30"],
+                        ["2017-07-10", "2017-07-17", "2017-07-24"]]
+
+
+def _plan_and_rows(tmp_path: Path) -> tuple[TablePlan, TableSource, list]:
+    source = TableSource(write_parquet(random_walks(9, 40), tmp_path / "in.parquet"))
+    info = source.check()
+    plan = TablePlan.of(["naive"], 4, LEVELS, chunk_series=4)
+    schema = plan.schema(info.time_kind)
+    parts = []
+    for chunk in source.chunks(plan.chunk_series):
+        kwargs = chunk_kwargs(plan.models, 4, LEVELS, chunk.lengths, chunk.values)
+        parts.append((chunk.index, *chunk_table(plan, schema, info.time_kind, chunk,
+                                                run_chunk(parse_chunk(kwargs, 365, 10**5), "w"))))
+    return plan, source, parts
+
+
+def test_an_interrupted_output_resumes_and_ends_as_an_uninterrupted_one(tmp_path: Path) -> None:
+    plan, source, parts = _plan_and_rows(tmp_path)
+    schema = plan.schema("date")
+    whole = TableOutput(tmp_path / "whole.parquet", plan.describe(source))
+    assert whole.done_chunks() == set()
+    for index, rows, failures in reversed(parts):  # chunks arrive in any order
+        whole.write_chunk(index, rows, failures)
+    whole.finish(schema, range(len(parts)))
+    first = TableOutput(tmp_path / "again.parquet", plan.describe(source))
+    first.done_chunks()
+    first.write_chunk(*parts[1])
+    second = TableOutput(tmp_path / "again.parquet", plan.describe(source))  # the rerun
+    assert second.done_chunks() == {1}
+    for part in (parts[0], parts[2]):
+        second.write_chunk(*part)
+    second.finish(schema, range(len(parts)))
+    a, b = pq.read_table(tmp_path / "whole.parquet"), pq.read_table(tmp_path / "again.parquet")
+    assert a.equals(b) and a.num_rows == 9 * 4
+    assert a.column_names[:5] == ["unique_id", "ds", "naive", "naive-lo-80", "naive-hi-80"]
+    assert not (tmp_path / ".again.parquet.parts").exists()
+    assert pq.read_table(tmp_path / "again.failures.parquet").num_rows == 0
+    assert TableOutput(tmp_path / "again.parquet", plan.describe(source)).finished()
+
+
+def test_the_same_output_for_another_run_is_refused_naming_the_difference(tmp_path: Path) -> None:
+    plan, source, parts = _plan_and_rows(tmp_path)
+    out = TableOutput(tmp_path / "o.parquet", plan.describe(source))
+    out.done_chunks()
+    out.write_chunk(*parts[0])
+    other = TablePlan.of(["naive"], 5, LEVELS, chunk_series=4)
+    with pytest.raises(OutputMismatch, match="horizon was 4, now 5"):
+        TableOutput(tmp_path / "o.parquet", other.describe(source)).done_chunks()
+    assert TableOutput(tmp_path / "o.parquet", other.describe(source),
+                       overwrite=True).done_chunks() == set()
+    manifest = json.loads((tmp_path / ".o.parquet.parts" / "manifest.json").read_text())
+    assert manifest["horizon"] == 5
+
+
+@pytest.mark.parametrize("name", ["out.json", "no-such-folder/out.parquet"])
+def test_an_output_is_checked_before_any_work(tmp_path: Path, name: str) -> None:
+    with pytest.raises(Exception, match="--output"):
+        check_output(tmp_path / name)
+    assert not (tmp_path / "no-such-folder").exists()
+
+
+def test_a_series_written_as_none_is_missing_not_a_crash(tmp_path: Path) -> None:
+    frame = random_walks(2, 30)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = table.set_column(2, "y", pa.array([None] * 30 + frame["y"][30:].tolist(), pa.float64()))
+    source = TableSource(table)
+    source.check()
+    chunk = next(source.chunks(10))
+    result = run_chunk(parse_chunk(chunk_kwargs(TablePlan.of(["naive"], 3, ()).models, 3, (),
+                                                chunk.lengths, chunk.values), 365, 10**5), "w")
+    assert [row for row, _, _ in result["errors"]] == [0]

@@ -1,0 +1,138 @@
+"""Table runs as a user starts them: ``send-tasks --input TABLE --output OUT.parquet`` and
+``crypto_ml.forecast(df)``, on real Redis and real celery workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import ROOT, cli_env, run_cli
+from table_support import coin_windows, random_walks, write_parquet
+
+import crypto_ml
+from crypto_ml.models import get_model
+
+pytestmark = pytest.mark.integration
+
+
+def _table(price_data: Path, tmp_path: Path, series: int = 120, length: int = 60) -> Path:
+    frame = coin_windows(price_data, series, length)
+    short = pd.DataFrame({"unique_id": ["zz-short"], "ds": [pd.Timestamp("2017-09-01")],
+                          "y": [1.5]})
+    return write_parquet(pd.concat([frame, short], ignore_index=True), tmp_path / "in.parquet")
+
+
+def test_a_table_run_writes_the_statsforecast_layout_and_lists_failures(
+        cluster, price_data: Path, tmp_path: Path) -> None:
+    table = _table(price_data, tmp_path)
+    out = tmp_path / "out.parquet"
+    done = run_cli("send-tasks", "--input", str(table), "--output", str(out), "--model",
+                   "naive,linear", "--horizon", "5", "--broker", cluster.broker_url,
+                   "--chunk-series", "25")
+    assert done.returncode == 1, done.stderr  # one forecast failed: the short series' line
+    assert done.stdout == ""
+    got = pd.read_parquet(out)
+    assert list(got.columns) == ["unique_id", "ds", "naive", "naive-lo-80", "naive-hi-80",
+                                 "naive-lo-95", "naive-hi-95", "linear", "linear-lo-80",
+                                 "linear-hi-80", "linear-lo-95", "linear-hi-95"]
+    assert got["unique_id"].nunique() == 121 and len(got) == 121 * 5
+    failures = pd.read_parquet(tmp_path / "out.failures.parquet")
+    assert failures[["unique_id", "model"]].values.tolist() == [["zz-short", "linear"]]
+    assert "SeriesTooShort" in failures["error"][0]
+    short = got[got["unique_id"] == "zz-short"]
+    assert short["naive"].tolist() == [1.5] * 5 and short["linear"].isna().all()
+    frame = pd.read_parquet(table)
+    for uid in frame["unique_id"].drop_duplicates().sample(3, random_state=0):
+        series = frame[frame["unique_id"] == uid]
+        alone = get_model("linear").fit(series["y"].to_numpy()).predict(5)
+        rows = got[got["unique_id"] == uid]
+        np.testing.assert_allclose(rows["linear"], alone.forecast, rtol=1e-9)
+        np.testing.assert_allclose(rows["linear-lo-95"], alone.bands["95"][0], rtol=1e-9)
+        next_days = pd.date_range(series["ds"].max(), periods=6, freq="D")[1:]
+        assert pd.to_datetime(rows["ds"]).tolist() == next_days.tolist()
+    assert "summary: 121 series" in done.stderr and f"wrote {out}" in done.stderr
+
+
+def _start(args: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "crypto_ml", *args], cwd=ROOT, env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_a_killed_manager_resumes_without_recomputing_or_doubling(
+        cluster, tmp_path: Path) -> None:
+    table = write_parquet(random_walks(1500, 40), tmp_path / "in.parquet")
+    args = ["send-tasks", "--input", str(table), "--model", "theta", "--horizon", "3",
+            "--broker", cluster.broker_url, "--chunk-series", "15", "--in-flight", "1"]
+    whole = run_cli(*args, "--output", str(tmp_path / "whole.parquet"))
+    assert whole.returncode == 0, whole.stderr
+    out = tmp_path / "resumed.parquet"
+    parts = tmp_path / ".resumed.parquet.parts"
+    first = _start([*args, "--output", str(out)])
+    try:
+        _wait_for(lambda: len(list(parts.glob("chunk-*.parquet"))) >= 3 or first.poll() is not None,
+                  120, "three chunks written")
+        first.send_signal(signal.SIGKILL)  # the manager dies mid-run
+    finally:
+        first.communicate(timeout=30)
+    written = len(list(parts.glob("chunk-*.parquet")))
+    assert 3 <= written < 100 and not out.exists()
+    again = run_cli(*args, "--output", str(out))
+    assert again.returncode == 0, again.stderr
+    assert f"{written * 15} written by an earlier run" in again.stderr
+    resumed, expected = pd.read_parquet(out), pd.read_parquet(tmp_path / "whole.parquet")
+    pd.testing.assert_frame_equal(resumed, expected)
+    assert not resumed.duplicated(["unique_id", "ds"]).any() and len(resumed) == 1500 * 3
+    assert not parts.exists()
+
+
+def test_a_bad_table_exits_2_in_one_line_before_any_cluster(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    random_walks(3, 5).rename(columns={"y": "close"}).to_csv(bad, index=False)
+    done = run_cli("send-tasks", "--input", str(bad), "--output", str(tmp_path / "o.parquet"))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"crypto-ml: error: --input {bad}: no column 'y' (it has unique_id, ds, close); name "
+        "yours with --id-col, --time-col and --value-col"]
+    assert not (tmp_path / "o.parquet").exists()
+
+
+def test_the_same_output_for_another_horizon_exits_2_naming_it(cluster, tmp_path: Path) -> None:
+    table = write_parquet(random_walks(20, 30), tmp_path / "in.parquet")
+    args = ["send-tasks", "--input", str(table), "--output", str(tmp_path / "o.parquet"),
+            "--model", "naive", "--broker", cluster.broker_url]
+    assert run_cli(*args).returncode == 0
+    again = run_cli(*args)
+    assert again.returncode == 0 and "already holds this run" in again.stderr
+    other = run_cli(*args, "--horizon", "5")
+    assert other.returncode == 2 and "horizon was 10, now 5" in other.stderr
+    assert len(other.stderr.strip().splitlines()) == 1
+    assert run_cli(*args, "--horizon", "5", "--overwrite").returncode == 0
+    assert len(pd.read_parquet(tmp_path / "o.parquet")) == 20 * 5
+
+
+def test_crypto_ml_forecast_takes_a_frame_as_statsforecast_does(
+        cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in os.environ if n.startswith("CRYPTO_ML_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("CRYPTO_ML_BROKER_URL", cluster.broker_url)
+    frame = random_walks(30, 50)
+    got = crypto_ml.forecast(frame, model="naive", horizon=4, levels=(90,))
+    assert list(got.columns) == ["unique_id", "ds", "naive", "naive-lo-90", "naive-hi-90"]
+    assert len(got) == 30 * 4 and got.attrs["failures"] == []
+    last = frame.groupby("unique_id")["y"].last()
+    assert (got.groupby("unique_id")["naive"].first() == last).all()
+    assert pd.api.types.is_datetime64_any_dtype(got["ds"])
