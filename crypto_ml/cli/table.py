@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from crypto_ml.cli.options import EXIT_FAILED, EXIT_OK, settings_from, stop_on_signals
-from crypto_ml.cli.terminal import console, console_writer
+from crypto_ml.cli.terminal import console, console_writer, seconds_since_start
 from crypto_ml.core.errors import ConfigError
 from crypto_ml.data.table import Columns, TableSource
 from crypto_ml.dispatch.manager import CryptoManager
@@ -50,25 +52,34 @@ def add_table_options(parser: Any) -> None:
 
 
 class TableProgress:
-    """Series done of the total: a bar on a terminal, a line per quarter elsewhere."""
+    """Series done of the total: a bar on a terminal (series/s, ETA), a line per quarter
+    elsewhere, nothing with ``-q``. The rate counts this run's series, not those an earlier
+    run wrote (they are skipped in a moment and would make the ETA a promise)."""
 
     def __init__(self, total: int, quiet: bool) -> None:
-        tty = sys.stderr.isatty()
+        tty = sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
         self.bar = tqdm(total=total, unit="series", file=sys.stderr, disable=quiet or not tty,
                         dynamic_ncols=True, smoothing=0.1)
         self.plain = not quiet and not tty
-        self.total, self.done, self.failed, self.next_line = total, 0, 0, total / 4
+        self.total, self.done, self.skipped = total, 0, 0
+        self.started = time.monotonic()
+        self.next_line = total / 4
 
     def __call__(self, done: int, failed: int) -> None:
         self.done += done + failed
-        self.failed += failed
         self.bar.update(done + failed)
         if self.plain and self.done >= self.next_line and self.done < self.total:
-            rate = self.bar.format_dict["rate"] or 0
+            rate = (self.done - self.skipped) / max(time.monotonic() - self.started, 1e-9)
             eta = (self.total - self.done) / rate if rate else 0
             console.info(f"progress: {self.done}/{self.total} series, {rate:.0f} series/s, "
                          f"ETA {eta:.0f} s")
-            self.next_line += self.total / 4
+            while self.next_line <= self.done:
+                self.next_line += self.total / 4
+
+    def skip(self, series: int) -> None:
+        """Series an earlier run wrote: counted as done, not in the rate."""
+        self.skipped += series
+        self(series, 0)
 
     def close(self) -> None:
         self.bar.close()
@@ -108,7 +119,8 @@ def send_table(args: argparse.Namespace) -> int:
     manager = CryptoManager(settings=settings, err=console_writer())
     stop_on_signals(manager)
     try:
-        summary = manager.run_table(source, output, plan, progress, args.timeout, args.in_flight)
+        summary = manager.run_table(source, output, plan, progress, args.timeout, args.in_flight,
+                                    on_skip=progress.skip)
     finally:
         progress.close()
     say_summary(summary, args.output)
@@ -120,10 +132,11 @@ def say_summary(summary: TableSummary, out: Path) -> None:
         console.info(f"summary: {out} already holds this run ({summary.series} series); "
                      "nothing to do (--overwrite to compute it again)")
         return
-    rate = summary.done / summary.seconds if summary.seconds else 0.0
+    seconds = seconds_since_start()
+    rate = summary.done / seconds if seconds else 0.0
     resumed = f", {summary.skipped} written by an earlier run" if summary.skipped else ""
     console.info(f"summary: {summary.series} series, {summary.done} forecast now{resumed}, "
-                 f"in {summary.seconds:.1f} s ({rate:.0f} series/s)")
+                 f"in {seconds:.1f} s ({rate:.0f} series/s, reading and writing included)")
     if summary.chunks_failed:
         first = next(iter(summary.chunks_failed.values()))
         console.warning(f"failed: {len(summary.chunks_failed)} chunk(s) did not come back "

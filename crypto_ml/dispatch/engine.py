@@ -57,6 +57,22 @@ class Outcome:
     meta: dict[str, Any] | None
 
 
+def publish(app: Celery, task: str, kwargs: dict[str, Any], task_id: str,
+            expires: float | None, serializer: str | None = None) -> None:
+    """Send one task message under ``task_id`` (kombu retries a few times; what Flower and
+    the logs show of it is :func:`~crypto_ml.ops.flower.send_options`)."""
+    options = {"serializer": serializer} if serializer else {}
+    app.send_task(task, kwargs=kwargs, task_id=task_id, retry=True, retry_policy=PUBLISH_RETRY,
+                  expires=expires, **options, **send_options(kwargs))
+
+
+def forget(app: Celery, task_ids: list[str]) -> None:
+    """Delete the results of ``task_ids`` and their delivery counters: read, so not needed."""
+    backend = app.backend
+    backend.client.delete(*(backend.get_key_for_task(t) for t in task_ids),
+                          *(delivery_key(t) for t in task_ids))
+
+
 def _key(app: Celery, task_id: str) -> bytes:
     key = app.backend.get_key_for_task(task_id)
     return key if isinstance(key, bytes) else key.encode()
@@ -123,13 +139,10 @@ class Dispatcher:
         self._keys[key] = task_id
         self.pending[task_id] = message
         self._subscribe(key)
-        options = {"serializer": message.serializer} if message.serializer else {}
         while True:
             try:
-                self.app.send_task(message.task, kwargs=message.kwargs, task_id=task_id,
-                                   retry=True, retry_policy=PUBLISH_RETRY,
-                                   expires=self._expires, **options,
-                                   **send_options(message.kwargs))
+                publish(self.app, message.task, message.kwargs, task_id, self._expires,
+                        message.serializer)
                 return task_id
             except PUBLISH_ERRORS as exc:
                 self._broker_away(exc)
@@ -215,7 +228,7 @@ class Dispatcher:
         try:
             if self._pubsub is not None:
                 self._pubsub.unsubscribe(*keys)
-            self.app.backend.client.delete(*keys, *(delivery_key(t) for t in task_ids))
+            forget(self.app, task_ids)
         except self.app.backend.connection_errors as exc:
             log.debug("could not free %d result(s) now (%s); they expire", len(keys), exc)
 

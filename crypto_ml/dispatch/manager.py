@@ -36,7 +36,13 @@ from crypto_ml.data.table import TableSource
 from crypto_ml.dispatch.cluster import LocalCluster
 from crypto_ml.dispatch.engine import Dispatcher
 from crypto_ml.dispatch.planning import Message, plan_messages
-from crypto_ml.dispatch.report import NullObserver, RunObserver, RunReport, format_forecast
+from crypto_ml.dispatch.report import (
+    NullObserver,
+    RunObserver,
+    RunReport,
+    add_meta,
+    format_forecast,
+)
 from crypto_ml.dispatch.table_output import TableOutput
 from crypto_ml.dispatch.table_run import TablePlan, TableSummary, run_table
 from crypto_ml.models import HEAVY, PARAMS, default_max_points, parse_models
@@ -215,8 +221,8 @@ class CryptoManager:
 
     def run_table(self, source: TableSource, output: TableOutput, plan: TablePlan,
                   on_progress: Callable[[int, int], None] = lambda done, failed: None,
-                  timeout: float | None = DEFAULT_TIMEOUT,
-                  in_flight: int | None = None) -> TableSummary:
+                  timeout: float | None = DEFAULT_TIMEOUT, in_flight: int | None = None,
+                  on_skip: Callable[[int], None] | None = None) -> TableSummary:
         """Forecast a checked long table into ``output`` (:mod:`crypto_ml.dispatch.table_run`):
         at most ``in_flight`` messages at a time (default: twice the embedded workers)."""
         self._launch_early([m.model for m in plan.models])
@@ -224,7 +230,7 @@ class CryptoManager:
             with self.connected() as app:
                 summary = run_table(app, source, output, plan, on_progress, self._say,
                                     self._tick, timeout,
-                                    in_flight or max(4, 2 * self.settings.workers))
+                                    in_flight or max(4, 2 * self.settings.workers), on_skip)
                 self._idle = True
         finally:
             self._drop_launched()
@@ -295,26 +301,19 @@ class CryptoManager:
 
     def _record(self, report: RunReport, items: list[tuple[str, str]], meta: dict[str, Any],
                 on_result: Callable[[dict[str, Any]], None], task_id: str) -> None:
-        if meta["status"] != "SUCCESS":
-            exc = meta.get("result")
-            reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else str(exc)
-            if meta["status"] != "FAILURE":
-                reason = f"{meta['status']}: {reason}"
-            for coin, model in items:
-                self._fail(report, coin, model, reason, task_id)
-            return
-        results = meta["result"]
-        for result in results if isinstance(results, list) else [results]:
-            if "error" in result:
-                self._fail(report, result["coin"], result["model"], result["error"], task_id)
-            else:
-                report.add_result(result)
-                self.observer.on_done(task_id, result["coin"], result["model"], result, None)
-                log_task(task_id, result["coin"], result["model"], result=result)
-                on_result(result)
+        def done(result: dict[str, Any]) -> None:
+            self.observer.on_done(task_id, result["coin"], result["model"], result, None)
+            log_task(task_id, result["coin"], result["model"], result=result)
+            on_result(result)
+
+        add_meta(report, items, meta, done,
+                 lambda coin, model, reason: self._said_failure(coin, model, reason, task_id))
 
     def _fail(self, report: RunReport, coin: str, model: str, reason: str, task_id: str) -> None:
         report.add_failure(coin, model, reason)
+        self._said_failure(coin, model, reason, task_id)
+
+    def _said_failure(self, coin: str, model: str, reason: str, task_id: str) -> None:
         self.observer.on_done(task_id, coin, model, None, reason)
         log_task(task_id, coin, model, reason=reason)
         if self.say_failures:

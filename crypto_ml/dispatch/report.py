@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-from celery import Celery
+from celery import Celery, states
 
 
 @dataclass
@@ -35,6 +36,34 @@ class RunReport:
 
     def to_json(self) -> dict[str, Any]:
         return {"results": self.results, "failed": self.failed}
+
+
+def failure_reason(meta: dict[str, Any]) -> str:
+    """The reason a non-successful task result gives, as the manager prints it."""
+    exc = meta.get("result")
+    reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else str(exc)
+    return reason if meta["status"] == states.FAILURE else f"{meta['status']}: {reason}"
+
+
+def add_meta(report: RunReport, items: Sequence[tuple[str, str]], meta: dict[str, Any],
+             on_result: Callable[[dict[str, Any]], None] = lambda result: None,
+             on_failure: Callable[[str, str, str], None] = lambda coin, model, reason: None,
+             ) -> None:
+    """Record one finished task message (a single forecast or a batch) of ``items`` in
+    ``report``, calling ``on_result`` / ``on_failure(coin, model, reason)`` for each."""
+    if meta["status"] != states.SUCCESS:
+        for coin, model in items:
+            report.add_failure(coin, model, failure_reason(meta))
+            on_failure(coin, model, failure_reason(meta))
+        return
+    results = meta["result"]
+    for result in results if isinstance(results, list) else [results]:
+        if "error" in result:
+            report.add_failure(result["coin"], result["model"], result["error"])
+            on_failure(result["coin"], result["model"], result["error"])
+        else:
+            report.add_result(result)
+            on_result(result)
 
 
 class RunObserver(Protocol):

@@ -1,8 +1,9 @@
 """Runs submitted now and read later: the non-blocking side of dispatch.
 
 :class:`RunQueue` publishes a run's forecasts exactly as the manager does (same
-tasks, same queues, :func:`~crypto_ml.manager.plan_messages` batching) and
-returns at once with a run id. The caller then either waits a bounded time for
+tasks, same queues, :func:`~crypto_ml.dispatch.planning.plan_messages` batching) and
+returns at once with a run id (publishing and freeing results as the
+:mod:`~crypto_ml.dispatch.engine` does). The caller then either waits a bounded time for
 it (:meth:`RunQueue.wait`, served by one
 :class:`~crypto_ml.dispatch.waiting.ResultWatcher` thread that reads every pending
 result of the process in one ``MGET`` per tick), or saves it
@@ -43,13 +44,11 @@ from celery import Celery, states
 
 from crypto_ml.core.errors import BrokerUnavailable
 from crypto_ml.dispatch.coalesce import Coalescer
-from crypto_ml.dispatch.engine import PUBLISH_RETRY
+from crypto_ml.dispatch.engine import forget, publish
 from crypto_ml.dispatch.planning import plan_messages
-from crypto_ml.dispatch.report import RunReport
+from crypto_ml.dispatch.report import RunReport, add_meta
 from crypto_ml.dispatch.waiting import ResultWatcher
 from crypto_ml.models import HEAVY
-from crypto_ml.ops.flower import send_options
-from crypto_ml.worker.deliveries import delivery_key
 from crypto_ml.worker.requests import PARTS_TASK_NAME, ForecastRequest
 
 log = logging.getLogger(__name__)
@@ -88,27 +87,6 @@ class RunState:
                 "failed": self.failed}
 
 
-def failure_reason(meta: dict[str, Any]) -> str:
-    """The reason a non-successful task result gives, as the manager prints it."""
-    exc = meta.get("result")
-    reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else str(exc)
-    return reason if meta["status"] == states.FAILURE else f"{meta['status']}: {reason}"
-
-
-def add_meta(report: RunReport, items: Items, meta: dict[str, Any]) -> None:
-    """Record one finished task message (a single forecast or a batch) in ``report``."""
-    if meta["status"] != states.SUCCESS:
-        for coin, model in items:
-            report.add_failure(coin, model, failure_reason(meta))
-        return
-    results = meta["result"]
-    for result in results if isinstance(results, list) else [results]:
-        if "error" in result:
-            report.add_failure(result["coin"], result["model"], result["error"])
-        else:
-            report.add_result(result)
-
-
 def final_state(run_id: str, report: RunReport) -> RunState:
     status = "failed" if report.failed and not report.results else "done"
     return RunState(run_id, status, report.results, report.failed)
@@ -139,9 +117,7 @@ class RunQueue:
         return self.app.backend.client
 
     def _send(self, task: str, kwargs: dict[str, Any], task_id: str) -> None:
-        self.app.send_task(task, kwargs=kwargs, task_id=task_id, retry=True,
-                           retry_policy=PUBLISH_RETRY, expires=self.expires,
-                           **send_options(kwargs))
+        publish(self.app, task, kwargs, task_id, self.expires)
 
     def _publish_parts(self, message_id: str, kwargs: dict[str, Any]) -> None:
         self._send(PARTS_TASK_NAME, kwargs, message_id)
@@ -186,9 +162,7 @@ class RunQueue:
         self._forget([task_id])
 
     def _forget(self, task_ids: list[str]) -> None:
-        backend = self.app.backend
-        self.client.delete(*(backend.get_key_for_task(t) for t in task_ids),
-                           *(delivery_key(t) for t in task_ids))
+        forget(self.app, task_ids)
 
     def watcher(self) -> ResultWatcher:
         with self._watcher_lock:

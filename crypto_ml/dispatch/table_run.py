@@ -26,6 +26,7 @@ from celery import Celery, states
 from crypto_ml.data.table import TIME_KINDS, SeriesChunk, TableSource, time_array
 from crypto_ml.dispatch.engine import Dispatcher, Outcome
 from crypto_ml.dispatch.planning import Message
+from crypto_ml.dispatch.report import failure_reason
 from crypto_ml.dispatch.table_output import FAILURES_SCHEMA, TableOutput
 from crypto_ml.models import model_class
 from crypto_ml.models.intervals import level_key
@@ -145,20 +146,16 @@ def chunk_failures(plan: TablePlan, chunk: SeriesChunk, reason: str) -> pa.Table
 
 
 def _reason(outcome: Outcome, timeout: float | None) -> str | None:
-    meta = outcome.meta
-    if meta is None:
+    if outcome.meta is None:
         return f"no result within {timeout:g} s (--timeout)"
-    if meta["status"] == states.SUCCESS:
-        return None
-    exc = meta.get("result")
-    text = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else str(exc)
-    return text if meta["status"] == states.FAILURE else f"{meta['status']}: {text}"
+    return None if outcome.meta["status"] == states.SUCCESS else failure_reason(outcome.meta)
 
 
 def run_table(app: Celery, source: TableSource, output: TableOutput, plan: TablePlan,
               on_progress: Callable[[int, int], None] = lambda done, failed: None,
               say: Callable[[str], None] = print, on_wait: Callable[[], None] = lambda: None,
-              timeout: float | None = 3600.0, in_flight: int = 8) -> TableSummary:
+              timeout: float | None = 3600.0, in_flight: int = 8,
+              on_skip: Callable[[int], None] | None = None) -> TableSummary:
     """Forecast every series of ``source`` (checked) into ``output`` (see the module doc)."""
     info = source.info or source.check()
     started = time.monotonic()
@@ -177,7 +174,7 @@ def run_table(app: Celery, source: TableSource, output: TableOutput, plan: Table
             total = chunk.index + 1
             if chunk.index in done:
                 summary.skipped += len(chunk.ids)
-                on_progress(len(chunk.ids), 0)
+                (on_skip or (lambda n: on_progress(n, 0)))(len(chunk.ids))
                 continue
             chunks[chunk.index] = chunk
             yield Message(TABLE_TASK_NAME, chunk_kwargs(plan.models, plan.horizon, plan.levels,
