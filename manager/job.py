@@ -11,8 +11,9 @@ differences that suit a container:
   in a container the embedded local cluster would silently do all the work;
 * it waits up to ``--broker-wait`` seconds for Redis to answer, since the job may
   start before Redis is ready;
-* with ``--results-dir`` it writes the results to ``DIR/forecasts-<UTC time>.json``,
-  so scheduled runs do not overwrite each other.
+* with ``--results-dir`` and no ``--output`` it writes the results to
+  ``DIR/forecasts-<UTC time>.json``, so scheduled runs do not overwrite each other (a
+  table run, ``--input``, names its own ``--output OUT.parquet``: a rerun resumes it).
 
 It does not wait for workers: tasks wait in their queue, which is what lets an
 autoscaler start workers (GPU workers scale up from zero on queue length).
@@ -84,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     code = guarded(lambda: wait_for_broker(cli_args, args.broker_wait), "nothing was sent")
     if code != EXIT_OK:
         return code
-    if args.results_dir is not None:
+    if args.results_dir is not None and "--output" not in rest:  # a table run names its own
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         rest = [*rest, "--output", str(args.results_dir / f"forecasts-{stamp}.json")]
     return cli_main(rest, prog=PROG)

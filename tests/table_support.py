@@ -23,23 +23,27 @@ def random_walks(series: int, length: int, seed: int = 0, start: str = "2017-01-
 
 def coin_windows(data_dir: Path, series: int, length: int) -> pd.DataFrame:
     """``series`` windows of ``length`` real closes (and their dates), taken in turn from
-    each coin of ``data_dir`` that has them, newest windows first."""
+    each coin of ``data_dir`` that has them, each coin's newest window first, then one day
+    older, and so on; ids ``<coin>-<n>`` sort in the order made."""
     loader = CryptoLoader(data_dir, cache_dir=None)
     coins = []
     for name in loader.get_crypto_names():
         dates, closes = loader.get_closes(name)
         ok = np.isfinite(closes) & (closes > 0)
         if ok.sum() >= length:
-            coins.append((name, dates[ok], closes[ok]))
-    frames = []
-    for i in range(series):
-        name, dates, closes = coins[i % len(coins)]
-        end = len(closes) - (i // len(coins)) % max(1, len(closes) - length + 1)
-        frames.append(pd.DataFrame({"unique_id": f"{name}-{i:06d}",
-                                    "ds": dates[end - length : end].astype("datetime64[ns]"),
-                                    "y": closes[end - length : end]}))
-    return pd.concat(frames, ignore_index=True).sort_values(["unique_id", "ds"],
-                                                            ignore_index=True)
+            coins.append((name, dates[ok].astype("datetime64[ns]"), closes[ok]))
+    ids, ds, ys = [], [], []
+    for k, (name, dates, closes) in enumerate(coins):
+        count = len(range(k, series, len(coins)))
+        span = len(closes) - length + 1
+        ends = len(closes) - np.arange(count) % span  # newest window first
+        index = ends[:, None] - length + np.arange(length)[None, :]
+        ids.append(np.repeat([f"{name}-{i:07d}" for i in range(k, series, len(coins))], length))
+        ds.append(dates[index].ravel())
+        ys.append(closes[index].ravel())
+    frame = pd.DataFrame({"unique_id": np.concatenate(ids), "ds": np.concatenate(ds),
+                          "y": np.concatenate(ys)})
+    return frame.sort_values(["unique_id", "ds"], ignore_index=True, kind="stable")
 
 
 def write_parquet(frame: pd.DataFrame, path: Path, row_group_size: int = 5000) -> Path:

@@ -136,3 +136,14 @@ def test_crypto_ml_forecast_takes_a_frame_as_statsforecast_does(
     last = frame.groupby("unique_id")["y"].last()
     assert (got.groupby("unique_id")["naive"].first() == last).all()
     assert pd.api.types.is_datetime64_any_dtype(got["ds"])
+
+
+def test_backtest_reads_a_long_table_too(cluster, price_data: Path, tmp_path: Path) -> None:
+    frame = coin_windows(price_data, 6, 120)
+    table = write_parquet(frame, tmp_path / "in.parquet")
+    done = run_cli("backtest", "--input", str(table), "--model", "naive,linear", "--origins",
+                   "3", "--broker", cluster.broker_url, "--out", str(tmp_path / "bt"))
+    assert done.returncode == 0, done.stderr
+    ids = frame["unique_id"].drop_duplicates().tolist()
+    assert all(uid in done.stdout for uid in ids)
+    assert "aggregate over 6 coin(s)" in done.stdout

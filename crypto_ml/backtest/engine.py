@@ -37,6 +37,7 @@ from crypto_ml.backtest.metrics import (
 from crypto_ml.core.errors import CryptoMLError
 from crypto_ml.core.progress import ProgressBar
 from crypto_ml.data.loader import CryptoLoader
+from crypto_ml.data.table import TableLoader
 from crypto_ml.dispatch.manager import DEFAULT_TIMEOUT, CryptoManager
 from crypto_ml.dispatch.report import NullObserver, RunReport
 from crypto_ml.models import PARAMS, default_max_points, get_model, model_names, parse_models
@@ -109,7 +110,7 @@ def origins_for(n: int, config: BacktestConfig) -> list[int]:
     return [newest - config.stride * j for j in range(config.origins)][::-1]
 
 
-def load_series(loader: CryptoLoader, coins: Sequence[str] | None,
+def load_series(loader: CryptoLoader | TableLoader, coins: Sequence[str] | None,
                 config: BacktestConfig) -> tuple[list[CoinSeries], dict[str, str]]:
     """Every coin long enough to backtest, and ``{coin: why skipped}`` for the rest."""
     needed = config.needed()

@@ -22,10 +22,14 @@ from crypto_ml.cli.options import (
     levels,
     max_points,
     positive_int,
+    settings_from,
     stop_on_signals,
 )
+from crypto_ml.cli.table import add_input_options, table_source
 from crypto_ml.cli.terminal import console, console_writer, make_progress, seconds_since_start
 from crypto_ml.core.errors import ConfigError
+from crypto_ml.data.loader import CryptoLoader
+from crypto_ml.data.table import TableLoader
 from crypto_ml.dispatch.manager import CryptoManager
 from crypto_ml.models import parse_models
 from crypto_ml.ops.progress import Progress
@@ -84,6 +88,7 @@ def add_parser(sub: Any) -> None:
                     help="folder for backtest.json, backtest.csv and backtest.png")
     add_cluster_options(bt)
     add_log_options(bt)
+    add_input_options(bt, "a long table of series (held in memory: thousands, not millions)")
     bt.set_defaults(run=backtest_main, interrupted="queued tasks revoked, local cluster stopped")
 
 
@@ -92,7 +97,12 @@ def backtest_main(args: argparse.Namespace) -> int:
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         raise ConfigError(f"--out {args.out} is a file; give a folder")
     check_writable(args.out and args.out / "backtest.json", "--out")
-    settings, loader = checked_inputs(args, to_date=args.until)
+    loader: CryptoLoader | TableLoader
+    if args.input is not None:  # a long table instead of the folder of coin files
+        settings, loader = settings_from(args), TableLoader(table_source(args))
+        args.coins = None  # table_source kept only the --coins series
+    else:
+        settings, loader = checked_inputs(args, to_date=args.until)
     progress = make_progress(args, settings)
     manager = CryptoManager(loader=loader, settings=settings, err=console_writer(),
                             observer=progress)

@@ -33,16 +33,23 @@ from crypto_ml.dispatch.table_run import TablePlan, TableSummary
 from crypto_ml.models import parse_models
 
 
-def add_table_options(parser: Any) -> None:
-    """The options of a table run (``send-tasks --input``)."""
-    group = parser.add_argument_group("table runs (a long table of many series in, Parquet out)")
+def add_input_options(parser: Any, title: str) -> Any:
+    """``--input TABLE`` and the names of its columns, in an option group of ``title``."""
+    group = parser.add_argument_group(title)
     group.add_argument("--input", type=Path, metavar="TABLE",
-                       help="a long-format table: a .parquet file, a folder of them (hive "
-                       "partitions allowed) or a .csv file, with columns unique_id, ds, y; "
-                       "--output must then be OUT.parquet")
+                       help="a long-format table instead of the data folder: a .parquet file, a "
+                       "folder of them (hive partitions allowed) or a .csv file, with columns "
+                       "unique_id, ds, y (--coins then picks series by their exact id)")
     group.add_argument("--id-col", default="unique_id", help="the series id column (unique_id)")
     group.add_argument("--time-col", default="ds", help="the time column: dates or integers (ds)")
     group.add_argument("--value-col", default="y", help="the value column (y)")
+    return group
+
+
+def add_table_options(parser: Any) -> None:
+    """The options of a table run (``send-tasks --input``; --output must be OUT.parquet)."""
+    group = add_input_options(parser, "table runs (a long table of many series in, "
+                              "--output OUT.parquet out)")
     group.add_argument("--overwrite", action="store_true",
                        help="start afresh even if --output holds a finished or interrupted run")
     group.add_argument("--in-flight", type=int, metavar="K",

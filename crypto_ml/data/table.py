@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -61,6 +62,7 @@ class SeriesChunk:
     values: np.ndarray
     last_time: np.ndarray  # int64, in the table's time kind
     step: np.ndarray  # int64: each series' last time step (0 when it has one row)
+    times: np.ndarray | None = None  # every row's time (int64), beside ``values``
 
 
 @dataclass(frozen=True)
@@ -287,6 +289,7 @@ class _Buffer:
         self.lengths: list[np.ndarray] = []
         self.values: list[np.ndarray] = []
         self.times: list[tuple[np.ndarray, np.ndarray]] = []
+        self.rows: list[np.ndarray] = []
 
     def add(self, ids: pa.Array, times: np.ndarray, values: np.ndarray, starts: np.ndarray,
             end: int) -> None:
@@ -296,6 +299,7 @@ class _Buffer:
         self.ids += ids.take(pa.array(starts)).to_pylist()
         self.lengths.append(ends - starts)
         self.values.append(values[: end])
+        self.rows.append(times[: end])
         last = times[ends - 1]
         before = np.where(ends - starts > 1, times[np.maximum(ends - 2, 0)], last)
         self.times.append((last, last - before))
@@ -306,11 +310,53 @@ class _Buffer:
             values = np.concatenate(self.values)
             last = np.concatenate([t[0] for t in self.times])
             step = np.concatenate([t[1] for t in self.times])
+            rows = np.concatenate(self.rows)
             n = min(self.size, len(self.ids))
             cut = int(lengths[:n].sum())
             yield SeriesChunk(self.index, self.ids[:n], lengths[:n], values[:cut], last[:n],
-                              step[:n])
+                              step[:n], rows[:cut])
             self.index += 1
             self.ids = self.ids[n:]
-            self.lengths, self.values = [lengths[n:]], [values[cut:]]
+            self.lengths, self.values, self.rows = [lengths[n:]], [values[cut:]], [rows[cut:]]
             self.times = [(last[n:], step[n:])]
+
+
+class TableLoader:
+    """A checked table as the per-coin loader's interface (``get_crypto_names``, ``get_df``,
+    ``get_closes``, ``get_prices``): what backtests read. Unlike a table run it holds every
+    series in memory (a backtest sends a task per series, model and origin, so it is for
+    thousands of series, not millions). Integer times become days after 1970-01-01."""
+
+    def __init__(self, source: TableSource) -> None:
+        info = source.info or source.check()
+        self.data_dir = source.path
+        self.series: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for chunk in source.chunks(10_000):
+            ends = np.cumsum(chunk.lengths)
+            assert chunk.times is not None  # chunks carry their rows' times
+            times = _as_dates(chunk.times, info.time_kind)
+            for uid, end, n in zip(chunk.ids, ends.tolist(), chunk.lengths.tolist(), strict=True):
+                self.series[uid] = (times[end - n : end], chunk.values[end - n : end])
+
+    def get_crypto_names(self) -> list[str]:
+        return list(self.series)
+
+    def coin_ids(self) -> list[str]:
+        return list(self.series)
+
+    def get_closes(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        if name not in self.series:
+            raise InvalidTable(f"--input {self.data_dir} has no series {name!r}")
+        return self.series[name]
+
+    def get_prices(self, name: str) -> np.ndarray:
+        return self.get_closes(name)[1]
+
+    def get_df(self, name: str) -> pd.DataFrame:
+        dates, closes = self.get_closes(name)
+        return pd.DataFrame({"Date": pd.to_datetime(dates), "Close": closes})
+
+
+def _as_dates(times: np.ndarray, kind: str) -> np.ndarray:
+    unit = "ns" if kind == "timestamp" else "D"
+    return times.astype(f"datetime64[{unit}]")

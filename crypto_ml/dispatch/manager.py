@@ -32,7 +32,7 @@ from crypto_ml.core.logs import log_task
 from crypto_ml.core.sentinel import redis_client
 from crypto_ml.core.settings import Settings
 from crypto_ml.data.loader import CryptoLoader
-from crypto_ml.data.table import TableSource
+from crypto_ml.data.table import TableLoader, TableSource
 from crypto_ml.dispatch.cluster import LocalCluster
 from crypto_ml.dispatch.engine import Dispatcher
 from crypto_ml.dispatch.planning import Message, plan_messages
@@ -81,14 +81,14 @@ class CryptoManager:
     ``err`` one line per failure and the notices.
     """
 
-    def __init__(self, loader: CryptoLoader | None = None, app: Celery | None = None,
+    def __init__(self, loader: CryptoLoader | TableLoader | None = None, app: Celery | None = None,
                  settings: Settings | None = None, out: TextIO | None = None,
                  err: TextIO | None = None, observer: RunObserver | None = None,
                  cluster_options: Mapping[str, Any] | None = None) -> None:
         self.observer: RunObserver = observer or NullObserver()
         self.cluster_options = dict(cluster_options or {})  # e.g. flower=Settings(...)
         self.settings = settings or Settings()  # defaults only: the edges read the environment
-        self.loader = loader or CryptoLoader(self.settings.data_dir,
+        self.loader: CryptoLoader | TableLoader = loader or CryptoLoader(self.settings.data_dir,
                                                 cache_dir=self.settings.cache_dir)
         self.app = app
         self.out = out or sys.stdout
