@@ -20,7 +20,7 @@ from crypto_ml.dispatch.table_output import TableOutput, check_output
 from crypto_ml.dispatch.table_run import TablePlan, chunk_table, future_times
 from crypto_ml.models import REGISTRY, get_model
 from crypto_ml.models.batch import predict_batch, vectorised
-from crypto_ml.worker.chunks import chunk_kwargs, parse_chunk, run_chunk
+from crypto_ml.worker.chunks import chunk_kwargs, column, parse_chunk, run_chunk
 
 LEVELS = (80.0, 95.0)
 
@@ -81,6 +81,10 @@ def test_a_chunk_crosses_the_wire_as_bytes_and_comes_back_per_model() -> None:
     assert len(result["forecasts"]["naive"]["mean"]) == 5 * 7
     alone = get_model("linear").fit(series[2]).forecast(7)
     np.testing.assert_allclose(result["forecasts"]["linear"]["mean"][14:21], alone, rtol=1e-9)
+    binary = run_chunk(parse_chunk(kwargs, 365, 100_000), "w1", binary=True)  # msgpack results
+    assert isinstance(binary["forecasts"]["linear"]["hi-95"], bytes)
+    for name, values in result["forecasts"]["linear"].items():
+        np.testing.assert_array_equal(column(binary["forecasts"]["linear"][name]), values)
 
 
 @pytest.mark.parametrize(("change", "problem"), [

@@ -57,7 +57,7 @@ def _differences(had: Mapping[str, Any], want: Mapping[str, Any]) -> str:
 
 def _write_atomic(table: pa.Table, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
+    pq.write_table(table, tmp, compression="none")  # a part lives minutes: OUT is compressed
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)

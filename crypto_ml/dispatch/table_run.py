@@ -30,7 +30,7 @@ from crypto_ml.dispatch.report import failure_reason
 from crypto_ml.dispatch.table_output import FAILURES_SCHEMA, TableOutput
 from crypto_ml.models import model_class
 from crypto_ml.models.intervals import level_key
-from crypto_ml.worker.chunks import TABLE_TASK_NAME, ModelSpec, chunk_kwargs
+from crypto_ml.worker.chunks import TABLE_TASK_NAME, ModelSpec, chunk_kwargs, column
 
 DAY_NS = 86_400 * 10**9
 #: Time steps (in days) read as calendar months: monthly, quarterly, yearly data.
@@ -129,7 +129,7 @@ def chunk_table(plan: TablePlan, schema: pa.Schema, kind: str, chunk: SeriesChun
         got = result["forecasts"][m.model]
         names = ["mean"] + [f"{side}-{level_key(lv)}" for lv in plan.levels for side in ("lo", "hi")]
         for name in names:
-            columns.append(np.asarray(got[name], dtype=np.float64).reshape(n, h)[keep].reshape(-1))
+            columns.append(column(got[name]).reshape(n, h)[keep].reshape(-1))
     failures = pa.table({"unique_id": [chunk.ids[row] for row, _, _ in result["errors"]],
                          "model": [model for _, model, _ in result["errors"]],
                          "error": [reason for _, _, reason in result["errors"]]},

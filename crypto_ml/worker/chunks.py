@@ -5,8 +5,9 @@ series of one chunk of a long table as one float64 buffer and their lengths,
 not as a list per series: a million series pack and unpack at memory speed.
 The worker checks it here (:func:`parse_chunk`) before any model runs; the
 buffer is read with ``numpy.frombuffer`` as float64, nothing else. The result
-holds, per model, ``mean`` and ``lo-<level>`` / ``hi-<level>`` as flat lists of
-``rows * horizon`` floats (NaN where a series failed) and the failures by row.
+holds, per model, ``mean`` and ``lo-<level>`` / ``hi-<level>``, each ``rows * horizon``
+float64 values (NaN where a series failed): bytes when results travel as msgpack, a
+list of floats when they travel as JSON; and the failures by row.
 The manager knows which series each row is (:mod:`crypto_ml.dispatch.table_run`).
 """
 
@@ -103,24 +104,33 @@ def parse_chunk(kwargs: dict[str, Any], max_horizon: int, max_series: int) -> Ch
                  _series(kwargs.get("lengths"), kwargs.get("values"), max_series))
 
 
-def _floats(matrix: np.ndarray) -> list[float]:
-    return matrix.reshape(-1).tolist()
+def _floats(matrix: np.ndarray, binary: bool) -> list[float] | bytes:
+    flat = np.ascontiguousarray(matrix, dtype="<f8").reshape(-1)
+    return flat.tobytes() if binary else flat.tolist()
 
 
-def run_chunk(chunk: Chunk, worker: str) -> dict[str, Any]:
-    """Every model of ``chunk`` over its series: the JSON/msgpack-safe result."""
+def column(values: list[float] | bytes) -> np.ndarray:
+    """A result column as float64, whichever way it travelled."""
+    if isinstance(values, bytes | bytearray):
+        return np.frombuffer(values, dtype="<f8")
+    return np.asarray(values, dtype=np.float64)
+
+
+def run_chunk(chunk: Chunk, worker: str, binary: bool = False) -> dict[str, Any]:
+    """Every model of ``chunk`` over its series: the result, its columns float64 bytes when
+    ``binary`` (a msgpack result backend) and lists of floats otherwise (JSON)."""
     started = time.perf_counter()
-    forecasts: dict[str, dict[str, list[float]]] = {}
+    forecasts: dict[str, dict[str, list[float] | bytes]] = {}
     errors: list[list[Any]] = []
     for spec in chunk.models:
         series = chunk.series if not spec.max_points else [s[-spec.max_points:] for s in chunk.series]
         out = predict_batch(model_class(spec.model), series, chunk.horizon, chunk.levels,
                             spec.params)
-        columns = {"mean": _floats(out.forecast)}
+        columns = {"mean": _floats(out.forecast, binary)}
         for level in chunk.levels:
             lower, upper = out.bands[level_key(level)]
-            columns[f"lo-{level_key(level)}"] = _floats(lower)
-            columns[f"hi-{level_key(level)}"] = _floats(upper)
+            columns[f"lo-{level_key(level)}"] = _floats(lower, binary)
+            columns[f"hi-{level_key(level)}"] = _floats(upper, binary)
         forecasts[spec.model] = columns
         errors += [[row, spec.model, reason] for row, reason in sorted(out.errors.items())]
     return {"rows": len(chunk.series), "forecasts": forecasts, "errors": errors,

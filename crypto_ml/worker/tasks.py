@@ -189,4 +189,5 @@ def forecast_table(self: ForecastTask, **chunk: Any) -> dict[str, Any]:
     conf = self.app.conf
     checked = parse_chunk(chunk, conf.get("crypto_ml_max_horizon", 365),
                           conf.get("crypto_ml_max_series", 100_000))
-    return run_chunk(checked, self.request.hostname or "unknown")
+    return run_chunk(checked, self.request.hostname or "unknown",
+                     binary=conf.result_serializer == "msgpack")
