@@ -242,3 +242,26 @@ def test_a_series_written_as_none_is_missing_not_a_crash(tmp_path: Path) -> None
     result = run_chunk(parse_chunk(chunk_kwargs(TablePlan.of(["naive"], 3, ()).models, 3, (),
                                                 chunk.lengths, chunk.values), 365, 10**5), "w")
     assert [row for row, _, _ in result["errors"]] == [0]
+
+
+def test_a_broker_that_refuses_a_message_is_not_waited_for() -> None:
+    """kombu raises OperationalError both when Redis is away (wait for it) and when it
+    answers no (``OOM command not allowed``, ``NOPERM``: say so and stop)."""
+    import redis
+    from kombu.exceptions import OperationalError
+
+    from crypto_ml.dispatch.engine import _transient
+
+    def wrapped(cause: BaseException) -> OperationalError:
+        try:
+            try:
+                raise cause
+            except redis.RedisError as exc:
+                raise OperationalError(str(exc)) from exc
+        except OperationalError as outer:
+            return outer
+
+    assert _transient(wrapped(redis.ConnectionError("Connection refused")))
+    assert not _transient(wrapped(redis.OutOfMemoryError("OOM command not allowed when used "
+                                                         "memory > 'maxmemory'")))
+    assert not _transient(wrapped(redis.exceptions.NoPermissionError("NOPERM")))

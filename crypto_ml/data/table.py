@@ -177,13 +177,32 @@ class TableSource:
                 f"--input {self.path}: no column {', '.join(map(repr, missing))} (it has "
                 f"{', '.join(self.dataset.schema.names)}); name yours with --id-col, "
                 "--time-col and --value-col")
-        where = pc.field(c.id).isin(self.only) if self.only else None
         try:
-            yield from self.dataset.to_batches(columns=[c.id, c.time, c.value], filter=where,
-                                               batch_size=BATCH_ROWS, batch_readahead=1,
-                                               fragment_readahead=1)
+            yield from self._scan([c.id, c.time, c.value])
         except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
             raise InvalidTable(f"--input {self.path}: cannot read the table ({exc})") from None
+
+    def _scan(self, names: list[str]) -> Iterator[pa.RecordBatch]:
+        """The three columns, batch by batch. Parquet files whose own columns hold them are
+        read one row group at a time (``ParquetFile.iter_batches``): the dataset scanner
+        decodes row groups ahead, hundreds of MB on wide row groups. Everything else (CSV,
+        an id in a hive partition's folder name, a DataFrame) goes through the scanner."""
+        files = [f.path for f in self.dataset.get_fragments()] \
+            if isinstance(self.dataset, ds.FileSystemDataset) \
+            and isinstance(self.dataset.format, ds.ParquetFileFormat) else []
+        readers = [pq.ParquetFile(f) for f in files]
+        if readers and all(set(names) <= set(r.schema_arrow.names) for r in readers):
+            wanted = pa.array(self.only, pa.string()) if self.only else None
+            for reader in readers:
+                for batch in reader.iter_batches(BATCH_ROWS, columns=names):
+                    if wanted is not None:
+                        batch = batch.filter(pc.is_in(pc.cast(batch.column(0), pa.string()),
+                                                      wanted))
+                    yield batch
+            return
+        where = pc.field(names[0]).isin(self.only) if self.only else None
+        yield from self.dataset.to_batches(columns=names, filter=where, batch_size=BATCH_ROWS,
+                                           batch_readahead=1, fragment_readahead=1)
 
     def _arrays(self, batch: pa.RecordBatch) -> tuple[pa.Array, np.ndarray, str, np.ndarray]:
         c = self.columns

@@ -28,9 +28,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from celery import Celery, states
 from kombu.exceptions import OperationalError
 
+from crypto_ml.core.errors import BrokerUnavailable
 from crypto_ml.dispatch.lost import LostMessages
 from crypto_ml.dispatch.planning import Message
 from crypto_ml.ops.flower import send_options
@@ -71,6 +73,17 @@ def forget(app: Celery, task_ids: list[str]) -> None:
     backend = app.backend
     backend.client.delete(*(backend.get_key_for_task(t) for t in task_ids),
                           *(delivery_key(t) for t in task_ids))
+
+
+def _transient(exc: BaseException) -> bool:
+    """A broker that is away (connection lost, time-out), not one that refused the command
+    (``OOM command not allowed``, ``NOPERM``): kombu raises OperationalError for both."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, redis.ResponseError):
+            return False
+        seen = seen.__cause__ or seen.__context__
+    return True
 
 
 def _key(app: Celery, task_id: str) -> bytes:
@@ -145,6 +158,10 @@ class Dispatcher:
                         message.serializer)
                 return task_id
             except PUBLISH_ERRORS as exc:
+                if not _transient(exc):  # Redis answered no: waiting will not help
+                    self.pending.pop(task_id, None)
+                    raise BrokerUnavailable(f"the broker refused a task message ({exc}); "
+                                            "see its maxmemory and the user's ACL rules") from None
                 self._broker_away(exc)
 
     def _resend(self, task_id: str) -> None:
