@@ -89,6 +89,7 @@ def test_one_stdout_format_json_lines_and_output(cluster: Any, price_data: Path,
                      data_dir=price_data)
     assert sorted(parsed(single.stdout)) == [("bitcoin", "linear"), ("dash", "linear")]
     out = tmp_path / "out" / "results.json"
+    out.parent.mkdir()  # --output does not make a missing folder: that is an error
     lines = run_cli("send-tasks", "--coins", "bitcoin,dash", "--model", "naive,linear",
                     "--format", "json-lines", "--output", str(out), "-q", *broker(cluster),
                     data_dir=price_data)

@@ -48,6 +48,9 @@ DEFAULT_ORIGINS = 30
 DEFAULT_HORIZON = 10
 DEFAULT_MIN_TRAIN = 60
 DEFAULT_SEED = 42
+#: MASE within this relative tolerance (0.5 %) of a coin's lowest is a tie in
+#: :meth:`BacktestResult.best`: a difference that small is noise, not a better model.
+TIE_TOLERANCE = 0.005
 
 
 @dataclass(frozen=True)
@@ -178,11 +181,17 @@ class BacktestResult:
         return out
 
     def best(self) -> dict[str, tuple[str, float]]:
-        """Per coin, the model with the lowest MASE and that MASE; ties go to the simpler model."""
+        """Per coin, the model with the lowest MASE and that MASE. Scores within a relative
+        tolerance of 0.5 % (:data:`TIE_TOLERANCE`) of the lowest, ``mase <= lowest * 1.005``,
+        count as a tie, which goes to the simpler model: the one registered earlier
+        (naive, linear, ets, theta, arima, lstm, gru, lstm_ret, gru_ret). NaN counts as inf."""
         rank = {name: i for i, name in enumerate(model_names())}
         chosen = {}
         for coin, by_model in self.per_coin.items():
-            model = min(by_model, key=lambda m: (round(by_model[m]["mase"], 12), rank.get(m, 99)))
+            score = {m: _finite_or_inf(by_model[m]["mase"]) for m in by_model}
+            lowest = min(score.values())
+            tied = [m for m in by_model if score[m] <= lowest * (1 + TIE_TOLERANCE)]
+            model = min(tied, key=lambda m: rank.get(m, len(rank)))
             chosen[coin] = (model, by_model[model]["mase"])
         return chosen
 
@@ -201,6 +210,11 @@ class BacktestResult:
         cfg["levels"] = tuple(cfg.get("levels", ()))
         return cls(BacktestConfig(**cfg), data["per_coin"], data.get("failed", {}),
                    data.get("skipped", {}), data.get("windows", {}))
+
+
+def _finite_or_inf(value: float) -> float:
+    """``value``, NaN as inf (a score that cannot rank above any other)."""
+    return float("inf") if np.isnan(value) else float(value)
 
 
 class _Collector:

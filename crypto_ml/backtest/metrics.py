@@ -3,10 +3,14 @@
 A backtest makes one forecast of ``h`` days at each of several origins. The
 errors of every origin and step are pooled: MAE = mean |e|, RMSE = sqrt(mean
 e^2), MAPE = 100 * mean |e / actual| (percent). MASE (Hyndman & Koehler, 2006)
-divides each error by the in-sample one-step naive error of the series the
-forecast was fitted on, ``mean |y_t - y_{t-1}|``, and averages the absolute
-result, so a MASE below 1 beats what "tomorrow equals today" achieved in sample
-and values can be averaged across coins of any price scale.
+divides each absolute error by its origin's scale and averages the result. The
+scale (:func:`naive_scale`) is the mean absolute one-step change,
+``mean |y_t - y_{t-1}|``, of the coin's *whole history before that origin*: not
+of the window the model was fitted on (``--max-points``), so every model and
+window of a coin is divided by the same numbers. A MASE below 1 beats what
+"tomorrow equals today" achieved on that history, one step ahead (over an
+``h``-day horizon even naive usually scores above 1), and values can be averaged
+across coins of any price scale.
 
 Prediction intervals at level L are scored by ``coverage_L``, the share (in
 percent) of actuals inside [lower, upper], to compare with L itself, and
@@ -28,7 +32,8 @@ METRICS = ("mae", "rmse", "mape", "mase")
 
 
 def naive_scale(train: Sequence[float] | np.ndarray) -> float:
-    """In-sample mean absolute one-step change of ``train`` (the MASE denominator)."""
+    """Mean absolute one-step change of ``train`` (the MASE denominator); the backtest
+    passes each origin's whole history before it, whatever the model's window."""
     series = np.asarray(train, dtype=np.float64)
     if len(series) < 2:
         raise ValueError("the MASE scale needs at least 2 training points")

@@ -2,11 +2,13 @@
 
 Owns every entry point's argument parsing and the one path from an error to an
 exit code (:func:`main`): 0 success; 1 some work failed (each failure listed) or
-another crypto-ml error; 2 a configuration error (unknown model, missing data,
+another crypto-ml error; 2 a usage error (argparse's, as one ``crypto-ml: error:`` line,
+:class:`Parser`) or a configuration error (unknown model, missing data,
 unreachable broker, a port in use, an unknown coin, an unreadable file), said in one
-line before any work starts; 130 interrupted (Ctrl-C, SIGTERM). What every subcommand
-shows is the same: its output on stdout; on stderr notices, progress and a summary
-(``-v``: a line per task too; ``-q``: errors and failures only), see
+line before any work starts; 130 interrupted (Ctrl-C, SIGTERM; a second one kills what
+the run started). A reader of stdout that leaves (``| head``) ends the run quietly, exit 0.
+What every subcommand shows is the same: its output on stdout; on stderr notices,
+progress and a summary (``-v``: a line per task too; ``-q``: errors only), see
 :mod:`crypto_ml.cli.terminal`. Only this package (and the historical aliases ``crypto_ml.manager`` and
 ``crypto_ml.data_loader``) reads the environment's settings. May import every
 other part of crypto_ml; nothing but the ``__main__`` aliases imports it.
@@ -31,9 +33,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from crypto_ml.cli.options import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from crypto_ml.core.errors import ConfigError, CryptoMLError
@@ -49,12 +54,40 @@ COMMANDS = {"send-tasks": "send", "backtest": "backtest", "data": "data", "clust
             "flower": "flower", "queue-depth": "queue_depth", "acl": "acl"}
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, except that a usage error is one line on stderr, ``crypto-ml: error: ...``
+    and where to read more, then exit 2 (subcommands' parsers are of this class too)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_CONFIG, f"crypto-ml: error: {message} (see {self.prog} --help)\n")
+
+
+def version() -> str:
+    """``crypto-ml 0.1.0``: the installed distribution's version."""
+    try:
+        return f"crypto-ml {importlib.metadata.version('crypto-ml')}"
+    except importlib.metadata.PackageNotFoundError:  # a source tree that is not installed
+        return "crypto-ml (version unknown: not installed)"
+
+
+EPILOG = """examples:
+  crypto-ml send-tasks --coins bitcoin,ethereum --model linear
+  crypto-ml backtest --coins bitcoin --model naive,linear,theta
+  crypto-ml data download --top 20
+
+exit codes: 0 success; 1 some work failed (each failure listed); 2 a usage or
+configuration error, said in one line before any work starts; 130 interrupted.
+"""
+
+
 def build_parser(prog: str = "crypto-ml", only: str | None = None) -> argparse.ArgumentParser:
     """The parser of every subcommand, or of ``only`` (a start-up of one command imports one
     subcommand's module, not the whole package: ``send-tasks`` starts without pandas)."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=prog, description="Distributed price forecasts: dispatch them to Celery workers "
-        "and collect them, backtest models, get data, run a local cluster and its tools.")
+        "and collect them, backtest models, get data, run a local cluster and its tools.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=version())
     sub = parser.add_subparsers(dest="command", required=True)
     for command, module in COMMANDS.items():
         if only in (None, command):
@@ -115,8 +148,8 @@ def run(args: argparse.Namespace) -> int:
 
     def command() -> int:
         log_format = getattr(args, "log_format", None) or Settings.from_env().log_format
-        quiet = bool(getattr(args, "quiet", False))
-        level = (None if quiet else getattr(args, "log_level", None)) or "warning"
+        quiet = bool(getattr(args, "quiet", False))  # errors only
+        level = "error" if quiet else (getattr(args, "log_level", None) or "warning")
         configure_logging(log_format, level.upper(), sys.stderr, quiet=quiet)
         return int(args.run(args))
 
@@ -131,4 +164,15 @@ def main(argv: Sequence[str] | None = None, prog: str = "crypto-ml") -> int:
     if extra and not getattr(args, "pass_through", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
-    return run(args)
+    try:
+        return run(args)
+    except BrokenPipeError:  # stdout's reader left (`| head`): stop quietly, as `cat` does
+        return _reader_gone()
+
+
+def _reader_gone() -> int:
+    """Point stdout at /dev/null (so the exit's flush cannot fail again) and exit 0."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_OK

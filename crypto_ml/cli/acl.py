@@ -7,14 +7,17 @@ import argparse
 import sys
 from typing import Any
 
+from crypto_ml.cli.helptext import help_texts
 from crypto_ml.cli.options import EXIT_OK
 from crypto_ml.core import acl
 
 
 def add_parser(sub: Any) -> None:
     """``acl template|write|passwords|table``."""
-    parser = sub.add_parser("acl", help="Redis ACL users: template, passwords, rules")
-    acl_sub = parser.add_subparsers(dest="acl_command", required=True)
+    parser = sub.add_parser("acl", help="Redis ACL users: template, passwords, rules",
+                            **help_texts("acl"))
+    acl_sub = parser.add_subparsers(dest="acl_command", required=True,
+                                    metavar="{template,write,passwords,table}")
     acl_sub.add_parser("template", help="print the ACL template compose and Kubernetes ship")
     acl_sub.add_parser("write", help="rewrite the shipped templates from crypto_ml/core/acl.py")
     acl_sub.add_parser("passwords", help="print a fresh password per user, as KEY=VALUE lines "

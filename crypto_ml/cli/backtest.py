@@ -14,6 +14,8 @@ from typing import Any
 
 from crypto_ml.backtest.engine import BacktestConfig, run_backtest
 from crypto_ml.backtest.report import summary, window_table, write_all
+from crypto_ml.cli.checks import model_names_option
+from crypto_ml.cli.helptext import help_texts
 from crypto_ml.cli.options import (
     add_cluster_options,
     add_log_options,
@@ -61,8 +63,9 @@ def window_name(window: int | None) -> str:
 
 def add_parser(sub: Any) -> None:
     """The ``backtest`` subcommand's options (broker, data and worker options as send-tasks)."""
-    bt = sub.add_parser("backtest", help="walk-forward backtest of models against what happened")
-    bt.add_argument("--model", default="naive,linear",
+    bt = sub.add_parser("backtest", help="walk-forward backtest of models against what happened",
+                        **help_texts("backtest"))
+    bt.add_argument("--model", default="naive,linear", type=model_names_option,
                     help="comma list of models to compare (default: naive,linear; also ets, "
                     "theta, arima, lstm, gru, lstm_ret, gru_ret)")
     bt.add_argument("--coins", help="comma list of coin ids (default: every coin)")
@@ -96,7 +99,7 @@ def backtest_main(args: argparse.Namespace) -> int:
     """``crypto-ml backtest``: the settings and data as send-tasks reads them."""
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         raise ConfigError(f"--out {args.out} is a file; give a folder")
-    check_writable(args.out and args.out / "backtest.json", "--out")
+    check_writable(args.out and args.out / "backtest.json", "--out", make_folder=True)
     loader: CryptoLoader | TableLoader
     if args.input is not None:  # a long table instead of the folder of coin files
         settings, loader = settings_from(args), TableLoader(table_source(args))

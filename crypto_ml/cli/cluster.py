@@ -7,7 +7,8 @@ import os
 import time
 from typing import Any
 
-from crypto_ml.cli.options import EXIT_OK, add_log_options, positive_int
+from crypto_ml.cli.helptext import help_texts
+from crypto_ml.cli.options import EXIT_OK, add_log_options, positive_int, stop_on_signals
 from crypto_ml.core import acl
 from crypto_ml.core.settings import Settings
 from crypto_ml.dispatch.cluster import LocalCluster
@@ -15,20 +16,23 @@ from crypto_ml.dispatch.cluster import LocalCluster
 
 def add_parser(sub: Any) -> None:
     """``cluster up`` and its options."""
-    cluster = sub.add_parser("cluster", help="run a local Redis + Celery worker cluster")
-    cluster_sub = cluster.add_subparsers(dest="cluster_command", required=True)
-    up = cluster_sub.add_parser("up", help="start the cluster and keep it running until Ctrl-C")
+    cluster = sub.add_parser("cluster", help="run a local Redis + Celery worker cluster",
+                             **help_texts("cluster"))
+    cluster_sub = cluster.add_subparsers(dest="cluster_command", required=True, metavar="{up}")
+    up = cluster_sub.add_parser("up", help="start the cluster and keep it running until Ctrl-C",
+                                **help_texts("cluster"))
     up.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1,
                     help="worker processes (default: one per core)")
     up.add_argument("--flower", action="store_true",
                     help="also start Flower (CRYPTO_ML_FLOWER_PORT, default 5555)")
-    add_log_options(up)
-    up.set_defaults(run=up_main, interrupted=None)
+    add_log_options(up, "also the cluster's info logs")
+    up.set_defaults(run=up_main, interrupted="local cluster stopped")
 
 
 def up_main(args: argparse.Namespace) -> int:
     """Start the cluster, print the broker URL to export, wait until stopped."""
     flower = Settings.from_env() if args.flower else None
+    stop_on_signals(None)  # a second Ctrl-C while it stops kills what is left at once
     with LocalCluster(workers=args.workers, flower=flower) as cluster:
         print(f"local cluster up: redis + {args.workers} worker(s) in "
               f"{cluster.startup_seconds:.1f} s; logs in {cluster.workdir}", flush=True)

@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from crypto_ml.cli.helptext import help_texts
 from crypto_ml.cli.options import EXIT_FAILED, EXIT_OK, add_log_options, positive_int
 from crypto_ml.cli.terminal import console, progress_stream
 from crypto_ml.core.errors import ConfigError
@@ -20,10 +21,11 @@ from crypto_ml.data.download import API_URL, Client, download
 
 def add_parser(sub: Any) -> None:
     """``data download`` and its options."""
-    data = sub.add_parser("data", help="get daily price history (download)")
-    data_sub = data.add_subparsers(dest="data_command", required=True)
+    data = sub.add_parser("data", help="get daily price history (download)", **help_texts("data"))
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="{download}")
     get = data_sub.add_parser("download", help="fetch the top N coins' daily OHLCV from CryptoCompare "
-                         "into the data folder (resumable: run again to bring it up to date)")
+                              "into the data folder (resumable: run again to bring it up to date)",
+                              **help_texts("data"))
     get.add_argument("--top", type=positive_int, default=100, help="how many coins by market cap "
                      "(100)")
     get.add_argument("--data-dir", type=Path,
@@ -34,7 +36,7 @@ def add_parser(sub: Any) -> None:
                      help="seconds between requests, to stay under the public rate limit (0.6)")
     get.add_argument("--retries", type=int, default=4,
                      help="retries of a rate-limited or failed request (4)")
-    add_log_options(get)
+    add_log_options(get, "also crypto_ml's info logs")
     get.set_defaults(run=download_main, interrupted="run the same command again to resume")
 
 

@@ -1,30 +1,53 @@
 """``crypto-ml flower [FLOWER OPTIONS]``: Flower for the configured broker, secured by the settings.
 
-Options this command does not know go to ``celery flower`` unchanged.
+Options this command does not know go to ``celery flower`` unchanged; ``-h`` shows them.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
 from typing import Any
 
+from crypto_ml.cli.options import EXIT_OK
 from crypto_ml.core.acl import check_credentials
 from crypto_ml.core.errors import ConfigError
 from crypto_ml.core.settings import Settings
 from crypto_ml.ops.flower import flower_command, flower_env
 
+EPILOG = """Flower's own options (below) pass through unchanged, e.g. --max-tasks=10000;
+port, address and login come from CRYPTO_ML_FLOWER_PORT (5555), CRYPTO_ML_FLOWER_ADDRESS
+(127.0.0.1) and CRYPTO_ML_FLOWER_BASIC_AUTH (user:password; required off 127.0.0.1).
+
+examples:
+  CRYPTO_ML_BROKER_URL=redis://flower:PASSWORD@HOST:6379/0 crypto-ml flower
+  crypto-ml flower --max-tasks=10000 --purge-offline-workers=60
+
+exit codes: 0 stopped (Ctrl-C, SIGTERM); 2 no broker, or its user or password is wrong.
+"""
+
 
 def add_parser(sub: Any) -> None:
-    """``flower``: other options pass through to Flower."""
-    flower = sub.add_parser("flower", help="run Flower for CRYPTO_ML_BROKER_URL (port, address "
-                            "and auth from CRYPTO_ML_FLOWER_*; other options go to Flower)")
+    """``flower``: other options pass through to Flower (``-h`` too: shown with Flower's own)."""
+    flower = sub.add_parser(
+        "flower", add_help=False, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="run Flower for CRYPTO_ML_BROKER_URL (port, address and auth from "
+        "CRYPTO_ML_FLOWER_*; other options go to Flower)",
+        description="Run Flower, Celery's web monitor, for the broker of CRYPTO_ML_BROKER_URL, "
+        "secured by the settings (basic auth), until Ctrl-C.")
     flower.set_defaults(run=flower_main, pass_through=True, log_level="warning", log_format=None,
-                        interrupted=None)
+                        interrupted=None, usage=flower.format_help)
 
 
 def flower_main(args: argparse.Namespace) -> int:
-    """Replace this process with ``celery -A crypto_ml flower``."""
+    """Replace this process with ``celery -A crypto_ml flower`` (``-h``: print the options)."""
+    if {"-h", "--help"} & set(args.extra):
+        print(args.usage(), end="", flush=True)
+        print(flower_options(), flush=True)
+        return EXIT_OK
     settings = Settings.from_env()
     if not settings.broker_url:
         raise ConfigError("set CRYPTO_ML_BROKER_URL to the broker Flower should watch")
@@ -33,3 +56,22 @@ def flower_main(args: argparse.Namespace) -> int:
     cmd = [*flower_command(settings), *args.extra]
     os.execve(cmd[0], cmd, env)
     return 0  # pragma: no cover - execve does not return
+
+
+def flower_options() -> str:
+    """Flower's own options, as ``celery flower -- --help`` lists them (no broker needed)."""
+    env = {**os.environ, "CRYPTO_ML_BROKER_URL": "redis://127.0.0.1:6379/0"}  # help only
+    try:
+        shown = subprocess.run([sys.executable, "-m", "celery", "-A", "crypto_ml", "flower",
+                                "--", "--help"], env=env, capture_output=True, text=True,
+                               timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"Flower's options: cannot list them ({exc}); see `celery flower -- --help`"
+    out = shown.stdout + shown.stderr
+    start = out.find("flower/options.py options:")
+    if start < 0:
+        return "Flower's options: see `celery flower -- --help`"
+    section = out[start:].split("\n", 1)[1]
+    end = section.find(" options:\n")
+    section = section[: section.rfind("\n", 0, end)] if end >= 0 else section
+    return "flower options (passed to Flower):\n" + section.rstrip() + "\n"

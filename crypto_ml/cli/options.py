@@ -19,12 +19,13 @@ from datetime import date
 from pathlib import Path
 from typing import Protocol
 
+from crypto_ml.cli.checks import check_max_points, check_readable, checked_models
 from crypto_ml.core.errors import ConfigError, DataNotFound, InvalidTaskInput
 from crypto_ml.core.settings import LOG_FORMATS, Settings
 from crypto_ml.data.loader import HOW_TO_GET_DATA, CryptoLoader
 from crypto_ml.data.names import coin_id
-from crypto_ml.models import parse_models
 from crypto_ml.models.intervals import check_levels
+from crypto_ml.ops.processes import kill_spawned
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -38,9 +39,12 @@ def positive_int(text: str) -> int:
 
 
 def max_points(text: str) -> int:
-    """argparse type of ``--max-points``: a positive N, or ``all`` (or 0) for the whole history."""
-    if text.strip().lower() in ("all", "0"):
+    """argparse type of ``--max-points``: a positive N, or ``all`` (0 here) for the whole
+    history; whether N is enough for the models is :func:`checked_inputs`' to say."""
+    if text.strip().lower() == "all":
         return 0
+    if text.strip() == "0":
+        raise argparse.ArgumentTypeError("0 closes: give all for the whole history, or N")
     return positive_int(text)
 
 
@@ -65,7 +69,8 @@ def add_cluster_options(parser: argparse.ArgumentParser) -> None:
                         help="worker processes of the embedded cluster (default: one per core)")
 
 
-def add_log_options(parser: argparse.ArgumentParser) -> None:
+def add_log_options(parser: argparse.ArgumentParser,
+                    verbose: str = "also a line per task") -> None:
     """What stderr shows, the same for every subcommand: ``-v``, ``-q``, ``--log-level``,
     ``--log-format``. By default: notices, progress (a bar on a terminal, a few plain
     lines elsewhere) and the summary; ``-v`` adds a line per task, ``-q`` leaves errors only."""
@@ -73,7 +78,7 @@ def add_log_options(parser: argparse.ArgumentParser) -> None:
                         help="stderr lines as text or json (CRYPTO_ML_LOG_FORMAT, default text)")
     loud = parser.add_mutually_exclusive_group()
     loud.add_argument("-v", "--verbose", dest="log_level", action="store_const", const="info",
-                      help="also a line per task (same as --log-level info)")
+                      help=f"{verbose} (same as --log-level info)")
     loud.add_argument("-q", "--quiet", action="store_true",
                       help="stdout only: no progress, notices or summary on stderr, "
                       "only errors and failures")
@@ -95,14 +100,20 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def checked_inputs(args: argparse.Namespace, check_models: bool = True,
-                   to_date: date | None = None) -> tuple[Settings, CryptoLoader]:
-    """Settings and loader for a run, failing (exit 2) at once on an unknown model, no data,
-    or an unknown coin. ``args.coins`` becomes the list of coin ids (None: every coin)."""
+                   to_date: date | None = None, also: Sequence[str] = (),
+                   intervals: bool = False) -> tuple[Settings, CryptoLoader]:
+    """Settings and loader for a run, failing (exit 2) at once on an unknown model (the
+    error lists ``also`` too), a ``--max-points`` too short for the models (and, with
+    ``intervals``, their intervals), no data, an unknown coin or one whose file cannot be
+    read. ``args.coins`` becomes the list of coin ids (None: every coin)."""
     settings = settings_from(args)
     if check_models:
-        parse_models(args.model)
+        models = checked_models(args.model, also)
+        windows = args.max_points if isinstance(args.max_points, list) else [args.max_points]
+        check_max_points(windows, models, dict(getattr(args, "param", None) or []), intervals)
     loader = CryptoLoader(settings.data_dir, to_date=to_date, cache_dir=settings.cache_dir)
     args.coins = resolve_coins(args.coins, known_coins(loader), loader.data_dir)
+    check_readable(loader, args.coins)
     return settings, loader
 
 
@@ -139,13 +150,17 @@ def coin_list(spec: str | None) -> list[str] | None:
     return [c.strip() for c in spec.split(",") if c.strip()] if spec else None
 
 
-def check_writable(path: Path | None, option: str) -> None:
-    """A ConfigError unless ``path`` can be written: not a folder, its folder creatable."""
+def check_writable(path: Path | None, option: str, make_folder: bool = False) -> None:
+    """A ConfigError unless ``path`` can be written: not a folder, its folder there (or
+    creatable, with ``make_folder``: a missing folder is otherwise an error, not made)."""
     if path is None:
         return
     if path.is_dir():
         raise ConfigError(f"{option} {path} is a folder; give a file name")
     parent = path.parent
+    if not make_folder and not parent.exists():
+        raise ConfigError(f"{option} {path}: the folder {parent} does not exist; "
+                          f"create it first (mkdir -p {parent}) or give another path")
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
@@ -156,11 +171,19 @@ class Stoppable(Protocol):
     def request_stop(self) -> None: ...
 
 
-def stop_on_signals(manager: Stoppable) -> None:
-    """Ctrl-C and SIGTERM stop the run: at once, and by flag should the exception be lost."""
+def stop_on_signals(manager: Stoppable | None) -> None:
+    """Ctrl-C and SIGTERM stop the run: at once, and by flag should the exception be lost.
+    A second one while it stops does not interrupt the stopping (that would leave processes
+    behind): it kills every process the run started at once (:func:`kill_spawned`)."""
+
+    def again(signum: int, frame: object) -> None:
+        kill_spawned()  # the waits of the stopping now end at once
 
     def handler(signum: int, frame: object) -> None:
-        manager.request_stop()
+        signal.signal(signal.SIGINT, again)
+        signal.signal(signal.SIGTERM, again)
+        if manager is not None:
+            manager.request_stop()
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, handler)

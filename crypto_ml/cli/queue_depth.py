@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from crypto_ml.cli.helptext import help_texts
 from crypto_ml.cli.options import EXIT_OK, add_log_options
 from crypto_ml.core.acl import check_credentials
 from crypto_ml.core.errors import ConfigError
@@ -17,12 +18,12 @@ from crypto_ml.worker.app import CPU_QUEUE, GPU_QUEUE
 def add_parser(sub: Any) -> None:
     """``queue-depth`` and its options."""
     qd = sub.add_parser("queue-depth", help="serve per-queue depth (waiting + reserved tasks) "
-                        "of the broker as JSON, for autoscalers")
+                        "of the broker as JSON, for autoscalers", **help_texts("queue-depth"))
     qd.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"({DEFAULT_PORT})")
     qd.add_argument("--host", default="0.0.0.0", help="address to listen on (0.0.0.0)")
     qd.add_argument("--queues", default=f"{CPU_QUEUE},{GPU_QUEUE}",
                     help="comma list of queues to report (cpu,gpu)")
-    add_log_options(qd)
+    add_log_options(qd, "also crypto_ml's info logs")
     qd.set_defaults(run=queue_depth_main, interrupted=None)
 
 

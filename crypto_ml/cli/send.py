@@ -11,7 +11,6 @@ said in one line before any cluster starts; 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -19,6 +18,8 @@ from typing import Any
 
 from crypto_ml.backtest.best import BEST, DEFAULT_CANDIDATES, forecast_best, load_saved
 from crypto_ml.backtest.engine import BacktestResult
+from crypto_ml.cli.checks import model_names_option
+from crypto_ml.cli.helptext import help_texts
 from crypto_ml.cli.options import (
     EXIT_FAILED,
     EXIT_OK,
@@ -31,6 +32,7 @@ from crypto_ml.cli.options import (
     positive_int,
     stop_on_signals,
 )
+from crypto_ml.cli.output import write_results
 from crypto_ml.cli.table import add_table_options, send_table
 from crypto_ml.cli.terminal import (
     FORMATS,
@@ -52,14 +54,16 @@ from crypto_ml.ops.plot import plot_forecasts
 
 def add_parser(sub: Any) -> None:
     """The ``send-tasks`` subcommand."""
-    send = sub.add_parser("send-tasks", help="forecast every coin (or --coins) with --model")
-    send.add_argument("--model", default="linear",
+    send = sub.add_parser("send-tasks", help="forecast every coin (or --coins) with --model",
+                          **help_texts("send-tasks"))
+    send.add_argument("--model", default="linear", type=model_names_option,
                       help="naive, linear, ets, theta, arima, lstm, gru, lstm_ret, gru_ret, a comma "
-                      "list, or best: "
+                      "list (any case), or best: "
                       "each coin's lowest backtest MASE (default: linear)")
     send.add_argument("--backtest", type=Path,
                       help="with --model best: a backtest.json to choose from (else run one)")
-    send.add_argument("--candidates", help="with --model best and no --backtest: models to "
+    send.add_argument("--candidates", type=model_names_option,
+                      help="with --model best and no --backtest: models to "
                       "backtest and choose from (default: naive,linear,ets,theta,arima)")
     send.add_argument("--coins", help="comma list of coin ids, any case (default: every coin)")
     send.add_argument("--horizon", type=positive_int, default=10, help="days to forecast (10)")
@@ -96,7 +100,8 @@ def send_tasks(args: argparse.Namespace) -> int:
     saved = checked_best(args) if args.model == BEST else None
     check_writable(args.output, "--output")
     check_writable(args.plot, "--plot")
-    settings, loader = checked_inputs(args, check_models=args.model != BEST)
+    settings, loader = checked_inputs(args, check_models=args.model != BEST, also=(BEST,),
+                                      intervals=bool(args.levels))
     progress = make_progress(args, settings)
     err = console_writer()
     manager = CryptoManager(loader=loader, settings=settings, err=err, observer=progress,
@@ -116,13 +121,11 @@ def send_tasks(args: argparse.Namespace) -> int:
                                  retrain=args.retrain, levels=args.levels)
     finally:
         progress.close()
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    written = write_results(args.output, report.to_json()) if args.output else True
     show_summary(report, seconds_since_start(), settings.log_format == "json")
     plotted = (draw_plot(args.plot, report, loader, args.coins or loader.get_crypto_names())
                if args.plot else True)
-    return EXIT_OK if report.ok and plotted else EXIT_FAILED
+    return EXIT_OK if report.ok and plotted and written else EXIT_FAILED
 
 
 def checked_best(args: argparse.Namespace) -> BacktestResult | None:

@@ -48,10 +48,20 @@ class SeriesTooShort(CryptoMLError, ValueError):
     """A price series with fewer points than the model needs."""
 
     @classmethod
-    def for_series(cls, coin: str, length: int, minimum: int, model: str) -> SeriesTooShort:
+    def for_series(cls, coin: str, length: int, minimum: int, model: str,
+                   window: int | None = None) -> SeriesTooShort:
+        """``window``: the newest-N window (``--max-points``) the series was cut to, if known;
+        the advice is then the one that helps (a wider window, or a model or more data)."""
+        data = "choose a model that needs less history or add data"
+        wider = f"raise --max-points (max_points) to at least {minimum}, or use all"
+        if window is None:
+            advice = (f"if --max-points (max_points) cut it that short, raise it to at least "
+                      f"{minimum} or use all; else {data}")
+        else:
+            advice = wider if length >= window else data
         return cls(
             f"series {coin!r} has {length} usable points, fewer than the {minimum} "
-            f"that model {model!r} needs; choose a model that needs less history or add data"
+            f"that model {model!r} needs; {advice}"
         )
 
 

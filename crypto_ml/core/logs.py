@@ -61,12 +61,13 @@ def formatter(log_format: str) -> logging.Formatter:
 
 def configure(log_format: str, level: int | str, stream: TextIO, quiet: bool = False) -> None:
     """The CLI's logging: WARNING and up from everything, ``level`` from crypto_ml, and the
-    console loggers at INFO (WARNING if ``quiet``: errors and failures only)."""
+    console loggers at INFO. ``quiet`` is errors only: ERROR from everything (no warning
+    such as a skipped file), and the console loggers at WARNING (the run's failures)."""
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter(log_format))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING)
+    root.setLevel(logging.ERROR if quiet else logging.WARNING)
     logging.getLogger("crypto_ml").setLevel(level)
     for name in CONSOLE_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.INFO)

@@ -38,6 +38,7 @@ import csv
 import json
 import os
 import re
+import socket
 import sys
 import time
 import urllib.error
@@ -65,6 +66,21 @@ RATE_LIMITED_TYPE = 99
 
 class DownloadError(CryptoMLError):
     """The API answered with an error, or not at all, for one request."""
+
+
+def route(url: str) -> str:
+    """How a request to ``url`` goes: ``to host H directly (no HTTPS_PROXY set ...)`` or
+    through which proxy (its address without any password)."""
+    parts = urllib.parse.urlsplit(url)
+    host, scheme = parts.hostname or url, parts.scheme or "https"
+    proxy = urllib.request.getproxies().get(scheme)
+    variable = f"{scheme.upper()}_PROXY"
+    if not proxy or urllib.request.proxy_bypass(host):
+        return (f"to host {host} directly (no {variable} used; proxy settings: HTTPS_PROXY, "
+                "HTTP_PROXY, NO_PROXY)")
+    where = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    return (f"to host {host} through the proxy {where.hostname}:{where.port or 'default port'} "
+            f"({variable}; NO_PROXY lists hosts that bypass it)")
 
 
 @dataclass
@@ -122,8 +138,11 @@ class Client:
             return {}, problem, float(wait) if wait.isdigit() else 0.0
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            return {}, (f"cannot reach {self.base_url} ({reason}); check the network, "
-                        "or point --api-url at a reachable mirror"), 0.0
+            # no name or a refused connection: no network (or a wrong proxy); no retry helps
+            final = isinstance(reason, socket.gaierror | ConnectionRefusedError)
+            return {}, (f"cannot reach {self.base_url} ({reason}) {route(url)}; check the "
+                        "network and the proxy settings, or point --api-url at a reachable "
+                        "mirror"), None if final else 0.0
         try:
             body = json.loads(raw)
         except ValueError:

@@ -222,6 +222,21 @@ class CryptoLoader:
             return sorted({*folder.series, *(coin_id(Path(label).stem) for label in folder.skipped)})
         return list(self._index())
 
+    def unreadable(self, name: str) -> str | None:
+        """Why the file of coin ``name`` is not a price series (``"Junk.csv: the file is
+        binary, not CSV"``), or None if it is one (or no file names the coin). Reads the
+        file once (through the cache, if any), without a warning: for checks before a run."""
+        key = coin_id(name)
+        folder = self._folder()
+        if folder is not None:
+            found = [f"{label}: {why}" for label, why in folder.skipped.items()
+                     if coin_id(Path(label).stem) == key]
+            return None if key in folder.series or not found else found[0]
+        index = self._index()
+        if key not in index or self._load(key, warn=False) is not None:
+            return None
+        return f"{index[key].label}: {self._skipped[key]}"
+
     def get_df(self, name: str) -> pd.DataFrame:
         """The coin's history oldest first: ``Date`` (datetime64) and float columns."""
         key = coin_id(name)

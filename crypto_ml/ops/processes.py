@@ -3,6 +3,7 @@
 Shared by the embedded cluster (:mod:`crypto_ml.dispatch.cluster`) and Flower
 (:mod:`crypto_ml.ops.flower`): every process is started in its own session and
 asked to die with its parent (Linux), and :func:`terminate` ends its whole group.
+:func:`kill_spawned` ends every group this process started at once (a second Ctrl-C).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from pathlib import Path
 from crypto_ml.core.errors import ConfigError
 
 STOP_TIMEOUT = 15.0
+#: Every process :func:`spawn` started that had not exited when last looked at.
+_SPAWNED: list[subprocess.Popen[bytes]] = []
 
 
 def free_port() -> int:
@@ -39,9 +42,24 @@ def spawn(cmd: Sequence[str], log_path: Path, env: dict[str, str] | None = None,
           cwd: Path | None = None) -> subprocess.Popen[bytes]:
     """Start ``cmd`` in its own session, output to ``log_path``, ending it if we die."""
     with open(log_path, "ab") as log:
-        return subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, cwd=cwd,
                                 preexec_fn=_die_with_parent)
+    _SPAWNED[:] = [p for p in _SPAWNED if p.returncode is None]
+    _SPAWNED.append(proc)
+    return proc
+
+
+def kill_spawned() -> int:
+    """SIGKILL the process group of every process :func:`spawn` started that has not been
+    reaped (safe in a signal handler: no waiting); how many groups were signalled."""
+    killed = 0
+    for proc in list(_SPAWNED):
+        if proc.returncode is None:  # not reaped: its pid (and group) is still its own
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+                killed += 1
+    return killed
 
 
 def terminate(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> None:

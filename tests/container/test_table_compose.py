@@ -15,7 +15,7 @@ from crypto_ml.models import get_model
 from . import docker_support as ds
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from table_support import coin_windows, write_parquet  # noqa: E402
+from table_support import coin_windows, write_parquet
 
 SERIES, LENGTH = 100_000, 200
 

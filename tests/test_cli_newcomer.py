@@ -1,0 +1,507 @@
+"""The command line as a newcomer meets it: one line per error, quiet ends, help that
+teaches, nothing left behind.
+
+Usage errors are one ``crypto-ml: error:`` line (exit 2) and ``--version`` answers; a closed
+stdout ends the run quietly; ``--output`` and ``--plot`` need an existing folder, and results
+that cannot be written after the run go to a fallback file; ``-q`` is errors only; an
+unreadable data file is named before any cluster starts; model names match in any case;
+``--max-points`` below what the models need is refused; Ctrl-C ends ``cluster up`` with 130
+and a second Ctrl-C leaves no process behind; every subcommand's help has examples and exit
+codes; ``--model best`` ties within 0.5 %; ``data download`` without a network fails at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import os
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from conftest import ROOT, cli_env, run_cli
+
+from crypto_ml.backtest.engine import TIE_TOLERANCE, BacktestConfig, BacktestResult
+from crypto_ml.cli import build_parser, main
+from crypto_ml.cli.options import check_writable, checked_inputs
+from crypto_ml.cli.output import write_results
+from crypto_ml.core.errors import ConfigError, SeriesTooShort, UnknownModel
+from crypto_ml.data.download import Client, DownloadError
+
+COINS = "bitcoin,ethereum,dash"
+
+
+def lines(text: str) -> list[str]:
+    return text.strip().splitlines()
+
+
+def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """``crypto-ml ARGV`` in this process, for what argparse answers before any run."""
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    out, err = capsys.readouterr()
+    return int(done.value.code or 0), out, err
+
+
+def crypto_ml(*args: str, cwd: Path = ROOT, data_dir: Path | None = None,
+              timeout: float = 300, **popen: Any) -> subprocess.CompletedProcess[str]:
+    """``python -m crypto_ml ARGS`` in a subprocess, in ``cwd``."""
+    streams = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **popen}
+    return subprocess.run([sys.executable, "-m", "crypto_ml", *args], cwd=cwd,
+                          env=cli_env(data_dir), text=True, timeout=timeout, **streams)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(0.05)
+
+
+# --- 1. one line per error, --version ---------------------------------------------------------
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["send-tasks", "--horizon", "0"], "argument --horizon: must be at least 1, got 0"),
+    (["send-tasks", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    (["send-tasks", "--format", "xml"], "argument --format: invalid choice: 'xml'"),
+    (["backtest", "--origins", "x"], "argument --origins: invalid positive_int value"),
+    (["cluster"], "the following arguments are required"),
+    (["data", "download", "--top", "-3"], "must be at least 1"),
+])
+def test_a_usage_error_is_one_line_and_exit_2(argv: list[str], says: str,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_main(argv, capsys)
+    assert code == 2 and out == ""
+    assert len(lines(err)) == 1, err
+    assert err.startswith("crypto-ml: error: ") and says in err and "usage:" not in err
+
+
+def test_version_is_the_installed_distributions(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_main(["--version"], capsys)
+    assert code == 0 and err == ""
+    assert out == f"crypto-ml {importlib.metadata.version('crypto-ml')}\n" == "crypto-ml 0.1.0\n"
+
+
+@pytest.mark.integration  # runs a command in a subprocess
+def test_a_usage_error_from_the_shell_is_one_line() -> None:
+    run = crypto_ml("send-tasks", "--horizon", "0", timeout=120)
+    assert run.returncode == 2 and run.stdout == ""
+    assert len(lines(run.stderr)) == 1 and run.stderr.startswith("crypto-ml: error: "), run.stderr
+
+
+# --- 2. a closed stdout ends the run quietly ----------------------------------------------------
+
+@pytest.mark.integration  # a cluster and a command in a subprocess
+@pytest.mark.parametrize("fmt", ["text", "json-lines"])
+def test_a_reader_that_leaves_after_one_line_ends_the_run_quietly(
+        fmt: str, cluster: Any, price_data: Path) -> None:
+    """``send-tasks ... | head -1``, the reader leaving after its line."""
+    proc = subprocess.Popen([sys.executable, "-m", "crypto_ml", "send-tasks", "--coins", COINS,
+                             "--model", "naive,linear", "--format", fmt,
+                             "--broker", cluster.broker_url],
+                            cwd=ROOT, env=cli_env(price_data), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) in (0, 141), err
+    coin = json.loads(first)["coin"] if fmt == "json-lines" else first.split()[0]
+    assert coin in COINS.split(",") and (fmt == "json-lines" or re.match(r"\S+ \S+ \[\[", first))
+    assert "Traceback" not in err and "BrokenPipe" not in err and "Exception" not in err, err
+
+
+@pytest.mark.integration  # a cluster and a command in a subprocess
+@pytest.mark.parametrize("fmt", ["text", "json-lines"])
+def test_a_reader_gone_before_the_first_line_ends_the_run_quietly(
+        fmt: str, cluster: Any, price_data: Path) -> None:
+    """The pipe is closed before anything is written: the first forecast line breaks it."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        run = crypto_ml("send-tasks", "--coins", COINS, "--model", "naive,linear", "--format",
+                        fmt, "--broker", cluster.broker_url, data_dir=price_data,
+                        stdout=write_end, stderr=subprocess.PIPE)
+    finally:
+        os.close(write_end)
+    assert run.returncode in (0, 141), run.stderr
+    assert "Traceback" not in run.stderr and "BrokenPipe" not in run.stderr, run.stderr
+
+
+# --- 3. --output and --plot -----------------------------------------------------------------------
+
+def test_a_missing_folder_is_an_error_and_is_not_made(tmp_path: Path) -> None:
+    target = tmp_path / "no" / "such" / "results.json"
+    with pytest.raises(ConfigError) as error:
+        check_writable(target, "--output")
+    message = str(error.value)
+    assert str(target) in message and "does not exist" in message and "create it" in message
+    assert not (tmp_path / "no").exists()
+    check_writable(tmp_path / "results.json", "--output")  # an existing folder is fine
+
+
+@pytest.mark.integration  # runs a command in a subprocess
+@pytest.mark.parametrize("option", ["--output", "--plot"])
+def test_a_missing_folder_stops_the_run_before_it_starts(option: str, price_data: Path,
+                                                         tmp_path: Path) -> None:
+    target = tmp_path / "missing" / ("out.json" if option == "--output" else "plot.png")
+    run = run_cli("send-tasks", "--coins", "bitcoin", option, str(target), data_dir=price_data,
+                  timeout=120)  # no broker: it would start a cluster if it got that far
+    assert run.returncode == 2 and run.stdout == ""
+    assert len(lines(run.stderr)) == 1 and "running embedded" not in run.stderr, run.stderr
+    assert f"{option} {target}" in run.stderr and "create it" in run.stderr
+    assert not target.parent.exists()
+
+
+def test_results_that_cannot_be_written_go_to_a_fallback_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    monkeypatch.chdir(tmp_path)
+    data = {"results": {"bitcoin": {"linear": {"forecast": [1.0, 2.0]}}}, "failed": {}}
+    assert write_results(Path("/dev/full"), data) is False
+    [fallback] = tmp_path.glob("crypto-ml-results-*.json")
+    assert json.loads(fallback.read_text()) == data
+    [record] = [r for r in caplog.records if r.name == "crypto_ml.console"]
+    assert "/dev/full" in record.getMessage() and str(fallback) in record.getMessage()
+    assert write_results(tmp_path / "ok.json", data) is True
+
+
+@pytest.mark.integration  # a cluster and a command in a subprocess
+def test_output_failing_after_the_run_keeps_the_results(cluster: Any, price_data: Path,
+                                                        tmp_path: Path) -> None:
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    run = crypto_ml("send-tasks", "--coins", "bitcoin,dash", "--output", "/dev/full", "-q",
+                    "--broker", cluster.broker_url, cwd=tmp_path, data_dir=price_data)
+    assert run.returncode == 1, run.stderr
+    assert len(lines(run.stdout)) == 2  # the forecasts were printed all the same
+    [fallback] = tmp_path.glob("crypto-ml-results-*.json")
+    assert sorted(json.loads(fallback.read_text())["results"]) == ["bitcoin", "dash"]
+    [line] = lines(run.stderr)
+    assert "cannot write --output /dev/full" in line and str(fallback) in line
+
+
+@pytest.mark.integration  # a cluster and a command in a subprocess
+def test_a_plot_failing_after_the_run_is_one_line(cluster: Any, price_data: Path,
+                                                  tmp_path: Path) -> None:
+    plot = tmp_path / "forecast.xyz"  # a format matplotlib does not write: fails at the end
+    run = run_cli("send-tasks", "--coins", "bitcoin", "--plot", str(plot), "-q",
+                  "--broker", cluster.broker_url, data_dir=price_data)
+    assert run.returncode == 1 and len(lines(run.stdout)) == 1
+    [line] = lines(run.stderr)
+    assert "plot not written" in line and "Traceback" not in run.stderr
+
+
+# --- 4. -q is errors only ---------------------------------------------------------------------
+
+@pytest.mark.integration  # a cluster, the real data set and a command in a subprocess
+def test_quiet_hides_the_warning_of_a_file_that_is_not_prices(cluster: Any,
+                                                              real_data: Path) -> None:
+    args = ["send-tasks", "--model", "naive", "--horizon", "2", "--broker", cluster.broker_url]
+    loud = run_cli(*args, data_dir=real_data)
+    assert loud.returncode == 0 and "skipping 100 List.csv" in loud.stderr, loud.stderr
+    quiet = run_cli(*args, "-q", data_dir=real_data)
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    assert sorted(lines(quiet.stdout)) == sorted(lines(loud.stdout))
+
+
+# --- 5. unreadable data ---------------------------------------------------------------------------
+
+@pytest.fixture()
+def garbage_data(tmp_path: Path) -> Path:
+    folder = tmp_path / "garbage"
+    folder.mkdir()
+    (folder / "Junk.csv").write_bytes(b"\x00\x01\x02 not,a\x00price\nfile\x00\n")
+    return folder
+
+
+@pytest.mark.integration  # runs a command in a subprocess
+@pytest.mark.parametrize(("coins", "says"), [
+    (None, "no readable price file in"),
+    ("junk", "cannot read the price file of coin 'junk'"),
+    ("Junk", "cannot read the price file of coin 'junk'"),
+])
+def test_an_unreadable_file_is_named_before_any_cluster_starts(
+        coins: str | None, says: str, garbage_data: Path) -> None:
+    run = run_cli("send-tasks", *(["--coins", coins] if coins else []), data_dir=garbage_data,
+                  timeout=120)
+    assert run.returncode == 2 and run.stdout == ""
+    [line] = lines(run.stderr)
+    assert says in line and "Junk.csv: the file is binary, not CSV" in line
+    assert "running embedded" not in run.stderr and "CryptoLoader()" not in line
+
+
+@pytest.mark.integration  # runs a command in a subprocess
+def test_an_unknown_coin_among_unreadable_files_is_one_line_exit_2(garbage_data: Path) -> None:
+    run = run_cli("send-tasks", "--coins", "foo", data_dir=garbage_data, timeout=120)
+    assert run.returncode == 2 and run.stdout == ""
+    [line] = lines(run.stderr)
+    assert "unknown coin(s) 'foo'" in line and "CryptoLoader()" not in line
+
+
+# --- 6. and 7. model names, --max-points ---------------------------------------------------
+
+def parsed(argv: list[str]) -> Any:
+    return build_parser().parse_args(argv)
+
+
+def test_model_names_match_in_any_case_and_best_is_a_choice(price_data: Path) -> None:
+    args = parsed(["send-tasks", "--model", "LSTM,Linear", "--candidates", "NAIVE",
+                   "--data-dir", str(price_data)])
+    assert args.model == "lstm,linear" and args.candidates == "naive"
+    assert parsed(["send-tasks", "--model", "Best"]).model == "best"
+    assert parsed(["backtest", "--model", "Naive, THETA"]).model == "naive,theta"
+    checked_inputs(args, also=("best",))  # known models: no error
+    args = parsed(["send-tasks", "--model", "prophet", "--data-dir", str(price_data)])
+    with pytest.raises(UnknownModel) as error:
+        checked_inputs(args, also=("best",))
+    assert "unknown model 'prophet'" in str(error.value) and "best" in str(error.value)
+    assert "lstm" in str(error.value)
+
+
+@pytest.mark.parametrize(("argv", "need"), [
+    (["send-tasks", "--max-points", "5"], "linear fits and calibrates its prediction "
+                                          "intervals on at least 20 closes"),
+    (["send-tasks", "--model", "LSTM", "--max-points", "30"], "lstm fits and calibrates its "
+                                                             "prediction intervals on at least 51"),
+    (["backtest", "--model", "naive,lstm", "--max-points", "200,40"], "lstm fits on at least 51"),
+])
+def test_a_window_below_what_the_models_need_is_refused(argv: list[str], need: str,
+                                                        price_data: Path) -> None:
+    args = parsed([*argv, "--data-dir", str(price_data)])
+    with pytest.raises(ConfigError) as error:
+        checked_inputs(args, also=("best",) if argv[0] == "send-tasks" else (),
+                       intervals=argv[0] == "send-tasks")
+    message = str(error.value)
+    assert need in message and "or all for the whole history" in message
+    assert "\n" not in message
+
+
+def test_enough_points_or_all_are_accepted(price_data: Path) -> None:
+    for argv in (["--max-points", "20"], ["--max-points", "all"], ["--max-points", "5",
+                                                                   "--levels", "none"]):
+        args = parsed(["send-tasks", *argv, "--data-dir", str(price_data)])
+        checked_inputs(args, also=("best",), intervals=bool(args.levels))
+    assert parsed(["send-tasks", "--max-points", "ALL"]).max_points == 0  # 0: the whole history
+
+
+def test_max_points_zero_says_to_spell_all(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_main(["send-tasks", "--max-points", "0"], capsys)
+    assert code == 2 and len(lines(err)) == 1 and "give all for the whole history" in err
+
+
+@pytest.mark.integration  # runs a command in a subprocess
+def test_max_points_five_is_one_line_from_the_shell(price_data: Path) -> None:
+    run = run_cli("send-tasks", "--max-points", "5", data_dir=price_data, timeout=120)
+    assert run.returncode == 2 and run.stdout == ""
+    [line] = lines(run.stderr)
+    assert "--max-points 5 is too few" in line and "at least 20" in line
+    assert "running embedded" not in run.stderr
+
+
+def test_series_too_short_says_when_to_widen_the_window() -> None:
+    window = str(SeriesTooShort.for_series("bitcoin", 5, 20, "linear", window=5))
+    data = str(SeriesTooShort.for_series("bitcoin", 5, 20, "linear", window=200))
+    unknown = str(SeriesTooShort.for_series("bitcoin", 5, 20, "linear"))
+    assert "raise --max-points" in window and "add data" not in window
+    assert "--max-points" not in data and "add data" in data
+    assert "--max-points" in unknown and "add data" in unknown and "at least 20" in unknown
+
+
+# --- 8. and 9. Ctrl-C ---------------------------------------------------------------------------
+
+def run_family(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def command_of(proc: psutil.Process) -> str:
+    try:
+        return " ".join(proc.cmdline())
+    except psutil.Error:  # gone meanwhile
+        return ""
+
+
+def assert_none_survive(family: list[psutil.Process]) -> None:
+    _, alive = psutil.wait_procs(family, timeout=20)
+    survivors = [(p.pid, command_of(p)[:120]) for p in alive if p.is_running()]
+    for proc in alive:  # leave the machine clean for the next test, then fail
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    assert survivors == []
+
+
+@pytest.mark.integration  # starts a local cluster in a subprocess
+def test_ctrl_c_stops_cluster_up_with_exit_130(price_data: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "crypto_ml", "cluster", "up", "--workers",
+                             "1"], cwd=ROOT, env=cli_env(price_data), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    out, seen = proc.stdout.fileno(), bytearray()
+
+    def ready() -> bool:
+        assert proc.poll() is None, "cluster up ended before it was up"
+        if select.select([out], [], [], 0)[0]:
+            seen.extend(os.read(out, 65536))
+        return b"press Ctrl-C to stop" in seen
+
+    try:
+        wait_for(ready, 120, "cluster up")
+        family = run_family(proc.pid)
+        assert any("crypto_ml.worker.launch" in command_of(p) for p in family)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = proc.stderr.read().decode()
+    assert lines(err) == ["crypto-ml: interrupted; local cluster stopped"], err
+    assert_none_survive(family)
+
+
+@pytest.mark.integration  # an embedded cluster training a network, in a subprocess
+def test_a_second_ctrl_c_leaves_no_process_behind(price_data: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "crypto_ml", "send-tasks", "--model", "lstm",
+                             "--epochs", "3", "--coins", "bitcoin", "--retrain"],
+                            cwd=ROOT, env=cli_env(price_data), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+    def training() -> bool:
+        """The workers are up and one of their pool processes is at work (its CPU time)."""
+        assert proc.poll() is None, "the run ended before its workers were up"
+        workers = [p for p in run_family(proc.pid)
+                   if "crypto_ml.worker.launch" in command_of(p)]
+        try:
+            pools = [c for w in workers for c in w.children()]
+            return any(p.cpu_times().user > 2.0 for p in pools)
+        except psutil.NoSuchProcess:
+            return False
+
+    try:
+        wait_for(training, 180, "a worker training the network")
+        family = run_family(proc.pid)
+        proc.send_signal(signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):  # 0.5 s later, while it stops:
+            proc.wait(timeout=0.5)
+        proc.send_signal(signal.SIGINT)  # again (a no-op should it have ended already)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err, err
+    assert_none_survive(family)
+
+
+# --- 10. help ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", [["send-tasks"], ["backtest"], ["data"], ["data", "download"],
+                                     ["cluster"], ["cluster", "up"], ["queue-depth"], ["acl"]])
+def test_every_subcommand_help_has_a_description_examples_and_exit_codes(
+        command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_main([*command, "--help"], capsys)
+    assert code == 0
+    usage, description = out.split("\n\n")[:2]
+    assert usage.startswith("usage:") and len(description.split()) >= 8, out
+    examples = out.split("examples:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert 2 <= len(examples) <= 3 and all(e.startswith("  ") for e in examples), out
+    assert sum(f"crypto-ml {command[0]}" in e for e in examples) >= 2, out
+    codes = out.split("exit codes:\n", 1)[1]
+    assert "2 " in codes and ("0 " in codes or "130 " in codes), out
+
+
+def test_data_download_verbose_help_does_not_promise_task_lines(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    _, out, _ = run_main(["data", "download", "--help"], capsys)
+    verbose = out.split("-v, --verbose", 1)[1].split("\n  -", 1)[0]
+    assert "line per task" not in verbose and "info" in verbose
+
+
+@pytest.mark.integration  # runs Flower's own help in a subprocess
+def test_flower_help_shows_flowers_own_options() -> None:
+    run = crypto_ml("flower", "-h", timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "examples:" in run.stdout and "exit codes:" in run.stdout
+    for option in ("--max-tasks", "--purge-offline-workers", "--url-prefix"):
+        assert option in run.stdout, run.stdout
+
+
+# --- 11. ties of --model best ---------------------------------------------------------------
+
+def best_of(mase: dict[str, float]) -> str:
+    config = BacktestConfig(models=tuple(mase))
+    result = BacktestResult(config, {"coin": {m: {"mase": v} for m, v in mase.items()}})
+    return result.best()["coin"][0]
+
+
+def test_scores_within_half_a_percent_tie_and_go_to_the_simpler_model() -> None:
+    assert TIE_TOLERANCE == 0.005
+    assert best_of({"naive": 1.004, "linear": 1.0}) == "naive"  # 0.4 % worse: a tie
+    assert best_of({"naive": 1.006, "linear": 1.0}) == "linear"  # 0.6 % worse: not
+    assert best_of({"arima": 2.0, "theta": 2.009, "ets": 2.02}) == "theta"
+    assert best_of({"lstm": 0.5, "naive": 0.5}) == "naive"
+    assert best_of({"naive": float("nan"), "linear": 3.0}) == "linear"
+    assert best_of({"naive": float("inf"), "linear": float("inf")}) == "naive"
+
+
+# --- 12. data download without a network ---------------------------------------------------
+
+def test_no_network_fails_at_once_naming_host_and_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_dns(*args: object, **kwargs: object) -> None:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    for variable in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(variable, raising=False)
+    slept: list[float] = []
+    client = Client(base_url="https://min-api.example.invalid", sleep=slept.append)  # 4 retries
+    with pytest.raises(DownloadError) as error:
+        client.get("/data/top/mktcapfull", {"limit": 10})
+    message = str(error.value)
+    assert slept == []  # no retry, no backoff: a name that does not resolve stays so
+    assert "min-api.example.invalid" in message and "HTTPS_PROXY" in message
+
+
+def test_a_refused_connection_is_not_retried_and_names_the_proxy(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("HTTPS_PROXY", f"http://user:secret@127.0.0.1:{port}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    slept: list[float] = []
+    client = Client(base_url="https://min-api.cryptocompare.com", sleep=slept.append)
+    with pytest.raises(DownloadError) as error:
+        client.get("/data/top/mktcapfull", {"limit": 10})
+    message = str(error.value)
+    assert slept == [] and f"proxy 127.0.0.1:{port}" in message and "HTTPS_PROXY" in message
+    assert "secret" not in message and "min-api.cryptocompare.com" in message
+
+
+@pytest.mark.integration  # runs a command in a subprocess
+def test_data_download_without_a_network_fails_within_seconds(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.monotonic()
+    run = crypto_ml("data", "download", "--api-url", f"http://127.0.0.1:{port}",
+                    "--data-dir", str(tmp_path), timeout=120)  # the default --retries 4
+    elapsed = time.monotonic() - started
+    assert run.returncode == 2, run.stderr
+    [line] = lines(run.stderr)
+    assert f"cannot reach http://127.0.0.1:{port}" in line and "proxy" in line
+    assert elapsed < 10  # about 1 s; retries would wait 2 + 4 + 8 + 16 s
