@@ -65,14 +65,15 @@ def check_max_points(windows: Sequence[int | None], models: Sequence[str],
 
 
 def check_readable(loader: CryptoLoader, coins: Sequence[str] | None) -> None:
-    """A ConfigError naming the file and why it cannot be read, for a coin of ``coins``
-    (None: every coin, an error only when not one of them can be read)."""
-    if coins is not None:
-        for coin in coins:
-            reason = loader.unreadable(coin)
-            if reason:
-                raise ConfigError(f"cannot read the price file of coin {coin!r}: {reason} "
-                                  "(fix or replace the file, or leave the coin out of --coins)")
+    """A ConfigError naming the file and why it cannot be read when not one coin of ``coins``
+    (None: every coin) can be read; a few unreadable ones among others fail in the run
+    itself (exit 1), and every other forecast is still delivered."""
+    if coins is not None:  # some unreadable among readable ones: the run fails just those
+        found = [(coin, loader.unreadable(coin)) for coin in coins]
+        if all(reason for _, reason in found):
+            coin, reason = found[0]
+            raise ConfigError(f"cannot read the price file of coin {coin!r}: {reason} "
+                              "(fix or replace the file, or leave the coin out of --coins)")
         return
     reasons = []
     for coin in loader.coin_ids():

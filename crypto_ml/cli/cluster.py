@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import time
 from typing import Any
 
@@ -29,10 +30,15 @@ def add_parser(sub: Any) -> None:
     up.set_defaults(run=up_main, interrupted="local cluster stopped")
 
 
+def _stopped(signum: int, frame: object) -> None:
+    raise SystemExit(EXIT_OK)
+
+
 def up_main(args: argparse.Namespace) -> int:
     """Start the cluster, print the broker URL to export, wait until stopped."""
     flower = Settings.from_env() if args.flower else None
     stop_on_signals(None)  # a second Ctrl-C while it stops kills what is left at once
+    signal.signal(signal.SIGTERM, _stopped)  # a supervisor's stop is a clean one: exit 0
     with LocalCluster(workers=args.workers, flower=flower) as cluster:
         print(f"local cluster up: redis + {args.workers} worker(s) in "
               f"{cluster.startup_seconds:.1f} s; logs in {cluster.workdir}", flush=True)
