@@ -111,6 +111,7 @@ def test_manager_forecasts_every_coin_as_an_in_process_fit(stack: ds.Compose,
         prices = prices[-window:] if window else prices
         t = np.arange(len(prices))
         expected = np.polyval(np.polyfit(t, prices, 1), np.arange(len(prices), len(prices) + 10))
+        expected = np.maximum(expected, 0.0)  # a price's forecast is floored at zero
         np.testing.assert_allclose(report["results"][coin]["linear"]["forecast"], expected,
                                    rtol=1e-9, err_msg=coin)
         np.testing.assert_allclose(printed[coin], expected, rtol=1e-6, atol=1e-8, err_msg=coin)
