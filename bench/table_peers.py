@@ -46,7 +46,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,20 +77,30 @@ def _count_rows(path: Path) -> int:
     return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
 
 
+def _phases(read: Callable[[], Any], forecast: Callable[[Any], Any],
+            write: Callable[[Any], Any]) -> dict[str, float]:
+    """Run read -> forecast -> write, timing each phase (the peers' own frames between)."""
+    t0 = time.perf_counter()
+    frame = read()
+    t1 = time.perf_counter()
+    forecasts = forecast(frame)
+    t2 = time.perf_counter()
+    write(forecasts)
+    t3 = time.perf_counter()
+    return {"read_s": t1 - t0, "forecast_s": t2 - t1, "write_s": t3 - t2}
+
+
 def _job_statsforecast(model: Any, input_path: Path, out_path: Path, horizon: int,
                        levels: list[int] | None) -> dict[str, float]:
     import pyarrow.parquet as pq
     from statsforecast import StatsForecast
 
-    t0 = time.perf_counter()
-    df = pq.read_table(input_path).to_pandas(date_as_object=False)  # ds: datetime64, not objects
-    t1 = time.perf_counter()
-    forecasts = StatsForecast(models=[model], freq="D", n_jobs=WORKERS).forecast(
-        df=df, h=horizon, level=levels)
-    t2 = time.perf_counter()
-    forecasts.to_parquet(out_path, index=False)
-    t3 = time.perf_counter()
-    return {"read_s": t1 - t0, "forecast_s": t2 - t1, "write_s": t3 - t2}
+    return _phases(
+        # ds as datetime64, not objects
+        lambda: pq.read_table(input_path).to_pandas(date_as_object=False),
+        lambda df: StatsForecast(models=[model], freq="D", n_jobs=WORKERS).forecast(
+            df=df, h=horizon, level=levels),
+        lambda forecasts: forecasts.to_parquet(out_path, index=False))
 
 
 def _job_dask(model: Any, input_path: Path, out_path: Path, horizon: int,
@@ -101,16 +111,12 @@ def _job_dask(model: Any, input_path: Path, out_path: Path, horizon: int,
 
     with LocalCluster(n_workers=WORKERS, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster, Client(cluster):
-        t0 = time.perf_counter()
-        ddf = dd.read_parquet(input_path)
-        ddf = ddf.astype({"ds": "datetime64[ns]"})  # date32 reaches the models as objects
-        t1 = time.perf_counter()
-        forecasts = StatsForecast(models=[model], freq="D").forecast(df=ddf, h=horizon,
-                                                                     level=levels)
-        t2 = time.perf_counter()
-        forecasts.to_parquet(out_path, write_index=False)
-        t3 = time.perf_counter()
-    return {"read_s": t1 - t0, "forecast_s": t2 - t1, "write_s": t3 - t2}
+        return _phases(
+            # date32 reaches the models as objects
+            lambda: dd.read_parquet(input_path).astype({"ds": "datetime64[ns]"}),
+            lambda ddf: StatsForecast(models=[model], freq="D").forecast(df=ddf, h=horizon,
+                                                                         level=levels),
+            lambda forecasts: forecasts.to_parquet(out_path, write_index=False))
 
 
 def _job_ray(model: Any, input_path: Path, out_path: Path, horizon: int,
@@ -124,17 +130,13 @@ def _job_ray(model: Any, input_path: Path, out_path: Path, horizon: int,
              runtime_env={"env_vars": _one_thread()})
     try:
         ray.data.DataContext.get_current().enable_progress_bars = False
-        t0 = time.perf_counter()
-        dataset = ray.data.read_parquet(str(input_path))
-        t1 = time.perf_counter()
-        forecasts = StatsForecast(models=[model], freq="D").forecast(df=dataset, h=horizon,
-                                                                     level=levels)
-        t2 = time.perf_counter()
-        forecasts.write_parquet(str(out_path))
-        t3 = time.perf_counter()
+        return _phases(
+            lambda: ray.data.read_parquet(str(input_path)),
+            lambda dataset: StatsForecast(models=[model], freq="D").forecast(
+                df=dataset, h=horizon, level=levels),
+            lambda forecasts: forecasts.write_parquet(str(out_path)))
     finally:
         ray.shutdown()
-    return {"read_s": t1 - t0, "forecast_s": t2 - t1, "write_s": t3 - t2}
 
 
 JOBS = {"statsforecast": _job_statsforecast, "dask": _job_dask, "ray": _job_ray}

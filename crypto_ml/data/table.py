@@ -19,7 +19,7 @@ sorted first in Arrow memory: about 16 bytes per row plus the ids (1.6 GB for
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -213,7 +213,21 @@ class TableSource:
         return ids, times, kind, _values(batch.column(c.value), ids, c.value)
 
     def check(self) -> TableInfo:
-        """Read the whole table once; its size, or InvalidTable (see the module doc)."""
+        """Read the whole table once; its size, or InvalidTable (see the module doc). An
+        unsorted table is sorted and read again (duplicates then sit side by side)."""
+        info = self._walk()
+        if not info.rows:
+            raise InvalidTable(f"--input {self.path}: the table is empty"
+                               + (" for --coins" if self.only else ""))
+        if not info.presorted:
+            self._sort()
+            info = replace(self._walk(), presorted=False)
+        self.info = info
+        return info
+
+    def _walk(self) -> TableInfo:
+        """Rows, series and time kind of the table as read now; whether it is sorted by id,
+        then time; InvalidTable at the first duplicated ``(id, time)`` of adjacent rows."""
         rows = series = 0
         kind = ""
         presorted = True
@@ -230,31 +244,14 @@ class TableSource:
             rows += batch.num_rows
             series += new
             prev = (str(ids[-1].as_py()), int(times[-1]))
-        if not rows:
-            raise InvalidTable(f"--input {self.path}: the table is empty"
-                               + (" for --coins" if self.only else ""))
-        if not presorted:
-            series = self._sort()
-        self.info = TableInfo(rows, series, kind, presorted)
-        return self.info
+        return TableInfo(rows, series, kind, presorted)
 
-    def _sort(self) -> int:
-        """Sort an unsorted table in memory (see the module doc); its number of series."""
+    def _sort(self) -> None:
+        """Sort an unsorted table in memory (see the module doc); later reads read it."""
         c = self.columns
         table = pa.Table.from_batches(list(self._batches()))
         table = table.set_column(0, c.id, pc.cast(table.column(0), pa.string()))
         self._sorted = table.sort_by([(c.id, "ascending"), (c.time, "ascending")])
-        series = 0
-        prev = None
-        for batch in self._sorted.to_batches(BATCH_ROWS):
-            ids, times, _, _ = self._arrays(batch)
-            new, _, dup = _order(ids, times, prev)
-            if dup is not None:
-                raise InvalidTable(f"--input: series {dup!r} has two rows at the same "
-                                   f"{c.time!r}; keep one")
-            series += new
-            prev = (str(ids[-1].as_py()), int(times[-1]))
-        return series
 
     def chunks(self, size: int) -> Iterator[SeriesChunk]:
         """The series, ``size`` to a chunk, in order (call :meth:`check` first)."""

@@ -59,6 +59,11 @@ class Outcome:
     meta: dict[str, Any] | None
 
 
+def no_result(timeout: float | None) -> str:
+    """The reason a message that timed out (:class:`Outcome` with ``meta`` None) gives."""
+    return f"no result within {timeout:g} s (--timeout)"
+
+
 def publish(app: Celery, task: str, kwargs: dict[str, Any], task_id: str,
             expires: float | None, serializer: str | None = None) -> None:
     """Send one task message under ``task_id`` (kombu retries a few times; what Flower and
@@ -189,8 +194,9 @@ class Dispatcher:
         try:
             if self._pubsub is None:  # new, or lost with the backend: subscribe and sweep
                 self._pubsub = self.app.backend.client.pubsub(ignore_subscribe_messages=True)
-                for i in range(0, len(self._keys), CHUNK):
-                    self._pubsub.subscribe(*list(self._keys)[i : i + CHUNK])
+                keys = list(self._keys)
+                for i in range(0, len(keys), CHUNK):
+                    self._pubsub.subscribe(*keys[i : i + CHUNK])
                 self._next_sweep = 0.0
             ready = self._listen()
             if time.monotonic() >= self._next_sweep:
@@ -250,11 +256,10 @@ class Dispatcher:
             log.debug("could not free %d result(s) now (%s); they expire", len(keys), exc)
 
     def _give_up(self) -> Iterator[Outcome]:
-        pending, self.pending = self.pending, {}
+        """Every pending message as timed out; they stay pending, to be revoked on close."""
         self._keys.clear()
-        for task_id, message in pending.items():
+        for task_id, message in list(self.pending.items()):
             yield Outcome(message, task_id, None)
-        self.pending = pending  # revoked on close
 
     def _close(self) -> None:
         if self.pending:  # timed out or interrupted: leave no work queued for nobody

@@ -34,7 +34,7 @@ from crypto_ml.core.settings import Settings
 from crypto_ml.data.loader import CryptoLoader
 from crypto_ml.data.table import TableLoader, TableSource
 from crypto_ml.dispatch.cluster import LocalCluster
-from crypto_ml.dispatch.engine import Dispatcher
+from crypto_ml.dispatch.engine import Dispatcher, no_result
 from crypto_ml.dispatch.planning import Message, plan_messages
 from crypto_ml.dispatch.report import (
     NullObserver,
@@ -276,8 +276,7 @@ class CryptoManager:
                                    on_sent=on_sent):
                 if done.meta is None:
                     for coin, model in done.message.items:
-                        self._fail(report, coin, model,
-                                   f"no result within {timeout:g} s (--timeout)", done.task_id)
+                        self._fail(report, coin, model, no_result(timeout), done.task_id)
                 else:
                     self._record(report, done.message.items, done.meta, on_result, done.task_id)
         finally:

@@ -52,9 +52,10 @@ def add_meta(report: RunReport, items: Sequence[tuple[str, str]], meta: dict[str
     """Record one finished task message (a single forecast or a batch) of ``items`` in
     ``report``, calling ``on_result`` / ``on_failure(coin, model, reason)`` for each."""
     if meta["status"] != states.SUCCESS:
+        reason = failure_reason(meta)
         for coin, model in items:
-            report.add_failure(coin, model, failure_reason(meta))
-            on_failure(coin, model, failure_reason(meta))
+            report.add_failure(coin, model, reason)
+            on_failure(coin, model, reason)
         return
     results = meta["result"]
     for result in results if isinstance(results, list) else [results]:

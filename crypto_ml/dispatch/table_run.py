@@ -13,7 +13,6 @@ code 1 and the same command retries just those chunks.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +23,7 @@ import pyarrow as pa
 from celery import Celery, states
 
 from crypto_ml.data.table import TIME_KINDS, SeriesChunk, TableSource, time_array
-from crypto_ml.dispatch.engine import Dispatcher, Outcome
+from crypto_ml.dispatch.engine import Dispatcher, Outcome, no_result
 from crypto_ml.dispatch.planning import Message
 from crypto_ml.dispatch.report import failure_reason
 from crypto_ml.dispatch.table_output import FAILURES_SCHEMA, TableOutput
@@ -88,7 +87,6 @@ class TableSummary:
     done: int = 0
     failures: int = 0  # (series, model) pairs in the failures table
     chunks_failed: dict[int, str] = field(default_factory=dict)
-    seconds: float = 0.0
     already_complete: bool = False
 
 
@@ -125,9 +123,9 @@ def chunk_table(plan: TablePlan, schema: pa.Schema, kind: str, chunk: SeriesChun
     columns: list[Any] = [pa.array(chunk.ids, pa.string()).take(pa.array(rows)),
                           time_array(future_times(kind, chunk.last_time[keep], chunk.step[keep],
                                                   h).reshape(-1), kind)]
+    names = ["mean"] + [f"{side}-{level_key(lv)}" for lv in plan.levels for side in ("lo", "hi")]
     for m in plan.models:
         got = result["forecasts"][m.model]
-        names = ["mean"] + [f"{side}-{level_key(lv)}" for lv in plan.levels for side in ("lo", "hi")]
         for name in names:
             columns.append(column(got[name]).reshape(n, h)[keep].reshape(-1))
     failures = pa.table({"unique_id": [chunk.ids[row] for row, _, _ in result["errors"]],
@@ -137,17 +135,10 @@ def chunk_table(plan: TablePlan, schema: pa.Schema, kind: str, chunk: SeriesChun
     return pa.Table.from_arrays(columns, schema=schema), failures
 
 
-def chunk_failures(plan: TablePlan, chunk: SeriesChunk, reason: str) -> pa.Table:
-    """Every (series, model) of a chunk that failed as a whole."""
-    return pa.table({"unique_id": [i for i in chunk.ids for _ in plan.models],
-                     "model": [m.model for _ in chunk.ids for m in plan.models],
-                     "error": [reason] * (len(chunk.ids) * len(plan.models))},
-                    schema=FAILURES_SCHEMA)
-
-
 def _reason(outcome: Outcome, timeout: float | None) -> str | None:
+    """Why a chunk failed as a whole, or None for a result."""
     if outcome.meta is None:
-        return f"no result within {timeout:g} s (--timeout)"
+        return no_result(timeout)
     return None if outcome.meta["status"] == states.SUCCESS else failure_reason(outcome.meta)
 
 
@@ -158,7 +149,6 @@ def run_table(app: Celery, source: TableSource, output: TableOutput, plan: Table
               on_skip: Callable[[int], None] | None = None) -> TableSummary:
     """Forecast every series of ``source`` (checked) into ``output`` (see the module doc)."""
     info = source.info or source.check()
-    started = time.monotonic()
     summary = TableSummary(info.series)
     if output.finished():
         summary.already_complete = True
@@ -183,17 +173,19 @@ def run_table(app: Celery, source: TableSource, output: TableOutput, plan: Table
 
     engine = Dispatcher(app, say, on_wait)
     for outcome in engine.run(messages(), timeout, max_in_flight=in_flight):
-        chunk = chunks.pop(int(outcome.message.key or 0))
+        assert outcome.message.key is not None  # every chunk message carries its number
+        chunk = chunks.pop(outcome.message.key)
         reason = _reason(outcome, timeout)
         if reason is not None:
             summary.chunks_failed[chunk.index] = reason
             on_progress(0, len(chunk.ids))
             continue
-        table, failures = chunk_table(plan, schema, info.time_kind, chunk, outcome.meta["result"])  # type: ignore[index]
+        assert outcome.meta is not None  # a timed-out chunk has a reason
+        result = outcome.meta["result"]
+        table, failures = chunk_table(plan, schema, info.time_kind, chunk, result)
         output.write_chunk(chunk.index, table, failures)
         summary.done += len(chunk.ids)
-        on_progress(len(chunk.ids), len({row for row, _, _ in outcome.meta["result"]["errors"]}))  # type: ignore[index]
+        on_progress(len(chunk.ids), len({row for row, _, _ in result["errors"]}))
     if not summary.chunks_failed:
         summary.failures = output.finish(schema, range(total))
-    summary.seconds = time.monotonic() - started
     return summary

@@ -21,8 +21,9 @@ from crypto_ml.core.errors import CalibrationTooShort, CryptoMLError
 from crypto_ml.models.base import Forecaster, clean_series
 from crypto_ml.models.intervals import Bands, level_key
 
-#: Errors that fail one series of a chunk without failing the others.
-SERIES_ERRORS = (CryptoMLError, ValueError, ArithmeticError, np.linalg.LinAlgError)
+#: Errors that fail one series (of a chunk, of a batch message) without failing the others
+#: (numpy's LinAlgError is a ValueError).
+SERIES_ERRORS = (CryptoMLError, ValueError, ArithmeticError)
 
 
 @dataclass

@@ -83,13 +83,16 @@ def normal_quantile(level: float) -> float:
     return NormalDist().inv_cdf(0.5 + level / 200.0)
 
 
-def ewma_volatility(returns: np.ndarray, decay: float = EWMA_DECAY) -> float:
+def ewma_volatility(returns: np.ndarray, decay: float = EWMA_DECAY) -> Any:
     """sqrt of the exponentially weighted mean of squared returns, the newest weighing 1,
-    the one before ``decay``, and so on (0 for no returns)."""
-    if len(returns) == 0:
-        return 0.0
-    weights = decay ** np.arange(len(returns), dtype=np.float64)[::-1]
-    return float(np.sqrt(np.sum(weights * returns**2) / np.sum(weights)))
+    the one before ``decay``, and so on, over the last axis: a float for one series' returns,
+    an array for rows of many (0 where there are no returns)."""
+    n = returns.shape[-1]
+    if n == 0:
+        return np.zeros(returns.shape[:-1]) if returns.ndim > 1 else 0.0
+    weights = decay ** np.arange(n, dtype=np.float64)[::-1]
+    sigma = np.sqrt((returns**2 @ weights) / weights.sum())
+    return float(sigma) if returns.ndim == 1 else sigma
 
 
 def random_walk_bands(series: np.ndarray, h: int, levels: Sequence[float],

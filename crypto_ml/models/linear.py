@@ -54,12 +54,8 @@ class LinearModel(Forecaster):
         # LinearRegression computes it (same line to ~1e-12): no scikit-learn/SciPy import,
         # which was most of a worker's start-up (about 1 s of CPU per worker).
         self.n_ = len(series)
-        t = np.arange(self.n_, dtype=np.float64)
-        t_mean, y_mean = t.mean(), series.mean()
-        dt = t - t_mean
-        denom = float(dt @ dt)
-        self.slope_ = float(dt @ (series - y_mean)) / denom if denom else 0.0
-        self.intercept_ = float(y_mean - self.slope_ * t_mean)
+        slope, intercept = fit_rows(series[None, :])
+        self.slope_, self.intercept_ = float(slope[0]), float(intercept[0])
 
     def _forecast(self, h: int) -> np.ndarray:
         t = np.arange(self.n_, self.n_ + h, dtype=np.float64)

@@ -8,8 +8,8 @@ import numpy as np
 
 from crypto_ml.models.base import Forecaster
 from crypto_ml.models.intervals import (
-    EWMA_DECAY,
     Bands,
+    ewma_volatility,
     level_key,
     normal_quantile,
     random_walk_bands,
@@ -42,14 +42,9 @@ class NaiveModel(Forecaster):
         taken = np.asarray((matrix > 0).all(axis=1))
         last = matrix[:, -1]
         forecast = np.repeat(last[:, None], h, axis=1)
-        n = matrix.shape[1]
-        if n > 1:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                returns = np.diff(np.log(np.where(taken[:, None], matrix, 1.0)), axis=1)
-            weights = EWMA_DECAY ** np.arange(n - 1, dtype=np.float64)[::-1]
-            sigma = np.sqrt((returns**2 @ weights) / weights.sum())
-        else:
-            sigma = np.zeros(len(matrix))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            returns = np.diff(np.log(np.where(taken[:, None], matrix, 1.0)), axis=1)
+        sigma = ewma_volatility(returns)
         steps = np.sqrt(np.arange(1, h + 1, dtype=np.float64))
         bands = {}
         for level in levels:

@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from crypto_ml.core.errors import CryptoMLError, InvalidTaskInput
+from crypto_ml.core.errors import InvalidTaskInput
 from crypto_ml.models import PARAMS, get_model
+from crypto_ml.models.batch import SERIES_ERRORS
 from crypto_ml.models.intervals import DEFAULT_LEVELS, check_levels
 from crypto_ml.worker.model_store import ModelStore, forecast_with_store
 
@@ -26,7 +27,7 @@ BATCH_TASK_NAME = "crypto_ml.forecast_batch"
 #: Several callers' batches in one message, each stored under its caller's own result id.
 PARTS_TASK_NAME = "crypto_ml.forecast_parts"
 #: Errors that fail one forecast of a batch without failing the others.
-ITEM_ERRORS = (CryptoMLError, ValueError, ArithmeticError)
+ITEM_ERRORS = SERIES_ERRORS
 #: Content types the app accepts; anything else (pickle above all) is refused unread.
 ACCEPT_CONTENT = ["application/json", "application/x-msgpack"]
 
