@@ -92,9 +92,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 def on_a_terminal(args: list[str], data_dir: Path,
                   extra_env: dict[str, str] | None = None) -> tuple[str, str, int]:
     """Run ``python -m crypto_ml.manager ARGS`` with stderr on a pseudo-terminal, as a user at a
-    terminal would: (stdout, what the terminal got, exit code)."""
+    terminal would: (stdout, what the terminal got, exit code). The terminal is an xterm
+    unless ``extra_env`` says otherwise (a dumb one gets no bar: TERM=dumb)."""
     leader, follower = pty.openpty()
-    env = cli_env(data_dir, extra_env)
+    env = cli_env(data_dir, {"TERM": "xterm", **(extra_env or {})})
     proc = subprocess.Popen([sys.executable, "-m", "crypto_ml.manager", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=follower, text=True)
     os.close(follower)

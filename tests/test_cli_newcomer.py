@@ -2,18 +2,21 @@
 teaches, nothing left behind.
 
 Usage errors are one ``crypto-ml: error:`` line (exit 2) and ``--version`` answers; a closed
-stdout ends the run quietly; ``--output`` and ``--plot`` need an existing folder, and results
-that cannot be written after the run go to a fallback file; ``-q`` is errors only; an
-unreadable data file is named before any cluster starts; model names match in any case;
+stdout ends the run quietly; ``--output`` and ``--plot`` need an existing folder, and
+results that cannot be written after the run go to a fallback file; ``-q`` is errors only;
+an unreadable data file is named before any cluster starts; model names match in any case;
 ``--max-points`` below what the models need is refused; Ctrl-C ends ``cluster up`` with 130
-and a second Ctrl-C leaves no process behind; every subcommand's help has examples and exit
-codes; ``--model best`` ties within 0.5 %; ``data download`` without a network fails at once.
+and a second Ctrl-C leaves no process behind; progress counts forecasts on every stream,
+with no control codes on a dumb terminal; every subcommand's help has examples and exit
+codes; ``--model best`` ties within 0.5 %; ``data download`` without a network fails at
+once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import io
 import json
 import os
 import re
@@ -22,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,14 +33,16 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import ROOT, cli_env, run_cli
+from conftest import ROOT, cli_env, on_a_terminal, run_cli
 
 from crypto_ml.backtest.engine import TIE_TOLERANCE, BacktestConfig, BacktestResult
 from crypto_ml.cli import build_parser, main
 from crypto_ml.cli.options import check_writable, checked_inputs
 from crypto_ml.cli.output import write_results
 from crypto_ml.core.errors import ConfigError, SeriesTooShort, UnknownModel
+from crypto_ml.core.progress import is_terminal
 from crypto_ml.data.download import Client, DownloadError
+from crypto_ml.ops.progress import Progress
 
 COINS = "bitcoin,ethereum,dash"
 
@@ -84,6 +90,14 @@ def test_a_usage_error_is_one_line_and_exit_2(argv: list[str], says: str,
     assert code == 2 and out == ""
     assert len(lines(err)) == 1, err
     assert err.startswith("crypto-ml: error: ") and says in err and "usage:" not in err
+
+
+def test_an_unknown_option_points_at_its_commands_help(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_main(["backtest", "--coins", "bitcoin", "--bogus", "1"], capsys)
+    assert code == 2 and out == ""
+    assert err == ("crypto-ml: error: unrecognized arguments: --bogus 1 "
+                   "(see crypto-ml backtest --help)\n")
 
 
 def test_version_is_the_installed_distributions(capsys: pytest.CaptureFixture[str]) -> None:
@@ -175,6 +189,24 @@ def test_results_that_cannot_be_written_go_to_a_fallback_file(
     [record] = [r for r in caplog.records if r.name == "crypto_ml.console"]
     assert "/dev/full" in record.getMessage() and str(fallback) in record.getMessage()
     assert write_results(tmp_path / "ok.json", data) is True
+
+
+def test_results_go_to_the_temporary_folder_when_the_current_one_is_gone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    gone, temporary = tmp_path / "gone", tmp_path / "tmp"
+    gone.mkdir()
+    temporary.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()  # the current folder was removed during the run: nothing can be made in it
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    data = {"results": {"dash": {"naive": {"forecast": [3.0]}}}, "failed": {}}
+    assert write_results(Path("/dev/full"), data) is False
+    [fallback] = temporary.glob("crypto-ml-results-*.json")
+    assert json.loads(fallback.read_text()) == data
+    [record] = [r for r in caplog.records if r.name == "crypto_ml.console"]
+    assert f"the results are in {fallback} instead" in record.getMessage()
 
 
 @pytest.mark.integration  # a cluster and a command in a subprocess
@@ -406,7 +438,94 @@ def test_a_second_ctrl_c_leaves_no_process_behind(price_data: Path) -> None:
     assert_none_survive(family)
 
 
-# --- 10. help ---------------------------------------------------------------------------------
+# --- 10. progress: forecasts on every stream, no control codes on a dumb terminal ------------
+
+@pytest.mark.parametrize(("term", "bar"), [("xterm-256color", True), ("dumb", False),
+                                           ("unknown", False)])
+def test_a_dumb_terminal_is_no_terminal_for_a_bar(term: str, bar: bool,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    leader, follower = os.openpty()
+    try:
+        with open(follower, "w", closefd=False) as tty:
+            monkeypatch.setenv("TERM", term)
+            assert is_terminal(tty) is bar
+            assert Progress(tty).tty is bar
+        with open(os.devnull, "w") as not_a_tty:
+            assert is_terminal(not_a_tty) is False
+    finally:
+        os.close(leader)
+        os.close(follower)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def result_of(coin: str, model: str) -> dict[str, Any]:
+    return {"coin": coin, "model": model, "forecast": [1.0], "fit_seconds": 0.1, "worker": "w"}
+
+
+def test_the_bar_counts_whole_messages_of_forecasts_never_a_batchs_first() -> None:
+    """Two batch messages of 3 forecasts: the bar never shows 0/1 (a message's first forecast
+    as if it were the run), and its ETA is the forecasts left at the forecasts' rate."""
+    screen, clock, app = io.StringIO(), Clock(), object()  # the app: never polled here
+    progress = Progress(screen, tty=True, clock=clock)
+    for task, coins in (("m1", "abc"), ("m2", "def")):
+        for coin in coins:
+            clock.now += 0.3  # a slow broker: the bar is drawn while the run is sent
+            progress.on_sent(app, task, coin, "linear")
+    clock.now += 3.0
+    for coin in "ab":
+        progress.on_done("m1", coin, "linear", result_of(coin, "linear"), None)
+    progress.polled_at = clock.now  # the backend is not asked: nothing runs
+    progress.on_wait()
+    bars = re.findall(r"\r(\[[#-]+\] [^\r\x1b]*)\x1b\[K", screen.getvalue())
+    totals = [int(total) for total in re.findall(r"\] \d+/(\d+) finished", screen.getvalue())]
+    assert totals and set(totals) <= {3, 6} and totals[-1] == 6, bars
+    # 2 forecasts in the 4.5 s since the first was sent: 4 left at 2/4.5 a second -> 9 s
+    assert "2/6 finished: 2 done, 0 failed" in bars[-1] and bars[-1].endswith("ETA 0:09")
+
+
+def test_every_stream_counts_forecasts_the_same_way(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="crypto_ml.progress")
+    screen = io.StringIO()
+    shown = {True: Progress(screen, tty=True, clock=Clock()),
+             False: Progress(io.StringIO(), tty=False, clock=Clock())}
+    for progress in shown.values():
+        for task, coins in (("m1", "abcd"), ("m2", "efgh")):
+            for coin in coins:
+                progress.on_sent(None, task, coin, "naive")
+        for coin in "abcdefgh":
+            progress.on_done("m1" if coin < "e" else "m2", coin, "naive",
+                             result_of(coin, "naive"), None)
+            progress.on_wait()
+    plain = [r.getMessage() for r in caplog.records if r.name == "crypto_ml.progress"]
+    assert [line.split(":")[1].split()[0] for line in plain] == ["2/8", "4/8", "6/8", "8/8"]
+    bars = re.findall(r"\] (\d+/\d+) finished", screen.getvalue())
+    assert bars[0] == "0/8" and bars[-1] == "8/8" and all(b.endswith("/8") for b in bars)
+
+
+@pytest.mark.integration  # a cluster and a command in a subprocess on a pseudo-terminal
+def test_a_dumb_terminal_gets_plain_lines_in_forecasts(cluster: Any, price_data: Path) -> None:
+    args = ["send-tasks", "--coins", COINS, "--model", "naive,linear", "--horizon", "2",
+            "--broker", cluster.broker_url]
+    forecasts = 2 * len(COINS.split(","))
+    stdout, screen, rc = on_a_terminal(args, price_data, {"TERM": "dumb"})
+    assert rc == 0 and len(lines(stdout)) == forecasts, screen
+    assert "\x1b" not in screen and "\r\r" not in screen and "[#" not in screen, repr(screen)
+    progress = [line for line in lines(screen) if line.startswith("progress: ")]
+    assert progress and all(f"/{forecasts} finished" in line for line in progress), screen
+    stdout, screen, rc = on_a_terminal(args, price_data, {"TERM": "xterm"})
+    assert rc == 0 and "progress: " not in screen, screen
+    bars = re.findall(r"\] (\d+)/(\d+) finished", screen)
+    assert bars and all(int(total) == forecasts for _, total in bars), repr(screen)
+
+
+# --- 11. help ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("command", [["send-tasks"], ["backtest"], ["data"], ["data", "download"],
                                      ["cluster"], ["cluster", "up"], ["queue-depth"], ["acl"]])
@@ -439,7 +558,7 @@ def test_flower_help_shows_flowers_own_options() -> None:
         assert option in run.stdout, run.stdout
 
 
-# --- 11. ties of --model best ---------------------------------------------------------------
+# --- 12. ties of --model best ---------------------------------------------------------------
 
 def best_of(mase: dict[str, float]) -> str:
     config = BacktestConfig(models=tuple(mase))
@@ -457,7 +576,7 @@ def test_scores_within_half_a_percent_tie_and_go_to_the_simpler_model() -> None:
     assert best_of({"naive": float("inf"), "linear": float("inf")}) == "naive"
 
 
-# --- 12. data download without a network ---------------------------------------------------
+# --- 13. data download without a network ---------------------------------------------------
 
 def test_no_network_fails_at_once_naming_host_and_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_dns(*args: object, **kwargs: object) -> None:

@@ -162,7 +162,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "crypto-ml") -> int:
     parser = build_parser(prog, first if first in COMMANDS else None)
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "pass_through", False):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        command = f"{prog} {args.command}"  # the help that lists the command's own options
+        parser.exit(EXIT_CONFIG, f"crypto-ml: error: unrecognized arguments: {' '.join(extra)} "
+                                 f"(see {command} --help)\n")
     args.extra = extra
     try:
         return run(args)

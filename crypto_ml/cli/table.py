@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import os
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from tqdm import tqdm
 from crypto_ml.cli.options import EXIT_FAILED, EXIT_OK, settings_from, stop_on_signals
 from crypto_ml.cli.terminal import console, console_writer, seconds_since_start
 from crypto_ml.core.errors import ConfigError
+from crypto_ml.core.progress import is_terminal
 from crypto_ml.data.table import Columns, TableSource
 from crypto_ml.dispatch.manager import CryptoManager
 from crypto_ml.dispatch.table_output import TableOutput, check_output, failures_path
@@ -64,7 +64,7 @@ class TableProgress:
     run wrote (they are skipped in a moment and would make the ETA a promise)."""
 
     def __init__(self, total: int, quiet: bool) -> None:
-        tty = sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
+        tty = is_terminal(sys.stderr)
         self.bar = tqdm(total=total, unit="series", file=sys.stderr, disable=quiet or not tty,
                         dynamic_ncols=True, smoothing=0.1)
         self.plain = not quiet and not tty

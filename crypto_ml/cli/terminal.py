@@ -26,6 +26,7 @@ import numpy as np
 
 from crypto_ml import IMPORTED_AT
 from crypto_ml.core.logs import LogWriter
+from crypto_ml.core.progress import is_terminal
 from crypto_ml.core.settings import Settings
 from crypto_ml.dispatch.report import format_forecast
 from crypto_ml.ops.progress import Progress
@@ -46,9 +47,12 @@ def console_writer() -> TextIO:
 
 
 def draws_bar(args: argparse.Namespace, log_format: str | None = None) -> bool:
-    """Whether progress is a bar redrawn on stderr: a terminal, text logs, not ``-q``."""
+    """Whether progress is a bar redrawn on stderr: a terminal (not a dumb one, which shows
+    control codes as text: :func:`~crypto_ml.core.progress.is_terminal`), text logs, not
+    ``-q``."""
     log_format = log_format or getattr(args, "log_format", None) or "text"
-    return sys.stderr.isatty() and log_format != "json" and not getattr(args, "quiet", False)
+    return (is_terminal(sys.stderr) and log_format != "json"
+            and not getattr(args, "quiet", False))
 
 
 def progress_stream(args: argparse.Namespace, log_format: str | None = None) -> TextIO:

@@ -1,17 +1,19 @@
 """The one progress bar: a bar redrawn in place on a terminal, a few plain log lines elsewhere.
 
 :class:`ProgressBar` counts ``done`` and ``failed`` items of a known ``total`` and
-estimates the time left from the average rate so far. On a terminal it redraws
-one line on its stream; anywhere else it logs one line per quarter of the items
-(:data:`PLAIN_LINES`) through the ``crypto_ml.progress`` console logger (so
-``--log-format json`` sees them as JSON, and ``--quiet`` hides them). The download
-counts coins with it; a run's forecasts are counted by its subclass
+estimates the time left from the items left and the average rate so far. On a terminal
+(:func:`is_terminal`: a tty whose ``TERM`` is not ``dumb``) it redraws one line on its
+stream; anywhere else (a pipe, a file, a dumb terminal such as Emacs' shell) it logs one
+line per quarter of the items (:data:`PLAIN_LINES`) through the ``crypto_ml.progress``
+console logger (so ``--log-format json`` sees them as JSON, and ``--quiet`` hides them).
+The download counts coins with it; a run's forecasts are counted by its subclass
 :class:`crypto_ml.ops.progress.Progress`, which adds running and queued.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -20,6 +22,17 @@ from typing import TextIO
 log = logging.getLogger("crypto_ml.progress")
 DRAW_SECONDS = 0.2
 PLAIN_LINES = 4  # off a terminal: one line per quarter of the items
+DUMB_TERMS = ("dumb", "unknown")  # terminals that show control codes as text
+
+
+def is_terminal(stream: TextIO) -> bool:
+    """Whether ``stream`` is a terminal a bar can be redrawn on: a tty, and ``TERM`` not a
+    dumb terminal's (which prints ``\\x1b[K`` as it is)."""
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False
+    return tty and os.environ.get("TERM", "").lower() not in DUMB_TERMS
 
 
 def format_eta(seconds: float | None) -> str:
@@ -35,7 +48,7 @@ class ProgressBar:
     def __init__(self, stream: TextIO, tty: bool | None = None,
                  clock: Callable[[], float] = time.monotonic, unit: str = "finished") -> None:
         self.stream = stream
-        self.tty = stream.isatty() if tty is None else tty
+        self.tty = is_terminal(stream) if tty is None else tty
         self.clock = clock
         self.unit = unit
         self.started_at = clock()
@@ -49,6 +62,7 @@ class ProgressBar:
         return self.done + self.failed
 
     def eta(self) -> float | None:
+        """Seconds left: the items left at the average rate of those finished so far."""
         if not self.finished:
             return None
         rate = self.finished / max(self.clock() - self.started_at, 1e-9)

@@ -1,12 +1,16 @@
 """Progress of a run while results arrive: :class:`Progress`, the run's observer on the one bar.
 
-:class:`Progress` implements the :class:`~crypto_ml.dispatch.report.RunObserver` hooks
-(a protocol, so this module need not import the dispatcher) on
+:class:`Progress` implements the :class:`~crypto_ml.dispatch.report.RunObserver` hooks (a
+protocol, so this module need not import the dispatcher) on
 :class:`~crypto_ml.core.progress.ProgressBar`. ``done`` and ``failed`` count finished
 forecasts; ``running`` counts the forecasts of messages whose result backend state is
 STARTED (deep tasks are stored so when they start; a cheap batch, milliseconds long, is
-not), read at most twice a second; ``queued`` is the rest. On a terminal the bar redraws
-in place on its stream (stderr); anywhere else it logs one line per quarter of the forecasts.
+not), read at most twice a second; ``queued`` is the rest. Every count is in forecasts,
+whatever the stream, and the ETA is the forecasts left at the rate forecasts have finished
+so far. On a terminal the bar redraws in place on its stream (stderr): once the messages are
+sent (or, while sending takes long, after a whole message's forecasts are counted; never a
+batch's first forecast as if it were the whole run), at most 5 times a second; anywhere
+else, a dumb terminal included, it logs one line per quarter of the forecasts.
 
 A run of several dispatches on one observer (``--model best``: a backtest, then the
 forecasts) counts each as a phase of its own: :meth:`Progress.new_phase` starts the
@@ -38,6 +42,8 @@ class Progress(ProgressBar):
         self.unfinished: dict[str, int] = {}  # message id: forecasts not back yet
         self.polled_at = float("-inf")
         self.phase = ""  # e.g. "backtest": shown before the counts
+        self.last_sent: str | None = None  # the message whose forecasts are being counted
+        self.draw_due = False  # forecasts sent since the bar was last drawn
 
     def new_phase(self, label: str = "") -> None:
         """Count from zero again (the next dispatch of a run), under ``label``."""
@@ -47,19 +53,26 @@ class Progress(ProgressBar):
         self.next_line = 1
         self.app = None
         self.phase = label
+        self.last_sent, self.draw_due = None, False
 
     # RunObserver hooks
     def on_sent(self, app: Celery, task_id: str, coin: str, model: str) -> None:
         if self.app is None:  # the ETA counts from the first dispatch, not cluster start-up
             self.started_at = self.clock()
+            self.drawn_at = self.started_at  # a dispatch sent at once shows its whole total
         self.app = app
+        if (task_id != self.last_sent and self.draw_due and self.tty
+                and self.clock() - self.drawn_at >= DRAW_SECONDS):
+            self.draw()  # a new message: every forecast of those before it is counted
+        self.last_sent = task_id
         self.total += 1
         self.unfinished[task_id] = self.unfinished.get(task_id, 0) + 1
-        if self.tty and self.clock() - self.drawn_at >= DRAW_SECONDS:
-            self.draw()  # shown from the first dispatch, even if every result is back at once
+        self.draw_due = True
 
     def on_done(self, task_id: str | None, coin: str, model: str,
                 result: dict[str, Any] | None, reason: str | None) -> None:
+        if self.tty and self.draw_due:
+            self.draw()  # shown from the first dispatch, even if every result is back at once
         if task_id is None:
             self.total += 1  # failed before dispatch
         elif self.unfinished.get(task_id, 0) > 1:
@@ -80,8 +93,12 @@ class Progress(ProgressBar):
         if now - self.polled_at >= POLL_SECONDS:
             self.polled_at = now
             self.running = self._count_started()
-        if self.tty and now - self.drawn_at >= DRAW_SECONDS:
-            self.draw()
+        if self.tty and (not self.shown or now - self.drawn_at >= DRAW_SECONDS):
+            self.draw()  # back after a result cleared it, else at most 5 times a second
+
+    def draw(self) -> None:
+        super().draw()
+        self.draw_due = False
 
     def status(self) -> str:
         queued = max(self.total - self.finished - self.running, 0)
