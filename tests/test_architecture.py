@@ -67,7 +67,11 @@ def test_no_module_is_over_400_lines() -> None:
 #: The only function-level imports of our own modules, each lazy on purpose: the loader's
 #: pandas-based parsers (a warm cache serves coins without pandas, a second of every start).
 LAZY_OWN_IMPORTS = {"crypto_ml.data.loader._discover: crypto_ml.data.layouts",
-                    "crypto_ml.data.loader._read: crypto_ml.data.parsing"}
+                    "crypto_ml.data.loader._read: crypto_ml.data.parsing",
+                    # table runs' readers and writers (pyarrow, pandas: 0.2 s of every start)
+                    "crypto_ml.cli.send.send_tasks: crypto_ml.cli.table",
+                    "crypto_ml.cli.backtest.backtest_main: crypto_ml.cli.table",
+                    "crypto_ml.dispatch.manager.run_table: crypto_ml.dispatch.table_run"}
 
 
 def test_crypto_ml_is_imported_at_module_level_only() -> None:

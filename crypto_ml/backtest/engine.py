@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
@@ -37,12 +37,14 @@ from crypto_ml.backtest.metrics import (
 from crypto_ml.core.errors import CryptoMLError
 from crypto_ml.core.progress import ProgressBar
 from crypto_ml.data.loader import CryptoLoader
-from crypto_ml.data.table import TableLoader
 from crypto_ml.dispatch.manager import DEFAULT_TIMEOUT, CryptoManager
 from crypto_ml.dispatch.report import NullObserver, RunReport
 from crypto_ml.models import PARAMS, default_max_points, get_model, model_names, parse_models
 from crypto_ml.models.intervals import DEFAULT_LEVELS, level_key
 from crypto_ml.worker.requests import ForecastRequest
+
+if TYPE_CHECKING:
+    from crypto_ml.data.table import TableLoader
 
 DEFAULT_ORIGINS = 30
 DEFAULT_HORIZON = 10

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crypto_ml.backtest.engine import BacktestConfig, run_backtest
 from crypto_ml.backtest.report import summary, window_table, write_all
@@ -27,14 +27,16 @@ from crypto_ml.cli.options import (
     settings_from,
     stop_on_signals,
 )
-from crypto_ml.cli.table import add_input_options, table_source
+from crypto_ml.cli.table_options import add_input_options
 from crypto_ml.cli.terminal import console, console_writer, make_progress, seconds_since_start
 from crypto_ml.core.errors import ConfigError
 from crypto_ml.data.loader import CryptoLoader
-from crypto_ml.data.table import TableLoader
 from crypto_ml.dispatch.manager import CryptoManager
 from crypto_ml.models import parse_models
 from crypto_ml.ops.progress import Progress
+
+if TYPE_CHECKING:
+    from crypto_ml.data.table import TableLoader
 
 
 def _iso_date(text: str) -> str:
@@ -101,8 +103,10 @@ def backtest_main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {args.out} is a file; give a folder")
     check_writable(args.out and args.out / "backtest.json", "--out", make_folder=True)
     loader: CryptoLoader | TableLoader
-    if args.input is not None:  # a long table instead of the folder of coin files
-        settings, loader = settings_from(args), TableLoader(table_source(args))
+    if args.input is not None:  # a long table instead of the folder of coin files (lazy:
+        from crypto_ml.cli.table import table_loader  # pyarrow only for tables)
+
+        settings, loader = settings_from(args), table_loader(args)
         args.coins = None  # table_source kept only the --coins series
     else:
         settings, loader = checked_inputs(args, to_date=args.until)

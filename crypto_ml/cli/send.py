@@ -33,7 +33,7 @@ from crypto_ml.cli.options import (
     stop_on_signals,
 )
 from crypto_ml.cli.output import write_results
-from crypto_ml.cli.table import add_table_options, send_table
+from crypto_ml.cli.table_options import add_table_options
 from crypto_ml.cli.terminal import (
     FORMATS,
     ForecastWriter,
@@ -95,7 +95,9 @@ def add_parser(sub: Any) -> None:
 def send_tasks(args: argparse.Namespace) -> int:
     """Check the arguments, forecast, print one line per forecast, then the summary (and
     --output, --plot); with --input, a table run (:mod:`crypto_ml.cli.table`)."""
-    if args.input is not None:
+    if args.input is not None:  # lazy: pyarrow and pandas only for table runs
+        from crypto_ml.cli.table import send_table
+
         return send_table(args)
     saved = checked_best(args) if args.model == BEST else None
     check_writable(args.output, "--output")

@@ -17,7 +17,6 @@ import ctypes
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 from tqdm import tqdm
@@ -26,36 +25,11 @@ from crypto_ml.cli.options import EXIT_FAILED, EXIT_OK, settings_from, stop_on_s
 from crypto_ml.cli.terminal import console, console_writer, seconds_since_start
 from crypto_ml.core.errors import ConfigError
 from crypto_ml.core.progress import is_terminal
-from crypto_ml.data.table import Columns, TableSource
+from crypto_ml.data.table import Columns, TableLoader, TableSource
 from crypto_ml.dispatch.manager import CryptoManager
 from crypto_ml.dispatch.table_output import TableOutput, check_output, failures_path
 from crypto_ml.dispatch.table_run import TablePlan, TableSummary
 from crypto_ml.models import parse_models
-
-
-def add_input_options(parser: Any, title: str) -> Any:
-    """``--input TABLE`` and the names of its columns, in an option group of ``title``."""
-    group = parser.add_argument_group(title)
-    group.add_argument("--input", type=Path, metavar="TABLE",
-                       help="a long-format table instead of the data folder: a .parquet file, a "
-                       "folder of them (hive partitions allowed) or a .csv file, with columns "
-                       "unique_id, ds, y (--coins then picks series by their exact id)")
-    group.add_argument("--id-col", default="unique_id", help="the series id column (unique_id)")
-    group.add_argument("--time-col", default="ds", help="the time column: dates or integers (ds)")
-    group.add_argument("--value-col", default="y", help="the value column (y)")
-    return group
-
-
-def add_table_options(parser: Any) -> None:
-    """The options of a table run (``send-tasks --input``; --output must be OUT.parquet)."""
-    group = add_input_options(parser, "table runs (a long table of many series in, "
-                              "--output OUT.parquet out)")
-    group.add_argument("--overwrite", action="store_true",
-                       help="start afresh even if --output holds a finished or interrupted run")
-    group.add_argument("--in-flight", type=int, metavar="K",
-                       help="at most K messages queued or running (default: 2 per worker)")
-    group.add_argument("--chunk-series", type=int, metavar="N",
-                       help="series per message (default: each model's own, ~0.1-1 s of work)")
 
 
 class TableProgress:
@@ -107,6 +81,11 @@ def return_freed_memory() -> None:
     pa.set_memory_pool(pa.system_memory_pool())
     with contextlib.suppress(OSError, AttributeError):  # not glibc: its own rules
         ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+
+
+def table_loader(args: argparse.Namespace) -> TableLoader:
+    """``backtest --input``: the checked table as a loader of its series."""
+    return TableLoader(table_source(args))
 
 
 def send_table(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 import redis
@@ -32,7 +32,6 @@ from crypto_ml.core.logs import log_task
 from crypto_ml.core.sentinel import redis_client
 from crypto_ml.core.settings import Settings
 from crypto_ml.data.loader import CryptoLoader
-from crypto_ml.data.table import TableLoader, TableSource
 from crypto_ml.dispatch.cluster import LocalCluster
 from crypto_ml.dispatch.engine import Dispatcher, no_result
 from crypto_ml.dispatch.planning import Message, plan_messages
@@ -43,12 +42,15 @@ from crypto_ml.dispatch.report import (
     add_meta,
     format_forecast,
 )
-from crypto_ml.dispatch.table_output import TableOutput
-from crypto_ml.dispatch.table_run import TablePlan, TableSummary, run_table
 from crypto_ml.models import HEAVY, PARAMS, default_max_points, parse_models
 from crypto_ml.models.intervals import DEFAULT_LEVELS, check_levels
 from crypto_ml.worker.app import CPU_QUEUE, create_app
 from crypto_ml.worker.requests import ForecastRequest
+
+if TYPE_CHECKING:  # table runs import pyarrow and pandas: only when one runs
+    from crypto_ml.data.table import TableLoader, TableSource
+    from crypto_ml.dispatch.table_output import TableOutput
+    from crypto_ml.dispatch.table_run import TablePlan, TableSummary
 
 DEFAULT_TIMEOUT = 3600.0
 
@@ -225,6 +227,8 @@ class CryptoManager:
                   on_skip: Callable[[int], None] | None = None) -> TableSummary:
         """Forecast a checked long table into ``output`` (:mod:`crypto_ml.dispatch.table_run`):
         at most ``in_flight`` messages at a time (default: twice the embedded workers)."""
+        from crypto_ml.dispatch.table_run import run_table  # lazy: pyarrow, pandas
+
         self._launch_early([m.model for m in plan.models])
         try:
             with self.connected() as app:

@@ -1,0 +1,33 @@
+"""The options of table runs (``--input TABLE`` and its columns), apart from the runs
+themselves (:mod:`crypto_ml.cli.table`), so that building the parser imports neither
+pyarrow nor pandas: every command pays for its parser, only table runs for their readers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def add_input_options(parser: Any, title: str) -> Any:
+    """``--input TABLE`` and the names of its columns, in an option group of ``title``."""
+    group = parser.add_argument_group(title)
+    group.add_argument("--input", type=Path, metavar="TABLE",
+                       help="a long-format table instead of the data folder: a .parquet file, a "
+                       "folder of them (hive partitions allowed) or a .csv file, with columns "
+                       "unique_id, ds, y (--coins then picks series by their exact id)")
+    group.add_argument("--id-col", default="unique_id", help="the series id column (unique_id)")
+    group.add_argument("--time-col", default="ds", help="the time column: dates or integers (ds)")
+    group.add_argument("--value-col", default="y", help="the value column (y)")
+    return group
+
+
+def add_table_options(parser: Any) -> None:
+    """The options of a table run (``send-tasks --input``; --output must be OUT.parquet)."""
+    group = add_input_options(parser, "table runs (a long table of many series in, "
+                              "--output OUT.parquet out)")
+    group.add_argument("--overwrite", action="store_true",
+                       help="start afresh even if --output holds a finished or interrupted run")
+    group.add_argument("--in-flight", type=int, metavar="K",
+                       help="at most K messages queued or running (default: 2 per worker)")
+    group.add_argument("--chunk-series", type=int, metavar="N",
+                       help="series per message (default: each model's own, ~0.1-1 s of work)")
