@@ -175,8 +175,9 @@ def main() -> int:
     closes = {c: loader.get_closes(c)[1] for c in loader.get_crypto_names()}
     window = default_max_points("linear")  # the API fits each model on its default window
     coins = [c for c, v in closes.items() if len(v) >= 2]
-    expected = {c: get_model("linear").fit(closes[c][-window:].tolist()).forecast(HORIZON)
-                .tolist() for c in coins}
+    # what the API answers: the model's prediction (a price's forecast floored at zero)
+    expected = {c: get_model("linear").fit(closes[c][-window:].tolist()).predict(HORIZON, ())
+                .forecast.tolist() for c in coins}
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                            "load_average_at_start": round(os.getloadavg()[0], 1)},
                                "requests": args.requests, "clients": args.clients,
