@@ -25,9 +25,11 @@ from hoarding import start_worker
 from crypto_ml.core.errors import ConfigError
 from crypto_ml.core.settings import Settings
 from crypto_ml.dispatch.cluster import LocalCluster
+from crypto_ml.dispatch.engine import redelivery_bound
 from crypto_ml.dispatch.manager import CryptoManager
 from crypto_ml.ops.processes import wait_until
 from crypto_ml.worker.app import UNACKED_MUTEX_SECONDS
+from crypto_ml.worker.deliveries import CLOSED_PREFIX
 from crypto_ml.worker.liveness import REGISTRY_KEY, held_key
 from crypto_ml.worker.requests import ForecastRequest
 
@@ -98,14 +100,20 @@ def redis_state(cluster: LocalCluster) -> tuple[int, Counter[str]]:
     return int(client.info("memory")["used_memory"]), kinds
 
 
-def lasting_keys(cluster: LocalCluster) -> Counter[str]:
-    """The keys by kind, less kombu's restore lock: a worker killed during its restore
-    sweep leaves it behind, and it must expire within UNACKED_MUTEX_SECONDS."""
+def lasting_keys(cluster: LocalCluster, bound: int) -> Counter[str]:
+    """The keys by kind, less the two that must expire on their own: kombu's restore lock
+    (a worker killed during its restore sweep leaves it behind) within
+    UNACKED_MUTEX_SECONDS, and the mark of a finished run (a redelivery after the run's
+    end is skipped, not computed) within the redelivery bound."""
     kinds = redis_state(cluster)[1]
+    client = cluster.client()
     if kinds.pop("unacked_mutex", 0):
-        ttl = cluster.client().ttl("unacked_mutex")
+        ttl = client.ttl("unacked_mutex")
         assert ttl == -2 or 0 < ttl <= UNACKED_MUTEX_SECONDS, f"unacked_mutex ttl {ttl}"
-    return kinds
+    for key in client.scan_iter(f"{CLOSED_PREFIX}*"):
+        kinds["crypto_ml"] -= 1
+        assert 0 < client.ttl(key) <= bound, f"{key!r} ttl {client.ttl(key)}"
+    return +kinds
 
 
 @pytest.mark.slow
@@ -116,6 +124,7 @@ def test_chaos_every_forecast_exactly_once() -> None:
     try:
         with LocalCluster(workers=WORKERS, appendonly=True) as cluster:
             app = app_for(cluster)
+            bound = redelivery_bound(app)
             wait_until(lambda: cluster.client().scard(REGISTRY_KEY) == WORKERS, 30, "heartbeats")
             memory_before, keys_before = redis_state(cluster)
             me = psutil.Process()
@@ -166,8 +175,9 @@ def test_chaos_every_forecast_exactly_once() -> None:
                        "the dead workers swept")
             # a worker's held hash is rewritten at its next beat (2 s) after its last ack
             with contextlib.suppress(ConfigError):  # the assertion below names the keys
-                wait_until(lambda: lasting_keys(cluster) == keys_before, 15, "keys as before")
-            memory_after, keys_after = redis_state(cluster)[0], lasting_keys(cluster)
+                wait_until(lambda: lasting_keys(cluster, bound) == keys_before, 15,
+                           "keys as before")
+            memory_after, keys_after = redis_state(cluster)[0], lasting_keys(cluster, bound)
             print({"redis_used_memory_before": memory_before, "after": memory_after,
                    "keys_before": dict(keys_before), "keys_after": dict(keys_after)})
             assert keys_after == keys_before, (keys_before, keys_after)

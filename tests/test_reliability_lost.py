@@ -1,6 +1,7 @@
-"""A task message the broker lost (a consumer killed between kombu's BRPOP and its unacked
-record, or a failover that dropped the newest writes) is found and sent again by the
-manager. Real Redis, a real worker; the loss is injected by removing the message."""
+"""Messages handed out wrongly: one the broker lost (a consumer killed between kombu's BRPOP
+and its unacked record, or a failover that dropped the newest writes) is found and sent again
+by the manager; one handed out again after its run ended is skipped. Real Redis, a real
+worker; the loss is injected by removing the message, the redelivery by sending it again."""
 
 from __future__ import annotations
 
@@ -8,14 +9,17 @@ import io
 import threading
 
 import pytest
-from fault_helpers import app_for, wait_for_drained
+from fault_helpers import META_PREFIX, app_for, wait_for_drained, worker_logs
 
 import crypto_ml.dispatch.lost
 from crypto_ml.core.settings import Settings
 from crypto_ml.dispatch.cluster import LocalCluster
+from crypto_ml.dispatch.engine import Dispatcher, publish
 from crypto_ml.dispatch.manager import CryptoManager
+from crypto_ml.dispatch.planning import plan_messages
 from crypto_ml.dispatch.report import RunReport
 from crypto_ml.ops.processes import wait_until
+from crypto_ml.worker.deliveries import delivery_key
 from crypto_ml.worker.requests import ForecastRequest
 
 pytestmark = pytest.mark.integration
@@ -42,3 +46,26 @@ def test_a_message_the_broker_lost_is_sent_again(monkeypatch: pytest.MonkeyPatch
         assert reports and reports[0].failed == {} and "bitcoin" in reports[0].results
         assert "resent task" in err.getvalue() and "the broker lost its message" in err.getvalue()
         wait_for_drained(cluster)
+
+
+def test_a_redelivery_after_its_run_ended_is_skipped_not_computed() -> None:
+    """The first worker stored the result and died before its ack; the run read the result,
+    freed it and ended; then the broker hands the message out again. The worker skips it:
+    no forecast computed for nobody, no result or delivery counter left in Redis."""
+    with LocalCluster(workers=1) as cluster:
+        app = app_for(cluster)
+        request = ForecastRequest("bitcoin", "naive", [float(x) for x in range(1, 60)], 3)
+        [message] = plan_messages([request], batch_size=1)
+        dispatcher = Dispatcher(app)
+        [outcome] = dispatcher.run([message], timeout=60)
+        assert outcome.meta is not None and outcome.meta["status"] == "SUCCESS"
+        client = cluster.client()
+        assert not client.exists(META_PREFIX + outcome.task_id)  # read, so freed
+
+        publish(app, message.task, message.kwargs, outcome.task_id, None, message.serializer,
+                dispatcher.run_id)  # the same message, handed out again
+        wait_until(lambda: f"task {outcome.task_id}: its run" in worker_logs(cluster), 30,
+                   "the worker to skip the redelivery")
+        wait_for_drained(cluster)
+        assert not client.exists(META_PREFIX + outcome.task_id, delivery_key(outcome.task_id))
+        assert worker_logs(cluster).count(f"task {outcome.task_id} done") == 1

@@ -12,8 +12,15 @@ CryptoManager`) and the table runs (:mod:`~crypto_ml.dispatch.table_run`) send t
 * **wait** on Redis pub/sub (the result backend publishes every stored state), with a
   slow ``MGET`` sweep for anything a reconnect lost: waiting costs no core;
 * **resend** messages the broker lost (:mod:`~crypto_ml.dispatch.lost`);
-* **free** each result's keys once it is read, and revoke what is left when the run
-  stops early.
+* **free** the results' keys: with backpressure each one as soon as it is read (a table
+  run's results are megabytes), otherwise all at the end of the run, so that a worker that
+  is handed a finished task again (its first worker died before the ack) finds the result
+  and skips it; either way a last sweep at the end deletes what such a duplicate stored
+  meanwhile. What is still pending when the run stops early is revoked;
+* **close**: each message names its run (:data:`~crypto_ml.worker.deliveries.RUN_HEADER`),
+  and the run's end is marked in Redis for as long as a message can still be handed out
+  again (:func:`redelivery_bound`), so a worker skips a redelivery that comes after the
+  run has ended instead of computing a result that nobody will read.
 
 A run gives up when no outcome arrives for ``timeout`` seconds: every message still
 pending comes back as an :class:`Outcome` with ``meta`` None.
@@ -36,8 +43,8 @@ from crypto_ml.core.errors import BrokerUnavailable
 from crypto_ml.dispatch.lost import LostMessages
 from crypto_ml.dispatch.planning import Message
 from crypto_ml.ops.flower import send_options
-from crypto_ml.worker.app import CPU_QUEUE, GPU_QUEUE
-from crypto_ml.worker.deliveries import delivery_key
+from crypto_ml.worker.app import CPU_QUEUE, GPU_QUEUE, restore_sweep_seconds
+from crypto_ml.worker.deliveries import RUN_HEADER, closed_key, delivery_key
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +72,13 @@ def no_result(timeout: float | None) -> str:
 
 
 def publish(app: Celery, task: str, kwargs: dict[str, Any], task_id: str,
-            expires: float | None, serializer: str | None = None) -> None:
+            expires: float | None, serializer: str | None = None,
+            run_id: str | None = None) -> None:
     """Send one task message under ``task_id`` (kombu retries a few times; what Flower and
     the logs show of it is :func:`~crypto_ml.ops.flower.send_options`)."""
-    options = {"serializer": serializer} if serializer else {}
+    options: dict[str, Any] = {"serializer": serializer} if serializer else {}
+    if run_id:
+        options["headers"] = {RUN_HEADER: run_id}
     app.send_task(task, kwargs=kwargs, task_id=task_id, retry=True, retry_policy=PUBLISH_RETRY,
                   expires=expires, **options, **send_options(kwargs))
 
@@ -78,6 +88,13 @@ def forget(app: Celery, task_ids: list[str]) -> None:
     backend = app.backend
     backend.client.delete(*(backend.get_key_for_task(t) for t in task_ids),
                           *(delivery_key(t) for t in task_ids))
+
+
+def redelivery_bound(app: Celery) -> int:
+    """Seconds within which the broker hands out again a message whose worker died: the
+    visibility timeout, a restore sweep, and a minute of margin."""
+    visibility = int((app.conf.broker_transport_options or {}).get("visibility_timeout", 3600))
+    return visibility + restore_sweep_seconds(visibility) + 60
 
 
 def _transient(exc: BaseException) -> bool:
@@ -115,6 +132,9 @@ class Dispatcher:
         self._pubsub: Any = None
         self._expires: float | None = None
         self._next_sweep = 0.0
+        self._collected: list[str] = []  # task ids whose outcome was read
+        self._free_as_read = False
+        self.run_id = ""
 
     def run(self, messages: Iterable[Message], timeout: float | None = None,
             max_in_flight: int | None = None,
@@ -122,6 +142,8 @@ class Dispatcher:
             ) -> Iterator[Outcome]:
         """Publish ``messages`` (at most ``max_in_flight`` pending) and yield each outcome."""
         self._expires = timeout
+        self._free_as_read = max_in_flight is not None
+        self.run_id = uuid.uuid4().hex
         source = iter(messages)
         exhausted = False
         lost = LostMessages(self.app, self.pending, self._resend, (CPU_QUEUE, GPU_QUEUE),
@@ -160,7 +182,7 @@ class Dispatcher:
         while True:
             try:
                 publish(self.app, message.task, message.kwargs, task_id, self._expires,
-                        message.serializer)
+                        message.serializer, self.run_id)
                 return task_id
             except PUBLISH_ERRORS as exc:
                 if not _transient(exc):  # Redis answered no: waiting will not help
@@ -247,13 +269,32 @@ class Dispatcher:
             yield Outcome(message, task_id, meta)
 
     def _forget(self, keys: list[bytes], task_ids: list[str]) -> None:
-        """Free the results read (and their delivery counters) now, not at their expiry."""
+        """Stop listening for the results read; free them now when the run frees as it reads."""
+        self._collected += task_ids
         try:
             if self._pubsub is not None:
                 self._pubsub.unsubscribe(*keys)
-            forget(self.app, task_ids)
+            if self._free_as_read:
+                forget(self.app, task_ids)
         except self.app.backend.connection_errors as exc:
-            log.debug("could not free %d result(s) now (%s); they expire", len(keys), exc)
+            log.debug("could not free %d result(s) now (%s); freed at the end", len(keys), exc)
+
+    def _forget_collected(self) -> None:
+        """Free every result read in this run (and what a duplicate stored since)."""
+        try:
+            for i in range(0, len(self._collected), CHUNK):
+                forget(self.app, self._collected[i : i + CHUNK])
+        except self.app.backend.connection_errors as exc:
+            log.debug("could not free the run's results (%s); they expire", exc)
+        self._collected = []
+
+    def _mark_closed(self) -> None:
+        """Tell the workers that this run reads nothing more (see the module doc)."""
+        try:
+            self.app.backend.client.set(closed_key(self.run_id), 1,
+                                        ex=redelivery_bound(self.app))
+        except self.app.backend.connection_errors as exc:
+            log.debug("could not mark run %s closed (%s)", self.run_id, exc)
 
     def _give_up(self) -> Iterator[Outcome]:
         """Every pending message as timed out; they stay pending, to be revoked on close."""
@@ -262,6 +303,8 @@ class Dispatcher:
             yield Outcome(message, task_id, None)
 
     def _close(self) -> None:
+        self._mark_closed()
+        self._forget_collected()
         if self.pending:  # timed out or interrupted: leave no work queued for nobody
             try:
                 self.app.control.revoke(list(self.pending))

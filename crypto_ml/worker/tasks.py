@@ -20,7 +20,7 @@ from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from crypto_ml.core.errors import CryptoMLError, TaskTimedOut, TooManyDeliveries
 from crypto_ml.models import HEAVY
 from crypto_ml.worker.chunks import TABLE_TASK_NAME, parse_chunk, run_chunk
-from crypto_ml.worker.deliveries import count_delivery
+from crypto_ml.worker.deliveries import RUN_HEADER, count_delivery, delivery_key
 from crypto_ml.worker.model_store import DEFAULT_TTL, ModelStore, open_store
 from crypto_ml.worker.requests import (
     BATCH_TASK_NAME,
@@ -64,9 +64,14 @@ class ForecastTask(Task):
         if client is None:  # not a Redis result backend: deliveries cannot be counted
             return
         conf = self.app.conf
-        deliveries, stored = self._riding_out_restarts(lambda: count_delivery(
+        run_id = getattr(self.request, RUN_HEADER, None)
+        deliveries, stored, closed = self._riding_out_restarts(lambda: count_delivery(
             client, task_id, int(conf.result_expires or 86400),
-            self.backend.get_key_for_task(task_id)))
+            self.backend.get_key_for_task(task_id), run_id))
+        if closed:  # its run has read all it will read (a redelivery after the run's end)
+            log.info("task %s: its run %s has ended, skipped", task_id, run_id)
+            self._riding_out_restarts(lambda: client.delete(delivery_key(task_id)))
+            raise Ignore()
         if stored is not None and self.backend.decode_result(stored)["status"] == states.SUCCESS:
             log.info("task %s: duplicate delivery of a finished task, skipped", task_id)
             raise Ignore()
