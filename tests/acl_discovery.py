@@ -5,11 +5,13 @@
 starts a local cluster whose users (crypto_ml/core/acl.py) have every right (``--strict``:
 the shipped rules), watches Redis with ``MONITOR`` while a full run happens --
 ``send-tasks`` (batched and single messages, one that times out and revokes),
-``backtest``, Flower's pages and API, the queue-depth exporter, KEDA's list-length
-read and the worker health check -- and prints, per user, the commands, key and
-channel patterns seen, then what the shipped rules lack (nothing, if they are right)
-and the ``ACL LOG`` (refusals; empty, if they are right). tests/test_acl.py runs the
-same with the shipped rules.
+``backtest``, the HTTP API (as the manager's user), Flower's pages and API, the
+queue-depth exporter, KEDA's list-length read and the worker health check -- and prints,
+per user, the commands, key and channel patterns seen, then what the shipped rules lack
+(nothing, if they are right: each command on each key must be granted by one grant, as
+Redis 7's selectors require) and the ``ACL LOG`` (refusals; empty, if they are right).
+``--redis-server PATH`` runs another Redis (a 7.x: the deployments' rules, selectors
+included). tests/test_acl.py runs the same with the shipped rules.
 
 ``MONITOR`` shows each command with the client's address, not its user; a thread
 polls ``CLIENT LIST`` to map addresses to users (commands run by a Lua script count
@@ -208,16 +210,29 @@ class Recorder:
 
 
 def lacking(role: acl.Role, use: Usage) -> dict[str, set[str]]:
-    """What ``use`` needed that ``role``'s rules do not grant (empty sets: nothing)."""
-    def covered(command: str) -> bool:
-        return command in role.commands or command.split("|")[0] in role.commands
+    """What ``use`` needed that ``role``'s rules do not grant (empty sets: nothing), judged as
+    Redis 7 judges its selectors: a command on a key needs one grant naming both (so this
+    checks the deployments' rules, not just the 6.2 union); ``PSUBSCRIBE`` patterns must be
+    allowed literally, other channels match the patterns."""
+    def grants(command: str) -> list[acl.Grant]:
+        return [g for g in role.grants if {command, command.split("|")[0], "@all"}
+                & set(g.commands)]
 
     def matches(name: str, patterns: tuple[str, ...]) -> bool:
         return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
-    return {"commands": {c for c in use.commands if not covered(c)},
-            "keys": {k for k in use.keys if not matches(k, role.keys)},
-            "channels": {c for c in use.channels if not matches(c, role.channels)}}
+    missing: dict[str, set[str]] = {"commands": {c for c in use.commands if not grants(c)},
+                                    "keys": set(), "channels": set()}
+    for command, names in use.by_command.items():
+        if command in ("psubscribe", "punsubscribe"):
+            missing["channels"] |= {n for n in names
+                                    if n not in role.channels and "*" not in role.channels}
+        elif command in _CHANNEL_COMMANDS:
+            missing["channels"] |= {n for n in names if not matches(n, role.channels)}
+        else:
+            missing["keys"] |= {f"{command} {n!r}" for n in names
+                                if not any(matches(n, g.keys) for g in grants(command))}
+    return missing
 
 
 def _get(url: str) -> int:
@@ -269,6 +284,7 @@ def full_run(cluster: LocalCluster, data_dir: Path, work: Path) -> dict[str, obj
         done["exporter"] = _get(f"http://127.0.0.1:{port}/")
     finally:
         terminate(exporter)
+    done.update(api_run(cluster, data_dir, work))
     with redis.Redis.from_url(cluster.url_for("exporter")) as keda:  # KEDA's redis trigger
         done["keda"] = keda.llen("cpu")
     # the worker containers' health check, with the worker's credentials
@@ -280,12 +296,65 @@ def full_run(cluster: LocalCluster, data_dir: Path, work: Path) -> dict[str, obj
     return done
 
 
+def _call(url: str, body: object = None) -> tuple[int, dict[str, object]]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as reply:
+            raw = reply.read()
+            status = int(reply.status)
+    except urllib.error.HTTPError as exc:
+        raw, status = exc.read(), exc.code
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, {}
+
+
+def api_run(cluster: LocalCluster, data_dir: Path, work: Path) -> dict[str, object]:
+    """The HTTP API as the manager's user: a forecast waited for, one saved and polled
+    (``crypto_ml:run:*``), its health (a ping of the workers) and metrics (queue depth)."""
+    port = free_port()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CRYPTO_ML_")},
+           "CRYPTO_ML_BROKER_URL": cluster.url_for("manager"), "CRYPTO_ML_DATA_DIR": str(data_dir)}
+    api = spawn([sys.executable, "-m", "crypto_ml.api", "--port", str(port)], work / "api.log",
+                env=env, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    done: dict[str, object] = {}
+    try:
+        def answers() -> bool:
+            try:
+                return _get(f"{url}/healthz") == 200
+            except OSError:
+                return False
+
+        wait_until(answers, 120, "the API answering",
+                   lambda: None if api.poll() is None else (work / "api.log").read_text()[-2000:])
+        body = {"coins": ["bitcoin"], "model": "linear", "horizon": 2}
+        done["api wait"] = _call(f"{url}/v1/forecasts?wait=60", body)[0]
+        status, accepted = _call(f"{url}/v1/forecasts", {**body, "coins": ["ethereum"]})
+        states: list[object] = []
+        if status == 202:
+            def finished() -> bool:
+                states.append(_call(f"{url}{accepted['status_url']}")[1].get("status"))
+                return states[-1] in ("done", "failed")
+
+            wait_until(finished, 60, "the saved API run finishing")
+        done["api saved"] = (status, states[-1] if states else None)
+        done["api health"] = _get(f"{url}/healthz")
+        done["api metrics"] = _get(f"{url}/metrics")
+    finally:
+        terminate(api)
+    return done
+
+
 @contextlib.contextmanager
-def watched_cluster(roles: Mapping[str, acl.Role], work: Path,
-                    workers: int = 2) -> Iterator[tuple[LocalCluster, Recorder]]:
-    """A local cluster with Flower and ``roles`` as its users, recorded from before it starts."""
+def watched_cluster(roles: Mapping[str, acl.Role], work: Path, workers: int = 2,
+                    redis_server: str | None = None) -> Iterator[tuple[LocalCluster, Recorder]]:
+    """A local cluster with Flower and ``roles`` as its users, recorded from before it starts
+    (on ``redis_server``, else the embedded 6.2)."""
     flower = Settings(flower_port=free_port())
-    cluster = LocalCluster(workers=workers, flower=flower, roles=roles)
+    cluster = LocalCluster(workers=workers, flower=flower, roles=roles, redis_server=redis_server)
     cluster.start_redis()
     try:
         with cluster.client() as admin, Recorder(admin) as recorder:
@@ -341,10 +410,12 @@ def main() -> int:
     parser.add_argument("--data-dir", type=Path,
                         default=ROOT.parent / "shared" / "data" / "top100-2017",
                         help="price CSVs (default: the real set beside the clone)")
+    parser.add_argument("--redis-server", help="another redis-server binary (e.g. a 7.x)")
     args = parser.parse_args()
     roles = acl.ROLES if args.strict else acl.permissive()
     with tempfile.TemporaryDirectory() as tmp:
-        with watched_cluster(roles, Path(tmp)) as (cluster, recorder):
+        with watched_cluster(roles, Path(tmp), redis_server=args.redis_server) as (
+                cluster, recorder):
             done = full_run(cluster, args.data_dir, Path(tmp))
             with cluster.client() as admin:
                 refusals = acl_log(admin)

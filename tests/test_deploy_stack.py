@@ -34,6 +34,7 @@ from deploy_support import (
     image_env,
     k8s_runs,
     load_compose,
+    local_acl_template,
     local_argv,
     local_env,
     map_paths,
@@ -68,7 +69,9 @@ class Stack:
         """Mount point -> host folder: bind mounts (paths) as given, volumes under work/."""
         out = {}
         for target, source in run.volumes.items():
-            if source.startswith(("/", "./", "../")):
+            if target == acl.TEMPLATE_PATH:  # the local redis-server is 6.2: its rules
+                out[target] = local_acl_template(self.work)
+            elif source.startswith(("/", "./", "../")):
                 out[target] = (ROOT / source).resolve()
             else:  # a compose named volume or a pod volume
                 out[target] = self.work / "volumes" / source

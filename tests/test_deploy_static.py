@@ -120,6 +120,9 @@ def test_compose_requires_secrets_and_scales_workers() -> None:
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
     redis = services["redis"]
     assert redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
+    assert redis["command"][redis["command"].index("--maxmemory-policy") + 1] == "noeviction"
+    assert memory_bytes(redis["command"][redis["command"].index("--maxmemory") + 1]) \
+        <= memory_bytes(redis["mem_limit"]) // 2
     assert redis["environment"]["REDIS_PASSWORD"] == TEST_SECRETS["REDIS_PASSWORD"]
     assert any(v.endswith(":/data") for v in redis["volumes"])
     flower = services["flower"]
@@ -235,6 +238,9 @@ def test_redis_persists_on_a_volume_behind_a_password(
     container = redis["spec"]["template"]["spec"]["containers"][0]
     args = container["args"]
     assert args[args.index("--appendonly") + 1] == "yes"
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    assert memory_bytes(args[args.index("--maxmemory") + 1]) \
+        <= memory_bytes(container["resources"]["limits"]["memory"]) // 2
     assert "--aclfile" in container["command"][2]  # users and passwords: tests/test_acl_deploy.py
     assert args[args.index("--dir") + 1] == "/data"
     assert {"mountPath": "/data", "name": "data"} in container["volumeMounts"]
@@ -298,3 +304,9 @@ def test_compose_and_k8s_agree_on_images_and_commands(
         assert container["image"] == services[service]["image"]
     assert yaml.safe_load((ROOT / "k8s" / "kustomization.yaml").read_text())[
         "resources"] == ["base", "api"]  # the HTTP API beside the base (k8s/api/)
+
+
+def memory_bytes(size: str) -> int:
+    """``1gb`` (Redis), ``2g`` (compose) or ``2Gi`` (Kubernetes) in bytes."""
+    number, unit = re.fullmatch(r"(\d+)\s*([a-zA-Z]*)", str(size)).groups()  # type: ignore[union-attr]
+    return int(number) * 1024 ** "bkmgt".index((unit or "b")[0].lower())

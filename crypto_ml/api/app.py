@@ -17,19 +17,23 @@ from typing import Annotated, Any
 import anyio
 import redis
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from kombu.exceptions import OperationalError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import crypto_ml
 from crypto_ml.core.errors import BrokerUnavailable, DataNotFound
 from crypto_ml.core.settings import Settings
 
 from .metrics import ApiMetrics, Message, Scope
-from .schemas import Accepted, Coins, ForecastBody, Health, Models, RunStatus
+from .problems import bounded
+from .schemas import Accepted, Coins, ForecastBody, Health, Models, Problem, RunStatus, Unprocessable
 from .service import ForecastService, Invalid, Runs, model_infos
 
 DOCS_STATIC = "/docs-static"
@@ -40,8 +44,18 @@ it at its `status_url`. Send `Authorization: Bearer <key>` when the server has
 `CRYPTO_ML_API_KEYS`."""
 
 
+#: What FastAPI answers (400) for a body it cannot decode, e.g. bytes that are not UTF-8.
+PARSE_FAILED = "There was an error parsing the body"
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "missing or unknown API key"}}
+
+
 def _unavailable(detail: str) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=503)
+
+
+def _unprocessable(errors: list[dict[str, Any]]) -> JSONResponse:
+    return JSONResponse({"detail": bounded(errors)}, status_code=422)
 
 
 def body_cap(app: Any, limit: int) -> Any:
@@ -149,7 +163,18 @@ def create_app(settings: Settings, runs: Runs,
 
     @app.exception_handler(Invalid)
     async def invalid(_: Request, exc: Invalid) -> JSONResponse:
-        return JSONResponse({"detail": exc.errors}, status_code=422)
+        return _unprocessable(exc.errors)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _unprocessable(list(exc.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 400 and exc.detail == PARSE_FAILED:  # as any other bad body
+            return _unprocessable([{"loc": ["body"], "type": "json_invalid",
+                                    "msg": "the body is not JSON text in UTF-8"}])
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(BrokerUnavailable)
     async def no_broker(_: Request, exc: BrokerUnavailable) -> JSONResponse:
@@ -169,10 +194,12 @@ def create_app(settings: Settings, runs: Runs,
               summary="Forecast coins or your own series",
               responses={200: {"model": RunStatus, "description": "finished within wait"},
                          202: {"model": Accepted, "description": "queued; poll status_url"},
-                         401: {"description": "missing or unknown API key"},
-                         413: {"description": "body too large"},
-                         422: {"description": "a field is invalid; the body names it"},
-                         503: {"description": "broker down: nothing was queued"}})
+                         **UNAUTHORIZED,
+                         413: {"model": Problem, "description": "body too large"},
+                         422: {"model": Unprocessable,
+                               "description": "a field is invalid; the body names it"},
+                         503: {"model": Problem,
+                               "description": "broker down: nothing was queued"}})
     def post_forecast(body: ForecastBody,
                       wait: Annotated[float, Query(ge=0, description="seconds to wait for "
                                                    "the results (at most "
@@ -197,7 +224,9 @@ def create_app(settings: Settings, runs: Runs,
 
     @app.get("/v1/forecasts/{run_id}", dependencies=authorized, tags=["forecasts"],
              summary="A forecast run's status and results", response_model=RunStatus,
-             responses={404: {"description": "no such run (or expired)"}})
+             responses={**UNAUTHORIZED,
+                        404: {"model": Problem, "description": "no such run (or expired)"},
+                        503: {"model": Problem, "description": "result backend unreachable"}})
     def get_forecast(run_id: str) -> Response:
         state = runs.state(run_id)
         if state is None:
@@ -208,12 +237,13 @@ def create_app(settings: Settings, runs: Runs,
         return JSONResponse(state.to_json())
 
     @app.get("/v1/coins", dependencies=authorized, tags=["data"], response_model=Coins,
-             summary="Coin ids of the data directory")
+             summary="Coin ids of the data directory",
+             responses={**UNAUTHORIZED, 503: {"model": Problem, "description": "no data"}})
     def coins() -> dict[str, Any]:
         return {"coins": service.coins.names()}
 
     @app.get("/v1/models", dependencies=authorized, tags=["data"], response_model=Models,
-             summary="Models, their queue and options")
+             summary="Models, their queue and options", responses=UNAUTHORIZED)
     def models() -> dict[str, Any]:
         return {"models": model_infos()}
 
@@ -229,11 +259,32 @@ def create_app(settings: Settings, runs: Runs,
     def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    _document_caps(app, settings)
     app.state.metrics = metrics
     app.state.runs = runs
     app.add_middleware(_Wrap, wrap=lambda inner: body_cap(inner, settings.api_max_body))
     app.add_middleware(_Wrap, wrap=metrics.middleware)
     return app
+
+
+def _document_caps(app: FastAPI, settings: Settings) -> None:
+    """The OpenAPI description states this server's caps (horizon, closes per series,
+    wait), so that a body valid by the schema is refused only for what the schema cannot
+    say: an unknown coin or model, or a series too short for its model."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = generate()
+            body = spec["components"]["schemas"]["ForecastBody"]["properties"]
+            body["horizon"]["maximum"] = settings.max_horizon
+            body["series"]["additionalProperties"]["maxItems"] = settings.max_series
+            for parameter in spec["paths"]["/v1/forecasts"]["post"]["parameters"]:
+                if parameter["name"] == "wait":
+                    parameter["schema"]["maximum"] = settings.api_max_wait
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 class _Wrap:

@@ -8,36 +8,73 @@ settings (unknown coin, horizon cap, NaN, series too short) are made by
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from crypto_ml.core.errors import InvalidTaskInput
 from crypto_ml.models.intervals import DEFAULT_LEVELS, check_levels
 
+SOURCES = ("coins", "series")
 
-class ForecastBody(BaseModel):
-    """Forecast ``coins`` of the data directory, or the caller's own ``series``."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+def _whole(value: Any) -> Any:
+    """JSON has one number type: 10.0 is the integer 10 (as JSON Schema counts it)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+#: An integer field that also takes a JSON number with no fraction.
+Whole = Annotated[int, BeforeValidator(_whole)]
+
+
+def _one_source_schema(schema: dict[str, Any]) -> None:
+    """The schema says what :meth:`ForecastBody.one_source` checks: exactly one of
+    ``coins`` and ``series``, each a list or a map (never null) when present."""
+    for name in SOURCES:
+        prop = schema["properties"][name]
+        kinds = [k for k in prop.pop("anyOf") if k.get("type") != "null"]
+        prop.update(kinds[0])
+        prop.pop("default", None)
+    schema["oneOf"] = [{"required": [name]} for name in SOURCES]
+    schema["properties"]["series"]["propertyNames"] = {"pattern": r"\S"}  # a name, not blanks
+    schema["examples"] = [
         {"coins": ["bitcoin", "ethereum"], "model": "linear", "horizon": 10},
         {"series": {"my-series": [1.0, 1.1, 1.3, 1.2, 1.4]}, "model": "naive", "horizon": 3},
-    ]})
+    ]
 
-    coins: list[str] | None = Field(None, min_length=1, description="coin ids (GET /v1/coins)")
+
+class ForecastBody(BaseModel):
+    """Forecast ``coins`` of the data directory, or the caller's own ``series``
+    (exactly one of the two)."""
+
+    # strict: a field takes what its schema says, not "10" for 10 nor 0 for false
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_one_source_schema)
+
+    coins: list[Annotated[str, Field(pattern=r"\S")]] | None = Field(
+        None, min_length=1, description="coin ids (GET /v1/coins)")
     series: dict[str, list[float]] | None = Field(
         None, min_length=1, description="name -> closes, oldest first; finite numbers only")
     model: str | list[str] = Field("linear", description="a model name (GET /v1/models), a "
                                    "comma list or a list of names")
-    horizon: int = Field(10, ge=1, description="days to forecast (at most CRYPTO_ML_MAX_HORIZON)")
+    horizon: Whole = Field(10, ge=1, description="days to forecast (at most CRYPTO_ML_MAX_HORIZON)")
     params: dict[str, Any] = Field(default_factory=dict, description="model options, e.g. "
                                    '{"epochs": 2}; each model takes those GET /v1/models lists')
-    max_points: int | None = Field(None, ge=0, description="fit on the newest N closes only "
+    max_points: Whole | None = Field(None, ge=0, description="fit on the newest N closes only "
                                    "(0: all; default: each model's own window, 200 for most)")
-    levels: list[float] = Field(list(DEFAULT_LEVELS), description="prediction interval levels "
-                                "in percent, e.g. [80, 95]; [] for none")
+    levels: list[Annotated[float, Field(gt=0, lt=100)]] = Field(
+        list(DEFAULT_LEVELS), description="prediction interval levels in percent, e.g. "
+        "[80, 95]; [] for none")
     retrain: bool = Field(False, description="deep models: train even if the model store "
                           "holds a fit on this data")
+
+    @model_validator(mode="before")
+    @classmethod
+    def no_null_source(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name in SOURCES:
+                if name in data and data[name] is None:
+                    raise ValueError(f"'{name}' may be left out but not null")
+        return data
 
     @field_validator("levels")
     @classmethod
@@ -53,6 +90,28 @@ class ForecastBody(BaseModel):
             raise ValueError("send exactly one of 'coins' (ids from GET /v1/coins) and "
                              "'series' ({name: [closes, oldest first]})")
         return self
+
+
+class Problem(BaseModel):
+    """An error: what is wrong and what to do."""
+
+    detail: str
+
+
+class FieldProblem(BaseModel):
+    """One problem of a request: where (``loc``), what (``msg``), of which kind (``type``)."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+    input: Any = None
+    ctx: dict[str, Any] | None = None
+
+
+class Unprocessable(BaseModel):
+    """A request with problems, each named by field (at most 20 listed)."""
+
+    detail: list[FieldProblem]
 
 
 class Accepted(BaseModel):

@@ -36,6 +36,7 @@ from crypto_ml.worker.app import CPU_QUEUE, GPU_QUEUE
 from crypto_ml.worker.model_store import ModelStore
 from crypto_ml.worker.requests import ITEM_ERRORS, ForecastRequest, item_error, run_forecast
 
+from .problems import MAX_PROBLEMS, too_many
 from .schemas import ForecastBody
 
 REFRESH_SECONDS = 5.0  # how often the data folder is checked for new or changed files
@@ -181,6 +182,9 @@ class ForecastService:
             else:
                 out.append((loc, name, closes, None))
         for i, coin in enumerate(dict.fromkeys(body.coins or [])):
+            if len(errors) >= MAX_PROBLEMS:  # enough to act on; checking the rest costs
+                errors.append(too_many())
+                break
             try:
                 prices, last = self.coins.prices(coin)
             except (CoinNotFound, DataNotFound) as exc:

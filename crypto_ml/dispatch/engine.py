@@ -83,11 +83,15 @@ def publish(app: Celery, task: str, kwargs: dict[str, Any], task_id: str,
                   expires=expires, **options, **send_options(kwargs))
 
 
+def forget_keys(app: Celery, task_ids: list[str]) -> list[Any]:
+    """The result keys of ``task_ids`` and their delivery counters."""
+    backend = app.backend
+    return [*(backend.get_key_for_task(t) for t in task_ids), *map(delivery_key, task_ids)]
+
+
 def forget(app: Celery, task_ids: list[str]) -> None:
     """Delete the results of ``task_ids`` and their delivery counters: read, so not needed."""
-    backend = app.backend
-    backend.client.delete(*(backend.get_key_for_task(t) for t in task_ids),
-                          *(delivery_key(t) for t in task_ids))
+    app.backend.client.delete(*forget_keys(app, task_ids))
 
 
 def redelivery_bound(app: Celery) -> int:
@@ -106,6 +110,18 @@ def _transient(exc: BaseException) -> bool:
             return False
         seen = seen.__cause__ or seen.__context__
     return True
+
+
+def _refused(exc: BaseException) -> BrokerUnavailable:
+    """The one line for a broker that answered no to a task message."""
+    text = str(exc)
+    if "maxmemory" in text:
+        return BrokerUnavailable(
+            f"Redis is full and refused a task message ({text.rstrip('.')}): free memory or "
+            "raise its maxmemory (README: Redis memory), then run the same command again; "
+            "nothing more was sent")
+    return BrokerUnavailable(f"the broker refused a task message ({text}); see the Redis "
+                             "user's ACL rules (README: Redis users)")
 
 
 def _key(app: Celery, task_id: str) -> bytes:
@@ -187,8 +203,7 @@ class Dispatcher:
             except PUBLISH_ERRORS as exc:
                 if not _transient(exc):  # Redis answered no: waiting will not help
                     self.pending.pop(task_id, None)
-                    raise BrokerUnavailable(f"the broker refused a task message ({exc}); "
-                                            "see its maxmemory and the user's ACL rules") from None
+                    raise _refused(exc) from None
                 self._broker_away(exc)
 
     def _resend(self, task_id: str) -> None:

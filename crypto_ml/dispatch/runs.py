@@ -44,7 +44,7 @@ from celery import Celery, states
 
 from crypto_ml.core.errors import BrokerUnavailable
 from crypto_ml.dispatch.coalesce import Coalescer
-from crypto_ml.dispatch.engine import forget, publish
+from crypto_ml.dispatch.engine import forget, forget_keys, publish
 from crypto_ml.dispatch.planning import plan_messages
 from crypto_ml.dispatch.report import RunReport, add_meta
 from crypto_ml.dispatch.waiting import ResultWatcher
@@ -171,16 +171,17 @@ class RunQueue:
             return self._watcher
 
     def wait(self, run: Run, timeout: float) -> RunState | None:
-        """The run's final state if it finishes within ``timeout`` s (its results are then
-        deleted from the backend), else None."""
+        """The run's final state if it finishes within ``timeout`` s (kept under the run's id;
+        its task results are then deleted from the backend), else None."""
         metas = self.watcher().wait(list(run.tasks), timeout, run.carriers) if timeout > 0 else {}
         if len(metas) < len(run.tasks):
             return None
         report = RunReport()
         for task_id, items in run.tasks.items():
             add_meta(report, items, metas[task_id])
-        self._forget(list(run.tasks))
-        return final_state(run.id, report)
+        state = final_state(run.id, report)
+        self._finish(state, list(run.tasks))
+        return state
 
     def save(self, run: Run) -> None:
         """Keep the run in the backend so that :meth:`state` can answer for it from anywhere."""
@@ -224,10 +225,17 @@ class RunQueue:
                     report.add_failure(coin, model, "no result before the task expired")
         state = final_state(run_id, report)
         state.fresh = True
-        final = {"status": state.status, "results": state.results, "failed": state.failed}
-        self.client.set(RUN_PREFIX + run_id, json.dumps({"final": final}), ex=self.record_ttl)
-        self._forget(ids)
+        self._finish(state, ids)
         return state
+
+    def _finish(self, state: RunState, task_ids: list[str]) -> None:
+        """Keep a finished run's answer (its id can be read until it expires, however it was
+        answered) and delete the task results it was built from, in one round trip."""
+        final = {"status": state.status, "results": state.results, "failed": state.failed}
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(RUN_PREFIX + state.id, json.dumps({"final": final}), ex=self.record_ttl)
+        pipe.delete(*forget_keys(self.app, task_ids))
+        pipe.execute()
 
     def close(self) -> None:
         if self.coalescer is not None:

@@ -46,6 +46,17 @@ def clean_series(prices: object) -> np.ndarray:
     return arr[~np.isnan(arr)]
 
 
+#: The seeds Keras takes (``keras.utils.set_random_seed``): 0 to 2**32 - 1.
+MAX_SEED = 2**32 - 1
+
+
+def int_option(name: str, value: object, low: int, high: int) -> int:
+    """A model option that must be an integer from ``low`` to ``high`` (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidTaskInput(f"{name} must be an integer from {low} to {high}, got {value!r}")
+    return value
+
+
 def check_horizon(h: object) -> int:
     """``h`` as a positive int, or a clear error."""
     if isinstance(h, bool) or not isinstance(h, int | np.integer) or h < 1:

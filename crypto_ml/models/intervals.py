@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from crypto_ml.core.errors import CalibrationTooShort, InvalidTaskInput
+from crypto_ml.core.errors import CalibrationTooShort, InvalidTaskInput, ModelFitFailed
 
 DEFAULT_LEVELS: tuple[float, ...] = (80.0, 95.0)
 #: Decay of the naive model's exponentially weighted volatility (RiskMetrics' daily value).
@@ -190,8 +190,13 @@ class Prediction:
     method: str = ""
 
     def checked(self, prices: bool = False) -> Prediction:
-        """Bands made finite-safe and ordered lower <= forecast <= upper at every step; for
-        ``prices`` (a series never below zero) forecast and bands floored at zero too."""
+        """A finite forecast (else ModelFitFailed), and bands made finite-safe and ordered
+        lower <= forecast <= upper at every step; for ``prices`` (a series never below zero)
+        forecast and bands floored at zero too."""
+        if not np.isfinite(self.forecast).all():
+            raise ModelFitFailed("the forecast is not finite: the series' values are too large "
+                                 "or too wild for this model; rescale them (e.g. divide by a "
+                                 "constant) or choose another model")
         if prices:
             self.forecast = np.maximum(self.forecast, 0.0)
         fixed: Bands = {}

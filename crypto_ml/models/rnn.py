@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from crypto_ml.core.errors import InvalidTaskInput
-from crypto_ml.models.base import Forecaster
+from crypto_ml.models.base import MAX_SEED, Forecaster, int_option
 from crypto_ml.models.device import keras_and_device
 from crypto_ml.models.intervals import (
     Bands,
@@ -53,11 +53,9 @@ class RecurrentModel(Forecaster):
     default_max_points = 0
 
     def __init__(self, epochs: int = 1, seed: int = 42, window: int = WINDOW) -> None:
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or not 1 <= epochs <= 1000:
-            raise InvalidTaskInput(f"epochs must be an integer from 1 to 1000, got {epochs!r}")
-        if isinstance(window, bool) or not isinstance(window, int) or window < 2:
-            raise InvalidTaskInput(f"window must be an integer of at least 2, got {window!r}")
-        self.epochs, self.seed, self.window = epochs, int(seed), window
+        self.epochs = int_option("epochs", epochs, 1, 1000)
+        self.window = int_option("window", window, 2, 1000)
+        self.seed = int_option("seed", seed, 0, MAX_SEED)
         self.min_points = window + 1
 
     def _build(self, keras: Any) -> Any:

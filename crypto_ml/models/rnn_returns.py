@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from crypto_ml.core.errors import InvalidTaskInput
-from crypto_ml.models.base import Forecaster
+from crypto_ml.models.base import MAX_SEED, Forecaster, int_option
 from crypto_ml.models.device import keras_and_device
 from crypto_ml.models.intervals import (
     Bands,
@@ -39,12 +39,6 @@ BATCH_SIZE = 64
 MIN_WINDOWS = 10
 #: Compiled networks of this process by (cell, window, units, seed), with their initial state.
 _NETWORKS: dict[tuple[str, int, int, int], tuple[Any, list[np.ndarray]]] = {}
-
-
-def _int_option(name: str, value: object, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InvalidTaskInput(f"{name} must be an integer from {low} to {high}, got {value!r}")
-    return value
 
 
 def return_windows(returns: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
@@ -68,12 +62,12 @@ class ReturnsRecurrentModel(Forecaster):
 
     def __init__(self, epochs: int = 30, seed: int = 42, window: int = 20,
                  patience: int = 5, members: int = 3, units: int = 32) -> None:
-        self.epochs = _int_option("epochs", epochs, 1, 1000)
-        self.window = _int_option("window", window, 2, 1000)
-        self.patience = _int_option("patience", patience, 1, 1000)
-        self.members = _int_option("members", members, 1, 20)
-        self.units = _int_option("units", units, 1, 1024)
-        self.seed = int(seed)
+        self.epochs = int_option("epochs", epochs, 1, 1000)
+        self.window = int_option("window", window, 2, 1000)
+        self.patience = int_option("patience", patience, 1, 1000)
+        self.members = int_option("members", members, 1, 20)
+        self.units = int_option("units", units, 1, 1024)
+        self.seed = int_option("seed", seed, 0, MAX_SEED - self.members + 1)  # member i: seed + i
         self.min_points = self.window + MIN_WINDOWS + 1
 
     def _build(self, keras: Any) -> Any:

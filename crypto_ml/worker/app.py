@@ -16,7 +16,7 @@ from typing import Any
 from celery import Celery, current_app, signals
 from kombu import Queue
 
-from crypto_ml.core.acl import check_credentials
+from crypto_ml.core.acl import check_credentials, restores_unacked
 from crypto_ml.core.errors import BrokerAuthFailed, ConfigError
 from crypto_ml.core.logs import use_format
 from crypto_ml.core.sentinel import transport_options
@@ -76,6 +76,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # the lock each restore sweep takes: one left by a worker killed mid-sweep stops
         # every sweep until it expires (kombu's default: 300 s); a sweep takes milliseconds
         "unacked_mutex_expire": UNACKED_MUTEX_SECONDS,
+        # Only a consumer of the task queues (the worker's Redis user, or an unknown one)
+        # keeps what it takes in ``unacked`` and runs that sweep. The manager, the API and
+        # Flower consume only control replies and events (acknowledged at once), and their
+        # Redis users may not write a task queue (crypto_ml/core/acl.py).
+        "ack_emulation": restores_unacked(settings.broker_url),
         "socket_connect_timeout": 5,
         "socket_keepalive": True,
         "health_check_interval": 25,

@@ -49,7 +49,7 @@ def http_get(url: str, auth: str | None = None) -> tuple[int, bytes]:
         return exc.code, b""
 
 
-def test_every_service_is_healthy_redis_appends_and_wants_its_password(
+def test_every_service_is_healthy_redis_appends_caps_its_memory_and_wants_its_password(
         stack: ds.Compose) -> None:
     [redis] = stack.containers("redis")
     workers = stack.containers("worker")
@@ -59,6 +59,10 @@ def test_every_service_is_healthy_redis_appends_and_wants_its_password(
     cli = ("exec", redis, "redis-cli", "-e")
     # (CONFIG is denied even to the operator's user: crypto_ml/core/acl.py)
     assert "aof_enabled:1" in ds.docker(*cli, "info", "persistence").stdout
+    memory = ds.docker(*cli, "info", "memory").stdout  # refuses writes before the kernel kills it
+    assert "maxmemory_policy:noeviction" in memory
+    limit = ds.inspect(redis)["HostConfig"]["Memory"]
+    assert 0 < int(memory.split("maxmemory:")[1].split()[0]) <= limit // 2
     refused = ds.docker("exec", "-e", "REDISCLI_AUTH=", redis, "redis-cli", "-e", "ping",
                         check=False)
     assert refused.returncode != 0 and "NOAUTH" in refused.stdout + refused.stderr
