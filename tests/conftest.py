@@ -17,12 +17,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from leftovers import mark_session, reap
 from sample_data import make_price_data
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("CRYPTO_ML_DATA_DIR")
                  or ROOT.parent / "shared" / "data" / "top100-2017")
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+SESSION_MARK = pytest.StashKey[str]()
 NO_REAL_DATA = (f"the real data set is not at {REAL_DATA} (set CRYPTO_ML_DATA_DIR to the "
                 "top100-2017 folder)")
 
@@ -64,6 +66,24 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600,
     full_env = cli_env(data_dir, env)
     return subprocess.run([sys.executable, "-m", "crypto_ml.manager", *args], cwd=ROOT,
                           env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[SESSION_MARK] = mark_session()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run when a process the tests started outlives them (tests/leftovers.py)."""
+    mark = session.config.stash.get(SESSION_MARK, None)
+    left = reap(mark) if mark else []
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"{len(left)} process(es) outlived the tests (killed now):",
+                                red=True)
+            for line in left:
+                reporter.write_line(f"  {line}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

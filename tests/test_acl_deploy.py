@@ -34,7 +34,8 @@ from crypto_ml.ops.processes import free_port, terminate, wait_until
 from crypto_ml.worker.app import celery_config
 
 NAMESPACE = "crypto-ml"
-REDIS_ARGS = ("--appendonly", "yes", "--appendfsync", "everysec", "--dir", "/data")
+REDIS_ARGS = ("--appendonly", "yes", "--appendfsync", "everysec", "--dir", "/data",
+              "--maxmemory", "1gb", "--maxmemory-policy", "noeviction")
 #: workload (compose service or Deployment/Job name) -> the Redis user it must connect as
 USER_OF = {"worker": "worker", "gpu-worker": "worker", "flower": "flower", "forecast": "manager",
            "forecast-daily": "manager", "manager": "manager", "queue-depth": "exporter",

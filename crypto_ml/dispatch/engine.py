@@ -291,7 +291,7 @@ class Dispatcher:
                 self._pubsub.unsubscribe(*keys)
             if self._free_as_read:
                 forget(self.app, task_ids)
-        except self.app.backend.connection_errors as exc:
+        except (*self.app.backend.connection_errors, redis.RedisError) as exc:  # best effort
             log.debug("could not free %d result(s) now (%s); freed at the end", len(keys), exc)
 
     def _forget_collected(self) -> None:
@@ -299,7 +299,7 @@ class Dispatcher:
         try:
             for i in range(0, len(self._collected), CHUNK):
                 forget(self.app, self._collected[i : i + CHUNK])
-        except self.app.backend.connection_errors as exc:
+        except (*self.app.backend.connection_errors, redis.RedisError) as exc:  # best effort
             log.debug("could not free the run's results (%s); they expire", exc)
         self._collected = []
 
@@ -308,7 +308,7 @@ class Dispatcher:
         try:
             self.app.backend.client.set(closed_key(self.run_id), 1,
                                         ex=redelivery_bound(self.app))
-        except self.app.backend.connection_errors as exc:
+        except (*self.app.backend.connection_errors, redis.RedisError) as exc:  # best effort
             log.debug("could not mark run %s closed (%s)", self.run_id, exc)
 
     def _give_up(self) -> Iterator[Outcome]:
