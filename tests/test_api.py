@@ -134,7 +134,8 @@ def test_error_bodies_are_bounded_whatever_the_input(data: Path) -> None:
 
 def test_openapi_documents_what_each_route_answers(data: Path) -> None:
     spec = make(data, api_keys=("k",)).get("/openapi.json").json()
-    for path in ("/v1/forecasts", "/v1/forecasts/{run_id}", "/v1/coins", "/v1/models"):
+    for path in ("/v1/forecasts", "/v1/forecasts/{run_id}", "/v1/jobs", "/v1/jobs/{job_id}",
+                 "/v1/coins", "/v1/models"):
         for operation in spec["paths"][path].values():
             assert "401" in operation["responses"], path
             assert all("content" in r for r in operation["responses"].values()), path  # a model
@@ -204,8 +205,8 @@ def test_coins_models_health_and_metrics(data: Path) -> None:
 def test_openapi_lists_every_endpoint_and_docs_need_no_cdn(data: Path) -> None:
     api = make(data)
     paths = api.get("/openapi.json").json()["paths"]
-    assert set(paths) == {"/v1/forecasts", "/v1/forecasts/{run_id}", "/v1/coins", "/v1/models",
-                          "/healthz", "/metrics"}
+    assert set(paths) == {"/v1/forecasts", "/v1/forecasts/{run_id}", "/v1/jobs",
+                          "/v1/jobs/{job_id}", "/v1/coins", "/v1/models", "/healthz", "/metrics"}
     page = api.get("/docs").text
     assert "/docs-static/swagger-ui-bundle.js" in page and "cdn" not in page.lower()
     assert api.get("/docs-static/swagger-ui-bundle.js").status_code == 200

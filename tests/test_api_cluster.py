@@ -5,6 +5,7 @@ shared with `send-tasks`."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -115,7 +116,12 @@ def test_health_metrics_and_queue_depth(api: Any, cluster: LocalCluster) -> None
     assert health.status_code == 200
     assert health.json()["broker"] and set(health.json()["workers"]) == set(cluster.worker_names)
     api.post("/v1/forecasts?wait=60", json={"coins": ["alpha"], "model": "naive"})
-    assert 'crypto_ml_api_forecasts_total{model="naive",status="ok"}' in api.get("/metrics").text
+    text = api.get("/metrics").text
+    assert 'crypto_ml_api_forecasts_total{model="naive",status="ok"}' in text
+    # a one-coin request's cheap forecast travels as a part of a shared message
+    counted = dict(re.findall(r"^(crypto_ml_api_coalesced_\w+_total) (\S+)$", text, re.M))
+    messages = float(counted["crypto_ml_api_coalesced_messages_total"])
+    assert float(counted["crypto_ml_api_coalesced_parts_total"]) >= messages >= 1
 
     def drained() -> bool:  # a finished task is acknowledged a moment after its result
         text = api.get("/metrics").text

@@ -36,10 +36,10 @@ class Server:
     log: Path
 
 
-def call(url: str, body: dict[str, Any] | None = None,
-         key: str | None = KEY) -> tuple[int, dict[str, Any]]:
+def call(url: str, body: dict[str, Any] | None = None, key: str | None = KEY,
+         method: str | None = None) -> tuple[int, dict[str, Any]]:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method="POST" if data else "GET")
+    request = urllib.request.Request(url, data=data, method=method or ("POST" if data else "GET"))
     request.add_header("Content-Type", "application/json")
     if key:
         request.add_header("Authorization", f"Bearer {key}")
@@ -65,7 +65,8 @@ def embedded_server(folder: Path, coins: tuple[str, ...] = ("Alpha", "Beta"),
     data = write_coins(folder / "prices", coins=coins)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTO_ML_")}
-    env.update(CRYPTO_ML_DATA_DIR=str(data), CRYPTO_ML_API_KEYS=KEY, **env_vars)
+    env.update(CRYPTO_ML_DATA_DIR=str(data), CRYPTO_ML_API_KEYS=KEY,
+               CRYPTO_ML_API_JOBS_DIR=str(folder / "jobs"), **env_vars)
     log = folder / "api.log"
     proc = spawn([sys.executable, "-m", "crypto_ml.api", "--port", str(port), "--workers", "1"],
                  log, env=env, cwd=ROOT)

@@ -15,6 +15,7 @@ from celery import Celery
 from fault_helpers import cli_env, cli_exited, finish, start_cli, worker_logs
 from sentinel_support import SentinelCluster
 
+from crypto_ml.core.sentinel import parse
 from crypto_ml.core.settings import Settings
 from crypto_ml.data.loader import CryptoLoader
 from crypto_ml.dispatch.manager import check_broker
@@ -32,6 +33,12 @@ def test_sentinel_urls_reach_the_master_and_set_the_master_name() -> None:
     assert conf.broker_transport_options["master_name"] == "m"
     assert conf.result_backend_transport_options["master_name"] == "m"
     assert conf.result_backend.startswith("sentinel://")
+
+
+def test_a_sentinel_url_keeps_the_masters_user_name() -> None:
+    hosts, password, db, user = parse("sentinel://manager:p%40ss@h1:26379/2;sentinel://h2")
+    assert (hosts, password, db, user) == ([("h1", 26379), ("h2", 26379)], "p@ss", 2, "manager")
+    assert parse("sentinel://:pw@h1:26379")[2:] == (0, None)  # the operator's: user default
 
 
 @pytest.mark.slow

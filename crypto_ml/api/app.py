@@ -28,9 +28,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import crypto_ml
-from crypto_ml.core.errors import BrokerUnavailable, DataNotFound
+from crypto_ml.core.errors import BrokerUnavailable, ConfigError, DataNotFound
 from crypto_ml.core.settings import Settings
 
+from .jobs import Job, JobAccepted, JobBody, Jobs, JobStatus
 from .metrics import ApiMetrics, Message, Scope
 from .problems import bounded
 from .schemas import Accepted, Coins, ForecastBody, Health, Models, Problem, RunStatus, Unprocessable
@@ -146,15 +147,22 @@ class KeyCheck:
 
 def create_app(settings: Settings, runs: Runs,
                service: ForecastService | None = None) -> FastAPI:
-    """The API for ``runs`` (cluster or in-process), checking bodies with ``service``."""
+    """The API for ``runs`` (cluster or in-process), checking bodies with ``service``; table
+    jobs (``/v1/jobs``) run on the cluster of ``runs``, when it has one."""
     service = service or ForecastService(settings)
-    metrics = ApiMetrics(runs.queue_depth)
+    cluster_app = getattr(runs, "app", None)
+    jobs = Jobs(cluster_app, settings) if cluster_app is not None else None
+    coalescer = getattr(runs, "coalescer", None)
+    metrics = ApiMetrics(runs.queue_depth, None if coalescer is None
+                         else lambda: (coalescer.messages, coalescer.parts))
     require_key = KeyCheck(settings.api_keys)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS
         yield
+        if jobs is not None:
+            jobs.close()
 
     app = FastAPI(title="crypto-ml forecasts", version=crypto_ml.__version__,
                   description=DESCRIPTION, lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -235,6 +243,48 @@ def create_app(settings: Settings, runs: Runs,
         if state.fresh:
             metrics.count_run(state)
         return JSONResponse(state.to_json())
+
+    def job_or_404(job_id: str, found: Job | None) -> Job:
+        if found is None:
+            raise HTTPException(404, f"no job {job_id!r} in this API process (unknown, or run "
+                                "by another replica, or from before a restart)")
+        return found
+
+    def cluster_jobs() -> Jobs:
+        if jobs is None:
+            raise HTTPException(503, "jobs run on a cluster; this server runs forecasts "
+                                "in-process (--in-process)")
+        return jobs
+
+    @app.post("/v1/jobs", dependencies=authorized, tags=["jobs"], status_code=202,
+              summary="Forecast a long table of the data directory into Parquet",
+              response_model=JobAccepted,
+              responses={**UNAUTHORIZED,
+                         422: {"model": Unprocessable,
+                               "description": "the body or the table is invalid; named"},
+                         503: {"model": Problem, "description": "no cluster"}})
+    def post_job(body: JobBody) -> Response:
+        try:
+            job = cluster_jobs().submit(body)
+        except ConfigError as exc:  # a bad path, table or model: the caller's to fix
+            raise Invalid([{"loc": ["body"], "msg": str(exc), "type": "value_error"}]) from None
+        url = f"/v1/jobs/{job.id}"
+        return JSONResponse({"id": job.id, "status_url": url}, status_code=202,
+                            headers={"Location": url})
+
+    @app.get("/v1/jobs/{job_id}", dependencies=authorized, tags=["jobs"],
+             summary="A job's progress and output", response_model=JobStatus,
+             responses={**UNAUTHORIZED, 404: {"model": Problem, "description": "no such job"},
+                        503: {"model": Problem, "description": "no cluster"}})
+    def get_job(job_id: str) -> dict[str, Any]:
+        return job_or_404(job_id, cluster_jobs().get(job_id)).to_json()
+
+    @app.delete("/v1/jobs/{job_id}", dependencies=authorized, tags=["jobs"],
+                summary="Cancel a job: its queued work is revoked", response_model=JobStatus,
+                responses={**UNAUTHORIZED, 404: {"model": Problem, "description": "no such job"},
+                           503: {"model": Problem, "description": "no cluster"}})
+    def delete_job(job_id: str) -> dict[str, Any]:
+        return job_or_404(job_id, cluster_jobs().cancel(job_id)).to_json()
 
     @app.get("/v1/coins", dependencies=authorized, tags=["data"], response_model=Coins,
              summary="Coin ids of the data directory",

@@ -1,4 +1,5 @@
-"""Prometheus metrics of the API: requests, latency, queue depth, forecasts by model and status.
+"""Prometheus metrics of the API: requests, latency, queue depth, forecasts by model and
+status, and how concurrent requests share messages (the coalescer's messages and parts).
 
 Each app has its own registry (several apps in one process, as in tests, never
 clash). Queue depth is read from the broker when ``/metrics`` is scraped.
@@ -12,7 +13,7 @@ from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from crypto_ml.dispatch.runs import RunState
@@ -44,10 +45,27 @@ class QueueDepth(Collector):
         yield family
 
 
+class Coalesced(Collector):
+    """``crypto_ml_api_coalesced_messages_total`` and ``..._parts_total``: messages of cheap
+    forecasts the API sent, and the requests' parts they carried (parts / messages: how many
+    requests shared a message on average)."""
+
+    def __init__(self, read: Callable[[], tuple[int, int]]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        messages, parts = self.read()
+        yield CounterMetricFamily("crypto_ml_api_coalesced_messages",
+                                  "Messages of requests' cheap forecasts sent", value=messages)
+        yield CounterMetricFamily("crypto_ml_api_coalesced_parts",
+                                  "Requests' parts those messages carried", value=parts)
+
+
 class ApiMetrics:
     """The registry and the metrics the API updates."""
 
-    def __init__(self, queue_depth: Callable[[], dict[str, int]]) -> None:
+    def __init__(self, queue_depth: Callable[[], dict[str, int]],
+                 coalesced: Callable[[], tuple[int, int]] | None = None) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter("crypto_ml_api_requests", "HTTP requests answered",
                                 ["method", "route", "status"], registry=self.registry)
@@ -56,6 +74,8 @@ class ApiMetrics:
         self.forecasts = Counter("crypto_ml_api_forecasts", "Forecasts finished, by model",
                                  ["model", "status"], registry=self.registry)
         self.registry.register(QueueDepth(queue_depth))
+        if coalesced is not None:
+            self.registry.register(Coalesced(coalesced))
 
     def count_run(self, state: RunState) -> None:
         """Count a finished run's forecasts once (ok or failed, by model)."""

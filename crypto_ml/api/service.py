@@ -26,6 +26,7 @@ import redis
 from celery import Celery
 
 from crypto_ml.core.errors import CoinNotFound, CryptoMLError, DataNotFound
+from crypto_ml.core.sentinel import redis_client
 from crypto_ml.core.settings import Settings
 from crypto_ml.data.loader import CryptoLoader
 from crypto_ml.dispatch.report import RunReport
@@ -220,8 +221,9 @@ class QueueRuns(RunQueue):
     def __init__(self, app: Celery, settings: Settings, expires: float = 3600.0) -> None:
         super().__init__(app, settings.batch_size, expires, settings.result_expires,
                          coalesce=settings.api_coalesce)
-        self.broker = redis.Redis.from_url(settings.broker_url or "", socket_connect_timeout=2,
-                                           socket_timeout=2)
+        self.broker = redis_client(settings.broker_url or "", settings.sentinel_master,
+                                   settings.sentinel_password, socket_connect_timeout=2,
+                                   socket_timeout=2)  # the master, for a sentinel:// URL
         self._health: tuple[float, dict[str, Any]] | None = None
         self._health_lock = threading.Lock()
 

@@ -27,10 +27,12 @@ def is_sentinel(url: str | None) -> bool:
     return bool(url) and str(url).startswith(SCHEME)
 
 
-def parse(url: str) -> tuple[list[tuple[str, int]], str | None, int]:
-    """``(sentinels, master password, db)`` of a ``sentinel://`` URL list."""
+def parse(url: str) -> tuple[list[tuple[str, int]], str | None, int, str | None]:
+    """``(sentinels, master password, db, master user)`` of a ``sentinel://`` URL list
+    (``sentinel://USER:PASSWORD@host:26379/0;sentinel://host2:26379``)."""
     hosts: list[tuple[str, int]] = []
     password: str | None = None
+    username: str | None = None
     db = 0
     for chunk in url.split(";"):
         parts = urlparse(chunk.strip())
@@ -39,9 +41,10 @@ def parse(url: str) -> tuple[list[tuple[str, int]], str | None, int]:
         hosts.append((parts.hostname, parts.port or DEFAULT_PORT))
         if parts.password and password is None:
             password = unquote(parts.password)
+            username = unquote(parts.username) if parts.username else None
         if parts.path.strip("/") and not hosts[1:]:
             db = int(parts.path.strip("/"))
-    return hosts, password, db
+    return hosts, password, db, username
 
 
 def transport_options(url: str | None, master: str, password: str | None) -> dict[str, Any]:
@@ -60,9 +63,9 @@ def redis_client(url: str, master: str, sentinel_password: str | None = None,
     """A client of the Redis behind ``url``: the current master for a sentinel URL."""
     if not is_sentinel(url):
         return redis.Redis.from_url(url, **kwargs)
-    hosts, password, db = parse(url)
+    hosts, password, db, username = parse(url)
     sentinel_kwargs = {k: v for k, v in kwargs.items() if k.startswith("socket_")}
     if sentinel_password:
         sentinel_kwargs["password"] = sentinel_password
     sentinels = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, **kwargs)
-    return sentinels.master_for(master, password=password, db=db)
+    return sentinels.master_for(master, username=username, password=password, db=db)

@@ -56,6 +56,7 @@ Variable                                   Default                     Meaning
                                                                        concurrent requests' cheap forecasts share
                                                                        one (about 2x the cpu worker processes it
                                                                        feeds); 0: one message per request.
+``CRYPTO_ML_API_JOBS_DIR``                 ``crypto-ml-jobs``          Where ``POST /v1/jobs`` writes its outputs.
 ========================================  ==========================  =========================================
 """
 
@@ -139,6 +140,7 @@ class Settings:
     api_max_wait: int = 60
     api_max_body: int = 2_000_000
     api_coalesce: int = 4
+    api_jobs_dir: Path = Path("crypto-ml-jobs")
 
     def __post_init__(self) -> None:
         if self.log_format not in LOG_FORMATS:
@@ -215,6 +217,7 @@ class Settings:
             api_max_wait=_int(env, "CRYPTO_ML_API_MAX_WAIT", 60),
             api_max_body=_int(env, "CRYPTO_ML_API_MAX_BODY", 2_000_000),
             api_coalesce=_int(env, "CRYPTO_ML_API_COALESCE", 4, minimum=0),
+            api_jobs_dir=Path(env.get("CRYPTO_ML_API_JOBS_DIR") or "crypto-ml-jobs"),
         )
 
 

@@ -6,10 +6,11 @@ and the state it needs to forecast, under a key that hashes exactly those four
 forecasts from the saved model without training; new data (a new last close, a
 changed history) gives a new key, so it trains again; ``retrain`` forces a fit
 and overwrites the entry. The key does not hold the horizon: one fit serves any.
-An entry also keeps the forecast path the model has computed: forecasts are
-recursive, so a shorter horizon is a prefix of it and is read without loading the
-network (any worker answers in milliseconds, even one that has never imported the
-deep-learning backend); a longer one runs the restored network and extends the path.
+An entry also keeps the last prediction made from it: the same horizon and levels are
+read without loading the network (any worker answers in milliseconds, even one that has
+never imported the deep-learning backend); any other runs the restored network (no
+training) and saves its prediction. A shorter horizon is not cut from a longer path:
+its conformal intervals come from its own walk-forward errors.
 
 Where entries live (``CRYPTO_ML_MODEL_STORE``):
 

@@ -1,0 +1,98 @@
+"""Table runs over HTTP (``/v1/jobs``), as an application uses them: ``python -m crypto_ml.api``
+on its embedded cluster, a long table in its data directory, POST, poll, read the Parquet;
+a bad path, model or table gets a 422 naming it; DELETE cancels a job and its queued work
+goes (the queue-depth gauge falls to zero)."""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from table_support import random_walks, write_parquet
+from test_api_server import Server, call, embedded_server
+
+from crypto_ml.ops.processes import wait_until
+
+pytestmark = pytest.mark.integration
+SERIES = 400
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with embedded_server(tmp_path_factory.mktemp("api-jobs")) as running:
+        yield running
+
+
+def data_dir(server: Server) -> Path:
+    return server.log.parent / "prices"
+
+
+def job_state(server: Server, job_id: str) -> dict[str, object]:
+    status, body = call(f"{server.url}/v1/jobs/{job_id}")
+    assert status == 200, body
+    return body
+
+
+def test_a_job_forecasts_a_table_into_parquet(server: Server) -> None:
+    frame = random_walks(SERIES, 40, seed=3)
+    write_parquet(frame, data_dir(server) / "walks.parquet")
+    status, accepted = call(f"{server.url}/v1/jobs", {"input": "walks.parquet", "model": "naive",
+                                                     "horizon": 3})
+    assert status == 202, accepted
+    seen: list[dict[str, object]] = []
+    wait_until(lambda: seen.append(job_state(server, accepted["id"])) or
+               seen[-1]["status"] in ("done", "failed", "cancelled"), 120, "the job to finish")
+    final = seen[-1]
+    assert final["status"] == "done" and final["done"] == SERIES and final["failed"] == 0, final
+    got = pd.read_parquet(str(final["output"]))
+    last = frame.groupby("unique_id")["y"].last()
+    assert len(got) == SERIES * 3 and set(got["unique_id"]) == set(last.index)
+    assert (got.groupby("unique_id")["naive"].first() == last).all()  # naive: the last value
+    assert {"naive-lo-80", "naive-hi-95"} <= set(got.columns)
+
+
+@pytest.mark.parametrize(("body", "words"), [
+    ({"input": "../../etc/passwd"}, "outside the server's data directory"),
+    ({"input": "nosuch.parquet"}, "no input 'nosuch.parquet'"),
+    ({"input": "alpha.csv"}, "column"),  # a price file, not a long table: names the columns
+    ({"input": "walks.parquet", "model": "prophet"}, "prophet"),
+])
+def test_a_bad_job_gets_422_naming_the_problem(server: Server, body: dict[str, object],
+                                                words: str) -> None:
+    write_parquet(random_walks(3, 10), data_dir(server) / "walks.parquet")
+    (data_dir(server) / "alpha.csv").write_text((data_dir(server) / "Alpha.csv").read_text())
+    status, reply = call(f"{server.url}/v1/jobs", body)
+    assert status == 422, reply
+    assert words in reply["detail"][0]["msg"], reply
+
+
+def test_delete_cancels_a_job_and_its_queued_work_goes(server: Server) -> None:
+    write_parquet(random_walks(3000, 60, seed=5), data_dir(server) / "slow.parquet")
+    status, accepted = call(f"{server.url}/v1/jobs", {"input": "slow.parquet", "model": "ets"})
+    assert status == 202, accepted
+    wait_until(lambda: job_state(server, accepted["id"])["done"] > 0, 120, "the job's first chunk")
+    status, _ = call(f"{server.url}/v1/jobs/{accepted['id']}", method="DELETE")
+    assert status == 200
+    wait_until(lambda: job_state(server, accepted["id"])["status"] == "cancelled", 60,
+               "the job to stop")
+    final = job_state(server, accepted["id"])
+    assert final["done"] < 3000 and not Path(str(final["output"])).exists()
+    wait_until(lambda: queued(server) == 0, 60, "the job's queued work revoked or done")
+    assert call(f"{server.url}/v1/jobs/nosuchjob")[0] == 404
+
+
+def queued(server: Server) -> int:
+    request = urllib.request.Request(f"{server.url}/metrics")
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        text = reply.read().decode()
+    return sum(int(float(n)) for n in re.findall(r'crypto_ml_api_queue_depth\{queue="\w+"\} (\S+)',
+                                                 text))
+
+
+def test_jobs_need_the_key(server: Server) -> None:
+    assert call(f"{server.url}/v1/jobs", {"input": "walks.parquet"}, key=None)[0] == 401
+    assert call(f"{server.url}/v1/jobs/x", key="wrong")[0] == 401
