@@ -200,7 +200,7 @@ def test_plain_notices_become_log_records_in_json_mode(caplog: pytest.LogCapture
 # plot ----------------------------------------------------------------------------------------
 
 @pytest.mark.integration  # runs a command in a subprocess
-def test_plot_draws_one_readable_panel_per_coin(price_data: Path) -> None:
+def test_plot_draws_one_readable_panel_per_coin_and_one_legend(price_data: Path) -> None:
     pytest.importorskip("matplotlib")
     import matplotlib.image
 
@@ -222,10 +222,11 @@ def test_plot_draws_one_readable_panel_per_coin(price_data: Path) -> None:
     image = matplotlib.image.imread(path)[..., :3]
     assert image.shape[:2] == (info.size[1], info.size[0]) and info.size[0] >= 800
     assert list(info.panels) == coins and not info.left_out
+    assert info.legends == 1  # one for the figure, none repeated in each panel
     for coin, (left, top, right, bottom) in info.panels.items():
         inner = image[top + 3:bottom - 3, left + 3:right - 3]  # inside the frame
         history = (inner.max(axis=2) < 0.25).any(axis=0).mean()  # columns the black line crosses
-        tail = inner[:, int(inner.shape[1] * 0.7):]  # right of the legend: the forecast days
+        tail = inner[:, int(inner.shape[1] * 0.7):]  # the forecast days
         blue = ((tail[..., 2] > 0.6) & (tail[..., 0] < 0.3)).sum()  # the linear forecast
         assert history > 0.6 and blue > 20, f"panel {coin} misses its history or forecast"
         pale = ((tail[..., 2] - tail[..., 0] > 0.03) & (tail[..., 0] > 0.6)).sum()

@@ -2,7 +2,9 @@
 
 Rendered with matplotlib's Agg backend (no display needed). Forecast day ``i``
 is ``last_date + i`` days, the way the task's horizon counts days. Each
-forecast's prediction intervals are shaded in its colour, the widest palest.
+forecast's prediction intervals are shaded in its colour, the widest palest. One
+legend for the whole figure, below the panels: every panel uses the same colours,
+and a legend in each covered a third of its history.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class PlotInfo:
     size: tuple[int, int]
     panels: dict[str, tuple[int, int, int, int]]
     left_out: list[str]
+    legends: int  # legend boxes drawn: one for the figure
 
 
 def forecast_dates(result: Mapping[str, Any], history: pd.DataFrame) -> pd.DatetimeIndex:
@@ -79,7 +82,6 @@ def _panel(ax: Any, coin: str, history: pd.DataFrame, by_model: Mapping[str, Any
     ax.set_title(coin, fontsize=11)
     ax.set_ylabel("close (USD)")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
 
 
 def plot_forecasts(results: Results, histories: Mapping[str, pd.DataFrame], path: Path,
@@ -104,6 +106,12 @@ def plot_forecasts(results: Results, histories: Mapping[str, pd.DataFrame], path
         _panel(ax, coin, histories[coin], results[coin])
     for ax in list(axes.flat)[len(shown):]:
         ax.set_visible(False)
+    entries: dict[str, Any] = {}  # label -> handle, first panel first
+    for ax in axes.flat[: len(shown)]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    fig.legend(list(entries.values()), list(entries), loc="outside lower center",
+               ncols=min(len(entries), 5), fontsize=8, frameon=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     width, height = (round(v) for v in fig.get_size_inches() * fig.dpi)
@@ -111,5 +119,6 @@ def plot_forecasts(results: Results, histories: Mapping[str, pd.DataFrame], path
     for ax, coin in zip(axes.flat, shown, strict=False):
         box = ax.get_window_extent()  # display pixels, origin bottom left
         panels[coin] = (int(box.x0), int(height - box.y1), int(box.x1), int(height - box.y0))
+    legends = len(fig.legends) + sum(ax.get_legend() is not None for ax in axes.flat)
     plt.close(fig)
-    return PlotInfo(path, (width, height), panels, left_out)
+    return PlotInfo(path, (width, height), panels, left_out, legends)
