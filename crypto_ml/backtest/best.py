@@ -22,10 +22,11 @@ from crypto_ml.backtest.engine import BacktestConfig, BacktestResult, run_backte
 from crypto_ml.core.errors import ConfigError
 from crypto_ml.dispatch.manager import CryptoManager
 from crypto_ml.dispatch.report import RunReport, format_forecast
-from crypto_ml.models import parse_models
+from crypto_ml.models import HEAVY, model_names, parse_models
 
 BEST = "best"
-DEFAULT_CANDIDATES = "naive,linear,ets,theta,arima"
+#: Every cheap model of the registry (the deep ones cost minutes per coin to backtest).
+DEFAULT_CANDIDATES = ",".join(m for m in model_names() if m not in HEAVY)
 log = logging.getLogger(__name__)
 
 

@@ -48,7 +48,7 @@ from crypto_ml.data.loader import CryptoLoader
 from crypto_ml.dispatch.manager import CryptoManager
 from crypto_ml.dispatch.report import RunReport
 from crypto_ml.dispatch.summary import summarize, summary_lines
-from crypto_ml.models import parse_models
+from crypto_ml.models import model_names, parse_models
 from crypto_ml.ops.plot import plot_forecasts
 
 
@@ -57,14 +57,13 @@ def add_parser(sub: Any) -> None:
     send = sub.add_parser("send-tasks", help="forecast every coin (or --coins) with --model",
                           **help_texts("send-tasks"))
     send.add_argument("--model", default="linear", type=model_names_option,
-                      help="naive, linear, ets, theta, arima, lstm, gru, lstm_ret, gru_ret, a comma "
-                      "list (any case), or best: "
+                      help=f"{', '.join(model_names())}, a comma list (any case), or best: "
                       "each coin's lowest backtest MASE (default: linear)")
     send.add_argument("--backtest", type=Path,
                       help="with --model best: a backtest.json to choose from (else run one)")
     send.add_argument("--candidates", type=model_names_option,
                       help="with --model best and no --backtest: models to "
-                      "backtest and choose from (default: naive,linear,ets,theta,arima)")
+                      f"backtest and choose from (default: {DEFAULT_CANDIDATES})")
     send.add_argument("--coins", help="comma list of coin ids, any case (default: every coin)")
     send.add_argument("--horizon", type=positive_int, default=10, help="days to forecast (10)")
     send.add_argument("--max-points", type=max_points, metavar="N|all",
