@@ -26,7 +26,7 @@ import platform
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -84,9 +84,17 @@ def client_session(url: str, clients: int) -> aiohttp.ClientSession:
                                  timeout=aiohttp.ClientTimeout(total=60))
 
 
+def api_forecast(answer: Any, coin: str) -> Any:
+    """The ``linear`` forecast of ``coin`` in the API's answer (None: missing)."""
+    return answer.get("results", {}).get(coin, {}).get("linear", {}).get("forecast")
+
+
 async def load(url: str, bodies: list[dict[str, Any]], expected: dict[str, list[float]],
-               clients: int) -> dict[str, Any]:
-    """Send ``bodies`` from ``clients`` concurrent clients; latencies and correctness."""
+               clients: int, path: str = "/v1/forecasts?wait=30",
+               forecast_of: Callable[[Any, str], Any] = api_forecast) -> dict[str, Any]:
+    """Send ``bodies`` (POST ``path``) from ``clients`` concurrent clients; latencies and
+    correctness: ``forecast_of(answer, coin)`` must equal ``expected[coin]`` (another server
+    than the API answers in its own shape: bench/serve_peers.py)."""
     left = iter(bodies)
     latencies: list[float] = []
     errors: list[str] = []
@@ -96,7 +104,7 @@ async def load(url: str, bodies: list[dict[str, Any]], expected: dict[str, list[
             for body in left:
                 started = time.perf_counter()
                 try:
-                    async with session.post("/v1/forecasts?wait=30", json=body) as reply:
+                    async with session.post(path, json=body) as reply:
                         status, payload = reply.status, await reply.read()
                 except aiohttp.ClientError as exc:  # counted, not fatal: the run goes on
                     errors.append(f"{type(exc).__name__}: {exc}")
@@ -105,9 +113,9 @@ async def load(url: str, bodies: list[dict[str, Any]], expected: dict[str, list[
                 if status != 200:
                     errors.append(f"{status}: {payload[:200]!r}")
                     continue
-                results = json.loads(payload)["results"]
+                answer = json.loads(payload)
                 for coin in body["coins"]:
-                    got = results.get(coin, {}).get("linear", {}).get("forecast")
+                    got = forecast_of(answer, coin)
                     if got is None or not np.allclose(got, expected[coin], rtol=1e-9, atol=0):
                         errors.append(f"{coin}: wrong or missing forecast")
 
