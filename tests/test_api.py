@@ -141,6 +141,14 @@ def test_openapi_documents_what_each_route_answers(data: Path) -> None:
             assert all("content" in r for r in operation["responses"].values()), path  # a model
     body = spec["components"]["schemas"]["ForecastBody"]
     assert body["oneOf"] == [{"required": ["coins"]}, {"required": ["series"]}]
+    ids = [op["operationId"] for path in spec["paths"].values() for op in path.values()]
+    assert len(ids) == len(set(ids))
+
+
+def test_a_method_a_route_lacks_gets_405_naming_the_ones_it_has(data: Path) -> None:
+    reply = make(data).options("/v1/jobs/x")
+    assert reply.status_code == 405
+    assert set(reply.headers["allow"].replace(" ", "").split(",")) == {"GET", "DELETE"}
 
 
 def test_wait_above_the_cap_is_refused(data: Path) -> None:

@@ -60,6 +60,8 @@ def test_a_job_forecasts_a_table_into_parquet(server: Server) -> None:
     ({"input": "nosuch.parquet"}, "no input 'nosuch.parquet'"),
     ({"input": "alpha.csv"}, "column"),  # a price file, not a long table: names the columns
     ({"input": "walks.parquet", "model": "prophet"}, "prophet"),
+    ({"input": "a\u0000b"}, "not a usable path"),
+    ({"input": "x" * 5000}, "not a usable path"),
 ])
 def test_a_bad_job_gets_422_naming_the_problem(server: Server, body: dict[str, object],
                                                 words: str) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import pyarrow as pa
 from celery import Celery
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -128,9 +129,13 @@ class Jobs:
         if body.horizon > self.settings.max_horizon:
             raise ConfigError(f"horizon must be at most {self.settings.max_horizon} "
                               f"(CRYPTO_ML_MAX_HORIZON), got {body.horizon}")
-        source = TableSource(self._readable(body.input),
-                             Columns(body.id_col, body.time_col, body.value_col))
-        info = source.check()
+        path = self._readable(body.input)
+        try:
+            source = TableSource(path, Columns(body.id_col, body.time_col, body.value_col))
+            info = source.check()
+        except (OSError, ValueError, pa.ArrowException) as exc:  # InvalidTable is not these
+            raise ConfigError(f"cannot read input {body.input[:200]!r} as a long table "
+                              f"({type(exc).__name__}: {str(exc)[:300]})") from None
         plan = TablePlan.of(models, body.horizon, body.levels, body.max_points)
         folder = self.settings.api_jobs_dir
         folder.mkdir(parents=True, exist_ok=True)
@@ -146,12 +151,16 @@ class Jobs:
     def _readable(self, given: str) -> Path:
         """``given`` inside the data directory, or ConfigError: the server reads nothing else."""
         root = self.settings.data_dir.resolve()
-        path = (root / given).resolve()
+        try:
+            path = (root / given).resolve()
+            found = path.exists()
+        except (OSError, ValueError) as exc:  # a NUL byte, a name too long...
+            raise ConfigError(f"input {given[:200]!r} is not a usable path ({exc})") from None
         if not path.is_relative_to(root):
-            raise ConfigError(f"input {given!r} is outside the server's data directory; give a "
-                              "path relative to it (CRYPTO_ML_DATA_DIR)")
-        if not path.exists():
-            raise ConfigError(f"no input {given!r} in the server's data directory")
+            raise ConfigError(f"input {given[:200]!r} is outside the server's data directory; "
+                              "give a path relative to it (CRYPTO_ML_DATA_DIR)")
+        if not found:
+            raise ConfigError(f"no input {given[:200]!r} in the server's data directory")
         return path
 
     def _run(self, job: Job, source: TableSource, output: TableOutput, plan: TablePlan) -> None:
