@@ -274,13 +274,8 @@ def full_run(cluster: LocalCluster, data_dir: Path, work: Path) -> dict[str, obj
     exporter = spawn([sys.executable, "-m", "crypto_ml", "queue-depth", "--port", str(port),
                       "--host", "127.0.0.1"], work / "exporter.log", env=exporter_env, cwd=ROOT)
     try:
-        def answers() -> bool:
-            try:
-                return _get(f"http://127.0.0.1:{port}/healthz") == 200
-            except OSError:
-                return False
-
-        wait_until(answers, 60, "the queue-depth exporter answering")
+        wait_until(lambda: _healthy(f"http://127.0.0.1:{port}"), 60,
+                   "the queue-depth exporter answering")
         done["exporter"] = _get(f"http://127.0.0.1:{port}/")
     finally:
         terminate(exporter)
@@ -294,6 +289,14 @@ def full_run(cluster: LocalCluster, data_dir: Path, work: Path) -> dict[str, obj
         capture_output=True, text=True, timeout=120,
         env={**os.environ, "CRYPTO_ML_BROKER_URL": cluster.url_for("worker"), "TMPDIR": str(work)})
     return done
+
+
+def _healthy(url: str) -> bool:
+    """Whether the server at ``url`` answers 200 at /healthz (not yet listening: False)."""
+    try:
+        return _get(f"{url}/healthz") == 200
+    except OSError:
+        return False
 
 
 def _call(url: str, body: object = None) -> tuple[int, dict[str, object]]:
@@ -322,13 +325,7 @@ def api_run(cluster: LocalCluster, data_dir: Path, work: Path) -> dict[str, obje
     url = f"http://127.0.0.1:{port}"
     done: dict[str, object] = {}
     try:
-        def answers() -> bool:
-            try:
-                return _get(f"{url}/healthz") == 200
-            except OSError:
-                return False
-
-        wait_until(answers, 120, "the API answering",
+        wait_until(lambda: _healthy(url), 120, "the API answering",
                    lambda: None if api.poll() is None else (work / "api.log").read_text()[-2000:])
         body = {"coins": ["bitcoin"], "model": "linear", "horizon": 2}
         done["api wait"] = _call(f"{url}/v1/forecasts?wait=60", body)[0]

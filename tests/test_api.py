@@ -244,3 +244,11 @@ def test_a_port_in_use_is_a_configuration_error() -> None:
                              capture_output=True, text=True, timeout=120)
     assert run.returncode == 2, run.stderr
     assert f"could not listen on 127.0.0.1:{port}" in run.stderr
+
+
+def test_job_bodies_take_levels_as_forecast_bodies_do() -> None:
+    from crypto_ml.api.jobs import JobBody
+    from crypto_ml.api.schemas import ForecastBody
+
+    assert JobBody(input="t.parquet", levels=[95, 80, 80]).levels == [80.0, 95.0]
+    assert ForecastBody(coins=["a"], levels=[95, 80, 80]).levels == [80.0, 95.0]

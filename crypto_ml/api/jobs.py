@@ -17,7 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import pyarrow as pa
 from celery import Celery
@@ -27,11 +27,11 @@ from crypto_ml.core.errors import ConfigError, CryptoMLError
 from crypto_ml.core.settings import Settings
 from crypto_ml.data.table import Columns, TableSource
 from crypto_ml.dispatch.table_output import TableOutput, failures_path
-from crypto_ml.dispatch.table_run import TablePlan, run_table
+from crypto_ml.dispatch.table_run import TablePlan, default_in_flight, run_table
 from crypto_ml.models import parse_models
 from crypto_ml.models.intervals import DEFAULT_LEVELS
 
-from .schemas import Whole
+from .schemas import Levels, Whole
 
 log = logging.getLogger(__name__)
 #: A job's seconds without any outcome before its pending chunks count as failed.
@@ -48,8 +48,8 @@ class JobBody(BaseModel):
                        "relative to the server's data directory (CRYPTO_ML_DATA_DIR)")
     model: str | list[str] = Field("linear", description="a model name, a comma list or a list")
     horizon: Whole = Field(10, ge=1, description="steps to forecast per series")
-    levels: list[Annotated[float, Field(gt=0, lt=100)]] = Field(
-        list(DEFAULT_LEVELS), description="prediction interval levels in percent")
+    levels: Levels = Field(list(DEFAULT_LEVELS),
+                           description="prediction interval levels in percent")
     max_points: Whole | None = Field(None, ge=0, description="fit on the newest N values")
     id_col: str = Field("unique_id", min_length=1)
     time_col: str = Field("ds", min_length=1)
@@ -164,10 +164,10 @@ class Jobs:
         return path
 
     def _run(self, job: Job, source: TableSource, output: TableOutput, plan: TablePlan) -> None:
-        in_flight = max(4, 2 * self.settings.workers)
         try:
             summary = run_table(self.app, source, output, plan, job.progress, log.info,
-                                job.check_cancel, JOB_TIMEOUT, in_flight)
+                                job.check_cancel, JOB_TIMEOUT,
+                                default_in_flight(self.settings.workers))
         except JobCancelled:
             job.status = "cancelled"
         except (CryptoMLError, OSError) as exc:  # the broker refused, a disk full...

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from crypto_ml.core.errors import InvalidTaskInput
 from crypto_ml.models.intervals import DEFAULT_LEVELS, check_levels
@@ -25,6 +25,18 @@ def _whole(value: Any) -> Any:
 
 #: An integer field that also takes a JSON number with no fraction.
 Whole = Annotated[int, BeforeValidator(_whole)]
+
+
+def _checked_levels(value: list[float]) -> list[float]:
+    """Sorted and unique, as every other entry point takes them (``check_levels``)."""
+    try:
+        return list(check_levels(value))
+    except InvalidTaskInput as exc:
+        raise ValueError(str(exc)) from None
+
+
+#: Prediction interval levels in percent, each strictly between 0 and 100.
+Levels = Annotated[list[Annotated[float, Field(gt=0, lt=100)]], AfterValidator(_checked_levels)]
 
 
 def _one_source_schema(schema: dict[str, Any]) -> None:
@@ -61,7 +73,7 @@ class ForecastBody(BaseModel):
                                    '{"epochs": 2}; each model takes those GET /v1/models lists')
     max_points: Whole | None = Field(None, ge=0, description="fit on the newest N closes only "
                                    "(0: all; default: each model's own window, 200 for most)")
-    levels: list[Annotated[float, Field(gt=0, lt=100)]] = Field(
+    levels: Levels = Field(
         list(DEFAULT_LEVELS), description="prediction interval levels in percent, e.g. "
         "[80, 95]; [] for none")
     retrain: bool = Field(False, description="deep models: train even if the model store "
@@ -75,14 +87,6 @@ class ForecastBody(BaseModel):
                 if name in data and data[name] is None:
                     raise ValueError(f"'{name}' may be left out but not null")
         return data
-
-    @field_validator("levels")
-    @classmethod
-    def valid_levels(cls, value: list[float]) -> list[float]:
-        try:
-            return list(check_levels(value))
-        except InvalidTaskInput as exc:
-            raise ValueError(str(exc)) from None
 
     @model_validator(mode="after")
     def one_source(self) -> ForecastBody:

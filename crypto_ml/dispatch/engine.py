@@ -149,6 +149,9 @@ class Dispatcher:
         self._expires: float | None = None
         self._next_sweep = 0.0
         self._collected: list[str] = []  # task ids whose outcome was read
+        #: What freeing results and marking the run's end may meet: best effort, both (the
+        #: backend away, or a full Redis refusing the write); results expire anyway.
+        self._bookkeeping_errors = (*app.backend.connection_errors, redis.RedisError)
         self._free_as_read = False
         self.run_id = ""
 
@@ -291,7 +294,7 @@ class Dispatcher:
                 self._pubsub.unsubscribe(*keys)
             if self._free_as_read:
                 forget(self.app, task_ids)
-        except (*self.app.backend.connection_errors, redis.RedisError) as exc:  # best effort
+        except self._bookkeeping_errors as exc:
             log.debug("could not free %d result(s) now (%s); freed at the end", len(keys), exc)
 
     def _forget_collected(self) -> None:
@@ -299,7 +302,7 @@ class Dispatcher:
         try:
             for i in range(0, len(self._collected), CHUNK):
                 forget(self.app, self._collected[i : i + CHUNK])
-        except (*self.app.backend.connection_errors, redis.RedisError) as exc:  # best effort
+        except self._bookkeeping_errors as exc:
             log.debug("could not free the run's results (%s); they expire", exc)
         self._collected = []
 
@@ -308,7 +311,7 @@ class Dispatcher:
         try:
             self.app.backend.client.set(closed_key(self.run_id), 1,
                                         ex=redelivery_bound(self.app))
-        except (*self.app.backend.connection_errors, redis.RedisError) as exc:  # best effort
+        except self._bookkeeping_errors as exc:
             log.debug("could not mark run %s closed (%s)", self.run_id, exc)
 
     def _give_up(self) -> Iterator[Outcome]:

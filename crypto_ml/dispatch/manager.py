@@ -227,14 +227,14 @@ class CryptoManager:
                   on_skip: Callable[[int], None] | None = None) -> TableSummary:
         """Forecast a checked long table into ``output`` (:mod:`crypto_ml.dispatch.table_run`):
         at most ``in_flight`` messages at a time (default: twice the embedded workers)."""
-        from crypto_ml.dispatch.table_run import run_table  # lazy: pyarrow, pandas
+        from crypto_ml.dispatch.table_run import default_in_flight, run_table  # lazy: pyarrow
 
         self._launch_early([m.model for m in plan.models])
         try:
             with self.connected() as app:
                 summary = run_table(app, source, output, plan, on_progress, self._say,
                                     self._tick, timeout,
-                                    in_flight or max(4, 2 * self.settings.workers), on_skip)
+                                    in_flight or default_in_flight(self.settings.workers), on_skip)
                 self._idle = True
         finally:
             self._drop_launched()
