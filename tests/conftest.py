@@ -87,7 +87,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``gpu`` are skipped, with the reason, on machines without an NVIDIA GPU."""
+    """Tests marked ``nemesis`` run only when ``-m`` names them (.ci/run does, after the
+    container tier); tests marked ``gpu`` are skipped, with the reason, without an NVIDIA GPU."""
+    if "nemesis" not in (config.option.markexpr or ""):
+        long_runs = [item for item in items if item.get_closest_marker("nemesis")]
+        if long_runs:
+            config.hook.pytest_deselected(items=long_runs)
+            items[:] = [item for item in items if item not in long_runs]
     if shutil.which("nvidia-smi"):
         return
     skip = pytest.mark.skip(reason="needs an NVIDIA GPU (nvidia-smi not found)")

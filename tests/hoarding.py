@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -30,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from crypto_ml.dispatch.cluster import LocalCluster  # noqa: E402
-from crypto_ml.ops.processes import spawn, wait_until  # noqa: E402
+from crypto_ml.ops.processes import wait_until  # noqa: E402
 from crypto_ml.ops.queue_depth import queue_depths  # noqa: E402
 from crypto_ml.worker.liveness import REGISTRY_KEY, held_key  # noqa: E402
 from crypto_ml.worker.requests import TASK_NAME, ForecastRequest  # noqa: E402
@@ -50,18 +49,6 @@ class Cluster(LocalCluster):
         # the embedded launcher runs crypto_ml.app; another app goes through `celery -A`
         options = super().worker_command(name)[3:]  # after: python -m crypto_ml.worker.launch
         return [sys.executable, "-m", "celery", "-A", self.app_module, "worker", *options]
-
-
-def start_worker(cluster: LocalCluster) -> str:
-    """One more `celery worker` process on ``cluster`` (stopped with it); its name."""
-    index = len(cluster.workers) + 1
-    name = f"extra{index}-{os.getpid()}@{socket.gethostname()}"
-    env = {**cluster.env, "CRYPTO_ML_BROKER_URL": cluster.broker_url}
-    env.pop("CRYPTO_ML_RESULT_BACKEND", None)
-    cluster.workers.append(spawn(cluster.worker_command(name),
-                                 cluster.workdir / f"worker{index}.log", env=env))
-    cluster.worker_names.append(name)
-    return name
 
 
 @dataclass
@@ -219,7 +206,7 @@ def experiment(n: int, app_module: str = "crypto_ml", join_at: float = 0.3) -> d
         app = app_for(cluster)  # fresh connections (the old pool's are closed by the restart)
         wait_until(lambda: len(finished(app, ids)) >= len(ids) * join_at, 300, "backlog part")
         limit[f"extra{len(cluster.workers) + 1}"] = 1  # it may take a task before it answers
-        second = start_worker(cluster)
+        second = cluster.add_worker()
         wait_until(lambda: any(m.decode().startswith(f"{second}/") for m in
                                cluster.client().smembers(REGISTRY_KEY)), 60, "the second worker")
         done_at_join = finished(app, ids)

@@ -20,7 +20,6 @@ import psutil
 import pytest
 import redis
 from fault_helpers import app_for, wait_for_drained, worker_logs
-from hoarding import start_worker
 
 from crypto_ml.core.errors import ConfigError
 from crypto_ml.core.settings import Settings
@@ -86,7 +85,7 @@ class Chaos(threading.Thread):
                 victim.wait(10)
                 self.kills += 1
             if len(live_workers(self.cluster)) < WORKERS:
-                start_worker(self.cluster)
+                self.cluster.add_worker()
                 self.started += 1
         self.idle.set()
         self.exit.wait()

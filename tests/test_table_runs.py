@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import ROOT, cli_env, run_cli
+from fault_helpers import META_PREFIX, wait_for_drained, worker_logs
 from table_support import coin_windows, random_walks, write_parquet
 
 import crypto_ml
@@ -90,6 +92,7 @@ def test_a_killed_manager_resumes_without_recomputing_or_doubling(
         first.communicate(timeout=30)
     written = len(list(parts.glob("chunk-*.parquet")))
     assert 3 <= written < 100 and not out.exists()
+    chunks_before = _chunk_tasks(cluster)
     again = run_cli(*args, "--output", str(out))
     assert again.returncode == 0, again.stderr
     assert f"{written * 15} written by an earlier run" in again.stderr
@@ -97,6 +100,17 @@ def test_a_killed_manager_resumes_without_recomputing_or_doubling(
     pd.testing.assert_frame_equal(resumed, expected)
     assert not resumed.duplicated(["unique_id", "ds"]).any() and len(resumed) == 1500 * 3
     assert not parts.exists()
+    # the chunk the killed manager had in flight was taken by the resumed run (same run id,
+    # same task id), not computed for nobody: no chunk's result is left in Redis
+    wait_for_drained(cluster)
+    ran = _chunk_tasks(cluster) - chunks_before
+    client = cluster.client()
+    assert ran and not [t for t in ran if client.exists(f"{META_PREFIX}{t}")]
+
+
+def _chunk_tasks(cluster) -> set[str]:
+    """The ids of every table chunk the cluster's workers have finished so far."""
+    return set(re.findall(r"task (\S+) done: table chunk", worker_logs(cluster)))
 
 
 def test_a_bad_table_exits_2_in_one_line_before_any_cluster(tmp_path: Path) -> None:

@@ -100,6 +100,7 @@ class LocalCluster:
         self.redis: Popen[bytes] | None = None
         self.workers: list[Popen[bytes]] = []
         self.worker_names: list[str] = []
+        self._tag = f"{os.getpid()}-{secrets.token_hex(2)}"  # in each worker's name
         self.startup_seconds = 0.0
         self._started_at = 0.0
         self.flower_settings = flower  # its port, address and auth; the broker is ours
@@ -169,19 +170,28 @@ class LocalCluster:
                 "--loglevel", self.loglevel, "--without-mingle", "--without-gossip",
                 *self.extra_worker_args]
 
-    def start_workers(self) -> None:
+    def worker_env(self) -> dict[str, str]:
         # the workers share this machine's cores: math threads per worker, unless set already
         env = {**threads_env(os.cpu_count() or 1, self.n_workers), **self.env,
                "CRYPTO_ML_BROKER_URL": self.url_for("worker")}
         env.pop("CRYPTO_ML_RESULT_BACKEND", None)
         if self.flower_settings is not None:  # Flower shows tasks from their first moment
             env["CRYPTO_ML_TASK_EVENTS"] = "1"
-        tag = f"{os.getpid()}-{secrets.token_hex(2)}"
-        for i in range(self.n_workers):
-            name = f"local{i + 1}-{tag}@{socket.gethostname()}"
-            log_name = f"worker{i + 1}.log"
-            self.workers.append(spawn(self.worker_command(name), self.workdir / log_name, env=env))
-            self.worker_names.append(name)
+        return env
+
+    def add_worker(self) -> str:
+        """Start one more worker (at start, or in place of a lost one) without waiting; its
+        name. Its log is ``worker<n>.log`` in the work folder, n counting from 1."""
+        index = len(self.workers) + 1
+        name = f"local{index}-{self._tag}@{socket.gethostname()}"
+        self.workers.append(spawn(self.worker_command(name), self.workdir / f"worker{index}.log",
+                                  env=self.worker_env()))
+        self.worker_names.append(name)
+        return name
+
+    def start_workers(self) -> None:
+        for _ in range(self.n_workers):
+            self.add_worker()
 
     def _workers_dead(self) -> str | None:
         for i, proc in enumerate(self.workers):

@@ -153,16 +153,23 @@ class Dispatcher:
         #: backend away, or a full Redis refusing the write); results expire anyway.
         self._bookkeeping_errors = (*app.backend.connection_errors, redis.RedisError)
         self._free_as_read = False
+        self._stable_ids = False
         self.run_id = ""
 
     def run(self, messages: Iterable[Message], timeout: float | None = None,
             max_in_flight: int | None = None,
             on_sent: Callable[[str, Message], None] = lambda task_id, message: None,
-            ) -> Iterator[Outcome]:
-        """Publish ``messages`` (at most ``max_in_flight`` pending) and yield each outcome."""
+            run_id: str | None = None) -> Iterator[Outcome]:
+        """Publish ``messages`` (at most ``max_in_flight`` pending) and yield each outcome.
+
+        ``run_id`` names a run that may have been started before (a resumed table run): each
+        message with a ``key`` then gets the id it had then, so a result its workers stored
+        for the interrupted run is taken, and its messages still queued count as this run's.
+        """
         self._expires = timeout
         self._free_as_read = max_in_flight is not None
-        self.run_id = uuid.uuid4().hex
+        self._stable_ids = run_id is not None
+        self.run_id = run_id or uuid.uuid4().hex
         source = iter(messages)
         exhausted = False
         lost = LostMessages(self.app, self.pending, self._resend, (CPU_QUEUE, GPU_QUEUE),
@@ -192,8 +199,13 @@ class Dispatcher:
 
     # -- publishing ------------------------------------------------------------------------
 
+    def _task_id(self, message: Message) -> str:
+        if self._stable_ids and message.key is not None:
+            return str(uuid.uuid5(uuid.NAMESPACE_OID, f"crypto-ml/{self.run_id}/{message.key}"))
+        return str(uuid.uuid4())
+
     def _publish(self, message: Message, task_id: str | None = None) -> str:
-        task_id = task_id or str(uuid.uuid4())
+        task_id = task_id or self._task_id(message)
         key = _key(self.app, task_id)
         self._keys[key] = task_id
         self.pending[task_id] = message

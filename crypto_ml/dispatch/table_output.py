@@ -7,8 +7,10 @@ file of their own, renamed first. ``manifest.json`` there records what the run
 is (input, models, horizon, levels, chunking). A run that finds the parts folder
 of the same run takes the chunks it holds as done and sends only the others;
 one of a different run is an :class:`~crypto_ml.core.errors.OutputMismatch`
-naming the difference (``--overwrite`` starts afresh). When every chunk is in,
-:meth:`TableOutput.finish` copies the parts, in chunk order, into ``OUT`` and
+naming the difference (``--overwrite`` starts afresh). ``run-id`` there names the run to
+the dispatch engine: a resumed run keeps it, so its chunk messages carry the ids the
+interrupted run gave them, and what that run's workers still compute is taken, not redone.
+When every chunk is in, :meth:`TableOutput.finish` copies the parts, in chunk order, into ``OUT`` and
 ``OUT.failures.parquet`` (each written aside and renamed: atomic) and removes the
 folder, so an interrupted and an uninterrupted run give the same files.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,7 @@ from crypto_ml.core.errors import ConfigError, OutputMismatch
 FAILURES_SCHEMA = pa.schema([("unique_id", pa.string()), ("model", pa.string()),
                              ("error", pa.string())])
 MANIFEST = "manifest.json"
+RUN_ID = "run-id"
 META_KEY = b"crypto_ml.run"
 
 
@@ -96,6 +100,7 @@ class TableOutput:
         manifest = self.parts / MANIFEST
         if not manifest.exists():
             self.parts.mkdir(exist_ok=True)
+            _write_text_atomic(self.parts / RUN_ID, uuid.uuid4().hex)
             _write_text_atomic(manifest, json.dumps(self.run, indent=1))
             return set()
         had = json.loads(manifest.read_text())
@@ -104,6 +109,15 @@ class TableOutput:
                                  f"in {self.parts} ({_differences(had, self.run)}); pass "
                                  "--overwrite to start afresh, or rerun it as it was")
         return {int(p.stem.split("-")[1]) for p in self.parts.glob("chunk-*.parquet")}
+
+    @property
+    def run_id(self) -> str | None:
+        """The id of the run writing the parts (kept by a resumed run); None before
+        :meth:`done_chunks` or for parts from before run ids."""
+        try:
+            return (self.parts / RUN_ID).read_text().strip() or None
+        except FileNotFoundError:
+            return None
 
     def write_chunk(self, index: int, table: pa.Table, failures: pa.Table) -> None:
         """Chunk ``index``'s rows and failures, each file wholly or not at all."""

@@ -178,7 +178,7 @@ def run_table(app: Celery, source: TableSource, output: TableOutput, plan: Table
                           [], serializer="msgpack", key=chunk.index)
 
     engine = Dispatcher(app, say, on_wait)
-    for outcome in engine.run(messages(), timeout, max_in_flight=in_flight):
+    for outcome in engine.run(messages(), timeout, max_in_flight=in_flight, run_id=output.run_id):
         assert outcome.message.key is not None  # every chunk message carries its number
         chunk = chunks.pop(outcome.message.key)
         reason = _reason(outcome, timeout)
