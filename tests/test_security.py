@@ -182,6 +182,33 @@ def test_soft_time_limit_fails_clearly_and_the_worker_recovers(strict: LocalClus
     assert len(after.stdout.splitlines()) == 2
 
 
+@pytest.mark.slow
+def test_a_soft_limit_that_lands_in_an_import_leaves_the_pool_process_whole(
+        price_data: Path) -> None:
+    """A 1 s soft limit lands while the pool process loads Keras (seconds): the limit waits for
+    the import to finish, so the process keeps whole modules and, given a longer limit, trains
+    the next network itself (before, such a process failed every later deep task)."""
+    limits = {"CRYPTO_ML_SOFT_TIME_LIMIT": "1", "CRYPTO_ML_HARD_TIME_LIMIT": "60"}
+    lstm = ["send-tasks", "--model", "lstm", "--coins", "bitcoin", "--epochs", "1",
+            "--max-points", "60"]
+    with LocalCluster(workers=1, queues=("gpu",), env={**os.environ, **limits}) as cluster:
+        first = run_cli(*lstm, "--broker", cluster.broker_url, data_dir=price_data, timeout=120)
+        assert first.returncode == 1
+        assert f"failed: bitcoin lstm: {TaskTimedOut.__name__}" in first.stderr
+        logs = worker_logs(cluster)
+        assert "the soft time limit came during an import: raised once it finished" in logs
+        # the same network again, with room this time (the message's own limits)
+        prices = [float(p) for p in CryptoLoader(price_data).get_prices("bitcoin")[-60:]]
+        result = app_for(cluster).send_task(
+            TASK_NAME, kwargs=forecast_kwargs(coin="bitcoin", model="lstm", prices=prices,
+                                              params={"epochs": 1}),
+            soft_time_limit=120, time_limit=150).get(timeout=150)
+        assert len(result["forecast"]) == 2
+        done = re.findall(r"ForkPoolWorker-(\d+)\] task \S+ done: coin=bitcoin model=lstm",
+                          worker_logs(cluster))
+        assert done == ["1"]  # the very process the limit interrupted trained it
+
+
 # --- secrets in broker URLs -------------------------------------------------------------
 
 def test_broker_password_is_never_printed(strict: LocalCluster, price_data: Path) -> None:

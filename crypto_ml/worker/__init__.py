@@ -4,7 +4,9 @@ Owns :mod:`~crypto_ml.worker.app` (the app of ``celery -A crypto_ml worker``, it
 queues, routing and reliability settings), :mod:`~crypto_ml.worker.tasks` (the
 forecast tasks), :mod:`~crypto_ml.worker.requests` (validation of what crosses the
 wire, and running one request), :mod:`~crypto_ml.worker.deliveries` (bounded
-redelivery) and :mod:`~crypto_ml.worker.liveness` (heartbeats, and redelivering a dead
-worker's tasks in seconds). May import :mod:`crypto_ml.core` and :mod:`crypto_ml.models` only;
-the dispatcher imports it to build requests and apps, never the reverse.
+redelivery), :mod:`~crypto_ml.worker.liveness` (heartbeats, and redelivering a dead
+worker's tasks in seconds) and :mod:`~crypto_ml.worker.imports` (a soft time limit waits for
+an import under way, so a pool process keeps whole modules). May import :mod:`crypto_ml.core`
+and :mod:`crypto_ml.models` only; the dispatcher imports it to build requests and apps, never
+the reverse.
 """

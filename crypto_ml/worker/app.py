@@ -24,7 +24,7 @@ from crypto_ml.core.settings import Settings, threads_env
 from crypto_ml.models import HEAVY
 from crypto_ml.models.rnn import warm_up
 from crypto_ml.models.statistical import warm_up as warm_up_statistical
-from crypto_ml.worker import liveness
+from crypto_ml.worker import imports, liveness
 from crypto_ml.worker.chunks import TABLE_TASK_NAME
 from crypto_ml.worker.requests import ACCEPT_CONTENT, BATCH_TASK_NAME, PARTS_TASK_NAME, TASK_NAME
 
@@ -205,6 +205,13 @@ def _share_cores(sender: Any = None, **_: Any) -> None:
     concurrency = getattr(sender, "concurrency", None) or 1
     for var, value in threads_env(os.cpu_count() or 1, int(concurrency)).items():
         os.environ.setdefault(var, value)
+
+
+@signals.worker_process_init.connect
+def _whole_imports(**_: Any) -> None:
+    """In each pool process, a soft time limit waits for an import under way to finish
+    (:mod:`crypto_ml.worker.imports`): no module is left half-initialised for later tasks."""
+    imports.install()
 
 
 @signals.worker_process_init.connect
