@@ -15,7 +15,8 @@ drawn from a seed and written to the history file before the run starts:
   master comes back as the new master's replica (ready for the next failover);
 - ``kill_manager``: SIGKILL the manager; the same command runs again (it resumes).
 
-Faults overlap: a worker fault takes a worker no other fault holds, and at least one worker is
+Faults overlap: a worker fault takes a worker that no other fault holds and that has served
+since its own last fault (so each recovery is measured whole), and at least one worker is
 always left alone; a Redis or manager fault waits until the previous one has recovered.
 
 **Recovery** of a fault is the time from its end (the kill, the SIGCONT, the heal) until what it
@@ -52,6 +53,7 @@ KINDS = ("kill_worker", "pause_worker", "partition_worker", "failover", "kill_ma
 WORKER_FAULTS = {"kill_worker", "pause_worker", "partition_worker"}
 HELD = {"pause_worker": (10.0, 40.0), "partition_worker": (10.0, 60.0)}
 RECOVERY_LIMIT = 30.0
+SERVED = re.compile(r"\] task \S+ done")
 DONE_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): [A-Z]+/[^\]]*\] task \S+ done")
 
 
@@ -197,6 +199,7 @@ class Nemesis:
         self.manager = Manager(args, env, self.history)
         self.progress = Progress(out, self.history)
         self.held: dict[int, tuple[str, float]] = {}  # worker index -> (fault, heal at)
+        self.recovering: dict[int, int] = {}  # worker index -> its log's size at the heal
         self.cluster_fault_at: float | None = None  # the last Redis or manager fault
         self.promoting: int | None = None  # the killed master's port, until a replica is promoted
         self.injected: list[dict[str, object]] = []
@@ -225,11 +228,28 @@ class Nemesis:
 
     # --- faults --------------------------------------------------------------------------
     def _free_worker(self) -> int | None:
-        alive = [i for i, p in enumerate(self.cluster.workers)
-                 if p.poll() is None and i not in self.held]
-        if len(alive) < 2:  # leave one worker alone at least
+        """A live worker that no fault holds and that has served since its last one."""
+        alive = [i for i, p in enumerate(self.cluster.workers) if p.poll() is None]
+        free = [i for i in alive if i not in self.held and self._served_since_fault(i)]
+        if len(free) < 2:  # leave one worker alone at least
             return None
-        return random.choice(alive)
+        return random.choice(free)
+
+    def _log(self, index: int) -> Path:
+        return self.cluster.workdir / f"worker{index + 1}.log"
+
+    def _served_since_fault(self, index: int) -> bool:
+        """True once the worker has finished a task after its heal (or its start, for a
+        replacement), so a fault's recovery is never cut short by the next fault."""
+        offset = self.recovering.get(index)
+        if offset is None:
+            return True
+        with self._log(index).open("rb") as log:
+            log.seek(offset)
+            if not SERVED.search(log.read().decode(errors="replace")):
+                return False
+        del self.recovering[index]
+        return True
 
     def _inject(self, fault: Fault) -> bool:
         if fault.kind in WORKER_FAULTS:
@@ -273,6 +293,7 @@ class Nemesis:
         self.cluster.workers[index].wait(10)
         name = self.cluster.worker_names[index]
         replacement = self.cluster.add_worker()
+        self.recovering[len(self.cluster.workers) - 1] = 0
         self.injected.append(self.history.write("inject", kind=fault.kind, at=fault.at,
                                                 worker=name, replacement=replacement))
 
@@ -302,6 +323,7 @@ class Nemesis:
             self._signal(index, signal.SIGCONT)
         else:
             self.cluster.partitions.heal(group_of(name))
+        self.recovering[index] = self._log(index).stat().st_size
         self.history.write("heal", kind=kind, worker=name)
 
 

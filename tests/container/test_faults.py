@@ -5,13 +5,17 @@ arrives and ``compose run --rm manager`` exits 0).
   tasks finish, prefetched ones go back to the queue);
 * ``docker kill -s KILL`` of a worker busy with a task (redelivered after the visibility
   timeout, 190 s here: see compose.test.yml);
-* restart of the Redis container (the queue and the results survive in the append-only file).
+* restart of the Redis container (the queue and the results survive in the append-only file);
+* a worker busy with a task cut off the network for 20 s (``docker network disconnect``, then
+  ``connect``): it lives on; after 10 s of silence its task goes to another worker; healed, it
+  answers again, and its late result is not taken twice.
 
 Each run is small (8 coins, 1 epoch, 300 points) to keep the tier's time down.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable
@@ -67,10 +71,31 @@ def restart_redis(stack: ds.Compose, busy: str) -> dict[str, object]:
     return {"redis_restarted": redis}
 
 
+PARTITION_SECONDS = 20  # past the 10 s after which a silent worker's messages are given back
+
+
+def partition_worker(stack: ds.Compose, busy: str) -> dict[str, object]:
+    """Cut the busy worker off the network Redis is on (``docker network disconnect``): it
+    lives on, holding its task; its messages go to the others. Then connect it again."""
+    networks = json.loads(ds.docker("inspect", "-f", "{{json .NetworkSettings.Networks}}",
+                                    busy).stdout)
+    [backend] = [name for name in networks if name.endswith("backend")]
+    ds.docker("network", "disconnect", backend, busy)
+    time.sleep(PARTITION_SECONDS)  # the fault's length, not a wait for a condition
+    ds.docker("network", "connect", backend, busy)
+    healed = time.monotonic()
+    ds.wait_for(lambda: ds.docker("exec", busy, "python", "workers/worker.py", "ping",
+                                  "--timeout", "3", check=False).returncode == 0,
+                120, f"{busy} answering a ping after the partition", interval=1)
+    return {"partitioned": busy, "partition_seconds": PARTITION_SECONDS,
+            "answers_again_after_seconds": round(time.monotonic() - healed, 1)}
+
+
 FAULTS: dict[str, Callable[[ds.Compose, str], dict[str, object]]] = {
     "scale-down-3-to-1": scale_down,
     "kill-9-one-worker": kill_worker,
     "restart-redis": restart_redis,
+    "partition-one-worker": partition_worker,
 }
 
 
