@@ -85,7 +85,8 @@ def run_nemesis(partitions: Partitions, real_data: Path, tmp_path: Path, *, seri
         "series": series, "fault_free_seconds": round(fault_free, 1),
         "nemesis_seconds": round(took, 1), "manager_runs": nemesis.manager.runs,
         "faults": len(found), "by_kind": {k: sum(f["kind"] == k for f in found) for k in KINDS},
-        "slowest_recovery": max((f["recovery"] or 1e9 for f in found), default=0.0),
+        "slowest_recovery": max((1e9 if f["recovery"] is None else f["recovery"]
+                                 for f in found), default=0.0),
         "problems": check_output(out, tmp_path / "reference.parquet", table_ids, HORIZON),
         "results_left_in_redis": left,
     }

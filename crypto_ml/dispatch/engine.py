@@ -94,6 +94,11 @@ def forget(app: Celery, task_ids: list[str]) -> None:
     app.backend.client.delete(*forget_keys(app, task_ids))
 
 
+def stable_task_id(run_id: str, key: int) -> str:
+    """The task id of message ``key`` of run ``run_id``: the same in each run resuming it."""
+    return str(uuid.uuid5(uuid.NAMESPACE_OID, f"crypto-ml/{run_id}/{key}"))
+
+
 def redelivery_bound(app: Celery) -> int:
     """Seconds within which the broker hands out again a message whose worker died: the
     visibility timeout, a restore sweep, and a minute of margin."""
@@ -201,7 +206,7 @@ class Dispatcher:
 
     def _task_id(self, message: Message) -> str:
         if self._stable_ids and message.key is not None:
-            return str(uuid.uuid5(uuid.NAMESPACE_OID, f"crypto-ml/{self.run_id}/{message.key}"))
+            return stable_task_id(self.run_id, message.key)
         return str(uuid.uuid4())
 
     def _publish(self, message: Message, task_id: str | None = None) -> str:
@@ -311,12 +316,21 @@ class Dispatcher:
 
     def _forget_collected(self) -> None:
         """Free every result read in this run (and what a duplicate stored since)."""
+        self._forget_ids(self._collected)
+        self._collected = []
+
+    def forget_earlier(self, keys: Iterable[int]) -> None:
+        """Free what late duplicates stored for the messages ``keys`` of this run id that
+        earlier runs read (a resumed table run's chunks done before it started)."""
+        if self._stable_ids:
+            self._forget_ids([stable_task_id(self.run_id, key) for key in keys])
+
+    def _forget_ids(self, task_ids: list[str]) -> None:
         try:
-            for i in range(0, len(self._collected), CHUNK):
-                forget(self.app, self._collected[i : i + CHUNK])
+            for i in range(0, len(task_ids), CHUNK):
+                forget(self.app, task_ids[i : i + CHUNK])
         except self._bookkeeping_errors as exc:
             log.debug("could not free the run's results (%s); they expire", exc)
-        self._collected = []
 
     def _mark_closed(self) -> None:
         """Tell the workers that this run reads nothing more (see the module doc)."""

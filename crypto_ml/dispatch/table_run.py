@@ -192,6 +192,7 @@ def run_table(app: Celery, source: TableSource, output: TableOutput, plan: Table
         output.write_chunk(chunk.index, table, failures)
         summary.done += len(chunk.ids)
         on_progress(len(chunk.ids), len({row for row, _, _ in result["errors"]}))
+    engine.forget_earlier(done)  # late duplicates of what the interrupted runs read
     if not summary.chunks_failed:
         summary.failures = output.finish(schema, range(total))
     return summary

@@ -78,4 +78,4 @@ def install() -> None:
 
     setattr(whole_import, _MARK, True)
     builtins.__import__ = whole_import
-    importlib.import_module = whole_import_module  # type: ignore[assignment]
+    importlib.import_module = whole_import_module
