@@ -143,7 +143,7 @@ def flower_option(args: argparse.Namespace, settings: Settings) -> dict[str, Any
         return {}
     if settings.broker_url:
         console.info("--flower starts Flower for the embedded cluster only; for your broker run "
-                     "`crypto-ml flower` (see the README's monitoring section)")
+                     "`crypto-ml flower` (docs/operations.md#monitoring)")
         return {}
     return {"flower": settings}
 

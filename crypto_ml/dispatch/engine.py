@@ -123,10 +123,10 @@ def _refused(exc: BaseException) -> BrokerUnavailable:
     if "maxmemory" in text:
         return BrokerUnavailable(
             f"Redis is full and refused a task message ({text.rstrip('.')}): free memory or "
-            "raise its maxmemory (README: Redis memory), then run the same command again; "
+            "raise its maxmemory (docs/deployment.md#memory), then run the same command again; "
             "nothing more was sent")
     return BrokerUnavailable(f"the broker refused a task message ({text}); see the Redis "
-                             "user's ACL rules (README: Redis users)")
+                             "user's ACL rules (docs/least-privilege.md)")
 
 
 def _key(app: Celery, task_id: str) -> bytes:
