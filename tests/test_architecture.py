@@ -26,7 +26,7 @@ MAY_IMPORT = {
 }
 #: Thin aliases and the package root: entry points above every layer.
 ALIASES = {"crypto_ml", "crypto_ml.__main__", "crypto_ml.data.__main__", "crypto_ml.manager",
-           "crypto_ml.data_loader", "crypto_ml.api.__main__"}
+           "crypto_ml.data_loader", "crypto_ml.api.__main__", "crypto_ml.worker.__main__"}
 #: The only modules that read the environment's settings (entry points).
 READS_ENVIRONMENT = {"crypto_ml", "crypto_ml.core.settings", "crypto_ml.worker.app", "crypto_ml.manager",
                      "crypto_ml.data_loader"}
@@ -123,6 +123,7 @@ def test_the_historical_imports_still_work(code: str) -> None:
     ["-m", "crypto_ml", "queue-depth", "--help"],
     ["-m", "crypto_ml", "cluster", "up", "--help"],
     ["-m", "crypto_ml.data", "download", "--help"],
+    ["-m", "crypto_ml.worker", "start", "--help"],
 ])
 @pytest.mark.integration  # runs a command in a subprocess
 def test_the_command_lines_still_answer(command: list[str]) -> None:

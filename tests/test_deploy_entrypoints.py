@@ -1,32 +1,20 @@
-"""The container entry points in workers/ and manager/: how they size workers for the
-hardware they find, and how the job refuses bad setups with one line and exit code 2."""
+"""The container entry points (``python -m crypto_ml.worker``, run as workers/worker.py, and
+manager/job.py): how they size workers for the hardware they find, that every worker's command
+line is built in one place, and how the job refuses bad setups with one line and exit code 2."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from deploy_support import ROOT, local_env
 
+from crypto_ml.dispatch.cluster import LocalCluster
 from crypto_ml.ops.processes import free_port
-
-
-def load_script(relative: str) -> ModuleType:
-    name = "deploy_script_" + Path(relative).stem
-    spec = importlib.util.spec_from_file_location(name, ROOT / relative)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-worker = load_script("workers/worker.py")
+from crypto_ml.worker import nodes as worker
 
 
 def run(script: str, *args: str, env: dict[str, str] | None = None,
@@ -99,9 +87,32 @@ def test_worker_start_dry_run_prints_the_celery_command(tmp_path: Path) -> None:
     plan = json.loads(out.stdout)
     assert [p["env"]["CUDA_VISIBLE_DEVICES"] for p in plan] == ["0", "1"]
     command = plan[0]["command"]
-    assert command[1:6] == ["-m", "celery", "-A", "crypto_ml", "worker"]
+    assert command[1:3] == ["-m", "crypto_ml.worker.launch"]
     assert command[command.index("--queues") + 1] == "gpu"
     assert command[-2:] == ["--max-memory-per-child", "4000000"]
+    module = run("-m", "crypto_ml.worker", "start", "--role", "gpu", "--dry-run", "--",
+                 "--max-memory-per-child", "4000000",
+                 env={"CUDA_VISIBLE_DEVICES": "0,1"}, tmp=tmp_path)
+    assert module.returncode == 0 and json.loads(module.stdout) == plan, module.stderr
+
+
+def test_containers_and_the_embedded_cluster_build_the_worker_command_alike() -> None:
+    """One builder: the same launcher and options; the embedded cluster's workers run one
+    pool process each and skip mingle (its workers all start at once, nothing to sync)."""
+    [node] = worker.plan("cpu", [], cores=4, host="h")
+    container = node.command("INFO", ["--max-tasks-per-child", "5"])
+    assert container == worker.command("cpu@h", "cpu,gpu", 4, "INFO",
+                                       ["--max-tasks-per-child", "5"])
+    assert container[:3] == [sys.executable, "-m", "crypto_ml.worker.launch"]
+    cluster = LocalCluster(workers=1, queues=("cpu", "gpu"), loglevel="INFO",
+                           extra_worker_args=["--max-tasks-per-child", "5"])
+    try:
+        embedded = cluster.worker_command("cpu@h")
+    finally:
+        cluster.stop()  # nothing was started: removes its work folder
+    assert embedded[:3] == container[:3]  # tests/hoarding.py slices the options after these
+    assert embedded[embedded.index("--concurrency") + 1] == "1"
+    assert sorted(set(embedded) ^ set(container)) == ["--without-mingle", "1", "4"]
 
 
 @pytest.mark.integration  # runs a command in a subprocess

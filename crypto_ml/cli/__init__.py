@@ -27,6 +27,8 @@ Subcommand         What it does                              Module
 
 ``python -m crypto_ml`` is the same command; ``python -m crypto_ml.manager`` and
 ``python -m crypto_ml.data`` are aliases kept for the commands first shown with them.
+:mod:`crypto_ml.cli.worker` is the worker containers' own command (``python -m
+crypto_ml.worker start|ping``, also run as ``workers/worker.py``), not a subcommand.
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ def _stop_on_sigterm(signum: int, frame: object) -> None:
 
 def guarded(command: Callable[[], int], interrupted: str | None) -> int:
     """Run ``command``; the one place where an error becomes an exit code and one line
-    (every subcommand, and the container entry points workers/worker.py and manager/job.py).
+    (every subcommand, and the container entry points crypto_ml.cli.worker and manager/job.py).
 
     ``interrupted`` is what a Ctrl-C or SIGTERM left behind, or None where that is the
     normal way to stop (servers): exit 0.

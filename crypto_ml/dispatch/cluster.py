@@ -22,7 +22,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -38,6 +37,7 @@ from crypto_ml.core.settings import Settings, threads_env
 from crypto_ml.ops.flower import FlowerProcess
 from crypto_ml.ops.processes import free_port, kill_all, spawn, terminate, wait_until
 from crypto_ml.worker.liveness import REGISTRY_KEY, hostname_of
+from crypto_ml.worker.nodes import command as worker_command
 
 READY_TIMEOUT = 60.0
 
@@ -164,11 +164,10 @@ class LocalCluster:
         return f"exited with code {proc.returncode}: " + " | ".join(tail)
 
     def worker_command(self, name: str) -> list[str]:
-        # celery -A crypto_ml worker, without the celery command's plugins (see the module)
-        return [sys.executable, "-m", "crypto_ml.worker.launch",
-                "--hostname", name, "--concurrency", "1", "--queues", ",".join(self.queues),
-                "--loglevel", self.loglevel, "--without-mingle", "--without-gossip",
-                *self.extra_worker_args]
+        """Worker ``name``'s command line (``python -m crypto_ml.worker.launch`` and its options,
+        as every worker's): one pool process, no start-up sync with workers just starting too."""
+        return worker_command(name, ",".join(self.queues), 1, self.loglevel,
+                              self.extra_worker_args, mingle=False)
 
     def worker_env(self) -> dict[str, str]:
         # the workers share this machine's cores: math threads per worker, unless set already

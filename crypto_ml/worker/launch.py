@@ -4,7 +4,8 @@ for the embedded cluster, without the ``celery`` command group.
 The group imports every ``celery.commands`` plugin (Flower, and click-repl with
 prompt-toolkit for ``celery shell``) before it runs any subcommand: about a third of a
 worker's start-up. This runs Celery's own ``worker`` command with the same options, on
-:data:`crypto_ml.app`.
+:data:`crypto_ml.app`. Every worker that crypto-ml starts runs it, with the command line that
+:func:`crypto_ml.worker.nodes.command` builds (containers and the embedded cluster alike).
 """
 
 from __future__ import annotations
