@@ -46,7 +46,7 @@ from pathlib import Path
 import pandas as pd
 import redis
 from partition import Partitions
-from sentinel_support import SentinelCluster
+from sentinel_support import MASTER_NAME, SentinelCluster
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("kill_worker", "pause_worker", "partition_worker", "failover", "kill_manager")
@@ -96,7 +96,7 @@ class NemesisCluster(SentinelCluster):
     def replica_ready(self) -> bool:
         """The master has a replica in sync, as the Sentinels see it (a failover can happen)."""
         try:
-            replicas = self.sentinels().discover_slaves("mymaster")
+            replicas = self.sentinels().discover_slaves(MASTER_NAME)
             info = self.client().info("replication")
         except redis.RedisError:  # mid-failover: not ready
             return False

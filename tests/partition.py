@@ -69,9 +69,10 @@ class Partitions:
     """Groups of processes that can be cut off the network and healed, by name."""
 
     def __init__(self) -> None:
-        root = cgroup2_root()
-        assert root is not None, unavailable()
-        self.root = root / f"crypto-ml-partition-{os.getpid()}"
+        mount = cgroup2_root()
+        assert mount is not None, unavailable()
+        self.mount = mount
+        self.root = mount / f"crypto-ml-partition-{os.getpid()}"
         self.root.mkdir(exist_ok=True)
         self.comment = f"crypto-ml-partition-{os.getpid()}"
         self.marks: dict[str, int] = {}
@@ -82,7 +83,7 @@ class Partitions:
             self.marks[name] = 0x100 + len(self.marks)
             (self.root / name).mkdir(exist_ok=True)
             _iptables("-t", "mangle", "-A", "OUTPUT", "-m", "cgroup", "--path",
-                      f"/{self.root.relative_to(cgroup2_root() or '/')}/{name}",
+                      f"/{self.root.relative_to(self.mount)}/{name}",
                       *self._tag(), "-j", "CONNMARK", "--set-mark", hex(self.marks[name]))
         return self.root / name
 

@@ -80,11 +80,11 @@ class TablePlan:
         return pa.schema(fields)
 
 
-
 def default_in_flight(workers: int) -> int:
     """Chunks in flight when none is asked for: two per worker process (one computed, one
     waiting), at least 4."""
     return max(4, 2 * workers)
+
 
 @dataclass
 class TableSummary:

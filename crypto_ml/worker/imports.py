@@ -35,9 +35,12 @@ class WholeImport:
     depth = 0  # imports under way in the main thread (one process: class state)
 
     def __enter__(self) -> None:
-        if SOFT_LIMIT_SIGNAL is None or threading.current_thread() is not threading.main_thread():
-            self.outer = False  # handlers run in the main thread only
+        # handlers run in the main thread only: other threads' imports need no holding
+        self.counted = (SOFT_LIMIT_SIGNAL is not None
+                        and threading.current_thread() is threading.main_thread())
+        if not self.counted:
             return
+        assert SOFT_LIMIT_SIGNAL is not None  # counted says so
         WholeImport.depth += 1
         self.outer = WholeImport.depth == 1
         if self.outer:
@@ -50,8 +53,9 @@ class WholeImport:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if SOFT_LIMIT_SIGNAL is None or threading.current_thread() is not threading.main_thread():
+        if not self.counted:
             return
+        assert SOFT_LIMIT_SIGNAL is not None  # counted says so
         WholeImport.depth -= 1
         if not self.outer:
             return

@@ -35,9 +35,14 @@ def ensure_workers(stack: ds.Compose, n: int) -> None:
     """Exactly ``n`` running workers, each answering its own health check command."""
     stack.scale_workers(n)
     for container in stack.containers("worker"):
-        ds.wait_for(lambda c=container: ds.docker(
-            "exec", c, "python", "workers/worker.py", "ping", "--timeout", "3",
-            check=False).returncode == 0, 180, f"{container} answering a ping", interval=2)
+        wait_answering(container, 180, interval=2)
+
+
+def wait_answering(container: str, timeout: float, interval: float) -> None:
+    """Until worker ``container`` answers its own health check command (a ping)."""
+    ds.wait_for(lambda: ds.docker("exec", container, "python", "workers/worker.py", "ping",
+                                  "--timeout", "3", check=False).returncode == 0,
+                timeout, f"{container} answering a ping", interval=interval)
 
 
 def busy_worker(stack: ds.Compose, before: dict[str, int]) -> str:
@@ -84,9 +89,7 @@ def partition_worker(stack: ds.Compose, busy: str) -> dict[str, object]:
     time.sleep(PARTITION_SECONDS)  # the fault's length, not a wait for a condition
     ds.docker("network", "connect", backend, busy)
     healed = time.monotonic()
-    ds.wait_for(lambda: ds.docker("exec", busy, "python", "workers/worker.py", "ping",
-                                  "--timeout", "3", check=False).returncode == 0,
-                120, f"{busy} answering a ping after the partition", interval=1)
+    wait_answering(busy, 120, interval=1)
     return {"partitioned": busy, "partition_seconds": PARTITION_SECONDS,
             "answers_again_after_seconds": round(time.monotonic() - healed, 1)}
 
