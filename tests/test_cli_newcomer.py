@@ -37,7 +37,8 @@ from conftest import ROOT, cli_env, on_a_terminal, run_cli
 
 from crypto_ml.backtest.engine import TIE_TOLERANCE, BacktestConfig, BacktestResult
 from crypto_ml.cli import build_parser, main
-from crypto_ml.cli.options import check_writable, checked_inputs
+from crypto_ml.cli.options import check_writable
+from crypto_ml.cli.requests import backtest_request, send_request
 from crypto_ml.cli.output import write_results
 from crypto_ml.core.errors import ConfigError, SeriesTooShort, UnknownModel
 from crypto_ml.core.progress import is_terminal
@@ -294,10 +295,10 @@ def test_model_names_match_in_any_case_and_best_is_a_choice(price_data: Path) ->
     assert args.model == "lstm,linear" and args.candidates == "naive"
     assert parsed(["send-tasks", "--model", "Best"]).model == "best"
     assert parsed(["backtest", "--model", "Naive, THETA"]).model == "naive,theta"
-    checked_inputs(args, also=("best",))  # known models: no error
+    assert send_request(args).forecasts.models == ("lstm", "linear")  # parsed once, here
     args = parsed(["send-tasks", "--model", "prophet", "--data-dir", str(price_data)])
     with pytest.raises(UnknownModel) as error:
-        checked_inputs(args, also=("best",))
+        send_request(args)
     assert "unknown model 'prophet'" in str(error.value) and "best" in str(error.value)
     assert "lstm" in str(error.value)
 
@@ -313,8 +314,7 @@ def test_a_window_below_what_the_models_need_is_refused(argv: list[str], need: s
                                                         price_data: Path) -> None:
     args = parsed([*argv, "--data-dir", str(price_data)])
     with pytest.raises(ConfigError) as error:
-        checked_inputs(args, also=("best",) if argv[0] == "send-tasks" else (),
-                       intervals=argv[0] == "send-tasks")
+        (send_request if argv[0] == "send-tasks" else backtest_request)(args)
     message = str(error.value)
     assert need in message and "or all for the whole history" in message
     assert "\n" not in message
@@ -324,7 +324,7 @@ def test_enough_points_or_all_are_accepted(price_data: Path) -> None:
     for argv in (["--max-points", "20"], ["--max-points", "all"], ["--max-points", "5",
                                                                    "--levels", "none"]):
         args = parsed(["send-tasks", *argv, "--data-dir", str(price_data)])
-        checked_inputs(args, also=("best",), intervals=bool(args.levels))
+        send_request(args)
     assert parsed(["send-tasks", "--max-points", "ALL"]).max_points == 0  # 0: the whole history
 
 

@@ -20,9 +20,10 @@ import numpy as np
 
 from crypto_ml.backtest.engine import BacktestConfig, BacktestResult, run_backtest
 from crypto_ml.core.errors import ConfigError
-from crypto_ml.dispatch.manager import CryptoManager
+from crypto_ml.dispatch.manager import DEFAULT_TIMEOUT, CryptoManager
 from crypto_ml.dispatch.report import RunReport, format_forecast
 from crypto_ml.models import HEAVY, model_names, parse_models
+from crypto_ml.models.intervals import DEFAULT_LEVELS
 
 BEST = "best"
 #: Every cheap model of the registry (the deep ones cost minutes per coin to backtest).
@@ -62,10 +63,11 @@ def choose(result: BacktestResult, coins: Sequence[str],
 
 
 def forecast_best(manager: CryptoManager, coins: Sequence[str] | None, horizon: int,
-                  candidates: str = DEFAULT_CANDIDATES, saved: BacktestResult | None = None,
+                  candidates: str | Sequence[str] = DEFAULT_CANDIDATES,
+                  saved: BacktestResult | None = None,
                   max_points: int | None = None, epochs: int | None = None,
-                  timeout: float | None = 3600.0,
-                  levels: Sequence[float] = (80.0, 95.0),
+                  timeout: float | None = DEFAULT_TIMEOUT,
+                  levels: Sequence[float] = DEFAULT_LEVELS,
                   on_result: Callable[[dict[str, Any]], None] | None = None,
                   on_phase: Callable[[str], None] = lambda phase: None) -> RunReport:
     """Forecast each coin with the model its backtest (``saved``, else run now) rated best.

@@ -19,20 +19,16 @@ from crypto_ml.cli.helptext import help_texts
 from crypto_ml.cli.options import (
     add_cluster_options,
     add_log_options,
-    check_writable,
-    checked_inputs,
     levels,
     max_points,
     positive_int,
-    settings_from,
     stop_on_signals,
 )
+from crypto_ml.cli.requests import BacktestRequest, backtest_request
 from crypto_ml.cli.table_options import add_input_options
 from crypto_ml.cli.terminal import console, console_writer, make_progress, seconds_since_start
-from crypto_ml.core.errors import ConfigError
 from crypto_ml.data.loader import CryptoLoader
 from crypto_ml.dispatch.manager import CryptoManager
-from crypto_ml.models import parse_models
 from crypto_ml.ops.progress import Progress
 
 if TYPE_CHECKING:
@@ -99,56 +95,52 @@ def add_parser(sub: Any) -> None:
 
 def backtest_main(args: argparse.Namespace) -> int:
     """``crypto-ml backtest``: the settings and data as send-tasks reads them."""
-    if args.out is not None and args.out.exists() and not args.out.is_dir():
-        raise ConfigError(f"--out {args.out} is a file; give a folder")
-    check_writable(args.out and args.out / "backtest.json", "--out", make_folder=True)
+    request = backtest_request(args)
     loader: CryptoLoader | TableLoader
-    if args.input is not None:  # a long table instead of the folder of coin files (lazy:
+    coins = list(request.coins) if request.coins else None
+    if request.table is not None:  # a long table instead of the folder of coin files (lazy:
         from crypto_ml.cli.table import table_loader  # pyarrow only for tables)
 
-        settings, loader = settings_from(args), table_loader(args)
-        args.coins = None  # table_source kept only the --coins series
+        loader, coins = table_loader(request.table, coins), None  # it holds just --coins
     else:
-        settings, loader = checked_inputs(args, to_date=args.until)
-    progress = make_progress(args, settings)
-    manager = CryptoManager(loader=loader, settings=settings, err=console_writer(),
+        assert request.loader is not None
+        loader = request.loader
+    progress = make_progress(request.stderr)
+    manager = CryptoManager(loader=loader, settings=request.settings, err=console_writer(),
                             observer=progress)
     stop_on_signals(manager)  # Ctrl-C stops a backtest as surely as a send-tasks run
     try:
-        return backtest_command(args, manager)
+        return backtest_command(request, manager, coins)
     finally:
         progress.close()
 
 
-def backtest_command(args: argparse.Namespace, manager: CryptoManager) -> int:
+def backtest_command(request: BacktestRequest, manager: CryptoManager,
+                     coins: list[str] | None) -> int:
     """Run the backtest, print the tables, write the files; 1 if any (coin, model) failed."""
-    given = {"horizon": args.horizon, "origins": args.origins, "stride": args.stride,
-             "min_train": args.min_train, "epochs": args.epochs, "seed": args.seed}
-    windows: list[int | None] = list(args.max_points or [None])
     results = {}
     with manager.session():
-        for window in windows:
-            config = BacktestConfig(models=tuple(parse_models(args.model)), timeout=args.timeout,
-                                    options=dict(args.param), max_points=window,
-                                    levels=tuple(args.levels),
-                                    **{k: v for k, v in given.items() if v is not None})
-            result = run_backtest(manager, config, args.coins, err=manager.err)
+        for window in request.windows:
+            config = BacktestConfig(models=request.models, timeout=request.timeout,
+                                    options=request.options, max_points=window,
+                                    levels=request.levels, **request.given)
+            result = run_backtest(manager, config, coins, err=manager.err)
             results[window_name(window)] = result
     if isinstance(manager.observer, Progress):
         manager.observer.close()  # the bar goes before the tables
     for name, result in results.items():
         result.wall_seconds = seconds_since_start()  # the whole run's, as send-tasks' summary
-        if len(windows) > 1:
+        if len(request.windows) > 1:
             print(f"== window: {name} ==", file=manager.out)
         print(summary(result), file=manager.out, flush=True)
-        if args.out:
-            folder = args.out if len(windows) == 1 else args.out / f"window-{name}"
+        if request.out:
+            folder = request.out if len(request.windows) == 1 else request.out / f"window-{name}"
             for path in write_all(result, folder):
                 console.info(f"wrote {path}")
-    if len(windows) > 1:
+    if len(request.windows) > 1:
         table = window_table(results)
         print(f"\nwindows compared (mean over coins; best window per model by MASE):\n{table}",
               file=manager.out, flush=True)
-        if args.out:
-            (args.out / "windows.txt").write_text(table + "\n")
+        if request.out:
+            (request.out / "windows.txt").write_text(table + "\n")
     return 1 if any(r.failed for r in results.values()) else 0

@@ -48,7 +48,7 @@ def download_main(args: argparse.Namespace) -> int:
                     retries=max(0, args.retries))
     try:
         report = download(client, data_dir, args.top, args.currency.upper(),
-                          out=progress_stream(args, settings.log_format))
+                          out=progress_stream(args.quiet, args.log_format or settings.log_format))
     except OSError as exc:
         raise ConfigError(f"cannot write to {data_dir} ({exc})") from None
     days = sum(report.written.values())

@@ -1,10 +1,9 @@
 """What the subcommands share: exit codes, option types, the cluster and output options, the
-settings, and the checks of arguments made before any work starts.
+settings, the checks of coins and output files, and how a run stops on a signal.
 
 The settings of a command are the environment's (:meth:`Settings.from_env`) with
-the command line's overrides; this is where the command line reads them.
-Every argument that can be checked without a cluster (models, coins, files) is
-checked by :func:`checked_inputs` first: a ConfigError, exit 2 in one line.
+the command line's overrides; this is where the command line reads them. The runs'
+arguments are checked and typed once by :mod:`crypto_ml.cli.requests`.
 """
 
 from __future__ import annotations
@@ -15,11 +14,9 @@ import difflib
 import os
 import signal
 from collections.abc import Sequence
-from datetime import date
 from pathlib import Path
 from typing import Protocol
 
-from crypto_ml.cli.checks import check_max_points, check_readable, checked_models
 from crypto_ml.core.errors import ConfigError, DataNotFound, InvalidTaskInput
 from crypto_ml.core.settings import LOG_FORMATS, Settings
 from crypto_ml.data.loader import HOW_TO_GET_DATA, CryptoLoader
@@ -40,7 +37,8 @@ def positive_int(text: str) -> int:
 
 def max_points(text: str) -> int:
     """argparse type of ``--max-points``: a positive N, or ``all`` (0 here) for the whole
-    history; whether N is enough for the models is :func:`checked_inputs`' to say."""
+    history; whether N is enough for the models is
+    :mod:`crypto_ml.cli.requests`' to say."""
     if text.strip().lower() == "all":
         return 0
     if text.strip() == "0":
@@ -97,24 +95,6 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if getattr(args, "log_format", None):
         changes["log_format"] = args.log_format
     return dataclasses.replace(settings, **changes)
-
-
-def checked_inputs(args: argparse.Namespace, check_models: bool = True,
-                   to_date: date | None = None, also: Sequence[str] = (),
-                   intervals: bool = False) -> tuple[Settings, CryptoLoader]:
-    """Settings and loader for a run, failing (exit 2) at once on an unknown model (the
-    error lists ``also`` too), a ``--max-points`` too short for the models (and, with
-    ``intervals``, their intervals), no data, an unknown coin or one whose file cannot be
-    read. ``args.coins`` becomes the list of coin ids (None: every coin)."""
-    settings = settings_from(args)
-    if check_models:
-        models = checked_models(args.model, also)
-        windows = args.max_points if isinstance(args.max_points, list) else [args.max_points]
-        check_max_points(windows, models, dict(getattr(args, "param", None) or []), intervals)
-    loader = CryptoLoader(settings.data_dir, to_date=to_date, cache_dir=settings.cache_dir)
-    args.coins = resolve_coins(args.coins, known_coins(loader), loader.data_dir)
-    check_readable(loader, args.coins)
-    return settings, loader
 
 
 def known_coins(loader: CryptoLoader) -> list[str]:

@@ -16,8 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from crypto_ml.backtest.best import BEST, DEFAULT_CANDIDATES, forecast_best, load_saved
-from crypto_ml.backtest.engine import BacktestResult
+from crypto_ml.backtest.best import DEFAULT_CANDIDATES, forecast_best
 from crypto_ml.cli.checks import model_names_option
 from crypto_ml.cli.helptext import help_texts
 from crypto_ml.cli.options import (
@@ -25,14 +24,13 @@ from crypto_ml.cli.options import (
     EXIT_OK,
     add_cluster_options,
     add_log_options,
-    check_writable,
-    checked_inputs,
     levels,
     max_points,
     positive_int,
     stop_on_signals,
 )
 from crypto_ml.cli.output import write_results
+from crypto_ml.cli.requests import SendRequest, send_request
 from crypto_ml.cli.table_options import add_table_options
 from crypto_ml.cli.terminal import (
     FORMATS,
@@ -43,12 +41,11 @@ from crypto_ml.cli.terminal import (
     seconds_since_start,
 )
 from crypto_ml.core.errors import CryptoMLError
-from crypto_ml.core.settings import Settings
 from crypto_ml.data.loader import CryptoLoader
 from crypto_ml.dispatch.manager import CryptoManager
 from crypto_ml.dispatch.report import RunReport
 from crypto_ml.dispatch.summary import summarize, summary_lines
-from crypto_ml.models import model_names, parse_models
+from crypto_ml.models import model_names
 from crypto_ml.ops.plot import plot_forecasts
 
 
@@ -92,60 +89,55 @@ def add_parser(sub: Any) -> None:
 
 
 def send_tasks(args: argparse.Namespace) -> int:
-    """Check the arguments, forecast, print one line per forecast, then the summary (and
-    --output, --plot); with --input, a table run (:mod:`crypto_ml.cli.table`)."""
-    if args.input is not None:  # lazy: pyarrow and pandas only for table runs
+    """Check the arguments (:func:`~crypto_ml.cli.requests.send_request`), then run: with
+    --input a table run (:mod:`crypto_ml.cli.table`), else :func:`send_folder`."""
+    request = send_request(args)
+    if request.table is not None:  # lazy: pyarrow and pandas only for table runs
         from crypto_ml.cli.table import send_table
 
-        return send_table(args)
-    saved = checked_best(args) if args.model == BEST else None
-    check_writable(args.output, "--output")
-    check_writable(args.plot, "--plot")
-    settings, loader = checked_inputs(args, check_models=args.model != BEST, also=(BEST,),
-                                      intervals=bool(args.levels))
-    progress = make_progress(args, settings)
-    err = console_writer()
-    manager = CryptoManager(loader=loader, settings=settings, err=err, observer=progress,
-                            cluster_options=flower_option(args, settings))
+        return send_table(request, request.table)
+    return send_folder(request)
+
+
+def send_folder(request: SendRequest) -> int:
+    """Forecast, print one line per forecast, then the summary (and --output, --plot)."""
+    assert request.loader is not None
+    settings, wanted = request.settings, request.forecasts
+    progress = make_progress(request.stderr)
+    manager = CryptoManager(loader=request.loader, settings=settings, err=console_writer(),
+                            observer=progress, cluster_options=flower_option(request))
     manager.say_failures = False  # the summary lists them
     stop_on_signals(manager)
-    show = ForecastWriter(sys.stdout, args.format)
+    show = ForecastWriter(sys.stdout, request.format)
+    coins = list(request.coins) if request.coins is not None else None
     try:
-        if args.model == BEST:
-            report = forecast_best(manager, args.coins, args.horizon,
-                                   args.candidates or DEFAULT_CANDIDATES, saved, args.max_points,
-                                   args.epochs, args.timeout, args.levels, on_result=show,
-                                   on_phase=progress.new_phase)
+        if request.best is not None:
+            report = forecast_best(manager, coins, wanted.horizon,
+                                   request.best.candidates, request.best.saved,
+                                   wanted.max_points, wanted.epochs, wanted.timeout,
+                                   wanted.levels, on_result=show, on_phase=progress.new_phase)
         else:
-            report = manager.run(args.model, args.coins, args.horizon, args.max_points,
-                                 args.epochs, args.timeout, on_result=show,
-                                 retrain=args.retrain, levels=args.levels)
+            report = manager.run(list(wanted.models), coins, wanted.horizon, wanted.max_points,
+                                 wanted.epochs, wanted.timeout, on_result=show,
+                                 retrain=request.retrain, levels=wanted.levels)
     finally:
         progress.close()
-    written = write_results(args.output, report.to_json()) if args.output else True
+    written = write_results(request.output, report.to_json()) if request.output else True
     show_summary(report, seconds_since_start(), settings.log_format == "json")
-    plotted = (draw_plot(args.plot, report, loader, args.coins or loader.get_crypto_names())
-               if args.plot else True)
+    plotted = (draw_plot(request.plot, report, request.loader,
+                         coins or request.loader.get_crypto_names()) if request.plot else True)
     return EXIT_OK if report.ok and plotted and written else EXIT_FAILED
 
 
-def checked_best(args: argparse.Namespace) -> BacktestResult | None:
-    """``--model best``: the saved backtest read, or the candidates checked, before any work."""
-    if args.backtest:
-        return load_saved(args.backtest)
-    parse_models(args.candidates or DEFAULT_CANDIDATES)
-    return None
-
-
-def flower_option(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+def flower_option(request: SendRequest) -> dict[str, Any]:
     """``--flower``: the embedded cluster starts Flower; with a broker, say how to run it."""
-    if not args.flower:
+    if not request.flower:
         return {}
-    if settings.broker_url:
+    if request.settings.broker_url:
         console.info("--flower starts Flower for the embedded cluster only; for your broker run "
                      "`crypto-ml flower` (docs/operations.md#monitoring)")
         return {}
-    return {"flower": settings}
+    return {"flower": request.settings}
 
 
 def show_summary(report: RunReport, wall_seconds: float, json_logs: bool) -> None:

@@ -11,25 +11,24 @@ chunks did not come back (run the same command again: it resumes); 2 bad input.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pyarrow as pa
 from tqdm import tqdm
 
-from crypto_ml.cli.options import EXIT_FAILED, EXIT_OK, settings_from, stop_on_signals
+from crypto_ml.cli.options import EXIT_FAILED, EXIT_OK, stop_on_signals
+from crypto_ml.cli.requests import SendRequest, TableRequest
 from crypto_ml.cli.terminal import console, console_writer, seconds_since_start
-from crypto_ml.core.errors import ConfigError
 from crypto_ml.core.progress import is_terminal
 from crypto_ml.data.table import Columns, TableLoader, TableSource
 from crypto_ml.dispatch.manager import CryptoManager
 from crypto_ml.dispatch.table_output import TableOutput, check_output, failures_path
 from crypto_ml.dispatch.table_run import TablePlan, TableSummary
-from crypto_ml.models import parse_models
 
 
 class TableProgress:
@@ -66,10 +65,10 @@ class TableProgress:
         self.bar.close()
 
 
-def table_source(args: argparse.Namespace) -> TableSource:
-    """The checked ``--input`` table; InvalidTable (exit 2) names what is wrong."""
-    coins = [c.strip() for c in args.coins.split(",") if c.strip()] if args.coins else None
-    source = TableSource(args.input, Columns(args.id_col, args.time_col, args.value_col), coins)
+def table_source(table: TableRequest, coins: Sequence[str] | None) -> TableSource:
+    """The checked ``--input`` table, its series limited to ``coins`` (exact ids; None:
+    every series); InvalidTable (exit 2) names what is wrong."""
+    source = TableSource(table.path, Columns(*table.columns), list(coins) if coins else None)
     source.check()
     return source
 
@@ -83,33 +82,32 @@ def return_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
 
 
-def table_loader(args: argparse.Namespace) -> TableLoader:
+def table_loader(table: TableRequest, coins: Sequence[str] | None) -> TableLoader:
     """``backtest --input``: the checked table as a loader of its series."""
-    return TableLoader(table_source(args))
+    return TableLoader(table_source(table, coins))
 
 
-def send_table(args: argparse.Namespace) -> int:
-    """Check, forecast into --output, summarize."""
+def send_table(request: SendRequest, table: TableRequest) -> int:
+    """Check the table and OUT, forecast into OUT, summarize."""
     return_freed_memory()
-    if args.output is None:
-        raise ConfigError("--input needs --output OUT.parquet: a table run writes Parquet")
-    check_output(args.output)
-    models = parse_models(args.model)
-    settings = settings_from(args)
-    source = table_source(args)
-    plan = TablePlan.of(models, args.horizon, args.levels, args.max_points,
-                        {} if args.epochs is None else {"epochs": args.epochs}, args.chunk_series)
-    output = TableOutput(args.output, plan.describe(source), args.overwrite)
+    assert request.output is not None  # send_request requires it
+    check_output(request.output)
+    wanted = request.forecasts
+    source = table_source(table, request.coins)
+    plan = TablePlan.of(list(wanted.models), wanted.horizon, wanted.levels, wanted.max_points,
+                        {} if wanted.epochs is None else {"epochs": wanted.epochs},
+                        table.chunk_series)
+    output = TableOutput(request.output, plan.describe(source), table.overwrite)
     assert source.info is not None
-    progress = TableProgress(source.info.series, quiet=getattr(args, "quiet", False))
-    manager = CryptoManager(settings=settings, err=console_writer())
+    progress = TableProgress(source.info.series, quiet=request.stderr.quiet)
+    manager = CryptoManager(settings=request.settings, err=console_writer())
     stop_on_signals(manager)
     try:
-        summary = manager.run_table(source, output, plan, progress, args.timeout, args.in_flight,
-                                    on_skip=progress.skip)
+        summary = manager.run_table(source, output, plan, progress, wanted.timeout,
+                                    table.in_flight, on_skip=progress.skip)
     finally:
         progress.close()
-    say_summary(summary, args.output)
+    say_summary(summary, request.output)
     return EXIT_OK if not summary.failures and not summary.chunks_failed else EXIT_FAILED
 
 

@@ -15,21 +15,22 @@ a line per task with ``-v``, only errors and failures with ``-q``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
 import time
-from typing import Any, TextIO, cast
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 import numpy as np
 
 from crypto_ml import IMPORTED_AT
 from crypto_ml.core.logs import LogWriter
 from crypto_ml.core.progress import is_terminal
-from crypto_ml.core.settings import Settings
 from crypto_ml.dispatch.report import format_forecast
 from crypto_ml.ops.progress import Progress
+
+if TYPE_CHECKING:
+    from crypto_ml.cli.requests import Stderr
 
 FORMATS = ("text", "json-lines")
 console = logging.getLogger("crypto_ml.console")
@@ -46,25 +47,23 @@ def console_writer() -> TextIO:
     return cast(TextIO, LogWriter(console))
 
 
-def draws_bar(args: argparse.Namespace, log_format: str | None = None) -> bool:
+def draws_bar(quiet: bool, log_format: str) -> bool:
     """Whether progress is a bar redrawn on stderr: a terminal (not a dumb one, which shows
     control codes as text: :func:`~crypto_ml.core.progress.is_terminal`), text logs, not
     ``-q``."""
-    log_format = log_format or getattr(args, "log_format", None) or "text"
-    return (is_terminal(sys.stderr) and log_format != "json"
-            and not getattr(args, "quiet", False))
+    return is_terminal(sys.stderr) and log_format != "json" and not quiet
 
 
-def progress_stream(args: argparse.Namespace, log_format: str | None = None) -> TextIO:
+def progress_stream(quiet: bool, log_format: str) -> TextIO:
     """Where a progress bar draws: stderr if it :func:`draws_bar`, else the console logger
     (which a bar writes plain lines to, hidden by ``-q``)."""
-    return sys.stderr if draws_bar(args, log_format) else console_writer()
+    return sys.stderr if draws_bar(quiet, log_format) else console_writer()
 
 
-def make_progress(args: argparse.Namespace, settings: Settings) -> Progress:
+def make_progress(stderr: Stderr) -> Progress:
     """The run's progress: a bar on a terminal's stderr (text logs, not ``-q``), else a few
     plain lines through the console logger."""
-    return Progress(sys.stderr, tty=draws_bar(args, settings.log_format))
+    return Progress(sys.stderr, tty=draws_bar(stderr.quiet, stderr.log_format))
 
 
 class ForecastWriter:
