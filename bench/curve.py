@@ -1,4 +1,4 @@
-"""Cost curve (issue 13, target 4): cheap jobs over 100, 1,000 and 10,000 series, 1 and 2 workers.
+"""Cost curve: cheap jobs over 100, 1,000 and 10,000 series, 1 and 2 workers.
 
 Series are windows of the real coins (series ``k`` is ``WINDOW`` closes of coin ``k mod n``
 starting ``k div n`` days in, wrapping), so every series is distinct and real. For each size

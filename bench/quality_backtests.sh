@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The backtests behind the README's results section (issue 15). From the repository root:
+# The backtests behind the results in docs/models.md. From the repository root:
 #   CRYPTO_ML_DATA_DIR=../shared/data/top100-2017 bash bench/quality_backtests.sh [cheap|windows|deep]...
 # Each writes its tables (stdout) and files (--out) under bench/results/quality/.
 set -euo pipefail

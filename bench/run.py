@@ -3,7 +3,7 @@
     python bench/run.py                # all benchmarks on the shared data (about 15 min, 2 cores)
     python bench/run.py --smoke        # seconds-long check that the harness works (run by the tests)
     python bench/run.py --only dispatch,jobs
-    python bench/run.py --only command,small   # issue 13's whole-command and small-run ratios
+    python bench/run.py --only command,small   # the whole-command and small-run ratios
     python bench/run.py --only curve           # 100 / 1,000 / 10,000 series, 1 and 2 workers + PNG
 
 Writes bench/results/<name>.json and .md (override with --out) and appends one line per run

@@ -275,7 +275,7 @@ def table(results: dict[str, Any]) -> str:
         lines.append(f"| API floor (`GET /v1/models`) | {max(CLIENTS)} | {f['requests']} | "
                      f"{f['throughput_rps']} | {f['p50_ms']} | {f['p99_ms']} | 0 |")
     if results.get("ratios"):
-        lines += ["", f"Targets at {max(CLIENTS)} clients (issue #23):", "",
+        lines += ["", f"Targets at {max(CLIENTS)} clients:", "",
                   "| ratio | value | target | met |", "| --- | --- | --- | --- |"]
         for name, r in results["ratios"].items():
             sign = ">=" if not name.startswith("api_p50") else "<="

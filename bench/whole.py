@@ -1,4 +1,4 @@
-"""Whole-command and small-run benchmarks (issue 13, targets 1 and 2).
+"""Whole-command and small-run benchmarks: a whole command, and small runs, against plain code.
 
 * ``command``: ``python -m crypto_ml.manager send-tasks --model linear`` on the embedded
   default against ``bench/plain_sklearn.py`` (one process, pandas + scikit-learn, same CSV

@@ -121,7 +121,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": CPU_QUEUE,
         "task_routes": (route_task,),
         # STARTED is stored by ForecastTask.before_start, for deep tasks only: Celery's own
-        # costs two Redis round trips per task, a third of a cheap task's (issue 13)
+        # costs two Redis round trips per task, a third of a cheap task's time
         "task_track_started": False,
         # events cost a PUBLISH each (about 1 ms a cheap task); deployments with Flower turn
         # them on, and a running Flower turns workers' on itself (control: enable_events)
