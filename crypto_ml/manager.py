@@ -21,7 +21,7 @@ from crypto_ml.cli import main
 from crypto_ml.core.settings import Settings, get_settings
 from crypto_ml.data.loader import CryptoLoader
 from crypto_ml.dispatch import manager
-from crypto_ml.dispatch.manager import check_broker
+from crypto_ml.dispatch.connect import check_broker
 from crypto_ml.dispatch.report import RunObserver, RunReport, format_forecast
 from crypto_ml.models import parse_models
 

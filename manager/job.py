@@ -33,7 +33,7 @@ from crypto_ml.cli import build_parser, guarded
 from crypto_ml.cli import main as cli_main
 from crypto_ml.cli.options import EXIT_CONFIG, EXIT_OK, settings_from
 from crypto_ml.core.errors import BrokerAuthFailed, ConfigError, CryptoMLError
-from crypto_ml.dispatch.manager import check_broker
+from crypto_ml.dispatch.connect import check_broker
 from crypto_ml.ops.processes import wait_until
 
 PROG = "python -m crypto_ml.manager"

@@ -18,7 +18,7 @@ from sentinel_support import SentinelCluster
 from crypto_ml.core.sentinel import parse
 from crypto_ml.core.settings import Settings
 from crypto_ml.data.loader import CryptoLoader
-from crypto_ml.dispatch.manager import check_broker
+from crypto_ml.dispatch.connect import check_broker
 from crypto_ml.ops.processes import wait_until
 from crypto_ml.worker.app import create_app
 from crypto_ml.worker.requests import BATCH_TASK_NAME, TASK_NAME

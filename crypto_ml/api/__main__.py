@@ -33,8 +33,7 @@ from crypto_ml.cli.options import (
 from crypto_ml.core.errors import ConfigError
 from crypto_ml.core.logs import configure
 from crypto_ml.core.settings import Settings
-from crypto_ml.dispatch.cluster import LocalCluster
-from crypto_ml.dispatch.manager import check_broker
+from crypto_ml.dispatch.connect import open_cluster
 from crypto_ml.worker.app import create_app as celery_app
 from crypto_ml.worker.model_store import open_store
 
@@ -67,20 +66,8 @@ def runs_for(settings: Settings, in_process: bool, expires: float) -> Iterator[A
     if in_process:
         yield InProcessRuns(open_store(settings.model_store, None, settings.model_store_ttl))
         return
-    if settings.broker_url:
-        check_broker(settings.broker_url)
-        runs = QueueRuns(celery_app(settings), settings, expires)
-        try:
-            yield runs
-        finally:
-            runs.close()
-        return
-    cluster = LocalCluster(workers=settings.workers)
-    print(f"no broker configured: running embedded (local redis-server + {cluster.n_workers} "
-          "celery worker(s)); set CRYPTO_ML_BROKER_URL to use your own cluster", flush=True)
-    with cluster:
-        local = settings.with_broker(cluster.broker_url)
-        runs = QueueRuns(celery_app(local), local, expires)
+    with open_cluster(settings, lambda line: print(line, flush=True)) as (live, _):
+        runs = QueueRuns(celery_app(live), live, expires)
         try:
             yield runs
         finally:

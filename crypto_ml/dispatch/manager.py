@@ -22,17 +22,14 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
-import redis
 from celery import Celery
-from kombu.utils.url import maybe_sanitize_url
 
-from crypto_ml.core.acl import auth_failure
-from crypto_ml.core.errors import BrokerUnavailable, CryptoMLError
+from crypto_ml.core.errors import CryptoMLError
 from crypto_ml.core.logs import log_task
-from crypto_ml.core.sentinel import redis_client
 from crypto_ml.core.settings import Settings
 from crypto_ml.data.loader import CryptoLoader
 from crypto_ml.dispatch.cluster import LocalCluster
+from crypto_ml.dispatch.connect import launch_embedded, open_cluster
 from crypto_ml.dispatch.engine import Dispatcher, no_result
 from crypto_ml.dispatch.planning import Message, plan_messages
 from crypto_ml.dispatch.report import (
@@ -56,20 +53,8 @@ DEFAULT_TIMEOUT = 3600.0
 
 
 
-def check_broker(url: str, settings: Settings | None = None) -> None:
-    """Raise BrokerUnavailable, naming the (password-free) URL, unless Redis answers a ping
-    (for ``sentinel://``: the master the sentinels name)."""
-    settings = settings or Settings()
-    try:
-        redis_client(url, settings.sentinel_master, settings.sentinel_password,
-                     socket_connect_timeout=3, socket_timeout=3).ping()
-    except redis.AuthenticationError as exc:  # wrong user or password: no point waiting
-        raise auth_failure(url, exc) from None
-    except (redis.RedisError, OSError, ValueError) as exc:
-        raise BrokerUnavailable(
-            f"cannot reach the broker at {maybe_sanitize_url(url)} ({exc}); start Redis there, "
-            "fix --broker / CRYPTO_ML_BROKER_URL, or unset it to run on the embedded local cluster"
-        ) from None
+CLI_HINT = ("set CRYPTO_ML_BROKER_URL or --broker redis://HOST:6379/0 to use your own "
+            "cluster")
 
 
 class CryptoManager:
@@ -107,47 +92,34 @@ class CryptoManager:
 
     @contextlib.contextmanager
     def connected(self) -> Iterator[Celery]:
-        """The app to run on: given, configured, or an embedded cluster started for the run."""
+        """The app to run on: given, configured, or an embedded cluster started for the run
+        (:func:`~crypto_ml.dispatch.connect.open_cluster`)."""
         if self.app is not None:
             yield self.app
             return
-        if self.settings.broker_url:
-            check_broker(self.settings.broker_url, self.settings)
-            if self.settings.backend_url != self.settings.broker_url:
-                check_broker(self.settings.backend_url or "", self.settings)
-            yield create_app(self.settings)
-            return
-        cluster, self._launched = self._launched or self._launch(), None
+        launched, self._launched = self._launched, None
         self._idle = False
-        try:
-            cluster.start()
-            if cluster.flower_url:
+        with open_cluster(self.settings, self._say, launched, lambda: self._idle, CLI_HINT,
+                          **self._cluster_options()) as (settings, cluster):
+            if cluster is not None and cluster.flower_url:
                 self._say(f"flower: {cluster.flower_url} (stops when this run ends)")
-            settings = self.settings.with_broker(cluster.broker_url)
-            yield create_app(replace(settings, task_events=True) if cluster.flower_url
-                             else settings)
-        except BaseException as exc:
-            cluster.stop(graceful=not isinstance(exc, KeyboardInterrupt))
-            raise
-        cluster.stop(idle=self._idle)  # every result in: no warm shutdown to wait out
+                settings = replace(settings, task_events=True)
+            yield create_app(settings)
 
-    def _launch(self, models: Sequence[str] | None = None) -> LocalCluster:
-        """Spawn the embedded cluster's processes (not waiting for them to be ready); for
-        ``models`` that are all cheap, workers of the cpu queue only (they start faster)."""
+    def _cluster_options(self, models: Sequence[str] | None = None) -> dict[str, Any]:
+        """The embedded cluster's options; for ``models`` that are all cheap, workers of the
+        cpu queue only (they start faster)."""
         options = dict(self.cluster_options)
         if models is not None and not set(models) & HEAVY:
             options.setdefault("queues", (CPU_QUEUE,))
-        cluster = LocalCluster(workers=self.settings.workers, **options)
-        self._say(f"no broker configured: running embedded (local redis-server + "
-                  f"{cluster.n_workers} celery worker(s)); set CRYPTO_ML_BROKER_URL or "
-                  "--broker redis://HOST:6379/0 to use your own cluster")
-        return cluster.launch()
+        return options
 
     def _launch_early(self, models: Sequence[str]) -> None:
         """With no app and no broker: spawn the embedded cluster now, so that Redis and the
         workers start while the data loads (:meth:`connected` then waits for them)."""
         if self.app is None and not self.settings.broker_url and self._launched is None:
-            self._launched = self._launch(models)
+            self._launched = launch_embedded(self.settings, self._say, CLI_HINT,
+                                             **self._cluster_options(models))
 
     def _drop_launched(self) -> None:
         """Stop an early-launched cluster that no dispatch used (nothing to send, an error)."""
