@@ -139,6 +139,24 @@ def on_a_terminal(args: list[str], data_dir: Path,
     return stdout, b"".join(chunks).decode(), proc.wait(timeout=60)
 
 
+def shown_lines(screen: str) -> list[str]:
+    """What a terminal shows after ``screen`` was written to it: on each line, what follows a
+    carriage return overwrites the line from its start (so a bar redrawn in place leaves its
+    last drawing, and a cleared one blanks), trailing blanks dropped."""
+    shown = []
+    for written in screen.split("\n"):
+        cells: list[str] = []
+        column = 0
+        for char in written:
+            if char == "\r":
+                column = 0
+                continue
+            cells[column:column + 1] = [char]
+            column += 1
+        shown.append("".join(cells).rstrip())
+    return shown
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 

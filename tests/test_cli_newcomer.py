@@ -41,9 +41,8 @@ from crypto_ml.cli.options import check_writable
 from crypto_ml.cli.requests import backtest_request, send_request
 from crypto_ml.cli.output import write_results
 from crypto_ml.core.errors import ConfigError, SeriesTooShort, UnknownModel
-from crypto_ml.core.progress import is_terminal
+from crypto_ml.core.progress import Progress, is_terminal
 from crypto_ml.data.download import Client, DownloadError
-from crypto_ml.ops.progress import Progress
 
 COINS = "bitcoin,ethereum,dash"
 
@@ -483,7 +482,7 @@ def test_the_bar_counts_whole_messages_of_forecasts_never_a_batchs_first() -> No
         progress.on_done("m1", coin, "linear", result_of(coin, "linear"), None)
     progress.polled_at = clock.now  # the backend is not asked: nothing runs
     progress.on_wait()
-    bars = re.findall(r"\r(\[[#-]+\] [^\r\x1b]*)\x1b\[K", screen.getvalue())
+    bars = [bar.rstrip() for bar in re.findall(r"\r(\[[#-]+\] [^\r]*)", screen.getvalue())]
     totals = [int(total) for total in re.findall(r"\] \d+/(\d+) finished", screen.getvalue())]
     assert totals and set(totals) <= {3, 6} and totals[-1] == 6, bars
     # 2 forecasts in the 4.5 s since the first was sent: 4 left at 2/4.5 a second -> 9 s

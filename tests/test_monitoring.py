@@ -9,15 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import shown_lines
 
+from crypto_ml.cli.table import TableProgress
 from crypto_ml.core.errors import ConfigError
 from crypto_ml.core.logs import JsonFormatter, LogWriter
+from crypto_ml.core.progress import Progress
 from crypto_ml.core.settings import Settings
 from crypto_ml.data.loader import CryptoLoader
 from crypto_ml.dispatch.report import RunReport
 from crypto_ml.dispatch.summary import summarize, summary_lines
 from crypto_ml.ops.flower import flower_env, send_options
-from crypto_ml.ops.progress import Progress
 from crypto_ml.worker.requests import ForecastRequest, run_forecast
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -97,24 +99,24 @@ def test_progress_bar_on_a_terminal_counts_and_estimates() -> None:
     stream, clock = io.StringIO(), Clock()
     progress = Progress(stream, tty=True, clock=clock)
     for i in range(4):
-        progress.on_sent(None, f"t{i}", f"coin{i}", "linear")  # type: ignore[arg-type]
+        progress.on_sent(None, f"t{i}", f"coin{i}", "linear")
     clock.now += 2.0
     progress.on_done("t0", "coin0", "linear", _result("coin0", "linear", 0.1, "w1"), None)
     progress.on_done("t1", "coin1", "linear", None, "SeriesTooShort: too short")
     progress.on_wait()
-    bar = stream.getvalue().split("\r")[-1]
+    [bar] = shown_lines(stream.getvalue())
     assert bar.startswith("[") and "2/4 finished: 1 done, 1 failed" in bar
     assert "ETA 0:02" in bar  # 2 finished in 2 s, 2 to go
     progress.on_done("t2", "coin2", "linear", _result("coin2", "linear", 0.1, "w1"), None)
-    assert stream.getvalue().endswith("\r\x1b[K")  # cleared before the caller prints
+    assert shown_lines(stream.getvalue()) == [""]  # cleared before the caller prints
     progress.close()
 
 
 def test_progress_counts_each_forecast_of_a_batch_message() -> None:
     progress = Progress(io.StringIO(), tty=False, clock=Clock())
     for coin in ("a", "b", "c"):
-        progress.on_sent(None, "batch1", coin, "linear")  # type: ignore[arg-type]
-    progress.on_sent(None, "single", "d", "lstm")  # type: ignore[arg-type]
+        progress.on_sent(None, "batch1", coin, "linear")
+    progress.on_sent(None, "single", "d", "lstm")
     progress.on_done("batch1", "a", "linear", _result("a", "linear", 0.1, "w"), None)
     progress.on_done("batch1", "b", "linear", None, "SeriesTooShort: too short")
     assert progress.unfinished == {"batch1": 1, "single": 1}
@@ -125,7 +127,7 @@ def test_progress_off_a_terminal_logs_a_few_plain_lines(caplog: pytest.LogCaptur
     progress = Progress(io.StringIO(), tty=False, clock=Clock())
     caplog.set_level(logging.INFO, logger="crypto_ml.progress")
     for i in range(40):
-        progress.on_sent(None, f"t{i}", "c", "linear")  # type: ignore[arg-type]
+        progress.on_sent(None, f"t{i}", "c", "linear")
     for i in range(40):
         progress.on_done(f"t{i}", "c", "linear", _result("c", "linear", 0.1, "w"), None)
         progress.on_wait()
@@ -141,17 +143,34 @@ def test_progress_counts_a_later_dispatch_as_a_phase_of_its_own(
     caplog.set_level(logging.INFO, logger="crypto_ml.progress")
     progress.new_phase("backtest")
     for i in range(8):
-        progress.on_sent(None, f"b{i}", "c", "naive")  # type: ignore[arg-type]
+        progress.on_sent(None, f"b{i}", "c", "naive")
     for i in range(8):
         progress.on_done(f"b{i}", "c", "naive", _result("c", "naive", 0.1, "w"), None)
     progress.new_phase("forecast")
     for i in range(2):
-        progress.on_sent(None, f"f{i}", "c", "naive")  # type: ignore[arg-type]
+        progress.on_sent(None, f"f{i}", "c", "naive")
     for i in range(2):
         progress.on_done(f"f{i}", "c", "naive", _result("c", "naive", 0.1, "w"), None)
     lines = [r.getMessage() for r in caplog.records]
     assert lines[3].startswith("progress: backtest: 8/8 finished: 8 done")
     assert lines[-1].startswith("progress: forecast: 2/2 finished: 2 done") and len(lines) <= 8
+
+
+def test_a_table_runs_progress_counts_series_and_rates_only_this_runs(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks back with some series failed, a chunk lost, half written by an earlier run."""
+    monkeypatch.setattr("sys.stderr", io.StringIO())  # not a terminal: plain lines
+    caplog.set_level(logging.INFO, logger="crypto_ml.progress")
+    progress, clock = TableProgress(100, quiet=False), Clock()
+    progress.clock, progress.started_at = clock, clock.now
+    progress.skip(50)
+    clock.now += 10.0
+    progress(25, 5)  # 25 series written, 5 of them with a failed forecast
+    progress(0, 25)  # a chunk that did not come back
+    lines = [r.getMessage() for r in caplog.records if r.name == "crypto_ml.progress"]
+    assert lines == ["progress: 50/100 series: 50 done, 0 failed, 0 series/s, ETA --",
+                     "progress: 75/100 series: 70 done, 5 failed, 2 series/s, ETA 0:10",
+                     "progress: 100/100 series: 70 done, 30 failed, 5 series/s, ETA 0:00"]
 
 
 # summary and logs ----------------------------------------------------------------------------

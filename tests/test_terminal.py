@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, cli_env, on_a_terminal, run_cli
+from conftest import ROOT, cli_env, on_a_terminal, run_cli, shown_lines
 
 pytestmark = pytest.mark.integration
 
@@ -172,9 +172,10 @@ def test_progress_bar_on_a_terminal_and_none_with_quiet(cluster: Any, price_data
             ",".join(COINS[:4]), *broker(cluster)]
     stdout, screen, rc = on_a_terminal(args, price_data)
     assert rc == 0, screen
-    bars = re.findall(r"\r(\[[#-]+\] [^\r\x1b]*)\x1b\[K", screen)
+    bars = re.findall(r"\r(\[[#-]+\] [^\r\n]*)", screen)  # each drawing of the bar
     assert any("backtest: " in bar for bar in bars), screen  # one bar, phase by phase
     assert all("finished:" in bar and "ETA" in bar for bar in bars), screen
+    assert not [line for line in shown_lines(screen) if "finished:" in line], screen  # wiped
     assert "progress: " not in screen and not TASK_LINE.search(screen)
     assert screen.rstrip().splitlines()[-1].startswith("  workers: ")
     assert len(parsed(stdout)) == 4

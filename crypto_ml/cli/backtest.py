@@ -27,9 +27,9 @@ from crypto_ml.cli.options import (
 from crypto_ml.cli.requests import BacktestRequest, backtest_request
 from crypto_ml.cli.table_options import add_input_options
 from crypto_ml.cli.terminal import console, console_writer, make_progress, seconds_since_start
+from crypto_ml.core.progress import Progress
 from crypto_ml.data.loader import CryptoLoader
 from crypto_ml.dispatch.manager import CryptoManager
-from crypto_ml.ops.progress import Progress
 
 if TYPE_CHECKING:
     from crypto_ml.data.table import TableLoader

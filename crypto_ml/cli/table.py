@@ -14,55 +14,42 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import pyarrow as pa
-from tqdm import tqdm
 
 from crypto_ml.cli.options import EXIT_FAILED, EXIT_OK, stop_on_signals
 from crypto_ml.cli.requests import SendRequest, TableRequest
 from crypto_ml.cli.terminal import console, console_writer, seconds_since_start
-from crypto_ml.core.progress import is_terminal
+from crypto_ml.core.progress import ProgressBar, is_terminal
 from crypto_ml.data.table import Columns, TableLoader, TableSource
 from crypto_ml.dispatch.manager import CryptoManager
 from crypto_ml.dispatch.table_output import TableOutput, check_output, failures_path
 from crypto_ml.dispatch.table_run import TablePlan, TableSummary
 
 
-class TableProgress:
-    """Series done of the total: a bar on a terminal (series/s, ETA), a line per quarter
+class TableProgress(ProgressBar):
+    """Series finished of the total on stderr: a bar on a terminal, a line per quarter
     elsewhere, nothing with ``-q``. The rate counts this run's series, not those an earlier
     run wrote (they are skipped in a moment and would make the ETA a promise)."""
 
     def __init__(self, total: int, quiet: bool) -> None:
-        tty = is_terminal(sys.stderr)
-        self.bar = tqdm(total=total, unit="series", file=sys.stderr, disable=quiet or not tty,
-                        dynamic_ncols=True, smoothing=0.1)
-        self.plain = not quiet and not tty
-        self.total, self.done, self.skipped = total, 0, 0
-        self.started = time.monotonic()
-        self.next_line = total / 4
+        super().__init__(sys.stderr, tty=is_terminal(sys.stderr) and not quiet, unit="series")
+        self.total = total  # off a terminal its lines go to a logger that -q silences
 
     def __call__(self, done: int, failed: int) -> None:
-        self.done += done + failed
-        self.bar.update(done + failed)
-        if self.plain and self.done >= self.next_line and self.done < self.total:
-            rate = (self.done - self.skipped) / max(time.monotonic() - self.started, 1e-9)
-            eta = (self.total - self.done) / rate if rate else 0
-            console.info(f"progress: {self.done}/{self.total} series, {rate:.0f} series/s, "
-                         f"ETA {eta:.0f} s")
-            while self.next_line <= self.done:
-                self.next_line += self.total / 4
+        """A chunk back: ``done`` series written, ``failed`` of them with a failed forecast;
+        or a chunk that did not come back: none done, all ``failed``."""
+        self.add(done - failed if done else 0, failed)
 
     def skip(self, series: int) -> None:
         """Series an earlier run wrote: counted as done, not in the rate."""
         self.skipped += series
         self(series, 0)
 
-    def close(self) -> None:
-        self.bar.close()
+    def counts(self) -> str:
+        return f"{super().counts()}, {self.rate():.0f} series/s"
 
 
 def table_source(table: TableRequest, coins: Sequence[str] | None) -> TableSource:

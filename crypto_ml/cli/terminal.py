@@ -25,9 +25,8 @@ import numpy as np
 
 from crypto_ml import IMPORTED_AT
 from crypto_ml.core.logs import LogWriter
-from crypto_ml.core.progress import is_terminal
+from crypto_ml.core.progress import Progress, is_terminal
 from crypto_ml.dispatch.report import format_forecast
-from crypto_ml.ops.progress import Progress
 
 if TYPE_CHECKING:
     from crypto_ml.cli.requests import Stderr

@@ -4,7 +4,8 @@ Owns the one exception hierarchy (:mod:`~crypto_ml.core.errors`, with the exit
 code each kind means), every setting and the only code that reads the
 environment (:mod:`~crypto_ml.core.settings`, including the math-library thread
 counts), the text/JSON log formats (:mod:`~crypto_ml.core.logs`), Redis Sentinel URLs
-(:mod:`~crypto_ml.core.sentinel`) and the Redis ACL user of each role with the credential
-check (:mod:`~crypto_ml.core.acl`). May import
+(:mod:`~crypto_ml.core.sentinel`), the Redis ACL user of each role with the credential
+check (:mod:`~crypto_ml.core.acl`) and the progress bar every command draws
+(:mod:`~crypto_ml.core.progress`, on tqdm). May import
 nothing else of crypto_ml; everything else may import it.
 """

@@ -68,7 +68,7 @@ def add_meta(report: RunReport, items: Sequence[tuple[str, str]], meta: dict[str
 
 
 class RunObserver(Protocol):
-    """Hooks a run calls as forecasts go out and come back (e.g. :mod:`crypto_ml.ops.progress`).
+    """Hooks a run calls as forecasts go out and come back (e.g. :mod:`crypto_ml.core.progress`).
 
     A protocol: an observer implements the hooks (or subclasses this for no-op defaults).
 
