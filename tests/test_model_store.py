@@ -5,7 +5,10 @@ only costs a fit. The Redis store with real workers is in tests/test_api_cluster
 from __future__ import annotations
 
 import io
+import json
 import os
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -16,6 +19,7 @@ import pytest
 
 from crypto_ml.core.errors import ConfigError, InvalidTaskInput
 from crypto_ml.models import get_model
+from crypto_ml.models.state import ModelStateError
 from crypto_ml.worker.model_store import (
     DirectoryModelStore,
     RedisModelStore,
@@ -66,11 +70,12 @@ def test_directory_store_round_trip_and_expiry(tmp_path: Path) -> None:
     assert store.get("k") is None
 
 
-@pytest.mark.parametrize(("name", "params"), [("lstm", PARAMS),
+@pytest.mark.parametrize(("name", "params"), [("linear", {}),
                                               ("gru_ret", {"epochs": 2, "window": 5,
                                                            "members": 2, "units": 4})])
 def test_restored_model_forecasts_exactly_as_the_fitted_one(name: str,
                                                             params: dict[str, Any]) -> None:
+    """An entry round-trips any model's state (header values only, or an ensemble's arrays)."""
     fitted = get_model(name, **params).fit(SERIES)
     expected = fitted.forecast(5)
     blob = export_state(fitted)
@@ -81,8 +86,16 @@ def test_restored_model_forecasts_exactly_as_the_fitted_one(name: str,
     restore_state(restored, blob, SERIES)
     np.testing.assert_array_equal(restored.forecast(5), expected)
     assert restored.n_points_ == len(SERIES)
-    with pytest.raises(ValueError, match="holds a"):
-        restore_state(get_model("gru" if name == "lstm" else "lstm_ret", **params), blob, SERIES)
+    with pytest.raises(ModelStateError, match=f"state of model '{name}'"):
+        restore_state(get_model("naive" if name == "linear" else "lstm_ret", **params), blob,
+                      SERIES)
+
+
+def _rewrite(entry: Path, **arrays: np.ndarray) -> None:
+    """Replace some arrays of a directory store's entry."""
+    with np.load(entry, allow_pickle=False) as archive:
+        kept = {name: archive[name] for name in archive.files}
+    np.savez(entry, **{**kept, **arrays})
 
 
 class Broken:
@@ -98,12 +111,16 @@ def test_forecast_with_store_reuses_trains_and_survives_a_broken_store(tmp_path:
     args: dict[str, Any] = {"series": "a", "prices": SERIES, "params": PARAMS}
     trained, fresh = forecast_with_store(get_model("lstm", **PARAMS), store, horizon=4, **args)
     assert fresh is False and set(trained.bands) == {"80", "95"}
+    entry = tmp_path / f"{store_key('a', 'lstm', PARAMS, SERIES)}.npz"
+    marked = trained.forecast + 1.0  # what the network would not give: proof of a read
+    _rewrite(entry, forecast=marked)
     model = get_model("lstm", **PARAMS)
     stored, hit = forecast_with_store(model, store, horizon=4, **args)  # the same request
-    assert hit is True and not hasattr(model, "weights_")  # read, no network loaded
-    np.testing.assert_array_equal(stored.forecast, trained.forecast)
+    assert hit is True  # read from the entry, the network not run
+    np.testing.assert_array_equal(stored.forecast, marked)
     assert stored.intervals_json() == trained.intervals_json()
     assert model.n_points_ == len(SERIES)
+    _rewrite(entry, forecast=trained.forecast)
     longer, hit = forecast_with_store(get_model("lstm", **PARAMS), store, horizon=6, **args)
     assert hit is True  # the restored network ran two more steps, no training
     np.testing.assert_array_equal(longer.forecast[:4], trained.forecast)
@@ -115,11 +132,31 @@ def test_forecast_with_store_reuses_trains_and_survives_a_broken_store(tmp_path:
     np.testing.assert_array_equal(other.forecast, longer.forecast)
     assert forecast_with_store(get_model("lstm", **PARAMS), store, horizon=2, retrain=True,
                                **args)[1] is False
-    (tmp_path / f"{store_key('a', 'lstm', PARAMS, SERIES)}.npz").write_bytes(b"not npz")
+    entry.write_bytes(b"not npz")
     assert forecast_with_store(get_model("lstm", **PARAMS), store, horizon=2, **args)[1] is False
     assert forecast_with_store(get_model("lstm", **PARAMS), Broken(), horizon=2,
                                **args)[1] is False
     assert forecast_with_store(get_model("linear"), store, horizon=2, **args)[1] is None
+
+
+@pytest.mark.integration  # runs a worker-side read in a subprocess
+def test_a_stored_prediction_is_read_without_the_deep_learning_backend(tmp_path: Path) -> None:
+    """Restoring an entry loads no network: a process that never imported TensorFlow answers."""
+    args: dict[str, Any] = {"series": "a", "prices": [float(x) for x in SERIES],
+                            "params": PARAMS, "horizon": 3}
+    trained, _ = forecast_with_store(get_model("lstm", **PARAMS), DirectoryModelStore(tmp_path),
+                                     **args)
+    code = ("import json, pathlib, sys\n"
+            "from crypto_ml.models import get_model\n"
+            "from crypto_ml.worker.model_store import DirectoryModelStore, forecast_with_store\n"
+            "args = json.loads(sys.argv[2])\n"
+            "store = DirectoryModelStore(pathlib.Path(sys.argv[1]))\n"
+            "p, hit = forecast_with_store(get_model('lstm', **args['params']), store, **args)\n"
+            "print(hit, p.forecast.tolist(), [m for m in ('tensorflow', 'keras') "
+            "if m in sys.modules])\n")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path), json.dumps(args)],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"True {trained.forecast.tolist()} []"
 
 
 def test_requests_carry_the_store_flags_and_results_say_where_they_came_from(

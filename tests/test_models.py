@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,7 @@ from crypto_ml.core.errors import InvalidTaskInput, SeriesTooShort, UnknownModel
 from crypto_ml.data.loader import CryptoLoader
 from crypto_ml.models import HEAVY, PARAMS, REGISTRY, get_model, model_class, model_names
 from crypto_ml.models.rnn import make_windows
+from crypto_ml.models.state import ModelState, ModelStateError
 
 FAST = {"epochs": 1, "members": 1}
 #: Deep models train a network (TensorFlow): the integration tier, not the fast one.
@@ -76,6 +79,57 @@ def test_model_intervals_contract(name: str) -> None:
         model.predict(3, (100,))
 
 
+def plain_copy(state: ModelState) -> ModelState:
+    """``state`` through JSON and ``.npz`` (read with allow_pickle=False): fails on any object."""
+    meta = json.loads(json.dumps(state.meta(), allow_nan=False))
+    buffer = io.BytesIO()
+    np.savez(buffer, **state.arrays)  # type: ignore[arg-type]
+    with np.load(io.BytesIO(buffer.getvalue()), allow_pickle=False) as archive:
+        return ModelState.from_plain(meta, {name: archive[name] for name in archive.files})
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_model_state_contract(name: str) -> None:
+    """A model with a state, restored from its plain-data copy into a fresh model of the same
+    options, predicts what the fitted model predicts; one without says so."""
+    series = random_walk(80, seed=6)
+    fitted = get_model(name, **FAST).fit(series)
+    if not fitted.has_state:
+        assert not fitted.stored
+        with pytest.raises(ModelStateError, match=f"model '{name}' has no saveable state"):
+            fitted.state()
+        return
+    expected = fitted.predict(5, (80,))
+    state = plain_copy(fitted.state())
+    restored = get_model(name, **FAST).restore(state, series)
+    got = restored.predict(5, (80,))
+    np.testing.assert_array_equal(got.forecast, expected.forecast)
+    assert got.intervals_json() == expected.intervals_json() and got.method == expected.method
+    assert restored.n_points_ == len(series) and restored.device == fitted.device
+    with pytest.raises(ModelStateError, match="fitted on 80 closes, given 79"):
+        get_model(name, **FAST).restore(state, series[1:])
+    with pytest.raises(ModelStateError, match=f"state of model '{name}'"):
+        get_model("naive" if name != "naive" else "linear").restore(state, series)
+    if fitted.options:
+        with pytest.raises(ModelStateError, match="with options"):
+            get_model(name, **{**FAST, "seed": 1}).restore(state, series)
+
+
+def test_a_state_holds_plain_data_only() -> None:
+    with pytest.raises(ModelStateError, match="not plain JSON"):
+        ModelState("naive", {}, 3, "CPU", {"last": object()})
+    with pytest.raises(ModelStateError, match="does not survive JSON"):
+        ModelState("naive", {}, 3, "CPU", {"last": (1.0, 2.0)})
+    with pytest.raises(ModelStateError, match="'tail' is not a numeric"):
+        ModelState("naive", {}, 3, "CPU", {}, {"tail": np.array([object()])})
+    with pytest.raises(ModelStateError, match="not a model state"):
+        ModelState.from_plain({"model": "naive"}, {})
+    with pytest.raises(ModelStateError, match="no header value 'last'"):
+        get_model("naive").restore(ModelState("naive", {}, 1, "CPU"), [1.0])
+    with pytest.raises(RuntimeError, match="before fit"):
+        get_model("naive").state()
+
+
 def test_registry_rejects_unknown_names() -> None:
     with pytest.raises(UnknownModel, match="prophet"):
         get_model("prophet")
@@ -134,6 +188,8 @@ def test_model_metadata_is_declared_once_on_each_class() -> None:
         assert cls.name == name and PARAMS[name] == cls.options
         assert (name in HEAVY) == cls.heavy and cls.color.startswith("tab:")
     assert {"lstm", "gru", "lstm_ret", "gru_ret"} == HEAVY
+    assert {name for name, cls in REGISTRY.items() if cls.stored} == HEAVY  # the store keeps these
+    assert all(cls.has_state for cls in REGISTRY.values() if cls.stored)
     assert len({cls.color for cls in REGISTRY.values()}) == len(REGISTRY)  # plots tell them apart
 
 

@@ -9,6 +9,11 @@ Models know nothing of Celery, Redis or the data loader.
 (see :mod:`crypto_ml.models.intervals`): by default conformal intervals from the
 model's own walk-forward errors; a model with a better method overrides
 :meth:`Forecaster._bands`.
+
+A model whose fitted state is plain data (``has_state``) gives it as a
+:class:`~crypto_ml.models.state.ModelState` (:meth:`Forecaster.state`) and is
+made to forecast again from one without training (:meth:`Forecaster.restore`);
+the model store keeps those that are ``stored``, knowing nothing of their insides.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import copy
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 
 import numpy as np
 
@@ -31,6 +36,7 @@ from crypto_ml.models.intervals import (
     random_walk_bands,
     walk_forward_errors,
 )
+from crypto_ml.models.state import ModelState, ModelStateError
 
 
 def clean_series(prices: object) -> np.ndarray:
@@ -72,8 +78,11 @@ class Forecaster(ABC):
     besides the series), ``heavy`` (needs a deep-learning backend: routed to the
     ``gpu`` queue, sent one per message), ``color`` (its line in plots),
     ``interval_method``, ``default_max_points`` (the newest closes the manager sends
-    it unless told otherwise; 0 for all) and ``series_per_message`` (a table run's chunk).
-    The registry, routing, request validation, plots and benchmarks all read these.
+    it unless told otherwise; 0 for all), ``series_per_message`` (a table run's chunk),
+    ``has_state`` (:meth:`state` and :meth:`restore` work) and ``stored`` (the model
+    store keeps its fits). The registry, routing, request validation, plots,
+    benchmarks and the model store all read these. Each option is kept as the
+    attribute of its name (a state records them).
     """
 
     name: ClassVar[str]
@@ -88,6 +97,11 @@ class Forecaster(ABC):
     default_max_points: ClassVar[int] = 200
     #: Series a table run packs into one message: about half a second of this model's work.
     series_per_message: ClassVar[int] = 50
+    #: Its fitted state is plain data: :meth:`state` and :meth:`restore` work.
+    has_state: ClassVar[bool] = False
+    #: The model store keeps its fits (needs ``has_state``): training costs far more than
+    #: reading a state back, as for the deep models; a cheap model is refitted instead.
+    stored: ClassVar[bool] = False
 
     def fit(self, prices: object, coin: str = "series") -> Self:
         """Fit on ``prices`` (NaNs dropped); ``coin`` only names the series in errors."""
@@ -101,11 +115,47 @@ class Forecaster(ABC):
 
     def forecast(self, h: int) -> np.ndarray:
         """The next ``h`` closes as a float64 array of length ``h``."""
-        if not hasattr(self, "n_points_"):
-            raise RuntimeError(f"{type(self).__name__}.forecast called before fit")
+        self._check_fitted("forecast")
         out = np.asarray(self._forecast(check_horizon(h)), dtype=np.float64).reshape(-1)
         assert out.shape == (h,), f"{self.name} returned {out.shape} for h={h}"
         return out
+
+    def _check_fitted(self, method: str) -> None:
+        if not hasattr(self, "n_points_"):
+            raise RuntimeError(f"{type(self).__name__}.{method} called before fit")
+
+    def state(self) -> ModelState:
+        """This fitted model's forecasting state as plain data (a JSON-safe header and numeric
+        arrays); ModelStateError for a model without one (``has_state`` false)."""
+        self._check_fitted("state")
+        header, arrays = self._state()
+        return ModelState(self.name, self._option_values(), int(self.n_points_), self.device,
+                          header, arrays)
+
+    def restore(self, state: ModelState, prices: object) -> Self:
+        """Make this model, built with the options ``state`` was saved with, forecast as the
+        model that saved it did, without training; ``prices`` are the closes it was fitted on
+        (the intervals are calibrated on them). Loads no deep-learning backend: that waits
+        for the first forecast. ModelStateError if the state is another model's, of other
+        options or of other closes."""
+        series = clean_series(prices)
+        state.check_fits(self.name, self._option_values(), len(series))
+        self._restore(state)
+        self.series_ = series
+        self.n_points_ = len(series)
+        self.device = state.device
+        return self
+
+    def _option_values(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in sorted(self.options)}
+
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The model's own part of its state: JSON header values and named arrays."""
+        raise ModelStateError(f"model {self.name!r} has no saveable state; fit it instead")
+
+    def _restore(self, state: ModelState) -> None:
+        """Set the fitted attributes from the model's own part of ``state``."""
+        raise ModelStateError(f"model {self.name!r} has no saveable state; fit it instead")
 
     def predict(self, h: int, levels: Sequence[float] = DEFAULT_LEVELS) -> Prediction:
         """The forecast of :meth:`forecast` and, per level, bounds with lower <= forecast <= upper;

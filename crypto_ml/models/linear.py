@@ -8,6 +8,7 @@ evaluated at t = n..n+h-1.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -20,6 +21,7 @@ from crypto_ml.models.intervals import (
     level_key,
     too_short,
 )
+from crypto_ml.models.state import ModelState
 
 
 def fit_rows(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -48,6 +50,7 @@ class LinearModel(Forecaster):
     color = "tab:blue"
     min_points = 2
     series_per_message = 5_000
+    has_state = True
 
     def _fit(self, series: np.ndarray) -> None:
         # Ordinary least squares in closed form on centred data, as scikit-learn's
@@ -56,6 +59,13 @@ class LinearModel(Forecaster):
         self.n_ = len(series)
         slope, intercept = fit_rows(series[None, :])
         self.slope_, self.intercept_ = float(slope[0]), float(intercept[0])
+
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        return {"n": self.n_, "slope": self.slope_, "intercept": self.intercept_}, {}
+
+    def _restore(self, state: ModelState) -> None:
+        self.n_ = int(state.value("n"))
+        self.slope_, self.intercept_ = float(state.value("slope")), float(state.value("intercept"))
 
     def _forecast(self, h: int) -> np.ndarray:
         t = np.arange(self.n_, self.n_ + h, dtype=np.float64)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -14,6 +15,7 @@ from crypto_ml.models.intervals import (
     normal_quantile,
     random_walk_bands,
 )
+from crypto_ml.models.state import ModelState
 
 
 class NaiveModel(Forecaster):
@@ -24,9 +26,16 @@ class NaiveModel(Forecaster):
     min_points = 1
     interval_method = "random walk"
     series_per_message = 5_000
+    has_state = True
 
     def _fit(self, series: np.ndarray) -> None:
         self.last_ = float(series[-1])
+
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        return {"last": self.last_}, {}
+
+    def _restore(self, state: ModelState) -> None:
+        self.last_ = float(state.value("last"))
 
     def _forecast(self, h: int) -> np.ndarray:
         return np.full(h, self.last_)

@@ -26,6 +26,7 @@ from crypto_ml.models.intervals import (
     relative_errors,
     too_short,
 )
+from crypto_ml.models.state import ModelState, member_weights, weight_arrays
 
 WINDOW = 50
 BATCH_SIZE = 512
@@ -47,6 +48,8 @@ class RecurrentModel(Forecaster):
     cell: ClassVar[str]
     options = frozenset({"epochs", "seed", "window"})
     heavy = True
+    has_state = True
+    stored = True
     interval_method = "conformal (in-sample origins of the fitted network)"
     #: The whole history by default: on the README's 10-coin backtest gru did better with it
     #: than on the newest 200 closes (MASE 30.9 against 39.5); lstm did not (see LSTMModel).
@@ -103,9 +106,17 @@ class RecurrentModel(Forecaster):
         self.weights_ = net.get_weights()  # the shared network is reset by the next fit
         self.tail_ = series[-self.window :].copy()
 
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        counts, arrays = weight_arrays([self.weights_])
+        return {"members": counts}, {"tail": self.tail_, **arrays}
+
+    def _restore(self, state: ModelState) -> None:
+        [self.weights_] = member_weights(state, state.value("members"))
+        self.tail_ = state.array("tail")
+
     def _paths(self, tails: np.ndarray, h: int) -> np.ndarray:
         """Recursive forecasts of ``h`` closes after each row of ``tails`` (B, window), at once."""
-        keras, _ = keras_and_device()
+        keras, self.device = keras_and_device()  # a restored model runs where it is now
         net = self._network(keras)
         net.set_weights(self.weights_)
         history = np.asarray(tails, dtype=np.float64)

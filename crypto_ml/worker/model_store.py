@@ -1,8 +1,11 @@
 """Trained deep models, saved once and reused: the model store.
 
-A deep model fitted for one (series, model, options, data) is saved, weights
-and the state it needs to forecast, under a key that hashes exactly those four
-(plus the store format and package version). A later request with the same key
+A model declared ``stored`` (the deep ones) fitted for one (series, model, options,
+data) is saved under a key that hashes exactly those four (plus the store format
+and package version). What it saves is the model's own
+:class:`~crypto_ml.models.state.ModelState` (plain data: a JSON header and named
+arrays, see :meth:`~crypto_ml.models.base.Forecaster.state`); the store packs it
+into bytes and back and never looks inside. A later request with the same key
 forecasts from the saved model without training; new data (a new last close, a
 changed history) gives a new key, so it trains again; ``retrain`` forces a fit
 and overwrites the entry. The key does not hold the horizon: one fit serves any.
@@ -25,12 +28,13 @@ Where entries live (``CRYPTO_ML_MODEL_STORE``):
   older than the TTL are ignored, as in a directory;
 * ``off``: no store, every request trains.
 
-An entry is one ``.npz`` archive (NumPy arrays plus a JSON header stored as
-bytes), read back with ``allow_pickle=False``: nothing in the store is ever
-unpickled. A store that fails (Redis down, unreadable file, an entry of another
-format) is logged and the model is trained as if there were no entry: the store
-only ever saves time, it never fails a forecast. Only the workers read and
-write it, so ``send-tasks``, scheduled jobs and the HTTP API share entries.
+An entry is one ``.npz`` archive (the state's arrays, named ``state_<name>``, and the
+saved prediction's, plus a JSON header stored as bytes), read back with
+``allow_pickle=False``: nothing in the store is ever unpickled. A store that fails
+(Redis down, unreadable file, an entry of another format or model) is logged and the
+model is trained as if there were no entry: the store only ever saves time, it never
+fails a forecast. Only the workers read and write it, so ``send-tasks``, scheduled
+jobs and the HTTP API share entries.
 """
 
 from __future__ import annotations
@@ -50,23 +54,23 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from crypto_ml.core.errors import ConfigError, CryptoMLError
-from crypto_ml.models.base import Forecaster, clean_series
-from crypto_ml.models.device import keras_and_device
+from crypto_ml.models.base import Forecaster
 from crypto_ml.models.intervals import DEFAULT_LEVELS, Prediction, check_levels
-from crypto_ml.models.rnn import RecurrentModel
-from crypto_ml.models.rnn_returns import ReturnsRecurrentModel
+from crypto_ml.models.state import ModelState
 
 if TYPE_CHECKING:
     import redis
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2
 try:  # a new release of the models never reads an older one's entries
     _VERSION = importlib.metadata.version("crypto-ml")
 except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a source tree
     _VERSION = "unknown"
 KEY_PREFIX = "crypto_ml:model:"
+#: An entry's arrays that are the model's state (the others hold the saved prediction).
+_STATE = "state_"
 DEFAULT_TTL = 7 * 86400
 #: Errors a store may raise that must not fail a forecast.
 _STORE_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError, CryptoMLError)
@@ -217,7 +221,7 @@ def store_key(series: str, model: str, params: Mapping[str, Any],
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
 
 
-# saving and restoring a fitted model's state ----------------------------------------------------
+# an entry: a model's state and the prediction made from it, as bytes -------------------------
 
 
 def _pack(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> bytes:
@@ -227,68 +231,38 @@ def _pack(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> bytes:
     return buffer.getvalue()
 
 
-def _unpack(blob: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def _unpack(blob: bytes) -> tuple[ModelState, dict[str, Any], dict[str, np.ndarray]]:
+    """An entry's model state, and its header and arrays (those of the saved prediction)."""
     with np.load(io.BytesIO(blob), allow_pickle=False) as archive:
         arrays = {name: archive[name] for name in archive.files}
     header = json.loads(arrays.pop("__header__").tobytes().decode())
     if header.get("format") != FORMAT:
         raise ValueError(f"model store entry of format {header.get('format')}, not {FORMAT}")
-    return header, arrays
-
-
-def storable(model: Forecaster) -> bool:
-    """Whether ``model`` is of a kind whose fitted state the store can keep (the deep ones)."""
-    return isinstance(model, RecurrentModel | ReturnsRecurrentModel)
+    own = {name.removeprefix(_STATE): arrays.pop(name) for name in list(arrays)
+           if name.startswith(_STATE)}
+    return ModelState.from_plain(header["state"], own), header, arrays
 
 
 def export_state(model: Forecaster, prediction: Prediction | None = None) -> bytes:
-    """A fitted deep model's forecasting state as one ``.npz`` blob, with the ``prediction``
-    (forecast path and interval bounds) it has made, if given."""
-    header: dict[str, Any] = {"format": FORMAT, "model": model.name,
-                              "n_points": int(model.n_points_), "device": model.device}
-    arrays: dict[str, np.ndarray] = {"tail": np.asarray(model.tail_)}  # type: ignore[attr-defined]
+    """A fitted model's state (:meth:`~crypto_ml.models.base.Forecaster.state`) as one
+    ``.npz`` blob, with the ``prediction`` (forecast path and interval bounds) it has made,
+    if given."""
+    state = model.state()
+    header: dict[str, Any] = {"format": FORMAT, "state": state.meta()}
+    arrays = {_STATE + name: array for name, array in state.arrays.items()}
     if prediction is not None:
         arrays["forecast"] = np.asarray(prediction.forecast, dtype=np.float64)
         header["prediction"] = {"bands": list(prediction.bands), "method": prediction.method}
         for key, (lower, upper) in prediction.bands.items():
             arrays[f"lower_{key}"] = np.asarray(lower, dtype=np.float64)
             arrays[f"upper_{key}"] = np.asarray(upper, dtype=np.float64)
-    if isinstance(model, RecurrentModel):
-        members = [model.weights_]
-    else:
-        members = model.weights_  # type: ignore[attr-defined]
-        header.update(scale=model.scale_, last=model.last_,  # type: ignore[attr-defined]
-                      n_val=model.n_val_)  # type: ignore[attr-defined]
-    header["members"] = [len(weights) for weights in members]
-    for m, weights in enumerate(members):
-        for i, w in enumerate(weights):
-            arrays[f"m{m}_w{i}"] = np.asarray(w)
     return _pack(header, arrays)
 
 
 def restore_state(model: Forecaster, blob: bytes, prices: Sequence[float]) -> None:
     """Make an unfitted ``model`` (built with the entry's options) forecast as when it was
     saved, fitted on ``prices`` (the series the entry's key was made from)."""
-    _restore(model, *_unpack(blob), prices)
-
-
-def _restore(model: Forecaster, header: dict[str, Any], arrays: dict[str, np.ndarray],
-             prices: Sequence[float]) -> None:
-    if header["model"] != model.name:
-        raise ValueError(f"entry holds a {header['model']} model, not {model.name}")
-    members = [[arrays[f"m{m}_w{i}"] for i in range(n)] for m, n in enumerate(header["members"])]
-    _, device = keras_and_device()  # the network is loaded by forecast()
-    if isinstance(model, RecurrentModel):
-        model.weights_ = members[0]
-    else:
-        model.weights_ = members  # type: ignore[attr-defined]
-        model.scale_ = float(header["scale"])  # type: ignore[attr-defined]
-        model.last_ = float(header["last"])  # type: ignore[attr-defined]
-        model.n_val_ = int(header["n_val"])  # type: ignore[attr-defined]
-    model.tail_ = arrays["tail"]  # type: ignore[attr-defined]
-    model.series_ = clean_series(prices)  # the intervals are calibrated on it
-    model.n_points_ = int(header["n_points"])
-    model.device = device
+    model.restore(_unpack(blob)[0], prices)
 
 
 def forecast_with_store(model: Forecaster, store: ModelStore | None, *, series: str,
@@ -304,7 +278,7 @@ def forecast_with_store(model: Forecaster, store: ModelStore | None, *, series: 
     request is computed by the network restored from its weights, and saved. A fit (a
     miss, ``retrain``, or an unusable entry) is always saved.
     """
-    if store is None or not storable(model):
+    if store is None or not model.stored:
         model.fit(prices, coin=series)
         return model.predict(horizon, levels), None
     key = store_key(series, model.name, params, prices)
@@ -313,13 +287,11 @@ def forecast_with_store(model: Forecaster, store: ModelStore | None, *, series: 
         try:
             blob = store.get(key)
             if blob is not None:
-                header, arrays = _unpack(blob)
+                state, header, arrays = _unpack(blob)
+                model.restore(state, prices)  # no backend loaded: only a forecast loads it
                 stored = _stored_prediction(header, arrays, horizon, levels)
-                if stored is not None and header["model"] == model.name:
-                    model.n_points_ = int(header["n_points"])
-                    model.device = str(header.get("device", model.device))
+                if stored is not None:
                     return stored, True
-                _restore(model, header, arrays, prices)
                 prediction = model.predict(horizon, levels)
                 _save(store, key, model, prediction)
                 return prediction, True
