@@ -24,16 +24,20 @@ __version__ = "0.1.0"
 IMPORTED_AT = time.monotonic()
 
 
-def forecast(df: Any, model: str = "linear", horizon: int = 10,
-             levels: tuple[float, ...] = (80.0, 95.0), **options: Any) -> Any:
+def forecast(df: Any, model: str | None = None, horizon: int | None = None,
+             levels: tuple[float, ...] | None = None, **options: Any) -> Any:
     """Forecast every series of a long-format DataFrame (``unique_id, ds, y``) or table path,
-    in statsforecast's ``forecast()`` layout (``unique_id, ds, linear, linear-lo-80, ...``),
+    in statsforecast's ``forecast()`` layout (``unique_id, ds, naive, naive-lo-80, ...``),
     on the cluster the environment names (``CRYPTO_ML_BROKER_URL``) or the embedded default.
-    ``options``: ``id_col``, ``time_col``, ``target_col``, ``max_points``, ``epochs``."""
+    ``model``, ``horizon`` and ``levels`` default to :mod:`crypto_ml.models`' (naive, 10,
+    80 and 95). ``options``: ``id_col``, ``time_col``, ``target_col``, ``max_points``,
+    ``epochs``."""
     from crypto_ml.core.settings import Settings
     from crypto_ml.dispatch.frames import forecast_frame
 
-    return forecast_frame(df, Settings.from_env(), model, horizon, levels, **options)
+    given: dict[str, Any] = {"model": model, "horizon": horizon, "levels": levels}
+    return forecast_frame(df, Settings.from_env(), **{k: v for k, v in given.items()
+                                                      if v is not None}, **options)
 
 
 def __getattr__(name: str) -> Any:

@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 from conftest import ROOT, cli_env, on_a_terminal, run_cli, shown_lines
 
+from crypto_ml.models import DEFAULT_MODEL
+
 pytestmark = pytest.mark.integration
 
 COINS = ["bitcoin", "ethereum", "ripple", "litecoin", "dash", "monero", "nem", "dogecoin",
@@ -87,7 +89,7 @@ def test_one_stdout_format_json_lines_and_output(cluster: Any, price_data: Path,
                                                  tmp_path: Path) -> None:
     single = run_cli("send-tasks", "--coins", "bitcoin,dash", "-q", *broker(cluster),
                      data_dir=price_data)
-    assert sorted(parsed(single.stdout)) == [("bitcoin", "linear"), ("dash", "linear")]
+    assert sorted(parsed(single.stdout)) == [("bitcoin", DEFAULT_MODEL), ("dash", DEFAULT_MODEL)]
     out = tmp_path / "out" / "results.json"
     out.parent.mkdir()  # --output does not make a missing folder: that is an error
     lines = run_cli("send-tasks", "--coins", "bitcoin,dash", "--model", "naive,linear",

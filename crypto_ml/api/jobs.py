@@ -28,7 +28,7 @@ from crypto_ml.core.settings import Settings
 from crypto_ml.data.table import Columns, TableSource
 from crypto_ml.dispatch.table_output import TableOutput, failures_path
 from crypto_ml.dispatch.table_run import TablePlan, default_in_flight, run_table
-from crypto_ml.models import parse_models
+from crypto_ml.models import DEFAULT_HORIZON, DEFAULT_MODEL, parse_models
 from crypto_ml.models.intervals import DEFAULT_LEVELS
 
 from .schemas import Levels, Whole
@@ -46,8 +46,8 @@ class JobBody(BaseModel):
 
     input: str = Field(min_length=1, description="a Parquet file, a folder of them or a CSV, "
                        "relative to the server's data directory (CRYPTO_ML_DATA_DIR)")
-    model: str | list[str] = Field("linear", description="a model name, a comma list or a list")
-    horizon: Whole = Field(10, ge=1, description="steps to forecast per series")
+    model: str | list[str] = Field(DEFAULT_MODEL, description="a model name, a comma list or a list")
+    horizon: Whole = Field(DEFAULT_HORIZON, ge=1, description="steps to forecast per series")
     levels: Levels = Field(list(DEFAULT_LEVELS),
                            description="prediction interval levels in percent")
     max_points: Whole | None = Field(None, ge=0, description="fit on the newest N values")

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from crypto_ml.core.errors import InvalidTaskInput
+from crypto_ml.models import DEFAULT_HORIZON, DEFAULT_MODEL
 from crypto_ml.models.intervals import DEFAULT_LEVELS, check_levels
 
 SOURCES = ("coins", "series")
@@ -66,9 +67,10 @@ class ForecastBody(BaseModel):
         None, min_length=1, description="coin ids (GET /v1/coins)")
     series: dict[str, list[float]] | None = Field(
         None, min_length=1, description="name -> closes, oldest first; finite numbers only")
-    model: str | list[str] = Field("linear", description="a model name (GET /v1/models), a "
+    model: str | list[str] = Field(DEFAULT_MODEL, description="a model name (GET /v1/models), a "
                                    "comma list or a list of names")
-    horizon: Whole = Field(10, ge=1, description="days to forecast (at most CRYPTO_ML_MAX_HORIZON)")
+    horizon: Whole = Field(DEFAULT_HORIZON, ge=1,
+                           description="days to forecast (at most CRYPTO_ML_MAX_HORIZON)")
     params: dict[str, Any] = Field(default_factory=dict, description="model options, e.g. "
                                    '{"epochs": 2}; each model takes those GET /v1/models lists')
     max_points: Whole | None = Field(None, ge=0, description="fit on the newest N closes only "

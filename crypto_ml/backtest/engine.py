@@ -39,7 +39,14 @@ from crypto_ml.core.progress import ProgressBar
 from crypto_ml.data.loader import CryptoLoader
 from crypto_ml.dispatch.manager import DEFAULT_TIMEOUT, CryptoManager
 from crypto_ml.dispatch.report import NullObserver, RunReport
-from crypto_ml.models import PARAMS, default_max_points, get_model, model_names, parse_models
+from crypto_ml.models import (
+    DEFAULT_HORIZON,
+    PARAMS,
+    default_max_points,
+    get_model,
+    model_names,
+    parse_models,
+)
 from crypto_ml.models.intervals import DEFAULT_LEVELS, level_key
 from crypto_ml.worker.requests import ForecastRequest
 
@@ -47,7 +54,6 @@ if TYPE_CHECKING:
     from crypto_ml.data.table import TableLoader
 
 DEFAULT_ORIGINS = 30
-DEFAULT_HORIZON = 10
 DEFAULT_MIN_TRAIN = 60
 DEFAULT_SEED = 42
 #: MASE within this relative tolerance (0.5 %) of a coin's lowest is a tie in

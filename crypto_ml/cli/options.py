@@ -21,6 +21,7 @@ from crypto_ml.core.errors import ConfigError, DataNotFound, InvalidTaskInput
 from crypto_ml.core.settings import LOG_FORMATS, Settings
 from crypto_ml.data.loader import HOW_TO_GET_DATA, CryptoLoader
 from crypto_ml.data.names import coin_id
+from crypto_ml.dispatch.manager import DEFAULT_TIMEOUT
 from crypto_ml.models.intervals import check_levels
 from crypto_ml.ops.processes import kill_spawned
 
@@ -60,8 +61,8 @@ def add_cluster_options(parser: argparse.ArgumentParser) -> None:
     """Where the work runs: broker, wait limit, data folder, embedded worker count."""
     parser.add_argument("--broker",
                         help="Redis URL (default: CRYPTO_ML_BROKER_URL, else embedded)")
-    parser.add_argument("--timeout", type=float, default=3600.0,
-                        help="seconds to wait for all results (3600)")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+                        help=f"seconds to wait for all results ({DEFAULT_TIMEOUT:.0f})")
     parser.add_argument("--data-dir", type=Path, help="price data folder (CRYPTO_ML_DATA_DIR)")
     parser.add_argument("--workers", type=positive_int,
                         help="worker processes of the embedded cluster (default: one per core)")

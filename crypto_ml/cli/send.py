@@ -45,7 +45,8 @@ from crypto_ml.data.loader import CryptoLoader
 from crypto_ml.dispatch.manager import CryptoManager
 from crypto_ml.dispatch.report import RunReport
 from crypto_ml.dispatch.summary import summarize, summary_lines
-from crypto_ml.models import model_names
+from crypto_ml.models import DEFAULT_HORIZON, DEFAULT_MODEL, model_names
+from crypto_ml.models.intervals import DEFAULT_LEVELS
 from crypto_ml.ops.plot import plot_forecasts
 
 
@@ -53,20 +54,21 @@ def add_parser(sub: Any) -> None:
     """The ``send-tasks`` subcommand."""
     send = sub.add_parser("send-tasks", help="forecast every coin (or --coins) with --model",
                           **help_texts("send-tasks"))
-    send.add_argument("--model", default="linear", type=model_names_option,
+    send.add_argument("--model", default=DEFAULT_MODEL, type=model_names_option,
                       help=f"{', '.join(model_names())}, a comma list (any case), or best: "
-                      "each coin's lowest backtest MASE (default: linear)")
+                      f"each coin's lowest backtest MASE (default: {DEFAULT_MODEL})")
     send.add_argument("--backtest", type=Path,
                       help="with --model best: a backtest.json to choose from (else run one)")
     send.add_argument("--candidates", type=model_names_option,
                       help="with --model best and no --backtest: models to "
                       f"backtest and choose from (default: {DEFAULT_CANDIDATES})")
     send.add_argument("--coins", help="comma list of coin ids, any case (default: every coin)")
-    send.add_argument("--horizon", type=positive_int, default=10, help="days to forecast (10)")
+    send.add_argument("--horizon", type=positive_int, default=DEFAULT_HORIZON,
+                      help=f"days to forecast ({DEFAULT_HORIZON})")
     send.add_argument("--max-points", type=max_points, metavar="N|all",
                       help="fit on the newest N closes, or all of them (default: each model's "
                       "own: 200 closes; all for gru, lstm_ret and gru_ret)")
-    send.add_argument("--levels", type=levels, default=(80.0, 95.0), metavar="80,95",
+    send.add_argument("--levels", type=levels, default=DEFAULT_LEVELS, metavar="80,95",
                       help="prediction interval levels in percent (default 80,95; none: no "
                       "intervals); written with --output and shaded by --plot")
     send.add_argument("--epochs", type=positive_int,

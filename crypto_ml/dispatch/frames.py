@@ -24,12 +24,12 @@ from crypto_ml.data.table import Columns, TableSource
 from crypto_ml.dispatch.manager import CryptoManager
 from crypto_ml.dispatch.table_output import TableOutput, failures_path
 from crypto_ml.dispatch.table_run import TablePlan
-from crypto_ml.models import parse_models
+from crypto_ml.models import DEFAULT_HORIZON, DEFAULT_MODEL, parse_models
 from crypto_ml.models.intervals import DEFAULT_LEVELS, check_levels
 
 
 def forecast_frame(df: pd.DataFrame | str | Path, settings: Settings,
-                   model: str | Sequence[str] = "linear", horizon: int = 10,
+                   model: str | Sequence[str] = DEFAULT_MODEL, horizon: int = DEFAULT_HORIZON,
                    levels: Sequence[float] = DEFAULT_LEVELS, id_col: str = "unique_id",
                    time_col: str = "ds", target_col: str = "y", max_points: int | None = None,
                    err: TextIO | None = None, **options: Any) -> pd.DataFrame:

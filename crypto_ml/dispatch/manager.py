@@ -39,7 +39,14 @@ from crypto_ml.dispatch.report import (
     add_meta,
     format_forecast,
 )
-from crypto_ml.models import HEAVY, PARAMS, default_max_points, parse_models
+from crypto_ml.models import (
+    DEFAULT_HORIZON,
+    DEFAULT_MODEL,
+    HEAVY,
+    PARAMS,
+    default_max_points,
+    parse_models,
+)
 from crypto_ml.models.intervals import DEFAULT_LEVELS, check_levels
 from crypto_ml.worker.app import CPU_QUEUE, create_app
 from crypto_ml.worker.requests import ForecastRequest
@@ -155,8 +162,9 @@ class CryptoManager:
                                                 levels, retrain))
         return requests
 
-    def run(self, models: str | Sequence[str] = "linear", coins: Sequence[str] | None = None,
-            horizon: int = 10, max_points: int | None = None, epochs: int | None = None,
+    def run(self, models: str | Sequence[str] = DEFAULT_MODEL,
+            coins: Sequence[str] | None = None, horizon: int = DEFAULT_HORIZON,
+            max_points: int | None = None, epochs: int | None = None,
             timeout: float | None = DEFAULT_TIMEOUT,
             on_result: Callable[[dict[str, Any]], None] | None = None,
             retrain: bool = False, levels: Sequence[float] = DEFAULT_LEVELS) -> RunReport:
@@ -299,8 +307,8 @@ class CryptoManager:
         print(format_forecast(result["coin"], np.asarray(result["forecast"]), model),
               file=self.out, flush=True)
 
-    def send_tasks(self, model: str | Sequence[str] = "linear",
-                   coins: Sequence[str] | None = None, horizon: int = 10,
+    def send_tasks(self, model: str | Sequence[str] = DEFAULT_MODEL,
+                   coins: Sequence[str] | None = None, horizon: int = DEFAULT_HORIZON,
                    max_points: int | None = None, epochs: int | None = None,
                    timeout: float | None = DEFAULT_TIMEOUT,
                    levels: Sequence[float] = DEFAULT_LEVELS) -> dict[str, Any]:

@@ -24,6 +24,11 @@ from crypto_ml.models.rnn import GRUModel, LSTMModel
 from crypto_ml.models.rnn_returns import GRUReturnsModel, LSTMReturnsModel
 from crypto_ml.models.statistical import ARIMAModel, ETSModel, ThetaModel
 
+#: The model a request that names none gets: on the shipped backtests no model beats naive's
+#: point forecast and its intervals are the best calibrated (docs/models.md, "What to use").
+DEFAULT_MODEL = "naive"
+#: How many closes a request that names no horizon gets forecast.
+DEFAULT_HORIZON = 10
 #: Every model class by name, cheapest first.
 REGISTRY: dict[str, type[Forecaster]] = {
     cls.name: cls
@@ -71,5 +76,6 @@ def parse_models(spec: str | Sequence[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-__all__ = ["HEAVY", "PARAMS", "REGISTRY", "Forecaster", "check_horizon", "clean_series",
-           "default_max_points", "get_model", "model_class", "model_names", "parse_models"]
+__all__ = ["DEFAULT_HORIZON", "DEFAULT_MODEL", "HEAVY", "PARAMS", "REGISTRY", "Forecaster",
+           "check_horizon", "clean_series", "default_max_points", "get_model", "model_class",
+           "model_names", "parse_models"]
