@@ -38,8 +38,8 @@ from conftest import ROOT, cli_env, on_a_terminal, run_cli
 from crypto_ml.backtest.engine import TIE_TOLERANCE, BacktestConfig, BacktestResult
 from crypto_ml.cli import build_parser, main
 from crypto_ml.cli.options import check_writable
-from crypto_ml.cli.requests import backtest_request, send_request
 from crypto_ml.cli.output import write_results
+from crypto_ml.cli.requests import backtest_request, send_request
 from crypto_ml.core.errors import ConfigError, SeriesTooShort, UnknownModel
 from crypto_ml.core.progress import Progress, is_terminal
 from crypto_ml.data.download import Client, DownloadError
@@ -303,7 +303,7 @@ def test_model_names_match_in_any_case_and_best_is_a_choice(price_data: Path) ->
 
 
 @pytest.mark.parametrize(("argv", "need"), [
-    (["send-tasks", "--max-points", "5"], "linear fits and calibrates its prediction "
+    (["send-tasks", "--model", "linear", "--max-points", "5"], "linear fits and calibrates its prediction "
                                           "intervals on at least 20 closes"),
     (["send-tasks", "--model", "LSTM", "--max-points", "30"], "lstm fits and calibrates its "
                                                              "prediction intervals on at least 51"),

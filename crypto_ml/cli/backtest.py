@@ -30,6 +30,8 @@ from crypto_ml.cli.terminal import console, console_writer, make_progress, secon
 from crypto_ml.core.progress import Progress
 from crypto_ml.data.loader import CryptoLoader
 from crypto_ml.dispatch.manager import CryptoManager
+from crypto_ml.models import model_names
+from crypto_ml.models.intervals import DEFAULT_LEVELS
 
 if TYPE_CHECKING:
     from crypto_ml.data.table import TableLoader
@@ -63,25 +65,29 @@ def add_parser(sub: Any) -> None:
     """The ``backtest`` subcommand's options (broker, data and worker options as send-tasks)."""
     bt = sub.add_parser("backtest", help="walk-forward backtest of models against what happened",
                         **help_texts("backtest"))
-    bt.add_argument("--model", default="naive,linear", type=model_names_option,
-                    help="comma list of models to compare (default: naive,linear; also ets, "
-                    "theta, arima, lstm, gru, lstm_ret, gru_ret)")
+    default = BacktestConfig()
+    others = [m for m in model_names() if m not in default.models]
+    bt.add_argument("--model", default=",".join(default.models), type=model_names_option,
+                    help=f"comma list of models to compare (default: {','.join(default.models)};"
+                    f" also {', '.join(others)})")
     bt.add_argument("--coins", help="comma list of coin ids (default: every coin)")
-    bt.add_argument("--horizon", type=positive_int, help="days forecast at each origin (10)")
-    bt.add_argument("--origins", type=positive_int, help="forecast origins per coin (30)")
-    bt.add_argument("--stride", type=positive_int, help="days between origins (1)")
+    bt.add_argument("--horizon", type=positive_int,
+                    help=f"days forecast at each origin ({default.horizon})")
+    bt.add_argument("--origins", type=positive_int,
+                    help=f"forecast origins per coin ({default.origins})")
+    bt.add_argument("--stride", type=positive_int, help=f"days between origins ({default.stride})")
     bt.add_argument("--min-train", type=positive_int,
-                    help="closes the oldest origin must have at least (60)")
+                    help=f"closes the oldest origin must have at least ({default.min_train})")
     bt.add_argument("--until", type=_iso_date, help="ignore data after this ISO date "
                     "(a tuning window that the default evaluation window never sees)")
     bt.add_argument("--max-points", type=_windows, metavar="N|all[,...]",
                     help="fit on the newest N closes before each origin, or all (default: each "
                     "model's own, as send-tasks); a comma list backtests each window and "
                     "compares them")
-    bt.add_argument("--levels", type=levels, default=(80.0, 95.0), metavar="80,95",
+    bt.add_argument("--levels", type=levels, default=DEFAULT_LEVELS, metavar="80,95",
                     help="prediction interval levels to score (default 80,95)")
     bt.add_argument("--epochs", type=positive_int, help="training epochs of deep models")
-    bt.add_argument("--seed", type=int, help="seed of the deep models (42)")
+    bt.add_argument("--seed", type=int, help=f"seed of the deep models ({default.seed})")
     bt.add_argument("--param", action="append", type=_option, default=[], metavar="NAME=INT",
                     help="another model option, e.g. members=1 (repeatable; models that do "
                     "not take it ignore it)")
