@@ -95,6 +95,16 @@ def ewma_volatility(returns: np.ndarray, decay: float = EWMA_DECAY) -> Any:
     return float(sigma) if returns.ndim == 1 else sigma
 
 
+def log_spreads(sigma: float | np.ndarray, h: int, levels: Sequence[float]
+                ) -> dict[str, np.ndarray]:
+    """Each level's multiplicative half-width ``exp(z * sigma * sqrt(step))``, steps 1 to
+    ``h``, by level key: shape ``(h,)`` for one sigma, ``(rows, h)`` for a sigma per row."""
+    steps = np.sqrt(np.arange(1, h + 1, dtype=np.float64))
+    column = np.asarray(sigma, dtype=np.float64)[..., None]
+    return {level_key(level): np.exp(normal_quantile(level) * column * steps)
+            for level in levels}
+
+
 def random_walk_bands(series: np.ndarray, h: int, levels: Sequence[float],
                       center: np.ndarray | None = None) -> Bands:
     """Driftless log random-walk bands around the last close (see the module doc), or with
@@ -102,18 +112,15 @@ def random_walk_bands(series: np.ndarray, h: int, levels: Sequence[float],
     last = float(series[-1])
     positive = series[series > 0]
     returns = np.diff(np.log(positive)) if len(positive) > 1 else np.zeros(0)
-    sigma = ewma_volatility(returns)
-    steps = np.sqrt(np.arange(1, h + 1, dtype=np.float64))
     bands = {}
-    for level in levels:
-        spread = np.exp(normal_quantile(level) * sigma * steps)
+    for key, spread in log_spreads(ewma_volatility(returns), h, levels).items():
         if center is not None:
-            bands[level_key(level)] = (center - abs(center) * (1 - 1 / spread),
+            bands[key] = (center - abs(center) * (1 - 1 / spread),
                                        center + abs(center) * (spread - 1))
         elif last >= 0:
-            bands[level_key(level)] = (last / spread, last * spread)
+            bands[key] = (last / spread, last * spread)
         else:  # not a price: keep the band symmetric in the value itself
-            bands[level_key(level)] = (last - abs(last) * (spread - 1), last + abs(last) * (spread - 1))
+            bands[key] = (last - abs(last) * (spread - 1), last + abs(last) * (spread - 1))
     return bands
 
 

@@ -11,8 +11,7 @@ from crypto_ml.models.base import Forecaster
 from crypto_ml.models.intervals import (
     Bands,
     ewma_volatility,
-    level_key,
-    normal_quantile,
+    log_spreads,
     random_walk_bands,
 )
 from crypto_ml.models.state import ModelState
@@ -53,10 +52,7 @@ class NaiveModel(Forecaster):
         forecast = np.repeat(last[:, None], h, axis=1)
         with np.errstate(divide="ignore", invalid="ignore"):
             returns = np.diff(np.log(np.where(taken[:, None], matrix, 1.0)), axis=1)
-        sigma = ewma_volatility(returns)
-        steps = np.sqrt(np.arange(1, h + 1, dtype=np.float64))
-        bands = {}
-        for level in levels:
-            spread = np.exp(normal_quantile(level) * sigma[:, None] * steps[None, :])
-            bands[level_key(level)] = (last[:, None] / spread, last[:, None] * spread)
+        spreads = log_spreads(ewma_volatility(returns), h, levels)
+        bands = {key: (last[:, None] / spread, last[:, None] * spread)
+                 for key, spread in spreads.items()}
         return taken, forecast, bands
