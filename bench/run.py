@@ -4,6 +4,7 @@
     python bench/run.py --smoke        # seconds-long check that the harness works (run by the tests)
     python bench/run.py --only dispatch,jobs
     python bench/run.py --only command,small   # the whole-command and small-run ratios
+    python bench/run.py --only best            # --model best against a run of its candidates
     python bench/run.py --only curve           # 100 / 1,000 / 10,000 series, 1 and 2 workers + PNG
 
 Writes bench/results/<name>.json and .md (override with --out) and appends one line per run
@@ -195,9 +196,14 @@ def bench_command(loader: CryptoLoader, coins: list[str], smoke: bool) -> dict[s
     return whole.bench_command(loader.data_dir, runs=1 if smoke else 3)
 
 
+def bench_best(loader: CryptoLoader, coins: list[str], smoke: bool) -> dict[str, Any]:
+    return whole.bench_best(loader.data_dir, coins if smoke else None, runs=1 if smoke else 3)
+
+
 BENCHES: dict[str, Callable[[CryptoLoader, list[str], bool], dict[str, Any]]] = {
     "startup": bench_startup,
     "command": bench_command,
+    "best": bench_best,
     "small": whole.bench_small,
     "dispatch": bench_dispatch,
     "jobs": bench_jobs,

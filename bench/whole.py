@@ -12,6 +12,10 @@
   form sends the point form's closes to ``naive`` (a fit that costs nothing): the cost of
   moving the data alone, the floor of the point form.
 
+* ``best``: ``send-tasks --model best`` (its own backtest of the cheap candidates, then each
+  coin's chosen forecast) against ``send-tasks --model`` those candidates, whole processes in
+  turn. Target: ``ratio_median_pairwise`` <= 3.
+
 Every figure comes with the load average, as the machine may be shared.
 """
 
@@ -26,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from crypto_ml.backtest.best import DEFAULT_CANDIDATES
 from crypto_ml.core.settings import Settings
 from crypto_ml.data.loader import CryptoLoader
 from crypto_ml.dispatch.cluster import LocalCluster
@@ -55,28 +60,49 @@ def _timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
     return wall, cpu
 
 
-def bench_command(data_dir: Path, runs: int = 3) -> dict[str, Any]:
-    """send-tasks (embedded, 100 coins, linear) vs the plain pandas + scikit-learn script."""
+def embedded_env(data_dir: Path) -> dict[str, str]:
+    """The environment of a command on the embedded default over ``data_dir``."""
     env = {**os.environ, "CRYPTO_ML_DATA_DIR": str(data_dir)}
     env.pop("CRYPTO_ML_BROKER_URL", None)
-    ours = [sys.executable, "-m", "crypto_ml.manager", "send-tasks", "--model", "linear",
-            "--log-level", "warning"]
-    plain = [sys.executable, str(ROOT / "bench" / "plain_sklearn.py"), str(data_dir)]
-    _timed(ours, env)  # warm-up: fills the price cache, as any earlier run would have
-    _timed(plain, env)
+    return env
+
+
+def in_turn(a_cmd: list[str], b_cmd: list[str], env: dict[str, str], runs: int,
+            names: tuple[str, str]) -> dict[str, Any]:
+    """Two whole commands run in turn, A B A B ..., after one warm-up each (it fills the price
+    cache, as any earlier run would have): best and median wall, pairwise ratios, CPU."""
+    _timed(a_cmd, env)
+    _timed(b_cmd, env)
     a, b, ratios, load = [], [], [], []
     for _ in range(runs):
         load.append(load_average())
-        a.append(_timed(ours, env))
-        b.append(_timed(plain, env))
+        a.append(_timed(a_cmd, env))
+        b.append(_timed(b_cmd, env))
         ratios.append(a[-1][0] / b[-1][0])
     best_a, best_b = min(w for w, _ in a), min(w for w, _ in b)
-    return {"send_tasks_best_s": round(best_a, 2), "plain_script_best_s": round(best_b, 2),
+    return {f"{names[0]}_best_s": round(best_a, 2), f"{names[1]}_best_s": round(best_b, 2),
             "ratio_best": round(best_a / best_b, 3),
             "ratio_median_pairwise": round(statistics.median(ratios), 3),
-            "send_tasks_cpu_median_s": round(statistics.median(c for _, c in a), 2),
-            "plain_script_cpu_median_s": round(statistics.median(c for _, c in b), 2),
+            f"{names[0]}_cpu_median_s": round(statistics.median(c for _, c in a), 2),
+            f"{names[1]}_cpu_median_s": round(statistics.median(c for _, c in b), 2),
             "runs": runs, "load_avg": load}
+
+
+def bench_command(data_dir: Path, runs: int = 3) -> dict[str, Any]:
+    """send-tasks (embedded, 100 coins, linear) vs the plain pandas + scikit-learn script."""
+    ours = [sys.executable, "-m", "crypto_ml.manager", "send-tasks", "--model", "linear",
+            "--log-level", "warning"]
+    plain = [sys.executable, str(ROOT / "bench" / "plain_sklearn.py"), str(data_dir)]
+    return in_turn(ours, plain, embedded_env(data_dir), runs, ("send_tasks", "plain_script"))
+
+
+def bench_best(data_dir: Path, coins: list[str] | None = None, runs: int = 3) -> dict[str, Any]:
+    """``send-tasks --model best`` (its own backtest, then the chosen forecasts) vs a plain
+    run of its candidates, both whole commands on the embedded default. Target: <= 3x."""
+    send = [sys.executable, "-m", "crypto_ml.manager", "send-tasks", "-q",
+            *(["--coins", ",".join(coins)] if coins else [])]
+    return in_turn([*send, "--model", "best"], [*send, "--model", DEFAULT_CANDIDATES],
+                   embedded_env(data_dir), runs, ("best", "candidates"))
 
 
 def _small_requests(loader: CryptoLoader, coins: list[str]) -> dict[str, list[ForecastRequest]]:

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from conftest import CHROMIUM, ROOT, browse, on_a_terminal, run_cli, shown_lines
 
+from crypto_ml.models import DEFAULT_MODEL
 from crypto_ml.ops.processes import free_port, spawn, terminate, wait_until
 
 pytestmark = pytest.mark.integration
@@ -262,12 +263,12 @@ def test_embedded_flower_json_logs_and_plot(price_data: Path, tmp_path: Path) ->
     assert f"flower: http://127.0.0.1:{port} (stops when this run ends)" in messages
     tasks = [r for r in records if r.get("status") == "ok" and r["logger"] == "crypto_ml.manager"]
     assert sorted(r["coin"] for r in tasks) == ["bitcoin", "dash"]
-    assert all(r["task_id"] and r["model"] == "linear" and "@" in r["worker"] and
+    assert all(r["task_id"] and r["model"] == DEFAULT_MODEL and "@" in r["worker"] and
                r["seconds"] >= 0 for r in tasks)
     summary = next(r for r in records if r["logger"] == "crypto_ml.summary")
     assert summary["coins_ok"] == ["bitcoin", "dash"]
-    assert "CoinNotFound" in summary["coins_failed"]["100_list"]["linear"]
-    assert summary["models"]["linear"]["fits"] == 2 and len(summary["workers"]) == 1
+    assert "CoinNotFound" in summary["coins_failed"]["100_list"][DEFAULT_MODEL]
+    assert summary["models"][DEFAULT_MODEL]["fits"] == 2 and len(summary["workers"]) == 1
     assert any(m.startswith(f"plot: {plot} (2 panel(s)") for m in messages) and plot.stat().st_size
     with pytest.raises(OSError):  # Flower went away with the run
         get(f"http://127.0.0.1:{port}/healthcheck", auth=None)

@@ -28,6 +28,11 @@ from crypto_ml.models.intervals import DEFAULT_LEVELS
 BEST = "best"
 #: Every cheap model of the registry (the deep ones cost minutes per coin to backtest).
 DEFAULT_CANDIDATES = ",".join(m for m in model_names() if m not in HEAVY)
+#: Origins of the backtest ``--model best`` runs itself, ``horizon`` days apart (so the
+#: forecasts it scores do not overlap): two fits per coin and candidate, so the whole run
+#: costs at most about 3 plain runs of its candidates. ``--backtest FILE`` chooses from a
+#: fuller backtest (``crypto-ml backtest``: 30 origins by default).
+BEST_ORIGINS = 2
 log = logging.getLogger(__name__)
 
 
@@ -86,7 +91,8 @@ def forecast_best(manager: CryptoManager, coins: Sequence[str] | None, horizon: 
         if saved is None:
             on_phase("backtest")
             config = BacktestConfig(models=tuple(parse_models(candidates)), horizon=horizon,
-                                    epochs=epochs, timeout=timeout, max_points=max_points)
+                                    origins=BEST_ORIGINS, stride=horizon, epochs=epochs,
+                                    timeout=timeout, max_points=max_points)
             saved = run_backtest(manager, config, coins, err=manager.err)
         elif saved.config.horizon != horizon:
             print(f"note: the backtest scored horizon {saved.config.horizon}, "
