@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from crypto_ml.worker.imports import SOFT_LIMIT_SIGNAL, WholeImport
+from crypto_ml.worker.imports import SOFT_LIMIT_SIGNAL, WholeImport, install
 
 
 class Limit(Exception):
@@ -61,3 +61,33 @@ def test_nested_imports_hold_it_until_the_outermost_ends(self_signalling: str) -
         inner_ended = True  # not raised when the inner one ended
     assert inner_ended
     assert signal.getsignal(SOFT_LIMIT_SIGNAL) is handler  # the task's handler is back
+
+
+@pytest.fixture()
+def installed() -> Iterator[None]:
+    """:func:`install` in this process, undone afterwards."""
+    import builtins
+    import importlib
+
+    saved = builtins.__import__, importlib.import_module
+    install()
+    yield
+    builtins.__import__, importlib.import_module = saved
+
+
+def test_a_submodule_of_a_loaded_package_is_still_imported_whole(
+        self_signalling: str, tmp_path: Path, installed: None) -> None:
+    package = tmp_path / "loadedpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (tmp_path / f"{self_signalling}.py").rename(package / f"{self_signalling}.py")
+    import loadedpkg  # noqa: F401  # the package is loaded: only its submodule is new
+
+    try:
+        with pytest.raises(Limit):
+            exec(f"from loadedpkg import {self_signalling}")
+        assert sys.modules[f"loadedpkg.{self_signalling}"].SECOND  # whole, then the limit
+        exec(f"from loadedpkg import {self_signalling}")  # loaded now: a plain lookup
+    finally:
+        for name in ("loadedpkg", f"loadedpkg.{self_signalling}"):
+            sys.modules.pop(name, None)

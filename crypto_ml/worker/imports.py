@@ -19,6 +19,7 @@ import builtins
 import importlib
 import logging
 import signal
+import sys
 import threading
 from types import FrameType, TracebackType
 from typing import Any
@@ -65,6 +66,16 @@ class WholeImport:
             self.handler(SOFT_LIMIT_SIGNAL, None)
 
 
+def _loaded(name: str, fromlist: Any) -> bool:
+    """Whether ``import name`` / ``from name import ...`` only looks names up: the module is
+    in ``sys.modules`` and holds every name of ``fromlist`` already (no submodule to load)."""
+    module = sys.modules.get(name)
+    if module is None:
+        return False
+    names = getattr(module, "__dict__", {})
+    return all(item in names for item in fromlist or ())
+
+
 def install() -> None:
     """Wrap ``__import__`` and ``importlib.import_module`` in :class:`WholeImport` (once)."""
     if getattr(builtins.__import__, _MARK, False):
@@ -73,6 +84,8 @@ def install() -> None:
 
     def whole_import(name: str, globals: Any = None, locals: Any = None,
                      fromlist: Any = (), level: int = 0) -> Any:
+        if level == 0 and _loaded(name, fromlist):  # a lookup: no module code runs
+            return plain_import(name, globals, locals, fromlist, level)
         with WholeImport():
             return plain_import(name, globals, locals, fromlist, level)
 
