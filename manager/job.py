@@ -31,7 +31,8 @@ from kombu.utils.url import maybe_sanitize_url
 
 from crypto_ml.cli import build_parser, guarded
 from crypto_ml.cli import main as cli_main
-from crypto_ml.cli.options import EXIT_CONFIG, EXIT_OK, settings_from
+from crypto_ml.cli.options import EXIT_CONFIG, EXIT_OK
+from crypto_ml.cli.requests import settings_from
 from crypto_ml.core.errors import BrokerAuthFailed, ConfigError, CryptoMLError
 from crypto_ml.dispatch.connect import check_broker
 from crypto_ml.ops.processes import wait_until

@@ -37,9 +37,8 @@ from conftest import ROOT, cli_env, on_a_terminal, run_cli
 
 from crypto_ml.backtest.engine import TIE_TOLERANCE, BacktestConfig, BacktestResult
 from crypto_ml.cli import build_parser, main
-from crypto_ml.cli.options import check_writable
 from crypto_ml.cli.output import write_results
-from crypto_ml.cli.requests import backtest_request, send_request
+from crypto_ml.cli.requests import backtest_request, check_writable, send_request
 from crypto_ml.core.errors import ConfigError, SeriesTooShort, UnknownModel
 from crypto_ml.core.progress import Progress, is_terminal
 from crypto_ml.data.download import Client, DownloadError

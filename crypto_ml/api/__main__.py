@@ -28,8 +28,8 @@ from crypto_ml.cli.options import (
     add_cluster_options,
     add_log_options,
     positive_int,
-    settings_from,
 )
+from crypto_ml.cli.requests import settings_from
 from crypto_ml.core.errors import ConfigError
 from crypto_ml.core.logs import configure
 from crypto_ml.core.settings import Settings

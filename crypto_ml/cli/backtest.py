@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from crypto_ml.backtest.engine import BacktestConfig, run_backtest
 from crypto_ml.backtest.report import summary, window_table, write_all
-from crypto_ml.cli.checks import model_names_option
 from crypto_ml.cli.helptext import help_texts
 from crypto_ml.cli.options import (
     add_cluster_options,
     add_log_options,
     levels,
     max_points,
+    model_names_option,
     positive_int,
     stop_on_signals,
 )

@@ -1,31 +1,30 @@
-"""What the subcommands share: exit codes, option types, the cluster and output options, the
-settings, the checks of coins and output files, and how a run stops on a signal.
+"""What the subcommands share: exit codes, option types (model names in any case, windows,
+levels), the cluster and log options, the settings, and how a run stops on a signal.
 
-The settings of a command are the environment's (:meth:`Settings.from_env`) with
-the command line's overrides; this is where the command line reads them. The runs'
-arguments are checked and typed once by :mod:`crypto_ml.cli.requests`.
+A command's arguments are read once, into its settings and a typed request, by
+:mod:`crypto_ml.cli.requests`.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import difflib
-import os
 import signal
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from crypto_ml.core.errors import ConfigError, DataNotFound, InvalidTaskInput
-from crypto_ml.core.settings import LOG_FORMATS, Settings
-from crypto_ml.data.loader import HOW_TO_GET_DATA, CryptoLoader
-from crypto_ml.data.names import coin_id
+from crypto_ml.core.errors import InvalidTaskInput
+from crypto_ml.core.settings import LOG_FORMATS
 from crypto_ml.dispatch.manager import DEFAULT_TIMEOUT
 from crypto_ml.models.intervals import check_levels
 from crypto_ml.ops.processes import kill_spawned
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def model_names_option(text: str) -> str:
+    """argparse type of ``--model`` and ``--candidates``: names in any case, as coin names
+    (``LSTM,Linear`` is ``lstm,linear``)."""
+    return ",".join(name.strip().lower() for name in text.split(",") if name.strip())
 
 
 def positive_int(text: str) -> int:
@@ -83,69 +82,6 @@ def add_log_options(parser: argparse.ArgumentParser,
                       "only errors and failures")
     loud.add_argument("--log-level", choices=("debug", "info", "warning"),
                       help="how much crypto_ml logs besides progress and summary (warning)")
-
-
-def settings_from(args: argparse.Namespace) -> Settings:
-    """The environment's settings with the command line's overrides."""
-    settings = Settings.from_env().with_broker(getattr(args, "broker", None))
-    changes = {}
-    if getattr(args, "data_dir", None) is not None:
-        changes["data_dir"] = args.data_dir
-    if getattr(args, "workers", None) is not None:
-        changes["workers"] = args.workers
-    if getattr(args, "log_format", None):
-        changes["log_format"] = args.log_format
-    return dataclasses.replace(settings, **changes)
-
-
-def known_coins(loader: CryptoLoader) -> list[str]:
-    """Coin ids the data folder's files name, read from the listing (headers, not rows)."""
-    ids = loader.coin_ids()
-    if not ids:
-        raise DataNotFound(f"no price files in {loader.data_dir}; {HOW_TO_GET_DATA}")
-    return ids
-
-
-def resolve_coins(spec: str | Sequence[str] | None, known: Sequence[str],
-                  folder: Path | str = "the data folder") -> list[str] | None:
-    """``--coins`` as coin ids, in the order given, duplicates dropped; None for every coin.
-
-    Names match in any case and spacing (``Bitcoin Cash`` is ``bitcoin_cash``); a name
-    the data folder does not hold is a ConfigError naming it and the nearest ids.
-    """
-    names = coin_list(spec) if isinstance(spec, str) or spec is None else list(spec)
-    if not names:
-        return None
-    ids = list(dict.fromkeys(coin_id(name) for name in names))
-    unknown = [c for c in ids if c not in known]
-    if unknown:
-        near = dict.fromkeys(m for c in unknown for m in difflib.get_close_matches(c, known, 3))
-        hint = f"; did you mean {', '.join(near)}?" if near else ""
-        raise ConfigError(f"unknown coin(s) {', '.join(repr(c) for c in unknown)}{hint} "
-                          f"(--coins takes the file names in {folder}, in any case)")
-    return ids
-
-
-def coin_list(spec: str | None) -> list[str] | None:
-    """``--coins a,b`` as a list; None for every coin."""
-    return [c.strip() for c in spec.split(",") if c.strip()] if spec else None
-
-
-def check_writable(path: Path | None, option: str, make_folder: bool = False) -> None:
-    """A ConfigError unless ``path`` can be written: not a folder, its folder there (or
-    creatable, with ``make_folder``: a missing folder is otherwise an error, not made)."""
-    if path is None:
-        return
-    if path.is_dir():
-        raise ConfigError(f"{option} {path} is a folder; give a file name")
-    parent = path.parent
-    if not make_folder and not parent.exists():
-        raise ConfigError(f"{option} {path}: the folder {parent} does not exist; "
-                          f"create it first (mkdir -p {parent}) or give another path")
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"{option} {path}: cannot write in {parent}")
 
 
 class Stoppable(Protocol):

@@ -1,7 +1,7 @@
 """Results files written after a run (``send-tasks --output``), and where the results go
 when that file cannot be written: the run's work is never lost to a full disk.
 
-The folder of such a file is checked before the run (:func:`crypto_ml.cli.options.check_writable`);
+The folder of such a file is checked before the run (:func:`crypto_ml.cli.requests.check_writable`);
 should writing still fail after it (a full disk, a folder removed meanwhile), the results
 go to ``crypto-ml-results-<timestamp>.json`` in the current folder (else in the temporary
 folder, :func:`tempfile.gettempdir`), said in one line.

@@ -2,30 +2,31 @@
 
 The argparse namespace is read here, at the edge, and nowhere after:
 :func:`send_request` and :func:`backtest_request` check every argument that can be
-checked without a cluster (models, coins, windows, files; a ConfigError, exit 2 in one
-line) and return frozen requests that the commands run from. Model names are parsed
-once, here; coins are resolved to ids once, here.
+checked without a cluster (a ConfigError, exit 2 in one line, before any cluster starts)
+and return frozen requests that the commands run from. Model names are parsed once, here
+(in any case, as coin names); a ``--max-points`` window is checked against what the models
+need; coins are resolved to ids against the data folder's listing (headers, not rows), and
+files that cannot be read are named with the reason; output files are checked writable.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import difflib
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from crypto_ml.backtest.best import BEST, DEFAULT_CANDIDATES, load_saved
 from crypto_ml.backtest.engine import BacktestResult
-from crypto_ml.cli.checks import check_max_points, check_readable, checked_models
-from crypto_ml.cli.options import (
-    check_writable,
-    coin_list,
-    known_coins,
-    resolve_coins,
-    settings_from,
-)
-from crypto_ml.core.errors import ConfigError
+from crypto_ml.core.errors import ConfigError, DataNotFound, InvalidTaskInput, UnknownModel
 from crypto_ml.core.settings import Settings
-from crypto_ml.data.loader import CryptoLoader
+from crypto_ml.data.loader import HOW_TO_GET_DATA, CryptoLoader
+from crypto_ml.data.names import coin_id
+from crypto_ml.models import get_model, parse_models
+from crypto_ml.models.intervals import MIN_CALIBRATION_TRAIN
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,20 @@ class BacktestRequest:
     given: dict[str, int] = field(default_factory=dict)
     table: TableRequest | None = None
     loader: CryptoLoader | None = None
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """The environment's settings (:meth:`Settings.from_env`) with the command line's
+    overrides: the one place a command's settings are read."""
+    settings = Settings.from_env().with_broker(getattr(args, "broker", None))
+    changes = {}
+    if getattr(args, "data_dir", None) is not None:
+        changes["data_dir"] = args.data_dir
+    if getattr(args, "workers", None) is not None:
+        changes["workers"] = args.workers
+    if getattr(args, "log_format", None):
+        changes["log_format"] = args.log_format
+    return dataclasses.replace(settings, **changes)
 
 
 def stderr_of(args: argparse.Namespace, settings: Settings) -> Stderr:
@@ -182,3 +197,120 @@ def backtest_request(args: argparse.Namespace) -> BacktestRequest:
     return BacktestRequest(settings, stderr_of(args, settings), models, coins, windows,
                            tuple(args.levels), options, args.timeout, args.out,
                            {k: v for k, v in given.items() if v is not None}, table, loader)
+
+
+def checked_models(spec: str, also: Sequence[str] = ()) -> list[str]:
+    """The models of ``spec``; an error listing every choice, ``also`` (``best``) too."""
+    names = spec.split(",")
+    for extra in also:
+        if extra in names and len(names) > 1:
+            raise ConfigError(f"--model {extra} picks one model per coin by itself: give it "
+                              "alone (--candidates names the models it picks from)")
+    try:
+        return parse_models(spec)
+    except UnknownModel as exc:
+        if not also:
+            raise
+        raise UnknownModel(f"{exc}, or {', or '.join(also)}") from None
+
+
+def fewest_points(models: Sequence[str], params: Mapping[str, object] | None = None,
+                  intervals: bool = False) -> tuple[int, str]:
+    """The fewest closes each of ``models`` fits on (with ``intervals``: and calibrates its
+    prediction intervals on, :data:`MIN_CALIBRATION_TRAIN`), at most over them: (that
+    number, the model that needs it)."""
+    needs = {}
+    for name in models:
+        try:
+            need = get_model(name, **dict(params or {})).min_points
+        except InvalidTaskInput:  # a bad model option: said by the run itself
+            need = 1
+        needs[name] = max(need, MIN_CALIBRATION_TRAIN if intervals else 1)
+    model = max(needs, key=lambda m: needs[m])
+    return needs[model], model
+
+
+def check_max_points(windows: Sequence[int | None], models: Sequence[str],
+                     params: Mapping[str, object] | None = None, intervals: bool = False) -> None:
+    """A ConfigError if a ``--max-points`` window is shorter than the models need."""
+    short = [w for w in windows if w]  # None: each model's default; 0: all
+    if not short or not models:
+        return
+    need, model = fewest_points(models, params, intervals)
+    if min(short) < need:
+        what = "fits and calibrates its prediction intervals on" if intervals else "fits on"
+        raise ConfigError(f"--max-points {min(short)} is too few: {model} {what} at least "
+                          f"{need} closes; give {need} or more, or all for the whole history")
+
+
+def check_readable(loader: CryptoLoader, coins: Sequence[str] | None) -> None:
+    """A ConfigError naming the file and why it cannot be read when not one coin of ``coins``
+    (None: every coin) can be read; a few unreadable ones among others fail in the run
+    itself (exit 1), and every other forecast is still delivered."""
+    if coins is not None:  # some unreadable among readable ones: the run fails just those
+        found = [(coin, loader.unreadable(coin)) for coin in coins]
+        if all(reason for _, reason in found):
+            coin, reason = found[0]
+            raise ConfigError(f"cannot read the price file of coin {coin!r}: {reason} "
+                              "(fix or replace the file, or leave the coin out of --coins)")
+        return
+    reasons = []
+    for coin in loader.coin_ids():
+        reason = loader.unreadable(coin)
+        if reason is None:
+            return
+        reasons.append(reason)
+    listed = "; ".join(reasons[:3]) + (f"; and {len(reasons) - 3} more" if len(reasons) > 3
+                                        else "")
+    raise DataNotFound(f"no readable price file in {loader.data_dir} ({listed}); "
+                       f"{HOW_TO_GET_DATA}")
+
+
+def known_coins(loader: CryptoLoader) -> list[str]:
+    """Coin ids the data folder's files name, read from the listing (headers, not rows)."""
+    ids = loader.coin_ids()
+    if not ids:
+        raise DataNotFound(f"no price files in {loader.data_dir}; {HOW_TO_GET_DATA}")
+    return ids
+
+
+def resolve_coins(spec: str | Sequence[str] | None, known: Sequence[str],
+                  folder: Path | str = "the data folder") -> list[str] | None:
+    """``--coins`` as coin ids, in the order given, duplicates dropped; None for every coin.
+
+    Names match in any case and spacing (``Bitcoin Cash`` is ``bitcoin_cash``); a name
+    the data folder does not hold is a ConfigError naming it and the nearest ids.
+    """
+    names = coin_list(spec) if isinstance(spec, str) or spec is None else list(spec)
+    if not names:
+        return None
+    ids = list(dict.fromkeys(coin_id(name) for name in names))
+    unknown = [c for c in ids if c not in known]
+    if unknown:
+        near = dict.fromkeys(m for c in unknown for m in difflib.get_close_matches(c, known, 3))
+        hint = f"; did you mean {', '.join(near)}?" if near else ""
+        raise ConfigError(f"unknown coin(s) {', '.join(repr(c) for c in unknown)}{hint} "
+                          f"(--coins takes the file names in {folder}, in any case)")
+    return ids
+
+
+def coin_list(spec: str | None) -> list[str] | None:
+    """``--coins a,b`` as a list; None for every coin."""
+    return [c.strip() for c in spec.split(",") if c.strip()] if spec else None
+
+
+def check_writable(path: Path | None, option: str, make_folder: bool = False) -> None:
+    """A ConfigError unless ``path`` can be written: not a folder, its folder there (or
+    creatable, with ``make_folder``: a missing folder is otherwise an error, not made)."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise ConfigError(f"{option} {path} is a folder; give a file name")
+    parent = path.parent
+    if not make_folder and not parent.exists():
+        raise ConfigError(f"{option} {path}: the folder {parent} does not exist; "
+                          f"create it first (mkdir -p {parent}) or give another path")
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {path}: cannot write in {parent}")

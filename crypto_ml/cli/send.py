@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from crypto_ml.backtest.best import DEFAULT_CANDIDATES, forecast_best
-from crypto_ml.cli.checks import model_names_option
 from crypto_ml.cli.helptext import help_texts
 from crypto_ml.cli.options import (
     EXIT_FAILED,
@@ -26,6 +25,7 @@ from crypto_ml.cli.options import (
     add_log_options,
     levels,
     max_points,
+    model_names_option,
     positive_int,
     stop_on_signals,
 )
