@@ -38,11 +38,18 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 K8S = ROOT / "k8s"
 OVERLAYS = {"base": K8S, "keda": K8S / "overlays" / "keda"}
+#: The Sentinel option (master, replica, three Sentinels): its own checks in
+#: tests/test_acl_deploy.py, not those of the single-Redis OVERLAYS.
+SENTINEL_OVERLAY = K8S / "overlays" / "sentinel"
+SENTINEL_COMPOSE_FILE = ROOT / "docker-compose.sentinel.yml"
 TEST_SECRETS = {"REDIS_PASSWORD": "0123456789abcdef0123456789abcdef",
                 "REDIS_WORKER_PASSWORD": "1123456789abcdef0123456789abcdef",
                 "REDIS_MANAGER_PASSWORD": "2123456789abcdef0123456789abcdef",
                 "REDIS_FLOWER_PASSWORD": "3123456789abcdef0123456789abcdef",
                 "REDIS_EXPORTER_PASSWORD": "4123456789abcdef0123456789abcdef",
+                "REDIS_REPLICATION_PASSWORD": "5123456789abcdef0123456789abcdef",
+                "REDIS_SENTINEL_PASSWORD": "6123456789abcdef0123456789abcdef",
+                "CRYPTO_ML_SENTINEL_PASSWORD": "7123456789abcdef0123456789abcdef",
                 "FLOWER_BASIC_AUTH": "admin:test-flower-password"}
 
 _COMPOSE_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|"
@@ -84,9 +91,11 @@ def _interpolate_tree(node: Any, env: Mapping[str, str]) -> Any:
     return node
 
 
-def load_compose(env: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """docker-compose.yml as docker compose sees it with ``env`` (merge keys resolved)."""
-    raw = yaml.safe_load(COMPOSE_FILE.read_text())
+def load_compose(env: Mapping[str, str] | None = None,
+                 path: Path = COMPOSE_FILE) -> dict[str, Any]:
+    """docker-compose.yml (or ``path``) as docker compose sees it with ``env`` (merge keys
+    resolved)."""
+    raw = yaml.safe_load(path.read_text())
     return raw if env is None else _interpolate_tree(raw, env)
 
 

@@ -18,6 +18,8 @@ import redis
 from deploy_support import (
     OVERLAYS,
     ROOT,
+    SENTINEL_COMPOSE_FILE,
+    SENTINEL_OVERLAY,
     TEST_SECRETS,
     k8s_runs,
     load_compose,
@@ -29,6 +31,7 @@ from deploy_support import (
 )
 
 from crypto_ml.core import acl
+from crypto_ml.core.sentinel import parse, sentinel_command
 from crypto_ml.core.settings import Settings
 from crypto_ml.ops.processes import free_port, terminate, wait_until
 from crypto_ml.worker.app import celery_config
@@ -61,7 +64,12 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[st
 def test_shipped_templates_are_generated_from_crypto_ml_acl() -> None:
     for path in acl.SHIPPED_TEMPLATES:
         assert path.read_text() == acl.template(), \
-            f"{path.relative_to(ROOT)} is stale: run `python -m crypto_ml acl write`"
+            f"{path.relative_to(ROOT)} is stale: run `python -m crypto_ml.core.acl`"
+    for path in acl.SHIPPED_SENTINEL_TEMPLATES:
+        assert path.read_text() == acl.template(acl.SENTINEL_ROLES), \
+            f"{path.relative_to(ROOT)} is stale: run `python -m crypto_ml.core.acl`"
+    # only the Sentinel option's data nodes have a user that may run SLAVEOF
+    assert "+slaveof" not in acl.template() and "+slaveof" in acl.template(acl.SENTINEL_ROLES)
 
 
 def test_no_role_gets_an_administrative_command_or_every_key() -> None:
@@ -335,3 +343,75 @@ def test_flower_api_and_exporter_take_connections_only_from_the_documented_sourc
         assert allowed(docs, KEDA, exporter, 9808) and allowed(docs, PROMETHEUS, exporter, 9808)
         for outsider in (STRANGER, INGRESS, pods["worker"], pods["flower"]):
             assert not allowed(docs, outsider, exporter, 9808), outsider
+
+
+# --- the Sentinel option ---------------------------------------------------------------------
+
+SENTINEL_DATA_ARGS = (*REDIS_ARGS, "--masteruser", "replication", "--masterauth",
+                      TEST_SECRETS["REDIS_REPLICATION_PASSWORD"])
+
+
+def _sentinel_url_user(url: str) -> str:
+    hosts, password, _db, user = parse(url)
+    assert len(hosts) == 3 and user is not None
+    assert password == TEST_SECRETS[acl.ROLES[user].password_variable]
+    return user
+
+
+def test_sentinel_compose_override_logs_every_role_in_as_its_user() -> None:
+    services = load_compose(TEST_SECRETS, SENTINEL_COMPOSE_FILE)["services"]
+    assert services["redis"]["command"] == acl.redis_command(*SENTINEL_DATA_ARGS)
+    assert services["redis-replica"]["command"] == acl.redis_command(
+        *SENTINEL_DATA_ARGS, "--replicaof", "redis", "6379")
+    for node in ("redis", "redis-replica"):
+        assert "./docker/redis-sentinel-users.acl:/etc/crypto-ml/redis-users.acl:ro" in \
+            services[node]["volumes"]
+        for role in acl.SENTINEL_ROLES.values():
+            assert services[node]["environment"][role.password_variable] == \
+                TEST_SECRETS[role.password_variable]
+    for i in range(3):
+        sentinel = services[f"sentinel-{i}"]
+        assert sentinel["command"] == sentinel_command("/data/sentinel.conf")
+        assert sentinel["hostname"] == f"sentinel-{i}"
+    for name in ("worker", "gpu-worker", "flower", "api", "manager"):
+        env = services[name]["environment"]
+        assert _sentinel_url_user(env["CRYPTO_ML_BROKER_URL"]) == USER_OF[name], name
+        assert env["CRYPTO_ML_SENTINEL_PASSWORD"] == TEST_SECRETS["CRYPTO_ML_SENTINEL_PASSWORD"]
+
+
+def test_sentinel_overlay_logs_every_role_in_as_its_user(tmp_path: Path) -> None:
+    docs = render_kustomize(SENTINEL_OVERLAY, tmp_path)
+    runs = {run.origin: run for run in k8s_runs(docs)}
+    assert runs["StatefulSet/redis/redis"].argv == acl.redis_command(*SENTINEL_DATA_ARGS)
+    assert runs["StatefulSet/redis-replica/redis"].argv == acl.redis_command(
+        *SENTINEL_DATA_ARGS, "--replicaof", "redis-0.redis-nodes", "6379")
+    sentinel = runs["StatefulSet/redis-sentinel/sentinel"]
+    assert sentinel.argv == sentinel_command("/data/sentinel.conf")
+    assert sentinel.env["SENTINEL_MASTER_HOST"] == "redis-0.redis-nodes"
+    config = next(d for d in docs if d["kind"] == "ConfigMap"
+                  and d["metadata"]["name"].startswith("redis-acl"))
+    assert config["data"] == {"redis-users.acl": acl.template(acl.SENTINEL_ROLES)}
+    seen = set()
+    for run in runs.values():
+        url = run.env.get("CRYPTO_ML_BROKER_URL")
+        if url is None or ":probe:" in run.origin:
+            continue
+        seen.add(user := _sentinel_url_user(url))
+        assert user == USER_OF[run.origin.split("/")[1]], run.origin
+        assert run.env["CRYPTO_ML_SENTINEL_PASSWORD"] == \
+            TEST_SECRETS["CRYPTO_ML_SENTINEL_PASSWORD"]
+    assert seen == {"worker", "manager", "flower"}
+    pods = workloads(docs)
+    for client in ("worker", "flower", "forecast"):
+        for node in ("redis", "redis-replica"):
+            assert allowed(docs, pods[client], pods[node], 6379), (client, node)
+        assert allowed(docs, pods[client], pods["redis-sentinel"], 26379), client
+    assert allowed(docs, API, pods["redis-sentinel"], 26379)
+    assert allowed(docs, pods["redis-sentinel"], pods["redis-sentinel"], 26379)
+    for node in ("redis", "redis-replica"):
+        assert allowed(docs, pods["redis-sentinel"], pods[node], 6379)
+    assert allowed(docs, pods["redis-replica"], pods["redis"], 6379)
+    assert allowed(docs, pods["redis"], pods["redis-replica"], 6379)  # after a failover
+    for outsider in (STRANGER, ELSEWHERE, INGRESS):
+        assert not allowed(docs, outsider, pods["redis-sentinel"], 26379), outsider
+        assert not allowed(docs, outsider, pods["redis-replica"], 6379), outsider

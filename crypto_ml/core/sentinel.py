@@ -69,3 +69,30 @@ def redis_client(url: str, master: str, sentinel_password: str | None = None,
         sentinel_kwargs["password"] = sentinel_password
     sentinels = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, **kwargs)
     return sentinels.master_for(master, username=username, password=password, db=db)
+
+
+#: ``sh -c`` script of the shipped Sentinel containers (docker-compose.sentinel.yml,
+#: k8s/overlays/sentinel): writes the Sentinel's config file (argument 1) from the environment
+#: unless one is there (the Sentinel rewrites it with what it learns: the current master after
+#: a failover, the other Sentinels), then runs ``redis-server FILE --sentinel``. Quorum 2 of
+#: three; the Sentinel logs in to the data nodes as the ACL user ``sentinel``
+#: (REDIS_SENTINEL_PASSWORD) and clients log in to it with CRYPTO_ML_SENTINEL_PASSWORD.
+#: Announces its host name (plus SENTINEL_DOMAIN) instead of an address that changes.
+SENTINEL_START = (
+    'set -eu; conf="$1"; umask 077; name="${CRYPTO_ML_SENTINEL_MASTER:-mymaster}"; '
+    'if [ ! -s "$conf" ]; then printf "%s\\n" "port 26379" "dir $(dirname "$conf")" '
+    '"sentinel resolve-hostnames yes" "sentinel announce-hostnames yes" '
+    '"sentinel announce-ip $(hostname)${SENTINEL_DOMAIN:-}" '
+    '"requirepass ${CRYPTO_ML_SENTINEL_PASSWORD:?set CRYPTO_ML_SENTINEL_PASSWORD}" '
+    '"sentinel sentinel-pass ${CRYPTO_ML_SENTINEL_PASSWORD}" '
+    '"sentinel monitor $name ${SENTINEL_MASTER_HOST:?set SENTINEL_MASTER_HOST} 6379 2" '
+    '"sentinel auth-user $name sentinel" '
+    '"sentinel auth-pass $name ${REDIS_SENTINEL_PASSWORD:?set REDIS_SENTINEL_PASSWORD}" '
+    '"sentinel down-after-milliseconds $name ${SENTINEL_DOWN_AFTER_MS:-5000}" '
+    '"sentinel failover-timeout $name 60000" > "$conf"; fi; '
+    'exec redis-server "$conf" --sentinel')
+
+
+def sentinel_command(conf: str) -> list[str]:
+    """A Sentinel container's command: :data:`SENTINEL_START` with its config file ``conf``."""
+    return ["sh", "-c", SENTINEL_START, "sentinel-start", conf]
