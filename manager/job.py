@@ -34,6 +34,7 @@ from crypto_ml.cli import main as cli_main
 from crypto_ml.cli.options import EXIT_CONFIG, EXIT_OK
 from crypto_ml.cli.requests import settings_from
 from crypto_ml.core.errors import BrokerAuthFailed, ConfigError, CryptoMLError
+from crypto_ml.core.settings import Settings
 from crypto_ml.dispatch.connect import check_broker
 from crypto_ml.ops.processes import wait_until
 
@@ -53,9 +54,9 @@ def job_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def broker_answers(url: str) -> bool:
+def broker_answers(url: str, settings: Settings) -> bool:
     try:
-        check_broker(url)
+        check_broker(url, settings)  # settings: the Sentinel master's name and password
     except BrokerAuthFailed:
         raise  # Redis answered and refused the credentials: waiting will not help
     except CryptoMLError:
@@ -71,7 +72,7 @@ def wait_for_broker(cli_args: argparse.Namespace, seconds: float) -> int:
                           "to the cluster's Redis; a job container never runs an "
                           "embedded local cluster")
     url = settings.broker_url
-    wait_until(lambda: broker_answers(url), seconds,
+    wait_until(lambda: broker_answers(url, settings), seconds,
                f"an answer from the broker at {maybe_sanitize_url(url)} (--broker-wait)")
     return EXIT_OK
 

@@ -30,12 +30,14 @@ def acl_main(args: argparse.Namespace) -> int:
     if args.acl_command == "template":
         sys.stdout.write(acl.template())
     elif args.acl_command == "write":
-        for path in acl.SHIPPED_TEMPLATES:
-            path.write_text(acl.template())
+        for path in acl.write_templates():  # the single Redis's and the Sentinel option's
             print(f"wrote {path.relative_to(acl.ROOT)}")
     elif args.acl_command == "passwords":
-        for name, password in acl.generate_passwords().items():
-            print(f"{acl.ROLES[name].password_variable}={password}")
+        roles = acl.SENTINEL_ROLES  # every user, the Sentinel option's included
+        for name, password in acl.generate_passwords(tuple(roles)).items():
+            print(f"{roles[name].password_variable}={password}")
+        # the Sentinels' own password (docker-compose.sentinel.yml, k8s/overlays/sentinel)
+        print(f"CRYPTO_ML_SENTINEL_PASSWORD={acl.generate_passwords(('default',))['default']}")
     else:
         for role in acl.ROLES.values():
             print(f"{role.name}: {role.purpose}\n  rules: {' '.join(role.rules())}")
