@@ -25,7 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deploy_support import OVERLAYS, ContainerRun, k8s_runs, pod_spec, render_kustomize
+from deploy_support import (
+    OVERLAYS,
+    SENTINEL_OVERLAY,
+    ContainerRun,
+    k8s_runs,
+    pod_spec,
+    render_kustomize,
+)
 
 from crypto_ml.core import acl
 from crypto_ml.data_loader import CryptoLoader
@@ -59,8 +66,10 @@ class Pods:
         self.started: list[str] = []
         self.runs = {run.origin: run for run in k8s_runs(docs)}
 
-    def docker_args(self, kind: str, name: str, volumes: dict[str, str] | None = None
-                    ) -> tuple[list[str], ContainerRun, dict[str, Any]]:
+    def docker_args(self, kind: str, name: str, volumes: dict[str, str] | None = None,
+                    ordinal: int | None = None) -> tuple[list[str], ContainerRun, dict[str, Any]]:
+        """``docker run`` arguments of the workload's first container; ``ordinal``: the
+        StatefulSet pod it plays (host name ``NAME-N``, DNS ``NAME-N.SERVICE`` as well)."""
         spec, container = container_spec(self.docs, kind, name)
         run = self.runs[f"{kind}/{name}/{container['name']}"]
         pod_sc, sc = spec.get("securityContext", {}), container.get("securityContext", {})
@@ -70,6 +79,10 @@ class Pods:
         if image.startswith("redis:") and self.bases.standin:
             image = self.bases.redis
         args = ["--network", self.network, "--network-alias", name]
+        if ordinal is not None:
+            [doc] = [d for d in self.docs if d["kind"] == kind and d["metadata"]["name"] == name]
+            pod = f"{name}-{ordinal}"
+            args += ["--hostname", pod, "--network-alias", f"{pod}.{doc['spec']['serviceName']}"]
         if user is not None:
             args += ["--user", f"{user}:{group}" if group is not None else str(user)]
         if container.get("workingDir"):
@@ -116,10 +129,10 @@ class Pods:
             (folder / key).chmod(0o644)
         return str(folder)
 
-    def start(self, kind: str, name: str, volumes: dict[str, str] | None = None
-              ) -> tuple[str, ContainerRun, dict[str, Any]]:
-        args, run, container = self.docker_args(kind, name, volumes)
-        cname = f"{self.network}-{name}"
+    def start(self, kind: str, name: str, volumes: dict[str, str] | None = None,
+              ordinal: int | None = None) -> tuple[str, ContainerRun, dict[str, Any]]:
+        args, run, container = self.docker_args(kind, name, volumes, ordinal)
+        cname = f"{self.network}-{name}" + ("" if ordinal is None else f"-{ordinal}")
         self.started.append(cname)
         ds.docker("run", "-d", "--name", cname, *args, timeout=120)
         return cname, run, container
@@ -230,3 +243,46 @@ def test_flower_probes_pass(pods: Pods) -> None:
     request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 200
+
+
+def sentinel_cli(container: str, *args: str) -> str:
+    """redis-cli against the Sentinel in ``container`` (its REDISCLI_AUTH: their password)."""
+    return ds.docker("exec", container, "redis-cli", "-p", "26379", "-e", *args,
+                     check=False).stdout
+
+
+def replica_linked(sentinel: str) -> bool:
+    """Whether the Sentinel knows one replica, and that replica's link to the master is up."""
+    lines = sentinel_cli(sentinel, "sentinel", "replicas", "mymaster").split()
+    fields = dict(zip(lines[::2], lines[1::2], strict=False))
+    return fields.get("flags") == "slave" and fields.get("master-link-status") == "ok"
+
+
+def test_sentinel_overlay_pods_find_their_master_replica_and_each_other(
+        tmp_path: Path, bases: ds.BaseImages) -> None:
+    """k8s/overlays/sentinel's data nodes and Sentinels, each started with its manifest's own
+    command and env as the pod it is (host name, StatefulSet DNS name): the Sentinels agree on
+    the master by its DNS name, see the replica and each other, and every connection on the
+    master is its ACL user's."""
+    running = Pods(render_kustomize(SENTINEL_OVERLAY, tmp_path), bases)
+    ds.docker("network", "create", running.network)
+    try:
+        master, _, _ = running.start("StatefulSet", "redis", ordinal=0)
+        ds.wait_for(lambda: running.exec_probe(master, "StatefulSet/redis/redis",
+                                               "readinessProbe") == 0, 120, "master ready")
+        running.start("StatefulSet", "redis-replica", ordinal=0)
+        sentinels = [running.start("StatefulSet", "redis-sentinel", ordinal=i)[0]
+                     for i in range(3)]
+        for sentinel in sentinels:
+            ds.wait_for(lambda s=sentinel: "OK 3 usable" in sentinel_cli(
+                s, "sentinel", "ckquorum", "mymaster"), 120, f"{sentinel} sees a quorum")
+            assert sentinel_cli(sentinel, "sentinel", "get-master-addr-by-name",
+                                "mymaster").split()[0] == "redis-0.redis-nodes"
+            ds.wait_for(lambda s=sentinel: replica_linked(s), 60, f"{sentinel} sees the replica")
+        clients = ds.docker("exec", master, "redis-cli", "-e", "client", "list").stdout
+        users = {f.split("=", 1)[1] for line in clients.splitlines()
+                 for f in line.split() if f.startswith("user=")}
+        assert {"replication", "sentinel"} <= users <= {"replication", "sentinel", "default"}
+    finally:
+        ds.remove(*reversed(running.started))
+        ds.docker("network", "rm", running.network, check=False)
