@@ -172,6 +172,22 @@ def too_short(n: int, h: int, min_train: int) -> CalibrationTooShort:
         f"it needs at least {min_train + h} closes")
 
 
+def required_origins(n: int, h: int, min_train: int) -> list[int]:
+    """:func:`calibration_origins`, or CalibrationTooShort when there is not even one."""
+    origins = calibration_origins(n, h, min_train)
+    if not origins:
+        raise too_short(n, h, min_train)
+    return origins
+
+
+def origin_bands(series: np.ndarray, forecast: np.ndarray, levels: Sequence[float],
+                 origins: Sequence[int], paths: np.ndarray) -> Bands:
+    """Conformal bands from a fitted model's own forecasts ``paths`` ``(len(origins), h)``
+    made at earlier ``origins`` of ``series`` (no refit)."""
+    errors = relative_errors(series, origins, paths)
+    return conformal_bands(forecast, float(series[-1]), errors, levels)
+
+
 def walk_forward_errors(series: np.ndarray, h: int, min_train: int,
                         forecast_at: Callable[[np.ndarray, int], np.ndarray],
                         windows: int = N_WINDOWS) -> np.ndarray:

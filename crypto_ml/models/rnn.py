@@ -19,13 +19,7 @@ import numpy as np
 from crypto_ml.core.errors import InvalidTaskInput
 from crypto_ml.models.base import MAX_SEED, Forecaster, int_option
 from crypto_ml.models.device import keras_and_device
-from crypto_ml.models.intervals import (
-    Bands,
-    calibration_origins,
-    conformal_bands,
-    relative_errors,
-    too_short,
-)
+from crypto_ml.models.intervals import Bands, origin_bands, required_origins
 from crypto_ml.models.state import ModelState, member_weights, weight_arrays
 
 WINDOW = 50
@@ -134,12 +128,9 @@ class RecurrentModel(Forecaster):
         """Conformal bands from the fitted network's own forecasts at earlier origins of its
         training series (no refit: a refit per window would cost as much as the fit again)."""
         series = self.series_
-        origins = calibration_origins(len(series), h, self.window)
-        if not origins:
-            raise too_short(len(series), h, self.window)
+        origins = required_origins(len(series), h, self.window)
         tails = np.stack([series[o - self.window : o] for o in origins])
-        errors = relative_errors(series, origins, self._paths(tails, h))
-        return conformal_bands(forecast, float(series[-1]), errors, levels)
+        return origin_bands(series, forecast, levels, origins, self._paths(tails, h))
 
 
 class LSTMModel(RecurrentModel):

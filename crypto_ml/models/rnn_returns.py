@@ -29,9 +29,8 @@ from crypto_ml.models.device import keras_and_device
 from crypto_ml.models.intervals import (
     Bands,
     calibration_origins,
-    conformal_bands,
-    relative_errors,
-    too_short,
+    origin_bands,
+    required_origins,
 )
 from crypto_ml.models.state import ModelState, member_weights, weight_arrays
 
@@ -165,16 +164,13 @@ class ReturnsRecurrentModel(Forecaster):
         series = self.series_
         n = len(series)
         min_train = max(self.window + 1, n - self.n_val_)
-        origins = calibration_origins(n, h, min_train)
-        if not origins:
-            origins = calibration_origins(n, h, self.window + 1)
-        if not origins:
-            raise too_short(n, h, self.window + 1)
+        origins = (calibration_origins(n, h, min_train)
+                   or required_origins(n, h, self.window + 1))
         log_returns = np.diff(np.log(series)) / self.scale_
         tails = np.stack([log_returns[o - 1 - self.window : o - 1] for o in origins])
         last = np.array([series[o - 1] for o in origins])
-        errors = relative_errors(series, origins, self._price_paths(tails, last, h))
-        return conformal_bands(forecast, float(series[-1]), errors, levels)
+        return origin_bands(series, forecast, levels, origins,
+                            self._price_paths(tails, last, h))
 
 
 class LSTMReturnsModel(ReturnsRecurrentModel):
