@@ -105,13 +105,31 @@ def test_no_user_may_flush_reconfigure_or_shut_down(server: LocalCluster, user: 
             assert isinstance(refused.value, redis.exceptions.NoPermissionError) or (
                 command[0] in ("DEBUG", "MODULE") and "not allowed" in str(refused.value)), \
                 (command, refused.value)
-        if user != acl.ADMIN:  # the operator keeps KEYS, ACL and MONITOR
+        if user not in (acl.ADMIN, acl.BREAK_GLASS):  # they keep KEYS, SCAN and MONITOR
             for command in (("KEYS", "*"), ("ACL", "LIST"), ("ACL", "SETUSER", user, "+@all"),
                             ("SCAN", "0"), ("EVAL", "return 1", "0")):
                 with pytest.raises(redis.exceptions.NoPermissionError):
                     client.execute_command(*command)
         assert client.ping()
     assert server.redis is not None and server.redis.poll() is None
+
+
+def test_the_operator_reads_users_but_only_breakglass_changes_them(server: LocalCluster) -> None:
+    with server.client() as operator:  # REDIS_PASSWORD: the health checks' user
+        assert operator.execute_command("ACL", "WHOAMI") in (b"default", "default")
+        assert operator.execute_command("ACL", "LIST") and operator.ping()
+        operator.execute_command("ACL", "LOG", "RESET")
+        for command in (("ACL", "SETUSER", "default", "+flushall"),  # undo its own denial
+                        ("ACL", "SETUSER", "worker", ">another-password"),
+                        ("ACL", "DELUSER", "flower"), ("ACL", "LOAD"), ("ACL", "SAVE")):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                operator.execute_command(*command)
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            operator.execute_command("FLUSHALL")  # still denied
+    with as_role(server, acl.BREAK_GLASS) as breakglass:  # rotation: a second password
+        assert breakglass.execute_command("ACL", "SETUSER", "exporter", ">rotated-password")
+    with redis.Redis(port=server.port, username="exporter", password="rotated-password") as new:
+        assert new.llen("cpu") >= 0  # the new password works beside the old one
 
 
 def test_the_exporter_reads_queue_lengths_and_cannot_publish_a_task(server: LocalCluster) -> None:
@@ -165,7 +183,7 @@ def test_the_manager_cannot_write_results_or_act_as_a_worker(server: LocalCluste
 #: Operations an independent review found allowed (issue 25), and a few alike, each tried over
 #: a raw connection as that user: Redis 7 refuses them all. The embedded 6.2 has no selectors,
 #: so a role may run each of its commands on each of its keys: it still allows exactly those in
-#: WIDER_ON_6 (README: Redis users) and refuses the rest.
+#: WIDER_ON_6 (docs/least-privilege.md) and refuses the rest.
 OVERGRANTS = (
     ("flower", ("LPUSH", "cpu", "{}")),  # task injection with the dashboard's credentials
     ("flower", ("RPUSH", "gpu", "{}")),
