@@ -32,7 +32,7 @@ import crypto_ml
 from crypto_ml.core.errors import BrokerUnavailable, ConfigError, DataNotFound
 from crypto_ml.core.settings import Settings
 
-from .jobs import Job, JobAccepted, JobBody, Jobs, JobStatus
+from .jobs import JobAccepted, JobBody, Jobs, JobStatus
 from .metrics import ApiMetrics, Message, Scope
 from .problems import bounded
 from .schemas import Accepted, Coins, ForecastBody, Health, Models, Problem, RunStatus, Unprocessable
@@ -245,10 +245,10 @@ def create_app(settings: Settings, runs: Runs,
             metrics.count_run(state)
         return JSONResponse(state.to_json())
 
-    def job_or_404(job_id: str, found: Job | None) -> Job:
+    def job_or_404(job_id: str, found: dict[str, Any] | None) -> dict[str, Any]:
         if found is None:
-            raise HTTPException(404, f"no job {job_id!r} in this API process (unknown, or run "
-                                "by another replica, or from before a restart)")
+            raise HTTPException(404, f"no job {job_id!r} (unknown, or expired after "
+                                "CRYPTO_ML_RESULT_EXPIRES)")
         return found
 
     def cluster_jobs() -> Jobs:
@@ -279,12 +279,13 @@ def create_app(settings: Settings, runs: Runs,
                    summary="GET: a job's progress and output; DELETE: cancel it (its queued "
                    "work is revoked)",
                    responses={**UNAUTHORIZED,
-                              404: {"model": Problem, "description": "no such job"},
-                              503: {"model": Problem, "description": "no cluster"}})
+                              404: {"model": Problem, "description": "no such job (or expired)"},
+                              503: {"model": Problem,
+                                    "description": "no cluster, or its Redis unreachable"}})
     def job(job_id: str, request: Request) -> dict[str, Any]:
-        running = cluster_jobs()
+        running = cluster_jobs()  # any replica: the record is in the result backend
         found = running.cancel(job_id) if request.method == "DELETE" else running.get(job_id)
-        return job_or_404(job_id, found).to_json()
+        return job_or_404(job_id, found)
 
     @app.get("/v1/coins", dependencies=authorized, tags=["data"], response_model=Coins,
              summary="Coin ids of the data directory",

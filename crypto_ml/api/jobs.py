@@ -3,10 +3,19 @@ Parquet, ``GET /v1/jobs/{id}`` reports its progress, ``DELETE /v1/jobs/{id}`` ca
 
 A job is the table run of ``send-tasks --input T --output O`` (:func:`~crypto_ml.dispatch.
 table_run.run_table`: same chunks, backpressure, resume and output layout), run by a thread
-of the API process on the API's cluster. The input is a path inside the data directory
-(``CRYPTO_ML_DATA_DIR``); the output goes to ``CRYPTO_ML_API_JOBS_DIR`` as ``<id>.parquet``
-(and ``<id>.failures.parquet``). A job lives in the process that runs it: another API
-replica answers 404 for it, and a restart forgets it (its output, if finished, stays).
+of the API process that accepted it, on the API's cluster. The input is a path inside the
+data directory (``CRYPTO_ML_DATA_DIR``); the output goes to ``CRYPTO_ML_API_JOBS_DIR`` as
+``<id>.parquet`` (and ``<id>.failures.parquet``): with several replicas, a folder they all
+share (docs/deployment.md).
+
+Every replica answers for every job: its record lives in Redis
+(:mod:`crypto_ml.api.job_store`). The running replica writes the job's progress and a
+heartbeat there at most every :data:`SYNC_SECONDS` (and at least every
+``CRYPTO_ML_HEARTBEAT_SECONDS``), and reads the job's cancel flag, which ``DELETE`` on any
+replica sets; the run then stops and its queued chunks are revoked. A job whose replica
+stopped answering for ``3 * CRYPTO_ML_DEAD_AFTER_SECONDS`` is reported failed; one whose
+replica shuts down (SIGTERM: a rollout, a scale-down) is stopped, its queued work revoked,
+and recorded failed. Either way POSTing the same body again runs it anew as a new job.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
+import redis
 from celery import Celery
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -31,11 +41,16 @@ from crypto_ml.dispatch.table_run import TablePlan, default_in_flight, run_table
 from crypto_ml.models import DEFAULT_HORIZON, DEFAULT_MODEL, parse_models
 from crypto_ml.models.intervals import DEFAULT_LEVELS
 
+from .job_store import JobStore, replica_id, status_of, stopped_error
 from .schemas import Levels, Whole
 
 log = logging.getLogger(__name__)
 #: A job's seconds without any outcome before its pending chunks count as failed.
 JOB_TIMEOUT = 3600.0
+#: Seconds between a replica's writes of its jobs' progress (and reads of their cancel flags).
+SYNC_SECONDS = 0.5
+#: Seconds a stopping replica waits for its jobs to revoke their queued work.
+STOP_SECONDS = 5.0
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
 
 
@@ -68,7 +83,8 @@ class JobStatus(BaseModel):
     eta_seconds: float | None
     output: str
     failures_output: str
-    error: str | None = None
+    error: str | None = Field(None, description="why it failed; a job whose API process "
+                              "stopped says so: POST the same body again")
 
 
 class JobAccepted(BaseModel):
@@ -82,16 +98,21 @@ class JobCancelled(Exception):
 
 @dataclass
 class Job:
+    """A job run by this process: its progress, as the run reports it."""
+
     id: str
     output: Path
     series: int
     status: JobState = "queued"
     done: int = 0
     failed: int = 0
-    started: float = field(default_factory=time.monotonic)
+    started: float = field(default_factory=time.time)
     finished: float | None = None
     error: str | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+    stop_reason: str | None = None  # set when this process stops it (not a client's DELETE)
+    settled: bool = False  # its final record is written: no more writes
+    written: tuple[str, int, int, float] = ("", -1, -1, 0.0)  # status, done, failed, when
 
     def progress(self, done: int, failed: int) -> None:
         self.status = "running"
@@ -102,26 +123,29 @@ class Job:
         if self.cancel.is_set():
             raise JobCancelled
 
-    def to_json(self) -> dict[str, Any]:
-        seconds = (self.finished or time.monotonic()) - self.started
-        rate = self.done / seconds if seconds > 0 else 0.0
-        left = self.series - self.done
-        eta = None if self.status != "running" or not rate else left / rate
+    def record(self, replica: str, stale_after: float) -> dict[str, Any]:
+        """Its record (:mod:`crypto_ml.api.job_store`), stamped now."""
         return {"id": self.id, "status": self.status, "series": self.series, "done": self.done,
-                "failed": self.failed, "series_per_second": round(rate, 1),
-                "eta_seconds": None if eta is None else round(eta, 1),
-                "output": str(self.output), "failures_output": str(failures_path(self.output)),
-                "error": self.error}
+                "failed": self.failed, "started": self.started, "finished": self.finished,
+                "error": self.error, "output": str(self.output),
+                "failures_output": str(failures_path(self.output)), "replica": replica,
+                "heartbeat": time.time(), "stale_after": stale_after}
 
 
 class Jobs:
-    """The table runs of one API process, on the cluster of ``app``."""
+    """The table runs of one API process, on the cluster of ``app``; their records in the
+    result backend, where every replica reads them."""
 
     def __init__(self, app: Celery, settings: Settings) -> None:
         self.app = app
         self.settings = settings
-        self._jobs: dict[str, Job] = {}
-        self._lock = threading.Lock()
+        self.store = JobStore(app.backend.client, settings.result_expires)
+        self.replica = replica_id()
+        self.stale_after = 3.0 * settings.dead_after_seconds
+        self._jobs: dict[str, tuple[Job, threading.Thread]] = {}
+        self._lock = threading.Lock()  # _jobs, and each record write against the others
+        self._stop = threading.Event()
+        self._syncer: threading.Thread | None = None
 
     def submit(self, body: JobBody) -> Job:
         """Check the body and the table (ConfigError naming what is wrong), start the run."""
@@ -142,10 +166,13 @@ class Jobs:
         job_id = uuid.uuid4().hex
         job = Job(job_id, folder / f"{job_id}.parquet", info.series)
         output = TableOutput(job.output, plan.describe(source))
+        self.store.write(job.record(self.replica, self.stale_after))  # before any reader asks
+        thread = threading.Thread(target=self._run, args=(job, source, output, plan),
+                                  daemon=True, name=f"job-{job.id[:8]}")
         with self._lock:
-            self._jobs[job.id] = job
-        threading.Thread(target=self._run, args=(job, source, output, plan), daemon=True,
-                         name=f"job-{job.id[:8]}").start()
+            self._jobs[job.id] = (job, thread)
+            self._start_syncer()
+        thread.start()
         return job
 
     def _readable(self, given: str) -> Path:
@@ -169,8 +196,11 @@ class Jobs:
                                 job.check_cancel, JOB_TIMEOUT,
                                 default_in_flight(self.settings.workers))
         except JobCancelled:
-            job.status = "cancelled"
-        except (CryptoMLError, OSError) as exc:  # the broker refused, a disk full...
+            if job.stop_reason:
+                job.status, job.error = "failed", stopped_error(self.replica, job.stop_reason)
+            else:
+                job.status = "cancelled"
+        except (CryptoMLError, OSError, redis.RedisError) as exc:  # the broker refused...
             job.status, job.error = "failed", f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # a bug: say so in the job, keep the server up
             log.exception("job %s failed", job.id)
@@ -183,22 +213,88 @@ class Jobs:
                 job.error = f"{len(summary.chunks_failed)} chunk(s) did not come back ({first})"
             else:
                 job.status = "done"
-        finally:
-            job.finished = time.monotonic()
+        job.finished = time.time()
+        self._settle(job)
 
-    def get(self, job_id: str) -> Job | None:
+    def _settle(self, job: Job) -> None:
+        """Write the job's final record (retried by the syncer if Redis is away now)."""
         with self._lock:
-            return self._jobs.get(job_id)
+            try:
+                self.store.write(job.record(self.replica, self.stale_after))
+            except redis.RedisError as exc:
+                log.warning("job %s: could not record its end yet (%s)", job.id, exc)
+                return
+            job.settled = True
+            self._jobs.pop(job.id, None)
 
-    def cancel(self, job_id: str) -> Job | None:
-        job = self.get(job_id)
-        if job is not None:
-            job.cancel.set()
-        return job
+    # -- the syncer: every job's progress out, cancel flags in -------------------------------
+
+    def _start_syncer(self) -> None:
+        if self._syncer is None or not self._syncer.is_alive():
+            self._syncer = threading.Thread(target=self._sync_loop, daemon=True,
+                                            name="jobs-sync")
+            self._syncer.start()
+
+    def _sync_loop(self) -> None:
+        while not self._stop.wait(SYNC_SECONDS):
+            try:
+                self.sync()
+            except redis.RedisError as exc:  # heartbeats lapse; they resume with Redis
+                log.warning("could not record the jobs' progress (%s)", exc)
+
+    def sync(self) -> None:
+        """One round trip: the progress of jobs that moved (or whose heartbeat is due) out,
+        every running job's cancel flag in; final records that failed to write, again."""
+        with self._lock:
+            jobs = [job for job, _ in self._jobs.values()]
+            if not jobs:
+                return
+            now = time.time()
+            running = [job for job in jobs if job.finished is None]
+            due = [job for job in running if self._due(job, now)]
+            updates = [job.record(self.replica, self.stale_after) for job in due
+                       + [job for job in jobs if job.finished is not None]]
+            cancelled = self.store.beat(updates, [job.id for job in running])
+            for job in due:
+                job.written = (job.status, job.done, job.failed, now)
+            for job in jobs:
+                if job.finished is not None:
+                    job.settled = True
+                    self._jobs.pop(job.id, None)
+                elif job.id in cancelled:
+                    job.cancel.set()
+
+    def _due(self, job: Job, now: float) -> bool:
+        status, done, failed, when = job.written
+        return ((job.status, job.done, job.failed) != (status, done, failed)
+                or now - when >= self.settings.heartbeat_seconds)
+
+    # -- any replica -------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        """The job's status, from its record: whichever replica runs it."""
+        record = self.store.read(job_id)
+        return None if record is None else status_of(record)
+
+    def cancel(self, job_id: str) -> dict[str, Any] | None:
+        """Ask the replica running the job to stop it; its status, or None if unknown."""
+        record = self.store.cancel(job_id)
+        return None if record is None else status_of(record)
 
     def close(self) -> None:
-        """Cancel every running job (the server stops)."""
+        """The server stops: stop every job it runs, revoking their queued work, and record
+        them failed (a client may POST them again, to any replica)."""
         with self._lock:
-            jobs = list(self._jobs.values())
-        for job in jobs:
+            running = list(self._jobs.values())
+        for job, _ in running:
+            job.stop_reason = "it was shut down"
             job.cancel.set()
+        deadline = time.monotonic() + STOP_SECONDS
+        for _, thread in running:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._stop.set()
+        for job, _ in running:
+            if not job.settled and job.finished is None:  # its run did not stop in time
+                job.status, job.finished = "failed", time.time()
+                job.error = stopped_error(self.replica, job.stop_reason or "it was shut down")
+                self._settle(job)

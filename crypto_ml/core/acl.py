@@ -165,6 +165,7 @@ _CONTROL_BINDINGS = ("_kombu.binding*.celery.pidbox", "_kombu.binding*.celeryev"
 _DELIVERIES = "crypto_ml:deliveries:*"  # starts of a task (the delivery limit)
 _CLOSED = "crypto_ml:closed:*"  # a dispatch run that has ended (workers skip its redeliveries)
 _RUNS = "crypto_ml:run:*"  # the API's saved runs
+_JOBS = "crypto_ml:job:*"  # the API's table jobs (crypto_ml/api/job_store.py)
 _MODELS = "crypto_ml:model:*"  # the model store (trained models, workers only)
 _LIVENESS = ("crypto_ml:workers", "crypto_ml:worker:*")  # heartbeats and held messages
 # Pub/Sub: kombu's fanout exchanges on database 0. PSUBSCRIBE patterns must be allowed
@@ -222,6 +223,9 @@ MANAGER = Role(
         Grant(("get", "mget", "exists", "del"), (_RESULTS, _DELIVERIES)),
         Grant(("set",), (_CLOSED,)),  # a run's end (SET EX), read by workers
         Grant(("set", "get"), (_RUNS,)),  # the API's saved runs
+        # the API's table jobs: a record and a cancel flag each (SET EX), read by any
+        # replica (GET), the flags of a replica's jobs polled together (MGET)
+        Grant(("set", "get", "mget"), (_JOBS,)),
     ),
     channels=(_CONTROL, _EVENTS, _RESULTS),
 )

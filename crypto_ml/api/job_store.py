@@ -1,0 +1,101 @@
+"""Table jobs' records in Redis, so that every API replica answers for every job.
+
+Two keys per job, in the result backend beside the API's saved runs (``crypto_ml:run:<id>``),
+each kept ``CRYPTO_ML_RESULT_EXPIRES`` after its last write:
+
+* ``crypto_ml:job:<id>``: the record, JSON, written whole (``SET EX``) by the one replica
+  running the job: ``status``, ``series``, ``done``, ``failed``, ``started`` and
+  ``finished`` (unix time), ``error``, ``output``, ``failures_output``, ``replica``
+  (``host:pid``), ``heartbeat`` (unix time of the write) and ``stale_after`` (seconds
+  without a heartbeat after which that replica counts as gone);
+* ``crypto_ml:job:<id>:cancel``: set by ``DELETE`` on any replica; the running one reads
+  the flags of all its jobs in one ``MGET``.
+
+Strings rather than a hash: the manager's Redis user already runs ``SET``, ``GET`` and
+``MGET``, so the jobs' key pattern widens nothing on the embedded Redis 6.2, whose users get
+every command of their role on every key of it (``HSET`` would reach ``unacked`` there).
+
+A queued or running job whose heartbeat is older than its ``stale_after`` is reported as
+failed: the process running it stopped (killed, evicted, its node lost) and nobody else
+will finish it. The store writes nothing per series: :class:`~crypto_ml.api.jobs.Jobs`
+hands it every job's progress at most a few times a second.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from typing import Any
+
+JOB_PREFIX = "crypto_ml:job:"
+CANCEL = ":cancel"  # the cancel flag's key: the record's and this
+ACTIVE = ("queued", "running")
+
+
+def replica_id() -> str:
+    """This API process: its host (the pod's name in Kubernetes) and pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def stopped_error(replica: str, why: str) -> str:
+    return (f"the API process running this job ({replica}) stopped ({why}); POST the same "
+            "body again to run it as a new job")
+
+
+class JobStore:
+    """Job records on ``client`` (a redis-py client), each kept ``ttl`` seconds."""
+
+    def __init__(self, client: Any, ttl: int) -> None:
+        self.client = client
+        self.ttl = ttl
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Create or replace the record of ``record["id"]``."""
+        self.client.set(JOB_PREFIX + record["id"], json.dumps(record), ex=self.ttl)
+
+    def beat(self, records: list[dict[str, Any]], watched: list[str]) -> set[str]:
+        """Write ``records`` and read the cancel flags of ``watched``, in one round trip;
+        the ids asked to stop."""
+        pipe = self.client.pipeline(transaction=False)
+        for record in records:
+            pipe.set(JOB_PREFIX + record["id"], json.dumps(record), ex=self.ttl)
+        if watched:
+            pipe.mget([JOB_PREFIX + job_id + CANCEL for job_id in watched])
+        replies = pipe.execute()
+        flags = replies[-1] if watched else []
+        return {job_id for job_id, flag in zip(watched, flags, strict=True) if flag}
+
+    def read(self, job_id: str) -> dict[str, Any] | None:
+        """The record, or None for an unknown (or expired) id."""
+        raw = self.client.get(JOB_PREFIX + job_id)
+        record = None if raw is None else json.loads(raw)
+        return record if isinstance(record, dict) else None  # "<id>:cancel" is no job
+
+    def cancel(self, job_id: str) -> dict[str, Any] | None:
+        """Ask the replica running the job to stop it; its record before, or None."""
+        record = self.read(job_id)
+        if record is not None and record["status"] in ACTIVE:
+            self.client.set(JOB_PREFIX + job_id + CANCEL, "1", ex=self.ttl)
+        return record
+
+
+def status_of(record: dict[str, Any], now: float | None = None) -> dict[str, Any]:
+    """A record as ``GET /v1/jobs/{id}`` answers it (a gone replica's job: failed)."""
+    now = time.time() if now is None else now
+    status, error = record["status"], record["error"]
+    silent = now - record["heartbeat"]
+    if status in ACTIVE and silent > record["stale_after"]:
+        status = "failed"
+        error = stopped_error(record["replica"], f"no heartbeat for {silent:.0f} s")
+    started = record["started"]
+    end = record["finished"] or now
+    series, done = record["series"], record["done"]
+    rate = done / (end - started) if end > started else 0.0
+    eta = (series - done) / rate if status == "running" and rate else None
+    return {"id": record["id"], "status": status, "series": series, "done": done,
+            "failed": record["failed"], "series_per_second": round(rate, 1),
+            "eta_seconds": None if eta is None else round(eta, 1),
+            "output": record["output"], "failures_output": record["failures_output"],
+            "error": error}
