@@ -1,0 +1,140 @@
+"""Table jobs behind a load balancer: four ``python -m crypto_ml.api`` processes (replicas
+A, B, C and D) on one real cluster (Redis with its ACL users, two celery workers), logged in
+as the manager's user, sharing a data folder and a jobs folder. A job POSTed to A is followed
+to the end on B; a job of A is cancelled through B and A's run stops; a job of C, whose
+process is killed, and one of D, which is shut down (SIGTERM, as a scale-down does), are
+reported failed by B, saying so."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from api_support import write_coins
+from conftest import ROOT
+from table_support import random_walks, write_parquet
+from test_api_jobs import queued
+from test_api_server import KEY, Server, call, healthy
+
+from crypto_ml.dispatch.cluster import LocalCluster
+from crypto_ml.ops.processes import free_port, spawn, terminate, wait_until
+
+pytestmark = pytest.mark.integration
+SMALL, LONG = 400, 3000
+ENDED = ("done", "failed", "cancelled")
+
+
+@pytest.fixture(scope="module")
+def replicas(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
+             ) -> Iterator[dict[str, Server]]:
+    """A to D, started together; heartbeats every second, a replica silent for 6 s gone."""
+    folder = tmp_path_factory.mktemp("api-replicas")
+    data = write_coins(folder / "prices")
+    write_parquet(random_walks(SMALL, 40, seed=3), data / "small.parquet")
+    write_parquet(random_walks(LONG, 60, seed=5), data / "long.parquet")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTO_ML_")}
+    env.update(CRYPTO_ML_BROKER_URL=cluster.url_for("manager"), CRYPTO_ML_DATA_DIR=str(data),
+               CRYPTO_ML_API_KEYS=KEY, CRYPTO_ML_API_JOBS_DIR=str(folder / "jobs"),
+               CRYPTO_ML_HEARTBEAT_SECONDS="1", CRYPTO_ML_DEAD_AFTER_SECONDS="2")
+    servers: dict[str, Server] = {}
+    with contextlib.ExitStack() as stack:
+        for name in "ABCD":
+            port, log = free_port(), folder / f"api-{name}.log"
+            proc = spawn([sys.executable, "-m", "crypto_ml.api", "--port", str(port),
+                          "--workers", "1"], log, env=env, cwd=ROOT)
+            stack.callback(terminate, proc)
+            servers[name] = Server(proc, f"http://127.0.0.1:{port}", log)
+        for name, server in servers.items():
+            wait_until(lambda s=server: healthy(s.url), 120, f"replica {name} answering",
+                       lambda s=server: None if s.proc.poll() is None
+                       else f"exited: {s.log.read_text()[-2000:]}")
+        yield servers
+
+
+def state(server: Server, job_id: str) -> dict[str, Any]:
+    status, body = call(f"{server.url}/v1/jobs/{job_id}")
+    assert status == 200, body
+    return body
+
+
+def post(server: Server, body: dict[str, Any]) -> str:
+    status, accepted = call(f"{server.url}/v1/jobs", body)
+    assert status == 202, accepted
+    return str(accepted["id"])
+
+
+def record(cluster: LocalCluster, job_id: str) -> dict[str, Any]:
+    with cluster.client() as admin:
+        return dict(json.loads(admin.get(f"crypto_ml:job:{job_id}")))
+
+
+def test_a_job_posted_to_one_replica_is_followed_on_another(
+        replicas: dict[str, Server], cluster: LocalCluster) -> None:
+    a, b = replicas["A"], replicas["B"]
+    job_id = post(a, {"input": "small.parquet", "model": "naive", "horizon": 3})
+    seen: list[dict[str, Any]] = []
+    wait_until(lambda: seen.append(state(b, job_id)) or seen[-1]["status"] in ENDED, 60,
+               "the job to finish, seen from B")
+    final = seen[-1]
+    assert final["status"] == "done" and final["done"] == SMALL and final["failed"] == 0, final
+    assert state(a, job_id) == final  # one record, whichever replica reads it
+    assert record(cluster, job_id)["replica"].endswith(f":{a.proc.pid}")  # A ran it
+    with cluster.client() as admin:
+        assert 0 < admin.ttl(f"crypto_ml:job:{job_id}") <= 86400
+    got = pd.read_parquet(str(final["output"]))
+    assert len(got) == SMALL * 3 and got["unique_id"].nunique() == SMALL
+    assert got["naive"].notna().all()
+
+
+def test_delete_on_another_replica_stops_the_run_and_revokes_its_work(
+        replicas: dict[str, Server], cluster: LocalCluster) -> None:
+    a, b = replicas["A"], replicas["B"]
+    job_id = post(a, {"input": "long.parquet", "model": "ets"})
+    wait_until(lambda: state(b, job_id)["done"] > 0, 60, "the job's first chunk, seen from B")
+    status, reply = call(f"{b.url}/v1/jobs/{job_id}", method="DELETE")
+    assert status == 200 and reply["id"] == job_id, reply
+    wait_until(lambda: state(a, job_id)["status"] in ENDED, 30, "A's run to stop")
+    final = state(b, job_id)
+    assert final["status"] == "cancelled" and final["done"] < LONG, final
+    assert record(cluster, job_id)["replica"].endswith(f":{a.proc.pid}")
+    assert not Path(str(final["output"])).exists()
+    wait_until(lambda: queued(a) == 0, 30, "the job's queued chunks revoked or done")
+    assert state(b, job_id) == final  # A's run wrote nothing more
+    assert call(f"{b.url}/v1/jobs/nosuchjob", method="DELETE")[0] == 404
+
+
+def test_a_job_whose_replica_is_killed_is_reported_failed_by_another(
+        replicas: dict[str, Server], cluster: LocalCluster) -> None:
+    b, c = replicas["B"], replicas["C"]
+    job_id = post(c, {"input": "long.parquet", "model": "ets"})
+    wait_until(lambda: state(b, job_id)["done"] > 0, 60, "the job's first chunk, seen from B")
+    os.killpg(c.proc.pid, signal.SIGKILL)  # no shutdown: its record is left "running"
+    c.proc.wait(10)
+    assert record(cluster, job_id)["status"] == "running"
+    wait_until(lambda: state(b, job_id)["status"] != "running", 20, "B to see C gone")
+    final = state(b, job_id)
+    assert final["status"] == "failed", final
+    assert f"({record(cluster, job_id)['replica']}) stopped (no heartbeat for" in final["error"]
+    assert "POST the same body again" in final["error"]
+    wait_until(lambda: queued(b) == 0, 60, "the killed replica's queued chunks done")
+
+
+def test_a_replica_shutting_down_stops_its_jobs_and_records_them_failed(
+        replicas: dict[str, Server], cluster: LocalCluster) -> None:
+    b, d = replicas["B"], replicas["D"]
+    job_id = post(d, {"input": "long.parquet", "model": "ets"})
+    wait_until(lambda: state(b, job_id)["done"] > 0, 60, "the job's first chunk, seen from B")
+    terminate(d.proc)  # SIGTERM: the server stops its jobs, then exits
+    assert d.proc.returncode == 0, d.log.read_text()[-2000:]
+    final = state(b, job_id)  # at once: no heartbeat to wait for
+    assert final["status"] == "failed" and final["done"] < LONG, final
+    assert "stopped (it was shut down); POST the same body again" in final["error"], final
+    wait_until(lambda: queued(b) == 0, 30, "the stopped job's queued chunks revoked or done")
