@@ -149,14 +149,14 @@ def test_manager_reports_bad_input_per_coin(strict: LocalCluster, price_data: Pa
     n_bitcoin = len(CryptoLoader(price_data).get_prices("bitcoin"))
     assert n_bitcoin > MAX_SERIES >= len(CryptoLoader(price_data).get_prices("ethereum"))
     done = run_cli("send-tasks", "--coins", "bitcoin,ethereum", "--max-points", "all",
-                   "--broker", strict.broker_url, data_dir=price_data, timeout=120)
+                   "--model", "linear", "--broker", strict.broker_url, data_dir=price_data, timeout=120)
     assert done.returncode == 1
     assert [line.split()[0] for line in done.stdout.splitlines()] == ["ethereum"]
     assert (f"failed: bitcoin linear: InvalidTaskInput: invalid argument 'prices': "
             f"{n_bitcoin} points is above the cap of {MAX_SERIES}") in done.stderr
 
     too_far = run_cli("send-tasks", "--coins", "ethereum", "--horizon", str(MAX_HORIZON + 5),
-                      "--broker", strict.broker_url, data_dir=price_data, timeout=120)
+                      "--model", "linear", "--broker", strict.broker_url, data_dir=price_data, timeout=120)
     assert too_far.returncode == 1 and too_far.stdout == ""
     assert "failed: ethereum linear: InvalidTaskInput: invalid argument 'horizon'" in too_far.stderr
     assert_still_serving(strict)
