@@ -18,12 +18,19 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from api_support import write_coins
+import redis
+from acl_discovery import acl_log
+from api_support import client, write_coins
 from conftest import ROOT
+from deploy_support import redis7_server
 from table_support import random_walks, write_parquet
 from test_api_jobs import queued
 from test_api_server import KEY, Server, call, healthy
 
+from crypto_ml.api.app import create_app
+from crypto_ml.api.job_store import JobStore, status_of
+from crypto_ml.api.service import InProcessRuns
+from crypto_ml.core.settings import Settings
 from crypto_ml.dispatch.cluster import LocalCluster
 from crypto_ml.ops.processes import free_port, spawn, terminate, wait_until
 
@@ -138,3 +145,39 @@ def test_a_replica_shutting_down_stops_its_jobs_and_records_them_failed(
     assert final["status"] == "failed" and final["done"] < LONG, final
     assert "stopped (it was shut down); POST the same body again" in final["error"], final
     wait_until(lambda: queued(b) == 0, 30, "the stopped job's queued chunks revoked or done")
+
+
+@pytest.mark.parametrize("server", [None, pytest.param(redis7_server(), marks=pytest.mark.skipif(
+    redis7_server() is None, reason="no redis-server 7 or later"))], ids=["redis6.2", "redis7"])
+def test_the_manager_user_may_keep_job_records_and_nothing_near_them(server: str | None) -> None:
+    """The job store's every command as the manager's Redis user, on the embedded 6.2 and on a
+    Redis 7 (each grant its own selector, as deployed): no refusal in the ACL LOG."""
+    cluster = LocalCluster(workers=1, redis_server=server)
+    cluster.start_redis()
+    try:
+        with redis.Redis.from_url(cluster.url_for("manager")) as manager:
+            store = JobStore(manager, 60)
+            job = {"id": "j1", "status": "running", "series": 10, "done": 4, "failed": 0,
+                   "started": 1.0, "finished": None, "error": None, "output": "/o.parquet",
+                   "failures_output": "/o.failures.parquet", "replica": "h:1",
+                   "heartbeat": 2.0, "stale_after": 30.0}
+            store.write(job)
+            assert store.beat([job], ["j1"]) == set()
+            assert store.cancel("j1") == job and store.beat([], ["j1"]) == {"j1"}
+            assert store.read("j1:cancel") is None and store.read("j2") is None
+            assert status_of(job, now=3.0)["eta_seconds"] == 3.0  # 6 left at 2 series/s
+            with cluster.client() as admin:
+                assert acl_log(admin) == []
+                assert 0 < admin.ttl("crypto_ml:job:j1") <= 60
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                manager.execute_command("HSET", "unacked", "t", "x")  # no hash command
+    finally:
+        cluster.stop()
+
+
+def test_an_in_process_server_has_no_jobs_and_says_why(tmp_path: Path) -> None:
+    api = client(create_app(Settings(data_dir=write_coins(tmp_path)), InProcessRuns()))
+    replies = [api.post("/v1/jobs", json={"input": "x.parquet"}), api.get("/v1/jobs/x"),
+               api.delete("/v1/jobs/x")]
+    assert [r.status_code for r in replies] == [503] * 3
+    assert all("--in-process" in r.json()["detail"] for r in replies)
