@@ -241,6 +241,8 @@ class Jobs:
                 self.sync()
             except redis.RedisError as exc:  # heartbeats lapse; they resume with Redis
                 log.warning("could not record the jobs' progress (%s)", exc)
+            except Exception:  # a bug: say so, keep beating (silence reads as a dead replica)
+                log.exception("could not record the jobs' progress")
 
     def sync(self) -> None:
         """One round trip: the progress of jobs that moved (or whose heartbeat is due) out,
@@ -251,12 +253,14 @@ class Jobs:
                 return
             now = time.time()
             running = [job for job in jobs if job.finished is None]
-            due = [job for job in running if self._due(job, now)]
-            updates = [job.record(self.replica, self.stale_after) for job in due
-                       + [job for job in jobs if job.finished is not None]]
+            due = [(job, job.record(self.replica, self.stale_after)) for job in running
+                   if self._due(job, now)]
+            updates = [record for _, record in due]
+            updates += [job.record(self.replica, self.stale_after)
+                        for job in jobs if job.finished is not None]
             cancelled = self.store.beat(updates, [job.id for job in running])
-            for job in due:
-                job.written = (job.status, job.done, job.failed, now)
+            for job, record in due:  # what was written, though the run may have moved since
+                job.written = (record["status"], record["done"], record["failed"], now)
             for job in jobs:
                 if job.finished is not None:
                     job.settled = True
