@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from crypto_ml.backtest.metrics import geometric_mean, interval_scores, relative_mae
 from crypto_ml.core.errors import InvalidTaskInput
-from crypto_ml.models import get_model
+from crypto_ml.data.loader import CryptoLoader
+from crypto_ml.models import default_max_points, get_model
 from crypto_ml.models.intervals import (
     calibration_origins,
     check_levels,
@@ -105,3 +107,25 @@ def test_linear_calibration_shortcut_equals_a_refit() -> None:
     model = get_model("linear").fit(series)
     np.testing.assert_allclose(model._calibration_forecast(series[:70], 6),
                                get_model("linear").fit(series[:70]).forecast(6), rtol=1e-9)
+
+
+@pytest.mark.integration  # reads the real data set
+@pytest.mark.parametrize("name", ["naive", "linear", "theta"])
+def test_no_bound_of_any_coin_goes_below_zero(name: str, real_data: Path) -> None:
+    """Every coin of the real set, as send-tasks forecasts it (the model's default window,
+    80/95 % intervals, 10 days): a price's bounds never go below zero. Naive's are
+    multiplicative, linear's conformal ones additive (ripple's 95 % band once reached -0.2),
+    theta stands for the statsforecast models (fitted on log closes, like ets and arima)."""
+    loader = CryptoLoader(real_data)
+    window = default_max_points(name)
+    below = []
+    for coin in loader.get_crypto_names():
+        _, closes = loader.get_closes(coin)
+        closes = closes[~np.isnan(closes)][-window:] if window else closes[~np.isnan(closes)]
+        model = get_model(name)
+        if len(closes) < max(model.min_points, 30):
+            continue
+        prediction = model.fit(closes).predict(10, (80, 95))
+        below += [(coin, level) for level, (lower, _) in prediction.bands.items()
+                  if (np.asarray(lower) < 0).any()]
+    assert below == [], below
