@@ -27,7 +27,7 @@ def test_schemathesis_finds_nothing_on_the_live_api(tmp_path: Path) -> None:
             [str(ST), "--config-file", str(CONFIG), "run", f"{server.url}/openapi.json",
              "--checks", "all", "--phases", "examples,coverage,fuzzing,stateful",
              "--header", f"Authorization: Bearer {KEY}", "--max-examples", "10",
-             "--max-time", "35", "--generation-deterministic", "--request-timeout", "20"],
+             "--max-time", "20", "--generation-deterministic", "--request-timeout", "20"],
             cwd=tmp_path, capture_output=True, text=True, timeout=300)
     report = run.stdout + run.stderr
     assert run.returncode == 0, report[-6000:]
