@@ -33,11 +33,11 @@ def acl_main(args: argparse.Namespace) -> int:
         for path in acl.write_templates():  # the single Redis's and the Sentinel option's
             print(f"wrote {path.relative_to(acl.ROOT)}")
     elif args.acl_command == "passwords":
-        roles = acl.SENTINEL_ROLES  # every user, the Sentinel option's included
-        for name, password in acl.generate_passwords(tuple(roles)).items():
-            print(f"{roles[name].password_variable}={password}")
-        # the Sentinels' own password (docker-compose.sentinel.yml, k8s/overlays/sentinel)
-        print(f"CRYPTO_ML_SENTINEL_PASSWORD={acl.generate_passwords(('default',))['default']}")
+        # every user's, the Sentinel option's included, and the Sentinels' own password
+        variables = [r.password_variable for r in acl.SENTINEL_ROLES.values()]
+        for variable, password in acl.generate_passwords(
+                [*variables, "CRYPTO_ML_SENTINEL_PASSWORD"]).items():
+            print(f"{variable}={password}")
     else:
         for role in acl.ROLES.values():
             print(f"{role.name}: {role.purpose}\n  rules: {' '.join(role.rules())}")

@@ -297,7 +297,7 @@ def permissive(roles: Mapping[str, Role] = ROLES) -> dict[str, Role]:
 
 
 def generate_passwords(roles: Sequence[str] = tuple(ROLES)) -> dict[str, str]:
-    """A fresh random password (48 hex digits) per user."""
+    """A fresh random password (48 hex digits) per name (a user, or a secret's variable)."""
     return {name: secrets.token_hex(24) for name in roles}
 
 
