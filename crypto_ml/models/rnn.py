@@ -36,6 +36,19 @@ def make_windows(series: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarra
     return norm[:, :-1, None].astype("float32"), norm[:, -1].astype("float32")
 
 
+def built_state(net: Any, window: int) -> list[np.ndarray]:
+    """Build a compiled network's optimizer, loss and metric state; return the starting values
+    of its variables, then its optimizer's, for every later fit to restore.
+
+    The loss and metric state is built here on a zero batch (evaluation: no dropout, no
+    shuffle). Else the first fit builds it from a peek at a shuffled batch, which on the torch
+    backend draws from the seeded RNG, and that fit alone would differ from the later ones.
+    """
+    net.optimizer.build(net.trainable_variables)
+    net.test_on_batch(np.zeros((1, window, 1), "float32"), np.zeros(1, "float32"))
+    return [v.numpy() for v in (*net.variables, *net.optimizer.variables)]
+
+
 class RecurrentModel(Forecaster):
     """A two-layer recurrent network; :class:`LSTMModel` and :class:`GRUModel` pick the cell."""
 
@@ -80,9 +93,7 @@ class RecurrentModel(Forecaster):
         if key not in _NETWORKS:
             keras.utils.set_random_seed(self.seed)
             model = self._build(keras)
-            model.optimizer.build(model.trainable_variables)
-            initial = [v.numpy() for v in (*model.variables, *model.optimizer.variables)]
-            _NETWORKS[key] = (model, initial)
+            _NETWORKS[key] = (model, built_state(model, self.window))
         model, initial = _NETWORKS[key]
         for variable, value in zip((*model.variables, *model.optimizer.variables), initial,
                                    strict=True):

@@ -32,6 +32,7 @@ from crypto_ml.models.intervals import (
     origin_bands,
     required_origins,
 )
+from crypto_ml.models.rnn import built_state
 from crypto_ml.models.state import ModelState, member_weights, weight_arrays
 
 VALIDATION_SHARE = 0.2
@@ -90,9 +91,7 @@ class ReturnsRecurrentModel(Forecaster):
         if key not in _NETWORKS:
             keras.utils.set_random_seed(seed)
             net = self._build(keras)
-            net.optimizer.build(net.trainable_variables)
-            _NETWORKS[key] = (net, [v.numpy() for v in (*net.variables,
-                                                         *net.optimizer.variables)])
+            _NETWORKS[key] = (net, built_state(net, self.window))
         net, initial = _NETWORKS[key]
         for variable, value in zip((*net.variables, *net.optimizer.variables), initial,
                                    strict=True):
