@@ -37,7 +37,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def api(cluster: LocalCluster, data: Path) -> Iterator[Any]:
     settings = Settings(data_dir=data, api_max_wait=DEEP_WAIT).with_broker(cluster.broker_url)
     runs = QueueRuns(celery_app(settings), settings)
-    yield client(create_app(settings, runs))
+    with client(create_app(settings, runs)) as api:  # one event loop for every request
+        yield api
     runs.close()
 
 
@@ -87,7 +88,8 @@ def test_no_wait_gives_202_and_any_replica_reads_the_status_url(api: Any, cluste
     settings = Settings(data_dir=data).with_broker(cluster.broker_url)
     other = QueueRuns(celery_app(settings), settings)  # another API process on the same Redis
     try:
-        assert client(create_app(settings, other)).get(accepted["status_url"]).json() == final
+        with client(create_app(settings, other)) as replica:
+            assert replica.get(accepted["status_url"]).json() == final
     finally:
         other.close()
     with cluster.client() as redis_client:
@@ -134,16 +136,20 @@ def test_broker_down_is_503_and_nothing_is_accepted(data: Path) -> None:
     settings = Settings(data_dir=data).with_broker(f"redis://127.0.0.1:{free_port()}/0")
     runs = QueueRuns(celery_app(settings), settings)
     try:
-        down = client(create_app(settings, runs))
-        reply = down.post("/v1/forecasts?wait=5", json={"coins": ["alpha"]})
-        assert reply.status_code == 503, reply.text
-        assert "nothing of this request was queued" in reply.json()["detail"]
-        assert down.post("/v1/forecasts", json={"coins": ["nosuch"]}).status_code == 422
-        assert down.get("/v1/forecasts/someid").status_code == 503
-        health = down.get("/healthz")
-        assert health.status_code == 503 and health.json()["broker"] is False
+        with client(create_app(settings, runs)) as down:
+            broker_down_answers(down)
     finally:
         runs.close()
+
+
+def broker_down_answers(down: Any) -> None:
+    reply = down.post("/v1/forecasts?wait=5", json={"coins": ["alpha"]})
+    assert reply.status_code == 503, reply.text
+    assert "nothing of this request was queued" in reply.json()["detail"]
+    assert down.post("/v1/forecasts", json={"coins": ["nosuch"]}).status_code == 422
+    assert down.get("/v1/forecasts/someid").status_code == 503
+    health = down.get("/healthz")
+    assert health.status_code == 503 and health.json()["broker"] is False
 
 
 def deep(api: Any, body: dict[str, Any]) -> dict[str, Any]:

@@ -11,10 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
+from api_support import client
 from celery import Celery
 from fault_helpers import cli_env, cli_exited, finish, start_cli, worker_logs
 from sentinel_support import SentinelCluster
 
+from crypto_ml.api.app import create_app as api_app
+from crypto_ml.api.service import QueueRuns
 from crypto_ml.core.sentinel import parse
 from crypto_ml.core.settings import Settings
 from crypto_ml.data.loader import CryptoLoader
@@ -83,3 +86,21 @@ def throttle(app: Celery, workers: int, per_second: int = 4) -> None:
         replies = app.control.rate_limit(name, f"{per_second}/s", reply=True, timeout=5,
                                          limit=workers)
         assert len(replies) == workers, f"rate limit {name}: {replies}"
+
+
+def test_the_api_answers_through_sentinel_urls(price_data: Path) -> None:
+    """The HTTP API's own connections (asyncio publishing, pub/sub results, saved runs, health)
+    find the master through the sentinels, as the workers and the manager do."""
+    with SentinelCluster(workers=1) as cluster:
+        settings = Settings(data_dir=price_data).with_broker(cluster.broker_url)
+        runs = QueueRuns(create_app(settings), settings)
+        try:
+            with client(api_app(settings, runs)) as api:
+                answer = api.post("/v1/forecasts?wait=30", json={"coins": ["bitcoin"],
+                                                                 "model": "naive,linear"})
+                assert answer.status_code == 200, answer.text
+                assert answer.json()["status"] == "done"
+                assert api.get(f"/v1/forecasts/{answer.json()['id']}").json() == answer.json()
+                assert api.get("/healthz").json()["broker"] is True
+        finally:
+            runs.close()

@@ -39,7 +39,7 @@ from .schemas import Accepted, Coins, ForecastBody, Health, Models, Problem, Run
 from .service import ForecastService, Invalid, Runs, model_infos
 
 DOCS_STATIC = "/docs-static"
-THREADS = 200  # requests waiting for results each hold a thread of the pool
+THREADS = 40  # the routes that stay blocking (jobs, /metrics) each hold a thread of the pool
 DESCRIPTION = """Forecasts on the crypto-ml cluster (the same tasks, queues and workers as
 `send-tasks`). POST a forecast, optionally waiting up to `wait` seconds for it; otherwise read
 it at its `status_url`. Send `Authorization: Bearer <key>` when the server has
@@ -136,8 +136,9 @@ class KeyCheck:
     def __init__(self, keys: tuple[str, ...]) -> None:
         self.keys = [k.encode() for k in keys]
 
-    def __call__(self, credentials: Annotated[HTTPAuthorizationCredentials | None,
-                                              Depends(BEARER)]) -> None:
+    async def __call__(self, credentials: Annotated[HTTPAuthorizationCredentials | None,
+                                                    Depends(BEARER)]) -> None:
+        # a coroutine: FastAPI would run a plain function in its thread pool, per request
         if not self.keys:
             return
         given = (credentials.credentials if credentials else "").encode()
@@ -153,15 +154,14 @@ def create_app(settings: Settings, runs: Runs,
     service = service or ForecastService(settings)
     cluster_app = getattr(runs, "app", None)
     jobs = Jobs(cluster_app, settings) if cluster_app is not None else None
-    coalescer = getattr(runs, "coalescer", None)
-    metrics = ApiMetrics(runs.queue_depth, None if coalescer is None
-                         else lambda: (coalescer.messages, coalescer.parts))
+    metrics = ApiMetrics(runs.queue_depth, getattr(runs, "coalesced", None))
     require_key = KeyCheck(settings.api_keys)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS
         yield
+        await runs.aclose()
         if jobs is not None:
             jobs.close()
 
@@ -209,7 +209,7 @@ def create_app(settings: Settings, runs: Runs,
                                "description": "a field is invalid; the body names it"},
                          503: {"model": Problem,
                                "description": "broker down: nothing was queued"}})
-    def post_forecast(body: ForecastBody,
+    async def post_forecast(body: ForecastBody,
                       wait: Annotated[float, Query(ge=0, description="seconds to wait for "
                                                    "the results (at most "
                                                    "CRYPTO_ML_API_MAX_WAIT)")] = 0) -> Response:
@@ -217,15 +217,15 @@ def create_app(settings: Settings, runs: Runs,
             raise Invalid([{"loc": ["query", "wait"], "type": "value_error",
                             "msg": f"must be at most {settings.api_max_wait} "
                                    f"(CRYPTO_ML_API_MAX_WAIT), got {wait:g}"}])
-        run = runs.submit(service.requests_for(body))
-        state = runs.wait(run, wait)
+        run = await runs.submit(service.requests_for(body), listen=wait > 0)
+        state = await runs.wait(run, wait)
         if state is not None:
             metrics.count_run(state)
-            return JSONResponse(state.to_json())
+            return Response(state.encoded(), media_type="application/json")
         try:
-            runs.save(run)
+            await runs.save(run)
         except Exception:  # the run could not be saved: withdraw it
-            runs.discard(run)
+            await runs.discard(run)
             raise
         url = f"/v1/forecasts/{run.id}"
         return JSONResponse({"id": run.id, "status_url": url}, status_code=202,
@@ -236,14 +236,14 @@ def create_app(settings: Settings, runs: Runs,
              responses={**UNAUTHORIZED,
                         404: {"model": Problem, "description": "no such run (or expired)"},
                         503: {"model": Problem, "description": "result backend unreachable"}})
-    def get_forecast(run_id: str) -> Response:
-        state = runs.state(run_id)
+    async def get_forecast(run_id: str) -> Response:
+        state = await runs.state(run_id)
         if state is None:
             raise HTTPException(404, f"no forecast run {run_id!r} (unknown, or expired after "
                                 "CRYPTO_ML_RESULT_EXPIRES)")
         if state.fresh:
             metrics.count_run(state)
-        return JSONResponse(state.to_json())
+        return Response(state.encoded(), media_type="application/json")
 
     def job_or_404(job_id: str, found: dict[str, Any] | None) -> dict[str, Any]:
         if found is None:
@@ -290,19 +290,19 @@ def create_app(settings: Settings, runs: Runs,
     @app.get("/v1/coins", dependencies=authorized, tags=["data"], response_model=Coins,
              summary="Coin ids of the data directory",
              responses={**UNAUTHORIZED, 503: {"model": Problem, "description": "no data"}})
-    def coins() -> dict[str, Any]:
+    async def coins() -> dict[str, Any]:
         return {"coins": service.coins.names()}
 
     @app.get("/v1/models", dependencies=authorized, tags=["data"], response_model=Models,
              summary="Models, their queue and options", responses=UNAUTHORIZED)
-    def models() -> dict[str, Any]:
+    async def models() -> dict[str, Any]:
         return {"models": model_infos()}
 
     @app.get("/healthz", tags=["operations"], response_model=Health,
              summary="Broker reachable and workers online (503 otherwise)",
              responses={503: {"model": Health}})
-    def healthz() -> Response:
-        state = runs.health()
+    async def healthz() -> Response:
+        state = await runs.health()
         return JSONResponse(state, status_code=200 if state["status"] == "ok" else 503)
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics",

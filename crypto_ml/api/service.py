@@ -13,6 +13,7 @@ Runs go to one of two backends with one interface:
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import math
 import threading
@@ -196,64 +197,71 @@ class ForecastService:
 
 
 class Runs(Protocol):
-    """Where runs go: :class:`QueueRuns` (the cluster) or :class:`InProcessRuns`."""
+    """Where the API's runs go; every method runs on the server's event loop."""
 
-    def submit(self, requests: Sequence[ForecastRequest]) -> Run: ...
+    async def submit(self, requests: Sequence[ForecastRequest], listen: bool = True) -> Run: ...
 
-    def wait(self, run: Run, timeout: float) -> RunState | None: ...
+    async def wait(self, run: Run, timeout: float) -> RunState | None: ...
 
-    def save(self, run: Run) -> None: ...
+    async def save(self, run: Run) -> None: ...
 
-    def discard(self, run: Run) -> None: ...
+    async def discard(self, run: Run) -> None: ...
 
-    def state(self, run_id: str) -> RunState | None: ...
+    async def state(self, run_id: str) -> RunState | None: ...
 
-    def health(self) -> dict[str, Any]: ...
+    async def health(self) -> dict[str, Any]: ...
 
     def queue_depth(self) -> dict[str, int]: ...
 
     def close(self) -> None: ...
+
+    async def aclose(self) -> None: ...
 
 
 class QueueRuns(RunQueue):
     """Runs on the cluster of ``app``, plus its health and queue depth."""
 
     def __init__(self, app: Celery, settings: Settings, expires: float = 3600.0) -> None:
-        super().__init__(app, settings.batch_size, expires, settings.result_expires,
-                         coalesce=settings.api_coalesce)
+        super().__init__(app, settings, expires)
+        #: the master, for a sentinel:// URL; read by /metrics (prometheus_client is blocking)
         self.broker = redis_client(settings.broker_url or "", settings.sentinel_master,
                                    settings.sentinel_password, socket_connect_timeout=2,
-                                   socket_timeout=2)  # the master, for a sentinel:// URL
+                                   socket_timeout=2)
         self._health: tuple[float, dict[str, Any]] | None = None
-        self._health_lock = threading.Lock()
 
-    def health(self) -> dict[str, Any]:
+    async def health(self) -> dict[str, Any]:
         """Broker reachable and workers answering a ping; cached for a few seconds."""
-        with self._health_lock:
-            if self._health and time.monotonic() - self._health[0] < HEALTH_CACHE_SECONDS:
-                return self._health[1]
-            try:
-                self.broker.ping()
-            except (redis.RedisError, OSError) as exc:
-                state = {"status": "unavailable", "broker": False, "workers": [],
-                         "detail": f"broker unreachable ({type(exc).__name__})"}
-            else:
-                detail: str | None = None
-                try:
-                    replies = self.app.control.ping(timeout=0.5)
-                except Exception as exc:  # kombu's connection errors vary
-                    replies, detail = [], f"ping failed ({type(exc).__name__})"
-                else:
-                    detail = None if replies else "no worker answered a ping"
-                workers = sorted(name for reply in replies for name in reply)
-                state = {"status": "ok" if workers else "unavailable", "broker": True,
-                         "workers": workers, "detail": detail}
-            self._health = (time.monotonic(), state)
-            return state
+        if self._health and time.monotonic() - self._health[0] < HEALTH_CACHE_SECONDS:
+            return self._health[1]
+        try:
+            await asyncio.wait_for(self._loop().broker.ping(), 2)
+        except (redis.RedisError, OSError, TimeoutError) as exc:
+            state = {"status": "unavailable", "broker": False, "workers": [],
+                     "detail": f"broker unreachable ({type(exc).__name__})"}
+        else:
+            state = await asyncio.to_thread(self._ping_workers)
+        self._health = (time.monotonic(), state)
+        return state
+
+    def _ping_workers(self) -> dict[str, Any]:
+        """A control broadcast (kombu's blocking I/O, in a thread: once per cache period)."""
+        detail: str | None = None
+        try:
+            replies = self.app.control.ping(timeout=0.5)
+        except Exception as exc:  # kombu's connection errors vary
+            replies, detail = [], f"ping failed ({type(exc).__name__})"
+        else:
+            detail = None if replies else "no worker answered a ping"
+        workers = sorted(name for reply in replies for name in reply)
+        return {"status": "ok" if workers else "unavailable", "broker": True,
+                "workers": workers, "detail": detail}
 
     def queue_depth(self) -> dict[str, int]:
         depths = queue_depths(self.broker, [CPU_QUEUE, GPU_QUEUE])
         return {queue: d["total"] for queue, d in depths.items()}
+
+    def close(self) -> None:
+        self.broker.close()
 
 
 class InProcessRuns:
@@ -264,10 +272,9 @@ class InProcessRuns:
 
         self.store = store
         self._states: collections.OrderedDict[str, RunState] = collections.OrderedDict()
-        self._lock = threading.Lock()
         self.keep = keep
 
-    def submit(self, requests: Sequence[ForecastRequest]) -> Run:
+    async def submit(self, requests: Sequence[ForecastRequest], listen: bool = True) -> Run:
         run = Run(uuid.uuid4().hex, {}, math.inf)
         report = RunReport()
         for request in requests:
@@ -276,33 +283,33 @@ class InProcessRuns:
             except ITEM_ERRORS as exc:
                 failure = item_error(request.as_kwargs(), exc)
                 report.add_failure(request.coin, request.model, failure["error"])
-        with self._lock:
-            self._states[run.id] = final_state(run.id, report)
-            while len(self._states) > self.keep:
-                self._states.popitem(last=False)
+        self._states[run.id] = final_state(run.id, report)
+        while len(self._states) > self.keep:
+            self._states.popitem(last=False)
         return run
 
-    def wait(self, run: Run, timeout: float) -> RunState | None:
-        return self.state(run.id)
+    async def wait(self, run: Run, timeout: float) -> RunState | None:
+        return self._states.get(run.id)
 
-    def save(self, run: Run) -> None:
+    async def save(self, run: Run) -> None:
         pass
 
-    def discard(self, run: Run) -> None:
-        with self._lock:
-            self._states.pop(run.id, None)
+    async def discard(self, run: Run) -> None:
+        self._states.pop(run.id, None)
 
-    def state(self, run_id: str) -> RunState | None:
-        with self._lock:
-            return self._states.get(run_id)
+    async def state(self, run_id: str) -> RunState | None:
+        return self._states.get(run_id)
 
-    def health(self) -> dict[str, Any]:
+    async def health(self) -> dict[str, Any]:
         return {"status": "ok", "broker": False, "workers": ["in-process"], "detail": None}
 
     def queue_depth(self) -> dict[str, int]:
         return {}
 
     def close(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
         pass
 
 

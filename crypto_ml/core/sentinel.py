@@ -15,6 +15,8 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 import redis
+import redis.asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.sentinel import Sentinel
 
 from crypto_ml.core.errors import ConfigError
@@ -63,12 +65,29 @@ def redis_client(url: str, master: str, sentinel_password: str | None = None,
     """A client of the Redis behind ``url``: the current master for a sentinel URL."""
     if not is_sentinel(url):
         return redis.Redis.from_url(url, **kwargs)
+    hosts, sentinel_kwargs, master_kwargs = _sentinel_args(url, sentinel_password, kwargs)
+    return Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, **kwargs).master_for(
+        master, **master_kwargs)
+
+
+def async_redis_client(url: str, master: str, sentinel_password: str | None = None,
+                       **kwargs: Any) -> aioredis.Redis:
+    """:func:`redis_client` for asyncio code (the HTTP API): the same URLs, Sentinel too."""
+    if not is_sentinel(url):
+        return aioredis.Redis.from_url(url, **kwargs)
+    hosts, sentinel_kwargs, master_kwargs = _sentinel_args(url, sentinel_password, kwargs)
+    return AsyncSentinel(hosts, sentinel_kwargs=sentinel_kwargs, **kwargs).master_for(
+        master, **master_kwargs)
+
+
+def _sentinel_args(url: str, sentinel_password: str | None, kwargs: dict[str, Any]
+                   ) -> tuple[list[tuple[str, int]], dict[str, Any], dict[str, Any]]:
+    """The sentinels of ``url``, how to log in to them, and to the master they name."""
     hosts, password, db, username = parse(url)
     sentinel_kwargs = {k: v for k, v in kwargs.items() if k.startswith("socket_")}
     if sentinel_password:
         sentinel_kwargs["password"] = sentinel_password
-    sentinels = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, **kwargs)
-    return sentinels.master_for(master, username=username, password=password, db=db)
+    return hosts, sentinel_kwargs, {"username": username, "password": password, "db": db}
 
 
 #: ``sh -c`` script of the shipped Sentinel containers (docker-compose.sentinel.yml,

@@ -14,16 +14,19 @@ Each part keeps its own result id, where the worker stores that part's results,
 so callers share a message, never a result (see :class:`~crypto_ml.dispatch.runs.RunQueue`).
 A message that fails as a whole (its worker died too often, a time limit) stores
 its failure under its own id, which callers watch beside their part's.
+
+It runs on the API's event loop: callers await :meth:`Coalescer.submit`, one task sends.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
-import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,17 +38,16 @@ from crypto_ml.core.errors import BrokerUnavailable
 #: long backlog in the broker: then more messages join it there).
 SLOT_SECONDS = 10.0
 
-Publish = Callable[[str, dict[str, Any]], None]  # (message id, kwargs)
-Watch = Callable[[str, Callable[[str, "dict[str, Any] | None"], None], float], None]
+Publish = Callable[[str, dict[str, Any]], Awaitable[None]]  # (message id, kwargs)
+Watch = Callable[[str, Callable[[str, "dict[str, Any] | None"], None], float], Awaitable[None]]
 
 
 @dataclass
 class _Part:
     id: str
     items: list[dict[str, Any]]
-    sent: threading.Event = field(default_factory=threading.Event)
-    envelope: str | None = None
-    error: BaseException | None = None
+    sent: asyncio.Future[str] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 class Coalescer:
@@ -53,54 +55,61 @@ class Coalescer:
 
     ``publish(message_id, kwargs)`` sends a ``forecast_parts`` message; ``watch(message_id,
     callback, timeout)`` calls ``callback(message_id, meta)`` when its result is stored (meta
-    None after ``timeout`` s); ``forget(message_id)`` deletes a finished message's result.
+    None after ``timeout`` s); ``forget(message_id)`` deletes a finished message's result;
+    ``new_id()`` gives a message's id.
     """
 
-    def __init__(self, publish: Publish, watch: Watch, forget: Callable[[str], None],
-                 window: int = 4, max_items: int = 64, slot_seconds: float = SLOT_SECONDS) -> None:
+    def __init__(self, publish: Publish, watch: Watch,
+                 forget: Callable[[str], Awaitable[None]], window: int = 4,
+                 max_items: int = 64, slot_seconds: float = SLOT_SECONDS,
+                 new_id: Callable[[], str] = lambda: str(uuid.uuid4())) -> None:
         self.window, self.max_items, self.slot_seconds = window, max_items, slot_seconds
+        self.new_id = new_id
         self._publish, self._watch, self._forget = publish, watch, forget
-        self._cond = threading.Condition()
         self._pending: deque[_Part] = deque()
         self._in_flight: dict[str, float] = {}  # message id: when it was sent (monotonic)
+        self._wake: asyncio.Event | None = None
+        self._sender: asyncio.Task[None] | None = None
+        self._forgetting: set[asyncio.Task[None]] = set()
         self._closed = False
-        self.messages = self.parts = 0  # sent so far (tests and benchmarks read them)
-        self._thread = threading.Thread(target=self._loop, name="crypto-ml-coalesce", daemon=True)
-        self._thread.start()
+        self.messages = self.parts = 0  # sent so far (tests, benchmarks and /metrics read them)
 
-    def submit(self, part_id: str, items: list[dict[str, Any]]) -> str:
+    async def submit(self, part_id: str, items: list[dict[str, Any]]) -> str:
         """Queue one part; returns the id of the message that carries it once it is published,
         or raises BrokerUnavailable if that message could not be."""
+        if self._closed:
+            raise BrokerUnavailable("the API is stopping; nothing of this request was queued")
         part = _Part(part_id, items)
-        with self._cond:
-            if self._closed:
-                raise BrokerUnavailable("the API is stopping; nothing of this request was queued")
-            self._pending.append(part)
-            self._cond.notify_all()
-        part.sent.wait()
-        if isinstance(part.error, BrokerUnavailable):
-            raise part.error
-        if part.error is not None or part.envelope is None:
-            raise BrokerUnavailable(f"could not queue the forecasts ({type(part.error).__name__}: "
-                                    f"{part.error}); nothing of this request was queued")
-        return part.envelope
+        self._pending.append(part)
+        self._start().set()
+        return await part.sent
 
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-        self._thread.join(5)
+    async def close(self) -> None:
+        self._closed = True
+        if self._sender is not None:
+            self._sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sender
+        for part in self._pending:
+            if not part.sent.done():
+                part.sent.set_exception(BrokerUnavailable(
+                    "the API stopped before this request was queued"))
+        self._pending.clear()
 
     @property
     def in_flight(self) -> int:
-        with self._cond:
-            return self._live()
+        return self._live()
 
     @property
     def waiting(self) -> int:
         """Parts waiting for a message."""
-        with self._cond:
-            return len(self._pending)
+        return len(self._pending)
+
+    def _start(self) -> asyncio.Event:
+        if self._wake is None or self._sender is None:
+            self._wake = asyncio.Event()
+            self._sender = asyncio.create_task(self._loop(), name="crypto-ml-coalesce")
+        return self._wake
 
     def _live(self) -> int:
         cutoff = time.monotonic() - self.slot_seconds
@@ -128,44 +137,44 @@ class Coalescer:
             taken.append(self._pending.popleft())
         return taken
 
-    def _loop(self) -> None:
+    async def _loop(self) -> None:
+        wake = self._start()
         while True:
-            with self._cond:
-                while not self._closed and not self._ready():
-                    self._cond.wait(1.0 if self._pending else None)
-                if self._closed:
-                    for part in self._pending:
-                        part.error = BrokerUnavailable("the API stopped before this request "
-                                                       "was queued")
-                        part.sent.set()
-                    self._pending.clear()
-                    return
-                parts = self._take()
-                message_id = str(uuid.uuid4())
-                self._in_flight[message_id] = time.monotonic()
-            self._send(message_id, parts)
+            while not self._ready():
+                wake.clear()
+                with contextlib.suppress(TimeoutError):  # a slot also frees by its age
+                    await asyncio.wait_for(wake.wait(), 1.0 if self._pending else None)
+            parts = self._take()
+            message_id = self.new_id()
+            self._in_flight[message_id] = time.monotonic()
+            await self._send(message_id, parts)
 
-    def _send(self, message_id: str, parts: list[_Part]) -> None:
+    async def _send(self, message_id: str, parts: list[_Part]) -> None:
         try:
-            self._publish(message_id, {"parts": [{"id": p.id, "items": p.items} for p in parts]})
-            self._watch(message_id, self._finished, self.slot_seconds)
-        except Exception as exc:  # kombu and redis raise many connection errors
-            with self._cond:
-                self._in_flight.pop(message_id, None)
+            await self._watch(message_id, self._finished, self.slot_seconds)
+            await self._publish(message_id, {"parts": [{"id": p.id, "items": p.items}
+                                                       for p in parts]})
+        except Exception as exc:  # the broker's connection errors vary
+            self._in_flight.pop(message_id, None)
+            error = exc if isinstance(exc, BrokerUnavailable) else BrokerUnavailable(
+                f"could not queue the forecasts ({type(exc).__name__}: {exc}); nothing of "
+                "this request was queued")
             for part in parts:
-                part.error = exc
-                part.sent.set()
+                if not part.sent.done():
+                    part.sent.set_exception(error)
             return
-        with self._cond:
-            self.messages += 1
-            self.parts += len(parts)
+        self.messages += 1
+        self.parts += len(parts)
         for part in parts:
-            part.envelope = message_id
-            part.sent.set()
+            if not part.sent.done():
+                part.sent.set_result(message_id)
 
     def _finished(self, message_id: str, meta: dict[str, Any] | None) -> None:
-        with self._cond:
-            self._in_flight.pop(message_id, None)
-            self._cond.notify_all()
+        self._in_flight.pop(message_id, None)
+        if self._wake is not None:
+            self._wake.set()
         if meta is not None and meta.get("status") == states.SUCCESS:
-            self._forget(message_id)  # a failure stays: its callers read its reason
+            # a failure stays: its callers read its reason
+            task = asyncio.ensure_future(self._forget(message_id))
+            self._forgetting.add(task)
+            task.add_done_callback(self._forgetting.discard)

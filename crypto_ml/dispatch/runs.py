@@ -1,15 +1,15 @@
-"""Runs submitted now and read later: the non-blocking side of dispatch.
+"""Runs submitted now and read later: the non-blocking side of dispatch, on asyncio.
 
-:class:`RunQueue` publishes a run's forecasts exactly as the manager does (same
-tasks, same queues, :func:`~crypto_ml.dispatch.planning.plan_messages` batching) and
-returns at once with a run id (publishing and freeing results as the
-:mod:`~crypto_ml.dispatch.engine` does). The caller then either waits a bounded time for
-it (:meth:`RunQueue.wait`, served by one
-:class:`~crypto_ml.dispatch.waiting.ResultWatcher` thread that reads every pending
-result of the process in one ``MGET`` per tick), or saves it
-(:meth:`RunQueue.save`) and reads its state later, from any process that shares
-the result backend (:meth:`RunQueue.state`), which is how several API replicas
-answer for each other's runs.
+:class:`RunQueue` publishes a run's forecasts as the manager does (same tasks, same
+queues, :func:`~crypto_ml.dispatch.planning.plan_messages` batching, messages the workers
+cannot tell apart: :mod:`~crypto_ml.dispatch.envelope`) and returns at once with a run id.
+Everything it does is a coroutine of the caller's event loop (the HTTP API's) on
+:mod:`redis.asyncio`: one ``LPUSH`` per message, results awaited on pub/sub
+(:class:`~crypto_ml.dispatch.async_results.ResultHub`, subscribed before the messages are
+sent), no thread per request. The caller then either waits a bounded time for the run
+(:meth:`RunQueue.wait`), or saves it (:meth:`RunQueue.save`) and reads its state later,
+from any process that shares the result backend (:meth:`RunQueue.state`), which is how
+several API replicas answer for each other's runs.
 
 With a :class:`~crypto_ml.dispatch.coalesce.Coalescer` (the API's), a run's cheap
 forecasts are one *part* of a message that concurrent runs share: the part has its
@@ -20,7 +20,8 @@ Redis layout (the result backend): ``crypto_ml:run:<id>`` holds a saved run as
 JSON, ``{"tasks": {task_id: [[coin, model], ...]}, "carriers": {part id: message id},
 "deadline": unix time}`` while
 it is pending and ``{"final": {"status", "results", "failed"}}`` once every
-forecast has finished; then the task results it was built from are deleted.
+forecast has finished (whether it was answered at once or later: every id the API gives
+can be read until it expires); then the task results it was built from are deleted.
 Both expire with the results (``CRYPTO_ML_RESULT_EXPIRES``).
 
 Nothing is half-queued: if publishing any message of a run fails, the messages
@@ -30,30 +31,36 @@ is raised; the caller reports the run as never accepted.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis.asyncio as aioredis
 from celery import Celery, states
 
 from crypto_ml.core.errors import BrokerUnavailable
+from crypto_ml.core.sentinel import async_redis_client
+from crypto_ml.core.settings import Settings
+from crypto_ml.dispatch.async_results import ResultHub, Waiter
 from crypto_ml.dispatch.coalesce import Coalescer
-from crypto_ml.dispatch.engine import forget, forget_keys, publish
+from crypto_ml.dispatch.engine import forget_keys
+from crypto_ml.dispatch.envelope import task_envelope
+from crypto_ml.dispatch.pipelined import Pipelined
 from crypto_ml.dispatch.planning import plan_messages
 from crypto_ml.dispatch.report import RunReport, add_meta
-from crypto_ml.dispatch.waiting import ResultWatcher
 from crypto_ml.models import HEAVY
 from crypto_ml.worker.requests import PARTS_TASK_NAME, ForecastRequest
 
 log = logging.getLogger(__name__)
 
 RUN_PREFIX = "crypto_ml:run:"
+FORGET_SECONDS = 0.05
 Items = list[tuple[str, str]]
 
 
@@ -65,6 +72,7 @@ class Run:
     tasks: dict[str, Items]
     deadline: float  # unix time after which unfinished forecasts count as lost
     carriers: dict[str, str] = field(default_factory=dict)  # part id: id of its shared message
+    waiter: Waiter | None = None  # listening for its results (submitted to be waited for)
 
 
 @dataclass
@@ -77,6 +85,7 @@ class RunState:
     results: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     failed: dict[str, dict[str, str]] = field(default_factory=dict)
     fresh: bool = False  # this call saw the run finish (count it once)
+    _encoded: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def finished(self) -> bool:
@@ -85,6 +94,14 @@ class RunState:
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "status": self.status, "results": self.results,
                 "failed": self.failed}
+
+    def encoded(self) -> bytes:
+        """:meth:`to_json` as compact JSON (strict: no NaN), made once: the API answers it and
+        keeps it under the run's id."""
+        if self._encoded is None:
+            self._encoded = json.dumps(self.to_json(), ensure_ascii=False, allow_nan=False,
+                                       separators=(",", ":")).encode()
+        return self._encoded
 
 
 def final_state(run_id: str, report: RunReport) -> RunState:
@@ -95,150 +112,211 @@ def final_state(run_id: str, report: RunReport) -> RunState:
 class RunQueue:
     """Submit runs to ``app``'s workers; wait for them, or save them and read their state later.
 
-    ``expires``: seconds a queued task stays valid (a dead submitter's work is then
-    discarded by the workers); ``record_ttl``: seconds a saved run is kept; ``coalesce``:
-    messages of shared parts in flight before parts wait to share one (0: a run's cheap
-    forecasts go in messages of their own, as the manager sends them).
+    ``settings`` name the broker and result backend (Sentinel URLs too) and hold the batch
+    size, how long a saved run is kept (``result_expires``) and the coalescing window
+    (``api_coalesce``; 0: a run's cheap forecasts go in messages of their own, as the
+    manager sends them); ``expires``: seconds a queued task stays valid (a dead
+    submitter's work is then discarded by the workers).
+
+    Its connections belong to the event loop that first uses them (one per process in a
+    server; a test client may bring another, which then gets its own).
     """
 
-    def __init__(self, app: Celery, batch_size: int = 64, expires: float = 3600.0,
-                 record_ttl: int = 86400, coalesce: int = 0) -> None:
-        self.app = app
-        self.batch_size = batch_size
-        self.expires = expires
-        self.record_ttl = record_ttl
-        self._watcher: ResultWatcher | None = None
-        self._watcher_lock = threading.Lock()
-        self.coalescer = Coalescer(self._publish_parts, self.watcher().watch, self._forget_one,
-                                   window=coalesce, max_items=batch_size) if coalesce else None
+    def __init__(self, app: Celery, settings: Settings, expires: float = 3600.0,
+                 coalesce: int | None = None) -> None:
+        self.app, self.settings, self.expires = app, settings, expires
+        self.batch_size = settings.batch_size
+        self.record_ttl = settings.result_expires
+        self.coalesce = settings.api_coalesce if coalesce is None else coalesce
+        self._on: _OnLoop | None = None
+
+    def _loop(self) -> _OnLoop:
+        loop = asyncio.get_running_loop()
+        if self._on is None or self._on.loop is not loop:
+            self._on = _OnLoop(loop, self.app, self.settings, self._publish, self.coalesce,
+                               self.batch_size)
+        return self._on
 
     @property
-    def client(self) -> Any:
-        return self.app.backend.client
+    def coalescer(self) -> Coalescer | None:
+        return self._on.coalescer if self._on is not None else None
 
-    def _send(self, task: str, kwargs: dict[str, Any], task_id: str) -> None:
-        publish(self.app, task, kwargs, task_id, self.expires)
+    def coalesced(self) -> tuple[int, int]:
+        """Shared messages sent so far, and the parts they carried (for /metrics)."""
+        coalescer = self.coalescer
+        return (coalescer.messages, coalescer.parts) if coalescer is not None else (0, 0)
 
-    def _publish_parts(self, message_id: str, kwargs: dict[str, Any]) -> None:
-        self._send(PARTS_TASK_NAME, kwargs, message_id)
+    async def _publish(self, task: str, kwargs: dict[str, Any], task_id: str) -> None:
+        queue, envelope = task_envelope(self.app, task, kwargs, task_id, self.expires)
+        await self._loop().broker.lpush(queue, envelope)  # type: ignore[misc]
 
-    def submit(self, requests: Sequence[ForecastRequest]) -> Run:
-        """Publish every forecast of ``requests``; all of them or none (BrokerUnavailable)."""
-        shared = [r for r in requests if r.model not in HEAVY] if self.coalescer else []
+    async def submit(self, requests: Sequence[ForecastRequest], listen: bool = True) -> Run:
+        """Publish every forecast of ``requests``; all of them or none (BrokerUnavailable).
+        ``listen``: listen for the results from before they can arrive (to :meth:`wait`)."""
+        on = self._loop()
+        shared = [r for r in requests if r.model not in HEAVY] if on.coalescer else []
         if len(shared) > self.batch_size:  # a large run fills messages of its own
             shared = []
         own = [r for r in requests if r.model in HEAVY] if shared else list(requests)
         # one message for a small run: an API request's forecasts cost one round trip; many
         # concurrent requests, not one request's parts, keep the workers busy
-        messages = plan_messages(own, self.batch_size, min_messages=1)
-        run = Run(uuid.uuid4().hex, {}, time.time() + self.expires)
+        new_id = on.hub.new_id
+        messages = [(new_id(), m) for m in plan_messages(own, self.batch_size, min_messages=1)]
+        part_id = new_id() if shared else None
+        run = Run(uuid.uuid4().hex, {t: m.items for t, m in messages}, time.time() + self.expires)
+        if part_id:
+            run.tasks[part_id] = [(r.coin, r.model) for r in shared]
+        if listen:
+            run.waiter = await on.hub.expect(list(run.tasks))
         try:
-            for message in messages:
-                task_id = str(uuid.uuid4())
-                self._send(message.task, message.kwargs, task_id)
-                run.tasks[task_id] = message.items
-            if shared and self.coalescer is not None:
-                part_id = str(uuid.uuid4())
-                run.carriers[part_id] = self.coalescer.submit(part_id, [r.as_kwargs() for r in shared])
-                run.tasks[part_id] = [(r.coin, r.model) for r in shared]
-        except Exception as exc:  # kombu and redis raise many connection errors
-            self.discard(run)
+            for task_id, message in messages:
+                await self._publish(message.task, message.kwargs, task_id)
+            if part_id and on.coalescer is not None:
+                carrier = await on.coalescer.submit(part_id, [r.as_kwargs() for r in shared])
+                run.carriers[part_id] = carrier
+                if run.waiter is not None:
+                    await on.hub.carry(run.waiter, run.carriers)
+        except Exception as exc:  # redis raises many connection errors
+            await self.discard(run)
             if isinstance(exc, BrokerUnavailable):
                 raise
             raise BrokerUnavailable(f"could not queue the forecasts ({type(exc).__name__}: "
                                     f"{exc}); nothing of this request was queued") from None
         return run
 
-    def discard(self, run: Run) -> None:
+    async def discard(self, run: Run) -> None:
         """Revoke a run's tasks and delete their results (best effort: the broker may be down)."""
+        if run.waiter is not None:
+            await self._loop().hub.forget(run.waiter)
         if not run.tasks:
             return
+        with contextlib.suppress(Exception):  # a control broadcast: kombu's blocking I/O
+            await asyncio.to_thread(self.app.control.revoke, list(run.tasks))
         with contextlib.suppress(Exception):
-            self.app.control.revoke(list(run.tasks))
-        with contextlib.suppress(Exception):
-            self._forget(list(run.tasks))
+            await self._loop().backend.delete(*forget_keys(self.app, list(run.tasks)))
 
-    def _forget_one(self, task_id: str) -> None:
-        self._forget([task_id])
-
-    def _forget(self, task_ids: list[str]) -> None:
-        forget(self.app, task_ids)
-
-    def watcher(self) -> ResultWatcher:
-        with self._watcher_lock:
-            if self._watcher is None:
-                self._watcher = ResultWatcher(self.app)
-            return self._watcher
-
-    def wait(self, run: Run, timeout: float) -> RunState | None:
+    async def wait(self, run: Run, timeout: float) -> RunState | None:
         """The run's final state if it finishes within ``timeout`` s (kept under the run's id;
         its task results are then deleted from the backend), else None."""
-        metas = self.watcher().wait(list(run.tasks), timeout, run.carriers) if timeout > 0 else {}
+        if run.waiter is None:
+            return None
+        metas = await self._loop().hub.collect(run.waiter, timeout)
+        run.waiter = None
         if len(metas) < len(run.tasks):
             return None
         report = RunReport()
         for task_id, items in run.tasks.items():
             add_meta(report, items, metas[task_id])
         state = final_state(run.id, report)
-        self._finish(state, list(run.tasks))
+        await self._finish(state, list(run.tasks))
         return state
 
-    def save(self, run: Run) -> None:
+    async def save(self, run: Run) -> None:
         """Keep the run in the backend so that :meth:`state` can answer for it from anywhere."""
         record = {"tasks": {t: [list(i) for i in items] for t, items in run.tasks.items()},
                   "carriers": run.carriers, "deadline": run.deadline}
-        self.client.set(RUN_PREFIX + run.id, json.dumps(record), ex=self.record_ttl)
+        await self._loop().backend.set(RUN_PREFIX + run.id, json.dumps(record),
+                                       ex=self.record_ttl)
 
-    def state(self, run_id: str) -> RunState | None:
+    async def state(self, run_id: str) -> RunState | None:
         """A saved run's state now, or None for an unknown (or expired) id."""
-        raw = self.client.get(RUN_PREFIX + run_id)
+        backend = self._loop().backend
+        raw = await backend.get(RUN_PREFIX + run_id)
         if raw is None:
             return None
         record = json.loads(raw)
         if "final" in record:
-            return RunState(run_id, **record["final"])
+            final = record["final"]
+            return RunState(run_id, final["status"], final["results"], final["failed"])
         tasks = {t: [(c, m) for c, m in items] for t, items in record["tasks"].items()}
         carriers: dict[str, str] = record.get("carriers", {})
-        backend = self.app.backend
-        ids = list(tasks)
-        watched = ids + sorted(set(carriers.values()))
-        raws = self.client.mget([backend.get_key_for_task(t) for t in watched])
-        metas = {t: backend.decode_result(r) for t, r in zip(watched, raws, strict=True) if r}
-        ready = {t: m for t, m in metas.items() if m["status"] in states.READY_STATES}
-        for part, carrier in carriers.items():  # a message that failed as a whole ends its parts
-            if part not in ready and ready.get(carrier, {}).get("status", states.SUCCESS) \
-                    != states.SUCCESS:
-                ready[part] = ready[carrier]
-        ready = {t: m for t, m in ready.items() if t in tasks}
-        lost = time.time() > record["deadline"]
-        report = RunReport()
-        for task_id, items in tasks.items():
-            if task_id in ready:
-                add_meta(report, items, ready[task_id])
-        if len(ready) < len(tasks) and not lost:  # partial results so far
-            started = ready or any(m["status"] == states.STARTED for m in metas.values())
-            return RunState(run_id, "running" if started else "queued", report.results,
-                            report.failed)
-        for task_id, items in tasks.items():
-            if task_id not in ready:
-                for coin, model in items:
-                    report.add_failure(coin, model, "no result before the task expired")
-        state = final_state(run_id, report)
-        state.fresh = True
-        self._finish(state, ids)
+        watched = list(tasks) + sorted(set(carriers.values()))
+        raws = await backend.mget([self.app.backend.get_key_for_task(t) for t in watched])
+        metas = {t: self.app.backend.decode_result(r)
+                 for t, r in zip(watched, raws, strict=True) if r}
+        state = saved_state(run_id, tasks, carriers, metas, time.time() > record["deadline"])
+        if state.finished:
+            await self._finish(state, list(tasks))
         return state
 
-    def _finish(self, state: RunState, task_ids: list[str]) -> None:
+    async def _finish(self, state: RunState, task_ids: list[str]) -> None:
         """Keep a finished run's answer (its id can be read until it expires, however it was
         answered) and delete the task results it was built from, in one round trip."""
-        final = {"status": state.status, "results": state.results, "failed": state.failed}
-        pipe = self.client.pipeline(transaction=False)
-        pipe.set(RUN_PREFIX + state.id, json.dumps({"final": final}), ex=self.record_ttl)
-        pipe.delete(*forget_keys(self.app, task_ids))
-        pipe.execute()
+        record = b'{"final":' + state.encoded() + b"}"
+        await self._loop().writes.run(("set", (RUN_PREFIX + state.id, record),
+                                       {"ex": self.record_ttl}),
+                                      ("delete", tuple(forget_keys(self.app, task_ids)), {}))
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
+        """Stop this loop's coalescer and result listener; close its connections."""
+        on, self._on = self._on, None
+        if on is not None:
+            await on.close()
+
+
+def saved_state(run_id: str, tasks: dict[str, Items], carriers: dict[str, str],
+                metas: dict[str, dict[str, Any]], lost: bool) -> RunState:
+    """Where a saved run stands, from the metas of its tasks and carriers stored so far
+    (``lost``: past its deadline, so what has not finished never will)."""
+    ready = {t: m for t, m in metas.items() if m["status"] in states.READY_STATES}
+    for part, carrier in carriers.items():  # a message that failed as a whole ends its parts
+        if part not in ready and ready.get(carrier, {}).get("status", states.SUCCESS) \
+                != states.SUCCESS:
+            ready[part] = ready[carrier]
+    ready = {t: m for t, m in ready.items() if t in tasks}
+    report = RunReport()
+    for task_id, items in tasks.items():
+        if task_id in ready:
+            add_meta(report, items, ready[task_id])
+    if len(ready) < len(tasks) and not lost:  # partial results so far
+        started = ready or any(m["status"] == states.STARTED for m in metas.values())
+        return RunState(run_id, "running" if started else "queued", report.results,
+                        report.failed)
+    for task_id, items in tasks.items():
+        if task_id not in ready:
+            for coin, model in items:
+                report.add_failure(coin, model, "no result before the task expired")
+    state = final_state(run_id, report)
+    state.fresh = True
+    return state
+
+
+class _OnLoop:
+    """A RunQueue's connections, result listener and coalescer on one event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, app: Celery, settings: Settings,
+                 publish: Any, coalesce: int, batch_size: int) -> None:
+        self.loop = loop
+        master, password = settings.sentinel_master, settings.sentinel_password
+        self.broker: aioredis.Redis = async_redis_client(settings.broker_url or "", master,
+                                                         password)
+        self.backend: aioredis.Redis = async_redis_client(
+            settings.backend_url or "", master, password)
+        self.writes = Pipelined(self.backend)
+        self.hub = ResultHub(self.backend, app.backend.get_key_for_task,
+                             app.backend.decode_result)
+        self.coalescer = Coalescer(
+            lambda message_id, kwargs: publish(PARTS_TASK_NAME, kwargs, message_id),
+            self.hub.watch, self._forget, window=coalesce, max_items=batch_size,
+            new_id=self.hub.new_id) if coalesce else None
+        self._app = app
+        self._forgetting: list[str] = []
+
+    async def _forget(self, task_id: str) -> None:
+        """Delete a shared message's own result, with those finishing in the next moment
+        (one ``DEL`` for many: the API finishes hundreds a second under load)."""
+        self._forgetting.append(task_id)
+        if len(self._forgetting) > 1:
+            return  # the first one's call deletes it
+        await asyncio.sleep(FORGET_SECONDS)
+        ids, self._forgetting = self._forgetting, []
+        with contextlib.suppress(Exception):  # best effort: results expire anyway
+            await self.backend.delete(*forget_keys(self._app, ids))
+
+    async def close(self) -> None:
         if self.coalescer is not None:
-            self.coalescer.close()
-        if self._watcher is not None:
-            self._watcher.close()
+            await self.coalescer.close()
+        await self.hub.close()
+        for client in (self.broker, self.backend):
+            with contextlib.suppress(Exception):
+                await client.aclose()

@@ -181,11 +181,32 @@ def forecast_parts(self: ForecastTask, parts: list[dict[str, Any]]) -> dict[str,
     so callers share a message, never a result. Returns the count per part."""
     checked = check_parts(parts, self.app.conf.get("crypto_ml_max_batch", 1000))
     worker = self.request.hostname or "unknown"
+    done = {}
     for part_id, items in checked:
-        results = run_batch(items, worker, len(items), self.parse, self.model_store)
-        self.backend.store_result(part_id, results, states.SUCCESS)
-        self.log_results(self.request.id, results)
+        done[part_id] = run_batch(items, worker, len(items), self.parse, self.model_store)
+        self.log_results(self.request.id, done[part_id])
+    store_successes(self.backend, done)
     return {"parts": {part_id: len(items) for part_id, items in checked}}
+
+
+def store_successes(backend: Any, results: dict[str, Any]) -> None:
+    """Store each task id's result as SUCCESS in one round trip: ``SET`` (with the results'
+    expiry) and ``PUBLISH``, as Celery's Redis backend stores one result, retried as it
+    retries a store. Unlike ``store_result`` it does not read each key first: a part is
+    computed once per message, and a redelivered message stores the same numbers."""
+    def store() -> None:
+        with backend.client.pipeline() as pipe:
+            for task_id, result in results.items():
+                key = backend.get_key_for_task(task_id)
+                value = backend.encode({"status": states.SUCCESS, "result": result,
+                                        "traceback": None, "children": [],
+                                        "date_done": backend.app.now().isoformat(),
+                                        "task_id": task_id})
+                pipe.set(key, value, ex=backend.expires or None)
+                pipe.publish(key, value)
+            pipe.execute()
+
+    backend.ensure(store, ())
 
 
 @shared_task(bind=True, base=ForecastTask, name=TABLE_TASK_NAME)

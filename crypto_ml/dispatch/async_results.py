@@ -1,0 +1,295 @@
+"""Task results awaited by an asyncio process (the HTTP API): one pub/sub connection.
+
+The result backend publishes every state it stores on the result key's channel.
+:class:`ResultHub` gives out task ids that all begin with one random prefix of its own
+(:meth:`ResultHub.new_id`, still UUIDs) and listens, on one :mod:`redis.asyncio` pub/sub
+connection read by one task, to the pattern of their keys: one ``PSUBSCRIBE`` when it
+connects, so awaiting a result costs no Redis command at all, and none can be published
+before its listener is there. Each waiter is woken by the message of its own result (an id
+given out elsewhere is subscribed to by name). Nothing polls: a sweep (one ``MGET`` of the
+awaited keys every few seconds while anything is awaited, and at once after a reconnect)
+finds a result whose message a lost connection took, as the command line's engine does
+(:mod:`crypto_ml.dispatch.engine`).
+
+A *part* of a shared message (:mod:`crypto_ml.dispatch.coalesce`) ends with its own
+result, or with its carrier's when the carrier failed as a whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+from celery import states
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+SWEEP_SECONDS = 2.0
+RECONNECT_PAUSE = 1.0
+CHUNK = 1000  # channels per SUBSCRIBE, keys per MGET
+Meta = dict[str, Any]
+Callback = Callable[[str, "Meta | None"], None]
+#: What a lost or refused connection raises (redis-py wraps most; the rest are the OS's).
+LOST = (RedisError, OSError)
+
+
+class ResultHub:
+    """Awaits task results for every coroutine of this process's event loop.
+
+    ``client``: the result backend; ``key_for(task_id)``: a result's key (its channel);
+    ``decode``: a stored result's bytes to its meta (Celery's backend does both).
+    """
+
+    def __init__(self, client: aioredis.Redis, key_for: Callable[[str], str | bytes],
+                 decode: Callable[[bytes], Meta], sweep_seconds: float = SWEEP_SECONDS) -> None:
+        self.client, self.decode, self.sweep_seconds = client, decode, sweep_seconds
+        self._key_for = key_for
+        self._listeners: dict[bytes, list[_Listener]] = {}
+        self._ids: dict[bytes, str] = {}
+        self._pubsub: Any = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()  # referenced until done
+        self.prefix = uuid.uuid4().hex[:8]
+        self._pattern = self.key(self.prefix + "-") + b"*"
+
+    def new_id(self) -> str:
+        """A task id (a UUID) whose result this hub hears without subscribing to it."""
+        return self.prefix + str(uuid.uuid4())[8:]
+
+    def _named(self, key: bytes) -> bool:
+        """Whether ``key`` needs a subscription of its own (its id is not one of ours)."""
+        return not key.startswith(self._pattern[:-1])
+
+    def key(self, task_id: str) -> bytes:
+        key = self._key_for(task_id)
+        return key if isinstance(key, bytes) else key.encode()
+
+    async def expect(self, task_ids: Sequence[str]) -> Waiter:
+        """Listen for the results of ``task_ids`` from now on (before their messages are
+        sent, so none can be missed); :meth:`collect` them later."""
+        waiter = Waiter(task_ids)
+        await self._add(waiter, waiter.watched)
+        return waiter
+
+    async def carry(self, waiter: Waiter, carriers: Mapping[str, str]) -> None:
+        """``carriers``: a part's id to its shared message's, whose failure ends the part."""
+        await self._add(waiter, waiter.carried_by(carriers))
+
+    async def collect(self, waiter: Waiter, timeout: float) -> dict[str, Meta]:
+        """Metas of the waiter's tasks that finished within ``timeout`` seconds; it then stops
+        listening."""
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter.done.wait(), timeout)
+        finally:
+            await self.forget(waiter)
+        return dict(waiter.metas)
+
+    async def forget(self, waiter: Waiter) -> None:
+        """Stop listening for what ``waiter`` awaits (a run answered later, from its record)."""
+        await self._remove(waiter)
+
+    async def watch(self, task_id: str, callback: Callback, timeout: float) -> None:
+        """``callback(task_id, meta)`` once the task finishes; ``meta`` None after ``timeout``."""
+        watch = _Watch(task_id, callback)
+        await self._add(watch, watch.watched)
+        watch.timer = asyncio.get_running_loop().call_later(timeout, self._expire, watch)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, *LOST):
+                await task
+        self._tasks = []
+        await self._drop()
+
+    # -- listeners -----------------------------------------------------------------------
+
+    async def _add(self, listener: _Listener, task_ids: Iterable[str]) -> None:
+        if not self._tasks:
+            self._tasks = [asyncio.create_task(self._read(), name="crypto-ml-results"),
+                           asyncio.create_task(self._sweeps(), name="crypto-ml-sweeps")]
+        new = []
+        for task_id in task_ids:
+            key = self.key(task_id)
+            if key not in self._listeners:
+                new.append(key)
+                self._ids[key] = task_id
+            self._listeners.setdefault(key, []).append(listener)
+        new = [key for key in new if self._named(key)]
+        if new and self._pubsub is not None:
+            try:
+                await self._pubsub.subscribe(*new)
+            except LOST as exc:  # the reader reconnects, subscribes again and sweeps
+                log.debug("could not subscribe (%s); the next sweep reads them", exc)
+
+    async def _remove(self, listener: _Listener) -> None:
+        gone = []
+        for task_id in listener.watched:
+            key = self.key(task_id)
+            waiting = self._listeners.get(key, [])
+            if listener in waiting:
+                waiting.remove(listener)
+            if not waiting and self._listeners.pop(key, None) is not None:
+                self._ids.pop(key, None)
+                gone.append(key)
+        await self._unsubscribe(gone)
+
+    async def _unsubscribe(self, keys: list[bytes]) -> None:
+        keys = [key for key in keys if self._named(key)]
+        if keys and self._pubsub is not None:
+            with contextlib.suppress(*LOST):
+                await self._pubsub.unsubscribe(*keys)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _expire(self, watch: _Watch) -> None:
+        """A watch's time is up: call it back with None (unless its result came first)."""
+        if watch.ended:
+            return
+        key = self.key(watch.task_id)
+        waiting = self._listeners.get(key, [])
+        if watch in waiting:
+            waiting.remove(watch)
+        if not waiting:
+            self._listeners.pop(key, None)
+            self._ids.pop(key, None)
+            if self._named(key):
+                self._spawn(self._unsubscribe([key]))
+        watch.deliver(watch.task_id, None)
+
+    def _arrived(self, key: bytes, raw: bytes) -> None:
+        if key not in self._listeners:
+            return
+        meta = self.decode(raw)
+        if meta.get("status") not in states.READY_STATES:
+            return  # STARTED and the like
+        listeners = self._listeners.pop(key)
+        task_id = self._ids.pop(key)
+        if self._named(key):
+            self._spawn(self._unsubscribe([key]))
+        for listener in listeners:
+            listener.deliver(task_id, meta)
+
+    # -- the connection ------------------------------------------------------------------
+
+    async def _read(self) -> None:
+        while True:
+            try:
+                if self._pubsub is None:
+                    await self._connect()
+                message = await self._pubsub.get_message(ignore_subscribe_messages=True,
+                                                          timeout=None)
+            except LOST as exc:
+                log.warning("result backend lost (%s); subscribing again", type(exc).__name__)
+                await self._drop()
+                await asyncio.sleep(RECONNECT_PAUSE)
+                continue
+            if message and message.get("type") in ("message", "pmessage"):
+                channel = message["channel"]
+                self._arrived(channel if isinstance(channel, bytes) else channel.encode(),
+                              message["data"])
+
+    async def _connect(self) -> None:
+        pubsub = self.client.pubsub()
+        await pubsub.psubscribe(self._pattern)
+        self._pubsub = pubsub
+        keys = [key for key in self._listeners if self._named(key)]
+        for i in range(0, len(keys), CHUNK):
+            await pubsub.subscribe(*keys[i : i + CHUNK])
+        if keys:  # what was stored while the connection was away
+            self._spawn(self._sweep())
+
+    async def _drop(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            with contextlib.suppress(*LOST):
+                await pubsub.aclose()
+
+    async def _sweeps(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_seconds)
+            await self._sweep()
+
+    async def _sweep(self) -> None:
+        keys = list(self._listeners)
+        for i in range(0, len(keys), CHUNK):
+            chunk = keys[i : i + CHUNK]
+            try:
+                values = await self.client.mget(chunk)
+            except LOST as exc:
+                log.debug("sweep: cannot read results (%s)", exc)
+                return
+            for key, raw in zip(chunk, values, strict=True):
+                if raw is not None:
+                    self._arrived(key, raw)
+
+
+class _Listener(Protocol):
+    watched: set[str]
+
+    def deliver(self, task_id: str, meta: Meta | None) -> None: ...
+
+
+class _Watch:
+    def __init__(self, task_id: str, callback: Callback) -> None:
+        self.task_id, self.callback = task_id, callback
+        self.watched = {task_id}
+        self.timer: asyncio.TimerHandle | None = None
+        self.ended = False
+
+    def deliver(self, task_id: str, meta: Meta | None) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        if self.timer is not None:
+            self.timer.cancel()
+        self.callback(task_id, meta)
+
+
+class Waiter:
+    """Results of ``task_ids``; a part also ends when its carrier message fails as a whole."""
+
+    def __init__(self, task_ids: Iterable[str]) -> None:
+        self.missing = set(task_ids)
+        self.parts_of: dict[str, set[str]] = {}
+        self.watched = set(self.missing)
+        self.metas: dict[str, Meta] = {}
+        self.done = asyncio.Event()
+        if not self.missing:
+            self.done.set()
+
+    def carried_by(self, carriers: Mapping[str, str]) -> set[str]:
+        """Watch the carriers of the parts of ``carriers`` too; returns the new ids."""
+        new = set()
+        for part, carrier in carriers.items():
+            if part in self.missing:
+                self.parts_of.setdefault(carrier, set()).add(part)
+                new.add(carrier)
+        new -= self.watched
+        self.watched |= new
+        return new
+
+    def deliver(self, task_id: str, meta: Meta | None) -> None:
+        if meta is None:
+            return
+        if task_id in self.parts_of:  # a carrier: its parts' own results tell, unless
+            parts = self.parts_of.pop(task_id)  # it failed before storing them
+            ended = set() if meta["status"] == states.SUCCESS else parts & self.missing
+        else:
+            ended = {task_id} & self.missing
+        for part in ended:
+            self.metas[part] = meta
+        self.missing -= ended
+        if not self.missing:
+            self.done.set()
