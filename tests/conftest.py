@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from leftovers import mark_session, reap
+from s3_support import s3_endpoint  # noqa: F401 - a fixture for every module that needs S3
 from sample_data import make_price_data
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -263,10 +263,13 @@ def create_app(settings: Settings, runs: Runs,
               responses={**UNAUTHORIZED,
                          422: {"model": Unprocessable,
                                "description": "the body or the table is invalid; named"},
-                         503: {"model": Problem, "description": "no cluster"}})
+                         503: {"model": Problem,
+                               "description": "no cluster, or an s3:// input unreachable"}})
     def post_job(body: JobBody) -> Response:
         try:
             job = cluster_jobs().submit(body)
+        except DataNotFound:  # S3 unreachable: 503, try again
+            raise
         except ConfigError as exc:  # a bad path, table or model: the caller's to fix
             raise Invalid([{"loc": ["body"], "msg": str(exc), "type": "value_error"}]) from None
         url = f"/v1/jobs/{job.id}"

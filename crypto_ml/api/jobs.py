@@ -41,6 +41,7 @@ from crypto_ml.dispatch.table_run import TablePlan, default_in_flight, run_table
 from crypto_ml.models import DEFAULT_HORIZON, DEFAULT_MODEL, parse_models
 from crypto_ml.models.intervals import DEFAULT_LEVELS
 
+from .inputs import S3, discard_copy, local_input, s3_input
 from .job_store import JobStore, replica_id, status_of, stopped_error
 from .schemas import Levels, Whole
 
@@ -59,8 +60,10 @@ class JobBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    input: str = Field(min_length=1, description="a Parquet file, a folder of them or a CSV, "
-                       "relative to the server's data directory (CRYPTO_ML_DATA_DIR)")
+    input: str = Field(min_length=1, description="a Parquet file, a folder of them or a CSV: "
+                       "a path relative to the server's data directory (CRYPTO_ML_DATA_DIR), "
+                       "or s3://BUCKET/KEY (an object, or a prefix holding a dataset) read "
+                       "with the server's S3 credentials")
     model: str | list[str] = Field(DEFAULT_MODEL, description="a model name, a comma list or a list")
     horizon: Whole = Field(DEFAULT_HORIZON, ge=1, description="steps to forecast per series")
     levels: Levels = Field(list(DEFAULT_LEVELS),
@@ -153,21 +156,27 @@ class Jobs:
         if body.horizon > self.settings.max_horizon:
             raise ConfigError(f"horizon must be at most {self.settings.max_horizon} "
                               f"(CRYPTO_ML_MAX_HORIZON), got {body.horizon}")
-        path = self._readable(body.input)
+        job_id = uuid.uuid4().hex
+        folder = self.settings.api_jobs_dir
+        copy = folder / "inputs" / job_id  # an s3:// input's local copy, deleted at the end
         try:
+            path = (s3_input(body.input, copy) if body.input.startswith(S3)
+                    else local_input(body.input, self.settings.data_dir))
             source = TableSource(path, Columns(body.id_col, body.time_col, body.value_col))
             info = source.check()
         except (OSError, ValueError, pa.ArrowException) as exc:  # InvalidTable is not these
+            discard_copy(copy)
             raise ConfigError(f"cannot read input {body.input[:200]!r} as a long table "
                               f"({type(exc).__name__}: {str(exc)[:300]})") from None
+        except CryptoMLError:
+            discard_copy(copy)
+            raise
         plan = TablePlan.of(models, body.horizon, body.levels, body.max_points)
-        folder = self.settings.api_jobs_dir
         folder.mkdir(parents=True, exist_ok=True)
-        job_id = uuid.uuid4().hex
         job = Job(job_id, folder / f"{job_id}.parquet", info.series)
         output = TableOutput(job.output, plan.describe(source))
         self.store.write(job.record(self.replica, self.stale_after))  # before any reader asks
-        thread = threading.Thread(target=self._run, args=(job, source, output, plan),
+        thread = threading.Thread(target=self._run, args=(job, source, output, plan, copy),
                                   daemon=True, name=f"job-{job.id[:8]}")
         with self._lock:
             self._jobs[job.id] = (job, thread)
@@ -175,22 +184,8 @@ class Jobs:
         thread.start()
         return job
 
-    def _readable(self, given: str) -> Path:
-        """``given`` inside the data directory, or ConfigError: the server reads nothing else."""
-        root = self.settings.data_dir.resolve()
-        try:
-            path = (root / given).resolve()
-            found = path.exists()
-        except (OSError, ValueError) as exc:  # a NUL byte, a name too long...
-            raise ConfigError(f"input {given[:200]!r} is not a usable path ({exc})") from None
-        if not path.is_relative_to(root):
-            raise ConfigError(f"input {given[:200]!r} is outside the server's data directory; "
-                              "give a path relative to it (CRYPTO_ML_DATA_DIR)")
-        if not found:
-            raise ConfigError(f"no input {given[:200]!r} in the server's data directory")
-        return path
-
-    def _run(self, job: Job, source: TableSource, output: TableOutput, plan: TablePlan) -> None:
+    def _run(self, job: Job, source: TableSource, output: TableOutput, plan: TablePlan,
+             copy: Path) -> None:
         try:
             summary = run_table(self.app, source, output, plan, job.progress, log.info,
                                 job.check_cancel, JOB_TIMEOUT,
@@ -214,6 +209,7 @@ class Jobs:
             else:
                 job.status = "done"
         job.finished = time.time()
+        discard_copy(copy)
         self._settle(job)
 
     def _settle(self, job: Job) -> None:

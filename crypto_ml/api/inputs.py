@@ -1,0 +1,93 @@
+"""Where a table job's input comes from: a path inside the server's data directory, or an
+``s3://BUCKET/KEY`` object (or ``KEY/`` prefix: a Parquet dataset, hive partitions kept)
+reached with the model store's S3 client and credentials (boto3's chain: ``AWS_*``,
+``AWS_ENDPOINT_URL_S3`` for MinIO and the like).
+
+An S3 input is copied into the job's own folder first, before the table is checked (so a
+bad table still gets its 422 before anything is queued), and read from there as a local
+table; the copy is deleted when the job ends. It needs that much free disk beside the jobs'
+outputs (``CRYPTO_ML_API_JOBS_DIR``).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from crypto_ml.core.errors import ConfigError, DataNotFound
+from crypto_ml.worker.model_store import s3_client
+
+S3 = "s3://"
+
+
+def local_input(given: str, root: Path) -> Path:
+    """``given`` inside ``root`` (the data directory), or ConfigError: nothing else is read."""
+    root = root.resolve()
+    try:
+        path = (root / given).resolve()
+        found = path.exists()
+    except (OSError, ValueError) as exc:  # a NUL byte, a name too long...
+        raise ConfigError(f"input {given[:200]!r} is not a usable path ({exc})") from None
+    if not path.is_relative_to(root):
+        raise ConfigError(f"input {given[:200]!r} is outside the server's data directory; "
+                          "give a path relative to it (CRYPTO_ML_DATA_DIR), or an s3:// URI")
+    if not found:
+        raise ConfigError(f"no input {given[:200]!r} in the server's data directory")
+    return path
+
+
+def s3_input(uri: str, folder: Path, client: Any = None) -> Path:
+    """Copy the object or dataset at ``uri`` into ``folder``; the local path to read."""
+    bucket, _, key = uri.removeprefix(S3).partition("/")
+    if not bucket or not key.strip("/"):
+        raise ConfigError(f"input {uri[:200]!r}: name a bucket and an object or prefix, "
+                          "s3://BUCKET/KEY")
+    client = client or s3_client()
+    keys = _listed(client, uri, bucket, key)
+    if keys == [key]:  # one object
+        return _fetch(client, uri, bucket, key, folder / PurePosixPath(key).name)
+    prefix = key.rstrip("/") + "/"
+    for name in keys:
+        relative = PurePosixPath(name[len(prefix):])
+        if ".." in relative.parts or relative.is_absolute():
+            raise ConfigError(f"input {uri[:200]!r} holds an unsafe object name {name[:200]!r}")
+        _fetch(client, uri, bucket, name, folder.joinpath(*relative.parts))
+    return folder
+
+
+def discard_copy(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _listed(client: Any, uri: str, bucket: str, key: str) -> list[str]:
+    """The object ``key``, or every object under the prefix ``key/``."""
+    prefix = key.rstrip("/") + "/"
+    found: list[str] = []
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
+            found += [o["Key"] for o in page.get("Contents", [])
+                      if o["Key"] == key or (o["Key"].startswith(prefix)
+                                             and not o["Key"].endswith("/"))]
+    except Exception as exc:  # botocore's errors: a missing bucket, a denial, no endpoint
+        raise _unreadable(uri, exc) from None
+    if not found:
+        raise ConfigError(f"no object or prefix {uri[:200]!r}")
+    return [key] if key in found else found
+
+
+def _fetch(client: Any, uri: str, bucket: str, key: str, target: Path) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        client.download_file(bucket, key, str(target))
+    except Exception as exc:  # botocore's errors
+        raise _unreadable(uri, exc) from None
+    return target
+
+
+def _unreadable(uri: str, exc: Exception) -> ConfigError:
+    code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+    if code:  # S3 answered: the caller's bucket, key or rights
+        return ConfigError(f"cannot read input {uri[:200]!r}: S3 says {code}")
+    return DataNotFound(f"cannot reach S3 for input {uri[:200]!r} ({type(exc).__name__}); "
+                        "check AWS_ENDPOINT_URL_S3 and the network, then POST again")
