@@ -4,9 +4,9 @@ A URL ``sentinel://[:PASSWORD@]HOST:PORT[/DB];sentinel://[:PASSWORD@]HOST2:PORT2
 lists the sentinels (not the master); the master is found by name
 (``CRYPTO_ML_SENTINEL_MASTER``, default ``mymaster``) and found again after a
 failover. kombu and Celery read that name from the transport options built here; the
-manager's broker check and the queue-depth exporter ask the sentinels with
-:func:`redis_client`. The password in the URL is the master's; sentinels that
-require their own set ``CRYPTO_ML_SENTINEL_PASSWORD``.
+manager's broker check, the queue-depth exporter and the HTTP API ask the sentinels with
+:func:`redis_client` (:func:`async_redis_client` on asyncio). The password in the URL is
+the master's; sentinels that require their own set ``CRYPTO_ML_SENTINEL_PASSWORD``.
 """
 
 from __future__ import annotations
@@ -63,31 +63,28 @@ def transport_options(url: str | None, master: str, password: str | None) -> dic
 def redis_client(url: str, master: str, sentinel_password: str | None = None,
                  **kwargs: Any) -> redis.Redis:
     """A client of the Redis behind ``url``: the current master for a sentinel URL."""
-    if not is_sentinel(url):
-        return redis.Redis.from_url(url, **kwargs)
-    hosts, sentinel_kwargs, master_kwargs = _sentinel_args(url, sentinel_password, kwargs)
-    return Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, **kwargs).master_for(
-        master, **master_kwargs)
+    client: redis.Redis = _client(redis.Redis, Sentinel, url, master, sentinel_password, kwargs)
+    return client
 
 
 def async_redis_client(url: str, master: str, sentinel_password: str | None = None,
                        **kwargs: Any) -> aioredis.Redis:
     """:func:`redis_client` for asyncio code (the HTTP API): the same URLs, Sentinel too."""
+    client: aioredis.Redis = _client(aioredis.Redis, AsyncSentinel, url, master,
+                                     sentinel_password, kwargs)
+    return client
+
+
+def _client(redis_class: Any, sentinel_class: Any, url: str, master: str,
+            sentinel_password: str | None, kwargs: dict[str, Any]) -> Any:
     if not is_sentinel(url):
-        return aioredis.Redis.from_url(url, **kwargs)
-    hosts, sentinel_kwargs, master_kwargs = _sentinel_args(url, sentinel_password, kwargs)
-    return AsyncSentinel(hosts, sentinel_kwargs=sentinel_kwargs, **kwargs).master_for(
-        master, **master_kwargs)
-
-
-def _sentinel_args(url: str, sentinel_password: str | None, kwargs: dict[str, Any]
-                   ) -> tuple[list[tuple[str, int]], dict[str, Any], dict[str, Any]]:
-    """The sentinels of ``url``, how to log in to them, and to the master they name."""
+        return redis_class.from_url(url, **kwargs)
     hosts, password, db, username = parse(url)
     sentinel_kwargs = {k: v for k, v in kwargs.items() if k.startswith("socket_")}
     if sentinel_password:
         sentinel_kwargs["password"] = sentinel_password
-    return hosts, sentinel_kwargs, {"username": username, "password": password, "db": db}
+    sentinels = sentinel_class(hosts, sentinel_kwargs=sentinel_kwargs, **kwargs)
+    return sentinels.master_for(master, username=username, password=password, db=db)
 
 
 #: ``sh -c`` script of the shipped Sentinel containers (docker-compose.sentinel.yml,
