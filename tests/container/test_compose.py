@@ -8,6 +8,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import time
 import urllib.error
 import urllib.request
@@ -15,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+import pytest
+from table_support import random_walks
 
 from crypto_ml.data_loader import CryptoLoader
 from crypto_ml.models import default_max_points
@@ -171,12 +175,18 @@ def api_call(path: str, key: str | None, body: dict[str, Any] | None = None
         return exc.code, exc.read().decode()
 
 
-def test_api_service_serves_forecasts_with_its_keys(stack: ds.Compose, data_dir: Path) -> None:
+def test_api_service_serves_forecasts_with_its_keys(stack: ds.Compose, data_dir: Path,
+                                                   tmp_path: Path) -> None:
     """``docker compose --profile api up -d api``: healthy, 401 without a key, forecasts of the
-    mounted data with one, and Prometheus metrics, all as the manager's Redis user."""
+    mounted data with one, a table job written to its volume, and Prometheus metrics, all as
+    the manager's Redis user."""
     key = secrets.token_hex(12)
-    stack.env["CRYPTO_ML_API_KEYS"] = key
-    stack("--profile", "api", "up", "-d", "--no-build", "api", timeout=300)
+    mounted = readable_copy(data_dir, tmp_path / "data")  # the real coins, and a long table
+    table = random_walks(500, 40, seed=2)
+    table.to_parquet(mounted / "walks.parquet", index=False)
+    (mounted / "walks.parquet").chmod(0o644)
+    stack.env.update(CRYPTO_ML_API_KEYS=key, CRYPTO_ML_DATA_HOST_DIR=str(mounted))
+    stack("--profile", "api", "up", "-d", "--no-build", "--no-deps", "api", timeout=300)
     try:
         [api] = stack.containers("api")
         ds.wait_healthy([api], timeout=240)  # its HEALTHCHECK: /healthz, broker and workers
@@ -188,7 +198,41 @@ def test_api_service_serves_forecasts_with_its_keys(stack: ds.Compose, data_dir:
         for coin in body["coins"]:
             result = answer["results"][coin]["linear"]
             assert len(result["forecast"]) == 5 and set(result["intervals"]) == {"80", "95"}
+        job_written_to_the_volume(stack, api, key, table)
         status, metrics = api_call("/metrics", None)
         assert status == 200 and 'crypto_ml_api_queue_depth{queue="cpu"}' in str(metrics)
     finally:
+        stack.env["CRYPTO_ML_DATA_HOST_DIR"] = str(data_dir)
         stack("--profile", "api", "rm", "-s", "-f", "api", check=False)
+
+
+def readable_copy(source: Path, target: Path) -> Path:
+    """The price files of ``source`` in ``target``, readable by the containers' user."""
+    target.mkdir(parents=True)
+    for path in source.glob("*.csv"):
+        shutil.copy(path, target / path.name)
+        (target / path.name).chmod(0o644)
+    for folder in (target, *target.parents[:2]):
+        folder.chmod(folder.stat().st_mode | 0o755)
+    return target
+
+
+def job_written_to_the_volume(stack: ds.Compose, api: str, key: str,
+                              table: pd.DataFrame) -> None:
+    """``POST /v1/jobs`` of a table in the mounted data: done, its Parquet on the volume."""
+    status, accepted = api_call("/v1/jobs", key, {"input": "walks.parquet", "model": "naive",
+                                                  "horizon": 3})
+    assert status == 202, accepted
+    assert isinstance(accepted, dict)
+    states: list[Any] = []
+    ds.wait_for(lambda: states.append(api_call(accepted["status_url"], key)[1]) or
+                states[-1]["status"] in ("done", "failed", "cancelled"), 120, "the job")
+    final = states[-1]
+    assert final["status"] == "done" and final["done"] == 500, final
+    assert final["output"] == f"/results/jobs/{accepted['id']}.parquet"
+    read = ("import pandas as p, sys; f = p.read_parquet(sys.argv[1]); "
+            "print(len(f), f.unique_id.nunique(), f.groupby('unique_id').naive.first().sum())")
+    out = ds.docker("exec", api, "python", "-c", read, final["output"]).stdout.split()
+    last = table.groupby("unique_id")["y"].last()
+    assert out[:2] == ["1500", "500"]  # 3 rows of each series; naive: each one's last value
+    assert float(out[2]) == pytest.approx(float(last.sum()), rel=1e-12)
