@@ -221,8 +221,9 @@ class Runs(Protocol):
 class QueueRuns(RunQueue):
     """Runs on the cluster of ``app``, plus its health and queue depth."""
 
-    def __init__(self, app: Celery, settings: Settings, expires: float = 3600.0) -> None:
-        super().__init__(app, settings, expires)
+    def __init__(self, app: Celery, settings: Settings, expires: float = 3600.0,
+                 coalesce: int | None = None) -> None:
+        super().__init__(app, settings, expires, coalesce)
         #: the master, for a sentinel:// URL; read by /metrics (prometheus_client is blocking)
         self.broker = redis_client(settings.broker_url or "", settings.sentinel_master,
                                    settings.sentinel_password, socket_connect_timeout=2,

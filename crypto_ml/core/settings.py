@@ -52,10 +52,11 @@ Variable                                   Default                     Meaning
 ``CRYPTO_ML_API_KEYS``                     (unset: no auth)            HTTP API keys, comma-separated (Bearer tokens).
 ``CRYPTO_ML_API_MAX_WAIT``                 ``60``                      Largest ``wait=S`` the HTTP API accepts.
 ``CRYPTO_ML_API_MAX_BODY``                 ``2000000``                 Largest HTTP request body, in bytes.
-``CRYPTO_ML_API_COALESCE``                 ``4``                       Messages of an API process in flight before
+``CRYPTO_ML_API_COALESCE``                 (unset: auto)               Messages of an API process in flight before
                                                                        concurrent requests' cheap forecasts share
-                                                                       one (about 2x the cpu worker processes it
-                                                                       feeds); 0: one message per request.
+                                                                       one; unset: the embedded cluster's worker
+                                                                       processes, 4 with a configured broker;
+                                                                       0: one message per request.
 ``CRYPTO_ML_API_JOBS_DIR``                 ``crypto-ml-jobs``          Where ``POST /v1/jobs`` writes its outputs.
 ========================================  ==========================  =========================================
 """
@@ -139,7 +140,7 @@ class Settings:
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     api_max_wait: int = 60
     api_max_body: int = 2_000_000
-    api_coalesce: int = 4
+    api_coalesce: int | None = None  # None: the embedded cluster's workers, else 4
     api_jobs_dir: Path = Path("crypto-ml-jobs")
 
     def __post_init__(self) -> None:
@@ -216,7 +217,8 @@ class Settings:
                            if k.strip()),
             api_max_wait=_int(env, "CRYPTO_ML_API_MAX_WAIT", 60),
             api_max_body=_int(env, "CRYPTO_ML_API_MAX_BODY", 2_000_000),
-            api_coalesce=_int(env, "CRYPTO_ML_API_COALESCE", 4, minimum=0),
+            api_coalesce=(_int(env, "CRYPTO_ML_API_COALESCE", 0, minimum=0)
+                          if env.get("CRYPTO_ML_API_COALESCE", "").strip() else None),
             api_jobs_dir=Path(env.get("CRYPTO_ML_API_JOBS_DIR") or "crypto-ml-jobs"),
         )
 

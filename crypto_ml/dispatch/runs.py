@@ -61,6 +61,9 @@ log = logging.getLogger(__name__)
 
 RUN_PREFIX = "crypto_ml:run:"
 FORGET_SECONDS = 0.05
+#: Shared messages in flight when neither the caller nor the settings say: a broker's workers
+#: are not known here (the API passes the embedded cluster's worker processes).
+COALESCE = 4
 Items = list[tuple[str, str]]
 
 
@@ -114,9 +117,9 @@ class RunQueue:
 
     ``settings`` name the broker and result backend (Sentinel URLs too) and hold the batch
     size, how long a saved run is kept (``result_expires``) and the coalescing window
-    (``api_coalesce``; 0: a run's cheap forecasts go in messages of their own, as the
-    manager sends them); ``expires``: seconds a queued task stays valid (a dead
-    submitter's work is then discarded by the workers).
+    (``coalesce``, else ``api_coalesce``, else :data:`COALESCE`; 0: a run's cheap forecasts
+    go in messages of their own, as the manager sends them); ``expires``: seconds a queued
+    task stays valid (a dead submitter's work is then discarded by the workers).
 
     Its connections belong to the event loop that first uses them (one per process in a
     server; a test client may bring another, which then gets its own).
@@ -127,7 +130,8 @@ class RunQueue:
         self.app, self.settings, self.expires = app, settings, expires
         self.batch_size = settings.batch_size
         self.record_ttl = settings.result_expires
-        self.coalesce = settings.api_coalesce if coalesce is None else coalesce
+        self.coalesce = next(c for c in (coalesce, settings.api_coalesce, COALESCE)
+                             if c is not None)
         self._on: _OnLoop | None = None
 
     def _loop(self) -> _OnLoop:
