@@ -53,6 +53,7 @@ class ResultHub:
         self._listeners: dict[bytes, list[_Listener]] = {}
         self._ids: dict[bytes, str] = {}
         self._pubsub: Any = None
+        self._away = False  # the connection is lost and not back yet
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()  # referenced until done
         self.prefix = uuid.uuid4().hex[:8]
@@ -190,11 +191,14 @@ class ResultHub:
                     await self._connect()
                 message = await self._pubsub.get_message(ignore_subscribe_messages=True,
                                                           timeout=None)
-            except LOST as exc:
-                log.warning("result backend lost (%s); subscribing again", type(exc).__name__)
+            except LOST as exc:  # said once per outage, then retried every RECONNECT_PAUSE
+                (log.debug if self._away else log.warning)(
+                    "result backend lost (%s); subscribing again", type(exc).__name__)
+                self._away = True
                 await self._drop()
                 await asyncio.sleep(RECONNECT_PAUSE)
                 continue
+            self._away = False
             if message and message.get("type") in ("message", "pmessage"):
                 channel = message["channel"]
                 self._arrived(channel if isinstance(channel, bytes) else channel.encode(),
