@@ -1,15 +1,16 @@
 """Task results awaited by an asyncio process (the HTTP API): one pub/sub connection.
 
 The result backend publishes every state it stores on the result key's channel.
-:class:`ResultHub` gives out task ids that all begin with one random prefix of its own
-(:meth:`ResultHub.new_id`, still UUIDs) and listens, on one :mod:`redis.asyncio` pub/sub
-connection read by one task, to the pattern of their keys: one ``PSUBSCRIBE`` when it
-connects, so awaiting a result costs no Redis command at all, and none can be published
-before its listener is there. Each waiter is woken by the message of its own result (an id
-given out elsewhere is subscribed to by name). Nothing polls: a sweep (one ``MGET`` of the
-awaited keys every few seconds while anything is awaited, and at once after a reconnect)
-finds a result whose message a lost connection took, as the command line's engine does
-(:mod:`crypto_ml.dispatch.engine`).
+:class:`ResultHub` subscribes to the keys of the awaited task ids, before their messages are
+sent, on one :mod:`redis.asyncio` pub/sub connection read by one task; each waiter is woken
+by the message of its own result. The subscriptions asked for in one turn of the event loop
+go as one ``SUBSCRIBE`` (and the ones no longer wanted as one ``UNSUBSCRIBE``): a burst of
+requests costs two commands, not two each. (One ``PSUBSCRIBE`` of a per-process prefix
+would cost none, but Redis's ACLs match a pattern subscription literally, so the API's user,
+allowed ``&celery-task-meta-*``, could only subscribe to every result of the cluster.)
+Nothing polls: a sweep (one ``MGET`` of the awaited keys every few seconds while anything is
+awaited, and at once after a reconnect) finds a result whose message a lost connection took,
+as the command line's engine does (:mod:`crypto_ml.dispatch.engine`).
 
 A *part* of a shared message (:mod:`crypto_ml.dispatch.coalesce`) ends with its own
 result, or with its carrier's when the carrier failed as a whole.
@@ -56,16 +57,12 @@ class ResultHub:
         self._away = False  # the connection is lost and not back yet
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()  # referenced until done
-        self.prefix = uuid.uuid4().hex[:8]
-        self._pattern = self.key(self.prefix + "-") + b"*"
-
-    def new_id(self) -> str:
-        """A task id (a UUID) whose result this hub hears without subscribing to it."""
-        return self.prefix + str(uuid.uuid4())[8:]
-
-    def _named(self, key: bytes) -> bool:
-        """Whether ``key`` needs a subscription of its own (its id is not one of ours)."""
-        return not key.startswith(self._pattern[:-1])
+        # keeps the connection subscribed: a result channel no task has (the API's Redis user
+        # may subscribe to result channels only)
+        self._home = self.key(f"crypto-ml-hub-{uuid.uuid4().hex}")
+        self._to_subscribe: list[bytes] = []
+        self._subscribed: asyncio.Future[None] | None = None  # this turn's SUBSCRIBE sent
+        self._to_unsubscribe: list[bytes] = []
 
     def key(self, task_id: str) -> bytes:
         key = self._key_for(task_id)
@@ -124,12 +121,29 @@ class ResultHub:
                 new.append(key)
                 self._ids[key] = task_id
             self._listeners.setdefault(key, []).append(listener)
-        new = [key for key in new if self._named(key)]
-        if new and self._pubsub is not None:
-            try:
-                await self._pubsub.subscribe(*new)
-            except LOST as exc:  # the reader reconnects, subscribes again and sweeps
-                log.debug("could not subscribe (%s); the next sweep reads them", exc)
+        if new:
+            await self._subscribe(new)
+
+    async def _subscribe(self, keys: list[bytes]) -> None:
+        """Subscribe to ``keys`` with this turn's others; returns once the command is sent."""
+        self._to_subscribe += keys
+        if self._subscribed is None:
+            self._subscribed = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(self._spawn, self._send_subscribe())
+        await asyncio.shield(self._subscribed)
+
+    async def _send_subscribe(self) -> None:
+        keys, self._to_subscribe = self._to_subscribe, []
+        sent, self._subscribed = self._subscribed, None
+        keys = [key for key in keys if key in self._listeners]  # not answered meanwhile
+        try:
+            if keys and self._pubsub is not None:
+                await self._pubsub.subscribe(*keys)
+        except LOST as exc:  # the reader reconnects, subscribes again and sweeps
+            log.debug("could not subscribe (%s); the next sweep reads them", exc)
+        finally:
+            if sent is not None and not sent.done():
+                sent.set_result(None)
 
     async def _remove(self, listener: _Listener) -> None:
         gone = []
@@ -141,10 +155,19 @@ class ResultHub:
             if not waiting and self._listeners.pop(key, None) is not None:
                 self._ids.pop(key, None)
                 gone.append(key)
-        await self._unsubscribe(gone)
+        self._unsubscribe(gone)
 
-    async def _unsubscribe(self, keys: list[bytes]) -> None:
-        keys = [key for key in keys if self._named(key)]
+    def _unsubscribe(self, keys: list[bytes]) -> None:
+        """Unsubscribe from ``keys`` with this turn's others (nobody waits for it)."""
+        if not keys:
+            return
+        if not self._to_unsubscribe:
+            asyncio.get_running_loop().call_soon(self._spawn, self._send_unsubscribe())
+        self._to_unsubscribe += keys
+
+    async def _send_unsubscribe(self) -> None:
+        keys, self._to_unsubscribe = self._to_unsubscribe, []
+        keys = [key for key in keys if key not in self._listeners]  # wanted again meanwhile
         if keys and self._pubsub is not None:
             with contextlib.suppress(*LOST):
                 await self._pubsub.unsubscribe(*keys)
@@ -165,8 +188,7 @@ class ResultHub:
         if not waiting:
             self._listeners.pop(key, None)
             self._ids.pop(key, None)
-            if self._named(key):
-                self._spawn(self._unsubscribe([key]))
+            self._unsubscribe([key])
         watch.deliver(watch.task_id, None)
 
     def _arrived(self, key: bytes, raw: bytes) -> None:
@@ -177,8 +199,7 @@ class ResultHub:
             return  # STARTED and the like
         listeners = self._listeners.pop(key)
         task_id = self._ids.pop(key)
-        if self._named(key):
-            self._spawn(self._unsubscribe([key]))
+        self._unsubscribe([key])
         for listener in listeners:
             listener.deliver(task_id, meta)
 
@@ -199,16 +220,16 @@ class ResultHub:
                 await asyncio.sleep(RECONNECT_PAUSE)
                 continue
             self._away = False
-            if message and message.get("type") in ("message", "pmessage"):
+            if message and message.get("type") == "message":
                 channel = message["channel"]
                 self._arrived(channel if isinstance(channel, bytes) else channel.encode(),
                               message["data"])
 
     async def _connect(self) -> None:
         pubsub = self.client.pubsub()
-        await pubsub.psubscribe(self._pattern)
+        await pubsub.subscribe(self._home)
         self._pubsub = pubsub
-        keys = [key for key in self._listeners if self._named(key)]
+        keys = list(self._listeners)
         for i in range(0, len(keys), CHUNK):
             await pubsub.subscribe(*keys[i : i + CHUNK])
         if keys:  # what was stored while the connection was away

@@ -55,16 +55,13 @@ class Coalescer:
 
     ``publish(message_id, kwargs)`` sends a ``forecast_parts`` message; ``watch(message_id,
     callback, timeout)`` calls ``callback(message_id, meta)`` when its result is stored (meta
-    None after ``timeout`` s); ``forget(message_id)`` deletes a finished message's result;
-    ``new_id()`` gives a message's id.
+    None after ``timeout`` s); ``forget(message_id)`` deletes a finished message's result.
     """
 
     def __init__(self, publish: Publish, watch: Watch,
                  forget: Callable[[str], Awaitable[None]], window: int = 4,
-                 max_items: int = 64, slot_seconds: float = SLOT_SECONDS,
-                 new_id: Callable[[], str] = lambda: str(uuid.uuid4())) -> None:
+                 max_items: int = 64, slot_seconds: float = SLOT_SECONDS) -> None:
         self.window, self.max_items, self.slot_seconds = window, max_items, slot_seconds
-        self.new_id = new_id
         self._publish, self._watch, self._forget = publish, watch, forget
         self._pending: deque[_Part] = deque()
         self._in_flight: dict[str, float] = {}  # message id: when it was sent (monotonic)
@@ -145,7 +142,7 @@ class Coalescer:
                 with contextlib.suppress(TimeoutError):  # a slot also frees by its age
                     await asyncio.wait_for(wake.wait(), 1.0 if self._pending else None)
             parts = self._take()
-            message_id = self.new_id()
+            message_id = str(uuid.uuid4())
             self._in_flight[message_id] = time.monotonic()
             await self._send(message_id, parts)
 

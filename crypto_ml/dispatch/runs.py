@@ -164,9 +164,9 @@ class RunQueue:
         own = [r for r in requests if r.model in HEAVY] if shared else list(requests)
         # one message for a small run: an API request's forecasts cost one round trip; many
         # concurrent requests, not one request's parts, keep the workers busy
-        new_id = on.hub.new_id
-        messages = [(new_id(), m) for m in plan_messages(own, self.batch_size, min_messages=1)]
-        part_id = new_id() if shared else None
+        messages = [(str(uuid.uuid4()), m) for m in plan_messages(own, self.batch_size,
+                                                                  min_messages=1)]
+        part_id = str(uuid.uuid4()) if shared else None
         run = Run(uuid.uuid4().hex, {t: m.items for t, m in messages}, time.time() + self.expires)
         if part_id:
             run.tasks[part_id] = [(r.coin, r.model) for r in shared]
@@ -301,8 +301,8 @@ class _OnLoop:
                              app.backend.decode_result)
         self.coalescer = Coalescer(
             lambda message_id, kwargs: publish(PARTS_TASK_NAME, kwargs, message_id),
-            self.hub.watch, self._forget, window=coalesce, max_items=batch_size,
-            new_id=self.hub.new_id) if coalesce else None
+            self.hub.watch, self._forget, window=coalesce,
+            max_items=batch_size) if coalesce else None
         self._app = app
         self._forgetting: list[str] = []
 
