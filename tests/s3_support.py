@@ -16,6 +16,7 @@ from crypto_ml.ops.processes import free_port, wait_until
 def s3_endpoint() -> Iterator[dict[str, str]]:
     """An S3 HTTP server in its own process, and the AWS_* variables that reach it (set in
     this process's environment while the module's tests run)."""
+    pytest.importorskip("moto", reason="the S3 tests need moto's server: pip install -e '.[dev]'")
     import boto3
 
     port = free_port()

@@ -2,9 +2,9 @@
 failovers under Sentinel and manager kills, thrown together through one run of the user's
 ``send-tasks --input TABLE --output OUT.parquet``; then the checker.
 
-The suite runs a short one (one fault of each kind). The full one, 100,000 series and at least
-20 faults, is marked ``nemesis`` and deselected unless ``-m`` names it; ``.ci/run`` runs it
-after the container tier::
+Both runs are marked ``nemesis`` and deselected unless ``-m`` names them; ``.ci/run`` runs them
+after the container tier, the short one (one fault of each kind, about 80 s: each kind also has
+its own test in the suite) and the full one, 100,000 series and at least 20 faults::
 
     pytest -m nemesis tests/test_nemesis.py -s   # CRYPTO_ML_NEMESIS_SERIES / _FAULTS / _SEED
 
@@ -100,6 +100,7 @@ def run_nemesis(partitions: Partitions, real_data: Path, tmp_path: Path, *, seri
 
 
 @pytest.mark.slow
+@pytest.mark.nemesis  # the second tier: the suite has a test of each kind alone
 def test_one_fault_of_each_kind_loses_doubles_and_changes_nothing(
         partitions: Partitions, real_data: Path, tmp_path: Path) -> None:
     # pauses and partitions of 10-11 s (the full run's: 10-40 s and 10-60 s), so that 16,000
