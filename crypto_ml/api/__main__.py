@@ -70,8 +70,7 @@ def runs_for(settings: Settings, in_process: bool, expires: float) -> Iterator[A
         # one shared message in flight per embedded worker process: the most forecasts a
         # message, with every worker busy (2 workers, one-coin load: 2 in flight 650 req/s,
         # 3: 600, 4: 610)
-        auto = live.api_coalesce is None and cluster is not None
-        window = cluster.n_workers if auto and cluster is not None else None
+        window = cluster.n_workers if cluster and live.api_coalesce is None else None
         runs = QueueRuns(celery_app(live), live, expires, window)
         try:
             yield runs

@@ -9,7 +9,8 @@ and :mod:`~crypto_ml.dispatch.cluster` (the embedded Redis + workers). Two ways 
 collect: the blocking :mod:`~crypto_ml.dispatch.engine` (the command line, table runs,
 ``crypto_ml.forecast``) and, for the HTTP API's event loop, :mod:`~crypto_ml.dispatch.runs`
 on asyncio (:mod:`~crypto_ml.dispatch.envelope`, :mod:`~crypto_ml.dispatch.async_results`,
-:mod:`~crypto_ml.dispatch.pipelined`, :mod:`~crypto_ml.dispatch.coalesce`): the same
+:mod:`~crypto_ml.dispatch.pipelined`, :mod:`~crypto_ml.dispatch.coalesce`,
+:mod:`~crypto_ml.dispatch.background`): the same
 messages, task ids, result keys and reports, waited for on pub/sub both. May import
 :mod:`crypto_ml.core`, :mod:`~crypto_ml.models`, :mod:`~crypto_ml.data`,
 :mod:`~crypto_ml.worker` and :mod:`~crypto_ml.ops`; not the backtest or the CLI.

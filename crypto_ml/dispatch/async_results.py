@@ -29,6 +29,8 @@ import redis.asyncio as aioredis
 from celery import states
 from redis.exceptions import RedisError
 
+from crypto_ml.dispatch.background import spawn
+
 log = logging.getLogger(__name__)
 
 SWEEP_SECONDS = 2.0
@@ -173,9 +175,7 @@ class ResultHub:
                 await self._pubsub.unsubscribe(*keys)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        spawn(work, self._background)
 
     def _expire(self, watch: _Watch) -> None:
         """A watch's time is up: call it back with None (unless its result came first)."""

@@ -33,6 +33,7 @@ from typing import Any
 from celery import states
 
 from crypto_ml.core.errors import BrokerUnavailable
+from crypto_ml.dispatch.background import spawn
 
 #: A message not finished after this long stops counting against the window (lost, or a
 #: long backlog in the broker: then more messages join it there).
@@ -172,6 +173,4 @@ class Coalescer:
             self._wake.set()
         if meta is not None and meta.get("status") == states.SUCCESS:
             # a failure stays: its callers read its reason
-            task = asyncio.ensure_future(self._forget(message_id))
-            self._forgetting.add(task)
-            task.add_done_callback(self._forgetting.discard)
+            spawn(self._forget(message_id), self._forgetting)

@@ -14,6 +14,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from crypto_ml.dispatch.background import spawn
+
 Command = tuple[str, tuple[Any, ...], dict[str, Any]]  # (method of the pipeline, args, kwargs)
 
 
@@ -36,9 +38,7 @@ class Pipelined:
 
     def _flush(self) -> None:
         queued, self._queued = self._queued, []
-        task = asyncio.ensure_future(self._send(queued))
-        self._flushing.add(task)
-        task.add_done_callback(self._flushing.discard)
+        spawn(self._send(queued), self._flushing)
 
     async def _send(self, queued: list[tuple[list[Command], asyncio.Future[list[Any]]]]) -> None:
         pipe = self.client.pipeline(transaction=False)

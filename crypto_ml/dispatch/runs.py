@@ -60,7 +60,6 @@ from crypto_ml.worker.requests import PARTS_TASK_NAME, ForecastRequest
 log = logging.getLogger(__name__)
 
 RUN_PREFIX = "crypto_ml:run:"
-FORGET_SECONDS = 0.05
 #: Shared messages in flight when neither the caller nor the settings say: a broker's workers
 #: are not known here (the API passes the embedded cluster's worker processes).
 COALESCE = 4
@@ -304,18 +303,11 @@ class _OnLoop:
             self.hub.watch, self._forget, window=coalesce,
             max_items=batch_size) if coalesce else None
         self._app = app
-        self._forgetting: list[str] = []
 
     async def _forget(self, task_id: str) -> None:
-        """Delete a shared message's own result, with those finishing in the next moment
-        (one ``DEL`` for many: the API finishes hundreds a second under load)."""
-        self._forgetting.append(task_id)
-        if len(self._forgetting) > 1:
-            return  # the first one's call deletes it
-        await asyncio.sleep(FORGET_SECONDS)
-        ids, self._forgetting = self._forgetting, []
+        """Delete a shared message's own result, in this turn's pipeline of writes."""
         with contextlib.suppress(Exception):  # best effort: results expire anyway
-            await self.backend.delete(*forget_keys(self._app, ids))
+            await self.writes.run(("delete", tuple(forget_keys(self._app, [task_id])), {}))
 
     async def close(self) -> None:
         if self.coalescer is not None:

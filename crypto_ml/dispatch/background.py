@@ -1,0 +1,14 @@
+"""Fire-and-forget coroutines on the event loop, kept referenced until they end (asyncio holds
+only a weak reference to a task: one nobody keeps can be collected before it runs)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+
+
+def spawn(work: Awaitable[None], running: set[asyncio.Task[None]]) -> None:
+    """Run ``work`` as a task, in ``running`` until it ends."""
+    task = asyncio.ensure_future(work)
+    running.add(task)
+    task.add_done_callback(running.discard)
