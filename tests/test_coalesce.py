@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -49,12 +49,19 @@ class FakeBroker:
         return Coalescer(self.publish, self.watch, self.forget, **kwargs)
 
 
+T = TypeVar("T")
+
+
+def unit(test: T) -> T:
+    """An in-process test on the event loop (anyio's pytest plugin), 30 s at most."""
+    return pytest.mark.anyio(pytest.mark.timeout(30)(test))
+
 def on_loop(test: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(asyncio.wait_for(test(), 30))
 
 
 async def until(condition: Callable[[], bool]) -> None:
-    """Let the loop run until ``condition`` holds (the outer wait_for bounds it)."""
+    """Let the loop run until ``condition`` holds (the test's time limit bounds it)."""
     while not condition():
         await asyncio.sleep(0)
 
@@ -63,102 +70,85 @@ def item(i: int) -> dict[str, Any]:
     return ForecastRequest(f"c{i}", "linear", [1.0, 2.0], 1).as_kwargs()
 
 
-def test_an_idle_coalescer_sends_at_once_and_a_busy_one_shares_one_message() -> None:
+@unit
+async def test_an_idle_coalescer_sends_at_once_and_a_busy_one_shares_one_message() -> None:
     broker = FakeBroker()
-
-    async def test() -> None:
-        coalescer = broker.coalescer(window=1)
-        first = await coalescer.submit("part-a", [item(0)])
-        assert broker.sent == [(first, ["part-a"])]  # no waiting while nothing is in flight
-        later = [asyncio.create_task(coalescer.submit(f"part-{c}", [item(1)])) for c in "bcd"]
-        await until(lambda: coalescer.waiting == 3)
-        assert len(broker.sent) == 1
-        broker.finish(first)
-        carriers = set(await asyncio.gather(*later))
-        message, parts = broker.sent[1]
-        assert carriers == {message} and sorted(parts) == ["part-b", "part-c", "part-d"]
-        await until(lambda: broker.forgotten == [first])  # a finished message's result goes
-        assert (coalescer.messages, coalescer.parts) == (2, 4)
-        await coalescer.close()
-
-    on_loop(test)
+    coalescer = broker.coalescer(window=1)
+    first = await coalescer.submit("part-a", [item(0)])
+    assert broker.sent == [(first, ["part-a"])]  # no waiting while nothing is in flight
+    later = [asyncio.create_task(coalescer.submit(f"part-{c}", [item(1)])) for c in "bcd"]
+    await until(lambda: coalescer.waiting == 3)
+    assert len(broker.sent) == 1
+    broker.finish(first)
+    carriers = set(await asyncio.gather(*later))
+    message, parts = broker.sent[1]
+    assert carriers == {message} and sorted(parts) == ["part-b", "part-c", "part-d"]
+    await until(lambda: broker.forgotten == [first])  # a finished message's result goes
+    assert (coalescer.messages, coalescer.parts) == (2, 4)
+    await coalescer.close()
 
 
-def test_a_backlog_beyond_a_full_message_goes_to_the_broker_at_once() -> None:
+@unit
+async def test_a_backlog_beyond_a_full_message_goes_to_the_broker_at_once() -> None:
     broker = FakeBroker()
-
-    async def test() -> None:
-        coalescer = broker.coalescer(window=1, max_items=2)
-        await coalescer.submit("part-a", [item(0)])
-        later = [coalescer.submit(f"part-{c}", [item(1)]) for c in "bc"]
-        sent = set(await asyncio.gather(*later))  # two items: a full message, sent anyway
-        assert len(sent) == 1 and [sorted(parts) for _, parts in broker.sent] == [
-            ["part-a"], ["part-b", "part-c"]]
-        await coalescer.close()
-
-    on_loop(test)
+    coalescer = broker.coalescer(window=1, max_items=2)
+    await coalescer.submit("part-a", [item(0)])
+    later = [coalescer.submit(f"part-{c}", [item(1)]) for c in "bc"]
+    sent = set(await asyncio.gather(*later))  # two items: a full message, sent anyway
+    assert len(sent) == 1 and [sorted(parts) for _, parts in broker.sent] == [
+        ["part-a"], ["part-b", "part-c"]]
+    await coalescer.close()
 
 
-def test_a_failed_message_stays_for_its_callers_and_frees_its_slot() -> None:
+@unit
+async def test_a_failed_message_stays_for_its_callers_and_frees_its_slot() -> None:
     broker = FakeBroker()
-
-    async def test() -> None:
-        coalescer = broker.coalescer(window=1)
-        first = await coalescer.submit("part-a", [item(0)])
-        broker.finish(first, "FAILURE")
-        assert broker.forgotten == [] and coalescer.in_flight == 0
-        await coalescer.submit("part-b", [item(1)])  # the window is free again
-        await coalescer.close()
-
-    on_loop(test)
+    coalescer = broker.coalescer(window=1)
+    first = await coalescer.submit("part-a", [item(0)])
+    broker.finish(first, "FAILURE")
+    assert broker.forgotten == [] and coalescer.in_flight == 0
+    await coalescer.submit("part-b", [item(1)])  # the window is free again
+    await coalescer.close()
 
 
-def test_a_part_that_cannot_be_published_is_broker_unavailable() -> None:
+@unit
+async def test_a_part_that_cannot_be_published_is_broker_unavailable() -> None:
     down = FakeBroker(fail=True)
-
-    async def test() -> None:
-        coalescer = down.coalescer(window=2)
-        with pytest.raises(BrokerUnavailable, match="nothing of this request was queued"):
-            await coalescer.submit("part-a", [item(0)])
-        assert coalescer.in_flight == 0
-        await coalescer.close()
-
-    on_loop(test)
-
-
-def test_parts_waiting_when_the_api_stops_are_refused_not_lost() -> None:
-    broker = FakeBroker()
-
-    async def test() -> None:
-        coalescer = broker.coalescer(window=1)
+    coalescer = down.coalescer(window=2)
+    with pytest.raises(BrokerUnavailable, match="nothing of this request was queued"):
         await coalescer.submit("part-a", [item(0)])
-        waiting = asyncio.create_task(coalescer.submit("part-b", [item(1)]))
-        await until(lambda: coalescer.waiting == 1)
-        await coalescer.close()
-        with pytest.raises(BrokerUnavailable, match="stopped before this request was queued"):
-            await waiting
-        with pytest.raises(BrokerUnavailable, match="stopping"):
-            await coalescer.submit("part-c", [item(2)])
-        assert [parts for _, parts in broker.sent] == [["part-a"]]
-
-    on_loop(test)
+    assert coalescer.in_flight == 0
+    await coalescer.close()
 
 
-def test_a_part_ends_with_its_own_result_or_with_its_carriers_failure() -> None:
-    async def test() -> None:
-        waiter = Waiter(["p1", "p2", "p3", "solo"])
-        assert waiter.carried_by({"p1": "m1", "p2": "m1", "p3": "m2"}) == {"m1", "m2"}
-        assert waiter.watched == {"p1", "p2", "p3", "solo", "m1", "m2"}
-        waiter.deliver("m1", {"status": "SUCCESS", "result": {}})  # its parts' results tell
-        waiter.deliver("p1", {"status": "SUCCESS", "result": []})
-        assert waiter.missing == {"p2", "p3", "solo"}
-        waiter.deliver("m2", {"status": "FAILURE", "result": "TooManyDeliveries"})
-        assert waiter.missing == {"p2", "solo"} and waiter.metas["p3"]["status"] == "FAILURE"
-        waiter.deliver("p2", {"status": "SUCCESS", "result": []})
-        waiter.deliver("solo", {"status": "SUCCESS", "result": {}})
-        assert waiter.done.is_set() and waiter.metas["p2"]["status"] == "SUCCESS"
+@unit
+async def test_parts_waiting_when_the_api_stops_are_refused_not_lost() -> None:
+    broker = FakeBroker()
+    coalescer = broker.coalescer(window=1)
+    await coalescer.submit("part-a", [item(0)])
+    waiting = asyncio.create_task(coalescer.submit("part-b", [item(1)]))
+    await until(lambda: coalescer.waiting == 1)
+    await coalescer.close()
+    with pytest.raises(BrokerUnavailable, match="stopped before this request was queued"):
+        await waiting
+    with pytest.raises(BrokerUnavailable, match="stopping"):
+        await coalescer.submit("part-c", [item(2)])
+    assert [parts for _, parts in broker.sent] == [["part-a"]]
 
-    on_loop(test)
+
+@unit
+async def test_a_part_ends_with_its_own_result_or_with_its_carriers_failure() -> None:
+    waiter = Waiter(["p1", "p2", "p3", "solo"])
+    assert waiter.carried_by({"p1": "m1", "p2": "m1", "p3": "m2"}) == {"m1", "m2"}
+    assert waiter.watched == {"p1", "p2", "p3", "solo", "m1", "m2"}
+    waiter.deliver("m1", {"status": "SUCCESS", "result": {}})  # its parts' results tell
+    waiter.deliver("p1", {"status": "SUCCESS", "result": []})
+    assert waiter.missing == {"p2", "p3", "solo"}
+    waiter.deliver("m2", {"status": "FAILURE", "result": "TooManyDeliveries"})
+    assert waiter.missing == {"p2", "solo"} and waiter.metas["p3"]["status"] == "FAILURE"
+    waiter.deliver("p2", {"status": "SUCCESS", "result": []})
+    waiter.deliver("solo", {"status": "SUCCESS", "result": {}})
+    assert waiter.done.is_set() and waiter.metas["p2"]["status"] == "SUCCESS"
 
 
 @pytest.mark.parametrize("part_id", ["crypto_ml:run:x", "../x", "", None, 7,
@@ -272,3 +262,8 @@ def test_results_are_awaited_on_pub_sub_not_by_polling(cluster: Any) -> None:
         assert all(s is not None and s.status == "done" for s in states)
 
     on_cluster(cluster, test)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
