@@ -8,8 +8,14 @@ starts one ``crypto-ml cluster up --workers 2`` for all sizes, and runs the user
 sampling the manager's peak resident memory (``VmHWM``) and Redis's ``used_memory`` every
 50 ms. Beside it, the fit time of the same forecasts in one process (the same batch path,
 :func:`crypto_ml.models.batch.predict_batch`, chunk by chunk, reading excluded): the bound
-a perfect 2-core cluster would approach is that time / 2. Results: ``bench/results/
-table_curve.json``, ``.md`` and ``table_curve.png``.
+a perfect 2-core cluster would approach is that time / 2.
+
+Beside the fit, what no design can skip, timed in the same process: ``read_s``, reading the
+table and cutting it into the chunks' windows (the loop above without the fits), and
+``write_s``, writing the run's own output table again (read back into Arrow first, untimed).
+``least_ratio`` is ``(fit + read + write) / fit``: the ratio to fit / cores that a perfect
+cluster would reach if reading and writing were spread over the cores as well as the fits.
+Results: ``bench/results/table_curve.json``, ``.md`` and ``table_curve.png``.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import redis
 
 from bench.make_table import make_table
@@ -75,9 +82,10 @@ def start_cluster(workers: int) -> tuple[subprocess.Popen[str], str, str]:
     return proc, manager.group(1), admin.group(1)
 
 
-def in_process_fit_seconds(table: Path, model: str, horizon: int, levels: tuple[float, ...],
-                           chunk: int) -> float:
-    """Seconds the forecasts themselves take in one process (reading excluded)."""
+def in_process_seconds(table: Path, model: str, horizon: int, levels: tuple[float, ...],
+                       chunk: int) -> tuple[float, float]:
+    """Seconds the forecasts themselves take in one process, and the reading around them."""
+    began = time.perf_counter()
     source = TableSource(table)
     source.check()
     cls = model_class(model)
@@ -89,6 +97,16 @@ def in_process_fit_seconds(table: Path, model: str, horizon: int, levels: tuple[
         started = time.perf_counter()
         predict_batch(cls, series, horizon, levels)
         took += time.perf_counter() - started
+    return took, time.perf_counter() - began - took
+
+
+def write_seconds(out: Path) -> float:
+    """Seconds writing the output table ``out`` takes once it is in memory."""
+    forecasts = pq.read_table(out)
+    started = time.perf_counter()
+    pq.write_table(forecasts, out.with_suffix(".again.parquet"))
+    took = time.perf_counter() - started
+    out.with_suffix(".again.parquet").unlink()
     return took
 
 
@@ -110,13 +128,16 @@ def run_size(size: int, args: argparse.Namespace, broker: str, admin: str) -> di
     sampler.done.set()
     sampler.join()
     assert proc.returncode == 0, err
-    fit = in_process_fit_seconds(table, args.model, args.horizon, (80.0, 95.0),
-                                 model_class(args.model).series_per_message)
+    fit, read = in_process_seconds(table, args.model, args.horizon, (80.0, 95.0),
+                                   model_class(args.model).series_per_message)
+    write = write_seconds(out)
     return {"series": size, "closes": args.length, "model": args.model, "wall_s": round(wall, 2),
             "series_per_s": round(size / wall), "manager_peak_rss_mb": round(sampler.rss_kb / 1024),
             "redis_peak_used_mb": round(sampler.redis_bytes / 2**20, 1),
             "in_process_fit_s": round(fit, 2),
-            "ratio_to_fit_over_cores": round(wall / (fit / args.workers), 2)}
+            "ratio_to_fit_over_cores": round(wall / (fit / args.workers), 2),
+            "read_s": round(read, 2), "write_s": round(write, 2),
+            "least_ratio": round((fit + read + write) / fit, 2)}
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:

@@ -28,25 +28,24 @@ class FakeBroker:
     def __init__(self, fail: bool = False) -> None:
         self.fail = fail
         self.sent: list[tuple[str, list[str]]] = []  # (message id, its part ids)
-        self.callbacks: dict[str, Any] = {}
-        self.forgotten: list[str] = []
+        self.callbacks: dict[str, Any] = {}  # by message id
 
     async def publish(self, message_id: str, kwargs: dict[str, Any]) -> None:
         if self.fail:
             raise ConnectionError("broker down")
         self.sent.append((message_id, [p["id"] for p in kwargs["parts"]]))
 
-    async def watch(self, message_id: str, callback: Any, timeout: float) -> None:
+    async def watch(self, part_ids: list[str], callback: Any, timeout: float,
+                    ends: list[str]) -> None:
+        (message_id,) = ends
         self.callbacks[message_id] = callback
 
-    async def forget(self, message_id: str) -> None:
-        self.forgotten.append(message_id)
-
-    def finish(self, message_id: str, status: str = "SUCCESS") -> None:
-        self.callbacks.pop(message_id)(message_id, {"status": status, "result": None})
+    def finish(self, message_id: str) -> None:
+        """The message is done with: its parts' results, or its own failure, arrived."""
+        self.callbacks.pop(message_id)()
 
     def coalescer(self, **kwargs: Any) -> Coalescer:
-        return Coalescer(self.publish, self.watch, self.forget, **kwargs)
+        return Coalescer(self.publish, self.watch, **kwargs)
 
 
 T = TypeVar("T")
@@ -83,7 +82,6 @@ async def test_an_idle_coalescer_sends_at_once_and_a_busy_one_shares_one_message
     carriers = set(await asyncio.gather(*later))
     message, parts = broker.sent[1]
     assert carriers == {message} and sorted(parts) == ["part-b", "part-c", "part-d"]
-    await until(lambda: broker.forgotten == [first])  # a finished message's result goes
     assert (coalescer.messages, coalescer.parts) == (2, 4)
     await coalescer.close()
 
@@ -97,17 +95,6 @@ async def test_a_backlog_beyond_a_full_message_goes_to_the_broker_at_once() -> N
     sent = set(await asyncio.gather(*later))  # two items: a full message, sent anyway
     assert len(sent) == 1 and [sorted(parts) for _, parts in broker.sent] == [
         ["part-a"], ["part-b", "part-c"]]
-    await coalescer.close()
-
-
-@unit
-async def test_a_failed_message_stays_for_its_callers_and_frees_its_slot() -> None:
-    broker = FakeBroker()
-    coalescer = broker.coalescer(window=1)
-    first = await coalescer.submit("part-a", [item(0)])
-    broker.finish(first, "FAILURE")
-    assert broker.forgotten == [] and coalescer.in_flight == 0
-    await coalescer.submit("part-b", [item(1)])  # the window is free again
     await coalescer.close()
 
 
@@ -240,13 +227,29 @@ def test_a_message_that_fails_as_a_whole_ends_each_part_with_its_reason(cluster:
 
 
 @pytest.mark.integration
-def test_a_watched_message_that_never_finishes_is_called_back_after_its_timeout(
-        cluster: Any) -> None:
+def test_a_message_is_done_with_once_its_parts_or_its_own_failure_arrive(cluster: Any) -> None:
+    """What frees a coalescer's slot: every part's result, else the message's failure, else
+    the timeout; once each, and nothing stays subscribed afterwards."""
     async def test(queue: RunQueue) -> None:
-        called: list[tuple[str, Any]] = []
-        await queue._loop().hub.watch("never-sent", lambda *args: called.append(args), 0.2)
-        await until(lambda: bool(called))
-        assert called == [("never-sent", None)]
+        hub, backend = queue._loop().hub, queue.app.backend
+        ids = {name: str(uuid.uuid4()) for name in ("p1", "p2", "m1", "p3", "m2")}
+        called: list[str] = []
+
+        def done(name: str) -> Callable[[], None]:
+            return lambda: called.append(name)
+
+        await hub.watch([ids["p1"], ids["p2"]], done("parts"), 30, [ids["m1"]])
+        await hub.watch([ids["p3"]], done("failure"), 30, [ids["m2"]])
+        await hub.watch([str(uuid.uuid4())], done("timeout"), 0.2, [str(uuid.uuid4())])
+        backend.store_result(ids["p1"], [], "SUCCESS")
+        await until(lambda: called == ["timeout"])  # one part of two: not yet
+        backend.store_result(ids["p2"], [], "SUCCESS")
+        backend.mark_as_failure(ids["m2"], TimeoutError("hard time limit"))
+        await until(lambda: sorted(called) == ["failure", "parts", "timeout"])
+        backend.store_result(ids["p3"], [], "SUCCESS")  # after its message's end: ignored
+        await asyncio.sleep(0.2)
+        assert sorted(called) == ["failure", "parts", "timeout"]
+        await until(lambda: not hub._listeners)  # every subscription dropped
 
     on_cluster(cluster, test)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hmac
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -33,7 +33,7 @@ from crypto_ml.core.errors import BrokerUnavailable, ConfigError, DataNotFound
 from crypto_ml.core.settings import Settings
 
 from .jobs import JobAccepted, JobBody, Jobs, JobStatus
-from .metrics import ApiMetrics, Message, Scope
+from .metrics import ApiMetrics, Message, Receive, Scope, Send, http_only
 from .problems import bounded
 from .schemas import Accepted, Coins, ForecastBody, Health, Models, Problem, RunStatus, Unprocessable
 from .service import ForecastService, Invalid, Runs, model_infos
@@ -63,11 +63,7 @@ def _unprocessable(errors: list[dict[str, Any]]) -> JSONResponse:
 def body_cap(app: Any, limit: int) -> Any:
     """ASGI middleware: a request body over ``limit`` bytes gets 413 before any route runs."""
 
-    async def capped(scope: Scope, receive: Callable[[], Awaitable[Message]],
-                     send: Callable[[Message], Awaitable[None]]) -> None:
-        if scope["type"] != "http":
-            await app(scope, receive, send)
-            return
+    async def capped(scope: Scope, receive: Receive, send: Send) -> None:
         declared = dict(scope.get("headers") or []).get(b"content-length")
         too_big = declared is not None and declared.isdigit() and int(declared) > limit
         chunks: list[bytes] = []
@@ -99,7 +95,7 @@ def body_cap(app: Any, limit: int) -> Any:
 
         await app(scope, replay, send)
 
-    return capped
+    return http_only(app, capped)
 
 
 def add_docs(app: FastAPI) -> None:

@@ -22,9 +22,19 @@ log = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
-ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]],
-                   Awaitable[None]]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+def http_only(app: ASGIApp, handle: ASGIApp) -> ASGIApp:
+    """ASGI middleware: HTTP requests go to ``handle``, the rest (lifespan) straight to ``app``."""
+
+    async def route(scope: Scope, receive: Receive, send: Send) -> None:
+        await (handle if scope["type"] == "http" else app)(scope, receive, send)
+
+    return route
 
 
 class QueueDepth(Collector):
@@ -89,11 +99,7 @@ class ApiMetrics:
     def middleware(self, app: ASGIApp) -> ASGIApp:
         """ASGI middleware counting each HTTP request by route template and status."""
 
-        async def wrapped(scope: Scope, receive: Callable[[], Awaitable[Message]],
-                          send: Callable[[Message], Awaitable[None]]) -> None:
-            if scope["type"] != "http":
-                await app(scope, receive, send)
-                return
+        async def counted(scope: Scope, receive: Receive, send: Send) -> None:
             started = time.perf_counter()
             status = 500
 
@@ -110,4 +116,4 @@ class ApiMetrics:
                 self.requests.labels(scope["method"], route, str(status)).inc()
                 self.latency.labels(scope["method"], route).observe(time.perf_counter() - started)
 
-        return wrapped
+        return http_only(app, counted)

@@ -37,7 +37,6 @@ SWEEP_SECONDS = 2.0
 RECONNECT_PAUSE = 1.0
 CHUNK = 1000  # channels per SUBSCRIBE, keys per MGET
 Meta = dict[str, Any]
-Callback = Callable[[str, "Meta | None"], None]
 #: What a lost or refused connection raises (redis-py wraps most; the rest are the OS's).
 LOST = (RedisError, OSError)
 
@@ -93,13 +92,15 @@ class ResultHub:
 
     async def forget(self, waiter: Waiter) -> None:
         """Stop listening for what ``waiter`` awaits (a run answered later, from its record)."""
-        await self._remove(waiter)
+        self._discard(waiter)
 
-    async def watch(self, task_id: str, callback: Callback, timeout: float) -> None:
-        """``callback(task_id, meta)`` once the task finishes; ``meta`` None after ``timeout``."""
-        watch = _Watch(task_id, callback)
+    async def watch(self, task_ids: Sequence[str], callback: Callable[[], None], timeout: float,
+                    ends: Sequence[str] = ()) -> None:
+        """``callback()`` once, when every one of ``task_ids`` has finished, or any one of
+        ``ends`` has, or ``timeout`` seconds have passed, whichever comes first."""
+        watch = _Watch(task_ids, ends, lambda: self._discard(watch), callback)
         await self._add(watch, watch.watched)
-        watch.timer = asyncio.get_running_loop().call_later(timeout, self._expire, watch)
+        watch.timer = asyncio.get_running_loop().call_later(timeout, watch.end)
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -147,7 +148,8 @@ class ResultHub:
             if sent is not None and not sent.done():
                 sent.set_result(None)
 
-    async def _remove(self, listener: _Listener) -> None:
+    def _discard(self, listener: _Listener) -> None:
+        """Stop delivering to ``listener``; unsubscribe from the keys nobody else awaits."""
         gone = []
         for task_id in listener.watched:
             key = self.key(task_id)
@@ -176,20 +178,6 @@ class ResultHub:
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         spawn(work, self._background)
-
-    def _expire(self, watch: _Watch) -> None:
-        """A watch's time is up: call it back with None (unless its result came first)."""
-        if watch.ended:
-            return
-        key = self.key(watch.task_id)
-        waiting = self._listeners.get(key, [])
-        if watch in waiting:
-            waiting.remove(watch)
-        if not waiting:
-            self._listeners.pop(key, None)
-            self._ids.pop(key, None)
-            self._unsubscribe([key])
-        watch.deliver(watch.task_id, None)
 
     def _arrived(self, key: bytes, raw: bytes) -> None:
         if key not in self._listeners:
@@ -267,19 +255,30 @@ class _Listener(Protocol):
 
 
 class _Watch:
-    def __init__(self, task_id: str, callback: Callback) -> None:
-        self.task_id, self.callback = task_id, callback
-        self.watched = {task_id}
+    """Calls back once: when its ``task_ids`` have all finished or one of ``ends`` has, or at
+    :meth:`end` (its timer); ``discard`` then stops its deliveries."""
+
+    def __init__(self, task_ids: Iterable[str], ends: Iterable[str], discard: Callable[[], None],
+                 callback: Callable[[], None]) -> None:
+        self.missing, self.ends = set(task_ids), set(ends)
+        self.watched = self.missing | self.ends
+        self.discard, self.callback = discard, callback
         self.timer: asyncio.TimerHandle | None = None
         self.ended = False
 
     def deliver(self, task_id: str, meta: Meta | None) -> None:
+        self.missing.discard(task_id)
+        if task_id in self.ends or not self.missing:
+            self.end()
+
+    def end(self) -> None:
         if self.ended:
             return
         self.ended = True
         if self.timer is not None:
             self.timer.cancel()
-        self.callback(task_id, meta)
+        self.discard()
+        self.callback()
 
 
 class Waiter:

@@ -12,8 +12,10 @@ coalescing adds no delay, it only replaces queueing in the broker.
 
 Each part keeps its own result id, where the worker stores that part's results,
 so callers share a message, never a result (see :class:`~crypto_ml.dispatch.runs.RunQueue`).
-A message that fails as a whole (its worker died too often, a time limit) stores
-its failure under its own id, which callers watch beside their part's.
+The message itself stores no result (the task ignores its own, which saves the worker a read
+and a write per message), so its slot frees when its parts' results have all arrived. A
+message that fails as a whole (its worker died too often, a time limit) stores its failure
+under its own id, which frees the slot too, and which callers watch beside their part's.
 
 It runs on the API's event loop: callers await :meth:`Coalescer.submit`, one task sends.
 """
@@ -30,17 +32,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from celery import states
-
 from crypto_ml.core.errors import BrokerUnavailable
-from crypto_ml.dispatch.background import spawn
 
 #: A message not finished after this long stops counting against the window (lost, or a
 #: long backlog in the broker: then more messages join it there).
 SLOT_SECONDS = 10.0
 
 Publish = Callable[[str, dict[str, Any]], Awaitable[None]]  # (message id, kwargs)
-Watch = Callable[[str, Callable[[str, "dict[str, Any] | None"], None], float], Awaitable[None]]
+#: (part ids, callback, timeout, ends): call back once the parts have all finished, or one of
+#: ``ends`` (the message's own id: its failure) has, or after ``timeout`` seconds
+Watch = Callable[[list[str], Callable[[], None], float, list[str]], Awaitable[None]]
 
 
 @dataclass
@@ -54,21 +55,19 @@ class _Part:
 class Coalescer:
     """Sends parts (one run's cheap forecasts each) in shared messages, ``window`` at a time.
 
-    ``publish(message_id, kwargs)`` sends a ``forecast_parts`` message; ``watch(message_id,
-    callback, timeout)`` calls ``callback(message_id, meta)`` when its result is stored (meta
-    None after ``timeout`` s); ``forget(message_id)`` deletes a finished message's result.
+    ``publish(message_id, kwargs)`` sends a ``forecast_parts`` message; ``watch(part_ids,
+    callback, timeout, [message_id])`` calls ``callback()`` when the message is done with
+    (see :data:`Watch`).
     """
 
-    def __init__(self, publish: Publish, watch: Watch,
-                 forget: Callable[[str], Awaitable[None]], window: int = 4,
+    def __init__(self, publish: Publish, watch: Watch, window: int = 4,
                  max_items: int = 64, slot_seconds: float = SLOT_SECONDS) -> None:
         self.window, self.max_items, self.slot_seconds = window, max_items, slot_seconds
-        self._publish, self._watch, self._forget = publish, watch, forget
+        self._publish, self._watch = publish, watch
         self._pending: deque[_Part] = deque()
         self._in_flight: dict[str, float] = {}  # message id: when it was sent (monotonic)
         self._wake: asyncio.Event | None = None
         self._sender: asyncio.Task[None] | None = None
-        self._forgetting: set[asyncio.Task[None]] = set()
         self._closed = False
         self.messages = self.parts = 0  # sent so far (tests, benchmarks and /metrics read them)
 
@@ -149,7 +148,8 @@ class Coalescer:
 
     async def _send(self, message_id: str, parts: list[_Part]) -> None:
         try:
-            await self._watch(message_id, self._finished, self.slot_seconds)
+            await self._watch([p.id for p in parts], lambda: self._finished(message_id),
+                              self.slot_seconds, [message_id])
             await self._publish(message_id, {"parts": [{"id": p.id, "items": p.items}
                                                        for p in parts]})
         except Exception as exc:  # the broker's connection errors vary
@@ -167,10 +167,7 @@ class Coalescer:
             if not part.sent.done():
                 part.sent.set_result(message_id)
 
-    def _finished(self, message_id: str, meta: dict[str, Any] | None) -> None:
+    def _finished(self, message_id: str) -> None:
         self._in_flight.pop(message_id, None)
         if self._wake is not None:
             self._wake.set()
-        if meta is not None and meta.get("status") == states.SUCCESS:
-            # a failure stays: its callers read its reason
-            spawn(self._forget(message_id), self._forgetting)

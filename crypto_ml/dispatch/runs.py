@@ -300,14 +300,8 @@ class _OnLoop:
                              app.backend.decode_result)
         self.coalescer = Coalescer(
             lambda message_id, kwargs: publish(PARTS_TASK_NAME, kwargs, message_id),
-            self.hub.watch, self._forget, window=coalesce,
+            self.hub.watch, window=coalesce,
             max_items=batch_size) if coalesce else None
-        self._app = app
-
-    async def _forget(self, task_id: str) -> None:
-        """Delete a shared message's own result, in this turn's pipeline of writes."""
-        with contextlib.suppress(Exception):  # best effort: results expire anyway
-            await self.writes.run(("delete", tuple(forget_keys(self._app, [task_id])), {}))
 
     async def close(self) -> None:
         if self.coalescer is not None:

@@ -11,7 +11,7 @@ Keras 3; the backend is imported on first fit, never at module import.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -24,8 +24,8 @@ from crypto_ml.models.state import ModelState, member_weights, weight_arrays
 
 WINDOW = 50
 BATCH_SIZE = 512
-#: Compiled networks of this process, by (cell, window, seed), with their initial state.
-_NETWORKS: dict[tuple[str, int, int], tuple[Any, list[np.ndarray]]] = {}
+#: Compiled networks of this process, by their model's configuration, with their initial state.
+_NETWORKS: dict[tuple[Any, ...], tuple[Any, list[np.ndarray]]] = {}
 
 
 def make_windows(series: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
@@ -47,6 +47,26 @@ def built_state(net: Any, window: int) -> list[np.ndarray]:
     net.optimizer.build(net.trainable_variables)
     net.test_on_batch(np.zeros((1, window, 1), "float32"), np.zeros(1, "float32"))
     return [v.numpy() for v in (*net.variables, *net.optimizer.variables)]
+
+
+def seeded_network(keras: Any, key: tuple[Any, ...], seed: int, window: int,
+                   build: Callable[[Any], Any]) -> Any:
+    """This process's compiled network for ``key`` (a configuration), reset to its seeded start.
+
+    Building and tracing a network costs far more than training it on one coin, so a worker
+    builds each configuration once (``build(keras)``, after seeding) and, before each fit,
+    restores the weights and optimizer state it had when first built: every fit starts
+    exactly as a freshly built, seeded network would. Keras's RNG is seeded again last.
+    """
+    if key not in _NETWORKS:
+        keras.utils.set_random_seed(seed)
+        net = build(keras)
+        _NETWORKS[key] = (net, built_state(net, window))
+    net, initial = _NETWORKS[key]
+    for variable, value in zip((*net.variables, *net.optimizer.variables), initial, strict=True):
+        variable.assign(value)
+    keras.utils.set_random_seed(seed)
+    return net
 
 
 class RecurrentModel(Forecaster):
@@ -82,24 +102,9 @@ class RecurrentModel(Forecaster):
         return model
 
     def _network(self, keras: Any) -> Any:
-        """This process's compiled network for (cell, window, seed), reset to its initial state.
-
-        Building and tracing a network costs far more than training it on one coin, so a
-        worker keeps one per configuration and, before each fit, restores the weights and
-        optimizer state it had when first built from the seed: every fit starts exactly
-        as a freshly built, seeded network would.
-        """
-        key = (self.cell, self.window, self.seed)
-        if key not in _NETWORKS:
-            keras.utils.set_random_seed(self.seed)
-            model = self._build(keras)
-            _NETWORKS[key] = (model, built_state(model, self.window))
-        model, initial = _NETWORKS[key]
-        for variable, value in zip((*model.variables, *model.optimizer.variables), initial,
-                                   strict=True):
-            variable.assign(value)
-        keras.utils.set_random_seed(self.seed)
-        return model
+        """This process's network for (cell, window, seed) (:func:`seeded_network`)."""
+        return seeded_network(keras, (self.cell, self.window, self.seed), self.seed,
+                              self.window, self._build)
 
     def _fit(self, series: np.ndarray) -> None:
         if (series <= 0).any():

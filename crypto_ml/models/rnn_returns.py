@@ -32,14 +32,12 @@ from crypto_ml.models.intervals import (
     origin_bands,
     required_origins,
 )
-from crypto_ml.models.rnn import built_state
+from crypto_ml.models.rnn import seeded_network
 from crypto_ml.models.state import ModelState, member_weights, weight_arrays
 
 VALIDATION_SHARE = 0.2
 BATCH_SIZE = 64
 MIN_WINDOWS = 10
-#: Compiled networks of this process by (cell, window, units, seed), with their initial state.
-_NETWORKS: dict[tuple[str, int, int, int], tuple[Any, list[np.ndarray]]] = {}
 
 
 def return_windows(returns: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
@@ -81,23 +79,9 @@ class ReturnsRecurrentModel(Forecaster):
         return model
 
     def _network(self, keras: Any, seed: int) -> Any:
-        """This process's network for (cell, window, units, seed), reset to its seeded start.
-
-        As :meth:`RecurrentModel._network`: building and tracing cost more than a fit,
-        so each configuration is built once and its weights and optimizer state are
-        restored before every fit, which then starts as a freshly built network would.
-        """
-        key = (self.cell, self.window, self.units, seed)
-        if key not in _NETWORKS:
-            keras.utils.set_random_seed(seed)
-            net = self._build(keras)
-            _NETWORKS[key] = (net, built_state(net, self.window))
-        net, initial = _NETWORKS[key]
-        for variable, value in zip((*net.variables, *net.optimizer.variables), initial,
-                                   strict=True):
-            variable.assign(value)
-        keras.utils.set_random_seed(seed)
-        return net
+        """This process's network for (cell, window, units, seed) (:func:`seeded_network`)."""
+        return seeded_network(keras, (self.cell, self.window, self.units, seed), seed,
+                              self.window, self._build)
 
     def _fit(self, series: np.ndarray) -> None:
         if (series <= 0).any():

@@ -174,11 +174,13 @@ def forecast_batch(self: ForecastTask, items: list[dict[str, Any]]) -> list[dict
                      self.app.conf.get("crypto_ml_max_batch", 1000), self.parse, self.model_store)
 
 
-@shared_task(bind=True, base=ForecastTask, name=PARTS_TASK_NAME)
+@shared_task(bind=True, base=ForecastTask, name=PARTS_TASK_NAME, ignore_result=True,
+             store_errors_even_if_ignored=True)
 def forecast_parts(self: ForecastTask, parts: list[dict[str, Any]]) -> dict[str, Any]:
     """Several callers' cheap batches in one message (the API coalesces concurrent requests):
     each part's results are stored under the part's own id, the result its caller waits on,
-    so callers share a message, never a result. Returns the count per part."""
+    so callers share a message, never a result. The message's own result (the count per part)
+    is not stored, only its failure, which ends every part that has no result of its own."""
     checked = check_parts(parts, self.app.conf.get("crypto_ml_max_batch", 1000))
     worker = self.request.hostname or "unknown"
     done = {}
