@@ -19,7 +19,12 @@ from crypto_ml.dispatch.coalesce import Coalescer
 from crypto_ml.dispatch.runs import Run, RunQueue
 from crypto_ml.models import get_model
 from crypto_ml.worker.app import create_app
-from crypto_ml.worker.requests import PARTS_TASK_NAME, ForecastRequest, check_parts
+from crypto_ml.worker.requests import (
+    PARTS_TASK_NAME,
+    ForecastRequest,
+    check_parts,
+    check_reply,
+)
 
 
 class FakeBroker:
@@ -136,6 +141,15 @@ async def test_a_part_ends_with_its_own_result_or_with_its_carriers_failure() ->
     waiter.deliver("p2", {"status": "SUCCESS", "result": []})
     waiter.deliver("solo", {"status": "SUCCESS", "result": {}})
     assert waiter.done.is_set() and waiter.metas["p2"]["status"] == "SUCCESS"
+
+
+@pytest.mark.parametrize("reply_to", ["celery-task-meta-x", "crypto-ml-hub-", "crypto-ml-hub-"
+                                      + "0" * 31, "crypto-ml-hub-" + "A" * 32, None, 7, ["x"]])
+def test_a_reply_channel_must_be_a_hubs_home(reply_to: Any) -> None:
+    """Workers publish a message's results on its ``reply_to``: never on another channel."""
+    with pytest.raises(InvalidTaskInput, match="'reply_to'"):
+        check_reply(reply_to)
+    assert check_reply("crypto-ml-hub-" + uuid.uuid4().hex).startswith("crypto-ml-hub-")
 
 
 @pytest.mark.parametrize("part_id", ["crypto_ml:run:x", "../x", "", None, 7,
@@ -256,11 +270,17 @@ def test_a_message_is_done_with_once_its_parts_or_its_own_failure_arrive(cluster
 
 @pytest.mark.integration
 def test_results_are_awaited_on_pub_sub_not_by_polling(cluster: Any) -> None:
-    """With the safety sweep an hour away, results still arrive: their messages wake it."""
+    """With the safety sweep an hour away, results still arrive: their messages wake it. The
+    parts' results come on the hub's home channel, with no subscription per request."""
     async def test(queue: RunQueue) -> None:
         queue._loop().hub.sweep_seconds = 3600.0
         runs = [await queue.submit([ForecastRequest(f"c{i}", "linear", [1.0, 2.0, 3.0], 2)])
                 for i in range(3)]
+        with cluster.client() as redis_client:  # parts come on the hub's one home channel
+            channels = set(redis_client.pubsub_channels("celery-task-meta-*"))
+        hub = queue._loop().hub
+        assert hub.key(hub.reply_to) in channels
+        assert not channels & {hub.key(task_id) for run in runs for task_id in run.tasks}
         states = [await queue.wait(run, 20) for run in runs]
         assert all(s is not None and s.status == "done" for s in states)
 

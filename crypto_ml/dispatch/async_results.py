@@ -13,7 +13,10 @@ awaited, and at once after a reconnect) finds a result whose message a lost conn
 as the command line's engine does (:mod:`crypto_ml.dispatch.engine`).
 
 A *part* of a shared message (:mod:`crypto_ml.dispatch.coalesce`) ends with its own
-result, or with its carrier's when the carrier failed as a whole.
+result, or with its carrier's when the carrier failed as a whole. Parts need no subscription
+at all: the message names this hub's *home* channel (:attr:`ResultHub.reply_to`, itself a
+result channel, which keeps the connection subscribed), and the worker publishes each part's
+result there, so a burst of requests costs no ``SUBSCRIBE`` or ``UNSUBSCRIBE`` of its own.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
@@ -30,6 +33,7 @@ from celery import states
 from redis.exceptions import RedisError
 
 from crypto_ml.dispatch.background import spawn
+from crypto_ml.worker.requests import REPLY_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +58,15 @@ class ResultHub:
         self._key_for = key_for
         self._listeners: dict[bytes, list[_Listener]] = {}
         self._ids: dict[bytes, str] = {}
+        self._channels: set[bytes] = set()  # the awaited keys subscribed to (not the home's)
         self._pubsub: Any = None
         self._away = False  # the connection is lost and not back yet
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()  # referenced until done
         # keeps the connection subscribed: a result channel no task has (the API's Redis user
-        # may subscribe to result channels only)
-        self._home = self.key(f"crypto-ml-hub-{uuid.uuid4().hex}")
+        # may subscribe to result channels only), where workers publish the parts' results
+        self.reply_to = f"{REPLY_PREFIX}{uuid.uuid4().hex}"
+        self._home = self.key(self.reply_to)
         self._to_subscribe: list[bytes] = []
         self._subscribed: asyncio.Future[None] | None = None  # this turn's SUBSCRIBE sent
         self._to_unsubscribe: list[bytes] = []
@@ -69,11 +75,12 @@ class ResultHub:
         key = self._key_for(task_id)
         return key if isinstance(key, bytes) else key.encode()
 
-    async def expect(self, task_ids: Sequence[str]) -> Waiter:
+    async def expect(self, task_ids: Sequence[str], home: Collection[str] = ()) -> Waiter:
         """Listen for the results of ``task_ids`` from now on (before their messages are
-        sent, so none can be missed); :meth:`collect` them later."""
+        sent, so none can be missed); :meth:`collect` them later. Those also in ``home`` are
+        published on the home channel (:attr:`reply_to`): no subscription of their own."""
         waiter = Waiter(task_ids)
-        await self._add(waiter, waiter.watched)
+        await self._add(waiter, waiter.watched, home)
         return waiter
 
     async def carry(self, waiter: Waiter, carriers: Mapping[str, str]) -> None:
@@ -95,11 +102,12 @@ class ResultHub:
         self._discard(waiter)
 
     async def watch(self, task_ids: Sequence[str], callback: Callable[[], None], timeout: float,
-                    ends: Sequence[str] = ()) -> None:
+                    ends: Sequence[str] = (), home: Collection[str] = ()) -> None:
         """``callback()`` once, when every one of ``task_ids`` has finished, or any one of
-        ``ends`` has, or ``timeout`` seconds have passed, whichever comes first."""
+        ``ends`` has, or ``timeout`` seconds have passed, whichever comes first (``home``: as
+        for :meth:`expect`)."""
         watch = _Watch(task_ids, ends, lambda: self._discard(watch), callback)
-        await self._add(watch, watch.watched)
+        await self._add(watch, watch.watched, home)
         watch.timer = asyncio.get_running_loop().call_later(timeout, watch.end)
 
     async def close(self) -> None:
@@ -113,17 +121,19 @@ class ResultHub:
 
     # -- listeners -----------------------------------------------------------------------
 
-    async def _add(self, listener: _Listener, task_ids: Iterable[str]) -> None:
+    async def _add(self, listener: _Listener, task_ids: Iterable[str],
+                   home: Collection[str] = ()) -> None:
         if not self._tasks:
             self._tasks = [asyncio.create_task(self._read(), name="crypto-ml-results"),
                            asyncio.create_task(self._sweeps(), name="crypto-ml-sweeps")]
         new = []
         for task_id in task_ids:
             key = self.key(task_id)
-            if key not in self._listeners:
-                new.append(key)
-                self._ids[key] = task_id
+            self._ids[key] = task_id
             self._listeners.setdefault(key, []).append(listener)
+            if task_id not in home and key not in self._channels:
+                self._channels.add(key)
+                new.append(key)
         if new:
             await self._subscribe(new)
 
@@ -138,7 +148,7 @@ class ResultHub:
     async def _send_subscribe(self) -> None:
         keys, self._to_subscribe = self._to_subscribe, []
         sent, self._subscribed = self._subscribed, None
-        keys = [key for key in keys if key in self._listeners]  # not answered meanwhile
+        keys = [key for key in keys if key in self._channels]  # not answered meanwhile
         try:
             if keys and self._pubsub is not None:
                 await self._pubsub.subscribe(*keys)
@@ -162,7 +172,10 @@ class ResultHub:
         self._unsubscribe(gone)
 
     def _unsubscribe(self, keys: list[bytes]) -> None:
-        """Unsubscribe from ``keys`` with this turn's others (nobody waits for it)."""
+        """Unsubscribe from ``keys`` with this turn's others (nobody waits for them; those
+        never subscribed to are passed over)."""
+        keys = [key for key in keys if key in self._channels]
+        self._channels.difference_update(keys)
         if not keys:
             return
         if not self._to_unsubscribe:
@@ -171,7 +184,7 @@ class ResultHub:
 
     async def _send_unsubscribe(self) -> None:
         keys, self._to_unsubscribe = self._to_unsubscribe, []
-        keys = [key for key in keys if key not in self._listeners]  # wanted again meanwhile
+        keys = [key for key in keys if key not in self._channels]  # wanted again meanwhile
         if keys and self._pubsub is not None:
             with contextlib.suppress(*LOST):
                 await self._pubsub.unsubscribe(*keys)
@@ -180,10 +193,16 @@ class ResultHub:
         spawn(work, self._background)
 
     def _arrived(self, key: bytes, raw: bytes) -> None:
-        if key not in self._listeners:
+        if key != self._home and key not in self._listeners:
+            return  # nobody waits for it: not worth decoding
+        try:
+            meta = self.decode(raw)
+            if key == self._home:  # a part's result: its key from the task id inside
+                key = self.key(str(meta["task_id"]))
+        except Exception as exc:  # not a result (anything may publish on a channel)
+            log.warning("ignored a message on %r that is not a task result (%s)", key, exc)
             return
-        meta = self.decode(raw)
-        if meta.get("status") not in states.READY_STATES:
+        if key not in self._listeners or meta.get("status") not in states.READY_STATES:
             return  # STARTED and the like
         listeners = self._listeners.pop(key)
         task_id = self._ids.pop(key)
@@ -217,10 +236,10 @@ class ResultHub:
         pubsub = self.client.pubsub()
         await pubsub.subscribe(self._home)
         self._pubsub = pubsub
-        keys = list(self._listeners)
+        keys = list(self._channels)
         for i in range(0, len(keys), CHUNK):
             await pubsub.subscribe(*keys[i : i + CHUNK])
-        if keys:  # what was stored while the connection was away
+        if self._listeners:  # what was stored while the connection was away
             self._spawn(self._sweep())
 
     async def _drop(self) -> None:

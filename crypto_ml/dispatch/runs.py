@@ -169,8 +169,8 @@ class RunQueue:
         run = Run(uuid.uuid4().hex, {t: m.items for t, m in messages}, time.time() + self.expires)
         if part_id:
             run.tasks[part_id] = [(r.coin, r.model) for r in shared]
-        if listen:
-            run.waiter = await on.hub.expect(list(run.tasks))
+        if listen:  # a part's result comes on the hub's home channel
+            run.waiter = await on.hub.expect(list(run.tasks), home=[part_id] if part_id else ())
         try:
             for task_id, message in messages:
                 await self._publish(message.task, message.kwargs, task_id)
@@ -298,10 +298,12 @@ class _OnLoop:
         self.writes = Pipelined(self.backend)
         self.hub = ResultHub(self.backend, app.backend.get_key_for_task,
                              app.backend.decode_result)
-        self.coalescer = Coalescer(
-            lambda message_id, kwargs: publish(PARTS_TASK_NAME, kwargs, message_id),
-            self.hub.watch, window=coalesce,
-            max_items=batch_size) if coalesce else None
+        hub = self.hub
+        self.coalescer = Coalescer(  # workers publish the parts' results on the hub's home
+            lambda message_id, kwargs: publish(PARTS_TASK_NAME,
+                                               {**kwargs, "reply_to": hub.reply_to}, message_id),
+            lambda parts, done, timeout, ends: hub.watch(parts, done, timeout, ends, home=parts),
+            window=coalesce, max_items=batch_size) if coalesce else None
 
     async def close(self) -> None:
         if self.coalescer is not None:

@@ -192,6 +192,20 @@ def check_parts(parts: object, max_batch: int) -> list[tuple[str, list[Any]]]:
     return out
 
 
+#: A parts message's ``reply_to``: this prefix, then 32 hex digits (a uuid4's).
+REPLY_PREFIX = "crypto-ml-hub-"
+REPLY_TO = re.compile(re.escape(REPLY_PREFIX) + r"[0-9a-f]{32}")
+
+
+def check_reply(reply_to: object) -> str:
+    """A parts message's ``reply_to``: the name of its sender's home channel, which the results
+    are published on (:class:`crypto_ml.dispatch.async_results.ResultHub`), else
+    InvalidTaskInput: a message names a channel of that form, never another key or channel."""
+    if not isinstance(reply_to, str) or not REPLY_TO.fullmatch(reply_to):
+        raise _bad("reply_to", f"expected crypto-ml-hub-<32 hex digits>, got {reply_to!r}")
+    return reply_to
+
+
 def item_error(item: dict[str, Any], exc: BaseException) -> dict[str, Any]:
     """The entry a failed forecast of a batch leaves in the batch's result."""
     return {"coin": str(item.get("coin")), "model": str(item.get("model")),

@@ -28,6 +28,7 @@ from crypto_ml.worker.requests import (
     TASK_NAME,
     ForecastRequest,
     check_parts,
+    check_reply,
     run_batch,
     run_forecast,
 )
@@ -176,26 +177,31 @@ def forecast_batch(self: ForecastTask, items: list[dict[str, Any]]) -> list[dict
 
 @shared_task(bind=True, base=ForecastTask, name=PARTS_TASK_NAME, ignore_result=True,
              store_errors_even_if_ignored=True)
-def forecast_parts(self: ForecastTask, parts: list[dict[str, Any]]) -> dict[str, Any]:
+def forecast_parts(self: ForecastTask, parts: list[dict[str, Any]],
+                   reply_to: str | None = None) -> dict[str, Any]:
     """Several callers' cheap batches in one message (the API coalesces concurrent requests):
     each part's results are stored under the part's own id, the result its caller waits on,
-    so callers share a message, never a result. The message's own result (the count per part)
-    is not stored, only its failure, which ends every part that has no result of its own."""
+    so callers share a message, never a result, and published on the ``reply_to`` channel
+    (the sender's, a result channel too; else on the part's own). The message's own result
+    (the count per part) is not stored, only its failure, which ends every part that has no
+    result of its own."""
     checked = check_parts(parts, self.app.conf.get("crypto_ml_max_batch", 1000))
+    channel = None if reply_to is None else self.backend.get_key_for_task(check_reply(reply_to))
     worker = self.request.hostname or "unknown"
     done = {}
     for part_id, items in checked:
         done[part_id] = run_batch(items, worker, len(items), self.parse, self.model_store)
         self.log_results(self.request.id, done[part_id])
-    store_successes(self.backend, done)
+    store_successes(self.backend, done, channel)
     return {"parts": {part_id: len(items) for part_id, items in checked}}
 
 
-def store_successes(backend: Any, results: dict[str, Any]) -> None:
+def store_successes(backend: Any, results: dict[str, Any], channel: Any = None) -> None:
     """Store each task id's result as SUCCESS in one round trip: ``SET`` (with the results'
-    expiry) and ``PUBLISH``, as Celery's Redis backend stores one result, retried as it
-    retries a store. Unlike ``store_result`` it does not read each key first: a part is
-    computed once per message, and a redelivered message stores the same numbers."""
+    expiry) and ``PUBLISH`` (on ``channel``, else on the key's own), as Celery's Redis backend
+    stores one result, retried as it retries a store. Unlike ``store_result`` it does not read
+    each key first: a part is computed once per message, and a redelivered message stores the
+    same numbers."""
     def store() -> None:
         with backend.client.pipeline() as pipe:
             for task_id, result in results.items():
@@ -205,7 +211,7 @@ def store_successes(backend: Any, results: dict[str, Any]) -> None:
                                         "date_done": backend.app.now().isoformat(),
                                         "task_id": task_id})
                 pipe.set(key, value, ex=backend.expires or None)
-                pipe.publish(key, value)
+                pipe.publish(key if channel is None else channel, value)
             pipe.execute()
 
     backend.ensure(store, ())
