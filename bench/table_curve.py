@@ -15,6 +15,8 @@ table and cutting it into the chunks' windows (the loop above without the fits),
 ``write_s``, writing the run's own output table again (read back into Arrow first, untimed).
 ``least_ratio`` is ``(fit + read + write) / fit``: the ratio to fit / cores that a perfect
 cluster would reach if reading and writing were spread over the cores as well as the fits.
+``values_read_s``: pyarrow alone reading the table's value column (``pq.read_table(T,
+columns=["y"])`` to numpy, on all cores), the least any reader of the table pays.
 Results: ``bench/results/table_curve.json``, ``.md`` and ``table_curve.png``.
 """
 
@@ -100,6 +102,13 @@ def in_process_seconds(table: Path, model: str, horizon: int, levels: tuple[floa
     return took, time.perf_counter() - began - took
 
 
+def values_read_seconds(table: Path) -> float:
+    """Seconds pyarrow takes to read the value column alone into numpy (all cores)."""
+    started = time.perf_counter()
+    pq.read_table(table, columns=["y"]).column(0).to_numpy()
+    return time.perf_counter() - started
+
+
 def write_seconds(out: Path) -> float:
     """Seconds writing the output table ``out`` takes once it is in memory."""
     forecasts = pq.read_table(out)
@@ -137,6 +146,7 @@ def run_size(size: int, args: argparse.Namespace, broker: str, admin: str) -> di
             "in_process_fit_s": round(fit, 2),
             "ratio_to_fit_over_cores": round(wall / (fit / args.workers), 2),
             "read_s": round(read, 2), "write_s": round(write, 2),
+            "values_read_s": round(values_read_seconds(table), 2),
             "least_ratio": round((fit + read + write) / fit, 2)}
 
 

@@ -31,3 +31,22 @@ def test_bench_smoke_writes_ratios(price_data: Path, tmp_path: Path) -> None:
         assert run["manager_dispatch_peak_mib"] >= 0 and run["per_s"] > 0
     history = (tmp_path / "history.tsv").read_text().splitlines()
     assert len(history) == 1 and "small.one_coin_p50_ms=" in history[0]
+
+
+def test_the_peers_log_table_holds_the_log_of_each_close_and_nothing_else(tmp_path: Path) -> None:
+    """``--log-peers`` gives the peers log closes: the same fits as this project's models."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bench.table_vs_peers import log_table
+
+    table = tmp_path / "t.parquet"
+    rows = pa.table({"unique_id": ["a", "a", "b"], "ds": pa.array([0, 1, 0], pa.date32()),
+                     "y": [1.0, np.e, 10.0]})
+    pq.write_table(rows, table, row_group_size=2)  # two row groups: each converted
+    logged = pq.read_table(log_table(table))
+    assert logged.schema == rows.schema
+    assert logged.column("unique_id").to_pylist() == ["a", "a", "b"]
+    assert logged.column("ds").to_pylist() == rows.column("ds").to_pylist()
+    np.testing.assert_allclose(logged.column("y").to_numpy(), [0.0, 1.0, np.log(10.0)])
