@@ -241,6 +241,19 @@ def test_a_message_that_fails_as_a_whole_ends_each_part_with_its_reason(cluster:
 
 
 @pytest.mark.integration
+def test_a_message_without_reply_to_stores_its_own_result_as_before(cluster: Any) -> None:
+    """A shared message from an API of an earlier version (no ``reply_to``: it waits for the
+    message's own result) still gets that result, and its part its own."""
+    app = create_app(Settings().with_broker(cluster.broker_url))
+    part, message = str(uuid.uuid4()), str(uuid.uuid4())
+    sent = app.send_task(PARTS_TASK_NAME, task_id=message,
+                         kwargs={"parts": [{"id": part, "items": [item(0)]}]})
+    assert sent.get(timeout=30) == {"parts": {part: 1}}
+    (result,) = app.AsyncResult(part).get(timeout=30)
+    assert result["coin"] == "c0" and len(result["forecast"]) == 1
+
+
+@pytest.mark.integration
 def test_a_message_is_done_with_once_its_parts_or_its_own_failure_arrive(cluster: Any) -> None:
     """What frees a coalescer's slot: every part's result, else the message's failure, else
     the timeout; once each, and nothing stays subscribed afterwards."""

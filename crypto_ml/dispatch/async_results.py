@@ -107,7 +107,11 @@ class ResultHub:
         ``ends`` has, or ``timeout`` seconds have passed, whichever comes first (``home``: as
         for :meth:`expect`)."""
         watch = _Watch(task_ids, ends, lambda: self._discard(watch), callback)
-        await self._add(watch, watch.watched, home)
+        try:
+            await self._add(watch, watch.watched, home)
+        except BaseException:  # cancelled (the coalescer closing): no listener left behind
+            self._discard(watch)
+            raise
         watch.timer = asyncio.get_running_loop().call_later(timeout, watch.end)
 
     async def close(self) -> None:

@@ -182,18 +182,22 @@ def forecast_parts(self: ForecastTask, parts: list[dict[str, Any]],
     """Several callers' cheap batches in one message (the API coalesces concurrent requests):
     each part's results are stored under the part's own id, the result its caller waits on,
     so callers share a message, never a result, and published on the ``reply_to`` channel
-    (the sender's, a result channel too; else on the part's own). The message's own result
-    (the count per part) is not stored, only its failure, which ends every part that has no
-    result of its own."""
+    (the sender's, a result channel too). The message's own result (the count per part) is
+    not stored, only its failure, which ends every part that has no result of its own; a
+    message without ``reply_to`` (from an API of an earlier version, which waits for that
+    result) gets it stored, and its parts' results published on their own channels."""
     checked = check_parts(parts, self.app.conf.get("crypto_ml_max_batch", 1000))
     channel = None if reply_to is None else self.backend.get_key_for_task(check_reply(reply_to))
     worker = self.request.hostname or "unknown"
-    done = {}
+    done: dict[str, Any] = {}
     for part_id, items in checked:
         done[part_id] = run_batch(items, worker, len(items), self.parse, self.model_store)
         self.log_results(self.request.id, done[part_id])
+    counts = {"parts": {part_id: len(items) for part_id, items in checked}}
+    if reply_to is None and self.request.id:
+        done[self.request.id] = counts
     store_successes(self.backend, done, channel)
-    return {"parts": {part_id: len(items) for part_id, items in checked}}
+    return counts
 
 
 def store_successes(backend: Any, results: dict[str, Any], channel: Any = None) -> None:
