@@ -16,6 +16,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 import psutil
 import pytest
@@ -37,7 +38,8 @@ pytestmark = pytest.mark.integration
 
 FORECASTS = 20_000
 # faults keyed to progress (the share of forecasts arrived), not to time: the 20,000 take
-# 6-15 s depending on the machine, and each fault must land within the run
+# 4-15 s depending on the machine, and each fault must land within the run (the run's result
+# callback waits for the faults due so far: Chaos.keep_up)
 KILLS_AT = (0.10, 0.25, 0.40, 0.70, 0.85)
 RESTART_AT = 0.55
 WORKERS = 4
@@ -65,6 +67,16 @@ class Chaos(threading.Thread):
         self.started = 0
         self.redis_restarts = 0
         self.random = random.Random(12)
+        self.faults = sorted([(at, "kill") for at in KILLS_AT] + [(RESTART_AT, "restart")])
+        self.landed = 0  # faults done so far
+        self.landing = threading.Condition()
+
+    def keep_up(self) -> None:
+        """Hold the caller (the run's result callback) until every fault due at this progress
+        has landed, so that a fast machine cannot finish the run ahead of its faults."""
+        with self.landing:
+            self.landing.wait_for(lambda: self.stop.is_set() or self.landed >= sum(
+                at <= self.progress() for at, _ in self.faults), timeout=60)
 
     def holds_a_task(self, name: str) -> bool:
         """Whether worker ``name`` has recorded a delivery (running or reserved) right now."""
@@ -76,8 +88,7 @@ class Chaos(threading.Thread):
             return False
 
     def run(self) -> None:
-        faults = sorted([(at, "kill") for at in KILLS_AT] + [(RESTART_AT, "restart")])
-        for at, fault in faults:
+        for at, fault in self.faults:
             while not self.stop.is_set() and self.progress() < at:
                 self.stop.wait(0.02)
             if self.stop.is_set():
@@ -87,6 +98,9 @@ class Chaos(threading.Thread):
                 self.redis_restarts += 1
             else:
                 self.kill_one()
+            with self.landing:
+                self.landed += 1
+                self.landing.notify_all()
         self.idle.set()
         self.exit.wait()
 
@@ -154,8 +168,12 @@ def test_chaos_every_forecast_exactly_once() -> None:
             started = time.monotonic()
             err = io.StringIO()
             manager = CryptoManager(app=app, settings=Settings(batch_size=20), err=err)
-            report = manager.dispatch(requests, timeout=300,
-                                      on_result=lambda r: arrived.update([(r["coin"], r["model"])]))
+
+            def arrive(result: dict[str, Any]) -> None:
+                arrived.update([(result["coin"], result["model"])])
+                chaos[0].keep_up()
+
+            report = manager.dispatch(requests, timeout=300, on_result=arrive)
             seconds = time.monotonic() - started
             chaos[0].stop.set()
             assert chaos[0].idle.wait(60)
