@@ -54,6 +54,14 @@ def address(container: str) -> str:
     return str(backend["IPAddress"])
 
 
+def dispatching(container: str) -> bool:
+    """Whether a run has published work on the Redis in ``container``: forecasts queued or
+    done (so the manager is past its start-up checks of the broker and the backend)."""
+    queued = cli(container, "llen", "cpu").strip()
+    return (queued.isdigit() and int(queued) > 0) or bool(
+        cli(container, "--scan", "--pattern", "celery-task-meta-*").strip())
+
+
 def users(container: str) -> dict[str, int]:
     """User -> connections of the Redis in ``container`` (CLIENT LIST)."""
     count: dict[str, int] = {}
@@ -100,9 +108,12 @@ def test_sentinels_see_the_master_its_replica_and_each_other(
         sentinel = one(sentinel_stack, name)
         assert cli(sentinel, "sentinel", "get-master-addr-by-name", "mymaster",
                    port=26379).split()[0] == address(one(sentinel_stack, "redis"))
-        assert replica in cli(sentinel, "sentinel", "replicas", "mymaster", port=26379)
-        assert "OK 3 usable Sentinels" in cli(sentinel, "sentinel", "ckquorum", "mymaster",
-                                              port=26379)
+        # a Sentinel learns the replica and its peers from the master's INFO and hello
+        # messages, seconds after it is up: wait for both, then require them
+        ds.wait_for(lambda s=sentinel: replica in cli(s, "sentinel", "replicas", "mymaster",
+                                                      port=26379), 60, f"{name} seeing the replica")
+        ds.wait_for(lambda s=sentinel: "OK 3 usable Sentinels" in cli(
+            s, "sentinel", "ckquorum", "mymaster", port=26379), 60, f"{name} seeing its peers")
         refused = ds.docker("exec", "-e", "REDISCLI_AUTH=wrong", sentinel, "redis-cli", "-p",
                             "26379", "-e", "ping", check=False)
         assert refused.returncode != 0  # the Sentinels want their password too
@@ -117,9 +128,10 @@ def test_master_killed_mid_run_every_forecast_once_and_each_role_as_its_user(
     manager = stack.popen("run", "--rm", "-T", "-e", "CRYPTO_ML_BATCH_SIZE=1", "manager",
                           "send-tasks", "--model", "arima", "-v")
     try:
-        # the run is under way: the manager is logged in to the master
-        seen = ds.wait_for(lambda: (u := users(master)).get("manager") and u, 120,
-                           "the manager connected to the master", interval=0.2)
+        # the run is under way: its work is published and the manager is logged in to the
+        # master (a kill during the manager's start-up checks fails the run before it starts)
+        seen = ds.wait_for(lambda: dispatching(master) and (u := users(master)).get("manager")
+                           and u, 120, "the manager dispatching on the master", interval=0.2)
         assert manager.poll() is None, "the run ended before the fault"
         killed = time.monotonic()
         ds.docker("kill", "-s", "KILL", master)
