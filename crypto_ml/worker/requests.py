@@ -202,7 +202,7 @@ def check_reply(reply_to: object) -> str:
     are published on (:class:`crypto_ml.dispatch.async_results.ResultHub`), else
     InvalidTaskInput: a message names a channel of that form, never another key or channel."""
     if not isinstance(reply_to, str) or not REPLY_TO.fullmatch(reply_to):
-        raise _bad("reply_to", f"expected crypto-ml-hub-<32 hex digits>, got {reply_to!r}")
+        raise _bad("reply_to", f"expected {REPLY_PREFIX}<32 hex digits>, got {reply_to!r}")
     return reply_to
 
 
