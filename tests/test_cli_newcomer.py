@@ -27,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ from crypto_ml.cli.requests import backtest_request, check_writable, send_reques
 from crypto_ml.core.errors import ConfigError, SeriesTooShort, UnknownModel
 from crypto_ml.core.progress import Progress, is_terminal
 from crypto_ml.data.download import Client, DownloadError
+from crypto_ml.ops.processes import wait_until
 
 COINS = "bitcoin,ethereum,dash"
 
@@ -64,13 +64,6 @@ def crypto_ml(*args: str, cwd: Path = ROOT, data_dir: Path | None = None,
     streams = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **popen}
     return subprocess.run([sys.executable, "-m", "crypto_ml", *args], cwd=cwd,
                           env=cli_env(data_dir), text=True, timeout=timeout, **streams)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
-        time.sleep(0.05)
 
 
 # --- 1. one line per error, --version ---------------------------------------------------------
@@ -389,7 +382,7 @@ def test_ctrl_c_stops_cluster_up_with_exit_130(price_data: Path) -> None:
         return b"press Ctrl-C to stop" in seen
 
     try:
-        wait_for(ready, 120, "cluster up")
+        wait_until(ready, 120, "cluster up")
         family = run_family(proc.pid)
         assert any("crypto_ml.worker.launch" in command_of(p) for p in family)
         proc.send_signal(signal.SIGINT)
@@ -421,7 +414,7 @@ def test_a_second_ctrl_c_leaves_no_process_behind(price_data: Path) -> None:
             return False
 
     try:
-        wait_for(training, 180, "a worker training the network")
+        wait_until(training, 180, "a worker training the network")
         family = run_family(proc.pid)
         proc.send_signal(signal.SIGINT)
         with contextlib.suppress(subprocess.TimeoutExpired):  # 0.5 s later, while it stops:

@@ -204,9 +204,13 @@ def test_a_soft_limit_that_lands_in_an_import_leaves_the_pool_process_whole(
                                               params={"epochs": 1}),
             soft_time_limit=120, time_limit=150).get(timeout=150)
         assert len(result["forecast"]) == 2
-        done = re.findall(r"ForkPoolWorker-(\d+)\] task \S+ done: coin=bitcoin model=lstm",
-                          worker_logs(cluster))
-        assert done == ["1"]  # the very process the limit interrupted trained it
+
+        def done() -> list[str]:
+            return re.findall(r"ForkPoolWorker-(\d+)\] task \S+ done: coin=bitcoin model=lstm",
+                              worker_logs(cluster))
+        # the worker logs "done" in on_success, after it stored the result the client has
+        wait_until(lambda: bool(done()), 30, "the worker's done line")
+        assert done() == ["1"]  # the very process the limit interrupted trained it
 
 
 # --- secrets in broker URLs -------------------------------------------------------------

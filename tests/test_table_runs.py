@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from table_support import coin_windows, random_walks, write_parquet
 
 import crypto_ml
 from crypto_ml.models import get_model
+from crypto_ml.ops.processes import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -67,13 +67,6 @@ def _start(args: list[str]) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
 def test_a_killed_manager_resumes_without_recomputing_or_doubling(
         cluster, tmp_path: Path) -> None:
     table = write_parquet(random_walks(1500, 40), tmp_path / "in.parquet")
@@ -85,7 +78,7 @@ def test_a_killed_manager_resumes_without_recomputing_or_doubling(
     parts = tmp_path / ".resumed.parquet.parts"
     first = _start([*args, "--output", str(out)])
     try:
-        _wait_for(lambda: len(list(parts.glob("chunk-*.parquet"))) >= 3 or first.poll() is not None,
+        wait_until(lambda: len(list(parts.glob("chunk-*.parquet"))) >= 3 or first.poll() is not None,
                   120, "three chunks written")
         first.send_signal(signal.SIGKILL)  # the manager dies mid-run
     finally:
