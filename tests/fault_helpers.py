@@ -127,6 +127,14 @@ def worker_logs(cluster: LocalCluster) -> str:
                      for p in sorted(cluster.workdir.glob("worker*.log")))
 
 
+def logs_with(cluster: LocalCluster, pattern: str, count: int = 1, timeout: float = 30) -> str:
+    """The workers' logs once ``pattern`` is in them ``count`` times: a worker logs a task's
+    "done" line in ``on_success``, after it stored the result that a client may already have."""
+    wait_until(lambda: len(re.findall(pattern, worker_logs(cluster))) >= count, timeout,
+               f"{count} worker log line(s) matching {pattern!r}")
+    return worker_logs(cluster)
+
+
 def coin_of(task_id: str, logs: str) -> str:
     """The coin of a finished task, from the worker's one log line per task."""
     found = re.search(rf"task {re.escape(task_id)} done: coin=(\S+) ", logs)

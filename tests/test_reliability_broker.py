@@ -24,6 +24,7 @@ from conftest import run_cli
 from fault_helpers import (
     app_for,
     finish,
+    logs_with,
     queue_length,
     start_cli,
     wait_for_drained,
@@ -69,9 +70,10 @@ def test_redis_restart_with_append_only_file_loses_nothing(price_data: Path,
         code, stdout, stderr = finish(cli, timeout=200)
         assert code == 0, stderr
         assert sorted(json.loads(out.read_text())["results"]) == COINS
-        logs = worker_logs(cluster)
+        done = r"task \S+ done: coin=\S+ model=lstm"
+        logs = logs_with(cluster, done, count=3)
         assert "Connection to broker lost" in logs  # the fault really hit the worker
-        assert len(re.findall(r"task \S+ done: coin=\S+ model=lstm", logs)) == 3  # none twice
+        assert len(re.findall(done, logs)) == 3  # none twice
         no_secret(cluster, stdout, stderr)
         wait_for_drained(cluster)
 
@@ -94,7 +96,7 @@ def test_redis_restart_without_persistence_sends_the_lost_tasks_again(price_data
         assert stderr.count("the broker lost its message") == 2, stderr
         arrived = sorted(line.split()[0] for line in stdout.splitlines())
         assert arrived == COINS
-        assert f"task {running.task_id} done" in worker_logs(cluster)
+        logs_with(cluster, rf"task {re.escape(running.task_id)} done")
         no_secret(cluster, stdout, stderr)
 
 
