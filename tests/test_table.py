@@ -124,6 +124,25 @@ def test_chunks_are_the_same_whatever_the_batches_and_the_row_order(
     assert source.info is not None and not source.info.presorted
 
 
+def test_the_check_sees_across_batch_boundaries(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(table_module, "BATCH_ROWS", 10)  # a batch is one whole series
+    frame = random_walks(4, 10)
+    info = TableSource(write_parquet(frame, tmp_path / "a.parquet")).check()
+    assert (info.series, info.rows, info.presorted) == (4, 40, True)
+    repeated = pd.concat([frame.iloc[:10], frame.iloc[[9]], frame.iloc[10:]])  # next batch's 1st
+    with pytest.raises(InvalidTable, match="series 's000000' has two rows"):
+        TableSource(write_parquet(repeated, tmp_path / "b.parquet")).check()
+    swapped = pd.concat([frame.iloc[:10], frame.iloc[20:30], frame.iloc[10:20], frame.iloc[30:]])
+    source = TableSource(write_parquet(swapped, tmp_path / "c.parquet"))
+    assert _chunks(source, 3) == _chunks(TableSource(tmp_path / "a.parquet"), 3)
+    assert source.info is not None and not source.info.presorted and source.info.series == 4
+    # values stored as text in Parquet are still read and checked before any work
+    text = frame.assign(y=frame["y"].astype(str).where(frame.index != 13, "12,5O"))
+    with pytest.raises(InvalidTable, match=r"'12,5O' \(series 's000001'\)"):
+        TableSource(write_parquet(text, tmp_path / "d.parquet")).check()
+
+
 def test_a_hive_folder_a_csv_and_integer_times_are_tables_too(tmp_path: Path) -> None:
     frame = random_walks(6, 10)
     frame["exchange"] = np.where(frame["unique_id"] < "s000003", "a", "b")

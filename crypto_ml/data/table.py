@@ -166,7 +166,8 @@ class TableSource:
         self._sorted: pa.Table | None = None
         self.info: TableInfo | None = None
 
-    def _batches(self) -> Iterator[pa.RecordBatch]:
+    def _batches(self, values: bool = True) -> Iterator[pa.RecordBatch]:
+        """The id, time and (with ``values``) value columns, batch by batch."""
         if self._sorted is not None:
             yield from self._sorted.to_batches(BATCH_ROWS)
             return
@@ -178,19 +179,33 @@ class TableSource:
                 f"{', '.join(self.dataset.schema.names)}); name yours with --id-col, "
                 "--time-col and --value-col")
         try:
-            yield from self._scan([c.id, c.time, c.value])
+            yield from self._scan([c.id, c.time, c.value] if values else [c.id, c.time])
         except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
             raise InvalidTable(f"--input {self.path}: cannot read the table ({exc})") from None
 
-    def _scan(self, names: list[str]) -> Iterator[pa.RecordBatch]:
-        """The three columns, batch by batch. Parquet files whose own columns hold them are
-        read one row group at a time (``ParquetFile.iter_batches``): the dataset scanner
-        decodes row groups ahead, hundreds of MB on wide row groups. Everything else (CSV,
-        an id in a hive partition's folder name, a DataFrame) goes through the scanner."""
+    def _readers(self) -> list[pq.ParquetFile]:
+        """One reader a file when the table is Parquet files (else none)."""
         files = [f.path for f in self.dataset.get_fragments()] \
             if isinstance(self.dataset, ds.FileSystemDataset) \
             and isinstance(self.dataset.format, ds.ParquetFileFormat) else []
-        readers = [pq.ParquetFile(f) for f in files]
+        return [pq.ParquetFile(f) for f in files]
+
+    def _stored_as_numbers(self) -> bool:
+        """True when every file stores the value column as numbers (typed Parquet): no row
+        can hold a non-number, so checking the table need not read the values."""
+        readers = self._readers()
+        numeric = (pa.types.is_integer, pa.types.is_floating, pa.types.is_decimal)
+        return bool(readers) and all(
+            self.columns.value in r.schema_arrow.names
+            and any(t(r.schema_arrow.field(self.columns.value).type) for t in numeric)
+            for r in readers)
+
+    def _scan(self, names: list[str]) -> Iterator[pa.RecordBatch]:
+        """The columns ``names``, batch by batch. Parquet files whose own columns hold them are
+        read one row group at a time (``ParquetFile.iter_batches``): the dataset scanner
+        decodes row groups ahead, hundreds of MB on wide row groups. Everything else (CSV,
+        an id in a hive partition's folder name, a DataFrame) goes through the scanner."""
+        readers = self._readers()
         if readers and all(set(names) <= set(r.schema_arrow.names) for r in readers):
             wanted = pa.array(self.only, pa.string()) if self.only else None
             for reader in readers:
@@ -210,7 +225,9 @@ class TableSource:
         if ids.null_count:
             raise InvalidTable(f"--input: column {c.id!r} is empty in some row")
         times, kind = _time(batch.column(c.time), ids, c.time)
-        return ids, times, kind, _values(batch.column(c.value), ids, c.value)
+        values = (_values(batch.column(c.value), ids, c.value) if c.value in batch.schema.names
+                  else np.empty(0))
+        return ids, times, kind, values
 
     def check(self) -> TableInfo:
         """Read the whole table once; its size, or InvalidTable (see the module doc). An
@@ -232,7 +249,7 @@ class TableSource:
         kind = ""
         presorted = True
         prev: tuple[str, int] | None = None
-        for batch in self._batches():
+        for batch in self._batches(values=not self._stored_as_numbers()):
             if not batch.num_rows:
                 continue
             ids, times, kind, _ = self._arrays(batch)
@@ -256,22 +273,45 @@ class TableSource:
     def chunks(self, size: int) -> Iterator[SeriesChunk]:
         """The series, ``size`` to a chunk, in order (call :meth:`check` first)."""
         buffer = _Buffer(size)
-        carry: tuple[pa.Array, np.ndarray, np.ndarray] | None = None
+        carry: _Carry | None = None  # the batch's last series, which the next may continue
         for batch in self._batches():
             if not batch.num_rows:
                 continue
             ids, times, _, values = self._arrays(batch)
-            if carry is not None:
-                ids = pa.concat_arrays([carry[0], ids])
-                times, values = np.concatenate([carry[1], times]), np.concatenate([carry[2], values])
             starts = _starts(ids)
+            if carry is not None:
+                head = (int(starts[1]) if len(starts) > 1 else len(ids)) \
+                    if ids[0].as_py() == carry.id else 0
+                carry = carry.then(times[:head], values[:head])
+                if head == len(ids):  # the whole batch goes on with the carried series
+                    continue
+                buffer.add(*carry.arrays())
+                starts = starts[1:] if head else starts
             tail = int(starts[-1])
             buffer.add(ids, times, values, starts[:-1], tail)
-            carry = (ids.slice(tail), times[tail:], values[tail:])
+            carry = _Carry(str(ids[tail].as_py()), [times[tail:]], [values[tail:]])
             yield from buffer.full()
         if carry is not None:
-            buffer.add(*carry, np.zeros(1, dtype=np.int64), len(carry[1]))
+            buffer.add(*carry.arrays())
         yield from buffer.full(final=True)
+
+
+@dataclass
+class _Carry:
+    """A series that a batch ended in: its id and its rows so far, batch by batch."""
+
+    id: str
+    times: list[np.ndarray]
+    values: list[np.ndarray]
+
+    def then(self, times: np.ndarray, values: np.ndarray) -> _Carry:
+        return _Carry(self.id, [*self.times, times], [*self.values, values])
+
+    def arrays(self) -> tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray, int]:
+        """The series as :meth:`_Buffer.add` takes it."""
+        times = np.concatenate(self.times)
+        return (pa.array([self.id], pa.string()), times, np.concatenate(self.values),
+                np.zeros(1, dtype=np.int64), len(times))
 
 
 def _starts(ids: pa.Array) -> np.ndarray:
@@ -281,17 +321,23 @@ def _starts(ids: pa.Array) -> np.ndarray:
 
 def _order(ids: pa.Array, times: np.ndarray, prev: tuple[str, int] | None
            ) -> tuple[int, bool, str | None]:
-    """(new series in the batch, rows ordered by id then time, first duplicated series)."""
-    if prev is not None:
-        ids = pa.concat_arrays([pa.array([prev[0]], pa.string()), ids])
-        times = np.concatenate([[prev[1]], times])
+    """(new series in the batch, rows ordered by id then time, first duplicated series);
+    ``prev``: the id and time of the row before the batch."""
     a, b = ids.slice(0, len(ids) - 1), ids.slice(1)
     same = np.asarray(pc.equal(a, b).to_numpy(zero_copy_only=False), dtype=bool)
     dup = np.flatnonzero(same & (times[1:] == times[:-1]))
     first_dup = str(ids[int(dup[0])].as_py()) if len(dup) else None
     ordered = bool(np.all(np.asarray(pc.less(a, b).to_numpy(zero_copy_only=False), dtype=bool)
                           | (same & (times[1:] > times[:-1]))))
-    new = int((~same).sum()) + (1 if prev is None else 0)
+    new = int((~same).sum()) + 1
+    if prev is not None:  # the batch's first row against the row before it
+        first = str(ids[0].as_py())
+        if first == prev[0]:
+            new -= 1
+            first_dup = first if int(times[0]) == prev[1] else first_dup
+            ordered &= int(times[0]) > prev[1]
+        else:  # UTF-8 bytes sort as code points: Python's order is Arrow's
+            ordered &= prev[0] < first
     return new, ordered, first_dup
 
 
@@ -314,8 +360,8 @@ class _Buffer:
         ends = np.append(starts[1:], end)
         self.ids += ids.take(pa.array(starts)).to_pylist()
         self.lengths.append(ends - starts)
-        self.values.append(values[: end])
-        self.rows.append(times[: end])
+        self.values.append(values[starts[0] : end])
+        self.rows.append(times[starts[0] : end])
         last = times[ends - 1]
         before = np.where(ends - starts > 1, times[np.maximum(ends - 2, 0)], last)
         self.times.append((last, last - before))

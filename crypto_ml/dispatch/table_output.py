@@ -59,9 +59,16 @@ def _differences(had: Mapping[str, Any], want: Mapping[str, Any]) -> str:
     return "; ".join(f"{k} was {had.get(k)!r}, now {want[k]!r}" for k in keys)
 
 
+def _text_columns(schema: pa.Schema) -> list[str]:
+    """The columns worth a dictionary: ids and reasons repeat, forecasts hardly ever (trying
+    a dictionary on them costs more than writing the values)."""
+    return [f.name for f in schema if pa.types.is_string(f.type)]
+
+
 def _write_atomic(table: pa.Table, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp, compression="none")  # a part lives minutes: OUT is compressed
+    # a part lives minutes: OUT is compressed
+    pq.write_table(table, tmp, compression="none", use_dictionary=_text_columns(table.schema))
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -146,7 +153,7 @@ def _write_text_atomic(path: Path, text: str) -> None:
 def _concat(path: Path, schema: pa.Schema, parts: Iterable[Path]) -> None:
     """Copy ``parts`` (in order, a row group each) into ``path``, written aside and renamed."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with pq.ParquetWriter(tmp, schema) as writer:
+    with pq.ParquetWriter(tmp, schema, use_dictionary=_text_columns(schema)) as writer:
         for part in parts:
             writer.write_table(pq.read_table(part, schema=schema.remove_metadata()))
     os.replace(tmp, path)
