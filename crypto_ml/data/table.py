@@ -165,9 +165,11 @@ class TableSource:
                         else _dataset(Path(path), columns))
         self._sorted: pa.Table | None = None
         self.info: TableInfo | None = None
+        self._layout: _Layout | None = None
 
-    def _batches(self, values: bool = True) -> Iterator[pa.RecordBatch]:
-        """The id, time and (with ``values``) value columns, batch by batch."""
+    def _batches(self, values: bool = True, ids: bool = True) -> Iterator[pa.RecordBatch]:
+        """The (with ``ids``) id, time and (with ``values``) value columns, batch by batch;
+        ids are read whenever ``only`` picks series by them."""
         if self._sorted is not None:
             yield from self._sorted.to_batches(BATCH_ROWS)
             return
@@ -179,7 +181,8 @@ class TableSource:
                 f"{', '.join(self.dataset.schema.names)}); name yours with --id-col, "
                 "--time-col and --value-col")
         try:
-            yield from self._scan([c.id, c.time, c.value] if values else [c.id, c.time])
+            names = [c.id] if ids or self.only else []
+            yield from self._scan([*names, c.time, *([c.value] if values else [])])
         except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
             raise InvalidTable(f"--input {self.path}: cannot read the table ({exc})") from None
 
@@ -211,11 +214,11 @@ class TableSource:
             for reader in readers:
                 for batch in reader.iter_batches(BATCH_ROWS, columns=names):
                     if wanted is not None:
-                        batch = batch.filter(pc.is_in(pc.cast(batch.column(0), pa.string()),
-                                                      wanted))
+                        batch = batch.filter(pc.is_in(
+                            pc.cast(batch.column(self.columns.id), pa.string()), wanted))
                     yield batch
             return
-        where = pc.field(names[0]).isin(self.only) if self.only else None
+        where = pc.field(self.columns.id).isin(self.only) if self.only else None
         yield from self.dataset.to_batches(columns=names, filter=where, batch_size=BATCH_ROWS,
                                            batch_readahead=1, fragment_readahead=1)
 
@@ -232,23 +235,27 @@ class TableSource:
     def check(self) -> TableInfo:
         """Read the whole table once; its size, or InvalidTable (see the module doc). An
         unsorted table is sorted and read again (duplicates then sit side by side)."""
-        info = self._walk()
+        info, layout = self._walk()
         if not info.rows:
             raise InvalidTable(f"--input {self.path}: the table is empty"
                                + (" for --coins" if self.only else ""))
         if not info.presorted:
             self._sort()
-            info = replace(self._walk(), presorted=False)
-        self.info = info
+            info, layout = self._walk()
+            info = replace(info, presorted=False)
+        self.info, self._layout = info, layout
         return info
 
-    def _walk(self) -> TableInfo:
+    def _walk(self) -> tuple[TableInfo, _Layout]:
         """Rows, series and time kind of the table as read now; whether it is sorted by id,
-        then time; InvalidTable at the first duplicated ``(id, time)`` of adjacent rows."""
-        rows = series = 0
+        then time; where each series starts (its rows are then read without their ids);
+        InvalidTable at the first duplicated ``(id, time)`` of adjacent rows."""
+        rows = 0
         kind = ""
         presorted = True
         prev: tuple[str, int] | None = None
+        firsts: list[pa.Array] = []
+        starts: list[np.ndarray] = []
         for batch in self._batches(values=not self._stored_as_numbers()):
             if not batch.num_rows:
                 continue
@@ -258,10 +265,14 @@ class TableSource:
                 raise InvalidTable(f"--input: series {dup!r} has two rows at the same "
                                    f"{self.columns.time!r}; keep one")
             presorted &= order_ok
+            firsts.append(ids.take(pa.array(new)))
+            starts.append(new + rows)
             rows += batch.num_rows
-            series += new
             prev = (str(ids[-1].as_py()), int(times[-1]))
-        return TableInfo(rows, series, kind, presorted)
+        begin = np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
+        layout = _Layout(pa.concat_arrays(firsts) if firsts else pa.array([], pa.string()),
+                         np.diff(np.append(begin, rows)))
+        return TableInfo(rows, len(begin), kind, presorted), layout
 
     def _sort(self) -> None:
         """Sort an unsorted table in memory (see the module doc); later reads read it."""
@@ -271,116 +282,91 @@ class TableSource:
         self._sorted = table.sort_by([(c.id, "ascending"), (c.time, "ascending")])
 
     def chunks(self, size: int) -> Iterator[SeriesChunk]:
-        """The series, ``size`` to a chunk, in order (call :meth:`check` first)."""
-        buffer = _Buffer(size)
-        carry: _Carry | None = None  # the batch's last series, which the next may continue
-        for batch in self._batches():
-            if not batch.num_rows:
-                continue
-            ids, times, _, values = self._arrays(batch)
-            starts = _starts(ids)
-            if carry is not None:
-                head = (int(starts[1]) if len(starts) > 1 else len(ids)) \
-                    if ids[0].as_py() == carry.id else 0
-                carry = carry.then(times[:head], values[:head])
-                if head == len(ids):  # the whole batch goes on with the carried series
-                    continue
-                buffer.add(*carry.arrays())
-                starts = starts[1:] if head else starts
-            tail = int(starts[-1])
-            buffer.add(ids, times, values, starts[:-1], tail)
-            carry = _Carry(str(ids[tail].as_py()), [times[tail:]], [values[tail:]])
-            yield from buffer.full()
-        if carry is not None:
-            buffer.add(*carry.arrays())
-        yield from buffer.full(final=True)
+        """The series, ``size`` to a chunk, in order, cut where :meth:`check` found them:
+        only their times and values are read again."""
+        if self._layout is None:
+            self.check()
+        assert self._layout is not None  # check() sets it
+        layout = self._layout
+        rows = _Rows(self._columns(), self.path)
+        for index, first in enumerate(range(0, len(layout.lengths), size)):
+            lengths = layout.lengths[first : first + size]
+            times, values = rows.take(int(lengths.sum()))
+            ends = np.cumsum(lengths)
+            last = times[ends - 1]
+            before = np.where(lengths > 1, times[np.maximum(ends - 2, 0)], last)
+            yield SeriesChunk(index, layout.ids.slice(first, len(lengths)).to_pylist(), lengths,
+                              values, last, last - before, times)
+        rows.finish()
+
+    def _columns(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Each batch's times (int64) and values (float64), ids left unread when they can be."""
+        c = self.columns
+        for batch in self._batches(ids=False):
+            if batch.num_rows:
+                ids = (batch.column(c.id) if c.id in batch.schema.names
+                       else pa.nulls(batch.num_rows, pa.string()))  # checked already: unused
+                yield (_time(batch.column(c.time), ids, c.time)[0],
+                       _values(batch.column(c.value), ids, c.value))
 
 
-@dataclass
-class _Carry:
-    """A series that a batch ended in: its id and its rows so far, batch by batch."""
+@dataclass(frozen=True)
+class _Layout:
+    """Each series' id and number of rows, in the table's order, as the check read them."""
 
-    id: str
-    times: list[np.ndarray]
-    values: list[np.ndarray]
-
-    def then(self, times: np.ndarray, values: np.ndarray) -> _Carry:
-        return _Carry(self.id, [*self.times, times], [*self.values, values])
-
-    def arrays(self) -> tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray, int]:
-        """The series as :meth:`_Buffer.add` takes it."""
-        times = np.concatenate(self.times)
-        return (pa.array([self.id], pa.string()), times, np.concatenate(self.values),
-                np.zeros(1, dtype=np.int64), len(times))
+    ids: pa.Array
+    lengths: np.ndarray
 
 
-def _starts(ids: pa.Array) -> np.ndarray:
-    changed = pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1))
-    return np.concatenate([[0], np.flatnonzero(changed.to_numpy(zero_copy_only=False)) + 1])
+class _Rows:
+    """The table's times and values, taken a given number of rows at a time."""
+
+    def __init__(self, batches: Iterator[tuple[np.ndarray, np.ndarray]], path: object) -> None:
+        self.batches, self.path = batches, path
+        self.times: list[np.ndarray] = []
+        self.values: list[np.ndarray] = []
+        self.held = 0
+
+    def take(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        while self.held < n:
+            got = next(self.batches, None)
+            if got is None:
+                raise self._changed("fewer")
+            self.times.append(got[0])
+            self.values.append(got[1])
+            self.held += len(got[0])
+        times, values = np.concatenate(self.times), np.concatenate(self.values)
+        self.times, self.values, self.held = [times[n:]], [values[n:]], len(times) - n
+        return times[:n], values[:n]
+
+    def finish(self) -> None:
+        if self.held or next(self.batches, None) is not None:
+            raise self._changed("more")
+
+    def _changed(self, what: str) -> InvalidTable:
+        return InvalidTable(f"--input {self.path}: the table holds {what} rows than when it was "
+                            "checked; it changed during the run: run again once it is written")
 
 
 def _order(ids: pa.Array, times: np.ndarray, prev: tuple[str, int] | None
-           ) -> tuple[int, bool, str | None]:
-    """(new series in the batch, rows ordered by id then time, first duplicated series);
-    ``prev``: the id and time of the row before the batch."""
+           ) -> tuple[np.ndarray, bool, str | None]:
+    """(the rows where a series starts, rows ordered by id then time, first duplicated
+    series); ``prev``: the id and time of the row before the batch."""
     a, b = ids.slice(0, len(ids) - 1), ids.slice(1)
     same = np.asarray(pc.equal(a, b).to_numpy(zero_copy_only=False), dtype=bool)
     dup = np.flatnonzero(same & (times[1:] == times[:-1]))
     first_dup = str(ids[int(dup[0])].as_py()) if len(dup) else None
     ordered = bool(np.all(np.asarray(pc.less(a, b).to_numpy(zero_copy_only=False), dtype=bool)
                           | (same & (times[1:] > times[:-1]))))
-    new = int((~same).sum()) + 1
-    if prev is not None:  # the batch's first row against the row before it
-        first = str(ids[0].as_py())
-        if first == prev[0]:
-            new -= 1
-            first_dup = first if int(times[0]) == prev[1] else first_dup
-            ordered &= int(times[0]) > prev[1]
-        else:  # UTF-8 bytes sort as code points: Python's order is Arrow's
-            ordered &= prev[0] < first
-    return new, ordered, first_dup
-
-
-class _Buffer:
-    """Complete series waiting to fill a chunk of ``size``."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.index = 0
-        self.ids: list[str] = []
-        self.lengths: list[np.ndarray] = []
-        self.values: list[np.ndarray] = []
-        self.times: list[tuple[np.ndarray, np.ndarray]] = []
-        self.rows: list[np.ndarray] = []
-
-    def add(self, ids: pa.Array, times: np.ndarray, values: np.ndarray, starts: np.ndarray,
-            end: int) -> None:
-        if not len(starts):
-            return
-        ends = np.append(starts[1:], end)
-        self.ids += ids.take(pa.array(starts)).to_pylist()
-        self.lengths.append(ends - starts)
-        self.values.append(values[starts[0] : end])
-        self.rows.append(times[starts[0] : end])
-        last = times[ends - 1]
-        before = np.where(ends - starts > 1, times[np.maximum(ends - 2, 0)], last)
-        self.times.append((last, last - before))
-
-    def full(self, final: bool = False) -> Iterator[SeriesChunk]:
-        while len(self.ids) >= self.size or (final and self.ids):
-            lengths = np.concatenate(self.lengths)
-            values = np.concatenate(self.values)
-            last = np.concatenate([t[0] for t in self.times])
-            step = np.concatenate([t[1] for t in self.times])
-            rows = np.concatenate(self.rows)
-            n = min(self.size, len(self.ids))
-            cut = int(lengths[:n].sum())
-            yield SeriesChunk(self.index, self.ids[:n], lengths[:n], values[:cut], last[:n],
-                              step[:n], rows[:cut])
-            self.index += 1
-            self.ids = self.ids[n:]
-            self.lengths, self.values, self.rows = [lengths[n:]], [values[cut:]], [rows[cut:]]
-            self.times = [(last[n:], step[n:])]
+    starts = np.flatnonzero(~same) + 1
+    first = str(ids[0].as_py())
+    if prev is not None and first == prev[0]:  # the batch goes on with the series before
+        first_dup = first if int(times[0]) == prev[1] else first_dup
+        ordered &= int(times[0]) > prev[1]
+        return starts, ordered, first_dup
+    if prev is not None:  # UTF-8 bytes sort as code points: Python's order is Arrow's
+        ordered &= prev[0] < first
+    return np.concatenate([[0], starts]), ordered, first_dup
 
 
 class TableLoader:
