@@ -262,6 +262,12 @@ def full_run(cluster: LocalCluster, data_dir: Path, work: Path) -> dict[str, obj
                                      env=manager)
     done["send-tasks timeout"] = _cli("send-tasks", "--model", "linear", "--timeout", "0.01",
                                       env=manager)  # every coin: times out, revokes, cleans up
+    table = work / "table.csv"  # a table run: chunks whose values travel beside the message
+    table.write_text("unique_id,ds,y\n" + "".join(f"s{s},{d},{100 + s + d % 7}\n"
+                                                  for s in range(3) for d in range(30)))
+    done["send-tasks table"] = _cli("send-tasks", "--input", str(table), "--output",
+                                    str(work / "table-out.parquet"), "--model", "naive,linear",
+                                    "--horizon", "3", env=manager)
     done["backtest"] = _cli("backtest", "--model", "naive,linear", "--horizon", "2",
                             "--origins", "2", "--min-train", "4", "--out", str(work / "bt"),
                             env={**manager, "CRYPTO_ML_DATA_DIR": str(BACKTEST_DATA)})

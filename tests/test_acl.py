@@ -64,7 +64,7 @@ def test_a_full_run_works_under_the_acls_with_no_refusal(price_data: Path, tmp_p
         done = full_run(cluster, price_data, tmp_path)
         with cluster.client() as admin:
             refusals = acl_log(admin)
-    for what in ("send-tasks batched", "send-tasks single", "backtest"):
+    for what in ("send-tasks batched", "send-tasks single", "send-tasks table", "backtest"):
         run = done[what]
         assert isinstance(run, subprocess.CompletedProcess)
         assert run.returncode == 0, f"{what}: {run.stderr[-2000:]}"

@@ -14,12 +14,14 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import ROOT, cli_env, run_cli
-from fault_helpers import META_PREFIX, wait_for_drained, worker_logs
+from fault_helpers import META_PREFIX, app_for, wait_for_drained, worker_logs
 from table_support import coin_windows, random_walks, write_parquet
 
 import crypto_ml
+from crypto_ml.dispatch.table_run import TablePlan
 from crypto_ml.models import get_model
 from crypto_ml.ops.processes import wait_until
+from crypto_ml.worker.chunks import PAYLOAD_PREFIX, TABLE_TASK_NAME, chunk_kwargs
 
 pytestmark = pytest.mark.integration
 
@@ -99,6 +101,19 @@ def test_a_killed_manager_resumes_without_recomputing_or_doubling(
     ran = _chunk_tasks(cluster) - chunks_before
     client = cluster.client()
     assert ran and not [t for t in ran if client.exists(f"{META_PREFIX}{t}")]
+    # nor any chunk's values: the resumed run freed what it read and what the first one sent
+    assert not list(client.scan_iter(f"{PAYLOAD_PREFIX}*"))
+
+
+def test_a_chunk_whose_values_are_gone_fails_saying_what_to_do(cluster) -> None:
+    kwargs = chunk_kwargs(TablePlan.of(["naive"], 3, ()).models, 3, (), np.array([5]),
+                          np.arange(1.0, 6.0))
+    del kwargs["values"]  # sent as a table run sends it, with nothing stored beside it
+    sent = app_for(cluster).send_task(TABLE_TASK_NAME, kwargs=kwargs, serializer="msgpack")
+    sent.get(timeout=60, propagate=False)
+    assert sent.state == "FAILURE"
+    assert "its values are no longer in Redis" in str(sent.result)
+    assert "run the table again: it resumes where it stopped" in str(sent.result)
 
 
 def _chunk_tasks(cluster) -> set[str]:

@@ -51,7 +51,7 @@ from crypto_ml.models.intervals import DEFAULT_LEVELS, level_key
 from crypto_ml.worker.requests import ForecastRequest
 
 if TYPE_CHECKING:
-    from crypto_ml.data.table import TableLoader
+    from crypto_ml.data.table_loader import TableLoader
 
 DEFAULT_ORIGINS = 30
 DEFAULT_MIN_TRAIN = 60

@@ -34,7 +34,7 @@ from crypto_ml.models import model_names
 from crypto_ml.models.intervals import DEFAULT_LEVELS
 
 if TYPE_CHECKING:
-    from crypto_ml.data.table import TableLoader
+    from crypto_ml.data.table_loader import TableLoader
 
 
 def _iso_date(text: str) -> str:

@@ -23,7 +23,8 @@ from crypto_ml.cli.options import EXIT_FAILED, EXIT_OK, stop_on_signals
 from crypto_ml.cli.requests import SendRequest, TableRequest
 from crypto_ml.cli.terminal import console, console_writer, seconds_since_start
 from crypto_ml.core.progress import ProgressBar, is_terminal
-from crypto_ml.data.table import Columns, TableLoader, TableSource
+from crypto_ml.data.table import Columns, TableSource
+from crypto_ml.data.table_loader import TableLoader
 from crypto_ml.dispatch.manager import CryptoManager
 from crypto_ml.dispatch.table_output import TableOutput, check_output, failures_path
 from crypto_ml.dispatch.table_run import TablePlan, TableSummary

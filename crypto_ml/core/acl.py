@@ -167,6 +167,7 @@ _CLOSED = "crypto_ml:closed:*"  # a dispatch run that has ended (workers skip it
 _RUNS = "crypto_ml:run:*"  # the API's saved runs
 _JOBS = "crypto_ml:job:*"  # the API's table jobs (crypto_ml/api/job_store.py)
 _MODELS = "crypto_ml:model:*"  # the model store (trained models, workers only)
+_PAYLOADS = "crypto_ml:payload:*"  # a table chunk's values, beside its message (worker/chunks.py)
 _LIVENESS = ("crypto_ml:workers", "crypto_ml:worker:*")  # heartbeats and held messages
 # Pub/Sub: kombu's fanout exchanges on database 0. PSUBSCRIBE patterns must be allowed
 # literally, so these are the exact patterns kombu subscribes to (a worker's gossip
@@ -202,7 +203,8 @@ WORKER = Role(
     grants=(Grant((*KOMBU_COMMANDS, "hset", "setex", "expire", "incr", "incrby", "mget",
                    "hgetall", "zscore"),
                   (*_QUEUES, *_UNACKED, *_TASK_BINDINGS, *_CONTROL_BINDINGS, _MAILBOXES,
-                   _EVENT_QUEUES, _RESULTS, _DELIVERIES, _CLOSED, _MODELS, *_LIVENESS)),),
+                   _EVENT_QUEUES, _RESULTS, _DELIVERIES, _CLOSED, _MODELS, *_LIVENESS)),
+            Grant(("get",), (_PAYLOADS,), read_only=True)),  # a chunk's values
     channels=(_CONTROL, _EVENTS, _GOSSIP, _RESULTS),
     restores=True,
 )
@@ -222,6 +224,7 @@ MANAGER = Role(
         # read results, free them and their delivery counts (one DEL); never write them
         Grant(("get", "mget", "exists", "del"), (_RESULTS, _DELIVERIES)),
         Grant(("set",), (_CLOSED,)),  # a run's end (SET EX), read by workers
+        Grant(("set", "del"), (_PAYLOADS,)),  # a table chunk's values (SET EX), freed once read
         Grant(("set", "get"), (_RUNS,)),  # the API's saved runs
         # the API's table jobs: a record and a cancel flag each (SET EX), read by any
         # replica (GET), the flags of a replica's jobs polled together (MGET)

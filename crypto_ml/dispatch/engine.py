@@ -44,6 +44,7 @@ from crypto_ml.dispatch.lost import LostMessages
 from crypto_ml.dispatch.planning import Message
 from crypto_ml.ops.flower import send_options
 from crypto_ml.worker.app import CPU_QUEUE, GPU_QUEUE, restore_sweep_seconds
+from crypto_ml.worker.chunks import payload_key
 from crypto_ml.worker.deliveries import RUN_HEADER, closed_key, delivery_key
 
 log = logging.getLogger(__name__)
@@ -83,15 +84,24 @@ def publish(app: Celery, task: str, kwargs: dict[str, Any], task_id: str,
                   expires=expires, **options, **send_options(kwargs))
 
 
+def store_payload(app: Celery, task_id: str, payload: bytes) -> None:
+    """Store a message's bulk beside it, for as long as the message can be handed out."""
+    app.backend.client.set(payload_key(task_id), payload, ex=redelivery_bound(app))
+
+
 def forget_keys(app: Celery, task_ids: list[str]) -> list[Any]:
     """The result keys of ``task_ids`` and their delivery counters."""
     backend = app.backend
     return [*(backend.get_key_for_task(t) for t in task_ids), *map(delivery_key, task_ids)]
 
 
-def forget(app: Celery, task_ids: list[str]) -> None:
-    """Delete the results of ``task_ids`` and their delivery counters: read, so not needed."""
+def forget(app: Celery, task_ids: list[str], payloads: bool = False) -> None:
+    """Delete the results of ``task_ids`` and their delivery counters: read, so not needed;
+    with ``payloads``, the bulk stored beside their messages too (its own command: the
+    manager's ACL grants it on its own keys)."""
     app.backend.client.delete(*forget_keys(app, task_ids))
+    if payloads:
+        app.backend.client.delete(*map(payload_key, task_ids))
 
 
 def stable_task_id(run_id: str, key: int) -> str:
@@ -158,6 +168,7 @@ class Dispatcher:
         #: backend away, or a full Redis refusing the write); results expire anyway.
         self._bookkeeping_errors = (*app.backend.connection_errors, redis.RedisError)
         self._free_as_read = False
+        self._payloads = False  # some message stored its bulk beside it
         self._stable_ids = False
         self.run_id = ""
 
@@ -217,10 +228,13 @@ class Dispatcher:
         self._subscribe(key)
         while True:
             try:
+                if message.payload is not None:
+                    self._payloads = True
+                    store_payload(self.app, task_id, message.payload)
                 publish(self.app, message.task, message.kwargs, task_id, self._expires,
                         message.serializer, self.run_id)
                 return task_id
-            except PUBLISH_ERRORS as exc:
+            except (*PUBLISH_ERRORS, redis.RedisError) as exc:  # the payload's SET: redis-py's
                 if not _transient(exc):  # Redis answered no: waiting will not help
                     self.pending.pop(task_id, None)
                     raise _refused(exc) from None
@@ -310,7 +324,7 @@ class Dispatcher:
             if self._pubsub is not None:
                 self._pubsub.unsubscribe(*keys)
             if self._free_as_read:
-                forget(self.app, task_ids)
+                forget(self.app, task_ids, self._payloads)
         except self._bookkeeping_errors as exc:
             log.debug("could not free %d result(s) now (%s); freed at the end", len(keys), exc)
 
@@ -328,7 +342,7 @@ class Dispatcher:
     def _forget_ids(self, task_ids: list[str]) -> None:
         try:
             for i in range(0, len(task_ids), CHUNK):
-                forget(self.app, task_ids[i : i + CHUNK])
+                forget(self.app, task_ids[i : i + CHUNK], self._payloads)
         except self._bookkeeping_errors as exc:
             log.debug("could not free the run's results (%s); they expire", exc)
 

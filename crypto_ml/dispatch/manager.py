@@ -52,7 +52,8 @@ from crypto_ml.worker.app import CPU_QUEUE, create_app
 from crypto_ml.worker.requests import ForecastRequest
 
 if TYPE_CHECKING:  # table runs import pyarrow and pandas: only when one runs
-    from crypto_ml.data.table import TableLoader, TableSource
+    from crypto_ml.data.table import TableSource
+    from crypto_ml.data.table_loader import TableLoader
     from crypto_ml.dispatch.table_output import TableOutput
     from crypto_ml.dispatch.table_run import TablePlan, TableSummary
 

@@ -23,6 +23,9 @@ class Message:
     serializer: str | None = None
     #: What the sender knows the message by (a table run's chunk number).
     key: int | None = None
+    #: The message's bulk (a table chunk's values), stored in Redis beside the message
+    #: (:func:`~crypto_ml.worker.chunks.payload_key`), not in it.
+    payload: bytes | None = None
 
 
 def plan_messages(requests: Sequence[ForecastRequest], batch_size: int,

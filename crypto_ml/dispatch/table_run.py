@@ -173,9 +173,10 @@ def run_table(app: Celery, source: TableSource, output: TableOutput, plan: Table
                 (on_skip or (lambda n: on_progress(n, 0)))(len(chunk.ids))
                 continue
             chunks[chunk.index] = chunk
-            yield Message(TABLE_TASK_NAME, chunk_kwargs(plan.models, plan.horizon, plan.levels,
-                                                         chunk.lengths, chunk.values),
-                          [], serializer="msgpack", key=chunk.index)
+            kwargs = chunk_kwargs(plan.models, plan.horizon, plan.levels, chunk.lengths,
+                                  chunk.values)
+            yield Message(TABLE_TASK_NAME, kwargs, [], serializer="msgpack", key=chunk.index,
+                          payload=kwargs.pop("values"))
 
     engine = Dispatcher(app, say, on_wait)
     for outcome in engine.run(messages(), timeout, max_in_flight=in_flight, run_id=output.run_id):

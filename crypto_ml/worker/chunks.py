@@ -3,8 +3,13 @@
 A chunk message (task ``crypto_ml.forecast_table``, always msgpack) carries the
 series of one chunk of a long table as one float64 buffer and their lengths,
 not as a list per series: a million series pack and unpack at memory speed.
-The worker checks it here (:func:`parse_chunk`) before any model runs; the
-buffer is read with ``numpy.frombuffer`` as float64, nothing else. The result
+The buffer travels beside the message: the sender stores it in Redis under the
+task's id (:func:`payload_key`) and the worker reads it from there
+(:func:`fetch_payload`), because the broker's envelope would base64 it, wrap it
+in JSON and copy it again into its list of taken messages (a message may still
+carry it inline, as ``values``). The worker checks it here (:func:`parse_chunk`)
+before any model runs; the buffer is read with ``numpy.frombuffer`` as float64,
+nothing else. The result
 holds, per model, ``mean`` and ``lo-<level>`` / ``hi-<level>``, each ``rows * horizon``
 float64 values (NaN where a series failed): bytes when results travel as msgpack, a
 list of floats when they travel as JSON; and the failures by row.
@@ -28,6 +33,21 @@ from crypto_ml.models.intervals import check_levels, level_key
 TABLE_TASK_NAME = "crypto_ml.forecast_table"
 #: The largest chunk a worker accepts: 64 MiB of closes.
 MAX_CHUNK_VALUES = 8 * 1024 * 1024
+PAYLOAD_PREFIX = "crypto_ml:payload:"
+
+
+def payload_key(task_id: str) -> str:
+    """The Redis key of the values of chunk task ``task_id``, stored beside its message."""
+    return f"{PAYLOAD_PREFIX}{task_id}"
+
+
+def fetch_payload(client: Any, task_id: str) -> bytes:
+    """The values stored beside chunk task ``task_id``; InvalidTaskInput when they are gone."""
+    values = client.get(payload_key(task_id))
+    if values is None:
+        raise _bad("its values are no longer in Redis (they expire once the run that sent "
+                   "them has ended); run the table again: it resumes where it stopped")
+    return bytes(values)
 
 
 def _bad(problem: str) -> InvalidTaskInput:

@@ -19,7 +19,7 @@ from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
 from crypto_ml.core.errors import CryptoMLError, TaskTimedOut, TooManyDeliveries
 from crypto_ml.models import HEAVY
-from crypto_ml.worker.chunks import TABLE_TASK_NAME, parse_chunk, run_chunk
+from crypto_ml.worker.chunks import TABLE_TASK_NAME, fetch_payload, parse_chunk, run_chunk
 from crypto_ml.worker.deliveries import RUN_HEADER, count_delivery, delivery_key
 from crypto_ml.worker.model_store import DEFAULT_TTL, ModelStore, open_store
 from crypto_ml.worker.requests import (
@@ -225,6 +225,8 @@ def store_successes(backend: Any, results: dict[str, Any], channel: Any = None) 
 def forecast_table(self: ForecastTask, **chunk: Any) -> dict[str, Any]:
     """Every model of a table run's chunk over its series (:mod:`crypto_ml.worker.chunks`)."""
     conf = self.app.conf
+    if "values" not in chunk:  # stored beside the message
+        chunk["values"] = fetch_payload(self.app.backend.client, self.request.id)
     checked = parse_chunk(chunk, conf.get("crypto_ml_max_horizon", 365),
                           conf.get("crypto_ml_max_series", 100_000))
     return run_chunk(checked, self.request.hostname or "unknown",
