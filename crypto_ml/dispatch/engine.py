@@ -38,6 +38,7 @@ from typing import Any
 import redis
 from celery import Celery, states
 from kombu.exceptions import OperationalError
+from redis.connection import PythonRespSerializer
 
 from crypto_ml.core.errors import BrokerUnavailable
 from crypto_ml.dispatch.lost import LostMessages
@@ -54,6 +55,7 @@ RECONNECT_PAUSE = 1.0
 SWEEP_SECONDS = 2.0
 WAKE_SECONDS = 0.1  # the run's hooks (progress, stop, lost messages) run at least this often
 CHUNK = 1000  # keys per MGET
+PACK_CUTOFF = 6000  # bytes: a larger value is sent as its own buffer, not copied
 #: What publishing raises while the broker is away (after kombu's own retries).
 PUBLISH_ERRORS = (OperationalError, ConnectionError, OSError)
 
@@ -85,8 +87,23 @@ def publish(app: Celery, task: str, kwargs: dict[str, Any], task_id: str,
 
 
 def store_payload(app: Celery, task_id: str, payload: bytes) -> None:
-    """Store a message's bulk beside it, for as long as the message can be handed out."""
-    app.backend.client.set(payload_key(task_id), payload, ex=redelivery_bound(app))
+    """Store a message's bulk beside it, for as long as the message can be handed out.
+
+    The command is packed by redis-py's pure-Python packer, which sends a large value as it
+    is; the hiredis packer that ``SET`` would use copies it three times (a fifth of the
+    manager's CPU on a million-series run)."""
+    pool = app.backend.client.connection_pool
+    connection = pool.get_connection()
+    packer = PythonRespSerializer(PACK_CUTOFF, connection.encoder.encode)
+    try:
+        connection.send_packed_command(packer.pack(
+            "SET", payload_key(task_id), payload, "EX", redelivery_bound(app)))
+        connection.read_response()  # raises what Redis answered no with (OOM, NOPERM)
+    except (redis.ConnectionError, redis.TimeoutError):
+        connection.disconnect()
+        raise
+    finally:
+        pool.release(connection)
 
 
 def forget_keys(app: Celery, task_ids: list[str]) -> list[Any]:
