@@ -177,7 +177,7 @@ class Progress(threading.Thread):
     def run(self) -> None:
         while not self.stop.wait(0.2):
             with contextlib.suppress(OSError):  # the folder goes when the run ends
-                for path in self.parts.glob("chunk-*.parquet"):
+                for path in self.parts.glob("chunk-*.arrow"):
                     if path.name not in self.written:
                         self.written[path.name] = path.stat().st_mtime - self.history.started_wall
 

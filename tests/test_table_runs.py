@@ -80,12 +80,12 @@ def test_a_killed_manager_resumes_without_recomputing_or_doubling(
     parts = tmp_path / ".resumed.parquet.parts"
     first = _start([*args, "--output", str(out)])
     try:
-        wait_until(lambda: len(list(parts.glob("chunk-*.parquet"))) >= 3 or first.poll() is not None,
+        wait_until(lambda: len(list(parts.glob("chunk-*.arrow"))) >= 3 or first.poll() is not None,
                   120, "three chunks written")
         first.send_signal(signal.SIGKILL)  # the manager dies mid-run
     finally:
         first.communicate(timeout=30)
-    written = len(list(parts.glob("chunk-*.parquet")))
+    written = len(list(parts.glob("chunk-*.arrow")))
     assert 3 <= written < 100 and not out.exists()
     chunks_before = _chunk_tasks(cluster)
     again = run_cli(*args, "--output", str(out))

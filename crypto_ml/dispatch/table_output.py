@@ -1,8 +1,9 @@
 """A table run's output: Parquet in statsforecast's ``forecast()`` layout, resumable.
 
-While a run goes on, each finished chunk is one Parquet file in a parts folder
-beside the output (``.OUT.parquet.parts/``), written to a temporary name and
-renamed, so a chunk is either wholly there or not at all; its failures go to a
+While a run goes on, each finished chunk is one Arrow IPC file in a parts folder
+beside the output (``.OUT.parquet.parts/``; Arrow's own format writes and reads at
+memory speed, and a part lives only until the run ends), written to a temporary name
+and renamed, so a chunk is either wholly there or not at all; its failures go to a
 file of their own, renamed first. ``manifest.json`` there records what the run
 is (input, models, horizon, levels, chunking). A run that finds the parts folder
 of the same run takes the chunks it holds as done and sends only the others;
@@ -34,6 +35,7 @@ FAILURES_SCHEMA = pa.schema([("unique_id", pa.string()), ("model", pa.string()),
                              ("error", pa.string())])
 MANIFEST = "manifest.json"
 RUN_ID = "run-id"
+PART = ".arrow"  # a finished chunk's file: Arrow IPC
 META_KEY = b"crypto_ml.run"
 
 
@@ -66,12 +68,18 @@ def _text_columns(schema: pa.Schema) -> list[str]:
 
 
 def _write_atomic(table: pa.Table, path: Path) -> None:
+    """A part as an Arrow IPC file, on disk (fsync) before it takes its name."""
     tmp = path.with_name(path.name + ".tmp")
-    # a part lives minutes: OUT is compressed
-    pq.write_table(table, tmp, compression="none", use_dictionary=_text_columns(table.schema))
-    with open(tmp, "rb") as f:
+    with open(tmp, "wb") as f:
+        with pa.ipc.new_file(f, table.schema) as writer:
+            writer.write_table(table)
+        f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _read_part(path: Path) -> pa.Table:
+    return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
 
 
 class TableOutput:
@@ -115,7 +123,7 @@ class TableOutput:
             raise OutputMismatch(f"--output {self.out}: an interrupted run of other settings is "
                                  f"in {self.parts} ({_differences(had, self.run)}); pass "
                                  "--overwrite to start afresh, or rerun it as it was")
-        return {int(p.stem.split("-")[1]) for p in self.parts.glob("chunk-*.parquet")}
+        return {int(p.stem.split("-")[1]) for p in self.parts.glob(f"chunk-*{PART}")}
 
     @property
     def run_id(self) -> str | None:
@@ -129,17 +137,17 @@ class TableOutput:
     def write_chunk(self, index: int, table: pa.Table, failures: pa.Table) -> None:
         """Chunk ``index``'s rows and failures, each file wholly or not at all."""
         if failures.num_rows:
-            _write_atomic(failures, self.parts / f"failed-{index:08d}.parquet")
-        _write_atomic(table, self.parts / f"chunk-{index:08d}.parquet")
+            _write_atomic(failures, self.parts / f"failed-{index:08d}{PART}")
+        _write_atomic(table, self.parts / f"chunk-{index:08d}{PART}")
 
     def finish(self, schema: pa.Schema, chunks: Iterable[int]) -> int:
         """Join the parts into OUT and OUT.failures.parquet; the number of failures."""
         meta = {META_KEY: json.dumps(self.run).encode()}
         _concat(self.out, schema.with_metadata(meta),
-                (self.parts / f"chunk-{i:08d}.parquet" for i in chunks))
-        failed = sorted(self.parts.glob("failed-*.parquet"))
+                (self.parts / f"chunk-{i:08d}{PART}" for i in chunks))
+        failed = sorted(self.parts.glob(f"failed-*{PART}"))
         _concat(self.failures, FAILURES_SCHEMA, failed)
-        count = sum(pq.read_metadata(p).num_rows for p in failed)
+        count = sum(_read_part(p).num_rows for p in failed)
         shutil.rmtree(self.parts)
         return count
 
@@ -155,5 +163,5 @@ def _concat(path: Path, schema: pa.Schema, parts: Iterable[Path]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with pq.ParquetWriter(tmp, schema, use_dictionary=_text_columns(schema)) as writer:
         for part in parts:
-            writer.write_table(pq.read_table(part, schema=schema.remove_metadata()))
+            writer.write_table(_read_part(part).cast(schema.remove_metadata()))
     os.replace(tmp, path)
