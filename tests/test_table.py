@@ -3,7 +3,10 @@ format of a chunk, future dates and the resumable output."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +18,13 @@ from table_support import random_walks, write_parquet
 
 import crypto_ml.data.table as table_module
 from crypto_ml.core.errors import InvalidTable, InvalidTaskInput, OutputMismatch
+from crypto_ml.data.ahead import read_ahead
 from crypto_ml.data.table import Columns, TableSource
 from crypto_ml.dispatch.table_output import TableOutput, check_output
 from crypto_ml.dispatch.table_run import TablePlan, chunk_table, future_times
 from crypto_ml.models import REGISTRY, get_model
 from crypto_ml.models.batch import predict_batch, vectorised
+from crypto_ml.ops.processes import wait_until
 from crypto_ml.worker.chunks import chunk_kwargs, column, parse_chunk, run_chunk
 
 LEVELS = (80.0, 95.0)
@@ -284,3 +289,19 @@ def test_a_broker_that_refuses_a_message_is_not_waited_for() -> None:
     assert not _transient(wrapped(redis.OutOfMemoryError("OOM command not allowed when used "
                                                          "memory > 'maxmemory'")))
     assert not _transient(wrapped(redis.exceptions.NoPermissionError("NOPERM")))
+
+
+def test_reading_ahead_raises_what_reading_raised_and_ends_with_its_reader() -> None:
+    def broken() -> Iterator[int]:
+        yield 1
+        raise OSError("the disk went away")
+
+    got = read_ahead(broken())
+    assert next(got) == 1
+    with pytest.raises(OSError, match="the disk went away"):
+        next(got)
+    endless = read_ahead(itertools.count(1))
+    assert [next(endless) for _ in range(3)] == [1, 2, 3]
+    endless.close()  # the caller stops early: the thread does not read on forever
+    wait_until(lambda: not any(t.name == "crypto-ml-read-ahead" for t in threading.enumerate()),
+               5, "the read-ahead thread ending")
