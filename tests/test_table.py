@@ -305,3 +305,19 @@ def test_reading_ahead_raises_what_reading_raised_and_ends_with_its_reader() -> 
     endless.close()  # the caller stops early: the thread does not read on forever
     wait_until(lambda: not any(t.name == "crypto-ml-read-ahead" for t in threading.enumerate()),
                5, "the read-ahead thread ending")
+
+
+def test_picked_series_and_a_table_that_changed_after_its_check(tmp_path: Path) -> None:
+    frame = random_walks(5, 8)
+    path = write_parquet(frame, tmp_path / "t.parquet")
+    picked = TableSource(path, only=["s000003", "s000001"])
+    picked.check()
+    [chunk] = list(picked.chunks(10))
+    assert chunk.ids == ["s000001", "s000003"] and chunk.lengths.tolist() == [8, 8]
+    want = frame[frame["unique_id"].isin(chunk.ids)]["y"].to_numpy()
+    assert chunk.values.tolist() == want.tolist()
+    source = TableSource(path)
+    source.check()
+    write_parquet(frame.iloc[:-3], path)  # rewritten between the check and the run
+    with pytest.raises(InvalidTable, match="holds fewer rows than when it was checked"):
+        list(source.chunks(2))

@@ -18,6 +18,7 @@ from fault_helpers import META_PREFIX, app_for, wait_for_drained, worker_logs
 from table_support import coin_windows, random_walks, write_parquet
 
 import crypto_ml
+from crypto_ml.dispatch.engine import redelivery_bound, store_payload
 from crypto_ml.dispatch.table_run import TablePlan
 from crypto_ml.models import get_model
 from crypto_ml.ops.processes import wait_until
@@ -169,3 +170,16 @@ def test_backtest_reads_a_long_table_too(cluster, price_data: Path, tmp_path: Pa
     ids = frame["unique_id"].drop_duplicates().tolist()
     assert all(uid in done.stdout for uid in ids)
     assert "aggregate over 6 coin(s)" in done.stdout
+
+
+def test_a_chunks_values_outlive_its_message(cluster) -> None:
+    """Kept for the message's own expiry, a run at the hard limit and a redelivery: a chunk
+    that waits in the queue still finds its values."""
+    app = app_for(cluster)
+    client = cluster.client()
+    store_payload(app, "t-outlive", b"\0" * 16, expires=3600)
+    try:
+        bound = 3600 + int(app.conf.task_time_limit or 0) + redelivery_bound(app)
+        assert bound - 5 <= client.ttl(f"{PAYLOAD_PREFIX}t-outlive") <= bound
+    finally:  # the cluster is the module's: leave nothing for the other tests
+        client.delete(f"{PAYLOAD_PREFIX}t-outlive")

@@ -326,24 +326,31 @@ class _Rows:
 
     def __init__(self, batches: Iterator[tuple[np.ndarray, np.ndarray]], path: object) -> None:
         self.batches, self.path = batches, path
-        self.times: list[np.ndarray] = []
-        self.values: list[np.ndarray] = []
-        self.held = 0
+        self.times = self.values = np.empty(0)
+        self.at = 0  # rows of the current batch already taken
 
     def take(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        while self.held < n:
-            got = next(self.batches, None)
-            if got is None:
-                raise self._changed("fewer")
-            self.times.append(got[0])
-            self.values.append(got[1])
-            self.held += len(got[0])
-        times, values = np.concatenate(self.times), np.concatenate(self.values)
-        self.times, self.values, self.held = [times[n:]], [values[n:]], len(times) - n
-        return times[:n], values[:n]
+        """The next ``n`` rows: a view of one batch when they lie in it, else joined."""
+        times: list[np.ndarray] = []
+        values: list[np.ndarray] = []
+        while n:
+            if self.at == len(self.times):
+                got = next(self.batches, None)
+                if got is None:
+                    raise self._changed("fewer")
+                (self.times, self.values), self.at = got, 0
+                continue
+            k = min(n, len(self.times) - self.at)
+            times.append(self.times[self.at : self.at + k])
+            values.append(self.values[self.at : self.at + k])
+            self.at, n = self.at + k, n - k
+        if len(times) == 1:
+            return times[0], values[0]
+        return np.concatenate(times or [np.empty(0, np.int64)]), \
+            np.concatenate(values or [np.empty(0)])
 
     def finish(self) -> None:
-        if self.held or next(self.batches, None) is not None:
+        if self.at < len(self.times) or next(self.batches, None) is not None:
             raise self._changed("more")
 
     def _changed(self, what: str) -> InvalidTable:

@@ -45,8 +45,9 @@ def fetch_payload(client: Any, task_id: str) -> bytes:
     """The values stored beside chunk task ``task_id``; InvalidTaskInput when they are gone."""
     values = client.get(payload_key(task_id))
     if values is None:
-        raise _bad("its values are no longer in Redis (they expire once the run that sent "
-                   "them has ended); run the table again: it resumes where it stopped")
+        raise _bad("its values are no longer in Redis (freed once its run read this chunk's "
+                   "result, so a late duplicate finds none; or expired): if its run did not "
+                   "finish, run the table again: it resumes where it stopped")
     return bytes(values)
 
 

@@ -226,7 +226,8 @@ def forecast_table(self: ForecastTask, **chunk: Any) -> dict[str, Any]:
     """Every model of a table run's chunk over its series (:mod:`crypto_ml.worker.chunks`)."""
     conf = self.app.conf
     if "values" not in chunk:  # stored beside the message
-        chunk["values"] = fetch_payload(self.app.backend.client, self.request.id)
+        chunk["values"] = self._riding_out_restarts(
+            lambda: fetch_payload(self.app.backend.client, self.request.id))
     checked = parse_chunk(chunk, conf.get("crypto_ml_max_horizon", 365),
                           conf.get("crypto_ml_max_series", 100_000))
     return run_chunk(checked, self.request.hostname or "unknown",
