@@ -274,7 +274,7 @@ def test_a_broker_that_refuses_a_message_is_not_waited_for() -> None:
     import redis
     from kombu.exceptions import OperationalError
 
-    from crypto_ml.dispatch.engine import _transient
+    from crypto_ml.dispatch.broker_errors import transient
 
     def wrapped(cause: BaseException) -> OperationalError:
         try:
@@ -285,10 +285,10 @@ def test_a_broker_that_refuses_a_message_is_not_waited_for() -> None:
         except OperationalError as outer:
             return outer
 
-    assert _transient(wrapped(redis.ConnectionError("Connection refused")))
-    assert not _transient(wrapped(redis.OutOfMemoryError("OOM command not allowed when used "
+    assert transient(wrapped(redis.ConnectionError("Connection refused")))
+    assert not transient(wrapped(redis.OutOfMemoryError("OOM command not allowed when used "
                                                          "memory > 'maxmemory'")))
-    assert not _transient(wrapped(redis.exceptions.NoPermissionError("NOPERM")))
+    assert not transient(wrapped(redis.exceptions.NoPermissionError("NOPERM")))
 
 
 def test_reading_ahead_raises_what_reading_raised_and_ends_with_its_reader() -> None:

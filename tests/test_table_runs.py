@@ -18,7 +18,9 @@ from fault_helpers import META_PREFIX, app_for, wait_for_drained, worker_logs
 from table_support import coin_windows, random_walks, write_parquet
 
 import crypto_ml
-from crypto_ml.dispatch.engine import redelivery_bound, store_payload
+from crypto_ml.dispatch.cluster import LocalCluster
+from crypto_ml.dispatch.engine import payload_seconds, redelivery_bound
+from crypto_ml.dispatch.payloads import store_payload
 from crypto_ml.dispatch.table_run import TablePlan
 from crypto_ml.models import get_model
 from crypto_ml.ops.processes import wait_until
@@ -177,9 +179,36 @@ def test_a_chunks_values_outlive_its_message(cluster) -> None:
     that waits in the queue still finds its values."""
     app = app_for(cluster)
     client = cluster.client()
-    store_payload(app, "t-outlive", b"\0" * 16, expires=3600)
+    store_payload(app, "t-outlive", b"\0" * 16, payload_seconds(app, 3600))
     try:
         bound = 3600 + int(app.conf.task_time_limit or 0) + redelivery_bound(app)
         assert bound - 5 <= client.ttl(f"{PAYLOAD_PREFIX}t-outlive") <= bound
     finally:  # the cluster is the module's: leave nothing for the other tests
         client.delete(f"{PAYLOAD_PREFIX}t-outlive")
+
+
+def test_values_a_restarted_redis_lost_are_stored_again(tmp_path: Path) -> None:
+    """Chunks queued while their stored values vanish (a result backend that restarted without
+    its data): each worker fails its chunk saying so, and the run stores the values again and
+    resends it once; every series arrives, exit 0."""
+    table = write_parquet(random_walks(300, 20), tmp_path / "in.parquet")
+    out = tmp_path / "out.parquet"
+    with LocalCluster(workers=1) as cluster:
+        app, admin = app_for(cluster), cluster.client()
+        assert app.control.cancel_consumer("cpu", destination=cluster.worker_names, reply=True)
+        run = _start(["send-tasks", "--input", str(table), "--output", str(out), "--model",
+                      "naive", "--horizon", "3", "--chunk-series", "100", "--in-flight", "3",
+                      "--broker", cluster.url_for("manager")])
+        try:
+            wait_until(lambda: len(list(admin.scan_iter(f"{PAYLOAD_PREFIX}*"))) == 3
+                       or run.poll() is not None, 60, "three chunks queued")
+            admin.delete(*admin.scan_iter(f"{PAYLOAD_PREFIX}*"))
+            assert app.control.add_consumer("cpu", destination=cluster.worker_names, reply=True)
+            _, stderr = run.communicate(timeout=120)
+        finally:
+            if run.poll() is None:
+                run.kill()
+    assert run.returncode == 0, stderr
+    assert stderr.count("again and resent it: its worker found them gone from Redis") == 3
+    got = pd.read_parquet(out)
+    assert len(got) == 300 * 3 and got["unique_id"].nunique() == 300

@@ -38,15 +38,15 @@ from typing import Any
 
 import redis
 from celery import Celery, states
-from kombu.exceptions import OperationalError
-from redis.connection import PythonRespSerializer
 
-from crypto_ml.core.errors import BrokerUnavailable
+from crypto_ml.dispatch.broker_errors import PUBLISH_ERRORS, refused, transient
 from crypto_ml.dispatch.lost import LostMessages
+from crypto_ml.dispatch.payloads import store_payload
 from crypto_ml.dispatch.planning import Message
+from crypto_ml.dispatch.report import failure_reason
 from crypto_ml.ops.flower import send_options
 from crypto_ml.worker.app import CPU_QUEUE, GPU_QUEUE, restore_sweep_seconds
-from crypto_ml.worker.chunks import payload_key
+from crypto_ml.worker.chunks import VALUES_GONE, payload_key
 from crypto_ml.worker.deliveries import RUN_HEADER, closed_key, delivery_key
 
 log = logging.getLogger(__name__)
@@ -56,9 +56,6 @@ RECONNECT_PAUSE = 1.0
 SWEEP_SECONDS = 2.0
 WAKE_SECONDS = 0.1  # the run's hooks (progress, stop, lost messages) run at least this often
 CHUNK = 1000  # keys per MGET
-PACK_CUTOFF = 6000  # bytes: a larger value is sent as its own buffer, not copied
-#: What publishing raises while the broker is away (after kombu's own retries).
-PUBLISH_ERRORS = (OperationalError, ConnectionError, OSError)
 
 
 @dataclass(frozen=True)
@@ -87,30 +84,12 @@ def publish(app: Celery, task: str, kwargs: dict[str, Any], task_id: str,
                   expires=expires, **options, **send_options(kwargs))
 
 
-def store_payload(app: Celery, task_id: str, payload: bytes, expires: float | None) -> None:
-    """Store a message's bulk beside it, for as long as the message can be handed out: its
-    own expiry (``expires`` seconds after it is sent; none: as long as a result is kept),
-    then a run and a redelivery (:func:`redelivery_bound`).
-
-    The command is packed by redis-py's pure-Python packer, which sends a large value as it
-    is; the hiredis packer that ``SET`` would use copies it three times (a fifth of the
-    manager's CPU on a million-series run)."""
+def payload_seconds(app: Celery, expires: float | None) -> int:
+    """How long a message's bulk is kept: its own expiry (``expires`` seconds after it is
+    sent; none: as long as a result is kept), then a run and a redelivery."""
     kept = app.conf.result_expires or 86400  # seconds, or Celery's own timedelta
     queued = expires if expires is not None else getattr(kept, "total_seconds", lambda: kept)()
-    lifetime = math.ceil(float(queued)) + int(app.conf.task_time_limit or 0) \
-        + redelivery_bound(app)
-    pool = app.backend.client.connection_pool
-    connection = pool.get_connection()
-    packer = PythonRespSerializer(PACK_CUTOFF, connection.encoder.encode)
-    try:
-        connection.send_packed_command(packer.pack(
-            "SET", payload_key(task_id), payload, "EX", lifetime))
-        connection.read_response()  # raises what Redis answered no with (OOM, NOPERM)
-    except (redis.ConnectionError, redis.TimeoutError):
-        connection.disconnect()
-        raise
-    finally:
-        pool.release(connection)
+    return math.ceil(float(queued)) + int(app.conf.task_time_limit or 0) + redelivery_bound(app)
 
 
 def forget_keys(app: Celery, task_ids: list[str]) -> list[Any]:
@@ -138,29 +117,6 @@ def redelivery_bound(app: Celery) -> int:
     visibility timeout, a restore sweep, and a minute of margin."""
     visibility = int((app.conf.broker_transport_options or {}).get("visibility_timeout", 3600))
     return visibility + restore_sweep_seconds(visibility) + 60
-
-
-def _transient(exc: BaseException) -> bool:
-    """A broker that is away (connection lost, time-out), not one that refused the command
-    (``OOM command not allowed``, ``NOPERM``): kombu raises OperationalError for both."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, redis.ResponseError):
-            return False
-        seen = seen.__cause__ or seen.__context__
-    return True
-
-
-def _refused(exc: BaseException) -> BrokerUnavailable:
-    """The one line for a broker that answered no to a task message."""
-    text = str(exc)
-    if "maxmemory" in text:
-        return BrokerUnavailable(
-            f"Redis is full and refused a task message ({text.rstrip('.')}): free memory or "
-            "raise its maxmemory (docs/deployment.md#memory), then run the same command again; "
-            "nothing more was sent")
-    return BrokerUnavailable(f"the broker refused a task message ({text}); see the Redis "
-                             "user's ACL rules (docs/least-privilege.md)")
 
 
 def _key(app: Celery, task_id: str) -> bytes:
@@ -193,6 +149,7 @@ class Dispatcher:
         self._bookkeeping_errors = (*app.backend.connection_errors, redis.RedisError)
         self._free_as_read = False
         self._payloads = False  # some message stored its bulk beside it
+        self._restored: dict[str, bytes] = {}  # task id: the failure that had it resent
         self._stable_ids = False
         self.run_id = ""
 
@@ -254,14 +211,15 @@ class Dispatcher:
             try:
                 if message.payload is not None:
                     self._payloads = True
-                    store_payload(self.app, task_id, message.payload, self._expires)
+                    store_payload(self.app, task_id, message.payload,
+                                  payload_seconds(self.app, self._expires))
                 publish(self.app, message.task, message.kwargs, task_id, self._expires,
                         message.serializer, self.run_id)
                 return task_id
             except (*PUBLISH_ERRORS, redis.RedisError) as exc:  # the payload's SET: redis-py's
-                if not _transient(exc):  # Redis answered no: waiting will not help
+                if not transient(exc):  # Redis answered no: waiting will not help
                     self.pending.pop(task_id, None)
-                    raise _refused(exc) from None
+                    raise refused(exc) from None
                 self._broker_away(exc)
 
     def _resend(self, task_id: str) -> None:
@@ -328,11 +286,14 @@ class Dispatcher:
         done = []
         for key, payload in ready:
             task_id = self._keys.get(key)
-            if task_id is None:
-                continue
+            if task_id is None or self._restored.get(task_id) == payload:
+                continue  # not ours, or a copy of a failure already acted on
             meta = self.app.backend.decode_result(payload)
             if meta.get("status") not in states.READY_STATES:
                 continue  # STARTED and the like
+            if self._values_gone(task_id, meta):
+                self._restore(task_id, payload)
+                continue
             del self._keys[key]
             done.append((key, task_id, self.pending.pop(task_id), meta))
         if not done:
@@ -340,6 +301,19 @@ class Dispatcher:
         self._forget([key for key, *_ in done], [task_id for _, task_id, *_ in done])
         for _, task_id, message, meta in done:
             yield Outcome(message, task_id, meta)
+
+    def _values_gone(self, task_id: str, meta: dict[str, Any]) -> bool:
+        """Whether the worker found the message's stored bulk gone (a Redis that restarted
+        without its data): the first time, the run stores it again and resends the message."""
+        return (self.pending[task_id].payload is not None and task_id not in self._restored
+                and meta.get("status") == states.FAILURE and VALUES_GONE in failure_reason(meta))
+
+    def _restore(self, task_id: str, failure: bytes) -> None:
+        self._restored[task_id] = failure
+        forget(self.app, [task_id])  # its failure (else the sweep reads it again) and count
+        self._publish(self.pending[task_id], task_id)
+        self.say(f"stored the values of task {task_id} again and resent it: its worker found "
+                 "them gone from Redis")
 
     def _forget(self, keys: list[bytes], task_ids: list[str]) -> None:
         """Stop listening for the results read; free them now when the run frees as it reads."""

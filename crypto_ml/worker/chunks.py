@@ -34,6 +34,8 @@ TABLE_TASK_NAME = "crypto_ml.forecast_table"
 #: The largest chunk a worker accepts: 64 MiB of closes.
 MAX_CHUNK_VALUES = 8 * 1024 * 1024
 PAYLOAD_PREFIX = "crypto_ml:payload:"
+#: How a chunk whose stored values are gone fails (its sender stores them again and resends).
+VALUES_GONE = "its values are no longer in Redis"
 
 
 def payload_key(task_id: str) -> str:
@@ -45,9 +47,10 @@ def fetch_payload(client: Any, task_id: str) -> bytes:
     """The values stored beside chunk task ``task_id``; InvalidTaskInput when they are gone."""
     values = client.get(payload_key(task_id))
     if values is None:
-        raise _bad("its values are no longer in Redis (freed once its run read this chunk's "
-                   "result, so a late duplicate finds none; or expired): if its run did not "
-                   "finish, run the table again: it resumes where it stopped")
+        raise _bad(f"{VALUES_GONE} (freed once its run read this chunk's result, so a late "
+                   "duplicate finds none; or lost with a restart of Redis): its run stores them "
+                   "again and resends it once; if the run has stopped, run the table again: it "
+                   "resumes where it stopped")
     return bytes(values)
 
 
