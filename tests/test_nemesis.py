@@ -103,8 +103,8 @@ def run_nemesis(partitions: Partitions, real_data: Path, tmp_path: Path, *, seri
 @pytest.mark.nemesis  # the second tier: the suite has a test of each kind alone
 def test_one_fault_of_each_kind_loses_doubles_and_changes_nothing(
         partitions: Partitions, real_data: Path, tmp_path: Path) -> None:
-    # pauses and partitions of 10-11 s (the full run's: 10-40 s and 10-60 s), so that 16,000
-    # series (about 30 s without faults on 2 cores) outlast them
+    # pauses and partitions of 10-11 s (the full run's: 10-40 s and 10-60 s), so that 32,000
+    # series (about 40 s without faults on 2 cores) outlast them
     verdict = run_nemesis(partitions, real_data, tmp_path, series=32_000, faults=len(KINDS),
                           seed=int(os.environ.get("CRYPTO_ML_NEMESIS_SEED", "1")),
                           held={kind: (10.0, 11.0) for kind in HELD})
