@@ -7,8 +7,9 @@ from kombu.exceptions import OperationalError
 
 from crypto_ml.core.errors import BrokerUnavailable
 
-#: What publishing raises while the broker is away (after kombu's own retries).
-PUBLISH_ERRORS = (OperationalError, ConnectionError, OSError)
+#: What publishing raises while the broker is away (after kombu's own retries), or when it
+#: answers no; redis-py's own errors come from storing a message's bulk beside it.
+PUBLISH_ERRORS = (OperationalError, ConnectionError, OSError, redis.RedisError)
 
 
 def transient(exc: BaseException) -> bool:

@@ -216,7 +216,7 @@ class Dispatcher:
                 publish(self.app, message.task, message.kwargs, task_id, self._expires,
                         message.serializer, self.run_id)
                 return task_id
-            except (*PUBLISH_ERRORS, redis.RedisError) as exc:  # the payload's SET: redis-py's
+            except PUBLISH_ERRORS as exc:
                 if not transient(exc):  # Redis answered no: waiting will not help
                     self.pending.pop(task_id, None)
                     raise refused(exc) from None
