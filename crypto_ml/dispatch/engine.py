@@ -335,12 +335,12 @@ class Dispatcher:
         """Free what late duplicates stored for the messages ``keys`` of this run id that
         earlier runs read (a resumed table run's chunks done before it started)."""
         if self._stable_ids:
-            self._forget_ids([stable_task_id(self.run_id, key) for key in keys])
+            self._forget_ids([stable_task_id(self.run_id, key) for key in keys], payloads=True)
 
-    def _forget_ids(self, task_ids: list[str]) -> None:
+    def _forget_ids(self, task_ids: list[str], payloads: bool = False) -> None:
         try:
             for i in range(0, len(task_ids), CHUNK):
-                forget(self.app, task_ids[i : i + CHUNK], self._payloads)
+                forget(self.app, task_ids[i : i + CHUNK], payloads or self._payloads)
         except self._bookkeeping_errors as exc:
             log.debug("could not free the run's results (%s); they expire", exc)
 
