@@ -33,6 +33,7 @@ from crypto_ml.api.service import InProcessRuns
 from crypto_ml.core.settings import Settings
 from crypto_ml.dispatch.cluster import LocalCluster
 from crypto_ml.ops.processes import free_port, spawn, terminate, wait_until
+from crypto_ml.worker.chunks import PAYLOAD_PREFIX
 
 pytestmark = pytest.mark.integration
 SMALL, LONG = 400, 3000
@@ -104,6 +105,7 @@ def test_a_job_posted_to_one_replica_is_followed_on_another(
 def test_delete_on_another_replica_stops_the_run_and_revokes_its_work(
         replicas: dict[str, Server], cluster: LocalCluster) -> None:
     a, b = replicas["A"], replicas["B"]
+    before = _stored_values(cluster)  # what other jobs left (a killed replica's, to expire)
     job_id = post(a, {"input": "long.parquet", "model": "ets"})
     wait_until(lambda: state(b, job_id)["done"] > 0, 60, "the job's first chunk, seen from B")
     status, reply = call(f"{b.url}/v1/jobs/{job_id}", method="DELETE")
@@ -115,7 +117,13 @@ def test_delete_on_another_replica_stops_the_run_and_revokes_its_work(
     assert not Path(str(final["output"])).exists()
     wait_until(lambda: queued(a) == 0, 30, "the job's queued chunks revoked or done")
     assert state(b, job_id) == final  # A's run wrote nothing more
+    # the values stored beside the chunks it revoked are freed with them
+    wait_until(lambda: _stored_values(cluster) <= before, 30, "the revoked chunks' values freed")
     assert call(f"{b.url}/v1/jobs/nosuchjob", method="DELETE")[0] == 404
+
+
+def _stored_values(cluster: LocalCluster) -> set[bytes]:
+    return set(cluster.client().scan_iter(f"{PAYLOAD_PREFIX}*"))
 
 
 def test_a_job_whose_replica_is_killed_is_reported_failed_by_another(

@@ -16,7 +16,8 @@ CryptoManager`) and the table runs (:mod:`~crypto_ml.dispatch.table_run`) send t
   run's results are megabytes), otherwise all at the end of the run, so that a worker that
   is handed a finished task again (its first worker died before the ack) finds the result
   and skips it; either way a last sweep at the end deletes what such a duplicate stored
-  meanwhile. What is still pending when the run stops early is revoked;
+  meanwhile. What is still pending when the run stops early is revoked, and the values
+  stored beside its messages deleted;
 * **close**: each message names its run (:data:`~crypto_ml.worker.deliveries.RUN_HEADER`),
   and the run's end is marked in Redis for as long as a message can still be handed out
   again (:func:`redelivery_bound`), so a worker skips a redelivery that comes after the
@@ -366,6 +367,7 @@ class Dispatcher:
                 self.app.control.revoke(list(self.pending))
             except Exception as exc:  # the broker is gone too: the tasks expire
                 log.debug("could not revoke %d task(s): %s", len(self.pending), exc)
+            self._forget_ids(list(self.pending))  # and their values (a resumed run resends)
         if self._pubsub is not None:
             try:
                 self._pubsub.close()
