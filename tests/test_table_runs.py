@@ -110,6 +110,30 @@ def test_a_killed_manager_resumes_without_recomputing_or_doubling(
     assert not [t for t in sent if client.exists(f"{PAYLOAD_PREFIX}{t}")]
 
 
+def test_a_run_stopped_with_ctrl_c_resumes_on_workers_that_saw_it_stop(
+        cluster, tmp_path: Path) -> None:
+    # the stopped run revoked its queued chunks and told the workers it had ended; the
+    # workers are still up (a --broker cluster), so the resumed run must not look like it
+    table = write_parquet(random_walks(600, 40, seed=7), tmp_path / "in.parquet")
+    args = ["send-tasks", "--input", str(table), "--model", "theta", "--horizon", "3",
+            "--broker", cluster.broker_url, "--chunk-series", "15", "--in-flight", "2"]
+    whole = run_cli(*args, "--output", str(tmp_path / "whole.parquet"))
+    assert whole.returncode == 0, whole.stderr
+    out, parts = tmp_path / "resumed.parquet", tmp_path / ".resumed.parquet.parts"
+    first = _start([*args, "--output", str(out)])
+    try:
+        wait_until(lambda: len(list(parts.glob("chunk-*.arrow"))) >= 3 or first.poll() is not None,
+                   120, "three chunks written")
+        first.send_signal(signal.SIGINT)
+    finally:
+        _, err = first.communicate(timeout=60)
+    assert first.returncode == 130 and "queued tasks revoked" in err, err
+    again = run_cli(*args, "--output", str(out), "--timeout", "120")
+    assert again.returncode == 0, again.stderr
+    assert "written by an earlier run" in again.stderr
+    pd.testing.assert_frame_equal(pd.read_parquet(out), pd.read_parquet(tmp_path / "whole.parquet"))
+
+
 def test_a_chunk_whose_values_are_gone_fails_saying_what_to_do(cluster) -> None:
     kwargs = chunk_kwargs(TablePlan.of(["naive"], 3, ()).models, 3, (), np.array([5]),
                           np.arange(1.0, 6.0))

@@ -33,7 +33,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,7 +157,7 @@ class Dispatcher:
     def run(self, messages: Iterable[Message], timeout: float | None = None,
             max_in_flight: int | None = None,
             on_sent: Callable[[str, Message], None] = lambda task_id, message: None,
-            run_id: str | None = None) -> Iterator[Outcome]:
+            run_id: str | None = None) -> Generator[Outcome, None, None]:
         """Publish ``messages`` (at most ``max_in_flight`` pending) and yield each outcome.
 
         ``run_id`` names a run that may have been started before (a resumed table run): each

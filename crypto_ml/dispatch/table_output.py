@@ -9,8 +9,11 @@ is (input, models, horizon, levels, chunking). A run that finds the parts folder
 of the same run takes the chunks it holds as done and sends only the others;
 one of a different run is an :class:`~crypto_ml.core.errors.OutputMismatch`
 naming the difference (``--overwrite`` starts afresh). ``run-id`` there names the run to
-the dispatch engine: a resumed run keeps it, so its chunk messages carry the ids the
-interrupted run gave them, and what that run's workers still compute is taken, not redone.
+the dispatch engine: a run resumed after its manager was killed keeps it, so its chunk
+messages carry the ids the killed run gave them, and what that run's workers still compute
+is taken, not redone. A run that stops before finishing in any other way (interrupted,
+cancelled, some chunk failed) revokes its pending messages and tells the workers it has
+ended, so it leaves a new id (:meth:`TableOutput.next_attempt`) for the run that resumes it.
 When every chunk is in, :meth:`TableOutput.finish` copies the parts, in chunk order, into ``OUT`` and
 ``OUT.failures.parquet`` (each written aside and renamed: atomic) and removes the
 folder, so an interrupted and an uninterrupted run give the same files.
@@ -133,6 +136,12 @@ class TableOutput:
             return (self.parts / RUN_ID).read_text().strip() or None
         except FileNotFoundError:
             return None
+
+    def next_attempt(self) -> None:
+        """A new run id for the parts (the next run's messages must not carry the ids that
+        this one revoked, nor its run id, which the workers now take as ended)."""
+        if self.parts.is_dir():
+            _write_text_atomic(self.parts / RUN_ID, uuid.uuid4().hex)
 
     def write_chunk(self, index: int, table: pa.Table, failures: pa.Table) -> None:
         """Chunk ``index``'s rows and failures, each file wholly or not at all."""

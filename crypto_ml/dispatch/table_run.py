@@ -179,21 +179,33 @@ def run_table(app: Celery, source: TableSource, output: TableOutput, plan: Table
                           payload=kwargs.pop("values"))
 
     engine = Dispatcher(app, say, on_wait)
-    for outcome in engine.run(messages(), timeout, max_in_flight=in_flight, run_id=output.run_id):
-        assert outcome.message.key is not None  # every chunk message carries its number
-        chunk = chunks.pop(outcome.message.key)
-        reason = _reason(outcome, timeout)
-        if reason is not None:
-            summary.chunks_failed[chunk.index] = reason
-            on_progress(0, len(chunk.ids))
-            continue
-        assert outcome.meta is not None  # a timed-out chunk has a reason
-        result = outcome.meta["result"]
-        table, failures = chunk_table(plan, schema, info.time_kind, chunk, result)
-        output.write_chunk(chunk.index, table, failures)
-        summary.done += len(chunk.ids)
-        on_progress(len(chunk.ids), len({row for row, _, _ in result["errors"]}))
-    engine.forget_earlier(done)  # late duplicates of what the interrupted runs read
-    if not summary.chunks_failed:
-        summary.failures = output.finish(schema, range(total))
+    outcomes = engine.run(messages(), timeout, max_in_flight=in_flight, run_id=output.run_id)
+    try:
+        for outcome in outcomes:
+            assert outcome.message.key is not None  # every chunk message carries its number
+            _write_outcome(outcome, chunks.pop(outcome.message.key), plan, schema,
+                           info.time_kind, output, summary, on_progress, timeout)
+        engine.forget_earlier(done)  # late duplicates of what the interrupted runs read
+        if not summary.chunks_failed:
+            summary.failures = output.finish(schema, range(total))
+    finally:
+        outcomes.close()  # pending messages revoked, the run marked ended (engine doc)
+        output.next_attempt()  # unless it finished: then there is nothing to resume
     return summary
+
+
+def _write_outcome(outcome: Outcome, chunk: SeriesChunk, plan: TablePlan, schema: pa.Schema,
+                   kind: str, output: TableOutput, summary: TableSummary,
+                   on_progress: Callable[[int, int], None], timeout: float | None) -> None:
+    """A chunk's result into its part (or its whole failure into the summary)."""
+    reason = _reason(outcome, timeout)
+    if reason is not None:
+        summary.chunks_failed[chunk.index] = reason
+        on_progress(0, len(chunk.ids))
+        return
+    assert outcome.meta is not None  # a timed-out chunk has a reason
+    result = outcome.meta["result"]
+    table, failures = chunk_table(plan, schema, kind, chunk, result)
+    output.write_chunk(chunk.index, table, failures)
+    summary.done += len(chunk.ids)
+    on_progress(len(chunk.ids), len({row for row, _, _ in result["errors"]}))
