@@ -114,7 +114,7 @@ def test_a_run_stopped_with_ctrl_c_resumes_on_workers_that_saw_it_stop(
         cluster, tmp_path: Path) -> None:
     # the stopped run revoked its queued chunks and told the workers it had ended; the
     # workers are still up (a --broker cluster), so the resumed run must not look like it
-    table = write_parquet(random_walks(600, 40, seed=7), tmp_path / "in.parquet")
+    table = write_parquet(random_walks(1200, 40, seed=7), tmp_path / "in.parquet")
     args = ["send-tasks", "--input", str(table), "--model", "theta", "--horizon", "3",
             "--broker", cluster.broker_url, "--chunk-series", "15", "--in-flight", "2"]
     whole = run_cli(*args, "--output", str(tmp_path / "whole.parquet"))
