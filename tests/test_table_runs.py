@@ -73,6 +73,21 @@ def _start(args: list[str]) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _stopped_after_three_chunks(args: list[str], out: Path, sig: signal.Signals
+                                ) -> tuple[int, str]:
+    """Run ``send-tasks ARGS --output OUT`` and send it ``sig`` once three of its chunks
+    are written; its exit code and stderr."""
+    parts = out.with_name(f".{out.name}.parts")
+    run = _start([*args, "--output", str(out)])
+    try:
+        wait_until(lambda: len(list(parts.glob("chunk-*.arrow"))) >= 3 or run.poll() is not None,
+                   120, "three chunks written")
+        run.send_signal(sig)
+    finally:
+        _, err = run.communicate(timeout=30)
+    return run.returncode, err
+
+
 def test_a_killed_manager_resumes_without_recomputing_or_doubling(
         cluster, tmp_path: Path) -> None:
     table = write_parquet(random_walks(1500, 40), tmp_path / "in.parquet")
@@ -82,13 +97,7 @@ def test_a_killed_manager_resumes_without_recomputing_or_doubling(
     assert whole.returncode == 0, whole.stderr
     out = tmp_path / "resumed.parquet"
     parts = tmp_path / ".resumed.parquet.parts"
-    first = _start([*args, "--output", str(out)])
-    try:
-        wait_until(lambda: len(list(parts.glob("chunk-*.arrow"))) >= 3 or first.poll() is not None,
-                  120, "three chunks written")
-        first.send_signal(signal.SIGKILL)  # the manager dies mid-run
-    finally:
-        first.communicate(timeout=30)
+    _stopped_after_three_chunks(args, out, signal.SIGKILL)  # the manager dies mid-run
     written = len(list(parts.glob("chunk-*.arrow")))
     assert 3 <= written < 100 and not out.exists()
     sent = [stable_task_id((parts / RUN_ID).read_text().strip(), key) for key in range(100)]
@@ -119,15 +128,9 @@ def test_a_run_stopped_with_ctrl_c_resumes_on_workers_that_saw_it_stop(
             "--broker", cluster.broker_url, "--chunk-series", "15", "--in-flight", "2"]
     whole = run_cli(*args, "--output", str(tmp_path / "whole.parquet"))
     assert whole.returncode == 0, whole.stderr
-    out, parts = tmp_path / "resumed.parquet", tmp_path / ".resumed.parquet.parts"
-    first = _start([*args, "--output", str(out)])
-    try:
-        wait_until(lambda: len(list(parts.glob("chunk-*.arrow"))) >= 3 or first.poll() is not None,
-                   120, "three chunks written")
-        first.send_signal(signal.SIGINT)
-    finally:
-        _, err = first.communicate(timeout=60)
-    assert first.returncode == 130 and "queued tasks revoked" in err, err
+    out = tmp_path / "resumed.parquet"
+    returncode, err = _stopped_after_three_chunks(args, out, signal.SIGINT)
+    assert returncode == 130 and "queued tasks revoked" in err, err
     again = run_cli(*args, "--output", str(out), "--timeout", "120")
     assert again.returncode == 0, again.stderr
     assert "written by an earlier run" in again.stderr

@@ -367,7 +367,7 @@ class Dispatcher:
                 self.app.control.revoke(list(self.pending))
             except Exception as exc:  # the broker is gone too: the tasks expire
                 log.debug("could not revoke %d task(s): %s", len(self.pending), exc)
-            self._forget_ids(list(self.pending))  # and their values (a resumed run resends)
+            self._forget_ids(list(self.pending))  # their results, counts and values
         if self._pubsub is not None:
             try:
                 self._pubsub.close()
