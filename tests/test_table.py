@@ -20,6 +20,7 @@ import crypto_ml.data.table as table_module
 from crypto_ml.core.errors import InvalidTable, InvalidTaskInput, OutputMismatch
 from crypto_ml.data.ahead import read_ahead
 from crypto_ml.data.table import Columns, TableSource
+from crypto_ml.data.table_checks import id_order, same_as_next
 from crypto_ml.dispatch.table_output import TableOutput, check_output
 from crypto_ml.dispatch.table_run import TablePlan, chunk_table, future_times
 from crypto_ml.models import REGISTRY, get_model
@@ -146,6 +147,26 @@ def test_the_check_sees_across_batch_boundaries(tmp_path: Path,
     text = frame.assign(y=frame["y"].astype(str).where(frame.index != 13, "12,5O"))
     with pytest.raises(InvalidTable, match=r"'12,5O' \(series 's000001'\)"):
         TableSource(write_parquet(text, tmp_path / "d.parquet")).check()
+
+
+def test_ids_are_checked_as_text_however_parquet_stores_them(tmp_path: Path) -> None:
+    frame = random_walks(4, 10)
+    numbered = frame.assign(unique_id=frame["unique_id"].str[1:].astype(int))
+    for name, table, dictionary in [("dict", frame, True), ("plain", frame, False),
+                                    ("ints", numbered, True)]:
+        path = tmp_path / f"{name}.parquet"
+        pq.write_table(pa.Table.from_pandas(table, preserve_index=False), path,
+                       use_dictionary=dictionary)
+        assert TableSource(path).check().series == 4
+        doubled = pd.concat([table.iloc[:25], table.iloc[[24]], table.iloc[25:]])
+        pq.write_table(pa.Table.from_pandas(doubled, preserve_index=False), path,
+                       use_dictionary=dictionary)
+        with pytest.raises(InvalidTable, match="series '(s00000)?2' has two rows"):
+            TableSource(path).check()
+    # a dictionary may hold one id twice: rows are then compared by their text
+    ids = pa.DictionaryArray.from_arrays(pa.array([0, 1, 2, 2]), pa.array(["a", "a", "b"]))
+    assert same_as_next(ids).tolist() == [True, False, True]
+    assert id_order(ids, np.array([1, 1, 1, 2]), None)[2] == "a"
 
 
 def test_a_hive_folder_a_csv_and_integer_times_are_tables_too(tmp_path: Path) -> None:

@@ -1,0 +1,107 @@
+"""The checks a long table's columns pass, batch by batch, before any work is sent.
+
+A time column is dates, timestamps or integers; a value column numbers (nulls are missing
+closes); ids are strings, kept dictionary-encoded when Parquet gives them so; within a batch
+the rows run by id, then time, with no ``(id, time)`` twice. Each failure is an
+:class:`~crypto_ml.core.errors.InvalidTable` naming the column and the first offending series.
+:mod:`crypto_ml.data.table` reads the batches; this module only looks at them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from crypto_ml.core.errors import InvalidTable
+
+
+def first_bad(ids: pa.Array, values: pa.Array, ok: pa.Array) -> tuple[str, object]:
+    i = int(np.flatnonzero(~np.asarray(ok.to_numpy(zero_copy_only=False), dtype=bool))[0])
+    return str(ids[i].as_py()), values[i].as_py()
+
+
+def time_column(column: pa.Array, ids: pa.Array, name: str) -> tuple[np.ndarray, str]:
+    """The time column as int64 in its kind; InvalidTable naming the first bad value."""
+    kind = ("int" if pa.types.is_integer(column.type) else "date"
+            if pa.types.is_date(column.type) else "timestamp")
+    if not (pa.types.is_integer(column.type) or pa.types.is_temporal(column.type)):
+        try:
+            column = pc.cast(column, pa.timestamp("ns"))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            parsed = pc.strptime(pc.cast(column, pa.string()), "%Y-%m-%d", "s", error_is_null=True)
+            series, value = first_bad(ids, column, pc.is_valid(parsed))
+            raise InvalidTable(f"--input: column {name!r} holds {value!r} (series {series!r}), "
+                               "neither a date nor an integer") from None
+    if column.null_count:
+        series, _ = first_bad(ids, column, pc.is_valid(column))
+        raise InvalidTable(f"--input: column {name!r} is empty in a row of series {series!r}")
+    if kind == "date":
+        column = pc.cast(column, pa.date32())
+        return np.asarray(column.cast(pa.int32()).to_numpy(), dtype=np.int64), kind
+    if kind == "timestamp":
+        return np.asarray(pc.cast(column, pa.timestamp("ns")).cast(pa.int64()).to_numpy(),
+                          dtype=np.int64), kind
+    return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.int64), kind
+
+
+def value_column(column: pa.Array, ids: pa.Array, name: str) -> np.ndarray:
+    """The value column as float64 (nulls: NaN, a missing close); InvalidTable otherwise."""
+    if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
+            or pa.types.is_decimal(column.type) or pa.types.is_null(column.type)):
+        try:
+            column = pc.cast(column, pa.float64())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            numeric = pc.match_substring_regex(
+                pc.utf8_trim_whitespace(pc.cast(column, pa.string())),
+                r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^(?i:nan)$")
+            series, value = first_bad(ids, column, pc.or_kleene(numeric, pc.is_null(column)))
+            raise InvalidTable(f"--input: column {name!r} holds {value!r} (series {series!r}), "
+                               "not a number") from None
+    return np.asarray(pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False),
+                      dtype=np.float64)
+
+
+def string_ids(column: pa.Array) -> pa.Array:
+    """Ids as strings, or as a dictionary of strings when read as one (kept encoded)."""
+    if pa.types.is_dictionary(column.type) and pa.types.is_string(column.type.value_type):
+        return column
+    return pc.cast(column, pa.string())
+
+
+def same_as_next(ids: pa.Array) -> np.ndarray:
+    """``same[i]``: row ``i``'s id equals row ``i + 1``'s. A dictionary whose values are all
+    distinct is compared by its indices; any other array by its strings."""
+    if isinstance(ids, pa.DictionaryArray) and \
+            len(pc.unique(ids.dictionary)) == len(ids.dictionary):
+        index = np.asarray(ids.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+        return np.asarray(index[:-1] == index[1:], dtype=bool)
+    text = pc.cast(ids, pa.string())
+    return np.asarray(pc.equal(text.slice(0, len(text) - 1), text.slice(1))
+                      .to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def id_order(ids: pa.Array, times: np.ndarray, prev: tuple[str, int] | None
+             ) -> tuple[np.ndarray, bool, str | None]:
+    """(the rows where a series starts, rows ordered by id then time, first duplicated
+    series); ``prev``: the id and time of the row before the batch."""
+    a, b = ids.slice(0, len(ids) - 1), ids.slice(1)
+    same = same_as_next(ids)
+    step = np.diff(times)
+    dup = np.flatnonzero(same & (step == 0))
+    first_dup = str(ids[int(dup[0])].as_py()) if len(dup) else None
+    starts = np.flatnonzero(~same) + 1
+    # within a series the times rise; where a series ends, the next id sorts after it (the
+    # ids compared there alone: a few per hundred rows)
+    ends = pa.array(starts - 1)
+    ordered = bool(np.all(step[same] > 0)) and bool(np.all(np.asarray(pc.less(
+        pc.cast(a.take(ends), pa.string()), pc.cast(b.take(ends), pa.string())
+    ).to_numpy(zero_copy_only=False), dtype=bool)))
+    first = str(ids[0].as_py())
+    if prev is not None and first == prev[0]:  # the batch goes on with the series before
+        first_dup = first if int(times[0]) == prev[1] else first_dup
+        ordered &= int(times[0]) > prev[1]
+        return starts, ordered, first_dup
+    if prev is not None:  # UTF-8 bytes sort as code points: Python's order is Arrow's
+        ordered &= prev[0] < first
+    return np.concatenate([[0], starts]), ordered, first_dup
