@@ -161,7 +161,7 @@ def test_ids_are_checked_as_text_however_parquet_stores_them(tmp_path: Path) -> 
         doubled = pd.concat([table.iloc[:25], table.iloc[[24]], table.iloc[25:]])
         pq.write_table(pa.Table.from_pandas(doubled, preserve_index=False), path,
                        use_dictionary=dictionary)
-        with pytest.raises(InvalidTable, match="series '(s00000)?2' has two rows"):
+        with pytest.raises(InvalidTable, match=r"series '(s00000)?2' has two rows"):
             TableSource(path).check()
     # a dictionary may hold one id twice: rows are then compared by their text
     ids = pa.DictionaryArray.from_arrays(pa.array([0, 1, 2, 2]), pa.array(["a", "a", "b"]))

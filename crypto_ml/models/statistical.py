@@ -7,7 +7,12 @@
 Each is fitted on the log of the closes, so forecasts and bounds stay positive and
 a 10% move means the same at any price; the point forecast and the library's own
 prediction intervals (``predict(h, level=...)``) are mapped back with ``exp``
-(the point forecast is then the median path). statsforecast compiles its inner
+(the point forecast is then the median path). ``theta`` fits them scaled so that each
+series' one-step changes have a standard deviation of 0.01 (:attr:`error_scale`): AutoTheta's
+optimiser stops on an absolute change of its mean squared error, so its effort depends on
+the scale it is given (on raw closes, sub-cent coins stop at once and $1,000 coins iterate
+long); at this scale it stops a third sooner than on plain log closes, with the same
+accuracy and coverage in backtests (docs/benchmarks.md). statsforecast compiles its inner
 loops with numba on first use in a process; :func:`warm_up` pays that once (the
 worker calls it before forking its pool, see :mod:`crypto_ml.celery_app`).
 statsforecast is imported on first fit only.
@@ -42,12 +47,25 @@ def _plain(level: float) -> int | float:
     return int(level) if float(level).is_integer() else float(level)
 
 
+def _working_scale(logs: np.ndarray, error_scale: float | None) -> float:
+    """What to multiply ``logs`` by so their one-step changes have ``error_scale`` as standard
+    deviation; 1 when there is none to match (no scale asked, a flat or too short series)."""
+    if not error_scale or len(logs) < 3:
+        return 1.0
+    spread = float(np.nanstd(np.diff(logs)))
+    return error_scale / spread if np.isfinite(spread) and spread > 0 else 1.0
+
+
 class StatsForecastModel(Forecaster):
     """One of statsforecast's automatic models, fitted on log closes."""
 
     name = "statsforecast"
     min_points = MIN_POINTS
     interval_method = "statsforecast's own"
+    #: The standard deviation the log closes' one-step changes are scaled to before the fit
+    #: (the optimiser's working scale; see the module doc), or None to fit them as they are.
+    error_scale: float | None = None
+    _scale = 1.0  # what the fitted log closes were multiplied by
     _levels: tuple[float, ...] = ()  # the levels predict() is computing bands at
     _last: tuple[tuple[int, tuple[float, ...]], dict[str, np.ndarray]] | None = None
 
@@ -58,7 +76,9 @@ class StatsForecastModel(Forecaster):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # e.g. numerical warnings of a poor candidate
-                self.model_ = _library_model(self.name).fit(np.log(series))
+                logs = np.log(series)
+                self._scale = _working_scale(logs, self.error_scale)
+                self.model_ = _library_model(self.name).fit(logs * self._scale)
         except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
             raise ModelFitFailed(f"{self.name}: statsforecast could not fit the series ({exc})") \
                 from None
@@ -80,7 +100,8 @@ class StatsForecastModel(Forecaster):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             out = self.model_.predict(h=h, **kwargs)
-        values = {k: np.exp(np.asarray(v, dtype=np.float64).reshape(-1)) for k, v in out.items()}
+        values = {k: np.exp(np.asarray(v, dtype=np.float64).reshape(-1) / self._scale)
+                  for k, v in out.items()}
         if not all(np.isfinite(v).all() for v in values.values()):
             raise ModelFitFailed(f"{self.name}: statsforecast gave a non-finite forecast")
         self._last = (key, values)
@@ -101,6 +122,7 @@ class ETSModel(StatsForecastModel):
 
 class ThetaModel(StatsForecastModel):
     name = "theta"
+    error_scale = 0.01
     color = "tab:olive"
 
 
