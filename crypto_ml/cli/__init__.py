@@ -155,7 +155,20 @@ def run(args: argparse.Namespace) -> int:
         configure_logging(log_format, level.upper(), sys.stderr, quiet=quiet)
         return int(args.run(args))
 
-    return guarded(command, args.interrupted)
+    return guarded(command, _left_behind(args))
+
+
+def _left_behind(args: argparse.Namespace) -> str | None:
+    """What a Ctrl-C leaves as the command's ``interrupted`` line says, less the local
+    cluster where the command runs on a broker (``--broker`` or ``CRYPTO_ML_BROKER_URL``)."""
+    line: str | None = args.interrupted
+    if not line or "broker" not in vars(args):
+        return line
+    try:
+        broker = args.broker or Settings.from_env().broker_url
+    except ConfigError:  # the command itself says so, in one line, when it runs
+        return line
+    return line.replace(", local cluster stopped", "") if broker else line
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "crypto-ml") -> int:
