@@ -182,6 +182,19 @@ def prefetch_count(app: Celery, worker: str) -> Any:
     return None
 
 
+def join_mid_backlog(cluster: LocalCluster, app: Celery, first: str,
+                     limit: dict[str, int]) -> str:
+    """Start a second worker while the backlog waits: the first stops taking new messages
+    (what it already holds, it keeps) until the second has registered, so a fast machine
+    cannot drain the queue during the second's start-up. Its name."""
+    assert app.control.cancel_consumer("cpu", destination=[first], reply=True)
+    limit[f"extra{len(cluster.workers) + 1}"] = 1  # it may take a task before it answers
+    second = cluster.add_worker()
+    wait_until(lambda: any(m.decode().startswith(f"{second}/") for m in
+                           cluster.client().smembers(REGISTRY_KEY)), 60, "the second worker")
+    return second
+
+
 def experiment(n: int, app_module: str = "crypto_ml", join_at: float = 0.3) -> dict[str, Any]:
     """Run ``n`` messages through one worker; a second joins after ``join_at`` of them."""
     from fault_helpers import app_for
@@ -205,11 +218,9 @@ def experiment(n: int, app_module: str = "crypto_ml", join_at: float = 0.3) -> d
         sampler.paused.clear()
         app = app_for(cluster)  # fresh connections (the old pool's are closed by the restart)
         wait_until(lambda: len(finished(app, ids)) >= len(ids) * join_at, 300, "backlog part")
-        limit[f"extra{len(cluster.workers) + 1}"] = 1  # it may take a task before it answers
-        second = cluster.add_worker()
-        wait_until(lambda: any(m.decode().startswith(f"{second}/") for m in
-                               cluster.client().smembers(REGISTRY_KEY)), 60, "the second worker")
+        second = join_mid_backlog(cluster, app, first, limit)
         done_at_join = finished(app, ids)
+        assert app.control.add_consumer("cpu", destination=[first], reply=True)
         wait_until(lambda: len(finished(app, ids)) == len(ids), 600, "every task finished")
         total_seconds = time.monotonic() - started
         drift = {w: prefetch_count(app, w) for w in (first, second)}
