@@ -13,7 +13,8 @@ start-up included; a crash is reported and the next job runs):
 - ``statsforecast``: ``StatsForecast(models=[m], freq="D", n_jobs=2).forecast(df=<pandas
   frame>, h=H, level=...)``; the frame read with pyarrow (``ds`` as datetime64), the
   forecasts written with ``DataFrame.to_parquet`` (a file);
-- ``dask``: the same call given ``dd.read_parquet(T)``, on a
+- ``dask``: the same call given ``dd.read_parquet(T)`` (a partition per row group, at least
+  4 per worker), on a
   ``LocalCluster(n_workers=2, threads_per_worker=1)`` with its client current:
   statsforecast hands a Dask frame to its fugue backend, which returns a Dask frame,
   written with ``to_parquet`` (a folder);
@@ -103,6 +104,10 @@ def _job_statsforecast(model: Any, input_path: Path, out_path: Path, horizon: in
         lambda forecasts: forecasts.to_parquet(out_path, index=False))
 
 
+def _partitioned(ddf: Any) -> Any:
+    return ddf.repartition(npartitions=max(ddf.npartitions, 4 * WORKERS))
+
+
 def _job_dask(model: Any, input_path: Path, out_path: Path, horizon: int,
               levels: list[int] | None) -> dict[str, float]:
     import dask.dataframe as dd
@@ -112,8 +117,11 @@ def _job_dask(model: Any, input_path: Path, out_path: Path, horizon: int,
     with LocalCluster(n_workers=WORKERS, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster, Client(cluster):
         return _phases(
-            # date32 reaches the models as objects
-            lambda: dd.read_parquet(input_path).astype({"ds": "datetime64[ns]"}),
+            # date32 reaches the models as objects; one partition per row group, and at least
+            # 4 per worker (a one-file table is read as one partition, which fugue's group-by
+            # keeps on one worker while the other idles)
+            lambda: _partitioned(dd.read_parquet(input_path, split_row_groups=True)).astype(
+                {"ds": "datetime64[ns]"}),
             lambda ddf: StatsForecast(models=[model], freq="D").forecast(df=ddf, h=horizon,
                                                                          level=levels),
             lambda forecasts: forecasts.to_parquet(out_path, write_index=False))

@@ -134,6 +134,17 @@ def test_run_shows_task_lines_progress_and_summary(stack: Stack) -> None:
     assert sum(int(n) for n in re.findall(r"\((\d+)\)", workers.group(1))) == N_FORECASTS
 
 
+def settled(stack: Stack) -> int:
+    """How many tasks Flower lists, once it shows every one of them as SUCCESS (events reach
+    it a moment after the results, and another test may have just run some)."""
+    def all_succeeded() -> bool:
+        tasks = api(stack, "/api/tasks")
+        return bool(tasks) and all(t.get("state") == "SUCCESS" for t in tasks.values())
+
+    wait_until(all_succeeded, 30, "Flower showing every task as SUCCESS")
+    return len(api(stack, "/api/tasks"))
+
+
 def test_flower_api_lists_every_task_with_success_and_its_worker(stack: Stack) -> None:
     assert stack.tasks
     workers = api(stack, "/api/workers?refresh=1")
@@ -180,10 +191,16 @@ def test_flower_metrics_count_the_run_for_prometheus(stack: Stack) -> None:
                    r'worker="[^"]+"} ([\d.]+)$')
         return sum(float(v) for v in re.findall(pattern, metrics, re.MULTILINE))
 
-    n = len(api(stack, "/api/tasks"))  # this run's, and any other test's, all successful
+    events = ("task-sent", "task-received", "task-started", "task-succeeded")
+
+    def counted() -> bool:  # a test just before may have run tasks whose events still arrive
+        nonlocal metrics
+        metrics = get(stack.flower_url + "/metrics", auth=None)[1]
+        return all(count(event) == n for event in events)
+
+    n = settled(stack)  # this run's, and any other test's, all successful
     assert n >= len(stack.tasks)
-    for event in ("task-sent", "task-received", "task-started", "task-succeeded"):
-        assert count(event) == n, (event, metrics)
+    wait_until(counted, 30, f"Flower's /metrics counting the events of its {n} tasks")
     for worker in stack.workers:
         assert f'flower_worker_online{{worker="{worker}"}} 1.0' in metrics
         assert re.search(rf'^flower_task_runtime_seconds_count{{task="[\w.]+",worker="{worker}"}}',
@@ -316,7 +333,7 @@ def test_dashboard_shows_workers_and_tasks_in_headless_chromium(stack: Stack,
     for worker in stack.workers:
         assert worker in workers_page
     tasks_page = browse(f"{base}/tasks", tmp_path / "p2", "--dump-dom").stdout
-    n = len(api(stack, "/api/tasks"))  # this run's and the terminal test's, all successful
+    n = settled(stack)  # this run's and the terminal test's, all successful
     assert n <= 15  # one page of the tasks table
     assert f"Showing 1 to {n} of {n} tasks" in tasks_page  # rendered by the page's JavaScript
     for task_id, items in stack.tasks.items():

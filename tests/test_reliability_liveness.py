@@ -92,7 +92,9 @@ def test_reserved_but_not_started_task_of_a_dead_worker_comes_back(tmp_path: Pat
     with LocalCluster(workers=2, env={**os.environ, **HOUR_LIMITS}) as cluster:
         app = app_for(cluster)
         holder, other = cluster.worker_names
-        app.control.cancel_consumer("cpu", destination=[other], reply=True)
+        wait_until(lambda: bool(app.control.cancel_consumer("cpu", destination=[other],
+                                                          reply=True)),
+                   20, "the worker answering cancel_consumer")  # listening for control
         holder_id = registered(cluster, holder)
         registered(cluster, other)
         proc = worker_process(cluster, holder)
@@ -107,7 +109,7 @@ def test_reserved_but_not_started_task_of_a_dead_worker_comes_back(tmp_path: Pat
         assert sent.state == "PENDING" and deliveries(app, sent.id) == 0  # never started
         os.killpg(proc.pid, signal.SIGKILL)
         killed = time.monotonic()
-        app.control.add_consumer("cpu", destination=[other], reply=True)
+        assert app.control.add_consumer("cpu", destination=[other], reply=True)
 
         result = sent.get(timeout=30)
         assert result["worker"] == other and result["coin"] == "bitcoin"

@@ -30,7 +30,9 @@ def test_a_message_the_broker_lost_is_sent_again(monkeypatch: pytest.MonkeyPatch
     with LocalCluster(workers=1) as cluster:
         app = app_for(cluster)
         worker = cluster.worker_names[0]
-        app.control.cancel_consumer("cpu", destination=[worker], reply=True)
+        wait_until(lambda: bool(app.control.cancel_consumer("cpu", destination=[worker],
+                                                          reply=True)),
+                   20, "the worker answering cancel_consumer")  # listening for control
         err = io.StringIO()
         manager = CryptoManager(app=app, settings=Settings(batch_size=1), err=err)
         requests = [ForecastRequest("bitcoin", "naive", [float(x) for x in range(1, 60)], 3)]
@@ -41,7 +43,7 @@ def test_a_message_the_broker_lost_is_sent_again(monkeypatch: pytest.MonkeyPatch
         client = cluster.client()
         wait_until(lambda: client.llen("cpu") == 1, 20, "the message queued")
         assert client.rpop("cpu")  # lost, as when its consumer dies right after BRPOP
-        app.control.add_consumer("cpu", destination=[worker], reply=True)
+        assert app.control.add_consumer("cpu", destination=[worker], reply=True)
         run.join(60)
         assert reports and reports[0].failed == {} and "bitcoin" in reports[0].results
         assert "resent task" in err.getvalue() and "the broker lost its message" in err.getvalue()
