@@ -66,6 +66,14 @@ class Running:
     hostname: str
 
 
+def stop_consuming(app: Celery, workers: list[str], timeout: float = 20) -> None:
+    """Make ``workers`` take no new message from the ``cpu`` queue (what they hold, they keep;
+    ``add_consumer`` undoes it), once every one of them has answered: a worker just started
+    may not be listening for control commands yet, and a broadcast it misses is lost."""
+    wait_until(lambda: len(app.control.cancel_consumer("cpu", destination=workers, reply=True)
+                           or []) == len(workers), timeout, f"{workers} answering cancel_consumer")
+
+
 def task_ids(app: Celery) -> list[str]:
     """Ids of every task with a state in the result backend."""
     keys = app.backend.client.scan_iter(match=f"{META_PREFIX}*", count=1000)

@@ -28,6 +28,8 @@ from celery import Celery
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from fault_helpers import app_for, stop_consuming  # noqa: E402
+
 from crypto_ml.dispatch.cluster import LocalCluster  # noqa: E402
 from crypto_ml.ops.processes import wait_until  # noqa: E402
 from crypto_ml.ops.queue_depth import queue_depths  # noqa: E402
@@ -187,7 +189,7 @@ def join_mid_backlog(cluster: LocalCluster, app: Celery, first: str,
     """Start a second worker while the backlog waits: the first stops taking new messages
     (what it already holds, it keeps) until the second has registered, so a fast machine
     cannot drain the queue during the second's start-up. Its name."""
-    assert app.control.cancel_consumer("cpu", destination=[first], reply=True)
+    stop_consuming(app, [first])
     limit[f"extra{len(cluster.workers) + 1}"] = 1  # it may take a task before it answers
     second = cluster.add_worker()
     wait_until(lambda: any(m.decode().startswith(f"{second}/") for m in
@@ -197,8 +199,6 @@ def join_mid_backlog(cluster: LocalCluster, app: Celery, first: str,
 
 def experiment(n: int, app_module: str = "crypto_ml", join_at: float = 0.3) -> dict[str, Any]:
     """Run ``n`` messages through one worker; a second joins after ``join_at`` of them."""
-    from fault_helpers import app_for
-
     with Cluster(workers=1, app_module=app_module) as cluster:
         first = cluster.worker_names[0]
         app = app_for(cluster)

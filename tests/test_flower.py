@@ -135,14 +135,18 @@ def test_run_shows_task_lines_progress_and_summary(stack: Stack) -> None:
 
 
 def settled(stack: Stack) -> int:
-    """How many tasks Flower lists, once it shows every one of them as SUCCESS (events reach
-    it a moment after the results, and another test may have just run some)."""
+    """How many tasks Flower lists, once it lists this run's and shows every one as SUCCESS
+    (events reach it a moment after the results, and another test may have just run some)."""
+    listed: dict[str, Any] = {}
+
     def all_succeeded() -> bool:
-        tasks = api(stack, "/api/tasks")
-        return bool(tasks) and all(t.get("state") == "SUCCESS" for t in tasks.values())
+        listed.clear()
+        listed.update(api(stack, "/api/tasks"))
+        return set(stack.tasks) <= set(listed) and all(
+            t.get("state") == "SUCCESS" for t in listed.values())
 
     wait_until(all_succeeded, 30, "Flower showing every task as SUCCESS")
-    return len(api(stack, "/api/tasks"))
+    return len(listed)
 
 
 def test_flower_api_lists_every_task_with_success_and_its_worker(stack: Stack) -> None:
@@ -150,12 +154,7 @@ def test_flower_api_lists_every_task_with_success_and_its_worker(stack: Stack) -
     workers = api(stack, "/api/workers?refresh=1")
     assert len(workers) == 2 and all("crypto_ml.forecast" in w["registered"]
                                      for w in workers.values())
-
-    def all_succeeded() -> bool:  # events reach Flower a moment after the results
-        tasks = api(stack, "/api/tasks")
-        return all(tasks.get(t, {}).get("state") == "SUCCESS" for t in stack.tasks)
-
-    wait_until(all_succeeded, 30, "Flower showing every task as SUCCESS")
+    settled(stack)
     assert stack.exports == {"CRYPTO_ML_TASK_EVENTS": "1"}  # what cluster up --flower says
     tasks = api(stack, "/api/tasks")
     names = set()

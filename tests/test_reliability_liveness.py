@@ -20,6 +20,7 @@ from fault_helpers import (
     deliveries,
     finish,
     start_cli,
+    stop_consuming,
     wait_for_drained,
     wait_for_running,
     worker_logs,
@@ -92,9 +93,7 @@ def test_reserved_but_not_started_task_of_a_dead_worker_comes_back(tmp_path: Pat
     with LocalCluster(workers=2, env={**os.environ, **HOUR_LIMITS}) as cluster:
         app = app_for(cluster)
         holder, other = cluster.worker_names
-        wait_until(lambda: bool(app.control.cancel_consumer("cpu", destination=[other],
-                                                          reply=True)),
-                   20, "the worker answering cancel_consumer")  # listening for control
+        stop_consuming(app, [other])
         holder_id = registered(cluster, holder)
         registered(cluster, other)
         proc = worker_process(cluster, holder)

@@ -9,7 +9,7 @@ import io
 import threading
 
 import pytest
-from fault_helpers import META_PREFIX, app_for, wait_for_drained, worker_logs
+from fault_helpers import META_PREFIX, app_for, stop_consuming, wait_for_drained, worker_logs
 
 import crypto_ml.dispatch.lost
 from crypto_ml.core.settings import Settings
@@ -30,9 +30,7 @@ def test_a_message_the_broker_lost_is_sent_again(monkeypatch: pytest.MonkeyPatch
     with LocalCluster(workers=1) as cluster:
         app = app_for(cluster)
         worker = cluster.worker_names[0]
-        wait_until(lambda: bool(app.control.cancel_consumer("cpu", destination=[worker],
-                                                          reply=True)),
-                   20, "the worker answering cancel_consumer")  # listening for control
+        stop_consuming(app, [worker])
         err = io.StringIO()
         manager = CryptoManager(app=app, settings=Settings(batch_size=1), err=err)
         requests = [ForecastRequest("bitcoin", "naive", [float(x) for x in range(1, 60)], 3)]

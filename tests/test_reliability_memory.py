@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 import pytest
 from conftest import run_cli
-from fault_helpers import app_for
+from fault_helpers import app_for, stop_consuming
 from table_support import random_walks, write_parquet
 
 from crypto_ml.dispatch.cluster import LocalCluster
@@ -43,7 +43,7 @@ def test_a_full_redis_stops_the_run_with_one_line_and_a_rerun_loses_nothing(
         assert admin.info("memory")["maxmemory_policy"] == "noeviction"
         app = app_for(cluster)
         worker = cluster.worker_names
-        assert app.control.cancel_consumer("cpu", destination=worker, reply=True)
+        stop_consuming(app, worker)
         fill(admin)  # the operator's keys fill it past the cap
         args = ("send-tasks", "--input", str(table), "--output", str(out), "--model", "naive",
                 "--horizon", "3", "--broker", cluster.url_for("manager"), "--chunk-series", "50")

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import ROOT, cli_env, run_cli
-from fault_helpers import META_PREFIX, app_for, wait_for_drained, worker_logs
+from fault_helpers import META_PREFIX, app_for, stop_consuming, wait_for_drained, worker_logs
 from table_support import coin_windows, random_walks, write_parquet
 
 import crypto_ml
@@ -225,7 +225,7 @@ def test_values_a_restarted_redis_lost_are_stored_again(tmp_path: Path) -> None:
     out = tmp_path / "out.parquet"
     with LocalCluster(workers=1) as cluster:
         app, admin = app_for(cluster), cluster.client()
-        assert app.control.cancel_consumer("cpu", destination=cluster.worker_names, reply=True)
+        stop_consuming(app, cluster.worker_names)
         run = _start(["send-tasks", "--input", str(table), "--output", str(out), "--model",
                       "naive", "--horizon", "3", "--chunk-series", "100", "--in-flight", "3",
                       "--broker", cluster.url_for("manager")])
