@@ -121,17 +121,20 @@ def test_reserved_but_not_started_task_of_a_dead_worker_comes_back(tmp_path: Pat
 @pytest.mark.slow
 def test_task_longer_than_the_visibility_timeout_on_a_live_worker_runs_once(
         price_data: Path, tmp_path: Path) -> None:
-    # the old rule (timeout above the hard limit) scaled down: a 6 s visibility timeout,
-    # an LSTM that trains for longer, a second idle worker that would take a redelivery
+    # the old rule (timeout above the hard limit) scaled down: a 6 s visibility timeout, an LSTM
+    # whose pool process is held stopped mid-training for over twice that (so the task outlasts
+    # the timeout on any machine, however fast it trains), a second idle worker that would take
+    # a redelivery
     limits = {**HOUR_LIMITS, "CRYPTO_ML_VISIBILITY_TIMEOUT": "6",
               "CRYPTO_ML_HEARTBEAT_SECONDS": "1", "CRYPTO_ML_DEAD_AFTER_SECONDS": "3"}
     out = tmp_path / "run.json"
     with LocalCluster(workers=2, env={**os.environ, **limits}) as cluster:
         app = app_for(cluster)
-        cli = start_cli(*LSTM, "--epochs", "80", "--coins", "bitcoin", "--broker",
+        cli = start_cli(*LSTM, "--epochs", "40", "--coins", "bitcoin", "--broker",
                         cluster.broker_url, "--output", str(out), "--timeout", "300",
                         data_dir=price_data, env=cli_env(price_data, **limits))
-        victim = wait_for_running(app, cli=cli)
+        victim = wait_for_running(app, training=True, cli=cli)
+        hold_stopped(victim.pid, seconds=2 * 6 + 1)
         code, _, stderr = finish(cli, timeout=280)
         assert code == 0, stderr
         fit = json.loads(out.read_text())["results"]["bitcoin"]["lstm"]["fit_seconds"]
@@ -141,3 +144,13 @@ def test_task_longer_than_the_visibility_timeout_on_a_live_worker_runs_once(
         assert "delivery 2" not in logs and "stopped beating" not in logs
         assert logs.count(f"[{victim.task_id}] received") == 1  # delivered once, run once
         wait_for_drained(cluster)
+
+
+def hold_stopped(pid: int, seconds: float) -> None:
+    """Stop process ``pid`` for ``seconds``, then let it go on. What this waits for is time
+    itself: the visibility timeout expiring while the task is still running."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(seconds)
+    finally:
+        os.kill(pid, signal.SIGCONT)
