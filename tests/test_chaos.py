@@ -21,7 +21,7 @@ from typing import Any
 import psutil
 import pytest
 import redis
-from fault_helpers import app_for, wait_for_drained, worker_logs
+from fault_helpers import FAST_LIVENESS, app_for, wait_for_drained, worker_logs
 
 from crypto_ml.core.errors import ConfigError
 from crypto_ml.core.settings import Settings
@@ -147,7 +147,10 @@ def test_chaos_every_forecast_exactly_once() -> None:
                 for i in range(FORECASTS)]
     chaos: list[Chaos] = []
     try:
-        with LocalCluster(workers=WORKERS, appendonly=True) as cluster:
+        # fast liveness: a killed worker's tasks come back within seconds, so the five kills
+        # cost seconds, not a minute
+        with LocalCluster(workers=WORKERS, appendonly=True, env={**os.environ, **FAST_LIVENESS}
+                          ) as cluster:
             app = app_for(cluster)
             bound = redelivery_bound(app)
             wait_until(lambda: cluster.client().scard(REGISTRY_KEY) == WORKERS, 30, "heartbeats")
@@ -167,7 +170,9 @@ def test_chaos_every_forecast_exactly_once() -> None:
             chaos[0].start()
             started = time.monotonic()
             err = io.StringIO()
-            manager = CryptoManager(app=app, settings=Settings(batch_size=20), err=err)
+            # lost messages (about one per hundred kills) looked for every 3 s, not 15
+            manager = CryptoManager(app=app, settings=Settings(batch_size=20, lost_check_seconds=3),
+                                    err=err)
 
             def arrive(result: dict[str, Any]) -> None:
                 arrived.update([(result["coin"], result["model"])])

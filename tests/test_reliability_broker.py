@@ -23,6 +23,7 @@ from celery import signals
 from conftest import run_cli
 from fault_helpers import (
     app_for,
+    cli_env,
     finish,
     logs_with,
     queue_length,
@@ -36,6 +37,7 @@ from kombu import Connection, Producer
 from crypto_ml.core.settings import Settings
 from crypto_ml.data.loader import CryptoLoader
 from crypto_ml.dispatch.cluster import LocalCluster
+from crypto_ml.dispatch.lost import task_id_of
 from crypto_ml.dispatch.manager import CryptoManager
 from crypto_ml.models import default_max_points, get_model
 from crypto_ml.ops.processes import wait_until
@@ -81,21 +83,28 @@ def test_redis_restart_with_append_only_file_loses_nothing(price_data: Path,
 @pytest.mark.slow
 def test_redis_restart_without_persistence_sends_the_lost_tasks_again(price_data: Path) -> None:
     """The embedded default keeps nothing across a restart: queued tasks are gone. The
-    manager notices tasks with neither a state nor a message and sends them again."""
+    manager notices tasks with neither a state nor a message and sends them again. The
+    running task's state is gone too: if it is still running at the second check it is sent
+    again as well, and its copy is skipped or run again, never delivered twice."""
     with LocalCluster(workers=1) as cluster:
         app = app_for(cluster)
+        # a check every 3 s, not 15: two checks in a row find each lost message
         cli = start_cli(*LSTM, "--broker", cluster.broker_url, "--timeout", "150",
-                        data_dir=price_data)
+                        data_dir=price_data,
+                        env=cli_env(price_data, CRYPTO_ML_LOST_CHECK_SECONDS="3"))
         running = wait_for_running(app, cli=cli)
         wait_until(lambda: queue_length(cluster, "gpu") == 2, 30, "two tasks queued")
+        queued = {task_id_of(json.loads(m)) for m in cluster.client().lrange("gpu", 0, -1)}
 
         cluster.restart_redis()
 
         code, stdout, stderr = finish(cli, timeout=200)
         assert code == 0, stderr
-        assert stderr.count("the broker lost its message") == 2, stderr
+        resent = re.findall(r"resent task (\S+): the broker lost its message", stderr)
+        assert queued <= set(resent) <= queued | {running.task_id}, stderr
+        assert len(resent) == len(set(resent))  # each once
         arrived = sorted(line.split()[0] for line in stdout.splitlines())
-        assert arrived == COINS
+        assert arrived == COINS  # each coin once
         logs_with(cluster, rf"task {re.escape(running.task_id)} done")
         no_secret(cluster, stdout, stderr)
 

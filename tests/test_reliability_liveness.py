@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 from fault_helpers import (
+    FAST_LIVENESS,
     app_for,
     cli_env,
     deliveries,
@@ -90,7 +91,9 @@ def test_dead_worker_task_is_back_within_30_s_even_with_a_1_hour_limit(
 
 
 def test_reserved_but_not_started_task_of_a_dead_worker_comes_back(tmp_path: Path) -> None:
-    with LocalCluster(workers=2, env={**os.environ, **HOUR_LIMITS}) as cluster:
+    # fast liveness (dead after 3 s of silence): what is tested is that the reserved message
+    # comes back at all; the default's timing is the test above's
+    with LocalCluster(workers=2, env={**os.environ, **HOUR_LIMITS, **FAST_LIVENESS}) as cluster:
         app = app_for(cluster)
         holder, other = cluster.worker_names
         stop_consuming(app, [other])
@@ -125,12 +128,11 @@ def test_task_longer_than_the_visibility_timeout_on_a_live_worker_runs_once(
     # whose pool process is held stopped mid-training for over twice that (so the task outlasts
     # the timeout on any machine, however fast it trains), a second idle worker that would take
     # a redelivery
-    limits = {**HOUR_LIMITS, "CRYPTO_ML_VISIBILITY_TIMEOUT": "6",
-              "CRYPTO_ML_HEARTBEAT_SECONDS": "1", "CRYPTO_ML_DEAD_AFTER_SECONDS": "3"}
+    limits = {**HOUR_LIMITS, **FAST_LIVENESS, "CRYPTO_ML_VISIBILITY_TIMEOUT": "6"}
     out = tmp_path / "run.json"
     with LocalCluster(workers=2, env={**os.environ, **limits}) as cluster:
         app = app_for(cluster)
-        cli = start_cli(*LSTM, "--epochs", "40", "--coins", "bitcoin", "--broker",
+        cli = start_cli(*LSTM, "--epochs", "20", "--coins", "bitcoin", "--broker",
                         cluster.broker_url, "--output", str(out), "--timeout", "300",
                         data_dir=price_data, env=cli_env(price_data, **limits))
         victim = wait_for_running(app, training=True, cli=cli)

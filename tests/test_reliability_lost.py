@@ -6,12 +6,16 @@ worker; the loss is injected by removing the message, the redelivery by sending 
 from __future__ import annotations
 
 import io
+import logging
 import threading
+from pathlib import Path
 
 import pytest
+from api_support import client, write_coins
 from fault_helpers import META_PREFIX, app_for, stop_consuming, wait_for_drained, worker_logs
 
-import crypto_ml.dispatch.lost
+from crypto_ml.api.app import create_app
+from crypto_ml.api.service import QueueRuns
 from crypto_ml.core.settings import Settings
 from crypto_ml.dispatch.cluster import LocalCluster
 from crypto_ml.dispatch.engine import Dispatcher, publish
@@ -19,20 +23,21 @@ from crypto_ml.dispatch.manager import CryptoManager
 from crypto_ml.dispatch.planning import plan_messages
 from crypto_ml.dispatch.report import RunReport
 from crypto_ml.ops.processes import wait_until
+from crypto_ml.worker.app import create_app as celery_app
 from crypto_ml.worker.deliveries import delivery_key
 from crypto_ml.worker.requests import ForecastRequest
 
 pytestmark = pytest.mark.integration
 
 
-def test_a_message_the_broker_lost_is_sent_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(crypto_ml.dispatch.lost, "CHECK_EVERY", 1.0)
+def test_a_message_the_broker_lost_is_sent_again() -> None:
     with LocalCluster(workers=1) as cluster:
         app = app_for(cluster)
         worker = cluster.worker_names[0]
         stop_consuming(app, [worker])
         err = io.StringIO()
-        manager = CryptoManager(app=app, settings=Settings(batch_size=1), err=err)
+        manager = CryptoManager(app=app, settings=Settings(batch_size=1, lost_check_seconds=1),
+                                err=err)
         requests = [ForecastRequest("bitcoin", "naive", [float(x) for x in range(1, 60)], 3)]
         reports: list[RunReport] = []
         run = threading.Thread(target=lambda: reports.append(
@@ -46,6 +51,40 @@ def test_a_message_the_broker_lost_is_sent_again(monkeypatch: pytest.MonkeyPatch
         assert reports and reports[0].failed == {} and "bitcoin" in reports[0].results
         assert "resent task" in err.getvalue() and "the broker lost its message" in err.getvalue()
         wait_for_drained(cluster)
+
+
+@pytest.mark.parametrize("coalesce", [0, 1], ids=["own-message", "shared-message"])
+def test_the_api_sends_a_message_the_broker_lost_again(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, coalesce: int) -> None:
+    """The same for a run submitted over HTTP: its message (a run's own, or one that
+    concurrent requests share) is lost after the 202; the API process sends it again, and
+    the run's id then reads done with the forecast."""
+    data = write_coins(tmp_path / "prices")
+    with LocalCluster(workers=1) as cluster:
+        app = app_for(cluster)
+        worker = cluster.worker_names[0]
+        stop_consuming(app, [worker])
+        settings = Settings(data_dir=data, lost_check_seconds=1,
+                            api_coalesce=coalesce).with_broker(cluster.broker_url)
+        runs = QueueRuns(celery_app(settings), settings)
+        redis_client = cluster.client()
+        try:
+            with client(create_app(settings, runs)) as api, \
+                    caplog.at_level(logging.WARNING, "crypto_ml.dispatch.async_lost"):
+                reply = api.post("/v1/forecasts", json={"coins": ["alpha"], "model": "linear",
+                                                        "horizon": 3})
+                assert reply.status_code == 202, reply.text
+                wait_until(lambda: redis_client.llen("cpu") == 1, 20, "the message queued")
+                assert redis_client.rpop("cpu")  # lost, as when its consumer dies after BRPOP
+                wait_until(lambda: redis_client.llen("cpu") == 1, 20, "the message sent again")
+                assert app.control.add_consumer("cpu", destination=[worker], reply=True)
+                status = reply.json()["status_url"]
+                wait_until(lambda: api.get(status).json()["status"] == "done", 30, "the run")
+                assert api.get(status).json()["results"]["alpha"]["linear"]["horizon"] == 3
+            assert "the broker lost its message" in caplog.text
+            wait_for_drained(cluster)
+        finally:
+            runs.close()
 
 
 def test_a_redelivery_after_its_run_ended_is_skipped_not_computed() -> None:

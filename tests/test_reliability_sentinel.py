@@ -7,13 +7,14 @@ the real CLI, all reaching Redis through ``sentinel://`` URLs.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
 import pytest
 from api_support import client
 from celery import Celery
-from fault_helpers import cli_env, cli_exited, finish, start_cli, worker_logs
+from fault_helpers import FAST_LIVENESS, cli_env, cli_exited, finish, start_cli, worker_logs
 from sentinel_support import SentinelCluster
 
 from crypto_ml.api.app import create_app as api_app
@@ -47,7 +48,9 @@ def test_a_sentinel_url_keeps_the_masters_user_name() -> None:
 @pytest.mark.slow
 def test_master_killed_mid_run_everything_fails_over(price_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run.json"
-    with SentinelCluster(workers=2) as cluster:
+    # fast liveness: a message held at the failover by no live worker comes back after 6 s, not
+    # 20; the manager looks for lost messages every 3 s, not 15
+    with SentinelCluster(workers=2, env={**os.environ, **FAST_LIVENESS}) as cluster:
         url = cluster.broker_url
         check_broker(url)  # the manager's check finds the master through the sentinels
         before = cluster.master_port()
@@ -55,7 +58,8 @@ def test_master_killed_mid_run_everything_fails_over(price_data: Path, tmp_path:
         throttle(create_app(Settings().with_broker(url)), workers=2)
         cli = start_cli("send-tasks", "--model", "naive,linear", "--broker", url, "--output",
                         str(out), "--timeout", "180", data_dir=price_data,
-                        env=cli_env(price_data, CRYPTO_ML_BATCH_SIZE="1"))
+                        env=cli_env(price_data, CRYPTO_ML_BATCH_SIZE="1",
+                                    CRYPTO_ML_LOST_CHECK_SECONDS="3", **FAST_LIVENESS))
         # mid-run: 20 of the 66 messages taken, most still to come (the manager frees each
         # result as it reads it, so the queue, not the result keys, tells how far it got)
         wait_until(lambda: queued() >= 40, 120, "the messages queued", lambda: cli_exited(cli))

@@ -35,7 +35,7 @@ from crypto_ml.ops.processes import wait_until
 pytestmark = pytest.mark.integration
 
 # long enough (a few seconds of training) that a fault lands mid-training
-LSTM = ("send-tasks", "--model", "lstm", "--max-points", "400", "--epochs", "20",
+LSTM = ("send-tasks", "--model", "lstm", "--max-points", "400", "--epochs", "10",
         "--horizon", "5")
 
 
@@ -63,7 +63,7 @@ def test_killed_pool_process_task_is_redelivered_and_forecast_unchanged(price_da
         # as if nothing happened: the redelivered run gives the forecast an undisturbed run gives
         killed_coin = coin_of(victim.task_id, logs)
         again = CryptoManager(loader=CryptoLoader(price_data), app=app).run(
-            "lstm", [killed_coin], horizon=5, max_points=400, epochs=20, timeout=120,
+            "lstm", [killed_coin], horizon=5, max_points=400, epochs=10, timeout=120,
             on_result=lambda r: None)
         np.testing.assert_array_equal(report["results"][killed_coin]["lstm"]["forecast"],
                                       again.results[killed_coin]["lstm"]["forecast"])

@@ -189,7 +189,8 @@ class Jobs:
         try:
             summary = run_table(self.app, source, output, plan, job.progress, log.info,
                                 job.check_cancel, JOB_TIMEOUT,
-                                default_in_flight(self.settings.workers))
+                                default_in_flight(self.settings.workers),
+                                check_lost_every=self.settings.lost_check_seconds)
         except JobCancelled:
             if job.stop_reason:
                 job.status, job.error = "failed", stopped_error(self.replica, job.stop_reason)

@@ -27,6 +27,9 @@ Variable                                   Default                     Meaning
 ``CRYPTO_ML_DEAD_AFTER_SECONDS``           ``10``                      Silence after which a worker is dead and its
                                                                        tasks are delivered again.
 ``CRYPTO_ML_MAX_DELIVERIES``               ``3``                       Runs before a redelivery fails a task.
+``CRYPTO_ML_LOST_CHECK_SECONDS``           ``15``                      How often the manager looks for task messages the
+                                                                       broker lost; one missing in two looks in a row
+                                                                       is sent again (:mod:`crypto_ml.dispatch.lost`).
 ``CRYPTO_ML_RESULT_EXPIRES``               ``86400``                   Seconds a result stays in the backend.
 ``CRYPTO_ML_MAX_HORIZON``                  ``365``                     Largest forecast horizon a task accepts.
 ``CRYPTO_ML_MAX_SERIES``                   ``100000``                  Longest price series a task accepts.
@@ -121,6 +124,7 @@ class Settings:
     heartbeat_seconds: int = 2
     dead_after_seconds: int = 10
     max_deliveries: int = 3
+    lost_check_seconds: int = 15
     result_expires: int = 86400
     max_horizon: int = 365
     max_series: int = 100_000
@@ -196,6 +200,7 @@ class Settings:
             heartbeat_seconds=_int(env, "CRYPTO_ML_HEARTBEAT_SECONDS", 2),
             dead_after_seconds=_int(env, "CRYPTO_ML_DEAD_AFTER_SECONDS", 10),
             max_deliveries=_int(env, "CRYPTO_ML_MAX_DELIVERIES", 3),
+            lost_check_seconds=_int(env, "CRYPTO_ML_LOST_CHECK_SECONDS", 15),
             result_expires=_int(env, "CRYPTO_ML_RESULT_EXPIRES", 86400),
             max_horizon=_int(env, "CRYPTO_ML_MAX_HORIZON", 365),
             max_series=_int(env, "CRYPTO_ML_MAX_SERIES", 100_000),

@@ -7,10 +7,12 @@ Owns :mod:`~crypto_ml.dispatch.manager` (:class:`CryptoManager`),
 hooks, the output line), :mod:`~crypto_ml.dispatch.summary` (the closing summary)
 and :mod:`~crypto_ml.dispatch.cluster` (the embedded Redis + workers). Two ways to send and
 collect: the blocking :mod:`~crypto_ml.dispatch.engine` (the command line, table runs,
-``crypto_ml.forecast``; with :mod:`~crypto_ml.dispatch.broker_errors` and
+``crypto_ml.forecast``; with :mod:`~crypto_ml.dispatch.broker_errors`,
+:mod:`~crypto_ml.dispatch.lost` (messages the broker lost, sent again) and
 :mod:`~crypto_ml.dispatch.payloads`, a table chunk's values stored beside its message) and,
 for the HTTP API's event loop, :mod:`~crypto_ml.dispatch.runs`
 on asyncio (:mod:`~crypto_ml.dispatch.envelope`, :mod:`~crypto_ml.dispatch.async_results`,
+:mod:`~crypto_ml.dispatch.async_lost`,
 :mod:`~crypto_ml.dispatch.pipelined`, :mod:`~crypto_ml.dispatch.coalesce`,
 :mod:`~crypto_ml.dispatch.background`): the same
 messages, task ids, result keys and reports, waited for on pub/sub both. May import

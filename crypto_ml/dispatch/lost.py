@@ -1,14 +1,15 @@
-"""Task messages the broker lost, found and sent again by the manager.
+"""Task messages the broker lost, found and sent again by the manager (the HTTP API's
+asyncio side: :mod:`crypto_ml.dispatch.async_lost`).
 
 kombu's Redis transport takes a message with ``BRPOP`` and only then records it in
 its ``unacked`` hash. A worker killed between the two (a window of milliseconds,
 seen about once per hundred SIGKILLs of idle workers in the chaos test), or a Redis
 failover that drops the newest writes, loses the message: no queue holds it, no
 worker will run it, and no result will come. The manager knows every task it waits
-for, so every ``check_every`` seconds it looks for tasks that have no state in the
-result backend and whose message is neither queued nor unacknowledged. A task
-missing in two checks in a row (a message in flight is never missing for that
-long) is sent again under the same id; the delivery counter and the duplicate-skip
+for, so every ``check_every`` seconds (``CRYPTO_ML_LOST_CHECK_SECONDS``) it looks for
+tasks that have no state in the result backend and whose message is neither queued nor
+unacknowledged. A task missing in two checks in a row (a message in flight is never
+missing for that long) is sent again under the same id; the delivery counter and the duplicate-skip
 guard of the workers make a resend of a task that did run harmless.
 """
 
@@ -20,11 +21,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from crypto_ml.core.settings import Settings
 from crypto_ml.ops.queue_depth import queue_keys
 
 log = logging.getLogger(__name__)
 
-CHECK_EVERY = 15.0
+CHECK_EVERY = float(Settings.lost_check_seconds)
 
 
 def task_id_of(envelope: Any) -> str | None:
@@ -34,18 +36,19 @@ def task_id_of(envelope: Any) -> str | None:
 
 def in_flight(client: Any, queues: Iterable[str]) -> set[str]:
     """Ids of the tasks whose message is queued or unacknowledged in the broker now."""
-    ids: set[str] = set()
     with client.pipeline(transaction=False) as pipe:
         for queue in queues:
             for key in queue_keys(queue):
                 pipe.lrange(key, 0, -1)
         pipe.hvals("unacked")
         *lists, unacked = pipe.execute()
-    for raw in (raw for items in lists for raw in items):
-        ids.add(str(task_id_of(json.loads(raw))))
-    for raw in unacked:
-        ids.add(str(task_id_of(json.loads(raw)[0])))
-    return ids
+    return in_flight_ids(lists, unacked)
+
+
+def in_flight_ids(queued: Iterable[Iterable[bytes]], unacked: Iterable[bytes]) -> set[str]:
+    """Task ids of the messages in kombu's queue lists and of its ``unacked`` hash's values."""
+    ids = {str(task_id_of(json.loads(raw))) for items in queued for raw in items}
+    return ids | {str(task_id_of(json.loads(raw)[0])) for raw in unacked}
 
 
 class LostMessages:

@@ -215,7 +215,8 @@ class CryptoManager:
             with self.connected() as app:
                 summary = run_table(app, source, output, plan, on_progress, self._say,
                                     self._tick, timeout,
-                                    in_flight or default_in_flight(self.settings.workers), on_skip)
+                                    in_flight or default_in_flight(self.settings.workers), on_skip,
+                                    self.settings.lost_check_seconds)
                 self._idle = True
         finally:
             self._drop_launched()
@@ -255,7 +256,7 @@ class CryptoManager:
                 self.observer.on_sent(app, task_id, coin, model)
             self._check_stop()
 
-        engine = Dispatcher(app, self._say, self._tick)
+        engine = Dispatcher(app, self._say, self._tick, self.settings.lost_check_seconds)
         try:
             for done in engine.run(plan_messages(requests, self.settings.batch_size), timeout,
                                    on_sent=on_sent):

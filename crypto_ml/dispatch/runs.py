@@ -47,6 +47,7 @@ from celery import Celery, states
 from crypto_ml.core.errors import BrokerUnavailable
 from crypto_ml.core.sentinel import async_redis_client
 from crypto_ml.core.settings import Settings
+from crypto_ml.dispatch.async_lost import LostWatch
 from crypto_ml.dispatch.async_results import ResultHub, Waiter
 from crypto_ml.dispatch.coalesce import Coalescer
 from crypto_ml.dispatch.engine import forget_keys
@@ -55,6 +56,7 @@ from crypto_ml.dispatch.pipelined import Pipelined
 from crypto_ml.dispatch.planning import plan_messages
 from crypto_ml.dispatch.report import RunReport, add_meta
 from crypto_ml.models import HEAVY
+from crypto_ml.worker.app import CPU_QUEUE, GPU_QUEUE
 from crypto_ml.worker.requests import PARTS_TASK_NAME, ForecastRequest
 
 log = logging.getLogger(__name__)
@@ -149,9 +151,14 @@ class RunQueue:
         coalescer = self.coalescer
         return (coalescer.messages, coalescer.parts) if coalescer is not None else (0, 0)
 
-    async def _publish(self, task: str, kwargs: dict[str, Any], task_id: str) -> None:
+    async def _publish(self, task: str, kwargs: dict[str, Any], task_id: str,
+                       run_id: str | None = None) -> None:
+        """Push one message; watched until consumed (:mod:`~crypto_ml.dispatch.async_lost`)."""
         queue, envelope = task_envelope(self.app, task, kwargs, task_id, self.expires)
-        await self._loop().broker.lpush(queue, envelope)  # type: ignore[misc]
+        on = self._loop()
+        await on.broker.lpush(queue, envelope)  # type: ignore[misc]
+        on.lost.record(task_id, task, kwargs, time.time() + self.expires,
+                       RUN_PREFIX + run_id if run_id else None)
 
     async def submit(self, requests: Sequence[ForecastRequest], listen: bool = True) -> Run:
         """Publish every forecast of ``requests``; all of them or none (BrokerUnavailable).
@@ -173,7 +180,7 @@ class RunQueue:
             run.waiter = await on.hub.expect(list(run.tasks), home=[part_id] if part_id else ())
         try:
             for task_id, message in messages:
-                await self._publish(message.task, message.kwargs, task_id)
+                await self._publish(message.task, message.kwargs, task_id, run.id)
             if part_id and on.coalescer is not None:
                 carrier = await on.coalescer.submit(part_id, [r.as_kwargs() for r in shared])
                 run.carriers[part_id] = carrier
@@ -191,6 +198,7 @@ class RunQueue:
         """Revoke a run's tasks and delete their results (best effort: the broker may be down)."""
         if run.waiter is not None:
             await self._loop().hub.forget(run.waiter)
+        self._loop().lost.forget(run.tasks)
         if not run.tasks:
             return
         with contextlib.suppress(Exception):  # a control broadcast: kombu's blocking I/O
@@ -246,6 +254,7 @@ class RunQueue:
         """Keep a finished run's answer (its id can be read until it expires, however it was
         answered) and delete the task results it was built from, in one round trip."""
         record = b'{"final":' + state.encoded() + b"}"
+        self._loop().lost.forget(task_ids)
         await self._loop().writes.run(("set", (RUN_PREFIX + state.id, record),
                                        {"ex": self.record_ttl}),
                                       ("delete", tuple(forget_keys(self.app, task_ids)), {}))
@@ -296,6 +305,11 @@ class _OnLoop:
         self.backend: aioredis.Redis = async_redis_client(
             settings.backend_url or "", master, password)
         self.writes = Pipelined(self.backend)
+        self.lost = LostWatch(
+            self.broker, self.backend, app.backend.get_key_for_task,
+            lambda task, kwargs, task_id, expires: task_envelope(app, task, kwargs, task_id,
+                                                                 expires),
+            (CPU_QUEUE, GPU_QUEUE), settings.lost_check_seconds)
         self.hub = ResultHub(self.backend, app.backend.get_key_for_task,
                              app.backend.decode_result)
         hub = self.hub
@@ -308,6 +322,7 @@ class _OnLoop:
     async def close(self) -> None:
         if self.coalescer is not None:
             await self.coalescer.close()
+        await self.lost.close()
         await self.hub.close()
         for client in (self.broker, self.backend):
             with contextlib.suppress(Exception):

@@ -152,7 +152,8 @@ def run_table(app: Celery, source: TableSource, output: TableOutput, plan: Table
               on_progress: Callable[[int, int], None] = lambda done, failed: None,
               say: Callable[[str], None] = print, on_wait: Callable[[], None] = lambda: None,
               timeout: float | None = 3600.0, in_flight: int = 8,
-              on_skip: Callable[[int], None] | None = None) -> TableSummary:
+              on_skip: Callable[[int], None] | None = None,
+              check_lost_every: float | None = None) -> TableSummary:
     """Forecast every series of ``source`` (checked) into ``output`` (see the module doc)."""
     info = source.info or source.check()
     summary = TableSummary(info.series)
@@ -178,7 +179,7 @@ def run_table(app: Celery, source: TableSource, output: TableOutput, plan: Table
             yield Message(TABLE_TASK_NAME, kwargs, [], serializer="msgpack", key=chunk.index,
                           payload=kwargs.pop("values"))
 
-    engine = Dispatcher(app, say, on_wait)
+    engine = Dispatcher(app, say, on_wait, check_lost_every)
     outcomes = engine.run(messages(), timeout, max_in_flight=in_flight, run_id=output.run_id)
     try:
         for outcome in outcomes:
