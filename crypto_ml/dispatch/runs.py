@@ -37,7 +37,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -198,7 +198,7 @@ class RunQueue:
         """Revoke a run's tasks and delete their results (best effort: the broker may be down)."""
         if run.waiter is not None:
             await self._loop().hub.forget(run.waiter)
-        self._loop().lost.forget(run.tasks)
+        self._loop().lost.forget(run.tasks)  # not its carriers: other runs' parts ride them
         if not run.tasks:
             return
         with contextlib.suppress(Exception):  # a control broadcast: kombu's blocking I/O
@@ -219,7 +219,7 @@ class RunQueue:
         for task_id, items in run.tasks.items():
             add_meta(report, items, metas[task_id])
         state = final_state(run.id, report)
-        await self._finish(state, list(run.tasks))
+        await self._finish(state, list(run.tasks), run.carriers.values())
         return state
 
     async def save(self, run: Run) -> None:
@@ -247,14 +247,15 @@ class RunQueue:
                  for t, r in zip(watched, raws, strict=True) if r}
         state = saved_state(run_id, tasks, carriers, metas, time.time() > record["deadline"])
         if state.finished:
-            await self._finish(state, list(tasks))
+            await self._finish(state, list(tasks), carriers.values())
         return state
 
-    async def _finish(self, state: RunState, task_ids: list[str]) -> None:
+    async def _finish(self, state: RunState, task_ids: list[str],
+                      carriers: Iterable[str] = ()) -> None:
         """Keep a finished run's answer (its id can be read until it expires, however it was
         answered) and delete the task results it was built from, in one round trip."""
         record = b'{"final":' + state.encoded() + b"}"
-        self._loop().lost.forget(task_ids)
+        self._loop().lost.forget([*task_ids, *carriers])  # consumed: never lost now
         await self._loop().writes.run(("set", (RUN_PREFIX + state.id, record),
                                        {"ex": self.record_ttl}),
                                       ("delete", tuple(forget_keys(self.app, task_ids)), {}))
