@@ -173,7 +173,7 @@ def test_killed_manager_leaves_no_work_behind_and_rerun_gives_same_results(
     try:
         cluster.start_redis()  # workers come later: the manager's tasks wait in the queue
         command = ("send-tasks", "--model", "linear", "--coins", ",".join(coins),
-                   "--broker", cluster.broker_url, "--timeout", "8", "--output", str(out))
+                   "--broker", cluster.broker_url, "--timeout", "5", "--output", str(out))
         cli = start_cli(*command, data_dir=price_data)
         wait_until(lambda: queue_length(cluster, "cpu") == len(coins), 60, "publishing")
         os.kill(cli.pid, signal.SIGKILL)  # the manager dies without revoking anything
