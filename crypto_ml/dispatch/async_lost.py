@@ -122,7 +122,8 @@ class LostWatch:
 
     async def _answered(self, task_ids: set[str]) -> set[str]:
         """Those of ``task_ids`` whose run has been answered (its results read and freed)."""
-        keyed = [(t, key) for t in task_ids if (key := self.sent[t].run_key) is not None]
+        keyed = [(t, sent.run_key) for t in task_ids
+                 if (sent := self.sent.get(t)) is not None and sent.run_key is not None]
         if not keyed:
             return set()
         async with self.backend.pipeline(transaction=False) as pipe:
@@ -135,7 +136,9 @@ class LostWatch:
         return done
 
     async def _resend(self, task_id: str) -> None:
-        sent = self.sent[task_id]
+        sent = self.sent.get(task_id)
+        if sent is None:  # its run was answered while this check awaited Redis
+            return
         queue, envelope = self.envelope(sent.task, sent.kwargs, task_id,
                                         max(1.0, sent.deadline - time.time()))
         await self.broker.lpush(queue, envelope)  # type: ignore[misc]
