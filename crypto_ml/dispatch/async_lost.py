@@ -24,8 +24,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from crypto_ml.dispatch.lost import in_flight_ids
-from crypto_ml.ops.queue_depth import queue_keys
+from crypto_ml.dispatch.lost import in_flight_ids, read_in_flight
 from crypto_ml.worker.deliveries import delivery_key
 
 log = logging.getLogger(__name__)
@@ -56,7 +55,6 @@ class LostWatch:
         self.check_every = check_every
         self.sent: dict[str, Sent] = {}
         self.suspects: set[str] = set()
-        self.resent = 0
         self._task: asyncio.Task[None] | None = None
 
     def record(self, task_id: str, task: str, kwargs: dict[str, Any], deadline: float,
@@ -113,10 +111,7 @@ class LostWatch:
 
     async def _queued(self) -> set[str]:
         async with self.broker.pipeline(transaction=False) as pipe:
-            for queue in self.queues:
-                for key in queue_keys(queue):
-                    pipe.lrange(key, 0, -1)
-            pipe.hvals("unacked")
+            read_in_flight(pipe, self.queues)
             *lists, unacked = await pipe.execute()
         return in_flight_ids(lists, unacked)
 
@@ -142,5 +137,4 @@ class LostWatch:
         queue, envelope = self.envelope(sent.task, sent.kwargs, task_id,
                                         max(1.0, sent.deadline - time.time()))
         await self.broker.lpush(queue, envelope)  # type: ignore[misc]
-        self.resent += 1
         log.warning("resent task %s: the broker lost its message", task_id)

@@ -9,8 +9,8 @@ worker will run it, and no result will come. The manager knows every task it wai
 for, so every ``check_every`` seconds (``CRYPTO_ML_LOST_CHECK_SECONDS``) it looks for
 tasks that have no state in the result backend and whose message is neither queued nor
 unacknowledged. A task missing in two checks in a row (a message in flight is never
-missing for that long) is sent again under the same id; the delivery counter and the duplicate-skip
-guard of the workers make a resend of a task that did run harmless.
+missing for that long) is sent again under the same id; the delivery counter and the
+duplicate-skip guard of the workers make a resend of a task that did run harmless.
 """
 
 from __future__ import annotations
@@ -37,12 +37,18 @@ def task_id_of(envelope: Any) -> str | None:
 def in_flight(client: Any, queues: Iterable[str]) -> set[str]:
     """Ids of the tasks whose message is queued or unacknowledged in the broker now."""
     with client.pipeline(transaction=False) as pipe:
-        for queue in queues:
-            for key in queue_keys(queue):
-                pipe.lrange(key, 0, -1)
-        pipe.hvals("unacked")
+        read_in_flight(pipe, queues)
         *lists, unacked = pipe.execute()
     return in_flight_ids(lists, unacked)
+
+
+def read_in_flight(pipe: Any, queues: Iterable[str]) -> None:
+    """Queue on ``pipe`` (blocking or asyncio) the reads :func:`in_flight_ids` takes: each
+    queue's lists, then the ``unacked`` hash's values."""
+    for queue in queues:
+        for key in queue_keys(queue):
+            pipe.lrange(key, 0, -1)
+    pipe.hvals("unacked")
 
 
 def in_flight_ids(queued: Iterable[Iterable[bytes]], unacked: Iterable[bytes]) -> set[str]:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -308,8 +309,7 @@ class _OnLoop:
         self.writes = Pipelined(self.backend)
         self.lost = LostWatch(
             self.broker, self.backend, app.backend.get_key_for_task,
-            lambda task, kwargs, task_id, expires: task_envelope(app, task, kwargs, task_id,
-                                                                 expires),
+            functools.partial(task_envelope, app),
             (CPU_QUEUE, GPU_QUEUE), settings.lost_check_seconds)
         self.hub = ResultHub(self.backend, app.backend.get_key_for_task,
                              app.backend.decode_result)
