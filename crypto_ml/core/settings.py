@@ -67,9 +67,10 @@ Variable                                   Default                     Meaning
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import cast
 
 from crypto_ml.core.errors import ConfigError
 
@@ -77,12 +78,20 @@ DEFAULT_DATA_DIR = Path("data/crypto")
 SERIALIZERS = ("json", "msgpack")
 TRUE = ("1", "true", "yes", "on")
 LOG_FORMATS = ("text", "json")
+#: Seconds the default visibility timeout leaves above the hard time limit.
+VISIBILITY_MARGIN = 60
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
+ENV_PREFIX = "CRYPTO_ML_"
+NO_CACHE = ("off", "none", "0", "false", "no")
+
+
+def env_name(field_name: str) -> str:
+    """The environment variable of a :class:`Settings` field: ``CRYPTO_ML_`` + its name."""
+    return ENV_PREFIX + field_name.upper()
+
+
+def _int(name: str, raw: str, minimum: int = 1) -> int:
     try:
         value = int(raw)
     except ValueError:
@@ -92,14 +101,35 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> i
     return value
 
 
-def _cache_dir(env: Mapping[str, str]) -> Path | None:
-    raw = env.get("CRYPTO_ML_CACHE_DIR", "").strip()
-    if raw.lower() in ("off", "none", "0", "false", "no"):
-        return None
-    if raw:
-        return Path(raw)
+def _cache_dir(raw: str) -> Path | None:
+    return None if raw.lower() in NO_CACHE else Path(raw)
+
+
+def _default_cache_dir(env: Mapping[str, str]) -> Path:
     base = env.get("XDG_CACHE_HOME", "").strip() or str(Path(env.get("HOME", "~")) / ".cache")
     return Path(base).expanduser() / "crypto-ml"
+
+
+#: Fields whose variable is not read by its type alone (see :func:`_parse`).
+_SPECIAL: dict[str, Callable[[str], object]] = {
+    "cache_dir": _cache_dir,
+    "log_format": str.lower,
+    "api_keys": lambda raw: tuple(k.strip() for k in raw.split(",") if k.strip()),
+    "api_coalesce": lambda raw: _int(env_name("api_coalesce"), raw, minimum=0),
+}
+
+
+def _parse(name: str, kind: str, raw: str) -> object:
+    """The value of field ``name`` (annotated ``kind``) from its non-empty variable."""
+    if name in _SPECIAL:
+        return _SPECIAL[name](raw)
+    if kind == "int":
+        return _int(env_name(name), raw)
+    if kind == "bool":
+        return raw.lower() in TRUE
+    if kind.startswith("Path"):
+        return Path(raw)
+    return raw
 
 
 def _valid_auth(spec: str) -> bool:
@@ -120,7 +150,7 @@ class Settings:
     serializer: str = "msgpack"
     soft_time_limit: int = 300
     hard_time_limit: int = 360
-    visibility_timeout: int = 420
+    visibility_timeout: int = hard_time_limit + VISIBILITY_MARGIN  # from_env: follows the hard limit
     heartbeat_seconds: int = 2
     dead_after_seconds: int = 10
     max_deliveries: int = 3
@@ -183,49 +213,18 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Read every ``CRYPTO_ML_*`` variable once."""
+        """Read every ``CRYPTO_ML_*`` variable once: each field's variable is
+        :func:`env_name` of it, and an unset or empty one leaves the field's default."""
         env = os.environ if env is None else env
-        hard = _int(env, "CRYPTO_ML_HARD_TIME_LIMIT", 360)
-        return cls(
-            data_dir=Path(env.get("CRYPTO_ML_DATA_DIR") or DEFAULT_DATA_DIR),
-            cache_dir=_cache_dir(env),
-            broker_url=env.get("CRYPTO_ML_BROKER_URL") or None,
-            result_backend=env.get("CRYPTO_ML_RESULT_BACKEND") or None,
-            sentinel_master=env.get("CRYPTO_ML_SENTINEL_MASTER", "").strip() or "mymaster",
-            sentinel_password=env.get("CRYPTO_ML_SENTINEL_PASSWORD") or None,
-            serializer=env.get("CRYPTO_ML_SERIALIZER", "msgpack").strip() or "msgpack",
-            soft_time_limit=_int(env, "CRYPTO_ML_SOFT_TIME_LIMIT", 300),
-            hard_time_limit=hard,
-            visibility_timeout=_int(env, "CRYPTO_ML_VISIBILITY_TIMEOUT", hard + 60),
-            heartbeat_seconds=_int(env, "CRYPTO_ML_HEARTBEAT_SECONDS", 2),
-            dead_after_seconds=_int(env, "CRYPTO_ML_DEAD_AFTER_SECONDS", 10),
-            max_deliveries=_int(env, "CRYPTO_ML_MAX_DELIVERIES", 3),
-            lost_check_seconds=_int(env, "CRYPTO_ML_LOST_CHECK_SECONDS", 15),
-            result_expires=_int(env, "CRYPTO_ML_RESULT_EXPIRES", 86400),
-            max_horizon=_int(env, "CRYPTO_ML_MAX_HORIZON", 365),
-            max_series=_int(env, "CRYPTO_ML_MAX_SERIES", 100_000),
-            batch_size=_int(env, "CRYPTO_ML_BATCH_SIZE", 64),
-            max_batch=_int(env, "CRYPTO_ML_MAX_BATCH", 1000),
-            preload_keras=env.get("CRYPTO_ML_PRELOAD_KERAS", "0").strip().lower() in TRUE,
-            preload_statistical=env.get("CRYPTO_ML_PRELOAD_STATISTICAL", "0").strip().lower()
-            in TRUE,
-            workers=_int(env, "CRYPTO_ML_WORKERS", os.cpu_count() or 1),
-            max_child_memory_mb=_int(env, "CRYPTO_ML_MAX_CHILD_MEMORY_MB", 3072),
-            flower_port=_int(env, "CRYPTO_ML_FLOWER_PORT", 5555),
-            flower_address=env.get("CRYPTO_ML_FLOWER_ADDRESS", "").strip() or "127.0.0.1",
-            flower_basic_auth=env.get("CRYPTO_ML_FLOWER_BASIC_AUTH") or None,
-            log_format=env.get("CRYPTO_ML_LOG_FORMAT", "").strip().lower() or "text",
-            task_events=env.get("CRYPTO_ML_TASK_EVENTS", "0").strip().lower() in TRUE,
-            model_store=env.get("CRYPTO_ML_MODEL_STORE", "").strip() or None,
-            model_store_ttl=_int(env, "CRYPTO_ML_MODEL_STORE_TTL", 7 * 86400),
-            api_keys=tuple(k.strip() for k in env.get("CRYPTO_ML_API_KEYS", "").split(",")
-                           if k.strip()),
-            api_max_wait=_int(env, "CRYPTO_ML_API_MAX_WAIT", 60),
-            api_max_body=_int(env, "CRYPTO_ML_API_MAX_BODY", 2_000_000),
-            api_coalesce=(_int(env, "CRYPTO_ML_API_COALESCE", 0, minimum=0)
-                          if env.get("CRYPTO_ML_API_COALESCE", "").strip() else None),
-            api_jobs_dir=Path(env.get("CRYPTO_ML_API_JOBS_DIR") or "crypto-ml-jobs"),
-        )
+        values: dict[str, object] = {"cache_dir": _default_cache_dir(env)}
+        for f in fields(cls):
+            raw = env.get(env_name(f.name), "").strip()
+            if raw:
+                values[f.name] = _parse(f.name, str(f.type), raw)
+        if "visibility_timeout" not in values:  # follows the hard limit unless set
+            hard = cast(int, values.get("hard_time_limit", cls.hard_time_limit))
+            values["visibility_timeout"] = hard + VISIBILITY_MARGIN
+        return cls(**values)  # type: ignore[arg-type]
 
 
 #: Math libraries' thread-pool sizes, set per worker process so that processes share the cores.

@@ -40,6 +40,7 @@ from typing import Any
 import redis
 from celery import Celery, states
 
+from crypto_ml.core.settings import Settings
 from crypto_ml.dispatch.broker_errors import PUBLISH_ERRORS, refused, transient
 from crypto_ml.dispatch.lost import LostMessages
 from crypto_ml.dispatch.payloads import store_payload
@@ -88,7 +89,7 @@ def publish(app: Celery, task: str, kwargs: dict[str, Any], task_id: str,
 def payload_seconds(app: Celery, expires: float | None) -> int:
     """How long a message's bulk is kept: its own expiry (``expires`` seconds after it is
     sent; none: as long as a result is kept), then a run and a redelivery."""
-    kept = app.conf.result_expires or 86400  # seconds, or Celery's own timedelta
+    kept = app.conf.result_expires or Settings.result_expires  # seconds, or Celery's own timedelta
     queued = expires if expires is not None else getattr(kept, "total_seconds", lambda: kept)()
     return math.ceil(float(queued)) + int(app.conf.task_time_limit or 0) + redelivery_bound(app)
 

@@ -69,7 +69,6 @@ class LostMessages:
         self.check_every = check_every or CHECK_EVERY
         self.next_check = time.monotonic() + self.check_every
         self.suspects: set[str] = set()
-        self.resent: list[str] = []
 
     def check(self) -> list[str]:
         """At most every ``check_every`` s: resend the tasks lost in two checks in a row."""
@@ -83,7 +82,6 @@ class LostMessages:
             return []
         for task_id in lost:
             self.resend(task_id)
-        self.resent += lost
         return lost
 
     def _find(self) -> list[str]:

@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from crypto_ml.core.errors import ConfigError, CryptoMLError
+from crypto_ml.core.settings import Settings
 from crypto_ml.models.base import Forecaster
 from crypto_ml.models.intervals import DEFAULT_LEVELS, Prediction, check_levels
 from crypto_ml.models.state import ModelState
@@ -71,7 +72,7 @@ except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a
 KEY_PREFIX = "crypto_ml:model:"
 #: An entry's arrays that are the model's state (the others hold the saved prediction).
 _STATE = "state_"
-DEFAULT_TTL = 7 * 86400
+DEFAULT_TTL = Settings.model_store_ttl
 #: Errors a store may raise that must not fail a forecast.
 _STORE_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError, CryptoMLError)
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from crypto_ml.core.errors import InvalidTaskInput
+from crypto_ml.core.settings import Settings
 from crypto_ml.models import PARAMS, get_model
 from crypto_ml.models.batch import SERIES_ERRORS
 from crypto_ml.models.intervals import DEFAULT_LEVELS, check_levels
@@ -83,8 +84,8 @@ class ForecastRequest:
     @classmethod
     def parse(cls, *, coin: object, model: object, prices: object, horizon: object,
               last_date: object = None, params: object = None, levels: object = None,
-              retrain: object = False, use_store: object = True, max_horizon: int = 365,
-              max_series: int = 100_000) -> ForecastRequest:
+              retrain: object = False, use_store: object = True, max_horizon: int = Settings.max_horizon,
+              max_series: int = Settings.max_series) -> ForecastRequest:
         """Validate raw task arguments; raises InvalidTaskInput naming the first bad one."""
         if not isinstance(coin, str) or not coin:
             raise _bad("coin", "expected a non-empty string")

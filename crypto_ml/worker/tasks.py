@@ -18,10 +18,11 @@ from celery import Task, shared_task, states
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
 from crypto_ml.core.errors import CryptoMLError, TaskTimedOut, TooManyDeliveries
+from crypto_ml.core.settings import Settings
 from crypto_ml.models import HEAVY
 from crypto_ml.worker.chunks import TABLE_TASK_NAME, fetch_payload, parse_chunk, run_chunk
 from crypto_ml.worker.deliveries import RUN_HEADER, count_delivery, delivery_key
-from crypto_ml.worker.model_store import DEFAULT_TTL, ModelStore, open_store
+from crypto_ml.worker.model_store import ModelStore, open_store
 from crypto_ml.worker.requests import (
     BATCH_TASK_NAME,
     PARTS_TASK_NAME,
@@ -67,7 +68,7 @@ class ForecastTask(Task):
         conf = self.app.conf
         run_id = getattr(self.request, RUN_HEADER, None)
         deliveries, stored, closed = self._riding_out_restarts(lambda: count_delivery(
-            client, task_id, int(conf.result_expires or 86400),
+            client, task_id, int(conf.result_expires or Settings.result_expires),
             self.backend.get_key_for_task(task_id), run_id))
         if closed:  # its run has read all it will read (a redelivery after the run's end)
             log.info("task %s: its run %s has ended, skipped", task_id, run_id)
@@ -110,7 +111,7 @@ class ForecastTask(Task):
         cached = _STORES.get(spec)
         if cached is None:
             store = open_store(spec, getattr(self.backend, "client", None),
-                               int(conf.get("crypto_ml_model_store_ttl") or DEFAULT_TTL))
+                               int(conf.get("crypto_ml_model_store_ttl") or Settings.model_store_ttl))
             cached = _STORES[spec] = (store,)
         return cached[0]
 
@@ -118,8 +119,8 @@ class ForecastTask(Task):
         conf = self.app.conf
         return ForecastRequest.parse(
             **kwargs,
-            max_horizon=conf.get("crypto_ml_max_horizon", 365),
-            max_series=conf.get("crypto_ml_max_series", 100_000),
+            max_horizon=conf.get("crypto_ml_max_horizon", Settings.max_horizon),
+            max_series=conf.get("crypto_ml_max_series", Settings.max_series),
         )
 
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
@@ -228,7 +229,7 @@ def forecast_table(self: ForecastTask, **chunk: Any) -> dict[str, Any]:
     if "values" not in chunk:  # stored beside the message
         chunk["values"] = self._riding_out_restarts(
             lambda: fetch_payload(self.app.backend.client, self.request.id))
-    checked = parse_chunk(chunk, conf.get("crypto_ml_max_horizon", 365),
-                          conf.get("crypto_ml_max_series", 100_000))
+    checked = parse_chunk(chunk, conf.get("crypto_ml_max_horizon", Settings.max_horizon),
+                          conf.get("crypto_ml_max_series", Settings.max_series))
     return run_chunk(checked, self.request.hostname or "unknown",
                      binary=conf.result_serializer == "msgpack")

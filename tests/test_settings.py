@@ -1,0 +1,66 @@
+"""Settings: every field is read from its own ``CRYPTO_ML_*`` variable, its default declared once."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import fields, replace
+
+import pytest
+
+from crypto_ml.core import settings as settings_module
+from crypto_ml.core.errors import ConfigError
+from crypto_ml.core.settings import Settings, env_name
+
+#: Rows of the module docstring's table: ``VARIABLE``  default cell  meaning.
+ROW = re.compile(r"^``(CRYPTO_ML_[A-Z0-9_]+)``\s+(\S.*?)\s{2,}", re.MULTILINE)
+INT_FIELDS = [f.name for f in fields(Settings) if f.type == "int"]
+
+
+def _documented() -> dict[str, str]:
+    return dict(ROW.findall(settings_module.__doc__ or ""))
+
+
+def test_an_empty_environment_gives_the_dataclass_defaults() -> None:
+    from_env = Settings.from_env({"HOME": "/home/u"})
+    assert from_env.cache_dir is not None and str(from_env.cache_dir) == "/home/u/.cache/crypto-ml"
+    assert replace(from_env, cache_dir=None) == Settings()
+    blank = {env_name(f.name): "  " for f in fields(Settings)}
+    assert Settings.from_env({**blank, "HOME": "/home/u"}) == from_env
+
+
+def test_the_table_documents_each_field_and_its_default() -> None:
+    documented = _documented()
+    assert set(documented) == {env_name(f.name) for f in fields(Settings)}
+    defaults = Settings()
+    for f in fields(Settings):
+        cell = documented[env_name(f.name)]
+        if not re.fullmatch(r"``[^`]+``", cell) or f.name == "cache_dir":
+            continue  # a description such as "(unset: no auth)" or "hard limit + 60"
+        value = getattr(defaults, f.name)
+        shown = str(int(value)) if isinstance(value, bool) else str(value)
+        assert cell.strip("`") == shown, f"{env_name(f.name)}: the table says {cell}"
+
+
+def test_each_variable_sets_its_field() -> None:
+    assert Settings.from_env({"CRYPTO_ML_LOST_CHECK_SECONDS": "4"}).lost_check_seconds == 4
+    assert Settings.from_env({"CRYPTO_ML_PRELOAD_KERAS": "Yes"}).preload_keras is True
+    assert Settings.from_env({"CRYPTO_ML_DATA_DIR": "/d"}).data_dir.as_posix() == "/d"
+    assert Settings.from_env({"CRYPTO_ML_API_KEYS": " a, ,b "}).api_keys == ("a", "b")
+    assert Settings.from_env({"CRYPTO_ML_CACHE_DIR": "off"}).cache_dir is None
+    assert Settings.from_env({"CRYPTO_ML_API_COALESCE": "0"}).api_coalesce == 0
+    assert Settings.from_env({}).api_coalesce is None
+
+
+def test_the_visibility_timeout_follows_the_hard_limit_unless_set() -> None:
+    assert Settings.from_env({"CRYPTO_ML_HARD_TIME_LIMIT": "1000"}).visibility_timeout == 1060
+    assert Settings.from_env({"CRYPTO_ML_HARD_TIME_LIMIT": "1000",
+                              "CRYPTO_ML_VISIBILITY_TIMEOUT": "5000"}).visibility_timeout == 5000
+
+
+@pytest.mark.parametrize("name", INT_FIELDS)
+def test_a_bad_whole_number_names_its_variable(name: str) -> None:
+    variable = env_name(name)
+    with pytest.raises(ConfigError, match=f"^{variable}='ten' is not an integer"):
+        Settings.from_env({variable: "ten"})
+    with pytest.raises(ConfigError, match=f"^{variable}=-1 must be positive"):
+        Settings.from_env({variable: "-1"})
