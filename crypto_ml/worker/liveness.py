@@ -12,7 +12,10 @@ process (the parent, not the pool) runs one thread that, every
    ``crypto_ml:worker:<id>:held`` (hash: delivery tag -> time) with the tags of the
    tasks it holds (reserved or running), while ``ZADD XX`` moves those tags' scores
    in ``unacked_index`` to the same time. A live worker's messages therefore never
-   look older than one beat, and the visibility timeout never redelivers them.
+   look older than one beat, and the visibility timeout never redelivers them. When
+   its ``alive`` key is gone within ``dead_after`` of its last beat, Redis lost its data
+   (restart, failover): it records the messages it holds in ``unacked`` again
+   (:meth:`Liveness.record_again`).
 2. **sweeps**: every registered worker whose ``alive`` key has expired is dead. For
    each tag in its ``held`` hash whose ``unacked_index`` score still equals the time
    the dead worker wrote, the message is moved back to its queue (front) in a WATCH
@@ -25,7 +28,7 @@ A sweeper trusts a missing heartbeat only after its own beats have succeeded for
 ``2 * heartbeat_seconds + 1`` (after start and after any broker outage): every live
 worker retries its beat each ``heartbeat_seconds``, so after a Redis restart or
 failover, during which nobody can beat and keys may expire, the live ones have beaten
-again before anyone is judged. The README's reliability section discusses timing and trade-offs.
+again before anyone is judged. docs/operations.md (Dead workers) discusses timing and trade-offs.
 """
 
 from __future__ import annotations
@@ -36,11 +39,11 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import loads
+from kombu.utils.json import dumps, loads
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +62,9 @@ def held_key(worker_id: str) -> str:
     return f"{KEY_PREFIX}{worker_id}:held"
 
 
-def reserved_tags() -> list[str]:
-    """Delivery tags of the requests this worker process holds (reserved or running)."""
+def reserved_messages() -> dict[str, Any]:
+    """The messages of the requests this worker process holds (reserved or running), by
+    delivery tag."""
     from celery.worker import state
 
     for _ in range(10):  # the consumer thread may add a request while we copy
@@ -71,15 +75,16 @@ def reserved_tags() -> list[str]:
             continue
     else:
         raise RuntimeError("reserved requests kept changing")
-    tags = (getattr(getattr(r, "message", None), "delivery_tag", None) for r in requests)
-    return sorted({str(t) for t in tags if t})
+    messages: list[Any] = [getattr(r, "message", None) for r in requests]
+    return {str(m.delivery_tag): m for m in messages if getattr(m, "delivery_tag", None)}
 
 
 class Liveness(threading.Thread):
     """The heartbeat and sweeper thread of one worker process."""
 
     def __init__(self, app: Any, worker_id: str, heartbeat_seconds: float, dead_after: float,
-                 held_ttl: int, holdings: Callable[[], list[str]] = reserved_tags) -> None:
+                 held_ttl: int,
+                 holdings: Callable[[], Mapping[str, Any]] = reserved_messages) -> None:
         super().__init__(name="crypto-ml-liveness", daemon=True)
         self.app = app
         self.worker_id = worker_id
@@ -92,6 +97,7 @@ class Liveness(threading.Thread):
         self.woken = threading.Event()
         self.connection: Any = None
         self.healthy_since: float | None = None
+        self.last_beat: float | None = None  # monotonic time of the last beat that succeeded
         self.beats = 0
         self.redelivered = 0
 
@@ -149,9 +155,11 @@ class Liveness(threading.Thread):
     def beat(self) -> None:
         """Say we are alive and record (and refresh) the deliveries we hold, atomically."""
         channel = self.channel()
-        tags = self.holdings()
+        held = self.holdings()
+        tags = sorted(held)
         now = time.time()
         with channel.conn_or_acquire() as client, client.pipeline(transaction=True) as pipe:
+            pipe.exists(alive_key(self.worker_id))
             pipe.set(alive_key(self.worker_id), repr(now), ex=max(1, round(self.dead_after)))
             pipe.sadd(REGISTRY_KEY, self.worker_id)
             pipe.delete(held_key(self.worker_id))
@@ -159,7 +167,10 @@ class Liveness(threading.Thread):
                 pipe.zadd(channel.unacked_index_key, dict.fromkeys(tags, now), xx=True)
                 pipe.hset(held_key(self.worker_id), mapping=dict.fromkeys(tags, repr(now)))
                 pipe.expire(held_key(self.worker_id), self.held_ttl)
-            added = pipe.execute()[1]
+            existed, _, added = pipe.execute()[:3]
+        if tags and not existed and self._beat_within(self.dead_after):
+            self.record_again(held)  # Redis lost what we wrote a moment ago
+        self.last_beat = time.monotonic()
         self.beats += 1
         if self.healthy_since is None:
             self.healthy_since = time.monotonic()
@@ -167,6 +178,38 @@ class Liveness(threading.Thread):
             log.warning("worker heartbeat: this worker %s was presumed dead (no heartbeat for "
                         "%g s); its tasks may have been delivered again", self.worker_id,
                         self.dead_after)
+
+    def _beat_within(self, seconds: float) -> bool:
+        return self.last_beat is not None and time.monotonic() - self.last_beat < seconds
+
+    def record_again(self, held: Mapping[str, Any]) -> list[str]:
+        """Put the messages we hold back in kombu's unacked hash where Redis lost them (a
+        restart without persistence, a failover that dropped the newest writes): to the
+        manager they then look taken, not lost, so a running task is not sent again; and if
+        this worker dies, the sweep gives them back. Returns the tags recorded again."""
+        channel = self.channel()
+        index, unacked = channel.unacked_index_key, channel.unacked_key
+        with channel.conn_or_acquire() as client:
+            with client.pipeline(transaction=False) as pipe:
+                for tag in held:
+                    pipe.hget(unacked, tag)
+                missing = [t for t, raw in zip(held, pipe.execute(), strict=True) if raw is None]
+            with client.pipeline(transaction=True) as pipe:
+                for tag in missing:
+                    info = held[tag].delivery_info
+                    pipe.zadd(index, {tag: time.time()})
+                    pipe.hset(unacked, tag, dumps([held[tag]._raw, info["exchange"],
+                                                   info["routing_key"]]))
+                pipe.execute()
+            done = [t for t in missing if t not in self.holdings()]  # acked in the meantime
+            for tag in done:
+                client.pipeline().zrem(index, tag).hdel(unacked, tag).execute()
+        again = [t for t in missing if t not in done]
+        if again:
+            log.warning("worker heartbeat: Redis lost the record of %d message(s) this worker "
+                        "holds (a restart or failover); recorded them again: %s", len(again),
+                        ", ".join(again))
+        return again
 
     # -- sweep ------------------------------------------------------------------------------
     def trusts_silence(self) -> bool:
