@@ -30,10 +30,11 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from fault_helpers import app_for, stop_consuming  # noqa: E402
 
+from crypto_ml.core import keys  # noqa: E402
 from crypto_ml.dispatch.cluster import LocalCluster  # noqa: E402
 from crypto_ml.ops.processes import wait_until  # noqa: E402
 from crypto_ml.ops.queue_depth import queue_depths  # noqa: E402
-from crypto_ml.worker.liveness import REGISTRY_KEY, held_key  # noqa: E402
+from crypto_ml.worker.liveness import held_key  # noqa: E402
 from crypto_ml.worker.requests import TASK_NAME, ForecastRequest  # noqa: E402
 
 PRICES = [float(x) for x in range(1, 60)]
@@ -94,7 +95,7 @@ class Sampler(threading.Thread):
         s = self.samples
         depth = queue_depths(self.client, ["cpu"])["cpu"]
         with self.client.pipeline(transaction=True) as pipe:
-            pipe.hkeys("unacked").smembers(REGISTRY_KEY)
+            pipe.hkeys("unacked").smembers(keys.WORKERS)
             unacked, members = pipe.execute()
         held: set[bytes] = set()
         for member in members:
@@ -193,7 +194,7 @@ def join_mid_backlog(cluster: LocalCluster, app: Celery, first: str,
     limit[f"extra{len(cluster.workers) + 1}"] = 1  # it may take a task before it answers
     second = cluster.add_worker()
     wait_until(lambda: any(m.decode().startswith(f"{second}/") for m in
-                           cluster.client().smembers(REGISTRY_KEY)), 60, "the second worker")
+                           cluster.client().smembers(keys.WORKERS)), 60, "the second worker")
     return second
 
 

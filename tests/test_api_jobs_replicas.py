@@ -30,10 +30,10 @@ from test_api_server import KEY, Server, call, healthy
 from crypto_ml.api.app import create_app
 from crypto_ml.api.job_store import JobStore, status_of
 from crypto_ml.api.service import InProcessRuns
+from crypto_ml.core import keys
 from crypto_ml.core.settings import Settings
 from crypto_ml.dispatch.cluster import LocalCluster
 from crypto_ml.ops.processes import free_port, spawn, terminate, wait_until
-from crypto_ml.worker.chunks import PAYLOAD_PREFIX
 
 pytestmark = pytest.mark.integration
 SMALL, LONG = 400, 3000
@@ -123,7 +123,7 @@ def test_delete_on_another_replica_stops_the_run_and_revokes_its_work(
 
 
 def _stored_values(cluster: LocalCluster) -> set[bytes]:
-    return set(cluster.client().scan_iter(f"{PAYLOAD_PREFIX}*"))
+    return set(cluster.client().scan_iter(keys.pattern(keys.PAYLOAD)))
 
 
 def test_a_job_whose_replica_is_killed_is_reported_failed_by_another(

@@ -129,3 +129,13 @@ def test_the_historical_imports_still_work(code: str) -> None:
 def test_the_command_lines_still_answer(command: list[str]) -> None:
     out = subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "usage:" in out.stdout, out.stderr
+
+
+def test_our_redis_key_prefixes_are_named_in_one_module() -> None:
+    # core/keys.py names each one; the code (not docstrings) elsewhere builds keys from it
+    literals = {name: sorted({node.value for node in ast.walk(tree)
+                              if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                              and node.value.startswith("crypto_ml:")
+                              and " " not in node.value})
+                for name, tree, _ in _modules() if name != "crypto_ml.core.keys"}
+    assert {name: found for name, found in literals.items() if found} == {}

@@ -23,6 +23,7 @@ import pytest
 import redis
 from fault_helpers import FAST_LIVENESS, app_for, wait_for_drained, worker_logs
 
+from crypto_ml.core import keys
 from crypto_ml.core.errors import ConfigError
 from crypto_ml.core.settings import Settings
 from crypto_ml.dispatch.cluster import LocalCluster
@@ -30,8 +31,7 @@ from crypto_ml.dispatch.engine import redelivery_bound
 from crypto_ml.dispatch.manager import CryptoManager
 from crypto_ml.ops.processes import wait_until
 from crypto_ml.worker.app import UNACKED_MUTEX_SECONDS
-from crypto_ml.worker.deliveries import CLOSED_PREFIX
-from crypto_ml.worker.liveness import REGISTRY_KEY, held_key
+from crypto_ml.worker.liveness import held_key
 from crypto_ml.worker.requests import ForecastRequest
 
 pytestmark = pytest.mark.integration
@@ -82,7 +82,7 @@ class Chaos(threading.Thread):
         """Whether worker ``name`` has recorded a delivery (running or reserved) right now."""
         try:
             client = self.cluster.client()
-            return any(client.hlen(held_key(m.decode())) for m in client.smembers(REGISTRY_KEY)
+            return any(client.hlen(held_key(m.decode())) for m in client.smembers(keys.WORKERS)
                        if m.decode().startswith(f"{name}/"))
         except redis.RedisError:
             return False
@@ -135,7 +135,7 @@ def lasting_keys(cluster: LocalCluster, bound: int) -> Counter[str]:
     if kinds.pop("unacked_mutex", 0):
         ttl = client.ttl("unacked_mutex")
         assert ttl == -2 or 0 < ttl <= UNACKED_MUTEX_SECONDS, f"unacked_mutex ttl {ttl}"
-    for key in client.scan_iter(f"{CLOSED_PREFIX}*"):
+    for key in client.scan_iter(keys.pattern(keys.CLOSED)):
         kinds["crypto_ml"] -= 1
         assert 0 < client.ttl(key) <= bound, f"{key!r} ttl {client.ttl(key)}"
     return +kinds
@@ -153,7 +153,7 @@ def test_chaos_every_forecast_exactly_once() -> None:
                           ) as cluster:
             app = app_for(cluster)
             bound = redelivery_bound(app)
-            wait_until(lambda: cluster.client().scard(REGISTRY_KEY) == WORKERS, 30, "heartbeats")
+            wait_until(lambda: cluster.client().scard(keys.WORKERS) == WORKERS, 30, "heartbeats")
             memory_before, keys_before = redis_state(cluster)
             me = psutil.Process()
             rss_before = me.memory_info().rss
@@ -205,7 +205,7 @@ def test_chaos_every_forecast_exactly_once() -> None:
             # left, and the killed workers' heartbeat keys swept away
             wait_for_drained(cluster, timeout=60)
             alive = len(live_workers(cluster))
-            wait_until(lambda: cluster.client().scard(REGISTRY_KEY) == alive, 60,
+            wait_until(lambda: cluster.client().scard(keys.WORKERS) == alive, 60,
                        "the dead workers swept")
             # a worker's held hash is rewritten at its next beat (2 s) after its last ack
             with contextlib.suppress(ConfigError):  # the assertion below names the keys

@@ -28,9 +28,10 @@ from fault_helpers import (
     worker_process,
 )
 
+from crypto_ml.core import keys
 from crypto_ml.dispatch.cluster import LocalCluster
 from crypto_ml.ops.processes import wait_until
-from crypto_ml.worker.liveness import REGISTRY_KEY, alive_key, held_key
+from crypto_ml.worker.liveness import Liveness, alive_key, held_key
 from crypto_ml.worker.requests import TASK_NAME, ForecastRequest
 
 pytestmark = pytest.mark.integration
@@ -44,7 +45,7 @@ def registered(cluster: LocalCluster, hostname: str) -> str:
     found: list[str] = []
 
     def beating() -> bool:
-        members = [m.decode() for m in cluster.client().smembers(REGISTRY_KEY)]
+        members = [m.decode() for m in cluster.client().smembers(keys.WORKERS)]
         found[:] = [m for m in members if m.startswith(f"{hostname}/")]
         return bool(found)
 
@@ -86,7 +87,7 @@ def test_dead_worker_task_is_back_within_30_s_even_with_a_1_hour_limit(
         wait_for_drained(cluster)
         # the dead worker's keys are gone; only the survivor's remain
         survivor = next(n for n in cluster.worker_names if n != victim.hostname)
-        members = [m.decode() for m in cluster.client().smembers(REGISTRY_KEY)]
+        members = [m.decode() for m in cluster.client().smembers(keys.WORKERS)]
         assert [m.split("/")[0] for m in members] == [survivor]
 
 
@@ -156,3 +157,15 @@ def hold_stopped(pid: int, seconds: float) -> None:
         time.sleep(seconds)
     finally:
         os.kill(pid, signal.SIGCONT)
+
+
+def test_a_worker_sees_when_redis_lost_its_last_beat() -> None:
+    # what decides whether a worker records its messages in unacked again (Liveness.beat)
+    beat = Liveness(app=None, worker_id="w/1/ab", heartbeat_seconds=1, dead_after=3, held_ttl=60)
+    assert not beat._lost_our_last_beat(None)  # the first beat: nothing written yet
+    beat.last_beat, beat.last_written = time.monotonic(), "1700000002.5"
+    assert not beat._lost_our_last_beat(b"1700000002.5")  # all there
+    assert beat._lost_our_last_beat(None)  # a restart without persistence
+    assert beat._lost_our_last_beat(b"1700000001.5")  # a failover lost the newest writes
+    beat.last_beat = time.monotonic() - 3  # silent for dead_after: the key may have expired
+    assert not beat._lost_our_last_beat(None)

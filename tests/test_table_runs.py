@@ -18,6 +18,7 @@ from fault_helpers import META_PREFIX, app_for, stop_consuming, wait_for_drained
 from table_support import coin_windows, random_walks, write_parquet
 
 import crypto_ml
+from crypto_ml.core import keys
 from crypto_ml.dispatch.cluster import LocalCluster
 from crypto_ml.dispatch.engine import payload_seconds, redelivery_bound, stable_task_id
 from crypto_ml.dispatch.payloads import store_payload
@@ -25,7 +26,7 @@ from crypto_ml.dispatch.table_output import RUN_ID
 from crypto_ml.dispatch.table_run import TablePlan
 from crypto_ml.models import get_model
 from crypto_ml.ops.processes import wait_until
-from crypto_ml.worker.chunks import PAYLOAD_PREFIX, TABLE_TASK_NAME, chunk_kwargs
+from crypto_ml.worker.chunks import TABLE_TASK_NAME, chunk_kwargs
 
 pytestmark = pytest.mark.integration
 
@@ -116,7 +117,7 @@ def test_a_killed_manager_resumes_without_recomputing_or_doubling(
     client = cluster.client()
     assert ran and not [t for t in ran if client.exists(f"{META_PREFIX}{t}")]
     # nor any chunk's values: the resumed run freed what it read and what the first one sent
-    assert not [t for t in sent if client.exists(f"{PAYLOAD_PREFIX}{t}")]
+    assert not [t for t in sent if client.exists(keys.PAYLOAD + t)]
 
 
 def test_a_run_stopped_with_ctrl_c_resumes_on_workers_that_saw_it_stop(
@@ -212,9 +213,9 @@ def test_a_chunks_values_outlive_its_message(cluster) -> None:
     store_payload(app, "t-outlive", b"\0" * 16, payload_seconds(app, 3600))
     try:
         bound = 3600 + int(app.conf.task_time_limit or 0) + redelivery_bound(app)
-        assert bound - 5 <= client.ttl(f"{PAYLOAD_PREFIX}t-outlive") <= bound
+        assert bound - 5 <= client.ttl(keys.PAYLOAD + "t-outlive") <= bound
     finally:  # the cluster is the module's: leave nothing for the other tests
-        client.delete(f"{PAYLOAD_PREFIX}t-outlive")
+        client.delete(keys.PAYLOAD + "t-outlive")
 
 
 def test_values_a_restarted_redis_lost_are_stored_again(tmp_path: Path) -> None:
@@ -230,9 +231,9 @@ def test_values_a_restarted_redis_lost_are_stored_again(tmp_path: Path) -> None:
                       "naive", "--horizon", "3", "--chunk-series", "100", "--in-flight", "3",
                       "--broker", cluster.url_for("manager")])
         try:
-            wait_until(lambda: len(list(admin.scan_iter(f"{PAYLOAD_PREFIX}*"))) == 3
+            wait_until(lambda: len(list(admin.scan_iter(keys.pattern(keys.PAYLOAD)))) == 3
                        or run.poll() is not None, 60, "three chunks queued")
-            admin.delete(*admin.scan_iter(f"{PAYLOAD_PREFIX}*"))
+            admin.delete(*admin.scan_iter(keys.pattern(keys.PAYLOAD)))
             assert app.control.add_consumer("cpu", destination=cluster.worker_names, reply=True)
             _, stderr = run.communicate(timeout=120)
         finally:

@@ -29,7 +29,8 @@ import socket
 import time
 from typing import Any
 
-JOB_PREFIX = "crypto_ml:job:"
+from crypto_ml.core import keys
+
 CANCEL = ":cancel"  # the cancel flag's key: the record's and this
 ACTIVE = ("queued", "running")
 
@@ -53,23 +54,23 @@ class JobStore:
 
     def write(self, record: dict[str, Any]) -> None:
         """Create or replace the record of ``record["id"]``."""
-        self.client.set(JOB_PREFIX + record["id"], json.dumps(record), ex=self.ttl)
+        self.client.set(keys.JOB + record["id"], json.dumps(record), ex=self.ttl)
 
     def beat(self, records: list[dict[str, Any]], watched: list[str]) -> set[str]:
         """Write ``records`` and read the cancel flags of ``watched``, in one round trip;
         the ids asked to stop."""
         pipe = self.client.pipeline(transaction=False)
         for record in records:
-            pipe.set(JOB_PREFIX + record["id"], json.dumps(record), ex=self.ttl)
+            pipe.set(keys.JOB + record["id"], json.dumps(record), ex=self.ttl)
         if watched:
-            pipe.mget([JOB_PREFIX + job_id + CANCEL for job_id in watched])
+            pipe.mget([keys.JOB + job_id + CANCEL for job_id in watched])
         replies = pipe.execute()
         flags = replies[-1] if watched else []
         return {job_id for job_id, flag in zip(watched, flags, strict=True) if flag}
 
     def read(self, job_id: str) -> dict[str, Any] | None:
         """The record, or None for an unknown (or expired) id."""
-        raw = self.client.get(JOB_PREFIX + job_id)
+        raw = self.client.get(keys.JOB + job_id)
         record = None if raw is None else json.loads(raw)
         return record if isinstance(record, dict) else None  # "<id>:cancel" is no job
 
@@ -77,7 +78,7 @@ class JobStore:
         """Ask the replica running the job to stop it; its record before, or None."""
         record = self.read(job_id)
         if record is not None and record["status"] in ACTIVE:
-            self.client.set(JOB_PREFIX + job_id + CANCEL, "1", ex=self.ttl)
+            self.client.set(keys.JOB + job_id + CANCEL, "1", ex=self.ttl)
         return record
 
 

@@ -52,6 +52,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from kombu.utils.url import maybe_sanitize_url
 
+from crypto_ml.core import keys
 from crypto_ml.core.errors import BrokerAuthFailed
 
 ADMIN = "default"
@@ -160,15 +161,14 @@ _EVENT_QUEUES = "celeryev.*"  # an event receiver's own queue (Flower, a worker'
 _TASK_BINDINGS = ("_kombu.binding*.cpu", "_kombu.binding*.gpu")  # how a task finds its queue
 _CONTROL_BINDINGS = ("_kombu.binding*.celery.pidbox", "_kombu.binding*.celeryev",
                      "_kombu.binding_deadlines")
-# Our own keys (crypto_ml/worker/deliveries.py, liveness.py, model_store.py;
-# crypto_ml/dispatch/runs.py)
-_DELIVERIES = "crypto_ml:deliveries:*"  # starts of a task (the delivery limit)
-_CLOSED = "crypto_ml:closed:*"  # a dispatch run that has ended (workers skip its redeliveries)
-_RUNS = "crypto_ml:run:*"  # the API's saved runs
-_JOBS = "crypto_ml:job:*"  # the API's table jobs (crypto_ml/api/job_store.py)
-_MODELS = "crypto_ml:model:*"  # the model store (trained models, workers only)
-_PAYLOADS = "crypto_ml:payload:*"  # a table chunk's values, beside its message (worker/chunks.py)
-_LIVENESS = ("crypto_ml:workers", "crypto_ml:worker:*")  # heartbeats and held messages
+# Our own keys, each prefix named once in crypto_ml/core/keys.py
+_DELIVERIES = keys.pattern(keys.DELIVERIES)  # starts of a task (the delivery limit)
+_CLOSED = keys.pattern(keys.CLOSED)  # a dispatch run that has ended (workers skip its redeliveries)
+_RUNS = keys.pattern(keys.RUN)  # the API's saved runs
+_JOBS = keys.pattern(keys.JOB)  # the API's table jobs (crypto_ml/api/job_store.py)
+_MODELS = keys.pattern(keys.MODEL)  # the model store (trained models, workers only)
+_PAYLOADS = keys.pattern(keys.PAYLOAD)  # a table chunk's values, beside its message (worker/chunks.py)
+_LIVENESS = (keys.WORKERS, keys.pattern(keys.WORKER))  # heartbeats and held messages
 # Pub/Sub: kombu's fanout exchanges on database 0. PSUBSCRIBE patterns must be allowed
 # literally, so these are the exact patterns kombu subscribes to (a worker's gossip
 # listens to /0.celeryev/worker.*).

@@ -31,12 +31,12 @@ from types import TracebackType
 
 import redis
 
-from crypto_ml.core import acl
+from crypto_ml.core import acl, keys
 from crypto_ml.core.errors import ConfigError
 from crypto_ml.core.settings import Settings, threads_env
 from crypto_ml.ops.flower import FlowerProcess
 from crypto_ml.ops.processes import free_port, kill_all, spawn, terminate, wait_until
-from crypto_ml.worker.liveness import REGISTRY_KEY, hostname_of
+from crypto_ml.worker.liveness import hostname_of
 from crypto_ml.worker.nodes import command as worker_command
 
 READY_TIMEOUT = 60.0
@@ -206,7 +206,7 @@ class LocalCluster:
         waiting = set(self.worker_names)
 
         def all_registered() -> bool:
-            waiting.difference_update(map(hostname_of, client.smembers(REGISTRY_KEY)))
+            waiting.difference_update(map(hostname_of, client.smembers(keys.WORKERS)))
             return not waiting
 
         with self.client() as client:  # one connection for the whole wait, not one per poll

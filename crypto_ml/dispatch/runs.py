@@ -45,6 +45,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from celery import Celery, states
 
+from crypto_ml.core import keys
 from crypto_ml.core.errors import BrokerUnavailable
 from crypto_ml.core.sentinel import async_redis_client
 from crypto_ml.core.settings import Settings
@@ -62,7 +63,6 @@ from crypto_ml.worker.requests import PARTS_TASK_NAME, ForecastRequest
 
 log = logging.getLogger(__name__)
 
-RUN_PREFIX = "crypto_ml:run:"
 #: Shared messages in flight when neither the caller nor the settings say: a broker's workers
 #: are not known here (the API passes the embedded cluster's worker processes).
 COALESCE = 4
@@ -159,7 +159,7 @@ class RunQueue:
         on = self._loop()
         await on.broker.lpush(queue, envelope)  # type: ignore[misc]
         on.lost.record(task_id, task, kwargs, time.time() + self.expires,
-                       RUN_PREFIX + run_id if run_id else None)
+                       keys.RUN + run_id if run_id else None)
 
     async def submit(self, requests: Sequence[ForecastRequest], listen: bool = True) -> Run:
         """Publish every forecast of ``requests``; all of them or none (BrokerUnavailable).
@@ -227,13 +227,13 @@ class RunQueue:
         """Keep the run in the backend so that :meth:`state` can answer for it from anywhere."""
         record = {"tasks": {t: [list(i) for i in items] for t, items in run.tasks.items()},
                   "carriers": run.carriers, "deadline": run.deadline}
-        await self._loop().backend.set(RUN_PREFIX + run.id, json.dumps(record),
+        await self._loop().backend.set(keys.RUN + run.id, json.dumps(record),
                                        ex=self.record_ttl)
 
     async def state(self, run_id: str) -> RunState | None:
         """A saved run's state now, or None for an unknown (or expired) id."""
         backend = self._loop().backend
-        raw = await backend.get(RUN_PREFIX + run_id)
+        raw = await backend.get(keys.RUN + run_id)
         if raw is None:
             return None
         record = json.loads(raw)
@@ -257,7 +257,7 @@ class RunQueue:
         answered) and delete the task results it was built from, in one round trip."""
         record = b'{"final":' + state.encoded() + b"}"
         self._loop().lost.forget([*task_ids, *carriers])  # consumed: never lost now
-        await self._loop().writes.run(("set", (RUN_PREFIX + state.id, record),
+        await self._loop().writes.run(("set", (keys.RUN + state.id, record),
                                        {"ex": self.record_ttl}),
                                       ("delete", tuple(forget_keys(self.app, task_ids)), {}))
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from crypto_ml.core import keys
 from crypto_ml.core.errors import InvalidTaskInput
 from crypto_ml.models import PARAMS, model_class
 from crypto_ml.models.batch import predict_batch
@@ -33,14 +34,13 @@ from crypto_ml.models.intervals import check_levels, level_key
 TABLE_TASK_NAME = "crypto_ml.forecast_table"
 #: The largest chunk a worker accepts: 64 MiB of closes.
 MAX_CHUNK_VALUES = 8 * 1024 * 1024
-PAYLOAD_PREFIX = "crypto_ml:payload:"
 #: How a chunk whose stored values are gone fails (its sender stores them again and resends).
 VALUES_GONE = "its values are no longer in Redis"
 
 
 def payload_key(task_id: str) -> str:
     """The Redis key of the values of chunk task ``task_id``, stored beside its message."""
-    return f"{PAYLOAD_PREFIX}{task_id}"
+    return keys.PAYLOAD + task_id
 
 
 def fetch_payload(client: Any, task_id: str) -> bytes:

@@ -19,20 +19,20 @@ from __future__ import annotations
 
 from typing import Any
 
-KEY_PREFIX = "crypto_ml:deliveries:"
-CLOSED_PREFIX = "crypto_ml:closed:"
+from crypto_ml.core import keys
+
 #: The message header that names the dispatch run a task belongs to.
 RUN_HEADER = "crypto_ml_run"
 
 
 def delivery_key(task_id: str) -> str:
     """The Redis key that counts the starts of ``task_id``."""
-    return f"{KEY_PREFIX}{task_id}"
+    return keys.DELIVERIES + task_id
 
 
 def closed_key(run_id: str) -> str:
     """The Redis key that says dispatch run ``run_id`` has ended."""
-    return f"{CLOSED_PREFIX}{run_id}"
+    return keys.CLOSED + run_id
 
 
 def count_delivery(client: Any, task_id: str, ttl: int, result_key: str | bytes,

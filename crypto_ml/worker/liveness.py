@@ -13,8 +13,8 @@ process (the parent, not the pool) runs one thread that, every
    tasks it holds (reserved or running), while ``ZADD XX`` moves those tags' scores
    in ``unacked_index`` to the same time. A live worker's messages therefore never
    look older than one beat, and the visibility timeout never redelivers them. When
-   its ``alive`` key is gone within ``dead_after`` of its last beat, Redis lost its data
-   (restart, failover): it records the messages it holds in ``unacked`` again
+   its ``alive`` key no longer holds what its last beat wrote, within ``dead_after`` of that
+   beat, Redis lost writes (restart, failover): it records the messages it holds in ``unacked`` again
    (:meth:`Liveness.record_again`).
 2. **sweeps**: every registered worker whose ``alive`` key has expired is dead. For
    each tag in its ``held`` hash whose ``unacked_index`` score still equals the time
@@ -45,21 +45,21 @@ from typing import Any
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
+from crypto_ml.core import keys
+
 log = logging.getLogger(__name__)
 
-REGISTRY_KEY = "crypto_ml:workers"
-KEY_PREFIX = "crypto_ml:worker:"
 SCORE_TOLERANCE = 1e-3  # scores are times; another delivery differs by far more
 
 
 def alive_key(worker_id: str) -> str:
     """String key with a TTL: present while the worker beats."""
-    return f"{KEY_PREFIX}{worker_id}:alive"
+    return f"{keys.WORKER}{worker_id}:alive"
 
 
 def held_key(worker_id: str) -> str:
     """Hash: delivery tag -> the ``unacked_index`` score the worker last gave it."""
-    return f"{KEY_PREFIX}{worker_id}:held"
+    return f"{keys.WORKER}{worker_id}:held"
 
 
 def reserved_messages() -> dict[str, Any]:
@@ -98,6 +98,7 @@ class Liveness(threading.Thread):
         self.connection: Any = None
         self.healthy_since: float | None = None
         self.last_beat: float | None = None  # monotonic time of the last beat that succeeded
+        self.last_written = ""  # the value that beat gave our alive key
         self.beats = 0
         self.redelivered = 0
 
@@ -145,7 +146,7 @@ class Liveness(threading.Thread):
                 with self.channel().conn_or_acquire() as client, client.pipeline() as pipe:
                     pipe.delete(held_key(self.worker_id))
                     pipe.delete(alive_key(self.worker_id))
-                    pipe.srem(REGISTRY_KEY, self.worker_id)
+                    pipe.srem(keys.WORKERS, self.worker_id)
                     pipe.execute()
             except Exception as exc:  # the keys then expire by themselves
                 log.warning("worker heartbeat: could not deregister (%s)", exc)
@@ -159,18 +160,18 @@ class Liveness(threading.Thread):
         tags = sorted(held)
         now = time.time()
         with channel.conn_or_acquire() as client, client.pipeline(transaction=True) as pipe:
-            pipe.exists(alive_key(self.worker_id))
+            pipe.get(alive_key(self.worker_id))
             pipe.set(alive_key(self.worker_id), repr(now), ex=max(1, round(self.dead_after)))
-            pipe.sadd(REGISTRY_KEY, self.worker_id)
+            pipe.sadd(keys.WORKERS, self.worker_id)
             pipe.delete(held_key(self.worker_id))
             if tags:
                 pipe.zadd(channel.unacked_index_key, dict.fromkeys(tags, now), xx=True)
                 pipe.hset(held_key(self.worker_id), mapping=dict.fromkeys(tags, repr(now)))
                 pipe.expire(held_key(self.worker_id), self.held_ttl)
-            existed, _, added = pipe.execute()[:3]
-        if tags and not existed and self._beat_within(self.dead_after):
-            self.record_again(held)  # Redis lost what we wrote a moment ago
-        self.last_beat = time.monotonic()
+            seen, _, added = pipe.execute()[:3]
+        if tags and self._lost_our_last_beat(seen):
+            self.record_again(held)
+        self.last_beat, self.last_written = time.monotonic(), repr(now)
         self.beats += 1
         if self.healthy_since is None:
             self.healthy_since = time.monotonic()
@@ -179,8 +180,11 @@ class Liveness(threading.Thread):
                         "%g s); its tasks may have been delivered again", self.worker_id,
                         self.dead_after)
 
-    def _beat_within(self, seconds: float) -> bool:
-        return self.last_beat is not None and time.monotonic() - self.last_beat < seconds
+    def _lost_our_last_beat(self, seen: bytes | str | None) -> bool:
+        """Whether Redis no longer holds what our last beat wrote, though it cannot have
+        expired yet: a restart without persistence, a failover that dropped the newest writes."""
+        return (self.last_beat is not None and time.monotonic() - self.last_beat < self.dead_after
+                and (seen is None or bytes_to_str(seen) != self.last_written))
 
     def record_again(self, held: Mapping[str, Any]) -> list[str]:
         """Put the messages we hold back in kombu's unacked hash where Redis lost them (a
@@ -222,7 +226,7 @@ class Liveness(threading.Thread):
         if not self.trusts_silence():
             return 0
         with self.channel().conn_or_acquire() as client:
-            others = sorted(bytes_to_str(m) for m in client.smembers(REGISTRY_KEY))
+            others = sorted(bytes_to_str(m) for m in client.smembers(keys.WORKERS))
             others = [m for m in others if m != self.worker_id]
             with client.pipeline(transaction=False) as pipe:
                 for worker in others:
@@ -254,7 +258,7 @@ class Liveness(threading.Thread):
                     if restore_if_held(channel, client, tag, score)]
         with client.pipeline() as pipe:
             pipe.delete(held_key(worker))
-            pipe.srem(REGISTRY_KEY, worker)
+            pipe.srem(keys.WORKERS, worker)
             pipe.execute()
         names = restored
         if names:

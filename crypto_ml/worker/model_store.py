@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from crypto_ml.core import keys
 from crypto_ml.core.errors import ConfigError, CryptoMLError
 from crypto_ml.core.settings import Settings
 from crypto_ml.models.base import Forecaster
@@ -69,7 +70,6 @@ try:  # a new release of the models never reads an older one's entries
     _VERSION = importlib.metadata.version("crypto-ml")
 except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a source tree
     _VERSION = "unknown"
-KEY_PREFIX = "crypto_ml:model:"
 #: An entry's arrays that are the model's state (the others hold the saved prediction).
 _STATE = "state_"
 DEFAULT_TTL = Settings.model_store_ttl
@@ -97,11 +97,11 @@ class RedisModelStore:
         self.ttl = ttl
 
     def get(self, key: str) -> bytes | None:
-        value = self.client.get(KEY_PREFIX + key)
+        value = self.client.get(keys.MODEL + key)
         return bytes(value) if value is not None else None  # type: ignore[arg-type]
 
     def put(self, key: str, blob: bytes) -> None:
-        self.client.set(KEY_PREFIX + key, blob, ex=self.ttl)
+        self.client.set(keys.MODEL + key, blob, ex=self.ttl)
 
 
 class DirectoryModelStore:
