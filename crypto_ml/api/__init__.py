@@ -1,6 +1,7 @@
 """The HTTP API: forecasts on the cluster for applications (``python -m crypto_ml.api``).
 
-* :mod:`crypto_ml.api.app`: the FastAPI app (routes, API keys, body cap, metrics);
+* :mod:`crypto_ml.api.app`: the FastAPI app (API keys, body cap, error bodies, metrics);
+* :mod:`crypto_ml.api.routes`: the routes, one router per concern;
 * :mod:`crypto_ml.api.schemas`: request and response bodies;
 * :mod:`crypto_ml.api.service`: body checks and where runs go (cluster or in-process);
 * :mod:`crypto_ml.api.metrics`: Prometheus metrics.

@@ -1,4 +1,5 @@
-"""The FastAPI application: routes, API keys, body cap, error bodies and metrics.
+"""The FastAPI application: API keys, body cap, error bodies and metrics around the routes
+of :mod:`crypto_ml.api.routes`.
 
 :func:`create_app` takes everything as arguments (settings, where runs go, the
 service that checks bodies), so tests and benchmarks build it around any
@@ -17,7 +18,7 @@ from typing import Annotated, Any
 
 import anyio
 import redis
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
@@ -25,18 +26,17 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from kombu.exceptions import OperationalError
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import crypto_ml
-from crypto_ml.core.errors import BrokerUnavailable, ConfigError, DataNotFound
+from crypto_ml.core.errors import BrokerUnavailable, DataNotFound
 from crypto_ml.core.settings import Settings
 
-from .jobs import JobAccepted, JobBody, Jobs, JobStatus
+from .jobs import Jobs
 from .metrics import ApiMetrics, Message, Receive, Scope, Send, http_only
 from .problems import bounded
-from .schemas import Accepted, Coins, ForecastBody, Health, Models, Problem, RunStatus, Unprocessable
-from .service import ForecastService, Invalid, Runs, model_infos
+from .routes import data_routes, forecast_routes, job_routes, operation_routes
+from .service import ForecastService, Invalid, Runs
 
 DOCS_STATIC = "/docs-static"
 THREADS = 40  # the routes that stay blocking (jobs, /metrics) each hold a thread of the pool
@@ -48,8 +48,6 @@ it at its `status_url`. Send `Authorization: Bearer <key>` when the server has
 
 #: What FastAPI answers (400) for a body it cannot decode, e.g. bytes that are not UTF-8.
 PARSE_FAILED = "There was an error parsing the body"
-UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
-    401: {"model": Problem, "description": "missing or unknown API key"}}
 
 
 def _unavailable(detail: str) -> JSONResponse:
@@ -151,7 +149,7 @@ def create_app(settings: Settings, runs: Runs,
     cluster_app = getattr(runs, "app", None)
     jobs = Jobs(cluster_app, settings) if cluster_app is not None else None
     metrics = ApiMetrics(runs.queue_depth, getattr(runs, "coalesced", None))
-    require_key = KeyCheck(settings.api_keys)
+    authorized = [Depends(KeyCheck(settings.api_keys))]
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -164,7 +162,22 @@ def create_app(settings: Settings, runs: Runs,
     app = FastAPI(title="crypto-ml forecasts", version=crypto_ml.__version__,
                   description=DESCRIPTION, lifespan=lifespan, docs_url=None, redoc_url=None)
     add_docs(app)
-    authorized = [Depends(require_key)]
+    add_error_handlers(app)
+    app.include_router(forecast_routes(settings, runs, service, metrics, authorized))
+    app.include_router(job_routes(jobs, authorized))
+    app.include_router(data_routes(service, authorized))
+    app.include_router(operation_routes(runs, metrics))
+    _document_caps(app, settings)
+    app.state.metrics = metrics
+    app.state.runs = runs
+    app.add_middleware(_Wrap, wrap=lambda inner: body_cap(inner, settings.api_max_body))
+    app.add_middleware(_Wrap, wrap=metrics.middleware)
+    return app
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error as a JSON body: 422 in FastAPI's shape (a body that cannot be parsed too),
+    503 when the broker, the result backend or the data is unreachable."""
 
     @app.exception_handler(Invalid)
     async def invalid(_: Request, exc: Invalid) -> JSONResponse:
@@ -182,7 +195,8 @@ def create_app(settings: Settings, runs: Runs,
         return await http_exception_handler(request, exc)
 
     @app.exception_handler(BrokerUnavailable)
-    async def no_broker(_: Request, exc: BrokerUnavailable) -> JSONResponse:
+    @app.exception_handler(DataNotFound)
+    async def unavailable(_: Request, exc: Exception) -> JSONResponse:
         return _unavailable(str(exc))
 
     @app.exception_handler(redis.RedisError)
@@ -190,131 +204,6 @@ def create_app(settings: Settings, runs: Runs,
     async def redis_down(_: Request, exc: Exception) -> JSONResponse:
         return _unavailable(f"the broker or result backend is unreachable "
                             f"({type(exc).__name__}); try again later")
-
-    @app.exception_handler(DataNotFound)
-    async def no_data(_: Request, exc: DataNotFound) -> JSONResponse:
-        return _unavailable(str(exc))
-
-    @app.post("/v1/forecasts", dependencies=authorized, tags=["forecasts"],
-              summary="Forecast coins or your own series",
-              responses={200: {"model": RunStatus, "description": "finished within wait"},
-                         202: {"model": Accepted, "description": "queued; poll status_url"},
-                         **UNAUTHORIZED,
-                         413: {"model": Problem, "description": "body too large"},
-                         422: {"model": Unprocessable,
-                               "description": "a field is invalid; the body names it"},
-                         503: {"model": Problem,
-                               "description": "broker down: nothing was queued"}})
-    async def post_forecast(body: ForecastBody,
-                      wait: Annotated[float, Query(ge=0, description="seconds to wait for "
-                                                   "the results (at most "
-                                                   "CRYPTO_ML_API_MAX_WAIT)")] = 0) -> Response:
-        if wait > settings.api_max_wait:
-            raise Invalid([{"loc": ["query", "wait"], "type": "value_error",
-                            "msg": f"must be at most {settings.api_max_wait} "
-                                   f"(CRYPTO_ML_API_MAX_WAIT), got {wait:g}"}])
-        run = await runs.submit(service.requests_for(body), listen=wait > 0)
-        state = await runs.wait(run, wait)
-        if state is not None:
-            metrics.count_run(state)
-            return Response(state.encoded(), media_type="application/json")
-        try:
-            await runs.save(run)
-        except Exception:  # the run could not be saved: withdraw it
-            await runs.discard(run)
-            raise
-        url = f"/v1/forecasts/{run.id}"
-        return JSONResponse({"id": run.id, "status_url": url}, status_code=202,
-                            headers={"Location": url})
-
-    @app.get("/v1/forecasts/{run_id}", dependencies=authorized, tags=["forecasts"],
-             summary="A forecast run's status and results", response_model=RunStatus,
-             responses={**UNAUTHORIZED,
-                        404: {"model": Problem, "description": "no such run (or expired)"},
-                        503: {"model": Problem, "description": "result backend unreachable"}})
-    async def get_forecast(run_id: str) -> Response:
-        state = await runs.state(run_id)
-        if state is None:
-            raise HTTPException(404, f"no forecast run {run_id!r} (unknown, or expired after "
-                                "CRYPTO_ML_RESULT_EXPIRES)")
-        if state.fresh:
-            metrics.count_run(state)
-        return Response(state.encoded(), media_type="application/json")
-
-    def job_or_404(job_id: str, found: dict[str, Any] | None) -> dict[str, Any]:
-        if found is None:
-            raise HTTPException(404, f"no job {job_id!r} (unknown, or expired after "
-                                "CRYPTO_ML_RESULT_EXPIRES)")
-        return found
-
-    def cluster_jobs() -> Jobs:
-        if jobs is None:
-            raise HTTPException(503, "jobs run on a cluster; this server runs forecasts "
-                                "in-process (--in-process)")
-        return jobs
-
-    @app.post("/v1/jobs", dependencies=authorized, tags=["jobs"], status_code=202,
-              summary="Forecast a long table of the data directory into Parquet",
-              response_model=JobAccepted,
-              responses={**UNAUTHORIZED,
-                         422: {"model": Unprocessable,
-                               "description": "the body or the table is invalid; named"},
-                         503: {"model": Problem,
-                               "description": "no cluster, or an s3:// input unreachable"}})
-    def post_job(body: JobBody) -> Response:
-        try:
-            job = cluster_jobs().submit(body)
-        except DataNotFound:  # S3 unreachable: 503, try again
-            raise
-        except ConfigError as exc:  # a bad path, table or model: the caller's to fix
-            raise Invalid([{"loc": ["body"], "msg": str(exc), "type": "value_error"}]) from None
-        url = f"/v1/jobs/{job.id}"
-        return JSONResponse({"id": job.id, "status_url": url}, status_code=202,
-                            headers={"Location": url})
-
-    # one route for both methods: a 405's Allow header then names both (schemathesis checks)
-    @app.api_route("/v1/jobs/{job_id}", methods=["GET", "DELETE"], dependencies=authorized,
-                   tags=["jobs"], response_model=JobStatus,
-                   summary="GET: a job's progress and output; DELETE: cancel it (its queued "
-                   "work is revoked)",
-                   responses={**UNAUTHORIZED,
-                              404: {"model": Problem, "description": "no such job (or expired)"},
-                              503: {"model": Problem,
-                                    "description": "no cluster, or its Redis unreachable"}})
-    def job(job_id: str, request: Request) -> dict[str, Any]:
-        running = cluster_jobs()  # any replica: the record is in the result backend
-        found = running.cancel(job_id) if request.method == "DELETE" else running.get(job_id)
-        return job_or_404(job_id, found)
-
-    @app.get("/v1/coins", dependencies=authorized, tags=["data"], response_model=Coins,
-             summary="Coin ids of the data directory",
-             responses={**UNAUTHORIZED, 503: {"model": Problem, "description": "no data"}})
-    async def coins() -> dict[str, Any]:
-        return {"coins": service.coins.names()}
-
-    @app.get("/v1/models", dependencies=authorized, tags=["data"], response_model=Models,
-             summary="Models, their queue and options", responses=UNAUTHORIZED)
-    async def models() -> dict[str, Any]:
-        return {"models": model_infos()}
-
-    @app.get("/healthz", tags=["operations"], response_model=Health,
-             summary="Broker reachable and workers online (503 otherwise)",
-             responses={503: {"model": Health}})
-    async def healthz() -> Response:
-        state = await runs.health()
-        return JSONResponse(state, status_code=200 if state["status"] == "ok" else 503)
-
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics",
-             response_class=Response)
-    def prometheus() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    _document_caps(app, settings)
-    app.state.metrics = metrics
-    app.state.runs = runs
-    app.add_middleware(_Wrap, wrap=lambda inner: body_cap(inner, settings.api_max_body))
-    app.add_middleware(_Wrap, wrap=metrics.middleware)
-    return app
 
 
 def _document_caps(app: FastAPI, settings: Settings) -> None:

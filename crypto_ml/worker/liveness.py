@@ -169,13 +169,17 @@ class Liveness(threading.Thread):
                 pipe.hset(held_key(self.worker_id), mapping=dict.fromkeys(tags, repr(now)))
                 pipe.expire(held_key(self.worker_id), self.held_ttl)
             seen, _, added = pipe.execute()[:3]
-        if tags and self._lost_our_last_beat(seen):
-            self.record_again(held)
-        self.last_beat, self.last_written = time.monotonic(), repr(now)
+        lost_writes = self._lost_our_last_beat(seen)
+        self.last_beat, self.last_written = time.monotonic(), repr(now)  # one try each loss
         self.beats += 1
         if self.healthy_since is None:
             self.healthy_since = time.monotonic()
-        if added and self.beats > 1:
+        if lost_writes:
+            log.warning("worker heartbeat: Redis lost this worker's last beat (a restart "
+                        "without persistence, or a failover that dropped the newest writes)")
+            if tags:
+                self.record_again(held)
+        elif added and self.beats > 1:
             log.warning("worker heartbeat: this worker %s was presumed dead (no heartbeat for "
                         "%g s); its tasks may have been delivered again", self.worker_id,
                         self.dead_after)

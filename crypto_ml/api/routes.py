@@ -1,0 +1,165 @@
+"""The API's routes, one router per concern; :func:`crypto_ml.api.app.create_app` mounts them.
+
+Each builder takes what its routes use (settings, where runs go, the service that checks
+bodies, the metrics, the table jobs) as arguments and returns an ``APIRouter``. The
+forecast, job and data routes require an API key (``dependencies``); the operations
+routes (``/healthz``, ``/metrics``) do not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.params import Depends
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from crypto_ml.core.errors import ConfigError, DataNotFound
+from crypto_ml.core.settings import Settings
+
+from .jobs import JobAccepted, JobBody, Jobs, JobStatus
+from .metrics import ApiMetrics
+from .schemas import Accepted, Coins, ForecastBody, Health, Models, Problem, RunStatus, Unprocessable
+from .service import ForecastService, Invalid, Runs, model_infos
+
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "missing or unknown API key"}}
+Wait = Annotated[float, Query(ge=0, description="seconds to wait for the results (at most "
+                                                "CRYPTO_ML_API_MAX_WAIT)")]
+
+
+def _not_found(what: str) -> HTTPException:
+    return HTTPException(404, f"no {what} (unknown, or expired after CRYPTO_ML_RESULT_EXPIRES)")
+
+
+def forecast_routes(settings: Settings, runs: Runs, service: ForecastService,
+                    metrics: ApiMetrics, authorized: Sequence[Depends]) -> APIRouter:
+    """``POST /v1/forecasts`` and ``GET /v1/forecasts/{id}``."""
+    router = APIRouter(dependencies=authorized, tags=["forecasts"])
+
+    @router.post("/v1/forecasts", summary="Forecast coins or your own series",
+                 responses={200: {"model": RunStatus, "description": "finished within wait"},
+                            202: {"model": Accepted, "description": "queued; poll status_url"},
+                            **UNAUTHORIZED,
+                            413: {"model": Problem, "description": "body too large"},
+                            422: {"model": Unprocessable,
+                                  "description": "a field is invalid; the body names it"},
+                            503: {"model": Problem,
+                                  "description": "broker down: nothing was queued"}})
+    async def post_forecast(body: ForecastBody, wait: Wait = 0) -> Response:
+        if wait > settings.api_max_wait:
+            raise Invalid([{"loc": ["query", "wait"], "type": "value_error",
+                            "msg": f"must be at most {settings.api_max_wait} "
+                                   f"(CRYPTO_ML_API_MAX_WAIT), got {wait:g}"}])
+        run = await runs.submit(service.requests_for(body), listen=wait > 0)
+        state = await runs.wait(run, wait)
+        if state is not None:
+            metrics.count_run(state)
+            return Response(state.encoded(), media_type="application/json")
+        try:
+            await runs.save(run)
+        except Exception:  # the run could not be saved: withdraw it
+            await runs.discard(run)
+            raise
+        url = f"/v1/forecasts/{run.id}"
+        return JSONResponse({"id": run.id, "status_url": url}, status_code=202,
+                            headers={"Location": url})
+
+    @router.get("/v1/forecasts/{run_id}", summary="A forecast run's status and results",
+                response_model=RunStatus,
+                responses={**UNAUTHORIZED,
+                           404: {"model": Problem, "description": "no such run (or expired)"},
+                           503: {"model": Problem, "description": "result backend unreachable"}})
+    async def get_forecast(run_id: str) -> Response:
+        state = await runs.state(run_id)
+        if state is None:
+            raise _not_found(f"forecast run {run_id!r}")
+        if state.fresh:
+            metrics.count_run(state)
+        return Response(state.encoded(), media_type="application/json")
+
+    return router
+
+
+def job_routes(jobs: Jobs | None, authorized: Sequence[Depends]) -> APIRouter:
+    """``POST /v1/jobs``, and ``GET`` / ``DELETE /v1/jobs/{id}``: table runs on the cluster."""
+    router = APIRouter(dependencies=authorized, tags=["jobs"])
+
+    def cluster_jobs() -> Jobs:
+        if jobs is None:
+            raise HTTPException(503, "jobs run on a cluster; this server runs forecasts "
+                                "in-process (--in-process)")
+        return jobs
+
+    @router.post("/v1/jobs", status_code=202, response_model=JobAccepted,
+                 summary="Forecast a long table of the data directory into Parquet",
+                 responses={**UNAUTHORIZED,
+                            422: {"model": Unprocessable,
+                                  "description": "the body or the table is invalid; named"},
+                            503: {"model": Problem,
+                                  "description": "no cluster, or an s3:// input unreachable"}})
+    def post_job(body: JobBody) -> Response:
+        try:
+            job = cluster_jobs().submit(body)
+        except DataNotFound:  # S3 unreachable: 503, try again
+            raise
+        except ConfigError as exc:  # a bad path, table or model: the caller's to fix
+            raise Invalid([{"loc": ["body"], "msg": str(exc), "type": "value_error"}]) from None
+        url = f"/v1/jobs/{job.id}"
+        return JSONResponse({"id": job.id, "status_url": url}, status_code=202,
+                            headers={"Location": url})
+
+    # one route for both methods: a 405's Allow header then names both (schemathesis checks)
+    @router.api_route("/v1/jobs/{job_id}", methods=["GET", "DELETE"], response_model=JobStatus,
+                      summary="GET: a job's progress and output; DELETE: cancel it (its queued "
+                      "work is revoked)",
+                      responses={**UNAUTHORIZED,
+                                 404: {"model": Problem,
+                                       "description": "no such job (or expired)"},
+                                 503: {"model": Problem,
+                                       "description": "no cluster, or its Redis unreachable"}})
+    def job(job_id: str, request: Request) -> dict[str, Any]:
+        running = cluster_jobs()  # any replica: the record is in the result backend
+        found = running.cancel(job_id) if request.method == "DELETE" else running.get(job_id)
+        if found is None:
+            raise _not_found(f"job {job_id!r}")
+        return found
+
+    return router
+
+
+def data_routes(service: ForecastService, authorized: Sequence[Depends]) -> APIRouter:
+    """``GET /v1/coins`` and ``GET /v1/models``."""
+    router = APIRouter(dependencies=authorized, tags=["data"])
+
+    @router.get("/v1/coins", response_model=Coins, summary="Coin ids of the data directory",
+                responses={**UNAUTHORIZED, 503: {"model": Problem, "description": "no data"}})
+    async def coins() -> dict[str, Any]:
+        return {"coins": service.coins.names()}
+
+    @router.get("/v1/models", response_model=Models, summary="Models, their queue and options",
+                responses=UNAUTHORIZED)
+    async def models() -> dict[str, Any]:
+        return {"models": model_infos()}
+
+    return router
+
+
+def operation_routes(runs: Runs, metrics: ApiMetrics) -> APIRouter:
+    """``GET /healthz`` and ``GET /metrics``, open to probes and scrapers."""
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/healthz", response_model=Health,
+                summary="Broker reachable and workers online (503 otherwise)",
+                responses={503: {"model": Health}})
+    async def healthz() -> Response:
+        state = await runs.health()
+        return JSONResponse(state, status_code=200 if state["status"] == "ok" else 503)
+
+    @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return router
