@@ -43,8 +43,10 @@ PRICES = [float(x) for x in range(1, 60)]
 class Cluster(LocalCluster):
     """A LocalCluster whose workers run ``celery -A APP_MODULE`` (crypto_ml by default)."""
 
-    def __init__(self, workers: int = 1, app_module: str = "crypto_ml") -> None:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}
+    def __init__(self, workers: int = 1, app_module: str = "crypto_ml",
+                 liveness: dict[str, str] | None = None) -> None:
+        env = {**os.environ, **(liveness or {}),
+               "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}
         super().__init__(workers=workers, env=env, appendonly=True)
         self.app_module = app_module
 
@@ -198,9 +200,11 @@ def join_mid_backlog(cluster: LocalCluster, app: Celery, first: str,
     return second
 
 
-def experiment(n: int, app_module: str = "crypto_ml", join_at: float = 0.3) -> dict[str, Any]:
-    """Run ``n`` messages through one worker; a second joins after ``join_at`` of them."""
-    with Cluster(workers=1, app_module=app_module) as cluster:
+def experiment(n: int, app_module: str = "crypto_ml", join_at: float = 0.3,
+               liveness: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``n`` messages through one worker; a second joins after ``join_at`` of them.
+    ``liveness``: heartbeat settings of the workers (none: the defaults)."""
+    with Cluster(workers=1, app_module=app_module, liveness=liveness) as cluster:
         first = cluster.worker_names[0]
         app = app_for(cluster)
         limit = {first: 1}

@@ -8,6 +8,7 @@ Real Redis, real workers; the experiment itself is tests/hoarding.py (run it by 
 from __future__ import annotations
 
 import pytest
+from fault_helpers import FAST_LIVENESS
 from hoarding import experiment
 
 pytestmark = pytest.mark.integration
@@ -15,7 +16,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.mark.slow
 def test_thousands_of_tasks_with_faults_never_hoarded_and_shared_with_a_new_worker() -> None:
-    report = experiment(2000)
+    # fast liveness (dead after 3 s): the orphan below comes back after 6 s, not 20
+    report = experiment(2000, liveness=FAST_LIVENESS)
+    dead_after = float(FAST_LIVENESS["CRYPTO_ML_DEAD_AFTER_SECONDS"])
     print(report)
     assert report["failed"] == report["messages"] // 50  # the bad-input ones, no others
     # at every sample (every few ms): each worker held at most its one pool process's task
@@ -23,8 +26,8 @@ def test_thousands_of_tasks_with_faults_never_hoarded_and_shared_with_a_new_work
     assert report["violations"] == [], report
     assert set(report["max_held"].values()) == {1}, report
     # a message held by nobody (a reject lost in the broker restart) was back within the
-    # sweeper's orphan bound (2 x 10 s dead-after, plus a sweep), not the visibility timeout
-    assert report["max_unheld_seconds"] < 2 * 10 + 5, report
+    # sweeper's orphan bound (2 x the dead-after time, plus a sweep), not the visibility timeout
+    assert report["max_unheld_seconds"] < 2 * dead_after + 5, report
     # no drift of the prefetch window, even after a killed pool process and rejections
     assert set(report["prefetch_count_at_end"].values()) == {1}, report
     assert report["remaining_at_join"] > 200, "the backlog was gone before the 2nd worker came"

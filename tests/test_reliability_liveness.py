@@ -125,23 +125,24 @@ def test_reserved_but_not_started_task_of_a_dead_worker_comes_back(tmp_path: Pat
 @pytest.mark.slow
 def test_task_longer_than_the_visibility_timeout_on_a_live_worker_runs_once(
         price_data: Path, tmp_path: Path) -> None:
-    # the old rule (timeout above the hard limit) scaled down: a 6 s visibility timeout, an LSTM
-    # whose pool process is held stopped mid-training for over twice that (so the task outlasts
-    # the timeout on any machine, however fast it trains), a second idle worker that would take
-    # a redelivery
-    limits = {**HOUR_LIMITS, **FAST_LIVENESS, "CRYPTO_ML_VISIBILITY_TIMEOUT": "6"}
+    # the old rule (timeout above the hard limit) scaled down: a 6 s visibility timeout (the
+    # least fast liveness allows), an LSTM whose pool process is held stopped mid-training for
+    # over twice that (so the task outlasts the timeout on any machine, however fast it
+    # trains), a second idle worker that would take a redelivery
+    timeout = 6
+    limits = {**HOUR_LIMITS, **FAST_LIVENESS, "CRYPTO_ML_VISIBILITY_TIMEOUT": str(timeout)}
     out = tmp_path / "run.json"
     with LocalCluster(workers=2, env={**os.environ, **limits}) as cluster:
         app = app_for(cluster)
-        cli = start_cli(*LSTM, "--epochs", "20", "--coins", "bitcoin", "--broker",
+        cli = start_cli(*LSTM, "--epochs", "10", "--coins", "bitcoin", "--broker",
                         cluster.broker_url, "--output", str(out), "--timeout", "300",
                         data_dir=price_data, env=cli_env(price_data, **limits))
         victim = wait_for_running(app, training=True, cli=cli)
-        hold_stopped(victim.pid, seconds=2 * 6 + 1)
+        hold_stopped(victim.pid, seconds=2 * timeout + 1)
         code, _, stderr = finish(cli, timeout=280)
         assert code == 0, stderr
         fit = json.loads(out.read_text())["results"]["bitcoin"]["lstm"]["fit_seconds"]
-        assert fit > 2 * 6, f"the task ({fit:.1f} s) was not longer than twice the timeout"
+        assert fit > 2 * timeout, f"the task ({fit:.1f} s) was not longer than twice the timeout"
         logs = worker_logs(cluster)
         assert logs.count(f"task {victim.task_id} done") == 1
         assert "delivery 2" not in logs and "stopped beating" not in logs
