@@ -14,6 +14,7 @@ from crypto_ml.core.settings import Settings, env_name
 #: Rows of the module docstring's table: ``VARIABLE``  default cell  meaning.
 ROW = re.compile(r"^``(CRYPTO_ML_[A-Z0-9_]+)``\s+(\S.*?)\s{2,}", re.MULTILINE)
 INT_FIELDS = [f.name for f in fields(Settings) if f.type == "int"]
+BOOL_FIELDS = [f.name for f in fields(Settings) if f.type == "bool"]
 
 
 def _documented() -> dict[str, str]:
@@ -64,3 +65,25 @@ def test_a_bad_whole_number_names_its_variable(name: str) -> None:
         Settings.from_env({variable: "ten"})
     with pytest.raises(ConfigError, match=f"^{variable}=-1 must be positive"):
         Settings.from_env({variable: "-1"})
+
+
+@pytest.mark.parametrize("name", BOOL_FIELDS)
+def test_a_switch_is_on_or_off_or_named_as_neither(name: str) -> None:
+    variable = env_name(name)
+    assert getattr(Settings.from_env({variable: "On"}), name) is True
+    assert getattr(Settings.from_env({variable: "no"}), name) is False
+    with pytest.raises(ConfigError, match=f"^{variable}='maybe' is neither on nor off"):
+        Settings.from_env({variable: "maybe"})
+
+
+@pytest.mark.parametrize(("env", "named"), [
+    ({"CRYPTO_ML_LOG_FORMAT": "xml"}, "CRYPTO_ML_LOG_FORMAT='xml'"),
+    ({"CRYPTO_ML_SERIALIZER": "pickle"}, "CRYPTO_ML_SERIALIZER='pickle'"),
+    ({"CRYPTO_ML_HARD_TIME_LIMIT": "100"}, "CRYPTO_ML_SOFT_TIME_LIMIT=300"),
+    ({"CRYPTO_ML_VISIBILITY_TIMEOUT": "15"}, "CRYPTO_ML_DEAD_AFTER_SECONDS=10"),
+    ({"CRYPTO_ML_DEAD_AFTER_SECONDS": "3"}, "CRYPTO_ML_HEARTBEAT_SECONDS"),
+])
+def test_settings_that_do_not_fit_together_name_the_variables(env: dict[str, str],
+                                                               named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        Settings.from_env(env)

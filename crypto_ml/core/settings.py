@@ -77,13 +77,14 @@ from crypto_ml.core.errors import ConfigError
 DEFAULT_DATA_DIR = Path("data/crypto")
 SERIALIZERS = ("json", "msgpack")
 TRUE = ("1", "true", "yes", "on")
+FALSE = ("0", "false", "no", "off")
 LOG_FORMATS = ("text", "json")
 #: Seconds the default visibility timeout leaves above the hard time limit.
 VISIBILITY_MARGIN = 60
 
 
 ENV_PREFIX = "CRYPTO_ML_"
-NO_CACHE = ("off", "none", "0", "false", "no")
+NO_CACHE = ("none", *FALSE)
 
 
 def env_name(field_name: str) -> str:
@@ -99,6 +100,12 @@ def _int(name: str, raw: str, minimum: int = 1) -> int:
     if value < minimum:
         raise ConfigError(f"{name}={value} must be {'positive' if minimum == 1 else f'at least {minimum}'}")
     return value
+
+
+def _bool(name: str, raw: str) -> bool:
+    if raw.lower() not in TRUE + FALSE:
+        raise ConfigError(f"{name}={raw!r} is neither on nor off; set it to 1 or 0")
+    return raw.lower() in TRUE
 
 
 def _cache_dir(raw: str) -> Path | None:
@@ -126,7 +133,7 @@ def _parse(name: str, kind: str, raw: str) -> object:
     if kind == "int":
         return _int(env_name(name), raw)
     if kind == "bool":
-        return raw.lower() in TRUE
+        return _bool(env_name(name), raw)
     if kind.startswith("Path"):
         return Path(raw)
     return raw
@@ -179,25 +186,25 @@ class Settings:
 
     def __post_init__(self) -> None:
         if self.log_format not in LOG_FORMATS:
-            raise ConfigError(
-                f"log format {self.log_format!r} is unknown; use one of {', '.join(LOG_FORMATS)}"
-            )
+            raise ConfigError(f"CRYPTO_ML_LOG_FORMAT={self.log_format!r} is unknown; use one of "
+                              f"{', '.join(LOG_FORMATS)}")
         if self.flower_basic_auth is not None and not _valid_auth(self.flower_basic_auth):
             raise ConfigError("CRYPTO_ML_FLOWER_BASIC_AUTH must be user:password[,user2:password2]"
                               " with neither part empty")
         if self.serializer not in SERIALIZERS:
-            raise ConfigError(
-                f"serializer {self.serializer!r} is not allowed; use one of {', '.join(SERIALIZERS)}"
-            )
+            raise ConfigError(f"CRYPTO_ML_SERIALIZER={self.serializer!r} is not allowed (only "
+                              f"formats that cannot run code); use one of {', '.join(SERIALIZERS)}")
         if self.hard_time_limit <= self.soft_time_limit:
-            raise ConfigError("the hard time limit must be above the soft time limit")
+            raise ConfigError(f"CRYPTO_ML_HARD_TIME_LIMIT={self.hard_time_limit} must be above "
+                              f"CRYPTO_ML_SOFT_TIME_LIMIT={self.soft_time_limit}")
         if self.dead_after_seconds < 2 * self.heartbeat_seconds:
             raise ConfigError("CRYPTO_ML_DEAD_AFTER_SECONDS must be at least twice "
                               "CRYPTO_ML_HEARTBEAT_SECONDS, or a live worker looks dead")
         if self.visibility_timeout < 2 * self.dead_after_seconds:
             raise ConfigError(
-                "the visibility timeout must be at least twice CRYPTO_ML_DEAD_AFTER_SECONDS, "
-                "or a live worker's tasks are delivered twice"
+                f"CRYPTO_ML_VISIBILITY_TIMEOUT={self.visibility_timeout} must be at least twice "
+                f"CRYPTO_ML_DEAD_AFTER_SECONDS={self.dead_after_seconds}, or a live worker's tasks "
+                "are delivered twice: raise the visibility timeout"
             )
 
     @property
