@@ -75,6 +75,8 @@ def crypto_ml(*args: str, cwd: Path = ROOT, data_dir: Path | None = None,
     (["backtest", "--origins", "x"], "argument --origins: invalid positive_int value"),
     (["cluster"], "the following arguments are required"),
     (["data", "download", "--top", "-3"], "must be at least 1"),
+    (["send-tasks", "--timeout", "-1"], "argument --timeout: must be a finite number of seconds"),
+    (["send-tasks", "--timeout", "nan"], "argument --timeout: must be a finite number of seconds"),
 ])
 def test_a_usage_error_is_one_line_and_exit_2(argv: list[str], says: str,
                                               capsys: pytest.CaptureFixture[str]) -> None:
@@ -82,6 +84,16 @@ def test_a_usage_error_is_one_line_and_exit_2(argv: list[str], says: str,
     assert code == 2 and out == ""
     assert len(lines(err)) == 1, err
     assert err.startswith("crypto-ml: error: ") and says in err and "usage:" not in err
+
+
+@pytest.mark.parametrize("coins", [",", ""])
+def test_coins_that_name_no_coin_are_refused_not_read_as_every_coin(
+        coins: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # `--coins "$COINS"` with an empty variable: an error before any cluster starts
+    assert main(["send-tasks", "--coins", coins]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and lines(err) == [
+        f"crypto-ml: error: --coins {coins!r} names no coin; leave --coins out for every coin"]
 
 
 def test_an_unknown_option_points_at_its_commands_help(

@@ -8,6 +8,7 @@ A command's arguments are read once, into its settings and a typed request, by
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 from pathlib import Path
 from typing import Protocol
@@ -32,6 +33,14 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type: a finite number of seconds above 0."""
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds above 0, got {text}")
     return value
 
 
@@ -60,7 +69,7 @@ def add_cluster_options(parser: argparse.ArgumentParser) -> None:
     """Where the work runs: broker, wait limit, data folder, embedded worker count."""
     parser.add_argument("--broker",
                         help="Redis URL (default: CRYPTO_ML_BROKER_URL, else embedded)")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+    parser.add_argument("--timeout", type=positive_seconds, default=DEFAULT_TIMEOUT,
                         help=f"seconds to wait for all results ({DEFAULT_TIMEOUT:.0f})")
     parser.add_argument("--data-dir", type=Path, help="price data folder (CRYPTO_ML_DATA_DIR)")
     parser.add_argument("--workers", type=positive_int,

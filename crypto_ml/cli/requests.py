@@ -169,8 +169,9 @@ def checked_coins(settings: Settings, spec: str | None, to_date: str | None = No
                   ) -> tuple[CryptoLoader, tuple[str, ...] | None]:
     """The data folder's loader and ``--coins`` as ids (None: every coin), failing (exit 2)
     on no data, an unknown coin, or coins none of whose files can be read."""
+    names = coin_list(spec)  # a --coins naming no coin is refused before the folder is read
     loader = CryptoLoader(settings.data_dir, to_date=to_date, cache_dir=settings.cache_dir)
-    coins = resolve_coins(spec, known_coins(loader), loader.data_dir)
+    coins = resolve_coins(names, known_coins(loader), loader.data_dir)
     check_readable(loader, coins)
     return loader, tuple(coins) if coins is not None else None
 
@@ -295,8 +296,14 @@ def resolve_coins(spec: str | Sequence[str] | None, known: Sequence[str],
 
 
 def coin_list(spec: str | None) -> list[str] | None:
-    """``--coins a,b`` as a list; None for every coin."""
-    return [c.strip() for c in spec.split(",") if c.strip()] if spec else None
+    """``--coins a,b`` as a list; None (no ``--coins``) for every coin. A ``--coins`` that
+    names none (``""``, ``,``: an empty shell variable, say) is an error, not every coin."""
+    if spec is None:
+        return None
+    names = [c.strip() for c in spec.split(",") if c.strip()]
+    if not names:
+        raise ConfigError(f"--coins {spec!r} names no coin; leave --coins out for every coin")
+    return names
 
 
 def check_writable(path: Path | None, option: str, make_folder: bool = False) -> None:
