@@ -40,12 +40,20 @@ from crypto_ml.worker.model_store import open_store
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 1 to 65535."""
+    value = positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port is at most 65535, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m crypto_ml.api",
                                      description="Serve forecasts over HTTP (docs at /docs).")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (127.0.0.1; others need CRYPTO_ML_API_KEYS)")
-    parser.add_argument("--port", type=positive_int, default=8000, help="(8000)")
+    parser.add_argument("--port", type=port_number, default=8000, help="(8000)")
     parser.add_argument("--in-process", action="store_true",
                         help="run the models in this process, no broker or workers (benchmarks)")
     add_cluster_options(parser)  # --broker, --timeout (task expiry), --data-dir, --workers
@@ -78,6 +86,11 @@ def runs_for(settings: Settings, in_process: bool, expires: float) -> Iterator[A
             runs.close()
 
 
+def cannot_listen(args: argparse.Namespace) -> ConfigError:
+    return ConfigError(f"could not listen on {args.host}:{args.port} (the port is in use, or "
+                       "the address is not one of this machine's)")
+
+
 def serve(args: argparse.Namespace) -> int:
     """Serve until Ctrl-C or SIGTERM, then stop the embedded cluster (if any)."""
     settings = settings_from(args)
@@ -93,13 +106,13 @@ def serve(args: argparse.Namespace) -> int:
             server.run()  # after a graceful stop uvicorn re-raises the signal it caught
         except SystemExit:  # uvicorn exits 1 when it cannot bind
             if not server.started:
-                raise ConfigError(f"could not listen on {args.host}:{args.port} (in use?)") from None
+                raise cannot_listen(args) from None
             raise
         finally:
             if server.started:
                 print("crypto-ml API stopped", flush=True)
         if not server.started:
-            raise ConfigError(f"could not listen on {args.host}:{args.port} (in use?)")
+            raise cannot_listen(args)
     return EXIT_OK
 
 
