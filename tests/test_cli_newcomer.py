@@ -323,6 +323,24 @@ def test_a_window_below_what_the_models_need_is_refused(argv: list[str], need: s
     assert "\n" not in message
 
 
+@pytest.mark.parametrize(("argv", "says"), [
+    (["send-tasks", "--model", "naive,lstm", "--epochs", "5000"],
+     "--model lstm: epochs must be an integer from 1 to 1000, got 5000"),
+    (["backtest", "--model", "gru", "--param", "epochs=0"],
+     "--model gru: epochs must be an integer from 1 to 1000, got 0"),
+    (["backtest", "--model", "lstm,linear", "--param", "epoch=3"],
+     "--param epoch: none of lstm, linear takes it; they take epochs, seed, window"),
+    (["backtest", "--model", "linear", "--param", "members=1"],
+     "--param members: none of linear takes it; they take no option"),
+])
+def test_a_model_option_out_of_range_or_taken_by_no_model_is_refused_before_any_run(
+        argv: list[str], says: str, price_data: Path) -> None:
+    args = parsed([*argv, "--data-dir", str(price_data)])
+    with pytest.raises(ConfigError) as error:
+        (send_request if argv[0] == "send-tasks" else backtest_request)(args)
+    assert str(error.value) == says
+
+
 def test_enough_points_or_all_are_accepted(price_data: Path) -> None:
     for argv in (["--max-points", "20"], ["--max-points", "all"], ["--max-points", "5",
                                                                    "--levels", "none"]):

@@ -90,7 +90,7 @@ def add_parser(sub: Any) -> None:
     bt.add_argument("--seed", type=int, help=f"seed of the deep models ({default.seed})")
     bt.add_argument("--param", action="append", type=_option, default=[], metavar="NAME=INT",
                     help="another model option, e.g. members=1 (repeatable; models that do "
-                    "not take it ignore it)")
+                    "not take it ignore it; one that no model given takes is an error)")
     bt.add_argument("--out", type=Path,
                     help="folder for backtest.json, backtest.csv and backtest.png")
     add_cluster_options(bt)

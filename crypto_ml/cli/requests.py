@@ -25,7 +25,7 @@ from crypto_ml.core.errors import ConfigError, DataNotFound, InvalidTaskInput, U
 from crypto_ml.core.settings import Settings
 from crypto_ml.data.loader import HOW_TO_GET_DATA, CryptoLoader
 from crypto_ml.data.names import coin_id
-from crypto_ml.models import get_model, parse_models
+from crypto_ml.models import PARAMS, get_model, parse_models
 from crypto_ml.models.intervals import MIN_CALIBRATION_TRAIN
 
 
@@ -137,6 +137,7 @@ def send_request(args: argparse.Namespace) -> SendRequest:
     forecasts = Forecasts(tuple(checked_models(args.model, (BEST,))) if args.model != BEST
                           else (), args.horizon, args.max_points, tuple(args.levels),
                           args.epochs, args.timeout)
+    check_model_options(forecasts.models, {} if args.epochs is None else {"epochs": args.epochs})
     table = table_of(args)
     common = {"settings": settings, "stderr": stderr_of(args, settings), "output": args.output}
     if table is not None:
@@ -185,6 +186,9 @@ def backtest_request(args: argparse.Namespace) -> BacktestRequest:
     settings = settings_from(args)
     models = tuple(checked_models(args.model))
     options = dict(args.param)
+    check_param_names(models, options)
+    check_model_options(models, {**options, **({} if args.epochs is None
+                                               else {"epochs": args.epochs})})
     windows: tuple[int | None, ...] = tuple(args.max_points or [None])
     check_max_points(windows, models, options)
     given = {"horizon": args.horizon, "origins": args.origins, "stride": args.stride,
@@ -213,6 +217,25 @@ def checked_models(spec: str, also: Sequence[str] = ()) -> list[str]:
         if not also:
             raise
         raise UnknownModel(f"{exc}, or {', or '.join(also)}") from None
+
+
+def check_param_names(models: Sequence[str], options: Mapping[str, object]) -> None:
+    """A ConfigError for a ``--param`` that none of ``models`` takes (a typo, most likely)."""
+    taken = sorted({name for model in models for name in PARAMS[model]})
+    for name in options:
+        if name not in taken:
+            they_take = f"they take {', '.join(taken)}" if taken else "they take no option"
+            raise ConfigError(f"--param {name}: none of {', '.join(models)} takes it; {they_take}")
+
+
+def check_model_options(models: Sequence[str], params: Mapping[str, object]) -> None:
+    """A ConfigError, before any cluster starts, when an option is outside the range a model
+    takes (``--epochs 100000``): each model is built once with the options it takes."""
+    for name in models:
+        try:
+            get_model(name, **params)
+        except InvalidTaskInput as exc:
+            raise ConfigError(f"--model {name}: {exc}") from None
 
 
 def fewest_points(models: Sequence[str], params: Mapping[str, object] | None = None,
