@@ -6,6 +6,7 @@ import csv
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from conftest import FIXTURES, run_cli
 
 from crypto_ml.backtest.engine import BacktestConfig, BacktestResult, origins_for, run_backtest
 from crypto_ml.backtest.metrics import naive_scale, scores
+from crypto_ml.core.errors import ConfigError
 from crypto_ml.core.settings import Settings
 from crypto_ml.data.loader import CryptoLoader
 from crypto_ml.dispatch.manager import CryptoManager
@@ -146,6 +148,18 @@ def test_cli_backtest_compares_windows(cluster: object, tmp_path: Path) -> None:
 
 
 @pytest.mark.integration  # runs a command in a subprocess
+def test_a_backtest_no_coin_is_long_enough_for_is_an_error_before_any_task() -> None:
+    # Walk has 8 closes, Stub 3: a 7-day horizon at 2 origins after 4 closes needs 12
+    too_long = BacktestConfig(models=("naive",), horizon=7, origins=2, min_train=4)
+    manager = SimpleNamespace(loader=CryptoLoader(DATA))  # nothing else is reached
+    with pytest.raises(ConfigError) as error:
+        run_backtest(manager, too_long)  # type: ignore[arg-type]
+    message = str(error.value)
+    assert message.startswith("no coin can be backtested: ")
+    assert "walk: 8 closes, fewer than the 12 this backtest needs" in message
+    assert "stub: 3 closes" in message and "lower --horizon" in message
+
+
 def test_cli_rejects_a_bad_until_date_and_unknown_model(tmp_path: Path) -> None:
     bad = run_cli("backtest", "--until", "yesterday", data_dir=DATA)
     assert bad.returncode == 2 and "expected a date like" in bad.stderr

@@ -93,7 +93,8 @@ def forecast_best(manager: CryptoManager, coins: Sequence[str] | None, horizon: 
             config = BacktestConfig(models=tuple(parse_models(candidates)), horizon=horizon,
                                     origins=BEST_ORIGINS, stride=horizon, epochs=epochs,
                                     timeout=timeout, max_points=max_points)
-            saved = run_backtest(manager, config, coins, err=manager.err)
+            saved = run_backtest(manager, config, coins, err=manager.err,
+                                 none_long_enough_ok=True)  # naive then
         elif saved.config.horizon != horizon:
             print(f"note: the backtest scored horizon {saved.config.horizon}, "
                   f"forecasting horizon {horizon}", file=manager.err)

@@ -34,7 +34,7 @@ from crypto_ml.backtest.metrics import (
     relative_mae,
     scores,
 )
-from crypto_ml.core.errors import CryptoMLError
+from crypto_ml.core.errors import ConfigError, CryptoMLError
 from crypto_ml.core.progress import ProgressBar
 from crypto_ml.data.loader import CryptoLoader
 from crypto_ml.dispatch.manager import DEFAULT_TIMEOUT, CryptoManager
@@ -280,13 +280,26 @@ def score(series: Sequence[CoinSeries], config: BacktestConfig,
     return result
 
 
+def nothing_to_backtest(skipped: dict[str, str]) -> ConfigError:
+    """The error of a backtest that no coin is long enough (or readable) for."""
+    named = "; ".join(f"{coin}: {why}" for coin, why in list(skipped.items())[:3])
+    more = f" (and {len(skipped) - 3} more)" if len(skipped) > 3 else ""
+    return ConfigError(f"no coin can be backtested: {named}{more}; lower --horizon, --origins, "
+                       "--stride or --min-train, or give longer series")
+
+
 def run_backtest(manager: CryptoManager, config: BacktestConfig,
-                 coins: Sequence[str] | None = None, err: TextIO | None = None) -> BacktestResult:
-    """Backtest ``config.models`` on ``coins`` (default: all) over the manager's cluster."""
+                 coins: Sequence[str] | None = None, err: TextIO | None = None,
+                 none_long_enough_ok: bool = False) -> BacktestResult:
+    """Backtest ``config.models`` on ``coins`` (default: all) over the manager's cluster; a
+    ConfigError when no coin is long enough, unless ``none_long_enough_ok`` (``--model best``
+    then falls back to naive)."""
     config = BacktestConfig(**{**config.__dict__, "models": tuple(parse_models(config.models))})
     err = err or sys.stderr
     started = time.perf_counter()
     series, skipped = load_series(manager.loader, coins, config)
+    if not series and not none_long_enough_ok:
+        raise nothing_to_backtest(skipped)
     total = len(series) * len(config.models) * config.origins
     print(f"backtest: {len(series)} coin(s) x {len(config.models)} model(s) x "
           f"{config.origins} origin(s), horizon {config.horizon}: {total} forecast tasks"
