@@ -17,12 +17,14 @@ import pytest
 from table_support import random_walks, write_parquet
 
 import crypto_ml.data.table as table_module
-from crypto_ml.core.errors import InvalidTable, InvalidTaskInput, OutputMismatch
+from crypto_ml.core.errors import CryptoMLError, InvalidTable, InvalidTaskInput, OutputMismatch
+from crypto_ml.core.settings import Settings
 from crypto_ml.data.ahead import read_ahead
 from crypto_ml.data.table import Columns, TableSource
 from crypto_ml.data.table_checks import id_order, same_as_next
+from crypto_ml.dispatch.frames import forecast_frame
 from crypto_ml.dispatch.table_output import TableOutput, check_output
-from crypto_ml.dispatch.table_run import TablePlan, chunk_table, future_times
+from crypto_ml.dispatch.table_run import TablePlan, TableSummary, chunk_table, future_times
 from crypto_ml.models import REGISTRY, get_model
 from crypto_ml.models.batch import predict_batch, vectorised
 from crypto_ml.ops.processes import wait_until
@@ -342,3 +344,29 @@ def test_picked_series_and_a_table_that_changed_after_its_check(tmp_path: Path) 
     write_parquet(frame.iloc[:-3], path)  # rewritten between the check and the run
     with pytest.raises(InvalidTable, match="holds fewer rows than when it was checked"):
         list(source.chunks(2))
+
+
+@pytest.mark.parametrize(("given", "raised", "says"), [
+    ({"horizon": 0}, InvalidTaskInput, "horizon must be a positive integer, got 0"),
+    ({"df": [1, 2]}, CryptoMLError, "expected a long-format pandas DataFrame or a table's path"),
+    ({"df": "empty"}, InvalidTable, "the frame: the table is empty"),
+    ({"df": "no-y"}, CryptoMLError, "the frame has no column 'y'"),
+])
+def test_forecast_refuses_a_bad_call_before_any_cluster_starts(
+        given: dict[str, object], raised: type[Exception], says: str) -> None:
+    frame = pd.DataFrame({"unique_id": ["a"] * 30, "ds": range(30), "y": np.arange(1.0, 31.0)})
+    frames = {"empty": frame.iloc[:0], "no-y": frame.drop(columns="y")}
+    df = given.get("df", frame)
+    options = {k: v for k, v in given.items() if k != "df"}
+    settings = Settings(broker_url="redis://127.0.0.1:1/0")  # nothing listens: never reached
+    with pytest.raises(raised) as error:
+        forecast_frame(frames.get(df, df) if isinstance(df, str) else df, settings,
+                       **options)  # type: ignore[arg-type]
+    assert says in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_chunk_refused_as_invalid_is_not_worth_running_again() -> None:
+    invalid = "InvalidTaskInput: invalid table chunk: 'horizon' must be an integer between 1 and 365"
+    assert not TableSummary(2, chunks_failed={0: invalid}).retry_helps()
+    assert TableSummary(2, chunks_failed={0: invalid, 1: "no result within 60 s"}).retry_helps()
+    assert TableSummary(2, chunks_failed={0: "WorkerLostError: the pool process died"}).retry_helps()

@@ -111,7 +111,9 @@ def say_summary(summary: TableSummary, out: Path) -> None:
                  f"in {seconds:.1f} s ({rate:.0f} series/s, reading and writing included)")
     if summary.chunks_failed:
         first = next(iter(summary.chunks_failed.values()))
+        advice = ("run the same command again to retry them" if summary.retry_helps()
+                  else "fix the command: run again as it is, it fails the same way")
         console.warning(f"failed: {len(summary.chunks_failed)} chunk(s) did not come back "
-                        f"({first}); run the same command again to retry them")
+                        f"({first}); {advice}")
         return
     console.info(f"wrote {out} and {failures_path(out)} ({summary.failures} failed forecast(s))")

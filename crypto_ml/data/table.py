@@ -118,6 +118,8 @@ class TableSource:
                  only: Sequence[str] | None = None) -> None:
         self.columns = columns
         self.path = path if isinstance(path, pa.Table) else Path(path)
+        #: How errors name the table: ``--input PATH``, or "the frame" (crypto_ml.forecast)
+        self.label = "the frame" if isinstance(path, pa.Table) else f"--input {self.path}"
         self.only = list(only) if only else None
         self.dataset = (ds.dataset(path) if isinstance(path, pa.Table)
                         else _dataset(Path(path), columns))
@@ -135,14 +137,14 @@ class TableSource:
         missing = [n for n in (c.id, c.time, c.value) if n not in self.dataset.schema.names]
         if missing:
             raise InvalidTable(
-                f"--input {self.path}: no column {', '.join(map(repr, missing))} (it has "
+                f"{self.label}: no column {', '.join(map(repr, missing))} (it has "
                 f"{', '.join(self.dataset.schema.names)}); name yours with --id-col, "
                 "--time-col and --value-col")
         try:
             names = [c.id] if ids or self.only else []
             yield from read_ahead(self._scan([*names, c.time, *([c.value] if values else [])]))
         except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
-            raise InvalidTable(f"--input {self.path}: cannot read the table ({exc})") from None
+            raise InvalidTable(f"{self.label}: cannot read the table ({exc})") from None
 
     def _readers(self) -> list[pq.ParquetFile]:
         """One reader a file when the table is Parquet files (else none)."""
@@ -196,7 +198,7 @@ class TableSource:
         unsorted table is sorted and read again (duplicates then sit side by side)."""
         info, layout = self._walk()
         if not info.rows:
-            raise InvalidTable(f"--input {self.path}: the table is empty"
+            raise InvalidTable(f"{self.label}: the table is empty"
                                + (" for --coins" if self.only else ""))
         if not info.presorted:
             self._sort()
@@ -247,7 +249,7 @@ class TableSource:
             self.check()
         assert self._layout is not None  # check() sets it
         layout = self._layout
-        rows = _Rows(self._columns(), self.path)
+        rows = _Rows(self._columns(), self.label)
         for index, first in enumerate(range(0, len(layout.lengths), size)):
             lengths = layout.lengths[first : first + size]
             times, values = rows.take(int(lengths.sum()))
@@ -280,8 +282,8 @@ class _Layout:
 class _Rows:
     """The table's times and values, taken a given number of rows at a time."""
 
-    def __init__(self, batches: Iterator[tuple[np.ndarray, np.ndarray]], path: object) -> None:
-        self.batches, self.path = batches, path
+    def __init__(self, batches: Iterator[tuple[np.ndarray, np.ndarray]], label: str) -> None:
+        self.batches, self.label = batches, label
         self.times = self.values = np.empty(0)
         self.at = 0  # rows of the current batch already taken
 
@@ -310,7 +312,7 @@ class _Rows:
             raise self._changed("more")
 
     def _changed(self, what: str) -> InvalidTable:
-        return InvalidTable(f"--input {self.path}: the table holds {what} rows than when it was "
+        return InvalidTable(f"{self.label}: the table holds {what} rows than when it was "
                             "checked; it changed during the run: run again once it is written")
 
 

@@ -24,7 +24,7 @@ from crypto_ml.data.table import Columns, TableSource
 from crypto_ml.dispatch.manager import CryptoManager
 from crypto_ml.dispatch.table_output import TableOutput, failures_path
 from crypto_ml.dispatch.table_run import TablePlan
-from crypto_ml.models import DEFAULT_HORIZON, DEFAULT_MODEL, parse_models
+from crypto_ml.models import DEFAULT_HORIZON, DEFAULT_MODEL, check_horizon, parse_models
 from crypto_ml.models.intervals import DEFAULT_LEVELS, check_levels
 
 
@@ -35,6 +35,10 @@ def forecast_frame(df: pd.DataFrame | str | Path, settings: Settings,
                    err: TextIO | None = None, **options: Any) -> pd.DataFrame:
     """Forecast every series of ``df``: ``unique_id, ds, <model>, <model>-lo-<level>, ...``."""
     columns = Columns(id_col, time_col, target_col)
+    check_horizon(horizon)
+    if not isinstance(df, pd.DataFrame | str | Path):
+        raise CryptoMLError(f"expected a long-format pandas DataFrame or a table's path, got "
+                            f"{type(df).__name__}")
     if isinstance(df, pd.DataFrame):
         missing = [c for c in (id_col, time_col, target_col) if c not in df.columns]
         if missing:
@@ -54,8 +58,9 @@ def forecast_frame(df: pd.DataFrame | str | Path, settings: Settings,
         summary = manager.run_table(source, TableOutput(out, plan.describe(source)), plan)
         if summary.chunks_failed:
             first = next(iter(summary.chunks_failed.values()))
+            advice = "call again" if summary.retry_helps() else "fix the call"
             raise CryptoMLError(f"{len(summary.chunks_failed)} chunk(s) of series did not come "
-                                f"back ({first}); call again")
+                                f"back ({first}); {advice}")
         result = pd.read_parquet(out)
         result.attrs["failures"] = pd.read_parquet(failures_path(out)).to_dict("records")
     return result

@@ -22,6 +22,7 @@ import pandas as pd
 import pyarrow as pa
 from celery import Celery, states
 
+from crypto_ml.core.errors import InvalidTaskInput
 from crypto_ml.data.table import TIME_KINDS, SeriesChunk, TableSource, time_array
 from crypto_ml.dispatch.engine import Dispatcher, Outcome, no_result
 from crypto_ml.dispatch.planning import Message
@@ -94,6 +95,12 @@ class TableSummary:
     failures: int = 0  # (series, model) pairs in the failures table
     chunks_failed: dict[int, str] = field(default_factory=dict)
     already_complete: bool = False
+
+    def retry_helps(self) -> bool:
+        """Whether running again may bring the failed chunks back: not when each was refused
+        as invalid (a horizon above the workers' cap, say), which fails the same way again."""
+        return not all(reason.startswith(InvalidTaskInput.__name__)
+                       for reason in self.chunks_failed.values())
 
 
 def future_times(kind: str, last: np.ndarray, step: np.ndarray, h: int) -> np.ndarray:
