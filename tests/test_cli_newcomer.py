@@ -332,8 +332,14 @@ def test_a_window_below_what_the_models_need_is_refused(argv: list[str], need: s
      "--param epoch: none of lstm, linear takes it; they take epochs, seed, window"),
     (["backtest", "--model", "linear", "--param", "members=1"],
      "--param members: none of linear takes it; they take no option"),
+    (["send-tasks", "--horizon", "400"], "--horizon must be at most 365 (CRYPTO_ML_MAX_HORIZON), "
+                                         "got 400; set CRYPTO_ML_MAX_HORIZON here and on the "
+                                         "workers for more"),
+    (["backtest", "--horizon", "366"], "--horizon must be at most 365 (CRYPTO_ML_MAX_HORIZON), "
+                                       "got 366; set CRYPTO_ML_MAX_HORIZON here and on the "
+                                       "workers for more"),
 ])
-def test_a_model_option_out_of_range_or_taken_by_no_model_is_refused_before_any_run(
+def test_an_option_the_workers_would_refuse_is_refused_before_any_run(
         argv: list[str], says: str, price_data: Path) -> None:
     args = parsed([*argv, "--data-dir", str(price_data)])
     with pytest.raises(ConfigError) as error:

@@ -153,9 +153,8 @@ class Jobs:
     def submit(self, body: JobBody) -> Job:
         """Check the body and the table (ConfigError naming what is wrong), start the run."""
         models = parse_models(body.model)
-        if body.horizon > self.settings.max_horizon:
-            raise ConfigError(f"horizon must be at most {self.settings.max_horizon} "
-                              f"(CRYPTO_ML_MAX_HORIZON), got {body.horizon}")
+        if (why := self.settings.horizon_problem(body.horizon)) is not None:
+            raise ConfigError(f"horizon {why}")
         job_id = uuid.uuid4().hex
         folder = self.settings.api_jobs_dir
         copy = folder / "inputs" / job_id  # an s3:// input's local copy, deleted at the end

@@ -120,9 +120,8 @@ class ForecastService:
         """One request per (series, model), or Invalid naming every problem found."""
         errors: list[dict[str, Any]] = []
         models = self._models(body, errors)
-        if body.horizon > self.settings.max_horizon:
-            errors.append(problem(["horizon"], f"must be at most {self.settings.max_horizon} "
-                                  f"(CRYPTO_ML_MAX_HORIZON), got {body.horizon}"))
+        if (why := self.settings.horizon_problem(body.horizon)) is not None:
+            errors.append(problem(["horizon"], why))
         series = self._series(body, errors)
         if errors:
             raise Invalid(errors)

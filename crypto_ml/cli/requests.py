@@ -138,6 +138,7 @@ def send_request(args: argparse.Namespace) -> SendRequest:
                           else (), args.horizon, args.max_points, tuple(args.levels),
                           args.epochs, args.timeout)
     check_model_options(forecasts.models, {} if args.epochs is None else {"epochs": args.epochs})
+    check_horizon(settings, args.horizon)
     table = table_of(args)
     common = {"settings": settings, "stderr": stderr_of(args, settings), "output": args.output}
     if table is not None:
@@ -186,6 +187,7 @@ def backtest_request(args: argparse.Namespace) -> BacktestRequest:
     settings = settings_from(args)
     models = tuple(checked_models(args.model))
     options = dict(args.param)
+    check_horizon(settings, args.horizon)
     check_param_names(models, options)
     check_model_options(models, {**options, **({} if args.epochs is None
                                                else {"epochs": args.epochs})})
@@ -217,6 +219,13 @@ def checked_models(spec: str, also: Sequence[str] = ()) -> list[str]:
         if not also:
             raise
         raise UnknownModel(f"{exc}, or {', or '.join(also)}") from None
+
+
+def check_horizon(settings: Settings, horizon: int | None) -> None:
+    """A ConfigError when ``--horizon`` is above what the workers accept."""
+    if horizon is not None and (why := settings.horizon_problem(horizon)) is not None:
+        raise ConfigError(f"--horizon {why}; set CRYPTO_ML_MAX_HORIZON here and on the workers "
+                          "for more")
 
 
 def check_param_names(models: Sequence[str], options: Mapping[str, object]) -> None:

@@ -212,6 +212,13 @@ class Settings:
         """The result backend: explicit, else the broker."""
         return self.result_backend or self.broker_url
 
+    def horizon_problem(self, horizon: int) -> str | None:
+        """Why ``horizon`` is more than the workers accept (said the same by every entry
+        point, each naming its own option), or None."""
+        if horizon > self.max_horizon:
+            return f"must be at most {self.max_horizon} (CRYPTO_ML_MAX_HORIZON), got {horizon}"
+        return None
+
     def with_broker(self, url: str | None) -> Settings:
         """A copy pointing at another broker (and its default result backend)."""
         if url is None:
