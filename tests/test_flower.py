@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from conftest import CHROMIUM, ROOT, browse, on_a_terminal, run_cli, shown_lines
 
@@ -228,12 +229,13 @@ def test_running_count_reads_started_tasks_from_the_real_backend(stack: Stack) -
 
 
 def test_flower_launcher_watches_a_configured_broker(stack: Stack, tmp_path: Path) -> None:
+    # --broker, as every other command takes it (compose and k8s set CRYPTO_ML_BROKER_URL)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CRYPTO_ML_", "FLOWER_"))}
-    env.update(CRYPTO_ML_BROKER_URL=stack.broker_url, CRYPTO_ML_FLOWER_PORT=str(port),
-               CRYPTO_ML_FLOWER_ADDRESS="0.0.0.0", CRYPTO_ML_FLOWER_BASIC_AUTH="ops2:pw2")
-    proc = spawn([sys.executable, "-m", "crypto_ml", "flower"], tmp_path / "flower.log", env=env,
-                 cwd=ROOT)
+    env.update(CRYPTO_ML_FLOWER_PORT=str(port), CRYPTO_ML_FLOWER_ADDRESS="0.0.0.0",
+               CRYPTO_ML_FLOWER_BASIC_AUTH="ops2:pw2")
+    proc = spawn([sys.executable, "-m", "crypto_ml", "flower", "--broker", stack.broker_url],
+                 tmp_path / "flower.log", env=env, cwd=ROOT)
     try:
         url = f"http://127.0.0.1:{port}"
 
@@ -247,7 +249,8 @@ def test_flower_launcher_watches_a_configured_broker(stack: Stack, tmp_path: Pat
         wait_until(lists_workers, 60, "python -m crypto_ml flower listing the workers",
                    lambda: (tmp_path / "flower.log").read_text() if proc.poll() else None)
         assert get(url + "/api/workers", auth=None)[0] == 401
-        assert "ops2:pw2" not in " ".join(proc.args)  # the password is not visible in `ps`
+        shown = " ".join(psutil.Process(proc.pid).cmdline())  # Flower, after the exec
+        assert "ops2:pw2" not in shown and "--broker" not in shown  # no password in `ps`
     finally:
         terminate(proc)
 
@@ -363,3 +366,15 @@ def test_sigterm_stops_the_cluster_and_flower(tmp_path: Path) -> None:
         get(stack.flower_url + "/healthcheck", auth=None)
     with pytest.raises(redis.ConnectionError):
         redis.Redis.from_url(stack.broker_url, socket_connect_timeout=1).ping()
+
+
+def test_the_launcher_takes_broker_out_of_flowers_own_options() -> None:
+    from crypto_ml.cli.flower import take_broker
+    from crypto_ml.core.errors import ConfigError
+
+    assert take_broker(["--broker", "redis://a/0", "--max-tasks=10"]) == (
+        "redis://a/0", ["--max-tasks=10"])
+    assert take_broker(["--broker=redis://a/0", "--broker=redis://b/0"]) == ("redis://b/0", [])
+    assert take_broker(["--purge-offline-workers=60"]) == (None, ["--purge-offline-workers=60"])
+    with pytest.raises(ConfigError, match="--broker needs a Redis URL"):
+        take_broker(["--broker"])

@@ -23,6 +23,7 @@ port, address and login come from CRYPTO_ML_FLOWER_PORT (5555), CRYPTO_ML_FLOWER
 
 examples:
   CRYPTO_ML_BROKER_URL=redis://flower:PASSWORD@HOST:6379/0 crypto-ml flower
+  crypto-ml flower --broker redis://flower:PASSWORD@HOST:6379/0
   crypto-ml flower --max-tasks=10000 --purge-offline-workers=60
 
 exit codes: 0 stopped (Ctrl-C, SIGTERM); 2 no broker, or its user or password is wrong.
@@ -48,14 +49,32 @@ def flower_main(args: argparse.Namespace) -> int:
         print(args.usage(), end="", flush=True)
         print(flower_options(), flush=True)
         return EXIT_OK
-    settings = Settings.from_env()
+    broker, extra = take_broker(args.extra)
+    settings = Settings.from_env().with_broker(broker)
     if not settings.broker_url:
-        raise ConfigError("set CRYPTO_ML_BROKER_URL to the broker Flower should watch")
+        raise ConfigError("set CRYPTO_ML_BROKER_URL (or --broker) to the broker Flower should "
+                          "watch")
     env = flower_env(settings, os.environ)
     check_credentials(settings.broker_url)  # wrong user or password: say so and stop
-    cmd = [*flower_command(settings), *args.extra]
+    cmd = [*flower_command(settings), *extra]
     os.execve(cmd[0], cmd, env)
     return 0  # pragma: no cover - execve does not return
+
+
+def take_broker(extra: list[str]) -> tuple[str | None, list[str]]:
+    """``--broker URL`` (or ``--broker=URL``), as every other command takes it, out of the
+    options passed through to Flower; the last one given wins."""
+    broker, rest, words = None, [], iter(extra)
+    for word in words:
+        if word == "--broker":
+            broker = next(words, None)
+            if broker is None:
+                raise ConfigError("--broker needs a Redis URL")
+        elif word.startswith("--broker="):
+            broker = word.split("=", 1)[1]
+        else:
+            rest.append(word)
+    return broker, rest
 
 
 def flower_options() -> str:
