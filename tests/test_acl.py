@@ -26,7 +26,7 @@ from kombu.exceptions import OperationalError
 from crypto_ml.core import acl
 from crypto_ml.core.settings import Settings
 from crypto_ml.dispatch.cluster import LocalCluster, redis_version
-from crypto_ml.ops.processes import spawn, terminate, wait_until
+from crypto_ml.ops.processes import free_port, spawn, terminate, wait_until
 from crypto_ml.worker.app import create_app
 from crypto_ml.worker.requests import TASK_NAME
 
@@ -283,7 +283,8 @@ def test_a_wrong_password_stops_each_process_at_once_without_printing_it(
     commands = {  # name: (role, command)
         "worker": ("worker", [sys.executable, "-m", "celery", "-A", "crypto_ml", "worker",
                               "--concurrency", "1", "--without-mingle", "--without-gossip"]),
-        "exporter": ("exporter", [sys.executable, "-m", "crypto_ml", "queue-depth", "--port", "0"]),
+        "exporter": ("exporter", [sys.executable, "-m", "crypto_ml", "queue-depth", "--port",
+                                  str(free_port())]),
         "flower": ("flower", [sys.executable, "-m", "crypto_ml", "flower", "--port=0"]),
         "manager job": ("manager", [sys.executable, "manager/job.py", "--broker-wait", "300",
                                     "send-tasks", "--coins", "bitcoin"]),  # no 300 s wait

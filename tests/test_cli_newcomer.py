@@ -77,6 +77,7 @@ def crypto_ml(*args: str, cwd: Path = ROOT, data_dir: Path | None = None,
     (["data", "download", "--top", "-3"], "must be at least 1"),
     (["send-tasks", "--timeout", "-1"], "argument --timeout: must be a finite number of seconds"),
     (["send-tasks", "--timeout", "nan"], "argument --timeout: must be a finite number of seconds"),
+    (["queue-depth", "--port", "70000"], "argument --port: a TCP port is at most 65535"),
 ])
 def test_a_usage_error_is_one_line_and_exit_2(argv: list[str], says: str,
                                               capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,10 +5,13 @@ consumers use."""
 from __future__ import annotations
 
 import json
+import os
+import sys
 import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +20,7 @@ from kombu import Consumer
 
 from crypto_ml.core.settings import Settings
 from crypto_ml.dispatch.cluster import LocalCluster
+from crypto_ml.ops.processes import free_port, spawn, terminate, wait_until
 from crypto_ml.ops.queue_depth import make_server, queue_depths, queue_keys
 from crypto_ml.worker.app import create_app
 from crypto_ml.worker.requests import TASK_NAME
@@ -97,3 +101,25 @@ def test_http_endpoint_serves_depths_and_reports_a_lost_broker(broker: LocalClus
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_command_watches_the_broker_given_with_broker(broker: LocalCluster,
+                                                          tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTO_ML_")}
+    proc = spawn([sys.executable, "-m", "crypto_ml", "queue-depth", "--broker", broker.broker_url,
+                  "--host", "127.0.0.1", "--port", str(port)], tmp_path / "exporter.log",
+                 env=env)
+    try:
+        send(create_app(Settings().with_broker(broker.broker_url)), "linear")
+
+        def answers() -> bool:
+            try:
+                return get(f"http://127.0.0.1:{port}/")[1]["cpu"]["ready"] == 1
+            except OSError:
+                return False
+
+        wait_until(answers, 30, "queue-depth --broker answering",
+                   lambda: (tmp_path / "exporter.log").read_text() if proc.poll() else None)
+    finally:
+        terminate(proc)

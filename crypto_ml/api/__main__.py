@@ -27,7 +27,7 @@ from crypto_ml.cli.options import (
     EXIT_OK,
     add_cluster_options,
     add_log_options,
-    positive_int,
+    port_number,
 )
 from crypto_ml.cli.requests import settings_from
 from crypto_ml.core.errors import ConfigError
@@ -38,14 +38,6 @@ from crypto_ml.worker.app import create_app as celery_app
 from crypto_ml.worker.model_store import open_store
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-def port_number(text: str) -> int:
-    """argparse type: a TCP port, 1 to 65535."""
-    value = positive_int(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"a TCP port is at most 65535, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -44,6 +44,14 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 1 to 65535."""
+    value = positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port is at most 65535, got {value}")
+    return value
+
+
 def max_points(text: str) -> int:
     """argparse type of ``--max-points``: a positive N, or ``all`` (0 here) for the whole
     history; whether N is enough for the models is

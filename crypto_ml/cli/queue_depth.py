@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from crypto_ml.cli.helptext import help_texts
-from crypto_ml.cli.options import EXIT_OK, add_log_options
+from crypto_ml.cli.options import EXIT_OK, add_log_options, port_number
 from crypto_ml.core.acl import check_credentials
 from crypto_ml.core.errors import ConfigError
 from crypto_ml.core.sentinel import redis_client
@@ -19,7 +19,8 @@ def add_parser(sub: Any) -> None:
     """``queue-depth`` and its options."""
     qd = sub.add_parser("queue-depth", help="serve per-queue depth (waiting + reserved tasks) "
                         "of the broker as JSON, for autoscalers", **help_texts("queue-depth"))
-    qd.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"({DEFAULT_PORT})")
+    qd.add_argument("--port", type=port_number, default=DEFAULT_PORT, help=f"({DEFAULT_PORT})")
+    qd.add_argument("--broker", help="Redis URL to watch (default: CRYPTO_ML_BROKER_URL)")
     qd.add_argument("--host", default="0.0.0.0", help="address to listen on (0.0.0.0)")
     qd.add_argument("--queues", default=f"{CPU_QUEUE},{GPU_QUEUE}",
                     help="comma list of queues to report (cpu,gpu)")
@@ -29,9 +30,9 @@ def add_parser(sub: Any) -> None:
 
 def queue_depth_main(args: argparse.Namespace) -> int:
     """Serve until Ctrl-C or SIGTERM."""
-    settings = Settings.from_env()
+    settings = Settings.from_env().with_broker(args.broker)
     if not settings.broker_url:
-        raise ConfigError("set CRYPTO_ML_BROKER_URL to the Redis broker to watch")
+        raise ConfigError("set CRYPTO_ML_BROKER_URL (or --broker) to the Redis broker to watch")
     check_credentials(settings.broker_url)  # wrong user or password: say so and stop
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
     client = redis_client(settings.broker_url, settings.sentinel_master,
