@@ -78,6 +78,10 @@ def crypto_ml(*args: str, cwd: Path = ROOT, data_dir: Path | None = None,
     (["send-tasks", "--timeout", "-1"], "argument --timeout: must be a finite number of seconds"),
     (["send-tasks", "--timeout", "nan"], "argument --timeout: must be a finite number of seconds"),
     (["queue-depth", "--port", "70000"], "argument --port: a TCP port is at most 65535"),
+    (["data", "download", "--api-url", "notaurl"],
+     "argument --api-url: must be an http:// or https:// URL, got 'notaurl'"),
+    (["data", "download", "--interval", "-1"], "argument --interval: must be a finite number"),
+    (["data", "download", "--retries", "-1"], "argument --retries: must be 0 or more, got -1"),
 ])
 def test_a_usage_error_is_one_line_and_exit_2(argv: list[str], says: str,
                                               capsys: pytest.CaptureFixture[str]) -> None:

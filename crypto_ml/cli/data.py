@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from crypto_ml.cli.helptext import help_texts
-from crypto_ml.cli.options import EXIT_FAILED, EXIT_OK, add_log_options, positive_int
+from crypto_ml.cli.options import (
+    EXIT_FAILED,
+    EXIT_OK,
+    add_log_options,
+    http_url,
+    pause_seconds,
+    positive_int,
+    whole_number,
+)
 from crypto_ml.cli.terminal import console, progress_stream
 from crypto_ml.core.errors import ConfigError
 from crypto_ml.core.settings import Settings
@@ -31,10 +39,10 @@ def add_parser(sub: Any) -> None:
     get.add_argument("--data-dir", type=Path,
                      help="folder to write <Coin>.csv files to (default: CRYPTO_ML_DATA_DIR)")
     get.add_argument("--currency", default="USD", help="quote currency (USD)")
-    get.add_argument("--api-url", default=API_URL, help=f"API base URL ({API_URL})")
-    get.add_argument("--interval", type=float, default=0.6,
+    get.add_argument("--api-url", type=http_url, default=API_URL, help=f"API base URL ({API_URL})")
+    get.add_argument("--interval", type=pause_seconds, default=0.6,
                      help="seconds between requests, to stay under the public rate limit (0.6)")
-    get.add_argument("--retries", type=int, default=4,
+    get.add_argument("--retries", type=whole_number, default=4,
                      help="retries of a rate-limited or failed request (4)")
     add_log_options(get, "also crypto_ml's info logs")
     get.set_defaults(run=download_main, interrupted="run the same command again to resume")

@@ -12,6 +12,7 @@ import math
 import signal
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlsplit
 
 from crypto_ml.core.errors import InvalidTaskInput
 from crypto_ml.core.settings import LOG_FORMATS
@@ -34,6 +35,31 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def whole_number(text: str) -> int:
+    """argparse type: an integer of at least 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def pause_seconds(text: str) -> float:
+    """argparse type: a finite number of seconds, 0 or more."""
+    value = float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds, 0 or more, "
+                                         f"got {text}")
+    return value
+
+
+def http_url(text: str) -> str:
+    """argparse type: an ``http://`` or ``https://`` URL with a host."""
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise argparse.ArgumentTypeError(f"must be an http:// or https:// URL, got {text!r}")
+    return text
 
 
 def positive_seconds(text: str) -> float:
