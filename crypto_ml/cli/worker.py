@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from crypto_ml.cli import guarded
+from crypto_ml.cli.options import positive_seconds
 from crypto_ml.core.errors import ConfigError
 from crypto_ml.worker.nodes import node_env, plan, usable_cores, visible_gpus
 
@@ -135,7 +136,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true",
                      help="print the celery command(s) and environment instead of running them")
     check = sub.add_parser("ping", help="exit 0 if every worker this container started answers")
-    check.add_argument("--timeout", type=float, default=10.0,
+    check.add_argument("--timeout", type=positive_seconds, default=10.0,
                        help="seconds to wait for the answers (10)")
     return parser
 
