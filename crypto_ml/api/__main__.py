@@ -22,7 +22,7 @@ import uvicorn
 
 from crypto_ml.api.app import create_app
 from crypto_ml.api.service import InProcessRuns, QueueRuns
-from crypto_ml.cli import guarded
+from crypto_ml.cli import Parser, guarded
 from crypto_ml.cli.options import (
     EXIT_OK,
     add_cluster_options,
@@ -41,8 +41,8 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m crypto_ml.api",
-                                     description="Serve forecasts over HTTP (docs at /docs).")
+    parser = Parser(prog="python -m crypto_ml.api",
+                    description="Serve forecasts over HTTP (docs at /docs).")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (127.0.0.1; others need CRYPTO_ML_API_KEYS)")
     parser.add_argument("--port", type=port_number, default=8000, help="(8000)")

@@ -31,7 +31,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from crypto_ml.cli import guarded
+from crypto_ml.cli import Parser, guarded
 from crypto_ml.cli.options import positive_seconds
 from crypto_ml.core.errors import ConfigError
 from crypto_ml.worker.nodes import node_env, plan, usable_cores, visible_gpus
@@ -122,8 +122,8 @@ def ping(args: argparse.Namespace) -> int:
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog, description="Start Celery workers sized for the hardware, or ping them.")
+    parser = Parser(prog=prog, description="Start Celery workers sized for the hardware, or ping "
+                    "them.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("start", help="start worker(s) for this hardware (arguments after -- "
                                        "go to celery worker)")
