@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,9 +17,10 @@ import psutil
 import pytest
 from conftest import ROOT, run_cli
 
+from crypto_ml.core.errors import CryptoMLError
 from crypto_ml.core.settings import Settings
 from crypto_ml.data.loader import CryptoLoader
-from crypto_ml.dispatch.manager import CryptoManager
+from crypto_ml.dispatch.manager import CryptoManager, checked_call
 from crypto_ml.models import get_model
 from crypto_ml.ops.processes import wait_until
 from crypto_ml.worker.app import create_app
@@ -221,3 +223,23 @@ def test_python_api_returns_arrays_and_prints_one_line_per_coin(cluster: Any,
     assert sorted(line.split()[0] for line in out.getvalue().splitlines()) == ["bitcoin", "dash"]
     assert "bitcoin [[3630.7 3630.7 3630.7]]" in out.getvalue()
     assert manager.last_report is not None and manager.last_report.ok
+
+
+@pytest.mark.parametrize(("coins", "horizon", "timeout", "says"), [
+    ([], 10, 60.0, "coins is empty; pass None for every coin"),
+    (["bitcoin"], 0, 60.0, "horizon must be a positive integer, got 0"),
+    (["bitcoin"], "3", 60.0, "horizon must be a positive integer, got '3'"),
+    (["bitcoin"], 10, -1.0, "timeout must be a finite number of seconds above 0 (or None)"),
+    (["bitcoin"], 10, float("nan"), "timeout must be a finite number of seconds above 0"),
+])
+def test_a_python_callers_bad_arguments_are_refused_before_anything_starts(
+        coins: list[str], horizon: object, timeout: float, says: str) -> None:
+    manager = CryptoManager(app=create_app(Settings(broker_url="redis://127.0.0.1:1/0")))
+    with pytest.raises(CryptoMLError, match=re.escape(says)):  # nothing listens there
+        manager.send_tasks("naive", coins, horizon, timeout=timeout)  # type: ignore[arg-type]
+
+
+def test_a_python_callers_coins_string_is_a_comma_list_not_its_letters() -> None:
+    assert checked_call("bitcoin, ethereum", 10, None) == ["bitcoin", "ethereum"]
+    assert checked_call(("bitcoin",), 10, 60.0) == ["bitcoin"]
+    assert checked_call(None, 10, None) is None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import sys
 import threading
 import time
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import numpy as np
 from celery import Celery
 
-from crypto_ml.core.errors import CryptoMLError
+from crypto_ml.core.errors import ConfigError, CryptoMLError
 from crypto_ml.core.logs import log_task
 from crypto_ml.core.settings import Settings
 from crypto_ml.data.loader import CryptoLoader
@@ -44,6 +45,7 @@ from crypto_ml.models import (
     DEFAULT_MODEL,
     HEAVY,
     PARAMS,
+    check_horizon,
     default_max_points,
     parse_models,
 )
@@ -63,6 +65,24 @@ DEFAULT_TIMEOUT = 3600.0
 
 CLI_HINT = ("set CRYPTO_ML_BROKER_URL or --broker redis://HOST:6379/0 to use your own "
             "cluster")
+
+
+def checked_call(coins: str | Sequence[str] | None, horizon: object,
+                 timeout: float | None) -> list[str] | None:
+    """A Python caller's ``coins`` as a list, or a ConfigError before anything is sent: a
+    string is a comma list (as ``--coins``), not its letters; an empty list is an error, not
+    every coin (None is every coin); the horizon and the timeout must be positive."""
+    check_horizon(horizon)
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise ConfigError(f"timeout must be a finite number of seconds above 0 (or None), got "
+                          f"{timeout}")
+    if coins is None:
+        return None
+    names = ([c.strip() for c in coins.split(",") if c.strip()] if isinstance(coins, str)
+             else list(coins))
+    if not names:
+        raise ConfigError("coins is empty; pass None for every coin")
+    return names
 
 
 class CryptoManager:
@@ -164,7 +184,7 @@ class CryptoManager:
         return requests
 
     def run(self, models: str | Sequence[str] = DEFAULT_MODEL,
-            coins: Sequence[str] | None = None, horizon: int = DEFAULT_HORIZON,
+            coins: str | Sequence[str] | None = None, horizon: int = DEFAULT_HORIZON,
             max_points: int | None = None, epochs: int | None = None,
             timeout: float | None = DEFAULT_TIMEOUT,
             on_result: Callable[[dict[str, Any]], None] | None = None,
@@ -181,6 +201,7 @@ class CryptoManager:
         (:mod:`crypto_ml.worker.model_store`) unless ``retrain``.
         """
         names = parse_models(models)
+        coins = checked_call(coins, horizon, timeout)
         report = RunReport()
         started = time.perf_counter()
         params = {} if epochs is None else {"epochs": epochs}  # None: each model's default
@@ -310,7 +331,7 @@ class CryptoManager:
               file=self.out, flush=True)
 
     def send_tasks(self, model: str | Sequence[str] = DEFAULT_MODEL,
-                   coins: Sequence[str] | None = None, horizon: int = DEFAULT_HORIZON,
+                   coins: str | Sequence[str] | None = None, horizon: int = DEFAULT_HORIZON,
                    max_points: int | None = None, epochs: int | None = None,
                    timeout: float | None = DEFAULT_TIMEOUT,
                    levels: Sequence[float] = DEFAULT_LEVELS) -> dict[str, Any]:
