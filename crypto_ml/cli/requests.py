@@ -22,7 +22,7 @@ from pathlib import Path
 from crypto_ml.backtest.best import BEST, DEFAULT_CANDIDATES, load_saved
 from crypto_ml.backtest.engine import BacktestResult
 from crypto_ml.core.errors import ConfigError, DataNotFound, InvalidTaskInput, UnknownModel
-from crypto_ml.core.settings import Settings
+from crypto_ml.core.settings import Settings, comma_list
 from crypto_ml.data.loader import HOW_TO_GET_DATA, CryptoLoader
 from crypto_ml.data.names import coin_id
 from crypto_ml.models import PARAMS, get_model, parse_models
@@ -254,10 +254,7 @@ def fewest_points(models: Sequence[str], params: Mapping[str, object] | None = N
     number, the model that needs it)."""
     needs = {}
     for name in models:
-        try:
-            need = get_model(name, **dict(params or {})).min_points
-        except InvalidTaskInput:  # a bad model option: said by the run itself
-            need = 1
+        need = get_model(name, **dict(params or {})).min_points  # options checked already
         needs[name] = max(need, MIN_CALIBRATION_TRAIN if intervals else 1)
     model = max(needs, key=lambda m: needs[m])
     return needs[model], model
@@ -332,7 +329,7 @@ def coin_list(spec: str | None) -> list[str] | None:
     names none (``""``, ``,``: an empty shell variable, say) is an error, not every coin."""
     if spec is None:
         return None
-    names = [c.strip() for c in spec.split(",") if c.strip()]
+    names = comma_list(spec)
     if not names:
         raise ConfigError(f"--coins {spec!r} names no coin; leave --coins out for every coin")
     return names

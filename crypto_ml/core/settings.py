@@ -102,6 +102,12 @@ def _int(name: str, raw: str, minimum: int = 1) -> int:
     return value
 
 
+def comma_list(text: str) -> list[str]:
+    """``"a, b,,c"`` as ``["a", "b", "c"]``: every comma-separated list of names (API keys,
+    ``--coins``, a Python caller's coins) is read this way."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def _bool(name: str, raw: str) -> bool:
     if raw.lower() not in TRUE + FALSE:
         raise ConfigError(f"{name}={raw!r} is neither on nor off; set it to 1 or 0")
@@ -121,7 +127,7 @@ def _default_cache_dir(env: Mapping[str, str]) -> Path:
 _SPECIAL: dict[str, Callable[[str], object]] = {
     "cache_dir": _cache_dir,
     "log_format": str.lower,
-    "api_keys": lambda raw: tuple(k.strip() for k in raw.split(",") if k.strip()),
+    "api_keys": lambda raw: tuple(comma_list(raw)),
     "api_coalesce": lambda raw: _int(env_name("api_coalesce"), raw, minimum=0),
 }
 

@@ -27,7 +27,7 @@ from celery import Celery
 
 from crypto_ml.core.errors import ConfigError, CryptoMLError
 from crypto_ml.core.logs import log_task
-from crypto_ml.core.settings import Settings
+from crypto_ml.core.settings import Settings, comma_list
 from crypto_ml.data.loader import CryptoLoader
 from crypto_ml.dispatch.cluster import LocalCluster
 from crypto_ml.dispatch.connect import launch_embedded, open_cluster
@@ -78,8 +78,7 @@ def checked_call(coins: str | Sequence[str] | None, horizon: object,
                           f"{timeout}")
     if coins is None:
         return None
-    names = ([c.strip() for c in coins.split(",") if c.strip()] if isinstance(coins, str)
-             else list(coins))
+    names = comma_list(coins) if isinstance(coins, str) else list(coins)
     if not names:
         raise ConfigError("coins is empty; pass None for every coin")
     return names

@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crypto_ml.core.settings import threads_env
+from crypto_ml.core.settings import comma_list, threads_env
 
 CGROUP = Path("/sys/fs/cgroup")
 #: The module every worker runs (``python -m``): Celery's ``worker`` command on crypto_ml's app.
@@ -96,7 +96,7 @@ def visible_gpus(env: Mapping[str, str]) -> list[str]:
     """
     cuda = env.get("CUDA_VISIBLE_DEVICES")
     if cuda is not None:
-        ids = [d.strip() for d in cuda.split(",") if d.strip()]
+        ids = comma_list(cuda)
         return [] if not ids or ids[0].startswith("-") else ids
     smi = shutil.which("nvidia-smi")
     if not smi:
