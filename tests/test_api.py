@@ -254,8 +254,9 @@ def test_job_bodies_take_levels_as_forecast_bodies_do() -> None:
     assert ForecastBody(coins=["a"], levels=[95, 80, 80]).levels == [80.0, 95.0]
 
 
-@pytest.mark.parametrize(("port", "says"), [("70000", "a TCP port is at most 65535, got 70000"),
-                                            ("0", "must be at least 1, got 0")])
+@pytest.mark.parametrize(("port", "says"),
+                         [("70000", "must be a TCP port, 1 to 65535, got 70000"),
+                          ("0", "must be a TCP port, 1 to 65535, got 0")])
 def test_a_port_out_of_range_is_a_usage_error_not_a_server_that_never_listens(
         port: str, says: str, capsys: pytest.CaptureFixture[str]) -> None:
     from crypto_ml.api.__main__ import main

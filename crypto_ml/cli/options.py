@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import math
 import signal
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from crypto_ml.core.errors import InvalidTaskInput
@@ -19,6 +20,8 @@ from crypto_ml.core.settings import LOG_FORMATS
 from crypto_ml.dispatch.manager import DEFAULT_TIMEOUT
 from crypto_ml.models.intervals import check_levels
 from crypto_ml.ops.processes import kill_spawned
+
+N = TypeVar("N", int, float)
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -29,29 +32,30 @@ def model_names_option(text: str) -> str:
     return ",".join(name.strip().lower() for name in text.split(",") if name.strip())
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer of at least 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def number_type(name: str, parse: Callable[[str], N], ok: Callable[[N], bool],
+                need: str) -> Callable[[str], N]:
+    """An argparse type called ``name``: ``parse`` the text (argparse says "invalid NAME
+    value" when that fails), then refuse a value that is not ``ok``, saying what it ``need``s."""
+
+    def check(text: str) -> N:
+        value = parse(text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {need}, got {text.strip()}")
+        return value
+
+    check.__name__ = check.__qualname__ = name
+    return check
 
 
-def whole_number(text: str) -> int:
-    """argparse type: an integer of at least 0."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def pause_seconds(text: str) -> float:
-    """argparse type: a finite number of seconds, 0 or more."""
-    value = float(text)
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number of seconds, 0 or more, "
-                                         f"got {text}")
-    return value
+positive_int = number_type("positive_int", int, lambda v: v >= 1, "at least 1")
+whole_number = number_type("whole_number", int, lambda v: v >= 0, "0 or more")
+port_number = number_type("port_number", int, lambda v: 1 <= v <= 65535,
+                          "a TCP port, 1 to 65535")
+pause_seconds = number_type("pause_seconds", float, lambda v: math.isfinite(v) and v >= 0,
+                            "a finite number of seconds, 0 or more")
+positive_seconds = number_type("positive_seconds", float,
+                               lambda v: math.isfinite(v) and v > 0,
+                               "a finite number of seconds above 0")
 
 
 def http_url(text: str) -> str:
@@ -60,22 +64,6 @@ def http_url(text: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise argparse.ArgumentTypeError(f"must be an http:// or https:// URL, got {text!r}")
     return text
-
-
-def positive_seconds(text: str) -> float:
-    """argparse type: a finite number of seconds above 0."""
-    value = float(text)
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number of seconds above 0, got {text}")
-    return value
-
-
-def port_number(text: str) -> int:
-    """argparse type: a TCP port, 1 to 65535."""
-    value = positive_int(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"a TCP port is at most 65535, got {value}")
-    return value
 
 
 def max_points(text: str) -> int:
