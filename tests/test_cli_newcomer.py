@@ -82,6 +82,8 @@ def crypto_ml(*args: str, cwd: Path = ROOT, data_dir: Path | None = None,
      "argument --api-url: must be an http:// or https:// URL, got 'notaurl'"),
     (["data", "download", "--interval", "-1"], "argument --interval: must be a finite number"),
     (["data", "download", "--retries", "-1"], "argument --retries: must be 0 or more, got -1"),
+    (["send-tasks", "--input", "t.parquet", "--output", "o.parquet", "--in-flight", "0"],
+     "argument --in-flight: must be at least 1, got 0"),
 ])
 def test_a_usage_error_is_one_line_and_exit_2(argv: list[str], says: str,
                                               capsys: pytest.CaptureFixture[str]) -> None:
@@ -89,6 +91,17 @@ def test_a_usage_error_is_one_line_and_exit_2(argv: list[str], says: str,
     assert code == 2 and out == ""
     assert len(lines(err)) == 1, err
     assert err.startswith("crypto-ml: error: ") and says in err and "usage:" not in err
+
+
+@pytest.mark.parametrize(("option", "value"), [("--plot", "p.png"), ("--format", "json-lines")])
+def test_a_folder_option_with_a_table_is_refused_not_dropped(
+        option: str, value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["send-tasks", "--input", "t.parquet", "--output", "o.parquet", option,
+                 value]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and lines(err) == [
+        f"crypto-ml: error: {option} is for the data folder; a table run writes its forecasts "
+        "to --output OUT.parquet and nothing to stdout"]
 
 
 @pytest.mark.parametrize("coins", [",", ""])

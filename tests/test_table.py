@@ -17,12 +17,18 @@ import pytest
 from table_support import random_walks, write_parquet
 
 import crypto_ml.data.table as table_module
-from crypto_ml.core.errors import CryptoMLError, InvalidTable, InvalidTaskInput, OutputMismatch
+from crypto_ml.core.errors import (
+    ConfigError,
+    CryptoMLError,
+    InvalidTable,
+    InvalidTaskInput,
+    OutputMismatch,
+)
 from crypto_ml.core.settings import Settings
 from crypto_ml.data.ahead import read_ahead
-from crypto_ml.data.table import Columns, TableSource
+from crypto_ml.data.table import Columns, SeriesChunk, TableSource
 from crypto_ml.data.table_checks import id_order, same_as_next
-from crypto_ml.dispatch.frames import forecast_frame
+from crypto_ml.dispatch.frames import _arrow_table, forecast_frame
 from crypto_ml.dispatch.table_output import TableOutput, check_output
 from crypto_ml.dispatch.table_run import TablePlan, TableSummary, chunk_table, future_times
 from crypto_ml.models import REGISTRY, get_model
@@ -186,7 +192,7 @@ def test_a_hive_folder_a_csv_and_integer_times_are_tables_too(tmp_path: Path) ->
     info = source.check()
     assert (info.series, info.rows, info.time_kind) == (6, 60, "int")
     chunk = next(source.chunks(10))
-    assert future_times("int", chunk.last_time, chunk.step, 3)[0].tolist() == [10, 11, 12]
+    assert future_times("int", chunk.last_time, chunk.step, 3)[0][0].tolist() == [10, 11, 12]
 
 
 @pytest.mark.parametrize(("edit", "message"), [
@@ -210,15 +216,150 @@ def test_an_unreadable_file_in_a_dataset_is_named(tmp_path: Path) -> None:
         TableSource(tmp_path)
 
 
+def _text(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def _arrow(tmp_path: Path, name: str, **columns: object) -> Path:
+    pq.write_table(pa.table(columns), tmp_path / name)
+    return tmp_path / name
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda d: _arrow(d, "t.parquet", unique_id=["a"] * 3, ds=pa.array([1, 2, 3], pa.int64())
+                      .cast(pa.duration("s")), y=[1.0, 2, 3]), "'ds' is of type duration"),
+    (lambda d: _arrow(d, "t.parquet", unique_id=["a"] * 3, ds=[1, 2, 3], y=[[1.0]] * 3),
+     "'y' is of type list"),
+    (lambda d: _arrow(d, "t.parquet", unique_id=["a"] * 3, ds=[1, 2, 3], y=[True, False, True]),
+     "'y' is of type bool"),
+    (lambda d: _arrow(d, "t.parquet", unique_id=[["a"]] * 3, ds=[1, 2, 3], y=[1.0, 2, 3]),
+     "'unique_id' is of type list"),
+    (lambda d: _arrow(d, "t.parquet", unique_id=["", "", "b"], ds=[1, 2, 1], y=[1.0, 2, 3]),
+     "empty id"),
+    (lambda d: _arrow(d, "t.parquet", unique_id=["a"] * 3, ds=pa.array([1, 2, 2**63 + 5],
+                                                                      pa.uint64()), y=[1.0, 2, 3]),
+     "above the largest time"),
+    (lambda d: _arrow(d, "t.parquet", unique_id=["a"] * 3, ds=["1", "2", "x"], y=[1.0, 2, 3]),
+     "'ds' holds 'x'"),  # integers written as text, one not: that one is named
+    (lambda d: _text(d / "empty.csv", ""), "cannot read the table"),
+    (lambda d: _text(d / "r.csv", "unique_id,ds,y\na,1,1\na,2,2,extra\n"),
+     "Expected 3 columns, got 4"),
+])
+def test_a_column_of_the_wrong_type_is_named_not_a_traceback(tmp_path: Path, make,
+                                                               message: str) -> None:
+    path = make(tmp_path)
+    with pytest.raises(InvalidTable, match=message):
+        source = TableSource(path)
+        source.check()
+        list(source.chunks(10))
+
+
+def test_each_file_of_a_folder_is_checked_and_other_files_are_left_alone(tmp_path: Path) -> None:
+    folder = tmp_path / "t"
+    folder.mkdir()
+    write_parquet(random_walks(2, 20), folder / "a.parquet")
+    (folder / "README.txt").write_text("a table of two series")  # not a table: not read
+    assert TableSource(folder).check().series == 2
+    write_parquet(random_walks(1, 5).rename(columns={"y": "other"}), folder / "b.parquet")
+    with pytest.raises(InvalidTable, match=r"b\.parquet has no column 'y'"):
+        TableSource(folder)  # its rows are not read as missing closes
+
+
+def test_hive_folders_keep_ids_as_text(tmp_path: Path) -> None:
+    walk = random_walks(1, 20).drop(columns="unique_id")
+    for name, rows in (("007", walk.iloc[:10]), ("7", walk.iloc[10:])):
+        (tmp_path / f"unique_id={name}").mkdir()
+        write_parquet(rows, tmp_path / f"unique_id={name}" / "p.parquet")
+    source = TableSource(tmp_path)
+    assert source.check().series == 2  # not one series '7'
+    assert [uid for chunk in source.chunks(10) for uid in chunk.ids] == ["007", "7"]
+
+
+def test_large_integers_are_numbers_and_zones_are_kept(tmp_path: Path) -> None:
+    frame = random_walks(2, 20).assign(y=lambda f: (f["y"] * 1e16).astype(np.int64))
+    frame["ds"] = frame["ds"].dt.tz_localize("US/Eastern")
+    source = TableSource(write_parquet(frame, tmp_path / "t.parquet"))
+    assert source.check().time_zone == "US/Eastern"
+    values = np.concatenate([chunk.values for chunk in source.chunks(10)])
+    np.testing.assert_allclose(values, frame["y"].to_numpy(dtype=float))  # above 2**53 too
+    schema = TablePlan.of(["naive"], 3, ()).schema("timestamp", "US/Eastern")
+    assert schema.field("ds").type == pa.timestamp("ns", tz="US/Eastern")
+
+
+def test_picked_ids_the_table_lacks_are_named(tmp_path: Path) -> None:
+    table = write_parquet(random_walks(3, 10), tmp_path / "t.parquet")
+    assert TableSource(table, only=["s000001"]).check().series == 1
+    with pytest.raises(InvalidTable, match="has no series 'nothere'"):
+        TableSource(table, only=["s000001", "nothere"]).check()
+
+
+def test_the_output_is_never_the_input_nor_in_its_folder(tmp_path: Path) -> None:
+    table = write_parquet(random_walks(2, 10), tmp_path / "t.parquet")
+    plan = TablePlan.of(["naive"], 3, ())
+    with pytest.raises(ConfigError, match="is the --input table"):
+        TableOutput(table, plan.describe(TableSource(table)), overwrite=True)
+    assert table.exists()  # --overwrite deleted the user's table before
+    with pytest.raises(ConfigError, match="lies in the --input table"):
+        TableOutput(tmp_path / "o.parquet", plan.describe(TableSource(tmp_path)))
+
+
+def test_a_folder_that_changed_is_another_input(tmp_path: Path) -> None:
+    folder = tmp_path / "t"
+    folder.mkdir()
+    write_parquet(random_walks(2, 10), folder / "a.parquet")
+    plan = TablePlan.of(["naive"], 3, ())
+    before = plan.describe(TableSource(folder))
+    assert plan.describe(TableSource(folder)) == before
+    write_parquet(random_walks(1, 10, start="2018-01-01"), folder / "b.parquet")
+    after = plan.describe(TableSource(folder))
+    assert after["input_files"] != before["input_files"]
+    (folder / "b.parquet").rename(folder / "0.parquet")  # same files, another order
+    assert plan.describe(TableSource(folder))["input_files"] != after["input_files"]
+
+
 def test_future_dates_follow_each_series_own_step() -> None:
     day = lambda s: (pd.Timestamp(s) - pd.Timestamp("1970-01-01")).days  # noqa: E731
     last = np.array([day("2017-09-01"), day("2017-08-31"), day("2017-07-03")])
     step = np.array([1, 31, 7])
-    got = future_times("date", last, step, 3)
+    got, beyond = future_times("date", last, step, 3)
     as_dates = [[str(pd.Timestamp(int(d), unit="D").date()) for d in row] for row in got]
     assert as_dates == [["2017-09-02", "2017-09-03", "2017-09-04"],
                         ["2017-09-30", "2017-10-31", "2017-11-30"],
                         ["2017-07-10", "2017-07-17", "2017-07-24"]]
+    assert not beyond.any()
+
+
+@pytest.mark.parametrize(("freq", "expected"), [
+    ("MS", ["2002-07-01", "2002-08-01", "2002-09-01"]),
+    ("ME", ["2002-07-31", "2002-08-31", "2002-09-30"]),
+    ("QS", ["2007-07-01", "2007-10-01", "2008-01-01"]),
+    ("YS", ["2030-01-01", "2031-01-01", "2032-01-01"]),
+])
+def test_timestamps_a_month_apart_step_in_calendar_months(freq: str, expected: list[str]) -> None:
+    # pandas' datetime64 (what statsforecast users hold) as dates do: not 30.4-day steps
+    start = {"MS": "2000-01-01", "ME": "2000-01-31", "QS": "2000-01-01", "YS": "2000-01-01"}
+    times = pd.date_range(start[freq], periods=30, freq=freq).values.astype(np.int64)
+    got, _ = future_times("timestamp", times[-1:], times[-1:] - times[-2:-1], 3)
+    assert [str(pd.Timestamp(int(t)).date()) for t in got[0]] == expected
+
+
+def test_times_past_the_largest_of_their_kind_are_failures_not_wrapped_around() -> None:
+    largest = np.iinfo(np.int64).max
+    late = pd.date_range("2262-03-01", periods=2).values.astype(np.int64)
+    for kind, last, step in (("int", largest - 10, 1), ("timestamp", late[-1], late[1] - late[0]),
+                             ("date", 2**31 - 100, 1)):
+        got, beyond = future_times(kind, np.array([last, 0]), np.array([step, step]), 365)
+        assert beyond.tolist() == [True, False] and (got[1] > 0).all()
+    plan = TablePlan.of(["naive"], 365, (80.0,))
+    chunk = SeriesChunk(0, ["late", "fine"], np.array([1, 1]), np.ones(2),
+                        np.array([largest - 10, 5]), np.zeros(2, dtype=np.int64))
+    result = {"errors": [], "forecasts": {"naive": {
+        name: np.ones(2 * 365).tobytes() for name in ("mean", "lo-80", "hi-80")}}}
+    rows, failures = chunk_table(plan, plan.schema("int"), "int", chunk, result)
+    assert set(rows.column("unique_id").to_pylist()) == {"fine"}
+    assert failures.column("unique_id").to_pylist() == ["late"]
+    assert "TimeOutOfRange" in failures.column("error")[0].as_py()
 
 
 def _plan_and_rows(tmp_path: Path) -> tuple[TablePlan, TableSource, list]:
@@ -351,11 +492,18 @@ def test_picked_series_and_a_table_that_changed_after_its_check(tmp_path: Path) 
     ({"df": [1, 2]}, CryptoMLError, "expected a long-format pandas DataFrame or a table's path"),
     ({"df": "empty"}, InvalidTable, "the frame: the table is empty"),
     ({"df": "no-y"}, CryptoMLError, "the frame has no column 'y'"),
+    ({"df": "mixed-y"}, CryptoMLError, "the frame's column 'y' cannot be read"),
+    ({"df": "timedelta-ds"}, InvalidTable, "column 'ds' is of type duration"),
+    ({"max_ponts": 50}, CryptoMLError, "forecast() got max_ponts, which none of naive takes"),
+    ({"max_points": -5}, CryptoMLError, "max_points must be a whole number of closes"),
+    ({"model": "lstm", "epochs": 10**6}, InvalidTaskInput, "epochs"),
 ])
 def test_forecast_refuses_a_bad_call_before_any_cluster_starts(
         given: dict[str, object], raised: type[Exception], says: str) -> None:
     frame = pd.DataFrame({"unique_id": ["a"] * 30, "ds": range(30), "y": np.arange(1.0, 31.0)})
-    frames = {"empty": frame.iloc[:0], "no-y": frame.drop(columns="y")}
+    frames = {"empty": frame.iloc[:0], "no-y": frame.drop(columns="y"),
+              "mixed-y": frame.assign(y=frame["y"].astype(object).where(frame.index != 3, "x")),
+              "timedelta-ds": frame.assign(ds=pd.to_timedelta(frame["ds"], unit="D"))}
     df = given.get("df", frame)
     options = {k: v for k, v in given.items() if k != "df"}
     settings = Settings(broker_url="redis://127.0.0.1:1/0")  # nothing listens: never reached
@@ -365,8 +513,28 @@ def test_forecast_refuses_a_bad_call_before_any_cluster_starts(
     assert says in str(error.value) and "\n" not in str(error.value)
 
 
+def test_a_frame_of_periods_is_read_as_their_start_times() -> None:
+    frame = pd.DataFrame({"unique_id": ["a"] * 3, "ds": pd.period_range("2017-09-01", periods=3,
+                                                                       freq="D"), "y": [1.0, 2, 3]})
+    source = TableSource(_arrow_table(frame, ["unique_id", "ds", "y"]))
+    assert source.check().time_kind == "timestamp"
+    last = next(source.chunks(1)).last_time[0]
+    assert pd.Timestamp(int(last)) == pd.Timestamp("2017-09-03")
+
+
 def test_a_chunk_refused_as_invalid_is_not_worth_running_again() -> None:
     invalid = "InvalidTaskInput: invalid table chunk: 'horizon' must be an integer between 1 and 365"
     assert not TableSummary(2, chunks_failed={0: invalid}).retry_helps()
     assert TableSummary(2, chunks_failed={0: invalid, 1: "no result within 60 s"}).retry_helps()
     assert TableSummary(2, chunks_failed={0: "WorkerLostError: the pool process died"}).retry_helps()
+
+
+def test_quiet_still_says_where_the_failures_are(tmp_path: Path,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    from crypto_ml.cli.table import say_summary
+
+    caplog.set_level("WARNING", logger="crypto_ml.console")  # what -q leaves
+    say_summary(TableSummary(3, done=3, failures=1), tmp_path / "o.parquet")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"wrote {tmp_path / 'o.parquet'} and {tmp_path / 'o.failures.parquet'} "
+        "(1 failed forecast(s))"]

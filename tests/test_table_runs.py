@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -203,6 +204,12 @@ def test_backtest_reads_a_long_table_too(cluster, price_data: Path, tmp_path: Pa
     ids = frame["unique_id"].drop_duplicates().tolist()
     assert all(uid in done.stdout for uid in ids)
     assert "aggregate over 6 coin(s)" in done.stdout
+    until = str(frame["ds"].max().date() - pd.Timedelta(days=30))
+    cut = run_cli("backtest", "--input", str(table), "--model", "naive", "--origins", "3",
+                  "--until", until, "--broker", cluster.broker_url, "--out", str(tmp_path / "c"))
+    assert cut.returncode == 0, cut.stderr
+    windows = json.loads((tmp_path / "c" / "backtest.json").read_text())["windows"]
+    assert max(d for dates in windows.values() for d in dates) <= until  # none after --until
 
 
 def test_a_chunks_values_outlive_its_message(cluster) -> None:

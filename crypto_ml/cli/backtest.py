@@ -107,7 +107,7 @@ def backtest_main(args: argparse.Namespace) -> int:
     if request.table is not None:  # a long table instead of the folder of coin files (lazy:
         from crypto_ml.cli.table import table_loader  # pyarrow only for tables)
 
-        loader, coins = table_loader(request.table, coins), None  # it holds just --coins
+        loader, coins = table_loader(request.table, coins, request.until), None  # just --coins
     else:
         assert request.loader is not None
         loader = request.loader

@@ -102,6 +102,7 @@ class BacktestRequest:
     given: dict[str, int] = field(default_factory=dict)
     table: TableRequest | None = None
     loader: CryptoLoader | None = None
+    until: str | None = None  # --until: the newest date a backtest of a table reads
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -147,6 +148,11 @@ def send_request(args: argparse.Namespace) -> SendRequest:
                               "--model NAME[,NAME...]")
         if args.output is None:
             raise ConfigError("--input needs --output OUT.parquet: a table run writes Parquet")
+        for option, given in (("--plot", args.plot is not None),
+                              ("--format", args.format != "text")):
+            if given:
+                raise ConfigError(f"{option} is for the data folder; a table run writes its "
+                                  "forecasts to --output OUT.parquet and nothing to stdout")
         given = coin_list(args.coins)
         return SendRequest(**common, forecasts=forecasts, table=table,
                            coins=tuple(given) if given else None)
@@ -203,7 +209,8 @@ def backtest_request(args: argparse.Namespace) -> BacktestRequest:
         loader, coins = checked_coins(settings, args.coins, args.until)
     return BacktestRequest(settings, stderr_of(args, settings), models, coins, windows,
                            tuple(args.levels), options, args.timeout, args.out,
-                           {k: v for k, v in given.items() if v is not None}, table, loader)
+                           {k: v for k, v in given.items() if v is not None}, table, loader,
+                           args.until)
 
 
 def checked_models(spec: str, also: Sequence[str] = ()) -> list[str]:

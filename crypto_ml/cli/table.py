@@ -70,9 +70,11 @@ def return_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
 
 
-def table_loader(table: TableRequest, coins: Sequence[str] | None) -> TableLoader:
-    """``backtest --input``: the checked table as a loader of its series."""
-    return TableLoader(table_source(table, coins))
+def table_loader(table: TableRequest, coins: Sequence[str] | None,
+                 until: str | None = None) -> TableLoader:
+    """``backtest --input``: the checked table as a loader of its series (none after
+    ``until``, an ISO date)."""
+    return TableLoader(table_source(table, coins), until)
 
 
 def send_table(request: SendRequest, table: TableRequest) -> int:
@@ -116,4 +118,6 @@ def say_summary(summary: TableSummary, out: Path) -> None:
         console.warning(f"failed: {len(summary.chunks_failed)} chunk(s) did not come back "
                         f"({first}); {advice}")
         return
-    console.info(f"wrote {out} and {failures_path(out)} ({summary.failures} failed forecast(s))")
+    wrote = f"wrote {out} and {failures_path(out)} ({summary.failures} failed forecast(s))"
+    # failures are said even with -q, which keeps errors and failures
+    (console.warning if summary.failures else console.info)(wrote)

@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from crypto_ml.cli.options import positive_int
+
 
 def add_input_options(parser: Any, title: str) -> Any:
     """``--input TABLE`` and the names of its columns, in an option group of ``title``."""
@@ -27,7 +29,7 @@ def add_table_options(parser: Any) -> None:
                               "--output OUT.parquet out)")
     group.add_argument("--overwrite", action="store_true",
                        help="start afresh even if --output holds a finished or interrupted run")
-    group.add_argument("--in-flight", type=int, metavar="K",
+    group.add_argument("--in-flight", type=positive_int, metavar="K",
                        help="at most K messages queued or running (default: 2 per worker)")
-    group.add_argument("--chunk-series", type=int, metavar="N",
+    group.add_argument("--chunk-series", type=positive_int, metavar="N",
                        help="series per message (default: each model's own, ~0.1-1 s of work)")

@@ -21,6 +21,7 @@ sorted first in Arrow memory: about 16 bytes per row plus the ids (1.6 GB for
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -75,6 +76,7 @@ class TableInfo:
     series: int
     time_kind: str
     presorted: bool
+    time_zone: str | None = None  # a timestamp column's zone: the forecasts' times keep it
 
 
 def _files(path: Path) -> tuple[list[Path], str]:
@@ -93,22 +95,65 @@ def _files(path: Path) -> tuple[list[Path], str]:
 
 
 def _dataset(path: Path, columns: Columns) -> ds.Dataset:
+    try:
+        return _open(path, columns)
+    except (pa.ArrowException, OSError) as exc:  # an empty or ragged CSV, say
+        raise InvalidTable(f"--input {path}: cannot read the table ({exc})") from None
+
+
+def _open(path: Path, columns: Columns) -> ds.Dataset:
     files, kind = _files(path)
     if kind == "csv":
         convert = pacsv.ConvertOptions(column_types={columns.id: pa.string()})
         fmt = ds.CsvFileFormat(convert_options=convert)
         return ds.dataset([str(f) for f in files], format=fmt)
-    for file in files:  # the footer only: names the unreadable file before any work
-        try:
-            pq.read_metadata(file)
-        except (pa.ArrowException, OSError) as exc:
-            raise InvalidTable(f"--input: cannot read {file} as Parquet ({exc})") from None
+    keys: set[str] = set()
+    for file in files:  # the footers only: name a bad file before any work
+        keys |= _check_file(file, path, columns)
     # no pre-buffering: a whole row group's columns read ahead cost hundreds of MB
     fmt = ds.ParquetFileFormat(default_fragment_scan_options=ds.ParquetFragmentScanOptions(
         pre_buffer=False))
     if path.is_file():
         return ds.dataset(str(path), format=fmt)
-    return ds.dataset(str(path), format=fmt, partitioning="hive")
+    # the listed files alone (not a README beside them); partition values as text, so that
+    # unique_id=007 stays '007' and is not the number 7
+    text = ds.partitioning(pa.schema([(k, pa.string()) for k in sorted(keys)]), flavor="hive")
+    return ds.dataset([str(f) for f in files], format=fmt, partition_base_dir=str(path),
+                      partitioning=text)
+
+
+def _check_file(file: Path, root: Path, columns: Columns) -> set[str]:
+    """The hive keys of ``file``'s folders (``unique_id=...``); InvalidTable naming it when
+    it is no Parquet, or lacks a column that no such folder gives."""
+    try:
+        names = pq.read_metadata(file).schema.to_arrow_schema().names
+    except (pa.ArrowException, OSError) as exc:
+        raise InvalidTable(f"--input: cannot read {file} as Parquet ({exc})") from None
+    folders = {part.split("=", 1)[0] for part in file.relative_to(root).parts[:-1]
+               if "=" in part} if file != root else set()
+    missing = [c for c in (columns.id, columns.time, columns.value)
+               if c not in names and c not in folders]
+    if missing:
+        raise InvalidTable(f"--input: {file} has no column {', '.join(map(repr, missing))} (it "
+                           f"has {', '.join(names)}); every file of the table needs them")
+    return folders
+
+
+def fingerprint(path: Path) -> dict[str, object]:
+    """What tells one state of the input from another (a rerun to the same output must find
+    the same): a file's size and time; for a folder, its table files' number, total size,
+    newest time and a digest of their names, sizes and times (a file added, removed,
+    renamed or rewritten changes it)."""
+    if path.is_file():
+        stat = path.stat()
+        return {"input_size": stat.st_size, "input_mtime": stat.st_mtime_ns}
+    files, _ = _files(path)
+    stats = [(str(f.relative_to(path)), f.stat()) for f in files]
+    digest = hashlib.sha256("\n".join(f"{name}\0{st.st_size}\0{st.st_mtime_ns}"
+                                       for name, st in stats).encode()).hexdigest()[:16]
+    return {"input_size": sum(st.st_size for _, st in stats),
+            "input_mtime": max(st.st_mtime_ns for _, st in stats),
+            "input_files": f"{len(stats)} file(s), {digest}"}
 
 
 class TableSource:
@@ -185,7 +230,7 @@ class TableSource:
 
     def _arrays(self, batch: pa.RecordBatch) -> tuple[pa.Array, np.ndarray, str, np.ndarray]:
         c = self.columns
-        ids = string_ids(batch.column(c.id))
+        ids = string_ids(batch.column(c.id), c.id)
         if ids.null_count:
             raise InvalidTable(f"--input: column {c.id!r} is empty in some row")
         times, kind = time_column(batch.column(c.time), ids, c.time)
@@ -204,8 +249,20 @@ class TableSource:
             self._sort()
             info, layout = self._walk()
             info = replace(info, presorted=False)
+        if self.only:
+            self._all_picked(layout.ids)
         self.info, self._layout = info, layout
         return info
+
+    def _all_picked(self, ids: pa.Array) -> None:
+        """InvalidTable naming the ``--coins`` ids the table does not hold."""
+        wanted = pa.array(self.only, pa.string())
+        absent = pc.filter(wanted, pc.invert(pc.is_in(wanted, pc.cast(ids, pa.string())))
+                           ).to_pylist()
+        if absent:
+            more = f" and {len(absent) - 5} more" if len(absent) > 5 else ""
+            raise InvalidTable(f"{self.label} has no series {', '.join(map(repr, absent[:5]))}"
+                               f"{more} (--coins picks series by their exact ids)")
 
     def _walk(self) -> tuple[TableInfo, _Layout]:
         """Rows, series and time kind of the table as read now; whether it is sorted by id,
@@ -217,10 +274,13 @@ class TableSource:
         prev: tuple[str, int] | None = None
         firsts: list[pa.Array] = []
         starts: list[np.ndarray] = []
+        zone = None
         for batch in self._batches(values=not self._stored_as_numbers()):
             if not batch.num_rows:
                 continue
             ids, times, kind, _ = self._arrays(batch)
+            found = batch.column(self.columns.time).type
+            zone = zone or (found.tz if pa.types.is_timestamp(found) else None)
             new, order_ok, dup = id_order(ids, times, prev)
             if dup is not None:
                 raise InvalidTable(f"--input: series {dup!r} has two rows at the same "
@@ -233,7 +293,7 @@ class TableSource:
         begin = np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
         layout = _Layout(pa.concat_arrays(firsts) if firsts else pa.array([], pa.string()),
                          np.diff(np.append(begin, rows)))
-        return TableInfo(rows, len(begin), kind, presorted), layout
+        return TableInfo(rows, len(begin), kind, presorted, zone), layout
 
     def _sort(self) -> None:
         """Sort an unsorted table in memory (see the module doc); later reads read it."""

@@ -23,16 +23,17 @@ def first_bad(ids: pa.Array, values: pa.Array, ok: pa.Array) -> tuple[str, objec
 
 def time_column(column: pa.Array, ids: pa.Array, name: str) -> tuple[np.ndarray, str]:
     """The time column as int64 in its kind; InvalidTable naming the first bad value."""
+    if pa.types.is_duration(column.type) or pa.types.is_time(column.type) or \
+            pa.types.is_nested(column.type) or pa.types.is_boolean(column.type):
+        raise InvalidTable(f"--input: column {name!r} is of type {column.type}, not a point in "
+                           "time: give dates, timestamps or integers")
     kind = ("int" if pa.types.is_integer(column.type) else "date"
             if pa.types.is_date(column.type) else "timestamp")
     if not (pa.types.is_integer(column.type) or pa.types.is_temporal(column.type)):
         try:
             column = pc.cast(column, pa.timestamp("ns"))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            parsed = pc.strptime(pc.cast(column, pa.string()), "%Y-%m-%d", "s", error_is_null=True)
-            series, value = first_bad(ids, column, pc.is_valid(parsed))
-            raise InvalidTable(f"--input: column {name!r} holds {value!r} (series {series!r}), "
-                               "neither a date nor an integer") from None
+            column, kind = _text_times(column, ids, name)
     if column.null_count:
         series, _ = first_bad(ids, column, pc.is_valid(column))
         raise InvalidTable(f"--input: column {name!r} is empty in a row of series {series!r}")
@@ -42,11 +43,32 @@ def time_column(column: pa.Array, ids: pa.Array, name: str) -> tuple[np.ndarray,
     if kind == "timestamp":
         return np.asarray(pc.cast(column, pa.timestamp("ns")).cast(pa.int64()).to_numpy(),
                           dtype=np.int64), kind
+    if pa.types.is_unsigned_integer(column.type) and \
+            pc.max(column).as_py() > np.iinfo(np.int64).max:
+        raise InvalidTable(f"--input: column {name!r} holds {pc.max(column).as_py()}, above "
+                           "the largest time this reads (2**63 - 1)")
     return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.int64), kind
 
 
+def _text_times(column: pa.Array, ids: pa.Array, name: str) -> tuple[pa.Array, str]:
+    """Times written as text that are not all timestamps: all integers (``"1"``, ``"2"``),
+    or InvalidTable naming the first value that is neither a date nor (among integers) one."""
+    text = pc.utf8_trim_whitespace(pc.cast(column, pa.string()))
+    integers = pc.match_substring_regex(text, r"^[-+]?\d{1,18}$")
+    if pc.all(integers).as_py():
+        return pc.cast(text, pa.int64()), "int"
+    dates = pc.is_valid(pc.strptime(text, "%Y-%m-%d", "s", error_is_null=True))
+    series, value = first_bad(ids, column, dates if pc.any(dates).as_py() else integers)
+    raise InvalidTable(f"--input: column {name!r} holds {value!r} (series {series!r}), "
+                       "neither a date nor an integer")
+
+
 def value_column(column: pa.Array, ids: pa.Array, name: str) -> np.ndarray:
-    """The value column as float64 (nulls: NaN, a missing close); InvalidTable otherwise."""
+    """The value column as float64 (nulls: NaN, a missing close); InvalidTable otherwise.
+    Integers beyond 2**53 become the nearest float, as in pandas."""
+    if pa.types.is_boolean(column.type) or pa.types.is_nested(column.type) or \
+            pa.types.is_temporal(column.type):
+        raise InvalidTable(f"--input: column {name!r} is of type {column.type}, not numbers")
     if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
             or pa.types.is_decimal(column.type) or pa.types.is_null(column.type)):
         try:
@@ -58,15 +80,25 @@ def value_column(column: pa.Array, ids: pa.Array, name: str) -> np.ndarray:
             series, value = first_bad(ids, column, pc.or_kleene(numeric, pc.is_null(column)))
             raise InvalidTable(f"--input: column {name!r} holds {value!r} (series {series!r}), "
                                "not a number") from None
-    return np.asarray(pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False),
+    return np.asarray(column.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False),
                       dtype=np.float64)
 
 
-def string_ids(column: pa.Array) -> pa.Array:
-    """Ids as strings, or as a dictionary of strings when read as one (kept encoded)."""
+def string_ids(column: pa.Array, name: str = "unique_id") -> pa.Array:
+    """Ids as strings, or as a dictionary of strings when read as one (kept encoded);
+    InvalidTable for ids that are neither text nor numbers, or an empty one."""
     if pa.types.is_dictionary(column.type) and pa.types.is_string(column.type.value_type):
-        return column
-    return pc.cast(column, pa.string())
+        text = column
+    elif pa.types.is_nested(column.type):
+        raise InvalidTable(f"--input: column {name!r} is of type {column.type}; ids are text "
+                           "or numbers")
+    else:
+        text = pc.cast(column, pa.string())
+    values = text.dictionary if isinstance(text, pa.DictionaryArray) else text
+    if pc.any(pc.equal(values, "")).as_py():
+        raise InvalidTable(f"--input: column {name!r} holds an empty id; give every series "
+                           "a name")
+    return text
 
 
 def same_as_next(ids: pa.Array) -> np.ndarray:

@@ -24,7 +24,14 @@ from crypto_ml.data.table import Columns, TableSource
 from crypto_ml.dispatch.manager import CryptoManager
 from crypto_ml.dispatch.table_output import TableOutput, failures_path
 from crypto_ml.dispatch.table_run import TablePlan
-from crypto_ml.models import DEFAULT_HORIZON, DEFAULT_MODEL, check_horizon, parse_models
+from crypto_ml.models import (
+    DEFAULT_HORIZON,
+    DEFAULT_MODEL,
+    PARAMS,
+    check_horizon,
+    get_model,
+    parse_models,
+)
 from crypto_ml.models.intervals import DEFAULT_LEVELS, check_levels
 
 
@@ -45,13 +52,13 @@ def forecast_frame(df: pd.DataFrame | str | Path, settings: Settings,
             raise CryptoMLError(f"the frame has no column {', '.join(map(repr, missing))} "
                                 f"(it has {', '.join(map(str, df.columns))}); name yours "
                                 "with id_col, time_col and target_col")
-        table = pa.Table.from_pandas(df[[id_col, time_col, target_col]], preserve_index=False)
-        source = TableSource(table, columns)
+        source = TableSource(_arrow_table(df, [id_col, time_col, target_col]), columns)
     else:
         source = TableSource(Path(df), columns)
+    models = parse_models(model)
+    _check_options(models, max_points, options)
     source.check()
-    plan = TablePlan.of(parse_models(model), horizon, check_levels(levels), max_points,
-                        options or None)
+    plan = TablePlan.of(models, horizon, check_levels(levels), max_points, options or None)
     manager = CryptoManager(settings=settings, err=err)
     with tempfile.TemporaryDirectory(prefix="crypto-ml-") as folder:
         out = Path(folder) / "forecast.parquet"
@@ -64,3 +71,36 @@ def forecast_frame(df: pd.DataFrame | str | Path, settings: Settings,
         result = pd.read_parquet(out)
         result.attrs["failures"] = pd.read_parquet(failures_path(out)).to_dict("records")
     return result
+
+
+def _arrow_table(df: pd.DataFrame, names: list[str]) -> pa.Table:
+    """The frame's id, time and value columns in Arrow; a CryptoMLError naming a column
+    Arrow cannot hold (mixed types, say). Periods become their start times."""
+    arrays = []
+    for name in names:
+        values = df[name]
+        if isinstance(values.dtype, pd.PeriodDtype):
+            values = values.dt.to_timestamp()
+        try:
+            arrays.append(pa.array(values, from_pandas=True))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+            raise CryptoMLError(f"the frame's column {name!r} cannot be read ({exc}); give "
+                                "it one type: text ids, dates or integers, numbers") from None
+    return pa.Table.from_arrays(arrays, names=names)
+
+
+def _check_options(models: Sequence[str], max_points: int | None,
+                   options: dict[str, Any]) -> None:
+    """A CryptoMLError, before any work, for an option no model takes (a typo) or a value
+    out of range."""
+    if max_points is not None and (not isinstance(max_points, int) or max_points < 0):
+        raise CryptoMLError(f"max_points must be a whole number of closes (0: all), got "
+                            f"{max_points!r}")
+    taken = sorted({name for m in models for name in PARAMS[m]})
+    unknown = [name for name in options if name not in taken]
+    if unknown:
+        they_take = ", ".join(taken) or "no option"
+        raise CryptoMLError(f"forecast() got {', '.join(unknown)}, which none of "
+                            f"{', '.join(models)} takes (they take {they_take})")
+    for m in models:
+        get_model(m, **{k: v for k, v in options.items() if k in PARAMS[m]})

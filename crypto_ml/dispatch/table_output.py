@@ -53,10 +53,27 @@ def check_output(out: Path) -> None:
         raise ConfigError(f"--output {out}: a table run writes Parquet; name it *.parquet")
     if out.is_dir():
         raise ConfigError(f"--output {out} is a folder; give a file name")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise ConfigError(f"--output {out}: {out.parent} is a file, not a folder")
     if not out.parent.is_dir():
         raise ConfigError(f"--output {out}: no folder {out.parent}; create it first")
     if not os.access(out.parent, os.W_OK | os.X_OK):
         raise ConfigError(f"--output {out}: cannot write in {out.parent}")
+
+
+def check_apart(out: Path, source: object) -> None:
+    """A ConfigError when OUT or its failures file is the input table (``--overwrite`` would
+    delete it) or lies in the input folder (the next run would read the forecasts as
+    series); ``source`` is the manifest's ``input``."""
+    if not isinstance(source, str) or not Path(source).is_absolute():
+        return  # a DataFrame
+    table = Path(source)
+    for path in (out, failures_path(out)):
+        where = path.resolve()
+        if where == table or table in where.parents:
+            how = "is" if where == table else "lies in"
+            raise ConfigError(f"--output {out}: {path.name} {how} the --input table {table}; "
+                              "write the forecasts elsewhere")
 
 
 def _differences(had: Mapping[str, Any], want: Mapping[str, Any]) -> str:
@@ -93,6 +110,7 @@ class TableOutput:
         self.failures = failures_path(out)
         self.parts = out.with_name(f".{out.name}.parts")
         self.run = dict(run)
+        check_apart(out, self.run.get("input"))
         if overwrite:
             shutil.rmtree(self.parts, ignore_errors=True)
             for path in (out, self.failures):
@@ -117,7 +135,11 @@ class TableOutput:
         """Chunks already written by an earlier, interrupted run of the same command."""
         manifest = self.parts / MANIFEST
         if not manifest.exists():
-            self.parts.mkdir(exist_ok=True)
+            try:
+                self.parts.mkdir(exist_ok=True)
+            except OSError as exc:  # a file of that name, a read-only place
+                raise ConfigError(f"--output {self.out}: cannot make the folder of its parts, "
+                                  f"{self.parts} ({exc.strerror or exc})") from None
             _write_text_atomic(self.parts / RUN_ID, uuid.uuid4().hex)
             _write_text_atomic(manifest, json.dumps(self.run, indent=1))
             return set()

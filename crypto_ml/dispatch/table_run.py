@@ -23,7 +23,7 @@ import pyarrow as pa
 from celery import Celery, states
 
 from crypto_ml.core.errors import InvalidTaskInput
-from crypto_ml.data.table import TIME_KINDS, SeriesChunk, TableSource, time_array
+from crypto_ml.data.table import TIME_KINDS, SeriesChunk, TableSource, fingerprint, time_array
 from crypto_ml.dispatch.engine import Dispatcher, Outcome, no_result
 from crypto_ml.dispatch.planning import Message
 from crypto_ml.dispatch.report import failure_reason
@@ -61,18 +61,20 @@ class TablePlan:
     def describe(self, source: TableSource) -> dict[str, Any]:
         """What the output's manifest records (a rerun must match it)."""
         path = source.path
-        stat = path.stat() if hasattr(path, "stat") else None
-        return {"input": str(getattr(path, "resolve", lambda: "a DataFrame")()),
-                "input_size": None if stat is None or path.is_dir() else stat.st_size,
-                "input_mtime": None if stat is None or path.is_dir() else stat.st_mtime_ns,
+        where = ({"input": "a DataFrame", "input_size": None, "input_mtime": None}
+                 if isinstance(path, pa.Table) else
+                 {"input": str(path.resolve()), **fingerprint(path)})
+        return {**where,
                 "columns": [source.columns.id, source.columns.time, source.columns.value],
                 "only": source.only,
                 "models": [[m.model, m.params, m.max_points] for m in self.models],
                 "horizon": self.horizon, "levels": list(self.levels),
                 "chunk_series": self.chunk_series}
 
-    def schema(self, time_kind: str) -> pa.Schema:
-        fields = [("unique_id", pa.string()), ("ds", TIME_KINDS[time_kind])]
+    def schema(self, time_kind: str, zone: str | None = None) -> pa.Schema:
+        """The output's columns; timestamps keep the input's ``zone``."""
+        ds_type = pa.timestamp("ns", tz=zone) if zone else TIME_KINDS[time_kind]
+        fields = [("unique_id", pa.string()), ("ds", ds_type)]
         for m in self.models:
             fields.append((m.model, pa.float64()))
             for level in self.levels:
@@ -103,24 +105,49 @@ class TableSummary:
                        for reason in self.chunks_failed.values())
 
 
-def future_times(kind: str, last: np.ndarray, step: np.ndarray, h: int) -> np.ndarray:
-    """The next ``h`` times after each series' ``last`` at its own step, ``(series, h)``."""
+def future_times(kind: str, last: np.ndarray, step: np.ndarray, h: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The next ``h`` times after each series' ``last`` at its own step, ``(series, h)``
+    (integers: ``last + 1 ... last + h``; monthly, quarterly and yearly dates and timestamps
+    in calendar months), and which series' times would pass the largest time their kind
+    holds (their rows are zeros: see :data:`PAST_THE_LAST_TIME`)."""
     k = np.arange(1, h + 1, dtype=np.int64)
-    if kind == "int":
-        return last[:, None] + k[None, :]
-    if kind == "timestamp":
-        return last[:, None] + np.where(step > 0, step, DAY_NS)[:, None] * k[None, :]
-    out = last[:, None] + np.where(step > 0, step, 1)[:, None] * k[None, :]
-    for months in set(CALENDAR_MONTHS.get(int(s), 0) for s in np.unique(step)) - {0}:
-        rows = np.flatnonzero([CALENDAR_MONTHS.get(int(s), 0) == months for s in step])
-        for day in np.unique(last[rows]):
-            start = pd.Timestamp(int(day), unit="D")
-            offset = (pd.offsets.MonthEnd(months) if start.is_month_end
-                      else pd.DateOffset(months=months))
-            dates = pd.date_range(start, periods=h + 1, freq=offset)[1:]
-            out[rows[last[rows] == day]] = (dates.values.astype("datetime64[D]")
-                                            .astype(np.int64))
-    return out
+    steps = (np.ones_like(last) if kind == "int"
+             else np.where(step > 0, step, DAY_NS if kind == "timestamp" else 1))
+    largest = float(np.iinfo(np.int32 if kind == "date" else np.int64).max) - 2048
+    beyond = last.astype(np.float64) + steps.astype(np.float64) * h >= largest
+    out = np.where(beyond[:, None], 0, last[:, None] + steps[:, None] * k[None, :])
+    if kind != "int":
+        _calendar_months(out, kind, last, steps, h, beyond)
+    return out, beyond
+
+
+def _calendar_months(out: np.ndarray, kind: str, last: np.ndarray, steps: np.ndarray, h: int,
+                     beyond: np.ndarray) -> None:
+    """Rows of ``out`` whose step is a month, a quarter or a year, as calendar dates (from
+    a month's end: each month's end); a start pandas cannot count from is ``beyond``."""
+    day = DAY_NS if kind == "timestamp" else 1
+    unit = "ns" if kind == "timestamp" else "D"
+    days = np.where(steps % day == 0, steps // day, 0)
+    for months in {CALENDAR_MONTHS.get(int(d), 0) for d in np.unique(days)} - {0}:
+        picked = np.array([CALENDAR_MONTHS.get(int(d), 0) == months for d in days])
+        rows = np.flatnonzero(picked & ~beyond)
+        for t in np.unique(last[rows]):
+            same = rows[last[rows] == t]
+            try:
+                start = pd.Timestamp(int(t), unit=unit)
+                offset = (pd.offsets.MonthEnd(months) if start.is_month_end
+                          else pd.DateOffset(months=months))
+                dates = pd.date_range(start, periods=h + 1, freq=offset)[1:]
+            except (OverflowError, pd.errors.OutOfBoundsDatetime):
+                beyond[same], out[same] = True, 0
+                continue
+            out[same] = dates.values.astype(f"datetime64[{unit}]").astype(np.int64)
+
+
+#: Why a series whose next times pass the largest its time kind holds gets no forecast.
+PAST_THE_LAST_TIME = ("TimeOutOfRange: its next times would pass the largest time its 'ds' "
+                      "type holds (int64 nanoseconds end in 2262); shift or rescale the times")
 
 
 def chunk_table(plan: TablePlan, schema: pa.Schema, kind: str, chunk: SeriesChunk,
@@ -128,22 +155,26 @@ def chunk_table(plan: TablePlan, schema: pa.Schema, kind: str, chunk: SeriesChun
     """A chunk's result as output rows (series that no model could forecast left out)
     and failure rows."""
     h, n = plan.horizon, len(chunk.ids)
+    times, beyond = future_times(kind, chunk.last_time, chunk.step, h)
+    errors = [e for e in result["errors"] if not beyond[e[0]]]
+    errors += [(row, m.model, PAST_THE_LAST_TIME) for row in np.flatnonzero(beyond).tolist()
+               for m in plan.models]
     failed_all = np.zeros(n, dtype=int)
-    for row, _, _ in result["errors"]:
+    for row, _, _ in errors:
         failed_all[row] += 1
     keep = np.flatnonzero(failed_all < len(plan.models))
     rows = np.repeat(keep, h)
     columns: list[Any] = [pa.array(chunk.ids, pa.string()).take(pa.array(rows)),
-                          time_array(future_times(kind, chunk.last_time[keep], chunk.step[keep],
-                                                  h).reshape(-1), kind)]
+                          time_array(times[keep].reshape(-1), kind).cast(schema.field(1).type)]
     names = ["mean"] + [f"{side}-{level_key(lv)}" for lv in plan.levels for side in ("lo", "hi")]
     for m in plan.models:
         got = result["forecasts"][m.model]
         for name in names:
             columns.append(column(got[name]).reshape(n, h)[keep].reshape(-1))
-    failures = pa.table({"unique_id": [chunk.ids[row] for row, _, _ in result["errors"]],
-                         "model": [model for _, model, _ in result["errors"]],
-                         "error": [reason for _, _, reason in result["errors"]]},
+    errors.sort(key=lambda e: e[0])
+    failures = pa.table({"unique_id": [chunk.ids[row] for row, _, _ in errors],
+                         "model": [model for _, model, _ in errors],
+                         "error": [reason for _, _, reason in errors]},
                         schema=FAILURES_SCHEMA)
     return pa.Table.from_arrays(columns, schema=schema), failures
 
@@ -168,7 +199,7 @@ def run_table(app: Celery, source: TableSource, output: TableOutput, plan: Table
         summary.already_complete = True
         return summary
     done = output.done_chunks()
-    schema = plan.schema(info.time_kind)
+    schema = plan.schema(info.time_kind, info.time_zone)
     chunks: dict[int, SeriesChunk] = {}
     total = 0
 
@@ -216,4 +247,4 @@ def _write_outcome(outcome: Outcome, chunk: SeriesChunk, plan: TablePlan, schema
     table, failures = chunk_table(plan, schema, kind, chunk, result)
     output.write_chunk(chunk.index, table, failures)
     summary.done += len(chunk.ids)
-    on_progress(len(chunk.ids), len({row for row, _, _ in result["errors"]}))
+    on_progress(len(chunk.ids), len(set(failures.column("unique_id").to_pylist())))
