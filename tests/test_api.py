@@ -108,6 +108,12 @@ HOSTILE = [
     (None, b"\xff"),
     ("application/json", b'{"coins": null, "series": {"s": [1.0, 2.0]}}'),
     ("application/json", b'{"coins'),
+    ("application/json", b'{"coins": ["\\ud800"]}'),  # a lone surrogate: no UTF-8 text
+    ("application/json", b'{"series": {"\\udc00": [1, 2, 3, 4, 5]}, "model": "naive"}'),
+    ("application/json", b'{"coins": ["alpha"], "max_points": 1' + b"0" * 30 + b"}"),
+    ("application/json", b'{"coins": ["alpha"], "levels": [80.5, 80.50000000001]}'),
+    ("application/json", b'{"coins": ["alpha"], "levels": [' + b", ".join(
+        str(10 + i).encode() for i in range(21)) + b"]}"),
 ]
 
 
@@ -252,6 +258,30 @@ def test_job_bodies_take_levels_as_forecast_bodies_do() -> None:
 
     assert JobBody(input="t.parquet", levels=[95, 80, 80]).levels == [80.0, 95.0]
     assert ForecastBody(coins=["a"], levels=[95, 80, 80]).levels == [80.0, 95.0]
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"input": "\\ud800.parquet"}', b'{"input": "t.parquet", "id_col": "\\udc00"}',
+    b'{"input": "t.parquet", "max_points": 1' + b"0" * 30 + b"}",
+    b'{"input": "t.parquet", "levels": [80.5, 80.50000000001]}'])
+def test_hostile_job_bodies_get_a_422_that_is_strict_json(data: Path, raw: bytes) -> None:
+    reply = make(data).post("/v1/jobs", content=raw, headers={"content-type": "application/json"})
+    assert reply.status_code == 422, reply.text
+    assert json.loads(reply.content.decode("utf-8"))["detail"]  # strict UTF-8 JSON
+
+
+def test_a_folder_input_may_not_lead_outside_the_data_directory(tmp_path: Path) -> None:
+    from crypto_ml.api.inputs import local_input
+    from crypto_ml.core.errors import ConfigError
+
+    root, outside = tmp_path / "data", tmp_path / "secret.parquet"
+    (root / "folder").mkdir(parents=True)
+    outside.write_bytes(b"PAR1")
+    (root / "folder" / "a.parquet").write_bytes(b"PAR1")
+    assert local_input("folder", root) == (root / "folder").resolve()
+    (root / "folder" / "x.parquet").symlink_to(outside)
+    with pytest.raises(ConfigError, match=r"'x\.parquet', which leads outside"):
+        local_input("folder", root)
 
 
 @pytest.mark.parametrize(("port", "says"),

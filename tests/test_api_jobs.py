@@ -88,7 +88,9 @@ def test_delete_cancels_a_job_and_its_queued_work_goes(server: Server) -> None:
     wait_until(lambda: job_state(server, accepted["id"])["status"] == "cancelled", 60,
                "the job to stop")
     final = job_state(server, accepted["id"])
-    assert final["done"] < 3000 and not Path(str(final["output"])).exists()
+    output = Path(str(final["output"]))
+    assert final["done"] < 3000 and not output.exists()
+    assert not output.with_name(f".{output.name}.parts").exists()  # a job is never resumed
     wait_until(lambda: queued(server) == 0, 60, "the job's queued work revoked or done")
     assert call(f"{server.url}/v1/jobs/nosuchjob")[0] == 404
 

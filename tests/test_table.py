@@ -261,6 +261,10 @@ def test_each_file_of_a_folder_is_checked_and_other_files_are_left_alone(tmp_pat
     write_parquet(random_walks(2, 20), folder / "a.parquet")
     (folder / "README.txt").write_text("a table of two series")  # not a table: not read
     assert TableSource(folder).check().series == 2
+    random_walks(1, 5).to_csv(folder / "c.csv", index=False)
+    with pytest.raises(InvalidTable, match=r"both Parquet .* and CSV"):
+        TableSource(folder)  # not the Parquet files alone, the CSV's series lost
+    (folder / "c.csv").unlink()
     write_parquet(random_walks(1, 5).rename(columns={"y": "other"}), folder / "b.parquet")
     with pytest.raises(InvalidTable, match=r"b\.parquet has no column 'y'"):
         TableSource(folder)  # its rows are not read as missing closes

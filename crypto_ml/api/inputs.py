@@ -34,6 +34,12 @@ def local_input(given: str, root: Path) -> Path:
                           "give a path relative to it (CRYPTO_ML_DATA_DIR), or an s3:// URI")
     if not found:
         raise ConfigError(f"no input {given[:200]!r} in the server's data directory")
+    if path.is_dir():  # a folder's files are read too: none may lead out (a symlink)
+        for inside in path.rglob("*"):
+            if not inside.resolve().is_relative_to(root):
+                raise ConfigError(f"input {given[:200]!r} holds "
+                                  f"{str(inside.relative_to(path))[:200]!r}, which leads "
+                                  "outside the server's data directory")
     return path
 
 

@@ -31,7 +31,7 @@ from typing import Any, Literal
 import pyarrow as pa
 import redis
 from celery import Celery
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from crypto_ml.core.errors import ConfigError, CryptoMLError
 from crypto_ml.core.settings import Settings
@@ -43,7 +43,7 @@ from crypto_ml.models.intervals import DEFAULT_LEVELS
 
 from .inputs import S3, discard_copy, local_input, s3_input
 from .job_store import JobStore, replica_id, status_of, stopped_error
-from .schemas import Levels, Whole
+from .schemas import MAX_POINTS, Levels, Whole, unicode_only
 
 log = logging.getLogger(__name__)
 #: A job's seconds without any outcome before its pending chunks count as failed.
@@ -68,10 +68,16 @@ class JobBody(BaseModel):
     horizon: Whole = Field(DEFAULT_HORIZON, ge=1, description="steps to forecast per series")
     levels: Levels = Field(list(DEFAULT_LEVELS),
                            description="prediction interval levels in percent")
-    max_points: Whole | None = Field(None, ge=0, description="fit on the newest N values")
+    max_points: Whole | None = Field(None, ge=0, le=MAX_POINTS,
+                                     description="fit on the newest N values")
     id_col: str = Field("unique_id", min_length=1)
     time_col: str = Field("ds", min_length=1)
     value_col: str = Field("y", min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def text_is_unicode(cls, data: Any) -> Any:
+        return unicode_only(data)
 
 
 class JobStatus(BaseModel):
@@ -81,7 +87,8 @@ class JobStatus(BaseModel):
     status: JobState
     series: int = Field(description="series in the input")
     done: int = Field(description="series finished (forecast or failed)")
-    failed: int = Field(description="(series, model) pairs in the failures table")
+    failed: int = Field(description="series with a failed forecast (listed in the failures "
+                        "table) or in a chunk that did not come back")
     series_per_second: float
     eta_seconds: float | None
     output: str
@@ -185,6 +192,17 @@ class Jobs:
 
     def _run(self, job: Job, source: TableSource, output: TableOutput, plan: TablePlan,
              copy: Path) -> None:
+        status, error = self._outcome(job, source, output, plan)
+        if status != "done":  # a job is never resumed: its finished chunks go too
+            output.discard()
+        discard_copy(copy)
+        job.status, job.error, job.finished = status, error, time.time()  # then it is seen
+        self._settle(job)
+
+    def _outcome(self, job: Job, source: TableSource, output: TableOutput, plan: TablePlan
+                 ) -> tuple[JobState, str | None]:
+        """Run the job; its final status and error. ``failed`` stays what the progress
+        counted: series, as while it ran."""
         try:
             summary = run_table(self.app, source, output, plan, job.progress, log.info,
                                 job.check_cancel, JOB_TIMEOUT,
@@ -192,25 +210,18 @@ class Jobs:
                                 check_lost_every=self.settings.lost_check_seconds)
         except JobCancelled:
             if job.stop_reason:
-                job.status, job.error = "failed", stopped_error(self.replica, job.stop_reason)
-            else:
-                job.status = "cancelled"
+                return "failed", stopped_error(self.replica, job.stop_reason)
+            return "cancelled", None
         except (CryptoMLError, OSError, redis.RedisError) as exc:  # the broker refused...
-            job.status, job.error = "failed", f"{type(exc).__name__}: {exc}"
+            return "failed", f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # a bug: say so in the job, keep the server up
             log.exception("job %s failed", job.id)
-            job.status, job.error = "failed", f"{type(exc).__name__}: {exc}"
-        else:
-            job.failed = summary.failures
-            if summary.chunks_failed:
-                first = next(iter(summary.chunks_failed.values()))
-                job.status = "failed"
-                job.error = f"{len(summary.chunks_failed)} chunk(s) did not come back ({first})"
-            else:
-                job.status = "done"
-        job.finished = time.time()
-        discard_copy(copy)
-        self._settle(job)
+            return "failed", f"{type(exc).__name__}: {exc}"
+        if summary.chunks_failed:
+            first = next(iter(summary.chunks_failed.values()))
+            return "failed", (f"{len(summary.chunks_failed)} chunk(s) did not come back "
+                              f"({first}); no output was written: POST the job again")
+        return "done", None
 
     def _settle(self, job: Job) -> None:
         """Write the job's final record (retried by the syncer if Redis is away now)."""

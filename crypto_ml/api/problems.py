@@ -28,20 +28,27 @@ def json_safe(value: Any) -> Any:
         value = value.decode("utf-8", "replace")
     try:
         text = json.dumps(value, allow_nan=False, ensure_ascii=False)
-    except (TypeError, ValueError):
+        text.encode()  # a lone surrogate (JSON's "\ud800") is no UTF-8
+    except (TypeError, ValueError):  # UnicodeEncodeError is a ValueError
         text = None
     if text is not None and len(text) <= MAX_INPUT_CHARS:
         return value
-    shown = text if text is not None else repr(value)
+    shown = utf8(text if text is not None else repr(value))
     return shown[:MAX_INPUT_CHARS] + ("..." if len(shown) > MAX_INPUT_CHARS else "")
+
+
+def utf8(text: str) -> str:
+    """``text`` with any lone surrogate written out as its escape, so that it encodes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def bounded(errors: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """At most MAX_PROBLEMS of ``errors``, each JSON-safe, plus one entry counting the rest."""
     shown = []
     for error in errors[:MAX_PROBLEMS]:
-        loc = [p if isinstance(p, int) else str(p)[:MAX_INPUT_CHARS] for p in error.get("loc", ())]
-        problem: dict[str, Any] = {"loc": loc, "msg": str(error.get("msg", ""))[:1000],
+        loc = [p if isinstance(p, int) else utf8(str(p))[:MAX_INPUT_CHARS]
+               for p in error.get("loc", ())]
+        problem: dict[str, Any] = {"loc": loc, "msg": utf8(str(error.get("msg", "")))[:1000],
                                    "type": str(error.get("type", ""))}
         if "input" in error:
             problem["input"] = json_safe(error["input"])

@@ -31,7 +31,8 @@ Wait = Annotated[float, Query(ge=0, description="seconds to wait for the results
 
 
 def _not_found(what: str) -> HTTPException:
-    return HTTPException(404, f"no {what} (unknown, or expired after CRYPTO_ML_RESULT_EXPIRES)")
+    return HTTPException(404, f"no {what} (unknown, expired after CRYPTO_ML_RESULT_EXPIRES, "
+                         "or made by an embedded cluster since restarted)")
 
 
 def forecast_routes(settings: Settings, runs: Runs, service: ForecastService,
@@ -75,7 +76,7 @@ def forecast_routes(settings: Settings, runs: Runs, service: ForecastService,
     async def get_forecast(run_id: str) -> Response:
         state = await runs.state(run_id)
         if state is None:
-            raise _not_found(f"forecast run {run_id!r}")
+            raise _not_found(f"forecast run {run_id[:100]!r}")
         if state.fresh:
             metrics.count_run(state)
         return Response(state.encoded(), media_type="application/json")
@@ -124,7 +125,7 @@ def job_routes(jobs: Jobs | None, authorized: Sequence[Depends]) -> APIRouter:
         running = cluster_jobs()  # any replica: the record is in the result backend
         found = running.cancel(job_id) if request.method == "DELETE" else running.get(job_id)
         if found is None:
-            raise _not_found(f"job {job_id!r}")
+            raise _not_found(f"job {job_id[:100]!r}")
         return found
 
     return router

@@ -24,8 +24,31 @@ def _whole(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
+#: The largest ``max_points`` a body may give (a window is an int32 on the wire).
+MAX_POINTS = 2**31 - 1
+
 #: An integer field that also takes a JSON number with no fraction.
 Whole = Annotated[int, BeforeValidator(_whole)]
+
+
+def unicode_only(data: Any) -> Any:
+    """The raw body, refused (422) when a text in it holds a lone surrogate: JSON can escape
+    one (``"\\ud800"``), but no UTF-8 text holds it, so it could be neither queued nor echoed."""
+    if isinstance(data, str):
+        try:
+            data.encode()
+        except UnicodeEncodeError:
+            raise ValueError("a text holds a lone surrogate escape (such as \\ud800), which is "
+                             "not Unicode: send UTF-8 text") from None
+    elif isinstance(data, dict):
+        for key, value in data.items():
+            unicode_only(key)
+            unicode_only(value)
+    elif isinstance(data, list):
+        for item in data:
+            if isinstance(item, str | dict | list):
+                unicode_only(item)
+    return data
 
 
 def _checked_levels(value: list[float]) -> list[float]:
@@ -73,7 +96,8 @@ class ForecastBody(BaseModel):
                            description="days to forecast (at most CRYPTO_ML_MAX_HORIZON)")
     params: dict[str, Any] = Field(default_factory=dict, description="model options, e.g. "
                                    '{"epochs": 2}; each model takes those GET /v1/models lists')
-    max_points: Whole | None = Field(None, ge=0, description="fit on the newest N closes only "
+    max_points: Whole | None = Field(None, ge=0, le=MAX_POINTS,
+                                     description="fit on the newest N closes only "
                                    "(0: all; default: each model's own window, 200 for most)")
     levels: Levels = Field(
         list(DEFAULT_LEVELS), description="prediction interval levels in percent, e.g. "
@@ -84,6 +108,7 @@ class ForecastBody(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def no_null_source(cls, data: Any) -> Any:
+        unicode_only(data)
         if isinstance(data, dict):
             for name in SOURCES:
                 if name in data and data[name] is None:

@@ -86,9 +86,12 @@ def _files(path: Path) -> tuple[list[Path], str]:
         kind = "csv" if path.name.lower().endswith((".csv", ".csv.gz")) else "parquet"
         return [path], kind
     parquet = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".parquet", ".pq"))
+    csv = sorted(p for p in path.rglob("*.csv") if p.is_file())
+    if parquet and csv:  # one table is one format: say so rather than skip a part of it
+        raise InvalidTable(f"--input {path}: the folder holds both Parquet ({parquet[0].name}) "
+                           f"and CSV ({csv[0].name}) files; give a folder of one kind")
     if parquet:
         return parquet, "parquet"
-    csv = sorted(p for p in path.rglob("*.csv") if p.is_file())
     if csv:
         return csv, "csv"
     raise InvalidTable(f"--input {path}: the folder holds no .parquet or .csv file")

@@ -165,6 +165,10 @@ class TableOutput:
         if self.parts.is_dir():
             _write_text_atomic(self.parts / RUN_ID, uuid.uuid4().hex)
 
+    def discard(self) -> None:
+        """Remove the parts of a run that will not be resumed (an API job that ended early)."""
+        shutil.rmtree(self.parts, ignore_errors=True)
+
     def write_chunk(self, index: int, table: pa.Table, failures: pa.Table) -> None:
         """Chunk ``index``'s rows and failures, each file wholly or not at all."""
         if failures.num_rows:

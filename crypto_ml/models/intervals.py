@@ -55,6 +55,10 @@ MIN_CALIBRATION_TRAIN = 20
 Bands = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
+#: The most interval levels one request may ask for (each adds two columns per model).
+MAX_LEVELS = 20
+
+
 def level_key(level: float) -> str:
     """How a level is named in results: ``80.0`` -> ``"80"``, ``99.5`` -> ``"99.5"``."""
     return f"{float(level):g}"
@@ -75,7 +79,14 @@ def check_levels(levels: object) -> tuple[float, ...]:
         if isinstance(level, bool) or not 0 < value < 100:
             raise InvalidTaskInput(f"a level must be a percentage between 0 and 100, got {level!r}")
         out.append(value)
-    return tuple(sorted(set(out)))
+    named: dict[str, float] = {}
+    for value in sorted(set(out)):
+        if named.setdefault(level_key(value), value) != value:  # one name, one column
+            raise InvalidTaskInput(f"levels {named[level_key(value)]!r} and {value!r} are both "
+                                   f"named {level_key(value)}; give levels that differ there")
+    if len(named) > MAX_LEVELS:
+        raise InvalidTaskInput(f"at most {MAX_LEVELS} levels, got {len(named)}")
+    return tuple(named.values())
 
 
 def normal_quantile(level: float) -> float:
