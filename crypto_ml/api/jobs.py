@@ -31,7 +31,7 @@ from typing import Any, Literal
 import pyarrow as pa
 import redis
 from celery import Celery
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from crypto_ml.core.errors import ConfigError, CryptoMLError
 from crypto_ml.core.settings import Settings
@@ -43,7 +43,7 @@ from crypto_ml.models.intervals import DEFAULT_LEVELS
 
 from .inputs import S3, discard_copy, local_input, s3_input
 from .job_store import JobStore, replica_id, status_of, stopped_error
-from .schemas import MAX_POINTS, Levels, Whole, unicode_only
+from .schemas import MAX_POINTS, Levels, Text, Whole
 
 log = logging.getLogger(__name__)
 #: A job's seconds without any outcome before its pending chunks count as failed.
@@ -60,24 +60,20 @@ class JobBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    input: str = Field(min_length=1, description="a Parquet file, a folder of them or a CSV: "
+    input: Text = Field(min_length=1, description="a Parquet file, a folder of them or a CSV: "
                        "a path relative to the server's data directory (CRYPTO_ML_DATA_DIR), "
                        "or s3://BUCKET/KEY (an object, or a prefix holding a dataset) read "
                        "with the server's S3 credentials")
-    model: str | list[str] = Field(DEFAULT_MODEL, description="a model name, a comma list or a list")
+    model: Text | list[Text] = Field(DEFAULT_MODEL,
+                                     description="a model name, a comma list or a list")
     horizon: Whole = Field(DEFAULT_HORIZON, ge=1, description="steps to forecast per series")
     levels: Levels = Field(list(DEFAULT_LEVELS),
                            description="prediction interval levels in percent")
     max_points: Whole | None = Field(None, ge=0, le=MAX_POINTS,
                                      description="fit on the newest N values")
-    id_col: str = Field("unique_id", min_length=1)
-    time_col: str = Field("ds", min_length=1)
-    value_col: str = Field("y", min_length=1)
-
-    @model_validator(mode="before")
-    @classmethod
-    def text_is_unicode(cls, data: Any) -> Any:
-        return unicode_only(data)
+    id_col: Text = Field("unique_id", min_length=1)
+    time_col: Text = Field("ds", min_length=1)
+    value_col: Text = Field("y", min_length=1)
 
 
 class JobStatus(BaseModel):

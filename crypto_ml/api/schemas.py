@@ -31,24 +31,18 @@ MAX_POINTS = 2**31 - 1
 Whole = Annotated[int, BeforeValidator(_whole)]
 
 
-def unicode_only(data: Any) -> Any:
-    """The raw body, refused (422) when a text in it holds a lone surrogate: JSON can escape
-    one (``"\\ud800"``), but no UTF-8 text holds it, so it could be neither queued nor echoed."""
-    if isinstance(data, str):
-        try:
-            data.encode()
-        except UnicodeEncodeError:
-            raise ValueError("a text holds a lone surrogate escape (such as \\ud800), which is "
-                             "not Unicode: send UTF-8 text") from None
-    elif isinstance(data, dict):
-        for key, value in data.items():
-            unicode_only(key)
-            unicode_only(value)
-    elif isinstance(data, list):
-        for item in data:
-            if isinstance(item, str | dict | list):
-                unicode_only(item)
-    return data
+def _unicode(text: str) -> str:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise ValueError("holds a lone surrogate escape (such as \\ud800), which is not "
+                         "Unicode: send UTF-8 text") from None
+    return text
+
+
+#: Text that is Unicode: JSON can escape a lone surrogate (``"\\ud800"``), which no UTF-8 text
+#: holds, so it could be neither queued nor echoed (422 here, not a 500 or 503 later).
+Text = Annotated[str, AfterValidator(_unicode)]
 
 
 def _checked_levels(value: list[float]) -> list[float]:
@@ -86,11 +80,11 @@ class ForecastBody(BaseModel):
     # strict: a field takes what its schema says, not "10" for 10 nor 0 for false
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_one_source_schema)
 
-    coins: list[Annotated[str, Field(pattern=r"\S")]] | None = Field(
+    coins: list[Annotated[str, Field(pattern=r"\S"), AfterValidator(_unicode)]] | None = Field(
         None, min_length=1, description="coin ids (GET /v1/coins)")
-    series: dict[str, list[float]] | None = Field(
+    series: dict[Text, list[float]] | None = Field(
         None, min_length=1, description="name -> closes, oldest first; finite numbers only")
-    model: str | list[str] = Field(DEFAULT_MODEL, description="a model name (GET /v1/models), a "
+    model: Text | list[Text] = Field(DEFAULT_MODEL, description="a model name (GET /v1/models), a "
                                    "comma list or a list of names")
     horizon: Whole = Field(DEFAULT_HORIZON, ge=1,
                            description="days to forecast (at most CRYPTO_ML_MAX_HORIZON)")
@@ -108,7 +102,6 @@ class ForecastBody(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def no_null_source(cls, data: Any) -> Any:
-        unicode_only(data)
         if isinstance(data, dict):
             for name in SOURCES:
                 if name in data and data[name] is None:
