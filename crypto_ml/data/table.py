@@ -97,15 +97,14 @@ def _files(path: Path) -> tuple[list[Path], str]:
     raise InvalidTable(f"--input {path}: the folder holds no .parquet or .csv file")
 
 
-def _dataset(path: Path, columns: Columns) -> ds.Dataset:
+def _dataset(path: Path, files: list[Path], kind: str, columns: Columns) -> ds.Dataset:
     try:
-        return _open(path, columns)
+        return _open(path, files, kind, columns)
     except (pa.ArrowException, OSError) as exc:  # an empty or ragged CSV, say
         raise InvalidTable(f"--input {path}: cannot read the table ({exc})") from None
 
 
-def _open(path: Path, columns: Columns) -> ds.Dataset:
-    files, kind = _files(path)
+def _open(path: Path, files: list[Path], kind: str, columns: Columns) -> ds.Dataset:
     if kind == "csv":
         convert = pacsv.ConvertOptions(column_types={columns.id: pa.string()})
         fmt = ds.CsvFileFormat(convert_options=convert)
@@ -142,23 +141,6 @@ def _check_file(file: Path, root: Path, columns: Columns) -> set[str]:
     return folders
 
 
-def fingerprint(path: Path) -> dict[str, object]:
-    """What tells one state of the input from another (a rerun to the same output must find
-    the same): a file's size and time; for a folder, its table files' number, total size,
-    newest time and a digest of their names, sizes and times (a file added, removed,
-    renamed or rewritten changes it)."""
-    if path.is_file():
-        stat = path.stat()
-        return {"input_size": stat.st_size, "input_mtime": stat.st_mtime_ns}
-    files, _ = _files(path)
-    stats = [(str(f.relative_to(path)), f.stat()) for f in files]
-    digest = hashlib.sha256("\n".join(f"{name}\0{st.st_size}\0{st.st_mtime_ns}"
-                                       for name, st in stats).encode()).hexdigest()[:16]
-    return {"input_size": sum(st.st_size for _, st in stats),
-            "input_mtime": max(st.st_mtime_ns for _, st in stats),
-            "input_files": f"{len(stats)} file(s), {digest}"}
-
-
 class TableSource:
     """One long-format table: checked once (:meth:`check`), then read in chunks."""
 
@@ -169,11 +151,32 @@ class TableSource:
         #: How errors name the table: ``--input PATH``, or "the frame" (crypto_ml.forecast)
         self.label = "the frame" if isinstance(path, pa.Table) else f"--input {self.path}"
         self.only = list(only) if only else None
-        self.dataset = (ds.dataset(path) if isinstance(path, pa.Table)
-                        else _dataset(Path(path), columns))
+        #: The table's files, as listed once (none for a frame): read, and fingerprinted
+        self.files: list[Path] = []
+        if isinstance(path, pa.Table):
+            self.dataset = ds.dataset(path)
+        else:
+            self.files, kind = _files(Path(path))
+            self.dataset = _dataset(Path(path), self.files, kind, columns)
         self._sorted: pa.Table | None = None
         self.info: TableInfo | None = None
         self._layout: _Layout | None = None
+
+    def fingerprint(self) -> dict[str, object]:
+        """What tells one state of the input from another (a rerun to the same output must
+        find the same): a file's size and time; for a folder, its table files' number, total
+        size, newest time and a digest of their names, sizes and times (a file added,
+        removed, renamed or rewritten changes it)."""
+        assert isinstance(self.path, Path)  # a frame has no state to find again
+        if self.path.is_file():
+            stat = self.path.stat()
+            return {"input_size": stat.st_size, "input_mtime": stat.st_mtime_ns}
+        stats = [(str(f.relative_to(self.path)), f.stat()) for f in self.files]
+        digest = hashlib.sha256("\n".join(f"{name}\0{st.st_size}\0{st.st_mtime_ns}"
+                                           for name, st in stats).encode()).hexdigest()[:16]
+        return {"input_size": sum(st.st_size for _, st in stats),
+                "input_mtime": max(st.st_mtime_ns for _, st in stats),
+                "input_files": f"{len(stats)} file(s), {digest}"}
 
     def _batches(self, values: bool = True, ids: bool = True) -> Iterator[pa.RecordBatch]:
         """The (with ``ids``) id, time and (with ``values``) value columns, batch by batch;
@@ -277,13 +280,10 @@ class TableSource:
         prev: tuple[str, int] | None = None
         firsts: list[pa.Array] = []
         starts: list[np.ndarray] = []
-        zone = None
         for batch in self._batches(values=not self._stored_as_numbers()):
             if not batch.num_rows:
                 continue
             ids, times, kind, _ = self._arrays(batch)
-            found = batch.column(self.columns.time).type
-            zone = zone or (found.tz if pa.types.is_timestamp(found) else None)
             new, order_ok, dup = id_order(ids, times, prev)
             if dup is not None:
                 raise InvalidTable(f"--input: series {dup!r} has two rows at the same "
@@ -296,6 +296,8 @@ class TableSource:
         begin = np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
         layout = _Layout(pa.concat_arrays(firsts) if firsts else pa.array([], pa.string()),
                          np.diff(np.append(begin, rows)))
+        found = self.dataset.schema.field(self.columns.time).type  # the batches read it
+        zone = found.tz if pa.types.is_timestamp(found) else None
         return TableInfo(rows, len(begin), kind, presorted, zone), layout
 
     def _sort(self) -> None:

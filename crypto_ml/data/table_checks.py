@@ -43,10 +43,10 @@ def time_column(column: pa.Array, ids: pa.Array, name: str) -> tuple[np.ndarray,
     if kind == "timestamp":
         return np.asarray(pc.cast(column, pa.timestamp("ns")).cast(pa.int64()).to_numpy(),
                           dtype=np.int64), kind
-    if pa.types.is_unsigned_integer(column.type) and \
-            pc.max(column).as_py() > np.iinfo(np.int64).max:
-        raise InvalidTable(f"--input: column {name!r} holds {pc.max(column).as_py()}, above "
-                           "the largest time this reads (2**63 - 1)")
+    largest = pc.max(column).as_py() if pa.types.is_unsigned_integer(column.type) else None
+    if largest is not None and largest > np.iinfo(np.int64).max:
+        raise InvalidTable(f"--input: column {name!r} holds {largest}, above the largest time "
+                           "this reads (2**63 - 1)")
     return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.int64), kind
 
 

@@ -23,7 +23,7 @@ import pyarrow as pa
 from celery import Celery, states
 
 from crypto_ml.core.errors import InvalidTaskInput
-from crypto_ml.data.table import TIME_KINDS, SeriesChunk, TableSource, fingerprint, time_array
+from crypto_ml.data.table import TIME_KINDS, SeriesChunk, TableSource, time_array
 from crypto_ml.dispatch.engine import Dispatcher, Outcome, no_result
 from crypto_ml.dispatch.planning import Message
 from crypto_ml.dispatch.report import failure_reason
@@ -63,7 +63,7 @@ class TablePlan:
         path = source.path
         where = ({"input": "a DataFrame", "input_size": None, "input_mtime": None}
                  if isinstance(path, pa.Table) else
-                 {"input": str(path.resolve()), **fingerprint(path)})
+                 {"input": str(path.resolve()), **source.fingerprint()})
         return {**where,
                 "columns": [source.columns.id, source.columns.time, source.columns.value],
                 "only": source.only,
