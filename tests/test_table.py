@@ -276,7 +276,8 @@ def test_hive_folders_keep_ids_as_text(tmp_path: Path) -> None:
         (tmp_path / f"unique_id={name}").mkdir()
         write_parquet(rows, tmp_path / f"unique_id={name}" / "p.parquet")
     source = TableSource(tmp_path)
-    assert source.check().series == 2  # not one series '7'
+    info = source.check()
+    assert (info.series, info.id_type) == (2, pa.string())  # not one series '7'
     assert [uid for chunk in source.chunks(10) for uid in chunk.ids] == ["007", "7"]
 
 
@@ -366,8 +367,12 @@ def test_times_past_the_largest_of_their_kind_are_failures_not_wrapped_around() 
     assert "TimeOutOfRange" in failures.column("error")[0].as_py()
 
 
-def _plan_and_rows(tmp_path: Path) -> tuple[TablePlan, TableSource, list]:
-    source = TableSource(write_parquet(random_walks(9, 40), tmp_path / "in.parquet"))
+def _plan_and_rows(tmp_path: Path, numbered: bool = False
+                   ) -> tuple[TablePlan, TableSource, list]:
+    frame = random_walks(9, 40)
+    if numbered:
+        frame["unique_id"] = frame["unique_id"].str[1:].astype(int)
+    source = TableSource(write_parquet(frame, tmp_path / "in.parquet"))
     info = source.check()
     plan = TablePlan.of(["naive"], 4, LEVELS, chunk_series=4)
     schema = plan.schema(info.time_kind)
@@ -401,6 +406,21 @@ def test_an_interrupted_output_resumes_and_ends_as_an_uninterrupted_one(tmp_path
     assert not (tmp_path / ".again.parquet.parts").exists()
     assert pq.read_table(tmp_path / "again.failures.parquet").num_rows == 0
     assert TableOutput(tmp_path / "again.parquet", plan.describe(source)).finished()
+
+
+def test_integer_ids_come_back_as_integers(tmp_path: Path) -> None:
+    plan, source, parts = _plan_and_rows(tmp_path, numbered=True)
+    assert source.info is not None and source.info.id_type == pa.int64()
+    out = TableOutput(tmp_path / "o.parquet", plan.describe(source))
+    out.done_chunks()
+    for part in parts:
+        out.write_chunk(*part)
+    out.finish(plan.schema("date"), range(len(parts)), source.info.id_type)
+    got = pq.read_table(tmp_path / "o.parquet")
+    assert got.schema.field("unique_id").type == pa.int64()
+    assert got.column("unique_id").to_pylist() == sorted(np.repeat(np.arange(9), 4).tolist())
+    failures = pq.read_schema(tmp_path / "o.failures.parquet")
+    assert failures.field("unique_id").type == pa.int64()
 
 
 def test_the_same_output_for_another_run_is_refused_naming_the_difference(tmp_path: Path) -> None:
@@ -498,9 +518,11 @@ def test_picked_series_and_a_table_that_changed_after_its_check(tmp_path: Path) 
     ({"df": "no-y"}, CryptoMLError, "the frame has no column 'y'"),
     ({"df": "mixed-y"}, CryptoMLError, "the frame's column 'y' cannot be read"),
     ({"df": "timedelta-ds"}, InvalidTable, "column 'ds' is of type duration"),
-    ({"max_ponts": 50}, CryptoMLError, "forecast() got max_ponts, which none of naive takes"),
+    ({"max_ponts": 50}, ConfigError, "forecast() got max_ponts: none of naive takes it; they "
+     "take no option"),
     ({"max_points": -5}, CryptoMLError, "max_points must be a whole number of closes"),
-    ({"model": "lstm", "epochs": 10**6}, InvalidTaskInput, "epochs"),
+    ({"model": "lstm", "epochs": 10**6}, ConfigError, "model 'lstm': epochs must be an integer "
+     "from 1 to 1000"),
 ])
 def test_forecast_refuses_a_bad_call_before_any_cluster_starts(
         given: dict[str, object], raised: type[Exception], says: str) -> None:

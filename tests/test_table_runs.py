@@ -193,6 +193,10 @@ def test_crypto_ml_forecast_takes_a_frame_as_statsforecast_does(
     last = frame.groupby("unique_id")["y"].last()
     assert (got.groupby("unique_id")["naive"].first() == last).all()
     assert pd.api.types.is_datetime64_any_dtype(got["ds"])
+    numbered = frame.assign(unique_id=frame["unique_id"].str[1:].astype(int))
+    got = crypto_ml.forecast(numbered, model="naive", horizon=2, levels=())
+    assert got["unique_id"].dtype == numbered["unique_id"].dtype  # merges with the input
+    assert got.merge(numbered.groupby("unique_id").size().rename("n").reset_index()).shape[0] == 60
 
 
 def test_backtest_reads_a_long_table_too(cluster, price_data: Path, tmp_path: Path) -> None:

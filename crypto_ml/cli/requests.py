@@ -21,11 +21,11 @@ from pathlib import Path
 
 from crypto_ml.backtest.best import BEST, DEFAULT_CANDIDATES, load_saved
 from crypto_ml.backtest.engine import BacktestResult
-from crypto_ml.core.errors import ConfigError, DataNotFound, InvalidTaskInput, UnknownModel
+from crypto_ml.core.errors import ConfigError, DataNotFound, UnknownModel
 from crypto_ml.core.settings import Settings, comma_list
 from crypto_ml.data.loader import HOW_TO_GET_DATA, CryptoLoader
 from crypto_ml.data.names import coin_id
-from crypto_ml.models import PARAMS, get_model, parse_models
+from crypto_ml.models import check_option_names, check_option_values, get_model, parse_models
 from crypto_ml.models.intervals import MIN_CALIBRATION_TRAIN
 
 
@@ -138,7 +138,8 @@ def send_request(args: argparse.Namespace) -> SendRequest:
     forecasts = Forecasts(tuple(checked_models(args.model, (BEST,))) if args.model != BEST
                           else (), args.horizon, args.max_points, tuple(args.levels),
                           args.epochs, args.timeout)
-    check_model_options(forecasts.models, {} if args.epochs is None else {"epochs": args.epochs})
+    check_option_values(forecasts.models, {} if args.epochs is None else {"epochs": args.epochs},
+                        "--model {}")
     check_horizon(settings, args.horizon)
     table = table_of(args)
     common = {"settings": settings, "stderr": stderr_of(args, settings), "output": args.output}
@@ -194,9 +195,9 @@ def backtest_request(args: argparse.Namespace) -> BacktestRequest:
     models = tuple(checked_models(args.model))
     options = dict(args.param)
     check_horizon(settings, args.horizon)
-    check_param_names(models, options)
-    check_model_options(models, {**options, **({} if args.epochs is None
-                                               else {"epochs": args.epochs})})
+    check_option_names(models, options, "--param {}")
+    check_option_values(models, {**options, **({} if args.epochs is None
+                                               else {"epochs": args.epochs})}, "--model {}")
     windows: tuple[int | None, ...] = tuple(args.max_points or [None])
     check_max_points(windows, models, options)
     given = {"horizon": args.horizon, "origins": args.origins, "stride": args.stride,
@@ -233,25 +234,6 @@ def check_horizon(settings: Settings, horizon: int | None) -> None:
     if horizon is not None and (why := settings.horizon_problem(horizon)) is not None:
         raise ConfigError(f"--horizon {why}; set CRYPTO_ML_MAX_HORIZON here and on the workers "
                           "for more")
-
-
-def check_param_names(models: Sequence[str], options: Mapping[str, object]) -> None:
-    """A ConfigError for a ``--param`` that none of ``models`` takes (a typo, most likely)."""
-    taken = sorted({name for model in models for name in PARAMS[model]})
-    for name in options:
-        if name not in taken:
-            they_take = f"they take {', '.join(taken)}" if taken else "they take no option"
-            raise ConfigError(f"--param {name}: none of {', '.join(models)} takes it; {they_take}")
-
-
-def check_model_options(models: Sequence[str], params: Mapping[str, object]) -> None:
-    """A ConfigError, before any cluster starts, when an option is outside the range a model
-    takes (``--epochs 100000``): each model is built once with the options it takes."""
-    for name in models:
-        try:
-            get_model(name, **params)
-        except InvalidTaskInput as exc:
-            raise ConfigError(f"--model {name}: {exc}") from None
 
 
 def fewest_points(models: Sequence[str], params: Mapping[str, object] | None = None,

@@ -57,6 +57,9 @@ class Columns:
     value: str = "y"
 
 
+TEXT = pa.string()  # ids are read as text, and written so unless the input's were integers
+
+
 @dataclass
 class SeriesChunk:
     """``ids[i]``'s values are ``values[offsets[i]:offsets[i+1]]``, oldest first."""
@@ -77,6 +80,8 @@ class TableInfo:
     time_kind: str
     presorted: bool
     time_zone: str | None = None  # a timestamp column's zone: the forecasts' times keep it
+    #: The ids' type in the output: the input's integer type, else text (read as text)
+    id_type: pa.DataType = TEXT
 
 
 def _files(path: Path) -> tuple[list[Path], str]:
@@ -298,7 +303,9 @@ class TableSource:
                          np.diff(np.append(begin, rows)))
         found = self.dataset.schema.field(self.columns.time).type  # the batches read it
         zone = found.tz if pa.types.is_timestamp(found) else None
-        return TableInfo(rows, len(begin), kind, presorted, zone), layout
+        id_type = self.dataset.schema.field(self.columns.id).type
+        id_type = id_type if pa.types.is_integer(id_type) else TEXT
+        return TableInfo(rows, len(begin), kind, presorted, zone, id_type), layout
 
     def _sort(self) -> None:
         """Sort an unsorted table in memory (see the module doc); later reads read it."""

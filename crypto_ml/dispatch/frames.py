@@ -27,9 +27,9 @@ from crypto_ml.dispatch.table_run import TablePlan
 from crypto_ml.models import (
     DEFAULT_HORIZON,
     DEFAULT_MODEL,
-    PARAMS,
     check_horizon,
-    get_model,
+    check_option_names,
+    check_option_values,
     parse_models,
 )
 from crypto_ml.models.intervals import DEFAULT_LEVELS, check_levels
@@ -96,11 +96,5 @@ def _check_options(models: Sequence[str], max_points: int | None,
     if max_points is not None and (not isinstance(max_points, int) or max_points < 0):
         raise CryptoMLError(f"max_points must be a whole number of closes (0: all), got "
                             f"{max_points!r}")
-    taken = sorted({name for m in models for name in PARAMS[m]})
-    unknown = [name for name in options if name not in taken]
-    if unknown:
-        they_take = ", ".join(taken) or "no option"
-        raise CryptoMLError(f"forecast() got {', '.join(unknown)}, which none of "
-                            f"{', '.join(models)} takes (they take {they_take})")
-    for m in models:
-        get_model(m, **{k: v for k, v in options.items() if k in PARAMS[m]})
+    check_option_names(models, options, "forecast() got {}")
+    check_option_values(models, options, "model {!r}")

@@ -175,16 +175,25 @@ class TableOutput:
             _write_atomic(failures, self.parts / f"failed-{index:08d}{PART}")
         _write_atomic(table, self.parts / f"chunk-{index:08d}{PART}")
 
-    def finish(self, schema: pa.Schema, chunks: Iterable[int]) -> int:
-        """Join the parts into OUT and OUT.failures.parquet; the number of failures."""
+    def finish(self, schema: pa.Schema, chunks: Iterable[int], ids: pa.DataType | None = None
+               ) -> int:
+        """Join the parts into OUT and OUT.failures.parquet; the number of failures. The
+        parts hold ids as text; both files give them the input's type ``ids`` (integer ids
+        come back as integers, as statsforecast returns them)."""
         meta = {META_KEY: json.dumps(self.run).encode()}
-        _concat(self.out, schema.with_metadata(meta),
+        _concat(self.out, _with_ids(schema, ids).with_metadata(meta),
                 (self.parts / f"chunk-{i:08d}{PART}" for i in chunks))
         failed = sorted(self.parts.glob(f"failed-*{PART}"))
-        _concat(self.failures, FAILURES_SCHEMA, failed)
+        _concat(self.failures, _with_ids(FAILURES_SCHEMA, ids), failed)
         count = sum(_read_part(p).num_rows for p in failed)
         shutil.rmtree(self.parts)
         return count
+
+
+def _with_ids(schema: pa.Schema, ids: pa.DataType | None) -> pa.Schema:
+    if ids is None:
+        return schema
+    return schema.set(schema.get_field_index("unique_id"), pa.field("unique_id", ids))
 
 
 def _write_text_atomic(path: Path, text: str) -> None:

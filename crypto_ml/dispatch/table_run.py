@@ -226,7 +226,7 @@ def run_table(app: Celery, source: TableSource, output: TableOutput, plan: Table
                            info.time_kind, output, summary, on_progress, timeout)
         engine.forget_earlier(done)  # late duplicates of what the interrupted runs read
         if not summary.chunks_failed:
-            summary.failures = output.finish(schema, range(total))
+            summary.failures = output.finish(schema, range(total), info.id_type)
     finally:
         outcomes.close()  # pending messages revoked, the run marked ended (engine doc)
         output.next_attempt()  # unless it finished: then there is nothing to resume

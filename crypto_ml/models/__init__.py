@@ -14,9 +14,9 @@ array([4., 5.])
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
-from crypto_ml.core.errors import UnknownModel
+from crypto_ml.core.errors import ConfigError, InvalidTaskInput, UnknownModel
 from crypto_ml.models.base import Forecaster, check_horizon, clean_series
 from crypto_ml.models.linear import LinearModel
 from crypto_ml.models.naive import NaiveModel
@@ -64,6 +64,30 @@ def get_model(name: str, **params: object) -> Forecaster:
     return cls(**{k: v for k, v in params.items() if k in cls.options})
 
 
+def check_option_names(models: Sequence[str], options: Iterable[str], label: str = "{}"
+                       ) -> None:
+    """A ConfigError for an option none of ``models`` takes (a typo, most likely), named as
+    ``label`` formats it (``--param {}``), with the options they do take."""
+    taken = sorted({name for model in models for name in PARAMS[model]})
+    for name in options:
+        if name not in taken:
+            they_take = f"they take {', '.join(taken)}" if taken else "they take no option"
+            raise ConfigError(f"{label.format(name)}: none of {', '.join(models)} takes it; "
+                              f"{they_take}")
+
+
+def check_option_values(models: Sequence[str], options: Mapping[str, object],
+                        label: str = "{}") -> None:
+    """A ConfigError, before any work, for an option outside the range a model takes
+    (``epochs=100000``), the model named as ``label`` formats it (``--model {}``): each model
+    is built once with the options it takes."""
+    for name in models:
+        try:
+            get_model(name, **options)
+        except InvalidTaskInput as exc:
+            raise ConfigError(f"{label.format(name)}: {exc}") from None
+
+
 def parse_models(spec: str | Sequence[str]) -> list[str]:
     """``"lstm,gru"`` or ``["lstm"]`` -> validated model names, duplicates dropped."""
     names = [m.strip() for m in (spec.split(",") if isinstance(spec, str) else spec) if m.strip()]
@@ -77,5 +101,6 @@ def parse_models(spec: str | Sequence[str]) -> list[str]:
 
 
 __all__ = ["DEFAULT_HORIZON", "DEFAULT_MODEL", "HEAVY", "PARAMS", "REGISTRY", "Forecaster",
-           "check_horizon", "clean_series", "default_max_points", "get_model", "model_class",
+           "check_horizon", "check_option_names",
+           "check_option_values", "clean_series", "default_max_points", "get_model", "model_class",
            "model_names", "parse_models"]
