@@ -64,7 +64,8 @@ def test_a_job_forecasts_a_table_into_parquet(server: Server) -> None:
 @pytest.mark.parametrize(("body", "words"), [
     ({"input": "../../etc/passwd"}, "outside the server's data directory"),
     ({"input": "nosuch.parquet"}, "no input 'nosuch.parquet'"),
-    ({"input": "alpha.csv"}, "column"),  # a price file, not a long table: names the columns
+    ({"input": "alpha.csv"}, "input 'alpha.csv': no column 'unique_id'"),  # a price file
+    ({"input": "bad"}, "input 'bad': p.parquet has no column 'y'"),
     ({"input": "walks.parquet", "model": "prophet"}, "prophet"),
     ({"input": "a\u0000b"}, "not a usable path"),
     ({"input": "x" * 5000}, "not a usable path"),
@@ -73,9 +74,12 @@ def test_a_bad_job_gets_422_naming_the_problem(server: Server, body: dict[str, o
                                                 words: str) -> None:
     write_parquet(random_walks(3, 10), data_dir(server) / "walks.parquet")
     (data_dir(server) / "alpha.csv").write_text((data_dir(server) / "Alpha.csv").read_text())
+    (data_dir(server) / "bad").mkdir(exist_ok=True)
+    write_parquet(random_walks(3, 10).drop(columns="y"), data_dir(server) / "bad" / "p.parquet")
     status, reply = call(f"{server.url}/v1/jobs", body)
     assert status == 422, reply
     assert words in reply["detail"][0]["msg"], reply
+    assert str(data_dir(server).resolve()) not in str(reply)  # where the server keeps its data
 
 
 def test_delete_cancels_a_job_and_its_queued_work_goes(server: Server) -> None:

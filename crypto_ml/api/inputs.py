@@ -28,7 +28,8 @@ def local_input(given: str, root: Path) -> Path:
         path = (root / given).resolve()
         found = path.exists()
     except (OSError, ValueError) as exc:  # a NUL byte, a name too long...
-        raise ConfigError(f"input {given[:200]!r} is not a usable path ({exc})") from None
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc  # no full path
+        raise ConfigError(f"input {given[:200]!r} is not a usable path ({why})") from None
     if not path.is_relative_to(root):
         raise ConfigError(f"input {given[:200]!r} is outside the server's data directory; "
                           "give a path relative to it (CRYPTO_ML_DATA_DIR), or an s3:// URI")
@@ -41,6 +42,17 @@ def local_input(given: str, root: Path) -> Path:
                                   f"{str(inside.relative_to(path))[:200]!r}, which leads "
                                   "outside the server's data directory")
     return path
+
+
+def as_given(message: str, path: Path | None, given: str) -> str:
+    """A table check's ``message`` in the API's words: the input named as the client gave it
+    (``input 'walks.parquet'``, not ``--input /srv/data/walks.parquet``), and files inside
+    it relative to it, so that no reply shows where the server keeps its data."""
+    named = f"input {given[:200]!r}"
+    if path is not None:
+        message = message.replace(f"--input {path}", named).replace(f"{path}/", "")
+        message = message.replace(str(path), given[:200])
+    return message.replace("--input", named)
 
 
 def s3_input(uri: str, folder: Path, client: Any = None) -> Path:

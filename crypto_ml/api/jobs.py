@@ -41,7 +41,7 @@ from crypto_ml.dispatch.table_run import TablePlan, default_in_flight, run_table
 from crypto_ml.models import DEFAULT_HORIZON, DEFAULT_MODEL, parse_models
 from crypto_ml.models.intervals import DEFAULT_LEVELS
 
-from .inputs import S3, discard_copy, local_input, s3_input
+from .inputs import S3, as_given, discard_copy, local_input, s3_input
 from .job_store import JobStore, replica_id, status_of, stopped_error
 from .schemas import MAX_POINTS, Levels, Text, Whole
 
@@ -161,6 +161,7 @@ class Jobs:
         job_id = uuid.uuid4().hex
         folder = self.settings.api_jobs_dir
         copy = folder / "inputs" / job_id  # an s3:// input's local copy, deleted at the end
+        path: Path | None = None
         try:
             path = (s3_input(body.input, copy) if body.input.startswith(S3)
                     else local_input(body.input, self.settings.data_dir))
@@ -168,11 +169,14 @@ class Jobs:
             info = source.check()
         except (OSError, ValueError, pa.ArrowException) as exc:  # InvalidTable is not these
             discard_copy(copy)
-            raise ConfigError(f"cannot read input {body.input[:200]!r} as a long table "
-                              f"({type(exc).__name__}: {str(exc)[:300]})") from None
-        except CryptoMLError:
+            raise ConfigError(as_given(f"cannot read input {body.input[:200]!r} as a long table "
+                                       f"({type(exc).__name__}: {str(exc)[:300]})", path,
+                                       body.input)) from None
+        except CryptoMLError as exc:
             discard_copy(copy)
-            raise
+            if path is None:
+                raise
+            raise ConfigError(as_given(str(exc), path, body.input)) from None
         plan = TablePlan.of(models, body.horizon, body.levels, body.max_points)
         folder.mkdir(parents=True, exist_ok=True)
         job = Job(job_id, folder / f"{job_id}.parquet", info.series)
