@@ -6,9 +6,13 @@ message per chunk, :mod:`crypto_ml.worker.chunks`) through the
 each chunk's forecasts are written the moment they arrive
 (:class:`~crypto_ml.dispatch.table_output.TableOutput`) and then forgotten, so the
 manager's memory and Redis's do not grow with the number of series. A rerun of the
-same command skips the chunks already written. A chunk that fails as a whole (no
-result in time, its worker died too often) is not written: the run ends with exit
-code 1 and the same command retries just those chunks.
+same command skips the chunks already written. A chunk that fails as a whole for what
+its series may cause (it ran past the time limit, or its worker died as often as a message
+may be delivered: :data:`SPLIT`) is sent again one series a message once the others are in:
+the series at fault go to the failures table with that reason and the rest are written,
+so one bad series costs only itself. A chunk that fails for any other reason (no result in
+time, a message the workers refused) is not written: the run ends with exit code 1 and the
+same command retries just those chunks.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import pandas as pd
 import pyarrow as pa
 from celery import Celery, states
 
-from crypto_ml.core.errors import InvalidTaskInput
+from crypto_ml.core.errors import InvalidTaskInput, TaskTimedOut, TooManyDeliveries
 from crypto_ml.data.table import TIME_KINDS, SeriesChunk, TableSource, time_array
 from crypto_ml.dispatch.engine import Dispatcher, Outcome, no_result
 from crypto_ml.dispatch.planning import Message
@@ -33,6 +37,10 @@ from crypto_ml.models.intervals import level_key
 from crypto_ml.worker.chunks import TABLE_TASK_NAME, ModelSpec, chunk_kwargs, column
 
 DAY_NS = 86_400 * 10**9
+#: How a chunk's failure reads when one of its series may be the cause: it ran past the soft
+#: or the hard time limit, or its runs killed their worker as often as a message may go out.
+SPLIT = (TaskTimedOut.__name__, TooManyDeliveries.__name__, "TimeLimitExceeded",
+         "WorkerLostError")
 #: Time steps (in days) read as calendar months: monthly, quarterly, yearly data.
 CALENDAR_MONTHS = {**dict.fromkeys(range(28, 32), 1), **dict.fromkeys(range(89, 93), 3),
                    365: 12, 366: 12}
@@ -199,52 +207,150 @@ def run_table(app: Celery, source: TableSource, output: TableOutput, plan: Table
         summary.already_complete = True
         return summary
     done = output.done_chunks()
-    schema = plan.schema(info.time_kind, info.time_zone)
-    chunks: dict[int, SeriesChunk] = {}
+    run = _Run(Dispatcher(app, say, on_wait, check_lost_every), source, output, plan,
+               plan.schema(info.time_kind, info.time_zone), info.time_kind, summary,
+               on_progress, timeout, in_flight)
     total = 0
-
-    def messages() -> Iterator[Message]:
-        nonlocal total
-        for chunk in source.chunks(plan.chunk_series):
-            total = chunk.index + 1
-            if chunk.index in done:
-                summary.skipped += len(chunk.ids)
-                (on_skip or (lambda n: on_progress(n, 0)))(len(chunk.ids))
-                continue
-            chunks[chunk.index] = chunk
-            kwargs = chunk_kwargs(plan.models, plan.horizon, plan.levels, chunk.lengths,
-                                  chunk.values)
-            yield Message(TABLE_TASK_NAME, kwargs, [], serializer="msgpack", key=chunk.index,
-                          payload=kwargs.pop("values"))
-
-    engine = Dispatcher(app, say, on_wait, check_lost_every)
-    outcomes = engine.run(messages(), timeout, max_in_flight=in_flight, run_id=output.run_id)
     try:
-        for outcome in outcomes:
-            assert outcome.message.key is not None  # every chunk message carries its number
-            _write_outcome(outcome, chunks.pop(outcome.message.key), plan, schema,
-                           info.time_kind, output, summary, on_progress, timeout)
-        engine.forget_earlier(done)  # late duplicates of what the interrupted runs read
+        total = run.chunks(done, on_skip or (lambda n: on_progress(n, 0)))
+        split = {k for k, reason in summary.chunks_failed.items() if reason.startswith(SPLIT)}
+        if split:
+            say(f"{len(split)} chunk(s) failed as a whole ({summary.chunks_failed[min(split)]});"
+                " sending their series one a message, so that only those at fault fail")
+            run.engine = Dispatcher(app, say, on_wait, check_lost_every)
+            run.one_by_one(split)
         if not summary.chunks_failed:
-            summary.failures = output.finish(schema, range(total), info.id_type)
+            summary.failures = output.finish(run.schema, range(total), info.id_type)
     finally:
-        outcomes.close()  # pending messages revoked, the run marked ended (engine doc)
         output.next_attempt()  # unless it finished: then there is nothing to resume
     return summary
 
 
-def _write_outcome(outcome: Outcome, chunk: SeriesChunk, plan: TablePlan, schema: pa.Schema,
-                   kind: str, output: TableOutput, summary: TableSummary,
-                   on_progress: Callable[[int, int], None], timeout: float | None) -> None:
-    """A chunk's result into its part (or its whole failure into the summary)."""
-    reason = _reason(outcome, timeout)
-    if reason is not None:
-        summary.chunks_failed[chunk.index] = reason
-        on_progress(0, len(chunk.ids))
-        return
-    assert outcome.meta is not None  # a timed-out chunk has a reason
-    result = outcome.meta["result"]
-    table, failures = chunk_table(plan, schema, kind, chunk, result)
-    output.write_chunk(chunk.index, table, failures)
-    summary.done += len(chunk.ids)
-    on_progress(len(chunk.ids), len(set(failures.column("unique_id").to_pylist())))
+Piece = tuple[pa.Table, pa.Table]  # a series' (or a chunk's) output rows and failure rows
+
+
+@dataclass
+class _Run:
+    """One table run's sending and writing (:func:`run_table`)."""
+
+    engine: Dispatcher
+    source: TableSource
+    output: TableOutput
+    plan: TablePlan
+    schema: pa.Schema
+    kind: str
+    summary: TableSummary
+    on_progress: Callable[[int, int], None]
+    timeout: float | None
+    in_flight: int
+
+    def chunks(self, done: set[int], on_skip: Callable[[int], None]) -> int:
+        """Send every chunk not in ``done``, write what comes back; the number of chunks."""
+        chunks: dict[int, SeriesChunk] = {}
+        total = 0
+
+        def messages() -> Iterator[Message]:
+            nonlocal total
+            for chunk in self.source.chunks(self.plan.chunk_series):
+                total = chunk.index + 1
+                if chunk.index in done:
+                    self.summary.skipped += len(chunk.ids)
+                    on_skip(len(chunk.ids))
+                    continue
+                chunks[chunk.index] = chunk
+                yield self._message(chunk, chunk.index)
+
+        outcomes = self.engine.run(messages(), self.timeout, max_in_flight=self.in_flight,
+                                   run_id=self.output.run_id)
+        try:
+            for outcome in outcomes:
+                assert outcome.message.key is not None  # every chunk message carries its number
+                chunk = chunks.pop(outcome.message.key)
+                piece = self._piece(outcome, chunk)
+                if isinstance(piece, str):
+                    self.summary.chunks_failed[chunk.index] = piece
+                    if not piece.startswith(SPLIT):  # else: counted once its series are back
+                        self.on_progress(0, len(chunk.ids))
+                else:
+                    self._write(chunk, [piece])
+            self.engine.forget_earlier(done)  # late duplicates of what the interrupted runs read
+        finally:
+            outcomes.close()  # pending messages revoked, the run marked ended (engine doc)
+        return total
+
+    def one_by_one(self, split: set[int]) -> None:
+        """Send the series of the chunks ``split`` one a message and write each chunk once all
+        its series are back; a series that fails as its chunk did (:data:`SPLIT`) is a
+        failure row."""
+        per = self.plan.chunk_series
+        singles: dict[int, tuple[SeriesChunk, list[SeriesChunk]]] = {}
+        pieces: dict[int, dict[int, Piece | str]] = {}
+
+        def messages() -> Iterator[Message]:
+            for chunk in self.source.chunks(per):
+                if chunk.index in split:
+                    singles[chunk.index], pieces[chunk.index] = (chunk, _singles(chunk)), {}
+                    for i, one in enumerate(singles[chunk.index][1]):
+                        yield self._message(one, chunk.index * per + i)
+
+        outcomes = self.engine.run(messages(), self.timeout, max_in_flight=self.in_flight)
+        try:
+            for outcome in outcomes:
+                assert outcome.message.key is not None
+                index, i = divmod(outcome.message.key, per)
+                (chunk, ones), got = singles[index], pieces[index]
+                got[i] = self._piece(outcome, ones[i])
+                if len(got) == len(ones):
+                    self._write_pieces(chunk, [got[j] for j in range(len(ones))])
+                    del singles[index], pieces[index]
+        finally:
+            outcomes.close()
+
+    def _message(self, chunk: SeriesChunk, key: int) -> Message:
+        kwargs = chunk_kwargs(self.plan.models, self.plan.horizon, self.plan.levels,
+                              chunk.lengths, chunk.values)
+        return Message(TABLE_TASK_NAME, kwargs, [], serializer="msgpack", key=key,
+                       payload=kwargs.pop("values"))
+
+    def _piece(self, outcome: Outcome, chunk: SeriesChunk) -> Piece | str:
+        """What came back for ``chunk``'s message: its rows and failures, or why it failed
+        (a series alone, failing as :data:`SPLIT` says, gets that reason as failure rows)."""
+        reason = _reason(outcome, self.timeout)
+        if reason is not None and reason.startswith(SPLIT) and len(chunk.ids) == 1:
+            return self._failed(chunk.ids[0], reason)
+        if reason is not None:
+            return reason
+        assert outcome.meta is not None  # a timed-out message has a reason
+        return chunk_table(self.plan, self.schema, self.kind, chunk, outcome.meta["result"])
+
+    def _failed(self, uid: str, reason: str) -> Piece:
+        models = [m.model for m in self.plan.models]
+        return self.schema.empty_table(), pa.table(
+            {"unique_id": [uid] * len(models), "model": models, "error": [reason] * len(models)},
+            schema=FAILURES_SCHEMA)
+
+    def _write_pieces(self, chunk: SeriesChunk, pieces: list[Piece | str]) -> None:
+        lost = [p for p in pieces if isinstance(p, str)]
+        if lost:  # not the series' doing (no result in time, say): the chunk stays, to retry
+            self.summary.chunks_failed[chunk.index] = lost[0]
+            self.on_progress(0, len(chunk.ids))
+            return
+        del self.summary.chunks_failed[chunk.index]
+        self._write(chunk, [p for p in pieces if not isinstance(p, str)])
+
+    def _write(self, chunk: SeriesChunk, pieces: list[Piece]) -> None:
+        failures = pa.concat_tables([failed for _, failed in pieces])
+        self.output.write_chunk(chunk.index, pa.concat_tables([rows for rows, _ in pieces]),
+                                failures)
+        self.summary.done += len(chunk.ids)
+        self.on_progress(len(chunk.ids), len(set(failures.column("unique_id").to_pylist())))
+
+
+def _singles(chunk: SeriesChunk) -> list[SeriesChunk]:
+    """``chunk`` cut into chunks of one series each (views of its arrays)."""
+    ends = np.cumsum(chunk.lengths)
+    return [SeriesChunk(chunk.index, [uid], chunk.lengths[i:i + 1],
+                        chunk.values[end - chunk.lengths[i]:end], chunk.last_time[i:i + 1],
+                        chunk.step[i:i + 1],
+                        None if chunk.times is None else chunk.times[end - chunk.lengths[i]:end])
+            for i, (uid, end) in enumerate(zip(chunk.ids, ends.tolist(), strict=True))]
