@@ -26,11 +26,12 @@ from crypto_ml.core.errors import (
 )
 from crypto_ml.core.settings import Settings
 from crypto_ml.data.ahead import read_ahead
+from crypto_ml.data.steps import future_times
 from crypto_ml.data.table import Columns, SeriesChunk, TableSource
 from crypto_ml.data.table_checks import id_order, same_as_next
 from crypto_ml.dispatch.frames import _arrow_table, forecast_frame
 from crypto_ml.dispatch.table_output import TableOutput, check_output
-from crypto_ml.dispatch.table_run import TablePlan, TableSummary, chunk_table, future_times
+from crypto_ml.dispatch.table_run import TablePlan, TableSummary, chunk_table
 from crypto_ml.models import REGISTRY, get_model
 from crypto_ml.models.batch import predict_batch, vectorised
 from crypto_ml.ops.processes import wait_until
@@ -335,6 +336,44 @@ def test_future_dates_follow_each_series_own_step() -> None:
     assert not beyond.any()
 
 
+def _next_times(frame: pd.DataFrame, h: int = 4) -> dict[str, list[pd.Timestamp]]:
+    """Each series' next ``h`` times as a table run computes them."""
+    source = TableSource(pa.Table.from_pandas(frame, preserve_index=False))
+    kind = source.check().time_kind
+    got = {}
+    for chunk in source.chunks(100):
+        times, _ = future_times(kind, chunk.last_time, chunk.step, h, chunk.business)
+        unit = "D" if kind == "date" else "ns"
+        got.update({uid: [pd.Timestamp(int(t), unit=unit) for t in row]
+                    for uid, row in zip(chunk.ids, times, strict=True)})
+    return got
+
+
+def test_the_step_is_each_series_smallest_gap_and_weekdays_alone_are_business_days() -> None:
+    def series(uid: str, dates: pd.DatetimeIndex) -> pd.DataFrame:
+        return pd.DataFrame({"unique_id": uid, "ds": dates, "y": np.arange(1.0, len(dates) + 1)})
+    daily = pd.date_range("2024-01-01", "2024-01-18").append(pd.DatetimeIndex(["2024-01-20"]))
+    got = _next_times(pd.concat([
+        series("a-gap", daily),  # a day missing before the last one: still daily
+        series("b-monday", pd.bdate_range("2024-01-02", "2024-01-29")),
+        series("c-wednesday", pd.bdate_range("2024-01-02", "2024-01-31") + pd.Timedelta("9.5h")),
+        series("g-short-week", pd.bdate_range("2024-01-01", "2024-01-05")),  # Mon-Fri: daily
+    ]))
+    got |= _next_times(pd.concat([
+        series("d-monthly", pd.date_range("2023-01-01", periods=12, freq="MS")),
+        series("e-monthly", pd.date_range("2022-01-01", periods=12, freq="MS")),
+        series("f-one-row", pd.DatetimeIndex(["2024-06-01"])),  # its chunk's usual step: monthly
+    ]))
+    want = {"a-gap": pd.date_range("2024-01-21", periods=4),
+            "b-monday": pd.bdate_range("2024-01-30", periods=4),
+            "c-wednesday": pd.bdate_range("2024-02-01", periods=4) + pd.Timedelta("9.5h"),
+            "d-monthly": pd.date_range("2024-01-01", periods=4, freq="MS"),
+            "f-one-row": pd.date_range("2024-07-01", periods=4, freq="MS"),
+            "g-short-week": pd.date_range("2024-01-06", periods=4)}
+    for uid, dates in want.items():
+        assert got[uid] == list(dates), uid
+
+
 @pytest.mark.parametrize(("freq", "expected"), [
     ("MS", ["2002-07-01", "2002-08-01", "2002-09-01"]),
     ("ME", ["2002-07-31", "2002-08-31", "2002-09-30"]),
@@ -365,6 +404,22 @@ def test_times_past_the_largest_of_their_kind_are_failures_not_wrapped_around() 
     assert set(rows.column("unique_id").to_pylist()) == {"fine"}
     assert failures.column("unique_id").to_pylist() == ["late"]
     assert "TimeOutOfRange" in failures.column("error")[0].as_py()
+
+
+def test_a_series_no_model_could_forecast_keeps_its_rows_as_nan() -> None:
+    frame = pd.concat([random_walks(2, 30), random_walks(1, 1, seed=1).assign(unique_id="z-one")])
+    source = TableSource(pa.Table.from_pandas(frame, preserve_index=False))
+    kind = source.check().time_kind
+    plan = TablePlan.of(["linear"], 3, LEVELS)
+    [chunk] = list(source.chunks(10))
+    kwargs = chunk_kwargs(plan.models, 3, LEVELS, chunk.lengths, chunk.values)
+    rows, failures = chunk_table(plan, plan.schema(kind), kind, chunk,
+                                 run_chunk(parse_chunk(kwargs, 365, 10**5), "w"))
+    got = rows.to_pandas()
+    assert got.groupby("unique_id").size().to_dict() == {"s000000": 3, "s000001": 3, "z-one": 3}
+    assert got[got["unique_id"] == "z-one"]["linear"].isna().all()
+    assert failures.column("unique_id").to_pylist() == ["z-one"]
+    assert failures.column("error")[0].as_py().startswith("SeriesTooShort: the series has 1 ")
 
 
 def _plan_and_rows(tmp_path: Path, numbered: bool = False

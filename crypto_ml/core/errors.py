@@ -59,8 +59,9 @@ class SeriesTooShort(CryptoMLError, ValueError):
                       f"{minimum} or use all; else {data}")
         else:
             advice = wider if length >= window else data
+        named = f"series {coin!r}" if coin else "the series"  # a table's rows name it apart
         return cls(
-            f"series {coin!r} has {length} usable points, fewer than the {minimum} "
+            f"{named} has {length} usable points, fewer than the {minimum} "
             f"that model {model!r} needs; {advice}"
         )
 

@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 
 from crypto_ml.core.errors import InvalidTable
 from crypto_ml.data.ahead import read_ahead
+from crypto_ml.data.steps import series_steps
 from crypto_ml.data.table_checks import id_order, string_ids, time_column, value_column
 
 BATCH_ROWS = 1 << 18
@@ -69,8 +70,9 @@ class SeriesChunk:
     lengths: np.ndarray
     values: np.ndarray
     last_time: np.ndarray  # int64, in the table's time kind
-    step: np.ndarray  # int64: each series' last time step (0 when it has one row)
+    step: np.ndarray  # int64: each series' step (crypto_ml.data.steps)
     times: np.ndarray | None = None  # every row's time (int64), beside ``values``
+    business: np.ndarray | None = None  # bool: each series steps in business days
 
 
 @dataclass(frozen=True)
@@ -319,17 +321,15 @@ class TableSource:
         only their times and values are read again."""
         if self._layout is None:
             self.check()
-        assert self._layout is not None  # check() sets it
-        layout = self._layout
+        assert self._layout is not None and self.info is not None  # check() sets them
+        layout, kind = self._layout, self.info.time_kind
         rows = _Rows(self._columns(), self.label)
         for index, first in enumerate(range(0, len(layout.lengths), size)):
             lengths = layout.lengths[first : first + size]
             times, values = rows.take(int(lengths.sum()))
-            ends = np.cumsum(lengths)
-            last = times[ends - 1]
-            before = np.where(lengths > 1, times[np.maximum(ends - 2, 0)], last)
+            step, business = series_steps(times, lengths, kind)
             yield SeriesChunk(index, layout.ids.slice(first, len(lengths)).to_pylist(), lengths,
-                              values, last, last - before, times)
+                              values, times[np.cumsum(lengths) - 1], step, times, business)
         rows.finish()
 
     def _columns(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:

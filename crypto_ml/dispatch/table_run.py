@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 from celery import Celery, states
 
 from crypto_ml.core.errors import InvalidTaskInput, TaskTimedOut, TooManyDeliveries
+from crypto_ml.data.steps import future_times
 from crypto_ml.data.table import TIME_KINDS, SeriesChunk, TableSource, time_array
 from crypto_ml.dispatch.engine import Dispatcher, Outcome, no_result
 from crypto_ml.dispatch.planning import Message
@@ -36,14 +36,10 @@ from crypto_ml.models import model_class
 from crypto_ml.models.intervals import level_key
 from crypto_ml.worker.chunks import TABLE_TASK_NAME, ModelSpec, chunk_kwargs, column
 
-DAY_NS = 86_400 * 10**9
 #: How a chunk's failure reads when one of its series may be the cause: it ran past the soft
 #: or the hard time limit, or its runs killed their worker as often as a message may go out.
 SPLIT = (TaskTimedOut.__name__, TooManyDeliveries.__name__, "TimeLimitExceeded",
          "WorkerLostError")
-#: Time steps (in days) read as calendar months: monthly, quarterly, yearly data.
-CALENDAR_MONTHS = {**dict.fromkeys(range(28, 32), 1), **dict.fromkeys(range(89, 93), 3),
-                   365: 12, 366: 12}
 
 
 @dataclass(frozen=True)
@@ -113,46 +109,6 @@ class TableSummary:
                        for reason in self.chunks_failed.values())
 
 
-def future_times(kind: str, last: np.ndarray, step: np.ndarray, h: int
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """The next ``h`` times after each series' ``last`` at its own step, ``(series, h)``
-    (integers: ``last + 1 ... last + h``; monthly, quarterly and yearly dates and timestamps
-    in calendar months), and which series' times would pass the largest time their kind
-    holds (their rows are zeros: see :data:`PAST_THE_LAST_TIME`)."""
-    k = np.arange(1, h + 1, dtype=np.int64)
-    steps = (np.ones_like(last) if kind == "int"
-             else np.where(step > 0, step, DAY_NS if kind == "timestamp" else 1))
-    largest = float(np.iinfo(np.int32 if kind == "date" else np.int64).max) - 2048
-    beyond = last.astype(np.float64) + steps.astype(np.float64) * h >= largest
-    out = np.where(beyond[:, None], 0, last[:, None] + steps[:, None] * k[None, :])
-    if kind != "int":
-        _calendar_months(out, kind, last, steps, h, beyond)
-    return out, beyond
-
-
-def _calendar_months(out: np.ndarray, kind: str, last: np.ndarray, steps: np.ndarray, h: int,
-                     beyond: np.ndarray) -> None:
-    """Rows of ``out`` whose step is a month, a quarter or a year, as calendar dates (from
-    a month's end: each month's end); a start pandas cannot count from is ``beyond``."""
-    day = DAY_NS if kind == "timestamp" else 1
-    unit = "ns" if kind == "timestamp" else "D"
-    days = np.where(steps % day == 0, steps // day, 0)
-    for months in {CALENDAR_MONTHS.get(int(d), 0) for d in np.unique(days)} - {0}:
-        picked = np.array([CALENDAR_MONTHS.get(int(d), 0) == months for d in days])
-        rows = np.flatnonzero(picked & ~beyond)
-        for t in np.unique(last[rows]):
-            same = rows[last[rows] == t]
-            try:
-                start = pd.Timestamp(int(t), unit=unit)
-                offset = (pd.offsets.MonthEnd(months) if start.is_month_end
-                          else pd.DateOffset(months=months))
-                dates = pd.date_range(start, periods=h + 1, freq=offset)[1:]
-            except (OverflowError, pd.errors.OutOfBoundsDatetime):
-                beyond[same], out[same] = True, 0
-                continue
-            out[same] = dates.values.astype(f"datetime64[{unit}]").astype(np.int64)
-
-
 #: Why a series whose next times pass the largest its time kind holds gets no forecast.
 PAST_THE_LAST_TIME = ("TimeOutOfRange: its next times would pass the largest time its 'ds' "
                       "type holds (int64 nanoseconds end in 2262); shift or rescale the times")
@@ -160,17 +116,15 @@ PAST_THE_LAST_TIME = ("TimeOutOfRange: its next times would pass the largest tim
 
 def chunk_table(plan: TablePlan, schema: pa.Schema, kind: str, chunk: SeriesChunk,
                 result: dict[str, Any]) -> tuple[pa.Table, pa.Table]:
-    """A chunk's result as output rows (series that no model could forecast left out)
-    and failure rows."""
+    """A chunk's result as output rows, ``horizon`` for each series (NaN where a model
+    failed; none for a series whose next times pass the last its kind holds), and failure
+    rows."""
     h, n = plan.horizon, len(chunk.ids)
-    times, beyond = future_times(kind, chunk.last_time, chunk.step, h)
+    times, beyond = future_times(kind, chunk.last_time, chunk.step, h, chunk.business)
     errors = [e for e in result["errors"] if not beyond[e[0]]]
     errors += [(row, m.model, PAST_THE_LAST_TIME) for row in np.flatnonzero(beyond).tolist()
                for m in plan.models]
-    failed_all = np.zeros(n, dtype=int)
-    for row, _, _ in errors:
-        failed_all[row] += 1
-    keep = np.flatnonzero(failed_all < len(plan.models))
+    keep = np.flatnonzero(~beyond)
     rows = np.repeat(keep, h)
     columns: list[Any] = [pa.array(chunk.ids, pa.string()).take(pa.array(rows)),
                           time_array(times[keep].reshape(-1), kind).cast(schema.field(1).type)]
@@ -352,5 +306,6 @@ def _singles(chunk: SeriesChunk) -> list[SeriesChunk]:
     return [SeriesChunk(chunk.index, [uid], chunk.lengths[i:i + 1],
                         chunk.values[end - chunk.lengths[i]:end], chunk.last_time[i:i + 1],
                         chunk.step[i:i + 1],
-                        None if chunk.times is None else chunk.times[end - chunk.lengths[i]:end])
+                        None if chunk.times is None else chunk.times[end - chunk.lengths[i]:end],
+                        None if chunk.business is None else chunk.business[i:i + 1])
             for i, (uid, end) in enumerate(zip(chunk.ids, ends.tolist(), strict=True))]

@@ -103,8 +103,8 @@ class Forecaster(ABC):
     #: reading a state back, as for the deep models; a cheap model is refitted instead.
     stored: ClassVar[bool] = False
 
-    def fit(self, prices: object, coin: str = "series") -> Self:
-        """Fit on ``prices`` (NaNs dropped); ``coin`` only names the series in errors."""
+    def fit(self, prices: object, coin: str = "") -> Self:
+        """Fit on ``prices`` (NaNs dropped); ``coin``, if given, names the series in errors."""
         series = clean_series(prices)
         if len(series) < self.min_points:
             raise SeriesTooShort.for_series(coin, len(series), self.min_points, self.name)
