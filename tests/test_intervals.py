@@ -72,6 +72,21 @@ def test_naive_intervals_cover_a_simulated_random_walk_at_their_level() -> None:
     assert abs(100 * np.mean(inside["95"]) - 95) < 3
 
 
+def test_a_series_that_is_not_a_price_gets_a_walk_in_its_value_that_covers() -> None:
+    """Below zero (log returns mean nothing there) the naive bands are ``last +- z sigma
+    sqrt(k)`` of the daily changes: symmetric, and holding the next values about L% of the
+    time (they were zero wide)."""
+    rng = np.random.default_rng(12)
+    inside = []
+    for _ in range(400):
+        path = -50.0 + np.cumsum(rng.normal(0.0, 2.0, 210))
+        prediction = get_model("naive").fit(path[:200]).predict(10, (80,))
+        lower, upper = prediction.bands["80"]
+        np.testing.assert_allclose(upper - prediction.forecast, prediction.forecast - lower)
+        inside.extend((path[200:] >= lower) & (path[200:] <= upper))
+    assert abs(100 * np.mean(inside) - 80) < 5
+
+
 def test_conformal_intervals_cover_a_simulated_random_walk_roughly() -> None:
     """The linear model's conformal bands, calibrated on its own walk-forward errors, hold
     the next closes of a driftless walk at about their level (20 windows: coarse)."""

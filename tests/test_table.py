@@ -23,6 +23,7 @@ from crypto_ml.core.errors import (
     InvalidTable,
     InvalidTaskInput,
     OutputMismatch,
+    UnknownModel,
 )
 from crypto_ml.core.settings import Settings
 from crypto_ml.data.ahead import read_ahead
@@ -572,7 +573,19 @@ def test_picked_series_and_a_table_that_changed_after_its_check(tmp_path: Path) 
     ({"df": "empty"}, InvalidTable, "the frame: the table is empty"),
     ({"df": "no-y"}, CryptoMLError, "the frame has no column 'y'"),
     ({"df": "mixed-y"}, CryptoMLError, "the frame's column 'y' cannot be read"),
-    ({"df": "timedelta-ds"}, InvalidTable, "column 'ds' is of type duration"),
+    ({"df": "timedelta-ds"}, ValueError, "the frame: column 'ds' is of type duration"),
+    ({"df": "two-rows"}, ValueError, "the frame: series 'a' has two rows at the same 'ds'"),
+    ({"df": "two-ys"}, CryptoMLError, "the frame has 2 columns named 'y'; keep one"),
+    ({"df": "indexed"}, CryptoMLError, "'unique_id' is the frame's index: pass df.reset_index()"),
+    ({"df": "nosuch.parquet"}, InvalidTable, "table 'nosuch.parquet': no such file or folder"),
+    ({"h": 3}, ConfigError, "forecast() takes horizon=, not h= (got h=, statsforecast's word)"),
+    ({"level": [90]}, ConfigError, "forecast() takes levels=, not level="),
+    ({"freq": "D"}, ConfigError, "reads each series' step off its times"),
+    ({"model": [type("Naive", (), {})()]}, UnknownModel, "models are named, as 'naive' or "
+     "'naive,ets', got Naive (statsforecast's Naive is 'naive' here)"),
+    ({"model": "AutoETS"}, UnknownModel, "(statsforecast's AutoETS is 'ets' here)"),
+    ({"horizon": np.int64(400)}, ConfigError, "horizon must be at most 365 "
+     "(CRYPTO_ML_MAX_HORIZON), got 400"),
     ({"max_ponts": 50}, ConfigError, "forecast() got max_ponts: none of naive takes it; they "
      "take no option"),
     ({"max_points": -5}, CryptoMLError, "max_points must be a whole number of closes"),
@@ -584,7 +597,10 @@ def test_forecast_refuses_a_bad_call_before_any_cluster_starts(
     frame = pd.DataFrame({"unique_id": ["a"] * 30, "ds": range(30), "y": np.arange(1.0, 31.0)})
     frames = {"empty": frame.iloc[:0], "no-y": frame.drop(columns="y"),
               "mixed-y": frame.assign(y=frame["y"].astype(object).where(frame.index != 3, "x")),
-              "timedelta-ds": frame.assign(ds=pd.to_timedelta(frame["ds"], unit="D"))}
+              "timedelta-ds": frame.assign(ds=pd.to_timedelta(frame["ds"], unit="D")),
+              "two-rows": pd.concat([frame, frame.iloc[[4]]]),
+              "two-ys": pd.concat([frame, frame[["y"]]], axis=1),
+              "indexed": frame.set_index("unique_id")}
     df = given.get("df", frame)
     options = {k: v for k, v in given.items() if k != "df"}
     settings = Settings(broker_url="redis://127.0.0.1:1/0")  # nothing listens: never reached

@@ -204,7 +204,7 @@ def test_the_same_output_for_another_horizon_exits_2_naming_it(cluster, tmp_path
 
 
 def test_crypto_ml_forecast_takes_a_frame_as_statsforecast_does(
-        cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+        cluster, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in [n for n in os.environ if n.startswith("CRYPTO_ML_")]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("CRYPTO_ML_BROKER_URL", cluster.broker_url)
@@ -216,9 +216,15 @@ def test_crypto_ml_forecast_takes_a_frame_as_statsforecast_does(
     assert (got.groupby("unique_id")["naive"].first() == last).all()
     assert pd.api.types.is_datetime64_any_dtype(got["ds"])
     numbered = frame.assign(unique_id=frame["unique_id"].str[1:].astype(int))
-    got = crypto_ml.forecast(numbered, model="naive", horizon=2, levels=())
+    got = crypto_ml.forecast(numbered, model="naive", horizon=np.int64(2), levels=())
     assert got["unique_id"].dtype == numbered["unique_id"].dtype  # merges with the input
     assert got.merge(numbered.groupby("unique_id").size().rename("n").reset_index()).shape[0] == 60
+    # a Parquet path of dates and categorical ids: datetimes and numbers back, as pandas reads
+    table = tmp_path / "t.parquet"
+    numbered.assign(ds=numbered["ds"].dt.date, unique_id=numbered["unique_id"].astype("category")
+                    ).to_parquet(table)
+    got = crypto_ml.forecast(table, model="naive", horizon=2, levels=())
+    assert pd.api.types.is_datetime64_any_dtype(got["ds"]) and got["unique_id"].dtype == np.int64
 
 
 def test_backtest_reads_a_long_table_too(cluster, price_data: Path, tmp_path: Path) -> None:

@@ -44,17 +44,6 @@ def local_input(given: str, root: Path) -> Path:
     return path
 
 
-def as_given(message: str, path: Path | None, given: str) -> str:
-    """A table check's ``message`` in the API's words: the input named as the client gave it
-    (``input 'walks.parquet'``, not ``--input /srv/data/walks.parquet``), and files inside
-    it relative to it, so that no reply shows where the server keeps its data."""
-    named = f"input {given[:200]!r}"
-    if path is not None:
-        message = message.replace(f"--input {path}", named).replace(f"{path}/", "")
-        message = message.replace(str(path), given[:200])
-    return message.replace("--input", named)
-
-
 def s3_input(uri: str, folder: Path, client: Any = None) -> Path:
     """Copy the object or dataset at ``uri`` into ``folder``; the local path to read."""
     bucket, _, key = uri.removeprefix(S3).partition("/")

@@ -36,12 +36,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from crypto_ml.core.errors import ConfigError, CryptoMLError
 from crypto_ml.core.settings import Settings
 from crypto_ml.data.table import Columns, TableSource
+from crypto_ml.data.table_checks import as_given
 from crypto_ml.dispatch.table_output import TableOutput, failures_path
 from crypto_ml.dispatch.table_run import TablePlan, default_in_flight, run_table
 from crypto_ml.models import DEFAULT_HORIZON, DEFAULT_MODEL, parse_models
 from crypto_ml.models.intervals import DEFAULT_LEVELS
 
-from .inputs import S3, as_given, discard_copy, local_input, s3_input
+from .inputs import S3, discard_copy, local_input, s3_input
 from .job_store import JobStore, replica_id, status_of, stopped_error
 from .schemas import MAX_POINTS, Levels, Text, Whole
 
@@ -162,21 +163,22 @@ class Jobs:
         folder = self.settings.api_jobs_dir
         copy = folder / "inputs" / job_id  # an s3:// input's local copy, deleted at the end
         path: Path | None = None
+        named = f"input {body.input[:200]!r}"
         try:
             path = (s3_input(body.input, copy) if body.input.startswith(S3)
                     else local_input(body.input, self.settings.data_dir))
             source = TableSource(path, Columns(body.id_col, body.time_col, body.value_col))
             info = source.check()
-        except (OSError, ValueError, pa.ArrowException) as exc:  # InvalidTable is not these
-            discard_copy(copy)
-            raise ConfigError(as_given(f"cannot read input {body.input[:200]!r} as a long table "
-                                       f"({type(exc).__name__}: {str(exc)[:300]})", path,
-                                       body.input)) from None
-        except CryptoMLError as exc:
+        except CryptoMLError as exc:  # InvalidTable is a ValueError too: first
             discard_copy(copy)
             if path is None:
                 raise
-            raise ConfigError(as_given(str(exc), path, body.input)) from None
+            raise ConfigError(as_given(str(exc), named, path, body.input)) from None
+        except (OSError, ValueError, pa.ArrowException) as exc:
+            discard_copy(copy)
+            raise ConfigError(as_given(f"cannot read input {body.input[:200]!r} as a long table "
+                                       f"({type(exc).__name__}: {str(exc)[:300]})",
+                                       named, path, body.input)) from None
         plan = TablePlan.of(models, body.horizon, body.levels, body.max_points)
         folder.mkdir(parents=True, exist_ok=True)
         job = Job(job_id, folder / f"{job_id}.parquet", info.series)

@@ -106,8 +106,9 @@ class CalibrationTooShort(InvalidTaskInput):
     """A series too short to calibrate conformal intervals (the forecast falls back to others)."""
 
 
-class InvalidTable(ConfigError):
-    """A long-format input table (``--input``) cannot be used as it is (exit code 2)."""
+class InvalidTable(ConfigError, ValueError):
+    """A long-format input table (``--input``) cannot be used as it is (exit code 2); a
+    ValueError too, as statsforecast raises for a bad frame."""
 
 
 class OutputMismatch(ConfigError):

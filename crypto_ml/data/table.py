@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from crypto_ml.core.errors import InvalidTable
 from crypto_ml.data.ahead import read_ahead
 from crypto_ml.data.steps import series_steps
-from crypto_ml.data.table_checks import id_order, string_ids, time_column, value_column
+from crypto_ml.data.table_checks import id_order, output_id_type, string_ids, time_column, value_column
 
 BATCH_ROWS = 1 << 18
 #: How a time column is kept: days since 1970 (dates), nanoseconds (timestamps), integers.
@@ -58,7 +58,7 @@ class Columns:
     value: str = "y"
 
 
-TEXT = pa.string()  # ids are read as text, and written so unless the input's were integers
+TEXT = pa.string()  # ids are read as text, and written so unless the input's were numbers
 
 
 @dataclass
@@ -305,9 +305,8 @@ class TableSource:
                          np.diff(np.append(begin, rows)))
         found = self.dataset.schema.field(self.columns.time).type  # the batches read it
         zone = found.tz if pa.types.is_timestamp(found) else None
-        id_type = self.dataset.schema.field(self.columns.id).type
-        id_type = id_type if pa.types.is_integer(id_type) else TEXT
-        return TableInfo(rows, len(begin), kind, presorted, zone, id_type), layout
+        ids = output_id_type(self.dataset.schema.field(self.columns.id).type)
+        return TableInfo(rows, len(begin), kind, presorted, zone, ids), layout
 
     def _sort(self) -> None:
         """Sort an unsorted table in memory (see the module doc); later reads read it."""

@@ -9,11 +9,23 @@ the rows run by id, then time, with no ``(id, time)`` twice. Each failure is an
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from crypto_ml.core.errors import InvalidTable
+
+
+def as_given(message: str, named: str, path: Path | None = None, given: str = "") -> str:
+    """A table check's ``message`` in the caller's words: ``--input`` as ``named`` (``input
+    'walks.parquet'``, ``the frame``); with ``path``, the input's full path as ``given`` and
+    files inside it relative to it, so that no reply shows where a server keeps its data."""
+    if path is not None:
+        message = message.replace(f"--input {path}", named).replace(f"{path}/", "")
+        message = message.replace(str(path), given[:200])
+    return message.replace("--input", named)
 
 
 def first_bad(ids: pa.Array, values: pa.Array, ok: pa.Array) -> tuple[str, object]:
@@ -99,6 +111,14 @@ def string_ids(column: pa.Array, name: str = "unique_id") -> pa.Array:
         raise InvalidTable(f"--input: column {name!r} holds an empty id; give every series "
                            "a name")
     return text
+
+
+def output_id_type(found: pa.DataType) -> pa.DataType:
+    """The type a table's ids get in the output: numbers stay numbers (a dictionary's values,
+    pandas' category, count), so the forecasts merge back onto the input; anything else is
+    text, as they are read."""
+    found = getattr(found, "value_type", found)
+    return found if pa.types.is_integer(found) or pa.types.is_floating(found) else pa.string()
 
 
 def same_as_next(ids: pa.Array) -> np.ndarray:

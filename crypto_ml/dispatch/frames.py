@@ -15,13 +15,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from crypto_ml.core.errors import CryptoMLError
+from crypto_ml.core.errors import ConfigError, CryptoMLError, InvalidTable
 from crypto_ml.core.settings import Settings
 from crypto_ml.data.table import Columns, TableSource
-from crypto_ml.dispatch.manager import CryptoManager
+from crypto_ml.data.table_checks import as_given
+from crypto_ml.dispatch.manager import PYTHON_HINT, CryptoManager
 from crypto_ml.dispatch.table_output import TableOutput, failures_path
 from crypto_ml.dispatch.table_run import TablePlan
 from crypto_ml.models import (
@@ -42,24 +45,18 @@ def forecast_frame(df: pd.DataFrame | str | Path, settings: Settings,
                    err: TextIO | None = None, **options: Any) -> pd.DataFrame:
     """Forecast every series of ``df``: ``unique_id, ds, <model>, <model>-lo-<level>, ...``."""
     columns = Columns(id_col, time_col, target_col)
-    check_horizon(horizon)
-    if not isinstance(df, pd.DataFrame | str | Path):
-        raise CryptoMLError(f"expected a long-format pandas DataFrame or a table's path, got "
-                            f"{type(df).__name__}")
-    if isinstance(df, pd.DataFrame):
-        missing = [c for c in (id_col, time_col, target_col) if c not in df.columns]
-        if missing:
-            raise CryptoMLError(f"the frame has no column {', '.join(map(repr, missing))} "
-                                f"(it has {', '.join(map(str, df.columns))}); name yours "
-                                "with id_col, time_col and target_col")
-        source = TableSource(_arrow_table(df, [id_col, time_col, target_col]), columns)
-    else:
-        source = TableSource(Path(df), columns)
+    horizon = check_horizon(horizon)
+    if (why := settings.horizon_problem(horizon)) is not None:
+        raise ConfigError(f"horizon {why}")
     models = parse_models(model)
-    _check_options(models, max_points, options)
-    source.check()
+    max_points = _check_options(models, max_points, options)
+    try:
+        source = _source(df, columns)
+        source.check()
+    except InvalidTable as exc:
+        raise _in_python_words(exc, df) from None
     plan = TablePlan.of(models, horizon, check_levels(levels), max_points, options or None)
-    manager = CryptoManager(settings=settings, err=err)
+    manager = CryptoManager(settings=settings, err=err, hint=PYTHON_HINT)
     with tempfile.TemporaryDirectory(prefix="crypto-ml-") as folder:
         out = Path(folder) / "forecast.parquet"
         summary = manager.run_table(source, TableOutput(out, plan.describe(source)), plan)
@@ -68,9 +65,48 @@ def forecast_frame(df: pd.DataFrame | str | Path, settings: Settings,
             advice = "call again" if summary.retry_helps() else "fix the call"
             raise CryptoMLError(f"{len(summary.chunks_failed)} chunk(s) of series did not come "
                                 f"back ({first}); {advice}")
-        result = pd.read_parquet(out)
+        result = _as_datetimes(pq.read_table(out)).to_pandas()
         result.attrs["failures"] = pd.read_parquet(failures_path(out)).to_dict("records")
     return result
+
+
+def _source(df: object, columns: Columns) -> TableSource:
+    """The table of ``df`` (a frame, or a table's path), or a CryptoMLError naming what is
+    wrong with the frame's columns."""
+    if isinstance(df, str | Path):
+        return TableSource(Path(df), columns)
+    if not isinstance(df, pd.DataFrame):
+        raise CryptoMLError(f"expected a long-format pandas DataFrame or a table's path, got "
+                            f"{type(df).__name__}")
+    names = [columns.id, columns.time, columns.value]
+    missing = [c for c in names if c not in df.columns]
+    if missing:
+        index = (f"; {missing[0]!r} is the frame's index: pass df.reset_index()"
+                 if missing[0] in (df.index.names or []) else "")
+        raise CryptoMLError(f"the frame has no column {', '.join(map(repr, missing))} "
+                            f"(it has {', '.join(map(str, df.columns))}){index}; name yours "
+                            "with id_col, time_col and target_col")
+    twice = [c for c in names if (df.columns == c).sum() > 1]
+    if twice:
+        raise CryptoMLError(f"the frame has {int((df.columns == twice[0]).sum())} columns "
+                            f"named {twice[0]!r}; keep one")
+    return TableSource(_arrow_table(df, names), columns)
+
+
+def _in_python_words(exc: InvalidTable, df: object) -> InvalidTable:
+    """A table check's error naming the frame (or the path as given), not ``--input``."""
+    if isinstance(df, str | Path):
+        return InvalidTable(as_given(str(exc), f"table {str(df)!r}", Path(df), str(df)))
+    return InvalidTable(as_given(str(exc), "the frame"))
+
+
+def _as_datetimes(table: pa.Table) -> pa.Table:
+    """Dates (a date32 column of a Parquet or CSV table) as pandas' datetimes, as statsforecast
+    gives them and as ``pd.read_csv(..., parse_dates=...)`` reads them back."""
+    i = table.schema.get_field_index("ds")
+    if pa.types.is_date(table.schema.field(i).type):
+        return table.set_column(i, "ds", table.column(i).cast(pa.timestamp("ns")))
+    return table
 
 
 def _arrow_table(df: pd.DataFrame, names: list[str]) -> pa.Table:
@@ -89,12 +125,32 @@ def _arrow_table(df: pd.DataFrame, names: list[str]) -> pa.Table:
     return pa.Table.from_arrays(arrays, names=names)
 
 
-def _check_options(models: Sequence[str], max_points: int | None,
-                   options: dict[str, Any]) -> None:
-    """A CryptoMLError, before any work, for an option no model takes (a typo) or a value
-    out of range."""
-    if max_points is not None and (not isinstance(max_points, int) or max_points < 0):
-        raise CryptoMLError(f"max_points must be a whole number of closes (0: all), got "
-                            f"{max_points!r}")
+#: statsforecast's keywords, and what forecast() takes instead
+STATSFORECAST_WORDS = {
+    "h": "takes horizon=, not h=",
+    "level": "takes levels=, not level=",
+    "models": "takes model= names ('naive,ets'), not models=",
+    "freq": "reads each series' step off its times (docs/tables.md): there is no freq=",
+    "n_jobs": "runs on the cluster's workers: there is no n_jobs=",
+    "fitted": "returns the forecasts only: there is no fitted=",
+    "df": "takes the frame as its first argument",
+}
+
+
+def _check_options(models: Sequence[str], max_points: object, options: dict[str, Any]
+                   ) -> int | None:
+    """``max_points`` as an int (or None); a CryptoMLError, before any work, for a statsforecast
+    keyword, an option no model takes (a typo) or a value out of range."""
+    if max_points is not None:
+        if isinstance(max_points, bool) or not isinstance(max_points, int | np.integer) \
+                or max_points < 0:
+            raise CryptoMLError(f"max_points must be a whole number of closes (0: all), got "
+                                f"{max_points!r}")
+        max_points = int(max_points)
+    for name in options:
+        if name in STATSFORECAST_WORDS:
+            raise ConfigError(f"forecast() {STATSFORECAST_WORDS[name]} (got {name}=, "
+                              "statsforecast's word)")
     check_option_names(models, options, "forecast() got {}")
     check_option_values(models, options, "model {!r}")
+    return max_points

@@ -65,6 +65,7 @@ DEFAULT_TIMEOUT = 3600.0
 
 CLI_HINT = ("set CRYPTO_ML_BROKER_URL or --broker redis://HOST:6379/0 to use your own "
             "cluster")
+PYTHON_HINT = "set CRYPTO_ML_BROKER_URL=redis://HOST:6379/0 to use your own cluster"
 
 
 def checked_call(coins: str | Sequence[str] | None, horizon: object,
@@ -98,7 +99,7 @@ class CryptoManager:
     def __init__(self, loader: CryptoLoader | TableLoader | None = None, app: Celery | None = None,
                  settings: Settings | None = None, out: TextIO | None = None,
                  err: TextIO | None = None, observer: RunObserver | None = None,
-                 cluster_options: Mapping[str, Any] | None = None) -> None:
+                 cluster_options: Mapping[str, Any] | None = None, hint: str = CLI_HINT) -> None:
         self.observer: RunObserver = observer or NullObserver()
         self.cluster_options = dict(cluster_options or {})  # e.g. flower=Settings(...)
         self.settings = settings or Settings()  # defaults only: the edges read the environment
@@ -113,6 +114,7 @@ class CryptoManager:
         self.say_failures = True
         self._launched: LocalCluster | None = None  # embedded cluster starting while data loads
         self._idle = False  # the last dispatch left nothing running or queued
+        self.hint = hint  # how the embedded cluster's notice says to use one's own
 
     def _say(self, line: str) -> None:
         print(line, file=self.err, flush=True)
@@ -126,7 +128,7 @@ class CryptoManager:
             return
         launched, self._launched = self._launched, None
         self._idle = False
-        with open_cluster(self.settings, self._say, launched, lambda: self._idle, CLI_HINT,
+        with open_cluster(self.settings, self._say, launched, lambda: self._idle, self.hint,
                           **self._cluster_options()) as (settings, cluster):
             if cluster is not None and cluster.flower_url:
                 self._say(f"flower: {cluster.flower_url} (stops when this run ends)")
@@ -145,7 +147,7 @@ class CryptoManager:
         """With no app and no broker: spawn the embedded cluster now, so that Redis and the
         workers start while the data loads (:meth:`connected` then waits for them)."""
         if self.app is None and not self.settings.broker_url and self._launched is None:
-            self._launched = launch_embedded(self.settings, self._say, CLI_HINT,
+            self._launched = launch_embedded(self.settings, self._say, self.hint,
                                              **self._cluster_options(models))
 
     def _drop_launched(self) -> None:

@@ -64,6 +64,12 @@ def get_model(name: str, **params: object) -> Forecaster:
     return cls(**{k: v for k, v in params.items() if k in cls.options})
 
 
+def _statsforecast_hint(name: str) -> str:
+    """``" (statsforecast's AutoETS is 'ets' here)"``, or nothing for another name."""
+    ours = STATSFORECAST_NAMES.get(name)
+    return f" (statsforecast's {name} is {ours!r} here)" if ours else ""
+
+
 def check_option_names(models: Sequence[str], options: Iterable[str], label: str = "{}"
                        ) -> None:
     """A ConfigError for an option none of ``models`` takes (a typo, most likely), named as
@@ -88,13 +94,25 @@ def check_option_values(models: Sequence[str], options: Mapping[str, object],
             raise ConfigError(f"{label.format(name)}: {exc}") from None
 
 
+#: statsforecast's class names for the models it shares with this project
+STATSFORECAST_NAMES = {"Naive": "naive", "AutoETS": "ets", "AutoTheta": "theta",
+                       "AutoARIMA": "arima"}
+
+
 def parse_models(spec: str | Sequence[str]) -> list[str]:
     """``"lstm,gru"`` or ``["lstm"]`` -> validated model names, duplicates dropped."""
-    names = [m.strip() for m in (spec.split(",") if isinstance(spec, str) else spec) if m.strip()]
+    given = spec.split(",") if isinstance(spec, str) else spec
+    if not isinstance(given, Sequence) or not all(isinstance(m, str) for m in given):
+        shown = next((m for m in (given if isinstance(given, Sequence) else [given])
+                      if not isinstance(m, str)), given)
+        raise UnknownModel(f"models are named, as 'naive' or 'naive,ets', got "
+                           f"{type(shown).__name__}" + _statsforecast_hint(type(shown).__name__))
+    names = [m.strip() for m in given if m.strip()]
     known = model_names()
     for name in names:
         if name not in known:
-            raise UnknownModel(f"unknown model {name!r}; choose from {', '.join(known)}")
+            raise UnknownModel(f"unknown model {name!r}; choose from {', '.join(known)}"
+                               + _statsforecast_hint(name))
     if not names:
         raise UnknownModel(f"no model given; choose from {', '.join(known)}")
     return list(dict.fromkeys(names))

@@ -14,6 +14,9 @@ in one of three ways (the README says which model uses which):
   window was the first choice; on the tuning windows, data to 2017-08-13 and to
   2017-07-01, its 80% bands held 82.6% and 75.2% of the closes against 83.1% and
   78.9% for EWMA, and 93.6% / 87.3% against 94.3% / 89.8% at 95%.)
+  A series with a zero or a negative value is not a price: its walk is in the value
+  itself, ``last +- z * sigma * sqrt(k)`` with ``sigma`` from its daily changes
+  (:func:`additive_walk_bands`).
 * **conformal** (:func:`conformal_bands`): split conformal prediction on the
   model's own walk-forward errors, what statsforecast and mlforecast call
   conformal intervals. The model is fitted again at up to ``N_WINDOWS`` earlier
@@ -121,6 +124,8 @@ def random_walk_bands(series: np.ndarray, h: int, levels: Sequence[float],
     """Driftless log random-walk bands around the last close (see the module doc), or with
     the same relative widths around ``center`` (a forecast) when given."""
     last = float(series[-1])
+    if center is None and (series <= 0).any():  # not a price: a random walk in the value itself
+        return additive_walk_bands(series, h, levels)
     positive = series[series > 0]
     returns = np.diff(np.log(positive)) if len(positive) > 1 else np.zeros(0)
     bands = {}
@@ -132,6 +137,20 @@ def random_walk_bands(series: np.ndarray, h: int, levels: Sequence[float],
             bands[key] = (last / spread, last * spread)
         else:  # not a price: keep the band symmetric in the value itself
             bands[key] = (last - abs(last) * (spread - 1), last + abs(last) * (spread - 1))
+    return bands
+
+
+def additive_walk_bands(series: np.ndarray, h: int, levels: Sequence[float]) -> Bands:
+    """``last +- z * sigma * sqrt(k)``, ``sigma`` the EWMA volatility of the series' daily
+    changes: the random walk of a series that is not a price (a zero or a negative value,
+    where log returns mean nothing), symmetric as statsforecast's Naive bands are."""
+    last = float(series[-1])
+    sigma = ewma_volatility(np.diff(series))
+    steps = np.sqrt(np.arange(1, h + 1, dtype=np.float64))
+    bands = {}
+    for level in levels:
+        width = normal_quantile(level) * sigma * steps
+        bands[level_key(level)] = (last - width, last + width)
     return bands
 
 
