@@ -8,6 +8,7 @@ import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -23,6 +24,7 @@ from crypto_ml.core.errors import (
     InvalidTable,
     InvalidTaskInput,
     OutputMismatch,
+    TaskTimedOut,
     UnknownModel,
 )
 from crypto_ml.core.settings import Settings
@@ -340,13 +342,18 @@ def test_future_dates_follow_each_series_own_step() -> None:
 def _next_times(frame: pd.DataFrame, h: int = 4) -> dict[str, list[pd.Timestamp]]:
     """Each series' next ``h`` times as a table run computes them."""
     source = TableSource(pa.Table.from_pandas(frame, preserve_index=False))
-    kind = source.check().time_kind
+    info = source.check()
+    unit = "D" if info.time_kind == "date" else "ns"
+
+    def stamp(t: int) -> pd.Timestamp:
+        if info.time_zone:
+            return pd.Timestamp(int(t), tz="UTC").tz_convert(info.time_zone)
+        return pd.Timestamp(int(t), unit=unit)
     got = {}
     for chunk in source.chunks(100):
-        times, _ = future_times(kind, chunk.last_time, chunk.step, h, chunk.business)
-        unit = "D" if kind == "date" else "ns"
-        got.update({uid: [pd.Timestamp(int(t), unit=unit) for t in row]
-                    for uid, row in zip(chunk.ids, times, strict=True)})
+        times, _ = future_times(info.time_kind, chunk.last_time, chunk.step, h, chunk.business,
+                                info.time_zone)
+        got.update({uid: [stamp(t) for t in row] for uid, row in zip(chunk.ids, times, strict=True)})
     return got
 
 
@@ -373,6 +380,24 @@ def test_the_step_is_each_series_smallest_gap_and_weekdays_alone_are_business_da
             "g-short-week": pd.date_range("2024-01-06", periods=4)}
     for uid, dates in want.items():
         assert got[uid] == list(dates), uid
+
+
+def test_zoned_times_step_on_their_wall_clock() -> None:
+    """Midnights in New York across the spring change of clocks are a day apart (not the
+    23 hours between them in UTC); weekdays in Tokyo are business days there."""
+    def series(uid: str, dates: pd.DatetimeIndex) -> pd.DataFrame:
+        return pd.DataFrame({"unique_id": uid, "ds": dates, "y": np.arange(1.0, len(dates) + 1)})
+    ny = _next_times(pd.concat([
+        series("across", pd.date_range("2024-02-20", "2024-03-20", tz="America/New_York")),
+        series("before", pd.date_range("2024-02-20", "2024-03-08", tz="America/New_York"))]))
+    assert ny["across"] == list(pd.date_range("2024-03-21", periods=4, tz="America/New_York"))
+    assert ny["before"] == list(pd.date_range("2024-03-09", periods=4, tz="America/New_York"))
+    tokyo = _next_times(series("tokyo", pd.bdate_range("2024-01-02", "2024-01-31")
+                               .tz_localize("Asia/Tokyo")))
+    assert tokyo["tokyo"] == list(pd.bdate_range("2024-02-01", periods=4).tz_localize("Asia/Tokyo"))
+    off_grid = pd.date_range("2024-01-01", periods=30).append(pd.DatetimeIndex(["2024-01-15 12:00"]))
+    noon = _next_times(series("noon", off_grid.sort_values()))  # one row at noon: still daily
+    assert noon["noon"][:2] == [pd.Timestamp("2024-01-31"), pd.Timestamp("2024-02-01")]
 
 
 @pytest.mark.parametrize(("freq", "expected"), [
@@ -421,6 +446,73 @@ def test_a_series_no_model_could_forecast_keeps_its_rows_as_nan() -> None:
     assert got[got["unique_id"] == "z-one"]["linear"].isna().all()
     assert failures.column("unique_id").to_pylist() == ["z-one"]
     assert failures.column("error")[0].as_py().startswith("SeriesTooShort: the series has 1 ")
+
+
+class _ScriptedEngine:
+    """Stands in for the Dispatcher in a pure test of run_table's bookkeeping: a message that
+    holds one of ``bad``'s series fails as a time limit makes it fail; with ``give_up``, the
+    second pass ends after its first outcome, as a run that stopped waiting does."""
+
+    bad: ClassVar[set[str]] = {"s1"}
+    give_up = False
+
+    def __init__(self, *args: object) -> None:
+        pass
+
+    def run(self, messages, timeout, max_in_flight=None, run_id=None):  # type: ignore[no-untyped-def]
+        from celery import states
+
+        from crypto_ml.dispatch.engine import Outcome
+        for i, message in enumerate(messages):
+            ids, h = message.kwargs["_ids"], message.kwargs["horizon"]
+            if self.give_up and run_id is None and i >= 1:
+                yield Outcome(message, "t", None)
+                return
+            if self.bad & set(ids):
+                yield Outcome(message, "t", {"status": states.FAILURE,
+                                             "result": TaskTimedOut.for_limit(1)})
+                continue
+            yield Outcome(message, "t", {"status": states.SUCCESS, "result": {
+                "errors": [], "forecasts": {"naive": {"mean": [1.0] * len(ids) * h}}}})
+
+    def forget_earlier(self, keys: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("give_up", [False, True])
+def test_a_chunk_failing_whole_is_split_and_every_series_counted_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, give_up: bool) -> None:
+    import crypto_ml.dispatch.table_run as table_run
+
+    sent = table_run._Run._message
+
+    def labelled(run: object, chunk: SeriesChunk, key: int) -> object:
+        message = sent(run, chunk, key)  # type: ignore[arg-type]
+        message.kwargs["_ids"] = list(chunk.ids)
+        return message
+    monkeypatch.setattr(table_run._Run, "_message", labelled)
+    monkeypatch.setattr(table_run, "Dispatcher", _ScriptedEngine)
+    monkeypatch.setattr(_ScriptedEngine, "give_up", give_up)
+    source = TableSource(pa.Table.from_pandas(random_walks(5, 4).assign(
+        unique_id=lambda f: f["unique_id"].str.replace("s00000", "s")), preserve_index=False))
+    source.check()
+    plan = TablePlan.of(["naive"], 2, (), chunk_series=3)
+    out, progress = tmp_path / "o.parquet", []
+    summary = table_run.run_table(None, source, TableOutput(out, plan.describe(source)),  # type: ignore[arg-type]
+                                  plan, on_progress=lambda d, f: progress.append((d, f)),
+                                  say=lambda line: None, timeout=5.0)
+    done, failed = np.sum(progress, axis=0).tolist()
+    if give_up:  # the split chunk's series never all came back: failed, counted once
+        assert (done, failed) == (2, 3) and summary.chunks_failed[0].startswith("no result")
+        assert not out.exists()
+        return
+    assert (done, failed) == (5, 1) and not summary.chunks_failed
+    got = pd.read_parquet(out)
+    assert got.groupby("unique_id").size().to_dict() == {f"s{i}": 2 for i in range(5)}
+    assert got[got["unique_id"] == "s1"]["naive"].isna().all()
+    failures = pd.read_parquet(tmp_path / "o.failures.parquet")
+    assert failures["unique_id"].tolist() == ["s1"] and failures["error"][0].startswith(
+        "TaskTimedOut")
 
 
 def _plan_and_rows(tmp_path: Path, numbered: bool = False

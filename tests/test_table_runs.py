@@ -154,8 +154,9 @@ def test_a_chunk_whose_values_are_gone_fails_saying_what_to_do(cluster) -> None:
 def test_a_series_past_the_time_limit_fails_alone_and_the_rest_are_written(
         tmp_path: Path) -> None:
     """A chunk the time limit stopped is sent again one series a message: the series at fault
-    (40,000 closes: seconds of ETS) is a failure row and the 199 others are written (before,
-    the chunk failed whole, again on every rerun, and the table never finished)."""
+    (40,000 closes: seconds of ETS) is a failure row, its rows NaN, and the 199 others are
+    written (before, the chunk failed whole, again on every rerun, and the table never
+    finished)."""
     long = random_walks(1, 40_000, seed=4, start="1950-01-01").assign(unique_id="s-long")
     frame = pd.concat([long, random_walks(199, 120, seed=3)], ignore_index=True)
     table, out = write_parquet(frame, tmp_path / "in.parquet"), tmp_path / "out.parquet"
@@ -167,7 +168,9 @@ def test_a_series_past_the_time_limit_fails_alone_and_the_rest_are_written(
     assert done.returncode == 1, done.stderr  # one forecast failed
     assert "1 chunk(s) failed as a whole (TaskTimedOut" in done.stderr
     got, failures = pd.read_parquet(out), pd.read_parquet(tmp_path / "out.failures.parquet")
-    assert set(got["unique_id"]) == set(frame["unique_id"]) - {"s-long"} and len(got) == 199 * 3
+    assert set(got["unique_id"]) == set(frame["unique_id"]) and len(got) == 200 * 3
+    assert got[got["unique_id"] == "s-long"]["ets"].isna().all()
+    assert got[got["unique_id"] != "s-long"]["ets"].notna().all()
     assert failures[["unique_id", "model"]].values.tolist() == [["s-long", "ets"]]
     assert failures["error"][0].startswith("TaskTimedOut")
     assert "summary: 200 series" in done.stderr

@@ -1,12 +1,16 @@
 """Each series' step in time, read off its times, and its next times: a forecast's ``ds``.
 
-A series' step is the smallest gap between its times, so a day missing from daily data is
-not a two-day step; a series of one row takes the step most series of its chunk have (else a
-day, or 1 for integer times). A series a day apart at the least, spanning a week or more, that
-never falls on a Saturday or a Sunday is in business days: its next times skip weekends, as
-pandas' ``freq="B"`` does. Steps of 28-31, 89-92 and 365-366 days are calendar months,
-quarters and years (from a month's end: each month's end). Integer times step by 1:
-``last + 1 ... last + h``.
+A series' step is the smallest gap between its times when at least half its gaps are that
+small (a day missing from daily data is not a two-day step), else its last gap (one row off
+the grid, a noon correction, does not make daily data twice daily; months vary in length).
+A series of one row takes the step most series of its chunk have (else a day, or 1 for
+integer times). A series a day apart, spanning a week or more, that never falls on a
+Saturday or a Sunday is in business days: its next times skip weekends, as pandas'
+``freq="B"`` does. Steps of 28-31, 89-92 and 365-366 days are calendar months, quarters and
+years (from a month's end: each month's end). Times with a zone are read on its wall clock
+(a day is a day across a change of daylight saving time, a weekday is the zone's), and the
+next times go back to UTC (a time the clock skips moves forward, one it repeats is read as
+its first). Integer times step by 1: ``last + 1 ... last + h``.
 """
 
 from __future__ import annotations
@@ -21,35 +25,58 @@ CALENDAR_MONTHS = {**dict.fromkeys(range(28, 32), 1), **dict.fromkeys(range(89, 
 _NONE = np.iinfo(np.int64).max
 
 
-def series_steps(times: np.ndarray, lengths: np.ndarray, kind: str
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(step, business)`` of each series whose rows are ``times`` (int64, ``kind`` as the
-    table keeps it), series after series (``lengths`` rows each, none empty)."""
+def series_steps(times: np.ndarray, lengths: np.ndarray, kind: str, zone: str | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(last, step, business)`` of each series whose rows are ``times`` (int64, ``kind`` as
+    the table keeps it), series after series (``lengths`` rows each, none empty); ``last`` on
+    ``zone``'s wall clock, as :func:`future_times` takes it."""
     if not len(lengths):
-        return np.zeros(0, np.int64), np.zeros(0, bool)
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool)
+    times = wall_clock(times, zone)
     ends = np.cumsum(lengths)
     starts = ends - lengths
     gaps = np.append(np.diff(times), _NONE)
     gaps[ends - 1] = _NONE  # a series' last row: no gap after it within the series
-    step = np.minimum.reduceat(gaps, starts)
-    single = step == _NONE
-    step[single] = 0
-    if single.any() and not single.all():
+    smallest = np.minimum.reduceat(gaps, starts)
+    usual = 2 * np.add.reduceat(gaps == np.repeat(smallest, lengths), starts) >= lengths - 1
+    last_gap = times[ends - 1] - times[np.maximum(ends - 2, 0)]
+    step = np.where(lengths == 1, 0, np.where(usual, smallest, last_gap))
+    business = np.zeros(len(lengths), bool)
+    if kind != "int":
+        day = DAY_NS if kind == "timestamp" else 1
+        weekend = (times // day + 3) % 7 >= 5  # 1970-01-01, day 0, was a Thursday (3; Monday 0)
+        spans_a_week = times[ends - 1] - times[starts] >= 7 * day
+        business = (step == day) & spans_a_week & ~np.logical_or.reduceat(weekend, starts)
+    single = lengths == 1
+    if single.any() and not single.all():  # a lone row: as most series of its chunk
         values, counts = np.unique(step[~single], return_counts=True)
         step[single] = values[np.argmax(counts)]
-    if kind == "int":
-        return step, np.zeros(len(lengths), bool)
-    day = DAY_NS if kind == "timestamp" else 1
-    weekend = (times // day + 3) % 7 >= 5  # 1970-01-01, day 0, was a Thursday (3; Monday 0)
-    spans_a_week = times[ends - 1] - times[starts] >= 7 * day
-    return step, (step == day) & spans_a_week & ~np.logical_or.reduceat(weekend, starts)
+        business[single] = 2 * business[~single].sum() > (~single).sum()
+    return times[ends - 1], step, business
+
+
+def wall_clock(times: np.ndarray, zone: str | None) -> np.ndarray:
+    """UTC nanoseconds as ``zone``'s wall-clock nanoseconds (as they are without a zone)."""
+    if not zone:
+        return times
+    utc = pd.DatetimeIndex(times.view("M8[ns]")).tz_localize("UTC")
+    return np.asarray(utc.tz_convert(zone).tz_localize(None).asi8)
+
+
+def _to_utc(times: np.ndarray, zone: str) -> np.ndarray:
+    local = pd.DatetimeIndex(times.reshape(-1).view("M8[ns]"))
+    zoned = local.tz_localize(zone, ambiguous=np.ones(len(local), bool),
+                              nonexistent="shift_forward")
+    return np.asarray(zoned.asi8).reshape(times.shape)
 
 
 def future_times(kind: str, last: np.ndarray, step: np.ndarray, h: int,
-                 business: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 business: np.ndarray | None = None, zone: str | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """The next ``h`` times after each series' ``last`` at its own ``step`` (``business``:
-    in business days), ``(series, h)``, and which series' times would pass the largest time
-    their kind holds (their rows are zeros: see the table run's ``PAST_THE_LAST_TIME``)."""
+    in business days; ``zone``: ``last`` on its wall clock, the times returned in UTC),
+    ``(series, h)``, and which series' times would pass the largest time their kind holds
+    (their rows are zeros: see the table run's ``PAST_THE_LAST_TIME``)."""
     k = np.arange(1, h + 1, dtype=np.int64)
     day = DAY_NS if kind == "timestamp" else 1
     business = np.zeros(len(last), bool) if business is None else business
@@ -64,6 +91,8 @@ def future_times(kind: str, last: np.ndarray, step: np.ndarray, h: int,
         ahead = np.busday_offset(days[:, None], k[None, :], roll="forward").astype(np.int64)
         out[rows] = ahead * day + (last[rows] % day)[:, None]
         _calendar_months(out, kind, last, np.where(business, 0, steps), h, beyond)
+    if zone and len(out):
+        out = np.where(beyond[:, None], 0, _to_utc(out, zone))
     return out, beyond
 
 

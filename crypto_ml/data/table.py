@@ -69,7 +69,7 @@ class SeriesChunk:
     ids: list[str]
     lengths: np.ndarray
     values: np.ndarray
-    last_time: np.ndarray  # int64, in the table's time kind
+    last_time: np.ndarray  # int64, in the table's time kind (a zone's on its wall clock)
     step: np.ndarray  # int64: each series' step (crypto_ml.data.steps)
     times: np.ndarray | None = None  # every row's time (int64), beside ``values``
     business: np.ndarray | None = None  # bool: each series steps in business days
@@ -321,14 +321,14 @@ class TableSource:
         if self._layout is None:
             self.check()
         assert self._layout is not None and self.info is not None  # check() sets them
-        layout, kind = self._layout, self.info.time_kind
+        layout, kind, zone = self._layout, self.info.time_kind, self.info.time_zone
         rows = _Rows(self._columns(), self.label)
         for index, first in enumerate(range(0, len(layout.lengths), size)):
             lengths = layout.lengths[first : first + size]
             times, values = rows.take(int(lengths.sum()))
-            step, business = series_steps(times, lengths, kind)
+            last, step, business = series_steps(times, lengths, kind, zone)
             yield SeriesChunk(index, layout.ids.slice(first, len(lengths)).to_pylist(), lengths,
-                              values, times[np.cumsum(lengths) - 1], step, times, business)
+                              values, last, step, times, business)
         rows.finish()
 
     def _columns(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:

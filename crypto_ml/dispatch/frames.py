@@ -83,12 +83,12 @@ def _source(df: object, columns: Columns) -> TableSource:
     if missing:
         index = (f"; {missing[0]!r} is the frame's index: pass df.reset_index()"
                  if missing[0] in (df.index.names or []) else "")
-        raise CryptoMLError(f"the frame has no column {', '.join(map(repr, missing))} "
+        raise InvalidTable(f"the frame has no column {', '.join(map(repr, missing))} "
                             f"(it has {', '.join(map(str, df.columns))}){index}; name yours "
                             "with id_col, time_col and target_col")
     twice = [c for c in names if (df.columns == c).sum() > 1]
     if twice:
-        raise CryptoMLError(f"the frame has {int((df.columns == twice[0]).sum())} columns "
+        raise InvalidTable(f"the frame has {int((df.columns == twice[0]).sum())} columns "
                             f"named {twice[0]!r}; keep one")
     return TableSource(_arrow_table(df, names), columns)
 
@@ -105,7 +105,10 @@ def _as_datetimes(table: pa.Table) -> pa.Table:
     gives them and as ``pd.read_csv(..., parse_dates=...)`` reads them back."""
     i = table.schema.get_field_index("ds")
     if pa.types.is_date(table.schema.field(i).type):
-        return table.set_column(i, "ds", table.column(i).cast(pa.timestamp("ns")))
+        try:
+            return table.set_column(i, "ds", table.column(i).cast(pa.timestamp("ns")))
+        except pa.ArrowInvalid:  # past 2262, where pandas' nanoseconds end: dates they stay
+            return table
     return table
 
 
@@ -120,7 +123,7 @@ def _arrow_table(df: pd.DataFrame, names: list[str]) -> pa.Table:
         try:
             arrays.append(pa.array(values, from_pandas=True))
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-            raise CryptoMLError(f"the frame's column {name!r} cannot be read ({exc}); give "
+            raise InvalidTable(f"the frame's column {name!r} cannot be read ({exc}); give "
                                 "it one type: text ids, dates or integers, numbers") from None
     return pa.Table.from_arrays(arrays, names=names)
 

@@ -171,8 +171,11 @@ class TableOutput:
 
     def write_chunk(self, index: int, table: pa.Table, failures: pa.Table) -> None:
         """Chunk ``index``'s rows and failures, each file wholly or not at all."""
+        failed = self.parts / f"failed-{index:08d}{PART}"
         if failures.num_rows:
-            _write_atomic(failures, self.parts / f"failed-{index:08d}{PART}")
+            _write_atomic(failures, failed)
+        else:  # one a killed attempt left, before its chunk file: not this chunk's failures
+            failed.unlink(missing_ok=True)
         _write_atomic(table, self.parts / f"chunk-{index:08d}{PART}")
 
     def finish(self, schema: pa.Schema, chunks: Iterable[int], ids: pa.DataType | None = None

@@ -7,12 +7,13 @@ each chunk's forecasts are written the moment they arrive
 (:class:`~crypto_ml.dispatch.table_output.TableOutput`) and then forgotten, so the
 manager's memory and Redis's do not grow with the number of series. A rerun of the
 same command skips the chunks already written. A chunk that fails as a whole for what
-its series may cause (it ran past the time limit, or its worker died as often as a message
-may be delivered: :data:`SPLIT`) is sent again one series a message once the others are in:
-the series at fault go to the failures table with that reason and the rest are written,
-so one bad series costs only itself. A chunk that fails for any other reason (no result in
-time, a message the workers refused) is not written: the run ends with exit code 1 and the
-same command retries just those chunks.
+its series may cause (it ran past the time limit, its worker died as often as a message may
+be delivered, a model raised: anything but :data:`NOT_THE_SERIES`) is sent again one series
+a message once the others are in: a series that fails alone so goes to the failures table
+with that reason (its rows NaN) and the rest are written, so one bad series costs only
+itself. A chunk that fails for another reason (no result in time, a message the workers
+refused) is not written: the run ends with exit code 1 and the same command retries just
+those chunks.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 from celery import Celery, states
 
-from crypto_ml.core.errors import InvalidTaskInput, TaskTimedOut, TooManyDeliveries
+from crypto_ml.core.errors import InvalidTaskInput
 from crypto_ml.data.steps import future_times
 from crypto_ml.data.table import TIME_KINDS, SeriesChunk, TableSource, time_array
 from crypto_ml.dispatch.engine import Dispatcher, Outcome, no_result
@@ -36,10 +37,17 @@ from crypto_ml.models import model_class
 from crypto_ml.models.intervals import level_key
 from crypto_ml.worker.chunks import TABLE_TASK_NAME, ModelSpec, chunk_kwargs, column
 
-#: How a chunk's failure reads when one of its series may be the cause: it ran past the soft
-#: or the hard time limit, or its runs killed their worker as often as a message may go out.
-SPLIT = (TaskTimedOut.__name__, TooManyDeliveries.__name__, "TimeLimitExceeded",
-         "WorkerLostError")
+#: How a chunk's failure reads when its series are not the cause: a message the workers
+#: refused (every chunk fails alike), no result in time, revoked. A chunk that failed any
+#: other way (a time limit, a worker killed as often as a message may go out, an error a
+#: model raised) is sent again one series a message (see the module doc).
+NO_RESULT = no_result(0).split(" 0 s")[0]  # "no result within": the run gave up waiting
+NOT_THE_SERIES = (InvalidTaskInput.__name__, NO_RESULT, "REVOKED")
+
+
+def _splits(reason: str) -> bool:
+    """Whether a chunk that failed for ``reason`` is sent again one series a message."""
+    return not reason.startswith(NOT_THE_SERIES)
 
 
 @dataclass(frozen=True)
@@ -120,7 +128,8 @@ def chunk_table(plan: TablePlan, schema: pa.Schema, kind: str, chunk: SeriesChun
     failed; none for a series whose next times pass the last its kind holds), and failure
     rows."""
     h, n = plan.horizon, len(chunk.ids)
-    times, beyond = future_times(kind, chunk.last_time, chunk.step, h, chunk.business)
+    zone = getattr(schema.field(1).type, "tz", None)
+    times, beyond = future_times(kind, chunk.last_time, chunk.step, h, chunk.business, zone)
     errors = [e for e in result["errors"] if not beyond[e[0]]]
     errors += [(row, m.model, PAST_THE_LAST_TIME) for row in np.flatnonzero(beyond).tolist()
                for m in plan.models]
@@ -167,12 +176,15 @@ def run_table(app: Celery, source: TableSource, output: TableOutput, plan: Table
     total = 0
     try:
         total = run.chunks(done, on_skip or (lambda n: on_progress(n, 0)))
-        split = {k for k, reason in summary.chunks_failed.items() if reason.startswith(SPLIT)}
-        if split:
-            say(f"{len(split)} chunk(s) failed as a whole ({summary.chunks_failed[min(split)]});"
-                " sending their series one a message, so that only those at fault fail")
-            run.engine = Dispatcher(app, say, on_wait, check_lost_every)
-            run.one_by_one(split)
+        if run.split:
+            output.next_attempt()  # pass 1's run id is ended: a resume must not reuse it
+            if not any(r.startswith(NO_RESULT) for r in summary.chunks_failed.values()):
+                first = summary.chunks_failed[min(run.split)]
+                say(f"{len(run.split)} chunk(s) failed as a whole ({first}); sending their "
+                    "series one a message, so that only those at fault fail")
+                run.engine = Dispatcher(app, say, on_wait, check_lost_every)
+                run.one_by_one()
+            run.unresolved()
         if not summary.chunks_failed:
             summary.failures = output.finish(run.schema, range(total), info.id_type)
     finally:
@@ -197,6 +209,8 @@ class _Run:
     on_progress: Callable[[int, int], None]
     timeout: float | None
     in_flight: int
+    #: chunks that failed as a whole for what their series may cause: their sizes
+    split: dict[int, int] = field(default_factory=dict)
 
     def chunks(self, done: set[int], on_skip: Callable[[int], None]) -> int:
         """Send every chunk not in ``done``, write what comes back; the number of chunks."""
@@ -223,7 +237,9 @@ class _Run:
                 piece = self._piece(outcome, chunk)
                 if isinstance(piece, str):
                     self.summary.chunks_failed[chunk.index] = piece
-                    if not piece.startswith(SPLIT):  # else: counted once its series are back
+                    if _splits(piece):  # counted once its series are back (one_by_one)
+                        self.split[chunk.index] = len(chunk.ids)
+                    else:
                         self.on_progress(0, len(chunk.ids))
                 else:
                     self._write(chunk, [piece])
@@ -232,11 +248,12 @@ class _Run:
             outcomes.close()  # pending messages revoked, the run marked ended (engine doc)
         return total
 
-    def one_by_one(self, split: set[int]) -> None:
-        """Send the series of the chunks ``split`` one a message and write each chunk once all
-        its series are back; a series that fails as its chunk did (:data:`SPLIT`) is a
-        failure row."""
-        per = self.plan.chunk_series
+    def one_by_one(self) -> None:
+        """Send the series of the chunks in :attr:`split` one a message and write each chunk
+        once all its series are back; a series that fails alone as its chunk did is a
+        failure row. A chunk that cannot be written (a series without a result in time)
+        stays failed, counted as such."""
+        per, split = self.plan.chunk_series, self.split
         singles: dict[int, tuple[SeriesChunk, list[SeriesChunk]]] = {}
         pieces: dict[int, dict[int, Piece | str]] = {}
 
@@ -256,9 +273,18 @@ class _Run:
                 got[i] = self._piece(outcome, ones[i])
                 if len(got) == len(ones):
                     self._write_pieces(chunk, [got[j] for j in range(len(ones))])
-                    del singles[index], pieces[index]
+                    del singles[index], pieces[index], split[index]
         finally:
             outcomes.close()
+
+    def unresolved(self) -> None:
+        """The chunks of :attr:`split` that are not written (the run gave up waiting for
+        some of their series): failed for want of a result, counted so."""
+        reason = no_result(self.timeout) if self.timeout is not None else NO_RESULT
+        for index, size in self.split.items():
+            self.summary.chunks_failed[index] = reason
+            self.on_progress(0, size)
+        self.split.clear()
 
     def _message(self, chunk: SeriesChunk, key: int) -> Message:
         kwargs = chunk_kwargs(self.plan.models, self.plan.horizon, self.plan.levels,
@@ -268,20 +294,24 @@ class _Run:
 
     def _piece(self, outcome: Outcome, chunk: SeriesChunk) -> Piece | str:
         """What came back for ``chunk``'s message: its rows and failures, or why it failed
-        (a series alone, failing as :data:`SPLIT` says, gets that reason as failure rows)."""
+        (a series alone, failing for what a series may cause, gets that reason as failure
+        rows and NaN rows)."""
         reason = _reason(outcome, self.timeout)
-        if reason is not None and reason.startswith(SPLIT) and len(chunk.ids) == 1:
-            return self._failed(chunk.ids[0], reason)
+        if reason is not None and _splits(reason) and len(chunk.ids) == 1:
+            return self._failed(chunk, reason)
         if reason is not None:
             return reason
         assert outcome.meta is not None  # a timed-out message has a reason
         return chunk_table(self.plan, self.schema, self.kind, chunk, outcome.meta["result"])
 
-    def _failed(self, uid: str, reason: str) -> Piece:
-        models = [m.model for m in self.plan.models]
-        return self.schema.empty_table(), pa.table(
-            {"unique_id": [uid] * len(models), "model": models, "error": [reason] * len(models)},
-            schema=FAILURES_SCHEMA)
+    def _failed(self, one: SeriesChunk, reason: str) -> Piece:
+        """A one-series chunk that failed for ``reason``: its rows NaN, a failure per model."""
+        nan = [float("nan")] * self.plan.horizon
+        names = ["mean"] + [f"{side}-{level_key(lv)}" for lv in self.plan.levels
+                            for side in ("lo", "hi")]
+        return chunk_table(self.plan, self.schema, self.kind, one, {
+            "errors": [[0, m.model, reason] for m in self.plan.models],
+            "forecasts": {m.model: dict.fromkeys(names, nan) for m in self.plan.models}})
 
     def _write_pieces(self, chunk: SeriesChunk, pieces: list[Piece | str]) -> None:
         lost = [p for p in pieces if isinstance(p, str)]
