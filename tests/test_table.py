@@ -400,6 +400,42 @@ def test_zoned_times_step_on_their_wall_clock() -> None:
     assert noon["noon"][:2] == [pd.Timestamp("2024-01-31"), pd.Timestamp("2024-02-01")]
 
 
+NY = "America/New_York"
+
+
+@pytest.mark.parametrize(("dates", "expected"), [
+    # 15-minute data ending in the hour New York repeats: on, 15 minutes at a time
+    (pd.date_range("2024-11-03 00:00", "2024-11-03 06:15", freq="15min", tz="UTC").tz_convert(NY),
+     pd.date_range("2024-11-03 06:30", periods=3, freq="15min", tz="UTC").tz_convert(NY)),
+    # ... and across the hour it skips: no time twice
+    (pd.date_range("2024-03-09 00:00", "2024-03-10 01:45", freq="15min", tz=NY),
+     pd.date_range("2024-03-10 07:00", periods=3, freq="15min", tz="UTC").tz_convert(NY)),
+    # daily with a row at noon and the last day but one missing: daily
+    (pd.date_range("2024-01-01", periods=20).append(
+        pd.DatetimeIndex(["2024-01-10 12:00", "2024-01-22"])).sort_values(),
+     pd.date_range("2024-01-23", periods=3)),
+    # monthly with the month before the last missing; monthly on the 30th; bimonthly
+    (pd.date_range("2022-01-01", periods=24, freq="MS").delete(22),
+     pd.date_range("2024-01-01", periods=3, freq="MS")),
+    (pd.DatetimeIndex(["2023-10-30", "2023-11-30", "2023-12-30", "2024-01-30"]),
+     pd.DatetimeIndex(["2024-02-29", "2024-03-30", "2024-04-30"])),
+    (pd.date_range("2020-01-01", periods=10, freq="2MS"), pd.date_range("2021-09-01", periods=3,
+                                                                         freq="2MS")),
+])
+def test_next_times_follow_the_grid_despite_gaps_off_grid_rows_and_clock_changes(
+        dates: pd.DatetimeIndex, expected: pd.DatetimeIndex) -> None:
+    frame = pd.DataFrame({"unique_id": "s", "ds": dates, "y": np.arange(1.0, len(dates) + 1)})
+    assert _next_times(frame, 3)["s"] == list(expected)
+
+
+def test_a_lone_saturday_among_business_days_goes_on_on_monday() -> None:
+    got = _next_times(pd.DataFrame({
+        "unique_id": ["a"] * 30 + ["lone"],
+        "ds": [*pd.bdate_range("2024-01-01", periods=30), pd.Timestamp("2024-01-06")],
+        "y": 1.0}), 3)
+    assert got["lone"] == list(pd.bdate_range("2024-01-08", periods=3))
+
+
 @pytest.mark.parametrize(("freq", "expected"), [
     ("MS", ["2002-07-01", "2002-08-01", "2002-09-01"]),
     ("ME", ["2002-07-31", "2002-08-31", "2002-09-30"]),

@@ -1,16 +1,19 @@
 """Each series' step in time, read off its times, and its next times: a forecast's ``ds``.
 
 A series' step is the smallest gap between its times when at least half its gaps are that
-small (a day missing from daily data is not a two-day step), else its last gap (one row off
-the grid, a noon correction, does not make daily data twice daily; months vary in length).
-A series of one row takes the step most series of its chunk have (else a day, or 1 for
-integer times). A series a day apart, spanning a week or more, that never falls on a
-Saturday or a Sunday is in business days: its next times skip weekends, as pandas'
-``freq="B"`` does. Steps of 28-31, 89-92 and 365-366 days are calendar months, quarters and
-years (from a month's end: each month's end). Times with a zone are read on its wall clock
-(a day is a day across a change of daylight saving time, a weekday is the zone's), and the
-next times go back to UTC (a time the clock skips moves forward, one it repeats is read as
-its first). Integer times step by 1: ``last + 1 ... last + h``.
+small (a day missing from daily data is not a two-day step), else its median gap (rows off
+the grid and missing rows do not change it; months vary in length). A series of one row
+takes the step most series of its chunk have (else a day, or 1 for integer times). A series
+a day apart, spanning a week or more, that never falls on a Saturday or a Sunday is in
+business days: its next times skip weekends, as pandas' ``freq="B"`` does. Steps of 28-31,
+59-62, 89-92, 181-184 and 365-366 days are calendar months (1, 2, 3, 6 and 12 of them),
+each counted from the last time, so the 30th stays the 30th (from a month's end: each
+month's end). With a time zone, steps of whole days and weekdays are read on its wall
+clock (a daily series stays at midnight across a change of daylight saving time), shorter
+steps on the UTC clock (an hour the clock repeats or skips is still an hour); the next
+times are in UTC (a wall-clock time the clock skips moves forward, one it repeats is read
+as its first). Integer times step by 1: ``last + 1 ... last + h``. Not recognised: business
+month or year ends, semi-monthly data, 4- or 13-weekly data (read as months and quarters).
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ import numpy as np
 import pandas as pd
 
 DAY_NS = 86_400 * 10**9
-#: Time steps (in days) read as calendar months: monthly, quarterly, yearly data.
-CALENDAR_MONTHS = {**dict.fromkeys(range(28, 32), 1), **dict.fromkeys(range(89, 93), 3),
+#: Time steps (in days) read as calendar months: monthly, bimonthly, quarterly, half-yearly
+#: and yearly data.
+CALENDAR_MONTHS = {**dict.fromkeys(range(28, 32), 1), **dict.fromkeys(range(59, 63), 2),
+                   **dict.fromkeys(range(89, 93), 3), **dict.fromkeys(range(181, 185), 6),
                    365: 12, 366: 12}
 _NONE = np.iinfo(np.int64).max
 
@@ -28,24 +33,23 @@ _NONE = np.iinfo(np.int64).max
 def series_steps(times: np.ndarray, lengths: np.ndarray, kind: str, zone: str | None = None
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(last, step, business)`` of each series whose rows are ``times`` (int64, ``kind`` as
-    the table keeps it), series after series (``lengths`` rows each, none empty); ``last`` on
-    ``zone``'s wall clock, as :func:`future_times` takes it."""
+    the table keeps it), series after series (``lengths`` rows each, none empty). With a
+    ``zone``, a step of whole days and the weekdays are read on its wall clock, a shorter step
+    on the UTC clock (hours do not repeat or vanish there)."""
     if not len(lengths):
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool)
-    times = wall_clock(times, zone)
     ends = np.cumsum(lengths)
     starts = ends - lengths
-    gaps = np.append(np.diff(times), _NONE)
-    gaps[ends - 1] = _NONE  # a series' last row: no gap after it within the series
-    smallest = np.minimum.reduceat(gaps, starts)
-    usual = 2 * np.add.reduceat(gaps == np.repeat(smallest, lengths), starts) >= lengths - 1
-    last_gap = times[ends - 1] - times[np.maximum(ends - 2, 0)]
-    step = np.where(lengths == 1, 0, np.where(usual, smallest, last_gap))
+    wall = wall_clock(times, zone)
+    step = _steps(wall, lengths, starts, ends)
+    if zone:
+        days = (step > 0) & (step % DAY_NS == 0)
+        step = np.where(days, step, _steps(times, lengths, starts, ends))
     business = np.zeros(len(lengths), bool)
     if kind != "int":
         day = DAY_NS if kind == "timestamp" else 1
-        weekend = (times // day + 3) % 7 >= 5  # 1970-01-01, day 0, was a Thursday (3; Monday 0)
-        spans_a_week = times[ends - 1] - times[starts] >= 7 * day
+        weekend = (wall // day + 3) % 7 >= 5  # 1970-01-01, day 0, was a Thursday (3; Monday 0)
+        spans_a_week = wall[ends - 1] - wall[starts] >= 7 * day
         business = (step == day) & spans_a_week & ~np.logical_or.reduceat(weekend, starts)
     single = lengths == 1
     if single.any() and not single.all():  # a lone row: as most series of its chunk
@@ -53,6 +57,27 @@ def series_steps(times: np.ndarray, lengths: np.ndarray, kind: str, zone: str | 
         step[single] = values[np.argmax(counts)]
         business[single] = 2 * business[~single].sum() > (~single).sum()
     return times[ends - 1], step, business
+
+
+def _steps(times: np.ndarray, lengths: np.ndarray, starts: np.ndarray, ends: np.ndarray
+           ) -> np.ndarray:
+    """Each series' smallest gap where at least half its gaps are that small, else its
+    median gap (the lower one); 0 for a series of one row."""
+    gaps = np.append(np.diff(times), _NONE)
+    gaps[ends - 1] = _NONE  # a series' last row: no gap after it within the series
+    smallest = np.minimum.reduceat(gaps, starts)
+    usual = 2 * np.add.reduceat(gaps == np.repeat(smallest, lengths), starts) >= lengths - 1
+    step = np.where(lengths == 1, 0, smallest)
+    odd = ~usual & (lengths > 2)
+    if odd.any():  # months, or a grid with rows off it: the median gap (a sort of these only)
+        series = np.repeat(np.arange(len(lengths)), lengths)
+        take = odd[series] & (gaps != _NONE)
+        picked, owner = gaps[take], series[take]
+        order = np.lexsort((picked, owner))
+        counts = np.bincount(owner, minlength=len(lengths))
+        firsts = np.cumsum(counts) - counts
+        step[odd] = picked[order][firsts[odd] + (counts[odd] - 1) // 2]
+    return step
 
 
 def wall_clock(times: np.ndarray, zone: str | None) -> np.ndarray:
@@ -82,17 +107,20 @@ def future_times(kind: str, last: np.ndarray, step: np.ndarray, h: int,
     business = np.zeros(len(last), bool) if business is None else business
     steps = (np.ones_like(last) if kind == "int"
              else np.where(business, 3 * day, np.where(step > 0, step, day)))  # 3: h's bound
+    on_wall = (steps % day == 0) if zone else np.zeros(len(last), bool)  # days: wall clock
+    last = np.where(on_wall, wall_clock(last, zone), last)
     largest = float(np.iinfo(np.int32 if kind == "date" else np.int64).max) - 2048
     beyond = last.astype(np.float64) + steps.astype(np.float64) * h >= largest
     out = np.where(beyond[:, None], 0, last[:, None] + steps[:, None] * k[None, :])
     if kind != "int":
         rows = np.flatnonzero(business & ~beyond)
-        days = (last[rows] // day).astype("datetime64[D]")
-        ahead = np.busday_offset(days[:, None], k[None, :], roll="forward").astype(np.int64)
+        days = (last[rows] // day).astype("datetime64[D]")  # a Saturday's next: Monday
+        ahead = np.busday_offset(days[:, None], k[None, :], roll="backward").astype(np.int64)
         out[rows] = ahead * day + (last[rows] % day)[:, None]
         _calendar_months(out, kind, last, np.where(business, 0, steps), h, beyond)
-    if zone and len(out):
-        out = np.where(beyond[:, None], 0, _to_utc(out, zone))
+    rows = np.flatnonzero(on_wall & ~beyond)
+    if len(rows):
+        out[rows] = _to_utc(out[rows], zone)  # type: ignore[arg-type]  # on_wall: a zone
     return out, beyond
 
 
@@ -112,7 +140,7 @@ def _calendar_months(out: np.ndarray, kind: str, last: np.ndarray, steps: np.nda
                 start = pd.Timestamp(int(t), unit=unit)
                 offset = (pd.offsets.MonthEnd(months) if start.is_month_end
                           else pd.DateOffset(months=months))
-                dates = pd.date_range(start, periods=h + 1, freq=offset)[1:]
+                dates = pd.DatetimeIndex([start + offset * j for j in range(1, h + 1)])  # no drift
             except (OverflowError, pd.errors.OutOfBoundsDatetime):
                 beyond[same], out[same] = True, 0
                 continue
