@@ -99,9 +99,9 @@ def future_times(kind: str, last: np.ndarray, step: np.ndarray, h: int,
                  business: np.ndarray | None = None, zone: str | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
     """The next ``h`` times after each series' ``last`` at its own ``step`` (``business``:
-    in business days; ``zone``: ``last`` on its wall clock, the times returned in UTC),
-    ``(series, h)``, and which series' times would pass the largest time their kind holds
-    (their rows are zeros: see the table run's ``PAST_THE_LAST_TIME``)."""
+    in business days; ``zone``: steps of whole days taken on its wall clock, ``last`` and the
+    times returned in UTC), ``(series, h)``, and which series' times would pass the largest
+    time their kind holds (their rows are zeros: see the table run's ``PAST_THE_LAST_TIME``)."""
     k = np.arange(1, h + 1, dtype=np.int64)
     day = DAY_NS if kind == "timestamp" else 1
     business = np.zeros(len(last), bool) if business is None else business
@@ -118,9 +118,9 @@ def future_times(kind: str, last: np.ndarray, step: np.ndarray, h: int,
         ahead = np.busday_offset(days[:, None], k[None, :], roll="backward").astype(np.int64)
         out[rows] = ahead * day + (last[rows] % day)[:, None]
         _calendar_months(out, kind, last, np.where(business, 0, steps), h, beyond)
-    rows = np.flatnonzero(on_wall & ~beyond)
-    if len(rows):
-        out[rows] = _to_utc(out[rows], zone)  # type: ignore[arg-type]  # on_wall: a zone
+    if zone:
+        rows = np.flatnonzero(on_wall & ~beyond)
+        out[rows] = _to_utc(out[rows], zone)
     return out, beyond
 
 

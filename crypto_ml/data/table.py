@@ -69,7 +69,7 @@ class SeriesChunk:
     ids: list[str]
     lengths: np.ndarray
     values: np.ndarray
-    last_time: np.ndarray  # int64, in the table's time kind (a zone's on its wall clock)
+    last_time: np.ndarray  # int64, in the table's time kind (timestamps in UTC)
     step: np.ndarray  # int64: each series' step (crypto_ml.data.steps)
     times: np.ndarray | None = None  # every row's time (int64), beside ``values``
     business: np.ndarray | None = None  # bool: each series steps in business days
@@ -82,7 +82,7 @@ class TableInfo:
     time_kind: str
     presorted: bool
     time_zone: str | None = None  # a timestamp column's zone: the forecasts' times keep it
-    #: The ids' type in the output: the input's integer type, else text (read as text)
+    #: The ids' type in the output: the input's number type, else text (read as text)
     id_type: pa.DataType = TEXT
 
 

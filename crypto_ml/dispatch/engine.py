@@ -69,9 +69,13 @@ class Outcome:
     meta: dict[str, Any] | None
 
 
+#: How the reason of a message that timed out begins (:func:`no_result`).
+NO_RESULT = "no result within"
+
+
 def no_result(timeout: float | None) -> str:
     """The reason a message that timed out (:class:`Outcome` with ``meta`` None) gives."""
-    return f"no result within {timeout:g} s (--timeout)"
+    return f"{NO_RESULT} {timeout:g} s (--timeout)"
 
 
 def publish(app: Celery, task: str, kwargs: dict[str, Any], task_id: str,

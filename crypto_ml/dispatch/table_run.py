@@ -29,19 +29,18 @@ from celery import Celery, states
 from crypto_ml.core.errors import InvalidTaskInput
 from crypto_ml.data.steps import future_times
 from crypto_ml.data.table import TIME_KINDS, SeriesChunk, TableSource, time_array
-from crypto_ml.dispatch.engine import Dispatcher, Outcome, no_result
+from crypto_ml.dispatch.engine import NO_RESULT, Dispatcher, Outcome, no_result
 from crypto_ml.dispatch.planning import Message
 from crypto_ml.dispatch.report import failure_reason
 from crypto_ml.dispatch.table_output import FAILURES_SCHEMA, TableOutput
 from crypto_ml.models import model_class
 from crypto_ml.models.intervals import level_key
-from crypto_ml.worker.chunks import TABLE_TASK_NAME, ModelSpec, chunk_kwargs, column
+from crypto_ml.worker.chunks import TABLE_TASK_NAME, ModelSpec, chunk_kwargs, column, result_names
 
 #: How a chunk's failure reads when its series are not the cause: a message the workers
 #: refused (every chunk fails alike), no result in time, revoked. A chunk that failed any
 #: other way (a time limit, a worker killed as often as a message may go out, an error a
 #: model raised) is sent again one series a message (see the module doc).
-NO_RESULT = no_result(0).split(" 0 s")[0]  # "no result within": the run gave up waiting
 NOT_THE_SERIES = (InvalidTaskInput.__name__, NO_RESULT, "REVOKED")
 
 
@@ -137,7 +136,7 @@ def chunk_table(plan: TablePlan, schema: pa.Schema, kind: str, chunk: SeriesChun
     rows = np.repeat(keep, h)
     columns: list[Any] = [pa.array(chunk.ids, pa.string()).take(pa.array(rows)),
                           time_array(times[keep].reshape(-1), kind).cast(schema.field(1).type)]
-    names = ["mean"] + [f"{side}-{level_key(lv)}" for lv in plan.levels for side in ("lo", "hi")]
+    names = result_names(plan.levels)
     for m in plan.models:
         got = result["forecasts"][m.model]
         for name in names:
@@ -182,8 +181,7 @@ def run_table(app: Celery, source: TableSource, output: TableOutput, plan: Table
                 first = summary.chunks_failed[min(run.split)]
                 say(f"{len(run.split)} chunk(s) failed as a whole ({first}); sending their "
                     "series one a message, so that only those at fault fail")
-                run.engine = Dispatcher(app, say, on_wait, check_lost_every)
-                run.one_by_one()
+                run.one_by_one(Dispatcher(app, say, on_wait, check_lost_every))
             run.unresolved()
         if not summary.chunks_failed:
             summary.failures = output.finish(run.schema, range(total), info.id_type)
@@ -248,9 +246,10 @@ class _Run:
             outcomes.close()  # pending messages revoked, the run marked ended (engine doc)
         return total
 
-    def one_by_one(self) -> None:
-        """Send the series of the chunks in :attr:`split` one a message and write each chunk
-        once all its series are back; a series that fails alone as its chunk did is a
+    def one_by_one(self, engine: Dispatcher) -> None:
+        """Send the series of the chunks in :attr:`split` one a message through ``engine`` (a
+        new one: the first pass's run has ended) and write each chunk once all its series are
+        back; a series that fails alone as its chunk did is a
         failure row. A chunk that cannot be written (a series without a result in time)
         stays failed, counted as such."""
         per, split = self.plan.chunk_series, self.split
@@ -264,7 +263,7 @@ class _Run:
                     for i, one in enumerate(singles[chunk.index][1]):
                         yield self._message(one, chunk.index * per + i)
 
-        outcomes = self.engine.run(messages(), self.timeout, max_in_flight=self.in_flight)
+        outcomes = engine.run(messages(), self.timeout, max_in_flight=self.in_flight)
         try:
             for outcome in outcomes:
                 assert outcome.message.key is not None
@@ -307,8 +306,7 @@ class _Run:
     def _failed(self, one: SeriesChunk, reason: str) -> Piece:
         """A one-series chunk that failed for ``reason``: its rows NaN, a failure per model."""
         nan = [float("nan")] * self.plan.horizon
-        names = ["mean"] + [f"{side}-{level_key(lv)}" for lv in self.plan.levels
-                            for side in ("lo", "hi")]
+        names = result_names(self.plan.levels)
         return chunk_table(self.plan, self.schema, self.kind, one, {
             "errors": [[0, m.model, reason] for m in self.plan.models],
             "forecasts": {m.model: dict.fromkeys(names, nan) for m in self.plan.models}})

@@ -64,6 +64,11 @@ def get_model(name: str, **params: object) -> Forecaster:
     return cls(**{k: v for k, v in params.items() if k in cls.options})
 
 
+#: statsforecast's class names for the models it shares with this project
+STATSFORECAST_NAMES = {"Naive": "naive", "AutoETS": "ets", "AutoTheta": "theta",
+                       "AutoARIMA": "arima"}
+
+
 def _statsforecast_hint(name: str) -> str:
     """``" (statsforecast's AutoETS is 'ets' here)"``, or nothing for another name."""
     ours = STATSFORECAST_NAMES.get(name)
@@ -92,11 +97,6 @@ def check_option_values(models: Sequence[str], options: Mapping[str, object],
             get_model(name, **options)
         except InvalidTaskInput as exc:
             raise ConfigError(f"{label.format(name)}: {exc}") from None
-
-
-#: statsforecast's class names for the models it shares with this project
-STATSFORECAST_NAMES = {"Naive": "naive", "AutoETS": "ets", "AutoTheta": "theta",
-                       "AutoARIMA": "arima"}
 
 
 def parse_models(spec: str | Sequence[str]) -> list[str]:

@@ -113,10 +113,16 @@ def log_spreads(sigma: float | np.ndarray, h: int, levels: Sequence[float]
                 ) -> dict[str, np.ndarray]:
     """Each level's multiplicative half-width ``exp(z * sigma * sqrt(step))``, steps 1 to
     ``h``, by level key: shape ``(h,)`` for one sigma, ``(rows, h)`` for a sigma per row."""
+    return {key: np.exp(width) for key, width in walk_widths(sigma, h, levels).items()}
+
+
+def walk_widths(sigma: float | np.ndarray, h: int, levels: Sequence[float]
+                ) -> dict[str, np.ndarray]:
+    """Each level's half-width ``z * sigma * sqrt(step)`` of a driftless random walk, steps
+    1 to ``h``, by level key: shape ``(h,)`` for one sigma, ``(rows, h)`` for a sigma per row."""
     steps = np.sqrt(np.arange(1, h + 1, dtype=np.float64))
     column = np.asarray(sigma, dtype=np.float64)[..., None]
-    return {level_key(level): np.exp(normal_quantile(level) * column * steps)
-            for level in levels}
+    return {level_key(level): normal_quantile(level) * column * steps for level in levels}
 
 
 def random_walk_bands(series: np.ndarray, h: int, levels: Sequence[float],
@@ -145,13 +151,8 @@ def additive_walk_bands(series: np.ndarray, h: int, levels: Sequence[float]) -> 
     changes: the random walk of a series that is not a price (a zero or a negative value,
     where log returns mean nothing), symmetric as statsforecast's Naive bands are."""
     last = float(series[-1])
-    sigma = ewma_volatility(np.diff(series))
-    steps = np.sqrt(np.arange(1, h + 1, dtype=np.float64))
-    bands = {}
-    for level in levels:
-        width = normal_quantile(level) * sigma * steps
-        bands[level_key(level)] = (last - width, last + width)
-    return bands
+    return {key: (last - width, last + width)
+            for key, width in walk_widths(ewma_volatility(np.diff(series)), h, levels).items()}
 
 
 def calibration_origins(n: int, h: int, min_train: int, windows: int = N_WINDOWS) -> list[int]:

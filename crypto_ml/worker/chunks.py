@@ -133,6 +133,12 @@ def _floats(matrix: np.ndarray, binary: bool) -> list[float] | bytes:
     return flat.tobytes() if binary else flat.tolist()
 
 
+def result_names(levels: Sequence[float]) -> list[str]:
+    """The columns a chunk's result holds per model: ``mean``, then ``lo-<level>`` and
+    ``hi-<level>`` for each level."""
+    return ["mean"] + [f"{side}-{level_key(lv)}" for lv in levels for side in ("lo", "hi")]
+
+
 def column(values: list[float] | bytes) -> np.ndarray:
     """A result column as float64, whichever way it travelled."""
     if isinstance(values, bytes | bytearray):
