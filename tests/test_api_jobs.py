@@ -8,6 +8,7 @@ with the model store's credentials, its copy gone when the job ends."""
 from __future__ import annotations
 
 import io
+import json
 import re
 import urllib.request
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import boto3
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from s3_support import bucket
 from table_support import random_walks, write_parquet
@@ -147,6 +149,13 @@ def test_a_job_reads_its_table_from_s3(server: Server, layout: str) -> None:
     assert (got.groupby("unique_id")["naive"].first() == last).all()
     copy = Path(str(final["output"])).parent / "inputs" / accepted["id"]
     assert not copy.exists()  # the local copy went with the job
+    # the run a job records names the objects, not its copy: a resume finds it the same
+    status, again = call(f"{server.url}/v1/jobs", {"input": uri, "model": "naive",
+                                                  "horizon": 2})
+    assert status == 202, again
+    run = [json.loads(pq.read_schema(str(finished(server, job_id)["output"])).metadata[
+        b"crypto_ml.run"]) for job_id in (accepted["id"], again["id"])]
+    assert run[0] == run[1] and run[0]["input"] == uri, run
 
 
 @pytest.mark.parametrize(("uri", "words"), [

@@ -3,19 +3,22 @@ A, B, C and D) on one real cluster (Redis with its ACL users, two celery workers
 as the manager's user, sharing a data folder and a jobs folder. A job POSTed to A is followed
 to the end on B; a job of A is cancelled through B and A's run stops; a job of C, whose
 process is killed, and one of D, which is shut down (SIGTERM, as a scale-down does), are
-reported failed by B, saying so."""
+reported failed by B, saying so; each is then resumed on B, which computes only the chunks
+they had not finished."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 import redis
@@ -33,6 +36,7 @@ from crypto_ml.api.service import InProcessRuns
 from crypto_ml.core import keys
 from crypto_ml.core.settings import Settings
 from crypto_ml.dispatch.cluster import LocalCluster
+from crypto_ml.models import DEFAULT_HORIZON, get_model
 from crypto_ml.ops.processes import free_port, spawn, terminate, wait_until
 
 pytestmark = pytest.mark.integration
@@ -138,8 +142,22 @@ def test_a_job_whose_replica_is_killed_is_reported_failed_by_another(
     final = state(b, job_id)
     assert final["status"] == "failed", final
     assert f"({record(cluster, job_id)['replica']}) stopped (no heartbeat for" in final["error"]
-    assert "POST the same body again" in final["error"]
-    wait_until(lambda: queued(b) == 0, 60, "the killed replica's queued chunks done")
+    assert f'POST the same body with "resume": "{job_id}"' in final["error"]
+    # resumed on B: the chunks C finished are taken, the rest computed, each series once
+    again = post(b, {"input": "long.parquet", "model": "ets", "resume": job_id})
+    wait_until(lambda: state(b, again)["status"] in ENDED, 120, "the resumed job to end")
+    resumed = state(b, again)
+    assert resumed["status"] == "done" and resumed["done"] == LONG, resumed
+    assert resumed["resumed_from"] == job_id and final["done"] <= resumed["resumed"] < LONG
+    got = pd.read_parquet(str(resumed["output"]))
+    assert len(got) == LONG * DEFAULT_HORIZON and not got.duplicated(["unique_id", "ds"]).any()
+    assert got["unique_id"].nunique() == LONG and got["ets"].notna().all()
+    walks = random_walks(LONG, 60, seed=5)
+    for sid in ("s000000", f"s{LONG // 2:06d}", f"s{LONG - 1:06d}"):  # C's chunks and B's
+        closes = walks.loc[walks["unique_id"] == sid, "y"].to_numpy()
+        want = get_model("ets").fit(closes).predict(DEFAULT_HORIZON).forecast
+        np.testing.assert_allclose(got.loc[got["unique_id"] == sid, "ets"], want, rtol=1e-9)
+    assert not list(Path(str(final["output"])).parent.glob(f".{job_id}.parquet.parts"))
 
 
 def test_a_replica_shutting_down_stops_its_jobs_and_records_them_failed(
@@ -151,8 +169,57 @@ def test_a_replica_shutting_down_stops_its_jobs_and_records_them_failed(
     assert d.proc.returncode == 0, d.log.read_text()[-2000:]
     final = state(b, job_id)  # at once: no heartbeat to wait for
     assert final["status"] == "failed" and final["done"] < LONG, final
-    assert "stopped (it was shut down); POST the same body again" in final["error"], final
+    assert "stopped (it was shut down); POST the same body with" in final["error"], final
     wait_until(lambda: queued(b) == 0, 30, "the stopped job's queued chunks revoked or done")
+    # another body cannot take its chunks; the same one can, once
+    status, reply = call(f"{b.url}/v1/jobs", {"input": "long.parquet", "model": "ets",
+                                              "horizon": 3, "resume": job_id})
+    assert status == 422 and "(its horizon differ)" in reply["detail"][0]["msg"], reply
+    again = post(b, {"input": "long.parquet", "model": "ets", "resume": job_id})
+    status, reply = call(f"{b.url}/v1/jobs", {"input": "long.parquet", "model": "ets",
+                                              "resume": job_id})
+    assert status == 409 and f"resumed already, as job {again}" in reply["detail"], reply
+    wait_until(lambda: state(b, again)["done"] > 0, 60, "the resumed job under way")
+    assert state(b, again)["resumed"] >= final["done"] > 0
+    assert call(f"{b.url}/v1/jobs/{again}", method="DELETE")[0] == 200  # cancelled, it goes
+    wait_until(lambda: state(b, again)["status"] in ENDED, 30, "the resumed job to stop")
+    status, reply = call(f"{b.url}/v1/jobs", {"input": "long.parquet", "model": "ets",
+                                              "resume": again})
+    assert status == 409 and "is cancelled" in reply["detail"], reply
+    wait_until(lambda: queued(b) == 0, 30, "the resumed job's queued chunks revoked or done")
+
+
+def test_the_chunks_of_jobs_whose_records_expired_go_with_the_next_post(
+        replicas: dict[str, Server]) -> None:
+    a = replicas["A"]
+    first = post(a, {"input": "small.parquet", "model": "naive", "horizon": 3})
+    wait_until(lambda: state(a, first)["status"] in ENDED, 60, "the job to finish")
+    jobs = Path(str(state(a, first)["output"])).parent
+    expired, recorded = (jobs / f".{job_id}.parquet.parts" for job_id in ("e" * 32, first))
+    for parts in (expired, recorded):
+        parts.mkdir()
+        (parts / "chunk-00000000.arrow").write_bytes(b"")
+    try:
+        post(a, {"input": "small.parquet", "model": "naive", "horizon": 3})
+        assert not expired.exists() and recorded.exists()  # a job of a live record: kept
+    finally:
+        shutil.rmtree(recorded)
+
+
+@pytest.mark.parametrize(("resume", "code", "words"), [
+    ("0" * 32, 422, "no job '00000000000000000000000000000000'"),
+    ("../../etc", 422, "should match pattern"),
+    ("done", 409, "is done; only a failed job can be resumed"),
+])
+def test_only_a_failed_job_can_be_resumed(replicas: dict[str, Server], resume: str, code: int,
+                                          words: str) -> None:
+    a = replicas["A"]
+    if resume == "done":
+        resume = post(a, {"input": "small.parquet", "model": "naive", "horizon": 3})
+        wait_until(lambda: state(a, resume)["status"] in ENDED, 60, "the job to finish")
+    status, reply = call(f"{a.url}/v1/jobs", {"input": "small.parquet", "model": "naive",
+                                              "horizon": 3, "resume": resume})
+    assert status == code and words in json.dumps(reply), reply
 
 
 @pytest.mark.parametrize("server", [None, pytest.param(redis7_server(), marks=pytest.mark.skipif(
@@ -173,6 +240,8 @@ def test_the_manager_user_may_keep_job_records_and_nothing_near_them(server: str
             assert store.beat([job], ["j1"]) == set()
             assert store.cancel("j1") == job and store.beat([], ["j1"]) == {"j1"}
             assert store.read("j1:cancel") is None and store.read("j2") is None
+            assert store.claim("j1", "j3") is None and store.claim("j1", "j4") == "j3"
+            assert store.read("j1:resumed") is None and store.records(["j1", "j2"]) == [job, None]
             assert status_of(job, now=3.0)["eta_seconds"] == 3.0  # 6 left at 2 series/s
             with cluster.client() as admin:
                 assert acl_log(admin) == []

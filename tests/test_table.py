@@ -33,7 +33,7 @@ from crypto_ml.data.steps import future_times
 from crypto_ml.data.table import Columns, SeriesChunk, TableSource
 from crypto_ml.data.table_checks import id_order, same_as_next
 from crypto_ml.dispatch.frames import _arrow_table, forecast_frame
-from crypto_ml.dispatch.table_output import TableOutput, check_output
+from crypto_ml.dispatch.table_output import FAILURES_SCHEMA, TableOutput, check_output
 from crypto_ml.dispatch.table_run import TablePlan, TableSummary, chunk_table
 from crypto_ml.models import REGISTRY, get_model
 from crypto_ml.models.batch import predict_batch, vectorised
@@ -590,6 +590,42 @@ def test_an_interrupted_output_resumes_and_ends_as_an_uninterrupted_one(tmp_path
     assert not (tmp_path / ".again.parquet.parts").exists()
     assert pq.read_table(tmp_path / "again.failures.parquet").num_rows == 0
     assert TableOutput(tmp_path / "again.parquet", plan.describe(source)).finished()
+
+
+def test_a_stopped_run_s_parts_go_on_under_another_name_only_for_the_same_run(
+        tmp_path: Path) -> None:
+    """An API job resumed as another: its parts change name, and the joined table is the
+    uninterrupted run's; parts of another run are refused, naming what differs."""
+    plan, source, parts = _plan_and_rows(tmp_path)
+    schema = plan.schema("date")
+    whole = TableOutput(tmp_path / "whole.parquet", plan.describe(source))
+    whole.done_chunks()
+    for part in parts:
+        whole.write_chunk(*part)
+    whole.finish(schema, range(len(parts)))
+    stopped = TableOutput(tmp_path / "old.parquet", plan.describe(source))
+    stopped.done_chunks()
+    index, rows, _ = parts[1]
+    failed = pa.table({"unique_id": ["s000004"] * 2, "model": ["naive", "linear"],
+                       "error": ["x", "y"]}, schema=FAILURES_SCHEMA)
+    stopped.write_chunk(index, rows, failed)
+    (stopped.parts / "failed-00000002.arrow").write_bytes(b"")  # a killed attempt's: no chunk
+    five = TablePlan.of(["naive"], 5, LEVELS, chunk_series=4)
+    other = TableOutput(tmp_path / "x.parquet", five.describe(source))
+    with pytest.raises(OutputMismatch, match=r"^horizon$"):
+        other.held_by(stopped)
+    moved = {**plan.describe(source), "input_size": 1, "input_mtime": 2}
+    with pytest.raises(OutputMismatch, match=r"^input$"):
+        TableOutput(tmp_path / "y.parquet", moved).held_by(stopped)
+    new = TableOutput(tmp_path / "new.parquet", plan.describe(source))
+    assert new.held_by(stopped) and not new.held_by(other)
+    new.take_parts(stopped)
+    assert new.done_chunks() == {1} and not stopped.parts.exists()
+    assert new.kept_failures() == 1  # series, of written chunks only
+    for part in (parts[0], parts[2]):
+        new.write_chunk(*part)
+    new.finish(schema, range(len(parts)))
+    assert pq.read_table(tmp_path / "new.parquet").equals(pq.read_table(tmp_path / "whole.parquet"))
 
 
 def test_integer_ids_come_back_as_integers(tmp_path: Path) -> None:

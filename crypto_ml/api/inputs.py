@@ -11,6 +11,7 @@ outputs (``CRYPTO_ML_API_JOBS_DIR``).
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -44,43 +45,58 @@ def local_input(given: str, root: Path) -> Path:
     return path
 
 
-def s3_input(uri: str, folder: Path, client: Any = None) -> Path:
-    """Copy the object or dataset at ``uri`` into ``folder``; the local path to read."""
+def s3_input(uri: str, folder: Path, client: Any = None) -> tuple[Path, dict[str, Any]]:
+    """Copy the object or dataset at ``uri`` into ``folder``; the local path to read, and
+    what tells this state of the input from another (a table run's manifest records it, so
+    that a job resumed later finds the same objects: their keys, sizes and ETags)."""
     bucket, _, key = uri.removeprefix(S3).partition("/")
     if not bucket or not key.strip("/"):
         raise ConfigError(f"input {uri[:200]!r}: name a bucket and an object or prefix, "
                           "s3://BUCKET/KEY")
     client = client or s3_client()
-    keys = _listed(client, uri, bucket, key)
-    if keys == [key]:  # one object
-        return _fetch(client, uri, bucket, key, folder / PurePosixPath(key).name)
+    objects = _listed(client, uri, bucket, key)
+    state = _fingerprint(uri, objects)
+    if [o["Key"] for o in objects] == [key]:  # one object
+        return _fetch(client, uri, bucket, key, folder / PurePosixPath(key).name), state
     prefix = key.rstrip("/") + "/"
-    for name in keys:
+    for name in (o["Key"] for o in objects):
         relative = PurePosixPath(name[len(prefix):])
         if ".." in relative.parts or relative.is_absolute():
             raise ConfigError(f"input {uri[:200]!r} holds an unsafe object name {name[:200]!r}")
         _fetch(client, uri, bucket, name, folder.joinpath(*relative.parts))
-    return folder
+    return folder, state
+
+
+def _fingerprint(uri: str, objects: list[dict[str, Any]]) -> dict[str, Any]:
+    """The manifest's ``input`` fields for an S3 input (a local one's are its path, sizes and
+    times: :meth:`~crypto_ml.data.table.TableSource.fingerprint`)."""
+    lines = "\n".join(f"{o['Key']}\0{o.get('Size')}\0{o.get('ETag')}" for o in objects)
+    return {"input": uri, "input_size": sum(int(o.get("Size") or 0) for o in objects),
+            "input_mtime": max(str(o.get("LastModified")) for o in objects),
+            "input_files": f"{len(objects)} object(s), "
+                           f"{hashlib.sha256(lines.encode()).hexdigest()[:16]}"}
 
 
 def discard_copy(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def _listed(client: Any, uri: str, bucket: str, key: str) -> list[str]:
-    """The object ``key``, or every object under the prefix ``key/``."""
+def _listed(client: Any, uri: str, bucket: str, key: str) -> list[dict[str, Any]]:
+    """The object ``key``, or every object under the prefix ``key/`` (as S3 lists them:
+    ``Key``, ``Size``, ``ETag``, ``LastModified``)."""
     prefix = key.rstrip("/") + "/"
-    found: list[str] = []
+    found: list[dict[str, Any]] = []
     try:
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
-            found += [o["Key"] for o in page.get("Contents", [])
+            found += [o for o in page.get("Contents", [])
                       if o["Key"] == key or (o["Key"].startswith(prefix)
                                              and not o["Key"].endswith("/"))]
     except Exception as exc:  # botocore's errors: a missing bucket, a denial, no endpoint
         raise _unreadable(uri, exc) from None
     if not found:
         raise ConfigError(f"no object or prefix {uri[:200]!r}")
-    return [key] if key in found else found
+    alone = [o for o in found if o["Key"] == key]
+    return alone or found
 
 
 def _fetch(client: Any, uri: str, bucket: str, key: str, target: Path) -> Path:

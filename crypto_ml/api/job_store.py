@@ -9,7 +9,9 @@ each kept ``CRYPTO_ML_RESULT_EXPIRES`` after its last write:
   (``host:pid``), ``heartbeat`` (unix time of the write) and ``stale_after`` (seconds
   without a heartbeat after which that replica counts as gone);
 * ``crypto_ml:job:<id>:cancel``: set by ``DELETE`` on any replica; the running one reads
-  the flags of all its jobs in one ``MGET``.
+  the flags of all its jobs in one ``MGET``;
+* ``crypto_ml:job:<id>:resumed``: the id of the job that took this failed job's finished
+  chunks (``"resume": "<id>"``), set with ``SET NX`` so that only one job takes them.
 
 Strings rather than a hash: the manager's Redis user already runs ``SET``, ``GET`` and
 ``MGET``, so the jobs' key pattern widens nothing on the embedded Redis 6.2, whose users get
@@ -32,6 +34,7 @@ from typing import Any
 from crypto_ml.core import keys
 
 CANCEL = ":cancel"  # the cancel flag's key: the record's and this
+RESUMED = ":resumed"  # the key naming the job that resumed this one
 ACTIVE = ("queued", "running")
 
 
@@ -40,9 +43,13 @@ def replica_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def stopped_error(replica: str, why: str) -> str:
-    return (f"the API process running this job ({replica}) stopped ({why}); POST the same "
-            "body again to run it as a new job")
+def resume_hint(job_id: str) -> str:
+    return (f'POST the same body with "resume": "{job_id}" to go on from its finished chunks '
+            "(kept until its record expires)")
+
+
+def stopped_error(replica: str, why: str, job_id: str) -> str:
+    return f"the API process running this job ({replica}) stopped ({why}); {resume_hint(job_id)}"
 
 
 class JobStore:
@@ -70,9 +77,20 @@ class JobStore:
 
     def read(self, job_id: str) -> dict[str, Any] | None:
         """The record, or None for an unknown (or expired) id."""
-        raw = self.client.get(keys.JOB + job_id)
-        record = None if raw is None else json.loads(raw)
-        return record if isinstance(record, dict) else None  # "<id>:cancel" is no job
+        return _record(self.client.get(keys.JOB + job_id))
+
+    def claim(self, job_id: str, by: str) -> str | None:
+        """Mark ``job_id`` as resumed by job ``by``; None if this call did, else the job that
+        had already resumed it."""
+        key = keys.JOB + job_id + RESUMED
+        if self.client.set(key, json.dumps(by), ex=self.ttl, nx=True):
+            return None
+        return str(json.loads(self.client.get(key) or '""'))
+
+    def records(self, job_ids: list[str]) -> list[dict[str, Any] | None]:
+        """The records of ``job_ids``, in one round trip (None for unknown or expired)."""
+        raws = self.client.mget([keys.JOB + job_id for job_id in job_ids]) if job_ids else []
+        return [_record(raw) for raw in raws]
 
     def cancel(self, job_id: str) -> dict[str, Any] | None:
         """Ask the replica running the job to stop it; its record before, or None."""
@@ -82,6 +100,12 @@ class JobStore:
         return record
 
 
+def _record(raw: bytes | None) -> dict[str, Any] | None:
+    """A stored record; None for none, and for a flag read as a job ("<id>:cancel")."""
+    record = None if raw is None else json.loads(raw)
+    return record if isinstance(record, dict) else None
+
+
 def status_of(record: dict[str, Any], now: float | None = None) -> dict[str, Any]:
     """A record as ``GET /v1/jobs/{id}`` answers it (a gone replica's job: failed)."""
     now = time.time() if now is None else now
@@ -89,7 +113,8 @@ def status_of(record: dict[str, Any], now: float | None = None) -> dict[str, Any
     silent = now - record["heartbeat"]
     if status in ACTIVE and silent > record["stale_after"]:
         status = "failed"
-        error = stopped_error(record["replica"], f"no heartbeat for {silent:.0f} s")
+        error = stopped_error(record["replica"], f"no heartbeat for {silent:.0f} s",
+                              record["id"])
     started = record["started"]
     end = record["finished"] or now
     series, done = record["series"], record["done"]
@@ -99,4 +124,5 @@ def status_of(record: dict[str, Any], now: float | None = None) -> dict[str, Any
             "failed": record["failed"], "series_per_second": round(rate, 1),
             "eta_seconds": None if eta is None else round(eta, 1),
             "output": record["output"], "failures_output": record["failures_output"],
-            "error": error}
+            "error": error, "resumed_from": record.get("resumed_from"),
+            "resumed": record.get("resumed", 0)}

@@ -15,12 +15,18 @@ heartbeat there at most every :data:`SYNC_SECONDS` (and at least every
 replica sets; the run then stops and its queued chunks are revoked. A job whose replica
 stopped answering for ``3 * CRYPTO_ML_DEAD_AFTER_SECONDS`` is reported failed; one whose
 replica shuts down (SIGTERM: a rollout, a scale-down) is stopped, its queued work revoked,
-and recorded failed. Either way POSTing the same body again runs it anew as a new job.
+and recorded failed. A failed job keeps its finished chunks (the parts of its table run)
+while its record lives: POSTing the same body with ``"resume": "<its id>"`` starts a new job
+that takes them and computes only the rest, once (the old job's ``:resumed`` key is set with
+``SET NX``). A cancelled job's chunks go. Chunks whose job record has expired are removed by
+the next ``POST``.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import shutil
 import threading
 import time
 import uuid
@@ -33,9 +39,9 @@ import redis
 from celery import Celery
 from pydantic import BaseModel, ConfigDict, Field
 
-from crypto_ml.core.errors import ConfigError, CryptoMLError
+from crypto_ml.core.errors import ConfigError, CryptoMLError, JobConflict, OutputMismatch
 from crypto_ml.core.settings import Settings
-from crypto_ml.data.table import Columns, TableSource
+from crypto_ml.data.table import Columns, TableInfo, TableSource
 from crypto_ml.data.table_checks import as_given
 from crypto_ml.dispatch.table_output import TableOutput, failures_path
 from crypto_ml.dispatch.table_run import TablePlan, default_in_flight, run_table
@@ -43,7 +49,7 @@ from crypto_ml.models import DEFAULT_HORIZON, DEFAULT_MODEL, parse_models
 from crypto_ml.models.intervals import DEFAULT_LEVELS
 
 from .inputs import S3, discard_copy, local_input, s3_input
-from .job_store import JobStore, replica_id, status_of, stopped_error
+from .job_store import JobStore, replica_id, resume_hint, status_of, stopped_error
 from .schemas import MAX_POINTS, Levels, Text, Whole
 
 log = logging.getLogger(__name__)
@@ -54,6 +60,8 @@ SYNC_SECONDS = 0.5
 #: Seconds a stopping replica waits for its jobs to revoke their queued work.
 STOP_SECONDS = 5.0
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
+JOB_ID = r"^[0-9a-f]{32}$"
+_PARTS = re.compile(r"^\.([0-9a-f]{32})\.parquet\.parts$")  # a job's parts folder
 
 
 class JobBody(BaseModel):
@@ -75,6 +83,9 @@ class JobBody(BaseModel):
     id_col: Text = Field("unique_id", min_length=1)
     time_col: Text = Field("ds", min_length=1)
     value_col: Text = Field("y", min_length=1)
+    resume: str | None = Field(None, pattern=JOB_ID,
+                               description="the id of a failed job of this same body: the new "
+                               "job takes its finished chunks and computes only the rest")
 
 
 class JobStatus(BaseModel):
@@ -90,8 +101,11 @@ class JobStatus(BaseModel):
     eta_seconds: float | None
     output: str
     failures_output: str
-    error: str | None = Field(None, description="why it failed; a job whose API process "
-                              "stopped says so: POST the same body again")
+    error: str | None = Field(None, description="why it failed, and how to resume it")
+    resumed_from: str | None = Field(None, description="the failed job whose finished "
+                                     "chunks this one took")
+    resumed: int = Field(0, description="series of those chunks (counted in done, not "
+                         "computed again)")
 
 
 class JobAccepted(BaseModel):
@@ -120,11 +134,18 @@ class Job:
     stop_reason: str | None = None  # set when this process stops it (not a client's DELETE)
     settled: bool = False  # its final record is written: no more writes
     written: tuple[str, int, int, float] = ("", -1, -1, 0.0)  # status, done, failed, when
+    resumed_from: str | None = None
+    resumed: int = 0
 
     def progress(self, done: int, failed: int) -> None:
         self.status = "running"
         self.done += done
         self.failed += failed
+
+    def skip(self, series: int) -> None:
+        """``series`` were written by the failed job this one resumes."""
+        self.resumed += series
+        self.done += series
 
     def check_cancel(self) -> None:
         if self.cancel.is_set():
@@ -136,7 +157,8 @@ class Job:
                 "failed": self.failed, "started": self.started, "finished": self.finished,
                 "error": self.error, "output": str(self.output),
                 "failures_output": str(failures_path(self.output)), "replica": replica,
-                "heartbeat": time.time(), "stale_after": stale_after}
+                "heartbeat": time.time(), "stale_after": stale_after,
+                "resumed_from": self.resumed_from, "resumed": self.resumed}
 
 
 class Jobs:
@@ -155,20 +177,48 @@ class Jobs:
         self._syncer: threading.Thread | None = None
 
     def submit(self, body: JobBody) -> Job:
-        """Check the body and the table (ConfigError naming what is wrong), start the run."""
+        """Check the body and the table (ConfigError naming what is wrong; JobConflict when
+        the job to resume cannot be), start the run."""
         models = parse_models(body.model)
         if (why := self.settings.horizon_problem(body.horizon)) is not None:
             raise ConfigError(f"horizon {why}")
         job_id = uuid.uuid4().hex
         folder = self.settings.api_jobs_dir
         copy = folder / "inputs" / job_id  # an s3:// input's local copy, deleted at the end
+        source, info, state = self._source(body, copy)
+        plan = TablePlan.of(models, body.horizon, body.levels, body.max_points)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._sweep(folder)
+            job = Job(job_id, folder / f"{job_id}.parquet", info.series)
+            output = TableOutput(job.output, {**plan.describe(source), **state})
+            if body.resume:
+                self._resume(body.resume, job, output)
+            else:
+                self.store.write(job.record(self.replica, self.stale_after))  # before any GET
+        except BaseException:
+            discard_copy(copy)
+            raise
+        thread = threading.Thread(target=self._run, args=(job, source, output, plan, copy),
+                                  daemon=True, name=f"job-{job.id[:8]}")
+        with self._lock:
+            self._jobs[job.id] = (job, thread)
+            self._start_syncer()
+        thread.start()
+        return job
+
+    def _source(self, body: JobBody, copy: Path) -> tuple[TableSource, TableInfo, dict[str, Any]]:
+        """The body's table, checked; and, for an S3 input, what its manifest records of it."""
         path: Path | None = None
+        state: dict[str, Any] = {}
         named = f"input {body.input[:200]!r}"
         try:
-            path = (s3_input(body.input, copy) if body.input.startswith(S3)
-                    else local_input(body.input, self.settings.data_dir))
+            if body.input.startswith(S3):
+                path, state = s3_input(body.input, copy)
+            else:
+                path = local_input(body.input, self.settings.data_dir)
             source = TableSource(path, Columns(body.id_col, body.time_col, body.value_col))
-            info = source.check()
+            return source, source.check(), state
         except CryptoMLError as exc:  # InvalidTable is a ValueError too: first
             discard_copy(copy)
             if path is None:
@@ -179,23 +229,50 @@ class Jobs:
             raise ConfigError(as_given(f"cannot read input {body.input[:200]!r} as a long table "
                                        f"({type(exc).__name__}: {str(exc)[:300]})",
                                        named, path, body.input)) from None
-        plan = TablePlan.of(models, body.horizon, body.levels, body.max_points)
-        folder.mkdir(parents=True, exist_ok=True)
-        job = Job(job_id, folder / f"{job_id}.parquet", info.series)
-        output = TableOutput(job.output, plan.describe(source))
-        self.store.write(job.record(self.replica, self.stale_after))  # before any reader asks
-        thread = threading.Thread(target=self._run, args=(job, source, output, plan, copy),
-                                  daemon=True, name=f"job-{job.id[:8]}")
-        with self._lock:
-            self._jobs[job.id] = (job, thread)
-            self._start_syncer()
-        thread.start()
-        return job
+
+    def _resume(self, old: str, job: Job, output: TableOutput) -> None:
+        """Record ``job`` as the one resuming the failed job ``old``, and give it the chunks
+        ``old`` finished (ConfigError or JobConflict, before any change, when it cannot)."""
+        record = self.store.read(old)
+        if record is None:
+            raise ConfigError(f"resume: no job {old!r} (unknown, or its record expired after "
+                              "CRYPTO_ML_RESULT_EXPIRES, and its finished chunks with it)")
+        status = status_of(record)["status"]
+        if status != "failed":
+            gone = ": a cancelled job's chunks are deleted" if status == "cancelled" else ""
+            raise JobConflict(f"resume: job {old} is {status}; only a failed job can be "
+                              f"resumed{gone}")
+        earlier = TableOutput(self.settings.api_jobs_dir / f"{old}.parquet", output.run)
+        try:
+            kept = output.held_by(earlier)
+        except OutputMismatch as exc:
+            raise ConfigError(f"resume: job {old} ran another body or input (its {exc} "
+                              "differ); POST the body it ran, or leave out resume") from None
+        if (other := self.store.claim(old, job.id)) is not None:
+            raise JobConflict(f"resume: job {old} was resumed already, as job {other} "
+                              f"(/v1/jobs/{other})")
+        job.resumed_from = old
+        self.store.write(job.record(self.replica, self.stale_after))
+        if kept:
+            output.take_parts(earlier)
+            job.failed = output.kept_failures()
+
+    def _sweep(self, folder: Path) -> None:
+        """Remove the finished chunks of failed jobs whose records have expired (nobody can
+        resume them any more; a killed replica's too). Never fails a POST."""
+        try:
+            parts = {m.group(1): p for p in folder.iterdir() if (m := _PARTS.match(p.name))}
+            ids = list(parts)
+            for job_id, record in zip(ids, self.store.records(ids), strict=True):
+                if record is None:
+                    shutil.rmtree(parts[job_id], ignore_errors=True)
+        except (OSError, redis.RedisError) as exc:
+            log.warning("could not look for expired jobs' chunks in %s (%s)", folder, exc)
 
     def _run(self, job: Job, source: TableSource, output: TableOutput, plan: TablePlan,
              copy: Path) -> None:
         status, error = self._outcome(job, source, output, plan)
-        if status != "done":  # a job is never resumed: its finished chunks go too
+        if status == "cancelled":  # a failed job keeps its finished chunks, to be resumed
             output.discard()
         discard_copy(copy)
         job.status, job.error, job.finished = status, error, time.time()  # then it is seen
@@ -209,10 +286,11 @@ class Jobs:
             summary = run_table(self.app, source, output, plan, job.progress, log.info,
                                 job.check_cancel, JOB_TIMEOUT,
                                 default_in_flight(self.settings.workers),
+                                on_skip=job.skip,
                                 check_lost_every=self.settings.lost_check_seconds)
         except JobCancelled:
             if job.stop_reason:
-                return "failed", stopped_error(self.replica, job.stop_reason)
+                return "failed", stopped_error(self.replica, job.stop_reason, job.id)
             return "cancelled", None
         except (CryptoMLError, OSError, redis.RedisError) as exc:  # the broker refused...
             return "failed", f"{type(exc).__name__}: {exc}"
@@ -222,7 +300,7 @@ class Jobs:
         if summary.chunks_failed:
             first = next(iter(summary.chunks_failed.values()))
             return "failed", (f"{len(summary.chunks_failed)} chunk(s) did not come back "
-                              f"({first}); no output was written: POST the job again")
+                              f"({first}); no output was written: {resume_hint(job.id)}")
         return "done", None
 
     def _settle(self, job: Job) -> None:
@@ -309,5 +387,6 @@ class Jobs:
         for job, _ in running:
             if not job.settled and job.finished is None:  # its run did not stop in time
                 job.status, job.finished = "failed", time.time()
-                job.error = stopped_error(self.replica, job.stop_reason or "it was shut down")
+                job.error = stopped_error(self.replica, job.stop_reason or "it was shut down",
+                                          job.id)
                 self._settle(job)

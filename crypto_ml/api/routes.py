@@ -16,7 +16,7 @@ from fastapi.params import Depends
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from crypto_ml.core.errors import ConfigError, DataNotFound
+from crypto_ml.core.errors import ConfigError, DataNotFound, JobConflict
 from crypto_ml.core.settings import Settings
 
 from .jobs import JobAccepted, JobBody, Jobs, JobStatus
@@ -97,6 +97,9 @@ def job_routes(jobs: Jobs | None, authorized: Sequence[Depends]) -> APIRouter:
     @router.post("/v1/jobs", status_code=202, response_model=JobAccepted,
                  summary="Forecast a long table of the data directory into Parquet",
                  responses={**UNAUTHORIZED,
+                            409: {"model": Problem,
+                                  "description": "resume names a job that did not fail, or "
+                                                 "one already resumed"},
                             422: {"model": Unprocessable,
                                   "description": "the body or the table is invalid; named"},
                             503: {"model": Problem,
@@ -106,6 +109,8 @@ def job_routes(jobs: Jobs | None, authorized: Sequence[Depends]) -> APIRouter:
             job = cluster_jobs().submit(body)
         except DataNotFound:  # S3 unreachable: 503, try again
             raise
+        except JobConflict as exc:  # the job to resume is running, done or taken
+            raise HTTPException(409, str(exc)) from None
         except ConfigError as exc:  # a bad path, table or model: the caller's to fix
             raise Invalid([{"loc": ["body"], "msg": str(exc), "type": "value_error"}]) from None
         url = f"/v1/jobs/{job.id}"

@@ -113,3 +113,8 @@ class InvalidTable(ConfigError, ValueError):
 
 class OutputMismatch(ConfigError):
     """An ``--output`` table already holds (part of) a run of other inputs or settings."""
+
+
+class JobConflict(ConfigError):
+    """A request that the state of a job refuses (HTTP 409): resuming a job that did not fail,
+    or one already resumed."""

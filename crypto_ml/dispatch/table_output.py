@@ -166,8 +166,33 @@ class TableOutput:
             _write_text_atomic(self.parts / RUN_ID, uuid.uuid4().hex)
 
     def discard(self) -> None:
-        """Remove the parts of a run that will not be resumed (an API job that ended early)."""
+        """Remove the parts of a run that will not be resumed (an API job cancelled)."""
         shutil.rmtree(self.parts, ignore_errors=True)
+
+    def held_by(self, earlier: TableOutput) -> bool:
+        """Whether ``earlier`` (a stopped run that wrote elsewhere: an API job resumed as
+        another) left parts of this same run; an OutputMismatch naming what differs (the
+        manifest's keys, ``input`` for any of its state) when they are another run's."""
+        try:
+            had = json.loads((earlier.parts / MANIFEST).read_text())
+        except FileNotFoundError:
+            return False
+        differ = dict.fromkeys(k.split("_")[0] if k.startswith("input") else k
+                               for k in self.run if had.get(k) != self.run[k])
+        if differ:
+            raise OutputMismatch(", ".join(differ))
+        return True
+
+    def take_parts(self, earlier: TableOutput) -> None:
+        """Make ``earlier``'s parts this output's (:meth:`held_by` said they are this run's)."""
+        os.rename(earlier.parts, self.parts)
+
+    def kept_failures(self) -> int:
+        """Series that failed in the chunks the parts hold (what a resumed run counts as
+        failed before it sends anything)."""
+        return sum(len(set(_read_part(p).column("unique_id").to_pylist()))
+                   for p in self.parts.glob(f"failed-*{PART}")
+                   if (self.parts / p.name.replace("failed-", "chunk-", 1)).exists())
 
     def write_chunk(self, index: int, table: pa.Table, failures: pa.Table) -> None:
         """Chunk ``index``'s rows and failures, each file wholly or not at all."""
