@@ -31,7 +31,8 @@ def forecast(df: Any, model: str | None = None, horizon: int | None = None,
     on the cluster the environment names (``CRYPTO_ML_BROKER_URL``) or the embedded default.
     ``model``, ``horizon`` and ``levels`` default to :mod:`crypto_ml.models`' (naive, 10,
     80 and 95). ``options``: ``id_col``, ``time_col``, ``target_col``, ``max_points``,
-    ``epochs``."""
+    ``fallback_model`` (a cheap model's name: it forecasts the series a model fails on, as
+    statsforecast's does), ``epochs``."""
     from crypto_ml.core.settings import Settings
     from crypto_ml.dispatch.frames import forecast_frame
 

@@ -63,12 +63,29 @@ def test_a_job_forecasts_a_table_into_parquet(server: Server) -> None:
     assert {"naive-lo-80", "naive-hi-95"} <= set(got.columns)
 
 
+def test_a_job_s_fallback_model_fills_what_its_model_fails_on(server: Server) -> None:
+    frame = random_walks(20, 30, seed=4)
+    frame.loc[frame["unique_id"] == "s000003", "y"] *= -1  # ets fits logs: not this one
+    write_parquet(frame, data_dir(server) / "signed.parquet")
+    status, accepted = call(f"{server.url}/v1/jobs", {"input": "signed.parquet", "model": "ets",
+                                                     "fallback_model": "naive", "horizon": 2})
+    assert status == 202, accepted
+    final = finished(server, accepted["id"])
+    assert final["status"] == "done" and final["done"] == 20 and final["failed"] == 0, final
+    got = pd.read_parquet(str(final["output"]))
+    assert got["ets"].notna().all()
+    failures = pd.read_parquet(str(final["failures_output"]))
+    assert failures["unique_id"].tolist() == ["s000003"]
+    assert failures["error"][0].startswith("filled by fallback naive: ")
+
+
 @pytest.mark.parametrize(("body", "words"), [
     ({"input": "../../etc/passwd"}, "outside the server's data directory"),
     ({"input": "nosuch.parquet"}, "no input 'nosuch.parquet'"),
     ({"input": "alpha.csv"}, "input 'alpha.csv': no column 'unique_id'"),  # a price file
     ({"input": "bad"}, "input 'bad': p.parquet has no column 'y'"),
     ({"input": "walks.parquet", "model": "prophet"}, "prophet"),
+    ({"input": "walks.parquet", "fallback_model": "gru"}, "'gru' is a deep one"),
     ({"input": "a\u0000b"}, "not a usable path"),
     ({"input": "x" * 5000}, "not a usable path"),
 ])

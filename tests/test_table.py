@@ -113,12 +113,35 @@ def test_a_chunk_crosses_the_wire_as_bytes_and_comes_back_per_model() -> None:
     ({"models": [{"model": "os.system", "params": {}, "max_points": 0}]}, "unknown model"),
     ({"models": [{"model": "naive", "params": {"epochs": 3}, "max_points": 0}]}, "does not take"),
     ({"horizon": 10**9}, "horizon"),
+    ({"fallback": "naive"}, "'fallback' must be"),
+    ({"fallback": {"model": "lstm2", "params": {}, "max_points": 0}}, "unknown model"),
 ])
 def test_a_bad_chunk_is_refused_naming_the_argument(change: dict, problem: str) -> None:
     kwargs = chunk_kwargs(TablePlan.of(["naive"], 3, LEVELS).models, 3, LEVELS, np.array([2]),
                           np.array([1.0, 2.0]))
     with pytest.raises(InvalidTaskInput, match=problem):
         parse_chunk({**kwargs, **change}, 365, 100_000)
+
+
+def test_a_fallback_model_fills_the_series_a_model_fails_on_and_says_so() -> None:
+    good, negative, short = _series()[0], -_series()[1], np.array([3.0])
+    plan = TablePlan.of(["ets"], 4, LEVELS, fallback="naive")
+    series = [good, negative, short, np.array([])]
+    kwargs = chunk_kwargs(plan.models, 4, LEVELS, np.array([len(s) for s in series]),
+                          np.concatenate(series), plan.fallback)
+    result = run_chunk(parse_chunk(kwargs, 365, 100_000), "w1")
+    ets = {k: np.asarray(v).reshape(4, 4) for k, v in result["forecasts"]["ets"].items()}
+    alone = get_model("ets").fit(good).predict(4, LEVELS)
+    np.testing.assert_allclose(ets["mean"][0], alone.forecast, rtol=1e-9)  # not filled
+    for row, values in ((1, negative), (2, short)):
+        naive = get_model("naive").fit(values).predict(4, LEVELS)
+        np.testing.assert_allclose(ets["mean"][row], naive.forecast, rtol=1e-9)
+        np.testing.assert_allclose(ets["lo-95"][row], naive.bands["95"][0], rtol=1e-9)
+    assert np.isnan(ets["mean"][3]).all()
+    reasons = {row: reason for row, model, reason in result["errors"]}
+    assert reasons[1].startswith("filled by fallback naive: InvalidTaskInput: prices must be")
+    assert reasons[2].startswith("filled by fallback naive: SeriesTooShort")
+    assert "; the fallback naive failed too: " in reasons[3] and 0 not in reasons
 
 
 def _chunks(source: TableSource, size: int) -> list[tuple[list[str], list[int], str]]:

@@ -70,6 +70,46 @@ def test_a_table_run_writes_the_statsforecast_layout_and_lists_failures(
     assert "summary: 121 series" in done.stderr and f"wrote {out}" in done.stderr
 
 
+def test_a_fallback_model_forecasts_the_series_a_model_fails_on(
+        cluster, price_data: Path, tmp_path: Path) -> None:
+    table = _table(price_data, tmp_path, series=30)
+    out = tmp_path / "out.parquet"
+    done = run_cli("send-tasks", "--input", str(table), "--output", str(out), "--model",
+                   "linear", "--fallback-model", "naive", "--horizon", "5", "--broker",
+                   cluster.broker_url)
+    assert done.returncode == 0, done.stderr  # every series has a forecast
+    got = pd.read_parquet(out)
+    assert got["linear"].notna().all() and len(got) == 31 * 5
+    short = got[got["unique_id"] == "zz-short"]
+    alone = get_model("naive").fit(np.array([1.5])).predict(5)
+    np.testing.assert_allclose(short["linear"], alone.forecast)
+    np.testing.assert_allclose(short["linear-hi-95"], alone.bands["95"][1])
+    failures = pd.read_parquet(tmp_path / "out.failures.parquet")
+    assert failures[["unique_id", "model"]].values.tolist() == [["zz-short", "linear"]]
+    assert failures["error"][0].startswith("filled by fallback naive: SeriesTooShort")
+    assert "(0 failed forecast(s), 1 filled by the fallback model)" in done.stderr
+    # the run recorded its fallback: the same output without it is another run
+    again = run_cli("send-tasks", "--input", str(table), "--output", str(out), "--model",
+                    "linear", "--horizon", "5", "--broker", cluster.broker_url)
+    assert again.returncode == 2 and "(fallback was ['naive', {}, 200], now None)" in again.stderr
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--fallback-model", "lstm"], "--fallback-model: the fallback model 'lstm' is a deep one"),
+    (["--fallback-model", "naive,ets"], "a fallback model is one model, got naive, ets"),
+    (["--fallback-model", "Naive"], "statsforecast's Naive is 'naive' here"),
+])
+def test_a_bad_fallback_model_exits_2_before_any_cluster(tmp_path: Path, args: list[str],
+                                                         words: str) -> None:
+    table = write_parquet(random_walks(3, 20), tmp_path / "t.parquet")
+    done = run_cli("send-tasks", "--input", str(table), "--output", str(tmp_path / "o.parquet"),
+                   *args)
+    assert done.returncode == 2 and words in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    folder = run_cli("send-tasks", "--fallback-model", "naive")
+    assert folder.returncode == 2 and "--fallback-model is for table runs" in folder.stderr
+
+
 def _start(args: list[str]) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "crypto_ml", *args], cwd=ROOT, env=cli_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -228,6 +268,13 @@ def test_crypto_ml_forecast_takes_a_frame_as_statsforecast_does(
                     ).to_parquet(table)
     got = crypto_ml.forecast(table, model="naive", horizon=2, levels=())
     assert pd.api.types.is_datetime64_any_dtype(got["ds"]) and got["unique_id"].dtype == np.int64
+    # statsforecast's fallback_model: the series linear cannot fit get naive's forecast
+    short = pd.DataFrame({"unique_id": ["short"], "ds": [pd.Timestamp("2017-09-01")], "y": [2.0]})
+    got = crypto_ml.forecast(pd.concat([frame, short]), model="linear", horizon=2, levels=(),
+                             fallback_model="naive")
+    assert got["linear"].notna().all() and got.loc[got["unique_id"] == "short", "linear"].eq(2.0).all()
+    assert [(f["unique_id"], f["model"]) for f in got.attrs["failures"]] == [("short", "linear")]
+    assert got.attrs["failures"][0]["error"].startswith("filled by fallback naive:")
 
 
 def test_backtest_reads_a_long_table_too(cluster, price_data: Path, tmp_path: Path) -> None:

@@ -45,7 +45,7 @@ from crypto_ml.data.table import Columns, TableInfo, TableSource
 from crypto_ml.data.table_checks import as_given
 from crypto_ml.dispatch.table_output import TableOutput, failures_path
 from crypto_ml.dispatch.table_run import TablePlan, default_in_flight, run_table
-from crypto_ml.models import DEFAULT_HORIZON, DEFAULT_MODEL, parse_models
+from crypto_ml.models import DEFAULT_HORIZON, DEFAULT_MODEL, parse_fallback, parse_models
 from crypto_ml.models.intervals import DEFAULT_LEVELS
 
 from .inputs import S3, discard_copy, local_input, s3_input
@@ -83,6 +83,9 @@ class JobBody(BaseModel):
     id_col: Text = Field("unique_id", min_length=1)
     time_col: Text = Field("ds", min_length=1)
     value_col: Text = Field("y", min_length=1)
+    fallback_model: Text | None = Field(None, description="a cheap model that forecasts the "
+                                        "series a model fails on, in that model's columns "
+                                        "(listed in the failures table as filled)")
     resume: str | None = Field(None, pattern=JOB_ID,
                                description="the id of a failed job of this same body: the new "
                                "job takes its finished chunks and computes only the rest")
@@ -96,7 +99,8 @@ class JobStatus(BaseModel):
     series: int = Field(description="series in the input")
     done: int = Field(description="series finished (forecast or failed)")
     failed: int = Field(description="series with a failed forecast (listed in the failures "
-                        "table) or in a chunk that did not come back")
+                        "table, and not filled by the fallback model) or in a chunk that did "
+                        "not come back")
     series_per_second: float
     eta_seconds: float | None
     output: str
@@ -180,13 +184,15 @@ class Jobs:
         """Check the body and the table (ConfigError naming what is wrong; JobConflict when
         the job to resume cannot be), start the run."""
         models = parse_models(body.model)
+        fallback = None if body.fallback_model is None else parse_fallback(body.fallback_model)
         if (why := self.settings.horizon_problem(body.horizon)) is not None:
             raise ConfigError(f"horizon {why}")
         job_id = uuid.uuid4().hex
         folder = self.settings.api_jobs_dir
         copy = folder / "inputs" / job_id  # an s3:// input's local copy, deleted at the end
         source, info, state = self._source(body, copy)
-        plan = TablePlan.of(models, body.horizon, body.levels, body.max_points)
+        plan = TablePlan.of(models, body.horizon, body.levels, body.max_points,
+                            fallback=fallback)
         try:
             folder.mkdir(parents=True, exist_ok=True)
             self._sweep(folder)

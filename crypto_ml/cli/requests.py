@@ -25,7 +25,13 @@ from crypto_ml.core.errors import ConfigError, DataNotFound, UnknownModel
 from crypto_ml.core.settings import Settings, comma_list
 from crypto_ml.data.loader import HOW_TO_GET_DATA, CryptoLoader
 from crypto_ml.data.names import coin_id
-from crypto_ml.models import check_option_names, check_option_values, get_model, parse_models
+from crypto_ml.models import (
+    check_option_names,
+    check_option_values,
+    get_model,
+    parse_fallback,
+    parse_models,
+)
 from crypto_ml.models.intervals import MIN_CALIBRATION_TRAIN
 
 
@@ -66,6 +72,7 @@ class TableRequest:
     overwrite: bool
     in_flight: int | None
     chunk_series: int | None
+    fallback: str | None = None  # --fallback-model, checked
 
 
 @dataclass(frozen=True)
@@ -126,9 +133,14 @@ def stderr_of(args: argparse.Namespace, settings: Settings) -> Stderr:
 def table_of(args: argparse.Namespace) -> TableRequest | None:
     if getattr(args, "input", None) is None:
         return None
+    fallback = getattr(args, "fallback_model", None)
+    try:
+        checked = None if fallback is None else parse_fallback(fallback)
+    except UnknownModel as exc:
+        raise UnknownModel(f"--fallback-model: {exc}") from None
     return TableRequest(args.input, (args.id_col, args.time_col, args.value_col),
                         getattr(args, "overwrite", False), getattr(args, "in_flight", None),
-                        getattr(args, "chunk_series", None))
+                        getattr(args, "chunk_series", None), checked)
 
 
 def send_request(args: argparse.Namespace) -> SendRequest:
@@ -157,6 +169,9 @@ def send_request(args: argparse.Namespace) -> SendRequest:
         given = coin_list(args.coins)
         return SendRequest(**common, forecasts=forecasts, table=table,
                            coins=tuple(given) if given else None)
+    if getattr(args, "fallback_model", None) is not None:
+        raise ConfigError("--fallback-model is for table runs (--input TABLE): a folder run's "
+                          "failed forecasts are listed as they failed")
     best = checked_best(args) if args.model == BEST else None
     check_writable(args.output, "--output")
     check_writable(args.plot, "--plot")

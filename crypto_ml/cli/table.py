@@ -86,7 +86,7 @@ def send_table(request: SendRequest, table: TableRequest) -> int:
     source = table_source(table, request.coins)
     plan = TablePlan.of(list(wanted.models), wanted.horizon, wanted.levels, wanted.max_points,
                         {} if wanted.epochs is None else {"epochs": wanted.epochs},
-                        table.chunk_series)
+                        table.chunk_series, table.fallback)
     output = TableOutput(request.output, plan.describe(source), table.overwrite)
     assert source.info is not None
     progress = TableProgress(source.info.series, quiet=request.stderr.quiet)
@@ -118,6 +118,8 @@ def say_summary(summary: TableSummary, out: Path) -> None:
         console.warning(f"failed: {len(summary.chunks_failed)} chunk(s) did not come back "
                         f"({first}); {advice}")
         return
-    wrote = f"wrote {out} and {failures_path(out)} ({summary.failures} failed forecast(s))"
+    filled = f", {summary.filled} filled by the fallback model" if summary.filled else ""
+    wrote = (f"wrote {out} and {failures_path(out)} ({summary.failures} failed forecast(s)"
+             f"{filled})")
     # failures are said even with -q, which keeps errors and failures
     (console.warning if summary.failures else console.info)(wrote)

@@ -31,5 +31,10 @@ def add_table_options(parser: Any) -> None:
                        help="start afresh even if --output holds a finished or interrupted run")
     group.add_argument("--in-flight", type=positive_int, metavar="K",
                        help="at most K messages queued or running (default: 2 per worker)")
+    group.add_argument("--fallback-model", metavar="NAME",
+                       help="forecast a series a model fails on (too short, not positive, no "
+                       "fit) with this cheap model instead, in that model's columns "
+                       "(statsforecast's fallback_model); the failures table keeps it, as "
+                       "'filled by fallback NAME: why', and the exit code stays 0")
     group.add_argument("--chunk-series", type=positive_int, metavar="N",
                        help="series per message (default: each model's own, ~0.1-1 s of work)")

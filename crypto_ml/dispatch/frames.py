@@ -5,7 +5,8 @@ statsforecast user switches with one line. The frame goes through the same path 
 ``send-tasks --input`` (:mod:`~crypto_ml.dispatch.table_run`), on the cluster the
 settings name or on the embedded default, into a temporary Parquet file read back
 as the result. Failed forecasts are listed in ``result.attrs["failures"]``
-(``{"unique_id", "model", "error"}`` records).
+(``{"unique_id", "model", "error"}`` records); with ``fallback_model``, those it forecast
+instead are listed too, their ``error`` beginning ``filled by fallback <name>:``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from crypto_ml.models import (
     check_horizon,
     check_option_names,
     check_option_values,
+    parse_fallback,
     parse_models,
 )
 from crypto_ml.models.intervals import DEFAULT_LEVELS, check_levels
@@ -42,20 +44,24 @@ def forecast_frame(df: pd.DataFrame | str | Path, settings: Settings,
                    model: str | Sequence[str] = DEFAULT_MODEL, horizon: int = DEFAULT_HORIZON,
                    levels: Sequence[float] = DEFAULT_LEVELS, id_col: str = "unique_id",
                    time_col: str = "ds", target_col: str = "y", max_points: int | None = None,
-                   err: TextIO | None = None, **options: Any) -> pd.DataFrame:
-    """Forecast every series of ``df``: ``unique_id, ds, <model>, <model>-lo-<level>, ...``."""
+                   fallback_model: str | None = None, err: TextIO | None = None,
+                   **options: Any) -> pd.DataFrame:
+    """Forecast every series of ``df``: ``unique_id, ds, <model>, <model>-lo-<level>, ...``;
+    a series a model fails on gets ``fallback_model``'s forecast there, if one is named."""
     columns = Columns(id_col, time_col, target_col)
     horizon = check_horizon(horizon)
     if (why := settings.horizon_problem(horizon)) is not None:
         raise ConfigError(f"horizon {why}")
     models = parse_models(model)
+    fallback = None if fallback_model is None else parse_fallback(fallback_model)
     max_points = _check_options(models, max_points, options)
     try:
         source = _source(df, columns)
         source.check()
     except InvalidTable as exc:
         raise _in_python_words(exc, df) from None
-    plan = TablePlan.of(models, horizon, check_levels(levels), max_points, options or None)
+    plan = TablePlan.of(models, horizon, check_levels(levels), max_points, options or None,
+                        fallback=fallback)
     manager = CryptoManager(settings=settings, err=err, hint=PYTHON_HINT)
     with tempfile.TemporaryDirectory(prefix="crypto-ml-") as folder:
         out = Path(folder) / "forecast.parquet"

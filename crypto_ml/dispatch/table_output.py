@@ -30,9 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from crypto_ml.core.errors import ConfigError, OutputMismatch
+from crypto_ml.worker.chunks import FILLED
 
 FAILURES_SCHEMA = pa.schema([("unique_id", pa.string()), ("model", pa.string()),
                              ("error", pa.string())])
@@ -40,6 +42,12 @@ MANIFEST = "manifest.json"
 RUN_ID = "run-id"
 PART = ".arrow"  # a finished chunk's file: Arrow IPC
 META_KEY = b"crypto_ml.run"
+
+
+def failed_series(failures: pa.Table) -> set[str]:
+    """The ids in failure rows that no fallback model filled (:data:`FILLED`)."""
+    filled = pc.starts_with(failures.column("error"), FILLED)
+    return set(failures.column("unique_id").filter(pc.invert(filled)).to_pylist())
 
 
 def failures_path(out: Path) -> Path:
@@ -77,8 +85,8 @@ def check_apart(out: Path, source: object) -> None:
 
 
 def _differences(had: Mapping[str, Any], want: Mapping[str, Any]) -> str:
-    keys = [k for k in want if had.get(k) != want[k]]
-    return "; ".join(f"{k} was {had.get(k)!r}, now {want[k]!r}" for k in keys)
+    keys = [k for k in dict.fromkeys([*want, *had]) if had.get(k) != want.get(k)]
+    return "; ".join(f"{k} was {had.get(k)!r}, now {want.get(k)!r}" for k in keys)
 
 
 def _text_columns(schema: pa.Schema) -> list[str]:
@@ -178,7 +186,8 @@ class TableOutput:
         except FileNotFoundError:
             return False
         differ = dict.fromkeys(k.split("_")[0] if k.startswith("input") else k
-                               for k in self.run if had.get(k) != self.run[k])
+                               for k in dict.fromkeys([*self.run, *had])
+                               if had.get(k) != self.run.get(k))
         if differ:
             raise OutputMismatch(", ".join(differ))
         return True
@@ -190,7 +199,7 @@ class TableOutput:
     def kept_failures(self) -> int:
         """Series that failed in the chunks the parts hold (what a resumed run counts as
         failed before it sends anything)."""
-        return sum(len(set(_read_part(p).column("unique_id").to_pylist()))
+        return sum(len(failed_series(_read_part(p)))
                    for p in self.parts.glob(f"failed-*{PART}")
                    if (self.parts / p.name.replace("failed-", "chunk-", 1)).exists())
 
@@ -204,18 +213,20 @@ class TableOutput:
         _write_atomic(table, self.parts / f"chunk-{index:08d}{PART}")
 
     def finish(self, schema: pa.Schema, chunks: Iterable[int], ids: pa.DataType | None = None
-               ) -> int:
-        """Join the parts into OUT and OUT.failures.parquet; the number of failures. The
-        parts hold ids as text; both files give them the input's type ``ids`` (integer ids
-        come back as integers, as statsforecast returns them)."""
+               ) -> tuple[int, int]:
+        """Join the parts into OUT and OUT.failures.parquet; the number of failure rows, and
+        of those the fallback model filled. The parts hold ids as text; both files give them
+        the input's type ``ids`` (integer ids come back as integers, as statsforecast returns
+        them)."""
         meta = {META_KEY: json.dumps(self.run).encode()}
         _concat(self.out, _with_ids(schema, ids).with_metadata(meta),
                 (self.parts / f"chunk-{i:08d}{PART}" for i in chunks))
         failed = sorted(self.parts.glob(f"failed-*{PART}"))
         _concat(self.failures, _with_ids(FAILURES_SCHEMA, ids), failed)
-        count = sum(_read_part(p).num_rows for p in failed)
+        errors = [_read_part(p).column("error") for p in failed]
+        filled = sum(pc.sum(pc.starts_with(e, FILLED)).as_py() or 0 for e in errors)
         shutil.rmtree(self.parts)
-        return count
+        return sum(len(e) for e in errors) - filled, filled
 
 
 def _with_ids(schema: pa.Schema, ids: pa.DataType | None) -> pa.Schema:

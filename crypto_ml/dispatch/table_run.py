@@ -32,7 +32,7 @@ from crypto_ml.data.table import TIME_KINDS, SeriesChunk, TableSource, time_arra
 from crypto_ml.dispatch.engine import NO_RESULT, Dispatcher, Outcome, no_result
 from crypto_ml.dispatch.planning import Message
 from crypto_ml.dispatch.report import failure_reason
-from crypto_ml.dispatch.table_output import FAILURES_SCHEMA, TableOutput
+from crypto_ml.dispatch.table_output import FAILURES_SCHEMA, TableOutput, failed_series
 from crypto_ml.models import model_class
 from crypto_ml.models.intervals import level_key
 from crypto_ml.worker.chunks import TABLE_TASK_NAME, ModelSpec, chunk_kwargs, column, result_names
@@ -57,17 +57,22 @@ class TablePlan:
     horizon: int
     levels: tuple[float, ...]
     chunk_series: int
+    #: the model that forecasts a series another fails on (statsforecast's fallback_model)
+    fallback: ModelSpec | None = None
 
     @classmethod
     def of(cls, models: Sequence[str], horizon: int, levels: Sequence[float],
            max_points: int | None = None, params: dict[str, Any] | None = None,
-           chunk_series: int | None = None) -> TablePlan:
-        specs = tuple(ModelSpec(m, {k: v for k, v in (params or {}).items()
-                                    if k in model_class(m).options},
-                                model_class(m).default_max_points if max_points is None
-                                else max_points) for m in models)
+           chunk_series: int | None = None, fallback: str | None = None) -> TablePlan:
+        def spec(m: str) -> ModelSpec:
+            return ModelSpec(m, {k: v for k, v in (params or {}).items()
+                                 if k in model_class(m).options},
+                             model_class(m).default_max_points if max_points is None
+                             else max_points)
+
         size = chunk_series or min(model_class(m).series_per_message for m in models)
-        return cls(specs, horizon, tuple(levels), size)
+        return cls(tuple(spec(m) for m in models), horizon, tuple(levels), size,
+                   None if fallback is None else spec(fallback))
 
     def describe(self, source: TableSource) -> dict[str, Any]:
         """What the output's manifest records (a rerun must match it)."""
@@ -80,7 +85,9 @@ class TablePlan:
                 "only": source.only,
                 "models": [[m.model, m.params, m.max_points] for m in self.models],
                 "horizon": self.horizon, "levels": list(self.levels),
-                "chunk_series": self.chunk_series}
+                "chunk_series": self.chunk_series,
+                **({} if self.fallback is None else {"fallback": [
+                    self.fallback.model, self.fallback.params, self.fallback.max_points]})}
 
     def schema(self, time_kind: str, zone: str | None = None) -> pa.Schema:
         """The output's columns; timestamps keep the input's ``zone``."""
@@ -105,7 +112,8 @@ class TableSummary:
     series: int
     skipped: int = 0  # written by an earlier run of the same command
     done: int = 0
-    failures: int = 0  # (series, model) pairs in the failures table
+    failures: int = 0  # (series, model) pairs in the failures table, not filled
+    filled: int = 0  # (series, model) pairs there that the fallback model forecast instead
     chunks_failed: dict[int, str] = field(default_factory=dict)
     already_complete: bool = False
 
@@ -184,7 +192,8 @@ def run_table(app: Celery, source: TableSource, output: TableOutput, plan: Table
                 run.one_by_one(Dispatcher(app, say, on_wait, check_lost_every))
             run.unresolved()
         if not summary.chunks_failed:
-            summary.failures = output.finish(run.schema, range(total), info.id_type)
+            summary.failures, summary.filled = output.finish(run.schema, range(total),
+                                                             info.id_type)
     finally:
         output.next_attempt()  # unless it finished: then there is nothing to resume
     return summary
@@ -287,7 +296,7 @@ class _Run:
 
     def _message(self, chunk: SeriesChunk, key: int) -> Message:
         kwargs = chunk_kwargs(self.plan.models, self.plan.horizon, self.plan.levels,
-                              chunk.lengths, chunk.values)
+                              chunk.lengths, chunk.values, self.plan.fallback)
         return Message(TABLE_TASK_NAME, kwargs, [], serializer="msgpack", key=key,
                        payload=kwargs.pop("values"))
 
@@ -325,7 +334,7 @@ class _Run:
         self.output.write_chunk(chunk.index, pa.concat_tables([rows for rows, _ in pieces]),
                                 failures)
         self.summary.done += len(chunk.ids)
-        self.on_progress(len(chunk.ids), len(set(failures.column("unique_id").to_pylist())))
+        self.on_progress(len(chunk.ids), len(failed_series(failures)))
 
 
 def _singles(chunk: SeriesChunk) -> list[SeriesChunk]:

@@ -118,7 +118,20 @@ def parse_models(spec: str | Sequence[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def parse_fallback(spec: str | Sequence[str]) -> str:
+    """The model that forecasts a series another model fails on (statsforecast's
+    ``fallback_model``): one cheap model, since it runs inside each chunk's message."""
+    names = parse_models(spec)
+    if len(names) != 1:
+        raise UnknownModel(f"a fallback model is one model, got {', '.join(names)}")
+    if names[0] in HEAVY:
+        cheap = ", ".join(m for m in REGISTRY if m not in HEAVY)
+        raise UnknownModel(f"the fallback model {names[0]!r} is a deep one; it runs inside "
+                           f"each chunk's message, so choose a cheap one: {cheap}")
+    return names[0]
+
+
 __all__ = ["DEFAULT_HORIZON", "DEFAULT_MODEL", "HEAVY", "PARAMS", "REGISTRY", "Forecaster",
            "check_horizon", "check_option_names",
            "check_option_values", "clean_series", "default_max_points", "get_model", "model_class",
-           "model_names", "parse_models"]
+           "model_names", "parse_fallback", "parse_models"]

@@ -12,7 +12,9 @@ before any model runs; the buffer is read with ``numpy.frombuffer`` as float64,
 nothing else. The result
 holds, per model, ``mean`` and ``lo-<level>`` / ``hi-<level>``, each ``rows * horizon``
 float64 values (NaN where a series failed): bytes when results travel as msgpack, a
-list of floats when they travel as JSON; and the failures by row.
+list of floats when they travel as JSON; and the failures by row. A chunk may name a
+``fallback`` model (statsforecast's ``fallback_model``): a series a model fails on gets the
+fallback's forecast in that model's columns, and its failure reads :data:`FILLED` first.
 The manager knows which series each row is (:mod:`crypto_ml.dispatch.table_run`).
 """
 
@@ -28,7 +30,7 @@ import numpy as np
 from crypto_ml.core import keys
 from crypto_ml.core.errors import InvalidTaskInput
 from crypto_ml.models import PARAMS, model_class
-from crypto_ml.models.batch import predict_batch
+from crypto_ml.models.batch import BatchPrediction, predict_batch
 from crypto_ml.models.intervals import check_levels, level_key
 
 TABLE_TASK_NAME = "crypto_ml.forecast_table"
@@ -36,6 +38,8 @@ TABLE_TASK_NAME = "crypto_ml.forecast_table"
 MAX_CHUNK_VALUES = 8 * 1024 * 1024
 #: How a chunk whose stored values are gone fails (its sender stores them again and resends).
 VALUES_GONE = "its values are no longer in Redis"
+#: How the failure of a series that the fallback model forecast instead begins (+ its name).
+FILLED = "filled by fallback "
 
 
 def payload_key(task_id: str) -> str:
@@ -75,21 +79,29 @@ class Chunk:
     horizon: int
     levels: tuple[float, ...]
     series: list[np.ndarray]
+    fallback: ModelSpec | None = None
+
+
+def _spec(m: ModelSpec) -> dict[str, Any]:
+    return {"model": m.model, "params": m.params, "max_points": m.max_points}
 
 
 def chunk_kwargs(models: Sequence[ModelSpec], horizon: int, levels: Sequence[float],
-                 lengths: np.ndarray, values: np.ndarray) -> dict[str, Any]:
+                 lengths: np.ndarray, values: np.ndarray, fallback: ModelSpec | None = None
+                 ) -> dict[str, Any]:
     """The task's keyword arguments for the series ``values`` cut at ``lengths``."""
-    return {"models": [{"model": m.model, "params": m.params, "max_points": m.max_points}
-                       for m in models],
-            "horizon": horizon, "levels": list(levels),
-            "lengths": np.asarray(lengths, dtype=np.int64).tolist(),
-            "values": np.ascontiguousarray(values, dtype="<f8").tobytes()}
+    kwargs = {"models": [_spec(m) for m in models],
+              "horizon": horizon, "levels": list(levels),
+              "lengths": np.asarray(lengths, dtype=np.int64).tolist(),
+              "values": np.ascontiguousarray(values, dtype="<f8").tobytes()}
+    if fallback is not None:
+        kwargs["fallback"] = _spec(fallback)
+    return kwargs
 
 
-def _models(raw: object) -> tuple[ModelSpec, ...]:
+def _models(raw: object, field: str = "models") -> tuple[ModelSpec, ...]:
     if not isinstance(raw, list) or not raw or not all(isinstance(m, dict) for m in raw):
-        raise _bad("'models' must be a non-empty list of {model, params, max_points}")
+        raise _bad(f"'{field}' must be a non-empty list of {{model, params, max_points}}")
     specs = []
     for item in raw:
         name, params, window = item.get("model"), item.get("params") or {}, item.get("max_points")
@@ -124,8 +136,10 @@ def parse_chunk(kwargs: dict[str, Any], max_horizon: int, max_series: int) -> Ch
     horizon = kwargs.get("horizon")
     if isinstance(horizon, bool) or not isinstance(horizon, int) or not 1 <= horizon <= max_horizon:
         raise _bad(f"'horizon' must be an integer between 1 and {max_horizon}, got {horizon!r}")
+    fallback = kwargs.get("fallback")
     return Chunk(_models(kwargs.get("models")), horizon, check_levels(kwargs.get("levels") or []),
-                 _series(kwargs.get("lengths"), kwargs.get("values"), max_series))
+                 _series(kwargs.get("lengths"), kwargs.get("values"), max_series),
+                 None if fallback is None else _models([fallback], "fallback")[0])
 
 
 def _floats(matrix: np.ndarray, binary: bool) -> list[float] | bytes:
@@ -146,6 +160,29 @@ def column(values: list[float] | bytes) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)
 
 
+def _predict(spec: ModelSpec, series: list[np.ndarray], chunk: Chunk) -> BatchPrediction:
+    """``spec``'s model over ``series`` (each cut to its window)."""
+    if spec.max_points:
+        series = [s[-spec.max_points:] for s in series]
+    return predict_batch(model_class(spec.model), series, chunk.horizon, chunk.levels,
+                         spec.params)
+
+
+def _fill(out: BatchPrediction, fallback: ModelSpec, chunk: Chunk) -> None:
+    """The rows of ``out`` that failed, forecast by ``fallback`` instead where it can; their
+    reasons say so (:data:`FILLED`), or that the fallback failed too."""
+    rows = sorted(out.errors)
+    instead = _predict(fallback, [chunk.series[row] for row in rows], chunk)
+    for i, row in enumerate(rows):
+        if i in instead.errors:
+            out.errors[row] += f"; the fallback {fallback.model} failed too: {instead.errors[i]}"
+            continue
+        out.forecast[row] = instead.forecast[i]
+        for key, (lower, upper) in instead.bands.items():
+            out.bands[key][0][row], out.bands[key][1][row] = lower[i], upper[i]
+        out.errors[row] = f"{FILLED}{fallback.model}: {out.errors[row]}"
+
+
 def run_chunk(chunk: Chunk, worker: str, binary: bool = False) -> dict[str, Any]:
     """Every model of ``chunk`` over its series: the result, its columns float64 bytes when
     ``binary`` (a msgpack result backend) and lists of floats otherwise (JSON)."""
@@ -153,9 +190,9 @@ def run_chunk(chunk: Chunk, worker: str, binary: bool = False) -> dict[str, Any]
     forecasts: dict[str, dict[str, list[float] | bytes]] = {}
     errors: list[list[Any]] = []
     for spec in chunk.models:
-        series = chunk.series if not spec.max_points else [s[-spec.max_points:] for s in chunk.series]
-        out = predict_batch(model_class(spec.model), series, chunk.horizon, chunk.levels,
-                            spec.params)
+        out = _predict(spec, chunk.series, chunk)
+        if chunk.fallback is not None and out.errors:
+            _fill(out, chunk.fallback, chunk)
         columns = {"mean": _floats(out.forecast, binary)}
         for level in chunk.levels:
             lower, upper = out.bands[level_key(level)]
