@@ -4,7 +4,8 @@ as the manager's user, sharing a data folder and a jobs folder. A job POSTed to 
 to the end on B; a job of A is cancelled through B and A's run stops; a job of C, whose
 process is killed, and one of D, which is shut down (SIGTERM, as a scale-down does), are
 reported failed by B, saying so; each is then resumed on B, which computes only the chunks
-they had not finished."""
+they had not finished. A job of E, whose process is paused (SIGSTOP) until B resumes it, is
+stopped by E when it wakes, and B's job finishes as soon as it would have."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import time
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,7 +60,7 @@ def replicas(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
                CRYPTO_ML_HEARTBEAT_SECONDS="1", CRYPTO_ML_DEAD_AFTER_SECONDS="2")
     servers: dict[str, Server] = {}
     with contextlib.ExitStack() as stack:
-        for name in "ABCD":
+        for name in "ABCDE":
             port, log = free_port(), folder / f"api-{name}.log"
             proc = spawn([sys.executable, "-m", "crypto_ml.api", "--port", str(port),
                           "--workers", "1"], log, env=env, cwd=ROOT)
@@ -174,7 +176,7 @@ def test_a_replica_shutting_down_stops_its_jobs_and_records_them_failed(
     # another body cannot take its chunks; the same one can, once
     status, reply = call(f"{b.url}/v1/jobs", {"input": "long.parquet", "model": "ets",
                                               "horizon": 3, "resume": job_id})
-    assert status == 422 and "(its horizon differ)" in reply["detail"][0]["msg"], reply
+    assert status == 422 and "what differs: horizon. POST" in reply["detail"][0]["msg"], reply
     again = post(b, {"input": "long.parquet", "model": "ets", "resume": job_id})
     status, reply = call(f"{b.url}/v1/jobs", {"input": "long.parquet", "model": "ets",
                                               "resume": job_id})
@@ -189,21 +191,54 @@ def test_a_replica_shutting_down_stops_its_jobs_and_records_them_failed(
     wait_until(lambda: queued(b) == 0, 30, "the resumed job's queued chunks revoked or done")
 
 
-def test_the_chunks_of_jobs_whose_records_expired_go_with_the_next_post(
-        replicas: dict[str, Server]) -> None:
+def test_what_ended_jobs_left_goes_with_a_later_post(replicas: dict[str, Server]) -> None:
     a = replicas["A"]
     first = post(a, {"input": "small.parquet", "model": "naive", "horizon": 3})
     wait_until(lambda: state(a, first)["status"] in ENDED, 60, "the job to finish")
     jobs = Path(str(state(a, first)["output"])).parent
-    expired, recorded = (jobs / f".{job_id}.parquet.parts" for job_id in ("e" * 32, first))
-    for parts in (expired, recorded):
-        parts.mkdir()
-        (parts / "chunk-00000000.arrow").write_bytes(b"")
+    expired, recorded, missing = (jobs / f".{job_id}.parquet.parts"
+                                  for job_id in ("e" * 32, first, "f" * 32))
+    half_joined = jobs / f".{'e' * 32}.failures.parquet.tmp"
+    ended_copy, fresh_copy = jobs / "inputs" / first, jobs / "inputs" / ("d" * 32)
+    for folder in (expired, recorded, missing, ended_copy, fresh_copy):
+        folder.mkdir(parents=True)
+        (folder / "chunk-00000000.arrow").write_bytes(b"")
+    half_joined.write_bytes(b"")
+    day_ago = time.time() - 86400 - 60  # CRYPTO_ML_RESULT_EXPIRES: nothing touched them since
+    for path in (expired, half_joined):
+        os.utime(path, (day_ago, day_ago))
     try:
         post(a, {"input": "small.parquet", "model": "naive", "horizon": 3})
-        assert not expired.exists() and recorded.exists()  # a job of a live record: kept
+        assert not expired.exists() and not half_joined.exists() and not ended_copy.exists()
+        assert recorded.exists()  # a job of a live record: kept
+        assert missing.exists() and fresh_copy.exists()  # no record, but touched of late
     finally:
-        shutil.rmtree(recorded)
+        for folder in (recorded, missing, fresh_copy):
+            shutil.rmtree(folder)
+
+
+def test_a_job_resumed_while_its_replica_was_paused_goes_on_when_it_wakes(
+        replicas: dict[str, Server], cluster: LocalCluster) -> None:
+    b, e = replicas["B"], replicas["E"]
+    job_id = post(e, {"input": "long.parquet", "model": "ets"})
+    wait_until(lambda: state(b, job_id)["done"] > 0, 60, "the job's first chunk, seen from B")
+    e.proc.send_signal(signal.SIGSTOP)  # a frozen VM, a network split: not dead
+    try:
+        wait_until(lambda: state(b, job_id)["status"] == "failed", 30, "B to see E silent")
+        again = post(b, {"input": "long.parquet", "model": "ets", "resume": job_id})
+    finally:
+        e.proc.send_signal(signal.SIGCONT)
+    wait_until(lambda: state(b, again)["status"] in ENDED, 120, "the resumed job to end")
+    resumed = state(b, again)
+    assert resumed["status"] == "done" and resumed["done"] == LONG, resumed
+    got = pd.read_parquet(str(resumed["output"]))
+    assert len(got) == LONG * DEFAULT_HORIZON and not got.duplicated(["unique_id", "ds"]).any()
+    wait_until(lambda: record(cluster, job_id)["finished"] is not None, 30, "E to stop its run")
+    old = state(b, job_id)
+    assert old["status"] == "failed" and old["resumed_by"] == again, old
+    assert old["error"].endswith(f"resumed as job {again} (/v1/jobs/{again})"), old
+    assert str(Path(str(resumed["output"])).parent) not in old["error"]  # no server path
+    wait_until(lambda: queued(b) == 0, 30, "the paused run's queued chunks revoked or done")
 
 
 @pytest.mark.parametrize(("resume", "code", "words"), [
@@ -237,11 +272,13 @@ def test_the_manager_user_may_keep_job_records_and_nothing_near_them(server: str
                    "failures_output": "/o.failures.parquet", "replica": "h:1",
                    "heartbeat": 2.0, "stale_after": 30.0}
             store.write(job)
-            assert store.beat([job], ["j1"]) == set()
-            assert store.cancel("j1") == job and store.beat([], ["j1"]) == {"j1"}
+            assert store.beat([job], ["j1"]) == (set(), {})
+            assert store.cancel("j1") == job and store.beat([], ["j1"]) == ({"j1"}, {})
             assert store.read("j1:cancel") is None and store.read("j2") is None
             assert store.claim("j1", "j3") is None and store.claim("j1", "j4") == "j3"
+            assert store.beat([], ["j1", "j2"]) == ({"j1"}, {"j1": "j3"})
             assert store.read("j1:resumed") is None and store.records(["j1", "j2"]) == [job, None]
+            assert store.resumed_by("j1") == "j3" and store.resumed_by("j2") is None
             assert status_of(job, now=3.0)["eta_seconds"] == 3.0  # 6 left at 2 series/s
             with cluster.client() as admin:
                 assert acl_log(admin) == []

@@ -72,7 +72,7 @@ def _fingerprint(uri: str, objects: list[dict[str, Any]]) -> dict[str, Any]:
     times: :meth:`~crypto_ml.data.table.TableSource.fingerprint`)."""
     lines = "\n".join(f"{o['Key']}\0{o.get('Size')}\0{o.get('ETag')}" for o in objects)
     return {"input": uri, "input_size": sum(int(o.get("Size") or 0) for o in objects),
-            "input_mtime": max(str(o.get("LastModified")) for o in objects),
+            "input_mtime": None,  # the same bytes uploaded again are the same input
             "input_files": f"{len(objects)} object(s), "
                            f"{hashlib.sha256(lines.encode()).hexdigest()[:16]}"}
 

@@ -43,13 +43,15 @@ def replica_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def resume_hint(job_id: str) -> str:
+def stopped_error(replica: str, why: str) -> str:
+    return f"the API process running this job ({replica}) stopped ({why})"
+
+
+def _how_to_go_on(job_id: str, resumed_by: str | None) -> str:
+    if resumed_by is not None:
+        return f"resumed as job {resumed_by} (/v1/jobs/{resumed_by})"
     return (f'POST the same body with "resume": "{job_id}" to go on from its finished chunks '
             "(kept until its record expires)")
-
-
-def stopped_error(replica: str, why: str, job_id: str) -> str:
-    return f"the API process running this job ({replica}) stopped ({why}); {resume_hint(job_id)}"
 
 
 class JobStore:
@@ -63,17 +65,27 @@ class JobStore:
         """Create or replace the record of ``record["id"]``."""
         self.client.set(keys.JOB + record["id"], json.dumps(record), ex=self.ttl)
 
-    def beat(self, records: list[dict[str, Any]], watched: list[str]) -> set[str]:
-        """Write ``records`` and read the cancel flags of ``watched``, in one round trip;
-        the ids asked to stop."""
+    def beat(self, records: list[dict[str, Any]], watched: list[str]
+             ) -> tuple[set[str], dict[str, str]]:
+        """Write ``records`` and read the cancel flags and resumers of ``watched``, in one
+        round trip: the ids asked to stop, and ``{id: the job that resumed it}`` (a job this
+        replica still runs, resumed elsewhere while this process did not answer)."""
         pipe = self.client.pipeline(transaction=False)
         for record in records:
             pipe.set(keys.JOB + record["id"], json.dumps(record), ex=self.ttl)
         if watched:
-            pipe.mget([keys.JOB + job_id + CANCEL for job_id in watched])
-        replies = pipe.execute()
-        flags = replies[-1] if watched else []
-        return {job_id for job_id, flag in zip(watched, flags, strict=True) if flag}
+            pipe.mget([keys.JOB + job_id + flag for flag in (CANCEL, RESUMED)
+                       for job_id in watched])
+        flags = pipe.execute()[-1] if watched else []
+        cancel, resumed = flags[:len(watched)], flags[len(watched):]
+        return ({job_id for job_id, flag in zip(watched, cancel, strict=True) if flag},
+                {job_id: json.loads(by) for job_id, by in zip(watched, resumed, strict=True)
+                 if by})
+
+    def resumed_by(self, job_id: str) -> str | None:
+        """The job that resumed ``job_id``, if one did."""
+        by = self.client.get(keys.JOB + job_id + RESUMED)
+        return None if by is None else str(json.loads(by))
 
     def read(self, job_id: str) -> dict[str, Any] | None:
         """The record, or None for an unknown (or expired) id."""
@@ -85,7 +97,7 @@ class JobStore:
         key = keys.JOB + job_id + RESUMED
         if self.client.set(key, json.dumps(by), ex=self.ttl, nx=True):
             return None
-        return str(json.loads(self.client.get(key) or '""'))
+        return self.resumed_by(job_id) or ""
 
     def records(self, job_ids: list[str]) -> list[dict[str, Any] | None]:
         """The records of ``job_ids``, in one round trip (None for unknown or expired)."""
@@ -106,23 +118,27 @@ def _record(raw: bytes | None) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def status_of(record: dict[str, Any], now: float | None = None) -> dict[str, Any]:
-    """A record as ``GET /v1/jobs/{id}`` answers it (a gone replica's job: failed)."""
+def status_of(record: dict[str, Any], now: float | None = None,
+              resumed_by: str | None = None) -> dict[str, Any]:
+    """A record as ``GET /v1/jobs/{id}`` answers it (a gone replica's job: failed; a failed
+    job's error says how to go on: resume it, or the job that did). Its rate counts the
+    series it computed, not those it took from the job it resumed."""
     now = time.time() if now is None else now
     status, error = record["status"], record["error"]
     silent = now - record["heartbeat"]
     if status in ACTIVE and silent > record["stale_after"]:
         status = "failed"
-        error = stopped_error(record["replica"], f"no heartbeat for {silent:.0f} s",
-                              record["id"])
+        error = stopped_error(record["replica"], f"no heartbeat for {silent:.0f} s")
+    if status == "failed" and (record.get("resumable", True) or resumed_by is not None):
+        error = f"{error}; {_how_to_go_on(record['id'], resumed_by)}"
     started = record["started"]
     end = record["finished"] or now
     series, done = record["series"], record["done"]
-    rate = done / (end - started) if end > started else 0.0
-    eta = (series - done) / rate if status == "running" and rate else None
+    rate = (done - record.get("resumed", 0)) / (end - started) if end > started else 0.0
+    eta = (series - done) / rate if status == "running" and rate > 0 else None
     return {"id": record["id"], "status": status, "series": series, "done": done,
             "failed": record["failed"], "series_per_second": round(rate, 1),
             "eta_seconds": None if eta is None else round(eta, 1),
             "output": record["output"], "failures_output": record["failures_output"],
             "error": error, "resumed_from": record.get("resumed_from"),
-            "resumed": record.get("resumed", 0)}
+            "resumed": record.get("resumed", 0), "resumed_by": resumed_by}

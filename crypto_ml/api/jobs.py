@@ -18,12 +18,15 @@ replica shuts down (SIGTERM: a rollout, a scale-down) is stopped, its queued wor
 and recorded failed. A failed job keeps its finished chunks (the parts of its table run)
 while its record lives: POSTing the same body with ``"resume": "<its id>"`` starts a new job
 that takes them and computes only the rest, once (the old job's ``:resumed`` key is set with
-``SET NX``). A cancelled job's chunks go. Chunks whose job record has expired are removed by
-the next ``POST``.
+``SET NX``) under a new run id, so that the old run, were its process only paused, ends
+without touching it (that process stops its run when it sees the job was resumed). A cancelled
+job's chunks go. What jobs left that nobody can resume any more (chunks, half-joined outputs,
+S3 copies) is removed by a later ``POST`` (:meth:`Jobs._sweep`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import shutil
@@ -43,13 +46,13 @@ from crypto_ml.core.errors import ConfigError, CryptoMLError, JobConflict, Outpu
 from crypto_ml.core.settings import Settings
 from crypto_ml.data.table import Columns, TableInfo, TableSource
 from crypto_ml.data.table_checks import as_given
-from crypto_ml.dispatch.table_output import TableOutput, failures_path
+from crypto_ml.dispatch.table_output import TableOutput, failures_path, run_differences
 from crypto_ml.dispatch.table_run import TablePlan, default_in_flight, run_table
 from crypto_ml.models import DEFAULT_HORIZON, DEFAULT_MODEL, parse_fallback, parse_models
 from crypto_ml.models.intervals import DEFAULT_LEVELS
 
 from .inputs import S3, discard_copy, local_input, s3_input
-from .job_store import JobStore, replica_id, resume_hint, status_of, stopped_error
+from .job_store import ACTIVE, JobStore, replica_id, status_of, stopped_error
 from .schemas import MAX_POINTS, Levels, Text, Whole
 
 log = logging.getLogger(__name__)
@@ -57,11 +60,15 @@ log = logging.getLogger(__name__)
 JOB_TIMEOUT = 3600.0
 #: Seconds between a replica's writes of its jobs' progress (and reads of their cancel flags).
 SYNC_SECONDS = 0.5
+#: Why a job stopped that another replica resumed while this process did not answer (paused).
+UNANSWERED = "it did not answer in time"
 #: Seconds a stopping replica waits for its jobs to revoke their queued work.
 STOP_SECONDS = 5.0
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
 JOB_ID = r"^[0-9a-f]{32}$"
-_PARTS = re.compile(r"^\.([0-9a-f]{32})\.parquet\.parts$")  # a job's parts folder
+_ID = re.compile(JOB_ID)
+#: what a job leaves beside the outputs: its parts folder, its outputs half joined
+_LEFT = re.compile(r"^\.([0-9a-f]{32})(?:\.parquet\.parts|(?:\.failures)?\.parquet\.tmp)$")
 
 
 class JobBody(BaseModel):
@@ -110,6 +117,8 @@ class JobStatus(BaseModel):
                                      "chunks this one took")
     resumed: int = Field(0, description="series of those chunks (counted in done, not "
                          "computed again)")
+    resumed_by: str | None = Field(None, description="the job that took this failed job's "
+                                   "finished chunks")
 
 
 class JobAccepted(BaseModel):
@@ -140,6 +149,8 @@ class Job:
     written: tuple[str, int, int, float] = ("", -1, -1, 0.0)  # status, done, failed, when
     resumed_from: str | None = None
     resumed: int = 0
+    resumable: bool = True  # False: it failed as any run of its body would (refused chunks)
+    run: dict[str, Any] = field(default_factory=dict)  # what it computes (a resume must match)
 
     def progress(self, done: int, failed: int) -> None:
         self.status = "running"
@@ -162,7 +173,8 @@ class Job:
                 "error": self.error, "output": str(self.output),
                 "failures_output": str(failures_path(self.output)), "replica": replica,
                 "heartbeat": time.time(), "stale_after": stale_after,
-                "resumed_from": self.resumed_from, "resumed": self.resumed}
+                "resumed_from": self.resumed_from, "resumed": self.resumed,
+                "resumable": self.resumable, "run": self.run}
 
 
 class Jobs:
@@ -196,8 +208,9 @@ class Jobs:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             self._sweep(folder)
-            job = Job(job_id, folder / f"{job_id}.parquet", info.series)
-            output = TableOutput(job.output, {**plan.describe(source), **state})
+            job = Job(job_id, folder / f"{job_id}.parquet", info.series,
+                      run={**plan.describe(source), **state})
+            output = TableOutput(job.output, job.run)
             if body.resume:
                 self._resume(body.resume, job, output)
             else:
@@ -250,10 +263,13 @@ class Jobs:
                               f"resumed{gone}")
         earlier = TableOutput(self.settings.api_jobs_dir / f"{old}.parquet", output.run)
         try:
+            differ = run_differences(record["run"], output.run) if "run" in record else []
+            if differ:  # (a record of before runs were recorded: its parts' manifest tells)
+                raise OutputMismatch(", ".join(differ))
             kept = output.held_by(earlier)
         except OutputMismatch as exc:
-            raise ConfigError(f"resume: job {old} ran another body or input (its {exc} "
-                              "differ); POST the body it ran, or leave out resume") from None
+            raise ConfigError(f"resume: job {old} ran another body or input; what differs: "
+                              f"{exc}. POST the body it ran, or leave out resume") from None
         if (other := self.store.claim(old, job.id)) is not None:
             raise JobConflict(f"resume: job {old} was resumed already, as job {other} "
                               f"(/v1/jobs/{other})")
@@ -264,22 +280,39 @@ class Jobs:
             job.failed = output.kept_failures()
 
     def _sweep(self, folder: Path) -> None:
-        """Remove the finished chunks of failed jobs whose records have expired (nobody can
-        resume them any more; a killed replica's too). Never fails a POST."""
+        """Remove what jobs nobody can run or resume any more left beside the outputs: the
+        finished chunks (``.<id>.parquet.parts``), half-joined outputs (``.<id>...tmp``) and
+        S3 copies (``inputs/<id>``) of jobs whose records expired and that nothing touched
+        for as long as a record lives (a running job whose record is briefly missing, after a
+        Redis restart, writes its chunks still); and the S3 copies of jobs that ended (a
+        killed replica's: a resume copies its input again). Never fails a POST."""
         try:
-            parts = {m.group(1): p for p in folder.iterdir() if (m := _PARTS.match(p.name))}
-            ids = list(parts)
-            for job_id, record in zip(ids, self.store.records(ids), strict=True):
-                if record is None:
-                    shutil.rmtree(parts[job_id], ignore_errors=True)
+            found = [(m.group(1), p) for p in folder.iterdir()
+                     if (m := _LEFT.fullmatch(p.name))]
+            copies = folder / "inputs"
+            if copies.is_dir():
+                found += [(p.name, p) for p in copies.iterdir() if _ID.fullmatch(p.name)]
+            ids = sorted({job_id for job_id, _ in found})
+            records = dict(zip(ids, self.store.records(ids), strict=True))
+            expired_before = time.time() - self.settings.result_expires
+            for job_id, path in found:
+                record = records[job_id]
+                ended = record is not None and status_of(record)["status"] not in ACTIVE
+                if ((record is None and path.stat().st_mtime < expired_before)
+                        or (ended and path.parent == copies)):
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
         except (OSError, redis.RedisError) as exc:
-            log.warning("could not look for expired jobs' chunks in %s (%s)", folder, exc)
+            log.warning("could not look for what ended jobs left in %s (%s)", folder, exc)
 
     def _run(self, job: Job, source: TableSource, output: TableOutput, plan: TablePlan,
              copy: Path) -> None:
         status, error = self._outcome(job, source, output, plan)
         if status == "cancelled":  # a failed job keeps its finished chunks, to be resumed
             output.discard()
+        elif status == "failed":  # resumed while this process stalled? (its parts are gone)
+            with contextlib.suppress(redis.RedisError):
+                if self.store.resumed_by(job.id) is not None:
+                    error = stopped_error(self.replica, UNANSWERED)
         discard_copy(copy)
         job.status, job.error, job.finished = status, error, time.time()  # then it is seen
         self._settle(job)
@@ -296,7 +329,7 @@ class Jobs:
                                 check_lost_every=self.settings.lost_check_seconds)
         except JobCancelled:
             if job.stop_reason:
-                return "failed", stopped_error(self.replica, job.stop_reason, job.id)
+                return "failed", stopped_error(self.replica, job.stop_reason)
             return "cancelled", None
         except (CryptoMLError, OSError, redis.RedisError) as exc:  # the broker refused...
             return "failed", f"{type(exc).__name__}: {exc}"
@@ -305,8 +338,10 @@ class Jobs:
             return "failed", f"{type(exc).__name__}: {exc}"
         if summary.chunks_failed:
             first = next(iter(summary.chunks_failed.values()))
+            job.resumable = summary.retry_helps()
+            fix = "" if job.resumable else ": fix the body, it would fail the same way again"
             return "failed", (f"{len(summary.chunks_failed)} chunk(s) did not come back "
-                              f"({first}); no output was written: {resume_hint(job.id)}")
+                              f"({first}); no output was written{fix}")
         return "done", None
 
     def _settle(self, job: Job) -> None:
@@ -351,13 +386,16 @@ class Jobs:
             updates = [record for _, record in due]
             updates += [job.record(self.replica, self.stale_after)
                         for job in jobs if job.finished is not None]
-            cancelled = self.store.beat(updates, [job.id for job in running])
+            cancelled, resumed = self.store.beat(updates, [job.id for job in running])
             for job, record in due:  # what was written, though the run may have moved since
                 job.written = (record["status"], record["done"], record["failed"], now)
             for job in jobs:
                 if job.finished is not None:
                     job.settled = True
                     self._jobs.pop(job.id, None)
+                elif job.id in resumed:  # taken over while this process did not answer
+                    job.stop_reason = UNANSWERED
+                    job.cancel.set()
                 elif job.id in cancelled:
                     job.cancel.set()
 
@@ -371,7 +409,10 @@ class Jobs:
     def get(self, job_id: str) -> dict[str, Any] | None:
         """The job's status, from its record: whichever replica runs it."""
         record = self.store.read(job_id)
-        return None if record is None else status_of(record)
+        if record is None:
+            return None
+        failed = status_of(record)["status"] == "failed"
+        return status_of(record, resumed_by=self.store.resumed_by(job_id) if failed else None)
 
     def cancel(self, job_id: str) -> dict[str, Any] | None:
         """Ask the replica running the job to stop it; its status, or None if unknown."""
@@ -393,6 +434,5 @@ class Jobs:
         for job, _ in running:
             if not job.settled and job.finished is None:  # its run did not stop in time
                 job.status, job.finished = "failed", time.time()
-                job.error = stopped_error(self.replica, job.stop_reason or "it was shut down",
-                                          job.id)
+                job.error = stopped_error(self.replica, job.stop_reason or "it was shut down")
                 self._settle(job)

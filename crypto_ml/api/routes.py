@@ -101,7 +101,9 @@ def job_routes(jobs: Jobs | None, authorized: Sequence[Depends]) -> APIRouter:
                                   "description": "resume names a job that did not fail, or "
                                                  "one already resumed"},
                             422: {"model": Unprocessable,
-                                  "description": "the body or the table is invalid; named"},
+                                  "description": "the body or the table is invalid, or resume "
+                                                 "names an unknown job or one of another body "
+                                                 "or input; named"},
                             503: {"model": Problem,
                                   "description": "no cluster, or an s3:// input unreachable"}})
     def post_job(body: JobBody) -> Response:

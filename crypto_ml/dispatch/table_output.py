@@ -89,6 +89,19 @@ def _differences(had: Mapping[str, Any], want: Mapping[str, Any]) -> str:
     return "; ".join(f"{k} was {had.get(k)!r}, now {want.get(k)!r}" for k in keys)
 
 
+def run_differences(had: Mapping[str, Any], want: Mapping[str, Any]) -> list[str]:
+    """What differs between two runs' descriptions, in words that show no server path: the
+    manifest's keys, ``input path`` for the input's name, ``input contents`` for its state
+    (size, time, files)."""
+    def word(key: str) -> str:
+        if key == "input":
+            return "input path"
+        return "input contents" if key.startswith("input_") else key
+
+    keys = dict.fromkeys([*want, *had])
+    return list(dict.fromkeys(word(k) for k in keys if had.get(k) != want.get(k)))
+
+
 def _text_columns(schema: pa.Schema) -> list[str]:
     """The columns worth a dictionary: ids and reasons repeat, forecasts hardly ever (trying
     a dictionary on them costs more than writing the values)."""
@@ -179,22 +192,23 @@ class TableOutput:
 
     def held_by(self, earlier: TableOutput) -> bool:
         """Whether ``earlier`` (a stopped run that wrote elsewhere: an API job resumed as
-        another) left parts of this same run; an OutputMismatch naming what differs (the
-        manifest's keys, ``input`` for any of its state) when they are another run's."""
+        another) left parts of this same run; an OutputMismatch naming what differs
+        (:func:`run_differences`) when they are another run's."""
         try:
             had = json.loads((earlier.parts / MANIFEST).read_text())
         except FileNotFoundError:
             return False
-        differ = dict.fromkeys(k.split("_")[0] if k.startswith("input") else k
-                               for k in dict.fromkeys([*self.run, *had])
-                               if had.get(k) != self.run.get(k))
-        if differ:
+        if differ := run_differences(had, self.run):
             raise OutputMismatch(", ".join(differ))
         return True
 
     def take_parts(self, earlier: TableOutput) -> None:
-        """Make ``earlier``'s parts this output's (:meth:`held_by` said they are this run's)."""
+        """Make ``earlier``'s parts this output's (:meth:`held_by` said they are this run's),
+        under a new run id: the run that wrote them may still be alive (a paused process), and
+        when it stops it ends its id for the workers, which would then drop this run's
+        messages."""
         os.rename(earlier.parts, self.parts)
+        self.next_attempt()
 
     def kept_failures(self) -> int:
         """Series that failed in the chunks the parts hold (what a resumed run counts as
