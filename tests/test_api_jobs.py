@@ -85,7 +85,8 @@ def test_a_job_s_fallback_model_fills_what_its_model_fails_on(server: Server) ->
     ({"input": "alpha.csv"}, "input 'alpha.csv': no column 'unique_id'"),  # a price file
     ({"input": "bad"}, "input 'bad': p.parquet has no column 'y'"),
     ({"input": "walks.parquet", "model": "prophet"}, "prophet"),
-    ({"input": "walks.parquet", "fallback_model": "gru"}, "'gru' is a deep one"),
+    ({"input": "walks.parquet", "fallback_model": "gru"}, "fallback_model: 'gru' is a deep model"),
+    ({"input": "walks.parquet", "fallback_model": "x"}, "fallback_model: unknown model 'x'"),
     ({"input": "a\u0000b"}, "not a usable path"),
     ({"input": "x" * 5000}, "not a usable path"),
 ])

@@ -14,8 +14,8 @@ import json
 import os
 import shutil
 import signal
-import time
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,9 +33,11 @@ from test_api_jobs import queued
 from test_api_server import KEY, Server, call, healthy
 
 from crypto_ml.api.app import create_app
+from crypto_ml.api.job_files import output_of, resumable, take_over
 from crypto_ml.api.job_store import JobStore, status_of
 from crypto_ml.api.service import InProcessRuns
 from crypto_ml.core import keys
+from crypto_ml.core.errors import JobConflict
 from crypto_ml.core.settings import Settings
 from crypto_ml.dispatch.cluster import LocalCluster
 from crypto_ml.models import DEFAULT_HORIZON, get_model
@@ -49,7 +51,7 @@ ENDED = ("done", "failed", "cancelled")
 @pytest.fixture(scope="module")
 def replicas(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
              ) -> Iterator[dict[str, Server]]:
-    """A to D, started together; heartbeats every second, a replica silent for 6 s gone."""
+    """A to E, started together; heartbeats every second, a replica silent for 6 s gone."""
     folder = tmp_path_factory.mktemp("api-replicas")
     data = write_coins(folder / "prices")
     write_parquet(random_walks(SMALL, 40, seed=3), data / "small.parquet")
@@ -279,7 +281,11 @@ def test_the_manager_user_may_keep_job_records_and_nothing_near_them(server: str
             assert store.beat([], ["j1", "j2"]) == ({"j1"}, {"j1": "j3"})
             assert store.read("j1:resumed") is None and store.records(["j1", "j2"]) == [job, None]
             assert store.resumed_by("j1") == "j3" and store.resumed_by("j2") is None
+            store.mark_resumed("j1", "j5")
+            assert store.resumed_by("j1") == "j5"
             assert status_of(job, now=3.0)["eta_seconds"] == 3.0  # 6 left at 2 series/s
+            resumed = status_of({**job, "resumed": 2}, now=3.0)  # 2 of its 4 taken, not computed
+            assert (resumed["series_per_second"], resumed["eta_seconds"]) == (1.0, 6.0)
             with cluster.client() as admin:
                 assert acl_log(admin) == []
                 assert 0 < admin.ttl("crypto_ml:job:j1") <= 60
@@ -287,6 +293,36 @@ def test_the_manager_user_may_keep_job_records_and_nothing_near_them(server: str
                 manager.execute_command("HSET", "unacked", "t", "x")  # no hash command
     finally:
         cluster.stop()
+
+
+def test_only_the_job_that_renames_a_failed_job_s_chunks_takes_them(
+        cluster: LocalCluster, tmp_path: Path) -> None:
+    """The rename decides between resumes, not the mark: a mark naming a job that never took
+    the chunks (its POST failed after it) blocks no later resume; a resume that loses the
+    rename is recorded as never started and answered 409."""
+    store = JobStore(cluster.client(), 60)
+    old, ghost, first, second = "a" * 32, "b" * 32, "c" * 32, "d" * 32
+    run = {"input": "t.parquet", "horizon": 3}
+    store.write({"id": old, "status": "failed", "series": 9, "done": 4, "failed": 0,
+                 "started": 1.0, "finished": 2.0, "error": "x", "output": "o.parquet",
+                 "failures_output": "o.failures.parquet", "replica": "h:1",
+                 "heartbeat": time.time(), "stale_after": 30.0, "run": run})
+    earlier = output_of(tmp_path, old, run)
+    earlier.done_chunks()  # its parts folder, with the run's manifest
+    store.mark_resumed(old, ghost)  # a resume whose POST died after marking
+    assert resumable(store, tmp_path, old)["id"] == old
+    unstarted: list[str] = []
+    output = output_of(tmp_path, first, run)
+    take_over(store, old, first, output, earlier, True, unstarted.append)
+    assert output.parts.is_dir() and not earlier.parts.exists() and unstarted == []
+    assert store.resumed_by(old) == first
+    with pytest.raises(JobConflict, match=f"was resumed already, as job {first}"):
+        resumable(store, tmp_path, old)
+    late = output_of(tmp_path, second, run)  # passed the checks before the first renamed
+    with pytest.raises(JobConflict, match=f"took job {old}'s finished chunks first: job {first}"):
+        take_over(store, old, second, late, earlier, True, unstarted.append)
+    assert unstarted == [f"another job took job {old}'s finished chunks first"]
+    assert output.parts.is_dir() and not late.parts.exists()
 
 
 def test_an_in_process_server_has_no_jobs_and_says_why(tmp_path: Path) -> None:

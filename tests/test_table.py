@@ -38,7 +38,7 @@ from crypto_ml.dispatch.table_run import TablePlan, TableSummary, chunk_table
 from crypto_ml.models import REGISTRY, get_model
 from crypto_ml.models.batch import predict_batch, vectorised
 from crypto_ml.ops.processes import wait_until
-from crypto_ml.worker.chunks import chunk_kwargs, column, parse_chunk, run_chunk
+from crypto_ml.worker.chunks import FILLED, chunk_kwargs, column, parse_chunk, run_chunk
 
 LEVELS = (80.0, 95.0)
 
@@ -629,8 +629,9 @@ def test_a_stopped_run_s_parts_go_on_under_another_name_only_for_the_same_run(
     stopped = TableOutput(tmp_path / "old.parquet", plan.describe(source))
     stopped.done_chunks()
     index, rows, _ = parts[1]
-    failed = pa.table({"unique_id": ["s000004"] * 2, "model": ["naive", "linear"],
-                       "error": ["x", "y"]}, schema=FAILURES_SCHEMA)
+    failed = pa.table({"unique_id": ["s000004"] * 2 + ["s000005"],
+                       "model": ["naive", "linear", "naive"],
+                       "error": ["x", "y", f"{FILLED}naive: z"]}, schema=FAILURES_SCHEMA)
     stopped.write_chunk(index, rows, failed)
     (stopped.parts / "failed-00000002.arrow").write_bytes(b"")  # a killed attempt's: no chunk
     five = TablePlan.of(["naive"], 5, LEVELS, chunk_series=4)
@@ -646,7 +647,7 @@ def test_a_stopped_run_s_parts_go_on_under_another_name_only_for_the_same_run(
     new.take_parts(stopped)
     assert new.done_chunks() == {1} and not stopped.parts.exists()
     assert new.run_id not in (None, first_run)  # the stopped run may yet end its own id
-    assert new.kept_failures() == 1  # series, of written chunks only
+    assert new.failed_in(1) == 1 and new.failed_in(0) == 0  # series, not filled
     for part in (parts[0], parts[2]):
         new.write_chunk(*part)
     new.finish(schema, range(len(parts)))

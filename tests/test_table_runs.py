@@ -95,9 +95,11 @@ def test_a_fallback_model_forecasts_the_series_a_model_fails_on(
 
 
 @pytest.mark.parametrize(("args", "words"), [
-    (["--fallback-model", "lstm"], "--fallback-model: the fallback model 'lstm' is a deep one"),
-    (["--fallback-model", "naive,ets"], "a fallback model is one model, got naive, ets"),
+    (["--fallback-model", "lstm"], "--fallback-model: 'lstm' is a deep model"),
+    (["--fallback-model", "naive,ets"], "--fallback-model: a fallback is one model, got naive, ets"),
     (["--fallback-model", "Naive"], "statsforecast's Naive is 'naive' here"),
+    (["--fallback-model", "prophet"], "choose from naive, linear, ets, theta, arima\n"),
+    (["--model", "ets", "--fallback-model", "ets"], "'ets' is the model it would stand in for"),
 ])
 def test_a_bad_fallback_model_exits_2_before_any_cluster(tmp_path: Path, args: list[str],
                                                          words: str) -> None:
@@ -194,26 +196,35 @@ def test_a_chunk_whose_values_are_gone_fails_saying_what_to_do(cluster) -> None:
 def test_a_series_past_the_time_limit_fails_alone_and_the_rest_are_written(
         tmp_path: Path) -> None:
     """A chunk the time limit stopped is sent again one series a message: the series at fault
-    (40,000 closes: seconds of ETS) is a failure row, its rows NaN, and the 199 others are
-    written (before, the chunk failed whole, again on every rerun, and the table never
-    finished)."""
+    (40,000 closes: seconds of ETS) is a failure row, its rows NaN (or, with a fallback model,
+    the fallback's forecast), and the 199 others are written (before, the chunk failed whole,
+    again on every rerun, and the table never finished)."""
     long = random_walks(1, 40_000, seed=4, start="1950-01-01").assign(unique_id="s-long")
     frame = pd.concat([long, random_walks(199, 120, seed=3)], ignore_index=True)
     table, out = write_parquet(frame, tmp_path / "in.parquet"), tmp_path / "out.parquet"
     limits = {"CRYPTO_ML_SOFT_TIME_LIMIT": "1", "CRYPTO_ML_HARD_TIME_LIMIT": "30"}
+    args = ["send-tasks", "--input", str(table), "--output", str(out), "--model", "ets",
+            "--horizon", "3", "--max-points", "all", "--chunk-series", "200"]
     with LocalCluster(workers=1, env={**os.environ, **limits}) as cluster:
-        done = run_cli("send-tasks", "--input", str(table), "--output", str(out), "--model",
-                       "ets", "--horizon", "3", "--max-points", "all", "--chunk-series", "200",
-                       "--broker", cluster.broker_url, timeout=300)
+        done = run_cli(*args, "--broker", cluster.broker_url, timeout=300)
+        got, failures = pd.read_parquet(out), pd.read_parquet(tmp_path / "out.failures.parquet")
+        # with a fallback model, the series past the limit gets its forecast instead: exit 0
+        filled = run_cli(*args, "--broker", cluster.broker_url, "--overwrite",
+                         "--fallback-model", "naive", timeout=300)
     assert done.returncode == 1, done.stderr  # one forecast failed
     assert "1 chunk(s) failed as a whole (TaskTimedOut" in done.stderr
-    got, failures = pd.read_parquet(out), pd.read_parquet(tmp_path / "out.failures.parquet")
     assert set(got["unique_id"]) == set(frame["unique_id"]) and len(got) == 200 * 3
     assert got[got["unique_id"] == "s-long"]["ets"].isna().all()
     assert got[got["unique_id"] != "s-long"]["ets"].notna().all()
     assert failures[["unique_id", "model"]].values.tolist() == [["s-long", "ets"]]
     assert failures["error"][0].startswith("TaskTimedOut")
     assert "summary: 200 series" in done.stderr
+    assert filled.returncode == 0, filled.stderr
+    again = pd.read_parquet(out)
+    assert again.query("unique_id == 's-long'")["ets"].tolist() == [long["y"].iloc[-1]] * 3
+    assert again.query("unique_id != 's-long'").equals(got.query("unique_id != 's-long'"))
+    reasons = pd.read_parquet(tmp_path / "out.failures.parquet")["error"].tolist()
+    assert len(reasons) == 1 and reasons[0].startswith("filled by fallback naive: TaskTimedOut")
 
 
 def _chunk_tasks(cluster) -> set[str]:

@@ -16,10 +16,40 @@ import shutil
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from crypto_ml.core.errors import ConfigError, DataNotFound
+import pyarrow as pa
+
+from crypto_ml.core.errors import ConfigError, CryptoMLError, DataNotFound
+from crypto_ml.data.table import Columns, TableInfo, TableSource
+from crypto_ml.data.table_checks import as_given
 from crypto_ml.worker.model_store import s3_client
 
 S3 = "s3://"
+
+
+def read_input(given: str, columns: Columns, data_dir: Path, copy: Path
+               ) -> tuple[TableSource, TableInfo, dict[str, Any]]:
+    """The job's table (a path in ``data_dir``, or an S3 URI copied into ``copy``), checked;
+    what an S3 input's manifest records of it; ConfigError naming the input as given."""
+    path: Path | None = None
+    state: dict[str, Any] = {}
+    named = f"input {given[:200]!r}"
+    try:
+        if given.startswith(S3):
+            path, state = s3_input(given, copy)
+        else:
+            path = local_input(given, data_dir)
+        source = TableSource(path, columns)
+        return source, source.check(), state
+    except CryptoMLError as exc:  # InvalidTable is a ValueError too: first
+        discard_copy(copy)
+        if path is None:
+            raise
+        raise ConfigError(as_given(str(exc), named, path, given)) from None
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        discard_copy(copy)
+        raise ConfigError(as_given(f"cannot read input {given[:200]!r} as a long table "
+                                   f"({type(exc).__name__}: {str(exc)[:300]})",
+                                   named, path, given)) from None
 
 
 def local_input(given: str, root: Path) -> Path:

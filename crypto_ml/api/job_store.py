@@ -11,7 +11,7 @@ each kept ``CRYPTO_ML_RESULT_EXPIRES`` after its last write:
 * ``crypto_ml:job:<id>:cancel``: set by ``DELETE`` on any replica; the running one reads
   the flags of all its jobs in one ``MGET``;
 * ``crypto_ml:job:<id>:resumed``: the id of the job that took this failed job's finished
-  chunks (``"resume": "<id>"``), set with ``SET NX`` so that only one job takes them.
+  chunks (``"resume": "<id>"``; see :mod:`crypto_ml.api.job_files`).
 
 Strings rather than a hash: the manager's Redis user already runs ``SET``, ``GET`` and
 ``MGET``, so the jobs' key pattern widens nothing on the embedded Redis 6.2, whose users get
@@ -91,9 +91,13 @@ class JobStore:
         """The record, or None for an unknown (or expired) id."""
         return _record(self.client.get(keys.JOB + job_id))
 
+    def mark_resumed(self, job_id: str, by: str) -> None:
+        """Say that job ``by`` took ``job_id``'s chunks (:mod:`crypto_ml.api.job_files`)."""
+        self.client.set(keys.JOB + job_id + RESUMED, json.dumps(by), ex=self.ttl)
+
     def claim(self, job_id: str, by: str) -> str | None:
-        """Mark ``job_id`` as resumed by job ``by``; None if this call did, else the job that
-        had already resumed it."""
+        """Mark ``job_id`` as resumed by job ``by`` unless it is marked already; None if this
+        call did, else the job it names."""
         key = keys.JOB + job_id + RESUMED
         if self.client.set(key, json.dumps(by), ex=self.ttl, nx=True):
             return None

@@ -21,15 +21,13 @@ that takes them and computes only the rest, once (the old job's ``:resumed`` key
 ``SET NX``) under a new run id, so that the old run, were its process only paused, ends
 without touching it (that process stops its run when it sees the job was resumed). A cancelled
 job's chunks go. What jobs left that nobody can resume any more (chunks, half-joined outputs,
-S3 copies) is removed by a later ``POST`` (:meth:`Jobs._sweep`).
+S3 copies) is removed by a later ``POST`` (:mod:`crypto_ml.api.job_files`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import re
-import shutil
 import threading
 import time
 import uuid
@@ -37,22 +35,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import pyarrow as pa
 import redis
 from celery import Celery
 from pydantic import BaseModel, ConfigDict, Field
 
-from crypto_ml.core.errors import ConfigError, CryptoMLError, JobConflict, OutputMismatch
+from crypto_ml.core.errors import ConfigError, CryptoMLError
 from crypto_ml.core.settings import Settings
-from crypto_ml.data.table import Columns, TableInfo, TableSource
-from crypto_ml.data.table_checks import as_given
-from crypto_ml.dispatch.table_output import TableOutput, failures_path, run_differences
+from crypto_ml.data.table import Columns, TableSource
+from crypto_ml.dispatch.table_output import TableOutput, failures_path
 from crypto_ml.dispatch.table_run import TablePlan, default_in_flight, run_table
 from crypto_ml.models import DEFAULT_HORIZON, DEFAULT_MODEL, parse_fallback, parse_models
 from crypto_ml.models.intervals import DEFAULT_LEVELS
 
-from .inputs import S3, discard_copy, local_input, s3_input
-from .job_store import ACTIVE, JobStore, replica_id, status_of, stopped_error
+from .inputs import discard_copy, read_input
+from .job_files import JOB_ID, output_of, resumable, same_run, sweep, take_over
+from .job_store import JobStore, replica_id, status_of, stopped_error
 from .schemas import MAX_POINTS, Levels, Text, Whole
 
 log = logging.getLogger(__name__)
@@ -65,10 +62,6 @@ UNANSWERED = "it did not answer in time"
 #: Seconds a stopping replica waits for its jobs to revoke their queued work.
 STOP_SECONDS = 5.0
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
-JOB_ID = r"^[0-9a-f]{32}$"
-_ID = re.compile(JOB_ID)
-#: what a job leaves beside the outputs: its parts folder, its outputs half joined
-_LEFT = re.compile(r"^\.([0-9a-f]{32})(?:\.parquet\.parts|(?:\.failures)?\.parquet\.tmp)$")
 
 
 class JobBody(BaseModel):
@@ -157,10 +150,11 @@ class Job:
         self.done += done
         self.failed += failed
 
-    def skip(self, series: int) -> None:
-        """``series`` were written by the failed job this one resumes."""
+    def skip(self, series: int, failed: int) -> None:
+        """``series`` were written by the failed job this one resumes, ``failed`` failed."""
         self.resumed += series
         self.done += series
+        self.failed += failed
 
     def check_cancel(self) -> None:
         if self.cancel.is_set():
@@ -196,21 +190,26 @@ class Jobs:
         """Check the body and the table (ConfigError naming what is wrong; JobConflict when
         the job to resume cannot be), start the run."""
         models = parse_models(body.model)
-        fallback = None if body.fallback_model is None else parse_fallback(body.fallback_model)
+        fallback = (None if body.fallback_model is None
+                    else parse_fallback(body.fallback_model, models))
         if (why := self.settings.horizon_problem(body.horizon)) is not None:
             raise ConfigError(f"horizon {why}")
         job_id = uuid.uuid4().hex
         folder = self.settings.api_jobs_dir
         copy = folder / "inputs" / job_id  # an s3:// input's local copy, deleted at the end
-        source, info, state = self._source(body, copy)
+        if body.resume:  # before the input is read: it may be a long copy
+            resumable(self.store, folder, body.resume)
+        source, info, state = read_input(body.input, Columns(body.id_col, body.time_col,
+                                                             body.value_col),
+                                         self.settings.data_dir, copy)
         plan = TablePlan.of(models, body.horizon, body.levels, body.max_points,
                             fallback=fallback)
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            self._sweep(folder)
+            sweep(self.store, folder, self.settings.result_expires)
             job = Job(job_id, folder / f"{job_id}.parquet", info.series,
                       run={**plan.describe(source), **state})
-            output = TableOutput(job.output, job.run)
+            output = output_of(folder, job_id, job.run)
             if body.resume:
                 self._resume(body.resume, job, output)
             else:
@@ -226,83 +225,22 @@ class Jobs:
         thread.start()
         return job
 
-    def _source(self, body: JobBody, copy: Path) -> tuple[TableSource, TableInfo, dict[str, Any]]:
-        """The body's table, checked; and, for an S3 input, what its manifest records of it."""
-        path: Path | None = None
-        state: dict[str, Any] = {}
-        named = f"input {body.input[:200]!r}"
-        try:
-            if body.input.startswith(S3):
-                path, state = s3_input(body.input, copy)
-            else:
-                path = local_input(body.input, self.settings.data_dir)
-            source = TableSource(path, Columns(body.id_col, body.time_col, body.value_col))
-            return source, source.check(), state
-        except CryptoMLError as exc:  # InvalidTable is a ValueError too: first
-            discard_copy(copy)
-            if path is None:
-                raise
-            raise ConfigError(as_given(str(exc), named, path, body.input)) from None
-        except (OSError, ValueError, pa.ArrowException) as exc:
-            discard_copy(copy)
-            raise ConfigError(as_given(f"cannot read input {body.input[:200]!r} as a long table "
-                                       f"({type(exc).__name__}: {str(exc)[:300]})",
-                                       named, path, body.input)) from None
-
     def _resume(self, old: str, job: Job, output: TableOutput) -> None:
-        """Record ``job`` as the one resuming the failed job ``old``, and give it the chunks
-        ``old`` finished (ConfigError or JobConflict, before any change, when it cannot)."""
-        record = self.store.read(old)
-        if record is None:
-            raise ConfigError(f"resume: no job {old!r} (unknown, or its record expired after "
-                              "CRYPTO_ML_RESULT_EXPIRES, and its finished chunks with it)")
-        status = status_of(record)["status"]
-        if status != "failed":
-            gone = ": a cancelled job's chunks are deleted" if status == "cancelled" else ""
-            raise JobConflict(f"resume: job {old} is {status}; only a failed job can be "
-                              f"resumed{gone}")
-        earlier = TableOutput(self.settings.api_jobs_dir / f"{old}.parquet", output.run)
-        try:
-            differ = run_differences(record["run"], output.run) if "run" in record else []
-            if differ:  # (a record of before runs were recorded: its parts' manifest tells)
-                raise OutputMismatch(", ".join(differ))
-            kept = output.held_by(earlier)
-        except OutputMismatch as exc:
-            raise ConfigError(f"resume: job {old} ran another body or input; what differs: "
-                              f"{exc}. POST the body it ran, or leave out resume") from None
-        if (other := self.store.claim(old, job.id)) is not None:
-            raise JobConflict(f"resume: job {old} was resumed already, as job {other} "
-                              f"(/v1/jobs/{other})")
+        """Record ``job`` as resuming the failed job ``old`` and give it ``old``'s finished
+        chunks (ConfigError, JobConflict or DataNotFound, the chunks left where they were,
+        when it cannot)."""
+        record = resumable(self.store, self.settings.api_jobs_dir, old)
+        earlier = output_of(self.settings.api_jobs_dir, old, output.run)
+        kept = same_run(record, output, earlier)
         job.resumed_from = old
         self.store.write(job.record(self.replica, self.stale_after))
-        if kept:
-            output.take_parts(earlier)
-            job.failed = output.kept_failures()
 
-    def _sweep(self, folder: Path) -> None:
-        """Remove what jobs nobody can run or resume any more left beside the outputs: the
-        finished chunks (``.<id>.parquet.parts``), half-joined outputs (``.<id>...tmp``) and
-        S3 copies (``inputs/<id>``) of jobs whose records expired and that nothing touched
-        for as long as a record lives (a running job whose record is briefly missing, after a
-        Redis restart, writes its chunks still); and the S3 copies of jobs that ended (a
-        killed replica's: a resume copies its input again). Never fails a POST."""
-        try:
-            found = [(m.group(1), p) for p in folder.iterdir()
-                     if (m := _LEFT.fullmatch(p.name))]
-            copies = folder / "inputs"
-            if copies.is_dir():
-                found += [(p.name, p) for p in copies.iterdir() if _ID.fullmatch(p.name)]
-            ids = sorted({job_id for job_id, _ in found})
-            records = dict(zip(ids, self.store.records(ids), strict=True))
-            expired_before = time.time() - self.settings.result_expires
-            for job_id, path in found:
-                record = records[job_id]
-                ended = record is not None and status_of(record)["status"] not in ACTIVE
-                if ((record is None and path.stat().st_mtime < expired_before)
-                        or (ended and path.parent == copies)):
-                    shutil.rmtree(path) if path.is_dir() else path.unlink()
-        except (OSError, redis.RedisError) as exc:
-            log.warning("could not look for what ended jobs left in %s (%s)", folder, exc)
+        def not_started(why: str) -> None:
+            job.status, job.error, job.finished = "failed", f"not started: {why}", time.time()
+            job.resumable = False
+            self.store.write(job.record(self.replica, self.stale_after))
+
+        take_over(self.store, old, job.id, output, earlier, kept, not_started)
 
     def _run(self, job: Job, source: TableSource, output: TableOutput, plan: TablePlan,
              copy: Path) -> None:
@@ -408,16 +346,18 @@ class Jobs:
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         """The job's status, from its record: whichever replica runs it."""
-        record = self.store.read(job_id)
-        if record is None:
-            return None
-        failed = status_of(record)["status"] == "failed"
-        return status_of(record, resumed_by=self.store.resumed_by(job_id) if failed else None)
+        return self._status(self.store.read(job_id))
 
     def cancel(self, job_id: str) -> dict[str, Any] | None:
         """Ask the replica running the job to stop it; its status, or None if unknown."""
-        record = self.store.cancel(job_id)
-        return None if record is None else status_of(record)
+        return self._status(self.store.cancel(job_id))
+
+    def _status(self, record: dict[str, Any] | None) -> dict[str, Any] | None:
+        if record is None:
+            return None
+        failed = status_of(record)["status"] == "failed"
+        return status_of(record, resumed_by=self.store.resumed_by(record["id"]) if failed
+                         else None)
 
     def close(self) -> None:
         """The server stops: stop every job it runs, revoking their queued work, and record

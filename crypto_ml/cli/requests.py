@@ -134,13 +134,11 @@ def table_of(args: argparse.Namespace) -> TableRequest | None:
     if getattr(args, "input", None) is None:
         return None
     fallback = getattr(args, "fallback_model", None)
-    try:
-        checked = None if fallback is None else parse_fallback(fallback)
-    except UnknownModel as exc:
-        raise UnknownModel(f"--fallback-model: {exc}") from None
     return TableRequest(args.input, (args.id_col, args.time_col, args.value_col),
                         getattr(args, "overwrite", False), getattr(args, "in_flight", None),
-                        getattr(args, "chunk_series", None), checked)
+                        getattr(args, "chunk_series", None),
+                        None if fallback is None else
+                        parse_fallback(fallback, args.model.split(","), "--fallback-model"))
 
 
 def send_request(args: argparse.Namespace) -> SendRequest:

@@ -44,10 +44,10 @@ class TableProgress(ProgressBar):
         or a chunk that did not come back: none done, all ``failed``."""
         self.add(done - failed if done else 0, failed)
 
-    def skip(self, series: int) -> None:
-        """Series an earlier run wrote: counted as done, not in the rate."""
+    def skip(self, series: int, failed: int) -> None:
+        """Series an earlier run wrote (``failed`` of them failed): counted, not in the rate."""
         self.skipped += series
-        self(series, 0)
+        self(series, failed)
 
     def counts(self) -> str:
         return f"{super().counts()}, {self.rate():.0f} series/s"
@@ -105,6 +105,9 @@ def say_summary(summary: TableSummary, out: Path) -> None:
     if summary.already_complete:
         console.info(f"summary: {out} already holds this run ({summary.series} series); "
                      "nothing to do (--overwrite to compute it again)")
+        if summary.failures:  # the exit code says so again, as the run that wrote it did
+            console.warning(f"{failures_path(out)} lists {summary.failures} failed "
+                            "forecast(s)")
         return
     seconds = seconds_since_start()
     rate = summary.done / seconds if seconds else 0.0

@@ -35,6 +35,7 @@ def add_table_options(parser: Any) -> None:
                        help="forecast a series a model fails on (too short, not positive, no "
                        "fit) with this cheap model instead, in that model's columns "
                        "(statsforecast's fallback_model); the failures table keeps it, as "
-                       "'filled by fallback NAME: why', and the exit code stays 0")
+                       "'filled by fallback NAME: why', not counted as failed (a series the "
+                       "fallback fails on too is)")
     group.add_argument("--chunk-series", type=positive_int, metavar="N",
                        help="series per message (default: each model's own, ~0.1-1 s of work)")

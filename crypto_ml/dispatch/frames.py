@@ -53,7 +53,7 @@ def forecast_frame(df: pd.DataFrame | str | Path, settings: Settings,
     if (why := settings.horizon_problem(horizon)) is not None:
         raise ConfigError(f"horizon {why}")
     models = parse_models(model)
-    fallback = None if fallback_model is None else parse_fallback(fallback_model)
+    fallback = None if fallback_model is None else parse_fallback(fallback_model, models)
     max_points = _check_options(models, max_points, options)
     try:
         source = _source(df, columns)

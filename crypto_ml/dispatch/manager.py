@@ -227,7 +227,7 @@ class CryptoManager:
     def run_table(self, source: TableSource, output: TableOutput, plan: TablePlan,
                   on_progress: Callable[[int, int], None] = lambda done, failed: None,
                   timeout: float | None = DEFAULT_TIMEOUT, in_flight: int | None = None,
-                  on_skip: Callable[[int], None] | None = None) -> TableSummary:
+                  on_skip: Callable[[int, int], None] | None = None) -> TableSummary:
         """Forecast a checked long table into ``output`` (:mod:`crypto_ml.dispatch.table_run`):
         at most ``in_flight`` messages at a time (default: twice the embedded workers)."""
         from crypto_ml.dispatch.table_run import default_in_flight, run_table  # lazy: pyarrow

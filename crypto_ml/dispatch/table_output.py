@@ -44,9 +44,14 @@ PART = ".arrow"  # a finished chunk's file: Arrow IPC
 META_KEY = b"crypto_ml.run"
 
 
+def _filled(errors: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Which failure rows a fallback model filled (their error begins :data:`FILLED`)."""
+    return pc.starts_with(errors, FILLED)
+
+
 def failed_series(failures: pa.Table) -> set[str]:
-    """The ids in failure rows that no fallback model filled (:data:`FILLED`)."""
-    filled = pc.starts_with(failures.column("error"), FILLED)
+    """The ids in failure rows that no fallback model filled."""
+    filled = _filled(failures.column("error"))
     return set(failures.column("unique_id").filter(pc.invert(filled)).to_pylist())
 
 
@@ -84,9 +89,19 @@ def check_apart(out: Path, source: object) -> None:
                               "write the forecasts elsewhere")
 
 
+def _differing(had: Mapping[str, Any], want: Mapping[str, Any]) -> list[str]:
+    """The keys either run description holds whose values differ."""
+    return [k for k in dict.fromkeys([*want, *had]) if had.get(k) != want.get(k)]
+
+
 def _differences(had: Mapping[str, Any], want: Mapping[str, Any]) -> str:
-    keys = [k for k in dict.fromkeys([*want, *had]) if had.get(k) != want.get(k)]
-    return "; ".join(f"{k} was {had.get(k)!r}, now {want.get(k)!r}" for k in keys)
+    return "; ".join(f"{k} was {had.get(k)!r}, now {want.get(k)!r}"
+                     for k in _differing(had, want))
+
+
+#: A run description's keys as a job's body names them (:func:`run_differences`).
+RUN_WORDS = {"input": "input path", "models": "model (or its max_points)",
+             "fallback": "fallback_model", "columns": "id_col, time_col or value_col"}
 
 
 def run_differences(had: Mapping[str, Any], want: Mapping[str, Any]) -> list[str]:
@@ -94,12 +109,11 @@ def run_differences(had: Mapping[str, Any], want: Mapping[str, Any]) -> list[str
     manifest's keys, ``input path`` for the input's name, ``input contents`` for its state
     (size, time, files)."""
     def word(key: str) -> str:
-        if key == "input":
-            return "input path"
-        return "input contents" if key.startswith("input_") else key
+        if key.startswith("input_"):
+            return "input contents"
+        return RUN_WORDS.get(key, key)
 
-    keys = dict.fromkeys([*want, *had])
-    return list(dict.fromkeys(word(k) for k in keys if had.get(k) != want.get(k)))
+    return list(dict.fromkeys(word(k) for k in _differing(had, want)))
 
 
 def _text_columns(schema: pa.Schema) -> list[str]:
@@ -108,9 +122,15 @@ def _text_columns(schema: pa.Schema) -> list[str]:
     return [f.name for f in schema if pa.types.is_string(f.type)]
 
 
+def _aside(path: Path) -> Path:
+    """A name of this writer's own to write ``path`` under before renaming it: a process
+    paused mid-write (an API job resumed elsewhere meanwhile) cannot finish into another's."""
+    return path.with_name(f"{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+
+
 def _write_atomic(table: pa.Table, path: Path) -> None:
     """A part as an Arrow IPC file, on disk (fsync) before it takes its name."""
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = _aside(path)
     with open(tmp, "wb") as f:
         with pa.ipc.new_file(f, table.schema) as writer:
             writer.write_table(table)
@@ -210,12 +230,19 @@ class TableOutput:
         os.rename(earlier.parts, self.parts)
         self.next_attempt()
 
-    def kept_failures(self) -> int:
-        """Series that failed in the chunks the parts hold (what a resumed run counts as
-        failed before it sends anything)."""
-        return sum(len(failed_series(_read_part(p)))
-                   for p in self.parts.glob(f"failed-*{PART}")
-                   if (self.parts / p.name.replace("failed-", "chunk-", 1)).exists())
+    def failed_in(self, index: int) -> int:
+        """Series that failed (and were not filled) in chunk ``index``, which the parts hold
+        (what a resumed run counts as failed in the chunks it skips)."""
+        try:
+            return len(failed_series(_read_part(self.parts / f"failed-{index:08d}{PART}")))
+        except FileNotFoundError:
+            return 0
+
+    def failure_counts(self) -> tuple[int, int]:
+        """The failure rows of the finished OUT.failures.parquet, and those filled."""
+        errors = pq.read_table(self.failures, columns=["error"]).column("error")
+        filled = pc.sum(_filled(errors)).as_py() or 0
+        return len(errors) - filled, filled
 
     def write_chunk(self, index: int, table: pa.Table, failures: pa.Table) -> None:
         """Chunk ``index``'s rows and failures, each file wholly or not at all."""
@@ -237,10 +264,8 @@ class TableOutput:
                 (self.parts / f"chunk-{i:08d}{PART}" for i in chunks))
         failed = sorted(self.parts.glob(f"failed-*{PART}"))
         _concat(self.failures, _with_ids(FAILURES_SCHEMA, ids), failed)
-        errors = [_read_part(p).column("error") for p in failed]
-        filled = sum(pc.sum(pc.starts_with(e, FILLED)).as_py() or 0 for e in errors)
         shutil.rmtree(self.parts)
-        return sum(len(e) for e in errors) - filled, filled
+        return self.failure_counts()
 
 
 def _with_ids(schema: pa.Schema, ids: pa.DataType | None) -> pa.Schema:
@@ -250,7 +275,7 @@ def _with_ids(schema: pa.Schema, ids: pa.DataType | None) -> pa.Schema:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = _aside(path)
     tmp.write_text(text)
     os.replace(tmp, path)
 

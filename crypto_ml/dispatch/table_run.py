@@ -35,7 +35,15 @@ from crypto_ml.dispatch.report import failure_reason
 from crypto_ml.dispatch.table_output import FAILURES_SCHEMA, TableOutput, failed_series
 from crypto_ml.models import model_class
 from crypto_ml.models.intervals import level_key
-from crypto_ml.worker.chunks import TABLE_TASK_NAME, ModelSpec, chunk_kwargs, column, result_names
+from crypto_ml.worker.chunks import (
+    TABLE_TASK_NAME,
+    Chunk,
+    ModelSpec,
+    chunk_kwargs,
+    column,
+    failed_result,
+    result_names,
+)
 
 #: How a chunk's failure reads when its series are not the cause: a message the workers
 #: refused (every chunk fails alike), no result in time, revoked. A chunk that failed any
@@ -168,13 +176,14 @@ def run_table(app: Celery, source: TableSource, output: TableOutput, plan: Table
               on_progress: Callable[[int, int], None] = lambda done, failed: None,
               say: Callable[[str], None] = print, on_wait: Callable[[], None] = lambda: None,
               timeout: float | None = 3600.0, in_flight: int = 8,
-              on_skip: Callable[[int], None] | None = None,
+              on_skip: Callable[[int, int], None] | None = None,
               check_lost_every: float | None = None) -> TableSummary:
     """Forecast every series of ``source`` (checked) into ``output`` (see the module doc)."""
     info = source.info or source.check()
     summary = TableSummary(info.series)
     if output.finished():
         summary.already_complete = True
+        summary.failures, summary.filled = output.failure_counts()
         return summary
     done = output.done_chunks()
     run = _Run(Dispatcher(app, say, on_wait, check_lost_every), source, output, plan,
@@ -182,7 +191,7 @@ def run_table(app: Celery, source: TableSource, output: TableOutput, plan: Table
                on_progress, timeout, in_flight)
     total = 0
     try:
-        total = run.chunks(done, on_skip or (lambda n: on_progress(n, 0)))
+        total = run.chunks(done, on_skip or on_progress)
         if run.split:
             output.next_attempt()  # pass 1's run id is ended: a resume must not reuse it
             if not any(r.startswith(NO_RESULT) for r in summary.chunks_failed.values()):
@@ -219,7 +228,7 @@ class _Run:
     #: chunks that failed as a whole for what their series may cause: their sizes
     split: dict[int, int] = field(default_factory=dict)
 
-    def chunks(self, done: set[int], on_skip: Callable[[int], None]) -> int:
+    def chunks(self, done: set[int], on_skip: Callable[[int, int], None]) -> int:
         """Send every chunk not in ``done``, write what comes back; the number of chunks."""
         chunks: dict[int, SeriesChunk] = {}
         total = 0
@@ -230,7 +239,7 @@ class _Run:
                 total = chunk.index + 1
                 if chunk.index in done:
                     self.summary.skipped += len(chunk.ids)
-                    on_skip(len(chunk.ids))
+                    on_skip(len(chunk.ids), self.output.failed_in(chunk.index))
                     continue
                 chunks[chunk.index] = chunk
                 yield self._message(chunk, chunk.index)
@@ -313,12 +322,11 @@ class _Run:
         return chunk_table(self.plan, self.schema, self.kind, chunk, outcome.meta["result"])
 
     def _failed(self, one: SeriesChunk, reason: str) -> Piece:
-        """A one-series chunk that failed for ``reason``: its rows NaN, a failure per model."""
-        nan = [float("nan")] * self.plan.horizon
-        names = result_names(self.plan.levels)
-        return chunk_table(self.plan, self.schema, self.kind, one, {
-            "errors": [[0, m.model, reason] for m in self.plan.models],
-            "forecasts": {m.model: dict.fromkeys(names, nan) for m in self.plan.models}})
+        """A one-series chunk that failed for ``reason``: a failure per model, its rows NaN
+        or the fallback model's forecast."""
+        plan = self.plan
+        chunk = Chunk(plan.models, plan.horizon, plan.levels, [one.values], plan.fallback)
+        return chunk_table(plan, self.schema, self.kind, one, failed_result(chunk, reason))
 
     def _write_pieces(self, chunk: SeriesChunk, pieces: list[Piece | str]) -> None:
         lost = [p for p in pieces if isinstance(p, str)]

@@ -99,8 +99,9 @@ def check_option_values(models: Sequence[str], options: Mapping[str, object],
             raise ConfigError(f"{label.format(name)}: {exc}") from None
 
 
-def parse_models(spec: str | Sequence[str]) -> list[str]:
-    """``"lstm,gru"`` or ``["lstm"]`` -> validated model names, duplicates dropped."""
+def parse_models(spec: str | Sequence[str], offer: Sequence[str] = ()) -> list[str]:
+    """``"lstm,gru"`` or ``["lstm"]`` -> validated model names, duplicates dropped; an
+    unknown name's error offers ``offer`` (default: every model)."""
     given = spec.split(",") if isinstance(spec, str) else spec
     if not isinstance(given, Sequence) or not all(isinstance(m, str) for m in given):
         shown = next((m for m in (given if isinstance(given, Sequence) else [given])
@@ -111,23 +112,31 @@ def parse_models(spec: str | Sequence[str]) -> list[str]:
     known = model_names()
     for name in names:
         if name not in known:
-            raise UnknownModel(f"unknown model {name!r}; choose from {', '.join(known)}"
+            raise UnknownModel(f"unknown model {name!r}; choose from {', '.join(offer or known)}"
                                + _statsforecast_hint(name))
     if not names:
         raise UnknownModel(f"no model given; choose from {', '.join(known)}")
     return list(dict.fromkeys(names))
 
 
-def parse_fallback(spec: str | Sequence[str]) -> str:
-    """The model that forecasts a series another model fails on (statsforecast's
-    ``fallback_model``): one cheap model, since it runs inside each chunk's message."""
-    names = parse_models(spec)
+def parse_fallback(spec: str | Sequence[str], models: Sequence[str],
+                   label: str = "fallback_model") -> str:
+    """The model that forecasts a series one of ``models`` fails on (statsforecast's
+    ``fallback_model``): one cheap model, since it runs inside each chunk's message, and not
+    the only model (it would fail the same way). UnknownModel naming ``label`` otherwise."""
+    cheap = [m for m in REGISTRY if m not in HEAVY]
+    try:
+        names = parse_models(spec, cheap)
+    except UnknownModel as exc:
+        raise UnknownModel(f"{label}: {exc}") from None
     if len(names) != 1:
-        raise UnknownModel(f"a fallback model is one model, got {', '.join(names)}")
+        raise UnknownModel(f"{label}: a fallback is one model, got {', '.join(names)}")
     if names[0] in HEAVY:
-        cheap = ", ".join(m for m in REGISTRY if m not in HEAVY)
-        raise UnknownModel(f"the fallback model {names[0]!r} is a deep one; it runs inside "
-                           f"each chunk's message, so choose a cheap one: {cheap}")
+        raise UnknownModel(f"{label}: {names[0]!r} is a deep model; the fallback runs inside "
+                           f"each chunk's message, so choose a cheap one: {', '.join(cheap)}")
+    if list(models) == names:
+        raise UnknownModel(f"{label}: {names[0]!r} is the model it would stand in for; it "
+                           "would fail the same way, so choose another")
     return names[0]
 
 

@@ -21,7 +21,7 @@ The manager knows which series each row is (:mod:`crypto_ml.dispatch.table_run`)
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,11 +187,30 @@ def run_chunk(chunk: Chunk, worker: str, binary: bool = False) -> dict[str, Any]
     """Every model of ``chunk`` over its series: the result, its columns float64 bytes when
     ``binary`` (a msgpack result backend) and lists of floats otherwise (JSON)."""
     started = time.perf_counter()
+    result = _result(chunk, lambda spec: _predict(spec, chunk.series, chunk), binary)
+    return {**result, "fit_seconds": round(time.perf_counter() - started, 6), "worker": worker}
+
+
+def failed_result(chunk: Chunk, reason: str) -> dict[str, Any]:
+    """The result of a chunk whose message failed as a whole for ``reason`` (past the time
+    limit, its worker lost): every model failed on every series, which the fallback model,
+    if any, forecasts instead (the sender runs it: cheap, and rare)."""
+    def failed(spec: ModelSpec) -> BatchPrediction:
+        n, h = len(chunk.series), chunk.horizon
+        return BatchPrediction(np.full((n, h), np.nan),
+                               {level_key(lv): (np.full((n, h), np.nan), np.full((n, h), np.nan))
+                                for lv in chunk.levels}, dict.fromkeys(range(n), reason))
+
+    return _result(chunk, failed, binary=False)
+
+
+def _result(chunk: Chunk, predict: Callable[[ModelSpec], BatchPrediction], binary: bool
+            ) -> dict[str, Any]:
     forecasts: dict[str, dict[str, list[float] | bytes]] = {}
     errors: list[list[Any]] = []
     for spec in chunk.models:
-        out = _predict(spec, chunk.series, chunk)
-        if chunk.fallback is not None and out.errors:
+        out = predict(spec)
+        if chunk.fallback is not None and out.errors and chunk.fallback.model != spec.model:
             _fill(out, chunk.fallback, chunk)
         columns = {"mean": _floats(out.forecast, binary)}
         for level in chunk.levels:
@@ -200,5 +219,4 @@ def run_chunk(chunk: Chunk, worker: str, binary: bool = False) -> dict[str, Any]
             columns[f"hi-{level_key(level)}"] = _floats(upper, binary)
         forecasts[spec.model] = columns
         errors += [[row, spec.model, reason] for row, reason in sorted(out.errors.items())]
-    return {"rows": len(chunk.series), "forecasts": forecasts, "errors": errors,
-            "fit_seconds": round(time.perf_counter() - started, 6), "worker": worker}
+    return {"rows": len(chunk.series), "forecasts": forecasts, "errors": errors}

@@ -1,0 +1,128 @@
+"""What table jobs keep in the shared jobs folder (``CRYPTO_ML_API_JOBS_DIR``), beside their
+outputs: a failed job's finished chunks, handed to the job that resumes it; and the
+clearing of what jobs left that nobody can resume any more.
+
+A resume takes the old job's parts folder by renaming it (:meth:`~crypto_ml.dispatch.
+table_output.TableOutput.take_parts`): the rename is what lets one job only have them (two
+replicas racing, one rename succeeds), so it comes after the new job's record is written and
+before the old job is marked ``:resumed`` (:meth:`~crypto_ml.api.job_store.JobStore.
+mark_resumed`), which only tells readers who took them. A failure anywhere before the rename
+leaves the chunks where they were, for the next resume; a mark naming a job that never took
+them (its POST failed after marking, or its replica died) does not block one either.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from crypto_ml.core.errors import ConfigError, DataNotFound, JobConflict, OutputMismatch
+from crypto_ml.dispatch.table_output import TableOutput, run_differences
+
+from .job_store import ACTIVE, JobStore, status_of
+
+log = logging.getLogger(__name__)
+JOB_ID = r"^[0-9a-f]{32}$"
+_ID = re.compile(JOB_ID)
+#: what a job leaves beside the outputs: its parts folder, its outputs half joined
+_LEFT = re.compile(r"^\.([0-9a-f]{32})(?:\.parquet\.parts|(?:\.failures)?\.parquet\.tmp)$")
+
+
+def output_of(folder: Path, job_id: str, run: dict[str, Any]) -> TableOutput:
+    """Job ``job_id``'s output (``<id>.parquet``, its parts beside it), for the run ``run``."""
+    return TableOutput(folder / f"{job_id}.parquet", run)
+
+
+def resumable(store: JobStore, folder: Path, old: str) -> dict[str, Any]:
+    """The record of job ``old`` if it may be resumed (checked before the input is read):
+    ConfigError when there is none, JobConflict when it did not fail or another job took
+    its chunks."""
+    record = store.read(old)
+    if record is None:
+        raise ConfigError(f"resume: no job {old!r} (unknown, or its record expired after "
+                          "CRYPTO_ML_RESULT_EXPIRES, and its finished chunks with it)")
+    status = status_of(record)["status"]
+    if status != "failed":
+        gone = ": a cancelled job's chunks are deleted" if status == "cancelled" else ""
+        raise JobConflict(f"resume: job {old} is {status}; only a failed job can be "
+                          f"resumed{gone}")
+    by = store.resumed_by(old)
+    if by is not None and not output_of(folder, old, {}).parts.exists():
+        raise JobConflict(f"resume: job {old} was resumed already, as job {by} "
+                          f"(/v1/jobs/{by})")
+    return record
+
+
+def same_run(record: dict[str, Any], output: TableOutput, earlier: TableOutput) -> bool:
+    """Whether ``earlier`` (the old job's output) left chunks; ConfigError naming what
+    differs when the old job (its record, its chunks' manifest) ran another body or input."""
+    try:
+        if "run" in record and (differ := run_differences(record["run"], output.run)):
+            raise OutputMismatch(", ".join(differ))
+        return output.held_by(earlier)
+    except OutputMismatch as exc:
+        raise ConfigError(f"resume: job {record['id']} ran another body or input; what "
+                          f"differs: {exc}. POST the body it ran, or leave out resume") from None
+
+
+def take_over(store: JobStore, old: str, new: str, output: TableOutput, earlier: TableOutput,
+              kept: bool, not_started: Callable[[str], None]) -> None:
+    """Give job ``new`` (its record written) the chunks of ``old``; JobConflict when another
+    job took them first, after ``not_started(why)`` has recorded ``new`` as never run."""
+    try:
+        if kept:
+            output.take_parts(earlier)  # FileNotFoundError: another job renamed them first
+        won = kept or store.claim(old, new) is None  # no chunks to rename: the mark decides
+    except FileNotFoundError:
+        won = False
+    except OSError as exc:  # the shared folder refused: nothing moved
+        not_started(f"could not take job {old}'s chunks")
+        raise DataNotFound(f"resume: could not take job {old}'s finished chunks "
+                           f"({exc.strerror or type(exc).__name__}); POST again") from None
+    if not won:
+        taken = f"another job took job {old}'s finished chunks first"
+        not_started(taken)
+        by = store.resumed_by(old)
+        raise JobConflict(f"resume: {taken}" + (f": job {by} (/v1/jobs/{by})" if by else ""))
+    if kept:
+        try:
+            store.mark_resumed(old, new)
+        except redis.RedisError as exc:  # the chunks are the new job's: it runs all the same
+            log.warning("job %s took job %s's chunks but could not say so (%s)", new, old, exc)
+
+
+def sweep(store: JobStore, folder: Path, expires: int) -> None:
+    """Remove what jobs left that nobody can run or resume any more: the finished chunks
+    (``.<id>.parquet.parts``), half-joined outputs and S3 copies (``inputs/<id>``) of jobs
+    whose records expired and that nothing touched for as long as a record lives (a running
+    job whose record a Redis restart dropped writes its chunks still); and the S3 copies of
+    jobs recorded as ended (a resume copies its input again). Never fails a POST."""
+    try:
+        found = [(m.group(1), p) for p in folder.iterdir() if (m := _LEFT.fullmatch(p.name))]
+        copies = folder / "inputs"
+        if copies.is_dir():
+            found += [(p.name, p) for p in copies.iterdir() if _ID.fullmatch(p.name)]
+        ids = sorted({job_id for job_id, _ in found})
+        records = dict(zip(ids, store.records(ids), strict=True))
+    except (OSError, redis.RedisError) as exc:
+        log.warning("could not look for what ended jobs left in %s (%s)", folder, exc)
+        return
+    expired_before = time.time() - expires
+    for job_id, path in found:
+        record = records[job_id]
+        ended = record is not None and record["status"] not in ACTIVE  # as stored: a paused
+        try:  # replica's job reads failed, but may yet go on
+            if ((record is None and path.stat().st_mtime < expired_before)
+                    or (ended and path.parent == copies)):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        except FileNotFoundError:  # another replica's POST removed it first
+            continue
+        except OSError as exc:
+            log.warning("could not remove %s (%s)", path, exc)
