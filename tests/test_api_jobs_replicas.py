@@ -87,6 +87,14 @@ def post(server: Server, body: dict[str, Any]) -> str:
     return str(accepted["id"])
 
 
+def long_job(server: Server, observer: Server) -> str:
+    """A long ets job POSTed to ``server``, once ``observer`` sees its first chunk back."""
+    job_id = post(server, {"input": "long.parquet", "model": "ets"})
+    wait_until(lambda: state(observer, job_id)["done"] > 0, 60,
+               "the job's first chunk, seen from another replica")
+    return job_id
+
+
 def record(cluster: LocalCluster, job_id: str) -> dict[str, Any]:
     with cluster.client() as admin:
         return dict(json.loads(admin.get(f"crypto_ml:job:{job_id}")))
@@ -114,8 +122,7 @@ def test_delete_on_another_replica_stops_the_run_and_revokes_its_work(
         replicas: dict[str, Server], cluster: LocalCluster) -> None:
     a, b = replicas["A"], replicas["B"]
     before = _stored_values(cluster)  # what other jobs left (a killed replica's, to expire)
-    job_id = post(a, {"input": "long.parquet", "model": "ets"})
-    wait_until(lambda: state(b, job_id)["done"] > 0, 60, "the job's first chunk, seen from B")
+    job_id = long_job(a, b)
     status, reply = call(f"{b.url}/v1/jobs/{job_id}", method="DELETE")
     assert status == 200 and reply["id"] == job_id, reply
     wait_until(lambda: state(a, job_id)["status"] in ENDED, 30, "A's run to stop")
@@ -137,8 +144,7 @@ def _stored_values(cluster: LocalCluster) -> set[bytes]:
 def test_a_job_whose_replica_is_killed_is_reported_failed_by_another(
         replicas: dict[str, Server], cluster: LocalCluster) -> None:
     b, c = replicas["B"], replicas["C"]
-    job_id = post(c, {"input": "long.parquet", "model": "ets"})
-    wait_until(lambda: state(b, job_id)["done"] > 0, 60, "the job's first chunk, seen from B")
+    job_id = long_job(c, b)
     os.killpg(c.proc.pid, signal.SIGKILL)  # no shutdown: its record is left "running"
     c.proc.wait(10)
     assert record(cluster, job_id)["status"] == "running"
@@ -167,8 +173,7 @@ def test_a_job_whose_replica_is_killed_is_reported_failed_by_another(
 def test_a_replica_shutting_down_stops_its_jobs_and_records_them_failed(
         replicas: dict[str, Server], cluster: LocalCluster) -> None:
     b, d = replicas["B"], replicas["D"]
-    job_id = post(d, {"input": "long.parquet", "model": "ets"})
-    wait_until(lambda: state(b, job_id)["done"] > 0, 60, "the job's first chunk, seen from B")
+    job_id = long_job(d, b)
     terminate(d.proc)  # SIGTERM: the server stops its jobs, then exits
     assert d.proc.returncode == 0, d.log.read_text()[-2000:]
     final = state(b, job_id)  # at once: no heartbeat to wait for
@@ -222,8 +227,7 @@ def test_what_ended_jobs_left_goes_with_a_later_post(replicas: dict[str, Server]
 def test_a_job_resumed_while_its_replica_was_paused_goes_on_when_it_wakes(
         replicas: dict[str, Server], cluster: LocalCluster) -> None:
     b, e = replicas["B"], replicas["E"]
-    job_id = post(e, {"input": "long.parquet", "model": "ets"})
-    wait_until(lambda: state(b, job_id)["done"] > 0, 60, "the job's first chunk, seen from B")
+    job_id = long_job(e, b)
     e.proc.send_signal(signal.SIGSTOP)  # a frozen VM, a network split: not dead
     try:
         wait_until(lambda: state(b, job_id)["status"] == "failed", 30, "B to see E silent")

@@ -591,6 +591,16 @@ def _plan_and_rows(tmp_path: Path, numbered: bool = False
     return plan, source, parts
 
 
+def _written(out: Path, plan: TablePlan, source: TableSource, parts: list,
+             ids: pa.DataType | None = None) -> None:
+    """``parts`` written to ``out`` by one uninterrupted run."""
+    output = TableOutput(out, plan.describe(source))
+    output.done_chunks()
+    for part in parts:
+        output.write_chunk(*part)
+    output.finish(plan.schema("date"), range(len(parts)), ids)
+
+
 def test_an_interrupted_output_resumes_and_ends_as_an_uninterrupted_one(tmp_path: Path) -> None:
     plan, source, parts = _plan_and_rows(tmp_path)
     schema = plan.schema("date")
@@ -621,11 +631,7 @@ def test_a_stopped_run_s_parts_go_on_under_another_name_only_for_the_same_run(
     uninterrupted run's; parts of another run are refused, naming what differs."""
     plan, source, parts = _plan_and_rows(tmp_path)
     schema = plan.schema("date")
-    whole = TableOutput(tmp_path / "whole.parquet", plan.describe(source))
-    whole.done_chunks()
-    for part in parts:
-        whole.write_chunk(*part)
-    whole.finish(schema, range(len(parts)))
+    _written(tmp_path / "whole.parquet", plan, source, parts)
     stopped = TableOutput(tmp_path / "old.parquet", plan.describe(source))
     stopped.done_chunks()
     index, rows, _ = parts[1]
@@ -657,11 +663,7 @@ def test_a_stopped_run_s_parts_go_on_under_another_name_only_for_the_same_run(
 def test_integer_ids_come_back_as_integers(tmp_path: Path) -> None:
     plan, source, parts = _plan_and_rows(tmp_path, numbered=True)
     assert source.info is not None and source.info.id_type == pa.int64()
-    out = TableOutput(tmp_path / "o.parquet", plan.describe(source))
-    out.done_chunks()
-    for part in parts:
-        out.write_chunk(*part)
-    out.finish(plan.schema("date"), range(len(parts)), source.info.id_type)
+    _written(tmp_path / "o.parquet", plan, source, parts, source.info.id_type)
     got = pq.read_table(tmp_path / "o.parquet")
     assert got.schema.field("unique_id").type == pa.int64()
     assert got.column("unique_id").to_pylist() == sorted(np.repeat(np.arange(9), 4).tolist())
