@@ -163,14 +163,14 @@ def test_a_table_runs_progress_counts_series_and_rates_only_this_runs(
     caplog.set_level(logging.INFO, logger="crypto_ml.progress")
     progress, clock = TableProgress(100, quiet=False), Clock()
     progress.clock, progress.started_at = clock, clock.now
-    progress.skip(50)
+    progress.skip(50, 4)  # written by an earlier run, 4 of them with a failed forecast
     clock.now += 10.0
     progress(25, 5)  # 25 series written, 5 of them with a failed forecast
     progress(0, 25)  # a chunk that did not come back
     lines = [r.getMessage() for r in caplog.records if r.name == "crypto_ml.progress"]
-    assert lines == ["progress: 50/100 series: 50 done, 0 failed, 0 series/s, ETA --",
-                     "progress: 75/100 series: 70 done, 5 failed, 2 series/s, ETA 0:10",
-                     "progress: 100/100 series: 70 done, 30 failed, 5 series/s, ETA 0:00"]
+    assert lines == ["progress: 50/100 series: 46 done, 4 failed, 0 series/s, ETA --",
+                     "progress: 75/100 series: 66 done, 9 failed, 2 series/s, ETA 0:10",
+                     "progress: 100/100 series: 66 done, 34 failed, 5 series/s, ETA 0:00"]
 
 
 # summary and logs ----------------------------------------------------------------------------
