@@ -4,7 +4,11 @@
 * :mod:`crypto_ml.api.routes`: the routes, one router per concern;
 * :mod:`crypto_ml.api.schemas`: request and response bodies;
 * :mod:`crypto_ml.api.service`: body checks and where runs go (cluster or in-process);
-* :mod:`crypto_ml.api.metrics`: Prometheus metrics.
+* :mod:`crypto_ml.api.metrics`: Prometheus metrics;
+* :mod:`crypto_ml.api.jobs`: table jobs (``/v1/jobs``), run by threads of the API process;
+  :mod:`crypto_ml.api.job_store` their records in Redis, :mod:`crypto_ml.api.job_files` their
+  chunks on the shared jobs folder (resume, clean-up), :mod:`crypto_ml.api.inputs` their input
+  (a path of the data directory, or S3).
 
 The command (embedded cluster when no broker is set) is :mod:`crypto_ml.api.__main__`,
 an entry point above every layer. Dispatch goes through
