@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 from conftest import ROOT, cli_env, run_cli
 from fault_helpers import META_PREFIX, app_for, stop_consuming, wait_for_drained, worker_logs
@@ -130,6 +131,26 @@ def _stopped_after_three_chunks(args: list[str], out: Path, sig: signal.Signals
     finally:
         _, err = run.communicate(timeout=30)
     return run.returncode, err
+
+
+def test_a_killed_manager_s_embedded_cluster_ends_with_it(tmp_path: Path) -> None:
+    """SIGKILL of a run on the embedded cluster (no broker set): its Redis and workers go too.
+    Before, the workers' warm shutdown waited on the dead Redis and they stayed, orphaned."""
+    table = write_parquet(random_walks(3000, 60, seed=5), tmp_path / "slow.parquet")
+    out = tmp_path / "out.parquet"
+    parts = out.with_name(f".{out.name}.parts")
+    run = _start(["send-tasks", "--input", str(table), "--output", str(out), "--model", "ets"])
+    try:
+        wait_until(lambda: any(parts.glob("chunk-*.arrow")) or run.poll() is not None, 120,
+                   "a first chunk written")
+        cluster = psutil.Process(run.pid).children(recursive=True)
+        assert len(cluster) >= 3  # a Redis and two workers at least
+        run.kill()
+    finally:
+        run.communicate(timeout=30)
+    wait_until(lambda: not [p for p in cluster if p.is_running()
+                            and p.status() != psutil.STATUS_ZOMBIE], 30,
+               "the embedded cluster's processes to end with their manager")
 
 
 def test_a_killed_manager_resumes_without_recomputing_or_doubling(

@@ -37,6 +37,7 @@ from crypto_ml.core.settings import Settings, threads_env
 from crypto_ml.ops.flower import FlowerProcess
 from crypto_ml.ops.processes import free_port, kill_all, spawn, terminate, wait_until
 from crypto_ml.worker.liveness import hostname_of
+from crypto_ml.worker.nodes import PARENT_ENV
 from crypto_ml.worker.nodes import command as worker_command
 
 READY_TIMEOUT = 60.0
@@ -172,7 +173,7 @@ class LocalCluster:
     def worker_env(self) -> dict[str, str]:
         # the workers share this machine's cores: math threads per worker, unless set already
         env = {**threads_env(os.cpu_count() or 1, self.n_workers), **self.env,
-               "CRYPTO_ML_BROKER_URL": self.url_for("worker")}
+               "CRYPTO_ML_BROKER_URL": self.url_for("worker"), PARENT_ENV: str(os.getpid())}
         env.pop("CRYPTO_ML_RESULT_BACKEND", None)
         if self.flower_settings is not None:  # Flower shows tasks from their first moment
             env["CRYPTO_ML_TASK_EVENTS"] = "1"

@@ -34,6 +34,12 @@ CGROUP = Path("/sys/fs/cgroup")
 LAUNCHER = "crypto_ml.worker.launch"
 
 
+#: Set by the embedded cluster (:mod:`crypto_ml.dispatch.cluster`) on its workers to the pid of
+#: the process that owns it: a worker ends when that process is gone
+#: (:func:`crypto_ml.worker.launch.end_with`).
+PARENT_ENV = "CRYPTO_ML_EMBEDDED_PARENT"
+
+
 def command(hostname: str, queues: str, concurrency: int, loglevel: str = "INFO",
             extra: Sequence[str] = (), *, mingle: bool = True) -> list[str]:
     """One worker's command line: ``python -m crypto_ml.worker.launch`` (its first three items),
