@@ -327,6 +327,10 @@ def test_only_the_job_that_renames_a_failed_job_s_chunks_takes_them(
         take_over(store, old, second, late, earlier, True, unstarted.append)
     assert unstarted == [f"another job took job {old}'s finished chunks first"]
     assert output.parts.is_dir() and not late.parts.exists()
+    refused = {**store.read(old), "id": first, "resumable": False}  # its chunks were refused
+    store.write(refused)
+    with pytest.raises(JobConflict, match="fix the body and POST it without resume"):
+        resumable(store, tmp_path, first)
 
 
 def test_an_in_process_server_has_no_jobs_and_says_why(tmp_path: Path) -> None:

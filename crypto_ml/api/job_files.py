@@ -53,6 +53,10 @@ def resumable(store: JobStore, folder: Path, old: str) -> dict[str, Any]:
         gone = ": a cancelled job's chunks are deleted" if status == "cancelled" else ""
         raise JobConflict(f"resume: job {old} is {status}; only a failed job can be "
                           f"resumed{gone}")
+    if record.get("resumable") is False:
+        raise JobConflict(f"resume: job {old} failed as any run of its body would (the "
+                          "workers refused its chunks, or it never started): fix the body "
+                          "and POST it without resume")
     by = store.resumed_by(old)
     if by is not None and not output_of(folder, old, {}).parts.exists():
         raise JobConflict(f"resume: job {old} was resumed already, as job {by} "

@@ -105,15 +105,16 @@ RUN_WORDS = {"input": "input path", "models": "model (or its max_points)",
 
 
 def run_differences(had: Mapping[str, Any], want: Mapping[str, Any]) -> list[str]:
-    """What differs between two runs' descriptions, in words that show no server path: the
-    manifest's keys, ``input path`` for the input's name, ``input contents`` for its state
-    (size, time, files)."""
+    """What differs between two runs' descriptions, in words that show no server path and
+    name a job body's fields (:data:`RUN_WORDS`; ``input contents`` for the input's size, time
+    or files; not the chunk size, which follows the models)."""
     def word(key: str) -> str:
         if key.startswith("input_"):
             return "input contents"
         return RUN_WORDS.get(key, key)
 
-    return list(dict.fromkeys(word(k) for k in _differing(had, want)))
+    return list(dict.fromkeys(word(k) for k in _differing(had, want)
+                              if k != "chunk_series"))  # follows the models
 
 
 def _text_columns(schema: pa.Schema) -> list[str]:
