@@ -17,11 +17,11 @@ stopped answering for ``3 * CRYPTO_ML_DEAD_AFTER_SECONDS`` is reported failed; o
 replica shuts down (SIGTERM: a rollout, a scale-down) is stopped, its queued work revoked,
 and recorded failed. A failed job keeps its finished chunks (the parts of its table run)
 while its record lives: POSTing the same body with ``"resume": "<its id>"`` starts a new job
-that takes them and computes only the rest, once (the old job's ``:resumed`` key is set with
-``SET NX``) under a new run id, so that the old run, were its process only paused, ends
-without touching it (that process stops its run when it sees the job was resumed). A cancelled
-job's chunks go. What jobs left that nobody can resume any more (chunks, half-joined outputs,
-S3 copies) is removed by a later ``POST`` (:mod:`crypto_ml.api.job_files`).
+that takes them and computes only the rest, once (the rename of the parts folder decides which
+job takes them: :mod:`crypto_ml.api.job_files`) under a new run id, so that the old run,
+were its process only paused, ends without touching it (that process stops its run when it
+sees the job was resumed). A cancelled job's chunks go. What jobs left that nobody can
+resume any more (chunks, half-joined outputs, S3 copies) is removed by a later ``POST``.
 """
 
 from __future__ import annotations
