@@ -330,14 +330,15 @@ class Nemesis:
 # --- the checker ----------------------------------------------------------------------------
 def done_times(cluster: NemesisCluster, history: History) -> dict[str, list[float]]:
     """Each worker's finished tasks, in history seconds, from its log."""
-    times: dict[str, list[float]] = {}
-    for index, name in enumerate(cluster.worker_names):
-        log = cluster.workdir / f"worker{index + 1}.log"
-        stamps = (datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S,%f").timestamp()
-                  for m in map(DONE_LINE.match, log.read_text(errors="replace").splitlines())
-                  if m)
-        times[name] = sorted(wall - history.started_wall for wall in stamps)
-    return times
+    return {name: sorted(wall - history.started_wall
+                         for wall in served(cluster.workdir / f"worker{index + 1}.log"))
+            for index, name in enumerate(cluster.worker_names)}
+
+
+def served(log: Path) -> list[float]:
+    """When the worker logging to ``log`` finished its tasks (epoch seconds)."""
+    return [datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            for m in map(DONE_LINE.match, log.read_text(errors="replace").splitlines()) if m]
 
 
 def recoveries(events: list[dict[str, object]], served: dict[str, list[float]],

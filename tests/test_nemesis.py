@@ -31,11 +31,15 @@ from nemesis import (
     NemesisCluster,
     check_output,
     done_times,
+    group_of,
     recoveries,
     schedule,
+    served,
 )
 from partition import Partitions, unavailable
 from table_support import coin_windows, write_parquet
+
+from crypto_ml.ops.processes import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -123,3 +127,35 @@ def test_twenty_mixed_faults_over_a_100k_series_run(
                           series=int(os.environ.get("CRYPTO_ML_NEMESIS_SERIES", "100000")),
                           faults=faults, seed=int(os.environ.get("CRYPTO_ML_NEMESIS_SEED", "7")))
     assert verdict["faults"] >= faults and all(verdict["by_kind"].values())  # type: ignore[attr-defined]
+
+
+@pytest.mark.nemesis
+def test_a_worker_cut_off_for_a_minute_serves_again_within_seconds_of_the_heal(
+        partitions: Partitions, real_data: Path, tmp_path: Path) -> None:
+    # Over a cut link TCP backs off its retransmissions; after 60 s cut, the first one that
+    # gets through comes about 40 s after the heal. The worker's Redis connections time out
+    # instead (core/sentinel.py: link_options) and connect again as soon as they can.
+    table = write_parquet(coin_windows(real_data, 100_000, LENGTH), tmp_path / "table.parquet")
+    with NemesisCluster(partitions, workers=2) as cluster:
+        cut, log = group_of(cluster.worker_names[0]), cluster.workdir / "worker1.log"
+        manager = subprocess.Popen(
+            [sys.executable, "-m", "crypto_ml", "send-tasks", "--input", str(table), "--model",
+             MODEL, "--horizon", str(HORIZON), "--broker", cluster.broker_url, "--output",
+             str(tmp_path / "out.parquet")], cwd=ROOT, env=cli_env(real_data),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_until(lambda: bool(served(log)), 120, "the worker's first chunk",
+                       alive=lambda: manager.poll() is not None and "the run ended")
+            partitions.cut(cut)
+            time.sleep(60)  # the fault itself: a minute without a network
+            partitions.heal(cut)
+            healed = time.time()
+            wait_until(lambda: any(t > healed for t in served(log)), 60,
+                       "the worker serving again", alive=lambda: manager.poll() is not None
+                       and "the run ended before the worker served again")
+            back = min(t for t in served(log) if t > healed) - healed
+        finally:
+            manager.kill()
+            manager.wait()
+    assert back <= 20, f"the worker served again {back:.1f} s after the link healed"
+

@@ -19,7 +19,7 @@ from kombu import Queue
 from crypto_ml.core.acl import check_credentials, restores_unacked
 from crypto_ml.core.errors import BrokerAuthFailed, ConfigError
 from crypto_ml.core.logs import use_format
-from crypto_ml.core.sentinel import transport_options
+from crypto_ml.core.sentinel import CONNECT_TIMEOUT, SOCKET_TIMEOUT, link_options, transport_options
 from crypto_ml.core.settings import Settings, threads_env
 from crypto_ml.models import HEAVY
 from crypto_ml.models.rnn import warm_up
@@ -81,9 +81,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Flower consume only control replies and events (acknowledged at once), and their
         # Redis users may not write a task queue (crypto_ml/core/acl.py).
         "ack_emulation": restores_unacked(settings.broker_url),
-        "socket_connect_timeout": 5,
-        "socket_keepalive": True,
-        "health_check_interval": 25,
+        # a worker cut off the network finds out within seconds and connects again once the
+        # link heals (core/sentinel.py: link_options)
+        **link_options(),
         **transport_options(settings.broker_url, settings.sentinel_master,
                             settings.sentinel_password),
     }
@@ -93,11 +93,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_use_ssl": _tls_options(settings.broker_url),
         "redis_backend_use_ssl": _tls_options(settings.backend_url or ""),
         "broker_transport_options": transport,
-        "result_backend_transport_options": {
-            "socket_connect_timeout": 5,
-            **transport_options(settings.backend_url, settings.sentinel_master,
-                                settings.sentinel_password)},
-        "redis_socket_connect_timeout": 5,
+        "result_backend_transport_options": transport_options(
+            settings.backend_url, settings.sentinel_master, settings.sentinel_password),
+        "redis_socket_connect_timeout": CONNECT_TIMEOUT,
+        # Celery's default is 120 s: a worker storing a result over a cut link would wait
+        # that long (the retransmission backoff, nearly as long) before trying again
+        "redis_socket_timeout": SOCKET_TIMEOUT,
+        "redis_socket_keepalive": True,
         "broker_connection_retry_on_startup": True,
         "task_serializer": settings.serializer,
         "result_serializer": settings.serializer,
