@@ -207,12 +207,14 @@ OVERGRANTS = (
     ("manager", ("HDEL", "unacked", "t")),
     ("manager", ("ZADD", "unacked_index", "1", "t")),
     ("manager", ("LPUSH", "x.reply.celery.pidbox", "forged reply")),
+    ("manager", ("HSET", "crypto_ml:slots", "w1@host/1/a", "64 0")),  # inflating its own limit
+    ("manager", ("DEL", "crypto_ml:slots")),
 )
 WIDER_ON_6 = {("flower", "BRPOP", "cpu"), ("flower", "DEL", "gpu"),
               ("manager", "SET", "celery-task-meta-abc"),
               ("manager", "SET", "crypto_ml:deliveries:abc"), ("manager", "BRPOP", "cpu"),
               ("manager", "DEL", "cpu"), ("manager", "DEL", "unacked"),
-              ("manager", "LPUSH", "x.reply.celery.pidbox")}
+              ("manager", "LPUSH", "x.reply.celery.pidbox"), ("manager", "DEL", "crypto_ml:slots")}
 
 
 def test_flower_and_the_manager_are_refused_what_a_review_found_them_allowed(

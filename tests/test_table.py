@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -827,3 +828,18 @@ def test_quiet_still_says_where_the_failures_are(tmp_path: Path,
     assert [r.getMessage() for r in caplog.records] == [
         f"wrote {tmp_path / 'o.parquet'} and {tmp_path / 'o.failures.parquet'} "
         "(1 failed forecast(s))"]
+
+
+def test_a_table_run_s_messages_in_flight_follow_the_workers_that_beat_of_late() -> None:
+    from crypto_ml.dispatch.capacity import default_in_flight, live_slots
+
+    now = time.time()
+
+    class Beats:  # what HGETALL crypto_ml:slots answers
+        def hgetall(self, key: str) -> dict[bytes, bytes]:
+            assert key == "crypto_ml:slots"
+            return {b"w1": f"2 {now - 1}".encode(), b"w2": f"3 {now - 2}".encode(),
+                    b"gone": f"8 {now - 300}".encode(), b"odd": b"not a beat"}
+
+    assert live_slots(Beats()) == 5
+    assert [default_in_flight(n) for n in (0, 1, 2, 5)] == [4, 4, 4, 10]

@@ -364,3 +364,40 @@ def test_values_a_restarted_redis_lost_are_stored_again(tmp_path: Path) -> None:
     assert stderr.count("again and resent it: its worker found them gone from Redis") == 3
     got = pd.read_parquet(out)
     assert len(got) == 300 * 3 and got["unique_id"].nunique() == 300
+
+
+def test_a_table_run_feeds_workers_that_join_it_two_messages_each(
+        price_data: Path, tmp_path: Path) -> None:
+    # the manager's own machine says nothing of a remote cluster's size (CRYPTO_ML_WORKERS=1
+    # here): the live workers' heartbeats do, read again as the run goes
+    table = write_parquet(coin_windows(price_data, 6000, 60), tmp_path / "in.parquet")
+    with LocalCluster(workers=1) as cluster:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "crypto_ml", "send-tasks", "--input", str(table), "--output",
+             str(tmp_path / "out.parquet"), "--model", "theta", "--chunk-series", "10",
+             "--broker", cluster.url_for("manager")], cwd=ROOT,
+            env=cli_env(env={"CRYPTO_ML_WORKERS": "1"}), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
+        seen: list[int] = []
+
+        def in_flight() -> int:  # queued, or taken by a worker
+            with cluster.client() as client:
+                seen.append(client.llen("cpu") + client.hlen("unacked"))
+            return seen[-1]
+
+        try:
+            wait_until(lambda: in_flight() > 0, 120, "the run's first message")
+            alone = max(in_flight() for _ in range(50))
+            joined = [cluster.add_worker() for _ in range(3)]
+            wait_until(lambda: in_flight() > 4, 120, "more messages in flight for 4 workers",
+                       alive=lambda: run.poll() is not None and "the run ended")
+            wait_until(lambda: all(f"{name}" in worker_logs(cluster) for name in joined), 60,
+                       "the workers that joined starting")
+            _, err = run.communicate(timeout=300)
+        finally:
+            run.kill()
+        served = [len(re.findall(r"task \S+ done", (cluster.workdir / f"worker{i}.log")
+                                 .read_text(errors="replace"))) for i in (2, 3, 4)]
+    assert run.returncode == 0, err
+    assert alone <= 4 < max(seen) <= 8, (alone, max(seen))
+    assert all(served), f"tasks done by the workers that joined: {served}"

@@ -168,7 +168,7 @@ _RUNS = keys.pattern(keys.RUN)  # the API's saved runs
 _JOBS = keys.pattern(keys.JOB)  # the API's table jobs (crypto_ml/api/job_store.py)
 _MODELS = keys.pattern(keys.MODEL)  # the model store (trained models, workers only)
 _PAYLOADS = keys.pattern(keys.PAYLOAD)  # a table chunk's values, beside its message (worker/chunks.py)
-_LIVENESS = (keys.WORKERS, keys.pattern(keys.WORKER))  # heartbeats and held messages
+_LIVENESS = (keys.WORKERS, keys.pattern(keys.WORKER), keys.SLOTS)  # heartbeats, held messages
 # Pub/Sub: kombu's fanout exchanges on database 0. PSUBSCRIBE patterns must be allowed
 # literally, so these are the exact patterns kombu subscribes to (a worker's gossip
 # listens to /0.celeryev/worker.*).
@@ -224,6 +224,9 @@ MANAGER = Role(
         # read results, free them and their delivery counts (one DEL); never write them
         Grant(("get", "mget", "exists", "del"), (_RESULTS, _DELIVERIES)),
         Grant(("set",), (_CLOSED,)),  # a run's end (SET EX), read by workers
+        # how many tasks the live workers run at once: a table run's messages in flight
+        # (crypto_ml/dispatch/capacity.py)
+        Grant(("hgetall",), (keys.SLOTS,), read_only=True),
         Grant(("set", "del"), (_PAYLOADS,)),  # a table chunk's values (SET EX), freed once read
         Grant(("set", "get"), (_RUNS,)),  # the API's saved runs
         # the API's table jobs: a record and a cancel flag each (SET EX), read by any

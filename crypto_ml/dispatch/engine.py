@@ -71,6 +71,8 @@ class Outcome:
 
 #: How the reason of a message that timed out begins (:func:`no_result`).
 NO_RESULT = "no result within"
+#: A run's limit on messages pending: fixed, or asked again as it goes (dispatch/capacity.py)
+InFlightLimit = int | Callable[[], int]
 
 
 def no_result(timeout: float | None) -> str:
@@ -160,10 +162,12 @@ class Dispatcher:
         self.run_id = ""
 
     def run(self, messages: Iterable[Message], timeout: float | None = None,
-            max_in_flight: int | None = None,
+            max_in_flight: InFlightLimit | None = None,
             on_sent: Callable[[str, Message], None] = lambda task_id, message: None,
             run_id: str | None = None) -> Generator[Outcome, None, None]:
-        """Publish ``messages`` (at most ``max_in_flight`` pending) and yield each outcome.
+        """Publish ``messages`` (at most ``max_in_flight`` pending: a number, or a callable
+        asked again as results arrive, :mod:`crypto_ml.dispatch.capacity`) and yield each
+        outcome.
 
         ``run_id`` names a run that may have been started before (a resumed table run): each
         message with a ``key`` then gets the id it had then, so a result its workers stored
@@ -180,8 +184,8 @@ class Dispatcher:
         last_progress = time.monotonic()
         try:
             while True:
-                while not exhausted and (max_in_flight is None
-                                         or len(self.pending) < max_in_flight):
+                limit = max_in_flight() if callable(max_in_flight) else max_in_flight
+                while not exhausted and (limit is None or len(self.pending) < limit):
                     message = next(source, None)
                     if message is None:
                         exhausted = True

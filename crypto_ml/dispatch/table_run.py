@@ -29,7 +29,7 @@ from celery import Celery, states
 from crypto_ml.core.errors import InvalidTaskInput
 from crypto_ml.data.steps import future_times
 from crypto_ml.data.table import TIME_KINDS, SeriesChunk, TableSource, time_array
-from crypto_ml.dispatch.engine import NO_RESULT, Dispatcher, Outcome, no_result
+from crypto_ml.dispatch.engine import NO_RESULT, Dispatcher, InFlightLimit, Outcome, no_result
 from crypto_ml.dispatch.planning import Message
 from crypto_ml.dispatch.report import failure_reason
 from crypto_ml.dispatch.table_output import FAILURES_SCHEMA, TableOutput, failed_series
@@ -109,12 +109,6 @@ class TablePlan:
         return pa.schema(fields)
 
 
-def default_in_flight(workers: int) -> int:
-    """Chunks in flight when none is asked for: two per worker process (one computed, one
-    waiting), at least 4."""
-    return max(4, 2 * workers)
-
-
 @dataclass
 class TableSummary:
     series: int
@@ -175,7 +169,7 @@ def _reason(outcome: Outcome, timeout: float | None) -> str | None:
 def run_table(app: Celery, source: TableSource, output: TableOutput, plan: TablePlan,
               on_progress: Callable[[int, int], None] = lambda done, failed: None,
               say: Callable[[str], None] = print, on_wait: Callable[[], None] = lambda: None,
-              timeout: float | None = 3600.0, in_flight: int = 8,
+              timeout: float | None = 3600.0, in_flight: InFlightLimit = 8,
               on_skip: Callable[[int, int], None] | None = None,
               check_lost_every: float | None = None) -> TableSummary:
     """Forecast every series of ``source`` (checked) into ``output`` (see the module doc)."""
@@ -224,7 +218,7 @@ class _Run:
     summary: TableSummary
     on_progress: Callable[[int, int], None]
     timeout: float | None
-    in_flight: int
+    in_flight: InFlightLimit
     #: chunks that failed as a whole for what their series may cause: their sizes
     split: dict[int, int] = field(default_factory=dict)
 

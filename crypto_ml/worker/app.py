@@ -226,7 +226,9 @@ def _preload_keras(**_: Any) -> None:
 @signals.worker_ready.connect
 def _start_heartbeat(sender: Any = None, **_: Any) -> None:
     """The worker beats in Redis and redelivers dead workers' tasks (crypto_ml.worker.liveness)."""
-    liveness.start(sender.app, sender.hostname)
+    pool = getattr(sender, "pool", None)  # the consumer's: its size may change (autoscale)
+    liveness.start(sender.app, sender.hostname,
+                   lambda: int(getattr(pool, "num_processes", None) or 1))
 
 
 @signals.task_received.connect

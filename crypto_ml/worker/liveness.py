@@ -15,7 +15,9 @@ process (the parent, not the pool) runs one thread that, every
    look older than one beat, and the visibility timeout never redelivers them. When
    its ``alive`` key no longer holds what its last beat wrote, within ``dead_after`` of that
    beat, Redis lost writes (restart, failover): it records the messages it holds in ``unacked`` again
-   (:meth:`Liveness.record_again`).
+   (:meth:`Liveness.record_again`). Then it says how many tasks it runs at once (its pool's
+   processes) and when, in the hash ``crypto_ml:slots``: the manager sizes a table run's
+   messages in flight by the sum over the workers that beat (:mod:`crypto_ml.dispatch.capacity`).
 2. **sweeps**: every registered worker whose ``alive`` key has expired is dead. For
    each tag in its ``held`` hash whose ``unacked_index`` score still equals the time
    the dead worker wrote, the message is moved back to its queue (front) in a WATCH
@@ -42,6 +44,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
@@ -84,7 +87,8 @@ class Liveness(threading.Thread):
 
     def __init__(self, app: Any, worker_id: str, heartbeat_seconds: float, dead_after: float,
                  held_ttl: int,
-                 holdings: Callable[[], Mapping[str, Any]] = reserved_messages) -> None:
+                 holdings: Callable[[], Mapping[str, Any]] = reserved_messages,
+                 slots: Callable[[], int] = lambda: 1) -> None:
         super().__init__(name="crypto-ml-liveness", daemon=True)
         self.app = app
         self.worker_id = worker_id
@@ -93,6 +97,7 @@ class Liveness(threading.Thread):
         self.held_ttl = held_ttl
         self.orphan_after = 2 * dead_after
         self.holdings = holdings
+        self.slots = slots
         self.stopping = threading.Event()
         self.woken = threading.Event()
         self.connection: Any = None
@@ -146,6 +151,7 @@ class Liveness(threading.Thread):
                 with self.channel().conn_or_acquire() as client, client.pipeline() as pipe:
                     pipe.delete(held_key(self.worker_id))
                     pipe.delete(alive_key(self.worker_id))
+                    pipe.hdel(keys.SLOTS, self.worker_id)
                     pipe.srem(keys.WORKERS, self.worker_id)
                     pipe.execute()
             except Exception as exc:  # the keys then expire by themselves
@@ -169,6 +175,7 @@ class Liveness(threading.Thread):
                 pipe.hset(held_key(self.worker_id), mapping=dict.fromkeys(tags, repr(now)))
                 pipe.expire(held_key(self.worker_id), self.held_ttl)
             seen, _, added = pipe.execute()[:3]
+        self._say_slots(now)
         lost_writes = self._lost_our_last_beat(seen)
         self.last_beat, self.last_written = time.monotonic(), repr(now)  # one try each loss
         self.beats += 1
@@ -183,6 +190,15 @@ class Liveness(threading.Thread):
             log.warning("worker heartbeat: this worker %s was presumed dead (no heartbeat for "
                         "%g s); its tasks may have been delivered again", self.worker_id,
                         self.dead_after)
+
+    def _say_slots(self, now: float) -> None:
+        """Our pool's size and this beat's time in ``crypto_ml:slots``; a refusal (the key
+        overwritten by another type) costs a table run's sizing, never the heartbeat."""
+        try:
+            with self.channel().conn_or_acquire() as client:
+                client.hset(keys.SLOTS, self.worker_id, f"{self.slots()} {now!r}")
+        except redis.ResponseError as exc:
+            log.debug("worker heartbeat: could not record this worker's slots (%s)", exc)
 
     def _lost_our_last_beat(self, seen: bytes | str | None) -> bool:
         """Whether Redis no longer holds what our last beat wrote, though it cannot have
@@ -263,6 +279,7 @@ class Liveness(threading.Thread):
         with client.pipeline() as pipe:
             pipe.delete(held_key(worker))
             pipe.srem(keys.WORKERS, worker)
+            pipe.hdel(keys.SLOTS, worker)
             pipe.execute()
         names = restored
         if names:
@@ -313,8 +330,9 @@ def hostname_of(worker: str | bytes) -> str:
     return bytes_to_str(worker).split("/", 1)[0]
 
 
-def start(app: Any, hostname: str) -> Liveness | None:
-    """Start this worker process's heartbeat thread (once), configured from ``app.conf``."""
+def start(app: Any, hostname: str, slots: Callable[[], int] = lambda: 1) -> Liveness | None:
+    """Start this worker process's heartbeat thread (once), configured from ``app.conf``;
+    ``slots`` says how many tasks the worker runs at once (its pool's processes)."""
     if _running:
         return _running[0]
     conf = app.conf
@@ -324,7 +342,7 @@ def start(app: Any, hostname: str) -> Liveness | None:
     thread = Liveness(app, worker_id(hostname), interval,
                       float(conf.get("crypto_ml_dead_after_seconds") or 5 * interval),
                       held_ttl=int(conf.get("broker_transport_options", {})
-                                   .get("visibility_timeout", 3600)) + 60)
+                                   .get("visibility_timeout", 3600)) + 60, slots=slots)
     _running.append(thread)
     thread.start()
     log.info("worker heartbeat: %s beats every %g s; declared dead after %g s of silence",
