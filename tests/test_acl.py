@@ -209,12 +209,14 @@ OVERGRANTS = (
     ("manager", ("LPUSH", "x.reply.celery.pidbox", "forged reply")),
     ("manager", ("HSET", "crypto_ml:slots", "w1@host/1/a", "64 0")),  # inflating its own limit
     ("manager", ("DEL", "crypto_ml:slots")),
+    ("manager", ("SET", "crypto_ml:slots", "x")),
 )
 WIDER_ON_6 = {("flower", "BRPOP", "cpu"), ("flower", "DEL", "gpu"),
               ("manager", "SET", "celery-task-meta-abc"),
               ("manager", "SET", "crypto_ml:deliveries:abc"), ("manager", "BRPOP", "cpu"),
               ("manager", "DEL", "cpu"), ("manager", "DEL", "unacked"),
-              ("manager", "LPUSH", "x.reply.celery.pidbox"), ("manager", "DEL", "crypto_ml:slots")}
+              ("manager", "LPUSH", "x.reply.celery.pidbox"), ("manager", "DEL", "crypto_ml:slots"),
+              ("manager", "SET", "crypto_ml:slots")}
 
 
 def test_flower_and_the_manager_are_refused_what_a_review_found_them_allowed(
@@ -232,7 +234,7 @@ def test_flower_and_the_manager_are_refused_what_a_review_found_them_allowed(
         assert admin.llen("cpu") == admin.llen("gpu") == admin.hlen("unacked") == 0
         assert not admin.exists("crypto_ml:model:abc", "crypto_ml:worker:w1@host/1/a:alive")
         admin.delete("celery-task-meta-abc", "crypto_ml:deliveries:abc",
-                     "x.reply.celery.pidbox")
+                     "x.reply.celery.pidbox", "crypto_ml:slots")
 
 
 @pytest.mark.slow

@@ -831,15 +831,17 @@ def test_quiet_still_says_where_the_failures_are(tmp_path: Path,
 
 
 def test_a_table_run_s_messages_in_flight_follow_the_workers_that_beat_of_late() -> None:
-    from crypto_ml.dispatch.capacity import default_in_flight, live_slots
+    from crypto_ml.dispatch.capacity import default_in_flight, live_slots, queue_of
 
     now = time.time()
 
     class Beats:  # what HGETALL crypto_ml:slots answers
         def hgetall(self, key: str) -> dict[bytes, bytes]:
             assert key == "crypto_ml:slots"
-            return {b"w1": f"2 {now - 1}".encode(), b"w2": f"3 {now - 2}".encode(),
-                    b"gone": f"8 {now - 300}".encode(), b"odd": b"not a beat"}
+            return {b"w1": f"2 {now - 1} cpu,gpu".encode(), b"w2": f"3 {now - 2} cpu".encode(),
+                    b"gpu": f"1 {now - 1} gpu".encode(), b"gone": f"8 {now - 300} cpu".encode(),
+                    b"odd": b"not a beat", b"bytes": b"\xff\xfe"}
 
-    assert live_slots(Beats()) == 5
+    assert live_slots(Beats(), "cpu") == 5 and live_slots(Beats(), "gpu") == 3
+    assert queue_of(["linear", "theta"]) == "cpu" and queue_of(["naive", "lstm"]) == "gpu"
     assert [default_in_flight(n) for n in (0, 1, 2, 5)] == [4, 4, 4, 10]

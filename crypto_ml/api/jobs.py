@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from crypto_ml.core.errors import ConfigError, CryptoMLError
 from crypto_ml.core.settings import Settings
 from crypto_ml.data.table import Columns, TableSource
-from crypto_ml.dispatch.capacity import InFlight
+from crypto_ml.dispatch.capacity import InFlight, queue_of
 from crypto_ml.dispatch.table_output import TableOutput, failures_path
 from crypto_ml.dispatch.table_run import TablePlan, run_table
 from crypto_ml.models import DEFAULT_HORIZON, DEFAULT_MODEL, parse_fallback, parse_models
@@ -263,7 +263,8 @@ class Jobs:
         try:
             summary = run_table(self.app, source, output, plan, job.progress, log.info,
                                 job.check_cancel, JOB_TIMEOUT,
-                                InFlight(self.app, self.settings.workers),
+                                InFlight(self.app, self.settings.workers,
+                                         queue_of(m.model for m in plan.models)),
                                 on_skip=job.skip,
                                 check_lost_every=self.settings.lost_check_seconds)
         except JobCancelled:

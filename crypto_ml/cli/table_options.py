@@ -31,7 +31,8 @@ def add_table_options(parser: Any) -> None:
                        help="start afresh even if --output holds a finished or interrupted run")
     group.add_argument("--in-flight", type=positive_int, metavar="K",
                        help="at most K messages queued or running (default: 2 per task slot "
-                       "of the workers that beat now, re-read as the run goes, at least 4)")
+                       "of the live workers that take the run's queue, re-read as the run goes, "
+                       "at least 4; until a worker is seen, 2 per CRYPTO_ML_WORKERS)")
     group.add_argument("--fallback-model", metavar="NAME",
                        help="forecast a series a model fails on (too short, not positive, no "
                        "fit) with this cheap model instead, in that model's columns "

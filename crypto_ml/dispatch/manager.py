@@ -29,7 +29,7 @@ from crypto_ml.core.errors import ConfigError, CryptoMLError
 from crypto_ml.core.logs import log_task
 from crypto_ml.core.settings import Settings, comma_list
 from crypto_ml.data.loader import CryptoLoader
-from crypto_ml.dispatch.capacity import InFlight
+from crypto_ml.dispatch.capacity import InFlight, queue_of
 from crypto_ml.dispatch.cluster import LocalCluster
 from crypto_ml.dispatch.connect import launch_embedded, open_cluster
 from crypto_ml.dispatch.engine import Dispatcher, no_result
@@ -234,12 +234,15 @@ class CryptoManager:
         slots, :mod:`crypto_ml.dispatch.capacity`)."""
         from crypto_ml.dispatch.table_run import run_table  # lazy: pyarrow
 
-        self._launch_early([m.model for m in plan.models])
+        names = [m.model for m in plan.models]
+        self._launch_early(names)
+        queue = queue_of(names)
         try:
             with self.connected() as app:
                 summary = run_table(app, source, output, plan, on_progress, self._say,
                                     self._tick, timeout,
-                                    in_flight or InFlight(app, self.settings.workers), on_skip,
+                                    in_flight or InFlight(app, self.settings.workers, queue),
+                                    on_skip,
                                     self.settings.lost_check_seconds)
                 self._idle = True
         finally:

@@ -226,9 +226,15 @@ def _preload_keras(**_: Any) -> None:
 @signals.worker_ready.connect
 def _start_heartbeat(sender: Any = None, **_: Any) -> None:
     """The worker beats in Redis and redelivers dead workers' tasks (crypto_ml.worker.liveness)."""
-    pool = getattr(sender, "pool", None)  # the consumer's: its size may change (autoscale)
-    liveness.start(sender.app, sender.hostname,
-                   lambda: int(getattr(pool, "num_processes", None) or 1))
+    pool, controller = getattr(sender, "pool", None), getattr(sender, "controller", None)
+    queues = getattr(getattr(sender.app, "amqp", None), "queues", None)
+
+    def slots() -> int:  # an autoscaling worker's ceiling, as Celery's own limit takes it
+        return int(getattr(controller, "max_concurrency", None)
+                   or getattr(pool, "num_processes", None) or 1)
+
+    liveness.start(sender.app, sender.hostname, slots,
+                   ",".join(sorted(getattr(queues, "consume_from", None) or ())))
 
 
 @signals.task_received.connect

@@ -16,7 +16,7 @@ process (the parent, not the pool) runs one thread that, every
    its ``alive`` key no longer holds what its last beat wrote, within ``dead_after`` of that
    beat, Redis lost writes (restart, failover): it records the messages it holds in ``unacked`` again
    (:meth:`Liveness.record_again`). Then it says how many tasks it runs at once (its pool's
-   processes) and when, in the hash ``crypto_ml:slots``: the manager sizes a table run's
+   processes), when, and from which queues, in the hash ``crypto_ml:slots``: the manager sizes a table run's
    messages in flight by the sum over the workers that beat (:mod:`crypto_ml.dispatch.capacity`).
 2. **sweeps**: every registered worker whose ``alive`` key has expired is dead. For
    each tag in its ``held`` hash whose ``unacked_index`` score still equals the time
@@ -88,7 +88,7 @@ class Liveness(threading.Thread):
     def __init__(self, app: Any, worker_id: str, heartbeat_seconds: float, dead_after: float,
                  held_ttl: int,
                  holdings: Callable[[], Mapping[str, Any]] = reserved_messages,
-                 slots: Callable[[], int] = lambda: 1) -> None:
+                 slots: Callable[[], int] = lambda: 1, queues: str = "") -> None:
         super().__init__(name="crypto-ml-liveness", daemon=True)
         self.app = app
         self.worker_id = worker_id
@@ -97,7 +97,7 @@ class Liveness(threading.Thread):
         self.held_ttl = held_ttl
         self.orphan_after = 2 * dead_after
         self.holdings = holdings
-        self.slots = slots
+        self.slots, self.queues = slots, queues
         self.stopping = threading.Event()
         self.woken = threading.Event()
         self.connection: Any = None
@@ -151,11 +151,11 @@ class Liveness(threading.Thread):
                 with self.channel().conn_or_acquire() as client, client.pipeline() as pipe:
                     pipe.delete(held_key(self.worker_id))
                     pipe.delete(alive_key(self.worker_id))
-                    pipe.hdel(keys.SLOTS, self.worker_id)
                     pipe.srem(keys.WORKERS, self.worker_id)
                     pipe.execute()
             except Exception as exc:  # the keys then expire by themselves
                 log.warning("worker heartbeat: could not deregister (%s)", exc)
+            self._forget_slots(self.worker_id)
         self._drop_connection()
 
     # -- beat -------------------------------------------------------------------------------
@@ -175,10 +175,10 @@ class Liveness(threading.Thread):
                 pipe.hset(held_key(self.worker_id), mapping=dict.fromkeys(tags, repr(now)))
                 pipe.expire(held_key(self.worker_id), self.held_ttl)
             seen, _, added = pipe.execute()[:3]
-        self._say_slots(now)
         lost_writes = self._lost_our_last_beat(seen)
         self.last_beat, self.last_written = time.monotonic(), repr(now)  # one try each loss
         self.beats += 1
+        self._say_slots(now)
         if self.healthy_since is None:
             self.healthy_since = time.monotonic()
         if lost_writes:
@@ -192,13 +192,23 @@ class Liveness(threading.Thread):
                         self.dead_after)
 
     def _say_slots(self, now: float) -> None:
-        """Our pool's size and this beat's time in ``crypto_ml:slots``; a refusal (the key
-        overwritten by another type) costs a table run's sizing, never the heartbeat."""
+        """Our pool's size, this beat's time and our queues in ``crypto_ml:slots``
+        (:mod:`crypto_ml.dispatch.capacity`)."""
+        self._best_effort("record this worker's slots", "hset", keys.SLOTS, self.worker_id,
+                          f"{self.slots()} {now!r} {self.queues}")
+
+    def _forget_slots(self, worker: str) -> None:
+        self._best_effort("remove a worker's slots", "hdel", keys.SLOTS, worker)
+
+    def _best_effort(self, what: str, command: str, *args: Any) -> None:
+        """Apart from the beat and the sweep, so that a refusal (a Redis still on an older
+        ACL, the key overwritten with another type) or a lost connection costs a table run's
+        sizing only, never a heartbeat or a redelivery."""
         try:
             with self.channel().conn_or_acquire() as client:
-                client.hset(keys.SLOTS, self.worker_id, f"{self.slots()} {now!r}")
-        except redis.ResponseError as exc:
-            log.debug("worker heartbeat: could not record this worker's slots (%s)", exc)
+                getattr(client, command)(*args)
+        except (redis.RedisError, OSError) as exc:
+            log.debug("worker heartbeat: could not %s (%s)", what, exc)
 
     def _lost_our_last_beat(self, seen: bytes | str | None) -> bool:
         """Whether Redis no longer holds what our last beat wrote, though it cannot have
@@ -279,8 +289,8 @@ class Liveness(threading.Thread):
         with client.pipeline() as pipe:
             pipe.delete(held_key(worker))
             pipe.srem(keys.WORKERS, worker)
-            pipe.hdel(keys.SLOTS, worker)
             pipe.execute()
+        self._forget_slots(worker)
         names = restored
         if names:
             log.warning("worker %s stopped beating (> %g s): redelivered %d task message(s) "
@@ -330,9 +340,11 @@ def hostname_of(worker: str | bytes) -> str:
     return bytes_to_str(worker).split("/", 1)[0]
 
 
-def start(app: Any, hostname: str, slots: Callable[[], int] = lambda: 1) -> Liveness | None:
+def start(app: Any, hostname: str, slots: Callable[[], int] = lambda: 1,
+          queues: str = "") -> Liveness | None:
     """Start this worker process's heartbeat thread (once), configured from ``app.conf``;
-    ``slots`` says how many tasks the worker runs at once (its pool's processes)."""
+    ``slots`` says how many tasks the worker runs at once (its pool's processes), ``queues``
+    which queues it takes them from (comma-separated)."""
     if _running:
         return _running[0]
     conf = app.conf
@@ -342,7 +354,8 @@ def start(app: Any, hostname: str, slots: Callable[[], int] = lambda: 1) -> Live
     thread = Liveness(app, worker_id(hostname), interval,
                       float(conf.get("crypto_ml_dead_after_seconds") or 5 * interval),
                       held_ttl=int(conf.get("broker_transport_options", {})
-                                   .get("visibility_timeout", 3600)) + 60, slots=slots)
+                                   .get("visibility_timeout", 3600)) + 60, slots=slots,
+                      queues=queues)
     _running.append(thread)
     thread.start()
     log.info("worker heartbeat: %s beats every %g s; declared dead after %g s of silence",
