@@ -831,7 +831,8 @@ def test_quiet_still_says_where_the_failures_are(tmp_path: Path,
 
 
 def test_a_table_run_s_messages_in_flight_follow_the_workers_that_beat_of_late() -> None:
-    from crypto_ml.dispatch.capacity import default_in_flight, live_slots, queue_of
+    from crypto_ml.dispatch.capacity import default_in_flight, live_slots
+    from crypto_ml.worker.app import table_queue
 
     now = time.time()
 
@@ -843,5 +844,5 @@ def test_a_table_run_s_messages_in_flight_follow_the_workers_that_beat_of_late()
                     b"odd": b"not a beat", b"bytes": b"\xff\xfe"}
 
     assert live_slots(Beats(), "cpu") == 5 and live_slots(Beats(), "gpu") == 3
-    assert queue_of(["linear", "theta"]) == "cpu" and queue_of(["naive", "lstm"]) == "gpu"
+    assert table_queue(["linear", "theta"]) == "cpu" and table_queue(["naive", "lstm"]) == "gpu"
     assert [default_in_flight(n) for n in (0, 1, 2, 5)] == [4, 4, 4, 10]

@@ -42,11 +42,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from crypto_ml.core.errors import ConfigError, CryptoMLError
 from crypto_ml.core.settings import Settings
 from crypto_ml.data.table import Columns, TableSource
-from crypto_ml.dispatch.capacity import InFlight, queue_of
+from crypto_ml.dispatch.capacity import InFlight
 from crypto_ml.dispatch.table_output import TableOutput, failures_path
 from crypto_ml.dispatch.table_run import TablePlan, run_table
 from crypto_ml.models import DEFAULT_HORIZON, DEFAULT_MODEL, parse_fallback, parse_models
 from crypto_ml.models.intervals import DEFAULT_LEVELS
+from crypto_ml.worker.app import table_queue
 
 from .inputs import discard_copy, read_input
 from .job_files import JOB_ID, output_of, resumable, same_run, sweep, take_over
@@ -264,7 +265,7 @@ class Jobs:
             summary = run_table(self.app, source, output, plan, job.progress, log.info,
                                 job.check_cancel, JOB_TIMEOUT,
                                 InFlight(self.app, self.settings.workers,
-                                         queue_of(m.model for m in plan.models)),
+                                         table_queue(m.model for m in plan.models)),
                                 on_skip=job.skip,
                                 check_lost_every=self.settings.lost_check_seconds)
         except JobCancelled:

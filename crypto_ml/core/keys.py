@@ -14,7 +14,7 @@ MODEL = "crypto_ml:model:"  # + digest: a trained model in the model store
 PAYLOAD = "crypto_ml:payload:"  # + task id: a table chunk's values, beside its message
 WORKERS = "crypto_ml:workers"  # the set of workers that beat
 WORKER = "crypto_ml:worker:"  # + worker id + ":alive" / ":held": one worker's heartbeat
-SLOTS = "crypto_ml:slots"  # hash: worker id -> "<pool processes> <time of its last beat>"
+SLOTS = "crypto_ml:slots"  # hash: worker id -> "<pool processes> <last beat> <queues>"
 
 
 def pattern(prefix: str) -> str:

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
 from typing import Any
 
 from crypto_ml.core import keys
 from crypto_ml.dispatch.broker_errors import PUBLISH_ERRORS
-from crypto_ml.models import HEAVY
-from crypto_ml.worker.app import CPU_QUEUE, GPU_QUEUE
+from crypto_ml.worker.app import CPU_QUEUE
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +45,6 @@ def live_slots(client: Any, queue: str, fresh: float = FRESH_SECONDS) -> int:
         except ValueError:  # not what a worker writes: skipped
             continue
     return slots
-
-
-def queue_of(models: Iterable[str]) -> str:
-    """The queue a table run's chunks go to (as ``crypto_ml.worker.app.route_task`` routes
-    them): ``gpu`` when a deep model is among ``models``."""
-    return GPU_QUEUE if set(models) & HEAVY else CPU_QUEUE
 
 
 class InFlight:

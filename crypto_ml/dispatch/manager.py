@@ -29,7 +29,7 @@ from crypto_ml.core.errors import ConfigError, CryptoMLError
 from crypto_ml.core.logs import log_task
 from crypto_ml.core.settings import Settings, comma_list
 from crypto_ml.data.loader import CryptoLoader
-from crypto_ml.dispatch.capacity import InFlight, queue_of
+from crypto_ml.dispatch.capacity import InFlight
 from crypto_ml.dispatch.cluster import LocalCluster
 from crypto_ml.dispatch.connect import launch_embedded, open_cluster
 from crypto_ml.dispatch.engine import Dispatcher, no_result
@@ -51,7 +51,7 @@ from crypto_ml.models import (
     parse_models,
 )
 from crypto_ml.models.intervals import DEFAULT_LEVELS, check_levels
-from crypto_ml.worker.app import CPU_QUEUE, create_app
+from crypto_ml.worker.app import CPU_QUEUE, create_app, table_queue
 from crypto_ml.worker.requests import ForecastRequest
 
 if TYPE_CHECKING:  # table runs import pyarrow and pandas: only when one runs
@@ -236,7 +236,7 @@ class CryptoManager:
 
         names = [m.model for m in plan.models]
         self._launch_early(names)
-        queue = queue_of(names)
+        queue = table_queue(names)
         try:
             with self.connected() as app:
                 summary = run_table(app, source, output, plan, on_progress, self._say,

@@ -11,6 +11,7 @@ import functools
 import logging
 import os
 import ssl
+from collections.abc import Iterable
 from typing import Any
 
 from celery import Celery, current_app, signals
@@ -37,12 +38,17 @@ def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None
     if name in (BATCH_TASK_NAME, PARTS_TASK_NAME):
         return {"queue": CPU_QUEUE}
     if name == TABLE_TASK_NAME:
-        models = {m.get("model") for m in (kwargs or {}).get("models") or [] if isinstance(m, dict)}
-        return {"queue": GPU_QUEUE if models & HEAVY else CPU_QUEUE}
+        models = [m.get("model") for m in (kwargs or {}).get("models") or [] if isinstance(m, dict)]
+        return {"queue": table_queue(models)}
     if name != TASK_NAME:
         return None
     model = (kwargs or {}).get("model")
     return {"queue": GPU_QUEUE if model in HEAVY else CPU_QUEUE}
+
+
+def table_queue(models: Iterable[Any]) -> str:
+    """The queue of a table chunk of ``models``: ``gpu`` when a deep model is among them."""
+    return GPU_QUEUE if set(models) & HEAVY else CPU_QUEUE
 
 
 def _tls_options(url: str) -> dict[str, Any] | None:

@@ -16,8 +16,9 @@ process (the parent, not the pool) runs one thread that, every
    its ``alive`` key no longer holds what its last beat wrote, within ``dead_after`` of that
    beat, Redis lost writes (restart, failover): it records the messages it holds in ``unacked`` again
    (:meth:`Liveness.record_again`). Then it says how many tasks it runs at once (its pool's
-   processes), when, and from which queues, in the hash ``crypto_ml:slots``: the manager sizes a table run's
-   messages in flight by the sum over the workers that beat (:mod:`crypto_ml.dispatch.capacity`).
+   processes), when, and from which queues, in the hash ``crypto_ml:slots``: the manager
+   sizes a table run's messages in flight by the sum over the workers that beat
+   (:mod:`crypto_ml.dispatch.capacity`).
 2. **sweeps**: every registered worker whose ``alive`` key has expired is dead. For
    each tag in its ``held`` hash whose ``unacked_index`` score still equals the time
    the dead worker wrote, the message is moved back to its queue (front) in a WATCH
