@@ -6,6 +6,7 @@ hostile part id is refused unread. Everything runs on an asyncio event loop, as 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -303,3 +304,35 @@ def test_results_are_awaited_on_pub_sub_not_by_polling(cluster: Any) -> None:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.mark.integration
+def test_the_window_follows_the_task_slots_of_the_live_workers(cluster: Any) -> None:
+    # unset CRYPTO_ML_API_COALESCE: one message per task slot of the workers that beat (4 until
+    # known), read again every few seconds, so a worker that joins (kubectl scale, KEDA) shares
+    # the load; a worker with 6 slots is planted beside the cluster's 2 single-process workers
+    settings = Settings().with_broker(cluster.broker_url)
+    runs = RunQueue(create_app(settings), settings)
+    joined = f"joined-{uuid.uuid4()}/1/00"
+    series = [100.0 + 0.5 * k + (k % 3) for k in range(40)]
+
+    async def forecast() -> None:
+        run = await runs.submit([ForecastRequest("s", "linear", series, 3)])
+        state = await runs.wait(run, 20)
+        assert state is not None and state.failed == {} and "linear" in state.results["s"]
+
+    async def body() -> None:
+        try:
+            await forecast()
+            assert runs.coalescer is not None and runs.coalescer.window == cluster.n_workers
+            with cluster.client() as redis_client:
+                redis_client.hset("crypto_ml:slots", joined, f"6 {time.time() + 60!r} cpu,gpu")
+            while runs.coalescer.window != cluster.n_workers + 6:
+                await forecast()
+                await asyncio.sleep(0.2)
+        finally:
+            with cluster.client() as redis_client:
+                redis_client.hdel("crypto_ml:slots", joined)
+            await runs.aclose()
+
+    on_loop(body)

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import time
+import uuid
 from pathlib import Path
 
 import psutil
@@ -20,6 +21,7 @@ from fault_helpers import (
     cli_env,
     deliveries,
     finish,
+    logs_with,
     start_cli,
     stop_consuming,
     wait_for_drained,
@@ -30,6 +32,7 @@ from fault_helpers import (
 
 from crypto_ml.core import keys
 from crypto_ml.dispatch.cluster import LocalCluster
+from crypto_ml.dispatch.envelope import task_envelope
 from crypto_ml.ops.processes import wait_until
 from crypto_ml.worker.liveness import Liveness, alive_key, held_key
 from crypto_ml.worker.requests import TASK_NAME, ForecastRequest
@@ -170,3 +173,37 @@ def test_a_worker_sees_when_redis_lost_its_last_beat() -> None:
     assert beat._lost_our_last_beat(b"1700000001.5")  # a failover lost the newest writes
     beat.last_beat = time.monotonic() - 3  # silent for dead_after: the key may have expired
     assert not beat._lost_our_last_beat(None)
+
+
+def test_a_record_the_sweep_cannot_read_does_not_stop_it(cluster: LocalCluster) -> None:
+    # a dead worker holds a message whose record in kombu's unacked hash is not what kombu
+    # writes; it sorts before a second dead worker holding a real forecast, which must still be
+    # given back and run (the sweep used to stop at the first record it could not read, for good)
+    app, client = app_for(cluster), cluster.client()
+    with app.connection_for_write() as conn:
+        unacked, index = conn.default_channel.unacked_key, conn.default_channel.unacked_index_key
+    request = ForecastRequest("bitcoin", "linear", [float(x) for x in range(1, 200)], 3)
+    task_id = str(uuid.uuid4())
+    queue, envelope = task_envelope(app, TASK_NAME, request.as_kwargs(), task_id, 300)
+    message = json.loads(envelope)
+    tag, bad_tag = message["properties"]["delivery_tag"], f"unreadable-{task_id}"
+    bad, ghost = f"0-bad-{task_id}/1/00", f"1-ghost-{task_id}/1/00"
+    delivered = time.time() - 1
+    with client.pipeline() as pipe:
+        pipe.hset(unacked, mapping={bad_tag: "not json", tag: json.dumps([message, "", queue])})
+        pipe.zadd(index, {bad_tag: delivered, tag: delivered})
+        pipe.hset(held_key(bad), bad_tag, repr(delivered))
+        pipe.hset(held_key(ghost), tag, repr(delivered))
+        pipe.sadd(keys.WORKERS, bad, ghost)
+        pipe.execute()
+    try:
+        result = app.AsyncResult(task_id).get(timeout=30)
+        assert result["coin"] == "bitcoin" and result["model"] == "linear"
+        assert "could not give back task message " + bad_tag in logs_with(cluster, bad_tag)
+        assert client.hget(unacked, bad_tag) == b"not json"  # left for an operator
+        assert not client.sismember(keys.WORKERS, bad)  # its keys went all the same
+    finally:
+        with client.pipeline() as pipe:
+            pipe.hdel(unacked, bad_tag, tag).zrem(index, bad_tag, tag)
+            pipe.delete(held_key(bad), held_key(ghost)).srem(keys.WORKERS, bad, ghost)
+            pipe.execute()

@@ -831,7 +831,7 @@ def test_quiet_still_says_where_the_failures_are(tmp_path: Path,
 
 
 def test_a_table_run_s_messages_in_flight_follow_the_workers_that_beat_of_late() -> None:
-    from crypto_ml.dispatch.capacity import default_in_flight, live_slots
+    from crypto_ml.dispatch.capacity import Sizing, default_in_flight, live_slots
     from crypto_ml.worker.app import table_queue
 
     now = time.time()
@@ -846,3 +846,6 @@ def test_a_table_run_s_messages_in_flight_follow_the_workers_that_beat_of_late()
     assert live_slots(Beats(), "cpu") == 5 and live_slots(Beats(), "gpu") == 3
     assert table_queue(["linear", "theta"]) == "cpu" and table_queue(["naive", "lstm"]) == "gpu"
     assert [default_in_flight(n) for n in (0, 1, 2, 5)] == [4, 4, 4, 10]
+    window = Sizing(4, per_slot=1, least=1, every=60)  # the API's coalescing window
+    assert window.due() and not window.due()  # read at most every 60 s
+    assert window.learn(0) == 4 and window.learn(3) == 3 and window.learn(0) == 3

@@ -66,12 +66,11 @@ def runs_for(settings: Settings, in_process: bool, expires: float) -> Iterator[A
     if in_process:
         yield InProcessRuns(open_store(settings.model_store, None, settings.model_store_ttl))
         return
-    with open_cluster(settings, lambda line: print(line, flush=True)) as (live, cluster):
-        # one shared message in flight per embedded worker process: the most forecasts a
-        # message, with every worker busy (2 workers, one-coin load: 2 in flight 650 req/s,
-        # 3: 600, 4: 610)
-        window = cluster.n_workers if cluster and live.api_coalesce is None else None
-        runs = QueueRuns(celery_app(live), live, expires, window)
+    with open_cluster(settings, lambda line: print(line, flush=True)) as (live, _):
+        # one shared message in flight per task slot of the live workers (embedded or not):
+        # the most forecasts a message, with every worker busy (2 workers, one-coin load: 2 in
+        # flight 650 req/s, 3: 600, 4: 610)
+        runs = QueueRuns(celery_app(live), live, expires)
         try:
             yield runs
         finally:

@@ -57,8 +57,8 @@ Variable                                   Default                     Meaning
 ``CRYPTO_ML_API_MAX_BODY``                 ``2000000``                 Largest HTTP request body, in bytes.
 ``CRYPTO_ML_API_COALESCE``                 (unset: auto)               Messages of an API process in flight before
                                                                        concurrent requests' cheap forecasts share
-                                                                       one; unset: the embedded cluster's worker
-                                                                       processes, 4 with a configured broker;
+                                                                       one; unset: one per task slot of the live
+                                                                       workers (read every 5 s; 4 until known);
                                                                        0: one message per request.
 ``CRYPTO_ML_API_JOBS_DIR``                 ``crypto-ml-jobs``          Where ``POST /v1/jobs`` writes its outputs.
 ========================================  ==========================  =========================================
@@ -187,7 +187,7 @@ class Settings:
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     api_max_wait: int = 60
     api_max_body: int = 2_000_000
-    api_coalesce: int | None = None  # None: the embedded cluster's workers, else 4
+    api_coalesce: int | None = None  # None: the live workers' task slots
     api_jobs_dir: Path = Path("crypto-ml-jobs")
 
     def __post_init__(self) -> None:

@@ -4,13 +4,15 @@ that beat now and take the run's queue (each says its pool's size and its queues
 :mod:`crypto_ml.worker.liveness`), read again every few seconds, so workers added during a run
 (``kubectl scale``, KEDA) get work and the queue KEDA scales on stays deep enough to scale it.
 One computing and one waiting per slot keeps every pool process busy while Redis holds a
-bounded number of chunks.
+bounded number of chunks. The API's coalescing window follows the same slots, one shared
+message per slot (:class:`Sizing`, :mod:`~crypto_ml.dispatch.runs`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from crypto_ml.core import keys
@@ -35,8 +37,13 @@ def live_slots(client: Any, queue: str, fresh: float = FRESH_SECONDS) -> int:
     """The task slots of the workers that take ``queue`` and beat within ``fresh`` seconds (0
     when none did); a worker that stopped is dropped from the hash by its own shutdown or by
     the sweep."""
+    return slots_in(client.hgetall(keys.SLOTS), queue, fresh)
+
+
+def slots_in(entries: Mapping[Any, Any], queue: str, fresh: float = FRESH_SECONDS) -> int:
+    """:func:`live_slots` of the hash's ``entries`` (worker: "<slots> <beat time> <queues>")."""
     now, slots = time.time(), 0
-    for value in client.hgetall(keys.SLOTS).values():
+    for value in entries.values():
         text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
         size, beat, queues = [*text.split(" ", 2), "", ""][:3]
         try:
@@ -47,7 +54,32 @@ def live_slots(client: Any, queue: str, fresh: float = FRESH_SECONDS) -> int:
     return slots
 
 
-class InFlight:
+class Sizing:
+    """A limit that follows the live slots: ``per_slot`` each, at least ``least``; ``fallback``
+    until :meth:`learn` is given a count (a failed or empty read keeps the last limit). The
+    caller reads the slots when :meth:`due`, at most every ``every`` seconds."""
+
+    def __init__(self, fallback: int, per_slot: int = PER_SLOT, least: int = LEAST,
+                 every: float = REREAD_SECONDS) -> None:
+        self.per_slot, self.least, self.every = per_slot, least, every
+        self.limit = fallback
+        self._read_at: float | None = None
+
+    def due(self) -> bool:
+        """Whether to read the slots now (then it is not due again for ``every`` seconds)."""
+        now = time.monotonic()
+        if self._read_at is not None and now - self._read_at < self.every:
+            return False
+        self._read_at = now
+        return True
+
+    def learn(self, slots: int) -> int:
+        if slots:
+            self.limit = max(self.least, self.per_slot * slots)
+        return self.limit
+
+
+class InFlight(Sizing):
     """A callable limit for the dispatch engine (``max_in_flight``): :func:`default_in_flight`
     of the slots of the live workers that take ``queue``, read through ``app``'s broker at
     most every :data:`REREAD_SECONDS`. Until one is known (no worker beats yet, or the broker
@@ -56,18 +88,11 @@ class InFlight:
 
     def __init__(self, app: Any, fallback: int, queue: str = CPU_QUEUE,
                  every: float = REREAD_SECONDS) -> None:
-        self.app, self.queue, self.every = app, queue, every
-        self.limit = default_in_flight(fallback)
-        self._read_at: float | None = None
+        super().__init__(default_in_flight(fallback), every=every)
+        self.app, self.queue = app, queue
 
     def __call__(self) -> int:
-        now = time.monotonic()
-        if self._read_at is None or now - self._read_at >= self.every:
-            self._read_at = now
-            slots = self._slots()
-            if slots:
-                self.limit = default_in_flight(slots)
-        return self.limit
+        return self.learn(self._slots()) if self.due() else self.limit
 
     def _slots(self) -> int:
         try:

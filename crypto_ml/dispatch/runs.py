@@ -44,6 +44,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from celery import Celery, states
+from redis.exceptions import RedisError
 
 from crypto_ml.core import keys
 from crypto_ml.core.errors import BrokerUnavailable
@@ -51,6 +52,7 @@ from crypto_ml.core.sentinel import async_redis_client
 from crypto_ml.core.settings import Settings
 from crypto_ml.dispatch.async_lost import LostWatch
 from crypto_ml.dispatch.async_results import ResultHub, Waiter
+from crypto_ml.dispatch.capacity import Sizing, slots_in
 from crypto_ml.dispatch.coalesce import Coalescer
 from crypto_ml.dispatch.engine import forget_keys
 from crypto_ml.dispatch.envelope import task_envelope
@@ -63,8 +65,8 @@ from crypto_ml.worker.requests import PARTS_TASK_NAME, ForecastRequest
 
 log = logging.getLogger(__name__)
 
-#: Shared messages in flight when neither the caller nor the settings say: a broker's workers
-#: are not known here (the API passes the embedded cluster's worker processes).
+#: Shared messages in flight when neither the caller nor the settings fix it, until the workers'
+#: slots are read (then one per task slot of the live workers: :mod:`~.capacity`)
 COALESCE = 4
 Items = list[tuple[str, str]]
 
@@ -119,9 +121,11 @@ class RunQueue:
 
     ``settings`` name the broker and result backend (Sentinel URLs too) and hold the batch
     size, how long a saved run is kept (``result_expires``) and the coalescing window
-    (``coalesce``, else ``api_coalesce``, else :data:`COALESCE`; 0: a run's cheap forecasts
-    go in messages of their own, as the manager sends them); ``expires``: seconds a queued
-    task stays valid (a dead submitter's work is then discarded by the workers).
+    (``coalesce``, else ``api_coalesce``; 0: a run's cheap forecasts go in messages of their
+    own, as the manager sends them; neither: one message per task slot of the live workers,
+    read again every few seconds, so workers added by ``kubectl scale`` or KEDA share the
+    load); ``expires``: seconds a queued task stays valid (a dead submitter's work is then
+    discarded by the workers).
 
     Its connections belong to the event loop that first uses them (one per process in a
     server; a test client may bring another, which then gets its own).
@@ -132,8 +136,7 @@ class RunQueue:
         self.app, self.settings, self.expires = app, settings, expires
         self.batch_size = settings.batch_size
         self.record_ttl = settings.result_expires
-        self.coalesce = next(c for c in (coalesce, settings.api_coalesce, COALESCE)
-                             if c is not None)
+        self.coalesce = coalesce if coalesce is not None else settings.api_coalesce
         self._on: _OnLoop | None = None
 
     def _loop(self) -> _OnLoop:
@@ -183,6 +186,7 @@ class RunQueue:
             for task_id, message in messages:
                 await self._publish(message.task, message.kwargs, task_id, run.id)
             if part_id and on.coalescer is not None:
+                await on.resize()
                 carrier = await on.coalescer.submit(part_id, [r.as_kwargs() for r in shared])
                 run.carriers[part_id] = carrier
                 if run.waiter is not None:
@@ -299,7 +303,7 @@ class _OnLoop:
     """A RunQueue's connections, result listener and coalescer on one event loop."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, app: Celery, settings: Settings,
-                 publish: Any, coalesce: int, batch_size: int) -> None:
+                 publish: Any, coalesce: int | None, batch_size: int) -> None:
         self.loop = loop
         master, password = settings.sentinel_master, settings.sentinel_password
         self.broker: aioredis.Redis = async_redis_client(settings.broker_url or "", master,
@@ -318,7 +322,20 @@ class _OnLoop:
             lambda message_id, kwargs: publish(PARTS_TASK_NAME,
                                                {**kwargs, "reply_to": hub.reply_to}, message_id),
             lambda parts, done, timeout, ends: hub.watch(parts, done, timeout, ends, home=parts),
-            window=coalesce, max_items=batch_size) if coalesce else None
+            window=coalesce or COALESCE, max_items=batch_size) if coalesce != 0 else None
+        self.sizing = Sizing(COALESCE, per_slot=1, least=1) if coalesce is None else None
+
+    async def resize(self) -> None:
+        """The coalescing window: one message per task slot of the live workers (unless fixed),
+        read at most every few seconds; a failed read keeps the window."""
+        if self.sizing is None or self.coalescer is None or not self.sizing.due():
+            return
+        try:
+            entries = await self.broker.hgetall(keys.SLOTS)  # type: ignore[misc]
+        except (RedisError, OSError) as exc:
+            log.debug("could not read the workers' slots (%s)", exc)
+            return
+        self.coalescer.window = self.sizing.learn(slots_in(entries, CPU_QUEUE))
 
     async def close(self) -> None:
         if self.coalescer is not None:

@@ -54,6 +54,10 @@ from crypto_ml.core import keys
 log = logging.getLogger(__name__)
 
 SCORE_TOLERANCE = 1e-3  # scores are times; another delivery differs by far more
+#: what a record this module cannot read raises (not JSON, not [message, exchange, routing
+#: key], a score that is not a time, a key of another type): that record is skipped, the sweep
+#: goes on; connection errors still end the sweep (the broker is down: the next one retries)
+UNREADABLE = (ValueError, TypeError, KeyError, redis.ResponseError)
 
 
 def alive_key(worker_id: str) -> str:
@@ -107,6 +111,7 @@ class Liveness(threading.Thread):
         self.last_written = ""  # the value that beat gave our alive key
         self.beats = 0
         self.redelivered = 0
+        self.unreadable: set[str] = set()  # records already said to be unreadable (once each)
 
     # -- connection -------------------------------------------------------------------------
     def channel(self) -> Any:
@@ -263,18 +268,41 @@ class Liveness(threading.Thread):
                 for worker in others:
                     pipe.exists(alive_key(worker))
                 alive = pipe.execute() if others else []
-            reaped = sum(self.reap(client, w) for w, up in zip(others, alive, strict=True)
-                         if not up)
+            reaped = 0
+            for worker in (w for w, up in zip(others, alive, strict=True) if not up):
+                try:
+                    reaped += self.reap(client, worker)
+                except UNREADABLE as exc:  # its keys stay; the other dead workers are reaped
+                    self._unreadable(f"the keys of dead worker {worker}", exc)
             return reaped + self.restore_orphans(client)
+
+    def _give_back(self, client: Any, held: Any) -> list[str]:
+        """Restore each ``(tag, score)`` of ``held`` that is still where it was delivered;
+        a record that cannot be read is left where it is, said once, and skipped."""
+        channel, restored = self.channel(), []
+        for tag, score in held:
+            try:
+                if restore_if_held(channel, client, tag, score):
+                    restored.append(bytes_to_str(tag))
+            except UNREADABLE as exc:
+                self._unreadable(f"task message {bytes_to_str(tag)} in "
+                                 f"{channel.unacked_key!r}", exc)
+        return restored
+
+    def _unreadable(self, what: str, exc: Exception) -> None:
+        if what not in self.unreadable:
+            self.unreadable.add(what)
+            log.error("worker heartbeat: could not give back %s (%s: %s); it is left in Redis "
+                      "for an operator to inspect, and the sweep goes on", what,
+                      type(exc).__name__, exc)
 
     def restore_orphans(self, client: Any) -> int:
         """Give back messages that no live worker has refreshed for ``orphan_after`` seconds
         (e.g. a task whose reject was lost with the broker connection)."""
-        channel = self.channel()
-        old = client.zrange(channel.unacked_index_key, "-inf", time.time() - self.orphan_after,
-                            byscore=True, offset=0, num=100, withscores=True)
-        restored = [bytes_to_str(tag) for tag, score in old
-                    if restore_if_held(channel, client, tag, repr(score))]
+        old = client.zrange(self.channel().unacked_index_key, "-inf",
+                            time.time() - self.orphan_after, byscore=True, offset=0, num=100,
+                            withscores=True)
+        restored = self._give_back(client, ((tag, repr(score)) for tag, score in old))
         if restored:
             log.warning("redelivered %d task message(s) no live worker held for %g s: %s",
                         len(restored), self.orphan_after, ", ".join(restored))
@@ -283,24 +311,20 @@ class Liveness(threading.Thread):
 
     def reap(self, client: Any, worker: str) -> int:
         """Give back every message the dead ``worker`` still holds; delete its keys."""
-        channel = self.channel()
-        held = client.hgetall(held_key(worker))
-        restored = [bytes_to_str(tag) for tag, score in held.items()
-                    if restore_if_held(channel, client, tag, score)]
+        restored = self._give_back(client, client.hgetall(held_key(worker)).items())
         with client.pipeline() as pipe:
             pipe.delete(held_key(worker))
             pipe.srem(keys.WORKERS, worker)
             pipe.execute()
         self._forget_slots(worker)
-        names = restored
-        if names:
+        if restored:
             log.warning("worker %s stopped beating (> %g s): redelivered %d task message(s) "
-                        "it held: %s", worker, self.dead_after, len(names), ", ".join(names))
+                        "it held: %s", worker, self.dead_after, len(restored), ", ".join(restored))
         else:
             log.info("worker %s stopped beating (> %g s); it held nothing", worker,
                      self.dead_after)
-        self.redelivered += len(names)
-        return len(names)
+        self.redelivered += len(restored)
+        return len(restored)
 
 
 def restore_if_held(channel: Any, client: Any, tag: bytes | str, score: bytes | str) -> bool:
