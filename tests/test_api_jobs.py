@@ -89,6 +89,10 @@ def test_a_job_s_fallback_model_fills_what_its_model_fails_on(server: Server) ->
     ({"input": "walks.parquet", "fallback_model": "x"}, "fallback_model: unknown model 'x'"),
     ({"input": "a\u0000b"}, "not a usable path"),
     ({"input": "x" * 5000}, "not a usable path"),
+    ({"input": "loop1"}, "not a usable path (a symlink loop)"),
+    ({"input": "looped"}, "which is not a usable path (a symlink loop)"),
+    ({"input": "walks.parquet", "id_col": "ds"}, "must name three different columns"),
+    ({"input": "walks.parquet", "id_col": "y", "value_col": "y"}, "three different columns"),
 ])
 def test_a_bad_job_gets_422_naming_the_problem(server: Server, body: dict[str, object],
                                                 words: str) -> None:
@@ -96,6 +100,11 @@ def test_a_bad_job_gets_422_naming_the_problem(server: Server, body: dict[str, o
     (data_dir(server) / "alpha.csv").write_text((data_dir(server) / "Alpha.csv").read_text())
     (data_dir(server) / "bad").mkdir(exist_ok=True)
     write_parquet(random_walks(3, 10).drop(columns="y"), data_dir(server) / "bad" / "p.parquet")
+    (data_dir(server) / "looped").mkdir(exist_ok=True)
+    for link, to in (("loop1", "loop2"), ("loop2", "loop1"), ("looped/loopA", "loopB"),
+                     ("looped/loopB", "loopA")):
+        if not (data_dir(server) / link).is_symlink():
+            (data_dir(server) / link).symlink_to(to)
     status, reply = call(f"{server.url}/v1/jobs", body)
     assert status == 422, reply
     assert words in reply["detail"][0]["msg"], reply

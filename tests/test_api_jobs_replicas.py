@@ -16,6 +16,7 @@ import shutil
 import signal
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from crypto_ml.core import keys
 from crypto_ml.core.errors import JobConflict
 from crypto_ml.core.settings import Settings
 from crypto_ml.dispatch.cluster import LocalCluster
+from crypto_ml.dispatch.table_output import TableOutput
 from crypto_ml.models import DEFAULT_HORIZON, get_model
 from crypto_ml.ops.processes import free_port, spawn, terminate, wait_until
 
@@ -247,6 +249,28 @@ def test_a_job_resumed_while_its_replica_was_paused_goes_on_when_it_wakes(
     wait_until(lambda: queued(b) == 0, 30, "the paused run's queued chunks revoked or done")
 
 
+def test_a_job_reported_failed_while_its_replica_was_paused_stays_failed_when_it_wakes(
+        replicas: dict[str, Server], cluster: LocalCluster) -> None:
+    # the outside probe saw failed (its replica silent), then running, then done: a client
+    # that took failed at its word had POSTed the body again, or given up
+    a, e = replicas["A"], replicas["E"]  # E lives on (C is killed, D stopped elsewhere)
+    job_id = long_job(e, a)
+    e.proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_until(lambda: state(a, job_id)["status"] == "failed", 30, "A to see E silent")
+    finally:
+        e.proc.send_signal(signal.SIGCONT)
+    seen: list[dict[str, Any]] = []
+    wait_until(lambda: seen.append(state(a, job_id)) or record(cluster, job_id)["finished"]
+               is not None, 30, "E to stop its run")
+    seen.append(state(a, job_id))
+    assert {s["status"] for s in seen} == {"failed"}, [s["status"] for s in seen]
+    final = seen[-1]
+    assert final["done"] < LONG and "did not answer for" in final["error"], final
+    assert f'POST the same body with "resume": "{job_id}"' in final["error"], final
+    wait_until(lambda: queued(a) == 0, 30, "the stopped run's queued chunks revoked or done")
+
+
 @pytest.mark.parametrize(("resume", "code", "words"), [
     ("0" * 32, 422, "no job '00000000000000000000000000000000'"),
     ("../../etc", 422, "should match pattern"),
@@ -299,6 +323,18 @@ def test_the_manager_user_may_keep_job_records_and_nothing_near_them(server: str
         cluster.stop()
 
 
+def failed_with_chunks(store: JobStore, folder: Path, old: str, run: dict[str, Any]
+                       ) -> TableOutput:
+    """Job ``old`` recorded as failed, its parts folder (with the run's manifest) left."""
+    store.write({"id": old, "status": "failed", "series": 9, "done": 4, "failed": 0,
+                 "started": 1.0, "finished": 2.0, "error": "x", "output": "o.parquet",
+                 "failures_output": "o.failures.parquet", "replica": "h:1",
+                 "heartbeat": time.time(), "stale_after": 30.0, "run": run})
+    earlier = output_of(folder, old, run)
+    earlier.done_chunks()
+    return earlier
+
+
 def test_only_the_job_that_renames_a_failed_job_s_chunks_takes_them(
         cluster: LocalCluster, tmp_path: Path) -> None:
     """The rename decides between resumes, not the mark: a mark naming a job that never took
@@ -307,12 +343,7 @@ def test_only_the_job_that_renames_a_failed_job_s_chunks_takes_them(
     store = JobStore(cluster.client(), 60)
     old, ghost, first, second = "a" * 32, "b" * 32, "c" * 32, "d" * 32
     run = {"input": "t.parquet", "horizon": 3}
-    store.write({"id": old, "status": "failed", "series": 9, "done": 4, "failed": 0,
-                 "started": 1.0, "finished": 2.0, "error": "x", "output": "o.parquet",
-                 "failures_output": "o.failures.parquet", "replica": "h:1",
-                 "heartbeat": time.time(), "stale_after": 30.0, "run": run})
-    earlier = output_of(tmp_path, old, run)
-    earlier.done_chunks()  # its parts folder, with the run's manifest
+    earlier = failed_with_chunks(store, tmp_path, old, run)
     store.mark_resumed(old, ghost)  # a resume whose POST died after marking
     assert resumable(store, tmp_path, old)["id"] == old
     unstarted: list[str] = []
@@ -339,3 +370,28 @@ def test_an_in_process_server_has_no_jobs_and_says_why(tmp_path: Path) -> None:
                api.delete("/v1/jobs/x")]
     assert [r.status_code for r in replies] == [503] * 3
     assert all("--in-process" in r.json()["detail"] for r in replies)
+
+
+def test_a_resume_that_comes_just_after_the_rename_is_refused_not_run_afresh(
+        cluster: LocalCluster, tmp_path: Path) -> None:
+    """A resume that finds no chunks (another job renamed them a moment ago and has not
+    marked the old job yet) must lose to that job, not start the whole input again (an
+    outside probe got two 202s from 8 concurrent resumes)."""
+    store = JobStore(cluster.client(), 60)
+    old, first, second = (uuid.uuid4().hex for _ in range(3))  # ids no other test uses
+    run = {"input": "t.parquet", "horizon": 3}
+    earlier = failed_with_chunks(store, tmp_path, old, run)
+    output, late = output_of(tmp_path, first, run), output_of(tmp_path, second, run)
+    unstarted: list[str] = []
+    rename = output.take_parts
+
+    def renamed_then_another_arrives(parts_of: TableOutput) -> None:
+        rename(parts_of)
+        assert not late.held_by(earlier)  # no chunks left for it to take
+        with pytest.raises(JobConflict, match=f"took job {old}'s finished chunks first"):
+            take_over(store, old, second, late, earlier, False, unstarted.append)
+
+    output.take_parts = renamed_then_another_arrives  # type: ignore[method-assign]
+    take_over(store, old, first, output, earlier, True, unstarted.append)
+    assert store.resumed_by(old) == first and output.parts.is_dir()
+    assert unstarted == [f"another job took job {old}'s finished chunks first"]

@@ -37,14 +37,14 @@ class Server:
 
 
 def call(url: str, body: dict[str, Any] | None = None, key: str | None = KEY,
-         method: str | None = None) -> tuple[int, dict[str, Any]]:
+         method: str | None = None, timeout: float = 120) -> tuple[int, dict[str, Any]]:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, method=method or ("POST" if data else "GET"))
     request.add_header("Content-Type", "application/json")
     if key:
         request.add_header("Authorization", f"Bearer {key}")
     try:
-        with urllib.request.urlopen(request, timeout=120) as reply:
+        with urllib.request.urlopen(request, timeout=timeout) as reply:
             return reply.status, json.loads(reply.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"{}")
@@ -161,3 +161,33 @@ def test_with_a_broker_it_queues_there_and_leaves_that_cluster_running(
         terminate(proc)
     with cluster.client() as redis_client:
         assert redis_client.ping()  # the cluster it was given keeps running
+
+
+def test_a_fifo_and_a_long_table_in_the_data_folder_neither_block_nor_get_read(
+        cluster: Any, tmp_path: Path) -> None:
+    # operators put job tables in the data folder. The coin loader read each whole file on the
+    # event loop to find it held no prices (every route waited; a FIFO stalled the server for
+    # good). Now a file's header decides, non-regular files are skipped, and a first read of
+    # the folder runs off the event loop.
+    data = write_coins(tmp_path / "prices")
+    fifo = data / "incoming.parquet"
+    os.mkfifo(fifo)
+    # a long table whose rows are not even text: only its header may be read
+    (data / "jobs.csv").write_bytes(b"unique_id,ds,y\n" + b"\xff\xfe\x00garbage\n" * 1000)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTO_ML_")}
+    env.update(CRYPTO_ML_DATA_DIR=str(data), CRYPTO_ML_BROKER_URL=cluster.broker_url)
+    log = tmp_path / "api.log"
+    proc = spawn([sys.executable, "-m", "crypto_ml.api", "--port", str(port)], log, env=env,
+                 cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: healthy(url), 60, "the API on the given broker",
+                   lambda: f"exited: {log.read_text()}" if proc.poll() is not None else None)
+        status, body = call(f"{url}/v1/coins", key=None, timeout=30)
+        assert (status, body) == (200, {"coins": ["alpha", "beta"]})
+        assert "skipping jobs.csv: no Date or Close column" in log.read_text()
+    finally:
+        with contextlib.suppress(OSError):  # frees a reader stuck on the FIFO, if any
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        terminate(proc)

@@ -58,9 +58,8 @@ def local_input(given: str, root: Path) -> Path:
     try:
         path = (root / given).resolve()
         found = path.exists()
-    except (OSError, ValueError) as exc:  # a NUL byte, a name too long...
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc  # no full path
-        raise ConfigError(f"input {given[:200]!r} is not a usable path ({why})") from None
+    except (OSError, ValueError, RuntimeError) as exc:  # a NUL byte, a symlink loop...
+        raise ConfigError(f"input {given[:200]!r} is not a usable path ({_why(exc)})") from None
     if not path.is_relative_to(root):
         raise ConfigError(f"input {given[:200]!r} is outside the server's data directory; "
                           "give a path relative to it (CRYPTO_ML_DATA_DIR), or an s3:// URI")
@@ -68,11 +67,23 @@ def local_input(given: str, root: Path) -> Path:
         raise ConfigError(f"no input {given[:200]!r} in the server's data directory")
     if path.is_dir():  # a folder's files are read too: none may lead out (a symlink)
         for inside in path.rglob("*"):
-            if not inside.resolve().is_relative_to(root):
-                raise ConfigError(f"input {given[:200]!r} holds "
-                                  f"{str(inside.relative_to(path))[:200]!r}, which leads "
+            named = str(inside.relative_to(path))[:200]
+            try:
+                inside = inside.resolve()
+            except (OSError, RuntimeError) as exc:  # Python 3.11: RuntimeError on a loop
+                raise ConfigError(f"input {given[:200]!r} holds {named!r}, which is not a "
+                                  f"usable path ({_why(exc)})") from None
+            if not inside.is_relative_to(root):
+                raise ConfigError(f"input {given[:200]!r} holds {named!r}, which leads "
                                   "outside the server's data directory")
     return path
+
+
+def _why(exc: Exception) -> object:
+    """What went wrong, without the full path (an OSError's strerror; a loop says so)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return "a symlink loop" if isinstance(exc, RuntimeError) else exc
 
 
 def s3_input(uri: str, folder: Path, client: Any = None) -> tuple[Path, dict[str, Any]]:

@@ -4,11 +4,15 @@ clearing of what jobs left that nobody can resume any more.
 
 A resume takes the old job's parts folder by renaming it (:meth:`~crypto_ml.dispatch.
 table_output.TableOutput.take_parts`): the rename is what lets one job only have them (two
-replicas racing, one rename succeeds), so it comes after the new job's record is written and
-before the old job is marked ``:resumed`` (:meth:`~crypto_ml.api.job_store.JobStore.
-mark_resumed`), which only tells readers who took them. A failure anywhere before the rename
-leaves the chunks where they were, for the next resume; a mark naming a job that never took
-them (its POST failed after marking, or its replica died) does not block one either.
+replicas racing, one rename succeeds), so it comes after the new job's record is written.
+Just before it, the job marks the old one ``:resumed`` by itself unless a mark is there
+(:meth:`~crypto_ml.api.job_store.JobStore.claim`); after it, the winner marks it so for good
+(:meth:`~crypto_ml.api.job_store.JobStore.mark_resumed`). A job that finds no chunks to take
+(the old job finished none, or another job renamed them) wins only by setting that mark
+first, so it never starts the whole input again while another job holds the chunks. A
+failure anywhere before the rename leaves the chunks where they were, for the next resume;
+a mark naming a job that never took them (its POST failed after marking, or its replica
+died) does not block one either, since the rename decides while the chunks are there.
 """
 
 from __future__ import annotations
@@ -81,7 +85,8 @@ def take_over(store: JobStore, old: str, new: str, output: TableOutput, earlier:
     """Give job ``new`` (its record written) the chunks of ``old``; JobConflict when another
     job took them first, after ``not_started(why)`` has recorded ``new`` as never run."""
     try:
-        if kept:
+        if kept:  # marked before the rename: a job that finds no chunks then sees the mark
+            store.claim(old, new)  # (a mark already there, maybe stale: the rename decides)
             output.take_parts(earlier)  # FileNotFoundError: another job renamed them first
         won = kept or store.claim(old, new) is None  # no chunks to rename: the mark decides
     except FileNotFoundError:

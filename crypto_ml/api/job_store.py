@@ -130,13 +130,13 @@ def status_of(record: dict[str, Any], now: float | None = None,
     now = time.time() if now is None else now
     status, error = record["status"], record["error"]
     silent = now - record["heartbeat"]
+    end = record["finished"] or now
     if status in ACTIVE and silent > record["stale_after"]:
-        status = "failed"
+        status, end = "failed", record["heartbeat"]  # its rate: until it fell silent
         error = stopped_error(record["replica"], f"no heartbeat for {silent:.0f} s")
     if status == "failed" and (record.get("resumable", True) or resumed_by is not None):
         error = f"{error}; {_how_to_go_on(record['id'], resumed_by)}"
     started = record["started"]
-    end = record["finished"] or now
     series, done = record["series"], record["done"]
     rate = (done - record.get("resumed", 0)) / (end - started) if end > started else 0.0
     eta = (series - done) / rate if status == "running" and rate > 0 else None

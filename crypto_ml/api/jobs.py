@@ -15,13 +15,15 @@ heartbeat there at most every :data:`SYNC_SECONDS` (and at least every
 replica sets; the run then stops and its queued chunks are revoked. A job whose replica
 stopped answering for ``3 * CRYPTO_ML_DEAD_AFTER_SECONDS`` is reported failed; one whose
 replica shuts down (SIGTERM: a rollout, a scale-down) is stopped, its queued work revoked,
-and recorded failed. A failed job keeps its finished chunks (the parts of its table run)
-while its record lives: POSTing the same body with ``"resume": "<its id>"`` starts a new job
-that takes them and computes only the rest, once (the rename of the parts folder decides which
-job takes them: :mod:`crypto_ml.api.job_files`) under a new run id, so that the old run,
-were its process only paused, ends without touching it (that process stops its run when it
-sees the job was resumed). A cancelled job's chunks go. What jobs left that nobody can
-resume any more (chunks, half-joined outputs, S3 copies) is removed by a later ``POST``.
+and recorded failed; so is one whose replica wakes from such a silence (a paused VM, a
+network split), so that failed, once reported, is final. A failed job keeps its finished
+chunks (the parts of its table run) while its record lives: POSTing the same body with
+``"resume": "<its id>"`` starts a new job that takes them and computes only the rest, once
+(the rename of the parts folder decides which job takes them: :mod:`crypto_ml.api.
+job_files`) under a new run id, so that the old run, were its process only paused, ends
+without touching it (that process stops its run when it sees the job was resumed). A
+cancelled job's chunks go. What jobs left that nobody can resume any more (chunks,
+half-joined outputs, S3 copies) is removed by a later ``POST``.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from typing import Any, Literal
 
 import redis
 from celery import Celery
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from crypto_ml.core.errors import ConfigError, CryptoMLError
 from crypto_ml.core.settings import Settings
@@ -91,6 +93,12 @@ class JobBody(BaseModel):
     resume: str | None = Field(None, pattern=JOB_ID,
                                description="the id of a failed job of this same body: the new "
                                "job takes its finished chunks and computes only the rest")
+
+    @model_validator(mode="after")
+    def _three_columns(self) -> JobBody:
+        if len({self.id_col, self.time_col, self.value_col}) < 3:
+            raise ValueError("id_col, time_col and value_col must name three different columns")
+        return self
 
 
 class JobStatus(BaseModel):
@@ -322,6 +330,10 @@ class Jobs:
                 return
             now = time.time()
             running = [job for job in jobs if job.finished is None]
+            for job in [job for job in running if self._stalled(job, now)]:
+                running.remove(job)  # readers have said failed since: it ends so, resumable
+                job.stop_reason = f"it did not answer for {now - job.written[3]:.0f} s"
+                job.cancel.set()
             due = [(job, job.record(self.replica, self.stale_after)) for job in running
                    if self._due(job, now)]
             updates = [record for _, record in due]
@@ -339,6 +351,12 @@ class Jobs:
                     job.cancel.set()
                 elif job.id in cancelled:
                     job.cancel.set()
+
+    def _stalled(self, job: Job, now: float) -> bool:
+        """Whether the job's last heartbeat is older than ``stale_after`` (this process was
+        paused, or cut off from Redis): every replica then reports it failed, so it may not
+        come back to life."""
+        return 0 < job.written[3] < now - self.stale_after
 
     def _due(self, job: Job, now: float) -> bool:
         status, done, failed, when = job.written

@@ -8,6 +8,7 @@ routes (``/healthz``, ``/metrics``) do not.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Annotated, Any
 
@@ -54,7 +55,7 @@ def forecast_routes(settings: Settings, runs: Runs, service: ForecastService,
             raise Invalid([{"loc": ["query", "wait"], "type": "value_error",
                             "msg": f"must be at most {settings.api_max_wait} "
                                    f"(CRYPTO_ML_API_MAX_WAIT), got {wait:g}"}])
-        run = await runs.submit(service.requests_for(body), listen=wait > 0)
+        run = await runs.submit(await service.checked(body), listen=wait > 0)
         state = await runs.wait(run, wait)
         if state is not None:
             metrics.count_run(state)
@@ -145,7 +146,7 @@ def data_routes(service: ForecastService, authorized: Sequence[Depends]) -> APIR
     @router.get("/v1/coins", response_model=Coins, summary="Coin ids of the data directory",
                 responses={**UNAUTHORIZED, 503: {"model": Problem, "description": "no data"}})
     async def coins() -> dict[str, Any]:
-        return {"coins": service.coins.names()}
+        return {"coins": await asyncio.to_thread(service.coins.names)}  # may parse files
 
     @router.get("/v1/models", response_model=Models, summary="Models, their queue and options",
                 responses=UNAUTHORIZED)

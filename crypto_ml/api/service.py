@@ -19,7 +19,7 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -57,12 +57,25 @@ def problem(loc: Sequence[str | int], msg: str) -> dict[str, Any]:
     return {"loc": ["body", *loc], "msg": msg, "type": "value_error"}
 
 
+def _stamp(path: Path) -> tuple[str, float, int] | None:
+    """What tells a file's change: name, mtime and size (None: it cannot be stat'ed, e.g. a
+    dangling link or a symlink loop, which then cannot hide the others' changes)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return path.name, st.st_mtime, st.st_size
+
+
 class CoinData:
-    """Closes of the data folder's coins, parsed once and re-read when a file changes."""
+    """Closes of the data folder's coins, parsed once and re-read when a file changes. Reads
+    of files go one at a time (``_reading``), in the caller's thread: the routes call them in
+    a worker thread unless :meth:`ready` says the answer is in memory."""
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self._lock = threading.Lock()
+        self._reading = threading.Lock()
         self._loader = CryptoLoader(data_dir)
         self._signature: tuple[tuple[str, float, int], ...] | None = None
         self._checked = 0.0
@@ -75,19 +88,26 @@ class CoinData:
         self._checked = now
         try:
             paths = sorted(self.data_dir.iterdir()) if self.data_dir.is_dir() else [self.data_dir]
-            signature = tuple((p.name, p.stat().st_mtime, p.stat().st_size) for p in paths)
         except OSError:
-            signature = ()
+            paths = []
+        signature = tuple(filter(None, map(_stamp, paths)))
         if signature != self._signature:
             self._signature = signature
             self._loader = CryptoLoader(self.data_dir)
             self._prices = {}
 
+    def ready(self, coins: Iterable[str]) -> bool:
+        """Whether :meth:`prices` answers each of ``coins`` from memory, reading no file."""
+        with self._lock:
+            self._refresh()
+            return all(coin in self._prices for coin in coins)
+
     def names(self) -> list[str]:
         with self._lock:
             self._refresh()
             loader = self._loader
-        return loader.get_crypto_names()
+        with self._reading:
+            return loader.get_crypto_names()
 
     def prices(self, coin: str) -> tuple[list[float], str | None]:
         """The coin's closes (NaNs dropped), oldest first, and the date of the last one."""
@@ -96,7 +116,8 @@ class CoinData:
             cached = self._prices.get(coin)
             loader = self._loader
         if cached is None:
-            frame = loader.get_df(coin).dropna(subset=["Close"])
+            with self._reading:
+                frame = loader.get_df(coin).dropna(subset=["Close"])
             last = frame["Date"].iloc[-1].date().isoformat() if len(frame) else None
             cached = (frame["Close"].astype(float).tolist(), last)
             with self._lock:
@@ -115,6 +136,13 @@ class ForecastService:
     def __init__(self, settings: Settings, coins: CoinData | None = None) -> None:
         self.settings = settings
         self.coins = coins or CoinData(settings.data_dir)
+
+    async def checked(self, body: ForecastBody) -> list[ForecastRequest]:
+        """:meth:`requests_for` on the event loop when every coin's closes are in memory, else
+        in a worker thread (a first read parses files; the server answers others meanwhile)."""
+        if self.coins.ready(body.coins or ()):
+            return self.requests_for(body)
+        return await asyncio.to_thread(self.requests_for, body)
 
     def requests_for(self, body: ForecastBody) -> list[ForecastRequest]:
         """One request per (series, model), or Invalid naming every problem found."""

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from crypto_ml.data.parsing import BadFile, coin_id, read_raw_csv, tidy_prices
+from crypto_ml.data.parsing import BadFile, coin_id, not_prices, read_raw_csv, tidy_prices
 
 log = logging.getLogger(__name__)
 
@@ -107,20 +107,31 @@ def _consolidated(path: Path, column: str) -> dict[str, Source]:
     return sources
 
 
-def _per_coin(path: Path) -> Source:
-    return Source(path.name, lambda: tidy_prices(_read_table(path)))
+def _per_coin(path: Path, columns: list[str]) -> Source:
+    """One coin's file; one whose header says it holds no prices (a long table of other
+    series, say) is refused from the header, its rows never read."""
+    why = not_prices(columns) if columns else None
+
+    def read() -> tuple[pd.DataFrame, int]:
+        if why is not None:
+            raise why
+        return tidy_prices(_read_table(path))
+
+    return Source(path.name, read)
 
 
 def discover(data: Path) -> dict[str, Source]:
     """``{coin id: Source}`` for a folder (every price file in it) or a single file."""
-    files = [data] if data.is_file() else sorted(
-        p for p in data.iterdir() if p.suffix.lower() in SUFFIXES and not p.name.startswith("."))
+    files = [data] if data.is_file() else sorted(  # regular files: a FIFO would block a read
+        p for p in data.iterdir()
+        if p.suffix.lower() in SUFFIXES and not p.name.startswith(".") and p.is_file())
     found: dict[str, Source] = {}
     for path in files:
-        column = coin_column(_columns(path))
+        columns = _columns(path)
+        column = coin_column(columns)
         try:
             sources = (_consolidated(path, column) if column
-                       else {coin_id(path.stem): _per_coin(path)})
+                       else {coin_id(path.stem): _per_coin(path, columns)})
         except (BadFile, OSError) as exc:
             log.warning("skipping %s: %s", path.name, exc)
             continue

@@ -81,12 +81,19 @@ def parse_price_csv(path: Path) -> tuple[pd.DataFrame, int]:
     return tidy_prices(read_raw_csv(path))
 
 
+def not_prices(columns: list[str]) -> BadFile | None:
+    """Why a file with these column names is not a price series (None: it may be one)."""
+    names = {str(c).strip().lower() for c in columns}
+    missing = [c for c in REQUIRED if c.lower() not in names]
+    return BadFile(f"no {' or '.join(missing)} column, so it is not a price series") \
+        if missing else None
+
+
 def tidy_prices(raw: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     """Text cells of one coin (columns found by name) -> tidy frame and dropped-row count."""
     by_name = {str(c).strip().lower(): c for c in raw.columns}
-    missing = [c for c in REQUIRED if c.lower() not in by_name]
-    if missing:
-        raise BadFile(f"no {' or '.join(missing)} column, so it is not a price series")
+    if (why := not_prices(list(by_name))) is not None:
+        raise why
     if raw.empty:
         raise BadFile("it has a header but no rows")
     frame = pd.DataFrame({"Date": _parse_dates(raw[by_name["date"]].astype(str))})

@@ -57,6 +57,12 @@ class Columns:
     time: str = "ds"
     value: str = "y"
 
+    def __post_init__(self) -> None:
+        if len({self.id, self.time, self.value}) < 3:
+            raise InvalidTable(f"the id, time and value columns must be three different "
+                               f"columns; got {self.id!r}, {self.time!r} and {self.value!r} "
+                               "(--id-col, --time-col, --value-col)")
+
 
 TEXT = pa.string()  # ids are read as text, and written so unless the input's were numbers
 
