@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 JOB_ID = r"^[0-9a-f]{32}$"
 _ID = re.compile(JOB_ID)
 #: what a job leaves beside the outputs: its parts folder, its outputs half joined
-_LEFT = re.compile(r"^\.([0-9a-f]{32})(?:\.parquet\.parts|(?:\.failures)?\.parquet\.tmp)$")
+_LEFT = re.compile(r"^\.([0-9a-f]{32})(?:\.parquet\.parts|(?:\.failures)?\.parquet"
+                   r"(?:\.[0-9a-f]{12})?\.tmp)$")
 
 
 def output_of(folder: Path, job_id: str, run: dict[str, Any]) -> TableOutput:

@@ -26,7 +26,7 @@ from crypto_ml.core.progress import ProgressBar, is_terminal
 from crypto_ml.data.table import Columns, TableSource
 from crypto_ml.data.table_loader import TableLoader
 from crypto_ml.dispatch.manager import CryptoManager
-from crypto_ml.dispatch.table_output import TableOutput, check_output, failures_path
+from crypto_ml.dispatch.table_output import TableOutput, check_output, failures_path, held
 from crypto_ml.dispatch.table_run import TablePlan, TableSummary
 
 
@@ -87,16 +87,17 @@ def send_table(request: SendRequest, table: TableRequest) -> int:
     plan = TablePlan.of(list(wanted.models), wanted.horizon, wanted.levels, wanted.max_points,
                         {} if wanted.epochs is None else {"epochs": wanted.epochs},
                         table.chunk_series, table.fallback)
-    output = TableOutput(request.output, plan.describe(source), table.overwrite)
-    assert source.info is not None
-    progress = TableProgress(source.info.series, quiet=request.stderr.quiet)
-    manager = CryptoManager(settings=request.settings, err=console_writer())
-    stop_on_signals(manager)
-    try:
-        summary = manager.run_table(source, output, plan, progress, wanted.timeout,
-                                    table.in_flight, on_skip=progress.skip)
-    finally:
-        progress.close()
+    with held(request.output):  # one run at a time writes OUT
+        output = TableOutput(request.output, plan.describe(source), table.overwrite)
+        assert source.info is not None
+        progress = TableProgress(source.info.series, quiet=request.stderr.quiet)
+        manager = CryptoManager(settings=request.settings, err=console_writer())
+        stop_on_signals(manager)
+        try:
+            summary = manager.run_table(source, output, plan, progress, wanted.timeout,
+                                        table.in_flight, on_skip=progress.skip)
+        finally:
+            progress.close()
     say_summary(summary, request.output)
     return EXIT_OK if not summary.failures and not summary.chunks_failed else EXIT_FAILED
 

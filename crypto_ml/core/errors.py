@@ -111,6 +111,11 @@ class InvalidTable(ConfigError, ValueError):
     ValueError too, as statsforecast raises for a bad frame."""
 
 
+class OutputUnwritable(CryptoMLError):
+    """A table run's output, or a part of it, could not be written (a full disk, a folder
+    that went away); the chunks already written stay, so the same run again goes on."""
+
+
 class OutputMismatch(ConfigError):
     """An ``--output`` table already holds (part of) a run of other inputs or settings."""
 

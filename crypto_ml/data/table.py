@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
@@ -37,6 +36,8 @@ from crypto_ml.core.errors import InvalidTable
 from crypto_ml.data.ahead import read_ahead
 from crypto_ml.data.steps import series_steps
 from crypto_ml.data.table_checks import id_order, output_id_type, string_ids, time_column, value_column
+from crypto_ml.data.table_files import DEFAULT_COLUMNS, dataset_of, table_files
+from crypto_ml.data.table_files import Columns as Columns  # where callers have found it
 
 BATCH_ROWS = 1 << 18
 #: How a time column is kept: days since 1970 (dates), nanoseconds (timestamps), integers.
@@ -47,21 +48,6 @@ def time_array(values: np.ndarray, kind: str) -> pa.Array:
     """int64 times (as :class:`TableSource` keeps them) as an Arrow array of ``kind``."""
     raw = pa.array(values.astype(np.int32) if kind == "date" else values)
     return raw.cast(TIME_KINDS[kind])
-
-
-@dataclass(frozen=True)
-class Columns:
-    """The names of the id, time and value columns (``--id-col``, ``--time-col``, ``--value-col``)."""
-
-    id: str = "unique_id"
-    time: str = "ds"
-    value: str = "y"
-
-    def __post_init__(self) -> None:
-        if len({self.id, self.time, self.value}) < 3:
-            raise InvalidTable(f"the id, time and value columns must be three different "
-                               f"columns; got {self.id!r}, {self.time!r} and {self.value!r} "
-                               "(--id-col, --time-col, --value-col)")
 
 
 TEXT = pa.string()  # ids are read as text, and written so unless the input's were numbers
@@ -92,72 +78,10 @@ class TableInfo:
     id_type: pa.DataType = TEXT
 
 
-def _files(path: Path) -> tuple[list[Path], str]:
-    if not path.exists():
-        raise InvalidTable(f"--input {path}: no such file or folder")
-    if path.is_file():
-        kind = "csv" if path.name.lower().endswith((".csv", ".csv.gz")) else "parquet"
-        return [path], kind
-    parquet = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".parquet", ".pq"))
-    csv = sorted(p for p in path.rglob("*.csv") if p.is_file())
-    if parquet and csv:  # one table is one format: say so rather than skip a part of it
-        raise InvalidTable(f"--input {path}: the folder holds both Parquet ({parquet[0].name}) "
-                           f"and CSV ({csv[0].name}) files; give a folder of one kind")
-    if parquet:
-        return parquet, "parquet"
-    if csv:
-        return csv, "csv"
-    raise InvalidTable(f"--input {path}: the folder holds no .parquet or .csv file")
-
-
-def _dataset(path: Path, files: list[Path], kind: str, columns: Columns) -> ds.Dataset:
-    try:
-        return _open(path, files, kind, columns)
-    except (pa.ArrowException, OSError) as exc:  # an empty or ragged CSV, say
-        raise InvalidTable(f"--input {path}: cannot read the table ({exc})") from None
-
-
-def _open(path: Path, files: list[Path], kind: str, columns: Columns) -> ds.Dataset:
-    if kind == "csv":
-        convert = pacsv.ConvertOptions(column_types={columns.id: pa.string()})
-        fmt = ds.CsvFileFormat(convert_options=convert)
-        return ds.dataset([str(f) for f in files], format=fmt)
-    keys: set[str] = set()
-    for file in files:  # the footers only: name a bad file before any work
-        keys |= _check_file(file, path, columns)
-    # no pre-buffering: a whole row group's columns read ahead cost hundreds of MB
-    fmt = ds.ParquetFileFormat(default_fragment_scan_options=ds.ParquetFragmentScanOptions(
-        pre_buffer=False))
-    if path.is_file():
-        return ds.dataset(str(path), format=fmt)
-    # the listed files alone (not a README beside them); partition values as text, so that
-    # unique_id=007 stays '007' and is not the number 7
-    text = ds.partitioning(pa.schema([(k, pa.string()) for k in sorted(keys)]), flavor="hive")
-    return ds.dataset([str(f) for f in files], format=fmt, partition_base_dir=str(path),
-                      partitioning=text)
-
-
-def _check_file(file: Path, root: Path, columns: Columns) -> set[str]:
-    """The hive keys of ``file``'s folders (``unique_id=...``); InvalidTable naming it when
-    it is no Parquet, or lacks a column that no such folder gives."""
-    try:
-        names = pq.read_metadata(file).schema.to_arrow_schema().names
-    except (pa.ArrowException, OSError) as exc:
-        raise InvalidTable(f"--input: cannot read {file} as Parquet ({exc})") from None
-    folders = {part.split("=", 1)[0] for part in file.relative_to(root).parts[:-1]
-               if "=" in part} if file != root else set()
-    missing = [c for c in (columns.id, columns.time, columns.value)
-               if c not in names and c not in folders]
-    if missing:
-        raise InvalidTable(f"--input: {file} has no column {', '.join(map(repr, missing))} (it "
-                           f"has {', '.join(names)}); every file of the table needs them")
-    return folders
-
-
 class TableSource:
     """One long-format table: checked once (:meth:`check`), then read in chunks."""
 
-    def __init__(self, path: Path | str | pa.Table, columns: Columns = Columns(),
+    def __init__(self, path: Path | str | pa.Table, columns: Columns = DEFAULT_COLUMNS,
                  only: Sequence[str] | None = None) -> None:
         self.columns = columns
         self.path = path if isinstance(path, pa.Table) else Path(path)
@@ -169,8 +93,8 @@ class TableSource:
         if isinstance(path, pa.Table):
             self.dataset = ds.dataset(path)
         else:
-            self.files, kind = _files(Path(path))
-            self.dataset = _dataset(Path(path), self.files, kind, columns)
+            self.files, kind = table_files(Path(path))
+            self.dataset = dataset_of(Path(path), self.files, kind, columns)
         self._sorted: pa.Table | None = None
         self.info: TableInfo | None = None
         self._layout: _Layout | None = None
@@ -311,14 +235,30 @@ class TableSource:
                          np.diff(np.append(begin, rows)))
         found = self.dataset.schema.field(self.columns.time).type  # the batches read it
         zone = found.tz if pa.types.is_timestamp(found) else None
-        ids = output_id_type(self.dataset.schema.field(self.columns.id).type)
-        return TableInfo(rows, len(begin), kind, presorted, zone, ids), layout
+        return TableInfo(rows, len(begin), kind, presorted, zone, self._id_type()), layout
+
+    def _id_type(self) -> pa.DataType:
+        """The ids' type in the output: as the input stores them when every file does so
+        alike (integers of any width: int64), else text."""
+        c = self.columns
+        found = {output_id_type(r.schema_arrow.field(c.id).type) for r in self._readers()
+                 if c.id in r.schema_arrow.names}
+        if len(found) > 1:
+            return pa.int64() if all(pa.types.is_integer(t) for t in found) else pa.string()
+        return output_id_type(self.dataset.schema.field(c.id).type)
 
     def _sort(self) -> None:
-        """Sort an unsorted table in memory (see the module doc); later reads read it."""
+        """Sort an unsorted table in memory (see the module doc); later reads read it. Files
+        that store a column in different types (ns and us times, int and float values) are
+        brought to one; InvalidTable when they cannot be."""
         c = self.columns
-        table = pa.Table.from_batches(list(self._batches()))
-        table = table.set_column(0, c.id, pc.cast(table.column(0), pa.string()))
+        tables = [pa.Table.from_batches([b]) for b in self._batches()]
+        tables = [t.set_column(0, c.id, pc.cast(t.column(0), pa.string())) for t in tables]
+        try:
+            table = pa.concat_tables(tables, promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise InvalidTable(f"{self.label}: its files store a column in types that do not "
+                               f"mix ({exc}); write them alike") from None
         self._sorted = table.sort_by([(c.id, "ascending"), (c.time, "ascending")])
 
     def chunks(self, size: int) -> Iterator[SeriesChunk]:

@@ -53,8 +53,12 @@ def time_column(column: pa.Array, ids: pa.Array, name: str) -> tuple[np.ndarray,
         column = pc.cast(column, pa.date32())
         return np.asarray(column.cast(pa.int32()).to_numpy(), dtype=np.int64), kind
     if kind == "timestamp":
-        return np.asarray(pc.cast(column, pa.timestamp("ns")).cast(pa.int64()).to_numpy(),
-                          dtype=np.int64), kind
+        try:
+            column = pc.cast(column, pa.timestamp("ns"))
+        except pa.ArrowInvalid:  # seconds, ms or us beyond what nanoseconds hold
+            raise InvalidTable(f"--input: column {name!r} holds a time outside 1677-09-21 to "
+                               "2262-04-11, the range this reads (as nanoseconds)") from None
+        return np.asarray(column.cast(pa.int64()).to_numpy(), dtype=np.int64), kind
     largest = pc.max(column).as_py() if pa.types.is_unsigned_integer(column.type) else None
     if largest is not None and largest > np.iinfo(np.int64).max:
         raise InvalidTable(f"--input: column {name!r} holds {largest}, above the largest time "
@@ -105,7 +109,11 @@ def string_ids(column: pa.Array, name: str = "unique_id") -> pa.Array:
         raise InvalidTable(f"--input: column {name!r} is of type {column.type}; ids are text "
                            "or numbers")
     else:
-        text = pc.cast(column, pa.string())
+        try:
+            text = pc.cast(column, pa.string())
+        except pa.ArrowInvalid:  # bytes that are not UTF-8
+            raise InvalidTable(f"--input: column {name!r} holds an id that is not UTF-8 "
+                               "text") from None
     values = text.dictionary if isinstance(text, pa.DictionaryArray) else text
     if pc.any(pc.equal(values, "")).as_py():
         raise InvalidTable(f"--input: column {name!r} holds an empty id; give every series "

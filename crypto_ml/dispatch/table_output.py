@@ -21,11 +21,13 @@ folder, so an interrupted and an uninterrupted run give the same files.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from crypto_ml.core.errors import ConfigError, OutputMismatch
+from crypto_ml.core.errors import ConfigError, OutputMismatch, OutputUnwritable
 from crypto_ml.worker.chunks import FILLED
 
 FAILURES_SCHEMA = pa.schema([("unique_id", pa.string()), ("model", pa.string()),
@@ -72,6 +74,28 @@ def check_output(out: Path) -> None:
         raise ConfigError(f"--output {out}: no folder {out.parent}; create it first")
     if not os.access(out.parent, os.W_OK | os.X_OK):
         raise ConfigError(f"--output {out}: cannot write in {out.parent}")
+
+
+@contextlib.contextmanager
+def held(out: Path) -> Iterator[None]:
+    """OUT for this run alone, while it lasts (``flock`` on ``.OUT.lock`` beside it, which
+    stays): a second run to the same OUT (cron twice, two terminals) gets a ConfigError at
+    once, instead of computing the same chunks and joining them over the first's file."""
+    lock = out.with_name(f".{out.name}.lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise ConfigError(f"--output {out}: cannot open its lock file {lock.name} "
+                          f"({exc.strerror or exc})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"--output {out}: another run is writing it now; wait for it "
+                              "to end, or choose another --output") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def check_apart(out: Path, source: object) -> None:
@@ -123,21 +147,36 @@ def _text_columns(schema: pa.Schema) -> list[str]:
     return [f.name for f in schema if pa.types.is_string(f.type)]
 
 
-def _aside(path: Path) -> Path:
+def _aside(path: Path, hidden: str = "") -> Path:
     """A name of this writer's own to write ``path`` under before renaming it: a process
-    paused mid-write (an API job resumed elsewhere meanwhile) cannot finish into another's."""
-    return path.with_name(f"{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    paused mid-write (an API job resumed elsewhere meanwhile, a second run to the same OUT)
+    cannot finish into another's."""
+    return path.with_name(f"{hidden}{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+
+
+@contextlib.contextmanager
+def _writing(path: Path, tmp: Path) -> Iterator[None]:
+    """An OSError while ``tmp`` is written and renamed to ``path`` as one OutputUnwritable
+    naming ``path`` (what the disk said); ``tmp`` removed."""
+    try:
+        yield
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputUnwritable(f"cannot write {path} ({exc.strerror or exc}); free space or "
+                               "fix the folder, then run it again: it goes on from the chunks "
+                               "already written") from None
 
 
 def _write_atomic(table: pa.Table, path: Path) -> None:
     """A part as an Arrow IPC file, on disk (fsync) before it takes its name."""
     tmp = _aside(path)
-    with open(tmp, "wb") as f:
-        with pa.ipc.new_file(f, table.schema) as writer:
-            writer.write_table(table)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with _writing(path, tmp):
+        with open(tmp, "wb") as f:
+            with pa.ipc.new_file(f, table.schema) as writer:
+                writer.write_table(table)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
 
 def _read_part(path: Path) -> pa.Table:
@@ -240,7 +279,10 @@ class TableOutput:
             return 0
 
     def failure_counts(self) -> tuple[int, int]:
-        """The failure rows of the finished OUT.failures.parquet, and those filled."""
+        """The failure rows of the finished OUT.failures.parquet, and those filled (none
+        when a user removed an empty one)."""
+        if not self.failures.exists():
+            return 0, 0
         errors = pq.read_table(self.failures, columns=["error"]).column("error")
         filled = pc.sum(_filled(errors)).as_py() or 0
         return len(errors) - filled, filled
@@ -261,10 +303,10 @@ class TableOutput:
         the input's type ``ids`` (integer ids come back as integers, as statsforecast returns
         them)."""
         meta = {META_KEY: json.dumps(self.run).encode()}
+        failed = sorted(self.parts.glob(f"failed-*{PART}"))  # first: OUT says the run is done
+        _concat(self.failures, _with_ids(FAILURES_SCHEMA, ids), failed)
         _concat(self.out, _with_ids(schema, ids).with_metadata(meta),
                 (self.parts / f"chunk-{i:08d}{PART}" for i in chunks))
-        failed = sorted(self.parts.glob(f"failed-*{PART}"))
-        _concat(self.failures, _with_ids(FAILURES_SCHEMA, ids), failed)
         shutil.rmtree(self.parts)
         return self.failure_counts()
 
@@ -277,14 +319,17 @@ def _with_ids(schema: pa.Schema, ids: pa.DataType | None) -> pa.Schema:
 
 def _write_text_atomic(path: Path, text: str) -> None:
     tmp = _aside(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with _writing(path, tmp):
+        tmp.write_text(text)
+        os.replace(tmp, path)
 
 
 def _concat(path: Path, schema: pa.Schema, parts: Iterable[Path]) -> None:
-    """Copy ``parts`` (in order, a row group each) into ``path``, written aside and renamed."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with pq.ParquetWriter(tmp, schema, use_dictionary=_text_columns(schema)) as writer:
-        for part in parts:
-            writer.write_table(_read_part(part).cast(schema.remove_metadata()))
-    os.replace(tmp, path)
+    """Copy ``parts`` (in order, a row group each) into ``path``, written aside (under a
+    hidden name of this writer's own) and renamed."""
+    tmp = _aside(path, hidden=".")
+    with _writing(path, tmp):
+        with pq.ParquetWriter(tmp, schema, use_dictionary=_text_columns(schema)) as writer:
+            for part in parts:
+                writer.write_table(_read_part(part).cast(schema.remove_metadata()))
+        os.replace(tmp, path)

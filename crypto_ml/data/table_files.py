@@ -1,0 +1,110 @@
+"""A long table's files: which ones a path names (a file, or a folder's Parquet or CSV files),
+each checked from its footer alone, and the pyarrow dataset that reads them; the names of
+the id, time and value columns (:class:`Columns`). :mod:`crypto_ml.data.table` reads it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from crypto_ml.core.errors import InvalidTable
+
+
+@dataclass(frozen=True)
+class Columns:
+    """The names of the id, time and value columns (``--id-col``, ``--time-col``, ``--value-col``)."""
+
+    id: str = "unique_id"
+    time: str = "ds"
+    value: str = "y"
+
+    def __post_init__(self) -> None:
+        if len({self.id, self.time, self.value}) < 3:
+            raise InvalidTable(f"the id, time and value columns must be three different "
+                               f"columns; got {self.id!r}, {self.time!r} and {self.value!r} "
+                               "(--id-col, --time-col, --value-col)")
+
+
+
+DEFAULT_COLUMNS = Columns()
+
+
+def table_files(path: Path) -> tuple[list[Path], str]:
+    """The files of the table at ``path`` and their format (``parquet`` or ``csv``): the file
+    itself, or a folder's files of one format, at any depth (hive partitions), names and
+    suffixes in any case; as pyarrow, Spark and Hive do, names that start with ``.`` or ``_``
+    (``_SUCCESS``, ``_metadata``, an editor's or macOS' ``._x.parquet``) are not data."""
+    if not path.exists():
+        raise InvalidTable(f"--input {path}: no such file or folder")
+    if path.is_file():
+        return [path], "csv" if _is_csv(path) else "parquet"
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not any(
+        part.startswith((".", "_")) for part in p.relative_to(path).parts))
+    parquet = [p for p in files if p.suffix.lower() in (".parquet", ".pq")]
+    csv = [p for p in files if _is_csv(p)]
+    if parquet and csv:  # one table is one format: say so rather than skip a part of it
+        raise InvalidTable(f"--input {path}: the folder holds both Parquet ({parquet[0].name}) "
+                           f"and CSV ({csv[0].name}) files; give a folder of one kind")
+    if parquet:
+        return parquet, "parquet"
+    if csv:
+        return csv, "csv"
+    raise InvalidTable(f"--input {path}: the folder holds no .parquet or .csv file")
+
+
+def _is_csv(path: Path) -> bool:
+    return path.name.lower().endswith((".csv", ".csv.gz"))
+
+
+def dataset_of(path: Path, files: list[Path], kind: str, columns: Columns) -> ds.Dataset:
+    try:
+        return _open(path, files, kind, columns)
+    except (pa.ArrowException, OSError) as exc:  # an empty or ragged CSV, say
+        raise InvalidTable(f"--input {path}: cannot read the table ({exc})") from None
+
+
+def _open(path: Path, files: list[Path], kind: str, columns: Columns) -> ds.Dataset:
+    if kind == "csv":
+        # ids as text; values as text too, made numbers batch by batch (a value that is none
+        # is named with its series), not by a guess from the first block of rows (integers,
+        # or empty cells, then decimals); an empty cell is a missing value
+        convert = pacsv.ConvertOptions(column_types={columns.id: pa.string(),
+                                                     columns.value: pa.string()},
+                                       strings_can_be_null=True)
+        fmt = ds.CsvFileFormat(convert_options=convert)
+        return ds.dataset([str(f) for f in files], format=fmt)
+    keys: set[str] = set()
+    for file in files:  # the footers only: name a bad file before any work
+        keys |= _check_file(file, path, columns)
+    # no pre-buffering: a whole row group's columns read ahead cost hundreds of MB
+    fmt = ds.ParquetFileFormat(default_fragment_scan_options=ds.ParquetFragmentScanOptions(
+        pre_buffer=False))
+    if path.is_file():
+        return ds.dataset(str(path), format=fmt)
+    # the listed files alone (not a README beside them); partition values as text, so that
+    # unique_id=007 stays '007' and is not the number 7
+    text = ds.partitioning(pa.schema([(k, pa.string()) for k in sorted(keys)]), flavor="hive")
+    return ds.dataset([str(f) for f in files], format=fmt, partition_base_dir=str(path),
+                      partitioning=text)
+
+
+def _check_file(file: Path, root: Path, columns: Columns) -> set[str]:
+    """The hive keys of ``file``'s folders (``unique_id=...``); InvalidTable naming it when
+    it is no Parquet, or lacks a column that no such folder gives."""
+    try:
+        names = pq.read_metadata(file).schema.to_arrow_schema().names
+    except (pa.ArrowException, OSError) as exc:
+        raise InvalidTable(f"--input: cannot read {file} as Parquet ({exc})") from None
+    folders = {part.split("=", 1)[0] for part in file.relative_to(root).parts[:-1]
+               if "=" in part} if file != root else set()
+    missing = [c for c in (columns.id, columns.time, columns.value)
+               if c not in names and c not in folders]
+    if missing:
+        raise InvalidTable(f"--input: {file} has no column {', '.join(map(repr, missing))} (it "
+                           f"has {', '.join(names)}); every file of the table needs them")
+    return folders

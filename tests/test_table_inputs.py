@@ -1,0 +1,157 @@
+"""Tables and outputs as users have them, from an outside probe of ``send-tasks --input``:
+folders whose files store a column in different types, ids that are numbers in one file and
+text in another, times past 2262, ids that are not UTF-8, CSVs whose first rows mislead a
+type guess, hidden files beside the data; an output that two runs want at once, a disk that
+refuses a write, a failures file a user removed. Each either works or gets one line naming
+the problem, never a traceback after the work."""
+
+from __future__ import annotations
+
+import fcntl
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import run_cli
+from table_support import random_walks, write_parquet
+
+from crypto_ml.core.errors import InvalidTable, OutputUnwritable
+from crypto_ml.data.table import Columns, TableSource
+from crypto_ml.dispatch.table_output import FAILURES_SCHEMA, TableOutput, _write_atomic
+
+
+def _file(path: Path, ids: list[object], times: pa.Array, values: pa.Array) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"unique_id": ids, "ds": times, "y": values}), path)
+    return path
+
+
+def _days(first: int, n: int, unit: str) -> pa.Array:
+    per_day = {"ns": 86_400 * 10**9, "us": 86_400 * 10**6, "s": 86_400}[unit]
+    return pa.array([(first + i) * per_day for i in range(n)], pa.timestamp(unit))
+
+
+def _read_all(source: TableSource) -> dict[str, list[float]]:
+    source.check()
+    out: dict[str, list[float]] = {}
+    for chunk in source.chunks(10):
+        for i, sid in enumerate(chunk.ids):
+            out[sid] = chunk.values[chunk.lengths[:i].sum():chunk.lengths[:i + 1].sum()].tolist()
+    return out
+
+
+def test_a_folder_whose_files_store_columns_in_other_types_is_read_as_one(
+        tmp_path: Path) -> None:
+    # by date, as such folders are kept: the series run across files (so the table is sorted
+    # in memory), one file in microseconds, another with float32 values and int ids
+    _file(tmp_path / "t" / "jan1.parquet", ["b", "a"], _days(0, 1, "ns").take([0, 0]),
+          pa.array([2.0, 1.0]))
+    _file(tmp_path / "t" / "jan2.parquet", ["b", "a"], _days(1, 1, "us").take([0, 0]),
+          pa.array([4, 3], pa.float32()))
+    assert _read_all(TableSource(tmp_path / "t")) == {"a": [1.0, 3.0], "b": [2.0, 4.0]}
+
+
+def test_types_that_do_not_mix_are_named_before_any_work(tmp_path: Path) -> None:
+    _file(tmp_path / "t" / "a.parquet", ["b"], _days(0, 1, "ns"), pa.array([1.0]))
+    _file(tmp_path / "t" / "b.parquet", ["a"], pa.array(["2020-01-02"]), pa.array([2.0]))
+    with pytest.raises(InvalidTable, match="store a column in types that do not mix"):
+        TableSource(tmp_path / "t").check()
+
+
+def test_ids_that_are_numbers_in_one_file_and_text_in_another_come_out_as_text(
+        tmp_path: Path) -> None:
+    _file(tmp_path / "t" / "a.parquet", [1, 1], _days(0, 2, "ns"), pa.array([1.0, 2.0]))
+    _file(tmp_path / "t" / "b.parquet", ["x", "x"], _days(0, 2, "ns"), pa.array([3.0, 4.0]))
+    info = TableSource(tmp_path / "t").check()
+    assert info.id_type == pa.string() and info.series == 2
+    _file(tmp_path / "i" / "a.parquet", pa.array([1], pa.int32()), _days(0, 1, "ns"),
+          pa.array([1.0]))
+    _file(tmp_path / "i" / "b.parquet", pa.array([2], pa.int64()), _days(0, 1, "ns"),
+          pa.array([2.0]))
+    assert TableSource(tmp_path / "i").check().id_type == pa.int64()
+
+
+@pytest.mark.parametrize(("ids", "times", "words"), [
+    (["a"], _days(150_000, 1, "s"), "a time outside 1677-09-21 to 2262-04-11"),
+    (pa.array([b"\xff\xfe"], pa.binary()), _days(0, 1, "ns"), "an id that is not UTF-8"),
+])
+def test_times_past_2262_and_ids_that_are_not_text_get_one_line(
+        tmp_path: Path, ids: object, times: pa.Array, words: str) -> None:
+    path = _file(tmp_path / "t.parquet", ids, times, pa.array([1.0]))  # type: ignore[arg-type]
+    with pytest.raises(InvalidTable, match=words):
+        TableSource(path).check()
+
+
+def test_a_csv_whose_first_rows_are_integers_or_empty_is_read_as_numbers(
+        tmp_path: Path) -> None:
+    # pyarrow guesses a CSV column's type from its first block (1 MB): integers, then one
+    # decimal far down; empty cells first, then values
+    rows = ["unique_id,ds,y", *(f"s{i // 50:05d},{i % 50},{i}" for i in range(60_000)),
+            "zz,0,", "zz,1,30.5"]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    got = _read_all(TableSource(tmp_path / "t.csv"))
+    assert len(got) == 1201 and got["s00000"][:2] == [0.0, 1.0]
+    assert np.isnan(got["zz"][0]) and got["zz"][1] == 30.5
+
+
+def test_hidden_files_beside_a_folder_s_data_are_not_read(tmp_path: Path) -> None:
+    for folder in ("t/_tmp", "t/more"):
+        (tmp_path / folder).mkdir(parents=True)
+    write_parquet(random_walks(3, 10), tmp_path / "t" / "part-0.parquet")
+    write_parquet(random_walks(3, 10), tmp_path / "t" / ".part-0.parquet")  # an editor's copy
+    write_parquet(random_walks(3, 10), tmp_path / "t" / "_tmp" / "part-0.parquet")
+    (tmp_path / "t" / "_SUCCESS").write_text("")
+    write_parquet(random_walks(2, 10, seed=9), tmp_path / "t" / "more" / "PART-1.PARQUET")
+    source = TableSource(tmp_path / "t")
+    assert [p.name for p in source.files] == ["PART-1.PARQUET", "part-0.parquet"]
+
+
+def test_a_write_the_disk_refuses_is_one_error_and_leaves_no_temporary_file(
+        tmp_path: Path) -> None:
+    with pytest.raises(OutputUnwritable, match=r"cannot write .*gone.*; free space"):
+        _write_atomic(pa.table({"x": [1]}), tmp_path / "gone" / "chunk-00000000.arrow")
+    taken = tmp_path / "chunk-00000000.arrow"  # written aside, then the rename is refused
+    (taken / "in-the-way").mkdir(parents=True)
+    with pytest.raises(OutputUnwritable, match=r"cannot write .*chunk-00000000\.arrow \("):
+        _write_atomic(pa.table({"x": [1]}), taken)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chunk-00000000.arrow"]
+
+
+def test_a_failures_file_a_user_removed_counts_none(tmp_path: Path) -> None:
+    output = TableOutput(tmp_path / "o.parquet", {"input": "t"})
+    output.done_chunks()
+    output.write_chunk(0, pa.table({"unique_id": ["a"], "x": [1.0]}), FAILURES_SCHEMA.empty_table())
+    output.finish(pa.schema([("unique_id", pa.string()), ("x", pa.float64())]), [0])
+    assert output.finished() and output.failure_counts() == (0, 0)
+    output.failures.unlink()
+    assert output.finished() and output.failure_counts() == (0, 0)
+
+
+def test_a_second_run_to_the_same_output_is_refused_at_once(tmp_path: Path) -> None:
+    # two runs to one OUT each joined the same parts, the later over the file the first had
+    # finished (an unreadable Parquet, and exit 0 from one of them)
+    table = write_parquet(random_walks(20, 30), tmp_path / "t.parquet")
+    out = tmp_path / "o.parquet"
+    with open(tmp_path / ".o.parquet.lock", "w") as lock:  # what a run holds while it runs
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        done = run_cli("send-tasks", "--input", str(table), "--output", str(out), "--model",
+                       "naive", timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"crypto-ml: error: --output {out}: another run is writing it now; wait for it to end,"
+        " or choose another --output"]
+    assert not out.exists() and not (tmp_path / ".o.parquet.parts").exists()
+
+
+def test_one_column_named_for_two_roles_is_refused_before_any_work(tmp_path: Path) -> None:
+    # a CSV read id and time from one column: a KeyError deep in pyarrow, a 500 from the API
+    random_walks(3, 10).to_csv(tmp_path / "t.csv", index=False)
+    done = run_cli("send-tasks", "--input", str(tmp_path / "t.csv"), "--output",
+                   str(tmp_path / "o.parquet"), "--id-col", "ds", timeout=120)
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        "crypto-ml: error: the id, time and value columns must be three different columns; "
+        "got 'ds', 'ds' and 'y' (--id-col, --time-col, --value-col)"], done.stderr
+    with pytest.raises(InvalidTable, match="three different columns"):
+        Columns("y", "ds", "y")
