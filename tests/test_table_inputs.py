@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 from conftest import run_cli
@@ -155,3 +156,15 @@ def test_one_column_named_for_two_roles_is_refused_before_any_work(tmp_path: Pat
         "got 'ds', 'ds' and 'y' (--id-col, --time-col, --value-col)"], done.stderr
     with pytest.raises(InvalidTable, match="three different columns"):
         Columns("y", "ds", "y")
+
+
+def test_iso_times_with_a_zone_written_as_text_are_read_as_in_a_csv(tmp_path: Path) -> None:
+    times = ["2020-01-01T00:00:00Z", "2020-01-02T01:00:00+01:00", "2020-01-03T00:00:00Z"]
+    path = _file(tmp_path / "t.parquet", ["a"] * 3, pa.array(times), pa.array([1.0, 2.0, 3.0]))
+    assert _read_all(TableSource(path)) == {"a": [1.0, 2.0, 3.0]}
+    pacsv.write_csv(pa.table({"unique_id": ["a"] * 3, "ds": times, "y": [1.0, 2.0, 3.0]}),
+                     tmp_path / "t.csv")
+    parquet, csv = TableSource(path), TableSource(tmp_path / "t.csv")
+    assert parquet.check().time_kind == csv.check().time_kind == "timestamp"
+    assert [c.last_time.tolist() for c in parquet.chunks(5)] == \
+        [c.last_time.tolist() for c in csv.chunks(5)]

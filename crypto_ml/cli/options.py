@@ -92,7 +92,8 @@ def add_cluster_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--broker",
                         help="Redis URL (default: CRYPTO_ML_BROKER_URL, else embedded)")
     parser.add_argument("--timeout", type=positive_seconds, default=DEFAULT_TIMEOUT,
-                        help=f"seconds to wait for all results ({DEFAULT_TIMEOUT:.0f})")
+                        help="give up when no result has come for this many seconds; what "
+                        f"is left then fails as not come back ({DEFAULT_TIMEOUT:.0f})")
     parser.add_argument("--data-dir", type=Path, help="price data folder (CRYPTO_ML_DATA_DIR)")
     parser.add_argument("--workers", type=positive_int,
                         help="worker processes of the embedded cluster (default: one per core)")

@@ -42,10 +42,8 @@ def time_column(column: pa.Array, ids: pa.Array, name: str) -> tuple[np.ndarray,
     kind = ("int" if pa.types.is_integer(column.type) else "date"
             if pa.types.is_date(column.type) else "timestamp")
     if not (pa.types.is_integer(column.type) or pa.types.is_temporal(column.type)):
-        try:
-            column = pc.cast(column, pa.timestamp("ns"))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            column, kind = _text_times(column, ids, name)
+        parsed = _timestamps(column)
+        column, kind = (parsed, kind) if parsed is not None else _text_times(column, ids, name)
     if column.null_count:
         series, _ = first_bad(ids, column, pc.is_valid(column))
         raise InvalidTable(f"--input: column {name!r} is empty in a row of series {series!r}")
@@ -64,6 +62,17 @@ def time_column(column: pa.Array, ids: pa.Array, name: str) -> tuple[np.ndarray,
         raise InvalidTable(f"--input: column {name!r} holds {largest}, above the largest time "
                            "this reads (2**63 - 1)")
     return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.int64), kind
+
+
+def _timestamps(column: pa.Array) -> pa.Array | None:
+    """Text times as timestamps: ISO without a zone, or with one (``Z``, ``+01:00``: then in
+    UTC, as a CSV's are read); None when some are neither."""
+    for to in (pa.timestamp("ns"), pa.timestamp("ns", tz="UTC")):
+        try:
+            return pc.cast(column, to)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            continue
+    return None
 
 
 def _text_times(column: pa.Array, ids: pa.Array, name: str) -> tuple[pa.Array, str]:
