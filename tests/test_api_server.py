@@ -137,28 +137,33 @@ def stop_and_check(server: Server) -> None:
     assert not healthy(server.url)
 
 
-def test_with_a_broker_it_queues_there_and_leaves_that_cluster_running(
-        cluster: Any, tmp_path: Path) -> None:
-    data = write_coins(tmp_path / "prices")
-    port = free_port()
+@contextlib.contextmanager
+def on_broker(cluster: Any, data: Path, log: Path) -> Iterator[Server]:
+    """``python -m crypto_ml.api`` on ``cluster``'s broker (no keys), reading ``data``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTO_ML_")}
     env.update(CRYPTO_ML_DATA_DIR=str(data), CRYPTO_ML_BROKER_URL=cluster.broker_url)
-    log = tmp_path / "api.log"
+    port = free_port()
     proc = spawn([sys.executable, "-m", "crypto_ml.api", "--port", str(port)], log, env=env,
                  cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: healthy(url), 60, "the API on the given broker",
                    lambda: f"exited: {log.read_text()}" if proc.poll() is not None else None)
-        status, body = call(f"{url}/v1/forecasts?wait=60", {"coins": ["beta"], "model": "naive"},
-                            key=None)
-        assert status == 200, body
-        assert body["results"]["beta"]["naive"]["worker"] in cluster.worker_names
-        assert "embedded" not in log.read_text()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
+        yield Server(proc, url, log)
     finally:
         terminate(proc)
+
+
+def test_with_a_broker_it_queues_there_and_leaves_that_cluster_running(
+        cluster: Any, tmp_path: Path) -> None:
+    with on_broker(cluster, write_coins(tmp_path / "prices"), tmp_path / "api.log") as server:
+        status, body = call(f"{server.url}/v1/forecasts?wait=60",
+                            {"coins": ["beta"], "model": "naive"}, key=None)
+        assert status == 200, body
+        assert body["results"]["beta"]["naive"]["worker"] in cluster.worker_names
+        assert "embedded" not in server.log.read_text()
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=60) == 0
     with cluster.client() as redis_client:
         assert redis_client.ping()  # the cluster it was given keeps running
 
@@ -174,20 +179,11 @@ def test_a_fifo_and_a_long_table_in_the_data_folder_neither_block_nor_get_read(
     os.mkfifo(fifo)
     # a long table whose rows are not even text: only its header may be read
     (data / "jobs.csv").write_bytes(b"unique_id,ds,y\n" + b"\xff\xfe\x00garbage\n" * 1000)
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTO_ML_")}
-    env.update(CRYPTO_ML_DATA_DIR=str(data), CRYPTO_ML_BROKER_URL=cluster.broker_url)
-    log = tmp_path / "api.log"
-    proc = spawn([sys.executable, "-m", "crypto_ml.api", "--port", str(port)], log, env=env,
-                 cwd=ROOT)
-    url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: healthy(url), 60, "the API on the given broker",
-                   lambda: f"exited: {log.read_text()}" if proc.poll() is not None else None)
-        status, body = call(f"{url}/v1/coins", key=None, timeout=30)
-        assert (status, body) == (200, {"coins": ["alpha", "beta"]})
-        assert "skipping jobs.csv: no Date or Close column" in log.read_text()
+        with on_broker(cluster, data, tmp_path / "api.log") as server:
+            status, body = call(f"{server.url}/v1/coins", key=None, timeout=30)
+            assert (status, body) == (200, {"coins": ["alpha", "beta"]})
+            assert "skipping jobs.csv: no Date or Close column" in server.log.read_text()
     finally:
         with contextlib.suppress(OSError):  # frees a reader stuck on the FIFO, if any
             os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        terminate(proc)
