@@ -195,3 +195,14 @@ def test_a_missing_s3_input_gets_422_naming_it(server: Server, uri: str, words: 
     status, reply = call(f"{server.url}/v1/jobs", {"input": uri})
     assert status == 422, reply
     assert words in reply["detail"][0]["msg"], reply
+
+
+def test_a_server_without_s3_credentials_says_so_not_that_s3_is_out_of_reach() -> None:
+    from botocore.exceptions import EndpointConnectionError, NoCredentialsError
+
+    from crypto_ml.api.inputs import _unreadable
+
+    said = str(_unreadable("s3://b/k", NoCredentialsError()))
+    assert "the server has no S3 credentials" in said and "network" not in said
+    said = str(_unreadable("s3://b/k", EndpointConnectionError(endpoint_url="http://s3:9")))
+    assert "cannot reach S3" in said and "AWS_ENDPOINT_URL_S3" in said

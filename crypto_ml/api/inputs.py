@@ -153,5 +153,9 @@ def _unreadable(uri: str, exc: Exception) -> ConfigError:
     code = getattr(exc, "response", {}).get("Error", {}).get("Code")
     if code:  # S3 answered: the caller's bucket, key or rights
         return ConfigError(f"cannot read input {uri[:200]!r}: S3 says {code}")
+    if type(exc).__name__ in ("NoCredentialsError", "PartialCredentialsError"):
+        return DataNotFound(f"cannot read input {uri[:200]!r}: the server has no S3 "
+                            "credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a "
+                            "role); its operator sets them")
     return DataNotFound(f"cannot reach S3 for input {uri[:200]!r} ({type(exc).__name__}); "
                         "check AWS_ENDPOINT_URL_S3 and the network, then POST again")
