@@ -128,7 +128,8 @@ class TableSummary:
 
 #: Why a series whose next times pass the largest its time kind holds gets no forecast.
 PAST_THE_LAST_TIME = ("TimeOutOfRange: its next times would pass the largest time its 'ds' "
-                      "type holds (int64 nanoseconds end in 2262); shift or rescale the times")
+                      "type holds (timestamps as int64 nanoseconds end in 2262, integers at "
+                      "2**63 - 1); shift or rescale the times")
 
 
 def chunk_table(plan: TablePlan, schema: pa.Schema, kind: str, chunk: SeriesChunk,
