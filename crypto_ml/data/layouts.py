@@ -78,8 +78,9 @@ def _columns(path: Path) -> list[str]:
     """Column names without reading the rows; [] if the file cannot be read."""
     try:
         if path.suffix.lower() == ".csv":
-            with path.open(encoding="utf-8-sig", errors="replace") as handle:
-                return [c.strip().strip('"') for c in handle.readline().split(",")]
+            with path.open("rb") as handle:  # a header that is not text: read whole, said so
+                line = handle.readline(1 << 16).decode("utf-8-sig")
+            return [] if "\x00" in line else [c.strip().strip('"') for c in line.split(",")]
         import pyarrow.parquet as pq  # lazy: pyarrow loads only when a Parquet file is there
 
         return list(pq.read_schema(path).names)
