@@ -5,7 +5,8 @@ queues, routing and reliability settings), :mod:`~crypto_ml.worker.tasks` (the
 forecast tasks), :mod:`~crypto_ml.worker.requests` (validation of what crosses the
 wire, and running one request), :mod:`~crypto_ml.worker.deliveries` (bounded
 redelivery), :mod:`~crypto_ml.worker.liveness` (heartbeats, and redelivering a dead
-worker's tasks in seconds), :mod:`~crypto_ml.worker.imports` (a soft time limit waits for
+worker's tasks in seconds), :mod:`~crypto_ml.worker.acks` (an acknowledgement Redis did
+not answer still frees its prefetch slot), :mod:`~crypto_ml.worker.imports` (a soft time limit waits for
 an import under way, so a pool process keeps whole modules), :mod:`~crypto_ml.worker.launch`
 (``python -m crypto_ml.worker.launch``: Celery's ``worker`` command on this app, what every
 worker runs) and :mod:`~crypto_ml.worker.nodes` (the one place a worker's command line is

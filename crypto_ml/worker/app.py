@@ -25,7 +25,7 @@ from crypto_ml.core.settings import Settings, threads_env
 from crypto_ml.models import HEAVY
 from crypto_ml.models.rnn import warm_up
 from crypto_ml.models.statistical import warm_up as warm_up_statistical
-from crypto_ml.worker import imports, liveness
+from crypto_ml.worker import acks, imports, liveness
 from crypto_ml.worker.chunks import TABLE_TASK_NAME
 from crypto_ml.worker.requests import ACCEPT_CONTENT, BATCH_TASK_NAME, PARTS_TASK_NAME, TASK_NAME
 
@@ -180,6 +180,12 @@ def _refuse_wrong_credentials(sender: Any = None, **_: Any) -> None:
     except BrokerAuthFailed as exc:
         logging.getLogger("crypto_ml.worker").critical("crypto-ml: error: %s", exc)
         raise SystemExit(2) from None
+
+
+@signals.worker_init.connect
+def _free_prefetch_on_failed_acks(**_: Any) -> None:
+    """See :mod:`crypto_ml.worker.acks`: a worker cut off from Redis mid-ack serves again."""
+    acks.install()
 
 
 @signals.worker_init.connect
