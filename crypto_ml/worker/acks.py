@@ -30,11 +30,11 @@ def _ack(qos: Any, delivery_tag: str) -> None:
 
 
 def _reject(qos: Any, delivery_tag: str, requeue: bool = False) -> None:
+    if not requeue:  # as kombu's: a reject that does not requeue is an ack
+        _ack(qos, delivery_tag)
+        return
     try:
-        if requeue:
-            qos.restore_by_tag(delivery_tag, leftmost=True)
-        else:
-            qos._remove_from_indices(delivery_tag).execute()
+        qos.restore_by_tag(delivery_tag, leftmost=True)
     finally:
         virtual.QoS.ack(qos, delivery_tag)
 
