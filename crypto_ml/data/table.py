@@ -90,11 +90,12 @@ class TableSource:
         self.only = list(only) if only else None
         #: The table's files, as listed once (none for a frame): read, and fingerprinted
         self.files: list[Path] = []
+        self._stored_ids: set[pa.DataType] = set()  # the types the files store ids in
         if isinstance(path, pa.Table):
             self.dataset = ds.dataset(path)
         else:
             self.files, kind = table_files(Path(path))
-            self.dataset = dataset_of(Path(path), self.files, kind, columns)
+            self.dataset, self._stored_ids = dataset_of(Path(path), self.files, kind, columns)
         self._sorted: pa.Table | None = None
         self.info: TableInfo | None = None
         self._layout: _Layout | None = None
@@ -240,12 +241,10 @@ class TableSource:
     def _id_type(self) -> pa.DataType:
         """The ids' type in the output: as the input stores them when every file does so
         alike (integers of any width: int64), else text."""
-        c = self.columns
-        found = {output_id_type(r.schema_arrow.field(c.id).type) for r in self._readers()
-                 if c.id in r.schema_arrow.names}
+        found = {output_id_type(t) for t in self._stored_ids}
         if len(found) > 1:
             return pa.int64() if all(pa.types.is_integer(t) for t in found) else pa.string()
-        return output_id_type(self.dataset.schema.field(c.id).type)
+        return output_id_type(self.dataset.schema.field(self.columns.id).type)
 
     def _sort(self) -> None:
         """Sort an unsorted table in memory (see the module doc); later reads read it. Files

@@ -61,14 +61,18 @@ def _is_csv(path: Path) -> bool:
     return path.name.lower().endswith((".csv", ".csv.gz"))
 
 
-def dataset_of(path: Path, files: list[Path], kind: str, columns: Columns) -> ds.Dataset:
+def dataset_of(path: Path, files: list[Path], kind: str, columns: Columns
+               ) -> tuple[ds.Dataset, set[pa.DataType]]:
+    """The dataset that reads ``files``, and the types its Parquet files store the ids in, as
+    their footers say (none for a CSV, or ids from hive folders)."""
     try:
         return _open(path, files, kind, columns)
     except (pa.ArrowException, OSError) as exc:  # an empty or ragged CSV, say
         raise InvalidTable(f"--input {path}: cannot read the table ({exc})") from None
 
 
-def _open(path: Path, files: list[Path], kind: str, columns: Columns) -> ds.Dataset:
+def _open(path: Path, files: list[Path], kind: str, columns: Columns
+          ) -> tuple[ds.Dataset, set[pa.DataType]]:
     if kind == "csv":
         # ids as text; values as text too, made numbers batch by batch (a value that is none
         # is named with its series), not by a guess from the first block of rows (integers,
@@ -77,27 +81,32 @@ def _open(path: Path, files: list[Path], kind: str, columns: Columns) -> ds.Data
                                                      columns.value: pa.string()},
                                        strings_can_be_null=True)
         fmt = ds.CsvFileFormat(convert_options=convert)
-        return ds.dataset([str(f) for f in files], format=fmt)
+        return ds.dataset([str(f) for f in files], format=fmt), set()
     keys: set[str] = set()
+    ids: set[pa.DataType] = set()
     for file in files:  # the footers only: name a bad file before any work
-        keys |= _check_file(file, path, columns)
+        folders, id_type = _check_file(file, path, columns)
+        keys |= folders
+        ids |= {id_type} if id_type is not None else set()
     # no pre-buffering: a whole row group's columns read ahead cost hundreds of MB
     fmt = ds.ParquetFileFormat(default_fragment_scan_options=ds.ParquetFragmentScanOptions(
         pre_buffer=False))
     if path.is_file():
-        return ds.dataset(str(path), format=fmt)
+        return ds.dataset(str(path), format=fmt), ids
     # the listed files alone (not a README beside them); partition values as text, so that
     # unique_id=007 stays '007' and is not the number 7
     text = ds.partitioning(pa.schema([(k, pa.string()) for k in sorted(keys)]), flavor="hive")
     return ds.dataset([str(f) for f in files], format=fmt, partition_base_dir=str(path),
-                      partitioning=text)
+                      partitioning=text), ids
 
 
-def _check_file(file: Path, root: Path, columns: Columns) -> set[str]:
-    """The hive keys of ``file``'s folders (``unique_id=...``); InvalidTable naming it when
-    it is no Parquet, or lacks a column that no such folder gives."""
+def _check_file(file: Path, root: Path, columns: Columns) -> tuple[set[str], pa.DataType | None]:
+    """The hive keys of ``file``'s folders (``unique_id=...``) and the type it stores the ids
+    in (None when a folder gives them); InvalidTable naming it when it is no Parquet, or lacks
+    a column that no such folder gives."""
     try:
-        names = pq.read_metadata(file).schema.to_arrow_schema().names
+        schema = pq.read_metadata(file).schema.to_arrow_schema()
+        names = schema.names
     except (pa.ArrowException, OSError) as exc:
         raise InvalidTable(f"--input: cannot read {file} as Parquet ({exc})") from None
     folders = {part.split("=", 1)[0] for part in file.relative_to(root).parts[:-1]
@@ -107,4 +116,4 @@ def _check_file(file: Path, root: Path, columns: Columns) -> set[str]:
     if missing:
         raise InvalidTable(f"--input: {file} has no column {', '.join(map(repr, missing))} (it "
                            f"has {', '.join(names)}); every file of the table needs them")
-    return folders
+    return folders, schema.field(columns.id).type if columns.id in names else None
