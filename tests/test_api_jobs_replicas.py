@@ -126,10 +126,13 @@ def test_delete_on_another_replica_stops_the_run_and_revokes_its_work(
     before = _stored_values(cluster)  # what other jobs left (a killed replica's, to expire)
     job_id = long_job(a, b)
     status, reply = call(f"{b.url}/v1/jobs/{job_id}", method="DELETE")
-    assert status == 200 and reply["id"] == job_id, reply
+    assert status == 200 and reply["id"] == job_id and reply["cancel_requested"], reply
+    if reply["status"] == "running":  # until A reads the flag, every replica says it was asked
+        assert state(a, job_id)["cancel_requested"] or state(a, job_id)["status"] in ENDED
     wait_until(lambda: state(a, job_id)["status"] in ENDED, 30, "A's run to stop")
     final = state(b, job_id)
     assert final["status"] == "cancelled" and final["done"] < LONG, final
+    assert final["cancel_requested"] is False, final  # it has stopped: nothing is pending
     assert record(cluster, job_id)["replica"].endswith(f":{a.proc.pid}")
     assert not Path(str(final["output"])).exists()
     wait_until(lambda: queued(a) == 0, 30, "the job's queued chunks revoked or done")
@@ -303,7 +306,13 @@ def test_the_manager_user_may_keep_job_records_and_nothing_near_them(server: str
                    "heartbeat": 2.0, "stale_after": 30.0}
             store.write(job)
             assert store.beat([job], ["j1"]) == (set(), {})
-            assert store.cancel("j1") == job and store.beat([], ["j1"]) == ({"j1"}, {})
+            assert store.read_with_flags("j1") == (job, False, None)
+            assert store.cancel("j1") == (job, True, None)
+            assert store.beat([], ["j1"]) == ({"j1"}, {})
+            assert store.cancel("j1") == (job, True, None)  # asked once is asked
+            assert status_of(job, now=3.0, cancel_asked=True)["cancel_requested"] is True
+            ended = {**job, "status": "cancelled", "finished": 2.5}
+            assert status_of(ended, now=3.0, cancel_asked=True)["cancel_requested"] is False
             assert store.read("j1:cancel") is None and store.read("j2") is None
             assert store.claim("j1", "j3") is None and store.claim("j1", "j4") == "j3"
             assert store.beat([], ["j1", "j2"]) == ({"j1"}, {"j1": "j3"})

@@ -91,6 +91,13 @@ class JobStore:
         """The record, or None for an unknown (or expired) id."""
         return _record(self.client.get(keys.JOB + job_id))
 
+    def read_with_flags(self, job_id: str) -> tuple[dict[str, Any] | None, bool, str | None]:
+        """The record, whether a cancel was asked, and the job that resumed it, in one round
+        trip."""
+        raw, cancel, by = self.client.mget([keys.JOB + job_id + flag
+                                            for flag in ("", CANCEL, RESUMED)])
+        return _record(raw), bool(cancel), None if by is None else str(json.loads(by))
+
     def mark_resumed(self, job_id: str, by: str) -> None:
         """Say that job ``by`` took ``job_id``'s chunks (:mod:`crypto_ml.api.job_files`)."""
         self.client.set(keys.JOB + job_id + RESUMED, json.dumps(by), ex=self.ttl)
@@ -108,12 +115,14 @@ class JobStore:
         raws = self.client.mget([keys.JOB + job_id for job_id in job_ids]) if job_ids else []
         return [_record(raw) for raw in raws]
 
-    def cancel(self, job_id: str) -> dict[str, Any] | None:
-        """Ask the replica running the job to stop it; its record before, or None."""
-        record = self.read(job_id)
-        if record is not None and record["status"] in ACTIVE:
+    def cancel(self, job_id: str) -> tuple[dict[str, Any] | None, bool, str | None]:
+        """Ask the replica running the job to stop it (if it is queued or running); as
+        :meth:`read_with_flags` after that."""
+        record, asked, by = self.read_with_flags(job_id)
+        if record is not None and record["status"] in ACTIVE and not asked:
             self.client.set(keys.JOB + job_id + CANCEL, "1", ex=self.ttl)
-        return record
+            asked = True
+        return record, asked, by
 
 
 def _record(raw: bytes | None) -> dict[str, Any] | None:
@@ -123,10 +132,11 @@ def _record(raw: bytes | None) -> dict[str, Any] | None:
 
 
 def status_of(record: dict[str, Any], now: float | None = None,
-              resumed_by: str | None = None) -> dict[str, Any]:
+              resumed_by: str | None = None, cancel_asked: bool = False) -> dict[str, Any]:
     """A record as ``GET /v1/jobs/{id}`` answers it (a gone replica's job: failed; a failed
-    job's error says how to go on: resume it, or the job that did). Its rate counts the
-    series it computed, not those it took from the job it resumed."""
+    job's error says how to go on: resume it, or the job that did; a queued or running one
+    says whether a ``DELETE`` asked it to stop). Its rate counts the series it computed, not
+    those it took from the job it resumed."""
     now = time.time() if now is None else now
     status, error = record["status"], record["error"]
     silent = now - record["heartbeat"]
@@ -134,6 +144,7 @@ def status_of(record: dict[str, Any], now: float | None = None,
     if status in ACTIVE and silent > record["stale_after"]:
         status, end = "failed", record["heartbeat"]  # its rate: until it fell silent
         error = stopped_error(record["replica"], f"no heartbeat for {silent:.0f} s")
+    resumed_by = resumed_by if status == "failed" else None
     if status == "failed" and (record.get("resumable", True) or resumed_by is not None):
         error = f"{error}; {_how_to_go_on(record['id'], resumed_by)}"
     started = record["started"]
@@ -145,4 +156,5 @@ def status_of(record: dict[str, Any], now: float | None = None,
             "eta_seconds": None if eta is None else round(eta, 1),
             "output": record["output"], "failures_output": record["failures_output"],
             "error": error, "resumed_from": record.get("resumed_from"),
-            "resumed": record.get("resumed", 0), "resumed_by": resumed_by}
+            "resumed": record.get("resumed", 0), "resumed_by": resumed_by,
+            "cancel_requested": cancel_asked and status in ACTIVE}

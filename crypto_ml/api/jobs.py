@@ -122,6 +122,8 @@ class JobStatus(BaseModel):
                          "computed again)")
     resumed_by: str | None = Field(None, description="the job that took this failed job's "
                                    "finished chunks")
+    cancel_requested: bool = Field(False, description="a DELETE asked this queued or running "
+                                   "job to stop; it ends as cancelled within seconds")
 
 
 class JobAccepted(BaseModel):
@@ -367,18 +369,17 @@ class Jobs:
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         """The job's status, from its record: whichever replica runs it."""
-        return self._status(self.store.read(job_id))
+        return self._status(*self.store.read_with_flags(job_id))
 
     def cancel(self, job_id: str) -> dict[str, Any] | None:
         """Ask the replica running the job to stop it; its status, or None if unknown."""
-        return self._status(self.store.cancel(job_id))
+        return self._status(*self.store.cancel(job_id))
 
-    def _status(self, record: dict[str, Any] | None) -> dict[str, Any] | None:
-        if record is None:
-            return None
-        failed = status_of(record)["status"] == "failed"
-        return status_of(record, resumed_by=self.store.resumed_by(record["id"]) if failed
-                         else None)
+    @staticmethod
+    def _status(record: dict[str, Any] | None, cancel_asked: bool,
+                resumed_by: str | None) -> dict[str, Any] | None:
+        return None if record is None else status_of(record, resumed_by=resumed_by,
+                                                     cancel_asked=cancel_asked)
 
     def close(self) -> None:
         """The server stops: stop every job it runs, revoking their queued work, and record
