@@ -15,6 +15,7 @@ from crypto_ml.models import default_max_points, get_model
 from crypto_ml.models.intervals import (
     calibration_origins,
     check_levels,
+    level_key,
     conformal_bands,
     conformal_quantile,
     random_walk_bands,
@@ -25,6 +26,9 @@ def test_levels_are_checked_sorted_and_deduplicated() -> None:
     assert check_levels("95,80,80") == (80.0, 95.0)
     assert check_levels([99.5]) == (99.5,)
     assert check_levels([]) == ()
+    assert check_levels([99.99999, 80]) == (80.0, 99.99999)
+    assert [level_key(v) for v in (80.0, 99.5, 99.99999, 0.1 + 0.2)] == ["80", "99.5", "99.99999",
+                                                                         "0.3"]
     for bad in ([0], [100], ["wide"], [True], 7):
         with pytest.raises(InvalidTaskInput):
             check_levels(bad)

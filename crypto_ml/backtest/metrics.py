@@ -28,6 +28,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from crypto_ml.models.intervals import level_key
+
 METRICS = ("mae", "rmse", "mape", "mase")
 
 
@@ -78,14 +80,14 @@ def interval_scores(actual: np.ndarray, lower: np.ndarray, upper: np.ndarray, le
     scale = np.asarray(scale, dtype=np.float64).reshape(-1, 1)
     with np.errstate(divide="ignore", invalid="ignore"):
         scaled = np.where(scale == 0, np.inf, score / scale)
-    key = f"{float(level):g}"
+    key = level_key(level)
     return {f"coverage_{key}": float(100.0 * np.mean((actual >= lower) & (actual <= upper))),
             f"winkler_{key}": float(np.mean(scaled))}
 
 
 def interval_metric_names(levels: Sequence[float]) -> list[str]:
     """The interval metrics of ``levels``: coverage_80, winkler_80, coverage_95, ..."""
-    return [f"{kind}_{float(level):g}" for level in levels for kind in ("coverage", "winkler")]
+    return [f"{kind}_{level_key(level)}" for level in levels for kind in ("coverage", "winkler")]
 
 
 def geometric_mean(values: Sequence[float]) -> float:

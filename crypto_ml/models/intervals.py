@@ -63,8 +63,10 @@ MAX_LEVELS = 20
 
 
 def level_key(level: float) -> str:
-    """How a level is named in results: ``80.0`` -> ``"80"``, ``99.5`` -> ``"99.5"``."""
-    return f"{float(level):g}"
+    """How a level is named in results: ``80.0`` -> ``"80"``, ``99.5`` -> ``"99.5"``,
+    ``99.99999`` -> ``"99.99999"`` (every digit a float keeps, so no level is named
+    after another, as ``:g``'s six digits would name that one ``100``)."""
+    return f"{float(level):.15g}"
 
 
 def check_levels(levels: object) -> tuple[float, ...]:
