@@ -111,7 +111,7 @@ HOSTILE = [
     ("application/json", b'{"coins": ["\\ud800"]}'),  # a lone surrogate: no UTF-8 text
     ("application/json", b'{"series": {"\\udc00": [1, 2, 3, 4, 5]}, "model": "naive"}'),
     ("application/json", b'{"coins": ["alpha"], "max_points": 1' + b"0" * 30 + b"}"),
-    ("application/json", b'{"coins": ["alpha"], "levels": [80.5, 80.50000000001]}'),
+    ("application/json", b'{"coins": ["alpha"], "levels": [80.5, 80.50000000000001]}'),
     ("application/json", b'{"coins": ["alpha"], "levels": [' + b", ".join(
         str(10 + i).encode() for i in range(21)) + b"]}"),
 ]
@@ -125,6 +125,14 @@ def test_hostile_bodies_get_a_422_that_is_strict_json(data: Path, content_type: 
     assert reply.status_code == 422, reply.text
     body = json.loads(reply.text, parse_constant=lambda c: pytest.fail(f"{c} in {reply.text}"))
     assert body["detail"] and all({"loc", "msg", "type"} <= set(d) for d in body["detail"])
+
+
+def test_a_number_too_long_to_read_is_named_as_such(data: Path) -> None:
+    raw = b'{"coins": ["alpha"], "horizon": 1' + b"0" * 5000 + b"}"
+    reply = make(data).post("/v1/forecasts", content=raw,
+                            headers={"content-type": "application/json"})
+    assert reply.status_code == 422, reply.text
+    assert "more than 4300 digits" in reply.json()["detail"][0]["msg"], reply.text
 
 
 def test_error_bodies_are_bounded_whatever_the_input(data: Path) -> None:
@@ -263,7 +271,7 @@ def test_job_bodies_take_levels_as_forecast_bodies_do() -> None:
 @pytest.mark.parametrize("raw", [
     b'{"input": "\\ud800.parquet"}', b'{"input": "t.parquet", "id_col": "\\udc00"}',
     b'{"input": "t.parquet", "max_points": 1' + b"0" * 30 + b"}",
-    b'{"input": "t.parquet", "levels": [80.5, 80.50000000001]}'])
+    b'{"input": "t.parquet", "levels": [80.5, 80.50000000000001]}'])
 def test_hostile_job_bodies_get_a_422_that_is_strict_json(data: Path, raw: bytes) -> None:
     reply = make(data).post("/v1/jobs", content=raw, headers={"content-type": "application/json"})
     assert reply.status_code == 422, reply.text

@@ -10,6 +10,7 @@ the configured or embedded cluster.
 from __future__ import annotations
 
 import hmac
+import sys
 import warnings
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -191,7 +192,7 @@ def add_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 400 and exc.detail == PARSE_FAILED:  # as any other bad body
             return _unprocessable([{"loc": ["body"], "type": "json_invalid",
-                                    "msg": "the body is not JSON text in UTF-8"}])
+                                    "msg": _unparsed(exc.__cause__)}])
         return await http_exception_handler(request, exc)
 
     @app.exception_handler(BrokerUnavailable)
@@ -204,6 +205,16 @@ def add_error_handlers(app: FastAPI) -> None:
     async def redis_down(_: Request, exc: Exception) -> JSONResponse:
         return _unavailable(f"the broker or result backend is unreachable "
                             f"({type(exc).__name__}); try again later")
+
+
+def _unparsed(cause: BaseException | None) -> str:
+    """Why a body could not be parsed: not UTF-8 JSON, or valid JSON holding an integer
+    longer than Python converts (``sys.get_int_max_str_digits``)."""
+    if isinstance(cause, ValueError) and not isinstance(cause, UnicodeError) \
+            and "digits" in str(cause):
+        return (f"a number in the body has more than {sys.get_int_max_str_digits()} digits; "
+                "no field takes one that large")
+    return "the body is not JSON text in UTF-8"
 
 
 def _document_caps(app: FastAPI, settings: Settings) -> None:
