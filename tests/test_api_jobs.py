@@ -1,5 +1,6 @@
 """Table runs over HTTP (``/v1/jobs``), as an application uses them: ``python -m crypto_ml.api``
-on its embedded cluster, a long table in its data directory, POST, poll, read the Parquet;
+on its embedded cluster, a long table in its data directory, POST, poll, read the Parquet (or
+download it: ``GET /v1/jobs/{id}/output`` and ``/failures``);
 a bad path, model or table gets a 422 naming it; DELETE cancels a job and its queued work
 goes (the queue-depth gauge falls to zero); an ``s3://`` input (an object, or a prefix holding a
 hive-partitioned dataset) is read from a real S3 endpoint (moto's server, as MinIO would be)
@@ -10,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 from s3_support import bucket
 from table_support import random_walks, write_parquet
-from test_api_server import Server, call, embedded_server
+from test_api_server import KEY, Server, call, embedded_server
 
 from crypto_ml.ops.processes import wait_until
 
@@ -77,6 +79,33 @@ def test_a_job_s_fallback_model_fills_what_its_model_fails_on(server: Server) ->
     failures = pd.read_parquet(str(final["failures_output"]))
     assert failures["unique_id"].tolist() == ["s000003"]
     assert failures["error"][0].startswith("filled by fallback naive: ")
+    # a client that cannot see the server's disk downloads both tables
+    for table, path in (("output", final["output"]), ("failures", final["failures_output"])):
+        status, raw, kind = download(server, accepted["id"], table)
+        assert status == 200 and kind == "application/vnd.apache.parquet", (status, raw[:200])
+        assert raw == Path(str(path)).read_bytes()
+        pd.testing.assert_frame_equal(pd.read_parquet(io.BytesIO(raw)), pd.read_parquet(str(path)))
+    status, raw, _ = download(server, accepted["id"], "output", headers={"Range": "bytes=0-3"})
+    assert (status, raw) == (206, b"PAR1")  # a broken download goes on where it stopped
+    assert download(server, accepted["id"], "output", key=None)[0] == 401
+    assert download(server, "0" * 32, "output")[0] == 404
+    Path(str(final["failures_output"])).unlink()  # cleared from the jobs folder by someone
+    status, raw, _ = download(server, accepted["id"], "failures")
+    assert status == 410 and b"no longer in the jobs folder" in raw, raw
+
+
+def download(server: Server, job_id: str, table: str, key: str | None = KEY,
+             headers: dict[str, str] | None = None) -> tuple[int, bytes, str]:
+    """``GET /v1/jobs/{id}/{table}``: the status, the body and its content type."""
+    request = urllib.request.Request(f"{server.url}/v1/jobs/{job_id}/{table}",
+                                     headers=headers or {})
+    if key:
+        request.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            return reply.status, reply.read(), reply.headers.get_content_type()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), exc.headers.get_content_type()
 
 
 @pytest.mark.parametrize(("body", "words"), [
@@ -116,6 +145,8 @@ def test_delete_cancels_a_job_and_its_queued_work_goes(server: Server) -> None:
     status, accepted = call(f"{server.url}/v1/jobs", {"input": "slow.parquet", "model": "ets"})
     assert status == 202, accepted
     wait_until(lambda: job_state(server, accepted["id"])["done"] > 0, 120, "the job's first chunk")
+    status, raw, _ = download(server, accepted["id"], "output")
+    assert status == 409 and b"is running" in raw, raw  # no half a table
     status, reply = call(f"{server.url}/v1/jobs/{accepted['id']}", method="DELETE")
     assert status == 200 and reply["cancel_requested"] is True, reply  # it says it was heard
     assert reply["status"] in ("queued", "running", "cancelled"), reply

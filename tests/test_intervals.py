@@ -15,9 +15,9 @@ from crypto_ml.models import default_max_points, get_model
 from crypto_ml.models.intervals import (
     calibration_origins,
     check_levels,
-    level_key,
     conformal_bands,
     conformal_quantile,
+    level_key,
     random_walk_bands,
 )
 

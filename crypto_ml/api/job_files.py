@@ -28,7 +28,7 @@ from typing import Any
 import redis
 
 from crypto_ml.core.errors import ConfigError, DataNotFound, JobConflict, OutputMismatch
-from crypto_ml.dispatch.table_output import TableOutput, run_differences
+from crypto_ml.dispatch.table_output import TableOutput, failures_path, run_differences
 
 from .job_store import ACTIVE, JobStore, status_of
 
@@ -136,3 +136,22 @@ def sweep(store: JobStore, folder: Path, expires: int) -> None:
             continue
         except OSError as exc:
             log.warning("could not remove %s (%s)", path, exc)
+
+
+def finished_table(store: JobStore, folder: Path, job_id: str, table: str) -> Path | None:
+    """The file of a done job's ``table`` (``output``, the forecasts; ``failures``, its
+    failures table), found in ``folder`` by the job's id, never by a path a record holds;
+    None for an unknown (or expired) job; JobConflict while the job is not done, and
+    DataNotFound when its file is no longer in the folder."""
+    record = store.read(job_id) if _ID.fullmatch(job_id) else None
+    if record is None:
+        return None
+    status = status_of(record)["status"]
+    if status != "done":
+        raise JobConflict(f"job {job_id} is {status}: its {table} is there once it is done")
+    out = folder / f"{job_id}.parquet"
+    path = out if table == "output" else failures_path(out)
+    if not path.is_file():
+        raise DataNotFound(f"job {job_id}'s {table} is no longer in the jobs folder "
+                           "(CRYPTO_ML_API_JOBS_DIR); POST the job again")
+    return path

@@ -9,22 +9,25 @@ routes (``/healthz``, ``/metrics``) do not.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.params import Depends
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from crypto_ml.core.errors import ConfigError, DataNotFound, JobConflict
 from crypto_ml.core.settings import Settings
 
+from .job_files import finished_table
 from .jobs import JobAccepted, JobBody, Jobs, JobStatus
 from .metrics import ApiMetrics
 from .schemas import Accepted, Coins, ForecastBody, Health, Models, Problem, RunStatus, Unprocessable
 from .service import ForecastService, Invalid, Runs, model_infos
 
+PARQUET = "application/vnd.apache.parquet"
+BINARY = {"type": "string", "format": "binary"}
 UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem, "description": "missing or unknown API key"}}
 Wait = Annotated[float, Query(ge=0, description="seconds to wait for the results (at most "
@@ -136,6 +139,39 @@ def job_routes(jobs: Jobs | None, authorized: Sequence[Depends]) -> APIRouter:
             raise _not_found(f"job {job_id[:100]!r}")
         return found
 
+    def serving(table: str) -> Callable[[str], FileResponse]:
+        def serve(job_id: str) -> FileResponse:
+            return table_file(job_id, table)
+        return serve
+
+    def table_file(job_id: str, table: str) -> FileResponse:
+        running = cluster_jobs()
+        try:
+            path = finished_table(running.store, running.settings.api_jobs_dir, job_id, table)
+        except JobConflict as exc:
+            raise HTTPException(409, str(exc)) from None
+        except DataNotFound as exc:
+            raise HTTPException(410, str(exc)) from None
+        if path is None:
+            raise _not_found(f"job {job_id[:100]!r}")
+        suffix = "" if table == "output" else ".failures"
+        return FileResponse(path, media_type=PARQUET, filename=f"{job_id}{suffix}.parquet")
+
+    for table, what in (("output", "forecasts, in the layout of `send-tasks --output`"),
+                        ("failures", "failures table (unique_id, model, error)")):
+        router.add_api_route(
+            f"/v1/jobs/{{job_id}}/{table}", serving(table),
+            methods=["GET"], response_class=FileResponse, name=f"job_{table}",
+            summary=f"A done job's {what}, as Parquet",
+            responses={200: {"content": {PARQUET: {"schema": BINARY}},
+                            "description": "the Parquet file"},
+                       **UNAUTHORIZED,
+                       404: {"model": Problem, "description": "no such job (or expired)"},
+                       409: {"model": Problem, "description": "the job is not done"},
+                       410: {"model": Problem,
+                             "description": "the file was removed from the jobs folder"},
+                       503: {"model": Problem,
+                             "description": "no cluster, or its Redis unreachable"}})
     return router
 
 
