@@ -376,7 +376,7 @@ def _next_times(frame: pd.DataFrame, h: int = 4) -> dict[str, list[pd.Timestamp]
     got = {}
     for chunk in source.chunks(100):
         times, _ = future_times(info.time_kind, chunk.last_time, chunk.step, h, chunk.business,
-                                info.time_zone)
+                                info.time_zone, chunk.anchor)
         got.update({uid: [stamp(t) for t in row] for uid, row in zip(chunk.ids, times, strict=True)})
     return got
 
@@ -443,6 +443,16 @@ NY = "America/New_York"
      pd.date_range("2024-01-01", periods=3, freq="MS")),
     (pd.DatetimeIndex(["2023-10-30", "2023-11-30", "2023-12-30", "2024-01-30"]),
      pd.DatetimeIndex(["2024-02-29", "2024-03-30", "2024-04-30"])),
+    # ... ending on April 30th (a month's end) or February 29th: still the 30th
+    (pd.DatetimeIndex(["2024-01-30", "2024-02-29", "2024-03-30", "2024-04-30"]),
+     pd.DatetimeIndex(["2024-05-30", "2024-06-30", "2024-07-30"])),
+    (pd.DatetimeIndex(["2023-11-30", "2023-12-30", "2024-01-30", "2024-02-29"]),
+     pd.DatetimeIndex(["2024-03-30", "2024-04-30", "2024-05-30"])),
+    # month ends ending in February, and quarter ends: still months' ends
+    (pd.DatetimeIndex(["2023-11-30", "2023-12-31", "2024-01-31", "2024-02-29"]),
+     pd.DatetimeIndex(["2024-03-31", "2024-04-30", "2024-05-31"])),
+    (pd.DatetimeIndex(["2023-03-31", "2023-06-30", "2023-09-30"]) + pd.Timedelta("18h"),
+     pd.DatetimeIndex(["2023-12-31", "2024-03-31", "2024-06-30"]) + pd.Timedelta("18h")),
     (pd.date_range("2020-01-01", periods=10, freq="2MS"), pd.date_range("2021-09-01", periods=3,
                                                                          freq="2MS")),
 ])

@@ -7,8 +7,9 @@ takes the step most series of its chunk have (else a day, or 1 for integer times
 a day apart, spanning a week or more, that never falls on a Saturday or a Sunday is in
 business days: its next times skip weekends, as pandas' ``freq="B"`` does. Steps of 28-31,
 59-62, 89-92, 181-184 and 365-366 days are calendar months (1, 2, 3, 6 and 12 of them),
-each counted from the last time, so the 30th stays the 30th (from a month's end: each
-month's end). With a time zone, steps of whole days and weekdays are read on its wall
+each counted from the last time, on the day of the month the series keeps (the largest of
+its last four rows), so the 30th stays the 30th after February and after April, and month
+ends stay month ends. With a time zone, steps of whole days and weekdays are read on its wall
 clock (a daily series stays at midnight across a change of daylight saving time), shorter
 steps on the UTC clock (an hour the clock repeats or skips is still an hour); the next
 times are in UTC (a wall-clock time the clock skips moves forward, one it repeats is read
@@ -31,13 +32,15 @@ _NONE = np.iinfo(np.int64).max
 
 
 def series_steps(times: np.ndarray, lengths: np.ndarray, kind: str, zone: str | None = None
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(last, step, business)`` of each series whose rows are ``times`` (int64, ``kind`` as
-    the table keeps it), series after series (``lengths`` rows each, none empty). With a
-    ``zone``, a step of whole days and the weekdays are read on its wall clock, a shorter step
-    on the UTC clock (hours do not repeat or vanish there)."""
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(last, step, business, anchor)`` of each series whose rows are ``times`` (int64,
+    ``kind`` as the table keeps it), series after series (``lengths`` rows each, none empty).
+    With a ``zone``, a step of whole days and the weekdays are read on its wall clock, a
+    shorter step on the UTC clock (hours do not repeat or vanish there). ``anchor`` is the
+    day of the month a series stepping in months keeps (:func:`month_anchors`)."""
     if not len(lengths):
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool)
+        return (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool),
+                np.zeros(0, np.int64))
     ends = np.cumsum(lengths)
     starts = ends - lengths
     wall = wall_clock(times, zone)
@@ -56,7 +59,27 @@ def series_steps(times: np.ndarray, lengths: np.ndarray, kind: str, zone: str | 
         values, counts = np.unique(step[~single], return_counts=True)
         step[single] = values[np.argmax(counts)]
         business[single] = 2 * business[~single].sum() > (~single).sum()
-    return times[ends - 1], step, business
+    anchor = month_anchors(wall, lengths, ends, kind) if kind != "int" else np.zeros_like(step)
+    return times[ends - 1], step, business, anchor
+
+
+def month_anchors(wall: np.ndarray, lengths: np.ndarray, ends: np.ndarray, kind: str
+                  ) -> np.ndarray:
+    """The day of the month each series keeps when it steps in months: the largest day of
+    its last four rows, so a series on the 30th stays on the 30th after February and after
+    April (a month's end, but not a month-end series), while a month-end series has a 31st
+    among any four (quarterly too); a lone row on a month's end keeps months' ends (31)."""
+    day = DAY_NS if kind == "timestamp" else 1
+    anchor = np.zeros(len(lengths), np.int64)
+    for back in range(4):
+        has = lengths > back
+        dates = (wall[ends[has] - 1 - back] // day).astype("datetime64[D]")
+        days = (dates - dates.astype("datetime64[M]")).astype(np.int64) + 1
+        if back == 0:
+            month_end = (dates + 1).astype("datetime64[M]") != dates.astype("datetime64[M]")
+            days = np.where(month_end & (lengths[has] == 1), 31, days)
+        anchor[has] = np.maximum(anchor[has], days)
+    return anchor
 
 
 def _steps(times: np.ndarray, lengths: np.ndarray, starts: np.ndarray, ends: np.ndarray
@@ -96,12 +119,14 @@ def _to_utc(times: np.ndarray, zone: str) -> np.ndarray:
 
 
 def future_times(kind: str, last: np.ndarray, step: np.ndarray, h: int,
-                 business: np.ndarray | None = None, zone: str | None = None
-                 ) -> tuple[np.ndarray, np.ndarray]:
+                 business: np.ndarray | None = None, zone: str | None = None,
+                 anchor: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The next ``h`` times after each series' ``last`` at its own ``step`` (``business``:
     in business days; ``zone``: steps of whole days taken on its wall clock, ``last`` and the
-    times returned in UTC), ``(series, h)``, and which series' times would pass the largest
-    time their kind holds (their rows are zeros: see the table run's ``PAST_THE_LAST_TIME``)."""
+    times returned in UTC; ``anchor``: the day of the month a step of months keeps, else the
+    last time's, a month's end kept), ``(series, h)``, and which series' times would pass the
+    largest time their kind holds (their rows are zeros: see the table run's
+    ``PAST_THE_LAST_TIME``)."""
     k = np.arange(1, h + 1, dtype=np.int64)
     day = DAY_NS if kind == "timestamp" else 1
     business = np.zeros(len(last), bool) if business is None else business
@@ -117,7 +142,7 @@ def future_times(kind: str, last: np.ndarray, step: np.ndarray, h: int,
         days = (last[rows] // day).astype("datetime64[D]")  # a Saturday's next: Monday
         ahead = np.busday_offset(days[:, None], k[None, :], roll="backward").astype(np.int64)
         out[rows] = ahead * day + (last[rows] % day)[:, None]
-        _calendar_months(out, kind, last, np.where(business, 0, steps), h, beyond)
+        _calendar_months(out, kind, last, np.where(business, 0, steps), h, beyond, anchor)
     if zone:
         rows = np.flatnonzero(on_wall & ~beyond)
         out[rows] = _to_utc(out[rows], zone)
@@ -125,23 +150,33 @@ def future_times(kind: str, last: np.ndarray, step: np.ndarray, h: int,
 
 
 def _calendar_months(out: np.ndarray, kind: str, last: np.ndarray, steps: np.ndarray, h: int,
-                     beyond: np.ndarray) -> None:
-    """Rows of ``out`` whose step is a month, a quarter or a year, as calendar dates (from
-    a month's end: each month's end); a start pandas cannot count from is ``beyond``."""
+                     beyond: np.ndarray, anchor: np.ndarray | None) -> None:
+    """Rows of ``out`` whose step is a month, a quarter or a year, as calendar dates on the
+    series' ``anchor`` day (the month's last day where it has fewer, at the last time's time
+    of day); a start pandas cannot count from is ``beyond``."""
     day = DAY_NS if kind == "timestamp" else 1
     unit = "ns" if kind == "timestamp" else "D"
     days = np.where(steps % day == 0, steps // day, 0)
+    anchor = np.zeros(len(last), np.int64) if anchor is None else anchor
     for months in {CALENDAR_MONTHS.get(int(d), 0) for d in np.unique(days)} - {0}:
         picked = np.array([CALENDAR_MONTHS.get(int(d), 0) == months for d in days])
         rows = np.flatnonzero(picked & ~beyond)
-        for t in np.unique(last[rows]):
-            same = rows[last[rows] == t]
+        for t, keep in {(int(last[r]), int(anchor[r])) for r in rows}:
+            same = rows[(last[rows] == t) & (anchor[rows] == keep)]
             try:
-                start = pd.Timestamp(int(t), unit=unit)
-                offset = (pd.offsets.MonthEnd(months) if start.is_month_end
-                          else pd.DateOffset(months=months))
-                dates = pd.DatetimeIndex([start + offset * j for j in range(1, h + 1)])  # no drift
-            except (OverflowError, pd.errors.OutOfBoundsDatetime):
+                dates = _months_on(pd.Timestamp(t, unit=unit), months, keep, h)
+            except (OverflowError, ValueError, pd.errors.OutOfBoundsDatetime):
                 beyond[same], out[same] = True, 0
                 continue
             out[same] = dates.values.astype(f"datetime64[{unit}]").astype(np.int64)
+
+
+def _months_on(start: pd.Timestamp, months: int, anchor: int, h: int) -> pd.DatetimeIndex:
+    """``h`` dates ``months`` apart after ``start``, each on day ``anchor`` of its month (its
+    last day where it has fewer; 0: ``start``'s day, or each month's end from one), counted
+    from ``start`` (no drift), at ``start``'s time of day."""
+    anchor = anchor or (31 if start.is_month_end else start.day)
+    first, time_of_day = start.to_period("M"), start - start.normalize()
+    periods = [first + months * j for j in range(1, h + 1)]
+    return pd.DatetimeIndex([p.to_timestamp() + pd.Timedelta(days=min(anchor, p.days_in_month) - 1)
+                             + time_of_day for p in periods])

@@ -65,6 +65,7 @@ class SeriesChunk:
     step: np.ndarray  # int64: each series' step (crypto_ml.data.steps)
     times: np.ndarray | None = None  # every row's time (int64), beside ``values``
     business: np.ndarray | None = None  # bool: each series steps in business days
+    anchor: np.ndarray | None = None  # int64: the day of the month a monthly series keeps
 
 
 @dataclass(frozen=True)
@@ -271,9 +272,9 @@ class TableSource:
         for index, first in enumerate(range(0, len(layout.lengths), size)):
             lengths = layout.lengths[first : first + size]
             times, values = rows.take(int(lengths.sum()))
-            last, step, business = series_steps(times, lengths, kind, zone)
+            last, step, business, anchor = series_steps(times, lengths, kind, zone)
             yield SeriesChunk(index, layout.ids.slice(first, len(lengths)).to_pylist(), lengths,
-                              values, last, step, times, business)
+                              values, last, step, times, business, anchor)
         rows.finish()
 
     def _columns(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -139,7 +139,8 @@ def chunk_table(plan: TablePlan, schema: pa.Schema, kind: str, chunk: SeriesChun
     rows."""
     h, n = plan.horizon, len(chunk.ids)
     zone = getattr(schema.field(1).type, "tz", None)
-    times, beyond = future_times(kind, chunk.last_time, chunk.step, h, chunk.business, zone)
+    times, beyond = future_times(kind, chunk.last_time, chunk.step, h, chunk.business, zone,
+                                 chunk.anchor)
     errors = [e for e in result["errors"] if not beyond[e[0]]]
     errors += [(row, m.model, PAST_THE_LAST_TIME) for row in np.flatnonzero(beyond).tolist()
                for m in plan.models]
