@@ -59,7 +59,11 @@ def series_steps(times: np.ndarray, lengths: np.ndarray, kind: str, zone: str | 
         values, counts = np.unique(step[~single], return_counts=True)
         step[single] = values[np.argmax(counts)]
         business[single] = 2 * business[~single].sum() > (~single).sum()
-    anchor = month_anchors(wall, lengths, ends, kind) if kind != "int" else np.zeros_like(step)
+    anchor = np.zeros_like(step)
+    if kind != "int":
+        day = DAY_NS if kind == "timestamp" else 1
+        if ((step % day == 0) & np.isin(step // day, list(CALENDAR_MONTHS))).any():
+            anchor = month_anchors(wall, lengths, ends, kind)
     return times[ends - 1], step, business, anchor
 
 
