@@ -34,6 +34,11 @@ Wait = Annotated[float, Query(ge=0, description="seconds to wait for the results
                                                 "CRYPTO_ML_API_MAX_WAIT)")]
 
 
+def _problems(described: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses: each status code's ``Problem`` body, described."""
+    return {code: {"model": Problem, "description": text} for code, text in described.items()}
+
+
 def _not_found(what: str) -> HTTPException:
     return HTTPException(404, f"no {what} (unknown, expired after CRYPTO_ML_RESULT_EXPIRES, "
                          "or made by an embedded cluster since restarted)")
@@ -165,13 +170,10 @@ def job_routes(jobs: Jobs | None, authorized: Sequence[Depends]) -> APIRouter:
             summary=f"A done job's {what}, as Parquet",
             responses={200: {"content": {PARQUET: {"schema": BINARY}},
                             "description": "the Parquet file"},
-                       **UNAUTHORIZED,
-                       404: {"model": Problem, "description": "no such job (or expired)"},
-                       409: {"model": Problem, "description": "the job is not done"},
-                       410: {"model": Problem,
-                             "description": "the file was removed from the jobs folder"},
-                       503: {"model": Problem,
-                             "description": "no cluster, or its Redis unreachable"}})
+                       **UNAUTHORIZED, **_problems({
+                           404: "no such job (or expired)", 409: "the job is not done",
+                           410: "the file was removed from the jobs folder",
+                           503: "no cluster, or its Redis unreachable"})})
     return router
 
 
