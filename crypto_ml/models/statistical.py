@@ -5,9 +5,10 @@
 * ``arima``: ``AutoARIMA`` (Hyndman-Khandakar stepwise search).
 
 Each is fitted on the log of the closes, so forecasts and bounds stay positive and
-a 10% move means the same at any price; the point forecast and the library's own
-prediction intervals (``predict(h, level=...)``) are mapped back with ``exp``
-(the point forecast is then the median path). ``theta`` fits them scaled so that each
+a 10% move means the same at any price (``arima`` fits them less the last one: it may choose
+a model without a mean, which would otherwise forecast 1 in the price's unit); the point
+forecast and the library's own prediction intervals (``predict(h, level=...)``) are mapped
+back with ``exp`` (the point forecast is then the median path). ``theta`` fits them scaled so that each
 series' one-step changes have a standard deviation of 0.01 (:attr:`error_scale`): AutoTheta's
 optimiser stops on an absolute change of its mean squared error, so its effort depends on
 the scale it is given (on raw closes, sub-cent coins stop at once and $1,000 coins iterate
@@ -65,7 +66,12 @@ class StatsForecastModel(Forecaster):
     #: The standard deviation the log closes' one-step changes are scaled to before the fit
     #: (the optimiser's working scale; see the module doc), or None to fit them as they are.
     error_scale: float | None = None
+    #: Fit the log closes less the last one, so that the price's unit cannot change the
+    #: model: AutoARIMA may choose a model without a mean, which forecasts the zero of what
+    #: it is given (1 in the price's unit, on plain log closes; the last close here).
+    centred = False
     _scale = 1.0  # what the fitted log closes were multiplied by
+    _origin = 0.0  # what was taken from them first (the last log close when centred)
     _levels: tuple[float, ...] = ()  # the levels predict() is computing bands at
     _last: tuple[tuple[int, tuple[float, ...]], dict[str, np.ndarray]] | None = None
 
@@ -77,8 +83,9 @@ class StatsForecastModel(Forecaster):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # e.g. numerical warnings of a poor candidate
                 logs = np.log(series)
+                self._origin = float(logs[-1]) if self.centred else 0.0
                 self._scale = _working_scale(logs, self.error_scale)
-                self.model_ = _library_model(self.name).fit(logs * self._scale)
+                self.model_ = _library_model(self.name).fit((logs - self._origin) * self._scale)
         except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
             raise ModelFitFailed(f"{self.name}: statsforecast could not fit the series ({exc})") \
                 from None
@@ -100,8 +107,8 @@ class StatsForecastModel(Forecaster):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             out = self.model_.predict(h=h, **kwargs)
-        values = {k: np.exp(np.asarray(v, dtype=np.float64).reshape(-1) / self._scale)
-                  for k, v in out.items()}
+        values = {k: np.exp(np.asarray(v, dtype=np.float64).reshape(-1) / self._scale
+                            + self._origin) for k, v in out.items()}
         if not all(np.isfinite(v).all() for v in values.values()):
             raise ModelFitFailed(f"{self.name}: statsforecast gave a non-finite forecast")
         self._last = (key, values)
@@ -128,6 +135,7 @@ class ThetaModel(StatsForecastModel):
 
 class ARIMAModel(StatsForecastModel):
     name = "arima"
+    centred = True
     color = "tab:cyan"
 
 
