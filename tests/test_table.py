@@ -688,7 +688,7 @@ def test_the_same_output_for_another_run_is_refused_naming_the_difference(tmp_pa
     out.done_chunks()
     out.write_chunk(*parts[0])
     other = TablePlan.of(["naive"], 5, LEVELS, chunk_series=4)
-    with pytest.raises(OutputMismatch, match="horizon was 4, now 5"):
+    with pytest.raises(OutputMismatch, match="--horizon was 4, now 5"):
         TableOutput(tmp_path / "o.parquet", other.describe(source)).done_chunks()
     assert TableOutput(tmp_path / "o.parquet", other.describe(source),
                        overwrite=True).done_chunks() == set()

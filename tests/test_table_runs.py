@@ -92,7 +92,8 @@ def test_a_fallback_model_forecasts_the_series_a_model_fails_on(
     # the run recorded its fallback: the same output without it is another run
     again = run_cli("send-tasks", "--input", str(table), "--output", str(out), "--model",
                     "linear", "--horizon", "5", "--broker", cluster.broker_url)
-    assert again.returncode == 2 and "(fallback was ['naive', {}, 200], now None)" in again.stderr
+    assert again.returncode == 2, again.stderr
+    assert "(--fallback-model was naive (200 closes), now none)" in again.stderr
 
 
 @pytest.mark.parametrize(("args", "words"), [
@@ -101,6 +102,9 @@ def test_a_fallback_model_forecasts_the_series_a_model_fails_on(
     (["--fallback-model", "Naive"], "statsforecast's Naive is 'naive' here"),
     (["--fallback-model", "prophet"], "choose from naive, linear, ets, theta, arima\n"),
     (["--model", "ets", "--fallback-model", "ets"], "'ets' is the model it would stand in for"),
+    (["--model", "linear", "--max-points", "5"],  # as a folder run refuses it
+     "--max-points 5 is too few: linear fits and calibrates its prediction intervals on at "
+     "least 20 closes"),
 ])
 def test_a_bad_fallback_model_exits_2_before_any_cluster(tmp_path: Path, args: list[str],
                                                          words: str) -> None:
@@ -272,8 +276,19 @@ def test_the_same_output_for_another_horizon_exits_2_naming_it(cluster, tmp_path
     again = run_cli(*args)
     assert again.returncode == 0 and "already holds this run" in again.stderr
     other = run_cli(*args, "--horizon", "5")
-    assert other.returncode == 2 and "horizon was 10, now 5" in other.stderr
+    assert other.returncode == 2 and "--horizon was 10, now 5" in other.stderr
     assert len(other.stderr.strip().splitlines()) == 1
+    # with no broker the run would start its own cluster: the refusal comes before it
+    embedded = [a for a in args if a not in ("--broker", cluster.broker_url)]
+    for refused in (run_cli(*embedded, "--horizon", "5", "--model", "naive"),
+                    run_cli(*embedded, "--model", "naive,linear")):
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.startswith("crypto-ml: error: --output ") and \
+            len(refused.stderr.strip().splitlines()) == 1, refused.stderr  # no cluster's notice
+    assert "--model was naive (200 closes), now naive (200 closes),linear (200 closes)" in \
+        refused.stderr
+    finished = run_cli(*embedded)  # nothing to compute: no cluster either
+    assert finished.returncode == 0 and "embedded" not in finished.stderr, finished.stderr
     assert run_cli(*args, "--horizon", "5", "--overwrite").returncode == 0
     assert len(pd.read_parquet(tmp_path / "o.parquet")) == 20 * 5
 

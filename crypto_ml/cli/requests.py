@@ -164,6 +164,7 @@ def send_request(args: argparse.Namespace) -> SendRequest:
             if given:
                 raise ConfigError(f"{option} is for the data folder; a table run writes its "
                                   "forecasts to --output OUT.parquet and nothing to stdout")
+        check_max_points([args.max_points], forecasts.models, None, bool(args.levels))
         given = coin_list(args.coins)
         return SendRequest(**common, forecasts=forecasts, table=table,
                            coins=tuple(given) if given else None)

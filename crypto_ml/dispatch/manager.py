@@ -232,8 +232,11 @@ class CryptoManager:
         """Forecast a checked long table into ``output`` (:mod:`crypto_ml.dispatch.table_run`):
         at most ``in_flight`` messages at a time (default: twice the live workers' task
         slots, :mod:`crypto_ml.dispatch.capacity`)."""
-        from crypto_ml.dispatch.table_run import run_table  # lazy: pyarrow
+        from crypto_ml.dispatch.table_run import already_written, run_table  # lazy: pyarrow
 
+        written = already_written(source, output)  # or OutputMismatch: no cluster for either
+        if written is not None:
+            return written
         names = [m.model for m in plan.models]
         self._launch_early(names)
         queue = table_queue(names)

@@ -118,9 +118,36 @@ def _differing(had: Mapping[str, Any], want: Mapping[str, Any]) -> list[str]:
     return [k for k in dict.fromkeys([*want, *had]) if had.get(k) != want.get(k)]
 
 
+#: A run description's keys as the command line names them (:func:`_differences`).
+RUN_OPTIONS = {"input": "--input", "columns": "--id-col, --time-col, --value-col",
+               "only": "--coins", "models": "--model", "horizon": "--horizon",
+               "levels": "--levels", "fallback": "--fallback-model",
+               "chunk_series": "--chunk-series"}
+
+
+def _said(key: str, value: Any) -> str:
+    """A run description's value as the command line gives it: models as ``name`` (and their
+    options and closes), lists joined by commas, none as ``none``."""
+    if value is None:
+        return "none"
+    if key in ("models", "fallback"):
+        picked = value if key == "models" else [value]
+        return ",".join(f"{name}{f' {params}' if params else ''} ({points} closes)"
+                        for name, params, points in picked)
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value) or "none"
+    return str(value)
+
+
 def _differences(had: Mapping[str, Any], want: Mapping[str, Any]) -> str:
-    return "; ".join(f"{k} was {had.get(k)!r}, now {want.get(k)!r}"
-                     for k in _differing(had, want))
+    """What differs, as options: ``--model was arima (200 closes), now theta (200 closes)``;
+    the input's size, time or files as ``the input's contents``."""
+    keys = _differing(had, want)
+    said = [f"{RUN_OPTIONS.get(k, k)} was {_said(k, had.get(k))}, now {_said(k, want.get(k))}"
+            for k in keys if not k.startswith("input_")]
+    if any(k.startswith("input_") for k in keys):
+        said.append("the input's contents changed")
+    return "; ".join(said)
 
 
 #: A run description's keys as a job's body names them (:func:`run_differences`).

@@ -168,6 +168,16 @@ def _reason(outcome: Outcome, timeout: float | None) -> str | None:
     return None if outcome.meta["status"] == states.SUCCESS else failure_reason(outcome.meta)
 
 
+def already_written(source: TableSource, output: TableOutput) -> TableSummary | None:
+    """The summary of the run ``output`` already holds whole (nothing to compute), None when
+    it holds none; OutputMismatch, naming what differs, when it holds another run."""
+    if not output.finished():
+        return None
+    summary = TableSummary((source.info or source.check()).series, already_complete=True)
+    summary.failures, summary.filled = output.failure_counts()
+    return summary
+
+
 def run_table(app: Celery, source: TableSource, output: TableOutput, plan: TablePlan,
               on_progress: Callable[[int, int], None] = lambda done, failed: None,
               say: Callable[[str], None] = print, on_wait: Callable[[], None] = lambda: None,
@@ -176,10 +186,8 @@ def run_table(app: Celery, source: TableSource, output: TableOutput, plan: Table
               check_lost_every: float | None = None) -> TableSummary:
     """Forecast every series of ``source`` (checked) into ``output`` (see the module doc)."""
     info = source.info or source.check()
-    summary = TableSummary(info.series)
-    if output.finished():
-        summary.already_complete = True
-        summary.failures, summary.filled = output.failure_counts()
+    summary = already_written(source, output) or TableSummary(info.series)
+    if summary.already_complete:
         return summary
     done = output.done_chunks()
     run = _Run(Dispatcher(app, say, on_wait, check_lost_every), source, output, plan,
