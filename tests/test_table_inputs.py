@@ -168,3 +168,19 @@ def test_iso_times_with_a_zone_written_as_text_are_read_as_in_a_csv(tmp_path: Pa
     assert parquet.check().time_kind == csv.check().time_kind == "timestamp"
     assert [c.last_time.tolist() for c in parquet.chunks(5)] == \
         [c.last_time.tolist() for c in csv.chunks(5)]
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_times_with_and_without_a_zone_mixed_are_named_as_such(tmp_path: Path,
+                                                                suffix: str) -> None:
+    times = ["2021-01-01T00:00:00Z", "2021-01-02T00:00:00Z", "2021-01-01", "2021-01-02"]
+    table = pa.table({"unique_id": ["a", "a", "b", "b"], "ds": times, "y": [1.0, 2.0, 3.0, 4.0]})
+    path = tmp_path / f"t{suffix}"
+    if suffix == ".csv":
+        pacsv.write_csv(table, path)
+    else:
+        pq.write_table(table, path)
+    with pytest.raises(InvalidTable) as refused:
+        TableSource(path).check()
+    assert "mixes times with a zone ('2021-01-01T00:00:00Z', series 'a') and without one " \
+        "('2021-01-01', series 'b'); give every time a zone, or none" in str(refused.value)

@@ -82,10 +82,26 @@ def _text_times(column: pa.Array, ids: pa.Array, name: str) -> tuple[pa.Array, s
     integers = pc.match_substring_regex(text, r"^[-+]?\d{1,18}$")
     if pc.all(integers).as_py():
         return pc.cast(text, pa.int64()), "int"
+    _no_mixed_zones(text, ids, column, name)
     dates = pc.is_valid(pc.strptime(text, "%Y-%m-%d", "s", error_is_null=True))
     series, value = first_bad(ids, column, dates if pc.any(dates).as_py() else integers)
     raise InvalidTable(f"--input: column {name!r} holds {value!r} (series {series!r}), "
                        "neither a date nor an integer")
+
+
+def _no_mixed_zones(text: pa.Array, ids: pa.Array, column: pa.Array, name: str) -> None:
+    """InvalidTable naming one of each when some times have a zone and the others none,
+    each kind readable alone (which instant a time without a zone is, is not known)."""
+    zoned = pc.match_substring_regex(text, r"(Z|[+-]\d{2}:?\d{2})$")
+    if not pc.any(zoned).as_py() or pc.all(zoned).as_py():
+        return
+    plain = pc.invert(zoned)
+    if _timestamps(text.filter(zoned)) is None or _timestamps(text.filter(plain)) is None:
+        return
+    with_zone, without = first_bad(ids, column, plain), first_bad(ids, column, zoned)
+    raise InvalidTable(f"--input: column {name!r} mixes times with a zone ({with_zone[1]!r}, "
+                       f"series {with_zone[0]!r}) and without one ({without[1]!r}, series "
+                       f"{without[0]!r}); give every time a zone, or none")
 
 
 def value_column(column: pa.Array, ids: pa.Array, name: str) -> np.ndarray:
