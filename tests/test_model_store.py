@@ -108,10 +108,15 @@ class Broken:
 
 def test_forecast_with_store_reuses_trains_and_survives_a_broken_store(tmp_path: Path) -> None:
     store = DirectoryModelStore(tmp_path)
-    args: dict[str, Any] = {"series": "a", "prices": SERIES, "params": PARAMS}
+    args: dict[str, Any] = {"series": "a", "prices": SERIES}
     trained, fresh = forecast_with_store(get_model("lstm", **PARAMS), store, horizon=4, **args)
     assert fresh is False and set(trained.bands) == {"80", "95"}
-    entry = tmp_path / f"{store_key('a', 'lstm', PARAMS, SERIES)}.npz"
+    every = get_model("lstm", **PARAMS).option_values()  # the key names every option's value
+    entry = tmp_path / f"{store_key('a', 'lstm', every, SERIES)}.npz"
+    assert entry.exists()
+    defaults = {k: v for k, v in PARAMS.items() if v != get_model("lstm").option_values()[k]}
+    assert "epochs" not in defaults  # 1 is the default: given or not, the same fit
+    assert forecast_with_store(get_model("lstm", **defaults), store, horizon=4, **args)[1]
     marked = trained.forecast + 1.0  # what the network would not give: proof of a read
     _rewrite(entry, forecast=marked)
     model = get_model("lstm", **PARAMS)
@@ -142,16 +147,17 @@ def test_forecast_with_store_reuses_trains_and_survives_a_broken_store(tmp_path:
 @pytest.mark.integration  # runs a worker-side read in a subprocess
 def test_a_stored_prediction_is_read_without_the_deep_learning_backend(tmp_path: Path) -> None:
     """Restoring an entry loads no network: a process that never imported TensorFlow answers."""
-    args: dict[str, Any] = {"series": "a", "prices": [float(x) for x in SERIES],
-                            "params": PARAMS, "horizon": 3}
+    args: dict[str, Any] = {"series": "a", "prices": [float(x) for x in SERIES], "horizon": 3}
     trained, _ = forecast_with_store(get_model("lstm", **PARAMS), DirectoryModelStore(tmp_path),
                                      **args)
+    args["params"] = PARAMS
     code = ("import json, pathlib, sys\n"
             "from crypto_ml.models import get_model\n"
             "from crypto_ml.worker.model_store import DirectoryModelStore, forecast_with_store\n"
             "args = json.loads(sys.argv[2])\n"
             "store = DirectoryModelStore(pathlib.Path(sys.argv[1]))\n"
-            "p, hit = forecast_with_store(get_model('lstm', **args['params']), store, **args)\n"
+            "model = get_model('lstm', **args.pop('params'))\n"
+            "p, hit = forecast_with_store(model, store, **args)\n"
             "print(hit, p.forecast.tolist(), [m for m in ('tensorflow', 'keras') "
             "if m in sys.modules])\n")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path), json.dumps(args)],

@@ -129,7 +129,7 @@ class Forecaster(ABC):
         arrays); ModelStateError for a model without one (``has_state`` false)."""
         self._check_fitted("state")
         header, arrays = self._state()
-        return ModelState(self.name, self._option_values(), int(self.n_points_), self.device,
+        return ModelState(self.name, self.option_values(), int(self.n_points_), self.device,
                           header, arrays)
 
     def restore(self, state: ModelState, prices: object) -> Self:
@@ -139,14 +139,16 @@ class Forecaster(ABC):
         for the first forecast. ModelStateError if the state is another model's, of other
         options or of other closes."""
         series = clean_series(prices)
-        state.check_fits(self.name, self._option_values(), len(series))
+        state.check_fits(self.name, self.option_values(), len(series))
         self._restore(state)
         self.series_ = series
         self.n_points_ = len(series)
         self.device = state.device
         return self
 
-    def _option_values(self) -> dict[str, Any]:
+    def option_values(self) -> dict[str, Any]:
+        """Every option this model takes, with its value (the defaults filled in): what a
+        fit depends on, so that a default given or left out names the same fit."""
         return {name: getattr(self, name) for name in sorted(self.options)}
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

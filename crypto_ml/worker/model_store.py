@@ -1,8 +1,9 @@
 """Trained deep models, saved once and reused: the model store.
 
 A model declared ``stored`` (the deep ones) fitted for one (series, model, options,
-data) is saved under a key that hashes exactly those four (plus the store format
-and package version). What it saves is the model's own
+data) is saved under a key that hashes exactly those four (every option's value, the
+defaults filled in, so ``epochs=1`` given or left out names one entry; plus the store
+format and package version). What it saves is the model's own
 :class:`~crypto_ml.models.state.ModelState` (plain data: a JSON header and named
 arrays, see :meth:`~crypto_ml.models.base.Forecaster.state`); the store packs it
 into bytes and back and never looks inside. A later request with the same key
@@ -267,7 +268,7 @@ def restore_state(model: Forecaster, blob: bytes, prices: Sequence[float]) -> No
 
 
 def forecast_with_store(model: Forecaster, store: ModelStore | None, *, series: str,
-                        prices: Sequence[float], params: Mapping[str, Any], horizon: int,
+                        prices: Sequence[float], horizon: int,
                         levels: Sequence[float] = DEFAULT_LEVELS,
                         retrain: bool = False) -> tuple[Prediction, bool | None]:
     """``model``'s prediction (forecast and intervals at ``levels``) of ``horizon`` closes
@@ -282,7 +283,7 @@ def forecast_with_store(model: Forecaster, store: ModelStore | None, *, series: 
     if store is None or not model.stored:
         model.fit(prices, coin=series)
         return model.predict(horizon, levels), None
-    key = store_key(series, model.name, params, prices)
+    key = store_key(series, model.name, model.option_values(), prices)  # defaults filled
     levels = check_levels(levels)
     if not retrain:
         try:

@@ -132,7 +132,7 @@ def run_forecast(request: ForecastRequest, worker: str,
     started = time.perf_counter()
     prediction, from_store = forecast_with_store(
         model, store if request.use_store else None, series=request.coin,
-        prices=request.prices, params=request.params, horizon=request.horizon,
+        prices=request.prices, horizon=request.horizon,
         levels=request.levels, retrain=request.retrain)
     result = {
         "coin": request.coin,
