@@ -6,7 +6,7 @@ stdout ends the run quietly; ``--output`` and ``--plot`` need an existing folder
 results that cannot be written after the run go to a fallback file; ``-q`` is errors only;
 an unreadable data file is named before any cluster starts; model names match in any case;
 ``--max-points`` below what the models need is refused; Ctrl-C ends ``cluster up`` with 130
-and a second Ctrl-C leaves no process behind; progress counts forecasts on every stream,
+(SIGTERM with 0) and a second Ctrl-C leaves no process behind; progress counts forecasts on every stream,
 with no control codes on a dumb terminal; every subcommand's help has examples and exit
 codes; ``--model best`` ties within 0.5 %; ``data download`` without a network fails at
 once.
@@ -422,7 +422,12 @@ def assert_none_survive(family: list[psutil.Process]) -> None:
 
 
 @pytest.mark.integration  # starts a local cluster in a subprocess
-def test_ctrl_c_stops_cluster_up_with_exit_130(price_data: Path) -> None:
+@pytest.mark.parametrize(("sig", "code", "said"), [
+    (signal.SIGINT, 130, ["crypto-ml: interrupted; local cluster stopped"]),
+    (signal.SIGTERM, 0, []),  # a supervisor's stop (docker stop, a pod ending) is a clean one
+])
+def test_ctrl_c_stops_cluster_up_with_exit_130(price_data: Path, sig: signal.Signals, code: int,
+                                               said: list[str]) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "crypto_ml", "cluster", "up", "--workers",
                              "1"], cwd=ROOT, env=cli_env(price_data), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
@@ -439,13 +444,13 @@ def test_ctrl_c_stops_cluster_up_with_exit_130(price_data: Path) -> None:
         wait_until(ready, 120, "cluster up")
         family = run_family(proc.pid)
         assert any("crypto_ml.worker.launch" in command_of(p) for p in family)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 130
+        proc.send_signal(sig)
+        assert proc.wait(timeout=60) == code
     finally:
         if proc.poll() is None:
             proc.kill()
     err = proc.stderr.read().decode()
-    assert lines(err) == ["crypto-ml: interrupted; local cluster stopped"], err
+    assert lines(err) == said, err
     assert_none_survive(family)
 
 

@@ -18,8 +18,9 @@ EXIT_CODES = {
     "data": "0 every coin is up to date; 1 some coins failed (the others are written, each\n"
             "failure listed); 2 the API or the data folder cannot be used (one line);\n"
             "130 interrupted (run the same command again to resume).",
-    "cluster": "130 stopped by Ctrl-C or SIGTERM (the cluster is stopped with it); 2 it could\n"
-               "not start (one line saying why).",
+    "cluster": "0 stopped by SIGTERM (a supervisor's stop); 130 stopped by Ctrl-C (the\n"
+               "cluster is stopped with it either way); 2 it could not start (one line saying\n"
+               "why).",
     "queue-depth": "0 stopped by Ctrl-C or SIGTERM; 2 no broker, a wrong user or password, or\n"
                    "the port in use (one line).",
     "acl": "0 done; 2 a usage error (one line).",
