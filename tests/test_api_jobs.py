@@ -113,6 +113,9 @@ def download(server: Server, job_id: str, table: str, key: str | None = KEY,
     ({"input": "nosuch.parquet"}, "no input 'nosuch.parquet'"),
     ({"input": "alpha.csv"}, "input 'alpha.csv': no column 'unique_id'"),  # a price file
     ({"input": "bad"}, "input 'bad': p.parquet has no column 'y'"),
+    ({"input": "walks.parquet", "value_col": "close"},
+     "no column 'close' (it has unique_id, ds, y); name yours with id_col, time_col and "
+     "value_col"),
     ({"input": "walks.parquet", "model": "prophet"}, "prophet"),
     ({"input": "walks.parquet", "fallback_model": "gru"}, "fallback_model: 'gru' is a deep model"),
     ({"input": "walks.parquet", "fallback_model": "x"}, "fallback_model: unknown model 'x'"),

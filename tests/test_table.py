@@ -813,6 +813,15 @@ def test_forecast_refuses_a_bad_call_before_any_cluster_starts(
     assert says in str(error.value) and "\n" not in str(error.value)
 
 
+def test_a_table_path_missing_a_column_names_forecast_s_options(tmp_path: Path) -> None:
+    path = write_parquet(random_walks(2, 10).rename(columns={"y": "close"}), tmp_path / "t.parquet")
+    settings = Settings(broker_url="redis://127.0.0.1:1/0")  # nothing listens: never reached
+    with pytest.raises(InvalidTable) as error:
+        forecast_frame(str(path), settings)
+    assert "no column 'y' (it has unique_id, ds, close); name yours with id_col, time_col and " \
+        "target_col" in str(error.value)
+
+
 def test_a_frame_of_periods_is_read_as_their_start_times() -> None:
     frame = pd.DataFrame({"unique_id": ["a"] * 3, "ds": pd.period_range("2017-09-01", periods=3,
                                                                        freq="D"), "y": [1.0, 2, 3]})

@@ -25,6 +25,9 @@ from crypto_ml.worker.model_store import s3_client
 
 S3 = "s3://"
 
+#: A job body's names of the id, time and value columns.
+BODY_COLUMNS = ("id_col", "time_col", "value_col")
+
 
 def read_input(given: str, columns: Columns, data_dir: Path, copy: Path
                ) -> tuple[TableSource, TableInfo, dict[str, Any]]:
@@ -44,7 +47,7 @@ def read_input(given: str, columns: Columns, data_dir: Path, copy: Path
         discard_copy(copy)
         if path is None:
             raise
-        raise ConfigError(as_given(str(exc), named, path, given)) from None
+        raise ConfigError(as_given(str(exc), named, path, given, BODY_COLUMNS)) from None
     except (OSError, ValueError, pa.ArrowException) as exc:
         discard_copy(copy)
         raise ConfigError(as_given(f"cannot read input {given[:200]!r} as a long table "

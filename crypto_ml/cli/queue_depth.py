@@ -19,7 +19,8 @@ def add_parser(sub: Any) -> None:
     """``queue-depth`` and its options."""
     qd = sub.add_parser("queue-depth", help="serve per-queue depth (waiting + reserved tasks) "
                         "of the broker as JSON, for autoscalers", **help_texts("queue-depth"))
-    qd.add_argument("--port", type=port_number, default=DEFAULT_PORT, help=f"({DEFAULT_PORT})")
+    qd.add_argument("--port", type=port_number, default=DEFAULT_PORT,
+                    help=f"the port to serve the depth on ({DEFAULT_PORT})")
     qd.add_argument("--broker", help="Redis URL to watch (default: CRYPTO_ML_BROKER_URL)")
     qd.add_argument("--host", default="0.0.0.0", help="address to listen on (0.0.0.0)")
     qd.add_argument("--queues", default=f"{CPU_QUEUE},{GPU_QUEUE}",

@@ -35,7 +35,14 @@ import pyarrow.parquet as pq
 from crypto_ml.core.errors import InvalidTable
 from crypto_ml.data.ahead import read_ahead
 from crypto_ml.data.steps import series_steps
-from crypto_ml.data.table_checks import id_order, output_id_type, string_ids, time_column, value_column
+from crypto_ml.data.table_checks import (
+    COLUMN_OPTIONS,
+    id_order,
+    output_id_type,
+    string_ids,
+    time_column,
+    value_column,
+)
 from crypto_ml.data.table_files import DEFAULT_COLUMNS, dataset_of, table_files
 from crypto_ml.data.table_files import Columns as Columns  # where callers have found it
 
@@ -128,8 +135,8 @@ class TableSource:
         if missing:
             raise InvalidTable(
                 f"{self.label}: no column {', '.join(map(repr, missing))} (it has "
-                f"{', '.join(self.dataset.schema.names)}); name yours with --id-col, "
-                "--time-col and --value-col")
+                f"{', '.join(self.dataset.schema.names)}); name yours with "
+                f"{', '.join(COLUMN_OPTIONS[:2])} and {COLUMN_OPTIONS[2]}")
         try:
             names = [c.id] if ids or self.only else []
             yield from read_ahead(self._scan([*names, c.time, *([c.value] if values else [])]))

@@ -17,14 +17,21 @@ import pyarrow.compute as pc
 
 from crypto_ml.core.errors import InvalidTable
 
+#: The command line's names of the id, time and value columns' options.
+COLUMN_OPTIONS = ("--id-col", "--time-col", "--value-col")
 
-def as_given(message: str, named: str, path: Path | None = None, given: str = "") -> str:
+
+def as_given(message: str, named: str, path: Path | None = None, given: str = "",
+             columns: tuple[str, str, str] = COLUMN_OPTIONS) -> str:
     """A table check's ``message`` in the caller's words: ``--input`` as ``named`` (``input
-    'walks.parquet'``, ``the frame``); with ``path``, the input's full path as ``given`` and
-    files inside it relative to it, so that no reply shows where a server keeps its data."""
+    'walks.parquet'``, ``the frame``), the column options as ``columns`` (a job body's
+    ``id_col``...); with ``path``, the input's full path as ``given`` and files inside it
+    relative to it, so that no reply shows where a server keeps its data."""
     if path is not None:
         message = message.replace(f"--input {path}", named).replace(f"{path}/", "")
         message = message.replace(str(path), given[:200])
+    for option, word in zip(COLUMN_OPTIONS, columns, strict=True):
+        message = message.replace(option, word)
     return message.replace("--input", named)
 
 

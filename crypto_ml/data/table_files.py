@@ -13,6 +13,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from crypto_ml.core.errors import InvalidTable
+from crypto_ml.data.table_checks import COLUMN_OPTIONS
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,9 @@ def _check_file(file: Path, root: Path, columns: Columns) -> tuple[set[str], pa.
     missing = [c for c in (columns.id, columns.time, columns.value)
                if c not in names and c not in folders]
     if missing:
-        raise InvalidTable(f"--input: {file} has no column {', '.join(map(repr, missing))} (it "
-                           f"has {', '.join(names)}); every file of the table needs them")
+        where = f"--input {file}: no" if file == root else f"--input: {file} has no"
+        every = "" if file == root else "every file of the table needs them, or "
+        raise InvalidTable(f"{where} column {', '.join(map(repr, missing))} (it has "
+                           f"{', '.join(names)}); {every}name yours with "
+                           f"{', '.join(COLUMN_OPTIONS[:2])} and {COLUMN_OPTIONS[2]}")
     return folders, schema.field(columns.id).type if columns.id in names else None

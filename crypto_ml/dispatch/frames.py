@@ -39,6 +39,9 @@ from crypto_ml.models import (
 )
 from crypto_ml.models.intervals import DEFAULT_LEVELS, check_levels
 
+#: ``crypto_ml.forecast``'s names of the id, time and value columns (statsforecast's).
+FRAME_COLUMNS = ("id_col", "time_col", "target_col")
+
 
 def forecast_frame(df: pd.DataFrame | str | Path, settings: Settings,
                    model: str | Sequence[str] = DEFAULT_MODEL, horizon: int = DEFAULT_HORIZON,
@@ -102,8 +105,9 @@ def _source(df: object, columns: Columns) -> TableSource:
 def _in_python_words(exc: InvalidTable, df: object) -> InvalidTable:
     """A table check's error naming the frame (or the path as given), not ``--input``."""
     if isinstance(df, str | Path):
-        return InvalidTable(as_given(str(exc), f"table {str(df)!r}", Path(df), str(df)))
-    return InvalidTable(as_given(str(exc), "the frame"))
+        return InvalidTable(as_given(str(exc), f"table {str(df)!r}", Path(df), str(df),
+                                     FRAME_COLUMNS))
+    return InvalidTable(as_given(str(exc), "the frame", columns=FRAME_COLUMNS))
 
 
 def _as_datetimes(table: pa.Table) -> pa.Table:
