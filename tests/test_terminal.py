@@ -111,6 +111,8 @@ def test_one_stdout_format_json_lines_and_output(cluster: Any, price_data: Path,
     (["send-tasks", "--model", "best", "--candidates", "naive,prophet"], "prophet"),
     (["send-tasks", "--model", "best", "--backtest", "no/such/backtest.json"],
      "cannot read the backtest"),
+    (["send-tasks", "--model", "best", "--backtest", "docs/openapi.json"],  # JSON, not one
+     "cannot read the backtest docs/openapi.json (it has no 'config' field)"),
     (["send-tasks", "--coins", "bitcoin", "--output", "."], "--output . is a folder"),
     (["send-tasks", "--coins", "bitcoin", "--plot", "README.md/forecast.png"],
      "--plot README.md/forecast.png: cannot write in README.md"),

@@ -41,7 +41,8 @@ def load_saved(path: Path) -> BacktestResult:
     try:
         return BacktestResult.from_json(json.loads(path.read_text()))
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"cannot read the backtest {path} ({exc}); write one with "
+        why = f"it has no {exc} field" if isinstance(exc, KeyError) else str(exc)
+        raise ConfigError(f"cannot read the backtest {path} ({why}); write one with "
                           "`crypto-ml backtest --out DIR` and pass "
                           "DIR/backtest.json") from None
 
