@@ -228,7 +228,9 @@ def test_openapi_lists_every_endpoint_and_docs_need_no_cdn(data: Path) -> None:
     api = make(data)
     paths = api.get("/openapi.json").json()["paths"]
     assert set(paths) == {"/v1/forecasts", "/v1/forecasts/{run_id}", "/v1/jobs",
-                          "/v1/jobs/{job_id}", "/v1/coins", "/v1/models", "/healthz", "/metrics"}
+                          "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/output",
+                          "/v1/jobs/{job_id}/failures", "/v1/coins", "/v1/models", "/healthz",
+                          "/metrics"}
     page = api.get("/docs").text
     assert "/docs-static/swagger-ui-bundle.js" in page and "cdn" not in page.lower()
     assert api.get("/docs-static/swagger-ui-bundle.js").status_code == 200
