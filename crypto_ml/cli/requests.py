@@ -150,8 +150,13 @@ def send_request(args: argparse.Namespace) -> SendRequest:
                           args.epochs, args.timeout)
     check_option_values(forecasts.models, {} if args.epochs is None else {"epochs": args.epochs},
                         "--model {}")
+    if args.epochs is not None and args.model != BEST:  # best: its candidates may train
+        check_option_names(forecasts.models, ["epochs"], "--{}")
     check_horizon(settings, args.horizon)
     table = table_of(args)
+    if args.model != BEST and (args.backtest or args.candidates):
+        raise ConfigError(f"--{'backtest' if args.backtest else 'candidates'} is for --model "
+                          f"best (it picks each coin's model); got --model {args.model}")
     common = {"settings": settings, "stderr": stderr_of(args, settings), "output": args.output}
     if table is not None:
         if args.model == BEST:
