@@ -316,6 +316,7 @@ def test_model_names_match_in_any_case_and_best_is_a_choice(price_data: Path) ->
     assert args.model == "lstm,linear" and args.candidates == "naive"
     assert parsed(["send-tasks", "--model", "Best"]).model == "best"
     assert parsed(["backtest", "--model", "Naive, THETA"]).model == "naive,theta"
+    args = parsed(["send-tasks", "--model", "LSTM,Linear", "--data-dir", str(price_data)])
     assert send_request(args).forecasts.models == ("lstm", "linear")  # parsed once, here
     args = parsed(["send-tasks", "--model", "prophet", "--data-dir", str(price_data)])
     with pytest.raises(UnknownModel) as error:
