@@ -59,12 +59,18 @@ def series_steps(times: np.ndarray, lengths: np.ndarray, kind: str, zone: str | 
         values, counts = np.unique(step[~single], return_counts=True)
         step[single] = values[np.argmax(counts)]
         business[single] = 2 * business[~single].sum() > (~single).sum()
-    anchor = np.zeros_like(step)
-    if kind != "int":
-        day = DAY_NS if kind == "timestamp" else 1
-        if ((step % day == 0) & np.isin(step // day, list(CALENDAR_MONTHS))).any():
-            anchor = month_anchors(wall, lengths, ends, kind)
+    anchor = (month_anchors(wall, lengths, ends, kind)
+              if kind != "int" and _months(step, kind).any() else np.zeros_like(step))
     return times[ends - 1], step, business, anchor
+
+
+def _months(steps: np.ndarray, kind: str) -> np.ndarray:
+    """How many calendar months each step is (:data:`CALENDAR_MONTHS`), 0 for a step that
+    is none; ``kind`` a time kind (dates or timestamps)."""
+    day = DAY_NS if kind == "timestamp" else 1
+    days = np.where(steps % day == 0, steps // day, 0)
+    matches = days[:, None] == np.array(list(CALENDAR_MONTHS))  # (series, known steps)
+    return (matches * np.array(list(CALENDAR_MONTHS.values()))).sum(axis=1)
 
 
 def month_anchors(wall: np.ndarray, lengths: np.ndarray, ends: np.ndarray, kind: str
@@ -158,13 +164,11 @@ def _calendar_months(out: np.ndarray, kind: str, last: np.ndarray, steps: np.nda
     """Rows of ``out`` whose step is a month, a quarter or a year, as calendar dates on the
     series' ``anchor`` day (the month's last day where it has fewer, at the last time's time
     of day); a start pandas cannot count from is ``beyond``."""
-    day = DAY_NS if kind == "timestamp" else 1
     unit = "ns" if kind == "timestamp" else "D"
-    days = np.where(steps % day == 0, steps // day, 0)
     anchor = np.zeros(len(last), np.int64) if anchor is None else anchor
-    for months in {CALENDAR_MONTHS.get(int(d), 0) for d in np.unique(days)} - {0}:
-        picked = np.array([CALENDAR_MONTHS.get(int(d), 0) == months for d in days])
-        rows = np.flatnonzero(picked & ~beyond)
+    each = _months(steps, kind)
+    for months in set(np.unique(each).tolist()) - {0}:
+        rows = np.flatnonzero((each == months) & ~beyond)
         for t, keep in {(int(last[r]), int(anchor[r])) for r in rows}:
             same = rows[(last[rows] == t) & (anchor[rows] == keep)]
             try:
