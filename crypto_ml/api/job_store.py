@@ -84,8 +84,7 @@ class JobStore:
 
     def resumed_by(self, job_id: str) -> str | None:
         """The job that resumed ``job_id``, if one did."""
-        by = self.client.get(keys.JOB + job_id + RESUMED)
-        return None if by is None else str(json.loads(by))
+        return _job_named(self.client.get(keys.JOB + job_id + RESUMED))
 
     def read(self, job_id: str) -> dict[str, Any] | None:
         """The record, or None for an unknown (or expired) id."""
@@ -96,7 +95,7 @@ class JobStore:
         trip."""
         raw, cancel, by = self.client.mget([keys.JOB + job_id + flag
                                             for flag in ("", CANCEL, RESUMED)])
-        return _record(raw), bool(cancel), None if by is None else str(json.loads(by))
+        return _record(raw), bool(cancel), _job_named(by)
 
     def mark_resumed(self, job_id: str, by: str) -> None:
         """Say that job ``by`` took ``job_id``'s chunks (:mod:`crypto_ml.api.job_files`)."""
@@ -123,6 +122,11 @@ class JobStore:
             self.client.set(keys.JOB + job_id + CANCEL, "1", ex=self.ttl)
             asked = True
         return record, asked, by
+
+
+def _job_named(raw: bytes | None) -> str | None:
+    """The job id a ``:resumed`` key holds (JSON text), or None."""
+    return None if raw is None else str(json.loads(raw))
 
 
 def _record(raw: bytes | None) -> dict[str, Any] | None:

@@ -36,7 +36,7 @@ from crypto_ml.core.errors import InvalidTable
 from crypto_ml.data.ahead import read_ahead
 from crypto_ml.data.steps import series_steps
 from crypto_ml.data.table_checks import (
-    COLUMN_OPTIONS,
+    NAME_COLUMNS,
     id_order,
     output_id_type,
     string_ids,
@@ -135,8 +135,7 @@ class TableSource:
         if missing:
             raise InvalidTable(
                 f"{self.label}: no column {', '.join(map(repr, missing))} (it has "
-                f"{', '.join(self.dataset.schema.names)}); name yours with "
-                f"{', '.join(COLUMN_OPTIONS[:2])} and {COLUMN_OPTIONS[2]}")
+                f"{', '.join(self.dataset.schema.names)}); {NAME_COLUMNS}")
         try:
             names = [c.id] if ids or self.only else []
             yield from read_ahead(self._scan([*names, c.time, *([c.value] if values else [])]))

@@ -19,6 +19,8 @@ from crypto_ml.core.errors import InvalidTable
 
 #: The command line's names of the id, time and value columns' options.
 COLUMN_OPTIONS = ("--id-col", "--time-col", "--value-col")
+#: What a table missing a column is told (:func:`as_given` puts it in the caller's words).
+NAME_COLUMNS = "name yours with {}, {} and {}".format(*COLUMN_OPTIONS)
 
 
 def as_given(message: str, named: str, path: Path | None = None, given: str = "",

@@ -13,7 +13,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from crypto_ml.core.errors import InvalidTable
-from crypto_ml.data.table_checks import COLUMN_OPTIONS
+from crypto_ml.data.table_checks import COLUMN_OPTIONS, NAME_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -28,8 +28,7 @@ class Columns:
         if len({self.id, self.time, self.value}) < 3:
             raise InvalidTable(f"the id, time and value columns must be three different "
                                f"columns; got {self.id!r}, {self.time!r} and {self.value!r} "
-                               "(--id-col, --time-col, --value-col)")
-
+                               f"({', '.join(COLUMN_OPTIONS)})")
 
 
 DEFAULT_COLUMNS = Columns()
@@ -118,6 +117,5 @@ def _check_file(file: Path, root: Path, columns: Columns) -> tuple[set[str], pa.
         where = f"--input {file}: no" if file == root else f"--input: {file} has no"
         every = "" if file == root else "every file of the table needs them, or "
         raise InvalidTable(f"{where} column {', '.join(map(repr, missing))} (it has "
-                           f"{', '.join(names)}); {every}name yours with "
-                           f"{', '.join(COLUMN_OPTIONS[:2])} and {COLUMN_OPTIONS[2]}")
+                           f"{', '.join(names)}); {every}{NAME_COLUMNS}")
     return folders, schema.field(columns.id).type if columns.id in names else None

@@ -8,14 +8,14 @@ Each is fitted on the log of the closes, so forecasts and bounds stay positive a
 a 10% move means the same at any price (``arima`` fits them less the last one: it may choose
 a model without a mean, which would otherwise forecast 1 in the price's unit); the point
 forecast and the library's own prediction intervals (``predict(h, level=...)``) are mapped
-back with ``exp`` (the point forecast is then the median path). ``theta`` fits them scaled so that each
-series' one-step changes have a standard deviation of 0.01 (:attr:`error_scale`): AutoTheta's
-optimiser stops on an absolute change of its mean squared error, so its effort depends on
-the scale it is given (on raw closes, sub-cent coins stop at once and $1,000 coins iterate
-long); at this scale it stops a third sooner than on plain log closes, with the same
-accuracy and coverage in backtests (docs/benchmarks.md). statsforecast compiles its inner
-loops with numba on first use in a process; :func:`warm_up` pays that once (the
-worker calls it before forking its pool, see :mod:`crypto_ml.celery_app`).
+back with ``exp`` (the point forecast is then the median path). ``theta`` fits them scaled
+so that each series' one-step changes have a standard deviation of 0.01
+(:attr:`error_scale`): AutoTheta's optimiser stops on an absolute change of its mean squared
+error, so its effort depends on the scale it is given (on raw closes, sub-cent coins stop at
+once and $1,000 coins iterate long); at this scale it stops a third sooner than on plain log
+closes, with the same accuracy and coverage in backtests (docs/benchmarks.md).
+statsforecast compiles its inner loops with numba on first use in a process; :func:`warm_up`
+pays that once (the worker calls it before forking its pool, see :mod:`crypto_ml.celery_app`).
 statsforecast is imported on first fit only.
 """
 
