@@ -4,6 +4,7 @@ tests/test_api_cluster.py."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import socket
 import subprocess
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 from api_support import client, closes, write_coins
 from conftest import ROOT
+from fastapi.routing import APIRoute
 
 from crypto_ml.api.__main__ import check_exposure
 from crypto_ml.api.app import create_app
@@ -236,6 +238,22 @@ def test_openapi_lists_every_endpoint_and_docs_need_no_cdn(data: Path) -> None:
     assert api.get("/docs-static/swagger-ui-bundle.js").status_code == 200
 
 
+def test_every_route_but_the_scrape_runs_on_the_event_loop(data: Path) -> None:
+    """FastAPI runs a plain function in its thread pool, a hop per request: only /metrics,
+    whose collector reads the broker with a blocking client, may be one."""
+    app = create_app(Settings(data_dir=data), InProcessRuns())
+
+    def routes(within: list[Any]) -> list[APIRoute]:  # FastAPI wraps each included router
+        return [found for route in within for found in (
+            routes(route.original_router.routes) if hasattr(route, "original_router")
+            else [route] if isinstance(route, APIRoute) else [])]
+
+    found = routes(app.routes)
+    assert {"/v1/forecasts", "/v1/jobs/{job_id}", "/metrics"} <= {r.path for r in found}
+    assert sorted(r.path for r in found if not inspect.iscoroutinefunction(r.endpoint)) == [
+        "/metrics"]
+
+
 @pytest.mark.integration  # runs the command in a subprocess
 def test_refuses_non_loopback_without_keys() -> None:
     check_exposure("127.0.0.1", Settings())
@@ -263,8 +281,7 @@ def test_a_port_in_use_is_a_configuration_error() -> None:
 
 
 def test_job_bodies_take_levels_as_forecast_bodies_do() -> None:
-    from crypto_ml.api.jobs import JobBody
-    from crypto_ml.api.schemas import ForecastBody
+    from crypto_ml.api.schemas import ForecastBody, JobBody
 
     assert JobBody(input="t.parquet", levels=[95, 80, 80]).levels == [80.0, 95.0]
     assert ForecastBody(coins=["a"], levels=[95, 80, 80]).levels == [80.0, 95.0]

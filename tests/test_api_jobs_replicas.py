@@ -9,6 +9,7 @@ stopped by E when it wakes, and B's job finishes as soon as it would have."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -25,6 +26,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import redis
+import redis.asyncio as aioredis
 from acl_discovery import acl_log
 from api_support import client, write_coins
 from conftest import ROOT
@@ -35,7 +37,7 @@ from test_api_server import KEY, Server, call, healthy
 
 from crypto_ml.api.app import create_app
 from crypto_ml.api.job_files import output_of, resumable, take_over
-from crypto_ml.api.job_store import JobStore, status_of
+from crypto_ml.api.job_store import JobRecords, JobStore, status_of
 from crypto_ml.api.service import InProcessRuns
 from crypto_ml.core import keys
 from crypto_ml.core.errors import JobConflict
@@ -290,6 +292,14 @@ def test_only_a_failed_job_can_be_resumed(replicas: dict[str, Server], resume: s
     assert status == code and words in json.dumps(reply), reply
 
 
+def routes_read(url: str, call: Any) -> Any:
+    """``call(records)`` on a JobRecords over a redis.asyncio client, as the routes read."""
+    async def on_loop() -> Any:
+        async with aioredis.Redis.from_url(url) as client:
+            return await call(JobRecords(lambda: client, 60))
+    return asyncio.run(on_loop())
+
+
 @pytest.mark.parametrize("server", [None, pytest.param(redis7_server(), marks=pytest.mark.skipif(
     redis7_server() is None, reason="no redis-server 7 or later"))], ids=["redis6.2", "redis7"])
 def test_the_manager_user_may_keep_job_records_and_nothing_near_them(server: str | None) -> None:
@@ -306,10 +316,12 @@ def test_the_manager_user_may_keep_job_records_and_nothing_near_them(server: str
                    "heartbeat": 2.0, "stale_after": 30.0}
             store.write(job)
             assert store.beat([job], ["j1"]) == (set(), {})
-            assert store.read_with_flags("j1") == (job, False, None)
-            assert store.cancel("j1") == (job, True, None)
+            url = cluster.url_for("manager")
+            assert routes_read(url, lambda r: r.read_with_flags("j1")) == (job, False, None)
+            assert routes_read(url, lambda r: r.cancel("j1")) == (job, True, None)
             assert store.beat([], ["j1"]) == ({"j1"}, {})
-            assert store.cancel("j1") == (job, True, None)  # asked once is asked
+            assert routes_read(url, lambda r: r.cancel("j1")) == (job, True, None)  # once is asked
+            assert routes_read(url, lambda r: r.read("j1:cancel")) is None
             assert status_of(job, now=3.0, cancel_asked=True)["cancel_requested"] is True
             ended = {**job, "status": "cancelled", "finished": 2.5}
             assert status_of(ended, now=3.0, cancel_asked=True)["cancel_requested"] is False

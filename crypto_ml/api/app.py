@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import crypto_ml
 from crypto_ml.core.errors import BrokerUnavailable, DataNotFound
 from crypto_ml.core.settings import Settings
+from crypto_ml.dispatch.runs import RunQueue
 
 from .jobs import Jobs
 from .metrics import ApiMetrics, Message, Receive, Scope, Send, http_only
@@ -106,7 +107,7 @@ def add_docs(app: FastAPI) -> None:
               name="docs-static")
 
     @app.get("/docs", include_in_schema=False)
-    def swagger() -> HTMLResponse:
+    async def swagger() -> HTMLResponse:
         return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json",
                                    title=f"{app.title} - docs",
                                    swagger_js_url=f"{DOCS_STATIC}/swagger-ui-bundle.js",
@@ -114,7 +115,7 @@ def add_docs(app: FastAPI) -> None:
                                    swagger_favicon_url=f"{DOCS_STATIC}/favicon.png")
 
     @app.get("/redoc", include_in_schema=False)
-    def redoc() -> HTMLResponse:
+    async def redoc() -> HTMLResponse:
         return get_redoc_html(openapi_url=app.openapi_url or "/openapi.json",
                               title=f"{app.title} - ReDoc",
                               redoc_js_url=f"{DOCS_STATIC}/redoc.standalone.js",
@@ -147,8 +148,7 @@ def create_app(settings: Settings, runs: Runs,
     """The API for ``runs`` (cluster or in-process), checking bodies with ``service``; table
     jobs (``/v1/jobs``) run on the cluster of ``runs``, when it has one."""
     service = service or ForecastService(settings)
-    cluster_app = getattr(runs, "app", None)
-    jobs = Jobs(cluster_app, settings) if cluster_app is not None else None
+    jobs = Jobs(runs.app, settings, runs.backend) if isinstance(runs, RunQueue) else None
     metrics = ApiMetrics(runs.queue_depth, getattr(runs, "coalesced", None))
     authorized = [Depends(KeyCheck(settings.api_keys))]
 

@@ -118,7 +118,7 @@ def sweep(store: JobStore, folder: Path, expires: int) -> None:
         found = [(m.group(1), p) for p in folder.iterdir() if (m := _LEFT.fullmatch(p.name))]
         copies = folder / "inputs"
         if copies.is_dir():
-            found += [(p.name, p) for p in copies.iterdir() if _ID.fullmatch(p.name)]
+            found += [(p.name, p) for p in copies.iterdir() if is_job_id(p.name)]
         ids = sorted({job_id for job_id, _ in found})
         records = dict(zip(ids, store.records(ids), strict=True))
     except (OSError, redis.RedisError) as exc:
@@ -138,12 +138,12 @@ def sweep(store: JobStore, folder: Path, expires: int) -> None:
             log.warning("could not remove %s (%s)", path, exc)
 
 
-def finished_table(store: JobStore, folder: Path, job_id: str, table: str) -> Path | None:
+def finished_table(record: dict[str, Any] | None, folder: Path, job_id: str, table: str
+                   ) -> Path | None:
     """The file of a done job's ``table`` (``output``, the forecasts; ``failures``, its
-    failures table), found in ``folder`` by the job's id, never by a path a record holds;
-    None for an unknown (or expired) job; JobConflict while the job is not done, and
+    failures table), found in ``folder`` by the job's id, never by a path its ``record``
+    holds; None for an unknown (or expired) job; JobConflict while the job is not done, and
     DataNotFound when its file is no longer in the folder."""
-    record = store.read(job_id) if _ID.fullmatch(job_id) else None
     if record is None:
         return None
     status = status_of(record)["status"]
@@ -155,3 +155,8 @@ def finished_table(store: JobStore, folder: Path, job_id: str, table: str) -> Pa
         raise DataNotFound(f"job {job_id}'s {table} is no longer in the jobs folder "
                            "(CRYPTO_ML_API_JOBS_DIR); POST the job again")
     return path
+
+
+def is_job_id(text: str) -> bool:
+    """Whether ``text`` has the shape of a job's id (one a job folder may bear)."""
+    return _ID.fullmatch(text) is not None

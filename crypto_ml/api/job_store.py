@@ -29,6 +29,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 from crypto_ml.core import keys
@@ -90,13 +91,6 @@ class JobStore:
         """The record, or None for an unknown (or expired) id."""
         return _record(self.client.get(keys.JOB + job_id))
 
-    def read_with_flags(self, job_id: str) -> tuple[dict[str, Any] | None, bool, str | None]:
-        """The record, whether a cancel was asked, and the job that resumed it, in one round
-        trip."""
-        raw, cancel, by = self.client.mget([keys.JOB + job_id + flag
-                                            for flag in ("", CANCEL, RESUMED)])
-        return _record(raw), bool(cancel), _job_named(by)
-
     def mark_resumed(self, job_id: str, by: str) -> None:
         """Say that job ``by`` took ``job_id``'s chunks (:mod:`crypto_ml.api.job_files`)."""
         self.client.set(keys.JOB + job_id + RESUMED, json.dumps(by), ex=self.ttl)
@@ -114,12 +108,31 @@ class JobStore:
         raws = self.client.mget([keys.JOB + job_id for job_id in job_ids]) if job_ids else []
         return [_record(raw) for raw in raws]
 
-    def cancel(self, job_id: str) -> tuple[dict[str, Any] | None, bool, str | None]:
+class JobRecords:
+    """What ``GET`` and ``DELETE /v1/jobs/{id}`` read and ask, on any replica, from the API's
+    event loop: ``client()`` is the loop's :mod:`redis.asyncio` client."""
+
+    def __init__(self, client: Callable[[], Any], ttl: int) -> None:
+        self.client = client
+        self.ttl = ttl
+
+    async def read(self, job_id: str) -> dict[str, Any] | None:
+        """The record, or None for an unknown (or expired) id."""
+        return _record(await self.client().get(keys.JOB + job_id))
+
+    async def read_with_flags(self, job_id: str) -> tuple[dict[str, Any] | None, bool, str | None]:
+        """The record, whether a cancel was asked, and the job that resumed it, in one round
+        trip."""
+        raw, cancel, by = await self.client().mget([keys.JOB + job_id + flag
+                                                    for flag in ("", CANCEL, RESUMED)])
+        return _record(raw), bool(cancel), _job_named(by)
+
+    async def cancel(self, job_id: str) -> tuple[dict[str, Any] | None, bool, str | None]:
         """Ask the replica running the job to stop it (if it is queued or running); as
         :meth:`read_with_flags` after that."""
-        record, asked, by = self.read_with_flags(job_id)
+        record, asked, by = await self.read_with_flags(job_id)
         if record is not None and record["status"] in ACTIVE and not asked:
-            self.client.set(keys.JOB + job_id + CANCEL, "1", ex=self.ttl)
+            await self.client().set(keys.JOB + job_id + CANCEL, "1", ex=self.ttl)
             asked = True
         return record, asked, by
 

@@ -33,13 +33,13 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import redis
 from celery import Celery
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from crypto_ml.core.errors import ConfigError, CryptoMLError
 from crypto_ml.core.settings import Settings
@@ -47,14 +47,13 @@ from crypto_ml.data.table import Columns, TableSource
 from crypto_ml.dispatch.capacity import InFlight
 from crypto_ml.dispatch.table_output import TableOutput, failures_path
 from crypto_ml.dispatch.table_run import TablePlan, run_table
-from crypto_ml.models import DEFAULT_HORIZON, DEFAULT_MODEL, parse_fallback, parse_models
-from crypto_ml.models.intervals import DEFAULT_LEVELS
+from crypto_ml.models import parse_fallback, parse_models
 from crypto_ml.worker.app import table_queue
 
 from .inputs import discard_copy, read_input
-from .job_files import JOB_ID, output_of, resumable, same_run, sweep, take_over
-from .job_store import JobStore, replica_id, status_of, stopped_error
-from .schemas import MAX_POINTS, Levels, Text, Whole
+from .job_files import finished_table, is_job_id, output_of, resumable, same_run, sweep, take_over
+from .job_store import JobRecords, JobStore, replica_id, status_of, stopped_error
+from .schemas import JobBody, JobState
 
 log = logging.getLogger(__name__)
 #: A job's seconds without any outcome before its pending chunks count as failed.
@@ -65,72 +64,6 @@ SYNC_SECONDS = 0.5
 UNANSWERED = "it did not answer in time"
 #: Seconds a stopping replica waits for its jobs to revoke their queued work.
 STOP_SECONDS = 5.0
-JobState = Literal["queued", "running", "done", "failed", "cancelled"]
-
-
-class JobBody(BaseModel):
-    """A long-format table (``unique_id, ds, y``) to forecast, as ``send-tasks --input``."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    input: Text = Field(min_length=1, description="a Parquet file, a folder of them or a CSV: "
-                       "a path relative to the server's data directory (CRYPTO_ML_DATA_DIR), "
-                       "or s3://BUCKET/KEY (an object, or a prefix holding a dataset) read "
-                       "with the server's S3 credentials")
-    model: Text | list[Text] = Field(DEFAULT_MODEL,
-                                     description="a model name, a comma list or a list")
-    horizon: Whole = Field(DEFAULT_HORIZON, ge=1, description="steps to forecast per series")
-    levels: Levels = Field(list(DEFAULT_LEVELS),
-                           description="prediction interval levels in percent")
-    max_points: Whole | None = Field(None, ge=0, le=MAX_POINTS,
-                                     description="fit on the newest N values")
-    id_col: Text = Field("unique_id", min_length=1)
-    time_col: Text = Field("ds", min_length=1)
-    value_col: Text = Field("y", min_length=1)
-    fallback_model: Text | None = Field(None, description="a cheap model that forecasts the "
-                                        "series a model fails on, in that model's columns "
-                                        "(listed in the failures table as filled)")
-    resume: str | None = Field(None, pattern=JOB_ID,
-                               description="the id of a failed job of this same body: the new "
-                               "job takes its finished chunks and computes only the rest")
-
-    @model_validator(mode="after")
-    def _three_columns(self) -> JobBody:
-        if len({self.id_col, self.time_col, self.value_col}) < 3:
-            raise ValueError("id_col, time_col and value_col must name three different columns")
-        return self
-
-
-class JobStatus(BaseModel):
-    """Where a job stands; ``output`` is complete once ``status`` is ``done``."""
-
-    id: str
-    status: JobState
-    series: int = Field(description="series in the input")
-    done: int = Field(description="series finished (forecast or failed)")
-    failed: int = Field(description="series with a failed forecast (listed in the failures "
-                        "table, and not filled by the fallback model) or in a chunk that did "
-                        "not come back")
-    series_per_second: float
-    eta_seconds: float | None
-    output: str
-    failures_output: str
-    error: str | None = Field(None, description="why it failed, and how to resume it")
-    resumed_from: str | None = Field(None, description="the failed job whose finished "
-                                     "chunks this one took")
-    resumed: int = Field(0, description="series of those chunks (counted in done, not "
-                         "computed again)")
-    resumed_by: str | None = Field(None, description="the job that took this failed job's "
-                                   "finished chunks")
-    cancel_requested: bool = Field(False, description="a DELETE asked this queued or running "
-                                   "job to stop; it ends as cancelled within seconds")
-
-
-class JobAccepted(BaseModel):
-    id: str
-    status_url: str
-
-
 class JobCancelled(Exception):
     """Raised inside a job's run to stop it (its pending chunks are revoked)."""
 
@@ -185,12 +118,15 @@ class Job:
 
 class Jobs:
     """The table runs of one API process, on the cluster of ``app``; their records in the
-    result backend, where every replica reads them."""
+    result backend, where every replica reads them: this process's job threads through
+    ``app``'s client, its routes through ``backend()``, the event loop's redis.asyncio
+    client."""
 
-    def __init__(self, app: Celery, settings: Settings) -> None:
+    def __init__(self, app: Celery, settings: Settings, backend: Callable[[], Any]) -> None:
         self.app = app
         self.settings = settings
         self.store = JobStore(app.backend.client, settings.result_expires)
+        self.records = JobRecords(backend, settings.result_expires)
         self.replica = replica_id()
         self.stale_after = 3.0 * settings.dead_after_seconds
         self._jobs: dict[str, tuple[Job, threading.Thread]] = {}
@@ -367,13 +303,19 @@ class Jobs:
 
     # -- any replica -------------------------------------------------------------------------
 
-    def get(self, job_id: str) -> dict[str, Any] | None:
+    async def get(self, job_id: str) -> dict[str, Any] | None:
         """The job's status, from its record: whichever replica runs it."""
-        return self._status(*self.store.read_with_flags(job_id))
+        return self._status(*await self.records.read_with_flags(job_id))
 
-    def cancel(self, job_id: str) -> dict[str, Any] | None:
+    async def cancel(self, job_id: str) -> dict[str, Any] | None:
         """Ask the replica running the job to stop it; its status, or None if unknown."""
-        return self._status(*self.store.cancel(job_id))
+        return self._status(*await self.records.cancel(job_id))
+
+    async def table(self, job_id: str, table: str) -> Path | None:
+        """A done job's ``output`` or ``failures`` file (as :func:`~crypto_ml.api.job_files.
+        finished_table`)."""
+        record = await self.records.read(job_id) if is_job_id(job_id) else None
+        return finished_table(record, self.settings.api_jobs_dir, job_id, table)
 
     @staticmethod
     def _status(record: dict[str, Any] | None, cancel_asked: bool,

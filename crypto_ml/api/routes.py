@@ -9,7 +9,7 @@ routes (``/healthz``, ``/metrics``) do not.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -20,10 +20,21 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from crypto_ml.core.errors import ConfigError, DataNotFound, JobConflict
 from crypto_ml.core.settings import Settings
 
-from .job_files import finished_table
-from .jobs import JobAccepted, JobBody, Jobs, JobStatus
+from .jobs import Jobs
 from .metrics import ApiMetrics
-from .schemas import Accepted, Coins, ForecastBody, Health, Models, Problem, RunStatus, Unprocessable
+from .schemas import (
+    Accepted,
+    Coins,
+    ForecastBody,
+    Health,
+    JobAccepted,
+    JobBody,
+    JobStatus,
+    Models,
+    Problem,
+    RunStatus,
+    Unprocessable,
+)
 from .service import ForecastService, Invalid, Runs, model_infos
 
 PARQUET = "application/vnd.apache.parquet"
@@ -115,9 +126,9 @@ def job_routes(jobs: Jobs | None, authorized: Sequence[Depends]) -> APIRouter:
                                                  "or input; named"},
                             503: {"model": Problem,
                                   "description": "no cluster, or an s3:// input unreachable"}})
-    def post_job(body: JobBody) -> Response:
-        try:
-            job = cluster_jobs().submit(body)
+    async def post_job(body: JobBody) -> Response:
+        try:  # it reads the table's metadata (a file, or S3): off the event loop
+            job = await asyncio.to_thread(cluster_jobs().submit, body)
         except DataNotFound:  # S3 unreachable: 503, try again
             raise
         except JobConflict as exc:  # the job to resume is running, done or taken
@@ -137,22 +148,22 @@ def job_routes(jobs: Jobs | None, authorized: Sequence[Depends]) -> APIRouter:
                                        "description": "no such job (or expired)"},
                                  503: {"model": Problem,
                                        "description": "no cluster, or its Redis unreachable"}})
-    def job(job_id: str, request: Request) -> dict[str, Any]:
+    async def job(job_id: str, request: Request) -> dict[str, Any]:
         running = cluster_jobs()  # any replica: the record is in the result backend
-        found = running.cancel(job_id) if request.method == "DELETE" else running.get(job_id)
+        found = await (running.cancel(job_id) if request.method == "DELETE"
+                       else running.get(job_id))
         if found is None:
             raise _not_found(f"job {job_id[:100]!r}")
         return found
 
-    def serving(table: str) -> Callable[[str], FileResponse]:
-        def serve(job_id: str) -> FileResponse:
-            return table_file(job_id, table)
+    def serving(table: str) -> Callable[[str], Awaitable[FileResponse]]:
+        async def serve(job_id: str) -> FileResponse:
+            return await table_file(job_id, table)
         return serve
 
-    def table_file(job_id: str, table: str) -> FileResponse:
-        running = cluster_jobs()
+    async def table_file(job_id: str, table: str) -> FileResponse:
         try:
-            path = finished_table(running.store, running.settings.api_jobs_dir, job_id, table)
+            path = await cluster_jobs().table(job_id, table)
         except JobConflict as exc:
             raise HTTPException(409, str(exc)) from None
         except DataNotFound as exc:
@@ -206,7 +217,8 @@ def operation_routes(runs: Runs, metrics: ApiMetrics) -> APIRouter:
         return JSONResponse(state, status_code=200 if state["status"] == "ok" else 503)
 
     @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-    def prometheus() -> Response:
+    def prometheus() -> Response:  # in the thread pool, once a scrape: the queue depth's
+        # collector reads the broker with a blocking client, as prometheus_client collects
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return router

@@ -16,6 +16,8 @@ from crypto_ml.core.errors import InvalidTaskInput
 from crypto_ml.models import DEFAULT_HORIZON, DEFAULT_MODEL
 from crypto_ml.models.intervals import DEFAULT_LEVELS, check_levels
 
+from .job_files import JOB_ID
+
 SOURCES = ("coins", "series")
 
 
@@ -175,3 +177,69 @@ class Health(BaseModel):
     broker: bool
     workers: list[str]
     detail: str | None = None
+
+
+JobState = Literal["queued", "running", "done", "failed", "cancelled"]
+
+
+class JobBody(BaseModel):
+    """A long-format table (``unique_id, ds, y``) to forecast, as ``send-tasks --input``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    input: Text = Field(min_length=1, description="a Parquet file, a folder of them or a CSV: "
+                       "a path relative to the server's data directory (CRYPTO_ML_DATA_DIR), "
+                       "or s3://BUCKET/KEY (an object, or a prefix holding a dataset) read "
+                       "with the server's S3 credentials")
+    model: Text | list[Text] = Field(DEFAULT_MODEL,
+                                     description="a model name, a comma list or a list")
+    horizon: Whole = Field(DEFAULT_HORIZON, ge=1, description="steps to forecast per series")
+    levels: Levels = Field(list(DEFAULT_LEVELS),
+                           description="prediction interval levels in percent")
+    max_points: Whole | None = Field(None, ge=0, le=MAX_POINTS,
+                                     description="fit on the newest N values")
+    id_col: Text = Field("unique_id", min_length=1)
+    time_col: Text = Field("ds", min_length=1)
+    value_col: Text = Field("y", min_length=1)
+    fallback_model: Text | None = Field(None, description="a cheap model that forecasts the "
+                                        "series a model fails on, in that model's columns "
+                                        "(listed in the failures table as filled)")
+    resume: str | None = Field(None, pattern=JOB_ID,
+                               description="the id of a failed job of this same body: the new "
+                               "job takes its finished chunks and computes only the rest")
+
+    @model_validator(mode="after")
+    def _three_columns(self) -> JobBody:
+        if len({self.id_col, self.time_col, self.value_col}) < 3:
+            raise ValueError("id_col, time_col and value_col must name three different columns")
+        return self
+
+
+class JobStatus(BaseModel):
+    """Where a job stands; ``output`` is complete once ``status`` is ``done``."""
+
+    id: str
+    status: JobState
+    series: int = Field(description="series in the input")
+    done: int = Field(description="series finished (forecast or failed)")
+    failed: int = Field(description="series with a failed forecast (listed in the failures "
+                        "table, and not filled by the fallback model) or in a chunk that did "
+                        "not come back")
+    series_per_second: float
+    eta_seconds: float | None
+    output: str
+    failures_output: str
+    error: str | None = Field(None, description="why it failed, and how to resume it")
+    resumed_from: str | None = Field(None, description="the failed job whose finished "
+                                     "chunks this one took")
+    resumed: int = Field(0, description="series of those chunks (counted in done, not "
+                         "computed again)")
+    resumed_by: str | None = Field(None, description="the job that took this failed job's "
+                                   "finished chunks")
+    cancel_requested: bool = Field(False, description="a DELETE asked this queued or running "
+                                   "job to stop; it ends as cancelled within seconds")
+
+
+class JobAccepted(BaseModel):
+    id: str
+    status_url: str

@@ -146,6 +146,10 @@ class RunQueue:
                                self.batch_size)
         return self._on
 
+    def backend(self) -> aioredis.Redis:
+        """The result backend's client on the running event loop."""
+        return self._loop().backend
+
     @property
     def coalescer(self) -> Coalescer | None:
         return self._on.coalescer if self._on is not None else None
