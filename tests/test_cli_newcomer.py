@@ -104,6 +104,33 @@ def test_a_folder_option_with_a_table_is_refused_not_dropped(
         "to --output OUT.parquet and nothing to stdout"]
 
 
+@pytest.mark.parametrize(("argv", "says"), [
+    (["send-tasks", "--id-col", "coin"], "--id-col is for table runs (--input TABLE); this run "
+     "reads the data folder"),
+    (["send-tasks", "--overwrite"], "--overwrite is for table runs"),
+    (["send-tasks", "--chunk-series", "10"], "--chunk-series is for table runs"),
+    (["backtest", "--value-col", "close"], "--value-col is for a table (--input TABLE); this "
+     "backtest reads the data folder"),
+    (["send-tasks", "--model", "naive,linear", "--retrain"], "--retrain is for the models whose "
+     "fits the model store keeps (lstm, gru, lstm_ret, gru_ret); --model naive,linear is "
+     "fitted afresh every time"),
+    (["send-tasks", "--input", "t.parquet", "--output", "o.parquet", "--retrain"],
+     "--retrain is for the data folder's runs (the model store); a table run fits every series "
+     "afresh"),
+])
+def test_an_option_that_does_not_apply_is_refused_not_ignored(
+        argv: list[str], says: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(lines(err)) == 1 and err.startswith(f"crypto-ml: error: {says}")
+
+
+def test_retrain_with_a_model_the_store_keeps_is_taken(price_data: Path) -> None:
+    args = build_parser().parse_args(["send-tasks", "--model", "naive,lstm", "--retrain",
+                                      "--coins", "bitcoin", "--data-dir", str(price_data)])
+    assert send_request(args).retrain
+
+
 @pytest.mark.parametrize("coins", [",", ""])
 def test_coins_that_name_no_coin_are_refused_not_read_as_every_coin(
         coins: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from crypto_ml.backtest.best import BEST, DEFAULT_CANDIDATES, load_saved
 from crypto_ml.backtest.engine import BacktestResult
+from crypto_ml.cli.table_options import TABLE_ONLY, columns_of
 from crypto_ml.core.errors import ConfigError, DataNotFound, UnknownModel
 from crypto_ml.core.settings import Settings, comma_list
 from crypto_ml.data.loader import HOW_TO_GET_DATA, CryptoLoader
@@ -29,6 +30,8 @@ from crypto_ml.models import (
     check_option_names,
     check_option_values,
     get_model,
+    model_class,
+    model_names,
     parse_fallback,
     parse_models,
 )
@@ -68,7 +71,7 @@ class TableRequest:
     """``--input TABLE``: the table, its column names and how the run is sized."""
 
     path: Path
-    columns: tuple[str, str, str]  # id, time, value
+    columns: dict[str, str]  # the id, time and value columns given (Columns' fields)
     overwrite: bool
     in_flight: int | None
     chunk_series: int | None
@@ -134,7 +137,7 @@ def table_of(args: argparse.Namespace) -> TableRequest | None:
     if getattr(args, "input", None) is None:
         return None
     fallback = getattr(args, "fallback_model", None)
-    return TableRequest(args.input, (args.id_col, args.time_col, args.value_col),
+    return TableRequest(args.input, columns_of(args),
                         getattr(args, "overwrite", False), getattr(args, "in_flight", None),
                         getattr(args, "chunk_series", None),
                         None if fallback is None else
@@ -169,6 +172,9 @@ def send_request(args: argparse.Namespace) -> SendRequest:
             if given:
                 raise ConfigError(f"{option} is for the data folder; a table run writes its "
                                   "forecasts to --output OUT.parquet and nothing to stdout")
+        if args.retrain:
+            raise ConfigError("--retrain is for the data folder's runs (the model store); a "
+                              "table run fits every series afresh")
         check_max_points([args.max_points], forecasts.models, None, bool(args.levels))
         given = coin_list(args.coins)
         return SendRequest(**common, forecasts=forecasts, table=table,
@@ -176,6 +182,13 @@ def send_request(args: argparse.Namespace) -> SendRequest:
     if getattr(args, "fallback_model", None) is not None:
         raise ConfigError("--fallback-model is for table runs (--input TABLE): a folder run's "
                           "failed forecasts are listed as they failed")
+    refuse_given(args, TABLE_ONLY, "is for table runs (--input TABLE); this run reads the "
+                 "data folder")
+    if args.retrain and args.model != BEST and not any(model_class(m).stored
+                                                        for m in forecasts.models):
+        stored = ", ".join(n for n in model_names() if model_class(n).stored)
+        raise ConfigError(f"--retrain is for the models whose fits the model store keeps "
+                          f"({stored}); --model {args.model} is fitted afresh every time")
     best = checked_best(args) if args.model == BEST else None
     check_writable(args.output, "--output")
     check_writable(args.plot, "--plot")
@@ -184,6 +197,14 @@ def send_request(args: argparse.Namespace) -> SendRequest:
     return SendRequest(**common, forecasts=forecasts, coins=coins, loader=loader, best=best,
                        retrain=args.retrain, format=args.format, plot=args.plot,
                        flower=args.flower)
+
+
+def refuse_given(args: argparse.Namespace, names: Sequence[str], why: str) -> None:
+    """ConfigError naming the first of the options ``names`` (argparse's names) that was
+    given: each defaults to None or False, so given means not that."""
+    for name in names:
+        if getattr(args, name, None) not in (None, False):
+            raise ConfigError(f"--{name.replace('_', '-')} {why}")
 
 
 def checked_best(args: argparse.Namespace) -> Best:
@@ -226,6 +247,8 @@ def backtest_request(args: argparse.Namespace) -> BacktestRequest:
         given_coins = coin_list(args.coins)
         loader, coins = None, tuple(given_coins) if given_coins else None
     else:
+        refuse_given(args, TABLE_ONLY, "is for a table (--input TABLE); this backtest reads "
+                     "the data folder")
         loader, coins = checked_coins(settings, args.coins, args.until)
     return BacktestRequest(settings, stderr_of(args, settings), models, coins, windows,
                            tuple(args.levels), options, args.timeout, args.out,

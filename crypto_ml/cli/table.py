@@ -56,7 +56,7 @@ class TableProgress(ProgressBar):
 def table_source(table: TableRequest, coins: Sequence[str] | None) -> TableSource:
     """The checked ``--input`` table, its series limited to ``coins`` (exact ids; None:
     every series); InvalidTable (exit 2) names what is wrong."""
-    source = TableSource(table.path, Columns(*table.columns), list(coins) if coins else None)
+    source = TableSource(table.path, Columns(**table.columns), list(coins) if coins else None)
     source.check()
     return source
 

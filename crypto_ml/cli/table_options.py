@@ -9,6 +9,9 @@ from typing import Any
 
 from crypto_ml.cli.options import positive_int
 
+#: Options of table runs alone (argparse's names): given without --input they are refused.
+TABLE_ONLY = ("id_col", "time_col", "value_col", "overwrite", "in_flight", "chunk_series")
+
 
 def add_input_options(parser: Any, title: str) -> Any:
     """``--input TABLE`` and the names of its columns, in an option group of ``title``."""
@@ -17,10 +20,17 @@ def add_input_options(parser: Any, title: str) -> Any:
                        help="a long-format table instead of the data folder: a .parquet file, a "
                        "folder of them (hive partitions allowed) or a .csv file, with columns "
                        "unique_id, ds, y (--coins then picks series by their exact id)")
-    group.add_argument("--id-col", default="unique_id", help="the series id column (unique_id)")
-    group.add_argument("--time-col", default="ds", help="the time column: dates or integers (ds)")
-    group.add_argument("--value-col", default="y", help="the value column (y)")
+    # no argparse defaults: a column given without --input is refused, not ignored
+    group.add_argument("--id-col", help="the series id column (unique_id)")
+    group.add_argument("--time-col", help="the time column: dates or integers (ds)")
+    group.add_argument("--value-col", help="the value column (y)")
     return group
+
+
+def columns_of(args: Any) -> dict[str, str]:
+    """The columns named (``Columns``' fields): the table reader's defaults fill the rest."""
+    given = {"id": args.id_col, "time": args.time_col, "value": args.value_col}
+    return {field: name for field, name in given.items() if name is not None}
 
 
 def add_table_options(parser: Any) -> None:
