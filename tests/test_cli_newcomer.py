@@ -15,6 +15,7 @@ once.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import importlib.metadata
 import io
 import json
@@ -123,6 +124,25 @@ def test_an_option_that_does_not_apply_is_refused_not_ignored(
     assert main(argv) == 2
     out, err = capsys.readouterr()
     assert out == "" and len(lines(err)) == 1 and err.startswith(f"crypto-ml: error: {says}")
+
+
+def test_a_ctrl_c_while_the_command_imports_is_one_line_and_130(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    real = importlib.import_module
+
+    def interrupted(name: str, *args: Any) -> Any:
+        if name == "crypto_ml.cli.send":
+            raise KeyboardInterrupt
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", interrupted)
+    try:
+        code = main(["send-tasks"])
+    except KeyboardInterrupt:
+        pytest.fail("the Ctrl-C escaped main() as a traceback")
+    assert code == 130
+    out, err = capsys.readouterr()
+    assert out == "" and lines(err) == ["crypto-ml: interrupted; nothing was started"]
 
 
 def test_retrain_with_a_model_the_store_keeps_is_taken(price_data: Path) -> None:

@@ -20,7 +20,8 @@ import numpy as np
 
 from crypto_ml.backtest.engine import BacktestConfig, BacktestResult, run_backtest
 from crypto_ml.core.errors import ConfigError
-from crypto_ml.dispatch.manager import DEFAULT_TIMEOUT, CryptoManager
+from crypto_ml.core.settings import DEFAULT_TIMEOUT
+from crypto_ml.dispatch.manager import CryptoManager
 from crypto_ml.dispatch.report import RunReport, format_forecast
 from crypto_ml.models import HEAVY, model_names, parse_models
 from crypto_ml.models.intervals import DEFAULT_LEVELS

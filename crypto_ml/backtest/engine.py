@@ -36,8 +36,9 @@ from crypto_ml.backtest.metrics import (
 )
 from crypto_ml.core.errors import ConfigError, CryptoMLError
 from crypto_ml.core.progress import ProgressBar
+from crypto_ml.core.settings import DEFAULT_TIMEOUT
 from crypto_ml.data.loader import CryptoLoader
-from crypto_ml.dispatch.manager import DEFAULT_TIMEOUT, CryptoManager
+from crypto_ml.dispatch.manager import CryptoManager
 from crypto_ml.dispatch.report import NullObserver, RunReport
 from crypto_ml.models import (
     DEFAULT_HORIZON,

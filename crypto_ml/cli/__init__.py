@@ -174,7 +174,12 @@ def _left_behind(args: argparse.Namespace) -> str | None:
 def main(argv: Sequence[str] | None = None, prog: str = "crypto-ml") -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     first = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(prog, first if first in COMMANDS else None)
+    try:
+        parser = build_parser(prog, first if first in COMMANDS else None)
+    except (KeyboardInterrupt, Exception) as exc:  # a Ctrl-C while the command imports
+        if not _interrupt_in(exc):
+            raise
+        return _stopped("nothing was started")
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "pass_through", False):
         command = f"{prog} {args.command}"  # the help that lists the command's own options

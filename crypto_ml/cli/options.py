@@ -16,8 +16,7 @@ from typing import Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from crypto_ml.core.errors import InvalidTaskInput
-from crypto_ml.core.settings import LOG_FORMATS
-from crypto_ml.dispatch.manager import DEFAULT_TIMEOUT
+from crypto_ml.core.settings import DEFAULT_TIMEOUT, LOG_FORMATS
 from crypto_ml.models.intervals import check_levels
 from crypto_ml.ops.processes import kill_spawned
 

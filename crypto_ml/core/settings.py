@@ -79,6 +79,8 @@ SERIALIZERS = ("json", "msgpack")
 TRUE = ("1", "true", "yes", "on")
 FALSE = ("0", "false", "no", "off")
 LOG_FORMATS = ("text", "json")
+#: Seconds a run waits for its forecasts unless told (``--timeout``), and its tasks' expiry.
+DEFAULT_TIMEOUT = 3600.0
 #: Seconds the default visibility timeout leaves above the hard time limit.
 VISIBILITY_MARGIN = 60
 

@@ -27,7 +27,7 @@ from celery import Celery
 
 from crypto_ml.core.errors import ConfigError, CryptoMLError
 from crypto_ml.core.logs import log_task
-from crypto_ml.core.settings import Settings, comma_list
+from crypto_ml.core.settings import DEFAULT_TIMEOUT, Settings, comma_list
 from crypto_ml.data.loader import CryptoLoader
 from crypto_ml.dispatch.capacity import InFlight
 from crypto_ml.dispatch.cluster import LocalCluster
@@ -59,8 +59,6 @@ if TYPE_CHECKING:  # table runs import pyarrow and pandas: only when one runs
     from crypto_ml.data.table_loader import TableLoader
     from crypto_ml.dispatch.table_output import TableOutput
     from crypto_ml.dispatch.table_run import TablePlan, TableSummary
-
-DEFAULT_TIMEOUT = 3600.0
 
 
 
