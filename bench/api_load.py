@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -55,21 +56,31 @@ def healthy(url: str) -> bool:
 
 
 @contextmanager
-def api_server(data: Path, workers: int, in_process: bool, log: Path) -> Iterator[tuple[str, int]]:
-    """``python -m crypto_ml.api`` in its own process: its URL and pid."""
+def served(command: Callable[[int], list[str]], data: Path, log: Path, what: str,
+           extra_env: dict[str, str] | None = None) -> Iterator[tuple[str, int]]:
+    """``command(port)`` in its own process, with none of the caller's ``CRYPTO_ML_``
+    variables but the data directory (and ``extra_env``): its URL and pid once its
+    ``/healthz`` answers."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTO_ML_")}
-    env.update(CRYPTO_ML_DATA_DIR=str(data))
-    cmd = [sys.executable, "-m", "crypto_ml.api", "--port", str(port), "--workers", str(workers),
-           "--log-level", "warning", *(["--in-process"] if in_process else [])]
-    proc = spawn(cmd, log, env=env, cwd=ROOT)
+    env.update(CRYPTO_ML_DATA_DIR=str(data), **(extra_env or {}))
+    proc = spawn(command(port), log, env=env, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: healthy(url), 180, "the API",
+        wait_until(lambda: healthy(url), 180, what,
                    lambda: f"exited: {log.read_text()}" if proc.poll() is not None else None)
         yield url, proc.pid
     finally:
         terminate(proc)
+
+
+def api_server(data: Path, workers: int, in_process: bool, log: Path
+               ) -> contextlib.AbstractContextManager[tuple[str, int]]:
+    """``python -m crypto_ml.api`` in its own process: its URL and pid."""
+    return served(lambda port: [
+        sys.executable, "-m", "crypto_ml.api", "--port", str(port), "--workers", str(workers),
+        "--log-level", "warning", *(["--in-process"] if in_process else [])],
+        data, log, "the API")
 
 
 def percentile(values: list[float], q: float) -> float:

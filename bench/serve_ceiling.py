@@ -27,15 +27,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
-import platform
 import shlex
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,31 +44,26 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.api_load import DATA, api_forecast, api_server, floor, healthy, load  # noqa: E402
-from bench.serve_peers import CLIENTS, HORIZON, LEVELS, MODEL, WORKERS, peer_forecast  # noqa: E402
-from crypto_ml.data.loader import CryptoLoader  # noqa: E402
-from crypto_ml.models import default_max_points, get_model  # noqa: E402
-from crypto_ml.ops.processes import free_port, spawn, terminate, wait_until  # noqa: E402
+from bench.api_load import DATA, api_forecast, api_server, floor, load, served  # noqa: E402
+from bench.serve_peers import (  # noqa: E402
+    CLIENTS,
+    HORIZON,
+    LEVELS,
+    MODEL,
+    WORKERS,
+    machine,
+    peer_forecast,
+    uvicorn,
+    workload,
+)
 
 LOAD_CLIENTS = max(CLIENTS)
 
 
-@contextmanager
-def bare_server(data: Path, log: Path) -> Iterator[tuple[str, int]]:
+def bare_server(data: Path, log: Path) -> contextlib.AbstractContextManager[tuple[str, int]]:
     """bench/bare_forecast.py under uvicorn, in its own process: its URL and pid."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTO_ML_")}
-    env.update(CRYPTO_ML_DATA_DIR=str(data))
-    proc = spawn([sys.executable, "-m", "uvicorn", "bench.bare_forecast:app", "--host",
-                  "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"],
-                 log, env=env, cwd=ROOT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: healthy(url), 120, "the bare server",
-                   lambda: f"exited: {log.read_text()}" if proc.poll() is not None else None)
-        yield url, proc.pid
-    finally:
-        terminate(proc)
+    return served(lambda port: uvicorn("bench.bare_forecast:app", port), data, log,
+                  "the bare server")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -166,23 +160,14 @@ def main() -> int:
     args = parser.parse_args()
     if not args.data_dir.is_dir():
         parser.error(f"no data directory {args.data_dir} (the top-100 data set beside the repo)")
-    loader = CryptoLoader(args.data_dir)
-    window = default_max_points(MODEL)
-    closes = {c: loader.get_closes(c)[1][-window:].tolist() for c in loader.get_crypto_names()}
-    coins = [c for c, v in closes.items() if len(v) >= 2]
-    expected = {c: get_model(MODEL).fit(closes[c]).predict(HORIZON, LEVELS).forecast.tolist()
-                for c in coins}
-    bodies = [{"coins": [coins[i % len(coins)]], "model": MODEL, "horizon": HORIZON}
-              for i in range(args.requests)]
+    _coins, expected, bodies = workload(args.data_dir, args.requests)
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "serve_ceiling.log.tmp"
     results: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": shlex.join([os.path.relpath(sys.executable, ROOT), *sys.argv]),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform(),
-                    "load_average_at_start": round(os.getloadavg()[0], 1)},
-        "requests": args.requests, "clients": LOAD_CLIENTS, "rounds": []}
+        "machine": machine(), "requests": args.requests, "clients": LOAD_CLIENTS,
+        "rounds": []}
     for i in range(args.rounds):
         started = time.perf_counter()
         results["rounds"].append(one_round(args.data_dir, bodies, expected, log))

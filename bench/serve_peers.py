@@ -52,14 +52,14 @@ from bench.api_load import (  # noqa: E402
     api_forecast,
     api_server,
     floor,
-    healthy,
     load,
+    served,
 )
 from crypto_ml.core.settings import threads_env  # noqa: E402
 from crypto_ml.data.loader import CryptoLoader  # noqa: E402
 from crypto_ml.dispatch.cluster import LocalCluster  # noqa: E402
 from crypto_ml.models import default_max_points, get_model  # noqa: E402
-from crypto_ml.ops.processes import free_port, spawn, terminate, wait_until  # noqa: E402
+from crypto_ml.ops.processes import free_port  # noqa: E402
 
 MODEL = "linear"
 LEVELS = (80.0, 95.0)
@@ -115,20 +115,40 @@ def ray_serve(data: Path) -> Iterator[str]:
 def textbook(data: Path, log: Path) -> Iterator[str]:
     """bench/textbook_celery.py under uvicorn (its own process) on a LocalCluster of
     ``WORKERS`` workers: its URL."""
-    with LocalCluster(workers=WORKERS) as cluster:  # as the API's embedded cluster: INFO logs
-        port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTO_ML_")}
-        env.update(CRYPTO_ML_DATA_DIR=str(data), CRYPTO_ML_BROKER_URL=cluster.broker_url)
-        proc = spawn([sys.executable, "-m", "uvicorn", "bench.textbook_celery:app",
-                      "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-                      "--no-access-log"], log, env=env, cwd=ROOT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_until(lambda: healthy(url), 120, "the textbook FastAPI + Celery service",
-                       lambda: f"exited: {log.read_text()}" if proc.poll() is not None else None)
-            yield url
-        finally:
-            terminate(proc)
+    with contextlib.ExitStack() as stack:
+        cluster = stack.enter_context(LocalCluster(workers=WORKERS))  # as the API's: INFO logs
+        url, _pid = stack.enter_context(served(
+            lambda port: uvicorn("bench.textbook_celery:app", port), data, log,
+            "the textbook FastAPI + Celery service", {"CRYPTO_ML_BROKER_URL": cluster.broker_url}))
+        yield url
+
+
+def uvicorn(app: str, port: int) -> list[str]:
+    """The command serving ``app`` (module:attribute) on ``port``, quietly."""
+    return [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
+            "--log-level", "warning", "--no-access-log"]
+
+
+def workload(data: Path, requests: int) -> tuple[list[str], dict[str, list[float]],
+                                                 list[dict[str, Any]]]:
+    """The coins, what every server must answer for each (the model's forecast on its
+    default window, a price's floored at zero), and ``requests`` one-coin bodies in turn."""
+    loader = CryptoLoader(data)
+    window = default_max_points(MODEL)  # the API fits each model on its default window
+    closes = {c: loader.get_closes(c)[1][-window:] for c in loader.get_crypto_names()}
+    coins = [c for c, v in closes.items() if len(v) >= 2]
+    expected = {c: get_model(MODEL).fit(closes[c].tolist()).predict(HORIZON, LEVELS)
+                .forecast.tolist() for c in coins}
+    bodies = [{"coins": [coins[i % len(coins)]], "model": MODEL, "horizon": HORIZON}
+              for i in range(requests)]
+    return coins, expected, bodies
+
+
+def machine() -> dict[str, Any]:
+    """This machine, for a result file (the load at the start: a busy machine says so)."""
+    return {"cpus": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform(),
+            "load_average_at_start": round(os.getloadavg()[0], 1)}
 
 
 def peer_forecast(answer: Any, coin: str) -> Any:
@@ -165,24 +185,15 @@ def main() -> int:
     unknown = set(servers) - set(SERVERS)
     if unknown:
         parser.error(f"unknown server(s) {sorted(unknown)}; choose from {SERVERS}")
-    loader = CryptoLoader(args.data_dir)
-    closes = {c: loader.get_closes(c)[1] for c in loader.get_crypto_names()}
-    window = default_max_points(MODEL)  # the API fits each model on its default window
-    coins = [c for c, v in closes.items() if len(v) >= 2]
-    # what every server must answer: the model's forecast (a price's floored at zero)
-    expected = {c: get_model(MODEL).fit(closes[c][-window:].tolist()).predict(HORIZON, LEVELS)
-                .forecast.tolist() for c in coins}
-    bodies = [{"coins": [coins[i % len(coins)]], "model": MODEL, "horizon": HORIZON}
-              for i in range(args.requests)]
+    coins, expected, bodies = workload(args.data_dir, args.requests)
     alone = max(1, args.requests // 5)
     results: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": shlex.join([os.path.relpath(sys.executable, ROOT), *sys.argv]),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform(),
-                    "load_average_at_start": round(os.getloadavg()[0], 1)},
+        "machine": machine(),
         "requests": args.requests, "single_client_requests": alone, "clients": list(CLIENTS),
-        "model": MODEL, "horizon": HORIZON, "levels": list(LEVELS), "window": window,
+        "model": MODEL, "horizon": HORIZON, "levels": list(LEVELS),
+        "window": default_max_points(MODEL),
         "coins": len(coins), "workers": WORKERS, "ray_cpus": RAY_CPUS, "servers": {}}
     args.out.mkdir(parents=True, exist_ok=True)
     for server in servers:
