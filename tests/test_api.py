@@ -278,6 +278,7 @@ def test_a_port_in_use_is_a_configuration_error() -> None:
                              capture_output=True, text=True, timeout=120)
     assert run.returncode == 2, run.stderr
     assert f"could not listen on 127.0.0.1:{port}" in run.stderr
+    assert run.stdout == ""  # the server's notices go to stderr, as the command line's do
 
 
 def test_job_bodies_take_levels_as_forecast_bodies_do() -> None:

@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def say(line: str) -> None:
+    """A notice of the server's (start, embedded cluster, stop): on stderr, as the CLI's."""
+    print(line, file=sys.stderr, flush=True)
+
+
 def check_exposure(host: str, settings: Settings) -> None:
     """Refuse a non-loopback address without API keys, as Flower does without its password."""
     if host not in LOOPBACK and not settings.api_keys:
@@ -66,7 +71,7 @@ def runs_for(settings: Settings, in_process: bool, expires: float) -> Iterator[A
     if in_process:
         yield InProcessRuns(open_store(settings.model_store, None, settings.model_store_ttl))
         return
-    with open_cluster(settings, lambda line: print(line, flush=True)) as (live, _):
+    with open_cluster(settings, say) as (live, _):
         # one shared message in flight per task slot of the live workers (embedded or not):
         # the most forecasts a message, with every worker busy (2 workers, one-coin load: 2 in
         # flight 650 req/s, 3: 600, 4: 610)
@@ -92,7 +97,7 @@ def serve(args: argparse.Namespace) -> int:
         server = uvicorn.Server(uvicorn.Config(
             create_app(settings, runs), host=args.host, port=args.port, log_level="warning",
             access_log=False, timeout_keep_alive=30, timeout_graceful_shutdown=10))
-        print(f"crypto-ml API on http://{args.host}:{args.port} (docs: /docs)", flush=True)
+        say(f"crypto-ml API on http://{args.host}:{args.port} (docs: /docs)")
         try:
             server.run()  # after a graceful stop uvicorn re-raises the signal it caught
         except SystemExit:  # uvicorn exits 1 when it cannot bind
@@ -101,7 +106,7 @@ def serve(args: argparse.Namespace) -> int:
             raise
         finally:
             if server.started:
-                print("crypto-ml API stopped", flush=True)
+                say("crypto-ml API stopped")
         if not server.started:
             raise cannot_listen(args)
     return EXIT_OK
