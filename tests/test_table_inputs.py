@@ -97,6 +97,18 @@ def test_a_csv_whose_first_rows_are_integers_or_empty_is_read_as_numbers(
     assert np.isnan(got["zz"][0]) and got["zz"][1] == 30.5
 
 
+
+def test_a_csv_id_that_reads_like_a_missing_value_is_an_id(tmp_path: Path) -> None:
+    # pyarrow reads NA, null, nan... as missing by default; an id is text, whatever it says.
+    # In the value column those words are missing values, as an empty cell is.
+    ids = ["NA", "null", "nan", "#N/A", "N/A", "None"]
+    rows = ["unique_id,ds,y", *(f"{sid},{day},{day + 1}" for sid in ids for day in range(3)),
+            "x,0,NA", "x,1,", "x,2,nan", "x,3, null ", "x,4,7.5"]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    got = _read_all(TableSource(tmp_path / "t.csv"))
+    assert {sid: got[sid] for sid in ids} == dict.fromkeys(ids, [1.0, 2.0, 3.0])
+    assert np.isnan(got["x"][:4]).all() and got["x"][4] == 7.5
+
 def test_hidden_files_beside_a_folder_s_data_are_not_read(tmp_path: Path) -> None:
     for folder in ("t/_tmp", "t/more"):
         (tmp_path / folder).mkdir(parents=True)

@@ -121,6 +121,7 @@ def value_column(column: pa.Array, ids: pa.Array, name: str) -> np.ndarray:
         raise InvalidTable(f"--input: column {name!r} is of type {column.type}, not numbers")
     if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
             or pa.types.is_decimal(column.type) or pa.types.is_null(column.type)):
+        column = _missing_words_as_null(column)
         try:
             column = pc.cast(column, pa.float64())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -132,6 +133,21 @@ def value_column(column: pa.Array, ids: pa.Array, name: str) -> np.ndarray:
                                "not a number") from None
     return np.asarray(column.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False),
                       dtype=np.float64)
+
+
+#: Words that say a value is missing (pandas' and pyarrow's own list, less the empty cell).
+MISSING_WORDS = pa.array(["#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan",
+                          "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "n/a", "nan",
+                          "null", "None"])
+
+
+def _missing_words_as_null(column: pa.Array) -> pa.Array:
+    """Text values that say they are missing (``NA``, ``null``...) as nulls."""
+    try:
+        text = pc.utf8_trim_whitespace(pc.cast(column, pa.string()))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # not text: the cast names it
+        return column
+    return pc.if_else(pc.is_in(text, MISSING_WORDS), pa.scalar(None, text.type), text)
 
 
 def string_ids(column: pa.Array, name: str = "unique_id") -> pa.Array:

@@ -76,10 +76,11 @@ def _open(path: Path, files: list[Path], kind: str, columns: Columns
     if kind == "csv":
         # ids as text; values as text too, made numbers batch by batch (a value that is none
         # is named with its series), not by a guess from the first block of rows (integers,
-        # or empty cells, then decimals); an empty cell is a missing value
+        # or empty cells, then decimals). Only an empty cell is read as missing: an id "NA"
+        # or "null" is an id (the value column reads such words as missing itself)
         convert = pacsv.ConvertOptions(column_types={columns.id: pa.string(),
                                                      columns.value: pa.string()},
-                                       strings_can_be_null=True)
+                                       null_values=[""], strings_can_be_null=True)
         fmt = ds.CsvFileFormat(convert_options=convert)
         return ds.dataset([str(f) for f in files], format=fmt), set()
     keys: set[str] = set()
