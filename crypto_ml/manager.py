@@ -12,12 +12,17 @@ bitcoin [[1524.89418917 1525.92441381 ...]]
 from __future__ import annotations
 
 import sys
+
+if __name__ == "__main__":  # the command, started before the imports below (a Ctrl-C while
+    from crypto_ml.__main__ import start  # they run is one line and exit 130)
+
+    sys.exit(start("python -m crypto_ml.manager"))
+
 from collections.abc import Mapping
 from typing import Any, TextIO
 
 from celery import Celery
 
-from crypto_ml.cli import main
 from crypto_ml.core.settings import Settings, get_settings
 from crypto_ml.data.loader import CryptoLoader
 from crypto_ml.dispatch import manager
@@ -40,6 +45,3 @@ class CryptoManager(manager.CryptoManager):
 
 __all__ = ["CryptoManager", "RunObserver", "RunReport", "check_broker", "format_forecast",
            "parse_models"]
-
-if __name__ == "__main__":
-    sys.exit(main(prog="python -m crypto_ml.manager"))

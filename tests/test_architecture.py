@@ -71,7 +71,9 @@ LAZY_OWN_IMPORTS = {"crypto_ml.data.loader._discover: crypto_ml.data.layouts",
                     # table runs' readers and writers (pyarrow, pandas: 0.2 s of every start)
                     "crypto_ml.cli.send.send_tasks: crypto_ml.cli.table",
                     "crypto_ml.cli.backtest.backtest_main: crypto_ml.cli.table",
-                    "crypto_ml.dispatch.manager.run_table: crypto_ml.dispatch.table_run"}
+                    "crypto_ml.dispatch.manager.run_table: crypto_ml.dispatch.table_run",
+                    # the command's start: a Ctrl-C while the command line imports is one line
+                    "crypto_ml.__main__.start: crypto_ml.cli"}
 
 
 def test_crypto_ml_is_imported_at_module_level_only() -> None:

@@ -145,6 +145,29 @@ def test_a_ctrl_c_while_the_command_imports_is_one_line_and_130(
     assert out == "" and lines(err) == ["crypto-ml: interrupted; nothing was started"]
 
 
+def test_a_ctrl_c_while_the_command_line_itself_imports_is_one_line_and_130(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # the crypto-ml script and `python -m crypto_ml(.manager)` start here, before any import of
+    # the command line (numpy, the models...): a Ctrl-C there is not a traceback either
+    import builtins
+
+    from crypto_ml.__main__ import start
+    real = builtins.__import__
+
+    def interrupted(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "crypto_ml.cli":
+            raise KeyboardInterrupt
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", interrupted)
+    try:
+        code = start()
+    except KeyboardInterrupt:
+        pytest.fail("the Ctrl-C escaped start() as a traceback")
+    assert code == 130
+    assert capsys.readouterr().err == "crypto-ml: interrupted; nothing was started\n"
+
+
 def test_retrain_with_a_model_the_store_keeps_is_taken(price_data: Path) -> None:
     args = build_parser().parse_args(["send-tasks", "--model", "naive,lstm", "--retrain",
                                       "--coins", "bitcoin", "--data-dir", str(price_data)])

@@ -106,7 +106,7 @@ def test_a_csv_id_that_reads_like_a_missing_value_is_an_id(tmp_path: Path) -> No
             "x,0,NA", "x,1,", "x,2,nan", "x,3, null ", "x,4,7.5"]
     (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
     got = _read_all(TableSource(tmp_path / "t.csv"))
-    assert {sid: got[sid] for sid in ids} == dict.fromkeys(ids, [1.0, 2.0, 3.0])
+    assert {sid: got[sid] for sid in ids} == {sid: [1.0, 2.0, 3.0] for sid in ids}
     assert np.isnan(got["x"][:4]).all() and got["x"][4] == 7.5
 
 def test_hidden_files_beside_a_folder_s_data_are_not_read(tmp_path: Path) -> None:

@@ -43,7 +43,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from crypto_ml.cli.options import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
-from crypto_ml.core.errors import ConfigError, CryptoMLError
+from crypto_ml.core.errors import ConfigError, CryptoMLError, caused_by_interrupt
 from crypto_ml.core.logs import configure as configure_logging
 from crypto_ml.core.settings import Settings
 
@@ -120,7 +120,7 @@ def guarded(command: Callable[[], int], interrupted: str | None) -> int:
     except KeyboardInterrupt:
         return _stopped(interrupted)
     except Exception as exc:
-        if not _interrupt_in(exc):
+        if not caused_by_interrupt(exc):
             raise
         return _stopped(interrupted)  # a Ctrl-C that landed inside an import (a RuntimeError)
 
@@ -130,18 +130,6 @@ def _stopped(interrupted: str | None) -> int:
         return EXIT_OK
     print(f"crypto-ml: interrupted; {interrupted}", file=sys.stderr)
     return EXIT_INTERRUPTED
-
-
-def _interrupt_in(exc: BaseException | None) -> bool:
-    """Whether a KeyboardInterrupt caused ``exc``: a signal raised inside a class body's
-    ``__set_name__`` (e.g. while a module imports) surfaces as a RuntimeError caused by it."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, KeyboardInterrupt):
-            return True
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return False
 
 
 def run(args: argparse.Namespace) -> int:
@@ -177,7 +165,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "crypto-ml") -> int:
     try:
         parser = build_parser(prog, first if first in COMMANDS else None)
     except (KeyboardInterrupt, Exception) as exc:  # a Ctrl-C while the command imports
-        if not _interrupt_in(exc):
+        if not caused_by_interrupt(exc):
             raise
         return _stopped("nothing was started")
     args, extra = parser.parse_known_args(argv)

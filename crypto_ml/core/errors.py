@@ -8,6 +8,19 @@ sends ``type``, ``module`` and ``args``) reads exactly as it did on the worker.
 from __future__ import annotations
 
 
+def caused_by_interrupt(exc: BaseException | None) -> bool:
+    """Whether a KeyboardInterrupt is ``exc`` or caused it: a signal raised inside a class
+    body's ``__set_name__`` (e.g. while a module imports) surfaces as a RuntimeError caused by
+    it."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 class CryptoMLError(Exception):
     """Root of every crypto-ml error."""
 
