@@ -113,8 +113,21 @@ def test_a_folder_option_with_a_table_is_refused_not_dropped(
     (["backtest", "--value-col", "close"], "--value-col is for a table (--input TABLE); this "
      "backtest reads the data folder"),
     (["send-tasks", "--model", "naive,linear", "--retrain"], "--retrain is for the models whose "
-     "fits the model store keeps (lstm, gru, lstm_ret, gru_ret); --model naive,linear is "
-     "fitted afresh every time"),
+     "fits the model store keeps (lstm, gru, lstm_ret, gru_ret); naive, linear are fitted afresh "
+     "every time"),
+    (["send-tasks", "--model", "best", "--candidates", "naive,theta", "--retrain"],
+     "--retrain is for the models whose fits the model store keeps"),
+    (["send-tasks", "--model", "best", "--candidates", "naive,theta", "--epochs", "3"],
+     "--epochs: none of naive, theta takes it; they take no option"),
+    (["send-tasks", "--model", "best", "--candidates", "naive,theta", "--max-points", "5"],
+     "--max-points 5 is too few: naive fits and calibrates its prediction intervals on at least "
+     "20 closes"),
+    (["send-tasks", "--model", "best", "--backtest", "b.json", "--candidates", "ets"],
+     "--candidates is for --model best without --backtest"),
+    (["backtest", "--model", "naive", "--epochs", "2"],
+     "--epochs: naive does not take it; it takes no option"),
+    (["backtest", "--model", "naive,linear", "--seed", "3"],
+     "--seed: none of naive, linear takes it"),
     (["send-tasks", "--input", "t.parquet", "--output", "o.parquet", "--retrain"],
      "--retrain is for the data folder's runs (the model store); a table run fits every series "
      "afresh"),
@@ -420,7 +433,7 @@ def test_a_window_below_what_the_models_need_is_refused(argv: list[str], need: s
     (["backtest", "--model", "lstm,linear", "--param", "epoch=3"],
      "--param epoch: none of lstm, linear takes it; they take epochs, seed, window"),
     (["backtest", "--model", "linear", "--param", "members=1"],
-     "--param members: none of linear takes it; they take no option"),
+     "--param members: linear does not take it; it takes no option"),
     (["send-tasks", "--horizon", "400"], "--horizon must be at most 365 (CRYPTO_ML_MAX_HORIZON), "
                                          "got 400; set CRYPTO_ML_MAX_HORIZON here and on the "
                                          "workers for more"),

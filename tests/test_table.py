@@ -789,8 +789,8 @@ def test_picked_series_and_a_table_that_changed_after_its_check(tmp_path: Path) 
     ({"model": "AutoETS"}, UnknownModel, "(statsforecast's AutoETS is 'ets' here)"),
     ({"horizon": np.int64(400)}, ConfigError, "horizon must be at most 365 "
      "(CRYPTO_ML_MAX_HORIZON), got 400"),
-    ({"max_ponts": 50}, ConfigError, "forecast() got max_ponts: none of naive takes it; they "
-     "take no option"),
+    ({"max_ponts": 50}, ConfigError, "forecast() got max_ponts: naive does not take it; it "
+     "takes no option"),
     ({"max_points": -5}, CryptoMLError, "max_points must be a whole number of closes"),
     ({"model": "lstm", "epochs": 10**6}, ConfigError, "model 'lstm': epochs must be an integer "
      "from 1 to 1000"),

@@ -76,8 +76,10 @@ def forecast_best(manager: CryptoManager, coins: Sequence[str] | None, horizon: 
                   timeout: float | None = DEFAULT_TIMEOUT,
                   levels: Sequence[float] = DEFAULT_LEVELS,
                   on_result: Callable[[dict[str, Any]], None] | None = None,
-                  on_phase: Callable[[str], None] = lambda phase: None) -> RunReport:
-    """Forecast each coin with the model its backtest (``saved``, else run now) rated best.
+                  on_phase: Callable[[str], None] = lambda phase: None,
+                  retrain: bool = False) -> RunReport:
+    """Forecast each coin with the model its backtest (``saved``, else run now) rated best;
+    ``retrain``: deep models train even where the model store holds a fit.
 
     ``on_result`` gets each forecast as it arrives (default: a ``coin model [[...]]``
     line on the manager's ``out``); ``on_phase`` hears ``"backtest"`` and ``"forecast"``.
@@ -107,7 +109,7 @@ def forecast_best(manager: CryptoManager, coins: Sequence[str] | None, horizon: 
         requests = []
         for model, group in choose(saved, names).items():
             requests += manager.build_requests([model], group, horizon, max_points, params, report,
-                                               levels=levels)
+                                               retrain=retrain, levels=levels)
         on_phase("forecast")
         manager.dispatch(requests, timeout, on_result or show, report)
     report.wall_seconds = time.perf_counter() - started

@@ -65,6 +65,11 @@ class Best:
     candidates: tuple[str, ...]
     saved: BacktestResult | None
 
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The models a coin may get: the saved backtest's, or the candidates."""
+        return tuple(self.saved.config.models) if self.saved is not None else self.candidates
+
 
 @dataclass(frozen=True)
 class TableRequest:
@@ -184,15 +189,18 @@ def send_request(args: argparse.Namespace) -> SendRequest:
                           "failed forecasts are listed as they failed")
     refuse_given(args, TABLE_ONLY, "is for table runs (--input TABLE); this run reads the "
                  "data folder")
-    if args.retrain and args.model != BEST and not any(model_class(m).stored
-                                                        for m in forecasts.models):
+    best = checked_best(args) if args.model == BEST else None
+    fitted = best.models if best is not None else forecasts.models
+    if best is not None and args.epochs is not None:
+        check_option_names(fitted, ["epochs"], "--{}")
+    if args.retrain and not any(model_class(m).stored for m in fitted):
         stored = ", ".join(n for n in model_names() if model_class(n).stored)
         raise ConfigError(f"--retrain is for the models whose fits the model store keeps "
-                          f"({stored}); --model {args.model} is fitted afresh every time")
-    best = checked_best(args) if args.model == BEST else None
+                          f"({stored}); {', '.join(fitted)} {'is' if len(fitted) == 1 else 'are'} "
+                          "fitted afresh every time")
     check_writable(args.output, "--output")
     check_writable(args.plot, "--plot")
-    check_max_points([args.max_points], forecasts.models, None, bool(args.levels))
+    check_max_points([args.max_points], fitted, None, bool(args.levels))
     loader, coins = checked_coins(settings, args.coins)
     return SendRequest(**common, forecasts=forecasts, coins=coins, loader=loader, best=best,
                        retrain=args.retrain, format=args.format, plot=args.plot,
@@ -210,6 +218,9 @@ def refuse_given(args: argparse.Namespace, names: Sequence[str], why: str) -> No
 def checked_best(args: argparse.Namespace) -> Best:
     """``--model best``: the saved backtest read, or the candidates checked, before any work."""
     if args.backtest:
+        if args.candidates:
+            raise ConfigError("--candidates is for --model best without --backtest: the saved "
+                              "backtest's models are the candidates")
         return Best((), load_saved(args.backtest))
     return Best(tuple(checked_models(args.candidates or DEFAULT_CANDIDATES)), None)
 
@@ -236,6 +247,8 @@ def backtest_request(args: argparse.Namespace) -> BacktestRequest:
     options = dict(args.param)
     check_horizon(settings, args.horizon)
     check_option_names(models, options, "--param {}")
+    check_option_names(models, [o for o in ("epochs", "seed") if getattr(args, o) is not None],
+                       "--{}")
     check_option_values(models, {**options, **({} if args.epochs is None
                                                else {"epochs": args.epochs})}, "--model {}")
     windows: tuple[int | None, ...] = tuple(args.max_points or [None])

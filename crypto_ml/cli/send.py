@@ -117,7 +117,8 @@ def send_folder(request: SendRequest) -> int:
             report = forecast_best(manager, coins, wanted.horizon,
                                    request.best.candidates, request.best.saved,
                                    wanted.max_points, wanted.epochs, wanted.timeout,
-                                   wanted.levels, on_result=show, on_phase=progress.new_phase)
+                                   wanted.levels, on_result=show, on_phase=progress.new_phase,
+                                   retrain=request.retrain)
         else:
             report = manager.run(list(wanted.models), coins, wanted.horizon, wanted.max_points,
                                  wanted.epochs, wanted.timeout, on_result=show,

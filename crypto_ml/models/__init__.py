@@ -80,11 +80,13 @@ def check_option_names(models: Sequence[str], options: Iterable[str], label: str
     """A ConfigError for an option none of ``models`` takes (a typo, most likely), named as
     ``label`` formats it (``--param {}``), with the options they do take."""
     taken = sorted({name for model in models for name in PARAMS[model]})
+    one = len(models) == 1
     for name in options:
         if name not in taken:
-            they_take = f"they take {', '.join(taken)}" if taken else "they take no option"
-            raise ConfigError(f"{label.format(name)}: none of {', '.join(models)} takes it; "
-                              f"{they_take}")
+            takes = ("it takes " if one else "they take ") + (", ".join(taken) or "no option")
+            whose = f"{models[0]} does not" if one else f"none of {', '.join(models)}"
+            raise ConfigError(f"{label.format(name)}: {whose} take{'' if one else 's'} it; "
+                              f"{takes}")
 
 
 def check_option_values(models: Sequence[str], options: Mapping[str, object],
