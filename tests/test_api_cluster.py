@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ from conftest import run_cli
 
 from crypto_ml.api.app import create_app
 from crypto_ml.api.service import QueueRuns
+from crypto_ml.core import sentinel
 from crypto_ml.core.settings import Settings
 from crypto_ml.dispatch.cluster import LocalCluster
 from crypto_ml.models import get_model
@@ -140,6 +144,46 @@ def test_broker_down_is_503_and_nothing_is_accepted(data: Path) -> None:
             broker_down_answers(down)
     finally:
         runs.close()
+
+
+def test_a_redis_that_stops_answering_or_dies_is_503_not_a_hang(
+        data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A paused Redis (a stopped VM, a cut link) answers nothing: each route fails after the
+    socket timeout (2 s here) with a 503, the job routes too; a Redis that dies after the API
+    used it gets its 503 at once (no revoke waits for it to come back)."""
+    monkeypatch.setattr(sentinel, "SOCKET_TIMEOUT", 2)
+    cluster = LocalCluster(workers=1)
+    cluster.start_redis()  # no worker: nothing needs to run
+    settings = Settings(data_dir=data).with_broker(cluster.broker_url)
+    runs = QueueRuns(celery_app(settings), settings)
+    try:
+        with client(create_app(settings, runs)) as api:
+            assert api.post("/v1/forecasts", json={"coins": ["alpha"]}).status_code == 202
+            assert api.get(f"/v1/jobs/{'0' * 32}").status_code == 404
+            assert cluster.redis is not None
+            cluster.redis.send_signal(signal.SIGSTOP)
+            try:
+                with ThreadPoolExecutor(3) as pool:
+                    calls = [pool.submit(timed, api.get, f"/v1/jobs/{'0' * 32}"),
+                             pool.submit(timed, api.get, f"/v1/jobs/{'0' * 32}/output"),
+                             pool.submit(timed, api.post, "/v1/forecasts", json={"coins": ["beta"]})]
+                    answers = [c.result() for c in calls]
+            finally:
+                cluster.redis.send_signal(signal.SIGCONT)
+            assert [code for code, _ in answers] == [503] * 3, answers
+            assert max(took for _, took in answers) < 10
+            cluster.redis.kill()
+            cluster.redis.wait()
+            code, took = timed(api.post, "/v1/forecasts", json={"coins": ["beta"]})
+            assert code == 503 and took < 5, (code, took)
+    finally:
+        runs.close()
+        cluster.stop()
+
+
+def timed(call: Any, *args: Any, **kwargs: Any) -> tuple[int, float]:
+    started = time.monotonic()
+    return call(*args, **kwargs).status_code, time.monotonic() - started
 
 
 def broker_down_answers(down: Any) -> None:

@@ -63,6 +63,10 @@ def test_a_job_forecasts_a_table_into_parquet(server: Server) -> None:
     assert len(got) == SERIES * 3 and set(got["unique_id"]) == set(last.index)
     assert (got.groupby("unique_id")["naive"].first() == last).all()  # naive: the last value
     assert {"naive-lo-80", "naive-hi-95"} <= set(got.columns)
+    # the output's record of its run names the input as given: no path of the server's
+    metadata = pq.read_schema(str(final["output"])).metadata
+    assert json.loads(metadata[b"crypto_ml.run"])["input"] == "walks.parquet"
+    assert not any(str(data_dir(server)).encode() in value for value in metadata.values())
 
 
 def test_a_job_s_fallback_model_fills_what_its_model_fails_on(server: Server) -> None:
@@ -110,6 +114,8 @@ def download(server: Server, job_id: str, table: str, key: str | None = KEY,
 
 @pytest.mark.parametrize(("body", "words"), [
     ({"input": "../../etc/passwd"}, "outside the server's data directory"),
+    ({"input": "/etc/passwd"}, "is an absolute path; give a path relative to the server's data "
+     "directory"),
     ({"input": "nosuch.parquet"}, "no input 'nosuch.parquet'"),
     ({"input": "alpha.csv"}, "input 'alpha.csv': no column 'unique_id'"),  # a price file
     ({"input": "bad"}, "input 'bad': p.parquet has no column 'y'"),

@@ -315,6 +315,8 @@ def test_the_manager_user_may_keep_job_records_and_nothing_near_them(server: str
                    "failures_output": "/o.failures.parquet", "replica": "h:1",
                    "heartbeat": 2.0, "stale_after": 30.0}
             store.write(job)
+            assert store.beat([{**job, "done": 5}], []) == (set(), {})  # a write, no flag
+            assert store.read("j1") == {**job, "done": 5}
             assert store.beat([job], ["j1"]) == (set(), {})
             url = cluster.url_for("manager")
             assert routes_read(url, lambda r: r.read_with_flags("j1")) == (job, False, None)

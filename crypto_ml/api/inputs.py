@@ -32,15 +32,17 @@ BODY_COLUMNS = ("id_col", "time_col", "value_col")
 def read_input(given: str, columns: Columns, data_dir: Path, copy: Path
                ) -> tuple[TableSource, TableInfo, dict[str, Any]]:
     """The job's table (a path in ``data_dir``, or an S3 URI copied into ``copy``), checked;
-    what an S3 input's manifest records of it; ConfigError naming the input as given."""
+    what the job's manifest records of it (never a path of the server's); ConfigError naming
+    the input as given."""
     path: Path | None = None
     state: dict[str, Any] = {}
     named = f"input {given[:200]!r}"
     try:
         if given.startswith(S3):
             path, state = s3_input(given, copy)
-        else:
+        else:  # recorded (and shown in the output's metadata) as a path in the data directory
             path = local_input(given, data_dir)
+            state = {"input": str(path.relative_to(data_dir.resolve()))}
         source = TableSource(path, columns)
         return source, source.check(), state
     except CryptoMLError as exc:  # InvalidTable is a ValueError too: first
@@ -58,6 +60,9 @@ def read_input(given: str, columns: Columns, data_dir: Path, copy: Path
 def local_input(given: str, root: Path) -> Path:
     """``given`` inside ``root`` (the data directory), or ConfigError: nothing else is read."""
     root = root.resolve()
+    if Path(given).is_absolute():  # no probing for where the data directory is
+        raise ConfigError(f"input {given[:200]!r} is an absolute path; give a path relative "
+                          "to the server's data directory (CRYPTO_ML_DATA_DIR), or an s3:// URI")
     try:
         path = (root / given).resolve()
         found = path.exists()

@@ -77,7 +77,8 @@ class JobStore:
         if watched:
             pipe.mget([keys.JOB + job_id + flag for flag in (CANCEL, RESUMED)
                        for job_id in watched])
-        flags = pipe.execute()[-1] if watched else []
+        replies = pipe.execute()  # the records' writes, even with no flag to read
+        flags = replies[-1] if watched else []
         cancel, resumed = flags[:len(watched)], flags[len(watched):]
         return ({job_id for job_id, flag in zip(watched, cancel, strict=True) if flag},
                 {job_id: json.loads(by) for job_id, by in zip(watched, resumed, strict=True)

@@ -31,14 +31,20 @@ SOCKET_TIMEOUT = 10
 CONNECT_TIMEOUT = 5
 
 
+def client_timeouts() -> dict[str, Any]:
+    """redis-py's options for :data:`SOCKET_TIMEOUT` and :data:`CONNECT_TIMEOUT`: a command to
+    a Redis that stopped answering (paused, cut off) fails instead of waiting for good."""
+    return {"socket_timeout": SOCKET_TIMEOUT, "socket_connect_timeout": CONNECT_TIMEOUT,
+            "socket_keepalive": True}
+
+
 def link_options() -> dict[str, Any]:
-    """kombu's transport options for :data:`SOCKET_TIMEOUT` and :data:`CONNECT_TIMEOUT`.
+    """kombu's transport options for :func:`client_timeouts`.
 
     A blocking command times out; the connection kombu's event loop waits on (BRPOP, where
     no socket timeout applies) is dropped once its reply is ``health_check_interval``
     overdue, checked that often: within about 11 s of silence."""
-    return {"socket_timeout": SOCKET_TIMEOUT, "socket_connect_timeout": CONNECT_TIMEOUT,
-            "socket_keepalive": True, "health_check_interval": 5}
+    return {**client_timeouts(), "health_check_interval": 5}
 
 
 def is_sentinel(url: str | None) -> bool:

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 SWEEP_SECONDS = 2.0
 RECONNECT_PAUSE = 1.0
+#: Seconds the reader waits on its pub/sub connection before it waits again.
+READ_WAIT = 1.0
 CHUNK = 1000  # channels per SUBSCRIBE, keys per MGET
 Meta = dict[str, Any]
 #: What a lost or refused connection raises (redis-py wraps most; the rest are the OS's).
@@ -221,8 +223,10 @@ class ResultHub:
             try:
                 if self._pubsub is None:
                     await self._connect()
+                # a wait of its own: silence is None, where the client's socket timeout
+                # (a command to a Redis that stopped answering fails) would raise
                 message = await self._pubsub.get_message(ignore_subscribe_messages=True,
-                                                          timeout=None)
+                                                          timeout=READ_WAIT)
             except LOST as exc:  # said once per outage, then retried every RECONNECT_PAUSE
                 (log.debug if self._away else log.warning)(
                     "result backend lost (%s); subscribing again", type(exc).__name__)

@@ -48,7 +48,7 @@ from redis.exceptions import RedisError
 
 from crypto_ml.core import keys
 from crypto_ml.core.errors import BrokerUnavailable
-from crypto_ml.core.sentinel import async_redis_client
+from crypto_ml.core.sentinel import async_redis_client, client_timeouts
 from crypto_ml.core.settings import Settings
 from crypto_ml.dispatch.async_lost import LostWatch
 from crypto_ml.dispatch.async_results import ResultHub, Waiter
@@ -68,6 +68,8 @@ log = logging.getLogger(__name__)
 #: Shared messages in flight when neither the caller nor the settings fix it, until the workers'
 #: slots are read (then one per task slot of the live workers: :mod:`~.capacity`)
 COALESCE = 4
+#: Seconds a withdrawn run waits for the broker's PING before it revokes its tasks.
+PING_WAIT = 1.0
 Items = list[tuple[str, str]]
 
 
@@ -210,10 +212,18 @@ class RunQueue:
         self._loop().lost.forget(run.tasks)  # not its carriers: other runs' parts ride them
         if not run.tasks:
             return
-        with contextlib.suppress(Exception):  # a control broadcast: kombu's blocking I/O
-            await asyncio.to_thread(self.app.control.revoke, list(run.tasks))
+        if await self._broker_answers():  # else no revoke can go out: the tasks expire
+            with contextlib.suppress(Exception):  # a control broadcast: kombu's blocking I/O
+                await asyncio.to_thread(revoke_now, self.app, list(run.tasks))
         with contextlib.suppress(Exception):
             await self._loop().backend.delete(*forget_keys(self.app, list(run.tasks)))
+
+    async def _broker_answers(self) -> bool:
+        """Whether the broker answers a PING within a second."""
+        try:
+            return bool(await asyncio.wait_for(self._loop().broker.ping(), PING_WAIT))
+        except (TimeoutError, RedisError, OSError):
+            return False
 
     async def wait(self, run: Run, timeout: float) -> RunState | None:
         """The run's final state if it finishes within ``timeout`` s (kept under the run's id;
@@ -276,6 +286,14 @@ class RunQueue:
             await on.close()
 
 
+def revoke_now(app: Celery, task_ids: list[str]) -> None:
+    """Revoke ``task_ids`` if the broker answers now; kombu's error otherwise, at once (a
+    revoke alone would retry its connection until the broker came back)."""
+    with app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1)
+        app.control.revoke(task_ids, connection=conn)
+
+
 def saved_state(run_id: str, tasks: dict[str, Items], carriers: dict[str, str],
                 metas: dict[str, dict[str, Any]], lost: bool) -> RunState:
     """Where a saved run stands, from the metas of its tasks and carriers stored so far
@@ -311,9 +329,9 @@ class _OnLoop:
         self.loop = loop
         master, password = settings.sentinel_master, settings.sentinel_password
         self.broker: aioredis.Redis = async_redis_client(settings.broker_url or "", master,
-                                                         password)
+                                                         password, **client_timeouts())
         self.backend: aioredis.Redis = async_redis_client(
-            settings.backend_url or "", master, password)
+            settings.backend_url or "", master, password, **client_timeouts())
         self.writes = Pipelined(self.backend)
         self.lost = LostWatch(
             self.broker, self.backend, app.backend.get_key_for_task,
