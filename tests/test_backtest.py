@@ -186,3 +186,20 @@ def test_best_without_a_saved_backtest_runs_one_and_falls_back_to_naive(
     assert "best: walk -> naive (not backtested: 8 closes" in caplog.text  # shown with -v
     assert report.forecasts("naive")["walk"].tolist() == [7.0, 7.0, 7.0]
     assert out.getvalue().splitlines()[0].split()[:2] in (["walk", "naive"], ["stub", "naive"])
+
+
+@pytest.mark.integration
+def test_best_with_retrain_asks_each_forecast_to_retrain(
+        cluster: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from crypto_ml.backtest.best import forecast_best
+
+    settings = Settings(data_dir=DATA).with_broker(cluster.broker_url)  # type: ignore[attr-defined]
+    manager = CryptoManager(loader=CryptoLoader(DATA), app=create_app(settings), out=io.StringIO(),
+                            err=io.StringIO())
+    sent: list[object] = []
+    monkeypatch.setattr(manager, "dispatch", lambda requests, *args, **kwargs: sent.extend(requests))
+    forecast_best(manager, ["walk"], horizon=3, retrain=True)  # 8 closes: naive, not backtested
+    assert [(r.coin, r.model, r.retrain) for r in sent] == [  # type: ignore[attr-defined]
+        ("walk", "naive", True)]
