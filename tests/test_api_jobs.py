@@ -91,6 +91,11 @@ def test_a_job_s_fallback_model_fills_what_its_model_fails_on(server: Server) ->
         pd.testing.assert_frame_equal(pd.read_parquet(io.BytesIO(raw)), pd.read_parquet(str(path)))
     status, raw, _ = download(server, accepted["id"], "output", headers={"Range": "bytes=0-3"})
     assert (status, raw) == (206, b"PAR1")  # a broken download goes on where it stopped
+    head = urllib.request.Request(f"{server.url}/v1/jobs/{accepted['id']}/output", method="HEAD",
+                                  headers={"Authorization": f"Bearer {KEY}"})
+    with urllib.request.urlopen(head, timeout=60) as reply:  # its size, before the download
+        assert reply.status == 200 and reply.read() == b""
+        assert int(reply.headers["Content-Length"]) == Path(str(final["output"])).stat().st_size
     assert download(server, accepted["id"], "output", key=None)[0] == 401
     assert download(server, "0" * 32, "output")[0] == 404
     Path(str(final["failures_output"])).unlink()  # cleared from the jobs folder by someone
@@ -164,6 +169,8 @@ def test_delete_cancels_a_job_and_its_queued_work_goes(server: Server) -> None:
     final = job_state(server, accepted["id"])
     output = Path(str(final["output"]))
     assert final["done"] < 3000 and not output.exists()
+    status, raw, _ = download(server, accepted["id"], "failures")
+    assert status == 409 and b"is cancelled: it has no failures table" in raw, raw
     assert not output.with_name(f".{output.name}.parts").exists()  # a job is never resumed
     wait_until(lambda: queued(server) == 0, 60, "the job's queued work revoked or done")
     assert call(f"{server.url}/v1/jobs/nosuchjob")[0] == 404

@@ -325,6 +325,8 @@ def test_picked_ids_the_table_lacks_are_named(tmp_path: Path) -> None:
     assert TableSource(table, only=["s000001"]).check().series == 1
     with pytest.raises(InvalidTable, match="has no series 'nothere'"):
         TableSource(table, only=["s000001", "nothere"]).check()
+    with pytest.raises(InvalidTable, match="has no series 'S000001', 'nothere' "):  # none there
+        TableSource(table, only=["S000001", "nothere"]).check()
 
 
 def test_the_output_is_never_the_input_nor_in_its_folder(tmp_path: Path) -> None:

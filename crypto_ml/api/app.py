@@ -225,11 +225,15 @@ def _document_caps(app: FastAPI, settings: Settings) -> None:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            with warnings.catch_warnings():  # one function serves GET and DELETE of a job
+            with warnings.catch_warnings():  # one function serves GET and DELETE of a job,
                 warnings.filterwarnings("ignore", "Duplicate Operation ID", UserWarning)
-                spec = generate()
+                spec = generate()  # and GET and HEAD of its tables
             job = spec["paths"]["/v1/jobs/{job_id}"]
             job["get"]["operationId"], job["delete"]["operationId"] = "get_job", "cancel_job"
+            for table in ("output", "failures"):
+                methods = spec["paths"][f"/v1/jobs/{{job_id}}/{table}"]
+                methods["get"]["operationId"] = f"get_job_{table}"
+                methods["head"]["operationId"] = f"head_job_{table}"
             body = spec["components"]["schemas"]["ForecastBody"]["properties"]
             body["horizon"]["maximum"] = settings.max_horizon
             body["series"]["additionalProperties"]["maxItems"] = settings.max_series

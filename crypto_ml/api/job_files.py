@@ -147,8 +147,12 @@ def finished_table(record: dict[str, Any] | None, folder: Path, job_id: str, tab
     if record is None:
         return None
     status = status_of(record)["status"]
+    what = "output" if table == "output" else "failures table"
+    if status in ACTIVE:
+        raise JobConflict(f"job {job_id} is {status}: its {what} is there once it is done")
     if status != "done":
-        raise JobConflict(f"job {job_id} is {status}: its {table} is there once it is done")
+        raise JobConflict(f"job {job_id} is {status}: it has no {what}"
+                          + ("; its status says how to resume it" if status == "failed" else ""))
     out = folder / f"{job_id}.parquet"
     path = out if table == "output" else failures_path(out)
     if not path.is_file():

@@ -177,7 +177,7 @@ def job_routes(jobs: Jobs | None, authorized: Sequence[Depends]) -> APIRouter:
                         ("failures", "failures table (unique_id, model, error)")):
         router.add_api_route(
             f"/v1/jobs/{{job_id}}/{table}", serving(table),
-            methods=["GET"], response_class=FileResponse, name=f"job_{table}",
+            methods=["GET", "HEAD"], response_class=FileResponse, name=f"job_{table}",
             summary=f"A done job's {what}, as Parquet",
             responses={200: {"content": {PARQUET: {"schema": BINARY}},
                             "description": "the Parquet file"},

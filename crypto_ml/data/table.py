@@ -194,8 +194,9 @@ class TableSource:
         unsorted table is sorted and read again (duplicates then sit side by side)."""
         info, layout = self._walk()
         if not info.rows:
-            raise InvalidTable(f"{self.label}: the table is empty"
-                               + (" for --coins" if self.only else ""))
+            if self.only:  # none of the ids asked for is there: each is named
+                self._all_picked(pa.array([], pa.string()))
+            raise InvalidTable(f"{self.label}: the table is empty")
         if not info.presorted:
             self._sort()
             info, layout = self._walk()
