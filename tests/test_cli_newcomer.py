@@ -128,6 +128,11 @@ def test_a_folder_option_with_a_table_is_refused_not_dropped(
      "--epochs: naive does not take it; it takes no option"),
     (["backtest", "--model", "naive,linear", "--seed", "3"],
      "--seed: none of naive, linear takes it"),
+    (["send-tasks", "--input", "t.parquet", "--output", "o.parquet", "--data-dir", "d"],
+     "--data-dir is for the data folder's runs; a table run reads --input TABLE"),
+    (["send-tasks", "--broker", "redis://127.0.0.1:1/0", "--workers", "3"],
+     "--workers sizes the embedded cluster; with --broker the broker's own workers run the "
+     "tasks"),
     (["send-tasks", "--input", "t.parquet", "--output", "o.parquet", "--retrain"],
      "--retrain is for the data folder's runs (the model store); a table run fits every series "
      "afresh"),
@@ -179,6 +184,16 @@ def test_a_ctrl_c_while_the_command_line_itself_imports_is_one_line_and_130(
         pytest.fail("the Ctrl-C escaped start() as a traceback")
     assert code == 130
     assert capsys.readouterr().err == "crypto-ml: interrupted; nothing was started\n"
+
+
+def test_flower_is_taken_by_a_table_run_too() -> None:
+    from crypto_ml.cli.terminal import flower_option
+
+    args = build_parser().parse_args(["send-tasks", "--input", "t.parquet", "--output",
+                                      "o.parquet", "--flower"])
+    request = send_request(args)
+    assert request.table is not None and request.flower
+    assert flower_option(request.flower, request.settings) == {"flower": request.settings}
 
 
 def test_retrain_with_a_model_the_store_keeps_is_taken(price_data: Path) -> None:

@@ -123,6 +123,9 @@ class BacktestRequest:
 def settings_from(args: argparse.Namespace) -> Settings:
     """The environment's settings (:meth:`Settings.from_env`) with the command line's
     overrides: the one place a command's settings are read."""
+    if getattr(args, "broker", None) and getattr(args, "workers", None) is not None:
+        raise ConfigError("--workers sizes the embedded cluster; with --broker the broker's "
+                          "own workers run the tasks (scale them there)")
     settings = Settings.from_env().with_broker(getattr(args, "broker", None))
     changes = {}
     if getattr(args, "data_dir", None) is not None:
@@ -180,10 +183,12 @@ def send_request(args: argparse.Namespace) -> SendRequest:
         if args.retrain:
             raise ConfigError("--retrain is for the data folder's runs (the model store); a "
                               "table run fits every series afresh")
+        refuse_given(args, ("data_dir",), "is for the data folder's runs; a table run reads "
+                     "--input TABLE")
         check_max_points([args.max_points], forecasts.models, None, bool(args.levels))
         given = coin_list(args.coins)
         return SendRequest(**common, forecasts=forecasts, table=table,
-                           coins=tuple(given) if given else None)
+                           coins=tuple(given) if given else None, flower=args.flower)
     if getattr(args, "fallback_model", None) is not None:
         raise ConfigError("--fallback-model is for table runs (--input TABLE): a folder run's "
                           "failed forecasts are listed as they failed")

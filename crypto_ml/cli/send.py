@@ -37,6 +37,7 @@ from crypto_ml.cli.terminal import (
     ForecastWriter,
     console,
     console_writer,
+    flower_option,
     make_progress,
     seconds_since_start,
 )
@@ -107,7 +108,8 @@ def send_folder(request: SendRequest) -> int:
     settings, wanted = request.settings, request.forecasts
     progress = make_progress(request.stderr)
     manager = CryptoManager(loader=request.loader, settings=settings, err=console_writer(),
-                            observer=progress, cluster_options=flower_option(request))
+                            observer=progress,
+                            cluster_options=flower_option(request.flower, settings))
     manager.say_failures = False  # the summary lists them
     stop_on_signals(manager)
     show = ForecastWriter(sys.stdout, request.format)
@@ -130,17 +132,6 @@ def send_folder(request: SendRequest) -> int:
     plotted = (draw_plot(request.plot, report, request.loader,
                          coins or request.loader.get_crypto_names()) if request.plot else True)
     return EXIT_OK if report.ok and plotted and written else EXIT_FAILED
-
-
-def flower_option(request: SendRequest) -> dict[str, Any]:
-    """``--flower``: the embedded cluster starts Flower; with a broker, say how to run it."""
-    if not request.flower:
-        return {}
-    if request.settings.broker_url:
-        console.info("--flower starts Flower for the embedded cluster only; for your broker run "
-                     "`crypto-ml flower` (docs/operations.md#monitoring)")
-        return {}
-    return {"flower": request.settings}
 
 
 def show_summary(report: RunReport, wall_seconds: float, json_logs: bool) -> None:

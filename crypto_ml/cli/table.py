@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from crypto_ml.cli.options import EXIT_FAILED, EXIT_OK, stop_on_signals
 from crypto_ml.cli.requests import SendRequest, TableRequest
-from crypto_ml.cli.terminal import console, console_writer, seconds_since_start
+from crypto_ml.cli.terminal import console, console_writer, flower_option, seconds_since_start
 from crypto_ml.core.progress import ProgressBar, is_terminal
 from crypto_ml.data.table import Columns, TableSource
 from crypto_ml.data.table_loader import TableLoader
@@ -91,7 +91,8 @@ def send_table(request: SendRequest, table: TableRequest) -> int:
         output = TableOutput(request.output, plan.describe(source), table.overwrite)
         assert source.info is not None
         progress = TableProgress(source.info.series, quiet=request.stderr.quiet)
-        manager = CryptoManager(settings=request.settings, err=console_writer())
+        manager = CryptoManager(settings=request.settings, err=console_writer(),
+                                cluster_options=flower_option(request.flower, request.settings))
         stop_on_signals(manager)
         try:
             summary = manager.run_table(source, output, plan, progress, wanted.timeout,

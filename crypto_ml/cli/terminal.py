@@ -26,6 +26,7 @@ import numpy as np
 from crypto_ml import IMPORTED_AT
 from crypto_ml.core.logs import LogWriter
 from crypto_ml.core.progress import Progress, is_terminal
+from crypto_ml.core.settings import Settings
 from crypto_ml.dispatch.report import format_forecast
 
 if TYPE_CHECKING:
@@ -78,3 +79,14 @@ class ForecastWriter:
             line = format_forecast(result["coin"], np.asarray(result["forecast"]),
                                    result["model"])
         print(line, file=self.out, flush=True)
+
+
+def flower_option(flower: bool, settings: Settings) -> dict[str, Any]:
+    """``--flower``: the embedded cluster starts Flower; with a broker, say how to run it."""
+    if not flower:
+        return {}
+    if settings.broker_url:
+        console.info("--flower starts Flower for the embedded cluster only; for your broker run "
+                     "`crypto-ml flower` (docs/operations.md#monitoring)")
+        return {}
+    return {"flower": settings}
