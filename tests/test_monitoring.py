@@ -13,7 +13,7 @@ from conftest import shown_lines
 
 from crypto_ml.cli.table import TableProgress
 from crypto_ml.core.errors import ConfigError
-from crypto_ml.core.logs import JsonFormatter, LogWriter
+from crypto_ml.core.logs import JsonFormatter, LogWriter, TextFormatter
 from crypto_ml.core.progress import Progress
 from crypto_ml.core.settings import Settings
 from crypto_ml.data.loader import CryptoLoader
@@ -205,6 +205,16 @@ def test_json_log_lines_carry_the_task_fields() -> None:
     assert {k: entry[k] for k in ("task_id", "coin", "model", "worker", "seconds")} == \
         record.fields
     assert entry["time"].endswith("+00:00")
+
+
+def test_a_commands_warning_reads_as_its_other_lines_and_minus_v_adds_time() -> None:
+    warning = logging.LogRecord("crypto_ml.data.loader", logging.WARNING, __file__, 1,
+                                "bad.csv: dropped %d unparseable rows", (1,), None)
+    assert TextFormatter(plain=True).format(warning) == "warning: bad.csv: dropped 1 unparseable rows"
+    detailed = TextFormatter().format(warning)  # -v: time, level and logger, as task lines
+    assert detailed.endswith(" WARNING crypto_ml.data.loader: bad.csv: dropped 1 unparseable rows")
+    notice = logging.LogRecord("crypto_ml.console", logging.INFO, __file__, 1, "hello", (), None)
+    assert TextFormatter().format(notice) == TextFormatter(plain=True).format(notice) == "hello"
 
 
 def test_plain_notices_become_log_records_in_json_mode(caplog: pytest.LogCaptureFixture) -> None:

@@ -44,19 +44,26 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """:data:`TEXT_FORMAT`, except console lines, which are their message alone."""
+    """:data:`TEXT_FORMAT`, except console lines, which are their message alone, and, with
+    ``plain``, a warning or an error: ``warning: MESSAGE``, as a command's other lines (the
+    time and logger are for ``-v``, whose task lines they order)."""
 
-    def __init__(self) -> None:
+    def __init__(self, plain: bool = False) -> None:
         super().__init__(TEXT_FORMAT)
+        self.plain = plain
 
     def format(self, record: logging.LogRecord) -> str:
-        if record.name.startswith(CONSOLE_LOGGERS) and not record.exc_info:
+        if record.exc_info:
+            return super().format(record)
+        if record.name.startswith(CONSOLE_LOGGERS):
             return record.getMessage()
+        if self.plain and record.levelno >= logging.WARNING:
+            return f"{record.levelname.lower()}: {record.getMessage()}"
         return super().format(record)
 
 
-def formatter(log_format: str) -> logging.Formatter:
-    return JsonFormatter() if log_format == "json" else TextFormatter()
+def formatter(log_format: str, plain: bool = False) -> logging.Formatter:
+    return JsonFormatter() if log_format == "json" else TextFormatter(plain)
 
 
 def configure(log_format: str, level: int | str, stream: TextIO, quiet: bool = False) -> None:
@@ -64,7 +71,8 @@ def configure(log_format: str, level: int | str, stream: TextIO, quiet: bool = F
     console loggers at INFO. ``quiet`` is errors only: ERROR from everything (no warning
     such as a skipped file), and the console loggers at WARNING (the run's failures)."""
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(formatter(log_format))
+    verbose = logging.getLevelName(level) if isinstance(level, str) else level
+    handler.setFormatter(formatter(log_format, plain=verbose > logging.INFO))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.ERROR if quiet else logging.WARNING)
