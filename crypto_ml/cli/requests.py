@@ -21,7 +21,7 @@ from pathlib import Path
 
 from crypto_ml.backtest.best import BEST, DEFAULT_CANDIDATES, load_saved
 from crypto_ml.backtest.engine import BacktestResult
-from crypto_ml.cli.table_options import TABLE_ONLY, columns_of
+from crypto_ml.cli.table_options import TABLE_ONLY, columns_of, refuse_given
 from crypto_ml.core.errors import ConfigError, DataNotFound, UnknownModel
 from crypto_ml.core.settings import Settings, comma_list
 from crypto_ml.data.loader import HOW_TO_GET_DATA, CryptoLoader
@@ -210,14 +210,6 @@ def send_request(args: argparse.Namespace) -> SendRequest:
     return SendRequest(**common, forecasts=forecasts, coins=coins, loader=loader, best=best,
                        retrain=args.retrain, format=args.format, plot=args.plot,
                        flower=args.flower)
-
-
-def refuse_given(args: argparse.Namespace, names: Sequence[str], why: str) -> None:
-    """ConfigError naming the first of the options ``names`` (argparse's names) that was
-    given: each defaults to None or False, so given means not that."""
-    for name in names:
-        if getattr(args, name, None) not in (None, False):
-            raise ConfigError(f"--{name.replace('_', '-')} {why}")
 
 
 def checked_best(args: argparse.Namespace) -> Best:

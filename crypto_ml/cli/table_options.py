@@ -4,10 +4,12 @@ pyarrow nor pandas: every command pays for its parser, only table runs for their
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from crypto_ml.cli.options import positive_int
+from crypto_ml.core.errors import ConfigError
 
 #: Options of table runs alone (argparse's names): given without --input they are refused.
 TABLE_ONLY = ("id_col", "time_col", "value_col", "overwrite", "in_flight", "chunk_series")
@@ -51,3 +53,11 @@ def add_table_options(parser: Any) -> None:
                        "fallback fails on too is)")
     group.add_argument("--chunk-series", type=positive_int, metavar="N",
                        help="series per message (default: each model's own, ~0.1-1 s of work)")
+
+
+def refuse_given(args: Any, names: Sequence[str], why: str) -> None:
+    """ConfigError naming the first of the options ``names`` (argparse's names) that was
+    given: each defaults to None or False, so given means not that."""
+    for name in names:
+        if getattr(args, name, None) not in (None, False):
+            raise ConfigError(f"--{name.replace('_', '-')} {why}")
