@@ -180,9 +180,8 @@ def send_request(args: argparse.Namespace) -> SendRequest:
             if given:
                 raise ConfigError(f"{option} is for the data folder; a table run writes its "
                                   "forecasts to --output OUT.parquet and nothing to stdout")
-        if args.retrain:
-            raise ConfigError("--retrain is for the data folder's runs (the model store); a "
-                              "table run fits every series afresh")
+        refuse_given(args, ("retrain",), "is for the data folder's runs (the model store); a "
+                     "table run fits every series afresh")
         refuse_given(args, ("data_dir",), "is for the data folder's runs; a table run reads "
                      "--input TABLE")
         check_max_points([args.max_points], forecasts.models, None, bool(args.levels))

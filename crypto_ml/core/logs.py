@@ -71,8 +71,8 @@ def configure(log_format: str, level: int | str, stream: TextIO, quiet: bool = F
     console loggers at INFO. ``quiet`` is errors only: ERROR from everything (no warning
     such as a skipped file), and the console loggers at WARNING (the run's failures)."""
     handler = logging.StreamHandler(stream)
-    verbose = logging.getLevelName(level) if isinstance(level, str) else level
-    handler.setFormatter(formatter(log_format, plain=verbose > logging.INFO))
+    threshold = logging.getLevelName(level) if isinstance(level, str) else level
+    handler.setFormatter(formatter(log_format, plain=threshold > logging.INFO))  # not -v
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.ERROR if quiet else logging.WARNING)

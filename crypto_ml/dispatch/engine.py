@@ -100,6 +100,14 @@ def payload_seconds(app: Celery, expires: float | None) -> int:
     return math.ceil(float(queued)) + int(app.conf.task_time_limit or 0) + redelivery_bound(app)
 
 
+def revoke_now(app: Celery, task_ids: list[str]) -> None:
+    """Revoke ``task_ids`` if the broker answers now; kombu's error otherwise, at once (a
+    revoke alone would retry its connection until the broker came back)."""
+    with app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1)
+        app.control.revoke(task_ids, connection=conn)
+
+
 def forget_keys(app: Celery, task_ids: list[str]) -> list[Any]:
     """The result keys of ``task_ids`` and their delivery counters."""
     backend = app.backend
@@ -373,7 +381,7 @@ class Dispatcher:
         self._forget_collected()
         if self.pending:  # timed out or interrupted: leave no work queued for nobody
             try:
-                self.app.control.revoke(list(self.pending))
+                revoke_now(self.app, list(self.pending))
             except Exception as exc:  # the broker is gone too: the tasks expire
                 log.debug("could not revoke %d task(s): %s", len(self.pending), exc)
             self._forget_ids(list(self.pending))  # their results, counts and values

@@ -54,7 +54,7 @@ from crypto_ml.dispatch.async_lost import LostWatch
 from crypto_ml.dispatch.async_results import ResultHub, Waiter
 from crypto_ml.dispatch.capacity import Sizing, slots_in
 from crypto_ml.dispatch.coalesce import Coalescer
-from crypto_ml.dispatch.engine import forget_keys
+from crypto_ml.dispatch.engine import forget_keys, revoke_now
 from crypto_ml.dispatch.envelope import task_envelope
 from crypto_ml.dispatch.pipelined import Pipelined
 from crypto_ml.dispatch.planning import plan_messages
@@ -284,14 +284,6 @@ class RunQueue:
         on, self._on = self._on, None
         if on is not None:
             await on.close()
-
-
-def revoke_now(app: Celery, task_ids: list[str]) -> None:
-    """Revoke ``task_ids`` if the broker answers now; kombu's error otherwise, at once (a
-    revoke alone would retry its connection until the broker came back)."""
-    with app.connection_for_write() as conn:
-        conn.ensure_connection(max_retries=1)
-        app.control.revoke(task_ids, connection=conn)
 
 
 def saved_state(run_id: str, tasks: dict[str, Items], carriers: dict[str, str],
