@@ -26,6 +26,8 @@ REAL_DATA = Path(os.environ.get("CRYPTO_ML_DATA_DIR")
                  or ROOT.parent / "shared" / "data" / "top100-2017")
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SESSION_MARK = pytest.StashKey[str]()
+#: Markers of the second tier: deselected unless ``-m`` names them.
+SECOND_TIER = ("slow", "nemesis")
 NO_REAL_DATA = (f"the real data set is not at {REAL_DATA} (set CRYPTO_ML_DATA_DIR to the "
                 "top100-2017 folder)")
 
@@ -88,13 +90,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``nemesis`` run only when ``-m`` names them (.ci/run does, after the
-    container tier); tests marked ``gpu`` are skipped, with the reason, without an NVIDIA GPU."""
-    if "nemesis" not in (config.option.markexpr or ""):
-        long_runs = [item for item in items if item.get_closest_marker("nemesis")]
-        if long_runs:
-            config.hook.pytest_deselected(items=long_runs)
-            items[:] = [item for item in items if item not in long_runs]
+    """Tests of the second tier (marked ``slow`` or ``nemesis``: the long fault and load tests)
+    run only when ``-m`` names their marker or the command line names them by id (.ci/run runs
+    them after the suite, with the container tier); tests marked ``gpu`` are skipped, with
+    the reason, without an NVIDIA GPU."""
+    named = config.option.markexpr or ""
+    by_id = [arg for arg in config.args if "::" in arg]  # a test named by its id always runs
+    held = [item for item in items
+            if any(item.get_closest_marker(tier) and tier not in named for tier in SECOND_TIER)
+            and not any(item.nodeid.startswith(arg) for arg in by_id)]
+    if held:
+        config.hook.pytest_deselected(items=held)
+        items[:] = [item for item in items if item not in held]
     if shutil.which("nvidia-smi"):
         return
     skip = pytest.mark.skip(reason="needs an NVIDIA GPU (nvidia-smi not found)")

@@ -148,6 +148,7 @@ def _stored_values(cluster: LocalCluster) -> set[bytes]:
     return set(cluster.client().scan_iter(keys.pattern(keys.PAYLOAD)))
 
 
+@pytest.mark.slow
 def test_a_job_whose_replica_is_killed_is_reported_failed_by_another(
         replicas: dict[str, Server], cluster: LocalCluster) -> None:
     b, c = replicas["B"], replicas["C"]
@@ -231,6 +232,7 @@ def test_what_ended_jobs_left_goes_with_a_later_post(replicas: dict[str, Server]
             shutil.rmtree(folder)
 
 
+@pytest.mark.slow
 def test_a_job_resumed_while_its_replica_was_paused_goes_on_when_it_wakes(
         replicas: dict[str, Server], cluster: LocalCluster) -> None:
     b, e = replicas["B"], replicas["E"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -12,8 +13,10 @@ import numpy as np
 import pytest
 from conftest import FIXTURES, run_cli
 
+from crypto_ml.backtest.best import choose, load_saved
 from crypto_ml.backtest.engine import BacktestConfig, BacktestResult, origins_for, run_backtest
 from crypto_ml.backtest.metrics import naive_scale, scores
+from crypto_ml.backtest.report import write_json
 from crypto_ml.core.errors import ConfigError
 from crypto_ml.core.settings import Settings
 from crypto_ml.data.loader import CryptoLoader
@@ -66,6 +69,45 @@ def test_best_takes_the_lowest_mase_and_ties_go_to_the_simpler_model() -> None:
     assert result.common_coins() == ["tie"]  # "deep" lacks linear: not in the aggregate
     assert BacktestResult.from_json(json.loads(json.dumps(result.to_json()))).best() == \
         result.best()
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("origins", 0), ("horizon", -2), ("stride", 0), ("stride", -1), ("min_train", 0),
+    ("max_points", -1), ("epochs", 0), ("horizon", 2.5), ("origins", True)])
+def test_a_config_out_of_range_is_refused_naming_the_option(option: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=f"backtest {option} must be an integer"):
+        BacktestConfig(**{option: value})  # type: ignore[arg-type]
+
+
+def test_a_score_json_cannot_hold_is_written_as_null_and_read_back(tmp_path: Path) -> None:
+    row = {"mae": 1.0, "rmse": 1.0, "mape": 1.0, "n_forecasts": 1}
+    result = BacktestResult(BacktestConfig(models=("naive", "linear")), per_coin={
+        "flat": {"naive": {**row, "mase": math.inf}, "linear": {**row, "mase": math.nan}},
+        "walk": {"naive": {**row, "mase": 1.0}, "linear": {**row, "mase": 0.5}},
+    }, failed={"neg": {"naive": "ValueError: prices must be positive",
+                       "linear": "ValueError: prices must be positive"}})
+    write_json(result, tmp_path / "backtest.json")
+    text = (tmp_path / "backtest.json").read_text()
+    strict = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    assert strict["per_coin"]["flat"]["naive"]["mase"] is None
+    saved = load_saved(tmp_path / "backtest.json")
+    assert {c: m for c, (m, _) in saved.best().items()} == {"flat": "naive", "walk": "linear"}
+    lines = io.StringIO()
+    assert choose(saved, ["walk", "neg", "gone"], lines) == {"linear": ["walk"],
+                                                              "naive": ["neg", "gone"]}
+    said = lines.getvalue()
+    assert "best: neg -> naive (no candidate scored in the backtest: naive: ValueError" in said
+    assert "best: gone -> naive (not backtested: absent from the backtest)" in said
+
+
+def test_a_backtest_file_with_a_score_of_another_kind_is_one_clear_error(tmp_path: Path) -> None:
+    row = {"mae": 1.0, "rmse": 1.0, "mape": 1.0, "n_forecasts": 1, "mase": 1.0}
+    data = BacktestResult(BacktestConfig(models=("naive",)), per_coin={"a": {"naive": row}}
+                          ).to_json()
+    data["per_coin"]["a"]["naive"]["mase"] = "low"
+    (tmp_path / "bt.json").write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="cannot read the backtest"):
+        load_saved(tmp_path / "bt.json")
 
 
 @pytest.mark.integration

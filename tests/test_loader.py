@@ -97,6 +97,33 @@ def test_bad_files_are_skipped_with_one_warning_each(tmp_path: Path,
         assert sum(name in m for m in messages) == 1, (name, messages)
 
 
+def test_dates_with_slashes_are_read_in_the_file_s_own_order(tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    days = pd.date_range("2017-08-25", "2017-09-22")  # days above 12: each order tells itself
+    for name, fmt in (("Us.csv", "%m/%d/%Y"), ("Eu.csv", "%d/%m/%Y")):
+        rows = [f"{d.strftime(fmt)},1,1,1,{i + 1},1,1" for i, d in enumerate(days)]
+        write(tmp_path, name, HEADER + "\n" + "\n".join(reversed(rows)) + "\n")
+    write(tmp_path, "Either.csv", f"{HEADER}\n03/04/2017,1,1,1,1,1,1\n04/04/2017,1,1,1,2,1,1\n")
+    caplog.set_level(logging.WARNING)
+    loader = CryptoLoader(tmp_path)
+    for coin in ("us", "eu"):
+        df = loader.get_df(coin)
+        assert list(df["Date"]) == list(days) and list(df["Close"]) == list(range(1, 30))
+    assert "either" not in loader.get_crypto_names()
+    assert any("Either.csv" in r.getMessage() and "day/month and as month/day alike" in
+               r.getMessage() for r in caplog.records)
+
+
+def test_two_columns_named_alike_are_refused_not_guessed(tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    write(tmp_path, "Two.csv", 'Date,Close,Close \n"Jan 01, 2017",1,5\n"Jan 02, 2017",2,5\n')
+    write(tmp_path, "One.csv", 'Date,Close,Open \n"Jan 01, 2017",1,5\n"Jan 02, 2017",2,5\n')
+    caplog.set_level(logging.WARNING)
+    assert CryptoLoader(tmp_path).get_crypto_names() == ["one"]
+    assert any("two columns named 'Close' and 'Close '" in r.getMessage()
+               for r in caplog.records)
+
+
 def test_unparseable_rows_are_dropped_with_a_count_and_duplicates_kept_once(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     rows = ['"Jan 03, 2017",1,1,1,3,1,1', '"not a date",1,1,1,9,1,1', '"Jan 02, 2017",1,1,1,abc,1,1',

@@ -17,7 +17,7 @@ import psutil
 import pytest
 from conftest import ROOT, run_cli
 
-from crypto_ml.core.errors import CryptoMLError
+from crypto_ml.core.errors import ConfigError, CryptoMLError
 from crypto_ml.core.settings import Settings
 from crypto_ml.data.loader import CryptoLoader
 from crypto_ml.dispatch.manager import CryptoManager, checked_call
@@ -243,3 +243,8 @@ def test_a_python_callers_coins_string_is_a_comma_list_not_its_letters() -> None
     assert checked_call("bitcoin, ethereum", 10, None) == ["bitcoin", "ethereum"]
     assert checked_call(("bitcoin",), 10, 60.0) == ["bitcoin"]
     assert checked_call(None, 10, None) is None
+    # names as the files give them are the ids results are keyed by, each coin once
+    assert checked_call(["Bitcoin", "Bitcoin Cash", "bitcoin"], 10, None) == [
+        "bitcoin", "bitcoin_cash"]
+    with pytest.raises(ConfigError, match="coins must be names or ids"):
+        checked_call(["bitcoin", 5], 10, None)  # type: ignore[list-item]

@@ -70,6 +70,7 @@ def test_killed_pool_process_task_is_redelivered_and_forecast_unchanged(price_da
         wait_for_drained(cluster)
 
 
+@pytest.mark.slow
 def test_task_that_keeps_killing_its_worker_fails_clearly(price_data: Path) -> None:
     env = cluster_env(CRYPTO_ML_MAX_DELIVERIES="2")
     with LocalCluster(workers=1, env=env) as cluster:
@@ -134,6 +135,7 @@ def test_redelivery_knob_is_the_documented_one() -> None:
     assert transport["unacked_restore_interval"] * transport["unacked_restore_throttle"] == 10
 
 
+@pytest.mark.slow
 def test_pool_process_over_its_memory_cap_is_replaced_and_forecasts_go_on() -> None:
     """Pool processes are replaced for their memory (CRYPTO_ML_MAX_CHILD_MEMORY_MB), not after
     a count of tasks: with a 1 MB cap every task is followed by a fresh process, and every

@@ -61,6 +61,20 @@ def test_types_that_do_not_mix_are_named_before_any_work(tmp_path: Path) -> None
         TableSource(tmp_path / "t").check()
 
 
+@pytest.mark.parametrize(("other", "words"), [
+    (pa.array([18_000, 18_001], pa.date32()), "dates in some files and timestamps"),
+    (pa.array([1, 2], pa.int64()), "integers in some files and timestamps"),
+])
+def test_times_of_another_kind_in_one_file_are_named_not_misread(
+        tmp_path: Path, other: pa.Array, words: str) -> None:
+    # each file sorted, each series in one file: read as they come, a file of dates (days)
+    # among timestamps (nanoseconds) would have its days written as nanoseconds
+    _file(tmp_path / "t" / "a.parquet", ["a", "a"], other, pa.array([1.0, 2.0]))
+    _file(tmp_path / "t" / "b.parquet", ["b", "b"], _days(0, 2, "ns"), pa.array([3.0, 4.0]))
+    with pytest.raises(InvalidTable, match=f"'ds' holds {words} in others; write them alike"):
+        TableSource(tmp_path / "t").check()
+
+
 def test_ids_that_are_numbers_in_one_file_and_text_in_another_come_out_as_text(
         tmp_path: Path) -> None:
     _file(tmp_path / "t" / "a.parquet", [1, 1], _days(0, 2, "ns"), pa.array([1.0, 2.0]))

@@ -40,8 +40,10 @@ log = logging.getLogger(__name__)
 def load_saved(path: Path) -> BacktestResult:
     """A backtest written by ``backtest --out``, or a ConfigError saying what to do."""
     try:
-        return BacktestResult.from_json(json.loads(path.read_text()))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        result = BacktestResult.from_json(json.loads(path.read_text()))
+        result.best()  # each score a number (or null): found now, not halfway through a run
+        return result
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         why = f"it has no {exc} field" if isinstance(exc, KeyError) else str(exc)
         raise ConfigError(f"cannot read the backtest {path} ({why}); write one with "
                           "`crypto-ml backtest --out DIR` and pass "
@@ -58,6 +60,10 @@ def choose(result: BacktestResult, coins: Sequence[str],
         if coin in best:
             model, mase = best[coin]
             why = f"lowest backtest MASE {mase:.4g} of {', '.join(result.per_coin[coin])}"
+        elif coin in result.failed:
+            model = "naive"
+            why = "no candidate scored in the backtest: " + "; ".join(
+                f"{m}: {reason}" for m, reason in result.failed[coin].items())
         else:
             model = "naive"
             why = f"not backtested: {result.skipped.get(coin, 'absent from the backtest')}"

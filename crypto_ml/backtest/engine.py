@@ -16,6 +16,7 @@ every model scored. Deep models get a fixed ``seed``, so a backtest is repeatabl
 
 from __future__ import annotations
 
+import math
 import statistics
 import sys
 import time
@@ -83,6 +84,18 @@ class BacktestConfig:
     timeout: float | None = DEFAULT_TIMEOUT
     options: dict[str, int] = field(default_factory=dict)
     levels: tuple[float, ...] = DEFAULT_LEVELS
+
+    def __post_init__(self) -> None:
+        """ConfigError naming the first count out of range, as the command line refuses it."""
+        least = {"horizon": 1, "origins": 1, "stride": 1, "min_train": 1, "max_points": 0,
+                 "epochs": 1}
+        for name, low in least.items():
+            value = getattr(self, name)
+            if value is None and name in ("max_points", "epochs"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"backtest {name} must be an integer of at least {low}, "
+                                  f"got {value!r}")
 
     def window(self, model: str) -> int:
         """The newest closes ``model`` is fitted on at each origin (0: all)."""
@@ -217,13 +230,17 @@ class BacktestResult:
         cfg = dict(data["config"])
         cfg["models"] = tuple(cfg["models"])
         cfg["levels"] = tuple(cfg.get("levels", ()))
-        return cls(BacktestConfig(**cfg), data["per_coin"], data.get("failed", {}),
+        per_coin = {coin: {model: {k: math.nan if v is None else v for k, v in scores.items()}
+                           for model, scores in by_model.items()}
+                    for coin, by_model in data["per_coin"].items()}  # null: no finite score
+        return cls(BacktestConfig(**cfg), per_coin, data.get("failed", {}),
                    data.get("skipped", {}), data.get("windows", {}))
 
 
-def _finite_or_inf(value: float) -> float:
-    """``value``, NaN as inf (a score that cannot rank above any other)."""
-    return float("inf") if np.isnan(value) else float(value)
+def _finite_or_inf(value: float | None) -> float:
+    """``value``, NaN or null (a file's score that JSON cannot hold) as inf: a score that
+    cannot rank above any other."""
+    return float("inf") if value is None or np.isnan(value) else float(value)
 
 
 class _Collector:

@@ -6,6 +6,7 @@ import csv
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 from crypto_ml.backtest.engine import BacktestResult
 from crypto_ml.backtest.metrics import METRICS, interval_metric_names
@@ -95,7 +96,18 @@ def summary(result: BacktestResult) -> str:
 
 
 def write_json(result: BacktestResult, path: Path) -> None:
-    path.write_text(json.dumps(result.to_json(), indent=1, allow_nan=True) + "\n")
+    """``backtest.json``: strict JSON, a score that is no finite number (NaN, inf) as null."""
+    path.write_text(json.dumps(_strict(result.to_json()), indent=1, allow_nan=False) + "\n")
+
+
+def _strict(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(v) for v in value]
+    return value
 
 
 def write_csv(result: BacktestResult, path: Path) -> None:

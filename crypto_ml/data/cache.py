@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-VERSION = 1
+#: Raised whenever parsing changes what a file gives: an older cache is then parsed again.
+VERSION = 2
 SUFFIXES = (".csv", ".parquet", ".pq")
 COLUMNS = ("Open", "High", "Low", "Close", "Volume", "Market Cap")
 Listing = dict[str, tuple[int, int]]  # file name -> (size, mtime_ns)

@@ -3,7 +3,8 @@
 
 Real files are untidy, so the loader finds columns by name (any case, any
 order), accepts a BOM and CRLF line ends, parses quoted thousands
-(``"1,194,830,000"``), ``-`` as missing, abbreviated and full month names and
+(``"1,194,830,000"``), ``-`` as missing, abbreviated and full month names, dates with slashes in
+the file's own order (day/month or month/day: the one that reads them all) and
 spreadsheet serial dates, sorts rows oldest first and keeps one row per date.
 A file that cannot be a price series (the ``100 List.csv`` ranking, an empty or
 header-only file, something that is not CSV) is skipped with one warning that
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -25,7 +27,9 @@ __all__ = ["BadFile", "coin_id", "parse_price_csv", "read_raw_csv", "tidy_prices
 
 REQUIRED = ("Date", "Close")
 NUMERIC = ("Open", "High", "Low", "Close", "Volume", "Market Cap")
-DATE_FORMATS = ("%b %d, %Y", "%B %d, %Y", "%Y-%m-%d", "%d/%m/%Y")
+DATE_FORMATS = ("%b %d, %Y", "%B %d, %Y", "%Y-%m-%d")
+#: Dates with slashes, in either order: a file's own order is the one that reads all of them.
+SLASH_ORDERS = ("%d/%m/%Y", "%m/%d/%Y")
 SPREADSHEET_EPOCH = pd.Timestamp("1899-12-30")
 
 
@@ -41,11 +45,26 @@ def _parse_dates(raw: pd.Series) -> pd.Series:
         if not todo.any():
             break
         parsed[todo] = pd.to_datetime(text[todo], format=fmt, errors="coerce")
+    slashed = parsed.isna() & text.str.fullmatch(r"\d{1,2}/\d{1,2}/\d{4}", na=False)
+    if slashed.any():
+        parsed[slashed] = _slash_dates(text[slashed])
     serial = parsed.isna() & text.str.fullmatch(r"\d{5}(\.0+)?", na=False)
     if serial.any():
         days = pd.to_numeric(text[serial]).astype("int64")
         parsed[serial] = SPREADSHEET_EPOCH + pd.to_timedelta(days, unit="D")
     return parsed
+
+
+def _slash_dates(text: pd.Series) -> pd.Series:
+    """Dates like ``22/09/2017`` or ``09/22/2017``: in the order that reads every one of them
+    (the one that reads more, if neither does: the others are dropped as unreadable); BadFile
+    when both read them all to different days (``03/04/2017`` throughout: say which)."""
+    tries = [pd.to_datetime(text, format=fmt, errors="coerce") for fmt in SLASH_ORDERS]
+    whole = [got for got in tries if got.notna().all()]
+    if len(whole) == 2 and not whole[0].equals(whole[1]):
+        raise BadFile(f"its dates (such as {text.iloc[0]!r}) read as day/month and as "
+                      "month/day alike; write them as YYYY-MM-DD")
+    return whole[0] if whole else max(tries, key=lambda got: int(got.notna().sum()))
 
 
 def _parse_numbers(raw: pd.Series) -> pd.Series:
@@ -89,9 +108,22 @@ def not_prices(columns: list[str]) -> BadFile | None:
         if missing else None
 
 
+def _columns_by_name(columns: Any) -> dict[str, Any]:
+    """Each column by its name stripped and lower-cased; BadFile when two of the columns read
+    (Date, Close, ...) differ only in case or spaces: which one holds the prices is not known."""
+    by_name: dict[str, Any] = {}
+    read = {c.lower() for c in (*REQUIRED, *NUMERIC)}
+    for column in columns:
+        key = str(column).strip().lower()
+        if key in by_name and key in read:
+            raise BadFile(f"it has two columns named {by_name[key]!r} and {column!r}; keep one")
+        by_name.setdefault(key, column)
+    return by_name
+
+
 def tidy_prices(raw: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     """Text cells of one coin (columns found by name) -> tidy frame and dropped-row count."""
-    by_name = {str(c).strip().lower(): c for c in raw.columns}
+    by_name = _columns_by_name(raw.columns)
     if (why := not_prices(list(by_name))) is not None:
         raise why
     if raw.empty:

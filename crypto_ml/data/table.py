@@ -51,6 +51,10 @@ BATCH_ROWS = 1 << 18
 TIME_KINDS = {"date": pa.date32(), "timestamp": pa.timestamp("ns"), "int": pa.int64()}
 
 
+#: How a message names each time kind.
+KIND_WORDS = {"date": "dates", "timestamp": "timestamps", "int": "integers"}
+
+
 def time_array(values: np.ndarray, kind: str) -> pa.Array:
     """int64 times (as :class:`TableSource` keeps them) as an Arrow array of ``kind``."""
     raw = pa.array(values.astype(np.int32) if kind == "date" else values)
@@ -229,7 +233,12 @@ class TableSource:
         for batch in self._batches(values=not self._stored_as_numbers()):
             if not batch.num_rows:
                 continue
-            ids, times, kind, _ = self._arrays(batch)
+            ids, times, found, _ = self._arrays(batch)
+            if kind and found != kind:  # files that store the times alike read alike
+                raise InvalidTable(f"{self.label}: column {self.columns.time!r} holds "
+                                   f"{KIND_WORDS[kind]} in some files and {KIND_WORDS[found]} "
+                                   "in others; write them alike")
+            kind = found
             new, order_ok, dup = id_order(ids, times, prev)
             if dup is not None:
                 raise InvalidTable(f"--input: series {dup!r} has two rows at the same "

@@ -29,6 +29,7 @@ from crypto_ml.core.errors import ConfigError, CryptoMLError
 from crypto_ml.core.logs import log_task
 from crypto_ml.core.settings import DEFAULT_TIMEOUT, Settings, comma_list
 from crypto_ml.data.loader import CryptoLoader
+from crypto_ml.data.names import coin_id
 from crypto_ml.dispatch.capacity import InFlight
 from crypto_ml.dispatch.cluster import LocalCluster
 from crypto_ml.dispatch.connect import launch_embedded, open_cluster
@@ -81,7 +82,10 @@ def checked_call(coins: str | Sequence[str] | None, horizon: object,
     names = comma_list(coins) if isinstance(coins, str) else list(coins)
     if not names:
         raise ConfigError("coins is empty; pass None for every coin")
-    return names
+    if not all(isinstance(name, str) for name in names):
+        raise ConfigError(f"coins must be names or ids (text), got {names!r}")
+    # each coin by its id, once, however it is written (``Bitcoin Cash``: bitcoin_cash)
+    return list(dict.fromkeys(coin_id(name) for name in names))
 
 
 class CryptoManager:
