@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -178,6 +179,9 @@ def test_cli_backtest_compares_windows(cluster: object, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "== window: 3 ==" in done.stdout and "== window: all ==" in done.stdout
     assert "windows compared" in done.stdout and "cov 90" in done.stdout
+    for window in ("3", "all"):  # each window's progress counts its own tasks to the end
+        assert re.search(rf"progress: window {window}: (\d+)/\1 finished", done.stderr), \
+            done.stderr
     table = (tmp_path / "windows.txt").read_text()
     linear = [line.split() for line in table.splitlines() if line.startswith("linear")]
     assert [row[1] for row in linear] == ["3", "all"]

@@ -46,6 +46,7 @@ class Stack:
     broker_url: str
     flower_url: str
     worker_url: str = ""
+    watcher_url: str = ""  # Redis user flower's URL, as `cluster up` prints it
     exports: dict[str, str] = field(default_factory=dict)  # what `cluster up` says to export,
     # the broker URL aside (CRYPTO_ML_TASK_EVENTS=1 with Flower)
     run: subprocess.CompletedProcess[str] | None = None
@@ -93,10 +94,11 @@ def cluster_up(folder: Path, workers: int = 2) -> Iterator[Stack]:
         broker = re.search(r"CRYPTO_ML_BROKER_URL='([^']+)'", text)
         flower = re.search(r"^flower: (http://\S+)$", text, re.MULTILINE)
         assert broker and flower, text
-        worker = re.search(r"^  worker: (redis://\S+)$", text, re.MULTILINE)  # Redis user worker
+        roles = dict(re.findall(r"^  (\w+): (redis://\S+)$", text, re.MULTILINE))  # Redis users
         exports = dict(re.findall(r"^export (\w+)=(\w+)$", text, re.MULTILINE))
         yield Stack(proc, broker.group(1), flower.group(1),
-                    worker_url=worker.group(1) if worker else broker.group(1), exports=exports)
+                    worker_url=roles.get("worker", broker.group(1)),
+                    watcher_url=roles["flower"], exports=exports)
     finally:
         terminate(proc)
 
@@ -234,7 +236,7 @@ def test_flower_launcher_watches_a_configured_broker(stack: Stack, tmp_path: Pat
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CRYPTO_ML_", "FLOWER_"))}
     env.update(CRYPTO_ML_FLOWER_PORT=str(port), CRYPTO_ML_FLOWER_ADDRESS="0.0.0.0",
                CRYPTO_ML_FLOWER_BASIC_AUTH="ops2:pw2")
-    proc = spawn([sys.executable, "-m", "crypto_ml", "flower", "--broker", stack.broker_url],
+    proc = spawn([sys.executable, "-m", "crypto_ml", "flower", "--broker", stack.watcher_url],
                  tmp_path / "flower.log", env=env, cwd=ROOT)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -378,3 +380,17 @@ def test_the_launcher_takes_broker_out_of_flowers_own_options() -> None:
     assert take_broker(["--purge-offline-workers=60"]) == (None, ["--purge-offline-workers=60"])
     with pytest.raises(ConfigError, match="--broker needs a Redis URL"):
         take_broker(["--broker"])
+
+
+@pytest.mark.integration  # a command in a subprocess
+def test_flower_for_a_broker_that_does_not_answer_stops_with_one_line(tmp_path: Path) -> None:
+    # celery flower itself would log "trying again" forever; nothing listens on this port
+    run = run_cli("flower", "--broker", f"redis://flower:pw@127.0.0.1:{free_port()}/0",
+                  data_dir=tmp_path, timeout=60)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.count("\n") == 1 and "cannot reach the broker" in run.stderr
+    assert "flower:pw" not in run.stderr and "unset it" not in run.stderr
+    # the manager's URL, which `cluster up` says to export, cannot read Flower's events
+    run = run_cli("flower", "--broker", "redis://manager:pw@127.0.0.1:1/0", data_dir=tmp_path,
+                  timeout=60)
+    assert run.returncode == 2 and "give user flower's URL" in run.stderr, run.stderr

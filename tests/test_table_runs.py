@@ -309,6 +309,12 @@ def test_crypto_ml_forecast_takes_a_frame_as_statsforecast_does(
     got = crypto_ml.forecast(numbered, model="naive", horizon=np.int64(2), levels=())
     assert got["unique_id"].dtype == numbered["unique_id"].dtype  # merges with the input
     assert got.merge(numbered.groupby("unique_id").size().rename("n").reset_index()).shape[0] == 60
+    # columns of the caller's own names come back under them, as statsforecast answers
+    renamed = numbered.rename(columns={"unique_id": "symbol", "ds": "t", "y": "close"})
+    got = crypto_ml.forecast(renamed, model="naive", horizon=1, levels=(), id_col="symbol",
+                             time_col="t", target_col="close")
+    assert list(got.columns) == ["symbol", "t", "naive"]
+    assert got.merge(renamed, on=["symbol"]).shape[0] == len(renamed)
     # a Parquet path of dates and categorical ids: datetimes and numbers back, as pandas reads
     table = tmp_path / "t.parquet"
     numbered.assign(ds=numbered["ds"].dt.date, unique_id=numbered["unique_id"].astype("category")

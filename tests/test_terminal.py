@@ -122,6 +122,9 @@ def test_one_stdout_format_json_lines_and_output(cluster: Any, price_data: Path,
     (["send-tasks", "--coins", "bitcoin", "--plot", "README.md/forecast.png"],
      "--plot README.md/forecast.png: cannot write in README.md"),
     (["backtest", "--coins", "Bitcoin,notacoin"], "unknown coin(s) 'notacoin'"),
+    # a folder no file can be made in, whatever its permissions say (as root too)
+    (["backtest", "--coins", "bitcoin", "--out", "/proc/crypto-ml-nope"],
+     "--out /proc/crypto-ml-nope/backtest.json: cannot write in /proc"),
     (["send-tasks", "--horizon", "0"], "must be at least 1"),
 ])
 def test_arguments_are_checked_before_any_cluster_starts(args: list[str], says: str,

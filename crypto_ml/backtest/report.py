@@ -10,6 +10,7 @@ from typing import Any
 
 from crypto_ml.backtest.engine import BacktestResult
 from crypto_ml.backtest.metrics import METRICS, interval_metric_names
+from crypto_ml.core.errors import OutputUnwritable
 
 
 def _num(value: float) -> str:
@@ -155,10 +156,15 @@ def write_chart(result: BacktestResult, path: Path) -> None:
 
 
 def write_all(result: BacktestResult, folder: Path) -> list[Path]:
-    """``backtest.json``, ``backtest.csv`` and ``backtest.png`` in ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """``backtest.json``, ``backtest.csv`` and ``backtest.png`` in ``folder``;
+    OutputUnwritable, in one line, when the folder refuses them (a full disk, say)."""
     paths = [folder / "backtest.json", folder / "backtest.csv", folder / "backtest.png"]
-    write_json(result, paths[0])
-    write_csv(result, paths[1])
-    write_chart(result, paths[2])
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(result, paths[0])
+        write_csv(result, paths[1])
+        write_chart(result, paths[2])
+    except OSError as exc:
+        raise OutputUnwritable(f"could not write the backtest into {folder} "
+                               f"({exc.strerror or exc}); its tables are printed above") from None
     return paths

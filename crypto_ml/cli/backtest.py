@@ -127,6 +127,8 @@ def backtest_command(request: BacktestRequest, manager: CryptoManager,
     results = {}
     with manager.session():
         for window in request.windows:
+            if len(request.windows) > 1 and isinstance(manager.observer, Progress):
+                manager.observer.new_phase(f"window {window_name(window)}")  # counts afresh
             config = BacktestConfig(models=request.models, timeout=request.timeout,
                                     options=request.options, max_points=window,
                                     levels=request.levels, **request.given)

@@ -10,11 +10,13 @@ import os
 import subprocess
 import sys
 from typing import Any
+from urllib.parse import urlsplit
 
 from crypto_ml.cli.options import EXIT_OK
-from crypto_ml.core.acl import check_credentials
+from crypto_ml.core.acl import ADMIN, FLOWER, ROLES
 from crypto_ml.core.errors import ConfigError
 from crypto_ml.core.settings import Settings
+from crypto_ml.dispatch.connect import check_broker
 from crypto_ml.ops.flower import flower_command, flower_env
 
 EPILOG = """Flower's own options (below) pass through unchanged, e.g. --max-tasks=10000;
@@ -26,7 +28,8 @@ examples:
   crypto-ml flower --broker redis://flower:PASSWORD@HOST:6379/0
   crypto-ml flower --max-tasks=10000 --purge-offline-workers=60
 
-exit codes: 0 stopped (Ctrl-C, SIGTERM); 2 no broker, or its user or password is wrong.
+exit codes: 0 stopped (Ctrl-C, SIGTERM); 2 no broker, one that does not answer, or its user
+or password is wrong.
 """
 
 
@@ -54,11 +57,24 @@ def flower_main(args: argparse.Namespace) -> int:
     if not settings.broker_url:
         raise ConfigError("set CRYPTO_ML_BROKER_URL (or --broker) to the broker Flower should "
                           "watch")
+    check_user(settings.broker_url)
     env = flower_env(settings, os.environ)
-    check_credentials(settings.broker_url)  # wrong user or password: say so and stop
+    # unreachable, or its login wrong: say so and stop (Flower itself retries forever)
+    check_broker(settings.broker_url, settings, hint="or fix --broker / CRYPTO_ML_BROKER_URL")
     cmd = [*flower_command(settings), *extra]
     os.execve(cmd[0], cmd, env)
     return 0  # pragma: no cover - execve does not return
+
+
+def check_user(url: str) -> None:
+    """ConfigError for the URL of one of our Redis users that may not read Flower's events
+    (the manager's, which ``cluster up`` says to export): Flower would show nothing and log
+    NOPERM every second."""
+    user = urlsplit(url).username
+    if user in ROLES and user not in (ADMIN, FLOWER.name):
+        raise ConfigError(f"the broker URL is Redis user {user}'s, which may not read the events "
+                          f"Flower watches; give user {FLOWER.name}'s URL (`crypto-ml cluster "
+                          f"up` prints it as `{FLOWER.name}: redis://{FLOWER.name}:...`)")
 
 
 def take_broker(extra: list[str]) -> tuple[str | None, list[str]]:

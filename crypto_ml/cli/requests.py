@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -388,5 +388,10 @@ def check_writable(path: Path | None, option: str, make_folder: bool = False) ->
                           f"create it first (mkdir -p {parent}) or give another path")
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"{option} {path}: cannot write in {parent}")
+    try:  # a file made and removed: permissions alone do not say it (root, /proc, read-only)
+        if not parent.is_dir():
+            raise NotADirectoryError(f"{parent} is not a folder")
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as exc:
+        raise ConfigError(f"{option} {path}: cannot write in {parent} "
+                          f"({exc.strerror or exc})") from None

@@ -24,9 +24,11 @@ from crypto_ml.dispatch.cluster import LocalCluster
 USE_YOUR_OWN = "set CRYPTO_ML_BROKER_URL to use your own cluster"
 
 
-def check_broker(url: str, settings: Settings | None = None) -> None:
-    """Raise BrokerUnavailable, naming the (password-free) URL, unless Redis answers a ping
-    (for ``sentinel://``: the master the sentinels name)."""
+def check_broker(url: str, settings: Settings | None = None,
+                 hint: str = "fix --broker / CRYPTO_ML_BROKER_URL, or unset it to run on the "
+                 "embedded local cluster") -> None:
+    """Raise BrokerUnavailable, naming the (password-free) URL and ending with ``hint``,
+    unless Redis answers a ping (for ``sentinel://``: the master the sentinels name)."""
     settings = settings or Settings()
     try:
         redis_client(url, settings.sentinel_master, settings.sentinel_password,
@@ -36,8 +38,7 @@ def check_broker(url: str, settings: Settings | None = None) -> None:
     except (redis.RedisError, OSError, ValueError) as exc:
         raise BrokerUnavailable(
             f"cannot reach the broker at {maybe_sanitize_url(url)} ({exc}); start Redis there, "
-            "fix --broker / CRYPTO_ML_BROKER_URL, or unset it to run on the embedded local cluster"
-        ) from None
+            f"{hint}") from None
 
 
 def launch_embedded(settings: Settings, say: Callable[[str], None],

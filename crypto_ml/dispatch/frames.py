@@ -49,7 +49,8 @@ def forecast_frame(df: pd.DataFrame | str | Path, settings: Settings,
                    time_col: str = "ds", target_col: str = "y", max_points: int | None = None,
                    fallback_model: str | None = None, err: TextIO | None = None,
                    **options: Any) -> pd.DataFrame:
-    """Forecast every series of ``df``: ``unique_id, ds, <model>, <model>-lo-<level>, ...``;
+    """Forecast every series of ``df``: ``unique_id, ds, <model>, <model>-lo-<level>, ...``
+    (the id and time columns named as in ``df``);
     a series a model fails on gets ``fallback_model``'s forecast there, if one is named."""
     columns = Columns(id_col, time_col, target_col)
     horizon = check_horizon(horizon)
@@ -75,7 +76,10 @@ def forecast_frame(df: pd.DataFrame | str | Path, settings: Settings,
             raise CryptoMLError(f"{len(summary.chunks_failed)} chunk(s) of series did not come "
                                 f"back ({first}); {advice}")
         result = _as_datetimes(pq.read_table(out)).to_pandas()
-        result.attrs["failures"] = pd.read_parquet(failures_path(out)).to_dict("records")
+        failures = pd.read_parquet(failures_path(out))
+    # the caller's own names, as statsforecast answers, so the forecasts merge onto the input
+    result = result.rename(columns={"unique_id": id_col, "ds": time_col})
+    result.attrs["failures"] = failures.rename(columns={"unique_id": id_col}).to_dict("records")
     return result
 
 
