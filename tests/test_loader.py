@@ -104,12 +104,18 @@ def test_dates_with_slashes_are_read_in_the_file_s_own_order(tmp_path: Path,
         rows = [f"{d.strftime(fmt)},1,1,1,{i + 1},1,1" for i, d in enumerate(days)]
         write(tmp_path, name, HEADER + "\n" + "\n".join(reversed(rows)) + "\n")
     write(tmp_path, "Either.csv", f"{HEADER}\n03/04/2017,1,1,1,1,1,1\n04/04/2017,1,1,1,2,1,1\n")
+    write(tmp_path, "Unread.csv", f"{HEADER}\n22.09.2017,1,1,1,1,1,1\n21.09.2017,1,1,1,2,1,1\n")
+    write(tmp_path, "Stamped.csv", f"{HEADER}\n2017-09-22 00:00:00,1,1,1,2,1,1\n"
+                                   "2017/09/21,1,1,1,1,1,1\n")
     caplog.set_level(logging.WARNING)
     loader = CryptoLoader(tmp_path)
     for coin in ("us", "eu"):
         df = loader.get_df(coin)
         assert list(df["Date"]) == list(days) and list(df["Close"]) == list(range(1, 30))
-    assert "either" not in loader.get_crypto_names()
+    assert "either" not in loader.get_crypto_names() and "unread" not in loader.get_crypto_names()
+    assert list(loader.get_df("stamped")["Close"]) == [1.0, 2.0]
+    assert any("Unread.csv" in r.getMessage() and "none of its dates could be read (the first: "
+               "'22.09.2017')" in r.getMessage() for r in caplog.records)
     assert any("Either.csv" in r.getMessage() and "day/month and as month/day alike" in
                r.getMessage() for r in caplog.records)
 
@@ -159,6 +165,13 @@ def test_missing_or_empty_data_dir_says_how_to_get_data(tmp_path: Path) -> None:
         CryptoLoader(tmp_path / "nope").get_crypto_names()
     with pytest.raises(DataNotFound, match="no price files"):
         CryptoLoader(tmp_path).get_crypto_names()
+
+
+def test_a_coin_asked_for_by_anything_but_text_is_one_clear_error(tmp_path: Path) -> None:
+    write(tmp_path, "Good.csv", f'{HEADER}\n"Jan 02, 2017",1,1,1,2,5,6\n')
+    for odd in (None, 5):
+        with pytest.raises(CryptoMLError, match="a coin is named by text"):
+            CryptoLoader(tmp_path).get_prices(odd)  # type: ignore[arg-type]
 
 
 def test_coin_id() -> None:

@@ -13,7 +13,15 @@ import pytest
 
 from crypto_ml.core.errors import InvalidTaskInput, SeriesTooShort, UnknownModel
 from crypto_ml.data.loader import CryptoLoader
-from crypto_ml.models import HEAVY, PARAMS, REGISTRY, get_model, model_class, model_names
+from crypto_ml.models import (
+    HEAVY,
+    PARAMS,
+    REGISTRY,
+    get_model,
+    model_class,
+    model_names,
+    parse_models,
+)
 from crypto_ml.models.rnn import make_windows
 from crypto_ml.models.state import ModelState, ModelStateError
 
@@ -133,6 +141,13 @@ def test_a_state_holds_plain_data_only() -> None:
 def test_registry_rejects_unknown_names() -> None:
     with pytest.raises(UnknownModel, match="prophet"):
         get_model("prophet")
+    with pytest.raises(UnknownModel, match="unknown model 'Prophet'"):
+        parse_models("naive,Prophet")
+
+
+def test_model_names_are_taken_in_any_case_as_the_command_line_takes_them() -> None:
+    assert parse_models("NAIVE, Linear,naive") == ["naive", "linear"]
+    assert parse_models(["LSTM"]) == ["lstm"]
 
 
 @pytest.mark.parametrize("name", [n for n in model_names() if not model_class(n).heavy])

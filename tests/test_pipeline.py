@@ -239,6 +239,19 @@ def test_a_python_callers_bad_arguments_are_refused_before_anything_starts(
         manager.send_tasks("naive", coins, horizon, timeout=timeout)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(("options", "says"), [
+    ({"horizon": 10_000}, "horizon must be at most 365 (CRYPTO_ML_MAX_HORIZON), got 10000"),
+    ({"max_points": -1}, "max_points must be a whole number of closes (0: all), got -1"),
+    ({"epochs": 3}, "epochs: naive does not take it"),
+    ({"model": "lstm", "epochs": 10**6}, "model 'lstm': epochs must be"),
+])
+def test_a_python_callers_options_out_of_range_are_refused_before_anything_starts(
+        options: dict[str, object], says: str) -> None:
+    manager = CryptoManager(app=create_app(Settings(broker_url="redis://127.0.0.1:1/0")))
+    with pytest.raises(CryptoMLError, match=re.escape(says)):  # nothing listens there
+        manager.send_tasks(**{"model": "naive", "coins": ["bitcoin"], **options})  # type: ignore[arg-type]
+
+
 def test_a_python_callers_coins_string_is_a_comma_list_not_its_letters() -> None:
     assert checked_call("bitcoin, ethereum", 10, None) == ["bitcoin", "ethereum"]
     assert checked_call(("bitcoin",), 10, 60.0) == ["bitcoin"]

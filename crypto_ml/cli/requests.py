@@ -36,6 +36,7 @@ from crypto_ml.models import (
     parse_models,
 )
 from crypto_ml.models.intervals import MIN_CALIBRATION_TRAIN
+from crypto_ml.ops.plot import picture_problem
 
 
 @dataclass(frozen=True)
@@ -204,6 +205,8 @@ def send_request(args: argparse.Namespace) -> SendRequest:
                           "fitted afresh every time")
     check_writable(args.output, "--output")
     check_writable(args.plot, "--plot")
+    if args.plot is not None and (why := picture_problem(args.plot)):
+        raise ConfigError(f"--plot {args.plot}: {why}")
     check_max_points([args.max_points], fitted, None, bool(args.levels))
     loader, coins = checked_coins(settings, args.coins)
     return SendRequest(**common, forecasts=forecasts, coins=coins, loader=loader, best=best,

@@ -27,7 +27,7 @@ __all__ = ["BadFile", "coin_id", "parse_price_csv", "read_raw_csv", "tidy_prices
 
 REQUIRED = ("Date", "Close")
 NUMERIC = ("Open", "High", "Low", "Close", "Volume", "Market Cap")
-DATE_FORMATS = ("%b %d, %Y", "%B %d, %Y", "%Y-%m-%d")
+DATE_FORMATS = ("%b %d, %Y", "%B %d, %Y", "%Y-%m-%d", "%Y-%m-%d %H:%M:%S", "%Y/%m/%d")
 #: Dates with slashes, in either order: a file's own order is the one that reads all of them.
 SLASH_ORDERS = ("%d/%m/%Y", "%m/%d/%Y")
 SPREADSHEET_EPOCH = pd.Timestamp("1899-12-30")
@@ -132,6 +132,10 @@ def tidy_prices(raw: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     for col in NUMERIC:
         if col.lower() in by_name:
             frame[col] = _parse_numbers(raw[by_name[col.lower()]].astype(str))
+    if frame["Date"].isna().all():
+        first = str(raw[by_name["date"]].iloc[0]).strip()
+        raise BadFile(f"none of its dates could be read (the first: {first[:40]!r}); write them "
+                      "as 2017-09-22 or Sep 22, 2017")
     close_text = raw[by_name["close"]].astype(str).str.strip()
     bad = frame["Date"].isna() | (frame["Close"].isna() & ~close_text.isin(["-", ""]))
     frame = frame[~bad]

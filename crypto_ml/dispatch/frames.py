@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -25,7 +24,7 @@ from crypto_ml.core.errors import ConfigError, CryptoMLError, InvalidTable
 from crypto_ml.core.settings import Settings
 from crypto_ml.data.table import Columns, TableSource
 from crypto_ml.data.table_checks import as_given
-from crypto_ml.dispatch.manager import PYTHON_HINT, CryptoManager
+from crypto_ml.dispatch.manager import PYTHON_HINT, CryptoManager, whole_closes
 from crypto_ml.dispatch.table_output import TableOutput, failures_path
 from crypto_ml.dispatch.table_run import TablePlan
 from crypto_ml.models import (
@@ -158,12 +157,7 @@ def _check_options(models: Sequence[str], max_points: object, options: dict[str,
                    ) -> int | None:
     """``max_points`` as an int (or None); a CryptoMLError, before any work, for a statsforecast
     keyword, an option no model takes (a typo) or a value out of range."""
-    if max_points is not None:
-        if isinstance(max_points, bool) or not isinstance(max_points, int | np.integer) \
-                or max_points < 0:
-            raise CryptoMLError(f"max_points must be a whole number of closes (0: all), got "
-                                f"{max_points!r}")
-        max_points = int(max_points)
+    max_points = whole_closes(max_points)
     for name in options:
         if name in STATSFORECAST_WORDS:
             raise ConfigError(f"forecast() {STATSFORECAST_WORDS[name]} (got {name}=, "

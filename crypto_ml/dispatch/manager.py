@@ -48,6 +48,8 @@ from crypto_ml.models import (
     HEAVY,
     PARAMS,
     check_horizon,
+    check_option_names,
+    check_option_values,
     default_max_points,
     parse_models,
 )
@@ -86,6 +88,18 @@ def checked_call(coins: str | Sequence[str] | None, horizon: object,
         raise ConfigError(f"coins must be names or ids (text), got {names!r}")
     # each coin by its id, once, however it is written (``Bitcoin Cash``: bitcoin_cash)
     return list(dict.fromkeys(coin_id(name) for name in names))
+
+
+def whole_closes(max_points: object) -> int | None:
+    """``max_points`` as an int (None: each model's own window), or a ConfigError: a whole
+    number of closes, 0 for all of them."""
+    if max_points is None:
+        return None
+    if isinstance(max_points, bool) or not isinstance(max_points, int | np.integer) \
+            or max_points < 0:
+        raise ConfigError(f"max_points must be a whole number of closes (0: all), got "
+                          f"{max_points!r}")
+    return int(max_points)
 
 
 class CryptoManager:
@@ -206,6 +220,12 @@ class CryptoManager:
         """
         names = parse_models(models)
         coins = checked_call(coins, horizon, timeout)
+        max_points = whole_closes(max_points)
+        if (why := self.settings.horizon_problem(horizon)) is not None:
+            raise ConfigError(f"horizon {why}")
+        if epochs is not None:  # a deep model's option: refused where no model takes it
+            check_option_names(names, ["epochs"])
+            check_option_values(names, {"epochs": epochs}, "model {!r}")
         report = RunReport()
         started = time.perf_counter()
         params = {} if epochs is None else {"epochs": epochs}  # None: each model's default

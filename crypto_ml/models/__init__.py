@@ -102,20 +102,21 @@ def check_option_values(models: Sequence[str], options: Mapping[str, object],
 
 
 def parse_models(spec: str | Sequence[str], offer: Sequence[str] = ()) -> list[str]:
-    """``"lstm,gru"`` or ``["lstm"]`` -> validated model names, duplicates dropped; an
-    unknown name's error offers ``offer`` (default: every model)."""
+    """``"lstm,gru"`` or ``["LSTM"]`` -> validated model names (lower case), duplicates
+    dropped; an unknown name's error offers ``offer`` (default: every model)."""
     given = spec.split(",") if isinstance(spec, str) else spec
     if not isinstance(given, Sequence) or not all(isinstance(m, str) for m in given):
         shown = next((m for m in (given if isinstance(given, Sequence) else [given])
                       if not isinstance(m, str)), given)
         raise UnknownModel(f"models are named, as 'naive' or 'naive,ets', got "
                            f"{type(shown).__name__}" + _statsforecast_hint(type(shown).__name__))
-    names = [m.strip() for m in given if m.strip()]
+    written = [m.strip() for m in given if m.strip()]
+    names = [m.lower() for m in written]  # in any case, as the command line takes them
     known = model_names()
-    for name in names:
+    for name, as_given in zip(names, written, strict=True):
         if name not in known:
-            raise UnknownModel(f"unknown model {name!r}; choose from {', '.join(offer or known)}"
-                               + _statsforecast_hint(name))
+            raise UnknownModel(f"unknown model {as_given!r}; choose from "
+                               f"{', '.join(offer or known)}" + _statsforecast_hint(as_given))
     if not names:
         raise UnknownModel(f"no model given; choose from {', '.join(known)}")
     return list(dict.fromkeys(names))

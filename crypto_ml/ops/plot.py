@@ -33,6 +33,17 @@ def model_color(model: str) -> str:
     return cls.color if cls is not None else "tab:red"
 
 
+#: The picture formats a plot is written in (matplotlib's, chosen by the file's suffix).
+PICTURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+
+
+def picture_problem(path: Path) -> str | None:
+    """Why no picture can be written under ``path``'s name (its suffix), or None."""
+    if path.suffix.lower() in PICTURE_SUFFIXES:
+        return None
+    return (f"name the picture's file with one of {', '.join(PICTURE_SUFFIXES)} (the format "
+            "follows the name)")
+
 @dataclass(frozen=True)
 class PlotInfo:
     """What was drawn: the file, its size in pixels, and each coin's panel box (pixels,
