@@ -129,7 +129,9 @@ def test_a_folder_option_with_a_table_is_refused_not_dropped(
     (["backtest", "--model", "naive,linear", "--seed", "3"],
      "--seed: none of naive, linear takes it"),
     (["send-tasks", "--input", "t.parquet", "--output", "o.parquet", "--data-dir", "d"],
-     "--data-dir is for the data folder's runs; a table run reads --input TABLE"),
+     "--data-dir is for the data folder; a table run reads --input"),
+    (["backtest", "--input", "t.parquet", "--data-dir", "d"],
+     "--data-dir is for the data folder; this backtest reads --input"),
     (["send-tasks", "--broker", "redis://127.0.0.1:1/0", "--workers", "3"],
      "--workers sizes the embedded cluster; with --broker the broker's own workers run the "
      "tasks"),

@@ -183,8 +183,7 @@ def send_request(args: argparse.Namespace) -> SendRequest:
                                   "forecasts to --output OUT.parquet and nothing to stdout")
         refuse_given(args, ("retrain",), "is for the data folder's runs (the model store); a "
                      "table run fits every series afresh")
-        refuse_given(args, ("data_dir",), "is for the data folder's runs; a table run reads "
-                     "--input TABLE")
+        refuse_given(args, ("data_dir",), "is for the data folder; a table run reads --input")
         check_max_points([args.max_points], forecasts.models, None, bool(args.levels))
         given = coin_list(args.coins)
         return SendRequest(**common, forecasts=forecasts, table=table,
@@ -256,6 +255,7 @@ def backtest_request(args: argparse.Namespace) -> BacktestRequest:
              "min_train": args.min_train, "epochs": args.epochs, "seed": args.seed}
     table = table_of(args)
     if table is not None:  # the table's series are picked by their exact ids
+        refuse_given(args, ("data_dir",), "is for the data folder; this backtest reads --input")
         given_coins = coin_list(args.coins)
         loader, coins = None, tuple(given_coins) if given_coins else None
     else:
