@@ -207,5 +207,9 @@ def test_backtest_follows_the_same_rule(cluster: Any, price_data: Path) -> None:
     assert 1 <= sum(line.startswith("progress: ") for line in err) <= 4 and len(err) <= 6
     verbose = run_cli(*args, "-v", data_dir=price_data)
     assert len(TASK_LINE.findall(verbose.stderr)) == 2 * 2 * 3  # coins x models x origins
+    # one line per forecast, each of its own: a message's origins differ in their last close
+    told = re.findall(r"ok: coin=(\S+) model=(\S+) worker=\S+ seconds=\S+ closes_to=(\S+)",
+                      verbose.stderr)
+    assert len(set(told)) == 2 * 2 * 3, verbose.stderr
     quiet = run_cli(*args, "-q", data_dir=price_data)
     assert quiet.returncode == 0 and quiet.stderr == "" and "beats naive" in quiet.stdout

@@ -94,9 +94,12 @@ def log_task(task_id: str, coin: str, model: str, result: dict[str, Any] | None 
     """The manager's line for one finished task."""
     fields: dict[str, Any] = {"task_id": task_id, "coin": coin, "model": model}
     if result is not None:
-        fields.update(status="ok", worker=result["worker"], seconds=result["fit_seconds"])
-        log.info("task %s ok: coin=%s model=%s worker=%s seconds=%.3f", task_id, coin, model,
-                 result["worker"], result["fit_seconds"], extra={"fields": fields})
+        fields.update(status="ok", worker=result["worker"], seconds=result["fit_seconds"],
+                      closes_to=result.get("last_date"))
+        # closes_to tells apart the forecasts of one message (a backtest's origins of a coin)
+        log.info("task %s ok: coin=%s model=%s worker=%s seconds=%.3f closes_to=%s", task_id,
+                 coin, model, result["worker"], result["fit_seconds"], result.get("last_date"),
+                 extra={"fields": fields})
     else:
         fields.update(status="failed", reason=reason)
         log.info("task %s failed: coin=%s model=%s: %s", task_id, coin, model, reason,
