@@ -62,8 +62,8 @@ def test_types_that_do_not_mix_are_named_before_any_work(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize(("other", "words"), [
-    (pa.array([18_000, 18_001], pa.date32()), "dates in some files and timestamps"),
-    (pa.array([1, 2], pa.int64()), "integers in some files and timestamps"),
+    (pa.array([18_000, 18_001], pa.date32()), "dates in some rows and timestamps"),
+    (pa.array([1, 2], pa.int64()), "integers in some rows and timestamps"),
 ])
 def test_times_of_another_kind_in_one_file_are_named_not_misread(
         tmp_path: Path, other: pa.Array, words: str) -> None:
@@ -71,7 +71,7 @@ def test_times_of_another_kind_in_one_file_are_named_not_misread(
     # among timestamps (nanoseconds) would have its days written as nanoseconds
     _file(tmp_path / "t" / "a.parquet", ["a", "a"], other, pa.array([1.0, 2.0]))
     _file(tmp_path / "t" / "b.parquet", ["b", "b"], _days(0, 2, "ns"), pa.array([3.0, 4.0]))
-    with pytest.raises(InvalidTable, match=f"'ds' holds {words} in others; write them alike"):
+    with pytest.raises(InvalidTable, match=f"'ds' holds {words} in others"):
         TableSource(tmp_path / "t").check()
 
 

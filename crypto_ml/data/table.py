@@ -236,8 +236,8 @@ class TableSource:
             ids, times, found, _ = self._arrays(batch)
             if kind and found != kind:  # files that store the times alike read alike
                 raise InvalidTable(f"{self.label}: column {self.columns.time!r} holds "
-                                   f"{KIND_WORDS[kind]} in some files and {KIND_WORDS[found]} "
-                                   "in others; write them alike")
+                                   f"{KIND_WORDS[kind]} in some rows and {KIND_WORDS[found]} "
+                                   "in others (files written differently?); write them alike")
             kind = found
             new, order_ok, dup = id_order(ids, times, prev)
             if dup is not None:
