@@ -89,16 +89,37 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+def _tiers(item: pytest.Item) -> set[str]:
+    """The markers that select ``item`` into a tier: ``-m`` naming any of them runs it."""
+    found = {m for m in (*SECOND_TIER, "container") if item.get_closest_marker(m)}
+    return found | ({"container"} if "container" in item.path.parts else set())
+
+
+def _second_tier(item: pytest.Item) -> bool:
+    return any(item.get_closest_marker(tier) for tier in SECOND_TIER)
+
+
+def _named_by_id(item: pytest.Item, config: pytest.Config) -> bool:
+    """Whether the command line names ``item`` (or its class) by id, from wherever it runs."""
+    here = config.invocation_params.dir
+    for arg in config.args:
+        path, sep, rest = arg.partition("::")
+        if sep and (here / path).resolve() == item.path and \
+                item.nodeid.partition("::")[2].startswith(rest):
+            return True
+    return False
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests of the second tier (marked ``slow`` or ``nemesis``: the long fault and load tests)
-    run only when ``-m`` names their marker or the command line names them by id (.ci/run runs
+    run only when ``-m`` names one of their tiers (``container`` too, for the container tier's
+    slow tests) or the command line names them by id (.ci/run runs
     them after the suite, with the container tier); tests marked ``gpu`` are skipped, with
     the reason, without an NVIDIA GPU."""
     named = config.option.markexpr or ""
-    by_id = [arg for arg in config.args if "::" in arg]  # a test named by its id always runs
     held = [item for item in items
-            if any(item.get_closest_marker(tier) and tier not in named for tier in SECOND_TIER)
-            and not any(item.nodeid.startswith(arg) for arg in by_id)]
+            if _second_tier(item) and not any(tier in named for tier in _tiers(item))
+            and not _named_by_id(item, config)]
     if held:
         config.hook.pytest_deselected(items=held)
         items[:] = [item for item in items if item not in held]

@@ -48,6 +48,9 @@ def test_coin_forecast_is_the_models_forecast_with_send_tasks_fields(data: Path)
     assert {"coin", "model", "horizon", "forecast", "last_date", "n_points", "fit_seconds",
             "worker", "device"} <= set(result)
     assert result["last_date"] == "2020-04-29" and result["n_points"] == 120
+    # a model's name in any case, as the command line and jobs take it
+    again = api.post("/v1/forecasts", json={"coins": ["alpha"], "model": "Linear", "horizon": 4})
+    assert again.status_code == 200 and list(again.json()["results"]["alpha"]) == ["linear"]
 
 
 def test_own_series_and_several_models(data: Path) -> None:

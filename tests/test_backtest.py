@@ -78,6 +78,7 @@ def test_best_takes_the_lowest_mase_and_ties_go_to_the_simpler_model() -> None:
 def test_a_config_out_of_range_is_refused_naming_the_option(option: str, value: object) -> None:
     with pytest.raises(ConfigError, match=f"backtest {option} must be an integer"):
         BacktestConfig(**{option: value})  # type: ignore[arg-type]
+    assert BacktestConfig(horizon=np.int64(3)).horizon == 3  # numpy's integers are integers
 
 
 def test_a_score_json_cannot_hold_is_written_as_null_and_read_back(tmp_path: Path) -> None:

@@ -103,17 +103,24 @@ def test_dates_with_slashes_are_read_in_the_file_s_own_order(tmp_path: Path,
     for name, fmt in (("Us.csv", "%m/%d/%Y"), ("Eu.csv", "%d/%m/%Y")):
         rows = [f"{d.strftime(fmt)},1,1,1,{i + 1},1,1" for i, d in enumerate(days)]
         write(tmp_path, name, HEADER + "\n" + "\n".join(reversed(rows)) + "\n")
-    write(tmp_path, "Either.csv", f"{HEADER}\n03/04/2017,1,1,1,1,1,1\n04/04/2017,1,1,1,2,1,1\n")
+    # every day at most 12: the order whose days follow each other, with a row neither reads
+    early = pd.date_range("2017-09-01", "2017-09-12")
+    for name, fmt in (("Us Early.csv", "%m/%d/%Y"), ("Eu Early.csv", "%d/%m/%Y")):
+        rows = [f"{d.strftime(fmt)},1,1,1,{i + 1},1,1" for i, d in enumerate(early)]
+        write(tmp_path, name, HEADER + "\n" + "\n".join([*rows, "31/31/2017,1,1,1,9,1,1"]) + "\n")
+    write(tmp_path, "Either.csv", f"{HEADER}\n03/04/2017,1,1,1,1,1,1\n04/03/2017,1,1,1,2,1,1\n")
     write(tmp_path, "Unread.csv", f"{HEADER}\n22.09.2017,1,1,1,1,1,1\n21.09.2017,1,1,1,2,1,1\n")
-    write(tmp_path, "Stamped.csv", f"{HEADER}\n2017-09-22 00:00:00,1,1,1,2,1,1\n"
-                                   "2017/09/21,1,1,1,1,1,1\n")
+    write(tmp_path, "Slashed.csv", f"{HEADER}\n2017/09/22,1,1,1,2,1,1\n2017/09/21,1,1,1,1,1,1\n")
     caplog.set_level(logging.WARNING)
     loader = CryptoLoader(tmp_path)
     for coin in ("us", "eu"):
         df = loader.get_df(coin)
         assert list(df["Date"]) == list(days) and list(df["Close"]) == list(range(1, 30))
+    for coin in ("us_early", "eu_early"):
+        df = loader.get_df(coin)
+        assert list(df["Date"]) == list(early) and list(df["Close"]) == list(range(1, 13))
     assert "either" not in loader.get_crypto_names() and "unread" not in loader.get_crypto_names()
-    assert list(loader.get_df("stamped")["Close"]) == [1.0, 2.0]
+    assert list(loader.get_df("slashed")["Close"]) == [1.0, 2.0]
     assert any("Unread.csv" in r.getMessage() and "none of its dates could be read (the first: "
                "'22.09.2017')" in r.getMessage() for r in caplog.records)
     assert any("Either.csv" in r.getMessage() and "day/month and as month/day alike" in
@@ -124,10 +131,13 @@ def test_two_columns_named_alike_are_refused_not_guessed(tmp_path: Path,
                                                           caplog: pytest.LogCaptureFixture) -> None:
     write(tmp_path, "Two.csv", 'Date,Close,Close \n"Jan 01, 2017",1,5\n"Jan 02, 2017",2,5\n')
     write(tmp_path, "One.csv", 'Date,Close,Open \n"Jan 01, 2017",1,5\n"Jan 02, 2017",2,5\n')
+    write(tmp_path, "Same.csv", 'Date,Close,Close\n"Jan 01, 2017",1,5\n"Jan 02, 2017",2,5\n')
     caplog.set_level(logging.WARNING)
     assert CryptoLoader(tmp_path).get_crypto_names() == ["one"]
     assert any("two columns named 'Close' and 'Close '" in r.getMessage()
                for r in caplog.records)
+    assert any("Same.csv" in r.getMessage() and "two columns named 'Close' and 'Close.1'" in
+               r.getMessage() for r in caplog.records)
 
 
 def test_unparseable_rows_are_dropped_with_a_count_and_duplicates_kept_once(

@@ -223,6 +223,10 @@ def test_python_api_returns_arrays_and_prints_one_line_per_coin(cluster: Any,
     assert sorted(line.split()[0] for line in out.getvalue().splitlines()) == ["bitcoin", "dash"]
     assert "bitcoin [[3630.7 3630.7 3630.7]]" in out.getvalue()
     assert manager.last_report is not None and manager.last_report.ok
+    # names as the files give them: results keyed by the coin's id, each coin once
+    again = manager.send_tasks(model="naive", coins=["Bitcoin", "bitcoin", "Bitcoin Cash"],
+                               horizon=3)
+    assert sorted(again) == ["bitcoin", "bitcoin_cash"]
 
 
 @pytest.mark.parametrize(("coins", "horizon", "timeout", "says"), [
@@ -256,8 +260,6 @@ def test_a_python_callers_coins_string_is_a_comma_list_not_its_letters() -> None
     assert checked_call("bitcoin, ethereum", 10, None) == ["bitcoin", "ethereum"]
     assert checked_call(("bitcoin",), 10, 60.0) == ["bitcoin"]
     assert checked_call(None, 10, None) is None
-    # names as the files give them are the ids results are keyed by, each coin once
-    assert checked_call(["Bitcoin", "Bitcoin Cash", "bitcoin"], 10, None) == [
-        "bitcoin", "bitcoin_cash"]
+    assert checked_call(["bitcoin", "dash", "bitcoin"], 10, None) == ["bitcoin", "dash"]
     with pytest.raises(ConfigError, match="coins must be names or ids"):
         checked_call(["bitcoin", 5], 10, None)  # type: ignore[list-item]

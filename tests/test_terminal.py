@@ -122,7 +122,7 @@ def test_one_stdout_format_json_lines_and_output(cluster: Any, price_data: Path,
     (["send-tasks", "--coins", "bitcoin", "--plot", "README.md/forecast.png"],
      "--plot README.md/forecast.png: cannot write in README.md"),
     (["send-tasks", "--coins", "bitcoin", "--plot", "/tmp/forecast.txt"],
-     "--plot /tmp/forecast.txt: name the picture's file with one of .png"),
+     "--plot /tmp/forecast.txt: name the picture's file with one of ."),
     (["backtest", "--coins", "Bitcoin,notacoin"], "unknown coin(s) 'notacoin'"),
     # a folder no file can be made in, whatever its permissions say (as root too)
     (["backtest", "--coins", "bitcoin", "--out", "/proc/crypto-ml-nope"],

@@ -126,8 +126,9 @@ class CoinData:
 
 
 def model_list(spec: str | list[str]) -> list[str]:
+    """The body's model names, in any case (as the command line and jobs take them), once."""
     names = spec.split(",") if isinstance(spec, str) else spec
-    return list(dict.fromkeys(n.strip() for n in names if n.strip()))
+    return list(dict.fromkeys(n.strip().lower() for n in names if n.strip()))
 
 
 class ForecastService:

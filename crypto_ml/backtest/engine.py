@@ -93,7 +93,7 @@ class BacktestConfig:
             value = getattr(self, name)
             if value is None and name in ("max_points", "epochs"):
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
                 raise ConfigError(f"backtest {name} must be an integer of at least {low}, "
                                   f"got {value!r}")
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -159,12 +161,20 @@ def write_all(result: BacktestResult, folder: Path) -> list[Path]:
     """``backtest.json``, ``backtest.csv`` and ``backtest.png`` in ``folder``;
     OutputUnwritable, in one line, when the folder refuses them (a full disk, say)."""
     paths = [folder / "backtest.json", folder / "backtest.csv", folder / "backtest.png"]
-    try:
+    with refused_as_unwritable(folder):
         folder.mkdir(parents=True, exist_ok=True)
         write_json(result, paths[0])
         write_csv(result, paths[1])
         write_chart(result, paths[2])
+    return paths
+
+
+@contextlib.contextmanager
+def refused_as_unwritable(folder: Path) -> Iterator[None]:
+    """An OSError while writing into ``folder`` (a full disk, say) as OutputUnwritable: one
+    line, the tables having been printed."""
+    try:
+        yield
     except OSError as exc:
         raise OutputUnwritable(f"could not write the backtest into {folder} "
                                f"({exc.strerror or exc}); its tables are printed above") from None
-    return paths

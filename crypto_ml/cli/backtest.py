@@ -13,7 +13,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crypto_ml.backtest.engine import BacktestConfig, run_backtest
-from crypto_ml.backtest.report import summary, window_table, write_all
+from crypto_ml.backtest.report import (
+    refused_as_unwritable,
+    summary,
+    window_table,
+    write_all,
+)
 from crypto_ml.cli.helptext import help_texts
 from crypto_ml.cli.options import (
     add_cluster_options,
@@ -141,14 +146,16 @@ def backtest_command(request: BacktestRequest, manager: CryptoManager,
         if len(request.windows) > 1:
             print(f"== window: {name} ==", file=manager.out)
         print(summary(result), file=manager.out, flush=True)
-        if request.out:
-            folder = request.out if len(request.windows) == 1 else request.out / f"window-{name}"
-            for path in write_all(result, folder):
-                console.info(f"wrote {path}")
-    if len(request.windows) > 1:
-        table = window_table(results)
+    table = window_table(results) if len(results) > 1 else None
+    if table is not None:
         print(f"\nwindows compared (mean over coins; best window per model by MASE):\n{table}",
               file=manager.out, flush=True)
-        if request.out:
-            (request.out / "windows.txt").write_text(table + "\n")
+    if request.out:  # every table printed first: a folder that refuses the files loses none
+        for name, result in results.items():
+            folder = request.out if table is None else request.out / f"window-{name}"
+            for path in write_all(result, folder):
+                console.info(f"wrote {path}")
+        with refused_as_unwritable(request.out):
+            if table is not None:
+                (request.out / "windows.txt").write_text(table + "\n")
     return 1 if any(r.failed for r in results.values()) else 0

@@ -4,8 +4,8 @@
 Real files are untidy, so the loader finds columns by name (any case, any
 order), accepts a BOM and CRLF line ends, parses quoted thousands
 (``"1,194,830,000"``), ``-`` as missing, abbreviated and full month names, dates with slashes in
-the file's own order (day/month or month/day: the one that reads them all) and
-spreadsheet serial dates, sorts rows oldest first and keeps one row per date.
+the file's own order (day/month or month/day: the one that reads them, or whose
+days follow each other) and spreadsheet serial dates, sorts rows oldest first and keeps one row per date.
 A file that cannot be a price series (the ``100 List.csv`` ranking, an empty or
 header-only file, something that is not CSV) is skipped with one warning that
 names it; rows whose date or close cannot be parsed are dropped with a count.
@@ -16,6 +16,7 @@ finds the files and :mod:`~crypto_ml.data.loader` serves them by coin.
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ __all__ = ["BadFile", "coin_id", "parse_price_csv", "read_raw_csv", "tidy_prices
 
 REQUIRED = ("Date", "Close")
 NUMERIC = ("Open", "High", "Low", "Close", "Volume", "Market Cap")
-DATE_FORMATS = ("%b %d, %Y", "%B %d, %Y", "%Y-%m-%d", "%Y-%m-%d %H:%M:%S", "%Y/%m/%d")
+DATE_FORMATS = ("%b %d, %Y", "%B %d, %Y", "%Y-%m-%d", "%Y/%m/%d")
 #: Dates with slashes, in either order: a file's own order is the one that reads all of them.
 SLASH_ORDERS = ("%d/%m/%Y", "%m/%d/%Y")
 SPREADSHEET_EPOCH = pd.Timestamp("1899-12-30")
@@ -56,15 +57,25 @@ def _parse_dates(raw: pd.Series) -> pd.Series:
 
 
 def _slash_dates(text: pd.Series) -> pd.Series:
-    """Dates like ``22/09/2017`` or ``09/22/2017``: in the order that reads every one of them
-    (the one that reads more, if neither does: the others are dropped as unreadable); BadFile
-    when both read them all to different days (``03/04/2017`` throughout: say which)."""
+    """Dates like ``22/09/2017`` or ``09/22/2017``, in the file's own order: the one that reads
+    more of them (rows only one order reads settle it), else, the two reading the same rows to
+    other days, the one whose days follow each other more closely (daily prices); BadFile
+    when even that does not tell them apart (``03/04/2017`` and ``04/03/2017`` alone)."""
     tries = [pd.to_datetime(text, format=fmt, errors="coerce") for fmt in SLASH_ORDERS]
-    whole = [got for got in tries if got.notna().all()]
-    if len(whole) == 2 and not whole[0].equals(whole[1]):
-        raise BadFile(f"its dates (such as {text.iloc[0]!r}) read as day/month and as "
-                      "month/day alike; write them as YYYY-MM-DD")
-    return whole[0] if whole else max(tries, key=lambda got: int(got.notna().sum()))
+    counts = [int(got.notna().sum()) for got in tries]
+    if counts[0] != counts[1] or tries[0].equals(tries[1]):
+        return tries[0] if counts[0] >= counts[1] else tries[1]
+    steps = [_typical_step(got) for got in tries]
+    if steps[0] != steps[1]:
+        return tries[0] if steps[0] < steps[1] else tries[1]
+    raise BadFile(f"its dates (such as {text.iloc[0]!r}) read as day/month and as month/day "
+                  "alike; write them as YYYY-MM-DD")
+
+
+def _typical_step(dates: pd.Series) -> float:
+    """The median gap between the distinct dates read (inf for fewer than two)."""
+    days = dates.dropna().drop_duplicates().sort_values()
+    return float(days.diff().dt.days.median()) if len(days) > 1 else float("inf")
 
 
 def _parse_numbers(raw: pd.Series) -> pd.Series:
@@ -115,8 +126,9 @@ def _columns_by_name(columns: Any) -> dict[str, Any]:
     read = {c.lower() for c in (*REQUIRED, *NUMERIC)}
     for column in columns:
         key = str(column).strip().lower()
-        if key in by_name and key in read:
-            raise BadFile(f"it has two columns named {by_name[key]!r} and {column!r}; keep one")
+        base = re.sub(r"\.\d+$", "", key)  # "close.1": pandas' name for a second "Close"
+        if base in read and base in by_name:
+            raise BadFile(f"it has two columns named {by_name[base]!r} and {column!r}; keep one")
         by_name.setdefault(key, column)
     return by_name
 

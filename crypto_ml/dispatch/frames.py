@@ -5,8 +5,9 @@ statsforecast user switches with one line. The frame goes through the same path 
 ``send-tasks --input`` (:mod:`~crypto_ml.dispatch.table_run`), on the cluster the
 settings name or on the embedded default, into a temporary Parquet file read back
 as the result. Failed forecasts are listed in ``result.attrs["failures"]``
-(``{"unique_id", "model", "error"}`` records); with ``fallback_model``, those it forecast
-instead are listed too, their ``error`` beginning ``filled by fallback <name>:``.
+(``{"unique_id", "model", "error"}`` records, the id under ``id_col``'s name); with
+``fallback_model``, those it forecast instead are listed too, their ``error`` beginning
+``filled by fallback <name>:``.
 """
 
 from __future__ import annotations

@@ -86,8 +86,7 @@ def checked_call(coins: str | Sequence[str] | None, horizon: object,
         raise ConfigError("coins is empty; pass None for every coin")
     if not all(isinstance(name, str) for name in names):
         raise ConfigError(f"coins must be names or ids (text), got {names!r}")
-    # each coin by its id, once, however it is written (``Bitcoin Cash``: bitcoin_cash)
-    return list(dict.fromkeys(coin_id(name) for name in names))
+    return list(dict.fromkeys(names))
 
 
 def whole_closes(max_points: object) -> int | None:
@@ -184,6 +183,10 @@ class CryptoManager:
         """
         levels = check_levels(levels)
         windows = {m: default_max_points(m) if max_points is None else max_points for m in models}
+        if coins and isinstance(self.loader, CryptoLoader):
+            # each coin by its id, once, however written (``Bitcoin Cash``: bitcoin_cash); a
+            # table's series keep their exact ids
+            coins = list(dict.fromkeys(coin_id(c) for c in coins))
         names = list(coins) if coins else self.loader.get_crypto_names()
         requests = []
         for coin in names:

@@ -33,16 +33,17 @@ def model_color(model: str) -> str:
     return cls.color if cls is not None else "tab:red"
 
 
-#: The picture formats a plot is written in (matplotlib's, chosen by the file's suffix).
-PICTURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
-
-
 def picture_problem(path: Path) -> str | None:
-    """Why no picture can be written under ``path``'s name (its suffix), or None."""
-    if path.suffix.lower() in PICTURE_SUFFIXES:
+    """Why no picture can be written under ``path``'s name (matplotlib picks the format by
+    its suffix), or None."""
+    from matplotlib.backend_bases import FigureCanvasBase  # lazy: only a run with --plot
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix.lower().lstrip(".") in formats:
         return None
-    return (f"name the picture's file with one of {', '.join(PICTURE_SUFFIXES)} (the format "
+    return (f"name the picture's file with one of .{', .'.join(sorted(formats))} (the format "
             "follows the name)")
+
 
 @dataclass(frozen=True)
 class PlotInfo:
