@@ -64,7 +64,8 @@ def test_own_series_and_several_models(data: Path) -> None:
 
 
 @pytest.mark.parametrize(("body", "loc", "words"), [
-    ({"coins": ["nosuch"], "model": "linear"}, ["body", "coins", 0], "unknown coin 'nosuch'"),
+    ({"coins": ["nosuch"], "model": "linear"}, ["body", "coins", 0],
+     "unknown coin 'nosuch'; list the known ids with GET /v1/coins"),
     ({"coins": ["alpha"], "model": "prophet"}, ["body", "model"], "unknown model 'prophet'"),
     ({"coins": ["alpha"], "horizon": 400}, ["body", "horizon"], "at most 365"),
     ({"coins": ["alpha"], "horizon": 0}, ["body", "horizon"], "greater than or equal to 1"),

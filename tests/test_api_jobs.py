@@ -91,6 +91,10 @@ def test_a_job_s_fallback_model_fills_what_its_model_fails_on(server: Server) ->
         pd.testing.assert_frame_equal(pd.read_parquet(io.BytesIO(raw)), pd.read_parquet(str(path)))
     status, raw, _ = download(server, accepted["id"], "output", headers={"Range": "bytes=0-3"})
     assert (status, raw) == (206, b"PAR1")  # a broken download goes on where it stopped
+    whole = Path(str(final["output"])).read_bytes()
+    for odd in ("garbage", "bytes=5-2", f"bytes={len(whole) + 10}-"):  # ignored: the whole file
+        status, raw, kind = download(server, accepted["id"], "output", headers={"Range": odd})
+        assert (status, raw, kind) == (200, whole, "application/vnd.apache.parquet"), odd
     head = urllib.request.Request(f"{server.url}/v1/jobs/{accepted['id']}/output", method="HEAD",
                                   headers={"Authorization": f"Bearer {KEY}"})
     with urllib.request.urlopen(head, timeout=60) as reply:  # its size, before the download

@@ -41,16 +41,17 @@ from typing import Any
 import redis
 from celery import Celery
 
-from crypto_ml.core.errors import ConfigError, CryptoMLError
+from crypto_ml.core.errors import ConfigError, CryptoMLError, InvalidTable
 from crypto_ml.core.settings import Settings
 from crypto_ml.data.table import Columns, TableSource
+from crypto_ml.data.table_checks import as_given
 from crypto_ml.dispatch.capacity import InFlight
 from crypto_ml.dispatch.table_output import TableOutput, failures_path
 from crypto_ml.dispatch.table_run import TablePlan, run_table
 from crypto_ml.models import parse_fallback, parse_models
 from crypto_ml.worker.app import table_queue
 
-from .inputs import discard_copy, read_input
+from .inputs import BODY_COLUMNS, discard_copy, read_input
 from .job_files import finished_table, is_job_id, output_of, resumable, same_run, sweep, take_over
 from .job_store import JobRecords, JobStore, replica_id, status_of, stopped_error
 from .schemas import JobBody, JobState
@@ -219,7 +220,9 @@ class Jobs:
                 return "failed", stopped_error(self.replica, job.stop_reason)
             return "cancelled", None
         except (CryptoMLError, OSError, redis.RedisError) as exc:  # the broker refused...
-            return "failed", f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, InvalidTable):  # the input itself: a resume reads it alike
+                job.resumable = False
+            return "failed", self._in_body_words(job, source, f"{type(exc).__name__}: {exc}")
         except Exception as exc:  # a bug: say so in the job, keep the server up
             log.exception("job %s failed", job.id)
             return "failed", f"{type(exc).__name__}: {exc}"
@@ -230,6 +233,15 @@ class Jobs:
             return "failed", (f"{len(summary.chunks_failed)} chunk(s) did not come back "
                               f"({first}); no output was written{fix}")
         return "done", None
+
+    def _in_body_words(self, job: Job, source: TableSource, message: str) -> str:
+        """A run's error as the body put it: its input as given, no path of the server's."""
+        given = str(job.run.get("input", ""))
+        message = as_given(message, f"input {given[:200]!r}", Path(source.path), given,
+                           BODY_COLUMNS)
+        for root in {str(self.settings.data_dir), str(self.settings.data_dir.resolve())}:
+            message = message.replace(f"{root}/", "")
+        return message
 
     def _settle(self, job: Job) -> None:
         """Write the job's final record (retried by the syncer if Redis is away now)."""

@@ -16,6 +16,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.params import Depends
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
 from crypto_ml.core.errors import ConfigError, DataNotFound, JobConflict
 from crypto_ml.core.settings import Settings
@@ -55,6 +56,24 @@ def _not_found(what: str) -> HTTPException:
                          "or made by an embedded cluster since restarted)")
 
 
+#: A request body over CRYPTO_ML_API_MAX_BODY (the body-size middleware answers it).
+TOO_LARGE: dict[int | str, dict[str, Any]] = {
+    413: {"model": Problem, "description": "body too large"}}
+
+
+class TableFile(FileResponse):
+    """A job's Parquet file. A Range it can serve gets 206; any other (malformed, or past the
+    end) is ignored and the whole file sent (200), as HTTP allows, so that every answer is one
+    the API documents, never Starlette's plain-text 400 or 416."""
+
+    @classmethod
+    def _parse_range_header(cls, http_range: str, file_size: int) -> list[tuple[int, int]]:
+        try:
+            return super()._parse_range_header(http_range, file_size)
+        except (MalformedRangeHeader, RangeNotSatisfiable):
+            return []  # no range: the whole file
+
+
 def forecast_routes(settings: Settings, runs: Runs, service: ForecastService,
                     metrics: ApiMetrics, authorized: Sequence[Depends]) -> APIRouter:
     """``POST /v1/forecasts`` and ``GET /v1/forecasts/{id}``."""
@@ -63,8 +82,7 @@ def forecast_routes(settings: Settings, runs: Runs, service: ForecastService,
     @router.post("/v1/forecasts", summary="Forecast coins or your own series",
                  responses={200: {"model": RunStatus, "description": "finished within wait"},
                             202: {"model": Accepted, "description": "queued; poll status_url"},
-                            **UNAUTHORIZED,
-                            413: {"model": Problem, "description": "body too large"},
+                            **UNAUTHORIZED, **TOO_LARGE,
                             422: {"model": Unprocessable,
                                   "description": "a field is invalid; the body names it"},
                             503: {"model": Problem,
@@ -116,7 +134,7 @@ def job_routes(jobs: Jobs | None, authorized: Sequence[Depends]) -> APIRouter:
 
     @router.post("/v1/jobs", status_code=202, response_model=JobAccepted,
                  summary="Forecast a long table of the data directory into Parquet",
-                 responses={**UNAUTHORIZED,
+                 responses={**UNAUTHORIZED, **TOO_LARGE,
                             409: {"model": Problem,
                                   "description": "resume names a job that did not fail, or "
                                                  "one already resumed"},
@@ -171,16 +189,19 @@ def job_routes(jobs: Jobs | None, authorized: Sequence[Depends]) -> APIRouter:
         if path is None:
             raise _not_found(f"job {job_id[:100]!r}")
         suffix = "" if table == "output" else ".failures"
-        return FileResponse(path, media_type=PARQUET, filename=f"{job_id}{suffix}.parquet")
+        return TableFile(path, media_type=PARQUET, filename=f"{job_id}{suffix}.parquet")
 
     for table, what in (("output", "forecasts, in the layout of `send-tasks --output`"),
                         ("failures", "failures table (unique_id, model, error)")):
         router.add_api_route(
             f"/v1/jobs/{{job_id}}/{table}", serving(table),
-            methods=["GET", "HEAD"], response_class=FileResponse, name=f"job_{table}",
+            methods=["GET", "HEAD"], response_class=TableFile, name=f"job_{table}",
             summary=f"A done job's {what}, as Parquet",
             responses={200: {"content": {PARQUET: {"schema": BINARY}},
                             "description": "the Parquet file"},
+                       206: {"content": {PARQUET: {"schema": BINARY}},
+                             "description": "the bytes a Range header asked for (a Range "
+                                            "that cannot be served is ignored: 200)"},
                        **UNAUTHORIZED, **_problems({
                            404: "no such job (or expired)", 409: "the job is not done",
                            410: "the file was removed from the jobs folder",

@@ -217,8 +217,9 @@ class ForecastService:
                 break
             try:
                 prices, last = self.coins.prices(coin)
-            except (CoinNotFound, DataNotFound) as exc:
-                errors.append(problem(["coins", i], str(exc)))
+            except (CoinNotFound, DataNotFound) as exc:  # in an HTTP client's words
+                errors.append(problem(["coins", i], str(exc).replace(
+                    "with CryptoLoader().get_crypto_names()", "with GET /v1/coins")))
                 continue
             out.append((["coins", i], coin, prices, last))
         return out
