@@ -349,7 +349,8 @@ def test_output_failing_after_the_run_keeps_the_results(cluster: Any, price_data
 @pytest.mark.integration  # a cluster and a command in a subprocess
 def test_a_plot_failing_after_the_run_is_one_line(cluster: Any, price_data: Path,
                                                   tmp_path: Path) -> None:
-    plot = tmp_path / "forecast.xyz"  # a format matplotlib does not write: fails at the end
+    plot = tmp_path / "forecast.png"  # a disk that is full by the end: fails after the run
+    plot.symlink_to("/dev/full")
     run = run_cli("send-tasks", "--coins", "bitcoin", "--plot", str(plot), "-q",
                   "--broker", cluster.broker_url, data_dir=price_data)
     assert run.returncode == 1 and len(lines(run.stdout)) == 1

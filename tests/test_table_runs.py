@@ -99,7 +99,7 @@ def test_a_fallback_model_forecasts_the_series_a_model_fails_on(
 @pytest.mark.parametrize(("args", "words"), [
     (["--fallback-model", "lstm"], "--fallback-model: 'lstm' is a deep model"),
     (["--fallback-model", "naive,ets"], "--fallback-model: a fallback is one model, got naive, ets"),
-    (["--fallback-model", "Naive"], "statsforecast's Naive is 'naive' here"),
+    (["--fallback-model", "AutoETS"], "statsforecast's AutoETS is 'ets' here"),
     (["--fallback-model", "prophet"], "choose from naive, linear, ets, theta, arima\n"),
     (["--model", "ets", "--fallback-model", "ets"], "'ets' is the model it would stand in for"),
     (["--model", "linear", "--max-points", "5"],  # as a folder run refuses it
