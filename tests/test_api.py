@@ -199,6 +199,19 @@ def test_api_keys_are_required_when_configured(data: Path) -> None:
     assert api.get("/metrics").status_code == 200
 
 
+def test_head_answers_as_get_does_without_the_body(data: Path) -> None:
+    api = make(data, api_keys=("k1-secret",))
+    key = {"Authorization": "Bearer k1-secret"}
+    for path, headers in (("/healthz", {}), ("/v1/coins", key), ("/v1/models", key),
+                          ("/metrics", {})):
+        got, head = api.get(path, headers=headers), api.head(path, headers=headers)
+        assert (head.status_code, head.content) == (200, b""), path
+        assert head.headers["content-type"] == got.headers["content-type"], path
+    assert api.head("/v1/coins").status_code == 401  # the same keys
+    assert api.head("/v1/forecasts/" + "0" * 32, headers=key).status_code == 404
+    assert api.head("/v1/forecasts", headers=key).status_code == 405  # POST only
+
+
 def test_bodies_above_the_cap_get_413(data: Path) -> None:
     api = make(data, api_max_body=1000)
     big = {"series": {"s": [1.0] * 500}}

@@ -173,7 +173,26 @@ def create_app(settings: Settings, runs: Runs,
     app.state.runs = runs
     app.add_middleware(_Wrap, wrap=lambda inner: body_cap(inner, settings.api_max_body))
     app.add_middleware(_Wrap, wrap=metrics.middleware)
+    app.add_middleware(_Wrap, wrap=head_as_get)
     return app
+
+
+def head_as_get(app: Any) -> Any:
+    """ASGI middleware: HEAD answers as GET does, without the body (HTTP: a server that takes GET
+    takes HEAD); FastAPI's routes take GET alone, so HEAD got 405."""
+
+    async def head(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] != "HEAD":
+            await app(scope, receive, send)
+            return
+
+        async def bodiless(message: Message) -> None:
+            await send({**message, "body": b""} if message["type"] == "http.response.body"
+                       else message)
+
+        await app({**scope, "method": "GET"}, receive, bodiless)
+
+    return http_only(app, head)
 
 
 def add_error_handlers(app: FastAPI) -> None:
