@@ -237,10 +237,10 @@ class BacktestResult:
                    data.get("skipped", {}), data.get("windows", {}))
 
 
-def _finite_or_inf(value: float | None) -> float:
-    """``value``, NaN or null (a file's score that JSON cannot hold) as inf: a score that
-    cannot rank above any other."""
-    return float("inf") if value is None or np.isnan(value) else float(value)
+def _finite_or_inf(value: float) -> float:
+    """``value``, NaN as inf (a score that cannot rank above any other; a file's null is read
+    as NaN by :meth:`BacktestResult.from_json`)."""
+    return float("inf") if np.isnan(value) else float(value)
 
 
 class _Collector:

@@ -155,7 +155,7 @@ def backtest_command(request: BacktestRequest, manager: CryptoManager,
             folder = request.out if table is None else request.out / f"window-{name}"
             for path in write_all(result, folder):
                 console.info(f"wrote {path}")
-        with refused_as_unwritable(request.out):
-            if table is not None:
+        if table is not None:
+            with refused_as_unwritable(request.out):
                 (request.out / "windows.txt").write_text(table + "\n")
     return 1 if any(r.failed for r in results.values()) else 0
