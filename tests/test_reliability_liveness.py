@@ -34,7 +34,7 @@ from crypto_ml.core import keys
 from crypto_ml.dispatch.cluster import LocalCluster
 from crypto_ml.dispatch.envelope import task_envelope
 from crypto_ml.ops.processes import wait_until
-from crypto_ml.worker.liveness import Liveness, alive_key, held_key
+from crypto_ml.worker.liveness import BEAT_GAP, Liveness, alive_key, held_key
 from crypto_ml.worker.requests import TASK_NAME, ForecastRequest
 
 pytestmark = pytest.mark.integration
@@ -173,6 +173,31 @@ def test_a_worker_sees_when_redis_lost_its_last_beat() -> None:
     assert beat._lost_our_last_beat(b"1700000001.5")  # a failover lost the newest writes
     beat.last_beat = time.monotonic() - 3  # silent for dead_after: the key may have expired
     assert not beat._lost_our_last_beat(None)
+
+
+def test_a_burst_of_deliveries_is_recorded_by_a_few_beats_not_one_each(
+        cluster: LocalCluster) -> None:
+    # under load a worker receives a message every few ms; each used to wake a whole beat
+    # (a MULTI/EXEC of seven commands and a slots HSET), which cost its parent more than the
+    # message did. Every delivery must still be recorded, soon after it came.
+    held: dict[str, None] = {}
+    beat = Liveness(app=app_for(cluster), worker_id=f"burst-{uuid.uuid4().hex}/1/00",
+                    heartbeat_seconds=30, dead_after=60, held_ttl=60, holdings=lambda: dict(held))
+    beat.start()
+    try:
+        wait_until(lambda: beat.beats == 1, 20, "the first beat")
+        started = time.monotonic()
+        for i in range(100):
+            held[f"tag-{i}"] = None
+            beat.wake()
+            time.sleep(0.01)  # deliveries 10 ms apart (the pace, not a wait for a result)
+        wait_until(lambda: cluster.client().hlen(held_key(beat.worker_id)) == 100, 10,
+                   "every delivery recorded")
+        elapsed = time.monotonic() - started
+        assert 1 < beat.beats <= 2 + elapsed / BEAT_GAP + 1, (beat.beats, elapsed)
+    finally:
+        beat.stop()
+    assert not cluster.client().exists(held_key(beat.worker_id))
 
 
 def test_a_record_the_sweep_cannot_read_does_not_stop_it(cluster: LocalCluster) -> None:

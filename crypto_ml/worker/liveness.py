@@ -18,7 +18,9 @@ process (the parent, not the pool) runs one thread that, every
    (:meth:`Liveness.record_again`). Then it says how many tasks it runs at once (its pool's
    processes), when, and from which queues, in the hash ``crypto_ml:slots``: the manager
    sizes a table run's messages in flight by the sum over the workers that beat
-   (:mod:`crypto_ml.dispatch.capacity`).
+   (:mod:`crypto_ml.dispatch.capacity`). A received message also wakes the beat, so that it
+   is recorded within :data:`BEAT_GAP` of its delivery, not a whole ``heartbeat_seconds``
+   later (a burst of deliveries shares one beat).
 2. **sweeps**: every registered worker whose ``alive`` key has expired is dead. For
    each tag in its ``held`` hash whose ``unacked_index`` score still equals the time
    the dead worker wrote, the message is moved back to its queue (front) in a WATCH
@@ -53,6 +55,9 @@ from crypto_ml.core import keys
 
 log = logging.getLogger(__name__)
 
+#: The least time between two beats woken by deliveries (seconds): a message received in it
+#: is recorded at most this much later than it was taken
+BEAT_GAP = 0.2
 SCORE_TOLERANCE = 1e-3  # scores are times; another delivery differs by far more
 #: what a record this module cannot read raises (not JSON, not [message, exchange, routing
 #: key], a score that is not a time, a key of another type): that record is skipped, the sweep
@@ -127,7 +132,8 @@ class Liveness(threading.Thread):
 
     # -- thread -----------------------------------------------------------------------------
     def wake(self) -> None:
-        """Record holdings now (a message was just received), not at the next beat."""
+        """Record holdings soon (a message was just received), not at the next beat: at once
+        after a quiet spell, else :data:`BEAT_GAP` after the last beat."""
         self.woken.set()
 
     def run(self) -> None:
@@ -146,6 +152,15 @@ class Liveness(threading.Thread):
                 self._drop_connection()
             self.woken.wait(self.interval)
             self.woken.clear()
+            self._gap()
+
+    def _gap(self) -> None:
+        """Woken by a delivery soon after a beat: wait until :data:`BEAT_GAP` after it, so
+        that one beat records a burst of deliveries (under load a worker receives a message
+        every few ms; a beat each cost its parent process more than the message itself)."""
+        if self.last_beat is not None:
+            self.stopping.wait(max(0.0, min(BEAT_GAP, self.interval)
+                                   - (time.monotonic() - self.last_beat)))
 
     def stop(self, deregister: bool = True) -> None:
         """Stop beating; with ``deregister`` delete this worker's keys (clean shutdown)."""
