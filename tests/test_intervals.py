@@ -11,7 +11,8 @@ import pytest
 from crypto_ml.backtest.metrics import geometric_mean, interval_scores, relative_mae
 from crypto_ml.core.errors import InvalidTaskInput
 from crypto_ml.data.loader import CryptoLoader
-from crypto_ml.models import default_max_points, get_model
+from crypto_ml.models import default_max_points, get_model, model_class
+from crypto_ml.models.batch import predict_batch
 from crypto_ml.models.intervals import (
     calibration_origins,
     check_levels,
@@ -89,6 +90,35 @@ def test_a_series_that_is_not_a_price_gets_a_walk_in_its_value_that_covers() -> 
         np.testing.assert_allclose(upper - prediction.forecast, prediction.forecast - lower)
         inside.extend((path[200:] >= lower) & (path[200:] <= upper))
     assert abs(100 * np.mean(inside) - 80) < 5
+
+
+def test_one_close_gets_no_intervals_of_no_width_on_either_path() -> None:
+    """A single close has no daily change to size a random walk: its naive forecast fails,
+    naming why and what to do, one series at a time and in a table's batch alike (it was
+    written with bands of no width); with no intervals asked, the forecast stands."""
+    with pytest.raises(InvalidTaskInput, match=r"1-close series.*--levels none"):
+        get_model("naive").fit(np.array([5.0])).predict(3, (80, 95))
+    assert get_model("naive").fit(np.array([5.0])).predict(3, ()).forecast.tolist() == [5.0] * 3
+    batch = predict_batch(model_class("naive"), [np.array([5.0]), np.array([4.0, 5.0])], 3,
+                          (80,))
+    assert "1-close series" in batch.errors[0] and 1 not in batch.errors
+    lower, upper = batch.bands["80"]
+    assert np.isnan(lower[0]).all() and (upper[1] > lower[1]).all()
+
+
+def test_a_last_close_of_zero_gets_random_walk_widths_not_none() -> None:
+    """Conformal widths are relative to the last close: at 0 they were all 0 (a table's linear
+    forecast of 4,175 written with lo-95 = hi-95). Now the forecast gets random-walk widths
+    around it instead, and says so; the table's batch path gives the same numbers."""
+    rng = np.random.default_rng(3)
+    series = np.append(100.0 + np.cumsum(rng.normal(0.0, 2.0, 99)), 0.0)
+    prediction = get_model("linear").fit(series).predict(5, (95,))
+    lower, upper = prediction.bands["95"]
+    assert (upper - lower > 0).all()
+    assert prediction.method.startswith("random walk (a last close of 0")
+    batch = predict_batch(model_class("linear"), [series, series + 1.0], 5, (95,))
+    np.testing.assert_allclose(batch.bands["95"][0][0], lower)
+    np.testing.assert_allclose(batch.bands["95"][1][0], upper)
 
 
 def test_conformal_intervals_cover_a_simulated_random_walk_roughly() -> None:

@@ -125,7 +125,7 @@ def test_a_bad_chunk_is_refused_naming_the_argument(change: dict, problem: str) 
 
 
 def test_a_fallback_model_fills_the_series_a_model_fails_on_and_says_so() -> None:
-    good, negative, short = _series()[0], -_series()[1], np.array([3.0])
+    good, negative, short = _series()[0], -_series()[1], np.array([2.0, 3.0])
     plan = TablePlan.of(["ets"], 4, LEVELS, fallback="naive")
     series = [good, negative, short, np.array([])]
     kwargs = chunk_kwargs(plan.models, 4, LEVELS, np.array([len(s) for s in series]),
@@ -587,6 +587,47 @@ def test_a_chunk_failing_whole_is_split_and_every_series_counted_once(
         "TaskTimedOut")
 
 
+class _GivingUpEngine(_ScriptedEngine):
+    """Answers the first chunk, times out on the second and never sends the rest, as a run
+    whose ``--timeout`` passed with no result does."""
+
+    def run(self, messages, timeout, max_in_flight=None, run_id=None):  # type: ignore[no-untyped-def]
+        from celery import states
+
+        from crypto_ml.dispatch.engine import Outcome
+        sent = iter(messages)
+        first = next(sent)
+        size = len(first.kwargs["_ids"]) * first.kwargs["horizon"]
+        yield Outcome(first, "t", {"status": states.SUCCESS, "result": {
+            "errors": [], "forecasts": {"naive": {"mean": [1.0] * size}}}})
+        yield Outcome(next(sent), "t", None)
+
+
+def test_chunks_a_timed_out_run_never_sent_are_counted_as_failed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import crypto_ml.dispatch.table_run as table_run
+
+    sent = table_run._Run._message
+
+    def labelled(run: object, chunk: SeriesChunk, key: int) -> object:
+        message = sent(run, chunk, key)  # type: ignore[arg-type]
+        message.kwargs["_ids"] = list(chunk.ids)
+        return message
+    monkeypatch.setattr(table_run._Run, "_message", labelled)
+    monkeypatch.setattr(table_run, "Dispatcher", _GivingUpEngine)
+    source = TableSource(pa.Table.from_pandas(random_walks(5, 4), preserve_index=False))
+    source.check()
+    plan = TablePlan.of(["naive"], 2, (), chunk_series=2)
+    out, progress = tmp_path / "o.parquet", []
+    summary = table_run.run_table(None, source, TableOutput(out, plan.describe(source)),  # type: ignore[arg-type]
+                                  plan, on_progress=lambda d, f: progress.append((d, f)),
+                                  say=lambda line: None, timeout=1.0)
+    assert np.sum(progress, axis=0).tolist() == [2, 3]  # every series counted, once
+    assert sorted(summary.chunks_failed) == [1, 2] and not out.exists()
+    assert summary.chunks_failed[1].startswith("no result within 1 s")
+    assert summary.chunks_failed[2].startswith("not sent") and summary.retry_helps()
+
+
 def _plan_and_rows(tmp_path: Path, numbered: bool = False
                    ) -> tuple[TablePlan, TableSource, list]:
     frame = random_walks(9, 40)
@@ -696,6 +737,24 @@ def test_the_same_output_for_another_run_is_refused_naming_the_difference(tmp_pa
                        overwrite=True).done_chunks() == set()
     manifest = json.loads((tmp_path / ".o.parquet.parts" / "manifest.json").read_text())
     assert manifest["horizon"] == 5
+
+
+def test_an_output_no_run_wrote_is_named_so_and_kept(tmp_path: Path) -> None:
+    plan, source, _ = _plan_and_rows(tmp_path)
+    foreign = tmp_path / "theirs.parquet"
+    pq.write_table(pa.table({"x": [1, 2]}), foreign)
+    with pytest.raises(OutputMismatch, match="no crypto-ml table run wrote") as refused:
+        TableOutput(foreign, plan.describe(source)).finished()
+    assert "holds another run" not in str(refused.value)
+    assert pq.read_table(foreign).column("x").to_pylist() == [1, 2]
+
+
+def test_a_run_over_every_close_is_said_as_all_closes(tmp_path: Path) -> None:
+    plan, source, parts = _plan_and_rows(tmp_path)
+    _written(tmp_path / "o.parquet", plan, source, parts)
+    every = TablePlan.of(["naive", "linear"], 4, LEVELS, max_points=0, chunk_series=4)
+    with pytest.raises(OutputMismatch, match=r"now naive \(all closes\),linear \(all closes\)"):
+        TableOutput(tmp_path / "o.parquet", every.describe(source)).finished()
 
 
 @pytest.mark.parametrize("name", ["out.json", "no-such-folder/out.parquet"])

@@ -57,13 +57,37 @@ def test_a_folder_whose_files_store_columns_in_other_types_is_read_as_one(
 def test_types_that_do_not_mix_are_named_before_any_work(tmp_path: Path) -> None:
     _file(tmp_path / "t" / "a.parquet", ["b"], _days(0, 1, "ns"), pa.array([1.0]))
     _file(tmp_path / "t" / "b.parquet", ["a"], pa.array(["2020-01-02"]), pa.array([2.0]))
-    with pytest.raises(InvalidTable, match="store a column in types that do not mix"):
+    with pytest.raises(InvalidTable, match=r"'ds' holds timestamps without a zone in \S*a\.parquet"
+                                           r" and text in \S*b\.parquet"):
         TableSource(tmp_path / "t").check()
 
 
+def test_times_with_a_zone_in_one_file_and_without_in_another_are_named(
+        tmp_path: Path) -> None:
+    # the second file's times were read as UTC without a word
+    _file(tmp_path / "t" / "a.parquet", ["a"], _days(0, 1, "ns").cast(pa.timestamp("ns", "UTC")),
+          pa.array([1.0]))
+    _file(tmp_path / "t" / "b.parquet", ["b"], _days(0, 1, "ns"), pa.array([2.0]))
+    with pytest.raises(InvalidTable, match=r"timestamps with a zone in .* and timestamps without"):
+        TableSource(tmp_path / "t").check()
+
+
+@pytest.mark.parametrize(("text", "kind", "zone"), [
+    ("2013-04-28T00:00:00+01:00", "timestamp", "UTC"), ("2013-04-28", "date", None)])
+def test_text_times_in_parquet_are_read_as_a_csv_s_are(
+        tmp_path: Path, text: str, kind: str, zone: str | None) -> None:
+    # a zone written in the text was dropped from Parquet's output (CSV's kept it as UTC), and
+    # dates came out as timestamps (CSV's as dates)
+    _file(tmp_path / "t.parquet", ["a"], pa.array([text]), pa.array([1.0]))
+    (tmp_path / "t.csv").write_text(f"unique_id,ds,y\na,{text},1.0\n")
+    for path in ("t.parquet", "t.csv"):
+        info = TableSource(tmp_path / path).check()
+        assert (info.time_kind, info.time_zone) == (kind, zone), path
+
+
 @pytest.mark.parametrize(("other", "words"), [
-    (pa.array([18_000, 18_001], pa.date32()), "dates in some rows and timestamps"),
-    (pa.array([1, 2], pa.int64()), "integers in some rows and timestamps"),
+    (pa.array([18_000, 18_001], pa.date32()), "dates in .* and timestamps"),
+    (pa.array([1, 2], pa.int64()), "integers in .* and timestamps"),
 ])
 def test_times_of_another_kind_in_one_file_are_named_not_misread(
         tmp_path: Path, other: pa.Array, words: str) -> None:
@@ -71,7 +95,7 @@ def test_times_of_another_kind_in_one_file_are_named_not_misread(
     # among timestamps (nanoseconds) would have its days written as nanoseconds
     _file(tmp_path / "t" / "a.parquet", ["a", "a"], other, pa.array([1.0, 2.0]))
     _file(tmp_path / "t" / "b.parquet", ["b", "b"], _days(0, 2, "ns"), pa.array([3.0, 4.0]))
-    with pytest.raises(InvalidTable, match=f"'ds' holds {words} in others"):
+    with pytest.raises(InvalidTable, match=f"'ds' holds {words} without a zone in .*b.parquet"):
         TableSource(tmp_path / "t").check()
 
 

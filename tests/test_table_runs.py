@@ -33,10 +33,12 @@ from crypto_ml.worker.chunks import TABLE_TASK_NAME, chunk_kwargs
 pytestmark = pytest.mark.integration
 
 
-def _table(price_data: Path, tmp_path: Path, series: int = 120, length: int = 60) -> Path:
+def _table(price_data: Path, tmp_path: Path, series: int = 120, length: int = 60,
+           short: int = 1) -> Path:
+    """Coin windows, and a series ``zz-short`` of ``short`` closes (1.4, 1.5, ...)."""
     frame = coin_windows(price_data, series, length)
-    short = pd.DataFrame({"unique_id": ["zz-short"], "ds": [pd.Timestamp("2017-09-01")],
-                          "y": [1.5]})
+    short = pd.DataFrame({"unique_id": ["zz-short"] * short, "y": 1.4 + 0.1 * np.arange(short),
+                          "ds": pd.date_range(end="2017-09-01", periods=short, freq="D")})
     return write_parquet(pd.concat([frame, short], ignore_index=True), tmp_path / "in.parquet")
 
 
@@ -47,7 +49,7 @@ def test_a_table_run_writes_the_statsforecast_layout_and_lists_failures(
     done = run_cli("send-tasks", "--input", str(table), "--output", str(out), "--model",
                    "naive,linear", "--horizon", "5", "--broker", cluster.broker_url,
                    "--chunk-series", "25")
-    assert done.returncode == 1, done.stderr  # one forecast failed: the short series' line
+    assert done.returncode == 1, done.stderr  # the 1-close series' forecasts failed
     assert done.stdout == ""
     got = pd.read_parquet(out)
     assert list(got.columns) == ["unique_id", "ds", "naive", "naive-lo-80", "naive-hi-80",
@@ -55,10 +57,11 @@ def test_a_table_run_writes_the_statsforecast_layout_and_lists_failures(
                                  "linear-hi-80", "linear-lo-95", "linear-hi-95"]
     assert got["unique_id"].nunique() == 121 and len(got) == 121 * 5
     failures = pd.read_parquet(tmp_path / "out.failures.parquet")
-    assert failures[["unique_id", "model"]].values.tolist() == [["zz-short", "linear"]]
-    assert "SeriesTooShort" in failures["error"][0]
-    short = got[got["unique_id"] == "zz-short"]
-    assert short["naive"].tolist() == [1.5] * 5 and short["linear"].isna().all()
+    assert failures[["unique_id", "model"]].values.tolist() == [["zz-short", "naive"],
+                                                                 ["zz-short", "linear"]]
+    assert "no daily change to size its intervals" in failures["error"][0]  # not 0 wide
+    assert "SeriesTooShort" in failures["error"][1]
+    assert got[got["unique_id"] == "zz-short"].iloc[:, 2:].isna().all().all()
     frame = pd.read_parquet(table)
     for uid in frame["unique_id"].drop_duplicates().sample(3, random_state=0):
         series = frame[frame["unique_id"] == uid]
@@ -73,25 +76,25 @@ def test_a_table_run_writes_the_statsforecast_layout_and_lists_failures(
 
 def test_a_fallback_model_forecasts_the_series_a_model_fails_on(
         cluster, price_data: Path, tmp_path: Path) -> None:
-    table = _table(price_data, tmp_path, series=30)
+    table = _table(price_data, tmp_path, series=30, short=3)  # too short for ets
     out = tmp_path / "out.parquet"
     done = run_cli("send-tasks", "--input", str(table), "--output", str(out), "--model",
-                   "linear", "--fallback-model", "naive", "--horizon", "5", "--broker",
+                   "ets", "--fallback-model", "naive", "--horizon", "5", "--broker",
                    cluster.broker_url)
     assert done.returncode == 0, done.stderr  # every series has a forecast
     got = pd.read_parquet(out)
-    assert got["linear"].notna().all() and len(got) == 31 * 5
+    assert got["ets"].notna().all() and len(got) == 31 * 5
     short = got[got["unique_id"] == "zz-short"]
-    alone = get_model("naive").fit(np.array([1.5])).predict(5)
-    np.testing.assert_allclose(short["linear"], alone.forecast)
-    np.testing.assert_allclose(short["linear-hi-95"], alone.bands["95"][1])
+    alone = get_model("naive").fit(np.array([1.4, 1.5, 1.6])).predict(5)
+    np.testing.assert_allclose(short["ets"], alone.forecast)
+    np.testing.assert_allclose(short["ets-hi-95"], alone.bands["95"][1])
     failures = pd.read_parquet(tmp_path / "out.failures.parquet")
-    assert failures[["unique_id", "model"]].values.tolist() == [["zz-short", "linear"]]
+    assert failures[["unique_id", "model"]].values.tolist() == [["zz-short", "ets"]]
     assert failures["error"][0].startswith("filled by fallback naive: SeriesTooShort")
     assert "(0 failed forecast(s), 1 filled by the fallback model)" in done.stderr
     # the run recorded its fallback: the same output without it is another run
     again = run_cli("send-tasks", "--input", str(table), "--output", str(out), "--model",
-                    "linear", "--horizon", "5", "--broker", cluster.broker_url)
+                    "ets", "--horizon", "5", "--broker", cluster.broker_url)
     assert again.returncode == 2, again.stderr
     assert "(--fallback-model was naive (200 closes), now none)" in again.stderr
 

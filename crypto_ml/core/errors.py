@@ -118,6 +118,15 @@ class ModelFitFailed(CryptoMLError):
 class CalibrationTooShort(InvalidTaskInput):
     """A series too short to calibrate conformal intervals (the forecast falls back to others)."""
 
+    #: why the forecast's intervals are a random walk's instead (its ``interval_method``)
+    fallback = "series too short for {method}"
+
+
+class ZeroScale(CalibrationTooShort):
+    """A series whose last close is 0: conformal widths, relative to it, would all be 0."""
+
+    fallback = "a last close of 0 leaves {method} no width"
+
 
 class InvalidTable(ConfigError, ValueError):
     """A long-format input table (``--input``) cannot be used as it is (exit code 2); a

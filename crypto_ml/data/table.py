@@ -40,6 +40,7 @@ from crypto_ml.data.table_checks import (
     id_order,
     output_id_type,
     string_ids,
+    text_zone,
     time_column,
     value_column,
 )
@@ -230,10 +231,12 @@ class TableSource:
         prev: tuple[str, int] | None = None
         firsts: list[pa.Array] = []
         starts: list[np.ndarray] = []
+        first_times: pa.Array | None = None
         for batch in self._batches(values=not self._stored_as_numbers()):
             if not batch.num_rows:
                 continue
             ids, times, found, _ = self._arrays(batch)
+            first_times = batch.column(self.columns.time) if not rows else first_times
             if kind and found != kind:  # files that store the times alike read alike
                 raise InvalidTable(f"{self.label}: column {self.columns.time!r} holds "
                                    f"{KIND_WORDS[kind]} in some rows and {KIND_WORDS[found]} "
@@ -251,9 +254,16 @@ class TableSource:
         begin = np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
         layout = _Layout(pa.concat_arrays(firsts) if firsts else pa.array([], pa.string()),
                          np.diff(np.append(begin, rows)))
-        found = self.dataset.schema.field(self.columns.time).type  # the batches read it
-        zone = found.tz if pa.types.is_timestamp(found) else None
+        zone = self._zone(first_times)
         return TableInfo(rows, len(begin), kind, presorted, zone, self._id_type()), layout
+
+    def _zone(self, first_times: pa.Array | None) -> str | None:
+        """The zone the times are in: a timestamp column's own, UTC for text times that carry
+        one (as a CSV's are read: ``first_times``, the first batch's, say which), else none."""
+        stored = self.dataset.schema.field(self.columns.time).type  # the batches read it
+        if pa.types.is_temporal(stored) or pa.types.is_integer(stored) or first_times is None:
+            return getattr(stored, "tz", None)
+        return text_zone(first_times)
 
     def _id_type(self) -> pa.DataType:
         """The ids' type in the output: as the input stores them when every file does so

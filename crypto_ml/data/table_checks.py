@@ -52,7 +52,7 @@ def time_column(column: pa.Array, ids: pa.Array, name: str) -> tuple[np.ndarray,
             if pa.types.is_date(column.type) else "timestamp")
     if not (pa.types.is_integer(column.type) or pa.types.is_temporal(column.type)):
         parsed = _timestamps(column)
-        column, kind = (parsed, kind) if parsed is not None else _text_times(column, ids, name)
+        column, kind = parsed if parsed is not None else _text_times(column, ids, name)
     if column.null_count:
         series, _ = first_bad(ids, column, pc.is_valid(column))
         raise InvalidTable(f"--input: column {name!r} is empty in a row of series {series!r}")
@@ -73,15 +73,24 @@ def time_column(column: pa.Array, ids: pa.Array, name: str) -> tuple[np.ndarray,
     return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.int64), kind
 
 
-def _timestamps(column: pa.Array) -> pa.Array | None:
-    """Text times as timestamps: ISO without a zone, or with one (``Z``, ``+01:00``: then in
-    UTC, as a CSV's are read); None when some are neither."""
-    for to in (pa.timestamp("ns"), pa.timestamp("ns", tz="UTC")):
+def _timestamps(column: pa.Array) -> tuple[pa.Array, str] | None:
+    """Text times read as a CSV's are, and their kind: dates (``2017-09-22``), else ISO
+    timestamps without a zone, or with one (``Z``, ``+01:00``: then in UTC); None when some
+    are none of these."""
+    for to, kind in ((pa.date32(), "date"), (pa.timestamp("ns"), "timestamp"),
+                     (pa.timestamp("ns", tz="UTC"), "timestamp")):
         try:
-            return pc.cast(column, to)
+            return pc.cast(column, to), kind
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             continue
     return None
+
+
+def text_zone(column: pa.Array) -> str | None:
+    """The zone times written as text are read in: UTC when they carry one (``Z``,
+    ``+01:00``), else none."""
+    parsed = _timestamps(column)
+    return getattr(parsed[0].type, "tz", None) if parsed is not None else None
 
 
 def _text_times(column: pa.Array, ids: pa.Array, name: str) -> tuple[pa.Array, str]:

@@ -85,10 +85,17 @@ def _open(path: Path, files: list[Path], kind: str, columns: Columns
         return ds.dataset([str(f) for f in files], format=fmt), set()
     keys: set[str] = set()
     ids: set[pa.DataType] = set()
+    times: dict[str, Path] = {}  # how a file stores the times: the first file that does so
     for file in files:  # the footers only: name a bad file before any work
-        folders, id_type = _check_file(file, path, columns)
+        folders, id_type, time_type = _check_file(file, path, columns)
         keys |= folders
         ids |= {id_type} if id_type is not None else set()
+        times.setdefault(_stored_as(time_type), file)
+    if len(times) > 1:
+        (one, first), (other, second) = list(times.items())[:2]
+        raise InvalidTable(f"--input: column {columns.time!r} holds {one} in {first} and "
+                           f"{other} in {second} (files written differently?); write them "
+                           "alike")
     # no pre-buffering: a whole row group's columns read ahead cost hundreds of MB
     fmt = ds.ParquetFileFormat(default_fragment_scan_options=ds.ParquetFragmentScanOptions(
         pre_buffer=False))
@@ -101,10 +108,27 @@ def _open(path: Path, files: list[Path], kind: str, columns: Columns
                       partitioning=text), ids
 
 
-def _check_file(file: Path, root: Path, columns: Columns) -> tuple[set[str], pa.DataType | None]:
-    """The hive keys of ``file``'s folders (``unique_id=...``) and the type it stores the ids
-    in (None when a folder gives them); InvalidTable naming it when it is no Parquet, or lacks
-    a column that no such folder gives."""
+def _stored_as(time_type: pa.DataType | None) -> str:
+    """How a file stores the times, in words: the kinds that do not mix (dates, timestamps
+    with a zone and without, integers, text...); widths and units do."""
+    if time_type is None:
+        return "hive folders"
+    if pa.types.is_dictionary(time_type):
+        return _stored_as(time_type.value_type)
+    if pa.types.is_timestamp(time_type):
+        return "timestamps with a zone" if time_type.tz else "timestamps without a zone"
+    for words, test in (("dates", pa.types.is_date), ("integers", pa.types.is_integer),
+                        ("text", lambda t: pa.types.is_string(t) or pa.types.is_large_string(t))):
+        if test(time_type):
+            return words
+    return str(time_type)
+
+
+def _check_file(file: Path, root: Path, columns: Columns
+                ) -> tuple[set[str], pa.DataType | None, pa.DataType | None]:
+    """The hive keys of ``file``'s folders (``unique_id=...``) and the types it stores the ids
+    and the times in (None when a folder gives them); InvalidTable naming it when it is no
+    Parquet, or lacks a column that no such folder gives."""
     try:
         schema = pq.read_metadata(file).schema.to_arrow_schema()
         names = schema.names
@@ -119,4 +143,7 @@ def _check_file(file: Path, root: Path, columns: Columns) -> tuple[set[str], pa.
         every = "" if file == root else "every file of the table needs them, or "
         raise InvalidTable(f"{where} column {', '.join(map(repr, missing))} (it has "
                            f"{', '.join(names)}); {every}{NAME_COLUMNS}")
-    return folders, schema.field(columns.id).type if columns.id in names else None
+    def stored(name: str) -> pa.DataType | None:
+        return schema.field(name).type if name in names else None
+
+    return folders, stored(columns.id), stored(columns.time)

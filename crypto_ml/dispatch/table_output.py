@@ -132,7 +132,7 @@ def _said(key: str, value: Any) -> str:
         return "none"
     if key in ("models", "fallback"):
         picked = value if key == "models" else [value]
-        return ",".join(f"{name}{f' {params}' if params else ''} ({points} closes)"
+        return ",".join(f"{name}{f' {params}' if params else ''} ({points or 'all'} closes)"
                         for name, params, points in picked)
     if isinstance(value, list):
         return ",".join(str(v) for v in value) or "none"
@@ -233,10 +233,13 @@ class TableOutput:
             had = json.loads(meta.get(META_KEY, b"{}"))
         except (pa.ArrowException, OSError, ValueError):
             had = {}
+        if not had:
+            raise OutputMismatch(f"--output {self.out} is a file that no crypto-ml table run "
+                                 "wrote; choose another file (--overwrite would delete it)")
         if had != self.run:
-            diff = _differences(had, self.run) or "it was not written by crypto-ml"
-            raise OutputMismatch(f"--output {self.out} holds another run ({diff}); "
-                                 "pass --overwrite to replace it, or choose another file")
+            raise OutputMismatch(f"--output {self.out} holds another run "
+                                 f"({_differences(had, self.run)}); pass --overwrite to "
+                                 "replace it, or choose another file")
         return True
 
     def done_chunks(self) -> set[int]:

@@ -266,6 +266,24 @@ class _Run:
             self.engine.forget_earlier(done)  # late duplicates of what the interrupted runs read
         finally:
             outcomes.close()  # pending messages revoked, the run marked ended (engine doc)
+        return self._never_sent(total, done, on_skip)
+
+    def _never_sent(self, reached: int, done: set[int],
+                    on_skip: Callable[[int, int], None]) -> int:
+        """Account for the chunks from ``reached`` on, which the run gave up before sending
+        (``--timeout`` with no result): failed, to retry, or written by an earlier run; the
+        number of chunks."""
+        per, series = self.plan.chunk_series, self.summary.series
+        total = max(reached, -(-series // per))
+        for index in range(reached, total):
+            size = min(per, series - index * per)
+            if index in done:
+                self.summary.skipped += size
+                on_skip(size, self.output.failed_in(index))
+            else:
+                self.summary.chunks_failed[index] = (
+                    f"not sent: the run gave up, {no_result(self.timeout)}, on the chunks before")
+                self.on_progress(0, size)
         return total
 
     def one_by_one(self, engine: Dispatcher) -> None:

@@ -170,9 +170,9 @@ class Forecaster(ABC):
         method = self.interval_method
         try:
             bands = self._bands(h, point, levels)
-        except CalibrationTooShort:
+        except CalibrationTooShort as exc:
             bands = random_walk_bands(self.series_, h, levels, center=point)
-            method = f"random walk (series too short for {method})"
+            method = f"random walk ({exc.fallback.format(method=method)})"
         return Prediction(point, bands, method).checked(prices)
 
     def _bands(self, h: int, forecast: np.ndarray, levels: Sequence[float]) -> Bands:

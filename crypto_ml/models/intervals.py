@@ -44,7 +44,12 @@ from typing import Any
 
 import numpy as np
 
-from crypto_ml.core.errors import CalibrationTooShort, InvalidTaskInput, ModelFitFailed
+from crypto_ml.core.errors import (
+    CalibrationTooShort,
+    InvalidTaskInput,
+    ModelFitFailed,
+    ZeroScale,
+)
 
 DEFAULT_LEVELS: tuple[float, ...] = (80.0, 95.0)
 #: Decay of the naive model's exponentially weighted volatility (RiskMetrics' daily value).
@@ -131,6 +136,9 @@ def random_walk_bands(series: np.ndarray, h: int, levels: Sequence[float],
                       center: np.ndarray | None = None) -> Bands:
     """Driftless log random-walk bands around the last close (see the module doc), or with
     the same relative widths around ``center`` (a forecast) when given."""
+    if len(series) < 2:
+        raise CalibrationTooShort("a 1-close series has no daily change to size its "
+                                  "intervals: add history, or ask for none (--levels none)")
     last = float(series[-1])
     if center is None and (series <= 0).any():  # not a price: a random walk in the value itself
         return additive_walk_bands(series, h, levels)
@@ -181,7 +189,10 @@ def conformal_quantile(errors: np.ndarray, level: float) -> np.ndarray:
 
 def conformal_bands(forecast: np.ndarray, last: float, errors: np.ndarray,
                     levels: Sequence[float]) -> Bands:
-    """Symmetric bands from relative calibration errors ``(windows, h)`` (see the module doc)."""
+    """Symmetric bands from relative calibration errors ``(windows, h)`` (see the module doc);
+    ZeroScale when the last close is 0 (the forecast then gets random-walk widths)."""
+    if last == 0:
+        raise ZeroScale("the last close is 0: conformal widths relative to it would be 0")
     bands = {}
     scale = abs(last)
     for level in levels:

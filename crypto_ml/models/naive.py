@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from crypto_ml.core.errors import CalibrationTooShort
 from crypto_ml.models.base import Forecaster
 from crypto_ml.models.intervals import (
     Bands,
@@ -47,6 +48,8 @@ class NaiveModel(Forecaster):
     def predict_rows(cls, matrix: np.ndarray, h: int, levels: Sequence[float]
                      ) -> tuple[np.ndarray, np.ndarray, Bands]:
         """The random walk over rows; rows with a close <= 0 go the one-series way."""
+        if matrix.shape[1] < 2:  # no daily change: the one-series way refuses it
+            raise CalibrationTooShort("one close: no daily change to size intervals")
         taken = np.asarray((matrix > 0).all(axis=1))
         last = matrix[:, -1]
         forecast = np.repeat(last[:, None], h, axis=1)
