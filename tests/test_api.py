@@ -149,7 +149,41 @@ def test_error_bodies_are_bounded_whatever_the_input(data: Path) -> None:
     wide = api.post("/v1/forecasts", content=json.dumps({f"k{i}": "x" * 1000 for i in range(200)}),
                     headers={"content-type": "application/json"})
     assert wide.status_code == 422 and len(wide.content) < 10_000
-    assert f"{200 - 20} more problems" in wide.json()["detail"][-1]["msg"]
+    assert "the body has 200 fields; this one takes at most 8" in wide.json()["detail"][0]["msg"]
+    bad = {"coins": ["alpha"], "horizon": 0, "model": 5, "levels": "x", "retrain": "no"}
+    assert len(api.post("/v1/forecasts", json=bad).json()["detail"]) >= 4  # each field's own
+
+
+def test_a_json_body_is_read_as_json_whatever_its_content_type(data: Path) -> None:
+    # curl -d sends a form's content type: FastAPI handed the body to the model as text
+    body = json.dumps({"coins": ["alpha"], "model": "naive", "horizon": 2})
+    api = make(data)
+    for content_type in ("application/x-www-form-urlencoded", "text/plain", None,
+                         "multipart/form-data; boundary=x"):
+        headers = {"content-type": content_type} if content_type else {}
+        reply = api.post("/v1/forecasts", content=body, headers=headers)
+        assert reply.status_code == 200, (content_type, reply.text)
+        assert reply.json()["results"]["alpha"]["naive"]["forecast"]
+    job = api.post("/v1/jobs", content=json.dumps({"input": "x.parquet"}),
+                   headers={"content-type": "text/plain"})
+    assert job.json()["detail"] != "Input should be a valid dictionary"  # read as JSON
+
+
+def test_too_many_series_or_too_deep_a_body_get_a_422_naming_it(data: Path) -> None:
+    api = make(data)
+    many = api.post("/v1/forecasts", json={"series": {f"s{i}": [1.0, 2.0] for i in range(1001)}})
+    assert many.status_code == 422 and many.json()["detail"][0]["type"] == "too_long"
+    deep = api.post("/v1/forecasts", content=b"[" * 100_000 + b"]" * 100_000,
+                    headers={"content-type": "application/json"})
+    assert deep.status_code == 422 and "nests" in deep.json()["detail"][0]["msg"], deep.text
+
+
+def test_a_503_never_names_where_the_server_keeps_its_data(tmp_path: Path) -> None:
+    empty = tmp_path / "secret-place"
+    empty.mkdir()
+    reply = make(empty).get("/v1/coins")
+    assert reply.status_code == 503, reply.text
+    assert "secret-place" not in reply.text and "data directory" in reply.text
 
 
 def test_openapi_documents_what_each_route_answers(data: Path) -> None:
@@ -161,14 +195,25 @@ def test_openapi_documents_what_each_route_answers(data: Path) -> None:
             assert all("content" in r for r in operation["responses"].values()), path  # a model
     body = spec["components"]["schemas"]["ForecastBody"]
     assert body["oneOf"] == [{"required": ["coins"]}, {"required": ["series"]}]
+    assert body["properties"]["series"]["maxProperties"] == 1000
+    job = spec["components"]["schemas"]["JobBody"]["properties"]["horizon"]
+    assert job["maximum"] == Settings().max_horizon
     ids = [op["operationId"] for path in spec["paths"].values() for op in path.values()]
     assert len(ids) == len(set(ids))
+
+
+def test_a_server_without_keys_documents_no_key_and_no_401(data: Path) -> None:
+    spec = make(data).get("/openapi.json").json()
+    assert "securitySchemes" not in spec["components"]
+    for methods in spec["paths"].values():
+        for operation in methods.values():
+            assert "security" not in operation and "401" not in operation["responses"]
 
 
 def test_a_method_a_route_lacks_gets_405_naming_the_ones_it_has(data: Path) -> None:
     reply = make(data).options("/v1/jobs/x")
     assert reply.status_code == 405
-    assert set(reply.headers["allow"].replace(" ", "").split(",")) == {"GET", "DELETE"}
+    assert set(reply.headers["allow"].replace(" ", "").split(",")) == {"GET", "DELETE", "HEAD"}
 
 
 def test_wait_above_the_cap_is_refused(data: Path) -> None:

@@ -115,6 +115,30 @@ async def test_a_part_that_cannot_be_published_is_broker_unavailable() -> None:
 
 
 @unit
+async def test_parts_that_came_while_the_broker_hung_are_refused_with_it_not_after(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # a Redis that stopped answering: each message waited a socket timeout in turn, so the
+    # fourth of four concurrent requests had its 503 after four of them
+    import crypto_ml.dispatch.coalesce as coalesce
+    monkeypatch.setattr(coalesce, "SOCKET_TIMEOUT", 0.2)
+    hung = FakeBroker()
+    tries = []
+
+    async def publish(message_id: str, kwargs: dict[str, Any]) -> None:
+        tries.append(message_id)
+        await asyncio.Event().wait()  # no answer, ever
+    coalescer = Coalescer(publish, hung.watch, window=4)
+    first = asyncio.ensure_future(coalescer.submit("part-a", [item(0)]))
+    await until(lambda: bool(tries))
+    later = [asyncio.ensure_future(coalescer.submit(f"part-{c}", [item(1)])) for c in "bcd"]
+    for part in (first, *later):
+        with pytest.raises(BrokerUnavailable, match="TimeoutError"):
+            await part
+    assert len(tries) == 1 and coalescer.waiting == 0
+    await coalescer.close()
+
+
+@unit
 async def test_parts_waiting_when_the_api_stops_are_refused_not_lost() -> None:
     broker = FakeBroker()
     coalescer = broker.coalescer(window=1)

@@ -60,10 +60,27 @@ def _unprocessable(errors: list[dict[str, Any]]) -> JSONResponse:
     return JSONResponse({"detail": bounded(errors)}, status_code=422)
 
 
+BODY_METHODS = ("POST", "PUT", "PATCH")
+
+
+def _as_json(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """A body's headers saying JSON, whatever its content type said (FastAPI hands a body of
+    another type, or of none, to the model as text, which no field takes): a JSON body is read
+    as JSON, anything else is a 422 that names it as no JSON."""
+    kept = [(k, v) for k, v in headers if k.lower() != b"content-type"]
+    given = next((v for k, v in headers if k.lower() == b"content-type"), b"").lower()
+    kind = given.split(b";")[0].strip()
+    json = kind == b"application/json" or (kind.startswith(b"application/")
+                                           and kind.endswith(b"+json"))
+    return headers if json else [*kept, (b"content-type", b"application/json")]
+
+
 def body_cap(app: Any, limit: int) -> Any:
     """ASGI middleware: a request body over ``limit`` bytes gets 413 before any route runs."""
 
     async def capped(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] in BODY_METHODS:  # the same scope: the metrics read its route
+            scope["headers"] = _as_json(scope.get("headers") or [])
         declared = dict(scope.get("headers") or []).get(b"content-length")
         too_big = declared is not None and declared.isdigit() and int(declared) > limit
         chunks: list[bytes] = []
@@ -163,7 +180,7 @@ def create_app(settings: Settings, runs: Runs,
     app = FastAPI(title="crypto-ml forecasts", version=crypto_ml.__version__,
                   description=DESCRIPTION, lifespan=lifespan, docs_url=None, redoc_url=None)
     add_docs(app)
-    add_error_handlers(app)
+    add_error_handlers(app, settings.data_dir)
     app.include_router(forecast_routes(settings, runs, service, metrics, authorized))
     app.include_router(job_routes(jobs, authorized))
     app.include_router(data_routes(service, authorized))
@@ -183,7 +200,7 @@ def head_as_get(app: Any) -> Any:
 
     async def head(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] != "HEAD":
-            await app(scope, receive, send)
+            await app(scope, receive, allowing_head(send))
             return
 
         async def bodiless(message: Message) -> None:
@@ -195,9 +212,30 @@ def head_as_get(app: Any) -> Any:
     return http_only(app, head)
 
 
-def add_error_handlers(app: FastAPI) -> None:
+def allowing_head(send: Send) -> Send:
+    """A 405's ``Allow`` names HEAD wherever it names GET (HEAD is answered as GET is)."""
+
+    async def allow(message: Message) -> None:
+        if message["type"] == "http.response.start" and message["status"] == 405:
+            headers = [(k, _with_head(v) if k.lower() == b"allow" else v)
+                       for k, v in message.get("headers", [])]
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return allow
+
+
+def _with_head(allow: bytes) -> bytes:
+    methods = [m.strip() for m in allow.split(b",") if m.strip()]
+    return b", ".join([*methods, b"HEAD"]) if b"GET" in methods and b"HEAD" not in methods \
+        else allow
+
+
+def add_error_handlers(app: FastAPI, data_dir: Path) -> None:
     """Every error as a JSON body: 422 in FastAPI's shape (a body that cannot be parsed too),
-    503 when the broker, the result backend or the data is unreachable."""
+    503 when the broker, the result backend or the data is unreachable (never naming where
+    the server keeps its data, ``data_dir``)."""
+    hidden = sorted({str(data_dir), str(data_dir.resolve())}, key=len, reverse=True)
 
     @app.exception_handler(Invalid)
     async def invalid(_: Request, exc: Invalid) -> JSONResponse:
@@ -217,7 +255,10 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(BrokerUnavailable)
     @app.exception_handler(DataNotFound)
     async def unavailable(_: Request, exc: Exception) -> JSONResponse:
-        return _unavailable(str(exc))
+        detail = str(exc)
+        for path in hidden:
+            detail = detail.replace(path, "the server's data directory")
+        return _unavailable(detail)
 
     @app.exception_handler(redis.RedisError)
     @app.exception_handler(OperationalError)
@@ -229,6 +270,8 @@ def add_error_handlers(app: FastAPI) -> None:
 def _unparsed(cause: BaseException | None) -> str:
     """Why a body could not be parsed: not UTF-8 JSON, or valid JSON holding an integer
     longer than Python converts (``sys.get_int_max_str_digits``)."""
+    if isinstance(cause, RecursionError):
+        return "the body nests arrays or objects deeper than this server reads; no field needs it"
     if isinstance(cause, ValueError) and not isinstance(cause, UnicodeError) \
             and "digits" in str(cause):
         return (f"a number in the body has more than {sys.get_int_max_str_digits()} digits; "
@@ -255,6 +298,10 @@ def _document_caps(app: FastAPI, settings: Settings) -> None:
                 methods["head"]["operationId"] = f"head_job_{table}"
             body = spec["components"]["schemas"]["ForecastBody"]["properties"]
             body["horizon"]["maximum"] = settings.max_horizon
+            spec["components"]["schemas"]["JobBody"]["properties"]["horizon"]["maximum"] = \
+                settings.max_horizon
+            if not settings.api_keys:
+                _keyless(spec)
             body["series"]["additionalProperties"]["maxItems"] = settings.max_series
             for parameter in spec["paths"]["/v1/forecasts"]["post"]["parameters"]:
                 if parameter["name"] == "wait":
@@ -262,6 +309,15 @@ def _document_caps(app: FastAPI, settings: Settings) -> None:
         return app.openapi_schema or {}
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _keyless(spec: dict[str, Any]) -> None:
+    """A server without API keys: no route asks for one, and none answers 401."""
+    spec["components"].pop("securitySchemes", None)
+    for methods in spec["paths"].values():
+        for operation in methods.values():
+            operation.pop("security", None)
+            operation.get("responses", {}).pop("401", None)
 
 
 class _Wrap:

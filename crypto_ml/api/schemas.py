@@ -28,6 +28,9 @@ def _whole(value: Any) -> Any:
 
 #: The largest ``max_points`` a body may give (a window is an int32 on the wire).
 MAX_POINTS = 2**31 - 1
+#: Series one request may send: more is a table job's work (POST /v1/jobs), which streams its
+#: output to a file instead of one answer held in memory
+MAX_SERIES = 1_000
 
 #: An integer field that also takes a JSON number with no fraction.
 Whole = Annotated[int, BeforeValidator(_whole)]
@@ -59,6 +62,16 @@ def _checked_levels(value: list[float]) -> list[float]:
 Levels = Annotated[list[Annotated[float, Field(gt=0, lt=100)]], AfterValidator(_checked_levels)]
 
 
+def few_fields(model: type[BaseModel], data: Any) -> Any:
+    """``data``, or one error at once when it holds more fields than ``model`` has: checking
+    150,000 unknown fields one by one held the server's event loop for seconds."""
+    if isinstance(data, dict) and len(data) > len(model.model_fields):
+        unknown = [str(k)[:40] for k in data if k not in model.model_fields][:3]
+        raise ValueError(f"the body has {len(data):,} fields; this one takes at most "
+                         f"{len(model.model_fields)} (unknown: {', '.join(map(repr, unknown))}...)")
+    return data
+
+
 def _one_source_schema(schema: dict[str, Any]) -> None:
     """The schema says what :meth:`ForecastBody.one_source` checks: exactly one of
     ``coins`` and ``series``, each a list or a map (never null) when present."""
@@ -85,7 +98,9 @@ class ForecastBody(BaseModel):
     coins: list[Annotated[str, Field(pattern=r"\S"), AfterValidator(_unicode)]] | None = Field(
         None, min_length=1, description="coin ids (GET /v1/coins)")
     series: dict[Text, list[float]] | None = Field(
-        None, min_length=1, description="name -> closes, oldest first; finite numbers only")
+        None, min_length=1, max_length=MAX_SERIES,
+        description=f"name -> closes, oldest first; finite numbers only; at most {MAX_SERIES:,} "
+                    "series (more: POST /v1/jobs)")
     model: Text | list[Text] = Field(DEFAULT_MODEL, description="a model name (GET /v1/models), a "
                                    "comma list or a list of names")
     horizon: Whole = Field(DEFAULT_HORIZON, ge=1,
@@ -104,6 +119,7 @@ class ForecastBody(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def no_null_source(cls, data: Any) -> Any:
+        few_fields(cls, data)
         if isinstance(data, dict):
             for name in SOURCES:
                 if name in data and data[name] is None:
@@ -207,6 +223,11 @@ class JobBody(BaseModel):
     resume: str | None = Field(None, pattern=JOB_ID,
                                description="the id of a failed job of this same body: the new "
                                "job takes its finished chunks and computes only the rest")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _few_fields(cls, data: Any) -> Any:
+        return few_fields(cls, data)
 
     @model_validator(mode="after")
     def _three_columns(self) -> JobBody:

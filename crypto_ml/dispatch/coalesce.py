@@ -32,8 +32,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from crypto_ml.core.errors import BrokerUnavailable
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from crypto_ml.core.errors import BrokerUnavailable
+from crypto_ml.core.sentinel import SOCKET_TIMEOUT
+
+#: A broker that did not answer: the parts that waited meanwhile are refused with the message
+#: that failed, not sent one after another into the same wait (a paused Redis held the fourth
+#: of four concurrent requests for four socket timeouts)
+UNREACHABLE = (OSError, TimeoutError, RedisConnectionError, RedisTimeoutError)
 #: A message not finished after this long stops counting against the window (lost, or a
 #: long backlog in the broker: then more messages join it there).
 SLOT_SECONDS = 10.0
@@ -148,15 +156,18 @@ class Coalescer:
 
     async def _send(self, message_id: str, parts: list[_Part]) -> None:
         try:
-            await self._watch([p.id for p in parts], lambda: self._finished(message_id),
-                              self.slot_seconds, [message_id])
-            await self._publish(message_id, {"parts": [{"id": p.id, "items": p.items}
-                                                       for p in parts]})
+            async with asyncio.timeout(SOCKET_TIMEOUT):  # its two steps, each of which may wait
+                await self._watch([p.id for p in parts], lambda: self._finished(message_id),
+                                  self.slot_seconds, [message_id])
+                await self._publish(message_id, {"parts": [{"id": p.id, "items": p.items}
+                                                           for p in parts]})
         except Exception as exc:  # the broker's connection errors vary
             self._in_flight.pop(message_id, None)
             error = exc if isinstance(exc, BrokerUnavailable) else BrokerUnavailable(
                 f"could not queue the forecasts ({type(exc).__name__}: {exc}); nothing of "
                 "this request was queued")
+            if isinstance(exc, UNREACHABLE):  # those that came meanwhile waited as long
+                parts, self._pending = [*parts, *self._pending], deque()
             for part in parts:
                 if not part.sent.done():
                     part.sent.set_exception(error)

@@ -52,6 +52,7 @@ from crypto_ml.core.sentinel import async_redis_client, client_timeouts
 from crypto_ml.core.settings import Settings
 from crypto_ml.dispatch.async_lost import LostWatch
 from crypto_ml.dispatch.async_results import ResultHub, Waiter
+from crypto_ml.dispatch.background import spawn
 from crypto_ml.dispatch.capacity import Sizing, slots_in
 from crypto_ml.dispatch.coalesce import Coalescer
 from crypto_ml.dispatch.engine import forget_keys, revoke_now
@@ -192,7 +193,7 @@ class RunQueue:
             for task_id, message in messages:
                 await self._publish(message.task, message.kwargs, task_id, run.id)
             if part_id and on.coalescer is not None:
-                await on.resize()
+                on.resize()
                 carrier = await on.coalescer.submit(part_id, [r.as_kwargs() for r in shared])
                 run.carriers[part_id] = carrier
                 if run.waiter is not None:
@@ -215,8 +216,13 @@ class RunQueue:
         if await self._broker_answers():  # else no revoke can go out: the tasks expire
             with contextlib.suppress(Exception):  # a control broadcast: kombu's blocking I/O
                 await asyncio.to_thread(revoke_now, self.app, list(run.tasks))
-        with contextlib.suppress(Exception):
-            await self._loop().backend.delete(*forget_keys(self.app, list(run.tasks)))
+        # in the background: a Redis that stopped answering would hold the caller's 503 for
+        # another socket timeout
+        spawn(self._forget(list(run.tasks)), self._loop().cleanups)
+
+    async def _forget(self, task_ids: list[str]) -> None:
+        with contextlib.suppress(Exception):  # best effort: the results expire anyway
+            await self._loop().backend.delete(*forget_keys(self.app, task_ids))
 
     async def _broker_answers(self) -> bool:
         """Whether the broker answers a PING within a second."""
@@ -325,6 +331,8 @@ class _OnLoop:
         self.backend: aioredis.Redis = async_redis_client(
             settings.backend_url or "", master, password, **client_timeouts())
         self.writes = Pipelined(self.backend)
+        self.cleanups: set[asyncio.Task[None]] = set()  # withdrawn runs' results deleted, slots
+        self.reading = False  # the workers' slots
         self.lost = LostWatch(
             self.broker, self.backend, app.backend.get_key_for_task,
             functools.partial(task_envelope, app),
@@ -339,19 +347,30 @@ class _OnLoop:
             window=coalesce or COALESCE, max_items=batch_size) if coalesce != 0 else None
         self.sizing = Sizing(COALESCE, per_slot=1, least=1) if coalesce is None else None
 
-    async def resize(self) -> None:
+    def resize(self) -> None:
         """The coalescing window: one message per task slot of the live workers (unless fixed),
-        read at most every few seconds; a failed read keeps the window."""
-        if self.sizing is None or self.coalescer is None or not self.sizing.due():
+        read at most every few seconds, in the background (a request never waits on it: a
+        Redis that stopped answering held each request for another socket timeout); a failed
+        read keeps the window."""
+        if self.sizing is None or self.coalescer is None or self.reading \
+                or not self.sizing.due():
             return
+        self.reading = True
+        spawn(self._read_slots(self.sizing, self.coalescer), self.cleanups)
+
+    async def _read_slots(self, sizing: Sizing, coalescer: Coalescer) -> None:
         try:
             entries = await self.broker.hgetall(keys.SLOTS)  # type: ignore[misc]
         except (RedisError, OSError) as exc:
             log.debug("could not read the workers' slots (%s)", exc)
             return
-        self.coalescer.window = self.sizing.learn(slots_in(entries, CPU_QUEUE))
+        finally:
+            self.reading = False
+        coalescer.window = sizing.learn(slots_in(entries, CPU_QUEUE))
 
     async def close(self) -> None:
+        for cleanup in list(self.cleanups):
+            cleanup.cancel()
         if self.coalescer is not None:
             await self.coalescer.close()
         await self.lost.close()
