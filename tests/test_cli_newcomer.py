@@ -94,6 +94,27 @@ def test_a_usage_error_is_one_line_and_exit_2(argv: list[str], says: str,
     assert err.startswith("crypto-ml: error: ") and says in err and "usage:" not in err
 
 
+@pytest.mark.parametrize(("argv", "says"), [
+    (["send-tasks", "--coins", "bitcoin", "--broker", "redis://:pw0@127.0.0.1:99999/0"],
+     "cannot reach the broker at redis://:**@127.0.0.1:99999/0 (Port out of range"),
+    (["send-tasks", "--coins", "bitcoin", "--broker",
+      "sentinel://w:pw1@127.0.0.1:1/0;sentinel://w:pw2@127.0.0.1:2/0"],
+     "sentinel://w:**@127.0.0.1:1/0;sentinel://w:**@127.0.0.1:2/0 (no Sentinel there names"),
+    (["send-tasks", "--coins", "bitcoin", "--output", "same.png", "--plot", "./same.png"],
+     "it is --output too"),
+    (["queue-depth", "--broker", "redis://127.0.0.1:1/0", "--queues", " , "],
+     "--queues names no queue"),
+])
+def test_urls_and_paths_a_probe_broke_are_one_line_and_exit_2(
+        argv: list[str], says: str, price_data: Path, tmp_path: Path) -> None:
+    # tracebacks from kombu's URL sanitizer, redis-py's dump of every Sentinel client, a
+    # second Sentinel's password in clear, results replaced by the picture
+    run = crypto_ml(*argv, cwd=tmp_path, data_dir=price_data, timeout=60)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+    assert says in run.stderr and not re.search(r"pw\d", run.stderr), run.stderr
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
 @pytest.mark.parametrize(("option", "value"), [("--plot", "p.png"), ("--format", "json-lines")])
 def test_a_folder_option_with_a_table_is_refused_not_dropped(
         option: str, value: str, capsys: pytest.CaptureFixture[str]) -> None:

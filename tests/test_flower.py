@@ -12,6 +12,7 @@ import os
 import re
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -383,6 +384,17 @@ def test_the_launcher_takes_broker_out_of_flowers_own_options() -> None:
 
 
 @pytest.mark.integration  # a command in a subprocess
+def test_flower_on_a_port_in_use_stops_with_one_line(cluster: Any, tmp_path: Path) -> None:
+    # Flower itself stopped with a traceback (Address already in use)
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        run = run_cli("flower", "--broker", cluster.broker_url, data_dir=tmp_path, timeout=60,
+                      env={"CRYPTO_ML_FLOWER_PORT": str(port),
+                           "CRYPTO_ML_FLOWER_ADDRESS": "127.0.0.1"})
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+    assert f"Flower cannot listen on 127.0.0.1:{port}" in run.stderr
+
+
 def test_flower_for_a_broker_that_does_not_answer_stops_with_one_line(tmp_path: Path) -> None:
     # celery flower itself would log "trying again" forever; nothing listens on this port
     run = run_cli("flower", "--broker", f"redis://flower:pw@127.0.0.1:{free_port()}/0",

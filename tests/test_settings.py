@@ -9,6 +9,7 @@ import pytest
 
 from crypto_ml.core import settings as settings_module
 from crypto_ml.core.errors import ConfigError
+from crypto_ml.core.sentinel import safe_url
 from crypto_ml.core.settings import Settings, env_name
 
 #: Rows of the module docstring's table: ``VARIABLE``  default cell  meaning.
@@ -82,8 +83,22 @@ def test_a_switch_is_on_or_off_or_named_as_neither(name: str) -> None:
     ({"CRYPTO_ML_HARD_TIME_LIMIT": "100"}, "CRYPTO_ML_SOFT_TIME_LIMIT=300"),
     ({"CRYPTO_ML_VISIBILITY_TIMEOUT": "15"}, "CRYPTO_ML_DEAD_AFTER_SECONDS=10"),
     ({"CRYPTO_ML_DEAD_AFTER_SECONDS": "3"}, "CRYPTO_ML_HEARTBEAT_SECONDS"),
+    ({"CRYPTO_ML_MODEL_STORE": "ftp://x"}, "CRYPTO_ML_MODEL_STORE='ftp://x': use redis"),
+    ({"CRYPTO_ML_MODEL_STORE": "s3://"}, "name a bucket"),
 ])
 def test_settings_that_do_not_fit_together_name_the_variables(env: dict[str, str],
                                                                named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         Settings.from_env(env)
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("sentinel://w:pw1@h1:26379/0;sentinel://w:pw2@h2:26380/0",
+     "sentinel://w:**@h1:26379/0;sentinel://w:**@h2:26380/0"),
+    ("redis://:secret@127.0.0.1:99999/0", "redis://:**@127.0.0.1:99999/0"),  # a bad port
+    ("sentinel://127.0.0.1:1;sentinel://127.0.0.1:2", "sentinel://127.0.0.1:1;sentinel://127.0.0.1:2"),
+])
+def test_a_url_is_shown_with_every_password_hidden_whatever_else_is_wrong(
+        url: str, shown: str) -> None:
+    # kombu's sanitizer hid the first URL's password of a list only, and raised on a bad port
+    assert safe_url(url) == shown

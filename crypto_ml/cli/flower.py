@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import subprocess
 import sys
 from typing import Any
@@ -61,9 +62,22 @@ def flower_main(args: argparse.Namespace) -> int:
     env = flower_env(settings, os.environ)
     # unreachable, or its login wrong: say so and stop (Flower itself retries forever)
     check_broker(settings.broker_url, settings, hint="or fix --broker / CRYPTO_ML_BROKER_URL")
+    check_listen(settings.flower_address, settings.flower_port)
     cmd = [*flower_command(settings), *extra]
     os.execve(cmd[0], cmd, env)
     return 0  # pragma: no cover - execve does not return
+
+
+def check_listen(address: str, port: int) -> None:
+    """ConfigError when Flower could not listen there (a port in use, an address this machine
+    does not have): Flower itself would stop with a traceback."""
+    try:
+        with socket.create_server((address, port)):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"Flower cannot listen on {address}:{port} "
+                          f"({exc.strerror or exc}); set CRYPTO_ML_FLOWER_PORT or "
+                          "CRYPTO_ML_FLOWER_ADDRESS") from None
 
 
 def check_user(url: str) -> None:

@@ -34,8 +34,10 @@ def queue_depth_main(args: argparse.Namespace) -> int:
     settings = Settings.from_env().with_broker(args.broker)
     if not settings.broker_url:
         raise ConfigError("set CRYPTO_ML_BROKER_URL (or --broker) to the Redis broker to watch")
-    check_credentials(settings.broker_url)  # wrong user or password: say so and stop
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    if not queues:
+        raise ConfigError("--queues names no queue; give one or more, e.g. --queues cpu,gpu")
+    check_credentials(settings.broker_url)  # wrong user or password: say so and stop
     client = redis_client(settings.broker_url, settings.sentinel_master,
                           settings.sentinel_password, socket_connect_timeout=5, socket_timeout=5)
     try:

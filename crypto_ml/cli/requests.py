@@ -204,7 +204,7 @@ def send_request(args: argparse.Namespace) -> SendRequest:
                           "fitted afresh every time")
     check_writable(args.output, "--output")
     check_writable(args.plot, "--plot")
-    if args.plot is not None and (why := picture_problem(args.plot)):
+    if args.plot is not None and (why := picture_problem(args.plot, args.output)):
         raise ConfigError(f"--plot {args.plot}: {why}")
     check_max_points([args.max_points], fitted, None, bool(args.levels))
     loader, coins = checked_coins(settings, args.coins)

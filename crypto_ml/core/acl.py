@@ -50,10 +50,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from kombu.utils.url import maybe_sanitize_url
-
 from crypto_ml.core import keys
 from crypto_ml.core.errors import BrokerAuthFailed
+from crypto_ml.core.sentinel import safe_url
 
 ADMIN = "default"
 BREAK_GLASS = "breakglass"
@@ -372,7 +371,7 @@ def auth_failure(url: str, exc: Exception) -> BrokerAuthFailed:
     role = ROLES.get(user)
     secret = f" ({role.password_variable} of the deployment)" if role else ""
     return BrokerAuthFailed(
-        f"Redis at {maybe_sanitize_url(url)} refused user {user!r} ({exc}); set that user's "
+        f"Redis at {safe_url(url)} refused user {user!r} ({exc}); set that user's "
         f"password{secret} in the URL (CRYPTO_ML_BROKER_URL or --broker); users and how to "
         "rotate their passwords: docs/least-privilege.md")
 

@@ -11,6 +11,7 @@ the master's; sentinels that require their own set ``CRYPTO_ML_SENTINEL_PASSWORD
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -22,6 +23,8 @@ from redis.sentinel import Sentinel
 from crypto_ml.core.errors import ConfigError
 
 SCHEME = "sentinel://"
+#: ``scheme://user:password@``: the password of each URL of a list
+_PASSWORD = re.compile(r"(://[^:/@;]*:)[^@;/]*@")
 DEFAULT_PORT = 26379
 
 #: Seconds a Celery process (worker, manager) waits on a silent Redis connection before it
@@ -45,6 +48,12 @@ def link_options() -> dict[str, Any]:
     no socket timeout applies) is dropped once its reply is ``health_check_interval``
     overdue, checked that often: within about 11 s of silence."""
     return {**client_timeouts(), "health_check_interval": 5}
+
+
+def safe_url(url: str) -> str:
+    """``url`` (or a ``;`` list of them) to show: every password hidden, whatever else the
+    URL gets wrong (kombu's sanitizer raised on a bad port, and hid a list's first only)."""
+    return _PASSWORD.sub(r"\1**@", url)
 
 
 def is_sentinel(url: str | None) -> bool:

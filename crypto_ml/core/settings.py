@@ -152,6 +152,23 @@ def _valid_auth(spec: str) -> bool:
     return all(user and sep and password for user, sep, password in pairs)
 
 
+
+#: The URL schemes a model store may name (else a directory, ``redis`` or ``off``)
+STORE_SCHEMES = ("redis://", "rediss://", "unix://", "s3://", "file://")
+
+
+def model_store_problem(spec: str | None) -> str | None:
+    """Why ``CRYPTO_ML_MODEL_STORE`` names no store (:mod:`crypto_ml.worker.model_store`), or
+    None: checked where settings are read, so a wrong one stops a run before any work."""
+    spec = (spec or "redis").strip()
+    if spec.startswith("s3://") and not spec.removeprefix("s3://").partition("/")[0]:
+        return f"CRYPTO_ML_MODEL_STORE={spec!r}: name a bucket, s3://BUCKET/prefix"
+    if "://" in spec and not spec.startswith(STORE_SCHEMES):
+        return (f"CRYPTO_ML_MODEL_STORE={spec!r}: use redis, redis://..., s3://BUCKET/prefix, a "
+                "directory or file:///path, or off")
+    return None
+
+
 @dataclass(frozen=True)
 class Settings:
     """Configuration of one crypto-ml process; see the module docstring for each field."""
@@ -202,6 +219,8 @@ class Settings:
         if self.serializer not in SERIALIZERS:
             raise ConfigError(f"CRYPTO_ML_SERIALIZER={self.serializer!r} is not allowed (only "
                               f"formats that cannot run code); use one of {', '.join(SERIALIZERS)}")
+        if (why := model_store_problem(self.model_store)) is not None:
+            raise ConfigError(why)
         if self.hard_time_limit <= self.soft_time_limit:
             raise ConfigError(f"CRYPTO_ML_HARD_TIME_LIMIT={self.hard_time_limit} must be above "
                               f"CRYPTO_ML_SOFT_TIME_LIMIT={self.soft_time_limit}")

@@ -13,20 +13,21 @@ import contextlib
 from collections.abc import Callable, Iterator
 
 import redis
-from kombu.utils.url import maybe_sanitize_url
+from redis.sentinel import MasterNotFoundError
 
 from crypto_ml.core.acl import auth_failure
 from crypto_ml.core.errors import BrokerUnavailable
-from crypto_ml.core.sentinel import redis_client
+from crypto_ml.core.sentinel import redis_client, safe_url
 from crypto_ml.core.settings import Settings
 from crypto_ml.dispatch.cluster import LocalCluster
 
 USE_YOUR_OWN = "set CRYPTO_ML_BROKER_URL to use your own cluster"
+BACKEND_HINT = "fix CRYPTO_ML_RESULT_BACKEND, or unset it to keep results in the broker"
 
 
 def check_broker(url: str, settings: Settings | None = None,
                  hint: str = "fix --broker / CRYPTO_ML_BROKER_URL, or unset it to run on the "
-                 "embedded local cluster") -> None:
+                 "embedded local cluster", what: str = "broker") -> None:
     """Raise BrokerUnavailable, naming the (password-free) URL and ending with ``hint``,
     unless Redis answers a ping (for ``sentinel://``: the master the sentinels name)."""
     settings = settings or Settings()
@@ -37,8 +38,15 @@ def check_broker(url: str, settings: Settings | None = None,
         raise auth_failure(url, exc) from None
     except (redis.RedisError, OSError, ValueError) as exc:
         raise BrokerUnavailable(
-            f"cannot reach the broker at {maybe_sanitize_url(url)} ({exc}); start Redis there, "
+            f"cannot reach the {what} at {safe_url(url)} ({_why(exc)}); start Redis there, "
             f"{hint}") from None
+
+
+def _why(exc: BaseException) -> str:
+    """What went wrong, short: redis-py's 'no master' error lists every client it tried."""
+    if isinstance(exc, MasterNotFoundError):
+        return "no Sentinel there names the master; check the URL and CRYPTO_ML_SENTINEL_MASTER"
+    return f"{exc}"[:300]
 
 
 def launch_embedded(settings: Settings, say: Callable[[str], None],
@@ -65,7 +73,7 @@ def open_cluster(settings: Settings, say: Callable[[str], None] = print,
     if settings.broker_url:
         check_broker(settings.broker_url, settings)
         if settings.backend_url != settings.broker_url:
-            check_broker(settings.backend_url or "", settings)
+            check_broker(settings.backend_url or "", settings, BACKEND_HINT, "result backend")
         yield settings, None
         return
     cluster = launched or launch_embedded(settings, say, hint, **options)

@@ -33,11 +33,13 @@ def model_color(model: str) -> str:
     return cls.color if cls is not None else "tab:red"
 
 
-def picture_problem(path: Path) -> str | None:
+def picture_problem(path: Path, results: Path | None = None) -> str | None:
     """Why no picture can be written under ``path``'s name (matplotlib picks the format by
-    its suffix), or None."""
+    its suffix, and it may not be the ``results`` file), or None."""
     from matplotlib.backend_bases import FigureCanvasBase  # lazy: only a run with --plot
 
+    if results is not None and path.resolve() == results.resolve():
+        return "it is --output too; the picture would replace the results: name another file"
     formats = FigureCanvasBase.get_supported_filetypes()
     if path.suffix.lower().lstrip(".") in formats:
         return None

@@ -56,7 +56,7 @@ import numpy as np
 
 from crypto_ml.core import keys
 from crypto_ml.core.errors import ConfigError, CryptoMLError
-from crypto_ml.core.settings import Settings
+from crypto_ml.core.settings import Settings, model_store_problem
 from crypto_ml.models.base import Forecaster
 from crypto_ml.models.intervals import DEFAULT_LEVELS, Prediction, check_levels
 from crypto_ml.models.state import ModelState
@@ -194,6 +194,8 @@ def open_store(spec: str | None, backend_client: redis.Redis | None,
 
     ``backend_client`` is the result backend's Redis client, the default store.
     """
+    if (why := model_store_problem(spec)) is not None:
+        raise ConfigError(why)
     spec = (spec or "redis").strip()
     if spec.lower() in ("off", "none", "0", "false"):
         return None
@@ -205,12 +207,7 @@ def open_store(spec: str | None, backend_client: redis.Redis | None,
         return RedisModelStore(redis_lib.Redis.from_url(spec, socket_connect_timeout=5), ttl)
     if spec.startswith("s3://"):
         bucket, _, prefix = spec.removeprefix("s3://").partition("/")
-        if not bucket:
-            raise ConfigError(f"CRYPTO_ML_MODEL_STORE={spec!r}: name a bucket, s3://BUCKET/prefix")
         return S3ModelStore(s3_client(), bucket, prefix, ttl)
-    if "://" in spec and not spec.startswith("file://"):
-        raise ConfigError(f"CRYPTO_ML_MODEL_STORE={spec!r}: use redis, redis://..., a directory "
-                          "or file:///path, or off")
     return DirectoryModelStore(Path(spec.removeprefix("file://")), ttl)
 
 
