@@ -119,6 +119,9 @@ def test_a_last_close_of_zero_gets_random_walk_widths_not_none() -> None:
     batch = predict_batch(model_class("linear"), [series, series + 1.0], 5, (95,))
     np.testing.assert_allclose(batch.bands["95"][0][0], lower)
     np.testing.assert_allclose(batch.bands["95"][1][0], upper)
+    not_a_price = np.append(np.cumsum(rng.normal(0.0, 2.0, 99)) - 50.0, 0.0)
+    lower, upper = get_model("linear").fit(not_a_price).predict(5, (95,)).bands["95"]
+    assert (upper - lower > 0).all()  # a walk in the value itself, around the forecast
 
 
 def test_conformal_intervals_cover_a_simulated_random_walk_roughly() -> None:

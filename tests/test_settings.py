@@ -97,6 +97,9 @@ def test_settings_that_do_not_fit_together_name_the_variables(env: dict[str, str
      "sentinel://w:**@h1:26379/0;sentinel://w:**@h2:26380/0"),
     ("redis://:secret@127.0.0.1:99999/0", "redis://:**@127.0.0.1:99999/0"),  # a bad port
     ("sentinel://127.0.0.1:1;sentinel://127.0.0.1:2", "sentinel://127.0.0.1:1;sentinel://127.0.0.1:2"),
+    ("redis://user:p@ss@host:6379/0", "redis://user:**@host:6379/0"),  # a password with @
+    ("redis://host/0?password=secret&db=1", "redis://host/0?password=**&db=1"),
+    ("redis://:pa/ss@host/0", "redis://:**@host/0"),
 ])
 def test_a_url_is_shown_with_every_password_hidden_whatever_else_is_wrong(
         url: str, shown: str) -> None:

@@ -72,6 +72,16 @@ def test_times_with_a_zone_in_one_file_and_without_in_another_are_named(
         TableSource(tmp_path / "t").check()
 
 
+def test_text_times_with_a_zone_in_one_file_and_without_in_another_are_named(
+        tmp_path: Path) -> None:
+    # both files store text: the second's were read in the first's zone, or moved to UTC
+    _file(tmp_path / "t" / "a.parquet", ["a"], pa.array(["2020-01-01T00:00:00"]), pa.array([1.0]))
+    _file(tmp_path / "t" / "b.parquet", ["b"], pa.array(["2020-01-01T00:00:00+05:00"]),
+          pa.array([2.0]))
+    with pytest.raises(InvalidTable, match="times with a zone in some rows and without"):
+        TableSource(tmp_path / "t").check()
+
+
 @pytest.mark.parametrize(("text", "kind", "zone"), [
     ("2013-04-28T00:00:00+01:00", "timestamp", "UTC"), ("2013-04-28", "date", None)])
 def test_text_times_in_parquet_are_read_as_a_csv_s_are(

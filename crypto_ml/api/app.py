@@ -10,6 +10,7 @@ the configured or embedded cluster.
 from __future__ import annotations
 
 import hmac
+import re
 import sys
 import warnings
 from collections.abc import AsyncIterator, Callable
@@ -235,7 +236,10 @@ def add_error_handlers(app: FastAPI, data_dir: Path) -> None:
     """Every error as a JSON body: 422 in FastAPI's shape (a body that cannot be parsed too),
     503 when the broker, the result backend or the data is unreachable (never naming where
     the server keeps its data, ``data_dir``)."""
-    hidden = sorted({str(data_dir), str(data_dir.resolve())}, key=len, reverse=True)
+    hidden = re.compile("|".join(
+        rf"(?<![\w/.]){re.escape(path)}(?=[/\s;,:)'\"]|$)" for path in sorted(
+            {str(data_dir.resolve()), *([str(data_dir)] if "/" in str(data_dir) else [])},
+            key=len, reverse=True)))
 
     @app.exception_handler(Invalid)
     async def invalid(_: Request, exc: Invalid) -> JSONResponse:
@@ -255,10 +259,7 @@ def add_error_handlers(app: FastAPI, data_dir: Path) -> None:
     @app.exception_handler(BrokerUnavailable)
     @app.exception_handler(DataNotFound)
     async def unavailable(_: Request, exc: Exception) -> JSONResponse:
-        detail = str(exc)
-        for path in hidden:
-            detail = detail.replace(path, "the server's data directory")
-        return _unavailable(detail)
+        return _unavailable(hidden.sub("the server's data directory", str(exc)))
 
     @app.exception_handler(redis.RedisError)
     @app.exception_handler(OperationalError)

@@ -72,7 +72,8 @@ def check_listen(address: str, port: int) -> None:
     """ConfigError when Flower could not listen there (a port in use, an address this machine
     does not have): Flower itself would stop with a traceback."""
     try:
-        with socket.create_server((address, port)):
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with socket.create_server((address, port), family=family):
             pass
     except OSError as exc:
         raise ConfigError(f"Flower cannot listen on {address}:{port} "

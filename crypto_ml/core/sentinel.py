@@ -23,8 +23,8 @@ from redis.sentinel import Sentinel
 from crypto_ml.core.errors import ConfigError
 
 SCHEME = "sentinel://"
-#: ``scheme://user:password@``: the password of each URL of a list
-_PASSWORD = re.compile(r"(://[^:/@;]*:)[^@;/]*@")
+#: a password given in a URL's query (redis-py reads ``?password=``)
+_QUERY_PASSWORD = re.compile(r"(?i)(password=)[^&#;]*")
 DEFAULT_PORT = 26379
 
 #: Seconds a Celery process (worker, manager) waits on a silent Redis connection before it
@@ -53,7 +53,17 @@ def link_options() -> dict[str, Any]:
 def safe_url(url: str) -> str:
     """``url`` (or a ``;`` list of them) to show: every password hidden, whatever else the
     URL gets wrong (kombu's sanitizer raised on a bad port, and hid a list's first only)."""
-    return _PASSWORD.sub(r"\1**@", url)
+    return ";".join(_hidden(one) for one in url.split(";"))
+
+
+def _hidden(url: str) -> str:
+    """One URL with its password hidden: all between the user and the last ``@`` (a
+    password may hold ``@`` or ``/``), and any ``password=`` of its query."""
+    scheme, sep, rest = url.partition("://")
+    at = rest.rfind("@")
+    if sep and at >= 0 and ":" in rest[:at]:
+        rest = rest[:at].split(":", 1)[0] + ":**" + rest[at:]
+    return scheme + sep + _QUERY_PASSWORD.sub(r"\1**", rest)
 
 
 def is_sentinel(url: str | None) -> bool:

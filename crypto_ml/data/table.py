@@ -231,12 +231,12 @@ class TableSource:
         prev: tuple[str, int] | None = None
         firsts: list[pa.Array] = []
         starts: list[np.ndarray] = []
-        first_times: pa.Array | None = None
+        zone = self._stored_zone()
         for batch in self._batches(values=not self._stored_as_numbers()):
             if not batch.num_rows:
                 continue
             ids, times, found, _ = self._arrays(batch)
-            first_times = batch.column(self.columns.time) if not rows else first_times
+            zone = self._batch_zone(batch, zone, first=not rows)
             if kind and found != kind:  # files that store the times alike read alike
                 raise InvalidTable(f"{self.label}: column {self.columns.time!r} holds "
                                    f"{KIND_WORDS[kind]} in some rows and {KIND_WORDS[found]} "
@@ -254,16 +254,26 @@ class TableSource:
         begin = np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
         layout = _Layout(pa.concat_arrays(firsts) if firsts else pa.array([], pa.string()),
                          np.diff(np.append(begin, rows)))
-        zone = self._zone(first_times)
         return TableInfo(rows, len(begin), kind, presorted, zone, self._id_type()), layout
 
-    def _zone(self, first_times: pa.Array | None) -> str | None:
-        """The zone the times are in: a timestamp column's own, UTC for text times that carry
-        one (as a CSV's are read: ``first_times``, the first batch's, say which), else none."""
-        stored = self.dataset.schema.field(self.columns.time).type  # the batches read it
-        if pa.types.is_temporal(stored) or pa.types.is_integer(stored) or first_times is None:
-            return getattr(stored, "tz", None)
-        return text_zone(first_times)
+    def _stored_zone(self) -> str | None:
+        """The zone of a timestamp column as stored (text times: see :meth:`_batch_zone`)."""
+        return getattr(self.dataset.schema.field(self.columns.time).type, "tz", None)
+
+    def _batch_zone(self, batch: pa.RecordBatch, zone: str | None, first: bool) -> str | None:
+        """The zone the times are in: a timestamp column's own; for times written as text, UTC
+        when they carry one (as a CSV's are read), taken from the ``first`` batch, and
+        InvalidTable when a later batch differs (the times without a zone would be read as
+        UTC, or the others moved out of theirs, without a word)."""
+        stored = self.dataset.schema.field(self.columns.time).type
+        if pa.types.is_temporal(stored) or pa.types.is_integer(stored):
+            return zone
+        here = text_zone(batch.column(self.columns.time))
+        if not first and here != zone:
+            raise InvalidTable(f"{self.label}: column {self.columns.time!r} holds times with a "
+                               "zone in some rows and without one in others (files written "
+                               "differently?); give every time a zone, or none")
+        return here
 
     def _id_type(self) -> pa.DataType:
         """The ids' type in the output: as the input stores them when every file does so

@@ -32,16 +32,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from crypto_ml.core.errors import BrokerUnavailable
 from crypto_ml.core.sentinel import SOCKET_TIMEOUT
 
-#: A broker that did not answer: the parts that waited meanwhile are refused with the message
-#: that failed, not sent one after another into the same wait (a paused Redis held the fourth
-#: of four concurrent requests for four socket timeouts)
-UNREACHABLE = (OSError, TimeoutError, RedisConnectionError, RedisTimeoutError)
+#: A broker that did not answer in time: the parts that waited meanwhile are refused with the
+#: message that failed, not sent one after another into the same wait (a paused Redis held the
+#: fourth of four concurrent requests for four socket timeouts); a failure that came at once
+#: (refused, a wrong password) refuses only its own message's
+UNREACHABLE = (TimeoutError, RedisTimeoutError)
 #: A message not finished after this long stops counting against the window (lost, or a
 #: long backlog in the broker: then more messages join it there).
 SLOT_SECONDS = 10.0

@@ -140,8 +140,8 @@ def random_walk_bands(series: np.ndarray, h: int, levels: Sequence[float],
         raise CalibrationTooShort("a 1-close series has no daily change to size its "
                                   "intervals: add history, or ask for none (--levels none)")
     last = float(series[-1])
-    if center is None and (series <= 0).any():  # not a price: a random walk in the value itself
-        return additive_walk_bands(series, h, levels)
+    if (series <= 0).any():  # not a price: a random walk in the value itself
+        return additive_walk_bands(series, h, levels, center)
     positive = series[series > 0]
     returns = np.diff(np.log(positive)) if len(positive) > 1 else np.zeros(0)
     bands = {}
@@ -156,12 +156,14 @@ def random_walk_bands(series: np.ndarray, h: int, levels: Sequence[float],
     return bands
 
 
-def additive_walk_bands(series: np.ndarray, h: int, levels: Sequence[float]) -> Bands:
-    """``last +- z * sigma * sqrt(k)``, ``sigma`` the EWMA volatility of the series' daily
-    changes: the random walk of a series that is not a price (a zero or a negative value,
-    where log returns mean nothing), symmetric as statsforecast's Naive bands are."""
-    last = float(series[-1])
-    return {key: (last - width, last + width)
+def additive_walk_bands(series: np.ndarray, h: int, levels: Sequence[float],
+                        center: np.ndarray | None = None) -> Bands:
+    """``last +- z * sigma * sqrt(k)`` (or around ``center``, a forecast), ``sigma`` the EWMA
+    volatility of the series' daily changes: the random walk of a series that is not a price
+    (a zero or a negative value, where log returns mean nothing), symmetric as statsforecast's
+    Naive bands are."""
+    middle = float(series[-1]) if center is None else center
+    return {key: (middle - width, middle + width)
             for key, width in walk_widths(ewma_volatility(np.diff(series)), h, levels).items()}
 
 
