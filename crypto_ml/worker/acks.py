@@ -1,4 +1,6 @@
-"""An acknowledgement Redis did not answer frees its prefetch slot all the same.
+"""An acknowledgement Redis did not answer frees its prefetch slot all the same; and a message
+recorded as taken goes back to its queue only while no one has taken it since
+(:func:`restore_if_held`, the liveness sweep's).
 
 kombu's Redis ``QoS.ack`` removes the message from Redis (``unacked``, ``unacked_index``)
 and then from its own count of messages held. When the first part fails (Redis cut off: the
@@ -20,6 +22,10 @@ from typing import Any
 
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads
+
+SCORE_TOLERANCE = 1e-3  # scores are delivery times; another delivery differs by far more
 
 
 def _ack(qos: Any, delivery_tag: str) -> None:
@@ -43,3 +49,27 @@ def install() -> None:
     """Make kombu's Redis QoS free a slot whatever Redis answers (once per process)."""
     kombu_redis.QoS.ack = _ack  # type: ignore[method-assign]
     kombu_redis.QoS.reject = _reject  # type: ignore[method-assign]
+
+
+def restore_if_held(channel: Any, client: Any, tag: bytes | str, score: bytes | str) -> bool:
+    """Move message ``tag`` from kombu's unacked hash back to the front of its queue,
+    only if its delivery score is still ``score`` (no one else has taken it since)."""
+    expected = float(score)
+    index, unacked = channel.unacked_index_key, channel.unacked_key
+    done: list[bool] = []
+
+    def transaction(pipe: Any) -> None:
+        done.clear()
+        current = pipe.zscore(index, tag)
+        raw = pipe.hget(unacked, tag)
+        pipe.multi()
+        if current is None or raw is None or abs(float(current) - expected) > SCORE_TOLERANCE:
+            return
+        pipe.zrem(index, tag)
+        pipe.hdel(unacked, tag)
+        message, exchange, routing_key = loads(bytes_to_str(raw))
+        channel._do_restore_message(message, exchange, routing_key, pipe, leftmost=False)
+        done.append(True)
+
+    client.transaction(transaction, unacked, index)
+    return bool(done)

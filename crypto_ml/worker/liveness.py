@@ -49,16 +49,16 @@ from typing import Any
 
 import redis
 from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import dumps, loads
+from kombu.utils.json import dumps
 
 from crypto_ml.core import keys
+from crypto_ml.worker.acks import restore_if_held
 
 log = logging.getLogger(__name__)
 
 #: The least time between two beats woken by deliveries (seconds): a message received in it
 #: is recorded at most this much later than it was taken
 BEAT_GAP = 0.2
-SCORE_TOLERANCE = 1e-3  # scores are times; another delivery differs by far more
 #: what a record this module cannot read raises (not JSON, not [message, exchange, routing
 #: key], a score that is not a time, a key of another type): that record is skipped, the sweep
 #: goes on; connection errors still end the sweep (the broker is down: the next one retries)
@@ -340,30 +340,6 @@ class Liveness(threading.Thread):
                      self.dead_after)
         self.redelivered += len(restored)
         return len(restored)
-
-
-def restore_if_held(channel: Any, client: Any, tag: bytes | str, score: bytes | str) -> bool:
-    """Move message ``tag`` from kombu's unacked hash back to the front of its queue,
-    only if its delivery score is still ``score`` (no one else has taken it since)."""
-    expected = float(score)
-    index, unacked = channel.unacked_index_key, channel.unacked_key
-    done: list[bool] = []
-
-    def transaction(pipe: Any) -> None:
-        done.clear()
-        current = pipe.zscore(index, tag)
-        raw = pipe.hget(unacked, tag)
-        pipe.multi()
-        if current is None or raw is None or abs(float(current) - expected) > SCORE_TOLERANCE:
-            return
-        pipe.zrem(index, tag)
-        pipe.hdel(unacked, tag)
-        message, exchange, routing_key = loads(bytes_to_str(raw))
-        channel._do_restore_message(message, exchange, routing_key, pipe, leftmost=False)
-        done.append(True)
-
-    client.transaction(transaction, unacked, index)
-    return bool(done)
 
 
 # -- the worker's hooks (connected by crypto_ml.celery_app) ----------------------------------
