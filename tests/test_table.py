@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -551,9 +551,11 @@ class _ScriptedEngine:
         pass
 
 
-@pytest.mark.parametrize("give_up", [False, True])
-def test_a_chunk_failing_whole_is_split_and_every_series_counted_once(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, give_up: bool) -> None:
+def _scripted(monkeypatch: pytest.MonkeyPatch, engine: type, frame: pd.DataFrame,
+              chunk_series: int, out: Path, timeout: float) -> tuple[Any, list[Any]]:
+    """``frame``'s naive forecasts (horizon 2) run into ``out`` with ``engine`` for the
+    Dispatcher, each chunk's message labelled with its series' ids (``_ids``), which the
+    scripted engines read: the run's summary and its progress calls."""
     import crypto_ml.dispatch.table_run as table_run
 
     sent = table_run._Run._message
@@ -563,16 +565,24 @@ def test_a_chunk_failing_whole_is_split_and_every_series_counted_once(
         message.kwargs["_ids"] = list(chunk.ids)
         return message
     monkeypatch.setattr(table_run._Run, "_message", labelled)
-    monkeypatch.setattr(table_run, "Dispatcher", _ScriptedEngine)
-    monkeypatch.setattr(_ScriptedEngine, "give_up", give_up)
-    source = TableSource(pa.Table.from_pandas(random_walks(5, 4).assign(
-        unique_id=lambda f: f["unique_id"].str.replace("s00000", "s")), preserve_index=False))
+    monkeypatch.setattr(table_run, "Dispatcher", engine)
+    source = TableSource(pa.Table.from_pandas(frame, preserve_index=False))
     source.check()
-    plan = TablePlan.of(["naive"], 2, (), chunk_series=3)
-    out, progress = tmp_path / "o.parquet", []
+    plan = TablePlan.of(["naive"], 2, (), chunk_series=chunk_series)
+    progress: list[Any] = []
     summary = table_run.run_table(None, source, TableOutput(out, plan.describe(source)),  # type: ignore[arg-type]
                                   plan, on_progress=lambda d, f: progress.append((d, f)),
-                                  say=lambda line: None, timeout=5.0)
+                                  say=lambda line: None, timeout=timeout)
+    return summary, progress
+
+
+@pytest.mark.parametrize("give_up", [False, True])
+def test_a_chunk_failing_whole_is_split_and_every_series_counted_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, give_up: bool) -> None:
+    monkeypatch.setattr(_ScriptedEngine, "give_up", give_up)
+    out = tmp_path / "o.parquet"
+    summary, progress = _scripted(monkeypatch, _ScriptedEngine, random_walks(5, 4).assign(
+        unique_id=lambda f: f["unique_id"].str.replace("s00000", "s")), 3, out, 5.0)
     done, failed = np.sum(progress, axis=0).tolist()
     if give_up:  # the split chunk's series never all came back: failed, counted once
         assert (done, failed) == (2, 3) and summary.chunks_failed[0].startswith("no result")
@@ -605,23 +615,8 @@ class _GivingUpEngine(_ScriptedEngine):
 
 def test_chunks_a_timed_out_run_never_sent_are_counted_as_failed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import crypto_ml.dispatch.table_run as table_run
-
-    sent = table_run._Run._message
-
-    def labelled(run: object, chunk: SeriesChunk, key: int) -> object:
-        message = sent(run, chunk, key)  # type: ignore[arg-type]
-        message.kwargs["_ids"] = list(chunk.ids)
-        return message
-    monkeypatch.setattr(table_run._Run, "_message", labelled)
-    monkeypatch.setattr(table_run, "Dispatcher", _GivingUpEngine)
-    source = TableSource(pa.Table.from_pandas(random_walks(5, 4), preserve_index=False))
-    source.check()
-    plan = TablePlan.of(["naive"], 2, (), chunk_series=2)
-    out, progress = tmp_path / "o.parquet", []
-    summary = table_run.run_table(None, source, TableOutput(out, plan.describe(source)),  # type: ignore[arg-type]
-                                  plan, on_progress=lambda d, f: progress.append((d, f)),
-                                  say=lambda line: None, timeout=1.0)
+    out = tmp_path / "o.parquet"
+    summary, progress = _scripted(monkeypatch, _GivingUpEngine, random_walks(5, 4), 2, out, 1.0)
     assert np.sum(progress, axis=0).tolist() == [2, 3]  # every series counted, once
     assert sorted(summary.chunks_failed) == [1, 2] and not out.exists()
     assert summary.chunks_failed[1].startswith("no result within 1 s")
