@@ -72,6 +72,14 @@ def test_times_with_a_zone_in_one_file_and_without_in_another_are_named(
         TableSource(tmp_path / "t").check()
 
 
+def test_a_csv_without_the_columns_is_named_not_a_crash(tmp_path: Path) -> None:
+    # a coin's price file given as a table: the time column's zone was looked up before the
+    # missing columns were named (a KeyError, a 500 from POST /v1/jobs)
+    (tmp_path / "coin.csv").write_text("Date,Close\n2017-09-01,1.0\n")
+    with pytest.raises(InvalidTable, match="no column 'unique_id', 'ds', 'y'"):
+        TableSource(tmp_path / "coin.csv").check()
+
+
 def test_text_times_with_a_zone_in_one_file_and_without_in_another_are_named(
         tmp_path: Path) -> None:
     # both files store text: the second's were read in the first's zone, or moved to UTC

@@ -257,8 +257,12 @@ class TableSource:
         return TableInfo(rows, len(begin), kind, presorted, zone, self._id_type()), layout
 
     def _stored_zone(self) -> str | None:
-        """The zone of a timestamp column as stored (text times: see :meth:`_batch_zone`)."""
-        return getattr(self.dataset.schema.field(self.columns.time).type, "tz", None)
+        """The zone of a timestamp column as stored (text times: see :meth:`_batch_zone`; a
+        table without the column is named by :meth:`_batches`)."""
+        schema = self.dataset.schema
+        if self.columns.time not in schema.names:
+            return None
+        return getattr(schema.field(self.columns.time).type, "tz", None)
 
     def _batch_zone(self, batch: pa.RecordBatch, zone: str | None, first: bool) -> str | None:
         """The zone the times are in: a timestamp column's own; for times written as text, UTC
