@@ -115,6 +115,15 @@ def test_urls_and_paths_a_probe_broke_are_one_line_and_exit_2(
     assert not list(tmp_path.iterdir())  # nothing written
 
 
+def test_a_refusal_is_a_json_line_where_the_logs_are(price_data: Path, tmp_path: Path) -> None:
+    # --log-format json made every log line JSON but the refusal, which a log pipeline missed
+    run = crypto_ml("send-tasks", "--log-format", "json", "--coins", "nope", cwd=tmp_path,
+                    data_dir=price_data, timeout=60)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+    line = json.loads(run.stderr)
+    assert line["level"] == "ERROR" and "unknown coin(s) 'nope'" in line["message"]
+
+
 @pytest.mark.parametrize(("option", "value"), [("--plot", "p.png"), ("--format", "json-lines")])
 def test_a_folder_option_with_a_table_is_refused_not_dropped(
         option: str, value: str, capsys: pytest.CaptureFixture[str]) -> None:

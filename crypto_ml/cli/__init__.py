@@ -45,6 +45,7 @@ from typing import NoReturn
 from crypto_ml.cli.options import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from crypto_ml.core.errors import ConfigError, CryptoMLError, caused_by_interrupt
 from crypto_ml.core.logs import configure as configure_logging
+from crypto_ml.core.logs import error_line
 from crypto_ml.core.settings import Settings
 
 __all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "build_parser", "guarded",
@@ -112,10 +113,10 @@ def guarded(command: Callable[[], int], interrupted: str | None) -> int:
     try:
         return command()
     except ConfigError as exc:
-        print(f"crypto-ml: error: {exc}", file=sys.stderr)
+        print(error_line(f"crypto-ml: error: {exc}"), file=sys.stderr)
         return EXIT_CONFIG
     except CryptoMLError as exc:
-        print(f"crypto-ml: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(error_line(f"crypto-ml: error: {type(exc).__name__}: {exc}"), file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return _stopped(interrupted)

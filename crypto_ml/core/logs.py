@@ -82,6 +82,16 @@ def configure(log_format: str, level: int | str, stream: TextIO, quiet: bool = F
     logging.captureWarnings(True)  # library warnings in the same format, not raw on stderr
 
 
+def error_line(line: str) -> str:
+    """A command's one error ``line`` as its console says it: a JSON object when the logs are
+    (``--log-format json``), so that a log pipeline reads the refusal too."""
+    if any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers):
+        return JsonFormatter().format(logging.makeLogRecord(
+            {"name": "crypto_ml.cli", "levelno": logging.ERROR, "levelname": "ERROR",
+             "msg": line}))
+    return line
+
+
 def use_format(logger: logging.Logger, log_format: str) -> None:
     """Switch every handler of ``logger`` to ``log_format`` (workers, after Celery set them up)."""
     if log_format == "json":
