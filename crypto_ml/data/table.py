@@ -40,7 +40,6 @@ from crypto_ml.data.table_checks import (
     id_order,
     output_id_type,
     string_ids,
-    text_zone,
     time_column,
     value_column,
 )
@@ -184,15 +183,16 @@ class TableSource:
         yield from self.dataset.to_batches(columns=names, filter=where, batch_size=BATCH_ROWS,
                                            batch_readahead=1, fragment_readahead=1)
 
-    def _arrays(self, batch: pa.RecordBatch) -> tuple[pa.Array, np.ndarray, str, np.ndarray]:
+    def _arrays(self, batch: pa.RecordBatch
+                ) -> tuple[pa.Array, np.ndarray, str, str | None, np.ndarray]:
         c = self.columns
         ids = string_ids(batch.column(c.id), c.id)
         if ids.null_count:
             raise InvalidTable(f"--input: column {c.id!r} is empty in some row")
-        times, kind = time_column(batch.column(c.time), ids, c.time)
+        times, kind, zone = time_column(batch.column(c.time), ids, c.time)
         values = (value_column(batch.column(c.value), ids, c.value) if c.value in batch.schema.names
                   else np.empty(0))
-        return ids, times, kind, values
+        return ids, times, kind, zone, values
 
     def check(self) -> TableInfo:
         """Read the whole table once; its size, or InvalidTable (see the module doc). An
@@ -231,17 +231,20 @@ class TableSource:
         prev: tuple[str, int] | None = None
         firsts: list[pa.Array] = []
         starts: list[np.ndarray] = []
-        zone = self._stored_zone()
+        zone: str | None = None
         for batch in self._batches(values=not self._stored_as_numbers()):
             if not batch.num_rows:
                 continue
-            ids, times, found, _ = self._arrays(batch)
-            zone = self._batch_zone(batch, zone, first=not rows)
+            ids, times, found, zoned, _ = self._arrays(batch)
             if kind and found != kind:  # files that store the times alike read alike
                 raise InvalidTable(f"{self.label}: column {self.columns.time!r} holds "
                                    f"{KIND_WORDS[kind]} in some rows and {KIND_WORDS[found]} "
                                    "in others (files written differently?); write them alike")
-            kind = found
+            if kind and zoned != zone:  # text times: read as UTC, or moved out of their zone
+                raise InvalidTable(f"{self.label}: column {self.columns.time!r} holds times "
+                                   "with a zone in some rows and without one in others (files "
+                                   "written differently?); give every time a zone, or none")
+            kind, zone = found, zoned
             new, order_ok, dup = id_order(ids, times, prev)
             if dup is not None:
                 raise InvalidTable(f"--input: series {dup!r} has two rows at the same "
@@ -255,29 +258,6 @@ class TableSource:
         layout = _Layout(pa.concat_arrays(firsts) if firsts else pa.array([], pa.string()),
                          np.diff(np.append(begin, rows)))
         return TableInfo(rows, len(begin), kind, presorted, zone, self._id_type()), layout
-
-    def _stored_zone(self) -> str | None:
-        """The zone of a timestamp column as stored (text times: see :meth:`_batch_zone`; a
-        table without the column is named by :meth:`_batches`)."""
-        schema = self.dataset.schema
-        if self.columns.time not in schema.names:
-            return None
-        return getattr(schema.field(self.columns.time).type, "tz", None)
-
-    def _batch_zone(self, batch: pa.RecordBatch, zone: str | None, first: bool) -> str | None:
-        """The zone the times are in: a timestamp column's own; for times written as text, UTC
-        when they carry one (as a CSV's are read), taken from the ``first`` batch, and
-        InvalidTable when a later batch differs (the times without a zone would be read as
-        UTC, or the others moved out of theirs, without a word)."""
-        stored = self.dataset.schema.field(self.columns.time).type
-        if pa.types.is_temporal(stored) or pa.types.is_integer(stored):
-            return zone
-        here = text_zone(batch.column(self.columns.time))
-        if not first and here != zone:
-            raise InvalidTable(f"{self.label}: column {self.columns.time!r} holds times with a "
-                               "zone in some rows and without one in others (files written "
-                               "differently?); give every time a zone, or none")
-        return here
 
     def _id_type(self) -> pa.DataType:
         """The ids' type in the output: as the input stores them when every file does so

@@ -42,8 +42,11 @@ def first_bad(ids: pa.Array, values: pa.Array, ok: pa.Array) -> tuple[str, objec
     return str(ids[i].as_py()), values[i].as_py()
 
 
-def time_column(column: pa.Array, ids: pa.Array, name: str) -> tuple[np.ndarray, str]:
-    """The time column as int64 in its kind; InvalidTable naming the first bad value."""
+def time_column(column: pa.Array, ids: pa.Array, name: str
+                ) -> tuple[np.ndarray, str, str | None]:
+    """The time column as int64 in its kind, and the zone its times are in (a timestamp
+    column's own; UTC for text times that carry one, as a CSV's are read); InvalidTable naming
+    the first bad value."""
     if pa.types.is_duration(column.type) or pa.types.is_time(column.type) or \
             pa.types.is_nested(column.type) or pa.types.is_boolean(column.type):
         raise InvalidTable(f"--input: column {name!r} is of type {column.type}, not a point in "
@@ -56,21 +59,22 @@ def time_column(column: pa.Array, ids: pa.Array, name: str) -> tuple[np.ndarray,
     if column.null_count:
         series, _ = first_bad(ids, column, pc.is_valid(column))
         raise InvalidTable(f"--input: column {name!r} is empty in a row of series {series!r}")
+    zone = getattr(column.type, "tz", None)
     if kind == "date":
         column = pc.cast(column, pa.date32())
-        return np.asarray(column.cast(pa.int32()).to_numpy(), dtype=np.int64), kind
+        return np.asarray(column.cast(pa.int32()).to_numpy(), dtype=np.int64), kind, zone
     if kind == "timestamp":
         try:
             column = pc.cast(column, pa.timestamp("ns"))
         except pa.ArrowInvalid:  # seconds, ms or us beyond what nanoseconds hold
             raise InvalidTable(f"--input: column {name!r} holds a time outside 1677-09-21 to "
                                "2262-04-11, the range this reads (as nanoseconds)") from None
-        return np.asarray(column.cast(pa.int64()).to_numpy(), dtype=np.int64), kind
+        return np.asarray(column.cast(pa.int64()).to_numpy(), dtype=np.int64), kind, zone
     largest = pc.max(column).as_py() if pa.types.is_unsigned_integer(column.type) else None
     if largest is not None and largest > np.iinfo(np.int64).max:
         raise InvalidTable(f"--input: column {name!r} holds {largest}, above the largest time "
                            "this reads (2**63 - 1)")
-    return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.int64), kind
+    return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.int64), kind, zone
 
 
 def _timestamps(column: pa.Array) -> tuple[pa.Array, str] | None:
@@ -84,13 +88,6 @@ def _timestamps(column: pa.Array) -> tuple[pa.Array, str] | None:
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             continue
     return None
-
-
-def text_zone(column: pa.Array) -> str | None:
-    """The zone times written as text are read in: UTC when they carry one (``Z``,
-    ``+01:00``), else none."""
-    parsed = _timestamps(column)
-    return getattr(parsed[0].type, "tz", None) if parsed is not None else None
 
 
 def _text_times(column: pa.Array, ids: pa.Array, name: str) -> tuple[pa.Array, str]:
