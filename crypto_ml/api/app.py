@@ -68,12 +68,13 @@ def _as_json(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """A body's headers saying JSON, whatever its content type said (FastAPI hands a body of
     another type, or of none, to the model as text, which no field takes): a JSON body is read
     as JSON, anything else is a 422 that names it as no JSON."""
-    kept = [(k, v) for k, v in headers if k.lower() != b"content-type"]
     given = next((v for k, v in headers if k.lower() == b"content-type"), b"").lower()
     kind = given.split(b";")[0].strip()
-    json = kind == b"application/json" or (kind.startswith(b"application/")
-                                           and kind.endswith(b"+json"))
-    return headers if json else [*kept, (b"content-type", b"application/json")]
+    if kind == b"application/json" or (kind.startswith(b"application/")
+                                       and kind.endswith(b"+json")):
+        return headers
+    return [*((k, v) for k, v in headers if k.lower() != b"content-type"),
+            (b"content-type", b"application/json")]
 
 
 def body_cap(app: Any, limit: int) -> Any:
@@ -201,7 +202,7 @@ def head_as_get(app: Any) -> Any:
 
     async def head(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] != "HEAD":
-            await app(scope, receive, allowing_head(send))
+            await app(scope, receive, send)
             return
 
         async def bodiless(message: Message) -> None:
@@ -213,22 +214,10 @@ def head_as_get(app: Any) -> Any:
     return http_only(app, head)
 
 
-def allowing_head(send: Send) -> Send:
-    """A 405's ``Allow`` names HEAD wherever it names GET (HEAD is answered as GET is)."""
-
-    async def allow(message: Message) -> None:
-        if message["type"] == "http.response.start" and message["status"] == 405:
-            headers = [(k, _with_head(v) if k.lower() == b"allow" else v)
-                       for k, v in message.get("headers", [])]
-            message = {**message, "headers": headers}
-        await send(message)
-
-    return allow
-
-
-def _with_head(allow: bytes) -> bytes:
-    methods = [m.strip() for m in allow.split(b",") if m.strip()]
-    return b", ".join([*methods, b"HEAD"]) if b"GET" in methods and b"HEAD" not in methods \
+def _with_head(allow: str) -> str:
+    """A 405's ``Allow`` naming HEAD wherever it names GET (:func:`head_as_get` answers it)."""
+    methods = [m.strip() for m in allow.split(",") if m.strip()]
+    return ", ".join([*methods, "HEAD"]) if "GET" in methods and "HEAD" not in methods \
         else allow
 
 
@@ -254,6 +243,9 @@ def add_error_handlers(app: FastAPI, data_dir: Path) -> None:
         if exc.status_code == 400 and exc.detail == PARSE_FAILED:  # as any other bad body
             return _unprocessable([{"loc": ["body"], "type": "json_invalid",
                                     "msg": _unparsed(exc.__cause__)}])
+        if exc.status_code == 405 and exc.headers and "Allow" in exc.headers:
+            exc = StarletteHTTPException(405, exc.detail, headers={
+                **exc.headers, "Allow": _with_head(exc.headers["Allow"])})
         return await http_exception_handler(request, exc)
 
     @app.exception_handler(BrokerUnavailable)
