@@ -152,7 +152,6 @@ def _valid_auth(spec: str) -> bool:
     return all(user and sep and password for user, sep, password in pairs)
 
 
-
 #: The URL schemes a model store may name (else a directory, ``redis`` or ``off``)
 STORE_SCHEMES = ("redis://", "rediss://", "unix://", "s3://", "file://")
 
