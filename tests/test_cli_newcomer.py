@@ -176,6 +176,16 @@ def test_an_option_that_does_not_apply_is_refused_not_ignored(
     assert out == "" and len(lines(err)) == 1 and err.startswith(f"crypto-ml: error: {says}")
 
 
+def test_workers_with_a_broker_from_the_environment_is_refused_not_ignored(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("CRYPTO_ML_BROKER_URL", "redis://127.0.0.1:1/0")
+    assert main(["send-tasks", "--workers", "3"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and lines(err) == [
+        "crypto-ml: error: --workers sizes the embedded cluster; with CRYPTO_ML_BROKER_URL the "
+        "broker's own workers run the tasks (scale them there)"]
+
+
 def test_a_ctrl_c_while_the_command_imports_is_one_line_and_130(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     real = importlib.import_module

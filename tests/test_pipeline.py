@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -199,6 +200,27 @@ def test_ctrl_c_stops_the_embedded_cluster(price_data: Path) -> None:
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr
     assert not _cluster_processes(proc.pid)
+
+
+def _workdirs(pid: int) -> list[Path]:
+    return list(Path(tempfile.gettempdir()).glob(f"crypto-ml-{pid}-*"))
+
+
+def test_a_killed_runs_cluster_dies_with_it_and_the_next_run_deletes_its_folder(
+        price_data: Path) -> None:
+    proc = _embedded(["--model", "lstm", "--epochs", "50"], price_data)
+    try:
+        wait_until(lambda: len(_cluster_processes(proc.pid)) >= 3, 120,
+                   "the embedded cluster's processes appearing")
+    finally:
+        proc.kill()  # SIGKILL: no handler runs, nothing is stopped or deleted by the run
+        proc.communicate(timeout=30)
+    wait_until(lambda: not _cluster_processes(proc.pid), 60, "the cluster dying with its run")
+    assert _workdirs(proc.pid)  # its Redis files and logs, left behind
+    after = _embedded(["--coins", "bitcoin"], price_data)
+    _, stderr = after.communicate(timeout=300)
+    assert after.returncode == 0, stderr
+    assert not _workdirs(proc.pid) and not _workdirs(after.pid)
 
 
 def test_celery_finds_the_app_from_any_folder(tmp_path: Path) -> None:

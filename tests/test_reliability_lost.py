@@ -87,6 +87,36 @@ def test_the_api_sends_a_message_the_broker_lost_again(
             runs.close()
 
 
+class _Told(Exception):
+    """Ends a run once the notice a test waits for was said."""
+
+
+def test_a_run_whose_queue_no_live_worker_takes_says_so_instead_of_waiting_silently() -> None:
+    """A worker that takes the cpu queue only: the cheap forecast arrives, and for the deep
+    one (gpu queue) the run says, once, that no live worker takes its queue and how to start
+    one, rather than waiting out its timeout without a word."""
+    with LocalCluster(workers=1, queues=("cpu",)) as cluster:
+        app = app_for(cluster)
+        closes = [float(x) for x in range(1, 60)]
+        messages = plan_messages([ForecastRequest("bitcoin", "naive", closes, 3),
+                                  ForecastRequest("bitcoin", "lstm", closes, 3)], batch_size=1)
+        said: list[str] = []
+        arrived: list[tuple[str, str]] = []
+
+        def told() -> None:
+            if arrived and any("'gpu'" in line for line in said):
+                raise _Told
+
+        dispatcher = Dispatcher(app, said.append, told, unserved_after=0.5)
+        with pytest.raises(_Told):
+            for outcome in dispatcher.run(messages, timeout=120):
+                arrived += outcome.message.items
+        assert arrived == [("bitcoin", "naive")]
+        assert said == ["waiting: no live worker takes queue 'gpu' (none beat in the last 30 s); "
+                        "its tasks stay queued until one starts (celery -A crypto_ml worker -Q "
+                        "gpu) or --timeout gives up"]
+
+
 def test_a_redelivery_after_its_run_ended_is_skipped_not_computed() -> None:
     """The first worker stored the result and died before its ack; the run read the result,
     freed it and ended; then the broker hands the message out again. The worker skips it:

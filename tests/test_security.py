@@ -162,6 +162,18 @@ def test_manager_reports_bad_input_per_coin(strict: LocalCluster, price_data: Pa
     assert_still_serving(strict)
 
 
+def test_a_manager_set_to_json_works_with_msgpack_workers(strict: LocalCluster,
+                                                          price_data: Path) -> None:
+    """CRYPTO_ML_SERIALIZER differs between the manager (json) and the workers (msgpack, the
+    default): the forecast still arrives, no DecodeError traceback."""
+    done = run_cli("send-tasks", "--coins", "ethereum", "--model", "linear", "--broker",
+                   strict.broker_url, env={"CRYPTO_ML_SERIALIZER": "json"}, data_dir=price_data,
+                   timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert [line.split()[0] for line in done.stdout.splitlines()] == ["ethereum"]
+    assert "Traceback" not in done.stderr
+
+
 # --- runaway tasks ----------------------------------------------------------------------
 
 @pytest.mark.slow

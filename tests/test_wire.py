@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import pickle
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from kombu.serialization import dumps, loads
 from crypto_ml.core.errors import ConfigError, InvalidTaskInput
 from crypto_ml.core.settings import Settings
 from crypto_ml.dispatch.planning import plan_messages
+from crypto_ml.dispatch.report import failure_reason, result_meta
 from crypto_ml.worker.app import celery_config, create_app
 from crypto_ml.worker.requests import (
     ACCEPT_CONTENT,
@@ -79,6 +81,25 @@ def test_deep_models_route_to_the_gpu_queue() -> None:
     for model, queue in [("naive", "cpu"), ("linear", "cpu"), ("lstm", "gpu"), ("gru", "gpu")]:
         options = route({}, TASK_NAME, (), {"model": model})
         assert options["queue"].name == queue
+
+
+@pytest.mark.parametrize("reader", ["json", "msgpack"])
+@pytest.mark.parametrize("writer", ["json", "msgpack"])
+def test_a_result_is_read_whichever_format_its_worker_wrote(writer: str, reader: str) -> None:
+    """A manager set to one CRYPTO_ML_SERIALIZER reads the results of workers set to the other
+    (a stored result carries no content type)."""
+    stored = create_app(replace(SETTINGS, serializer=writer)).backend.encode(
+        {"status": "SUCCESS", "result": {"forecast": [1.5, 2.0]}, "task_id": "t1"})
+    read = result_meta(create_app(replace(SETTINGS, serializer=reader)), stored)
+    assert read["status"] == "SUCCESS" and read["result"] == {"forecast": [1.5, 2.0]}
+
+
+@pytest.mark.parametrize("stored", [b"\x00\xffjunk", b"{not json", b"[1, 2]", b"\x93\x01\x02\x03"])
+def test_a_stored_result_that_is_no_workers_is_a_failure_not_a_traceback(stored: bytes) -> None:
+    meta = result_meta(create_app(SETTINGS), stored)
+    assert meta["status"] == "FAILURE"
+    assert failure_reason(meta).startswith("its stored result is unreadable (")
+    assert "not a crypto-ml worker's JSON or msgpack" in failure_reason(meta)
 
 
 @pytest.mark.parametrize("serializer", ["json", "msgpack"])

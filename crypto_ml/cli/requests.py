@@ -124,17 +124,13 @@ class BacktestRequest:
 def settings_from(args: argparse.Namespace) -> Settings:
     """The environment's settings (:meth:`Settings.from_env`) with the command line's
     overrides: the one place a command's settings are read."""
-    if getattr(args, "broker", None) and getattr(args, "workers", None) is not None:
-        raise ConfigError("--workers sizes the embedded cluster; with --broker the broker's "
-                          "own workers run the tasks (scale them there)")
     settings = Settings.from_env().with_broker(getattr(args, "broker", None))
-    changes = {}
-    if getattr(args, "data_dir", None) is not None:
-        changes["data_dir"] = args.data_dir
-    if getattr(args, "workers", None) is not None:
-        changes["workers"] = args.workers
-    if getattr(args, "log_format", None):
-        changes["log_format"] = args.log_format
+    if settings.broker_url and getattr(args, "workers", None) is not None:
+        given = "--broker" if getattr(args, "broker", None) else "CRYPTO_ML_BROKER_URL"
+        raise ConfigError(f"--workers sizes the embedded cluster; with {given} the broker's "
+                          "own workers run the tasks (scale them there)")
+    changes = {name: getattr(args, name) for name in ("data_dir", "workers", "log_format")
+               if getattr(args, name, None) not in (None, "")}
     return dataclasses.replace(settings, **changes)
 
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from crypto_ml.core import keys
 from crypto_ml.dispatch.broker_errors import PUBLISH_ERRORS
+from crypto_ml.dispatch.envelope import task_queue
+from crypto_ml.dispatch.planning import Message
 from crypto_ml.worker.app import CPU_QUEUE
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,8 @@ LEAST = 4
 REREAD_SECONDS = 5.0
 #: a beat older than this is a worker gone (beats come every 2 s; clocks of hosts differ a little)
 FRESH_SECONDS = 30.0
+#: how long a run waits with no outcome before it looks for workers that take its queues
+UNSERVED_SECONDS = 10.0
 
 
 def default_in_flight(slots: int) -> int:
@@ -102,3 +106,37 @@ class InFlight(Sizing):
         except PUBLISH_ERRORS as exc:
             log.debug("could not read the workers' slots (%s); in flight: %d", exc, self.limit)
             return 0
+
+
+class Unserved:
+    """Says once per queue, after ``after`` seconds with no outcome, that the run's messages
+    wait on a queue no live worker takes (none started, all gone, or started with other
+    ``-Q`` queues), instead of the run waiting out its ``--timeout`` without a word. A read
+    the broker refuses (a Redis user without the grant) says nothing."""
+
+    def __init__(self, app: Any, say: Callable[[str], None],
+                 after: float = UNSERVED_SECONDS) -> None:
+        self.app, self.say, self.after = app, say, after
+        self.told: set[str] = set()
+        self._sizing = Sizing(0, every=REREAD_SECONDS)
+
+    def check(self, pending: Iterable[Message], quiet_for: float) -> None:
+        """``pending``: the run's messages pending (a view, read only when it is time to
+        look); ``quiet_for``: seconds since the last outcome (or the first message)."""
+        if quiet_for < self.after or not self._sizing.due():
+            return
+        waiting = {task_queue(self.app, m.task, m.kwargs) for m in pending} - self.told
+        if not waiting:
+            return
+        try:
+            with self.app.connection_for_write() as conn, \
+                    conn.default_channel.conn_or_acquire() as client:
+                entries = client.hgetall(keys.SLOTS)
+        except PUBLISH_ERRORS as exc:
+            log.debug("could not read the workers' slots (%s)", exc)
+            return
+        for queue in sorted(q for q in waiting if not slots_in(entries, q)):
+            self.told.add(queue)
+            self.say(f"waiting: no live worker takes queue {queue!r} (none beat in the last "
+                     f"{FRESH_SECONDS:g} s); its tasks stay queued until one starts "
+                     f"(celery -A crypto_ml worker -Q {queue}) or --timeout gives up")

@@ -41,6 +41,33 @@ from crypto_ml.worker.nodes import PARENT_ENV
 from crypto_ml.worker.nodes import command as worker_command
 
 READY_TIMEOUT = 60.0
+#: An embedded cluster's folder (Redis's files, the processes' logs): its owner's pid first.
+WORKDIR_PREFIX = "crypto-ml-{pid}-"
+_WORKDIR = re.compile(r"crypto-ml-(\d+)-[a-z0-9_]{8}")
+
+
+def sweep_workdirs(root: Path) -> list[Path]:
+    """Delete the folders under ``root`` of embedded clusters whose owner died without
+    stopping them (SIGKILL, a machine that lost power): no process of such a cluster
+    outlives its owner, so nobody reads them. Returns what was deleted."""
+    gone = []
+    for folder in root.glob("crypto-ml-*-*"):
+        found = _WORKDIR.fullmatch(folder.name)
+        if found is None or not folder.is_dir() or _alive(int(found.group(1))):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        gone.append(folder)
+    return gone
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def redis_server_path() -> str:
@@ -91,7 +118,8 @@ class LocalCluster:
         self.env = dict(os.environ if env is None else env)
         self.extra_worker_args = list(extra_worker_args)
         self.appendonly = appendonly
-        self.workdir = Path(tempfile.mkdtemp(prefix=f"crypto-ml-{os.getpid()}-"))
+        sweep_workdirs(Path(tempfile.gettempdir()))
+        self.workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX.format(pid=os.getpid())))
         self.roles = dict(roles)  # Redis users: each process connects as its role's
         self.redis_server = redis_server
         self.maxmemory = maxmemory

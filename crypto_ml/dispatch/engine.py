@@ -42,10 +42,11 @@ from celery import Celery, states
 
 from crypto_ml.core.settings import Settings
 from crypto_ml.dispatch.broker_errors import PUBLISH_ERRORS, refused, transient
+from crypto_ml.dispatch.capacity import UNSERVED_SECONDS, Unserved
 from crypto_ml.dispatch.lost import LostMessages
 from crypto_ml.dispatch.payloads import store_payload
 from crypto_ml.dispatch.planning import Message
-from crypto_ml.dispatch.report import failure_reason
+from crypto_ml.dispatch.report import failure_reason, result_meta
 from crypto_ml.ops.flower import send_options
 from crypto_ml.worker.app import CPU_QUEUE, GPU_QUEUE, restore_sweep_seconds
 from crypto_ml.worker.chunks import VALUES_GONE, payload_key
@@ -143,17 +144,20 @@ def _key(app: Celery, task_id: str) -> bytes:
 class Dispatcher:
     """Sends messages over ``app`` and yields their outcomes (see the module doc).
 
-    ``say`` gets the notices a user should see (a lost broker, a resent message);
+    ``say`` gets the notices a user should see (a lost broker, a resent message, a queue no
+    live worker takes: :class:`~crypto_ml.dispatch.capacity.Unserved`);
     ``on_wait`` runs between outcomes (progress bars, stop requests: it may raise).
     """
 
     def __init__(self, app: Celery, say: Callable[[str], None] = log.warning,
                  on_wait: Callable[[], None] = lambda: None,
-                 check_lost_every: float | None = None) -> None:
+                 check_lost_every: float | None = None,
+                 unserved_after: float = UNSERVED_SECONDS) -> None:
         self.app = app
         self.say = say
         self.on_wait = on_wait
         self.check_lost_every = check_lost_every
+        self.unserved_after = unserved_after  # quiet seconds before looking for workers
         self.pending: dict[str, Message] = {}
         self._keys: dict[bytes, str] = {}
         self._pubsub: Any = None
@@ -189,6 +193,7 @@ class Dispatcher:
         exhausted = False
         lost = LostMessages(self.app, self.pending, self._resend, (CPU_QUEUE, GPU_QUEUE),
                             self.check_lost_every)
+        unserved = Unserved(self.app, self.say, self.unserved_after)
         last_progress = time.monotonic()
         try:
             while True:
@@ -209,6 +214,7 @@ class Dispatcher:
                     return
                 self.on_wait()
                 lost.check()
+                unserved.check(self.pending.values(), time.monotonic() - last_progress)
         finally:
             self._close()
 
@@ -306,7 +312,7 @@ class Dispatcher:
             task_id = self._keys.get(key)
             if task_id is None or self._restored.get(task_id) == payload:
                 continue  # not ours, or a copy of a failure already acted on
-            meta = self.app.backend.decode_result(payload)
+            meta = result_meta(self.app, payload)
             if meta.get("status") not in states.READY_STATES:
                 continue  # STARTED and the like
             if self._values_gone(task_id, meta):

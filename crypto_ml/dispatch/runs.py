@@ -59,7 +59,7 @@ from crypto_ml.dispatch.engine import forget_keys, revoke_now
 from crypto_ml.dispatch.envelope import task_envelope
 from crypto_ml.dispatch.pipelined import Pipelined
 from crypto_ml.dispatch.planning import plan_messages
-from crypto_ml.dispatch.report import RunReport, add_meta
+from crypto_ml.dispatch.report import RunReport, add_meta, result_meta
 from crypto_ml.models import HEAVY
 from crypto_ml.worker.app import CPU_QUEUE, GPU_QUEUE
 from crypto_ml.worker.requests import PARTS_TASK_NAME, ForecastRequest
@@ -268,7 +268,7 @@ class RunQueue:
         carriers: dict[str, str] = record.get("carriers", {})
         watched = list(tasks) + sorted(set(carriers.values()))
         raws = await backend.mget([self.app.backend.get_key_for_task(t) for t in watched])
-        metas = {t: self.app.backend.decode_result(r)
+        metas = {t: result_meta(self.app, r)
                  for t, r in zip(watched, raws, strict=True) if r}
         state = saved_state(run_id, tasks, carriers, metas, time.time() > record["deadline"])
         if state.finished:
@@ -338,7 +338,7 @@ class _OnLoop:
             functools.partial(task_envelope, app),
             (CPU_QUEUE, GPU_QUEUE), settings.lost_check_seconds)
         self.hub = ResultHub(self.backend, app.backend.get_key_for_task,
-                             app.backend.decode_result)
+                             functools.partial(result_meta, app))
         hub = self.hub
         self.coalescer = Coalescer(  # workers publish the parts' results on the hub's home
             lambda message_id, kwargs: publish(PARTS_TASK_NAME,
