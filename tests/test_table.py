@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -281,6 +282,13 @@ def test_a_column_of_the_wrong_type_is_named_not_a_traceback(tmp_path: Path, mak
         source = TableSource(path)
         source.check()
         list(source.chunks(10))
+
+
+def test_a_pipe_given_as_the_table_is_refused_without_reading_it(tmp_path: Path) -> None:
+    fifo = tmp_path / "t.parquet"
+    os.mkfifo(fifo)  # opened for reading, it would wait for a writer for ever
+    with pytest.raises(InvalidTable, match=r"t\.parquet: neither a file nor a folder \(a pipe"):
+        TableSource(fifo)
 
 
 def test_each_file_of_a_folder_is_checked_and_other_files_are_left_alone(tmp_path: Path) -> None:

@@ -43,6 +43,9 @@ def table_files(path: Path) -> tuple[list[Path], str]:
         raise InvalidTable(f"--input {path}: no such file or folder")
     if path.is_file():
         return [path], "csv" if _is_csv(path) else "parquet"
+    if not path.is_dir():
+        raise InvalidTable(f"--input {path}: neither a file nor a folder (a pipe, a socket or a "
+                           "device); give a Parquet or CSV file, or a folder of them")
     files = sorted(p for p in path.rglob("*") if p.is_file() and not any(
         part.startswith((".", "_")) for part in p.relative_to(path).parts))
     parquet = [p for p in files if p.suffix.lower() in (".parquet", ".pq")]
