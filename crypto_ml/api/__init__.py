@@ -2,6 +2,8 @@
 
 * :mod:`crypto_ml.api.app`: the FastAPI app (API keys, body cap, error bodies, metrics);
 * :mod:`crypto_ml.api.routes`: the routes, one router per concern;
+  :mod:`crypto_ml.api.fast_path` answers the well-formed ``POST /v1/forecasts`` in front of
+  FastAPI's route (the same answer, less CPU), handing anything else on to it;
 * :mod:`crypto_ml.api.schemas`: request and response bodies;
 * :mod:`crypto_ml.api.service`: body checks and where runs go (cluster or in-process);
 * :mod:`crypto_ml.api.metrics`: Prometheus metrics;

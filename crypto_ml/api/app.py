@@ -35,10 +35,11 @@ from crypto_ml.core.errors import BrokerUnavailable, DataNotFound
 from crypto_ml.core.settings import Settings
 from crypto_ml.dispatch.runs import RunQueue
 
+from .fast_path import fast_forecasts
 from .jobs import Jobs
 from .metrics import ApiMetrics, Message, Receive, Scope, Send, http_only
 from .problems import bounded
-from .routes import data_routes, forecast_routes, job_routes, operation_routes
+from .routes import data_routes, forecast_answer, forecast_routes, job_routes, operation_routes
 from .service import ForecastService, Invalid, Runs
 
 DOCS_STATIC = "/docs-static"
@@ -169,7 +170,9 @@ def create_app(settings: Settings, runs: Runs,
     service = service or ForecastService(settings)
     jobs = Jobs(runs.app, settings, runs.backend) if isinstance(runs, RunQueue) else None
     metrics = ApiMetrics(runs.queue_depth, getattr(runs, "coalesced", None))
-    authorized = [Depends(KeyCheck(settings.api_keys))]
+    key_check = KeyCheck(settings.api_keys)
+    authorized = [Depends(key_check)]
+    answer = forecast_answer(settings, runs, service, metrics)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -183,7 +186,8 @@ def create_app(settings: Settings, runs: Runs,
                   description=DESCRIPTION, lifespan=lifespan, docs_url=None, redoc_url=None)
     add_docs(app)
     add_error_handlers(app, settings.data_dir)
-    app.include_router(forecast_routes(settings, runs, service, metrics, authorized))
+    app.router.routes.append(fast_forecasts(answer, BEARER, key_check))  # before the next
+    app.include_router(forecast_routes(runs, answer, metrics, authorized))
     app.include_router(job_routes(jobs, authorized))
     app.include_router(data_routes(service, authorized))
     app.include_router(operation_routes(runs, metrics))

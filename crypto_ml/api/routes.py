@@ -74,20 +74,12 @@ class TableFile(FileResponse):
             return []  # no range: the whole file
 
 
-def forecast_routes(settings: Settings, runs: Runs, service: ForecastService,
-                    metrics: ApiMetrics, authorized: Sequence[Depends]) -> APIRouter:
-    """``POST /v1/forecasts`` and ``GET /v1/forecasts/{id}``."""
-    router = APIRouter(dependencies=authorized, tags=["forecasts"])
+def forecast_answer(settings: Settings, runs: Runs, service: ForecastService,
+                    metrics: ApiMetrics) -> Callable[[ForecastBody, float], Awaitable[Response]]:
+    """What ``POST /v1/forecasts`` answers a valid body and ``wait`` (the FastAPI route's and
+    :mod:`crypto_ml.api.fast_path`'s)."""
 
-    @router.post("/v1/forecasts", summary="Forecast coins or your own series",
-                 responses={200: {"model": RunStatus, "description": "finished within wait"},
-                            202: {"model": Accepted, "description": "queued; poll status_url"},
-                            **UNAUTHORIZED, **TOO_LARGE,
-                            422: {"model": Unprocessable,
-                                  "description": "a field is invalid; the body names it"},
-                            503: {"model": Problem,
-                                  "description": "broker down: nothing was queued"}})
-    async def post_forecast(body: ForecastBody, wait: Wait = 0) -> Response:
+    async def answer(body: ForecastBody, wait: float) -> Response:
         if wait > settings.api_max_wait:
             raise Invalid([{"loc": ["query", "wait"], "type": "value_error",
                             "msg": f"must be at most {settings.api_max_wait} "
@@ -105,6 +97,25 @@ def forecast_routes(settings: Settings, runs: Runs, service: ForecastService,
         url = f"/v1/forecasts/{run.id}"
         return JSONResponse({"id": run.id, "status_url": url}, status_code=202,
                             headers={"Location": url})
+
+    return answer
+
+
+def forecast_routes(runs: Runs, answer: Callable[[ForecastBody, float], Awaitable[Response]],
+                    metrics: ApiMetrics, authorized: Sequence[Depends]) -> APIRouter:
+    """``POST /v1/forecasts`` (answered by ``answer``) and ``GET /v1/forecasts/{id}``."""
+    router = APIRouter(dependencies=authorized, tags=["forecasts"])
+
+    @router.post("/v1/forecasts", summary="Forecast coins or your own series",
+                 responses={200: {"model": RunStatus, "description": "finished within wait"},
+                            202: {"model": Accepted, "description": "queued; poll status_url"},
+                            **UNAUTHORIZED, **TOO_LARGE,
+                            422: {"model": Unprocessable,
+                                  "description": "a field is invalid; the body names it"},
+                            503: {"model": Problem,
+                                  "description": "broker down: nothing was queued"}})
+    async def post_forecast(body: ForecastBody, wait: Wait = 0) -> Response:
+        return await answer(body, wait)
 
     @router.get("/v1/forecasts/{run_id}", summary="A forecast run's status and results",
                 response_model=RunStatus,
