@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from api_support import client, write_coins
+from fastapi.routing import APIRoute
 
 from crypto_ml.api import fast_path
 from crypto_ml.api.app import create_app
@@ -110,3 +111,22 @@ def test_a_plain_request_is_answered_by_the_fast_route_and_counted_by_route(
     for status in ("200", "422"):
         assert (f'crypto_ml_api_requests_total{{method="POST",route="/v1/forecasts",'
                 f'status="{status}"}} 1.0') in text
+
+
+def test_the_fast_route_knows_every_input_of_the_fastapi_route(tmp_path: Path) -> None:
+    """The fast route checks the key and reads ``wait`` and the body, nothing else: a new
+    dependency, header or query parameter of the FastAPI route must be taken into it too
+    (crypto_ml/api/fast_path.py), or it would be skipped for the requests it answers."""
+    app = create_app(Settings(data_dir=write_coins(tmp_path / "prices")), InProcessRuns())
+
+    def routes(within: list[Any]) -> list[APIRoute]:  # FastAPI wraps each included router
+        return [found for route in within for found in (
+            routes(route.original_router.routes) if hasattr(route, "original_router")
+            else [route] if isinstance(route, APIRoute) else [])]
+
+    [route] = [r for r in routes(app.routes) if r.path == "/v1/forecasts" and "POST" in r.methods]
+    dependant = route.dependant
+    assert [type(d.call).__name__ for d in dependant.dependencies] == ["KeyCheck"]
+    assert [p.name for p in dependant.query_params] == ["wait"]
+    assert [p.name for p in dependant.body_params] == ["body"]
+    assert not (dependant.header_params or dependant.cookie_params or dependant.path_params)

@@ -115,6 +115,8 @@ def forecast_routes(runs: Runs, answer: Callable[[ForecastBody, float], Awaitabl
                             503: {"model": Problem,
                                   "description": "broker down: nothing was queued"}})
     async def post_forecast(body: ForecastBody, wait: Wait = 0) -> Response:
+        # the well-formed requests are answered in front of this route (api/fast_path.py),
+        # which reads these inputs alone: a new one goes there too
         return await answer(body, wait)
 
     @router.get("/v1/forecasts/{run_id}", summary="A forecast run's status and results",
