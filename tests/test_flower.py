@@ -383,6 +383,42 @@ def test_the_launcher_takes_broker_out_of_flowers_own_options() -> None:
         take_broker(["--broker"])
 
 
+@pytest.mark.parametrize(("option", "says"), [
+    ("--address=0.0.0.0", "--address is set by CRYPTO_ML_FLOWER_ADDRESS here, where it is "
+     "checked (a login off 127.0.0.1, a free port)"),
+    ("--port=1", "--port is set by CRYPTO_ML_FLOWER_PORT here"),
+    ("--basic_auth=a:b", "--basic_auth is set by CRYPTO_ML_FLOWER_BASIC_AUTH here"),
+    ("--unix-socket=/tmp/f", "--unix-socket is set by CRYPTO_ML_FLOWER_ADDRESS and"),
+])
+def test_flower_options_the_settings_own_are_refused_not_passed_through(
+        option: str, says: str, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Passed through, they came after the checked settings and won: --address=0.0.0.0 served
+    Flower on every interface with no login, which CRYPTO_ML_FLOWER_ADDRESS is refused."""
+    from crypto_ml.cli import main
+
+    monkeypatch.setenv("CRYPTO_ML_BROKER_URL", f"redis://127.0.0.1:{free_port()}/0")
+    assert main(["flower", "--max-tasks=10", option]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and err.startswith(f"crypto-ml: error: {says}")
+
+
+@pytest.mark.parametrize(("options", "says"), [
+    (["--max-tasks", "10000"], "write --max-tasks=10000"),
+    (["--max_tasks=10", "x"], "and 'x' is none"),
+])
+def test_a_flower_option_value_given_apart_is_one_line_not_flowers_traceback(
+        options: list[str], says: str, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from crypto_ml.cli import main
+
+    monkeypatch.setenv("CRYPTO_ML_BROKER_URL", f"redis://127.0.0.1:{free_port()}/0")
+    assert main(["flower", *options]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Flower takes its options as --name=value" in err
+    assert says in err
+
+
 @pytest.mark.integration  # a command in a subprocess
 def test_flower_on_a_port_in_use_stops_with_one_line(cluster: Any, tmp_path: Path) -> None:
     # Flower itself stopped with a traceback (Address already in use)

@@ -20,9 +20,10 @@ from crypto_ml.core.settings import Settings
 from crypto_ml.dispatch.connect import check_broker
 from crypto_ml.ops.flower import flower_command, flower_env
 
-EPILOG = """Flower's own options (below) pass through unchanged, e.g. --max-tasks=10000;
-port, address and login come from CRYPTO_ML_FLOWER_PORT (5555), CRYPTO_ML_FLOWER_ADDRESS
-(127.0.0.1) and CRYPTO_ML_FLOWER_BASIC_AUTH (user:password; required off 127.0.0.1).
+EPILOG = """Flower's own options (below) pass through unchanged as --name=value, e.g.
+--max-tasks=10000; port, address and login come from CRYPTO_ML_FLOWER_PORT (5555),
+CRYPTO_ML_FLOWER_ADDRESS (127.0.0.1) and CRYPTO_ML_FLOWER_BASIC_AUTH (user:password; required
+off 127.0.0.1), never from options (--port, --address, --basic-auth, --auth are refused).
 
 examples:
   CRYPTO_ML_BROKER_URL=redis://flower:PASSWORD@HOST:6379/0 crypto-ml flower
@@ -54,6 +55,7 @@ def flower_main(args: argparse.Namespace) -> int:
         print(flower_options(), flush=True)
         return EXIT_OK
     broker, extra = take_broker(args.extra)
+    check_pass_through(extra)
     settings = Settings.from_env().with_broker(broker)
     if not settings.broker_url:
         raise ConfigError("set CRYPTO_ML_BROKER_URL (or --broker) to the broker Flower should "
@@ -66,6 +68,30 @@ def flower_main(args: argparse.Namespace) -> int:
     cmd = [*flower_command(settings), *extra]
     os.execve(cmd[0], cmd, env)
     return 0  # pragma: no cover - execve does not return
+
+
+#: Flower options the settings own (tornado takes ``_`` and ``-`` alike): given as options they
+#: would win over the checked settings (an address off 127.0.0.1 with no login, a port in use)
+OWNED = {"port": "CRYPTO_ML_FLOWER_PORT", "address": "CRYPTO_ML_FLOWER_ADDRESS",
+         "basic_auth": "CRYPTO_ML_FLOWER_BASIC_AUTH", "auth": "CRYPTO_ML_FLOWER_BASIC_AUTH",
+         "unix_socket": "CRYPTO_ML_FLOWER_ADDRESS and CRYPTO_ML_FLOWER_PORT"}
+
+
+def check_pass_through(extra: list[str]) -> None:
+    """ConfigError for an option passed to Flower that the settings own, or a value given as a
+    word of its own (Flower's options parser takes ``--name=value`` only, and stops with a
+    traceback otherwise)."""
+    for at, word in enumerate(extra):
+        if not word.startswith("--"):
+            before = extra[at - 1] if at else ""
+            write = f": write {before}={word}" if before.startswith("--") and "=" not in before \
+                else f", and {word!r} is none"
+            raise ConfigError(f"Flower takes its options as --name=value{write} (crypto-ml "
+                              "flower -h lists them)")
+        name = word[2:].split("=", 1)[0].replace("-", "_")
+        if name in OWNED:
+            raise ConfigError(f"{word.split('=')[0]} is set by {OWNED[name]} here, where it "
+                              "is checked (a login off 127.0.0.1, a free port); set that instead")
 
 
 def check_listen(address: str, port: int) -> None:
