@@ -144,6 +144,27 @@ def test_forecast_with_store_reuses_trains_and_survives_a_broken_store(tmp_path:
     assert forecast_with_store(get_model("linear"), store, horizon=2, **args)[1] is None
 
 
+def test_a_truncated_entry_or_another_series_entry_is_trained_over_not_served(
+        tmp_path: Path) -> None:
+    """A truncated file failed every forecast of its key (BadZipFile); an entry copied from
+    another series of as many closes served that series' forecast."""
+    store = DirectoryModelStore(tmp_path)
+    every = get_model("lstm", **PARAMS).option_values()
+    other = [2.0 * p for p in SERIES]
+    for series, prices in (("a", SERIES), ("b", other)):
+        forecast_with_store(get_model("lstm", **PARAMS), store, horizon=4, series=series,
+                            prices=prices)
+    entry_a, entry_b = (tmp_path / f"{store_key(s, 'lstm', every, p)}.npz"
+                        for s, p in (("a", SERIES), ("b", other)))
+    entry_b.write_bytes(entry_a.read_bytes())  # a's fit under b's key
+    served, hit = forecast_with_store(get_model("lstm", **PARAMS), store, horizon=4,
+                                      series="b", prices=other)
+    assert hit is False and served.forecast.mean() > 1.5 * np.mean(SERIES)  # b's own fit
+    entry_a.write_bytes(entry_a.read_bytes()[:1000])
+    assert forecast_with_store(get_model("lstm", **PARAMS), store, horizon=4, series="a",
+                               prices=SERIES)[1] is False
+
+
 @pytest.mark.integration  # runs a worker-side read in a subprocess
 def test_a_stored_prediction_is_read_without_the_deep_learning_backend(tmp_path: Path) -> None:
     """Restoring an entry loads no network: a process that never imported TensorFlow answers."""

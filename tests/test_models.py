@@ -23,7 +23,7 @@ from crypto_ml.models import (
     parse_models,
 )
 from crypto_ml.models.rnn import make_windows
-from crypto_ml.models.state import ModelState, ModelStateError
+from crypto_ml.models.state import ModelState, ModelStateError, closes_digest
 
 FAST = {"epochs": 1, "members": 1}
 #: Deep models train a network (TensorFlow): the integration tier, not the fast one.
@@ -116,6 +116,9 @@ def test_model_state_contract(name: str) -> None:
     assert restored.n_points_ == len(series) and restored.device == fitted.device
     with pytest.raises(ModelStateError, match="fitted on 80 closes, given 79"):
         get_model(name, **FAST).restore(state, series[1:])
+    other = random_walk(80, seed=7)  # another coin's closes, as many
+    with pytest.raises(ModelStateError, match="fitted on other closes than those given"):
+        get_model(name, **FAST).restore(state, other)
     with pytest.raises(ModelStateError, match=f"state of model '{name}'"):
         get_model("naive" if name != "naive" else "linear").restore(state, series)
     if fitted.options:
@@ -133,7 +136,8 @@ def test_a_state_holds_plain_data_only() -> None:
     with pytest.raises(ModelStateError, match="not a model state"):
         ModelState.from_plain({"model": "naive"}, {})
     with pytest.raises(ModelStateError, match="no header value 'last'"):
-        get_model("naive").restore(ModelState("naive", {}, 1, "CPU"), [1.0])
+        get_model("naive").restore(ModelState("naive", {}, 1, "CPU",
+                                              closes=closes_digest(np.array([1.0]))), [1.0])
     with pytest.raises(RuntimeError, match="before fit"):
         get_model("naive").state()
 

@@ -36,7 +36,7 @@ from crypto_ml.models.intervals import (
     random_walk_bands,
     walk_forward_errors,
 )
-from crypto_ml.models.state import ModelState, ModelStateError
+from crypto_ml.models.state import ModelState, ModelStateError, closes_digest
 
 
 def clean_series(prices: object) -> np.ndarray:
@@ -130,7 +130,7 @@ class Forecaster(ABC):
         self._check_fitted("state")
         header, arrays = self._state()
         return ModelState(self.name, self.option_values(), int(self.n_points_), self.device,
-                          header, arrays)
+                          header, arrays, closes_digest(self.series_))
 
     def restore(self, state: ModelState, prices: object) -> Self:
         """Make this model, built with the options ``state`` was saved with, forecast as the
@@ -139,7 +139,7 @@ class Forecaster(ABC):
         for the first forecast. ModelStateError if the state is another model's, of other
         options or of other closes."""
         series = clean_series(prices)
-        state.check_fits(self.name, self.option_values(), len(series))
+        state.check_fits(self.name, self.option_values(), series)
         self._restore(state)
         self.series_ = series
         self.n_points_ = len(series)

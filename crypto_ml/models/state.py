@@ -11,6 +11,7 @@ without knowing what any model keeps in them. Each model writes its own part in
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,8 +34,9 @@ class ModelState:
     """What a fitted model needs to forecast again without training.
 
     ``model``, ``options``, ``n_points`` and ``device``: the name and options of the model
-    that saved it, the closes it was fitted on and where it ran; ``header`` and ``arrays``:
-    the model's own JSON values and numeric arrays (names that are Python identifiers).
+    that saved it, how many closes it was fitted on and where it ran; ``header`` and
+    ``arrays``: the model's own JSON values and numeric arrays (names that are Python
+    identifiers); ``closes``: :func:`closes_digest` of the closes it was fitted on.
     """
 
     model: str
@@ -43,6 +45,7 @@ class ModelState:
     device: str
     header: dict[str, Any] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    closes: str = ""
 
     def __post_init__(self) -> None:
         meta = self.meta()
@@ -61,7 +64,7 @@ class ModelState:
     def meta(self) -> dict[str, Any]:
         """Everything but the arrays, as JSON values."""
         return {"model": self.model, "options": self.options, "n_points": self.n_points,
-                "device": self.device, "header": self.header}
+                "device": self.device, "header": self.header, "closes": self.closes}
 
     @classmethod
     def from_plain(cls, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> ModelState:
@@ -69,7 +72,8 @@ class ModelState:
         and ``.npz``); ModelStateError if ``meta`` is not one."""
         try:
             return cls(str(meta["model"]), dict(meta["options"]), int(meta["n_points"]),
-                       str(meta["device"]), dict(meta["header"]), dict(arrays))
+                       str(meta["device"]), dict(meta["header"]), dict(arrays),
+                       str(meta["closes"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelStateError(f"not a model state ({type(exc).__name__}: {exc})") from None
 
@@ -85,15 +89,23 @@ class ModelState:
             raise ModelStateError(f"{self.model} state has no header value {name!r}")
         return self.header[name]
 
-    def check_fits(self, model: str, options: Mapping[str, Any], n_points: int) -> None:
+    def check_fits(self, model: str, options: Mapping[str, Any], series: np.ndarray) -> None:
         """ModelStateError unless this state was saved by ``model`` with ``options``, fitted on
-        ``n_points`` closes."""
+        the closes ``series``."""
         if (self.model, dict(self.options)) != (model, dict(options)):
             raise ModelStateError(f"state of model {self.model!r} with options {self.options}, "
                                   f"not of {model!r} with {dict(options)}")
-        if self.n_points != n_points:
+        if self.n_points != len(series):
             raise ModelStateError(f"{self.model} state was fitted on {self.n_points} closes, "
-                                  f"given {n_points}")
+                                  f"given {len(series)}")
+        if self.closes != closes_digest(series):
+            raise ModelStateError(f"{self.model} state was fitted on other closes than those "
+                                  f"given (as many, {len(series)}, but not the same)")
+
+
+def closes_digest(series: np.ndarray) -> str:
+    """What tells one series of closes from another: SHA-256 of their float64 bytes."""
+    return hashlib.sha256(np.ascontiguousarray(series, dtype=np.float64).tobytes()).hexdigest()
 
 
 def weight_arrays(members: Sequence[Sequence[np.ndarray]]) -> tuple[list[int], dict[str, np.ndarray]]:

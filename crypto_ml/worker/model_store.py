@@ -48,6 +48,8 @@ import logging
 import os
 import tempfile
 import time
+import zipfile
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -66,7 +68,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2
+FORMAT = 3  # 3: a state names the closes it was fitted on
 try:  # a new release of the models never reads an older one's entries
     _VERSION = importlib.metadata.version("crypto-ml")
 except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a source tree
@@ -74,8 +76,9 @@ except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a
 #: An entry's arrays that are the model's state (the others hold the saved prediction).
 _STATE = "state_"
 DEFAULT_TTL = Settings.model_store_ttl
-#: Errors a store may raise that must not fail a forecast.
-_STORE_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError, CryptoMLError)
+#: Errors a store may raise that must not fail a forecast (a truncated entry: the last three).
+_STORE_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError, CryptoMLError,
+                                                  zipfile.BadZipFile, EOFError, zlib.error)
 
 
 class StoreUnavailable(CryptoMLError):
