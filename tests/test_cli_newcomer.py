@@ -567,6 +567,7 @@ def assert_none_survive(family: list[psutil.Process]) -> None:
 @pytest.mark.parametrize(("sig", "code", "said"), [
     (signal.SIGINT, 130, ["crypto-ml: interrupted; local cluster stopped"]),
     (signal.SIGTERM, 0, []),  # a supervisor's stop (docker stop, a pod ending) is a clean one
+    (signal.SIGHUP, 0, []),  # its terminal closed: as clean, where it was 129 with its folder
 ])
 def test_ctrl_c_stops_cluster_up_with_exit_130(price_data: Path, sig: signal.Signals, code: int,
                                                said: list[str]) -> None:

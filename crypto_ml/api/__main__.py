@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import signal
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -28,6 +27,7 @@ from crypto_ml.cli.options import (
     add_cluster_options,
     add_log_options,
     port_number,
+    stop_on,
 )
 from crypto_ml.cli.requests import settings_from
 from crypto_ml.core.errors import ConfigError
@@ -118,7 +118,7 @@ def _stop(signum: int, frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _stop)  # SIGTERM stops like Ctrl-C: the cluster goes too
+    stop_on(_stop)  # SIGTERM and SIGHUP stop like Ctrl-C: the cluster goes too
     return guarded(lambda: serve(args), interrupted=None)
 
 

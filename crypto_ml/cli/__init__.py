@@ -37,12 +37,11 @@ import argparse
 import importlib
 import importlib.metadata
 import os
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from crypto_ml.cli.options import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from crypto_ml.cli.options import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, stop_on
 from crypto_ml.core.errors import ConfigError, CryptoMLError, caused_by_interrupt
 from crypto_ml.core.logs import configure as configure_logging
 from crypto_ml.core.logs import error_line
@@ -135,7 +134,7 @@ def _stopped(interrupted: str | None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Run a parsed command: its logging, SIGTERM as Ctrl-C, errors as exit codes."""
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    stop_on(_stop_on_sigterm)  # SIGTERM and SIGHUP as Ctrl-C
 
     def command() -> int:
         log_format = getattr(args, "log_format", None) or Settings.from_env().log_format

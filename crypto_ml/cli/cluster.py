@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import time
 from typing import Any
 
 from crypto_ml.cli.helptext import help_texts
-from crypto_ml.cli.options import EXIT_OK, add_log_options, positive_int, stop_on_signals
+from crypto_ml.cli.options import (
+    EXIT_OK,
+    add_log_options,
+    positive_int,
+    stop_on,
+    stop_on_signals,
+)
 from crypto_ml.core import acl
 from crypto_ml.core.settings import Settings
 from crypto_ml.dispatch.cluster import LocalCluster
@@ -38,7 +43,7 @@ def up_main(args: argparse.Namespace) -> int:
     """Start the cluster, print the broker URL to export, wait until stopped."""
     flower = Settings.from_env() if args.flower else None
     stop_on_signals(None)  # a second Ctrl-C while it stops kills what is left at once
-    signal.signal(signal.SIGTERM, _stopped)  # a supervisor's stop is a clean one: exit 0
+    stop_on(_stopped)  # a supervisor's stop (or a closed terminal) is a clean one: exit 0
     with LocalCluster(workers=args.workers, flower=flower) as cluster:
         print(f"local cluster up: redis + {args.workers} worker(s) in "
               f"{cluster.startup_seconds:.1f} s; logs in {cluster.workdir}", flush=True)

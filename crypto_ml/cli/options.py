@@ -119,8 +119,19 @@ class Stoppable(Protocol):
     def request_stop(self) -> None: ...
 
 
+#: Signals that stop a command as Ctrl-C does: a supervisor's stop, a closed terminal.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def stop_on(handler: Callable[[int, object], None]) -> None:
+    """``handler`` for every one of :data:`STOP_SIGNALS`."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, handler)
+
+
 def stop_on_signals(manager: Stoppable | None) -> None:
-    """Ctrl-C and SIGTERM stop the run: at once, and by flag should the exception be lost.
+    """Ctrl-C, SIGTERM and SIGHUP stop the run: at once, and by flag should the exception be
+    lost.
     A second one while it stops does not interrupt the stopping (that would leave processes
     behind): it kills every process the run started at once (:func:`kill_spawned`)."""
 
@@ -129,10 +140,10 @@ def stop_on_signals(manager: Stoppable | None) -> None:
 
     def handler(signum: int, frame: object) -> None:
         signal.signal(signal.SIGINT, again)
-        signal.signal(signal.SIGTERM, again)
+        stop_on(again)
         if manager is not None:
             manager.request_stop()
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
+    stop_on(handler)
