@@ -172,13 +172,16 @@ def _embedded(args: list[str], price_data: Path) -> subprocess.Popen[str]:
                             text=True)
 
 
-def test_embedded_default_runs_and_leaves_nothing_behind(price_data: Path) -> None:
+def test_embedded_default_runs_and_leaves_nothing_behind(
+        price_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the run's temporary folder, and its workers'
     proc = _embedded(["--coins", "bitcoin,ethereum,dash"], price_data)
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
     assert "running embedded" in stderr and "CRYPTO_ML_BROKER_URL" in stderr
     assert set(forecasts_printed(stdout)) == {"bitcoin", "ethereum", "dash"}
     assert not _cluster_processes(proc.pid)
+    assert list(tmp_path.iterdir()) == []  # no cluster folder, no worker pool's pymp-* folder
 
 
 def test_ctrl_c_stops_the_embedded_cluster(price_data: Path) -> None:

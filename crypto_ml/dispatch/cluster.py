@@ -201,7 +201,10 @@ class LocalCluster:
     def worker_env(self) -> dict[str, str]:
         # the workers share this machine's cores: math threads per worker, unless set already
         env = {**threads_env(os.cpu_count() or 1, self.n_workers), **self.env,
-               "CRYPTO_ML_BROKER_URL": self.url_for("worker"), PARENT_ENV: str(os.getpid())}
+               "CRYPTO_ML_BROKER_URL": self.url_for("worker"), PARENT_ENV: str(os.getpid()),
+               # their temporary files (a pool's pymp-* folder) go with the cluster's folder,
+               # even where a worker is killed, not left in the machine's
+               "TMPDIR": str(self.workdir / "tmp")}
         env.pop("CRYPTO_ML_RESULT_BACKEND", None)
         if self.flower_settings is not None:  # Flower shows tasks from their first moment
             env["CRYPTO_ML_TASK_EVENTS"] = "1"
@@ -210,6 +213,7 @@ class LocalCluster:
     def add_worker(self) -> str:
         """Start one more worker (at start, or in place of a lost one) without waiting; its
         name. Its log is ``worker<n>.log`` in the work folder, n counting from 1."""
+        (self.workdir / "tmp").mkdir(exist_ok=True)
         index = len(self.workers) + 1
         name = f"local{index}-{self._tag}@{socket.gethostname()}"
         self.workers.append(spawn(self.worker_command(name), self.workdir / f"worker{index}.log",
