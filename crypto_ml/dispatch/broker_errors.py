@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import redis
 from kombu.exceptions import OperationalError
 
@@ -33,3 +36,34 @@ def refused(exc: BaseException) -> BrokerUnavailable:
             "nothing more was sent")
     return BrokerUnavailable(f"the broker refused a task message ({text}); see the Redis "
                              "user's ACL rules (docs/least-privilege.md)")
+
+
+#: How often a run that waits for a Redis that went away says that it still does.
+REMIND_SECONDS = 30.0
+
+
+class Away:
+    """Says that ``what`` (the broker, the result backend) went away once, then every
+    ``remind`` seconds while it stays away, and once when it is back: not a line for every
+    retry, which a failover of seconds or a stopped Redis turned into one line a second."""
+
+    def __init__(self, say: Callable[[str], None], what: str,
+                 remind: float = REMIND_SECONDS) -> None:
+        self.say, self.what, self.remind = say, what, remind
+        self.since: float | None = None
+        self._told = 0.0
+
+    def lost(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self.since is None:
+            self.since, self._told = now, now
+            self.say(f"lost {self.what} ({type(exc).__name__}); waiting for it to come back")
+        elif now - self._told >= self.remind:
+            self._told = now
+            self.say(f"still waiting for {self.what}: away {now - self.since:.0f} s "
+                     f"({type(exc).__name__}); the run gives up at --timeout")
+
+    def back(self) -> None:
+        if self.since is not None:
+            self.say(f"{self.what} is back after {time.monotonic() - self.since:.0f} s")
+            self.since = None

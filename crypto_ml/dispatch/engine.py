@@ -41,7 +41,7 @@ import redis
 from celery import Celery, states
 
 from crypto_ml.core.settings import Settings
-from crypto_ml.dispatch.broker_errors import PUBLISH_ERRORS, refused, transient
+from crypto_ml.dispatch.broker_errors import PUBLISH_ERRORS, Away, refused, transient
 from crypto_ml.dispatch.capacity import UNSERVED_SECONDS, Unserved
 from crypto_ml.dispatch.lost import LostMessages
 from crypto_ml.dispatch.payloads import store_payload
@@ -136,11 +136,6 @@ def redelivery_bound(app: Celery) -> int:
     return visibility + restore_sweep_seconds(visibility) + 60
 
 
-def _key(app: Celery, task_id: str) -> bytes:
-    key = app.backend.get_key_for_task(task_id)
-    return key if isinstance(key, bytes) else key.encode()
-
-
 class Dispatcher:
     """Sends messages over ``app`` and yields their outcomes (see the module doc).
 
@@ -153,11 +148,11 @@ class Dispatcher:
                  on_wait: Callable[[], None] = lambda: None,
                  check_lost_every: float | None = None,
                  unserved_after: float = UNSERVED_SECONDS) -> None:
-        self.app = app
-        self.say = say
-        self.on_wait = on_wait
-        self.check_lost_every = check_lost_every
-        self.unserved_after = unserved_after  # quiet seconds before looking for workers
+        self.app, self.say, self.on_wait = app, say, on_wait
+        # seconds between looks for lost messages, and of quiet before one for live workers
+        self.check_lost_every, self.unserved_after = check_lost_every, unserved_after
+        self._away_broker = Away(say, "the broker")
+        self._away_backend = Away(say, "the result backend")
         self.pending: dict[str, Message] = {}
         self._keys: dict[bytes, str] = {}
         self._pubsub: Any = None
@@ -227,7 +222,8 @@ class Dispatcher:
 
     def _publish(self, message: Message, task_id: str | None = None) -> str:
         task_id = task_id or self._task_id(message)
-        key = _key(self.app, task_id)
+        key = self.app.backend.get_key_for_task(task_id)
+        key = key if isinstance(key, bytes) else key.encode()
         self._keys[key] = task_id
         self.pending[task_id] = message
         self._subscribe(key)
@@ -239,6 +235,7 @@ class Dispatcher:
                                   payload_seconds(self.app, self._expires))
                 publish(self.app, message.task, message.kwargs, task_id, self._expires,
                         message.serializer, self.run_id)
+                self._away_broker.back()
                 return task_id
             except PUBLISH_ERRORS as exc:
                 if not transient(exc):  # Redis answered no: waiting will not help
@@ -252,7 +249,7 @@ class Dispatcher:
         self.say(f"resent task {task_id}: the broker lost its message")
 
     def _broker_away(self, exc: BaseException) -> None:
-        self.say(f"lost the broker ({type(exc).__name__}); waiting for it to come back")
+        self._away_broker.lost(exc)
         time.sleep(RECONNECT_PAUSE)
         self.on_wait()
 
@@ -281,9 +278,10 @@ class Dispatcher:
                 self._next_sweep = time.monotonic() + SWEEP_SECONDS
         except self.app.backend.connection_errors as exc:
             self._pubsub = None
-            self.say(f"lost the result backend ({type(exc).__name__}); waiting for it to come back")
+            self._away_backend.lost(exc)
             time.sleep(RECONNECT_PAUSE)
             return
+        self._away_backend.back()
         yield from self._collect(ready)
 
     def _listen(self) -> list[tuple[bytes, bytes]]:
