@@ -431,6 +431,24 @@ def test_flower_on_a_port_in_use_stops_with_one_line(cluster: Any, tmp_path: Pat
     assert f"Flower cannot listen on 127.0.0.1:{port}" in run.stderr
 
 
+@pytest.mark.integration  # a command in a subprocess
+def test_cluster_up_with_flower_on_a_port_in_use_stops_with_one_line_before_starting(
+        tmp_path: Path) -> None:
+    # it started Redis and the workers, then said Flower's traceback in one line and left
+    # the cluster's folder (its logs, the Redis users' file) behind without saying where
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        run = run_cli("cluster", "up", "--workers", "1", "--flower", data_dir=tmp_path,
+                      timeout=120, env={"CRYPTO_ML_FLOWER_PORT": str(port),
+                                        "TMPDIR": str(scratch)})
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+    assert f"Flower cannot listen on 127.0.0.1:{port} (Address already in use); set " \
+           "CRYPTO_ML_FLOWER_PORT" in run.stderr
+    assert list(scratch.iterdir()) == []
+
+
 def test_flower_for_a_broker_that_does_not_answer_stops_with_one_line(tmp_path: Path) -> None:
     # celery flower itself would log "trying again" forever; nothing listens on this port
     run = run_cli("flower", "--broker", f"redis://flower:pw@127.0.0.1:{free_port()}/0",

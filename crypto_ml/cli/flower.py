@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 from typing import Any
@@ -18,7 +17,7 @@ from crypto_ml.core.acl import ADMIN, FLOWER, ROLES
 from crypto_ml.core.errors import ConfigError
 from crypto_ml.core.settings import Settings
 from crypto_ml.dispatch.connect import check_broker
-from crypto_ml.ops.flower import flower_command, flower_env
+from crypto_ml.ops.flower import check_listen, flower_command, flower_env
 
 EPILOG = """Flower's own options (below) pass through unchanged as --name=value, e.g.
 --max-tasks=10000; port, address and login come from CRYPTO_ML_FLOWER_PORT (5555),
@@ -92,19 +91,6 @@ def check_pass_through(extra: list[str]) -> None:
         if name in OWNED:
             raise ConfigError(f"{word.split('=')[0]} is set by {OWNED[name]} here, where it "
                               "is checked (a login off 127.0.0.1, a free port); set that instead")
-
-
-def check_listen(address: str, port: int) -> None:
-    """ConfigError when Flower could not listen there (a port in use, an address this machine
-    does not have): Flower itself would stop with a traceback."""
-    try:
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        with socket.create_server((address, port), family=family):
-            pass
-    except OSError as exc:
-        raise ConfigError(f"Flower cannot listen on {address}:{port} "
-                          f"({exc.strerror or exc}); set CRYPTO_ML_FLOWER_PORT or "
-                          "CRYPTO_ML_FLOWER_ADDRESS") from None
 
 
 def check_user(url: str) -> None:

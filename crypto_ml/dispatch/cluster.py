@@ -34,7 +34,7 @@ import redis
 from crypto_ml.core import acl, keys
 from crypto_ml.core.errors import ConfigError
 from crypto_ml.core.settings import Settings, threads_env
-from crypto_ml.ops.flower import FlowerProcess
+from crypto_ml.ops.flower import FlowerProcess, check_listen
 from crypto_ml.ops.processes import free_port, kill_all, spawn, terminate, wait_until
 from crypto_ml.worker.liveness import hostname_of
 from crypto_ml.worker.nodes import PARENT_ENV
@@ -260,6 +260,13 @@ class LocalCluster:
         so the caller can load data meanwhile; :meth:`start` then waits. Stops all on failure."""
         if self.redis is None:
             self._started_at = time.perf_counter()
+            if self.flower_settings is not None:  # before anything starts: Flower's traceback
+                try:
+                    check_listen(self.flower_settings.flower_address,
+                                 self.flower_settings.flower_port)
+                except ConfigError:
+                    shutil.rmtree(self.workdir, ignore_errors=True)
+                    raise
             try:
                 self.start_redis()
                 self.start_workers()

@@ -11,6 +11,7 @@ on a command line that ``ps`` would show.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -75,6 +76,20 @@ def flower_env(settings: Settings, base: Mapping[str, str]) -> dict[str, str]:
     if settings.broker_url:
         env["CRYPTO_ML_BROKER_URL"] = settings.broker_url
     return env
+
+
+def check_listen(address: str, port: int) -> None:
+    """ConfigError when Flower could not listen there (a port in use, an address this machine
+    does not have): Flower itself would stop with a traceback."""
+    try:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with socket.create_server((address, port), family=family):
+            pass
+    except OSError as exc:
+        why = os.strerror(exc.errno) if exc.errno else exc  # not create_server's long text
+        raise ConfigError(f"Flower cannot listen on {address}:{port} "
+                          f"({why}); set CRYPTO_ML_FLOWER_PORT or "
+                          "CRYPTO_ML_FLOWER_ADDRESS") from None
 
 
 def flower_command(settings: Settings) -> list[str]:
