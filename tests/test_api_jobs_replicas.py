@@ -68,8 +68,8 @@ def replicas(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
     with contextlib.ExitStack() as stack:
         for name in "ABCDE":
             port, log = free_port(), folder / f"api-{name}.log"
-            proc = spawn([sys.executable, "-m", "crypto_ml.api", "--port", str(port),
-                          "--workers", "1"], log, env=env, cwd=ROOT)
+            proc = spawn([sys.executable, "-m", "crypto_ml.api", "--port", str(port)], log,
+                         env=env, cwd=ROOT)
             stack.callback(terminate, proc)
             servers[name] = Server(proc, f"http://127.0.0.1:{port}", log)
         for name, server in servers.items():
