@@ -7,6 +7,7 @@ import io
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -162,13 +163,18 @@ def test_cli_backtest_writes_files_and_best_uses_them(cluster: object, tmp_path:
     assert {(r["coin"], r["model"]) for r in rows} >= {("walk", "naive"), ("*mean*", "linear")}
     assert (out / "backtest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    data = tmp_path / "data"  # the backtest's coins and one it has nothing on
+    shutil.copytree(DATA, data)
+    shutil.copy(DATA / "Walk.csv", data / "Other.csv")
     best = run_cli("send-tasks", "--model", "best", "--backtest", str(out / "backtest.json"),
-                   "--horizon", "2", "-v", env=env, data_dir=DATA)
+                   "--horizon", "2", "-v", env=env, data_dir=data)
     assert best.returncode == 0, best.stderr
     assert "best: walk -> linear" in best.stderr
     assert "best: stub -> naive (not backtested: 3 closes" in best.stderr
+    assert "note: 1 of 3 coins are not in the backtest (other): they get naive" in best.stderr
     lines = dict(line.split(" ", 1) for line in best.stdout.splitlines())
     assert lines["walk"].startswith("linear [[") and lines["stub"] == "naive [[3. 3.]]"
+    assert lines["other"].startswith("naive [[")
 
 
 @pytest.mark.integration  # runs a command in a subprocess

@@ -256,6 +256,8 @@ def test_python_api_returns_arrays_and_prints_one_line_per_coin(cluster: Any,
 
 @pytest.mark.parametrize(("coins", "horizon", "timeout", "says"), [
     ([], 10, 60.0, "coins is empty; pass None for every coin"),
+    (5, 10, 60.0, "coins must be a list of names or ids, a comma list, or None for every "
+     "coin, got int 5"),
     (["bitcoin"], 0, 60.0, "horizon must be a positive integer, got 0"),
     (["bitcoin"], "3", 60.0, "horizon must be a positive integer, got '3'"),
     (["bitcoin"], 10, -1.0, "timeout must be a finite number of seconds above 0 (or None)"),

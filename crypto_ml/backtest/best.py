@@ -75,6 +75,18 @@ def choose(result: BacktestResult, coins: Sequence[str],
     return groups
 
 
+def _say_absent(result: BacktestResult, coins: Sequence[str], err: TextIO) -> None:
+    """One line for the coins the backtest has nothing on (naive for them), rather than a
+    line each under ``-v`` alone: a backtest of other coins picked naive for all silently."""
+    absent = [c for c in coins if c not in result.per_coin and c not in result.failed
+              and c not in result.skipped]
+    if absent:
+        shown = ", ".join(absent[:5]) + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
+        print(f"note: {len(absent)} of {len(coins)} coins are not in the backtest ({shown}): "
+              "they get naive; backtest them too (crypto-ml backtest --coins ...)", file=err,
+              flush=True)
+
+
 def forecast_best(manager: CryptoManager, coins: Sequence[str] | None, horizon: int,
                   candidates: str | Sequence[str] = DEFAULT_CANDIDATES,
                   saved: BacktestResult | None = None,
@@ -112,6 +124,7 @@ def forecast_best(manager: CryptoManager, coins: Sequence[str] | None, horizon: 
         max_points = max_points if max_points is not None else saved.config.max_points
         params = {} if epochs is None else {"epochs": epochs}
         names = list(coins) if coins else manager.loader.get_crypto_names()
+        _say_absent(saved, names, manager.err)
         requests = []
         for model, group in choose(saved, names).items():
             requests += manager.build_requests([model], group, horizon, max_points, params, report,

@@ -81,6 +81,9 @@ def checked_call(coins: str | Sequence[str] | None, horizon: object,
                           f"{timeout}")
     if coins is None:
         return None
+    if not isinstance(coins, str | Sequence | set | frozenset):
+        raise ConfigError(f"coins must be a list of names or ids, a comma list, or None for "
+                          f"every coin, got {type(coins).__name__} {coins!r:.80}")
     names = comma_list(coins) if isinstance(coins, str) else list(coins)
     if not names:
         raise ConfigError("coins is empty; pass None for every coin")
