@@ -35,7 +35,7 @@ from crypto_ml.core.errors import BrokerUnavailable, DataNotFound
 from crypto_ml.core.settings import Settings
 from crypto_ml.dispatch.runs import RunQueue
 
-from .fast_path import fast_forecasts
+from .fast_path import fast_forecasts, replaying
 from .jobs import Jobs
 from .metrics import ApiMetrics, Message, Receive, Scope, Send, http_only
 from .problems import bounded
@@ -103,17 +103,7 @@ def body_cap(app: Any, limit: int) -> Any:
                                   "(CRYPTO_ML_API_MAX_BODY)"}, status_code=413)
             await reply(scope, receive, send)
             return
-        body = b"".join(chunks)
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if sent:
-                return await receive()
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await app(scope, replay, send)
+        await app(scope, replaying(b"".join(chunks), receive), send)
 
     return http_only(app, capped)
 

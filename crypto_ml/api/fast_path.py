@@ -51,17 +51,23 @@ class _Delegate(Response):
         self.raw = body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        read = False
-
-        async def replay() -> Message:
-            nonlocal read
-            if read:
-                return await receive()
-            read = True
-            return {"type": "http.request", "body": self.raw, "more_body": False}
-
         scope[DELEGATED] = True
-        await scope["router"](scope, replay, send)
+        await scope["router"](scope, replaying(self.raw, receive), send)
+
+
+def replaying(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that gives ``body``, read already, whole first, then what ``receive``
+    gives (a disconnect)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
 
 
 def fast_forecasts(answer: Answer, bearer: HTTPBearer, key_check: KeyCheck) -> Route:
