@@ -80,6 +80,7 @@ CASES = [
     ("", b"[" * 5000 + b"]" * 5000, AUTH),
     ("", b"\xff\xfe", AUTH),
     ("", GOOD_BODY, {"authorization": f"Bearer {KEY}", "content-type": "text/plain"}),
+    ("", GOOD_BODY, {"authorization": f"Bearer {KEY}", "content-type": "application/a/b+json"}),
 ]
 
 

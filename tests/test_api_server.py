@@ -121,19 +121,23 @@ def test_docs_page_lists_every_endpoint_in_headless_chromium(server: Server,
     assert (abs(image - background).max(axis=2) > 0.2).mean() > 0.02  # text and boxes drawn
 
 
-def test_sigterm_stops_the_api_and_its_cluster(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_stops_the_api_and_its_cluster(tmp_path: Path, sig: signal.Signals) -> None:
+    """SIGHUP (its terminal closed) as SIGTERM: uvicorn's drain, then the cluster; it raised
+    KeyboardInterrupt inside the event loop, with a traceback and no drain."""
     with embedded_server(tmp_path) as server:
-        stop_and_check(server)
+        stop_and_check(server, sig)
 
 
-def stop_and_check(server: Server) -> None:
+def stop_and_check(server: Server, sig: signal.Signals = signal.SIGTERM) -> None:
     children = psutil.Process(server.proc.pid).children(recursive=True)
     assert any("redis-server" in " ".join(c.cmdline()) for c in children)
-    server.proc.send_signal(signal.SIGTERM)
+    server.proc.send_signal(sig)
     assert server.proc.wait(timeout=60) == 0
     _, alive = psutil.wait_procs(children, timeout=30)
     assert not alive
-    assert "crypto-ml API stopped" in server.log.read_text()
+    log = server.log.read_text()
+    assert "crypto-ml API stopped" in log and "Traceback" not in log, log
     assert not healthy(server.url)
 
 

@@ -389,6 +389,8 @@ def test_the_launcher_takes_broker_out_of_flowers_own_options() -> None:
     ("--port=1", "--port is set by CRYPTO_ML_FLOWER_PORT here"),
     ("--basic_auth=a:b", "--basic_auth is set by CRYPTO_ML_FLOWER_BASIC_AUTH here"),
     ("--unix-socket=/tmp/f", "--unix-socket is set by CRYPTO_ML_FLOWER_ADDRESS and"),
+    ("---address=0.0.0.0", "---address is set by CRYPTO_ML_FLOWER_ADDRESS"),  # tornado: address
+    ("--conf=mine.py", "--conf is set by the CRYPTO_ML_FLOWER_ settings"),
 ])
 def test_flower_options_the_settings_own_are_refused_not_passed_through(
         option: str, says: str, capsys: pytest.CaptureFixture[str],

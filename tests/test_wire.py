@@ -14,9 +14,10 @@ from kombu import Connection, Producer
 from kombu.serialization import dumps, loads
 
 from crypto_ml.core.errors import ConfigError, InvalidTaskInput
+from crypto_ml.core.results import result_meta
 from crypto_ml.core.settings import Settings
 from crypto_ml.dispatch.planning import plan_messages
-from crypto_ml.dispatch.report import failure_reason, result_meta
+from crypto_ml.dispatch.report import failure_reason
 from crypto_ml.worker.app import celery_config, create_app
 from crypto_ml.worker.requests import (
     ACCEPT_CONTENT,
@@ -94,7 +95,11 @@ def test_a_result_is_read_whichever_format_its_worker_wrote(writer: str, reader:
     assert read["status"] == "SUCCESS" and read["result"] == {"forecast": [1.5, 2.0]}
 
 
-@pytest.mark.parametrize("stored", [b"\x00\xffjunk", b"{not json", b"[1, 2]", b"\x93\x01\x02\x03"])
+@pytest.mark.parametrize("stored", [
+    b"\x00\xffjunk", b"{not json", b"[1, 2]", b"\x93\x01\x02\x03", b'{"a": 1}',
+    b'{"status": "FAILURE", "result": {"exc_type": "system", "exc_module": "os", '
+    b'"exc_message": ["id"]}}',  # no exception class: Celery refuses to build it
+])
 def test_a_stored_result_that_is_no_workers_is_a_failure_not_a_traceback(stored: bytes) -> None:
     meta = result_meta(create_app(SETTINGS), stored)
     assert meta["status"] == "FAILURE"

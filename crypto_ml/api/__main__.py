@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -98,6 +99,8 @@ def serve(args: argparse.Namespace) -> int:
             create_app(settings, runs), host=args.host, port=args.port, log_level="warning",
             access_log=False, timeout_keep_alive=30, timeout_graceful_shutdown=10))
         say(f"crypto-ml API on http://{args.host}:{args.port} (docs: /docs)")
+        if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # drained, as on SIGTERM
+            signal.signal(signal.SIGHUP, server.handle_exit)
         try:
             server.run()  # after a graceful stop uvicorn re-raises the signal it caught
         except SystemExit:  # uvicorn exits 1 when it cannot bind

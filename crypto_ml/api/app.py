@@ -71,7 +71,7 @@ def _as_json(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     as JSON, anything else is a 422 that names it as no JSON."""
     given = next((v for k, v in headers if k.lower() == b"content-type"), b"").lower()
     kind = given.split(b";")[0].strip()
-    if kind == b"application/json" or (kind.startswith(b"application/")
+    if kind == b"application/json" or (kind.startswith(b"application/") and kind.count(b"/") == 1
                                        and kind.endswith(b"+json")):
         return headers
     return [*((k, v) for k, v in headers if k.lower() != b"content-type"),

@@ -64,7 +64,7 @@ def flower_main(args: argparse.Namespace) -> int:
     # unreachable, or its login wrong: say so and stop (Flower itself retries forever)
     check_broker(settings.broker_url, settings, hint="or fix --broker / CRYPTO_ML_BROKER_URL")
     check_listen(settings.flower_address, settings.flower_port)
-    cmd = [*flower_command(settings), *extra]
+    cmd = flower_command(settings, extra)
     os.execve(cmd[0], cmd, env)
     return 0  # pragma: no cover - execve does not return
 
@@ -73,7 +73,8 @@ def flower_main(args: argparse.Namespace) -> int:
 #: would win over the checked settings (an address off 127.0.0.1 with no login, a port in use)
 OWNED = {"port": "CRYPTO_ML_FLOWER_PORT", "address": "CRYPTO_ML_FLOWER_ADDRESS",
          "basic_auth": "CRYPTO_ML_FLOWER_BASIC_AUTH", "auth": "CRYPTO_ML_FLOWER_BASIC_AUTH",
-         "unix_socket": "CRYPTO_ML_FLOWER_ADDRESS and CRYPTO_ML_FLOWER_PORT"}
+         "unix_socket": "CRYPTO_ML_FLOWER_ADDRESS and CRYPTO_ML_FLOWER_PORT",
+         "conf": "the CRYPTO_ML_FLOWER_ settings (a config file could set any of them)"}
 
 
 def check_pass_through(extra: list[str]) -> None:
@@ -87,7 +88,7 @@ def check_pass_through(extra: list[str]) -> None:
                 else f", and {word!r} is none"
             raise ConfigError(f"Flower takes its options as --name=value{write} (crypto-ml "
                               "flower -h lists them)")
-        name = word[2:].split("=", 1)[0].replace("-", "_")
+        name = word.lstrip("-").split("=", 1)[0].replace("-", "_")  # as tornado reads it
         if name in OWNED:
             raise ConfigError(f"{word.split('=')[0]} is set by {OWNED[name]} here, where it "
                               "is checked (a login off 127.0.0.1, a free port); set that instead")

@@ -124,9 +124,11 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 def stop_on(handler: Callable[[int, object], None]) -> None:
-    """``handler`` for every one of :data:`STOP_SIGNALS`."""
+    """``handler`` for every one of :data:`STOP_SIGNALS` that is not ignored (``nohup`` ignores
+    SIGHUP: such a command outlives its terminal, as its user asked)."""
     for signum in STOP_SIGNALS:
-        signal.signal(signum, handler)
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, handler)
 
 
 def stop_on_signals(manager: Stoppable | None) -> None:

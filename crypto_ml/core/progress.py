@@ -36,6 +36,8 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
+from crypto_ml.core.results import result_meta
+
 log = logging.getLogger("crypto_ml.progress")
 DRAW_SECONDS = 0.2  # a run's bar: redrawn at most 5 times a second
 POLL_SECONDS = 0.5  # a run's running count: read from the result backend at most this often
@@ -251,6 +253,6 @@ class Progress(ProgressBar):
         try:
             values = backend.mget([backend.get_key_for_task(t) for t in ids])
             return sum(self.unfinished[t] for t, v in zip(ids, values, strict=True)
-                       if v and backend.decode_result(v)["status"] == "STARTED")
+                       if v and result_meta(self.app, v)["status"] == "STARTED")
         except Exception:  # the bar is best effort; the run itself reports broker trouble
             return self.running

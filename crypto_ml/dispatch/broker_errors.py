@@ -47,9 +47,9 @@ class Away:
     ``remind`` seconds while it stays away, and once when it is back: not a line for every
     retry, which a failover of seconds or a stopped Redis turned into one line a second."""
 
-    def __init__(self, say: Callable[[str], None], what: str,
+    def __init__(self, say: Callable[[str], None], what: str, then: str,
                  remind: float = REMIND_SECONDS) -> None:
-        self.say, self.what, self.remind = say, what, remind
+        self.say, self.what, self.then, self.remind = say, what, then, remind
         self.since: float | None = None
         self._told = 0.0
 
@@ -61,7 +61,7 @@ class Away:
         elif now - self._told >= self.remind:
             self._told = now
             self.say(f"still waiting for {self.what}: away {now - self.since:.0f} s "
-                     f"({type(exc).__name__}); the run gives up at --timeout")
+                     f"({type(exc).__name__}); {self.then}")
 
     def back(self) -> None:
         if self.since is not None:

@@ -53,8 +53,9 @@ def sweep_workdirs(root: Path) -> list[Path]:
     gone = []
     for folder in root.glob("crypto-ml-*-*"):
         found = _WORKDIR.fullmatch(folder.name)
-        if found is None or not folder.is_dir() or _alive(int(found.group(1))):
-            continue
+        if found is None or folder.is_symlink() or not folder.is_dir() \
+                or folder.stat().st_uid != os.getuid() or _alive(int(found.group(1))):
+            continue  # not one of ours, another user's, or its owner lives
         shutil.rmtree(folder, ignore_errors=True)
         gone.append(folder)
     return gone
@@ -65,7 +66,7 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's process
+    except (PermissionError, OverflowError, ValueError):  # another user's, or no pid at all
         return True
     return True
 

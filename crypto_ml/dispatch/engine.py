@@ -40,13 +40,14 @@ from typing import Any
 import redis
 from celery import Celery, states
 
+from crypto_ml.core.results import result_meta
 from crypto_ml.core.settings import Settings
 from crypto_ml.dispatch.broker_errors import PUBLISH_ERRORS, Away, refused, transient
 from crypto_ml.dispatch.capacity import UNSERVED_SECONDS, Unserved
 from crypto_ml.dispatch.lost import LostMessages
 from crypto_ml.dispatch.payloads import store_payload
 from crypto_ml.dispatch.planning import Message
-from crypto_ml.dispatch.report import failure_reason, result_meta
+from crypto_ml.dispatch.report import failure_reason
 from crypto_ml.ops.flower import send_options
 from crypto_ml.worker.app import CPU_QUEUE, GPU_QUEUE, restore_sweep_seconds
 from crypto_ml.worker.chunks import VALUES_GONE, payload_key
@@ -151,8 +152,8 @@ class Dispatcher:
         self.app, self.say, self.on_wait = app, say, on_wait
         # seconds between looks for lost messages, and of quiet before one for live workers
         self.check_lost_every, self.unserved_after = check_lost_every, unserved_after
-        self._away_broker = Away(say, "the broker")
-        self._away_backend = Away(say, "the result backend")
+        self._away_broker = Away(say, "the broker", "a message is sent once it is back")
+        self._away_backend = Away(say, "the result backend", "the run gives up at --timeout")
         self.pending: dict[str, Message] = {}
         self._keys: dict[bytes, str] = {}
         self._pubsub: Any = None

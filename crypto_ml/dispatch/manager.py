@@ -18,7 +18,7 @@ import math
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -81,7 +81,7 @@ def checked_call(coins: str | Sequence[str] | None, horizon: object,
                           f"{timeout}")
     if coins is None:
         return None
-    if not isinstance(coins, str | Sequence | set | frozenset):
+    if isinstance(coins, bytes) or not isinstance(coins, str | Iterable):
         raise ConfigError(f"coins must be a list of names or ids, a comma list, or None for "
                           f"every coin, got {type(coins).__name__} {coins!r:.80}")
     names = comma_list(coins) if isinstance(coins, str) else list(coins)

@@ -9,12 +9,6 @@ from typing import Any, Protocol
 
 import numpy as np
 from celery import Celery, states
-from kombu.exceptions import ContentDisallowed, DecodeError
-from kombu.serialization import loads
-
-#: The wire formats a worker may store results in (``CRYPTO_ML_SERIALIZER``), by whether the
-#: stored bytes open a JSON object: a stored result carries no content type of its own.
-_STORED_AS = {True: ("application/json", "utf-8"), False: ("application/x-msgpack", "binary")}
 
 
 @dataclass
@@ -42,24 +36,6 @@ class RunReport:
 
     def to_json(self) -> dict[str, Any]:
         return {"results": self.results, "failed": self.failed}
-
-
-def result_meta(app: Celery, payload: bytes | str) -> dict[str, Any]:
-    """A stored result's meta, read as JSON or msgpack, whichever the worker wrote, so that a
-    manager and workers set to different ``CRYPTO_ML_SERIALIZER`` still understand each
-    other. Bytes that are neither read as a failure saying so, never as a traceback."""
-    payload = payload.encode() if isinstance(payload, str) else payload
-    content_type, encoding = _STORED_AS[payload[:1] == b"{"]
-    try:
-        decoded = loads(payload, content_type, encoding, accept={content_type})
-        meta = app.backend.meta_from_decoded(decoded)
-        if not isinstance(meta, dict) or "status" not in meta:
-            raise DecodeError("no status")
-        return meta
-    except (DecodeError, ContentDisallowed, TypeError, ValueError) as exc:
-        return {"status": states.FAILURE, "result": f"its stored result is unreadable ({exc}): "
-                "not a crypto-ml worker's JSON or msgpack; check what else writes to this "
-                "result backend"}
 
 
 def failure_reason(meta: dict[str, Any]) -> str:

@@ -48,6 +48,7 @@ from redis.exceptions import RedisError
 
 from crypto_ml.core import keys
 from crypto_ml.core.errors import BrokerUnavailable
+from crypto_ml.core.results import result_meta
 from crypto_ml.core.sentinel import async_redis_client, client_timeouts
 from crypto_ml.core.settings import Settings
 from crypto_ml.dispatch.async_lost import LostWatch
@@ -59,7 +60,7 @@ from crypto_ml.dispatch.engine import forget_keys, revoke_now
 from crypto_ml.dispatch.envelope import task_envelope
 from crypto_ml.dispatch.pipelined import Pipelined
 from crypto_ml.dispatch.planning import plan_messages
-from crypto_ml.dispatch.report import RunReport, add_meta, result_meta
+from crypto_ml.dispatch.report import RunReport, add_meta
 from crypto_ml.models import HEAVY
 from crypto_ml.worker.app import CPU_QUEUE, GPU_QUEUE
 from crypto_ml.worker.requests import PARTS_TASK_NAME, ForecastRequest

@@ -92,8 +92,10 @@ def check_listen(address: str, port: int) -> None:
                           "CRYPTO_ML_FLOWER_ADDRESS") from None
 
 
-def flower_command(settings: Settings) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "crypto_ml", "flower",
+def flower_command(settings: Settings, extra: Sequence[str] = ()) -> list[str]:
+    """``celery flower`` with ``extra`` options, then the port and address of the settings:
+    given last, they win over any other way of setting them (tornado keeps the last)."""
+    return [sys.executable, "-m", "celery", "-A", "crypto_ml", "flower", *extra,
             f"--port={settings.flower_port}", f"--address={settings.flower_address}"]
 
 

@@ -18,6 +18,7 @@ from celery import Task, shared_task, states
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
 from crypto_ml.core.errors import CryptoMLError, TaskTimedOut, TooManyDeliveries
+from crypto_ml.core.results import result_meta
 from crypto_ml.core.settings import Settings
 from crypto_ml.models import HEAVY
 from crypto_ml.worker.chunks import TABLE_TASK_NAME, fetch_payload, parse_chunk, run_chunk
@@ -74,7 +75,7 @@ class ForecastTask(Task):
             log.info("task %s: its run %s has ended, skipped", task_id, run_id)
             self._riding_out_restarts(lambda: client.delete(delivery_key(task_id)))
             raise Ignore()
-        if stored is not None and self.backend.decode_result(stored)["status"] == states.SUCCESS:
+        if stored is not None and result_meta(self.app, stored)["status"] == states.SUCCESS:
             log.info("task %s: duplicate delivery of a finished task, skipped", task_id)
             raise Ignore()
         limit = int(conf.get("crypto_ml_max_deliveries", 3))
