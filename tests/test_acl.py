@@ -289,7 +289,7 @@ def test_a_wrong_password_stops_each_process_at_once_without_printing_it(
                               "--concurrency", "1", "--without-mingle", "--without-gossip"]),
         "exporter": ("exporter", [sys.executable, "-m", "crypto_ml", "queue-depth", "--port",
                                   str(free_port())]),
-        "flower": ("flower", [sys.executable, "-m", "crypto_ml", "flower", "--port=0"]),
+        "flower": ("flower", [sys.executable, "-m", "crypto_ml", "flower"]),
         "manager job": ("manager", [sys.executable, "manager/job.py", "--broker-wait", "300",
                                     "send-tasks", "--coins", "bitcoin"]),  # no 300 s wait
     }
@@ -298,7 +298,8 @@ def test_a_wrong_password_stops_each_process_at_once_without_printing_it(
         started = time.monotonic()
         out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=90,
                              env={**env, "CRYPTO_ML_BROKER_URL": url, "TMPDIR": str(tmp_path),
-                                  "CRYPTO_ML_DATA_DIR": str(price_data)})
+                                  "CRYPTO_ML_DATA_DIR": str(price_data),
+                                  "CRYPTO_ML_FLOWER_PORT": str(free_port())})
         runs[name] = (time.monotonic() - started, out)
     for name, (seconds, out) in runs.items():
         role = name.split()[0]
