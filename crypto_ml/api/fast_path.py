@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl
 
 from fastapi.security import HTTPBearer
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
@@ -76,10 +77,13 @@ def fast_forecasts(answer: Answer, bearer: HTTPBearer, key_check: KeyCheck) -> R
     async def endpoint(request: Request) -> Response:
         raw = await request.body()
         wait = _plain_wait(request.scope.get("query_string", b""))
+        try:  # the key first, as the FastAPI route: no body is read for a caller without one
+            await key_check(await bearer(request))
+        except HTTPException:
+            return _Delegate(raw)  # the FastAPI route's 401
         body = _plain_body(raw) if wait is not None else None
         if body is None or wait is None:
             return _Delegate(raw)
-        await key_check(await bearer(request))  # 401 as the FastAPI route's dependency says
         return await answer(body, wait)
 
     return _FastRoute("/v1/forecasts", endpoint, methods=["POST"], include_in_schema=False)
