@@ -8,9 +8,11 @@ beside the clone; without it those tests are skipped and the run's last lines sa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -69,6 +71,17 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600,
     full_env = cli_env(data_dir, env)
     return subprocess.run([sys.executable, "-m", "crypto_ml.manager", *args], cwd=ROOT,
                           env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+@contextlib.contextmanager
+def hangups_heard() -> Iterator[None]:
+    """SIGHUP at its default while the block starts processes: a test run under ``nohup``
+    (which ignores it, and children inherit that) can still test what a hang-up does."""
+    before = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, before)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

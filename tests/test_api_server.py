@@ -20,7 +20,7 @@ from typing import Any
 import psutil
 import pytest
 from api_support import write_coins
-from conftest import CHROMIUM, ROOT, browse
+from conftest import CHROMIUM, ROOT, browse, hangups_heard
 
 from crypto_ml.ops.processes import free_port, spawn, terminate, wait_until
 
@@ -125,7 +125,7 @@ def test_docs_page_lists_every_endpoint_in_headless_chromium(server: Server,
 def test_sigterm_stops_the_api_and_its_cluster(tmp_path: Path, sig: signal.Signals) -> None:
     """SIGHUP (its terminal closed) as SIGTERM: uvicorn's drain, then the cluster; it raised
     KeyboardInterrupt inside the event loop, with a traceback and no drain."""
-    with embedded_server(tmp_path) as server:
+    with hangups_heard(), embedded_server(tmp_path) as server:
         stop_and_check(server, sig)
 
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import ROOT, cli_env, on_a_terminal, run_cli
+from conftest import ROOT, cli_env, hangups_heard, on_a_terminal, run_cli
 
 from crypto_ml.backtest.engine import TIE_TOLERANCE, BacktestConfig, BacktestResult
 from crypto_ml.cli import build_parser, main
@@ -571,9 +571,10 @@ def assert_none_survive(family: list[psutil.Process]) -> None:
 ])
 def test_ctrl_c_stops_cluster_up_with_exit_130(price_data: Path, sig: signal.Signals, code: int,
                                                said: list[str]) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "crypto_ml", "cluster", "up", "--workers",
-                             "1"], cwd=ROOT, env=cli_env(price_data), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    with hangups_heard():  # heard even where this run ignores it (nohup)
+        proc = subprocess.Popen([sys.executable, "-m", "crypto_ml", "cluster", "up",
+                                 "--workers", "1"], cwd=ROOT, env=cli_env(price_data),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     out, seen = proc.stdout.fileno(), bytearray()
 
