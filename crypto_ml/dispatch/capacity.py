@@ -99,13 +99,19 @@ class InFlight(Sizing):
         return self.learn(self._slots()) if self.due() else self.limit
 
     def _slots(self) -> int:
-        try:
-            with self.app.connection_for_write() as conn, \
-                    conn.default_channel.conn_or_acquire() as client:
-                return live_slots(client, self.queue)
-        except PUBLISH_ERRORS as exc:
-            log.debug("could not read the workers' slots (%s); in flight: %d", exc, self.limit)
-            return 0
+        entries = read_slots(self.app)
+        return slots_in(entries, self.queue) if entries is not None else 0
+
+
+def read_slots(app: Any) -> Mapping[Any, Any] | None:
+    """The workers' ``crypto_ml:slots`` hash through ``app``'s broker; None when the broker
+    refused the read (a Redis user without this grant) or is away."""
+    try:
+        with app.connection_for_write() as conn, conn.default_channel.conn_or_acquire() as client:
+            return dict(client.hgetall(keys.SLOTS))
+    except PUBLISH_ERRORS as exc:
+        log.debug("could not read the workers' slots (%s)", exc)
+        return None
 
 
 class Unserved:
@@ -128,12 +134,8 @@ class Unserved:
         waiting = {task_queue(self.app, m.task, m.kwargs) for m in pending} - self.told
         if not waiting:
             return
-        try:
-            with self.app.connection_for_write() as conn, \
-                    conn.default_channel.conn_or_acquire() as client:
-                entries = client.hgetall(keys.SLOTS)
-        except PUBLISH_ERRORS as exc:
-            log.debug("could not read the workers' slots (%s)", exc)
+        entries = read_slots(self.app)
+        if entries is None:
             return
         for queue in sorted(q for q in waiting if not slots_in(entries, q)):
             self.told.add(queue)
