@@ -85,6 +85,11 @@ def crypto_ml(*args: str, cwd: Path = ROOT, data_dir: Path | None = None,
     (["data", "download", "--retries", "-1"], "argument --retries: must be 0 or more, got -1"),
     (["send-tasks", "--input", "t.parquet", "--output", "o.parquet", "--in-flight", "0"],
      "argument --in-flight: must be at least 1, got 0"),
+    # an empty path was the working directory: backtest --out "" wrote there
+    (["backtest", "--out", ""], "argument --out: expected a path, got an empty string"),
+    (["send-tasks", "--output", " "], "argument --output: expected a path, got an empty string"),
+    (["send-tasks", "--input", "", "--output", "o.parquet"], "argument --input: expected a path"),
+    (["send-tasks", "--data-dir", ""], "argument --data-dir: expected a path"),
 ])
 def test_a_usage_error_is_one_line_and_exit_2(argv: list[str], says: str,
                                               capsys: pytest.CaptureFixture[str]) -> None:

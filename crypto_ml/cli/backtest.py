@@ -26,6 +26,7 @@ from crypto_ml.cli.options import (
     levels,
     max_points,
     model_names_option,
+    path_option,
     positive_int,
     stop_on_signals,
 )
@@ -96,7 +97,7 @@ def add_parser(sub: Any) -> None:
     bt.add_argument("--param", action="append", type=_option, default=[], metavar="NAME=INT",
                     help="another model option, e.g. members=1 (repeatable; models that do "
                     "not take it ignore it; one that no model given takes is an error)")
-    bt.add_argument("--out", type=Path,
+    bt.add_argument("--out", type=path_option,
                     help="folder for backtest.json, backtest.csv and backtest.png")
     add_cluster_options(bt)
     add_log_options(bt)

@@ -18,6 +18,7 @@ from crypto_ml.cli.options import (
     add_log_options,
     http_url,
     pause_seconds,
+    path_option,
     positive_int,
     whole_number,
 )
@@ -36,7 +37,7 @@ def add_parser(sub: Any) -> None:
                               **help_texts("data"))
     get.add_argument("--top", type=positive_int, default=100, help="how many coins by market cap "
                      "(100)")
-    get.add_argument("--data-dir", type=Path,
+    get.add_argument("--data-dir", type=path_option,
                      help="folder to write <Coin>.csv files to (default: CRYPTO_ML_DATA_DIR)")
     get.add_argument("--currency", default="USD", help="quote currency (USD)")
     get.add_argument("--api-url", type=http_url, default=API_URL, help=f"API base URL ({API_URL})")

@@ -65,6 +65,14 @@ def http_url(text: str) -> str:
     return text
 
 
+def path_option(text: str) -> Path:
+    """argparse type of a file or folder option: an empty string is refused (``Path("")``
+    would quietly be the working directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return Path(text)
+
+
 def max_points(text: str) -> int:
     """argparse type of ``--max-points``: a positive N, or ``all`` (0 here) for the whole
     history; whether N is enough for the models is
@@ -93,7 +101,8 @@ def add_cluster_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=positive_seconds, default=DEFAULT_TIMEOUT,
                         help="give up when no result has come for this many seconds; what "
                         f"is left then fails as not come back ({DEFAULT_TIMEOUT:.0f})")
-    parser.add_argument("--data-dir", type=Path, help="price data folder (CRYPTO_ML_DATA_DIR)")
+    parser.add_argument("--data-dir", type=path_option,
+                        help="price data folder (CRYPTO_ML_DATA_DIR)")
     parser.add_argument("--workers", type=positive_int,
                         help="worker processes of the embedded cluster (default: one per core)")
 

@@ -26,6 +26,7 @@ from crypto_ml.cli.options import (
     levels,
     max_points,
     model_names_option,
+    path_option,
     positive_int,
     stop_on_signals,
 )
@@ -58,7 +59,7 @@ def add_parser(sub: Any) -> None:
     send.add_argument("--model", default=DEFAULT_MODEL, type=model_names_option,
                       help=f"{', '.join(model_names())}, a comma list (any case), or best: "
                       f"each coin's lowest backtest MASE (default: {DEFAULT_MODEL})")
-    send.add_argument("--backtest", type=Path,
+    send.add_argument("--backtest", type=path_option,
                       help="with --model best: a backtest.json to choose from (else run one)")
     send.add_argument("--candidates", type=model_names_option,
                       help="with --model best and no --backtest: models to "
@@ -79,11 +80,11 @@ def add_parser(sub: Any) -> None:
     send.add_argument("--format", choices=FORMATS, default="text",
                       help="stdout: `coin model [[f1 f2 ...]]` lines (text, the default) or one "
                       "JSON object per forecast (json-lines)")
-    send.add_argument("--output", type=Path, help="write results and failures to this JSON file")
+    send.add_argument("--output", type=path_option, help="write results and failures to this JSON file")
     add_cluster_options(send)
     send.add_argument("--flower", action="store_true",
                       help="start Flower with the embedded cluster (port CRYPTO_ML_FLOWER_PORT)")
-    send.add_argument("--plot", type=Path, metavar="FILE.png",
+    send.add_argument("--plot", type=path_option, metavar="FILE.png",
                       help="draw each coin's recent closes and forecast(s) into this PNG, "
                       "in the order of --coins")
     add_log_options(send)

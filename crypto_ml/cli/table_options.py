@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from crypto_ml.cli.options import positive_int
+from crypto_ml.cli.options import path_option, positive_int
 from crypto_ml.core.errors import ConfigError
 
 #: Options of table runs alone (argparse's names): given without --input they are refused.
@@ -18,7 +18,7 @@ TABLE_ONLY = ("id_col", "time_col", "value_col", "overwrite", "in_flight", "chun
 def add_input_options(parser: Any, title: str) -> Any:
     """``--input TABLE`` and the names of its columns, in an option group of ``title``."""
     group = parser.add_argument_group(title)
-    group.add_argument("--input", type=Path, metavar="TABLE",
+    group.add_argument("--input", type=path_option, metavar="TABLE",
                        help="a long-format table instead of the data folder: a .parquet file, a "
                        "folder of them (hive partitions allowed) or a .csv file, with columns "
                        "unique_id, ds, y (--coins then picks series by their exact id)")
