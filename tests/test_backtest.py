@@ -213,6 +213,14 @@ def test_a_backtest_no_coin_is_long_enough_for_is_an_error_before_any_task() -> 
     assert "stub: 3 closes" in message and "lower --horizon" in message
 
 
+def test_cli_refuses_a_backtest_no_coin_is_long_enough_for_before_any_cluster() -> None:
+    # it had started Redis and the workers first, then said so
+    run = run_cli("backtest", "--horizon", "7", "--origins", "2", "--min-train", "4",
+                  "--model", "naive", data_dir=DATA)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+    assert run.stderr.startswith("crypto-ml: error: no coin can be backtested: "), run.stderr
+
+
 def test_cli_rejects_a_bad_until_date_and_unknown_model(tmp_path: Path) -> None:
     bad = run_cli("backtest", "--until", "yesterday", data_dir=DATA)
     assert bad.returncode == 2 and "expected a date like" in bad.stderr

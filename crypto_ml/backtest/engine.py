@@ -306,18 +306,30 @@ def nothing_to_backtest(skipped: dict[str, str]) -> ConfigError:
                        "--stride or --min-train, or give longer series")
 
 
+Loaded = tuple[list[CoinSeries], dict[str, str]]
+
+
+def backtestable(loader: CryptoLoader | TableLoader, coins: Sequence[str] | None,
+                 config: BacktestConfig, none_ok: bool = False) -> Loaded:
+    """:func:`load_series`; a ConfigError when no coin is long enough, unless ``none_ok``.
+    Read before a cluster starts, it refuses such a backtest without starting one."""
+    series, skipped = load_series(loader, coins, config)
+    if not series and not none_ok:
+        raise nothing_to_backtest(skipped)
+    return series, skipped
+
+
 def run_backtest(manager: CryptoManager, config: BacktestConfig,
                  coins: Sequence[str] | None = None, err: TextIO | None = None,
-                 none_long_enough_ok: bool = False) -> BacktestResult:
+                 none_long_enough_ok: bool = False,
+                 loaded: Loaded | None = None) -> BacktestResult:
     """Backtest ``config.models`` on ``coins`` (default: all) over the manager's cluster; a
     ConfigError when no coin is long enough, unless ``none_long_enough_ok`` (``--model best``
-    then falls back to naive)."""
+    then falls back to naive). ``loaded``: what :func:`backtestable` read already."""
     config = BacktestConfig(**{**config.__dict__, "models": tuple(parse_models(config.models))})
     err = err or sys.stderr
     started = time.perf_counter()
-    series, skipped = load_series(manager.loader, coins, config)
-    if not series and not none_long_enough_ok:
-        raise nothing_to_backtest(skipped)
+    series, skipped = loaded or backtestable(manager.loader, coins, config, none_long_enough_ok)
     total = len(series) * len(config.models) * config.origins
     print(f"backtest: {len(series)} coin(s) x {len(config.models)} model(s) x "
           f"{config.origins} origin(s), horizon {config.horizon}: {total} forecast tasks"

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import argparse
 from datetime import date
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from crypto_ml.backtest.engine import BacktestConfig, run_backtest
+from crypto_ml.backtest.engine import BacktestConfig, backtestable, run_backtest
 from crypto_ml.backtest.report import (
     refused_as_unwritable,
     summary,
@@ -130,16 +129,17 @@ def backtest_main(args: argparse.Namespace) -> int:
 def backtest_command(request: BacktestRequest, manager: CryptoManager,
                      coins: list[str] | None) -> int:
     """Run the backtest, print the tables, write the files; 1 if any (coin, model) failed."""
+    configs = {window_name(window): BacktestConfig(
+        models=request.models, timeout=request.timeout, options=request.options,
+        max_points=window, levels=request.levels, **request.given) for window in request.windows}
+    # the same coins for every window; none long enough is refused before a cluster starts
+    loaded = backtestable(manager.loader, coins, next(iter(configs.values())))
     results = {}
     with manager.session():
-        for window in request.windows:
-            if len(request.windows) > 1 and isinstance(manager.observer, Progress):
-                manager.observer.new_phase(f"window {window_name(window)}")  # counts afresh
-            config = BacktestConfig(models=request.models, timeout=request.timeout,
-                                    options=request.options, max_points=window,
-                                    levels=request.levels, **request.given)
-            result = run_backtest(manager, config, coins, err=manager.err)
-            results[window_name(window)] = result
+        for name, config in configs.items():
+            if len(configs) > 1 and isinstance(manager.observer, Progress):
+                manager.observer.new_phase(f"window {name}")  # counts afresh
+            results[name] = run_backtest(manager, config, coins, manager.err, loaded=loaded)
     if isinstance(manager.observer, Progress):
         manager.observer.close()  # the bar goes before the tables
     for name, result in results.items():

@@ -8,7 +8,6 @@ written, each failure listed); 2 the API or the data folder cannot be used;
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from crypto_ml.cli.helptext import help_texts
@@ -17,8 +16,8 @@ from crypto_ml.cli.options import (
     EXIT_OK,
     add_log_options,
     http_url,
-    pause_seconds,
     path_option,
+    pause_seconds,
     positive_int,
     whole_number,
 )

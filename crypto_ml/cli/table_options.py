@@ -5,7 +5,6 @@ pyarrow nor pandas: every command pays for its parser, only table runs for their
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from crypto_ml.cli.options import path_option, positive_int
