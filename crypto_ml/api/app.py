@@ -289,6 +289,7 @@ def _document_caps(app: FastAPI, settings: Settings) -> None:
                 settings.max_horizon
             if not settings.api_keys:
                 _keyless(spec)
+            _no_impossible_422(spec)
             body["series"]["additionalProperties"]["maxItems"] = settings.max_series
             for parameter in spec["paths"]["/v1/forecasts"]["post"]["parameters"]:
                 if parameter["name"] == "wait":
@@ -305,6 +306,18 @@ def _keyless(spec: dict[str, Any]) -> None:
         for operation in methods.values():
             operation.pop("security", None)
             operation.get("responses", {}).pop("401", None)
+
+
+def _no_impossible_422(spec: dict[str, Any]) -> None:
+    """FastAPI lists a 422 on every route with a parameter; a route with no body whose only
+    parameters are plain strings in the path cannot give one, so its 422 goes."""
+    for methods in spec["paths"].values():
+        for operation in methods.values():
+            plain = all(p["in"] == "path" and set(p["schema"]) <= {"type", "title"}
+                        and p["schema"].get("type") == "string"
+                        for p in operation.get("parameters", []))
+            if plain and "requestBody" not in operation:
+                operation.get("responses", {}).pop("422", None)
 
 
 class _Wrap:
