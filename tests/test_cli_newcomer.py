@@ -90,6 +90,7 @@ def crypto_ml(*args: str, cwd: Path = ROOT, data_dir: Path | None = None,
     (["send-tasks", "--output", " "], "argument --output: expected a path, got an empty string"),
     (["send-tasks", "--input", "", "--output", "o.parquet"], "argument --input: expected a path"),
     (["send-tasks", "--data-dir", ""], "argument --data-dir: expected a path"),
+    (["backtest", "--out", "x" * 300], "is longer than the 255 bytes a file system allows"),
 ])
 def test_a_usage_error_is_one_line_and_exit_2(argv: list[str], says: str,
                                               capsys: pytest.CaptureFixture[str]) -> None:

@@ -175,6 +175,8 @@ def test_missing_or_empty_data_dir_says_how_to_get_data(tmp_path: Path) -> None:
         CryptoLoader(tmp_path / "nope").get_crypto_names()
     with pytest.raises(DataNotFound, match="no price files"):
         CryptoLoader(tmp_path).get_crypto_names()
+    with pytest.raises(DataNotFound, match="/dev/null is no folder or file"):  # was a traceback
+        CryptoLoader(Path("/dev/null")).get_crypto_names()
 
 
 def test_a_coin_asked_for_by_anything_but_text_is_one_clear_error(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -65,12 +66,20 @@ def http_url(text: str) -> str:
     return text
 
 
+#: the longest file or folder name Linux, macOS and Windows file systems take (bytes)
+NAME_MAX = 255
+
+
 def path_option(text: str) -> Path:
     """argparse type of a file or folder option: an empty string is refused (``Path("")``
     would quietly be the working directory)."""
     if not text.strip():
         raise argparse.ArgumentTypeError("expected a path, got an empty string")
-    return Path(text)
+    path = Path(text)
+    if any(len(os.fsencode(part)) > NAME_MAX for part in path.parts):
+        raise argparse.ArgumentTypeError(f"a name in {text[:60]!r}... is longer than the "
+                                         f"{NAME_MAX} bytes a file system allows")
+    return path
 
 
 def max_points(text: str) -> int:

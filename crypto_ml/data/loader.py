@@ -111,6 +111,9 @@ class CryptoLoader:
         if self._files is None:
             if not self.data_dir.exists():
                 raise self._missing()
+            if not self.data_dir.is_dir() and not self.data_dir.is_file():  # /dev/null, a FIFO
+                raise DataNotFound(f"data directory {self.data_dir} is no folder or file; "
+                                   f"{HOW_TO_GET_DATA}")
             self._files = _discover(self.data_dir)
         return self._files
 
