@@ -62,14 +62,23 @@ def _checked_levels(value: list[float]) -> list[float]:
 Levels = Annotated[list[Annotated[float, Field(gt=0, lt=100)]], AfterValidator(_checked_levels)]
 
 
-def few_fields(model: type[BaseModel], data: Any) -> Any:
-    """``data``, or one error at once when it holds more fields than ``model`` has: checking
-    150,000 unknown fields one by one held the server's event loop for seconds."""
-    if isinstance(data, dict) and len(data) > len(model.model_fields):
-        unknown = [str(k)[:40] for k in data if k not in model.model_fields][:3]
-        raise ValueError(f"the body has {len(data):,} fields; this one takes at most "
-                         f"{len(model.model_fields)} (unknown: {', '.join(map(repr, unknown))}...)")
-    return data
+class Body(BaseModel):
+    """A request body: strict fields, no unknown ones, and one error at once when it holds
+    more fields than the model has (checking 150,000 unknown fields one by one held the
+    server's event loop for seconds)."""
+
+    # strict: a field takes what its schema says, not "10" for 10 nor 0 for false
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _few_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict) and len(data) > len(cls.model_fields):
+            unknown = [str(k)[:40] for k in data if k not in cls.model_fields][:3]
+            raise ValueError(f"the body has {len(data):,} fields; this one takes at most "
+                             f"{len(cls.model_fields)} (unknown: "
+                             f"{', '.join(map(repr, unknown))}...)")
+        return data
 
 
 def _one_source_schema(schema: dict[str, Any]) -> None:
@@ -88,12 +97,11 @@ def _one_source_schema(schema: dict[str, Any]) -> None:
     ]
 
 
-class ForecastBody(BaseModel):
+class ForecastBody(Body):
     """Forecast ``coins`` of the data directory, or the caller's own ``series``
     (exactly one of the two)."""
 
-    # strict: a field takes what its schema says, not "10" for 10 nor 0 for false
-    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_one_source_schema)
+    model_config = ConfigDict(json_schema_extra=_one_source_schema)
 
     coins: list[Annotated[str, Field(pattern=r"\S"), AfterValidator(_unicode)]] | None = Field(
         None, min_length=1, description="coin ids (GET /v1/coins)")
@@ -119,7 +127,6 @@ class ForecastBody(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def no_null_source(cls, data: Any) -> Any:
-        few_fields(cls, data)
         if isinstance(data, dict):
             for name in SOURCES:
                 if name in data and data[name] is None:
@@ -198,10 +205,8 @@ class Health(BaseModel):
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
 
 
-class JobBody(BaseModel):
+class JobBody(Body):
     """A long-format table (``unique_id, ds, y``) to forecast, as ``send-tasks --input``."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
 
     input: Text = Field(min_length=1, description="a Parquet file, a folder of them or a CSV: "
                        "a path relative to the server's data directory (CRYPTO_ML_DATA_DIR), "
@@ -223,11 +228,6 @@ class JobBody(BaseModel):
     resume: str | None = Field(None, pattern=JOB_ID,
                                description="the id of a failed job of this same body: the new "
                                "job takes its finished chunks and computes only the rest")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _few_fields(cls, data: Any) -> Any:
-        return few_fields(cls, data)
 
     @model_validator(mode="after")
     def _three_columns(self) -> JobBody:
