@@ -44,13 +44,13 @@ def tables(draw: st.DrawFn) -> pd.DataFrame:
     kind = draw(st.sampled_from(["int", "date", "zoned", "text"]))
     clean = draw(st.booleans())  # half the tables repeat no time: they reach the fits
     offsets = draw(st.lists(st.integers(-2, 60), min_size=n, max_size=n, unique=clean))
+    days = [START + timedelta(days=o) for o in offsets]
     times: list[Any] = {
-        "int": lambda: offsets,
-        "date": lambda: [START + timedelta(days=o) for o in offsets],
-        "zoned": lambda: [(START + timedelta(days=o)).replace(tzinfo=UTC)
-                          for o in offsets],
-        "text": lambda: [f"2017-01-{o % 28 + 1:02d}" if o >= 0 else "soon" for o in offsets],
-    }[kind]()
+        "int": offsets,
+        "date": days,
+        "zoned": [d.replace(tzinfo=UTC) for d in days],
+        "text": [f"2017-01-{o % 28 + 1:02d}" if o >= 0 else "soon" for o in offsets],
+    }[kind]
     one_id = draw(st.booleans())  # one id kind for the column (else a mix of kinds)
     id_values = draw(st.lists(st.integers(0, 4) if one_id or clean else ids,
                               min_size=n, max_size=n))
