@@ -45,19 +45,19 @@ def tables(draw: st.DrawFn) -> pd.DataFrame:
     clean = draw(st.booleans())  # half the tables repeat no time: they reach the fits
     offsets = draw(st.lists(st.integers(-2, 60), min_size=n, max_size=n, unique=clean))
     days = [START + timedelta(days=o) for o in offsets]
-    times: list[Any] = {
+    times: dict[str, list[Any]] = {
         "int": offsets,
         "date": days,
         "zoned": [d.replace(tzinfo=UTC) for d in days],
         "text": [f"2017-01-{o % 28 + 1:02d}" if o >= 0 else "soon" for o in offsets],
-    }[kind]
+    }
     one_id = draw(st.booleans())  # one id kind for the column (else a mix of kinds)
     id_values = draw(st.lists(st.integers(0, 4) if one_id or clean else ids,
                               min_size=n, max_size=n))
     ys = draw(st.lists(st.floats(0.5, 100) if draw(st.booleans()) else values,
                        min_size=n, max_size=n))
     return pd.DataFrame({"unique_id": pd.Series(id_values, dtype=object),
-                         "ds": pd.Series(times, dtype=object), "y": pd.Series(ys, dtype=object)})
+                         "ds": pd.Series(times[kind], dtype=object), "y": pd.Series(ys, dtype=object)})
 
 
 def written(frame: pd.DataFrame, folder: Path, parquet: bool) -> Path:
