@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from crypto_ml.core.errors import ConfigError, InvalidTaskInput
 from crypto_ml.models import get_model
@@ -109,7 +110,8 @@ class Broken:
 def test_forecast_with_store_reuses_trains_and_survives_a_broken_store(tmp_path: Path) -> None:
     store = DirectoryModelStore(tmp_path)
     args: dict[str, Any] = {"series": "a", "prices": SERIES}
-    trained, fresh = forecast_with_store(get_model("lstm", **PARAMS), store, horizon=4, **args)
+    trained, fresh, unsaved = forecast_with_store(get_model("lstm", **PARAMS), store, horizon=4,
+                                                  **args)
     assert fresh is False and set(trained.bands) == {"80", "95"}
     every = get_model("lstm", **PARAMS).option_values()  # the key names every option's value
     entry = tmp_path / f"{store_key('a', 'lstm', every, SERIES)}.npz"
@@ -120,18 +122,18 @@ def test_forecast_with_store_reuses_trains_and_survives_a_broken_store(tmp_path:
     marked = trained.forecast + 1.0  # what the network would not give: proof of a read
     _rewrite(entry, forecast=marked)
     model = get_model("lstm", **PARAMS)
-    stored, hit = forecast_with_store(model, store, horizon=4, **args)  # the same request
+    stored, hit, _ = forecast_with_store(model, store, horizon=4, **args)  # the same request
     assert hit is True  # read from the entry, the network not run
     np.testing.assert_array_equal(stored.forecast, marked)
     assert stored.intervals_json() == trained.intervals_json()
     assert model.n_points_ == len(SERIES)
     _rewrite(entry, forecast=trained.forecast)
-    longer, hit = forecast_with_store(get_model("lstm", **PARAMS), store, horizon=6, **args)
+    longer, hit, _ = forecast_with_store(get_model("lstm", **PARAMS), store, horizon=6, **args)
     assert hit is True  # the restored network ran two more steps, no training
     np.testing.assert_array_equal(longer.forecast[:4], trained.forecast)
-    again, hit = forecast_with_store(get_model("lstm", **PARAMS), store, horizon=6, **args)
+    again, hit, _ = forecast_with_store(get_model("lstm", **PARAMS), store, horizon=6, **args)
     assert hit is True and np.array_equal(again.forecast, longer.forecast)
-    other, hit = forecast_with_store(get_model("lstm", **PARAMS), store, horizon=6,
+    other, hit, _ = forecast_with_store(get_model("lstm", **PARAMS), store, horizon=6,
                                      levels=(50.0,), **args)
     assert hit is True and set(other.bands) == {"50"}  # other levels: intervals recomputed
     np.testing.assert_array_equal(other.forecast, longer.forecast)
@@ -139,8 +141,9 @@ def test_forecast_with_store_reuses_trains_and_survives_a_broken_store(tmp_path:
                                **args)[1] is False
     entry.write_bytes(b"not npz")
     assert forecast_with_store(get_model("lstm", **PARAMS), store, horizon=2, **args)[1] is False
-    assert forecast_with_store(get_model("lstm", **PARAMS), Broken(), horizon=2,
-                               **args)[1] is False
+    broken = forecast_with_store(get_model("lstm", **PARAMS), Broken(), horizon=2, **args)
+    assert broken.from_store is False and broken.unsaved == "OSError: disk gone"
+    assert unsaved is None  # saved
     assert forecast_with_store(get_model("linear"), store, horizon=2, **args)[1] is None
 
 
@@ -157,7 +160,7 @@ def test_a_truncated_entry_or_another_series_entry_is_trained_over_not_served(
     entry_a, entry_b = (tmp_path / f"{store_key(s, 'lstm', every, p)}.npz"
                         for s, p in (("a", SERIES), ("b", other)))
     entry_b.write_bytes(entry_a.read_bytes())  # a's fit under b's key
-    served, hit = forecast_with_store(get_model("lstm", **PARAMS), store, horizon=4,
+    served, hit, _ = forecast_with_store(get_model("lstm", **PARAMS), store, horizon=4,
                                       series="b", prices=other)
     assert hit is False and served.forecast.mean() > 1.5 * np.mean(SERIES)  # b's own fit
     entry_a.write_bytes(entry_a.read_bytes()[:1000])
@@ -169,7 +172,7 @@ def test_a_truncated_entry_or_another_series_entry_is_trained_over_not_served(
 def test_a_stored_prediction_is_read_without_the_deep_learning_backend(tmp_path: Path) -> None:
     """Restoring an entry loads no network: a process that never imported TensorFlow answers."""
     args: dict[str, Any] = {"series": "a", "prices": [float(x) for x in SERIES], "horizon": 3}
-    trained, _ = forecast_with_store(get_model("lstm", **PARAMS), DirectoryModelStore(tmp_path),
+    trained, _, _ = forecast_with_store(get_model("lstm", **PARAMS), DirectoryModelStore(tmp_path),
                                      **args)
     args["params"] = PARAMS
     code = ("import json, pathlib, sys\n"
@@ -178,7 +181,7 @@ def test_a_stored_prediction_is_read_without_the_deep_learning_backend(tmp_path:
             "args = json.loads(sys.argv[2])\n"
             "store = DirectoryModelStore(pathlib.Path(sys.argv[1]))\n"
             "model = get_model('lstm', **args.pop('params'))\n"
-            "p, hit = forecast_with_store(model, store, **args)\n"
+            "p, hit, _ = forecast_with_store(model, store, **args)\n"
             "print(hit, p.forecast.tolist(), [m for m in ('tensorflow', 'keras') "
             "if m in sys.modules])\n")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path), json.dumps(args)],
@@ -201,3 +204,16 @@ def test_requests_carry_the_store_flags_and_results_say_where_they_came_from(
     assert ForecastRequest.parse(**flagged.as_kwargs()) == flagged
     with pytest.raises(InvalidTaskInput, match="'retrain': expected true or false"):
         ForecastRequest.parse(**{**request.as_kwargs(), "retrain": "yes"})
+
+
+@pytest.mark.integration  # an embedded cluster, real training
+def test_a_store_that_refuses_fits_is_named_in_the_summary(price_data: Path) -> None:
+    # it was a warning in the workers' logs alone: every run trained again without a word
+    run = run_cli("send-tasks", "--model", "lstm", "--epochs", "1", "--coins", "bitcoin",
+                  "--workers", "1", data_dir=price_data,
+                  env={"CRYPTO_ML_MODEL_STORE": "/dev/null/store"})  # under a device: no folder
+    assert run.returncode == 0, run.stderr  # the forecast itself arrives
+    assert run.stdout.startswith("bitcoin lstm [["), run.stdout
+    line = next(x for x in run.stderr.splitlines() if "model store:" in x)
+    assert "1 fit(s) not saved (NotADirectoryError" in line and "CRYPTO_ML_MODEL_STORE" in line
+

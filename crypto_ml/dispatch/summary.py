@@ -1,5 +1,5 @@
 """The closing summary of a run: coins ok and failed (with reasons), per model its fit times and
-the device(s) it trained on, the workers, and the run's time.
+the device(s) it trained on, the workers, fits the model store refused, and the run's time.
 
 :func:`summarize` turns a :class:`~crypto_ml.dispatch.report.RunReport` into plain data
 (also what ``--log-format json`` logs); :func:`summary_lines` into text lines.
@@ -15,14 +15,18 @@ from crypto_ml.dispatch.report import RunReport
 
 def summarize(report: RunReport, wall_seconds: float | None = None) -> dict[str, Any]:
     """``coins_ok``, ``coins_failed`` {coin: {model: reason}}, ``models`` (fits, seconds,
-    ``devices`` {device: fits}), ``workers`` and ``wall_seconds`` (the report's, unless given:
+    ``devices`` {device: fits}), ``workers``, ``unsaved`` {why a fit was not saved in the
+    model store: fits} and ``wall_seconds`` (the report's, unless given:
     the command line gives the whole run's)."""
     failed = {coin: dict(reasons) for coin, reasons in sorted(report.failed.items())}
     ok = sorted(set(report.results) - set(failed))
     models: dict[str, dict[str, Any]] = {}
     workers: Counter[str] = Counter()
+    unsaved: Counter[str] = Counter()
     for coin, by_model in sorted(report.results.items()):
         for model, result in by_model.items():
+            if result.get("unsaved"):
+                unsaved[str(result["unsaved"])] += 1
             seconds = float(result["fit_seconds"])
             entry = models.setdefault(model, {"fits": 0, "total_seconds": 0.0,
                                               "slowest_coin": coin, "slowest_seconds": seconds,
@@ -35,7 +39,7 @@ def summarize(report: RunReport, wall_seconds: float | None = None) -> dict[str,
                 entry.update(slowest_coin=coin, slowest_seconds=seconds)
             workers[result["worker"]] += 1
     return {"coins_ok": ok, "coins_failed": failed, "models": models,
-            "workers": dict(workers.most_common()),
+            "workers": dict(workers.most_common()), "unsaved": dict(unsaved.most_common()),
             "wall_seconds": report.wall_seconds if wall_seconds is None else wall_seconds}
 
 
@@ -59,4 +63,7 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     if summary["workers"]:
         done_by = ", ".join(f"{name} ({n})" for name, n in summary["workers"].items())
         lines.append(f"  workers: {done_by}")
+    for reason, n in summary.get("unsaved", {}).items():
+        lines.append(f"  model store: {n} fit(s) not saved ({reason}); the next run trains them "
+                     "again: check CRYPTO_ML_MODEL_STORE and the workers' access to it")
     return lines

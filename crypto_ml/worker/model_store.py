@@ -52,7 +52,7 @@ import zipfile
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -267,13 +267,23 @@ def restore_state(model: Forecaster, blob: bytes, prices: Sequence[float]) -> No
     model.restore(_unpack(blob)[0], prices)
 
 
+class Answer(NamedTuple):
+    """A forecast and the store's part in it."""
+
+    prediction: Prediction
+    #: whether it came from the store (None: the store played no part, for cheap models or
+    #: without a store)
+    from_store: bool | None
+    #: why its fit could not be saved (the next request trains again), or None
+    unsaved: str | None = None
+
+
 def forecast_with_store(model: Forecaster, store: ModelStore | None, *, series: str,
                         prices: Sequence[float], horizon: int,
                         levels: Sequence[float] = DEFAULT_LEVELS,
-                        retrain: bool = False) -> tuple[Prediction, bool | None]:
+                        retrain: bool = False) -> Answer:
     """``model``'s prediction (forecast and intervals at ``levels``) of ``horizon`` closes
-    after ``prices``, and whether it came from the store (None: the store played no part,
-    for cheap models or without a store).
+    after ``prices``, whether it came from the store, and why its fit was not saved.
 
     An entry answers without training: the same horizon and levels as it holds are read
     from it (no deep-learning backend needed, so any worker answers at once); any other
@@ -282,7 +292,7 @@ def forecast_with_store(model: Forecaster, store: ModelStore | None, *, series: 
     """
     if store is None or not model.stored:
         model.fit(prices, coin=series)
-        return model.predict(horizon, levels), None
+        return Answer(model.predict(horizon, levels), None)
     key = store_key(series, model.name, model.option_values(), prices)  # defaults filled
     levels = check_levels(levels)
     if not retrain:
@@ -293,17 +303,15 @@ def forecast_with_store(model: Forecaster, store: ModelStore | None, *, series: 
                 model.restore(state, prices)  # no backend loaded: only a forecast loads it
                 stored = _stored_prediction(header, arrays, horizon, levels)
                 if stored is not None:
-                    return stored, True
+                    return Answer(stored, True)
                 prediction = model.predict(horizon, levels)
-                _save(store, key, model, prediction)
-                return prediction, True
+                return Answer(prediction, True, _save(store, key, model, prediction))
         except (*_STORE_ERRORS, *_redis_errors()) as exc:
             log.warning("model store: entry %s unusable (%s: %s); training instead", key[:12],
                         type(exc).__name__, exc)
     model.fit(prices, coin=series)
     prediction = model.predict(horizon, levels)
-    _save(store, key, model, prediction)
-    return prediction, False
+    return Answer(prediction, False, _save(store, key, model, prediction))
 
 
 def _stored_prediction(header: dict[str, Any], arrays: dict[str, np.ndarray], horizon: int,
@@ -319,11 +327,15 @@ def _stored_prediction(header: dict[str, Any], arrays: dict[str, np.ndarray], ho
     return Prediction(path.copy(), bands, str(saved["method"]))
 
 
-def _save(store: ModelStore, key: str, model: Forecaster, prediction: Prediction) -> None:
+def _save(store: ModelStore, key: str, model: Forecaster, prediction: Prediction
+          ) -> str | None:
+    """Save the fit; why it could not be, or None."""
     try:
         store.put(key, export_state(model, prediction))
     except (*_STORE_ERRORS, *_redis_errors()) as exc:
         log.warning("model store: could not save %s (%s: %s)", key[:12], type(exc).__name__, exc)
+        return f"{type(exc).__name__}: {str(exc)[:200]}"
+    return None
 
 
 def _redis_errors() -> tuple[type[BaseException], ...]:

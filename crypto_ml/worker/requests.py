@@ -126,11 +126,12 @@ def run_forecast(request: ForecastRequest, worker: str,
                  store: ModelStore | None = None) -> dict[str, Any]:
     """Fit (or restore from ``store``) and forecast; the JSON-safe result a task returns.
 
-    Deep models also report ``from_store``: whether the forecast came from a stored fit.
+    Deep models also report ``from_store``: whether the forecast came from a stored fit,
+    and ``unsaved`` when the store refused its fit (the next request trains again).
     """
     model = get_model(request.model, **request.params)
     started = time.perf_counter()
-    prediction, from_store = forecast_with_store(
+    prediction, from_store, unsaved = forecast_with_store(
         model, store if request.use_store else None, series=request.coin,
         prices=request.prices, horizon=request.horizon,
         levels=request.levels, retrain=request.retrain)
@@ -147,7 +148,11 @@ def run_forecast(request: ForecastRequest, worker: str,
         "worker": worker,
         "device": model.device,
     }
-    return result if from_store is None else {**result, "from_store": from_store}
+    if from_store is not None:
+        result["from_store"] = from_store
+    if unsaved is not None:
+        result["unsaved"] = unsaved
+    return result
 
 
 def run_batch(items: object, worker: str, max_batch: int,
