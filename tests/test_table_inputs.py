@@ -19,6 +19,7 @@ from conftest import run_cli
 from table_support import random_walks, write_parquet
 
 from crypto_ml.core.errors import InvalidTable, OutputUnwritable
+from crypto_ml.data.steps import future_times, series_steps
 from crypto_ml.data.table import Columns, TableSource
 from crypto_ml.dispatch.table_output import FAILURES_SCHEMA, TableOutput, _write_atomic
 
@@ -52,6 +53,21 @@ def test_a_folder_whose_files_store_columns_in_other_types_is_read_as_one(
     _file(tmp_path / "t" / "jan2.parquet", ["b", "a"], _days(1, 1, "us").take([0, 0]),
           pa.array([4, 3], pa.float32()))
     assert _read_all(TableSource(tmp_path / "t")) == {"a": [1.0, 3.0], "b": [2.0, 4.0]}
+
+
+def test_times_centuries_apart_are_compared_not_subtracted(tmp_path: Path) -> None:
+    # 1700 and 2250 are 550 years apart, past int64 nanoseconds: the wrapped difference read
+    # the unsorted table as sorted (a forecast from the 1700 row, dated 1734), and a sorted
+    # series stepped a day after 2250 instead of failing as past the last time
+    years = pa.array(np.array(["2000-01-01", "2250-01-01", "1700-01-01", "1700-01-02"],
+                              "datetime64[ns]"))
+    source = TableSource(_file(tmp_path / "t.parquet", ["a"] * 4, years, pa.array([1.0, 2, 3, 4])))
+    assert _read_all(source) == {"a": [3.0, 4.0, 1.0, 2.0]}  # in time order
+    assert source.info is not None and not source.info.presorted
+    times = np.sort(years.to_numpy().astype(np.int64))
+    last, step, _, _ = series_steps(times[1:], np.array([3]), "timestamp")
+    _, beyond = future_times("timestamp", last, step, 2)
+    assert beyond.tolist() == [True]  # a 250-year step from 2250: past 2262, said so
 
 
 def test_types_that_do_not_mix_are_named_before_any_work(tmp_path: Path) -> None:

@@ -97,6 +97,7 @@ def _steps(times: np.ndarray, lengths: np.ndarray, starts: np.ndarray, ends: np.
     """Each series' smallest gap where at least half its gaps are that small, else its
     median gap (the lower one); 0 for a series of one row."""
     gaps = np.append(np.diff(times), _NONE)
+    gaps[gaps <= 0] = _NONE - 1  # rising times: a gap past int64 wrapped round (292 years)
     gaps[ends - 1] = _NONE  # a series' last row: no gap after it within the series
     smallest = np.minimum.reduceat(gaps, starts)
     usual = 2 * np.add.reduceat(gaps == np.repeat(smallest, lengths), starts) >= lengths - 1

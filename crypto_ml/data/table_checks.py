@@ -203,14 +203,14 @@ def id_order(ids: pa.Array, times: np.ndarray, prev: tuple[str, int] | None
     series); ``prev``: the id and time of the row before the batch."""
     a, b = ids.slice(0, len(ids) - 1), ids.slice(1)
     same = same_as_next(ids)
-    step = np.diff(times)
-    dup = np.flatnonzero(same & (step == 0))
+    later, now = times[1:], times[:-1]  # compared, not subtracted: a difference may overflow
+    dup = np.flatnonzero(same & (later == now))
     first_dup = str(ids[int(dup[0])].as_py()) if len(dup) else None
     starts = np.flatnonzero(~same) + 1
     # within a series the times rise; where a series ends, the next id sorts after it (the
     # ids compared there alone: a few per hundred rows)
     ends = pa.array(starts - 1)
-    ordered = bool(np.all(step[same] > 0)) and bool(np.all(np.asarray(pc.less(
+    ordered = bool(np.all(later[same] > now[same])) and bool(np.all(np.asarray(pc.less(
         pc.cast(a.take(ends), pa.string()), pc.cast(b.take(ends), pa.string())
     ).to_numpy(zero_copy_only=False), dtype=bool)))
     first = str(ids[0].as_py())
