@@ -35,7 +35,12 @@ from crypto_ml.data.steps import future_times
 from crypto_ml.data.table import Columns, SeriesChunk, TableSource
 from crypto_ml.data.table_checks import id_order, same_as_next
 from crypto_ml.dispatch.frames import _arrow_table, forecast_frame
-from crypto_ml.dispatch.table_output import FAILURES_SCHEMA, TableOutput, check_output
+from crypto_ml.dispatch.table_output import (
+    FAILURES_SCHEMA,
+    TableOutput,
+    check_output,
+    failures_path,
+)
 from crypto_ml.dispatch.table_run import TablePlan, TableSummary, chunk_table
 from crypto_ml.models import REGISTRY, get_model
 from crypto_ml.models.batch import predict_batch, vectorised
@@ -760,11 +765,19 @@ def test_a_run_over_every_close_is_said_as_all_closes(tmp_path: Path) -> None:
         TableOutput(tmp_path / "o.parquet", every.describe(source)).finished()
 
 
-@pytest.mark.parametrize("name", ["out.json", "no-such-folder/out.parquet"])
+@pytest.mark.parametrize("name", ["out.json", "no-such-folder/out.parquet",
+                                  # the failures table of report.parquet: its run replaced
+                                  # these forecasts without a word
+                                  "report.failures.parquet", "R.Failures.PARQUET"])
 def test_an_output_is_checked_before_any_work(tmp_path: Path, name: str) -> None:
     with pytest.raises(Exception, match="--output"):
         check_output(tmp_path / name)
     assert not (tmp_path / "no-such-folder").exists()
+
+
+def test_an_output_is_parquet_in_any_case_with_its_failures_beside_it(tmp_path: Path) -> None:
+    check_output(tmp_path / "Out.PARQUET")
+    assert failures_path(tmp_path / "Out.PARQUET") == tmp_path / "Out.failures.parquet"
 
 
 def test_a_series_written_as_none_is_missing_not_a_crash(tmp_path: Path) -> None:

@@ -59,13 +59,16 @@ def failed_series(failures: pa.Table) -> set[str]:
 
 def failures_path(out: Path) -> Path:
     """``OUT.failures.parquet`` beside ``OUT.parquet``."""
-    return out.with_name(out.name.removesuffix(".parquet") + ".failures.parquet")
+    return out.with_name(out.stem + ".failures.parquet")  # .parquet in any case
 
 
 def check_output(out: Path) -> None:
     """A ConfigError unless ``out`` is a ``.parquet`` path in an existing, writable folder."""
-    if out.suffix != ".parquet":
+    if out.suffix.lower() != ".parquet":
         raise ConfigError(f"--output {out}: a table run writes Parquet; name it *.parquet")
+    if out.stem.lower().endswith(".failures"):  # another run's failures, or this one's own
+        raise ConfigError(f"--output {out}: *.failures.parquet is the name of a run's "
+                          "failures table (beside its OUT.parquet); choose another name")
     if out.is_dir():
         raise ConfigError(f"--output {out} is a folder; give a file name")
     if out.parent.exists() and not out.parent.is_dir():
