@@ -24,6 +24,8 @@ from s3_support import bucket
 from table_support import random_walks, write_parquet
 from test_api_server import KEY, Server, call, embedded_server
 
+from crypto_ml.core.errors import ConfigError
+from crypto_ml.dispatch.table_output import held
 from crypto_ml.ops.processes import wait_until
 
 pytestmark = pytest.mark.integration
@@ -165,6 +167,11 @@ def test_delete_cancels_a_job_and_its_queued_work_goes(server: Server) -> None:
     wait_until(lambda: job_state(server, accepted["id"])["done"] > 0, 120, "the job's first chunk")
     status, raw, _ = download(server, accepted["id"], "output")
     assert status == 409 and b"is running" in raw, raw  # no half a table
+    # a send-tasks run to the job's file is refused: a job held no lock, and --overwrite
+    # deleted its parts under it
+    with pytest.raises(ConfigError, match="another run is writing it now"), \
+            held(Path(str(job_state(server, accepted["id"])["output"]))):
+        pass
     status, reply = call(f"{server.url}/v1/jobs/{accepted['id']}", method="DELETE")
     assert status == 200 and reply["cancel_requested"] is True, reply  # it says it was heard
     assert reply["status"] in ("queued", "running", "cancelled"), reply

@@ -46,7 +46,7 @@ from crypto_ml.core.settings import Settings
 from crypto_ml.data.table import Columns, TableSource
 from crypto_ml.data.table_checks import as_given
 from crypto_ml.dispatch.capacity import InFlight
-from crypto_ml.dispatch.table_output import TableOutput, failures_path
+from crypto_ml.dispatch.table_output import TableOutput, failures_path, held
 from crypto_ml.dispatch.table_run import TablePlan, run_table
 from crypto_ml.models import parse_fallback, parse_models
 from crypto_ml.worker.app import table_queue
@@ -209,12 +209,13 @@ class Jobs:
         """Run the job; its final status and error. ``failed`` stays what the progress
         counted: series, as while it ran."""
         try:
-            summary = run_table(self.app, source, output, plan, job.progress, log.info,
-                                job.check_cancel, JOB_TIMEOUT,
-                                InFlight(self.app, self.settings.workers,
-                                         table_queue(m.model for m in plan.models)),
-                                on_skip=job.skip,
-                                check_lost_every=self.settings.lost_check_seconds)
+            with held(output.out):  # the lock a send-tasks run to the same file respects
+                summary = run_table(self.app, source, output, plan, job.progress, log.info,
+                                    job.check_cancel, JOB_TIMEOUT,
+                                    InFlight(self.app, self.settings.workers,
+                                             table_queue(m.model for m in plan.models)),
+                                    on_skip=job.skip,
+                                    check_lost_every=self.settings.lost_check_seconds)
         except JobCancelled:
             if job.stop_reason:
                 return "failed", stopped_error(self.replica, job.stop_reason)
