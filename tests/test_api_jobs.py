@@ -142,6 +142,11 @@ def download(server: Server, job_id: str, table: str, key: str | None = KEY,
     ({"input": "looped"}, "which is not a usable path (a symlink loop)"),
     ({"input": "walks.parquet", "id_col": "ds"}, "must name three different columns"),
     ({"input": "walks.parquet", "id_col": "y", "value_col": "y"}, "three different columns"),
+    # taken, then every series failed (CalibrationTooShort); send-tasks --input refused it
+    ({"input": "walks.parquet", "max_points": 1}, "max_points 1 is too few: naive fits and "
+     "calibrates its prediction intervals on at least 20 closes; give 20 or more, or 0 for"),
+    ({"input": "walks.parquet", "max_points": 1, "levels": [], "model": "linear"},
+     "max_points 1 is too few: linear fits on at least 2 closes"),
 ])
 def test_a_bad_job_gets_422_naming_the_problem(server: Server, body: dict[str, object],
                                                 words: str) -> None:

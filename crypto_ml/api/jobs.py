@@ -48,7 +48,7 @@ from crypto_ml.data.table_checks import as_given
 from crypto_ml.dispatch.capacity import InFlight
 from crypto_ml.dispatch.table_output import TableOutput, failures_path, held
 from crypto_ml.dispatch.table_run import TablePlan, run_table
-from crypto_ml.models import parse_fallback, parse_models
+from crypto_ml.models import parse_fallback, parse_models, window_problem
 from crypto_ml.worker.app import table_queue
 
 from .inputs import BODY_COLUMNS, discard_copy, read_input
@@ -143,6 +143,8 @@ class Jobs:
                     else parse_fallback(body.fallback_model, models))
         if (why := self.settings.horizon_problem(body.horizon)) is not None:
             raise ConfigError(f"horizon {why}")
+        if why := window_problem(body.max_points, models, None, bool(body.levels), whole="0"):
+            raise ConfigError(f"max_points {why}")  # as send-tasks --input: before any work
         job_id = uuid.uuid4().hex
         folder = self.settings.api_jobs_dir
         copy = folder / "inputs" / job_id  # an s3:// input's local copy, deleted at the end

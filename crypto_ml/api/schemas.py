@@ -218,7 +218,8 @@ class JobBody(Body):
     levels: Levels = Field(list(DEFAULT_LEVELS),
                            description="prediction interval levels in percent")
     max_points: Whole | None = Field(None, ge=0, le=MAX_POINTS,
-                                     description="fit on the newest N values")
+                                     description="fit on the newest N values (0: all; default: "
+                                     "each model's own window, 200 for most)")
     id_col: Text = Field("unique_id", min_length=1)
     time_col: Text = Field("ds", min_length=1)
     value_col: Text = Field("y", min_length=1)

@@ -29,13 +29,12 @@ from crypto_ml.data.names import coin_id
 from crypto_ml.models import (
     check_option_names,
     check_option_values,
-    get_model,
     model_class,
     model_names,
     parse_fallback,
     parse_models,
+    window_problem,
 )
-from crypto_ml.models.intervals import MIN_CALIBRATION_TRAIN
 from crypto_ml.ops.plot import picture_problem
 
 
@@ -286,30 +285,12 @@ def check_horizon(settings: Settings, horizon: int | None) -> None:
                           "for more")
 
 
-def fewest_points(models: Sequence[str], params: Mapping[str, object] | None = None,
-                  intervals: bool = False) -> tuple[int, str]:
-    """The fewest closes each of ``models`` fits on (with ``intervals``: and calibrates its
-    prediction intervals on, :data:`MIN_CALIBRATION_TRAIN`), at most over them: (that
-    number, the model that needs it)."""
-    needs = {}
-    for name in models:
-        need = get_model(name, **dict(params or {})).min_points  # options checked already
-        needs[name] = max(need, MIN_CALIBRATION_TRAIN if intervals else 1)
-    model = max(needs, key=lambda m: needs[m])
-    return needs[model], model
-
-
 def check_max_points(windows: Sequence[int | None], models: Sequence[str],
                      params: Mapping[str, object] | None = None, intervals: bool = False) -> None:
     """A ConfigError if a ``--max-points`` window is shorter than the models need."""
     short = [w for w in windows if w]  # None: each model's default; 0: all
-    if not short or not models:
-        return
-    need, model = fewest_points(models, params, intervals)
-    if min(short) < need:
-        what = "fits and calibrates its prediction intervals on" if intervals else "fits on"
-        raise ConfigError(f"--max-points {min(short)} is too few: {model} {what} at least "
-                          f"{need} closes; give {need} or more, or all for the whole history")
+    if short and (why := window_problem(min(short), models, params, intervals)):
+        raise ConfigError(f"--max-points {why}")
 
 
 def check_readable(loader: CryptoLoader, coins: Sequence[str] | None) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from crypto_ml.core.errors import ConfigError, InvalidTaskInput, UnknownModel
 from crypto_ml.models.base import Forecaster, check_horizon, clean_series
+from crypto_ml.models.intervals import MIN_CALIBRATION_TRAIN
 from crypto_ml.models.linear import LinearModel
 from crypto_ml.models.naive import NaiveModel
 from crypto_ml.models.rnn import GRUModel, LSTMModel
@@ -56,6 +57,35 @@ def model_class(name: str) -> type[Forecaster]:
 def default_max_points(name: str) -> int:
     """The history ``name`` is fitted on by default: the newest N closes, 0 for all of it."""
     return model_class(name).default_max_points
+
+
+def fewest_points(models: Sequence[str], params: Mapping[str, object] | None = None,
+                  intervals: bool = False) -> tuple[int, str]:
+    """The fewest closes each of ``models`` fits on (with ``intervals``: and calibrates its
+    prediction intervals on, :data:`~crypto_ml.models.intervals.MIN_CALIBRATION_TRAIN`), at
+    most over them: (that number, the model that needs it)."""
+    needs = {}
+    for name in models:
+        need = get_model(name, **dict(params or {})).min_points  # options checked already
+        needs[name] = max(need, MIN_CALIBRATION_TRAIN if intervals else 1)
+    model = max(needs, key=lambda m: needs[m])
+    return needs[model], model
+
+
+def window_problem(window: int | None, models: Sequence[str],
+                   params: Mapping[str, object] | None = None, intervals: bool = False,
+                   whole: str = "all") -> str | None:
+    """Why the newest ``window`` closes are too few for ``models`` (None: each model's own
+    window, 0: the whole history, are never too few), or None; ``whole`` is how the caller
+    asks for the whole history."""
+    if not window or not models:
+        return None
+    need, model = fewest_points(models, params, intervals)
+    if window >= need:
+        return None
+    what = "fits and calibrates its prediction intervals on" if intervals else "fits on"
+    return (f"{window} is too few: {model} {what} at least {need} closes; give {need} or more, "
+            f"or {whole} for the whole history")
 
 
 def get_model(name: str, **params: object) -> Forecaster:
