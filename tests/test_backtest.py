@@ -16,9 +16,15 @@ import pytest
 from conftest import FIXTURES, run_cli
 
 from crypto_ml.backtest.best import choose, load_saved
-from crypto_ml.backtest.engine import BacktestConfig, BacktestResult, origins_for, run_backtest
+from crypto_ml.backtest.engine import (
+    BacktestConfig,
+    BacktestResult,
+    nothing_to_backtest,
+    origins_for,
+    run_backtest,
+)
 from crypto_ml.backtest.metrics import naive_scale, scores
-from crypto_ml.backtest.report import write_json
+from crypto_ml.backtest.report import summary, write_json
 from crypto_ml.core.errors import ConfigError
 from crypto_ml.core.settings import Settings
 from crypto_ml.data.loader import CryptoLoader
@@ -101,6 +107,20 @@ def test_a_score_json_cannot_hold_is_written_as_null_and_read_back(tmp_path: Pat
     said = lines.getvalue()
     assert "best: neg -> naive (no candidate scored in the backtest: naive: ValueError" in said
     assert "best: gone -> naive (not backtested: absent from the backtest)" in said
+
+
+def test_series_ids_with_control_characters_are_quoted_on_the_terminal() -> None:
+    # a table's ids may hold anything: a line break split the one-line error, an escape
+    # sequence coloured the terminal
+    odd = ["evil\nline2", "\x1b[31mRED\x1b[0m"]
+    row = {"mae": 1.0, "rmse": 1.0, "mape": 1.0, "mase": 1.0, "n_forecasts": 1}
+    result = BacktestResult(BacktestConfig(models=("naive",)),
+                            per_coin={odd[0]: {"naive": row}},
+                            failed={odd[1]: {"naive": "ModelFitFailed: no"}},
+                            skipped={"a\tb": "3 closes"})
+    shown = summary(result) + str(nothing_to_backtest(dict.fromkeys(odd, "60 closes")))
+    assert "\x1b" not in shown and "\t" not in shown and "evil\n" not in shown
+    assert "'evil\\nline2'" in shown and "'\\x1b[31mRED\\x1b[0m'" in shown
 
 
 def test_a_backtest_file_with_a_score_of_another_kind_is_one_clear_error(tmp_path: Path) -> None:

@@ -298,9 +298,15 @@ def score(series: Sequence[CoinSeries], config: BacktestConfig,
     return result
 
 
+def printable(name: str) -> str:
+    """A coin or series id as a terminal shows it: quoted when it holds a line break, an
+    escape sequence or another control character (a table's ids may hold anything)."""
+    return name if name.isprintable() else repr(name)
+
+
 def nothing_to_backtest(skipped: dict[str, str]) -> ConfigError:
     """The error of a backtest that no coin is long enough (or readable) for."""
-    named = "; ".join(f"{coin}: {why}" for coin, why in list(skipped.items())[:3])
+    named = "; ".join(f"{printable(coin)}: {why}" for coin, why in list(skipped.items())[:3])
     more = f" (and {len(skipped) - 3} more)" if len(skipped) > 3 else ""
     return ConfigError(f"no coin can be backtested: {named}{more}; lower --horizon, --origins, "
                        "--stride or --min-train, or give longer series")

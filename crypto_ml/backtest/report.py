@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from crypto_ml.backtest.engine import BacktestResult
+from crypto_ml.backtest.engine import BacktestResult, printable
 from crypto_ml.backtest.metrics import METRICS, interval_metric_names
 from crypto_ml.core.errors import OutputUnwritable
 
@@ -35,7 +35,7 @@ def per_coin_table(result: BacktestResult) -> str:
     """One row per coin: each model's MASE and the best model."""
     models = list(result.config.models)
     best = result.best()
-    rows = [[coin, *(_num(by[m]["mase"]) if m in by else "failed" for m in models),
+    rows = [[printable(coin), *(_num(by[m]["mase"]) if m in by else "failed" for m in models),
              best[coin][0]] for coin, by in sorted(result.per_coin.items())]
     return _grid(["coin (MASE)", *models, "best"], rows)
 
@@ -91,10 +91,10 @@ def summary(result: BacktestResult) -> str:
              f"{len(result.per_coin)} coin(s) scored in {result.wall_seconds:.0f} s",
              aggregate_table(result)]
     for coin, by_model in sorted(result.failed.items()):
-        parts += [f"failed: {coin} {m}: {why}" for m, why in by_model.items()]
+        parts += [f"failed: {printable(coin)} {m}: {why}" for m, why in by_model.items()]
     if result.skipped:
         parts.append(f"skipped {len(result.skipped)} coin(s): " + ", ".join(
-            f"{c} ({why})" for c, why in sorted(result.skipped.items())))
+            f"{printable(c)} ({why})" for c, why in sorted(result.skipped.items())))
     return "\n".join(parts)
 
 
