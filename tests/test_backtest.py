@@ -10,6 +10,7 @@ import re
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -123,14 +124,34 @@ def test_series_ids_with_control_characters_are_quoted_on_the_terminal() -> None
     assert "'evil\\nline2'" in shown and "'\\x1b[31mRED\\x1b[0m'" in shown
 
 
-def test_a_backtest_file_with_a_score_of_another_kind_is_one_clear_error(tmp_path: Path) -> None:
+def _edited(change: Any) -> dict[str, Any]:
     row = {"mae": 1.0, "rmse": 1.0, "mape": 1.0, "n_forecasts": 1, "mase": 1.0}
     data = BacktestResult(BacktestConfig(models=("naive",)), per_coin={"a": {"naive": row}}
                           ).to_json()
-    data["per_coin"]["a"]["naive"]["mase"] = "low"
-    (tmp_path / "bt.json").write_text(json.dumps(data))
-    with pytest.raises(ConfigError, match="cannot read the backtest"):
+    return change(data) or data
+
+
+# a hand-edited file was refused with Python's words ("min() arg is an empty sequence",
+# "'NoneType' object has no attribute 'items'", "ufunc 'isnan' not supported")
+@pytest.mark.parametrize(("change", "says"), [
+    (lambda d: d["per_coin"]["a"]["naive"].update(mase="low"),
+     "per_coin.a.naive.mase: Input should be a valid number"),
+    (lambda d: d["per_coin"].update(a={}), "per_coin.a: holds no model"),
+    (lambda d: d["per_coin"].update(a=None), "per_coin.a: should be an object {...}"),
+    (lambda d: d["per_coin"]["a"]["naive"].pop("mase") and None,
+     "per_coin.a.naive.mase: Field required"),
+    (lambda d: [d], "the file: should be an object {...}"),
+    (lambda d: d.pop("config"), "config: Field required"),
+    (lambda d: d["config"].update(colour="red"), "unexpected keyword argument 'colour'"),
+])
+def test_a_hand_edited_backtest_file_is_one_line_naming_the_field(
+        tmp_path: Path, change: Any, says: str) -> None:
+    (tmp_path / "bt.json").write_text(json.dumps(_edited(change)))
+    with pytest.raises(ConfigError) as error:
         load_saved(tmp_path / "bt.json")
+    message = str(error.value)
+    assert message.startswith(f"cannot read the backtest {tmp_path / 'bt.json'} ("), message
+    assert says in message and "\n" not in message, message
 
 
 @pytest.mark.integration

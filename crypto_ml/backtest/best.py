@@ -39,13 +39,17 @@ log = logging.getLogger(__name__)
 
 def load_saved(path: Path) -> BacktestResult:
     """A backtest written by ``backtest --out``, or a ConfigError saying what to do."""
+    from crypto_ml.backtest.saved import saved_problem  # lazy: pydantic for this file alone
+
     try:
-        result = BacktestResult.from_json(json.loads(path.read_text()))
-        result.best()  # each score a number (or null): found now, not halfway through a run
+        data = json.loads(path.read_text())
+        if (why := saved_problem(data)) is not None:
+            raise ValueError(why)
+        result = BacktestResult.from_json(data)
+        result.best()  # found now, not halfway through a run
         return result
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        why = f"it has no {exc} field" if isinstance(exc, KeyError) else str(exc)
-        raise ConfigError(f"cannot read the backtest {path} ({why}); write one with "
+    except (OSError, ValueError, TypeError) as exc:  # TypeError: a config of other fields
+        raise ConfigError(f"cannot read the backtest {path} ({exc}); write one with "
                           "`crypto-ml backtest --out DIR` and pass "
                           "DIR/backtest.json") from None
 
