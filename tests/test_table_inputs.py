@@ -70,6 +70,16 @@ def test_times_centuries_apart_are_compared_not_subtracted(tmp_path: Path) -> No
     assert beyond.tolist() == [True]  # a 250-year step from 2250: past 2262, said so
 
 
+def test_files_in_two_zones_are_refused_naming_both(tmp_path: Path) -> None:
+    # both had a zone, yet the error said some rows had none
+    for name, zone in (("a", "US/Eastern"), ("b", "Asia/Tokyo")):
+        _file(tmp_path / "t" / f"{name}.parquet", [name], _days(0, 1, "ns").cast(
+            pa.timestamp("ns", tz=zone)), pa.array([1.0]))
+    with pytest.raises(InvalidTable, match="in zone US/Eastern in some rows and Asia/Tokyo in "
+                                           "others .*; write them in one zone"):
+        TableSource(tmp_path / "t").check()
+
+
 def test_types_that_do_not_mix_are_named_before_any_work(tmp_path: Path) -> None:
     _file(tmp_path / "t" / "a.parquet", ["b"], _days(0, 1, "ns"), pa.array([1.0]))
     _file(tmp_path / "t" / "b.parquet", ["a"], pa.array(["2020-01-02"]), pa.array([2.0]))

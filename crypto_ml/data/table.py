@@ -242,8 +242,11 @@ class TableSource:
                                    "in others (files written differently?); write them alike")
             if kind and zoned != zone:  # text times: read as UTC, or moved out of their zone
                 raise InvalidTable(f"{self.label}: column {self.columns.time!r} holds times "
-                                   "with a zone in some rows and without one in others (files "
-                                   "written differently?); give every time a zone, or none")
+                                   + (f"in zone {zone} in some rows and {zoned} in others "
+                                      "(files written differently?); write them in one zone"
+                                      if zone and zoned else
+                                      "with a zone in some rows and without one in others (files "
+                                      "written differently?); give every time a zone, or none"))
             kind, zone = found, zoned
             new, order_ok, dup = id_order(ids, times, prev)
             if dup is not None:
