@@ -75,8 +75,8 @@ def test_files_in_two_zones_are_refused_naming_both(tmp_path: Path) -> None:
     for name, zone in (("a", "US/Eastern"), ("b", "Asia/Tokyo")):
         _file(tmp_path / "t" / f"{name}.parquet", [name], _days(0, 1, "ns").cast(
             pa.timestamp("ns", tz=zone)), pa.array([1.0]))
-    with pytest.raises(InvalidTable, match="in zone US/Eastern in some rows and Asia/Tokyo in "
-                                           "others .*; write them in one zone"):
+    with pytest.raises(InvalidTable, match=r"in zone US/Eastern in some rows and Asia/Tokyo in "
+                                           r"others .*; write them in one zone"):
         TableSource(tmp_path / "t").check()
 
 

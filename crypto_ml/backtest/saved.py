@@ -34,8 +34,10 @@ def saved_problem(data: object) -> str | None:
         _Saved.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "the file"
+        loc = [str(part) for part in first["loc"]]
+        if first["type"] == "missing":
+            return f"{'.'.join(loc[:-1]) or 'it'} has no {loc[-1]!r} field"
         message = {"too_short": "holds no model", "model_type": "should be an object {...}",
                    "dict_type": "should be an object {...}"}.get(first["type"], first["msg"])
-        return f"{where}: {message}"
+        return f"{'.'.join(loc) or 'the file'}: {message}"
     return None
