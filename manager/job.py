@@ -25,13 +25,12 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from kombu.utils.url import maybe_sanitize_url
 
 from crypto_ml.cli import build_parser, guarded
 from crypto_ml.cli import main as cli_main
-from crypto_ml.cli.options import EXIT_CONFIG, EXIT_OK
+from crypto_ml.cli.options import EXIT_CONFIG, EXIT_OK, path_option
 from crypto_ml.cli.requests import settings_from
 from crypto_ml.core.errors import BrokerAuthFailed, ConfigError, CryptoMLError
 from crypto_ml.core.settings import Settings
@@ -49,7 +48,7 @@ def job_parser() -> argparse.ArgumentParser:
     parser.add_argument("-h", "--help", action="store_true", help="show this help and exit")
     parser.add_argument("--broker-wait", type=float, default=120.0,
                         help="seconds to wait for the broker to answer (120)")
-    parser.add_argument("--results-dir", type=Path,
+    parser.add_argument("--results-dir", type=path_option,
                         help="write results to DIR/forecasts-<UTC time>.json")
     return parser
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -204,6 +205,8 @@ def test_openapi_documents_what_each_route_answers(data: Path) -> None:
     assert "422" not in spec["paths"]["/v1/forecasts/{run_id}"]["get"]["responses"]
     assert "422" not in spec["paths"]["/v1/jobs/{job_id}/output"]["head"]["responses"]
     assert "422" in spec["paths"]["/v1/forecasts"]["post"]["responses"]
+    used = set(re.findall(r"#/components/schemas/(\w+)", json.dumps(spec)))
+    assert set(spec["components"]["schemas"]) <= used  # no schema that nothing answers with
 
 
 def test_a_server_without_keys_documents_no_key_and_no_401(data: Path) -> None:

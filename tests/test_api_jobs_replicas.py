@@ -214,17 +214,20 @@ def test_what_ended_jobs_left_goes_with_a_later_post(replicas: dict[str, Server]
     expired, recorded, missing = (jobs / f".{job_id}.parquet.parts"
                                   for job_id in ("e" * 32, first, "f" * 32))
     half_joined = jobs / f".{'e' * 32}.failures.parquet.tmp"
+    lock = jobs / f".{'e' * 32}.parquet.lock"  # every job left one
     ended_copy, fresh_copy = jobs / "inputs" / first, jobs / "inputs" / ("d" * 32)
     for folder in (expired, recorded, missing, ended_copy, fresh_copy):
         folder.mkdir(parents=True)
         (folder / "chunk-00000000.arrow").write_bytes(b"")
     half_joined.write_bytes(b"")
+    lock.write_bytes(b"")
     day_ago = time.time() - 86400 - 60  # CRYPTO_ML_RESULT_EXPIRES: nothing touched them since
-    for path in (expired, half_joined):
+    for path in (expired, half_joined, lock):
         os.utime(path, (day_ago, day_ago))
     try:
         post(a, {"input": "small.parquet", "model": "naive", "horizon": 3})
         assert not expired.exists() and not half_joined.exists() and not ended_copy.exists()
+        assert not lock.exists()
         assert recorded.exists()  # a job of a live record: kept
         assert missing.exists() and fresh_copy.exists()  # no record, but touched of late
     finally:

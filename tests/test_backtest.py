@@ -143,6 +143,10 @@ def _edited(change: Any) -> dict[str, Any]:
     (lambda d: [d], "the file: should be an object {...}"),
     (lambda d: d.pop("config"), "(it has no 'config' field)"),
     (lambda d: d["config"].update(colour="red"), "unexpected keyword argument 'colour'"),
+    (lambda d: d["config"].pop("models") and None, "config has no 'models' field"),
+    (lambda d: d["config"].update(models="naive"), "config.models: should be a list"),
+    (lambda d: d["per_coin"]["a"].update(prophet={"mase": 0.1}),
+     "per_coin.a.prophet: 'prophet' is no model of this version"),  # chose it, then failed
 ])
 def test_a_hand_edited_backtest_file_is_one_line_naming_the_field(
         tmp_path: Path, change: Any, says: str) -> None:

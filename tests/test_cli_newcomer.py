@@ -36,7 +36,7 @@ import pytest
 from conftest import ROOT, cli_env, hangups_heard, on_a_terminal, run_cli
 
 from crypto_ml.backtest.engine import TIE_TOLERANCE, BacktestConfig, BacktestResult
-from crypto_ml.cli import build_parser, main
+from crypto_ml.cli import build_parser, guarded, main
 from crypto_ml.cli.output import write_results
 from crypto_ml.cli.requests import backtest_request, check_writable, send_request
 from crypto_ml.core.errors import ConfigError, SeriesTooShort, UnknownModel
@@ -487,6 +487,32 @@ def test_a_window_below_what_the_models_need_is_refused(argv: list[str], need: s
     message = str(error.value)
     assert need in message and "or all for the whole history" in message
     assert "\n" not in message
+
+
+def test_a_window_below_what_the_fallback_model_needs_is_refused() -> None:
+    # the fallback is fitted on the same window: every fill failed
+    args = parsed(["send-tasks", "--input", "t.parquet", "--output", "o.parquet", "--model",
+                   "naive", "--fallback-model", "ets", "--max-points", "5", "--levels", "none"])
+    with pytest.raises(ConfigError, match="--max-points 5 is too few: ets fits on at least 10"):
+        send_request(args)
+
+
+def test_an_os_error_no_check_foresaw_is_one_line_and_exit_2(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # a folder this user may not enter: Path.exists() raises (root never sees it)
+    def denied() -> int:
+        raise PermissionError(13, "Permission denied", "/locked/sub")
+
+    assert guarded(denied, None) == 2
+    err = capsys.readouterr().err
+    assert err == ("crypto-ml: error: Permission denied: /locked/sub; check the path and its "
+                   "permissions\n")
+
+    def reader_gone() -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    with pytest.raises(BrokenPipeError):  # main() ends such a run quietly, exit 0
+        guarded(reader_gone, None)
 
 
 @pytest.mark.parametrize(("argv", "says"), [

@@ -107,6 +107,17 @@ class Broken:
         raise OSError("disk gone")
 
 
+class Denied(DirectoryModelStore):
+    def __init__(self) -> None:
+        super().__init__(Path("/store"))
+
+    def get(self, key: str) -> bytes | None:
+        return None
+
+    def put(self, key: str, blob: bytes) -> None:
+        raise PermissionError(13, "Permission denied", f"/store/.tmp-{os.urandom(4).hex()}.npz")
+
+
 def test_forecast_with_store_reuses_trains_and_survives_a_broken_store(tmp_path: Path) -> None:
     store = DirectoryModelStore(tmp_path)
     args: dict[str, Any] = {"series": "a", "prices": SERIES}
@@ -143,6 +154,11 @@ def test_forecast_with_store_reuses_trains_and_survives_a_broken_store(tmp_path:
     assert forecast_with_store(get_model("lstm", **PARAMS), store, horizon=2, **args)[1] is False
     broken = forecast_with_store(get_model("lstm", **PARAMS), Broken(), horizon=2, **args)
     assert broken.from_store is False and broken.unsaved == "OSError: disk gone"
+    # a folder it may not write in: every fit one reason, though each temporary file's
+    # name differs (the summary says one line per reason)
+    reasons = {forecast_with_store(get_model("lstm", **PARAMS), Denied(), horizon=2,
+                                   **args).unsaved for _ in range(2)}
+    assert reasons == {"PermissionError: Permission denied"}
     assert unsaved is None  # saved
     assert forecast_with_store(get_model("linear"), store, horizon=2, **args)[1] is None
 

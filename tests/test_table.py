@@ -3,6 +3,8 @@ format of a chunk, future dates and the resumable output."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import itertools
 import json
 import os
@@ -40,6 +42,7 @@ from crypto_ml.dispatch.table_output import (
     TableOutput,
     check_output,
     failures_path,
+    held,
 )
 from crypto_ml.dispatch.table_run import TablePlan, TableSummary, chunk_table
 from crypto_ml.models import REGISTRY, get_model
@@ -775,9 +778,21 @@ def test_an_output_is_checked_before_any_work(tmp_path: Path, name: str) -> None
     assert not (tmp_path / "no-such-folder").exists()
 
 
-def test_an_output_is_parquet_in_any_case_with_its_failures_beside_it(tmp_path: Path) -> None:
-    check_output(tmp_path / "Out.PARQUET")
-    assert failures_path(tmp_path / "Out.PARQUET") == tmp_path / "Out.failures.parquet"
+def test_one_run_at_a_time_holds_an_output_and_a_lockless_file_system_runs_unlocked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "o.parquet"
+    with held(out), pytest.raises(ConfigError, match="another run is writing it now"), held(out):
+        pass
+    assert failures_path(out) == tmp_path / "o.failures.parquet"
+
+    def no_locks(fd: int, how: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)  # NFS without lockd: every run had failed
+    with held(out):
+        pass
+    assert "runs unlocked, its file system takes no lock (No locks available)" in caplog.text
 
 
 def test_a_series_written_as_none_is_missing_not_a_crash(tmp_path: Path) -> None:

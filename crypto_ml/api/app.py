@@ -10,6 +10,7 @@ the configured or embedded cluster.
 from __future__ import annotations
 
 import hmac
+import json
 import re
 import sys
 import warnings
@@ -318,6 +319,9 @@ def _no_impossible_422(spec: dict[str, Any]) -> None:
                         for p in operation.get("parameters", []))
             if plain and "requestBody" not in operation:
                 operation.get("responses", {}).pop("422", None)
+    if "/HTTPValidationError" not in json.dumps(spec["paths"]):  # FastAPI's 422 body: unused
+        for name in ("HTTPValidationError", "ValidationError"):
+            spec["components"]["schemas"].pop(name, None)
 
 
 class _Wrap:

@@ -35,9 +35,10 @@ from .job_store import ACTIVE, JobStore, status_of
 log = logging.getLogger(__name__)
 JOB_ID = r"^[0-9a-f]{32}$"
 _ID = re.compile(JOB_ID)
-#: what a job leaves beside the outputs: its parts folder, its outputs half joined
-_LEFT = re.compile(r"^\.([0-9a-f]{32})(?:\.parquet\.parts|(?:\.failures)?\.parquet"
-                   r"(?:\.[0-9a-f]{12})?\.tmp)$")
+#: what a job leaves beside the outputs: its parts folder, its outputs half joined, the
+#: lock file its run held (:func:`~crypto_ml.dispatch.table_output.held`)
+_LEFT = re.compile(r"^\.([0-9a-f]{32})(?:\.parquet\.parts|\.parquet\.lock|(?:\.failures)?"
+                   r"\.parquet(?:\.[0-9a-f]{12})?\.tmp)$")
 
 
 def output_of(folder: Path, job_id: str, run: dict[str, Any]) -> TableOutput:
@@ -110,7 +111,7 @@ def take_over(store: JobStore, old: str, new: str, output: TableOutput, earlier:
 
 def sweep(store: JobStore, folder: Path, expires: int) -> None:
     """Remove what jobs left that nobody can run or resume any more: the finished chunks
-    (``.<id>.parquet.parts``), half-joined outputs and S3 copies (``inputs/<id>``) of jobs
+    (``.<id>.parquet.parts``), lock files, half-joined outputs and S3 copies (``inputs/<id>``) of jobs
     whose records expired and that nothing touched for as long as a record lives (a running
     job whose record a Redis restart dropped writes its chunks still); and the S3 copies of
     jobs recorded as ended (a resume copies its input again). Never fails a POST."""

@@ -143,7 +143,8 @@ class Jobs:
                     else parse_fallback(body.fallback_model, models))
         if (why := self.settings.horizon_problem(body.horizon)) is not None:
             raise ConfigError(f"horizon {why}")
-        if why := window_problem(body.max_points, models, None, bool(body.levels), whole="0"):
+        fitted = [*models, *([fallback] if fallback else [])]
+        if why := window_problem(body.max_points, fitted, None, bool(body.levels), whole="0"):
             raise ConfigError(f"max_points {why}")  # as send-tasks --input: before any work
         job_id = uuid.uuid4().hex
         folder = self.settings.api_jobs_dir
@@ -195,13 +196,18 @@ class Jobs:
 
     def _run(self, job: Job, source: TableSource, output: TableOutput, plan: TablePlan,
              copy: Path) -> None:
-        status, error = self._outcome(job, source, output, plan)
-        if status == "cancelled":  # a failed job keeps its finished chunks, to be resumed
-            output.discard()
-        elif status == "failed":  # resumed while this process stalled? (its parts are gone)
-            with contextlib.suppress(redis.RedisError):
-                if self.store.resumed_by(job.id) is not None:
-                    error = stopped_error(self.replica, UNANSWERED)
+        try:  # the lock a send-tasks run to the same file respects, till the parts go
+            with held(output.out, "job output"):
+                status, error = self._outcome(job, source, output, plan)
+                if status == "cancelled":  # a failed job keeps its chunks, to be resumed
+                    output.discard()
+        except ConfigError:  # another run writes the file (said without the server's path)
+            status, error = "failed", "not started: another run is writing its output file"
+        else:
+            if status == "failed":  # resumed while this process stalled? (its parts are gone)
+                with contextlib.suppress(redis.RedisError):
+                    if self.store.resumed_by(job.id) is not None:
+                        error = stopped_error(self.replica, UNANSWERED)
         discard_copy(copy)
         job.status, job.error, job.finished = status, error, time.time()  # then it is seen
         self._settle(job)
@@ -211,13 +217,12 @@ class Jobs:
         """Run the job; its final status and error. ``failed`` stays what the progress
         counted: series, as while it ran."""
         try:
-            with held(output.out):  # the lock a send-tasks run to the same file respects
-                summary = run_table(self.app, source, output, plan, job.progress, log.info,
-                                    job.check_cancel, JOB_TIMEOUT,
-                                    InFlight(self.app, self.settings.workers,
-                                             table_queue(m.model for m in plan.models)),
-                                    on_skip=job.skip,
-                                    check_lost_every=self.settings.lost_check_seconds)
+            summary = run_table(self.app, source, output, plan, job.progress, log.info,
+                                job.check_cancel, JOB_TIMEOUT,
+                                InFlight(self.app, self.settings.workers,
+                                         table_queue(m.model for m in plan.models)),
+                                on_skip=job.skip,
+                                check_lost_every=self.settings.lost_check_seconds)
         except JobCancelled:
             if job.stop_reason:
                 return "failed", stopped_error(self.replica, job.stop_reason)

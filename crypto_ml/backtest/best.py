@@ -43,13 +43,14 @@ def load_saved(path: Path) -> BacktestResult:
 
     try:
         data = json.loads(path.read_text())
-        if (why := saved_problem(data)) is not None:
-            raise ValueError(why)
+        if (problem := saved_problem(data)) is not None:
+            raise ValueError(problem)
         result = BacktestResult.from_json(data)
         result.best()  # found now, not halfway through a run
         return result
-    except (OSError, ValueError, TypeError) as exc:  # TypeError: a config of other fields
-        raise ConfigError(f"cannot read the backtest {path} ({exc}); write one with "
+    except (OSError, ValueError, TypeError, KeyError) as exc:  # TypeError: other config
+        why = f"it has no {exc} field" if isinstance(exc, KeyError) else str(exc)
+        raise ConfigError(f"cannot read the backtest {path} ({why}); write one with "
                           "`crypto-ml backtest --out DIR` and pass "
                           "DIR/backtest.json") from None
 

@@ -4,9 +4,22 @@ that is wrong (``per_coin.bitcoin: holds no model``), never with a Python error.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from crypto_ml.backtest.engine import printable
+from crypto_ml.models import model_names
+
+
+def _known(name: str) -> str:
+    if name not in model_names():
+        raise ValueError(f"{name[:40]!r} is no model of this version "
+                         f"({', '.join(model_names())})")
+    return name
+
+
+Model = Annotated[str, AfterValidator(_known)]
 
 
 class _Scores(BaseModel):
@@ -17,14 +30,25 @@ class _Scores(BaseModel):
     mase: float | None
 
 
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    models: list[Model] = Field(min_length=1)
+
+
 class _Saved(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
-    config: dict[str, Any]
-    per_coin: dict[str, Annotated[dict[str, _Scores], Field(min_length=1)]]
+    config: _Config
+    per_coin: dict[str, Annotated[dict[Model, _Scores], Field(min_length=1)]]
     failed: dict[str, dict[str, str]] = {}
     skipped: dict[str, str] = {}
     windows: dict[str, list[str]] = {}
+
+
+#: pydantic's words where plainer ones say it better
+_SAID = {"too_short": "holds no model", "model_type": "should be an object {...}",
+         "dict_type": "should be an object {...}", "list_type": "should be a list [...]"}
 
 
 def saved_problem(data: object) -> str | None:
@@ -34,10 +58,9 @@ def saved_problem(data: object) -> str | None:
         _Saved.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        loc = [str(part) for part in first["loc"]]
+        loc = [printable(str(part)) for part in first["loc"] if part != "[key]"]
         if first["type"] == "missing":
             return f"{'.'.join(loc[:-1]) or 'it'} has no {loc[-1]!r} field"
-        message = {"too_short": "holds no model", "model_type": "should be an object {...}",
-                   "dict_type": "should be an object {...}"}.get(first["type"], first["msg"])
+        message = _SAID.get(first["type"], first["msg"].removeprefix("Value error, "))
         return f"{'.'.join(loc) or 'the file'}: {message}"
     return None

@@ -66,8 +66,8 @@ def http_url(text: str) -> str:
     return text
 
 
-#: the longest file or folder name Linux, macOS and Windows file systems take (bytes)
-NAME_MAX = 255
+#: the longest file or folder name Linux and macOS file systems take (bytes), and path
+NAME_MAX, PATH_MAX = 255, 4096
 
 
 def path_option(text: str) -> Path:
@@ -79,6 +79,9 @@ def path_option(text: str) -> Path:
     if any(len(os.fsencode(part)) > NAME_MAX for part in path.parts):
         raise argparse.ArgumentTypeError(f"a name in {text[:60]!r}... is longer than the "
                                          f"{NAME_MAX} bytes a file system allows")
+    if len(os.fsencode(text)) >= PATH_MAX:
+        raise argparse.ArgumentTypeError(f"{text[:60]!r}... is longer than the {PATH_MAX} "
+                                         "bytes a path may have")
     return path
 
 

@@ -179,7 +179,8 @@ def send_request(args: argparse.Namespace) -> SendRequest:
         refuse_given(args, ("retrain",), "is for the data folder's runs (the model store); a "
                      "table run fits every series afresh")
         refuse_given(args, ("data_dir",), "is for the data folder; a table run reads --input")
-        check_max_points([args.max_points], forecasts.models, None, bool(args.levels))
+        with_fallback = [*forecasts.models, *([table.fallback] if table.fallback else [])]
+        check_max_points([args.max_points], with_fallback, None, bool(args.levels))
         given = coin_list(args.coins)
         return SendRequest(**common, forecasts=forecasts, table=table,
                            coins=tuple(given) if given else None, flower=args.flower)

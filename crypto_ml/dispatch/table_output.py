@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -44,6 +45,7 @@ MANIFEST = "manifest.json"
 RUN_ID = "run-id"
 PART = ".arrow"  # a finished chunk's file: Arrow IPC
 META_KEY = b"crypto_ml.run"
+log = logging.getLogger(__name__)
 
 
 def _filled(errors: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -59,12 +61,12 @@ def failed_series(failures: pa.Table) -> set[str]:
 
 def failures_path(out: Path) -> Path:
     """``OUT.failures.parquet`` beside ``OUT.parquet``."""
-    return out.with_name(out.stem + ".failures.parquet")  # .parquet in any case
+    return out.with_name(out.name.removesuffix(".parquet") + ".failures.parquet")
 
 
 def check_output(out: Path) -> None:
     """A ConfigError unless ``out`` is a ``.parquet`` path in an existing, writable folder."""
-    if out.suffix.lower() != ".parquet":
+    if out.suffix != ".parquet":  # one spelling: A.parquet and A.PARQUET would share failures
         raise ConfigError(f"--output {out}: a table run writes Parquet; name it *.parquet")
     if out.stem.lower().endswith(".failures"):  # another run's failures, or this one's own
         raise ConfigError(f"--output {out}: *.failures.parquet is the name of a run's "
@@ -80,22 +82,27 @@ def check_output(out: Path) -> None:
 
 
 @contextlib.contextmanager
-def held(out: Path) -> Iterator[None]:
+def held(out: Path, name: str = "--output") -> Iterator[None]:
     """OUT for this run alone, while it lasts (``flock`` on ``.OUT.lock`` beside it, which
-    stays): a second run to the same OUT (cron twice, two terminals) gets a ConfigError at
-    once, instead of computing the same chunks and joining them over the first's file."""
+    stays): a second run to the same OUT (cron twice, two terminals, a send-tasks run to an
+    HTTP job's file) gets a ConfigError at once, instead of computing the same chunks and
+    joining them over the first's file. ``name``: how the error names OUT. A file system
+    that takes no locks (NFS without lockd, some FUSE mounts) runs unlocked, with a warning."""
     lock = out.with_name(f".{out.name}.lock")
     try:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise ConfigError(f"--output {out}: cannot open its lock file {lock.name} "
+        raise ConfigError(f"{name} {out}: cannot open its lock file {lock.name} "
                           f"({exc.strerror or exc})") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ConfigError(f"--output {out}: another run is writing it now; wait for it "
-                              "to end, or choose another --output") from None
+            raise ConfigError(f"{name} {out}: another run is writing it now; wait for it "
+                              f"to end, or choose another {name}") from None
+        except OSError as exc:  # ENOLCK, EOPNOTSUPP: no locks on this file system
+            log.warning("%s %s: runs unlocked, its file system takes no lock (%s)", name, out,
+                        exc.strerror or exc)
         yield
     finally:
         os.close(fd)

@@ -334,7 +334,9 @@ def _save(store: ModelStore, key: str, model: Forecaster, prediction: Prediction
         store.put(key, export_state(model, prediction))
     except (*_STORE_ERRORS, *_redis_errors()) as exc:
         log.warning("model store: could not save %s (%s: %s)", key[:12], type(exc).__name__, exc)
-        return f"{type(exc).__name__}: {str(exc)[:200]}"
+        # one reason for every fit it refused alike: no temporary file's name, no path
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)[:200]
+        return f"{type(exc).__name__}: {why}"
     return None
 
 
