@@ -278,3 +278,14 @@ def test_times_with_and_without_a_zone_mixed_are_named_as_such(tmp_path: Path,
         TableSource(path).check()
     assert "mixes times with a zone ('2021-01-01T00:00:00Z', series 'a') and without one " \
         "('2021-01-01', series 'b'); give every time a zone, or none" in str(refused.value)
+
+
+def test_an_output_in_the_input_folder_is_refused_leaving_nothing_there(tmp_path: Path) -> None:
+    # the refusal came after the lock file was made beside OUT, in the user's data folder
+    folder = tmp_path / "t"
+    folder.mkdir()
+    write_parquet(random_walks(2, 30), folder / "a.parquet")
+    run = run_cli("send-tasks", "--input", str(folder), "--output", str(folder / "o.parquet"),
+                  "--model", "naive", timeout=120)
+    assert run.returncode == 2 and "lies in the --input table" in run.stderr, run.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["a.parquet"]

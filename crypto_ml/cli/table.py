@@ -26,7 +26,13 @@ from crypto_ml.core.progress import ProgressBar, is_terminal
 from crypto_ml.data.table import Columns, TableSource
 from crypto_ml.data.table_loader import TableLoader
 from crypto_ml.dispatch.manager import CryptoManager
-from crypto_ml.dispatch.table_output import TableOutput, check_output, failures_path, held
+from crypto_ml.dispatch.table_output import (
+    TableOutput,
+    check_apart,
+    check_output,
+    failures_path,
+    held,
+)
 from crypto_ml.dispatch.table_run import TablePlan, TableSummary
 
 
@@ -87,8 +93,10 @@ def send_table(request: SendRequest, table: TableRequest) -> int:
     plan = TablePlan.of(list(wanted.models), wanted.horizon, wanted.levels, wanted.max_points,
                         {} if wanted.epochs is None else {"epochs": wanted.epochs},
                         table.chunk_series, table.fallback)
+    run = plan.describe(source)
+    check_apart(request.output, run["input"])  # before the lock file goes beside OUT
     with held(request.output):  # one run at a time writes OUT
-        output = TableOutput(request.output, plan.describe(source), table.overwrite)
+        output = TableOutput(request.output, run, table.overwrite)
         assert source.info is not None
         progress = TableProgress(source.info.series, quiet=request.stderr.quiet)
         manager = CryptoManager(settings=request.settings, err=console_writer(),
