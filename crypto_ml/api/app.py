@@ -79,6 +79,36 @@ def _as_json(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
             (b"content-type", b"application/json")]
 
 
+#: Routes that take a body and a key: the key is checked before the body is read
+KEYED_BODIES = ("/v1/forecasts", "/v1/jobs")
+
+
+class _Template:
+    """What the metrics read of a matched route: its path template."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+def key_first(app: Any, key_check: KeyCheck) -> Any:
+    """ASGI middleware: a body sent to a keyed route without an accepted key gets 401 before
+    the body is read (FastAPI parses a body before it solves the route's dependencies, so a
+    body that was no JSON got 422 first)."""
+
+    async def checked(scope: Scope, receive: Receive, send: Send) -> None:
+        if key_check.keys and scope["method"] in BODY_METHODS and scope["path"] in KEYED_BODIES:
+            try:
+                await key_check(await BEARER(Request(scope)))
+            except HTTPException as exc:
+                scope["route"] = _Template(scope["path"])
+                await JSONResponse({"detail": exc.detail}, exc.status_code,
+                                   headers=exc.headers)(scope, receive, send)
+                return
+        await app(scope, receive, send)
+
+    return http_only(app, checked)
+
+
 def body_cap(app: Any, limit: int) -> Any:
     """ASGI middleware: a request body over ``limit`` bytes gets 413 before any route runs."""
 
@@ -185,6 +215,7 @@ def create_app(settings: Settings, runs: Runs,
     _document_caps(app, settings)
     app.state.metrics = metrics
     app.state.runs = runs
+    app.add_middleware(_Wrap, wrap=lambda inner: key_first(inner, key_check))
     app.add_middleware(_Wrap, wrap=lambda inner: body_cap(inner, settings.api_max_body))
     app.add_middleware(_Wrap, wrap=metrics.middleware)
     app.add_middleware(_Wrap, wrap=head_as_get)
