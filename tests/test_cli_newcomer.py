@@ -42,6 +42,7 @@ from crypto_ml.cli.requests import backtest_request, check_writable, send_reques
 from crypto_ml.core.errors import ConfigError, SeriesTooShort, UnknownModel
 from crypto_ml.core.progress import Progress, is_terminal
 from crypto_ml.data.download import Client, DownloadError
+from crypto_ml.dispatch.cluster import workers_problem
 from crypto_ml.ops.processes import wait_until
 
 COINS = "bitcoin,ethereum,dash"
@@ -537,6 +538,18 @@ def test_an_option_the_workers_would_refuse_is_refused_before_any_run(
     with pytest.raises(ConfigError) as error:
         (send_request if argv[0] == "send-tasks" else backtest_request)(args)
     assert str(error.value) == says
+
+
+@pytest.mark.parametrize("command", ["send-tasks", "backtest"])
+def test_more_workers_than_the_machine_holds_are_refused(command: str, price_data: Path) -> None:
+    # 100,000 forked workers until the machine stood still (load 388), then a traceback
+    args = parsed([command, "--workers", "100000", "--data-dir", str(price_data)])
+    with pytest.raises(ConfigError) as error:
+        (send_request if command == "send-tasks" else backtest_request)(args)
+    message = str(error.value)
+    assert message.startswith("--workers 100000 is more than this machine holds: "), message
+    assert "give at most" in message
+    assert parsed([command, "--workers", "2"]).workers == 2 and workers_problem(2) is None
 
 
 def test_enough_points_or_all_are_accepted(price_data: Path) -> None:

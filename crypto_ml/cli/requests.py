@@ -26,6 +26,7 @@ from crypto_ml.core.errors import ConfigError, DataNotFound, UnknownModel
 from crypto_ml.core.settings import Settings, comma_list
 from crypto_ml.data.loader import HOW_TO_GET_DATA, CryptoLoader
 from crypto_ml.data.names import coin_id
+from crypto_ml.dispatch.cluster import workers_problem
 from crypto_ml.models import (
     check_option_names,
     check_option_values,
@@ -128,6 +129,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         given = "--broker" if getattr(args, "broker", None) else "CRYPTO_ML_BROKER_URL"
         raise ConfigError(f"--workers sizes the embedded cluster; with {given} the broker's "
                           "own workers run the tasks (scale them there)")
+    if (workers := getattr(args, "workers", None)) and (why := workers_problem(workers)):
+        raise ConfigError(why)  # before the embedded cluster's notice
     changes = {name: getattr(args, name) for name in ("data_dir", "workers", "log_format")
                if getattr(args, name, None) not in (None, "")}
     return dataclasses.replace(settings, **changes)

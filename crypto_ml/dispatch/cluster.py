@@ -29,6 +29,7 @@ from pathlib import Path
 from subprocess import Popen
 from types import TracebackType
 
+import psutil
 import redis
 
 from crypto_ml.core import acl, keys
@@ -41,6 +42,9 @@ from crypto_ml.worker.nodes import PARENT_ENV
 from crypto_ml.worker.nodes import command as worker_command
 
 READY_TIMEOUT = 60.0
+#: Memory one embedded worker takes (its process and its pool process, cheap models: about
+#: 250 MB measured), and the most workers per core that can all be busy
+WORKER_MB, PER_CORE = 300, 16
 #: An embedded cluster's folder (Redis's files, the processes' logs): its owner's pid first.
 WORKDIR_PREFIX = "crypto-ml-{pid}-"
 _WORKDIR = re.compile(r"crypto-ml-(\d+)-[a-z0-9_]{8}")
@@ -97,6 +101,20 @@ def redis_version(server: str) -> tuple[int, ...]:
     return tuple(int(part) for part in match.groups())
 
 
+def workers_problem(workers: int) -> str | None:
+    """Why this machine cannot hold ``workers`` embedded workers (the cores cannot keep them
+    busy, or their memory is more than it has free), or None: 100,000 forked workers until
+    the machine stood still."""
+    cores = os.cpu_count() or 1
+    free_mb = psutil.virtual_memory().available // 2**20
+    most = min(PER_CORE * cores, max(1, free_mb // WORKER_MB))
+    if workers <= most:
+        return None
+    return (f"--workers {workers} is more than this machine holds: {cores} core(s), "
+            f"{free_mb / 1024:.1f} GB free, about {WORKER_MB} MB a worker; give at most {most}, "
+            "or run workers on more machines (celery -A crypto_ml worker, CRYPTO_ML_BROKER_URL)")
+
+
 class LocalCluster:
     """Redis plus ``workers`` Celery worker processes (one pool process each) on this machine.
 
@@ -113,6 +131,8 @@ class LocalCluster:
                  redis_server: str | None = None, maxmemory: str | None = None) -> None:
         if workers < 1:
             raise ConfigError(f"a local cluster needs at least one worker, got {workers}")
+        if (why := workers_problem(workers)) is not None:
+            raise ConfigError(why)
         self.n_workers = workers
         self.queues = list(queues)
         self.loglevel = loglevel
