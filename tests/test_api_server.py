@@ -129,6 +129,20 @@ def test_sigterm_stops_the_api_and_its_cluster(tmp_path: Path, sig: signal.Signa
         stop_and_check(server, sig)
 
 
+def test_the_api_stops_when_its_embedded_redis_dies(tmp_path: Path) -> None:
+    # it answered 503 for good, the dead Redis a zombie, and a supervisor saw it running
+    with embedded_server(tmp_path) as server:
+        children = psutil.Process(server.proc.pid).children(recursive=True)
+        redis = next(c for c in children if "redis-server" in " ".join(c.cmdline()))
+        redis.kill()
+        assert server.proc.wait(timeout=60) == 1
+        _, alive = psutil.wait_procs(children, timeout=30)
+        assert not alive
+        log = server.log.read_text()
+        assert "crypto-ml: error: the embedded cluster's Redis exited (code -9); the API " \
+               "stops" in log and "Traceback" not in log, log
+
+
 def stop_and_check(server: Server, sig: signal.Signals = signal.SIGTERM) -> None:
     children = psutil.Process(server.proc.pid).children(recursive=True)
     assert any("redis-server" in " ".join(c.cmdline()) for c in children)

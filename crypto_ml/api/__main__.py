@@ -6,7 +6,8 @@ starts the embedded local cluster (real Redis + workers, as ``send-tasks`` does)
 and stops it on exit. ``--in-process`` runs the models in the API process instead,
 with no cluster (to measure what the queue costs). Listening anywhere but
 loopback needs ``CRYPTO_ML_API_KEYS``. Exit codes (:func:`crypto_ml.cli.guarded`):
-0 stopped (Ctrl-C, SIGTERM); 2 configuration error (no keys off loopback, port in use).
+0 stopped (Ctrl-C, SIGTERM); 1 the embedded cluster's Redis exited (the API stops, so a
+supervisor restarts it whole); 2 configuration error (no keys off loopback, port in use).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import argparse
 import contextlib
 import signal
 import sys
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -24,6 +27,7 @@ from crypto_ml.api.app import create_app
 from crypto_ml.api.service import InProcessRuns, QueueRuns
 from crypto_ml.cli import Parser, guarded
 from crypto_ml.cli.options import (
+    EXIT_FAILED,
     EXIT_OK,
     add_cluster_options,
     add_log_options,
@@ -34,6 +38,7 @@ from crypto_ml.cli.requests import settings_from
 from crypto_ml.core.errors import ConfigError
 from crypto_ml.core.logs import configure
 from crypto_ml.core.settings import Settings
+from crypto_ml.dispatch.cluster import LocalCluster
 from crypto_ml.dispatch.connect import open_cluster
 from crypto_ml.worker.app import create_app as celery_app
 from crypto_ml.worker.model_store import open_store
@@ -67,20 +72,36 @@ def check_exposure(host: str, settings: Settings) -> None:
 
 
 @contextlib.contextmanager
-def runs_for(settings: Settings, in_process: bool, expires: float) -> Iterator[Any]:
-    """Where the API's runs go: in-process, the configured broker, or an embedded cluster."""
+def runs_for(settings: Settings, in_process: bool, expires: float
+             ) -> Iterator[tuple[Any, LocalCluster | None]]:
+    """Where the API's runs go: in-process, the configured broker, or an embedded cluster
+    (and that cluster)."""
     if in_process:
-        yield InProcessRuns(open_store(settings.model_store, None, settings.model_store_ttl))
+        yield InProcessRuns(open_store(settings.model_store, None, settings.model_store_ttl)), None
         return
-    with open_cluster(settings, say) as (live, _):
+    with open_cluster(settings, say) as (live, cluster):
         # one shared message in flight per task slot of the live workers (embedded or not):
         # the most forecasts a message, with every worker busy (2 workers, one-coin load: 2 in
         # flight 650 req/s, 3: 600, 4: 610)
         runs = QueueRuns(celery_app(live), live, expires)
         try:
-            yield runs
+            yield runs, cluster
         finally:
             runs.close()
+
+
+def watch_redis(cluster: LocalCluster, server: uvicorn.Server, lost: list[str]) -> None:
+    """Stop ``server`` once the embedded cluster's Redis has exited (killed, out of memory):
+    every request would get 503 until someone restarted the API by hand, and a supervisor
+    sees a process that runs. Why goes into ``lost``."""
+    while not server.should_exit:
+        code = cluster.redis.poll() if cluster.redis is not None else None
+        if code is not None:
+            lost.append(f"the embedded cluster's Redis exited (code {code}); the API stops: "
+                        "start it again (its runs and queued work are gone)")
+            server.should_exit = True
+            return
+        time.sleep(1.0)
 
 
 def cannot_listen(args: argparse.Namespace) -> ConfigError:
@@ -94,11 +115,15 @@ def serve(args: argparse.Namespace) -> int:
     level = "error" if args.quiet else (args.log_level or "info")
     configure(settings.log_format, level.upper(), sys.stderr)
     check_exposure(args.host, settings)
-    with runs_for(settings, args.in_process, args.timeout) as runs:
+    lost: list[str] = []
+    with runs_for(settings, args.in_process, args.timeout) as (runs, cluster):
         server = uvicorn.Server(uvicorn.Config(
             create_app(settings, runs), host=args.host, port=args.port, log_level="warning",
             access_log=False, timeout_keep_alive=30, timeout_graceful_shutdown=10))
         say(f"crypto-ml API on http://{args.host}:{args.port} (docs: /docs)")
+        if cluster is not None:
+            threading.Thread(target=watch_redis, args=(cluster, server, lost), daemon=True,
+                             name="redis-watch").start()
         if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # drained, as on SIGTERM
             signal.signal(signal.SIGHUP, server.handle_exit)
         try:
@@ -112,7 +137,9 @@ def serve(args: argparse.Namespace) -> int:
                 say("crypto-ml API stopped")
         if not server.started:
             raise cannot_listen(args)
-    return EXIT_OK
+    for line in lost:
+        print(f"crypto-ml: error: {line}", file=sys.stderr)
+    return EXIT_FAILED if lost else EXIT_OK
 
 
 def _stop(signum: int, frame: object) -> None:
