@@ -291,6 +291,18 @@ def test_bodies_above_the_cap_get_413(data: Path) -> None:
     assert api.post("/v1/forecasts", json={"series": {"s": [1.0, 2.0]}}).status_code == 200
 
 
+def test_coins_match_in_any_case_and_spacing_once_each_under_their_id(data: Path) -> None:
+    # three forecasts came back, keyed "Alpha", "ALPHA" and " alpha"
+    api = make(data)
+    reply = api.post("/v1/forecasts", json={"coins": ["Alpha", "ALPHA", " alpha ", "beta"],
+                                            "model": "naive", "horizon": 2})
+    assert reply.status_code == 200, reply.text
+    assert sorted(reply.json()["results"]) == ["alpha", "beta"]
+    unknown = api.post("/v1/forecasts", json={"coins": ["alpha", "Nope", "nope"]})
+    assert unknown.status_code == 422
+    assert [p["loc"] for p in unknown.json()["detail"]] == [["body", "coins", 1]]
+
+
 def test_coins_models_health_and_metrics(data: Path) -> None:
     api = make(data)
     assert api.get("/v1/coins").json() == {"coins": ["alpha", "beta"]}

@@ -104,7 +104,8 @@ class ForecastBody(Body):
     model_config = ConfigDict(json_schema_extra=_one_source_schema)
 
     coins: list[Annotated[str, Field(pattern=r"\S"), AfterValidator(_unicode)]] | None = Field(
-        None, min_length=1, description="coin ids (GET /v1/coins)")
+        None, min_length=1, description="coin ids (GET /v1/coins) or names, in any case and "
+        "spacing; each forecast once, under its id")
     series: dict[Text, list[float]] | None = Field(
         None, min_length=1, max_length=MAX_SERIES,
         description=f"name -> closes, oldest first; finite numbers only; at most {MAX_SERIES:,} "

@@ -30,6 +30,7 @@ from crypto_ml.core.errors import CoinNotFound, CryptoMLError, DataNotFound
 from crypto_ml.core.sentinel import redis_client
 from crypto_ml.core.settings import Settings
 from crypto_ml.data.loader import CryptoLoader
+from crypto_ml.data.names import coin_id
 from crypto_ml.dispatch.report import RunReport
 from crypto_ml.dispatch.runs import Run, RunQueue, RunState, final_state
 from crypto_ml.models import HEAVY, PARAMS, default_max_points, get_model, model_names
@@ -100,7 +101,7 @@ class CoinData:
         """Whether :meth:`prices` answers each of ``coins`` from memory, reading no file."""
         with self._lock:
             self._refresh()
-            return all(coin in self._prices for coin in coins)
+            return all(coin_id(coin) in self._prices for coin in coins)
 
     def names(self) -> list[str]:
         with self._lock:
@@ -211,7 +212,12 @@ class ForecastService:
                                       "(CRYPTO_ML_MAX_SERIES)"))
             else:
                 out.append((loc, name, closes, None))
-        for i, coin in enumerate(dict.fromkeys(body.coins or [])):
+        seen: set[str] = set()
+        for i, given in enumerate(body.coins or []):
+            coin = coin_id(given)  # any case and spacing, as the command line takes them:
+            if coin in seen:  # one forecast a coin, under its id
+                continue
+            seen.add(coin)
             if len(errors) >= MAX_PROBLEMS:  # enough to act on; checking the rest costs
                 errors.append(too_many())
                 break
