@@ -291,6 +291,19 @@ def test_bodies_above_the_cap_get_413(data: Path) -> None:
     assert api.post("/v1/forecasts", json={"series": {"s": [1.0, 2.0]}}).status_code == 200
 
 
+def test_one_close_with_intervals_is_refused_before_any_work(data: Path) -> None:
+    # 200 with a failure naming the command line's --levels none
+    api = make(data)
+    reply = api.post("/v1/forecasts", json={"series": {"a": [1.0]}, "model": "naive"})
+    assert reply.status_code == 422, reply.text
+    assert reply.json()["detail"][0]["msg"] == ("'a' has 1 usable closes; model 'naive' needs at "
+                                                "least 2 to size its prediction intervals "
+                                                "(levels: [] for none)")
+    bare = api.post("/v1/forecasts", json={"series": {"a": [1.0]}, "model": "naive",
+                                           "levels": []})
+    assert bare.status_code == 200 and bare.json()["failed"] == {}, bare.text
+
+
 def test_coins_match_in_any_case_and_spacing_once_each_under_their_id(data: Path) -> None:
     # three forecasts came back, keyed "Alpha", "ALPHA" and " alpha"
     api = make(data)

@@ -160,9 +160,12 @@ class ForecastService:
             for model, params, min_points in models:
                 window = default_max_points(model) if body.max_points is None else body.max_points
                 prices = closes[-window:] if window else closes
-                if len(prices) < min_points:
+                need = max(min_points, 2 if body.levels else 1)  # intervals: a daily change
+                if len(prices) < need:
+                    why = ("" if need == min_points else " to size its prediction intervals "
+                           "(levels: [] for none)")
                     errors.append(problem(loc, f"{name!r} has {len(prices)} usable closes; "
-                                          f"model {model!r} needs at least {min_points}"))
+                                          f"model {model!r} needs at least {need}{why}"))
                     continue
                 requests.append(ForecastRequest(name, model, prices, body.horizon, last, params,
                                                 levels=tuple(body.levels), retrain=body.retrain))
