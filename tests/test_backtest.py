@@ -145,6 +145,8 @@ def _edited(change: Any) -> dict[str, Any]:
     (lambda d: d["config"].update(colour="red"), "unexpected keyword argument 'colour'"),
     (lambda d: d["config"].pop("models") and None, "config has no 'models' field"),
     (lambda d: d["config"].update(models="naive"), "config.models: should be a list"),
+    (lambda d: d["per_coin"]["a"]["naive"].update(mase=-1),  # min() arg is an empty sequence
+     "per_coin.a.naive.mase: Input should be greater than or equal to 0"),
     (lambda d: d["per_coin"]["a"].update(prophet={"mase": 0.1}),
      "per_coin.a.prophet: 'prophet' is no model of this version"),  # chose it, then failed
 ])

@@ -27,7 +27,7 @@ class _Scores(BaseModel):
 
     model_config = ConfigDict(extra="allow", strict=True)
 
-    mase: float | None
+    mase: Annotated[float, Field(ge=0)] | None  # a ratio of absolute errors
 
 
 class _Config(BaseModel):
