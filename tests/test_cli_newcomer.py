@@ -490,6 +490,13 @@ def test_a_window_below_what_the_models_need_is_refused(argv: list[str], need: s
     assert "\n" not in message
 
 
+def test_a_folder_run_to_a_parquet_file_is_refused(price_data: Path) -> None:
+    # it wrote JSON into x.parquet
+    args = parsed(["send-tasks", "--output", "x.parquet", "--data-dir", str(price_data)])
+    with pytest.raises(ConfigError, match=r"writes JSON; name it \*\.json"):
+        send_request(args)
+
+
 def test_a_window_below_what_the_fallback_model_needs_is_refused() -> None:
     # the fallback is fitted on the same window: every fill failed
     args = parsed(["send-tasks", "--input", "t.parquet", "--output", "o.parquet", "--model",

@@ -201,6 +201,9 @@ def send_request(args: argparse.Namespace) -> SendRequest:
         raise ConfigError(f"--retrain is for the models whose fits the model store keeps "
                           f"({stored}); {', '.join(fitted)} {'is' if len(fitted) == 1 else 'are'} "
                           "fitted afresh every time")
+    if args.output is not None and args.output.suffix.lower() == ".parquet":
+        raise ConfigError(f"--output {args.output}: a run over the data folder writes JSON; "
+                          "name it *.json (Parquet comes from a table run, --input TABLE)")
     check_writable(args.output, "--output")
     check_writable(args.plot, "--plot")
     if args.plot is not None and (why := picture_problem(args.plot, args.output)):
