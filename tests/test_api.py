@@ -378,16 +378,20 @@ def test_refuses_non_loopback_without_keys() -> None:
 
 
 @pytest.mark.integration  # runs the command in a subprocess
-def test_a_port_in_use_is_a_configuration_error() -> None:
+@pytest.mark.parametrize("where", [["--in-process"], []])
+def test_a_port_in_use_is_a_configuration_error(where: list[str], data: Path) -> None:
+    # on the embedded cluster: the cluster started, the API said it served, then uvicorn's
+    # error, then this line
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        run = subprocess.run([sys.executable, "-m", "crypto_ml.api", "--in-process", "--port",
-                              str(port)], cwd=ROOT, env={"PATH": "/usr/bin:/bin"},
-                             capture_output=True, text=True, timeout=120)
+        run = subprocess.run([sys.executable, "-m", "crypto_ml.api", *where, "--port",
+                              str(port)], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                             env={"PATH": "/usr/bin:/bin", "CRYPTO_ML_DATA_DIR": str(data)})
     assert run.returncode == 2, run.stderr
-    assert f"could not listen on 127.0.0.1:{port}" in run.stderr
+    assert run.stderr == (f"crypto-ml: error: could not listen on 127.0.0.1:{port} (the port "
+                          "is in use, or the address is not one of this machine's)\n")
     assert run.stdout == ""  # the server's notices go to stderr, as the command line's do
 
 

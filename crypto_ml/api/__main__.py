@@ -40,6 +40,7 @@ from crypto_ml.core.logs import configure
 from crypto_ml.core.settings import Settings
 from crypto_ml.dispatch.cluster import LocalCluster
 from crypto_ml.dispatch.connect import open_cluster
+from crypto_ml.ops.processes import listen_problem
 from crypto_ml.worker.app import create_app as celery_app
 from crypto_ml.worker.model_store import open_store
 
@@ -115,6 +116,8 @@ def serve(args: argparse.Namespace) -> int:
     level = "error" if args.quiet else (args.log_level or "info")
     configure(settings.log_format, level.upper(), sys.stderr)
     check_exposure(args.host, settings)
+    if listen_problem(args.host, args.port) is not None:  # before the embedded cluster starts
+        raise cannot_listen(args)
     lost: list[str] = []
     with runs_for(settings, args.in_process, args.timeout) as (runs, cluster):
         server = uvicorn.Server(uvicorn.Config(

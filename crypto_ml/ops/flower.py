@@ -11,7 +11,6 @@ on a command line that ``ps`` would show.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -22,7 +21,7 @@ from typing import Any
 
 from crypto_ml.core.errors import ConfigError
 from crypto_ml.core.settings import Settings
-from crypto_ml.ops.processes import spawn, terminate, wait_until
+from crypto_ml.ops.processes import listen_problem, spawn, terminate, wait_until
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 READY_TIMEOUT = 60.0
@@ -81,15 +80,10 @@ def flower_env(settings: Settings, base: Mapping[str, str]) -> dict[str, str]:
 def check_listen(address: str, port: int) -> None:
     """ConfigError when Flower could not listen there (a port in use, an address this machine
     does not have): Flower itself would stop with a traceback."""
-    try:
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        with socket.create_server((address, port), family=family):
-            pass
-    except OSError as exc:
-        why = os.strerror(exc.errno) if exc.errno else exc  # not create_server's long text
+    if (why := listen_problem(address, port)) is not None:
         raise ConfigError(f"Flower cannot listen on {address}:{port} "
                           f"({why}); set CRYPTO_ML_FLOWER_PORT or "
-                          "CRYPTO_ML_FLOWER_ADDRESS") from None
+                          "CRYPTO_ML_FLOWER_ADDRESS")
 
 
 def flower_command(settings: Settings, extra: Sequence[str] = ()) -> list[str]:

@@ -32,6 +32,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def listen_problem(address: str, port: int) -> str | None:
+    """Why a server could not listen on ``address:port`` now (a port in use, an address this
+    machine does not have), in the system's words; None when it could."""
+    try:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with socket.create_server((address, port), family=family):
+            return None
+    except OSError as exc:
+        return os.strerror(exc.errno) if exc.errno else str(exc)  # not create_server's text
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
     os.setsid()
     with contextlib.suppress(OSError, AttributeError):
