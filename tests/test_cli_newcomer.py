@@ -516,6 +516,12 @@ def test_an_os_error_no_check_foresaw_is_one_line_and_exit_2(
     assert err == ("crypto-ml: error: Permission denied: /locked/sub; check the path and its "
                    "permissions\n")
 
+    def disk_full() -> int:
+        raise OSError(28, "No space left on device")
+
+    assert guarded(disk_full, None) == 2
+    assert capsys.readouterr().err == "crypto-ml: error: No space left on device\n"
+
     def reader_gone() -> int:
         raise BrokenPipeError(32, "Broken pipe")
 

@@ -122,9 +122,9 @@ def guarded(command: Callable[[], int], interrupted: str | None) -> int:
     except BrokenPipeError:
         raise  # stdout's reader left: main() ends the run quietly
     except OSError as exc:  # a path no check could read (a folder this user may not enter)
-        where = f" {exc.filename}" if exc.filename else ""
-        print(error_line(f"crypto-ml: error: {exc.strerror or exc}:{where}; check the path and "
-                         "its permissions"), file=sys.stderr)
+        why = (f"{exc.strerror}: {exc.filename}; check the path and its permissions"
+               if exc.filename else f"{exc.strerror or exc}")  # stdout on a full disk, say
+        print(error_line(f"crypto-ml: error: {why}"), file=sys.stderr)
         return EXIT_CONFIG
     except Exception as exc:
         if not caused_by_interrupt(exc):
