@@ -18,7 +18,7 @@ import psutil
 import pytest
 from conftest import ROOT, run_cli
 
-from crypto_ml.core.errors import ConfigError, CryptoMLError
+from crypto_ml.core.errors import CoinNotFound, ConfigError, CryptoMLError
 from crypto_ml.core.settings import Settings
 from crypto_ml.data.loader import CryptoLoader
 from crypto_ml.dispatch.manager import CryptoManager, checked_call
@@ -252,6 +252,9 @@ def test_python_api_returns_arrays_and_prints_one_line_per_coin(cluster: Any,
     again = manager.send_tasks(model="naive", coins=["Bitcoin", "bitcoin", "Bitcoin Cash"],
                                horizon=3)
     assert sorted(again) == ["bitcoin", "bitcoin_cash"]
+    # a typo is refused before any work, as on the command line (it returned {} and a line)
+    with pytest.raises(CoinNotFound, match="unknown coin 'bitcon'; did you mean bitcoin"):
+        manager.send_tasks(model="naive", coins=["dash", "bitcon"])
 
 
 @pytest.mark.parametrize(("coins", "horizon", "timeout", "says"), [

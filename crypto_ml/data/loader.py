@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+from collections.abc import Iterable
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -213,6 +214,15 @@ class CryptoLoader:
         if not names:
             raise DataNotFound(f"no price files in {self.data_dir}; {HOW_TO_GET_DATA}")
         return names
+
+    def check_known(self, coins: Iterable[str]) -> None:
+        """CoinNotFound (with the nearest ids) for the first of ``coins`` that no file of the
+        folder names, reading no rows."""
+        known = self.coin_ids()
+        for coin in coins:
+            key = coin_id(coin)
+            if key not in known:
+                raise self._unknown(coin, key, known)
 
     def coin_ids(self) -> list[str]:
         """Sorted ids of every coin the folder's files name, readable or not: from a valid

@@ -379,7 +379,10 @@ class CryptoManager:
         results also hold each forecast's ``intervals`` at ``levels``.
         """
         names = parse_models(model)
-        report = self.run(names, coins, horizon, max_points, epochs, timeout, levels=levels)
+        listed = checked_call(coins, horizon, timeout)
+        if listed and isinstance(self.loader, CryptoLoader):  # a typo is no forecast: refused
+            self.loader.check_known(listed)  # before any work, as on the command line
+        report = self.run(names, listed, horizon, max_points, epochs, timeout, levels=levels)
         if len(names) == 1:
             return report.forecasts(names[0])
         return {coin: {m: np.asarray(r["forecast"]) for m, r in by_model.items()}
