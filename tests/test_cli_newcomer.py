@@ -92,6 +92,9 @@ def crypto_ml(*args: str, cwd: Path = ROOT, data_dir: Path | None = None,
     (["send-tasks", "--input", "", "--output", "o.parquet"], "argument --input: expected a path"),
     (["send-tasks", "--data-dir", ""], "argument --data-dir: expected a path"),
     (["backtest", "--out", "x" * 300], "is longer than the 255 bytes a file system allows"),
+    (["send-tasks", "--model", "best", "--candidates", ""],  # was the default candidates
+     "argument --candidates: names no model, got ''"),
+    (["send-tasks", "--model", " , "], "argument --model: names no model"),
 ])
 def test_a_usage_error_is_one_line_and_exit_2(argv: list[str], says: str,
                                               capsys: pytest.CaptureFixture[str]) -> None:

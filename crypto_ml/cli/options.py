@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from crypto_ml.core.errors import InvalidTaskInput
 from crypto_ml.core.settings import DEFAULT_TIMEOUT, LOG_FORMATS
+from crypto_ml.models import model_names
 from crypto_ml.models.intervals import check_levels
 from crypto_ml.ops.processes import kill_spawned
 
@@ -29,7 +30,11 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
 def model_names_option(text: str) -> str:
     """argparse type of ``--model`` and ``--candidates``: names in any case, as coin names
     (``LSTM,Linear`` is ``lstm,linear``)."""
-    return ",".join(name.strip().lower() for name in text.split(",") if name.strip())
+    names = ",".join(name.strip().lower() for name in text.split(",") if name.strip())
+    if not names:  # --candidates "" meant the default candidates without a word
+        raise argparse.ArgumentTypeError(f"names no model, got {text!r}; choose from "
+                                         f"{', '.join(model_names())}")
+    return names
 
 
 def number_type(name: str, parse: Callable[[str], N], ok: Callable[[N], bool],
