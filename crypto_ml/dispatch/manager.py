@@ -212,12 +212,14 @@ class CryptoManager:
             max_points: int | None = None, epochs: int | None = None,
             timeout: float | None = DEFAULT_TIMEOUT,
             on_result: Callable[[dict[str, Any]], None] | None = None,
-            retrain: bool = False, levels: Sequence[float] = DEFAULT_LEVELS) -> RunReport:
+            retrain: bool = False, levels: Sequence[float] = DEFAULT_LEVELS,
+            known_only: bool = False) -> RunReport:
         """Dispatch every (coin, model) at once and collect results as they finish.
 
         ``max_points``: fit on the newest N closes; None for each model's default (200
         closes for all but the deep models), 0 for the whole history. ``levels``: the
-        prediction intervals each result carries (percent; empty for none).
+        prediction intervals each result carries (percent; empty for none). ``known_only``: a
+        coin the data folder does not name is CoinNotFound before any work, not its failure.
 
         Each task expires ``timeout`` seconds after it is sent, so if this manager
         dies, workers discard its leftover tasks instead of running them for nobody.
@@ -232,6 +234,8 @@ class CryptoManager:
         if epochs is not None:  # a deep model's option: refused where no model takes it
             check_option_names(names, ["epochs"])
             check_option_values(names, {"epochs": epochs}, "model {!r}")
+        if known_only and coins and isinstance(self.loader, CryptoLoader):  # a typo: refused
+            self.loader.check_known(coins)  # before any work, as on the command line
         report = RunReport()
         started = time.perf_counter()
         params = {} if epochs is None else {"epochs": epochs}  # None: each model's default
@@ -379,10 +383,8 @@ class CryptoManager:
         results also hold each forecast's ``intervals`` at ``levels``.
         """
         names = parse_models(model)
-        listed = checked_call(coins, horizon, timeout)
-        if listed and isinstance(self.loader, CryptoLoader):  # a typo is no forecast: refused
-            self.loader.check_known(listed)  # before any work, as on the command line
-        report = self.run(names, listed, horizon, max_points, epochs, timeout, levels=levels)
+        report = self.run(names, coins, horizon, max_points, epochs, timeout, levels=levels,
+                          known_only=True)
         if len(names) == 1:
             return report.forecasts(names[0])
         return {coin: {m: np.asarray(r["forecast"]) for m, r in by_model.items()}
