@@ -18,17 +18,8 @@ from crypto_ml.backtest.report import (
     window_table,
     write_all,
 )
+from crypto_ml.cli import options as opt
 from crypto_ml.cli.helptext import help_texts
-from crypto_ml.cli.options import (
-    add_cluster_options,
-    add_log_options,
-    levels,
-    max_points,
-    model_names_option,
-    path_option,
-    positive_int,
-    stop_on_signals,
-)
 from crypto_ml.cli.requests import BacktestRequest, backtest_request
 from crypto_ml.cli.table_options import add_input_options
 from crypto_ml.cli.terminal import console, console_writer, make_progress, seconds_since_start
@@ -58,7 +49,7 @@ def _option(text: str) -> tuple[str, int]:
 
 
 def _windows(text: str) -> list[int]:
-    return [max_points(part) for part in text.split(",") if part.strip()]
+    return [opt.max_points(part) for part in text.split(",") if part.strip()]
 
 
 def window_name(window: int | None) -> str:
@@ -72,16 +63,17 @@ def add_parser(sub: Any) -> None:
                         **help_texts("backtest"))
     default = BacktestConfig()
     others = [m for m in model_names() if m not in default.models]
-    bt.add_argument("--model", default=",".join(default.models), type=model_names_option,
+    bt.add_argument("--model", default=",".join(default.models), type=opt.model_names_option,
                     help=f"comma list of models to compare (default: {','.join(default.models)};"
                     f" also {', '.join(others)})")
     bt.add_argument("--coins", help="comma list of coin ids (default: every coin)")
-    bt.add_argument("--horizon", type=positive_int,
+    bt.add_argument("--horizon", type=opt.positive_int,
                     help=f"days forecast at each origin ({default.horizon})")
-    bt.add_argument("--origins", type=positive_int,
+    bt.add_argument("--origins", type=opt.positive_int,
                     help=f"forecast origins per coin ({default.origins})")
-    bt.add_argument("--stride", type=positive_int, help=f"days between origins ({default.stride})")
-    bt.add_argument("--min-train", type=positive_int,
+    bt.add_argument("--stride", type=opt.positive_int,
+                    help=f"days between origins ({default.stride})")
+    bt.add_argument("--min-train", type=opt.positive_int,
                     help=f"closes the oldest origin must have at least ({default.min_train})")
     bt.add_argument("--until", type=_iso_date, help="ignore data after this ISO date "
                     "(a tuning window that the default evaluation window never sees)")
@@ -89,17 +81,17 @@ def add_parser(sub: Any) -> None:
                     help="fit on the newest N closes before each origin, or all (default: each "
                     "model's own, as send-tasks); a comma list backtests each window and "
                     "compares them")
-    bt.add_argument("--levels", type=levels, default=DEFAULT_LEVELS, metavar="80,95",
+    bt.add_argument("--levels", type=opt.levels, default=DEFAULT_LEVELS, metavar="80,95",
                     help="prediction interval levels to score (default 80,95)")
-    bt.add_argument("--epochs", type=positive_int, help="training epochs of deep models")
+    bt.add_argument("--epochs", type=opt.positive_int, help="training epochs of deep models")
     bt.add_argument("--seed", type=int, help=f"seed of the deep models ({default.seed})")
     bt.add_argument("--param", action="append", type=_option, default=[], metavar="NAME=INT",
                     help="another model option, e.g. members=1 (repeatable; models that do "
                     "not take it ignore it; one that no model given takes is an error)")
-    bt.add_argument("--out", type=path_option,
+    bt.add_argument("--out", type=opt.path_option,
                     help="folder for backtest.json, backtest.csv and backtest.png")
-    add_cluster_options(bt)
-    add_log_options(bt)
+    opt.add_cluster_options(bt)
+    opt.add_log_options(bt)
     add_input_options(bt, "a long table of series (held in memory: thousands, not millions)")
     bt.set_defaults(run=backtest_main, interrupted="queued tasks revoked, local cluster stopped")
 
@@ -119,7 +111,7 @@ def backtest_main(args: argparse.Namespace) -> int:
     progress = make_progress(request.stderr)
     manager = CryptoManager(loader=loader, settings=request.settings, err=console_writer(),
                             observer=progress)
-    stop_on_signals(manager)  # Ctrl-C stops a backtest as surely as a send-tasks run
+    opt.stop_on_signals(manager)  # Ctrl-C stops a backtest as surely as a send-tasks run
     try:
         return backtest_command(request, manager, coins)
     finally:

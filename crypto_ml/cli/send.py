@@ -17,19 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from crypto_ml.backtest.best import DEFAULT_CANDIDATES, forecast_best
+from crypto_ml.cli import options as opt
 from crypto_ml.cli.helptext import help_texts
-from crypto_ml.cli.options import (
-    EXIT_FAILED,
-    EXIT_OK,
-    add_cluster_options,
-    add_log_options,
-    levels,
-    max_points,
-    model_names_option,
-    path_option,
-    positive_int,
-    stop_on_signals,
-)
 from crypto_ml.cli.output import write_results
 from crypto_ml.cli.requests import SendRequest, send_request
 from crypto_ml.cli.table_options import add_table_options
@@ -56,38 +45,39 @@ def add_parser(sub: Any) -> None:
     """The ``send-tasks`` subcommand."""
     send = sub.add_parser("send-tasks", help="forecast every coin (or --coins) with --model",
                           **help_texts("send-tasks"))
-    send.add_argument("--model", default=DEFAULT_MODEL, type=model_names_option,
+    send.add_argument("--model", default=DEFAULT_MODEL, type=opt.model_names_option,
                       help=f"{', '.join(model_names())}, a comma list (any case), or best: "
                       f"each coin's lowest backtest MASE (default: {DEFAULT_MODEL})")
-    send.add_argument("--backtest", type=path_option,
+    send.add_argument("--backtest", type=opt.path_option,
                       help="with --model best: a backtest.json to choose from (else run one)")
-    send.add_argument("--candidates", type=model_names_option,
+    send.add_argument("--candidates", type=opt.model_names_option,
                       help="with --model best and no --backtest: models to "
                       f"backtest and choose from (default: {DEFAULT_CANDIDATES})")
     send.add_argument("--coins", help="comma list of coin ids, any case (default: every coin)")
-    send.add_argument("--horizon", type=positive_int, default=DEFAULT_HORIZON,
+    send.add_argument("--horizon", type=opt.positive_int, default=DEFAULT_HORIZON,
                       help=f"days to forecast ({DEFAULT_HORIZON})")
-    send.add_argument("--max-points", type=max_points, metavar="N|all",
+    send.add_argument("--max-points", type=opt.max_points, metavar="N|all",
                       help="fit on the newest N closes, or all of them (default: each model's "
                       "own: 200 closes; all for gru, lstm_ret and gru_ret)")
-    send.add_argument("--levels", type=levels, default=DEFAULT_LEVELS, metavar="80,95",
+    send.add_argument("--levels", type=opt.levels, default=DEFAULT_LEVELS, metavar="80,95",
                       help="prediction interval levels in percent (default 80,95; none: no "
                       "intervals); written with --output and shaded by --plot")
-    send.add_argument("--epochs", type=positive_int,
+    send.add_argument("--epochs", type=opt.positive_int,
                       help="training epochs of deep models (default: each model's own)")
     send.add_argument("--retrain", action="store_true",
                       help="train deep models even if the model store holds a fit on this data")
     send.add_argument("--format", choices=FORMATS, default="text",
                       help="stdout: `coin model [[f1 f2 ...]]` lines (text, the default) or one "
                       "JSON object per forecast (json-lines)")
-    send.add_argument("--output", type=path_option, help="write results and failures to this JSON file")
-    add_cluster_options(send)
+    send.add_argument("--output", type=opt.path_option,
+                      help="write results and failures to this JSON file")
+    opt.add_cluster_options(send)
     send.add_argument("--flower", action="store_true",
                       help="start Flower with the embedded cluster (port CRYPTO_ML_FLOWER_PORT)")
-    send.add_argument("--plot", type=path_option, metavar="FILE.png",
+    send.add_argument("--plot", type=opt.path_option, metavar="FILE.png",
                       help="draw each coin's recent closes and forecast(s) into this PNG, "
                       "in the order of --coins")
-    add_log_options(send)
+    opt.add_log_options(send)
     add_table_options(send)
     send.set_defaults(run=send_tasks, interrupted="queued tasks revoked, local cluster stopped")
 
@@ -112,7 +102,7 @@ def send_folder(request: SendRequest) -> int:
                             observer=progress,
                             cluster_options=flower_option(request.flower, settings))
     manager.say_failures = False  # the summary lists them
-    stop_on_signals(manager)
+    opt.stop_on_signals(manager)
     show = ForecastWriter(sys.stdout, request.format)
     coins = list(request.coins) if request.coins is not None else None
     try:
@@ -132,7 +122,7 @@ def send_folder(request: SendRequest) -> int:
     show_summary(report, seconds_since_start(), settings.log_format == "json")
     plotted = (draw_plot(request.plot, report, request.loader,
                          coins or request.loader.get_crypto_names()) if request.plot else True)
-    return EXIT_OK if report.ok and plotted and written else EXIT_FAILED
+    return opt.EXIT_OK if report.ok and plotted and written else opt.EXIT_FAILED
 
 
 def show_summary(report: RunReport, wall_seconds: float, json_logs: bool) -> None:

@@ -13,7 +13,6 @@ the newest writes) and is pushed again under its own id, with the time it has le
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -24,6 +23,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from crypto_ml.dispatch.background import stop
 from crypto_ml.dispatch.lost import in_flight_ids, read_in_flight
 from crypto_ml.worker.deliveries import delivery_key
 
@@ -69,10 +69,7 @@ class LostWatch:
             self.sent.pop(task_id, None)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop(self._task)
 
     async def _checks(self) -> None:
         while self.sent:

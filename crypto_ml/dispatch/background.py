@@ -4,6 +4,7 @@ only a weak reference to a task: one nobody keeps can be collected before it run
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable
 
 
@@ -12,3 +13,11 @@ def spawn(work: Awaitable[None], running: set[asyncio.Task[None]]) -> None:
     task = asyncio.ensure_future(work)
     running.add(task)
     task.add_done_callback(running.discard)
+
+
+async def stop(task: asyncio.Task[None] | None) -> None:
+    """Cancel ``task`` (if any) and wait until it has ended."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -36,6 +36,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from crypto_ml.core.errors import BrokerUnavailable
 from crypto_ml.core.sentinel import SOCKET_TIMEOUT
+from crypto_ml.dispatch.background import stop
 
 #: A broker that did not answer in time: the parts that waited meanwhile are refused with the
 #: message that failed, not sent one after another into the same wait (a paused Redis held the
@@ -91,10 +92,7 @@ class Coalescer:
 
     async def close(self) -> None:
         self._closed = True
-        if self._sender is not None:
-            self._sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sender
+        await stop(self._sender)
         for part in self._pending:
             if not part.sent.done():
                 part.sent.set_exception(BrokerUnavailable(

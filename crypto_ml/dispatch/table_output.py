@@ -246,10 +246,7 @@ class TableOutput:
         if not had:
             raise OutputMismatch(f"--output {self.out} is a file that no crypto-ml table run "
                                  "wrote; choose another file (--overwrite would delete it)")
-        if had != self.run:
-            raise OutputMismatch(f"--output {self.out} holds another run "
-                                 f"({_differences(had, self.run)}); pass --overwrite to "
-                                 "replace it, or choose another file")
+        self._same_run(had, " holds another run", "replace it, or choose another file")
         return True
 
     def done_chunks(self) -> set[int]:
@@ -265,11 +262,15 @@ class TableOutput:
             _write_text_atomic(manifest, json.dumps(self.run, indent=1))
             return set()
         had = json.loads(manifest.read_text())
-        if had != self.run:
-            raise OutputMismatch(f"--output {self.out}: an interrupted run of other settings is "
-                                 f"in {self.parts} ({_differences(had, self.run)}); pass "
-                                 "--overwrite to start afresh, or rerun it as it was")
+        self._same_run(had, f": an interrupted run of other settings is in {self.parts}",
+                       "start afresh, or rerun it as it was")
         return {int(p.stem.split("-")[1]) for p in self.parts.glob(f"chunk-*{PART}")}
+
+    def _same_run(self, had: dict[str, Any], holds: str, overwrite_to: str) -> None:
+        """OutputMismatch naming what differs when ``had`` (a run's settings) is not this run."""
+        if had != self.run:
+            raise OutputMismatch(f"--output {self.out}{holds} ({_differences(had, self.run)}); "
+                                 f"pass --overwrite to {overwrite_to}")
 
     @property
     def run_id(self) -> str | None:

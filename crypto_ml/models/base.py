@@ -52,6 +52,12 @@ def clean_series(prices: object) -> np.ndarray:
     return arr[~np.isnan(arr)]
 
 
+def positive_prices(series: np.ndarray, needed_for: str) -> None:
+    """Refuse a series with a price <= 0, which ``needed_for`` (e.g. log returns) cannot take."""
+    if (series <= 0).any():
+        raise InvalidTaskInput(f"prices must be positive {needed_for}")
+
+
 #: The seeds Keras takes (``keras.utils.set_random_seed``): 0 to 2**32 - 1.
 MAX_SEED = 2**32 - 1
 

@@ -16,8 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from crypto_ml.core.errors import InvalidTaskInput
-from crypto_ml.models.base import MAX_SEED, Forecaster, int_option
+from crypto_ml.models.base import MAX_SEED, Forecaster, int_option, positive_prices
 from crypto_ml.models.device import keras_and_device
 from crypto_ml.models.intervals import Bands, origin_bands, required_origins
 from crypto_ml.models.state import ModelState, member_weights, weight_arrays
@@ -107,8 +106,7 @@ class RecurrentModel(Forecaster):
                               self.window, self._build)
 
     def _fit(self, series: np.ndarray) -> None:
-        if (series <= 0).any():
-            raise InvalidTaskInput("prices must be positive for the p/p0 - 1 normalisation")
+        positive_prices(series, "for the p/p0 - 1 normalisation")
         keras, self.device = keras_and_device()
         x, y = make_windows(series, self.window)
         net = self._network(keras)

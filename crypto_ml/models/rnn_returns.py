@@ -23,8 +23,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from crypto_ml.core.errors import InvalidTaskInput
-from crypto_ml.models.base import MAX_SEED, Forecaster, int_option
+from crypto_ml.models.base import MAX_SEED, Forecaster, int_option, positive_prices
 from crypto_ml.models.device import keras_and_device
 from crypto_ml.models.intervals import (
     Bands,
@@ -84,8 +83,7 @@ class ReturnsRecurrentModel(Forecaster):
                               self.window, self._build)
 
     def _fit(self, series: np.ndarray) -> None:
-        if (series <= 0).any():
-            raise InvalidTaskInput("prices must be positive to take log returns")
+        positive_prices(series, "to take log returns")
         keras, self.device = keras_and_device()
         returns = np.diff(np.log(series))
         self.scale_ = float(np.std(returns)) or 1.0
