@@ -74,13 +74,15 @@ def served(command: Callable[[int], list[str]], data: Path, log: Path, what: str
         terminate(proc)
 
 
-def api_server(data: Path, workers: int, in_process: bool, log: Path
+def api_server(data: Path, workers: int, in_process: bool, log: Path, reuse: bool = False
                ) -> contextlib.AbstractContextManager[tuple[str, int]]:
-    """``python -m crypto_ml.api`` in its own process: its URL and pid."""
+    """``python -m crypto_ml.api`` in its own process: its URL and pid. ``reuse``: a question
+    asked again gets its kept answer (the default, crypto_ml.api.answers); else (what this
+    load measures unless said) every request is forecast."""
     return served(lambda port: [
         sys.executable, "-m", "crypto_ml.api", "--port", str(port), "--workers", str(workers),
         "--log-level", "warning", *(["--in-process"] if in_process else [])],
-        data, log, "the API")
+        data, log, "the API", None if reuse else {"CRYPTO_ML_API_ANSWER_SECONDS": "0"})
 
 
 def percentile(values: list[float], q: float) -> float:

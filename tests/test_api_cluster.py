@@ -39,7 +39,10 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def api(cluster: LocalCluster, data: Path) -> Iterator[Any]:
-    settings = Settings(data_dir=data, api_max_wait=DEEP_WAIT).with_broker(cluster.broker_url)
+    # every request forecast afresh (the tests ask some questions twice, in any order);
+    # answers reused: test_a_question_asked_again_is_answered_without_a_message
+    settings = Settings(data_dir=data, api_max_wait=DEEP_WAIT,
+                        api_answer_seconds=0).with_broker(cluster.broker_url)
     runs = QueueRuns(celery_app(settings), settings)
     with client(create_app(settings, runs)) as api:  # one event loop for every request
         yield api
@@ -69,6 +72,34 @@ def test_wait_gives_the_results_keeps_the_answer_and_frees_the_rest(
     assert api.get(f"/v1/forecasts/{body['id']}").json() == body
     with cluster.client() as redis_client:
         assert redis_client.ttl(f"crypto_ml:run:{body['id']}") > 0
+
+
+def test_a_question_asked_again_is_answered_without_a_message(cluster: LocalCluster,
+                                                             data: Path) -> None:
+    """The default: the same question again gets the first answer, under an id of its own that
+    any replica reads from the result backend; no message goes to the workers for it."""
+    settings = Settings(data_dir=data).with_broker(cluster.broker_url)
+    runs = QueueRuns(celery_app(settings), settings)
+    body = {"coins": ["gamma"], "model": "linear,naive", "horizon": 4}
+    try:
+        with client(create_app(settings, runs)) as api:
+            first = api.post("/v1/forecasts?wait=60", json=body)
+            assert first.status_code == 200, first.text
+            sent = runs.coalesced()
+            again = api.post("/v1/forecasts?wait=60", json=body)
+            assert again.status_code == 200, again.text
+            assert runs.coalesced() == sent  # nothing sent for it
+            assert again.json()["id"] != first.json()["id"]
+            assert {**again.json(), "id": ""} == {**first.json(), "id": ""}
+            assert "crypto_ml_api_answers_reused_total 1.0" in api.get("/metrics").text
+        replica = QueueRuns(celery_app(settings), settings)
+        with client(create_app(settings, replica)) as other:
+            assert other.get(f"/v1/forecasts/{again.json()['id']}").json() == again.json()
+        replica.close()
+        with cluster.client() as redis_client:
+            assert redis_client.ttl(f"crypto_ml:run:{again.json()['id']}") > 0
+    finally:
+        runs.close()
 
 
 def test_no_wait_gives_202_and_any_replica_reads_the_status_url(api: Any, cluster: LocalCluster,

@@ -26,8 +26,8 @@ VARYING = {"id", "status_url", "fit_seconds"}  # a run's id, a fit's time
 def _apps(data: Path) -> tuple[Any, Any]:
     """The app as served, and the same app without its fast route."""
     settings = Settings(data_dir=data, api_keys=(KEY,), api_max_wait=5)
-    served = create_app(settings, InProcessRuns(settings))
-    plain = create_app(settings, InProcessRuns(settings))
+    served = create_app(settings, InProcessRuns())
+    plain = create_app(settings, InProcessRuns())
     plain.router.routes = [r for r in plain.router.routes if type(r).__name__ != "_FastRoute"]
     assert len(plain.router.routes) == len(served.router.routes) - 1
     return client(served), client(plain)

@@ -51,6 +51,7 @@ def test_each_variable_sets_its_field() -> None:
     assert Settings.from_env({"CRYPTO_ML_CACHE_DIR": "off"}).cache_dir is None
     assert Settings.from_env({"CRYPTO_ML_API_COALESCE": "0"}).api_coalesce == 0
     assert Settings.from_env({}).api_coalesce is None
+    assert Settings.from_env({"CRYPTO_ML_API_ANSWER_SECONDS": "0"}).api_answer_seconds == 0
 
 
 def test_the_visibility_timeout_follows_the_hard_limit_unless_set() -> None:
@@ -64,7 +65,7 @@ def test_a_bad_whole_number_names_its_variable(name: str) -> None:
     variable = env_name(name)
     with pytest.raises(ConfigError, match=f"^{variable}='ten' is not an integer"):
         Settings.from_env({variable: "ten"})
-    with pytest.raises(ConfigError, match=f"^{variable}=-1 must be positive"):
+    with pytest.raises(ConfigError, match=f"^{variable}=-1 must be (positive|at least 0)"):
         Settings.from_env({variable: "-1"})
 
 

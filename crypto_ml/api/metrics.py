@@ -1,5 +1,6 @@
 """Prometheus metrics of the API: requests, latency, queue depth, forecasts by model and
-status, and how concurrent requests share messages (the coalescer's messages and parts).
+status, answers reused (:mod:`crypto_ml.api.answers`), and how concurrent requests share
+messages (the coalescer's messages and parts).
 
 Each app has its own registry (several apps in one process, as in tests, never
 clash). Queue depth is read from the broker when ``/metrics`` is scraped.
@@ -83,6 +84,9 @@ class ApiMetrics:
                                  ["method", "route"], buckets=BUCKETS, registry=self.registry)
         self.forecasts = Counter("crypto_ml_api_forecasts", "Forecasts finished, by model",
                                  ["model", "status"], registry=self.registry)
+        self.reused = Counter("crypto_ml_api_answers_reused", "Forecast requests answered "
+                              "with the answer of the same question asked before",
+                              registry=self.registry)
         self.registry.register(QueueDepth(queue_depth))
         if coalesced is not None:
             self.registry.register(Coalesced(coalesced))

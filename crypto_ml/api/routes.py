@@ -9,6 +9,7 @@ routes (``/healthz``, ``/metrics``) do not.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any
 
@@ -20,7 +21,9 @@ from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
 from crypto_ml.core.errors import ConfigError, DataNotFound, JobConflict
 from crypto_ml.core.settings import Settings
+from crypto_ml.dispatch.runs import RunState
 
+from .answers import Answers
 from .jobs import Jobs
 from .metrics import ApiMetrics
 from .schemas import (
@@ -77,28 +80,45 @@ class TableFile(FileResponse):
 def forecast_answer(settings: Settings, runs: Runs, service: ForecastService,
                     metrics: ApiMetrics) -> Callable[[ForecastBody, float], Awaitable[Response]]:
     """What ``POST /v1/forecasts`` answers a valid body and ``wait`` (the FastAPI route's and
-    :mod:`crypto_ml.api.fast_path`'s)."""
+    :mod:`crypto_ml.api.fast_path`'s); a question asked before, from :mod:`.answers`."""
+    answers = Answers(settings.api_answer_seconds)
 
     async def answer(body: ForecastBody, wait: float) -> Response:
         if wait > settings.api_max_wait:
             raise Invalid([{"loc": ["query", "wait"], "type": "value_error",
                             "msg": f"must be at most {settings.api_max_wait} "
                                    f"(CRYPTO_ML_API_MAX_WAIT), got {wait:g}"}])
-        run = await runs.submit(await service.checked(body), listen=wait > 0)
+        requests = await service.checked(body)
+        key = answers.key(requests)
+        if (kept := answers.get(key)) is not None:  # asked before: the same answer, a new id
+            again = kept.renamed(uuid.uuid4().hex)  # (finished within any wait: 200)
+            await runs.keep(again)
+            metrics.reused.inc()
+            return _answered(again)
+        run = await runs.submit(requests, listen=wait > 0)
         state = await runs.wait(run, wait)
         if state is not None:
             metrics.count_run(state)
-            return Response(state.encoded(), media_type="application/json")
+            answers.put(key, state)
+            return _answered(state)
         try:
             await runs.save(run)
         except Exception:  # the run could not be saved: withdraw it
             await runs.discard(run)
             raise
-        url = f"/v1/forecasts/{run.id}"
-        return JSONResponse({"id": run.id, "status_url": url}, status_code=202,
-                            headers={"Location": url})
+        return _accepted(run.id)
 
     return answer
+
+
+def _answered(state: RunState) -> Response:
+    return Response(state.encoded(), media_type="application/json")
+
+
+def _accepted(run_id: str) -> Response:
+    url = f"/v1/forecasts/{run_id}"
+    return JSONResponse({"id": run_id, "status_url": url}, status_code=202,
+                        headers={"Location": url})
 
 
 def forecast_routes(runs: Runs, answer: Callable[[ForecastBody, float], Awaitable[Response]],

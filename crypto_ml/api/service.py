@@ -243,6 +243,8 @@ class Runs(Protocol):
 
     async def save(self, run: Run) -> None: ...
 
+    async def keep(self, state: RunState) -> None: ...
+
     async def discard(self, run: Run) -> None: ...
 
     async def state(self, run_id: str) -> RunState | None: ...
@@ -306,12 +308,12 @@ class QueueRuns(RunQueue):
 class InProcessRuns:
     """Runs executed at once in the API process: no broker, no workers (benchmarks, dev)."""
 
-    def __init__(self, store: ModelStore | None = None, keep: int = 10_000) -> None:
+    def __init__(self, store: ModelStore | None = None, most: int = 10_000) -> None:
         import sklearn.linear_model  # noqa: F401 - as workers do: not on the first request
 
         self.store = store
         self._states: collections.OrderedDict[str, RunState] = collections.OrderedDict()
-        self.keep = keep
+        self.most = most  # runs kept, the oldest dropped first
 
     async def submit(self, requests: Sequence[ForecastRequest], listen: bool = True) -> Run:
         run = Run(uuid.uuid4().hex, {}, math.inf)
@@ -322,10 +324,13 @@ class InProcessRuns:
             except ITEM_ERRORS as exc:
                 failure = item_error(request.as_kwargs(), exc)
                 report.add_failure(request.coin, request.model, failure["error"])
-        self._states[run.id] = final_state(run.id, report)
-        while len(self._states) > self.keep:
-            self._states.popitem(last=False)
+        await self.keep(final_state(run.id, report))
         return run
+
+    async def keep(self, state: RunState) -> None:
+        self._states[state.id] = state
+        while len(self._states) > self.most:
+            self._states.popitem(last=False)
 
     async def wait(self, run: Run, timeout: float) -> RunState | None:
         return self._states.get(run.id)

@@ -60,6 +60,9 @@ Variable                                   Default                     Meaning
                                                                        one; unset: one per task slot of the live
                                                                        workers (read every 5 s; 4 until known);
                                                                        0: one message per request.
+``CRYPTO_ML_API_ANSWER_SECONDS``           ``300``                     Seconds an API process answers a cheap
+                                                                       forecast asked again (same closes, model,
+                                                                       options) with its answer; 0: never.
 ``CRYPTO_ML_API_JOBS_DIR``                 ``crypto-ml-jobs``          Where ``POST /v1/jobs`` writes its outputs.
 ========================================  ==========================  =========================================
 """
@@ -131,6 +134,7 @@ _SPECIAL: dict[str, Callable[[str], object]] = {
     "log_format": str.lower,
     "api_keys": lambda raw: tuple(comma_list(raw)),
     "api_coalesce": lambda raw: _int(env_name("api_coalesce"), raw, minimum=0),
+    "api_answer_seconds": lambda raw: _int(env_name("api_answer_seconds"), raw, minimum=0),
 }
 
 
@@ -206,6 +210,7 @@ class Settings:
     api_max_wait: int = 60
     api_max_body: int = 2_000_000
     api_coalesce: int | None = None  # None: the live workers' task slots
+    api_answer_seconds: int = 300
     api_jobs_dir: Path = Path("crypto-ml-jobs")
 
     def __post_init__(self) -> None:

@@ -114,6 +114,18 @@ class RunState:
                                        separators=(",", ":")).encode()
         return self._encoded
 
+    def renamed(self, run_id: str) -> RunState:
+        """The same answer under another run's id (its JSON made from this one's, not again)."""
+        head = _id_field(self.id)
+        rest = self.encoded()[len(head):]
+        return RunState(run_id, self.status, self.results, self.failed,
+                        _encoded=_id_field(run_id) + rest)
+
+
+def _id_field(run_id: str) -> bytes:
+    """How :meth:`RunState.encoded` begins: the id is its first field."""
+    return b'{"id":' + json.dumps(run_id, ensure_ascii=False).encode()
+
 
 def final_state(run_id: str, report: RunReport) -> RunState:
     status = "failed" if report.failed and not report.results else "done"
@@ -280,11 +292,18 @@ class RunQueue:
                       carriers: Iterable[str] = ()) -> None:
         """Keep a finished run's answer (its id can be read until it expires, however it was
         answered) and delete the task results it was built from, in one round trip."""
-        record = b'{"final":' + state.encoded() + b"}"
         self._loop().lost.forget([*task_ids, *carriers])  # consumed: never lost now
-        await self._loop().writes.run(("set", (keys.RUN + state.id, record),
-                                       {"ex": self.record_ttl}),
+        await self._loop().writes.run(self._record(state),
                                       ("delete", tuple(forget_keys(self.app, task_ids)), {}))
+
+    async def keep(self, state: RunState) -> None:
+        """Keep a finished run's answer under its id (one that no task ran for: an answer
+        reused, :mod:`crypto_ml.api.answers`), readable by :meth:`state` until it expires."""
+        await self._loop().writes.run(self._record(state))
+
+    def _record(self, state: RunState) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
+        return ("set", (keys.RUN + state.id, b'{"final":' + state.encoded() + b"}"),
+                {"ex": self.record_ttl})
 
     async def aclose(self) -> None:
         """Stop this loop's coalescer and result listener; close its connections."""
