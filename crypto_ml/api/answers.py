@@ -42,8 +42,10 @@ def question(requests: Sequence[ForecastRequest]) -> bytes | None:
     for r in requests:
         if r.model in HEAVY or r.retrain:
             return None
+        # each request's fields as a JSON list (no list is the start of another), then its
+        # closes, whose count the list holds: one stream of bytes is one list of requests
         digest.update(json.dumps([r.coin, r.model, r.horizon, r.last_date, list(r.levels),
-                                  r.params], sort_keys=True).encode())
+                                  r.params, len(r.prices)], sort_keys=True).encode())
         digest.update(array("d", r.prices).tobytes())
     return digest.digest()
 
