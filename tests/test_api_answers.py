@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from api_support import client, write_coins
 
-from crypto_ml.api.answers import Answers, question
+from crypto_ml.api.answers import ENTRY, MOST_FORECASTS, Answers, question
 from crypto_ml.api.app import create_app
 from crypto_ml.api.service import InProcessRuns
 from crypto_ml.core.settings import Settings
-from crypto_ml.dispatch.runs import RunState
+from crypto_ml.dispatch.runs import RunState, renamed
 from crypto_ml.worker.requests import ForecastRequest
 
 SERIES = [1.0, 2.0, 3.0, 5.0, 4.0, 6.0]
@@ -79,32 +79,37 @@ def request(**fields: Any) -> ForecastRequest:
                               "horizon": 3, **fields})
 
 
-def test_deep_models_and_retrains_are_never_keyed() -> None:
+def test_deep_models_retrains_and_large_runs_are_never_keyed() -> None:
     assert question([request()]) is not None
     assert question([request(), request(model="lstm")]) is None
     assert question([request(retrain=True)]) is None
+    assert question([request(coin=str(i)) for i in range(MOST_FORECASTS + 1)]) is None
     assert question([request(params={"a": 1})]) != question([request(params={"a": 2})])
 
 
 def test_an_answer_expires_makes_room_and_is_never_a_failure() -> None:
     now = [0.0]
     done = RunState("run", "done", {"mine": {"linear": {"forecast": [1.0]}}})
-    answers = Answers(seconds=10, most=2 * len(done.encoded()), clock=lambda: now[0])
+    room = len(done.encoded()) + ENTRY
+    answers = Answers(seconds=10, most=2 * room, clock=lambda: now[0])
     answers.put(b"a", done)
     answers.put(b"f", RunState("f", "done", {"x": {}}, {"y": {"linear": "lost"}}))
     answers.put(b"g", RunState("g", "failed", {}, {"y": {"linear": "lost"}}))
-    assert answers.get(b"a") is done and answers.get(b"f") is None and answers.get(b"g") is None
+    assert answers.get(b"f") is None and answers.get(b"g") is None
+    kept = answers.get(b"a")
+    assert kept is not None and kept.answer == done.encoded() and kept.run_id == "run"
     answers.put(b"b", done)
     answers.put(b"c", done)  # room for two: the least recently used (a) goes
-    assert answers.get(b"a") is None and answers.get(b"b") is done
-    assert answers.size == 2 * len(done.encoded())
+    assert answers.get(b"a") is None and answers.get(b"b") is not None
+    assert answers.size == 2 * room
     now[0] = 10.0
+    answers.put(b"d", done)  # the expired answers go when another is kept
+    assert answers.size == room
     assert answers.get(b"b") is None and answers.get(b"c") is None
     assert answers.get(None) is None and Answers(seconds=0).key([request()]) is None
 
 
 def test_a_renamed_answer_is_the_same_json_under_its_new_id() -> None:
     state = RunState("old", "done", {"mine": {"linear": {"forecast": [1.5, 2.0]}}})
-    renamed = state.renamed("new")
-    fresh = RunState("new", "done", state.results)
-    assert renamed.encoded() == fresh.encoded()
+    assert renamed(state.encoded(), "old", "new") == RunState("new", "done",
+                                                              state.results).encoded()

@@ -92,6 +92,10 @@ def test_a_question_asked_again_is_answered_without_a_message(cluster: LocalClus
             assert again.json()["id"] != first.json()["id"]
             assert {**again.json(), "id": ""} == {**first.json(), "id": ""}
             assert "crypto_ml_api_answers_reused_total 1.0" in api.get("/metrics").text
+            polled = api.post("/v1/forecasts", json=body)  # no wait: 202, as ever on workers
+            assert polled.status_code == 202, polled.text
+            read = api.get(polled.json()["status_url"]).json()  # already done
+            assert {**read, "id": ""} == {**first.json(), "id": ""}
         replica = QueueRuns(celery_app(settings), settings)
         with client(create_app(settings, replica)) as other:
             assert other.get(f"/v1/forecasts/{again.json()['id']}").json() == again.json()

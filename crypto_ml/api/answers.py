@@ -6,14 +6,15 @@ dashboard polls the bitcoin forecast; a fleet of clients asks for the same coins
 data changes once a day. :class:`Answers` keeps the answer of each finished run whose
 forecasts all succeeded, keyed by a digest of those inputs (the closes by their bytes: a
 changed data file, or another series, is another key, so no answer outlives its data), for
-``CRYPTO_ML_API_ANSWER_SECONDS`` (300; 0: off), at most :data:`MOST` bytes of answers (about
-30,000 one-coin answers) in an API process, the least recently used dropped first.
+``CRYPTO_ML_API_ANSWER_SECONDS`` (300; 0: off), at most :data:`MOST` bytes in an API process,
+the least recently used and the expired dropped first.
 
 A request answered from here gets a run id of its own, kept in the result backend like any
 other run's (:meth:`~crypto_ml.dispatch.runs.RunQueue.keep`), so its id can be read until it
 expires. Never kept: a run with a deep model (the model store answers those, and ``retrain``
-asks for a new fit), a run with a failure (a lost worker is no answer to repeat), an answer
-over :data:`LARGEST` bytes.
+asks for a new fit), a run with a failure (a lost worker is no answer to repeat), a large run
+(:data:`MOST_FORECASTS`, :data:`MOST_CLOSES`, :data:`LARGEST`). The key holds the inputs, not
+the model's code: after a rollout, the old code's answers are given until they expire.
 """
 
 from __future__ import annotations
@@ -24,20 +25,29 @@ import time
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
-from crypto_ml.dispatch.runs import RunState
+from crypto_ml.dispatch.runs import RunState, renamed
 from crypto_ml.models import HEAVY
 from crypto_ml.worker.requests import ForecastRequest
 
-#: Bytes of answers (their JSON) kept at the most (a one-coin answer is about a kilobyte).
+#: Bytes of answers kept at the most (a one-coin answer is about a kilobyte of JSON).
 MOST = 32_000_000
+#: What keeping one answer costs beside its JSON (its key, entry and expiry), in bytes.
+ENTRY = 300
 #: Answers larger than this (bytes of JSON) are not kept.
 LARGEST = 64_000
+#: Runs of more forecasts, or more closes in all, are not keyed (hashing them would hold the
+#: event loop for milliseconds, and their answers are larger than LARGEST).
+MOST_FORECASTS = 50
+MOST_CLOSES = 50_000
 
 
 def question(requests: Sequence[ForecastRequest]) -> bytes | None:
     """The digest of everything ``requests``' forecasts depend on; None when they are not all
-    functions of it (a deep model, ``retrain``)."""
+    functions of it (a deep model, ``retrain``) or too many to keep."""
+    if len(requests) > MOST_FORECASTS or sum(len(r.prices) for r in requests) > MOST_CLOSES:
+        return None
     digest = hashlib.blake2b(digest_size=20)
     for r in requests:
         if r.model in HEAVY or r.retrain:
@@ -50,43 +60,58 @@ def question(requests: Sequence[ForecastRequest]) -> bytes | None:
     return digest.digest()
 
 
+@dataclass(frozen=True)
+class Kept:
+    """A finished run's answer (:meth:`~crypto_ml.dispatch.runs.RunState.encoded`), its id
+    and until when it may be given again."""
+
+    run_id: str
+    answer: bytes
+    until: float
+
+    def under(self, run_id: str) -> bytes:
+        """The answer under ``run_id``."""
+        return renamed(self.answer, self.run_id, run_id)
+
+
 class Answers:
     """Finished runs' answers by :func:`question`, each kept ``seconds``."""
 
     def __init__(self, seconds: float, most: int = MOST,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.seconds, self.most, self.clock = seconds, most, clock
-        self._kept: OrderedDict[bytes, tuple[float, RunState]] = OrderedDict()
-        self.size = 0  # bytes of the answers kept
+        self._kept: OrderedDict[bytes, Kept] = OrderedDict()  # least recently used first
+        self.size = 0  # bytes of the answers kept, with ENTRY each
 
     def key(self, requests: Sequence[ForecastRequest]) -> bytes | None:
         """The key of ``requests``' answer; None: not kept (off, or not a function of it)."""
         return question(requests) if self.seconds > 0 else None
 
-    def get(self, key: bytes | None) -> RunState | None:
+    def get(self, key: bytes | None) -> Kept | None:
         """The kept answer of ``key``, if it has not expired."""
         if key is None or (kept := self._kept.get(key)) is None:
             return None
-        until, state = kept
-        if self.clock() >= until:
+        if self.clock() >= kept.until:
             self._drop(key)
             return None
         self._kept.move_to_end(key)
-        return state
+        return kept
 
     def put(self, key: bytes | None, state: RunState) -> None:
-        """Keep ``state`` under ``key`` if every forecast of it succeeded."""
+        """Keep ``state``'s answer under ``key`` if every forecast of it succeeded."""
         if key is None or state.status != "done" or state.failed:
             return
         if len(state.encoded()) > LARGEST:
             return
         self._drop(key)
-        self._kept[key] = (self.clock() + self.seconds, state)
-        self.size += len(state.encoded())
-        while self.size > self.most:
-            self._drop(next(iter(self._kept)))
+        self._kept[key] = Kept(state.id, state.encoded(), self.clock() + self.seconds)
+        self.size += len(state.encoded()) + ENTRY
+        now = self.clock()
+        while self._kept and (self.size > self.most
+                              or next(iter(self._kept.values())).until <= now):
+            self._drop(next(iter(self._kept)))  # beyond the bound, or expired
 
     def _drop(self, key: bytes) -> None:
         kept = self._kept.pop(key, None)
         if kept is not None:
-            self.size -= len(kept[1].encoded())
+            self.size -= len(kept.answer) + ENTRY

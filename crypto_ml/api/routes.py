@@ -21,7 +21,6 @@ from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
 from crypto_ml.core.errors import ConfigError, DataNotFound, JobConflict
 from crypto_ml.core.settings import Settings
-from crypto_ml.dispatch.runs import RunState
 
 from .answers import Answers
 from .jobs import Jobs
@@ -91,16 +90,18 @@ def forecast_answer(settings: Settings, runs: Runs, service: ForecastService,
         requests = await service.checked(body)
         key = answers.key(requests)
         if (kept := answers.get(key)) is not None:  # asked before: the same answer, a new id
-            again = kept.renamed(uuid.uuid4().hex)  # (finished within any wait: 200)
-            await runs.keep(again)
-            metrics.reused.inc()
-            return _answered(again)
+            run_id = uuid.uuid4().hex
+            await runs.keep(run_id, again := kept.under(run_id))
+            metrics.reused.inc()  # wait=0 on workers: a 202, as the question's first asking got
+            if wait > 0 or runs.at_once:
+                return Response(again, media_type="application/json")
+            return _accepted(run_id)
         run = await runs.submit(requests, listen=wait > 0)
         state = await runs.wait(run, wait)
         if state is not None:
             metrics.count_run(state)
             answers.put(key, state)
-            return _answered(state)
+            return Response(state.encoded(), media_type="application/json")
         try:
             await runs.save(run)
         except Exception:  # the run could not be saved: withdraw it
@@ -109,10 +110,6 @@ def forecast_answer(settings: Settings, runs: Runs, service: ForecastService,
         return _accepted(run.id)
 
     return answer
-
-
-def _answered(state: RunState) -> Response:
-    return Response(state.encoded(), media_type="application/json")
 
 
 def _accepted(run_id: str) -> Response:

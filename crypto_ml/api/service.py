@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import math
 import threading
 import time
@@ -237,13 +238,15 @@ class ForecastService:
 class Runs(Protocol):
     """Where the API's runs go; every method runs on the server's event loop."""
 
+    at_once: bool  # whether a run has finished when submit returns (in-process)
+
     async def submit(self, requests: Sequence[ForecastRequest], listen: bool = True) -> Run: ...
 
     async def wait(self, run: Run, timeout: float) -> RunState | None: ...
 
     async def save(self, run: Run) -> None: ...
 
-    async def keep(self, state: RunState) -> None: ...
+    async def keep(self, run_id: str, answer: bytes) -> None: ...
 
     async def discard(self, run: Run) -> None: ...
 
@@ -308,6 +311,8 @@ class QueueRuns(RunQueue):
 class InProcessRuns:
     """Runs executed at once in the API process: no broker, no workers (benchmarks, dev)."""
 
+    at_once = True  # every run has finished when submit returns: wait=0 gets a 200
+
     def __init__(self, store: ModelStore | None = None, most: int = 10_000) -> None:
         import sklearn.linear_model  # noqa: F401 - as workers do: not on the first request
 
@@ -324,10 +329,15 @@ class InProcessRuns:
             except ITEM_ERRORS as exc:
                 failure = item_error(request.as_kwargs(), exc)
                 report.add_failure(request.coin, request.model, failure["error"])
-        await self.keep(final_state(run.id, report))
+        self._remember(final_state(run.id, report))
         return run
 
-    async def keep(self, state: RunState) -> None:
+    async def keep(self, run_id: str, answer: bytes) -> None:
+        kept = json.loads(answer)
+        self._remember(RunState(run_id, kept["status"], kept["results"], kept["failed"],
+                                _encoded=answer))
+
+    def _remember(self, state: RunState) -> None:
         self._states[state.id] = state
         while len(self._states) > self.most:
             self._states.popitem(last=False)

@@ -114,16 +114,13 @@ class RunState:
                                        separators=(",", ":")).encode()
         return self._encoded
 
-    def renamed(self, run_id: str) -> RunState:
-        """The same answer under another run's id (its JSON made from this one's, not again)."""
-        head = _id_field(self.id)
-        rest = self.encoded()[len(head):]
-        return RunState(run_id, self.status, self.results, self.failed,
-                        _encoded=_id_field(run_id) + rest)
+
+def renamed(answer: bytes, old_id: str, new_id: str) -> bytes:
+    """A run's answer (:meth:`RunState.encoded`, whose first field is the id) under another id."""
+    return _id_field(new_id) + answer[len(_id_field(old_id)):]
 
 
 def _id_field(run_id: str) -> bytes:
-    """How :meth:`RunState.encoded` begins: the id is its first field."""
     return b'{"id":' + json.dumps(run_id, ensure_ascii=False).encode()
 
 
@@ -146,6 +143,8 @@ class RunQueue:
     Its connections belong to the event loop that first uses them (one per process in a
     server; a test client may bring another, which then gets its own).
     """
+
+    at_once = False  # a run is answered by workers, later: wait=0 gets a 202
 
     def __init__(self, app: Celery, settings: Settings, expires: float = 3600.0,
                  coalesce: int | None = None) -> None:
@@ -293,17 +292,17 @@ class RunQueue:
         """Keep a finished run's answer (its id can be read until it expires, however it was
         answered) and delete the task results it was built from, in one round trip."""
         self._loop().lost.forget([*task_ids, *carriers])  # consumed: never lost now
-        await self._loop().writes.run(self._record(state),
+        await self._loop().writes.run(self._record(state.id, state.encoded()),
                                       ("delete", tuple(forget_keys(self.app, task_ids)), {}))
 
-    async def keep(self, state: RunState) -> None:
-        """Keep a finished run's answer under its id (one that no task ran for: an answer
-        reused, :mod:`crypto_ml.api.answers`), readable by :meth:`state` until it expires."""
-        await self._loop().writes.run(self._record(state))
+    async def keep(self, run_id: str, answer: bytes) -> None:
+        """Keep a finished run's ``answer`` (:meth:`RunState.encoded`) under ``run_id``, one
+        that no task ran for (an answer reused, :mod:`crypto_ml.api.answers`): :meth:`state`
+        reads it until it expires."""
+        await self._loop().writes.run(self._record(run_id, answer))
 
-    def _record(self, state: RunState) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
-        return ("set", (keys.RUN + state.id, b'{"final":' + state.encoded() + b"}"),
-                {"ex": self.record_ttl})
+    def _record(self, run_id: str, answer: bytes) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
+        return ("set", (keys.RUN + run_id, b'{"final":' + answer + b"}"), {"ex": self.record_ttl})
 
     async def aclose(self) -> None:
         """Stop this loop's coalescer and result listener; close its connections."""
