@@ -5,6 +5,7 @@ cluster is in tests/test_api_cluster.py."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 from typing import Any
@@ -113,3 +114,37 @@ def test_a_renamed_answer_is_the_same_json_under_its_new_id() -> None:
     state = RunState("old", "done", {"mine": {"linear": {"forecast": [1.5, 2.0]}}})
     assert renamed(state.encoded(), "old", "new") == RunState("new", "done",
                                                               state.results).encoded()
+
+
+def test_a_question_being_answered_is_waited_for_within_the_wait() -> None:
+    done = RunState("run", "done", {"mine": {"linear": {"forecast": [1.0]}}})
+    seen: list[tuple[str, bool, float]] = []
+
+    async def asked(answers: Answers, name: str, wait: float, answer: bool) -> None:
+        async with answers.asking(b"k", wait) as left:
+            if answer:  # the first asker: answers once the other waits (or is done)
+                while (answers.awaiting == 0 or slow) and len(seen) == 0:
+                    await asyncio.sleep(0.001)
+                answers.put(b"k", done)
+            seen.append((name, answers.get(b"k") is not None, left))
+
+    slow = False  # the first answers only after the second is done
+
+    async def scenario(follower_wait: float) -> None:
+        answers = Answers(seconds=10)
+        first = asyncio.ensure_future(asked(answers, "first", 5, answer=True))
+        await asyncio.sleep(0)  # the first asks before the second
+        await asked(answers, "second", follower_wait, answer=False)
+        await first
+        assert answers.awaiting == 0
+
+    asyncio.run(scenario(5))  # the second waits for the first's answer, then has it
+    assert [(n, got) for n, got, _ in seen] == [("first", True), ("second", True)]
+    assert 0 < seen[1][2] <= 5
+    seen.clear()
+    asyncio.run(scenario(0))  # no wait: nothing waited for
+    assert seen[0] == ("second", False, 0)
+    seen.clear()
+    slow = True
+    asyncio.run(scenario(0.05))  # the second's wait runs out first: it goes on without
+    assert seen[0] == ("second", False, 0)

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from api_support import client, closes, write_coins
 from conftest import run_cli
+from fault_helpers import stop_consuming
 
 from crypto_ml.api.app import create_app
 from crypto_ml.api.service import QueueRuns
@@ -104,6 +105,37 @@ def test_a_question_asked_again_is_answered_without_a_message(cluster: LocalClus
             assert redis_client.ttl(f"crypto_ml:run:{again.json()['id']}") > 0
     finally:
         runs.close()
+
+
+def test_the_same_question_asked_meanwhile_waits_for_the_answer_being_made(data: Path) -> None:
+    """Questions that arrive while the same one is being answered (its message held in the
+    broker: the worker takes none) send nothing: they wait, then get that answer."""
+    with LocalCluster(workers=1) as cluster:
+        settings = Settings(data_dir=data).with_broker(cluster.broker_url)
+        runs = QueueRuns(celery_app(settings), settings)
+        app, body = celery_app(settings), {"coins": ["delta"], "model": "linear", "horizon": 6}
+        stop_consuming(app, cluster.worker_names)
+        try:
+            with client(create_app(settings, runs)) as api, ThreadPoolExecutor(4) as pool, \
+                    cluster.client() as redis_client:
+                first = pool.submit(api.post, "/v1/forecasts?wait=60", json=body)
+                wait_until(lambda: redis_client.llen("cpu") == 1, 20, "the first one queued")
+                others = [pool.submit(api.post, "/v1/forecasts?wait=60", json=body)
+                          for _ in range(3)]
+                wait_until(lambda: "crypto_ml_api_answers_awaited 3.0"
+                           in api.get("/metrics").text, 20, "the others waiting for it")
+                assert redis_client.llen("cpu") == 1  # nothing sent for them
+                assert app.control.add_consumer("cpu", destination=cluster.worker_names,
+                                                reply=True)
+                replies = [call.result(timeout=60) for call in [first, *others]]
+                assert [r.status_code for r in replies] == [200] * 4, replies[0].text
+                assert len({r.json()["id"] for r in replies}) == 4
+                assert all({**r.json(), "id": ""} == {**replies[0].json(), "id": ""}
+                           for r in replies)
+                assert "crypto_ml_api_answers_reused_total 3.0" in api.get("/metrics").text
+                assert runs.coalesced()[1] <= 1  # one part (or one message of its own) sent
+        finally:
+            runs.close()
 
 
 def test_no_wait_gives_202_and_any_replica_reads_the_status_url(api: Any, cluster: LocalCluster,

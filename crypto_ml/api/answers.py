@@ -9,6 +9,10 @@ changed data file, or another series, is another key, so no answer outlives its 
 ``CRYPTO_ML_API_ANSWER_SECONDS`` (300; 0: off), at most :data:`MOST` bytes in an API process,
 the least recently used and the expired dropped first.
 
+A question asked while the same one is being answered for another request (a burst of
+clients after the daily data update) waits for that answer, within its own ``wait``, instead of
+being fitted again (:meth:`Answers.asking`).
+
 A request answered from here gets a run id of its own, kept in the result backend like any
 other run's (:meth:`~crypto_ml.dispatch.runs.RunQueue.keep`), so its id can be read until it
 expires. Never kept: a run with a deep model (the model store answers those, and ``retrain``
@@ -19,12 +23,14 @@ the model's code: after a rollout, the old code's answers are given until they e
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import time
 from array import array
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from crypto_ml.dispatch.runs import RunState, renamed
@@ -82,6 +88,8 @@ class Answers:
         self.seconds, self.most, self.clock = seconds, most, clock
         self._kept: OrderedDict[bytes, Kept] = OrderedDict()  # least recently used first
         self.size = 0  # bytes of the answers kept, with ENTRY each
+        self._asked: dict[bytes, asyncio.Event] = {}  # questions being answered now
+        self.awaiting = 0  # requests waiting for one of them
 
     def key(self, requests: Sequence[ForecastRequest]) -> bytes | None:
         """The key of ``requests``' answer; None: not kept (off, or not a function of it)."""
@@ -96,6 +104,32 @@ class Answers:
             return None
         self._kept.move_to_end(key)
         return kept
+
+    @contextlib.asynccontextmanager
+    async def asking(self, key: bytes | None, wait: float) -> AsyncIterator[float]:
+        """Around answering ``key`` within ``wait`` seconds: if the same question is being
+        answered for another request, wait for it first (then :meth:`get` may hold its answer);
+        else this request answers it, and others wait for it. Yields the seconds left of
+        ``wait``."""
+        if key is None or wait <= 0:
+            yield wait
+            return
+        if (other := self._asked.get(key)) is not None:
+            started = time.monotonic()
+            self.awaiting += 1
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(other.wait(), wait)
+            finally:
+                self.awaiting -= 1
+            yield max(0.0, wait - (time.monotonic() - started))
+            return
+        self._asked[key] = done = asyncio.Event()
+        try:
+            yield wait
+        finally:
+            del self._asked[key]
+            done.set()
 
     def put(self, key: bytes | None, state: RunState) -> None:
         """Keep ``state``'s answer under ``key`` if every forecast of it succeeded."""

@@ -1,6 +1,6 @@
 """Prometheus metrics of the API: requests, latency, queue depth, forecasts by model and
-status, answers reused (:mod:`crypto_ml.api.answers`), and how concurrent requests share
-messages (the coalescer's messages and parts).
+status, answers reused and awaited (:mod:`crypto_ml.api.answers`), and how concurrent
+requests share messages (the coalescer's messages and parts).
 
 Each app has its own registry (several apps in one process, as in tests, never
 clash). Queue depth is read from the broker when ``/metrics`` is scraped.
@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -86,6 +86,9 @@ class ApiMetrics:
                                  ["model", "status"], registry=self.registry)
         self.reused = Counter("crypto_ml_api_answers_reused", "Forecast requests answered "
                               "with the answer of the same question asked before",
+                              registry=self.registry)
+        self.awaiting = Gauge("crypto_ml_api_answers_awaited", "Forecast requests waiting for "
+                              "the answer of the same question, being answered for another",
                               registry=self.registry)
         self.registry.register(QueueDepth(queue_depth))
         if coalesced is not None:

@@ -22,7 +22,7 @@ from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 from crypto_ml.core.errors import ConfigError, DataNotFound, JobConflict
 from crypto_ml.core.settings import Settings
 
-from .answers import Answers
+from .answers import Answers, Kept
 from .jobs import Jobs
 from .metrics import ApiMetrics
 from .schemas import (
@@ -81,6 +81,15 @@ def forecast_answer(settings: Settings, runs: Runs, service: ForecastService,
     """What ``POST /v1/forecasts`` answers a valid body and ``wait`` (the FastAPI route's and
     :mod:`crypto_ml.api.fast_path`'s); a question asked before, from :mod:`.answers`."""
     answers = Answers(settings.api_answer_seconds)
+    metrics.awaiting.set_function(lambda: answers.awaiting)
+
+    async def reused(kept: Kept, wait: float) -> Response:
+        run_id = uuid.uuid4().hex
+        await runs.keep(run_id, again := kept.under(run_id))
+        metrics.reused.inc()  # wait=0 on workers: a 202, as the question's first asking got
+        if wait > 0 or runs.at_once:
+            return Response(again, media_type="application/json")
+        return _accepted(run_id)
 
     async def answer(body: ForecastBody, wait: float) -> Response:
         if wait > settings.api_max_wait:
@@ -89,19 +98,15 @@ def forecast_answer(settings: Settings, runs: Runs, service: ForecastService,
                                    f"(CRYPTO_ML_API_MAX_WAIT), got {wait:g}"}])
         requests = await service.checked(body)
         key = answers.key(requests)
-        if (kept := answers.get(key)) is not None:  # asked before: the same answer, a new id
-            run_id = uuid.uuid4().hex
-            await runs.keep(run_id, again := kept.under(run_id))
-            metrics.reused.inc()  # wait=0 on workers: a 202, as the question's first asking got
-            if wait > 0 or runs.at_once:
-                return Response(again, media_type="application/json")
-            return _accepted(run_id)
-        run = await runs.submit(requests, listen=wait > 0)
-        state = await runs.wait(run, wait)
-        if state is not None:
-            metrics.count_run(state)
-            answers.put(key, state)
-            return Response(state.encoded(), media_type="application/json")
+        async with answers.asking(key, wait) as left:  # the same question asked meanwhile waits
+            if (kept := answers.get(key)) is not None:  # asked before: its answer, a new id
+                return await reused(kept, wait)
+            run = await runs.submit(requests, listen=left > 0)
+            state = await runs.wait(run, left)
+            if state is not None:
+                metrics.count_run(state)
+                answers.put(key, state)
+                return Response(state.encoded(), media_type="application/json")
         try:
             await runs.save(run)
         except Exception:  # the run could not be saved: withdraw it
