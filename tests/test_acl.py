@@ -312,4 +312,24 @@ def test_a_wrong_password_stops_each_process_at_once_without_printing_it(
         assert "Traceback" not in out.stderr
 
 
+def test_another_users_url_stops_a_worker_and_the_exporter_naming_the_one_to_give(
+        server: LocalCluster, price_data: Path, tmp_path: Path) -> None:
+    """The manager's URL (which `cluster up` says to export) given to a worker, and Flower's to
+    queue-depth: one line naming the user to use, exit 2, before any work (a worker failed on
+    its first key with 87 lines of traceback; queue-depth answered every scrape 503)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTO_ML_")}
+    cases = {"worker": ("manager", [sys.executable, "-m", "celery", "-A", "crypto_ml", "worker",
+                                    "--concurrency", "1", "--without-mingle", "--without-gossip"]),
+             "exporter": ("flower", [sys.executable, "-m", "crypto_ml", "queue-depth", "--port",
+                                     str(free_port())])}
+    for wanted, (given, argv) in cases.items():
+        out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=90,
+                             env={**env, "CRYPTO_ML_BROKER_URL": server.url_for(given),
+                                  "TMPDIR": str(tmp_path), "CRYPTO_ML_DATA_DIR": str(price_data)})
+        text = out.stdout + out.stderr
+        assert out.returncode == 2, f"{wanted}: {text[-1500:]}"
+        assert f"user {wanted}'s" in text and "Traceback" not in text, text[-1500:]
+        assert server.passwords[given] not in text
+
+
 ROLES_VARIABLE = {name: role.password_variable for name, role in acl.ROLES.items()}

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from typing import Any
 
 from crypto_ml.cli.helptext import help_texts
 from crypto_ml.cli.options import (
+    EXIT_FAILED,
     EXIT_OK,
     add_log_options,
     positive_int,
@@ -18,6 +20,9 @@ from crypto_ml.cli.options import (
 from crypto_ml.core import acl
 from crypto_ml.core.settings import Settings
 from crypto_ml.dispatch.cluster import LocalCluster
+
+#: Seconds between looks at the cluster's processes.
+WATCH_SECONDS = 1.0
 
 
 def add_parser(sub: Any) -> None:
@@ -58,6 +63,21 @@ def up_main(args: argparse.Namespace) -> int:
         if cluster.flower_url:
             print(f"flower: {cluster.flower_url}", flush=True)
         print("press Ctrl-C to stop", flush=True)
-        while True:
-            time.sleep(3600)
-    return EXIT_OK  # pragma: no cover - only Ctrl-C or SIGTERM end the loop
+        return watch(cluster)
+
+
+def watch(cluster: LocalCluster) -> int:
+    """Until stopped: say each worker that exits, once; stop (exit 1) when Redis exits, which
+    nothing then can use (a supervisor restarts the command)."""
+    said: set[str] = set()
+    while (why := cluster.lost()) is None:
+        dead = cluster.dead_workers()
+        for name in dead.keys() - said:
+            print(f"crypto-ml: warning: worker {name} exited (code {dead[name]}); "
+                  f"{len(cluster.workers) - len(dead)} of {len(cluster.workers)} left (logs in "
+                  f"{cluster.workdir})", file=sys.stderr, flush=True)
+        said |= dead.keys()
+        time.sleep(WATCH_SECONDS)
+    print(f"crypto-ml: error: {why}; the cluster stops: start it again", file=sys.stderr,
+          flush=True)
+    return EXIT_FAILED

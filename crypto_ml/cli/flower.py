@@ -10,11 +10,11 @@ import os
 import subprocess
 import sys
 from typing import Any
-from urllib.parse import urlsplit
 
 from crypto_ml.cli.options import EXIT_OK
-from crypto_ml.core.acl import ADMIN, FLOWER, ROLES
+from crypto_ml.core.acl import FLOWER
 from crypto_ml.core.errors import ConfigError
+from crypto_ml.core.logins import wrong_user
 from crypto_ml.core.settings import Settings
 from crypto_ml.dispatch.connect import check_broker
 from crypto_ml.ops.flower import check_listen, flower_command, flower_env
@@ -98,11 +98,8 @@ def check_user(url: str) -> None:
     """ConfigError for the URL of one of our Redis users that may not read Flower's events
     (the manager's, which ``cluster up`` says to export): Flower would show nothing and log
     NOPERM every second."""
-    user = urlsplit(url).username
-    if user in ROLES and user not in (ADMIN, FLOWER.name):
-        raise ConfigError(f"the broker URL is Redis user {user}'s, which may not read the events "
-                          f"Flower watches; give user {FLOWER.name}'s URL (`crypto-ml cluster "
-                          f"up` prints it as `{FLOWER.name}: redis://{FLOWER.name}:...`)")
+    if (why := wrong_user(url, FLOWER, "read the events Flower watches")) is not None:
+        raise ConfigError(why)
 
 
 def take_broker(extra: list[str]) -> tuple[str | None, list[str]]:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from redis.exceptions import NoPermissionError, RedisError
+
 from crypto_ml.cli.helptext import help_texts
 from crypto_ml.cli.options import EXIT_OK, add_log_options, port_number
-from crypto_ml.core.acl import check_credentials
 from crypto_ml.core.errors import ConfigError
-from crypto_ml.core.sentinel import redis_client
+from crypto_ml.core.logins import check_credentials
+from crypto_ml.core.sentinel import redis_client, safe_url
 from crypto_ml.core.settings import Settings
-from crypto_ml.ops.queue_depth import DEFAULT_PORT, make_server
+from crypto_ml.ops.queue_depth import DEFAULT_PORT, make_server, queue_depths
 from crypto_ml.worker.app import CPU_QUEUE, GPU_QUEUE
 
 
@@ -41,9 +43,18 @@ def queue_depth_main(args: argparse.Namespace) -> int:
     client = redis_client(settings.broker_url, settings.sentinel_master,
                           settings.sentinel_password, socket_connect_timeout=5, socket_timeout=5)
     try:
+        queue_depths(client, queues)  # a user that may not read them: say so now, not per scrape
+    except NoPermissionError as exc:
+        raise ConfigError(f"{safe_url(settings.broker_url)}: {exc}; give the URL of a user that "
+                          "may read the queues, such as user exporter's (docs/least-privilege.md)"
+                          ) from None
+    except (RedisError, OSError):
+        pass  # not reachable now: each scrape answers 503 until it is
+    try:
         server = make_server(client, queues, args.port, args.host)
     except OSError as exc:
-        raise ConfigError(f"cannot listen on {args.host}:{args.port}: {exc}") from None
+        raise ConfigError(f"cannot listen on {args.host}:{args.port}: {exc}; choose another "
+                          "--port (or --host)") from None
     print(f"serving queue depth of {', '.join(queues)} on {args.host}:{args.port}", flush=True)
     try:
         server.serve_forever()

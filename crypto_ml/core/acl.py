@@ -51,8 +51,6 @@ from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from crypto_ml.core import keys
-from crypto_ml.core.errors import BrokerAuthFailed
-from crypto_ml.core.sentinel import safe_url
 
 ADMIN = "default"
 BREAK_GLASS = "breakglass"
@@ -363,34 +361,6 @@ def role_url(url: str, role: str, password: str) -> str:
     parts = urlsplit(url)
     host = parts.netloc.rpartition("@")[2]
     return urlunsplit(parts._replace(netloc=f"{quote(role, safe='')}:{quote(password, safe='')}@{host}"))
-
-
-def auth_failure(url: str, exc: Exception) -> BrokerAuthFailed:
-    """The error for Redis refusing ``url``'s credentials: which user, never the password."""
-    user = unquote(urlsplit(url).username or "") or ADMIN
-    role = ROLES.get(user)
-    secret = f" ({role.password_variable} of the deployment)" if role else ""
-    return BrokerAuthFailed(
-        f"Redis at {safe_url(url)} refused user {user!r} ({exc}); set that user's "
-        f"password{secret} in the URL (CRYPTO_ML_BROKER_URL or --broker); users and how to "
-        "rotate their passwords: docs/least-privilege.md")
-
-
-def check_credentials(url: str, timeout: float = 5.0) -> None:
-    """Raise :class:`BrokerAuthFailed` at once if Redis refuses ``url``'s user or password.
-
-    An unreachable Redis is not an error here: callers wait or retry for that.
-    """
-    import redis
-
-    try:
-        with redis.Redis.from_url(url, socket_connect_timeout=timeout,
-                                  socket_timeout=timeout) as client:
-            client.ping()
-    except redis.AuthenticationError as exc:
-        raise auth_failure(url, exc) from None
-    except (redis.RedisError, OSError, ValueError):
-        return
 
 
 if __name__ == "__main__":  # python -m crypto_ml.core.acl: rewrite every shipped template

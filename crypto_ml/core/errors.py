@@ -41,6 +41,10 @@ class BrokerAuthFailed(BrokerUnavailable):
     """Redis refused the user name or password of the broker URL (or the user is disabled)."""
 
 
+class ClusterLost(CryptoMLError):
+    """The embedded cluster's Redis exited under a run: nothing it held comes back."""
+
+
 class CoinNotFound(CryptoMLError, KeyError):
     """A coin id that the data directory does not hold."""
 

@@ -207,6 +207,16 @@ class LocalCluster:
             terminate(self.redis)
         self.start_redis()
 
+    def lost(self) -> str | None:
+        """Why this cluster serves no more (its Redis exited: killed, out of memory), or None."""
+        code = self.redis.poll() if self.redis is not None else None
+        return None if code is None else f"the embedded cluster's Redis exited (code {code})"
+
+    def dead_workers(self) -> dict[str, int]:
+        """The workers whose process has exited, with its exit code."""
+        return {name: code for name, proc in zip(self.worker_names, self.workers, strict=True)
+                if (code := proc.poll()) is not None}
+
     def _exit_reason(self, proc: Popen[bytes] | None, log_name: str) -> str | None:
         if proc is None or proc.poll() is None:
             return None

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator
 import redis
 from redis.sentinel import MasterNotFoundError
 
-from crypto_ml.core.acl import auth_failure
 from crypto_ml.core.errors import BrokerUnavailable
+from crypto_ml.core.logins import auth_failure
 from crypto_ml.core.sentinel import redis_client, safe_url
 from crypto_ml.core.settings import Settings
 from crypto_ml.dispatch.cluster import LocalCluster

@@ -3,10 +3,10 @@
 >>> CryptoManager().send_tasks(model="linear", coins=["bitcoin"])   # doctest: +SKIP
 bitcoin [[1524.89418917 1525.92441381 ...]]
 
-With no broker configured (no ``broker_url`` in the settings, no ``app``) the
-manager starts a :class:`~crypto_ml.dispatch.cluster.LocalCluster` (real Redis,
-real workers) for the run and stops it afterwards. Messages are planned by
-:mod:`~crypto_ml.dispatch.planning`; results are kept in a
+With no broker configured (no ``broker_url`` in the settings, no ``app``) the manager starts a
+:class:`~crypto_ml.dispatch.cluster.LocalCluster` (real Redis, real workers) for the run and
+stops it afterwards (and stops the run if that Redis exits: :class:`ClusterLost`). Messages are
+planned by :mod:`~crypto_ml.dispatch.planning`; results are kept in a
 :class:`~crypto_ml.dispatch.report.RunReport`. The command line is :mod:`crypto_ml.cli`.
 """
 
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import numpy as np
 from celery import Celery
 
-from crypto_ml.core.errors import ConfigError, CryptoMLError
+from crypto_ml.core.errors import ClusterLost, ConfigError, CryptoMLError
 from crypto_ml.core.logs import log_task
 from crypto_ml.core.settings import DEFAULT_TIMEOUT, Settings, comma_list
 from crypto_ml.data.loader import CryptoLoader
@@ -107,12 +107,11 @@ def whole_closes(max_points: object) -> int | None:
 class CryptoManager:
     """Dispatches forecasts over the broker and collects them.
 
-    ``settings`` default to :class:`Settings`' defaults (the environment is read by the
-    entry points, which pass theirs); ``loader`` defaults to a :class:`CryptoLoader`
-    of the settings' data directory;
-    ``app`` to a Celery app for the settings' broker, or to an embedded local
-    cluster when none is configured. ``out`` receives one line per forecast and
-    ``err`` one line per failure and the notices.
+    ``settings`` default to :class:`Settings`' defaults (the environment is read by the entry
+    points, which pass theirs); ``loader`` defaults to a :class:`CryptoLoader` of the settings'
+    data directory; ``app`` to a Celery app for the settings' broker, or to an embedded local
+    cluster when none is configured. ``out`` receives one line per forecast and ``err`` one
+    line per failure and the notices.
     """
 
     def __init__(self, loader: CryptoLoader | TableLoader | None = None, app: Celery | None = None,
@@ -132,6 +131,7 @@ class CryptoManager:
         #: one ``failed:`` line on ``err`` per failure; the command line lists them in its summary
         self.say_failures = True
         self._launched: LocalCluster | None = None  # embedded cluster starting while data loads
+        self._embedded: LocalCluster | None = None  # the embedded cluster a dispatch runs on
         self._idle = False  # the last dispatch left nothing running or queued
         self.hint = hint  # how the embedded cluster's notice says to use one's own
 
@@ -152,7 +152,11 @@ class CryptoManager:
             if cluster is not None and cluster.flower_url:
                 self._say(f"flower: {cluster.flower_url} (stops when this run ends)")
                 settings = replace(settings, task_events=True)
-            yield create_app(settings)
+            self._embedded = cluster
+            try:
+                yield create_app(settings)
+            finally:
+                self._embedded = None
 
     def _cluster_options(self, models: Sequence[str] | None = None) -> dict[str, Any]:
         """The embedded cluster's options; for ``models`` that are all cheap, workers of the
@@ -327,15 +331,17 @@ class CryptoManager:
                         self._fail(report, coin, model, no_result(timeout), done.task_id)
                 else:
                     self._record(report, done.message.items, done.meta, on_result, done.task_id)
+        except ClusterLost as exc:  # what had not arrived never will: each fails, saying why
+            self._say(f"crypto-ml: error: {exc}")
+            for r in requests:
+                if r.model not in {**report.results.get(r.coin, {}), **report.failed.get(r.coin, {})}:
+                    self._fail(report, r.coin, r.model, str(exc), "")
         finally:
             self._idle = not engine.pending
 
     def request_stop(self) -> None:
-        """Ask a running dispatch to stop at its next poll (safe from a signal handler).
-
-        A KeyboardInterrupt raised by a signal can be swallowed when it lands inside an
-        object's ``__del__`` (e.g. a Redis client being collected); this flag cannot.
-        """
+        """Ask a running dispatch to stop at its next poll (safe from a signal handler: a
+        KeyboardInterrupt raised by a signal can be swallowed in a ``__del__``, this flag not)."""
         self.stop_requested.set()
 
     def _check_stop(self) -> None:
@@ -345,6 +351,8 @@ class CryptoManager:
     def _tick(self) -> None:
         self.observer.on_wait()
         self._check_stop()
+        if self._embedded is not None and (why := self._embedded.lost()) is not None:
+            raise ClusterLost(f"{why}; the run stops: run it again")
 
     def _record(self, report: RunReport, items: list[tuple[str, str]], meta: dict[str, Any],
                 on_result: Callable[[dict[str, Any]], None], task_id: str) -> None:

@@ -17,8 +17,10 @@ from typing import Any
 from celery import Celery, current_app, signals
 from kombu import Queue
 
-from crypto_ml.core.acl import check_credentials, restores_unacked
+from crypto_ml.core.acl import WORKER as WORKER_ROLE
+from crypto_ml.core.acl import restores_unacked
 from crypto_ml.core.errors import BrokerAuthFailed, ConfigError
+from crypto_ml.core.logins import check_credentials, wrong_user
 from crypto_ml.core.logs import use_format
 from crypto_ml.core.sentinel import CONNECT_TIMEOUT, SOCKET_TIMEOUT, link_options, transport_options
 from crypto_ml.core.settings import Settings, threads_env
@@ -121,7 +123,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_time_limit": settings.hard_time_limit,
         "result_expires": settings.result_expires,
         # A worker whose Redis restarts keeps its result and stores it once Redis
-        # is back (about 2 minutes of retries), and keeps running its task.
+        # is back (20 retries with back-off: about 100 s), and keeps running its task.
         "result_backend_always_retry": True,
         "result_backend_max_retries": 20,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
@@ -173,9 +175,13 @@ def default_app() -> Celery:
 @signals.worker_init.connect
 def _refuse_wrong_credentials(sender: Any = None, **_: Any) -> None:
     """Stop a worker at once when Redis refuses its user or password (Celery would retry
-    forever); the message names the user, never the password."""
+    forever), or when its URL is another of our users' (the manager's, which ``cluster up``
+    says to export: Celery would fail on the first key it may not touch, with a traceback); the
+    message names the user, never the password."""
     url = getattr(getattr(sender, "app", None), "conf", {}).get("broker_url")
     try:
+        if url and (why := wrong_user(url, WORKER_ROLE, "take the workers' queues")):
+            raise BrokerAuthFailed(why)
         check_credentials(url) if url else None
     except BrokerAuthFailed as exc:
         logging.getLogger("crypto_ml.worker").critical("crypto-ml: error: %s", exc)
