@@ -117,34 +117,34 @@ def test_a_renamed_answer_is_the_same_json_under_its_new_id() -> None:
 
 
 def test_a_question_being_answered_is_waited_for_within_the_wait() -> None:
-    done = RunState("run", "done", {"mine": {"linear": {"forecast": [1.0]}}})
-    seen: list[tuple[str, bool, float]] = []
+    failed = RunState("run", "done", {"a": {"linear": {"forecast": [1.0]}}},
+                      {"b": {"linear": "SeriesTooShort: ..."}})  # never kept: shared all the same
+    seen: list[tuple[str, RunState | None, float]] = []
 
     async def asked(answers: Answers, name: str, wait: float, answer: bool) -> None:
-        async with answers.asking(b"k", wait) as left:
+        async with answers.asking(b"k", wait) as asking:
             if answer:  # the first asker: answers once the other waits (or is done)
-                while (answers.awaiting == 0 or slow) and len(seen) == 0:
+                while (answers.awaiting == 0 or slow) and not seen:
                     await asyncio.sleep(0.001)
-                answers.put(b"k", done)
-            seen.append((name, answers.get(b"k") is not None, left))
-
-    slow = False  # the first answers only after the second is done
+                if broken:
+                    raise RuntimeError("the first asker's run failed as a whole")
+                answers.put(b"k", failed)
+                asking.answered(failed)
+            seen.append((name, asking.shared, asking.left))
 
     async def scenario(follower_wait: float) -> None:
         answers = Answers(seconds=10)
         first = asyncio.ensure_future(asked(answers, "first", 5, answer=True))
         await asyncio.sleep(0)  # the first asks before the second
         await asked(answers, "second", follower_wait, answer=False)
-        await first
-        assert answers.awaiting == 0
+        await asyncio.gather(first, return_exceptions=True)
+        assert answers.awaiting == 0 and not answers._asked and answers.get(b"k") is None
 
+    slow = broken = False
     asyncio.run(scenario(5))  # the second waits for the first's answer, then has it
-    assert [(n, got) for n, got, _ in seen] == [("first", True), ("second", True)]
+    assert [(n, s) for n, s, _ in seen] == [("first", None), ("second", failed)]
     assert 0 < seen[1][2] <= 5
-    seen.clear()
-    asyncio.run(scenario(0))  # no wait: nothing waited for
-    assert seen[0] == ("second", False, 0)
-    seen.clear()
-    slow = True
-    asyncio.run(scenario(0.05))  # the second's wait runs out first: it goes on without
-    assert seen[0] == ("second", False, 0)
+    for slow, broken, wait in ((False, False, 0), (True, False, 0.05), (False, True, 5)):  # noqa: B007 - read by asked()
+        seen.clear()  # no wait; a wait that runs out first; a first asker that fails: alone
+        asyncio.run(scenario(wait))
+        assert seen[0][:2] == ("second", None) and (seen[0][2] == 0) == (not broken)

@@ -33,7 +33,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
-from crypto_ml.dispatch.runs import RunState, renamed
+from crypto_ml.dispatch.runs import RunState
 from crypto_ml.models import HEAVY
 from crypto_ml.worker.requests import ForecastRequest
 
@@ -75,9 +75,21 @@ class Kept:
     answer: bytes
     until: float
 
-    def under(self, run_id: str) -> bytes:
-        """The answer under ``run_id``."""
-        return renamed(self.answer, self.run_id, run_id)
+
+@dataclass
+class Asking:
+    """A request's part in answering its question (:meth:`Answers.asking`): the seconds left of
+    its wait, the answer made for another request that asked it at the same time, and where
+    this request's own answer goes for the requests that wait for it."""
+
+    left: float
+    shared: RunState | None = None
+    _answer: asyncio.Future[RunState | None] | None = None
+
+    def answered(self, state: RunState) -> None:
+        """``state`` answers the question, for the requests waiting for it too."""
+        if self._answer is not None and not self._answer.done():
+            self._answer.set_result(state)
 
 
 class Answers:
@@ -88,7 +100,7 @@ class Answers:
         self.seconds, self.most, self.clock = seconds, most, clock
         self._kept: OrderedDict[bytes, Kept] = OrderedDict()  # least recently used first
         self.size = 0  # bytes of the answers kept, with ENTRY each
-        self._asked: dict[bytes, asyncio.Event] = {}  # questions being answered now
+        self._asked: dict[bytes, asyncio.Future[RunState | None]] = {}  # being answered now
         self.awaiting = 0  # requests waiting for one of them
 
     def key(self, requests: Sequence[ForecastRequest]) -> bytes | None:
@@ -106,30 +118,32 @@ class Answers:
         return kept
 
     @contextlib.asynccontextmanager
-    async def asking(self, key: bytes | None, wait: float) -> AsyncIterator[float]:
-        """Around answering ``key`` within ``wait`` seconds: if the same question is being
-        answered for another request, wait for it first (then :meth:`get` may hold its answer);
-        else this request answers it, and others wait for it. Yields the seconds left of
-        ``wait``."""
+    async def asking(self, key: bytes | None, wait: float) -> AsyncIterator[Asking]:
+        """Around answering ``key`` within ``wait`` seconds. If the same question is being
+        answered for another request, wait for that answer first: :attr:`Asking.shared` (None
+        if it did not come within either wait). Else this request answers it
+        (:meth:`Asking.answered`), and others asked meanwhile wait for it."""
         if key is None or wait <= 0:
-            yield wait
+            yield Asking(wait)
             return
         if (other := self._asked.get(key)) is not None:
             started = time.monotonic()
             self.awaiting += 1
             try:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(other.wait(), wait)
+                    await asyncio.wait_for(asyncio.shield(other), wait)
             finally:
                 self.awaiting -= 1
-            yield max(0.0, wait - (time.monotonic() - started))
+            shared = other.result() if other.done() else None
+            yield Asking(max(0.0, wait - (time.monotonic() - started)), shared)
             return
-        self._asked[key] = done = asyncio.Event()
+        self._asked[key] = answer = asyncio.get_running_loop().create_future()
         try:
-            yield wait
+            yield Asking(wait, None, answer)
         finally:
             del self._asked[key]
-            done.set()
+            if not answer.done():
+                answer.set_result(None)  # no answer: each waiting request goes on by itself
 
     def put(self, key: bytes | None, state: RunState) -> None:
         """Keep ``state``'s answer under ``key`` if every forecast of it succeeded."""

@@ -21,8 +21,9 @@ from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
 from crypto_ml.core.errors import ConfigError, DataNotFound, JobConflict
 from crypto_ml.core.settings import Settings
+from crypto_ml.dispatch.runs import renamed
 
-from .answers import Answers, Kept
+from .answers import Answers
 from .jobs import Jobs
 from .metrics import ApiMetrics
 from .schemas import (
@@ -83,9 +84,9 @@ def forecast_answer(settings: Settings, runs: Runs, service: ForecastService,
     answers = Answers(settings.api_answer_seconds)
     metrics.awaiting.set_function(lambda: answers.awaiting)
 
-    async def reused(kept: Kept, wait: float) -> Response:
+    async def reused(old_id: str, answer: bytes, wait: float) -> Response:
         run_id = uuid.uuid4().hex
-        await runs.keep(run_id, again := kept.under(run_id))
+        await runs.keep(run_id, again := renamed(answer, old_id, run_id))
         metrics.reused.inc()  # wait=0 on workers: a 202, as the question's first asking got
         if wait > 0 or runs.at_once:
             return Response(again, media_type="application/json")
@@ -98,14 +99,17 @@ def forecast_answer(settings: Settings, runs: Runs, service: ForecastService,
                                    f"(CRYPTO_ML_API_MAX_WAIT), got {wait:g}"}])
         requests = await service.checked(body)
         key = answers.key(requests)
-        async with answers.asking(key, wait) as left:  # the same question asked meanwhile waits
+        async with answers.asking(key, wait) as asking:  # asked meanwhile: wait for that one
             if (kept := answers.get(key)) is not None:  # asked before: its answer, a new id
-                return await reused(kept, wait)
-            run = await runs.submit(requests, listen=left > 0)
-            state = await runs.wait(run, left)
+                return await reused(kept.run_id, kept.answer, wait)
+            if (shared := asking.shared) is not None:  # asked at the same time (any answer)
+                return await reused(shared.id, shared.encoded(), wait)
+            run = await runs.submit(requests, listen=asking.left > 0)
+            state = await runs.wait(run, asking.left)
             if state is not None:
                 metrics.count_run(state)
                 answers.put(key, state)
+                asking.answered(state)
                 return Response(state.encoded(), media_type="application/json")
         try:
             await runs.save(run)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from redis.exceptions import NoPermissionError, RedisError
+from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
 
 from crypto_ml.cli.helptext import help_texts
 from crypto_ml.cli.options import EXIT_OK, add_log_options, port_number
 from crypto_ml.core.errors import ConfigError
-from crypto_ml.core.logins import check_credentials
+from crypto_ml.core.logins import auth_failure, check_credentials
 from crypto_ml.core.sentinel import redis_client, safe_url
 from crypto_ml.core.settings import Settings
 from crypto_ml.ops.queue_depth import DEFAULT_PORT, make_server, queue_depths
@@ -44,6 +44,8 @@ def queue_depth_main(args: argparse.Namespace) -> int:
                           settings.sentinel_password, socket_connect_timeout=5, socket_timeout=5)
     try:
         queue_depths(client, queues)  # a user that may not read them: say so now, not per scrape
+    except AuthenticationError as exc:  # (through Sentinel: the check above cannot see it)
+        raise auth_failure(settings.broker_url, exc) from None
     except NoPermissionError as exc:
         raise ConfigError(f"{safe_url(settings.broker_url)}: {exc}; give the URL of a user that "
                           "may read the queues, such as user exporter's (docs/least-privilege.md)"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from urllib.parse import unquote, urlsplit
 
-from crypto_ml.core.acl import ADMIN, ROLES, Role
+from crypto_ml.core.acl import ADMIN, BREAK_GLASS, ROLES, Role
 from crypto_ml.core.errors import BrokerAuthFailed
 from crypto_ml.core.sentinel import safe_url
 
@@ -24,8 +24,11 @@ def auth_failure(url: str, exc: Exception) -> BrokerAuthFailed:
 def wrong_user(url: str, wanted: Role, may_not: str) -> str | None:
     """Why ``url``, the URL of another of our Redis users than ``wanted`` (the admin aside),
     cannot serve where ``wanted``'s is needed (that user ``may_not`` ...); None if it can."""
-    user = unquote(urlsplit(url).username or "")
-    if user not in ROLES or user in (ADMIN, wanted.name):
+    try:
+        user = unquote(urlsplit(url).username or "")
+    except ValueError:  # not a URL: the connection says so
+        return None
+    if user not in ROLES or user in (ADMIN, BREAK_GLASS, wanted.name):  # (those two: all rights)
         return None
     return (f"the broker URL is Redis user {user}'s, which may not {may_not}; give user "
             f"{wanted.name}'s URL (`crypto-ml cluster up` prints it as `{wanted.name}: "

@@ -330,7 +330,7 @@ class LocalCluster:
         """
         if self.flower is not None:
             self.flower.stop()
-        if idle:
+        if idle or self.lost():  # (without Redis no task can store its result: nothing to wait)
             procs = [*self.workers, *([self.redis] if self.redis is not None else [])]
             kill_all(procs)
             if not keep_logs:

@@ -64,7 +64,6 @@ if TYPE_CHECKING:  # table runs import pyarrow and pandas: only when one runs
     from crypto_ml.dispatch.table_run import TablePlan, TableSummary
 
 
-
 CLI_HINT = ("set CRYPTO_ML_BROKER_URL or --broker redis://HOST:6379/0 to use your own "
             "cluster")
 PYTHON_HINT = "set CRYPTO_ML_BROKER_URL=redis://HOST:6379/0 to use your own cluster"
@@ -72,9 +71,8 @@ PYTHON_HINT = "set CRYPTO_ML_BROKER_URL=redis://HOST:6379/0 to use your own clus
 
 def checked_call(coins: str | Sequence[str] | None, horizon: object,
                  timeout: float | None) -> list[str] | None:
-    """A Python caller's ``coins`` as a list, or a ConfigError before anything is sent: a
-    string is a comma list (as ``--coins``), not its letters; an empty list is an error, not
-    every coin (None is every coin); the horizon and the timeout must be positive."""
+    """A Python caller's ``coins`` as a list (a string is a comma list, as ``--coins``; None
+    every coin; empty: an error), or ConfigError; the horizon and the timeout positive."""
     check_horizon(horizon)
     if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
         raise ConfigError(f"timeout must be a finite number of seconds above 0 (or None), got "
@@ -93,8 +91,7 @@ def checked_call(coins: str | Sequence[str] | None, horizon: object,
 
 
 def whole_closes(max_points: object) -> int | None:
-    """``max_points`` as an int (None: each model's own window), or a ConfigError: a whole
-    number of closes, 0 for all of them."""
+    """``max_points`` as a whole number of closes (0: all; None: each model's own), or ConfigError."""
     if max_points is None:
         return None
     if isinstance(max_points, bool) or not isinstance(max_points, int | np.integer) \
@@ -333,7 +330,10 @@ class CryptoManager:
                     self._record(report, done.message.items, done.meta, on_result, done.task_id)
         except ClusterLost as exc:  # what had not arrived never will: each fails, saying why
             self._say(f"crypto-ml: error: {exc}")
-            for r in requests:
+            for task_id, message in engine.pending.items():  # sent (a backtest's origins too)
+                for coin, model in message.items:
+                    self._fail(report, coin, model, str(exc), task_id)
+            for r in requests:  # never sent
                 if r.model not in {**report.results.get(r.coin, {}), **report.failed.get(r.coin, {})}:
                     self._fail(report, r.coin, r.model, str(exc), "")
         finally:
