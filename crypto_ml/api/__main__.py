@@ -96,10 +96,9 @@ def watch_redis(cluster: LocalCluster, server: uvicorn.Server, lost: list[str]) 
     every request would get 503 until someone restarted the API by hand, and a supervisor
     sees a process that runs. Why goes into ``lost``."""
     while not server.should_exit:
-        code = cluster.redis.poll() if cluster.redis is not None else None
-        if code is not None:
-            lost.append(f"the embedded cluster's Redis exited (code {code}); the API stops: "
-                        "start it again (its runs and queued work are gone)")
+        if (why := cluster.lost()) is not None:
+            lost.append(f"{why}; the API stops: start it again (its runs and queued work are "
+                        "gone)")
             server.should_exit = True
             return
         time.sleep(1.0)

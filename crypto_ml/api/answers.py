@@ -152,9 +152,9 @@ class Answers:
         if len(state.encoded()) > LARGEST:
             return
         self._drop(key)
-        self._kept[key] = Kept(state.id, state.encoded(), self.clock() + self.seconds)
-        self.size += len(state.encoded()) + ENTRY
         now = self.clock()
+        self._kept[key] = Kept(state.id, state.encoded(), now + self.seconds)
+        self.size += len(state.encoded()) + ENTRY
         while self._kept and (self.size > self.most
                               or next(iter(self._kept.values())).until <= now):
             self._drop(next(iter(self._kept)))  # beyond the bound, or expired

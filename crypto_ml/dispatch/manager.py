@@ -333,8 +333,9 @@ class CryptoManager:
             for task_id, message in engine.pending.items():  # sent (a backtest's origins too)
                 for coin, model in message.items:
                     self._fail(report, coin, model, str(exc), task_id)
-            for r in requests:  # never sent
-                if r.model not in {**report.results.get(r.coin, {}), **report.failed.get(r.coin, {})}:
+            for r in requests:  # never sent: neither arrived nor failed above
+                if r.model not in report.results.get(r.coin, ()) \
+                        and r.model not in report.failed.get(r.coin, ()):
                     self._fail(report, r.coin, r.model, str(exc), "")
         finally:
             self._idle = not engine.pending
