@@ -4,11 +4,9 @@ pyarrow nor pandas: every command pays for its parser, only table runs for their
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from crypto_ml.cli.options import path_option, positive_int
-from crypto_ml.core.errors import ConfigError
 
 #: Options of table runs alone (argparse's names): given without --input they are refused.
 TABLE_ONLY = ("id_col", "time_col", "value_col", "overwrite", "in_flight", "chunk_series")
@@ -26,12 +24,6 @@ def add_input_options(parser: Any, title: str) -> Any:
     group.add_argument("--time-col", help="the time column: dates or integers (ds)")
     group.add_argument("--value-col", help="the value column (y)")
     return group
-
-
-def columns_of(args: Any) -> dict[str, str]:
-    """The columns named (``Columns``' fields): the table reader's defaults fill the rest."""
-    given = {"id": args.id_col, "time": args.time_col, "value": args.value_col}
-    return {field: name for field, name in given.items() if name is not None}
 
 
 def add_table_options(parser: Any) -> None:
@@ -53,10 +45,3 @@ def add_table_options(parser: Any) -> None:
     group.add_argument("--chunk-series", type=positive_int, metavar="N",
                        help="series per message (default: each model's own, ~0.1-1 s of work)")
 
-
-def refuse_given(args: Any, names: Sequence[str], why: str) -> None:
-    """ConfigError naming the first of the options ``names`` (argparse's names) that was
-    given: each defaults to None or False, so given means not that."""
-    for name in names:
-        if getattr(args, name, None) not in (None, False):
-            raise ConfigError(f"--{name.replace('_', '-')} {why}")

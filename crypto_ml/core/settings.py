@@ -113,6 +113,17 @@ def comma_list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
+def coin_list(spec: str | None) -> list[str] | None:
+    """``--coins a,b`` as a list (:func:`comma_list`); None (no ``--coins``) for every coin. A ``--coins`` that
+    names none (``""``, ``,``: an empty shell variable, say) is an error, not every coin."""
+    if spec is None:
+        return None
+    names = comma_list(spec)
+    if not names:
+        raise ConfigError(f"--coins {spec!r} names no coin; leave --coins out for every coin")
+    return names
+
+
 def _bool(name: str, raw: str) -> bool:
     if raw.lower() not in TRUE + FALSE:
         raise ConfigError(f"{name}={raw!r} is neither on nor off; set it to 1 or 0")

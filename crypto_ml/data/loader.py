@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import difflib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from crypto_ml.core.errors import CoinNotFound, DataNotFound
+from crypto_ml.core.errors import CoinNotFound, ConfigError, DataNotFound
 from crypto_ml.data import cache
 from crypto_ml.data.names import coin_id
 
@@ -223,6 +223,49 @@ class CryptoLoader:
             key = coin_id(coin)
             if key not in known:
                 raise self._unknown(coin, key, known)
+
+    def pick(self, names: Sequence[str] | None, option: str = "coins"
+             ) -> tuple[str, ...] | None:
+        """``names`` as coin ids, in the order given, duplicates dropped (None: every coin),
+        checked before a run: names match in any case and spacing (``Bitcoin Cash`` is
+        ``bitcoin_cash``); a name no file holds is a ConfigError naming it, the nearest ids
+        and ``option``; so is a pick none of whose files can be read (a few unreadable ones
+        among others fail in the run itself, and every other forecast is still delivered).
+        DataNotFound when the folder holds no price file, or none that can be read."""
+        known = self.coin_ids()
+        if not known:
+            raise DataNotFound(f"no price files in {self.data_dir}; {HOW_TO_GET_DATA}")
+        if not names:
+            self._check_readable(known, None)
+            return None
+        ids = list(dict.fromkeys(coin_id(name) for name in names))
+        unknown = [c for c in ids if c not in known]
+        if unknown:
+            near = dict.fromkeys(m for c in unknown for m in difflib.get_close_matches(c, known, 3))
+            hint = f"; did you mean {', '.join(near)}?" if near else ""
+            raise ConfigError(f"unknown coin(s) {', '.join(repr(c) for c in unknown)}{hint} "
+                              f"({option} takes the file names in {self.data_dir}, in any case)")
+        self._check_readable(ids, option)
+        return tuple(ids)
+
+    def _check_readable(self, coins: list[str], option: str | None) -> None:
+        """An error naming the file and why when not one of ``coins`` can be read: of every
+        coin (``option`` None), DataNotFound listing a few; of those ``option`` picked, a
+        ConfigError."""
+        reasons = []
+        for coin in coins:
+            reason = self.unreadable(coin)
+            if reason is None:
+                return
+            reasons.append((coin, reason))
+        if option is not None:
+            coin, reason = reasons[0]
+            raise ConfigError(f"cannot read the price file of coin {coin!r}: {reason} "
+                              f"(fix or replace the file, or leave the coin out of {option})")
+        listed = "; ".join(r for _, r in reasons[:3]) + (
+            f"; and {len(reasons) - 3} more" if len(reasons) > 3 else "")
+        raise DataNotFound(f"no readable price file in {self.data_dir} ({listed}); "
+                           f"{HOW_TO_GET_DATA}")
 
     def coin_ids(self) -> list[str]:
         """Sorted ids of every coin the folder's files name, readable or not: from a valid
