@@ -22,6 +22,7 @@ import pytest
 from table_support import random_walks, write_parquet
 
 import crypto_ml.data.table as table_module
+from crypto_ml.cli.requests import check_table_output
 from crypto_ml.core.errors import (
     ConfigError,
     CryptoMLError,
@@ -40,7 +41,6 @@ from crypto_ml.dispatch.frames import _arrow_table, forecast_frame
 from crypto_ml.dispatch.table_output import (
     FAILURES_SCHEMA,
     TableOutput,
-    check_output,
     failures_path,
     held,
 )
@@ -774,7 +774,7 @@ def test_a_run_over_every_close_is_said_as_all_closes(tmp_path: Path) -> None:
                                   "report.failures.parquet", "R.Failures.PARQUET"])
 def test_an_output_is_checked_before_any_work(tmp_path: Path, name: str) -> None:
     with pytest.raises(Exception, match="--output"):
-        check_output(tmp_path / name)
+        check_table_output(tmp_path / name)
     assert not (tmp_path / "no-such-folder").exists()
 
 

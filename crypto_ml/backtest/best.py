@@ -23,12 +23,13 @@ from crypto_ml.core.errors import ConfigError
 from crypto_ml.core.settings import DEFAULT_TIMEOUT
 from crypto_ml.dispatch.manager import CryptoManager
 from crypto_ml.dispatch.report import RunReport, format_forecast
-from crypto_ml.models import HEAVY, model_names, parse_models
+from crypto_ml.models import HEAVY, model_names
 from crypto_ml.models.intervals import DEFAULT_LEVELS
 
 BEST = "best"
 #: Every cheap model of the registry (the deep ones cost minutes per coin to backtest).
-DEFAULT_CANDIDATES = ",".join(m for m in model_names() if m not in HEAVY)
+CANDIDATE_MODELS = tuple(m for m in model_names() if m not in HEAVY)
+DEFAULT_CANDIDATES = ",".join(CANDIDATE_MODELS)
 #: Origins of the backtest ``--model best`` runs itself, ``horizon`` days apart (so the
 #: forecasts it scores do not overlap): two fits per coin and candidate, so the whole run
 #: costs at most about 3 plain runs of its candidates. ``--backtest FILE`` chooses from a
@@ -93,7 +94,7 @@ def _say_absent(result: BacktestResult, coins: Sequence[str], err: TextIO) -> No
 
 
 def forecast_best(manager: CryptoManager, coins: Sequence[str] | None, horizon: int,
-                  candidates: str | Sequence[str] = DEFAULT_CANDIDATES,
+                  candidates: Sequence[str] = CANDIDATE_MODELS,
                   saved: BacktestResult | None = None,
                   max_points: int | None = None, epochs: int | None = None,
                   timeout: float | None = DEFAULT_TIMEOUT,
@@ -101,8 +102,9 @@ def forecast_best(manager: CryptoManager, coins: Sequence[str] | None, horizon: 
                   on_result: Callable[[dict[str, Any]], None] | None = None,
                   on_phase: Callable[[str], None] = lambda phase: None,
                   retrain: bool = False) -> RunReport:
-    """Forecast each coin with the model its backtest (``saved``, else run now) rated best;
-    ``retrain``: deep models train even where the model store holds a fit.
+    """Forecast each coin with the model its backtest (``saved``, else one of
+    ``candidates``, model names as :func:`~crypto_ml.models.parse_models` gives them, run
+    now) rated best; ``retrain``: deep models train even where the model store holds a fit.
 
     ``on_result`` gets each forecast as it arrives (default: a ``coin model [[...]]``
     line on the manager's ``out``); ``on_phase`` hears ``"backtest"`` and ``"forecast"``.
@@ -117,7 +119,7 @@ def forecast_best(manager: CryptoManager, coins: Sequence[str] | None, horizon: 
     with manager.session():
         if saved is None:
             on_phase("backtest")
-            config = BacktestConfig(models=tuple(parse_models(candidates)), horizon=horizon,
+            config = BacktestConfig(models=tuple(candidates), horizon=horizon,
                                     origins=BEST_ORIGINS, stride=horizon, epochs=epochs,
                                     timeout=timeout, max_points=max_points)
             saved = run_backtest(manager, config, coins, err=manager.err,

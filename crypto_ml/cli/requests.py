@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -191,6 +192,7 @@ def _send_layout(args: argparse.Namespace) -> TableRequest | None:
                           "--model NAME[,NAME...]")
     if args.output is None:
         raise ConfigError("--input needs --output OUT.parquet: a table run writes Parquet")
+    check_table_output(args.output)
     for option, given in (("--plot", args.plot is not None), ("--format", args.format != "text")):
         if given:
             raise ConfigError(f"{option} is for the data folder; a table run writes its "
@@ -317,3 +319,20 @@ def check_writable(path: Path | None, option: str, make_folder: bool = False) ->
     except OSError as exc:
         raise ConfigError(f"{option} {path}: cannot write in {parent} "
                           f"({exc.strerror or exc})") from None
+
+
+def check_table_output(out: Path) -> None:
+    """A ConfigError unless ``out`` is a ``.parquet`` path in an existing, writable folder."""
+    if out.suffix != ".parquet":  # one spelling: A.parquet and A.PARQUET would share failures
+        raise ConfigError(f"--output {out}: a table run writes Parquet; name it *.parquet")
+    if out.stem.lower().endswith(".failures"):  # another run's failures, or this one's own
+        raise ConfigError(f"--output {out}: *.failures.parquet is the name of a run's "
+                          "failures table (beside its OUT.parquet); choose another name")
+    if out.is_dir():
+        raise ConfigError(f"--output {out} is a folder; give a file name")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise ConfigError(f"--output {out}: {out.parent} is a file, not a folder")
+    if not out.parent.is_dir():
+        raise ConfigError(f"--output {out}: no folder {out.parent}; create it first")
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--output {out}: cannot write in {out.parent}")

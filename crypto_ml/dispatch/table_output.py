@@ -64,23 +64,6 @@ def failures_path(out: Path) -> Path:
     return out.with_name(out.name.removesuffix(".parquet") + ".failures.parquet")
 
 
-def check_output(out: Path) -> None:
-    """A ConfigError unless ``out`` is a ``.parquet`` path in an existing, writable folder."""
-    if out.suffix != ".parquet":  # one spelling: A.parquet and A.PARQUET would share failures
-        raise ConfigError(f"--output {out}: a table run writes Parquet; name it *.parquet")
-    if out.stem.lower().endswith(".failures"):  # another run's failures, or this one's own
-        raise ConfigError(f"--output {out}: *.failures.parquet is the name of a run's "
-                          "failures table (beside its OUT.parquet); choose another name")
-    if out.is_dir():
-        raise ConfigError(f"--output {out} is a folder; give a file name")
-    if out.parent.exists() and not out.parent.is_dir():
-        raise ConfigError(f"--output {out}: {out.parent} is a file, not a folder")
-    if not out.parent.is_dir():
-        raise ConfigError(f"--output {out}: no folder {out.parent}; create it first")
-    if not os.access(out.parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"--output {out}: cannot write in {out.parent}")
-
-
 @contextlib.contextmanager
 def held(out: Path, name: str = "--output") -> Iterator[None]:
     """OUT for this run alone, while it lasts (``flock`` on ``.OUT.lock`` beside it, which
