@@ -693,6 +693,45 @@ def test_a_second_ctrl_c_leaves_no_process_behind(price_data: Path) -> None:
     assert_none_survive(family)
 
 
+@pytest.mark.integration  # an embedded cluster, a network training, in a subprocess
+def test_an_interrupted_run_writes_what_arrived_to_its_output(price_data: Path,
+                                                              tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    coins = ("bitcoin", "ethereum", "ripple", "litecoin", "dash", "monero")
+    proc = subprocess.Popen([sys.executable, "-m", "crypto_ml", "send-tasks", "--model", "lstm",
+                             "--epochs", "50", "--coins", ",".join(coins), "--retrain",
+                             "--output", str(out)],
+                            cwd=ROOT, env=cli_env(price_data), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    stdout, printed = proc.stdout.fileno(), bytearray()
+
+    def a_forecast_printed() -> bool:  # 6 networks on 2 workers: 4 more are training then
+        assert proc.poll() is None, "the run ended before a forecast was printed"
+        if select.select([stdout], [], [], 0)[0]:
+            printed.extend(os.read(stdout, 65536))
+        return printed.endswith(b"\n")
+
+    try:
+        wait_until(a_forecast_printed, 180, "a forecast on stdout")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    kept = json.loads(out.read_text())
+    asked = {(c, "lstm") for c in coins}
+    arrived = {(c, m) for c, by_model in kept["results"].items() for m in by_model}
+    failed = {(c, m): why for c, by_model in kept["failed"].items() for m, why in by_model.items()}
+    assert {tuple(line.split()[:2]) for line in printed.decode().splitlines()} <= arrived
+    assert arrived | set(failed) == asked and not arrived & set(failed)  # each, once
+    assert failed and all(why.startswith("interrupted before it arrived") for why in failed.values())
+    assert f"wrote {out}: {len(arrived)} forecast(s) that arrived before the interrupt, " \
+           f"{len(failed)} failed" in err, err
+    assert "Traceback" not in err, err
+
+
 # --- 10. progress: forecasts on every stream, no control codes on a dumb terminal ------------
 
 @pytest.mark.parametrize(("term", "bar"), [("xterm-256color", True), ("dumb", False),

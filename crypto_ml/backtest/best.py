@@ -109,7 +109,7 @@ def forecast_best(manager: CryptoManager, coins: Sequence[str] | None, horizon: 
     ``on_result`` gets each forecast as it arrives (default: a ``coin model [[...]]``
     line on the manager's ``out``); ``on_phase`` hears ``"backtest"`` and ``"forecast"``.
     """
-    report = RunReport()
+    report = manager.last_report = RunReport()  # filled as they arrive: what an interrupt left
     started = time.perf_counter()
 
     def show(result: dict[str, Any]) -> None:
@@ -139,5 +139,4 @@ def forecast_best(manager: CryptoManager, coins: Sequence[str] | None, horizon: 
         on_phase("forecast")
         manager.dispatch(requests, timeout, on_result or show, report)
     report.wall_seconds = time.perf_counter() - started
-    manager.last_report = report
     return report

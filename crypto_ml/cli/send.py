@@ -5,7 +5,8 @@ stderr: progress and the summary (``-v`` a line per task, ``-q`` errors only), s
 :mod:`crypto_ml.cli.terminal`. Exit codes: 0 every forecast arrived; 1 some failed (the
 rest are still printed and written, each failure listed with its reason); 2 an argument
 or setting is wrong (unknown model or coin, missing data or file, unreachable broker),
-said in one line before any cluster starts; 130 interrupted.
+said in one line before any cluster starts; 130 interrupted (``--output`` then holds the
+forecasts that had arrived, and each other one failed as interrupted).
 """
 
 from __future__ import annotations
@@ -116,6 +117,11 @@ def send_folder(request: SendRequest) -> int:
             report = manager.run(list(wanted.models), coins, wanted.horizon, wanted.max_points,
                                  wanted.epochs, wanted.timeout, on_result=show,
                                  retrain=request.retrain, levels=wanted.levels)
+    except KeyboardInterrupt:
+        progress.close()
+        if request.output is not None and manager.last_report is not None:
+            write_interrupted(request.output, manager.last_report)
+        raise
     finally:
         progress.close()
     written = write_results(request.output, report.to_json()) if request.output else True
@@ -123,6 +129,17 @@ def send_folder(request: SendRequest) -> int:
     plotted = (draw_plot(request.plot, report, request.loader,
                          coins or request.loader.get_crypto_names()) if request.plot else True)
     return opt.EXIT_OK if report.ok and plotted and written else opt.EXIT_FAILED
+
+
+def write_interrupted(path: Path, report: RunReport) -> None:
+    """``--output`` of an interrupted run: the forecasts that had arrived, the rest failed
+    as interrupted (:data:`~crypto_ml.dispatch.report.INTERRUPTED`), said in one line."""
+    if report.results or report.failed:
+        arrived = sum(len(by_model) for by_model in report.results.values())
+        failed = sum(len(by_model) for by_model in report.failed.values())
+        if write_results(path, report.to_json()):
+            console.warning(f"crypto-ml: wrote {path}: {arrived} forecast(s) that arrived "
+                            f"before the interrupt, {failed} failed")
 
 
 def show_summary(report: RunReport, wall_seconds: float, json_logs: bool) -> None:

@@ -36,6 +36,7 @@ from crypto_ml.dispatch.connect import launch_embedded, open_cluster
 from crypto_ml.dispatch.engine import Dispatcher, no_result
 from crypto_ml.dispatch.planning import Message, plan_messages
 from crypto_ml.dispatch.report import (
+    INTERRUPTED,
     NullObserver,
     RunObserver,
     RunReport,
@@ -64,8 +65,7 @@ if TYPE_CHECKING:  # table runs import pyarrow and pandas: only when one runs
     from crypto_ml.dispatch.table_run import TablePlan, TableSummary
 
 
-CLI_HINT = ("set CRYPTO_ML_BROKER_URL or --broker redis://HOST:6379/0 to use your own "
-            "cluster")
+CLI_HINT = "set CRYPTO_ML_BROKER_URL or --broker redis://HOST:6379/0 to use your own cluster"
 PYTHON_HINT = "set CRYPTO_ML_BROKER_URL=redis://HOST:6379/0 to use your own cluster"
 
 
@@ -94,8 +94,7 @@ def whole_closes(max_points: object) -> int | None:
     """``max_points`` as a whole number of closes (0: all; None: each model's own), or ConfigError."""
     if max_points is None:
         return None
-    if isinstance(max_points, bool) or not isinstance(max_points, int | np.integer) \
-            or max_points < 0:
+    if isinstance(max_points, bool) or not isinstance(max_points, int | np.integer) or max_points < 0:
         raise ConfigError(f"max_points must be a whole number of closes (0: all), got "
                           f"{max_points!r}")
     return int(max_points)
@@ -237,7 +236,7 @@ class CryptoManager:
             check_option_values(names, {"epochs": epochs}, "model {!r}")
         if known_only and coins and isinstance(self.loader, CryptoLoader):  # a typo: refused
             self.loader.check_known(coins)  # before any work, as on the command line
-        report = RunReport()
+        report = self.last_report = RunReport()  # filled as they arrive: what an interrupt left
         started = time.perf_counter()
         params = {} if epochs is None else {"epochs": epochs}  # None: each model's default
         self._launch_early(names)  # Redis and the workers start while the data loads
@@ -255,7 +254,6 @@ class CryptoManager:
         printer = on_result or functools.partial(self._print_result, show_model=len(names) > 1)
         self.dispatch(requests, timeout, printer, report)
         report.wall_seconds = time.perf_counter() - started
-        self.last_report = report
         return report
 
     def run_table(self, source: TableSource, output: TableOutput, plan: TablePlan,
@@ -328,15 +326,16 @@ class CryptoManager:
                         self._fail(report, coin, model, no_result(timeout), done.task_id)
                 else:
                     self._record(report, done.message.items, done.meta, on_result, done.task_id)
-        except ClusterLost as exc:  # what had not arrived never will: each fails, saying why
+        except (ClusterLost, KeyboardInterrupt) as exc:  # what had not arrived never will
+            lost = isinstance(exc, ClusterLost)
+            sent = {item: task_id for task_id, m in engine.pending.items() for item in m.items}
+            failed = report.fail_rest([*sent, *((r.coin, r.model) for r in requests)],
+                                      str(exc) if lost else INTERRUPTED)
+            if not lost:
+                raise  # kept in the report alone: the command line writes it to --output
             self._say(f"crypto-ml: error: {exc}")
-            for task_id, message in engine.pending.items():  # sent (a backtest's origins too)
-                for coin, model in message.items:
-                    self._fail(report, coin, model, str(exc), task_id)
-            for r in requests:  # never sent: neither arrived nor failed above
-                if r.model not in report.results.get(r.coin, ()) \
-                        and r.model not in report.failed.get(r.coin, ()):
-                    self._fail(report, r.coin, r.model, str(exc), "")
+            for coin, model in failed:
+                self._said_failure(coin, model, str(exc), sent.get((coin, model), ""))
         finally:
             self._idle = not engine.pending
 

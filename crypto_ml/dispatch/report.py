@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 from celery import Celery, states
+
+#: Why a forecast that had not arrived when its run was interrupted failed.
+INTERRUPTED = "interrupted before it arrived (Ctrl-C or a stop signal); run again for it"
 
 
 @dataclass
@@ -28,6 +31,15 @@ class RunReport:
 
     def add_failure(self, coin: str, model: str, reason: str) -> None:
         self.failed.setdefault(coin, {})[model] = reason
+
+    def fail_rest(self, asked: Iterable[tuple[str, str]], reason: str) -> list[tuple[str, str]]:
+        """Each (coin, model) of ``asked`` that has neither arrived nor failed fails for
+        ``reason``: those, in order."""
+        rest = [(c, m) for c, m in dict.fromkeys(asked)
+                if m not in self.results.get(c, ()) and m not in self.failed.get(c, ())]
+        for coin, model in rest:
+            self.add_failure(coin, model, reason)
+        return rest
 
     def forecasts(self, model: str) -> dict[str, np.ndarray]:
         """``{coin: forecast}`` of one model."""
