@@ -693,38 +693,49 @@ def test_a_second_ctrl_c_leaves_no_process_behind(price_data: Path) -> None:
     assert_none_survive(family)
 
 
-@pytest.mark.integration  # an embedded cluster, a network training, in a subprocess
-def test_an_interrupted_run_writes_what_arrived_to_its_output(price_data: Path,
-                                                              tmp_path: Path) -> None:
+INTERRUPTED_COINS = ("bitcoin", "ethereum", "ripple", "litecoin", "dash", "monero")
+
+
+@pytest.mark.integration  # an embedded cluster, networks training, in a subprocess
+@pytest.mark.parametrize(("model", "stream", "seen"), [
+    # 6 networks on 2 workers: when one is printed, 4 more are training
+    ("lstm", "stdout", b"\n"),
+    # as soon as the embedded cluster starts: while it starts or while best backtests
+    ("best", "stderr", b"running embedded"),
+])
+def test_an_interrupted_run_writes_every_forecast_asked_to_its_output(
+        price_data: Path, tmp_path: Path, model: str, stream: str, seen: bytes) -> None:
     out = tmp_path / "results.json"
-    coins = ("bitcoin", "ethereum", "ripple", "litecoin", "dash", "monero")
-    proc = subprocess.Popen([sys.executable, "-m", "crypto_ml", "send-tasks", "--model", "lstm",
-                             "--epochs", "50", "--coins", ",".join(coins), "--retrain",
+    out.write_text("an earlier run's results\n")  # replaced, never left as it was
+    models = ["--candidates", "naive,lstm"] if model == "best" else ["--retrain"]
+    proc = subprocess.Popen([sys.executable, "-m", "crypto_ml", "send-tasks", "--model", model,
+                             *models, "--epochs", "50", "--coins", ",".join(INTERRUPTED_COINS),
                              "--output", str(out)],
                             cwd=ROOT, env=cli_env(price_data), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    stdout, printed = proc.stdout.fileno(), bytearray()
+                            stderr=subprocess.PIPE)
+    watched, got = getattr(proc, stream), bytearray()
 
-    def a_forecast_printed() -> bool:  # 6 networks on 2 workers: 4 more are training then
-        assert proc.poll() is None, "the run ended before a forecast was printed"
-        if select.select([stdout], [], [], 0)[0]:
-            printed.extend(os.read(stdout, 65536))
-        return printed.endswith(b"\n")
+    def seen_there() -> bool:
+        assert proc.poll() is None, f"the run ended before {seen!r} on its {stream}"
+        if select.select([watched], [], [], 0)[0]:
+            got.extend(os.read(watched.fileno(), 65536))
+        return seen in got
 
     try:
-        wait_until(a_forecast_printed, 180, "a forecast on stdout")
+        wait_until(seen_there, 180, f"{seen!r} on {stream}")
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        rest_out, rest_err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
+    printed = (bytes(got) + rest_out if stream == "stdout" else rest_out).decode()
+    err = (bytes(got) + rest_err if stream == "stderr" else rest_err).decode()
     assert proc.returncode == 130, err
     kept = json.loads(out.read_text())
-    asked = {(c, "lstm") for c in coins}
+    asked = {(c, model) for c in INTERRUPTED_COINS}
     arrived = {(c, m) for c, by_model in kept["results"].items() for m in by_model}
     failed = {(c, m): why for c, by_model in kept["failed"].items() for m, why in by_model.items()}
-    assert {tuple(line.split()[:2]) for line in printed.decode().splitlines()} <= arrived
+    assert {tuple(line.split()[:2]) for line in printed.splitlines()} <= arrived
     assert arrived | set(failed) == asked and not arrived & set(failed)  # each, once
     assert failed and all(why.startswith("interrupted before it arrived") for why in failed.values())
     assert f"wrote {out}: {len(arrived)} forecast(s) that arrived before the interrupt, " \

@@ -23,7 +23,7 @@ from crypto_ml.core.errors import ConfigError
 from crypto_ml.core.settings import DEFAULT_TIMEOUT
 from crypto_ml.dispatch.manager import CryptoManager
 from crypto_ml.dispatch.report import RunReport, format_forecast
-from crypto_ml.models import HEAVY, model_names
+from crypto_ml.models import HEAVY, model_names, parse_models
 from crypto_ml.models.intervals import DEFAULT_LEVELS
 
 BEST = "best"
@@ -94,7 +94,7 @@ def _say_absent(result: BacktestResult, coins: Sequence[str], err: TextIO) -> No
 
 
 def forecast_best(manager: CryptoManager, coins: Sequence[str] | None, horizon: int,
-                  candidates: Sequence[str] = CANDIDATE_MODELS,
+                  candidates: str | Sequence[str] = CANDIDATE_MODELS,
                   saved: BacktestResult | None = None,
                   max_points: int | None = None, epochs: int | None = None,
                   timeout: float | None = DEFAULT_TIMEOUT,
@@ -103,8 +103,9 @@ def forecast_best(manager: CryptoManager, coins: Sequence[str] | None, horizon: 
                   on_phase: Callable[[str], None] = lambda phase: None,
                   retrain: bool = False) -> RunReport:
     """Forecast each coin with the model its backtest (``saved``, else one of
-    ``candidates``, model names as :func:`~crypto_ml.models.parse_models` gives them, run
-    now) rated best; ``retrain``: deep models train even where the model store holds a fit.
+    ``candidates``, run now: model names as :func:`~crypto_ml.models.parse_models` gives
+    them, or a comma list it parses) rated best; ``retrain``: deep models train even where
+    the model store holds a fit.
 
     ``on_result`` gets each forecast as it arrives (default: a ``coin model [[...]]``
     line on the manager's ``out``); ``on_phase`` hears ``"backtest"`` and ``"forecast"``.
@@ -119,7 +120,8 @@ def forecast_best(manager: CryptoManager, coins: Sequence[str] | None, horizon: 
     with manager.session():
         if saved is None:
             on_phase("backtest")
-            config = BacktestConfig(models=tuple(candidates), horizon=horizon,
+            models = parse_models(candidates) if isinstance(candidates, str) else candidates
+            config = BacktestConfig(models=tuple(models), horizon=horizon,
                                     origins=BEST_ORIGINS, stride=horizon, epochs=epochs,
                                     timeout=timeout, max_points=max_points)
             saved = run_backtest(manager, config, coins, err=manager.err,

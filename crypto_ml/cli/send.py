@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from crypto_ml.backtest.best import DEFAULT_CANDIDATES, forecast_best
+from crypto_ml.backtest.best import BEST, DEFAULT_CANDIDATES, forecast_best
 from crypto_ml.cli import options as opt
 from crypto_ml.cli.helptext import help_texts
 from crypto_ml.cli.output import write_results
@@ -35,7 +35,7 @@ from crypto_ml.cli.terminal import (
 from crypto_ml.core.errors import CryptoMLError
 from crypto_ml.data.loader import CryptoLoader
 from crypto_ml.dispatch.manager import CryptoManager
-from crypto_ml.dispatch.report import RunReport
+from crypto_ml.dispatch.report import INTERRUPTED, RunReport
 from crypto_ml.dispatch.summary import summarize, summary_lines
 from crypto_ml.models import DEFAULT_HORIZON, DEFAULT_MODEL, model_names
 from crypto_ml.models.intervals import DEFAULT_LEVELS
@@ -119,8 +119,9 @@ def send_folder(request: SendRequest) -> int:
                                  retrain=request.retrain, levels=wanted.levels)
     except KeyboardInterrupt:
         progress.close()
-        if request.output is not None and manager.last_report is not None:
-            write_interrupted(request.output, manager.last_report)
+        if request.output is not None:
+            write_interrupted(request.output, manager.last_report or RunReport(),
+                              asked_of(request, coins))
         raise
     finally:
         progress.close()
@@ -131,15 +132,29 @@ def send_folder(request: SendRequest) -> int:
     return opt.EXIT_OK if report.ok and plotted and written else opt.EXIT_FAILED
 
 
-def write_interrupted(path: Path, report: RunReport) -> None:
-    """``--output`` of an interrupted run: the forecasts that had arrived, the rest failed
-    as interrupted (:data:`~crypto_ml.dispatch.report.INTERRUPTED`), said in one line."""
-    if report.results or report.failed:
-        arrived = sum(len(by_model) for by_model in report.results.values())
-        failed = sum(len(by_model) for by_model in report.failed.values())
-        if write_results(path, report.to_json()):
-            console.warning(f"crypto-ml: wrote {path}: {arrived} forecast(s) that arrived "
-                            f"before the interrupt, {failed} failed")
+def asked_of(request: SendRequest, coins: list[str] | None) -> list[tuple[str, str]]:
+    """Every (coin, model) the run asked for; with ``--model best``, (coin, ``best``): its
+    model is chosen by the backtest."""
+    assert request.loader is not None
+    try:
+        names = coins or request.loader.get_crypto_names()
+    except (CryptoMLError, OSError):  # the folder changed under the run: what it had read
+        names = []
+    return [(coin, model) for coin in names for model in request.forecasts.models or (BEST,)]
+
+
+def write_interrupted(path: Path, report: RunReport, asked: list[tuple[str, str]]) -> None:
+    """``--output`` of an interrupted run, said in one line: the forecasts that had arrived,
+    and each other one ``asked`` failed as interrupted
+    (:data:`~crypto_ml.dispatch.report.INTERRUPTED`); with ``--model best``, a coin that has
+    a forecast or a failure is answered."""
+    answered = report.results.keys() | report.failed.keys()
+    report.fail_rest([(c, m) for c, m in asked if m != BEST or c not in answered], INTERRUPTED)
+    arrived = sum(len(by_model) for by_model in report.results.values())
+    failed = sum(len(by_model) for by_model in report.failed.values())
+    if write_results(path, report.to_json()):
+        console.warning(f"crypto-ml: wrote {path}: {arrived} forecast(s) that arrived before "
+                        f"the interrupt, {failed} failed")
 
 
 def show_summary(report: RunReport, wall_seconds: float, json_logs: bool) -> None:
