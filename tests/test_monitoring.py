@@ -184,8 +184,9 @@ def test_summary_names_failures_fit_times_and_workers() -> None:
     report.add_failure("neblio", "lstm", "SeriesTooShort: 20 points, lstm needs 31")
     data = summarize(report)
     assert data["coins_ok"] == ["bitcoin", "dash"] and list(data["coins_failed"]) == ["neblio"]
-    assert data["models"]["lstm"] == {"fits": 2, "total_seconds": 5.0, "slowest_coin": "bitcoin",
-                                      "slowest_seconds": 3.5, "devices": {"CPU": 2}}
+    assert data["models"]["lstm"] == {"fits": 2, "from_store": 0, "total_seconds": 5.0,
+                                      "slowest_coin": "bitcoin", "slowest_seconds": 3.5,
+                                      "devices": {"CPU": 2}}
     assert data["workers"] == {"w1@h": 3, "w2@h": 1}
     text = "\n".join(summary_lines(data))
     assert text.startswith("summary: 2 coin(s) ok, 1 failed, in 4.2 s (4 forecast(s) arrived, "
@@ -193,6 +194,17 @@ def test_summary_names_failures_fit_times_and_workers() -> None:
     assert "failed: neblio lstm: SeriesTooShort: 20 points" in text
     assert "lstm: 2 fit(s), 5.000 s in all, slowest bitcoin 3.500 s, on CPU" in text
     assert "workers: w1@h (3), w2@h (1)" in text
+
+
+def test_the_summary_counts_forecasts_from_the_model_store_apart_from_fits() -> None:
+    report = RunReport(wall_seconds=1.0)
+    report.add_result({**_result("bitcoin", "lstm", 3.5, "w1@h"), "from_store": False})
+    report.add_result({**_result("dash", "lstm", 0.01, "w1@h"), "from_store": True})
+    data = summarize(report)
+    assert (data["models"]["lstm"]["fits"], data["models"]["lstm"]["from_store"]) == (1, 1)
+    text = "\n".join(summary_lines(data))
+    assert "(2 forecast(s) arrived, 0 failed)" in text
+    assert "lstm: 1 fit(s) and 1 from the model store, 3.510 s in all" in text
 
 
 def test_json_log_lines_carry_the_task_fields() -> None:

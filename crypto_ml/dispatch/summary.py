@@ -14,10 +14,10 @@ from crypto_ml.dispatch.report import RunReport
 
 
 def summarize(report: RunReport, wall_seconds: float | None = None) -> dict[str, Any]:
-    """``coins_ok``, ``coins_failed`` {coin: {model: reason}}, ``models`` (fits, seconds,
-    ``devices`` {device: fits}), ``workers``, ``unsaved`` {why a fit was not saved in the
-    model store: fits} and ``wall_seconds`` (the report's, unless given:
-    the command line gives the whole run's)."""
+    """``coins_ok``, ``coins_failed`` {coin: {model: reason}}, ``models`` (``fits``, the
+    forecasts ``from_store`` without one, seconds, ``devices`` {device: forecasts}),
+    ``workers``, ``unsaved`` {why a fit was not saved in the model store: fits} and
+    ``wall_seconds`` (the report's, unless given: the command line gives the whole run's)."""
     failed = {coin: dict(reasons) for coin, reasons in sorted(report.failed.items())}
     ok = sorted(set(report.results) - set(failed))
     models: dict[str, dict[str, Any]] = {}
@@ -28,10 +28,10 @@ def summarize(report: RunReport, wall_seconds: float | None = None) -> dict[str,
             if result.get("unsaved"):
                 unsaved[str(result["unsaved"])] += 1
             seconds = float(result["fit_seconds"])
-            entry = models.setdefault(model, {"fits": 0, "total_seconds": 0.0,
+            entry = models.setdefault(model, {"fits": 0, "from_store": 0, "total_seconds": 0.0,
                                               "slowest_coin": coin, "slowest_seconds": seconds,
                                               "devices": {}})
-            entry["fits"] += 1
+            entry["from_store" if result.get("from_store") else "fits"] += 1
             device = str(result.get("device") or "unknown")
             entry["devices"][device] = entry["devices"].get(device, 0) + 1
             entry["total_seconds"] += seconds
@@ -46,7 +46,7 @@ def summarize(report: RunReport, wall_seconds: float | None = None) -> dict[str,
 def summary_lines(summary: dict[str, Any]) -> list[str]:
     """Human-readable lines of :func:`summarize`'s data."""
     ok, failed = summary["coins_ok"], summary["coins_failed"]
-    n_ok = sum(entry["fits"] for entry in summary["models"].values())
+    n_ok = sum(entry["fits"] + entry.get("from_store", 0) for entry in summary["models"].values())
     n_failed = sum(len(reasons) for reasons in failed.values())
     lines = [f"summary: {len(ok)} coin(s) ok, {len(failed)} failed, "
              f"in {summary['wall_seconds']:.1f} s ({n_ok} forecast(s) arrived, {n_failed} failed)"]
@@ -57,7 +57,8 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         devices = entry.get("devices") or {}
         on = ", ".join(name if n == entry["fits"] else f"{name} ({n})"
                        for name, n in devices.items())
-        lines.append(f"  {model}: {entry['fits']} fit(s), {entry['total_seconds']:.3f} s in all, "
+        stored = f" and {entry['from_store']} from the model store" if entry.get("from_store") else ""
+        lines.append(f"  {model}: {entry['fits']} fit(s){stored}, {entry['total_seconds']:.3f} s in all, "
                      f"slowest {entry['slowest_coin']} {entry['slowest_seconds']:.3f} s"
                      + (f", on {on}" if on else ""))
     if summary["workers"]:
