@@ -451,6 +451,18 @@ def test_cluster_up_with_flower_on_a_port_in_use_stops_with_one_line_before_star
     assert list(scratch.iterdir()) == []
 
 
+def test_send_tasks_flower_on_a_port_in_use_is_one_line_before_any_cluster(
+        price_data: Path) -> None:
+    # it said the embedded cluster's notice, then refused the port
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        run = run_cli("send-tasks", "--flower", "--coins", "bitcoin", data_dir=price_data,
+                      timeout=60, env={"CRYPTO_ML_FLOWER_PORT": str(port)})
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+    assert f"Flower cannot listen on 127.0.0.1:{port} (Address already in use)" in run.stderr
+    assert run.stdout == ""
+
+
 def test_flower_for_a_broker_that_does_not_answer_stops_with_one_line(tmp_path: Path) -> None:
     # celery flower itself would log "trying again" forever; nothing listens on this port
     run = run_cli("flower", "--broker", f"redis://flower:pw@127.0.0.1:{free_port()}/0",

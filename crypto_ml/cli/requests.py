@@ -37,6 +37,7 @@ from crypto_ml.models import (
     parse_models,
     window_problem,
 )
+from crypto_ml.ops.flower import check_listen
 from crypto_ml.ops.plot import picture_problem
 
 
@@ -149,6 +150,8 @@ def send_request(args: argparse.Namespace) -> SendRequest:
     table = _send_layout(args)
     settings = settings_from(args)
     names = coin_list(args.coins)  # a --coins naming no coin is refused before any file is read
+    if args.flower and not settings.broker_url:  # before the embedded cluster's notice
+        check_listen(settings.flower_address, settings.flower_port)
     forecasts, best, fallback = _send_models(args, table is not None)
     common = {"settings": settings, "stderr": Stderr(bool(args.quiet), settings.log_format),
               "forecasts": forecasts, "output": args.output, "flower": args.flower}
