@@ -18,7 +18,7 @@ from table_support import random_walks, write_parquet
 
 from crypto_ml.core.settings import Settings
 from crypto_ml.dispatch.manager import CryptoManager
-from crypto_ml.ops.processes import spawn, terminate, wait_until
+from crypto_ml.ops.processes import free_port, spawn, terminate, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -64,17 +64,24 @@ def test_a_run_whose_own_redis_dies_stops_and_names_every_forecast_it_lost(
                30, "the cluster gone")
 
 
-def test_cluster_up_says_a_lost_worker_and_stops_when_its_redis_dies(tmp_path: Path) -> None:
+def test_cluster_up_says_a_lost_worker_and_flower_and_stops_when_its_redis_dies(
+        tmp_path: Path) -> None:
     log = tmp_path / "cluster.log"
-    proc = spawn([sys.executable, "-m", "crypto_ml", "cluster", "up", "--workers", "2"], log,
-                 env=cli_env(), cwd=ROOT)
+    proc = spawn([sys.executable, "-m", "crypto_ml", "cluster", "up", "--workers", "2",
+                  "--flower"], log, env={**cli_env(), "CRYPTO_ML_FLOWER_PORT": str(free_port())},
+                 cwd=ROOT)
     try:
         wait_until(lambda: "press Ctrl-C" in log.read_text(), 120, "the cluster up",
                    lambda: log.read_text() if proc.poll() is not None else None)
-        workers = [p for p in psutil.Process(proc.pid).children() if "worker" in command(p)]
+        children = psutil.Process(proc.pid).children()
+        workers = [p for p in children if "worker" in command(p)]
         assert len(workers) == 2
         workers[0].send_signal(signal.SIGTERM)  # (SIGKILL would orphan its pool process)
         wait_until(lambda: "1 of 2 left" in log.read_text(), 30, "the lost worker said")
+        [flower] = [p for p in children if "flower" in command(p)]
+        flower.kill()
+        wait_until(lambda: "warning: Flower exited with code -9" in log.read_text(), 30,
+                   "Flower's exit said")
         assert proc.poll() is None  # the other worker still serves
         own("redis-server", proc.pid)[0].kill()
         assert proc.wait(timeout=30) == 1

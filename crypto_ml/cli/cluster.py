@@ -23,6 +23,7 @@ from crypto_ml.dispatch.cluster import LocalCluster
 
 #: Seconds between looks at the cluster's processes.
 WATCH_SECONDS = 1.0
+FLOWER = "flower"  # among the names of the processes said to have exited
 
 
 def add_parser(sub: Any) -> None:
@@ -67,8 +68,8 @@ def up_main(args: argparse.Namespace) -> int:
 
 
 def watch(cluster: LocalCluster) -> int:
-    """Until stopped: say each worker that exits, once; stop (exit 1) when Redis exits, which
-    nothing then can use (a supervisor restarts the command)."""
+    """Until stopped: say each worker that exits, and Flower, once; stop (exit 1) when Redis
+    exits, which nothing then can use (a supervisor restarts the command)."""
     said: set[str] = set()
     while (why := cluster.lost()) is None:
         dead = cluster.dead_workers()
@@ -77,6 +78,10 @@ def watch(cluster: LocalCluster) -> int:
                   f"{len(cluster.workers) - len(dead)} of {len(cluster.workers)} left (logs in "
                   f"{cluster.workdir})", file=sys.stderr, flush=True)
         said |= dead.keys()
+        if cluster.flower is not None and FLOWER not in said and (how := cluster.flower.died()):
+            print(f"crypto-ml: warning: Flower {how}; the cluster goes on without it",
+                  file=sys.stderr, flush=True)
+            said.add(FLOWER)
         time.sleep(WATCH_SECONDS)
     print(f"crypto-ml: error: {why}; the cluster stops: start it again", file=sys.stderr,
           flush=True)

@@ -21,8 +21,8 @@ EXIT_CODES = {
             "130 interrupted (run the same command again to resume).",
     "cluster": "0 stopped by SIGTERM (a supervisor's stop); 130 stopped by Ctrl-C (the\n"
                "cluster is stopped with it either way); 1 its Redis exited, so it stopped (one\n"
-               "line; a worker that exits is said, and the rest go on); 2 it could not start\n"
-               "(one line saying why).",
+               "line; a worker or Flower that exits is said, and the rest go on); 2 it could not\n"
+               "start (one line saying why).",
     "queue-depth": "0 stopped by Ctrl-C or SIGTERM; 2 no broker, a wrong user or password, a\n"
                    "user that may not read the queues, or the port in use (one line).",
     "acl": "0 done; 2 a usage error (one line).",

@@ -119,7 +119,8 @@ class FlowerProcess:
         host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
         return f"http://{host}:{self.settings.flower_port}"
 
-    def _died(self) -> str | None:
+    def died(self) -> str | None:
+        """How Flower exited (its code and the last lines of its log), or None while it runs."""
         if self.proc is None or self.proc.poll() is None:
             return None
         tail = self.log_path.read_text(errors="replace").strip().splitlines()[-5:]
@@ -132,7 +133,7 @@ class FlowerProcess:
     def wait_ready(self, workers: Sequence[str] = (), timeout: float = READY_TIMEOUT) -> None:
         """Until Flower answers and, so that no task event is missed, has heard from ``workers``."""
         wait_until(lambda: _sees(self.url, workers), timeout,
-                   f"starting Flower on port {self.settings.flower_port}", self._died)
+                   f"starting Flower on port {self.settings.flower_port}", self.died)
 
     def stop(self) -> None:
         if self.proc is not None:
