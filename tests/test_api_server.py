@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -119,6 +120,26 @@ def test_docs_page_lists_every_endpoint_in_headless_chromium(server: Server,
     assert image.shape[:2] == (1300, 1400)
     background = image[-5, -5]
     assert (abs(image - background).max(axis=2) > 0.2).mean() > 0.02  # text and boxes drawn
+
+
+def test_a_body_that_stalls_gets_408_and_frees_its_connection(tmp_path: Path) -> None:
+    # a client that sent its headers and part of its body held the request open for ever
+    with embedded_server(tmp_path, CRYPTO_ML_API_BODY_SECONDS="1") as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as stalled:
+            stalled.sendall(b"POST /v1/forecasts HTTP/1.1\r\nHost: x\r\n"
+                            b"Authorization: Bearer " + KEY.encode() + b"\r\n"
+                            b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+                            b'{"coins": [')  # and then nothing
+            answer = b""
+            while chunk := stalled.recv(65536):  # until the server closes it (10 s at most)
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408") and b"connection: close" in head, answer
+        assert json.loads(body)["detail"] == ("the request body did not arrive whole within 1 s "
+                                              "(CRYPTO_ML_API_BODY_SECONDS)")
+        assert call(f"{server.url}/v1/forecasts?wait=60", {"coins": ["alpha"],
+                                                           "model": "naive"})[0] == 200
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])

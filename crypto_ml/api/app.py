@@ -9,12 +9,13 @@ the configured or embedded cluster.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import re
 import sys
 import warnings
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -109,34 +110,57 @@ def key_first(app: Any, key_check: KeyCheck) -> Any:
     return http_only(app, checked)
 
 
-def body_cap(app: Any, limit: int) -> Any:
-    """ASGI middleware: a request body over ``limit`` bytes gets 413 before any route runs."""
+def body_cap(app: Any, limit: int, seconds: int) -> Any:
+    """ASGI middleware, before any route runs: a request body over ``limit`` bytes gets 413;
+    one that has not arrived whole within ``seconds`` gets 408 (a client that stalls, or
+    trickles its body, holds the connection and the body read so far no longer)."""
 
     async def capped(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] in BODY_METHODS:  # the same scope: the metrics read its route
             scope["headers"] = _as_json(scope.get("headers") or [])
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
         too_big = declared is not None and declared.isdigit() and int(declared) > limit
-        chunks: list[bytes] = []
-        size = 0
-        while not too_big:
-            message = await receive()
-            if message["type"] != "http.request":
-                chunks = []
-                break
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            too_big = size > limit
-            if not message.get("more_body"):
-                break
-        if too_big:
+        coming = declared not in (None, b"0") or b"transfer-encoding" in headers
+        try:  # a request without a body (a GET) pays for no timer
+            body = None if too_big else await (_within(seconds, _read_body(receive, limit))
+                                                if coming else _read_body(receive, limit))
+        except TimeoutError:
+            await JSONResponse({"detail": f"the request body did not arrive whole within "
+                                f"{seconds} s (CRYPTO_ML_API_BODY_SECONDS)"},
+                               status_code=408,  # and the connection closed: nothing to wait for
+                               headers={"Connection": "close"})(scope, receive, send)
+            return
+        if body is None:
             reply = JSONResponse({"detail": f"request body above the cap of {limit} bytes "
                                   "(CRYPTO_ML_API_MAX_BODY)"}, status_code=413)
             await reply(scope, receive, send)
             return
-        await app(scope, replaying(b"".join(chunks), receive), send)
+        await app(scope, replaying(body, receive), send)
 
     return http_only(app, capped)
+
+
+async def _within(seconds: int, read: Awaitable[bytes | None]) -> bytes | None:
+    async with asyncio.timeout(seconds):
+        return await read
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The request body, or None once it is over ``limit`` bytes (an ``http.disconnect``:
+    the empty body, as none will come)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b""
+        chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        if size > limit:
+            return None
+        if not message.get("more_body"):
+            return b"".join(chunks)
 
 
 def add_docs(app: FastAPI) -> None:
@@ -216,7 +240,8 @@ def create_app(settings: Settings, runs: Runs,
     app.state.metrics = metrics
     app.state.runs = runs
     app.add_middleware(_Wrap, wrap=lambda inner: key_first(inner, key_check))
-    app.add_middleware(_Wrap, wrap=lambda inner: body_cap(inner, settings.api_max_body))
+    app.add_middleware(_Wrap, wrap=lambda inner: body_cap(inner, settings.api_max_body,
+                                                          settings.api_body_seconds))
     app.add_middleware(_Wrap, wrap=metrics.middleware)
     app.add_middleware(_Wrap, wrap=head_as_get)
     return app

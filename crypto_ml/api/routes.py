@@ -59,8 +59,9 @@ def _not_found(what: str) -> HTTPException:
                          "or made by an embedded cluster since restarted)")
 
 
-#: A request body over CRYPTO_ML_API_MAX_BODY (the body-size middleware answers it).
-TOO_LARGE: dict[int | str, dict[str, Any]] = {
+#: A request body too large or too slow (the body middleware, :func:`~crypto_ml.api.app.body_cap`).
+BODY_REFUSED: dict[int | str, dict[str, Any]] = {
+    408: {"model": Problem, "description": "body not whole within CRYPTO_ML_API_BODY_SECONDS"},
     413: {"model": Problem, "description": "body too large"}}
 
 
@@ -135,7 +136,7 @@ def forecast_routes(runs: Runs, answer: Callable[[ForecastBody, float], Awaitabl
     @router.post("/v1/forecasts", summary="Forecast coins or your own series",
                  responses={200: {"model": RunStatus, "description": "finished within wait"},
                             202: {"model": Accepted, "description": "queued; poll status_url"},
-                            **UNAUTHORIZED, **TOO_LARGE,
+                            **UNAUTHORIZED, **BODY_REFUSED,
                             422: {"model": Unprocessable,
                                   "description": "a field is invalid; the body names it"},
                             503: {"model": Problem,
@@ -173,7 +174,7 @@ def job_routes(jobs: Jobs | None, authorized: Sequence[Depends]) -> APIRouter:
 
     @router.post("/v1/jobs", status_code=202, response_model=JobAccepted,
                  summary="Forecast a long table of the data directory into Parquet",
-                 responses={**UNAUTHORIZED, **TOO_LARGE,
+                 responses={**UNAUTHORIZED, **BODY_REFUSED,
                             409: {"model": Problem,
                                   "description": "resume names a job that did not fail, or "
                                                  "one already resumed"},

@@ -55,6 +55,9 @@ Variable                                   Default                     Meaning
 ``CRYPTO_ML_API_KEYS``                     (unset: no auth)            HTTP API keys, comma-separated (Bearer tokens).
 ``CRYPTO_ML_API_MAX_WAIT``                 ``60``                      Largest ``wait=S`` the HTTP API accepts.
 ``CRYPTO_ML_API_MAX_BODY``                 ``2000000``                 Largest HTTP request body, in bytes.
+``CRYPTO_ML_API_BODY_SECONDS``             ``30``                      Seconds a request body may take to arrive
+                                                                       whole (then 408: a stalled client holds
+                                                                       nothing longer).
 ``CRYPTO_ML_API_COALESCE``                 (unset: auto)               Messages of an API process in flight before
                                                                        concurrent requests' cheap forecasts share
                                                                        one; unset: one per task slot of the live
@@ -220,6 +223,7 @@ class Settings:
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     api_max_wait: int = 60
     api_max_body: int = 2_000_000
+    api_body_seconds: int = 30
     api_coalesce: int | None = None  # None: the live workers' task slots
     api_answer_seconds: int = 300
     api_jobs_dir: Path = Path("crypto-ml-jobs")
