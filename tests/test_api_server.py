@@ -138,8 +138,18 @@ def test_a_body_that_stalls_gets_408_and_frees_its_connection(tmp_path: Path) ->
         assert head.startswith(b"HTTP/1.1 408") and b"connection: close" in head, answer
         assert json.loads(body)["detail"] == ("the request body did not arrive whole within 1 s "
                                               "(CRYPTO_ML_API_BODY_SECONDS)")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as huge:
+            huge.sendall(b"POST /v1/forecasts HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Length: 50000000\r\n\r\n")
+            answer = b""
+            while chunk := huge.recv(65536):  # closed after the 413 (it was kept alive)
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 413") and b"connection: close" in answer, answer
         assert call(f"{server.url}/v1/forecasts?wait=60", {"coins": ["alpha"],
                                                            "model": "naive"})[0] == 200
+        metrics = urllib.request.urlopen(f"{server.url}/metrics", timeout=30).read().decode()
+        for status in ("408", "413"):  # under the route they were sent to
+            assert f'route="/v1/forecasts",status="{status}"' in metrics
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])

@@ -204,7 +204,8 @@ def test_the_summary_counts_forecasts_from_the_model_store_apart_from_fits() -> 
     assert (data["models"]["lstm"]["fits"], data["models"]["lstm"]["from_store"]) == (1, 1)
     text = "\n".join(summary_lines(data))
     assert "(2 forecast(s) arrived, 0 failed)" in text
-    assert "lstm: 1 fit(s) and 1 from the model store, 3.510 s in all" in text
+    assert "lstm: 1 fit(s) and 1 from the model store, 3.510 s in all, slowest bitcoin 3.500 s, " \
+           "on CPU\n" in f"{text}\n"  # both on CPU: no count beside it
 
 
 def test_json_log_lines_carry_the_task_fields() -> None:

@@ -113,7 +113,8 @@ def key_first(app: Any, key_check: KeyCheck) -> Any:
 def body_cap(app: Any, limit: int, seconds: int) -> Any:
     """ASGI middleware, before any route runs: a request body over ``limit`` bytes gets 413;
     one that has not arrived whole within ``seconds`` gets 408 (a client that stalls, or
-    trickles its body, holds the connection and the body read so far no longer)."""
+    trickles its body, holds the connection and the body read so far no longer). Headers
+    have no such bound here (uvicorn has none): a proxy in front sets that one."""
 
     async def capped(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] in BODY_METHODS:  # the same scope: the metrics read its route
@@ -126,19 +127,26 @@ def body_cap(app: Any, limit: int, seconds: int) -> Any:
             body = None if too_big else await (_within(seconds, _read_body(receive, limit))
                                                 if coming else _read_body(receive, limit))
         except TimeoutError:
-            await JSONResponse({"detail": f"the request body did not arrive whole within "
-                                f"{seconds} s (CRYPTO_ML_API_BODY_SECONDS)"},
-                               status_code=408,  # and the connection closed: nothing to wait for
-                               headers={"Connection": "close"})(scope, receive, send)
+            await _refuse(scope, receive, send, 408, f"the request body did not arrive whole "
+                          f"within {seconds} s (CRYPTO_ML_API_BODY_SECONDS)")
             return
         if body is None:
-            reply = JSONResponse({"detail": f"request body above the cap of {limit} bytes "
-                                  "(CRYPTO_ML_API_MAX_BODY)"}, status_code=413)
-            await reply(scope, receive, send)
+            await _refuse(scope, receive, send, 413, f"request body above the cap of {limit} "
+                          "bytes (CRYPTO_ML_API_MAX_BODY)")
             return
         await app(scope, replaying(body, receive), send)
 
     return http_only(app, capped)
+
+
+async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, detail: str) -> None:
+    """A body refused: the connection closed after the answer (the rest of the body would be
+    read and dropped, and a client that goes on sending would hold the connection), counted
+    under the route's path when it is one that takes a body."""
+    if scope["path"] in KEYED_BODIES:
+        scope["route"] = _Template(scope["path"])
+    await JSONResponse({"detail": detail}, status_code=status,
+                       headers={"Connection": "close"})(scope, receive, send)
 
 
 async def _within(seconds: int, read: Awaitable[bytes | None]) -> bytes | None:

@@ -150,19 +150,21 @@ def send_request(args: argparse.Namespace) -> SendRequest:
     table = _send_layout(args)
     settings = settings_from(args)
     names = coin_list(args.coins)  # a --coins naming no coin is refused before any file is read
-    if args.flower and not settings.broker_url:  # before the embedded cluster's notice
-        check_listen(settings.flower_address, settings.flower_port)
     forecasts, best, fallback = _send_models(args, table is not None)
     common = {"settings": settings, "stderr": Stderr(bool(args.quiet), settings.log_format),
               "forecasts": forecasts, "output": args.output, "flower": args.flower}
     if table is not None:  # the table's series, picked by their exact ids, are read by the run
-        return SendRequest(**common, table=dataclasses.replace(table, fallback=fallback),
-                           coins=tuple(names) if names else None)
-    if args.plot is not None and (why := picture_problem(args.plot, args.output)):
-        raise ConfigError(f"--plot {args.plot}: {why}")
-    loader = CryptoLoader(settings.data_dir, cache_dir=settings.cache_dir)
-    return SendRequest(**common, coins=loader.pick(names, "--coins"), loader=loader, best=best,
-                       retrain=args.retrain, format=args.format, plot=args.plot)
+        request = SendRequest(**common, table=dataclasses.replace(table, fallback=fallback),
+                              coins=tuple(names) if names else None)
+    else:
+        if args.plot is not None and (why := picture_problem(args.plot, args.output)):
+            raise ConfigError(f"--plot {args.plot}: {why}")
+        loader = CryptoLoader(settings.data_dir, cache_dir=settings.cache_dir)
+        request = SendRequest(**common, coins=loader.pick(names, "--coins"), loader=loader,
+                              best=best, retrain=args.retrain, format=args.format, plot=args.plot)
+    if args.flower and not settings.broker_url:  # last, and before the embedded cluster's notice
+        check_listen(settings.flower_address, settings.flower_port)
+    return request
 
 
 def _send_layout(args: argparse.Namespace) -> TableRequest | None:

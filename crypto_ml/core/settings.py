@@ -56,8 +56,8 @@ Variable                                   Default                     Meaning
 ``CRYPTO_ML_API_MAX_WAIT``                 ``60``                      Largest ``wait=S`` the HTTP API accepts.
 ``CRYPTO_ML_API_MAX_BODY``                 ``2000000``                 Largest HTTP request body, in bytes.
 ``CRYPTO_ML_API_BODY_SECONDS``             ``30``                      Seconds a request body may take to arrive
-                                                                       whole (then 408: a stalled client holds
-                                                                       nothing longer).
+                                                                       whole (then 408, and the connection is
+                                                                       closed; headers are a proxy's to bound).
 ``CRYPTO_ML_API_COALESCE``                 (unset: auto)               Messages of an API process in flight before
                                                                        concurrent requests' cheap forecasts share
                                                                        one; unset: one per task slot of the live

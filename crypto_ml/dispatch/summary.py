@@ -55,7 +55,7 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
             lines.append(f"  failed: {coin} {model}: {reason}")
     for model, entry in summary["models"].items():
         devices = entry.get("devices") or {}
-        on = ", ".join(name if n == entry["fits"] else f"{name} ({n})"
+        on = ", ".join(name if n == entry["fits"] + entry.get("from_store", 0) else f"{name} ({n})"
                        for name, n in devices.items())
         stored = f" and {entry['from_store']} from the model store" if entry.get("from_store") else ""
         lines.append(f"  {model}: {entry['fits']} fit(s){stored}, {entry['total_seconds']:.3f} s in all, "
