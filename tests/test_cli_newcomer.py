@@ -693,6 +693,34 @@ def test_a_second_ctrl_c_leaves_no_process_behind(price_data: Path) -> None:
     assert_none_survive(family)
 
 
+def test_a_stop_signal_in_a_fork_is_raised_once_the_child_is_started(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # raised in the fork's hooks (logging's lock), it was printed as "Exception ignored in
+    # <function _releaseLock> ... Traceback" on stderr, and lost
+    from crypto_ml.cli.options import STOP_SIGNALS, stop_on_signals
+    from crypto_ml.ops import processes
+
+    real, forked = subprocess.Popen, []
+
+    def popen(*args: Any, **kwargs: Any) -> Any:
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, in the middle of the fork
+        forked.append("on")  # the handler has run by now, and did not raise here
+        return real(*args, **kwargs)
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, *STOP_SIGNALS)}
+    monkeypatch.setattr(processes.subprocess, "Popen", popen)
+    monkeypatch.setattr(processes, "_SPAWNED", [])  # this test's children alone
+    try:
+        stop_on_signals(None)
+        with pytest.raises(KeyboardInterrupt):
+            processes.spawn(["sleep", "60"], tmp_path / "sleep.log")
+        assert forked == ["on"]
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        assert processes.kill_spawned() == 1  # the child was started, and is known
+
+
 INTERRUPTED_COINS = ("bitcoin", "ethereum", "ripple", "litecoin", "dash", "monero")
 
 

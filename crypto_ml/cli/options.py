@@ -20,7 +20,7 @@ from crypto_ml.core.errors import InvalidTaskInput
 from crypto_ml.core.settings import DEFAULT_TIMEOUT, LOG_FORMATS
 from crypto_ml.models import model_names
 from crypto_ml.models.intervals import check_levels
-from crypto_ml.ops.processes import kill_spawned
+from crypto_ml.ops.processes import interrupt_later, kill_spawned
 
 N = TypeVar("N", int, float)
 
@@ -171,7 +171,8 @@ def stop_on_signals(manager: Stoppable | None) -> None:
         stop_on(again)
         if manager is not None:
             manager.request_stop()
-        raise KeyboardInterrupt
+        if not interrupt_later():  # else spawn raises it, once its fork is done
+            raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, handler)
     stop_on(handler)

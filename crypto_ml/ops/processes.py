@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -49,15 +50,40 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+class _Fork:
+    """Whether the main thread is in :func:`spawn`'s fork, and whether a stop signal came
+    meanwhile. A KeyboardInterrupt raised there lands in the fork's hooks (logging's lock),
+    which print it as "Exception ignored ... Traceback" and drop it; spawn raises it instead,
+    once the child is started (and known to :func:`kill_spawned`)."""
+
+    now = False
+    interrupted = False
+
+
+def interrupt_later() -> bool:
+    """For a stop signal's handler: True, and remembered, while the main thread forks (the
+    handler must not raise now: :func:`spawn` raises KeyboardInterrupt when the fork is done)."""
+    _Fork.interrupted = _Fork.interrupted or _Fork.now
+    return _Fork.now
+
+
 def spawn(cmd: Sequence[str], log_path: Path, env: dict[str, str] | None = None,
           cwd: Path | None = None) -> subprocess.Popen[bytes]:
     """Start ``cmd`` in its own session, output to ``log_path``, ending it if we die."""
+    main = threading.current_thread() is threading.main_thread()  # where signals are handled
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, cwd=cwd,
-                                preexec_fn=_die_with_parent)
+        _Fork.now = main
+        try:
+            proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, env=env, cwd=cwd,
+                                    preexec_fn=_die_with_parent)
+        finally:
+            _Fork.now = False
     _SPAWNED[:] = [p for p in _SPAWNED if p.returncode is None]
     _SPAWNED.append(proc)
+    if main and _Fork.interrupted:
+        _Fork.interrupted = False
+        raise KeyboardInterrupt
     return proc
 
 
