@@ -23,7 +23,6 @@ from crypto_ml.dispatch.cluster import LocalCluster
 
 #: Seconds between looks at the cluster's processes.
 WATCH_SECONDS = 1.0
-FLOWER = "flower"  # among the names of the processes said to have exited
 
 
 def add_parser(sub: Any) -> None:
@@ -71,6 +70,7 @@ def watch(cluster: LocalCluster) -> int:
     """Until stopped: say each worker that exits, and Flower, once; stop (exit 1) when Redis
     exits, which nothing then can use (a supervisor restarts the command)."""
     said: set[str] = set()
+    flower = cluster.flower
     while (why := cluster.lost()) is None:
         dead = cluster.dead_workers()
         for name in dead.keys() - said:
@@ -78,10 +78,10 @@ def watch(cluster: LocalCluster) -> int:
                   f"{len(cluster.workers) - len(dead)} of {len(cluster.workers)} left (logs in "
                   f"{cluster.workdir})", file=sys.stderr, flush=True)
         said |= dead.keys()
-        if cluster.flower is not None and FLOWER not in said and (how := cluster.flower.died()):
+        if flower is not None and (how := flower.died()) is not None:
             print(f"crypto-ml: warning: Flower {how}; the cluster goes on without it",
                   file=sys.stderr, flush=True)
-            said.add(FLOWER)
+            flower = None  # said once
         time.sleep(WATCH_SECONDS)
     print(f"crypto-ml: error: {why}; the cluster stops: start it again", file=sys.stderr,
           flush=True)

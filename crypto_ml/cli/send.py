@@ -98,13 +98,13 @@ def send_folder(request: SendRequest) -> int:
     """Forecast, print one line per forecast, then the summary (and --output, --plot)."""
     assert request.loader is not None
     settings, wanted = request.settings, request.forecasts
-    show = ForecastWriter(sys.stdout, request.format)
-    cluster_options = flower_option(request.flower, settings)
     progress = make_progress(request.stderr)
     manager = CryptoManager(loader=request.loader, settings=settings, err=console_writer(),
-                            observer=progress, cluster_options=cluster_options)
+                            observer=progress,
+                            cluster_options=flower_option(request.flower, settings))
     manager.say_failures = False  # the summary lists them
     opt.stop_on_signals(manager)
+    show = ForecastWriter(sys.stdout, request.format)
     coins = list(request.coins) if request.coins is not None else None
     try:
         if request.best is not None:

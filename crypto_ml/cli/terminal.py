@@ -63,8 +63,7 @@ def progress_stream(quiet: bool, log_format: str) -> TextIO:
 def make_progress(stderr: Stderr) -> Progress:
     """The run's progress: a bar on a terminal's stderr (text logs, not ``-q``), else a few
     plain lines through the console logger."""
-    tty = draws_bar(stderr.quiet, stderr.log_format)
-    return Progress(sys.stderr, tty=tty)
+    return Progress(sys.stderr, tty=draws_bar(stderr.quiet, stderr.log_format))
 
 
 class ForecastWriter:

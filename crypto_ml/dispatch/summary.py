@@ -46,7 +46,7 @@ def summarize(report: RunReport, wall_seconds: float | None = None) -> dict[str,
 def summary_lines(summary: dict[str, Any]) -> list[str]:
     """Human-readable lines of :func:`summarize`'s data."""
     ok, failed = summary["coins_ok"], summary["coins_failed"]
-    n_ok = sum(entry["fits"] + entry.get("from_store", 0) for entry in summary["models"].values())
+    n_ok = sum(entry["fits"] + entry["from_store"] for entry in summary["models"].values())
     n_failed = sum(len(reasons) for reasons in failed.values())
     lines = [f"summary: {len(ok)} coin(s) ok, {len(failed)} failed, "
              f"in {summary['wall_seconds']:.1f} s ({n_ok} forecast(s) arrived, {n_failed} failed)"]
@@ -55,9 +55,9 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
             lines.append(f"  failed: {coin} {model}: {reason}")
     for model, entry in summary["models"].items():
         devices = entry.get("devices") or {}
-        on = ", ".join(name if n == entry["fits"] + entry.get("from_store", 0) else f"{name} ({n})"
-                       for name, n in devices.items())
-        stored = f" and {entry['from_store']} from the model store" if entry.get("from_store") else ""
+        forecasts = entry["fits"] + entry["from_store"]
+        on = ", ".join(name if n == forecasts else f"{name} ({n})" for name, n in devices.items())
+        stored = f" and {entry['from_store']} from the model store" if entry["from_store"] else ""
         lines.append(f"  {model}: {entry['fits']} fit(s){stored}, {entry['total_seconds']:.3f} s in all, "
                      f"slowest {entry['slowest_coin']} {entry['slowest_seconds']:.3f} s"
                      + (f", on {on}" if on else ""))
