@@ -145,11 +145,44 @@ def test_a_body_that_stalls_gets_408_and_frees_its_connection(tmp_path: Path) ->
             while chunk := huge.recv(65536):  # closed after the 413 (it was kept alive)
                 answer += chunk
         assert answer.startswith(b"HTTP/1.1 413") and b"connection: close" in answer, answer
+        with partial_post(port):  # and the client goes: its route ran on an empty body (422)
+            pass
         assert call(f"{server.url}/v1/forecasts?wait=60", {"coins": ["alpha"],
                                                            "model": "naive"})[0] == 200
-        metrics = urllib.request.urlopen(f"{server.url}/metrics", timeout=30).read().decode()
-        for status in ("408", "413"):  # under the route they were sent to
-            assert f'route="/v1/forecasts",status="{status}"' in metrics
+        head = urllib.request.Request(f"{server.url}/healthz", method="HEAD")
+        assert urllib.request.urlopen(head, timeout=30).status == 200  # counted as GET before
+        wait_until(lambda: 'status="499"' in read_metrics(server), 30, "the closed body counted")
+        metrics = read_metrics(server)
+        for status in ("408", "413", "499", "200"):  # under the route they were sent to
+            assert f'method="POST",route="/v1/forecasts",status="{status}"' in metrics
+        assert 'status="422"' not in metrics
+        assert 'method="HEAD",route="/healthz",status="200"' in metrics
+
+
+def read_metrics(server: Server) -> str:
+    return str(urllib.request.urlopen(f"{server.url}/metrics", timeout=30).read().decode())
+
+
+@contextlib.contextmanager
+def partial_post(port: int) -> Iterator[socket.socket]:
+    """A forecast POST whose body has begun to arrive, once the API is reading it (its
+    ``100 Continue`` says so), and no more of it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"POST /v1/forecasts HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                     + KEY.encode() + b"\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\nExpect: 100-continue\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue"), "the body was not asked for"
+        sock.sendall(b'{"coins": [')
+        yield sock
+
+
+def answer_of(sock: socket.socket) -> tuple[bytes, Any]:
+    """The head and the JSON body of the answer on ``sock``, read until the server closes it."""
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head, json.loads(body)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
@@ -157,7 +190,13 @@ def test_sigterm_stops_the_api_and_its_cluster(tmp_path: Path, sig: signal.Signa
     """SIGHUP (its terminal closed) as SIGTERM: uvicorn's drain, then the cluster; it raised
     KeyboardInterrupt inside the event loop, with a traceback and no drain."""
     with hangups_heard(), embedded_server(tmp_path) as server:
-        stop_and_check(server, sig)
+        # a body still arriving is refused at once: it held the drain for its whole 10 s,
+        # then was cancelled, with a traceback in the log and a 500
+        with partial_post(int(server.url.rsplit(":", 1)[1])) as stalled:
+            stop_and_check(server, sig)
+            head, body = answer_of(stalled)
+        assert head.startswith(b"HTTP/1.1 503") and b"connection: close" in head, head
+        assert body == {"detail": "the server is stopping; send the request again"}
 
 
 def test_the_api_stops_when_its_embedded_redis_dies(tmp_path: Path) -> None:

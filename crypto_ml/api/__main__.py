@@ -15,10 +15,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import signal
+import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import uvicorn
@@ -91,6 +92,19 @@ def runs_for(settings: Settings, in_process: bool, expires: float
             runs.close()
 
 
+class StoppingServer(uvicorn.Server):
+    """uvicorn's server, calling ``on_stop()`` on its event loop as its drain begins (the
+    bodies still arriving are refused then, not waited for until the drain is cut short)."""
+
+    def __init__(self, config: uvicorn.Config, on_stop: Callable[[], None]) -> None:
+        super().__init__(config)
+        self.on_stop = on_stop
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.on_stop()
+        await super().shutdown(sockets)
+
+
 def watch_redis(cluster: LocalCluster, server: uvicorn.Server, lost: list[str]) -> None:
     """Stop ``server`` once the embedded cluster's Redis has exited (killed, out of memory):
     every request would get 503 until someone restarted the API by hand, and a supervisor
@@ -119,9 +133,10 @@ def serve(args: argparse.Namespace) -> int:
         raise cannot_listen(args)
     lost: list[str] = []
     with runs_for(settings, args.in_process, args.timeout) as (runs, cluster):
-        server = uvicorn.Server(uvicorn.Config(
-            create_app(settings, runs), host=args.host, port=args.port, log_level="warning",
-            access_log=False, timeout_keep_alive=30, timeout_graceful_shutdown=10))
+        app = create_app(settings, runs)
+        server = StoppingServer(uvicorn.Config(
+            app, host=args.host, port=args.port, log_level="warning", access_log=False,
+            timeout_keep_alive=30, timeout_graceful_shutdown=10), app.state.bodies.stop)
         say(f"crypto-ml API on http://{args.host}:{args.port} (docs: /docs)")
         if cluster is not None:
             threading.Thread(target=watch_redis, args=(cluster, server, lost), daemon=True,

@@ -9,13 +9,12 @@ the configured or embedded cluster.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import re
 import sys
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -37,7 +36,8 @@ from crypto_ml.core.errors import BrokerUnavailable, DataNotFound
 from crypto_ml.core.settings import Settings
 from crypto_ml.dispatch.runs import RunQueue
 
-from .fast_path import fast_forecasts, replaying
+from .bodies import BODY_METHODS, KEYED_BODIES, BodyDeadlines, Template, body_cap
+from .fast_path import fast_forecasts
 from .jobs import Jobs
 from .metrics import ApiMetrics, Message, Receive, Scope, Send, http_only
 from .problems import bounded
@@ -64,33 +64,6 @@ def _unprocessable(errors: list[dict[str, Any]]) -> JSONResponse:
     return JSONResponse({"detail": bounded(errors)}, status_code=422)
 
 
-BODY_METHODS = ("POST", "PUT", "PATCH")
-
-
-def _as_json(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """A body's headers saying JSON, whatever its content type said (FastAPI hands a body of
-    another type, or of none, to the model as text, which no field takes): a JSON body is read
-    as JSON, anything else is a 422 that names it as no JSON."""
-    given = next((v for k, v in headers if k.lower() == b"content-type"), b"").lower()
-    kind = given.split(b";")[0].strip()
-    if kind == b"application/json" or (kind.startswith(b"application/") and kind.count(b"/") == 1
-                                       and kind.endswith(b"+json")):
-        return headers
-    return [*((k, v) for k, v in headers if k.lower() != b"content-type"),
-            (b"content-type", b"application/json")]
-
-
-#: Routes that take a body and a key: the key is checked before the body is read
-KEYED_BODIES = ("/v1/forecasts", "/v1/jobs")
-
-
-class _Template:
-    """What the metrics read of a matched route: its path template."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-
 def key_first(app: Any, key_check: KeyCheck) -> Any:
     """ASGI middleware: a body sent to a keyed route without an accepted key gets 401 before
     the body is read (FastAPI parses a body before it solves the route's dependencies, so a
@@ -101,74 +74,13 @@ def key_first(app: Any, key_check: KeyCheck) -> Any:
             try:
                 await key_check(await BEARER(Request(scope)))
             except HTTPException as exc:
-                scope["route"] = _Template(scope["path"])
+                scope["route"] = Template(scope["path"])
                 await JSONResponse({"detail": exc.detail}, exc.status_code,
                                    headers=exc.headers)(scope, receive, send)
                 return
         await app(scope, receive, send)
 
     return http_only(app, checked)
-
-
-def body_cap(app: Any, limit: int, seconds: int) -> Any:
-    """ASGI middleware, before any route runs: a request body over ``limit`` bytes gets 413;
-    one that has not arrived whole within ``seconds`` gets 408 (a client that stalls, or
-    trickles its body, holds the connection and the body read so far no longer). Headers
-    have no such bound here (uvicorn has none): a proxy in front sets that one."""
-
-    async def capped(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["method"] in BODY_METHODS:  # the same scope: the metrics read its route
-            scope["headers"] = _as_json(scope.get("headers") or [])
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
-        too_big = declared is not None and declared.isdigit() and int(declared) > limit
-        coming = declared not in (None, b"0") or b"transfer-encoding" in headers
-        try:  # a request without a body (a GET) pays for no timer
-            body = None if too_big else await (_within(seconds, _read_body(receive, limit))
-                                                if coming else _read_body(receive, limit))
-        except TimeoutError:
-            await _refuse(scope, receive, send, 408, f"the request body did not arrive whole "
-                          f"within {seconds} s (CRYPTO_ML_API_BODY_SECONDS)")
-            return
-        if body is None:
-            await _refuse(scope, receive, send, 413, f"request body above the cap of {limit} "
-                          "bytes (CRYPTO_ML_API_MAX_BODY)")
-            return
-        await app(scope, replaying(body, receive), send)
-
-    return http_only(app, capped)
-
-
-async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, detail: str) -> None:
-    """A body refused: the connection closed after the answer (the rest of the body would be
-    read and dropped, and a client that goes on sending would hold the connection), counted
-    under the route's path when it is one that takes a body."""
-    if scope["path"] in KEYED_BODIES:
-        scope["route"] = _Template(scope["path"])
-    await JSONResponse({"detail": detail}, status_code=status,
-                       headers={"Connection": "close"})(scope, receive, send)
-
-
-async def _within(seconds: int, read: Awaitable[bytes | None]) -> bytes | None:
-    async with asyncio.timeout(seconds):
-        return await read
-
-
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    """The request body, or None once it is over ``limit`` bytes (an ``http.disconnect``:
-    the empty body, as none will come)."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return b""
-        chunks.append(message.get("body", b""))
-        size += len(chunks[-1])
-        if size > limit:
-            return None
-        if not message.get("more_body"):
-            return b"".join(chunks)
 
 
 def add_docs(app: FastAPI) -> None:
@@ -247,11 +159,11 @@ def create_app(settings: Settings, runs: Runs,
     _document_caps(app, settings)
     app.state.metrics = metrics
     app.state.runs = runs
+    app.state.bodies = bodies = BodyDeadlines(settings.api_body_seconds)
     app.add_middleware(_Wrap, wrap=lambda inner: key_first(inner, key_check))
-    app.add_middleware(_Wrap, wrap=lambda inner: body_cap(inner, settings.api_max_body,
-                                                          settings.api_body_seconds))
-    app.add_middleware(_Wrap, wrap=metrics.middleware)
+    app.add_middleware(_Wrap, wrap=lambda inner: body_cap(inner, settings.api_max_body, bodies))
     app.add_middleware(_Wrap, wrap=head_as_get)
+    app.add_middleware(_Wrap, wrap=metrics.middleware)  # outermost: it sees HEAD as HEAD
     return app
 
 
@@ -268,7 +180,8 @@ def head_as_get(app: Any) -> Any:
             await send({**message, "body": b""} if message["type"] == "http.response.body"
                        else message)
 
-        await app({**scope, "method": "GET"}, receive, bodiless)
+        scope["method"] = "GET"  # the same scope: the metrics read the route matched in it
+        await app(scope, receive, bodiless)
 
     return http_only(app, head)
 

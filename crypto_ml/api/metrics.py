@@ -108,7 +108,7 @@ class ApiMetrics:
 
         async def counted(scope: Scope, receive: Receive, send: Send) -> None:
             started = time.perf_counter()
-            status = 500
+            method, status = scope["method"], 500  # the method asked (HEAD answers as GET)
 
             async def send_status(message: Message) -> None:
                 nonlocal status
@@ -120,7 +120,7 @@ class ApiMetrics:
                 await app(scope, receive, send_status)
             finally:
                 route = getattr(scope.get("route"), "path", None) or "unmatched"
-                self.requests.labels(scope["method"], route, str(status)).inc()
-                self.latency.labels(scope["method"], route).observe(time.perf_counter() - started)
+                self.requests.labels(method, route, str(status)).inc()
+                self.latency.labels(method, route).observe(time.perf_counter() - started)
 
         return http_only(app, counted)
