@@ -223,10 +223,19 @@ def test_a_method_a_route_lacks_gets_405_naming_the_ones_it_has(data: Path) -> N
     assert set(reply.headers["allow"].replace(" ", "").split(",")) == {"GET", "DELETE", "HEAD"}
 
 
-def test_wait_above_the_cap_is_refused(data: Path) -> None:
-    reply = make(data, api_max_wait=5).post("/v1/forecasts?wait=6", json={"coins": ["alpha"]})
-    assert reply.status_code == 422
+@pytest.mark.parametrize("wait", ["6", "5_0", "0x1", "nan", "inf"])
+def test_wait_above_the_cap_or_not_in_decimal_is_refused(data: Path, wait: str) -> None:
+    reply = make(data, api_max_wait=5).post(f"/v1/forecasts?wait={wait}",
+                                            json={"coins": ["alpha"]})
+    assert reply.status_code == 422  # 5_0 was read as 50, as Python reads it
     assert reply.json()["detail"][0]["loc"] == ["query", "wait"]
+
+
+@pytest.mark.parametrize("wait", ["1", " 2.5", "1e0", ".5", "+3."])
+def test_wait_in_decimal_is_taken(data: Path, wait: str) -> None:
+    reply = make(data, api_max_wait=5).post(f"/v1/forecasts?wait={wait}",
+                                            json={"coins": ["alpha"], "model": "naive"})
+    assert reply.status_code == 200, reply.text
 
 
 def test_unknown_run_is_404_and_a_finished_one_can_be_read_again(data: Path) -> None:

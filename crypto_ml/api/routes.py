@@ -9,6 +9,7 @@ routes (``/healthz``, ``/metrics``) do not.
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any
@@ -17,6 +18,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.params import Depends
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BeforeValidator
 from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
 from crypto_ml.core.errors import ConfigError, DataNotFound, JobConflict
@@ -45,8 +47,19 @@ PARQUET = "application/vnd.apache.parquet"
 BINARY = {"type": "string", "format": "binary"}
 UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem, "description": "missing or unknown API key"}}
-Wait = Annotated[float, Query(ge=0, description="seconds to wait for the results (at most "
-                                                "CRYPTO_ML_API_MAX_WAIT)")]
+#: A number as written in decimal (pydantic also reads Python's ``5_0``, as 50)
+DECIMAL = re.compile(r"\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\s*")
+
+
+def _decimal(value: Any) -> Any:
+    if isinstance(value, str) and not DECIMAL.fullmatch(value):
+        raise ValueError("wait is a number of seconds in decimal, like 2.5")
+    return value
+
+
+Wait = Annotated[float, BeforeValidator(_decimal),
+                 Query(ge=0, description="seconds to wait for the results (at most "
+                                         "CRYPTO_ML_API_MAX_WAIT)")]
 
 
 def _problems(described: dict[int, str]) -> dict[int | str, dict[str, Any]]:
