@@ -150,8 +150,10 @@ def test_registry_rejects_unknown_names() -> None:
 
 
 def test_model_names_are_taken_in_any_case_as_the_command_line_takes_them() -> None:
-    assert parse_models("NAIVE, Linear,naive") == ["naive", "linear"]
-    assert parse_models(["LSTM"]) == ["lstm"]
+    assert parse_models("NAIVE, Linear,naive") == ("naive", "linear")
+    assert parse_models(["LSTM"]) == ("lstm",)
+    parsed = parse_models("ets,theta")
+    assert parse_models(parsed) is parsed  # parsed once: taken as it is when given again
 
 
 @pytest.mark.parametrize("name", [n for n in model_names() if not model_class(n).heavy])

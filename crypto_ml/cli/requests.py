@@ -216,8 +216,8 @@ def _send_models(args: argparse.Namespace, table: bool
     best = None
     if args.model == BEST:
         best = Best((), load_saved(args.backtest)) if args.backtest else Best(
-            tuple(parse_models(args.candidates or DEFAULT_CANDIDATES)), None)
-    models = tuple(parse_models(args.model, [*model_names(), BEST])) if best is None else ()
+            parse_models(args.candidates or DEFAULT_CANDIDATES), None)
+    models = parse_models(args.model, [*model_names(), BEST]) if best is None else ()
     fitted = best.models if best is not None else models
     epochs = {} if args.epochs is None else {"epochs": args.epochs}
     check_option_values(fitted, epochs, "--model {}")
@@ -291,7 +291,7 @@ def _backtest_layout(args: argparse.Namespace) -> TableRequest | None:
 def _backtest_models(args: argparse.Namespace) -> tuple[tuple[str, ...], dict[str, int]]:
     """The models of a backtest and their ``--param`` options, checked once against them and
     ``--epochs``, ``--seed`` and the ``--max-points`` windows."""
-    models = tuple(parse_models(args.model))
+    models = parse_models(args.model)
     options = dict(args.param)
     check_option_names(models, options, "--param {}")
     check_option_names(models, [o for o in ("epochs", "seed") if getattr(args, o) is not None],

@@ -175,7 +175,7 @@ class CryptoManager:
             self._launched.stop(idle=True)
             self._launched = None
 
-    def build_requests(self, models: list[str], coins: Sequence[str] | None, horizon: int,
+    def build_requests(self, models: Sequence[str], coins: Sequence[str] | None, horizon: int,
                        max_points: int | None, params: dict[str, Any],
                        report: RunReport, *, retrain: bool = False,
                        levels: Sequence[float] = DEFAULT_LEVELS) -> list[ForecastRequest]:

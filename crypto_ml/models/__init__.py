@@ -131,9 +131,16 @@ def check_option_values(models: Sequence[str], options: Mapping[str, object],
             raise ConfigError(f"{label.format(name)}: {exc}") from None
 
 
-def parse_models(spec: str | Sequence[str], offer: Sequence[str] = ()) -> list[str]:
+class Models(tuple[str, ...]):
+    """Model names :func:`parse_models` has checked: given to it again, taken as they are (the
+    command line parses ``--model`` once; the Python API it calls checks what others give)."""
+
+
+def parse_models(spec: str | Sequence[str], offer: Sequence[str] = ()) -> Models:
     """``"lstm,gru"`` or ``["LSTM"]`` -> validated model names (lower case), duplicates
     dropped; an unknown name's error offers ``offer`` (default: every model)."""
+    if isinstance(spec, Models):
+        return spec
     given = spec.split(",") if isinstance(spec, str) else spec
     if not isinstance(given, Sequence) or not all(isinstance(m, str) for m in given):
         shown = next((m for m in (given if isinstance(given, Sequence) else [given])
@@ -149,7 +156,7 @@ def parse_models(spec: str | Sequence[str], offer: Sequence[str] = ()) -> list[s
                                f"{', '.join(offer or known)}" + _statsforecast_hint(as_given))
     if not names:
         raise UnknownModel(f"no model given; choose from {', '.join(known)}")
-    return list(dict.fromkeys(names))
+    return Models(dict.fromkeys(names))
 
 
 def parse_fallback(spec: str | Sequence[str], models: Sequence[str],
@@ -174,6 +181,6 @@ def parse_fallback(spec: str | Sequence[str], models: Sequence[str],
 
 
 __all__ = ["DEFAULT_HORIZON", "DEFAULT_MODEL", "HEAVY", "PARAMS", "REGISTRY", "Forecaster",
-           "check_horizon", "check_option_names",
-           "check_option_values", "clean_series", "default_max_points", "get_model", "model_class",
-           "model_names", "parse_fallback", "parse_models"]
+           "Models", "check_horizon", "check_option_names", "check_option_values",
+           "clean_series", "default_max_points", "get_model", "model_class", "model_names",
+           "parse_fallback", "parse_models"]
