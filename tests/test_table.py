@@ -744,8 +744,9 @@ def test_the_same_output_for_another_run_is_refused_naming_the_difference(tmp_pa
     other = TablePlan.of(["naive"], 5, LEVELS, chunk_series=4)
     with pytest.raises(OutputMismatch, match="--horizon was 4, now 5"):
         TableOutput(tmp_path / "o.parquet", other.describe(source)).done_chunks()
-    assert TableOutput(tmp_path / "o.parquet", other.describe(source),
-                       overwrite=True).done_chunks() == set()
+    afresh = TableOutput(tmp_path / "o.parquet", other.describe(source), overwrite=True)
+    assert not afresh.finished() and (tmp_path / ".o.parquet.parts").is_dir()  # till it runs
+    assert afresh.done_chunks() == set()
     manifest = json.loads((tmp_path / ".o.parquet.parts" / "manifest.json").read_text())
     assert manifest["horizon"] == 5
 

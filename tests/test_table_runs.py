@@ -27,7 +27,7 @@ from crypto_ml.dispatch.payloads import store_payload
 from crypto_ml.dispatch.table_output import RUN_ID
 from crypto_ml.dispatch.table_run import TablePlan
 from crypto_ml.models import get_model
-from crypto_ml.ops.processes import wait_until
+from crypto_ml.ops.processes import free_port, wait_until
 from crypto_ml.worker.chunks import TABLE_TASK_NAME, chunk_kwargs
 
 pytestmark = pytest.mark.integration
@@ -292,6 +292,10 @@ def test_the_same_output_for_another_horizon_exits_2_naming_it(cluster, tmp_path
         refused.stderr
     finished = run_cli(*embedded)  # nothing to compute: no cluster either
     assert finished.returncode == 0 and "embedded" not in finished.stderr, finished.stderr
+    gone = [a if a != cluster.broker_url else f"redis://127.0.0.1:{free_port()}/0" for a in args]
+    unreachable = run_cli(*gone, "--horizon", "5", "--overwrite")
+    assert unreachable.returncode == 2 and "cannot reach the broker" in unreachable.stderr
+    assert len(pd.read_parquet(tmp_path / "o.parquet")) == 20 * 10  # it deleted OUT first
     assert run_cli(*args, "--horizon", "5", "--overwrite").returncode == 0
     assert len(pd.read_parquet(tmp_path / "o.parquet")) == 20 * 5
 

@@ -211,15 +211,14 @@ class TableOutput:
         self.failures = failures_path(out)
         self.parts = out.with_name(f".{out.name}.parts")
         self.run = dict(run)
+        self.overwrite = overwrite
         check_apart(out, self.run.get("input"))
-        if overwrite:
-            shutil.rmtree(self.parts, ignore_errors=True)
-            for path in (out, self.failures):
-                path.unlink(missing_ok=True)
 
     def finished(self) -> bool:
-        """True when OUT already holds this very run; OutputMismatch when another."""
-        if not self.out.exists():
+        """True when OUT already holds this very run; OutputMismatch when another, unless
+        ``overwrite``, or an interrupted run of this one is in the parts folder (an
+        ``--overwrite`` run: it resumes, and OUT stays as it is until it is replaced)."""
+        if not self.out.exists() or self.overwrite or self._parts_run() == self.run:
             return False
         try:
             meta = pq.read_schema(self.out).metadata or {}
@@ -235,6 +234,9 @@ class TableOutput:
     def done_chunks(self) -> set[int]:
         """Chunks already written by an earlier, interrupted run of the same command."""
         manifest = self.parts / MANIFEST
+        if self.overwrite:  # now, the cluster reached: a run that cannot start deletes nothing
+            shutil.rmtree(self.parts, ignore_errors=True)
+            self.overwrite = False  # the parts this run writes from now on are its own
         if not manifest.exists():
             try:
                 self.parts.mkdir(exist_ok=True)
@@ -254,6 +256,13 @@ class TableOutput:
         if had != self.run:
             raise OutputMismatch(f"--output {self.out}{holds} ({_differences(had, self.run)}); "
                                  f"pass --overwrite to {overwrite_to}")
+
+    def _parts_run(self) -> dict[str, Any] | None:
+        """The run whose chunks the parts folder holds (None: none, or unreadable)."""
+        try:
+            return dict(json.loads((self.parts / MANIFEST).read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
 
     @property
     def run_id(self) -> str | None:
