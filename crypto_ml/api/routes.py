@@ -57,9 +57,9 @@ def _decimal(value: Any) -> Any:
     return value
 
 
-Wait = Annotated[float, BeforeValidator(_decimal),
-                 Query(ge=0, description="seconds to wait for the results (at most "
-                                         "CRYPTO_ML_API_MAX_WAIT)")]
+Wait = Annotated[float, Query(ge=0, description="seconds to wait for the results (at most "
+                                                "CRYPTO_ML_API_MAX_WAIT)"),
+                 BeforeValidator(_decimal)]
 
 
 def _problems(described: dict[int, str]) -> dict[int | str, dict[str, Any]]:
