@@ -314,6 +314,28 @@ def test_each_file_of_a_folder_is_checked_and_other_files_are_left_alone(tmp_pat
         TableSource(folder)  # its rows are not read as missing closes
 
 
+@pytest.mark.parametrize("header", [b"unique_id,ds,y,pr\xe9cis\n", b"\xff\xfeunique_id,ds,y,x\n"])
+def test_a_table_whose_header_is_no_utf8_is_refused_in_a_line(tmp_path: Path,
+                                                              header: bytes) -> None:
+    # Latin-1, UTF-16: a UnicodeDecodeError traceback from Arrow's column names
+    (tmp_path / "t.csv").write_bytes(header + b"".join(
+        b"a,2020-01-%02d,%d,x\n" % (i, i) for i in range(1, 26)))
+    with pytest.raises(InvalidTable, match="column names are not UTF-8 text"):
+        TableSource(tmp_path / "t.csv").check()
+
+
+@pytest.mark.parametrize("name", [b"f\xe9.parquet", b"k=caf\xe9/p.parquet"])
+def test_a_file_whose_name_is_no_utf8_is_named_so(tmp_path: Path, name: bytes) -> None:
+    # Arrow opens UTF-8 names alone: a UnicodeEncodeError traceback
+    file = Path(os.fsdecode(bytes(tmp_path / "t") + b"/" + name))
+    file.parent.mkdir(parents=True)
+    write_parquet(random_walks(2, 20), tmp_path / "ok.parquet")
+    (tmp_path / "ok.parquet").rename(file)
+    shown = name.decode("utf-8", "backslashreplace").replace("\\", "\\\\")
+    with pytest.raises(InvalidTable, match=f"{shown} in .*: its name is not UTF-8 text"):
+        TableSource(tmp_path / "t")
+
+
 def test_hive_folders_keep_ids_as_text(tmp_path: Path) -> None:
     walk = random_walks(1, 20).drop(columns="unique_id")
     for name, rows in (("007", walk.iloc[:10]), ("7", walk.iloc[10:])):

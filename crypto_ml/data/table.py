@@ -43,7 +43,7 @@ from crypto_ml.data.table_checks import (
     time_column,
     value_column,
 )
-from crypto_ml.data.table_files import DEFAULT_COLUMNS, dataset_of, table_files
+from crypto_ml.data.table_files import DEFAULT_COLUMNS, NOT_UTF8, dataset_of, table_files
 from crypto_ml.data.table_files import Columns as Columns  # where callers have found it
 
 BATCH_ROWS = 1 << 18
@@ -135,11 +135,14 @@ class TableSource:
             yield from self._sorted.to_batches(BATCH_ROWS)
             return
         c = self.columns
-        missing = [n for n in (c.id, c.time, c.value) if n not in self.dataset.schema.names]
+        try:
+            has = self.dataset.schema.names
+        except UnicodeError:
+            raise InvalidTable(f"{self.label}: {NOT_UTF8}") from None
+        missing = [n for n in (c.id, c.time, c.value) if n not in has]
         if missing:
-            raise InvalidTable(
-                f"{self.label}: no column {', '.join(map(repr, missing))} (it has "
-                f"{', '.join(self.dataset.schema.names)}); {NAME_COLUMNS}")
+            raise InvalidTable(f"{self.label}: no column {', '.join(map(repr, missing))} (it "
+                               f"has {', '.join(has)}); {NAME_COLUMNS}")
         try:
             names = [c.id] if ids or self.only else []
             yield from read_ahead(self._scan([*names, c.time, *([c.value] if values else [])]))

@@ -4,6 +4,7 @@ the id, time and value columns (:class:`Columns`). :mod:`crypto_ml.data.table` r
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,9 @@ class Columns:
 
 
 DEFAULT_COLUMNS = Columns()
+#: A table whose header (or column names) Arrow read as bytes that are no UTF-8
+NOT_UTF8 = ("its column names are not UTF-8 text (a CSV saved as Latin-1 or UTF-16, or no "
+            "table at all); save it as UTF-8")
 
 
 def table_files(path: Path) -> tuple[list[Path], str]:
@@ -50,6 +54,9 @@ def table_files(path: Path) -> tuple[list[Path], str]:
         part.startswith((".", "_")) for part in p.relative_to(path).parts))
     parquet = [p for p in files if p.suffix.lower() in (".parquet", ".pq")]
     csv = [p for p in files if _is_csv(p)]
+    if (odd := next((p for p in [*parquet, *csv] if not _utf8(p)), None)) is not None:
+        raise InvalidTable(f"--input: {shown(odd.relative_to(path))} in {shown(path)}: its name "
+                           "is not UTF-8 text, which Arrow cannot open; rename it")
     if parquet and csv:  # one table is one format: say so rather than skip a part of it
         raise InvalidTable(f"--input {path}: the folder holds both Parquet ({parquet[0].name}) "
                            f"and CSV ({csv[0].name}) files; give a folder of one kind")
@@ -58,6 +65,19 @@ def table_files(path: Path) -> tuple[list[Path], str]:
     if csv:
         return csv, "csv"
     raise InvalidTable(f"--input {path}: the folder holds no .parquet or .csv file")
+
+
+def _utf8(path: Path) -> bool:
+    try:
+        str(path).encode()
+    except UnicodeEncodeError:  # bytes the file system's names decode to no text
+        return False
+    return True
+
+
+def shown(path: Path | str) -> str:
+    """``path`` as text that any output takes: a name's bytes that are no UTF-8 as ``\\xe9``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _is_csv(path: Path) -> bool:
@@ -72,6 +92,8 @@ def dataset_of(path: Path, files: list[Path], kind: str, columns: Columns
         return _open(path, files, kind, columns)
     except (pa.ArrowException, OSError) as exc:  # an empty or ragged CSV, say
         raise InvalidTable(f"--input {path}: cannot read the table ({exc})") from None
+    except UnicodeError:  # Arrow's column names as Python text
+        raise InvalidTable(f"--input {path}: {NOT_UTF8}") from None
 
 
 def _open(path: Path, files: list[Path], kind: str, columns: Columns
