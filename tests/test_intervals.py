@@ -19,6 +19,7 @@ from crypto_ml.models.intervals import (
     conformal_bands,
     conformal_quantile,
     level_key,
+    normal_quantile,
     random_walk_bands,
 )
 
@@ -30,9 +31,14 @@ def test_levels_are_checked_sorted_and_deduplicated() -> None:
     assert check_levels([99.99999, 80]) == (80.0, 99.99999)
     assert [level_key(v) for v in (80.0, 99.5, 99.99999, 0.1 + 0.2)] == ["80", "99.5", "99.99999",
                                                                          "0.3"]
-    for bad in ([0], [100], ["wide"], [True], 7):
+    for bad in ([0], [100], ["wide"], [True], 7, [float("nan")]):
         with pytest.raises(InvalidTaskInput):
             check_levels(bad)
+    for rounded in (99.99999999999999, 99.99999999999996):  # every forecast NaN, as "100"
+        with pytest.raises(InvalidTaskInput, match="below 100 by more than rounding"):
+            check_levels([rounded])
+    assert check_levels([99.9999999999999]) == (99.9999999999999,)
+    assert np.isfinite(normal_quantile(99.9999999999999))
 
 
 def test_random_walk_bands_follow_the_square_root_of_time() -> None:

@@ -88,6 +88,9 @@ def check_levels(levels: object) -> tuple[float, ...]:
             raise InvalidTaskInput(f"a level must be a number like 80 or 95, got {level!r}") from None
         if isinstance(level, bool) or not 0 < value < 100:
             raise InvalidTaskInput(f"a level must be a percentage between 0 and 100, got {level!r}")
+        if level_key(value) == "100" or not 0.5 + value / 200.0 < 1.0:  # no bound, NaN rows
+            raise InvalidTaskInput(f"a level must be below 100 by more than rounding (its "
+                                   f"interval would have no bounds), got {level!r}")
         out.append(value)
     named: dict[str, float] = {}
     for value in sorted(set(out)):
