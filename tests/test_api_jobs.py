@@ -165,6 +165,23 @@ def test_a_bad_job_gets_422_naming_the_problem(server: Server, body: dict[str, o
     assert str(data_dir(server).resolve()) not in str(reply)  # where the server keeps its data
 
 
+def test_a_folder_holding_the_jobs_folder_is_no_input(tmp_path: Path) -> None:
+    # a job wrote its output into its input folder, and every later job over it read that
+    # output as a table of its own (no column 'ds'): the folder could not be run again
+    jobs = tmp_path / "prices" / "sub" / "jobs"
+    with embedded_server(tmp_path, CRYPTO_ML_API_JOBS_DIR=str(jobs)) as server:
+        (tmp_path / "prices" / "sub").mkdir()
+        write_parquet(random_walks(3, 30), tmp_path / "prices" / "sub" / "t.parquet")
+        status, reply = call(f"{server.url}/v1/jobs", {"input": "sub"})
+        assert status == 422, reply
+        assert reply["detail"][0]["msg"] == (
+            "input 'sub': it holds the server's job outputs (CRYPTO_ML_API_JOBS_DIR), which "
+            "later jobs would read as series; give a file or a folder that does not hold them")
+        status, accepted = call(f"{server.url}/v1/jobs", {"input": "sub/t.parquet"})
+        assert status == 202, accepted
+        wait_until(lambda: job_state(server, accepted["id"])["status"] == "done", 120, "the job")
+
+
 def test_delete_cancels_a_job_and_its_queued_work_goes(server: Server) -> None:
     write_parquet(random_walks(3000, 60, seed=5), data_dir(server) / "slow.parquet")
     status, accepted = call(f"{server.url}/v1/jobs", {"input": "slow.parquet", "model": "ets"})

@@ -66,8 +66,8 @@ def embedded_server(folder: Path, coins: tuple[str, ...] = ("Alpha", "Beta"),
     data = write_coins(folder / "prices", coins=coins)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTO_ML_")}
-    env.update(CRYPTO_ML_DATA_DIR=str(data), CRYPTO_ML_API_KEYS=KEY,
-               CRYPTO_ML_API_JOBS_DIR=str(folder / "jobs"), **env_vars)
+    env.update({"CRYPTO_ML_DATA_DIR": str(data), "CRYPTO_ML_API_KEYS": KEY,
+                "CRYPTO_ML_API_JOBS_DIR": str(folder / "jobs"), **env_vars})
     log = folder / "api.log"
     proc = spawn([sys.executable, "-m", "crypto_ml.api", "--port", str(port), "--workers", "1"],
                  log, env=env, cwd=ROOT)
