@@ -22,6 +22,7 @@ import pytest
 from table_support import random_walks, write_parquet
 
 import crypto_ml.data.table as table_module
+import crypto_ml.dispatch.table_output as table_output_module
 from crypto_ml.cli.requests import check_table_output
 from crypto_ml.core.errors import (
     ConfigError,
@@ -686,6 +687,34 @@ def _written(out: Path, plan: TablePlan, source: TableSource, parts: list,
     for part in parts:
         output.write_chunk(*part)
     output.finish(plan.schema("date"), range(len(parts)), ids)
+
+
+def test_a_ctrl_c_while_the_parts_are_joined_leaves_no_temporary_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # an output-sized .OUT.parquet.<hex>.tmp stayed for ever: no run sweeps it
+    plan, source, parts = _plan_and_rows(tmp_path)
+    output = TableOutput(tmp_path / "o.parquet", plan.describe(source))
+    output.done_chunks()
+    for part in parts:
+        output.write_chunk(*part)
+    read = table_output_module._read_part
+    seen = []
+
+    def interrupted(part: Path) -> pa.Table:
+        seen.append(part)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+        return read(part)
+
+    monkeypatch.setattr(table_output_module, "_read_part", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        output.finish(plan.schema("date"), range(len(parts)))
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
+    monkeypatch.setattr(table_output_module, "_read_part", read)
+    again = TableOutput(tmp_path / "o.parquet", plan.describe(source))
+    assert again.done_chunks() == {p[0] for p in parts}  # and the rerun joins them
+    again.finish(plan.schema("date"), range(len(parts)))
+    assert pq.read_table(tmp_path / "o.parquet").num_rows == 9 * 4
 
 
 def test_an_interrupted_output_resumes_and_ends_as_an_uninterrupted_one(tmp_path: Path) -> None:

@@ -177,7 +177,8 @@ def _aside(path: Path, hidden: str = "") -> Path:
 @contextlib.contextmanager
 def _writing(path: Path, tmp: Path) -> Iterator[None]:
     """An OSError while ``tmp`` is written and renamed to ``path`` as one OutputUnwritable
-    naming ``path`` (what the disk said); ``tmp`` removed."""
+    naming ``path`` (what the disk said); ``tmp`` removed, whatever stopped the writing (a
+    Ctrl-C too: no run sweeps it later)."""
     try:
         yield
     except OSError as exc:
@@ -185,6 +186,9 @@ def _writing(path: Path, tmp: Path) -> Iterator[None]:
         raise OutputUnwritable(f"cannot write {path} ({exc.strerror or exc}); free space or "
                                "fix the folder, then run it again: it goes on from the chunks "
                                "already written") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _write_atomic(table: pa.Table, path: Path) -> None:
