@@ -30,6 +30,7 @@ from crypto_ml.dispatch.table_output import (
     TableOutput,
     check_apart,
     failures_path,
+    first_failures,
     held,
 )
 from crypto_ml.dispatch.table_run import TablePlan, TableSummary
@@ -109,6 +110,10 @@ def send_table(request: SendRequest, table: TableRequest) -> int:
     return EXIT_OK if not summary.failures and not summary.chunks_failed else EXIT_FAILED
 
 
+#: Failures of a table run said on stderr (the others are in OUT.failures.parquet alone)
+SHOWN_FAILURES = 5
+
+
 def say_summary(summary: TableSummary, out: Path) -> None:
     if summary.already_complete:
         console.info(f"summary: {out} already holds this run ({summary.series} series); "
@@ -130,7 +135,11 @@ def say_summary(summary: TableSummary, out: Path) -> None:
                         f"({first}); {advice}")
         return
     filled = f", {summary.filled} filled by the fallback model" if summary.filled else ""
+    shown = first_failures(out, SHOWN_FAILURES) if summary.failures else []
+    for uid, model, error in shown:  # failures are said even with -q, as a folder run's are
+        console.warning(f"failed: {uid} {model}: {error}")
+    rest = f"; {summary.failures - len(shown)} more listed there" \
+        if shown and summary.failures > len(shown) else ""
     wrote = (f"wrote {out} and {failures_path(out)} ({summary.failures} failed forecast(s)"
-             f"{filled})")
-    # failures are said even with -q, which keeps errors and failures
+             f"{filled}{rest})")
     (console.warning if summary.failures else console.info)(wrote)

@@ -53,6 +53,21 @@ def _filled(errors: pa.ChunkedArray) -> pa.ChunkedArray:
     return pc.starts_with(errors, FILLED)
 
 
+def first_failures(out: Path, n: int) -> list[tuple[str, str, str]]:
+    """The first ``n`` failures (id, model, error) in a finished run's failures table, those a
+    fallback model filled left out; read batch by batch (a run may fail millions)."""
+    shown: list[tuple[str, str, str]] = []
+    with contextlib.suppress(FileNotFoundError):
+        for batch in pq.ParquetFile(failures_path(out)).iter_batches(batch_size=1024):
+            rows = pa.Table.from_batches([batch])
+            rows = rows.filter(pc.invert(_filled(rows.column("error"))))
+            shown += zip(*(rows.column(c).to_pylist() for c in FAILURES_SCHEMA.names),
+                         strict=True)
+            if len(shown) >= n:
+                break
+    return shown[:n]
+
+
 def failed_series(failures: pa.Table) -> set[str]:
     """The ids in failure rows that no fallback model filled."""
     filled = _filled(failures.column("error"))
