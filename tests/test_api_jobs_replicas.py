@@ -339,9 +339,11 @@ def test_the_manager_user_may_keep_job_records_and_nothing_near_them(server: str
             assert store.resumed_by("j1") == "j3" and store.resumed_by("j2") is None
             store.mark_resumed("j1", "j5")
             assert store.resumed_by("j1") == "j5"
-            assert status_of(job, now=3.0)["eta_seconds"] == 3.0  # 6 left at 2 series/s
+            # 6 left at 4 series/s: its 4 done by its last heartbeat, 1 s after it started
+            assert status_of(job, now=3.0)["eta_seconds"] == 1.5
+            assert status_of(job, now=9.0)["eta_seconds"] == 1.5  # it grew as the clock ran
             resumed = status_of({**job, "resumed": 2}, now=3.0)  # 2 of its 4 taken, not computed
-            assert (resumed["series_per_second"], resumed["eta_seconds"]) == (1.0, 6.0)
+            assert (resumed["series_per_second"], resumed["eta_seconds"]) == (2.0, 3.0)
             with cluster.client() as admin:
                 assert acl_log(admin) == []
                 assert 0 < admin.ttl("crypto_ml:job:j1") <= 60

@@ -158,9 +158,11 @@ def status_of(record: dict[str, Any], now: float | None = None,
     now = time.time() if now is None else now
     status, error = record["status"], record["error"]
     silent = now - record["heartbeat"]
-    end = record["finished"] or now
+    # the rate as of the record's last write (its done, at its heartbeat): against now it sank
+    # while a dead replica's job still read running, then rose again as it turned failed
+    end = record["finished"] or record["heartbeat"]
     if status in ACTIVE and silent > record["stale_after"]:
-        status, end = "failed", record["heartbeat"]  # its rate: until it fell silent
+        status = "failed"
         error = stopped_error(record["replica"], f"no heartbeat for {silent:.0f} s")
     resumed_by = resumed_by if status == "failed" else None
     if status == "failed" and (record.get("resumable", True) or resumed_by is not None):
