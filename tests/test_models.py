@@ -20,6 +20,7 @@ from crypto_ml.models import (
     get_model,
     model_class,
     model_names,
+    parse_fallback,
     parse_models,
 )
 from crypto_ml.models.rnn import make_windows
@@ -154,6 +155,10 @@ def test_model_names_are_taken_in_any_case_as_the_command_line_takes_them() -> N
     assert parse_models(["LSTM"]) == ("lstm",)
     parsed = parse_models("ets,theta")
     assert parse_models(parsed) is parsed  # parsed once: taken as it is when given again
+    for models in (["ets"], parse_models("ets")):  # a list from Python, or parsed names
+        with pytest.raises(UnknownModel, match="'ets' is the model it would stand in for"):
+            parse_fallback("ets", models)
+    assert parse_fallback("Naive", parse_models("ets")) == "naive"
 
 
 @pytest.mark.parametrize("name", [n for n in model_names() if not model_class(n).heavy])

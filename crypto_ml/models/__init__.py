@@ -174,7 +174,7 @@ def parse_fallback(spec: str | Sequence[str], models: Sequence[str],
     if names[0] in HEAVY:
         raise UnknownModel(f"{label}: {names[0]!r} is a deep model; the fallback runs inside "
                            f"each chunk's message, so choose a cheap one: {', '.join(cheap)}")
-    if list(models) == names:
+    if list(models) == list(names):
         raise UnknownModel(f"{label}: {names[0]!r} is the model it would stand in for; it "
                            "would fail the same way, so choose another")
     return names[0]
