@@ -170,8 +170,10 @@ def test_a_folder_holding_the_jobs_folder_is_no_input(tmp_path: Path) -> None:
     # output as a table of its own (no column 'ds'): the folder could not be run again
     jobs = tmp_path / "prices" / "sub" / "jobs"
     with embedded_server(tmp_path, CRYPTO_ML_API_JOBS_DIR=str(jobs)) as server:
-        (tmp_path / "prices" / "sub").mkdir()
+        jobs.mkdir(parents=True)
         write_parquet(random_walks(3, 30), tmp_path / "prices" / "sub" / "t.parquet")
+        pd.DataFrame({"unique_id": ["s"], "model": ["naive"], "error": ["x"]}).to_parquet(
+            jobs / "old.failures.parquet")  # what an earlier job left there
         status, reply = call(f"{server.url}/v1/jobs", {"input": "sub"})
         assert status == 422, reply
         assert reply["detail"][0]["msg"] == (

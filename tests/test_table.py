@@ -335,6 +335,8 @@ def test_a_file_whose_name_is_no_utf8_is_named_so(tmp_path: Path, name: bytes) -
     shown = name.decode("utf-8", "backslashreplace").replace("\\", "\\\\")
     with pytest.raises(InvalidTable, match=f"{shown} in .*: its name is not UTF-8 text"):
         TableSource(tmp_path / "t")
+    with pytest.raises(InvalidTable, match="its name is not UTF-8 text"):
+        TableSource(file)  # given itself: its header was blamed
 
 
 def test_hive_folders_keep_ids_as_text(tmp_path: Path) -> None:
@@ -795,6 +797,15 @@ def test_the_same_output_for_another_run_is_refused_naming_the_difference(tmp_pa
     other = TablePlan.of(["naive"], 5, LEVELS, chunk_series=4)
     with pytest.raises(OutputMismatch, match="--horizon was 4, now 5"):
         TableOutput(tmp_path / "o.parquet", other.describe(source)).done_chunks()
+    finished = TableOutput(tmp_path / "f.parquet", plan.describe(source))
+    finished.done_chunks()
+    for part in parts:
+        finished.write_chunk(*part)
+    finished.finish(plan.schema("date"), range(len(parts)))
+    (tmp_path / ".f.parquet.parts").mkdir()  # a Ctrl-C in the parts' removal left some
+    (tmp_path / ".f.parquet.parts" / "manifest.json").write_text(json.dumps(
+        plan.describe(source)))
+    assert TableOutput(tmp_path / "f.parquet", plan.describe(source)).finished()  # not resumed
     afresh = TableOutput(tmp_path / "o.parquet", other.describe(source), overwrite=True)
     assert not afresh.finished() and (tmp_path / ".o.parquet.parts").is_dir()  # till it runs
     assert afresh.done_chunks() == set()

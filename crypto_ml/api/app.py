@@ -180,8 +180,12 @@ def head_as_get(app: Any) -> Any:
             await send({**message, "body": b""} if message["type"] == "http.response.body"
                        else message)
 
-        scope["method"] = "GET"  # the same scope: the metrics read the route matched in it
-        await app(scope, receive, bodiless)
+        inner = {**scope, "method": "GET"}  # uvicorn reads its own scope's method: HEAD
+        try:
+            await app(inner, receive, bodiless)
+        finally:  # what the metrics read of it
+            if "route" in inner:
+                scope["route"] = inner["route"]
 
     return http_only(app, head)
 

@@ -55,7 +55,8 @@ class BodyDeadlines:
         self.stopping = True
         now = asyncio.get_running_loop().time()
         for deadline in self._reading:
-            deadline.reschedule(now)
+            if not deadline.expired():  # one that just fired ends its read by itself
+                deadline.reschedule(now)
 
 
 def as_json(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

@@ -29,11 +29,11 @@ S3 = "s3://"
 BODY_COLUMNS = ("id_col", "time_col", "value_col")
 
 
-def read_input(given: str, columns: Columns, data_dir: Path, copy: Path
-               ) -> tuple[TableSource, TableInfo, dict[str, Any]]:
+def read_input(given: str, columns: Columns, data_dir: Path, copy: Path,
+               outputs: Path | None = None) -> tuple[TableSource, TableInfo, dict[str, Any]]:
     """The job's table (a path in ``data_dir``, or an S3 URI copied into ``copy``), checked;
     what the job's manifest records of it (never a path of the server's); ConfigError naming
-    the input as given."""
+    the input as given, or when it is a folder holding ``outputs`` (the jobs folder)."""
     path: Path | None = None
     state: dict[str, Any] = {}
     named = f"input {given[:200]!r}"
@@ -42,6 +42,7 @@ def read_input(given: str, columns: Columns, data_dir: Path, copy: Path
             path, state = s3_input(given, copy)
         else:  # recorded (and shown in the output's metadata) as a path in the data directory
             path = local_input(given, data_dir)
+            _apart(path, outputs, given)
             state = {"input": str(path.relative_to(data_dir.resolve()))}
         source = TableSource(path, columns)
         return source, source.check(), state
@@ -55,6 +56,19 @@ def read_input(given: str, columns: Columns, data_dir: Path, copy: Path
         raise ConfigError(as_given(f"cannot read input {given[:200]!r} as a long table "
                                    f"({type(exc).__name__}: {str(exc)[:300]})",
                                    named, path, given)) from None
+
+
+def _apart(path: Path, outputs: Path | None, given: str) -> None:
+    """ConfigError when ``path`` is a folder holding ``outputs``: each job's output would be
+    read as a table by every later job over that folder (the command line refuses it too),
+    which then failed on the first output already there."""
+    if outputs is None or not path.is_dir():
+        return
+    where = outputs.resolve()
+    if where == path or path in where.parents:
+        raise ConfigError(f"input {given[:200]!r}: it holds the server's job outputs "
+                          "(CRYPTO_ML_API_JOBS_DIR), which later jobs would read as series; "
+                          "give a file or a folder that does not hold them")
 
 
 def local_input(given: str, root: Path) -> Path:

@@ -117,17 +117,6 @@ class Job:
                 "resumable": self.resumable, "run": self.run}
 
 
-def _apart(folder: Path, source: TableSource, given: str) -> None:
-    """ConfigError when the jobs folder lies in the input folder: the job's output would be
-    read as series by every later job over that folder (which the command line refuses too)."""
-    table = Path(source.path).resolve() if isinstance(source.path, (str, Path)) else None
-    if table is not None and table.is_dir() and \
-            (folder.resolve() == table or table in folder.resolve().parents):
-        raise ConfigError(f"input {given[:200]!r}: it holds the server's job outputs "
-                          "(CRYPTO_ML_API_JOBS_DIR), which later jobs would read as series; "
-                          "give a file or a folder that does not hold them")
-
-
 class Jobs:
     """The table runs of one API process, on the cluster of ``app``; their records in the
     result backend, where every replica reads them: this process's job threads through
@@ -164,11 +153,10 @@ class Jobs:
             resumable(self.store, folder, body.resume)
         source, info, state = read_input(body.input, Columns(body.id_col, body.time_col,
                                                              body.value_col),
-                                         self.settings.data_dir, copy)
+                                         self.settings.data_dir, copy, folder)
         plan = TablePlan.of(models, body.horizon, body.levels, body.max_points,
                             fallback=fallback)
         try:
-            _apart(folder, source, body.input)
             folder.mkdir(parents=True, exist_ok=True)
             sweep(self.store, folder, self.settings.result_expires)
             job = Job(job_id, folder / f"{job_id}.parquet", info.series,

@@ -72,7 +72,7 @@ def _not_found(what: str) -> HTTPException:
                          "or made by an embedded cluster since restarted)")
 
 
-#: A request body too large or too slow (the body middleware, :func:`~crypto_ml.api.app.body_cap`).
+#: A request body too large or too slow (the body middleware, :func:`~crypto_ml.api.bodies.body_cap`).
 BODY_REFUSED: dict[int | str, dict[str, Any]] = {
     408: {"model": Problem, "description": "body not whole within CRYPTO_ML_API_BODY_SECONDS"},
     413: {"model": Problem, "description": "body too large"}}

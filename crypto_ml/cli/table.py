@@ -106,7 +106,7 @@ def send_table(request: SendRequest, table: TableRequest) -> int:
                                         table.in_flight, on_skip=progress.skip)
         finally:
             progress.close()
-    say_summary(summary, request.output)
+    say_summary(summary, request.output, table.overwrite)
     return EXIT_OK if not summary.failures and not summary.chunks_failed else EXIT_FAILED
 
 
@@ -114,7 +114,7 @@ def send_table(request: SendRequest, table: TableRequest) -> int:
 SHOWN_FAILURES = 5
 
 
-def say_summary(summary: TableSummary, out: Path) -> None:
+def say_summary(summary: TableSummary, out: Path, overwrite: bool = False) -> None:
     if summary.already_complete:
         console.info(f"summary: {out} already holds this run ({summary.series} series); "
                      "nothing to do (--overwrite to compute it again)")
@@ -129,7 +129,8 @@ def say_summary(summary: TableSummary, out: Path) -> None:
                  f"in {seconds:.1f} s ({rate:.0f} series/s, reading and writing included)")
     if summary.chunks_failed:
         first = next(iter(summary.chunks_failed.values()))
-        advice = ("run the same command again to retry them" if summary.retry_helps()
+        again = " without --overwrite" if overwrite else ""  # with it, all would start afresh
+        advice = (f"run the same command again{again} to retry them" if summary.retry_helps()
                   else "fix the command: run again as it is, it fails the same way")
         console.warning(f"failed: {len(summary.chunks_failed)} chunk(s) did not come back "
                         f"({first}); {advice}")

@@ -31,8 +31,8 @@ def add_table_options(parser: Any) -> None:
     group = add_input_options(parser, "table runs (a long table of many series in, "
                               "--output OUT.parquet out)")
     group.add_argument("--overwrite", action="store_true",
-                       help="start afresh even if --output holds a finished or interrupted run (the old "
-                       "files stay until the new run replaces them)")
+                       help="start afresh even if --output holds a finished or interrupted run (OUT and "
+                       "its failures table stay until the new run replaces them)")
     group.add_argument("--in-flight", type=positive_int, metavar="K",
                        help="at most K messages queued or running (default: 2 per task slot "
                        "of the live workers that take the run's queue, re-read as the run goes, "

@@ -33,6 +33,7 @@ class Columns:
 
 
 DEFAULT_COLUMNS = Columns()
+NOT_UTF8_NAME = "its name is not UTF-8 text, which Arrow cannot open; rename it"
 #: A table whose header (or column names) Arrow read as bytes that are no UTF-8
 NOT_UTF8 = ("its column names are not UTF-8 text (a CSV saved as Latin-1 or UTF-16, or no "
             "table at all); save it as UTF-8")
@@ -45,6 +46,8 @@ def table_files(path: Path) -> tuple[list[Path], str]:
     (``_SUCCESS``, ``_metadata``, an editor's or macOS' ``._x.parquet``) are not data."""
     if not path.exists():
         raise InvalidTable(f"--input {path}: no such file or folder")
+    if not _utf8(path):
+        raise InvalidTable(f"--input {shown(path)}: {NOT_UTF8_NAME}")
     if path.is_file():
         return [path], "csv" if _is_csv(path) else "parquet"
     if not path.is_dir():
@@ -55,8 +58,8 @@ def table_files(path: Path) -> tuple[list[Path], str]:
     parquet = [p for p in files if p.suffix.lower() in (".parquet", ".pq")]
     csv = [p for p in files if _is_csv(p)]
     if (odd := next((p for p in [*parquet, *csv] if not _utf8(p)), None)) is not None:
-        raise InvalidTable(f"--input: {shown(odd.relative_to(path))} in {shown(path)}: its name "
-                           "is not UTF-8 text, which Arrow cannot open; rename it")
+        raise InvalidTable(f"--input: {shown(odd.relative_to(path))} in {path}: "
+                           f"{NOT_UTF8_NAME}")
     if parquet and csv:  # one table is one format: say so rather than skip a part of it
         raise InvalidTable(f"--input {path}: the folder holds both Parquet ({parquet[0].name}) "
                            f"and CSV ({csv[0].name}) files; give a folder of one kind")

@@ -57,8 +57,9 @@ def first_failures(out: Path, n: int) -> list[tuple[str, str, str]]:
     """The first ``n`` failures (id, model, error) in a finished run's failures table, those a
     fallback model filled left out; read batch by batch (a run may fail millions)."""
     shown: list[tuple[str, str, str]] = []
-    with contextlib.suppress(FileNotFoundError):
-        for batch in pq.ParquetFile(failures_path(out)).iter_batches(batch_size=1024):
+    with contextlib.suppress(OSError, pa.ArrowException), \
+            pq.ParquetFile(failures_path(out)) as failures:  # the file names them all anyway
+        for batch in failures.iter_batches(batch_size=1024):
             rows = pa.Table.from_batches([batch])
             rows = rows.filter(pc.invert(_filled(rows.column("error"))))
             shown += zip(*(rows.column(c).to_pylist() for c in FAILURES_SCHEMA.names),
@@ -237,13 +238,17 @@ class TableOutput:
         """True when OUT already holds this very run; OutputMismatch when another, unless
         ``overwrite``, or an interrupted run of this one is in the parts folder (an
         ``--overwrite`` run: it resumes, and OUT stays as it is until it is replaced)."""
-        if not self.out.exists() or self.overwrite or self._parts_run() == self.run:
+        if not self.out.exists() or self.overwrite:
             return False
         try:
             meta = pq.read_schema(self.out).metadata or {}
             had = json.loads(meta.get(META_KEY, b"{}"))
         except (pa.ArrowException, OSError, ValueError):
             had = {}
+        if had == self.run:  # whatever parts a Ctrl-C in its last step left
+            return True
+        if self._parts_run() == self.run:
+            return False
         if not had:
             raise OutputMismatch(f"--output {self.out} is a file that no crypto-ml table run "
                                  "wrote; choose another file (--overwrite would delete it)")

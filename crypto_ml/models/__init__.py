@@ -132,8 +132,9 @@ def check_option_values(models: Sequence[str], options: Mapping[str, object],
 
 
 class Models(tuple[str, ...]):
-    """Model names :func:`parse_models` has checked: given to it again, taken as they are (the
-    command line parses ``--model`` once; the Python API it calls checks what others give)."""
+    """Model names :func:`parse_models` has checked (it alone makes them): given to it again,
+    taken as they are (the command line parses ``--model`` once; the Python API it calls
+    checks what others give)."""
 
 
 def parse_models(spec: str | Sequence[str], offer: Sequence[str] = ()) -> Models:
@@ -181,6 +182,6 @@ def parse_fallback(spec: str | Sequence[str], models: Sequence[str],
 
 
 __all__ = ["DEFAULT_HORIZON", "DEFAULT_MODEL", "HEAVY", "PARAMS", "REGISTRY", "Forecaster",
-           "Models", "check_horizon", "check_option_names", "check_option_values",
+           "check_horizon", "check_option_names", "check_option_values",
            "clean_series", "default_max_points", "get_model", "model_class", "model_names",
            "parse_fallback", "parse_models"]
