@@ -164,6 +164,8 @@ def test_a_folder_option_with_a_table_is_refused_not_dropped(
      "20 closes"),
     (["send-tasks", "--model", "best", "--backtest", "b.json", "--candidates", "ets"],
      "--candidates is for --model best without --backtest"),
+    (["send-tasks", "--model", "best", "--backtest", "b.json", "--output", "./b.json"],
+     "--output b.json is the --backtest file it reads"),  # written over it, exit 0
     (["backtest", "--model", "naive", "--epochs", "2"],
      "--epochs: naive does not take it; it takes no option"),
     (["backtest", "--model", "naive,linear", "--seed", "3"],

@@ -242,7 +242,8 @@ def test_python_api_returns_arrays_and_prints_one_line_per_coin(cluster: Any,
     out, err = io.StringIO(), io.StringIO()
     settings = Settings(data_dir=price_data).with_broker(cluster.broker_url)
     manager = CryptoManager(settings=settings, out=out, err=err)
-    forecasts = manager.send_tasks(model="naive", coins=["bitcoin", "dash"], horizon=3)
+    # numpy's integers as Python's: np.int64 failed in kombu's msgpack encoder
+    forecasts = manager.send_tasks(model="naive", coins=["bitcoin", "dash"], horizon=np.int64(3))
     assert set(forecasts) == {"bitcoin", "dash"}
     np.testing.assert_array_equal(forecasts["bitcoin"], [3630.7] * 3)
     assert sorted(line.split()[0] for line in out.getvalue().splitlines()) == ["bitcoin", "dash"]

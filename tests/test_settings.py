@@ -52,6 +52,8 @@ def test_each_variable_sets_its_field() -> None:
     assert Settings.from_env({"CRYPTO_ML_API_COALESCE": "0"}).api_coalesce == 0
     assert Settings.from_env({}).api_coalesce is None
     assert Settings.from_env({"CRYPTO_ML_API_ANSWER_SECONDS": "0"}).api_answer_seconds == 0
+    with pytest.raises(ConfigError, match=r"^CRYPTO_ML_FLOWER_PORT=70000 must be at most 65535"):
+        Settings.from_env({"CRYPTO_ML_FLOWER_PORT": "70000"})  # an OverflowError traceback
 
 
 def test_the_visibility_timeout_follows_the_hard_limit_unless_set() -> None:

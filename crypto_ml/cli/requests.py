@@ -179,6 +179,11 @@ def _send_layout(args: argparse.Namespace) -> TableRequest | None:
     if args.backtest and args.candidates:
         raise ConfigError("--candidates is for --model best without --backtest: the saved "
                           "backtest's models are the candidates")
+    for option, path in (("--output", args.output), ("--plot", args.plot)):
+        if args.backtest and path is not None and Path(path).resolve() == \
+                Path(args.backtest).resolve():  # it was written over the backtest it read
+            raise ConfigError(f"{option} {path} is the --backtest file it reads; write the "
+                              "forecasts elsewhere")
     if args.input is None:
         if getattr(args, "fallback_model", None) is not None:
             raise ConfigError("--fallback-model is for table runs (--input TABLE): a folder "

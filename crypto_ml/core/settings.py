@@ -100,13 +100,15 @@ def env_name(field_name: str) -> str:
     return ENV_PREFIX + field_name.upper()
 
 
-def _int(name: str, raw: str, minimum: int = 1) -> int:
+def _int(name: str, raw: str, minimum: int = 1, maximum: int | None = None) -> int:
     try:
         value = int(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not an integer; set it to a whole number") from None
     if value < minimum:
         raise ConfigError(f"{name}={value} must be {'positive' if minimum == 1 else f'at least {minimum}'}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name}={value} must be at most {maximum}")
     return value
 
 
@@ -149,6 +151,7 @@ _SPECIAL: dict[str, Callable[[str], object]] = {
     "api_keys": lambda raw: tuple(comma_list(raw)),
     "api_coalesce": lambda raw: _int(env_name("api_coalesce"), raw, minimum=0),
     "api_answer_seconds": lambda raw: _int(env_name("api_answer_seconds"), raw, minimum=0),
+    "flower_port": lambda raw: _int(env_name("flower_port"), raw, maximum=65535),
 }
 
 

@@ -69,11 +69,10 @@ CLI_HINT = "set CRYPTO_ML_BROKER_URL or --broker redis://HOST:6379/0 to use your
 PYTHON_HINT = "set CRYPTO_ML_BROKER_URL=redis://HOST:6379/0 to use your own cluster"
 
 
-def checked_call(coins: str | Sequence[str] | None, horizon: object,
-                 timeout: float | None) -> list[str] | None:
+def checked_call(coins: str | Sequence[str] | None, timeout: float | None
+                 ) -> list[str] | None:
     """A Python caller's ``coins`` as a list (a string is a comma list, as ``--coins``; None
-    every coin; empty: an error), or ConfigError; the horizon and the timeout positive."""
-    check_horizon(horizon)
+    every coin; empty: an error), or ConfigError; the timeout positive."""
     if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
         raise ConfigError(f"timeout must be a finite number of seconds above 0 (or None), got "
                           f"{timeout}")
@@ -227,11 +226,13 @@ class CryptoManager:
         (:mod:`crypto_ml.worker.model_store`) unless ``retrain``.
         """
         names = parse_models(models)
-        coins = checked_call(coins, horizon, timeout)
+        horizon = check_horizon(horizon)  # a plain int (numpy's is no message's)
+        coins = checked_call(coins, timeout)
         max_points = whole_closes(max_points)
         if (why := self.settings.horizon_problem(horizon)) is not None:
             raise ConfigError(f"horizon {why}")
         if epochs is not None:  # a deep model's option: refused where no model takes it
+            epochs = int(epochs) if isinstance(epochs, np.integer) else epochs
             check_option_names(names, ["epochs"])
             check_option_values(names, {"epochs": epochs}, "model {!r}")
         if known_only and coins and isinstance(self.loader, CryptoLoader):  # a typo: refused
