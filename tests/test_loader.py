@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from crypto_ml.core.errors import CoinNotFound, CryptoMLError, DataNotFound
+from crypto_ml.core.errors import CoinNotFound, ConfigError, CryptoMLError, DataNotFound
 from crypto_ml.data.loader import CryptoLoader
 from crypto_ml.data.parsing import coin_id
 
@@ -251,3 +252,18 @@ def test_a_changed_or_added_file_is_parsed_again(tmp_path: Path) -> None:
     fresh = CryptoLoader(data, cache_dir=cache)
     assert fresh.get_prices("some_coin").tolist() == [7.0, 8.0]
     assert fresh.get_crypto_names() == ["dup", "new", "some_coin"]
+
+
+@pytest.mark.parametrize(("kwargs", "says"), [
+    ({"max_points": 0}, "max_points must be a whole number of closes, at least 1"),
+    ({"max_points": "5"}, "max_points must be a whole number"),  # a TypeError from '<'
+    ({"max_points": 2.5}, "max_points must be a whole number"),  # a TypeError in a slice
+    ({"from_date": "notadate"}, "from_date must be a date, like '2017-06-01', got 'notadate'"),
+    ({"from_date": "2017-06-01", "to_date": "2017-01-01"}, "from_date 2017-06-01 is after"),
+    ({"data_dir": 5}, "data_dir must be a folder's path, got 5"),  # pathlib's TypeError
+])
+def test_a_bad_loader_argument_is_one_config_error_naming_it(
+        tmp_path: Path, kwargs: dict[str, object], says: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        CryptoLoader(**{"data_dir": tmp_path, **kwargs})  # type: ignore[arg-type]
+    assert CryptoLoader(tmp_path, max_points=np.int64(3)).max_points == 3

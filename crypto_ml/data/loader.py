@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import os
 from collections.abc import Iterable, Sequence
 from datetime import date
 from pathlib import Path
@@ -38,15 +39,20 @@ HOW_TO_GET_DATA = (
 )
 
 
-def _instant(value: str | date | None) -> np.datetime64 | None:
+def _instant(value: str | date | None, name: str) -> np.datetime64 | None:
+    """``value`` (an ISO string or a date) as an instant, or ConfigError naming ``name``."""
     if value is None:
         return None
     try:
         return np.datetime64(value if isinstance(value, str) else value.isoformat(), "ns")
-    except ValueError:
+    except (ValueError, AttributeError, TypeError):
         import pandas as pd  # lazy: only for date strings NumPy does not read
 
-        return pd.Timestamp(value).to_datetime64().astype("datetime64[ns]")
+        try:
+            return pd.Timestamp(value).to_datetime64().astype("datetime64[ns]")
+        except (ValueError, TypeError):
+            raise ConfigError(f"{name} must be a date, like '2017-06-01', got {value!r:.80}"
+                              ) from None
 
 
 def _discover(folder: Path) -> dict[str, Source]:
@@ -89,12 +95,20 @@ class CryptoLoader:
         to_date: str | date | None = None,
         cache_dir: str | Path | None = None,
     ) -> None:
+        if not isinstance(data_dir, str | os.PathLike):
+            raise ConfigError(f"data_dir must be a folder's path, got {data_dir!r:.80}")
         self.data_dir = Path(data_dir)
-        if max_points is not None and max_points < 1:
-            raise ValueError(f"max_points must be at least 1, got {max_points}")
-        self.max_points = max_points
-        self.from_date = _instant(from_date)
-        self.to_date = _instant(to_date)
+        if max_points is not None and (isinstance(max_points, bool) or not isinstance(
+                max_points, int | np.integer) or max_points < 1):
+            raise ConfigError(f"max_points must be a whole number of closes, at least 1 (or "
+                              f"None for all), got {max_points!r:.80}")
+        self.max_points = None if max_points is None else int(max_points)
+        self.from_date = _instant(from_date, "from_date")
+        self.to_date = _instant(to_date, "to_date")
+        if self.from_date is not None and self.to_date is not None and \
+                self.from_date > self.to_date:
+            raise ConfigError(f"from_date {from_date} is after to_date {to_date}: no close "
+                              "lies between them")
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self._files: dict[str, Source] | None = None
         self._frames: dict[str, pd.DataFrame] = {}
