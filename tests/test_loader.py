@@ -89,13 +89,19 @@ def test_bad_files_are_skipped_with_one_warning_each(tmp_path: Path,
     write(tmp_path, "Header Only.csv", HEADER + "\n")
     write(tmp_path, "Binary.csv", b"\x89PNG\r\n\x1a\n\x00\x00\x00")
     write(tmp_path, "100 List.csv", "#,Name,Market Cap,Price\n1,Bitcoin,$1,$2\n")
+    write(tmp_path, "No Close.csv", f'{HEADER}\n"Jan 02, 2017",1,1,1,-,5,6\n')  # '0 usable'
+    write(tmp_path, "Inf.csv", f'{HEADER}\n"Jan 02, 2017",1,1,1,inf,5,6\n'
+                               f'"Jan 01, 2017",1,1,1,3,5,6\n')  # inf went to the models
     caplog.set_level(logging.WARNING)
     loader = CryptoLoader(tmp_path)
-    assert loader.get_crypto_names() == ["good"]
-    assert loader.get_crypto_names() == ["good"]  # warnings are not repeated
+    assert loader.get_crypto_names() == ["good", "inf"]
+    assert loader.get_crypto_names() == ["good", "inf"]  # warnings are not repeated
+    assert list(loader.get_prices("inf")) == [3.0]
     messages = [r.getMessage() for r in caplog.records]
-    for name in ("Empty.csv", "Header Only.csv", "Binary.csv", "100 List.csv"):
+    for name in ("Empty.csv", "Header Only.csv", "Binary.csv", "100 List.csv", "No Close.csv",
+                 "Inf.csv"):
         assert sum(name in m for m in messages) == 1, (name, messages)
+    assert "Inf.csv: dropped 1 unparseable rows" in messages
 
 
 def test_dates_with_slashes_are_read_in_the_file_s_own_order(tmp_path: Path,

@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from crypto_ml.data.names import coin_id
@@ -149,7 +150,10 @@ def tidy_prices(raw: pd.DataFrame) -> tuple[pd.DataFrame, int]:
         raise BadFile(f"none of its dates could be read (the first: {first[:40]!r}); write them "
                       "as 2017-09-22 or Sep 22, 2017")
     close_text = raw[by_name["close"]].astype(str).str.strip()
-    bad = frame["Date"].isna() | (frame["Close"].isna() & ~close_text.isin(["-", ""]))
+    infinite = frame["Close"].isin([np.inf, -np.inf])  # "inf" reads as a number: no price
+    bad = frame["Date"].isna() | infinite | (frame["Close"].isna() & ~close_text.isin(["-", ""]))
     frame = frame[~bad]
+    if not frame["Close"].notna().any():  # every close "-" or empty: no series to forecast
+        raise BadFile("none of its closes is a number (all '-' or empty)")
     frame = frame.drop_duplicates(subset="Date", keep="first").sort_values("Date", kind="stable")
     return frame.reset_index(drop=True), int(bad.sum())
