@@ -102,6 +102,10 @@ def test_bad_files_are_skipped_with_one_warning_each(tmp_path: Path,
                  "Inf.csv"):
         assert sum(name in m for m in messages) == 1, (name, messages)
     assert "Inf.csv: dropped 1 unparseable rows" in messages
+    for reader in (loader, CryptoLoader(tmp_path, cache_dir=tmp_path / "cache")):
+        with pytest.raises(CoinNotFound, match=r"^cannot read the price file of coin 'no_close': "
+                           r"No Close.csv: none of its closes is a number"):  # 'unknown coin'
+            reader.get_prices("No Close")
 
 
 def test_dates_with_slashes_are_read_in_the_file_s_own_order(tmp_path: Path,

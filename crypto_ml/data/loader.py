@@ -208,6 +208,17 @@ class CryptoLoader:
         return rows if self.max_points is None else rows[-self.max_points :]
 
     def _unknown(self, name: str, key: str, known: list[str]) -> CoinNotFound:
+        """Not found: a file that names the coin but holds no prices says why (it read as an
+        unknown coin), else the close matches."""
+        if self._cached is not None:
+            why = next((f"{label}: {reason}" for label, reason in self._cached.skipped.items()
+                        if coin_id(Path(label).stem) == key), None)
+        else:
+            why = f"{self._index()[key].label}: {self._skipped[key]}" \
+                if key in self._skipped and key in self._index() else None
+        if why is not None:
+            return CoinNotFound(f"cannot read the price file of coin {key!r}: {why}; fix or "
+                                "replace the file")
         return CoinNotFound.for_coin(name, difflib.get_close_matches(key, known, n=3, cutoff=0.6))
 
     # --- the public reads ---------------------------------------------------------------------
