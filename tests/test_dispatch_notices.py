@@ -79,4 +79,4 @@ def test_a_python_callers_coins_may_be_any_collection_of_names() -> None:
 
     for coins in (np.array(["bitcoin", "dash"]), pd.Index(["bitcoin", "dash"]),
                   {"bitcoin": 1, "dash": 2}.keys(), ("bitcoin", "dash")):
-        assert checked_call(coins, 3, 60.0) == ["bitcoin", "dash"]  # type: ignore[arg-type]
+        assert checked_call(coins, 60.0) == ["bitcoin", "dash"]  # type: ignore[arg-type]

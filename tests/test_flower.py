@@ -129,7 +129,8 @@ def test_run_shows_task_lines_progress_and_summary(stack: Stack) -> None:
         "0 queued" in err
     assert "\r" not in err  # not a terminal: plain lines, no bar
     assert f"summary: {len(COINS)} coin(s) ok, 1 failed" in err
-    assert "failed: 100_list linear: CoinNotFound: unknown coin '100_list'" in err
+    assert "failed: 100_list linear: CoinNotFound: cannot read the price file of coin " \
+        "'100_list': 100 List.csv: no Date or Close column" in err
     for model in MODELS:
         assert re.search(rf"^  {model}: {len(COINS)} fit\(s\), [\d.]+ s in all, "
                          r"slowest \w+ [\d.]+ s, on CPU$", err, re.MULTILINE)

@@ -100,7 +100,8 @@ def test_deep_models_and_bad_coins(cluster: Any, price_data: Path, tmp_path: Pat
     assert set(report["failed"]) == {"neblio", "100_list"}
     assert "SeriesTooShort" in report["failed"]["neblio"]["lstm"]
     assert "11" in report["failed"]["neblio"]["gru"] and "51" in report["failed"]["neblio"]["gru"]
-    assert "unknown coin '100_list'" in report["failed"]["100_list"]["lstm"]
+    assert "cannot read the price file of coin '100_list': 100 List.csv: no Date or Close " \
+        "column" in report["failed"]["100_list"]["lstm"]  # it read 'unknown coin'
     assert "neblio" in run.stderr and "100_list" in run.stderr and "Traceback" not in run.stderr
     results = [r for by_model in report["results"].values() for r in by_model.values()]
     assert {r["worker"] for r in results} == set(cluster.worker_names)  # both workers trained
@@ -288,9 +289,9 @@ def test_a_python_callers_options_out_of_range_are_refused_before_anything_start
 
 
 def test_a_python_callers_coins_string_is_a_comma_list_not_its_letters() -> None:
-    assert checked_call("bitcoin, ethereum", 10, None) == ["bitcoin", "ethereum"]
-    assert checked_call(("bitcoin",), 10, 60.0) == ["bitcoin"]
-    assert checked_call(None, 10, None) is None
-    assert checked_call(["bitcoin", "dash", "bitcoin"], 10, None) == ["bitcoin", "dash"]
+    assert checked_call("bitcoin, ethereum", None) == ["bitcoin", "ethereum"]
+    assert checked_call(("bitcoin",), 60.0) == ["bitcoin"]
+    assert checked_call(None, None) is None
+    assert checked_call(["bitcoin", "dash", "bitcoin"], None) == ["bitcoin", "dash"]
     with pytest.raises(ConfigError, match="coins must be names or ids"):
-        checked_call(["bitcoin", 5], 10, None)  # type: ignore[list-item]
+        checked_call(["bitcoin", 5], None)  # type: ignore[list-item]
