@@ -25,7 +25,7 @@ from crypto_ml.cli.table_options import add_input_options
 from crypto_ml.cli.terminal import console, console_writer, make_progress, seconds_since_start
 from crypto_ml.core.progress import Progress
 from crypto_ml.data.loader import CryptoLoader
-from crypto_ml.dispatch.manager import CryptoManager
+from crypto_ml.dispatch.manager import CLI_HINT, CryptoManager
 from crypto_ml.models import model_names
 from crypto_ml.models.intervals import DEFAULT_LEVELS
 
@@ -110,7 +110,7 @@ def backtest_main(args: argparse.Namespace) -> int:
         loader = request.loader
     progress = make_progress(request.stderr)
     manager = CryptoManager(loader=loader, settings=request.settings, err=console_writer(),
-                            observer=progress)
+                            hint=CLI_HINT, observer=progress)
     opt.stop_on_signals(manager)  # Ctrl-C stops a backtest as surely as a send-tasks run
     try:
         return backtest_command(request, manager, coins)

@@ -34,7 +34,7 @@ from crypto_ml.cli.terminal import (
 )
 from crypto_ml.core.errors import CryptoMLError
 from crypto_ml.data.loader import CryptoLoader
-from crypto_ml.dispatch.manager import CryptoManager
+from crypto_ml.dispatch.manager import CLI_HINT, CryptoManager
 from crypto_ml.dispatch.report import INTERRUPTED, RunReport
 from crypto_ml.dispatch.summary import summarize, summary_lines
 from crypto_ml.models import DEFAULT_HORIZON, DEFAULT_MODEL, model_names
@@ -100,7 +100,7 @@ def send_folder(request: SendRequest) -> int:
     settings, wanted = request.settings, request.forecasts
     progress = make_progress(request.stderr)
     manager = CryptoManager(loader=request.loader, settings=settings, err=console_writer(),
-                            observer=progress,
+                            hint=CLI_HINT, observer=progress,
                             cluster_options=flower_option(request.flower, settings))
     manager.say_failures = False  # the summary lists them
     opt.stop_on_signals(manager)

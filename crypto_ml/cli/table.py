@@ -25,7 +25,7 @@ from crypto_ml.cli.terminal import console, console_writer, flower_option, secon
 from crypto_ml.core.progress import ProgressBar, is_terminal
 from crypto_ml.data.table import Columns, TableSource
 from crypto_ml.data.table_loader import TableLoader
-from crypto_ml.dispatch.manager import CryptoManager
+from crypto_ml.dispatch.manager import CLI_HINT, CryptoManager
 from crypto_ml.dispatch.table_output import (
     TableOutput,
     check_apart,
@@ -98,8 +98,9 @@ def send_table(request: SendRequest, table: TableRequest) -> int:
         output = TableOutput(request.output, run, table.overwrite)
         assert source.info is not None
         progress = TableProgress(source.info.series, quiet=request.stderr.quiet)
-        manager = CryptoManager(settings=request.settings, err=console_writer(),
-                                cluster_options=flower_option(request.flower, request.settings))
+        manager = CryptoManager(settings=request.settings, err=console_writer(), hint=CLI_HINT,
+                                cluster_options=flower_option(request.flower,
+                                                              request.settings))
         stop_on_signals(manager)
         try:
             summary = manager.run_table(source, output, plan, progress, wanted.timeout,

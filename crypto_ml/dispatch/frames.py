@@ -25,7 +25,7 @@ from crypto_ml.core.errors import ConfigError, CryptoMLError, InvalidTable
 from crypto_ml.core.settings import Settings
 from crypto_ml.data.table import Columns, TableSource
 from crypto_ml.data.table_checks import as_given
-from crypto_ml.dispatch.manager import PYTHON_HINT, CryptoManager, whole_closes
+from crypto_ml.dispatch.manager import CryptoManager, whole_closes
 from crypto_ml.dispatch.table_output import TableOutput, failures_path
 from crypto_ml.dispatch.table_run import TablePlan
 from crypto_ml.models import (
@@ -66,7 +66,7 @@ def forecast_frame(df: pd.DataFrame | str | Path, settings: Settings,
         raise _in_python_words(exc, df) from None
     plan = TablePlan.of(models, horizon, check_levels(levels), max_points, options or None,
                         fallback=fallback)
-    manager = CryptoManager(settings=settings, err=err, hint=PYTHON_HINT)
+    manager = CryptoManager(settings=settings, err=err)
     with tempfile.TemporaryDirectory(prefix="crypto-ml-") as folder:
         out = Path(folder) / "forecast.parquet"
         summary = manager.run_table(source, TableOutput(out, plan.describe(source)), plan)

@@ -112,7 +112,7 @@ class CryptoManager:
     def __init__(self, loader: CryptoLoader | TableLoader | None = None, app: Celery | None = None,
                  settings: Settings | None = None, out: TextIO | None = None,
                  err: TextIO | None = None, observer: RunObserver | None = None,
-                 cluster_options: Mapping[str, Any] | None = None, hint: str = CLI_HINT) -> None:
+                 cluster_options: Mapping[str, Any] | None = None, hint: str = PYTHON_HINT) -> None:
         self.observer: RunObserver = observer or NullObserver()
         self.cluster_options = dict(cluster_options or {})  # e.g. flower=Settings(...)
         self.settings = settings or Settings()  # defaults only: the edges read the environment
