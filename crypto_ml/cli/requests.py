@@ -180,8 +180,8 @@ def _send_layout(args: argparse.Namespace) -> TableRequest | None:
         raise ConfigError("--candidates is for --model best without --backtest: the saved "
                           "backtest's models are the candidates")
     for option, path in (("--output", args.output), ("--plot", args.plot)):
-        if args.backtest and path is not None and Path(path).resolve() == \
-                Path(args.backtest).resolve():  # it was written over the backtest it read
+        if (args.backtest and path is not None
+                and Path(path).resolve() == Path(args.backtest).resolve()):  # written over it
             raise ConfigError(f"{option} {path} is the --backtest file it reads; write the "
                               "forecasts elsewhere")
     if args.input is None:

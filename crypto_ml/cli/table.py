@@ -140,8 +140,8 @@ def say_summary(summary: TableSummary, out: Path, overwrite: bool = False) -> No
     shown = first_failures(out, SHOWN_FAILURES) if summary.failures else []
     for uid, model, error in shown:  # failures are said even with -q, as a folder run's are
         console.warning(f"failed: {uid} {model}: {error}")
-    rest = f"; {summary.failures - len(shown)} more listed there" \
-        if shown and summary.failures > len(shown) else ""
+    rest = (f"; {summary.failures - len(shown)} more listed there"
+            if shown and summary.failures > len(shown) else "")
     wrote = (f"wrote {out} and {failures_path(out)} ({summary.failures} failed forecast(s)"
              f"{filled}{rest})")
     (console.warning if summary.failures else console.info)(wrote)

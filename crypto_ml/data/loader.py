@@ -105,8 +105,8 @@ class CryptoLoader:
         self.max_points = None if max_points is None else int(max_points)
         self.from_date = _instant(from_date, "from_date")
         self.to_date = _instant(to_date, "to_date")
-        if self.from_date is not None and self.to_date is not None and \
-                self.from_date > self.to_date:
+        if (self.from_date is not None and self.to_date is not None
+                and self.from_date > self.to_date):
             raise ConfigError(f"from_date {from_date} is after to_date {to_date}: no close "
                               "lies between them")
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
@@ -214,8 +214,8 @@ class CryptoLoader:
             why = next((f"{label}: {reason}" for label, reason in self._cached.skipped.items()
                         if coin_id(Path(label).stem) == key), None)
         else:
-            why = f"{self._index()[key].label}: {self._skipped[key]}" \
-                if key in self._skipped and key in self._index() else None
+            why = (f"{self._index()[key].label}: {self._skipped[key]}"
+                   if key in self._skipped and key in self._index() else None)
         if why is not None:
             return CoinNotFound(f"cannot read the price file of coin {key!r}: {why}; fix or "
                                 "replace the file")

@@ -57,8 +57,8 @@ def first_failures(out: Path, n: int) -> list[tuple[str, str, str]]:
     """The first ``n`` failures (id, model, error) in a finished run's failures table, those a
     fallback model filled left out; read batch by batch (a run may fail millions)."""
     shown: list[tuple[str, str, str]] = []
-    with contextlib.suppress(OSError, pa.ArrowException), \
-            pq.ParquetFile(failures_path(out)) as failures:  # the file names them all anyway
+    with (contextlib.suppress(OSError, pa.ArrowException),  # the file names them all anyway
+          pq.ParquetFile(failures_path(out)) as failures):
         for batch in failures.iter_batches(batch_size=1024):
             rows = pa.Table.from_batches([batch])
             rows = rows.filter(pc.invert(_filled(rows.column("error"))))
