@@ -210,16 +210,18 @@ class CryptoLoader:
     def _unknown(self, name: str, key: str, known: list[str]) -> CoinNotFound:
         """Not found: a file that names the coin but holds no prices says why (it read as an
         unknown coin), else the close matches."""
-        if self._cached is not None:
-            why = next((f"{label}: {reason}" for label, reason in self._cached.skipped.items()
-                        if coin_id(Path(label).stem) == key), None)
-        else:
-            why = (f"{self._index()[key].label}: {self._skipped[key]}"
-                   if key in self._skipped and key in self._index() else None)
-        if why is not None:
+        if (why := self._skip_reason(key)) is not None:
             return CoinNotFound(f"cannot read the price file of coin {key!r}: {why}; fix or "
                                 "replace the file")
         return CoinNotFound.for_coin(name, difflib.get_close_matches(key, known, n=3, cutoff=0.6))
+
+    def _skip_reason(self, key: str) -> str | None:
+        """Why the file of coin ``key`` was found to be no price series (``"Junk.csv: ..."``),
+        as far as the files are parsed now (nothing is read here); None: it was not."""
+        if self._cached is not None:
+            return next((f"{label}: {why}" for label, why in self._cached.skipped.items()
+                         if coin_id(Path(label).stem) == key), None)
+        return f"{self._index()[key].label}: {self._skipped[key]}" if key in self._skipped else None
 
     # --- the public reads ---------------------------------------------------------------------
 
@@ -308,15 +310,12 @@ class CryptoLoader:
         binary, not CSV"``), or None if it is one (or no file names the coin). Reads the
         file once (through the cache, if any), without a warning: for checks before a run."""
         key = coin_id(name)
-        folder = self._folder()
+        folder = self._folder()  # the cache, parsed now if need be: then _skip_reason reads it
         if folder is not None:
-            found = [f"{label}: {why}" for label, why in folder.skipped.items()
-                     if coin_id(Path(label).stem) == key]
-            return None if key in folder.series or not found else found[0]
-        index = self._index()
-        if key not in index or self._load(key, warn=False) is not None:
+            return None if key in folder.series else self._skip_reason(key)
+        if key not in self._index() or self._load(key, warn=False) is not None:
             return None
-        return f"{index[key].label}: {self._skipped[key]}"
+        return self._skip_reason(key)
 
     def get_df(self, name: str) -> pd.DataFrame:
         """The coin's history oldest first: ``Date`` (datetime64) and float columns."""
