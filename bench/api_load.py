@@ -69,9 +69,38 @@ def served(command: Callable[[int], list[str]], data: Path, log: Path, what: str
     try:
         wait_until(lambda: healthy(url), 180, what,
                    lambda: f"exited: {log.read_text()}" if proc.poll() is not None else None)
+        settle(proc.pid)
         yield url, proc.pid
     finally:
         terminate(proc)
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds used so far by a process and its children (those alive now)."""
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for proc in tree:
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def settle(pid: int, idle: float = 0.05, most: float = 60.0) -> None:
+    """Wait until a server that answers is also done starting: its process tree (embedded
+    Redis and workers included) uses under ``idle`` of a core over a second, for at most
+    ``most`` seconds. A server's /healthz answers while its workers still import and warm
+    up, and a figure measured then counts their start-up against the server."""
+    deadline = time.monotonic() + most
+    while time.monotonic() < deadline:
+        before = tree_cpu_seconds(pid)
+        time.sleep(1.0)
+        if tree_cpu_seconds(pid) - before < idle:
+            return
 
 
 def api_server(data: Path, workers: int, in_process: bool, log: Path, reuse: bool = False

@@ -1,0 +1,76 @@
+"""The API's floor (``GET /v1/models``, no forecast, no Redis) of two source trees, in turn.
+
+    git worktree add /tmp/wt-old <commit>
+    python bench/floor_pairs.py --b /tmp/wt-old                 # A = this tree, order ABBA
+    python bench/floor_pairs.py --b /tmp/wt-old --order ABBAABBA
+
+Each turn starts ``python -m crypto_ml.api`` from one tree (its own code on ``PYTHONPATH``,
+the embedded cluster with 2 workers, as ``bench/api_load.py`` does), waits until the server
+and its workers are idle (:func:`bench.api_load.settle`), then sends ``--rounds`` rounds of
+``--requests`` from 32 aiohttp clients. Prints each round's req/s and each side's median,
+and A's median over B's. Turns alternate so that a machine growing faster or slower over
+the run weighs on both sides. Not a test: run it on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.api_load import DATA, floor, healthy, settle  # noqa: E402
+from crypto_ml.ops.processes import free_port, terminate, wait_until  # noqa: E402
+
+
+def one_turn(tree: Path, data: Path, requests: int, rounds: int, log: Path) -> list[float]:
+    """One server from ``tree``: the req/s of each round of the floor."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTO_ML_")}
+    env.update(CRYPTO_ML_DATA_DIR=str(data), PYTHONPATH=str(tree))
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "crypto_ml.api", "--port", str(port), "--workers", "2",
+             "--log-level", "warning"], cwd=tree, env=env, stdout=sink, stderr=sink)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: healthy(url), 180, f"the API from {tree}",
+                   lambda: f"exited: {log.read_text()}" if proc.poll() is not None else None)
+        settle(proc.pid)
+        asyncio.run(floor(url, min(300, requests), 32))  # warm-up, not counted
+        return [asyncio.run(floor(url, requests, 32))["throughput_rps"] for _ in range(rounds)]
+    finally:
+        terminate(proc)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--a", type=Path, default=ROOT, help="tree A (default: this one)")
+    parser.add_argument("--b", type=Path, required=True, help="tree B")
+    parser.add_argument("--order", default="ABBA")
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--data-dir", type=Path, default=DATA)
+    args = parser.parse_args()
+    trees = {"A": args.a.resolve(), "B": args.b.resolve()}
+    got: dict[str, list[float]] = {"A": [], "B": []}
+    for side in args.order:
+        rates = one_turn(trees[side], args.data_dir.resolve(), args.requests, args.rounds,
+                         Path(f"/tmp/floor_pairs_{side}.log"))
+        got[side] += rates
+        print(f"{side} ({trees[side]}): {', '.join(f'{r:,.1f}' for r in rates)} req/s", flush=True)
+    for side, rates in got.items():
+        print(f"{side}: median {statistics.median(rates):,.1f} req/s "
+              f"({min(rates):,.1f}-{max(rates):,.1f})")
+    print(f"A/B: {statistics.median(got['A']) / statistics.median(got['B']):.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
