@@ -127,6 +127,8 @@ def test_one_stdout_format_json_lines_and_output(cluster: Any, price_data: Path,
     # a folder no file can be made in, whatever its permissions say (as root too)
     (["backtest", "--coins", "bitcoin", "--out", "/proc/crypto-ml-nope"],
      "--out /proc/crypto-ml-nope/backtest.json: cannot write in /proc"),
+    (["backtest", "--coins", "bitcoin", "--model", "lstm", "--param", "epochs=2", "--epochs",
+      "3"], "--param epochs and --epochs both set epochs; give one"),
     (["send-tasks", "--horizon", "0"], "must be at least 1"),
 ])
 def test_arguments_are_checked_before_any_cluster_starts(args: list[str], says: str,
@@ -138,6 +140,18 @@ def test_arguments_are_checked_before_any_cluster_starts(args: list[str], says: 
     assert "Traceback" not in run.stderr and run.stdout == ""
     assert len(run.stderr.strip().splitlines()) == 1 or args[-1] == "0"  # argparse: usage too
     assert time.monotonic() - started < 60  # an import, not a cluster start (a loaded machine)
+
+
+def test_backtest_refuses_an_out_folder_it_could_not_finish_writing(price_data: Path,
+                                                                   tmp_path: Path) -> None:
+    # a folder where the chart goes: found before the backtest runs, not after it
+    (tmp_path / "backtest.png").mkdir()
+    run = run_cli("backtest", "--coins", "bitcoin", "--model", "naive", "--out", str(tmp_path),
+                  data_dir=price_data, timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip() == (f"crypto-ml: error: --out {tmp_path / 'backtest.png'} is a "
+                                  "folder; give a file name")
+    assert not (tmp_path / "backtest.json").exists()
 
 
 def test_coin_names_match_in_any_case_and_print_as_ids(cluster: Any, price_data: Path,

@@ -157,10 +157,14 @@ def write_chart(result: BacktestResult, path: Path) -> None:
     plt.close(fig)
 
 
+#: What a backtest writes into its ``--out`` folder
+FILES = ("backtest.json", "backtest.csv", "backtest.png")
+
+
 def write_all(result: BacktestResult, folder: Path) -> list[Path]:
     """``backtest.json``, ``backtest.csv`` and ``backtest.png`` in ``folder``;
     OutputUnwritable, in one line, when the folder refuses them (a full disk, say)."""
-    paths = [folder / "backtest.json", folder / "backtest.csv", folder / "backtest.png"]
+    paths = [folder / name for name in FILES]
     with refused_as_unwritable(folder):
         folder.mkdir(parents=True, exist_ok=True)
         write_json(result, paths[0])

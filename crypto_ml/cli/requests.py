@@ -23,6 +23,7 @@ from pathlib import Path
 
 from crypto_ml.backtest.best import BEST, DEFAULT_CANDIDATES, load_saved
 from crypto_ml.backtest.engine import BacktestResult
+from crypto_ml.backtest.report import FILES
 from crypto_ml.cli.table_options import TABLE_ONLY
 from crypto_ml.core.errors import ConfigError
 from crypto_ml.core.settings import Settings, coin_list
@@ -284,7 +285,8 @@ def _backtest_layout(args: argparse.Namespace) -> TableRequest | None:
     """Which ``backtest`` options go together, and ``--out`` a folder that can be written."""
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         raise ConfigError(f"--out {args.out} is a file; give a folder")
-    check_writable(args.out and args.out / "backtest.json", "--out", make_folder=True)
+    for name in FILES if args.out is not None else ():
+        check_writable(args.out / name, "--out", make_folder=True)
     if args.input is not None:
         refuse_given(args, ("data_dir",), "is for the data folder; this backtest reads --input")
     else:
@@ -298,6 +300,9 @@ def _backtest_models(args: argparse.Namespace) -> tuple[tuple[str, ...], dict[st
     ``--epochs``, ``--seed`` and the ``--max-points`` windows."""
     models = parse_models(args.model)
     options = dict(args.param)
+    for twice in ("epochs", "seed"):
+        if twice in options and getattr(args, twice) is not None:
+            raise ConfigError(f"--param {twice} and --{twice} both set {twice}; give one")
     check_option_names(models, options, "--param {}")
     check_option_names(models, [o for o in ("epochs", "seed") if getattr(args, o) is not None],
                        "--{}")
