@@ -93,7 +93,7 @@ def add_parser(sub: Any) -> None:
     opt.add_cluster_options(bt)
     opt.add_log_options(bt)
     add_input_options(bt, "a long table of series (held in memory: thousands, not millions)")
-    bt.set_defaults(run=backtest_main, interrupted="queued tasks revoked, local cluster stopped")
+    bt.set_defaults(run=backtest_main, interrupted="local cluster stopped")
 
 
 def backtest_main(args: argparse.Namespace) -> int:

@@ -12,7 +12,8 @@ EXIT_CODES = {
                   "written, each failure listed), or --output/--plot could not be written\n"
                   "after the run; 2 a usage or configuration error (unknown model or coin,\n"
                   "missing data or folder, unreachable broker), one line, before any cluster\n"
-                  "starts; 130 interrupted (queued tasks revoked; its local cluster, if any, stopped;\n"
+                  "starts; 130 interrupted (queued tasks revoked, or a line says they could not be;\n"
+                  "its local cluster, if any, stopped;\n"
                   "--output holds the forecasts that had arrived, each other one failed as interrupted).",
     "backtest": "0 every (coin, model) scored; 1 some failed (each listed); 2 a usage or\n"
                 "configuration error, one line, before any work; 130 interrupted.",

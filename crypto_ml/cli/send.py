@@ -80,7 +80,7 @@ def add_parser(sub: Any) -> None:
                       "in the order of --coins")
     opt.add_log_options(send)
     add_table_options(send)
-    send.set_defaults(run=send_tasks, interrupted="queued tasks revoked, local cluster stopped")
+    send.set_defaults(run=send_tasks, interrupted="local cluster stopped")
 
 
 def send_tasks(args: argparse.Namespace) -> int:

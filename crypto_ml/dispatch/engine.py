@@ -387,8 +387,10 @@ class Dispatcher:
         if self.pending:  # timed out or interrupted: leave no work queued for nobody
             try:
                 revoke_now(self.app, list(self.pending))
+                log.warning("revoked %d queued task(s)", len(self.pending))
             except Exception as exc:  # the broker is gone too: the tasks expire
-                log.debug("could not revoke %d task(s): %s", len(self.pending), exc)
+                log.error("could not revoke %d queued task(s) (%s); if the broker comes back "
+                          "with them, workers run them for nobody", len(self.pending), exc)
             self._forget_ids(list(self.pending))  # their results, counts and values
         if self._pubsub is not None:
             try:
