@@ -97,6 +97,16 @@ def test_nan_in_a_series_is_named_by_position(data: Path) -> None:
                                               "(drop NaNs first)"}]
 
 
+@pytest.mark.parametrize("level", [b"NaN", b"Infinity"])
+def test_a_level_that_is_no_number_is_named_so(data: Path, level: bytes) -> None:
+    # not "less than 100", which a NaN is not either
+    reply = make(data).post("/v1/forecasts", content=b'{"coins": ["alpha"], "levels": [80, '
+                            + level + b"]}", headers={"content-type": "application/json"})
+    assert reply.status_code == 422, reply.text
+    [detail] = reply.json()["detail"]
+    assert detail["loc"] == ["body", "levels", 1] and detail["msg"] == "Input should be a finite number"
+
+
 HOSTILE = [
     ("application/json", b'{"coins": ["alpha"], "horizon": NaN}'),
     ("application/json", b'{"coins": [Infinity]}'),

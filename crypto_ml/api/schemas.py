@@ -59,7 +59,8 @@ def _checked_levels(value: list[float]) -> list[float]:
 
 
 #: Prediction interval levels in percent, each strictly between 0 and 100.
-Levels = Annotated[list[Annotated[float, Field(gt=0, lt=100)]], AfterValidator(_checked_levels)]
+Levels = Annotated[list[Annotated[float, Field(gt=0, lt=100, allow_inf_nan=False)]],
+                   AfterValidator(_checked_levels)]
 
 
 class Body(BaseModel):
