@@ -158,7 +158,7 @@ def test_a_job_whose_replica_is_killed_is_reported_failed_by_another(
     assert record(cluster, job_id)["status"] == "running"
     wait_until(lambda: state(b, job_id)["status"] != "running", 20, "B to see C gone")
     final = state(b, job_id)
-    assert final["status"] == "failed", final
+    assert final["status"] == "failed" and final["done"] + final["failed"] >= LONG, final
     assert f"({record(cluster, job_id)['replica']}) stopped (no heartbeat for" in final["error"]
     assert f'POST the same body with "resume": "{job_id}"' in final["error"]
     # resumed on B: the chunks C finished are taken, the rest computed, each series once
@@ -186,6 +186,7 @@ def test_a_replica_shutting_down_stops_its_jobs_and_records_them_failed(
     assert d.proc.returncode == 0, d.log.read_text()[-2000:]
     final = state(b, job_id)  # at once: no heartbeat to wait for
     assert final["status"] == "failed" and final["done"] < LONG, final
+    assert final["done"] + final["failed"] >= LONG, final  # what it will not finish: failed
     assert "stopped (it was shut down); POST the same body with" in final["error"], final
     wait_until(lambda: queued(b) == 0, 30, "the stopped job's queued chunks revoked or done")
     # another body cannot take its chunks; the same one can, once

@@ -168,11 +168,13 @@ def status_of(record: dict[str, Any], now: float | None = None,
     if status == "failed" and (record.get("resumable", True) or resumed_by is not None):
         error = f"{error}; {_how_to_go_on(record['id'], resumed_by)}"
     started = record["started"]
-    series, done = record["series"], record["done"]
+    series, done, failed = record["series"], record["done"], record["failed"]
+    if status == "failed":  # every series it will not finish: stopped, or never started
+        failed += max(0, series - done - record.get("unreturned", 0))
     rate = (done - record.get("resumed", 0)) / (end - started) if end > started else 0.0
     eta = (series - done) / rate if status == "running" and rate > 0 else None
     return {"id": record["id"], "status": status, "series": series, "done": done,
-            "failed": record["failed"], "series_per_second": round(rate, 1),
+            "failed": failed, "series_per_second": round(rate, 1),
             "eta_seconds": None if eta is None else round(eta, 1),
             "output": record["output"], "failures_output": record["failures_output"],
             "error": error, "resumed_from": record.get("resumed_from"),

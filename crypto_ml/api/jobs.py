@@ -91,10 +91,15 @@ class Job:
     resumable: bool = True  # False: it failed as any run of its body would (refused chunks)
     run: dict[str, Any] = field(default_factory=dict)  # what it computes (a resume must match)
 
+    unreturned: int = 0  # series of its chunks that did not come back (in failed, not done)
+
     def progress(self, done: int, failed: int) -> None:
+        """A chunk ended: written (``done`` series, ``failed`` of them with a failed
+        forecast), or not come back (no series done, all ``failed``)."""
         self.status = "running"
         self.done += done
         self.failed += failed
+        self.unreturned += 0 if done else failed
 
     def skip(self, series: int, failed: int) -> None:
         """``series`` were written by the failed job this one resumes, ``failed`` failed."""
@@ -114,7 +119,7 @@ class Job:
                 "failures_output": str(failures_path(self.output)), "replica": replica,
                 "heartbeat": time.time(), "stale_after": stale_after,
                 "resumed_from": self.resumed_from, "resumed": self.resumed,
-                "resumable": self.resumable, "run": self.run}
+                "resumable": self.resumable, "run": self.run, "unreturned": self.unreturned}
 
 
 class Jobs:

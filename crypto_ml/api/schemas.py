@@ -248,7 +248,8 @@ class JobStatus(BaseModel):
     done: int = Field(description="series finished (forecast or failed)")
     failed: int = Field(description="series with a failed forecast (listed in the failures "
                         "table, and not filled by the fallback model) or in a chunk that did "
-                        "not come back")
+                        "not come back; once the job failed, also every series it will not "
+                        "finish")
     series_per_second: float
     eta_seconds: float | None
     output: str
