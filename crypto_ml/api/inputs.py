@@ -64,8 +64,7 @@ def _apart(path: Path, outputs: Path | None, given: str) -> None:
     which then failed on the first output already there."""
     if outputs is None or not path.is_dir():
         return
-    where = outputs.resolve()
-    if where == path or path in where.parents:
+    if outputs.resolve().is_relative_to(path):
         raise ConfigError(f"input {given[:200]!r}: it holds the server's job outputs "
                           "(CRYPTO_ML_API_JOBS_DIR), which later jobs would read as series; "
                           "give a file or a folder that does not hold them")

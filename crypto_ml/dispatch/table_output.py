@@ -116,7 +116,7 @@ def check_apart(out: Path, source: object) -> None:
     table = Path(source)
     for path in (out, failures_path(out)):
         where = path.resolve()
-        if where == table or table in where.parents:
+        if where.is_relative_to(table):
             how = "is" if where == table else "lies in"
             raise ConfigError(f"--output {out}: {path.name} {how} the --input table {table}; "
                               "write the forecasts elsewhere")
