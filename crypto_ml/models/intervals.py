@@ -122,8 +122,11 @@ def ewma_volatility(returns: np.ndarray, decay: float = EWMA_DECAY) -> Any:
 def log_spreads(sigma: float | np.ndarray, h: int, levels: Sequence[float]
                 ) -> dict[str, np.ndarray]:
     """Each level's multiplicative half-width ``exp(z * sigma * sqrt(step))``, steps 1 to
-    ``h``, by level key: shape ``(h,)`` for one sigma, ``(rows, h)`` for a sigma per row."""
-    return {key: np.exp(width) for key, width in walk_widths(sigma, h, levels).items()}
+    ``h``, by level key: shape ``(h,)`` for one sigma, ``(rows, h)`` for a sigma per row.
+    A width past the float range (returns of hundreds of orders of magnitude) is inf: the
+    interval then spans 0 to inf, without a warning on the worker's log."""
+    with np.errstate(over="ignore"):
+        return {key: np.exp(width) for key, width in walk_widths(sigma, h, levels).items()}
 
 
 def walk_widths(sigma: float | np.ndarray, h: int, levels: Sequence[float]
