@@ -103,9 +103,12 @@ def test_a_score_json_cannot_hold_is_written_as_null_and_read_back(tmp_path: Pat
     saved = load_saved(tmp_path / "backtest.json")
     assert {c: m for c, (m, _) in saved.best().items()} == {"flat": "naive", "walk": "linear"}
     lines = io.StringIO()
-    assert choose(saved, ["walk", "neg", "gone"], lines) == {"linear": ["walk"],
-                                                              "naive": ["neg", "gone"]}
+    assert choose(saved, ["walk", "neg", "gone", "flat"], lines) == {
+        "linear": ["walk"], "naive": ["neg", "gone", "flat"]}
     said = lines.getvalue()
+    assert "best: walk -> linear (lowest backtest MASE 0.5 of naive, linear)" in said
+    assert ("best: flat -> naive (no finite backtest MASE among naive, linear (a history "
+            "without day-to-day change has no scale); the simplest of them)") in said
     assert "best: neg -> naive (no candidate scored in the backtest: naive: ValueError" in said
     assert "best: gone -> naive (not backtested: absent from the backtest)" in said
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -65,7 +66,10 @@ def choose(result: BacktestResult, coins: Sequence[str],
     for coin in coins:
         if coin in best:
             model, mase = best[coin]
-            why = f"lowest backtest MASE {mase:.4g} of {', '.join(result.per_coin[coin])}"
+            tried = ", ".join(result.per_coin[coin])
+            why = (f"lowest backtest MASE {mase:.4g} of {tried}" if math.isfinite(mase) else
+                   f"no finite backtest MASE among {tried} (a history without day-to-day "
+                   "change has no scale); the simplest of them")
         elif coin in result.failed:
             model = "naive"
             why = "no candidate scored in the backtest: " + "; ".join(
