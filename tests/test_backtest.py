@@ -89,6 +89,13 @@ def test_a_config_out_of_range_is_refused_naming_the_option(option: str, value: 
     assert BacktestConfig(horizon=np.int64(3)).horizon == 3  # numpy's integers are integers
 
 
+@pytest.mark.parametrize("timeout", [0, -5.0, math.nan, math.inf, 1e14, "60"])
+def test_a_backtest_timeout_out_of_range_is_refused(timeout: object) -> None:
+    with pytest.raises(ConfigError, match="backtest timeout must be a number of seconds above 0"):
+        BacktestConfig(timeout=timeout)  # type: ignore[arg-type]
+    assert BacktestConfig(timeout=None).timeout is None
+
+
 def test_a_score_json_cannot_hold_is_written_as_null_and_read_back(tmp_path: Path) -> None:
     row = {"mae": 1.0, "rmse": 1.0, "mape": 1.0, "n_forecasts": 1}
     result = BacktestResult(BacktestConfig(models=("naive", "linear")), per_coin={

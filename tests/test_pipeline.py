@@ -265,8 +265,11 @@ def test_python_api_returns_arrays_and_prints_one_line_per_coin(cluster: Any,
      "coin, got int 5"),
     (["bitcoin"], 0, 60.0, "horizon must be a positive integer, got 0"),
     (["bitcoin"], "3", 60.0, "horizon must be a positive integer, got '3'"),
-    (["bitcoin"], 10, -1.0, "timeout must be a finite number of seconds above 0 (or None)"),
-    (["bitcoin"], 10, float("nan"), "timeout must be a finite number of seconds above 0"),
+    (["bitcoin"], 10, -1.0, "timeout must be a number of seconds above 0, at most 2592000 "
+     "(30 days), or None; got -1.0"),
+    (["bitcoin"], 10, float("nan"), "timeout must be a number of seconds above 0"),
+    # a task's expiry past Python's dates failed deep in Celery, with a traceback
+    (["bitcoin"], 10, 1e308, "timeout must be a number of seconds above 0, at most 2592000"),
 ])
 def test_a_python_callers_bad_arguments_are_refused_before_anything_starts(
         coins: list[str], horizon: object, timeout: float, says: str) -> None:

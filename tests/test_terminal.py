@@ -130,6 +130,8 @@ def test_one_stdout_format_json_lines_and_output(cluster: Any, price_data: Path,
     (["backtest", "--coins", "bitcoin", "--model", "lstm", "--param", "epochs=2", "--epochs",
       "3"], "--param epochs and --epochs both set epochs; give one"),
     (["send-tasks", "--horizon", "0"], "must be at least 1"),
+    (["send-tasks", "--timeout", "1e308"], "must be a number of seconds above 0, at most"),
+    (["backtest", "--timeout", "1e14"], "must be a number of seconds above 0, at most"),
 ])
 def test_arguments_are_checked_before_any_cluster_starts(args: list[str], says: str,
                                                          price_data: Path) -> None:

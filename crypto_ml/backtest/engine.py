@@ -37,7 +37,7 @@ from crypto_ml.backtest.metrics import (
 )
 from crypto_ml.core.errors import ConfigError, CryptoMLError
 from crypto_ml.core.progress import ProgressBar
-from crypto_ml.core.settings import DEFAULT_TIMEOUT
+from crypto_ml.core.settings import DEFAULT_TIMEOUT, check_timeout
 from crypto_ml.data.loader import CryptoLoader
 from crypto_ml.dispatch.manager import CryptoManager
 from crypto_ml.dispatch.report import NullObserver, RunReport
@@ -96,6 +96,7 @@ class BacktestConfig:
             if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
                 raise ConfigError(f"backtest {name} must be an integer of at least {low}, "
                                   f"got {value!r}")
+        check_timeout(self.timeout, "backtest timeout")
 
     def window(self, model: str) -> int:
         """The newest closes ``model`` is fitted on at each origin (0: all)."""

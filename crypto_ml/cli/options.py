@@ -17,7 +17,7 @@ from typing import Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from crypto_ml.core.errors import InvalidTaskInput
-from crypto_ml.core.settings import DEFAULT_TIMEOUT, LOG_FORMATS
+from crypto_ml.core.settings import DEFAULT_TIMEOUT, LOG_FORMATS, MAX_TIMEOUT
 from crypto_ml.models import model_names
 from crypto_ml.models.intervals import check_levels
 from crypto_ml.ops.processes import interrupt_later, kill_spawned
@@ -59,8 +59,8 @@ port_number = number_type("port_number", int, lambda v: 1 <= v <= 65535,
 pause_seconds = number_type("pause_seconds", float, lambda v: math.isfinite(v) and v >= 0,
                             "a finite number of seconds, 0 or more")
 positive_seconds = number_type("positive_seconds", float,
-                               lambda v: math.isfinite(v) and v > 0,
-                               "a finite number of seconds above 0")
+                               lambda v: math.isfinite(v) and 0 < v <= MAX_TIMEOUT,
+                               f"a number of seconds above 0, at most {MAX_TIMEOUT:.0f} (30 days)")
 
 
 def http_url(text: str) -> str:

@@ -72,6 +72,7 @@ Variable                                   Default                     Meaning
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -87,6 +88,8 @@ FALSE = ("0", "false", "no", "off")
 LOG_FORMATS = ("text", "json")
 #: Seconds a run waits for its forecasts unless told (``--timeout``), and its tasks' expiry.
 DEFAULT_TIMEOUT = 3600.0
+#: The longest wait a run takes (30 days): a task's expiry past Python's dates broke the publish
+MAX_TIMEOUT = 30 * 86400.0
 #: Seconds the default visibility timeout leaves above the hard time limit.
 VISIBILITY_MARGIN = 60
 
@@ -110,6 +113,16 @@ def _int(name: str, raw: str, minimum: int = 1, maximum: int | None = None) -> i
     if maximum is not None and value > maximum:
         raise ConfigError(f"{name}={value} must be at most {maximum}")
     return value
+
+
+def check_timeout(timeout: object, name: str = "timeout") -> None:
+    """ConfigError unless ``timeout`` is None or seconds above 0, at most MAX_TIMEOUT."""
+    if timeout is None:
+        return
+    if (isinstance(timeout, bool) or not isinstance(timeout, numbers.Real)
+            or not 0 < float(timeout) <= MAX_TIMEOUT):  # NaN too
+        raise ConfigError(f"{name} must be a number of seconds above 0, at most "
+                          f"{MAX_TIMEOUT:.0f} (30 days), or None; got {timeout!r}")
 
 
 def comma_list(text: str) -> list[str]:

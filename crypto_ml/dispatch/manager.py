@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import sys
 import threading
 import time
@@ -27,7 +26,7 @@ from celery import Celery
 
 from crypto_ml.core.errors import ClusterLost, ConfigError, CryptoMLError
 from crypto_ml.core.logs import log_task
-from crypto_ml.core.settings import DEFAULT_TIMEOUT, Settings, comma_list
+from crypto_ml.core.settings import DEFAULT_TIMEOUT, Settings, check_timeout, comma_list
 from crypto_ml.data.loader import CryptoLoader
 from crypto_ml.data.names import coin_id
 from crypto_ml.dispatch.capacity import InFlight
@@ -73,9 +72,7 @@ def checked_call(coins: str | Sequence[str] | None, timeout: float | None
                  ) -> list[str] | None:
     """A Python caller's ``coins`` as a list (a string is a comma list, as ``--coins``; None
     every coin; empty: an error), or ConfigError; the timeout positive."""
-    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
-        raise ConfigError(f"timeout must be a finite number of seconds above 0 (or None), got "
-                          f"{timeout}")
+    check_timeout(timeout)
     if coins is None:
         return None
     if isinstance(coins, bytes) or not isinstance(coins, str | Iterable):

@@ -117,5 +117,6 @@ class NullObserver(RunObserver):
 
 def format_forecast(coin: str, forecast: np.ndarray, model: str | None = None) -> str:
     """One output line, as the product was first shown: ``bitcoin [[4952.28 ...]]``."""
-    array = np.array2string(np.asarray(forecast).reshape(1, -1), max_line_width=sys.maxsize)
+    array = np.array2string(np.asarray(forecast).reshape(1, -1), max_line_width=sys.maxsize,
+                            threshold=sys.maxsize)  # every value, however long the horizon
     return f"{coin} {model} {array}" if model else f"{coin} {array}"
