@@ -121,6 +121,15 @@ def async_redis_client(url: str, master: str, sentinel_password: str | None = No
 
 def _client(redis_class: Any, sentinel_class: Any, url: str, master: str,
             sentinel_password: str | None, kwargs: dict[str, Any]) -> Any:
+    try:
+        return _connect(redis_class, sentinel_class, url, master, sentinel_password, kwargs)
+    except ValueError as exc:  # redis-py's: no such scheme, a port that is no number...
+        raise ConfigError(f"{safe_url(url)} is no Redis URL ({exc}); give redis://[USER:"
+                          "PASSWORD@]HOST:PORT/DB, rediss://... or sentinel://...") from None
+
+
+def _connect(redis_class: Any, sentinel_class: Any, url: str, master: str,
+             sentinel_password: str | None, kwargs: dict[str, Any]) -> Any:
     if not is_sentinel(url):
         return redis_class.from_url(url, **kwargs)
     hosts, password, db, username = parse(url)
