@@ -27,6 +27,7 @@ from crypto_ml.backtest.report import FILES
 from crypto_ml.cli.table_options import TABLE_ONLY
 from crypto_ml.core.errors import ConfigError
 from crypto_ml.core.settings import Settings, coin_list
+from crypto_ml.data.layouts import SUFFIXES as PRICE_SUFFIXES
 from crypto_ml.data.loader import CryptoLoader
 from crypto_ml.dispatch.cluster import workers_problem
 from crypto_ml.models import (
@@ -191,10 +192,11 @@ def _send_layout(args: argparse.Namespace) -> TableRequest | None:
                               "run's failed forecasts are listed as they failed")
         refuse_given(args, TABLE_ONLY, "is for table runs (--input TABLE); this run reads the "
                      "data folder")
-        if args.output is not None and args.output.suffix.lower() == ".parquet":
+        if args.output is not None and args.output.suffix.lower() in PRICE_SUFFIXES:
             raise ConfigError(f"--output {args.output}: a run over the data folder writes "
-                              "JSON; name it *.json (Parquet comes from a table run, --input "
-                              "TABLE)")
+                              "JSON; name it *.json (a name the data folder reads as prices "
+                              "could write over a price file; Parquet comes from a table run, "
+                              "--input TABLE)")
         check_writable(args.output, "--output")
         check_writable(args.plot, "--plot")
         return None

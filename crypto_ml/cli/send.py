@@ -71,7 +71,8 @@ def add_parser(sub: Any) -> None:
                       help="stdout: `coin model [[f1 f2 ...]]` lines (text, the default) or one "
                       "JSON object per forecast (json-lines)")
     send.add_argument("--output", type=opt.path_option,
-                      help="write results and failures to this JSON file")
+                      help="write results and failures to this JSON file (not *.csv or *.parquet: "
+                      "names the data folder reads as prices)")
     opt.add_cluster_options(send)
     send.add_argument("--flower", action="store_true",
                       help="start Flower with the embedded cluster (port CRYPTO_ML_FLOWER_PORT)")
