@@ -82,6 +82,22 @@ def test_bom_crlf_reordered_columns_and_thousands(tmp_path: Path) -> None:
     assert np.isnan(df["Volume"].iloc[1]) and df["Volume"].iloc[0] == 2000.0
 
 
+def test_a_decimal_comma_is_no_number_not_a_hundred_times_the_price(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # "48,09" read as 4809 and "1.234,56" as 1.23456, silently: commas group thousands only
+    write(tmp_path, "Euro.csv", f'{HEADER}\n"Jan 03, 2017",1,1,1,"1,234.5",5,6\n'
+                                f'"Jan 02, 2017",1,1,1,"48,09",5,6\n'
+                                f'"Jan 01, 2017",1,1,1,"1.234,56",5,6\n')
+    write(tmp_path, "Comma.csv", f'{HEADER}\n"Jan 02, 2017",1,1,1,"48,09",5,6\n')
+    caplog.set_level(logging.WARNING)
+    loader = CryptoLoader(tmp_path)
+    assert list(loader.get_prices("euro")) == [1234.5]
+    assert loader.get_crypto_names() == ["euro"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert "Euro.csv: dropped 2 unparseable rows" in messages
+    assert any("Comma.csv" in m and "none of its closes is a number" in m for m in messages)
+
+
 def test_bad_files_are_skipped_with_one_warning_each(tmp_path: Path,
                                                      caplog: pytest.LogCaptureFixture) -> None:
     write(tmp_path, "Good.csv", f'{HEADER}\n"Jan 02, 2017",1,1,1,2,5,6\n"Jan 01, 2017",1,1,1,1,5,6\n')

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 #: Raised whenever parsing changes what a file gives: an older cache is then parsed again.
-VERSION = 3  # 3: infinite closes dropped, files with no numeric close skipped
+VERSION = 4  # 3: infinite closes dropped, files with no numeric close skipped; 4: decimal commas
 SUFFIXES = (".csv", ".parquet", ".pq")
 COLUMNS = ("Open", "High", "Low", "Close", "Volume", "Market Cap")
 Listing = dict[str, tuple[int, int]]  # file name -> (size, mtime_ns)

@@ -79,8 +79,16 @@ def _typical_step(dates: pd.Series) -> float:
     return float(days.diff().dt.days.median()) if len(days) > 1 else float("inf")
 
 
+#: A number whose commas group its thousands (``1,234,567.89``): the only commas taken
+GROUPED = r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d*)?"
+
+
 def _parse_numbers(raw: pd.Series) -> pd.Series:
-    text = raw.str.strip().str.replace(r"[,$\s]", "", regex=True)
+    """Numbers as the files write them: ``$`` and spaces dropped, commas only where they group
+    thousands; a decimal comma (``48,09``, ``1.234,56``) is no number (not 4809 or 1.23456)."""
+    text = raw.str.strip().str.replace(r"[$\s]", "", regex=True)
+    grouped = text.str.fullmatch(GROUPED).fillna(False).astype(bool)
+    text = text.where(~grouped, text.str.replace(",", "", regex=False))
     text = text.mask(text.isin(["-", "", "null", "NaN", "nan"]))
     return pd.to_numeric(text, errors="coerce").astype("float64")
 
