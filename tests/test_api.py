@@ -79,6 +79,9 @@ def test_own_series_and_several_models(data: Path) -> None:
     ({"coins": ["alpha"], "series": {"s": [1.0]}}, ["body"], "exactly one of 'coins'"),
     ({"model": "linear"}, ["body"], "exactly one of 'coins'"),
     ({"series": {"s": [1.0, "x"]}}, ["body", "series", "s", 1], "valid number"),
+    # as send-tasks --max-points and POST /v1/jobs refuse it (it answered 200)
+    ({"coins": ["alpha"], "max_points": 2}, ["body", "max_points"], "2 is too few: naive fits "
+     "and calibrates its prediction intervals on at least 20 closes; give 20 or more, or 0"),
 ])
 def test_invalid_bodies_get_422_naming_field_and_problem(data: Path, body: dict[str, Any],
                                                           loc: list[Any], words: str) -> None:

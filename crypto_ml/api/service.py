@@ -34,7 +34,14 @@ from crypto_ml.data.loader import CryptoLoader
 from crypto_ml.data.names import coin_id
 from crypto_ml.dispatch.report import RunReport
 from crypto_ml.dispatch.runs import Run, RunQueue, RunState, final_state
-from crypto_ml.models import HEAVY, PARAMS, default_max_points, get_model, model_names
+from crypto_ml.models import (
+    HEAVY,
+    PARAMS,
+    default_max_points,
+    get_model,
+    model_names,
+    window_problem,
+)
 from crypto_ml.ops.queue_depth import queue_depths
 from crypto_ml.worker.app import CPU_QUEUE, GPU_QUEUE
 from crypto_ml.worker.model_store import ModelStore
@@ -197,6 +204,9 @@ class ForecastService:
                 errors.append(problem(["params"], f"{name}: {exc}"))
                 continue
             models.append((name, params, min_points))
+        if models and (why := window_problem(body.max_points, [m for m, _, _ in models],
+                                             body.params, bool(body.levels), whole="0")):
+            errors.append(problem(["max_points"], why))  # as send-tasks and POST /v1/jobs
         return models
 
     def _series(self, body: ForecastBody, errors: list[dict[str, Any]]

@@ -25,7 +25,7 @@ from crypto_ml.core.errors import ConfigError, CryptoMLError, InvalidTable
 from crypto_ml.core.settings import Settings
 from crypto_ml.data.table import Columns, TableSource
 from crypto_ml.data.table_checks import as_given
-from crypto_ml.dispatch.manager import CryptoManager, whole_closes
+from crypto_ml.dispatch.manager import CryptoManager
 from crypto_ml.dispatch.table_output import TableOutput, failures_path
 from crypto_ml.dispatch.table_run import TablePlan
 from crypto_ml.models import (
@@ -34,6 +34,7 @@ from crypto_ml.models import (
     check_horizon,
     check_option_names,
     check_option_values,
+    check_window,
     parse_fallback,
     parse_models,
 )
@@ -58,7 +59,8 @@ def forecast_frame(df: pd.DataFrame | str | Path, settings: Settings,
         raise ConfigError(f"horizon {why}")
     models = parse_models(model)
     fallback = None if fallback_model is None else parse_fallback(fallback_model, models)
-    max_points = _check_options(models, max_points, options)
+    max_points = _check_options([*models, *([fallback] if fallback else [])], max_points,
+                                options, bool(check_levels(levels)))
     try:
         source = _source(df, columns)
         source.check()
@@ -154,11 +156,11 @@ STATSFORECAST_WORDS = {
 }
 
 
-def _check_options(models: Sequence[str], max_points: object, options: dict[str, Any]
-                   ) -> int | None:
+def _check_options(models: Sequence[str], max_points: object, options: dict[str, Any],
+                   intervals: bool) -> int | None:
     """``max_points`` as an int (or None); a CryptoMLError, before any work, for a statsforecast
-    keyword, an option no model takes (a typo) or a value out of range."""
-    max_points = whole_closes(max_points)
+    keyword, an option no model takes (a typo), a value out of range or too few closes."""
+    max_points = check_window(max_points, models, options, intervals)
     for name in options:
         if name in STATSFORECAST_WORDS:
             raise ConfigError(f"forecast() {STATSFORECAST_WORDS[name]} (got {name}=, "

@@ -50,6 +50,7 @@ from crypto_ml.models import (
     check_horizon,
     check_option_names,
     check_option_values,
+    check_window,
     default_max_points,
     parse_models,
 )
@@ -84,16 +85,6 @@ def checked_call(coins: str | Sequence[str] | None, timeout: float | None
     if not all(isinstance(name, str) for name in names):
         raise ConfigError(f"coins must be names or ids (text), got {names!r}")
     return list(dict.fromkeys(names))
-
-
-def whole_closes(max_points: object) -> int | None:
-    """``max_points`` as a whole number of closes (0: all; None: each model's own), or ConfigError."""
-    if max_points is None:
-        return None
-    if isinstance(max_points, bool) or not isinstance(max_points, int | np.integer) or max_points < 0:
-        raise ConfigError(f"max_points must be a whole number of closes (0: all), got "
-                          f"{max_points!r}")
-    return int(max_points)
 
 
 class CryptoManager:
@@ -225,7 +216,7 @@ class CryptoManager:
         names = parse_models(models)
         horizon = check_horizon(horizon)  # a plain int (numpy's is no message's)
         coins = checked_call(coins, timeout)
-        max_points = whole_closes(max_points)
+        max_points = check_window(max_points, names, intervals=bool(check_levels(levels)))
         if (why := self.settings.horizon_problem(horizon)) is not None:
             raise ConfigError(f"horizon {why}")
         if epochs is not None:  # a deep model's option: refused where no model takes it

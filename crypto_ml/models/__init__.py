@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
+import numpy as np
+
 from crypto_ml.core.errors import ConfigError, InvalidTaskInput, UnknownModel
 from crypto_ml.models.base import Forecaster, check_horizon, clean_series
 from crypto_ml.models.intervals import MIN_CALIBRATION_TRAIN
@@ -86,6 +88,23 @@ def window_problem(window: int | None, models: Sequence[str],
     what = "fits and calibrates its prediction intervals on" if intervals else "fits on"
     return (f"{window} is too few: {model} {what} at least {need} closes; give {need} or more, "
             f"or {whole} for the whole history")
+
+
+def check_window(max_points: object, models: Sequence[str] = (),
+                 params: Mapping[str, object] | None = None, intervals: bool = True
+                 ) -> int | None:
+    """A Python caller's ``max_points`` as a whole number of closes (0: all; None: each
+    model's own), or ConfigError: no such number, or too few for ``models``
+    (:func:`window_problem`), as the command line and the HTTP API refuse it."""
+    if max_points is None:
+        return None
+    if (isinstance(max_points, bool) or not isinstance(max_points, int | np.integer)
+            or max_points < 0):
+        raise ConfigError(f"max_points must be a whole number of closes (0: all), got "
+                          f"{max_points!r}")
+    if why := window_problem(int(max_points), models, params, intervals, whole="0"):
+        raise ConfigError(f"max_points {why}")
+    return int(max_points)
 
 
 def get_model(name: str, **params: object) -> Forecaster:
