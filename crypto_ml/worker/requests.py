@@ -148,8 +148,8 @@ def run_forecast(request: ForecastRequest, worker: str,
         "worker": worker,
         "device": model.device,
     }
-    if from_store is not None:
-        result["from_store"] = from_store
+    if model.heavy or from_store is not None:  # the store off: a deep model's is False
+        result["from_store"] = bool(from_store)
     if unsaved is not None:
         result["unsaved"] = unsaved
     return result
