@@ -133,7 +133,7 @@ def test_ping_without_a_started_worker_fails(tmp_path: Path) -> None:
 def test_ping_with_a_timeout_below_zero_is_a_usage_error(tmp_path: Path) -> None:
     out = run("workers/worker.py", "ping", "--timeout", "-1", tmp=tmp_path)
     assert out.returncode == 2 and out.stderr.count("\n") == 1
-    assert "argument --timeout: must be a finite number of seconds above 0" in out.stderr
+    assert "argument --timeout: must be a number of seconds above 0" in out.stderr
 
 
 @pytest.mark.integration  # runs a command in a subprocess

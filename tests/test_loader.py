@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -80,6 +81,27 @@ def test_bom_crlf_reordered_columns_and_thousands(tmp_path: Path) -> None:
     assert list(df["Close"]) == [1100.0, 1200.5]
     assert list(df["Date"]) == [pd.Timestamp("2017-01-01"), pd.Timestamp("2017-01-02")]
     assert np.isnan(df["Volume"].iloc[1]) and df["Volume"].iloc[0] == 2000.0
+
+
+def test_entries_named_like_price_files_that_are_none_are_named_with_why(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # they were passed over without a word, and --coins called them unknown coins
+    write(tmp_path, "Good.csv", f'{HEADER}\n"Jan 02, 2017",1,1,1,2,5,6\n"Jan 01, 2017",1,1,1,1,5,6\n')
+    (tmp_path / "Dir.csv").mkdir()
+    (tmp_path / "Dangling.csv").symlink_to(tmp_path / "nowhere.csv")
+    (tmp_path / "Loop.csv").symlink_to("Loop.csv")
+    os.mkfifo(tmp_path / "Pipe.csv")  # a read would block for ever
+    caplog.set_level(logging.WARNING)
+    for reader in (CryptoLoader(tmp_path), CryptoLoader(tmp_path, cache_dir=tmp_path / "c"),
+                   CryptoLoader(tmp_path, cache_dir=tmp_path / "c")):  # a warm cache too
+        assert reader.get_crypto_names() == ["good"]
+        with pytest.raises(CoinNotFound, match=r"^cannot read the price file of coin 'dangling'"
+                           r": Dangling.csv: a link that leads to no file"):
+            reader.get_prices("dangling")
+    messages = {r.getMessage() for r in caplog.records}
+    assert {"skipping Dir.csv: a folder, not a file",
+            "skipping Loop.csv: a link that leads to no file (a dangling link, or a loop)",
+            "skipping Pipe.csv: not a regular file (a pipe or a device)"} <= messages, messages
 
 
 def test_a_decimal_comma_is_no_number_not_a_hundred_times_the_price(

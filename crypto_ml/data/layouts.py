@@ -121,13 +121,33 @@ def _per_coin(path: Path, columns: list[str]) -> Source:
     return Source(path.name, read)
 
 
+def _no_file(path: Path) -> str | None:
+    """Why an entry named like a price file is none to read (a FIFO would block a read), or
+    None for a regular file."""
+    if path.is_file():
+        return None
+    if path.is_symlink():
+        return "a link that leads to no file (a dangling link, or a loop)"
+    return "a folder, not a file" if path.is_dir() else "not a regular file (a pipe or a device)"
+
+
+def _refused(path: Path, why: str) -> Source:
+    def read() -> tuple[pd.DataFrame, int]:
+        raise BadFile(why)
+
+    return Source(path.name, read)
+
+
 def discover(data: Path) -> dict[str, Source]:
-    """``{coin id: Source}`` for a folder (every price file in it) or a single file."""
-    files = [data] if data.is_file() else sorted(  # regular files: a FIFO would block a read
-        p for p in data.iterdir()
-        if p.suffix.lower() in SUFFIXES and not p.name.startswith(".") and p.is_file())
+    """``{coin id: Source}`` for a folder (every price file in it) or a single file; an entry
+    named like one that is no regular file is a coin whose read says why."""
+    files = [data] if data.is_file() else sorted(
+        p for p in data.iterdir() if p.suffix.lower() in SUFFIXES and not p.name.startswith("."))
     found: dict[str, Source] = {}
     for path in files:
+        if (why := _no_file(path)) is not None:
+            found.setdefault(coin_id(path.stem), _refused(path, why))
+            continue
         columns = _columns(path)
         column = coin_column(columns)
         try:
