@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -26,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.api_load import DATA, floor, healthy, settle  # noqa: E402
-from crypto_ml.ops.processes import free_port, terminate, wait_until  # noqa: E402
+from crypto_ml.ops.processes import free_port, spawn, terminate, wait_until  # noqa: E402
 
 
 def one_turn(tree: Path, data: Path, requests: int, rounds: int, log: Path) -> list[float]:
@@ -34,10 +33,10 @@ def one_turn(tree: Path, data: Path, requests: int, rounds: int, log: Path) -> l
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTO_ML_")}
     env.update(CRYPTO_ML_DATA_DIR=str(data), PYTHONPATH=str(tree))
-    with log.open("w") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "crypto_ml.api", "--port", str(port), "--workers", "2",
-             "--log-level", "warning"], cwd=tree, env=env, stdout=sink, stderr=sink)
+    log.unlink(missing_ok=True)
+    # in its own session, as terminate() expects: it ends the server's whole process group
+    proc = spawn([sys.executable, "-m", "crypto_ml.api", "--port", str(port), "--workers", "2",
+                  "--log-level", "warning"], log, env=env, cwd=tree)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: healthy(url), 180, f"the API from {tree}",
