@@ -89,6 +89,9 @@ def test_entries_named_like_price_files_that_are_none_are_named_with_why(
     write(tmp_path, "Good.csv", f'{HEADER}\n"Jan 02, 2017",1,1,1,2,5,6\n"Jan 01, 2017",1,1,1,1,5,6\n')
     (tmp_path / "Dir.csv").mkdir()
     (tmp_path / "Dangling.csv").symlink_to(tmp_path / "nowhere.csv")
+    (tmp_path / "good.parquet").symlink_to(tmp_path / "nowhere.parquet")  # Good.csv wins
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "Linkdir.csv").symlink_to("sub")
     (tmp_path / "Loop.csv").symlink_to("Loop.csv")
     os.mkfifo(tmp_path / "Pipe.csv")  # a read would block for ever
     caplog.set_level(logging.WARNING)
@@ -99,7 +102,8 @@ def test_entries_named_like_price_files_that_are_none_are_named_with_why(
                            r": Dangling.csv: a link that leads to no file"):
             reader.get_prices("dangling")
     messages = {r.getMessage() for r in caplog.records}
-    assert {"skipping Dir.csv: a folder, not a file",
+    assert {"skipping Dir.csv: a folder, not a file", "skipping Linkdir.csv: a folder, not a file",
+            "skipping good.parquet: a link that leads to no file (a dangling link, or a loop)",
             "skipping Loop.csv: a link that leads to no file (a dangling link, or a loop)",
             "skipping Pipe.csv: not a regular file (a pipe or a device)"} <= messages, messages
 
@@ -109,15 +113,17 @@ def test_a_decimal_comma_is_no_number_not_a_hundred_times_the_price(
     # "48,09" read as 4809 and "1.234,56" as 1.23456, silently: commas group thousands only
     write(tmp_path, "Euro.csv", f'{HEADER}\n"Jan 03, 2017",1,1,1,"1,234.5",5,6\n'
                                 f'"Jan 02, 2017",1,1,1,"48,09",5,6\n'
-                                f'"Jan 01, 2017",1,1,1,"1.234,56",5,6\n')
+                                f'"Jan 01, 2017",1,1,1,"1.234,56",5,6\n'
+                                f'"Dec 31, 2016",1,1,1,"0,123",5,6\n')
     write(tmp_path, "Comma.csv", f'{HEADER}\n"Jan 02, 2017",1,1,1,"48,09",5,6\n')
     caplog.set_level(logging.WARNING)
     loader = CryptoLoader(tmp_path)
     assert list(loader.get_prices("euro")) == [1234.5]
     assert loader.get_crypto_names() == ["euro"]
     messages = [r.getMessage() for r in caplog.records]
-    assert "Euro.csv: dropped 2 unparseable rows" in messages
-    assert any("Comma.csv" in m and "none of its closes is a number" in m for m in messages)
+    assert "Euro.csv: dropped 3 unparseable rows" in messages
+    assert ("skipping Comma.csv: none of its closes is a number (such as '48,09'; write a "
+            "decimal point, 48.09, and commas only between thousands)") in messages
 
 
 def test_bad_files_are_skipped_with_one_warning_each(tmp_path: Path,

@@ -126,9 +126,11 @@ def _no_file(path: Path) -> str | None:
     None for a regular file."""
     if path.is_file():
         return None
+    if path.is_dir():
+        return "a folder, not a file"
     if path.is_symlink():
         return "a link that leads to no file (a dangling link, or a loop)"
-    return "a folder, not a file" if path.is_dir() else "not a regular file (a pipe or a device)"
+    return "not a regular file (a pipe or a device)"
 
 
 def _refused(path: Path, why: str) -> Source:
@@ -144,9 +146,10 @@ def discover(data: Path) -> dict[str, Source]:
     files = [data] if data.is_file() else sorted(
         p for p in data.iterdir() if p.suffix.lower() in SUFFIXES and not p.name.startswith("."))
     found: dict[str, Source] = {}
+    refused: dict[str, tuple[Path, str]] = {}  # a coin only where no readable file names it
     for path in files:
         if (why := _no_file(path)) is not None:
-            found.setdefault(coin_id(path.stem), _refused(path, why))
+            refused.setdefault(coin_id(path.stem), (path, why))
             continue
         columns = _columns(path)
         column = coin_column(columns)
@@ -162,4 +165,9 @@ def discover(data: Path) -> dict[str, Source]:
                             found[key].label, found[key].label)
             else:
                 found[key] = source
+    for key, (path, why) in refused.items():
+        if key in found:
+            log.warning("skipping %s: %s", path.name, why)
+        else:
+            found[key] = _refused(path, why)
     return dict(sorted(found.items()))

@@ -80,7 +80,7 @@ def _typical_step(dates: pd.Series) -> float:
 
 
 #: A number whose commas group its thousands (``1,234,567.89``): the only commas taken
-GROUPED = r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d*)?"
+GROUPED = r"[-+]?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d*)?"  # not 0,123: a decimal comma
 
 
 def _parse_numbers(raw: pd.Series) -> pd.Series:
@@ -161,7 +161,10 @@ def tidy_prices(raw: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     infinite = frame["Close"].isin([np.inf, -np.inf])  # "inf" reads as a number: no price
     bad = frame["Date"].isna() | infinite | (frame["Close"].isna() & ~close_text.isin(["-", ""]))
     frame = frame[~bad]
-    if not frame["Close"].notna().any():  # every close "-" or empty: no series to forecast
-        raise BadFile("none of its closes is a number (all '-' or empty)")
+    if not frame["Close"].notna().any():  # no series to forecast
+        written = close_text[~close_text.isin(["-", ""])]
+        raise BadFile("none of its closes is a number (all '-' or empty)" if written.empty else
+                      f"none of its closes is a number (such as {written.iloc[0][:40]!r}; write "
+                      "a decimal point, 48.09, and commas only between thousands)")
     frame = frame.drop_duplicates(subset="Date", keep="first").sort_values("Date", kind="stable")
     return frame.reset_index(drop=True), int(bad.sum())
