@@ -89,6 +89,15 @@ def test_a_config_out_of_range_is_refused_naming_the_option(option: str, value: 
     assert BacktestConfig(horizon=np.int64(3)).horizon == 3  # numpy's integers are integers
 
 
+def test_param_epochs_and_seed_reach_the_model() -> None:
+    # --param epochs=2 / seed=5 were overwritten by the unset --epochs and the default seed
+    assert BacktestConfig(models=("lstm",), options={"epochs": 2}).params("lstm")["epochs"] == 2
+    assert BacktestConfig(models=("lstm",), options={"seed": 5}).params("lstm")["seed"] == 5
+    assert BacktestConfig(models=("lstm",), epochs=3).params("lstm")["epochs"] == 3
+    with pytest.raises(ConfigError, match="both set epochs; give one"):
+        BacktestConfig(models=("lstm",), epochs=3, options={"epochs": 2})
+
+
 @pytest.mark.parametrize("timeout", [0, -5.0, math.nan, math.inf, 1e14, "60"])
 def test_a_backtest_timeout_out_of_range_is_refused(timeout: object) -> None:
     with pytest.raises(ConfigError, match="backtest timeout must be a number of seconds above 0"):

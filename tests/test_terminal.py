@@ -137,6 +137,7 @@ def test_one_stdout_format_json_lines_and_output(cluster: Any, price_data: Path,
     (["queue-depth", "--broker", "redis://:pw@127.0.0.1:99999/0"],
      "redis://:**@127.0.0.1:99999/0 is no Redis URL (Port out of range"),
     (["send-tasks", "--levels", " "], "--levels: names no level; give levels such as 80,95"),
+    (["send-tasks", "--levels", " , "], "--levels: names no level; give levels such as 80,95"),
     (["send-tasks", "--timeout", "1e308"], "must be a number of seconds above 0, at most"),
     (["backtest", "--timeout", "1e14"], "must be a number of seconds above 0, at most"),
 ])

@@ -53,6 +53,9 @@ def test_python_callers_are_refused_before_any_work() -> None:
                           "y": np.arange(40.0) + 1})
     with pytest.raises(ConfigError, match="max_points 5 is too few: naive"):
         forecast_frame(frame, NOWHERE, "naive", max_points=5)
+    # a bad option is named as such, whatever the window (it was an InvalidTaskInput with one)
+    with pytest.raises(ConfigError, match="model 'lstm': epochs must be"):
+        forecast_frame(frame, NOWHERE, "lstm", max_points=30, epochs=0)
     # without intervals a short window is what the caller asked for: refused only later,
     # by the cluster nobody listens on
     with pytest.raises(BrokerUnavailable):

@@ -97,6 +97,8 @@ class BacktestConfig:
                 raise ConfigError(f"backtest {name} must be an integer of at least {low}, "
                                   f"got {value!r}")
         check_timeout(self.timeout, "backtest timeout")
+        if self.epochs is not None and "epochs" in self.options:
+            raise ConfigError("backtest epochs and options['epochs'] both set epochs; give one")
 
     def window(self, model: str) -> int:
         """The newest closes ``model`` is fitted on at each origin (0: all)."""
@@ -104,7 +106,8 @@ class BacktestConfig:
 
     def params(self, model: str) -> dict[str, Any]:
         """The options sent with ``model``'s tasks (only those it takes)."""
-        given = {**self.options, "epochs": self.epochs, "seed": self.seed}
+        given = {"seed": self.seed, **self.options,  # options={"seed": 5} over the default
+                 **({} if self.epochs is None else {"epochs": self.epochs})}
         return {k: v for k, v in given.items() if v is not None and k in PARAMS[model]}
 
     def needed(self) -> int:

@@ -103,7 +103,7 @@ def max_points(text: str) -> int:
 
 def levels(text: str) -> tuple[float, ...]:
     """argparse type of ``--levels``: ``80,95`` -> (80.0, 95.0); ``none`` for no intervals."""
-    if not text.strip():  # an unset shell variable, most likely: not "no intervals" unsaid
+    if not text.replace(",", "").strip():  # unset shell variables: not "no intervals" unsaid
         raise argparse.ArgumentTypeError("names no level; give levels such as 80,95, or none "
                                          "for no intervals")
     if text.strip().lower() == "none":

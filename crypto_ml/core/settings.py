@@ -120,7 +120,7 @@ def check_timeout(timeout: object, name: str = "timeout") -> None:
     if timeout is None:
         return
     if (isinstance(timeout, bool) or not isinstance(timeout, numbers.Real)
-            or not 0 < float(timeout) <= MAX_TIMEOUT):  # NaN too
+            or not 0 < cast(float, timeout) <= MAX_TIMEOUT):  # NaN, 10**400 too
         raise ConfigError(f"{name} must be a number of seconds above 0, at most "
                           f"{MAX_TIMEOUT:.0f} (30 days), or None; got {timeout!r}")
 

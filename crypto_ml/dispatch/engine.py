@@ -41,7 +41,7 @@ import redis
 from celery import Celery, states
 
 from crypto_ml.core.results import result_meta
-from crypto_ml.core.settings import Settings
+from crypto_ml.core.settings import Settings, check_timeout
 from crypto_ml.dispatch.broker_errors import PUBLISH_ERRORS, Away, refused, transient
 from crypto_ml.dispatch.capacity import UNSERVED_SECONDS, Unserved
 from crypto_ml.dispatch.lost import LostMessages
@@ -181,6 +181,7 @@ class Dispatcher:
         message with a ``key`` then gets the id it had then, so a result its workers stored
         for the interrupted run is taken, and its messages still queued count as this run's.
         """
+        check_timeout(timeout)  # every entry point's: an expiry past Python's dates broke publish
         self._expires = timeout
         self._free_as_read = max_in_flight is not None
         self._stable_ids = run_id is not None

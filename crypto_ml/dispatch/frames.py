@@ -160,11 +160,10 @@ def _check_options(models: Sequence[str], max_points: object, options: dict[str,
                    intervals: bool) -> int | None:
     """``max_points`` as an int (or None); a CryptoMLError, before any work, for a statsforecast
     keyword, an option no model takes (a typo), a value out of range or too few closes."""
-    max_points = check_window(max_points, models, options, intervals)
     for name in options:
         if name in STATSFORECAST_WORDS:
             raise ConfigError(f"forecast() {STATSFORECAST_WORDS[name]} (got {name}=, "
                               "statsforecast's word)")
     check_option_names(models, options, "forecast() got {}")
     check_option_values(models, options, "model {!r}")
-    return max_points
+    return check_window(max_points, models, options, intervals)  # the options checked first
