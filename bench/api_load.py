@@ -75,19 +75,20 @@ def served(command: Callable[[int], list[str]], data: Path, log: Path, what: str
         terminate(proc)
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU seconds used so far by a process and its children (those alive now)."""
+def tree_cpu_seconds(pid: int) -> dict[tuple[int, float], float]:
+    """CPU seconds used so far by a process and each of its children alive now, by (pid,
+    start time): a process that came or went between two looks is seen as such."""
     try:
         root = psutil.Process(pid)
         tree = [root, *root.children(recursive=True)]
     except psutil.Error:
-        return 0.0
-    total = 0.0
+        return {}
+    used = {}
     for proc in tree:
         with contextlib.suppress(psutil.Error):
             times = proc.cpu_times()
-            total += times.user + times.system
-    return total
+            used[proc.pid, proc.create_time()] = times.user + times.system
+    return used
 
 
 def settle(pid: int, idle: float = 0.05, most: float = 60.0) -> None:
@@ -99,8 +100,11 @@ def settle(pid: int, idle: float = 0.05, most: float = 60.0) -> None:
     while time.monotonic() < deadline:
         before = tree_cpu_seconds(pid)
         time.sleep(1.0)
-        if tree_cpu_seconds(pid) - before < idle:
+        after = tree_cpu_seconds(pid)  # the same processes (none started or ended), idle
+        if after.keys() == before.keys() and sum(after[k] - before[k] for k in after) < idle:
             return
+    print(f"warning: the server (pid {pid}) was still busy after {most:.0f} s; measuring "
+          "anyway", file=sys.stderr, flush=True)
 
 
 def api_server(data: Path, workers: int, in_process: bool, log: Path, reuse: bool = False

@@ -57,6 +57,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--data-dir", type=Path, default=DATA)
     args = parser.parse_args()
+    if set(args.order) != {"A", "B"}:
+        parser.error(f"--order must hold A and B and nothing else, got {args.order!r}")
     trees = {"A": args.a.resolve(), "B": args.b.resolve()}
     got: dict[str, list[float]] = {"A": [], "B": []}
     for side in args.order:

@@ -88,6 +88,9 @@ def test_a_switch_is_on_or_off_or_named_as_neither(name: str) -> None:
     ({"CRYPTO_ML_DEAD_AFTER_SECONDS": "3"}, "CRYPTO_ML_HEARTBEAT_SECONDS"),
     ({"CRYPTO_ML_MODEL_STORE": "ftp://x"}, "CRYPTO_ML_MODEL_STORE='ftp://x': use redis"),
     ({"CRYPTO_ML_MODEL_STORE": "s3://"}, "name a bucket"),
+    # a traceback in the API, and every deep task failing on the workers, before; no password
+    ({"CRYPTO_ML_MODEL_STORE": "redis://:s3cret@h:abc/0"},
+     r"CRYPTO_ML_MODEL_STORE is no Redis URL \(Port could not be cast to integer value as 'abc'"),
 ])
 def test_settings_that_do_not_fit_together_name_the_variables(env: dict[str, str],
                                                                named: str) -> None:

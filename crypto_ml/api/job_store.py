@@ -169,8 +169,8 @@ def status_of(record: dict[str, Any], now: float | None = None,
         error = f"{error}; {_how_to_go_on(record['id'], resumed_by)}"
     started = record["started"]
     series, done, failed = record["series"], record["done"], record["failed"]
-    if status == "failed":  # every series it will not finish: stopped, or never started
-        failed += max(0, series - done - record.get("unreturned", 0))
+    if status == "failed" and "unreturned" in record:  # (an older replica's record: as it was)
+        failed += max(0, series - done - record["unreturned"])  # every series left unfinished
     rate = (done - record.get("resumed", 0)) / (end - started) if end > started else 0.0
     eta = (series - done) / rate if status == "running" and rate > 0 else None
     return {"id": record["id"], "status": status, "series": series, "done": done,

@@ -115,14 +115,15 @@ def _int(name: str, raw: str, minimum: int = 1, maximum: int | None = None) -> i
     return value
 
 
-def check_timeout(timeout: object, name: str = "timeout") -> None:
-    """ConfigError unless ``timeout`` is None or seconds above 0, at most MAX_TIMEOUT."""
+def check_timeout(timeout: float | None, name: str = "timeout") -> float | None:
+    """``timeout``, or ConfigError unless it is None or seconds above 0, at most MAX_TIMEOUT."""
     if timeout is None:
-        return
+        return None
     if (isinstance(timeout, bool) or not isinstance(timeout, numbers.Real)
             or not 0 < cast(float, timeout) <= MAX_TIMEOUT):  # NaN, 10**400 too
         raise ConfigError(f"{name} must be a number of seconds above 0, at most "
                           f"{MAX_TIMEOUT:.0f} (30 days), or None; got {timeout!r}")
+    return timeout
 
 
 def comma_list(text: str) -> list[str]:
@@ -199,6 +200,21 @@ def model_store_problem(spec: str | None) -> str | None:
     if "://" in spec and not spec.startswith(STORE_SCHEMES):
         return (f"CRYPTO_ML_MODEL_STORE={spec!r}: use redis, redis://..., s3://BUCKET/prefix, a "
                 "directory or file:///path, or off")
+    if spec.startswith(("redis://", "rediss://", "unix://")):
+        return _redis_url_problem(spec)
+    return None
+
+
+def _redis_url_problem(url: str) -> str | None:
+    """Why redis-py cannot use ``url`` (a port that is no number...); the URL, which may hold
+    a password, is not shown."""
+    from redis.connection import parse_url  # lazy: settings load where redis is not needed
+
+    try:
+        parse_url(url)
+    except ValueError as exc:
+        return (f"CRYPTO_ML_MODEL_STORE is no Redis URL ({exc}); give "
+                "redis://[USER:PASSWORD@]HOST:PORT/DB")
     return None
 
 

@@ -181,8 +181,7 @@ class Dispatcher:
         message with a ``key`` then gets the id it had then, so a result its workers stored
         for the interrupted run is taken, and its messages still queued count as this run's.
         """
-        check_timeout(timeout)  # every entry point's: an expiry past Python's dates broke publish
-        self._expires = timeout
+        self._expires = check_timeout(timeout)  # an expiry past Python's dates broke publish
         self._free_as_read = max_in_flight is not None
         self._stable_ids = run_id is not None
         self.run_id = run_id or uuid.uuid4().hex
