@@ -79,18 +79,21 @@ def _typical_step(dates: pd.Series) -> float:
     return float(days.diff().dt.days.median()) if len(days) > 1 else float("inf")
 
 
+#: How the files write a missing number
+MISSING = ["-", "", "null", "NaN", "nan"]
 #: A number whose commas group its thousands (``1,234,567.89``): the only commas taken
 GROUPED = r"[-+]?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d*)?"  # not 0,123: a decimal comma
+_GROUPED, _DOLLAR_SPACE = re.compile(GROUPED), re.compile(r"[$\s]")
 
 
 def _parse_numbers(raw: pd.Series) -> pd.Series:
     """Numbers as the files write them: ``$`` and spaces dropped, commas only where they group
     thousands; a decimal comma (``48,09``, ``1.234,56``) is no number (not 4809 or 1.23456)."""
-    text = raw.str.strip().str.replace(r"[$\s]", "", regex=True)
-    grouped = text.str.fullmatch(GROUPED).fillna(False).astype(bool)
-    text = text.where(~grouped, text.str.replace(",", "", regex=False))
-    text = text.mask(text.isin(["-", "", "null", "NaN", "nan"]))
-    return pd.to_numeric(text, errors="coerce").astype("float64")
+    cells = [_DOLLAR_SPACE.sub("", s) if "$" in s or " " in s or not s.isprintable() else s
+             for s in (c.strip() for c in raw.tolist())]  # plain loops: .str calls cost more
+    cells = [s.replace(",", "") if "," in s and _GROUPED.fullmatch(s) else s for s in cells]
+    text = pd.Series(cells, index=raw.index, dtype=object)
+    return pd.to_numeric(text.mask(text.isin(MISSING)), errors="coerce").astype("float64")
 
 
 def _read_text(path: Path) -> str:
