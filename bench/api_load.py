@@ -57,14 +57,16 @@ def healthy(url: str) -> bool:
 
 @contextmanager
 def served(command: Callable[[int], list[str]], data: Path, log: Path, what: str,
-           extra_env: dict[str, str] | None = None) -> Iterator[tuple[str, int]]:
-    """``command(port)`` in its own process, with none of the caller's ``CRYPTO_ML_``
-    variables but the data directory (and ``extra_env``): its URL and pid once its
-    ``/healthz`` answers."""
+           extra_env: dict[str, str] | None = None, cwd: Path = ROOT
+           ) -> Iterator[tuple[str, int]]:
+    """``command(port)`` in its own process (and session: :func:`terminate` ends its whole
+    group), run in ``cwd``, with none of the caller's ``CRYPTO_ML_`` variables but the data
+    directory (and ``extra_env``): its URL and pid once its ``/healthz`` answers and it is
+    idle (:func:`settle`)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTO_ML_")}
     env.update(CRYPTO_ML_DATA_DIR=str(data), **(extra_env or {}))
-    proc = spawn(command(port), log, env=env, cwd=ROOT)
+    proc = spawn(command(port), log, env=env, cwd=cwd)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: healthy(url), 180, what,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -24,28 +23,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.api_load import DATA, floor, healthy, settle  # noqa: E402
-from crypto_ml.ops.processes import free_port, spawn, terminate, wait_until  # noqa: E402
+from bench.api_load import DATA, floor, served  # noqa: E402
 
 
 def one_turn(tree: Path, data: Path, requests: int, rounds: int, log: Path) -> list[float]:
     """One server from ``tree``: the req/s of each round of the floor."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTO_ML_")}
-    env.update(CRYPTO_ML_DATA_DIR=str(data), PYTHONPATH=str(tree))
     log.unlink(missing_ok=True)
-    # in its own session, as terminate() expects: it ends the server's whole process group
-    proc = spawn([sys.executable, "-m", "crypto_ml.api", "--port", str(port), "--workers", "2",
-                  "--log-level", "warning"], log, env=env, cwd=tree)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: healthy(url), 180, f"the API from {tree}",
-                   lambda: f"exited: {log.read_text()}" if proc.poll() is not None else None)
-        settle(proc.pid)
+    command = [sys.executable, "-m", "crypto_ml.api", "--workers", "2", "--log-level", "warning"]
+    with served(lambda port: [*command, "--port", str(port)], data, log,
+                f"the API from {tree}", {"PYTHONPATH": str(tree)}, cwd=tree) as (url, _pid):
         asyncio.run(floor(url, min(300, requests), 32))  # warm-up, not counted
         return [asyncio.run(floor(url, requests, 32))["throughput_rps"] for _ in range(rounds)]
-    finally:
-        terminate(proc)
 
 
 def main() -> int:

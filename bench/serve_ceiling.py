@@ -44,7 +44,15 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.api_load import DATA, api_forecast, api_server, floor, load, served  # noqa: E402
+from bench.api_load import (  # noqa: E402
+    DATA,
+    api_forecast,
+    api_server,
+    floor,
+    load,
+    served,
+    tree_cpu_seconds,
+)
 from bench.serve_peers import (  # noqa: E402
     CLIENTS,
     HORIZON,
@@ -68,16 +76,7 @@ def bare_server(data: Path, log: Path) -> contextlib.AbstractContextManager[tupl
 
 def cpu_seconds(pid: int) -> float:
     """User and system CPU of ``pid`` and its living children."""
-    tree = [psutil.Process(pid)]
-    tree += tree[0].children(recursive=True)
-    total = 0.0
-    for proc in tree:
-        try:
-            times = proc.cpu_times()
-        except psutil.Error:  # gone in between
-            continue
-        total += times.user + times.system
-    return total
+    return sum(tree_cpu_seconds(pid).values())
 
 
 def measured(server_pid: int, run: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
