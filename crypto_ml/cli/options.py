@@ -59,7 +59,7 @@ port_number = number_type("port_number", int, lambda v: 1 <= v <= 65535,
 pause_seconds = number_type("pause_seconds", float, lambda v: math.isfinite(v) and v >= 0,
                             "a finite number of seconds, 0 or more")
 positive_seconds = number_type("positive_seconds", float,
-                               lambda v: math.isfinite(v) and 0 < v <= MAX_TIMEOUT,
+                               lambda v: 0 < v <= MAX_TIMEOUT,  # not NaN, nor inf
                                f"a number of seconds above 0, at most {MAX_TIMEOUT:.0f} (30 days)")
 
 

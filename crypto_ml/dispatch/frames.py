@@ -59,14 +59,15 @@ def forecast_frame(df: pd.DataFrame | str | Path, settings: Settings,
         raise ConfigError(f"horizon {why}")
     models = parse_models(model)
     fallback = None if fallback_model is None else parse_fallback(fallback_model, models)
+    levels = check_levels(levels)
     max_points = _check_options([*models, *([fallback] if fallback else [])], max_points,
-                                options, bool(check_levels(levels)))
+                                options, bool(levels))
     try:
         source = _source(df, columns)
         source.check()
     except InvalidTable as exc:
         raise _in_python_words(exc, df) from None
-    plan = TablePlan.of(models, horizon, check_levels(levels), max_points, options or None,
+    plan = TablePlan.of(models, horizon, levels, max_points, options or None,
                         fallback=fallback)
     manager = CryptoManager(settings=settings, err=err)
     with tempfile.TemporaryDirectory(prefix="crypto-ml-") as folder:
