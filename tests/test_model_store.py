@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import run_cli
+from redis.sentinel import SentinelConnectionPool
 
 from crypto_ml.core.errors import ConfigError, InvalidTaskInput
 from crypto_ml.models import get_model
@@ -51,6 +52,12 @@ def test_open_store_specs(tmp_path: Path) -> None:
     assert open_store(None, None) is None  # default (the backend's Redis) without a backend
     assert isinstance(open_store(None, object()), RedisModelStore)  # type: ignore[arg-type]
     assert isinstance(open_store("redis://127.0.0.1:1/0", None), RedisModelStore)
+    # the master the sentinels name, as for the broker (a real one: test_reliability_sentinel)
+    by_sentinel = open_store("sentinel://127.0.0.1:1;sentinel://127.0.0.1:2/3", None,
+                             sentinel_master="models")
+    assert isinstance(by_sentinel, RedisModelStore)
+    pool = by_sentinel.client.connection_pool
+    assert isinstance(pool, SentinelConnectionPool) and pool.service_name == "models"
     store = open_store(f"file://{tmp_path}", None)
     assert isinstance(store, DirectoryModelStore) and store.root == tmp_path
     assert isinstance(open_store(str(tmp_path), None), DirectoryModelStore)

@@ -15,10 +15,11 @@ import pytest
 from api_support import client
 from celery import Celery
 from fault_helpers import FAST_LIVENESS, cli_env, cli_exited, finish, start_cli, worker_logs
-from sentinel_support import SentinelCluster
+from sentinel_support import MASTER_NAME, SentinelCluster
 
 from crypto_ml.api.app import create_app as api_app
 from crypto_ml.api.service import QueueRuns
+from crypto_ml.core import keys
 from crypto_ml.core.sentinel import parse
 from crypto_ml.core.settings import Settings
 from crypto_ml.data.loader import CryptoLoader
@@ -108,3 +109,35 @@ def test_the_api_answers_through_sentinel_urls(price_data: Path) -> None:
                 assert api.get("/healthz").json()["broker"] is True
         finally:
             runs.close()
+
+
+class _StoreBySentinel(SentinelCluster):
+    """Workers whose model store is a ``sentinel://`` URL (database 2 of the same master)."""
+
+    def worker_env(self) -> dict[str, str]:
+        store = ";".join(one.rsplit("/", 1)[0] + "/2" for one in self.broker_url.split(";"))
+        return {**super().worker_env(), "CRYPTO_ML_MODEL_STORE": store}
+
+
+def test_a_model_store_at_a_sentinel_url_keeps_and_serves_fits(price_data: Path) -> None:
+    """``CRYPTO_ML_MODEL_STORE=sentinel://...``: the workers find the master through the
+    sentinels (redis-py's from_url knows no such scheme) and keep fits there."""
+    body = {"coins": ["bitcoin"], "model": "lstm", "horizon": 3,
+            "params": {"epochs": 1, "window": 8}}
+    with _StoreBySentinel(workers=1) as cluster:
+        settings = Settings(data_dir=price_data).with_broker(cluster.broker_url)
+        runs = QueueRuns(create_app(settings), settings)
+        try:
+            with client(api_app(settings, runs)) as api:
+                answers = []
+                for _ in range(2):
+                    reply = api.post("/v1/forecasts?wait=60", json=body)
+                    assert reply.status_code == 200, reply.text
+                    answers.append(reply.json()["results"]["bitcoin"]["lstm"])
+        finally:
+            runs.close()
+        assert [a["from_store"] for a in answers] == [False, True]
+        assert answers[1]["forecast"] == answers[0]["forecast"]
+        store = cluster.sentinels().master_for(MASTER_NAME, password=cluster.password, db=2,
+                                               socket_timeout=2)
+        assert len(store.keys(keys.MODEL + "*")) == 1

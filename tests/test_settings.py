@@ -86,16 +86,26 @@ def test_a_switch_is_on_or_off_or_named_as_neither(name: str) -> None:
     ({"CRYPTO_ML_HARD_TIME_LIMIT": "100"}, "CRYPTO_ML_SOFT_TIME_LIMIT=300"),
     ({"CRYPTO_ML_VISIBILITY_TIMEOUT": "15"}, "CRYPTO_ML_DEAD_AFTER_SECONDS=10"),
     ({"CRYPTO_ML_DEAD_AFTER_SECONDS": "3"}, "CRYPTO_ML_HEARTBEAT_SECONDS"),
-    ({"CRYPTO_ML_MODEL_STORE": "ftp://x"}, "CRYPTO_ML_MODEL_STORE='ftp://x': use redis"),
+    ({"CRYPTO_ML_MODEL_STORE": "ftp://x"}, r"CRYPTO_ML_MODEL_STORE=ftp://\.\.\.: use redis"),
     ({"CRYPTO_ML_MODEL_STORE": "s3://"}, "name a bucket"),
     # a traceback in the API, and every deep task failing on the workers, before; no password
     ({"CRYPTO_ML_MODEL_STORE": "redis://:s3cret@h:abc/0"},
      r"CRYPTO_ML_MODEL_STORE is no Redis URL \(Port could not be cast to integer value as 'abc'"),
+    ({"CRYPTO_ML_MODEL_STORE": "sentinel://:s3cret@h:1;sentinel://h:zz"},
+     r"no Redis URL \(Port could not be cast to integer value as 'zz'\); .* or sentinel://"),
 ])
 def test_settings_that_do_not_fit_together_name_the_variables(env: dict[str, str],
                                                                named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         Settings.from_env(env)
+
+
+@pytest.mark.parametrize("spec", ["rediss+tls://:s3cret@h:6379/0", "sentinel://:s3cret@h:zz",
+                                  "redis://:s3cret@h:abc/0"])
+def test_a_wrong_model_store_url_is_named_without_its_password(spec: str) -> None:
+    with pytest.raises(ConfigError, match="CRYPTO_ML_MODEL_STORE") as refused:
+        Settings.from_env({"CRYPTO_ML_MODEL_STORE": spec})
+    assert "s3cret" not in str(refused.value)
 
 
 @pytest.mark.parametrize(("url", "shown"), [

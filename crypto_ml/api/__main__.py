@@ -79,7 +79,9 @@ def runs_for(settings: Settings, in_process: bool, expires: float
     """Where the API's runs go: in-process, the configured broker, or an embedded cluster
     (and that cluster)."""
     if in_process:
-        yield InProcessRuns(open_store(settings.model_store, None, settings.model_store_ttl)), None
+        store = open_store(settings.model_store, None, settings.model_store_ttl,
+                           settings.sentinel_master, settings.sentinel_password)
+        yield InProcessRuns(store), None
         return
     with open_cluster(settings, say) as (live, cluster):
         # one shared message in flight per task slot of the live workers (embedded or not):

@@ -50,7 +50,8 @@ Variable                                   Default                     Meaning
                                                                        task-sent events (for Flower; a running Flower
                                                                        also turns workers' events on, within 5 s).
 ``CRYPTO_ML_MODEL_STORE``                  (unset: result backend)     Where trained deep models are kept: ``redis``,
-                                                                       ``redis://...``, a directory, or ``off``.
+                                                                       ``redis://...``, ``sentinel://...``,
+                                                                       ``s3://...``, a directory, or ``off``.
 ``CRYPTO_ML_MODEL_STORE_TTL``              ``604800``                  Seconds a stored model is reused (7 days).
 ``CRYPTO_ML_API_KEYS``                     (unset: no auth)            HTTP API keys, comma-separated (Bearer tokens).
 ``CRYPTO_ML_API_MAX_WAIT``                 ``60``                      Largest ``wait=S`` the HTTP API accepts.
@@ -188,7 +189,9 @@ def _valid_auth(spec: str) -> bool:
 
 
 #: The URL schemes a model store may name (else a directory, ``redis`` or ``off``)
-STORE_SCHEMES = ("redis://", "rediss://", "unix://", "s3://", "file://")
+#: model stores in a Redis (``sentinel://`` finds the master as the broker's URL does)
+REDIS_STORES = ("redis://", "rediss://", "unix://", "sentinel://")
+STORE_SCHEMES = (*REDIS_STORES, "s3://", "file://")
 
 
 def model_store_problem(spec: str | None) -> str | None:
@@ -197,10 +200,11 @@ def model_store_problem(spec: str | None) -> str | None:
     spec = (spec or "redis").strip()
     if spec.startswith("s3://") and not spec.removeprefix("s3://").partition("/")[0]:
         return f"CRYPTO_ML_MODEL_STORE={spec!r}: name a bucket, s3://BUCKET/prefix"
-    if "://" in spec and not spec.startswith(STORE_SCHEMES):
-        return (f"CRYPTO_ML_MODEL_STORE={spec!r}: use redis, redis://..., s3://BUCKET/prefix, a "
-                "directory or file:///path, or off")
-    if spec.startswith(("redis://", "rediss://", "unix://")):
+    if "://" in spec and not spec.startswith(STORE_SCHEMES):  # the rest may hold a password
+        return (f"CRYPTO_ML_MODEL_STORE={spec.partition('://')[0]}://...: use redis, "
+                "redis://..., sentinel://..., s3://BUCKET/prefix, a directory or file:///path, "
+                "or off")
+    if spec.startswith(REDIS_STORES):
         return _redis_url_problem(spec)
     return None
 
@@ -211,10 +215,11 @@ def _redis_url_problem(url: str) -> str | None:
     from redis.connection import parse_url  # lazy: settings load where redis is not needed
 
     try:
-        parse_url(url)
+        for one in url.split(";"):  # sentinel://h1:26379;sentinel://h2:26379
+            parse_url(one.replace("sentinel://", "redis://", 1))
     except ValueError as exc:
         return (f"CRYPTO_ML_MODEL_STORE is no Redis URL ({exc}); give "
-                "redis://[USER:PASSWORD@]HOST:PORT/DB")
+                "redis://[USER:PASSWORD@]HOST:PORT/DB or sentinel://HOST:PORT[;...]")
     return None
 
 

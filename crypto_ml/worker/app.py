@@ -153,6 +153,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "crypto_ml_max_deliveries": settings.max_deliveries,
         "crypto_ml_model_store": settings.model_store,
         "crypto_ml_model_store_ttl": settings.model_store_ttl,
+        # a sentinel:// store's master (Celery's conf listings mask *PASS* keys)
+        "crypto_ml_sentinel_master": settings.sentinel_master,
+        "crypto_ml_sentinel_password": settings.sentinel_password,
         "crypto_ml_log_format": settings.log_format,
         "crypto_ml_heartbeat_seconds": settings.heartbeat_seconds,
         "crypto_ml_dead_after_seconds": settings.dead_after_seconds,

@@ -20,7 +20,9 @@ Where entries live (``CRYPTO_ML_MODEL_STORE``):
 
 * unset or ``redis``: the result backend's Redis, each entry expiring after
   ``CRYPTO_ML_MODEL_STORE_TTL`` seconds (7 days);
-* ``redis://...`` / ``rediss://...``: another Redis, same expiry;
+* ``redis://...`` / ``rediss://...``: another Redis, same expiry; or ``sentinel://...``:
+  the master that Sentinels name (``CRYPTO_ML_SENTINEL_MASTER``), found again after a
+  failover, as for the broker;
 * a directory (``/path`` or ``file:///path``): one ``<key>.npz`` file per entry,
   written atomically; entries older than the TTL are ignored and retrained;
 * ``s3://bucket/prefix``: one object per entry in an S3-compatible bucket (AWS, MinIO,
@@ -58,7 +60,8 @@ import numpy as np
 
 from crypto_ml.core import keys
 from crypto_ml.core.errors import ConfigError, CryptoMLError
-from crypto_ml.core.settings import Settings, model_store_problem
+from crypto_ml.core.sentinel import CONNECT_TIMEOUT, redis_client
+from crypto_ml.core.settings import REDIS_STORES, Settings, model_store_problem
 from crypto_ml.models.base import Forecaster
 from crypto_ml.models.intervals import DEFAULT_LEVELS, Prediction, check_levels
 from crypto_ml.models.state import ModelState
@@ -192,10 +195,12 @@ def s3_client() -> Any:
 
 
 def open_store(spec: str | None, backend_client: redis.Redis | None,
-               ttl: int = DEFAULT_TTL) -> ModelStore | None:
+               ttl: int = DEFAULT_TTL, sentinel_master: str = Settings.sentinel_master,
+               sentinel_password: str | None = None) -> ModelStore | None:
     """The store ``spec`` names (see the module docstring); None when it is ``off``.
 
-    ``backend_client`` is the result backend's Redis client, the default store.
+    ``backend_client`` is the result backend's Redis client, the default store; the
+    Sentinel options serve a ``sentinel://`` store.
     """
     if (why := model_store_problem(spec)) is not None:
         raise ConfigError(why)
@@ -204,10 +209,10 @@ def open_store(spec: str | None, backend_client: redis.Redis | None,
         return None
     if spec.lower() == "redis":
         return RedisModelStore(backend_client, ttl) if backend_client is not None else None
-    if spec.startswith(("redis://", "rediss://", "unix://")):
-        import redis as redis_lib
-
-        return RedisModelStore(redis_lib.Redis.from_url(spec, socket_connect_timeout=5), ttl)
+    if spec.startswith(REDIS_STORES):
+        client = redis_client(spec, sentinel_master, sentinel_password,
+                              socket_connect_timeout=CONNECT_TIMEOUT)
+        return RedisModelStore(client, ttl)
     if spec.startswith("s3://"):
         bucket, _, prefix = spec.removeprefix("s3://").partition("/")
         return S3ModelStore(s3_client(), bucket, prefix, ttl)

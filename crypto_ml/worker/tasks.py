@@ -112,7 +112,9 @@ class ForecastTask(Task):
         cached = _STORES.get(spec)
         if cached is None:
             store = open_store(spec, getattr(self.backend, "client", None),
-                               int(conf.get("crypto_ml_model_store_ttl") or Settings.model_store_ttl))
+                               int(conf.get("crypto_ml_model_store_ttl") or Settings.model_store_ttl),
+                               conf.get("crypto_ml_sentinel_master") or Settings.sentinel_master,
+                               conf.get("crypto_ml_sentinel_password"))
             cached = _STORES[spec] = (store,)
         return cached[0]
 
