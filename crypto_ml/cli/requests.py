@@ -27,8 +27,8 @@ from crypto_ml.backtest.report import FILES
 from crypto_ml.cli.table_options import TABLE_ONLY
 from crypto_ml.core.errors import ConfigError
 from crypto_ml.core.settings import Settings, coin_list
-from crypto_ml.data.layouts import SUFFIXES as PRICE_SUFFIXES
 from crypto_ml.data.loader import CryptoLoader
+from crypto_ml.data.names import SUFFIXES as PRICE_SUFFIXES
 from crypto_ml.dispatch.cluster import workers_problem
 from crypto_ml.models import (
     check_option_names,

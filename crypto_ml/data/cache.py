@@ -27,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from crypto_ml.data.names import SUFFIXES
+
 #: Raised whenever parsing changes what a file gives: an older cache is then parsed again.
 VERSION = 4  # 3: infinite closes dropped, files with no numeric close skipped; 4: decimal commas
-SUFFIXES = (".csv", ".parquet", ".pq")
 COLUMNS = ("Open", "High", "Low", "Close", "Volume", "Market Cap")
 Listing = dict[str, tuple[int, int]]  # file name -> (size, mtime_ns)
 KEEP = 16  # caches of this many folders are kept; older ones are removed when one is written

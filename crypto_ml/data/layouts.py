@@ -26,11 +26,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from crypto_ml.data.names import SUFFIXES
 from crypto_ml.data.parsing import BadFile, coin_id, not_prices, read_raw_csv, tidy_prices
 
 log = logging.getLogger(__name__)
 
-SUFFIXES = (".csv", ".parquet", ".pq")
 COIN_COLUMNS = ("coin", "coin_id", "name", "slug", "symbol", "asset", "ticker", "currency")
 
 

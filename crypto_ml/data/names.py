@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from crypto_ml.core.errors import ConfigError
 
+#: The endings of a price file in a data folder (any case): one coin each.
+SUFFIXES = (".csv", ".parquet", ".pq")
+
 
 def coin_id(stem: str) -> str:
     """``Bitcoin Cash`` -> ``bitcoin_cash``: the id a coin's file name gives it; ConfigError
