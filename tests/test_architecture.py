@@ -25,8 +25,10 @@ MAY_IMPORT = {
     "api": {"core", "models", "data", "worker", "ops", "dispatch"},
 }
 #: Thin aliases and the package root: entry points above every layer.
-ALIASES = {"crypto_ml", "crypto_ml.__main__", "crypto_ml.data.__main__", "crypto_ml.manager",
-           "crypto_ml.data_loader", "crypto_ml.api.__main__", "crypto_ml.worker.__main__"}
+#: (``python -m crypto_ml.data`` and ``python -m crypto_ml.worker`` exec the commands above
+#: their layers: they import nothing, so they are no exception.)
+ALIASES = {"crypto_ml", "crypto_ml.__main__", "crypto_ml.manager", "crypto_ml.data_loader",
+           "crypto_ml.api.__main__"}
 #: The only modules that read the environment's settings (entry points).
 READS_ENVIRONMENT = {"crypto_ml", "crypto_ml.core.settings", "crypto_ml.worker.app", "crypto_ml.manager",
                      "crypto_ml.data_loader"}

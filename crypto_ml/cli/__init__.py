@@ -11,7 +11,8 @@ What every subcommand shows is the same: its output on stdout; on stderr notices
 progress and a summary (``-v``: a line per task too; ``-q``: errors only), see
 :mod:`crypto_ml.cli.terminal`. Only this package (and the historical aliases ``crypto_ml.manager`` and
 ``crypto_ml.data_loader``) reads the environment's settings. May import every
-other part of crypto_ml; nothing but the ``__main__`` aliases imports it.
+other part of crypto_ml; nothing but the entry points above it (``crypto_ml.__main__``,
+``crypto_ml.manager``, ``crypto_ml.api.__main__``) imports it.
 
 =================  ========================================  ============================
 Subcommand         What it does                              Module

@@ -152,3 +152,7 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     if args.command == "start":
         return guarded(lambda: start(args, extra), interrupted="workers stopped")
     return ping(args)
+
+
+if __name__ == "__main__":  # python -m crypto_ml.worker runs this module
+    sys.exit(main())
