@@ -17,6 +17,10 @@ from crypto_ml.ops.processes import free_port
 from crypto_ml.worker import nodes as worker
 
 
+#: a worker's broker (never reached by these commands)
+BROKER = {"CRYPTO_ML_BROKER_URL": "redis://worker:pw@redis:6379/0"}
+
+
 def run(script: str, *args: str, env: dict[str, str] | None = None,
         tmp: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True,
@@ -82,7 +86,7 @@ def test_explicit_thread_settings_win_over_the_plan() -> None:
 def test_worker_start_dry_run_prints_the_celery_command(tmp_path: Path) -> None:
     out = run("workers/worker.py", "start", "--role", "gpu", "--dry-run", "--",
               "--max-memory-per-child", "4000000",
-              env={"CUDA_VISIBLE_DEVICES": "0,1"}, tmp=tmp_path)
+              env={"CUDA_VISIBLE_DEVICES": "0,1", **BROKER}, tmp=tmp_path)
     assert out.returncode == 0, out.stderr
     plan = json.loads(out.stdout)
     assert [p["env"]["CUDA_VISIBLE_DEVICES"] for p in plan] == ["0", "1"]
@@ -92,7 +96,7 @@ def test_worker_start_dry_run_prints_the_celery_command(tmp_path: Path) -> None:
     assert command[-2:] == ["--max-memory-per-child", "4000000"]
     module = run("-m", "crypto_ml.worker", "start", "--role", "gpu", "--dry-run", "--",
                  "--max-memory-per-child", "4000000",
-                 env={"CUDA_VISIBLE_DEVICES": "0,1"}, tmp=tmp_path)
+                 env={"CUDA_VISIBLE_DEVICES": "0,1", **BROKER}, tmp=tmp_path)
     assert module.returncode == 0 and json.loads(module.stdout) == plan, module.stderr
 
 
@@ -117,10 +121,24 @@ def test_containers_and_the_embedded_cluster_build_the_worker_command_alike() ->
 
 @pytest.mark.integration  # runs a command in a subprocess
 def test_gpu_role_without_a_gpu_fails_in_one_line(tmp_path: Path) -> None:
-    out = run("workers/worker.py", "start", "--role", "gpu", env={"CUDA_VISIBLE_DEVICES": ""},
-              tmp=tmp_path)
+    out = run("workers/worker.py", "start", "--role", "gpu",
+              env={"CUDA_VISIBLE_DEVICES": "", **BROKER}, tmp=tmp_path)
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1 and "no GPU is visible" in out.stderr
+
+
+@pytest.mark.integration  # runs a command in a subprocess
+@pytest.mark.parametrize("command", [
+    ("workers/worker.py", "start", "--concurrency", "1"),
+    ("workers/worker.py", "start", "--dry-run"),  # a plan that could not run is no plan
+    ("-m", "crypto_ml.worker.launch", "--concurrency", "1"),  # the node itself
+])
+def test_a_worker_without_a_broker_says_so_in_one_line(command: tuple[str, ...],
+                                                       tmp_path: Path) -> None:
+    """A traceback and exit 1 before (Celery's app made from an environment with no broker)."""
+    out = run(*command, tmp=tmp_path)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.count("\n") == 1 and "no broker configured" in out.stderr, out.stderr
 
 
 @pytest.mark.integration  # runs a command in a subprocess

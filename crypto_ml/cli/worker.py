@@ -34,6 +34,8 @@ from pathlib import Path
 from crypto_ml.cli import Parser, guarded
 from crypto_ml.cli.options import positive_seconds
 from crypto_ml.core.errors import ConfigError
+from crypto_ml.core.settings import Settings
+from crypto_ml.worker.app import celery_config
 from crypto_ml.worker.nodes import node_env, plan, usable_cores, visible_gpus
 
 PROG = "python -m crypto_ml.worker"
@@ -79,6 +81,7 @@ def start(args: argparse.Namespace, extra: Sequence[str]) -> int:
     if args.concurrency is not None and args.concurrency < 1:
         raise ConfigError("--concurrency must be at least 1")
     env = dict(os.environ)
+    celery_config(Settings.from_env(env))  # no broker, a wrong setting: one line, exit 2
     try:
         nodes = plan(args.role, visible_gpus(env), usable_cores(), socket.gethostname(),
                      args.queues, args.concurrency)

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from celery.bin.base import CLIContext
 from celery.bin.worker import worker
 
+from crypto_ml.core.errors import ConfigError
+from crypto_ml.core.logs import error_line
 from crypto_ml.worker.app import default_app
 from crypto_ml.worker.nodes import PARENT_ENV
 
@@ -45,7 +47,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Run the worker with ``argv`` (``celery worker``'s options); exits with its code."""
     if os.environ.get(PARENT_ENV, "").isdigit():  # read here, at the worker's edge
         end_with(int(os.environ[PARENT_ENV]))
-    obj = CLIContext(app=default_app(), no_color=None, workdir=None, quiet=False)
+    try:
+        app = default_app()
+    except ConfigError as exc:  # no broker, a wrong setting: one line, not Celery's traceback
+        print(error_line(f"crypto-ml: error: {exc}"), file=sys.stderr)
+        raise SystemExit(2) from None
+    obj = CLIContext(app=app, no_color=None, workdir=None, quiet=False)
     worker.main(args=list(sys.argv[1:] if argv is None else argv), obj=obj,
                 prog_name="celery -A crypto_ml worker")
 

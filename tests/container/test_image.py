@@ -127,7 +127,8 @@ def test_one_source_edit_rebuilds_without_reinstalling_dependencies(
 @pytest.mark.parametrize("cpus", [None, "1"])
 def test_worker_pool_follows_the_container_cpu_limit(cpu_image: ds.Build,
                                                      cpus: str | None) -> None:
-    extra = ("--cpus", cpus) if cpus else ()
+    extra = ("-e", "CRYPTO_ML_BROKER_URL=redis://redis:6379/0",  # checked, never reached
+             *(("--cpus", cpus) if cpus else ()))
     out = run_in_image("python", "workers/worker.py", "start", "--role", "cpu", "--dry-run",
                        extra=extra)
     [node] = json.loads(out)
