@@ -406,6 +406,24 @@ def test_flower_options_the_settings_own_are_refused_not_passed_through(
     assert out == "" and err.count("\n") == 1 and err.startswith(f"crypto-ml: error: {says}")
 
 
+@pytest.mark.parametrize(("option", "says"), [
+    # Flower's int() of it: a traceback through celery, click and tornado, exit 1
+    ("--max-tasks=abc", "Flower's --max-tasks cannot take 'abc' (invalid literal for int()"),
+    ("--purge-offline-workers=soon", "Flower's --purge-offline-workers cannot take 'soon'"),
+    # tornado printed its whole help and Flower stopped; or a typo went unsaid
+    ("--max-task=10", "Flower has no option --max-task (crypto-ml flower -h lists them)"),
+])
+def test_a_flower_option_flower_cannot_read_is_one_line_before_it_starts(
+        option: str, says: str, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from crypto_ml.cli import main
+
+    monkeypatch.setenv("CRYPTO_ML_BROKER_URL", f"redis://127.0.0.1:{free_port()}/0")
+    assert main(["flower", "--max_tasks=10", "--natural-time=True", option]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and err.startswith(f"crypto-ml: error: {says}")
+
+
 @pytest.mark.parametrize(("options", "says"), [
     (["--max-tasks", "10000"], "write --max-tasks=10000"),
     (["--max_tasks=10", "x"], "and 'x' is none"),

@@ -92,6 +92,25 @@ def check_pass_through(extra: list[str]) -> None:
         if name in OWNED:
             raise ConfigError(f"{word.split('=')[0]} is set by {OWNED[name]} here, where it "
                               "is checked (a login off 127.0.0.1, a free port); set that instead")
+    check_flower_reads(extra)
+
+
+def check_flower_reads(extra: list[str]) -> None:
+    """ConfigError for an option Flower's own parser (tornado's) would stop on with a
+    traceback (a value of the wrong type) or pass over without a word (no such option)."""
+    import flower.options  # noqa: F401  (lazy, 0.1 s: defines Flower's options on tornado's)
+    from tornado.options import options
+
+    for word in extra:
+        option, _, value = word.partition("=")
+        if option.lstrip("-") not in options:  # tornado's own error prints its whole help
+            raise ConfigError(f"Flower has no option {option} (crypto-ml flower -h lists "
+                              "them)")
+        try:
+            options.parse_command_line(["flower", word], final=False)  # this process execs next
+        except ValueError as exc:
+            raise ConfigError(f"Flower's {option} cannot take {value!r} ({exc}; crypto-ml "
+                              "flower -h lists its options)") from None
 
 
 def check_user(url: str) -> None:
