@@ -16,7 +16,6 @@ from crypto_ml.dispatch.cluster import LocalCluster
 from crypto_ml.ops.processes import free_port
 from crypto_ml.worker import nodes as worker
 
-
 #: a worker's broker (never reached by these commands)
 BROKER = {"CRYPTO_ML_BROKER_URL": "redis://worker:pw@redis:6379/0"}
 

@@ -22,7 +22,8 @@ from crypto_ml.ops.flower import check_listen, flower_command, flower_env
 EPILOG = """Flower's own options (below) pass through unchanged as --name=value, e.g.
 --max-tasks=10000; port, address and login come from CRYPTO_ML_FLOWER_PORT (5555),
 CRYPTO_ML_FLOWER_ADDRESS (127.0.0.1) and CRYPTO_ML_FLOWER_BASIC_AUTH (user:password; required
-off 127.0.0.1), never from options (--port, --address, --basic-auth, --auth are refused).
+off 127.0.0.1), never from options (--port, --address, --basic-auth, --auth are refused);
+an option Flower does not have, or a value of the wrong type, is refused before it starts.
 
 examples:
   CRYPTO_ML_BROKER_URL=redis://flower:PASSWORD@HOST:6379/0 crypto-ml flower
