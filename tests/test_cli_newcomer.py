@@ -74,7 +74,11 @@ def crypto_ml(*args: str, cwd: Path = ROOT, data_dir: Path | None = None,
     (["send-tasks", "--horizon", "0"], "argument --horizon: must be at least 1, got 0"),
     (["send-tasks", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
     (["send-tasks", "--format", "xml"], "argument --format: invalid choice: 'xml'"),
-    (["backtest", "--origins", "x"], "argument --origins: invalid positive_int value"),
+    # argparse's own words named our function: "invalid positive_int value"
+    (["backtest", "--origins", "x"], "argument --origins: must be a whole number at least 1, "
+                                     "got 'x'"),
+    (["backtest", "--max-points", "100,abc"], "argument --max-points: must be a whole number "
+                                              "at least 1, got 'abc'"),
     (["cluster"], "the following arguments are required"),
     (["data", "download", "--top", "-3"], "must be at least 1"),
     (["send-tasks", "--timeout", "-1"], "argument --timeout: must be a number of seconds above 0, at most"),

@@ -39,11 +39,17 @@ def model_names_option(text: str) -> str:
 
 def number_type(name: str, parse: Callable[[str], N], ok: Callable[[N], bool],
                 need: str) -> Callable[[str], N]:
-    """An argparse type called ``name``: ``parse`` the text (argparse says "invalid NAME
-    value" when that fails), then refuse a value that is not ``ok``, saying what it ``need``s."""
+    """An argparse type called ``name``: ``parse`` the text, then refuse a value that is not
+    ``ok``; either refusal says what it ``need``s (argparse's own "invalid NAME value" named
+    this function)."""
+    kind = need if need.startswith("a ") else \
+        f"{'a whole number' if parse is int else 'a number'} {need}"
 
     def check(text: str) -> N:
-        value = parse(text)
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {kind}, got {text.strip()!r}") from None
         if not ok(value):
             raise argparse.ArgumentTypeError(f"must be {need}, got {text.strip()}")
         return value
