@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 from conftest import ROOT, cli_env, on_a_terminal, run_cli, shown_lines
 
+from crypto_ml.cli.requests import check_not_prices, check_writable
+from crypto_ml.core.errors import ConfigError
 from crypto_ml.models import DEFAULT_MODEL
 
 pytestmark = pytest.mark.integration
@@ -150,6 +152,26 @@ def test_arguments_are_checked_before_any_cluster_starts(args: list[str], says: 
     assert "Traceback" not in run.stderr and run.stdout == ""
     assert len(run.stderr.strip().splitlines()) == 1 or args[-1] == "0"  # argparse: usage too
     assert time.monotonic() - started < 60  # an import, not a cluster start (a loaded machine)
+
+
+def test_an_output_link_is_checked_where_it_leads(tmp_path: Path) -> None:
+    """A link is written through: a dangling one passed the check and failed after the whole
+    run; one to a price file would have been written over (an outside probe)."""
+    dangling, loop, to_prices = tmp_path / "out.json", tmp_path / "loop.json", tmp_path / "p.json"
+    dangling.symlink_to(tmp_path / "missing" / "out.json")
+    loop.symlink_to(loop)
+    to_prices.symlink_to(tmp_path / "Bitcoin.csv")
+    with pytest.raises(ConfigError, match=r"out.json \(a link to .*missing/out.json\): the "
+                       r"folder .*missing does not exist"):
+        check_writable(dangling, "--output")
+    with pytest.raises(ConfigError, match=r"loop\.json is a link that leads nowhere"):
+        check_writable(loop, "--output")
+    with pytest.raises(ConfigError, match=r"p.json is a link to .*Bitcoin.csv, a name the data "
+                       "folder reads as prices"):
+        check_not_prices(to_prices)
+    (tmp_path / "missing").mkdir()
+    check_writable(dangling, "--output")  # where it leads can be written now
+    check_not_prices(dangling)
 
 
 def test_backtest_refuses_an_out_folder_it_could_not_finish_writing(price_data: Path,

@@ -192,11 +192,8 @@ def _send_layout(args: argparse.Namespace) -> TableRequest | None:
                               "run's failed forecasts are listed as they failed")
         refuse_given(args, TABLE_ONLY, "is for table runs (--input TABLE); this run reads the "
                      "data folder")
-        if args.output is not None and args.output.suffix.lower() in PRICE_SUFFIXES:
-            raise ConfigError(f"--output {args.output}: a run over the data folder writes "
-                              "JSON; name it *.json (a name the data folder reads as prices "
-                              "could write over a price file; Parquet comes from a table run, "
-                              "--input TABLE)")
+        if args.output is not None:
+            check_not_prices(args.output)
         check_writable(args.output, "--output")
         check_writable(args.plot, "--plot")
         return None
@@ -316,16 +313,36 @@ def _backtest_models(args: argparse.Namespace) -> tuple[tuple[str, ...], dict[st
     return models, options
 
 
+def check_not_prices(out: Path) -> None:
+    """ConfigError for a folder run's ``--output`` named as the data folder names prices, or
+    a link to such a name (written through): it could write over a price file."""
+    if out.suffix.lower() in PRICE_SUFFIXES:
+        raise ConfigError(f"--output {out}: a run over the data folder writes JSON; name it "
+                          "*.json (a name the data folder reads as prices could write over a "
+                          "price file; Parquet comes from a table run, --input TABLE)")
+    if (target := Path(os.path.realpath(out))).suffix.lower() in PRICE_SUFFIXES:
+        raise ConfigError(f"--output {out} is a link to {target}, a name the data folder "
+                          "reads as prices; give another path")
+
+
 def check_writable(path: Path | None, option: str, make_folder: bool = False) -> None:
     """A ConfigError unless ``path`` can be written: not a folder, its folder there (or
     creatable, with ``make_folder``: a missing folder is otherwise an error, not made)."""
     if path is None:
         return
+    shown: object = path
+    if path.is_symlink():  # written through: where it leads is what must be writable
+        try:
+            path = path.resolve()
+        except (OSError, RuntimeError):
+            raise ConfigError(f"{option} {shown} is a link that leads nowhere (a loop); "
+                              "give another path") from None
+        shown = f"{shown} (a link to {path})"
     if path.is_dir():
-        raise ConfigError(f"{option} {path} is a folder; give a file name")
+        raise ConfigError(f"{option} {shown} is a folder; give a file name")
     parent = path.parent
     if not make_folder and not parent.exists():
-        raise ConfigError(f"{option} {path}: the folder {parent} does not exist; "
+        raise ConfigError(f"{option} {shown}: the folder {parent} does not exist; "
                           f"create it first (mkdir -p {parent}) or give another path")
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -334,7 +351,7 @@ def check_writable(path: Path | None, option: str, make_folder: bool = False) ->
             raise NotADirectoryError(f"{parent} is not a folder")
         tempfile.TemporaryFile(dir=parent).close()
     except OSError as exc:
-        raise ConfigError(f"{option} {path}: cannot write in {parent} "
+        raise ConfigError(f"{option} {shown}: cannot write in {parent} "
                           f"({exc.strerror or exc})") from None
 
 
