@@ -22,9 +22,11 @@ from redis.sentinel import SentinelConnectionPool
 from crypto_ml.core.errors import ConfigError, InvalidTaskInput
 from crypto_ml.models import get_model
 from crypto_ml.models.state import ModelStateError
+from crypto_ml.ops.processes import free_port
 from crypto_ml.worker.model_store import (
     DirectoryModelStore,
     RedisModelStore,
+    StoreUnavailable,
     export_state,
     forecast_with_store,
     open_store,
@@ -168,6 +170,18 @@ def test_forecast_with_store_reuses_trains_and_survives_a_broken_store(tmp_path:
     assert reasons == {"PermissionError: Permission denied"}
     assert unsaved is None  # saved
     assert forecast_with_store(get_model("linear"), store, horizon=2, **args)[1] is None
+
+
+def test_a_sentinel_store_with_no_sentinel_says_so_without_its_password() -> None:
+    """redis-py's MasterNotFoundError printed the whole client into every result's
+    ``unsaved`` and the run's summary (an outside probe)."""
+    store = open_store(f"sentinel://:s3cret@127.0.0.1:{free_port()}", None)
+    assert store is not None
+    for attempt in (lambda: store.get("k"), lambda: store.put("k", b"v")):
+        with pytest.raises(StoreUnavailable, match="no Sentinel of the sentinel:// store names "
+                           "its master; check the URL") as refused:
+            attempt()
+        assert "s3cret" not in str(refused.value) and "<redis" not in str(refused.value)
 
 
 def test_a_truncated_entry_or_another_series_entry_is_trained_over_not_served(

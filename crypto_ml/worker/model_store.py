@@ -54,9 +54,11 @@ import zipfile
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
+import redis
+from redis.sentinel import MasterNotFoundError
 
 from crypto_ml.core import keys
 from crypto_ml.core.errors import ConfigError, CryptoMLError
@@ -65,9 +67,6 @@ from crypto_ml.core.settings import REDIS_STORES, Settings, model_store_problem
 from crypto_ml.models.base import Forecaster
 from crypto_ml.models.intervals import DEFAULT_LEVELS, Prediction, check_levels
 from crypto_ml.models.state import ModelState
-
-if TYPE_CHECKING:
-    import redis
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +80,8 @@ _STATE = "state_"
 DEFAULT_TTL = Settings.model_store_ttl
 #: Errors a store may raise that must not fail a forecast (a truncated entry: the last three).
 _STORE_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError, CryptoMLError,
-                                                  zipfile.BadZipFile, EOFError, zlib.error)
+                                                  zipfile.BadZipFile, EOFError, zlib.error,
+                                                  redis.RedisError)
 
 
 class StoreUnavailable(CryptoMLError):
@@ -104,11 +104,23 @@ class RedisModelStore:
         self.ttl = ttl
 
     def get(self, key: str) -> bytes | None:
-        value = self.client.get(keys.MODEL + key)
+        try:
+            value = self.client.get(keys.MODEL + key)
+        except MasterNotFoundError:
+            raise _no_master() from None
         return bytes(value) if value is not None else None  # type: ignore[arg-type]
 
     def put(self, key: str, blob: bytes) -> None:
-        self.client.set(keys.MODEL + key, blob, ex=self.ttl)
+        try:
+            self.client.set(keys.MODEL + key, blob, ex=self.ttl)
+        except MasterNotFoundError:
+            raise _no_master() from None
+
+
+def _no_master() -> StoreUnavailable:
+    """redis-py's own words print the whole client, password fields and all."""
+    return StoreUnavailable("no Sentinel of the sentinel:// store names its master; check the "
+                            "URL, CRYPTO_ML_SENTINEL_MASTER and that the Sentinels run")
 
 
 class DirectoryModelStore:
@@ -311,7 +323,7 @@ def forecast_with_store(model: Forecaster, store: ModelStore | None, *, series: 
                     return Answer(stored, True)
                 prediction = model.predict(horizon, levels)
                 return Answer(prediction, True, _save(store, key, model, prediction))
-        except (*_STORE_ERRORS, *_redis_errors()) as exc:
+        except _STORE_ERRORS as exc:
             log.warning("model store: entry %s unusable (%s: %s); training instead", key[:12],
                         type(exc).__name__, exc)
     model.fit(prices, coin=series)
@@ -337,7 +349,7 @@ def _save(store: ModelStore, key: str, model: Forecaster, prediction: Prediction
     """Save the fit; why it could not be, or None."""
     try:
         store.put(key, export_state(model, prediction))
-    except (*_STORE_ERRORS, *_redis_errors()) as exc:
+    except _STORE_ERRORS as exc:
         log.warning("model store: could not save %s (%s: %s)", key[:12], type(exc).__name__, exc)
         # one reason for every fit it refused alike: no temporary file's name, no path
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)[:200]
@@ -345,7 +357,3 @@ def _save(store: ModelStore, key: str, model: Forecaster, prediction: Prediction
     return None
 
 
-def _redis_errors() -> tuple[type[BaseException], ...]:
-    import redis as redis_lib
-
-    return (redis_lib.RedisError,)
