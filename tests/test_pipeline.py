@@ -22,6 +22,7 @@ from crypto_ml.core.errors import CoinNotFound, ConfigError, CryptoMLError
 from crypto_ml.core.settings import Settings
 from crypto_ml.data.loader import CryptoLoader
 from crypto_ml.dispatch.manager import CryptoManager, checked_call
+from crypto_ml.dispatch.report import RunReport
 from crypto_ml.models import get_model
 from crypto_ml.ops.processes import wait_until
 from crypto_ml.worker.app import create_app
@@ -289,6 +290,27 @@ def test_a_python_callers_options_out_of_range_are_refused_before_anything_start
     manager = CryptoManager(app=create_app(Settings(broker_url="redis://127.0.0.1:1/0")))
     with pytest.raises(CryptoMLError, match=re.escape(says)):  # nothing listens there
         manager.send_tasks(**{"model": "naive", "coins": ["bitcoin"], **options})  # type: ignore[arg-type]
+
+
+def test_a_window_above_the_workers_cap_is_refused_before_it_is_sent(price_data: Path) -> None:
+    """CRYPTO_ML_MAX_SERIES below a run's window failed every task on the workers, each saying
+    only "200 points is above the cap of 10" (an outside probe)."""
+    loader = CryptoLoader(price_data)
+    settings = Settings(broker_url="redis://127.0.0.1:1/0", max_series=150)  # nothing there
+    manager = CryptoManager(loader=loader, app=create_app(settings), settings=settings)
+    with pytest.raises(ConfigError, match=re.escape("naive's window: 200 closes is above "
+                                                    "CRYPTO_ML_MAX_SERIES=150, the most the "
+                                                    "workers accept")):
+        manager.send_tasks("naive", ["bitcoin"])
+    # every close (max_points=0): only the coins longer than the cap fail, each said so
+    report = RunReport()
+    requests = manager.build_requests(["naive"], None, 5, 0, {}, report)
+    lengths = {c: len(loader.get_closes(c)[1]) for c in loader.get_crypto_names()}
+    assert min(lengths.values()) <= 150 < max(lengths.values())  # both kinds in the data
+    assert sorted(r.coin for r in requests) == sorted(c for c, n in lengths.items() if n <= 150)
+    assert sorted(report.failed) == sorted(c for c, n in lengths.items() if n > 150)
+    assert all("above CRYPTO_ML_MAX_SERIES=150" in reason["naive"]
+               for reason in report.failed.values())
 
 
 def test_a_python_callers_coins_string_is_a_comma_list_not_its_letters() -> None:

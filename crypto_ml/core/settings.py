@@ -302,6 +302,13 @@ class Settings:
             return f"must be at most {self.max_horizon} (CRYPTO_ML_MAX_HORIZON), got {horizon}"
         return None
 
+    def window_problem(self, closes: int) -> str | None:
+        """Why a window of ``closes`` is more than the workers accept, or None."""
+        if closes > self.max_series:
+            return (f"{closes} closes is above CRYPTO_ML_MAX_SERIES={self.max_series}, the most "
+                    "the workers accept: fit on fewer (--max-points, max_points) or raise it")
+        return None
+
     def with_broker(self, url: str | None) -> Settings:
         """A copy pointing at another broker (and its default result backend)."""
         if url is None:

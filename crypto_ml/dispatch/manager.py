@@ -189,6 +189,9 @@ class CryptoManager:
             last = str(dates[-1].astype("datetime64[D]")) if len(dates) else None
             for model in models:
                 prices = (closes[-windows[model]:] if windows[model] else closes).tolist()
+                if (why := self.settings.window_problem(len(prices))) is not None:
+                    report.add_failure(coin, model, f"ConfigError: {why}")  # a worker would refuse it
+                    continue
                 accepted = {k: v for k, v in params.items() if k in PARAMS[model]}
                 requests.append(ForecastRequest(coin, model, prices, horizon, last, accepted,
                                                 levels, retrain))
@@ -219,6 +222,10 @@ class CryptoManager:
         max_points = check_window(max_points, names, intervals=bool(check_levels(levels)))
         if (why := self.settings.horizon_problem(horizon)) is not None:
             raise ConfigError(f"horizon {why}")
+        for name in names:  # a fixed window above the workers' cap fails every forecast
+            window = default_max_points(name) if max_points is None else max_points
+            if window and (why := self.settings.window_problem(window)) is not None:
+                raise ConfigError(f"{name}'s window: {why}")
         if epochs is not None:  # a deep model's option: refused where no model takes it
             epochs = int(epochs) if isinstance(epochs, np.integer) else epochs
             check_option_names(names, ["epochs"])

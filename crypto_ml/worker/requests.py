@@ -49,7 +49,8 @@ def _prices(value: object, cap: int) -> list[float]:
     if not isinstance(value, list | tuple):
         raise _bad("prices", f"expected a list of numbers, got {type(value).__name__}")
     if len(value) > cap:
-        raise _bad("prices", f"{len(value)} points is above the cap of {cap}")
+        raise _bad("prices", f"{len(value)} points is above the cap of {cap} "
+                   "(CRYPTO_ML_MAX_SERIES on the workers)")
     try:
         arr = np.array(value)  # no dtype: strings, bools and nested lists keep their own kind
     except ValueError:
