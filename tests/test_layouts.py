@@ -30,7 +30,7 @@ def test_a_consolidated_csv_is_split_by_its_coin_column(tmp_path: Path,
     with caplog.at_level(logging.WARNING):
         assert loader.get_crypto_names() == ["bitcoin", "bitcoin_cash", "ethereum"]
         eth = loader.get_df("ethereum")
-    assert "crypto-markets.csv[ethereum]: dropped 1 unparseable rows" in caplog.text
+    assert "crypto-markets.csv[ethereum]: dropped 1 row(s) it could not use" in caplog.text
     assert eth["Date"].dt.strftime("%Y-%m-%d").tolist() == ["2017-09-20", "2017-09-21"]
     assert loader.get_prices("bitcoin").tolist() == [3905.95, 3631.04, 3630.7]  # oldest first
     assert loader.get_df("Bitcoin Cash")["Volume"].tolist() == [1000.0]

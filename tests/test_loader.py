@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from crypto_ml.core.errors import CoinNotFound, ConfigError, CryptoMLError, DataNotFound
-from crypto_ml.data.loader import CryptoLoader
+from crypto_ml.data.loader import CryptoLoader, dropped_rows
 from crypto_ml.data.parsing import coin_id
 
 HEADER = "Date,Open,High,Low,Close,Volume,Market Cap"
@@ -121,7 +121,7 @@ def test_a_decimal_comma_is_no_number_not_a_hundred_times_the_price(
     assert list(loader.get_prices("euro")) == [1234.5]
     assert loader.get_crypto_names() == ["euro"]
     messages = [r.getMessage() for r in caplog.records]
-    assert "Euro.csv: dropped 3 unparseable rows" in messages
+    assert f"Euro.csv: {dropped_rows(3)}" in messages
     assert ("skipping Comma.csv: none of its closes is a number (such as '48,09'; write a "
             "decimal point, 48.09, and commas only between thousands)") in messages
 
@@ -145,7 +145,7 @@ def test_bad_files_are_skipped_with_one_warning_each(tmp_path: Path,
     for name in ("Empty.csv", "Header Only.csv", "Binary.csv", "100 List.csv", "No Close.csv",
                  "Inf.csv"):
         assert sum(name in m for m in messages) == 1, (name, messages)
-    assert "Inf.csv: dropped 1 unparseable rows" in messages
+    assert f"Inf.csv: {dropped_rows(1)}" in messages
     for reader in (loader, CryptoLoader(tmp_path, cache_dir=tmp_path / "cache")):
         with pytest.raises(CoinNotFound, match=r"^cannot read the price file of coin 'no_close': "
                            r"No Close.csv: none of its closes is a number"):  # 'unknown coin'
@@ -202,10 +202,27 @@ def test_unparseable_rows_are_dropped_with_a_count_and_duplicates_kept_once(
     write(tmp_path, "Dup.csv", HEADER + "\n" + "\n".join(rows) + "\n")
     caplog.set_level(logging.WARNING)
     df = CryptoLoader(tmp_path).get_df("dup")
-    assert any("dropped 2 unparseable rows" in r.getMessage() for r in caplog.records)
+    # the not-a-date, the "abc", and Jan 01's 7: another close than the first Jan 01's
+    assert any("dropped 3 row(s) it could not use" in r.getMessage() for r in caplog.records)
     assert df["Date"].is_unique and len(df) == 3
     assert df["Close"].iloc[1:].tolist() == [2.0, 3.0]
     assert np.isnan(df["Close"].iloc[0])  # '-' is a missing close, kept as NaN
+
+
+def test_a_date_given_twice_with_another_close_or_a_future_date_is_said(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Both were kept without a word: the first of two closes of one date, and a row re-dated
+    2099, which became the last close a forecast starts from (an outside probe)."""
+    rows = ['"Jan 03, 2017",1,1,1,3,1,1', '"Jan 01, 2099",1,1,1,277,1,1',
+            '"Jan 02, 2017",1,1,1,2,1,1', '"Jan 02, 2017",1,1,1,9999,1,1',
+            '"Jan 01, 2017",1,1,1,1,1,1', '"Jan 01, 2017",1,1,1,1,1,1']  # the same row again
+    write(tmp_path, "Twice.csv", HEADER + "\n" + "\n".join(rows) + "\n")
+    caplog.set_level(logging.WARNING)
+    df = CryptoLoader(tmp_path).get_df("twice")
+    assert df["Close"].tolist() == [1.0, 2.0, 3.0]
+    assert [r.getMessage() for r in caplog.records] == [
+        "Twice.csv: dropped 2 row(s) it could not use: unreadable, dated after tomorrow, or a "
+        "date given again with another close (the first one is kept)"]
 
 
 def test_max_points_and_date_window(tmp_path: Path) -> None:
@@ -279,7 +296,7 @@ def test_the_cache_serves_what_parsing_gives_and_warns_the_same(
         frame = CryptoLoader(data, max_points=3).get_df(coin).dropna(subset=["Close"])
         assert closes.tolist() == frame["Close"].tolist()
         assert list(dates) == list(frame["Date"].to_numpy())
-    assert any("Dup.csv: dropped 1 unparseable rows" in r.getMessage() for r in caplog.records)
+    assert any(f"Dup.csv: {dropped_rows(1)}" in r.getMessage() for r in caplog.records)
     with pytest.raises(CoinNotFound):
         again.get_df("dupp")
 
@@ -295,7 +312,7 @@ def test_reading_named_coins_warns_only_of_those_cold_or_cached(
         assert caplog.records == []  # neither the ranking file nor Dup.csv was asked for
         loader.get_closes("dup")
         loader.get_prices("dup")
-        assert [r.getMessage() for r in caplog.records] == ["Dup.csv: dropped 1 unparseable rows"]
+        assert [r.getMessage() for r in caplog.records] == [f"Dup.csv: {dropped_rows(1)}"]
 
 
 def test_a_changed_or_added_file_is_parsed_again(tmp_path: Path) -> None:

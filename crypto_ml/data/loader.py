@@ -55,6 +55,12 @@ def _instant(value: str | date | None, name: str) -> np.datetime64 | None:
                               ) from None
 
 
+def dropped_rows(n: int) -> str:
+    """The warning about a coin's ``n`` rows that its parsing left out."""
+    return (f"dropped {n} row(s) it could not use: unreadable, dated after tomorrow, or a date "
+            "given again with another close (the first one is kept)")
+
+
 def _discover(folder: Path) -> dict[str, Source]:
     # lazy: layouts and parsing import pandas (a second of start-up); a warm cache needs neither
     from crypto_ml.data.layouts import discover
@@ -148,7 +154,7 @@ class CryptoLoader:
             if coin in self._skipped:
                 log.warning("skipping %s: %s", label, self._skipped[coin])
             elif self._dropped[coin]:
-                log.warning("%s: dropped %d unparseable rows", label, self._dropped[coin])
+                log.warning("%s: %s", label, dropped_rows(self._dropped[coin]))
         return self._frames.get(coin)
 
     def _folder(self, parse: bool = True) -> cache.Folder | None:
@@ -194,7 +200,7 @@ class CryptoLoader:
         if found is not None and coin not in self._warned:
             self._warned.add(coin)
             if found.dropped:
-                log.warning("%s: dropped %d unparseable rows", found.label, found.dropped)
+                log.warning("%s: %s", found.label, dropped_rows(found.dropped))
         return found
 
     def _window(self, dates: np.ndarray) -> slice | np.ndarray:

@@ -162,12 +162,27 @@ def tidy_prices(raw: pd.DataFrame) -> tuple[pd.DataFrame, int]:
                       "as 2017-09-22 or Sep 22, 2017")
     close_text = raw[by_name["close"]].astype(str).str.strip()
     infinite = frame["Close"].isin([np.inf, -np.inf])  # "inf" reads as a number: no price
-    bad = frame["Date"].isna() | infinite | (frame["Close"].isna() & ~close_text.isin(["-", ""]))
+    future = frame["Date"] > pd.Timestamp.now() + pd.Timedelta(days=1)  # a mistyped year
+    bad = (frame["Date"].isna() | infinite | future
+           | (frame["Close"].isna() & ~close_text.isin(["-", ""])))
     frame = frame[~bad]
     if not frame["Close"].notna().any():  # no series to forecast
         written = close_text[~close_text.isin(["-", ""])]
         raise BadFile("none of its closes is a number (all '-' or empty)" if written.empty else
                       f"none of its closes is a number (such as {written.iloc[0][:40]!r}; write "
                       "a decimal point, 48.09, and commas only between thousands)")
-    frame = frame.drop_duplicates(subset="Date", keep="first").sort_values("Date", kind="stable")
-    return frame.reset_index(drop=True), int(bad.sum())
+    dropped = int(bad.sum())
+    twice = frame["Date"].duplicated(keep="first")
+    if twice.any():
+        kept = frame[~twice]
+        dropped += int(_conflicts(frame[twice], kept).sum())  # the same date, another close
+        frame = kept
+    frame = frame.sort_values("Date", kind="stable")
+    return frame.reset_index(drop=True), dropped
+
+
+def _conflicts(again: pd.DataFrame, kept: pd.DataFrame) -> pd.Series:
+    """Which rows of ``again`` (a date seen before) give another close than the kept row."""
+    first = again["Date"].map(kept.set_index("Date")["Close"])
+    same = (again["Close"] == first) | (again["Close"].isna() & first.isna())
+    return ~same
