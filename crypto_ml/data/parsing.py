@@ -8,7 +8,8 @@ the file's own order (day/month or month/day: the one that reads them, or whose
 days follow each other) and spreadsheet serial dates, sorts rows oldest first and keeps one row per date.
 A file that cannot be a price series (the ``100 List.csv`` ranking, an empty or
 header-only file, something that is not CSV) is skipped with one warning that
-names it; rows whose date or close cannot be parsed are dropped with a count.
+names it; rows whose date or close cannot be parsed, rows dated after tomorrow and a
+date's later rows with another close than its first are dropped with a count.
 This module turns one file's text cells into a tidy frame; :mod:`~crypto_ml.data.layouts`
 finds the files and :mod:`~crypto_ml.data.loader` serves them by coin.
 """
