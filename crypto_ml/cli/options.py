@@ -123,7 +123,9 @@ def levels(text: str) -> tuple[float, ...]:
 def add_cluster_options(parser: argparse.ArgumentParser) -> None:
     """Where the work runs: broker, wait limit, data folder, embedded worker count."""
     parser.add_argument("--broker",
-                        help="Redis URL (default: CRYPTO_ML_BROKER_URL, else embedded)")
+                        help="Redis URL (default: CRYPTO_ML_BROKER_URL, else embedded); "
+                        "results are stored there too: CRYPTO_ML_RESULT_BACKEND, another "
+                        "cluster's, is then not used")
     parser.add_argument("--timeout", type=positive_seconds, default=DEFAULT_TIMEOUT,
                         help="give up when no result has come for this many seconds; what "
                         f"is left then fails as not come back ({DEFAULT_TIMEOUT:.0f})")

@@ -15,7 +15,8 @@ Variable                                   Default                     Meaning
                                                                        the Redis user of this process's role:
                                                                        ``redis://worker:PASSWORD@host:6379/0``
                                                                        (users: :mod:`crypto_ml.core.acl`).
-``CRYPTO_ML_RESULT_BACKEND``               the broker URL              Where task results are stored.
+``CRYPTO_ML_RESULT_BACKEND``               the broker URL              Where task results are stored (not used
+                                                                       with a command's ``--broker``).
 ``CRYPTO_ML_SENTINEL_MASTER``              ``mymaster``                Master name for ``sentinel://`` URLs.
 ``CRYPTO_ML_SENTINEL_PASSWORD``            (unset)                     Password of the sentinels themselves.
 ``CRYPTO_ML_SERIALIZER``                   ``msgpack``                 Wire format: ``msgpack`` (compact, fast) or ``json``.
