@@ -66,6 +66,14 @@ def test_plan_cpu_worker_uses_every_core_and_both_queues() -> None:
     assert (node.queues, node.concurrency, node.env["OMP_NUM_THREADS"]) == ("cpu", 2, "4")
 
 
+def test_plan_reads_queues_as_a_comma_list_and_refuses_none() -> None:
+    [node] = worker.plan("cpu", [], cores=2, host="h", queues=" cpu , gpu,")
+    assert node.queues == "cpu,gpu"
+    for empty in ("", " , "):  # it became the role's own queues without a word
+        with pytest.raises(ValueError, match="--queues names no queue"):
+            worker.plan("cpu", [], cores=2, host="h", queues=empty)
+
+
 def test_plan_gpu_worker_one_process_per_gpu_on_the_gpu_queue() -> None:
     nodes = worker.plan("auto", ["0", "1"], cores=8, host="h")
     assert [(n.name, n.queues, n.concurrency, n.env["CUDA_VISIBLE_DEVICES"]) for n in nodes] == [

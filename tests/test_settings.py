@@ -121,3 +121,12 @@ def test_a_url_is_shown_with_every_password_hidden_whatever_else_is_wrong(
         url: str, shown: str) -> None:
     # kombu's sanitizer hid the first URL's password of a list only, and raised on a bad port
     assert safe_url(url) == shown
+
+
+def test_named_choices_are_read_in_any_case() -> None:
+    """CRYPTO_ML_LOG_FORMAT=JSON was read, CRYPTO_ML_SERIALIZER=JSON refused (an outside
+    probe); pickle stays refused in any case."""
+    settings = Settings.from_env({"CRYPTO_ML_SERIALIZER": "JSON", "CRYPTO_ML_LOG_FORMAT": "Json"})
+    assert (settings.serializer, settings.log_format) == ("json", "json")
+    with pytest.raises(ConfigError, match="CRYPTO_ML_SERIALIZER='pickle' is not allowed"):
+        Settings.from_env({"CRYPTO_ML_SERIALIZER": "PICKLE"})

@@ -164,6 +164,7 @@ def _default_cache_dir(env: Mapping[str, str]) -> Path:
 _SPECIAL: dict[str, Callable[[str], object]] = {
     "cache_dir": _cache_dir,
     "log_format": str.lower,
+    "serializer": str.lower,  # JSON and json alike, as the log format
     "api_keys": lambda raw: tuple(comma_list(raw)),
     "api_coalesce": lambda raw: _int(env_name("api_coalesce"), raw, minimum=0),
     "api_answer_seconds": lambda raw: _int(env_name("api_answer_seconds"), raw, minimum=0),

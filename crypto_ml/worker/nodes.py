@@ -118,7 +118,12 @@ def visible_gpus(env: Mapping[str, str]) -> list[str]:
 def plan(role: str, gpus: Sequence[str], cores: int, host: str, queues: str | None = None,
          concurrency: int | None = None) -> list[Node]:
     """The worker nodes to start for ``role`` (``auto``: ``gpu`` when ``gpus``, else ``cpu``)
-    on this hardware; ValueError for the gpu role without a GPU."""
+    on this hardware; ValueError for the gpu role without a GPU, or ``queues`` naming none."""
+    if queues is not None:
+        queues = ",".join(q.strip() for q in queues.split(",") if q.strip())
+        if not queues:
+            raise ValueError("--queues names no queue; give a comma list such as cpu,gpu, or "
+                             "leave it out for the role's own")
     if role == "auto":
         role = "gpu" if gpus else "cpu"
     if role == "gpu":
