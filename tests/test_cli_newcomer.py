@@ -744,7 +744,7 @@ def test_an_interrupted_run_writes_every_forecast_asked_to_its_output(
     models = ["--candidates", "naive,lstm"] if model == "best" else ["--retrain"]
     proc = subprocess.Popen([sys.executable, "-m", "crypto_ml", "send-tasks", "--model", model,
                              *models, "--epochs", "50", "--coins", ",".join(INTERRUPTED_COINS),
-                             "--output", str(out)],
+                             "--output", str(out), "--plot", str(tmp_path / "plot.png")],
                             cwd=ROOT, env=cli_env(price_data), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     watched, got = getattr(proc, stream), bytearray()
@@ -774,6 +774,9 @@ def test_an_interrupted_run_writes_every_forecast_asked_to_its_output(
     assert failed and all(why.startswith("interrupted before it arrived") for why in failed.values())
     assert f"wrote {out}: {len(arrived)} forecast(s) that arrived before the interrupt, " \
            f"{len(failed)} failed" in err, err
+    # no picture of half a run, and said so (it was left out without a word)
+    assert f"--plot {tmp_path / 'plot.png'} not drawn: the run was interrupted" in err, err
+    assert not (tmp_path / "plot.png").exists()
     assert "Traceback" not in err, err
 
 

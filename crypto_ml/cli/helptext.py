@@ -24,8 +24,9 @@ EXIT_CODES = {
                "cluster is stopped with it either way); 1 its Redis exited, so it stopped (one\n"
                "line; a worker or Flower that exits is said, and the rest go on); 2 it could not\n"
                "start (one line saying why).",
-    "queue-depth": "0 stopped by Ctrl-C or SIGTERM; 2 no broker, a wrong user or password, a\n"
-                   "user that may not read the queues, or the port in use (one line).",
+    "queue-depth": "0 stopped by Ctrl-C or SIGTERM; 2 no broker set, a wrong user or password,\n"
+                   "a user that may not read the queues, or the port in use (one line). A broker\n"
+                   "that does not answer stops nothing: each scrape gets 503 until it does.",
     "acl": "0 done; 2 a usage error (one line).",
 }
 

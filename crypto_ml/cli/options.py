@@ -130,7 +130,8 @@ def add_cluster_options(parser: argparse.ArgumentParser) -> None:
                         help="give up when no result has come for this many seconds; what "
                         f"is left then fails as not come back ({DEFAULT_TIMEOUT:.0f})")
     parser.add_argument("--data-dir", type=path_option,
-                        help="price data folder (CRYPTO_ML_DATA_DIR)")
+                        help="price data folder, or one file of every coin with a coin "
+                        "column (CRYPTO_ML_DATA_DIR)")
     parser.add_argument("--workers", type=positive_int,
                         help="worker processes of the embedded cluster (default: one per core)")
 

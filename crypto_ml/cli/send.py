@@ -123,6 +123,9 @@ def send_folder(request: SendRequest) -> int:
         if request.output is not None:
             write_interrupted(request.output, manager.last_report or RunReport(),
                               asked_of(request, coins))
+        if request.plot is not None:
+            console.warning(f"crypto-ml: --plot {request.plot} not drawn: the run was "
+                            "interrupted")
         raise
     finally:
         progress.close()
