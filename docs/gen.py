@@ -1,7 +1,7 @@
 """The documentation site's generated pages, made from the code itself (never by hand).
 
 * ``docs/cli.md``: every ``--help`` of ``crypto-ml`` (each subcommand, nested ones
-  included) and of ``python -m crypto_ml.api``, rendered from their argparse parsers
+  included), of ``python -m crypto_ml.api`` and of ``python -m crypto_ml.worker``, rendered from their argparse parsers
   (:func:`crypto_ml.cli.build_parser`, :func:`crypto_ml.api.__main__.build_parser`).
 * ``docs/openapi.json``: the HTTP API's OpenAPI description, as the FastAPI app serves it
   at ``/openapi.json`` (default settings: the caps of a server with no overrides).
@@ -68,15 +68,18 @@ def cli_reference() -> str:
         sys.path.insert(0, str(ROOT))
     from crypto_ml.api.__main__ import build_parser as api_parser
     from crypto_ml.cli import build_parser
+    from crypto_ml.cli.worker import build_parser as worker_parser
 
     parts = [NOTICE, "# CLI reference\n\n",
              "Every subcommand's `--help`, generated from the argparse parsers "
              "(`crypto_ml/cli/`, `crypto_ml/api/__main__.py`) by `docs/gen.py`. "
              "`crypto-ml` is the installed script; `python -m crypto_ml` is the same command "
-             "and `python -m crypto_ml.manager` its historical name. How the commands behave "
+             "and `python -m crypto_ml.manager` its historical name; `python -m crypto_ml.worker` "
+             "(`python workers/worker.py` in the images) is the worker containers' own command "
+             "(`crypto_ml/cli/worker.py`). How the commands behave "
              "(stdout, stderr, checks, exit codes) is in [Command line](command-line.md).\n"]
     with _columns():
-        for root in (build_parser(), api_parser()):
+        for root in (build_parser(), api_parser(), worker_parser()):
             for parser in _parsers(root):
                 parts.append(f"\n## {parser.prog}\n\n```text\n{parser.format_help().rstrip()}\n```\n")
                 if parser.get_default("pass_through"):
