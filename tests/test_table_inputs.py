@@ -8,6 +8,7 @@ the problem, never a traceback after the work."""
 from __future__ import annotations
 
 import fcntl
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import pytest
 from conftest import run_cli
 from table_support import random_walks, write_parquet
 
-from crypto_ml.core.errors import InvalidTable, OutputUnwritable
+from crypto_ml.core.errors import ConfigError, InvalidTable, OutputUnwritable
 from crypto_ml.data.steps import future_times, series_steps
 from crypto_ml.data.table import Columns, TableSource
 from crypto_ml.dispatch.table_output import FAILURES_SCHEMA, TableOutput, _write_atomic
@@ -289,3 +290,12 @@ def test_an_output_in_the_input_folder_is_refused_leaving_nothing_there(tmp_path
                   "--model", "naive", timeout=120)
     assert run.returncode == 2 and "lies in the --input table" in run.stderr, run.stderr
     assert sorted(p.name for p in folder.iterdir()) == ["a.parquet"]
+
+
+@pytest.mark.parametrize("which", ["out.parquet", "out.failures.parquet"])
+def test_an_output_that_is_a_pipe_is_refused_not_waited_on(tmp_path: Path, which: str) -> None:
+    """OUT as a FIFO: reading it to see whether it held this run waited for a writer for
+    good, through Ctrl-C and SIGTERM (an outside probe)."""
+    os.mkfifo(tmp_path / which)
+    with pytest.raises(ConfigError, match=f"{which} is neither a file nor a folder"):
+        TableOutput(tmp_path / "out.parquet", {"input": "x"})

@@ -233,6 +233,10 @@ class TableOutput:
         self.run = dict(run)
         self.overwrite = overwrite
         check_apart(out, self.run.get("input"))
+        for path in (out, self.failures):  # a pipe's reading waited for a writer for good
+            if path.exists() and not path.is_file() and not path.is_dir():
+                raise ConfigError(f"--output {out}: {path} is neither a file nor a folder (a "
+                                  "pipe, a socket or a device); give another file name")
 
     def finished(self) -> bool:
         """True when OUT already holds this very run; OutputMismatch when another, unless
