@@ -184,6 +184,25 @@ def test_a_folder_holding_the_jobs_folder_is_no_input(tmp_path: Path) -> None:
         wait_until(lambda: job_state(server, accepted["id"])["status"] == "done", 120, "the job")
 
 
+def test_a_jobs_folder_that_cannot_be_written_is_503_and_said_at_start(tmp_path: Path) -> None:
+    """A file in its place: every POST /v1/jobs answered a plain-text 500, the traceback in the
+    log, while /healthz said ok (an outside probe)."""
+    taken = tmp_path / "jobs-file"
+    taken.write_text("not a folder\n")
+    with embedded_server(tmp_path, CRYPTO_ML_API_JOBS_DIR=str(taken)) as server:
+        write_parquet(random_walks(3, 30), tmp_path / "prices" / "t.parquet")
+        status, reply = call(f"{server.url}/v1/jobs", {"input": "t.parquet"})
+        assert status == 503, reply
+        assert reply["detail"].startswith(f"the server's jobs folder {taken} "
+                                          "(CRYPTO_ML_API_JOBS_DIR) cannot be written"), reply
+        log = server.log.read_text()
+        assert f"warning: the server's jobs folder {taken}" in log and "Traceback" not in log
+        taken.unlink()  # mended: the next job runs, with no restart
+        status, accepted = call(f"{server.url}/v1/jobs", {"input": "t.parquet"})
+        assert status == 202, accepted
+        wait_until(lambda: job_state(server, accepted["id"])["status"] == "done", 120, "the job")
+
+
 def test_delete_cancels_a_job_and_its_queued_work_goes(server: Server) -> None:
     write_parquet(random_walks(3000, 60, seed=5), data_dir(server) / "slow.parquet")
     status, accepted = call(f"{server.url}/v1/jobs", {"input": "slow.parquet", "model": "ets"})

@@ -25,6 +25,7 @@ from typing import Any
 import uvicorn
 
 from crypto_ml.api.app import create_app
+from crypto_ml.api.job_files import jobs_folder_problem
 from crypto_ml.api.service import InProcessRuns, QueueRuns
 from crypto_ml.cli import Parser, guarded
 from crypto_ml.cli.options import (
@@ -133,6 +134,8 @@ def serve(args: argparse.Namespace) -> int:
     check_exposure(args.host, settings)
     if listen_problem(args.host, args.port) is not None:  # before the embedded cluster starts
         raise cannot_listen(args)
+    if not args.in_process and (why := jobs_folder_problem(settings.api_jobs_dir)) is not None:
+        say(f"crypto-ml: warning: {why}: POST /v1/jobs answers 503 until it can be")
     lost: list[str] = []
     with runs_for(settings, args.in_process, args.timeout) as (runs, cluster):
         app = create_app(settings, runs)

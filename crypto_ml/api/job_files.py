@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -160,6 +161,18 @@ def finished_table(record: dict[str, Any] | None, folder: Path, job_id: str, tab
         raise DataNotFound(f"job {job_id}'s {table} is no longer in the jobs folder "
                            "(CRYPTO_ML_API_JOBS_DIR); POST the job again")
     return path
+
+
+def jobs_folder_problem(folder: Path) -> str | None:
+    """Why the server cannot keep its jobs' outputs in ``folder`` (CRYPTO_ML_API_JOBS_DIR),
+    made when missing, or None: a file made and removed there says it, as root too."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as exc:
+        return (f"the server's jobs folder {folder} (CRYPTO_ML_API_JOBS_DIR) cannot be written "
+                f"({exc.strerror or exc})")
+    return None
 
 
 def is_job_id(text: str) -> bool:

@@ -41,7 +41,7 @@ from typing import Any
 import redis
 from celery import Celery
 
-from crypto_ml.core.errors import ConfigError, CryptoMLError, InvalidTable
+from crypto_ml.core.errors import ConfigError, CryptoMLError, InvalidTable, OutputUnwritable
 from crypto_ml.core.settings import Settings
 from crypto_ml.data.table import Columns, TableSource
 from crypto_ml.data.table_checks import as_given
@@ -52,7 +52,16 @@ from crypto_ml.models import parse_fallback, parse_models, window_problem
 from crypto_ml.worker.app import table_queue
 
 from .inputs import BODY_COLUMNS, discard_copy, read_input
-from .job_files import finished_table, is_job_id, output_of, resumable, same_run, sweep, take_over
+from .job_files import (
+    finished_table,
+    is_job_id,
+    jobs_folder_problem,
+    output_of,
+    resumable,
+    same_run,
+    sweep,
+    take_over,
+)
 from .job_store import JobRecords, JobStore, replica_id, status_of, stopped_error
 from .schemas import JobBody, JobState
 
@@ -153,6 +162,8 @@ class Jobs:
             raise ConfigError(f"max_points {why}")  # as send-tasks --input: before any work
         job_id = uuid.uuid4().hex
         folder = self.settings.api_jobs_dir
+        if (why := jobs_folder_problem(folder)) is not None:  # the server's to mend: 503
+            raise OutputUnwritable(f"{why}; its operator must mend it")
         copy = folder / "inputs" / job_id  # an s3:// input's local copy, deleted at the end
         if body.resume:  # before the input is read: it may be a long copy
             resumable(self.store, folder, body.resume)

@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BeforeValidator
 from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
-from crypto_ml.core.errors import ConfigError, DataNotFound, JobConflict
+from crypto_ml.core.errors import ConfigError, DataNotFound, JobConflict, OutputUnwritable
 from crypto_ml.core.settings import Settings
 from crypto_ml.dispatch.runs import renamed
 
@@ -196,7 +196,8 @@ def job_routes(jobs: Jobs | None, authorized: Sequence[Depends]) -> APIRouter:
                                                  "names an unknown job or one of another body "
                                                  "or input; named"},
                             503: {"model": Problem,
-                                  "description": "no cluster, or an s3:// input unreachable"}})
+                                  "description": "no cluster, an s3:// input unreachable, or "
+                                                 "the jobs folder unwritable"}})
     async def post_job(body: JobBody) -> Response:
         try:  # it reads the table's metadata (a file, or S3): off the event loop
             job = await asyncio.to_thread(cluster_jobs().submit, body)
@@ -204,6 +205,8 @@ def job_routes(jobs: Jobs | None, authorized: Sequence[Depends]) -> APIRouter:
             raise
         except JobConflict as exc:  # the job to resume is running, done or taken
             raise HTTPException(409, str(exc)) from None
+        except OutputUnwritable as exc:  # the jobs folder: the server's to mend
+            raise HTTPException(503, str(exc)) from None
         except ConfigError as exc:  # a bad path, table or model: the caller's to fix
             raise Invalid([{"loc": ["body"], "msg": str(exc), "type": "value_error"}]) from None
         url = f"/v1/jobs/{job.id}"
