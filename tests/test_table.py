@@ -293,6 +293,17 @@ def test_a_column_of_the_wrong_type_is_named_not_a_traceback(tmp_path: Path, mak
         list(source.chunks(10))
 
 
+def test_a_table_that_is_no_csv_is_refused_without_its_bytes(tmp_path: Path) -> None:
+    """A Parquet file named .csv: pyarrow's words quote raw bytes of the file (NULs, control
+    characters), which went into the one line and the API's 422 (an outside probe)."""
+    write_parquet(random_walks(2, 30), tmp_path / "t.parquet")
+    (tmp_path / "t.parquet").rename(tmp_path / "t.csv")
+    with pytest.raises(InvalidTable, match="cannot read the table") as refused:
+        TableSource(tmp_path / "t.csv").check()
+    said = str(refused.value)
+    assert said.isprintable() and "\ufffd" not in said and len(said) < 800
+
+
 def test_a_pipe_given_as_the_table_is_refused_without_reading_it(tmp_path: Path) -> None:
     fifo = tmp_path / "t.parquet"
     os.mkfifo(fifo)  # opened for reading, it would wait for a writer for ever

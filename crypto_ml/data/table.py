@@ -43,7 +43,7 @@ from crypto_ml.data.table_checks import (
     time_column,
     value_column,
 )
-from crypto_ml.data.table_files import DEFAULT_COLUMNS, NOT_UTF8, dataset_of, table_files
+from crypto_ml.data.table_files import DEFAULT_COLUMNS, NOT_UTF8, dataset_of, readable, table_files
 from crypto_ml.data.table_files import Columns as Columns  # where callers have found it
 
 BATCH_ROWS = 1 << 18
@@ -147,7 +147,7 @@ class TableSource:
             names = [c.id] if ids or self.only else []
             yield from read_ahead(self._scan([*names, c.time, *([c.value] if values else [])]))
         except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
-            raise InvalidTable(f"{self.label}: cannot read the table ({exc})") from None
+            raise InvalidTable(f"{self.label}: cannot read the table ({readable(exc)})") from None
 
     def _readers(self) -> list[pq.ParquetFile]:
         """One reader a file when the table is Parquet files (else none)."""
@@ -284,7 +284,7 @@ class TableSource:
             table = pa.concat_tables(tables, promote_options="permissive")
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
             raise InvalidTable(f"{self.label}: its files store a column in types that do not "
-                               f"mix ({exc}); write them alike") from None
+                               f"mix ({readable(exc)}); write them alike") from None
         self._sorted = table.sort_by([(c.id, "ascending"), (c.time, "ascending")])
 
     def chunks(self, size: int) -> Iterator[SeriesChunk]:

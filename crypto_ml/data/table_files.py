@@ -87,6 +87,13 @@ def _is_csv(path: Path) -> bool:
     return path.name.lower().endswith((".csv", ".csv.gz"))
 
 
+def readable(exc: BaseException, most: int = 600) -> str:
+    """An error's words fit for one line: what does not print (a file's raw bytes, which
+    pyarrow quotes) as ``?``, and at most ``most`` characters."""
+    text = "".join(c if c.isprintable() and c != "\ufffd" else "?" for c in str(exc))
+    return text if len(text) <= most else text[:most] + "..."
+
+
 def dataset_of(path: Path, files: list[Path], kind: str, columns: Columns
                ) -> tuple[ds.Dataset, set[pa.DataType]]:
     """The dataset that reads ``files``, and the types its Parquet files store the ids in, as
@@ -94,7 +101,7 @@ def dataset_of(path: Path, files: list[Path], kind: str, columns: Columns
     try:
         return _open(path, files, kind, columns)
     except (pa.ArrowException, OSError) as exc:  # an empty or ragged CSV, say
-        raise InvalidTable(f"--input {path}: cannot read the table ({exc})") from None
+        raise InvalidTable(f"--input {path}: cannot read the table ({readable(exc)})") from None
     except UnicodeError:  # Arrow's column names as Python text
         raise InvalidTable(f"--input {path}: {NOT_UTF8}") from None
 
@@ -161,7 +168,7 @@ def _check_file(file: Path, root: Path, columns: Columns
         schema = pq.read_metadata(file).schema.to_arrow_schema()
         names = schema.names
     except (pa.ArrowException, OSError) as exc:
-        raise InvalidTable(f"--input: cannot read {file} as Parquet ({exc})") from None
+        raise InvalidTable(f"--input: cannot read {file} as Parquet ({readable(exc)})") from None
     folders = {part.split("=", 1)[0] for part in file.relative_to(root).parts[:-1]
                if "=" in part} if file != root else set()
     missing = [c for c in (columns.id, columns.time, columns.value)
