@@ -134,7 +134,7 @@ def serve(args: argparse.Namespace) -> int:
     check_exposure(args.host, settings)
     if listen_problem(args.host, args.port) is not None:  # before the embedded cluster starts
         raise cannot_listen(args)
-    if not args.in_process and (why := jobs_folder_problem(settings.api_jobs_dir)) is not None:
+    if not args.in_process and (why := jobs_folder_problem(settings.api_jobs_dir, make=False)):
         say(f"crypto-ml: warning: {why}: POST /v1/jobs answers 503 until it can be")
     lost: list[str] = []
     with runs_for(settings, args.in_process, args.timeout) as (runs, cluster):

@@ -163,12 +163,19 @@ def finished_table(record: dict[str, Any] | None, folder: Path, job_id: str, tab
     return path
 
 
-def jobs_folder_problem(folder: Path) -> str | None:
+def jobs_folder_problem(folder: Path, make: bool = True) -> str | None:
     """Why the server cannot keep its jobs' outputs in ``folder`` (CRYPTO_ML_API_JOBS_DIR),
-    made when missing, or None: a file made and removed there says it, as root too."""
+    or None: a file made and removed there says it, as root too. ``make``: the folder is made
+    when missing; else (at start) its nearest folder that is there is tried instead."""
+    there = folder
+    while not make and not there.exists() and there != there.parent:
+        there = there.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=folder).close()
+        if make:
+            folder.mkdir(parents=True, exist_ok=True)
+        elif not there.is_dir():
+            raise NotADirectoryError(f"{there} is not a folder")
+        tempfile.TemporaryFile(dir=there).close()
     except OSError as exc:
         return (f"the server's jobs folder {folder} (CRYPTO_ML_API_JOBS_DIR) cannot be written "
                 f"({exc.strerror or exc})")
