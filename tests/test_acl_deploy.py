@@ -31,8 +31,9 @@ from deploy_support import (
 )
 
 from crypto_ml.core import acl
-from crypto_ml.core.sentinel import parse, sentinel_command
+from crypto_ml.core.sentinel import sentinel_command
 from crypto_ml.core.settings import Settings
+from crypto_ml.core.urls import parse
 from crypto_ml.ops.processes import free_port, terminate, wait_until
 from crypto_ml.worker.app import celery_config
 

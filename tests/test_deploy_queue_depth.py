@@ -18,6 +18,7 @@ import pytest
 import redis
 from kombu import Consumer
 
+from crypto_ml.core.sentinel import redis_client
 from crypto_ml.core.settings import Settings
 from crypto_ml.dispatch.cluster import LocalCluster
 from crypto_ml.ops.processes import free_port, spawn, terminate, wait_until
@@ -98,6 +99,24 @@ def test_http_endpoint_serves_depths_and_reports_a_lost_broker(broker: LocalClus
         broker.stop()
         status, body = get(base + "/")
         assert status == 503 and "broker unreachable" in body["error"]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_503_from_sentinels_that_do_not_answer_names_no_password() -> None:
+    """redis-py's MasterNotFoundError prints the client, the Sentinels' password with it, and
+    the 503 body quoted it to anyone (the exporter listens on 0.0.0.0 by default)."""
+    client = redis_client(f"sentinel://:master-pw@127.0.0.1:{free_port()}", "mymaster",
+                          "sentinel-pw", socket_connect_timeout=1, socket_timeout=1)
+    server = make_server(client, ["cpu"], port=0, host="127.0.0.1")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        status, body = get(f"http://127.0.0.1:{server.server_address[1]}/")
+        assert status == 503 and body["error"] == (
+            "broker unreachable: no Sentinel there names the master; check the URL and "
+            "CRYPTO_ML_SENTINEL_MASTER")
     finally:
         server.shutdown()
         server.server_close()

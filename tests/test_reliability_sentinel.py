@@ -20,8 +20,8 @@ from sentinel_support import MASTER_NAME, SentinelCluster
 from crypto_ml.api.app import create_app as api_app
 from crypto_ml.api.service import QueueRuns
 from crypto_ml.core import keys
-from crypto_ml.core.sentinel import parse
 from crypto_ml.core.settings import Settings
+from crypto_ml.core.urls import parse
 from crypto_ml.data.loader import CryptoLoader
 from crypto_ml.dispatch.connect import check_broker
 from crypto_ml.ops.processes import wait_until

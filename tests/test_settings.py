@@ -9,8 +9,8 @@ import pytest
 
 from crypto_ml.core import settings as settings_module
 from crypto_ml.core.errors import ConfigError
-from crypto_ml.core.sentinel import safe_url
-from crypto_ml.core.settings import Settings, env_name
+from crypto_ml.core.settings import Settings, env_name, model_store_problem
+from crypto_ml.core.urls import safe_url
 
 #: Rows of the module docstring's table: ``VARIABLE``  default cell  meaning.
 ROW = re.compile(r"^``(CRYPTO_ML_[A-Z0-9_]+)``\s+(\S.*?)\s{2,}", re.MULTILINE)
@@ -101,7 +101,7 @@ def test_settings_that_do_not_fit_together_name_the_variables(env: dict[str, str
 
 
 @pytest.mark.parametrize("spec", ["rediss+tls://:s3cret@h:6379/0", "sentinel://:s3cret@h:zz",
-                                  "redis://:s3cret@h:abc/0"])
+                                  "redis://:s3cret@h:abc/0", "sentinel://:s3cret;x@h:1"])
 def test_a_wrong_model_store_url_is_named_without_its_password(spec: str) -> None:
     with pytest.raises(ConfigError, match="CRYPTO_ML_MODEL_STORE") as refused:
         Settings.from_env({"CRYPTO_ML_MODEL_STORE": spec})
@@ -121,6 +121,18 @@ def test_a_url_is_shown_with_every_password_hidden_whatever_else_is_wrong(
         url: str, shown: str) -> None:
     # kombu's sanitizer hid the first URL's password of a list only, and raised on a bad port
     assert safe_url(url) == shown
+
+
+@pytest.mark.parametrize(("spec", "problem"), [
+    ("redis://:pa;ss@h:6379/0", None),  # a ';' in a Redis password: redis-py reads it
+    ("sentinel://h1:26379; sentinel://h2:26379", None),
+    ("sentinel://h:1/x", "invalid literal for int()"),  # caught here, not on every task
+    ("sentinel://", "part 1 of the sentinel:// list is no sentinel://HOST:PORT"),
+    ("sentinel://h1:1;redis://h2:2", "part 2 of the sentinel:// list is no sentinel://HOST"),
+])
+def test_a_model_store_url_is_read_as_its_clients_read_it(spec: str, problem: str | None) -> None:
+    said = model_store_problem(spec)
+    assert said is None if problem is None else problem in (said or "")
 
 
 def test_named_choices_are_read_in_any_case() -> None:

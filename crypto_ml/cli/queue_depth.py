@@ -11,8 +11,9 @@ from crypto_ml.cli.helptext import help_texts
 from crypto_ml.cli.options import EXIT_OK, add_log_options, port_number
 from crypto_ml.core.errors import ConfigError
 from crypto_ml.core.logins import auth_failure, check_credentials
-from crypto_ml.core.sentinel import redis_client, safe_url
+from crypto_ml.core.sentinel import redis_client
 from crypto_ml.core.settings import Settings
+from crypto_ml.core.urls import safe_url
 from crypto_ml.ops.queue_depth import DEFAULT_PORT, make_server, queue_depths
 from crypto_ml.worker.app import CPU_QUEUE, GPU_QUEUE
 

@@ -7,7 +7,7 @@ from urllib.parse import unquote, urlsplit
 
 from crypto_ml.core.acl import ADMIN, BREAK_GLASS, ROLES, Role
 from crypto_ml.core.errors import BrokerAuthFailed
-from crypto_ml.core.sentinel import safe_url
+from crypto_ml.core.urls import safe_url
 
 
 def auth_failure(url: str, exc: Exception) -> BrokerAuthFailed:

@@ -11,21 +11,15 @@ the master's; sentinels that require their own set ``CRYPTO_ML_SENTINEL_PASSWORD
 
 from __future__ import annotations
 
-import re
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
-from redis.sentinel import Sentinel
+from redis.sentinel import MasterNotFoundError, Sentinel
 
 from crypto_ml.core.errors import ConfigError
-
-SCHEME = "sentinel://"
-#: a password given in a URL's query (redis-py reads ``?password=``)
-_QUERY_PASSWORD = re.compile(r"(?i)(password=)[^&#;]*")
-DEFAULT_PORT = 26379
+from crypto_ml.core.urls import is_sentinel, parse, safe_url
 
 #: Seconds a Celery process (worker, manager) waits on a silent Redis connection before it
 #: drops it and connects again. TCP alone waits out its retransmission backoff: a link cut
@@ -50,46 +44,6 @@ def link_options() -> dict[str, Any]:
     return {**client_timeouts(), "health_check_interval": 5}
 
 
-def safe_url(url: str) -> str:
-    """``url`` (or a ``;`` list of them) to show: every password hidden, whatever else the
-    URL gets wrong (kombu's sanitizer raised on a bad port, and hid a list's first only)."""
-    return ";".join(_hidden(one) for one in url.split(";"))
-
-
-def _hidden(url: str) -> str:
-    """One URL with its password hidden: all between the user and the last ``@`` (a
-    password may hold ``@`` or ``/``), and any ``password=`` of its query."""
-    scheme, sep, rest = url.partition("://")
-    at = rest.rfind("@")
-    if sep and at >= 0 and ":" in rest[:at]:
-        rest = rest[:at].split(":", 1)[0] + ":**" + rest[at:]
-    return scheme + sep + _QUERY_PASSWORD.sub(r"\1**", rest)
-
-
-def is_sentinel(url: str | None) -> bool:
-    return bool(url) and str(url).startswith(SCHEME)
-
-
-def parse(url: str) -> tuple[list[tuple[str, int]], str | None, int, str | None]:
-    """``(sentinels, master password, db, master user)`` of a ``sentinel://`` URL list
-    (``sentinel://USER:PASSWORD@host:26379/0;sentinel://host2:26379``)."""
-    hosts: list[tuple[str, int]] = []
-    password: str | None = None
-    username: str | None = None
-    db = 0
-    for chunk in url.split(";"):
-        parts = urlparse(chunk.strip())
-        if parts.scheme != "sentinel" or not parts.hostname:
-            raise ConfigError(f"{chunk.split('@')[-1]!r} is not a sentinel://HOST:PORT URL")
-        hosts.append((parts.hostname, parts.port or DEFAULT_PORT))
-        if parts.password and password is None:
-            password = unquote(parts.password)
-            username = unquote(parts.username) if parts.username else None
-        if parts.path.strip("/") and not hosts[1:]:
-            db = int(parts.path.strip("/"))
-    return hosts, password, db, username
-
-
 def transport_options(url: str | None, master: str, password: str | None) -> dict[str, Any]:
     """Transport options kombu (broker) and Celery (backend) need for ``url``; {} unless
     it is a sentinel URL."""
@@ -102,6 +56,14 @@ def transport_options(url: str | None, master: str, password: str | None) -> dic
     if password:
         sentinel_kwargs["password"] = password
     return {"master_name": master, "sentinel_kwargs": sentinel_kwargs}
+
+
+def redis_problem(exc: BaseException) -> str:
+    """A Redis error said short and safe: redis-py's "no master" error prints every client it
+    tried, passwords and all."""
+    if isinstance(exc, MasterNotFoundError):
+        return "no Sentinel there names the master; check the URL and CRYPTO_ML_SENTINEL_MASTER"
+    return f"{exc}"[:300]
 
 
 def redis_client(url: str, master: str, sentinel_password: str | None = None,

@@ -82,6 +82,7 @@ from pathlib import Path
 from typing import cast
 
 from crypto_ml.core.errors import ConfigError
+from crypto_ml.core.urls import is_sentinel, parse
 
 DEFAULT_DATA_DIR = Path("data/crypto")
 SERIALIZERS = ("json", "msgpack")
@@ -217,9 +218,8 @@ def _redis_url_problem(url: str) -> str | None:
     from redis.connection import parse_url  # lazy: settings load where redis is not needed
 
     try:
-        for one in url.split(";"):  # sentinel://h1:26379;sentinel://h2:26379
-            parse_url(one.replace("sentinel://", "redis://", 1))
-    except ValueError as exc:
+        parse(url) if is_sentinel(url) else parse_url(url)  # a list only of sentinels
+    except (ValueError, ConfigError) as exc:
         return (f"CRYPTO_ML_MODEL_STORE is no Redis URL ({exc}); give "
                 "redis://[USER:PASSWORD@]HOST:PORT/DB or sentinel://HOST:PORT[;...]")
     return None

@@ -13,12 +13,12 @@ import contextlib
 from collections.abc import Callable, Iterator
 
 import redis
-from redis.sentinel import MasterNotFoundError
 
 from crypto_ml.core.errors import BrokerUnavailable
 from crypto_ml.core.logins import auth_failure
-from crypto_ml.core.sentinel import redis_client, safe_url
+from crypto_ml.core.sentinel import redis_client, redis_problem
 from crypto_ml.core.settings import Settings
+from crypto_ml.core.urls import safe_url
 from crypto_ml.dispatch.cluster import LocalCluster
 
 USE_YOUR_OWN = "set CRYPTO_ML_BROKER_URL to use your own cluster"
@@ -38,15 +38,8 @@ def check_broker(url: str, settings: Settings | None = None,
         raise auth_failure(url, exc) from None
     except (redis.RedisError, OSError, ValueError) as exc:
         raise BrokerUnavailable(
-            f"cannot reach the {what} at {safe_url(url)} ({_why(exc)}); start Redis there, "
-            f"{hint}") from None
-
-
-def _why(exc: BaseException) -> str:
-    """What went wrong, short: redis-py's 'no master' error lists every client it tried."""
-    if isinstance(exc, MasterNotFoundError):
-        return "no Sentinel there names the master; check the URL and CRYPTO_ML_SENTINEL_MASTER"
-    return f"{exc}"[:300]
+            f"cannot reach the {what} at {safe_url(url)} ({redis_problem(exc)}); start Redis "
+            f"there, {hint}") from None
 
 
 def launch_embedded(settings: Settings, say: Callable[[str], None],

@@ -26,6 +26,8 @@ from typing import Any
 import redis
 from kombu.transport.redis import PRIORITY_STEPS, Channel
 
+from crypto_ml.core.sentinel import redis_problem
+
 DEFAULT_PORT = 9808
 
 
@@ -76,7 +78,7 @@ def make_server(client: redis.Redis, queues: Sequence[str], port: int,
             try:
                 body: Any = queue_depths(client, queues)
             except redis.RedisError as exc:
-                self._reply(503, {"error": f"broker unreachable: {exc}"})
+                self._reply(503, {"error": f"broker unreachable: {redis_problem(exc)}"})
                 return
             self._reply(200, {"ok": True} if self.path == "/healthz" else body)
 
