@@ -292,25 +292,23 @@ def test_a_python_callers_options_out_of_range_are_refused_before_anything_start
         manager.send_tasks(**{"model": "naive", "coins": ["bitcoin"], **options})  # type: ignore[arg-type]
 
 
-def test_a_window_above_the_workers_cap_is_refused_before_it_is_sent(price_data: Path) -> None:
+def test_a_window_above_the_workers_cap_is_failed_before_it_is_sent(price_data: Path) -> None:
     """CRYPTO_ML_MAX_SERIES below a run's window failed every task on the workers, each saying
-    only "200 points is above the cap of 10" (an outside probe)."""
+    only "200 points is above the cap of 10" (an outside probe). Only the closes a coin has
+    count: a 200-close window of a 50-close coin sends 50."""
     loader = CryptoLoader(price_data)
     settings = Settings(broker_url="redis://127.0.0.1:1/0", max_series=150)  # nothing there
     manager = CryptoManager(loader=loader, app=create_app(settings), settings=settings)
-    with pytest.raises(ConfigError, match=re.escape("naive's window: 200 closes is above "
-                                                    "CRYPTO_ML_MAX_SERIES=150, the most the "
-                                                    "workers accept")):
-        manager.send_tasks("naive", ["bitcoin"])
-    # every close (max_points=0): only the coins longer than the cap fail, each said so
-    report = RunReport()
-    requests = manager.build_requests(["naive"], None, 5, 0, {}, report)
     lengths = {c: len(loader.get_closes(c)[1]) for c in loader.get_crypto_names()}
     assert min(lengths.values()) <= 150 < max(lengths.values())  # both kinds in the data
-    assert sorted(r.coin for r in requests) == sorted(c for c, n in lengths.items() if n <= 150)
-    assert sorted(report.failed) == sorted(c for c, n in lengths.items() if n > 150)
-    assert all("above CRYPTO_ML_MAX_SERIES=150" in reason["naive"]
-               for reason in report.failed.values())
+    for window, cap in ((None, 200), (0, None), (120, 120)):  # default, every close, given
+        report = RunReport()
+        requests = manager.build_requests(["naive"], None, 5, window, {}, report)
+        sent = {c for c, n in lengths.items() if min(n, cap or n) <= 150}
+        assert sorted(r.coin for r in requests) == sorted(sent)
+        assert sorted(report.failed) == sorted(set(lengths) - sent)
+        assert all("above CRYPTO_ML_MAX_SERIES=150 (here, and on workers that share this "
+                   "setting)" in reason["naive"] for reason in report.failed.values())
 
 
 def test_a_python_callers_coins_string_is_a_comma_list_not_its_letters() -> None:

@@ -305,10 +305,11 @@ class Settings:
         return None
 
     def window_problem(self, closes: int) -> str | None:
-        """Why a window of ``closes`` is more than the workers accept, or None."""
+        """Why a window of ``closes`` is more than workers of these settings accept, or None."""
         if closes > self.max_series:
-            return (f"{closes} closes is above CRYPTO_ML_MAX_SERIES={self.max_series}, the most "
-                    "the workers accept: fit on fewer (--max-points, max_points) or raise it")
+            return (f"{closes} closes is above CRYPTO_ML_MAX_SERIES={self.max_series} (here, and "
+                    "on workers that share this setting): fit on fewer (--max-points, "
+                    "max_points) or raise it")
         return None
 
     def with_broker(self, url: str | None) -> Settings:

@@ -222,10 +222,6 @@ class CryptoManager:
         max_points = check_window(max_points, names, intervals=bool(check_levels(levels)))
         if (why := self.settings.horizon_problem(horizon)) is not None:
             raise ConfigError(f"horizon {why}")
-        for name in names:  # a fixed window above the workers' cap fails every forecast
-            window = default_max_points(name) if max_points is None else max_points
-            if window and (why := self.settings.window_problem(window)) is not None:
-                raise ConfigError(f"{name}'s window: {why}")
         if epochs is not None:  # a deep model's option: refused where no model takes it
             epochs = int(epochs) if isinstance(epochs, np.integer) else epochs
             check_option_names(names, ["epochs"])
