@@ -892,8 +892,9 @@ def test_data_download_verbose_help_does_not_promise_task_lines(
 
 
 @pytest.mark.integration  # runs Flower's own help in a subprocess
-def test_flower_help_shows_flowers_own_options() -> None:
-    run = crypto_ml("flower", "-h", timeout=120)
+@pytest.mark.parametrize("ask", ["-h", "--help=yes"])  # tornado's own help listed --port too
+def test_flower_help_shows_flowers_own_options(ask: str) -> None:
+    run = crypto_ml("flower", ask, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "examples:" in run.stdout and "exit codes:" in run.stdout
     for option in ("--max-tasks", "--purge-offline-workers", "--url-prefix"):

@@ -412,6 +412,9 @@ def test_flower_options_the_settings_own_are_refused_not_passed_through(
     ("--purge-offline-workers=soon", "Flower's --purge-offline-workers cannot take 'soon'"),
     # tornado printed its whole help and Flower stopped; or a typo went unsaid
     ("--max-task=10", "Flower has no option --max-task (crypto-ml flower -h lists them)"),
+    # a value left out: tornado's Error, no ValueError, and its traceback (a review)
+    ("--max-tasks", "Flower's --max-tasks: Option 'max-tasks' requires a value (write "
+                    "--max-tasks=VALUE)"),
 ])
 def test_a_flower_option_flower_cannot_read_is_one_line_before_it_starts(
         option: str, says: str, capsys: pytest.CaptureFixture[str],

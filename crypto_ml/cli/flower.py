@@ -50,7 +50,7 @@ def add_parser(sub: Any) -> None:
 
 def flower_main(args: argparse.Namespace) -> int:
     """Replace this process with ``celery -A crypto_ml flower`` (``-h``: print the options)."""
-    if {"-h", "--help"} & set(args.extra):
+    if any(word in ("-h", "--help") or word.startswith("--help=") for word in args.extra):
         print(args.usage(), end="", flush=True)
         print(flower_options(), flush=True)
         return EXIT_OK
@@ -100,7 +100,7 @@ def check_flower_reads(extra: list[str]) -> None:
     """ConfigError for an option Flower's own parser (tornado's) would stop on with a
     traceback (a value of the wrong type) or pass over without a word (no such option)."""
     import flower.options  # noqa: F401  (lazy, 0.1 s: defines Flower's options on tornado's)
-    from tornado.options import options
+    from tornado.options import Error, options
 
     for word in extra:
         option, _, value = word.partition("=")
@@ -109,6 +109,8 @@ def check_flower_reads(extra: list[str]) -> None:
                               "them)")
         try:
             options.parse_command_line(["flower", word], final=False)  # this process execs next
+        except Error as exc:  # a value left out: "Option 'max-tasks' requires a value"
+            raise ConfigError(f"Flower's {option}: {exc} (write {option}=VALUE)") from None
         except ValueError as exc:
             raise ConfigError(f"Flower's {option} cannot take {value!r} ({exc}; crypto-ml "
                               "flower -h lists its options)") from None
