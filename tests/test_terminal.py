@@ -169,6 +169,10 @@ def test_an_output_link_is_checked_where_it_leads(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"p.json is a link to .*Bitcoin.csv, a name the data "
                        "folder reads as prices"):
         check_not_prices(to_prices)
+    chart = tmp_path / "chart.png"  # savefig writes through it too (a review)
+    chart.symlink_to(tmp_path / "Bitcoin.csv")
+    with pytest.raises(ConfigError, match=r"--plot .*chart.png is a link to .*Bitcoin.csv"):
+        check_not_prices(chart, "--plot")
     (tmp_path / "missing").mkdir()
     check_writable(dangling, "--output")  # where it leads can be written now
     check_not_prices(dangling)

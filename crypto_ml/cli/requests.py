@@ -192,10 +192,10 @@ def _send_layout(args: argparse.Namespace) -> TableRequest | None:
                               "run's failed forecasts are listed as they failed")
         refuse_given(args, TABLE_ONLY, "is for table runs (--input TABLE); this run reads the "
                      "data folder")
-        if args.output is not None:
-            check_not_prices(args.output)
-        check_writable(args.output, "--output")
-        check_writable(args.plot, "--plot")
+        for given, option in ((args.output, "--output"), (args.plot, "--plot")):
+            if given is not None:
+                check_not_prices(given, option)
+                check_writable(given, option)
         return None
     if args.model == BEST:
         raise ConfigError("--model best is for the data folder; a table run takes "
@@ -313,15 +313,16 @@ def _backtest_models(args: argparse.Namespace) -> tuple[tuple[str, ...], dict[st
     return models, options
 
 
-def check_not_prices(out: Path) -> None:
+def check_not_prices(out: Path, option: str = "--output") -> None:
     """ConfigError for a folder run's ``--output`` named as the data folder names prices, or
-    a link to such a name (written through): it could write over a price file."""
-    if out.suffix.lower() in PRICE_SUFFIXES:
+    a file option's link to such a name (written through): it could write over a price file."""
+    if option == "--output" and out.suffix.lower() in PRICE_SUFFIXES:
         raise ConfigError(f"--output {out}: a run over the data folder writes JSON; name it "
                           "*.json (a name the data folder reads as prices could write over a "
                           "price file; Parquet comes from a table run, --input TABLE)")
-    if (target := Path(os.path.realpath(out))).suffix.lower() in PRICE_SUFFIXES:
-        raise ConfigError(f"--output {out} is a link to {target}, a name the data folder "
+    target = Path(os.path.realpath(out))
+    if out.is_symlink() and target.suffix.lower() in PRICE_SUFFIXES:
+        raise ConfigError(f"{option} {out} is a link to {target}, a name the data folder "
                           "reads as prices; give another path")
 
 
