@@ -223,6 +223,13 @@ def test_a_date_given_twice_with_another_close_or_a_future_date_is_said(
     assert [r.getMessage() for r in caplog.records] == [
         "Twice.csv: dropped 2 row(s) it could not use: unreadable, dated after tomorrow, or a "
         "date given again with another close (the first one is kept)"]
+    # a whole file of them: that said, not "none of its closes is a number" (a review)
+    write(tmp_path, "Later.csv", HEADER + '\n"Jan 02, 2071",1,1,1,101,1,1\n'
+          '"Jan 01, 2071",1,1,1,100,1,1\n')
+    caplog.clear()
+    assert "later" not in CryptoLoader(tmp_path).get_crypto_names()
+    assert ("skipping Later.csv: every dated row is after tomorrow (the first: 2071-01-01); "
+            "check the year") in caplog.text
 
 
 def test_max_points_and_date_window(tmp_path: Path) -> None:

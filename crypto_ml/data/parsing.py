@@ -166,6 +166,10 @@ def tidy_prices(raw: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     future = frame["Date"] > pd.Timestamp.now() + pd.Timedelta(days=1)  # a mistyped year
     bad = (frame["Date"].isna() | infinite | future
            | (frame["Close"].isna() & ~close_text.isin(["-", ""])))
+    if future.any() and not (frame["Date"].notna() & ~future).any():
+        first = frame["Date"][future].min()
+        raise BadFile(f"every dated row is after tomorrow (the first: {first:%Y-%m-%d}); "
+                      "check the year")
     frame = frame[~bad]
     if not frame["Close"].notna().any():  # no series to forecast
         written = close_text[~close_text.isin(["-", ""])]
