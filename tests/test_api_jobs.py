@@ -193,10 +193,13 @@ def test_a_jobs_folder_that_cannot_be_written_is_503_and_said_at_start(tmp_path:
         write_parquet(random_walks(3, 30), tmp_path / "prices" / "t.parquet")
         status, reply = call(f"{server.url}/v1/jobs", {"input": "t.parquet"})
         assert status == 503, reply
-        assert reply["detail"].startswith(f"the server's jobs folder {taken} "
-                                          "(CRYPTO_ML_API_JOBS_DIR) cannot be written"), reply
+        assert reply["detail"] == ("the server cannot keep job outputs now (its jobs folder, "
+                                   "CRYPTO_ML_API_JOBS_DIR, cannot be written); its operator "
+                                   "must mend it")  # where it keeps them: in its log alone
         log = server.log.read_text()
         assert f"warning: the server's jobs folder {taken}" in log and "Traceback" not in log
+        assert f"POST /v1/jobs: the server's jobs folder {taken} (CRYPTO_ML_API_JOBS_DIR) " \
+               "cannot be written" in log
         taken.unlink()  # mended: the next job runs, with no restart
         status, accepted = call(f"{server.url}/v1/jobs", {"input": "t.parquet"})
         assert status == 202, accepted

@@ -163,7 +163,10 @@ class Jobs:
         job_id = uuid.uuid4().hex
         folder = self.settings.api_jobs_dir
         if (why := jobs_folder_problem(folder)) is not None:  # the server's to mend: 503
-            raise OutputUnwritable(f"{why}; its operator must mend it")
+            log.error("POST /v1/jobs: %s", why)  # the caller is not told the server's paths
+            raise OutputUnwritable("the server cannot keep job outputs now (its jobs folder, "
+                                   "CRYPTO_ML_API_JOBS_DIR, cannot be written); its operator "
+                                   "must mend it")
         copy = folder / "inputs" / job_id  # an s3:// input's local copy, deleted at the end
         if body.resume:  # before the input is read: it may be a long copy
             resumable(self.store, folder, body.resume)
