@@ -78,7 +78,7 @@ def crypto_ml(*args: str, cwd: Path = ROOT, data_dir: Path | None = None,
     (["backtest", "--origins", "x"], "argument --origins: must be a whole number at least 1, "
                                      "got 'x'"),
     (["backtest", "--max-points", "100,abc"], "argument --max-points: must be a whole number "
-                                              "at least 1, got 'abc'"),
+                                              "at least 1, or all, got 'abc'"),
     (["cluster"], "the following arguments are required"),
     (["data", "download", "--top", "-3"], "must be at least 1"),
     (["send-tasks", "--timeout", "-1"], "argument --timeout: must be a number of seconds above 0, at most"),

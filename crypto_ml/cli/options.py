@@ -104,7 +104,11 @@ def max_points(text: str) -> int:
         return 0
     if text.strip() == "0":
         raise argparse.ArgumentTypeError("0 closes: give all for the whole history, or N")
-    return positive_int(text)
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be a whole number at least 1, or all, got "
+                                         f"{text.strip()!r}") from None
 
 
 def levels(text: str) -> tuple[float, ...]:

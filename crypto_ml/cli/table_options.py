@@ -18,9 +18,9 @@ def add_input_options(parser: Any, title: str) -> Any:
     group.add_argument("--input", type=path_option, metavar="TABLE",
                        help="a long-format table instead of the data folder: a .parquet file, a "
                        "folder of them (hive partitions allowed) or a .csv file, with columns "
-                       "unique_id, ds, y (--coins then picks series by their exact id, "
-                       "once the list is split at commas and each id stripped of spaces at "
-                       "its ends: such ids cannot be picked)")
+                       "unique_id, ds, y (--coins then picks series by their exact id; it "
+                       "splits its list at commas and strips each id's spaces at its ends, so "
+                       "an id holding a comma, or spaces at an end, cannot be picked)")
     # no argparse defaults: a column given without --input is refused, not ignored
     group.add_argument("--id-col", help="the series id column (unique_id)")
     group.add_argument("--time-col", help="the time column: dates or integers (ds)")
