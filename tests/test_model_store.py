@@ -20,9 +20,11 @@ from conftest import run_cli
 from redis.sentinel import SentinelConnectionPool
 
 from crypto_ml.core.errors import ConfigError, InvalidTaskInput
+from crypto_ml.core.settings import Settings
 from crypto_ml.models import get_model
 from crypto_ml.models.state import ModelStateError
 from crypto_ml.ops.processes import free_port
+from crypto_ml.worker.app import create_app
 from crypto_ml.worker.model_store import (
     DirectoryModelStore,
     RedisModelStore,
@@ -257,3 +259,13 @@ def test_a_store_that_refuses_fits_is_named_in_the_summary(price_data: Path) -> 
     line = next(x for x in run.stderr.splitlines() if "model store:" in x)
     assert "1 fit(s) not saved (NotADirectoryError" in line and "CRYPTO_ML_MODEL_STORE" in line
 
+
+
+def test_a_store_url_is_masked_where_celery_lists_the_conf() -> None:
+    """`celery inspect conf` and Flower's worker Config tab showed the store's URL, password
+    and all (a review): the key is one Celery masks, as the Sentinels' password's is."""
+    app = create_app(Settings(broker_url="redis://127.0.0.1:1/0", sentinel_password="pw2",
+                              model_store="sentinel://:s3cret@127.0.0.1:1"))
+    listed = str(app.conf.table(with_defaults=False))
+    assert "s3cret" not in listed and "pw2" not in listed
+    assert app.conf["crypto_ml_model_store_secret"] == "sentinel://:s3cret@127.0.0.1:1"

@@ -151,7 +151,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # a pool process that preloads Keras needs longer than the default 4 s to report up
         "worker_proc_alive_timeout": 120.0 if settings.preload_keras else 4.0,
         "crypto_ml_max_deliveries": settings.max_deliveries,
-        "crypto_ml_model_store": settings.model_store,
+        "crypto_ml_model_store_secret": settings.model_store,  # its URL may hold a password:
+        # Celery masks a *SECRET* key where it lists the conf (inspect conf, Flower)
         "crypto_ml_model_store_ttl": settings.model_store_ttl,
         # a sentinel:// store's master (Celery's conf listings mask *PASS* keys)
         "crypto_ml_sentinel_master": settings.sentinel_master,

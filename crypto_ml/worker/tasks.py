@@ -106,9 +106,9 @@ class ForecastTask(Task):
 
     @property
     def model_store(self) -> ModelStore | None:
-        """This process's model store (``crypto_ml_model_store``; default: the result backend)."""
+        """This process's model store (``crypto_ml_model_store_secret``; default: the result backend)."""
         conf = self.app.conf
-        spec = conf.get("crypto_ml_model_store")
+        spec = conf.get("crypto_ml_model_store_secret")
         cached = _STORES.get(spec)
         if cached is None:
             store = open_store(spec, getattr(self.backend, "client", None),
