@@ -213,16 +213,17 @@ def test_a_date_given_twice_with_another_close_or_a_future_date_is_said(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Both were kept without a word: the first of two closes of one date, and a row re-dated
     2099, which became the last close a forecast starts from (an outside probe)."""
-    rows = ['"Jan 03, 2017",1,1,1,3,1,1', '"Jan 01, 2099",1,1,1,277,1,1',
-            '"Jan 02, 2017",1,1,1,2,1,1', '"Jan 02, 2017",1,1,1,9999,1,1',
-            '"Jan 01, 2017",1,1,1,1,1,1', '"Jan 01, 2017",1,1,1,1,1,1']  # the same row again
+    rows = ['"Jan 04, 2017",1,1,1,-4,1,1', '"Jan 03, 2017",1,1,1,3,1,1',
+            '"Jan 01, 2099",1,1,1,277,1,1', '"Jan 02, 2017",1,1,1,2,1,1',
+            '"Jan 02, 2017",1,1,1,9999,1,1', '"Jan 01, 2017",1,1,1,1,1,1',
+            '"Jan 01, 2017",1,1,1,1,1,1']  # the same row again: not counted
     write(tmp_path, "Twice.csv", HEADER + "\n" + "\n".join(rows) + "\n")
     caplog.set_level(logging.WARNING)
     df = CryptoLoader(tmp_path).get_df("twice")
-    assert df["Close"].tolist() == [1.0, 2.0, 3.0]
+    assert df["Close"].tolist() == [1.0, 2.0, 3.0]  # a close below zero: no price either
     assert [r.getMessage() for r in caplog.records] == [
-        "Twice.csv: dropped 2 row(s) it could not use: unreadable, dated after tomorrow, or a "
-        "date given again with another close (the first one is kept)"]
+        "Twice.csv: dropped 3 row(s) it could not use: unreadable, a close below zero, dated "
+        "after tomorrow, or a date given again with another close (the first one is kept)"]
     # a whole file of them: that said, not "none of its closes is a number" (a review)
     write(tmp_path, "Later.csv", HEADER + '\n"Jan 02, 2071",1,1,1,101,1,1\n'
           '"Jan 01, 2071",1,1,1,100,1,1\n')
@@ -230,6 +231,9 @@ def test_a_date_given_twice_with_another_close_or_a_future_date_is_said(
     assert "later" not in CryptoLoader(tmp_path).get_crypto_names()
     assert ("skipping Later.csv: every dated row is after tomorrow (the first: 2071-01-01); "
             "check the year") in caplog.text
+    write(tmp_path, "Below.csv", HEADER + '\n"Jan 02, 2017",1,1,1,-2,1,1\n')
+    assert "below" not in CryptoLoader(tmp_path).get_crypto_names()
+    assert "skipping Below.csv: every close is below zero, which no price is" in caplog.text
 
 
 def test_max_points_and_date_window(tmp_path: Path) -> None:

@@ -30,8 +30,8 @@ import numpy as np
 from crypto_ml.data.names import SUFFIXES
 
 #: Raised whenever parsing changes what a file gives: an older cache is then parsed again.
-VERSION = 5  # 3: infinite closes dropped, files with no numeric close skipped; 4: decimal
-# commas; 5: rows dated after tomorrow, and a date's rows after the first with another close
+VERSION = 6  # 3: infinite closes dropped, files with no numeric close skipped; 4: decimal
+# commas; 5: rows dated after tomorrow, a date's later rows with another close; 6: closes below 0
 COLUMNS = ("Open", "High", "Low", "Close", "Volume", "Market Cap")
 Listing = dict[str, tuple[int, int]]  # file name -> (size, mtime_ns)
 KEEP = 16  # caches of this many folders are kept; older ones are removed when one is written

@@ -57,8 +57,8 @@ def _instant(value: str | date | None, name: str) -> np.datetime64 | None:
 
 def dropped_rows(n: int) -> str:
     """The warning about a coin's ``n`` rows that its parsing left out."""
-    return (f"dropped {n} row(s) it could not use: unreadable, dated after tomorrow, or a date "
-            "given again with another close (the first one is kept)")
+    return (f"dropped {n} row(s) it could not use: unreadable, a close below zero, dated after "
+            "tomorrow, or a date given again with another close (the first one is kept)")
 
 
 def _discover(folder: Path) -> dict[str, Source]:

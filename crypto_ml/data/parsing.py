@@ -8,8 +8,8 @@ the file's own order (day/month or month/day: the one that reads them, or whose
 days follow each other) and spreadsheet serial dates, sorts rows oldest first and keeps one row per date.
 A file that cannot be a price series (the ``100 List.csv`` ranking, an empty or
 header-only file, something that is not CSV) is skipped with one warning that
-names it; rows whose date or close cannot be parsed, rows dated after tomorrow and a
-date's later rows with another close than its first are dropped with a count.
+names it; rows whose date or close cannot be parsed, closes below zero, rows dated after
+tomorrow and a date's later rows with another close than its first are dropped with a count.
 This module turns one file's text cells into a tidy frame; :mod:`~crypto_ml.data.layouts`
 finds the files and :mod:`~crypto_ml.data.loader` serves them by coin.
 """
@@ -163,13 +163,16 @@ def tidy_prices(raw: pd.DataFrame) -> tuple[pd.DataFrame, int]:
                       "as 2017-09-22 or Sep 22, 2017")
     close_text = raw[by_name["close"]].astype(str).str.strip()
     infinite = frame["Close"].isin([np.inf, -np.inf])  # "inf" reads as a number: no price
+    negative = frame["Close"] < 0  # no price is: naive and linear forecast below zero on it
     future = frame["Date"] > pd.Timestamp.now() + pd.Timedelta(days=1)  # a mistyped year
-    bad = (frame["Date"].isna() | infinite | future
+    bad = (frame["Date"].isna() | infinite | negative | future
            | (frame["Close"].isna() & ~close_text.isin(["-", ""])))
     if future.any() and not (frame["Date"].notna() & ~future).any():
         first = frame["Date"][future].min()
         raise BadFile(f"every dated row is after tomorrow (the first: {first:%Y-%m-%d}); "
                       "check the year")
+    if negative.any() and not (frame["Close"] >= 0).any():
+        raise BadFile("every close is below zero, which no price is")
     frame = frame[~bad]
     if not frame["Close"].notna().any():  # no series to forecast
         written = close_text[~close_text.isin(["-", ""])]
