@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 import redis
 
 from crypto_ml.core.errors import ConfigError, DataNotFound, JobConflict, OutputMismatch
+from crypto_ml.core.paths import write_problem
 from crypto_ml.dispatch.table_output import TableOutput, failures_path, run_differences
 
 from .job_store import ACTIVE, JobStore, status_of
@@ -165,21 +165,18 @@ def finished_table(record: dict[str, Any] | None, folder: Path, job_id: str, tab
 
 def jobs_folder_problem(folder: Path, make: bool = True) -> str | None:
     """Why the server cannot keep its jobs' outputs in ``folder`` (CRYPTO_ML_API_JOBS_DIR),
-    or None: a file made and removed there says it, as root too. ``make``: the folder is made
-    when missing; else (at start) its nearest folder that is there is tried instead."""
-    there = folder
-    while not make and not there.exists() and there != there.parent:
-        there = there.parent
+    or None (:func:`~crypto_ml.core.paths.write_problem`). ``make``: the folder is made when
+    missing; else (at start) its nearest folder that is there is tried instead."""
     try:
         if make:
             folder.mkdir(parents=True, exist_ok=True)
-        elif not there.is_dir():
-            raise NotADirectoryError(f"{there} is not a folder")
-        tempfile.TemporaryFile(dir=there).close()
     except OSError as exc:
-        return (f"the server's jobs folder {folder} (CRYPTO_ML_API_JOBS_DIR) cannot be written "
-                f"({exc.strerror or exc})")
-    return None
+        why: object = exc.strerror or exc
+    else:
+        if (found := write_problem(folder)) is None:
+            return None
+        why = found[1]
+    return f"the server's jobs folder {folder} (CRYPTO_ML_API_JOBS_DIR) cannot be written ({why})"
 
 
 def is_job_id(text: str) -> bool:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from crypto_ml.backtest.engine import BacktestResult
 from crypto_ml.backtest.report import FILES
 from crypto_ml.cli.table_options import TABLE_ONLY
 from crypto_ml.core.errors import ConfigError
+from crypto_ml.core.paths import write_problem
 from crypto_ml.core.settings import Settings, coin_list
 from crypto_ml.data.loader import CryptoLoader
 from crypto_ml.data.names import SUFFIXES as PRICE_SUFFIXES
@@ -320,8 +320,8 @@ def check_not_prices(out: Path, option: str = "--output") -> None:
         raise ConfigError(f"--output {out}: a run over the data folder writes JSON; name it "
                           "*.json (a name the data folder reads as prices could write over a "
                           "price file; Parquet comes from a table run, --input TABLE)")
-    target = Path(os.path.realpath(out))
-    if out.is_symlink() and target.suffix.lower() in PRICE_SUFFIXES:
+    if out.is_symlink() and (target := Path(os.path.realpath(out))).suffix.lower() in \
+            PRICE_SUFFIXES:
         raise ConfigError(f"{option} {out} is a link to {target}, a name the data folder "
                           "reads as prices; give another path")
 
@@ -345,15 +345,9 @@ def check_writable(path: Path | None, option: str, make_folder: bool = False) ->
     if not make_folder and not parent.exists():
         raise ConfigError(f"{option} {shown}: the folder {parent} does not exist; "
                           f"create it first (mkdir -p {parent}) or give another path")
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    try:  # a file made and removed: permissions alone do not say it (root, /proc, read-only)
-        if not parent.is_dir():
-            raise NotADirectoryError(f"{parent} is not a folder")
-        tempfile.TemporaryFile(dir=parent).close()
-    except OSError as exc:
-        raise ConfigError(f"{option} {shown}: cannot write in {parent} "
-                          f"({exc.strerror or exc})") from None
+    if (found := write_problem(parent)) is not None:
+        where, why = found
+        raise ConfigError(f"{option} {shown}: cannot write in {where} ({why})")
 
 
 def check_table_output(out: Path) -> None:
