@@ -162,11 +162,12 @@ def tidy_prices(raw: pd.DataFrame) -> tuple[pd.DataFrame, int]:
         raise BadFile(f"none of its dates could be read (the first: {first[:40]!r}); write them "
                       "as 2017-09-22 or Sep 22, 2017")
     close_text = raw[by_name["close"]].astype(str).str.strip()
+    no_close = close_text.isin(["-", ""])  # a close the file says is missing: the row stays
     infinite = frame["Close"].isin([np.inf, -np.inf])  # "inf" reads as a number: no price
     negative = frame["Close"] < 0  # no price is: naive and linear forecast below zero on it
     future = frame["Date"] > pd.Timestamp.now() + pd.Timedelta(days=1)  # a mistyped year
     bad = (frame["Date"].isna() | infinite | negative | future
-           | (frame["Close"].isna() & ~close_text.isin(["-", ""])))
+           | (frame["Close"].isna() & ~no_close))
     if future.any() and not (frame["Date"].notna() & ~future).any():
         first = frame["Date"][future].min()
         raise BadFile(f"every dated row is after tomorrow (the first: {first:%Y-%m-%d}); "
@@ -175,7 +176,7 @@ def tidy_prices(raw: pd.DataFrame) -> tuple[pd.DataFrame, int]:
         raise BadFile("every close is below zero, which no price is")
     frame = frame[~bad]
     if not frame["Close"].notna().any():  # no series to forecast
-        written = close_text[~close_text.isin(["-", ""])]
+        written = close_text[~no_close]
         raise BadFile("none of its closes is a number (all '-' or empty)" if written.empty else
                       f"none of its closes is a number (such as {written.iloc[0][:40]!r}; write "
                       "a decimal point, 48.09, and commas only between thousands)")
